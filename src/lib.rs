@@ -1,1 +1,3 @@
+//! tapevault: block-level backups of virtual machine disks to tape.
+pub mod changer;
 pub mod drive;
