@@ -48,6 +48,12 @@ const SG_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most filemarks we space over one at a time while counting (guards a runaway loop on
 /// a confused device); far above the number of tape files a cartridge holds in practice.
 const MAX_FILES_WALKED: u64 = 1_000_000;
+/// st does direct I/O (synchronous, one SCSI WRITE per write(2), errors reported by that
+/// write) only when the user buffer maps into its 256 scatter-gather segments; a 1 MiB
+/// block that is not page-aligned spans 257 pages and falls back to st's buffered,
+/// asynchronous writes, where early warning surfaces one write late. Blocks are
+/// therefore written from a page-aligned buffer.
+const DIO_ALIGN: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EarlyWarning {
@@ -74,6 +80,8 @@ pub struct StDrive {
     track: Tracker,
     ew: EarlyWarning,
     scratch: Vec<u8>,
+    /// Page-aligned copy of the block being written (see [`DIO_ALIGN`]).
+    wbuf: Vec<u8>,
     /// Result of trying to set st's SCSI-2 logical positioning option.
     logical_option: Result<(), Errno>,
 }
@@ -143,6 +151,7 @@ impl StDrive {
             track: Tracker::default(),
             ew: EarlyWarning::None,
             scratch: Vec::new(),
+            wbuf: Vec::new(),
             logical_option,
         };
         d.adopt_st_counters();
@@ -164,7 +173,11 @@ impl StDrive {
     }
 
     fn mtget(&self) -> DriveResult<MtGet> {
-        get(self.fd()).map_err(|e| self.map_errno("MTIOCGET", e))
+        match get(self.fd()) {
+            // In the early-warning zone st may report ENOSPC once from its buffer flush.
+            Err(Errno::ENOSPC) => get(self.fd()).map_err(|e| self.map_errno("MTIOCGET", e)),
+            r => r.map_err(|e| self.map_errno("MTIOCGET", e)),
+        }
     }
 
     fn gstat(&self) -> DriveResult<u32> {
@@ -506,33 +519,80 @@ impl StDrive {
 
     fn space_blocks_backward(&mut self, n: u64) -> DriveResult<()> {
         self.ew = EarlyWarning::None;
-        let cur_bif = self.track.cur.bif;
-        let bif = match cur_bif {
-            Some(b) => b,
-            None if self.has_hw_position() => return self.space_blocks_backward_hw(n),
-            None => {
-                self.relearn()?;
-                self.track.cur.bif.expect("relearn leaves the position known")
-            }
-        };
+        if self.has_hw_position() {
+            return self.space_blocks_backward_hw(n);
+        }
+        // Without READ POSITION backward spacing is rebuilt from forward moves, which tgt
+        // gets right (its SPACE backward lands off by one after a filemark).
+        let (file, bif) = self.known_file_and_bif()?;
         if n <= bif {
-            let c = i32::try_from(n).map_err(|_| DriveError::Other(format!("space count {n} too large")))?;
-            if let Err(e) = op(self.fd(), MTBSR, c) {
-                self.track.lost();
-                return Err(self.map_errno("MTBSR", e));
-            }
-            self.track.backward_blocks(n);
+            self.goto_file_start(file)?;
+            self.forward_within_file(bif - n)?;
             return Ok(());
         }
-        // The filemark (or BOT) before this file stops the space.
-        if self.track.cur.file == Some(0) {
+        if file == 0 {
             self.rewind()?;
             return Err(DriveError::SpaceStopped { op: "space backward over blocks", stop: SpaceStop::BeginningOfTape, residual: n - bif });
         }
-        self.mtop("MTBSF 1", MTBSF, 1).inspect_err(|_| self.track.lost())?;
-        self.track.cur.bif = Some(0);
-        self.track.backward_filemark();
+        self.goto_end_of_file(file - 1)?;
         Err(DriveError::SpaceStopped { op: "space backward over blocks", stop: SpaceStop::Filemark, residual: n - bif })
+    }
+
+    fn known_file_and_bif(&mut self) -> DriveResult<(u64, u64)> {
+        if self.track.cur.file.is_none() || self.track.cur.bif.is_none() {
+            self.adopt_st_counters();
+            self.relearn()?;
+        }
+        match (self.track.cur.file, self.track.cur.bif) {
+            (Some(f), Some(b)) => Ok((f, b)),
+            _ => Err(DriveError::Other(format!("{}: tape position unknown", self.path.display()))),
+        }
+    }
+
+    /// From the start of a file, space forward `k` blocks known to lie inside it.
+    fn forward_within_file(&mut self, k: u64) -> DriveResult<()> {
+        if k > 0 {
+            let c = i32::try_from(k).ok().filter(|c| *c <= MAX_SPACE_COUNT);
+            match c {
+                Some(c) => {
+                    self.mtop("MTFSR", MTFSR, c).inspect_err(|_| self.track.lost())?;
+                    self.track.cur.block = self.track.cur.block.map(|b| b + k);
+                    self.track.cur.bif = self.track.cur.bif.map(|b| b + k);
+                }
+                None => {
+                    self.read_forward_objects(k)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Position just before the filemark that ends file `f` (its BOT side).
+    fn goto_end_of_file(&mut self, f: u64) -> DriveResult<()> {
+        let known = match (self.track.starts.get(&f), self.track.starts.get(&(f + 1))) {
+            (Some(s), Some(n)) if *n > *s => Some(n - 1 - s),
+            _ => None,
+        };
+        let len = match known {
+            Some(l) => l,
+            None => {
+                self.goto_file_start(f)?;
+                let mut dummy = [0u8; 0];
+                let mut c = 0;
+                loop {
+                    match self.raw_read(self.max_block, true, &mut dummy)? {
+                        ReadOutcome::Block(_) => c += 1,
+                        ReadOutcome::Filemark => break,
+                        ReadOutcome::EndOfData => {
+                            return Err(DriveError::Other(format!("tape file {f} has no closing filemark")))
+                        }
+                    }
+                }
+                c
+            }
+        };
+        self.goto_file_start(f)?;
+        self.forward_within_file(len)
     }
 
     fn space_blocks_backward_hw(&mut self, n: u64) -> DriveResult<()> {
@@ -639,16 +699,44 @@ impl TapeDrive for StDrive {
                 self.max_block
             )));
         }
+        if self.ew == EarlyWarning::Entered {
+            // The write after the one that met early warning is refused once, as st
+            // does; we enforce it ourselves so the contract holds also when st learned
+            // of the warning only through a status query.
+            self.ew = EarlyWarning::Trailer;
+            return Err(DriveError::EarlyWarning);
+        }
+        let aligned = data.as_ptr() as usize % DIO_ALIGN == 0;
+        if !aligned {
+            if self.wbuf.len() < data.len() + DIO_ALIGN {
+                self.wbuf.resize(data.len() + DIO_ALIGN, 0);
+            }
+            let off = self.wbuf.as_ptr().align_offset(DIO_ALIGN);
+            self.wbuf[off..off + data.len()].copy_from_slice(data);
+        }
         let mut retried = false;
         loop {
-            match nix::unistd::write(&self.file, data) {
+            let out: &[u8] = if aligned {
+                data
+            } else {
+                let off = self.wbuf.as_ptr().align_offset(DIO_ALIGN);
+                &self.wbuf[off..off + data.len()]
+            };
+            match nix::unistd::write(&self.file, out) {
                 Ok(n) if n == data.len() => {
                     self.track.forward_block();
                     self.track.wrote();
                     if self.ew == EarlyWarning::Trailer {
                         return Ok(WriteOutcome::Written);
                     }
-                    if self.gstat()? & GMT_EOT != 0 {
+                    // st flags early warning in its status; right after the write that met
+                    // it, MTIOCGET itself may answer ENOSPC (st's buffer flush reports it).
+                    let eot = match get(self.fd()) {
+                        Ok(g) => g.mt_gstat as u32 & GMT_EOT != 0,
+                        Err(Errno::ENOSPC) => true,
+                        Err(e) => return Err(self.map_errno("MTIOCGET", e)),
+                    };
+                    if eot {
                         self.ew = EarlyWarning::Entered;
                         return Ok(WriteOutcome::WrittenEarlyWarning);
                     }
@@ -778,6 +866,14 @@ impl TapeDrive for StDrive {
         }
         self.ew = EarlyWarning::None;
         let n = count.unsigned_abs();
+        if !self.has_hw_position() {
+            let (file, _) = self.known_file_and_bif()?;
+            if n > file {
+                self.rewind()?;
+                return Err(DriveError::SpaceStopped { op: "space backward over filemarks", stop: SpaceStop::BeginningOfTape, residual: n - file });
+            }
+            return self.goto_end_of_file(file - n);
+        }
         for i in 0..n {
             if self.track.cur.file == Some(0) {
                 self.rewind()?;
@@ -796,7 +892,7 @@ impl TapeDrive for StDrive {
                 }
             }
         }
-        if self.track.cur.block.is_none() && self.has_hw_position() {
+        if self.track.cur.block.is_none() {
             self.track.cur.block = self.hw_pos();
             self.track.fill();
         }
