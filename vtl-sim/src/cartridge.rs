@@ -252,7 +252,12 @@ impl Cartridge {
                     if n == 1 {
                         e.offset == 0
                     } else {
-                        matches!(self.read_entry_raw(n - 2)?, Some(p) if p.end() == e.offset)
+                        // A predecessor failing its checksum is damage in the middle (a
+                        // media error when read), not a torn tail.
+                        match self.read_entry_raw(n - 2)? {
+                            Some(p) => p.end() == e.offset,
+                            None => true,
+                        }
                     }
                 }
                 _ => false,
