@@ -586,6 +586,16 @@ pub struct Drive {
     ejected_gen: Option<u64>,
 }
 
+impl std::fmt::Debug for Drive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drive")
+            .field("library", &self.lib_dir)
+            .field("index", &self.index)
+            .field("barcode", &self.slot.barcode)
+            .finish()
+    }
+}
+
 impl Drive {
     pub fn index(&self) -> usize {
         self.index
