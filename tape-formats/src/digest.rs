@@ -15,7 +15,9 @@ pub struct ContentDigest {
 
 impl std::fmt::Debug for ContentDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContentDigest").field("so_far", &self.finalize()).finish()
+        f.debug_struct("ContentDigest")
+            .field("so_far", &self.finalize())
+            .finish()
     }
 }
 

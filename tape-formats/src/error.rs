@@ -4,7 +4,9 @@ use thiserror::Error;
 /// check that failed; none of them is ever produced by a panic path.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FormatError {
-    #[error("block is {len} bytes, shorter than the {min}-byte block prefix: not a tapevault block")]
+    #[error(
+        "block is {len} bytes, shorter than the {min}-byte block prefix: not a tapevault block"
+    )]
     TooShort { len: usize, min: usize },
     #[error("bad magic {found:02x?}: not a tapevault block (or the block start is damaged)")]
     BadMagic { found: [u8; 8] },
@@ -32,7 +34,9 @@ pub enum FormatError {
         ext_len: usize,
         min: usize,
     },
-    #[error("header CRC mismatch: stored {stored:#010x}, computed {computed:#010x}: header is corrupt")]
+    #[error(
+        "header CRC mismatch: stored {stored:#010x}, computed {computed:#010x}: header is corrupt"
+    )]
     HeaderCrc { stored: u32, computed: u32 },
     #[error("payload CRC mismatch: stored {stored:#010x}, computed {computed:#010x}: payload is corrupt")]
     PayloadCrc { stored: u32, computed: u32 },

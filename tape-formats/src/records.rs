@@ -1,7 +1,7 @@
 //! The record structures of format v1, their encoders and [`decode_block`].
 use crate::wire::{
-    begin_block, check_extensions, decode_prefix, finish_header, put_i64, put_opt16, put_str, put_u16, put_u32,
-    put_u64, put_u8, Cur, CRC_OFFSET,
+    begin_block, check_extensions, decode_prefix, finish_header, put_i64, put_opt16, put_str,
+    put_u16, put_u32, put_u64, put_u8, Cur, CRC_OFFSET,
 };
 use crate::*;
 
@@ -47,7 +47,9 @@ const ENC_AES256GCM: u8 = 1;
 pub enum Cipher {
     None,
     /// AES-256-GCM under the key with this 16-byte fingerprint.
-    Aes256Gcm { key_fingerprint: [u8; 16] },
+    Aes256Gcm {
+        key_fingerprint: [u8; 16],
+    },
 }
 
 impl Cipher {
@@ -72,7 +74,9 @@ impl Cipher {
                 record: c.record(),
                 reason: "unencrypted but key fingerprint is not zero",
             }),
-            ENC_AES256GCM => Ok(Cipher::Aes256Gcm { key_fingerprint: fp }),
+            ENC_AES256GCM => Ok(Cipher::Aes256Gcm {
+                key_fingerprint: fp,
+            }),
             v => Err(FormatError::InvalidValue {
                 record: c.record(),
                 field: "encryption",
@@ -120,7 +124,9 @@ impl RecordCrypto {
         record: &'static str,
     ) -> Result<Self, FormatError> {
         match alg {
-            ENC_NONE if key_fingerprint == [0; 16] && nonce == [0; 12] && tag == [0; 16] => Ok(RecordCrypto::None),
+            ENC_NONE if key_fingerprint == [0; 16] && nonce == [0; 12] && tag == [0; 16] => {
+                Ok(RecordCrypto::None)
+            }
             ENC_NONE => Err(FormatError::Inconsistent {
                 record,
                 reason: "unencrypted but key fingerprint, nonce or tag is not zero",
@@ -141,7 +147,9 @@ impl RecordCrypto {
     pub fn key_fingerprint(&self) -> Option<[u8; 16]> {
         match self {
             RecordCrypto::None => None,
-            RecordCrypto::Aes256Gcm { key_fingerprint, .. } => Some(*key_fingerprint),
+            RecordCrypto::Aes256Gcm {
+                key_fingerprint, ..
+            } => Some(*key_fingerprint),
         }
     }
 }
@@ -190,9 +198,27 @@ impl VolumeLabel {
             put_i64(out, self.label_time);
             put_opt16(out, &self.key_fingerprint);
             put_str(out, &self.barcode, MAX_BARCODE_LEN, R_LABEL, "barcode")?;
-            put_str(out, &self.pool_name, MAX_POOL_NAME_LEN, R_LABEL, "pool_name")?;
-            put_str(out, &self.writer_name, MAX_WRITER_LEN, R_LABEL, "writer_name")?;
-            put_str(out, &self.writer_version, MAX_WRITER_LEN, R_LABEL, "writer_version")?;
+            put_str(
+                out,
+                &self.pool_name,
+                MAX_POOL_NAME_LEN,
+                R_LABEL,
+                "pool_name",
+            )?;
+            put_str(
+                out,
+                &self.writer_name,
+                MAX_WRITER_LEN,
+                R_LABEL,
+                "writer_name",
+            )?;
+            put_str(
+                out,
+                &self.writer_version,
+                MAX_WRITER_LEN,
+                R_LABEL,
+                "writer_version",
+            )?;
             if self.escrow.len() > MAX_ESCROW_LEN {
                 return Err(FormatError::LimitExceeded {
                     record: R_LABEL,
@@ -563,11 +589,18 @@ pub fn validate_extents(extents: &[Extent]) -> Result<u64, FormatError> {
     let mut data = 0u64;
     let mut prev_end: Option<u64> = None;
     for (index, e) in extents.iter().enumerate() {
-        let bad = |reason| FormatError::BadExtent { record: R, index, reason };
+        let bad = |reason| FormatError::BadExtent {
+            record: R,
+            index,
+            reason,
+        };
         if e.length == 0 {
             return Err(bad("zero length"));
         }
-        let end = e.offset.checked_add(e.length).ok_or(bad("offset + length overflows"))?;
+        let end = e
+            .offset
+            .checked_add(e.length)
+            .ok_or(bad("offset + length overflows"))?;
         if let Some(p) = prev_end {
             if e.offset < p {
                 return Err(bad("not ascending or overlaps the previous extent"));
@@ -575,7 +608,9 @@ pub fn validate_extents(extents: &[Extent]) -> Result<u64, FormatError> {
         }
         prev_end = Some(end);
         if e.kind == ExtentKind::Data {
-            data = data.checked_add(e.length).ok_or(bad("data length sum overflows"))?;
+            data = data
+                .checked_add(e.length)
+                .ok_or(bad("data length sum overflows"))?;
         }
     }
     Ok(data)
@@ -607,7 +642,11 @@ pub struct DataRecord<'a> {
 
 const R_DATA: &str = "data record";
 
-fn check_data(fields: &DataFields, extents: &[Extent], stored_len: usize) -> Result<(), FormatError> {
+fn check_data(
+    fields: &DataFields,
+    extents: &[Extent],
+    stored_len: usize,
+) -> Result<(), FormatError> {
     let sum = validate_extents(extents)?;
     if fields.plain_len > MAX_RECORD_DATA_SIZE {
         return Err(FormatError::LimitExceeded {
@@ -672,7 +711,14 @@ pub fn encode_data_record(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
-    put_data_header(out, fields, extents, payload.len(), crc32fast::hash(payload), false)?;
+    put_data_header(
+        out,
+        fields,
+        extents,
+        payload.len(),
+        crc32fast::hash(payload),
+        false,
+    )?;
     out.extend_from_slice(payload);
     Ok(())
 }
@@ -885,7 +931,11 @@ fn put_chunk_header(
 }
 
 /// Append a complete snapshot chunk block to `out`.
-pub fn encode_snapshot_chunk(fields: &ChunkFields, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
+pub fn encode_snapshot_chunk(
+    fields: &ChunkFields,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
     put_chunk_header(out, fields, payload.len(), crc32fast::hash(payload), false)?;
     out.extend_from_slice(payload);
     Ok(())
@@ -893,7 +943,11 @@ pub fn encode_snapshot_chunk(fields: &ChunkFields, payload: &[u8], out: &mut Vec
 
 /// AEAD associated data of a snapshot chunk: its header with header CRC, payload CRC
 /// and tag zeroed (same rule as [`data_record_aad`]).
-pub fn snapshot_chunk_aad(fields: &ChunkFields, stored_len: usize, out: &mut Vec<u8>) -> Result<(), FormatError> {
+pub fn snapshot_chunk_aad(
+    fields: &ChunkFields,
+    stored_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
     put_chunk_header(out, fields, stored_len, 0, true)
 }
 

@@ -207,7 +207,12 @@ impl<S: BlockSink> ImageWriter<S> {
     }
 
     /// The fields of the next record (image UUID, part, sequence filled in).
-    pub fn fields(&self, compression: Compression, crypto: RecordCrypto, plain_len: u32) -> DataFields {
+    pub fn fields(
+        &self,
+        compression: Compression,
+        crypto: RecordCrypto,
+        plain_len: u32,
+    ) -> DataFields {
         DataFields {
             image_uuid: self.header.image_uuid,
             part: self.header.part,
@@ -245,7 +250,10 @@ impl<S: BlockSink> ImageWriter<S> {
         }
         self.buf.clear();
         encode_data_record(fields, extents, stored, &mut self.buf)?;
-        let st = self.sink.write_block(&self.buf).map_err(WriterError::Sink)?;
+        let st = self
+            .sink
+            .write_block(&self.buf)
+            .map_err(WriterError::Sink)?;
         self.early_warning |= st.is_early_warning();
         self.next_sequence += 1;
         self.records_in_part += 1;
@@ -279,7 +287,9 @@ impl<S: BlockSink> ImageWriter<S> {
         };
         self.buf.clear();
         trailer.encode(&mut self.buf)?;
-        self.sink.write_block(&self.buf).map_err(WriterError::Sink)?;
+        self.sink
+            .write_block(&self.buf)
+            .map_err(WriterError::Sink)?;
         let st = self.sink.write_filemark().map_err(WriterError::Sink)?;
         Ok((self.sink, trailer, st))
     }
@@ -308,7 +318,11 @@ pub enum StreamProblem {
         found: [u8; 16],
     },
     #[error("block {position}: record claims part {found}, this is part {expected}")]
-    WrongPart { position: u64, expected: u32, found: u32 },
+    WrongPart {
+        position: u64,
+        expected: u32,
+        found: u32,
+    },
     #[error("block {position}: records {expected_sequence}..{found_sequence} are lost")]
     LostRecords {
         position: u64,
@@ -324,7 +338,10 @@ pub enum StreamProblem {
         expected_sequence: u64,
     },
     #[error("block {position}: stream ends without an image trailer (next record would be {expected_sequence})")]
-    Truncated { position: u64, expected_sequence: u64 },
+    Truncated {
+        position: u64,
+        expected_sequence: u64,
+    },
     #[error("block {position}: trailer says {field} = {trailer}, the stream has {counted}")]
     TrailerMismatch {
         position: u64,
@@ -462,7 +479,10 @@ impl PartChecker {
                     }
                 }
                 self.stored_bytes += r.payload.len() as u64;
-                Verdict { accept: true, problem }
+                Verdict {
+                    accept: true,
+                    problem,
+                }
             }
             Block::ImageTrailer(t) => {
                 if t.image_uuid != h.image_uuid {
@@ -603,14 +623,24 @@ impl<S: BlockSource> ImageReader<S> {
         let verdict = self.checker.check(position, decoded.as_ref());
         match (decoded, verdict) {
             (Ok(Block::ImageHeader(h)), Verdict { accept: true, .. }) => Ok(ReadEvent::Header(h)),
-            (Ok(Block::Data(record)), Verdict { accept: true, problem }) => Ok(ReadEvent::Record {
+            (
+                Ok(Block::Data(record)),
+                Verdict {
+                    accept: true,
+                    problem,
+                },
+            ) => Ok(ReadEvent::Record {
                 position,
                 record,
                 problem,
             }),
-            (Ok(Block::ImageTrailer(trailer)), Verdict { accept: true, problem }) => {
-                Ok(ReadEvent::Trailer { trailer, problem })
-            }
+            (
+                Ok(Block::ImageTrailer(trailer)),
+                Verdict {
+                    accept: true,
+                    problem,
+                },
+            ) => Ok(ReadEvent::Trailer { trailer, problem }),
             (_, Verdict { problem, .. }) => Ok(ReadEvent::Problem(problem.unwrap_or(
                 StreamProblem::UnexpectedBlock {
                     position,
@@ -650,7 +680,9 @@ pub enum SpanError {
     HeaderTrailerMismatch { part: u32, reason: &'static str },
     #[error("part {part}: field {field} differs from part 0's header")]
     HeaderChanged { part: u32, field: &'static str },
-    #[error("image is incomplete: part {next_part} (on the next volume of the media set) is missing")]
+    #[error(
+        "image is incomplete: part {next_part} (on the next volume of the media set) is missing"
+    )]
     Incomplete { next_part: u32 },
     #[error("image was aborted by its writer in part {part}")]
     Aborted { part: u32 },
@@ -671,7 +703,11 @@ impl PartJoiner {
         Self::default()
     }
 
-    pub fn accept(&mut self, header: &ImageHeader, trailer: &ImageTrailer) -> Result<(), SpanError> {
+    pub fn accept(
+        &mut self,
+        header: &ImageHeader,
+        trailer: &ImageTrailer,
+    ) -> Result<(), SpanError> {
         let part = header.part;
         if trailer.image_uuid != header.image_uuid || trailer.part != header.part {
             return Err(SpanError::HeaderTrailerMismatch {
@@ -679,7 +715,11 @@ impl PartJoiner {
                 reason: "image UUID or part differ",
             });
         }
-        if trailer.records_in_image.checked_sub(trailer.records_in_part) != Some(header.first_sequence) {
+        if trailer
+            .records_in_image
+            .checked_sub(trailer.records_in_part)
+            != Some(header.first_sequence)
+        {
             return Err(SpanError::HeaderTrailerMismatch {
                 part,
                 reason: "records_in_image - records_in_part != first_sequence",
@@ -704,7 +744,10 @@ impl PartJoiner {
                     ("disk_uuid", header.disk_uuid == first.disk_uuid),
                     ("session_uuid", header.session_uuid == first.session_uuid),
                     ("kind", header.kind == first.kind),
-                    ("parent_image_uuid", header.parent_image_uuid == first.parent_image_uuid),
+                    (
+                        "parent_image_uuid",
+                        header.parent_image_uuid == first.parent_image_uuid,
+                    ),
                     ("disk_size", header.disk_size == first.disk_size),
                     ("change_id", header.change_id == first.change_id),
                     ("cipher", header.cipher == first.cipher),

@@ -1,6 +1,8 @@
 //! Low-level framing: the common block prefix, little-endian field helpers, the
 //! extension area and resynchronisation.
-use crate::{FormatError, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_BLOCK_SIZE, MAX_EXTENSION_LEN, PREFIX_LEN};
+use crate::{
+    FormatError, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_BLOCK_SIZE, MAX_EXTENSION_LEN, PREFIX_LEN,
+};
 
 /// Byte offset of the header CRC inside the prefix.
 pub(crate) const CRC_OFFSET: usize = 24;
@@ -106,16 +108,17 @@ pub fn resync(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut at = from;
     while at + PREFIX_LEN <= bytes.len() {
         let rest = &bytes[at..];
-        let Some(rel) = rest.windows(MAGIC.len()).position(|w| w == MAGIC) else {
-            return None;
-        };
+        let rel = rest.windows(MAGIC.len()).position(|w| w == MAGIC)?;
         let start = at + rel;
         let cand = &bytes[start..];
         if cand.len() >= PREFIX_LEN {
             let hl = u32::from_le_bytes([cand[16], cand[17], cand[18], cand[19]]) as usize;
             let pl = u32::from_le_bytes([cand[20], cand[21], cand[22], cand[23]]) as usize;
             if let Some(total) = hl.checked_add(pl) {
-                if total <= cand.len() && total <= MAX_BLOCK_SIZE && decode_prefix(&cand[..total]).is_ok() {
+                if total <= cand.len()
+                    && total <= MAX_BLOCK_SIZE
+                    && decode_prefix(&cand[..total]).is_ok()
+                {
                     return Some((start, total));
                 }
             }
@@ -247,7 +250,11 @@ pub(crate) struct Cur<'a> {
 
 impl<'a> Cur<'a> {
     pub(crate) fn new(buf: &'a [u8], record: &'static str) -> Self {
-        Cur { buf, pos: 0, record }
+        Cur {
+            buf,
+            pos: 0,
+            record,
+        }
     }
     pub(crate) fn record(&self) -> &'static str {
         self.record
@@ -263,7 +270,10 @@ impl<'a> Cur<'a> {
         self.pos += n;
         Ok(s)
     }
-    pub(crate) fn arr<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], FormatError> {
+    pub(crate) fn arr<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], FormatError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, field)?);
         Ok(a)
@@ -300,7 +310,11 @@ impl<'a> Cur<'a> {
             }),
         }
     }
-    pub(crate) fn string(&mut self, max: usize, field: &'static str) -> Result<String, FormatError> {
+    pub(crate) fn string(
+        &mut self,
+        max: usize,
+        field: &'static str,
+    ) -> Result<String, FormatError> {
         let len = self.u16(field)? as usize;
         if len > max {
             return Err(FormatError::LimitExceeded {

@@ -6,9 +6,21 @@ use tape_formats::*;
 
 fn sample_record(crypto: RecordCrypto) -> Vec<u8> {
     let extents = [
-        Extent { offset: 4096, length: 100, kind: ExtentKind::Data },
-        Extent { offset: 8192, length: 65536, kind: ExtentKind::Zero },
-        Extent { offset: 73728, length: 60, kind: ExtentKind::Data },
+        Extent {
+            offset: 4096,
+            length: 100,
+            kind: ExtentKind::Data,
+        },
+        Extent {
+            offset: 8192,
+            length: 65536,
+            kind: ExtentKind::Zero,
+        },
+        Extent {
+            offset: 73728,
+            length: 60,
+            kind: ExtentKind::Data,
+        },
     ];
     let payload: Vec<u8> = (0..160u32).map(|i| (i * 31 % 256) as u8).collect();
     let fields = DataFields {
@@ -28,7 +40,11 @@ fn sample_record(crypto: RecordCrypto) -> Vec<u8> {
 fn every_single_bit_flip_in_a_data_record_is_detected() {
     let crypto_cases = [
         RecordCrypto::None,
-        RecordCrypto::Aes256Gcm { key_fingerprint: [1; 16], nonce: [2; 12], tag: [3; 16] },
+        RecordCrypto::Aes256Gcm {
+            key_fingerprint: [1; 16],
+            nonce: [2; 12],
+            tag: [3; 16],
+        },
     ];
     for crypto in crypto_cases {
         let good = sample_record(crypto);
@@ -36,7 +52,11 @@ fn every_single_bit_flip_in_a_data_record_is_detected() {
         for bit in 0..good.len() * 8 {
             let mut bad = good.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_block(&bad).is_err(), "flip of bit {bit} (byte {}) undetected", bit / 8);
+            assert!(
+                decode_block(&bad).is_err(),
+                "flip of bit {bit} (byte {}) undetected",
+                bit / 8
+            );
         }
     }
 }
@@ -46,10 +66,16 @@ fn payload_flip_is_reported_as_payload_crc_and_header_flip_as_header_crc() {
     let good = sample_record(RecordCrypto::None);
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 0x80;
-    assert!(matches!(decode_block(&bad), Err(FormatError::PayloadCrc { .. })));
+    assert!(matches!(
+        decode_block(&bad),
+        Err(FormatError::PayloadCrc { .. })
+    ));
     let mut bad = good.clone();
     bad[40] ^= 1; // inside the image UUID
-    assert!(matches!(decode_block(&bad), Err(FormatError::HeaderCrc { .. })));
+    assert!(matches!(
+        decode_block(&bad),
+        Err(FormatError::HeaderCrc { .. })
+    ));
 }
 
 #[test]
@@ -63,13 +89,21 @@ fn every_truncation_of_every_block_kind_is_a_typed_error() {
         for n in 0..good.len() {
             let e = decode_block(&good[..n]).unwrap_err();
             assert!(
-                matches!(e, FormatError::TooShort { .. } | FormatError::LengthMismatch { .. } | FormatError::BadMagic { .. }),
+                matches!(
+                    e,
+                    FormatError::TooShort { .. }
+                        | FormatError::LengthMismatch { .. }
+                        | FormatError::BadMagic { .. }
+                ),
                 "truncated to {n}: {e:?}"
             );
         }
         let mut longer = good.clone();
         longer.push(0);
-        assert!(matches!(decode_block(&longer), Err(FormatError::LengthMismatch { .. })));
+        assert!(matches!(
+            decode_block(&longer),
+            Err(FormatError::LengthMismatch { .. })
+        ));
     }
 }
 
@@ -80,7 +114,12 @@ fn newer_major_version_is_refused_naming_both_versions() {
     let e = decode_block(&b).unwrap_err();
     assert_eq!(
         e,
-        FormatError::UnsupportedVersion { found_major: 2, found_minor: 0, supported_major: 1, supported_minor: 0 }
+        FormatError::UnsupportedVersion {
+            found_major: 2,
+            found_minor: 0,
+            supported_major: 1,
+            supported_minor: 0
+        }
     );
     let msg = e.to_string();
     assert!(msg.contains("2.0") && msg.contains("1.0"), "{msg}");
@@ -95,7 +134,10 @@ fn header_fields_are_checked_against_limits_even_with_a_valid_crc() {
     fix_crc(&mut b);
     assert!(matches!(
         decode_block(&b),
-        Err(FormatError::LimitExceeded { field: "extent_count", .. })
+        Err(FormatError::LimitExceeded {
+            field: "extent_count",
+            ..
+        })
     ));
 }
 
@@ -115,7 +157,10 @@ fn overlapping_extents_with_valid_crc_are_refused() {
     // second extent (offset at header byte 112 + 17) moved back to overlap the first
     b[129..137].copy_from_slice(&4100u64.to_le_bytes());
     fix_crc(&mut b);
-    assert!(matches!(decode_block(&b), Err(FormatError::BadExtent { index: 1, .. })));
+    assert!(matches!(
+        decode_block(&b),
+        Err(FormatError::BadExtent { index: 1, .. })
+    ));
 }
 
 #[test]
@@ -131,21 +176,40 @@ fn newer_minor_with_extension_area_is_read_and_unknown_type_skipped() {
     let hl = b.len() as u32;
     b[16..20].copy_from_slice(&hl.to_le_bytes());
     fix_crc(&mut b);
-    assert_eq!(decode_block(&b).unwrap(), Block::ImageHeader(fixed_header()));
+    assert_eq!(
+        decode_block(&b).unwrap(),
+        Block::ImageHeader(fixed_header())
+    );
     // A malformed TLV (value runs past the area) is refused.
     let mut bad = b.clone();
     let at = bad.len() - 5;
     bad[at..at + 2].copy_from_slice(&9u16.to_le_bytes());
     fix_crc(&mut bad);
-    assert!(matches!(decode_block(&bad), Err(FormatError::BadExtension { .. })));
+    assert!(matches!(
+        decode_block(&bad),
+        Err(FormatError::BadExtension { .. })
+    ));
     // An unknown record type from a newer minor is surfaced as Unknown (skippable) ...
     b[12..14].copy_from_slice(&0x0999u16.to_le_bytes());
     fix_crc(&mut b);
-    assert!(matches!(decode_block(&b), Ok(Block::Unknown { record_type: 0x0999, minor: 1, .. })));
+    assert!(matches!(
+        decode_block(&b),
+        Ok(Block::Unknown {
+            record_type: 0x0999,
+            minor: 1,
+            ..
+        })
+    ));
     // ... but from our own minor it is an error.
     b[10..12].copy_from_slice(&0u16.to_le_bytes());
     fix_crc(&mut b);
-    assert!(matches!(decode_block(&b), Err(FormatError::UnknownRecordType { record_type: 0x0999, .. })));
+    assert!(matches!(
+        decode_block(&b),
+        Err(FormatError::UnknownRecordType {
+            record_type: 0x0999,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -177,11 +241,23 @@ fn encoders_refuse_values_over_limits() {
         escrow: vec![],
     };
     let mut out = vec![9];
-    assert!(matches!(l.encode(&mut out), Err(FormatError::LimitExceeded { field: "barcode", .. })));
+    assert!(matches!(
+        l.encode(&mut out),
+        Err(FormatError::LimitExceeded {
+            field: "barcode",
+            ..
+        })
+    ));
     assert_eq!(out, vec![9], "a failed encode leaves the buffer as it was");
     l.barcode = "ABC123L9".into();
     l.escrow = vec![0; MAX_ESCROW_LEN + 1];
-    assert!(matches!(l.encode(&mut out), Err(FormatError::LimitExceeded { field: "escrow", .. })));
+    assert!(matches!(
+        l.encode(&mut out),
+        Err(FormatError::LimitExceeded {
+            field: "escrow",
+            ..
+        })
+    ));
     let f = DataFields {
         image_uuid: [0; 16],
         part: 0,
@@ -190,7 +266,11 @@ fn encoders_refuse_values_over_limits() {
         crypto: RecordCrypto::None,
         plain_len: MAX_RECORD_DATA_SIZE + 1,
     };
-    let ext = [Extent { offset: 0, length: MAX_RECORD_DATA_SIZE as u64 + 1, kind: ExtentKind::Data }];
+    let ext = [Extent {
+        offset: 0,
+        length: MAX_RECORD_DATA_SIZE as u64 + 1,
+        kind: ExtentKind::Data,
+    }];
     let payload = vec![0; MAX_RECORD_DATA_SIZE as usize + 1];
     assert!(encode_data_record(&f, &ext, &payload, &mut out).is_err());
 }

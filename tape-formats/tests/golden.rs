@@ -30,8 +30,16 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
     v.push(("image_header", std::mem::take(&mut b)));
 
     let extents = [
-        Extent { offset: 0x10000, length: 8, kind: ExtentKind::Data },
-        Extent { offset: 0x10008, length: 0x1000, kind: ExtentKind::Zero },
+        Extent {
+            offset: 0x10000,
+            length: 8,
+            kind: ExtentKind::Data,
+        },
+        Extent {
+            offset: 0x10008,
+            length: 0x1000,
+            kind: ExtentKind::Zero,
+        },
     ];
     let fields = DataFields {
         image_uuid: [0x11; 16],
@@ -46,7 +54,11 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
 
     let fields = DataFields {
         compression: Compression::Zstd,
-        crypto: RecordCrypto::Aes256Gcm { key_fingerprint: [0x5A; 16], nonce: [0x0C; 12], tag: [0x7A; 16] },
+        crypto: RecordCrypto::Aes256Gcm {
+            key_fingerprint: [0x5A; 16],
+            nonce: [0x0C; 12],
+            tag: [0x7A; 16],
+        },
         ..fields
     };
     encode_data_record(&fields, &extents, &[0xC1, 0xC2, 0xC3, 0xC4, 0xC5], &mut b).unwrap();
@@ -90,13 +102,24 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
     };
     encode_snapshot_chunk(&cf, b"SQL", &mut b).unwrap();
     v.push(("snapshot_chunk", std::mem::take(&mut b)));
-    SnapshotTrailer { session_uuid: [0x33; 16], chunk_count: 1, total_plain_len: 3, digest: snapshot_digest(b"SQL") }
-        .encode(&mut b)
-        .unwrap();
+    SnapshotTrailer {
+        session_uuid: [0x33; 16],
+        chunk_count: 1,
+        total_plain_len: 3,
+        digest: snapshot_digest(b"SQL"),
+    }
+    .encode(&mut b)
+    .unwrap();
     v.push(("snapshot_trailer", std::mem::take(&mut b)));
-    EndOfSession { session_uuid: [0x33; 16], media_set_uuid: [0xB2; 16], time: 1_795_590_601, image_parts: 1, set_sequence: 1 }
-        .encode(&mut b)
-        .unwrap();
+    EndOfSession {
+        session_uuid: [0x33; 16],
+        media_set_uuid: [0xB2; 16],
+        time: 1_795_590_601,
+        image_parts: 1,
+        set_sequence: 1,
+    }
+    .encode(&mut b)
+    .unwrap();
     v.push(("end_of_session", std::mem::take(&mut b)));
     v
 }
@@ -105,7 +128,16 @@ fn hexdump(name: &str, bytes: &[u8], out: &mut String) {
     writeln!(out, "{name} ({} bytes):", bytes.len()).unwrap();
     for (i, line) in bytes.chunks(16).enumerate() {
         let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-        let ascii: String = line.iter().map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' }).collect();
+        let ascii: String = line
+            .iter()
+            .map(|&b| {
+                if (0x20..0x7f).contains(&b) {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
         writeln!(out, "  {:04x}: {:<47}  {}", i * 16, hex.join(" "), ascii).unwrap();
     }
     out.push('\n');
@@ -127,7 +159,12 @@ fn encoded_bytes_match_golden_vectors() {
             std::fs::write(&path, &bytes).unwrap();
         } else {
             let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(bytes, want, "{name}: encoding differs from {}", path.display());
+            assert_eq!(
+                bytes,
+                want,
+                "{name}: encoding differs from {}",
+                path.display()
+            );
         }
     }
     let path = dir.join("hexdump.txt");
@@ -143,7 +180,10 @@ fn golden_files_decode_to_the_fixed_structures() {
     // The checked-in files (not just today's encoder) decode: old tapes stay readable.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let b = std::fs::read(dir.join("image_header.bin")).unwrap();
-    assert_eq!(decode_block(&b).unwrap(), Block::ImageHeader(common::fixed_header()));
+    assert_eq!(
+        decode_block(&b).unwrap(),
+        Block::ImageHeader(common::fixed_header())
+    );
     let b = std::fs::read(dir.join("data_record_plain.bin")).unwrap();
     match decode_block(&b).unwrap() {
         Block::Data(r) => {

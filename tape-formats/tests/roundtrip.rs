@@ -109,8 +109,16 @@ proptest! {
 fn content_digest_matches_the_documented_definition() {
     // What a stranger computes with any BLAKE3 implementation, per docs/FORMAT.md.
     let ext = [
-        Extent { offset: 0, length: 4, kind: ExtentKind::Data },
-        Extent { offset: 4, length: 1 << 20, kind: ExtentKind::Zero },
+        Extent {
+            offset: 0,
+            length: 4,
+            kind: ExtentKind::Data,
+        },
+        Extent {
+            offset: 4,
+            length: 1 << 20,
+            kind: ExtentKind::Zero,
+        },
     ];
     let mut manual = Vec::new();
     manual.extend_from_slice(&0u64.to_le_bytes());

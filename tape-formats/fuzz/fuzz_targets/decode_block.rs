@@ -5,8 +5,12 @@ use libfuzzer_sys::fuzz_target;
 use tape_formats::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(block) = decode_block(data) else { return };
-    let Ok(prefix) = decode_prefix(data) else { panic!("decode_block accepted a bad prefix") };
+    let Ok(block) = decode_block(data) else {
+        return;
+    };
+    let Ok(prefix) = decode_prefix(data) else {
+        panic!("decode_block accepted a bad prefix")
+    };
     if prefix.ext_len != 0 || prefix.minor != FORMAT_MINOR {
         return;
     }

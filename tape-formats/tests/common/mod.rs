@@ -24,10 +24,12 @@ pub fn arb_cipher() -> impl Strategy<Value = Cipher> {
 pub fn arb_crypto() -> impl Strategy<Value = RecordCrypto> {
     prop_oneof![
         Just(RecordCrypto::None),
-        (any::<[u8; 16]>(), any::<[u8; 12]>(), any::<[u8; 16]>()).prop_map(|(k, n, t)| RecordCrypto::Aes256Gcm {
-            key_fingerprint: k,
-            nonce: n,
-            tag: t
+        (any::<[u8; 16]>(), any::<[u8; 12]>(), any::<[u8; 16]>()).prop_map(|(k, n, t)| {
+            RecordCrypto::Aes256Gcm {
+                key_fingerprint: k,
+                nonce: n,
+                tag: t,
+            }
         })
     ]
 }
@@ -65,34 +67,68 @@ pub fn arb_label() -> impl Strategy<Value = VolumeLabel> {
 
 pub fn arb_header() -> impl Strategy<Value = ImageHeader> {
     (
-        (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<[u8; 16]>(), any::<[u8; 16]>()),
-        prop_oneof![Just(ImageKind::Full), Just(ImageKind::Incremental), Just(ImageKind::Copy)],
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+        ),
+        prop_oneof![
+            Just(ImageKind::Full),
+            Just(ImageKind::Incremental),
+            Just(ImageKind::Copy)
+        ],
         any::<bool>(),
-        (any::<u32>(), any::<u64>(), any::<u64>(), 1u32.., 1u32..=MAX_RECORD_DATA_SIZE, any::<i64>()),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            1u32..,
+            1u32..=MAX_RECORD_DATA_SIZE,
+            any::<i64>(),
+        ),
         arb_compression(),
         arb_cipher(),
-        (arb_str(MAX_VM_NAME_LEN), arb_str(64), proptest::option::of(arb_str(64))),
+        (
+            arb_str(MAX_VM_NAME_LEN),
+            arb_str(64),
+            proptest::option::of(arb_str(64)),
+        ),
     )
-        .prop_map(|((i, d, s, p), kind, has_parent, (part, fs, ds, tbs, rds, t), comp, cipher, (vm, ch, from))| {
-            ImageHeader {
-                image_uuid: i,
-                disk_uuid: d,
-                session_uuid: s,
-                parent_image_uuid: if has_parent || kind == ImageKind::Incremental { Some(p) } else { None },
+        .prop_map(
+            |(
+                (i, d, s, p),
                 kind,
-                part,
-                first_sequence: fs,
-                disk_size: ds,
-                tracking_block_size: tbs,
-                record_data_size: rds,
-                time: t,
-                compression: comp,
+                has_parent,
+                (part, fs, ds, tbs, rds, t),
+                comp,
                 cipher,
-                vm_name: vm,
-                change_id: ch,
-                from_change_id: from,
-            }
-        })
+                (vm, ch, from),
+            )| {
+                ImageHeader {
+                    image_uuid: i,
+                    disk_uuid: d,
+                    session_uuid: s,
+                    parent_image_uuid: if has_parent || kind == ImageKind::Incremental {
+                        Some(p)
+                    } else {
+                        None
+                    },
+                    kind,
+                    part,
+                    first_sequence: fs,
+                    disk_size: ds,
+                    tracking_block_size: tbs,
+                    record_data_size: rds,
+                    time: t,
+                    compression: comp,
+                    cipher,
+                    vm_name: vm,
+                    change_id: ch,
+                    from_change_id: from,
+                }
+            },
+        )
 }
 
 pub fn arb_trailer() -> impl Strategy<Value = ImageTrailer> {
@@ -123,8 +159,11 @@ pub fn arb_trailer() -> impl Strategy<Value = ImageTrailer> {
 
 /// Valid extents (ascending, non-overlapping) with their data length sum kept small.
 pub fn arb_extents() -> impl Strategy<Value = Vec<Extent>> {
-    (any::<u32>(), proptest::collection::vec((0u64..5000, 1u64..3000, any::<bool>()), 1..20)).prop_map(
-        |(base, parts)| {
+    (
+        any::<u32>(),
+        proptest::collection::vec((0u64..5000, 1u64..3000, any::<bool>()), 1..20),
+    )
+        .prop_map(|(base, parts)| {
             let mut at = base as u64;
             parts
                 .into_iter()
@@ -133,18 +172,25 @@ pub fn arb_extents() -> impl Strategy<Value = Vec<Extent>> {
                     let e = Extent {
                         offset: at,
                         length: if zero { len * 1000 } else { len },
-                        kind: if zero { ExtentKind::Zero } else { ExtentKind::Data },
+                        kind: if zero {
+                            ExtentKind::Zero
+                        } else {
+                            ExtentKind::Data
+                        },
                     };
                     at += e.length;
                     e
                 })
                 .collect()
-        },
-    )
+        })
 }
 
 pub fn plain_len(extents: &[Extent]) -> u32 {
-    extents.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| e.length).sum::<u64>() as u32
+    extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Data)
+        .map(|e| e.length)
+        .sum::<u64>() as u32
 }
 
 pub fn fixed_header() -> ImageHeader {
