@@ -43,8 +43,10 @@ pub enum ReadStatus {
     EndOfData,
 }
 
-/// Where blocks come from. `read_block` replaces the contents of `buf` with the next
-/// block (reusing its allocation) and returns its length.
+/// Where blocks come from. `read_block` reads the next block into `buf` and returns
+/// `Block(n)`: the block is then `buf[..n]`. The source may grow `buf` (up to
+/// [`MAX_BLOCK_SIZE`]) and may leave bytes beyond `n` in it, so a drive adapter can keep
+/// one `MAX_BLOCK_SIZE` buffer and read into it without clearing it each time.
 pub trait BlockSource {
     type Error: std::error::Error + 'static;
     fn read_block(&mut self, buf: &mut Vec<u8>) -> Result<ReadStatus, Self::Error>;
@@ -607,7 +609,7 @@ impl<S: BlockSource> ImageReader<S> {
             });
         }
         let position = self.position;
-        match self.source.read_block(&mut self.buf)? {
+        let n = match self.source.read_block(&mut self.buf)? {
             st @ (ReadStatus::Filemark | ReadStatus::EndOfData) => {
                 self.ended = true;
                 return Ok(ReadEvent::End {
@@ -616,10 +618,11 @@ impl<S: BlockSource> ImageReader<S> {
                     problem: self.checker.end(position),
                 });
             }
-            ReadStatus::Block(_) => {}
-        }
+            ReadStatus::Block(n) => n,
+        };
         self.position += 1;
-        let decoded = decode_block(&self.buf);
+        let block = self.buf.get(..n).unwrap_or(&self.buf[..]);
+        let decoded = decode_block(block);
         let verdict = self.checker.check(position, decoded.as_ref());
         match (decoded, verdict) {
             (Ok(Block::ImageHeader(h)), Verdict { accept: true, .. }) => Ok(ReadEvent::Header(h)),
