@@ -1,3 +1,4 @@
 //! tapevault: block-level backups of virtual machine disks to tape.
 pub mod changer;
+pub mod crypto;
 pub mod drive;
