@@ -53,7 +53,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Parse hex (either case) into bytes; `None` if not hex or odd length.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if s.len() & 1 != 0 || !s.is_ascii() {
         return None;
     }
     (0..s.len())
