@@ -3,3 +3,5 @@ pub mod catalog;
 pub mod changer;
 pub mod crypto;
 pub mod drive;
+pub mod extents;
+pub mod source;
