@@ -1,7 +1,13 @@
 //! tapevault: block-level backups of virtual machine disks to tape.
 pub mod catalog;
 pub mod changer;
+pub mod cli;
 pub mod crypto;
 pub mod drive;
+pub mod error;
 pub mod extents;
+pub mod home;
+pub mod locks;
+pub mod pipeline;
+pub mod progress;
 pub mod source;

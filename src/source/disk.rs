@@ -63,8 +63,14 @@ pub enum DiskError {
         source: std::io::Error,
     },
     #[error("disk {path} ended at byte {offset} while {size} bytes were expected; did it shrink during the backup?")]
-    Truncated { path: PathBuf, offset: u64, size: u64 },
-    #[error("extent at {offset} of length {len} lies beyond the end of disk {path} ({size} bytes)")]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        size: u64,
+    },
+    #[error(
+        "extent at {offset} of length {len} lies beyond the end of disk {path} ({size} bytes)"
+    )]
     ExtentBeyondDisk {
         path: PathBuf,
         offset: u64,
@@ -387,7 +393,8 @@ impl<'d> ChunkReader<'d> {
             }
             let base = self.data.len();
             self.data.resize(base + want as usize, 0);
-            self.disk.read_exact_at(self.cursor, &mut self.data[base..])?;
+            self.disk
+                .read_exact_at(self.cursor, &mut self.data[base..])?;
             // Classify block pieces, compacting data over dropped zero pieces.
             let mut write = base;
             let mut pos = self.cursor;
