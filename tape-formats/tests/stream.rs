@@ -551,7 +551,7 @@ mod model {
             let mut expect = vec![];
             for it in &recs {
                 let s = seq_of(it);
-                if expect.last().map_or(true, |&l| s > l) { expect.push(s); }
+                if !matches!(expect.last(), Some(&l) if s <= l) { expect.push(s); }
             }
             let damaged = recs != orig;
             let mut items = vec![w.tape.items[0].clone()];
