@@ -2,12 +2,14 @@
 pub mod catalog;
 pub mod changer;
 pub mod cli;
+pub mod codec;
 pub mod crypto;
 pub mod drive;
 pub mod error;
 pub mod extents;
 pub mod home;
 pub mod locks;
+pub mod media;
 pub mod pipeline;
 pub mod progress;
 pub mod source;
