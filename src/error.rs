@@ -115,3 +115,23 @@ impl From<std::io::Error> for Error {
         Error::Failed(e.to_string())
     }
 }
+
+impl From<crate::catalog::CatalogError> for Error {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        use crate::catalog::CatalogError as C;
+        match e {
+            C::BrokenChain { .. } => Error::Integrity(e.to_string()),
+            _ => Error::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for Error {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        use crate::crypto::CryptoError as C;
+        match e {
+            C::WrongPassphrase { .. } | C::KeyMissing { .. } => Error::Key(e.to_string()),
+            _ => Error::Failed(e.to_string()),
+        }
+    }
+}

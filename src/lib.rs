@@ -2,6 +2,7 @@
 pub mod catalog;
 pub mod changer;
 pub mod cli;
+pub mod clock;
 pub mod codec;
 pub mod crypto;
 pub mod drive;

@@ -1,6 +1,7 @@
 //! Media handling shared by the jobs: mounting cartridges in drives, volume labels,
 //! keeping the catalog's view of the library current, allocation and spanning.
 
+pub mod allocate;
 pub mod mount;
 pub mod sink;
 pub mod volume;
