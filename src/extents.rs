@@ -376,10 +376,22 @@ mod tests {
     fn segment_skip_follows_data_not_zeros() {
         let chain = vec![
             vec![
-                CoveredExtent { offset: 0, len: 100, is_zero: false },
-                CoveredExtent { offset: 100, len: 100, is_zero: true },
+                CoveredExtent {
+                    offset: 0,
+                    len: 100,
+                    is_zero: false,
+                },
+                CoveredExtent {
+                    offset: 100,
+                    len: 100,
+                    is_zero: true,
+                },
             ],
-            vec![CoveredExtent { offset: 0, len: 50, is_zero: false }],
+            vec![CoveredExtent {
+                offset: 0,
+                len: 50,
+                is_zero: false,
+            }],
         ];
         let plan = plan_restore(&chain, 200).unwrap();
         assert!(plan.images[0].can_skip_segment(0, 50));
@@ -392,12 +404,23 @@ mod tests {
     #[test]
     fn overlapping_extents_within_one_image_are_rejected() {
         let chain = vec![vec![
-            CoveredExtent { offset: 0, len: 10, is_zero: false },
-            CoveredExtent { offset: 5, len: 10, is_zero: true },
+            CoveredExtent {
+                offset: 0,
+                len: 10,
+                is_zero: false,
+            },
+            CoveredExtent {
+                offset: 5,
+                len: 10,
+                is_zero: true,
+            },
         ]];
         assert_eq!(
             plan_restore(&chain, 20),
-            Err(PlanError::OverlapWithinImage { image: 0, offset: 5 })
+            Err(PlanError::OverlapWithinImage {
+                image: 0,
+                offset: 5
+            })
         );
     }
 

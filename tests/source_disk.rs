@@ -18,7 +18,11 @@ fn disk_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// Reads every chunk, checking the invariants, and rebuilds the bytes the chunks
 /// describe into a copy of the disk (unread bytes stay 0xEE).
-fn read_all(disk: &Disk, cfg: ChunkConfig, set: Option<&ExtentSet>) -> (Vec<u8>, Vec<(u64, u64, ExtentKind)>) {
+fn read_all(
+    disk: &Disk,
+    cfg: ChunkConfig,
+    set: Option<&ExtentSet>,
+) -> (Vec<u8>, Vec<(u64, u64, ExtentKind)>) {
     let mut reader = match set {
         Some(s) => ChunkReader::extents(disk, cfg, s).unwrap(),
         None => ChunkReader::whole_disk(disk, cfg).unwrap(),
@@ -27,7 +31,10 @@ fn read_all(disk: &Disk, cfg: ChunkConfig, set: Option<&ExtentSet>) -> (Vec<u8>,
     let mut all = Vec::new();
     let mut last_end = 0u64;
     while let Some(chunk) = reader.next_chunk().unwrap() {
-        assert!(chunk.data.len() <= cfg.record_data_size, "chunk data exceeds the record size");
+        assert!(
+            chunk.data.len() <= cfg.record_data_size,
+            "chunk data exceeds the record size"
+        );
         assert!(!chunk.extents.is_empty());
         let mut at = 0usize;
         for e in chunk.extents {
@@ -44,7 +51,11 @@ fn read_all(disk: &Disk, cfg: ChunkConfig, set: Option<&ExtentSet>) -> (Vec<u8>,
             }
             all.push((e.offset, e.len, e.kind));
         }
-        assert_eq!(at, chunk.data.len(), "data buffer holds exactly the data sub-extents");
+        assert_eq!(
+            at,
+            chunk.data.len(),
+            "data buffer holds exactly the data sub-extents"
+        );
     }
     (out, all)
 }
@@ -56,7 +67,10 @@ fn build(blocks: &[(u8, u16)], block: usize, tail: usize) -> Vec<u8> {
     for (i, &(kind, pos)) in blocks.iter().enumerate() {
         let mut b = vec![0u8; block];
         match kind {
-            1 => b.iter_mut().enumerate().for_each(|(j, x)| *x = (i * 7 + j) as u8 | 1),
+            1 => b
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x = (i * 7 + j) as u8 | 1),
             2 => b[pos as usize % block] = 0x80,
             _ => {}
         }
@@ -146,11 +160,26 @@ fn sparse_disk_becomes_few_zero_extents_and_no_data() {
 #[test]
 fn opening_non_disks_and_bad_settings_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(Disk::open(dir.path()), Err(DiskError::NotADisk { what: "a directory", .. })));
-    assert!(matches!(Disk::open(&dir.path().join("none")), Err(DiskError::Open { .. })));
+    assert!(matches!(
+        Disk::open(dir.path()),
+        Err(DiskError::NotADisk {
+            what: "a directory",
+            ..
+        })
+    ));
+    assert!(matches!(
+        Disk::open(&dir.path().join("none")),
+        Err(DiskError::Open { .. })
+    ));
     let disk = Disk::open(&disk_file(dir.path(), "d", &[1u8; 100])).unwrap();
-    let cfg = ChunkConfig { record_data_size: 4096, block_size: 1000 };
-    assert!(matches!(ChunkReader::whole_disk(&disk, cfg), Err(DiskError::Config(_))));
+    let cfg = ChunkConfig {
+        record_data_size: 4096,
+        block_size: 1000,
+    };
+    assert!(matches!(
+        ChunkReader::whole_disk(&disk, cfg),
+        Err(DiskError::Config(_))
+    ));
     let mut set = ExtentSet::new();
     set.insert(50, 51);
     assert!(matches!(
@@ -164,12 +193,32 @@ fn disk_that_shrinks_during_read_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let p = disk_file(dir.path(), "d", &[1u8; 8192]);
     let disk = Disk::open(&p).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096).unwrap();
-    let mut r = ChunkReader::whole_disk(&disk, ChunkConfig { record_data_size: 8192, block_size: 4096 }).unwrap();
-    assert!(matches!(r.next_chunk(), Err(DiskError::Truncated { offset: 4096, .. })));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let mut r = ChunkReader::whole_disk(
+        &disk,
+        ChunkConfig {
+            record_data_size: 8192,
+            block_size: 4096,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        r.next_chunk(),
+        Err(DiskError::Truncated { offset: 4096, .. })
+    ));
 }
 
-fn scan(disk_path: &Path, bs: u64, prev: Option<&Path>, out: &Path) -> Result<Vec<Extent>, ScanError> {
+fn scan(
+    disk_path: &Path,
+    bs: u64,
+    prev: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<Extent>, ScanError> {
     let disk = Disk::open(disk_path).unwrap();
     let mut v = Vec::new();
     let s = scan_changes(&disk, bs, prev, out, |e| v.push(e))?;
@@ -229,17 +278,28 @@ fn digest_list_fed_by_full_backup_equals_scan_list() {
     let disk = Disk::open(&p).unwrap();
     let fed = dir.path().join("fed");
     let feed = DigestFeed::new(&fed, 4096, disk.size(), None).unwrap();
-    let cfg = ChunkConfig { record_data_size: 6000, block_size: 4096 };
-    let mut r = ChunkReader::whole_disk(&disk, cfg).unwrap().with_digests(feed);
+    let cfg = ChunkConfig {
+        record_data_size: 6000,
+        block_size: 4096,
+    };
+    let mut r = ChunkReader::whole_disk(&disk, cfg)
+        .unwrap()
+        .with_digests(feed);
     while r.next_chunk().unwrap().is_some() {}
     let (stats, summary) = r.finish().unwrap();
     assert_eq!(stats.data_bytes + stats.zero_bytes, bytes.len() as u64);
     assert_eq!(summary.unwrap().count, 6);
     let scanned = dir.path().join("scanned");
     scan(&p, 4096, None, &scanned).unwrap();
-    assert_eq!(std::fs::read(&fed).unwrap(), std::fs::read(&scanned).unwrap());
+    assert_eq!(
+        std::fs::read(&fed).unwrap(),
+        std::fs::read(&scanned).unwrap()
+    );
     // And a scan against the fed list sees no change.
-    assert_eq!(scan(&p, 4096, Some(&fed), &dir.path().join("x")).unwrap(), vec![]);
+    assert_eq!(
+        scan(&p, 4096, Some(&fed), &dir.path().join("x")).unwrap(),
+        vec![]
+    );
 }
 
 #[test]
@@ -259,9 +319,16 @@ fn digest_list_fed_by_cbt_incremental_copies_unread_blocks_from_previous() {
     set.insert(4 * 4096, 4096);
     let l2 = dir.path().join("l2");
     let feed = DigestFeed::new(&l2, 4096, disk.size(), Some(&l1)).unwrap();
-    let mut r = ChunkReader::extents(&disk, ChunkConfig { record_data_size: 8192, block_size: 4096 }, &set)
-        .unwrap()
-        .with_digests(feed);
+    let mut r = ChunkReader::extents(
+        &disk,
+        ChunkConfig {
+            record_data_size: 8192,
+            block_size: 4096,
+        },
+        &set,
+    )
+    .unwrap()
+    .with_digests(feed);
     while r.next_chunk().unwrap().is_some() {}
     r.finish().unwrap();
     let l3 = dir.path().join("l3");
@@ -278,11 +345,20 @@ fn digest_feed_without_previous_list_refuses_gaps() {
     set.insert(4096, 4096);
     let out = dir.path().join("l");
     let feed = DigestFeed::new(&out, 4096, disk.size(), None).unwrap();
-    let mut r = ChunkReader::extents(&disk, ChunkConfig::default(), &set).unwrap().with_digests(feed);
-    assert!(matches!(r.next_chunk(), Err(DiskError::Digest(DigestListError::Feed(_)))));
+    let mut r = ChunkReader::extents(&disk, ChunkConfig::default(), &set)
+        .unwrap()
+        .with_digests(feed);
+    assert!(matches!(
+        r.next_chunk(),
+        Err(DiskError::Digest(DigestListError::Feed(_)))
+    ));
     drop(r);
     assert!(!out.exists(), "no list left behind");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no partial file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no partial file left behind"
+    );
 }
 
 #[test]
@@ -310,25 +386,46 @@ fn corrupt_truncated_missing_or_mismatched_previous_list_is_a_typed_error() {
     for i in 40..good.len() {
         let mut b = good.clone();
         b[i] ^= 0x10;
-        assert!(matches!(prev_err(&b), DigestListError::Corrupt { .. }), "flip at {i}");
+        assert!(
+            matches!(prev_err(&b), DigestListError::Corrupt { .. }),
+            "flip at {i}"
+        );
     }
     let mut b = good.clone();
     b[0] = b'X';
     assert!(matches!(prev_err(&b), DigestListError::BadMagic { .. }));
     let mut b = good.clone();
     b[8] = 2;
-    assert!(matches!(prev_err(&b), DigestListError::UnsupportedVersion { version: 2, .. }));
+    assert!(matches!(
+        prev_err(&b),
+        DigestListError::UnsupportedVersion { version: 2, .. }
+    ));
     let mut b = good.clone();
     b[32] = 9; // count
     assert!(matches!(prev_err(&b), DigestListError::Inconsistent { .. }));
-    assert!(matches!(prev_err(&good[..good.len() - 1]), DigestListError::WrongLength { .. }));
-    assert!(matches!(prev_err(&good[..10]), DigestListError::BadMagic { .. }));
+    assert!(matches!(
+        prev_err(&good[..good.len() - 1]),
+        DigestListError::WrongLength { .. }
+    ));
+    assert!(matches!(
+        prev_err(&good[..10]),
+        DigestListError::BadMagic { .. }
+    ));
     let disk = Disk::open(&p).unwrap();
     let missing = scan_changes(&disk, 4096, Some(&dir.path().join("nope")), &out, |_| {});
-    assert!(matches!(missing, Err(ScanError::PreviousList(DigestListError::Missing { .. }))));
+    assert!(matches!(
+        missing,
+        Err(ScanError::PreviousList(DigestListError::Missing { .. }))
+    ));
     let mismatch = scan_changes(&disk, 8192, Some(&l1), &out, |_| {});
     match mismatch {
-        Err(ScanError::PreviousList(e @ DigestListError::BlockSizeMismatch { list: 4096, wanted: 8192, .. })) => {
+        Err(ScanError::PreviousList(
+            e @ DigestListError::BlockSizeMismatch {
+                list: 4096,
+                wanted: 8192,
+                ..
+            },
+        )) => {
             assert!(e.to_string().contains("4096"));
         }
         other => panic!("{other:?}"),
@@ -340,4 +437,26 @@ fn corrupt_truncated_missing_or_mismatched_previous_list_is_a_typed_error() {
         n += 1;
     }
     assert_eq!(n, 3);
+}
+
+/// Needs a block device, so it is opt-in: attach a file to a loop device and run
+/// `TAPEVAULT_TEST_BLOCKDEV=/dev/loopN TAPEVAULT_TEST_BLOCKDEV_BACKING=FILE
+///  cargo test --test source_disk -- --ignored block_device`.
+#[test]
+#[ignore = "needs a block device (loop device) named in TAPEVAULT_TEST_BLOCKDEV"]
+fn block_device_size_and_contents_match_its_backing_file() {
+    let dev = PathBuf::from(
+        std::env::var_os("TAPEVAULT_TEST_BLOCKDEV").expect("TAPEVAULT_TEST_BLOCKDEV"),
+    );
+    let backing =
+        std::fs::read(std::env::var_os("TAPEVAULT_TEST_BLOCKDEV_BACKING").expect("backing file"))
+            .unwrap();
+    let disk = Disk::open(&dev).unwrap();
+    assert_eq!(disk.kind(), tapevault::source::disk::DiskKind::BlockDevice);
+    assert_eq!(disk.size(), backing.len() as u64);
+    let (out, _) = read_all(&disk, ChunkConfig::default(), None);
+    assert!(
+        out == backing,
+        "device contents differ from the backing file"
+    );
 }

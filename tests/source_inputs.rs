@@ -44,7 +44,10 @@ fn load_err(text: &str) -> (ManifestError, String) {
 #[test]
 fn manifest_with_invalid_uuid_names_the_field() {
     let (e, msg) = load_err("name = \"vm\"\n[[disk]]\nid = \"not-a-uuid\"\npath = \"a\"\n");
-    assert!(matches!(e, ManifestError::Field { ref field, .. } if field == "disk[0].id"), "{msg}");
+    assert!(
+        matches!(e, ManifestError::Field { ref field, .. } if field == "disk[0].id"),
+        "{msg}"
+    );
     assert!(msg.contains("not-a-uuid"), "{msg}");
 }
 
@@ -64,7 +67,14 @@ fn manifest_with_duplicate_disk_ids_is_rejected() {
         ID1.to_uppercase()
     ));
     assert!(
-        matches!(e, ManifestError::DuplicateDiskId { first: 0, second: 1, .. }),
+        matches!(
+            e,
+            ManifestError::DuplicateDiskId {
+                first: 0,
+                second: 1,
+                ..
+            }
+        ),
         "{msg}"
     );
 }
@@ -72,15 +82,27 @@ fn manifest_with_duplicate_disk_ids_is_rejected() {
 #[test]
 fn manifest_missing_fields_and_typos_are_rejected() {
     let (e, msg) = load_err(&format!("[[disk]]\nid = \"{ID1}\"\npath = \"a\"\n"));
-    assert!(matches!(e, ManifestError::Syntax { .. }) && msg.contains("name"), "{msg}");
+    assert!(
+        matches!(e, ManifestError::Syntax { .. }) && msg.contains("name"),
+        "{msg}"
+    );
     let (e, msg) = load_err("name = \"vm\"\n");
-    assert!(matches!(e, ManifestError::Field { ref field, .. } if field == "disk"), "{msg}");
+    assert!(
+        matches!(e, ManifestError::Field { ref field, .. } if field == "disk"),
+        "{msg}"
+    );
     let (e, msg) = load_err(&format!(
         "name = \"vm\"\n[[disk]]\nid = \"{ID1}\"\npath = \"a\"\nchanged_extent = \"x\"\n"
     ));
-    assert!(matches!(e, ManifestError::Syntax { .. }) && msg.contains("changed_extent"), "{msg}");
+    assert!(
+        matches!(e, ManifestError::Syntax { .. }) && msg.contains("changed_extent"),
+        "{msg}"
+    );
     let (e, msg) = load_err(&format!("name = \"vm\"\n[[disk]]\nid = \"{ID1}\"\n"));
-    assert!(matches!(e, ManifestError::Syntax { .. }) && msg.contains("path"), "{msg}");
+    assert!(
+        matches!(e, ManifestError::Syntax { .. }) && msg.contains("path"),
+        "{msg}"
+    );
     let (e, _) = load_err("name = \"\"\n");
     assert!(matches!(e, ManifestError::Field { ref field, .. } if field == "name"));
     let (e, _) = load_err("name = [\n");
@@ -126,7 +148,13 @@ fn changed_area_beyond_disk_is_rejected_with_its_index() {
     )
     .unwrap_err();
     match e {
-        ChangedExtentsError::BeyondDisk { index, start, length, disk_size, .. } => {
+        ChangedExtentsError::BeyondDisk {
+            index,
+            start,
+            length,
+            disk_size,
+            ..
+        } => {
             assert_eq!((index, start, length, disk_size), (1, 990, 11, 1000));
         }
         other => panic!("unexpected {other}"),
@@ -154,7 +182,10 @@ fn changed_file_missing_fields_or_bad_json_is_invalid() {
         r#"["not an object"]"#,
     ] {
         let e = changed(text, 1000).unwrap_err();
-        assert!(matches!(e, ChangedExtentsError::Invalid { .. }), "{text}: {e}");
+        assert!(
+            matches!(e, ChangedExtentsError::Invalid { .. }),
+            "{text}: {e}"
+        );
         assert!(e.to_string().contains("cbt.json"));
     }
 }
@@ -181,7 +212,10 @@ fn changed_file_loads_from_disk_and_missing_file_is_io_error() {
         "c.json",
         r#"{"from_change_id": "a", "change_id": "b", "changed_area": [{"start": 0, "length": 4096}]}"#,
     );
-    assert_eq!(exts(&ChangedExtents::load(&p, 4096).unwrap()), vec![(0, 4096)]);
+    assert_eq!(
+        exts(&ChangedExtents::load(&p, 4096).unwrap()),
+        vec![(0, 4096)]
+    );
     assert!(matches!(
         ChangedExtents::load(&dir.path().join("none.json"), 4096),
         Err(ChangedExtentsError::Io { .. })

@@ -92,7 +92,11 @@ impl ChangedExtents {
 
     /// The areas widened to whole tracking blocks of `block_size` (start rounded
     /// down, end rounded up, clipped to `disk_size`), coalesced.
-    pub fn aligned(&self, block_size: u64, disk_size: u64) -> Result<ExtentSet, ChangedExtentsError> {
+    pub fn aligned(
+        &self,
+        block_size: u64,
+        disk_size: u64,
+    ) -> Result<ExtentSet, ChangedExtentsError> {
         if !block_size.is_power_of_two() {
             return Err(ChangedExtentsError::BadBlockSize { block_size });
         }
@@ -158,10 +162,14 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
                 }
             }
         }
-        let from_change_id = from_change_id.ok_or_else(|| A::Error::missing_field("from_change_id"))?;
+        let from_change_id =
+            from_change_id.ok_or_else(|| A::Error::missing_field("from_change_id"))?;
         let change_id = change_id.ok_or_else(|| A::Error::missing_field("change_id"))?;
         let extents = extents.ok_or_else(|| A::Error::missing_field("changed_area"))?;
-        for (name, v) in [("from_change_id", &from_change_id), ("change_id", &change_id)] {
+        for (name, v) in [
+            ("from_change_id", &from_change_id),
+            ("change_id", &change_id),
+        ] {
             if v.trim().is_empty() {
                 return Err(A::Error::custom(format!("field `{name}` is empty")));
             }

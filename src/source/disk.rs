@@ -63,8 +63,14 @@ pub enum DiskError {
         source: std::io::Error,
     },
     #[error("disk {path} ended at byte {offset} while {size} bytes were expected; did it shrink during the backup?")]
-    Truncated { path: PathBuf, offset: u64, size: u64 },
-    #[error("extent at {offset} of length {len} lies beyond the end of disk {path} ({size} bytes)")]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        size: u64,
+    },
+    #[error(
+        "extent at {offset} of length {len} lies beyond the end of disk {path} ({size} bytes)"
+    )]
     ExtentBeyondDisk {
         path: PathBuf,
         offset: u64,
@@ -379,15 +385,16 @@ impl<'d> ChunkReader<'d> {
             // End reads on a block boundary when that still reads something, so a
             // block is not split between two chunks without need.
             let end = self.cursor + want;
-            if end < ext.end() && end % bs != 0 {
-                let aligned = end - end % bs;
+            if end < ext.end() && end & (bs - 1) != 0 {
+                let aligned = end & !(bs - 1);
                 if aligned > self.cursor {
                     want = aligned - self.cursor;
                 }
             }
             let base = self.data.len();
             self.data.resize(base + want as usize, 0);
-            self.disk.read_exact_at(self.cursor, &mut self.data[base..])?;
+            self.disk
+                .read_exact_at(self.cursor, &mut self.data[base..])?;
             // Classify block pieces, compacting data over dropped zero pieces.
             let mut write = base;
             let mut pos = self.cursor;

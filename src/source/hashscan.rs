@@ -70,7 +70,11 @@ pub enum DigestListError {
     #[error("digest list {path} fails its checksum: corrupt")]
     Corrupt { path: PathBuf },
     #[error("digest list {path} uses block size {list}, but {wanted} was asked for")]
-    BlockSizeMismatch { path: PathBuf, list: u64, wanted: u64 },
+    BlockSizeMismatch {
+        path: PathBuf,
+        list: u64,
+        wanted: u64,
+    },
     #[error("cannot build a digest list: {0}")]
     Feed(String),
 }
@@ -431,7 +435,7 @@ impl DigestFeed {
             )));
         }
         let bs = self.bs();
-        if self.fill != 0 || (offset % bs != 0 && offset != self.disk_size()) {
+        if self.fill != 0 || (offset & (bs - 1) != 0 && offset != self.disk_size()) {
             return Err(DigestListError::Feed(format!(
                 "unread gap {}..{offset} does not fall on {bs}-byte block boundaries; align changed extents to the block size",
                 self.next
@@ -605,8 +609,8 @@ pub fn scan_changes(
         None => None,
     };
     let disk_size = disk.size();
-    let mut writer =
-        DigestListWriter::create(new_list_out, block_size, disk_size).map_err(ScanError::NewList)?;
+    let mut writer = DigestListWriter::create(new_list_out, block_size, disk_size)
+        .map_err(ScanError::NewList)?;
     let io = SCAN_IO_SIZE.max(block_size);
     let mut buf = vec![0u8; io.min(disk_size.max(1)) as usize];
     let full_zero = zero_digest(block_size);

@@ -119,7 +119,10 @@ impl VmManifest {
         if raw.disk.len() > MAX_DISKS {
             return Err(field_err(
                 "disk".into(),
-                &format!("lists {} disks; at most {MAX_DISKS} are accepted", raw.disk.len()),
+                &format!(
+                    "lists {} disks; at most {MAX_DISKS} are accepted",
+                    raw.disk.len()
+                ),
             ));
         }
         let mut seen: HashMap<Uuid, usize> = HashMap::new();
@@ -128,7 +131,10 @@ impl VmManifest {
             let id = Uuid::parse_str(d.id.trim()).map_err(|e| {
                 field_err(
                     format!("disk[{i}].id"),
-                    &format!("is not a UUID ({:?}: {e}); use the hypervisor's disk UUID", d.id),
+                    &format!(
+                        "is not a UUID ({:?}: {e}); use the hypervisor's disk UUID",
+                        d.id
+                    ),
                 )
             })?;
             if id.is_nil() {
@@ -196,7 +202,10 @@ path = "/dev/vg/d1"
         .unwrap();
         assert_eq!(m.name, "vm1");
         assert_eq!(m.disks[0].path, Path::new("/vms/d0.raw"));
-        assert_eq!(m.disks[0].changed_extents.as_deref(), Some(Path::new("/abs/d0.json")));
+        assert_eq!(
+            m.disks[0].changed_extents.as_deref(),
+            Some(Path::new("/abs/d0.json"))
+        );
         assert_eq!(m.disks[1].path, Path::new("/dev/vg/d1"));
         assert_eq!(m.disks[1].changed_extents, None);
     }
