@@ -495,3 +495,36 @@ fn block_device_size_and_contents_match_its_backing_file() {
         "device contents differ from the backing file"
     );
 }
+
+#[test]
+fn chunk_extent_table_is_bounded_when_zero_and_data_blocks_alternate() {
+    use tapevault::source::disk::MAX_EXTENTS_PER_CHUNK;
+    let bs = 512usize;
+    let blocks: Vec<(u8, u16)> = (0..5000).map(|i| ((i % 2) as u8, 0)).collect();
+    let bytes = build(&blocks, bs, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::open(&disk_file(dir.path(), "d", &bytes)).unwrap();
+    let cfg = ChunkConfig {
+        record_data_size: 4 * 1024 * 1024,
+        block_size: bs as u64,
+    };
+    let mut r = ChunkReader::whole_disk(&disk, cfg).unwrap();
+    let mut chunks = 0;
+    let mut covered = 0u64;
+    while let Some(c) = r.next_chunk().unwrap() {
+        assert!(
+            c.extents.len() <= MAX_EXTENTS_PER_CHUNK,
+            "{} sub-extents",
+            c.extents.len()
+        );
+        covered += c.extents.iter().map(|e| e.len).sum::<u64>();
+        chunks += 1;
+    }
+    assert_eq!(covered, bytes.len() as u64);
+    assert!(
+        chunks >= 5,
+        "5000 alternating blocks need at least 5 chunks, got {chunks}"
+    );
+    let (out, _) = read_all(&disk, cfg, None);
+    assert!(out == bytes);
+}
