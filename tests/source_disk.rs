@@ -284,11 +284,12 @@ fn digest_list_fed_by_full_backup_equals_scan_list() {
     };
     let mut r = ChunkReader::whole_disk(&disk, cfg)
         .unwrap()
-        .with_digests(feed);
+        .with_digests(feed)
+        .unwrap();
     while r.next_chunk().unwrap().is_some() {}
-    let (stats, summary) = r.finish().unwrap();
+    let (stats, summary) = r.finish();
     assert_eq!(stats.data_bytes + stats.zero_bytes, bytes.len() as u64);
-    assert_eq!(summary.unwrap().count, 6);
+    assert_eq!(summary.unwrap().unwrap().count, 6);
     let scanned = dir.path().join("scanned");
     scan(&p, 4096, None, &scanned).unwrap();
     assert_eq!(
@@ -328,37 +329,71 @@ fn digest_list_fed_by_cbt_incremental_copies_unread_blocks_from_previous() {
         &set,
     )
     .unwrap()
-    .with_digests(feed);
+    .with_digests(feed)
+    .unwrap();
     while r.next_chunk().unwrap().is_some() {}
-    r.finish().unwrap();
+    r.finish().1.unwrap().unwrap();
     let l3 = dir.path().join("l3");
     scan(&p, 4096, None, &l3).unwrap();
     assert_eq!(std::fs::read(&l2).unwrap(), std::fs::read(&l3).unwrap());
 }
 
 #[test]
-fn digest_feed_without_previous_list_refuses_gaps() {
+fn digest_feed_refuses_up_front_what_it_could_not_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let p = disk_file(dir.path(), "d", &[7u8; 3 * 4096]);
+    let p = disk_file(dir.path(), "d", &[7u8; 3 * 4096 + 100]);
     let disk = Disk::open(&p).unwrap();
-    let mut set = ExtentSet::new();
-    set.insert(4096, 4096);
     let out = dir.path().join("l");
+    let reader =
+        |set: &ExtentSet| ChunkReader::extents(&disk, ChunkConfig::default(), set).unwrap();
+    let block1: ExtentSet = [Extent::new(4096, 4096)].into_iter().collect();
+    // No previous list: unread blocks have no digest.
     let feed = DigestFeed::new(&out, 4096, disk.size(), None).unwrap();
-    let mut r = ChunkReader::extents(&disk, ChunkConfig::default(), &set)
-        .unwrap()
-        .with_digests(feed);
     assert!(matches!(
-        r.next_chunk(),
-        Err(DiskError::Digest(DigestListError::Feed(_)))
+        reader(&block1).with_digests(feed),
+        Err(DigestListError::Feed(_))
     ));
-    drop(r);
-    assert!(!out.exists(), "no list left behind");
+    assert!(!out.exists());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,
         "no partial file left behind"
     );
+    // Previous list of a smaller disk: the now-longer last block has no digest.
+    let small = disk_file(dir.path(), "small", &[7u8; 3 * 4096]);
+    let prev_small = dir.path().join("prev_small");
+    scan(&small, 4096, None, &prev_small).unwrap();
+    let feed = DigestFeed::new(&out, 4096, disk.size(), Some(&prev_small)).unwrap();
+    assert!(matches!(
+        reader(&block1).with_digests(feed),
+        Err(DigestListError::Feed(_))
+    ));
+    // ... but reading the grown tail itself makes it work.
+    let mut set = block1.clone();
+    set.insert(3 * 4096, 100);
+    let feed = DigestFeed::new(&out, 4096, disk.size(), Some(&prev_small)).unwrap();
+    let mut r = reader(&set).with_digests(feed).unwrap();
+    while r.next_chunk().unwrap().is_some() {}
+    r.finish().1.unwrap().unwrap();
+    assert_eq!(
+        scan(&p, 4096, Some(&out), &dir.path().join("x")).unwrap(),
+        vec![]
+    );
+    // Unaligned extents leave partial blocks unread.
+    let odd: ExtentSet = [Extent::new(100, 4096)].into_iter().collect();
+    let feed = DigestFeed::new(&dir.path().join("l2"), 4096, disk.size(), Some(&out)).unwrap();
+    assert!(matches!(
+        reader(&odd).with_digests(feed),
+        Err(DigestListError::Feed(_))
+    ));
+    // A corrupt previous list is refused before anything is read.
+    let mut b = std::fs::read(&out).unwrap();
+    b[50] ^= 1;
+    std::fs::write(&out, &b).unwrap();
+    assert!(matches!(
+        DigestFeed::new(&dir.path().join("l3"), 4096, disk.size(), Some(&out)),
+        Err(DigestListError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -437,4 +472,59 @@ fn corrupt_truncated_missing_or_mismatched_previous_list_is_a_typed_error() {
         n += 1;
     }
     assert_eq!(n, 3);
+}
+
+/// Needs a block device, so it is opt-in: attach a file to a loop device and run
+/// `TAPEVAULT_TEST_BLOCKDEV=/dev/loopN TAPEVAULT_TEST_BLOCKDEV_BACKING=FILE
+///  cargo test --test source_disk -- --ignored block_device`.
+#[test]
+#[ignore = "needs a block device (loop device) named in TAPEVAULT_TEST_BLOCKDEV"]
+fn block_device_size_and_contents_match_its_backing_file() {
+    let dev = PathBuf::from(
+        std::env::var_os("TAPEVAULT_TEST_BLOCKDEV").expect("TAPEVAULT_TEST_BLOCKDEV"),
+    );
+    let backing =
+        std::fs::read(std::env::var_os("TAPEVAULT_TEST_BLOCKDEV_BACKING").expect("backing file"))
+            .unwrap();
+    let disk = Disk::open(&dev).unwrap();
+    assert_eq!(disk.kind(), tapevault::source::disk::DiskKind::BlockDevice);
+    assert_eq!(disk.size(), backing.len() as u64);
+    let (out, _) = read_all(&disk, ChunkConfig::default(), None);
+    assert!(
+        out == backing,
+        "device contents differ from the backing file"
+    );
+}
+
+#[test]
+fn chunk_extent_table_is_bounded_when_zero_and_data_blocks_alternate() {
+    use tapevault::source::disk::MAX_EXTENTS_PER_CHUNK;
+    let bs = 512usize;
+    let blocks: Vec<(u8, u16)> = (0..5000).map(|i| ((i % 2) as u8, 0)).collect();
+    let bytes = build(&blocks, bs, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::open(&disk_file(dir.path(), "d", &bytes)).unwrap();
+    let cfg = ChunkConfig {
+        record_data_size: 4 * 1024 * 1024,
+        block_size: bs as u64,
+    };
+    let mut r = ChunkReader::whole_disk(&disk, cfg).unwrap();
+    let mut chunks = 0;
+    let mut covered = 0u64;
+    while let Some(c) = r.next_chunk().unwrap() {
+        assert!(
+            c.extents.len() <= MAX_EXTENTS_PER_CHUNK,
+            "{} sub-extents",
+            c.extents.len()
+        );
+        covered += c.extents.iter().map(|e| e.len).sum::<u64>();
+        chunks += 1;
+    }
+    assert_eq!(covered, bytes.len() as u64);
+    assert!(
+        chunks >= 5,
+        "5000 alternating blocks need at least 5 chunks, got {chunks}"
+    );
+    let (out, _) = read_all(&disk, cfg, None);
+    assert!(out == bytes);
 }

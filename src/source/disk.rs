@@ -79,8 +79,6 @@ pub enum DiskError {
     },
     #[error("invalid reader setting: {0}")]
     Config(String),
-    #[error(transparent)]
-    Digest(#[from] DigestListError),
 }
 
 /// What kind of object a disk is.
@@ -272,6 +270,9 @@ pub struct ChunkReader<'d> {
     data: Vec<u8>,
     subs: Vec<SubExtent>,
     digests: Option<DigestFeed>,
+    /// Why digest building stopped, if it failed while reading. A digest list is a
+    /// by-product: its failure never fails the backup read.
+    digest_error: Option<DigestListError>,
     stats: ChunkStats,
 }
 
@@ -320,28 +321,40 @@ impl<'d> ChunkReader<'d> {
             data: Vec::with_capacity(cfg.record_data_size),
             subs: Vec::new(),
             digests: None,
+            digest_error: None,
             stats: ChunkStats::default(),
         })
     }
 
     /// Feeds every byte read (zeros included) to `feed`, so the image gets its digest
-    /// list without a second pass.
-    pub fn with_digests(mut self, feed: DigestFeed) -> Self {
+    /// list without a second pass. Checked up front: every block this reader will not
+    /// read must be copyable from the feed's previous list, else the error says why
+    /// (the caller then backs up without a list, or aligns its extents).
+    pub fn with_digests(mut self, feed: DigestFeed) -> Result<Self, DigestListError> {
+        let set: ExtentSet = self.todo.iter().copied().collect();
+        feed.check_extents(&set)?;
         self.digests = Some(feed);
-        self
+        Ok(self)
     }
 
     pub fn stats(&self) -> ChunkStats {
         self.stats
     }
 
-    /// Completes the digest list (if one is fed) and returns the totals.
-    pub fn finish(self) -> Result<(ChunkStats, Option<DigestListSummary>), DiskError> {
-        let summary = match self.digests {
-            Some(feed) => Some(feed.finish()?),
-            None => None,
+    /// The totals, and if a digest feed was attached, the committed list's summary
+    /// or why no list was written.
+    pub fn finish(
+        self,
+    ) -> (
+        ChunkStats,
+        Option<Result<DigestListSummary, DigestListError>>,
+    ) {
+        let digests = match (self.digests, self.digest_error) {
+            (_, Some(e)) => Some(Err(e)),
+            (Some(feed), None) => Some(feed.finish()),
+            (None, None) => None,
         };
-        Ok((self.stats, summary))
+        (self.stats, digests)
     }
 
     fn push_sub(&mut self, offset: u64, len: u64, kind: ExtentKind) {
@@ -385,8 +398,8 @@ impl<'d> ChunkReader<'d> {
             // End reads on a block boundary when that still reads something, so a
             // block is not split between two chunks without need.
             let end = self.cursor + want;
-            if end < ext.end() && end % bs != 0 {
-                let aligned = end - end % bs;
+            if end < ext.end() && end & (bs - 1) != 0 {
+                let aligned = end & !(bs - 1);
                 if aligned > self.cursor {
                     want = aligned - self.cursor;
                 }
@@ -405,10 +418,15 @@ impl<'d> ChunkReader<'d> {
                 let from = base + (pos - self.cursor) as usize;
                 let zero = is_zero(&self.data[from..from + len]);
                 if let Some(feed) = self.digests.as_mut() {
-                    if zero {
-                        feed.feed_zero(pos, len as u64)?;
+                    let fed = if zero {
+                        feed.feed_zero(pos, len as u64)
                     } else {
-                        feed.feed_data(pos, &self.data[from..from + len])?;
+                        feed.feed_data(pos, &self.data[from..from + len])
+                    };
+                    if let Err(e) = fed {
+                        // Dropping the feed removes its unfinished file.
+                        self.digests = None;
+                        self.digest_error = Some(e);
                     }
                 }
                 if zero {

@@ -29,7 +29,7 @@ use thiserror::Error;
 
 use super::disk::{is_zero, Disk, DiskError};
 use super::valid_block_size;
-use crate::extents::Extent;
+use crate::extents::{Extent, ExtentSet};
 
 pub const DIGEST_LIST_MAGIC: [u8; 8] = *b"TVDIGST\0";
 pub const DIGEST_LIST_TRAILER_MAGIC: [u8; 8] = *b"TVDGEND\0";
@@ -400,9 +400,15 @@ impl DigestFeed {
         disk_size: u64,
         previous: Option<&Path>,
     ) -> Result<Self, DigestListError> {
-        let prev = previous
-            .map(|p| DigestListReader::open(p, Some(block_size)))
-            .transpose()?;
+        // Check the previous list whole before anything is read, so a corrupt one is
+        // known before the backup starts rather than when the list is finished.
+        let prev = match previous {
+            Some(p) => {
+                verify_digest_list(p, Some(block_size))?;
+                Some(DigestListReader::open(p, Some(block_size))?)
+            }
+            None => None,
+        };
         let writer = DigestListWriter::create(out, block_size, disk_size)?;
         Ok(DigestFeed {
             writer,
@@ -413,6 +419,48 @@ impl DigestFeed {
             next: 0,
             full_zero_digest: zero_digest(block_size),
         })
+    }
+
+    /// Checks that a reader reading exactly `set` (ascending, within the disk) can
+    /// feed this list: every gap must start and end on a block boundary (or the disk's
+    /// end), and its blocks must exist with the same length in the previous list.
+    pub fn check_extents(&self, set: &ExtentSet) -> Result<(), DigestListError> {
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        let mut gaps = Vec::new();
+        let mut at = 0u64;
+        for e in set.iter() {
+            if e.offset > at {
+                gaps.push((at, e.offset));
+            }
+            at = e.end();
+        }
+        if at < disk_size {
+            gaps.push((at, disk_size));
+        }
+        for (start, end) in gaps {
+            let aligned = |x: u64| x & (bs - 1) == 0 || x == disk_size;
+            if !aligned(start) || !aligned(end) {
+                return Err(DigestListError::Feed(format!(
+                    "unread range {start}..{end} does not fall on {bs}-byte block boundaries; align the extents to the block size"
+                )));
+            }
+            let prev = self.prev.as_ref().ok_or_else(|| {
+                DigestListError::Feed(format!(
+                    "range {start}..{end} will not be read and there is no previous digest list to take its digests from"
+                ))
+            })?;
+            // Only the last block of either disk can be partial, so the gap's last
+            // block decides whether every block of the gap matches.
+            let last = block_count(end, bs) - 1;
+            let ps = prev.summary().disk_size;
+            if block_len(last, bs, ps) != block_len(last, bs, disk_size) {
+                return Err(DigestListError::Feed(format!(
+                    "range {start}..{end} will not be read and the previous digest list (disk of {ps} bytes) has no matching digests for it (disk of {disk_size} bytes)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn bs(&self) -> u64 {
@@ -435,7 +483,7 @@ impl DigestFeed {
             )));
         }
         let bs = self.bs();
-        if self.fill != 0 || (offset % bs != 0 && offset != self.disk_size()) {
+        if self.fill != 0 || (offset & (bs - 1) != 0 && offset != self.disk_size()) {
             return Err(DigestListError::Feed(format!(
                 "unread gap {}..{offset} does not fall on {bs}-byte block boundaries; align changed extents to the block size",
                 self.next
