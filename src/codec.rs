@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use tape_formats::{
-    data_record_aad, Compression as WireCompression, DataFields, DataRecord, Extent, RecordCrypto,
+    data_record_aad, snapshot_chunk_aad, ChunkFields, Compression as WireCompression, DataFields, DataRecord, Extent,
+    RecordCrypto, SnapshotChunk,
 };
 
 use crate::catalog::Compression;
@@ -143,15 +144,19 @@ impl Sealer {
         Ok(())
     }
 
-    /// Encrypt an arbitrary payload with the given associated data; returns nonce and
-    /// tag (used for catalog snapshot chunks).
-    pub fn seal_with_aad(&mut self, aad: &[u8], buf: &mut Vec<u8>) -> Result<([u8; 12], [u8; 16])> {
+    /// Encrypt a catalog snapshot chunk's payload in place; sets `fields.crypto`.
+    pub fn seal_chunk(&mut self, fields: &mut ChunkFields, stored: &mut Vec<u8>) -> Result<()> {
         let nonce = self
             .nonces
             .next()
             .map_err(|e| Error::Key(format!("cannot get a nonce: {e}")))?;
-        let tag = self.key.seal(nonce, aad, buf);
-        Ok((nonce, tag))
+        fields.crypto = RecordCrypto::Aes256Gcm { key_fingerprint: self.key.fingerprint, nonce, tag: [0; 16] };
+        self.aad.clear();
+        snapshot_chunk_aad(fields, stored.len(), &mut self.aad)
+            .map_err(|e| Error::Failed(format!("cannot frame snapshot chunk: {e}")))?;
+        let tag = self.key.seal(nonce, &self.aad, stored);
+        fields.crypto = RecordCrypto::Aes256Gcm { key_fingerprint: self.key.fingerprint, nonce, tag };
+        Ok(())
     }
 }
 
@@ -254,37 +259,30 @@ impl Opener {
             .map_err(OpenError::Decompression)
     }
 
-    /// Decrypt (if needed) and decompress an opaque payload with the given associated
-    /// data (catalog snapshot chunks).
-    pub fn open_payload(
+    /// Authenticate, decrypt and decompress a catalog snapshot chunk into `plain`.
+    pub fn open_chunk(
         &mut self,
         keys: &KeyRing,
-        crypto: RecordCrypto,
-        compression: WireCompression,
-        aad: &[u8],
-        payload: &[u8],
-        plain_len: usize,
+        chunk: &SnapshotChunk<'_>,
         plain: &mut Vec<u8>,
     ) -> std::result::Result<(), OpenError> {
-        let stored: &[u8] = match crypto {
-            RecordCrypto::None => payload,
-            RecordCrypto::Aes256Gcm {
-                key_fingerprint,
-                nonce,
-                tag,
-            } => {
-                let key = keys.get(&key_fingerprint).ok_or_else(|| {
-                    OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
-                })?;
+        plain.clear();
+        let stored: &[u8] = match chunk.fields.crypto {
+            RecordCrypto::None => chunk.payload,
+            RecordCrypto::Aes256Gcm { key_fingerprint, nonce, tag } => {
+                let key = keys
+                    .get(&key_fingerprint)
+                    .ok_or_else(|| OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint)))?;
+                self.aad.clear();
+                chunk.aad(&mut self.aad).map_err(|_| OpenError::Authentication)?;
                 self.work.clear();
-                self.work.extend_from_slice(payload);
-                key.open(nonce, aad, &mut self.work, tag)
-                    .map_err(|_| OpenError::Authentication)?;
+                self.work.extend_from_slice(chunk.payload);
+                key.open(nonce, &self.aad, &mut self.work, tag).map_err(|_| OpenError::Authentication)?;
                 &self.work
             }
         };
         self.dec
-            .decompress(compression, stored, plain_len, plain)
+            .decompress(chunk.fields.compression, stored, chunk.fields.plain_len as usize, plain)
             .map_err(OpenError::Decompression)
     }
 }
