@@ -317,9 +317,9 @@ impl Catalog {
             self.merge_image_in(i, &mut r)?;
         }
         for s in &dump.snapshots {
-            let before = self.conn().changes();
-            self.record_snapshot(s)?;
-            r.snapshots_added += (self.conn().changes() - before).min(1) as usize;
+            if self.insert_snapshot(s)? {
+                r.snapshots_added += 1;
+            }
         }
         tx.commit()?;
         Ok(r)

@@ -787,7 +787,12 @@ impl Catalog {
 
     /// Note where a catalog snapshot was written (idempotent).
     pub fn record_snapshot(&self, s: &SnapshotLocation) -> Result<()> {
-        self.conn.execute(
+        self.insert_snapshot(s).map(|_| ())
+    }
+
+    /// Insert a snapshot location; false if it was already known.
+    pub(crate) fn insert_snapshot(&self, s: &SnapshotLocation) -> Result<bool> {
+        let n = self.conn.execute(
             &format!("INSERT OR IGNORE INTO snapshots ({SNAP_COLS}) VALUES (?1,?2,?3,?4,?5)"),
             params![
                 s.barcode,
@@ -797,7 +802,7 @@ impl Catalog {
                 ts(&s.time)
             ],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Every recorded snapshot location, newest first.
