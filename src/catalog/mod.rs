@@ -14,11 +14,14 @@
 mod check;
 mod dump;
 mod images;
+mod plan;
 pub mod schema;
 mod types;
 
 pub use check::{Problem, ProblemKind};
 pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
+pub use images::MAX_CHAIN_LEN;
+pub use plan::{effective_extents, PlanStep};
 pub use types::*;
 
 use chrono::{DateTime, SecondsFormat, Utc};
