@@ -103,7 +103,7 @@ proptest! {
         let newest_complete = |limit: Option<u8>| {
             all.values()
                 .filter(|i| i.status == ImageStatus::Complete)
-                .filter(|i| limit.map_or(true, |h| i.started <= t(h as i64)))
+                .filter(|i| !matches!(limit, Some(h) if i.started > t(h as i64)))
                 .max_by_key(|i| (i.started, i.uuid))
                 .cloned()
         };

@@ -246,3 +246,18 @@ fn default_kdf_params_are_accepted() {
     let blob = escrow::wrap(&k, b"x", p).unwrap();
     assert!(escrow::unwrap(&blob, b"x").is_ok());
 }
+
+/// Measurement, not a check: `cargo test --release --test crypto_keystore -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_default_kdf_cost() {
+    let k = RecordKey::generate();
+    let blob = escrow::wrap(&k, b"x", KdfParams::default()).unwrap();
+    let t = std::time::Instant::now();
+    escrow::unwrap(&blob, b"x").unwrap();
+    println!(
+        "default argon2id {:?}: unlock took {:?}",
+        KdfParams::default(),
+        t.elapsed()
+    );
+}
