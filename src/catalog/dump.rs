@@ -304,7 +304,7 @@ impl Catalog {
                 dump.version
             )));
         }
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         for p in &dump.pools {
             self.merge_pool_in(p, &mut r)?;
@@ -348,7 +348,7 @@ impl Catalog {
     /// Merge what a scanner read from one cartridge's label. Its media set must be
     /// known first ([`Catalog::merge_media_set`]).
     pub fn merge_media(&self, m: &MediaRow) -> Result<MergeReport> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         self.merge_media_in(m, &mut r)?;
         tx.commit()?;
@@ -358,7 +358,7 @@ impl Catalog {
     /// Merge one image with its segments and extents (from a snapshot or a media
     /// scan), in one transaction.
     pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         self.merge_image_in(d, &mut r)?;
         tx.commit()?;

@@ -321,6 +321,16 @@ impl Catalog {
         &self.conn
     }
 
+    /// A write transaction that takes the write lock at once (waiting up to
+    /// [`BUSY_TIMEOUT`]). A deferred one that read first could not wait for a lock
+    /// taken meanwhile by another process: SQLite would fail it with "busy" at once.
+    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+
     // ---- pools ----
 
     pub fn create_pool(&self, pool: &PoolRow) -> Result<()> {
