@@ -275,6 +275,7 @@ fn crash_recovery_fails_only_images_of_dead_processes() {
     let disk = Uuid::new_v4();
     let mine = new_image(disk, ImageKind::Full, None, 0);
     let dead = new_image(disk, ImageKind::Full, None, 1);
+    let session = c.begin_session("daily", None).unwrap();
     c.begin_image(&mine).unwrap();
     c.begin_image(&dead).unwrap();
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -286,7 +287,21 @@ fn crash_recovery_fails_only_images_of_dead_processes() {
         [format!("{pid}:1"), dead.uuid.to_string()],
     )
     .unwrap();
+    raw.execute(
+        "UPDATE sessions SET writer=?1 WHERE uuid=?2",
+        [format!("{pid}:1"), session.uuid.to_string()],
+    )
+    .unwrap();
+    let live_session = c.begin_session("daily", None).unwrap();
     let failed = c.fail_running_images().unwrap();
+    assert_eq!(
+        c.session(session.uuid).unwrap().unwrap().status,
+        SessionStatus::Failed
+    );
+    assert_eq!(
+        c.session(live_session.uuid).unwrap().unwrap().status,
+        SessionStatus::Running
+    );
     assert_eq!(failed, vec![dead.uuid]);
     let row = c.image(dead.uuid).unwrap().unwrap();
     assert_eq!(row.status, ImageStatus::Failed);
