@@ -275,6 +275,7 @@ fn crash_recovery_fails_only_images_of_dead_processes() {
     let disk = Uuid::new_v4();
     let mine = new_image(disk, ImageKind::Full, None, 0);
     let dead = new_image(disk, ImageKind::Full, None, 1);
+    let session = c.begin_session("daily", None).unwrap();
     c.begin_image(&mine).unwrap();
     c.begin_image(&dead).unwrap();
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -286,7 +287,21 @@ fn crash_recovery_fails_only_images_of_dead_processes() {
         [format!("{pid}:1"), dead.uuid.to_string()],
     )
     .unwrap();
+    raw.execute(
+        "UPDATE sessions SET writer=?1 WHERE uuid=?2",
+        [format!("{pid}:1"), session.uuid.to_string()],
+    )
+    .unwrap();
+    let live_session = c.begin_session("daily", None).unwrap();
     let failed = c.fail_running_images().unwrap();
+    assert_eq!(
+        c.session(session.uuid).unwrap().unwrap().status,
+        SessionStatus::Failed
+    );
+    assert_eq!(
+        c.session(live_session.uuid).unwrap().unwrap().status,
+        SessionStatus::Running
+    );
     assert_eq!(failed, vec![dead.uuid]);
     let row = c.image(dead.uuid).unwrap().unwrap();
     assert_eq!(row.status, ImageStatus::Failed);
@@ -336,4 +351,66 @@ fn segments_covering_a_range() {
         .segments_covering(n.uuid, 16384, 20000)
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn concurrent_writers_on_one_catalog_all_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = setup(&d);
+    let disk = Uuid::new_v4();
+    let f0 = full(&c, disk, 0);
+    let handles: Vec<_> = (0..3)
+        .map(|k| {
+            let home = d.path().to_path_buf();
+            std::thread::spawn(move || {
+                // Each thread is its own connection, as separate processes would be.
+                let c = Catalog::open(&home).unwrap();
+                for j in 0..10 {
+                    let n = new_image(Uuid::new_v4(), ImageKind::Full, None, 10 + k * 10 + j);
+                    c.begin_image(&n).unwrap();
+                    c.complete_image(n.uuid, &stats(1), "ab", &[seg(0, 0, 0, 1)], &whole_disk())
+                        .unwrap();
+                    c.merge_snapshot(&c.snapshot(SnapshotScope::All).unwrap())
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(c.images(None).unwrap().len(), 31);
+    assert!(c
+        .images(None)
+        .unwrap()
+        .iter()
+        .all(|i| i.status == ImageStatus::Complete));
+    assert_eq!(c.restore_chain(disk, At::Latest).unwrap()[0].uuid, f0);
+}
+
+#[test]
+fn complete_image_waits_for_another_writer_instead_of_failing() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = setup(&d);
+    let n = new_image(Uuid::new_v4(), ImageKind::Full, None, 0);
+    c.begin_image(&n).unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let path = d.path().join("catalog.db");
+    let other = std::thread::spawn(move || {
+        // Another process holds the write lock and commits a change meanwhile.
+        let raw = rusqlite::Connection::open(path).unwrap();
+        raw.execute_batch("BEGIN IMMEDIATE; INSERT INTO pools (name, compression, allocation, created) VALUES ('x', 'off', 'continue', '2026-11-01T00:00:00.000000Z');").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        raw.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    c.complete_image(n.uuid, &stats(1), "ab", &[seg(0, 0, 0, 1)], &whole_disk())
+        .unwrap();
+    other.join().unwrap();
+    assert_eq!(
+        c.image(n.uuid).unwrap().unwrap().status,
+        ImageStatus::Complete
+    );
+    assert!(c.pool("x").unwrap().is_some());
 }

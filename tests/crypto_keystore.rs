@@ -246,3 +246,70 @@ fn default_kdf_params_are_accepted() {
     let blob = escrow::wrap(&k, b"x", p).unwrap();
     assert!(escrow::unwrap(&blob, b"x").is_ok());
 }
+
+/// Measurement, not a check: `cargo test --release --test crypto_keystore -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_default_kdf_cost() {
+    let k = RecordKey::generate();
+    let blob = escrow::wrap(&k, b"x", KdfParams::default()).unwrap();
+    let t = std::time::Instant::now();
+    escrow::unwrap(&blob, b"x").unwrap();
+    println!(
+        "default argon2id {:?}: unlock took {:?}",
+        KdfParams::default(),
+        t.elapsed()
+    );
+}
+
+#[test]
+fn paper_without_header_lines_still_imports_and_checks() {
+    let a = tempfile::tempdir().unwrap();
+    let ks = store(&a);
+    let info = ks.create("bare", b"pw").unwrap();
+    let text = ks.export_paper("bare", b"pw").unwrap();
+    let bare: String = text
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) || l.starts_with("key checksum"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let b = tempfile::tempdir().unwrap();
+    assert_eq!(store(&b).import(bare.as_bytes()).unwrap(), info);
+    let typo = bare.replacen(|c: char| c.is_ascii_uppercase(), "0", 1);
+    let c = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        store(&c).import(typo.as_bytes()),
+        Err(CryptoError::Paper { line: 1, .. })
+    ));
+}
+
+#[test]
+fn concurrent_creates_of_one_name_never_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let results: Vec<_> = (0..4)
+        .map(|_| {
+            let p = d.path().to_path_buf();
+            std::thread::spawn(move || {
+                Keystore::open(&p)
+                    .unwrap()
+                    .with_kdf(KdfParams::INSECURE_FOR_TESTS)
+                    .create("race", b"pw")
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(CryptoError::DuplicateName { .. }))));
+    let ks = store(&d);
+    assert_eq!(
+        ks.unlock("race", b"pw").unwrap().fingerprint_hex(),
+        winners[0].fingerprint
+    );
+    assert_eq!(ks.list().unwrap().len(), 1);
+}

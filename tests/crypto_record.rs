@@ -151,3 +151,29 @@ fn nonces_unique_across_processes() {
     }
     assert_eq!(total, 900);
 }
+
+#[test]
+fn lost_counter_file_starts_a_new_random_nonce_space() {
+    // A home rebuilt from cartridges (or the key imported elsewhere) has no counter
+    // file: its nonces must not restart where the old installation's began.
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let fp = [8u8; 16];
+    let first = NonceSource::open(a.path(), &fp).unwrap().next().unwrap();
+    let other = NonceSource::open(b.path(), &fp).unwrap().next().unwrap();
+    assert_eq!(first[4..], [0u8; 8], "counter starts at 0");
+    assert_eq!(other[4..], [0u8; 8]);
+    // Fails with probability 2^-32: the installation ids are random.
+    assert_ne!(
+        first[..4],
+        other[..4],
+        "two installations share a nonce prefix"
+    );
+    // The same installation continues after the reserved range, never from 0.
+    let again = NonceSource::open(a.path(), &fp).unwrap().next().unwrap();
+    assert_eq!(again[..4], first[..4]);
+    assert_eq!(
+        u64::from_be_bytes(again[4..].try_into().unwrap()),
+        tapevault::crypto::nonces::DEFAULT_RESERVATION
+    );
+}

@@ -211,7 +211,8 @@ impl Catalog {
                     );
                 }
                 let extents = self.extents(img.uuid)?;
-                if extents.is_empty() && img.disk_size > 0 {
+                // An incremental with no changes legitimately covers nothing.
+                if extents.is_empty() && img.disk_size > 0 && img.kind != ImageKind::Incremental {
                     add(
                         ProblemKind::CompleteWithoutExtents,
                         subj.clone(),

@@ -98,6 +98,8 @@ fn json_err(e: serde_json::Error) -> CatalogError {
 impl Catalog {
     /// Write the whole catalog as one JSON document (the dump shape), row by row.
     pub fn export_json<W: Write>(&self, mut w: W) -> Result<()> {
+        // One read transaction: a consistent picture even while backups commit.
+        let tx = self.conn().unchecked_transaction()?;
         let head = serde_json::json!({
             "format": DUMP_FORMAT, "version": DUMP_VERSION,
             "schema_version": self.schema_version()?, "created": catalog_time(Utc::now()),
@@ -109,7 +111,7 @@ impl Catalog {
         fn array<W: Write, T: Serialize>(
             w: &mut W,
             name: &str,
-            rows: impl Iterator<Item = rusqlite::Result<T>>,
+            rows: impl Iterator<Item = Result<T>>,
         ) -> Result<()> {
             write!(w, ",\"{name}\":[").map_err(CatalogError::Export)?;
             for (i, r) in rows.enumerate() {
@@ -125,7 +127,8 @@ impl Catalog {
             &mut w,
             "pools",
             c.prepare(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))?
-                .query_map([], pool_row)?,
+                .query_map([], pool_row)?
+                .map(|r| r.map_err(CatalogError::from)),
         )?;
         array(
             &mut w,
@@ -133,13 +136,15 @@ impl Catalog {
             c.prepare(&format!(
                 "SELECT {SET_COLS} FROM media_sets ORDER BY created, uuid"
             ))?
-            .query_map([], set_row)?,
+            .query_map([], set_row)?
+            .map(|r| r.map_err(CatalogError::from)),
         )?;
         array(
             &mut w,
             "media",
             c.prepare(&format!("SELECT {MEDIA_COLS} FROM media ORDER BY barcode"))?
-                .query_map([], media_row)?,
+                .query_map([], media_row)?
+                .map(|r| r.map_err(CatalogError::from)),
         )?;
         array(
             &mut w,
@@ -147,19 +152,16 @@ impl Catalog {
             c.prepare(&format!(
                 "SELECT {SESSION_COLS} FROM sessions ORDER BY started, uuid"
             ))?
-            .query_map([], session_row)?,
+            .query_map([], session_row)?
+            .map(|r| r.map_err(CatalogError::from)),
         )?;
         let mut st = c.prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images ORDER BY started, uuid"
         ))?;
         let images = st.query_map([], image_row)?.map(|r| {
             let image = r?;
-            let segments = self
-                .segments(image.uuid)
-                .map_err(|_| rusqlite::Error::InvalidQuery)?;
-            let extents = self
-                .extents(image.uuid)
-                .map_err(|_| rusqlite::Error::InvalidQuery)?;
+            let segments = self.segments(image.uuid)?;
+            let extents = self.extents(image.uuid)?;
             Ok(ImageDump {
                 image,
                 segments,
@@ -173,25 +175,28 @@ impl Catalog {
             c.prepare(&format!(
                 "SELECT {SNAP_COLS} FROM snapshots ORDER BY time, barcode, tape_file"
             ))?
-            .query_map([], snap_row)?,
+            .query_map([], snap_row)?
+            .map(|r| r.map_err(CatalogError::from)),
         )?;
         w.write_all(b"}\n").map_err(CatalogError::Export)?;
-        w.flush().map_err(CatalogError::Export)
+        w.flush().map_err(CatalogError::Export)?;
+        drop(tx);
+        Ok(())
     }
 
     /// A self-contained serialized dump (JSON bytes) of everything needed to restore
     /// the images in `scope`. Merge it back with [`Catalog::merge_snapshot`].
     pub fn snapshot(&self, scope: SnapshotScope) -> Result<Vec<u8>> {
-        let tx = self.conn().unchecked_transaction()?; // one consistent read
-        let dump = match scope {
+        let set = match scope {
             SnapshotScope::All => {
                 let mut out = Vec::new();
                 self.export_json(&mut out)?;
-                drop(tx);
                 return Ok(out);
             }
-            SnapshotScope::MediaSet(set) => self.dump_media_set(set)?,
+            SnapshotScope::MediaSet(set) => set,
         };
+        let tx = self.conn().unchecked_transaction()?; // one consistent read
+        let dump = self.dump_media_set(set)?;
         drop(tx);
         serde_json::to_vec(&dump).map_err(json_err)
     }
@@ -299,7 +304,7 @@ impl Catalog {
                 dump.version
             )));
         }
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         for p in &dump.pools {
             self.merge_pool_in(p, &mut r)?;
@@ -317,9 +322,9 @@ impl Catalog {
             self.merge_image_in(i, &mut r)?;
         }
         for s in &dump.snapshots {
-            let before = self.conn().changes();
-            self.record_snapshot(s)?;
-            r.snapshots_added += (self.conn().changes() - before).min(1) as usize;
+            if self.insert_snapshot(s)? {
+                r.snapshots_added += 1;
+            }
         }
         tx.commit()?;
         Ok(r)
@@ -343,7 +348,7 @@ impl Catalog {
     /// Merge what a scanner read from one cartridge's label. Its media set must be
     /// known first ([`Catalog::merge_media_set`]).
     pub fn merge_media(&self, m: &MediaRow) -> Result<MergeReport> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         self.merge_media_in(m, &mut r)?;
         tx.commit()?;
@@ -353,7 +358,7 @@ impl Catalog {
     /// Merge one image with its segments and extents (from a snapshot or a media
     /// scan), in one transaction.
     pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let mut r = MergeReport::default();
         self.merge_image_in(d, &mut r)?;
         tx.commit()?;

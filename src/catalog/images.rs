@@ -289,7 +289,7 @@ impl Catalog {
         segments: &[Segment],
         extents: &[Extent],
     ) -> Result<ImageRow> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
             what: "image",
             key: uuid.to_string(),
@@ -382,7 +382,7 @@ impl Catalog {
     /// Crash recovery at startup: every running image and session whose writing
     /// process no longer exists becomes failed. Returns the images failed.
     pub fn fail_running_images(&self) -> Result<Vec<Uuid>> {
-        let tx = self.conn().unchecked_transaction()?;
+        let tx = self.write_tx()?;
         let running: Vec<(String, Option<String>)> = {
             let mut st = self
                 .conn()

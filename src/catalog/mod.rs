@@ -14,11 +14,14 @@
 mod check;
 mod dump;
 mod images;
+mod plan;
 pub mod schema;
 mod types;
 
 pub use check::{Problem, ProblemKind};
 pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
+pub use images::MAX_CHAIN_LEN;
+pub use plan::{effective_extents, PlanStep};
 pub use types::*;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -316,6 +319,16 @@ impl Catalog {
 
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// A write transaction that takes the write lock at once (waiting up to
+    /// [`BUSY_TIMEOUT`]). A deferred one that read first could not wait for a lock
+    /// taken meanwhile by another process: SQLite would fail it with "busy" at once.
+    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
     }
 
     // ---- pools ----
@@ -787,7 +800,12 @@ impl Catalog {
 
     /// Note where a catalog snapshot was written (idempotent).
     pub fn record_snapshot(&self, s: &SnapshotLocation) -> Result<()> {
-        self.conn.execute(
+        self.insert_snapshot(s).map(|_| ())
+    }
+
+    /// Insert a snapshot location; false if it was already known.
+    pub(crate) fn insert_snapshot(&self, s: &SnapshotLocation) -> Result<bool> {
+        let n = self.conn.execute(
             &format!("INSERT OR IGNORE INTO snapshots ({SNAP_COLS}) VALUES (?1,?2,?3,?4,?5)"),
             params![
                 s.barcode,
@@ -797,7 +815,7 @@ impl Catalog {
                 ts(&s.time)
             ],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Every recorded snapshot location, newest first.

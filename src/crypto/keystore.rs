@@ -54,8 +54,22 @@ fn valid_name(name: &str) -> bool {
 
 /// Write `bytes` to `path` atomically (temp file, fsync, rename, fsync dir), mode 0600.
 pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
+    write_private(path, bytes, false)
+}
+
+/// As [`write_private_atomic`], but fail with `AlreadyExists` instead of replacing an
+/// existing file (hard link instead of rename), so two concurrent creates of one name
+/// cannot silently overwrite each other.
+fn write_private_new(path: &Path, bytes: &[u8]) -> Result<(), CryptoError> {
+    write_private(path, bytes, true)
+}
+
+fn write_private(path: &Path, bytes: &[u8], no_clobber: bool) -> Result<(), CryptoError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and per call, so concurrent writers never share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -68,7 +82,12 @@ pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), Cryp
             .map_err(|e| CryptoError::io("write", &tmp, e))?;
         f.sync_all()
             .map_err(|e| CryptoError::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| CryptoError::io("rename into place", path, e))?;
+        if no_clobber {
+            fs::hard_link(&tmp, path).map_err(|e| CryptoError::io("create", path, e))?;
+            fs::remove_file(&tmp).map_err(|e| CryptoError::io("remove", &tmp, e))?;
+        } else {
+            fs::rename(&tmp, path).map_err(|e| CryptoError::io("rename into place", path, e))?;
+        }
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| CryptoError::io("fsync directory", dir, e))
@@ -194,8 +213,30 @@ impl Keystore {
             passphrase,
             self.kdf,
         )?;
-        write_private_atomic(&self.path_of(name), &w.encode())?;
-        Ok(KeyInfo::of(&w))
+        self.store_new(name, &w.encode(), &w)
+    }
+
+    /// Write a new key file; if the name was taken meanwhile, the same key is a no-op
+    /// and a different key a [`CryptoError::DuplicateName`].
+    fn store_new(&self, name: &str, blob: &[u8], w: &Wrapped) -> Result<KeyInfo, CryptoError> {
+        let path = self.path_of(name);
+        match write_private_new(&path, blob) {
+            Ok(()) => Ok(KeyInfo::of(w)),
+            Err(CryptoError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                let existing = self.read(&path)?;
+                if existing.fingerprint == w.fingerprint {
+                    Ok(KeyInfo::of(&existing))
+                } else {
+                    Err(CryptoError::DuplicateName {
+                        name: name.into(),
+                        existing: to_hex(&existing.fingerprint),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every key, by name.
@@ -237,7 +278,12 @@ impl Keystore {
     /// Import an exported key, binary or paper text. Importing the same key twice is a
     /// no-op; a different key under an existing name is refused.
     pub fn import(&self, bytes_or_paper: &[u8]) -> Result<KeyInfo, CryptoError> {
-        let blob = if paper::is_paper(bytes_or_paper) {
+        // Anything that is not a binary key file but is text is read as paper, so a
+        // retyped key without its header lines still gets line-by-line checking.
+        let is_binary = bytes_or_paper.starts_with(KEYFILE_MAGIC);
+        let blob = if !is_binary
+            && (paper::is_paper(bytes_or_paper) || std::str::from_utf8(bytes_or_paper).is_ok())
+        {
             let text = std::str::from_utf8(bytes_or_paper).map_err(|_| CryptoError::Paper {
                 line: 0,
                 reason: "not UTF-8 text".into(),
@@ -263,8 +309,7 @@ impl Keystore {
                 existing: to_hex(&existing.fingerprint),
             });
         }
-        write_private_atomic(&path, &blob)?;
-        Ok(KeyInfo::of(&w))
+        self.store_new(&w.name, &blob, &w)
     }
 
     /// Re-wrap a key under a new passphrase (new salt, current KDF parameters).

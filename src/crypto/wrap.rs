@@ -57,12 +57,13 @@ pub struct KdfParams {
 }
 
 impl Default for KdfParams {
-    /// 64 MiB, 3 passes, 1 lane: about 0.1-0.5 s on a current server core, the
-    /// budget for a prompt that also runs before every backup.
+    /// 64 MiB, 4 passes, 1 lane: about 0.1-0.5 s on a current server core (measured
+    /// ~0.18 s on the 2-core development machine), the budget for a prompt that also
+    /// runs before every backup. Memory-hard first: 64 MiB per guess.
     fn default() -> Self {
         KdfParams {
             m_cost_kib: 64 * 1024,
-            t_cost: 3,
+            t_cost: 4,
             p_cost: 1,
         }
     }
