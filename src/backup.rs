@@ -12,15 +12,16 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tape_formats::{
-    encode_snapshot_chunk, snapshot_digest, BlockSink, ChunkFields, Cipher, Compression as WireCompression,
-    ContentDigest, EndOfSession, Extent, ExtentKind, ImageHeader, ImageKind as WireKind, ImageTrailer,
-    ImageWriter, RecordCrypto, SnapshotHeader, SnapshotTrailer, TrailerStatus, VolumeLabel, WriterError,
+    encode_snapshot_chunk, snapshot_digest, BlockSink, ChunkFields, Cipher,
+    Compression as WireCompression, ContentDigest, EndOfSession, Extent, ExtentKind, ImageHeader,
+    ImageKind as WireKind, ImageWriter, RecordCrypto, SnapshotHeader, SnapshotTrailer,
+    TrailerStatus, VolumeLabel, WriterError,
 };
 use uuid::Uuid;
 
 use crate::catalog::{
-    self, Catalog, ImageKind, ImageStats, ImageStatus, MediaSetRow, MediaState, NewImage, PoolRow, Segment,
-    SessionStatus, SnapshotLocation,
+    self, Catalog, ImageKind, ImageStats, ImageStatus, MediaSetRow, MediaState, NewImage, PoolRow,
+    Segment, SessionStatus, SnapshotLocation,
 };
 use crate::changer::TapeLibrary;
 use crate::codec::{Compressor, Sealer};
@@ -112,9 +113,20 @@ pub struct BackupReport {
 
 /// How one disk will be read.
 enum Plan {
-    Full { kind: ImageKind, reason: Option<String> },
-    ChangedExtents { base: catalog::ImageRow, extents: ExtentSet, base_list: PathBuf },
-    HashScan { base: catalog::ImageRow, base_list: PathBuf, reason: Option<String> },
+    Full {
+        kind: ImageKind,
+        reason: Option<String>,
+    },
+    ChangedExtents {
+        base: catalog::ImageRow,
+        extents: ExtentSet,
+        base_list: PathBuf,
+    },
+    HashScan {
+        base: catalog::ImageRow,
+        base_list: PathBuf,
+        reason: Option<String>,
+    },
 }
 
 /// Run a backup session. `report_line` receives human progress lines.
@@ -127,9 +139,12 @@ pub fn run(
     interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<BackupReport> {
-    let pool = cat
-        .pool(&req.pool)?
-        .ok_or_else(|| Error::Usage(format!("no pool named {}: create it with `tapevault pool create {}`", req.pool, req.pool)))?;
+    let pool = cat.pool(&req.pool)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no pool named {}: create it with `tapevault pool create {}`",
+            req.pool, req.pool
+        ))
+    })?;
     let sealer = match (&pool.key_fingerprint, key) {
         (None, _) => None,
         (Some(fp), Some(k)) => {
@@ -140,11 +155,15 @@ pub fn run(
                     k.key.fingerprint_hex()
                 )));
             }
-            let nonces = crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
+            let nonces =
+                crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
             Some((Sealer::new(k.key, nonces), k.passphrase))
         }
         (Some(fp), None) => {
-            return Err(Error::Key(format!("pool {} is encrypted with key {fp}; unlock it to back up", pool.name)));
+            return Err(Error::Key(format!(
+                "pool {} is encrypted with key {fp}; unlock it to back up",
+                pool.name
+            )));
         }
     };
     let mut seen = HashSet::new();
@@ -181,11 +200,22 @@ pub fn run(
     };
     if pool.escrow {
         if let (Some(s), Some(p)) = (&sealer, &passphrase) {
-            let blob = crate::crypto::escrow::wrap(&s.key, p.as_bytes(), crate::crypto::KdfParams::default())?;
+            let blob = crate::crypto::escrow::wrap(
+                &s.key,
+                p.as_bytes(),
+                crate::crypto::KdfParams::default(),
+            )?;
             tape.escrow = Some(blob);
         }
     }
-    let mut job = Job { home, tape, sealer, session: session.uuid, image_parts: 0 };
+    let mut job = Job {
+        home,
+        tape,
+        sealer,
+        session: session.uuid,
+        image_parts: 0,
+        seal_buf: Vec::new(),
+    };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         for d in &req.disks {
@@ -202,7 +232,13 @@ pub fn run(
     match result {
         Ok(snapshot) => {
             unmount?;
-            Ok(BackupReport { session: session.uuid, pool: pool.name, media_set: set.uuid, images: reports, snapshot })
+            Ok(BackupReport {
+                session: session.uuid,
+                pool: pool.name,
+                media_set: set.uuid,
+                images: reports,
+                snapshot,
+            })
         }
         Err(e) => {
             let _ = cat.finish_session(session.uuid, SessionStatus::Failed);
@@ -217,14 +253,24 @@ fn session_lock_path(home: &Home, session: Uuid) -> PathBuf {
 
 /// Images left 'running' by a process that is gone (killed, crashed) become 'failed',
 /// so they are never a base; their sessions too.
-pub fn recover_interrupted(home: &Home, cat: &Catalog, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+pub fn recover_interrupted(
+    home: &Home,
+    cat: &Catalog,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<()> {
     for img in cat.images(None)? {
         if img.status != ImageStatus::Running {
             continue;
         }
-        let alive = img.session_uuid.map(|s| locks::is_held(&session_lock_path(home, s))).unwrap_or(false);
+        let alive = img
+            .session_uuid
+            .map(|s| locks::is_held(&session_lock_path(home, s)))
+            .unwrap_or(false);
         if !alive {
-            cat.fail_image(img.uuid, "interrupted: the backup process ended before the image was complete")?;
+            cat.fail_image(
+                img.uuid,
+                "interrupted: the backup process ended before the image was complete",
+            )?;
             if let Some(s) = img.session_uuid {
                 let _ = cat.finish_session(s, SessionStatus::Failed);
             }
@@ -290,7 +336,13 @@ impl Tape<'_> {
         loop {
             let (_, present) = sync_inventory(self.cat, self.lib)?;
             self.present = present;
-            let pick = pick_cartridge(self.cat, &self.present, &self.pool, &self.set, &self.exclude)?;
+            let pick = pick_cartridge(
+                self.cat,
+                &self.present,
+                &self.pool,
+                &self.set,
+                &self.exclude,
+            )?;
             let row = pick.row().clone();
             let mut m = mount::mount(self.lib, &row.barcode, Some(&row.location))?;
             match self.prepare(&pick, &mut m, report_line) {
@@ -319,10 +371,16 @@ impl Tape<'_> {
 
     /// Label a joining cartridge, or check the label of an appended one; position at
     /// end of data. None: the cartridge must not be written (reason reported).
-    fn prepare(&mut self, pick: &Pick, m: &mut Mounted, report_line: &mut dyn FnMut(&str)) -> Result<Option<(u64, u64)>> {
+    fn prepare(
+        &mut self,
+        pick: &Pick,
+        m: &mut Mounted,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<Option<(u64, u64)>> {
         let drive = m.drive.as_mut();
         let row = pick.row();
-        let found = read_label(drive).with_context(|| format!("reading the label of {}", row.barcode))?;
+        let found =
+            read_label(drive).with_context(|| format!("reading the label of {}", row.barcode))?;
         match pick {
             Pick::Append(row) => {
                 match found {
@@ -337,7 +395,8 @@ impl Tape<'_> {
                             self.set.uuid,
                             describe(&other)
                         ));
-                        self.cat.set_media_state(&row.barcode, MediaState::Damaged)?;
+                        self.cat
+                            .set_media_state(&row.barcode, MediaState::Damaged)?;
                         return Ok(None);
                     }
                 }
@@ -384,12 +443,15 @@ impl Tape<'_> {
                     escrow: self.escrow.clone().unwrap_or_default(),
                 };
                 write_label(drive, &label).with_context(|| format!("labelling {}", row.barcode))?;
-                self.cat.assign_media(&row.barcode, &self.pool.name, self.set.uuid, seq, volume)?;
+                self.cat
+                    .assign_media(&row.barcode, &self.pool.name, self.set.uuid, seq, volume)?;
                 report_line(&format!(
                     "cartridge {} joins media set {} of pool {} as volume {}",
                     row.barcode, self.set.uuid, self.pool.name, seq
                 ));
-                let p = drive.position().context("reading the position after the label")?;
+                let p = drive
+                    .position()
+                    .context("reading the position after the label")?;
                 Ok(Some((p.block, p.file)))
             }
         }
@@ -444,12 +506,16 @@ impl Tape<'_> {
 
     /// Flush and put the cartridge away. A cartridge in early warning is marked full.
     fn release(&mut self) -> Result<()> {
-        let Some(c) = self.current.take() else { return Ok(()) };
+        let Some(c) = self.current.take() else {
+            return Ok(());
+        };
         let mut full = false;
         if let Some(sink) = c.sink {
             full = sink.early_warning;
             let mut drive = sink.drive;
-            drive.flush().with_context(|| format!("flushing {}", c.barcode))?;
+            drive
+                .flush()
+                .with_context(|| format!("flushing {}", c.barcode))?;
             drop(drive);
         }
         if full {
@@ -486,6 +552,8 @@ struct Job<'a> {
     sealer: Option<Sealer>,
     session: Uuid,
     image_parts: u32,
+    /// Reused buffer for encrypting a record's payload.
+    seal_buf: Vec<u8>,
 }
 
 /// A chunk read from the disk (pipeline stage 1 output).
@@ -572,7 +640,11 @@ impl ImageProgress {
                 Some(last) if last.is_zero == is_zero && last.offset + last.length == e.offset => {
                     last.length += e.length
                 }
-                _ => self.coverage.push(catalog::Extent { offset: e.offset, length: e.length, is_zero }),
+                _ => self.coverage.push(catalog::Extent {
+                    offset: e.offset,
+                    length: e.length,
+                    is_zero,
+                }),
             }
         }
     }
@@ -586,29 +658,70 @@ fn sink_err(e: WriterError<DriveError>) -> Error {
 }
 
 impl Job<'_> {
-    fn decide(&self, d: &DiskSpec, disk_size: u64, mode: Mode, report_line: &mut dyn FnMut(&str)) -> Result<(Plan, Option<ChangedExtents>)> {
+    fn decide(
+        &self,
+        d: &DiskSpec,
+        disk_size: u64,
+        mode: Mode,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<(Plan, Option<ChangedExtents>)> {
         let cat = self.tape.cat;
         let changed = match &d.changed_extents {
             Some(p) => Some(ChangedExtents::load(p, disk_size).map_err(|e| {
-                Error::Usage(format!("changed-extents file {} for disk {}: {e}", p.display(), d.id))
+                Error::Usage(format!(
+                    "changed-extents file {} for disk {}: {e}",
+                    p.display(),
+                    d.id
+                ))
             })?),
             None => None,
         };
         match mode {
-            Mode::Copy => return Ok((Plan::Full { kind: ImageKind::Copy, reason: None }, changed)),
-            Mode::Full => return Ok((Plan::Full { kind: ImageKind::Full, reason: None }, changed)),
+            Mode::Copy => {
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Copy,
+                        reason: None,
+                    },
+                    changed,
+                ))
+            }
+            Mode::Full => {
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: None,
+                    },
+                    changed,
+                ))
+            }
             Mode::Auto => {}
         }
         let Some(base) = cat.newest_good_image(d.id)? else {
             let r = "no earlier good image of this disk: taking a full".to_string();
-            return Ok((Plan::Full { kind: ImageKind::Full, reason: Some(r) }, changed));
+            return Ok((
+                Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(r),
+                },
+                changed,
+            ));
         };
         let base_list = match &base.digest_list {
             Some(p) if Path::new(p).is_file() => PathBuf::from(p),
             _ => {
-                let r = format!("the block digest list of base image {} is missing: taking a full", base.uuid);
+                let r = format!(
+                    "the block digest list of base image {} is missing: taking a full",
+                    base.uuid
+                );
                 report_line(&format!("disk {}: {r}", d.id));
-                return Ok((Plan::Full { kind: ImageKind::Full, reason: Some(r) }, changed));
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: Some(r),
+                    },
+                    changed,
+                ));
             }
         };
         if let Some(ce) = &changed {
@@ -624,25 +737,56 @@ impl Job<'_> {
                     base.disk_size, disk_size, base.uuid
                 ))
             } else if base.block_size as u64 != DEFAULT_BLOCK_SIZE {
-                Some(format!("image {} was tracked in {}-byte blocks: falling back to a hash scan", base.uuid, base.block_size))
+                Some(format!(
+                    "image {} was tracked in {}-byte blocks: falling back to a hash scan",
+                    base.uuid, base.block_size
+                ))
             } else {
                 None
             };
             if let Some(r) = reason {
                 report_line(&format!("disk {}: {r}", d.id));
-                return Ok((Plan::HashScan { base, base_list, reason: Some(r) }, changed));
+                return Ok((
+                    Plan::HashScan {
+                        base,
+                        base_list,
+                        reason: Some(r),
+                    },
+                    changed,
+                ));
             }
-            let extents = ce
-                .aligned(DEFAULT_BLOCK_SIZE, disk_size)
-                .map_err(|e| Error::Usage(format!("changed-extents file for disk {}: {e}", d.id)))?;
-            return Ok((Plan::ChangedExtents { base, extents, base_list }, changed));
+            let extents = ce.aligned(DEFAULT_BLOCK_SIZE, disk_size).map_err(|e| {
+                Error::Usage(format!("changed-extents file for disk {}: {e}", d.id))
+            })?;
+            return Ok((
+                Plan::ChangedExtents {
+                    base,
+                    extents,
+                    base_list,
+                },
+                changed,
+            ));
         }
-        Ok((Plan::HashScan { base, base_list, reason: None }, changed))
+        Ok((
+            Plan::HashScan {
+                base,
+                base_list,
+                reason: None,
+            },
+            changed,
+        ))
     }
 
-    fn backup_disk(&mut self, d: &DiskSpec, req: &BackupRequest, interactive: bool, report_line: &mut dyn FnMut(&str)) -> Result<DiskReport> {
+    fn backup_disk(
+        &mut self,
+        d: &DiskSpec,
+        req: &BackupRequest,
+        interactive: bool,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<DiskReport> {
         let started = Instant::now();
-        let disk = Disk::open(&d.path).map_err(|e| Error::Failed(format!("disk {} ({}): {e}", d.id, d.path.display())))?;
+        let disk = Disk::open(&d.path)
+            .map_err(|e| Error::Failed(format!("disk {} ({}): {e}", d.id, d.path.display())))?;
         let size = disk.size();
         let (mut plan, changed) = self.decide(d, size, req.mode, report_line)?;
         let image_uuid = Uuid::new_v4();
@@ -656,23 +800,47 @@ impl Job<'_> {
         let mut scanned: Option<ExtentSet> = None;
         if let Plan::HashScan { base_list, .. } = &plan {
             let mut set = ExtentSet::new();
-            match scan_changes(&disk, bs, Some(base_list), &new_list, |e| set.insert(e.offset, e.len)) {
+            match scan_changes(&disk, bs, Some(base_list), &new_list, |e| {
+                set.insert(e.offset, e.len)
+            }) {
                 Ok(_) => scanned = Some(set),
                 Err(ScanError::PreviousList(e)) => {
-                    let r = format!("the previous block digest list is unusable ({e}): taking a full");
+                    let r =
+                        format!("the previous block digest list is unusable ({e}): taking a full");
                     report_line(&format!("disk {}: {r}", d.id));
-                    plan = Plan::Full { kind: ImageKind::Full, reason: Some(r) };
+                    plan = Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: Some(r),
+                    };
                 }
-                Err(e) => return Err(Error::Failed(format!("hash scan of disk {} ({}): {e}", d.id, d.path.display()))),
+                Err(e) => {
+                    return Err(Error::Failed(format!(
+                        "hash scan of disk {} ({}): {e}",
+                        d.id,
+                        d.path.display()
+                    )))
+                }
             }
         }
         let (kind, parent, method, reason) = match &plan {
             Plan::Full { kind, reason } => (*kind, None, "full", reason.clone()),
-            Plan::ChangedExtents { base, .. } => (ImageKind::Incremental, Some(base.uuid), "changed-extents", None),
-            Plan::HashScan { base, reason, .. } => (ImageKind::Incremental, Some(base.uuid), "hash-scan", reason.clone()),
+            Plan::ChangedExtents { base, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "changed-extents",
+                None,
+            ),
+            Plan::HashScan { base, reason, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "hash-scan",
+                reason.clone(),
+            ),
         };
         let base_change = match &plan {
-            Plan::ChangedExtents { base, .. } | Plan::HashScan { base, .. } => base.change_id.clone(),
+            Plan::ChangedExtents { base, .. } | Plan::HashScan { base, .. } => {
+                base.change_id.clone()
+            }
             Plan::Full { .. } => None,
         };
         let change_id = changed.as_ref().map(|c| c.change_id.clone());
@@ -685,7 +853,11 @@ impl Job<'_> {
             kind,
             parent_uuid: parent,
             change_id: change_id.clone(),
-            from_change_id: if kind == ImageKind::Incremental { base_change.clone() } else { None },
+            from_change_id: if kind == ImageKind::Incremental {
+                base_change.clone()
+            } else {
+                None
+            },
             disk_size: size,
             block_size: bs as u32,
             session_uuid: Some(self.session),
@@ -694,7 +866,21 @@ impl Job<'_> {
             compression: pool.compression,
             started: crate::clock::now(),
         })?;
-        let result = self.write_image(&disk, &plan, scanned.as_ref(), &new_list, image_uuid, kind, parent, change_id, base_change, req, interactive, report_line);
+        let result = self.write_image(
+            &disk,
+            d.id,
+            &plan,
+            scanned.as_ref(),
+            &new_list,
+            image_uuid,
+            kind,
+            parent,
+            change_id,
+            base_change,
+            req,
+            interactive,
+            report_line,
+        );
         match result {
             Ok(p) => {
                 let digest_hex = crate::crypto::to_hex(&p.digest);
@@ -733,7 +919,13 @@ impl Job<'_> {
                         let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
                     }
                 }
-                Err(e).with_context(|| format!("backing up disk {} ({}) as image {image_uuid}", d.id, d.path.display()))
+                Err(e).with_context(|| {
+                    format!(
+                        "backing up disk {} ({}) as image {image_uuid}",
+                        d.id,
+                        d.path.display()
+                    )
+                })
             }
         }
     }
@@ -742,6 +934,7 @@ impl Job<'_> {
     fn write_image(
         &mut self,
         disk: &Disk,
+        disk_id: Uuid,
         plan: &Plan,
         scanned: Option<&ExtentSet>,
         new_list: &Path,
@@ -756,22 +949,32 @@ impl Job<'_> {
     ) -> Result<ImageProgress> {
         let size = disk.size();
         let bs = DEFAULT_BLOCK_SIZE;
-        let cfg = ChunkConfig { record_data_size: tape_formats::DEFAULT_RECORD_DATA_SIZE as usize, block_size: bs };
-        let dl_err = |e: crate::source::hashscan::DigestListError| Error::Failed(format!("block digest list: {e}"));
+        let cfg = ChunkConfig {
+            record_data_size: tape_formats::DEFAULT_RECORD_DATA_SIZE as usize,
+            block_size: bs,
+        };
+        let dl_err = |e: crate::source::hashscan::DigestListError| {
+            Error::Failed(format!("block digest list: {e}"))
+        };
         let reader = match plan {
-            Plan::Full { .. } => ChunkReader::whole_disk(disk, cfg)
-                .and_then(|r| Ok(r.with_digests(DigestFeed::new(new_list, bs, size, None).map_err(dl_err)?).map_err(dl_err)?))
-                .map_err(|e| Error::Failed(e.to_string()))?,
-            Plan::ChangedExtents { extents, base_list, .. } => {
+            Plan::Full { .. } => {
+                let feed = DigestFeed::new(new_list, bs, size, None).map_err(dl_err)?;
+                ChunkReader::whole_disk(disk, cfg)
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
+            Plan::ChangedExtents {
+                extents, base_list, ..
+            } => {
                 let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
                 ChunkReader::extents(disk, cfg, extents)
                     .map_err(|e| Error::Failed(e.to_string()))?
                     .with_digests(feed)
                     .map_err(dl_err)?
             }
-            Plan::HashScan { .. } => {
-                ChunkReader::extents(disk, cfg, scanned.expect("scan ran")).map_err(|e| Error::Failed(e.to_string()))?
-            }
+            Plan::HashScan { .. } => ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
+                .map_err(|e| Error::Failed(e.to_string()))?,
         };
         let total: u64 = match plan {
             Plan::Full { .. } => size,
@@ -780,12 +983,14 @@ impl Job<'_> {
         };
         let pool = self.tape.pool.clone();
         let cipher = match &self.sealer {
-            Some(s) => Cipher::Aes256Gcm { key_fingerprint: s.key.fingerprint },
+            Some(s) => Cipher::Aes256Gcm {
+                key_fingerprint: s.key.fingerprint,
+            },
             None => Cipher::None,
         };
         let header = ImageHeader {
             image_uuid: *image_uuid.as_bytes(),
-            disk_uuid: *req.disks.iter().find(|x| x.path == disk.path()).map(|x| x.id).unwrap_or_default().as_bytes(),
+            disk_uuid: *disk_id.as_bytes(),
             session_uuid: *self.session.as_bytes(),
             parent_image_uuid: parent.map(|p| *p.as_bytes()),
             kind: match kind {
@@ -806,9 +1011,17 @@ impl Job<'_> {
             cipher,
             vm_name: req.vm_name.clone().unwrap_or_default(),
             change_id: change_id.unwrap_or_default(),
-            from_change_id: if kind == ImageKind::Incremental { from_change_id } else { None },
+            from_change_id: if kind == ImageKind::Incremental {
+                from_change_id
+            } else {
+                None
+            },
         };
-        let progress = Progress::bytes(total, format!("disk {}", &image_uuid.to_string()[..8]), interactive);
+        let progress = Progress::bytes(
+            total,
+            format!("disk {}", &image_uuid.to_string()[..8]),
+            interactive,
+        );
         let mut state = ImageProgress {
             header: header.clone(),
             writer: None,
@@ -834,7 +1047,10 @@ impl Job<'_> {
         let run = crate::pipeline::run::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
             |c| {
-                let Some(chunk) = reader.next_chunk().map_err(|e| Error::Failed(format!("reading {}: {e}", disk.path().display())))? else {
+                let Some(chunk) = reader.next_chunk().map_err(|e| {
+                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
+                })?
+                else {
                     return Ok(false);
                 };
                 c.extents.clear();
@@ -859,7 +1075,12 @@ impl Job<'_> {
                 p.extents.extend_from_slice(&c.extents);
                 p.plain_len = c.data.len() as u32;
                 p.data_bytes = c.data.len() as u64;
-                p.zero_bytes = c.extents.iter().filter(|e| e.kind == ExtentKind::Zero).map(|e| e.length).sum();
+                p.zero_bytes = c
+                    .extents
+                    .iter()
+                    .filter(|e| e.kind == ExtentKind::Zero)
+                    .map(|e| e.length)
+                    .sum();
                 p.compression = Some(compressor.compress(&c.data, &mut p.stored)?);
                 Ok(())
             },
@@ -881,14 +1102,21 @@ impl Job<'_> {
         }
         let (_stats, summary) = reader.finish();
         if let Some(Err(e)) = summary {
-            return Err(Error::Failed(format!("writing the block digest list {}: {e}", new_list.display())));
+            return Err(Error::Failed(format!(
+                "writing the block digest list {}: {e}",
+                new_list.display()
+            )));
         }
         // Close the last part: trailer, filemark, flush; only then may the catalog say
         // complete.
         let w = state.writer.take().expect("part open");
-        let (sink, _trailer, _) = w.finish(TrailerStatus::Complete, state.digest).map_err(sink_err)?;
+        let (sink, _trailer, _) = w
+            .finish(TrailerStatus::Complete, state.digest)
+            .map_err(sink_err)?;
         let mut sink = sink;
-        sink.drive.flush().context("flushing the drive after the image trailer")?;
+        sink.drive
+            .flush()
+            .context("flushing the drive after the image trailer")?;
         state.close_segment();
         self.tape.put_sink(sink)?;
         self.image_parts += 1;
@@ -896,7 +1124,11 @@ impl Job<'_> {
     }
 
     /// Open a new image part on the current (or next) cartridge.
-    fn start_part(&mut self, st: &mut ImageProgress, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+    fn start_part(
+        &mut self,
+        st: &mut ImageProgress,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
         let (sink, barcode, file) = self.tape.take_sink(report_line)?;
         let header_block = sink.block;
         st.barcode = barcode.clone();
@@ -905,17 +1137,34 @@ impl Job<'_> {
         if !st.cartridges.contains(&barcode) {
             st.cartridges.push(barcode.clone());
         }
-        let w = ImageWriter::start(sink, st.header.clone()).map_err(sink_err).with_context(|| {
-            format!("writing the header of image {} part {} on {barcode}", Uuid::from_bytes(st.header.image_uuid), st.header.part)
-        })?;
+        let w = ImageWriter::start(sink, st.header.clone())
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "writing the header of image {} part {} on {barcode}",
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.header.part
+                )
+            })?;
         st.writer = Some(w);
         Ok(())
     }
 
-    fn write_record(&mut self, st: &mut ImageProgress, p: &Prepared, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+    fn write_record(
+        &mut self,
+        st: &mut ImageProgress,
+        p: &Prepared,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
         // Early warning seen: close this part as continued and go on with the next
         // cartridge of the media set.
-        if st.writer.as_ref().map(|w| w.early_warning()).unwrap_or(false) && st.records > 0 {
+        if st
+            .writer
+            .as_ref()
+            .map(|w| w.early_warning())
+            .unwrap_or(false)
+            && st.records > 0
+        {
             self.span(st, report_line)?;
         }
         let w = st.writer.as_mut().expect("part open");
@@ -925,15 +1174,20 @@ impl Job<'_> {
         let block = st.next_block;
         let r = match &mut self.sealer {
             Some(s) => {
-                let mut buf = std::mem::take(&mut Vec::new());
+                let buf = &mut self.seal_buf;
+                buf.clear();
                 buf.extend_from_slice(&p.stored);
-                s.seal_data(&mut fields, &p.extents, &mut buf)?;
-                w.write_record(&fields, &p.extents, &buf)
+                s.seal_data(&mut fields, &p.extents, buf)?;
+                w.write_record(&fields, &p.extents, buf)
             }
             None => w.write_record(&fields, &p.extents, &p.stored),
         };
         r.map_err(sink_err).with_context(|| {
-            format!("writing record {seq} of image {} to {} at block {block}", Uuid::from_bytes(st.header.image_uuid), st.barcode)
+            format!(
+                "writing record {seq} of image {} to {} at block {block}",
+                Uuid::from_bytes(st.header.image_uuid),
+                st.barcode
+            )
         })?;
         st.next_block += 1;
         st.note_record(block, seq, &p.extents);
@@ -947,11 +1201,21 @@ impl Job<'_> {
 
     fn span(&mut self, st: &mut ImageProgress, report_line: &mut dyn FnMut(&str)) -> Result<()> {
         let w = st.writer.take().expect("part open");
-        let (sink, trailer, _) = w.finish(TrailerStatus::Continued, st.digest).map_err(sink_err).with_context(|| {
-            format!("closing part {} of image {} on {}", st.header.part, Uuid::from_bytes(st.header.image_uuid), st.barcode)
-        })?;
+        let (sink, trailer, _) = w
+            .finish(TrailerStatus::Continued, st.digest)
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "closing part {} of image {} on {}",
+                    st.header.part,
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.barcode
+                )
+            })?;
         let mut sink = sink;
-        sink.drive.flush().context("flushing before changing cartridges")?;
+        sink.drive
+            .flush()
+            .context("flushing before changing cartridges")?;
         st.close_segment();
         self.tape.put_sink(sink)?;
         report_line(&format!(
@@ -977,7 +1241,9 @@ impl Job<'_> {
         let start_block = sink.block;
         let chunk = tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize;
         let cipher = match &self.sealer {
-            Some(s) => Cipher::Aes256Gcm { key_fingerprint: s.key.fingerprint },
+            Some(s) => Cipher::Aes256Gcm {
+                key_fingerprint: s.key.fingerprint,
+            },
             None => Cipher::None,
         };
         let now = crate::clock::now();
@@ -991,7 +1257,9 @@ impl Job<'_> {
             total_plain_len: plain.len() as u64,
             chunk_data_size: chunk as u32,
         };
-        let fmt_err = |e: tape_formats::FormatError| Error::Failed(format!("encoding the catalog snapshot: {e}"));
+        let fmt_err = |e: tape_formats::FormatError| {
+            Error::Failed(format!("encoding the catalog snapshot: {e}"))
+        };
         hdr.encode(&mut buf).map_err(fmt_err)?;
         let ctx = || format!("writing the catalog snapshot to {barcode}");
         sink.write_block(&buf).with_context(ctx)?;
@@ -1042,7 +1310,9 @@ impl Job<'_> {
         .map_err(fmt_err)?;
         sink.write_block(&buf).with_context(ctx)?;
         sink.write_filemark().with_context(ctx)?;
-        sink.drive.flush().context("flushing at the end of the session")?;
+        sink.drive
+            .flush()
+            .context("flushing at the end of the session")?;
         self.tape.put_sink(sink)?;
         let loc = SnapshotLocation {
             barcode,
@@ -1055,6 +1325,3 @@ impl Job<'_> {
         Ok(loc)
     }
 }
-
-#[allow(dead_code)]
-fn _trailer_type_check(_: &ImageTrailer) {}

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use tape_formats::{
-    data_record_aad, snapshot_chunk_aad, ChunkFields, Compression as WireCompression, DataFields, DataRecord, Extent,
-    RecordCrypto, SnapshotChunk,
+    data_record_aad, snapshot_chunk_aad, ChunkFields, Compression as WireCompression, DataFields,
+    DataRecord, Extent, RecordCrypto, SnapshotChunk,
 };
 
 use crate::catalog::Compression;
@@ -150,12 +150,20 @@ impl Sealer {
             .nonces
             .next()
             .map_err(|e| Error::Key(format!("cannot get a nonce: {e}")))?;
-        fields.crypto = RecordCrypto::Aes256Gcm { key_fingerprint: self.key.fingerprint, nonce, tag: [0; 16] };
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag: [0; 16],
+        };
         self.aad.clear();
         snapshot_chunk_aad(fields, stored.len(), &mut self.aad)
             .map_err(|e| Error::Failed(format!("cannot frame snapshot chunk: {e}")))?;
         let tag = self.key.seal(nonce, &self.aad, stored);
-        fields.crypto = RecordCrypto::Aes256Gcm { key_fingerprint: self.key.fingerprint, nonce, tag };
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag,
+        };
         Ok(())
     }
 }
@@ -269,20 +277,32 @@ impl Opener {
         plain.clear();
         let stored: &[u8] = match chunk.fields.crypto {
             RecordCrypto::None => chunk.payload,
-            RecordCrypto::Aes256Gcm { key_fingerprint, nonce, tag } => {
-                let key = keys
-                    .get(&key_fingerprint)
-                    .ok_or_else(|| OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint)))?;
+            RecordCrypto::Aes256Gcm {
+                key_fingerprint,
+                nonce,
+                tag,
+            } => {
+                let key = keys.get(&key_fingerprint).ok_or_else(|| {
+                    OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
+                })?;
                 self.aad.clear();
-                chunk.aad(&mut self.aad).map_err(|_| OpenError::Authentication)?;
+                chunk
+                    .aad(&mut self.aad)
+                    .map_err(|_| OpenError::Authentication)?;
                 self.work.clear();
                 self.work.extend_from_slice(chunk.payload);
-                key.open(nonce, &self.aad, &mut self.work, tag).map_err(|_| OpenError::Authentication)?;
+                key.open(nonce, &self.aad, &mut self.work, tag)
+                    .map_err(|_| OpenError::Authentication)?;
                 &self.work
             }
         };
         self.dec
-            .decompress(chunk.fields.compression, stored, chunk.fields.plain_len as usize, plain)
+            .decompress(
+                chunk.fields.compression,
+                stored,
+                chunk.fields.plain_len as usize,
+                plain,
+            )
             .map_err(OpenError::Decompression)
     }
 }

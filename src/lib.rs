@@ -1,4 +1,5 @@
 //! tapevault: block-level backups of virtual machine disks to tape.
+pub mod backup;
 pub mod catalog;
 pub mod changer;
 pub mod cli;

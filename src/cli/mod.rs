@@ -10,9 +10,11 @@ use serde::Serialize;
 use crate::error::{Error, ExitCode, Result};
 use crate::home::Home;
 
+mod backup_cmd;
 mod library_cmd;
 mod output;
 mod passphrase;
+mod pool_cmd;
 mod tape_cmd;
 
 pub use output::{human_bytes, Output};
@@ -50,6 +52,16 @@ pub enum Command {
     Library(library_cmd::LibraryCommand),
     /// Low-level tape operations with mt's meanings.
     Tape(tape_cmd::TapeArgs),
+    /// Pools of cartridges and their policies.
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCommand),
+    /// Label a cartridge into a pool.
+    Label(pool_cmd::LabelArgs),
+    /// Cartridges: list, export, vault.
+    #[command(subcommand)]
+    Media(pool_cmd::MediaCommand),
+    /// Back up disks (full, or incremental relative to the last good image).
+    Backup(backup_cmd::BackupArgs),
 }
 
 /// Everything a command handler needs.
@@ -120,6 +132,10 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Init(a) => library_cmd::init(ctx, a),
         Command::Library(c) => library_cmd::library(ctx, c),
         Command::Tape(a) => tape_cmd::tape(ctx, a),
+        Command::Pool(c) => pool_cmd::pool(ctx, c),
+        Command::Label(a) => pool_cmd::label(ctx, a),
+        Command::Media(c) => pool_cmd::media(ctx, c),
+        Command::Backup(a) => backup_cmd::backup(ctx, a),
     }
 }
 

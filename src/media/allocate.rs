@@ -22,11 +22,19 @@ pub fn location_of(kind: ElementKind, index: usize) -> String {
 /// cartridges are added as blank, locations are updated, and cartridges the library no
 /// longer holds are marked 'outside' (unless the catalog knows they are in a vault).
 /// Returns the inventory and the set of barcodes present.
-pub fn sync_inventory(cat: &Catalog, lib: &mut dyn TapeLibrary) -> Result<(Inventory, HashSet<String>)> {
-    let inv = lib.changer().inventory().context("reading the library inventory")?;
+pub fn sync_inventory(
+    cat: &Catalog,
+    lib: &mut dyn TapeLibrary,
+) -> Result<(Inventory, HashSet<String>)> {
+    let inv = lib
+        .changer()
+        .inventory()
+        .context("reading the library inventory")?;
     let mut present = HashSet::new();
     for e in inv.all() {
-        let Some(bc) = e.barcode.as_deref() else { continue };
+        let Some(bc) = e.barcode.as_deref() else {
+            continue;
+        };
         if bc.is_empty() || bc.starts_with(CLEANING_PREFIX) {
             continue;
         }
@@ -39,7 +47,10 @@ pub fn sync_inventory(cat: &Catalog, lib: &mut dyn TapeLibrary) -> Result<(Inven
         }
     }
     for m in cat.list_media(None)? {
-        if !present.contains(&m.barcode) && !m.location.starts_with("vault:") && m.location != "outside" {
+        if !present.contains(&m.barcode)
+            && !m.location.starts_with("vault:")
+            && m.location != "outside"
+        {
             cat.set_media_location(&m.barcode, "outside")?;
         }
     }
@@ -112,13 +123,17 @@ pub fn pick_cartridge(
         return Ok(Pick::Append(m));
     }
     let pool_media = cat.list_media(Some(&pool.name))?;
-    if let Some(m) = pool_media
-        .iter()
-        .find(|m| m.media_set_uuid.is_none() && matches!(m.state, MediaState::Writable | MediaState::Blank) && usable(m))
-    {
+    if let Some(m) = pool_media.iter().find(|m| {
+        m.media_set_uuid.is_none()
+            && matches!(m.state, MediaState::Writable | MediaState::Blank)
+            && usable(m)
+    }) {
         return Ok(Pick::Join(m.clone()));
     }
-    if let Some(m) = pool_media.iter().find(|m| m.state == MediaState::Expired && usable(m)) {
+    if let Some(m) = pool_media
+        .iter()
+        .find(|m| m.state == MediaState::Expired && usable(m))
+    {
         return Ok(Pick::Join(m.clone()));
     }
     if let Some(m) = cat
@@ -137,7 +152,10 @@ pub fn pick_cartridge(
     let hint = if offsite.is_empty() {
         String::new()
     } else {
-        format!(" The set's writable cartridge is not in the library: {}.", offsite.join(", "))
+        format!(
+            " The set's writable cartridge is not in the library: {}.",
+            offsite.join(", ")
+        )
     };
     Err(Error::MediaNeeded(format!(
         "pool {} needs a writable cartridge and none is in the library (no writable cartridge of its media set {}, no scratch or expired cartridge of the pool, no blank cartridge).{hint} Insert one into a mail slot and run `tapevault library import`, or add blank cartridges.",
