@@ -34,7 +34,14 @@ fn library(tmp: &tempfile::TempDir) -> VirtualLibrary {
 
 fn report(r: &[CheckResult]) -> String {
     r.iter()
-        .map(|c| format!("{} {}: {}\n", if c.passed { "PASS" } else { "FAIL" }, c.name, c.message))
+        .map(|c| {
+            format!(
+                "{} {}: {}\n",
+                if c.passed { "PASS" } else { "FAIL" },
+                c.name,
+                c.message
+            )
+        })
         .collect()
 }
 
@@ -80,35 +87,59 @@ delegate!(NoLocate, {
         c.read_position = false;
         Ok(c)
     }
-    fn read_block(&mut self, b: &mut [u8]) -> DriveResult<ReadOutcome> { self.0.read_block(b) }
-    fn space_blocks(&mut self, n: i64) -> DriveResult<()> { self.0.space_blocks(n) }
+    fn read_block(&mut self, b: &mut [u8]) -> DriveResult<ReadOutcome> {
+        self.0.read_block(b)
+    }
+    fn space_blocks(&mut self, n: i64) -> DriveResult<()> {
+        self.0.space_blocks(n)
+    }
     fn locate(&mut self, _: u64) -> DriveResult<()> {
         Err(tapevault::drive::DriveError::Unsupported { op: "locate" })
     }
     fn position(&mut self) -> DriveResult<Position> {
-        Err(tapevault::drive::DriveError::Unsupported { op: "read position" })
+        Err(tapevault::drive::DriveError::Unsupported {
+            op: "read position",
+        })
     }
 });
 
 delegate!(LosesFilemarks, {
-    fn capabilities(&mut self) -> DriveResult<Capabilities> { self.0.capabilities() }
+    fn capabilities(&mut self) -> DriveResult<Capabilities> {
+        self.0.capabilities()
+    }
     fn read_block(&mut self, b: &mut [u8]) -> DriveResult<ReadOutcome> {
         match self.0.read_block(b)? {
             ReadOutcome::Filemark => Ok(ReadOutcome::EndOfData),
             o => Ok(o),
         }
     }
-    fn space_blocks(&mut self, n: i64) -> DriveResult<()> { self.0.space_blocks(n) }
-    fn locate(&mut self, b: u64) -> DriveResult<()> { self.0.locate(b) }
-    fn position(&mut self) -> DriveResult<Position> { self.0.position() }
+    fn space_blocks(&mut self, n: i64) -> DriveResult<()> {
+        self.0.space_blocks(n)
+    }
+    fn locate(&mut self, b: u64) -> DriveResult<()> {
+        self.0.locate(b)
+    }
+    fn position(&mut self) -> DriveResult<Position> {
+        self.0.position()
+    }
 });
 
 delegate!(NoResidual, {
-    fn capabilities(&mut self) -> DriveResult<Capabilities> { self.0.capabilities() }
-    fn read_block(&mut self, b: &mut [u8]) -> DriveResult<ReadOutcome> { self.0.read_block(b) }
-    fn space_blocks(&mut self, n: i64) -> DriveResult<()> { self.0.space_blocks(n).or(Ok(())) }
-    fn locate(&mut self, b: u64) -> DriveResult<()> { self.0.locate(b) }
-    fn position(&mut self) -> DriveResult<Position> { self.0.position() }
+    fn capabilities(&mut self) -> DriveResult<Capabilities> {
+        self.0.capabilities()
+    }
+    fn read_block(&mut self, b: &mut [u8]) -> DriveResult<ReadOutcome> {
+        self.0.read_block(b)
+    }
+    fn space_blocks(&mut self, n: i64) -> DriveResult<()> {
+        self.0.space_blocks(n).or(Ok(()))
+    }
+    fn locate(&mut self, b: u64) -> DriveResult<()> {
+        self.0.locate(b)
+    }
+    fn position(&mut self) -> DriveResult<Position> {
+        self.0.position()
+    }
 });
 
 #[test]
@@ -116,10 +147,17 @@ fn drive_without_locate_is_repositioned_by_spacing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lib = library(&tmp);
     let mut d = NoLocate(lib.open_drive(0).unwrap());
-    let o = ConformanceOptions { fill: false, ..opts() };
+    let o = ConformanceOptions {
+        fill: false,
+        ..opts()
+    };
     let r = run(&mut d, &o);
     assert!(r.iter().all(|c| c.passed), "{}", report(&r));
-    assert!(r.iter().any(|c| c.message.contains("rewind + fsf + fsr")), "{}", report(&r));
+    assert!(
+        r.iter().any(|c| c.message.contains("rewind + fsf + fsr")),
+        "{}",
+        report(&r)
+    );
 }
 
 #[test]
@@ -127,8 +165,17 @@ fn suite_catches_a_drive_that_loses_filemarks() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lib = library(&tmp);
     let mut d = LosesFilemarks(lib.open_drive(0).unwrap());
-    let r = run(&mut d, &ConformanceOptions { fill: false, ..opts() });
-    let c = r.iter().find(|c| c.name == "read_back_one_filemark_between_files").unwrap();
+    let r = run(
+        &mut d,
+        &ConformanceOptions {
+            fill: false,
+            ..opts()
+        },
+    );
+    let c = r
+        .iter()
+        .find(|c| c.name == "read_back_one_filemark_between_files")
+        .unwrap();
     assert!(!c.passed, "{}", report(&r));
     assert!(c.message.contains("Filemark"), "{}", c.message);
 }
@@ -138,8 +185,17 @@ fn suite_catches_a_drive_without_residuals() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lib = library(&tmp);
     let mut d = NoResidual(lib.open_drive(0).unwrap());
-    let r = run(&mut d, &ConformanceOptions { fill: false, ..opts() });
-    let c = r.iter().find(|c| c.name == "fsf_bsf_small_files_and_residuals").unwrap();
+    let r = run(
+        &mut d,
+        &ConformanceOptions {
+            fill: false,
+            ..opts()
+        },
+    );
+    let c = r
+        .iter()
+        .find(|c| c.name == "fsf_bsf_small_files_and_residuals")
+        .unwrap();
     assert!(!c.passed, "{}", report(&r));
 }
 
@@ -148,7 +204,13 @@ fn bad_options_are_reported_not_panicked() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lib = library(&tmp);
     let mut d = lib.open_drive(0).unwrap();
-    let r = run(d.as_mut(), &ConformanceOptions { block_size: 3, ..opts() });
+    let r = run(
+        d.as_mut(),
+        &ConformanceOptions {
+            block_size: 3,
+            ..opts()
+        },
+    );
     assert_eq!(r.len(), 1);
     assert!(!r[0].passed);
 }

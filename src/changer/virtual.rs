@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use vtl_sim::{Library, LibraryConfig, VtlError};
 
-use super::{Changer, ChangerError, ChangerResult, Element, ElementKind, ElementRef, Inventory, TapeLibrary};
+use super::{
+    Changer, ChangerError, ChangerResult, Element, ElementKind, ElementRef, Inventory, TapeLibrary,
+};
 use crate::drive::r#virtual::{map_err as map_drive_err, VirtualDrive};
 use crate::drive::TapeDrive;
 
@@ -94,14 +96,24 @@ fn kind_from(k: vtl_sim::ElementKind) -> ElementKind {
 fn map_err(e: VtlError) -> ChangerError {
     match e {
         VtlError::NotInLibrary { barcode } => ChangerError::NotInLibrary { barcode },
-        VtlError::NoSuchElement { element } => ChangerError::NoSuchElement { element: el_from(element) },
-        VtlError::SourceEmpty { element } => ChangerError::SourceEmpty { element: el_from(element) },
-        VtlError::DestinationFull { element, barcode } => {
-            ChangerError::DestinationFull { element: el_from(element), barcode }
-        }
-        VtlError::NoFreeElement { kind } => ChangerError::NoFreeElement { kind: kind_from(kind) },
+        VtlError::NoSuchElement { element } => ChangerError::NoSuchElement {
+            element: el_from(element),
+        },
+        VtlError::SourceEmpty { element } => ChangerError::SourceEmpty {
+            element: el_from(element),
+        },
+        VtlError::DestinationFull { element, barcode } => ChangerError::DestinationFull {
+            element: el_from(element),
+            barcode,
+        },
+        VtlError::NoFreeElement { kind } => ChangerError::NoFreeElement {
+            kind: kind_from(kind),
+        },
         VtlError::CleaningCartridge { barcode } => ChangerError::CleaningCartridge { barcode },
-        VtlError::Busy { element, detail } => ChangerError::Busy { element: el_from(element), detail },
+        VtlError::Busy { element, detail } => ChangerError::Busy {
+            element: el_from(element),
+            detail,
+        },
         VtlError::DuplicateBarcode { barcode } => ChangerError::DuplicateBarcode { barcode },
         VtlError::Io { op, path, source } => ChangerError::Io {
             op,
@@ -144,12 +156,16 @@ impl VirtualLibrary {
             capacity: cfg.capacity,
             early_warning: cfg.early_warning,
         };
-        Ok(VirtualLibrary { lib: Library::create(dir, &c).map_err(map_err)? })
+        Ok(VirtualLibrary {
+            lib: Library::create(dir, &c).map_err(map_err)?,
+        })
     }
 
     /// Open the library in `dir`.
     pub fn open(dir: &Path) -> ChangerResult<Self> {
-        Ok(VirtualLibrary { lib: Library::open(dir).map_err(map_err)? })
+        Ok(VirtualLibrary {
+            lib: Library::open(dir).map_err(map_err)?,
+        })
     }
 
     pub fn exists(dir: &Path) -> bool {
@@ -177,13 +193,25 @@ impl VirtualLibrary {
     }
 
     /// Add blank cartridges into free slots, then free mail slots.
-    pub fn add_cartridges(&mut self, count: usize, capacity: Option<u64>) -> ChangerResult<Vec<String>> {
-        self.lib.add_cartridges(count, capacity, false).map_err(map_err)
+    pub fn add_cartridges(
+        &mut self,
+        count: usize,
+        capacity: Option<u64>,
+    ) -> ChangerResult<Vec<String>> {
+        self.lib
+            .add_cartridges(count, capacity, false)
+            .map_err(map_err)
     }
 
     /// Add blank WORM (append-only) cartridges.
-    pub fn add_worm_cartridges(&mut self, count: usize, capacity: Option<u64>) -> ChangerResult<Vec<String>> {
-        self.lib.add_cartridges(count, capacity, true).map_err(map_err)
+    pub fn add_worm_cartridges(
+        &mut self,
+        count: usize,
+        capacity: Option<u64>,
+    ) -> ChangerResult<Vec<String>> {
+        self.lib
+            .add_cartridges(count, capacity, true)
+            .map_err(map_err)
     }
 
     /// Add a cleaning cartridge (barcode `CLNnnnCU`); it cannot be loaded for data.
@@ -215,7 +243,9 @@ impl VirtualLibrary {
     }
 
     pub fn set_application_label(&mut self, barcode: &str, label: &str) -> ChangerResult<()> {
-        self.lib.set_application_label(barcode, label).map_err(map_err)
+        self.lib
+            .set_application_label(barcode, label)
+            .map_err(map_err)
     }
 
     /// Take a cartridge in a mail slot out of the library (its files move to `outside/`).
@@ -225,7 +255,10 @@ impl VirtualLibrary {
 
     /// Bring a cartridge from outside back into a free mail slot.
     pub fn insert_into_mail_slot(&mut self, barcode: &str) -> ChangerResult<ElementRef> {
-        self.lib.insert_into_mail_slot(barcode).map(el_from).map_err(map_err)
+        self.lib
+            .insert_into_mail_slot(barcode)
+            .map(el_from)
+            .map_err(map_err)
     }
 
     /// Inject faults (tests); a drive holding the cartridge sees them on its next op.
@@ -261,9 +294,21 @@ impl Changer for VirtualLibrary {
                 .drives
                 .iter()
                 .enumerate()
-                .map(|(i, d)| mk(ElementKind::Drive, i, d.barcode.as_ref(), d.source.map(el_from)))
+                .map(|(i, d)| {
+                    mk(
+                        ElementKind::Drive,
+                        i,
+                        d.barcode.as_ref(),
+                        d.source.map(el_from),
+                    )
+                })
                 .collect(),
-            slots: st.slots.iter().enumerate().map(|(i, s)| mk(ElementKind::Slot, i, s.as_ref(), None)).collect(),
+            slots: st
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| mk(ElementKind::Slot, i, s.as_ref(), None))
+                .collect(),
             mail_slots: st
                 .mail_slots
                 .iter()
@@ -274,7 +319,9 @@ impl Changer for VirtualLibrary {
     }
 
     fn move_medium(&mut self, from: ElementRef, to: ElementRef) -> ChangerResult<()> {
-        self.lib.move_medium(el_to(from), el_to(to)).map_err(map_err)
+        self.lib
+            .move_medium(el_to(from), el_to(to))
+            .map_err(map_err)
     }
 }
 

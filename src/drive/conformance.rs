@@ -94,7 +94,9 @@ impl Suite<'_> {
     fn write(&mut self, file: u64, block: u64) -> Result<WriteOutcome, String> {
         let n = self.o.block_size;
         pattern(&mut self.expect[..n], file, block);
-        self.d.write_block(&self.expect[..n]).map_err(|e| de(&format!("writing block {file}:{block}"), e))
+        self.d
+            .write_block(&self.expect[..n])
+            .map_err(|e| de(&format!("writing block {file}:{block}"), e))
     }
 
     fn write_file(&mut self, blocks: u64) -> Result<(), String> {
@@ -102,20 +104,27 @@ impl Suite<'_> {
         for b in 0..blocks {
             self.write(file, b)?;
         }
-        self.d.write_filemarks(1, false).map_err(|e| de(&format!("writing the filemark after file {file}"), e))?;
+        self.d
+            .write_filemarks(1, false)
+            .map_err(|e| de(&format!("writing the filemark after file {file}"), e))?;
         self.files += 1;
         Ok(())
     }
 
     /// Read the next block and check it is `file:block`.
     fn read_expect(&mut self, file: u64, block: u64) -> Result<(), String> {
-        let got = self.d.read_block(&mut self.buf).map_err(|e| de(&format!("reading block {file}:{block}"), e))?;
+        let got = self
+            .d
+            .read_block(&mut self.buf)
+            .map_err(|e| de(&format!("reading block {file}:{block}"), e))?;
         match got {
             ReadOutcome::Block(n) if n == self.o.block_size => {
                 pattern(&mut self.expect[..n], file, block);
                 if self.buf[..n] != self.expect[..n] {
                     let (f, b) = decode(&self.buf[..n]);
-                    return Err(format!("expected block {file}:{block}, read different contents (it says {f}:{b})"));
+                    return Err(format!(
+                        "expected block {file}:{block}, read different contents (it says {f}:{b})"
+                    ));
                 }
                 Ok(())
             }
@@ -141,14 +150,20 @@ impl Suite<'_> {
             let n = self.o.blocks_per_file;
             // Files 0 and 1 have N blocks + 1 filemark each.
             let logical = file * (n + 1) + block;
-            self.d.locate(logical).map_err(|e| de(&format!("locate to {file}:{block} (object {logical})"), e))?;
+            self.d
+                .locate(logical)
+                .map_err(|e| de(&format!("locate to {file}:{block} (object {logical})"), e))?;
         } else {
             self.d.rewind().map_err(|e| de("rewind", e))?;
             if file > 0 {
-                self.d.space_filemarks(file as i64).map_err(|e| de(&format!("fsf {file}"), e))?;
+                self.d
+                    .space_filemarks(file as i64)
+                    .map_err(|e| de(&format!("fsf {file}"), e))?;
             }
             if block > 0 {
-                self.d.space_blocks(block as i64).map_err(|e| de(&format!("fsr {block}"), e))?;
+                self.d
+                    .space_blocks(block as i64)
+                    .map_err(|e| de(&format!("fsr {block}"), e))?;
             }
         }
         self.check_pos(file, block)
@@ -168,11 +183,25 @@ impl Suite<'_> {
         Ok(())
     }
 
-    fn expect_stop(&mut self, r: Result<(), DriveError>, what: &str, stop: SpaceStop, residual: u64) -> Result<(), String> {
+    fn expect_stop(
+        &mut self,
+        r: Result<(), DriveError>,
+        what: &str,
+        stop: SpaceStop,
+        residual: u64,
+    ) -> Result<(), String> {
         match r {
-            Err(DriveError::SpaceStopped { stop: s, residual: res, .. }) if s == stop && res == residual => Ok(()),
-            Err(e) => Err(format!("{what}: expected to stop at {stop} with residual {residual}, got: {e}")),
-            Ok(()) => Err(format!("{what}: expected to stop at {stop} with residual {residual}, but it succeeded")),
+            Err(DriveError::SpaceStopped {
+                stop: s,
+                residual: res,
+                ..
+            }) if s == stop && res == residual => Ok(()),
+            Err(e) => Err(format!(
+                "{what}: expected to stop at {stop} with residual {residual}, got: {e}"
+            )),
+            Ok(()) => Err(format!(
+                "{what}: expected to stop at {stop} with residual {residual}, but it succeeded"
+            )),
         }
     }
 
@@ -185,7 +214,10 @@ impl Suite<'_> {
         self.write_file(n)?;
         self.write_file(n)?;
         self.check_pos(2, 0)?;
-        Ok(format!("wrote 2 files of {n} blocks of {} bytes, each closed by a filemark", self.o.block_size))
+        Ok(format!(
+            "wrote 2 files of {n} blocks of {} bytes, each closed by a filemark",
+            self.o.block_size
+        ))
     }
 
     fn read_back(&mut self) -> Check {
@@ -195,17 +227,33 @@ impl Suite<'_> {
             for b in 0..n {
                 self.read_expect(f, b)?;
             }
-            self.read_outcome(ReadOutcome::Filemark, &format!("the filemark after file {f}"))?;
+            self.read_outcome(
+                ReadOutcome::Filemark,
+                &format!("the filemark after file {f}"),
+            )?;
         }
         self.read_outcome(ReadOutcome::EndOfData, "end of data after two files")?;
-        self.read_outcome(ReadOutcome::EndOfData, "end of data read again (position must not move)")?;
-        Ok(format!("read back {} blocks with exactly one filemark after each file, then end of data", 2 * n))
+        self.read_outcome(
+            ReadOutcome::EndOfData,
+            "end of data read again (position must not move)",
+        )?;
+        Ok(format!(
+            "read back {} blocks with exactly one filemark after each file, then end of data",
+            2 * n
+        ))
     }
 
     fn reposition(&mut self) -> Check {
         let n = self.o.blocks_per_file;
         let mut done = Vec::new();
-        for (f, b) in [(0, 4), (0, 200), (0, n.saturating_sub(1)), (1, 0), (1, 600), (1, n.saturating_sub(1))] {
+        for (f, b) in [
+            (0, 4),
+            (0, 200),
+            (0, n.saturating_sub(1)),
+            (1, 0),
+            (1, 600),
+            (1, n.saturating_sub(1)),
+        ] {
             if b >= n {
                 continue;
             }
@@ -213,17 +261,33 @@ impl Suite<'_> {
             self.read_expect(f, b)?;
             done.push(format!("{f}:{b}"));
         }
-        let how = if self.caps.locate { "locate" } else { "rewind + fsf + fsr" };
-        Ok(format!("repositioned by {how} to {} and read the right blocks", done.join(", ")))
+        let how = if self.caps.locate {
+            "locate"
+        } else {
+            "rewind + fsf + fsr"
+        };
+        Ok(format!(
+            "repositioned by {how} to {} and read the right blocks",
+            done.join(", ")
+        ))
     }
 
     fn buffer_too_small(&mut self) -> Check {
         self.goto(0, 1)?;
         let small = self.o.block_size / 2;
         match self.d.read_block(&mut self.buf[..small]) {
-            Err(DriveError::BufferTooSmall { block_len, .. }) if block_len == self.o.block_size => {}
-            Err(e) => return Err(format!("reading into a {small}-byte buffer: expected 'buffer too small', got: {e}")),
-            Ok(o) => return Err(format!("reading into a {small}-byte buffer succeeded ({o:?}): a block was truncated")),
+            Err(DriveError::BufferTooSmall { block_len, .. }) if block_len == self.o.block_size => {
+            }
+            Err(e) => {
+                return Err(format!(
+                    "reading into a {small}-byte buffer: expected 'buffer too small', got: {e}"
+                ))
+            }
+            Ok(o) => {
+                return Err(format!(
+                    "reading into a {small}-byte buffer succeeded ({o:?}): a block was truncated"
+                ))
+            }
         }
         self.check_pos(0, 1)?;
         self.read_expect(0, 1)?;
@@ -232,7 +296,9 @@ impl Suite<'_> {
 
     fn append(&mut self) -> Check {
         self.d.rewind().map_err(|e| de("rewind", e))?;
-        self.d.space_to_eod().map_err(|e| de("space to end of data", e))?;
+        self.d
+            .space_to_eod()
+            .map_err(|e| de("space to end of data", e))?;
         self.check_pos(2, 0)?;
         let n = self.o.blocks_per_file;
         self.write_file(n)?;
@@ -241,7 +307,11 @@ impl Suite<'_> {
         loop {
             match self.d.space_filemarks(1) {
                 Ok(()) => files += 1,
-                Err(DriveError::SpaceStopped { stop: SpaceStop::EndOfData, residual: 1, .. }) => break,
+                Err(DriveError::SpaceStopped {
+                    stop: SpaceStop::EndOfData,
+                    residual: 1,
+                    ..
+                }) => break,
                 Err(e) => return Err(de(&format!("fsf after {files} files"), e)),
             }
             if files > 10 {
@@ -249,7 +319,9 @@ impl Suite<'_> {
             }
         }
         if files != 3 {
-            return Err(format!("found {files} files after appending the third, expected 3"));
+            return Err(format!(
+                "found {files} files after appending the third, expected 3"
+            ));
         }
         self.check_pos(3, 0)?;
         self.goto(2, 0)?;
@@ -258,20 +330,29 @@ impl Suite<'_> {
     }
 
     fn reread_last_block(&mut self) -> Check {
-        self.d.space_to_eod().map_err(|e| de("space to end of data", e))?;
-        self.d.space_filemarks(-1).map_err(|e| de("bsf 1 from end of data", e))?;
+        self.d
+            .space_to_eod()
+            .map_err(|e| de("space to end of data", e))?;
+        self.d
+            .space_filemarks(-1)
+            .map_err(|e| de("bsf 1 from end of data", e))?;
         self.d.space_blocks(-1).map_err(|e| de("bsr 1", e))?;
         let last = self.files - 1;
         let n = self.o.blocks_per_file;
         self.check_pos(last, n - 1)?;
         self.read_expect(last, n - 1)?;
         self.read_outcome(ReadOutcome::Filemark, "the filemark after the last block")?;
-        self.read_outcome(ReadOutcome::EndOfData, "end of data after the last filemark")?;
+        self.read_outcome(
+            ReadOutcome::EndOfData,
+            "end of data after the last filemark",
+        )?;
         Ok("bsf 1 + bsr 1 from end of data re-reads the last block, then the filemark, then end of data".into())
     }
 
     fn small_files(&mut self) -> Check {
-        self.d.space_to_eod().map_err(|e| de("space to end of data", e))?;
+        self.d
+            .space_to_eod()
+            .map_err(|e| de("space to end of data", e))?;
         let first = self.files;
         let sizes = [1u64, 2, 3, 2, 1];
         for s in sizes {
@@ -279,26 +360,39 @@ impl Suite<'_> {
         }
         // Forward: fsf from file to file, reading each first block.
         self.d.rewind().map_err(|e| de("rewind", e))?;
-        self.d.space_filemarks(first as i64).map_err(|e| de(&format!("fsf {first}"), e))?;
+        self.d
+            .space_filemarks(first as i64)
+            .map_err(|e| de(&format!("fsf {first}"), e))?;
         for (i, _) in sizes.iter().enumerate() {
             let f = first + i as u64;
             self.check_pos(f, 0)?;
             self.read_expect(f, 0)?;
-            self.d.space_filemarks(1).map_err(|e| de(&format!("fsf 1 in file {f}"), e))?;
+            self.d
+                .space_filemarks(1)
+                .map_err(|e| de(&format!("fsf 1 in file {f}"), e))?;
         }
         self.read_outcome(ReadOutcome::EndOfData, "end of data after the small files")?;
         // Backward: bsf 2 + fsf 1 reaches the start of the previous file, each time.
         for i in (0..sizes.len()).rev() {
             let f = first + i as u64;
-            self.d.space_filemarks(-2).map_err(|e| de(&format!("bsf 2 to reach file {f}"), e))?;
-            self.d.space_filemarks(1).map_err(|e| de("fsf 1 after bsf 2", e))?;
+            self.d
+                .space_filemarks(-2)
+                .map_err(|e| de(&format!("bsf 2 to reach file {f}"), e))?;
+            self.d
+                .space_filemarks(1)
+                .map_err(|e| de("fsf 1 after bsf 2", e))?;
             self.read_expect(f, 0)?;
             // Back to just past this file's filemark for the next round.
             let rest = sizes[i] - 1;
             if rest > 0 {
-                self.d.space_blocks(rest as i64).map_err(|e| de("fsr over the rest of the file", e))?;
+                self.d
+                    .space_blocks(rest as i64)
+                    .map_err(|e| de("fsr over the rest of the file", e))?;
             }
-            self.read_outcome(ReadOutcome::Filemark, &format!("the filemark closing file {f}"))?;
+            self.read_outcome(
+                ReadOutcome::Filemark,
+                &format!("the filemark closing file {f}"),
+            )?;
             // Step back onto the BOT side of that filemark: the next round's bsf 2 then
             // crosses the filemarks closing files f-1 and f-2.
             self.d.space_filemarks(-1).map_err(|e| de("bsf 1", e))?;
@@ -319,7 +413,12 @@ impl Suite<'_> {
         self.expect_stop(r, "fsf beyond end of data", SpaceStop::EndOfData, 2)?;
         // bsf beyond the beginning stops at BOT.
         let r = self.d.space_filemarks(-(self.files as i64 + 3));
-        self.expect_stop(r, "bsf beyond beginning of tape", SpaceStop::BeginningOfTape, 3)?;
+        self.expect_stop(
+            r,
+            "bsf beyond beginning of tape",
+            SpaceStop::BeginningOfTape,
+            3,
+        )?;
         self.check_pos(0, 0)?;
         let r = self.d.space_blocks(-1);
         self.expect_stop(r, "bsr at beginning of tape", SpaceStop::BeginningOfTape, 1)?;
@@ -328,7 +427,9 @@ impl Suite<'_> {
 
     fn goto_file(&mut self, file: u64) -> Result<(), String> {
         self.d.rewind().map_err(|e| de("rewind", e))?;
-        self.d.space_filemarks(file as i64).map_err(|e| de(&format!("fsf {file}"), e))?;
+        self.d
+            .space_filemarks(file as i64)
+            .map_err(|e| de(&format!("fsf {file}"), e))?;
         self.check_pos(file, 0)
     }
 
@@ -336,7 +437,9 @@ impl Suite<'_> {
         if !self.caps.early_warning {
             return Ok("skipped: the drive does not report early warning".into());
         }
-        self.d.space_to_eod().map_err(|e| de("space to end of data", e))?;
+        self.d
+            .space_to_eod()
+            .map_err(|e| de("space to end of data", e))?;
         let bs = self.o.fill_block_size.max(MIN_BLOCK_SIZE);
         let mut block = vec![0u8; bs];
         let file = self.files;
@@ -348,7 +451,14 @@ impl Suite<'_> {
             match self.d.write_block(&block) {
                 Ok(WriteOutcome::Written) => {}
                 Ok(WriteOutcome::WrittenEarlyWarning) => break,
-                Err(e) => return Err(de(&format!("filling, block {b} after {written} bytes, before any early warning"), e)),
+                Err(e) => {
+                    return Err(de(
+                        &format!(
+                            "filling, block {b} after {written} bytes, before any early warning"
+                        ),
+                        e,
+                    ))
+                }
             }
             b += 1;
             written += bs as u64;
@@ -363,7 +473,11 @@ impl Suite<'_> {
         match self.d.write_block(&block) {
             Err(DriveError::EarlyWarning) => {}
             Err(e) => return Err(de("the write after early warning", e)),
-            Ok(o) => return Err(format!("the write after early warning succeeded ({o:?}); it must fail once")),
+            Ok(o) => {
+                return Err(format!(
+                    "the write after early warning succeeded ({o:?}); it must fail once"
+                ))
+            }
         }
         // Phase 3: writes go on until the hard end.
         let mut after = 0u64;
@@ -375,18 +489,31 @@ impl Suite<'_> {
                     after += 1;
                 }
                 Err(DriveError::EndOfMedium) => break,
-                Err(e) => return Err(de(&format!("writing block {b} in the early-warning zone"), e)),
+                Err(e) => {
+                    return Err(de(
+                        &format!("writing block {b} in the early-warning zone"),
+                        e,
+                    ))
+                }
             }
             if after * bs as u64 > self.o.fill_limit_bytes {
                 return Err("no end of medium in the early-warning zone".into());
             }
         }
         if after == 0 {
-            return Err("no block could be written after the early-warning error (no room for a trailer)".into());
+            return Err(
+                "no block could be written after the early-warning error (no room for a trailer)"
+                    .into(),
+            );
         }
         // The last block written is intact: backspace one and read it.
-        self.d.space_blocks(-1).map_err(|e| de("bsr 1 at end of medium", e))?;
-        let got = self.d.read_block(&mut self.buf).map_err(|e| de("reading the last block", e))?;
+        self.d
+            .space_blocks(-1)
+            .map_err(|e| de("bsr 1 at end of medium", e))?;
+        let got = self
+            .d
+            .read_block(&mut self.buf)
+            .map_err(|e| de("reading the last block", e))?;
         pattern(&mut block, file, b - 1);
         match got {
             ReadOutcome::Block(n) if n == bs && self.buf[..n] == block[..] => {}
@@ -415,10 +542,17 @@ pub fn run(drive: &mut dyn TapeDrive, opts: &ConformanceOptions) -> Vec<CheckRes
     let mut out = Vec::new();
     let mut push = |name, r: Check| {
         let passed = r.is_ok();
-        out.push(CheckResult { name, passed, message: r.unwrap_or_else(|e| e) });
+        out.push(CheckResult {
+            name,
+            passed,
+            message: r.unwrap_or_else(|e| e),
+        });
         passed
     };
-    if opts.block_size < MIN_BLOCK_SIZE || opts.block_size > drive.max_block_size() || opts.blocks_per_file == 0 {
+    if opts.block_size < MIN_BLOCK_SIZE
+        || opts.block_size > drive.max_block_size()
+        || opts.blocks_per_file == 0
+    {
         push(
             "options",
             Err(format!(
@@ -439,11 +573,22 @@ pub fn run(drive: &mut dyn TapeDrive, opts: &ConformanceOptions) -> Vec<CheckRes
         "capabilities",
         Ok(format!(
             "read position: {}, locate: {}, early warning: {}, block sizes {}..={}",
-            caps.read_position, caps.locate, caps.early_warning, caps.min_block_size, caps.max_block_size
+            caps.read_position,
+            caps.locate,
+            caps.early_warning,
+            caps.min_block_size,
+            caps.max_block_size
         )),
     );
     let size = opts.block_size.max(opts.fill_block_size);
-    let mut s = Suite { d: drive, o: opts.clone(), caps, buf: vec![0u8; size], expect: vec![0u8; size], files: 0 };
+    let mut s = Suite {
+        d: drive,
+        o: opts.clone(),
+        caps,
+        buf: vec![0u8; size],
+        expect: vec![0u8; size],
+        files: 0,
+    };
     if !push("write_two_files", s.two_files()) {
         return out;
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use vtl_sim::VtlError;
 
 use super::{
-    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop, TapeDrive,
-    WriteOutcome, MAX_BLOCK_SIZE,
+    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
+    TapeDrive, WriteOutcome, MAX_BLOCK_SIZE,
 };
 
 /// A drive of a virtual library, held exclusively by this process until dropped. It
@@ -22,7 +22,10 @@ pub struct VirtualDrive {
 impl VirtualDrive {
     /// Wrap a drive opened through [`vtl_sim::Library::open_drive`].
     pub fn new(drive: vtl_sim::Drive, library_dir: &Path) -> Self {
-        VirtualDrive { drive, library: library_dir.display().to_string() }
+        VirtualDrive {
+            drive,
+            library: library_dir.display().to_string(),
+        }
     }
 
     /// Open drive `index` of the library in `dir`.
@@ -50,29 +53,46 @@ fn map_stop(s: vtl_sim::SpaceStop) -> SpaceStop {
 pub(crate) fn map_err(e: VtlError) -> DriveError {
     match e {
         VtlError::NoMedium { drive } => DriveError::NoMedium { drive },
-        VtlError::BufferTooSmall { block_len, buffer_len } => DriveError::BufferTooSmall { block_len, buffer_len },
+        VtlError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        } => DriveError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        },
         VtlError::EarlyWarning => DriveError::EarlyWarning,
         VtlError::EndOfMedium => DriveError::EndOfMedium,
-        VtlError::SpaceStopped { op, stop, residual } => {
-            DriveError::SpaceStopped { op, stop: map_stop(stop), residual }
-        }
+        VtlError::SpaceStopped { op, stop, residual } => DriveError::SpaceStopped {
+            op,
+            stop: map_stop(stop),
+            residual,
+        },
         VtlError::MediaError { block, detail } => DriveError::MediaError { block, detail },
         VtlError::WriteProtected => DriveError::WriteProtected,
         VtlError::WormOverwrite { block } => DriveError::WormOverwrite { block },
         VtlError::Timeout { op, after } => DriveError::Timeout { op, after },
         VtlError::BeyondEndOfData { block } => DriveError::BeyondEndOfData { block },
-        VtlError::Busy { element, detail } => DriveError::Busy { detail: format!("{element} {detail}") },
+        VtlError::Busy { element, detail } => DriveError::Busy {
+            detail: format!("{element} {detail}"),
+        },
         VtlError::Io { op, path, source } => DriveError::Io {
             op,
             source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
         },
-        e @ VtlError::PowerCut { op } => DriveError::Io { op, source: std::io::Error::other(e.to_string()) },
+        e @ VtlError::PowerCut { op } => DriveError::Io {
+            op,
+            source: std::io::Error::other(e.to_string()),
+        },
         other => DriveError::Other(other.to_string()),
     }
 }
 
 fn map_pos(p: vtl_sim::Pos) -> Position {
-    Position { block: p.block, file: p.file, block_in_file: p.block_in_file }
+    Position {
+        block: p.block,
+        file: p.file,
+        block_in_file: p.block_in_file,
+    }
 }
 
 impl TapeDrive for VirtualDrive {
@@ -113,7 +133,9 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()> {
-        self.drive.write_filemarks(count, immediate).map_err(map_err)
+        self.drive
+            .write_filemarks(count, immediate)
+            .map_err(map_err)
     }
 
     fn flush(&mut self) -> DriveResult<()> {
@@ -146,9 +168,18 @@ impl TapeDrive for VirtualDrive {
 
     fn status(&mut self) -> DriveResult<DriveStatus> {
         let barcode = self.drive.barcode().map_err(map_err)?;
-        let detail = Some(format!("virtual drive {} of library {}", self.drive.index(), self.library));
+        let detail = Some(format!(
+            "virtual drive {} of library {}",
+            self.drive.index(),
+            self.library
+        ));
         Ok(match self.drive.status().map_err(map_err)? {
-            None => DriveStatus { loaded: false, barcode, detail, ..DriveStatus::default() },
+            None => DriveStatus {
+                loaded: false,
+                barcode,
+                detail,
+                ..DriveStatus::default()
+            },
             Some(s) => DriveStatus {
                 loaded: true,
                 bot: s.bot,

@@ -28,8 +28,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: vtl_stream write|read|locate DIR [TOTAL_BYTES] [BLOCK_BYTES]".into());
     }
     let dir = Path::new(&args[2]);
-    let total: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2 << 30);
-    let bs: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(256 << 10);
+    let total: u64 = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2 << 30);
+    let bs: usize = args
+        .get(4)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(256 << 10);
     let blocks = total / bs as u64;
     match args[1].as_str() {
         "write" => {

@@ -73,7 +73,11 @@ impl Entry {
         if filemark && len != 0 {
             return None;
         }
-        Some(Entry { offset, len, filemark })
+        Some(Entry {
+            offset,
+            len,
+            filemark,
+        })
     }
 }
 
@@ -203,7 +207,11 @@ impl Cartridge {
             filemarks: Vec::new(),
             pos: 0,
             ew: Ew::None,
-            cache: IndexCache { first: 0, n: 0, buf: vec![0u8; INDEX_CACHE_ENTRIES * 16] },
+            cache: IndexCache {
+                first: 0,
+                n: 0,
+                buf: vec![0u8; INDEX_CACHE_ENTRIES * 16],
+            },
             faults,
             needs_recovery: false,
             timeout: DEFAULT_OPERATION_TIMEOUT,
@@ -220,7 +228,10 @@ impl Cartridge {
     }
 
     fn corrupt(&self, f: &str, detail: String) -> VtlError {
-        VtlError::Corrupt { path: self.path(f), detail }
+        VtlError::Corrupt {
+            path: self.path(f),
+            detail,
+        }
     }
 
     /// The load-time consistency check.
@@ -233,11 +244,19 @@ impl Cartridge {
         let dlen = self.data.metadata().map_err(io_err("stat", &dp))?.len();
         let mut hdr = [0u8; INDEX_HEADER as usize];
         if ilen < INDEX_HEADER {
-            return Err(self.corrupt(INDEX_FILE, format!("index is {ilen} bytes, shorter than its header")));
+            return Err(self.corrupt(
+                INDEX_FILE,
+                format!("index is {ilen} bytes, shorter than its header"),
+            ));
         }
-        self.index.read_exact_at(&mut hdr, 0).map_err(io_err("read", &ip))?;
+        self.index
+            .read_exact_at(&mut hdr, 0)
+            .map_err(io_err("read", &ip))?;
         if &hdr[..8] != INDEX_MAGIC {
-            return Err(self.corrupt(INDEX_FILE, "bad index magic (not a vtl-sim cartridge index)".into()));
+            return Err(self.corrupt(
+                INDEX_FILE,
+                "bad index magic (not a vtl-sim cartridge index)".into(),
+            ));
         }
         let mut n = (ilen - INDEX_HEADER) / ENTRY_SIZE;
         // Walk back over a torn tail: the last entry must be intact, lie inside the data
@@ -267,17 +286,27 @@ impl Cartridge {
             }
             n -= 1;
         }
-        let data_end = if n == 0 { 0 } else { self.read_entry_raw(n - 1)?.map(|e| e.end()).unwrap_or(0) };
+        let data_end = if n == 0 {
+            0
+        } else {
+            self.read_entry_raw(n - 1)?.map(|e| e.end()).unwrap_or(0)
+        };
         if ilen != INDEX_HEADER + n * ENTRY_SIZE {
-            self.index.set_len(INDEX_HEADER + n * ENTRY_SIZE).map_err(io_err("truncate", &ip))?;
+            self.index
+                .set_len(INDEX_HEADER + n * ENTRY_SIZE)
+                .map_err(io_err("truncate", &ip))?;
         }
         if dlen != data_end {
-            self.data.set_len(data_end).map_err(io_err("truncate", &dp))?;
+            self.data
+                .set_len(data_end)
+                .map_err(io_err("truncate", &dp))?;
         }
         // Filemark list: drop a torn entry and entries beyond the index.
         let flen = self.fm_file.metadata().map_err(io_err("stat", &fp))?.len();
         let mut raw = vec![0u8; (flen - flen % 8) as usize];
-        self.fm_file.read_exact_at(&mut raw, 0).map_err(io_err("read", &fp))?;
+        self.fm_file
+            .read_exact_at(&mut raw, 0)
+            .map_err(io_err("read", &fp))?;
         let mut fms: Vec<u64> = raw
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
@@ -297,7 +326,11 @@ impl Cartridge {
                 match self.read_entry_raw(i)? {
                     Some(e) if e.filemark => fms.push(i),
                     Some(_) => {}
-                    None => return Err(self.corrupt(INDEX_FILE, format!("index entry {i} fails its checksum"))),
+                    None => {
+                        return Err(
+                            self.corrupt(INDEX_FILE, format!("index entry {i} fails its checksum"))
+                        )
+                    }
                 }
             }
         }
@@ -307,7 +340,9 @@ impl Cartridge {
                 buf.extend_from_slice(&f.to_le_bytes());
             }
             self.fm_file.set_len(0).map_err(io_err("truncate", &fp))?;
-            self.fm_file.write_all_at(&buf, 0).map_err(io_err("write", &fp))?;
+            self.fm_file
+                .write_all_at(&buf, 0)
+                .map_err(io_err("write", &fp))?;
         }
         self.count = n;
         self.data_len = data_end;
@@ -341,7 +376,10 @@ impl Cartridge {
         let off = ((i - self.cache.first) * 16) as usize;
         Entry::decode(&self.cache.buf[off..off + 16]).ok_or_else(|| VtlError::MediaError {
             block: i,
-            detail: format!("index entry {i} fails its checksum in {}", self.dir.join(INDEX_FILE).display()),
+            detail: format!(
+                "index entry {i} fails its checksum in {}",
+                self.dir.join(INDEX_FILE).display()
+            ),
         })
     }
 
@@ -379,7 +417,9 @@ impl Cartridge {
             self.recover()?;
         }
         if self.meta.cleaning {
-            return Err(VtlError::CleaningCartridge { barcode: self.meta.barcode.clone() });
+            return Err(VtlError::CleaningCartridge {
+                barcode: self.meta.barcode.clone(),
+            });
         }
         if let Some(h) = self.faults.hang.clone() {
             if h.times > 0 && (h.op == FaultOp::Any || h.op == kind) {
@@ -394,7 +434,10 @@ impl Cartridge {
                 let d = Duration::from_millis(h.millis);
                 if d > self.timeout {
                     std::thread::sleep(self.timeout);
-                    return Err(VtlError::Timeout { op, after: self.timeout });
+                    return Err(VtlError::Timeout {
+                        op,
+                        after: self.timeout,
+                    });
                 }
                 std::thread::sleep(d);
             }
@@ -430,15 +473,23 @@ impl Cartridge {
         let e = self.entry(self.pos)?;
         let len = e.len as usize;
         if len > buf.len() {
-            return Err(VtlError::BufferTooSmall { block_len: len, buffer_len: buf.len() });
+            return Err(VtlError::BufferTooSmall {
+                block_len: len,
+                buffer_len: buf.len(),
+            });
         }
-        self.data.read_exact_at(&mut buf[..len], e.offset).map_err(|err| {
-            if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                VtlError::MediaError { block: self.pos, detail: "block data missing from the data file".into() }
-            } else {
-                io_err("read", &self.dir.join(DATA_FILE))(err)
-            }
-        })?;
+        self.data
+            .read_exact_at(&mut buf[..len], e.offset)
+            .map_err(|err| {
+                if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                    VtlError::MediaError {
+                        block: self.pos,
+                        detail: "block data missing from the data file".into(),
+                    }
+                } else {
+                    io_err("read", &self.dir.join(DATA_FILE))(err)
+                }
+            })?;
         self.pos += 1;
         self.pending_read += len as u64;
         Ok(Read::Block(len))
@@ -478,10 +529,14 @@ impl Cartridge {
         if keep < self.filemarks.len() {
             self.filemarks.truncate(keep);
             let fp = self.path(FILEMARKS_FILE);
-            self.fm_file.set_len(keep as u64 * 8).map_err(io_err("truncate", &fp))?;
+            self.fm_file
+                .set_len(keep as u64 * 8)
+                .map_err(io_err("truncate", &fp))?;
         }
         let dp = self.path(DATA_FILE);
-        self.data.set_len(new_data).map_err(io_err("truncate", &dp))?;
+        self.data
+            .set_len(new_data)
+            .map_err(io_err("truncate", &dp))?;
         self.data_len = new_data;
         Ok(())
     }
@@ -490,7 +545,10 @@ impl Cartridge {
     pub fn write_block(&mut self, block: &[u8]) -> VtlResult<Written> {
         self.begin("write", FaultOp::Write)?;
         if block.is_empty() || block.len() > MAX_BLOCK_SIZE {
-            return Err(VtlError::BadBlockSize { len: block.len(), max: MAX_BLOCK_SIZE });
+            return Err(VtlError::BadBlockSize {
+                len: block.len(),
+                max: MAX_BLOCK_SIZE,
+            });
         }
         self.check_writable()?;
         if self.ew == Ew::Pending {
@@ -521,8 +579,14 @@ impl Cartridge {
             }
             self.power_budget = Some(budget - block.len() as u64);
         }
-        self.data.write_all_at(block, start).map_err(io_err("write", &dp))?;
-        let e = Entry { offset: start, len: block.len() as u32, filemark: false };
+        self.data
+            .write_all_at(block, start)
+            .map_err(io_err("write", &dp))?;
+        let e = Entry {
+            offset: start,
+            len: block.len() as u32,
+            filemark: false,
+        };
         let ip = self.path(INDEX_FILE);
         self.index
             .write_all_at(&e.encode(), INDEX_HEADER + self.count * ENTRY_SIZE)
@@ -550,7 +614,14 @@ impl Cartridge {
             let mut idx = Vec::with_capacity(n as usize * 16);
             for k in 0..n as u64 {
                 list.extend_from_slice(&(self.count + k).to_le_bytes());
-                idx.extend_from_slice(&Entry { offset: self.data_len, len: 0, filemark: true }.encode());
+                idx.extend_from_slice(
+                    &Entry {
+                        offset: self.data_len,
+                        len: 0,
+                        filemark: true,
+                    }
+                    .encode(),
+                );
             }
             let fp = self.path(FILEMARKS_FILE);
             self.fm_file
@@ -573,8 +644,13 @@ impl Cartridge {
     }
 
     fn sync(&mut self) -> VtlResult<()> {
-        for (f, name) in [(&self.data, DATA_FILE), (&self.index, INDEX_FILE), (&self.fm_file, FILEMARKS_FILE)] {
-            f.sync_data().map_err(io_err("fsync", &self.dir.join(name)))?;
+        for (f, name) in [
+            (&self.data, DATA_FILE),
+            (&self.index, INDEX_FILE),
+            (&self.fm_file, FILEMARKS_FILE),
+        ] {
+            f.sync_data()
+                .map_err(io_err("fsync", &self.dir.join(name)))?;
         }
         self.persist_stats()
     }
@@ -589,10 +665,17 @@ impl Cartridge {
 
     /// Save accumulated statistics into cartridge.json (merged under its lock).
     pub fn persist_stats(&mut self) -> VtlResult<()> {
-        if self.pending_written == 0 && self.pending_read == 0 && self.pending_last_written.is_none() {
+        if self.pending_written == 0
+            && self.pending_read == 0
+            && self.pending_last_written.is_none()
+        {
             return Ok(());
         }
-        let (w, r, lw) = (self.pending_written, self.pending_read, self.pending_last_written);
+        let (w, r, lw) = (
+            self.pending_written,
+            self.pending_read,
+            self.pending_last_written,
+        );
         let m = meta::update_meta(&self.dir, |m| {
             m.bytes_written += w;
             m.bytes_read += r;
@@ -635,17 +718,29 @@ impl Cartridge {
             match next_fm {
                 Some(f) => {
                     self.pos = f + 1;
-                    Err(VtlError::SpaceStopped { op, stop: SpaceStop::Filemark, residual: n - moved })
+                    Err(VtlError::SpaceStopped {
+                        op,
+                        stop: SpaceStop::Filemark,
+                        residual: n - moved,
+                    })
                 }
                 None => {
                     self.pos = self.count;
-                    Err(VtlError::SpaceStopped { op, stop: SpaceStop::EndOfData, residual: n - moved })
+                    Err(VtlError::SpaceStopped {
+                        op,
+                        stop: SpaceStop::EndOfData,
+                        residual: n - moved,
+                    })
                 }
             }
         } else {
             let n = n.unsigned_abs();
             let i = self.fm_before(self.pos);
-            let prev_fm = if i > 0 { Some(self.filemarks[i - 1]) } else { None };
+            let prev_fm = if i > 0 {
+                Some(self.filemarks[i - 1])
+            } else {
+                None
+            };
             let floor = prev_fm.map(|f| f + 1).unwrap_or(0);
             if self.pos - floor >= n {
                 self.pos -= n;
@@ -655,11 +750,19 @@ impl Cartridge {
             match prev_fm {
                 Some(f) => {
                     self.pos = f;
-                    Err(VtlError::SpaceStopped { op, stop: SpaceStop::Filemark, residual: n - moved })
+                    Err(VtlError::SpaceStopped {
+                        op,
+                        stop: SpaceStop::Filemark,
+                        residual: n - moved,
+                    })
                 }
                 None => {
                     self.pos = 0;
-                    Err(VtlError::SpaceStopped { op, stop: SpaceStop::BeginningOfTape, residual: n - moved })
+                    Err(VtlError::SpaceStopped {
+                        op,
+                        stop: SpaceStop::BeginningOfTape,
+                        residual: n - moved,
+                    })
                 }
             }
         }
@@ -683,7 +786,11 @@ impl Cartridge {
                 Ok(())
             } else {
                 self.pos = self.count;
-                Err(VtlError::SpaceStopped { op, stop: SpaceStop::EndOfData, residual: n - avail })
+                Err(VtlError::SpaceStopped {
+                    op,
+                    stop: SpaceStop::EndOfData,
+                    residual: n - avail,
+                })
             }
         } else {
             let n = n.unsigned_abs();
@@ -693,7 +800,11 @@ impl Cartridge {
                 Ok(())
             } else {
                 self.pos = 0;
-                Err(VtlError::SpaceStopped { op, stop: SpaceStop::BeginningOfTape, residual: n - i })
+                Err(VtlError::SpaceStopped {
+                    op,
+                    stop: SpaceStop::BeginningOfTape,
+                    residual: n - i,
+                })
             }
         }
     }
@@ -727,7 +838,11 @@ impl Cartridge {
             0 => self.pos,
             _ => self.pos - self.filemarks[i - 1] - 1,
         };
-        Ok(Pos { block: self.pos, file: i as u64, block_in_file })
+        Ok(Pos {
+            block: self.pos,
+            file: i as u64,
+            block_in_file,
+        })
     }
 
     pub fn status(&mut self) -> VtlResult<CartStatus> {

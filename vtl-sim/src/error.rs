@@ -64,7 +64,11 @@ pub enum VtlError {
     #[error("end of medium: the cartridge is full, nothing was written")]
     EndOfMedium,
     #[error("{op} stopped at {stop} with {residual} not done")]
-    SpaceStopped { op: &'static str, stop: SpaceStop, residual: u64 },
+    SpaceStopped {
+        op: &'static str,
+        stop: SpaceStop,
+        residual: u64,
+    },
     #[error("media error at block {block}: {detail}")]
     MediaError { block: u64, detail: String },
     #[error("the cartridge is write protected")]
@@ -116,7 +120,10 @@ pub enum VtlError {
 
 pub type VtlResult<T> = Result<T, VtlError>;
 
-pub(crate) fn io_err(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> VtlError {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> VtlError {
     let path = path.to_path_buf();
     move |source| VtlError::Io { op, path, source }
 }

@@ -83,13 +83,22 @@ impl LibraryState {
     pub fn find(&self, barcode: &str) -> Option<Element> {
         let b = Some(barcode);
         if let Some(i) = self.drives.iter().position(|d| d.barcode.as_deref() == b) {
-            return Some(Element { kind: ElementKind::Drive, index: i });
+            return Some(Element {
+                kind: ElementKind::Drive,
+                index: i,
+            });
         }
         if let Some(i) = self.slots.iter().position(|s| s.as_deref() == b) {
-            return Some(Element { kind: ElementKind::Slot, index: i });
+            return Some(Element {
+                kind: ElementKind::Slot,
+                index: i,
+            });
         }
         if let Some(i) = self.mail_slots.iter().position(|s| s.as_deref() == b) {
-            return Some(Element { kind: ElementKind::MailSlot, index: i });
+            return Some(Element {
+                kind: ElementKind::MailSlot,
+                index: i,
+            });
         }
         None
     }
@@ -137,7 +146,10 @@ static HELD: Mutex<Option<HashSet<(PathBuf, usize)>>> = Mutex::new(None);
 
 fn held_here(dir: &Path, index: usize) -> bool {
     HELD.lock()
-        .map(|g| g.as_ref().is_some_and(|s| s.contains(&(dir.to_path_buf(), index))))
+        .map(|g| {
+            g.as_ref()
+                .is_some_and(|s| s.contains(&(dir.to_path_buf(), index)))
+        })
         .unwrap_or(false)
 }
 
@@ -166,10 +178,14 @@ impl Library {
     /// Create a library with `cfg.cartridges` blank cartridges in its first slots.
     pub fn create(dir: &Path, cfg: &LibraryConfig) -> VtlResult<Library> {
         if Self::exists(dir) {
-            return Err(VtlError::LibraryExists { path: dir.to_path_buf() });
+            return Err(VtlError::LibraryExists {
+                path: dir.to_path_buf(),
+            });
         }
         if cfg.capacity == 0 {
-            return Err(VtlError::BadConfig("capacity must be more than 0 bytes".into()));
+            return Err(VtlError::BadConfig(
+                "capacity must be more than 0 bytes".into(),
+            ));
         }
         if cfg.cartridges > cfg.slots + cfg.mail_slots {
             return Err(VtlError::BadConfig(format!(
@@ -178,9 +194,16 @@ impl Library {
             )));
         }
         if cfg.cartridges as u64 > MAX_DATA_BARCODE as u64 {
-            return Err(VtlError::BadConfig(format!("at most {MAX_DATA_BARCODE} cartridges")));
+            return Err(VtlError::BadConfig(format!(
+                "at most {MAX_DATA_BARCODE} cartridges"
+            )));
         }
-        for d in [PathBuf::new(), PathBuf::from(DRIVES_DIR), PathBuf::from(CARTRIDGES_DIR), PathBuf::from(OUTSIDE_DIR)] {
+        for d in [
+            PathBuf::new(),
+            PathBuf::from(DRIVES_DIR),
+            PathBuf::from(CARTRIDGES_DIR),
+            PathBuf::from(OUTSIDE_DIR),
+        ] {
             let p = dir.join(d);
             fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
         }
@@ -215,7 +238,9 @@ impl Library {
 
     pub fn open(dir: &Path) -> VtlResult<Library> {
         if !Self::exists(dir) {
-            return Err(VtlError::NoLibrary { path: dir.to_path_buf() });
+            return Err(VtlError::NoLibrary {
+                path: dir.to_path_buf(),
+            });
         }
         let dir = fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
         let lib = Library { dir };
@@ -233,7 +258,10 @@ impl Library {
         if st.version != STATE_VERSION {
             return Err(VtlError::Corrupt {
                 path: self.dir.join(STATE_FILE),
-                detail: format!("state version {} is not the supported {STATE_VERSION}", st.version),
+                detail: format!(
+                    "state version {} is not the supported {STATE_VERSION}",
+                    st.version
+                ),
             });
         }
         Ok(st)
@@ -268,7 +296,8 @@ impl Library {
     }
 
     fn barcode_taken(&self, barcode: &str) -> bool {
-        self.dir.join(CARTRIDGES_DIR).join(barcode).exists() || self.dir.join(OUTSIDE_DIR).join(barcode).exists()
+        self.dir.join(CARTRIDGES_DIR).join(barcode).exists()
+            || self.dir.join(OUTSIDE_DIR).join(barcode).exists()
     }
 
     fn add_locked(
@@ -281,18 +310,29 @@ impl Library {
         let free = st.slots.iter().filter(|s| s.is_none()).count()
             + st.mail_slots.iter().filter(|s| s.is_none()).count();
         if free < count {
-            return Err(VtlError::NoFreeElement { kind: ElementKind::Slot });
+            return Err(VtlError::NoFreeElement {
+                kind: ElementKind::Slot,
+            });
         }
         let (cap, ew) = match capacity {
-            Some(0) => return Err(VtlError::BadConfig("capacity must be more than 0 bytes".into())),
+            Some(0) => {
+                return Err(VtlError::BadConfig(
+                    "capacity must be more than 0 bytes".into(),
+                ))
+            }
             Some(c) => (c, clamp_early_warning(c, st.early_warning)),
-            None => (st.capacity, clamp_early_warning(st.capacity, st.early_warning)),
+            None => (
+                st.capacity,
+                clamp_early_warning(st.capacity, st.early_warning),
+            ),
         };
         let mut out = Vec::new();
         for _ in 0..count {
             let bc = loop {
                 if st.next_barcode > MAX_DATA_BARCODE {
-                    return Err(VtlError::BadConfig(format!("all {MAX_DATA_BARCODE} barcodes are used")));
+                    return Err(VtlError::BadConfig(format!(
+                        "all {MAX_DATA_BARCODE} barcodes are used"
+                    )));
                 }
                 let bc = format!("TV{:04}L9", st.next_barcode);
                 st.next_barcode += 1;
@@ -306,7 +346,9 @@ impl Library {
             let el = st
                 .first_free(ElementKind::Slot)
                 .or_else(|| st.first_free(ElementKind::MailSlot))
-                .ok_or(VtlError::NoFreeElement { kind: ElementKind::Slot })?;
+                .ok_or(VtlError::NoFreeElement {
+                    kind: ElementKind::Slot,
+                })?;
             st.set(el, Some(bc.clone()));
             out.push(bc);
         }
@@ -314,7 +356,12 @@ impl Library {
     }
 
     /// Add blank cartridges into free slots, then free mail slots.
-    pub fn add_cartridges(&self, count: usize, capacity: Option<u64>, worm: bool) -> VtlResult<Vec<String>> {
+    pub fn add_cartridges(
+        &self,
+        count: usize,
+        capacity: Option<u64>,
+        worm: bool,
+    ) -> VtlResult<Vec<String>> {
         self.with_state(|st| self.add_locked(st, count, capacity, worm))
     }
 
@@ -324,7 +371,9 @@ impl Library {
             let el = st
                 .first_free(ElementKind::Slot)
                 .or_else(|| st.first_free(ElementKind::MailSlot))
-                .ok_or(VtlError::NoFreeElement { kind: ElementKind::Slot })?;
+                .ok_or(VtlError::NoFreeElement {
+                    kind: ElementKind::Slot,
+                })?;
             let bc = loop {
                 if st.next_cleaning > MAX_CLEANING_BARCODE {
                     return Err(VtlError::BadConfig("all cleaning barcodes are used".into()));
@@ -360,7 +409,11 @@ impl Library {
                 let dp = p.join(crate::cartridge::DATA_FILE);
                 let bytes_used = fs::metadata(&dp).map_err(io_err("stat", &dp))?.len();
                 let location = st.find(&m.barcode);
-                out.push(CartridgeRecord { meta: m, location, bytes_used });
+                out.push(CartridgeRecord {
+                    meta: m,
+                    location,
+                    bytes_used,
+                });
             }
         }
         out.sort_by(|a, b| a.meta.barcode.cmp(&b.meta.barcode));
@@ -372,16 +425,26 @@ impl Library {
         if d.join(meta::META_FILE).is_file() {
             Ok(d)
         } else {
-            Err(VtlError::NotInLibrary { barcode: barcode.to_string() })
+            Err(VtlError::NotInLibrary {
+                barcode: barcode.to_string(),
+            })
         }
     }
 
     /// Change a cartridge's controls; a drive holding it sees the change on its next op.
-    fn control_change(&self, barcode: &str, f: impl FnOnce(&Path) -> VtlResult<()>) -> VtlResult<()> {
+    fn control_change(
+        &self,
+        barcode: &str,
+        f: impl FnOnce(&Path) -> VtlResult<()>,
+    ) -> VtlResult<()> {
         self.with_state(|st| {
             let d = self.existing_dir(barcode)?;
             f(&d)?;
-            if let Some(dr) = st.drives.iter_mut().find(|d| d.barcode.as_deref() == Some(barcode)) {
+            if let Some(dr) = st
+                .drives
+                .iter_mut()
+                .find(|d| d.barcode.as_deref() == Some(barcode))
+            {
                 dr.ctl_gen += 1;
             }
             Ok(())
@@ -391,7 +454,11 @@ impl Library {
     pub fn set_application_label(&self, barcode: &str, label: &str) -> VtlResult<()> {
         self.control_change(barcode, |d| {
             meta::update_meta(d, |m| {
-                m.application_label = if label.is_empty() { None } else { Some(label.to_string()) };
+                m.application_label = if label.is_empty() {
+                    None
+                } else {
+                    Some(label.to_string())
+                };
                 Ok(())
             })
         })
@@ -421,12 +488,18 @@ impl Library {
     /// Move a cartridge between two elements (SMC MOVE MEDIUM).
     pub fn move_medium(&self, from: Element, to: Element) -> VtlResult<()> {
         self.with_state(|st| {
-            let bc = st.get(from)?.cloned().ok_or(VtlError::SourceEmpty { element: from })?;
+            let bc = st
+                .get(from)?
+                .cloned()
+                .ok_or(VtlError::SourceEmpty { element: from })?;
             if let Some(other) = st.get(to)? {
                 if from == to {
                     return Ok(());
                 }
-                return Err(VtlError::DestinationFull { element: to, barcode: other.clone() });
+                return Err(VtlError::DestinationFull {
+                    element: to,
+                    barcode: other.clone(),
+                });
             }
             // A cartridge in a drive another process holds cannot be taken out. The probe
             // lock is held until the state is saved.
@@ -434,7 +507,10 @@ impl Library {
                 match meta::try_lock_file(&self.drive_lock_path(from.index))? {
                     Some(l) => Some(l),
                     None => {
-                        return Err(VtlError::Busy { element: from, detail: self.holder(from.index) });
+                        return Err(VtlError::Busy {
+                            element: from,
+                            detail: self.holder(from.index),
+                        });
                     }
                 }
             } else {
@@ -473,19 +549,39 @@ impl Library {
     /// Load a data cartridge into a drive (cleaning cartridges are refused).
     pub fn load(&self, barcode: &str, drive: usize) -> VtlResult<()> {
         let st = self.state()?;
-        if self.existing_dir(barcode).ok().and_then(|d| meta::read_meta(&d).ok()).is_some_and(|m| m.cleaning) {
-            return Err(VtlError::CleaningCartridge { barcode: barcode.to_string() });
+        if self
+            .existing_dir(barcode)
+            .ok()
+            .and_then(|d| meta::read_meta(&d).ok())
+            .is_some_and(|m| m.cleaning)
+        {
+            return Err(VtlError::CleaningCartridge {
+                barcode: barcode.to_string(),
+            });
         }
-        let from = st.find(barcode).ok_or(VtlError::NotInLibrary { barcode: barcode.to_string() })?;
-        self.move_medium(from, Element { kind: ElementKind::Drive, index: drive })
+        let from = st.find(barcode).ok_or(VtlError::NotInLibrary {
+            barcode: barcode.to_string(),
+        })?;
+        self.move_medium(
+            from,
+            Element {
+                kind: ElementKind::Drive,
+                index: drive,
+            },
+        )
     }
 
     /// Take a cartridge in a mail slot out of the library (it moves to `outside/`).
     pub fn remove_from_mail_slot(&self, barcode: &str) -> VtlResult<()> {
         self.with_state(|st| {
-            let el = st.find(barcode).ok_or(VtlError::NotInLibrary { barcode: barcode.to_string() })?;
+            let el = st.find(barcode).ok_or(VtlError::NotInLibrary {
+                barcode: barcode.to_string(),
+            })?;
             if el.kind != ElementKind::MailSlot {
-                return Err(VtlError::NotInMailSlot { barcode: barcode.to_string(), element: el });
+                return Err(VtlError::NotInMailSlot {
+                    barcode: barcode.to_string(),
+                    element: el,
+                });
             }
             let from = self.dir.join(CARTRIDGES_DIR).join(barcode);
             let to = self.dir.join(OUTSIDE_DIR).join(barcode);
@@ -507,14 +603,20 @@ impl Library {
         self.with_state(|st| {
             let from = self.dir.join(OUTSIDE_DIR).join(barcode);
             if !from.join(meta::META_FILE).is_file() {
-                return Err(VtlError::NotOutside { barcode: barcode.to_string() });
+                return Err(VtlError::NotOutside {
+                    barcode: barcode.to_string(),
+                });
             }
             if st.find(barcode).is_some() {
-                return Err(VtlError::DuplicateBarcode { barcode: barcode.to_string() });
+                return Err(VtlError::DuplicateBarcode {
+                    barcode: barcode.to_string(),
+                });
             }
             let el = st
                 .first_free(ElementKind::MailSlot)
-                .ok_or(VtlError::NoFreeElement { kind: ElementKind::MailSlot })?;
+                .ok_or(VtlError::NoFreeElement {
+                    kind: ElementKind::MailSlot,
+                })?;
             let to = self.dir.join(CARTRIDGES_DIR).join(barcode);
             fs::rename(&from, &to).map_err(io_err("move cartridge inside", &from))?;
             meta::sync_dir(&self.dir.join(OUTSIDE_DIR))?;
@@ -528,17 +630,27 @@ impl Library {
     /// Open drive `index` for exclusive use by this process until the handle is dropped.
     pub fn open_drive(&self, index: usize) -> VtlResult<Drive> {
         let st = self.state()?;
-        let element = Element { kind: ElementKind::Drive, index };
+        let element = Element {
+            kind: ElementKind::Drive,
+            index,
+        };
         if index >= st.drives.len() {
             return Err(VtlError::NoSuchElement { element });
         }
         let lp = self.drive_lock_path(index);
         let mut lock = match meta::try_lock_file(&lp)? {
             Some(l) => l,
-            None => return Err(VtlError::Busy { element, detail: self.holder(index) }),
+            None => {
+                return Err(VtlError::Busy {
+                    element,
+                    detail: self.holder(index),
+                })
+            }
         };
         let pid = format!("{}\n", std::process::id());
-        lock.set_len(0).and_then(|_| lock.write_all(pid.as_bytes())).map_err(io_err("write", &lp))?;
+        lock.set_len(0)
+            .and_then(|_| lock.write_all(pid.as_bytes()))
+            .map_err(io_err("write", &lp))?;
         let gp = self.dir.join(GEN_FILE);
         let gen_file = File::open(&gp).map_err(io_err("open", &gp))?;
         set_held(&self.dir, index, true);
@@ -564,9 +676,14 @@ fn read_gen(f: &File) -> std::io::Result<u64> {
 
 fn bump_gen(dir: &Path) -> VtlResult<()> {
     let gp = dir.join(GEN_FILE);
-    let f = fs::OpenOptions::new().read(true).write(true).open(&gp).map_err(io_err("open", &gp))?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&gp)
+        .map_err(io_err("open", &gp))?;
     let g = read_gen(&f).unwrap_or(0);
-    f.write_all_at(&(g + 1).to_le_bytes(), 0).map_err(io_err("write", &gp))
+    f.write_all_at(&(g + 1).to_le_bytes(), 0)
+        .map_err(io_err("write", &gp))
 }
 
 /// A drive of the library, held exclusively by this process. It follows the library:
@@ -627,7 +744,9 @@ impl Drive {
             }
             self.ejected_gen = None;
             if let Some(bc) = &slot.barcode {
-                let lib = Library { dir: self.lib_dir.clone() };
+                let lib = Library {
+                    dir: self.lib_dir.clone(),
+                };
                 let mut c = Cartridge::open(&lib.cartridge_dir(bc))?;
                 c.set_operation_timeout(self.timeout);
                 self.cart = Some(c);

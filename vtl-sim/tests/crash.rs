@@ -26,7 +26,9 @@ fn block(i: u64) -> Vec<u8> {
 /// completed write on stdout.
 #[test]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let mut c = Cartridge::open(std::path::Path::new(&dir)).unwrap();
     c.space_to_eod().unwrap();
     // Continue numbering from what is on tape.
@@ -55,7 +57,12 @@ fn killed_writer_leaves_exactly_the_completed_blocks() {
     let mut acked: u64 = 0; // objects 0..acked were acknowledged
     for round in 0..8u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -66,7 +73,11 @@ fn killed_writer_leaves_exactly_the_completed_blocks() {
             let mut last = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = line.split_whitespace().nth(1).and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(n) = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     last = Some(n);
                 }
             }
@@ -81,8 +92,14 @@ fn killed_writer_leaves_exactly_the_completed_blocks() {
         }
         let mut c = Cartridge::open(&dir).unwrap();
         let count = c.object_count();
-        assert!(count >= acked, "round {round}: {count} objects on tape but {acked} were acknowledged");
-        assert!(count <= acked + 1, "round {round}: {count} objects on tape, only {acked} acknowledged + 1 in flight");
+        assert!(
+            count >= acked,
+            "round {round}: {count} objects on tape but {acked} were acknowledged"
+        );
+        assert!(
+            count <= acked + 1,
+            "round {round}: {count} objects on tape, only {acked} acknowledged + 1 in flight"
+        );
         let mut buf = vec![0u8; 64 * 1024];
         for i in 0..count {
             match c.read_block(&mut buf).unwrap() {

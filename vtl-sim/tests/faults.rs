@@ -18,7 +18,12 @@ fn set_faults(dir: &std::path::Path, f: &Faults) {
 }
 
 fn append(path: &std::path::Path, bytes: &[u8]) {
-    OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
 }
 
 #[test]
@@ -55,7 +60,12 @@ fn index_entry_pointing_past_the_data_is_dropped() {
     c.write_block(&[2u8; 100]).unwrap();
     drop(c);
     // The data of the second block was lost (e.g. power loss without fsync).
-    OpenOptions::new().write(true).open(dir.join("data")).unwrap().set_len(150).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("data"))
+        .unwrap()
+        .set_len(150)
+        .unwrap();
     let mut c = Cartridge::open(&dir).unwrap();
     assert_eq!(c.object_count(), 1);
     assert_eq!(c.bytes_used(), 100);
@@ -68,7 +78,13 @@ fn power_cut_mid_block_leaves_no_partial_block() {
     let (_t, dir) = new_cart(1 << 20, 1 << 10);
     let mut c = Cartridge::open(&dir).unwrap();
     c.write_block(&[7u8; 1000]).unwrap();
-    set_faults(&dir, &Faults { power_cut_after_bytes: Some(1500), ..Faults::default() });
+    set_faults(
+        &dir,
+        &Faults {
+            power_cut_after_bytes: Some(1500),
+            ..Faults::default()
+        },
+    );
     c.reload_controls().unwrap();
     c.write_block(&[8u8; 1000]).unwrap();
     let e = c.write_block(&[9u8; 1000]).unwrap_err();
@@ -92,9 +108,18 @@ fn power_cut_mid_block_leaves_no_partial_block() {
 #[test]
 fn power_cut_recovers_in_place_on_next_operation() {
     let (_t, dir) = new_cart(1 << 20, 1 << 10);
-    set_faults(&dir, &Faults { power_cut_after_bytes: Some(10), ..Faults::default() });
+    set_faults(
+        &dir,
+        &Faults {
+            power_cut_after_bytes: Some(10),
+            ..Faults::default()
+        },
+    );
     let mut c = Cartridge::open(&dir).unwrap();
-    assert!(matches!(c.write_block(&[1u8; 100]), Err(VtlError::PowerCut { .. })));
+    assert!(matches!(
+        c.write_block(&[1u8; 100]),
+        Err(VtlError::PowerCut { .. })
+    ));
     let p = c.position().unwrap();
     assert_eq!(p.block, 0);
     assert_eq!(c.object_count(), 0);
@@ -110,7 +135,13 @@ fn media_error_reports_the_block_and_does_not_move() {
         c.write_block(&[i; 10]).unwrap();
     }
     drop(c);
-    set_faults(&dir, &Faults { media_error_blocks: vec![2], ..Faults::default() });
+    set_faults(
+        &dir,
+        &Faults {
+            media_error_blocks: vec![2],
+            ..Faults::default()
+        },
+    );
     let mut c = Cartridge::open(&dir).unwrap();
     let mut buf = [0u8; 10];
     c.locate(2).unwrap();
@@ -131,7 +162,17 @@ fn hang_longer_than_timeout_times_out_and_leaves_state_alone() {
     let mut c = Cartridge::open(&dir).unwrap();
     c.write_block(&[1u8; 10]).unwrap();
     c.rewind().unwrap();
-    set_faults(&dir, &Faults { hang: Some(Hang { op: FaultOp::Read, millis: 600_000, times: 1 }), ..Faults::default() });
+    set_faults(
+        &dir,
+        &Faults {
+            hang: Some(Hang {
+                op: FaultOp::Read,
+                millis: 600_000,
+                times: 1,
+            }),
+            ..Faults::default()
+        },
+    );
     c.reload_controls().unwrap();
     let timeout = Duration::from_millis(100);
     c.set_operation_timeout(timeout);
@@ -143,7 +184,10 @@ fn hang_longer_than_timeout_times_out_and_leaves_state_alone() {
     }
     let took = t0.elapsed();
     assert!(took >= timeout, "returned before the timeout: {took:?}");
-    assert!(took < Duration::from_secs(300), "waited for the whole hang: {took:?}");
+    assert!(
+        took < Duration::from_secs(300),
+        "waited for the whole hang: {took:?}"
+    );
     assert_eq!(c.position().unwrap().block, 0);
     // The hang fired once; the read now works.
     assert_eq!(c.read_block(&mut buf).unwrap(), Read::Block(10));
@@ -152,7 +196,17 @@ fn hang_longer_than_timeout_times_out_and_leaves_state_alone() {
 #[test]
 fn short_hang_completes_the_operation() {
     let (_t, dir) = new_cart(1 << 20, 1 << 10);
-    set_faults(&dir, &Faults { hang: Some(Hang { op: FaultOp::Write, millis: 20, times: 1 }), ..Faults::default() });
+    set_faults(
+        &dir,
+        &Faults {
+            hang: Some(Hang {
+                op: FaultOp::Write,
+                millis: 20,
+                times: 1,
+            }),
+            ..Faults::default()
+        },
+    );
     let mut c = Cartridge::open(&dir).unwrap();
     c.set_operation_timeout(Duration::from_secs(60));
     let t0 = Instant::now();
@@ -191,8 +245,14 @@ fn write_protect_and_worm() {
     c.write_block(&[1u8; 10]).unwrap();
     c.write_filemarks(1, true).unwrap();
     c.rewind().unwrap();
-    assert!(matches!(c.write_block(&[2u8; 10]), Err(VtlError::WormOverwrite { block: 0 })));
-    assert!(matches!(c.write_filemarks(1, true), Err(VtlError::WormOverwrite { block: 0 })));
+    assert!(matches!(
+        c.write_block(&[2u8; 10]),
+        Err(VtlError::WormOverwrite { block: 0 })
+    ));
+    assert!(matches!(
+        c.write_filemarks(1, true),
+        Err(VtlError::WormOverwrite { block: 0 })
+    ));
     c.space_to_eod().unwrap();
     c.write_block(&[3u8; 10]).unwrap();
     assert_eq!(c.object_count(), 3);
@@ -203,8 +263,14 @@ fn write_protect_and_worm() {
     let dir2 = tmp.path().join("TV0002L9");
     Cartridge::create(&dir2, &m).unwrap();
     let mut c = Cartridge::open(&dir2).unwrap();
-    assert!(matches!(c.write_block(&[2u8; 10]), Err(VtlError::WriteProtected)));
-    assert!(matches!(c.write_filemarks(1, false), Err(VtlError::WriteProtected)));
+    assert!(matches!(
+        c.write_block(&[2u8; 10]),
+        Err(VtlError::WriteProtected)
+    ));
+    assert!(matches!(
+        c.write_filemarks(1, false),
+        Err(VtlError::WriteProtected)
+    ));
     assert_eq!(c.object_count(), 0);
 }
 
@@ -236,7 +302,10 @@ fn block_larger_than_buffer_is_refused_with_its_size() {
     c.rewind().unwrap();
     let mut small = vec![0u8; 1 << 20];
     match c.read_block(&mut small) {
-        Err(VtlError::BufferTooSmall { block_len, buffer_len }) => {
+        Err(VtlError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        }) => {
             assert_eq!((block_len, buffer_len), (8 << 20, 1 << 20))
         }
         other => panic!("{other:?}"),
@@ -245,7 +314,10 @@ fn block_larger_than_buffer_is_refused_with_its_size() {
     let mut buf = vec![0u8; 8 << 20];
     assert_eq!(c.read_block(&mut buf).unwrap(), Read::Block(8 << 20));
     assert!(buf == big);
-    assert!(matches!(c.write_block(&[]), Err(VtlError::BadBlockSize { .. })));
+    assert!(matches!(
+        c.write_block(&[]),
+        Err(VtlError::BadBlockSize { .. })
+    ));
 }
 
 #[test]
@@ -256,12 +328,18 @@ fn corrupt_index_entry_in_the_middle_is_a_media_error() {
         c.write_block(&[i; 10]).unwrap();
     }
     drop(c);
-    let f = OpenOptions::new().write(true).open(dir.join("index")).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dir.join("index"))
+        .unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(&[0xFF], 16 + 16 + 3).unwrap();
     let mut c = Cartridge::open(&dir).unwrap();
     assert_eq!(c.object_count(), 3);
     c.locate(1).unwrap();
     let mut buf = [0u8; 10];
-    assert!(matches!(c.read_block(&mut buf), Err(VtlError::MediaError { block: 1, .. })));
+    assert!(matches!(
+        c.read_block(&mut buf),
+        Err(VtlError::MediaError { block: 1, .. })
+    ));
 }

@@ -47,7 +47,10 @@ enum Obs {
 
 fn err(e: VtlError) -> Obs {
     Obs::Err(match e {
-        VtlError::BufferTooSmall { block_len, buffer_len } => format!("small {block_len} {buffer_len}"),
+        VtlError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        } => format!("small {block_len} {buffer_len}"),
         VtlError::EarlyWarning => "ew".into(),
         VtlError::EndOfMedium => "eom".into(),
         VtlError::SpaceStopped { stop, residual, .. } => format!("stop {stop:?} {residual}"),
@@ -72,7 +75,10 @@ struct Model {
 
 impl Model {
     fn offset(&self, p: usize) -> u64 {
-        self.objs[..p].iter().map(|o| o.as_ref().map_or(0, |b| b.len() as u64)).sum()
+        self.objs[..p]
+            .iter()
+            .map(|o| o.as_ref().map_or(0, |b| b.len() as u64))
+            .sum()
     }
     fn apply(&mut self, op: &Op) -> (Obs, (u64, u64, u64)) {
         let stop = |s: SpaceStop, r: u64| Obs::Err(format!("stop {s:?} {r}"));
@@ -114,7 +120,9 @@ impl Model {
                     self.pos += 1;
                     Obs::Filemark
                 }
-                Some(Some(b)) if b.len() > buflen => Obs::Err(format!("small {} {buflen}", b.len())),
+                Some(Some(b)) if b.len() > buflen => {
+                    Obs::Err(format!("small {} {buflen}", b.len()))
+                }
                 Some(Some(b)) => {
                     let b = b.clone();
                     self.pos += 1;
@@ -221,7 +229,9 @@ impl Model {
 }
 
 fn block(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add(i as u8).wrapping_mul(31))
+        .collect()
 }
 
 fn apply_real(c: &mut Cartridge, dir: &std::path::Path, op: &Op) -> Obs {
@@ -230,7 +240,10 @@ fn apply_real(c: &mut Cartridge, dir: &std::path::Path, op: &Op) -> Obs {
             Ok(w) => Obs::Written(w == Written::EarlyWarning),
             Err(e) => err(e),
         },
-        Op::WriteFm(n) => c.write_filemarks(n, true).map(|_| Obs::Ok).unwrap_or_else(err),
+        Op::WriteFm(n) => c
+            .write_filemarks(n, true)
+            .map(|_| Obs::Ok)
+            .unwrap_or_else(err),
         Op::Read(buflen) => {
             let mut buf = vec![0u8; buflen];
             match c.read_block(&mut buf) {
