@@ -27,13 +27,22 @@ pub struct ElementRef {
 
 impl ElementRef {
     pub fn drive(index: usize) -> Self {
-        ElementRef { kind: ElementKind::Drive, index }
+        ElementRef {
+            kind: ElementKind::Drive,
+            index,
+        }
     }
     pub fn slot(index: usize) -> Self {
-        ElementRef { kind: ElementKind::Slot, index }
+        ElementRef {
+            kind: ElementKind::Slot,
+            index,
+        }
     }
     pub fn mail_slot(index: usize) -> Self {
-        ElementRef { kind: ElementKind::MailSlot, index }
+        ElementRef {
+            kind: ElementKind::MailSlot,
+            index,
+        }
     }
 }
 
@@ -82,7 +91,10 @@ impl Inventory {
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Element> {
-        self.drives.iter().chain(&self.slots).chain(&self.mail_slots)
+        self.drives
+            .iter()
+            .chain(&self.slots)
+            .chain(&self.mail_slots)
     }
 
     pub fn first_empty(&self, kind: ElementKind) -> Option<ElementRef> {
@@ -107,7 +119,10 @@ pub enum ChangerError {
     #[error("{element} is empty")]
     SourceEmpty { element: ElementRef },
     #[error("{element} is full (holds {barcode})")]
-    DestinationFull { element: ElementRef, barcode: String },
+    DestinationFull {
+        element: ElementRef,
+        barcode: String,
+    },
     #[error("no free {kind:?} element")]
     NoFreeElement { kind: ElementKind },
     #[error("{barcode} is a cleaning cartridge and cannot hold data")]
@@ -148,12 +163,16 @@ pub trait Changer: Send {
     /// another cartridge, it is first unloaded to its home slot.
     fn load(&mut self, barcode: &str, drive: usize) -> ChangerResult<()> {
         if barcode.starts_with(CLEANING_PREFIX) {
-            return Err(ChangerError::CleaningCartridge { barcode: barcode.to_string() });
+            return Err(ChangerError::CleaningCartridge {
+                barcode: barcode.to_string(),
+            });
         }
         let inv = self.inventory()?;
         let from = inv
             .find(barcode)
-            .ok_or_else(|| ChangerError::NotInLibrary { barcode: barcode.to_string() })?
+            .ok_or_else(|| ChangerError::NotInLibrary {
+                barcode: barcode.to_string(),
+            })?
             .element;
         let target = ElementRef::drive(drive);
         if from == target {
@@ -185,10 +204,16 @@ pub trait Changer: Send {
             .source
             .filter(|s| {
                 s.kind == ElementKind::Slot
-                    && inv.slots.get(s.index).map(|e| !e.is_full()).unwrap_or(false)
+                    && inv
+                        .slots
+                        .get(s.index)
+                        .map(|e| !e.is_full())
+                        .unwrap_or(false)
             })
             .or_else(|| inv.first_empty(ElementKind::Slot))
-            .ok_or(ChangerError::NoFreeElement { kind: ElementKind::Slot })?;
+            .ok_or(ChangerError::NoFreeElement {
+                kind: ElementKind::Slot,
+            })?;
         self.move_medium(target, home)?;
         Ok(Some(home))
     }
@@ -198,7 +223,9 @@ pub trait Changer: Send {
         let inv = self.inventory()?;
         let from = inv
             .find(barcode)
-            .ok_or_else(|| ChangerError::NotInLibrary { barcode: barcode.to_string() })?
+            .ok_or_else(|| ChangerError::NotInLibrary {
+                barcode: barcode.to_string(),
+            })?
             .element;
         if from.kind == ElementKind::MailSlot {
             return Ok(from);
@@ -209,7 +236,9 @@ pub trait Changer: Send {
         }
         let to = inv
             .first_empty(ElementKind::MailSlot)
-            .ok_or(ChangerError::NoFreeElement { kind: ElementKind::MailSlot })?;
+            .ok_or(ChangerError::NoFreeElement {
+                kind: ElementKind::MailSlot,
+            })?;
         self.move_medium(from, to)?;
         Ok(to)
     }
@@ -218,14 +247,18 @@ pub trait Changer: Send {
     /// barcodes imported.
     fn import(&mut self) -> ChangerResult<Vec<String>> {
         let inv = self.inventory()?;
-        let mut free: Vec<ElementRef> =
-            inv.slots.iter().filter(|e| !e.is_full()).map(|e| e.element).collect();
+        let mut free: Vec<ElementRef> = inv
+            .slots
+            .iter()
+            .filter(|e| !e.is_full())
+            .map(|e| e.element)
+            .collect();
         free.reverse();
         let mut done = Vec::new();
         for m in inv.mail_slots.iter().filter(|e| e.is_full()) {
-            let to = free
-                .pop()
-                .ok_or(ChangerError::NoFreeElement { kind: ElementKind::Slot })?;
+            let to = free.pop().ok_or(ChangerError::NoFreeElement {
+                kind: ElementKind::Slot,
+            })?;
             self.move_medium(m.element, to)?;
             done.push(m.barcode.clone().unwrap_or_default());
         }

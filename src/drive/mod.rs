@@ -118,7 +118,11 @@ pub enum DriveError {
     #[error("end of medium: the cartridge is full, nothing was written")]
     EndOfMedium,
     #[error("{op} stopped at {stop} with {residual} not done")]
-    SpaceStopped { op: &'static str, stop: SpaceStop, residual: u64 },
+    SpaceStopped {
+        op: &'static str,
+        stop: SpaceStop,
+        residual: u64,
+    },
     #[error("media error at block {block}: {detail}")]
     MediaError { block: u64, detail: String },
     #[error("the cartridge is write protected")]

@@ -1,0 +1,205 @@
+//! [`TapeDrive`] over a drive of the vtl-sim virtual library.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vtl_sim::VtlError;
+
+use super::{
+    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
+    TapeDrive, WriteOutcome, MAX_BLOCK_SIZE,
+};
+
+/// A drive of a virtual library, held exclusively by this process until dropped. It
+/// follows the changer: a cartridge loaded later (by this or another process) is seen on
+/// the next operation; an empty drive gives [`DriveError::NoMedium`].
+#[derive(Debug)]
+pub struct VirtualDrive {
+    drive: vtl_sim::Drive,
+    library: String,
+}
+
+impl VirtualDrive {
+    /// Wrap a drive opened through [`vtl_sim::Library::open_drive`].
+    pub fn new(drive: vtl_sim::Drive, library_dir: &Path) -> Self {
+        VirtualDrive {
+            drive,
+            library: library_dir.display().to_string(),
+        }
+    }
+
+    /// Open drive `index` of the library in `dir`.
+    pub fn open(dir: &Path, index: usize) -> DriveResult<Self> {
+        let lib = vtl_sim::Library::open(dir).map_err(map_err)?;
+        let drive = lib.open_drive(index).map_err(map_err)?;
+        Ok(Self::new(drive, lib.dir()))
+    }
+
+    /// How long an operation may hang before it fails with [`DriveError::Timeout`].
+    pub fn set_operation_timeout(&mut self, timeout: Duration) {
+        self.drive.set_operation_timeout(timeout);
+    }
+}
+
+fn map_stop(s: vtl_sim::SpaceStop) -> SpaceStop {
+    match s {
+        vtl_sim::SpaceStop::BeginningOfTape => SpaceStop::BeginningOfTape,
+        vtl_sim::SpaceStop::EndOfData => SpaceStop::EndOfData,
+        vtl_sim::SpaceStop::Filemark => SpaceStop::Filemark,
+    }
+}
+
+/// One to one from the simulator's conditions onto the drive boundary's.
+pub(crate) fn map_err(e: VtlError) -> DriveError {
+    match e {
+        VtlError::NoMedium { drive } => DriveError::NoMedium { drive },
+        VtlError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        } => DriveError::BufferTooSmall {
+            block_len,
+            buffer_len,
+        },
+        VtlError::EarlyWarning => DriveError::EarlyWarning,
+        VtlError::EndOfMedium => DriveError::EndOfMedium,
+        VtlError::SpaceStopped { op, stop, residual } => DriveError::SpaceStopped {
+            op,
+            stop: map_stop(stop),
+            residual,
+        },
+        VtlError::MediaError { block, detail } => DriveError::MediaError { block, detail },
+        VtlError::WriteProtected => DriveError::WriteProtected,
+        VtlError::WormOverwrite { block } => DriveError::WormOverwrite { block },
+        VtlError::Timeout { op, after } => DriveError::Timeout { op, after },
+        VtlError::BeyondEndOfData { block } => DriveError::BeyondEndOfData { block },
+        VtlError::Busy { element, detail } => DriveError::Busy {
+            detail: format!("{element} {detail}"),
+        },
+        VtlError::Io { op, path, source } => DriveError::Io {
+            op,
+            source: std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+        },
+        e @ VtlError::PowerCut { op } => DriveError::Io {
+            op,
+            source: std::io::Error::other(e.to_string()),
+        },
+        other => DriveError::Other(other.to_string()),
+    }
+}
+
+fn map_pos(p: vtl_sim::Pos) -> Position {
+    Position {
+        block: p.block,
+        file: p.file,
+        block_in_file: p.block_in_file,
+    }
+}
+
+impl TapeDrive for VirtualDrive {
+    fn name(&self) -> String {
+        format!("{} of {}", self.drive.name(), self.library)
+    }
+
+    fn capabilities(&mut self) -> DriveResult<Capabilities> {
+        Ok(Capabilities {
+            read_position: true,
+            locate: true,
+            early_warning: true,
+            hardware_encryption: false,
+            min_block_size: 1,
+            max_block_size: MAX_BLOCK_SIZE,
+        })
+    }
+
+    fn read_block(&mut self, buf: &mut [u8]) -> DriveResult<ReadOutcome> {
+        match self.drive.read_block(buf).map_err(map_err)? {
+            vtl_sim::Read::Block(n) => Ok(ReadOutcome::Block(n)),
+            vtl_sim::Read::Filemark => Ok(ReadOutcome::Filemark),
+            vtl_sim::Read::EndOfData => Ok(ReadOutcome::EndOfData),
+        }
+    }
+
+    fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(DriveError::Other(format!(
+                "block of {} bytes is larger than the largest block ({MAX_BLOCK_SIZE} bytes)",
+                data.len()
+            )));
+        }
+        match self.drive.write_block(data).map_err(map_err)? {
+            vtl_sim::Written::Written => Ok(WriteOutcome::Written),
+            vtl_sim::Written::EarlyWarning => Ok(WriteOutcome::WrittenEarlyWarning),
+        }
+    }
+
+    fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()> {
+        self.drive
+            .write_filemarks(count, immediate)
+            .map_err(map_err)
+    }
+
+    fn flush(&mut self) -> DriveResult<()> {
+        self.drive.flush().map_err(map_err)
+    }
+
+    fn rewind(&mut self) -> DriveResult<()> {
+        self.drive.rewind().map_err(map_err)
+    }
+
+    fn space_blocks(&mut self, count: i64) -> DriveResult<()> {
+        self.drive.space_blocks(count).map_err(map_err)
+    }
+
+    fn space_filemarks(&mut self, count: i64) -> DriveResult<()> {
+        self.drive.space_filemarks(count).map_err(map_err)
+    }
+
+    fn space_to_eod(&mut self) -> DriveResult<()> {
+        self.drive.space_to_eod().map_err(map_err)
+    }
+
+    fn locate(&mut self, block: u64) -> DriveResult<()> {
+        self.drive.locate(block).map_err(map_err)
+    }
+
+    fn position(&mut self) -> DriveResult<Position> {
+        self.drive.position().map(map_pos).map_err(map_err)
+    }
+
+    fn status(&mut self) -> DriveResult<DriveStatus> {
+        let barcode = self.drive.barcode().map_err(map_err)?;
+        let detail = Some(format!(
+            "virtual drive {} of library {}",
+            self.drive.index(),
+            self.library
+        ));
+        Ok(match self.drive.status().map_err(map_err)? {
+            None => DriveStatus {
+                loaded: false,
+                barcode,
+                detail,
+                ..DriveStatus::default()
+            },
+            Some(s) => DriveStatus {
+                loaded: true,
+                bot: s.bot,
+                eod: s.eod,
+                at_filemark: s.at_filemark,
+                early_warning: s.early_warning,
+                write_protected: s.write_protected,
+                worm: s.worm,
+                position: Some(map_pos(s.position)),
+                barcode,
+                detail,
+            },
+        })
+    }
+
+    fn unload(&mut self) -> DriveResult<()> {
+        self.drive.unload().map_err(map_err)
+    }
+
+    fn max_block_size(&self) -> usize {
+        MAX_BLOCK_SIZE
+    }
+}

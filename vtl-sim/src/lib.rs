@@ -1,1 +1,24 @@
-pub fn _placeholder() {}
+//! vtl-sim: file-backed virtual tape cartridges, drives and a media changer.
+//!
+//! A [`Cartridge`] behaves like an SSC tape in variable-block mode as the Linux `st`
+//! driver presents it (filemarks, spacing with residuals, end of data, early warning,
+//! WORM, write protect), stores blocks so that any position is reached in O(1) or
+//! O(log n), survives the death of the writing process at any instant, and takes
+//! injected faults. A [`Library`] is an SMC changer over such cartridges with slots,
+//! drives and mail slots, persisted in a directory and locked across processes.
+//!
+//! The crate knows nothing of tapevault's on-tape format.
+
+mod cartridge;
+mod error;
+mod library;
+mod meta;
+
+pub use cartridge::{
+    CartStatus, Cartridge, Pos, Read, Written, DEFAULT_OPERATION_TIMEOUT, MAX_BLOCK_SIZE,
+};
+pub use error::{Element, ElementKind, SpaceStop, VtlError, VtlResult};
+pub use library::{
+    clamp_early_warning, CartridgeRecord, Drive, DriveSlot, Library, LibraryConfig, LibraryState,
+};
+pub use meta::{CartridgeMeta, FaultOp, Faults, Hang, CARTRIDGE_FORMAT_VERSION};

@@ -1,0 +1,1332 @@
+//! The backup job: disks (by UUID) -> change tracking -> read + zero detection ->
+//! compress -> encrypt -> frame -> drive, with spanning onto the next cartridge of the
+//! media set at early warning, and one catalog transaction per completed image.
+//!
+//! An image is usable only when its trailer is on tape, the drive has flushed, and its
+//! catalog transaction has committed. Anything else leaves it 'failed' (or 'running'
+//! until the next job notices its process is gone), and never a base.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tape_formats::{
+    encode_snapshot_chunk, snapshot_digest, BlockSink, ChunkFields, Cipher,
+    Compression as WireCompression, ContentDigest, EndOfSession, Extent, ExtentKind, ImageHeader,
+    ImageKind as WireKind, ImageWriter, RecordCrypto, SnapshotHeader, SnapshotTrailer,
+    TrailerStatus, VolumeLabel, WriterError,
+};
+use uuid::Uuid;
+
+use crate::catalog::{
+    self, Catalog, ImageKind, ImageStats, ImageStatus, MediaSetRow, MediaState, NewImage, PoolRow,
+    Segment, SessionStatus, SnapshotLocation,
+};
+use crate::changer::TapeLibrary;
+use crate::codec::{Compressor, Sealer};
+use crate::crypto::RecordKey;
+use crate::drive::DriveError;
+use crate::error::{Context, Error, Result};
+use crate::extents::ExtentSet;
+use crate::home::Home;
+use crate::locks::{self, JobLock};
+use crate::media::allocate::{pick_cartridge, session_media_set, sync_inventory, Pick};
+use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
+use crate::media::{mount, DriveSink, Mounted};
+use crate::progress::Progress;
+use crate::source::changed::ChangedExtents;
+use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
+use crate::source::hashscan::{scan_changes, DigestFeed, ScanError};
+use crate::source::DEFAULT_BLOCK_SIZE;
+
+/// Records per catalog segment: fine enough that a restore locates close to what it
+/// needs, coarse enough that the catalog stays small (one row per ~32 MiB of disk).
+pub const RECORDS_PER_SEGMENT: u64 = 64;
+
+/// Queue depth between the pipeline's stages (records in flight per stage).
+pub const PIPELINE_DEPTH: usize = 4;
+
+/// One disk to back up, identified by its hypervisor UUID.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub id: Uuid,
+    pub path: PathBuf,
+    pub changed_extents: Option<PathBuf>,
+}
+
+/// What kind of image the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Incremental when a good base exists (changed-extents file, else hash scan), else full.
+    Auto,
+    /// Always a full (it becomes the new base).
+    Full,
+    /// A one-off full that never becomes the base of anything.
+    Copy,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub vm_name: Option<String>,
+    pub disks: Vec<DiskSpec>,
+    pub pool: String,
+    pub mode: Mode,
+}
+
+/// The pool's key, unlocked; the passphrase is kept only to write key escrow into labels.
+pub struct KeyMaterial {
+    pub key: RecordKey,
+    pub passphrase: Option<String>,
+}
+
+/// What happened to one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    pub disk: Uuid,
+    pub path: PathBuf,
+    pub image: Uuid,
+    pub kind: ImageKind,
+    /// How the changed extents were found: full, changed-extents, hash-scan.
+    pub method: &'static str,
+    pub parent: Option<Uuid>,
+    /// Why this kind was chosen when it is not what a user might expect.
+    pub reason: Option<String>,
+    pub disk_size: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub stored_bytes: u64,
+    pub records: u64,
+    pub cartridges: Vec<String>,
+    pub seconds: f64,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub session: Uuid,
+    pub pool: String,
+    pub media_set: Uuid,
+    pub images: Vec<DiskReport>,
+    pub snapshot: Option<SnapshotLocation>,
+}
+
+/// How one disk will be read.
+enum Plan {
+    Full {
+        kind: ImageKind,
+        reason: Option<String>,
+    },
+    ChangedExtents {
+        base: catalog::ImageRow,
+        extents: ExtentSet,
+        base_list: PathBuf,
+    },
+    HashScan {
+        base: catalog::ImageRow,
+        base_list: PathBuf,
+        reason: Option<String>,
+    },
+}
+
+/// Run a backup session. `report_line` receives human progress lines.
+pub fn run(
+    home: &Home,
+    cat: &Catalog,
+    lib: &mut dyn TapeLibrary,
+    req: &BackupRequest,
+    key: Option<KeyMaterial>,
+    interactive: bool,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<BackupReport> {
+    let pool = cat.pool(&req.pool)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no pool named {}: create it with `tapevault pool create {}`",
+            req.pool, req.pool
+        ))
+    })?;
+    let sealer = match (&pool.key_fingerprint, key) {
+        (None, _) => None,
+        (Some(fp), Some(k)) => {
+            if &k.key.fingerprint_hex() != fp {
+                return Err(Error::Key(format!(
+                    "pool {} is encrypted with key {fp}, but key {} was given",
+                    pool.name,
+                    k.key.fingerprint_hex()
+                )));
+            }
+            let nonces =
+                crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
+            Some((Sealer::new(k.key, nonces), k.passphrase))
+        }
+        (Some(fp), None) => {
+            return Err(Error::Key(format!(
+                "pool {} is encrypted with key {fp}; unlock it to back up",
+                pool.name
+            )));
+        }
+    };
+    let mut seen = HashSet::new();
+    for d in &req.disks {
+        if !seen.insert(d.id) {
+            return Err(Error::Usage(format!("disk {} is listed twice", d.id)));
+        }
+    }
+    recover_interrupted(home, cat, report_line)?;
+    let _pool_lock = JobLock::try_acquire(
+        &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
+        &format!("backup to pool {}", pool.name),
+    )?;
+    let now = crate::clock::now();
+    let set = session_media_set(cat, &pool, now)?;
+    let session = cat.begin_session(&pool.name, Some(set.uuid))?;
+    let _session_lock = JobLock::try_acquire(
+        &session_lock_path(home, session.uuid),
+        &format!("backup session {}", session.uuid),
+    )?;
+    let (sealer, passphrase) = match sealer {
+        Some((s, p)) => (Some(s), p),
+        None => (None, None),
+    };
+    let mut tape = Tape {
+        cat,
+        lib,
+        pool: pool.clone(),
+        set: set.clone(),
+        present: HashSet::new(),
+        exclude: HashSet::new(),
+        current: None,
+        escrow: None,
+    };
+    if pool.escrow {
+        if let (Some(s), Some(p)) = (&sealer, &passphrase) {
+            let blob = crate::crypto::escrow::wrap(
+                &s.key,
+                p.as_bytes(),
+                crate::crypto::KdfParams::default(),
+            )?;
+            tape.escrow = Some(blob);
+        }
+    }
+    let mut job = Job {
+        home,
+        tape,
+        sealer,
+        session: session.uuid,
+        image_parts: 0,
+        seal_buf: Vec::new(),
+    };
+    let mut reports = Vec::new();
+    let result = (|| -> Result<Option<SnapshotLocation>> {
+        for d in &req.disks {
+            let r = job.backup_disk(d, req, interactive, report_line)?;
+            report_line(&summary_line(&r));
+            reports.push(r);
+        }
+        cat.finish_session(session.uuid, SessionStatus::Complete)?;
+        job.tape.touch()?;
+        let loc = job.write_session_end()?;
+        Ok(Some(loc))
+    })();
+    let unmount = job.tape.release();
+    match result {
+        Ok(snapshot) => {
+            unmount?;
+            Ok(BackupReport {
+                session: session.uuid,
+                pool: pool.name,
+                media_set: set.uuid,
+                images: reports,
+                snapshot,
+            })
+        }
+        Err(e) => {
+            let _ = cat.finish_session(session.uuid, SessionStatus::Failed);
+            Err(e)
+        }
+    }
+}
+
+fn session_lock_path(home: &Home, session: Uuid) -> PathBuf {
+    home.locks_dir().join(format!("session-{session}.lock"))
+}
+
+/// Images left 'running' by a process that is gone (killed, crashed) become 'failed',
+/// so they are never a base; their sessions too.
+pub fn recover_interrupted(
+    home: &Home,
+    cat: &Catalog,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<()> {
+    for img in cat.images(None)? {
+        if img.status != ImageStatus::Running {
+            continue;
+        }
+        let alive = img
+            .session_uuid
+            .map(|s| locks::is_held(&session_lock_path(home, s)))
+            .unwrap_or(false);
+        if !alive {
+            cat.fail_image(
+                img.uuid,
+                "interrupted: the backup process ended before the image was complete",
+            )?;
+            if let Some(s) = img.session_uuid {
+                let _ = cat.finish_session(s, SessionStatus::Failed);
+            }
+            if let Some(dl) = &img.digest_list {
+                let _ = std::fs::remove_file(dl);
+            }
+            report_line(&format!(
+                "image {} of disk {} was interrupted by a crash; marked failed (it will never be a base)",
+                img.uuid, img.disk_uuid
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn summary_line(r: &DiskReport) -> String {
+    let kind = match (r.kind, r.method) {
+        (ImageKind::Incremental, m) => format!("incremental ({m})"),
+        (k, _) => k.to_string(),
+    };
+    format!(
+        "disk {}: {kind} image {}: {} data, {} zero, {} stored in {} records on {} ({:.1} s)",
+        r.disk,
+        r.image,
+        crate::cli::human_bytes(r.data_bytes),
+        crate::cli::human_bytes(r.zero_bytes),
+        crate::cli::human_bytes(r.stored_bytes),
+        r.records,
+        r.cartridges.join(", "),
+        r.seconds
+    )
+}
+
+/// The cartridge being written and how to get the next one.
+struct Tape<'a> {
+    cat: &'a Catalog,
+    lib: &'a mut dyn TapeLibrary,
+    pool: PoolRow,
+    set: MediaSetRow,
+    present: HashSet<String>,
+    /// Cartridges this session filled or could not use.
+    exclude: HashSet<String>,
+    current: Option<Current>,
+    escrow: Option<Vec<u8>>,
+}
+
+struct Current {
+    barcode: String,
+    drive_index: usize,
+    sink: Option<DriveSink>,
+    /// File number the next tape file gets.
+    next_file: u64,
+    bytes_at_mount: u64,
+}
+
+impl Tape<'_> {
+    /// Make sure a writable cartridge of the set is mounted and positioned at end of
+    /// data; returns its barcode.
+    fn ensure_mounted(&mut self, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+        if self.current.is_some() {
+            return Ok(());
+        }
+        loop {
+            let (_, present) = sync_inventory(self.cat, self.lib)?;
+            self.present = present;
+            let pick = pick_cartridge(
+                self.cat,
+                &self.present,
+                &self.pool,
+                &self.set,
+                &self.exclude,
+            )?;
+            let row = pick.row().clone();
+            let mut m = mount::mount(self.lib, &row.barcode, Some(&row.location))?;
+            match self.prepare(&pick, &mut m, report_line) {
+                Ok(Some((block, file))) => {
+                    self.current = Some(Current {
+                        barcode: row.barcode.clone(),
+                        drive_index: m.drive_index,
+                        sink: Some(DriveSink::new(m.drive, block)),
+                        next_file: file,
+                        bytes_at_mount: 0,
+                    });
+                    return Ok(());
+                }
+                Ok(None) => {
+                    // Not usable (foreign data, label of another volume): skip it.
+                    self.exclude.insert(row.barcode.clone());
+                    mount::unmount(self.lib, m)?;
+                }
+                Err(e) => {
+                    let _ = mount::unmount(self.lib, m);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Label a joining cartridge, or check the label of an appended one; position at
+    /// end of data. None: the cartridge must not be written (reason reported).
+    fn prepare(
+        &mut self,
+        pick: &Pick,
+        m: &mut Mounted,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<Option<(u64, u64)>> {
+        let drive = m.drive.as_mut();
+        let row = pick.row();
+        let found =
+            read_label(drive).with_context(|| format!("reading the label of {}", row.barcode))?;
+        match pick {
+            Pick::Append(row) => {
+                match found {
+                    LabelRead::Label(l)
+                        if Some(Uuid::from_bytes(l.volume_uuid)) == row.volume_uuid
+                            && Uuid::from_bytes(l.media_set_uuid) == self.set.uuid => {}
+                    other => {
+                        report_line(&format!(
+                            "cartridge {} should hold volume {} of media set {} but holds {}; not writing to it",
+                            row.barcode,
+                            row.volume_uuid.map(|u| u.to_string()).unwrap_or_default(),
+                            self.set.uuid,
+                            describe(&other)
+                        ));
+                        self.cat
+                            .set_media_state(&row.barcode, MediaState::Damaged)?;
+                        return Ok(None);
+                    }
+                }
+                let (block, file) = position_for_append(drive)?;
+                Ok(Some((block, file)))
+            }
+            Pick::Join(row) => {
+                // Never overwrite what the catalog does not know to be disposable.
+                let ok = match &found {
+                    LabelRead::Blank => true,
+                    LabelRead::Label(l) => Some(Uuid::from_bytes(l.volume_uuid)) == row.volume_uuid,
+                    LabelRead::Foreign(_) => false,
+                };
+                if !ok {
+                    report_line(&format!(
+                        "cartridge {} holds {} that this catalog does not know; skipping it (run `tapevault catalog rebuild --barcode {}` to import it, or `tapevault label {} --pool {} --force` to overwrite it)",
+                        row.barcode,
+                        describe(&found),
+                        row.barcode,
+                        row.barcode,
+                        self.pool.name
+                    ));
+                    return Ok(None);
+                }
+                let seq = self
+                    .cat
+                    .media_in_set(self.set.uuid)?
+                    .iter()
+                    .filter_map(|m| m.seq_in_set)
+                    .max()
+                    .map(|s| s + 1)
+                    .unwrap_or(0);
+                let volume = Uuid::new_v4();
+                let label = VolumeLabel {
+                    volume_uuid: *volume.as_bytes(),
+                    media_set_uuid: *self.set.uuid.as_bytes(),
+                    set_sequence: seq,
+                    label_time: crate::clock::now().timestamp(),
+                    key_fingerprint: self.pool.key_fingerprint.as_deref().and_then(fp_bytes),
+                    barcode: row.barcode.clone(),
+                    pool_name: self.pool.name.clone(),
+                    writer_name: "tapevault".into(),
+                    writer_version: env!("CARGO_PKG_VERSION").into(),
+                    escrow: self.escrow.clone().unwrap_or_default(),
+                };
+                write_label(drive, &label).with_context(|| format!("labelling {}", row.barcode))?;
+                self.cat
+                    .assign_media(&row.barcode, &self.pool.name, self.set.uuid, seq, volume)?;
+                report_line(&format!(
+                    "cartridge {} joins media set {} of pool {} as volume {}",
+                    row.barcode, self.set.uuid, self.pool.name, seq
+                ));
+                let p = drive
+                    .position()
+                    .context("reading the position after the label")?;
+                Ok(Some((p.block, p.file)))
+            }
+        }
+    }
+
+    fn current(&mut self) -> &mut Current {
+        self.current.as_mut().expect("mounted")
+    }
+
+    /// Take the sink to start a tape file; returns (sink, barcode, tape file number).
+    fn take_sink(&mut self, report_line: &mut dyn FnMut(&str)) -> Result<(DriveSink, String, u64)> {
+        self.ensure_mounted(report_line)?;
+        let c = self.current();
+        let sink = c.sink.take().expect("sink present between tape files");
+        Ok((sink, c.barcode.clone(), c.next_file))
+    }
+
+    /// Give the sink back after a tape file was closed by a filemark.
+    fn put_sink(&mut self, sink: DriveSink) -> Result<()> {
+        let c = self.current();
+        c.next_file += 1;
+        let added = sink.bytes - c.bytes_at_mount;
+        c.bytes_at_mount = sink.bytes;
+        let (bc, nf) = (c.barcode.clone(), c.next_file);
+        c.sink = Some(sink);
+        self.cat.record_media_write(&bc, nf, added)?;
+        Ok(())
+    }
+
+    /// The cartridge is full (early warning): mark it, put it away, and exclude it.
+    fn retire_current(&mut self, state: MediaState) -> Result<()> {
+        if let Some(c) = self.current.take() {
+            self.cat.set_media_state(&c.barcode, state)?;
+            self.exclude.insert(c.barcode.clone());
+            if let Some(sink) = c.sink {
+                let mut drive = sink.drive;
+                let _ = drive.flush();
+                drop(drive);
+            }
+            self.lib
+                .changer()
+                .unload(c.drive_index)
+                .with_context(|| format!("unloading {} from drive {}", c.barcode, c.drive_index))?;
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self) -> Result<()> {
+        self.cat.touch_media_set(self.set.uuid)?;
+        Ok(())
+    }
+
+    /// Flush and put the cartridge away. A cartridge in early warning is marked full.
+    fn release(&mut self) -> Result<()> {
+        let Some(c) = self.current.take() else {
+            return Ok(());
+        };
+        let mut full = false;
+        if let Some(sink) = c.sink {
+            full = sink.early_warning;
+            let mut drive = sink.drive;
+            drive
+                .flush()
+                .with_context(|| format!("flushing {}", c.barcode))?;
+            drop(drive);
+        }
+        if full {
+            self.cat.set_media_state(&c.barcode, MediaState::Full)?;
+        }
+        self.lib
+            .changer()
+            .unload(c.drive_index)
+            .with_context(|| format!("unloading {} from drive {}", c.barcode, c.drive_index))?;
+        Ok(())
+    }
+}
+
+fn describe(l: &LabelRead) -> String {
+    match l {
+        LabelRead::Blank => "nothing (blank)".into(),
+        LabelRead::Label(l) => format!(
+            "tapevault volume {} of pool {} (media set {})",
+            Uuid::from_bytes(l.volume_uuid),
+            l.pool_name,
+            Uuid::from_bytes(l.media_set_uuid)
+        ),
+        LabelRead::Foreign(d) => format!("foreign data ({d})"),
+    }
+}
+
+pub(crate) fn fp_bytes(hex: &str) -> Option<[u8; 16]> {
+    crate::crypto::from_hex(hex).and_then(|v| v.try_into().ok())
+}
+
+struct Job<'a> {
+    home: &'a Home,
+    tape: Tape<'a>,
+    sealer: Option<Sealer>,
+    session: Uuid,
+    image_parts: u32,
+    /// Reused buffer for encrypting a record's payload.
+    seal_buf: Vec<u8>,
+}
+
+/// A chunk read from the disk (pipeline stage 1 output).
+#[derive(Default)]
+struct ReadChunk {
+    extents: Vec<Extent>,
+    data: Vec<u8>,
+}
+
+/// A record ready for framing (pipeline stage 2 output).
+#[derive(Default)]
+struct Prepared {
+    extents: Vec<Extent>,
+    stored: Vec<u8>,
+    compression: Option<WireCompression>,
+    plain_len: u32,
+    data_bytes: u64,
+    zero_bytes: u64,
+    /// Content digest of the image through this record.
+    digest: [u8; 32],
+}
+
+/// Per-part and per-image bookkeeping of the consumer.
+struct ImageProgress {
+    header: ImageHeader,
+    writer: Option<ImageWriter<DriveSink>>,
+    barcode: String,
+    tape_file: u64,
+    /// Logical block of the next data record.
+    next_block: u64,
+    segments: Vec<Segment>,
+    seg: Option<Segment>,
+    seg_records: u64,
+    coverage: Vec<catalog::Extent>,
+    digest: [u8; 32],
+    records: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+    stored_bytes: u64,
+    cartridges: Vec<String>,
+}
+
+impl ImageProgress {
+    fn close_segment(&mut self) {
+        if let Some(s) = self.seg.take() {
+            self.segments.push(s);
+        }
+        self.seg_records = 0;
+    }
+
+    fn note_record(&mut self, block: u64, seq: u64, extents: &[Extent]) {
+        let (start, end) = match (extents.first(), extents.last()) {
+            (Some(f), Some(l)) => (f.offset, l.offset + l.length),
+            _ => return,
+        };
+        match self.seg.as_mut() {
+            Some(s) => {
+                s.last_block = block;
+                s.last_seq = seq;
+                s.disk_start = s.disk_start.min(start);
+                s.disk_end = s.disk_end.max(end);
+            }
+            None => {
+                self.seg = Some(Segment {
+                    part: self.header.part,
+                    barcode: self.barcode.clone(),
+                    tape_file: self.tape_file,
+                    first_block: block,
+                    last_block: block,
+                    first_seq: seq,
+                    last_seq: seq,
+                    disk_start: start,
+                    disk_end: end,
+                });
+            }
+        }
+        self.seg_records += 1;
+        if self.seg_records >= RECORDS_PER_SEGMENT {
+            self.close_segment();
+        }
+        for e in extents {
+            let is_zero = e.kind == ExtentKind::Zero;
+            match self.coverage.last_mut() {
+                Some(last) if last.is_zero == is_zero && last.offset + last.length == e.offset => {
+                    last.length += e.length
+                }
+                _ => self.coverage.push(catalog::Extent {
+                    offset: e.offset,
+                    length: e.length,
+                    is_zero,
+                }),
+            }
+        }
+    }
+}
+
+fn sink_err(e: WriterError<DriveError>) -> Error {
+    match e {
+        WriterError::Sink(d) => Error::Drive(d),
+        other => Error::Failed(other.to_string()),
+    }
+}
+
+impl Job<'_> {
+    fn decide(
+        &self,
+        d: &DiskSpec,
+        disk_size: u64,
+        mode: Mode,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<(Plan, Option<ChangedExtents>)> {
+        let cat = self.tape.cat;
+        let changed = match &d.changed_extents {
+            Some(p) => Some(ChangedExtents::load(p, disk_size).map_err(|e| {
+                Error::Usage(format!(
+                    "changed-extents file {} for disk {}: {e}",
+                    p.display(),
+                    d.id
+                ))
+            })?),
+            None => None,
+        };
+        match mode {
+            Mode::Copy => {
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Copy,
+                        reason: None,
+                    },
+                    changed,
+                ))
+            }
+            Mode::Full => {
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: None,
+                    },
+                    changed,
+                ))
+            }
+            Mode::Auto => {}
+        }
+        let Some(base) = cat.newest_good_image(d.id)? else {
+            let r = "no earlier good image of this disk: taking a full".to_string();
+            return Ok((
+                Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(r),
+                },
+                changed,
+            ));
+        };
+        let base_list = match &base.digest_list {
+            Some(p) if Path::new(p).is_file() => PathBuf::from(p),
+            _ => {
+                let r = format!(
+                    "the block digest list of base image {} is missing: taking a full",
+                    base.uuid
+                );
+                report_line(&format!("disk {}: {r}", d.id));
+                return Ok((
+                    Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: Some(r),
+                    },
+                    changed,
+                ));
+            }
+        };
+        if let Some(ce) = &changed {
+            let recorded = base.change_id.clone().unwrap_or_default();
+            let reason = if base.change_id.is_none() {
+                Some(format!(
+                    "the newest good image {} recorded no change id, so the changed-extents file (relative to {:?}) cannot be trusted: falling back to a hash scan",
+                    base.uuid, ce.from_change_id
+                ))
+            } else if ce.from_change_id != recorded {
+                Some(format!(
+                    "the changed-extents file is relative to change id {:?}, but the newest good image {} recorded change id {:?}: falling back to a hash scan",
+                    ce.from_change_id, base.uuid, recorded
+                ))
+            } else if disk_size != base.disk_size {
+                Some(format!(
+                    "the disk size changed from {} to {} bytes since image {}: falling back to a hash scan",
+                    base.disk_size, disk_size, base.uuid
+                ))
+            } else if base.block_size as u64 != DEFAULT_BLOCK_SIZE {
+                Some(format!(
+                    "image {} was tracked in {}-byte blocks: falling back to a hash scan",
+                    base.uuid, base.block_size
+                ))
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                report_line(&format!("disk {}: {r}", d.id));
+                return Ok((
+                    Plan::HashScan {
+                        base,
+                        base_list,
+                        reason: Some(r),
+                    },
+                    changed,
+                ));
+            }
+            let extents = ce.aligned(DEFAULT_BLOCK_SIZE, disk_size).map_err(|e| {
+                Error::Usage(format!("changed-extents file for disk {}: {e}", d.id))
+            })?;
+            return Ok((
+                Plan::ChangedExtents {
+                    base,
+                    extents,
+                    base_list,
+                },
+                changed,
+            ));
+        }
+        Ok((
+            Plan::HashScan {
+                base,
+                base_list,
+                reason: None,
+            },
+            changed,
+        ))
+    }
+
+    fn backup_disk(
+        &mut self,
+        d: &DiskSpec,
+        req: &BackupRequest,
+        interactive: bool,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<DiskReport> {
+        let started = Instant::now();
+        let disk = Disk::open(&d.path)
+            .map_err(|e| Error::Failed(format!("disk {} ({}): {e}", d.id, d.path.display())))?;
+        let size = disk.size();
+        let (mut plan, changed) = self.decide(d, size, req.mode, report_line)?;
+        let image_uuid = Uuid::new_v4();
+        let digests_dir = self.home.digests_dir();
+        std::fs::create_dir_all(&digests_dir)?;
+        let new_list = digests_dir.join(format!("{image_uuid}.digests"));
+        let bs = DEFAULT_BLOCK_SIZE;
+
+        // Hash scan first (reads the disk once, writes the new digest list); an unusable
+        // previous list means a full, said out loud.
+        let mut scanned: Option<ExtentSet> = None;
+        if let Plan::HashScan { base_list, .. } = &plan {
+            let mut set = ExtentSet::new();
+            match scan_changes(&disk, bs, Some(base_list), &new_list, |e| {
+                set.insert(e.offset, e.len)
+            }) {
+                Ok(_) => scanned = Some(set),
+                Err(ScanError::PreviousList(e)) => {
+                    let r =
+                        format!("the previous block digest list is unusable ({e}): taking a full");
+                    report_line(&format!("disk {}: {r}", d.id));
+                    plan = Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: Some(r),
+                    };
+                }
+                Err(e) => {
+                    return Err(Error::Failed(format!(
+                        "hash scan of disk {} ({}): {e}",
+                        d.id,
+                        d.path.display()
+                    )))
+                }
+            }
+        }
+        let (kind, parent, method, reason) = match &plan {
+            Plan::Full { kind, reason } => (*kind, None, "full", reason.clone()),
+            Plan::ChangedExtents { base, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "changed-extents",
+                None,
+            ),
+            Plan::HashScan { base, reason, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "hash-scan",
+                reason.clone(),
+            ),
+        };
+        let base_change = match &plan {
+            Plan::ChangedExtents { base, .. } | Plan::HashScan { base, .. } => {
+                base.change_id.clone()
+            }
+            Plan::Full { .. } => None,
+        };
+        let change_id = changed.as_ref().map(|c| c.change_id.clone());
+        let cat = self.tape.cat;
+        let pool = self.tape.pool.clone();
+        cat.begin_image(&NewImage {
+            uuid: image_uuid,
+            disk_uuid: d.id,
+            vm_name: req.vm_name.clone(),
+            kind,
+            parent_uuid: parent,
+            change_id: change_id.clone(),
+            from_change_id: if kind == ImageKind::Incremental {
+                base_change.clone()
+            } else {
+                None
+            },
+            disk_size: size,
+            block_size: bs as u32,
+            session_uuid: Some(self.session),
+            pool: Some(pool.name.clone()),
+            key_fingerprint: pool.key_fingerprint.clone(),
+            compression: pool.compression,
+            started: crate::clock::now(),
+        })?;
+        let result = self.write_image(
+            &disk,
+            d.id,
+            &plan,
+            scanned.as_ref(),
+            &new_list,
+            image_uuid,
+            kind,
+            parent,
+            change_id,
+            base_change,
+            req,
+            interactive,
+            report_line,
+        );
+        match result {
+            Ok(p) => {
+                let digest_hex = crate::crypto::to_hex(&p.digest);
+                let stats = ImageStats {
+                    records: p.records,
+                    plain_bytes: p.data_bytes,
+                    stored_bytes: p.stored_bytes,
+                    finished: Some(crate::clock::now()),
+                    digest_list: Some(new_list.to_string_lossy().into_owned()),
+                };
+                cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
+                Ok(DiskReport {
+                    disk: d.id,
+                    path: d.path.clone(),
+                    image: image_uuid,
+                    kind,
+                    method,
+                    parent,
+                    reason,
+                    disk_size: size,
+                    data_bytes: p.data_bytes,
+                    zero_bytes: p.zero_bytes,
+                    stored_bytes: p.stored_bytes,
+                    records: p.records,
+                    cartridges: p.cartridges,
+                    seconds: started.elapsed().as_secs_f64(),
+                    digest: digest_hex,
+                })
+            }
+            Err(e) => {
+                let _ = cat.fail_image(image_uuid, &e.to_string());
+                let _ = std::fs::remove_file(&new_list);
+                if let Error::Drive(DriveError::MediaError { .. }) = &e {
+                    if let Some(c) = &self.tape.current {
+                        let _ = cat.add_media_errors(&c.barcode, 1);
+                        let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                    }
+                }
+                Err(e).with_context(|| {
+                    format!(
+                        "backing up disk {} ({}) as image {image_uuid}",
+                        d.id,
+                        d.path.display()
+                    )
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_image(
+        &mut self,
+        disk: &Disk,
+        disk_id: Uuid,
+        plan: &Plan,
+        scanned: Option<&ExtentSet>,
+        new_list: &Path,
+        image_uuid: Uuid,
+        kind: ImageKind,
+        parent: Option<Uuid>,
+        change_id: Option<String>,
+        from_change_id: Option<String>,
+        req: &BackupRequest,
+        interactive: bool,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<ImageProgress> {
+        let size = disk.size();
+        let bs = DEFAULT_BLOCK_SIZE;
+        let cfg = ChunkConfig {
+            record_data_size: tape_formats::DEFAULT_RECORD_DATA_SIZE as usize,
+            block_size: bs,
+        };
+        let dl_err = |e: crate::source::hashscan::DigestListError| {
+            Error::Failed(format!("block digest list: {e}"))
+        };
+        let reader = match plan {
+            Plan::Full { .. } => {
+                let feed = DigestFeed::new(new_list, bs, size, None).map_err(dl_err)?;
+                ChunkReader::whole_disk(disk, cfg)
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
+            Plan::ChangedExtents {
+                extents, base_list, ..
+            } => {
+                let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
+                ChunkReader::extents(disk, cfg, extents)
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
+            Plan::HashScan { .. } => ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
+                .map_err(|e| Error::Failed(e.to_string()))?,
+        };
+        let total: u64 = match plan {
+            Plan::Full { .. } => size,
+            Plan::ChangedExtents { extents, .. } => extents.total_bytes(),
+            Plan::HashScan { .. } => scanned.map(|s| s.total_bytes()).unwrap_or(0),
+        };
+        let pool = self.tape.pool.clone();
+        let cipher = match &self.sealer {
+            Some(s) => Cipher::Aes256Gcm {
+                key_fingerprint: s.key.fingerprint,
+            },
+            None => Cipher::None,
+        };
+        let header = ImageHeader {
+            image_uuid: *image_uuid.as_bytes(),
+            disk_uuid: *disk_id.as_bytes(),
+            session_uuid: *self.session.as_bytes(),
+            parent_image_uuid: parent.map(|p| *p.as_bytes()),
+            kind: match kind {
+                ImageKind::Full => WireKind::Full,
+                ImageKind::Incremental => WireKind::Incremental,
+                ImageKind::Copy => WireKind::Copy,
+            },
+            part: 0,
+            first_sequence: 0,
+            disk_size: size,
+            tracking_block_size: bs as u32,
+            record_data_size: cfg.record_data_size as u32,
+            time: crate::clock::now().timestamp(),
+            compression: match pool.compression {
+                catalog::Compression::Off => WireCompression::None,
+                catalog::Compression::Zstd(_) => WireCompression::Zstd,
+            },
+            cipher,
+            vm_name: req.vm_name.clone().unwrap_or_default(),
+            change_id: change_id.unwrap_or_default(),
+            from_change_id: if kind == ImageKind::Incremental {
+                from_change_id
+            } else {
+                None
+            },
+        };
+        let progress = Progress::bytes(
+            total,
+            format!("disk {}", &image_uuid.to_string()[..8]),
+            interactive,
+        );
+        let mut state = ImageProgress {
+            header: header.clone(),
+            writer: None,
+            barcode: String::new(),
+            tape_file: 0,
+            next_block: 0,
+            segments: Vec::new(),
+            seg: None,
+            seg_records: 0,
+            coverage: Vec::new(),
+            digest: ContentDigest::new().finalize(),
+            records: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+            stored_bytes: 0,
+            cartridges: Vec::new(),
+        };
+        self.start_part(&mut state, report_line)?;
+
+        let mut reader = reader;
+        let mut compressor = Compressor::new(pool.compression)?;
+        let mut digest = ContentDigest::new();
+        let run = crate::pipeline::run::<ReadChunk, Prepared, Error, _, _, _>(
+            PIPELINE_DEPTH,
+            |c| {
+                let Some(chunk) = reader.next_chunk().map_err(|e| {
+                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
+                })?
+                else {
+                    return Ok(false);
+                };
+                c.extents.clear();
+                c.extents.extend(chunk.extents.iter().map(|s| Extent {
+                    offset: s.offset,
+                    length: s.len,
+                    kind: match s.kind {
+                        SrcKind::Data => ExtentKind::Data,
+                        SrcKind::Zero => ExtentKind::Zero,
+                    },
+                }));
+                c.data.clear();
+                c.data.extend_from_slice(chunk.data);
+                Ok(true)
+            },
+            |c, p| {
+                digest
+                    .update_record(&c.extents, &c.data)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                p.digest = digest.finalize();
+                p.extents.clear();
+                p.extents.extend_from_slice(&c.extents);
+                p.plain_len = c.data.len() as u32;
+                p.data_bytes = c.data.len() as u64;
+                p.zero_bytes = c
+                    .extents
+                    .iter()
+                    .filter(|e| e.kind == ExtentKind::Zero)
+                    .map(|e| e.length)
+                    .sum();
+                p.compression = Some(compressor.compress(&c.data, &mut p.stored)?);
+                Ok(())
+            },
+            |p| {
+                self.write_record(&mut state, p, report_line)?;
+                progress.inc(p.data_bytes + p.zero_bytes);
+                Ok(())
+            },
+        );
+        progress.finish();
+        if let Err(e) = run {
+            // Best effort: close the part as aborted so a reader knows.
+            if let Some(w) = state.writer.take() {
+                if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
+                    let _ = self.tape.put_sink(sink);
+                }
+            }
+            return Err(e);
+        }
+        let (_stats, summary) = reader.finish();
+        if let Some(Err(e)) = summary {
+            return Err(Error::Failed(format!(
+                "writing the block digest list {}: {e}",
+                new_list.display()
+            )));
+        }
+        // Close the last part: trailer, filemark, flush; only then may the catalog say
+        // complete.
+        let w = state.writer.take().expect("part open");
+        let (sink, _trailer, _) = w
+            .finish(TrailerStatus::Complete, state.digest)
+            .map_err(sink_err)?;
+        let mut sink = sink;
+        sink.drive
+            .flush()
+            .context("flushing the drive after the image trailer")?;
+        state.close_segment();
+        self.tape.put_sink(sink)?;
+        self.image_parts += 1;
+        Ok(state)
+    }
+
+    /// Open a new image part on the current (or next) cartridge.
+    fn start_part(
+        &mut self,
+        st: &mut ImageProgress,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let (sink, barcode, file) = self.tape.take_sink(report_line)?;
+        let header_block = sink.block;
+        st.barcode = barcode.clone();
+        st.tape_file = file;
+        st.next_block = header_block + 1;
+        if !st.cartridges.contains(&barcode) {
+            st.cartridges.push(barcode.clone());
+        }
+        let w = ImageWriter::start(sink, st.header.clone())
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "writing the header of image {} part {} on {barcode}",
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.header.part
+                )
+            })?;
+        st.writer = Some(w);
+        Ok(())
+    }
+
+    fn write_record(
+        &mut self,
+        st: &mut ImageProgress,
+        p: &Prepared,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        // Early warning seen: close this part as continued and go on with the next
+        // cartridge of the media set.
+        if st
+            .writer
+            .as_ref()
+            .map(|w| w.early_warning())
+            .unwrap_or(false)
+            && st.records > 0
+        {
+            self.span(st, report_line)?;
+        }
+        let w = st.writer.as_mut().expect("part open");
+        let compression = p.compression.unwrap_or(WireCompression::None);
+        let mut fields = w.fields(compression, RecordCrypto::None, p.plain_len);
+        let seq = fields.sequence;
+        let block = st.next_block;
+        let r = match &mut self.sealer {
+            Some(s) => {
+                let buf = &mut self.seal_buf;
+                buf.clear();
+                buf.extend_from_slice(&p.stored);
+                s.seal_data(&mut fields, &p.extents, buf)?;
+                w.write_record(&fields, &p.extents, buf)
+            }
+            None => w.write_record(&fields, &p.extents, &p.stored),
+        };
+        r.map_err(sink_err).with_context(|| {
+            format!(
+                "writing record {seq} of image {} to {} at block {block}",
+                Uuid::from_bytes(st.header.image_uuid),
+                st.barcode
+            )
+        })?;
+        st.next_block += 1;
+        st.note_record(block, seq, &p.extents);
+        st.digest = p.digest;
+        st.records += 1;
+        st.data_bytes += p.data_bytes;
+        st.zero_bytes += p.zero_bytes;
+        st.stored_bytes += p.stored.len() as u64;
+        Ok(())
+    }
+
+    fn span(&mut self, st: &mut ImageProgress, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+        let w = st.writer.take().expect("part open");
+        let (sink, trailer, _) = w
+            .finish(TrailerStatus::Continued, st.digest)
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "closing part {} of image {} on {}",
+                    st.header.part,
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.barcode
+                )
+            })?;
+        let mut sink = sink;
+        sink.drive
+            .flush()
+            .context("flushing before changing cartridges")?;
+        st.close_segment();
+        self.tape.put_sink(sink)?;
+        report_line(&format!(
+            "cartridge {} reached early warning; image {} continues on the next cartridge of media set {}",
+            st.barcode,
+            Uuid::from_bytes(st.header.image_uuid),
+            self.tape.set.uuid
+        ));
+        self.image_parts += 1;
+        self.tape.retire_current(MediaState::Full)?;
+        st.header = st.header.next_part(&trailer);
+        self.start_part(st, report_line)
+    }
+
+    /// Write the catalog snapshot of the media set and the end-of-session marker, each
+    /// as a tape file of its own, so the media carry their own catalog.
+    fn write_session_end(&mut self) -> Result<SnapshotLocation> {
+        let cat = self.tape.cat;
+        let set = self.tape.set.clone();
+        let plain = cat.snapshot(catalog::SnapshotScope::MediaSet(set.uuid))?;
+        let mut noop = |_: &str| {};
+        let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
+        let start_block = sink.block;
+        let chunk = tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize;
+        let cipher = match &self.sealer {
+            Some(s) => Cipher::Aes256Gcm {
+                key_fingerprint: s.key.fingerprint,
+            },
+            None => Cipher::None,
+        };
+        let now = crate::clock::now();
+        let mut buf = Vec::new();
+        let hdr = SnapshotHeader {
+            session_uuid: *self.session.as_bytes(),
+            media_set_uuid: *set.uuid.as_bytes(),
+            time: now.timestamp(),
+            compression: WireCompression::Zstd,
+            cipher,
+            total_plain_len: plain.len() as u64,
+            chunk_data_size: chunk as u32,
+        };
+        let fmt_err = |e: tape_formats::FormatError| {
+            Error::Failed(format!("encoding the catalog snapshot: {e}"))
+        };
+        hdr.encode(&mut buf).map_err(fmt_err)?;
+        let ctx = || format!("writing the catalog snapshot to {barcode}");
+        sink.write_block(&buf).with_context(ctx)?;
+        let mut comp = Compressor::new(catalog::Compression::Zstd(3))?;
+        let mut stored = Vec::new();
+        let mut count = 0u64;
+        for (i, piece) in plain.chunks(chunk).enumerate() {
+            let compression = comp.compress(piece, &mut stored)?;
+            let mut fields = ChunkFields {
+                session_uuid: *self.session.as_bytes(),
+                sequence: i as u64,
+                compression,
+                crypto: RecordCrypto::None,
+                plain_len: piece.len() as u32,
+            };
+            if let Some(s) = &mut self.sealer {
+                s.seal_chunk(&mut fields, &mut stored)?;
+            }
+            buf.clear();
+            encode_snapshot_chunk(&fields, &stored, &mut buf).map_err(fmt_err)?;
+            sink.write_block(&buf).with_context(ctx)?;
+            count += 1;
+        }
+        buf.clear();
+        SnapshotTrailer {
+            session_uuid: *self.session.as_bytes(),
+            chunk_count: count,
+            total_plain_len: plain.len() as u64,
+            digest: snapshot_digest(&plain),
+        }
+        .encode(&mut buf)
+        .map_err(fmt_err)?;
+        sink.write_block(&buf).with_context(ctx)?;
+        sink.write_filemark().with_context(ctx)?;
+        self.tape.put_sink(sink)?;
+        // End-of-session marker in a tape file of its own.
+        let (mut sink, _, _) = self.tape.take_sink(&mut noop)?;
+        let seq = cat.media(&barcode)?.and_then(|m| m.seq_in_set).unwrap_or(0);
+        buf.clear();
+        EndOfSession {
+            session_uuid: *self.session.as_bytes(),
+            media_set_uuid: *set.uuid.as_bytes(),
+            time: now.timestamp(),
+            image_parts: self.image_parts,
+            set_sequence: seq,
+        }
+        .encode(&mut buf)
+        .map_err(fmt_err)?;
+        sink.write_block(&buf).with_context(ctx)?;
+        sink.write_filemark().with_context(ctx)?;
+        sink.drive
+            .flush()
+            .context("flushing at the end of the session")?;
+        self.tape.put_sink(sink)?;
+        let loc = SnapshotLocation {
+            barcode,
+            tape_file: file,
+            block: start_block,
+            session_uuid: Some(self.session),
+            time: catalog::catalog_time(now),
+        };
+        cat.record_snapshot(&loc)?;
+        Ok(loc)
+    }
+}

@@ -1,0 +1,254 @@
+//! `catalog check`: consistency problems a person should look at.
+
+use super::images::{validate_extents, validate_segment};
+use super::*;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// SQLite's own integrity or foreign-key check failed.
+    Database,
+    /// A segment names a cartridge the catalog does not know.
+    SegmentUnknownMedia,
+    /// A segment's ranges are reversed or outside the disk.
+    BadSegment,
+    /// An incremental's parent is not in the catalog.
+    MissingParent,
+    /// A parent link that can never restore: parent is a copy, of another disk,
+    /// not complete under a complete child, or kinds and parents disagree.
+    BadParent,
+    /// A complete image with records but no segments: cannot be located on tape.
+    CompleteWithoutSegments,
+    /// A complete image without extents: what it covers is unknown.
+    CompleteWithoutExtents,
+    /// Extents outside the disk, overlapping, or a full not covering the disk.
+    BadExtents,
+    /// A row names a pool the catalog does not know.
+    UnknownPool,
+    /// A cartridge's pool differs from its media set's pool.
+    PoolMismatch,
+    /// An image or session is marked running but its process is gone.
+    StaleRunning,
+}
+
+/// One consistency problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// What it is about: `image <uuid>`, `cartridge <barcode>`, ...
+    pub subject: String,
+    pub detail: String,
+}
+
+impl Catalog {
+    /// Look for inconsistencies. An empty list means none were found.
+    pub fn check(&self) -> Result<Vec<Problem>> {
+        let mut out = Vec::new();
+        let mut add = |kind, subject: String, detail: String| {
+            out.push(Problem {
+                kind,
+                subject,
+                detail,
+            })
+        };
+        let c = self.conn();
+        let qc: Vec<String> = c
+            .prepare("PRAGMA quick_check")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if qc != ["ok"] {
+            add(ProblemKind::Database, "catalog.db".into(), qc.join("; "));
+        }
+        let fk: Vec<String> = c
+            .prepare("PRAGMA foreign_key_check")?
+            .query_map([], |r| {
+                Ok(format!(
+                    "{} row {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for f in fk {
+            add(
+                ProblemKind::Database,
+                "catalog.db".into(),
+                format!("foreign key violated: {f}"),
+            );
+        }
+
+        let pools: HashSet<String> = self.pools()?.into_iter().map(|p| p.name).collect();
+        let media = self.list_media(None)?;
+        let barcodes: HashSet<&str> = media.iter().map(|m| m.barcode.as_str()).collect();
+        let sets: HashMap<Uuid, MediaSetRow> = self
+            .media_sets(None)?
+            .into_iter()
+            .map(|s| (s.uuid, s))
+            .collect();
+        for s in sets.values() {
+            if !pools.contains(&s.pool) {
+                add(
+                    ProblemKind::UnknownPool,
+                    format!("media set {}", s.uuid),
+                    format!("pool {} is unknown", s.pool),
+                );
+            }
+        }
+        for m in &media {
+            if let Some(p) = &m.pool {
+                if !pools.contains(p) {
+                    add(
+                        ProblemKind::UnknownPool,
+                        format!("cartridge {}", m.barcode),
+                        format!("pool {p} is unknown"),
+                    );
+                }
+            }
+            if let Some(s) = m.media_set_uuid.and_then(|u| sets.get(&u)) {
+                if m.pool.as_deref() != Some(s.pool.as_str()) {
+                    add(
+                        ProblemKind::PoolMismatch,
+                        format!("cartridge {}", m.barcode),
+                        format!(
+                            "in pool {:?} but its media set {} is in pool {}",
+                            m.pool, s.uuid, s.pool
+                        ),
+                    );
+                }
+            }
+        }
+
+        let images: HashMap<Uuid, ImageRow> = self
+            .images(None)?
+            .into_iter()
+            .map(|i| (i.uuid, i))
+            .collect();
+        let mut sorted: Vec<&ImageRow> = images.values().collect();
+        sorted.sort_by_key(|i| (i.started, i.uuid));
+        for img in sorted {
+            let subj = format!("image {}", img.uuid);
+            if let Some(p) = &img.pool {
+                if !pools.contains(p) {
+                    add(
+                        ProblemKind::UnknownPool,
+                        subj.clone(),
+                        format!("pool {p} is unknown"),
+                    );
+                }
+            }
+            match (img.kind, img.parent_uuid) {
+                (ImageKind::Incremental, None) => add(
+                    ProblemKind::BadParent,
+                    subj.clone(),
+                    "incremental without a parent".into(),
+                ),
+                (ImageKind::Full | ImageKind::Copy, Some(p)) => add(
+                    ProblemKind::BadParent,
+                    subj.clone(),
+                    format!("{} image with parent {p}", img.kind),
+                ),
+                (ImageKind::Incremental, Some(p)) => match images.get(&p) {
+                    None => add(
+                        ProblemKind::MissingParent,
+                        subj.clone(),
+                        format!("parent {p} is not in the catalog"),
+                    ),
+                    Some(parent) => {
+                        if parent.kind == ImageKind::Copy {
+                            add(
+                                ProblemKind::BadParent,
+                                subj.clone(),
+                                format!("parent {p} is a copy"),
+                            );
+                        }
+                        if parent.disk_uuid != img.disk_uuid {
+                            add(
+                                ProblemKind::BadParent,
+                                subj.clone(),
+                                format!("parent {p} is of disk {}", parent.disk_uuid),
+                            );
+                        }
+                        if img.status == ImageStatus::Complete
+                            && parent.status != ImageStatus::Complete
+                        {
+                            add(
+                                ProblemKind::BadParent,
+                                subj.clone(),
+                                format!(
+                                    "complete, but its parent {p} is {}: it cannot be restored",
+                                    parent.status
+                                ),
+                            );
+                        }
+                    }
+                },
+                _ => {}
+            }
+            let segments = self.segments(img.uuid)?;
+            for s in &segments {
+                if !barcodes.contains(s.barcode.as_str()) {
+                    add(
+                        ProblemKind::SegmentUnknownMedia,
+                        subj.clone(),
+                        format!(
+                            "records {}..={} are on cartridge {}, which the catalog does not know",
+                            s.first_seq, s.last_seq, s.barcode
+                        ),
+                    );
+                }
+                if let Err(e) = validate_segment(img, s) {
+                    add(ProblemKind::BadSegment, subj.clone(), error_reason(e));
+                }
+            }
+            if img.status == ImageStatus::Complete {
+                if segments.is_empty() && img.records > 0 {
+                    add(
+                        ProblemKind::CompleteWithoutSegments,
+                        subj.clone(),
+                        format!("{} records, no segments", img.records),
+                    );
+                }
+                let extents = self.extents(img.uuid)?;
+                // An incremental with no changes legitimately covers nothing.
+                if extents.is_empty() && img.disk_size > 0 && img.kind != ImageKind::Incremental {
+                    add(
+                        ProblemKind::CompleteWithoutExtents,
+                        subj.clone(),
+                        "no extents recorded".into(),
+                    );
+                } else if let Err(e) = validate_extents(img, &extents) {
+                    add(ProblemKind::BadExtents, subj.clone(), error_reason(e));
+                }
+            }
+        }
+
+        for table in ["images", "sessions"] {
+            let stale: Vec<(String, Option<String>)> = c
+                .prepare(&format!(
+                    "SELECT uuid, writer FROM {table} WHERE status='running'"
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (uuid, writer) in stale {
+                if !writer.as_deref().is_some_and(writer_alive) {
+                    add(
+                        ProblemKind::StaleRunning,
+                        format!("{} {uuid}", &table[..table.len() - 1]),
+                        "marked running but its process is gone (the next backup marks it failed)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn error_reason(e: CatalogError) -> String {
+    match e {
+        CatalogError::Invalid { reason, .. } => reason,
+        e => e.to_string(),
+    }
+}

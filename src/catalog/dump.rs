@@ -1,0 +1,639 @@
+//! Export, snapshots and merging (disaster recovery).
+//!
+//! One JSON document shape serves `catalog export` (streamed) and the catalog
+//! snapshots written to media: [`DUMP_FORMAT`] / [`DUMP_VERSION`], then every table.
+//! [`Catalog::merge_snapshot`] accepts either and merges it idempotently:
+//! missing rows are added, newer facts are never overwritten, and contradictions
+//! (same image UUID with a different digest or identity, a cartridge labelled twice
+//! at the same time with different volumes) are reported, not applied.
+
+use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
+use super::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
+
+/// `format` field of every export and snapshot.
+pub const DUMP_FORMAT: &str = "tapevault-catalog";
+/// Version of the dump shape; newer dumps are refused.
+pub const DUMP_VERSION: u32 = 1;
+
+/// What a snapshot covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotScope {
+    All,
+    /// The images with data on this media set, the ancestors they need, and the
+    /// cartridges, sets, pools and sessions those refer to.
+    MediaSet(Uuid),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Dump {
+    format: String,
+    version: u32,
+    schema_version: u32,
+    created: DateTime<Utc>,
+    pools: Vec<PoolRow>,
+    media_sets: Vec<MediaSetRow>,
+    media: Vec<MediaRow>,
+    sessions: Vec<SessionRow>,
+    images: Vec<ImageDump>,
+    snapshots: Vec<SnapshotLocation>,
+}
+
+/// A fact in the merged input that contradicts the catalog; the catalog was kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// `pool`, `media set`, `cartridge`, `image` or `segment`.
+    pub what: String,
+    pub key: String,
+    pub detail: String,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MergeReport {
+    pub pools_added: usize,
+    pub media_sets_added: usize,
+    pub media_sets_updated: usize,
+    pub media_added: usize,
+    pub media_updated: usize,
+    pub sessions_added: usize,
+    pub sessions_updated: usize,
+    pub images_added: usize,
+    pub images_updated: usize,
+    pub segments_added: usize,
+    pub snapshots_added: usize,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl MergeReport {
+    /// True if the merge changed nothing (and found no conflicts).
+    pub fn is_noop(&self) -> bool {
+        *self == MergeReport::default()
+    }
+
+    fn conflict(&mut self, what: &str, key: impl ToString, detail: String) {
+        self.conflicts.push(Conflict {
+            what: what.into(),
+            key: key.to_string(),
+            detail,
+        });
+    }
+}
+
+fn status_rank(s: ImageStatus) -> u8 {
+    match s {
+        ImageStatus::Running => 0,
+        ImageStatus::Failed | ImageStatus::Incomplete => 1,
+        ImageStatus::Complete => 2,
+        ImageStatus::Corrupt => 3,
+    }
+}
+
+fn json_err(e: serde_json::Error) -> CatalogError {
+    CatalogError::Export(std::io::Error::other(e))
+}
+
+impl Catalog {
+    /// Write the whole catalog as one JSON document (the dump shape), row by row.
+    pub fn export_json<W: Write>(&self, mut w: W) -> Result<()> {
+        // One read transaction: a consistent picture even while backups commit.
+        let tx = self.conn().unchecked_transaction()?;
+        let head = serde_json::json!({
+            "format": DUMP_FORMAT, "version": DUMP_VERSION,
+            "schema_version": self.schema_version()?, "created": catalog_time(Utc::now()),
+        })
+        .to_string();
+        // Open the object and leave it open for the streamed arrays.
+        w.write_all(&head.as_bytes()[..head.len() - 1])
+            .map_err(CatalogError::Export)?;
+        fn array<W: Write, T: Serialize>(
+            w: &mut W,
+            name: &str,
+            rows: impl Iterator<Item = Result<T>>,
+        ) -> Result<()> {
+            write!(w, ",\"{name}\":[").map_err(CatalogError::Export)?;
+            for (i, r) in rows.enumerate() {
+                if i > 0 {
+                    w.write_all(b",").map_err(CatalogError::Export)?;
+                }
+                serde_json::to_writer(&mut *w, &r?).map_err(json_err)?;
+            }
+            w.write_all(b"]").map_err(CatalogError::Export)
+        }
+        let c = self.conn();
+        array(
+            &mut w,
+            "pools",
+            c.prepare(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))?
+                .query_map([], pool_row)?
+                .map(|r| r.map_err(CatalogError::from)),
+        )?;
+        array(
+            &mut w,
+            "media_sets",
+            c.prepare(&format!(
+                "SELECT {SET_COLS} FROM media_sets ORDER BY created, uuid"
+            ))?
+            .query_map([], set_row)?
+            .map(|r| r.map_err(CatalogError::from)),
+        )?;
+        array(
+            &mut w,
+            "media",
+            c.prepare(&format!("SELECT {MEDIA_COLS} FROM media ORDER BY barcode"))?
+                .query_map([], media_row)?
+                .map(|r| r.map_err(CatalogError::from)),
+        )?;
+        array(
+            &mut w,
+            "sessions",
+            c.prepare(&format!(
+                "SELECT {SESSION_COLS} FROM sessions ORDER BY started, uuid"
+            ))?
+            .query_map([], session_row)?
+            .map(|r| r.map_err(CatalogError::from)),
+        )?;
+        let mut st = c.prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images ORDER BY started, uuid"
+        ))?;
+        let images = st.query_map([], image_row)?.map(|r| {
+            let image = r?;
+            let segments = self.segments(image.uuid)?;
+            let extents = self.extents(image.uuid)?;
+            Ok(ImageDump {
+                image,
+                segments,
+                extents,
+            })
+        });
+        array(&mut w, "images", images)?;
+        array(
+            &mut w,
+            "snapshots",
+            c.prepare(&format!(
+                "SELECT {SNAP_COLS} FROM snapshots ORDER BY time, barcode, tape_file"
+            ))?
+            .query_map([], snap_row)?
+            .map(|r| r.map_err(CatalogError::from)),
+        )?;
+        w.write_all(b"}\n").map_err(CatalogError::Export)?;
+        w.flush().map_err(CatalogError::Export)?;
+        drop(tx);
+        Ok(())
+    }
+
+    /// A self-contained serialized dump (JSON bytes) of everything needed to restore
+    /// the images in `scope`. Merge it back with [`Catalog::merge_snapshot`].
+    pub fn snapshot(&self, scope: SnapshotScope) -> Result<Vec<u8>> {
+        let set = match scope {
+            SnapshotScope::All => {
+                let mut out = Vec::new();
+                self.export_json(&mut out)?;
+                return Ok(out);
+            }
+            SnapshotScope::MediaSet(set) => set,
+        };
+        let tx = self.conn().unchecked_transaction()?; // one consistent read
+        let dump = self.dump_media_set(set)?;
+        drop(tx);
+        serde_json::to_vec(&dump).map_err(json_err)
+    }
+
+    fn dump_media_set(&self, set: Uuid) -> Result<Dump> {
+        let set_row_ = self.media_set(set)?.ok_or(CatalogError::NotFound {
+            what: "media set",
+            key: set.to_string(),
+        })?;
+        let mut barcodes: BTreeSet<String> = self
+            .media_in_set(set)?
+            .into_iter()
+            .map(|m| m.barcode)
+            .collect();
+        // Images with data on the set, then every ancestor they need.
+        let mut image_ids: Vec<Uuid> = Vec::new();
+        let mut seen = HashSet::new();
+        for b in barcodes.clone() {
+            for i in self.images_on_media(&b)? {
+                if seen.insert(i.uuid) {
+                    image_ids.push(i.uuid);
+                }
+            }
+        }
+        let mut k = 0;
+        while k < image_ids.len() {
+            if let Some(p) = self.image(image_ids[k])?.and_then(|i| i.parent_uuid) {
+                if self.image(p)?.is_some() && seen.insert(p) {
+                    image_ids.push(p);
+                }
+            }
+            k += 1;
+        }
+        let mut images = Vec::new();
+        let mut pools: BTreeSet<String> = BTreeSet::from([set_row_.pool.clone()]);
+        let mut sessions: BTreeSet<Uuid> = BTreeSet::new();
+        for id in image_ids {
+            let image = self
+                .image(id)?
+                .expect("listed above in the same transaction");
+            let segments = self.segments(id)?;
+            barcodes.extend(segments.iter().map(|s| s.barcode.clone()));
+            pools.extend(image.pool.clone());
+            sessions.extend(image.session_uuid);
+            images.push(ImageDump {
+                extents: self.extents(id)?,
+                image,
+                segments,
+            });
+        }
+        images.sort_by_key(|a| (a.image.started, a.image.uuid));
+        let media: Vec<MediaRow> = barcodes
+            .iter()
+            .filter_map(|b| self.media(b).transpose())
+            .collect::<Result<_>>()?;
+        let mut set_ids: BTreeSet<Uuid> = BTreeSet::from([set]);
+        set_ids.extend(media.iter().filter_map(|m| m.media_set_uuid));
+        let media_sets: Vec<MediaSetRow> = set_ids
+            .iter()
+            .filter_map(|s| self.media_set(*s).transpose())
+            .collect::<Result<_>>()?;
+        pools.extend(media_sets.iter().map(|s| s.pool.clone()));
+        pools.extend(media.iter().filter_map(|m| m.pool.clone()));
+        let all_sessions = self.sessions()?;
+        let sessions: Vec<SessionRow> = all_sessions
+            .into_iter()
+            .filter(|s| sessions.contains(&s.uuid) || s.media_set_uuid == Some(set))
+            .collect();
+        let snapshots = self
+            .snapshots()?
+            .into_iter()
+            .filter(|s| barcodes.contains(&s.barcode))
+            .collect();
+        Ok(Dump {
+            format: DUMP_FORMAT.into(),
+            version: DUMP_VERSION,
+            schema_version: self.schema_version()?,
+            created: catalog_time(Utc::now()),
+            pools: pools
+                .iter()
+                .filter_map(|p| self.pool(p).transpose())
+                .collect::<Result<_>>()?,
+            media_sets,
+            media,
+            sessions,
+            images,
+            snapshots,
+        })
+    }
+
+    /// Merge a snapshot or export into this catalog, in one transaction. Idempotent;
+    /// never replaces newer facts; contradictions are reported in the result.
+    pub fn merge_snapshot(&self, bytes: &[u8]) -> Result<MergeReport> {
+        let dump: Dump =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::BadSnapshot(e.to_string()))?;
+        if dump.format != DUMP_FORMAT {
+            return Err(CatalogError::BadSnapshot(format!(
+                "format {:?} is not {DUMP_FORMAT}",
+                dump.format
+            )));
+        }
+        if dump.version > DUMP_VERSION {
+            return Err(CatalogError::BadSnapshot(format!(
+                "dump version {} is newer than this tapevault's {DUMP_VERSION}; use a newer tapevault",
+                dump.version
+            )));
+        }
+        let tx = self.write_tx()?;
+        let mut r = MergeReport::default();
+        for p in &dump.pools {
+            self.merge_pool_in(p, &mut r)?;
+        }
+        for s in &dump.media_sets {
+            self.merge_media_set_in(s, &mut r)?;
+        }
+        for m in &dump.media {
+            self.merge_media_in(m, &mut r)?;
+        }
+        for s in &dump.sessions {
+            self.merge_session_in(s, &mut r)?;
+        }
+        for i in &dump.images {
+            self.merge_image_in(i, &mut r)?;
+        }
+        for s in &dump.snapshots {
+            if self.insert_snapshot(s)? {
+                r.snapshots_added += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Merge one pool (e.g. found on a label). An existing pool keeps its settings; a
+    /// different key is reported as a conflict.
+    pub fn merge_pool(&self, p: &PoolRow) -> Result<MergeReport> {
+        let mut r = MergeReport::default();
+        self.merge_pool_in(p, &mut r)?;
+        Ok(r)
+    }
+
+    /// Merge one media set.
+    pub fn merge_media_set(&self, s: &MediaSetRow) -> Result<MergeReport> {
+        let mut r = MergeReport::default();
+        self.merge_media_set_in(s, &mut r)?;
+        Ok(r)
+    }
+
+    /// Merge what a scanner read from one cartridge's label. Its media set must be
+    /// known first ([`Catalog::merge_media_set`]).
+    pub fn merge_media(&self, m: &MediaRow) -> Result<MergeReport> {
+        let tx = self.write_tx()?;
+        let mut r = MergeReport::default();
+        self.merge_media_in(m, &mut r)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Merge one image with its segments and extents (from a snapshot or a media
+    /// scan), in one transaction.
+    pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
+        let tx = self.write_tx()?;
+        let mut r = MergeReport::default();
+        self.merge_image_in(d, &mut r)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    fn merge_pool_in(&self, p: &PoolRow, r: &mut MergeReport) -> Result<()> {
+        match self.pool(&p.name)? {
+            None => {
+                self.insert_pool(p)?;
+                r.pools_added += 1;
+            }
+            Some(local) if local.key_fingerprint != p.key_fingerprint => r.conflict(
+                "pool",
+                &p.name,
+                format!(
+                    "catalog has key {:?}, the merged data has key {:?}",
+                    local.key_fingerprint, p.key_fingerprint
+                ),
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    fn merge_media_set_in(&self, s: &MediaSetRow, r: &mut MergeReport) -> Result<()> {
+        match self.media_set(s.uuid)? {
+            None => {
+                self.insert_media_set(s)?;
+                r.media_sets_added += 1;
+            }
+            Some(local) if local.pool != s.pool => r.conflict(
+                "media set",
+                s.uuid,
+                format!(
+                    "catalog says pool {}, the merged data says {}",
+                    local.pool, s.pool
+                ),
+            ),
+            Some(local) => {
+                let last_write = local.last_write.max(s.last_write);
+                let closed = local.closed || s.closed;
+                if last_write != local.last_write || closed != local.closed {
+                    self.conn().execute(
+                        "UPDATE media_sets SET last_write=?2, closed=?3 WHERE uuid=?1",
+                        params![s.uuid.to_string(), tso(&last_write), closed],
+                    )?;
+                    r.media_sets_updated += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_media_in(&self, m: &MediaRow, r: &mut MergeReport) -> Result<()> {
+        if let Some(set) = m.media_set_uuid {
+            if self.media_set(set)?.is_none() {
+                return Err(CatalogError::NotFound {
+                    what: "media set",
+                    key: format!(
+                        "{set} (of cartridge {}; merge the media set first)",
+                        m.barcode
+                    ),
+                });
+            }
+        }
+        let Some(local) = self.media(&m.barcode)? else {
+            self.write_media_raw(m)?;
+            r.media_added += 1;
+            return Ok(());
+        };
+        if local.labelled_at.is_some()
+            && local.labelled_at == m.labelled_at
+            && local.volume_uuid.is_some()
+            && m.volume_uuid.is_some()
+            && local.volume_uuid != m.volume_uuid
+        {
+            r.conflict(
+                "cartridge",
+                &m.barcode,
+                format!(
+                    "labelled at the same time as volume {:?} (catalog) and {:?} (merged data)",
+                    local.volume_uuid, m.volume_uuid
+                ),
+            );
+            return Ok(());
+        }
+        if (m.labelled_at, m.last_written) > (local.labelled_at, local.last_written) {
+            let mut merged = m.clone();
+            merged.location = local.location.clone();
+            merged.errors = local.errors.max(m.errors);
+            if matches!(local.state, MediaState::Damaged | MediaState::Retired) {
+                merged.state = local.state;
+            }
+            self.write_media_raw(&merged)?;
+            r.media_updated += 1;
+        }
+        Ok(())
+    }
+
+    fn write_media_raw(&self, m: &MediaRow) -> Result<()> {
+        self.conn().execute(
+            &format!(
+                "INSERT OR REPLACE INTO media ({MEDIA_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+            ),
+            params![
+                m.barcode,
+                m.volume_uuid.map(|u| u.to_string()),
+                m.pool,
+                m.media_set_uuid.map(|u| u.to_string()),
+                m.seq_in_set,
+                m.state.as_str(),
+                m.location,
+                tso(&m.labelled_at),
+                tso(&m.last_written),
+                num(m.next_tape_file, "next tape file")?,
+                num(m.bytes_written, "bytes written")?,
+                num(m.errors, "errors")?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn merge_session_in(&self, s: &SessionRow, r: &mut MergeReport) -> Result<()> {
+        match self.session(s.uuid)? {
+            None => {
+                // A session running in the snapshot is not running here.
+                let mut s = s.clone();
+                if s.status == SessionStatus::Running {
+                    s.status = SessionStatus::Failed;
+                }
+                self.insert_session(&s, None)?;
+                r.sessions_added += 1;
+            }
+            Some(local)
+                if local.status == SessionStatus::Running && s.status != SessionStatus::Running =>
+            {
+                self.conn().execute(
+                    "UPDATE sessions SET status=?2, finished=?3 WHERE uuid=?1",
+                    params![s.uuid.to_string(), s.status.as_str(), tso(&s.finished)],
+                )?;
+                r.sessions_updated += 1;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    fn merge_image_in(&self, d: &ImageDump, r: &mut MergeReport) -> Result<()> {
+        let inc = &d.image;
+        for s in &d.segments {
+            validate_segment(inc, s)?;
+        }
+        if !d.extents.is_empty() {
+            validate_extents(inc, &d.extents)?;
+        }
+        let Some(local) = self.image(inc.uuid)? else {
+            let mut row = inc.clone();
+            if row.status == ImageStatus::Running {
+                row.status = ImageStatus::Incomplete;
+                row.note =
+                    Some("was still being written when this catalog snapshot was taken".into());
+            }
+            self.insert_image(&row, None)?;
+            for s in &d.segments {
+                self.insert_segment(inc.uuid, s)?;
+            }
+            r.segments_added += d.segments.len();
+            for e in &d.extents {
+                self.insert_extent(inc.uuid, e)?;
+            }
+            r.images_added += 1;
+            return Ok(());
+        };
+        let identity = |i: &ImageRow| {
+            (
+                i.disk_uuid,
+                i.kind,
+                i.parent_uuid,
+                i.disk_size,
+                i.block_size,
+            )
+        };
+        if identity(&local) != identity(inc) {
+            r.conflict(
+                "image",
+                inc.uuid,
+                format!(
+                    "catalog has disk {} {} parent {:?} size {}, merged data has disk {} {} parent {:?} size {}",
+                    local.disk_uuid,
+                    local.kind,
+                    local.parent_uuid,
+                    local.disk_size,
+                    inc.disk_uuid,
+                    inc.kind,
+                    inc.parent_uuid,
+                    inc.disk_size
+                ),
+            );
+            return Ok(());
+        }
+        if let (Some(a), Some(b)) = (&local.content_digest, &inc.content_digest) {
+            if !a.eq_ignore_ascii_case(b) {
+                r.conflict(
+                    "image",
+                    inc.uuid,
+                    format!("content digest {a} in the catalog, {b} in the merged data"),
+                );
+                return Ok(());
+            }
+        }
+        let mut changed = false;
+        if inc.status == ImageStatus::Complete
+            && status_rank(local.status) < status_rank(inc.status)
+        {
+            // The merged data saw the trailer this catalog missed.
+            self.conn().execute(
+                "UPDATE images SET status='complete', finished=?2, records=?3, plain_bytes=?4, stored_bytes=?5, \
+                 content_digest=?6, digest_list=COALESCE(digest_list, ?7), note=NULL, change_id=?8, \
+                 from_change_id=?9, vm_name=COALESCE(vm_name, ?10), session_uuid=COALESCE(session_uuid, ?11), \
+                 pool=COALESCE(pool, ?12), key_fingerprint=COALESCE(key_fingerprint, ?13) WHERE uuid=?1",
+                params![
+                    inc.uuid.to_string(),
+                    tso(&inc.finished),
+                    num(inc.records, "records")?,
+                    num(inc.plain_bytes, "bytes")?,
+                    num(inc.stored_bytes, "bytes")?,
+                    inc.content_digest,
+                    inc.digest_list,
+                    inc.change_id,
+                    inc.from_change_id,
+                    inc.vm_name,
+                    inc.session_uuid.map(|u| u.to_string()),
+                    inc.pool,
+                    inc.key_fingerprint
+                ],
+            )?;
+            changed = true;
+        } else if inc.status == ImageStatus::Corrupt && local.status != ImageStatus::Corrupt {
+            self.mark_corrupt(
+                inc.uuid,
+                inc.note
+                    .as_deref()
+                    .unwrap_or("marked corrupt in merged data"),
+            )?;
+            changed = true;
+        }
+        // Segments: add the ones not known; the same record run placed elsewhere is a conflict.
+        if !d.segments.is_empty() {
+            let known = self.segments(inc.uuid)?;
+            for s in &d.segments {
+                match known.iter().find(|k| k.first_seq == s.first_seq) {
+                    None => {
+                        self.insert_segment(inc.uuid, s)?;
+                        r.segments_added += 1;
+                        changed = true;
+                    }
+                    Some(k) if k != s => r.conflict(
+                        "segment",
+                        format!("{} seq {}", inc.uuid, s.first_seq),
+                        format!("catalog has {k:?}, merged data has {s:?}"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        if !d.extents.is_empty() && self.extents(inc.uuid)?.is_empty() {
+            for e in &d.extents {
+                self.insert_extent(inc.uuid, e)?;
+            }
+            changed = true;
+        }
+        if changed {
+            r.images_updated += 1;
+        }
+        Ok(())
+    }
+}

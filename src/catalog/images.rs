@@ -1,0 +1,680 @@
+//! Image life cycle, segments, extents and restore chains.
+
+use super::*;
+use std::collections::HashSet;
+
+/// Longest parent chain followed: far above any sane incremental-forever chain, and
+/// a bound on work if damaged parent links ever formed a loop.
+pub const MAX_CHAIN_LEN: usize = 100_000;
+
+pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
+     disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note";
+
+pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        uuid: get_p(r, 0)?,
+        disk_uuid: get_p(r, 1)?,
+        vm_name: r.get(2)?,
+        kind: get_p(r, 3)?,
+        parent_uuid: get_po(r, 4)?,
+        change_id: r.get(5)?,
+        from_change_id: r.get(6)?,
+        disk_size: get_u64(r, 7)?,
+        block_size: r.get(8)?,
+        session_uuid: get_po(r, 9)?,
+        pool: r.get(10)?,
+        key_fingerprint: r.get(11)?,
+        compression: get_p(r, 12)?,
+        started: get_p(r, 13)?,
+        finished: get_po(r, 14)?,
+        status: get_p(r, 15)?,
+        records: get_u64(r, 16)?,
+        plain_bytes: get_u64(r, 17)?,
+        stored_bytes: get_u64(r, 18)?,
+        content_digest: r.get(19)?,
+        digest_list: r.get(20)?,
+        note: r.get(21)?,
+    })
+}
+
+pub(crate) const SEG_COLS: &str =
+    "part, barcode, tape_file, first_block, last_block, first_seq, last_seq, disk_start, disk_end";
+
+pub(crate) fn seg_row(r: &Row) -> rusqlite::Result<Segment> {
+    Ok(Segment {
+        part: r.get(0)?,
+        barcode: r.get(1)?,
+        tape_file: get_u64(r, 2)?,
+        first_block: get_u64(r, 3)?,
+        last_block: get_u64(r, 4)?,
+        first_seq: get_u64(r, 5)?,
+        last_seq: get_u64(r, 6)?,
+        disk_start: get_u64(r, 7)?,
+        disk_end: get_u64(r, 8)?,
+    })
+}
+
+fn invalid(image: Uuid, reason: String) -> CatalogError {
+    CatalogError::Invalid {
+        what: format!("image {image}"),
+        reason,
+    }
+}
+
+/// Check one segment against its image.
+pub(crate) fn validate_segment(img: &ImageRow, s: &Segment) -> Result<()> {
+    if s.barcode.is_empty() {
+        return Err(invalid(img.uuid, "segment without a barcode".into()));
+    }
+    if s.first_block > s.last_block || s.first_seq > s.last_seq || s.disk_start > s.disk_end {
+        return Err(invalid(
+            img.uuid,
+            format!("segment with reversed ranges: {s:?}"),
+        ));
+    }
+    if s.disk_end > img.disk_size {
+        return Err(invalid(
+            img.uuid,
+            format!(
+                "segment ends at disk byte {} beyond the disk size {}",
+                s.disk_end, img.disk_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check an image's extents: sorted, non-overlapping, non-empty, inside the disk; a
+/// full or copy covers the whole disk.
+pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()> {
+    let mut end = 0u64;
+    for (i, e) in extents.iter().enumerate() {
+        let e_end = e
+            .offset
+            .checked_add(e.length)
+            .ok_or_else(|| invalid(img.uuid, format!("extent {e:?} overflows")))?;
+        if e.length == 0 {
+            return Err(invalid(img.uuid, format!("empty extent at {}", e.offset)));
+        }
+        if e_end > img.disk_size {
+            return Err(invalid(
+                img.uuid,
+                format!(
+                    "extent {}+{} beyond the disk size {}",
+                    e.offset, e.length, img.disk_size
+                ),
+            ));
+        }
+        if i > 0 && e.offset < end {
+            return Err(invalid(
+                img.uuid,
+                format!("extents unsorted or overlapping at {}", e.offset),
+            ));
+        }
+        if img.kind != ImageKind::Incremental && e.offset != end {
+            return Err(invalid(
+                img.uuid,
+                format!(
+                    "a {} image must cover the whole disk; gap at {end}..{}",
+                    img.kind, e.offset
+                ),
+            ));
+        }
+        end = e_end;
+    }
+    if img.kind != ImageKind::Incremental && end != img.disk_size {
+        return Err(invalid(
+            img.uuid,
+            format!(
+                "a {} image must cover the whole disk; covered up to {end} of {}",
+                img.kind, img.disk_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Catalog {
+    pub(crate) fn insert_segment(&self, image: Uuid, s: &Segment) -> Result<()> {
+        self.conn().execute(
+            &format!("INSERT INTO segments (image_uuid, {SEG_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+            params![
+                image.to_string(),
+                s.part,
+                s.barcode,
+                num(s.tape_file, "tape file")?,
+                num(s.first_block, "block")?,
+                num(s.last_block, "block")?,
+                num(s.first_seq, "sequence number")?,
+                num(s.last_seq, "sequence number")?,
+                num(s.disk_start, "disk offset")?,
+                num(s.disk_end, "disk offset")?
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn insert_extent(&self, image: Uuid, e: &Extent) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)",
+            params![
+                image.to_string(),
+                num(e.offset, "extent offset")?,
+                num(e.length, "extent length")?,
+                e.is_zero
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn insert_image(&self, i: &ImageRow, writer: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            &format!(
+                "INSERT INTO images ({IMAGE_COLS}, writer) VALUES \
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"
+            ),
+            params![
+                i.uuid.to_string(),
+                i.disk_uuid.to_string(),
+                i.vm_name,
+                i.kind.as_str(),
+                i.parent_uuid.map(|u| u.to_string()),
+                i.change_id,
+                i.from_change_id,
+                num(i.disk_size, "disk size")?,
+                i.block_size,
+                i.session_uuid.map(|u| u.to_string()),
+                i.pool,
+                i.key_fingerprint,
+                i.compression.to_string(),
+                ts(&i.started),
+                tso(&i.finished),
+                i.status.as_str(),
+                num(i.records, "records")?,
+                num(i.plain_bytes, "bytes")?,
+                num(i.stored_bytes, "bytes")?,
+                i.content_digest,
+                i.digest_list,
+                i.note,
+                writer
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Record a new image as running. An incremental's parent must be a complete,
+    /// non-copy image of the same disk (normally [`Catalog::newest_good_image`]).
+    pub fn begin_image(&self, n: &NewImage) -> Result<ImageRow> {
+        if n.block_size == 0 {
+            return Err(invalid(n.uuid, "block size 0".into()));
+        }
+        match (n.kind, n.parent_uuid) {
+            (ImageKind::Incremental, None) => {
+                return Err(invalid(n.uuid, "an incremental needs a parent".into()))
+            }
+            (ImageKind::Full | ImageKind::Copy, Some(_)) => {
+                return Err(invalid(n.uuid, format!("a {} image has no parent", n.kind)))
+            }
+            (ImageKind::Incremental, Some(p)) => {
+                let parent = self.image(p)?.ok_or(CatalogError::NotFound {
+                    what: "parent image",
+                    key: p.to_string(),
+                })?;
+                let reason = if parent.status != ImageStatus::Complete {
+                    Some(format!("is {}", parent.status))
+                } else if parent.kind == ImageKind::Copy {
+                    Some("is a copy, which is never a base".to_string())
+                } else if parent.disk_uuid != n.disk_uuid {
+                    Some(format!("belongs to disk {}", parent.disk_uuid))
+                } else {
+                    None
+                };
+                if let Some(r) = reason {
+                    return Err(invalid(n.uuid, format!("parent {p} {r}")));
+                }
+            }
+            _ => {}
+        }
+        if let Some(p) = &n.pool {
+            if self.pool(p)?.is_none() {
+                return Err(CatalogError::NotFound {
+                    what: "pool",
+                    key: p.clone(),
+                });
+            }
+        }
+        if self.image(n.uuid)?.is_some() {
+            return Err(CatalogError::AlreadyExists {
+                what: "image",
+                key: n.uuid.to_string(),
+            });
+        }
+        let row = ImageRow {
+            uuid: n.uuid,
+            disk_uuid: n.disk_uuid,
+            vm_name: n.vm_name.clone(),
+            kind: n.kind,
+            parent_uuid: n.parent_uuid,
+            change_id: n.change_id.clone(),
+            from_change_id: n.from_change_id.clone(),
+            disk_size: n.disk_size,
+            block_size: n.block_size,
+            session_uuid: n.session_uuid,
+            pool: n.pool.clone(),
+            key_fingerprint: n.key_fingerprint.clone(),
+            compression: n.compression,
+            started: catalog_time(n.started),
+            finished: None,
+            status: ImageStatus::Running,
+            records: 0,
+            plain_bytes: 0,
+            stored_bytes: 0,
+            content_digest: None,
+            digest_list: None,
+            note: None,
+        };
+        self.insert_image(&row, Some(&this_writer()))?;
+        Ok(row)
+    }
+
+    /// Mark a running image complete with its trailer totals, digest, segments and
+    /// extents, all in one transaction: on any error nothing of it is visible and
+    /// the image stays running.
+    pub fn complete_image(
+        &self,
+        uuid: Uuid,
+        stats: &ImageStats,
+        content_digest: &str,
+        segments: &[Segment],
+        extents: &[Extent],
+    ) -> Result<ImageRow> {
+        let tx = self.write_tx()?;
+        let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
+            what: "image",
+            key: uuid.to_string(),
+        })?;
+        if img.status != ImageStatus::Running {
+            return Err(CatalogError::WrongStatus {
+                image: uuid,
+                status: img.status,
+                action: "complete it",
+            });
+        }
+        if content_digest.is_empty() || crate::crypto::from_hex(content_digest).is_none() {
+            return Err(invalid(
+                uuid,
+                format!("content digest {content_digest:?} is not hex"),
+            ));
+        }
+        if segments.is_empty() && stats.records > 0 {
+            return Err(invalid(
+                uuid,
+                format!("{} records but no segments", stats.records),
+            ));
+        }
+        validate_extents(&img, extents)?;
+        for s in segments {
+            validate_segment(&img, s)?;
+            self.insert_segment(uuid, s)?;
+        }
+        for e in extents {
+            self.insert_extent(uuid, e)?;
+        }
+        let finished = catalog_time(stats.finished.unwrap_or_else(Utc::now));
+        self.conn().execute(
+            "UPDATE images SET status='complete', finished=?2, records=?3, plain_bytes=?4, stored_bytes=?5, \
+             content_digest=?6, digest_list=?7, note=NULL WHERE uuid=?1",
+            params![
+                uuid.to_string(),
+                ts(&finished),
+                num(stats.records, "records")?,
+                num(stats.plain_bytes, "bytes")?,
+                num(stats.stored_bytes, "bytes")?,
+                content_digest.to_ascii_lowercase(),
+                stats.digest_list
+            ],
+        )?;
+        tx.commit()?;
+        self.image(uuid)?.ok_or(CatalogError::NotFound {
+            what: "image",
+            key: uuid.to_string(),
+        })
+    }
+
+    /// A running image failed (write error, cancelled, ...): it is never restorable
+    /// nor a base.
+    pub fn fail_image(&self, uuid: Uuid, note: &str) -> Result<()> {
+        let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
+            what: "image",
+            key: uuid.to_string(),
+        })?;
+        if img.status != ImageStatus::Running {
+            return Err(CatalogError::WrongStatus {
+                image: uuid,
+                status: img.status,
+                action: "fail it",
+            });
+        }
+        self.conn().execute(
+            "UPDATE images SET status='failed', note=?2, finished=?3 WHERE uuid=?1 AND status='running'",
+            params![uuid.to_string(), note, ts(&Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Verification found damage: the image (and so every incremental built on it) is
+    /// no longer restorable. Allowed from any status.
+    pub fn mark_corrupt(&self, uuid: Uuid, note: &str) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE images SET status='corrupt', note=?2 WHERE uuid=?1",
+            params![uuid.to_string(), note],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: "image",
+                key: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Crash recovery at startup: every running image and session whose writing
+    /// process no longer exists becomes failed. Returns the images failed.
+    pub fn fail_running_images(&self) -> Result<Vec<Uuid>> {
+        let tx = self.write_tx()?;
+        let running: Vec<(String, Option<String>)> = {
+            let mut st = self
+                .conn()
+                .prepare("SELECT uuid, writer FROM images WHERE status='running'")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let now = ts(&Utc::now());
+        let mut failed = Vec::new();
+        for (uuid, writer) in running {
+            if writer.as_deref().is_some_and(writer_alive) {
+                continue;
+            }
+            let pid = writer
+                .as_deref()
+                .and_then(|w| w.split(':').next())
+                .unwrap_or("?");
+            self.conn().execute(
+                "UPDATE images SET status='failed', finished=?3, note=?2 WHERE uuid=?1",
+                params![
+                    uuid,
+                    format!("interrupted: the writing process (pid {pid}) ended before the image trailer was written"),
+                    now
+                ],
+            )?;
+            failed.push(
+                uuid.parse()
+                    .map_err(|e| invalid(Uuid::nil(), format!("bad uuid {uuid}: {e}")))?,
+            );
+        }
+        let sessions: Vec<(String, Option<String>)> = {
+            let mut st = self
+                .conn()
+                .prepare("SELECT uuid, writer FROM sessions WHERE status='running'")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (uuid, writer) in sessions {
+            if !writer.as_deref().is_some_and(writer_alive) {
+                self.conn().execute(
+                    "UPDATE sessions SET status='failed', finished=?2 WHERE uuid=?1",
+                    params![uuid, now],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(failed)
+    }
+
+    pub fn image(&self, uuid: Uuid) -> Result<Option<ImageRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {IMAGE_COLS} FROM images WHERE uuid=?1"),
+                [uuid.to_string()],
+                image_row,
+            )
+            .optional()?)
+    }
+
+    /// All images, or those of one disk, oldest first.
+    pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, uuid"
+        ))?;
+        let rows = st
+            .query_map([disk.map(|d| d.to_string())], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// An image's segments in tape order (part, then sequence).
+    pub fn segments(&self, image: Uuid) -> Result<Vec<Segment>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 ORDER BY part, first_seq"
+        ))?;
+        let rows = st
+            .query_map([image.to_string()], seg_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The segments of an image whose disk range intersects `[start, end)`, in tape
+    /// order: what a partial restore must read.
+    pub fn segments_covering(&self, image: Uuid, start: u64, end: u64) -> Result<Vec<Segment>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 AND disk_start < ?3 AND disk_end > ?2 \
+             ORDER BY part, first_seq"
+        ))?;
+        let rows = st
+            .query_map(
+                params![
+                    image.to_string(),
+                    num(start, "offset")?,
+                    num(end, "offset")?
+                ],
+                seg_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The disk ranges an image covers, by offset.
+    pub fn extents(&self, image: Uuid) -> Result<Vec<Extent>> {
+        let mut st = self.conn().prepare(
+            "SELECT offset, length, is_zero FROM image_extents WHERE image_uuid=?1 ORDER BY offset",
+        )?;
+        let rows = st
+            .query_map([image.to_string()], |r| {
+                Ok(Extent {
+                    offset: get_u64(r, 0)?,
+                    length: get_u64(r, 1)?,
+                    is_zero: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Images with at least one segment on this cartridge.
+    pub fn images_on_media(&self, barcode: &str) -> Result<Vec<ImageRow>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE uuid IN (SELECT image_uuid FROM segments WHERE barcode=?1) \
+             ORDER BY started, uuid"
+        ))?;
+        let rows = st
+            .query_map([barcode], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Complete or running images that need `image` to restore (its descendants
+    /// through parent links), oldest first. Expiring `image` would break them.
+    pub fn dependents(&self, image: Uuid) -> Result<Vec<ImageRow>> {
+        let mut st = self.conn().prepare(&format!(
+            "WITH RECURSIVE d(uuid) AS (SELECT uuid FROM images WHERE parent_uuid=?1 \
+               UNION SELECT i.uuid FROM images i JOIN d ON i.parent_uuid=d.uuid) \
+             SELECT {IMAGE_COLS} FROM images WHERE uuid IN d AND status IN ('complete','running') \
+             ORDER BY started, uuid"
+        ))?;
+        let rows = st
+            .query_map([image.to_string()], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Forget an image (its tape was overwritten or it expired). Refused while complete
+    /// or running images depend on it.
+    pub fn delete_image(&self, uuid: Uuid) -> Result<()> {
+        let deps = self.dependents(uuid)?;
+        if let Some(d) = deps.first() {
+            return Err(CatalogError::Invalid {
+                what: format!("image {uuid}"),
+                reason: format!("{} kept image(s) depend on it, e.g. {}", deps.len(), d.uuid),
+            });
+        }
+        if self
+            .conn()
+            .execute("DELETE FROM images WHERE uuid=?1", [uuid.to_string()])?
+            == 0
+        {
+            return Err(CatalogError::NotFound {
+                what: "image",
+                key: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The base for the next incremental of a disk: the newest complete full or
+    /// incremental image whose own restore chain is intact. Copies, failed, running,
+    /// incomplete and corrupt images never qualify.
+    pub fn newest_good_image(&self, disk: Uuid) -> Result<Option<ImageRow>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' AND kind!='copy' \
+             ORDER BY started DESC, uuid DESC"
+        ))?;
+        let candidates: Vec<ImageRow> = st
+            .query_map([disk.to_string()], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        for c in candidates {
+            if self.chain_of(c.clone()).is_ok() {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The images to restore, full first, target last. The target is the newest
+    /// complete image (`Latest`), the newest complete image started at or before a
+    /// time (`Time`), or one image (`Image`). Any missing, non-complete or otherwise
+    /// unusable link is an error naming it.
+    pub fn restore_chain(&self, disk: Uuid, at: At) -> Result<Vec<ImageRow>> {
+        let target = match at {
+            At::Image(u) => {
+                let img = self.image(u)?.ok_or(CatalogError::NotFound {
+                    what: "image",
+                    key: u.to_string(),
+                })?;
+                if img.disk_uuid != disk {
+                    return Err(CatalogError::Invalid {
+                        what: format!("image {u}"),
+                        reason: format!("is of disk {}, not {disk}", img.disk_uuid),
+                    });
+                }
+                img
+            }
+            At::Latest | At::Time(_) => {
+                let before = match at {
+                    At::Time(t) => Some(ts(&t)),
+                    _ => None,
+                };
+                self.conn()
+                    .query_row(
+                        &format!(
+                            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' \
+                             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, uuid DESC LIMIT 1"
+                        ),
+                        params![disk.to_string(), before],
+                        image_row,
+                    )
+                    .optional()?
+                    .ok_or_else(|| CatalogError::NoImage {
+                        disk,
+                        at: match at {
+                            At::Time(t) => format!("at or before {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                            _ => "yet".into(),
+                        },
+                    })?
+            }
+        };
+        self.chain_of(target)
+    }
+
+    fn chain_of(&self, target: ImageRow) -> Result<Vec<ImageRow>> {
+        let tid = target.uuid;
+        let broken = |img: Uuid, reason: String| CatalogError::BrokenChain {
+            target: tid,
+            broken: img,
+            reason,
+        };
+        let status_reason = |i: &ImageRow| match &i.note {
+            Some(n) => format!("it is {} ({n})", i.status),
+            None => format!("it is {}", i.status),
+        };
+        if target.status != ImageStatus::Complete {
+            return Err(broken(tid, status_reason(&target)));
+        }
+        let disk = target.disk_uuid;
+        let mut seen = HashSet::from([tid]);
+        let mut chain = vec![target];
+        loop {
+            let cur = chain.last().expect("chain starts non-empty");
+            match (cur.kind, cur.parent_uuid) {
+                (ImageKind::Full | ImageKind::Copy, None) => break,
+                (ImageKind::Full | ImageKind::Copy, Some(_)) => {
+                    return Err(broken(
+                        cur.uuid,
+                        format!("a {} image must not have a parent", cur.kind),
+                    ))
+                }
+                (ImageKind::Incremental, None) => {
+                    return Err(broken(cur.uuid, "an incremental without a parent".into()))
+                }
+                (ImageKind::Incremental, Some(p)) => {
+                    let child = cur.uuid;
+                    let parent = self.image(p)?.ok_or_else(|| {
+                        broken(
+                            p,
+                            format!("it is missing from the catalog (parent of {child})"),
+                        )
+                    })?;
+                    if parent.status != ImageStatus::Complete {
+                        return Err(broken(p, status_reason(&parent)));
+                    }
+                    if parent.kind == ImageKind::Copy {
+                        return Err(broken(p, "it is a copy, which is never a base".into()));
+                    }
+                    if parent.disk_uuid != disk {
+                        return Err(broken(
+                            p,
+                            format!("it belongs to disk {}", parent.disk_uuid),
+                        ));
+                    }
+                    if !seen.insert(p) || chain.len() >= MAX_CHAIN_LEN {
+                        return Err(broken(p, "parent links form a loop".into()));
+                    }
+                    chain.push(parent);
+                }
+            }
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}

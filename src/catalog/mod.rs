@@ -1,0 +1,831 @@
+//! The media catalog: SQLite (WAL, foreign keys, busy timeout) in `<home>/catalog.db`.
+//!
+//! It records pools, media sets, cartridges, sessions, images with their segments
+//! (where each run of records sits on tape) and extents (which disk ranges they
+//! cover), and where catalog snapshots were written. Every fact can be re-derived from
+//! the media: [`Catalog::merge_snapshot`] / [`Catalog::merge_image`] /
+//! [`Catalog::merge_media`] rebuild it idempotently without overwriting newer facts.
+//!
+//! An image is usable only once [`Catalog::complete_image`] has committed (one
+//! transaction: status, totals, digest, segments, extents). Running images of a dead
+//! process are failed by [`Catalog::fail_running_images`]; failed, incomplete and
+//! corrupt images are never a restore target nor a base.
+
+mod check;
+mod dump;
+mod images;
+mod plan;
+pub mod schema;
+mod types;
+
+pub use check::{Problem, ProblemKind};
+pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
+pub use images::MAX_CHAIN_LEN;
+pub use plan::{effective_extents, PlanStep};
+pub use types::*;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long a statement waits for another process's write lock before failing: longer
+/// than any single catalog transaction (a `complete_image` with many segments).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// File name of the catalog inside a tapevault home.
+pub const CATALOG_FILE: &str = "catalog.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog {path} has schema version {found}, this tapevault knows up to {known}: use a newer tapevault")]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("catalog database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{what} {key} is not in the catalog")]
+    NotFound { what: &'static str, key: String },
+    #[error("{what} {key} already exists in the catalog")]
+    AlreadyExists { what: &'static str, key: String },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("image {image} is {status}, cannot {action}")]
+    WrongStatus {
+        image: Uuid,
+        status: ImageStatus,
+        action: &'static str,
+    },
+    #[error("no complete image of disk {disk} {at}")]
+    NoImage { disk: Uuid, at: String },
+    #[error("restore chain of image {target} is broken at image {broken}: {reason}")]
+    BrokenChain {
+        target: Uuid,
+        broken: Uuid,
+        reason: String,
+    },
+    #[error("catalog snapshot is unreadable: {0}")]
+    BadSnapshot(String),
+    #[error("writing catalog export: {0}")]
+    Export(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, CatalogError>;
+
+// ---- value conversion helpers (SQLite <-> Rust) ----
+
+pub(crate) fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn tso(t: &Option<DateTime<Utc>>) -> Option<String> {
+    t.as_ref().map(ts)
+}
+
+/// Round a time to what the catalog stores (microseconds).
+pub fn catalog_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    ts(&t).parse().unwrap_or(t)
+}
+
+pub(crate) fn num(x: u64, what: &str) -> Result<i64> {
+    i64::try_from(x).map_err(|_| CatalogError::Invalid {
+        what: what.to_string(),
+        reason: format!("{x} exceeds the catalog's integer range"),
+    })
+}
+
+fn conv_err(idx: usize, msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, msg.into())
+}
+
+pub(crate) fn get_p<T: FromStr>(row: &Row, idx: usize) -> rusqlite::Result<T>
+where
+    T::Err: Display,
+{
+    let s: String = row.get(idx)?;
+    s.parse().map_err(|e| conv_err(idx, format!("{e}: {s:?}")))
+}
+
+pub(crate) fn get_po<T: FromStr>(row: &Row, idx: usize) -> rusqlite::Result<Option<T>>
+where
+    T::Err: Display,
+{
+    let s: Option<String> = row.get(idx)?;
+    s.map(|s| s.parse().map_err(|e| conv_err(idx, format!("{e}: {s:?}"))))
+        .transpose()
+}
+
+pub(crate) fn get_u64(row: &Row, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| conv_err(idx, format!("negative count {v}")))
+}
+
+pub(crate) fn get_u64o(row: &Row, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let v: Option<i64> = row.get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| conv_err(idx, format!("negative count {v}"))))
+        .transpose()
+}
+
+pub(crate) const POOL_COLS: &str =
+    "name, key_name, key_fingerprint, compression, retention_days, allocation, worm, escrow, created";
+pub(crate) fn pool_row(r: &Row) -> rusqlite::Result<PoolRow> {
+    Ok(PoolRow {
+        name: r.get(0)?,
+        key_name: r.get(1)?,
+        key_fingerprint: r.get(2)?,
+        compression: get_p(r, 3)?,
+        retention_days: get_u64o(r, 4)?.map(|d| d.min(u32::MAX as u64) as u32),
+        allocation: get_p(r, 5)?,
+        worm: r.get(6)?,
+        escrow: r.get(7)?,
+        created: get_p(r, 8)?,
+    })
+}
+
+pub(crate) const SET_COLS: &str = "uuid, pool, created, last_write, closed, format_major";
+pub(crate) fn set_row(r: &Row) -> rusqlite::Result<MediaSetRow> {
+    Ok(MediaSetRow {
+        uuid: get_p(r, 0)?,
+        pool: r.get(1)?,
+        created: get_p(r, 2)?,
+        last_write: get_po(r, 3)?,
+        closed: r.get(4)?,
+        format_major: r.get(5)?,
+    })
+}
+
+pub(crate) const MEDIA_COLS: &str =
+    "barcode, volume_uuid, pool, media_set_uuid, seq_in_set, state, location, \
+     labelled_at, last_written, next_tape_file, bytes_written, errors";
+pub(crate) fn media_row(r: &Row) -> rusqlite::Result<MediaRow> {
+    Ok(MediaRow {
+        barcode: r.get(0)?,
+        volume_uuid: get_po(r, 1)?,
+        pool: r.get(2)?,
+        media_set_uuid: get_po(r, 3)?,
+        seq_in_set: r.get(4)?,
+        state: get_p(r, 5)?,
+        location: r.get(6)?,
+        labelled_at: get_po(r, 7)?,
+        last_written: get_po(r, 8)?,
+        next_tape_file: get_u64(r, 9)?,
+        bytes_written: get_u64(r, 10)?,
+        errors: get_u64(r, 11)?,
+    })
+}
+
+pub(crate) const SESSION_COLS: &str = "uuid, pool, media_set_uuid, started, finished, status";
+pub(crate) fn session_row(r: &Row) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        uuid: get_p(r, 0)?,
+        pool: r.get(1)?,
+        media_set_uuid: get_po(r, 2)?,
+        started: get_p(r, 3)?,
+        finished: get_po(r, 4)?,
+        status: get_p(r, 5)?,
+    })
+}
+
+pub(crate) const SNAP_COLS: &str = "barcode, tape_file, block, session_uuid, time";
+pub(crate) fn snap_row(r: &Row) -> rusqlite::Result<SnapshotLocation> {
+    Ok(SnapshotLocation {
+        barcode: r.get(0)?,
+        tape_file: get_u64(r, 1)?,
+        block: get_u64(r, 2)?,
+        session_uuid: get_po(r, 3)?,
+        time: get_p(r, 4)?,
+    })
+}
+
+/// Identity of this process that survives pid reuse: `pid:start-time-ticks` (from
+/// /proc), or `pid:?` where /proc is unavailable.
+pub(crate) fn writer_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counted after the ")" that ends the command name.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+pub(crate) fn this_writer() -> String {
+    let pid = std::process::id();
+    writer_id(pid).unwrap_or_else(|| format!("{pid}:?"))
+}
+
+/// Whether the process that wrote `writer` is still running.
+pub(crate) fn writer_alive(writer: &str) -> bool {
+    let Some((pid, start)) = writer.split_once(':') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if start == "?" {
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    }
+    writer_id(pid).as_deref() == Some(writer)
+}
+
+/// An open catalog. One per process; SQLite's locking (WAL + busy timeout) arbitrates
+/// between processes.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Open or create `<home>/catalog.db`.
+    pub fn open(home: &Path) -> Result<Catalog> {
+        Catalog::open_path(&home.join(CATALOG_FILE))
+    }
+
+    /// Open or create the catalog at `path`, migrating it to [`schema::SCHEMA_VERSION`].
+    /// A catalog written by a newer tapevault is refused, naming both versions.
+    pub fn open_path(path: &Path) -> Result<Catalog> {
+        let oerr = |source| CatalogError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(oerr)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(oerr)?;
+        let found: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(oerr)?;
+        if found > schema::SCHEMA_VERSION {
+            return Err(CatalogError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                known: schema::SCHEMA_VERSION,
+            });
+        }
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(oerr)?;
+        // FULL: a committed complete_image must survive power loss, because the tape
+        // already holds the trailer the commit stands for.
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+            .map_err(oerr)?;
+        let mut cat = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let mut v: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if v > schema::SCHEMA_VERSION {
+            return Err(CatalogError::NewerSchema {
+                path,
+                found: v,
+                known: schema::SCHEMA_VERSION,
+            });
+        }
+        while (v as usize) < schema::MIGRATIONS.len() {
+            tx.execute_batch(schema::MIGRATIONS[v as usize])?;
+            v += 1;
+            tx.pragma_update(None, "user_version", v)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open catalog.
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A write transaction that takes the write lock at once (waiting up to
+    /// [`BUSY_TIMEOUT`]). A deferred one that read first could not wait for a lock
+    /// taken meanwhile by another process: SQLite would fail it with "busy" at once.
+    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+
+    // ---- pools ----
+
+    pub fn create_pool(&self, pool: &PoolRow) -> Result<()> {
+        if self.pool(&pool.name)?.is_some() {
+            return Err(CatalogError::AlreadyExists {
+                what: "pool",
+                key: pool.name.clone(),
+            });
+        }
+        self.insert_pool(pool)
+    }
+
+    pub(crate) fn insert_pool(&self, p: &PoolRow) -> Result<()> {
+        if p.name.is_empty() {
+            return Err(CatalogError::Invalid {
+                what: "pool name".into(),
+                reason: "empty".into(),
+            });
+        }
+        if p.key_name.is_some() != p.key_fingerprint.is_some() {
+            return Err(CatalogError::Invalid {
+                what: format!("pool {}", p.name),
+                reason: "key name and key fingerprint must be given together".into(),
+            });
+        }
+        self.conn.execute(
+            &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+            params![
+                p.name,
+                p.key_name,
+                p.key_fingerprint,
+                p.compression.to_string(),
+                p.retention_days,
+                p.allocation.to_string(),
+                p.worm,
+                p.escrow,
+                ts(&p.created)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Change a pool's settings (all but its name and creation time).
+    pub fn update_pool(&self, p: &PoolRow) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE pools SET key_name=?2, key_fingerprint=?3, compression=?4, retention_days=?5, \
+             allocation=?6, worm=?7, escrow=?8 WHERE name=?1",
+            params![
+                p.name,
+                p.key_name,
+                p.key_fingerprint,
+                p.compression.to_string(),
+                p.retention_days,
+                p.allocation.to_string(),
+                p.worm,
+                p.escrow
+            ],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: "pool",
+                key: p.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Delete a pool that no cartridge, media set or image refers to.
+    pub fn delete_pool(&self, name: &str) -> Result<()> {
+        let used: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM media WHERE pool=?1) + (SELECT count(*) FROM media_sets WHERE pool=?1) \
+             + (SELECT count(*) FROM images WHERE pool=?1)",
+            [name],
+            |r| r.get(0),
+        )?;
+        if used > 0 {
+            return Err(CatalogError::Invalid {
+                what: format!("pool {name}"),
+                reason: "still used by cartridges, media sets or images".into(),
+            });
+        }
+        if self
+            .conn
+            .execute("DELETE FROM pools WHERE name=?1", [name])?
+            == 0
+        {
+            return Err(CatalogError::NotFound {
+                what: "pool",
+                key: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self, name: &str) -> Result<Option<PoolRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {POOL_COLS} FROM pools WHERE name=?1"),
+                [name],
+                pool_row,
+            )
+            .optional()?)
+    }
+
+    pub fn pools(&self) -> Result<Vec<PoolRow>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))?;
+        let rows = st
+            .query_map([], pool_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn require_pool(&self, name: &str) -> Result<()> {
+        if self.pool(name)?.is_none() {
+            return Err(CatalogError::NotFound {
+                what: "pool",
+                key: name.into(),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- media sets ----
+
+    /// Start a new media set in `pool`.
+    pub fn create_media_set(&self, pool: &str, format_major: u32) -> Result<MediaSetRow> {
+        self.require_pool(pool)?;
+        let row = MediaSetRow {
+            uuid: Uuid::new_v4(),
+            pool: pool.to_string(),
+            created: catalog_time(Utc::now()),
+            last_write: None,
+            closed: false,
+            format_major,
+        };
+        self.insert_media_set(&row)?;
+        Ok(row)
+    }
+
+    pub(crate) fn insert_media_set(&self, s: &MediaSetRow) -> Result<()> {
+        self.conn.execute(
+            &format!("INSERT INTO media_sets ({SET_COLS}) VALUES (?1,?2,?3,?4,?5,?6)"),
+            params![
+                s.uuid.to_string(),
+                s.pool,
+                ts(&s.created),
+                tso(&s.last_write),
+                s.closed,
+                s.format_major
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn media_set(&self, uuid: Uuid) -> Result<Option<MediaSetRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {SET_COLS} FROM media_sets WHERE uuid=?1"),
+                [uuid.to_string()],
+                set_row,
+            )
+            .optional()?)
+    }
+
+    pub fn media_sets(&self, pool: Option<&str>) -> Result<Vec<MediaSetRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {SET_COLS} FROM media_sets WHERE ?1 IS NULL OR pool=?1 ORDER BY created, uuid"
+        ))?;
+        let rows = st
+            .query_map([pool], set_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The newest open media set of `pool`, if any.
+    pub fn current_media_set(&self, pool: &str) -> Result<Option<MediaSetRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {SET_COLS} FROM media_sets WHERE pool=?1 AND closed=0 ORDER BY created DESC, uuid LIMIT 1"
+                ),
+                [pool],
+                set_row,
+            )
+            .optional()?)
+    }
+
+    pub fn close_media_set(&self, uuid: Uuid) -> Result<()> {
+        self.set_update("UPDATE media_sets SET closed=1 WHERE uuid=?1", uuid)
+    }
+
+    /// Record a write to the set now.
+    pub fn touch_media_set(&self, uuid: Uuid) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE media_sets SET last_write=?2 WHERE uuid=?1",
+            params![uuid.to_string(), ts(&Utc::now())],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: "media set",
+                key: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_update(&self, sql: &str, uuid: Uuid) -> Result<()> {
+        if self.conn.execute(sql, [uuid.to_string()])? == 0 {
+            return Err(CatalogError::NotFound {
+                what: "media set",
+                key: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The cartridges of a media set in sequence order.
+    pub fn media_in_set(&self, uuid: Uuid) -> Result<Vec<MediaRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {MEDIA_COLS} FROM media WHERE media_set_uuid=?1 ORDER BY seq_in_set"
+        ))?;
+        let rows = st
+            .query_map([uuid.to_string()], media_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    // ---- media ----
+
+    /// Insert or replace everything known about a cartridge.
+    pub fn upsert_media(&self, m: &MediaRow) -> Result<()> {
+        if let Some(p) = &m.pool {
+            self.require_pool(p)?;
+        }
+        self.conn.execute(
+            &format!(
+                "INSERT INTO media ({MEDIA_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) \
+                 ON CONFLICT(barcode) DO UPDATE SET volume_uuid=excluded.volume_uuid, pool=excluded.pool, \
+                 media_set_uuid=excluded.media_set_uuid, seq_in_set=excluded.seq_in_set, state=excluded.state, \
+                 location=excluded.location, labelled_at=excluded.labelled_at, last_written=excluded.last_written, \
+                 next_tape_file=excluded.next_tape_file, bytes_written=excluded.bytes_written, errors=excluded.errors"
+            ),
+            params![
+                m.barcode,
+                m.volume_uuid.map(|u| u.to_string()),
+                m.pool,
+                m.media_set_uuid.map(|u| u.to_string()),
+                m.seq_in_set,
+                m.state.as_str(),
+                m.location,
+                tso(&m.labelled_at),
+                tso(&m.last_written),
+                num(m.next_tape_file, "next tape file")?,
+                num(m.bytes_written, "bytes written")?,
+                num(m.errors, "error count")?
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn media(&self, barcode: &str) -> Result<Option<MediaRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {MEDIA_COLS} FROM media WHERE barcode=?1"),
+                [barcode],
+                media_row,
+            )
+            .optional()?)
+    }
+
+    /// Every cartridge, or those of one pool, by barcode.
+    pub fn list_media(&self, pool: Option<&str>) -> Result<Vec<MediaRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {MEDIA_COLS} FROM media WHERE ?1 IS NULL OR pool=?1 ORDER BY barcode"
+        ))?;
+        let rows = st
+            .query_map([pool], media_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn media_update(&self, barcode: &str, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Result<()> {
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&barcode];
+        all.extend_from_slice(p);
+        if self.conn.execute(sql, all.as_slice())? == 0 {
+            return Err(CatalogError::NotFound {
+                what: "cartridge",
+                key: barcode.into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_media_state(&self, barcode: &str, state: MediaState) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET state=?2 WHERE barcode=?1",
+            &[&state.as_str()],
+        )
+    }
+
+    pub fn set_media_location(&self, barcode: &str, location: &str) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET location=?2 WHERE barcode=?1",
+            &[&location],
+        )
+    }
+
+    /// Record a new label: the cartridge joins `pool`'s media set at `seq`, writable,
+    /// appends starting at tape file 1. Any previous assignment is replaced.
+    pub fn assign_media(
+        &self,
+        barcode: &str,
+        pool: &str,
+        media_set: Uuid,
+        seq: u32,
+        volume_uuid: Uuid,
+    ) -> Result<()> {
+        self.require_pool(pool)?;
+        match self.media_set(media_set)? {
+            Some(s) if s.pool == pool => {}
+            Some(s) => {
+                return Err(CatalogError::Invalid {
+                    what: format!("media set {media_set}"),
+                    reason: format!("belongs to pool {}, not {pool}", s.pool),
+                })
+            }
+            None => {
+                return Err(CatalogError::NotFound {
+                    what: "media set",
+                    key: media_set.to_string(),
+                })
+            }
+        }
+        self.media_update(
+            barcode,
+            "UPDATE media SET pool=?2, media_set_uuid=?3, seq_in_set=?4, volume_uuid=?5, state='writable', \
+             labelled_at=?6, next_tape_file=1, bytes_written=0 WHERE barcode=?1",
+            &[
+                &pool,
+                &media_set.to_string(),
+                &seq,
+                &volume_uuid.to_string(),
+                &ts(&Utc::now()),
+            ],
+        )
+    }
+
+    /// Remove a cartridge from its pool (blank, unassigned; e.g. before relabelling).
+    pub fn unassign_media(&self, barcode: &str) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET pool=NULL, media_set_uuid=NULL, seq_in_set=NULL, volume_uuid=NULL, \
+             state='blank', labelled_at=NULL, next_tape_file=1, bytes_written=0 WHERE barcode=?1",
+            &[],
+        )
+    }
+
+    /// After appending: where the next tape file goes and how many bytes were added.
+    pub fn record_media_write(
+        &self,
+        barcode: &str,
+        next_tape_file: u64,
+        bytes_added: u64,
+    ) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET next_tape_file=?2, bytes_written=bytes_written+?3, last_written=?4 WHERE barcode=?1",
+            &[
+                &num(next_tape_file, "next tape file")?,
+                &num(bytes_added, "bytes written")?,
+                &ts(&Utc::now()),
+            ],
+        )
+    }
+
+    pub fn add_media_errors(&self, barcode: &str, n: u64) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET errors=errors+?2 WHERE barcode=?1",
+            &[&num(n, "error count")?],
+        )
+    }
+
+    // ---- sessions ----
+
+    pub fn begin_session(&self, pool: &str, media_set: Option<Uuid>) -> Result<SessionRow> {
+        self.require_pool(pool)?;
+        let s = SessionRow {
+            uuid: Uuid::new_v4(),
+            pool: pool.into(),
+            media_set_uuid: media_set,
+            started: catalog_time(Utc::now()),
+            finished: None,
+            status: SessionStatus::Running,
+        };
+        self.insert_session(&s, Some(&this_writer()))?;
+        Ok(s)
+    }
+
+    pub(crate) fn insert_session(&self, s: &SessionRow, writer: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            &format!("INSERT INTO sessions ({SESSION_COLS}, writer) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+            params![
+                s.uuid.to_string(),
+                s.pool,
+                s.media_set_uuid.map(|u| u.to_string()),
+                ts(&s.started),
+                tso(&s.finished),
+                s.status.as_str(),
+                writer
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Close a session as complete or failed; also sets its media set's last write.
+    pub fn finish_session(&self, uuid: Uuid, status: SessionStatus) -> Result<()> {
+        if status == SessionStatus::Running {
+            return Err(CatalogError::Invalid {
+                what: format!("session {uuid}"),
+                reason: "cannot finish as running".into(),
+            });
+        }
+        let n = self.conn.execute(
+            "UPDATE sessions SET finished=?2, status=?3 WHERE uuid=?1",
+            params![uuid.to_string(), ts(&Utc::now()), status.as_str()],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: "session",
+                key: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn session(&self, uuid: Uuid) -> Result<Option<SessionRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {SESSION_COLS} FROM sessions WHERE uuid=?1"),
+                [uuid.to_string()],
+                session_row,
+            )
+            .optional()?)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {SESSION_COLS} FROM sessions ORDER BY started, uuid"
+        ))?;
+        let rows = st
+            .query_map([], session_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    // ---- catalog snapshots on media ----
+
+    /// Note where a catalog snapshot was written (idempotent).
+    pub fn record_snapshot(&self, s: &SnapshotLocation) -> Result<()> {
+        self.insert_snapshot(s).map(|_| ())
+    }
+
+    /// Insert a snapshot location; false if it was already known.
+    pub(crate) fn insert_snapshot(&self, s: &SnapshotLocation) -> Result<bool> {
+        let n = self.conn.execute(
+            &format!("INSERT OR IGNORE INTO snapshots ({SNAP_COLS}) VALUES (?1,?2,?3,?4,?5)"),
+            params![
+                s.barcode,
+                num(s.tape_file, "tape file")?,
+                num(s.block, "block")?,
+                s.session_uuid.map(|u| u.to_string()),
+                ts(&s.time)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every recorded snapshot location, newest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotLocation>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots ORDER BY time DESC, barcode, tape_file"
+        ))?;
+        let rows = st
+            .query_map([], snap_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,118 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`. Append only: never
+//! edit a released migration. A catalog newer than `MIGRATIONS.len()` is refused.
+
+/// Migration 1: the initial schema. Times are UTC text in one fixed-width RFC 3339
+/// form (`2026-11-25T06:00:00.000000Z`) so they sort as text.
+const V1: &str = r#"
+CREATE TABLE pools (
+    name            TEXT PRIMARY KEY,
+    key_name        TEXT,
+    key_fingerprint TEXT,
+    compression     TEXT NOT NULL,
+    retention_days  INTEGER CHECK (retention_days IS NULL OR retention_days >= 0),
+    allocation      TEXT NOT NULL,
+    worm            INTEGER NOT NULL DEFAULT 0,
+    escrow          INTEGER NOT NULL DEFAULT 0,
+    created         TEXT NOT NULL,
+    CHECK ((key_name IS NULL) = (key_fingerprint IS NULL))
+);
+CREATE TABLE media_sets (
+    uuid         TEXT PRIMARY KEY,
+    pool         TEXT NOT NULL,
+    created      TEXT NOT NULL,
+    last_write   TEXT,
+    closed       INTEGER NOT NULL DEFAULT 0,
+    format_major INTEGER NOT NULL
+);
+CREATE INDEX media_sets_pool ON media_sets(pool, created);
+CREATE TABLE media (
+    barcode        TEXT PRIMARY KEY,
+    volume_uuid    TEXT UNIQUE,
+    pool           TEXT,
+    media_set_uuid TEXT REFERENCES media_sets(uuid),
+    seq_in_set     INTEGER,
+    state          TEXT NOT NULL CHECK (state IN ('blank','writable','full','expired','damaged','retired')),
+    location       TEXT NOT NULL,
+    labelled_at    TEXT,
+    last_written   TEXT,
+    next_tape_file INTEGER NOT NULL DEFAULT 1,
+    bytes_written  INTEGER NOT NULL DEFAULT 0,
+    errors         INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (media_set_uuid, seq_in_set)
+);
+CREATE TABLE sessions (
+    uuid           TEXT PRIMARY KEY,
+    pool           TEXT NOT NULL,
+    media_set_uuid TEXT,
+    started        TEXT NOT NULL,
+    finished       TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('running','complete','failed')),
+    writer         TEXT
+);
+CREATE TABLE images (
+    uuid            TEXT PRIMARY KEY,
+    disk_uuid       TEXT NOT NULL,
+    vm_name         TEXT,
+    kind            TEXT NOT NULL CHECK (kind IN ('full','incremental','copy')),
+    parent_uuid     TEXT,
+    change_id       TEXT,
+    from_change_id  TEXT,
+    disk_size       INTEGER NOT NULL,
+    block_size      INTEGER NOT NULL,
+    session_uuid    TEXT,
+    pool            TEXT,
+    key_fingerprint TEXT,
+    compression     TEXT NOT NULL,
+    started         TEXT NOT NULL,
+    finished        TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('running','complete','failed','incomplete','corrupt')),
+    records         INTEGER NOT NULL DEFAULT 0,
+    plain_bytes     INTEGER NOT NULL DEFAULT 0,
+    stored_bytes    INTEGER NOT NULL DEFAULT 0,
+    content_digest  TEXT,
+    digest_list     TEXT,
+    note            TEXT,
+    writer          TEXT
+);
+CREATE INDEX images_disk ON images(disk_uuid, started);
+CREATE INDEX images_parent ON images(parent_uuid);
+CREATE TABLE segments (
+    image_uuid  TEXT NOT NULL REFERENCES images(uuid) ON DELETE CASCADE,
+    part        INTEGER NOT NULL,
+    barcode     TEXT NOT NULL,
+    tape_file   INTEGER NOT NULL,
+    first_block INTEGER NOT NULL,
+    last_block  INTEGER NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    disk_start  INTEGER NOT NULL,
+    disk_end    INTEGER NOT NULL,
+    PRIMARY KEY (image_uuid, first_seq),
+    CHECK (first_block <= last_block AND first_seq <= last_seq AND disk_start <= disk_end)
+);
+CREATE INDEX segments_barcode ON segments(barcode);
+CREATE INDEX segments_disk ON segments(image_uuid, disk_start);
+CREATE TABLE image_extents (
+    image_uuid TEXT NOT NULL REFERENCES images(uuid) ON DELETE CASCADE,
+    offset     INTEGER NOT NULL,
+    length     INTEGER NOT NULL CHECK (length > 0),
+    is_zero    INTEGER NOT NULL,
+    PRIMARY KEY (image_uuid, offset)
+);
+CREATE TABLE snapshots (
+    barcode      TEXT NOT NULL,
+    tape_file    INTEGER NOT NULL,
+    block        INTEGER NOT NULL,
+    session_uuid TEXT,
+    time         TEXT NOT NULL,
+    PRIMARY KEY (barcode, tape_file, block)
+);
+"#;
+
+/// Every migration, oldest first. The catalog's version is the number applied.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this code writes and understands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

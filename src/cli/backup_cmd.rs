@@ -1,0 +1,129 @@
+//! `tapevault backup`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use uuid::Uuid;
+
+use super::passphrase::passphrase;
+use super::pool_cmd::open_catalog;
+use super::{usage, Ctx};
+use crate::backup::{self, BackupRequest, DiskSpec, KeyMaterial, Mode};
+use crate::error::{Error, Result};
+use crate::source::manifest::VmManifest;
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// A VM manifest (TOML: name, [[disk]] id/path/changed_extents).
+    #[arg(long, value_name = "VM.toml", conflicts_with_all = ["disk", "disk_id"])]
+    pub manifest: Option<PathBuf>,
+    /// A disk image file or block device.
+    #[arg(long, value_name = "PATH", requires = "disk_id")]
+    pub disk: Option<PathBuf>,
+    /// The disk's stable UUID (the hypervisor's); identifies it across backups.
+    #[arg(long, value_name = "UUID", requires = "disk")]
+    pub disk_id: Option<Uuid>,
+    /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
+    #[arg(long, value_name = "FILE", requires = "disk")]
+    pub changed_extents: Option<PathBuf>,
+    /// VM name recorded with a --disk backup.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// The pool to write to.
+    #[arg(long)]
+    pub pool: String,
+    /// Take a full backup (it becomes the new base).
+    #[arg(long, conflicts_with = "copy")]
+    pub full: bool,
+    /// Take a one-off full copy that never becomes the base of an incremental.
+    #[arg(long)]
+    pub copy: bool,
+}
+
+pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
+    let (vm_name, disks) = if let Some(m) = &a.manifest {
+        let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
+        let disks = vm
+            .disks
+            .into_iter()
+            .map(|d| DiskSpec {
+                id: d.id,
+                path: d.path,
+                changed_extents: d.changed_extents,
+            })
+            .collect();
+        (Some(vm.name), disks)
+    } else if let (Some(path), Some(id)) = (a.disk.clone(), a.disk_id) {
+        (
+            a.vm.clone(),
+            vec![DiskSpec {
+                id,
+                path,
+                changed_extents: a.changed_extents.clone(),
+            }],
+        )
+    } else {
+        return usage("give --manifest VM.toml, or --disk PATH --disk-id UUID");
+    };
+    let mode = if a.full {
+        Mode::Full
+    } else if a.copy {
+        Mode::Copy
+    } else {
+        Mode::Auto
+    };
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let pool = cat.pool(&a.pool)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no pool named {}: create it with `tapevault pool create {}`",
+            a.pool, a.pool
+        ))
+    })?;
+    let key = match &pool.key_fingerprint {
+        Some(fp) => {
+            let name = pool.key_name.clone().unwrap_or_else(|| fp.clone());
+            let pass = passphrase(&ctx.global, &format!("key {name}"), false)?;
+            let ks = crate::crypto::Keystore::open(&home.dir)?;
+            let key = ks.unlock(fp, pass.as_bytes())?;
+            Some(KeyMaterial {
+                key,
+                passphrase: Some(pass),
+            })
+        }
+        None => None,
+    };
+    let mut lib = home.open_library()?;
+    let req = BackupRequest {
+        vm_name,
+        disks,
+        pool: a.pool.clone(),
+        mode,
+    };
+    let out = ctx.out;
+    let mut line = |s: &str| out.info(s);
+    let report = backup::run(
+        &home,
+        &cat,
+        lib.as_mut(),
+        &req,
+        key,
+        out.interactive(),
+        &mut line,
+    )?;
+    out.emit(&report, || {
+        format!(
+            "session {} complete: {} image(s) in media set {} of pool {}{}",
+            report.session,
+            report.images.len(),
+            report.media_set,
+            report.pool,
+            report
+                .snapshot
+                .as_ref()
+                .map(|s| format!("; catalog snapshot on {} file {}", s.barcode, s.tape_file))
+                .unwrap_or_default()
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Printing results: human text on stdout, or one JSON document with `--json`.
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    /// Print a result: JSON when asked for, else the text `text()` makes.
+    pub fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let _ = serde_json::to_writer_pretty(&mut out, value);
+            let _ = writeln!(out);
+        } else {
+            let t = text();
+            if !t.is_empty() {
+                let _ = writeln!(out, "{}", t.trim_end());
+            }
+        }
+    }
+
+    /// A progress or status line for people; goes to stderr so stdout stays parseable.
+    pub fn info(&self, line: impl AsRef<str>) {
+        if !self.json {
+            eprintln!("{}", line.as_ref());
+        }
+    }
+
+    /// Whether progress bars make sense (a terminal on stderr, not JSON).
+    pub fn interactive(&self) -> bool {
+        !self.json && std::io::stderr().is_terminal()
+    }
+}
+
+/// Human-readable bytes: 1.5 GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

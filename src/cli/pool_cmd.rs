@@ -1,0 +1,383 @@
+//! `tapevault pool ...`, `tapevault label` and `tapevault media list`.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{human_bytes, usage, Ctx};
+use crate::catalog::{
+    Allocation, Catalog, Compression, ImageStatus, MediaRow, MediaState, PoolRow,
+};
+use crate::error::{Context, Error, Result};
+use crate::media::allocate::sync_inventory;
+use crate::media::volume::{read_label, write_label, LabelRead};
+use crate::media::{mount, unmount};
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool of cartridges with its policy.
+    Create(PoolArgs),
+    /// Change a pool's policy (the key of an existing pool cannot change).
+    Update(PoolArgs),
+    /// List pools.
+    List,
+    /// Show one pool with its media sets and cartridges.
+    Show { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    pub name: String,
+    /// Encrypt everything written to this pool with this key (see `tapevault key`).
+    #[arg(long, value_name = "KEY")]
+    pub encrypt_key: Option<String>,
+    /// Keep restore points this many days after the media set's last write (default: forever).
+    #[arg(long, value_name = "DAYS")]
+    pub retention: Option<u32>,
+    /// Keep restore points forever (clears --retention on update).
+    #[arg(long, conflicts_with = "retention")]
+    pub forever: bool,
+    /// off, or zstd:LEVEL (default zstd:3).
+    #[arg(long)]
+    pub compression: Option<Compression>,
+    /// continue, per-session, daily, weekly:<weekday>, monthly (default continue).
+    #[arg(long)]
+    pub allocation: Option<Allocation>,
+    /// Only WORM cartridges.
+    #[arg(long)]
+    pub worm: bool,
+    /// Write the passphrase-wrapped key into every volume label (key escrow).
+    #[arg(long)]
+    pub escrow: bool,
+}
+
+pub fn open_catalog(home: &crate::home::Home) -> Result<Catalog> {
+    Catalog::open(&home.dir)
+        .with_context(|| format!("opening the catalog in {}", home.dir.display()))
+}
+
+pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    match c {
+        PoolCommand::Create(a) => {
+            let (key_name, key_fingerprint) = match &a.encrypt_key {
+                Some(k) => {
+                    let info = crate::crypto::Keystore::open(&home.dir)?.info(k)?;
+                    (Some(info.name), Some(info.fingerprint))
+                }
+                None => (None, None),
+            };
+            if a.escrow && key_name.is_none() {
+                return usage("--escrow needs --encrypt-key");
+            }
+            let row = PoolRow {
+                name: a.name.clone(),
+                key_name,
+                key_fingerprint,
+                compression: a.compression.unwrap_or(Compression::Zstd(3)),
+                retention_days: a.retention,
+                allocation: a.allocation.unwrap_or(Allocation::Continue),
+                worm: a.worm,
+                escrow: a.escrow,
+                created: crate::catalog::catalog_time(crate::clock::now()),
+            };
+            cat.create_pool(&row)?;
+            ctx.out.emit(&row, || format!("created pool {}", row.name));
+        }
+        PoolCommand::Update(a) => {
+            let mut row = cat
+                .pool(&a.name)?
+                .ok_or_else(|| Error::Usage(format!("no pool named {}", a.name)))?;
+            if let Some(k) = &a.encrypt_key {
+                let info = crate::crypto::Keystore::open(&home.dir)?.info(k)?;
+                if row.key_fingerprint.as_deref() != Some(info.fingerprint.as_str()) {
+                    return usage(format!(
+                        "pool {} cannot change its key: cartridges of its media sets need the key they were written with; create a new pool",
+                        a.name
+                    ));
+                }
+            }
+            if let Some(r) = a.retention {
+                row.retention_days = Some(r);
+            }
+            if a.forever {
+                row.retention_days = None;
+            }
+            if let Some(c) = a.compression {
+                row.compression = c;
+            }
+            if let Some(al) = a.allocation {
+                row.allocation = al;
+            }
+            if a.worm {
+                row.worm = true;
+            }
+            if a.escrow {
+                if row.key_name.is_none() {
+                    return usage("--escrow needs an encrypted pool");
+                }
+                row.escrow = true;
+            }
+            cat.update_pool(&row)?;
+            ctx.out.emit(&row, || format!("updated pool {}", row.name));
+        }
+        PoolCommand::List => {
+            let pools = cat.pools()?;
+            ctx.out.emit(&pools, || {
+                pools
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{:<16} key {:<12} compression {:<8} retention {:<10} allocation {}\n",
+                            p.name,
+                            p.key_name.as_deref().unwrap_or("-"),
+                            p.compression.to_string(),
+                            p.retention_days
+                                .map(|d| format!("{d} days"))
+                                .unwrap_or_else(|| "forever".into()),
+                            p.allocation
+                        )
+                    })
+                    .collect()
+            });
+        }
+        PoolCommand::Show { name } => {
+            let p = cat
+                .pool(&name)?
+                .ok_or_else(|| Error::Usage(format!("no pool named {name}")))?;
+            let sets = cat.media_sets(Some(&name))?;
+            let media = cat.list_media(Some(&name))?;
+            #[derive(Serialize)]
+            struct Show<'a> {
+                pool: &'a PoolRow,
+                media_sets: &'a [crate::catalog::MediaSetRow],
+                media: &'a [MediaRow],
+            }
+            let v = Show {
+                pool: &p,
+                media_sets: &sets,
+                media: &media,
+            };
+            ctx.out.emit(&v, || {
+                let mut s = format!(
+                    "pool {}: key {}, compression {}, retention {}, allocation {}\n",
+                    p.name,
+                    p.key_name.as_deref().unwrap_or("none"),
+                    p.compression,
+                    p.retention_days
+                        .map(|d| format!("{d} days"))
+                        .unwrap_or_else(|| "forever".into()),
+                    p.allocation
+                );
+                for set in &sets {
+                    s.push_str(&format!(
+                        "  media set {} created {}{}\n",
+                        set.uuid,
+                        set.created.format("%Y-%m-%d %H:%M"),
+                        if set.closed { " (closed)" } else { "" }
+                    ));
+                    for m in media.iter().filter(|m| m.media_set_uuid == Some(set.uuid)) {
+                        s.push_str(&format!(
+                            "    {} #{} {} at {}\n",
+                            m.barcode,
+                            m.seq_in_set.unwrap_or(0),
+                            m.state,
+                            m.location
+                        ));
+                    }
+                }
+                for m in media.iter().filter(|m| m.media_set_uuid.is_none()) {
+                    s.push_str(&format!(
+                        "  scratch {} {} at {}\n",
+                        m.barcode, m.state, m.location
+                    ));
+                }
+                s
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    pub barcode: String,
+    /// The pool the cartridge joins (as scratch, until a backup puts it in a media set).
+    #[arg(long)]
+    pub pool: String,
+    /// Overwrite whatever the cartridge holds, even restore points (they are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Serialize)]
+struct LabelReport {
+    barcode: String,
+    pool: String,
+    volume: Uuid,
+    overwritten: Vec<Uuid>,
+}
+
+pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let pool = cat
+        .pool(&a.pool)?
+        .ok_or_else(|| Error::Usage(format!("no pool named {}", a.pool)))?;
+    let mut lib = home.open_library()?;
+    sync_inventory(&cat, lib.as_mut())?;
+    let row = cat.media(&a.barcode)?;
+    // Restore points on it that are still kept.
+    let at_risk: Vec<_> = cat
+        .images_on_media(&a.barcode)?
+        .into_iter()
+        .filter(|i| i.status == ImageStatus::Complete)
+        .collect();
+    let expired = row
+        .as_ref()
+        .map(|m| m.state == MediaState::Expired)
+        .unwrap_or(false);
+    if !at_risk.is_empty() && !expired && !a.force {
+        return Err(Error::Failed(format!(
+            "cartridge {} holds {} restore point(s) that have not expired ({}); relabelling would destroy them. Use --force to overwrite anyway.",
+            a.barcode,
+            at_risk.len(),
+            at_risk.iter().map(|i| format!("image {} of disk {}", i.uuid, i.disk_uuid)).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut m = mount(
+        lib.as_mut(),
+        &a.barcode,
+        row.as_ref().map(|r| r.location.as_str()),
+    )?;
+    let result = (|| -> Result<LabelReport> {
+        let found = read_label(m.drive.as_mut())?;
+        let known = row.as_ref().and_then(|r| r.volume_uuid);
+        match (&found, a.force) {
+            (LabelRead::Blank, _) | (_, true) => {}
+            (LabelRead::Label(l), false) if Some(Uuid::from_bytes(l.volume_uuid)) == known => {}
+            (LabelRead::Label(l), false) => {
+                return Err(Error::Failed(format!(
+                    "cartridge {} holds tapevault volume {} of pool {} (media set {}) that this catalog does not know; import it with `tapevault catalog rebuild --barcode {}` or overwrite with --force",
+                    a.barcode,
+                    Uuid::from_bytes(l.volume_uuid),
+                    l.pool_name,
+                    Uuid::from_bytes(l.media_set_uuid),
+                    a.barcode
+                )))
+            }
+            (LabelRead::Foreign(d), false) => {
+                return Err(Error::Failed(format!(
+                    "cartridge {} holds data that is not tapevault's ({d}); overwrite it with --force",
+                    a.barcode
+                )))
+            }
+        }
+        let volume = Uuid::new_v4();
+        let label = tape_formats::VolumeLabel {
+            volume_uuid: *volume.as_bytes(),
+            media_set_uuid: [0; 16],
+            set_sequence: 0,
+            label_time: crate::clock::now().timestamp(),
+            key_fingerprint: pool
+                .key_fingerprint
+                .as_deref()
+                .and_then(crate::backup::fp_bytes),
+            barcode: a.barcode.clone(),
+            pool_name: pool.name.clone(),
+            writer_name: "tapevault".into(),
+            writer_version: env!("CARGO_PKG_VERSION").into(),
+            escrow: Vec::new(),
+        };
+        write_label(m.drive.as_mut(), &label)?;
+        for i in &at_risk {
+            cat.fail_image(
+                i.uuid,
+                &format!(
+                    "overwritten: cartridge {} was relabelled with --force",
+                    a.barcode
+                ),
+            )?;
+        }
+        let mut r = row
+            .clone()
+            .unwrap_or_else(|| MediaRow::new_blank(&a.barcode, ""));
+        r.volume_uuid = Some(volume);
+        r.pool = Some(pool.name.clone());
+        r.media_set_uuid = None;
+        r.seq_in_set = None;
+        r.state = MediaState::Writable;
+        r.labelled_at = Some(crate::catalog::catalog_time(crate::clock::now()));
+        r.next_tape_file = 1;
+        r.bytes_written = 0;
+        cat.upsert_media(&r)?;
+        Ok(LabelReport {
+            barcode: a.barcode.clone(),
+            pool: pool.name.clone(),
+            volume,
+            overwritten: at_risk.iter().map(|i| i.uuid).collect(),
+        })
+    })();
+    let drive_index = m.drive_index;
+    unmount(lib.as_mut(), m).with_context(|| format!("putting away drive {drive_index}"))?;
+    sync_inventory(&cat, lib.as_mut())?;
+    let rep = result?;
+    ctx.out.emit(&rep, || {
+        let mut s = format!(
+            "labelled {} into pool {} (volume {})",
+            rep.barcode, rep.pool, rep.volume
+        );
+        if !rep.overwritten.is_empty() {
+            s.push_str(&format!(
+                "\noverwrote {} restore point(s)",
+                rep.overwritten.len()
+            ));
+        }
+        s
+    });
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MediaCommand {
+    /// Every cartridge the catalog knows, with pool, set, state and location.
+    List {
+        #[arg(long)]
+        pool: Option<String>,
+    },
+}
+
+pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    if let Ok(mut lib) = home.open_library() {
+        sync_inventory(&cat, lib.as_mut())?;
+    }
+    match c {
+        MediaCommand::List { pool } => {
+            let rows = cat.list_media(pool.as_deref())?;
+            ctx.out.emit(&rows, || {
+                rows.iter()
+                    .map(|m| {
+                        format!(
+                            "{:<10} {:<9} pool {:<10} set {} #{} {} written, at {}\n",
+                            m.barcode,
+                            m.state.to_string(),
+                            m.pool.as_deref().unwrap_or("-"),
+                            m.media_set_uuid
+                                .map(|u| u.to_string()[..8].to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            m.seq_in_set
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            human_bytes(m.bytes_written),
+                            m.location
+                        )
+                    })
+                    .collect()
+            });
+        }
+    }
+    Ok(())
+}

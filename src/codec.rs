@@ -1,0 +1,340 @@
+//! Record payload codec: compress then encrypt on the way to tape; authenticate,
+//! decrypt and decompress on the way back. Framing is tape-formats' job; this module
+//! turns plain extent bytes into a stored payload and back.
+
+use std::collections::HashMap;
+
+use tape_formats::{
+    data_record_aad, snapshot_chunk_aad, ChunkFields, Compression as WireCompression, DataFields,
+    DataRecord, Extent, RecordCrypto, SnapshotChunk,
+};
+
+use crate::catalog::Compression;
+use crate::crypto::{NonceSource, RecordKey};
+use crate::error::{Error, Result};
+
+/// zstd compressor with a reusable context. Stores a record uncompressed when
+/// compression would not make it smaller (incompressible or already compressed data).
+pub struct Compressor {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    pub fn new(c: Compression) -> Result<Compressor> {
+        let zstd = match c {
+            Compression::Off => None,
+            Compression::Zstd(level) => Some(
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| Error::Failed(format!("cannot start zstd level {level}: {e}")))?,
+            ),
+        };
+        Ok(Compressor { zstd })
+    }
+
+    /// Fill `out` with the stored form of `plain`; returns how it is stored.
+    pub fn compress(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<WireCompression> {
+        out.clear();
+        if let Some(z) = self.zstd.as_mut() {
+            let bound = zstd::zstd_safe::compress_bound(plain.len());
+            out.reserve(bound);
+            // Capacity is at least the bound, so compression cannot run out of room.
+            match z.compress_to_buffer(plain, out) {
+                Ok(n) if n < plain.len() => return Ok(WireCompression::Zstd),
+                Ok(_) => {}
+                Err(e) => return Err(Error::Failed(format!("zstd compression failed: {e}"))),
+            }
+            out.clear();
+        }
+        out.extend_from_slice(plain);
+        Ok(WireCompression::None)
+    }
+}
+
+/// zstd decompressor with a reusable context.
+pub struct Decompressor {
+    zstd: zstd::bulk::Decompressor<'static>,
+}
+
+impl Decompressor {
+    pub fn new() -> Result<Decompressor> {
+        Ok(Decompressor {
+            zstd: zstd::bulk::Decompressor::new()
+                .map_err(|e| Error::Failed(format!("cannot start zstd: {e}")))?,
+        })
+    }
+
+    /// Decompress `stored` (of the given kind) into `out`, which must come out exactly
+    /// `plain_len` bytes long.
+    pub fn decompress(
+        &mut self,
+        kind: WireCompression,
+        stored: &[u8],
+        plain_len: usize,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        out.clear();
+        match kind {
+            WireCompression::None => {
+                if stored.len() != plain_len {
+                    return Err(format!(
+                        "stored {} bytes, expected {plain_len}",
+                        stored.len()
+                    ));
+                }
+                out.extend_from_slice(stored);
+            }
+            WireCompression::Zstd => {
+                out.reserve(plain_len);
+                let n = self
+                    .zstd
+                    .decompress_to_buffer(stored, out)
+                    .map_err(|e| format!("zstd: {e}"))?;
+                if n != plain_len {
+                    return Err(format!("decompressed to {n} bytes, expected {plain_len}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encrypts record payloads under one key with nonces that are never reused.
+pub struct Sealer {
+    pub key: RecordKey,
+    pub nonces: NonceSource,
+    aad: Vec<u8>,
+}
+
+impl Sealer {
+    pub fn new(key: RecordKey, nonces: NonceSource) -> Sealer {
+        Sealer {
+            key,
+            nonces,
+            aad: Vec::with_capacity(256),
+        }
+    }
+
+    /// Encrypt `stored` in place for a record with `fields` (whose crypto is set here)
+    /// and `extents`. The whole header is the associated data, so the record cannot be
+    /// moved, duplicated or spliced into another image unnoticed.
+    pub fn seal_data(
+        &mut self,
+        fields: &mut DataFields,
+        extents: &[Extent],
+        stored: &mut Vec<u8>,
+    ) -> Result<()> {
+        let nonce = self
+            .nonces
+            .next()
+            .map_err(|e| Error::Key(format!("cannot get a nonce: {e}")))?;
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag: [0; 16],
+        };
+        self.aad.clear();
+        data_record_aad(fields, extents, stored.len(), &mut self.aad)
+            .map_err(|e| Error::Failed(format!("cannot frame record: {e}")))?;
+        let tag = self.key.seal(nonce, &self.aad, stored);
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag,
+        };
+        Ok(())
+    }
+
+    /// Encrypt a catalog snapshot chunk's payload in place; sets `fields.crypto`.
+    pub fn seal_chunk(&mut self, fields: &mut ChunkFields, stored: &mut Vec<u8>) -> Result<()> {
+        let nonce = self
+            .nonces
+            .next()
+            .map_err(|e| Error::Key(format!("cannot get a nonce: {e}")))?;
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag: [0; 16],
+        };
+        self.aad.clear();
+        snapshot_chunk_aad(fields, stored.len(), &mut self.aad)
+            .map_err(|e| Error::Failed(format!("cannot frame snapshot chunk: {e}")))?;
+        let tag = self.key.seal(nonce, &self.aad, stored);
+        fields.crypto = RecordCrypto::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
+            nonce,
+            tag,
+        };
+        Ok(())
+    }
+}
+
+/// Why a record's payload could not be turned back into plain bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The key with this fingerprint (hex) is not available.
+    MissingKey(String),
+    /// Authentication failed: the record was altered, moved or replayed.
+    Authentication,
+    /// The payload does not decompress to its stated length.
+    Decompression(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::MissingKey(fp) => write!(f, "key {fp} is needed and not unlocked"),
+            OpenError::Authentication => {
+                f.write_str("authentication failed (altered, moved or replayed record)")
+            }
+            OpenError::Decompression(e) => write!(f, "payload does not decompress: {e}"),
+        }
+    }
+}
+
+/// Keys available to a reader, by fingerprint.
+#[derive(Default)]
+pub struct KeyRing {
+    keys: HashMap<[u8; 16], RecordKey>,
+}
+
+impl KeyRing {
+    pub fn new() -> KeyRing {
+        KeyRing::default()
+    }
+    pub fn add(&mut self, key: RecordKey) {
+        self.keys.insert(key.fingerprint, key);
+    }
+    pub fn has(&self, fp: &[u8; 16]) -> bool {
+        self.keys.contains_key(fp)
+    }
+    pub fn get(&self, fp: &[u8; 16]) -> Option<&RecordKey> {
+        self.keys.get(fp)
+    }
+}
+
+/// Reusable buffers to open records.
+pub struct Opener {
+    dec: Decompressor,
+    aad: Vec<u8>,
+    work: Vec<u8>,
+}
+
+impl Opener {
+    pub fn new() -> Result<Opener> {
+        Ok(Opener {
+            dec: Decompressor::new()?,
+            aad: Vec::with_capacity(256),
+            work: Vec::new(),
+        })
+    }
+
+    /// Authenticate (if encrypted), decrypt and decompress a data record's payload into
+    /// `plain`. Nothing unauthenticated reaches `plain`.
+    pub fn open_data(
+        &mut self,
+        keys: &KeyRing,
+        rec: &DataRecord<'_>,
+        plain: &mut Vec<u8>,
+    ) -> std::result::Result<(), OpenError> {
+        plain.clear();
+        let stored: &[u8] = match rec.fields.crypto {
+            RecordCrypto::None => rec.payload,
+            RecordCrypto::Aes256Gcm {
+                key_fingerprint,
+                nonce,
+                tag,
+            } => {
+                let key = keys.get(&key_fingerprint).ok_or_else(|| {
+                    OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
+                })?;
+                self.aad.clear();
+                rec.aad(&mut self.aad)
+                    .map_err(|_| OpenError::Authentication)?;
+                self.work.clear();
+                self.work.extend_from_slice(rec.payload);
+                key.open(nonce, &self.aad, &mut self.work, tag)
+                    .map_err(|_| OpenError::Authentication)?;
+                &self.work
+            }
+        };
+        self.dec
+            .decompress(
+                rec.fields.compression,
+                stored,
+                rec.fields.plain_len as usize,
+                plain,
+            )
+            .map_err(OpenError::Decompression)
+    }
+
+    /// Authenticate, decrypt and decompress a catalog snapshot chunk into `plain`.
+    pub fn open_chunk(
+        &mut self,
+        keys: &KeyRing,
+        chunk: &SnapshotChunk<'_>,
+        plain: &mut Vec<u8>,
+    ) -> std::result::Result<(), OpenError> {
+        plain.clear();
+        let stored: &[u8] = match chunk.fields.crypto {
+            RecordCrypto::None => chunk.payload,
+            RecordCrypto::Aes256Gcm {
+                key_fingerprint,
+                nonce,
+                tag,
+            } => {
+                let key = keys.get(&key_fingerprint).ok_or_else(|| {
+                    OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
+                })?;
+                self.aad.clear();
+                chunk
+                    .aad(&mut self.aad)
+                    .map_err(|_| OpenError::Authentication)?;
+                self.work.clear();
+                self.work.extend_from_slice(chunk.payload);
+                key.open(nonce, &self.aad, &mut self.work, tag)
+                    .map_err(|_| OpenError::Authentication)?;
+                &self.work
+            }
+        };
+        self.dec
+            .decompress(
+                chunk.fields.compression,
+                stored,
+                chunk.fields.plain_len as usize,
+                plain,
+            )
+            .map_err(OpenError::Decompression)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incompressible_data_is_stored_raw_and_text_is_compressed() {
+        let mut c = Compressor::new(Compression::Zstd(3)).unwrap();
+        let mut d = Decompressor::new().unwrap();
+        let mut out = Vec::new();
+        let mut back = Vec::new();
+        let text = b"tapevault ".repeat(1000);
+        assert_eq!(c.compress(&text, &mut out).unwrap(), WireCompression::Zstd);
+        assert!(out.len() < text.len() / 10);
+        d.decompress(WireCompression::Zstd, &out, text.len(), &mut back)
+            .unwrap();
+        assert_eq!(back, text);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let kind = c.compress(&noise, &mut out).unwrap();
+        if kind == WireCompression::None {
+            assert_eq!(out, noise);
+        }
+        let mut compressed = Vec::new();
+        c.compress(&text, &mut compressed).unwrap();
+        let half = &compressed[..compressed.len() / 2];
+        assert!(d
+            .decompress(WireCompression::Zstd, half, text.len(), &mut back)
+            .is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Per-record AES-256-GCM: in-place encryption with a detached 128-bit tag.
+//!
+//! The caller supplies the nonce (from [`super::NonceSource`], never twice under one
+//! key) and the associated data (the record header, which carries the key
+//! fingerprint, so records cannot be swapped, replayed or re-keyed unnoticed).
+
+use super::{fingerprint, to_hex, FINGERPRINT_LEN, KEY_LEN, NONCE_LEN, TAG_LEN};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use zeroize::Zeroizing;
+
+/// Authentication failed: wrong key, or the ciphertext, tag, nonce or associated
+/// data were altered. The buffer has been cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("record authentication failed (wrong key, or the record was altered)")]
+pub struct AuthError;
+
+/// An unlocked 256-bit record key. The raw key is wiped on drop (and the AES key
+/// schedule, through the `aes` crate's zeroize feature).
+pub struct RecordKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    cipher: Aes256Gcm,
+    /// blake3-derived fingerprint; safe to print and to write on tape.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
+}
+
+impl RecordKey {
+    /// Wrap raw key bytes. Prefer [`super::Keystore::unlock`] or
+    /// [`super::escrow::unwrap`]; this exists for them and for tests.
+    pub fn from_bytes(key: [u8; KEY_LEN]) -> RecordKey {
+        let key = Zeroizing::new(key);
+        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key");
+        RecordKey {
+            fingerprint: fingerprint(&key),
+            cipher,
+            key,
+        }
+    }
+
+    /// A new random key from the operating system's generator.
+    pub fn generate() -> RecordKey {
+        use rand::RngCore;
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        RecordKey::from_bytes(*k)
+    }
+
+    /// The fingerprint as 32 lowercase hex digits.
+    pub fn fingerprint_hex(&self) -> String {
+        to_hex(&self.fingerprint)
+    }
+
+    pub(crate) fn raw(&self) -> &[u8; KEY_LEN] {
+        &self.key
+    }
+
+    /// Encrypt `buf` in place and return the tag.
+    pub fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> [u8; TAG_LEN] {
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf.as_mut_slice())
+            // Only fails past GCM's 64 GiB plaintext limit, far above any record size.
+            .expect("record within AES-GCM length limits");
+        tag.into()
+    }
+
+    /// Verify and decrypt `buf` in place. On failure `buf` is cleared: nothing
+    /// unauthenticated is ever handed back.
+    pub fn open(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        tag: [u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
+        match self.cipher.decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            aad,
+            buf.as_mut_slice(),
+            Tag::from_slice(&tag),
+        ) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                buf.clear();
+                Err(AuthError)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordKey")
+            .field("fingerprint", &self.fingerprint_hex())
+            .finish_non_exhaustive()
+    }
+}

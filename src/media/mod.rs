@@ -1,0 +1,10 @@
+//! Media handling shared by the jobs: mounting cartridges in drives, volume labels,
+//! keeping the catalog's view of the library current, allocation and spanning.
+
+pub mod allocate;
+pub mod mount;
+pub mod sink;
+pub mod volume;
+
+pub use mount::{mount, unmount, unmount_all, Mounted};
+pub use sink::{DriveSink, DriveSource};

@@ -1,0 +1,246 @@
+//! Changed-extents files: the hypervisor's list of areas written since a change id.
+//!
+//! The shape is VMware's QueryChangedDiskAreas answer:
+//! `{"from_change_id": "...", "change_id": "...", "changed_area": [{"start": N, "length": N}]}`.
+//! Other keys (tools add `startOffset`, `length`, ...) are ignored. Areas may come in
+//! any order and may overlap; they are validated one by one as they are parsed
+//! (overflow, beyond the disk), zero lengths are dropped, and the result is kept as a
+//! coalesced [`ExtentSet`], so memory follows the number of distinct areas.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::extents::{Extent, ExtentSet};
+
+/// Longest change id accepted (VMware's look like `52 de .. 3f/1234`, well under this).
+pub const MAX_CHANGE_ID_LEN: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum ChangedExtentsError {
+    #[error("cannot read changed-extents file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("changed-extents file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("changed-extents file {path}: changed_area[{index}] (start {start}, length {length}) ends beyond the disk size {disk_size}; the file does not belong to this disk or the disk shrank: take a full backup")]
+    BeyondDisk {
+        path: PathBuf,
+        index: usize,
+        start: u64,
+        length: u64,
+        disk_size: u64,
+    },
+    #[error("tracking block size {block_size} is not a power of two")]
+    BadBlockSize { block_size: u64 },
+}
+
+/// A validated changed-extents list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedExtents {
+    /// The change id the areas are relative to (VMware: `*` means "since creation").
+    pub from_change_id: String,
+    /// The change id of the snapshot these areas lead to; recorded with the image.
+    pub change_id: String,
+    /// The changed areas, coalesced and within the disk.
+    pub extents: ExtentSet,
+}
+
+impl ChangedExtents {
+    /// Reads and validates `path` against a disk of `disk_size` bytes.
+    pub fn load(path: &Path, disk_size: u64) -> Result<ChangedExtents, ChangedExtentsError> {
+        let file = File::open(path).map_err(|source| ChangedExtentsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ChangedExtents::from_reader(BufReader::new(file), path, disk_size)
+    }
+
+    /// Parses from any reader; `origin` names the source in errors.
+    pub fn from_reader<R: Read>(
+        reader: R,
+        origin: &Path,
+        disk_size: u64,
+    ) -> Result<ChangedExtents, ChangedExtentsError> {
+        let mut problem: Option<ChangedExtentsError> = None;
+        let seed = FileSeed {
+            origin,
+            disk_size,
+            problem: &mut problem,
+        };
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|_| v));
+        // A validation failure inside the visitor is reported as itself, not as the
+        // generic serde error that aborted the parse.
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        let parsed = result.map_err(|e| ChangedExtentsError::Invalid {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(parsed)
+    }
+
+    /// The areas widened to whole tracking blocks of `block_size` (start rounded
+    /// down, end rounded up, clipped to `disk_size`), coalesced.
+    pub fn aligned(
+        &self,
+        block_size: u64,
+        disk_size: u64,
+    ) -> Result<ExtentSet, ChangedExtentsError> {
+        if !block_size.is_power_of_two() {
+            return Err(ChangedExtentsError::BadBlockSize { block_size });
+        }
+        Ok(align_extents(&self.extents, block_size, disk_size))
+    }
+}
+
+/// Widens every extent of `set` to whole blocks of `block_size` (a power of two),
+/// clipped to `disk_size`.
+pub fn align_extents(set: &ExtentSet, block_size: u64, disk_size: u64) -> ExtentSet {
+    let mask = block_size - 1;
+    let mut out = ExtentSet::new();
+    for e in set.iter() {
+        let start = e.offset & !mask;
+        let end = e.end().saturating_add(mask) & !mask;
+        let end = end.min(disk_size);
+        if end > start {
+            out.insert(start, end - start);
+        }
+    }
+    out
+}
+
+struct FileSeed<'a> {
+    origin: &'a Path,
+    disk_size: u64,
+    problem: &'a mut Option<ChangedExtentsError>,
+}
+
+impl<'de> DeserializeSeed<'de> for FileSeed<'_> {
+    type Value = ChangedExtents;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FileSeed<'_> {
+    type Value = ChangedExtents;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with from_change_id, change_id and changed_area")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut from_change_id: Option<String> = None;
+        let mut change_id: Option<String> = None;
+        let mut extents: Option<ExtentSet> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "from_change_id" => from_change_id = Some(map.next_value()?),
+                "change_id" => change_id = Some(map.next_value()?),
+                "changed_area" => {
+                    if extents.is_some() {
+                        return Err(A::Error::duplicate_field("changed_area"));
+                    }
+                    extents = Some(map.next_value_seed(AreasSeed {
+                        origin: self.origin,
+                        disk_size: self.disk_size,
+                        problem: &mut *self.problem,
+                    })?)
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let from_change_id =
+            from_change_id.ok_or_else(|| A::Error::missing_field("from_change_id"))?;
+        let change_id = change_id.ok_or_else(|| A::Error::missing_field("change_id"))?;
+        let extents = extents.ok_or_else(|| A::Error::missing_field("changed_area"))?;
+        for (name, v) in [
+            ("from_change_id", &from_change_id),
+            ("change_id", &change_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(A::Error::custom(format!("field `{name}` is empty")));
+            }
+            if v.len() > MAX_CHANGE_ID_LEN {
+                return Err(A::Error::custom(format!(
+                    "field `{name}` is {} bytes long; at most {MAX_CHANGE_ID_LEN} accepted",
+                    v.len()
+                )));
+            }
+        }
+        Ok(ChangedExtents {
+            from_change_id,
+            change_id,
+            extents,
+        })
+    }
+}
+
+struct AreasSeed<'a> {
+    origin: &'a Path,
+    disk_size: u64,
+    problem: &'a mut Option<ChangedExtentsError>,
+}
+
+#[derive(Deserialize)]
+struct Area {
+    start: u64,
+    length: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for AreasSeed<'_> {
+    type Value = ExtentSet;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AreasSeed<'_> {
+    type Value = ExtentSet;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of {\"start\": N, \"length\": N}")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut set = ExtentSet::new();
+        let mut index = 0usize;
+        while let Some(area) = seq.next_element::<Area>()? {
+            let beyond = match area.start.checked_add(area.length) {
+                Some(end) => area.length > 0 && end > self.disk_size,
+                None => true,
+            };
+            if beyond {
+                *self.problem = Some(ChangedExtentsError::BeyondDisk {
+                    path: self.origin.to_path_buf(),
+                    index,
+                    start: area.start,
+                    length: area.length,
+                    disk_size: self.disk_size,
+                });
+                return Err(A::Error::custom("changed area beyond the disk"));
+            }
+            set.insert(area.start, area.length);
+            index += 1;
+        }
+        Ok(set)
+    }
+}
+
+impl ChangedExtents {
+    /// The areas as plain extents, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.extents.iter()
+    }
+}

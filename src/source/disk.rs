@@ -1,0 +1,474 @@
+//! Opening a disk and reading it in bounded chunks with zero detection.
+//!
+//! A [`Disk`] is a raw image file or a block device opened read-only. Its size comes
+//! from the metadata for a file and from seeking to the end for a block device (the
+//! kernel answers that from the same value `BLKGETSIZE64` returns, with no `unsafe`).
+//!
+//! A [`ChunkReader`] walks a list of extents (or the whole disk) and yields [`Chunk`]s:
+//! a list of sub-extents, each `Data` or `Zero`, and the concatenated bytes of the
+//! `Data` ones in a buffer it reuses, so memory stays at one record whatever the disk
+//! size. Zero detection works per tracking block (aligned to absolute disk offsets, so
+//! it lines up with digest lists), a trailing partial block included.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::hashscan::{DigestFeed, DigestListError, DigestListSummary};
+use super::{valid_block_size, DEFAULT_BLOCK_SIZE};
+use crate::extents::{Extent, ExtentSet};
+
+/// Default amount of disk data per record (512 KiB): large enough to stream a drive,
+/// small enough that several records in flight stay cheap.
+pub const DEFAULT_RECORD_DATA_SIZE: usize = 512 * 1024;
+
+/// Largest record data size accepted (8 MiB, the largest tape block we write).
+pub const MAX_RECORD_DATA_SIZE: usize = crate::drive::MAX_BLOCK_SIZE;
+
+/// Most sub-extents in one chunk: bounds the extent table a record header carries
+/// (16 bytes each plus a kind, so about 17 KiB at most).
+pub const MAX_EXTENTS_PER_CHUNK: usize = 1024;
+
+/// Largest disk range one chunk may describe (1 GiB). Long zero runs cost no data, but
+/// a restore locates by record, and progress should move on a sparse disk.
+pub const MAX_CHUNK_SPAN: u64 = 1024 * 1024 * 1024;
+
+/// Bytes compared per step of the zero test before deciding to go on.
+const ZERO_SCAN_STRIDE: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum DiskError {
+    #[error("cannot open disk {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a disk: it is {what}; give a raw image file or a block device")]
+    NotADisk { path: PathBuf, what: &'static str },
+    #[error("cannot determine the size of disk {path}: {source}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read error on disk {path} at byte {offset}: {source}")]
+    Read {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk {path} ended at byte {offset} while {size} bytes were expected; did it shrink during the backup?")]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        size: u64,
+    },
+    #[error(
+        "extent at {offset} of length {len} lies beyond the end of disk {path} ({size} bytes)"
+    )]
+    ExtentBeyondDisk {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("invalid reader setting: {0}")]
+    Config(String),
+}
+
+/// What kind of object a disk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    File,
+    BlockDevice,
+}
+
+/// A disk opened read-only.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    kind: DiskKind,
+}
+
+impl Disk {
+    /// Opens a raw image file or block device read-only and learns its size.
+    pub fn open(path: &Path) -> Result<Disk, DiskError> {
+        let file = File::open(path).map_err(|source| DiskError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let meta = file.metadata().map_err(|source| DiskError::Size {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        let (kind, size) = if ft.is_file() {
+            (DiskKind::File, meta.len())
+        } else if ft.is_block_device() {
+            let mut f = &file;
+            let size = f.seek(SeekFrom::End(0)).map_err(|source| DiskError::Size {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            (DiskKind::BlockDevice, size)
+        } else {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_fifo() {
+                "a pipe"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(DiskError::NotADisk {
+                path: path.to_path_buf(),
+                what,
+            });
+        };
+        Ok(Disk {
+            file,
+            path: path.to_path_buf(),
+            size,
+            kind,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn kind(&self) -> DiskKind {
+        self.kind
+    }
+
+    /// Fills `buf` from `offset`. A short read (the disk shrank) is an error.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => {
+                    return Err(DiskError::Truncated {
+                        path: self.path.clone(),
+                        offset: at,
+                        size: self.size,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(DiskError::Read {
+                        path: self.path.clone(),
+                        offset: at,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether every byte of `buf` is zero. Compares 16-byte words in strides of 256
+/// bytes (the inner loop vectorises), exiting at the first stride holding data.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut strides = buf.chunks_exact(ZERO_SCAN_STRIDE);
+    for stride in &mut strides {
+        let mut acc = 0u128;
+        for w in stride.chunks_exact(16) {
+            let mut word = [0u8; 16];
+            word.copy_from_slice(w);
+            acc |= u128::from_ne_bytes(word);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    strides.remainder().iter().all(|&b| b == 0)
+}
+
+/// Whether a sub-extent carries data or stands for zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    Data,
+    Zero,
+}
+
+/// One piece of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubExtent {
+    pub offset: u64,
+    pub len: u64,
+    pub kind: ExtentKind,
+}
+
+/// Chunking settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkConfig {
+    /// Most data bytes per chunk (the record's payload before compression).
+    pub record_data_size: usize,
+    /// Zero-detection granularity (power of two), aligned to absolute offsets.
+    pub block_size: u64,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            record_data_size: DEFAULT_RECORD_DATA_SIZE,
+            block_size: DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+/// One chunk: its sub-extents, ascending and non-overlapping, and the bytes of the
+/// `Data` ones concatenated in order. Borrowed from the reader until the next call.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub extents: &'a [SubExtent],
+    pub data: &'a [u8],
+}
+
+impl Chunk<'_> {
+    /// First byte covered and one past the last.
+    pub fn range(&self) -> (u64, u64) {
+        match (self.extents.first(), self.extents.last()) {
+            (Some(f), Some(l)) => (f.offset, l.offset + l.len),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// Totals over everything a reader produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    pub chunks: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+}
+
+/// Reads a disk's extents as chunks; see the module docs.
+pub struct ChunkReader<'d> {
+    disk: &'d Disk,
+    cfg: ChunkConfig,
+    todo: Vec<Extent>,
+    idx: usize,
+    cursor: u64,
+    data: Vec<u8>,
+    subs: Vec<SubExtent>,
+    digests: Option<DigestFeed>,
+    /// Why digest building stopped, if it failed while reading. A digest list is a
+    /// by-product: its failure never fails the backup read.
+    digest_error: Option<DigestListError>,
+    stats: ChunkStats,
+}
+
+impl<'d> ChunkReader<'d> {
+    /// Reads the whole disk.
+    pub fn whole_disk(disk: &'d Disk, cfg: ChunkConfig) -> Result<Self, DiskError> {
+        let mut set = ExtentSet::new();
+        set.insert(0, disk.size());
+        ChunkReader::extents(disk, cfg, &set)
+    }
+
+    /// Reads the given extents (every one must lie within the disk).
+    pub fn extents(disk: &'d Disk, cfg: ChunkConfig, set: &ExtentSet) -> Result<Self, DiskError> {
+        if !valid_block_size(cfg.block_size) {
+            return Err(DiskError::Config(format!(
+                "block size {} must be a power of two between {} and {}",
+                cfg.block_size,
+                super::MIN_BLOCK_SIZE,
+                super::MAX_BLOCK_SIZE
+            )));
+        }
+        if cfg.record_data_size == 0 || cfg.record_data_size > MAX_RECORD_DATA_SIZE {
+            return Err(DiskError::Config(format!(
+                "record data size {} must be between 1 and {MAX_RECORD_DATA_SIZE}",
+                cfg.record_data_size
+            )));
+        }
+        let todo: Vec<Extent> = set.iter().collect();
+        if let Some(last) = todo.last() {
+            if last.end() > disk.size() {
+                return Err(DiskError::ExtentBeyondDisk {
+                    path: disk.path().to_path_buf(),
+                    offset: last.offset,
+                    len: last.len,
+                    size: disk.size(),
+                });
+            }
+        }
+        let cursor = todo.first().map_or(0, |e| e.offset);
+        Ok(ChunkReader {
+            disk,
+            cfg,
+            todo,
+            idx: 0,
+            cursor,
+            data: Vec::with_capacity(cfg.record_data_size),
+            subs: Vec::new(),
+            digests: None,
+            digest_error: None,
+            stats: ChunkStats::default(),
+        })
+    }
+
+    /// Feeds every byte read (zeros included) to `feed`, so the image gets its digest
+    /// list without a second pass. Checked up front: every block this reader will not
+    /// read must be copyable from the feed's previous list, else the error says why
+    /// (the caller then backs up without a list, or aligns its extents).
+    pub fn with_digests(mut self, feed: DigestFeed) -> Result<Self, DigestListError> {
+        let set: ExtentSet = self.todo.iter().copied().collect();
+        feed.check_extents(&set)?;
+        self.digests = Some(feed);
+        Ok(self)
+    }
+
+    pub fn stats(&self) -> ChunkStats {
+        self.stats
+    }
+
+    /// The totals, and if a digest feed was attached, the committed list's summary
+    /// or why no list was written.
+    pub fn finish(
+        self,
+    ) -> (
+        ChunkStats,
+        Option<Result<DigestListSummary, DigestListError>>,
+    ) {
+        let digests = match (self.digests, self.digest_error) {
+            (_, Some(e)) => Some(Err(e)),
+            (Some(feed), None) => Some(feed.finish()),
+            (None, None) => None,
+        };
+        (self.stats, digests)
+    }
+
+    fn push_sub(&mut self, offset: u64, len: u64, kind: ExtentKind) {
+        if let Some(last) = self.subs.last_mut() {
+            if last.kind == kind && last.offset + last.len == offset {
+                last.len += len;
+                return;
+            }
+        }
+        self.subs.push(SubExtent { offset, len, kind });
+    }
+
+    /// The next chunk, or `None` when every extent has been read.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_>>, DiskError> {
+        self.data.clear();
+        self.subs.clear();
+        let bs = self.cfg.block_size;
+        let cap = self.cfg.record_data_size;
+        let mut chunk_start: Option<u64> = None;
+        while self.idx < self.todo.len() {
+            let ext = self.todo[self.idx];
+            if self.cursor >= ext.end() {
+                self.idx += 1;
+                if let Some(next) = self.todo.get(self.idx) {
+                    self.cursor = next.offset;
+                }
+                continue;
+            }
+            let start = *chunk_start.get_or_insert(self.cursor);
+            let room = cap - self.data.len();
+            // Each block piece read may add one sub-extent; keep one slot spare.
+            let slots = MAX_EXTENTS_PER_CHUNK.saturating_sub(self.subs.len() + 1) as u64;
+            let span_left = MAX_CHUNK_SPAN.saturating_sub(self.cursor - start);
+            if room == 0 || slots == 0 || span_left == 0 {
+                break;
+            }
+            let mut want = (room as u64)
+                .min(ext.end() - self.cursor)
+                .min(slots * bs)
+                .min(span_left);
+            // End reads on a block boundary when that still reads something, so a
+            // block is not split between two chunks without need.
+            let end = self.cursor + want;
+            if end < ext.end() && end & (bs - 1) != 0 {
+                let aligned = end & !(bs - 1);
+                if aligned > self.cursor {
+                    want = aligned - self.cursor;
+                }
+            }
+            let base = self.data.len();
+            self.data.resize(base + want as usize, 0);
+            self.disk
+                .read_exact_at(self.cursor, &mut self.data[base..])?;
+            // Classify block pieces, compacting data over dropped zero pieces.
+            let mut write = base;
+            let mut pos = self.cursor;
+            let read_end = self.cursor + want;
+            while pos < read_end {
+                let piece_end = ((pos / bs + 1) * bs).min(read_end);
+                let len = (piece_end - pos) as usize;
+                let from = base + (pos - self.cursor) as usize;
+                let zero = is_zero(&self.data[from..from + len]);
+                if let Some(feed) = self.digests.as_mut() {
+                    let fed = if zero {
+                        feed.feed_zero(pos, len as u64)
+                    } else {
+                        feed.feed_data(pos, &self.data[from..from + len])
+                    };
+                    if let Err(e) = fed {
+                        // Dropping the feed removes its unfinished file.
+                        self.digests = None;
+                        self.digest_error = Some(e);
+                    }
+                }
+                if zero {
+                    self.push_sub(pos, len as u64, ExtentKind::Zero);
+                    self.stats.zero_bytes += len as u64;
+                } else {
+                    if write != from {
+                        self.data.copy_within(from..from + len, write);
+                    }
+                    write += len;
+                    self.push_sub(pos, len as u64, ExtentKind::Data);
+                    self.stats.data_bytes += len as u64;
+                }
+                pos = piece_end;
+            }
+            self.data.truncate(write);
+            self.cursor = read_end;
+        }
+        if self.subs.is_empty() {
+            return Ok(None);
+        }
+        self.stats.chunks += 1;
+        Ok(Some(Chunk {
+            extents: &self.subs,
+            data: &self.data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn is_zero_matches_naive(len in 0usize..2000, poke in proptest::option::of((0usize..2000, 1u8..=255))) {
+            let mut v = vec![0u8; len];
+            if let Some((at, val)) = poke {
+                if at < len { v[at] = val; }
+            }
+            prop_assert_eq!(is_zero(&v), v.iter().all(|&b| b == 0));
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! Per-block BLAKE3 digest lists and change detection by hash scan.
+//!
+//! A digest list is a file holding one BLAKE3 digest per tracking block of a disk. It
+//! is written and read as a stream (never held whole in memory). Layout, all integers
+//! little-endian:
+//!
+//! ```text
+//! header  (40 bytes): magic "TVDIGST\0" | version u32 (=1) | flags u32 (=0)
+//!                     | block_size u64 | disk_size u64 | count u64
+//! digests (count x 32 bytes): BLAKE3 of each block's bytes, the last block possibly
+//!                     shorter (disk_size need not be a multiple of block_size)
+//! trailer (40 bytes): magic "TVDGEND\0" | BLAKE3 of header and digests
+//! ```
+//! `count` must equal `ceil(disk_size / block_size)`. A list is written to a temporary
+//! file beside its destination and renamed into place only when complete, so a crash
+//! never leaves a plausible half list.
+//!
+//! [`scan_changes`] reads a disk once, compares each block's digest with a previous
+//! list and writes the new list in the same pass. [`DigestFeed`] builds a list from
+//! the bytes a [`ChunkReader`](super::disk::ChunkReader) reads anyway (a full backup),
+//! or from those plus the previous list's digests for the blocks not read (a CBT
+//! incremental whose extents are block-aligned).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::disk::{is_zero, Disk, DiskError};
+use super::valid_block_size;
+use crate::extents::{Extent, ExtentSet};
+
+pub const DIGEST_LIST_MAGIC: [u8; 8] = *b"TVDIGST\0";
+pub const DIGEST_LIST_TRAILER_MAGIC: [u8; 8] = *b"TVDGEND\0";
+pub const DIGEST_LIST_VERSION: u32 = 1;
+pub const DIGEST_LEN: usize = 32;
+const HEADER_LEN: u64 = 40;
+const TRAILER_LEN: u64 = 40;
+
+/// Bytes read from the disk per I/O during a scan (1 MiB, or one block if larger):
+/// big enough for sequential throughput, small enough to keep memory flat.
+pub const SCAN_IO_SIZE: u64 = 1024 * 1024;
+
+/// A BLAKE3 digest of one block.
+pub type Digest = [u8; DIGEST_LEN];
+
+#[derive(Debug, Error)]
+pub enum DigestListError {
+    #[error("digest list {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("digest list {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a tapevault digest list (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("digest list {path} has version {version}; this tapevault reads version {DIGEST_LIST_VERSION}")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("digest list {path} is inconsistent: {what}")]
+    Inconsistent { path: PathBuf, what: String },
+    #[error("digest list {path} is {actual} bytes long; its header says {expected}: truncated or padded")]
+    WrongLength {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("digest list {path} fails its checksum: corrupt")]
+    Corrupt { path: PathBuf },
+    #[error("digest list {path} uses block size {list}, but {wanted} was asked for")]
+    BlockSizeMismatch {
+        path: PathBuf,
+        list: u64,
+        wanted: u64,
+    },
+    #[error("cannot build a digest list: {0}")]
+    Feed(String),
+}
+
+/// The header facts of a digest list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestListSummary {
+    pub block_size: u64,
+    pub disk_size: u64,
+    pub count: u64,
+}
+
+/// Number of blocks of `block_size` covering `disk_size` bytes.
+pub fn block_count(disk_size: u64, block_size: u64) -> u64 {
+    disk_size.div_ceil(block_size)
+}
+
+/// Length of block `index` of a disk of `disk_size` bytes (0 past the end).
+fn block_len(index: u64, block_size: u64, disk_size: u64) -> u64 {
+    disk_size
+        .saturating_sub(index.saturating_mul(block_size))
+        .min(block_size)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DigestListError + '_ {
+    move |source| DigestListError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a digest list as a stream; see the module docs.
+pub struct DigestListWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    summary: DigestListSummary,
+    written: u64,
+}
+
+impl DigestListWriter {
+    /// Starts a list for a disk of `disk_size` bytes in blocks of `block_size`.
+    pub fn create(path: &Path, block_size: u64, disk_size: u64) -> Result<Self, DigestListError> {
+        if !valid_block_size(block_size) {
+            return Err(DigestListError::Feed(format!(
+                "block size {block_size} is not a power of two between {} and {}",
+                super::MIN_BLOCK_SIZE,
+                super::MAX_BLOCK_SIZE
+            )));
+        }
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        let tmp = path.with_file_name(name);
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let summary = DigestListSummary {
+            block_size,
+            disk_size,
+            count: block_count(disk_size, block_size),
+        };
+        let mut header = Vec::with_capacity(HEADER_LEN as usize);
+        header.extend_from_slice(&DIGEST_LIST_MAGIC);
+        header.extend_from_slice(&DIGEST_LIST_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&block_size.to_le_bytes());
+        header.extend_from_slice(&disk_size.to_le_bytes());
+        header.extend_from_slice(&summary.count.to_le_bytes());
+        let mut w = DigestListWriter {
+            out: BufWriter::new(file),
+            tmp,
+            path: path.to_path_buf(),
+            hasher: blake3::Hasher::new(),
+            summary,
+            written: 0,
+        };
+        w.hasher.update(&header);
+        w.out.write_all(&header).map_err(io_err(&w.tmp))?;
+        Ok(w)
+    }
+
+    pub fn summary(&self) -> DigestListSummary {
+        self.summary
+    }
+
+    /// Index of the next block to write.
+    pub fn next_block(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the digest of the next block.
+    pub fn push(&mut self, digest: &Digest) -> Result<(), DigestListError> {
+        if self.written >= self.summary.count {
+            return Err(DigestListError::Feed(format!(
+                "more than {} block digests for a disk of {} bytes",
+                self.summary.count, self.summary.disk_size
+            )));
+        }
+        self.hasher.update(digest);
+        self.out.write_all(digest).map_err(io_err(&self.tmp))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the trailer, syncs and renames the list into place.
+    pub fn finish(mut self) -> Result<DigestListSummary, DigestListError> {
+        if self.written != self.summary.count {
+            return Err(DigestListError::Feed(format!(
+                "only {} of {} block digests were written",
+                self.written, self.summary.count
+            )));
+        }
+        let sum = self.hasher.finalize();
+        self.out
+            .write_all(&DIGEST_LIST_TRAILER_MAGIC)
+            .and_then(|_| self.out.write_all(sum.as_bytes()))
+            .and_then(|_| self.out.flush())
+            .map_err(io_err(&self.tmp))?;
+        self.out.get_ref().sync_all().map_err(io_err(&self.tmp))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io_err(&self.path))?;
+        Ok(self.summary)
+    }
+}
+
+impl Drop for DigestListWriter {
+    fn drop(&mut self) {
+        // An unfinished list leaves no file behind (after finish the temp is renamed
+        // away and this removal fails harmlessly).
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Reads a digest list as a stream, checking the trailer after the last digest.
+pub struct DigestListReader {
+    input: BufReader<File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    summary: DigestListSummary,
+    read: u64,
+}
+
+impl DigestListReader {
+    /// Opens a list and validates its header and length. With `block_size`, a list of
+    /// another block size is refused.
+    pub fn open(path: &Path, block_size: Option<u64>) -> Result<Self, DigestListError> {
+        let file = File::open(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                DigestListError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                DigestListError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let actual = file.metadata().map_err(io_err(path))?.len();
+        let mut input = BufReader::new(file);
+        let mut header = [0u8; HEADER_LEN as usize];
+        if actual < HEADER_LEN {
+            return Err(DigestListError::BadMagic {
+                path: path.to_path_buf(),
+            });
+        }
+        input.read_exact(&mut header).map_err(io_err(path))?;
+        if header[0..8] != DIGEST_LIST_MAGIC {
+            return Err(DigestListError::BadMagic {
+                path: path.to_path_buf(),
+            });
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
+        let version = u32_at(8);
+        if version != DIGEST_LIST_VERSION {
+            return Err(DigestListError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        let inconsistent = |what: String| DigestListError::Inconsistent {
+            path: path.to_path_buf(),
+            what,
+        };
+        if u32_at(12) != 0 {
+            return Err(inconsistent(format!("unknown flags {:#x}", u32_at(12))));
+        }
+        let summary = DigestListSummary {
+            block_size: u64_at(16),
+            disk_size: u64_at(24),
+            count: u64_at(32),
+        };
+        if !valid_block_size(summary.block_size) {
+            return Err(inconsistent(format!("block size {}", summary.block_size)));
+        }
+        if summary.count != block_count(summary.disk_size, summary.block_size) {
+            return Err(inconsistent(format!(
+                "{} digests for a disk of {} bytes in blocks of {}",
+                summary.count, summary.disk_size, summary.block_size
+            )));
+        }
+        let expected = summary
+            .count
+            .checked_mul(DIGEST_LEN as u64)
+            .and_then(|d| d.checked_add(HEADER_LEN + TRAILER_LEN))
+            .ok_or_else(|| inconsistent(format!("digest count {} overflows", summary.count)))?;
+        if actual != expected {
+            return Err(DigestListError::WrongLength {
+                path: path.to_path_buf(),
+                expected,
+                actual,
+            });
+        }
+        if let Some(wanted) = block_size {
+            if wanted != summary.block_size {
+                return Err(DigestListError::BlockSizeMismatch {
+                    path: path.to_path_buf(),
+                    list: summary.block_size,
+                    wanted,
+                });
+            }
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&header);
+        Ok(DigestListReader {
+            input,
+            path: path.to_path_buf(),
+            hasher,
+            summary,
+            read: 0,
+        })
+    }
+
+    pub fn summary(&self) -> DigestListSummary {
+        self.summary
+    }
+
+    /// Index of the next digest to be read.
+    pub fn next_index(&self) -> u64 {
+        self.read
+    }
+
+    /// The next block's digest; after the last one the trailer is checked, and a
+    /// mismatch is reported as [`DigestListError::Corrupt`].
+    pub fn next_digest(&mut self) -> Result<Option<Digest>, DigestListError> {
+        if self.read >= self.summary.count {
+            return Ok(None);
+        }
+        let mut d = [0u8; DIGEST_LEN];
+        self.input.read_exact(&mut d).map_err(io_err(&self.path))?;
+        self.hasher.update(&d);
+        self.read += 1;
+        if self.read == self.summary.count {
+            self.check_trailer()?;
+        }
+        Ok(Some(d))
+    }
+
+    fn check_trailer(&mut self) -> Result<(), DigestListError> {
+        let mut t = [0u8; TRAILER_LEN as usize];
+        self.input.read_exact(&mut t).map_err(io_err(&self.path))?;
+        if t[0..8] != DIGEST_LIST_TRAILER_MAGIC || t[8..] != *self.hasher.finalize().as_bytes() {
+            return Err(DigestListError::Corrupt {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads to the end, checking the trailer (also for an empty list).
+    pub fn verify_rest(mut self) -> Result<DigestListSummary, DigestListError> {
+        if self.summary.count == 0 {
+            self.check_trailer()?;
+        }
+        while self.next_digest()?.is_some() {}
+        Ok(self.summary)
+    }
+}
+
+/// Checks a whole digest list (header, length, checksum) in one streaming pass.
+pub fn verify_digest_list(
+    path: &Path,
+    block_size: Option<u64>,
+) -> Result<DigestListSummary, DigestListError> {
+    DigestListReader::open(path, block_size)?.verify_rest()
+}
+
+/// Digest of `len` zero bytes, hashed without allocating more than a small buffer.
+fn zero_digest(len: u64) -> Digest {
+    const ZEROS: [u8; 16 * 1024] = [0u8; 16 * 1024];
+    let mut h = blake3::Hasher::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        left -= n as u64;
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Builds a digest list from the bytes a chunk reader reads, in disk order. Blocks it
+/// is not fed (a CBT incremental reads only changed, block-aligned extents) are
+/// copied from the previous list, which must then be given and match block for block.
+pub struct DigestFeed {
+    writer: DigestListWriter,
+    prev: Option<DigestListReader>,
+    hasher: blake3::Hasher,
+    /// Bytes of the current block hashed so far.
+    fill: u64,
+    /// Whether the current block has only seen zeros so far.
+    all_zero: bool,
+    /// Next disk offset expected.
+    next: u64,
+    full_zero_digest: Digest,
+}
+
+impl DigestFeed {
+    /// A feed writing a list for `disk_size` bytes in `block_size` blocks to `out`,
+    /// copying unread blocks from `previous` (opened and checked with the same block
+    /// size; its trailer is checked before [`finish`](Self::finish) succeeds).
+    pub fn new(
+        out: &Path,
+        block_size: u64,
+        disk_size: u64,
+        previous: Option<&Path>,
+    ) -> Result<Self, DigestListError> {
+        // Check the previous list whole before anything is read, so a corrupt one is
+        // known before the backup starts rather than when the list is finished.
+        let prev = match previous {
+            Some(p) => {
+                verify_digest_list(p, Some(block_size))?;
+                Some(DigestListReader::open(p, Some(block_size))?)
+            }
+            None => None,
+        };
+        let writer = DigestListWriter::create(out, block_size, disk_size)?;
+        Ok(DigestFeed {
+            writer,
+            prev,
+            hasher: blake3::Hasher::new(),
+            fill: 0,
+            all_zero: true,
+            next: 0,
+            full_zero_digest: zero_digest(block_size),
+        })
+    }
+
+    /// Checks that a reader reading exactly `set` (ascending, within the disk) can
+    /// feed this list: every gap must start and end on a block boundary (or the disk's
+    /// end), and its blocks must exist with the same length in the previous list.
+    pub fn check_extents(&self, set: &ExtentSet) -> Result<(), DigestListError> {
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        let mut gaps = Vec::new();
+        let mut at = 0u64;
+        for e in set.iter() {
+            if e.offset > at {
+                gaps.push((at, e.offset));
+            }
+            at = e.end();
+        }
+        if at < disk_size {
+            gaps.push((at, disk_size));
+        }
+        for (start, end) in gaps {
+            let aligned = |x: u64| x & (bs - 1) == 0 || x == disk_size;
+            if !aligned(start) || !aligned(end) {
+                return Err(DigestListError::Feed(format!(
+                    "unread range {start}..{end} does not fall on {bs}-byte block boundaries; align the extents to the block size"
+                )));
+            }
+            let prev = self.prev.as_ref().ok_or_else(|| {
+                DigestListError::Feed(format!(
+                    "range {start}..{end} will not be read and there is no previous digest list to take its digests from"
+                ))
+            })?;
+            // Only the last block of either disk can be partial, so the gap's last
+            // block decides whether every block of the gap matches.
+            let last = block_count(end, bs) - 1;
+            let ps = prev.summary().disk_size;
+            if block_len(last, bs, ps) != block_len(last, bs, disk_size) {
+                return Err(DigestListError::Feed(format!(
+                    "range {start}..{end} will not be read and the previous digest list (disk of {ps} bytes) has no matching digests for it (disk of {disk_size} bytes)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn bs(&self) -> u64 {
+        self.writer.summary.block_size
+    }
+
+    fn disk_size(&self) -> u64 {
+        self.writer.summary.disk_size
+    }
+
+    /// Copies digests of unread blocks from the previous list up to `offset`.
+    fn fill_gap(&mut self, offset: u64) -> Result<(), DigestListError> {
+        if offset == self.next {
+            return Ok(());
+        }
+        if offset < self.next {
+            return Err(DigestListError::Feed(format!(
+                "bytes at {offset} fed after bytes up to {}: reads must be in disk order",
+                self.next
+            )));
+        }
+        let bs = self.bs();
+        if self.fill != 0 || (offset & (bs - 1) != 0 && offset != self.disk_size()) {
+            return Err(DigestListError::Feed(format!(
+                "unread gap {}..{offset} does not fall on {bs}-byte block boundaries; align changed extents to the block size",
+                self.next
+            )));
+        }
+        let first = self.next / bs;
+        let last = block_count(offset, bs);
+        let disk_size = self.disk_size();
+        for index in first..last {
+            let prev = self.prev.as_mut().ok_or_else(|| {
+                DigestListError::Feed(format!(
+                    "block {index} was not read and there is no previous digest list to take it from"
+                ))
+            })?;
+            let ps = prev.summary();
+            if block_len(index, bs, ps.disk_size) != block_len(index, bs, disk_size) {
+                return Err(DigestListError::Feed(format!(
+                    "block {index} was not read and the previous list (disk of {} bytes) has no digest for it as it is now (disk of {disk_size} bytes)",
+                    ps.disk_size
+                )));
+            }
+            while prev.next_index() < index {
+                prev.next_digest()?;
+            }
+            let d = prev.next_digest()?.ok_or_else(|| {
+                DigestListError::Feed(format!("previous list ends before block {index}"))
+            })?;
+            self.writer.push(&d)?;
+        }
+        self.next = offset;
+        Ok(())
+    }
+
+    fn feed(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), DigestListError> {
+        self.fill_gap(offset)?;
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        if offset.saturating_add(len) > disk_size {
+            return Err(DigestListError::Feed(format!(
+                "bytes {offset}..{} lie beyond the disk ({disk_size} bytes)",
+                offset.saturating_add(len)
+            )));
+        }
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let index = pos / bs;
+            let this_block = block_len(index, bs, disk_size);
+            let n = (this_block - self.fill).min(end - pos);
+            match data {
+                Some(d) => {
+                    let at = (pos - offset) as usize;
+                    self.hasher.update(&d[at..at + n as usize]);
+                    self.all_zero = false;
+                }
+                None => {
+                    // A whole block of zeros takes the precomputed digest at the end.
+                    if !(self.all_zero && self.fill == 0 && n == bs) {
+                        self.hasher.update_zeros(n);
+                        self.all_zero = false;
+                    } else {
+                        self.fill = bs;
+                        pos += n;
+                        self.end_block()?;
+                        continue;
+                    }
+                }
+            }
+            self.fill += n;
+            pos += n;
+            if self.fill == this_block {
+                self.end_block()?;
+            }
+        }
+        self.next = end;
+        Ok(())
+    }
+
+    fn end_block(&mut self) -> Result<(), DigestListError> {
+        let d = if self.all_zero && self.fill == self.bs() {
+            self.full_zero_digest
+        } else {
+            *self.hasher.finalize().as_bytes()
+        };
+        self.writer.push(&d)?;
+        self.hasher.reset();
+        self.fill = 0;
+        self.all_zero = true;
+        Ok(())
+    }
+
+    /// Feeds bytes read at `offset`.
+    pub fn feed_data(&mut self, offset: u64, data: &[u8]) -> Result<(), DigestListError> {
+        self.feed(offset, data.len() as u64, Some(data))
+    }
+
+    /// Feeds `len` zero bytes at `offset` (read and found zero).
+    pub fn feed_zero(&mut self, offset: u64, len: u64) -> Result<(), DigestListError> {
+        self.feed(offset, len, None)
+    }
+
+    /// Copies any remaining blocks from the previous list, checks the previous list's
+    /// trailer, and commits the new list.
+    pub fn finish(mut self) -> Result<DigestListSummary, DigestListError> {
+        let size = self.disk_size();
+        self.fill_gap(size)?;
+        if let Some(prev) = self.prev.take() {
+            prev.verify_rest()?;
+        }
+        let writer = self.writer;
+        writer.finish()
+    }
+}
+
+trait HasherZeros {
+    fn update_zeros(&mut self, n: u64);
+}
+
+impl HasherZeros for blake3::Hasher {
+    fn update_zeros(&mut self, n: u64) {
+        const ZEROS: [u8; 16 * 1024] = [0u8; 16 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(ZEROS.len() as u64) as usize;
+            self.update(&ZEROS[..k]);
+            left -= k as u64;
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ScanError {
+    /// The previous digest list cannot be used: take a full backup instead and tell
+    /// the user this reason.
+    #[error("previous digest list unusable, a full backup is needed: {0}")]
+    PreviousList(DigestListError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("cannot write the new digest list: {0}")]
+    NewList(DigestListError),
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub blocks: u64,
+    pub changed_blocks: u64,
+    pub changed_bytes: u64,
+    pub new_list: DigestListSummary,
+}
+
+/// Reads `disk` once, hashing each `block_size` block, writes the new digest list to
+/// `new_list_out`, and reports each run of blocks that differ from `previous` to
+/// `on_changed` (ascending, coalesced). Without a previous list every block is
+/// changed. Blocks beyond the previous disk size (a grown disk, including a formerly
+/// partial last block) count as changed; a shrunk disk just compares what remains.
+/// The previous list is fully checked before the scan starts, so a
+/// [`ScanError::PreviousList`] arrives before any extent is reported.
+pub fn scan_changes(
+    disk: &Disk,
+    block_size: u64,
+    previous: Option<&Path>,
+    new_list_out: &Path,
+    mut on_changed: impl FnMut(Extent),
+) -> Result<ScanSummary, ScanError> {
+    let mut prev = match previous {
+        Some(p) => {
+            verify_digest_list(p, Some(block_size)).map_err(ScanError::PreviousList)?;
+            Some(DigestListReader::open(p, Some(block_size)).map_err(ScanError::PreviousList)?)
+        }
+        None => None,
+    };
+    let disk_size = disk.size();
+    let mut writer = DigestListWriter::create(new_list_out, block_size, disk_size)
+        .map_err(ScanError::NewList)?;
+    let io = SCAN_IO_SIZE.max(block_size);
+    let mut buf = vec![0u8; io.min(disk_size.max(1)) as usize];
+    let full_zero = zero_digest(block_size);
+    let prev_size = prev.as_ref().map(|p| p.summary().disk_size);
+    let mut run: Option<Extent> = None;
+    let mut changed_blocks = 0u64;
+    let mut changed_bytes = 0u64;
+    let mut offset = 0u64;
+    let mut index = 0u64;
+    while offset < disk_size {
+        let n = io.min(disk_size - offset) as usize;
+        disk.read_exact_at(offset, &mut buf[..n])?;
+        for block in buf[..n].chunks(block_size as usize) {
+            let len = block.len() as u64;
+            let digest: Digest = if len == block_size && is_zero(block) {
+                full_zero
+            } else {
+                *blake3::hash(block).as_bytes()
+            };
+            let old = match (&mut prev, prev_size) {
+                (Some(p), Some(ps)) if block_len(index, block_size, ps) == len => {
+                    p.next_digest().map_err(ScanError::PreviousList)?
+                }
+                _ => None,
+            };
+            writer.push(&digest).map_err(ScanError::NewList)?;
+            let block_off = index * block_size;
+            if old != Some(digest) {
+                changed_blocks += 1;
+                changed_bytes += len;
+                run = match run {
+                    Some(r) if r.end() == block_off => Some(Extent::new(r.offset, r.len + len)),
+                    Some(r) => {
+                        on_changed(r);
+                        Some(Extent::new(block_off, len))
+                    }
+                    None => Some(Extent::new(block_off, len)),
+                };
+            }
+            index += 1;
+        }
+        offset += n as u64;
+    }
+    if let Some(r) = run {
+        on_changed(r);
+    }
+    let new_list = writer.finish().map_err(ScanError::NewList)?;
+    Ok(ScanSummary {
+        blocks: index,
+        changed_blocks,
+        changed_bytes,
+        new_list,
+    })
+}

@@ -1,0 +1,212 @@
+//! The VM manifest: which disks of a VM to back up, identified by stable UUID.
+//!
+//! ```toml
+//! name = "vm1"
+//!
+//! [[disk]]
+//! id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11"   # the hypervisor's disk UUID
+//! path = "/var/lib/vms/vm1/disk0.raw"           # raw image file or block device
+//! changed_extents = "disk0.cbt.json"            # optional, see `changed`
+//! ```
+//!
+//! Relative paths are resolved against the manifest's own directory, so a manifest
+//! and its CBT files can be moved together. Unknown keys are rejected: a misspelt
+//! `changed_extent` silently ignored would turn every incremental into a full.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Most disks one manifest may list (a VM with more is almost certainly a generated
+/// file gone wrong; hypervisors cap disks per VM well below this).
+pub const MAX_DISKS: usize = 256;
+
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEntry {
+    /// The hypervisor's disk UUID: the disk's identity for the catalog.
+    pub id: Uuid,
+    /// Raw image file or block device (resolved against the manifest directory).
+    pub path: PathBuf,
+    /// Changed-extents file for an incremental (resolved likewise).
+    pub changed_extents: Option<PathBuf>,
+}
+
+/// A parsed, validated VM manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmManifest {
+    pub name: String,
+    pub disks: Vec<DiskEntry>,
+}
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("manifest {path}: field `{field}` {problem}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+    #[error("manifest {path}: disk id {id} appears twice (disk[{first}] and disk[{second}]); each disk must be listed once")]
+    DuplicateDiskId {
+        path: PathBuf,
+        id: Uuid,
+        first: usize,
+        second: usize,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    #[serde(default)]
+    disk: Vec<RawDisk>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    id: String,
+    path: String,
+    changed_extents: Option<String>,
+}
+
+impl VmManifest {
+    /// Reads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<VmManifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        VmManifest::parse(&text, path, base)
+    }
+
+    /// Parses manifest text. `origin` names the file in errors; relative disk and
+    /// changed-extents paths are resolved against `base_dir`.
+    pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<VmManifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let field_err = |field: String, problem: &str| ManifestError::Field {
+            path: origin.to_path_buf(),
+            field,
+            problem: problem.to_string(),
+        };
+        let name = raw.name.trim();
+        if name.is_empty() {
+            return Err(field_err("name".into(), "is empty; give the VM a name"));
+        }
+        if raw.disk.is_empty() {
+            return Err(field_err(
+                "disk".into(),
+                "is missing: list at least one [[disk]] table with id and path",
+            ));
+        }
+        if raw.disk.len() > MAX_DISKS {
+            return Err(field_err(
+                "disk".into(),
+                &format!(
+                    "lists {} disks; at most {MAX_DISKS} are accepted",
+                    raw.disk.len()
+                ),
+            ));
+        }
+        let mut seen: HashMap<Uuid, usize> = HashMap::new();
+        let mut disks = Vec::with_capacity(raw.disk.len());
+        for (i, d) in raw.disk.into_iter().enumerate() {
+            let id = Uuid::parse_str(d.id.trim()).map_err(|e| {
+                field_err(
+                    format!("disk[{i}].id"),
+                    &format!(
+                        "is not a UUID ({:?}: {e}); use the hypervisor's disk UUID",
+                        d.id
+                    ),
+                )
+            })?;
+            if id.is_nil() {
+                return Err(field_err(
+                    format!("disk[{i}].id"),
+                    "is the nil UUID; use the hypervisor's disk UUID",
+                ));
+            }
+            if let Some(&first) = seen.get(&id) {
+                return Err(ManifestError::DuplicateDiskId {
+                    path: origin.to_path_buf(),
+                    id,
+                    first,
+                    second: i,
+                });
+            }
+            seen.insert(id, i);
+            if d.path.trim().is_empty() {
+                return Err(field_err(format!("disk[{i}].path"), "is empty"));
+            }
+            let changed_extents = match d.changed_extents {
+                Some(c) if c.trim().is_empty() => {
+                    return Err(field_err(
+                        format!("disk[{i}].changed_extents"),
+                        "is empty; remove the key or name a file",
+                    ))
+                }
+                Some(c) => Some(base_dir.join(c)),
+                None => None,
+            };
+            disks.push(DiskEntry {
+                id,
+                path: base_dir.join(d.path),
+                changed_extents,
+            });
+        }
+        Ok(VmManifest {
+            name: name.to_string(),
+            disks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<VmManifest, ManifestError> {
+        VmManifest::parse(text, Path::new("vm.toml"), Path::new("/vms"))
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_manifest_dir() {
+        let m = parse(
+            r#"name = "vm1"
+[[disk]]
+id = "6000C298-1f5e-4b0c-a8a4-2f7c3b9e0d11"
+path = "d0.raw"
+changed_extents = "/abs/d0.json"
+[[disk]]
+id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d12"
+path = "/dev/vg/d1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.name, "vm1");
+        assert_eq!(m.disks[0].path, Path::new("/vms/d0.raw"));
+        assert_eq!(
+            m.disks[0].changed_extents.as_deref(),
+            Some(Path::new("/abs/d0.json"))
+        );
+        assert_eq!(m.disks[1].path, Path::new("/dev/vg/d1"));
+        assert_eq!(m.disks[1].changed_extents, None);
+    }
+}

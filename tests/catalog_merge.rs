@@ -1,0 +1,315 @@
+//! Export, snapshots and merging for disaster recovery.
+#[path = "catalog_support.rs"]
+mod support;
+
+use support::*;
+use tapevault::catalog::*;
+use uuid::Uuid;
+
+/// A catalog with two media sets: a full on the first, an incremental on the second.
+fn two_sets(d: &tempfile::TempDir) -> (Catalog, Uuid, Uuid, Uuid, Uuid, Uuid) {
+    let (c, set_a) = setup(d);
+    let disk = Uuid::new_v4();
+    let s = c.begin_session("daily", Some(set_a)).unwrap();
+    let mut n = new_image(disk, ImageKind::Full, None, 0);
+    n.session_uuid = Some(s.uuid);
+    c.begin_image(&n).unwrap();
+    c.complete_image(
+        n.uuid,
+        &stats(8),
+        "aa",
+        &[seg(0, 7, 0, DISK_SIZE)],
+        &whole_disk(),
+    )
+    .unwrap();
+    c.finish_session(s.uuid, SessionStatus::Complete).unwrap();
+    let f0 = n.uuid;
+    let set_b = c.create_media_set("daily", 1).unwrap().uuid;
+    c.upsert_media(&MediaRow::new_blank("TV0002L8", "slot 2"))
+        .unwrap();
+    c.assign_media("TV0002L8", "daily", set_b, 0, Uuid::new_v4())
+        .unwrap();
+    let n = new_image(disk, ImageKind::Incremental, Some(f0), 1);
+    c.begin_image(&n).unwrap();
+    let mut sg = seg(0, 0, 65536, 131072);
+    sg.barcode = "TV0002L8".into();
+    c.complete_image(
+        n.uuid,
+        &stats(1),
+        "bb",
+        &[sg],
+        &[Extent {
+            offset: 65536,
+            length: 65536,
+            is_zero: false,
+        }],
+    )
+    .unwrap();
+    c.record_snapshot(&SnapshotLocation {
+        barcode: "TV0002L8".into(),
+        tape_file: 3,
+        block: 9,
+        session_uuid: None,
+        time: catalog_time(t(2)),
+    })
+    .unwrap();
+    (c, set_a, set_b, disk, f0, n.uuid)
+}
+
+#[test]
+fn export_json_holds_every_table_and_merges_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _, disk, f0, i1) = two_sets(&d);
+    let mut out = Vec::new();
+    c.export_json(&mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["format"], DUMP_FORMAT);
+    assert_eq!(v["pools"].as_array().unwrap().len(), 1);
+    assert_eq!(v["media_sets"].as_array().unwrap().len(), 2);
+    assert_eq!(v["media"].as_array().unwrap().len(), 2);
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 1);
+    let imgs = v["images"].as_array().unwrap();
+    assert_eq!(imgs.len(), 2);
+    assert_eq!(imgs[0]["image"]["uuid"], f0.to_string());
+    assert_eq!(imgs[0]["image"]["kind"], "full");
+    assert_eq!(imgs[0]["image"]["compression"], "zstd:3");
+    assert_eq!(imgs[1]["segments"][0]["barcode"], "TV0002L8");
+
+    let e = tempfile::tempdir().unwrap();
+    let fresh = open(&e);
+    let r = fresh.merge_snapshot(&out).unwrap();
+    assert_eq!(
+        (
+            r.images_added,
+            r.media_added,
+            r.pools_added,
+            r.media_sets_added
+        ),
+        (2, 2, 1, 2)
+    );
+    assert!(r.conflicts.is_empty());
+    assert_eq!(
+        uuids(&fresh.restore_chain(disk, At::Latest).unwrap()),
+        vec![f0, i1]
+    );
+    assert_eq!(fresh.segments(i1).unwrap(), c.segments(i1).unwrap());
+    assert_eq!(fresh.list_media(None).unwrap(), c.list_media(None).unwrap());
+    assert_eq!(fresh.images(None).unwrap(), c.images(None).unwrap());
+    // Idempotent: a second merge changes nothing.
+    assert!(fresh.merge_snapshot(&out).unwrap().is_noop());
+    assert!(
+        c.merge_snapshot(&out).unwrap().is_noop(),
+        "merging a catalog into itself changed it"
+    );
+    // Export of the rebuilt catalog matches the original's rows.
+    let mut out2 = Vec::new();
+    fresh.export_json(&mut out2).unwrap();
+    let v2: serde_json::Value = serde_json::from_slice(&out2).unwrap();
+    assert_eq!(v["images"], v2["images"]);
+    assert_eq!(v["media"], v2["media"]);
+}
+
+#[test]
+fn media_set_snapshot_carries_the_ancestors_it_needs() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, set_b, disk, f0, i1) = two_sets(&d);
+    let snap = c.snapshot(SnapshotScope::MediaSet(set_b)).unwrap();
+    let e = tempfile::tempdir().unwrap();
+    let fresh = open(&e);
+    let r = fresh.merge_snapshot(&snap).unwrap();
+    assert_eq!(
+        r.images_added, 2,
+        "the full on the other set is needed to restore"
+    );
+    assert_eq!(
+        uuids(&fresh.restore_chain(disk, At::Latest).unwrap()),
+        vec![f0, i1]
+    );
+    assert!(
+        fresh.media(BARCODE).unwrap().is_some(),
+        "the cartridge holding the full"
+    );
+    assert!(
+        fresh.check().unwrap().is_empty(),
+        "{:?}",
+        fresh.check().unwrap()
+    );
+    assert!(fresh.merge_snapshot(&snap).unwrap().is_noop());
+    assert!(matches!(
+        c.snapshot(SnapshotScope::MediaSet(Uuid::new_v4())),
+        Err(CatalogError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn conflicting_image_is_reported_not_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _, _, f0, _) = two_sets(&d);
+    let mut dump = ImageDump {
+        image: c.image(f0).unwrap().unwrap(),
+        segments: c.segments(f0).unwrap(),
+        extents: vec![],
+    };
+    dump.image.content_digest = Some("ff".into());
+    let r = c.merge_image(&dump).unwrap();
+    assert_eq!(r.conflicts.len(), 1);
+    assert_eq!(r.conflicts[0].what, "image");
+    assert!(r.conflicts[0].detail.contains("ff"));
+    assert_eq!(
+        c.image(f0).unwrap().unwrap().content_digest.as_deref(),
+        Some("aa")
+    );
+    // Different identity (another disk) under the same UUID.
+    let mut dump2 = dump.clone();
+    dump2.image.content_digest = Some("aa".into());
+    dump2.image.disk_uuid = Uuid::new_v4();
+    let r = c.merge_image(&dump2).unwrap();
+    assert_eq!(r.conflicts.len(), 1);
+    // The same record run placed on another cartridge.
+    let mut dump3 = dump.clone();
+    dump3.image.content_digest = Some("aa".into());
+    dump3.segments[0].barcode = "ELSEWHERE".into();
+    let r = c.merge_image(&dump3).unwrap();
+    assert_eq!(r.conflicts.len(), 1);
+    assert_eq!(r.conflicts[0].what, "segment");
+    assert_eq!(c.segments(f0).unwrap()[0].barcode, BARCODE);
+}
+
+#[test]
+fn newer_facts_are_never_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _, _, f0, i1) = two_sets(&d);
+    let old = c.snapshot(SnapshotScope::All).unwrap();
+    // After the snapshot: verification finds i1 corrupt, the cartridge moves and is written.
+    c.mark_corrupt(i1, "bad record").unwrap();
+    c.set_media_location(BARCODE, "vault:offsite").unwrap();
+    c.record_media_write(BARCODE, 9, 4096).unwrap();
+    let before = c.media(BARCODE).unwrap().unwrap();
+    let r = c.merge_snapshot(&old).unwrap();
+    assert!(r.conflicts.is_empty());
+    assert_eq!(c.image(i1).unwrap().unwrap().status, ImageStatus::Corrupt);
+    assert_eq!(c.media(BARCODE).unwrap().unwrap(), before);
+    assert_eq!(c.image(f0).unwrap().unwrap().status, ImageStatus::Complete);
+}
+
+#[test]
+fn completion_seen_on_media_upgrades_a_failed_image() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = setup(&d);
+    let disk = Uuid::new_v4();
+    let n = new_image(disk, ImageKind::Full, None, 0);
+    c.begin_image(&n).unwrap();
+    c.fail_image(n.uuid, "catalog lost the end").unwrap();
+    // A media scan finds the trailer.
+    let mut row = c.image(n.uuid).unwrap().unwrap();
+    row.status = ImageStatus::Complete;
+    row.content_digest = Some("cafe".into());
+    row.records = 2;
+    row.finished = Some(catalog_time(t(1)));
+    let dump = ImageDump {
+        image: row,
+        segments: vec![seg(0, 1, 0, 100)],
+        extents: whole_disk(),
+    };
+    let r = c.merge_image(&dump).unwrap();
+    assert_eq!((r.images_updated, r.segments_added), (1, 1));
+    let img = c.image(n.uuid).unwrap().unwrap();
+    assert_eq!(img.status, ImageStatus::Complete);
+    assert_eq!(img.note, None);
+    assert_eq!(
+        uuids(&c.restore_chain(disk, At::Latest).unwrap()),
+        vec![n.uuid]
+    );
+    assert!(c.merge_image(&dump).unwrap().is_noop());
+    // A running image in merged data arrives as incomplete, never as a base.
+    let mut running = dump.image.clone();
+    running.uuid = Uuid::new_v4();
+    running.status = ImageStatus::Running;
+    running.content_digest = None;
+    running.started = catalog_time(t(5));
+    c.merge_image(&ImageDump {
+        image: running.clone(),
+        segments: vec![],
+        extents: vec![],
+    })
+    .unwrap();
+    assert_eq!(
+        c.image(running.uuid).unwrap().unwrap().status,
+        ImageStatus::Incomplete
+    );
+    assert_eq!(c.newest_good_image(disk).unwrap().unwrap().uuid, n.uuid);
+}
+
+#[test]
+fn media_merge_takes_newer_label_keeps_location() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, set) = setup(&d);
+    let local = c.media(BARCODE).unwrap().unwrap();
+    let mut newer = local.clone();
+    newer.last_written = Some(catalog_time(
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    ));
+    newer.next_tape_file = 12;
+    newer.bytes_written = 999;
+    newer.location = "drive 0".into();
+    let r = c.merge_media(&newer).unwrap();
+    assert_eq!(r.media_updated, 1);
+    let m = c.media(BARCODE).unwrap().unwrap();
+    assert_eq!((m.next_tape_file, m.bytes_written), (12, 999));
+    assert_eq!(m.location, "slot 1", "location is local knowledge");
+    // Older data changes nothing.
+    assert!(c.merge_media(&local).unwrap().is_noop());
+    // Same label time, different volume: conflict.
+    let mut clash = c.media(BARCODE).unwrap().unwrap();
+    clash.volume_uuid = Some(Uuid::new_v4());
+    clash.last_written = Some(catalog_time(
+        chrono::Utc::now() + chrono::Duration::hours(2),
+    ));
+    assert_eq!(c.merge_media(&clash).unwrap().conflicts.len(), 1);
+    // Unknown media set must be merged first.
+    let mut orphan = MediaRow::new_blank("NEW1", "slot 9");
+    orphan.media_set_uuid = Some(Uuid::new_v4());
+    assert!(matches!(
+        c.merge_media(&orphan),
+        Err(CatalogError::NotFound { .. })
+    ));
+    orphan.media_set_uuid = Some(set);
+    assert_eq!(c.merge_media(&orphan).unwrap().media_added, 1);
+}
+
+#[test]
+fn bad_snapshots_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(&d);
+    assert!(matches!(
+        c.merge_snapshot(b"not json"),
+        Err(CatalogError::BadSnapshot(_))
+    ));
+    let mut out = Vec::new();
+    c.export_json(&mut out).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["version"] = 99.into();
+    let err = c
+        .merge_snapshot(&serde_json::to_vec(&v).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("99"), "{err}");
+    v["version"] = 1.into();
+    v["format"] = "something-else".into();
+    assert!(matches!(
+        c.merge_snapshot(&serde_json::to_vec(&v).unwrap()),
+        Err(CatalogError::BadSnapshot(_))
+    ));
+}
+
+#[test]
+fn pool_with_different_key_is_a_conflict() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = setup(&d);
+    let mut p = pool_row("daily");
+    p.key_name = Some("k".into());
+    p.key_fingerprint = Some("ab".repeat(16));
+    let r = c.merge_pool(&p).unwrap();
+    assert_eq!(r.conflicts.len(), 1);
+    assert_eq!(c.pool("daily").unwrap().unwrap().key_fingerprint, None);
+}
