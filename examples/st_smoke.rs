@@ -165,7 +165,7 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         t.check("locate-fresh", r == ReadOutcome::Block(3000), r);
     }
     // Early warning / end of medium on tgt: a small cartridge filled in drive 1.
-    lib.changer().load("TV0005L6", 1)?;
+    lib.changer().load("TV0009L6", 1)?;
     {
         let mut d = lib.open_drive(1)?;
         d.rewind()?;
@@ -194,7 +194,7 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         t.check("early-warning-contract", ok, &outcomes);
     }
     let home = lib.changer().unload(1)?;
-    t.check("unload-home", home == Some(ElementRef::slot(4)), home);
+    t.check("unload-home", home == Some(ElementRef::slot(6)), home);
     let home = lib.changer().unload(0)?;
     t.check("unload-home-0", home == Some(ElementRef::slot(2)), home);
     let m = lib.changer().export("TV0006L6")?;

@@ -50,4 +50,106 @@ if has_phase smoke; then
     fi
 fi
 
+# ---- conformance (a): the btape-style suite against /dev/nst0 -----------------------
+if has_phase conformance; then
+    mtx -f "$changer" load 1 0 >/dev/null 2>&1 || fail "conformance: mtx load slot 1"
+    tapevault --json tape --device /dev/nst0 conformance --destroy-data --blocks "${RT_CONF_BLOCKS:-1000}" >/tmp/conf.json 2>/tmp/conf.err; rc=$?
+    sed 's/^/RT-OUT [conformance] /' /tmp/conf.json | head -120
+    sed 's/^/RT-OUT [conformance stderr] /' /tmp/conf.err | head -40
+    [ $rc -eq 0 ] && pass "conformance /dev/nst0" || fail "conformance /dev/nst0 (exit $rc)"
+    # ---- probe (b) ----
+    if has_phase probe; then
+        run probe tapevault --json tape --device /dev/nst0 probe
+        out=$(tapevault --json tape --device /dev/nst0 probe 2>&1)
+        case "$out" in *'"max_block_size":1048576'*|*'"max_block_size": 1048576'*) pass "probe block limits from READ BLOCK LIMITS";; *) fail "probe block limits: $out";; esac
+    fi
+    mtx -f "$changer" unload 1 0 >/dev/null 2>&1 || fail "conformance: mtx unload"
+elif has_phase probe; then
+    mtx -f "$changer" load 1 0 >/dev/null 2>&1
+    run probe tapevault --json tape --device /dev/nst0 probe
+    mtx -f "$changer" unload 1 0 >/dev/null 2>&1
+fi
+
+# ---- backup (c): full + incremental, restore, verify through the changer and nst* ----
+H=/tmp/tvhome
+TV="tapevault --home $H"
+DISK_ID=6f1c2b9e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
+if has_phase backup; then
+    run init $TV init --changer "$changer" --drive /dev/nst0 --drive /dev/nst1
+    run library-status $TV library status
+    run pool-create $TV pool create rt
+    run label-1 $TV label TV0002L6 --pool rt
+    run label-2 $TV label TV0005L6 --pool rt
+    # A 24 MiB disk: random data, zeros, random data.
+    dd if=/dev/urandom of=/tmp/disk.img bs=1M count=8 2>/dev/null
+    dd if=/dev/zero bs=1M count=8 2>/dev/null >>/tmp/disk.img
+    dd if=/dev/urandom bs=1M count=8 2>/dev/null >>/tmp/disk.img
+    cp /tmp/disk.img /tmp/disk.full
+    run backup-full $TV --json backup --disk /tmp/disk.img --disk-id $DISK_ID --pool rt --full
+    # Change 2 MiB in the middle and 64 KiB at the end, then an incremental.
+    dd if=/dev/urandom of=/tmp/disk.img bs=1M seek=10 count=2 conv=notrunc 2>/dev/null
+    dd if=/dev/urandom of=/tmp/disk.img bs=64k seek=383 count=1 conv=notrunc 2>/dev/null
+    run backup-incremental $TV --json backup --disk /tmp/disk.img --disk-id $DISK_ID --pool rt
+    run images $TV --json images --disk $DISK_ID
+    run restore-latest $TV restore --disk $DISK_ID --to /tmp/restored.img
+    run restore-latest-cmp cmp /tmp/disk.img /tmp/restored.img
+    full_id=$($TV --json images --disk $DISK_ID 2>/dev/null | tr ',{' '\n\n' | grep -m1 -o '"[a-z_]*id": *"[0-9a-f-]\{36\}"' | grep -o '[0-9a-f-]\{36\}' | head -1)
+    info "first image id: $full_id"
+    if [ -n "$full_id" ]; then
+        run restore-full $TV restore --disk $DISK_ID --image "$full_id" --to /tmp/restored-full.img
+        run restore-full-cmp cmp /tmp/disk.full /tmp/restored-full.img
+        run verify-image $TV verify --image "$full_id"
+    else
+        fail "images: no image id in the JSON"
+    fi
+    run verify-barcode $TV verify --barcode TV0002L6
+    run media-list $TV media list
+fi
+
+# ---- crosscheck (d): our tape read with mt-st + dd; a dd-written tape read by us -----
+if has_phase crosscheck; then
+    if has_phase backup; then
+        $TV library unload --drive 0 >/dev/null 2>&1; $TV library unload --drive 1 >/dev/null 2>&1
+        mtx -f "$changer" load 2 0 >/dev/null 2>&1 || fail "crosscheck: mtx load TV0002L6"
+        $MT -f /dev/nst0 rewind
+        n=0; files=0
+        while [ $n -lt 64 ]; do
+            $MT -f /dev/nst0 rewind
+            [ $n -gt 0 ] && { $MT -f /dev/nst0 fsf $n 2>/dev/null || break; }
+            rm -f /tmp/xb; dd if=/dev/nst0 of=/tmp/xb bs=1M count=1 2>/dev/null
+            [ -s /tmp/xb ] || break
+            magic=$(head -c 7 /tmp/xb)
+            if [ "$magic" = "TAPEVLT" ]; then files=$((files+1)); else fail "crosscheck: tape file $n does not start with the TAPEVLT record magic"; fi
+            n=$((n+1))
+        done
+        info "crosscheck: $files tape files read back with mt-st fsf + dd"
+        # label + 2 images at least
+        [ $files -ge 3 ] && pass "crosscheck mt-st+dd reads our tape files ($files)" || fail "crosscheck: only $files tape files readable with mt-st + dd"
+        mtx -f "$changer" unload 2 0 >/dev/null 2>&1
+    fi
+    # A tape written with dd, read with our tape commands.
+    mtx -f "$changer" load 4 0 >/dev/null 2>&1 || fail "crosscheck: mtx load slot 4"
+    $MT -f /dev/nst0 rewind
+    dd if=/dev/urandom of=/tmp/f0 bs=32k count=3 2>/dev/null
+    dd if=/dev/urandom of=/tmp/f1 bs=100000 count=2 2>/dev/null
+    dd if=/tmp/f0 of=/dev/nst0 bs=32k 2>/dev/null   # closing writes a filemark
+    dd if=/tmp/f1 of=/dev/nst0 bs=100000 2>/dev/null
+    $MT -f /dev/nst0 rewind
+    run xc-status tapevault tape --device /dev/nst0 status
+    run xc-fsf tapevault tape --device /dev/nst0 fsf 1
+    run xc-tell tapevault --json tape --device /dev/nst0 tell
+    run xc-read1 tapevault tape --device /dev/nst0 read --out /tmp/r1
+    run xc-cmp1 cmp /tmp/f1 /tmp/r1
+    run xc-rewind tapevault tape --device /dev/nst0 rewind
+    run xc-read0 tapevault tape --device /dev/nst0 read --out /tmp/r0
+    run xc-cmp0 cmp /tmp/f0 /tmp/r0
+    run xc-eod tapevault tape --device /dev/nst0 eod
+    run xc-bsf tapevault tape --device /dev/nst0 bsf 1
+    run xc-bsr tapevault tape --device /dev/nst0 bsr 1
+    run xc-read-last tapevault tape --device /dev/nst0 read --out /tmp/rl
+    tail -c 100000 /tmp/f1 >/tmp/f1last
+    run xc-cmp-last cmp /tmp/f1last /tmp/rl
+    mtx -f "$changer" unload 4 0 >/dev/null 2>&1
+fi
+
 exit $failed

@@ -19,10 +19,12 @@ for b in "$@"; do extra_bins+=("$(realpath "$b")"); done
 
 phases=${RT_PHASES:-"peer smoke conformance probe backup crosscheck"}
 timeout_s=${RT_TIMEOUT:-600}
-# Media size in MB: small so a whole cycle stays fast, big enough for a few images.
-media_mb=64
-# Barcodes of the cartridges in the changer's storage slots.
-barcodes="TV0001L6 TV0002L6 TV0003L6 TV0004L6 TV0005L6 TV0006L6"
+# Cartridge size in MB (tgt's media files are sparse: only what is written takes space).
+media_mb=512
+# Barcodes of the cartridges in the changer's storage slots; the last is a small one
+# (small_mb) that st_smoke fills to early warning.
+barcodes="TV0001L6 TV0002L6 TV0003L6 TV0004L6 TV0005L6 TV0006L6 TV0009L6"
+small_mb=32
 iqn=iqn.2026-11.test.tapevault:rt
 
 for tool in tgtd tgtadm tgtimg qemu-system-x86_64 busybox cpio modprobe; do
@@ -64,7 +66,8 @@ log() { printf 'real-tape [%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 mkdir -p "$work/media"
 for bc in $barcodes; do
-    tgtimg --op new --device-type tape --barcode="$bc" --size="$media_mb" --type=data --file="$work/media/$bc" >/dev/null
+    size=$media_mb; [ "$bc" = TV0009L6 ] && size=$small_mb
+    tgtimg --op new --device-type tape --barcode="$bc" --size="$size" --type=data --file="$work/media/$bc" >/dev/null
 done
 # A drive LUN needs a backing file at creation; it starts offline (no cartridge) and the
 # changer puts media from media_home into it.
