@@ -4,8 +4,7 @@
 //! devices of its drives, given in drive-element order.
 
 use std::path::{Path, PathBuf};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Changer, ChangerError, ChangerResult, Element, ElementKind, ElementRef, Inventory, TapeLibrary};
 use crate::drive::st::StDrive;
@@ -117,15 +116,18 @@ impl ScsiChanger {
 
     fn eject_from_drive(&self, index: usize) {
         // Most libraries need the drive to unload the cartridge before the robot can
-        // take it; tgt's does not care. A drive we cannot open (busy, empty) is left as is:
-        // the MOVE MEDIUM then reports the real problem.
-        if let Some(p) = self.drives.get(index) {
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(p)
-            {
+        // take it; tgt's does not care. Through st when the device is free; when a
+        // process holds it open (st allows one opener), through the drive's sg node
+        // (SSC LOAD UNLOAD with LOAD = 0). Failures are left to MOVE MEDIUM to report.
+        let Some(p) = self.drives.get(index) else { return };
+        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p) {
+            Ok(f) => {
                 let _ = crate::drive::st::ioctl::op(std::os::fd::AsRawFd::as_raw_fd(&f), crate::drive::st::ioctl::MTOFFL, 1);
+            }
+            Err(_) => {
+                if let Some(sg) = crate::scsi::sg_node_for_tape(p).and_then(|s| SgDevice::open(&s).ok()) {
+                    let _ = sg.execute("LOAD UNLOAD (unload)", &cdb::load_unload(false), DataDirection::None, &mut [], MOVE_TIMEOUT);
+                }
             }
         }
     }
@@ -271,21 +273,15 @@ impl TapeLibrary for ScsiLibrary {
 
     fn open_drive(&mut self, index: usize) -> ChangerResult<Box<dyn TapeDrive>> {
         let path = self.drives.get(index).ok_or(ChangerError::NoSuchElement { element: ElementRef::drive(index) })?;
-        // After a MOVE MEDIUM the drive loads and threads the tape; st reports no medium
-        // (or I/O errors) until it is ready.
-        let start = Instant::now();
-        loop {
-            match StDrive::open(path) {
-                Ok(d) => return Ok(Box::new(d)),
-                Err(DriveError::NoMedium { .. } | DriveError::Io { .. }) if start.elapsed() < LOAD_WAIT => {
-                    sleep(Duration::from_millis(500))
-                }
-                Err(DriveError::Busy { detail }) => {
-                    return Err(ChangerError::Busy { element: ElementRef::drive(index), detail })
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // The drive is opened (and so reserved) even when empty: jobs open a drive and
+        // then have the changer load it. Operations wait for the cartridge to be ready
+        // (a real drive threads the tape for some seconds after MOVE MEDIUM).
+        let mut d = StDrive::open_reserved(path).map_err(|e| match e {
+            DriveError::Busy { detail } => ChangerError::Busy { element: ElementRef::drive(index), detail },
+            e => e.into(),
+        })?;
+        d.set_load_wait(LOAD_WAIT);
+        Ok(Box::new(d))
     }
 
     fn drive_count(&self) -> usize {

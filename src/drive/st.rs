@@ -84,6 +84,11 @@ pub struct StDrive {
     wbuf: Vec<u8>,
     /// Result of trying to set st's SCSI-2 logical positioning option.
     logical_option: Result<(), Errno>,
+    /// A cartridge is loaded and st is ready (set up for variable blocks).
+    ready: bool,
+    /// How long an operation waits for a cartridge to become ready (a library's robot
+    /// may just have put it into the drive).
+    load_wait: Duration,
 }
 
 impl std::fmt::Debug for StDrive {
@@ -97,19 +102,26 @@ fn io_err(op: &'static str, e: Errno) -> DriveError {
 }
 
 impl StDrive {
-    /// Open a non-rewinding st device, read-write (read-only when the cartridge is write
-    /// protected), in variable-block mode.
+    /// Open a non-rewinding st device with a cartridge in it, read-write (read-only when
+    /// the cartridge is write protected), in variable-block mode.
     pub fn open(path: &Path) -> DriveResult<StDrive> {
+        Self::open_inner(path, false)
+    }
+
+    /// Open (and so reserve: st allows one opener) a drive that may be empty; the
+    /// cartridge is expected later (a changer loads it) and every operation waits up to
+    /// [`StDrive::set_load_wait`] for it.
+    pub fn open_reserved(path: &Path) -> DriveResult<StDrive> {
+        Self::open_inner(path, true)
+    }
+
+    /// How long operations wait for a cartridge to become ready (default: no wait).
+    pub fn set_load_wait(&mut self, wait: Duration) {
+        self.load_wait = wait;
+    }
+
+    fn open_inner(path: &Path, reserve: bool) -> DriveResult<StDrive> {
         let name = path.display().to_string();
-        let open = |write: bool| OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(path);
-        let (file, writable) = match open(true) {
-            Ok(f) => (f, true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => match open(false) {
-                Ok(f) => (f, false),
-                Err(_) => return Err(map_open_err(&name, e)),
-            },
-            Err(e) => return Err(map_open_err(&name, e)),
-        };
         if let Some(n) = path.file_name().and_then(|n| n.to_str()) {
             if n.starts_with("st") {
                 return Err(DriveError::Other(format!(
@@ -118,44 +130,88 @@ impl StDrive {
                 )));
             }
         }
-        let fd = file.as_raw_fd();
-        op(fd, MTSETBLK, 0).map_err(|e| match e {
-            Errno::ENOMEDIUM => DriveError::NoMedium { drive: name.clone() },
-            e => io_err("MTSETBLK 0 (variable-block mode)", e),
-        })?;
-        // READ POSITION / LOCATE in logical object numbers (BT = 0), not vendor block
-        // addresses. Only root may change st options; without it st's default stays.
-        let logical_option = op(fd, MTSETDRVBUFFER, MT_ST_SETBOOLEANS | MT_ST_SCSI2LOGICAL);
+        let flags = libc::O_CLOEXEC | if reserve { libc::O_NONBLOCK } else { 0 };
+        let open = |write: bool| OpenOptions::new().read(true).write(write).custom_flags(flags).open(path);
+        let (file, writable) = match open(true) {
+            Ok(f) => (f, true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => match open(false) {
+                Ok(f) => (f, false),
+                Err(_) => return Err(map_open_err(&name, e)),
+            },
+            Err(e) => return Err(map_open_err(&name, e)),
+        };
         let sg = scsi::sg_node_for_tape(path).and_then(|p| SgDevice::open(&p).ok());
-        let (mut min_block, mut max_block) = (1, DEFAULT_MAX_BLOCK);
-        if let Some(sg) = &sg {
-            let mut b = [0u8; 6];
-            if sg.execute("READ BLOCK LIMITS", &cdb::read_block_limits(), DataDirection::FromDevice, &mut b, SG_TIMEOUT).is_ok() {
-                if let Some((_, max, min)) = cdb::parse_block_limits(&b) {
-                    if max > 0 {
-                        max_block = (max as usize).min(MAX_BLOCK_SIZE);
-                    }
-                    min_block = (min as usize).max(1);
-                }
-            }
-        }
         let mut d = StDrive {
             file,
             path: path.to_path_buf(),
             writable,
             sg,
-            min_block,
-            max_block,
+            min_block: 1,
+            max_block: DEFAULT_MAX_BLOCK,
             hw_position: None,
             hw_locate: None,
             track: Tracker::default(),
             ew: EarlyWarning::None,
             scratch: Vec::new(),
             wbuf: Vec::new(),
-            logical_option,
+            logical_option: Ok(()),
+            ready: false,
+            load_wait: Duration::ZERO,
         };
-        d.adopt_st_counters();
+        if !reserve || get(d.fd()).is_ok_and(|g| g.mt_gstat as u32 & GMT_ONLINE != 0) {
+            d.init_medium()?;
+        }
         Ok(d)
+    }
+
+    /// Set up a ready cartridge: variable blocks, logical positions, block limits, st's
+    /// position counters.
+    fn init_medium(&mut self) -> DriveResult<()> {
+        let fd = self.fd();
+        op(fd, MTSETBLK, 0).map_err(|e| match e {
+            Errno::ENOMEDIUM => DriveError::NoMedium { drive: self.path.display().to_string() },
+            e => io_err("MTSETBLK 0 (variable-block mode)", e),
+        })?;
+        // READ POSITION / LOCATE in logical object numbers (BT = 0), not vendor block
+        // addresses. Only root may change st options; without it st's default stays.
+        self.logical_option = op(fd, MTSETDRVBUFFER, MT_ST_SETBOOLEANS | MT_ST_SCSI2LOGICAL);
+        if let Some(sg) = &self.sg {
+            let mut b = [0u8; 6];
+            if sg.execute("READ BLOCK LIMITS", &cdb::read_block_limits(), DataDirection::FromDevice, &mut b, SG_TIMEOUT).is_ok() {
+                if let Some((_, max, min)) = cdb::parse_block_limits(&b) {
+                    if max > 0 {
+                        self.max_block = (max as usize).min(MAX_BLOCK_SIZE);
+                    }
+                    self.min_block = (min as usize).max(1);
+                }
+            }
+        }
+        self.track.forget_medium();
+        self.hw_position = None;
+        self.hw_locate = None;
+        self.ew = EarlyWarning::None;
+        self.ready = true;
+        self.adopt_st_counters();
+        Ok(())
+    }
+
+    /// Make sure a cartridge is loaded and ready, waiting up to `load_wait` for one
+    /// (st only notices a cartridge put in while the device is open after a LOAD).
+    fn ensure_ready(&mut self) -> DriveResult<()> {
+        if self.ready {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + self.load_wait;
+        loop {
+            let _ = op(self.fd(), MTLOAD, 1);
+            if get(self.fd()).is_ok_and(|g| g.mt_gstat as u32 & GMT_ONLINE != 0) {
+                return self.init_medium();
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(DriveError::NoMedium { drive: self.path.display().to_string() });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn fd(&self) -> RawFd {
@@ -289,6 +345,9 @@ impl StDrive {
         if self.track.at_eod() {
             return Ok(ReadOutcome::EndOfData);
         }
+        if self.eod_check_needed() && self.probe_eod_by_spacing()? {
+            return Ok(ReadOutcome::EndOfData);
+        }
         let target: &mut [u8] = if use_scratch {
             if self.scratch.len() < self.max_block {
                 self.scratch.resize(self.max_block, 0);
@@ -332,6 +391,75 @@ impl StDrive {
             Err(e) => {
                 self.track.lost();
                 Err(self.map_errno("read", e))
+            }
+        }
+    }
+
+    /// A device without READ POSITION may be tgt's emulator, which answers a read at end
+    /// of data (a blank tape, or past the last filemark) with a stale full buffer
+    /// instead of BLANK CHECK. At the start of a tape file whose end-of-data status we
+    /// do not know, we therefore ask with a space operation first (spacing is reported
+    /// correctly there).
+    fn eod_check_needed(&mut self) -> bool {
+        self.track.eod.is_none()
+            && self.track.cur.bif == Some(0)
+            && self.track.cur.file.is_some()
+            && !self.has_hw_position()
+    }
+
+    /// Space forward over one filemark: failing with end of data means we are at end of
+    /// data (the tape has not moved); succeeding means we were not, and we go back.
+    fn probe_eod_by_spacing(&mut self) -> DriveResult<bool> {
+        let here = self.track.cur;
+        match op(self.fd(), MTFSF, 1) {
+            Ok(()) => {
+                let f = here.file.expect("checked by eod_check_needed");
+                self.goto_file_start(f)?;
+                if here.block.is_some() {
+                    self.track.cur = here;
+                }
+                // After a rewind + space st's eof state is clean; a data read follows.
+                Ok(false)
+            }
+            Err(Errno::EIO) if self.gstat().map(|g| g & GMT_EOD != 0).unwrap_or(false) => {
+                self.track.cur = here;
+                self.track.eod = here.block;
+                if here.block.is_none() {
+                    // Remember end of data by file: nothing more in this file.
+                    self.track.cur.bif = Some(0);
+                }
+                Ok(true)
+            }
+            Err(Errno::EIO) => {
+                // st only recognises BLANK CHECK; ask the drive itself what stopped it
+                // (tgt answers a blank cartridge differently).
+                let sense = self.sg.as_ref().and_then(|sg| {
+                    sg.execute("SPACE (filemarks)", &cdb::space(1, 1), DataDirection::None, &mut [], SG_TIMEOUT)
+                        .err()
+                        .and_then(|e| e.sense().cloned())
+                });
+                match sense {
+                    Some(s) if s.is_end_of_data() => {
+                        self.track.cur = here;
+                        self.track.eod = here.block;
+                        Ok(true)
+                    }
+                    other => {
+                        self.track.lost();
+                        Err(DriveError::MediaError {
+                            block: here.block.unwrap_or(u64::MAX),
+                            detail: format!(
+                                "spacing over a filemark at the start of tape file {} failed: {}",
+                                here.file.unwrap_or(0),
+                                other.map(|s| s.to_string()).unwrap_or_else(|| "EIO".into())
+                            ),
+                        })
+                    }
+                }
+            }
+            Err(e) => {
+                self.track.lost();
+                Err(self.map_errno("MTFSF 1 (checking for end of data)", e))
             }
         }
     }
@@ -642,6 +770,7 @@ impl TapeDrive for StDrive {
     }
 
     fn capabilities(&mut self) -> DriveResult<Capabilities> {
+        self.ensure_ready()?;
         let read_position = self.has_hw_position();
         let locate = match (read_position, self.hw_locate) {
             (_, Some(v)) => v,
@@ -674,6 +803,7 @@ impl TapeDrive for StDrive {
     }
 
     fn read_block(&mut self, buf: &mut [u8]) -> DriveResult<ReadOutcome> {
+        self.ensure_ready()?;
         let len = buf.len().min(self.max_block);
         if len < self.min_block {
             return Err(DriveError::Other(format!(
@@ -688,6 +818,7 @@ impl TapeDrive for StDrive {
     }
 
     fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome> {
+        self.ensure_ready()?;
         if !self.writable {
             return Err(DriveError::WriteProtected);
         }
@@ -779,6 +910,7 @@ impl TapeDrive for StDrive {
     }
 
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()> {
+        self.ensure_ready()?;
         if !self.writable {
             return Err(DriveError::WriteProtected);
         }
@@ -804,7 +936,7 @@ impl TapeDrive for StDrive {
     }
 
     fn flush(&mut self) -> DriveResult<()> {
-        if !self.writable {
+        if !self.writable || !self.ready {
             return Ok(());
         }
         // WRITE FILEMARKS with a count of 0 flushes the drive's buffer (SSC).
@@ -812,6 +944,7 @@ impl TapeDrive for StDrive {
     }
 
     fn rewind(&mut self) -> DriveResult<()> {
+        self.ensure_ready()?;
         self.ew = EarlyWarning::None;
         if let Err(e) = self.mtop("rewind", MTREW, 1) {
             self.track.lost();
@@ -822,6 +955,7 @@ impl TapeDrive for StDrive {
     }
 
     fn space_blocks(&mut self, count: i64) -> DriveResult<()> {
+        self.ensure_ready()?;
         match count {
             0 => Ok(()),
             c if c > 0 => self.space_blocks_forward(c as u64),
@@ -830,6 +964,7 @@ impl TapeDrive for StDrive {
     }
 
     fn space_filemarks(&mut self, count: i64) -> DriveResult<()> {
+        self.ensure_ready()?;
         if count == 0 {
             return Ok(());
         }
@@ -900,6 +1035,7 @@ impl TapeDrive for StDrive {
     }
 
     fn space_to_eod(&mut self) -> DriveResult<()> {
+        self.ensure_ready()?;
         self.ew = EarlyWarning::None;
         if self.track.eod.is_some() && self.track.position().is_some() {
             // Known: get there the cheap exact way.
@@ -925,6 +1061,7 @@ impl TapeDrive for StDrive {
     }
 
     fn locate(&mut self, block: u64) -> DriveResult<()> {
+        self.ensure_ready()?;
         self.ew = EarlyWarning::None;
         if let Some(eod) = self.track.eod {
             if block > eod {
@@ -986,6 +1123,7 @@ impl TapeDrive for StDrive {
     }
 
     fn position(&mut self) -> DriveResult<Position> {
+        self.ensure_ready()?;
         if let Some(p) = self.track.position() {
             return Ok(p);
         }
@@ -1012,6 +1150,13 @@ impl TapeDrive for StDrive {
     }
 
     fn status(&mut self) -> DriveResult<DriveStatus> {
+        if !self.ready && self.ensure_ready().is_err() {
+            return Ok(DriveStatus {
+                loaded: false,
+                detail: Some(format!("{}: no cartridge", self.path.display())),
+                ..DriveStatus::default()
+            });
+        }
         let g = self.mtget()?;
         let gs = g.mt_gstat as u32;
         let loaded = gs & GMT_ONLINE != 0;
@@ -1046,7 +1191,11 @@ impl TapeDrive for StDrive {
 
     fn unload(&mut self) -> DriveResult<()> {
         self.ew = EarlyWarning::None;
+        if !self.ready {
+            return Ok(());
+        }
         let r = self.mtop("unload (MTOFFL)", MTOFFL, 1);
+        self.ready = false;
         self.track.forget_medium();
         self.hw_position = None;
         self.hw_locate = None;
@@ -1061,11 +1210,8 @@ impl TapeDrive for StDrive {
 impl StDrive {
     /// Load the cartridge in the drive (SCSI LOAD; st's MTLOAD), then forget positions.
     pub fn load(&mut self) -> DriveResult<()> {
-        self.track.forget_medium();
-        self.mtop("load (MTLOAD)", MTLOAD, 1)?;
-        self.mtop("MTSETBLK 0", MTSETBLK, 0)?;
-        self.track.at_bot();
-        Ok(())
+        self.ready = false;
+        self.ensure_ready()
     }
 
     /// Whether st's logical-position option could be set (root only); a note for probe.

@@ -4,6 +4,8 @@ pub const TEST_UNIT_READY: u8 = 0x00;
 pub const READ_BLOCK_LIMITS: u8 = 0x05;
 pub const INITIALIZE_ELEMENT_STATUS: u8 = 0x07;
 pub const INQUIRY: u8 = 0x12;
+pub const LOAD_UNLOAD: u8 = 0x1b;
+pub const SPACE: u8 = 0x11;
 pub const MODE_SENSE_6: u8 = 0x1a;
 pub const READ_POSITION: u8 = 0x34;
 pub const SECURITY_PROTOCOL_IN: u8 = 0xa2;
@@ -19,6 +21,18 @@ pub fn test_unit_ready() -> [u8; 6] {
 pub fn inquiry(alloc: u16) -> [u8; 6] {
     let a = alloc.to_be_bytes();
     [INQUIRY, 0, 0, a[0], a[1], 0]
+}
+
+/// LOAD UNLOAD (SSC-4 7.2): load (and thread) or unload the cartridge.
+pub fn load_unload(load: bool) -> [u8; 6] {
+    [LOAD_UNLOAD, 0, 0, 0, u8::from(load), 0]
+}
+
+/// SPACE(6) (SSC-4 7.10): `code` 0 blocks, 1 filemarks, 3 end of data; `count` is a
+/// 24-bit two's-complement number (negative: backward).
+pub fn space(code: u8, count: i32) -> [u8; 6] {
+    let c = count.clamp(-0x80_0000, 0x7f_ffff).to_be_bytes();
+    [SPACE, code & 0x07, c[1], c[2], c[3], 0]
 }
 
 /// READ BLOCK LIMITS (SSC-4 7.6): 6 bytes back.
@@ -130,6 +144,10 @@ mod tests {
         assert_eq!(mode_sense_6(0x1d, 0, 0xff, true), [0x1a, 0x08, 0x1d, 0, 0xff, 0]);
         assert_eq!(inquiry(96), [0x12, 0, 0, 0, 96, 0]);
         assert_eq!(read_block_limits(), [5, 0, 0, 0, 0, 0]);
+        assert_eq!(load_unload(false), [0x1b, 0, 0, 0, 0, 0]);
+        assert_eq!(load_unload(true), [0x1b, 0, 0, 0, 1, 0]);
+        assert_eq!(space(1, 1), [0x11, 1, 0, 0, 1, 0]);
+        assert_eq!(space(0, -2), [0x11, 0, 0xff, 0xff, 0xfe, 0]);
         assert_eq!(initialize_element_status(), [7, 0, 0, 0, 0, 0]);
         assert_eq!(read_position_short()[0], 0x34);
     }

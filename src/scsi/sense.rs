@@ -152,6 +152,12 @@ impl Sense {
         self.key != SenseKey::NoSense || self.asc != 0 || self.ascq != 0 || self.filemark || self.eom || self.ili
     }
 
+    /// End of data / blank medium: BLANK CHECK, or the EOD-detected and
+    /// end-of-data-not-found codes some devices use with other sense keys.
+    pub fn is_end_of_data(&self) -> bool {
+        self.key == SenseKey::BlankCheck || matches!((self.asc, self.ascq), (0x00, 0x05) | (0x14, 0x03))
+    }
+
     /// ILLEGAL REQUEST, invalid command operation code / field in CDB for an optional
     /// command: the device lacks the feature.
     pub fn is_unsupported_command(&self) -> bool {

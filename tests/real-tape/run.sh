@@ -122,7 +122,8 @@ done | awk '!seen[$0]++' | while read -r ko; do
 done
 add_bin() { # binary [name in guest]
     local src=$1 name=${2:-$(basename "$1")}
-    cp "$src" "$root/usr/bin/$name"
+    # Stripped: debug info would make the initramfs (and the guest's boot) several times larger.
+    strip -o "$root/usr/bin/$name" "$src" 2>/dev/null || cp "$src" "$root/usr/bin/$name"
     ldd "$src" 2>/dev/null | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
         [ -n "$lib" ] && [ -e "$lib" ] || continue
         mkdir -p "$root$(dirname "$lib")"
