@@ -111,13 +111,16 @@ if has_phase crosscheck; then
     if has_phase backup; then
         $TV library unload --drive 0 >/dev/null 2>&1; $TV library unload --drive 1 >/dev/null 2>&1
         mtx -f "$changer" load 2 0 >/dev/null 2>&1 || fail "crosscheck: mtx load TV0002L6"
+        # Count the tape files by spacing filemarks (a read past the last one is not
+        # trustworthy on tgt), then read the first block of each with dd.
         $MT -f /dev/nst0 rewind
-        n=0; files=0
-        while [ $n -lt 64 ]; do
+        nfm=0
+        while [ $nfm -lt 256 ] && $MT -f /dev/nst0 fsf 1 2>/dev/null; do nfm=$((nfm+1)); done
+        files=0; n=0
+        while [ $n -lt $nfm ]; do
             $MT -f /dev/nst0 rewind
-            [ $n -gt 0 ] && { $MT -f /dev/nst0 fsf $n 2>/dev/null || break; }
+            [ $n -gt 0 ] && $MT -f /dev/nst0 fsf $n
             rm -f /tmp/xb; dd if=/dev/nst0 of=/tmp/xb bs=1M count=1 2>/dev/null
-            [ -s /tmp/xb ] || break
             magic=$(head -c 7 /tmp/xb)
             if [ "$magic" = "TAPEVLT" ]; then files=$((files+1)); else fail "crosscheck: tape file $n does not start with the TAPEVLT record magic"; fi
             n=$((n+1))
