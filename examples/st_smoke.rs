@@ -29,11 +29,17 @@ impl T {
 }
 
 fn pos(b: u64, f: u64, i: u64) -> Position {
-    Position { block: b, file: f, block_in_file: i }
+    Position {
+        block: b,
+        file: f,
+        block_in_file: i,
+    }
 }
 
 fn block(seq: u32, len: usize) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8).collect();
+    let mut v: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seq) as u8)
+        .collect();
     v[..4].copy_from_slice(&seq.to_be_bytes());
     v
 }
@@ -62,78 +68,173 @@ fn main() -> ExitCode {
 fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
     let mut lib = ScsiLibrary::open(&a[0], &a[1..])?;
     let inv = lib.changer().inventory()?;
-    t.check("inventory", inv.drives.len() == 2 && inv.find("TV0003L6").is_some(), &inv);
+    t.check(
+        "inventory",
+        inv.drives.len() == 2 && inv.find("TV0003L6").is_some(),
+        &inv,
+    );
     lib.changer().load("TV0003L6", 0)?;
     let inv = lib.changer().inventory()?;
-    t.check("load", inv.drives[0].barcode.as_deref() == Some("TV0003L6") && inv.drives[0].source == Some(ElementRef::slot(2)), &inv.drives);
-    t.check("load-busy-refused", matches!(lib.changer().move_medium(ElementRef::slot(0), ElementRef::drive(0)), Err(ChangerError::DestinationFull { .. })), "");
+    t.check(
+        "load",
+        inv.drives[0].barcode.as_deref() == Some("TV0003L6")
+            && inv.drives[0].source == Some(ElementRef::slot(2)),
+        &inv.drives,
+    );
+    t.check(
+        "load-busy-refused",
+        matches!(
+            lib.changer()
+                .move_medium(ElementRef::slot(0), ElementRef::drive(0)),
+            Err(ChangerError::DestinationFull { .. })
+        ),
+        "",
+    );
 
     let sizes = [1000usize, 65536, 4, 70000, 512];
     {
         let mut d = lib.open_drive(0)?;
         let caps = d.capabilities()?;
         println!("RT-INFO capabilities {}", serde_json::to_string(&caps)?);
-        t.check("caps-block-limits", caps.max_block_size == 1 << 20 && caps.min_block_size == 4, &caps);
+        t.check(
+            "caps-block-limits",
+            caps.max_block_size == 1 << 20 && caps.min_block_size == 4,
+            &caps,
+        );
         d.rewind()?;
         for (i, &n) in sizes[..3].iter().enumerate() {
-            t.check(&format!("write-{i}"), d.write_block(&block(i as u32, n))? == WriteOutcome::Written, "");
+            t.check(
+                &format!("write-{i}"),
+                d.write_block(&block(i as u32, n))? == WriteOutcome::Written,
+                "",
+            );
         }
         d.write_filemarks(1, true)?;
         d.write_block(&block(3, sizes[3]))?;
         d.write_block(&block(4, sizes[4]))?;
         d.write_filemarks(1, false)?;
-        t.check("position-after-writes", d.position()? == pos(7, 2, 0), d.position());
+        t.check(
+            "position-after-writes",
+            d.position()? == pos(7, 2, 0),
+            d.position(),
+        );
 
         d.rewind()?;
         let mut big = vec![0u8; 1 << 20];
         let r = d.read_block(&mut big)?;
-        t.check("read-0", r == ReadOutcome::Block(1000) && big[..1000] == block(0, 1000)[..], r);
+        t.check(
+            "read-0",
+            r == ReadOutcome::Block(1000) && big[..1000] == block(0, 1000)[..],
+            r,
+        );
         let mut small = vec![0u8; 100];
         let r = d.read_block(&mut small);
-        t.check("read-too-small", matches!(r, Err(DriveError::BufferTooSmall { block_len: 65536, buffer_len: 100 })), &r);
-        t.check("too-small-keeps-position", d.position()? == pos(1, 0, 1), d.position());
+        t.check(
+            "read-too-small",
+            matches!(
+                r,
+                Err(DriveError::BufferTooSmall {
+                    block_len: 65536,
+                    buffer_len: 100
+                })
+            ),
+            &r,
+        );
+        t.check(
+            "too-small-keeps-position",
+            d.position()? == pos(1, 0, 1),
+            d.position(),
+        );
         let r = d.read_block(&mut big)?;
-        t.check("read-1", r == ReadOutcome::Block(65536) && big[..65536] == block(1, 65536)[..], r);
+        t.check(
+            "read-1",
+            r == ReadOutcome::Block(65536) && big[..65536] == block(1, 65536)[..],
+            r,
+        );
         let r = d.read_block(&mut big)?;
         t.check("read-2-min-size", r == ReadOutcome::Block(4), r);
         let r = d.read_block(&mut big)?;
-        t.check("read-filemark", r == ReadOutcome::Filemark && d.position()? == pos(4, 1, 0), r);
+        t.check(
+            "read-filemark",
+            r == ReadOutcome::Filemark && d.position()? == pos(4, 1, 0),
+            r,
+        );
         d.read_block(&mut big)?;
         d.read_block(&mut big)?;
         let r = d.read_block(&mut big)?;
         t.check("read-filemark-2", r == ReadOutcome::Filemark, r);
         let r = d.read_block(&mut big)?;
-        t.check("read-eod", r == ReadOutcome::EndOfData && d.position()? == pos(7, 2, 0), r);
+        t.check(
+            "read-eod",
+            r == ReadOutcome::EndOfData && d.position()? == pos(7, 2, 0),
+            r,
+        );
         let r = d.read_block(&mut big)?;
         t.check("read-eod-again", r == ReadOutcome::EndOfData, r);
 
         d.rewind()?;
         let r = d.space_blocks(5);
-        t.check("fsr-stops-at-filemark", stopped(r, SpaceStop::Filemark, 2) && d.position()? == pos(4, 1, 0), d.position());
+        t.check(
+            "fsr-stops-at-filemark",
+            stopped(r, SpaceStop::Filemark, 2) && d.position()? == pos(4, 1, 0),
+            d.position(),
+        );
         let r = d.space_blocks(-1);
-        t.check("bsr-stops-at-filemark", stopped(r, SpaceStop::Filemark, 1) && d.position()? == pos(3, 0, 3), d.position());
+        t.check(
+            "bsr-stops-at-filemark",
+            stopped(r, SpaceStop::Filemark, 1) && d.position()? == pos(3, 0, 3),
+            d.position(),
+        );
         d.space_blocks(-2)?;
-        t.check("bsr-within-file", d.position()? == pos(1, 0, 1), d.position());
+        t.check(
+            "bsr-within-file",
+            d.position()? == pos(1, 0, 1),
+            d.position(),
+        );
         let r = d.read_block(&mut big)?;
         t.check("read-after-bsr", r == ReadOutcome::Block(65536), r);
         d.space_filemarks(1)?;
         t.check("fsf", d.position()? == pos(4, 1, 0), d.position());
         let r = d.space_filemarks(5);
-        t.check("fsf-stops-at-eod", stopped(r, SpaceStop::EndOfData, 4) && d.position()? == pos(7, 2, 0), d.position());
+        t.check(
+            "fsf-stops-at-eod",
+            stopped(r, SpaceStop::EndOfData, 4) && d.position()? == pos(7, 2, 0),
+            d.position(),
+        );
         d.space_filemarks(-1)?;
         t.check("bsf", d.position()? == pos(6, 1, 2), d.position());
         let r = d.read_block(&mut big)?;
-        t.check("read-after-bsf", r == ReadOutcome::Filemark && d.position()? == pos(7, 2, 0), r);
+        t.check(
+            "read-after-bsf",
+            r == ReadOutcome::Filemark && d.position()? == pos(7, 2, 0),
+            r,
+        );
         d.space_blocks(-1).ok();
         d.space_blocks(-1)?;
         let r = d.read_block(&mut big)?;
-        t.check("read-after-bsr-over-filemark", r == ReadOutcome::Block(512), r);
+        t.check(
+            "read-after-bsr-over-filemark",
+            r == ReadOutcome::Block(512),
+            r,
+        );
         let r = d.space_filemarks(-5);
-        t.check("bsf-stops-at-bot", stopped(r, SpaceStop::BeginningOfTape, 4) && d.position()? == pos(0, 0, 0), d.position());
+        t.check(
+            "bsf-stops-at-bot",
+            stopped(r, SpaceStop::BeginningOfTape, 4) && d.position()? == pos(0, 0, 0),
+            d.position(),
+        );
         d.locate(5)?;
         let r = d.read_block(&mut big)?;
-        t.check("locate", r == ReadOutcome::Block(512) && big[..4] == 4u32.to_be_bytes(), r);
-        t.check("locate-beyond-eod", matches!(d.locate(9), Err(DriveError::BeyondEndOfData { .. })), "");
+        t.check(
+            "locate",
+            r == ReadOutcome::Block(512) && big[..4] == 4u32.to_be_bytes(),
+            r,
+        );
+        t.check(
+            "locate-beyond-eod",
+            matches!(d.locate(9), Err(DriveError::BeyondEndOfData { .. })),
+            "",
+        );
         let st = d.status()?;
         println!("RT-INFO status {}", serde_json::to_string(&st)?);
         t.check("status", st.loaded && !st.write_protected, &st);
@@ -148,8 +249,16 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         d.write_filemarks(1, false)?;
         t.check("append", d.position()? == pos(9, 3, 0), d.position());
         let e = d.hardware_encryption_supported();
-        println!("RT-INFO hardware encryption: {:?}", e.as_ref().map(|_| "supported").map_err(|e| e.to_string()));
-        t.check("no-hw-encryption-on-tgt", e.as_ref().is_err_and(|e| e.to_string().contains("does not offer hardware encryption")), e.err().map(|e| e.to_string()));
+        println!(
+            "RT-INFO hardware encryption: {:?}",
+            e.as_ref().map(|_| "supported").map_err(|e| e.to_string())
+        );
+        t.check(
+            "no-hw-encryption-on-tgt",
+            e.as_ref()
+                .is_err_and(|e| e.to_string().contains("does not offer hardware encryption")),
+            e.err().map(|e| e.to_string()),
+        );
     }
     {
         let mut d = StDrive::open(&a[1])?;
@@ -158,7 +267,11 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         drop(d);
         // st keeps its file/block counters across opens; position() finds the logical number.
         let mut d = StDrive::open(&a[1])?;
-        t.check("position-fresh", d.position()? == pos(4, 1, 0), d.position());
+        t.check(
+            "position-fresh",
+            d.position()? == pos(4, 1, 0),
+            d.position(),
+        );
         d.locate(7)?;
         let mut big = vec![0u8; 1 << 20];
         let r = d.read_block(&mut big)?;
@@ -200,6 +313,10 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
     let m = lib.changer().export("TV0006L6")?;
     t.check("export", m == ElementRef::mail_slot(0), m);
     let imported = lib.changer().import()?;
-    t.check("import", imported == vec!["TV0006L6".to_string()], &imported);
+    t.check(
+        "import",
+        imported == vec!["TV0006L6".to_string()],
+        &imported,
+    );
     Ok(())
 }

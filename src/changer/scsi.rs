@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Changer, ChangerError, ChangerResult, Element, ElementKind, ElementRef, Inventory, TapeLibrary};
+use super::{
+    Changer, ChangerError, ChangerResult, Element, ElementKind, ElementRef, Inventory, TapeLibrary,
+};
 use crate::drive::st::StDrive;
 use crate::drive::{DriveError, TapeDrive};
 use crate::scsi::smc::{self, AddressAssignment, ElementStatus, ElementType};
@@ -49,14 +51,24 @@ pub struct ScsiChanger {
 impl ScsiChanger {
     pub fn open(changer: &Path, drives: &[PathBuf]) -> ChangerResult<ScsiChanger> {
         let sg = SgDevice::open(changer).map_err(|e| match e {
-            ScsiError::Io { source, .. } => ChangerError::Io { op: "open changer", source },
+            ScsiError::Io { source, .. } => ChangerError::Io {
+                op: "open changer",
+                source,
+            },
             e => scsi_err(e),
         })?;
         let map = read_address_assignment(&sg)?;
         if map.transport.1 == 0 {
-            return Err(ChangerError::Other(format!("{}: the changer reports no medium transport element", changer.display())));
+            return Err(ChangerError::Other(format!(
+                "{}: the changer reports no medium transport element",
+                changer.display()
+            )));
         }
-        Ok(ScsiChanger { sg, map, drives: drives.to_vec() })
+        Ok(ScsiChanger {
+            sg,
+            map,
+            drives: drives.to_vec(),
+        })
     }
 
     pub fn addresses(&self) -> AddressAssignment {
@@ -77,7 +89,9 @@ impl ScsiChanger {
         if e.index >= n as usize {
             return Err(ChangerError::NoSuchElement { element: e });
         }
-        first.checked_add(e.index as u16).ok_or(ChangerError::NoSuchElement { element: e })
+        first
+            .checked_add(e.index as u16)
+            .ok_or(ChangerError::NoSuchElement { element: e })
     }
 
     /// The element at a SCSI address.
@@ -85,7 +99,11 @@ impl ScsiChanger {
         to_ref(&self.map, address)
     }
 
-    fn read_status(&self, ty: ElementType, (first, n): (u16, u16)) -> ChangerResult<Vec<ElementStatus>> {
+    fn read_status(
+        &self,
+        ty: ElementType,
+        (first, n): (u16, u16),
+    ) -> ChangerResult<Vec<ElementStatus>> {
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -102,14 +120,24 @@ impl ScsiChanger {
             )
             .map_err(scsi_err)?;
         buf.truncate(c.transferred.max(8).min(alloc));
-        smc::parse_element_status(&buf)
-            .map_err(|d| ChangerError::Other(format!("{}: bad READ ELEMENT STATUS reply: {d}", self.sg.path().display())))
+        smc::parse_element_status(&buf).map_err(|d| {
+            ChangerError::Other(format!(
+                "{}: bad READ ELEMENT STATUS reply: {d}",
+                self.sg.path().display()
+            ))
+        })
     }
 
     /// Ask the library to re-inventory (scan barcodes).
     pub fn initialize_element_status(&mut self) -> ChangerResult<()> {
         self.sg
-            .execute("INITIALIZE ELEMENT STATUS", &cdb::initialize_element_status(), DataDirection::None, &mut [], INIT_TIMEOUT)
+            .execute(
+                "INITIALIZE ELEMENT STATUS",
+                &cdb::initialize_element_status(),
+                DataDirection::None,
+                &mut [],
+                INIT_TIMEOUT,
+            )
             .map_err(scsi_err)?;
         Ok(())
     }
@@ -119,14 +147,32 @@ impl ScsiChanger {
         // take it; tgt's does not care. Through st when the device is free; when a
         // process holds it open (st allows one opener), through the drive's sg node
         // (SSC LOAD UNLOAD with LOAD = 0). Failures are left to MOVE MEDIUM to report.
-        let Some(p) = self.drives.get(index) else { return };
-        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p) {
+        let Some(p) = self.drives.get(index) else {
+            return;
+        };
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p)
+        {
             Ok(f) => {
-                let _ = crate::drive::st::ioctl::op(std::os::fd::AsRawFd::as_raw_fd(&f), crate::drive::st::ioctl::MTOFFL, 1);
+                let _ = crate::drive::st::ioctl::op(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    crate::drive::st::ioctl::MTOFFL,
+                    1,
+                );
             }
             Err(_) => {
-                if let Some(sg) = crate::scsi::sg_node_for_tape(p).and_then(|s| SgDevice::open(&s).ok()) {
-                    let _ = sg.execute("LOAD UNLOAD (unload)", &cdb::load_unload(false), DataDirection::None, &mut [], MOVE_TIMEOUT);
+                if let Some(sg) =
+                    crate::scsi::sg_node_for_tape(p).and_then(|s| SgDevice::open(&s).ok())
+                {
+                    let _ = sg.execute(
+                        "LOAD UNLOAD (unload)",
+                        &cdb::load_unload(false),
+                        DataDirection::None,
+                        &mut [],
+                        MOVE_TIMEOUT,
+                    );
                 }
             }
         }
@@ -142,7 +188,10 @@ fn to_ref(map: &AddressAssignment, address: u16) -> Option<ElementRef> {
         (ElementKind::MailSlot, map.import_export),
     ] {
         if address >= first && (address as u32) < first as u32 + n as u32 {
-            return Some(ElementRef { kind, index: (address - first) as usize });
+            return Some(ElementRef {
+                kind,
+                index: (address - first) as usize,
+            });
         }
     }
     None
@@ -159,7 +208,7 @@ fn read_address_assignment(sg: &SgDevice) -> ChangerResult<AddressAssignment> {
             STATUS_TIMEOUT,
         )
         .map_err(scsi_err)?;
-    smc::parse_address_assignment(&buf[..c.transferred.max(4).min(255)])
+    smc::parse_address_assignment(&buf[..c.transferred.clamp(4, 255)])
         .map_err(|d| ChangerError::Other(format!("{}: {d}", sg.path().display())))
 }
 
@@ -167,7 +216,9 @@ fn read_address_assignment(sg: &SgDevice) -> ChangerResult<AddressAssignment> {
 pub fn inventory_from(map: &AddressAssignment, elements: &[ElementStatus]) -> Inventory {
     let mut inv = Inventory::default();
     for e in elements {
-        let Some(r) = to_ref(map, e.address) else { continue };
+        let Some(r) = to_ref(map, e.address) else {
+            continue;
+        };
         let el = Element {
             element: r,
             address: e.address,
@@ -187,20 +238,33 @@ pub fn inventory_from(map: &AddressAssignment, elements: &[ElementStatus]) -> In
 }
 
 /// Map a failed MOVE MEDIUM to the trait's errors.
-pub fn move_error(e: ScsiError, from: ElementRef, to: ElementRef, inv: Option<&Inventory>) -> ChangerError {
+pub fn move_error(
+    e: ScsiError,
+    from: ElementRef,
+    to: ElementRef,
+    inv: Option<&Inventory>,
+) -> ChangerError {
     if let Some(s) = e.sense() {
         if s.key == SenseKey::IllegalRequest && s.asc == 0x3b {
             match s.ascq {
                 0x0d => {
-                    let barcode = inv.and_then(|i| i.all().find(|x| x.element == to)).and_then(|x| x.barcode.clone()).unwrap_or_default();
-                    return ChangerError::DestinationFull { element: to, barcode };
+                    let barcode = inv
+                        .and_then(|i| i.all().find(|x| x.element == to))
+                        .and_then(|x| x.barcode.clone())
+                        .unwrap_or_default();
+                    return ChangerError::DestinationFull {
+                        element: to,
+                        barcode,
+                    };
                 }
                 0x0e => return ChangerError::SourceEmpty { element: from },
                 _ => {}
             }
         }
         if s.key == SenseKey::IllegalRequest && s.asc == 0x21 && s.ascq == 0x01 {
-            return ChangerError::Other(format!("moving {from} to {to}: the library rejects an element address ({s})"));
+            return ChangerError::Other(format!(
+                "moving {from} to {to}: the library rejects an element address ({s})"
+            ));
         }
         return ChangerError::Other(format!("moving {from} to {to} failed: {s}"));
     }
@@ -229,13 +293,22 @@ impl Changer for ScsiChanger {
             _ => return Err(ChangerError::SourceEmpty { element: from }),
         }
         if let Some(e) = find(to).filter(|e| e.is_full()) {
-            return Err(ChangerError::DestinationFull { element: to, barcode: e.barcode.unwrap_or_default() });
+            return Err(ChangerError::DestinationFull {
+                element: to,
+                barcode: e.barcode.unwrap_or_default(),
+            });
         }
         if from.kind == ElementKind::Drive {
             self.eject_from_drive(from.index);
         }
         self.sg
-            .execute("MOVE MEDIUM", &cdb::move_medium(self.map.transport.0, src, dst), DataDirection::None, &mut [], MOVE_TIMEOUT)
+            .execute(
+                "MOVE MEDIUM",
+                &cdb::move_medium(self.map.transport.0, src, dst),
+                DataDirection::None,
+                &mut [],
+                MOVE_TIMEOUT,
+            )
             .map_err(|e| move_error(e, from, to, Some(&inv)))?;
         Ok(())
     }
@@ -258,7 +331,10 @@ impl ScsiLibrary {
                 changer.display()
             )));
         }
-        Ok(ScsiLibrary { changer: c, drives: drives.to_vec() })
+        Ok(ScsiLibrary {
+            changer: c,
+            drives: drives.to_vec(),
+        })
     }
 
     pub fn scsi_changer(&mut self) -> &mut ScsiChanger {
@@ -272,12 +348,17 @@ impl TapeLibrary for ScsiLibrary {
     }
 
     fn open_drive(&mut self, index: usize) -> ChangerResult<Box<dyn TapeDrive>> {
-        let path = self.drives.get(index).ok_or(ChangerError::NoSuchElement { element: ElementRef::drive(index) })?;
+        let path = self.drives.get(index).ok_or(ChangerError::NoSuchElement {
+            element: ElementRef::drive(index),
+        })?;
         // The drive is opened (and so reserved) even when empty: jobs open a drive and
         // then have the changer load it. Operations wait for the cartridge to be ready
         // (a real drive threads the tape for some seconds after MOVE MEDIUM).
         let mut d = StDrive::open_reserved(path).map_err(|e| match e {
-            DriveError::Busy { detail } => ChangerError::Busy { element: ElementRef::drive(index), detail },
+            DriveError::Busy { detail } => ChangerError::Busy {
+                element: ElementRef::drive(index),
+                detail,
+            },
             e => e.into(),
         })?;
         d.set_load_wait(LOAD_WAIT);
@@ -296,14 +377,29 @@ mod tests {
     use crate::scsi::Sense;
 
     fn tgt_map() -> AddressAssignment {
-        AddressAssignment { transport: (1, 1), storage: (0x1000, 8), import_export: (0x10, 1), data_transfer: (0x100, 2) }
+        AddressAssignment {
+            transport: (1, 1),
+            storage: (0x1000, 8),
+            import_export: (0x10, 1),
+            data_transfer: (0x100, 2),
+        }
     }
 
     #[test]
     fn inventory_maps_addresses_to_elements_with_barcodes_and_sources() {
         let b = element_status_bytes(&[
-            (4, vec![(0x100, Some("TV0003L6"), Some(0x1002)), (0x101, None, None)]),
-            (2, vec![(0x1000, Some("TV0001L6"), None), (0x1001, None, None), (0x1002, None, None)]),
+            (
+                4,
+                vec![(0x100, Some("TV0003L6"), Some(0x1002)), (0x101, None, None)],
+            ),
+            (
+                2,
+                vec![
+                    (0x1000, Some("TV0001L6"), None),
+                    (0x1001, None, None),
+                    (0x1002, None, None),
+                ],
+            ),
             (3, vec![(0x10, Some("CLN001L1"), None)]),
         ]);
         let inv = inventory_from(&tgt_map(), &smc::parse_element_status(&b).unwrap());
@@ -313,7 +409,10 @@ mod tests {
         assert_eq!(inv.drives[1].barcode, None);
         assert_eq!(inv.find("TV0001L6").unwrap().element, ElementRef::slot(0));
         assert_eq!(inv.mail_slots[0].element, ElementRef::mail_slot(0));
-        assert_eq!(inv.first_empty(ElementKind::Slot), Some(ElementRef::slot(1)));
+        assert_eq!(
+            inv.first_empty(ElementKind::Slot),
+            Some(ElementRef::slot(1))
+        );
     }
 
     #[test]
@@ -327,28 +426,54 @@ mod tests {
     #[test]
     fn elements_outside_the_assignment_are_ignored() {
         let b = element_status_bytes(&[(2, vec![(0x2000, Some("X"), None)])]);
-        assert!(inventory_from(&tgt_map(), &smc::parse_element_status(&b).unwrap()).slots.is_empty());
+        assert!(
+            inventory_from(&tgt_map(), &smc::parse_element_status(&b).unwrap())
+                .slots
+                .is_empty()
+        );
     }
 
     fn check(key: u8, asc: u8, ascq: u8) -> ScsiError {
-        let b = [0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0];
-        ScsiError::Check { op: "MOVE MEDIUM", device: "/dev/sg2".into(), sense: Sense::parse(&b).unwrap() }
+        let b = [
+            0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0,
+        ];
+        ScsiError::Check {
+            op: "MOVE MEDIUM",
+            device: "/dev/sg2".into(),
+            sense: Sense::parse(&b).unwrap(),
+        }
     }
 
     #[test]
     fn move_sense_becomes_typed_errors() {
         let (s, d) = (ElementRef::slot(0), ElementRef::drive(1));
-        assert!(matches!(move_error(check(5, 0x3b, 0x0e), s, d, None), ChangerError::SourceEmpty { element } if element == s));
-        assert!(matches!(move_error(check(5, 0x3b, 0x0d), s, d, None), ChangerError::DestinationFull { element, .. } if element == d));
+        assert!(
+            matches!(move_error(check(5, 0x3b, 0x0e), s, d, None), ChangerError::SourceEmpty { element } if element == s)
+        );
+        assert!(
+            matches!(move_error(check(5, 0x3b, 0x0d), s, d, None), ChangerError::DestinationFull { element, .. } if element == d)
+        );
         let other = move_error(check(4, 0x53, 0x00), s, d, None).to_string();
-        assert!(other.contains("media load or eject failed") && other.contains("slot 0"), "{other}");
-        let t = ScsiError::Timeout { op: "MOVE MEDIUM", device: "x".into(), after: MOVE_TIMEOUT };
-        assert!(matches!(move_error(t, s, d, None), ChangerError::Timeout { .. }));
+        assert!(
+            other.contains("media load or eject failed") && other.contains("slot 0"),
+            "{other}"
+        );
+        let t = ScsiError::Timeout {
+            op: "MOVE MEDIUM",
+            device: "x".into(),
+            after: MOVE_TIMEOUT,
+        };
+        assert!(matches!(
+            move_error(t, s, d, None),
+            ChangerError::Timeout { .. }
+        ));
     }
 
     #[test]
     fn opening_a_missing_changer_names_the_problem() {
-        let e = ScsiLibrary::open(Path::new("/nonexistent/sg7"), &[]).err().unwrap();
+        let e = ScsiLibrary::open(Path::new("/nonexistent/sg7"), &[])
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("open changer"), "{e}");
     }
 }

@@ -29,8 +29,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use super::{
-    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop, TapeDrive, WriteOutcome,
-    MAX_BLOCK_SIZE,
+    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
+    TapeDrive, WriteOutcome, MAX_BLOCK_SIZE,
 };
 use crate::scsi::{self, cdb, encryption, DataDirection, SgDevice};
 
@@ -93,12 +93,18 @@ pub struct StDrive {
 
 impl std::fmt::Debug for StDrive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StDrive").field("path", &self.path).field("writable", &self.writable).finish()
+        f.debug_struct("StDrive")
+            .field("path", &self.path)
+            .field("writable", &self.writable)
+            .finish()
     }
 }
 
 fn io_err(op: &'static str, e: Errno) -> DriveError {
-    DriveError::Io { op, source: std::io::Error::from(e) }
+    DriveError::Io {
+        op,
+        source: std::io::Error::from(e),
+    }
 }
 
 impl StDrive {
@@ -131,13 +137,21 @@ impl StDrive {
             }
         }
         let flags = libc::O_CLOEXEC | if reserve { libc::O_NONBLOCK } else { 0 };
-        let open = |write: bool| OpenOptions::new().read(true).write(write).custom_flags(flags).open(path);
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(flags)
+                .open(path)
+        };
         let (file, writable) = match open(true) {
             Ok(f) => (f, true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => match open(false) {
-                Ok(f) => (f, false),
-                Err(_) => return Err(map_open_err(&name, e)),
-            },
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) => {
+                match open(false) {
+                    Ok(f) => (f, false),
+                    Err(_) => return Err(map_open_err(&name, e)),
+                }
+            }
             Err(e) => return Err(map_open_err(&name, e)),
         };
         let sg = scsi::sg_node_for_tape(path).and_then(|p| SgDevice::open(&p).ok());
@@ -169,7 +183,9 @@ impl StDrive {
     fn init_medium(&mut self) -> DriveResult<()> {
         let fd = self.fd();
         op(fd, MTSETBLK, 0).map_err(|e| match e {
-            Errno::ENOMEDIUM => DriveError::NoMedium { drive: self.path.display().to_string() },
+            Errno::ENOMEDIUM => DriveError::NoMedium {
+                drive: self.path.display().to_string(),
+            },
             e => io_err("MTSETBLK 0 (variable-block mode)", e),
         })?;
         // READ POSITION / LOCATE in logical object numbers (BT = 0), not vendor block
@@ -177,7 +193,16 @@ impl StDrive {
         self.logical_option = op(fd, MTSETDRVBUFFER, MT_ST_SETBOOLEANS | MT_ST_SCSI2LOGICAL);
         if let Some(sg) = &self.sg {
             let mut b = [0u8; 6];
-            if sg.execute("READ BLOCK LIMITS", &cdb::read_block_limits(), DataDirection::FromDevice, &mut b, SG_TIMEOUT).is_ok() {
+            if sg
+                .execute(
+                    "READ BLOCK LIMITS",
+                    &cdb::read_block_limits(),
+                    DataDirection::FromDevice,
+                    &mut b,
+                    SG_TIMEOUT,
+                )
+                .is_ok()
+            {
                 if let Some((_, max, min)) = cdb::parse_block_limits(&b) {
                     if max > 0 {
                         self.max_block = (max as usize).min(MAX_BLOCK_SIZE);
@@ -208,7 +233,9 @@ impl StDrive {
                 return self.init_medium();
             }
             if std::time::Instant::now() >= deadline {
-                return Err(DriveError::NoMedium { drive: self.path.display().to_string() });
+                return Err(DriveError::NoMedium {
+                    drive: self.path.display().to_string(),
+                });
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -242,9 +269,16 @@ impl StDrive {
 
     fn map_errno(&self, op: &'static str, e: Errno) -> DriveError {
         match e {
-            Errno::ENOMEDIUM => DriveError::NoMedium { drive: self.path.display().to_string() },
-            Errno::EBUSY => DriveError::Busy { detail: format!("{} is busy", self.path.display()) },
-            Errno::ETIMEDOUT | Errno::ETIME => DriveError::Timeout { op, after: Duration::ZERO },
+            Errno::ENOMEDIUM => DriveError::NoMedium {
+                drive: self.path.display().to_string(),
+            },
+            Errno::EBUSY => DriveError::Busy {
+                detail: format!("{} is busy", self.path.display()),
+            },
+            Errno::ETIMEDOUT | Errno::ETIME => DriveError::Timeout {
+                op,
+                after: Duration::ZERO,
+            },
             Errno::EACCES | Errno::EROFS | Errno::EBADF if !self.writable || e == Errno::EACCES => {
                 DriveError::WriteProtected
             }
@@ -300,20 +334,29 @@ impl StDrive {
 
     /// Whether the drive offers SSC-4 hardware encryption (AES-256-GCM under our
     /// control). `Err` says why not in plain words.
-    pub fn hardware_encryption_supported(&self) -> Result<encryption::HardwareEncryption, encryption::EncryptionError> {
-        let sg = self.sg.as_ref().ok_or_else(|| encryption::EncryptionError::NotSupported {
-            device: self.path.display().to_string(),
-            reason: "its SCSI generic (sg) node was not found or could not be opened \
+    pub fn hardware_encryption_supported(
+        &self,
+    ) -> Result<encryption::HardwareEncryption, encryption::EncryptionError> {
+        let sg = self
+            .sg
+            .as_ref()
+            .ok_or_else(|| encryption::EncryptionError::NotSupported {
+                device: self.path.display().to_string(),
+                reason: "its SCSI generic (sg) node was not found or could not be opened \
                      (load the sg module; the user needs read-write access to /dev/sgN)"
-                .into(),
-        })?;
+                    .into(),
+            })?;
         encryption::probe(sg)
     }
 
     /// Load an AES-256 key into the drive with our 16-byte key fingerprint as
     /// key-associated data; the drive then encrypts what it writes and decrypts what it
     /// reads.
-    pub fn set_hardware_key(&mut self, key: &[u8; 32], fingerprint: &[u8; 16]) -> Result<(), encryption::EncryptionError> {
+    pub fn set_hardware_key(
+        &mut self,
+        key: &[u8; 32],
+        fingerprint: &[u8; 16],
+    ) -> Result<(), encryption::EncryptionError> {
         self.hardware_encryption_supported()?;
         encryption::set_key(self.sg.as_ref().expect("checked above"), key, fingerprint)
     }
@@ -325,7 +368,9 @@ impl StDrive {
     }
 
     /// The drive's encryption status page.
-    pub fn hardware_encryption_status(&self) -> Result<encryption::EncryptionStatus, encryption::EncryptionError> {
+    pub fn hardware_encryption_status(
+        &self,
+    ) -> Result<encryption::EncryptionStatus, encryption::EncryptionError> {
         self.hardware_encryption_supported()?;
         encryption::status(self.sg.as_ref().expect("checked above"))
     }
@@ -334,14 +379,26 @@ impl StDrive {
     pub fn inquiry(&self) -> Option<(String, String, String)> {
         let sg = self.sg.as_ref()?;
         let mut b = [0u8; 96];
-        sg.execute("INQUIRY", &cdb::inquiry(96), DataDirection::FromDevice, &mut b, SG_TIMEOUT).ok()?;
+        sg.execute(
+            "INQUIRY",
+            &cdb::inquiry(96),
+            DataDirection::FromDevice,
+            &mut b,
+            SG_TIMEOUT,
+        )
+        .ok()?;
         cdb::parse_inquiry_ids(&b)
     }
 
     // ---- raw operations that keep the software position -------------------------------
 
     /// One read(2). Never trusts a read at a known end of data.
-    fn raw_read(&mut self, len: usize, use_scratch: bool, buf: &mut [u8]) -> DriveResult<ReadOutcome> {
+    fn raw_read(
+        &mut self,
+        len: usize,
+        use_scratch: bool,
+        buf: &mut [u8],
+    ) -> DriveResult<ReadOutcome> {
         if self.track.at_eod() {
             return Ok(ReadOutcome::EndOfData);
         }
@@ -371,7 +428,10 @@ impl StDrive {
                 self.track.forward_block();
                 Ok(ReadOutcome::Block(n))
             }
-            Err(Errno::ENOMEM) => Err(DriveError::BufferTooSmall { block_len: 0, buffer_len: len }),
+            Err(Errno::ENOMEM) => Err(DriveError::BufferTooSmall {
+                block_len: 0,
+                buffer_len: len,
+            }),
             Err(Errno::EIO) => {
                 if self.gstat().map(|g| g & GMT_EOD != 0).unwrap_or(false) {
                     self.track.eod = self.track.cur.block;
@@ -434,9 +494,15 @@ impl StDrive {
                 // st only recognises BLANK CHECK; ask the drive itself what stopped it
                 // (tgt answers a blank cartridge differently).
                 let sense = self.sg.as_ref().and_then(|sg| {
-                    sg.execute("SPACE (filemarks)", &cdb::space(1, 1), DataDirection::None, &mut [], SG_TIMEOUT)
-                        .err()
-                        .and_then(|e| e.sense().cloned())
+                    sg.execute(
+                        "SPACE (filemarks)",
+                        &cdb::space(1, 1),
+                        DataDirection::None,
+                        &mut [],
+                        SG_TIMEOUT,
+                    )
+                    .err()
+                    .and_then(|e| e.sense().cloned())
                 });
                 match sense {
                     Some(s) if s.is_end_of_data() => {
@@ -482,9 +548,14 @@ impl StDrive {
     fn goto_file_start(&mut self, file: u64) -> DriveResult<()> {
         self.rewind()?;
         if file > 0 {
-            let c = i32::try_from(file).map_err(|_| DriveError::Other(format!("file number {file} too large")))?;
+            let c = i32::try_from(file)
+                .map_err(|_| DriveError::Other(format!("file number {file} too large")))?;
             self.mtop("MTFSF", MTFSF, c)?;
-            self.track.cur = track::Track { block: None, file: Some(file), bif: Some(0) };
+            self.track.cur = track::Track {
+                block: None,
+                file: Some(file),
+                bif: Some(0),
+            };
             self.track.fill();
         }
         Ok(())
@@ -506,7 +577,9 @@ impl StDrive {
             let before = self.track.cur.file;
             self.read_forward_objects(1)?;
             if self.track.at_eod() {
-                return Err(DriveError::Other(format!("relearning the position: end of data before file {file}")));
+                return Err(DriveError::Other(format!(
+                    "relearning the position: end of data before file {file}"
+                )));
             }
             if self.track.cur.file != before {
                 passed += 1;
@@ -523,7 +596,10 @@ impl StDrive {
         if self.track.position().is_none() {
             self.rewind()?;
         }
-        let start = self.track.position().expect("known: at BOT or already known");
+        let start = self
+            .track
+            .position()
+            .expect("known: at BOT or already known");
         // 1. Count the filemarks between here and end of data (spacing over filemarks
         //    is exact on every device; tgt's data reads at EOD are not).
         let mut fms = 0u64;
@@ -534,12 +610,18 @@ impl StDrive {
                 Err(e) => return Err(self.map_errno("MTFSF 1 (counting files)", e)),
             }
             if fms > MAX_FILES_WALKED {
-                return Err(DriveError::Other("more than a million tape files: refusing to count further".into()));
+                return Err(DriveError::Other(
+                    "more than a million tape files: refusing to count further".into(),
+                ));
             }
         }
         // 2. Back to where we were, then count blocks by reading up to the last filemark.
         self.goto_file_start(start.file)?;
-        self.track.cur = track::Track { block: Some(start.block - start.block_in_file), file: Some(start.file), bif: Some(0) };
+        self.track.cur = track::Track {
+            block: Some(start.block - start.block_in_file),
+            file: Some(start.file),
+            bif: Some(0),
+        };
         self.track.eod = None;
         if start.block_in_file > 0 {
             self.read_forward_objects(start.block_in_file)?;
@@ -588,7 +670,9 @@ impl StDrive {
         if self.has_hw_position() {
             let before = self.hw_pos();
             let c = i32::try_from(n).ok().filter(|c| *c <= MAX_SPACE_COUNT);
-            let Some(c) = c else { return self.space_by_reading(n) };
+            let Some(c) = c else {
+                return self.space_by_reading(n);
+            };
             let file_before = self.mtget().map(|g| g.mt_fileno).unwrap_or(-1);
             match op(self.fd(), MTFSR, c) {
                 Ok(()) => {
@@ -600,9 +684,15 @@ impl StDrive {
                     let g = self.mtget()?;
                     let after = self.hw_pos();
                     let (stop, moved) = if g.mt_gstat as u32 & GMT_EOD != 0 {
-                        (SpaceStop::EndOfData, after.zip(before).map(|(a, b)| a.saturating_sub(b)))
+                        (
+                            SpaceStop::EndOfData,
+                            after.zip(before).map(|(a, b)| a.saturating_sub(b)),
+                        )
                     } else if g.mt_fileno != file_before {
-                        (SpaceStop::Filemark, after.zip(before).map(|(a, b)| a.saturating_sub(b + 1)))
+                        (
+                            SpaceStop::Filemark,
+                            after.zip(before).map(|(a, b)| a.saturating_sub(b + 1)),
+                        )
                     } else {
                         self.track.lost();
                         return Err(io_err("MTFSR", Errno::EIO));
@@ -617,7 +707,11 @@ impl StDrive {
                         self.track.cur.bif = self.track.cur.bif.map(|b| b + moved);
                         self.track.eod = after;
                     }
-                    return Err(DriveError::SpaceStopped { op: "space forward over blocks", stop, residual: n - moved.min(n) });
+                    return Err(DriveError::SpaceStopped {
+                        op: "space forward over blocks",
+                        stop,
+                        residual: n - moved.min(n),
+                    });
                 }
                 Err(e) => {
                     self.track.lost();
@@ -635,10 +729,18 @@ impl StDrive {
             match self.raw_read(self.max_block, true, &mut dummy)? {
                 ReadOutcome::Block(_) => {}
                 ReadOutcome::Filemark => {
-                    return Err(DriveError::SpaceStopped { op: "space forward over blocks", stop: SpaceStop::Filemark, residual: n - i })
+                    return Err(DriveError::SpaceStopped {
+                        op: "space forward over blocks",
+                        stop: SpaceStop::Filemark,
+                        residual: n - i,
+                    })
                 }
                 ReadOutcome::EndOfData => {
-                    return Err(DriveError::SpaceStopped { op: "space forward over blocks", stop: SpaceStop::EndOfData, residual: n - i })
+                    return Err(DriveError::SpaceStopped {
+                        op: "space forward over blocks",
+                        stop: SpaceStop::EndOfData,
+                        residual: n - i,
+                    })
                 }
             }
         }
@@ -660,10 +762,18 @@ impl StDrive {
         }
         if file == 0 {
             self.rewind()?;
-            return Err(DriveError::SpaceStopped { op: "space backward over blocks", stop: SpaceStop::BeginningOfTape, residual: n - bif });
+            return Err(DriveError::SpaceStopped {
+                op: "space backward over blocks",
+                stop: SpaceStop::BeginningOfTape,
+                residual: n - bif,
+            });
         }
         self.goto_end_of_file(file - 1)?;
-        Err(DriveError::SpaceStopped { op: "space backward over blocks", stop: SpaceStop::Filemark, residual: n - bif })
+        Err(DriveError::SpaceStopped {
+            op: "space backward over blocks",
+            stop: SpaceStop::Filemark,
+            residual: n - bif,
+        })
     }
 
     fn known_file_and_bif(&mut self) -> DriveResult<(u64, u64)> {
@@ -673,7 +783,10 @@ impl StDrive {
         }
         match (self.track.cur.file, self.track.cur.bif) {
             (Some(f), Some(b)) => Ok((f, b)),
-            _ => Err(DriveError::Other(format!("{}: tape position unknown", self.path.display()))),
+            _ => Err(DriveError::Other(format!(
+                "{}: tape position unknown",
+                self.path.display()
+            ))),
         }
     }
 
@@ -683,7 +796,8 @@ impl StDrive {
             let c = i32::try_from(k).ok().filter(|c| *c <= MAX_SPACE_COUNT);
             match c {
                 Some(c) => {
-                    self.mtop("MTFSR", MTFSR, c).inspect_err(|_| self.track.lost())?;
+                    self.mtop("MTFSR", MTFSR, c)
+                        .inspect_err(|_| self.track.lost())?;
                     self.track.cur.block = self.track.cur.block.map(|b| b + k);
                     self.track.cur.bif = self.track.cur.bif.map(|b| b + k);
                 }
@@ -712,7 +826,9 @@ impl StDrive {
                         ReadOutcome::Block(_) => c += 1,
                         ReadOutcome::Filemark => break,
                         ReadOutcome::EndOfData => {
-                            return Err(DriveError::Other(format!("tape file {f} has no closing filemark")))
+                            return Err(DriveError::Other(format!(
+                                "tape file {f} has no closing filemark"
+                            )))
                         }
                     }
                 }
@@ -725,7 +841,8 @@ impl StDrive {
 
     fn space_blocks_backward_hw(&mut self, n: u64) -> DriveResult<()> {
         let before = self.hw_pos();
-        let c = i32::try_from(n).map_err(|_| DriveError::Other(format!("space count {n} too large")))?;
+        let c = i32::try_from(n)
+            .map_err(|_| DriveError::Other(format!("space count {n} too large")))?;
         let r = op(self.fd(), MTBSR, c);
         let after = self.hw_pos();
         self.track.lost();
@@ -735,15 +852,26 @@ impl StDrive {
             Ok(()) => Ok(()),
             Err(Errno::EIO) => {
                 let g = self.mtget()?;
-                let moved = before.zip(after).map(|(b, a)| b.saturating_sub(a)).unwrap_or(0);
+                let moved = before
+                    .zip(after)
+                    .map(|(b, a)| b.saturating_sub(a))
+                    .unwrap_or(0);
                 let stop = if after == Some(0) || g.mt_gstat as u32 & GMT_BOT != 0 {
                     self.track.at_bot();
                     SpaceStop::BeginningOfTape
                 } else {
                     SpaceStop::Filemark
                 };
-                let moved = if stop == SpaceStop::Filemark { moved.saturating_sub(1) } else { moved };
-                Err(DriveError::SpaceStopped { op: "space backward over blocks", stop, residual: n - moved.min(n) })
+                let moved = if stop == SpaceStop::Filemark {
+                    moved.saturating_sub(1)
+                } else {
+                    moved
+                };
+                Err(DriveError::SpaceStopped {
+                    op: "space backward over blocks",
+                    stop,
+                    residual: n - moved.min(n),
+                })
             }
             Err(e) => Err(self.map_errno("MTBSR", e)),
         }
@@ -837,7 +965,7 @@ impl TapeDrive for StDrive {
             self.ew = EarlyWarning::Trailer;
             return Err(DriveError::EarlyWarning);
         }
-        let aligned = data.as_ptr() as usize % DIO_ALIGN == 0;
+        let aligned = (data.as_ptr() as usize).is_multiple_of(DIO_ALIGN);
         if !aligned {
             if self.wbuf.len() < data.len() + DIO_ALIGN {
                 self.wbuf.resize(data.len() + DIO_ALIGN, 0);
@@ -914,7 +1042,8 @@ impl TapeDrive for StDrive {
         if !self.writable {
             return Err(DriveError::WriteProtected);
         }
-        let c = i32::try_from(count).map_err(|_| DriveError::Other(format!("{count} filemarks is too many")))?;
+        let c = i32::try_from(count)
+            .map_err(|_| DriveError::Other(format!("{count} filemarks is too many")))?;
         let r = if immediate {
             match op(self.fd(), MTWEOFI, c) {
                 // Kernels before 2.6.37 lack MTWEOFI.
@@ -972,20 +1101,36 @@ impl TapeDrive for StDrive {
             // One at a time: exact even where the device reports no residual (tgt).
             for i in 0..count as u64 {
                 if self.track.at_eod() {
-                    return Err(DriveError::SpaceStopped { op: "space forward over filemarks", stop: SpaceStop::EndOfData, residual: count as u64 - i });
+                    return Err(DriveError::SpaceStopped {
+                        op: "space forward over filemarks",
+                        stop: SpaceStop::EndOfData,
+                        residual: count as u64 - i,
+                    });
                 }
                 match op(self.fd(), MTFSF, 1) {
                     Ok(()) => {
                         let file = self.track.cur.file.map(|f| f + 1);
-                        self.track.cur = track::Track { block: None, file, bif: Some(0) };
+                        self.track.cur = track::Track {
+                            block: None,
+                            file,
+                            bif: Some(0),
+                        };
                         self.track.fill();
                     }
                     Err(Errno::EIO) if self.gstat().map(|g| g & GMT_EOD != 0).unwrap_or(false) => {
                         let file = self.track.cur.file;
-                        self.track.cur = track::Track { block: self.hw_pos(), file, bif: None };
+                        self.track.cur = track::Track {
+                            block: self.hw_pos(),
+                            file,
+                            bif: None,
+                        };
                         self.track.eod = self.track.cur.block;
                         self.track.fill();
-                        return Err(DriveError::SpaceStopped { op: "space forward over filemarks", stop: SpaceStop::EndOfData, residual: count as u64 - i });
+                        return Err(DriveError::SpaceStopped {
+                            op: "space forward over filemarks",
+                            stop: SpaceStop::EndOfData,
+                            residual: count as u64 - i,
+                        });
                     }
                     Err(e) => {
                         self.track.lost();
@@ -1005,21 +1150,33 @@ impl TapeDrive for StDrive {
             let (file, _) = self.known_file_and_bif()?;
             if n > file {
                 self.rewind()?;
-                return Err(DriveError::SpaceStopped { op: "space backward over filemarks", stop: SpaceStop::BeginningOfTape, residual: n - file });
+                return Err(DriveError::SpaceStopped {
+                    op: "space backward over filemarks",
+                    stop: SpaceStop::BeginningOfTape,
+                    residual: n - file,
+                });
             }
             return self.goto_end_of_file(file - n);
         }
         for i in 0..n {
             if self.track.cur.file == Some(0) {
                 self.rewind()?;
-                return Err(DriveError::SpaceStopped { op: "space backward over filemarks", stop: SpaceStop::BeginningOfTape, residual: n - i });
+                return Err(DriveError::SpaceStopped {
+                    op: "space backward over filemarks",
+                    stop: SpaceStop::BeginningOfTape,
+                    residual: n - i,
+                });
             }
             match op(self.fd(), MTBSF, 1) {
                 Ok(()) => self.track.backward_filemark(),
                 Err(Errno::EIO) if self.track.cur.file.is_none() => {
                     // Unknown file: st reports BOT as an error; confirm by rewinding.
                     self.rewind()?;
-                    return Err(DriveError::SpaceStopped { op: "space backward over filemarks", stop: SpaceStop::BeginningOfTape, residual: n - i });
+                    return Err(DriveError::SpaceStopped {
+                        op: "space backward over filemarks",
+                        stop: SpaceStop::BeginningOfTape,
+                        residual: n - i,
+                    });
                 }
                 Err(e) => {
                     self.track.lost();
@@ -1046,7 +1203,8 @@ impl TapeDrive for StDrive {
             return Ok(());
         }
         if self.has_hw_position() {
-            self.mtop("MTEOM", MTEOM, 1).inspect_err(|_| self.track.lost())?;
+            self.mtop("MTEOM", MTEOM, 1)
+                .inspect_err(|_| self.track.lost())?;
             let g = self.mtget()?;
             self.track.lost();
             self.track.cur.block = self.hw_pos();
@@ -1092,7 +1250,14 @@ impl TapeDrive for StDrive {
         // Fallback: from the nearest known file start at or before the target (or from
         // here, when that is closer), read forward counting objects.
         let here = self.track.position().filter(|p| p.block <= block);
-        let (sf, ss) = self.track.starts.iter().map(|(f, s)| (*f, *s)).filter(|(_, s)| *s <= block).max_by_key(|(_, s)| *s).unwrap_or((0, 0));
+        let (sf, ss) = self
+            .track
+            .starts
+            .iter()
+            .map(|(f, s)| (*f, *s))
+            .filter(|(_, s)| *s <= block)
+            .max_by_key(|(_, s)| *s)
+            .unwrap_or((0, 0));
         match here {
             Some(p) if p.block >= ss => {}
             _ => {
@@ -1107,8 +1272,10 @@ impl TapeDrive for StDrive {
         if let (Some(f), Some(_)) = (self.track.cur.file, self.track.cur.bif) {
             if let Some(next) = self.track.starts.get(&(f + 1)) {
                 if block < next - 1 && need > 0 {
-                    let c = i32::try_from(need).map_err(|_| DriveError::Other("locate distance too large".into()))?;
-                    self.mtop("MTFSR", MTFSR, c).inspect_err(|_| self.track.lost())?;
+                    let c = i32::try_from(need)
+                        .map_err(|_| DriveError::Other("locate distance too large".into()))?;
+                    self.mtop("MTFSR", MTFSR, c)
+                        .inspect_err(|_| self.track.lost())?;
                     self.track.cur.block = Some(block);
                     self.track.cur.bif = self.track.cur.bif.map(|b| b + need);
                     need = 0;
@@ -1146,7 +1313,9 @@ impl TapeDrive for StDrive {
             self.adopt_st_counters();
         }
         self.relearn()?;
-        self.track.position().ok_or_else(|| DriveError::Other(format!("{}: tape position unknown", self.path.display())))
+        self.track.position().ok_or_else(|| {
+            DriveError::Other(format!("{}: tape position unknown", self.path.display()))
+        })
     }
 
     fn status(&mut self) -> DriveResult<DriveStatus> {
@@ -1216,7 +1385,8 @@ impl StDrive {
 
     /// Whether st's logical-position option could be set (root only); a note for probe.
     pub fn logical_positions(&self) -> Result<(), String> {
-        self.logical_option.map_err(|e| format!("st option MT_ST_SCSI2LOGICAL not set: {e}"))
+        self.logical_option
+            .map_err(|e| format!("st option MT_ST_SCSI2LOGICAL not set: {e}"))
     }
 }
 

@@ -68,13 +68,19 @@ impl Algorithm {
 /// List of page codes (pages 0x0000/0x0001).
 pub fn parse_page_list(b: &[u8]) -> Result<Vec<u16>, EncryptionError> {
     let len = page_len(b, "supported pages")?;
-    Ok(b[4..4 + len].chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
+    Ok(b[4..4 + len]
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect())
 }
 
 /// Supported protocol list of security protocol 0 page 0 (SPC-4 7.7.1).
 pub fn parse_protocol_list(b: &[u8]) -> Result<Vec<u8>, EncryptionError> {
     if b.len() < 8 {
-        return Err(EncryptionError::Malformed { what: "supported protocols", detail: format!("{} bytes", b.len()) });
+        return Err(EncryptionError::Malformed {
+            what: "supported protocols",
+            detail: format!("{} bytes", b.len()),
+        });
     }
     let n = u16::from_be_bytes([b[6], b[7]]) as usize;
     Ok(b.get(8..8 + n).unwrap_or(&b[8..]).to_vec())
@@ -82,7 +88,10 @@ pub fn parse_protocol_list(b: &[u8]) -> Result<Vec<u8>, EncryptionError> {
 
 fn page_len(b: &[u8], what: &'static str) -> Result<usize, EncryptionError> {
     if b.len() < 4 {
-        return Err(EncryptionError::Malformed { what, detail: format!("{} bytes", b.len()) });
+        return Err(EncryptionError::Malformed {
+            what,
+            detail: format!("{} bytes", b.len()),
+        });
     }
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
     if 4 + len > b.len() {
@@ -103,12 +112,18 @@ pub fn parse_capabilities(b: &[u8]) -> Result<Vec<Algorithm>, EncryptionError> {
     let mut p = 20;
     while p + 4 <= end {
         let dlen = u16::from_be_bytes([b[p + 2], b[p + 3]]) as usize;
-        let d = b.get(p..p + 4 + dlen).filter(|_| p + 4 + dlen <= end).ok_or_else(|| EncryptionError::Malformed {
-            what,
-            detail: format!("algorithm descriptor at byte {p} overruns the page"),
-        })?;
+        let d = b
+            .get(p..p + 4 + dlen)
+            .filter(|_| p + 4 + dlen <= end)
+            .ok_or_else(|| EncryptionError::Malformed {
+                what,
+                detail: format!("algorithm descriptor at byte {p} overruns the page"),
+            })?;
         if dlen < 20 {
-            return Err(EncryptionError::Malformed { what, detail: format!("algorithm descriptor length {dlen}") });
+            return Err(EncryptionError::Malformed {
+                what,
+                detail: format!("algorithm descriptor length {dlen}"),
+            });
         }
         out.push(Algorithm {
             index: d[0],
@@ -141,14 +156,19 @@ pub fn parse_status(b: &[u8]) -> Result<EncryptionStatus, EncryptionError> {
     let what = "data encryption status";
     let len = page_len(b, what)?;
     if len < 20 {
-        return Err(EncryptionError::Malformed { what, detail: format!("page length {len}") });
+        return Err(EncryptionError::Malformed {
+            what,
+            detail: format!("page length {len}"),
+        });
     }
     let end = 4 + len;
     let mut kad = Vec::new();
     let mut p = 24;
     while p + 4 <= end {
         let dl = u16::from_be_bytes([b[p + 2], b[p + 3]]) as usize;
-        let Some(d) = b.get(p + 4..p + 4 + dl).filter(|_| p + 4 + dl <= end) else { break };
+        let Some(d) = b.get(p + 4..p + 4 + dl).filter(|_| p + 4 + dl <= end) else {
+            break;
+        };
         kad.push((b[p], d.to_vec()));
         p += 4 + dl;
     }
@@ -169,7 +189,12 @@ pub const KAD_AUTHENTICATED: u8 = 0x01;
 
 /// The Set Data Encryption page (SSC-4 8.5.3.2): encrypt and decrypt with `key` under
 /// algorithm `index`, attaching `kad` as a KAD descriptor of type `kad_type`.
-pub fn set_data_encryption_page(index: u8, key: &[u8; KEY_LEN], kad_type: u8, kad: &[u8; KAD_LEN]) -> Vec<u8> {
+pub fn set_data_encryption_page(
+    index: u8,
+    key: &[u8; KEY_LEN],
+    kad_type: u8,
+    kad: &[u8; KAD_LEN],
+) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0..2].copy_from_slice(&PAGE_SET_DATA_ENCRYPTION.to_be_bytes());
     p[4] = SCOPE_ALL_IT_NEXUS;
@@ -220,21 +245,29 @@ pub struct HardwareEncryption {
 /// commands, no protocol 0x20, no AES-256-GCM under our control).
 pub fn probe(sg: &SgDevice) -> Result<HardwareEncryption, EncryptionError> {
     let device = sg.path().display().to_string();
-    let not = |reason: String| EncryptionError::NotSupported { device: device.clone(), reason };
+    let not = |reason: String| EncryptionError::NotSupported {
+        device: device.clone(),
+        reason,
+    };
     let protocols = match sp_in(sg, SECURITY_PROTOCOL_INFORMATION, 0) {
         Ok(b) => parse_protocol_list(&b)?,
-        Err(ScsiError::Unsupported { .. }) => return Err(not("it rejects SECURITY PROTOCOL IN".into())),
-        Err(e @ ScsiError::Check { .. }) => return Err(not(format!("SECURITY PROTOCOL IN failed: {e}"))),
+        Err(ScsiError::Unsupported { .. }) => {
+            return Err(not("it rejects SECURITY PROTOCOL IN".into()))
+        }
+        Err(e @ ScsiError::Check { .. }) => {
+            return Err(not(format!("SECURITY PROTOCOL IN failed: {e}")))
+        }
         Err(e) => return Err(e.into()),
     };
     if !protocols.contains(&TAPE_DATA_ENCRYPTION) {
-        return Err(not("it does not list the tape data encryption security protocol (0x20)".into()));
+        return Err(not(
+            "it does not list the tape data encryption security protocol (0x20)".into(),
+        ));
     }
     let algs = parse_capabilities(&sp_in(sg, TAPE_DATA_ENCRYPTION, PAGE_CAPABILITIES)?)?;
-    let algorithm = algs
-        .into_iter()
-        .find(Algorithm::usable)
-        .ok_or_else(|| not("no AES-256-GCM algorithm controllable over SCSI with room for a 16-byte KAD".into()))?;
+    let algorithm = algs.into_iter().find(Algorithm::usable).ok_or_else(|| {
+        not("no AES-256-GCM algorithm controllable over SCSI with room for a 16-byte KAD".into())
+    })?;
     Ok(HardwareEncryption { algorithm })
 }
 
@@ -244,14 +277,25 @@ pub fn status(sg: &SgDevice) -> Result<EncryptionStatus, EncryptionError> {
 }
 
 /// Load `key` into the drive (encrypt + decrypt) with `fingerprint` as KAD.
-pub fn set_key(sg: &SgDevice, key: &[u8; KEY_LEN], fingerprint: &[u8; KAD_LEN]) -> Result<(), EncryptionError> {
+pub fn set_key(
+    sg: &SgDevice,
+    key: &[u8; KEY_LEN],
+    fingerprint: &[u8; KAD_LEN],
+) -> Result<(), EncryptionError> {
     let hw = probe(sg)?;
-    let kad_type =
-        if hw.algorithm.max_ukad as usize >= KAD_LEN { KAD_UNAUTHENTICATED } else { KAD_AUTHENTICATED };
+    let kad_type = if hw.algorithm.max_ukad as usize >= KAD_LEN {
+        KAD_UNAUTHENTICATED
+    } else {
+        KAD_AUTHENTICATED
+    };
     let mut page = set_data_encryption_page(hw.algorithm.index, key, kad_type, fingerprint);
     let r = sg.execute(
         "SECURITY PROTOCOL OUT",
-        &cdb::security_protocol_out(TAPE_DATA_ENCRYPTION, PAGE_SET_DATA_ENCRYPTION, page.len() as u32),
+        &cdb::security_protocol_out(
+            TAPE_DATA_ENCRYPTION,
+            PAGE_SET_DATA_ENCRYPTION,
+            page.len() as u32,
+        ),
         DataDirection::ToDevice,
         &mut page,
         TIMEOUT,
@@ -267,7 +311,11 @@ pub fn clear_key(sg: &SgDevice) -> Result<(), EncryptionError> {
     let mut page = clear_data_encryption_page();
     sg.execute(
         "SECURITY PROTOCOL OUT",
-        &cdb::security_protocol_out(TAPE_DATA_ENCRYPTION, PAGE_SET_DATA_ENCRYPTION, page.len() as u32),
+        &cdb::security_protocol_out(
+            TAPE_DATA_ENCRYPTION,
+            PAGE_SET_DATA_ENCRYPTION,
+            page.len() as u32,
+        ),
         DataDirection::ToDevice,
         &mut page,
         TIMEOUT,
@@ -302,11 +350,25 @@ mod tests {
         let algs = parse_capabilities(&caps_page(2, AES256_GCM, 32)).unwrap();
         assert_eq!(
             algs,
-            vec![Algorithm { index: 1, encrypt_c: 2, decrypt_c: 2, max_ukad: 32, max_akad: 12, key_size: 32, code: AES256_GCM }]
+            vec![Algorithm {
+                index: 1,
+                encrypt_c: 2,
+                decrypt_c: 2,
+                max_ukad: 32,
+                max_akad: 12,
+                key_size: 32,
+                code: AES256_GCM
+            }]
         );
         assert!(algs[0].usable());
-        assert!(!parse_capabilities(&caps_page(1, AES256_GCM, 32)).unwrap()[0].usable(), "external control only");
-        assert!(!parse_capabilities(&caps_page(2, 0x0001_0010, 32)).unwrap()[0].usable(), "not AES-256-GCM");
+        assert!(
+            !parse_capabilities(&caps_page(1, AES256_GCM, 32)).unwrap()[0].usable(),
+            "external control only"
+        );
+        assert!(
+            !parse_capabilities(&caps_page(2, 0x0001_0010, 32)).unwrap()[0].usable(),
+            "not AES-256-GCM"
+        );
     }
 
     #[test]
@@ -316,12 +378,24 @@ mod tests {
         let p = set_data_encryption_page(1, &key, KAD_UNAUTHENTICATED, &kad);
         assert_eq!(p.len(), 20 + 32 + 4 + 16);
         assert_eq!(&p[0..2], &[0x00, 0x10], "page code");
-        assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, p.len() - 4, "page length");
+        assert_eq!(
+            u16::from_be_bytes([p[2], p[3]]) as usize,
+            p.len() - 4,
+            "page length"
+        );
         assert_eq!(p[4], 0x40, "scope: all I_T nexus, no lock");
-        assert_eq!((p[6], p[7], p[8], p[9]), (2, 2, 1, 0), "encrypt, decrypt, index, plain key");
+        assert_eq!(
+            (p[6], p[7], p[8], p[9]),
+            (2, 2, 1, 0),
+            "encrypt, decrypt, index, plain key"
+        );
         assert_eq!(&p[18..20], &[0, 32], "key length");
         assert_eq!(&p[20..52], &key);
-        assert_eq!(&p[52..56], &[0x00, 0x00, 0x00, 0x10], "U-KAD descriptor header");
+        assert_eq!(
+            &p[52..56],
+            &[0x00, 0x00, 0x00, 0x10],
+            "U-KAD descriptor header"
+        );
         assert_eq!(&p[56..72], &kad);
     }
 
@@ -346,15 +420,29 @@ mod tests {
         let n = (p.len() - 4) as u16;
         p[2..4].copy_from_slice(&n.to_be_bytes());
         let s = parse_status(&p).unwrap();
-        assert_eq!((s.encryption_mode, s.decryption_mode, s.algorithm_index, s.key_instance_counter), (2, 2, 1, 7));
+        assert_eq!(
+            (
+                s.encryption_mode,
+                s.decryption_mode,
+                s.algorithm_index,
+                s.key_instance_counter
+            ),
+            (2, 2, 1, 7)
+        );
         assert_eq!(s.kad, vec![(0, vec![1, 2, 3, 4])]);
     }
 
     #[test]
     fn page_and_protocol_lists() {
-        assert_eq!(parse_page_list(&[0, 0, 0, 4, 0, 0x10, 0, 0x20]).unwrap(), vec![0x10, 0x20]);
+        assert_eq!(
+            parse_page_list(&[0, 0, 0, 4, 0, 0x10, 0, 0x20]).unwrap(),
+            vec![0x10, 0x20]
+        );
         assert!(parse_page_list(&[0, 0, 0, 9, 0]).is_err());
-        assert_eq!(parse_protocol_list(&[0, 0, 0, 0, 0, 0, 0, 2, 0x00, 0x20]).unwrap(), vec![0x00, 0x20]);
+        assert_eq!(
+            parse_protocol_list(&[0, 0, 0, 0, 0, 0, 0, 2, 0x00, 0x20]).unwrap(),
+            vec![0x00, 0x20]
+        );
     }
 
     proptest::proptest! {

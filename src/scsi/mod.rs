@@ -39,17 +39,42 @@ pub enum ScsiError {
         source: std::io::Error,
     },
     #[error("{op} on {device} failed: {sense}")]
-    Check { op: &'static str, device: String, sense: Sense },
+    Check {
+        op: &'static str,
+        device: String,
+        sense: Sense,
+    },
     #[error("{op} on {device}: the device does not support it ({sense})")]
-    Unsupported { op: &'static str, device: String, sense: Sense },
+    Unsupported {
+        op: &'static str,
+        device: String,
+        sense: Sense,
+    },
     #[error("{op} on {device} failed with SCSI status 0x{status:02x}")]
-    Status { op: &'static str, device: String, status: u8 },
+    Status {
+        op: &'static str,
+        device: String,
+        status: u8,
+    },
     #[error("{op} on {device} failed in transport (host status 0x{host:04x}, driver status 0x{driver:04x})")]
-    Transport { op: &'static str, device: String, host: u16, driver: u16 },
+    Transport {
+        op: &'static str,
+        device: String,
+        host: u16,
+        driver: u16,
+    },
     #[error("{op} on {device} timed out after {after:?}")]
-    Timeout { op: &'static str, device: String, after: Duration },
+    Timeout {
+        op: &'static str,
+        device: String,
+        after: Duration,
+    },
     #[error("{op} on {device}: malformed response: {detail}")]
-    BadResponse { op: &'static str, device: String, detail: String },
+    BadResponse {
+        op: &'static str,
+        device: String,
+        detail: String,
+    },
 }
 
 impl ScsiError {
@@ -132,8 +157,15 @@ impl SgDevice {
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map_err(|source| ScsiError::Io { op: "open", device: path.display().to_string(), source })?;
-        Ok(SgDevice { file, path: path.to_path_buf() })
+            .map_err(|source| ScsiError::Io {
+                op: "open",
+                device: path.display().to_string(),
+                source,
+            })?;
+        Ok(SgDevice {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -154,8 +186,14 @@ impl SgDevice {
         let mut sense = [0u8; SENSE_BUFFER_LEN];
         let (dxfer_direction, dxferp, dxfer_len) = match dir {
             DataDirection::None => (SG_DXFER_NONE, std::ptr::null_mut(), 0u32),
-            DataDirection::ToDevice => (SG_DXFER_TO_DEV, data.as_mut_ptr().cast(), data.len() as u32),
-            DataDirection::FromDevice => (SG_DXFER_FROM_DEV, data.as_mut_ptr().cast(), data.len() as u32),
+            DataDirection::ToDevice => {
+                (SG_DXFER_TO_DEV, data.as_mut_ptr().cast(), data.len() as u32)
+            }
+            DataDirection::FromDevice => (
+                SG_DXFER_FROM_DEV,
+                data.as_mut_ptr().cast(),
+                data.len() as u32,
+            ),
         };
         let mut hdr = SgIoHdr {
             interface_id: b'S' as libc::c_int,
@@ -185,17 +223,36 @@ impl SgDevice {
         // of which outlive the call and have the lengths given in the header.
         let r = unsafe { sg_io_ioctl(self.file.as_raw_fd(), &mut hdr) };
         if let Err(errno) = r {
-            return Err(ScsiError::Io { op, device, source: std::io::Error::from(errno) });
+            return Err(ScsiError::Io {
+                op,
+                device,
+                source: std::io::Error::from(errno),
+            });
         }
         let sense_len = (hdr.sb_len_wr as usize).min(SENSE_BUFFER_LEN);
-        let decoded = if sense_len > 0 { Sense::parse(&sense[..sense_len]) } else { None };
+        let decoded = if sense_len > 0 {
+            Sense::parse(&sense[..sense_len])
+        } else {
+            None
+        };
         if hdr.host_status == DID_TIME_OUT || (hdr.driver_status & 0x0f) == DRIVER_TIMEOUT {
-            return Err(ScsiError::Timeout { op, device, after: timeout });
+            return Err(ScsiError::Timeout {
+                op,
+                device,
+                after: timeout,
+            });
         }
-        if hdr.status == STATUS_CHECK_CONDITION || (hdr.driver_status & DRIVER_SENSE != 0 && decoded.is_some()) {
+        if hdr.status == STATUS_CHECK_CONDITION
+            || (hdr.driver_status & DRIVER_SENSE != 0 && decoded.is_some())
+        {
             let sense = decoded.unwrap_or_default();
-            if sense.key == SenseKey::RecoveredError || sense.key == SenseKey::NoSense && !sense.has_condition() {
-                return Ok(Completion { transferred: transferred(&hdr), sense: Some(sense) });
+            if sense.key == SenseKey::RecoveredError
+                || sense.key == SenseKey::NoSense && !sense.has_condition()
+            {
+                return Ok(Completion {
+                    transferred: transferred(&hdr),
+                    sense: Some(sense),
+                });
             }
             if sense.is_unsupported_command() {
                 return Err(ScsiError::Unsupported { op, device, sense });
@@ -203,12 +260,24 @@ impl SgDevice {
             return Err(ScsiError::Check { op, device, sense });
         }
         if hdr.status != 0 {
-            return Err(ScsiError::Status { op, device, status: hdr.status });
+            return Err(ScsiError::Status {
+                op,
+                device,
+                status: hdr.status,
+            });
         }
         if hdr.host_status != 0 || (hdr.driver_status & !DRIVER_SENSE) != 0 {
-            return Err(ScsiError::Transport { op, device, host: hdr.host_status, driver: hdr.driver_status });
+            return Err(ScsiError::Transport {
+                op,
+                device,
+                host: hdr.host_status,
+                driver: hdr.driver_status,
+            });
         }
-        Ok(Completion { transferred: transferred(&hdr), sense: decoded })
+        Ok(Completion {
+            transferred: transferred(&hdr),
+            sense: decoded,
+        })
     }
 }
 
@@ -222,7 +291,9 @@ fn transferred(hdr: &SgIoHdr) -> usize {
 pub fn sg_node_for_tape(st_path: &Path) -> Option<PathBuf> {
     let real = std::fs::canonicalize(st_path).ok()?;
     let name = real.file_name()?.to_str()?.to_string();
-    let dir = Path::new("/sys/class/scsi_tape").join(&name).join("device/scsi_generic");
+    let dir = Path::new("/sys/class/scsi_tape")
+        .join(&name)
+        .join("device/scsi_generic");
     let entry = std::fs::read_dir(dir).ok()?.flatten().next()?;
     Some(Path::new("/dev").join(entry.file_name()))
 }

@@ -149,13 +149,19 @@ impl Sense {
 
     /// True when the sense reports anything beyond "no sense".
     pub fn has_condition(&self) -> bool {
-        self.key != SenseKey::NoSense || self.asc != 0 || self.ascq != 0 || self.filemark || self.eom || self.ili
+        self.key != SenseKey::NoSense
+            || self.asc != 0
+            || self.ascq != 0
+            || self.filemark
+            || self.eom
+            || self.ili
     }
 
     /// End of data / blank medium: BLANK CHECK, or the EOD-detected and
     /// end-of-data-not-found codes some devices use with other sense keys.
     pub fn is_end_of_data(&self) -> bool {
-        self.key == SenseKey::BlankCheck || matches!((self.asc, self.ascq), (0x00, 0x05) | (0x14, 0x03))
+        self.key == SenseKey::BlankCheck
+            || matches!((self.asc, self.ascq), (0x00, 0x05) | (0x14, 0x03))
     }
 
     /// ILLEGAL REQUEST, invalid command operation code / field in CDB for an optional
@@ -249,18 +255,42 @@ mod tests {
     #[test]
     fn fixed_format_blank_check_with_residual() {
         // 0xf0: valid + current; key 8; information 5; ASC/ASCQ 00/05 end-of-data.
-        let b = [0xf0, 0, 0x08, 0, 0, 0, 5, 10, 0, 0, 0, 0, 0x00, 0x05, 0, 0, 0, 0];
+        let b = [
+            0xf0, 0, 0x08, 0, 0, 0, 5, 10, 0, 0, 0, 0, 0x00, 0x05, 0, 0, 0, 0,
+        ];
         let s = Sense::parse(&b).unwrap();
         assert_eq!(s.key, SenseKey::BlankCheck);
         assert_eq!(s.information, Some(5));
         assert_eq!(s.asc_text(), Some("end-of-data detected"));
         assert!(!s.filemark && !s.eom && !s.deferred);
-        assert_eq!(s.to_string(), "blank check, end-of-data detected (information 5)");
+        assert_eq!(
+            s.to_string(),
+            "blank check, end-of-data detected (information 5)"
+        );
     }
 
     #[test]
     fn fixed_format_stream_bits() {
-        let b = [0x70, 0, 0x80 | 0x40 | 0x20, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let b = [
+            0x70,
+            0,
+            0x80 | 0x40 | 0x20,
+            0,
+            0,
+            0,
+            0,
+            10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+        ];
         let s = Sense::parse(&b).unwrap();
         assert!(s.filemark && s.eom && s.ili);
         assert_eq!(s.information, None, "VALID bit clear");
@@ -281,7 +311,9 @@ mod tests {
 
     #[test]
     fn unsupported_command_is_recognized() {
-        let b = [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0];
+        let b = [
+            0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0,
+        ];
         assert!(Sense::parse(&b).unwrap().is_unsupported_command());
     }
 

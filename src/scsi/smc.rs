@@ -40,9 +40,14 @@ pub fn parse_address_assignment(b: &[u8]) -> Result<AddressAssignment, String> {
         return Err(format!("mode sense data too short ({} bytes)", b.len()));
     }
     let p = 4 + b[3] as usize;
-    let page = b.get(p..p + 18).ok_or_else(|| format!("mode page 0x1D truncated ({} bytes of data)", b.len()))?;
+    let page = b
+        .get(p..p + 18)
+        .ok_or_else(|| format!("mode page 0x1D truncated ({} bytes of data)", b.len()))?;
     if page[0] & 0x3f != ELEMENT_ADDRESS_PAGE {
-        return Err(format!("expected mode page 0x1D, got 0x{:02x}", page[0] & 0x3f));
+        return Err(format!(
+            "expected mode page 0x1D, got 0x{:02x}",
+            page[0] & 0x3f
+        ));
     }
     let w = |i: usize| u16::from_be_bytes([page[i], page[i + 1]]);
     Ok(AddressAssignment {
@@ -75,7 +80,10 @@ pub const MAX_ELEMENT_STATUS_LEN: usize = 1 << 20;
 /// Parse READ ELEMENT STATUS data (SMC-3 6.10.2 to 6.10.4).
 pub fn parse_element_status(b: &[u8]) -> Result<Vec<ElementStatus>, String> {
     if b.len() < 8 {
-        return Err(format!("element status header truncated ({} bytes)", b.len()));
+        return Err(format!(
+            "element status header truncated ({} bytes)",
+            b.len()
+        ));
     }
     let report = u32::from_be_bytes([0, b[5], b[6], b[7]]) as usize;
     let end = (8 + report).min(b.len());
@@ -91,7 +99,9 @@ pub fn parse_element_status(b: &[u8]) -> Result<Vec<ElementStatus>, String> {
             .ok_or_else(|| format!("unknown element type code {ty_code} at byte {p}"))?;
         let min_len = 12 + if pvoltag { 36 } else { 0 } + if avoltag { 36 } else { 0 };
         if dlen < 12 || dlen < min_len {
-            return Err(format!("element descriptor length {dlen} too short at byte {p}"));
+            return Err(format!(
+                "element descriptor length {dlen} too short at byte {p}"
+            ));
         }
         let page_end = (p + 8 + page_bytes).min(end);
         let mut d = p + 8;
@@ -100,7 +110,9 @@ pub fn parse_element_status(b: &[u8]) -> Result<Vec<ElementStatus>, String> {
             let flags = e[2];
             let svalid = e[9] & 0x80 != 0;
             let volume_tag = pvoltag.then(|| {
-                String::from_utf8_lossy(&e[12..44]).trim_end_matches([' ', '\0']).to_string()
+                String::from_utf8_lossy(&e[12..44])
+                    .trim_end_matches([' ', '\0'])
+                    .to_string()
             });
             out.push(ElementStatus {
                 element_type: ty,
@@ -122,9 +134,13 @@ pub fn parse_element_status(b: &[u8]) -> Result<Vec<ElementStatus>, String> {
 pub(crate) mod tests {
     use super::*;
 
+    /// One element for [`element_status_bytes`]: address, volume tag (None: empty),
+    /// source address.
+    pub type TestElement<'a> = (u16, Option<&'a str>, Option<u16>);
+
     /// Build a READ ELEMENT STATUS reply by hand, as SMC-3 lays it out: one page per
     /// element type; each descriptor 12 bytes + a 36-byte primary volume tag.
-    pub fn element_status_bytes(pages: &[(u8, Vec<(u16, Option<&str>, Option<u16>)>)]) -> Vec<u8> {
+    pub fn element_status_bytes(pages: &[(u8, Vec<TestElement>)]) -> Vec<u8> {
         let mut body = Vec::new();
         let mut count = 0u16;
         for (ty, elems) in pages {
@@ -148,7 +164,11 @@ pub(crate) mod tests {
             }
             body.extend_from_slice(&page);
         }
-        let first = pages.first().and_then(|p| p.1.first()).map(|e| e.0).unwrap_or(0);
+        let first = pages
+            .first()
+            .and_then(|p| p.1.first())
+            .map(|e| e.0)
+            .unwrap_or(0);
         let mut out = Vec::new();
         out.extend_from_slice(&first.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
@@ -161,8 +181,14 @@ pub(crate) mod tests {
     #[test]
     fn parses_a_hand_made_inventory() {
         let b = element_status_bytes(&[
-            (4, vec![(0x100, Some("TV0001L6"), Some(0x1000)), (0x101, None, None)]),
-            (2, vec![(0x1000, None, None), (0x1001, Some("TV0002L6"), None)]),
+            (
+                4,
+                vec![(0x100, Some("TV0001L6"), Some(0x1000)), (0x101, None, None)],
+            ),
+            (
+                2,
+                vec![(0x1000, None, None), (0x1001, Some("TV0002L6"), None)],
+            ),
         ]);
         let els = parse_element_status(&b).unwrap();
         assert_eq!(els.len(), 4);

@@ -81,7 +81,10 @@ nix::ioctl_read!(mtiocpos, b'm', 3, MtPos);
 
 /// MTIOCTOP.
 pub fn op(fd: RawFd, mt_op: i16, count: i32) -> nix::Result<()> {
-    let o = MtOp { mt_op, mt_count: count };
+    let o = MtOp {
+        mt_op,
+        mt_count: count,
+    };
     // SAFETY: MTIOCTOP reads one `struct mtop` from the pointer, which is valid for the call.
     unsafe { mtioctop(fd, &o) }.map(|_| ())
 }
@@ -111,9 +114,18 @@ mod tests {
     fn request_numbers_equal_the_kernels() {
         // _IOW('m', 1, struct mtop), _IOR('m', 2, struct mtget), _IOR('m', 3, struct mtpos)
         // as <linux/mtio.h> defines them on x86_64.
-        assert_eq!(nix::request_code_write!(b'm', 1, size_of::<MtOp>()) as u64, 0x4008_6d01);
-        assert_eq!(nix::request_code_read!(b'm', 2, size_of::<MtGet>()) as u64, 0x8030_6d02);
-        assert_eq!(nix::request_code_read!(b'm', 3, size_of::<MtPos>()) as u64, 0x8008_6d03);
+        assert_eq!(
+            nix::request_code_write!(b'm', 1, size_of::<MtOp>()) as u64,
+            0x4008_6d01
+        );
+        assert_eq!(
+            nix::request_code_read!(b'm', 2, size_of::<MtGet>()) as u64,
+            0x8030_6d02
+        );
+        assert_eq!(
+            nix::request_code_read!(b'm', 3, size_of::<MtPos>()) as u64,
+            0x8008_6d03
+        );
     }
 
     #[test]
@@ -133,6 +145,9 @@ mod tests {
         use std::os::fd::AsRawFd;
         let f = tempfile::tempfile().unwrap();
         assert_eq!(get(f.as_raw_fd()).unwrap_err(), nix::errno::Errno::ENOTTY);
-        assert_eq!(op(f.as_raw_fd(), MTREW, 1).unwrap_err(), nix::errno::Errno::ENOTTY);
+        assert_eq!(
+            op(f.as_raw_fd(), MTREW, 1).unwrap_err(),
+            nix::errno::Errno::ENOTTY
+        );
     }
 }

@@ -30,7 +30,11 @@ pub struct Tracker {
 impl Tracker {
     /// At beginning of tape.
     pub fn at_bot(&mut self) {
-        self.cur = Track { block: Some(0), file: Some(0), bif: Some(0) };
+        self.cur = Track {
+            block: Some(0),
+            file: Some(0),
+            bif: Some(0),
+        };
         self.starts.insert(0, 0);
     }
 
@@ -66,7 +70,11 @@ impl Tracker {
         if let (None, Some(b), _) = (file, block, bif) {
             // The file whose start is the largest at or below b, if the next file's
             // start is known to lie beyond b (otherwise b may be in a later file).
-            let best = self.starts.iter().filter(|(_, &s)| s <= b).max_by_key(|(_, &s)| s);
+            let best = self
+                .starts
+                .iter()
+                .filter(|(_, &s)| s <= b)
+                .max_by_key(|(_, &s)| s);
             if let Some((&f, &s)) = best {
                 let next_known_beyond = self.starts.get(&(f + 1)).is_some_and(|&n| n > b);
                 if next_known_beyond {
@@ -79,7 +87,11 @@ impl Tracker {
 
     pub fn position(&self) -> Option<Position> {
         let Track { block, file, bif } = self.cur;
-        Some(Position { block: block?, file: file?, block_in_file: bif? })
+        Some(Position {
+            block: block?,
+            file: file?,
+            block_in_file: bif?,
+        })
     }
 
     /// Moved forward over one block (read, written or spaced).
@@ -181,9 +193,16 @@ mod tests {
         t.fill();
         assert_eq!(p(&t), (2, 0, 2));
         let mut t2 = t.clone();
-        t2.cur = Track { block: Some(9), ..Track::default() };
+        t2.cur = Track {
+            block: Some(9),
+            ..Track::default()
+        };
         t2.fill();
-        assert_eq!(t2.position(), None, "block 9 may lie in file 1 or a later one");
+        assert_eq!(
+            t2.position(),
+            None,
+            "block 9 may lie in file 1 or a later one"
+        );
         t2.starts.insert(2, 12);
         t2.fill();
         assert_eq!(p(&t2), (9, 1, 5));
@@ -195,7 +214,11 @@ mod tests {
         t.at_bot();
         t.starts.insert(1, 4);
         t.starts.insert(2, 8);
-        t.cur = Track { block: Some(4), file: Some(1), bif: Some(0) };
+        t.cur = Track {
+            block: Some(4),
+            file: Some(1),
+            bif: Some(0),
+        };
         t.forward_block();
         t.wrote();
         assert_eq!(t.starts.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
