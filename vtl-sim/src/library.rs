@@ -770,7 +770,7 @@ impl Drive {
                 // A real drive keeps its position between opens of the device while the
                 // cartridge stays loaded: take over where the last holder left it.
                 if let Some(block) = self.take_saved_position(bc, slot.load_gen) {
-                    let _ = c.locate(block);
+                    c.restore_position(block);
                 }
                 self.cart = Some(c);
             }
