@@ -450,9 +450,9 @@ pub fn read_image(
             .last()
             .map(|p| p[0].barcode.clone())
             .unwrap_or_default();
-        let last = joiner.finish().map_err(|e| {
-            Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None)))
-        })?;
+        let last = joiner
+            .finish()
+            .map_err(|e| Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None))))?;
         let got = digest.finalize();
         if got != last.digest {
             return Err(Error::Integrity(format!(
@@ -506,7 +506,9 @@ pub fn read_image(
             reader.seek(&s.barcode, s.tape_file, file_start, s.first_block)?;
             for (i, seq) in (s.first_seq..=s.last_seq).enumerate() {
                 let block = s.first_block + i as u64;
-                let (_, st) = reader.read().with_context(|| at(image.uuid, &s.barcode, Some(block)))?;
+                let (_, st) = reader
+                    .read()
+                    .with_context(|| at(image.uuid, &s.barcode, Some(block)))?;
                 let n = match st {
                     ReadStatus::Block(n) => n,
                     other => {
@@ -538,8 +540,7 @@ pub fn read_image(
                     }
                 };
                 let f = &rec.fields;
-                if f.image_uuid != *image.uuid.as_bytes() || f.part != s.part || f.sequence != seq
-                {
+                if f.image_uuid != *image.uuid.as_bytes() || f.part != s.part || f.sequence != seq {
                     return Err(Error::Integrity(format!(
                         "{}: expected record {seq} of part {} of this image, found record {} of part {} of image {}",
                         at(image.uuid, &s.barcode, Some(block)),
@@ -941,18 +942,28 @@ impl Drop for Output {
     }
 }
 
-/// Run a prepared restore into `to`. The caller has checked the pull list
+/// Where and how [`run`] writes.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// A new file (created sparse, under a temporary name until complete) or a block
+    /// device.
+    pub to: PathBuf,
+    /// Replace an existing non-empty file.
+    pub force: bool,
+    /// Show a progress bar.
+    pub interactive: bool,
+}
+
+/// Run a prepared restore into `opts.to`. The caller has checked the pull list
 /// ([`check_pull_list`]) and unlocked the keys into `keys`.
 pub fn run(
-    cat: &Catalog,
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     p: &Prepared,
-    to: &Path,
-    force: bool,
-    interactive: bool,
+    opts: &RestoreOptions,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<RestoreReport> {
+    let (to, force, interactive) = (opts.to.as_path(), opts.force, opts.interactive);
     check_pull_list(&p.pull_list)?;
     for fp in p.key_fingerprints() {
         let ok = crate::backup::fp_bytes(&fp).is_some_and(|b| keys.has(&b));
@@ -1046,7 +1057,8 @@ pub fn run(
                 "image {} ({}, {}): {} written from {} records{}",
                 img.uuid,
                 img.kind,
-                img.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                img.started
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 crate::cli::human_bytes(supplied),
                 read.records_read,
                 if read.digest_checked {
@@ -1073,7 +1085,6 @@ pub fn run(
     }
     let block_device = out.device;
     out.commit()?;
-    let _ = cat;
     Ok(RestoreReport {
         disk: p.disk,
         image: target.uuid,

@@ -278,22 +278,22 @@ pub fn verify_media(
                 Some(img) if matches!(img.status, ImageStatus::Failed | ImageStatus::Running) => {
                     // The catalog already knows this image never completed.
                     f.notes.append(&mut f.problems);
-                    f.notes.push(format!("image {id} is {} in the catalog", img.status));
+                    f.notes
+                        .push(format!("image {id} is {} in the catalog", img.status));
                     continue;
                 }
-                Some(img) => {
-                    if img.status != ImageStatus::Corrupt {
-                        cat.mark_corrupt(
-                            id,
-                            &format!(
-                                "verify --barcode {barcode}: tape file {}: {}",
-                                f.file,
-                                f.problems.join("; ")
-                            ),
-                        )?;
-                        report.marked_corrupt.push(id);
-                    }
+                Some(img) if img.status != ImageStatus::Corrupt => {
+                    cat.mark_corrupt(
+                        id,
+                        &format!(
+                            "verify --barcode {barcode}: tape file {}: {}",
+                            f.file,
+                            f.problems.join("; ")
+                        ),
+                    )?;
+                    report.marked_corrupt.push(id);
                 }
+                Some(_) => {}
                 None => {}
             }
         }
@@ -414,7 +414,11 @@ fn walk(
             if f.problems.is_empty() {
                 String::from(", ok")
             } else {
-                format!(", {} problem(s): {}", f.problems.len(), f.problems.join("; "))
+                format!(
+                    ", {} problem(s): {}",
+                    f.problems.len(),
+                    f.problems.join("; ")
+                )
             }
         ));
         report.files.push(f);

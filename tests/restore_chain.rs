@@ -20,7 +20,7 @@ fn restore_every_point_of_a_chain_with_overwrites_zeroes_and_resizes() {
         match i {
             0 => {}
             3 => disk.zero(100_000, 700_000),
-            5 => disk.resize(4 << 20),           // grows
+            5 => disk.resize(4 << 20), // grows
             6 => disk.write_random((4 << 20) - 70_000, 70_000),
             8 => disk.resize((3 << 20) + 12_345), // shrinks to an odd size
             _ => disk.scribble(3),
@@ -77,7 +77,10 @@ fn restore_locates_past_superseded_segments_and_reports_skipped_records() {
     assert_eq!(env.segments(full).len(), 2);
     // Overwrite exactly what the first segment holds.
     let first = env.segments(full)[0].clone();
-    disk.write_random(first.disk_start, (first.disk_end - first.disk_start) as usize);
+    disk.write_random(
+        first.disk_start,
+        (first.disk_end - first.disk_start) as usize,
+    );
     let inc = env.backup(&disk.path, id, "p", &time(1), &[]);
     let out = env.path("out.img");
     let r = env.restore(id, &[], &out);
@@ -89,7 +92,10 @@ fn restore_locates_past_superseded_segments_and_reports_skipped_records() {
     let read = &imgs[0]["read"];
     assert_eq!(read["segments_skipped"], 1, "{read}");
     assert_eq!(read["segments_read"], 1);
-    assert_eq!(read["records_skipped"], first.last_seq - first.first_seq + 1);
+    assert_eq!(
+        read["records_skipped"],
+        first.last_seq - first.first_seq + 1
+    );
     assert_eq!(read["digest_checked"], false);
     assert_eq!(imgs[1]["image"].as_str().unwrap(), inc.to_string());
     assert_eq!(imgs[1]["read"]["digest_checked"], true);
@@ -120,7 +126,10 @@ fn restore_of_an_image_spanning_three_cartridges() {
         .map(|p| p["barcode"].as_str().unwrap().to_string())
         .collect();
     for c in &carts {
-        assert!(pulled.contains(c), "{c} missing from the pull list {pulled:?}");
+        assert!(
+            pulled.contains(c),
+            "{c} missing from the pull list {pulled:?}"
+        );
     }
     // Verify reads every part across the cartridges.
     let r = env.run(&["--json", "verify", "--image", &full.to_string()]);

@@ -97,7 +97,9 @@ fn verify_marks_a_corrupt_incremental_and_no_backup_builds_on_it() {
     let row = env.catalog().image(bad).unwrap().unwrap();
     assert_eq!(row.status.as_str(), "corrupt");
     // `images` shows it.
-    let imgs = env.ok(&["--json", "images", "--disk", &id.to_string()]).json();
+    let imgs = env
+        .ok(&["--json", "images", "--disk", &id.to_string()])
+        .json();
     let all: Vec<&serde_json::Value> = imgs[0]["chains"]
         .as_array()
         .unwrap()
@@ -109,7 +111,10 @@ fn verify_marks_a_corrupt_incremental_and_no_backup_builds_on_it() {
     // Latest now fails cleanly (broken chain), an earlier point still works.
     let r = env.restore(id, &[], &env.path("latest.img"));
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.json()["error"].as_str().unwrap().contains(&bad.to_string()));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains(&bad.to_string()));
     let out = env.path("p1.img");
     assert_eq!(env.restore(id, &["--at", &points[1].0], &out).code, 0);
     assert_same(&points[1].2, &out);
@@ -118,8 +123,14 @@ fn verify_marks_a_corrupt_incremental_and_no_backup_builds_on_it() {
     let r = env.run_at(
         Some(&time(10)),
         &[
-            "--json", "backup", "--disk", disk.to_str().unwrap(), "--disk-id", &id.to_string(),
-            "--pool", "p",
+            "--json",
+            "backup",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-id",
+            &id.to_string(),
+            "--pool",
+            "p",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);

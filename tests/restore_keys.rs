@@ -23,7 +23,12 @@ fn encrypted_chain_restores_and_a_missing_key_exits_5() {
     disk.scribble(3);
     env.backup(&disk.path, id, "sec", &time(1), &[]);
     assert_eq!(
-        env.catalog().image(full).unwrap().unwrap().key_fingerprint.as_deref(),
+        env.catalog()
+            .image(full)
+            .unwrap()
+            .unwrap()
+            .key_fingerprint
+            .as_deref(),
         Some(info.fingerprint.as_str())
     );
 
@@ -48,23 +53,27 @@ fn encrypted_chain_restores_and_a_missing_key_exits_5() {
     std::fs::write(&pf, "not it\n").unwrap();
     let out = env.path("wrong.img");
     let r = env.run(&[
-        "--passphrase-file", pf.to_str().unwrap(), "restore", "--disk", &id.to_string(), "--to",
+        "--passphrase-file",
+        pf.to_str().unwrap(),
+        "restore",
+        "--disk",
+        &id.to_string(),
+        "--to",
         out.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(!out.exists());
 
     // The key gone from the keystore: exit 5 naming the fingerprint.
-    std::fs::rename(
-        env.home.join("keys/k1.key"),
-        env.path("k1.key.away"),
-    )
-    .unwrap();
+    std::fs::rename(env.home.join("keys/k1.key"), env.path("k1.key.away")).unwrap();
     let r = env.restore(id, &[], &out);
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(r.stderr.contains(&info.fingerprint), "{}", r.stderr);
     assert!(!out.exists());
     let r = env.run(&["verify", "--image", &full.to_string()]);
     assert_eq!(r.code, 5, "{}", r.stderr);
-    assert_eq!(env.catalog().image(full).unwrap().unwrap().status.as_str(), "complete");
+    assert_eq!(
+        env.catalog().image(full).unwrap().unwrap().status.as_str(),
+        "complete"
+    );
 }

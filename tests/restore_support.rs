@@ -105,7 +105,14 @@ impl Env {
         let d = disk.to_str().unwrap().to_string();
         let ids = id.to_string();
         let mut args = vec![
-            "--json", "backup", "--disk", &d, "--disk-id", &ids, "--pool", pool,
+            "--json",
+            "backup",
+            "--disk",
+            &d,
+            "--disk-id",
+            &ids,
+            "--pool",
+            pool,
         ];
         args.extend_from_slice(extra);
         let r = self.run_at(Some(now), &args);
@@ -224,7 +231,13 @@ impl Disk {
 pub fn assert_same(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap();
     let y = std::fs::read(b).unwrap();
-    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
     if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
         panic!("{} and {} differ at byte {i}", a.display(), b.display());
     }

@@ -69,8 +69,14 @@ fn verify_barcode_reports_every_tape_file_and_marks_damage() {
     let problems = bad[0]["problems"].to_string();
     assert!(problems.contains(&format!("block {block}")), "{problems}");
     assert_eq!(v["marked_corrupt"][0], inc.to_string());
-    assert_eq!(env.catalog().image(inc).unwrap().unwrap().status.as_str(), "corrupt");
-    assert_eq!(env.catalog().image(full).unwrap().unwrap().status.as_str(), "complete");
+    assert_eq!(
+        env.catalog().image(inc).unwrap().unwrap().status.as_str(),
+        "corrupt"
+    );
+    assert_eq!(
+        env.catalog().image(full).unwrap().unwrap().status.as_str(),
+        "complete"
+    );
     // The full still verifies.
     assert_eq!(env.run(&["verify", "--image", &full.to_string()]).code, 0);
 }
@@ -96,6 +102,12 @@ fn verify_image_marks_corrupt_on_an_unreadable_block() {
     let r = env.run(&["--json", "verify", "--image", &full.to_string()]);
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     let msg = r.json()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains(&seg.barcode) && msg.contains(&format!("block {}", seg.last_block)), "{msg}");
-    assert_eq!(env.catalog().image(full).unwrap().unwrap().status.as_str(), "corrupt");
+    assert!(
+        msg.contains(&seg.barcode) && msg.contains(&format!("block {}", seg.last_block)),
+        "{msg}"
+    );
+    assert_eq!(
+        env.catalog().image(full).unwrap().unwrap().status.as_str(),
+        "corrupt"
+    );
 }

@@ -14,8 +14,8 @@ mod backup_cmd;
 mod library_cmd;
 mod output;
 mod passphrase;
-mod restore_cmd;
 mod pool_cmd;
+mod restore_cmd;
 mod tape_cmd;
 mod verify_cmd;
 

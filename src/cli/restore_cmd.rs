@@ -127,16 +127,12 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     ));
     let out = ctx.out;
     let mut line = |s: &str| out.info(s);
-    let report = match restore::run(
-        &cat,
-        lib.as_mut(),
-        &keys,
-        &prepared,
-        &a.to,
-        a.force,
-        out.interactive(),
-        &mut line,
-    ) {
+    let opts = restore::RestoreOptions {
+        to: a.to.clone(),
+        force: a.force,
+        interactive: out.interactive(),
+    };
+    let report = match restore::run(lib.as_mut(), &keys, &prepared, &opts, &mut line) {
         Ok(r) => r,
         Err(e) => {
             return fail_with(
