@@ -54,6 +54,10 @@ const MAX_FILES_WALKED: u64 = 1_000_000;
 /// asynchronous writes, where early warning surfaces one write late. Blocks are
 /// therefore written from a page-aligned buffer.
 const DIO_ALIGN: usize = 4096;
+/// Environment variable that lowers the largest block used on st drives (bytes), for
+/// paths that cannot carry what the drive reports (an HBA limit READ BLOCK LIMITS does
+/// not show, or a broken emulation layer).
+pub const MAX_BLOCK_ENV: &str = "TAPEVAULT_ST_MAX_BLOCK";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EarlyWarning {
@@ -210,6 +214,9 @@ impl StDrive {
                     self.min_block = (min as usize).max(1);
                 }
             }
+        }
+        if let Some(limit) = std::env::var(MAX_BLOCK_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            self.max_block = self.max_block.min(limit.max(self.min_block));
         }
         self.track.forget_medium();
         self.hw_position = None;
