@@ -146,6 +146,8 @@ pub struct MediaReader<'a> {
     locations: HashMap<String, String>,
     /// Cartridges mounted so far, in order.
     pub mounted: Vec<String>,
+    /// Counts the bytes of every block read (hidden unless a job sets a bar).
+    pub progress: Progress,
 }
 
 struct Cur {
@@ -165,6 +167,7 @@ impl<'a> MediaReader<'a> {
             buf: Vec::with_capacity(tape_formats::MAX_BLOCK_SIZE),
             locations,
             mounted: Vec::new(),
+            progress: Progress::hidden(),
         }
     }
 
@@ -262,7 +265,10 @@ impl<'a> MediaReader<'a> {
         })?;
         let next = src.block;
         match st {
-            ReadStatus::Block(_) => cur.pos = pos.map(|_| next),
+            ReadStatus::Block(n) => {
+                cur.pos = pos.map(|_| next);
+                self.progress.inc(n as u64);
+            }
             ReadStatus::Filemark => {
                 cur.pos = pos.map(|_| next);
                 cur.file = cur.file.map(|f| f + 1);
@@ -833,6 +839,45 @@ pub struct RestoreReport {
     pub images: Vec<ImageUse>,
 }
 
+/// Check a restore target before anything else happens: a block device (returns
+/// true), a new file in an existing directory, an empty file, or with `force` a
+/// non-empty regular file.
+pub fn check_target(to: &Path, force: bool) -> Result<bool> {
+    match std::fs::metadata(to) {
+        Ok(m) if m.file_type().is_block_device() => Ok(true),
+        Ok(m) if m.is_dir() => Err(Error::Usage(format!(
+            "{} is a directory; give the path of the disk image to create",
+            to.display()
+        ))),
+        Ok(m) if m.is_file() && m.len() > 0 && !force => Err(Error::Usage(format!(
+            "{} exists and is not empty; give --force to replace it",
+            to.display()
+        ))),
+        Ok(m) if !m.is_file() => Err(Error::Usage(format!(
+            "{} is neither a regular file nor a block device",
+            to.display()
+        ))),
+        Ok(_) => Ok(false),
+        Err(_) => {
+            let dir = match to.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(Error::Usage(format!(
+                    "cannot create {}: {} is not a directory",
+                    to.display(),
+                    dir.display()
+                )));
+            }
+            if to.file_name().is_none() {
+                return Err(Error::Usage(format!("{} names no file", to.display())));
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// The output: a new sparse file written under a temporary name, or a block device.
 struct Output {
     file: File,
@@ -843,46 +888,25 @@ struct Output {
 
 impl Output {
     fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
-        match std::fs::metadata(to) {
-            Ok(m) if m.file_type().is_block_device() => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(to)
-                    .with_context(|| format!("opening block device {}", to.display()))?;
-                let dev_size = file
-                    .seek(SeekFrom::End(0))
-                    .with_context(|| format!("reading the size of {}", to.display()))?;
-                if dev_size < size {
-                    return Err(Error::Usage(format!(
-                        "block device {} holds {dev_size} bytes, the disk is {size} bytes",
-                        to.display()
-                    )));
-                }
-                return Ok(Output {
-                    file,
-                    rename: None,
-                    device: true,
-                });
-            }
-            Ok(m) if m.is_dir() => {
+        if check_target(to, force)? {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(to)
+                .with_context(|| format!("opening block device {}", to.display()))?;
+            let dev_size = file
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("reading the size of {}", to.display()))?;
+            if dev_size < size {
                 return Err(Error::Usage(format!(
-                    "{} is a directory; give the path of the disk image to create",
+                    "block device {} holds {dev_size} bytes, the disk is {size} bytes",
                     to.display()
-                )))
+                )));
             }
-            Ok(m) if m.is_file() && m.len() > 0 && !force => {
-                return Err(Error::Usage(format!(
-                    "{} exists and is not empty; give --force to replace it",
-                    to.display()
-                )))
-            }
-            Ok(m) if !m.is_file() => {
-                return Err(Error::Usage(format!(
-                    "{} is neither a regular file nor a block device",
-                    to.display()
-                )))
-            }
-            _ => {}
+            return Ok(Output {
+                file,
+                rename: None,
+                device: true,
+            });
         }
         let name = to
             .file_name()
@@ -1053,7 +1077,7 @@ pub fn run(
                 )));
             }
             bytes_written += supplied;
-            report_line(&format!(
+            let line = format!(
                 "image {} ({}, {}): {} written from {} records{}",
                 img.uuid,
                 img.kind,
@@ -1069,7 +1093,12 @@ pub fn run(
                         read.records_skipped
                     )
                 }
-            ));
+            );
+            if interactive {
+                progress.println(&line);
+            } else {
+                report_line(&line);
+            }
             if let Some(u) = uses[i].as_mut() {
                 u.read = Some(read);
             }

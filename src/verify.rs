@@ -23,6 +23,7 @@ use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Error, ExitCode, Result};
 use crate::media::allocate::sync_inventory;
+use crate::progress::Progress;
 use crate::restore::{check_pull_list, read_image, ImageRead, MediaReader, PullItem};
 
 /// Most problems listed per tape file; a badly damaged file would otherwise produce
@@ -78,6 +79,7 @@ pub fn verify_image(
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     image: Uuid,
+    interactive: bool,
 ) -> Result<ImageVerifyReport> {
     let img = cat
         .image(image)?
@@ -102,6 +104,11 @@ pub fn verify_image(
         .map(|p| (p.barcode.clone(), p.location.clone()))
         .collect();
     let mut reader = MediaReader::new(lib, locations);
+    reader.progress = Progress::bytes(
+        img.stored_bytes,
+        format!("verify {}", &image.to_string()[..8]),
+        interactive,
+    );
     let mut opener = Opener::new()?;
     let result = read_image(
         &mut reader,
@@ -113,6 +120,7 @@ pub fn verify_image(
         &mut |_, _| Ok(()),
     );
     let released = reader.release();
+    reader.progress.finish();
     let mut report = ImageVerifyReport {
         image,
         disk: img.disk_uuid,
@@ -246,10 +254,13 @@ pub fn verify_media(
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     barcode: &str,
+    interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<MediaVerifyReport> {
     let (_, present) = sync_inventory(cat, lib)?;
-    let location = cat.media(barcode)?.map(|m| m.location).unwrap_or_default();
+    let row = cat.media(barcode)?;
+    let location = row.as_ref().map(|m| m.location.clone()).unwrap_or_default();
+    let total = row.map(|m| m.bytes_written).unwrap_or(0);
     check_pull_list(&[PullItem {
         barcode: barcode.to_string(),
         location: location.clone(),
@@ -257,6 +268,7 @@ pub fn verify_media(
         images: Vec::new(),
     }])?;
     let mut reader = MediaReader::new(lib, HashMap::from([(barcode.to_string(), location)]));
+    reader.progress = Progress::bytes(total, format!("verify {barcode}"), interactive);
     let mut report = MediaVerifyReport {
         barcode: barcode.to_string(),
         label: None,
@@ -264,8 +276,16 @@ pub fn verify_media(
         ok: true,
         marked_corrupt: Vec::new(),
     };
-    let r = walk(&mut reader, keys, barcode, &mut report, report_line);
+    let r = walk(
+        &mut reader,
+        keys,
+        barcode,
+        &mut report,
+        interactive,
+        report_line,
+    );
     let released = reader.release();
+    reader.progress.finish();
     r?;
     released?;
     // Judge each file against what the catalog knows, and mark damaged images corrupt.
@@ -308,6 +328,7 @@ fn walk(
     keys: &KeyRing,
     barcode: &str,
     report: &mut MediaVerifyReport,
+    interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<()> {
     reader.seek_file(barcode, 0)?;
@@ -402,7 +423,7 @@ fn walk(
                 rest_of_file(reader, &mut f, start, "")?
             }
         };
-        report_line(&format!(
+        let line = format!(
             "tape file {}: {}{}: {} block(s){}",
             f.file,
             f.kind,
@@ -420,7 +441,13 @@ fn walk(
                     f.problems.join("; ")
                 )
             }
-        ));
+        );
+        if interactive {
+            // Above the progress bar.
+            reader.progress.println(&line);
+        } else {
+            report_line(&line);
+        }
         report.files.push(f);
         if !ended_by_filemark {
             break;

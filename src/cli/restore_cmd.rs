@@ -94,6 +94,7 @@ struct PullOnly<'a> {
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     let home = ctx.home()?;
+    restore::check_target(&a.to, a.force)?;
     let cat = open_catalog(&home)?;
     let at = match (a.at, a.image) {
         (Some(t), None) => At::Time(t),

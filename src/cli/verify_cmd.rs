@@ -30,7 +30,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;
             let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
             let keys = unlock_keys(ctx, &home, &fps)?;
-            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id)?;
+            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, ctx.out.interactive())?;
             if !r.ok {
                 let msg = format!(
                     "image {id} failed verification and is now marked corrupt in the catalog: {}",
@@ -66,7 +66,8 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             let keys = unlock_keys(ctx, &home, &fps)?;
             let out = ctx.out;
             let mut line = |s: &str| out.info(s);
-            let r = verify::verify_media(&cat, lib.as_mut(), &keys, &bc, &mut line)?;
+            let r =
+                verify::verify_media(&cat, lib.as_mut(), &keys, &bc, out.interactive(), &mut line)?;
             if !r.ok {
                 let bad: Vec<String> = r
                     .files
