@@ -165,7 +165,10 @@ fn restore_to_a_block_device_writes_zero_extents() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["block_device"], true);
     let mut got = vec![0u8; 6 << 20];
-    std::fs::File::open(&dev).unwrap().read_exact(&mut got).unwrap();
+    std::fs::File::open(&dev)
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
     let want = std::fs::read(&disk.path).unwrap();
     assert!(got == want, "the device differs from the disk");
 }

@@ -281,9 +281,6 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
     Ok(chains)
 }
 
-/// Longest indentation shown for deep chains (incremental-forever chains are long).
-const MAX_INDENT: usize = 8;
-
 pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
@@ -312,11 +309,26 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         let mut s = String::new();
         for d in &out {
             s.push_str(&format!("disk {}\n", d.disk));
-            for c in &d.chains {
+            for (n, c) in d.chains.iter().enumerate() {
+                let root = &c.images[0];
+                s.push_str(&format!(
+                    "  chain {}: {} {} and {} later image(s)\n",
+                    n + 1,
+                    root.kind.as_str(),
+                    root.uuid,
+                    c.images.len() - 1
+                ));
+                let mut prev: Option<Uuid> = None;
                 for e in &c.images {
-                    let indent = "  ".repeat(1 + e.depth.min(MAX_INDENT));
+                    // Branches (an incremental not on the image listed just before it)
+                    // name their parent.
+                    let branch = match (e.parent, prev) {
+                        (Some(p), Some(q)) if p != q => format!("  [on {p}]"),
+                        _ => String::new(),
+                    };
+                    prev = Some(e.uuid);
                     s.push_str(&format!(
-                        "{indent}{} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}\n",
+                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}\n",
                         e.started.to_rfc3339_opts(SecondsFormat::Secs, true),
                         e.kind.as_str(),
                         e.uuid,
@@ -328,6 +340,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         } else {
                             e.cartridges.join(",")
                         },
+                        branch,
                         e.note
                             .as_deref()
                             .map(|n| format!("  ({n})"))
