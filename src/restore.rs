@@ -257,11 +257,20 @@ impl<'a> MediaReader<'a> {
         let pos = cur.pos;
         let mut src = DriveSource::new(cur.m.drive.as_mut(), pos.unwrap_or(0));
         let st = src.read_block(&mut self.buf).map_err(|e| {
-            Error::from(e).context_msg(format!(
+            let at = format!(
                 "reading {} at block {}",
                 cur.m.barcode,
                 pos.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            ))
+            );
+            match e {
+                // Larger than any tapevault record: not ours, or damaged.
+                crate::drive::DriveError::BufferTooSmall { block_len, .. } => {
+                    Error::Integrity(format!(
+                        "{at}: a {block_len}-byte block, larger than any tapevault record"
+                    ))
+                }
+                e => Error::from(e).context_msg(at),
+            }
         })?;
         let next = src.block;
         match st {
