@@ -264,11 +264,9 @@ impl<'a> MediaReader<'a> {
             );
             match e {
                 // Larger than any tapevault record: not ours, or damaged.
-                crate::drive::DriveError::BufferTooSmall { block_len, .. } => {
-                    Error::Integrity(format!(
-                        "{at}: a {block_len}-byte block, larger than any tapevault record"
-                    ))
-                }
+                crate::drive::DriveError::BufferTooSmall { block_len, .. } => Error::Integrity(
+                    format!("{at}: a {block_len}-byte block, larger than any tapevault record"),
+                ),
                 e => Error::from(e).context_msg(at),
             }
         })?;
@@ -369,6 +367,44 @@ fn open_err(e: OpenError, image: Uuid, barcode: &str, block: Option<u64>) -> Err
     }
 }
 
+/// The key fingerprint every record of `image` must carry (None: clear image).
+fn expected_key(image: &ImageRow) -> Result<Option<[u8; 16]>> {
+    match &image.key_fingerprint {
+        None => Ok(None),
+        Some(hex) => crate::backup::fp_bytes(hex).map(Some).ok_or_else(|| {
+            Error::Failed(format!(
+                "image {} has a malformed key fingerprint {hex:?} in the catalog",
+                image.uuid
+            ))
+        }),
+    }
+}
+
+/// A record must be protected as its image is: an encrypted image's records are all
+/// encrypted under the image's key (a clear record, CRC-valid, is not authenticated).
+fn check_record_key(
+    rec: &tape_formats::DataRecord<'_>,
+    expected: Option<[u8; 16]>,
+    image: Uuid,
+    barcode: &str,
+    block: Option<u64>,
+) -> Result<()> {
+    let found = rec.fields.crypto.key_fingerprint();
+    if found != expected {
+        let name = |k: Option<[u8; 16]>| match k {
+            Some(k) => format!("key {}", to_hex(&k)),
+            None => "no encryption".to_string(),
+        };
+        return Err(Error::Integrity(format!(
+            "{}: the record carries {}, the image is written with {}: it was not written by this image's backup",
+            at(image, barcode, block),
+            name(found),
+            name(expected)
+        )));
+    }
+    Ok(())
+}
+
 /// Group an image's segments by part, in part order; check they are self-consistent.
 fn parts_of(image: &ImageRow, segs: &[Segment]) -> Result<Vec<Vec<Segment>>> {
     let mut parts: Vec<Vec<Segment>> = Vec::new();
@@ -413,6 +449,7 @@ pub fn read_image(
     on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<ImageRead> {
     let parts = parts_of(image, segments)?;
+    let key = expected_key(image)?;
     let wanted: Vec<bool> = segments.iter().map(needed).collect();
     let all = wanted.iter().all(|&w| w);
     let mut out = ImageRead {
@@ -565,6 +602,7 @@ pub fn read_image(
                         Uuid::from_bytes(f.image_uuid)
                     )));
                 }
+                check_record_key(&rec, key, image.uuid, &s.barcode, Some(block))?;
                 opener
                     .open_data(keys, &rec, &mut plain)
                     .map_err(|e| open_err(e, image.uuid, &s.barcode, Some(block)))?;
@@ -657,9 +695,20 @@ fn read_part_whole(
                         Uuid::from_bytes(h.image_uuid)
                     )));
                 }
+                let header_key = match h.cipher {
+                    tape_formats::Cipher::None => None,
+                    tape_formats::Cipher::Aes256Gcm { key_fingerprint } => Some(key_fingerprint),
+                };
+                if header_key != expected_key(image)? {
+                    return Err(Error::Integrity(format!(
+                        "{}: the image header's encryption differs from the catalog's key for this image",
+                        at(image.uuid, &bc, Some(block))
+                    )));
+                }
                 header = Some(h);
             }
             Ok(Block::Data(rec)) => {
+                check_record_key(&rec, expected_key(image)?, image.uuid, &bc, Some(block))?;
                 opener
                     .open_data(keys, &rec, plain)
                     .map_err(|e| open_err(e, image.uuid, &bc, Some(block)))?;

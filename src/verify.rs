@@ -396,6 +396,12 @@ fn walk(
                     &mut f,
                     start,
                     h.part,
+                    match h.cipher {
+                        tape_formats::Cipher::None => None,
+                        tape_formats::Cipher::Aes256Gcm { key_fingerprint } => {
+                            Some(key_fingerprint)
+                        }
+                    },
                     checker,
                 )?
             }
@@ -492,6 +498,7 @@ fn image_part(
     f: &mut TapeFileReport,
     start: Option<u64>,
     part: u32,
+    cipher_key: Option<[u8; 16]>,
     mut checker: PartChecker,
 ) -> Result<bool> {
     // The content digest in a trailer covers every part so far: from this cartridge
@@ -526,6 +533,14 @@ fn image_part(
         match decoded {
             Ok(Block::Data(rec)) => {
                 f.records += 1;
+                if rec.fields.crypto.key_fingerprint() != cipher_key {
+                    f.problem(
+                        pos,
+                        "record encrypted differently from its image header (not written by this image's backup)",
+                    );
+                    digest = None;
+                    continue;
+                }
                 match opener.open_data(keys, &rec, plain) {
                     Ok(()) => {
                         if let Some(d) = digest.as_mut() {

@@ -149,7 +149,10 @@ fn restore_of_an_image_spanning_three_cartridges() {
         .clone();
     assert!(part["part"].as_u64().unwrap() > 0);
     assert!(part["records"].as_u64().unwrap() > 0);
-    assert!(part["notes"][0].as_str().unwrap().contains("continues"), "{part}");
+    assert!(
+        part["notes"][0].as_str().unwrap().contains("continues"),
+        "{part}"
+    );
 }
 
 /// Restoring onto a block device writes zeros explicitly where the disk is zero (the
