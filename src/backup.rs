@@ -650,6 +650,15 @@ impl ImageProgress {
     }
 }
 
+/// The drive error at the root of a (context-wrapped) error, if any.
+fn root_drive_error(e: &Error) -> Option<&DriveError> {
+    match e {
+        Error::Drive(d) => Some(d),
+        Error::Context { source, .. } => root_drive_error(source),
+        _ => None,
+    }
+}
+
 fn sink_err(e: WriterError<DriveError>) -> Error {
     match e {
         WriterError::Sink(d) => Error::Drive(d),
@@ -918,10 +927,17 @@ impl Job<'_> {
             Err(e) => {
                 let _ = cat.fail_image(image_uuid, &e.to_string());
                 let _ = std::fs::remove_file(&new_list);
-                if let Error::Drive(DriveError::MediaError { .. }) = &e {
-                    if let Some(c) = &self.tape.current {
-                        let _ = cat.add_media_errors(&c.barcode, 1);
-                        let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                if let Some(c) = &self.tape.current {
+                    match root_drive_error(&e) {
+                        // A write error means the cartridge cannot be trusted for more.
+                        Some(DriveError::MediaError { .. }) | Some(DriveError::Io { .. }) => {
+                            let _ = cat.add_media_errors(&c.barcode, 1);
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                        }
+                        Some(DriveError::EndOfMedium) => {
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Full);
+                        }
+                        _ => {}
                     }
                 }
                 Err(e).with_context(|| {
