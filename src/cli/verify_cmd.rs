@@ -10,6 +10,19 @@ use crate::error::{Error, Result};
 use crate::verify;
 
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Nothing is written except the catalog's verdict.
+
+--image reads every part and record of the image (across cartridges), with every check a
+restore makes plus the content digest against the trailer and the catalog. On an
+integrity failure the image is marked corrupt in the catalog, so no restore uses it and no
+later backup builds on it; the command exits 3 naming image, cartridge and block.
+
+--barcode walks every tape file of the cartridge (volume label, image parts, catalog
+snapshots, end-of-session markers) and reports each; damaged records are reported by block
+and the walk goes on. Images with damage are marked corrupt (images the catalog already
+knows failed are only noted). Exit 3 if anything is damaged, 4 if the cartridge is not in
+the library, 5 if a key is missing.")]
 pub struct VerifyArgs {
     /// Read back every part and record of this image.
     #[arg(long, value_name = "UUID", conflicts_with = "barcode")]
