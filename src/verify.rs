@@ -234,6 +234,11 @@ pub struct MediaVerifyReport {
     pub ok: bool,
     /// Images this verification marked corrupt in the catalog.
     pub marked_corrupt: Vec<Uuid>,
+    /// Why the walk stopped before the end of data (an unreadable block), if it did.
+    pub aborted: Option<String>,
+    /// The tape file being read and its image, for a walk that stops inside it.
+    #[serde(skip)]
+    current: Option<(u64, Option<u64>, Option<Uuid>)>,
 }
 
 fn status_name(s: TrailerStatus) -> &'static str {
@@ -275,6 +280,8 @@ pub fn verify_media(
         files: Vec::new(),
         ok: true,
         marked_corrupt: Vec::new(),
+        aborted: None,
+        current: None,
     };
     let r = walk(
         &mut reader,
@@ -286,7 +293,25 @@ pub fn verify_media(
     );
     let released = reader.release();
     reader.progress.finish();
-    r?;
+    match r {
+        Ok(()) => {}
+        // An unreadable block (media error, oversized block): the walk cannot go on
+        // past it, but what was found so far is reported and judged.
+        Err(e) if e.exit_code() == ExitCode::Integrity => {
+            let (file, start, image) = report.current.take().unwrap_or((0, None, None));
+            let mut f = TapeFileReport::new(file, start);
+            f.kind = if image.is_some() {
+                "image part"
+            } else {
+                "unknown"
+            };
+            f.image = image;
+            f.problem(None, &e);
+            report.files.push(f);
+            report.aborted = Some(e.to_string());
+        }
+        Err(e) => return Err(e),
+    }
     released?;
     // Judge each file against what the catalog knows, and mark damaged images corrupt.
     for f in &mut report.files {
@@ -336,7 +361,9 @@ fn walk(
     let mut plain = Vec::new();
     let mut file = 0u64;
     loop {
+        report.current = Some((file, None, None));
         let (start, st) = reader.read()?;
+        report.current = Some((file, start, None));
         let mut f = TapeFileReport::new(file, start);
         let n = match st {
             ReadStatus::EndOfData => {
@@ -383,6 +410,7 @@ fn walk(
                 }
                 f.kind = "image part";
                 f.image = Some(Uuid::from_bytes(h.image_uuid));
+                report.current = Some((file, start, f.image));
                 f.part = Some(h.part);
                 f.session = Some(Uuid::from_bytes(h.session_uuid));
                 let mut checker = PartChecker::new();
@@ -455,6 +483,7 @@ fn walk(
             report_line(&line);
         }
         report.files.push(f);
+        report.current = None;
         if !ended_by_filemark {
             break;
         }
