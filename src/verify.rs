@@ -84,10 +84,18 @@ pub fn verify_image(
     let img = cat
         .image(image)?
         .ok_or_else(|| Error::Usage(format!("image {image} is not in the catalog")))?;
-    if img.status == ImageStatus::Running {
-        return Err(Error::Failed(format!(
-            "image {image} is still being written; verify it when its backup has finished"
-        )));
+    match img.status {
+        ImageStatus::Complete | ImageStatus::Corrupt => {}
+        ImageStatus::Running => {
+            return Err(Error::Failed(format!(
+                "image {image} is still being written; verify it when its backup has finished"
+            )))
+        }
+        other => {
+            return Err(Error::Failed(format!(
+                "image {image} is {other}: it never completed, so the catalog knows no segments to read (verify its cartridges with --barcode)"
+            )))
+        }
     }
     let pull_list = image_pull_list(cat, lib, image)?;
     check_pull_list(&pull_list)?;

@@ -54,9 +54,14 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             ctx.out.emit(&r, || {
                 let read = r.read.as_ref();
                 format!(
-                    "image {id} verified: {} records on {}, content digest matches the trailer and the catalog",
+                    "image {id} verified: {} records on {}, content digest matches the trailer and the catalog{}",
                     read.map(|x| x.records_read).unwrap_or(0),
-                    read.map(|x| x.cartridges.join(", ")).unwrap_or_default()
+                    read.map(|x| x.cartridges.join(", ")).unwrap_or_default(),
+                    if r.status == crate::catalog::ImageStatus::Corrupt {
+                        " (it stays marked corrupt in the catalog from an earlier verification)"
+                    } else {
+                        ""
+                    }
                 )
             });
             Ok(())
