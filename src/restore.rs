@@ -405,6 +405,20 @@ fn check_record_key(
     Ok(())
 }
 
+/// A stream problem's text without its leading "block N: " (N counts within the tape
+/// file); callers name the absolute block themselves.
+pub(crate) fn problem_text(p: &tape_formats::StreamProblem) -> String {
+    let t = p.to_string();
+    if let Some(rest) = t.strip_prefix("block ") {
+        if let Some((n, msg)) = rest.split_once(": ") {
+            if n.bytes().all(|b| b.is_ascii_digit()) {
+                return msg.to_string();
+            }
+        }
+    }
+    t
+}
+
 /// Group an image's segments by part, in part order; check they are self-consistent.
 fn parts_of(image: &ImageRow, segs: &[Segment]) -> Result<Vec<Vec<Segment>>> {
     let mut parts: Vec<Vec<Segment>> = Vec::new();
@@ -668,9 +682,10 @@ fn read_part_whole(
             ReadStatus::Filemark | ReadStatus::EndOfData => {
                 if let Some(p) = checker.end(rel) {
                     return Err(Error::Integrity(format!(
-                        "{}: part {} is truncated: {p}",
+                        "{}: part {} is truncated: {}",
                         at(image.uuid, &bc, Some(block)),
-                        first.part
+                        first.part,
+                        problem_text(&p)
                     )));
                 }
                 return Ok(());
@@ -680,8 +695,9 @@ fn read_part_whole(
         let verdict = checker.check(rel, decoded.as_ref());
         if let Some(p) = verdict.problem {
             return Err(Error::Integrity(format!(
-                "{}: {p}",
-                at(image.uuid, &bc, Some(block))
+                "{}: {}",
+                at(image.uuid, &bc, Some(block)),
+                problem_text(&p)
             )));
         }
         match decoded {

@@ -549,7 +549,7 @@ fn image_part(
             ReadStatus::Block(n) => n,
             ReadStatus::Filemark | ReadStatus::EndOfData => {
                 if let Some(p) = checker.end(rel) {
-                    f.problem(pos, p);
+                    f.problem(pos, crate::restore::problem_text(&p));
                 }
                 return Ok(st == ReadStatus::Filemark);
             }
@@ -559,7 +559,7 @@ fn image_part(
         let decoded = decode_block(reader.block(n));
         let verdict = checker.check(rel - 1, decoded.as_ref());
         if let Some(p) = &verdict.problem {
-            f.problem(pos, p);
+            f.problem(pos, crate::restore::problem_text(p));
         }
         if !verdict.accept {
             if matches!(verdict.problem, Some(StreamProblem::Corrupt { .. })) {
