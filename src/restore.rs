@@ -1201,3 +1201,85 @@ pub fn run(
         images: uses.into_iter().flatten().collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked_before_anything_moves() {
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("new.img");
+        assert!(!check_target(&new, false).unwrap());
+        let empty = d.path().join("empty.img");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(!check_target(&empty, false).unwrap());
+        let full = d.path().join("full.img");
+        std::fs::write(&full, b"x").unwrap();
+        assert_eq!(
+            check_target(&full, false).unwrap_err().exit_code(),
+            crate::error::ExitCode::Usage
+        );
+        assert!(!check_target(&full, true).unwrap());
+        assert!(check_target(d.path(), true).is_err(), "a directory");
+        assert!(check_target(&d.path().join("no/such/dir.img"), false).is_err());
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_no_file_and_a_committed_one_is_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let to = d.path().join("disk.img");
+        {
+            let out = Output::open(&to, 1 << 20, false).unwrap();
+            out.write_at(b"abc", 4096).unwrap();
+            // Dropped without commit.
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let out = Output::open(&to, 1 << 20, false).unwrap();
+        out.write_at(b"abc", 4096).unwrap();
+        out.commit().unwrap();
+        let got = std::fs::read(&to).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(&got[4096..4099], b"abc");
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stream_problem_text_drops_the_in_file_position() {
+        let p = tape_formats::StreamProblem::DuplicateRecord {
+            position: 7,
+            sequence: 3,
+        };
+        assert_eq!(problem_text(&p), "record 3 is a duplicate");
+    }
+
+    #[test]
+    fn pull_list_names_missing_cartridges_and_their_locations() {
+        let list = vec![
+            PullItem {
+                barcode: "A00001L9".into(),
+                location: "slot 1".into(),
+                in_library: true,
+                images: vec![Uuid::nil()],
+            },
+            PullItem {
+                barcode: "A00002L9".into(),
+                location: "vault:offsite".into(),
+                in_library: false,
+                images: vec![Uuid::nil()],
+            },
+        ];
+        let e = check_pull_list(&list).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::MediaNeeded);
+        let m = e.to_string();
+        assert!(m.contains("A00002L9") && m.contains("vault:offsite") && !m.contains("A00001L9"));
+        let t = pull_list_text(&list);
+        assert!(t.contains("1. A00001L9 (slot 1; in the library)"), "{t}");
+        assert!(
+            t.contains("2. A00002L9 (vault:offsite; NOT IN THE LIBRARY)"),
+            "{t}"
+        );
+        assert!(check_pull_list(&list[..1]).is_ok());
+    }
+}
