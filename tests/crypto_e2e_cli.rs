@@ -13,7 +13,7 @@ use tapevault::crypto::escrow;
 
 #[test]
 fn canary_reaches_clear_cartridges_but_no_byte_of_encrypted_ones() {
-    let env = Env::new();
+    let env = Env::init();
     let disk = env.path("disk.img");
     canary_disk(&disk, 3, 1);
     let fp = env.create_key("k1");
@@ -105,7 +105,7 @@ fn canary_reaches_clear_cartridges_but_no_byte_of_encrypted_ones() {
 
 #[test]
 fn new_key_for_new_backups_leaves_old_cartridges_readable_with_the_old_key() {
-    let env = Env::new();
+    let env = Env::init();
     let disk_a = env.path("a.img");
     let disk_b = env.path("b.img");
     canary_disk(&disk_a, 2, 10);
@@ -183,7 +183,7 @@ fn mode(p: &std::path::Path) -> u32 {
 
 #[test]
 fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
-    let a = Env::new();
+    let a = Env::init();
     let fp = a.create_key("offsite");
     assert_eq!(mode(&a.home.join("keys/offsite.key")), 0o600);
     assert_eq!(mode(&a.home.join("keys")), 0o700);
@@ -224,7 +224,7 @@ fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
     assert!(text.is_ascii() && text.contains(&fp));
 
     for export in [&bin, &paper] {
-        let b = Env::new();
+        let b = Env::init();
         let r = b.ok(&["--json", "key", "import", export.to_str().unwrap()]);
         assert_eq!(r.json()["fingerprint"], fp.as_str());
         assert_eq!(r.json()["name"], "offsite");
@@ -264,7 +264,7 @@ fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
     typo[idx] = &bad_line;
     let typo_file = a.path("typo.txt");
     std::fs::write(&typo_file, typo.join("\n")).unwrap();
-    let c = Env::new();
+    let c = Env::init();
     let r = c.run(&["key", "import", typo_file.to_str().unwrap()]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(&format!("line {}", idx + 1)), "{r:?}");
@@ -295,7 +295,7 @@ fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
 
 #[test]
 fn change_passphrase_rewraps_and_the_old_passphrase_stops_working() {
-    let env = Env::new();
+    let env = Env::init();
     let fp = env.create_key("k");
     let newpass = env.path("new.pass");
     std::fs::write(&newpass, "a new passphrase\n").unwrap();
@@ -360,7 +360,7 @@ fn nonces(dir: &std::path::Path) -> Vec<[u8; 12]> {
 
 #[test]
 fn nonces_stay_unique_across_sessions_a_lost_counter_and_an_overwrite_elsewhere() {
-    let env = Env::new();
+    let env = Env::init();
     let disk = env.path("d.img");
     canary_disk(&disk, 2, 3);
     let fp = env.create_key("k");
@@ -423,7 +423,7 @@ fn nonces_stay_unique_across_sessions_a_lost_counter_and_an_overwrite_elsewhere(
 
 #[test]
 fn missing_key_exits_5_naming_the_fingerprint_and_wrong_passphrase_exits_5() {
-    let env = Env::new();
+    let env = Env::init();
     let disk = env.path("d.img");
     canary_disk(&disk, 1, 4);
     let fp = env.create_key("k");
@@ -473,7 +473,7 @@ fn missing_key_exits_5_naming_the_fingerprint_and_wrong_passphrase_exits_5() {
 
 #[test]
 fn escrow_in_the_label_lets_the_passphrase_alone_recover_the_key() {
-    let env = Env::new();
+    let env = Env::init();
     let disk = env.path("d.img");
     canary_disk(&disk, 1, 5);
     let fp = env.create_key("k");

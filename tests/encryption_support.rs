@@ -56,7 +56,7 @@ fn to_run(o: Output) -> Run {
 
 impl Env {
     /// A fresh home with a virtual library of six 16 MiB cartridges.
-    pub fn new() -> Env {
+    pub fn init() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         let env = Env { tmp, home };
