@@ -104,10 +104,8 @@ fn read_image(objs: &[Obj], ring: &KeyRing, image: [u8; 16]) -> Result<Vec<u8>, 
                 digest.update_record(&r.extents, &plain).unwrap();
                 disk.extend_from_slice(&plain);
             }
-            Ok(Block::ImageTrailer(t)) => {
-                if t.digest != digest.finalize() {
-                    return Err("content digest differs from the trailer's".into());
-                }
+            Ok(Block::ImageTrailer(t)) if t.digest != digest.finalize() => {
+                return Err("content digest differs from the trailer's".into());
             }
             _ => {}
         }
