@@ -199,17 +199,23 @@ pub enum Obj {
 
 /// Read every object of a cartridge (it must not be loaded by a running tapevault).
 pub fn read_cartridge(dir: &Path) -> Vec<Obj> {
+    read_objects(dir, usize::MAX)
+}
+
+/// The first `max` objects of a cartridge.
+pub fn read_objects(dir: &Path, max: usize) -> Vec<Obj> {
     let mut c = vtl_sim::Cartridge::open(dir).unwrap();
     c.rewind().unwrap();
     let mut buf = vec![0u8; tape_formats::MAX_BLOCK_SIZE];
     let mut out = Vec::new();
-    loop {
+    while out.len() < max {
         match c.read_block(&mut buf).unwrap() {
             vtl_sim::Read::Block(n) => out.push(Obj::Block(buf[..n].to_vec())),
             vtl_sim::Read::Filemark => out.push(Obj::Filemark),
             vtl_sim::Read::EndOfData => return out,
         }
     }
+    out
 }
 
 /// The blocks of a cartridge (filemarks left out).
@@ -232,7 +238,10 @@ pub fn data_blocks(dir: &Path) -> Vec<Vec<u8>> {
 }
 
 pub fn label_of(dir: &Path) -> tape_formats::VolumeLabel {
-    match decode_block(&blocks(dir)[0]).unwrap() {
+    let Some(Obj::Block(b)) = read_objects(dir, 1).pop() else {
+        panic!("{} is blank", dir.display())
+    };
+    match decode_block(&b).unwrap() {
         Block::VolumeLabel(l) => l,
         other => panic!("first block is a {}", other.kind_name()),
     }
