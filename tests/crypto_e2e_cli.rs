@@ -156,8 +156,35 @@ fn new_key_for_new_backups_leaves_old_cartridges_readable_with_the_old_key() {
         std::fs::read(&disk_b).unwrap()
     );
 
+    // Restore through the binary: each image with the key it was written with.
+    let old_image = old["images"][0]["image"].as_str().unwrap().to_string();
+    let new_image = new["images"][0]["image"].as_str().unwrap().to_string();
+    let restore = |disk: &str, image: &str, to: &str| {
+        let to = env.path(to);
+        let r = env.run(&[
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            image,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        (r, to)
+    };
+    let (r, to) = restore(DISK_A, &old_image, "old.img");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(to).unwrap(), std::fs::read(&disk_a).unwrap());
+    let (r, to) = restore(DISK_B, &new_image, "new.img");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(to).unwrap(), std::fs::read(&disk_b).unwrap());
+
     // Retiring the old key from the keystore and bringing it back from its export.
     std::fs::remove_file(env.home.join("keys/k2025.key")).unwrap();
+    let (r, to) = restore(DISK_A, &old_image, "old-nokey.img");
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains(&fp1), "names the missing key: {r:?}");
+    assert!(!to.exists());
     let r = env.run(&[
         "backup",
         "--disk",
@@ -175,6 +202,9 @@ fn new_key_for_new_backups_leaves_old_cartridges_readable_with_the_old_key() {
         read_all(&ring(vec![k1]), &old_dir).unwrap(),
         std::fs::read(&disk_a).unwrap()
     );
+    let (r, to) = restore(DISK_A, &old_image, "old-again.img");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(to).unwrap(), std::fs::read(&disk_a).unwrap());
 }
 
 fn mode(p: &std::path::Path) -> u32 {

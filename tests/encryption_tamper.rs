@@ -26,6 +26,7 @@ struct Fixture {
     image_a: [u8; 16],
     image_b: [u8; 16],
     disk_a: Vec<u8>,
+    barcode: String,
 }
 
 fn fixture() -> Fixture {
@@ -43,12 +44,14 @@ fn fixture() -> Fixture {
             .unwrap()
             .as_bytes()
     };
-    let objs = read_cartridge(&env.cartridge_dir(&cartridges_of(&ra)[0]));
+    let barcode = cartridges_of(&ra)[0].clone();
+    let objs = read_cartridge(&env.cartridge_dir(&barcode));
     let ring = ring(vec![env.unlock("k")]);
     Fixture {
         image_a: uuid(&ra),
         image_b: uuid(&rb),
         disk_a: std::fs::read(&a).unwrap(),
+        barcode,
         objs,
         ring,
         env,
@@ -353,4 +356,125 @@ fn flipping_any_bit_of_a_snapshot_chunk_header_or_its_payload_edges_is_detected(
         }
     }
     assert!(tried > 900, "{tried}");
+}
+
+/// Overwrite object `i` of the cartridge in place (same length), as someone holding
+/// the cartridge could; returns what was there.
+fn poke(fx: &Fixture, i: usize, bytes: &[u8]) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let nth_block = fx.objs[..i]
+        .iter()
+        .filter(|o| matches!(o, Obj::Block(_)))
+        .count();
+    let dir = fx.env.cartridge_dir(&fx.barcode);
+    let (off, len) = block_offsets(&dir)[nth_block];
+    assert_eq!(len as usize, bytes.len(), "same length only");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("data"))
+        .unwrap();
+    let mut old = vec![0u8; bytes.len()];
+    f.read_exact_at(&mut old, off).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+    old
+}
+
+#[test]
+fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing() {
+    let fx = fixture();
+    let image = uuid::Uuid::from_bytes(fx.image_a).to_string();
+    let restore = |name: &str| {
+        let out = fx.env.path(name);
+        let r = fx.env.run(&[
+            "--json",
+            "restore",
+            "--disk",
+            DISK_A,
+            "--image",
+            &image,
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        (r, out)
+    };
+    // The index really maps objects to data-file offsets: a no-op poke reads back the
+    // object itself.
+    for i in [3, 4] {
+        let b = block_at(&fx.objs, i).to_vec();
+        assert!(
+            poke(&fx, i, &b) == b,
+            "object {i} is not where the index says"
+        );
+    }
+    let (r, out) = restore("good.img");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), fx.disk_a);
+
+    let (i1, i2) = (
+        record_index(&fx.objs, fx.image_a, 1),
+        record_index(&fx.objs, fx.image_a, 2),
+    );
+    let b1 = block_at(&fx.objs, i1).to_vec();
+    let b2 = block_at(&fx.objs, i2).to_vec();
+    let from_b = block_at(&fx.objs, record_index(&fx.objs, fx.image_b, 1)).to_vec();
+    let a = fx.image_a;
+    let mut flipped = b1.clone();
+    let hl = u32::from_le_bytes(b1[16..20].try_into().unwrap()) as usize;
+    flipped[hl + 4242] ^= 0x10;
+    fix_crcs(&mut flipped);
+    let cases: Vec<(&str, Vec<(usize, Vec<u8>)>)> = vec![
+        (
+            "payload bit flipped, CRCs recomputed",
+            vec![(i1, flipped.clone())],
+        ),
+        ("records swapped", vec![(i1, b2.clone()), (i2, b1.clone())]),
+        (
+            "records swapped, sequence numbers rewritten",
+            vec![
+                (i1, rewrite(&b2, |f| f.sequence = 1)),
+                (i2, rewrite(&b1, |f| f.sequence = 2)),
+            ],
+        ),
+        (
+            "record spliced from another image",
+            vec![(i1, from_b.clone())],
+        ),
+        (
+            "record spliced from another image, image UUID rewritten",
+            vec![(i1, rewrite(&from_b, |f| f.image_uuid = a))],
+        ),
+        (
+            "record replayed",
+            vec![(i2, rewrite(&b1, |f| f.sequence = 2))],
+        ),
+    ];
+    for (n, (what, edits)) in cases.iter().enumerate() {
+        let old: Vec<_> = edits.iter().map(|(i, b)| (*i, poke(&fx, *i, b))).collect();
+        let (r, out) = restore(&format!("bad{n}.img"));
+        assert_eq!(r.code, 3, "{what}: {r:?}");
+        assert!(
+            r.stderr.contains(&fx.barcode),
+            "{what}: names the cartridge: {r:?}"
+        );
+        assert!(r.stderr.contains("block"), "{what}: names the block: {r:?}");
+        assert!(
+            !out.exists(),
+            "{what}: nothing written to the restore target"
+        );
+        for (i, b) in old {
+            poke(&fx, i, &b);
+        }
+    }
+    let (r, _) = restore("good-again.img");
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // verify finds it too, and the catalog remembers the image is damaged.
+    poke(&fx, i1, &flipped);
+    let r = fx.env.run(&["--json", "verify", "--image", &image]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains(&fx.barcode) || r.stdout.contains(&fx.barcode),
+        "{r:?}"
+    );
 }
