@@ -423,7 +423,9 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
     let hl = u32::from_le_bytes(b1[16..20].try_into().unwrap()) as usize;
     flipped[hl + 4242] ^= 0x10;
     fix_crcs(&mut flipped);
-    let cases: Vec<(&str, Vec<(usize, Vec<u8>)>)> = vec![
+    /// What was done, and which objects were overwritten with what.
+    type Case<'a> = (&'a str, Vec<(usize, Vec<u8>)>);
+    let cases: Vec<Case> = vec![
         (
             "payload bit flipped, CRCs recomputed",
             vec![(i1, flipped.clone())],
