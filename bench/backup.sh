@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Backup-side benchmarks of tapevault against dd, side by side in one run on the same
+# files (see docs/benchmarks/backup.md for the targets and recorded results).
+#
+#   cargo build --release
+#   bench/backup.sh [WORKDIR]
+#
+# Environment:
+#   SIZE_MIB      disk image size (default 4096)
+#   INCREMENTALS  incrementals before the restore benchmark (default 20)
+#   TAPEVAULT_BIN binary to measure (default target/release/tapevault)
+#   KEEP=1        keep WORKDIR afterwards (default: removed)
+#
+# WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench) must be on the filesystem being
+# measured and hold about 4.5x SIZE_MIB. Everything runs warm-cache: the disk image was
+# just written, so dd and tapevault both read it from the page cache; both write to
+# files on the same filesystem and both end with a flush to stable storage (dd
+# conv=fsync; tapevault flushes the cartridge at the end of the image and session).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
+W=${1:-${TMPDIR:-/tmp}/tapevault-bench}
+SIZE_MIB=${SIZE_MIB:-4096}
+INCS=${INCREMENTALS:-20}
+SIZE=$((SIZE_MIB * 1024 * 1024))
+DISK_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11
+
+[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release" >&2; exit 2; }
+rm -rf "$W"
+mkdir -p "$W"
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
+trap cleanup EXIT
+export TAPEVAULT_HOME="$W/home"
+RESULTS="$W/results.txt"
+: > "$RESULTS"
+
+log() { echo "$*" | tee -a "$RESULTS" >&2; }
+
+# now_s: seconds since the epoch with nanoseconds.
+now_s() { date +%s.%N; }
+
+# timed NAME CMD...: run CMD under /usr/bin/time -v, record wall seconds and max RSS.
+timed() {
+  local name=$1; shift
+  local t0 t1 rss
+  t0=$(now_s)
+  /usr/bin/time -v -o "$W/$name.time" "$@" > "$W/$name.out" 2> "$W/$name.err" || {
+    echo "$name failed:" >&2; cat "$W/$name.err" "$W/$name.out" >&2; exit 1; }
+  t1=$(now_s)
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/$name.time")
+  local secs
+  secs=$(echo "$t1 - $t0" | bc -l)
+  printf '%s %.3f %s\n' "$name" "$secs" "$rss" >> "$W/timings"
+  log "$(printf '%-22s %8.3f s  max RSS %7d KiB  (%s)' "$name" "$secs" "$rss" "$*")"
+}
+
+secs_of() { awk -v n="$1" '$1 == n {print $2}' "$W/timings"; }
+rss_of() { awk -v n="$1" '$1 == n {print $3}' "$W/timings"; }
+ratio() { echo "scale=4; $1 / $2" | bc -l; }
+mibs() { echo "scale=1; $1 / 1048576 / $2" | bc -l; }
+
+# changed FILE FROM TO SEED: overwrite 1% of the disk with random data in 64 KiB
+# extents at random 64 KiB-aligned offsets and write the matching changed-extents file.
+changed() {
+  python3 - "$W/disk.img" "$1" "$2" "$3" "$4" "$SIZE" <<'EOF'
+import json, os, random, sys
+disk, out, frm, to, seed, size = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+rng = random.Random(seed)
+blk = 64 * 1024
+nblocks = size // blk
+picks = sorted(rng.sample(range(nblocks), max(1, nblocks // 100)))
+with open(disk, "r+b") as f:
+    for b in picks:
+        f.seek(b * blk)
+        f.write(os.urandom(blk))
+    f.flush()
+    os.fsync(f.fileno())
+areas = [{"start": b * blk, "length": blk} for b in picks]
+json.dump({"from_change_id": frm, "change_id": to, "changed_area": areas}, open(out, "w"))
+EOF
+}
+
+log "tapevault backup benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), ${SIZE_MIB} MiB image, $(nproc) cores"
+log "binary: $BIN ($("$BIN" --version))"
+
+# The disk: random (incompressible) data, compression off in the pool.
+dd if=/dev/urandom of="$W/disk.img" bs=1M count="$SIZE_MIB" iflag=fullblock status=none
+sync
+
+# dd baselines on the same file.
+timed dd-read dd if="$W/disk.img" of=/dev/null bs=256K
+timed dd-copy dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
+rm -f "$W/dd.out"
+
+# A virtual library with cartridges big enough for the whole run (sparse files).
+"$BIN" init --slots 4 --drives 1 --capacity 64G > /dev/null
+"$BIN" pool create bench --compression off > /dev/null
+
+# Full (its changed-extents answer sets change id b0).
+python3 -c "import json,sys; json.dump({'from_change_id':'*','change_id':'b0','changed_area':[{'start':0,'length':$SIZE}]}, open(sys.argv[1],'w'))" "$W/cbt0.json"
+timed full "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json"
+
+# Incremental of 1% changed extents through a changed-extents file.
+changed "$W/cbt1.json" b0 b1 1
+timed inc-cbt-1pct "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt1.json"
+grep -q '"method": "changed-extents"' "$W/inc-cbt-1pct.out" || { echo "not a changed-extents incremental" >&2; cat "$W/inc-cbt-1pct.out" >&2; exit 1; }
+
+# Hash-scan incremental: reads the whole disk. Its changed-extents file claims a stale
+# change id, so tapevault must not trust it (it says so in "reason") and scans; the image
+# still records the file's new change id b2, so the chain goes on with changed extents.
+changed "$W/cbt2.json" stale b2 2
+timed inc-hashscan "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt2.json"
+grep -q '"method": "hash-scan"' "$W/inc-hashscan.out" || { echo "not a hash-scan incremental" >&2; cat "$W/inc-hashscan.out" >&2; exit 1; }
+
+# More changed-extents incrementals for the restore benchmark: full + INCS in all.
+prev=b2
+for i in $(seq 3 "$INCS"); do
+  changed "$W/cbt$i.json" "$prev" "b$i" "$i"
+  "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt$i.json" > "$W/inc$i.out"
+  prev=b$i
+done
+
+if "$BIN" restore --help > /dev/null 2>&1; then
+  timed dd-copy-2 dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
+  rm -f "$W/dd.out"
+  timed restore "$BIN" --json restore --disk $DISK_ID --to "$W/restored.img"
+  if cmp -s "$W/disk.img" "$W/restored.img"; then log "restore: bit-identical"; else log "restore: DIFFERS"; exit 1; fi
+  rm -f "$W/restored.img"
+else
+  log "restore: not in this build; skipped"
+fi
+
+full=$(secs_of full); dd=$(secs_of dd-copy); rd=$(secs_of dd-read)
+cbt=$(secs_of inc-cbt-1pct); hs=$(secs_of inc-hashscan)
+log ""
+log "full backup      $(mibs "$SIZE" "$full") MiB/s vs dd copy $(mibs "$SIZE" "$dd") MiB/s: $(ratio "$dd" "$full")x dd (target >= 0.9)"
+log "1% cbt incr      ${cbt} s = $(ratio "$cbt" "$full")x the full's time (target <= 0.03)"
+log "hash-scan incr   $(mibs "$SIZE" "$hs") MiB/s vs dd read $(mibs "$SIZE" "$rd") MiB/s: $(ratio "$rd" "$hs")x dd read (target >= 0.8)"
+if [ -n "$(secs_of restore)" ]; then
+  rs=$(secs_of restore); dd2=$(secs_of dd-copy-2)
+  log "restore full+$INCS  $(mibs "$SIZE" "$rs") MiB/s vs dd copy $(mibs "$SIZE" "$dd2") MiB/s: $(ratio "$dd2" "$rs")x dd (target >= 0.8)"
+fi
+maxrss=0
+for n in full inc-cbt-1pct inc-hashscan restore; do
+  r=$(rss_of $n); [ -n "$r" ] && [ "$r" -gt "$maxrss" ] && maxrss=$r
+done
+log "peak RSS of tapevault: $((maxrss / 1024)) MiB (target <= 256 MiB)"
+cp "$RESULTS" "${RESULTS_OUT:-/dev/null}" 2>/dev/null || true
