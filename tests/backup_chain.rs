@@ -148,6 +148,8 @@ fn every_point_of_a_chain_of_twelve_incrementals_restores_bit_identical() {
         assert_eq!(row.parent_uuid.map(|p| p.to_string()), Some(w[0].0.clone()));
     }
 
+    v.assert_catalog_consistent();
+
     if !Vault::has_command("restore") {
         eprintln!("restore is not in this build yet: skipping the restore comparisons");
         return;

@@ -198,6 +198,14 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
         .unwrap()
         .clone();
     assert_ne!(killed.status.as_str(), "complete");
+    // The catalog's check sees the leftover (and says the next backup repairs it).
+    let problems = cat.check().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.subject.contains(&killed.uuid.to_string())),
+        "catalog check must report the killed image as stale: {problems:?}"
+    );
     drop(cat);
 
     // The next run: recovers (the killed image becomes failed), builds on the full, and
@@ -236,6 +244,7 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
         "the next image is in a tape file of its own after the killed one"
     );
     drop(cat);
+    v.assert_catalog_consistent();
 
     if Vault::has_command("restore") {
         for (img, expected, what) in [

@@ -168,6 +168,8 @@ fn disks_that_swap_order_and_paths_stay_on_their_own_chains() {
         assert_eq!(imgs.len(), 3, "disk {}", d.id);
         assert!(imgs.iter().all(|i| i.disk_uuid == d.id));
     }
+    drop(cat);
+    v.assert_catalog_consistent();
 
     if !Vault::has_command("restore") {
         eprintln!("restore is not in this build yet: skipping the restore comparisons");
@@ -265,6 +267,8 @@ fn change_id_mismatch_falls_back_to_a_hash_scan_on_the_newest_good_image() {
         .unwrap();
     assert_eq!(row.change_id.as_deref(), Some("c5"));
     assert_eq!(row.from_change_id.as_deref(), Some("c4"));
+    drop(cat);
+    v.assert_catalog_consistent();
 
     if !Vault::has_command("restore") {
         eprintln!("restore is not in this build yet: skipping the restore comparisons");

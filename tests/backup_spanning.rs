@@ -90,6 +90,8 @@ fn an_image_larger_than_two_cartridges_spans_three_and_restores() {
         tracked_bytes(&areas, d.size())
     );
 
+    v.assert_catalog_consistent();
+
     if !Vault::has_command("restore") {
         eprintln!("restore is not in this build yet: skipping the restore comparisons");
         return;

@@ -202,6 +202,12 @@ impl Vault {
         tapevault::catalog::Catalog::open(&self.home).expect("open catalog")
     }
 
+    /// The catalog's own consistency check finds nothing.
+    pub fn assert_catalog_consistent(&self) {
+        let problems = self.catalog().check().expect("catalog check");
+        assert!(problems.is_empty(), "catalog problems: {problems:#?}");
+    }
+
     pub fn image_row(&self, image: &str) -> tapevault::catalog::ImageRow {
         let u: Uuid = image.parse().expect("image uuid");
         self.catalog()
