@@ -90,8 +90,6 @@ sync
 
 # dd baselines on the same file.
 timed dd-read dd if="$W/disk.img" of=/dev/null bs=256K
-timed dd-copy dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
-rm -f "$W/dd.out"
 
 # A virtual library with cartridges big enough for the whole run (sparse files).
 "$BIN" init --slots 4 --drives 1 --capacity 64G > /dev/null
@@ -99,7 +97,15 @@ rm -f "$W/dd.out"
 
 # Full (its changed-extents answer sets change id b0).
 python3 -c "import json,sys; json.dump({'from_change_id':'*','change_id':'b0','changed_area':[{'start':0,'length':$SIZE}]}, open(sys.argv[1],'w'))" "$W/cbt0.json"
-timed full "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json"
+# The device and the neighbours are noisy: dd copy and the full alternate, twice, and
+# the better of each pair is compared. The second full is a --full; both record b0.
+for r in 1 2; do
+  timed dd-copy-$r dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
+  rm -f "$W/dd.out"
+  sync
+  timed full-$r "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json" --full
+  sync
+done
 
 # Incremental of 1% changed extents through a changed-extents file.
 changed "$W/cbt1.json" b0 b1 1
@@ -117,13 +123,15 @@ grep -q '"method": "hash-scan"' "$W/inc-hashscan.out" || { echo "not a hash-scan
 prev=b2
 for i in $(seq 3 "$INCS"); do
   changed "$W/cbt$i.json" "$prev" "b$i" "$i"
-  "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt$i.json" > "$W/inc$i.out"
+  timed inc-cbt-$i "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt$i.json"
+  grep -q '"method": "changed-extents"' "$W/inc-cbt-$i.out" || { echo "incremental $i is not changed-extents" >&2; exit 1; }
   prev=b$i
 done
 
 if "$BIN" restore --help > /dev/null 2>&1; then
-  timed dd-copy-2 dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
+  timed ddcopy-restore dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
   rm -f "$W/dd.out"
+  sync
   timed restore "$BIN" --json restore --disk $DISK_ID --to "$W/restored.img"
   if cmp -s "$W/disk.img" "$W/restored.img"; then log "restore: bit-identical"; else log "restore: DIFFERS"; exit 1; fi
   rm -f "$W/restored.img"
@@ -131,19 +139,21 @@ else
   log "restore: not in this build; skipped"
 fi
 
-full=$(secs_of full); dd=$(secs_of dd-copy); rd=$(secs_of dd-read)
-cbt=$(secs_of inc-cbt-1pct); hs=$(secs_of inc-hashscan)
+minof() { awk -v p="$1" 'index($1, p) == 1 {print $2}' "$W/timings" | sort -g | head -1; }
+medianof() { awk -v p="$1" 'index($1, p) == 1 {print $2}' "$W/timings" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+full=$(minof full-); dd=$(minof dd-copy-); rd=$(secs_of dd-read)
+cbt=$(secs_of inc-cbt-1pct); cbtmed=$(medianof inc-cbt-); hs=$(secs_of inc-hashscan)
 log ""
-log "full backup      $(mibs "$SIZE" "$full") MiB/s vs dd copy $(mibs "$SIZE" "$dd") MiB/s: $(ratio "$dd" "$full")x dd (target >= 0.9)"
-log "1% cbt incr      ${cbt} s = $(ratio "$cbt" "$full")x the full's time (target <= 0.03)"
+log "full backup      best of 2: $(mibs "$SIZE" "$full") MiB/s vs dd copy best of 2: $(mibs "$SIZE" "$dd") MiB/s: $(ratio "$dd" "$full")x dd (target >= 0.9)"
+log "1% cbt incr      ${cbt} s = $(ratio "$cbt" "$full")x the full's time; median of all $(awk 'index($1,"inc-cbt-")==1' "$W/timings" | wc -l) 1% incrementals ${cbtmed} s = $(ratio "$cbtmed" "$full")x (target <= 0.03)"
 log "hash-scan incr   $(mibs "$SIZE" "$hs") MiB/s vs dd read $(mibs "$SIZE" "$rd") MiB/s: $(ratio "$rd" "$hs")x dd read (target >= 0.8)"
 if [ -n "$(secs_of restore)" ]; then
-  rs=$(secs_of restore); dd2=$(secs_of dd-copy-2)
+  rs=$(secs_of restore); dd2=$(secs_of ddcopy-restore)
   log "restore full+$INCS  $(mibs "$SIZE" "$rs") MiB/s vs dd copy $(mibs "$SIZE" "$dd2") MiB/s: $(ratio "$dd2" "$rs")x dd (target >= 0.8)"
 fi
 maxrss=0
-for n in full inc-cbt-1pct inc-hashscan restore; do
-  r=$(rss_of $n); [ -n "$r" ] && [ "$r" -gt "$maxrss" ] && maxrss=$r
+for r in $(awk '$1 !~ /^dd-/ {print $3}' "$W/timings"); do
+  [ "$r" -gt "$maxrss" ] && maxrss=$r
 done
 log "peak RSS of tapevault: $((maxrss / 1024)) MiB (target <= 256 MiB)"
 cp "$RESULTS" "${RESULTS_OUT:-/dev/null}" 2>/dev/null || true
