@@ -145,14 +145,18 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     let v = Vault::small(2, "64M");
     v.pool("p", "off");
     let mut d = TestDisk::create(v.path("d.img"), 12 * MIB, 12 * MIB, 41);
-    let full = v.backup(&d, "p", &[]);
+    let cbt = v.path("cbt.json");
+    let cbt_s = cbt.to_string_lossy().into_owned();
+    write_changed_extents(&cbt, "*", "k0", &[(0, d.size())]);
+    let full = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
     let bc = full["cartridges"][0].as_str().unwrap().to_string();
     let full_copy = v.path("full.copy");
     d.save_copy(&full_copy);
 
-    // Change most of the disk, then start a --full backup with slow writes and kill it
-    // once it has written a few records.
+    // Change most of the disk, then start a changed-extents incremental (k0 -> k1) with
+    // slow writes and kill it once it has written a few records.
     d.write_random(0, 8 * MIB);
+    write_changed_extents(&cbt, "k0", "k1", &[(0, 8 * MIB)]);
     slow_writes(&v, &bc, 40, 1000);
     let before = data_len(&v, &bc);
     let path = d.path.to_string_lossy().into_owned();
@@ -166,7 +170,8 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
             &id,
             "--pool",
             "p",
-            "--full",
+            "--changed-extents",
+            &cbt_s,
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -208,10 +213,18 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     );
     drop(cat);
 
-    // The next run: recovers (the killed image becomes failed), builds on the full, and
-    // starts its tape file after a filemark that closes the killed image's file.
-    let next = v.backup(&d, "p", &[]);
+    // The next run, by a script that assumes the killed run succeeded (k1 -> k2):
+    // recovers (the killed image becomes failed), does not trust a file relative to the
+    // failed image's change id, hash-scans against the full, and starts its tape file
+    // after a filemark that closes the killed image's file.
+    write_changed_extents(&cbt, "k1", "k2", &[(0, 64 * KIB)]);
+    let next = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
     assert_eq!(s(&next, "kind"), "incremental", "{next}");
+    assert_eq!(s(&next, "method"), "hash-scan", "{next}");
+    let reason = s(&next, "reason");
+    assert!(reason.contains("k1") && reason.contains("k0"), "{reason}");
+    let next_copy = v.path("next.copy");
+    d.save_copy(&next_copy);
     assert_eq!(
         s(&next, "parent"),
         s(&full, "image"),
@@ -246,13 +259,25 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     drop(cat);
     v.assert_catalog_consistent();
 
+    // The chain goes on from the recovered run with changed extents (k2 -> k3).
+    d.write_random(11 * MIB, 64 * KIB);
+    write_changed_extents(&cbt, "k2", "k3", &[(11 * MIB, 64 * KIB)]);
+    let last = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
+    assert_eq!(s(&last, "method"), "changed-extents", "{last}");
+    assert_eq!(s(&last, "parent"), s(&next, "image"));
+
     if Vault::has_command("restore") {
         for (img, expected, what) in [
             (s(&full, "image").to_string(), full_copy.clone(), "the full"),
             (
                 s(&next, "image").to_string(),
-                d.path.clone(),
+                next_copy.clone(),
                 "the next run",
+            ),
+            (
+                s(&last, "image").to_string(),
+                d.path.clone(),
+                "the run after",
             ),
         ] {
             let out: PathBuf = v.path(&format!("{}.restored", &img[..8]));
