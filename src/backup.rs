@@ -726,7 +726,12 @@ impl Job<'_> {
         };
         if let Some(ce) = &changed {
             let recorded = base.change_id.clone().unwrap_or_default();
-            let reason = if ce.from_change_id != recorded {
+            let reason = if base.change_id.is_none() {
+                Some(format!(
+                    "the newest good image {} recorded no change id, so the changed-extents file (relative to {:?}) cannot be trusted: falling back to a hash scan",
+                    base.uuid, ce.from_change_id
+                ))
+            } else if ce.from_change_id != recorded {
                 Some(format!(
                     "the changed-extents file is relative to change id {:?}, but the newest good image {} recorded change id {:?}: falling back to a hash scan",
                     ce.from_change_id, base.uuid, recorded

@@ -15,7 +15,9 @@ mod library_cmd;
 mod output;
 mod passphrase;
 mod pool_cmd;
+mod restore_cmd;
 mod tape_cmd;
+mod verify_cmd;
 
 pub use output::{human_bytes, Output};
 
@@ -62,6 +64,12 @@ pub enum Command {
     Media(pool_cmd::MediaCommand),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// List images of disks, grouped as chains (full, then its incrementals).
+    Images(restore_cmd::ImagesArgs),
+    /// Restore a disk at a point in time to a file or block device.
+    Restore(restore_cmd::RestoreArgs),
+    /// Read back an image or a whole cartridge and check every record.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 /// Everything a command handler needs.
@@ -136,6 +144,9 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Label(a) => pool_cmd::label(ctx, a),
         Command::Media(c) => pool_cmd::media(ctx, c),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Images(a) => restore_cmd::images(ctx, a),
+        Command::Restore(a) => restore_cmd::restore(ctx, a),
+        Command::Verify(a) => verify_cmd::verify(ctx, a),
     }
 }
 
