@@ -171,10 +171,6 @@ fn disks_that_swap_order_and_paths_stay_on_their_own_chains() {
     drop(cat);
     v.assert_catalog_consistent();
 
-    if !Vault::has_command("restore") {
-        eprintln!("restore is not in this build yet: skipping the restore comparisons");
-        return;
-    }
     for (n, (disk, image, expected)) in copies.iter().enumerate() {
         let out = v.path(&format!("restore-{n}.img"));
         let r = v.restore_image(*disk, image, &out);
@@ -270,10 +266,6 @@ fn change_id_mismatch_falls_back_to_a_hash_scan_on_the_newest_good_image() {
     drop(cat);
     v.assert_catalog_consistent();
 
-    if !Vault::has_command("restore") {
-        eprintln!("restore is not in this build yet: skipping the restore comparisons");
-        return;
-    }
     for (n, (image, expected)) in points.iter().enumerate() {
         let out = v.path(&format!("r{n}.img"));
         let r = v.restore_image(d.id, image, &out);
@@ -318,9 +310,6 @@ fn a_mostly_sparse_disk_stores_almost_nothing() {
     assert_eq!(u(&zi, "stored_bytes"), 0);
     assert_eq!(u(&zi, "zero_bytes"), 8 * MIB);
 
-    if !Vault::has_command("restore") {
-        return;
-    }
     let out = v.path("sparse.restored");
     let r = v.restore_image(d.id, s(&img, "image"), &out);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -389,9 +378,6 @@ fn copy_is_never_a_base_and_full_resets_the_chain() {
     let p3 = v.path("p3.copy");
     d.save_copy(&p3);
 
-    if !Vault::has_command("restore") {
-        return;
-    }
     for (img, expected, what) in [
         (&i1, &p1, "i1 (old chain)"),
         (&c1, &pc, "copy"),

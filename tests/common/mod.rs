@@ -171,18 +171,6 @@ impl Vault {
         self.ok(&a)
     }
 
-    /// Whether the binary has this subcommand (restore/verify/images land from another
-    /// branch; tests use them as soon as they exist).
-    pub fn has_command(name: &str) -> bool {
-        Command::new(BIN)
-            .args([name, "--help"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
     /// `restore --disk ID --image UUID --to PATH`.
     pub fn restore_image(&self, disk: Uuid, image: &str, to: &Path) -> Run {
         let d = disk.to_string();
