@@ -170,6 +170,27 @@ fn disks_that_swap_order_and_paths_stay_on_their_own_chains() {
     }
     drop(cat);
     v.assert_catalog_consistent();
+    // `images --disk` shows each disk with one chain: its own full and two incrementals.
+    for d in [&a, &b, &c] {
+        let id = d.id.to_string();
+        let j = v.ok(&["images", "--disk", &id]);
+        let disks = j.as_array().expect("images: one entry per disk");
+        assert_eq!(disks.len(), 1, "{j}");
+        assert_eq!(s(&disks[0], "disk"), id);
+        let chains = disks[0]["chains"].as_array().unwrap();
+        assert_eq!(chains.len(), 1, "one chain per disk: {j}");
+        let uuids: Vec<&str> = chains[0]["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| s(i, "uuid"))
+            .collect();
+        let expected: Vec<&str> = [&r1, &r2, &r3]
+            .iter()
+            .map(|r| s(&r[&id], "image"))
+            .collect();
+        assert_eq!(uuids, expected, "{j}");
+    }
 
     for (n, (disk, image, expected)) in copies.iter().enumerate() {
         let out = v.path(&format!("restore-{n}.img"));
