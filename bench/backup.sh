@@ -10,6 +10,7 @@
 #   INCREMENTALS  incrementals before the restore benchmark (default 20)
 #   TAPEVAULT_BIN binary to measure (default target/release/tapevault)
 #   PAIRS         dd copy / full backup pairs, alternating (default 3; best of each)
+#   SETTLE_SECS   pause after deleting a big file or a big write (default 10)
 #   KEEP=1        keep WORKDIR afterwards (default: removed)
 #
 # WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench) must be on the filesystem being
@@ -93,6 +94,7 @@ sync
 # Cold: drop the disk image from the page cache (only this file) so a run reads it from
 # the device, as a backup of a VM disk does. Warm: read it whole into the cache first.
 cold() { dd if="$W/disk.img" iflag=nocache count=0 status=none; }
+settle() { sync; sleep "${SETTLE_SECS:-10}"; }
 warm() { cat "$W/disk.img" > /dev/null; }
 
 # A virtual library with cartridges big enough for the whole run (sparse files).
@@ -106,11 +108,13 @@ python3 -c "import json,sys; json.dump({'from_change_id':'*','change_id':'b0','c
 for r in $(seq 1 "${PAIRS:-3}"); do
   cold
   timed dd-copy-$r dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
+  # The filesystem may discard freed blocks online (ext4 -o discard): let the discard
+  # of the deleted copy finish before the next timed run, or it slows that run.
   rm -f "$W/dd.out"
-  sync
+  settle
   cold
   timed full-$r "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json" --full
-  sync
+  settle
 done
 
 # Incremental of 1% changed extents through a changed-extents file.
@@ -148,7 +152,7 @@ if "$BIN" restore --help > /dev/null 2>&1; then
   cold
   timed ddcopy-restore dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
   rm -f "$W/dd.out"
-  sync
+  settle
   timed restore "$BIN" --json restore --disk $DISK_ID --to "$W/restored.img"
   if cmp -s "$W/disk.img" "$W/restored.img"; then log "restore: bit-identical"; else log "restore: DIFFERS"; exit 1; fi
   rm -f "$W/restored.img"
