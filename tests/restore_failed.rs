@@ -133,7 +133,6 @@ fn restore_around_a_failed_incremental() {
 /// image on the cartridge. Ignored until src/backup.rs stops writing after a failed write
 /// at an unknown position.
 #[test]
-#[ignore = "src/backup.rs writes the aborted trailer at BOT after a power cut, destroying the cartridge"]
 fn a_power_cut_during_backup_keeps_earlier_images_restorable() {
     let env = Env::new(4, "128M");
     env.ok(&["pool", "create", "p", "--compression", "off"]);
