@@ -31,10 +31,17 @@ struct Model {
 
 impl Model {
     fn file(&self) -> u64 {
-        self.tape[..self.pos].iter().filter(|o| **o == Obj::Filemark).count() as u64
+        self.tape[..self.pos]
+            .iter()
+            .filter(|o| **o == Obj::Filemark)
+            .count() as u64
     }
     fn bif(&self) -> u64 {
-        let start = self.tape[..self.pos].iter().rposition(|o| *o == Obj::Filemark).map(|i| i + 1).unwrap_or(0);
+        let start = self.tape[..self.pos]
+            .iter()
+            .rposition(|o| *o == Obj::Filemark)
+            .map(|i| i + 1)
+            .unwrap_or(0);
         (self.pos - start) as u64
     }
 }

@@ -215,7 +215,10 @@ impl StDrive {
                 }
             }
         }
-        if let Some(limit) = std::env::var(MAX_BLOCK_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        if let Some(limit) = std::env::var(MAX_BLOCK_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
             self.max_block = self.max_block.min(limit.max(self.min_block));
         }
         self.track.forget_medium();

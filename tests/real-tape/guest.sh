@@ -15,6 +15,8 @@ run() {
     return $rc
 }
 has_phase() { case " $RT_PHASES " in *" $1 "*) return 0;; esac; return 1; }
+t_prev=$(date +%s)
+lap() { t_now=$(date +%s); info "timing: $1 took $((t_now - t_prev)) s"; t_prev=$t_now; }
 
 changer=""
 for g in /sys/class/scsi_changer/sch*/device/scsi_generic/*; do [ -e "$g" ] && changer=/dev/$(basename "$g"); done
@@ -40,6 +42,7 @@ if has_phase peer; then
     run peer-mtx-unload mtx -f "$changer" unload 1 0
 fi
 
+lap peer
 # ---- smoke: examples/st_smoke drives StDrive and ScsiLibrary through the traits ------
 if has_phase smoke; then
     if command -v st_smoke >/dev/null; then
@@ -50,6 +53,7 @@ if has_phase smoke; then
     fi
 fi
 
+lap smoke
 # ---- conformance (a): the btape-style suite against /dev/nst0 -----------------------
 if has_phase conformance; then
     mtx -f "$changer" load 1 0 >/dev/null 2>&1 || fail "conformance: mtx load slot 1"
@@ -70,6 +74,7 @@ elif has_phase probe; then
     mtx -f "$changer" unload 1 0 >/dev/null 2>&1
 fi
 
+lap conformance+probe
 # ---- backup (c): full + incremental, restore, verify through the changer and nst* ----
 H=/tmp/tvhome
 TV="tapevault --home $H"
@@ -111,6 +116,7 @@ if has_phase backup; then
     run media-list $TV media list
 fi
 
+lap backup+restore+verify
 # ---- crosscheck (d): our tape read with mt-st + dd; a dd-written tape read by us -----
 if has_phase crosscheck; then
     if has_phase backup; then
@@ -161,5 +167,5 @@ if has_phase crosscheck; then
     run xc-cmp-last cmp /tmp/f1last /tmp/rl
     mtx -f "$changer" unload 4 0 >/dev/null 2>&1
 fi
-
+lap crosscheck
 exit $failed
