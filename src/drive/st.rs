@@ -233,10 +233,14 @@ impl StDrive {
     /// Make sure a cartridge is loaded and ready, waiting up to `load_wait` for one
     /// (st only notices a cartridge put in while the device is open after a LOAD).
     fn ensure_ready(&mut self) -> DriveResult<()> {
+        self.ensure_ready_within(self.load_wait)
+    }
+
+    fn ensure_ready_within(&mut self, wait: Duration) -> DriveResult<()> {
         if self.ready {
             return Ok(());
         }
-        let deadline = std::time::Instant::now() + self.load_wait;
+        let deadline = std::time::Instant::now() + wait;
         loop {
             let _ = op(self.fd(), MTLOAD, 1);
             if get(self.fd()).is_ok_and(|g| g.mt_gstat as u32 & GMT_ONLINE != 0) {
@@ -1329,7 +1333,8 @@ impl TapeDrive for StDrive {
     }
 
     fn status(&mut self) -> DriveResult<DriveStatus> {
-        if !self.ready && self.ensure_ready().is_err() {
+        // Status answers at once: an empty drive is reported, not waited for.
+        if !self.ready && self.ensure_ready_within(Duration::ZERO).is_err() {
             return Ok(DriveStatus {
                 loaded: false,
                 detail: Some(format!("{}: no cartridge", self.path.display())),

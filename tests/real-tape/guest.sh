@@ -82,6 +82,11 @@ DISK_ID=6f1c2b9e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
 if has_phase backup; then
     run init $TV init --changer "$changer" --drive /dev/nst0 --drive /dev/nst1
     run library-status $TV library status
+    run empty-drive-status timeout 30 $TV tape --drive 1 status
+    run library-load $TV library load TV0006L6 --drive 1
+    out=$($TV tape --drive 1 status 2>&1)
+    case "$out" in *loaded*BOT*|*ONLINE*) pass "drive 1 status after library load";; *) fail "drive 1 status after library load: $out";; esac
+    run library-unload $TV library unload --drive 1
     run pool-create $TV pool create rt
     run label-1 $TV label TV0002L6 --pool rt
     run label-2 $TV label TV0005L6 --pool rt
