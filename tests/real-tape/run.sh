@@ -194,6 +194,8 @@ passes=$(grep -c '^RT-PASS' "$work/console.txt" || true)
 if [ "$done_line" != "RT-DONE rc=0" ] || [ "$fails" -ne 0 ] || [ "$passes" -eq 0 ]; then
     echo "real-tape: FAIL ($passes passed, $fails failed, $done_line); console tail:" >&2
     tail -80 "$work/console.txt" >&2
+    echo "real-tape: $passes passed, $((fails > 0 ? fails : 1)) failed"
     exit 1
 fi
 log "PASS: $passes checks passed in the guest"
+echo "real-tape: $passes passed, 0 failed"
