@@ -1460,7 +1460,7 @@ mod record_size_tests {
     fn records_fit_the_drives_largest_block() {
         assert_eq!(record_data_size_for(1 << 20), Some(512 << 10));
         let r = record_data_size_for(512 << 10).unwrap();
-        assert!(r + MAX_RECORD_HEADER <= 512 << 10 && r % 4096 == 0 && r >= 480 << 10);
+        assert!(r + MAX_RECORD_HEADER <= 512 << 10 && r.is_multiple_of(4096) && r >= 480 << 10);
         assert_eq!(record_data_size_for(16 << 10), None);
     }
 }

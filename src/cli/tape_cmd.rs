@@ -102,9 +102,7 @@ fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
             lib.drive_count()
         ));
     }
-    Ok(lib
-        .open_drive(n)
-        .with_context(|| format!("opening drive {n}"))?)
+    lib.open_drive(n).with_context(|| format!("opening drive {n}"))
 }
 
 #[derive(Serialize)]
