@@ -460,6 +460,10 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
             "{what}: names the cartridge: {r:?}"
         );
         assert!(r.stderr.contains("block"), "{what}: names the block: {r:?}");
+        assert!(r.stderr.contains(&image), "{what}: names the image: {r:?}");
+        if what.contains("rewritten") || what.contains("flipped") || what.contains("replayed") {
+            assert!(r.stderr.contains("authentication failed"), "{what}: {r:?}");
+        }
         assert!(
             !out.exists(),
             "{what}: nothing written to the restore target"
