@@ -1153,10 +1153,29 @@ impl Job<'_> {
         self.sealer = sealer;
         progress.finish();
         if let Err(e) = run {
-            // Best effort: close the part as aborted so a reader knows.
-            if let Some(w) = state.writer.take() {
-                if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
-                    let _ = self.tape.put_sink(sink);
+            // Close the part as aborted so a reader knows, but only when the failure was
+            // not the drive's and the tape is provably where this writer left it: after a
+            // reset or power cut the drive may be back at BOT, and writing there would
+            // destroy the cartridge.
+            if let Some(mut w) = state.writer.take() {
+                let drive_failed = root_drive_error(&e).is_some();
+                let sink = w.sink_mut();
+                let in_place = sink
+                    .drive
+                    .position()
+                    .map(|p| p.block == sink.block)
+                    .unwrap_or(false);
+                if !drive_failed && in_place {
+                    if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
+                        let _ = self.tape.put_sink(sink);
+                    }
+                } else {
+                    // The cartridge's state is unknown: never write to it again in this
+                    // session; the next append closes the unterminated file.
+                    drop(w);
+                    if let Some(c) = self.tape.current.as_mut() {
+                        c.sink = None;
+                    }
                 }
             }
             return Err(e);
