@@ -460,6 +460,10 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
             "{what}: names the cartridge: {r:?}"
         );
         assert!(r.stderr.contains("block"), "{what}: names the block: {r:?}");
+        assert!(r.stderr.contains(&image), "{what}: names the image: {r:?}");
+        if what.contains("rewritten") || what.contains("flipped") || what.contains("replayed") {
+            assert!(r.stderr.contains("authentication failed"), "{what}: {r:?}");
+        }
         assert!(
             !out.exists(),
             "{what}: nothing written to the restore target"
@@ -479,4 +483,66 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
         r.stderr.contains(&fx.barcode) || r.stdout.contains(&fx.barcode),
         "{r:?}"
     );
+}
+
+#[test]
+fn records_of_a_newer_minor_with_extension_entries_authenticate_and_the_entries_are_covered() {
+    // FORMAT.md 6-7: the AAD is the header exactly as on tape, extension area and
+    // version included. A writer of a newer minor may add extension entries; this
+    // reader must still authenticate its records, and nobody may alter the entries.
+    use tape_formats::{DataFields, Extent, ExtentKind, RecordCrypto, FORMAT_MINOR};
+    let key = tapevault::crypto::RecordKey::generate();
+    let plain = filler(99, 4096);
+    let nonce = [7u8; 12];
+    let fields = DataFields {
+        image_uuid: [0x42; 16],
+        part: 0,
+        sequence: 0,
+        compression: tape_formats::Compression::None,
+        crypto: RecordCrypto::Aes256Gcm {
+            key_fingerprint: key.fingerprint,
+            nonce,
+            tag: [0; 16],
+        },
+        plain_len: plain.len() as u32,
+    };
+    let extents = [Extent {
+        offset: 0,
+        length: plain.len() as u64,
+        kind: ExtentKind::Data,
+    }];
+    let mut b = Vec::new();
+    encode_data_record(&fields, &extents, &plain, &mut b).unwrap();
+    let hl = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+    // The newer writer's header: minor + 1, one 8-byte extension entry of a type this
+    // reader does not know.
+    let mut h = b[..hl].to_vec();
+    h[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
+    h[14..16].copy_from_slice(&8u16.to_le_bytes());
+    h.extend_from_slice(&0x7ff0u16.to_le_bytes());
+    h.extend_from_slice(&4u16.to_le_bytes());
+    h.extend_from_slice(b"ext!");
+    let new_hl = h.len() as u32;
+    h[16..20].copy_from_slice(&new_hl.to_le_bytes());
+    let mut aad = h.clone();
+    aad[HEADER_CRC].fill(0);
+    aad[PAYLOAD_CRC].fill(0);
+    aad[96..112].fill(0);
+    let mut payload = plain.clone();
+    let tag = key.seal(nonce, &aad, &mut payload);
+    h[96..112].copy_from_slice(&tag);
+    let mut block = h;
+    block.extend_from_slice(&payload);
+    fix_crcs(&mut block);
+
+    let ring1 = ring(vec![key]);
+    assert_eq!(open_data(&ring1, &block).unwrap(), plain);
+    // Altering the extension value (CRCs recomputed) or the version fails.
+    for at in [new_hl as usize - 1, 10] {
+        let mut bad = block.clone();
+        bad[at] ^= 1;
+        fix_crcs(&mut bad);
+        let err = open_data(&ring1, &bad).unwrap_err();
+        assert!(err.contains("authentication"), "byte {at}: {err}");
+    }
 }
