@@ -234,8 +234,12 @@ fn faults_reach_the_drive_as_typed_errors() {
     drop(d);
     let mut d = tapevault::drive::r#virtual::VirtualDrive::open(tmp.path(), 0).unwrap();
     d.set_operation_timeout(Duration::from_millis(50));
+    // The new holder finds the tape where the previous one left it (end of data).
+    let before = d.position().unwrap().block;
+    assert_eq!(before, 4);
     assert!(matches!(d.locate(2), Err(DriveError::Timeout { .. })));
-    assert_eq!(d.position().unwrap().block, 0);
+    // A timed-out locate leaves the position where it was.
+    assert_eq!(d.position().unwrap().block, before);
     d.locate(2).unwrap();
 
     lib.set_faults(

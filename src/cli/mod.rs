@@ -11,6 +11,7 @@ use crate::error::{Error, ExitCode, Result};
 use crate::home::Home;
 
 mod backup_cmd;
+mod key_cmd;
 mod library_cmd;
 mod output;
 mod passphrase;
@@ -64,6 +65,9 @@ pub enum Command {
     Media(pool_cmd::MediaCommand),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// Record keys: create, list, export, import, change passphrase, recover from escrow.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCommand),
     /// List images of disks, grouped as chains (full, then its incrementals).
     Images(restore_cmd::ImagesArgs),
     /// Restore a disk at a point in time to a file or block device.
@@ -144,6 +148,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Label(a) => pool_cmd::label(ctx, a),
         Command::Media(c) => pool_cmd::media(ctx, c),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Key(c) => key_cmd::key(ctx, c),
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),
         Command::Verify(a) => verify_cmd::verify(ctx, a),
