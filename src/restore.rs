@@ -12,6 +12,11 @@
 //!    against the trailer and the catalog.
 //!
 //! The media-reading half ([`MediaReader`], [`read_image`]) is shared with `verify`.
+//!
+//! Segments are skipped by data only ([`ImagePlan::can_skip_segment`]): the zero runs
+//! an image supplies come from its catalog extents (holes in a new file, explicit zeros
+//! on a device), so a segment that holds nothing but needed zero runs is not read.
+//! Output writes run on a thread of their own behind a bounded queue.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
