@@ -14,7 +14,7 @@
 #   KEEP=1        keep WORKDIR afterwards (default: removed)
 #
 # WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench) must be on the filesystem being
-# measured and hold about 6x SIZE_MIB. Before each timed run the image is dropped
+# measured and hold about 3.5x SIZE_MIB. Before each timed run the image is dropped
 # from the page cache (only that file), so dd and tapevault read it from the device;
 # the hash scan is also measured warm (from the page cache). Both write to files on
 # the same filesystem and both end with a flush to stable storage (dd conv=fsync;
@@ -34,7 +34,6 @@ rm -rf "$W"
 mkdir -p "$W"
 cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
 trap cleanup EXIT
-export TAPEVAULT_HOME="$W/home"
 RESULTS="$W/results.txt"
 : > "$RESULTS"
 
@@ -97,15 +96,17 @@ cold() { dd if="$W/disk.img" iflag=nocache count=0 status=none; }
 settle() { sync; sleep "${SETTLE_SECS:-10}"; }
 warm() { cat "$W/disk.img" > /dev/null; }
 
-# A virtual library with cartridges big enough for the whole run (sparse files).
-"$BIN" init --slots 4 --drives 1 --capacity 64G > /dev/null
-"$BIN" pool create bench --compression off > /dev/null
-
 # Full (its changed-extents answer sets change id b0).
 python3 -c "import json,sys; json.dump({'from_change_id':'*','change_id':'b0','changed_area':[{'start':0,'length':$SIZE}]}, open(sys.argv[1],'w'))" "$W/cbt0.json"
 # The device and the neighbours are noisy: dd copy and the full alternate PAIRS times
-# (default 3), and the best of each is compared. Every full is a --full recording b0.
-for r in $(seq 1 "${PAIRS:-3}"); do
+# (default 3), and the best of each is compared. Each full goes to a fresh home with a
+# virtual library of big (sparse) cartridges; all but the last are deleted after their
+# run to keep the disk footprint down. The last one carries the incrementals.
+PAIRS=${PAIRS:-3}
+for r in $(seq 1 "$PAIRS"); do
+  export TAPEVAULT_HOME="$W/home$r"
+  "$BIN" init --slots 4 --drives 1 --capacity 64G > /dev/null
+  "$BIN" pool create bench --compression off > /dev/null
   cold
   timed dd-copy-$r dd if="$W/disk.img" of="$W/dd.out" bs=256K conv=fsync
   # The filesystem may discard freed blocks online (ext4 -o discard): let the discard
@@ -114,6 +115,7 @@ for r in $(seq 1 "${PAIRS:-3}"); do
   settle
   cold
   timed full-$r "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json" --full
+  if [ "$r" -lt "$PAIRS" ]; then rm -rf "$TAPEVAULT_HOME"; fi
   settle
 done
 

@@ -12,6 +12,11 @@
 //!    against the trailer and the catalog.
 //!
 //! The media-reading half ([`MediaReader`], [`read_image`]) is shared with `verify`.
+//!
+//! Segments are skipped by data only ([`ImagePlan::can_skip_segment`]): the zero runs
+//! an image supplies come from its catalog extents (holes in a new file, explicit zeros
+//! on a device), so a segment that holds nothing but needed zero runs is not read.
+//! Output writes run on a thread of their own behind a bounded queue.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -39,6 +44,10 @@ use crate::progress::Progress;
 /// Largest run of zeros written at once to a block device for a zero extent: bounded
 /// memory whatever the extent's size.
 pub const ZERO_CHUNK: usize = 1024 * 1024;
+
+/// Pieces queued for the output writer thread: each at most a record's plain data
+/// (960 KiB), so the queue holds a few MiB at most.
+pub const WRITE_QUEUE_DEPTH: usize = 8;
 
 // ---------------------------------------------------------------- pull list
 
@@ -1091,94 +1100,119 @@ pub fn run(
     let mut uses: Vec<Option<ImageUse>> = vec![None; p.chain.len()];
     let mut bytes_written = 0u64;
     let mut zero_total = 0u64;
-    let result = (|| -> Result<()> {
-        // Zeros first on a device (a file is new and sparse: its holes read as zeros).
-        for (i, plan) in p.plans.iter().enumerate() {
-            zero_total += plan.zero.total_bytes();
-            if out.device && !plan.zero.is_empty() {
-                let zeros = vec![0u8; ZERO_CHUNK];
-                for e in plan.zero.iter() {
-                    let mut off = e.offset;
-                    while off < e.end() {
-                        let n = ((e.end() - off) as usize).min(ZERO_CHUNK);
-                        out.write_at(&zeros[..n], off)?;
-                        progress.inc(n as u64);
-                        off += n as u64;
+    // Writes go to a thread of their own so reading, checking and decrypting the
+    // next records overlap with writing the last ones; the queue bounds memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(WRITE_QUEUE_DEPTH);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let out_ref = &out;
+    let (result, writer_result) = std::thread::scope(|sc| {
+        let writer = sc.spawn(move || -> Result<()> {
+            for (offset, buf) in rx {
+                out_ref.write_at(&buf, offset)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        });
+        let result = (|| -> Result<()> {
+            // Zeros first on a device (a file is new and sparse: its holes read as zeros).
+            for (i, plan) in p.plans.iter().enumerate() {
+                zero_total += plan.zero.total_bytes();
+                if out.device && !plan.zero.is_empty() {
+                    let zeros = vec![0u8; ZERO_CHUNK];
+                    for e in plan.zero.iter() {
+                        let mut off = e.offset;
+                        while off < e.end() {
+                            let n = ((e.end() - off) as usize).min(ZERO_CHUNK);
+                            out.write_at(&zeros[..n], off)?;
+                            progress.inc(n as u64);
+                            off += n as u64;
+                        }
                     }
                 }
+                let img = &p.chain[i];
+                uses[i] = Some(ImageUse {
+                    image: img.uuid,
+                    kind: img.kind,
+                    started: img.started,
+                    data_bytes: plan.data.total_bytes(),
+                    zero_bytes: plan.zero.total_bytes(),
+                    read: None,
+                });
             }
-            let img = &p.chain[i];
-            uses[i] = Some(ImageUse {
-                image: img.uuid,
-                kind: img.kind,
-                started: img.started,
-                data_bytes: plan.data.total_bytes(),
-                zero_bytes: plan.zero.total_bytes(),
-                read: None,
-            });
-        }
-        for &i in &p.order {
-            let img = &p.chain[i];
-            let plan = &p.plans[i];
-            progress.set_message(format!("image {}", &img.uuid.to_string()[..8]));
-            let mut supplied = 0u64;
-            let mut pieces: Vec<crate::extents::Extent> = Vec::new();
-            let mut on_data = |offset: u64, bytes: &[u8]| -> Result<()> {
-                pieces.clear();
-                pieces.extend(plan.data.intersect_range(offset, bytes.len() as u64));
-                for x in &pieces {
-                    let from = (x.offset - offset) as usize;
-                    out.write_at(&bytes[from..from + x.len as usize], x.offset)?;
-                    supplied += x.len;
-                    progress.inc(x.len);
+            for &i in &p.order {
+                let img = &p.chain[i];
+                let plan = &p.plans[i];
+                progress.set_message(format!("image {}", &img.uuid.to_string()[..8]));
+                let mut supplied = 0u64;
+                let mut pieces: Vec<crate::extents::Extent> = Vec::new();
+                let mut on_data = |offset: u64, bytes: &[u8]| -> Result<()> {
+                    pieces.clear();
+                    pieces.extend(plan.data.intersect_range(offset, bytes.len() as u64));
+                    for x in &pieces {
+                        let from = (x.offset - offset) as usize;
+                        let mut buf = free_rx.try_recv().unwrap_or_default();
+                        buf.clear();
+                        buf.extend_from_slice(&bytes[from..from + x.len as usize]);
+                        tx.send((x.offset, buf))
+                            .map_err(|_| Error::Failed("the output writer stopped".into()))?;
+                        supplied += x.len;
+                        progress.inc(x.len);
+                    }
+                    Ok(())
+                };
+                let read = read_image(
+                    &mut reader,
+                    keys,
+                    &mut opener,
+                    img,
+                    &p.segments[i],
+                    &|s| p.needed(i, s),
+                    &mut on_data,
+                )?;
+                if supplied != plan.data.total_bytes() {
+                    return Err(Error::Integrity(format!(
+                            "image {} supplied {supplied} of the {} data bytes the catalog says it holds for this restore: records are missing",
+                            img.uuid,
+                            plan.data.total_bytes()
+                        )));
                 }
-                Ok(())
-            };
-            let read = read_image(
-                &mut reader,
-                keys,
-                &mut opener,
-                img,
-                &p.segments[i],
-                &|s| p.needed(i, s),
-                &mut on_data,
-            )?;
-            if supplied != plan.data.total_bytes() {
-                return Err(Error::Integrity(format!(
-                    "image {} supplied {supplied} of the {} data bytes the catalog says it holds for this restore: records are missing",
+                bytes_written += supplied;
+                let line = format!(
+                    "image {} ({}, {}): {} written from {} records{}",
                     img.uuid,
-                    plan.data.total_bytes()
-                )));
-            }
-            bytes_written += supplied;
-            let line = format!(
-                "image {} ({}, {}): {} written from {} records{}",
-                img.uuid,
-                img.kind,
-                img.started
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                crate::cli::human_bytes(supplied),
-                read.records_read,
-                if read.digest_checked {
-                    ", content digest verified".to_string()
+                    img.kind,
+                    img.started
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    crate::cli::human_bytes(supplied),
+                    read.records_read,
+                    if read.digest_checked {
+                        ", content digest verified".to_string()
+                    } else {
+                        format!(
+                                ", {} records of superseded segments skipped (content digest not checked)",
+                                read.records_skipped
+                            )
+                    }
+                );
+                if interactive {
+                    progress.println(&line);
                 } else {
-                    format!(
-                        ", {} records of superseded segments skipped (content digest not checked)",
-                        read.records_skipped
-                    )
+                    report_line(&line);
                 }
-            );
-            if interactive {
-                progress.println(&line);
-            } else {
-                report_line(&line);
+                if let Some(u) = uses[i].as_mut() {
+                    u.read = Some(read);
+                }
             }
-            if let Some(u) = uses[i].as_mut() {
-                u.read = Some(read);
-            }
-        }
-        Ok(())
-    })();
+            Ok(())
+        })();
+        drop(tx);
+        let w = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the output writer thread panicked".into())));
+        (result, w)
+    });
+    // A writer failure explains a reader's "writer stopped".
+    let result = writer_result.and(result);
     let released = reader.release();
     progress.finish();
     result?;

@@ -298,3 +298,119 @@ fn is_filemark(v: &Vault, barcode: &str, block: u64) -> bool {
     idx.read_exact_at(&mut e, 16 + 16 * block).unwrap();
     u32::from_le_bytes(e[8..12].try_into().unwrap()) & (1 << 31) != 0
 }
+
+#[test]
+fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
+    // 4 MiB cartridges with 512 KiB early warning: a 6 MiB full spans two cartridges.
+    let v = Vault::init(&[
+        "--slots",
+        "6",
+        "--drives",
+        "1",
+        "--capacity",
+        "4M",
+        "--early-warning",
+        "512K",
+    ]);
+    v.pool("p", "off");
+    let mut d = TestDisk::create(v.path("d.img"), 6 * MIB, 6 * MIB, 61);
+    let full = v.backup(&d, "p", &[]);
+    let carts: Vec<String> = full["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(carts.len(), 2, "{full}");
+    let full_copy = v.path("full.copy");
+    d.save_copy(&full_copy);
+
+    // A --full of the changed disk fills the second cartridge, spans onto a blank one,
+    // and is killed there (writes to the blank cartridges are slow).
+    d.write_random(0, 6 * MIB);
+    let blanks: Vec<String> = v
+        .catalog()
+        .list_media(None)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.state.as_str() == "blank")
+        .map(|m| m.barcode)
+        .collect();
+    for bc in &blanks {
+        slow_writes(&v, bc, 40, 1000);
+    }
+    let path = d.path.to_string_lossy().into_owned();
+    let id = d.id.to_string();
+    let mut child = v
+        .command(&[
+            "backup",
+            "--disk",
+            &path,
+            "--disk-id",
+            &id,
+            "--pool",
+            "p",
+            "--full",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let spanned_to = loop {
+        if let Some(bc) = blanks.iter().find(|bc| data_len(&v, bc) >= MIB) {
+            break bc.clone();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no spanning seen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for bc in &blanks {
+        let _ = std::fs::remove_file(v.cartridge_dir(bc).join("faults.json"));
+    }
+    let cat = v.catalog();
+    assert_eq!(
+        cat.media(&carts[1]).unwrap().unwrap().state.as_str(),
+        "full",
+        "the cartridge that reached early warning is full"
+    );
+    drop(cat);
+
+    // The next run builds on the first full, appends where the killed run stopped (after
+    // closing its tape file), and restores bit-identical.
+    let next = v.backup(&d, "p", &[]);
+    assert_eq!(s(&next, "kind"), "incremental", "{next}");
+    assert_eq!(s(&next, "parent"), s(&full, "image"));
+    assert_eq!(u(&next, "data_bytes"), 6 * MIB);
+    assert_eq!(next["cartridges"][0].as_str(), Some(spanned_to.as_str()));
+    let cat = v.catalog();
+    let segs = cat.segments(s(&next, "image").parse().unwrap()).unwrap();
+    assert!(is_filemark(&v, &segs[0].barcode, segs[0].first_block - 2));
+    let failed: Vec<_> = cat
+        .images(Some(d.id))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.status.as_str() == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "the killed image is failed");
+    drop(cat);
+    v.assert_catalog_consistent();
+
+    for (img, expected, what) in [
+        (s(&full, "image"), &full_copy, "the full"),
+        (s(&next, "image"), &d.path, "the run after the kill"),
+    ] {
+        let out = v.path(&format!("{}.restored", &img[..8]));
+        let r = v.restore_image(d.id, img, &out);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert_same_bytes(&out, expected, what);
+    }
+}
