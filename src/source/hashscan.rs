@@ -626,6 +626,18 @@ pub enum ScanError {
     NewList(DigestListError),
 }
 
+/// A piece of the disk read by the scan's reader thread.
+#[derive(Default)]
+struct ScanChunk {
+    data: Vec<u8>,
+}
+
+/// The (length, digest) of each block of a [`ScanChunk`].
+#[derive(Default)]
+struct HashedChunk {
+    digests: Vec<(u64, Digest)>,
+}
+
 /// What a scan found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanSummary {
@@ -660,48 +672,67 @@ pub fn scan_changes(
     let mut writer = DigestListWriter::create(new_list_out, block_size, disk_size)
         .map_err(ScanError::NewList)?;
     let io = SCAN_IO_SIZE.max(block_size);
-    let mut buf = vec![0u8; io.min(disk_size.max(1)) as usize];
     let full_zero = zero_digest(block_size);
     let prev_size = prev.as_ref().map(|p| p.summary().disk_size);
     let mut run: Option<Extent> = None;
     let mut changed_blocks = 0u64;
     let mut changed_bytes = 0u64;
-    let mut offset = 0u64;
     let mut index = 0u64;
-    while offset < disk_size {
-        let n = io.min(disk_size - offset) as usize;
-        disk.read_exact_at(offset, &mut buf[..n])?;
-        for block in buf[..n].chunks(block_size as usize) {
-            let len = block.len() as u64;
-            let digest: Digest = if len == block_size && is_zero(block) {
-                full_zero
-            } else {
-                *blake3::hash(block).as_bytes()
-            };
-            let old = match (&mut prev, prev_size) {
-                (Some(p), Some(ps)) if block_len(index, block_size, ps) == len => {
-                    p.next_digest().map_err(ScanError::PreviousList)?
-                }
-                _ => None,
-            };
-            writer.push(&digest).map_err(ScanError::NewList)?;
-            let block_off = index * block_size;
-            if old != Some(digest) {
-                changed_blocks += 1;
-                changed_bytes += len;
-                run = match run {
-                    Some(r) if r.end() == block_off => Some(Extent::new(r.offset, r.len + len)),
-                    Some(r) => {
-                        on_changed(r);
-                        Some(Extent::new(block_off, len))
-                    }
-                    None => Some(Extent::new(block_off, len)),
-                };
+    // Reading and hashing overlap on two threads (the pipeline's producer and
+    // transform stages); comparing and writing the new list follow in order here.
+    let mut next_offset = 0u64;
+    crate::pipeline::run::<ScanChunk, HashedChunk, ScanError, _, _, _>(
+        crate::pipeline::DEFAULT_DEPTH,
+        |c| {
+            if next_offset >= disk_size {
+                return Ok(false);
             }
-            index += 1;
-        }
-        offset += n as u64;
-    }
+            let n = io.min(disk_size - next_offset) as usize;
+            c.data.resize(n, 0);
+            disk.read_exact_at(next_offset, &mut c.data)?;
+            next_offset += n as u64;
+            Ok(true)
+        },
+        |c, h| {
+            h.digests.clear();
+            for block in c.data.chunks(block_size as usize) {
+                let len = block.len() as u64;
+                let digest: Digest = if len == block_size && is_zero(block) {
+                    full_zero
+                } else {
+                    *blake3::hash(block).as_bytes()
+                };
+                h.digests.push((len, digest));
+            }
+            Ok(())
+        },
+        |h| {
+            for &(len, digest) in &h.digests {
+                let old = match (&mut prev, prev_size) {
+                    (Some(p), Some(ps)) if block_len(index, block_size, ps) == len => {
+                        p.next_digest().map_err(ScanError::PreviousList)?
+                    }
+                    _ => None,
+                };
+                writer.push(&digest).map_err(ScanError::NewList)?;
+                let block_off = index * block_size;
+                if old != Some(digest) {
+                    changed_blocks += 1;
+                    changed_bytes += len;
+                    run = match run {
+                        Some(r) if r.end() == block_off => Some(Extent::new(r.offset, r.len + len)),
+                        Some(r) => {
+                            on_changed(r);
+                            Some(Extent::new(block_off, len))
+                        }
+                        None => Some(Extent::new(block_off, len)),
+                    };
+                }
+                index += 1;
+            }
+            Ok(())
+        },
+    )?;
     if let Some(r) = run {
         on_changed(r);
     }
