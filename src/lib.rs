@@ -14,4 +14,5 @@ pub mod locks;
 pub mod media;
 pub mod pipeline;
 pub mod progress;
+pub mod scan;
 pub mod source;

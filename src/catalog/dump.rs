@@ -482,6 +482,14 @@ impl Catalog {
         Ok(())
     }
 
+    /// Merge one session (e.g. found by a media scan): added if unknown; a running one
+    /// takes the merged status.
+    pub fn merge_session(&self, s: &SessionRow) -> Result<MergeReport> {
+        let mut r = MergeReport::default();
+        self.merge_session_in(s, &mut r)?;
+        Ok(r)
+    }
+
     fn merge_session_in(&self, s: &SessionRow, r: &mut MergeReport) -> Result<()> {
         match self.session(s.uuid)? {
             None => {

@@ -11,6 +11,7 @@ use crate::error::{Error, ExitCode, Result};
 use crate::home::Home;
 
 mod backup_cmd;
+mod catalog_cmd;
 mod library_cmd;
 mod output;
 mod passphrase;
@@ -62,6 +63,9 @@ pub enum Command {
     Media(pool_cmd::MediaCommand),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// The catalog: rebuild from cartridges, back up onto one, export, check.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCommand),
 }
 
 /// Everything a command handler needs.
@@ -136,6 +140,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Label(a) => pool_cmd::label(ctx, a),
         Command::Media(c) => pool_cmd::media(ctx, c),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Catalog(c) => catalog_cmd::catalog(ctx, c),
     }
 }
 

@@ -1,0 +1,293 @@
+//! `tapevault catalog rebuild | backup | export | check`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::passphrase::passphrase;
+use super::pool_cmd::open_catalog;
+use super::{usage, Ctx};
+use crate::error::{Context, Error, ExitCode, Result};
+use crate::media::allocate::sync_inventory;
+use crate::scan::{self, KeySource, Method, RebuildOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the cartridges (fast: their catalog snapshots; --scan:
+    /// every record). Safe to repeat; never overwrites newer facts.
+    Rebuild(RebuildArgs),
+    /// Write the whole catalog onto a cartridge (at its end of data).
+    Backup {
+        /// The cartridge to write to (labelled into a pool).
+        #[arg(long)]
+        barcode: String,
+    },
+    /// The whole catalog as JSON (stdout, or --out FILE).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check the catalog's consistency (and with --media, against the cartridges).
+    Check {
+        /// Also read every cartridge's label and the first/last block of every segment.
+        #[arg(long)]
+        media: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Only these cartridges (repeatable; default: every cartridge in the library).
+    #[arg(long, value_name = "BARCODE", num_args = 1..)]
+    pub barcode: Vec<String>,
+    /// Read every record instead of the catalog snapshots.
+    #[arg(long)]
+    pub scan: bool,
+    /// A standalone drive (non-rewinding st node) holding the cartridge to read.
+    #[arg(long, value_name = "DEV", conflicts_with = "barcode")]
+    pub device: Option<PathBuf>,
+}
+
+/// Print the report, then fail with `code` (JSON mode keeps stdout one document).
+fn finish_with<T: Serialize>(
+    ctx: &Ctx,
+    report: &T,
+    text: impl FnOnce() -> String,
+    failure: Option<Error>,
+) -> Result<()> {
+    ctx.out.emit(report, text);
+    match failure {
+        None => Ok(()),
+        Some(e) if ctx.out.json => {
+            eprintln!("tapevault: error: {e}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(e.exit_code() as i32);
+        }
+        Some(e) => Err(e),
+    }
+}
+
+pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
+    match c {
+        CatalogCommand::Rebuild(a) => rebuild(ctx, a),
+        CatalogCommand::Backup { barcode } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            let mut lib = home.open_library()?;
+            sync_inventory(&cat, lib.as_mut())?;
+            let g = ctx.global.clone();
+            let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
+            let mut keys = KeySource::new(&home, &mut pass);
+            let rep = scan::media::backup_catalog(&home, &cat, lib.as_mut(), &barcode, &mut keys)?;
+            ctx.out.emit(&rep, || {
+                format!(
+                    "wrote the catalog ({} plain, {} stored{}) to {} tape file {}",
+                    super::human_bytes(rep.plain_bytes),
+                    super::human_bytes(rep.stored_bytes),
+                    if rep.encrypted { ", encrypted" } else { "" },
+                    rep.barcode,
+                    rep.tape_file
+                )
+            });
+            Ok(())
+        }
+        CatalogCommand::Export { out } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            match out {
+                None => {
+                    let stdout = std::io::stdout().lock();
+                    cat.export_json(std::io::BufWriter::new(stdout))?;
+                }
+                Some(path) => {
+                    let tmp = path.with_extension("tmp");
+                    let f = std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    let mut w = std::io::BufWriter::new(f);
+                    cat.export_json(&mut w)?;
+                    w.into_inner()
+                        .map_err(|e| Error::Failed(e.to_string()))?
+                        .sync_all()
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, &path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    ctx.out.info(format!("catalog exported to {}", path.display()));
+                }
+            }
+            Ok(())
+        }
+        CatalogCommand::Check { media } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            let problems = cat.check()?;
+            let media_check = if media {
+                let mut lib = home.open_library()?;
+                let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+                Some(scan::media::check_media(&cat, lib.as_mut(), &present)?)
+            } else {
+                None
+            };
+            #[derive(Serialize)]
+            struct CheckReport {
+                problems: Vec<crate::catalog::Problem>,
+                media: Option<scan::media::MediaCheck>,
+            }
+            let n = problems.len()
+                + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
+            let rep = CheckReport {
+                problems,
+                media: media_check,
+            };
+            let failure = (n > 0).then(|| {
+                Error::Integrity(format!("the catalog check found {n} problem(s)"))
+            });
+            finish_with(
+                ctx,
+                &rep,
+                || {
+                    let mut s = String::new();
+                    for p in &rep.problems {
+                        s.push_str(&format!("{:?}: {}: {}\n", p.kind, p.subject, p.detail));
+                    }
+                    if let Some(m) = &rep.media {
+                        for p in &m.problems {
+                            s.push_str(&format!("cartridge {}: {}\n", p.barcode, p.detail));
+                        }
+                        for b in &m.not_in_library {
+                            s.push_str(&format!(
+                                "cartridge {b} holds catalogued data but is not in the library (not checked)\n"
+                            ));
+                        }
+                        s.push_str(&format!(
+                            "checked {} cartridge(s), {} segment(s)\n",
+                            m.cartridges_checked.len(),
+                            m.segments_checked
+                        ));
+                    }
+                    if n == 0 {
+                        s.push_str("no problems found\n");
+                    }
+                    s
+                },
+                failure,
+            )
+        }
+    }
+}
+
+fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
+    if let Some(dev) = &a.device {
+        // PENDING-ST: the scan reads any TapeDrive; it needs the st driver to open one.
+        return Err(Error::Failed(format!(
+            "st support is not merged yet: cannot open {}",
+            dev.display()
+        )));
+    }
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let _lock = crate::locks::JobLock::try_acquire(
+        &home.locks_dir().join("catalog-rebuild.lock"),
+        "catalog rebuild",
+    )?;
+    let mut lib = home.open_library()?;
+    let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+    let barcodes = if a.barcode.is_empty() {
+        let mut v: Vec<String> = present.into_iter().collect();
+        v.sort();
+        v
+    } else {
+        for b in &a.barcode {
+            if !present.contains(b) {
+                return Err(Error::MediaNeeded(format!(
+                    "cartridge {b} is not in the library: put it into a mail slot and run `tapevault library import`"
+                )));
+            }
+        }
+        a.barcode.clone()
+    };
+    if barcodes.is_empty() {
+        return usage("the library holds no cartridges to rebuild from");
+    }
+    let g = ctx.global.clone();
+    let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
+    let mut keys = KeySource::new(&home, &mut pass);
+    let out = ctx.out;
+    let mut line = |s: &str| out.info(s);
+    let opts = RebuildOptions {
+        barcodes,
+        scan: a.scan,
+    };
+    let rep = scan::rebuild(&cat, lib.as_mut(), &opts, &mut keys, &mut line)?;
+    let failure = if !rep.missing_keys.is_empty() {
+        Some(Error::Key(format!(
+            "{} cartridge(s) could not be read without their key: {}",
+            rep.missing_keys.len(),
+            rep.missing_keys.join("; ")
+        )))
+    } else if rep.has_integrity_problems() {
+        Some(Error::Integrity(format!(
+            "the media hold damage: {} damaged or missing record(s) or tape file(s), {} problem(s); everything else was recovered",
+            rep.damage.len(),
+            rep.problems.len()
+        )))
+    } else {
+        None
+    };
+    debug_assert!(failure.as_ref().map_or(true, |e| e.exit_code() != ExitCode::Success));
+    finish_with(
+        ctx,
+        &rep,
+        || {
+            let mut s = String::new();
+            for c in &rep.cartridges {
+                let how = match c.method {
+                    Method::Snapshot => format!(
+                        "catalog snapshot in tape file {}",
+                        c.snapshot_file.unwrap_or(0)
+                    ),
+                    Method::Scan => format!(
+                        "scanned {} tape file(s), {}",
+                        c.files_scanned,
+                        super::human_bytes(c.bytes_scanned)
+                    ),
+                    Method::Blank => "blank".into(),
+                    Method::Foreign => "not a tapevault cartridge".into(),
+                    Method::KeyMissing => "key missing".into(),
+                };
+                s.push_str(&format!("{}: {how} ({:.2} s)\n", c.barcode, c.seconds));
+            }
+            for d in &rep.damage {
+                s.push_str(&format!(
+                    "damage: cartridge {} tape file {} block {} (logical block {}): {}\n",
+                    d.barcode, d.tape_file, d.block_in_file, d.logical_block, d.detail
+                ));
+            }
+            for p in &rep.problems {
+                s.push_str(&format!("problem: {p}\n"));
+            }
+            for c in &rep.merged.conflicts {
+                s.push_str(&format!(
+                    "conflict (catalog kept): {} {}: {}\n",
+                    c.what, c.key, c.detail
+                ));
+            }
+            let m = &rep.merged;
+            s.push_str(&format!(
+                "merged: {} pool(s), {} media set(s), {} cartridge(s) added/{} updated, {} session(s), {} image(s) added/{} updated, {} segment(s), {} conflict(s)\n",
+                m.pools_added,
+                m.media_sets_added,
+                m.media_added,
+                m.media_updated,
+                m.sessions_added,
+                m.images_added,
+                m.images_updated,
+                m.segments_added,
+                m.conflicts.len()
+            ));
+            s
+        },
+        failure,
+    )
+}
