@@ -630,7 +630,10 @@ fn merge_collected(
             errors: local.as_ref().map(|m| m.errors).unwrap_or(0),
         };
         match cat.merge_media(&row) {
-            Ok(r) => add_merge(&mut rep.merged, r),
+            Ok(r) => {
+                add_merge(&mut rep.merged, r);
+                cat.raise_next_tape_file(bc, row.next_tape_file)?;
+            }
             Err(e) => rep.problems.push(format!("cartridge {bc}: not merged: {e}")),
         }
     }

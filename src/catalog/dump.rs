@@ -221,6 +221,19 @@ impl Catalog {
                 }
             }
         }
+        // Images written by the set's sessions without any record on tape (an
+        // incremental with no changes has no segments) belong to it too.
+        let set_sessions: HashSet<Uuid> = self
+            .sessions()?
+            .into_iter()
+            .filter(|s| s.media_set_uuid == Some(set))
+            .map(|s| s.uuid)
+            .collect();
+        for i in self.images(None)? {
+            if i.session_uuid.is_some_and(|s| set_sessions.contains(&s)) && seen.insert(i.uuid) {
+                image_ids.push(i.uuid);
+            }
+        }
         let mut k = 0;
         while k < image_ids.len() {
             if let Some(p) = self.image(image_ids[k])?.and_then(|i| i.parent_uuid) {
