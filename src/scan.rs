@@ -128,6 +128,9 @@ pub enum Method {
     Snapshot,
     /// Every tape file was scanned.
     Scan,
+    /// No snapshot of its own (its sessions ended on other cartridges): their
+    /// snapshots place its tape files; any they do not were scanned.
+    Covered,
     /// Nothing written on it.
     Blank,
     /// Not a tapevault cartridge (or its label is damaged).
@@ -479,7 +482,18 @@ fn read_cartridge(
     } else {
         match &end.last_eos {
             None if eod_file <= 1 => None,
-            None => Some("no end-of-session marker on the cartridge (every session on it was interrupted)".to_string()),
+            None => {
+                // Only parts of sessions that ended on other cartridges (or were
+                // interrupted): their snapshots place these files; what none of them
+                // covers is scanned after all cartridges were read.
+                col.tails.push((bc.clone(), end.tail.clone()));
+                cr.method = Method::Covered;
+                line(&format!(
+                    "{bc}: no catalog snapshot of its own; its {} tape file(s) are checked against the other cartridges' snapshots",
+                    end.tail.len()
+                ));
+                return Ok(cr);
+            }
             Some((f, eos)) if *f < 2 => Some(format!(
                 "the end-of-session marker in tape file {f} has no snapshot before it (session {})",
                 Uuid::from_bytes(eos.session_uuid)

@@ -252,6 +252,10 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
                         c.files_scanned,
                         super::human_bytes(c.bytes_scanned)
                     ),
+                    Method::Covered => format!(
+                        "in other cartridges' snapshots, {} tape file(s) scanned",
+                        c.files_scanned
+                    ),
                     Method::Blank => "blank".into(),
                     Method::Foreign => "not a tapevault cartridge".into(),
                     Method::KeyMissing => "key missing".into(),
