@@ -20,14 +20,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
-use tape_formats::{Cipher, Compression as WireCompression, ImageKind as WireKind, PartJoiner,
-    VolumeLabel};
+use tape_formats::{
+    Cipher, Compression as WireCompression, ImageKind as WireKind, PartJoiner, VolumeLabel,
+};
 use uuid::Uuid;
 
 use crate::catalog::{
-    self, Allocation, Catalog, Compression, ImageDump, ImageKind, ImageRow, ImageStatus,
-    MediaRow, MediaSetRow, MediaState, MergeReport, PoolRow, SessionRow, SessionStatus,
-    SnapshotLocation,
+    self, Allocation, Catalog, Compression, ImageDump, ImageKind, ImageRow, ImageStatus, MediaRow,
+    MediaSetRow, MediaState, MergeReport, PoolRow, SessionRow, SessionStatus, SnapshotLocation,
 };
 use crate::changer::TapeLibrary;
 use crate::codec::KeyRing;
@@ -183,12 +183,15 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
     /// Fingerprints of keys that were needed and not available.
     pub missing_keys: Vec<String>,
+    /// Cartridges that should hold images and do not.
+    pub lost: Vec<String>,
 }
 
 impl RebuildReport {
     /// Images that could not be recovered whole (damage, missing parts).
     pub fn has_integrity_problems(&self) -> bool {
         !self.damage.is_empty()
+            || !self.lost.is_empty()
             || self.images_scanned.iter().any(|i| {
                 i.status == ImageStatus::Corrupt
                     || (i.status == ImageStatus::Incomplete
@@ -276,8 +279,14 @@ impl Collected {
                     l.last_time = Some(l.last_time.map_or(p.header.time, |t| t.max(p.header.time)));
                 }
                 rep.damage.extend(p.damage.iter().cloned());
-                let list = self.parts.entry(Uuid::from_bytes(p.header.image_uuid)).or_default();
-                if !list.iter().any(|q| q.barcode == p.barcode && q.tape_file == p.tape_file) {
+                let list = self
+                    .parts
+                    .entry(Uuid::from_bytes(p.header.image_uuid))
+                    .or_default();
+                if !list
+                    .iter()
+                    .any(|q| q.barcode == p.barcode && q.tape_file == p.tape_file)
+                {
                     list.push(*p);
                 }
             }
@@ -324,7 +333,9 @@ pub fn rebuild(
         let started = std::time::Instant::now();
         let location = cat.media(bc)?.map(|m| m.location);
         let mut m = mount(lib, bc, location.as_deref())?;
-        let r = read_cartridge(cat, &mut m, opts.scan, keys, &mut col, &mut rep, &mut buf, line);
+        let r = read_cartridge(
+            cat, &mut m, opts.scan, keys, &mut col, &mut rep, &mut buf, line,
+        );
         let u = unmount(lib, m);
         let mut cr = match r {
             Ok(cr) => cr,
@@ -359,13 +370,14 @@ pub fn rebuild(
         let mut todo = Vec::new();
         for (f, head) in files {
             let covered = match &head {
-                FileHead::Image(h) => cat
-                    .segments(Uuid::from_bytes(h.image_uuid))?
-                    .iter()
-                    .any(|s| s.barcode == bc && s.tape_file == f)
-                    || cat
-                        .image(Uuid::from_bytes(h.image_uuid))?
-                        .is_some_and(|i| i.records == 0 && i.status == ImageStatus::Complete),
+                FileHead::Image(h) => {
+                    cat.segments(Uuid::from_bytes(h.image_uuid))?
+                        .iter()
+                        .any(|s| s.barcode == bc && s.tape_file == f)
+                        || cat
+                            .image(Uuid::from_bytes(h.image_uuid))?
+                            .is_some_and(|i| i.records == 0 && i.status == ImageStatus::Complete)
+                }
                 FileHead::Snapshot(_) | FileHead::EndOfSession(_) | FileHead::Empty => true,
                 FileHead::EndOfData | FileHead::Other(_) => false,
             };
@@ -379,12 +391,17 @@ pub fn rebuild(
         let started = std::time::Instant::now();
         line(&format!(
             "{bc}: tape file(s) {} are not in any catalog snapshot; scanning them",
-            todo.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
+            todo.iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         let mut m = mount(lib, &bc, None)?;
         let label = col.labels.get(&bc).map(|l| l.label.clone());
         let r = (|| -> Result<(u64, u64)> {
-            let Some(label) = label else { return Ok((0, 0)) };
+            let Some(label) = label else {
+                return Ok((0, 0));
+            };
             let mut bytes = 0u64;
             let mut n = 0u64;
             for f in &todo {
@@ -405,6 +422,24 @@ pub fn rebuild(
         }
     }
     merge_collected(cat, keys, col, &mut rep)?;
+    // A cartridge that snapshots say holds images but that reads blank or foreign now
+    // (overwritten, relabelled, wrong cartridge in the barcode): say so loudly.
+    for c in &rep.cartridges {
+        if matches!(c.method, Method::Blank | Method::Foreign) {
+            let on = cat.images_on_media(&c.barcode)?;
+            let kept = on
+                .iter()
+                .filter(|i| i.status == ImageStatus::Complete)
+                .count();
+            if kept > 0 {
+                rep.lost.push(format!(
+                    "cartridge {}: catalog snapshots place {kept} complete image(s) on it, but it reads as {}; those restore points are probably lost (`tapevault catalog check --media` lists them)",
+                    c.barcode,
+                    c.note.as_deref().unwrap_or("blank")
+                ));
+            }
+        }
+    }
     Ok(rep)
 }
 
@@ -636,7 +671,10 @@ fn merge_collected(
             } else {
                 MediaState::Writable
             },
-            location: local.as_ref().map(|m| m.location.clone()).unwrap_or_default(),
+            location: local
+                .as_ref()
+                .map(|m| m.location.clone())
+                .unwrap_or_default(),
             labelled_at: Some(time_of(l.label.label_time)),
             last_written: l.last_time.map(time_of),
             next_tape_file: l.eod_file.max(1),
@@ -648,7 +686,9 @@ fn merge_collected(
                 add_merge(&mut rep.merged, r);
                 cat.raise_next_tape_file(bc, row.next_tape_file)?;
             }
-            Err(e) => rep.problems.push(format!("cartridge {bc}: not merged: {e}")),
+            Err(e) => rep
+                .problems
+                .push(format!("cartridge {bc}: not merged: {e}")),
         }
     }
     // Sessions seen with images.
@@ -823,7 +863,10 @@ fn build_image(
     } else {
         Vec::new()
     };
-    let segments: Vec<_> = parts.iter().flat_map(|p| p.segments.iter().cloned()).collect();
+    let segments: Vec<_> = parts
+        .iter()
+        .flat_map(|p| p.segments.iter().cloned())
+        .collect();
     let mut cartridges: Vec<String> = Vec::new();
     for p in parts {
         if !cartridges.contains(&p.barcode) {

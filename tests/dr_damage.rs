@@ -29,17 +29,31 @@ fn small_history() -> Small {
     let home = root.join("home");
     ok(
         &home,
-        &["init", "--library", lib.to_str().unwrap(), "--capacity", "16M", "--slots", "2"],
+        &[
+            "init",
+            "--library",
+            lib.to_str().unwrap(),
+            "--capacity",
+            "16M",
+            "--slots",
+            "2",
+        ],
     );
     ok(&home, &["pool", "create", "p"]);
     let (d1, d2) = (root.join("d1.img"), root.join("d2.img"));
     make_disk(&d1, 3, 21);
     make_disk(&d2, 2, 22);
     let vm = manifest(&root, "vm", &[(D1, &d1), (D2, &d2)]);
-    ok(&home, &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"]);
+    ok(
+        &home,
+        &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"],
+    );
     touch_disk(&d1, 23);
     touch_disk(&d2, 24);
-    ok(&home, &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"]);
+    ok(
+        &home,
+        &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"],
+    );
     let orig = images(&home);
     let export: Value = serde_json::from_str(&ok(&home, &["catalog", "export"])).unwrap();
     Small {
@@ -84,7 +98,10 @@ fn damaged_snapshot_falls_back_to_the_scan() {
         why.contains("snapshot") && why.contains(&newest["tape_file"].to_string()),
         "{why}"
     );
-    assert_eq!(assert_same_restore_points(&s.orig, &images(&home), false), 4);
+    assert_eq!(
+        assert_same_restore_points(&s.orig, &images(&home), false),
+        4
+    );
     let (code, chk) = json(&home, &["catalog", "check", "--media"]);
     assert_eq!(code, 0, "{chk:#}");
 }
@@ -139,7 +156,11 @@ fn image_cut_off_by_a_power_cut_is_incomplete_and_the_rest_recovered() {
     assert_eq!(rep["cartridges"][0]["method"], "snapshot", "{rep:#}");
     assert!(rep["cartridges"][0]["files_scanned"].as_u64().unwrap() >= 1);
     let got = images(&home);
-    assert_eq!(got[victim]["image"]["status"], "incomplete", "{}", got[victim]);
+    assert_eq!(
+        got[victim]["image"]["status"], "incomplete",
+        "{}",
+        got[victim]
+    );
     assert!(got[victim]["image"]["note"]
         .as_str()
         .unwrap()

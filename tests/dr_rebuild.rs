@@ -32,7 +32,10 @@ fn build_history() -> History {
     let lib = root.join("library");
     let home = root.join("home");
     let l = lib.to_str().unwrap();
-    ok(&home, &["init", "--library", l, "--capacity", "8M", "--slots", "8"]);
+    ok(
+        &home,
+        &["init", "--library", l, "--capacity", "8M", "--slots", "8"],
+    );
     let ks = Keystore::open(&home)
         .unwrap()
         .with_kdf(KdfParams::INSECURE_FOR_TESTS);
@@ -42,7 +45,11 @@ fn build_history() -> History {
     ok(&home, &["pool", "create", "clear"]);
     ok(&home, &["pool", "create", "secret", "--encrypt-key", "k1"]);
 
-    let (a1, a2, b1) = (root.join("a1.img"), root.join("a2.img"), root.join("b1.img"));
+    let (a1, a2, b1) = (
+        root.join("a1.img"),
+        root.join("a2.img"),
+        root.join("b1.img"),
+    );
     make_disk(&a1, 4, 1);
     make_disk(&a2, 2, 2);
     make_disk(&b1, 10, 3);
@@ -91,7 +98,13 @@ fn build_history() -> History {
     );
     let o = tv(
         &home,
-        &["backup", "--manifest", broken.to_str().unwrap(), "--pool", "clear"],
+        &[
+            "backup",
+            "--manifest",
+            broken.to_str().unwrap(),
+            "--pool",
+            "clear",
+        ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let tmp = if std::env::var_os("DR_KEEP").is_some() {
@@ -151,7 +164,10 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
         .map(|c| c["method"].as_str().unwrap())
         .collect();
     assert!(methods.contains(&"snapshot"), "{methods:?}");
-    assert!(!methods.contains(&"scan"), "no cartridge needed a full scan: {rep:#}");
+    assert!(
+        !methods.contains(&"scan"),
+        "no cartridge needed a full scan: {rep:#}"
+    );
     // The failed session's complete image follows the cartridge's last snapshot: only
     // that tape file was scanned.
     let scanned: u64 = rep["cartridges"]
@@ -170,7 +186,13 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
     // Idempotent: again, nothing changes.
     let (code, again) = json(&fast, &["catalog", "rebuild"]);
     assert_eq!(code, 0, "{again:#}");
-    for k in ["images_added", "images_updated", "segments_added", "media_added", "sessions_added"] {
+    for k in [
+        "images_added",
+        "images_updated",
+        "segments_added",
+        "media_added",
+        "sessions_added",
+    ] {
         assert_eq!(again["merged"][k], 0, "{k}: {again:#}");
     }
     assert_eq!(again["merged"]["conflicts"].as_array().unwrap().len(), 0);
@@ -194,9 +216,16 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
     for home in [&fast, &h.home] {
         let (code, rep) = json(home, &["catalog", "rebuild", "--scan"]);
         assert_eq!(code, 0, "{rep:#}");
-        assert_eq!(rep["merged"]["conflicts"].as_array().unwrap().len(), 0, "{rep:#}");
+        assert_eq!(
+            rep["merged"]["conflicts"].as_array().unwrap().len(),
+            0,
+            "{rep:#}"
+        );
         assert_eq!(rep["merged"]["images_updated"], 0, "{rep:#}");
-        assert_eq!(assert_same_restore_points(&orig, &images(home), true), complete);
+        assert_eq!(
+            assert_same_restore_points(&orig, &images(home), true),
+            complete
+        );
     }
 
     // Without the key: the clear pool imports, the encrypted cartridges are refused
@@ -204,7 +233,11 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
     let nokey = fresh_home(&h, "nokey", false);
     let o = tv(&nokey, &["catalog", "rebuild"]);
     assert_eq!(o.status.code(), Some(5), "{}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&h.key_fp), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&h.key_fp),
+        "{}",
+        show(&o)
+    );
     let partial = images(&nokey);
     for (u, i) in &orig {
         if i["image"]["status"] == "complete" {
@@ -222,7 +255,10 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
         .unwrap();
     let (code, rep) = json(&nokey, &["catalog", "rebuild"]);
     assert_eq!(code, 0, "{rep:#}");
-    assert_eq!(assert_same_restore_points(&orig, &images(&nokey), false), complete);
+    assert_eq!(
+        assert_same_restore_points(&orig, &images(&nokey), false),
+        complete
+    );
 }
 
 #[test]
@@ -232,7 +268,15 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     let home = root.join("home");
     ok(
         &home,
-        &["init", "--library", root.join("lib").to_str().unwrap(), "--capacity", "8M", "--slots", "4"],
+        &[
+            "init",
+            "--library",
+            root.join("lib").to_str().unwrap(),
+            "--capacity",
+            "8M",
+            "--slots",
+            "4",
+        ],
     );
     ok(&home, &["pool", "create", "p1"]);
     ok(&home, &["pool", "create", "p2"]);
@@ -242,7 +286,15 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     for (d, id, pool) in [(&d1, A1, "p1"), (&d2, A2, "p2")] {
         ok(
             &home,
-            &["backup", "--disk", d.to_str().unwrap(), "--disk-id", id, "--pool", pool],
+            &[
+                "backup",
+                "--disk",
+                d.to_str().unwrap(),
+                "--disk-id",
+                id,
+                "--pool",
+                pool,
+            ],
         );
     }
     let orig = images(&home);
@@ -259,14 +311,20 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     assert_eq!(code, 0, "{rep:#}");
     // Only that cartridge is read: it now knows both pools' images.
     let fresh = root.join("fresh");
-    ok(&fresh, &["init", "--library", root.join("lib").to_str().unwrap()]);
+    ok(
+        &fresh,
+        &["init", "--library", root.join("lib").to_str().unwrap()],
+    );
     let (code, rep) = json(&fresh, &["catalog", "rebuild", "--barcode", &p2_cart]);
     assert_eq!(code, 0, "{rep:#}");
     assert_eq!(rep["cartridges"][0]["method"], "snapshot");
     assert_eq!(assert_same_restore_points(&orig, &images(&fresh), true), 2);
     // Export to a file is the same document as to stdout.
     let out = root.join("export.json");
-    ok(&fresh, &["catalog", "export", "--out", out.to_str().unwrap()]);
+    ok(
+        &fresh,
+        &["catalog", "export", "--out", out.to_str().unwrap()],
+    );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(v["images"].as_array().unwrap().len(), 2);
 }

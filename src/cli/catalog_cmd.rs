@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::passphrase::passphrase;
 use super::pool_cmd::open_catalog;
 use super::{usage, Ctx};
-use crate::error::{Context, Error, ExitCode, Result};
+use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
 use crate::scan::{self, KeySource, Method, RebuildOptions};
 
@@ -113,7 +113,8 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
                         .with_context(|| format!("writing {}", tmp.display()))?;
                     std::fs::rename(&tmp, &path)
                         .with_context(|| format!("writing {}", path.display()))?;
-                    ctx.out.info(format!("catalog exported to {}", path.display()));
+                    ctx.out
+                        .info(format!("catalog exported to {}", path.display()));
                 }
             }
             Ok(())
@@ -134,15 +135,13 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
                 problems: Vec<crate::catalog::Problem>,
                 media: Option<scan::media::MediaCheck>,
             }
-            let n = problems.len()
-                + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
+            let n = problems.len() + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
             let rep = CheckReport {
                 problems,
                 media: media_check,
             };
-            let failure = (n > 0).then(|| {
-                Error::Integrity(format!("the catalog check found {n} problem(s)"))
-            });
+            let failure = (n > 0)
+                .then(|| Error::Integrity(format!("the catalog check found {n} problem(s)")));
             finish_with(
                 ctx,
                 &rep,
@@ -235,7 +234,6 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     } else {
         None
     };
-    debug_assert!(failure.as_ref().map_or(true, |e| e.exit_code() != ExitCode::Success));
     finish_with(
         ctx,
         &rep,
@@ -270,6 +268,9 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             }
             for p in &rep.problems {
                 s.push_str(&format!("problem: {p}\n"));
+            }
+            for p in &rep.lost {
+                s.push_str(&format!("lost: {p}\n"));
             }
             for c in &rep.merged.conflicts {
                 s.push_str(&format!(

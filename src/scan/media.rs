@@ -368,7 +368,9 @@ pub fn check_media(
                     }
                 }
                 other => {
-                    problem(format!("expected the label of volume {volume}, found {other:?}"));
+                    problem(format!(
+                        "expected the label of volume {volume}, found {other:?}"
+                    ));
                     return Ok(0);
                 }
             }
@@ -379,9 +381,10 @@ pub fn check_media(
                         continue;
                     }
                     n += 1;
-                    for (block, seq) in [(s.first_block, s.first_seq), (s.last_block, s.last_seq)]
-                    {
-                        if let Some(d) = check_block(drive, &mut buf, block, s.tape_file, img.uuid, s.part, seq)? {
+                    for (block, seq) in [(s.first_block, s.first_seq), (s.last_block, s.last_seq)] {
+                        if let Some(d) =
+                            check_block(drive, &mut buf, block, s.tape_file, img.uuid, s.part, seq)?
+                        {
                             problem(format!(
                                 "image {} part {} record {seq} should be at logical block {block} (tape file {}): {d}",
                                 img.uuid, s.part, s.tape_file
@@ -435,10 +438,7 @@ fn check_block(
                     Uuid::from_bytes(f.image_uuid)
                 ))
             } else if f.part != part || f.sequence != seq {
-                Some(format!(
-                    "it holds part {} record {}",
-                    f.part, f.sequence
-                ))
+                Some(format!("it holds part {} record {}", f.part, f.sequence))
             } else {
                 None
             }

@@ -184,7 +184,9 @@ pub fn read_snapshot(
         let n = match st {
             ReadStatus::Block(n) => n,
             ReadStatus::Filemark | ReadStatus::EndOfData => {
-                return trouble(format!("the snapshot ends at block {pos} without a trailer"))
+                return trouble(format!(
+                    "the snapshot ends at block {pos} without a trailer"
+                ))
             }
         };
         let block = match decode_block(&buf[..n]) {

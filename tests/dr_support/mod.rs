@@ -33,7 +33,11 @@ pub fn show(o: &Output) -> String {
 /// Run and require exit 0; returns stdout.
 pub fn ok(home: &Path, args: &[&str]) -> String {
     let o = tv(home, args);
-    assert!(o.status.success(), "tapevault {args:?} failed:\n{}", show(&o));
+    assert!(
+        o.status.success(),
+        "tapevault {args:?} failed:\n{}",
+        show(&o)
+    );
     String::from_utf8(o.stdout).expect("utf-8")
 }
 
@@ -42,8 +46,12 @@ pub fn json(home: &Path, args: &[&str]) -> (i32, Value) {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     let o = tv(home, &a);
-    let v = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout of {args:?} is not one JSON document ({e}):\n{}", show(&o)));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout of {args:?} is not one JSON document ({e}):\n{}",
+            show(&o)
+        )
+    });
     (o.status.code().unwrap_or(-1), v)
 }
 
@@ -142,7 +150,11 @@ pub fn assert_same_restore_points(
         let b = rebuilt
             .get(u)
             .unwrap_or_else(|| panic!("complete image {u} is missing after the rebuild"));
-        assert_eq!(b["image"]["status"], "complete", "image {u}: {}", b["image"]);
+        assert_eq!(
+            b["image"]["status"], "complete",
+            "image {u}: {}",
+            b["image"]
+        );
         for k in RESTORE_FACTS {
             assert_eq!(a["image"][k], b["image"][k], "image {u} field {k}");
         }
