@@ -14,5 +14,7 @@ pub mod locks;
 pub mod media;
 pub mod pipeline;
 pub mod progress;
+pub mod restore;
 pub mod scan;
 pub mod source;
+pub mod verify;

@@ -15,21 +15,51 @@ use crate::scan::{self, KeySource, Method, RebuildOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Rebuild the catalog from the cartridges (fast: their catalog snapshots; --scan:
-    /// every record). Safe to repeat; never overwrites newer facts.
+    /// Rebuild the catalog from the cartridges (safe to repeat; never overwrites newer facts).
+    ///
+    /// For each cartridge in the library (or each --barcode), the label is read (an
+    /// encrypted pool's cartridge needs its key: from the keystore, or from the label's
+    /// escrow with the passphrase). By default the newest catalog snapshot on the
+    /// cartridge is merged without reading any data record (space to end of data, back
+    /// to the last end-of-session marker); tape files written after it (an interrupted
+    /// session) are scanned unless another cartridge's snapshot places them. With
+    /// --scan, or when a cartridge has no usable snapshot (damaged, missing), every
+    /// record is read: images, spanned parts, segments, sessions, media sets and
+    /// cartridges are rebuilt from the self-describing records. Images without a
+    /// complete trailer are recorded incomplete; damaged records are reported by
+    /// cartridge and position, the rest is recovered. Block digest lists (for
+    /// hash-scan incrementals) are not rebuilt: the next backup of such a disk is full.
+    ///
+    /// Exit codes: 0 rebuilt; 3 damage found (damaged records, missing parts, a
+    /// cartridge that should hold images reads blank); 4 a --barcode is not in the
+    /// library; 5 a cartridge's key is missing (the others are still imported).
     Rebuild(RebuildArgs),
     /// Write the whole catalog onto a cartridge (at its end of data).
+    ///
+    /// The catalog snapshot (every pool, media set, cartridge, session and image) goes
+    /// into a tape file of its own followed by an end-of-session marker, encrypted
+    /// under the pool's key when the cartridge's pool is encrypted. A later `catalog
+    /// rebuild --barcode BARCODE` of that one cartridge restores the whole catalog.
     Backup {
         /// The cartridge to write to (labelled into a pool).
         #[arg(long)]
         barcode: String,
     },
     /// The whole catalog as JSON (stdout, or --out FILE).
+    ///
+    /// The same document shape as the snapshots on tape; `catalog rebuild` and the
+    /// catalog's merge accept it.
     Export {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Check the catalog's consistency (and with --media, against the cartridges).
+    ///
+    /// Without --media: the database's integrity, parent links, segments, extents,
+    /// pools. With --media: every labelled cartridge in the library is loaded, its label
+    /// compared with the catalog, and the first and last block of every segment on it
+    /// read to check they hold the records the catalog claims. Exit 3 when problems are
+    /// found.
     Check {
         /// Also read every cartridge's label and the first/last block of every segment.
         #[arg(long)]

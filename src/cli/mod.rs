@@ -12,11 +12,14 @@ use crate::home::Home;
 
 mod backup_cmd;
 mod catalog_cmd;
+mod key_cmd;
 mod library_cmd;
 mod output;
 mod passphrase;
 mod pool_cmd;
+mod restore_cmd;
 mod tape_cmd;
+mod verify_cmd;
 
 pub use output::{human_bytes, Output};
 
@@ -66,6 +69,15 @@ pub enum Command {
     /// The catalog: rebuild from cartridges, back up onto one, export, check.
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCommand),
+    /// Record keys: create, list, export, import, change passphrase, recover from escrow.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCommand),
+    /// List images of disks, grouped as chains (full, then its incrementals).
+    Images(restore_cmd::ImagesArgs),
+    /// Restore a disk at a point in time to a file or block device.
+    Restore(restore_cmd::RestoreArgs),
+    /// Read back an image or a whole cartridge and check every record.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 /// Everything a command handler needs.
@@ -141,6 +153,10 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Media(c) => pool_cmd::media(ctx, c),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
         Command::Catalog(c) => catalog_cmd::catalog(ctx, c),
+        Command::Key(c) => key_cmd::key(ctx, c),
+        Command::Images(a) => restore_cmd::images(ctx, a),
+        Command::Restore(a) => restore_cmd::restore(ctx, a),
+        Command::Verify(a) => verify_cmd::verify(ctx, a),
     }
 }
 
