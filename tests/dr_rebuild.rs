@@ -8,7 +8,6 @@ mod dr_support;
 use std::path::Path;
 
 use dr_support::*;
-use tapevault::crypto::{KdfParams, Keystore};
 
 const A1: &str = "a1a1a1a1-0000-4000-8000-000000000001";
 const A2: &str = "a2a2a2a2-0000-4000-8000-000000000002";
@@ -36,12 +35,15 @@ fn build_history() -> History {
         &home,
         &["init", "--library", l, "--capacity", "8M", "--slots", "8"],
     );
-    let ks = Keystore::open(&home)
-        .unwrap()
-        .with_kdf(KdfParams::INSECURE_FOR_TESTS);
-    let info = ks.create("k1", PASS.as_bytes()).unwrap();
+    ok(&home, &["key", "create", "k1"]);
     let key_file = root.join("k1.key");
-    std::fs::write(&key_file, ks.export("k1", PASS.as_bytes()).unwrap()).unwrap();
+    ok(
+        &home,
+        &["key", "export", "k1", "--out", key_file.to_str().unwrap()],
+    );
+    let keys: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["--json", "key", "list"])).unwrap();
+    let key_fp = keys[0]["fingerprint"].as_str().unwrap().to_string();
     ok(&home, &["pool", "create", "clear"]);
     ok(&home, &["pool", "create", "secret", "--encrypt-key", "k1"]);
 
@@ -119,7 +121,7 @@ fn build_history() -> History {
         lib,
         home,
         key_file,
-        key_fp: info.fingerprint,
+        key_fp,
     }
 }
 
@@ -127,10 +129,7 @@ fn fresh_home(h: &History, name: &str, with_key: bool) -> std::path::PathBuf {
     let home = h.root.join(name);
     ok(&home, &["init", "--library", h.lib.to_str().unwrap()]);
     if with_key {
-        Keystore::open(&home)
-            .unwrap()
-            .import(&std::fs::read(&h.key_file).unwrap())
-            .unwrap();
+        ok(&home, &["key", "import", h.key_file.to_str().unwrap()]);
     }
     home
 }
@@ -211,6 +210,48 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
     let (code, chk) = json(&scan, &["catalog", "check", "--media"]);
     assert_eq!(code, 0, "{chk:#}");
 
+    // Every restore point restores byte-identical from the rebuilt catalogs to what the
+    // original catalog gives.
+    let mut restored = 0;
+    for (u, i) in &orig {
+        if i["image"]["status"] != "complete" {
+            continue;
+        }
+        let disk = i["image"]["disk_uuid"].as_str().unwrap();
+        let mut outs = Vec::new();
+        for (name, home) in [("orig", &h.home), ("fast", &fast), ("scan", &scan)] {
+            let to = h.root.join(format!("{u}.{name}.img"));
+            ok(
+                home,
+                &[
+                    "restore",
+                    "--disk",
+                    disk,
+                    "--image",
+                    u,
+                    "--to",
+                    to.to_str().unwrap(),
+                ],
+            );
+            outs.push(std::fs::read(&to).unwrap());
+            std::fs::remove_file(&to).unwrap();
+        }
+        assert_eq!(
+            outs[0].len() as u64,
+            i["image"]["disk_size"].as_u64().unwrap()
+        );
+        assert!(
+            outs[0] == outs[1],
+            "image {u}: fast-path catalog restores other bytes"
+        );
+        assert!(
+            outs[0] == outs[2],
+            "image {u}: scanned catalog restores other bytes"
+        );
+        restored += 1;
+    }
+    assert_eq!(restored, complete);
+
     // A scan merged onto the snapshot-built catalog and onto the original one adds
     // nothing that contradicts them and loses nothing.
     for home in [&fast, &h.home] {
@@ -249,10 +290,7 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
             );
         }
     }
-    Keystore::open(&nokey)
-        .unwrap()
-        .import(&std::fs::read(&h.key_file).unwrap())
-        .unwrap();
+    ok(&nokey, &["key", "import", h.key_file.to_str().unwrap()]);
     let (code, rep) = json(&nokey, &["catalog", "rebuild"]);
     assert_eq!(code, 0, "{rep:#}");
     assert_eq!(
