@@ -176,3 +176,52 @@ fn image_cut_off_by_a_power_cut_is_incomplete_and_the_rest_recovered() {
     assert_eq!(got[victim]["image"]["status"], "incomplete");
     assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
 }
+
+#[test]
+fn media_contradicting_the_catalog_is_a_reported_conflict_and_the_catalog_is_kept() {
+    use std::os::unix::fs::FileExt;
+    let s = small_history();
+    let home = s.root.join("home");
+    // Rewrite one image's trailer with another (well-formed) content digest.
+    let (victim, img) = s
+        .orig
+        .iter()
+        .find(|(_, i)| i["image"]["kind"] == "full")
+        .unwrap();
+    let segs = img["segments"].as_array().unwrap();
+    let trailer_block = segs.last().unwrap()["last_block"].as_u64().unwrap() + 1;
+    let (off, len) = block_extent(&cart(&s.lib), trailer_block);
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(cart(&s.lib).join("data"))
+        .unwrap();
+    let mut b = vec![0u8; len as usize];
+    data.read_exact_at(&mut b, off).unwrap();
+    let mut t = match tape_formats::decode_block(&b).unwrap() {
+        tape_formats::Block::ImageTrailer(t) => t,
+        other => panic!("block {trailer_block} is a {}", other.kind_name()),
+    };
+    t.digest[0] ^= 0xff;
+    let mut forged = Vec::new();
+    t.encode(&mut forged).unwrap();
+    assert_eq!(forged.len(), b.len());
+    data.write_all_at(&forged, off).unwrap();
+
+    let (code, rep) = json(&home, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 3, "a conflict is an integrity failure: {rep:#}");
+    let conflicts = rep["merged"]["conflicts"].as_array().unwrap();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["what"] == "image" && c["key"] == victim.as_str()),
+        "{rep:#}"
+    );
+    // Nothing was overwritten.
+    let now = images(&home);
+    assert_eq!(
+        now[victim]["image"]["content_digest"],
+        img["image"]["content_digest"]
+    );
+    assert_eq!(assert_same_restore_points(&s.orig, &now, true), 4);
+}

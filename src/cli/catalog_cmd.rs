@@ -31,7 +31,8 @@ pub enum CatalogCommand {
     /// hash-scan incrementals) are not rebuilt: the next backup of such a disk is full.
     ///
     /// Exit codes: 0 rebuilt; 3 damage found (damaged records, missing parts, a
-    /// cartridge that should hold images reads blank); 4 a --barcode is not in the
+    /// cartridge that should hold images reads blank) or facts on the media that
+    /// contradict the catalog (reported, the catalog is kept); 4 a --barcode is not in the
     /// library; 5 a cartridge's key is missing (the others are still imported).
     Rebuild(RebuildArgs),
     /// Write the whole catalog onto a cartridge (at its end of data).
@@ -254,6 +255,17 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             "{} cartridge(s) could not be read without their key: {}",
             rep.missing_keys.len(),
             rep.missing_keys.join("; ")
+        )))
+    } else if !rep.merged.conflicts.is_empty() {
+        Some(Error::Integrity(format!(
+            "{} fact(s) on the media contradict the catalog (the catalog was kept): {}",
+            rep.merged.conflicts.len(),
+            rep.merged
+                .conflicts
+                .iter()
+                .map(|c| format!("{} {}", c.what, c.key))
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     } else if rep.has_integrity_problems() {
         Some(Error::Integrity(format!(
