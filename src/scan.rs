@@ -32,6 +32,7 @@ use crate::catalog::{
 use crate::changer::TapeLibrary;
 use crate::codec::KeyRing;
 use crate::crypto::{self, Keystore};
+use crate::drive::TapeDrive;
 use crate::error::{Context, Error, Result};
 use crate::home::Home;
 use crate::media::volume::{read_label, LabelRead};
@@ -312,12 +313,89 @@ impl Collected {
     }
 }
 
+/// How the rebuild gets at a cartridge: load it in a library, or the one cartridge in a
+/// standalone drive.
+pub trait Cartridges {
+    /// Run `f` on a drive holding `barcode`, then put the cartridge away.
+    fn with_cartridge(
+        &mut self,
+        barcode: &str,
+        f: &mut dyn FnMut(&mut dyn TapeDrive) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// Cartridges of a tape library (loaded into a free drive, put back afterwards).
+pub struct InLibrary<'a> {
+    pub cat: &'a Catalog,
+    pub lib: &'a mut dyn TapeLibrary,
+}
+
+impl Cartridges for InLibrary<'_> {
+    fn with_cartridge(
+        &mut self,
+        barcode: &str,
+        f: &mut dyn FnMut(&mut dyn TapeDrive) -> Result<()>,
+    ) -> Result<()> {
+        let location = self.cat.media(barcode)?.map(|m| m.location);
+        let mut m = mount(self.lib, barcode, location.as_deref())?;
+        let r = f(m.drive.as_mut());
+        let u = unmount(self.lib, m);
+        r?;
+        u
+    }
+}
+
+/// The cartridge in a standalone drive (no changer): its barcode is the one on its label.
+pub struct InDrive<'a> {
+    pub drive: &'a mut dyn TapeDrive,
+    pub barcode: String,
+}
+
+impl<'a> InDrive<'a> {
+    /// Read the label of the loaded cartridge to learn its barcode.
+    pub fn new(drive: &'a mut dyn TapeDrive) -> Result<Self> {
+        let barcode = match read_label(drive).context("reading the label in the drive")? {
+            LabelRead::Label(l) => l.barcode,
+            LabelRead::Blank => {
+                return Err(Error::MediaNeeded(format!(
+                    "the cartridge in {} is blank",
+                    drive.name()
+                )))
+            }
+            LabelRead::Foreign(d) => {
+                return Err(Error::MediaNeeded(format!(
+                    "the cartridge in {} is not a tapevault cartridge: {d}",
+                    drive.name()
+                )))
+            }
+        };
+        Ok(InDrive { drive, barcode })
+    }
+}
+
+impl Cartridges for InDrive<'_> {
+    fn with_cartridge(
+        &mut self,
+        barcode: &str,
+        f: &mut dyn FnMut(&mut dyn TapeDrive) -> Result<()>,
+    ) -> Result<()> {
+        if barcode != self.barcode {
+            return Err(Error::MediaNeeded(format!(
+                "cartridge {barcode} is needed; {} holds {}",
+                self.drive.name(),
+                self.barcode
+            )));
+        }
+        f(self.drive)
+    }
+}
+
 /// Rebuild (or complete) the catalog from cartridges. Errors that stop everything
 /// (catalog, library) are `Err`; per-cartridge trouble is in the report. A cartridge
 /// whose key is missing is skipped and named in `missing_keys`.
 pub fn rebuild(
     cat: &Catalog,
-    lib: &mut dyn TapeLibrary,
+    carts: &mut dyn Cartridges,
     opts: &RebuildOptions,
     keys: &mut KeySource<'_>,
     line: &mut dyn FnMut(&str),
@@ -331,12 +409,17 @@ pub fn rebuild(
             continue;
         }
         let started = std::time::Instant::now();
-        let location = cat.media(bc)?.map(|m| m.location);
-        let mut m = mount(lib, bc, location.as_deref())?;
-        let r = read_cartridge(
-            cat, &mut m, opts.scan, keys, &mut col, &mut rep, &mut buf, line,
-        );
-        let u = unmount(lib, m);
+        let mut out = None;
+        let r = carts.with_cartridge(bc, &mut |drive| {
+            out = Some(read_cartridge(
+                cat, drive, bc, opts.scan, keys, &mut col, &mut rep, &mut buf, line,
+            )?);
+            Ok(())
+        });
+        let r = r.and_then(|()| {
+            out.take()
+                .ok_or_else(|| Error::Failed("cartridge not read".into()))
+        });
         let mut cr = match r {
             Ok(cr) => cr,
             Err(Error::Key(msg)) => {
@@ -359,7 +442,6 @@ pub fn rebuild(
             }
             Err(e) => return Err(e).with_context(|| format!("reading cartridge {bc}")),
         };
-        u?;
         cr.seconds = started.elapsed().as_secs_f64();
         rep.cartridges.push(cr);
     }
@@ -396,25 +478,21 @@ pub fn rebuild(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let mut m = mount(lib, &bc, None)?;
-        let label = col.labels.get(&bc).map(|l| l.label.clone());
-        let r = (|| -> Result<(u64, u64)> {
-            let Some(label) = label else {
-                return Ok((0, 0));
-            };
-            let mut bytes = 0u64;
-            let mut n = 0u64;
-            for f in &todo {
-                tape::goto_file(m.drive.as_mut(), *f)?;
-                let s = tape::scan_file(m.drive.as_mut(), &bc, &mut buf, &mut bytes)?;
-                n += 1;
-                col.add_file(&label, &bc, *f, s.file, &mut rep);
-            }
-            Ok((n, bytes))
-        })();
-        let u = unmount(lib, m);
-        let (n, bytes) = r.with_context(|| format!("scanning the tail of cartridge {bc}"))?;
-        u?;
+        let Some(label) = col.labels.get(&bc).map(|l| l.label.clone()) else {
+            continue;
+        };
+        let (mut n, mut bytes) = (0u64, 0u64);
+        carts
+            .with_cartridge(&bc, &mut |drive| {
+                for f in &todo {
+                    tape::goto_file(drive, *f)?;
+                    let s = tape::scan_file(drive, &bc, &mut buf, &mut bytes)?;
+                    n += 1;
+                    col.add_file(&label, &bc, *f, s.file, &mut rep);
+                }
+                Ok(())
+            })
+            .with_context(|| format!("scanning the tail of cartridge {bc}"))?;
         if let Some(cr) = rep.cartridges.iter_mut().find(|c| c.barcode == bc) {
             cr.files_scanned += n;
             cr.bytes_scanned += bytes;
@@ -446,7 +524,8 @@ pub fn rebuild(
 #[allow(clippy::too_many_arguments)]
 fn read_cartridge(
     cat: &Catalog,
-    m: &mut crate::media::Mounted,
+    drive: &mut dyn TapeDrive,
+    bc: &str,
     want_scan: bool,
     keys: &mut KeySource<'_>,
     col: &mut Collected,
@@ -454,8 +533,7 @@ fn read_cartridge(
     buf: &mut Vec<u8>,
     line: &mut dyn FnMut(&str),
 ) -> Result<CartridgeReport> {
-    let bc = m.barcode.clone();
-    let drive = m.drive.as_mut();
+    let bc = bc.to_string();
     let mut cr = CartridgeReport {
         barcode: bc.clone(),
         method: Method::Blank,

@@ -249,7 +249,11 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
         barcodes,
         scan: a.scan,
     };
-    let rep = scan::rebuild(&cat, lib.as_mut(), &opts, &mut keys, &mut line)?;
+    let mut carts = scan::InLibrary {
+        cat: &cat,
+        lib: lib.as_mut(),
+    };
+    let rep = scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?;
     let failure = if !rep.missing_keys.is_empty() {
         Some(Error::Key(format!(
             "{} cartridge(s) could not be read without their key: {}",
