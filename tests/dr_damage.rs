@@ -225,3 +225,41 @@ fn media_contradicting_the_catalog_is_a_reported_conflict_and_the_catalog_is_kep
     );
     assert_eq!(assert_same_restore_points(&s.orig, &now, true), 4);
 }
+
+#[test]
+fn unreadable_block_is_reported_and_the_scan_goes_on() {
+    let s = small_history();
+    let (victim, img) = s
+        .orig
+        .iter()
+        .find(|(_, i)| i["image"]["disk_uuid"] == D2 && i["image"]["kind"] == "full")
+        .unwrap();
+    let block = img["segments"][0]["first_block"].as_u64().unwrap();
+    let mut vl = tapevault::changer::r#virtual::VirtualLibrary::open(&s.lib).unwrap();
+    vl.set_faults(
+        CART,
+        vtl_sim::Faults {
+            media_error_blocks: vec![block],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(vl);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 3, "{rep:#}");
+    assert!(
+        rep["damage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["logical_block"] == block
+                && d["detail"].as_str().unwrap().contains("media error")),
+        "{rep:#}"
+    );
+    let got = images(&home);
+    assert_eq!(got[victim]["image"]["status"], "corrupt");
+    let mut rest = s.orig.clone();
+    rest.remove(victim);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+}
