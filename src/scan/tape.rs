@@ -359,29 +359,6 @@ impl SegmentBuilder {
     }
 }
 
-/// Blocks in flight between the scan's reading and checking threads (each holds a
-/// buffer of the largest block): enough to keep the drive streaming, little memory.
-const SCAN_DEPTH: usize = 4;
-
-/// A block as read by the scan's reading thread.
-#[derive(Default)]
-struct RawBlock {
-    buf: Vec<u8>,
-    status: RawStatus,
-}
-
-#[derive(Default)]
-enum RawStatus {
-    Block(usize),
-    /// Filemark (true) or end of data (false): the tape file ended.
-    End {
-        filemark: bool,
-    },
-    MediaError(String),
-    #[default]
-    Unread,
-}
-
 /// What one tape file turned out to be.
 #[derive(Debug)]
 pub enum FileScan {
@@ -515,95 +492,59 @@ pub fn scan_file(
         seg: None,
         seg_records: 0,
     };
-    // Two threads: one reads blocks off the drive (a copy out of the medium), one
-    // checks them (CRCs, placement); the drive streams while records are checked.
-    let mut read_pos = 1u64;
-    let mut done = false;
     let mut pos = 1u64;
-    let mut more = false;
-    crate::pipeline::run::<RawBlock, (), Error, _, _, _>(
-        SCAN_DEPTH,
-        |raw| {
-            if done {
-                return Ok(false);
+    let more = loop {
+        let st = {
+            let mut src = DriveSource::new(drive, start.block + pos);
+            src.read_block(buf)
+        };
+        let n = match st {
+            Ok(ReadStatus::Block(n)) => n,
+            Ok(st @ (ReadStatus::Filemark | ReadStatus::EndOfData)) => {
+                if let Some(StreamProblem::Truncated { .. }) = checker.end(pos) {
+                    part.truncated = true;
+                }
+                break st == ReadStatus::Filemark;
             }
-            let r = {
-                let mut src = DriveSource::new(drive, start.block + read_pos);
-                src.read_block(&mut raw.buf)
-            };
-            raw.status = match r {
-                Ok(ReadStatus::Block(n)) => {
-                    read_pos += 1;
-                    RawStatus::Block(n)
-                }
-                Ok(ReadStatus::Filemark) => {
-                    done = true;
-                    RawStatus::End { filemark: true }
-                }
-                Ok(ReadStatus::EndOfData) => {
-                    done = true;
-                    RawStatus::End { filemark: false }
-                }
-                Err(DriveError::MediaError { detail, .. }) => {
-                    drive
-                        .space_blocks(1)
-                        .context("spacing over a block with a media error")
-                        .map_err(|e| {
-                            Error::Failed(format!("{e} (cartridge {barcode} tape file {f})"))
-                        })?;
-                    read_pos += 1;
-                    RawStatus::MediaError(detail)
-                }
-                Err(e) => return Err(Error::from(e)).context("reading a tape file"),
-            };
-            Ok(true)
-        },
-        |raw, _| {
-            let n = match &raw.status {
-                RawStatus::Block(n) => *n,
-                RawStatus::End { filemark } => {
-                    if let Some(StreamProblem::Truncated { .. }) = checker.end(pos) {
-                        part.truncated = true;
-                    }
-                    more = *filemark;
-                    return Ok(());
-                }
-                RawStatus::MediaError(detail) => {
-                    part.damage
-                        .push(damage_at(pos, format!("media error: {detail}")));
-                    pos += 1;
-                    return Ok(());
-                }
-                RawStatus::Unread => return Ok(()),
-            };
-            *bytes_read += n as u64;
-            let decoded = decode_block(&raw.buf[..n]);
-            let verdict = checker.check(pos, decoded.as_ref());
-            if let Some(p) = &verdict.problem {
-                part.damage.push(damage_at(pos, p.to_string()));
+            Err(DriveError::MediaError { detail, .. }) => {
+                part.damage
+                    .push(damage_at(pos, format!("media error: {detail}")));
+                drive
+                    .space_blocks(1)
+                    .context("spacing over a block with a media error")
+                    .map_err(|e| {
+                        Error::Failed(format!("{e} (cartridge {barcode} tape file {f})"))
+                    })?;
+                pos += 1;
+                continue;
             }
-            if verdict.accept {
-                match decoded {
-                    Ok(Block::Data(r)) => {
-                        segs.note(&mut part, start.block + pos, r.fields.sequence, &r.extents);
-                        part.records += 1;
-                        part.data_bytes += r
-                            .extents
-                            .iter()
-                            .filter(|e| e.kind == ExtentKind::Data)
-                            .map(|e| e.length)
-                            .sum::<u64>();
-                        part.stored_bytes += r.payload.len() as u64;
-                    }
-                    Ok(Block::ImageTrailer(t)) => part.trailer = Some(t),
-                    _ => {}
+            Err(e) => return Err(Error::from(e)).context("reading a tape file"),
+        };
+        *bytes_read += n as u64;
+        let decoded = decode_block(&buf[..n]);
+        let verdict = checker.check(pos, decoded.as_ref());
+        if let Some(p) = &verdict.problem {
+            part.damage.push(damage_at(pos, p.to_string()));
+        }
+        if verdict.accept {
+            match decoded {
+                Ok(Block::Data(r)) => {
+                    segs.note(&mut part, start.block + pos, r.fields.sequence, &r.extents);
+                    part.records += 1;
+                    part.data_bytes += r
+                        .extents
+                        .iter()
+                        .filter(|e| e.kind == ExtentKind::Data)
+                        .map(|e| e.length)
+                        .sum::<u64>();
+                    part.stored_bytes += r.payload.len() as u64;
                 }
+                Ok(Block::ImageTrailer(t)) => part.trailer = Some(t),
+                _ => {}
             }
-            pos += 1;
-            Ok(())
-        },
-        |_| Ok(()),
-    )?;
+        }
+        pos += 1;
+    };
     segs.close(&mut part);
     Ok(Scanned {
         file: FileScan::Part(Box::new(part)),
