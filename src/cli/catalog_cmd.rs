@@ -208,52 +208,57 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
 }
 
 fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
-    if let Some(dev) = &a.device {
-        // PENDING-ST: the scan reads any TapeDrive; it needs the st driver to open one.
-        return Err(Error::Failed(format!(
-            "st support is not merged yet: cannot open {}",
-            dev.display()
-        )));
-    }
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
     let _lock = crate::locks::JobLock::try_acquire(
         &home.locks_dir().join("catalog-rebuild.lock"),
         "catalog rebuild",
     )?;
-    let mut lib = home.open_library()?;
-    let (_, present) = sync_inventory(&cat, lib.as_mut())?;
-    let barcodes = if a.barcode.is_empty() {
-        let mut v: Vec<String> = present.into_iter().collect();
-        v.sort();
-        v
-    } else {
-        for b in &a.barcode {
-            if !present.contains(b) {
-                return Err(Error::MediaNeeded(format!(
-                    "cartridge {b} is not in the library: put it into a mail slot and run `tapevault library import`"
-                )));
-            }
-        }
-        a.barcode.clone()
-    };
-    if barcodes.is_empty() {
-        return usage("the library holds no cartridges to rebuild from");
-    }
     let g = ctx.global.clone();
     let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
     let mut keys = KeySource::new(&home, &mut pass);
     let out = ctx.out;
     let mut line = |s: &str| out.info(s);
-    let opts = RebuildOptions {
-        barcodes,
-        scan: a.scan,
+    let rep = if let Some(dev) = &a.device {
+        // A standalone drive: the one cartridge in it, named by its label.
+        let mut drive = crate::drive::st::StDrive::open(dev)
+            .with_context(|| format!("opening {}", dev.display()))?;
+        let mut carts = scan::InDrive::new(&mut drive)?;
+        let opts = RebuildOptions {
+            barcodes: vec![carts.barcode.clone()],
+            scan: a.scan,
+        };
+        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+    } else {
+        let mut lib = home.open_library()?;
+        let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+        let barcodes = if a.barcode.is_empty() {
+            let mut v: Vec<String> = present.into_iter().collect();
+            v.sort();
+            v
+        } else {
+            for b in &a.barcode {
+                if !present.contains(b) {
+                    return Err(Error::MediaNeeded(format!(
+                        "cartridge {b} is not in the library: put it into a mail slot and run `tapevault library import`"
+                    )));
+                }
+            }
+            a.barcode.clone()
+        };
+        if barcodes.is_empty() {
+            return usage("the library holds no cartridges to rebuild from");
+        }
+        let opts = RebuildOptions {
+            barcodes,
+            scan: a.scan,
+        };
+        let mut carts = scan::InLibrary {
+            cat: &cat,
+            lib: lib.as_mut(),
+        };
+        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
     };
-    let mut carts = scan::InLibrary {
-        cat: &cat,
-        lib: lib.as_mut(),
-    };
-    let rep = scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?;
     let failure = if !rep.missing_keys.is_empty() {
         Some(Error::Key(format!(
             "{} cartridge(s) could not be read without their key: {}",

@@ -89,10 +89,10 @@ pub enum TapeOp {
 
 fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
     if let Some(dev) = &a.device {
-        return Err(Error::Failed(format!(
-            "st support is not merged yet: {}",
-            dev.display()
-        ))); // PENDING-ST
+        return Ok(Box::new(
+            crate::drive::st::StDrive::open(dev)
+                .with_context(|| format!("opening {}", dev.display()))?,
+        ));
     }
     let home = ctx.home()?;
     let mut lib = home.open_library()?;
@@ -103,9 +103,8 @@ fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
             lib.drive_count()
         ));
     }
-    Ok(lib
-        .open_drive(n)
-        .with_context(|| format!("opening drive {n}"))?)
+    lib.open_drive(n)
+        .with_context(|| format!("opening drive {n}"))
 }
 
 #[derive(Serialize)]
