@@ -214,7 +214,14 @@ pub(crate) fn write_snapshot_files(
 ) -> Result<u64> {
     let fmt_err =
         |e: tape_formats::FormatError| Error::Failed(format!("encoding the catalog snapshot: {e}"));
-    let chunk = tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize;
+    // Chunks fit the drive's largest block, as the backup's snapshots do.
+    let max_block = sink
+        .drive
+        .max_block_size()
+        .min(tape_formats::MAX_BLOCK_SIZE);
+    let chunk = crate::backup::record_data_size_for(max_block)
+        .unwrap_or(4096)
+        .min(tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize);
     let now = crate::clock::now().timestamp();
     let mut buf = Vec::new();
     SnapshotHeader {
