@@ -1006,7 +1006,10 @@ impl Job<'_> {
                 MAX_RECORD_HEADER + 4096
             ))
         })?;
-        let cfg = ChunkConfig { record_data_size, block_size: bs };
+        let cfg = ChunkConfig {
+            record_data_size,
+            block_size: bs,
+        };
         let dl_err = |e: crate::source::hashscan::DigestListError| {
             Error::Failed(format!("block digest list: {e}"))
         };
@@ -1362,7 +1365,10 @@ impl Job<'_> {
         let mut noop = |_: &str| {};
         let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
         let start_block = sink.block;
-        let max_block = sink.drive.max_block_size().min(tape_formats::MAX_BLOCK_SIZE);
+        let max_block = sink
+            .drive
+            .max_block_size()
+            .min(tape_formats::MAX_BLOCK_SIZE);
         let chunk = record_data_size_for(max_block)
             .unwrap_or(4096)
             .min(tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize);

@@ -15,6 +15,7 @@ pub mod media;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;
+pub mod scan;
 pub mod scsi;
 pub mod source;
 pub mod verify;

@@ -221,6 +221,19 @@ impl Catalog {
                 }
             }
         }
+        // Images written by the set's sessions without any record on tape (an
+        // incremental with no changes has no segments) belong to it too.
+        let set_sessions: HashSet<Uuid> = self
+            .sessions()?
+            .into_iter()
+            .filter(|s| s.media_set_uuid == Some(set))
+            .map(|s| s.uuid)
+            .collect();
+        for i in self.images(None)? {
+            if i.session_uuid.is_some_and(|s| set_sessions.contains(&s)) && seen.insert(i.uuid) {
+                image_ids.push(i.uuid);
+            }
+        }
         let mut k = 0;
         while k < image_ids.len() {
             if let Some(p) = self.image(image_ids[k])?.and_then(|i| i.parent_uuid) {
@@ -480,6 +493,14 @@ impl Catalog {
             ],
         )?;
         Ok(())
+    }
+
+    /// Merge one session (e.g. found by a media scan): added if unknown; a running one
+    /// takes the merged status.
+    pub fn merge_session(&self, s: &SessionRow) -> Result<MergeReport> {
+        let mut r = MergeReport::default();
+        self.merge_session_in(s, &mut r)?;
+        Ok(r)
     }
 
     fn merge_session_in(&self, s: &SessionRow, r: &mut MergeReport) -> Result<()> {

@@ -714,6 +714,16 @@ impl Catalog {
         )
     }
 
+    /// What a media scan saw at end of data: the next append goes at least to tape
+    /// file `next_tape_file` (never lowers what the catalog knows).
+    pub fn raise_next_tape_file(&self, barcode: &str, next_tape_file: u64) -> Result<()> {
+        self.media_update(
+            barcode,
+            "UPDATE media SET next_tape_file=max(next_tape_file, ?2) WHERE barcode=?1",
+            &[&num(next_tape_file, "next tape file")?],
+        )
+    }
+
     pub fn add_media_errors(&self, barcode: &str, n: u64) -> Result<()> {
         self.media_update(
             barcode,

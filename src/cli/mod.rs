@@ -11,6 +11,7 @@ use crate::error::{Error, ExitCode, Result};
 use crate::home::Home;
 
 mod backup_cmd;
+mod catalog_cmd;
 mod key_cmd;
 mod library_cmd;
 mod output;
@@ -65,6 +66,9 @@ pub enum Command {
     Media(pool_cmd::MediaCommand),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// The catalog: rebuild from cartridges, back up onto one, export, check.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCommand),
     /// Record keys: create, list, export, import, change passphrase, recover from escrow.
     #[command(subcommand)]
     Key(key_cmd::KeyCommand),
@@ -148,6 +152,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Label(a) => pool_cmd::label(ctx, a),
         Command::Media(c) => pool_cmd::media(ctx, c),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Catalog(c) => catalog_cmd::catalog(ctx, c),
         Command::Key(c) => key_cmd::key(ctx, c),
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),

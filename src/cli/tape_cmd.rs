@@ -90,7 +90,8 @@ pub enum TapeOp {
 fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
     if let Some(dev) = &a.device {
         return Ok(Box::new(
-            crate::drive::st::StDrive::open(dev).with_context(|| format!("opening {}", dev.display()))?,
+            crate::drive::st::StDrive::open(dev)
+                .with_context(|| format!("opening {}", dev.display()))?,
         ));
     }
     let home = ctx.home()?;
@@ -102,7 +103,8 @@ fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
             lib.drive_count()
         ));
     }
-    lib.open_drive(n).with_context(|| format!("opening drive {n}"))
+    lib.open_drive(n)
+        .with_context(|| format!("opening drive {n}"))
 }
 
 #[derive(Serialize)]

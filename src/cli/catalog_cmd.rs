@@ -1,0 +1,349 @@
+//! `tapevault catalog rebuild | backup | export | check`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::passphrase::passphrase;
+use super::pool_cmd::open_catalog;
+use super::{usage, Ctx};
+use crate::error::{Context, Error, Result};
+use crate::media::allocate::sync_inventory;
+use crate::scan::{self, KeySource, Method, RebuildOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the cartridges (safe to repeat; never overwrites newer facts).
+    ///
+    /// For each cartridge in the library (or each --barcode), the label is read (an
+    /// encrypted pool's cartridge needs its key: from the keystore, or from the label's
+    /// escrow with the passphrase). By default the newest catalog snapshot on the
+    /// cartridge is merged without reading any data record (space to end of data, back
+    /// to the last end-of-session marker); tape files written after it (an interrupted
+    /// session) are scanned unless another cartridge's snapshot places them. With
+    /// --scan, or when a cartridge has no usable snapshot (damaged, missing), every
+    /// record is read: images, spanned parts, segments, sessions, media sets and
+    /// cartridges are rebuilt from the self-describing records. Images without a
+    /// complete trailer are recorded incomplete; damaged records are reported by
+    /// cartridge and position, the rest is recovered. Block digest lists (for
+    /// hash-scan incrementals) are not rebuilt: the next backup of such a disk is full.
+    ///
+    /// Exit codes: 0 rebuilt; 3 damage found (damaged records, missing parts, a
+    /// cartridge that should hold images reads blank) or facts on the media that
+    /// contradict the catalog (reported, the catalog is kept); 4 a --barcode is not in the
+    /// library; 5 a cartridge's key is missing (the others are still imported).
+    Rebuild(RebuildArgs),
+    /// Write the whole catalog onto a cartridge (at its end of data).
+    ///
+    /// The catalog snapshot (every pool, media set, cartridge, session and image) goes
+    /// into a tape file of its own followed by an end-of-session marker, encrypted
+    /// under the pool's key when the cartridge's pool is encrypted. A later `catalog
+    /// rebuild --barcode BARCODE` of that one cartridge restores the whole catalog.
+    Backup {
+        /// The cartridge to write to (labelled into a pool).
+        #[arg(long)]
+        barcode: String,
+    },
+    /// The whole catalog as JSON (stdout, or --out FILE).
+    ///
+    /// The same document shape as the snapshots on tape; `catalog rebuild` and the
+    /// catalog's merge accept it.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check the catalog's consistency (and with --media, against the cartridges).
+    ///
+    /// Without --media: the database's integrity, parent links, segments, extents,
+    /// pools. With --media: every labelled cartridge in the library is loaded, its label
+    /// compared with the catalog, and the first and last block of every segment on it
+    /// read to check they hold the records the catalog claims. Exit 3 when problems are
+    /// found.
+    Check {
+        /// Also read every cartridge's label and the first/last block of every segment.
+        #[arg(long)]
+        media: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Only these cartridges (repeatable; default: every cartridge in the library).
+    #[arg(long, value_name = "BARCODE", num_args = 1..)]
+    pub barcode: Vec<String>,
+    /// Read every record instead of the catalog snapshots.
+    #[arg(long)]
+    pub scan: bool,
+    /// A standalone drive (non-rewinding st node) holding the cartridge to read.
+    #[arg(long, value_name = "DEV", conflicts_with = "barcode")]
+    pub device: Option<PathBuf>,
+}
+
+/// Print the report, then fail with `code` (JSON mode keeps stdout one document).
+fn finish_with<T: Serialize>(
+    ctx: &Ctx,
+    report: &T,
+    text: impl FnOnce() -> String,
+    failure: Option<Error>,
+) -> Result<()> {
+    ctx.out.emit(report, text);
+    match failure {
+        None => Ok(()),
+        Some(e) if ctx.out.json => {
+            eprintln!("tapevault: error: {e}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(e.exit_code() as i32);
+        }
+        Some(e) => Err(e),
+    }
+}
+
+pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
+    match c {
+        CatalogCommand::Rebuild(a) => rebuild(ctx, a),
+        CatalogCommand::Backup { barcode } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            let mut lib = home.open_library()?;
+            sync_inventory(&cat, lib.as_mut())?;
+            let g = ctx.global.clone();
+            let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
+            let mut keys = KeySource::new(&home, &mut pass);
+            let rep = scan::media::backup_catalog(&home, &cat, lib.as_mut(), &barcode, &mut keys)?;
+            ctx.out.emit(&rep, || {
+                format!(
+                    "wrote the catalog ({} plain, {} stored{}) to {} tape file {}",
+                    super::human_bytes(rep.plain_bytes),
+                    super::human_bytes(rep.stored_bytes),
+                    if rep.encrypted { ", encrypted" } else { "" },
+                    rep.barcode,
+                    rep.tape_file
+                )
+            });
+            Ok(())
+        }
+        CatalogCommand::Export { out } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            match out {
+                None => {
+                    let stdout = std::io::stdout().lock();
+                    cat.export_json(std::io::BufWriter::new(stdout))?;
+                }
+                Some(path) => {
+                    let tmp = path.with_extension("tmp");
+                    let f = std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    let mut w = std::io::BufWriter::new(f);
+                    cat.export_json(&mut w)?;
+                    w.into_inner()
+                        .map_err(|e| Error::Failed(e.to_string()))?
+                        .sync_all()
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, &path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    ctx.out
+                        .info(format!("catalog exported to {}", path.display()));
+                }
+            }
+            Ok(())
+        }
+        CatalogCommand::Check { media } => {
+            let home = ctx.home()?;
+            let cat = open_catalog(&home)?;
+            let problems = cat.check()?;
+            let media_check = if media {
+                let mut lib = home.open_library()?;
+                let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+                Some(scan::media::check_media(&cat, lib.as_mut(), &present)?)
+            } else {
+                None
+            };
+            #[derive(Serialize)]
+            struct CheckReport {
+                problems: Vec<crate::catalog::Problem>,
+                media: Option<scan::media::MediaCheck>,
+            }
+            let n = problems.len() + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
+            let rep = CheckReport {
+                problems,
+                media: media_check,
+            };
+            let failure = (n > 0)
+                .then(|| Error::Integrity(format!("the catalog check found {n} problem(s)")));
+            finish_with(
+                ctx,
+                &rep,
+                || {
+                    let mut s = String::new();
+                    for p in &rep.problems {
+                        s.push_str(&format!("{:?}: {}: {}\n", p.kind, p.subject, p.detail));
+                    }
+                    if let Some(m) = &rep.media {
+                        for p in &m.problems {
+                            s.push_str(&format!("cartridge {}: {}\n", p.barcode, p.detail));
+                        }
+                        for b in &m.not_in_library {
+                            s.push_str(&format!(
+                                "cartridge {b} holds catalogued data but is not in the library (not checked)\n"
+                            ));
+                        }
+                        s.push_str(&format!(
+                            "checked {} cartridge(s), {} segment(s)\n",
+                            m.cartridges_checked.len(),
+                            m.segments_checked
+                        ));
+                    }
+                    if n == 0 {
+                        s.push_str("no problems found\n");
+                    }
+                    s
+                },
+                failure,
+            )
+        }
+    }
+}
+
+fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let _lock = crate::locks::JobLock::try_acquire(
+        &home.locks_dir().join("catalog-rebuild.lock"),
+        "catalog rebuild",
+    )?;
+    let g = ctx.global.clone();
+    let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
+    let mut keys = KeySource::new(&home, &mut pass);
+    let out = ctx.out;
+    let mut line = |s: &str| out.info(s);
+    let rep = if let Some(dev) = &a.device {
+        // A standalone drive: the one cartridge in it, named by its label.
+        let mut drive = crate::drive::st::StDrive::open(dev)
+            .with_context(|| format!("opening {}", dev.display()))?;
+        let mut carts = scan::InDrive::new(&mut drive)?;
+        let opts = RebuildOptions {
+            barcodes: vec![carts.barcode.clone()],
+            scan: a.scan,
+        };
+        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+    } else {
+        let mut lib = home.open_library()?;
+        let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+        let barcodes = if a.barcode.is_empty() {
+            let mut v: Vec<String> = present.into_iter().collect();
+            v.sort();
+            v
+        } else {
+            for b in &a.barcode {
+                if !present.contains(b) {
+                    return Err(Error::MediaNeeded(format!(
+                        "cartridge {b} is not in the library: put it into a mail slot and run `tapevault library import`"
+                    )));
+                }
+            }
+            a.barcode.clone()
+        };
+        if barcodes.is_empty() {
+            return usage("the library holds no cartridges to rebuild from");
+        }
+        let opts = RebuildOptions {
+            barcodes,
+            scan: a.scan,
+        };
+        let mut carts = scan::InLibrary {
+            cat: &cat,
+            lib: lib.as_mut(),
+        };
+        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+    };
+    let failure = if !rep.missing_keys.is_empty() {
+        Some(Error::Key(format!(
+            "{} cartridge(s) could not be read without their key: {}",
+            rep.missing_keys.len(),
+            rep.missing_keys.join("; ")
+        )))
+    } else if !rep.merged.conflicts.is_empty() {
+        Some(Error::Integrity(format!(
+            "{} fact(s) on the media contradict the catalog (the catalog was kept): {}",
+            rep.merged.conflicts.len(),
+            rep.merged
+                .conflicts
+                .iter()
+                .map(|c| format!("{} {}", c.what, c.key))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    } else if rep.has_integrity_problems() {
+        Some(Error::Integrity(format!(
+            "the media hold damage: {} damaged or missing record(s) or tape file(s), {} problem(s); everything else was recovered",
+            rep.damage.len(),
+            rep.problems.len()
+        )))
+    } else {
+        None
+    };
+    finish_with(
+        ctx,
+        &rep,
+        || {
+            let mut s = String::new();
+            for c in &rep.cartridges {
+                let how = match c.method {
+                    Method::Snapshot => format!(
+                        "catalog snapshot in tape file {}",
+                        c.snapshot_file.unwrap_or(0)
+                    ),
+                    Method::Scan => format!(
+                        "scanned {} tape file(s), {}",
+                        c.files_scanned,
+                        super::human_bytes(c.bytes_scanned)
+                    ),
+                    Method::Covered => format!(
+                        "in other cartridges' snapshots, {} tape file(s) scanned",
+                        c.files_scanned
+                    ),
+                    Method::Blank => "blank".into(),
+                    Method::Foreign => "not a tapevault cartridge".into(),
+                    Method::KeyMissing => "key missing".into(),
+                };
+                s.push_str(&format!("{}: {how} ({:.2} s)\n", c.barcode, c.seconds));
+            }
+            for d in &rep.damage {
+                s.push_str(&format!(
+                    "damage: cartridge {} tape file {} block {} (logical block {}): {}\n",
+                    d.barcode, d.tape_file, d.block_in_file, d.logical_block, d.detail
+                ));
+            }
+            for p in &rep.problems {
+                s.push_str(&format!("problem: {p}\n"));
+            }
+            for p in &rep.lost {
+                s.push_str(&format!("lost: {p}\n"));
+            }
+            for c in &rep.merged.conflicts {
+                s.push_str(&format!(
+                    "conflict (catalog kept): {} {}: {}\n",
+                    c.what, c.key, c.detail
+                ));
+            }
+            let m = &rep.merged;
+            s.push_str(&format!(
+                "merged: {} pool(s), {} media set(s), {} cartridge(s) added/{} updated, {} session(s), {} image(s) added/{} updated, {} segment(s), {} conflict(s)\n",
+                m.pools_added,
+                m.media_sets_added,
+                m.media_added,
+                m.media_updated,
+                m.sessions_added,
+                m.images_added,
+                m.images_updated,
+                m.segments_added,
+                m.conflicts.len()
+            ));
+            s
+        },
+        failure,
+    )
+}

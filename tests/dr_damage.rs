@@ -1,0 +1,265 @@
+//! Disaster recovery from damaged media: a damaged catalog snapshot falls back to the
+//! scan; a damaged data record is reported by position and everything else recovered;
+//! an image part cut off by a power cut is recorded incomplete.
+
+mod dr_support;
+
+use std::path::{Path, PathBuf};
+
+use dr_support::*;
+use serde_json::Value;
+
+const D1: &str = "d1d1d1d1-0000-4000-8000-000000000001";
+const D2: &str = "d2d2d2d2-0000-4000-8000-000000000002";
+const CART: &str = "TV0001L9";
+
+struct Small {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    lib: PathBuf,
+    orig: std::collections::BTreeMap<String, Value>,
+    export: Value,
+}
+
+/// Two sessions of a two-disk VM (full, then incremental) on one cartridge.
+fn small_history() -> Small {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let lib = root.join("library");
+    let home = root.join("home");
+    ok(
+        &home,
+        &[
+            "init",
+            "--library",
+            lib.to_str().unwrap(),
+            "--capacity",
+            "16M",
+            "--slots",
+            "2",
+        ],
+    );
+    ok(&home, &["pool", "create", "p"]);
+    let (d1, d2) = (root.join("d1.img"), root.join("d2.img"));
+    make_disk(&d1, 3, 21);
+    make_disk(&d2, 2, 22);
+    let vm = manifest(&root, "vm", &[(D1, &d1), (D2, &d2)]);
+    ok(
+        &home,
+        &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"],
+    );
+    touch_disk(&d1, 23);
+    touch_disk(&d2, 24);
+    ok(
+        &home,
+        &["backup", "--manifest", vm.to_str().unwrap(), "--pool", "p"],
+    );
+    let orig = images(&home);
+    let export: Value = serde_json::from_str(&ok(&home, &["catalog", "export"])).unwrap();
+    Small {
+        _tmp: tmp,
+        root,
+        lib,
+        orig,
+        export,
+    }
+}
+
+fn home_on(s: &Small, name: &str, lib: &Path) -> PathBuf {
+    let h = s.root.join(name);
+    ok(&h, &["init", "--library", lib.to_str().unwrap()]);
+    h
+}
+
+fn cart(lib: &Path) -> PathBuf {
+    lib.join("cartridges").join(CART)
+}
+
+#[test]
+fn damaged_snapshot_falls_back_to_the_scan() {
+    let s = small_history();
+    // The newest snapshot on the cartridge: damage its first chunk.
+    let newest = s.export["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["barcode"] == CART)
+        .max_by_key(|x| x["tape_file"].as_u64().unwrap())
+        .unwrap()
+        .clone();
+    damage_block(&cart(&s.lib), newest["block"].as_u64().unwrap() + 1);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let c = &rep["cartridges"][0];
+    assert_eq!(c["method"], "scan", "{rep:#}");
+    let why = c["fallback_reason"].as_str().unwrap();
+    assert!(
+        why.contains("snapshot") && why.contains(&newest["tape_file"].to_string()),
+        "{why}"
+    );
+    assert_eq!(
+        assert_same_restore_points(&s.orig, &images(&home), false),
+        4
+    );
+    let (code, chk) = json(&home, &["catalog", "check", "--media"]);
+    assert_eq!(code, 0, "{chk:#}");
+}
+
+#[test]
+fn damaged_record_is_reported_by_position_and_the_rest_recovered() {
+    let s = small_history();
+    // The second data record of disk 1's full image.
+    let (victim, img) = s
+        .orig
+        .iter()
+        .find(|(_, i)| i["image"]["disk_uuid"] == D1 && i["image"]["kind"] == "full")
+        .unwrap();
+    let seg = &img["segments"][0];
+    let block = seg["first_block"].as_u64().unwrap() + 1;
+    assert!(block <= seg["last_block"].as_u64().unwrap());
+    damage_block(&cart(&s.lib), block);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 3, "damage is an integrity failure: {rep:#}");
+    let damage = rep["damage"].as_array().unwrap();
+    assert!(
+        damage.iter().any(|d| d["barcode"] == CART
+            && d["logical_block"] == block
+            && d["tape_file"] == seg["tape_file"]
+            && d["detail"].as_str().unwrap().contains("corrupt")),
+        "{rep:#}"
+    );
+    let got = images(&home);
+    assert_eq!(got[victim]["image"]["status"], "corrupt");
+    // Every other image is recovered whole.
+    let mut rest = s.orig.clone();
+    rest.remove(victim);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+}
+
+#[test]
+fn image_cut_off_by_a_power_cut_is_incomplete_and_the_rest_recovered() {
+    let s = small_history();
+    // The image part written last on the cartridge: keep its header and first record.
+    let (victim, img) = s
+        .orig
+        .iter()
+        .max_by_key(|(_, i)| i["segments"][0]["first_block"].as_u64().unwrap_or(0))
+        .unwrap();
+    let first = img["segments"][0]["first_block"].as_u64().unwrap();
+    cut_tape(&cart(&s.lib), first + 1);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    // The fast path finds the previous session's snapshot and scans what follows it.
+    let (code, rep) = json(&home, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    assert_eq!(rep["cartridges"][0]["method"], "snapshot", "{rep:#}");
+    assert!(rep["cartridges"][0]["files_scanned"].as_u64().unwrap() >= 1);
+    let got = images(&home);
+    assert_eq!(
+        got[victim]["image"]["status"], "incomplete",
+        "{}",
+        got[victim]
+    );
+    assert!(got[victim]["image"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("no trailer"));
+    let mut rest = s.orig.clone();
+    rest.remove(victim);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+    // The same by a full scan.
+    let home2 = home_on(&s, "rebuilt2", &s.lib);
+    let (code, rep) = json(&home2, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let got = images(&home2);
+    assert_eq!(got[victim]["image"]["status"], "incomplete");
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+}
+
+#[test]
+fn media_contradicting_the_catalog_is_a_reported_conflict_and_the_catalog_is_kept() {
+    use std::os::unix::fs::FileExt;
+    let s = small_history();
+    let home = s.root.join("home");
+    // Rewrite one image's trailer with another (well-formed) content digest.
+    let (victim, img) = s
+        .orig
+        .iter()
+        .find(|(_, i)| i["image"]["kind"] == "full")
+        .unwrap();
+    let segs = img["segments"].as_array().unwrap();
+    let trailer_block = segs.last().unwrap()["last_block"].as_u64().unwrap() + 1;
+    let (off, len) = block_extent(&cart(&s.lib), trailer_block);
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(cart(&s.lib).join("data"))
+        .unwrap();
+    let mut b = vec![0u8; len as usize];
+    data.read_exact_at(&mut b, off).unwrap();
+    let mut t = match tape_formats::decode_block(&b).unwrap() {
+        tape_formats::Block::ImageTrailer(t) => t,
+        other => panic!("block {trailer_block} is a {}", other.kind_name()),
+    };
+    t.digest[0] ^= 0xff;
+    let mut forged = Vec::new();
+    t.encode(&mut forged).unwrap();
+    assert_eq!(forged.len(), b.len());
+    data.write_all_at(&forged, off).unwrap();
+
+    let (code, rep) = json(&home, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 3, "a conflict is an integrity failure: {rep:#}");
+    let conflicts = rep["merged"]["conflicts"].as_array().unwrap();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["what"] == "image" && c["key"] == victim.as_str()),
+        "{rep:#}"
+    );
+    // Nothing was overwritten.
+    let now = images(&home);
+    assert_eq!(
+        now[victim]["image"]["content_digest"],
+        img["image"]["content_digest"]
+    );
+    assert_eq!(assert_same_restore_points(&s.orig, &now, true), 4);
+}
+
+#[test]
+fn unreadable_block_is_reported_and_the_scan_goes_on() {
+    let s = small_history();
+    let (victim, img) = s
+        .orig
+        .iter()
+        .find(|(_, i)| i["image"]["disk_uuid"] == D2 && i["image"]["kind"] == "full")
+        .unwrap();
+    let block = img["segments"][0]["first_block"].as_u64().unwrap();
+    let mut vl = tapevault::changer::r#virtual::VirtualLibrary::open(&s.lib).unwrap();
+    vl.set_faults(
+        CART,
+        vtl_sim::Faults {
+            media_error_blocks: vec![block],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(vl);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 3, "{rep:#}");
+    assert!(
+        rep["damage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["logical_block"] == block
+                && d["detail"].as_str().unwrap().contains("media error")),
+        "{rep:#}"
+    );
+    let got = images(&home);
+    assert_eq!(got[victim]["image"]["status"], "corrupt");
+    let mut rest = s.orig.clone();
+    rest.remove(victim);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+}

@@ -1,0 +1,368 @@
+//! Disaster recovery end to end, through the binary: a history of backups (two VMs,
+//! incremental chains, an image spanning cartridges, a clear and an encrypted pool, a
+//! failed session), then the home is lost and rebuilt from the
+//! cartridges and the exported key alone, by the fast path and by a full scan.
+
+mod dr_support;
+
+use std::path::Path;
+
+use dr_support::*;
+
+const A1: &str = "a1a1a1a1-0000-4000-8000-000000000001";
+const A2: &str = "a2a2a2a2-0000-4000-8000-000000000002";
+const B1: &str = "b1b1b1b1-0000-4000-8000-000000000003";
+
+struct History {
+    _tmp: tempfile::TempDir,
+    root: std::path::PathBuf,
+    lib: std::path::PathBuf,
+    home: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    key_fp: String,
+}
+
+fn build_history() -> History {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    if std::env::var_os("DR_KEEP").is_some() {
+        eprintln!("history in {}", root.display());
+    }
+    let lib = root.join("library");
+    let home = root.join("home");
+    let l = lib.to_str().unwrap();
+    ok(
+        &home,
+        &["init", "--library", l, "--capacity", "8M", "--slots", "8"],
+    );
+    ok(&home, &["key", "create", "k1"]);
+    let key_file = root.join("k1.key");
+    ok(
+        &home,
+        &["key", "export", "k1", "--out", key_file.to_str().unwrap()],
+    );
+    let keys: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["--json", "key", "list"])).unwrap();
+    let key_fp = keys[0]["fingerprint"].as_str().unwrap().to_string();
+    ok(&home, &["pool", "create", "clear"]);
+    ok(&home, &["pool", "create", "secret", "--encrypt-key", "k1"]);
+
+    let (a1, a2, b1) = (
+        root.join("a1.img"),
+        root.join("a2.img"),
+        root.join("b1.img"),
+    );
+    make_disk(&a1, 4, 1);
+    make_disk(&a2, 2, 2);
+    make_disk(&b1, 10, 3);
+    let vm_a = manifest(&root, "vm-a", &[(A1, &a1), (A2, &a2)]);
+    let vm_a = vm_a.to_str().unwrap();
+    let b = |home: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "--disk",
+            b1.to_str().unwrap(),
+            "--disk-id",
+            B1,
+            "--vm",
+            "vm-b",
+            "--pool",
+            "secret",
+        ];
+        args.extend_from_slice(extra);
+        tv(home, &args)
+    };
+    // Clear pool: vm-a full, then incrementals (hash scan).
+    ok(&home, &["backup", "--manifest", vm_a, "--pool", "clear"]);
+    // Encrypted pool: a full that spans two 8 MiB cartridges.
+    let o = b(&home, &[]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("early warning"),
+        "the full of b1 should span cartridges:\n{}",
+        show(&o)
+    );
+    touch_disk(&a1, 10);
+    ok(&home, &["backup", "--manifest", vm_a, "--pool", "clear"]);
+    touch_disk(&b1, 11);
+    let o = b(&home, &[]);
+    assert!(o.status.success(), "{}", show(&o));
+    touch_disk(&b1, 12);
+    let o = b(&home, &[]);
+    assert!(o.status.success(), "{}", show(&o));
+    // A failed session, the last on its cartridge: vm-a's first disk completes, the
+    // second is gone. No snapshot follows that image.
+    touch_disk(&a1, 13);
+    let broken = manifest(
+        &root,
+        "vm-a-broken",
+        &[(A1, &a1), (A2, &root.join("gone.img"))],
+    );
+    let o = tv(
+        &home,
+        &[
+            "backup",
+            "--manifest",
+            broken.to_str().unwrap(),
+            "--pool",
+            "clear",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let tmp = if std::env::var_os("DR_KEEP").is_some() {
+        let _ = tmp.keep();
+        tempfile::tempdir().unwrap()
+    } else {
+        tmp
+    };
+    History {
+        _tmp: tmp,
+        root,
+        lib,
+        home,
+        key_file,
+        key_fp,
+    }
+}
+
+fn fresh_home(h: &History, name: &str, with_key: bool) -> std::path::PathBuf {
+    let home = h.root.join(name);
+    ok(&home, &["init", "--library", h.lib.to_str().unwrap()]);
+    if with_key {
+        ok(&home, &["key", "import", h.key_file.to_str().unwrap()]);
+    }
+    home
+}
+
+#[test]
+fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
+    let h = build_history();
+    let orig = images(&h.home);
+    let complete = orig
+        .values()
+        .filter(|i| i["image"]["status"] == "complete")
+        .count();
+    assert_eq!(complete, 8, "3 vm-a sessions (2+2+1 images) + 3 of b1");
+    let spanned = orig
+        .values()
+        .filter(|i| {
+            let s = i["segments"].as_array().unwrap();
+            s.iter().any(|x| x["barcode"] != s[0]["barcode"])
+        })
+        .count();
+    assert!(spanned >= 1, "an image spans cartridges");
+
+    // Fast path.
+    let fast = fresh_home(&h, "fast", true);
+    let (code, rep) = json(&fast, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let methods: Vec<&str> = rep["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["method"].as_str().unwrap())
+        .collect();
+    assert!(methods.contains(&"snapshot"), "{methods:?}");
+    assert!(
+        !methods.contains(&"scan"),
+        "no cartridge needed a full scan: {rep:#}"
+    );
+    // The failed session's complete image follows the cartridge's last snapshot: only
+    // that tape file was scanned.
+    let scanned: u64 = rep["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["files_scanned"].as_u64().unwrap())
+        .sum();
+    assert!(scanned >= 1, "{rep:#}");
+    let got = images(&fast);
+    assert_eq!(assert_same_restore_points(&orig, &got, true), complete);
+    let (code, chk) = json(&fast, &["catalog", "check", "--media"]);
+    assert_eq!(code, 0, "{chk:#}");
+    assert!(chk["media"]["segments_checked"].as_u64().unwrap() > 0);
+
+    // Idempotent: again, nothing changes.
+    let (code, again) = json(&fast, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{again:#}");
+    for k in [
+        "images_added",
+        "images_updated",
+        "segments_added",
+        "media_added",
+        "sessions_added",
+    ] {
+        assert_eq!(again["merged"][k], 0, "{k}: {again:#}");
+    }
+    assert_eq!(again["merged"]["conflicts"].as_array().unwrap().len(), 0);
+
+    // Full scan, onto a fresh home.
+    let scan = fresh_home(&h, "scan", true);
+    let (code, rep) = json(&scan, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 0, "{rep:#}");
+    assert!(rep["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| ["scan", "blank"].contains(&c["method"].as_str().unwrap())));
+    let got = images(&scan);
+    assert_eq!(assert_same_restore_points(&orig, &got, false), complete);
+    let (code, chk) = json(&scan, &["catalog", "check", "--media"]);
+    assert_eq!(code, 0, "{chk:#}");
+
+    // Every restore point restores byte-identical from the rebuilt catalogs to what the
+    // original catalog gives.
+    let mut restored = 0;
+    for (u, i) in &orig {
+        if i["image"]["status"] != "complete" {
+            continue;
+        }
+        let disk = i["image"]["disk_uuid"].as_str().unwrap();
+        let mut outs = Vec::new();
+        for (name, home) in [("orig", &h.home), ("fast", &fast), ("scan", &scan)] {
+            let to = h.root.join(format!("{u}.{name}.img"));
+            ok(
+                home,
+                &[
+                    "restore",
+                    "--disk",
+                    disk,
+                    "--image",
+                    u,
+                    "--to",
+                    to.to_str().unwrap(),
+                ],
+            );
+            outs.push(std::fs::read(&to).unwrap());
+            std::fs::remove_file(&to).unwrap();
+        }
+        assert_eq!(
+            outs[0].len() as u64,
+            i["image"]["disk_size"].as_u64().unwrap()
+        );
+        assert!(
+            outs[0] == outs[1],
+            "image {u}: fast-path catalog restores other bytes"
+        );
+        assert!(
+            outs[0] == outs[2],
+            "image {u}: scanned catalog restores other bytes"
+        );
+        restored += 1;
+    }
+    assert_eq!(restored, complete);
+
+    // A scan merged onto the snapshot-built catalog and onto the original one adds
+    // nothing that contradicts them and loses nothing.
+    for home in [&fast, &h.home] {
+        let (code, rep) = json(home, &["catalog", "rebuild", "--scan"]);
+        assert_eq!(code, 0, "{rep:#}");
+        assert_eq!(
+            rep["merged"]["conflicts"].as_array().unwrap().len(),
+            0,
+            "{rep:#}"
+        );
+        assert_eq!(rep["merged"]["images_updated"], 0, "{rep:#}");
+        assert_eq!(
+            assert_same_restore_points(&orig, &images(home), true),
+            complete
+        );
+    }
+
+    // Without the key: the clear pool imports, the encrypted cartridges are refused
+    // with exit 5 naming the key; with the key imported they import cleanly.
+    let nokey = fresh_home(&h, "nokey", false);
+    let o = tv(&nokey, &["catalog", "rebuild"]);
+    assert_eq!(o.status.code(), Some(5), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&h.key_fp),
+        "{}",
+        show(&o)
+    );
+    let partial = images(&nokey);
+    for (u, i) in &orig {
+        if i["image"]["status"] == "complete" {
+            assert_eq!(
+                partial.contains_key(u),
+                i["image"]["pool"] == "clear",
+                "image {u} of pool {}",
+                i["image"]["pool"]
+            );
+        }
+    }
+    ok(&nokey, &["key", "import", h.key_file.to_str().unwrap()]);
+    let (code, rep) = json(&nokey, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    assert_eq!(
+        assert_same_restore_points(&orig, &images(&nokey), false),
+        complete
+    );
+}
+
+#[test]
+fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("home");
+    ok(
+        &home,
+        &[
+            "init",
+            "--library",
+            root.join("lib").to_str().unwrap(),
+            "--capacity",
+            "8M",
+            "--slots",
+            "4",
+        ],
+    );
+    ok(&home, &["pool", "create", "p1"]);
+    ok(&home, &["pool", "create", "p2"]);
+    let (d1, d2) = (root.join("d1.img"), root.join("d2.img"));
+    make_disk(&d1, 2, 5);
+    make_disk(&d2, 2, 6);
+    for (d, id, pool) in [(&d1, A1, "p1"), (&d2, A2, "p2")] {
+        ok(
+            &home,
+            &[
+                "backup",
+                "--disk",
+                d.to_str().unwrap(),
+                "--disk-id",
+                id,
+                "--pool",
+                pool,
+            ],
+        );
+    }
+    let orig = images(&home);
+    let p2_cart = orig[&orig
+        .iter()
+        .find(|(_, i)| i["image"]["pool"] == "p2")
+        .unwrap()
+        .0
+        .clone()]["segments"][0]["barcode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, rep) = json(&home, &["catalog", "backup", "--barcode", &p2_cart]);
+    assert_eq!(code, 0, "{rep:#}");
+    // Only that cartridge is read: it now knows both pools' images.
+    let fresh = root.join("fresh");
+    ok(
+        &fresh,
+        &["init", "--library", root.join("lib").to_str().unwrap()],
+    );
+    let (code, rep) = json(&fresh, &["catalog", "rebuild", "--barcode", &p2_cart]);
+    assert_eq!(code, 0, "{rep:#}");
+    assert_eq!(rep["cartridges"][0]["method"], "snapshot");
+    assert_eq!(assert_same_restore_points(&orig, &images(&fresh), true), 2);
+    // Export to a file is the same document as to stdout.
+    let out = root.join("export.json");
+    ok(
+        &fresh,
+        &["catalog", "export", "--out", out.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["images"].as_array().unwrap().len(), 2);
+}
