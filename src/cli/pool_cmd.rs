@@ -379,6 +379,7 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
                 a.barcode,
                 now.format("%Y-%m-%d")
             ),
+            false,
         )?;
         let mut r = row
             .clone()

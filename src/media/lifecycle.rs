@@ -407,18 +407,24 @@ pub fn overwrite_impact(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> Res
     })
 }
 
-/// The catalog forgets what an overwritten or recycled cartridge held: images with data
-/// on it are deleted (their block digest lists too) when nothing depends on them, else
-/// marked corrupt with `note` so every chain through them reports why it is broken.
-/// Returns the images affected.
-pub fn forget_contents(cat: &Catalog, barcode: &str, note: &str) -> Result<Vec<Uuid>> {
+/// The catalog forgets what an overwritten or recycled cartridge held. With `delete`
+/// (expired contents), images with data on it are deleted (their block digest lists
+/// too) when nothing depends on them; otherwise, and always without `delete` (kept
+/// restore points destroyed by force), they are marked corrupt with `note`, so they and
+/// every chain through them say why they are gone. Returns the images affected.
+pub fn forget_contents(
+    cat: &Catalog,
+    barcode: &str,
+    note: &str,
+    delete: bool,
+) -> Result<Vec<Uuid>> {
     let mut imgs = cat.images_on_media(barcode)?;
     // Newest first, so an incremental goes before the image it depends on.
     imgs.sort_by(|a, b| b.started.cmp(&a.started).then(b.uuid.cmp(&a.uuid)));
     let mut done = Vec::new();
     for i in imgs {
         let deps = cat.dependents(i.uuid)?;
-        if deps.is_empty() && i.status != ImageStatus::Running {
+        if delete && deps.is_empty() && i.status != ImageStatus::Running {
             cat.delete_image(i.uuid)?;
             if let Some(dl) = &i.digest_list {
                 let _ = std::fs::remove_file(dl);
@@ -448,7 +454,7 @@ pub fn recycle(cat: &Catalog, m: &MediaRow, now: DateTime<Utc>) -> Result<Vec<Uu
         m.barcode,
         now.format("%Y-%m-%d")
     );
-    let forgotten = forget_contents(cat, &m.barcode, &note)?;
+    let forgotten = forget_contents(cat, &m.barcode, &note, true)?;
     let mut r = m.clone();
     r.media_set_uuid = None;
     r.seq_in_set = None;

@@ -31,6 +31,11 @@ impl Run {
 impl Tv {
     /// A home with a virtual library of small cartridges.
     pub fn init(slots: usize, mailslots: usize, capacity: &str) -> Tv {
+        Tv::init_with(slots, mailslots, capacity, &[])
+    }
+
+    /// Same, with more `init` arguments (e.g. `--early-warning`).
+    pub fn init_with(slots: usize, mailslots: usize, capacity: &str, extra: &[&str]) -> Tv {
         let tv = Tv {
             dir: tempfile::tempdir().unwrap(),
             now: "2026-01-01T06:00:00Z".parse().unwrap(),
@@ -45,7 +50,10 @@ impl Tv {
             &mailslots.to_string(),
             "--capacity",
             capacity,
-        ]);
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>());
         tv
     }
 
