@@ -15,7 +15,15 @@ const DISK: &str = "5a1e0000-0000-4000-8000-0000000000a1";
 #[test]
 fn a_library_without_a_usable_cartridge_fails_with_exit_4_naming_what_is_needed() {
     let tv = Tv::init(3, 1, "1M");
-    tv.ok(&["pool", "create", "p", "--allocation", "per-session", "--compression", "off"]);
+    tv.ok(&[
+        "pool",
+        "create",
+        "p",
+        "--allocation",
+        "per-session",
+        "--compression",
+        "off",
+    ]);
     // One of the three cartridges is outside the library.
     let bc = "TV0003L9".to_string();
     tv.ok(&["media", "list"]);
@@ -23,18 +31,47 @@ fn a_library_without_a_usable_cartridge_fails_with_exit_4_naming_what_is_needed(
     tv.ok(&["library", "remove", &bc]);
     let disk = tv.path("d.img");
     write_disk(&disk, 32 << 10, 4);
-    let args = ["backup", "--disk", disk.to_str().unwrap(), "--disk-id", DISK, "--pool", "p"];
+    let args = [
+        "backup",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-id",
+        DISK,
+        "--pool",
+        "p",
+    ];
     tv.json(&args);
     tv.json(&args);
     // Both cartridges inside hold kept sets (retention forever): nothing left.
-    let r = tv.run(&["--json", "backup", "--disk", disk.to_str().unwrap(), "--disk-id", DISK, "--pool", "p"]);
+    let r = tv.run(&[
+        "--json",
+        "backup",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-id",
+        DISK,
+        "--pool",
+        "p",
+    ]);
     assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stderr.contains("pool p needs a writable cartridge"), "{}", r.stderr);
-    assert!(r.stderr.contains("Insert one into a mail slot"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pool p needs a writable cartridge"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("Insert one into a mail slot"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.json()["kind"], "media-needed");
     assert_eq!(r.json()["exit_code"], 4);
     let cat = tv.catalog();
-    assert!(cat.images(None).unwrap().iter().all(|i| i.status != tapevault::catalog::ImageStatus::Running));
+    assert!(cat
+        .images(None)
+        .unwrap()
+        .iter()
+        .all(|i| i.status != tapevault::catalog::ImageStatus::Running));
     drop(cat);
 
     // It comes back, is labelled into the pool as scratch, and goes to a vault: the
@@ -45,7 +82,11 @@ fn a_library_without_a_usable_cartridge_fails_with_exit_4_naming_what_is_needed(
     tv.ok(&["media", "vault", &bc, "--location", "shelf"]);
     let r = tv.run(&args);
     assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("{bc} (vault:shelf)")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("{bc} (vault:shelf)")),
+        "{}",
+        r.stderr
+    );
     // Back in the library, the backup runs on it.
     tv.ok(&["media", "return", &bc]);
     let b = tv.json(&args);
@@ -57,8 +98,13 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let tv = Tv::init(2, 1, "1M");
     tv.ok(&["pool", "create", "p", "--allocation", "per-session"]);
     // Take both blank cartridges out of the library.
-    let bcs: Vec<String> = tv.json(&["media", "list"]).as_array().unwrap().iter()
-        .map(|m| m["barcode"].as_str().unwrap().to_string()).collect();
+    let bcs: Vec<String> = tv
+        .json(&["media", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["barcode"].as_str().unwrap().to_string())
+        .collect();
     for b in &bcs {
         tv.ok(&["library", "export", b]);
         tv.ok(&["library", "remove", b]);
@@ -69,26 +115,61 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let mut lib = tv.library();
     // Without waiting: exit 4 at once.
     let mut lines = Vec::new();
-    let e = pick_or_wait(&cat, &mut lib, &pool, &set, &HashSet::new(), None, &mut |l| lines.push(l.to_string()))
-        .unwrap_err();
+    let e = pick_or_wait(
+        &cat,
+        &mut lib,
+        &pool,
+        &set,
+        &HashSet::new(),
+        None,
+        &mut |l| lines.push(l.to_string()),
+    )
+    .unwrap_err();
     assert_eq!(e.exit_code() as i32, 4);
     // Waiting with nobody inserting: exit 4 after the wait, same message.
-    let w = MediaWait { max: Duration::from_millis(300), poll: Duration::from_millis(50) };
-    let e2 = pick_or_wait(&cat, &mut lib, &pool, &set, &HashSet::new(), Some(w), &mut |l| lines.push(l.to_string()))
-        .unwrap_err();
+    let w = MediaWait {
+        max: Duration::from_millis(300),
+        poll: Duration::from_millis(50),
+    };
+    let e2 = pick_or_wait(
+        &cat,
+        &mut lib,
+        &pool,
+        &set,
+        &HashSet::new(),
+        Some(w),
+        &mut |l| lines.push(l.to_string()),
+    )
+    .unwrap_err();
     assert_eq!(e2.exit_code() as i32, 4);
     assert!(e2.to_string().starts_with(&e.to_string()), "{e2}");
-    assert!(lines.iter().any(|l| l.contains("Waiting up to")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("Waiting up to")),
+        "{lines:?}"
+    );
     // An operator inserts one while the job waits.
     let home = tv.home();
     let b0 = bcs[0].clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        let mut l = tapevault::changer::r#virtual::VirtualLibrary::open(&home.join("library")).unwrap();
+        let mut l =
+            tapevault::changer::r#virtual::VirtualLibrary::open(&home.join("library")).unwrap();
         l.insert_into_mail_slot(&b0).unwrap();
     });
-    let w = MediaWait { max: Duration::from_secs(20), poll: Duration::from_millis(50) };
-    let (p, present) = pick_or_wait(&cat, &mut lib, &pool, &set, &HashSet::new(), Some(w), &mut |_| {}).unwrap();
+    let w = MediaWait {
+        max: Duration::from_secs(20),
+        poll: Duration::from_millis(50),
+    };
+    let (p, present) = pick_or_wait(
+        &cat,
+        &mut lib,
+        &pool,
+        &set,
+        &HashSet::new(),
+        Some(w),
+        &mut |_| {},
+    )
+    .unwrap();
     t.join().unwrap();
     assert!(matches!(p, Pick::Join(_)));
     assert_eq!(p.row().barcode, bcs[0]);

@@ -61,7 +61,15 @@ fn gfs_rotation_over_nine_weeks_keeps_every_kept_restore_point_and_recycles_the_
         } else {
             ("daily", false)
         };
-        let mut args = vec!["backup", "--disk", disk.to_str().unwrap(), "--disk-id", DISK, "--pool", pool];
+        let mut args = vec![
+            "backup",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-id",
+            DISK,
+            "--pool",
+            pool,
+        ];
         if full {
             args.push("--full");
         }
@@ -168,7 +176,11 @@ fn check_kept(tv: &Tv, images: &HashMap<Uuid, Img>, order: &[Uuid], now: DateTim
                     Some(*vol),
                     "{now}: cartridge {bc} holding image {u} (needed by kept {k}) was relabelled"
                 );
-                assert_eq!(m.media_set_uuid, Some(images[&u].set), "{now}: {bc} left its set");
+                assert_eq!(
+                    m.media_set_uuid,
+                    Some(images[&u].set),
+                    "{now}: {bc} left its set"
+                );
             }
             cur = images[&u].parent;
         }

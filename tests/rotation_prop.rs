@@ -25,8 +25,14 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Backup { pool: usize, disk: usize, full: bool },
-    Advance { days: i64 },
+    Backup {
+        pool: usize,
+        disk: usize,
+        full: bool,
+    },
+    Advance {
+        days: i64,
+    },
     Rotate,
 }
 
@@ -98,18 +104,47 @@ impl Model {
     }
 }
 
-fn check(cat: &Catalog, model: &Model, now: DateTime<Utc>, when: &str) -> Result<(), TestCaseError> {
+fn check(
+    cat: &Catalog,
+    model: &Model,
+    now: DateTime<Utc>,
+    when: &str,
+) -> Result<(), TestCaseError> {
     for (u, w) in model.needed(now) {
         let img = cat.image(u).unwrap();
         prop_assert!(img.is_some(), "{when}: needed image {} is gone", u);
         let img = img.unwrap();
-        prop_assert_eq!(img.status, ImageStatus::Complete, "{}: image {} {:?}", when, u, img.note);
+        prop_assert_eq!(
+            img.status,
+            ImageStatus::Complete,
+            "{}: image {} {:?}",
+            when,
+            u,
+            img.note
+        );
         let m = cat.media(&w.barcode).unwrap().unwrap();
-        prop_assert_eq!(m.volume_uuid, Some(w.volume), "{}: {} relabelled under image {}", when, &w.barcode, u);
-        prop_assert_eq!(m.media_set_uuid, Some(w.set), "{}: {} recycled under image {}", when, &w.barcode, u);
+        prop_assert_eq!(
+            m.volume_uuid,
+            Some(w.volume),
+            "{}: {} relabelled under image {}",
+            when,
+            &w.barcode,
+            u
+        );
+        prop_assert_eq!(
+            m.media_set_uuid,
+            Some(w.set),
+            "{}: {} recycled under image {}",
+            when,
+            &w.barcode,
+            u
+        );
         prop_assert!(
             m.state != tapevault::catalog::MediaState::Expired,
-            "{}: {} expired under image {}", when, &w.barcode, u
+            "{}: {} expired under image {}",
+            when,
+            &w.barcode,
+            u
         );
     }
     Ok(())
@@ -163,7 +198,8 @@ fn run_schedule(
             Op::Advance { days } => now += Duration::days(days) + Duration::hours(1),
             Op::Rotate => {
                 let (_, present) = sync_inventory(&cat, &mut lib).unwrap();
-                let plan = rotate::plan(&cat, &present, &PoolsFile::default(), &locks, now).unwrap();
+                let plan =
+                    rotate::plan(&cat, &present, &PoolsFile::default(), &locks, now).unwrap();
                 rotate::apply(&cat, &mut lib, &locks, &plan, now).unwrap();
             }
             Op::Backup { pool, disk, full } => {
@@ -184,7 +220,13 @@ fn run_schedule(
                     Pick::Join(_) => {
                         // The cartridge is about to be overwritten: nothing needed may be on it.
                         for (u, w) in model.needed(now) {
-                            prop_assert!(w.barcode != barcode, "{}: overwriting {} which holds needed image {}", when, &barcode, u);
+                            prop_assert!(
+                                w.barcode != barcode,
+                                "{}: overwriting {} which holds needed image {}",
+                                when,
+                                &barcode,
+                                u
+                            );
                         }
                         let v = Uuid::new_v4();
                         let seq = cat
@@ -195,7 +237,8 @@ fn run_schedule(
                             .max()
                             .map(|s| s + 1)
                             .unwrap_or(0);
-                        cat.assign_media(&barcode, names[pool], set.uuid, seq, v).unwrap();
+                        cat.assign_media(&barcode, names[pool], set.uuid, seq, v)
+                            .unwrap();
                         v
                     }
                 };
@@ -210,7 +253,11 @@ fn run_schedule(
                     uuid,
                     disk_uuid: disks[disk],
                     vm_name: None,
-                    kind: if parent.is_some() { ImageKind::Incremental } else { ImageKind::Full },
+                    kind: if parent.is_some() {
+                        ImageKind::Incremental
+                    } else {
+                        ImageKind::Full
+                    },
                     parent_uuid: parent,
                     change_id: None,
                     from_change_id: None,
@@ -225,7 +272,11 @@ fn run_schedule(
                 .unwrap();
                 cat.complete_image(
                     uuid,
-                    &ImageStats { records: 1, finished: Some(now), ..Default::default() },
+                    &ImageStats {
+                        records: 1,
+                        finished: Some(now),
+                        ..Default::default()
+                    },
                     "00",
                     &[Segment {
                         part: 0,
@@ -238,15 +289,27 @@ fn run_schedule(
                         disk_start: 0,
                         disk_end: 4096,
                     }],
-                    &[Extent { offset: 0, length: 4096, is_zero: false }],
+                    &[Extent {
+                        offset: 0,
+                        length: 4096,
+                        is_zero: false,
+                    }],
                 )
                 .unwrap();
-                cat.finish_session(sess.uuid, SessionStatus::Complete).unwrap();
+                cat.finish_session(sess.uuid, SessionStatus::Complete)
+                    .unwrap();
                 lifecycle::record_set_write(&cat, set.uuid, now).unwrap();
                 model.set_last.insert(set.uuid, now);
                 model.images.push((
                     uuid,
-                    Written { set: set.uuid, pool, disk, parent, barcode, volume },
+                    Written {
+                        set: set.uuid,
+                        pool,
+                        disk,
+                        parent,
+                        barcode,
+                        volume,
+                    },
                 ));
             }
         }

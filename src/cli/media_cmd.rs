@@ -155,15 +155,20 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
                         st.set.pool,
                         st.last_write.format("%Y-%m-%d %H:%M UTC"),
                         match &st.verdict {
-                            lifecycle::Verdict::Kept { until: Some(t), reason } =>
+                            lifecycle::Verdict::Kept {
+                                until: Some(t),
+                                reason,
+                            } =>
                                 format!("kept until {} ({reason})", t.format("%Y-%m-%d %H:%M UTC")),
-                            lifecycle::Verdict::Kept { until: None, reason } =>
-                                format!("kept ({reason})"),
+                            lifecycle::Verdict::Kept {
+                                until: None,
+                                reason,
+                            } => format!("kept ({reason})"),
                             lifecycle::Verdict::Held { holds } => format!(
                                 "past retention, held: {}",
                                 holds
                                     .iter()
-                                    .map(|h| format!("image {} needs {}", h.needed_by, h.image))
+                                    .map(|h| h.describe())
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             ),
@@ -251,7 +256,8 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
         }
         MediaCommand::Offsite { at } => {
             let r = vault::offsite(&cat, at.unwrap_or(now))?;
-            ctx.out.emit(&r, || offsite_text(&r, "nothing is outside the library"));
+            ctx.out
+                .emit(&r, || offsite_text(&r, "nothing is outside the library"));
         }
         MediaCommand::Due { at } => {
             let r = vault::due(&cat, at.unwrap_or(now))?;
@@ -278,7 +284,11 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
                         "  {:<10} {:<18} {}{}\n",
                         c.barcode,
                         c.location,
-                        if c.in_library { "in the library" } else { "FETCH" },
+                        if c.in_library {
+                            "in the library"
+                        } else {
+                            "FETCH"
+                        },
                         c.state.map(|s| format!(" ({s})")).unwrap_or_default()
                     ));
                 }

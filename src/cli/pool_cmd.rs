@@ -5,9 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{usage, Ctx};
-use crate::catalog::{
-    Allocation, Catalog, Compression, MediaRow, MediaState, PoolRow,
-};
+use crate::catalog::{Allocation, Catalog, Compression, MediaRow, MediaState, PoolRow};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
 use crate::media::volume::{read_label, write_label, LabelRead};
@@ -172,10 +170,8 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
             let sets = cat.media_sets(Some(&name))?;
             let media = cat.list_media(Some(&name))?;
             let ev = crate::media::lifecycle::evaluate(&cat, crate::clock::now())?;
-            let offsite = crate::config_pools::offsite_of(
-                &crate::config_pools::load(&home.dir)?,
-                &name,
-            );
+            let offsite =
+                crate::config_pools::offsite_of(&crate::config_pools::load(&home.dir)?, &name);
             let retention: Vec<&crate::media::lifecycle::SetStatus> =
                 sets.iter().filter_map(|s| ev.set(s.uuid)).collect();
             #[derive(Serialize)]
@@ -250,13 +246,8 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
         }
         PoolCommand::Apply { dry_run } => {
             let f = crate::config_pools::load(&home.dir)?;
-            let changes = crate::config_pools::apply(
-                &cat,
-                &home.dir,
-                &f,
-                crate::clock::now(),
-                dry_run,
-            )?;
+            let changes =
+                crate::config_pools::apply(&cat, &home.dir, &f, crate::clock::now(), dry_run)?;
             ctx.out.emit(&changes, || {
                 if changes.is_empty() {
                     return format!(
@@ -270,7 +261,11 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                         format!(
                             "pool {}: {}{}\n",
                             c.pool,
-                            if dry_run && c.action != "unchanged" { "would be " } else { "" },
+                            if dry_run && c.action != "unchanged" {
+                                "would be "
+                            } else {
+                                ""
+                            },
                             c.action
                         )
                     })

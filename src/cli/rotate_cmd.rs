@@ -37,7 +37,9 @@ fn actions(s: &mut String, title: &str, list: &[CartridgeAction]) {
             "  {:<10} at {:<18}{} ({})\n",
             a.barcode,
             a.location,
-            a.to.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default(),
+            a.to.as_deref()
+                .map(|t| format!(" -> {t}"))
+                .unwrap_or_default(),
             a.reason
         ));
     }
@@ -80,12 +82,14 @@ pub fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
         }
         for h in &plan.held {
             s.push_str(&format!(
-                "keep media set {} of pool {} past its retention: {} kept restore point(s) need it (e.g. image {} needs {})\n",
+                "keep media set {} of pool {} past its retention: {}\n",
                 h.set,
                 h.pool,
-                h.holds.len(),
-                h.holds[0].needed_by,
-                h.holds[0].image
+                h.holds
+                    .iter()
+                    .map(|x| x.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
         actions(&mut s, "back to full (needed again)", &plan.unexpire);

@@ -149,7 +149,9 @@ pub fn pick_cartridge(
     {
         return Ok(Pick::Join(m));
     }
-    Err(Error::MediaNeeded(media_needed_message(cat, present, pool, set)?))
+    Err(Error::MediaNeeded(media_needed_message(
+        cat, present, pool, set,
+    )?))
 }
 
 /// What a pool needs when no cartridge for it is in the library, naming the cartridges

@@ -58,6 +58,23 @@ pub struct Hold {
     pub needed_by_set: Option<Uuid>,
 }
 
+impl Hold {
+    /// "image X needs Y", or that Y is the newest restore point of its disk.
+    pub fn describe(&self) -> String {
+        if self.needed_by == self.image {
+            format!(
+                "image {} is the newest restore point of disk {}",
+                self.image, self.disk
+            )
+        } else {
+            format!(
+                "kept image {} of disk {} needs image {}",
+                self.needed_by, self.disk, self.image
+            )
+        }
+    }
+}
+
 /// The retention state of one media set at a point in time.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetStatus {
@@ -91,11 +108,11 @@ impl Evaluation {
 /// Record a write to a media set at `t` (the jobs' clock; the catalog's own
 /// `touch_media_set` uses the system clock, which simulated rotation must not).
 pub fn record_set_write(cat: &Catalog, set: Uuid, t: DateTime<Utc>) -> Result<()> {
-    let n = cat.conn().execute(
-        "UPDATE media_sets SET last_write=?2 WHERE uuid=?1",
-        params![
-            set.to_string(),
-crate::catalog::ts(&t)],
+    let n = cat
+        .conn()
+        .execute(
+            "UPDATE media_sets SET last_write=?2 WHERE uuid=?1",
+            params![set.to_string(), crate::catalog::ts(&t)],
         )
         .map_err(crate::catalog::CatalogError::from)?;
     if n == 0 {
@@ -142,7 +159,10 @@ fn image_set(
     session_sets: &HashMap<Uuid, Option<Uuid>>,
     media: &HashMap<String, MediaRow>,
 ) -> Result<Option<Uuid>> {
-    if let Some(s) = img.session_uuid.and_then(|s| session_sets.get(&s).copied().flatten()) {
+    if let Some(s) = img
+        .session_uuid
+        .and_then(|s| session_sets.get(&s).copied().flatten())
+    {
         return Ok(Some(s));
     }
     Ok(cat
@@ -154,16 +174,21 @@ fn image_set(
 
 /// Decide, for every media set, whether it is kept, held or expired at `now`.
 pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
-    let pools: HashMap<String, PoolRow> =
-        cat.pools()?.into_iter().map(|p| (p.name.clone(), p)).collect();
+    let pools: HashMap<String, PoolRow> = cat
+        .pools()?
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect();
     let media: HashMap<String, MediaRow> = cat
         .list_media(None)?
         .into_iter()
         .map(|m| (m.barcode.clone(), m))
         .collect();
     let sessions = cat.sessions()?;
-    let session_sets: HashMap<Uuid, Option<Uuid>> =
-        sessions.iter().map(|s| (s.uuid, s.media_set_uuid)).collect();
+    let session_sets: HashMap<Uuid, Option<Uuid>> = sessions
+        .iter()
+        .map(|s| (s.uuid, s.media_set_uuid))
+        .collect();
     let running_sets: HashSet<Uuid> = sessions
         .iter()
         .filter(|s| s.status == SessionStatus::Running)
@@ -243,7 +268,11 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
     let mut queue: VecDeque<Uuid> = VecDeque::new();
     for i in &images {
         if i.status == ImageStatus::Complete
-            && set_of.get(&i.uuid).copied().flatten().is_some_and(|s| kept.contains(&s))
+            && set_of
+                .get(&i.uuid)
+                .copied()
+                .flatten()
+                .is_some_and(|s| kept.contains(&s))
         {
             queue.push_back(i.uuid);
         }
@@ -345,7 +374,11 @@ impl Impact {
             s.push_str(&format!(
                 "; and {} incremental(s) on other cartridges that need them: {}",
                 self.dependents.len(),
-                self.dependents.iter().map(fmt).collect::<Vec<_>>().join("; ")
+                self.dependents
+                    .iter()
+                    .map(fmt)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ));
         }
         s
@@ -362,7 +395,7 @@ fn verdict_reason(v: &Verdict) -> Option<String> {
             "past retention but needed by kept restore point(s): {}",
             holds
                 .iter()
-                .map(|h| format!("image {} needs {}", h.needed_by, h.image))
+                .map(Hold::describe)
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
@@ -382,8 +415,7 @@ pub fn overwrite_impact(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> Res
     let mut seen = HashSet::new();
     for i in &images {
         for d in cat.dependents(i.uuid)? {
-            if d.status == ImageStatus::Complete && !on.contains(&d.uuid) && seen.insert(d.uuid)
-            {
+            if d.status == ImageStatus::Complete && !on.contains(&d.uuid) && seen.insert(d.uuid) {
                 dependents.push(d);
             }
         }
@@ -528,8 +560,10 @@ mod tests {
         parent: Option<Uuid>,
     ) -> (Uuid, Uuid) {
         let set = create_media_set(cat, pool, t(day)).unwrap();
-        cat.upsert_media(&MediaRow::new_blank(bc, "slot 0")).unwrap();
-        cat.assign_media(bc, pool, set.uuid, 0, Uuid::new_v4()).unwrap();
+        cat.upsert_media(&MediaRow::new_blank(bc, "slot 0"))
+            .unwrap();
+        cat.assign_media(bc, pool, set.uuid, 0, Uuid::new_v4())
+            .unwrap();
         let sess = cat.begin_session(pool, Some(set.uuid)).unwrap();
         let img = cat
             .begin_image(&NewImage {
@@ -579,7 +613,8 @@ mod tests {
             }],
         )
         .unwrap();
-        cat.finish_session(sess.uuid, SessionStatus::Complete).unwrap();
+        cat.finish_session(sess.uuid, SessionStatus::Complete)
+            .unwrap();
         record_set_write(cat, set.uuid, t(day)).unwrap();
         close_set(cat, set.uuid).unwrap();
         (set.uuid, img.uuid)

@@ -209,10 +209,9 @@ pub fn plan(
                     p.unexpire.push(action(
                         m,
                         match v {
-                            Verdict::Held { holds } => format!(
-                                "kept restore point(s) need it again (image {} needs {})",
-                                holds[0].needed_by, holds[0].image
-                            ),
+                            Verdict::Held { holds } => {
+                                format!("needed again: {}", holds[0].describe())
+                            }
                             _ => "its media set is within retention again".into(),
                         },
                         None,
@@ -310,8 +309,10 @@ pub fn plan(
                 continue;
             }
         }
-        let pool_media: Vec<&MediaRow> =
-            all.iter().filter(|m| m.pool.as_deref() == Some(&pool.name)).collect();
+        let pool_media: Vec<&MediaRow> = all
+            .iter()
+            .filter(|m| m.pool.as_deref() == Some(&pool.name))
+            .collect();
         let usable_inside = pool_media.iter().any(|m| {
             present.contains(&m.barcode)
                 && !leaving.contains(&m.barcode)
@@ -340,7 +341,10 @@ pub fn plan(
             if !p.insert.iter().any(|a| a.barcode == m.barcode) {
                 p.insert.push(action(
                     m,
-                    format!("scratch cartridge of pool {}, needed by its next backup", pool.name),
+                    format!(
+                        "scratch cartridge of pool {}, needed by its next backup",
+                        pool.name
+                    ),
                     None,
                 ));
             }
@@ -407,9 +411,8 @@ pub fn apply(
         }
     }
     let pool_ok = |p: &Option<String>| p.as_ref().is_some_and(|p| ok_pools.contains(p));
-    let pool_of = |set: Uuid| -> Option<String> {
-        cat.media_set(set).ok().flatten().map(|s| s.pool)
-    };
+    let pool_of =
+        |set: Uuid| -> Option<String> { cat.media_set(set).ok().flatten().map(|s| s.pool) };
 
     for m in &plan.unexpire {
         if pool_ok(&m.pool) {
@@ -462,7 +465,10 @@ pub fn apply(
             .is_some_and(|p| p.worm);
         if worm {
             // A WORM cartridge cannot be rewritten: it leaves the rotation.
-            if cat.media(&r.barcode)?.is_some_and(|m| m.state == MediaState::Expired) {
+            if cat
+                .media(&r.barcode)?
+                .is_some_and(|m| m.state == MediaState::Expired)
+            {
                 cat.set_media_state(&r.barcode, MediaState::Retired)?;
                 rep.warnings.push(format!(
                     "{} is a WORM cartridge of an expired set: retired (it cannot be rewritten)",

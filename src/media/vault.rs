@@ -135,7 +135,9 @@ pub fn export(
     }
     for b in barcodes {
         let m = cat.media(b)?.ok_or_else(|| {
-            Error::Usage(format!("cartridge {b} is not in the catalog (see `tapevault media list`)"))
+            Error::Usage(format!(
+                "cartridge {b} is not in the catalog (see `tapevault media list`)"
+            ))
         })?;
         if !targets.iter().any(|t| t.barcode == m.barcode) {
             targets.push(m);
@@ -157,7 +159,9 @@ pub fn export(
         let left: Vec<String> = cat
             .media_in_set(*s)?
             .into_iter()
-            .filter(|m| present.contains(&m.barcode) && !members.iter().any(|x| x.barcode == m.barcode))
+            .filter(|m| {
+                present.contains(&m.barcode) && !members.iter().any(|x| x.barcode == m.barcode)
+            })
             .map(|m| format!("{} ({})", m.barcode, m.location))
             .collect();
         if left.is_empty() {
@@ -235,10 +239,7 @@ pub fn export(
 /// Check a vault name.
 pub fn check_vault_name(name: &str) -> Result<()> {
     let name = name.strip_prefix(VAULT_PREFIX).unwrap_or(name);
-    if name.is_empty()
-        || name.len() > MAX_VAULT_NAME
-        || name.chars().any(|c| c.is_control())
-    {
+    if name.is_empty() || name.len() > MAX_VAULT_NAME || name.chars().any(|c| c.is_control()) {
         return Err(Error::Usage(format!(
             "vault name {name:?} must be 1 to {MAX_VAULT_NAME} printable characters"
         )));
@@ -249,12 +250,7 @@ pub fn check_vault_name(name: &str) -> Result<()> {
 /// Record that cartridges taken out of the mail slots went to vault `name`. In a virtual
 /// library this also takes them out (as the operator would); in a real one they must
 /// already be out of the library.
-pub fn vault(
-    cat: &Catalog,
-    lib: &mut Lib,
-    barcodes: &[String],
-    name: &str,
-) -> Result<Vec<Moved>> {
+pub fn vault(cat: &Catalog, lib: &mut Lib, barcodes: &[String], name: &str) -> Result<Vec<Moved>> {
     check_vault_name(name)?;
     let name = name.strip_prefix(VAULT_PREFIX).unwrap_or(name);
     let loc = format!("{VAULT_PREFIX}{name}");
@@ -262,9 +258,9 @@ pub fn vault(
     // Check everything first, then act.
     let mut rows = Vec::new();
     for b in barcodes {
-        let m = cat.media(b)?.ok_or_else(|| {
-            Error::Usage(format!("cartridge {b} is not in the catalog"))
-        })?;
+        let m = cat
+            .media(b)?
+            .ok_or_else(|| Error::Usage(format!("cartridge {b} is not in the catalog")))?;
         match inv.find(b).map(|e| e.element) {
             Some(e) if e.kind == ElementKind::MailSlot => {
                 if matches!(lib, Lib::Real(_)) {
@@ -322,9 +318,10 @@ pub fn return_media(
 ) -> Result<Vec<Returned>> {
     let mut rows = Vec::new();
     for b in barcodes {
-        rows.push(cat.media(b)?.ok_or_else(|| {
-            Error::Usage(format!("cartridge {b} is not in the catalog"))
-        })?);
+        rows.push(
+            cat.media(b)?
+                .ok_or_else(|| Error::Usage(format!("cartridge {b} is not in the catalog")))?,
+        );
     }
     let mut out = Vec::new();
     for m in rows {
@@ -447,7 +444,10 @@ pub fn offsite(cat: &Catalog, now: DateTime<Utc>) -> Result<Vec<OffsiteEntry>> {
 
 /// Offsite cartridges that are due back: their sets expired (or they are scratch).
 pub fn due(cat: &Catalog, now: DateTime<Utc>) -> Result<Vec<OffsiteEntry>> {
-    Ok(offsite(cat, now)?.into_iter().filter(|e| e.is_due()).collect())
+    Ok(offsite(cat, now)?
+        .into_iter()
+        .filter(|e| e.is_due())
+        .collect())
 }
 
 /// One cartridge a restore needs.
@@ -473,12 +473,7 @@ pub struct PullList {
 }
 
 /// The cartridges a restore of `disk` at `at` needs, with where each one is.
-pub fn pull_list(
-    cat: &Catalog,
-    present: &HashSet<String>,
-    disk: Uuid,
-    at: At,
-) -> Result<PullList> {
+pub fn pull_list(cat: &Catalog, present: &HashSet<String>, disk: Uuid, at: At) -> Result<PullList> {
     let chain = cat.restore_chain(disk, at)?;
     let mut items: Vec<PullItem> = Vec::new();
     for img in &chain {

@@ -119,7 +119,9 @@ impl Tv {
 
 /// A disk image with deterministic content.
 pub fn write_disk(path: &Path, len: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
         x ^= x << 13;
