@@ -665,6 +665,15 @@ impl ImageProgress {
     }
 }
 
+/// The drive error at the root of a (context-wrapped) error, if any.
+fn root_drive_error(e: &Error) -> Option<&DriveError> {
+    match e {
+        Error::Drive(d) => Some(d),
+        Error::Context { source, .. } => root_drive_error(source),
+        _ => None,
+    }
+}
+
 fn sink_err(e: WriterError<DriveError>) -> Error {
     match e {
         WriterError::Sink(d) => Error::Drive(d),
@@ -741,7 +750,12 @@ impl Job<'_> {
         };
         if let Some(ce) = &changed {
             let recorded = base.change_id.clone().unwrap_or_default();
-            let reason = if ce.from_change_id != recorded {
+            let reason = if base.change_id.is_none() {
+                Some(format!(
+                    "the newest good image {} recorded no change id, so the changed-extents file (relative to {:?}) cannot be trusted: falling back to a hash scan",
+                    base.uuid, ce.from_change_id
+                ))
+            } else if ce.from_change_id != recorded {
                 Some(format!(
                     "the changed-extents file is relative to change id {:?}, but the newest good image {} recorded change id {:?}: falling back to a hash scan",
                     ce.from_change_id, base.uuid, recorded
@@ -928,10 +942,17 @@ impl Job<'_> {
             Err(e) => {
                 let _ = cat.fail_image(image_uuid, &e.to_string());
                 let _ = std::fs::remove_file(&new_list);
-                if let Error::Drive(DriveError::MediaError { .. }) = &e {
-                    if let Some(c) = &self.tape.current {
-                        let _ = cat.add_media_errors(&c.barcode, 1);
-                        let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                if let Some(c) = &self.tape.current {
+                    match root_drive_error(&e) {
+                        // A write error means the cartridge cannot be trusted for more.
+                        Some(DriveError::MediaError { .. }) | Some(DriveError::Io { .. }) => {
+                            let _ = cat.add_media_errors(&c.barcode, 1);
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                        }
+                        Some(DriveError::EndOfMedium) => {
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Full);
+                        }
+                        _ => {}
                     }
                 }
                 Err(e).with_context(|| {

@@ -11,6 +11,7 @@ use crate::error::{Error, ExitCode, Result};
 use crate::home::Home;
 
 mod backup_cmd;
+mod key_cmd;
 mod library_cmd;
 mod media_cmd;
 mod output;
@@ -66,6 +67,9 @@ pub enum Command {
     Rotate(rotate_cmd::RotateArgs),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// Record keys: create, list, export, import, change passphrase, recover from escrow.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCommand),
 }
 
 /// Everything a command handler needs.
@@ -141,6 +145,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Media(c) => media_cmd::media(ctx, c),
         Command::Rotate(a) => rotate_cmd::rotate(ctx, a),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Key(c) => key_cmd::key(ctx, c),
     }
 }
 

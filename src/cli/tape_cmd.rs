@@ -81,6 +81,9 @@ pub enum TapeOp {
         /// Blocks per file in the positioning checks.
         #[arg(long, default_value_t = 1000)]
         blocks: u64,
+        /// Size of each block written by the checks.
+        #[arg(long, value_parser = crate::home::parse_size, default_value = "64K")]
+        block_size: u64,
     },
 }
 
@@ -255,11 +258,7 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
                 )
             });
         }
-        TapeOp::Conformance {
-            destroy_data,
-            fill,
-            blocks,
-        } => {
+        TapeOp::Conformance { destroy_data, fill, blocks, block_size } => {
             if !destroy_data {
                 return usage(
                     "the conformance suite overwrites the cartridge: add --destroy-data to confirm",
@@ -267,6 +266,7 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
             }
             let opts = ConformanceOptions {
                 blocks_per_file: blocks,
+                block_size: block_size as usize,
                 fill,
                 ..Default::default()
             };

@@ -68,7 +68,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 pub enum CryptoError {
     #[error("wrong passphrase for key {name}")]
     WrongPassphrase { name: String },
-    #[error("key {wanted} is not in the keystore {dir}: import it (tapevault key import FILE) or unlock it from a cartridge's escrow")]
+    #[error("key {wanted} is not in the keystore {dir}: import it (tapevault key import FILE) or recover it from the escrow in a cartridge label (tapevault key recover BARCODE)")]
     KeyMissing { wanted: String, dir: PathBuf },
     #[error("a key named {name} already exists with a different key (fingerprint {existing}); choose another name")]
     DuplicateName { name: String, existing: String },

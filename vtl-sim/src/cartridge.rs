@@ -829,6 +829,14 @@ impl Cartridge {
         Ok(())
     }
 
+    /// Put the tape where a previous holder of the drive left it (no tape motion, no
+    /// fault injection: the drive simply still is there). Beyond end of data it goes to
+    /// end of data.
+    pub fn restore_position(&mut self, block: u64) {
+        self.ew = Ew::None;
+        self.pos = block.min(self.count);
+    }
+
     pub fn position(&mut self) -> VtlResult<Pos> {
         if self.needs_recovery {
             self.recover()?;

@@ -729,6 +729,24 @@ impl Drive {
         }
     }
 
+    /// Where the position of the loaded cartridge is kept between holders of the drive.
+    fn position_path(&self) -> PathBuf {
+        self.lib_dir.join(DRIVES_DIR).join(format!("{}.pos", self.index))
+    }
+
+    /// The position the previous holder left for this very load of `barcode`, consumed
+    /// so that a holder killed mid-operation leaves none (the drive then starts at BOT,
+    /// as after a reset).
+    fn take_saved_position(&self, barcode: &str, load_gen: u64) -> Option<u64> {
+        let path = self.position_path();
+        let text = fs::read_to_string(&path).ok()?;
+        let _ = fs::remove_file(&path);
+        let mut it = text.split_whitespace();
+        let g: u64 = it.next()?.parse().ok()?;
+        let block: u64 = it.next()?.parse().ok()?;
+        (g == load_gen && it.next() == Some(barcode)).then_some(block)
+    }
+
     fn refresh(&mut self) -> VtlResult<()> {
         let gp = self.lib_dir.join(GEN_FILE);
         let g = read_gen(&self.gen_file).map_err(io_err("read", &gp))?;
@@ -749,6 +767,11 @@ impl Drive {
                 };
                 let mut c = Cartridge::open(&lib.cartridge_dir(bc))?;
                 c.set_operation_timeout(self.timeout);
+                // A real drive keeps its position between opens of the device while the
+                // cartridge stays loaded: take over where the last holder left it.
+                if let Some(block) = self.take_saved_position(bc, slot.load_gen) {
+                    c.restore_position(block);
+                }
                 self.cart = Some(c);
             }
         } else if slot.ctl_gen != self.slot.ctl_gen {
@@ -831,6 +854,12 @@ impl Drop for Drive {
     fn drop(&mut self) {
         if let Some(mut c) = self.cart.take() {
             let _ = c.persist_stats();
+            if let (Some(bc), Ok(p)) = (self.slot.barcode.clone(), c.position()) {
+                let _ = fs::write(
+                    self.position_path(),
+                    format!("{} {} {}\n", self.slot.load_gen, p.block, bc),
+                );
+            }
         }
         set_held(&self.lib_dir, self.index, false);
     }

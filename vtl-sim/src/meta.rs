@@ -80,8 +80,20 @@ pub struct Hang {
 
 /// Fault injection for tests. Stored as `faults.json` in the cartridge directory, so
 /// another process can set it; it is read when the cartridge is loaded (and when the
-/// library signals a control change to a drive holding it). One-shot faults are
-/// removed from the file once they fire.
+/// library signals a control change to a drive holding it, see
+/// [`crate::Library::set_faults`]). One-shot faults are removed from the file once they
+/// fire. Example:
+///
+/// ```json
+/// { "media_error_blocks": [17],
+///   "power_cut_after_bytes": 1048576,
+///   "hang": { "op": "read", "millis": 120000, "times": 1 } }
+/// ```
+///
+/// A hang longer than the drive's operation timeout makes the operation fail with
+/// [`crate::VtlError::Timeout`] after the timeout, without doing anything; a shorter one
+/// delays the operation. `op` is one of `any`, `read`, `write`, `write_filemarks`,
+/// `space`, `locate`, `rewind`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Faults {
     /// Reading any of these logical objects fails with a media error.

@@ -287,3 +287,39 @@ fn drive_held_by_another_process_is_busy() {
     lib.move_medium(drive(0), slot(0)).unwrap();
     let _d = lib.open_drive(0).unwrap();
 }
+
+#[test]
+fn concurrent_state_changes_are_serialized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = LibraryConfig {
+        slots: 20,
+        drives: 1,
+        mail_slots: 0,
+        cartridges: 0,
+        capacity: 4096,
+        early_warning: 512,
+    };
+    Library::create(tmp.path(), &c).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let dir = tmp.path().to_path_buf();
+            std::thread::spawn(move || {
+                let lib = Library::open(&dir).unwrap();
+                (0..3)
+                    .flat_map(|_| lib.add_cartridges(1, None, false).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 12, "barcodes were handed out twice: {all:?}");
+    let lib = Library::open(tmp.path()).unwrap();
+    let st = lib.state().unwrap();
+    assert_eq!(st.slots.iter().filter(|s| s.is_some()).count(), 12);
+    assert_eq!(lib.cartridges().unwrap().len(), 12);
+}

@@ -55,6 +55,7 @@ fn err(e: VtlError) -> Obs {
         VtlError::EndOfMedium => "eom".into(),
         VtlError::SpaceStopped { stop, residual, .. } => format!("stop {stop:?} {residual}"),
         VtlError::BeyondEndOfData { block } => format!("beyond {block}"),
+        VtlError::WormOverwrite { block } => format!("worm {block}"),
         other => format!("unexpected: {other}"),
     })
 }
@@ -71,6 +72,7 @@ struct Model {
     objs: Vec<Option<Vec<u8>>>,
     pos: usize,
     ew: Ew,
+    worm: bool,
 }
 
 impl Model {
@@ -83,6 +85,9 @@ impl Model {
     fn apply(&mut self, op: &Op) -> (Obs, (u64, u64, u64)) {
         let stop = |s: SpaceStop, r: u64| Obs::Err(format!("stop {s:?} {r}"));
         let obs = match *op {
+            Op::Write(..) | Op::WriteFm(1..) if self.worm && self.pos < self.objs.len() => {
+                Obs::Err(format!("worm {}", self.pos))
+            }
             Op::Write(len, seed) => {
                 if self.ew == Ew::Pending {
                     self.ew = Ew::Passed;
@@ -268,12 +273,14 @@ fn apply_real(c: &mut Cartridge, dir: &std::path::Path, op: &Op) -> Obs {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
     #[test]
-    fn cartridge_matches_reference_model(ops in proptest::collection::vec(op(), 1..80)) {
+    fn cartridge_matches_reference_model(ops in proptest::collection::vec(op(), 1..80), worm in proptest::bool::weighted(0.25)) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("TV0001L9");
-        Cartridge::create(&dir, &CartridgeMeta::new("TV0001L9", CAPACITY, EARLY_WARNING)).unwrap();
+        let mut meta = CartridgeMeta::new("TV0001L9", CAPACITY, EARLY_WARNING);
+        meta.worm = worm;
+        Cartridge::create(&dir, &meta).unwrap();
         let mut c = Cartridge::open(&dir).unwrap();
-        let mut m = Model { objs: Vec::new(), pos: 0, ew: Ew::None };
+        let mut m = Model { objs: Vec::new(), pos: 0, ew: Ew::None, worm };
         for (i, op) in ops.iter().enumerate() {
             let got = apply_real(&mut c, &dir, op);
             let (want, (blk, file, bif)) = m.apply(op);
