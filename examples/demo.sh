@@ -55,13 +55,14 @@ cbt() {  # cbt FILE FROM TO START:LENGTH...
     printf '{"from_change_id": "%s", "change_id": "%s", "changed_area": [%s]}\n' "$from" "$to" "$areas" > "$f"
 }
 
-images() { grep -o '"image": "[0-9a-f-]*"' | cut -d'"' -f4; }
+# The image each backup took of each disk, in manifest order, from its summary lines.
+images() { sed -n 's/^disk [0-9a-f-]*: .*image \([0-9a-f-]\{36\}\): .*/\1/p'; }
 save() { for d in system data swap; do cp --sparse=always "vm/$d.img" "points/$d.$1"; done; }
 
 step "full backup"
 cbt vm/cbt0.json "*" "52 0f 1" "0:$((48 << 20))"
 manifest cbt0.json
-"$TV" --json backup --manifest vm/demo.toml --pool demo > full.json
+"$TV" backup --manifest vm/demo.toml --pool demo 2>&1 | tee full.log
 save 0
 
 step "change blocks: overwrite, zero an area, grow the data disk"
@@ -70,7 +71,7 @@ dd if=/dev/zero of=vm/system.img bs=64K count=8 seek=10 conv=notrunc status=none
 cbt vm/cbt1.json "52 0f 1" "52 0f 2" "$((100 << 16)):$((16 << 16))" "$((10 << 16)):$((8 << 16))"
 manifest cbt1.json
 head -c 2M /dev/urandom >> vm/data.img
-"$TV" --json backup --manifest vm/demo.toml --pool demo > inc1.json
+"$TV" backup --manifest vm/demo.toml --pool demo 2>&1 | tee inc1.log
 save 1
 
 step "change more blocks"
@@ -78,7 +79,7 @@ dd if=/dev/urandom of=vm/system.img bs=64K count=4 seek=300 conv=notrunc status=
 cbt vm/cbt2.json "52 0f 2" "52 0f 3" "$((300 << 16)):$((4 << 16))"
 manifest cbt2.json
 dd if=/dev/urandom of=vm/swap.img bs=4K count=3 seek=17 conv=notrunc status=none
-"$TV" --json backup --manifest vm/demo.toml --pool demo > inc2.json
+"$TV" backup --manifest vm/demo.toml --pool demo 2>&1 | tee inc2.log
 save 2
 
 "$TV" images || true
@@ -87,7 +88,7 @@ save 2
 step "restore every point in time of every disk and compare"
 n=0
 for point in 0 1 2; do
-    file=(full.json inc1.json inc2.json)
+    file=(full.log inc1.log inc2.log)
     mapfile -t ids < <(images < "${file[$point]}")
     i=0
     for d in system data swap; do

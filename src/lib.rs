@@ -15,4 +15,6 @@ pub mod locks;
 pub mod media;
 pub mod pipeline;
 pub mod progress;
+pub mod restore;
 pub mod source;
+pub mod verify;

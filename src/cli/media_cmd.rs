@@ -126,10 +126,11 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
     let now = crate::clock::now();
-    let present = match home.open_library() {
-        Ok(mut lib) => Some(sync_inventory(&cat, lib.as_mut())?.1),
-        Err(_) => None,
-    };
+    // Bring locations up to date when the library can be reached (a report of what is
+    // offsite is still useful when it cannot).
+    if let Ok(mut lib) = home.open_library() {
+        sync_inventory(&cat, lib.as_mut())?;
+    }
     match c {
         MediaCommand::List { pool } => {
             let rows = cat.list_media(pool.as_deref())?;
@@ -270,8 +271,8 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
                 (None, None) => At::Latest,
                 (Some(_), Some(_)) => return usage("give --at or --image, not both"),
             };
-            let present = present.unwrap_or_default();
-            let r = vault::pull_list(&cat, &present, disk, at)?;
+            let mut lib = home.open_library()?;
+            let r = vault::pull_list(&cat, lib.as_mut(), disk, at)?;
             ctx.out.emit(&r, || {
                 let mut s = format!(
                     "restore of disk {} reads {} image(s) from {} cartridge(s):\n",

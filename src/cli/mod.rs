@@ -17,8 +17,10 @@ mod media_cmd;
 mod output;
 mod passphrase;
 mod pool_cmd;
+mod restore_cmd;
 mod rotate_cmd;
 mod tape_cmd;
+mod verify_cmd;
 
 pub use output::{human_bytes, Output};
 
@@ -70,6 +72,12 @@ pub enum Command {
     /// Record keys: create, list, export, import, change passphrase, recover from escrow.
     #[command(subcommand)]
     Key(key_cmd::KeyCommand),
+    /// List images of disks, grouped as chains (full, then its incrementals).
+    Images(restore_cmd::ImagesArgs),
+    /// Restore a disk at a point in time to a file or block device.
+    Restore(restore_cmd::RestoreArgs),
+    /// Read back an image or a whole cartridge and check every record.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 /// Everything a command handler needs.
@@ -146,6 +154,9 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Rotate(a) => rotate_cmd::rotate(ctx, a),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
         Command::Key(c) => key_cmd::key(ctx, c),
+        Command::Images(a) => restore_cmd::images(ctx, a),
+        Command::Restore(a) => restore_cmd::restore(ctx, a),
+        Command::Verify(a) => verify_cmd::verify(ctx, a),
     }
 }
 

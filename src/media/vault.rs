@@ -472,33 +472,25 @@ pub struct PullList {
     pub to_fetch: Vec<String>,
 }
 
-/// The cartridges a restore of `disk` at `at` needs, with where each one is.
-pub fn pull_list(cat: &Catalog, present: &HashSet<String>, disk: Uuid, at: At) -> Result<PullList> {
-    let chain = cat.restore_chain(disk, at)?;
-    let mut items: Vec<PullItem> = Vec::new();
-    for img in &chain {
-        for seg in cat.segments(img.uuid)? {
-            match items.iter_mut().find(|i| i.barcode == seg.barcode) {
-                Some(i) => {
-                    if !i.images.contains(&img.uuid) {
-                        i.images.push(img.uuid)
-                    }
-                }
-                None => {
-                    let m = cat.media(&seg.barcode)?;
-                    items.push(PullItem {
-                        barcode: seg.barcode.clone(),
-                        location: m
-                            .as_ref()
-                            .map(|m| m.location.clone())
-                            .unwrap_or_else(|| "unknown".into()),
-                        in_library: present.contains(&seg.barcode),
-                        state: m.map(|m| m.state),
-                        images: vec![img.uuid],
-                    });
-                }
-            }
-        }
+/// The cartridges a restore of `disk` at `at` needs, in the order the restore reads
+/// them (the restore job's own plan: cartridges holding only superseded data are left
+/// out), with where each one is.
+pub fn pull_list(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> Result<PullList> {
+    let prepared = crate::restore::prepare(cat, lib, disk, at)?;
+    let mut items = Vec::new();
+    for p in prepared.pull_list {
+        let state = cat.media(&p.barcode)?.map(|m| m.state);
+        items.push(PullItem {
+            barcode: p.barcode,
+            location: if p.location.is_empty() {
+                "unknown".into()
+            } else {
+                p.location
+            },
+            in_library: p.in_library,
+            state,
+            images: p.images,
+        });
     }
     let to_fetch = items
         .iter()
@@ -507,7 +499,7 @@ pub fn pull_list(cat: &Catalog, present: &HashSet<String>, disk: Uuid, at: At) -
         .collect();
     Ok(PullList {
         disk,
-        chain: chain.iter().map(|i| i.uuid).collect(),
+        chain: prepared.chain.iter().map(|i| i.uuid).collect(),
         cartridges: items,
         to_fetch,
     })

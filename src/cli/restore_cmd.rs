@@ -1,0 +1,341 @@
+//! `tapevault restore` and `tapevault images`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Args;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::passphrase::passphrase;
+use super::pool_cmd::open_catalog;
+use super::{human_bytes, Ctx};
+use crate::catalog::{At, Catalog, ImageKind, ImageRow, ImageStatus};
+use crate::codec::KeyRing;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::restore::{self, pull_list_text};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The disk's UUID.
+    #[arg(long, value_name = "UUID")]
+    pub disk: Uuid,
+    /// Restore the newest good image taken at or before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "image")]
+    pub at: Option<DateTime<Utc>>,
+    /// Restore exactly this image (and the chain it needs).
+    #[arg(long, value_name = "UUID")]
+    pub image: Option<Uuid>,
+    /// Where to write the disk: a new file (created sparse) or a block device.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Replace an existing non-empty file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Only this disk's images.
+    #[arg(long, value_name = "UUID")]
+    pub disk: Option<Uuid>,
+}
+
+/// Unlock the keys with these fingerprints (hex) from the home's keystore. A key that
+/// is not there is exit 5 naming its fingerprint.
+pub(super) fn unlock_keys(ctx: &Ctx, home: &Home, fps: &[String]) -> Result<KeyRing> {
+    let mut ring = KeyRing::new();
+    if fps.is_empty() {
+        return Ok(ring);
+    }
+    let ks = crate::crypto::Keystore::open(&home.dir)?;
+    for fp in fps {
+        let info = ks.info(fp)?;
+        let pass = passphrase(
+            &ctx.global,
+            &format!("key {} ({})", info.name, info.fingerprint),
+            false,
+        )?;
+        ring.add(ks.unlock(fp, pass.as_bytes())?);
+    }
+    Ok(ring)
+}
+
+/// With `--json`, print one JSON error document with extra fields (a pull list, a
+/// report) and exit with the error's code; without, return the error for `main`.
+pub(super) fn fail_with<T: Serialize>(ctx: &Ctx, err: Error, extra: &T) -> Result<()> {
+    if !ctx.out.json {
+        return Err(err);
+    }
+    let code = err.exit_code() as i32;
+    let mut doc = serde_json::to_value(extra).unwrap_or(serde_json::Value::Null);
+    if !doc.is_object() {
+        doc = serde_json::json!({ "detail": doc });
+    }
+    if let Some(m) = doc.as_object_mut() {
+        m.insert("error".into(), err.to_string().into());
+        m.insert("kind".into(), err.kind().into());
+        m.insert("exit_code".into(), code.into());
+    }
+    eprintln!("tapevault: error: {err}");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+    );
+    std::process::exit(code);
+}
+
+#[derive(Serialize)]
+struct PullOnly<'a> {
+    pull_list: &'a [restore::PullItem],
+}
+
+pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let at = match (a.at, a.image) {
+        (Some(t), None) => At::Time(t),
+        (None, Some(i)) => At::Image(i),
+        _ => At::Latest,
+    };
+    let mut lib = home.open_library()?;
+    let prepared = restore::prepare(&cat, lib.as_mut(), a.disk, at)?;
+    // The pull list comes first, whatever happens next (stderr; stdout stays parseable).
+    eprint!("{}", pull_list_text(&prepared.pull_list));
+    if let Err(e) = restore::check_pull_list(&prepared.pull_list) {
+        return fail_with(
+            ctx,
+            e,
+            &PullOnly {
+                pull_list: &prepared.pull_list,
+            },
+        );
+    }
+    let keys = unlock_keys(ctx, &home, &prepared.key_fingerprints())?;
+    let target = prepared.target();
+    ctx.out.info(format!(
+        "restoring disk {} as of image {} ({} {}, {} bytes) from {} image(s) to {}",
+        a.disk,
+        target.uuid,
+        target.kind,
+        target.started.to_rfc3339_opts(SecondsFormat::Secs, true),
+        target.disk_size,
+        prepared.order.len(),
+        a.to.display()
+    ));
+    let out = ctx.out;
+    let mut line = |s: &str| out.info(s);
+    let opts = restore::RestoreOptions {
+        to: a.to.clone(),
+        force: a.force,
+        interactive: out.interactive(),
+    };
+    let report = match restore::run(lib.as_mut(), &keys, &prepared, &opts, &mut line) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail_with(
+                ctx,
+                e,
+                &PullOnly {
+                    pull_list: &prepared.pull_list,
+                },
+            )
+        }
+    };
+    out.emit(&report, || {
+        let checked = report
+            .images
+            .iter()
+            .filter(|u| u.read.as_ref().is_some_and(|r| r.digest_checked))
+            .count();
+        let read = report.images.iter().filter(|u| u.read.is_some()).count();
+        format!(
+            "restored disk {} as of image {} to {}: {} ({} data written, {} zero), {} image(s) read, {} with a full content-digest check",
+            report.disk,
+            report.image,
+            report.to.display(),
+            human_bytes(report.disk_size),
+            human_bytes(report.bytes_written),
+            human_bytes(report.zero_bytes),
+            read,
+            checked
+        )
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------- images
+
+#[derive(Debug, Serialize)]
+struct ImageEntry {
+    uuid: Uuid,
+    kind: ImageKind,
+    parent: Option<Uuid>,
+    started: DateTime<Utc>,
+    finished: Option<DateTime<Utc>>,
+    status: ImageStatus,
+    disk_size: u64,
+    data_bytes: u64,
+    stored_bytes: u64,
+    records: u64,
+    vm: Option<String>,
+    change_id: Option<String>,
+    content_digest: Option<String>,
+    cartridges: Vec<String>,
+    note: Option<String>,
+    /// Depth below the chain's root (0 = the full).
+    depth: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Chain {
+    /// The full (or copy) the chain starts from; for orphans, the oldest image whose
+    /// parent is gone.
+    root: Uuid,
+    images: Vec<ImageEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskImages {
+    disk: Uuid,
+    chains: Vec<Chain>,
+}
+
+fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
+    let mut cartridges: Vec<String> = Vec::new();
+    for s in cat.segments(i.uuid)? {
+        if !cartridges.contains(&s.barcode) {
+            cartridges.push(s.barcode);
+        }
+    }
+    Ok(ImageEntry {
+        uuid: i.uuid,
+        kind: i.kind,
+        parent: i.parent_uuid,
+        started: i.started,
+        finished: i.finished,
+        status: i.status,
+        disk_size: i.disk_size,
+        data_bytes: i.plain_bytes,
+        stored_bytes: i.stored_bytes,
+        records: i.records,
+        vm: i.vm_name.clone(),
+        change_id: i.change_id.clone(),
+        content_digest: i.content_digest.clone(),
+        cartridges,
+        note: i.note.clone(),
+        depth,
+    })
+}
+
+/// Group one disk's images (oldest first) into chains: each root (a full, a copy, or
+/// an image whose parent is not in the catalog) followed by its descendants, depth
+/// first in time order.
+fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
+    let known: HashMap<Uuid, usize> = images
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.uuid, i))
+        .collect();
+    let mut children: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (i, r) in images.iter().enumerate() {
+        match r.parent_uuid {
+            Some(p) if known.contains_key(&p) => children.entry(p).or_default().push(i),
+            _ => roots.push(i),
+        }
+    }
+    let mut chains = Vec::new();
+    let mut seen = vec![false; images.len()];
+    for r in roots {
+        let mut out = Vec::new();
+        let mut stack = vec![(r, 0usize)];
+        while let Some((i, depth)) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            out.push(entry(cat, &images[i], depth)?);
+            if let Some(c) = children.get(&images[i].uuid) {
+                for &k in c.iter().rev() {
+                    stack.push((k, depth + 1));
+                }
+            }
+        }
+        chains.push(Chain {
+            root: images[r].uuid,
+            images: out,
+        });
+    }
+    // Anything left is on a parent loop (damaged catalog): list it on its own.
+    for (i, img) in images.iter().enumerate() {
+        if !seen[i] {
+            chains.push(Chain {
+                root: img.uuid,
+                images: vec![entry(cat, img, 0)?],
+            });
+        }
+    }
+    Ok(chains)
+}
+
+/// Longest indentation shown for deep chains (incremental-forever chains are long).
+const MAX_INDENT: usize = 8;
+
+pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let all = cat.images(a.disk)?;
+    let mut disks: Vec<Uuid> = Vec::new();
+    for i in &all {
+        if !disks.contains(&i.disk_uuid) {
+            disks.push(i.disk_uuid);
+        }
+    }
+    let mut out = Vec::new();
+    for d in disks {
+        let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
+        out.push(DiskImages {
+            disk: d,
+            chains: chains_of(&cat, &mine)?,
+        });
+    }
+    ctx.out.emit(&out, || {
+        if out.is_empty() {
+            return match a.disk {
+                Some(d) => format!("no images of disk {d}"),
+                None => "no images".into(),
+            };
+        }
+        let mut s = String::new();
+        for d in &out {
+            s.push_str(&format!("disk {}\n", d.disk));
+            for c in &d.chains {
+                for e in &c.images {
+                    let indent = "  ".repeat(1 + e.depth.min(MAX_INDENT));
+                    s.push_str(&format!(
+                        "{indent}{} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}\n",
+                        e.started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        e.kind.as_str(),
+                        e.uuid,
+                        human_bytes(e.data_bytes),
+                        human_bytes(e.disk_size),
+                        e.status.as_str(),
+                        if e.cartridges.is_empty() {
+                            "-".to_string()
+                        } else {
+                            e.cartridges.join(",")
+                        },
+                        e.note
+                            .as_deref()
+                            .map(|n| format!("  ({n})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        s
+    });
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `tapevault verify`.
+
+use clap::Args;
+use uuid::Uuid;
+
+use super::pool_cmd::open_catalog;
+use super::restore_cmd::{fail_with, unlock_keys};
+use super::{usage, Ctx};
+use crate::error::{Error, Result};
+use crate::verify;
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Read back every part and record of this image.
+    #[arg(long, value_name = "UUID", conflicts_with = "barcode")]
+    pub image: Option<Uuid>,
+    /// Read back every tape file of this cartridge.
+    #[arg(long, value_name = "BARCODE")]
+    pub barcode: Option<String>,
+}
+
+pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let cat = open_catalog(&home)?;
+    let mut lib = home.open_library()?;
+    match (a.image, a.barcode) {
+        (Some(id), None) => {
+            let img = cat
+                .image(id)?
+                .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;
+            let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
+            let keys = unlock_keys(ctx, &home, &fps)?;
+            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id)?;
+            if !r.ok {
+                let msg = format!(
+                    "image {id} failed verification and is now marked corrupt in the catalog: {}",
+                    r.error.clone().unwrap_or_default()
+                );
+                return fail_with(ctx, Error::Integrity(msg), &r);
+            }
+            ctx.out.emit(&r, || {
+                let read = r.read.as_ref();
+                format!(
+                    "image {id} verified: {} records on {}, content digest matches the trailer and the catalog",
+                    read.map(|x| x.records_read).unwrap_or(0),
+                    read.map(|x| x.cartridges.join(", ")).unwrap_or_default()
+                )
+            });
+            Ok(())
+        }
+        (None, Some(bc)) => {
+            // Keys this cartridge may need: its pool's, and those of the images on it.
+            let mut fps: Vec<String> = Vec::new();
+            if let Some(pool) = cat.media(&bc)?.and_then(|m| m.pool) {
+                if let Some(fp) = cat.pool(&pool)?.and_then(|p| p.key_fingerprint) {
+                    fps.push(fp);
+                }
+            }
+            for i in cat.images_on_media(&bc)? {
+                if let Some(fp) = i.key_fingerprint {
+                    if !fps.contains(&fp) {
+                        fps.push(fp);
+                    }
+                }
+            }
+            let keys = unlock_keys(ctx, &home, &fps)?;
+            let out = ctx.out;
+            let mut line = |s: &str| out.info(s);
+            let r = verify::verify_media(&cat, lib.as_mut(), &keys, &bc, &mut line)?;
+            if !r.ok {
+                let bad: Vec<String> = r
+                    .files
+                    .iter()
+                    .filter(|f| !f.ok)
+                    .map(|f| format!("tape file {}: {}", f.file, f.problems.join("; ")))
+                    .collect();
+                let msg = format!(
+                    "cartridge {bc}: {} damaged tape file(s): {}{}",
+                    bad.len(),
+                    bad.join(" | "),
+                    if r.marked_corrupt.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; image(s) marked corrupt: {}",
+                            r.marked_corrupt
+                                .iter()
+                                .map(|u| u.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+                return fail_with(ctx, Error::Integrity(msg), &r);
+            }
+            ctx.out.emit(&r, || {
+                format!(
+                    "cartridge {bc} verified: {} tape file(s), all records and digests check out",
+                    r.files.len()
+                )
+            });
+            Ok(())
+        }
+        _ => usage("give --image UUID or --barcode BARCODE"),
+    }
+}

@@ -1,0 +1,1100 @@
+//! The restore job: rebuild a disk at a point in time from a full image and its ordered
+//! incrementals, newest extent wins, synthesized while restoring.
+//!
+//! 1. [`prepare`]: the chain from the catalog, the plan ([`crate::extents::plan_restore`]:
+//!    each image supplies only what no later image covers, clipped to the target's disk
+//!    size), the segments each image must be read from, the order of reading (media
+//!    order) and the pull list (cartridges in that order, with where they are).
+//! 2. [`run`]: read each image's needed segments, locating straight to them, check every
+//!    record (CRCs, AEAD tag, image, part, sequence), and write each output byte once with
+//!    positioned writes into a fresh sparse file (renamed into place at the end) or a
+//!    block device. When every record of an image is read, its content digest is checked
+//!    against the trailer and the catalog.
+//!
+//! The media-reading half ([`MediaReader`], [`read_image`]) is shared with `verify`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tape_formats::{
+    decode_block, Block, BlockSource, ContentDigest, ExtentKind, ImageHeader, PartChecker,
+    PartJoiner, ReadStatus, TrailerStatus,
+};
+use uuid::Uuid;
+
+use crate::catalog::{At, Catalog, ImageKind, ImageRow, Segment};
+use crate::changer::TapeLibrary;
+use crate::codec::{KeyRing, OpenError, Opener};
+use crate::crypto::to_hex;
+use crate::error::{Context, Error, Result};
+use crate::extents::{plan_restore, CoveredExtent, ImagePlan};
+use crate::media::allocate::sync_inventory;
+use crate::media::{mount, DriveSource, Mounted};
+use crate::progress::Progress;
+
+/// Largest run of zeros written at once to a block device for a zero extent: bounded
+/// memory whatever the extent's size.
+pub const ZERO_CHUNK: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------- pull list
+
+/// One cartridge a job needs, in the order it will be read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PullItem {
+    pub barcode: String,
+    /// Where the catalog last saw it (`slot 3`, `vault:offsite`, `outside`, ...).
+    pub location: String,
+    /// Whether the library holds it now.
+    pub in_library: bool,
+    /// The images read from it.
+    pub images: Vec<Uuid>,
+}
+
+/// Human lines for a pull list.
+pub fn pull_list_text(list: &[PullItem]) -> String {
+    let mut s = format!("cartridges needed ({}), in order:\n", list.len());
+    for (i, p) in list.iter().enumerate() {
+        let loc = if p.location.is_empty() {
+            "unknown location"
+        } else {
+            &p.location
+        };
+        let state = if p.in_library {
+            "in the library"
+        } else {
+            "NOT IN THE LIBRARY"
+        };
+        s.push_str(&format!(
+            "  {}. {} ({loc}; {state}) for {} image(s)\n",
+            i + 1,
+            p.barcode,
+            p.images.len()
+        ));
+    }
+    s
+}
+
+/// Error (exit 4) when any cartridge of the pull list is not in the library.
+pub fn check_pull_list(list: &[PullItem]) -> Result<()> {
+    let missing: Vec<String> = list
+        .iter()
+        .filter(|p| !p.in_library)
+        .map(|p| {
+            if p.location.is_empty() {
+                p.barcode.clone()
+            } else {
+                format!("{} (last known location: {})", p.barcode, p.location)
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::MediaNeeded(format!(
+        "{} of {} needed cartridge(s) are not in the library: {}; put them into a mail slot, run `tapevault library import` and try again",
+        missing.len(),
+        list.len(),
+        missing.join(", ")
+    )))
+}
+
+fn build_pull_list(
+    cat: &Catalog,
+    present: &std::collections::HashSet<String>,
+    reads: &[(Uuid, Vec<&Segment>)],
+) -> Result<Vec<PullItem>> {
+    let mut list: Vec<PullItem> = Vec::new();
+    for (image, segs) in reads {
+        for s in segs {
+            let item = match list.iter_mut().position(|p| p.barcode == s.barcode) {
+                Some(i) => &mut list[i],
+                None => {
+                    let location = cat
+                        .media(&s.barcode)?
+                        .map(|m| m.location)
+                        .unwrap_or_default();
+                    list.push(PullItem {
+                        barcode: s.barcode.clone(),
+                        location,
+                        in_library: present.contains(&s.barcode),
+                        images: Vec::new(),
+                    });
+                    list.last_mut().expect("just pushed")
+                }
+            };
+            if !item.images.contains(image) {
+                item.images.push(*image);
+            }
+        }
+    }
+    Ok(list)
+}
+
+// ---------------------------------------------------------------- reading media
+
+/// Reads blocks from cartridges mounted on demand, knowing the logical position, and
+/// positioning with LOCATE or, when the drive lacks it, by rewinding and spacing.
+pub struct MediaReader<'a> {
+    lib: &'a mut dyn TapeLibrary,
+    cur: Option<Cur>,
+    buf: Vec<u8>,
+    /// Catalog locations, for the message when a cartridge is not in the library.
+    locations: HashMap<String, String>,
+    /// Cartridges mounted so far, in order.
+    pub mounted: Vec<String>,
+}
+
+struct Cur {
+    m: Mounted,
+    locate: bool,
+    /// Logical object number the next read returns, when known.
+    pos: Option<u64>,
+    /// Tape file `pos` is in, when known and no filemark has been passed since.
+    file: Option<u64>,
+}
+
+impl<'a> MediaReader<'a> {
+    pub fn new(lib: &'a mut dyn TapeLibrary, locations: HashMap<String, String>) -> Self {
+        MediaReader {
+            lib,
+            cur: None,
+            buf: Vec::with_capacity(tape_formats::MAX_BLOCK_SIZE),
+            locations,
+            mounted: Vec::new(),
+        }
+    }
+
+    /// The cartridge mounted now.
+    pub fn barcode(&self) -> Option<&str> {
+        self.cur.as_ref().map(|c| c.m.barcode.as_str())
+    }
+
+    /// Mount `barcode` unless it is mounted already.
+    pub fn mount(&mut self, barcode: &str) -> Result<()> {
+        if self.barcode() == Some(barcode) {
+            return Ok(());
+        }
+        self.release()?;
+        let loc = self.locations.get(barcode).cloned();
+        let mut m = mount::mount(self.lib, barcode, loc.as_deref())?;
+        let locate = match m.drive.capabilities() {
+            Ok(c) => c.locate,
+            Err(_) => false,
+        };
+        self.cur = Some(Cur {
+            m,
+            locate,
+            pos: None,
+            file: None,
+        });
+        self.mounted.push(barcode.to_string());
+        Ok(())
+    }
+
+    /// Position so that the next read returns logical object `target` of `barcode`,
+    /// which lies in tape file `tape_file` whose first block is object `file_start`.
+    pub fn seek(
+        &mut self,
+        barcode: &str,
+        tape_file: u64,
+        file_start: u64,
+        target: u64,
+    ) -> Result<()> {
+        self.mount(barcode)?;
+        let cur = self.cur.as_mut().expect("mounted");
+        if cur.pos == Some(target) {
+            return Ok(());
+        }
+        let drive = cur.m.drive.as_mut();
+        let ctx = || format!("positioning {barcode} at block {target} (tape file {tape_file})");
+        if cur.locate {
+            drive.locate(target).with_context(ctx)?;
+        } else if let (Some(pos), Some(file)) = (cur.pos, cur.file) {
+            if file == tape_file && target > pos {
+                drive
+                    .space_blocks((target - pos) as i64)
+                    .with_context(ctx)?;
+            } else {
+                space_from_bot(drive, tape_file, file_start, target).with_context(ctx)?;
+            }
+        } else {
+            space_from_bot(drive, tape_file, file_start, target).with_context(ctx)?;
+        }
+        cur.pos = Some(target);
+        cur.file = Some(tape_file);
+        Ok(())
+    }
+
+    /// Position at the start of tape file `n` (rewind and space filemarks).
+    pub fn seek_file(&mut self, barcode: &str, n: u64) -> Result<()> {
+        self.mount(barcode)?;
+        let cur = self.cur.as_mut().expect("mounted");
+        let drive = cur.m.drive.as_mut();
+        drive
+            .rewind()
+            .with_context(|| format!("rewinding {barcode}"))?;
+        if n > 0 {
+            drive
+                .space_filemarks(n as i64)
+                .with_context(|| format!("spacing to tape file {n} of {barcode}"))?;
+        }
+        cur.pos = drive.position().ok().map(|p| p.block);
+        cur.file = Some(n);
+        Ok(())
+    }
+
+    /// Read the next block; returns its logical position (if known) and what was read.
+    /// The block's bytes are [`Self::block`].
+    pub fn read(&mut self) -> Result<(Option<u64>, ReadStatus)> {
+        let cur = self.cur.as_mut().expect("a cartridge is mounted");
+        let pos = cur.pos;
+        let mut src = DriveSource::new(cur.m.drive.as_mut(), pos.unwrap_or(0));
+        let st = src.read_block(&mut self.buf).map_err(|e| {
+            Error::from(e).context_msg(format!(
+                "reading {} at block {}",
+                cur.m.barcode,
+                pos.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            ))
+        })?;
+        let next = src.block;
+        match st {
+            ReadStatus::Block(_) => cur.pos = pos.map(|_| next),
+            ReadStatus::Filemark => {
+                cur.pos = pos.map(|_| next);
+                cur.file = cur.file.map(|f| f + 1);
+            }
+            ReadStatus::EndOfData => {}
+        }
+        Ok((pos, st))
+    }
+
+    /// The bytes of the block last read (valid after `read` returned `Block(n)`).
+    pub fn block(&self, n: usize) -> &[u8] {
+        self.buf.get(..n).unwrap_or(&self.buf[..])
+    }
+
+    /// Put the mounted cartridge away.
+    pub fn release(&mut self) -> Result<()> {
+        if let Some(c) = self.cur.take() {
+            mount::unmount(self.lib, c.m)?;
+        }
+        Ok(())
+    }
+}
+
+fn space_from_bot(
+    drive: &mut dyn crate::drive::TapeDrive,
+    tape_file: u64,
+    file_start: u64,
+    target: u64,
+) -> std::result::Result<(), crate::drive::DriveError> {
+    drive.rewind()?;
+    if tape_file > 0 {
+        drive.space_filemarks(tape_file as i64)?;
+    }
+    if target > file_start {
+        drive.space_blocks((target - file_start) as i64)?;
+    }
+    Ok(())
+}
+
+trait ContextMsg {
+    fn context_msg(self, c: String) -> Error;
+}
+
+impl ContextMsg for Error {
+    fn context_msg(self, c: String) -> Error {
+        Error::Context {
+            context: c,
+            source: Box::new(self),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reading one image
+
+/// What reading one image found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRead {
+    pub image: Uuid,
+    /// Data records read and checked.
+    pub records_read: u64,
+    /// Records of the image not read (in segments that supplied nothing needed).
+    pub records_skipped: u64,
+    pub segments_read: usize,
+    pub segments_skipped: usize,
+    /// Whether the content digest over the whole image was computed and matched the
+    /// trailer and the catalog (only possible when every record was read).
+    pub digest_checked: bool,
+    pub cartridges: Vec<String>,
+}
+
+/// Where a failure happened, for messages.
+fn at(image: Uuid, barcode: &str, block: Option<u64>) -> String {
+    match block {
+        Some(b) => format!("image {image}, cartridge {barcode}, block {b}"),
+        None => format!("image {image}, cartridge {barcode}"),
+    }
+}
+
+fn open_err(e: OpenError, image: Uuid, barcode: &str, block: Option<u64>) -> Error {
+    match e {
+        OpenError::MissingKey(fp) => Error::Key(format!(
+            "{}: the record is encrypted with key {fp}, which is not unlocked: import it (`tapevault key import FILE`) and give its passphrase",
+            at(image, barcode, block)
+        )),
+        other => Error::Integrity(format!(
+            "{}: corrupt record: {other}",
+            at(image, barcode, block)
+        )),
+    }
+}
+
+/// Group an image's segments by part, in part order; check they are self-consistent.
+fn parts_of(image: &ImageRow, segs: &[Segment]) -> Result<Vec<Vec<Segment>>> {
+    let mut parts: Vec<Vec<Segment>> = Vec::new();
+    for s in segs {
+        if s.last_block - s.first_block != s.last_seq - s.first_seq {
+            return Err(Error::Failed(format!(
+                "catalog segment of image {} on {} (blocks {}..={}, records {}..={}) is inconsistent: run `tapevault catalog check`",
+                image.uuid, s.barcode, s.first_block, s.last_block, s.first_seq, s.last_seq
+            )));
+        }
+        match parts.last_mut() {
+            Some(p) if p[0].part == s.part => {
+                if p[0].barcode != s.barcode || p[0].tape_file != s.tape_file {
+                    return Err(Error::Failed(format!(
+                        "catalog segments of image {} part {} name two places ({} file {} and {} file {}): run `tapevault catalog check`",
+                        image.uuid, s.part, p[0].barcode, p[0].tape_file, s.barcode, s.tape_file
+                    )));
+                }
+                p.push(s.clone());
+            }
+            _ => parts.push(vec![s.clone()]),
+        }
+    }
+    Ok(parts)
+}
+
+/// Read an image. `needed` says which segments must be read (restore: those holding
+/// data the image supplies); when all are needed, every part is read whole from its
+/// header to its trailer with the format's stream checks ([`PartChecker`],
+/// [`PartJoiner`]) and the content digest is compared with the final trailer and the
+/// catalog. Otherwise each needed segment is located and its records checked one by
+/// one (CRCs, authentication, image, part, sequence). `on_data` receives every data
+/// extent's authenticated plain bytes. Any problem is an error: Integrity (exit 3)
+/// naming image, cartridge and block; Key (exit 5) for a missing key.
+pub fn read_image(
+    reader: &mut MediaReader<'_>,
+    keys: &KeyRing,
+    opener: &mut Opener,
+    image: &ImageRow,
+    segments: &[Segment],
+    needed: &dyn Fn(&Segment) -> bool,
+    on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<ImageRead> {
+    let parts = parts_of(image, segments)?;
+    let wanted: Vec<bool> = segments.iter().map(needed).collect();
+    let all = wanted.iter().all(|&w| w);
+    let mut out = ImageRead {
+        image: image.uuid,
+        records_read: 0,
+        records_skipped: 0,
+        segments_read: 0,
+        segments_skipped: 0,
+        digest_checked: false,
+        cartridges: Vec::new(),
+    };
+    let mut plain = Vec::new();
+    if all {
+        if segments.is_empty() {
+            // An image without records (an incremental with no changes): nothing on
+            // tape to read; its digest is that of no records.
+            let empty = to_hex(&ContentDigest::new().finalize());
+            out.digest_checked = image.content_digest.as_deref() == Some(empty.as_str());
+            return Ok(out);
+        }
+        let mut joiner = PartJoiner::new();
+        let mut digest = ContentDigest::new();
+        for part in &parts {
+            let first = &part[0];
+            if !out.cartridges.contains(&first.barcode) {
+                out.cartridges.push(first.barcode.clone());
+            }
+            let header_block = first.first_block.checked_sub(1).ok_or_else(|| {
+                Error::Failed(format!(
+                    "catalog segment of image {} starts at block 0: run `tapevault catalog check`",
+                    image.uuid
+                ))
+            })?;
+            reader.seek(&first.barcode, first.tape_file, header_block, header_block)?;
+            read_part_whole(
+                reader,
+                keys,
+                opener,
+                image,
+                first,
+                &mut joiner,
+                &mut digest,
+                &mut plain,
+                &mut out,
+                on_data,
+            )?;
+            out.segments_read += part.len();
+        }
+        let bc = parts
+            .last()
+            .map(|p| p[0].barcode.clone())
+            .unwrap_or_default();
+        let last = joiner
+            .finish()
+            .map_err(|e| Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None))))?;
+        let got = digest.finalize();
+        if got != last.digest {
+            return Err(Error::Integrity(format!(
+                "{}: content digest of the records read ({}) differs from the trailer's ({})",
+                at(image.uuid, &bc, None),
+                to_hex(&got),
+                to_hex(&last.digest)
+            )));
+        }
+        match image.content_digest.as_deref() {
+            Some(d) if d.eq_ignore_ascii_case(&to_hex(&got)) => {}
+            Some(d) => {
+                return Err(Error::Integrity(format!(
+                    "image {}: content digest on tape ({}) differs from the catalog's ({d})",
+                    image.uuid,
+                    to_hex(&got)
+                )))
+            }
+            None => {
+                return Err(Error::Failed(format!(
+                    "image {} has no content digest in the catalog",
+                    image.uuid
+                )))
+            }
+        }
+        if image.records != 0 && out.records_read != image.records {
+            return Err(Error::Integrity(format!(
+                "image {}: {} records on tape, the catalog says {}",
+                image.uuid, out.records_read, image.records
+            )));
+        }
+        out.digest_checked = true;
+        return Ok(out);
+    }
+    // Header block of each part's tape file (for drives that space instead of locating).
+    let file_starts: HashMap<u32, u64> = parts
+        .iter()
+        .map(|p| (p[0].part, p[0].first_block.saturating_sub(1)))
+        .collect();
+    for (idx, s) in segments.iter().enumerate() {
+        let file_start = file_starts[&s.part];
+        {
+            if !wanted[idx] {
+                out.segments_skipped += 1;
+                out.records_skipped += s.last_seq - s.first_seq + 1;
+                continue;
+            }
+            if !out.cartridges.contains(&s.barcode) {
+                out.cartridges.push(s.barcode.clone());
+            }
+            reader.seek(&s.barcode, s.tape_file, file_start, s.first_block)?;
+            for (i, seq) in (s.first_seq..=s.last_seq).enumerate() {
+                let block = s.first_block + i as u64;
+                let (_, st) = reader
+                    .read()
+                    .with_context(|| at(image.uuid, &s.barcode, Some(block)))?;
+                let n = match st {
+                    ReadStatus::Block(n) => n,
+                    other => {
+                        return Err(Error::Integrity(format!(
+                            "{}: expected data record {seq}, found {}",
+                            at(image.uuid, &s.barcode, Some(block)),
+                            if other == ReadStatus::Filemark {
+                                "a filemark"
+                            } else {
+                                "end of data"
+                            }
+                        )))
+                    }
+                };
+                let rec = match decode_block(reader.block(n)) {
+                    Ok(Block::Data(r)) => r,
+                    Ok(other) => {
+                        return Err(Error::Integrity(format!(
+                            "{}: expected data record {seq}, found a {}",
+                            at(image.uuid, &s.barcode, Some(block)),
+                            other.kind_name()
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(Error::Integrity(format!(
+                            "{}: corrupt record: {e}",
+                            at(image.uuid, &s.barcode, Some(block))
+                        )))
+                    }
+                };
+                let f = &rec.fields;
+                if f.image_uuid != *image.uuid.as_bytes() || f.part != s.part || f.sequence != seq {
+                    return Err(Error::Integrity(format!(
+                        "{}: expected record {seq} of part {} of this image, found record {} of part {} of image {}",
+                        at(image.uuid, &s.barcode, Some(block)),
+                        s.part,
+                        f.sequence,
+                        f.part,
+                        Uuid::from_bytes(f.image_uuid)
+                    )));
+                }
+                opener
+                    .open_data(keys, &rec, &mut plain)
+                    .map_err(|e| open_err(e, image.uuid, &s.barcode, Some(block)))?;
+                deliver(&rec.extents, &plain, on_data)?;
+                out.records_read += 1;
+            }
+            out.segments_read += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Hand a record's data extents to `on_data` (zero extents carry no bytes).
+fn deliver(
+    extents: &[tape_formats::Extent],
+    plain: &[u8],
+    on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut rest = plain;
+    for e in extents {
+        if e.kind == ExtentKind::Data {
+            let n = e.length as usize;
+            if n > rest.len() {
+                return Err(Error::Integrity(
+                    "record data shorter than its extents".into(),
+                ));
+            }
+            let (this, tail) = rest.split_at(n);
+            on_data(e.offset, this)?;
+            rest = tail;
+        }
+    }
+    Ok(())
+}
+
+/// Read one image part whole (the reader is at its header): header, every record,
+/// trailer, filemark.
+#[allow(clippy::too_many_arguments)]
+fn read_part_whole(
+    reader: &mut MediaReader<'_>,
+    keys: &KeyRing,
+    opener: &mut Opener,
+    image: &ImageRow,
+    first: &Segment,
+    joiner: &mut PartJoiner,
+    digest: &mut ContentDigest,
+    plain: &mut Vec<u8>,
+    out: &mut ImageRead,
+    on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let bc = first.barcode.clone();
+    let header_block = first.first_block - 1;
+    let mut checker = PartChecker::new();
+    let mut header: Option<ImageHeader> = None;
+    let mut rel = 0u64;
+    loop {
+        let block = header_block + rel;
+        let (_, st) = reader
+            .read()
+            .with_context(|| at(image.uuid, &bc, Some(block)))?;
+        let n = match st {
+            ReadStatus::Block(n) => n,
+            ReadStatus::Filemark | ReadStatus::EndOfData => {
+                if let Some(p) = checker.end(rel) {
+                    return Err(Error::Integrity(format!(
+                        "{}: part {} is truncated: {p}",
+                        at(image.uuid, &bc, Some(block)),
+                        first.part
+                    )));
+                }
+                return Ok(());
+            }
+        };
+        let decoded = decode_block(reader.block(n));
+        let verdict = checker.check(rel, decoded.as_ref());
+        if let Some(p) = verdict.problem {
+            return Err(Error::Integrity(format!(
+                "{}: {p}",
+                at(image.uuid, &bc, Some(block))
+            )));
+        }
+        match decoded {
+            Ok(Block::ImageHeader(h)) => {
+                if h.image_uuid != *image.uuid.as_bytes() || h.part != first.part {
+                    return Err(Error::Integrity(format!(
+                        "{}: expected the header of part {} of this image, found part {} of image {}",
+                        at(image.uuid, &bc, Some(block)),
+                        first.part,
+                        h.part,
+                        Uuid::from_bytes(h.image_uuid)
+                    )));
+                }
+                header = Some(h);
+            }
+            Ok(Block::Data(rec)) => {
+                opener
+                    .open_data(keys, &rec, plain)
+                    .map_err(|e| open_err(e, image.uuid, &bc, Some(block)))?;
+                digest.update_record(&rec.extents, plain).map_err(|e| {
+                    Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, Some(block))))
+                })?;
+                deliver(&rec.extents, plain, on_data)?;
+                out.records_read += 1;
+            }
+            Ok(Block::ImageTrailer(t)) => {
+                let h = header.as_ref().expect("checker accepted a header first");
+                joiner.accept(h, &t).map_err(|e| {
+                    Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, Some(block))))
+                })?;
+                if t.status == TrailerStatus::Aborted {
+                    return Err(Error::Integrity(format!(
+                        "{}: the writer aborted this image",
+                        at(image.uuid, &bc, Some(block))
+                    )));
+                }
+                if digest.finalize() != t.digest {
+                    return Err(Error::Integrity(format!(
+                        "{}: content digest through part {} differs from its trailer's",
+                        at(image.uuid, &bc, Some(block)),
+                        t.part
+                    )));
+                }
+            }
+            _ => {
+                return Err(Error::Integrity(format!(
+                    "{}: unexpected block",
+                    at(image.uuid, &bc, Some(block))
+                )))
+            }
+        }
+        rel += 1;
+    }
+}
+
+// ---------------------------------------------------------------- the restore job
+
+/// Everything decided before a cartridge moves.
+pub struct Prepared {
+    pub disk: Uuid,
+    /// Oldest (the full) first, target last.
+    pub chain: Vec<ImageRow>,
+    pub plans: Vec<ImagePlan>,
+    /// Each chain image's segments (tape order).
+    pub segments: Vec<Vec<Segment>>,
+    /// Chain indices in reading (media) order; images supplying nothing are left out.
+    pub order: Vec<usize>,
+    pub pull_list: Vec<PullItem>,
+}
+
+impl Prepared {
+    pub fn target(&self) -> &ImageRow {
+        self.chain.last().expect("a chain is never empty")
+    }
+
+    /// Hex fingerprints of the keys the images to read need.
+    pub fn key_fingerprints(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for &i in &self.order {
+            if let Some(fp) = &self.chain[i].key_fingerprint {
+                if !v.contains(fp) {
+                    v.push(fp.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether segment `s` of chain image `i` holds data the restore needs.
+    fn needed(&self, i: usize, s: &Segment) -> bool {
+        !self.plans[i].can_skip_segment(s.disk_start, s.disk_end.saturating_sub(s.disk_start))
+    }
+}
+
+/// Resolve the chain, plan it, and build the pull list. Refreshes the catalog's view
+/// of the library so the pull list says where each cartridge is.
+pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> Result<Prepared> {
+    let chain = cat.restore_chain(disk, at)?;
+    let target_size = chain.last().expect("never empty").disk_size;
+    let mut covered = Vec::with_capacity(chain.len());
+    let mut segments = Vec::with_capacity(chain.len());
+    for img in &chain {
+        covered.push(
+            cat.extents(img.uuid)?
+                .into_iter()
+                .map(|e| CoveredExtent {
+                    offset: e.offset,
+                    len: e.length,
+                    is_zero: e.is_zero,
+                })
+                .collect::<Vec<_>>(),
+        );
+        segments.push(cat.segments(img.uuid)?);
+    }
+    let plan = plan_restore(&covered, target_size).map_err(|e| {
+        Error::Failed(format!(
+            "the catalog's extents of the restore chain are inconsistent: {e}"
+        ))
+    })?;
+    if !plan.uncovered.is_empty() {
+        let first = plan.uncovered.iter().next().expect("not empty");
+        return Err(Error::Failed(format!(
+            "no image of the restore chain of {} covers {} bytes of the disk (first at bytes {}..{}); the chain cannot be restored bit-identical",
+            chain.last().expect("never empty").uuid,
+            plan.uncovered.total_bytes(),
+            first.offset,
+            first.end()
+        )));
+    }
+    let mut prepared = Prepared {
+        disk,
+        chain,
+        plans: plan.images,
+        segments,
+        order: Vec::new(),
+        pull_list: Vec::new(),
+    };
+    // Media order: cartridges ranked by first use in chain order, then by block.
+    let mut rank: HashMap<String, usize> = HashMap::new();
+    let mut keyed: Vec<(usize, u64, usize)> = Vec::new();
+    for i in 0..prepared.chain.len() {
+        if prepared.plans[i].data.is_empty() {
+            continue;
+        }
+        let first = prepared.segments[i]
+            .iter()
+            .find(|s| prepared.needed(i, s))
+            .or(prepared.segments[i].first());
+        let Some(first) = first else {
+            return Err(Error::Failed(format!(
+                "image {} supplies data but has no segments in the catalog",
+                prepared.chain[i].uuid
+            )));
+        };
+        let n = rank.len();
+        let r = *rank.entry(first.barcode.clone()).or_insert(n);
+        keyed.push((r, first.first_block, i));
+    }
+    keyed.sort();
+    prepared.order = keyed.into_iter().map(|(_, _, i)| i).collect();
+    let (_, present) = sync_inventory(cat, lib)?;
+    let reads: Vec<(Uuid, Vec<&Segment>)> = prepared
+        .order
+        .iter()
+        .map(|&i| {
+            let segs: Vec<&Segment> = prepared.segments[i]
+                .iter()
+                .filter(|s| prepared.needed(i, s))
+                .collect();
+            (prepared.chain[i].uuid, segs)
+        })
+        .collect();
+    prepared.pull_list = build_pull_list(cat, &present, &reads)?;
+    Ok(prepared)
+}
+
+/// One image's share of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageUse {
+    pub image: Uuid,
+    pub kind: ImageKind,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Data bytes this image supplied to the output.
+    pub data_bytes: u64,
+    /// Zero bytes this image supplied (holes, or zeros written on a device).
+    pub zero_bytes: u64,
+    /// None when nothing had to be read from it (all superseded, or zeros only).
+    pub read: Option<ImageRead>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub disk: Uuid,
+    pub image: Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub to: PathBuf,
+    pub disk_size: u64,
+    pub block_device: bool,
+    pub bytes_written: u64,
+    pub zero_bytes: u64,
+    pub pull_list: Vec<PullItem>,
+    pub images: Vec<ImageUse>,
+}
+
+/// The output: a new sparse file written under a temporary name, or a block device.
+struct Output {
+    file: File,
+    /// (temporary path, final path) for a regular file.
+    rename: Option<(PathBuf, PathBuf)>,
+    device: bool,
+}
+
+impl Output {
+    fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
+        match std::fs::metadata(to) {
+            Ok(m) if m.file_type().is_block_device() => {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .open(to)
+                    .with_context(|| format!("opening block device {}", to.display()))?;
+                let dev_size = file
+                    .seek(SeekFrom::End(0))
+                    .with_context(|| format!("reading the size of {}", to.display()))?;
+                if dev_size < size {
+                    return Err(Error::Usage(format!(
+                        "block device {} holds {dev_size} bytes, the disk is {size} bytes",
+                        to.display()
+                    )));
+                }
+                return Ok(Output {
+                    file,
+                    rename: None,
+                    device: true,
+                });
+            }
+            Ok(m) if m.is_dir() => {
+                return Err(Error::Usage(format!(
+                    "{} is a directory; give the path of the disk image to create",
+                    to.display()
+                )))
+            }
+            Ok(m) if m.is_file() && m.len() > 0 && !force => {
+                return Err(Error::Usage(format!(
+                    "{} exists and is not empty; give --force to replace it",
+                    to.display()
+                )))
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(Error::Usage(format!(
+                    "{} is neither a regular file nor a block device",
+                    to.display()
+                )))
+            }
+            _ => {}
+        }
+        let name = to
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{} names no file", to.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let dir = match to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(".{name}.tapevault-restore.{}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let out = Output {
+            file,
+            rename: Some((tmp.clone(), to.to_path_buf())),
+            device: false,
+        };
+        out.file
+            .set_len(size)
+            .with_context(|| format!("sizing {} to {size} bytes", tmp.display()))?;
+        Ok(out)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .with_context(|| format!("writing {} bytes at offset {offset}", buf.len()))
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.file.sync_all().context("flushing the restored disk")?;
+        if let Some((tmp, to)) = self.rename.take() {
+            std::fs::rename(&tmp, &to)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
+            let dir = match to.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if let Ok(d) = File::open(&dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Not committed: never leave a plausible-looking partial file.
+        if let Some((tmp, _)) = self.rename.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Where and how [`run`] writes.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// A new file (created sparse, under a temporary name until complete) or a block
+    /// device.
+    pub to: PathBuf,
+    /// Replace an existing non-empty file.
+    pub force: bool,
+    /// Show a progress bar.
+    pub interactive: bool,
+}
+
+/// Run a prepared restore into `opts.to`. The caller has checked the pull list
+/// ([`check_pull_list`]) and unlocked the keys into `keys`.
+pub fn run(
+    lib: &mut dyn TapeLibrary,
+    keys: &KeyRing,
+    p: &Prepared,
+    opts: &RestoreOptions,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<RestoreReport> {
+    let (to, force, interactive) = (opts.to.as_path(), opts.force, opts.interactive);
+    check_pull_list(&p.pull_list)?;
+    for fp in p.key_fingerprints() {
+        let ok = crate::backup::fp_bytes(&fp).is_some_and(|b| keys.has(&b));
+        if !ok {
+            return Err(Error::Key(format!(
+                "key {fp} is needed to restore and is not unlocked"
+            )));
+        }
+    }
+    let target = p.target();
+    let size = target.disk_size;
+    let out = Output::open(to, size, force)?;
+    let total: u64 = p.plans.iter().map(|pl| pl.data.total_bytes()).sum::<u64>()
+        + if out.device {
+            p.plans.iter().map(|pl| pl.zero.total_bytes()).sum::<u64>()
+        } else {
+            0
+        };
+    let progress = Progress::bytes(total, "restore", interactive);
+    let locations: HashMap<String, String> = p
+        .pull_list
+        .iter()
+        .map(|i| (i.barcode.clone(), i.location.clone()))
+        .collect();
+    let mut reader = MediaReader::new(lib, locations);
+    let mut opener = Opener::new()?;
+    let mut uses: Vec<Option<ImageUse>> = vec![None; p.chain.len()];
+    let mut bytes_written = 0u64;
+    let mut zero_total = 0u64;
+    let result = (|| -> Result<()> {
+        // Zeros first on a device (a file is new and sparse: its holes read as zeros).
+        for (i, plan) in p.plans.iter().enumerate() {
+            zero_total += plan.zero.total_bytes();
+            if out.device && !plan.zero.is_empty() {
+                let zeros = vec![0u8; ZERO_CHUNK];
+                for e in plan.zero.iter() {
+                    let mut off = e.offset;
+                    while off < e.end() {
+                        let n = ((e.end() - off) as usize).min(ZERO_CHUNK);
+                        out.write_at(&zeros[..n], off)?;
+                        progress.inc(n as u64);
+                        off += n as u64;
+                    }
+                }
+            }
+            let img = &p.chain[i];
+            uses[i] = Some(ImageUse {
+                image: img.uuid,
+                kind: img.kind,
+                started: img.started,
+                data_bytes: plan.data.total_bytes(),
+                zero_bytes: plan.zero.total_bytes(),
+                read: None,
+            });
+        }
+        for &i in &p.order {
+            let img = &p.chain[i];
+            let plan = &p.plans[i];
+            progress.set_message(format!("image {}", &img.uuid.to_string()[..8]));
+            let mut supplied = 0u64;
+            let mut pieces: Vec<crate::extents::Extent> = Vec::new();
+            let mut on_data = |offset: u64, bytes: &[u8]| -> Result<()> {
+                pieces.clear();
+                pieces.extend(plan.data.intersect_range(offset, bytes.len() as u64));
+                for x in &pieces {
+                    let from = (x.offset - offset) as usize;
+                    out.write_at(&bytes[from..from + x.len as usize], x.offset)?;
+                    supplied += x.len;
+                    progress.inc(x.len);
+                }
+                Ok(())
+            };
+            let read = read_image(
+                &mut reader,
+                keys,
+                &mut opener,
+                img,
+                &p.segments[i],
+                &|s| p.needed(i, s),
+                &mut on_data,
+            )?;
+            if supplied != plan.data.total_bytes() {
+                return Err(Error::Integrity(format!(
+                    "image {} supplied {supplied} of the {} data bytes the catalog says it holds for this restore: records are missing",
+                    img.uuid,
+                    plan.data.total_bytes()
+                )));
+            }
+            bytes_written += supplied;
+            report_line(&format!(
+                "image {} ({}, {}): {} written from {} records{}",
+                img.uuid,
+                img.kind,
+                img.started
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                crate::cli::human_bytes(supplied),
+                read.records_read,
+                if read.digest_checked {
+                    ", content digest verified".to_string()
+                } else {
+                    format!(
+                        ", {} records of superseded segments skipped (content digest not checked)",
+                        read.records_skipped
+                    )
+                }
+            ));
+            if let Some(u) = uses[i].as_mut() {
+                u.read = Some(read);
+            }
+        }
+        Ok(())
+    })();
+    let released = reader.release();
+    progress.finish();
+    result?;
+    released?;
+    if out.device {
+        bytes_written += zero_total;
+    }
+    let block_device = out.device;
+    out.commit()?;
+    Ok(RestoreReport {
+        disk: p.disk,
+        image: target.uuid,
+        at: target.started,
+        to: to.to_path_buf(),
+        disk_size: size,
+        block_device,
+        bytes_written,
+        zero_bytes: zero_total,
+        pull_list: p.pull_list.clone(),
+        images: uses.into_iter().flatten().collect(),
+    })
+}
