@@ -419,6 +419,24 @@ impl Tape<'_> {
                 Ok(Some((block, file)))
             }
             Pick::Join(row) => {
+                // A WORM pool takes only WORM cartridges, and a WORM cartridge (which can
+                // never be recycled) only joins a WORM pool.
+                if let Ok(st) = drive.status() {
+                    if st.worm != self.pool.worm {
+                        report_line(&format!(
+                            "cartridge {} is {}a WORM cartridge and pool {} {}; skipping it",
+                            row.barcode,
+                            if st.worm { "" } else { "not " },
+                            self.pool.name,
+                            if self.pool.worm {
+                                "takes only WORM cartridges"
+                            } else {
+                                "is not a WORM pool"
+                            }
+                        ));
+                        return Ok(None);
+                    }
+                }
                 // Never overwrite what the catalog does not know to be disposable.
                 let ok = match &found {
                     LabelRead::Blank => true,

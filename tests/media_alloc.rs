@@ -175,3 +175,28 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     assert_eq!(p.row().barcode, bcs[0]);
     assert!(present.contains(&bcs[0]));
 }
+
+#[test]
+fn a_worm_pool_writes_only_worm_cartridges() {
+    let tv = Tv::init_with(4, 1, "1M", &["--cartridges", "3"]);
+    let worm = tv.library().add_worm_cartridges(1, None).unwrap().remove(0);
+    tv.ok(&["pool", "create", "w", "--worm", "--compression", "off"]);
+    tv.ok(&["pool", "create", "n", "--compression", "off"]);
+    let disk = tv.path("d.img");
+    write_disk(&disk, 16 << 10, 11);
+    let d = disk.to_str().unwrap();
+    // The ordinary pool skips the WORM cartridge whatever the allocation order offers.
+    let b = tv.json(&["backup", "--disk", d, "--disk-id", DISK, "--pool", "n"]);
+    assert_ne!(b["images"][0]["cartridges"][0], worm.as_str());
+    let b = tv.json(&[
+        "backup",
+        "--disk",
+        d,
+        "--disk-id",
+        DISK,
+        "--pool",
+        "w",
+        "--full",
+    ]);
+    assert_eq!(b["images"][0]["cartridges"][0], worm.as_str(), "{b}");
+}
