@@ -502,6 +502,18 @@ pub fn recycle(cat: &Catalog, m: &MediaRow, now: DateTime<Utc>) -> Result<Vec<Uu
 /// cartridge whose set is needed again goes back to full. Returns whether it may be
 /// overwritten.
 pub fn recycle_if_expired(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> Result<bool> {
+    let ev = evaluate(cat, now)?;
+    recycle_if_expired_in(cat, &ev, barcode, now)
+}
+
+/// [`recycle_if_expired`] with an evaluation made at `now` (one evaluation serves a
+/// whole rotation run).
+pub fn recycle_if_expired_in(
+    cat: &Catalog,
+    ev: &Evaluation,
+    barcode: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let Some(m) = cat.media(barcode)? else {
         return Ok(false);
     };
@@ -512,7 +524,6 @@ pub fn recycle_if_expired(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> R
         // Already out of any set: nothing on it is known.
         return Ok(overwrite_impact(cat, barcode, now)?.images.is_empty());
     };
-    let ev = evaluate(cat, now)?;
     match ev.set(set) {
         Some(s) if s.is_expired() => {
             recycle(cat, &m, now)?;

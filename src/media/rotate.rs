@@ -420,12 +420,13 @@ pub fn apply(
             rep.unexpired.push(m.barcode.clone());
         }
     }
+    // Decide again under the locks (the plan may be older than a backup that finished
+    // meanwhile); state changes below do not change verdicts.
+    let ev = lifecycle::evaluate(cat, now)?;
     for e in &plan.expire {
         if !ok_pools.contains(&e.pool) {
             continue;
         }
-        // Check again under the lock.
-        let ev = lifecycle::evaluate(cat, now)?;
         if !ev.set(e.set).is_some_and(|s| s.is_expired()) {
             continue;
         }
@@ -478,7 +479,7 @@ pub fn apply(
             continue;
         }
         let before = cat.images_on_media(&r.barcode)?.len();
-        if lifecycle::recycle_if_expired(cat, &r.barcode, now)? {
+        if lifecycle::recycle_if_expired_in(cat, &ev, &r.barcode, now)? {
             rep.recycled.push(r.barcode.clone());
             rep.forgotten_images += before;
         }
