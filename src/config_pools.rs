@@ -13,6 +13,7 @@
 //! encrypt_key = "offsite"       # a keystore key name
 //! escrow = true
 //! offsite = "ironmountain"      # finished sets go to this vault (see `tapevault rotate`)
+//! offsite_when = "written"      # ... as soon as written (default "finished")
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`
@@ -57,6 +58,11 @@ pub struct PoolSpec {
     /// Vault that finished media sets of this pool go to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<String>,
+    /// When a set may leave: `finished` (default: closed, or the pool's allocation would
+    /// start a new set at the next session) or `written` (as soon as its newest session
+    /// completed with its catalog snapshot; the export closes the set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite_when: Option<OffsiteWhen>,
     /// Only the offsite setting was written (by `pool create|update --offsite`): apply
     /// leaves the catalog's policy of this pool alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -87,6 +93,23 @@ pub fn save(home: &Path, f: &PoolsFile) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
     Ok(())
+}
+
+/// When a media set of an offsite pool is ready to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsiteWhen {
+    #[default]
+    Finished,
+    Written,
+}
+
+/// When sets of `pool` go offsite.
+pub fn offsite_when(f: &PoolsFile, pool: &str) -> OffsiteWhen {
+    f.pools
+        .get(pool)
+        .and_then(|s| s.offsite_when)
+        .unwrap_or_default()
 }
 
 /// The vault finished sets of `pool` go to, if any.

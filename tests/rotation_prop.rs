@@ -319,7 +319,7 @@ fn run_schedule(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn nothing_a_kept_restore_point_needs_is_expired_or_overwritten(

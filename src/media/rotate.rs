@@ -231,7 +231,10 @@ pub fn plan(
             if st.is_expired() || running.contains(&st.set.uuid) {
                 continue;
             }
-            let finished = st.set.closed || wants_new_set(pool.allocation, &st.set, now);
+            let finished = st.set.closed
+                || wants_new_set(pool.allocation, &st.set, now)
+                || crate::config_pools::offsite_when(pools_cfg, &pool.name)
+                    == crate::config_pools::OffsiteWhen::Written;
             if !finished {
                 continue;
             }
