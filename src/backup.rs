@@ -8,7 +8,10 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
+
+use tape_formats::DataFields;
 
 use serde::Serialize;
 use tape_formats::{
@@ -607,6 +610,9 @@ struct Prepared {
     zero_bytes: u64,
     /// Content digest of the image through this record.
     digest: [u8; 32],
+    /// With encryption: `stored` is already sealed (in the transform stage) for these
+    /// fields; the writer re-seals if the record lands in another part or sequence.
+    sealed: Option<DataFields>,
 }
 
 /// Per-part and per-image bookkeeping of the consumer.
@@ -1098,6 +1104,16 @@ impl Job<'_> {
         let mut reader = reader;
         let mut compressor = Compressor::new(pool.compression)?;
         let mut digest = ContentDigest::new();
+        // Encryption runs in the transform stage, off the writer's thread, so the drive
+        // keeps streaming. The AAD needs the record's part and sequence: the sequence is
+        // the record's index in the image; the part is the one being written now, which
+        // only changes at early warning, when the writer re-seals the few records
+        // prepared ahead for the old part (`write_record`).
+        let sealer = self.sealer.take();
+        let part_now = AtomicU32::new(state.header.part);
+        let mut next_sequence = state.header.first_sequence;
+        let mut transform_aad = Vec::new();
+        let image_uuid_bytes = state.header.image_uuid;
         let run = crate::pipeline::run::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
             |c| {
@@ -1135,21 +1151,64 @@ impl Job<'_> {
                     .filter(|e| e.kind == ExtentKind::Zero)
                     .map(|e| e.length)
                     .sum();
-                p.compression = Some(compressor.compress(&c.data, &mut p.stored)?);
+                let compression = compressor.compress(&c.data, &mut p.stored)?;
+                p.compression = Some(compression);
+                p.sealed = match &sealer {
+                    Some(s) => {
+                        let mut fields = DataFields {
+                            image_uuid: image_uuid_bytes,
+                            part: part_now.load(Ordering::Acquire),
+                            sequence: next_sequence,
+                            compression,
+                            crypto: RecordCrypto::None,
+                            plain_len: p.plain_len,
+                        };
+                        s.seal_data_with(
+                            &mut fields,
+                            &p.extents,
+                            &mut p.stored,
+                            &mut transform_aad,
+                        )?;
+                        Some(fields)
+                    }
+                    None => None,
+                };
+                next_sequence += 1;
                 Ok(())
             },
             |p| {
-                self.write_record(&mut state, p, report_line)?;
+                self.write_record(&mut state, p, sealer.as_ref(), report_line)?;
+                part_now.store(state.header.part, Ordering::Release);
                 progress.inc(p.data_bytes + p.zero_bytes);
                 Ok(())
             },
         );
+        self.sealer = sealer;
         progress.finish();
         if let Err(e) = run {
-            // Best effort: close the part as aborted so a reader knows.
-            if let Some(w) = state.writer.take() {
-                if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
-                    let _ = self.tape.put_sink(sink);
+            // Close the part as aborted so a reader knows, but only when the failure was
+            // not the drive's and the tape is provably where this writer left it: after a
+            // reset or power cut the drive may be back at BOT, and writing there would
+            // destroy the cartridge.
+            if let Some(mut w) = state.writer.take() {
+                let drive_failed = root_drive_error(&e).is_some();
+                let sink = w.sink_mut();
+                let in_place = sink
+                    .drive
+                    .position()
+                    .map(|p| p.block == sink.block)
+                    .unwrap_or(false);
+                if !drive_failed && in_place {
+                    if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
+                        let _ = self.tape.put_sink(sink);
+                    }
+                } else {
+                    // The cartridge's state is unknown: never write to it again in this
+                    // session; the next append closes the unterminated file.
+                    drop(w);
+                    if let Some(c) = self.tape.current.as_mut() {
+                        c.sink = None;
+                    }
                 }
             }
             return Err(e);
@@ -1208,6 +1267,7 @@ impl Job<'_> {
         &mut self,
         st: &mut ImageProgress,
         p: &Prepared,
+        sealer: Option<&Sealer>,
         report_line: &mut dyn FnMut(&str),
     ) -> Result<()> {
         // Early warning seen: close this part as continued and go on with the next
@@ -1226,15 +1286,30 @@ impl Job<'_> {
         let mut fields = w.fields(compression, RecordCrypto::None, p.plain_len);
         let seq = fields.sequence;
         let block = st.next_block;
-        let r = match &mut self.sealer {
-            Some(s) => {
+        let r = match (sealer, &p.sealed) {
+            (None, _) => w.write_record(&fields, &p.extents, &p.stored),
+            // Sealed in the transform stage for exactly this header: write as is.
+            (Some(_), Some(sf))
+                if DataFields {
+                    crypto: RecordCrypto::None,
+                    ..*sf
+                } == fields =>
+            {
+                w.write_record(sf, &p.extents, &p.stored)
+            }
+            // Sealed for another part (early warning came in between), or not sealed:
+            // seal for the header it really gets, with a fresh nonce.
+            (Some(s), sealed) => {
                 let buf = &mut self.seal_buf;
                 buf.clear();
                 buf.extend_from_slice(&p.stored);
-                s.seal_data(&mut fields, &p.extents, buf)?;
+                let mut aad = Vec::new();
+                match sealed {
+                    Some(sf) => s.reseal_data(sf, &mut fields, &p.extents, buf, &mut aad)?,
+                    None => s.seal_data_with(&mut fields, &p.extents, buf, &mut aad)?,
+                }
                 w.write_record(&fields, &p.extents, buf)
             }
-            None => w.write_record(&fields, &p.extents, &p.stored),
         };
         r.map_err(sink_err).with_context(|| {
             format!(

@@ -123,6 +123,22 @@ impl Sealer {
         extents: &[Extent],
         stored: &mut Vec<u8>,
     ) -> Result<()> {
+        let mut aad = std::mem::take(&mut self.aad);
+        let r = self.seal_data_with(fields, extents, stored, &mut aad);
+        self.aad = aad;
+        r
+    }
+
+    /// As [`seal_data`](Self::seal_data), through a shared reference (the caller lends
+    /// the AAD buffer), so one sealer can serve the pipeline's transform stage while the
+    /// writer holds it too. Nonces stay unique: the nonce source is shared and locked.
+    pub fn seal_data_with(
+        &self,
+        fields: &mut DataFields,
+        extents: &[Extent],
+        stored: &mut Vec<u8>,
+        aad: &mut Vec<u8>,
+    ) -> Result<()> {
         let nonce = self
             .nonces
             .next()
@@ -132,16 +148,43 @@ impl Sealer {
             nonce,
             tag: [0; 16],
         };
-        self.aad.clear();
-        data_record_aad(fields, extents, stored.len(), &mut self.aad)
+        aad.clear();
+        data_record_aad(fields, extents, stored.len(), aad)
             .map_err(|e| Error::Failed(format!("cannot frame record: {e}")))?;
-        let tag = self.key.seal(nonce, &self.aad, stored);
+        let tag = self.key.seal(nonce, aad, stored);
         fields.crypto = RecordCrypto::Aes256Gcm {
             key_fingerprint: self.key.fingerprint,
             nonce,
             tag,
         };
         Ok(())
+    }
+
+    /// Move a record sealed ahead of time for `sealed` (its fields, crypto included) to
+    /// `fields` (another part or sequence, e.g. after early warning changed the part):
+    /// authenticate and decrypt under the old header, then encrypt again with a fresh
+    /// nonce under the new one. A nonce is never used for two headers.
+    pub fn reseal_data(
+        &self,
+        sealed: &DataFields,
+        fields: &mut DataFields,
+        extents: &[Extent],
+        stored: &mut Vec<u8>,
+        aad: &mut Vec<u8>,
+    ) -> Result<()> {
+        let RecordCrypto::Aes256Gcm { nonce, tag, .. } = sealed.crypto else {
+            return self.seal_data_with(fields, extents, stored, aad);
+        };
+        aad.clear();
+        data_record_aad(sealed, extents, stored.len(), aad)
+            .map_err(|e| Error::Failed(format!("cannot frame record: {e}")))?;
+        self.key.open(nonce, aad, stored, tag).map_err(|_| {
+            Error::Failed(format!(
+                "internal error: record {} prepared for part {} does not authenticate before re-sealing",
+                sealed.sequence, sealed.part
+            ))
+        })?;
+        self.seal_data_with(fields, extents, stored, aad)
     }
 
     /// Encrypt a catalog snapshot chunk's payload in place; sets `fields.crypto`.

@@ -146,6 +146,8 @@ pub struct MediaReader<'a> {
     locations: HashMap<String, String>,
     /// Cartridges mounted so far, in order.
     pub mounted: Vec<String>,
+    /// Counts the bytes of every block read (hidden unless a job sets a bar).
+    pub progress: Progress,
 }
 
 struct Cur {
@@ -165,6 +167,7 @@ impl<'a> MediaReader<'a> {
             buf: Vec::with_capacity(tape_formats::MAX_BLOCK_SIZE),
             locations,
             mounted: Vec::new(),
+            progress: Progress::hidden(),
         }
     }
 
@@ -254,15 +257,25 @@ impl<'a> MediaReader<'a> {
         let pos = cur.pos;
         let mut src = DriveSource::new(cur.m.drive.as_mut(), pos.unwrap_or(0));
         let st = src.read_block(&mut self.buf).map_err(|e| {
-            Error::from(e).context_msg(format!(
+            let at = format!(
                 "reading {} at block {}",
                 cur.m.barcode,
                 pos.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            ))
+            );
+            match e {
+                // Larger than any tapevault record: not ours, or damaged.
+                crate::drive::DriveError::BufferTooSmall { block_len, .. } => Error::Integrity(
+                    format!("{at}: a {block_len}-byte block, larger than any tapevault record"),
+                ),
+                e => Error::from(e).context_msg(at),
+            }
         })?;
         let next = src.block;
         match st {
-            ReadStatus::Block(_) => cur.pos = pos.map(|_| next),
+            ReadStatus::Block(n) => {
+                cur.pos = pos.map(|_| next);
+                self.progress.inc(n as u64);
+            }
             ReadStatus::Filemark => {
                 cur.pos = pos.map(|_| next);
                 cur.file = cur.file.map(|f| f + 1);
@@ -354,6 +367,58 @@ fn open_err(e: OpenError, image: Uuid, barcode: &str, block: Option<u64>) -> Err
     }
 }
 
+/// The key fingerprint every record of `image` must carry (None: clear image).
+fn expected_key(image: &ImageRow) -> Result<Option<[u8; 16]>> {
+    match &image.key_fingerprint {
+        None => Ok(None),
+        Some(hex) => crate::backup::fp_bytes(hex).map(Some).ok_or_else(|| {
+            Error::Failed(format!(
+                "image {} has a malformed key fingerprint {hex:?} in the catalog",
+                image.uuid
+            ))
+        }),
+    }
+}
+
+/// A record must be protected as its image is: an encrypted image's records are all
+/// encrypted under the image's key (a clear record, CRC-valid, is not authenticated).
+fn check_record_key(
+    rec: &tape_formats::DataRecord<'_>,
+    expected: Option<[u8; 16]>,
+    image: Uuid,
+    barcode: &str,
+    block: Option<u64>,
+) -> Result<()> {
+    let found = rec.fields.crypto.key_fingerprint();
+    if found != expected {
+        let name = |k: Option<[u8; 16]>| match k {
+            Some(k) => format!("key {}", to_hex(&k)),
+            None => "no encryption".to_string(),
+        };
+        return Err(Error::Integrity(format!(
+            "{}: the record carries {}, the image is written with {}: it was not written by this image's backup",
+            at(image, barcode, block),
+            name(found),
+            name(expected)
+        )));
+    }
+    Ok(())
+}
+
+/// A stream problem's text without its leading "block N: " (N counts within the tape
+/// file); callers name the absolute block themselves.
+pub(crate) fn problem_text(p: &tape_formats::StreamProblem) -> String {
+    let t = p.to_string();
+    if let Some(rest) = t.strip_prefix("block ") {
+        if let Some((n, msg)) = rest.split_once(": ") {
+            if n.bytes().all(|b| b.is_ascii_digit()) {
+                return msg.to_string();
+            }
+        }
+    }
+    t
+}
+
 /// Group an image's segments by part, in part order; check they are self-consistent.
 fn parts_of(image: &ImageRow, segs: &[Segment]) -> Result<Vec<Vec<Segment>>> {
     let mut parts: Vec<Vec<Segment>> = Vec::new();
@@ -398,6 +463,7 @@ pub fn read_image(
     on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<ImageRead> {
     let parts = parts_of(image, segments)?;
+    let key = expected_key(image)?;
     let wanted: Vec<bool> = segments.iter().map(needed).collect();
     let all = wanted.iter().all(|&w| w);
     let mut out = ImageRead {
@@ -550,6 +616,7 @@ pub fn read_image(
                         Uuid::from_bytes(f.image_uuid)
                     )));
                 }
+                check_record_key(&rec, key, image.uuid, &s.barcode, Some(block))?;
                 opener
                     .open_data(keys, &rec, &mut plain)
                     .map_err(|e| open_err(e, image.uuid, &s.barcode, Some(block)))?;
@@ -615,9 +682,10 @@ fn read_part_whole(
             ReadStatus::Filemark | ReadStatus::EndOfData => {
                 if let Some(p) = checker.end(rel) {
                     return Err(Error::Integrity(format!(
-                        "{}: part {} is truncated: {p}",
+                        "{}: part {} is truncated: {}",
                         at(image.uuid, &bc, Some(block)),
-                        first.part
+                        first.part,
+                        problem_text(&p)
                     )));
                 }
                 return Ok(());
@@ -627,8 +695,9 @@ fn read_part_whole(
         let verdict = checker.check(rel, decoded.as_ref());
         if let Some(p) = verdict.problem {
             return Err(Error::Integrity(format!(
-                "{}: {p}",
-                at(image.uuid, &bc, Some(block))
+                "{}: {}",
+                at(image.uuid, &bc, Some(block)),
+                problem_text(&p)
             )));
         }
         match decoded {
@@ -642,9 +711,20 @@ fn read_part_whole(
                         Uuid::from_bytes(h.image_uuid)
                     )));
                 }
+                let header_key = match h.cipher {
+                    tape_formats::Cipher::None => None,
+                    tape_formats::Cipher::Aes256Gcm { key_fingerprint } => Some(key_fingerprint),
+                };
+                if header_key != expected_key(image)? {
+                    return Err(Error::Integrity(format!(
+                        "{}: the image header's encryption differs from the catalog's key for this image",
+                        at(image.uuid, &bc, Some(block))
+                    )));
+                }
                 header = Some(h);
             }
             Ok(Block::Data(rec)) => {
+                check_record_key(&rec, expected_key(image)?, image.uuid, &bc, Some(block))?;
                 opener
                     .open_data(keys, &rec, plain)
                     .map_err(|e| open_err(e, image.uuid, &bc, Some(block)))?;
@@ -833,6 +913,45 @@ pub struct RestoreReport {
     pub images: Vec<ImageUse>,
 }
 
+/// Check a restore target before anything else happens: a block device (returns
+/// true), a new file in an existing directory, an empty file, or with `force` a
+/// non-empty regular file.
+pub fn check_target(to: &Path, force: bool) -> Result<bool> {
+    match std::fs::metadata(to) {
+        Ok(m) if m.file_type().is_block_device() => Ok(true),
+        Ok(m) if m.is_dir() => Err(Error::Usage(format!(
+            "{} is a directory; give the path of the disk image to create",
+            to.display()
+        ))),
+        Ok(m) if m.is_file() && m.len() > 0 && !force => Err(Error::Usage(format!(
+            "{} exists and is not empty; give --force to replace it",
+            to.display()
+        ))),
+        Ok(m) if !m.is_file() => Err(Error::Usage(format!(
+            "{} is neither a regular file nor a block device",
+            to.display()
+        ))),
+        Ok(_) => Ok(false),
+        Err(_) => {
+            let dir = match to.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(Error::Usage(format!(
+                    "cannot create {}: {} is not a directory",
+                    to.display(),
+                    dir.display()
+                )));
+            }
+            if to.file_name().is_none() {
+                return Err(Error::Usage(format!("{} names no file", to.display())));
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// The output: a new sparse file written under a temporary name, or a block device.
 struct Output {
     file: File,
@@ -843,46 +962,25 @@ struct Output {
 
 impl Output {
     fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
-        match std::fs::metadata(to) {
-            Ok(m) if m.file_type().is_block_device() => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(to)
-                    .with_context(|| format!("opening block device {}", to.display()))?;
-                let dev_size = file
-                    .seek(SeekFrom::End(0))
-                    .with_context(|| format!("reading the size of {}", to.display()))?;
-                if dev_size < size {
-                    return Err(Error::Usage(format!(
-                        "block device {} holds {dev_size} bytes, the disk is {size} bytes",
-                        to.display()
-                    )));
-                }
-                return Ok(Output {
-                    file,
-                    rename: None,
-                    device: true,
-                });
-            }
-            Ok(m) if m.is_dir() => {
+        if check_target(to, force)? {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(to)
+                .with_context(|| format!("opening block device {}", to.display()))?;
+            let dev_size = file
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("reading the size of {}", to.display()))?;
+            if dev_size < size {
                 return Err(Error::Usage(format!(
-                    "{} is a directory; give the path of the disk image to create",
+                    "block device {} holds {dev_size} bytes, the disk is {size} bytes",
                     to.display()
-                )))
+                )));
             }
-            Ok(m) if m.is_file() && m.len() > 0 && !force => {
-                return Err(Error::Usage(format!(
-                    "{} exists and is not empty; give --force to replace it",
-                    to.display()
-                )))
-            }
-            Ok(m) if !m.is_file() => {
-                return Err(Error::Usage(format!(
-                    "{} is neither a regular file nor a block device",
-                    to.display()
-                )))
-            }
-            _ => {}
+            return Ok(Output {
+                file,
+                rename: None,
+                device: true,
+            });
         }
         let name = to
             .file_name()
@@ -1053,7 +1151,7 @@ pub fn run(
                 )));
             }
             bytes_written += supplied;
-            report_line(&format!(
+            let line = format!(
                 "image {} ({}, {}): {} written from {} records{}",
                 img.uuid,
                 img.kind,
@@ -1069,7 +1167,12 @@ pub fn run(
                         read.records_skipped
                     )
                 }
-            ));
+            );
+            if interactive {
+                progress.println(&line);
+            } else {
+                report_line(&line);
+            }
             if let Some(u) = uses[i].as_mut() {
                 u.read = Some(read);
             }
@@ -1097,4 +1200,86 @@ pub fn run(
         pull_list: p.pull_list.clone(),
         images: uses.into_iter().flatten().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked_before_anything_moves() {
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("new.img");
+        assert!(!check_target(&new, false).unwrap());
+        let empty = d.path().join("empty.img");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(!check_target(&empty, false).unwrap());
+        let full = d.path().join("full.img");
+        std::fs::write(&full, b"x").unwrap();
+        assert_eq!(
+            check_target(&full, false).unwrap_err().exit_code(),
+            crate::error::ExitCode::Usage
+        );
+        assert!(!check_target(&full, true).unwrap());
+        assert!(check_target(d.path(), true).is_err(), "a directory");
+        assert!(check_target(&d.path().join("no/such/dir.img"), false).is_err());
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_no_file_and_a_committed_one_is_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let to = d.path().join("disk.img");
+        {
+            let out = Output::open(&to, 1 << 20, false).unwrap();
+            out.write_at(b"abc", 4096).unwrap();
+            // Dropped without commit.
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let out = Output::open(&to, 1 << 20, false).unwrap();
+        out.write_at(b"abc", 4096).unwrap();
+        out.commit().unwrap();
+        let got = std::fs::read(&to).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(&got[4096..4099], b"abc");
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stream_problem_text_drops_the_in_file_position() {
+        let p = tape_formats::StreamProblem::DuplicateRecord {
+            position: 7,
+            sequence: 3,
+        };
+        assert_eq!(problem_text(&p), "record 3 is a duplicate");
+    }
+
+    #[test]
+    fn pull_list_names_missing_cartridges_and_their_locations() {
+        let list = vec![
+            PullItem {
+                barcode: "A00001L9".into(),
+                location: "slot 1".into(),
+                in_library: true,
+                images: vec![Uuid::nil()],
+            },
+            PullItem {
+                barcode: "A00002L9".into(),
+                location: "vault:offsite".into(),
+                in_library: false,
+                images: vec![Uuid::nil()],
+            },
+        ];
+        let e = check_pull_list(&list).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::ExitCode::MediaNeeded);
+        let m = e.to_string();
+        assert!(m.contains("A00002L9") && m.contains("vault:offsite") && !m.contains("A00001L9"));
+        let t = pull_list_text(&list);
+        assert!(t.contains("1. A00001L9 (slot 1; in the library)"), "{t}");
+        assert!(
+            t.contains("2. A00002L9 (vault:offsite; NOT IN THE LIBRARY)"),
+            "{t}"
+        );
+        assert!(check_pull_list(&list[..1]).is_ok());
+    }
 }

@@ -23,6 +23,7 @@ use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Error, ExitCode, Result};
 use crate::media::allocate::sync_inventory;
+use crate::progress::Progress;
 use crate::restore::{check_pull_list, read_image, ImageRead, MediaReader, PullItem};
 
 /// Most problems listed per tape file; a badly damaged file would otherwise produce
@@ -78,14 +79,23 @@ pub fn verify_image(
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     image: Uuid,
+    interactive: bool,
 ) -> Result<ImageVerifyReport> {
     let img = cat
         .image(image)?
         .ok_or_else(|| Error::Usage(format!("image {image} is not in the catalog")))?;
-    if img.status == ImageStatus::Running {
-        return Err(Error::Failed(format!(
-            "image {image} is still being written; verify it when its backup has finished"
-        )));
+    match img.status {
+        ImageStatus::Complete | ImageStatus::Corrupt => {}
+        ImageStatus::Running => {
+            return Err(Error::Failed(format!(
+                "image {image} is still being written; verify it when its backup has finished"
+            )))
+        }
+        other => {
+            return Err(Error::Failed(format!(
+                "image {image} is {other}: it never completed, so the catalog knows no segments to read (verify its cartridges with --barcode)"
+            )))
+        }
     }
     let pull_list = image_pull_list(cat, lib, image)?;
     check_pull_list(&pull_list)?;
@@ -102,6 +112,11 @@ pub fn verify_image(
         .map(|p| (p.barcode.clone(), p.location.clone()))
         .collect();
     let mut reader = MediaReader::new(lib, locations);
+    reader.progress = Progress::bytes(
+        img.stored_bytes,
+        format!("verify {}", &image.to_string()[..8]),
+        interactive,
+    );
     let mut opener = Opener::new()?;
     let result = read_image(
         &mut reader,
@@ -113,6 +128,7 @@ pub fn verify_image(
         &mut |_, _| Ok(()),
     );
     let released = reader.release();
+    reader.progress.finish();
     let mut report = ImageVerifyReport {
         image,
         disk: img.disk_uuid,
@@ -226,6 +242,11 @@ pub struct MediaVerifyReport {
     pub ok: bool,
     /// Images this verification marked corrupt in the catalog.
     pub marked_corrupt: Vec<Uuid>,
+    /// Why the walk stopped before the end of data (an unreadable block), if it did.
+    pub aborted: Option<String>,
+    /// The tape file being read and its image, for a walk that stops inside it.
+    #[serde(skip)]
+    current: Option<(u64, Option<u64>, Option<Uuid>)>,
 }
 
 fn status_name(s: TrailerStatus) -> &'static str {
@@ -246,10 +267,13 @@ pub fn verify_media(
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     barcode: &str,
+    interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<MediaVerifyReport> {
     let (_, present) = sync_inventory(cat, lib)?;
-    let location = cat.media(barcode)?.map(|m| m.location).unwrap_or_default();
+    let row = cat.media(barcode)?;
+    let location = row.as_ref().map(|m| m.location.clone()).unwrap_or_default();
+    let total = row.map(|m| m.bytes_written).unwrap_or(0);
     check_pull_list(&[PullItem {
         barcode: barcode.to_string(),
         location: location.clone(),
@@ -257,16 +281,45 @@ pub fn verify_media(
         images: Vec::new(),
     }])?;
     let mut reader = MediaReader::new(lib, HashMap::from([(barcode.to_string(), location)]));
+    reader.progress = Progress::bytes(total, format!("verify {barcode}"), interactive);
     let mut report = MediaVerifyReport {
         barcode: barcode.to_string(),
         label: None,
         files: Vec::new(),
         ok: true,
         marked_corrupt: Vec::new(),
+        aborted: None,
+        current: None,
     };
-    let r = walk(&mut reader, keys, barcode, &mut report, report_line);
+    let r = walk(
+        &mut reader,
+        keys,
+        barcode,
+        &mut report,
+        interactive,
+        report_line,
+    );
     let released = reader.release();
-    r?;
+    reader.progress.finish();
+    match r {
+        Ok(()) => {}
+        // An unreadable block (media error, oversized block): the walk cannot go on
+        // past it, but what was found so far is reported and judged.
+        Err(e) if e.exit_code() == ExitCode::Integrity => {
+            let (file, start, image) = report.current.take().unwrap_or((0, None, None));
+            let mut f = TapeFileReport::new(file, start);
+            f.kind = if image.is_some() {
+                "image part"
+            } else {
+                "unknown"
+            };
+            f.image = image;
+            f.problem(None, &e);
+            report.files.push(f);
+            report.aborted = Some(e.to_string());
+        }
+        Err(e) => return Err(e),
+    }
     released?;
     // Judge each file against what the catalog knows, and mark damaged images corrupt.
     for f in &mut report.files {
@@ -308,6 +361,7 @@ fn walk(
     keys: &KeyRing,
     barcode: &str,
     report: &mut MediaVerifyReport,
+    interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<()> {
     reader.seek_file(barcode, 0)?;
@@ -315,7 +369,9 @@ fn walk(
     let mut plain = Vec::new();
     let mut file = 0u64;
     loop {
+        report.current = Some((file, None, None));
         let (start, st) = reader.read()?;
+        report.current = Some((file, start, None));
         let mut f = TapeFileReport::new(file, start);
         let n = match st {
             ReadStatus::EndOfData => {
@@ -362,6 +418,7 @@ fn walk(
                 }
                 f.kind = "image part";
                 f.image = Some(Uuid::from_bytes(h.image_uuid));
+                report.current = Some((file, start, f.image));
                 f.part = Some(h.part);
                 f.session = Some(Uuid::from_bytes(h.session_uuid));
                 let mut checker = PartChecker::new();
@@ -375,6 +432,12 @@ fn walk(
                     &mut f,
                     start,
                     h.part,
+                    match h.cipher {
+                        tape_formats::Cipher::None => None,
+                        tape_formats::Cipher::Aes256Gcm { key_fingerprint } => {
+                            Some(key_fingerprint)
+                        }
+                    },
                     checker,
                 )?
             }
@@ -402,7 +465,7 @@ fn walk(
                 rest_of_file(reader, &mut f, start, "")?
             }
         };
-        report_line(&format!(
+        let line = format!(
             "tape file {}: {}{}: {} block(s){}",
             f.file,
             f.kind,
@@ -420,8 +483,15 @@ fn walk(
                     f.problems.join("; ")
                 )
             }
-        ));
+        );
+        if interactive {
+            // Above the progress bar.
+            reader.progress.println(&line);
+        } else {
+            report_line(&line);
+        }
         report.files.push(f);
+        report.current = None;
         if !ended_by_filemark {
             break;
         }
@@ -465,6 +535,7 @@ fn image_part(
     f: &mut TapeFileReport,
     start: Option<u64>,
     part: u32,
+    cipher_key: Option<[u8; 16]>,
     mut checker: PartChecker,
 ) -> Result<bool> {
     // The content digest in a trailer covers every part so far: from this cartridge
@@ -478,7 +549,7 @@ fn image_part(
             ReadStatus::Block(n) => n,
             ReadStatus::Filemark | ReadStatus::EndOfData => {
                 if let Some(p) = checker.end(rel) {
-                    f.problem(pos, p);
+                    f.problem(pos, crate::restore::problem_text(&p));
                 }
                 return Ok(st == ReadStatus::Filemark);
             }
@@ -488,7 +559,7 @@ fn image_part(
         let decoded = decode_block(reader.block(n));
         let verdict = checker.check(rel - 1, decoded.as_ref());
         if let Some(p) = &verdict.problem {
-            f.problem(pos, p);
+            f.problem(pos, crate::restore::problem_text(p));
         }
         if !verdict.accept {
             if matches!(verdict.problem, Some(StreamProblem::Corrupt { .. })) {
@@ -499,6 +570,14 @@ fn image_part(
         match decoded {
             Ok(Block::Data(rec)) => {
                 f.records += 1;
+                if rec.fields.crypto.key_fingerprint() != cipher_key {
+                    f.problem(
+                        pos,
+                        "record encrypted differently from its image header (not written by this image's backup)",
+                    );
+                    digest = None;
+                    continue;
+                }
                 match opener.open_data(keys, &rec, plain) {
                     Ok(()) => {
                         if let Some(d) = digest.as_mut() {

@@ -34,7 +34,20 @@ fn code(o: &Output) -> i32 {
 
 fn init(dir: &Path) -> std::path::PathBuf {
     let home = dir.join("home");
-    ok_json(&home, &["init", "--slots", "4", "--drives", "2", "--mailslots", "2", "--capacity", "8M"]);
+    ok_json(
+        &home,
+        &[
+            "init",
+            "--slots",
+            "4",
+            "--drives",
+            "2",
+            "--mailslots",
+            "2",
+            "--capacity",
+            "8M",
+        ],
+    );
     home
 }
 
@@ -45,10 +58,17 @@ fn init_creates_a_library_with_barcoded_cartridges_in_every_slot() {
     let st = ok_json(&home, &["library", "status"]);
     let slots = st["inventory"]["slots"].as_array().unwrap();
     assert_eq!(slots.len(), 4);
-    let barcodes: Vec<&str> = slots.iter().map(|s| s["barcode"].as_str().unwrap()).collect();
+    let barcodes: Vec<&str> = slots
+        .iter()
+        .map(|s| s["barcode"].as_str().unwrap())
+        .collect();
     assert_eq!(barcodes, ["TV0001L9", "TV0002L9", "TV0003L9", "TV0004L9"]);
     assert_eq!(st["inventory"]["drives"].as_array().unwrap().len(), 2);
-    assert!(st["inventory"]["mail_slots"].as_array().unwrap().iter().all(|m| m["barcode"].is_null()));
+    assert!(st["inventory"]["mail_slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["barcode"].is_null()));
     // A second init on the same home is refused, and changes nothing.
     let o = tv(&home, &["init"]);
     assert_eq!(code(&o), 1);
@@ -87,15 +107,27 @@ fn load_unload_export_import_move_cartridges_and_keep_barcodes() {
     // Export two, then import them back.
     ok_json(&home, &["library", "export", "TV0001L9", "TV0004L9"]);
     let st = ok_json(&home, &["library", "status"]);
-    let mail: Vec<_> = st["inventory"]["mail_slots"].as_array().unwrap().iter().map(|m| m["barcode"].clone()).collect();
-    assert_eq!(mail, [serde_json::json!("TV0001L9"), serde_json::json!("TV0004L9")]);
+    let mail: Vec<_> = st["inventory"]["mail_slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["barcode"].clone())
+        .collect();
+    assert_eq!(
+        mail,
+        [serde_json::json!("TV0001L9"), serde_json::json!("TV0004L9")]
+    );
     // A cartridge that is not there: exit 4.
     let o = tv(&home, &["library", "load", "TV9999L9"]);
     assert_eq!(code(&o), 4, "{}", String::from_utf8_lossy(&o.stderr));
     let imp = ok_json(&home, &["library", "import"]);
     assert_eq!(imp["imported"].as_array().unwrap().len(), 2);
     let st = ok_json(&home, &["library", "status"]);
-    assert!(st["inventory"]["mail_slots"].as_array().unwrap().iter().all(|m| m["barcode"].is_null()));
+    assert!(st["inventory"]["mail_slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["barcode"].is_null()));
 }
 
 #[test]
@@ -107,7 +139,12 @@ fn added_cartridges_get_the_next_barcodes() {
     let added = ok_json(&home, &["library", "add-cartridge", "--count", "1"]);
     assert_eq!(added["added"][0], "TV0005L9");
     let st = ok_json(&home, &["library", "status"]);
-    let outside: Vec<_> = st["cartridges"].as_array().unwrap().iter().filter(|c| c["location"].is_null()).collect();
+    let outside: Vec<_> = st["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["location"].is_null())
+        .collect();
     assert_eq!(outside.len(), 1);
     assert_eq!(outside[0]["barcode"], "TV0002L9");
 }
@@ -155,7 +192,19 @@ fn conformance_refuses_without_destroy_data_and_passes_on_the_virtual_drive() {
     ok_json(&home, &["init", "--slots", "2", "--capacity", "64M"]);
     ok_json(&home, &["library", "load", "TV0001L9"]);
     assert_eq!(code(&tv(&home, &["tape", "conformance"])), 2);
-    let r = ok_json(&home, &["tape", "conformance", "--destroy-data", "--blocks", "700", "--block-size", "16K", "--fill"]);
+    let r = ok_json(
+        &home,
+        &[
+            "tape",
+            "conformance",
+            "--destroy-data",
+            "--blocks",
+            "700",
+            "--block-size",
+            "16K",
+            "--fill",
+        ],
+    );
     let checks = r.as_array().unwrap();
     assert!(checks.len() >= 8);
     assert!(checks.iter().all(|c| c["passed"] == true), "{r:#}");

@@ -135,4 +135,58 @@ fn restore_of_an_image_spanning_three_cartridges() {
     let r = env.run(&["--json", "verify", "--image", &full.to_string()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["read"]["digest_checked"], true);
+    // A cartridge holding a continuation part checks every record; the part's digest
+    // covers earlier parts too, so it is noted, not checked.
+    let r = env.run(&["--json", "verify", "--barcode", &carts[1]]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    let part = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["image"] == full.to_string())
+        .unwrap()
+        .clone();
+    assert!(part["part"].as_u64().unwrap() > 0);
+    assert!(part["records"].as_u64().unwrap() > 0);
+    assert!(
+        part["notes"][0].as_str().unwrap().contains("continues"),
+        "{part}"
+    );
+}
+
+/// Restoring onto a block device writes zeros explicitly where the disk is zero (the
+/// device is filled with garbage first). Opt-in: attach a file of at least 8 MiB to a
+/// loop device and run
+/// `TAPEVAULT_TEST_BLOCKDEV=/dev/loopN cargo test --test restore_chain -- --ignored`.
+#[test]
+#[ignore = "needs a block device (loop device) named in TAPEVAULT_TEST_BLOCKDEV"]
+fn restore_to_a_block_device_writes_zero_extents() {
+    use std::io::{Read, Write};
+    let dev = std::path::PathBuf::from(
+        std::env::var_os("TAPEVAULT_TEST_BLOCKDEV").expect("TAPEVAULT_TEST_BLOCKDEV"),
+    );
+    let env = Env::new(4, "128M");
+    env.ok(&["pool", "create", "p"]);
+    let id = Uuid::new_v4();
+    let mut disk = Disk::create(env.path("disk.img"), 6 << 20, 21);
+    env.backup(&disk.path, id, "p", &time(0), &[]);
+    disk.zero(0, 300_000);
+    disk.scribble(2);
+    env.backup(&disk.path, id, "p", &time(1), &[]);
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
+        f.write_all(&vec![0xAA; 6 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let r = env.restore(id, &[], &dev);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["block_device"], true);
+    let mut got = vec![0u8; 6 << 20];
+    std::fs::File::open(&dev)
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
+    let want = std::fs::read(&disk.path).unwrap();
+    assert!(got == want, "the device differs from the disk");
 }

@@ -77,3 +77,60 @@ fn encrypted_chain_restores_and_a_missing_key_exits_5() {
         "complete"
     );
 }
+
+/// A clear record with valid CRCs spliced into an encrypted image is refused: it is
+/// not authenticated, so it must never reach the output.
+#[test]
+fn clear_record_spliced_into_an_encrypted_image_is_refused() {
+    use tape_formats::{decode_block, encode_data_record, Block, DataFields, RecordCrypto};
+    use tapevault::changer::TapeLibrary;
+
+    let env = Env::new(4, "128M");
+    Keystore::open(&env.home)
+        .unwrap()
+        .with_kdf(KdfParams::INSECURE_FOR_TESTS)
+        .create("k1", PASS.as_bytes())
+        .unwrap();
+    env.ok(&["pool", "create", "sec", "--encrypt-key", "k1"]);
+    let id = Uuid::new_v4();
+    let disk = Disk::create(env.path("disk.img"), 1 << 20, 12);
+    let full = env.backup(&disk.path, id, "sec", &time(0), &[]);
+    let seg = env.segments(full)[0].clone();
+
+    let mut lib = env.library();
+    lib.changer().load(&seg.barcode, 0).unwrap();
+    {
+        let mut d = lib.open_drive(0).unwrap();
+        d.locate(seg.first_block).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let n = match d.read_block(&mut buf).unwrap() {
+            tapevault::drive::ReadOutcome::Block(n) => n,
+            o => panic!("{o:?}"),
+        };
+        let Block::Data(rec) = decode_block(&buf[..n]).unwrap() else {
+            panic!("not a data record")
+        };
+        let fields = DataFields {
+            crypto: RecordCrypto::None,
+            compression: tape_formats::Compression::None,
+            ..rec.fields
+        };
+        let forged_payload = vec![0x5a; rec.fields.plain_len as usize];
+        let mut forged = Vec::new();
+        encode_data_record(&fields, &rec.extents, &forged_payload, &mut forged).unwrap();
+        d.locate(seg.first_block).unwrap();
+        d.write_block(&forged).unwrap();
+        d.write_filemarks(1, false).unwrap();
+    }
+    lib.changer().unload(0).unwrap();
+
+    let out = env.path("out.img");
+    let r = env.restore(id, &[], &out);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not written by this image's backup"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}

@@ -143,13 +143,14 @@ fn restore_and_verify_without_locate_space_to_the_records() {
     assert!(!full_read.digest_checked);
     assert!(report.images[1].read.as_ref().unwrap().digest_checked);
 
-    let r = tapevault::verify::verify_image(&cat, &mut lib, &KeyRing::new(), inc).unwrap();
+    let r = tapevault::verify::verify_image(&cat, &mut lib, &KeyRing::new(), inc, false).unwrap();
     assert!(r.ok, "{:?}", r.error);
     let r = tapevault::verify::verify_media(
         &cat,
         &mut lib,
         &KeyRing::new(),
         &first.barcode,
+        false,
         &mut |_| {},
     )
     .unwrap();

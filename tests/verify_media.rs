@@ -111,3 +111,37 @@ fn verify_image_marks_corrupt_on_an_unreadable_block() {
         "corrupt"
     );
 }
+
+#[test]
+fn verify_barcode_stops_at_an_unreadable_block_and_marks_its_image() {
+    let env = Env::new(4, "128M");
+    env.ok(&["pool", "create", "p"]);
+    let id = Uuid::new_v4();
+    let disk = Disk::create(env.path("disk.img"), 2 << 20, 8);
+    let full = env.backup(&disk.path, id, "p", &time(0), &[]);
+    let seg = env.segments(full)[0].clone();
+    env.library()
+        .set_faults(
+            &seg.barcode,
+            vtl_sim::Faults {
+                media_error_blocks: vec![seg.first_block + 1],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let r = env.run(&["--json", "verify", "--barcode", &seg.barcode]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert!(v["aborted"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("block {}", seg.first_block + 1)));
+    assert_eq!(v["marked_corrupt"][0], full.to_string());
+    let last = v["files"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["file"], seg.tape_file);
+    assert_eq!(last["image"], full.to_string());
+    assert_eq!(
+        env.catalog().image(full).unwrap().unwrap().status.as_str(),
+        "corrupt"
+    );
+}

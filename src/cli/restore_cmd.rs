@@ -18,6 +18,23 @@ use crate::home::Home;
 use crate::restore::{self, pull_list_text};
 
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+The restore chain (the full and its incrementals up to the chosen point) comes from the
+catalog; each image supplies only what no later image covers. First the pull list is
+printed on stderr: the cartridges needed, in reading order, with where the catalog saw
+them. If any is not in the library the command exits 4 (with --json the error document
+carries the pull_list).
+
+Every record read is checked (CRCs, AES-GCM tag, image, part, sequence); an image read
+whole also has its content digest checked against its trailer and the catalog. Records of
+segments that later images supersede are located past, not read. A file target is
+created sparse under a temporary name in the same directory and renamed into place only
+when everything succeeded; zero areas stay holes. On a block device zero areas are
+written as zeros.
+
+Exit codes: 0 restored; 2 bad target (exists and not empty without --force, directory,
+too small a device); 3 corrupt or missing record, digest mismatch, broken chain (names
+image, cartridge and block); 4 cartridge not in the library; 5 key missing or wrong.")]
 pub struct RestoreArgs {
     /// The disk's UUID.
     #[arg(long, value_name = "UUID")]
@@ -37,6 +54,12 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Each chain starts with a full (or a copy, or an image whose parent is no longer in the
+catalog) followed by the incrementals built on it in time order; an incremental that does
+not build on the image listed just before it names its parent. Shown per image: time,
+kind, UUID, data bytes, disk size, status (complete, failed, corrupt, ...) and the
+cartridges holding it.")]
 pub struct ImagesArgs {
     /// Only this disk's images.
     #[arg(long, value_name = "UUID")]
@@ -94,6 +117,7 @@ struct PullOnly<'a> {
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     let home = ctx.home()?;
+    restore::check_target(&a.to, a.force)?;
     let cat = open_catalog(&home)?;
     let at = match (a.at, a.image) {
         (Some(t), None) => At::Time(t),
@@ -280,9 +304,6 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
     Ok(chains)
 }
 
-/// Longest indentation shown for deep chains (incremental-forever chains are long).
-const MAX_INDENT: usize = 8;
-
 pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
@@ -311,11 +332,26 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         let mut s = String::new();
         for d in &out {
             s.push_str(&format!("disk {}\n", d.disk));
-            for c in &d.chains {
+            for (n, c) in d.chains.iter().enumerate() {
+                let root = &c.images[0];
+                s.push_str(&format!(
+                    "  chain {}: {} {} and {} later image(s)\n",
+                    n + 1,
+                    root.kind.as_str(),
+                    root.uuid,
+                    c.images.len() - 1
+                ));
+                let mut prev: Option<Uuid> = None;
                 for e in &c.images {
-                    let indent = "  ".repeat(1 + e.depth.min(MAX_INDENT));
+                    // Branches (an incremental not on the image listed just before it)
+                    // name their parent.
+                    let branch = match (e.parent, prev) {
+                        (Some(p), Some(q)) if p != q => format!("  [on {p}]"),
+                        _ => String::new(),
+                    };
+                    prev = Some(e.uuid);
                     s.push_str(&format!(
-                        "{indent}{} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}\n",
+                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}\n",
                         e.started.to_rfc3339_opts(SecondsFormat::Secs, true),
                         e.kind.as_str(),
                         e.uuid,
@@ -327,6 +363,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         } else {
                             e.cartridges.join(",")
                         },
+                        branch,
                         e.note
                             .as_deref()
                             .map(|n| format!("  ({n})"))

@@ -258,7 +258,12 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
                 )
             });
         }
-        TapeOp::Conformance { destroy_data, fill, blocks, block_size } => {
+        TapeOp::Conformance {
+            destroy_data,
+            fill,
+            blocks,
+            block_size,
+        } => {
             if !destroy_data {
                 return usage(
                     "the conformance suite overwrites the cartridge: add --destroy-data to confirm",

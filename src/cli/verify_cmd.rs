@@ -10,6 +10,19 @@ use crate::error::{Error, Result};
 use crate::verify;
 
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Nothing is written except the catalog's verdict.
+
+--image reads every part and record of the image (across cartridges), with every check a
+restore makes plus the content digest against the trailer and the catalog. On an
+integrity failure the image is marked corrupt in the catalog, so no restore uses it and no
+later backup builds on it; the command exits 3 naming image, cartridge and block.
+
+--barcode walks every tape file of the cartridge (volume label, image parts, catalog
+snapshots, end-of-session markers) and reports each; damaged records are reported by block
+and the walk goes on. Images with damage are marked corrupt (images the catalog already
+knows failed are only noted). Exit 3 if anything is damaged, 4 if the cartridge is not in
+the library, 5 if a key is missing.")]
 pub struct VerifyArgs {
     /// Read back every part and record of this image.
     #[arg(long, value_name = "UUID", conflicts_with = "barcode")]
@@ -30,7 +43,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;
             let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
             let keys = unlock_keys(ctx, &home, &fps)?;
-            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id)?;
+            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, ctx.out.interactive())?;
             if !r.ok {
                 let msg = format!(
                     "image {id} failed verification and is now marked corrupt in the catalog: {}",
@@ -41,9 +54,14 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             ctx.out.emit(&r, || {
                 let read = r.read.as_ref();
                 format!(
-                    "image {id} verified: {} records on {}, content digest matches the trailer and the catalog",
+                    "image {id} verified: {} records on {}, content digest matches the trailer and the catalog{}",
                     read.map(|x| x.records_read).unwrap_or(0),
-                    read.map(|x| x.cartridges.join(", ")).unwrap_or_default()
+                    read.map(|x| x.cartridges.join(", ")).unwrap_or_default(),
+                    if r.status == crate::catalog::ImageStatus::Corrupt {
+                        " (it stays marked corrupt in the catalog from an earlier verification)"
+                    } else {
+                        ""
+                    }
                 )
             });
             Ok(())
@@ -66,7 +84,8 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             let keys = unlock_keys(ctx, &home, &fps)?;
             let out = ctx.out;
             let mut line = |s: &str| out.info(s);
-            let r = verify::verify_media(&cat, lib.as_mut(), &keys, &bc, &mut line)?;
+            let r =
+                verify::verify_media(&cat, lib.as_mut(), &keys, &bc, out.interactive(), &mut line)?;
             if !r.ok {
                 let bad: Vec<String> = r
                     .files

@@ -638,6 +638,10 @@ pub struct DataRecord<'a> {
     pub payload: &'a [u8],
     /// CRC-32 of the stored payload (verified by [`decode_block`]).
     pub payload_crc: u32,
+    /// The header bytes exactly as on tape (`[0, header_len)`, extension area
+    /// included): what [`DataRecord::aad`] authenticates, so the version and any
+    /// extension entries are covered too.
+    pub header: &'a [u8],
 }
 
 const R_DATA: &str = "data record";
@@ -738,13 +742,39 @@ pub fn data_record_aad(
     put_data_header(out, fields, extents, stored_len, 0, true).map(|_| ())
 }
 
+/// Offsets of the payload CRC and the tag in a data record header.
+const DATA_PAYLOAD_CRC_AT: usize = 92;
+const DATA_TAG_AT: usize = 96;
+/// Offsets of the payload CRC and the tag in a snapshot chunk header.
+const CHUNK_PAYLOAD_CRC_AT: usize = 88;
+const CHUNK_TAG_AT: usize = 92;
+
+/// The AAD of a decoded block: its header as on tape with the header CRC, payload CRC
+/// and tag zeroed (FORMAT.md section 6). Taken from the bytes read, not re-encoded, so
+/// the minor version and the extension area a writer put there are authenticated too.
+fn aad_of_header(header: &[u8], crc_at: usize, tag_at: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(header);
+    let h = &mut out[start..];
+    h[crate::wire::CRC_OFFSET..crate::wire::CRC_OFFSET + 4].fill(0);
+    h[crc_at..crc_at + 4].fill(0);
+    h[tag_at..tag_at + 16].fill(0);
+}
+
 impl DataRecord<'_> {
-    /// The AEAD associated data of this record (see [`data_record_aad`]).
+    /// The AEAD associated data of this record: its header as read, with the header
+    /// CRC, payload CRC and tag zeroed. For a record this version wrote, the same bytes
+    /// as [`data_record_aad`] of its fields.
     pub fn aad(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
-        data_record_aad(&self.fields, &self.extents, self.payload.len(), out)
+        aad_of_header(self.header, DATA_PAYLOAD_CRC_AT, DATA_TAG_AT, out);
+        Ok(())
     }
 
-    fn decode<'a>(c: &mut Cur<'_>, payload: &'a [u8]) -> Result<DataRecord<'a>, FormatError> {
+    fn decode<'a>(
+        c: &mut Cur<'_>,
+        header: &'a [u8],
+        payload: &'a [u8],
+    ) -> Result<DataRecord<'a>, FormatError> {
         let image_uuid = c.arr("image_uuid")?;
         let part = c.u32("part")?;
         let sequence = c.u64("sequence")?;
@@ -803,6 +833,7 @@ impl DataRecord<'_> {
             extents,
             payload,
             payload_crc,
+            header,
         })
     }
 }
@@ -885,6 +916,8 @@ pub struct SnapshotChunk<'a> {
     pub fields: ChunkFields,
     pub payload: &'a [u8],
     pub payload_crc: u32,
+    /// The header bytes exactly as on tape; what [`SnapshotChunk::aad`] authenticates.
+    pub header: &'a [u8],
 }
 
 const R_CHUNK: &str = "snapshot chunk";
@@ -952,10 +985,17 @@ pub fn snapshot_chunk_aad(
 }
 
 impl SnapshotChunk<'_> {
+    /// The AEAD associated data: the chunk header as read, with header CRC, payload CRC
+    /// and tag zeroed (see [`DataRecord::aad`]).
     pub fn aad(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
-        snapshot_chunk_aad(&self.fields, self.payload.len(), out)
+        aad_of_header(self.header, CHUNK_PAYLOAD_CRC_AT, CHUNK_TAG_AT, out);
+        Ok(())
     }
-    fn decode<'a>(c: &mut Cur<'_>, payload: &'a [u8]) -> Result<SnapshotChunk<'a>, FormatError> {
+    fn decode<'a>(
+        c: &mut Cur<'_>,
+        header: &'a [u8],
+        payload: &'a [u8],
+    ) -> Result<SnapshotChunk<'a>, FormatError> {
         let session_uuid = c.arr("session_uuid")?;
         let sequence = c.u64("sequence")?;
         let compression = Compression::decode(c.u8("compression")?, R_CHUNK)?;
@@ -985,6 +1025,7 @@ impl SnapshotChunk<'_> {
             fields,
             payload,
             payload_crc,
+            header,
         })
     }
 }
@@ -1125,7 +1166,7 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         }
         record_type::DATA => {
             let mut c = Cur::new(body, R_DATA);
-            let v = DataRecord::decode(&mut c, payload)?;
+            let v = DataRecord::decode(&mut c, &block[..p.header_len], payload)?;
             c.end()?;
             check_payload_crc(v.payload_crc, payload)?;
             Block::Data(v)
@@ -1139,7 +1180,7 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         }
         record_type::SNAPSHOT_CHUNK => {
             let mut c = Cur::new(body, R_CHUNK);
-            let v = SnapshotChunk::decode(&mut c, payload)?;
+            let v = SnapshotChunk::decode(&mut c, &block[..p.header_len], payload)?;
             c.end()?;
             check_payload_crc(v.payload_crc, payload)?;
             Block::SnapshotChunk(v)

@@ -208,6 +208,11 @@ impl<S: BlockSink> ImageWriter<S> {
         self.early_warning
     }
 
+    /// The sink, e.g. to check where the device is before deciding to write more.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
     /// The fields of the next record (image UUID, part, sequence filled in).
     pub fn fields(
         &self,

@@ -731,7 +731,9 @@ impl Drive {
 
     /// Where the position of the loaded cartridge is kept between holders of the drive.
     fn position_path(&self) -> PathBuf {
-        self.lib_dir.join(DRIVES_DIR).join(format!("{}.pos", self.index))
+        self.lib_dir
+            .join(DRIVES_DIR)
+            .join(format!("{}.pos", self.index))
     }
 
     /// The position the previous holder left for this very load of `barcode`, consumed

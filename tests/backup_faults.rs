@@ -1,0 +1,300 @@
+//! End to end through the binary, with damage: a corrupt incremental on the cartridge,
+//! and a backup process killed mid-stream.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Mark an image corrupt the way a user does: `verify --image` (exit 3).
+fn verify_marks_corrupt(v: &Vault, image: &str) {
+    let r = v.fails(&["verify", "--image", image], 3);
+    assert!(
+        r.stderr.contains(image),
+        "verify must name the corrupt image: {}",
+        r.stderr
+    );
+    let row = v.image_row(image);
+    assert_eq!(
+        row.status.as_str(),
+        "corrupt",
+        "verify must mark {image} corrupt"
+    );
+}
+
+#[test]
+fn restore_before_a_corrupt_incremental_works_and_nothing_builds_on_it() {
+    let v = Vault::small(3, "64M");
+    v.pool("p", "off");
+    let mut d = TestDisk::create(v.path("d.img"), 4 * MIB, 3 * MIB, 31);
+    let full = v.backup(&d, "p", &[]);
+    let mut points = vec![(s(&full, "image").to_string(), v.path("0.copy"))];
+    d.save_copy(&points[0].1);
+    // i1, i2, i3, i4; i2 changes an area no later image touches, so restoring i3 and
+    // i4 needs i2's records.
+    let areas: [(u64, u64); 4] = [
+        (0, 128 * KIB),
+        (MIB, 256 * KIB),
+        (2 * MIB, 64 * KIB),
+        (3 * MIB, 64 * KIB),
+    ];
+    for (n, &(o, l)) in areas.iter().enumerate() {
+        d.write_random(o, l);
+        let img = v.backup(&d, "p", &[]);
+        assert_eq!(s(&img, "kind"), "incremental");
+        assert_eq!(s(&img, "parent"), points.last().unwrap().0);
+        let copy = v.path(&format!("{}.copy", n + 1));
+        d.save_copy(&copy);
+        points.push((s(&img, "image").to_string(), copy));
+    }
+    let bad = points[2].0.clone();
+
+    // Flip a byte inside i2's first data record, found through the catalog's segments.
+    let segs = v
+        .catalog()
+        .segments(bad.parse().unwrap())
+        .expect("segments");
+    assert!(!segs.is_empty(), "the catalog locates i2's records");
+    let seg = &segs[0];
+    let (_, len) = v.block_location(&seg.barcode, seg.first_block);
+    assert!(
+        len > 64 * 1024,
+        "i2's first record carries its data ({len} bytes)"
+    );
+    v.flip_byte_in_block(&seg.barcode, seg.first_block);
+
+    // Points before the damage restore bit-identical.
+    for (n, (image, expected)) in points.iter().enumerate().take(2) {
+        let out = v.path(&format!("r{n}.img"));
+        let r = v.restore_image(d.id, image, &out);
+        assert_eq!(r.code, 0, "point {n} is before the damage: {}", r.stderr);
+        assert_same_bytes(&out, expected, &format!("point {n}"));
+    }
+    // The damaged point and every later one fail cleanly: exit 3, naming the image
+    // and the cartridge.
+    for (n, (image, _)) in points.iter().enumerate().skip(2) {
+        let out = v.path(&format!("r{n}.img"));
+        let r = v.restore_image(d.id, image, &out);
+        assert_eq!(
+            r.code, 3,
+            "point {n} needs the corrupt record: {} {}",
+            r.stdout, r.stderr
+        );
+        assert_eq!(r.json["exit_code"].as_i64(), Some(3), "{}", r.stdout);
+        assert!(
+            r.stderr.contains(&bad)
+                && r.stderr.contains(&seg.barcode)
+                && r.stderr.contains(&seg.first_block.to_string()),
+            "the error must name image {bad}, cartridge {} and block {}: {}",
+            seg.barcode,
+            seg.first_block,
+            r.stderr
+        );
+        // Cleanly: no half-restored disk (nor a temp file of it) is left behind.
+        let name = format!("r{n}.img");
+        let left: Vec<_> = std::fs::read_dir(&v.root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains(&name))
+            .collect();
+        assert!(left.is_empty(), "a failed restore left {left:?}");
+    }
+
+    verify_marks_corrupt(&v, &bad);
+
+    // The next backup builds on i1, the newest image whose whole chain is good: never
+    // on i2 or on i3/i4 that depend on it.
+    d.write_random(MIB + 512 * KIB, 64 * KIB);
+    let next = v.backup(&d, "p", &[]);
+    assert_eq!(s(&next, "kind"), "incremental", "{next}");
+    assert_eq!(s(&next, "parent"), points[1].0, "must build on i1: {next}");
+    // Relative to i1: i2..i4's areas and the new one.
+    let since_i1 = [areas[1], areas[2], areas[3], (MIB + 512 * KIB, 64 * KIB)];
+    assert_eq!(
+        u(&next, "data_bytes") + u(&next, "zero_bytes"),
+        tracked_bytes(&since_i1, d.size()),
+        "{next}"
+    );
+    let after = v.backup(&d, "p", &[]);
+    assert_eq!(s(&after, "parent"), s(&next, "image"));
+
+    let out = v.path("next.img");
+    let r = v.restore_image(d.id, s(&next, "image"), &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_bytes(&out, &d.path, "the image built around the damage");
+}
+
+/// Make every write to a cartridge take `millis`, so a backup is reliably mid-stream
+/// when it is killed (the simulator's hang fault, read when the cartridge is loaded).
+fn slow_writes(v: &Vault, barcode: &str, millis: u64, times: u32) {
+    let f = v.cartridge_dir(barcode).join("faults.json");
+    let j = serde_json::json!({"hang": {"op": "write", "millis": millis, "times": times}});
+    std::fs::write(f, j.to_string()).unwrap();
+}
+
+fn data_len(v: &Vault, barcode: &str) -> u64 {
+    std::fs::metadata(v.cartridge_dir(barcode).join("data"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
+    let v = Vault::small(2, "64M");
+    v.pool("p", "off");
+    let mut d = TestDisk::create(v.path("d.img"), 12 * MIB, 12 * MIB, 41);
+    let cbt = v.path("cbt.json");
+    let cbt_s = cbt.to_string_lossy().into_owned();
+    write_changed_extents(&cbt, "*", "k0", &[(0, d.size())]);
+    let full = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
+    let bc = full["cartridges"][0].as_str().unwrap().to_string();
+    let full_copy = v.path("full.copy");
+    d.save_copy(&full_copy);
+
+    // Change most of the disk, then start a changed-extents incremental (k0 -> k1) with
+    // slow writes and kill it once it has written a few records.
+    d.write_random(0, 8 * MIB);
+    write_changed_extents(&cbt, "k0", "k1", &[(0, 8 * MIB)]);
+    slow_writes(&v, &bc, 40, 1000);
+    let before = data_len(&v, &bc);
+    let path = d.path.to_string_lossy().into_owned();
+    let id = d.id.to_string();
+    let mut child = v
+        .command(&[
+            "backup",
+            "--disk",
+            &path,
+            "--disk-id",
+            &id,
+            "--pool",
+            "p",
+            "--changed-extents",
+            &cbt_s,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while data_len(&v, &bc) < before + 3 * 512 * KIB {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the backup never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::fs::remove_file(v.cartridge_dir(&bc).join("faults.json")).unwrap();
+
+    // The catalog: the killed image is there, not complete, and not a base.
+    let cat = v.catalog();
+    let imgs = cat.images(Some(d.id)).unwrap();
+    assert_eq!(imgs.len(), 2, "{imgs:?}");
+    let killed = imgs
+        .iter()
+        .find(|i| i.uuid.to_string() != s(&full, "image"))
+        .unwrap()
+        .clone();
+    assert_ne!(killed.status.as_str(), "complete");
+    // The catalog's check sees the leftover (and says the next backup repairs it).
+    let problems = cat.check().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.subject.contains(&killed.uuid.to_string())),
+        "catalog check must report the killed image as stale: {problems:?}"
+    );
+    drop(cat);
+
+    // The next run, by a script that assumes the killed run succeeded (k1 -> k2):
+    // recovers (the killed image becomes failed), does not trust a file relative to the
+    // failed image's change id, hash-scans against the full, and starts its tape file
+    // after a filemark that closes the killed image's file.
+    write_changed_extents(&cbt, "k1", "k2", &[(0, 64 * KIB)]);
+    let next = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
+    assert_eq!(s(&next, "kind"), "incremental", "{next}");
+    assert_eq!(s(&next, "method"), "hash-scan", "{next}");
+    let reason = s(&next, "reason");
+    assert!(reason.contains("k1") && reason.contains("k0"), "{reason}");
+    let next_copy = v.path("next.copy");
+    d.save_copy(&next_copy);
+    assert_eq!(
+        s(&next, "parent"),
+        s(&full, "image"),
+        "never on the killed image"
+    );
+    assert_eq!(
+        u(&next, "data_bytes") + u(&next, "zero_bytes"),
+        8 * MIB,
+        "relative to the full, 8 MiB changed: {next}"
+    );
+    let cat = v.catalog();
+    let k = cat.image(killed.uuid).unwrap().unwrap();
+    assert_eq!(k.status.as_str(), "failed", "{k:?}");
+    assert!(k.note.is_some(), "a failed image says why");
+    let session = cat.session(k.session_uuid.unwrap()).unwrap().unwrap();
+    assert_eq!(session.status.as_str(), "failed");
+    let n = cat.segments(s(&next, "image").parse().unwrap()).unwrap();
+    let header_block = n[0].first_block - 1;
+    let before_header = header_block - 1;
+    assert!(
+        is_filemark(&v, &n[0].barcode, before_header),
+        "the killed image's tape file must be closed by a filemark before the next image"
+    );
+    let full_segs = cat.segments(s(&full, "image").parse().unwrap()).unwrap();
+    // After the full: its catalog snapshot, its end-of-session marker, the killed
+    // image's (closed) file, then the next image.
+    assert_eq!(
+        n[0].tape_file,
+        full_segs[0].tape_file + 4,
+        "the next image is in a tape file of its own after the killed one"
+    );
+    drop(cat);
+    v.assert_catalog_consistent();
+
+    // The chain goes on from the recovered run with changed extents (k2 -> k3).
+    d.write_random(11 * MIB, 64 * KIB);
+    write_changed_extents(&cbt, "k2", "k3", &[(11 * MIB, 64 * KIB)]);
+    let last = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
+    assert_eq!(s(&last, "method"), "changed-extents", "{last}");
+    assert_eq!(s(&last, "parent"), s(&next, "image"));
+
+    for (img, expected, what) in [
+        (s(&full, "image").to_string(), full_copy.clone(), "the full"),
+        (
+            s(&next, "image").to_string(),
+            next_copy.clone(),
+            "the next run",
+        ),
+        (
+            s(&last, "image").to_string(),
+            d.path.clone(),
+            "the run after",
+        ),
+    ] {
+        let out: PathBuf = v.path(&format!("{}.restored", &img[..8]));
+        let r = v.restore_image(d.id, &img, &out);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert_same_bytes(&out, &expected, what);
+    }
+    // The killed image cannot be restored, and says so.
+    let out = v.path("killed.img");
+    let r = v.restore_image(d.id, &killed.uuid.to_string(), &out);
+    assert_ne!(r.code, 0, "a failed image must not restore");
+}
+
+fn is_filemark(v: &Vault, barcode: &str, block: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let idx = std::fs::File::open(v.cartridge_dir(barcode).join("index")).unwrap();
+    let mut e = [0u8; 16];
+    idx.read_exact_at(&mut e, 16 + 16 * block).unwrap();
+    u32::from_le_bytes(e[8..12].try_into().unwrap()) & (1 << 31) != 0
+}
