@@ -50,6 +50,17 @@ pub const RECORDS_PER_SEGMENT: u64 = 64;
 /// Queue depth between the pipeline's stages (records in flight per stage).
 pub const PIPELINE_DEPTH: usize = 4;
 
+/// The largest data record header a chunk can produce: the fixed part plus the most
+/// sub-extents a chunk carries (tape-formats: 112 bytes + 17 per extent).
+pub const MAX_RECORD_HEADER: usize = 112 + 17 * crate::source::disk::MAX_EXTENTS_PER_CHUNK;
+
+/// Plain data per record for a drive whose largest block is `max_block`: the format's
+/// default when it fits, else what fits, rounded down to 4 KiB. None below 4 KiB.
+pub fn record_data_size_for(max_block: usize) -> Option<usize> {
+    let room = max_block.checked_sub(MAX_RECORD_HEADER)? & !4095;
+    (room >= 4096).then(|| room.min(tape_formats::DEFAULT_RECORD_DATA_SIZE as usize))
+}
+
 /// One disk to back up, identified by its hypervisor UUID.
 #[derive(Debug, Clone)]
 pub struct DiskSpec {
@@ -1009,10 +1020,26 @@ impl Job<'_> {
     ) -> Result<ImageProgress> {
         let size = disk.size();
         let bs = DEFAULT_BLOCK_SIZE;
-        let cfg = ChunkConfig {
-            record_data_size: tape_formats::DEFAULT_RECORD_DATA_SIZE as usize,
-            block_size: bs,
-        };
+        // Records must fit the drive's largest block (real drives and HBAs may take less
+        // than 1 MiB): plain data + the largest header a record of a chunk can have.
+        // Stored payloads are never larger than plain ones (incompressible data is
+        // stored raw).
+        self.tape.ensure_mounted(report_line)?;
+        let max_block = self
+            .tape
+            .current()
+            .sink
+            .as_ref()
+            .map(|s| s.drive.max_block_size())
+            .unwrap_or(tape_formats::MAX_BLOCK_SIZE)
+            .min(tape_formats::MAX_BLOCK_SIZE);
+        let record_data_size = record_data_size_for(max_block).ok_or_else(|| {
+            Error::Failed(format!(
+                "the drive's largest block ({max_block} bytes) is too small for tapevault records (at least {} bytes are needed)",
+                MAX_RECORD_HEADER + 4096
+            ))
+        })?;
+        let cfg = ChunkConfig { record_data_size, block_size: bs };
         let dl_err = |e: crate::source::hashscan::DigestListError| {
             Error::Failed(format!("block digest list: {e}"))
         };
@@ -1368,7 +1395,10 @@ impl Job<'_> {
         let mut noop = |_: &str| {};
         let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
         let start_block = sink.block;
-        let chunk = tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize;
+        let max_block = sink.drive.max_block_size().min(tape_formats::MAX_BLOCK_SIZE);
+        let chunk = record_data_size_for(max_block)
+            .unwrap_or(4096)
+            .min(tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize);
         let cipher = match &self.sealer {
             Some(s) => Cipher::Aes256Gcm {
                 key_fingerprint: s.key.fingerprint,
@@ -1452,5 +1482,18 @@ impl Job<'_> {
         };
         cat.record_snapshot(&loc)?;
         Ok(loc)
+    }
+}
+
+#[cfg(test)]
+mod record_size_tests {
+    use super::*;
+
+    #[test]
+    fn records_fit_the_drives_largest_block() {
+        assert_eq!(record_data_size_for(1 << 20), Some(512 << 10));
+        let r = record_data_size_for(512 << 10).unwrap();
+        assert!(r + MAX_RECORD_HEADER <= 512 << 10 && r % 4096 == 0 && r >= 480 << 10);
+        assert_eq!(record_data_size_for(16 << 10), None);
     }
 }

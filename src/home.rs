@@ -150,13 +150,10 @@ impl Home {
     pub fn open_library(&self) -> Result<Box<dyn TapeLibrary>> {
         match &self.config.library {
             LibraryConfig::Virtual { .. } => Ok(Box::new(self.open_virtual_library()?)),
-            LibraryConfig::Scsi { changer, drives } => {
-                let _ = drives; // PENDING-ST
-                Err(Error::Failed(format!(
-                    "SCSI changer {} support is not merged yet",
-                    changer.display()
-                )))
-            }
+            LibraryConfig::Scsi { changer, drives } => Ok(Box::new(
+                crate::changer::scsi::ScsiLibrary::open(changer, drives)
+                    .with_context(|| format!("opening the SCSI changer {}", changer.display()))?,
+            )),
         }
     }
 }

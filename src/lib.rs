@@ -16,5 +16,6 @@ pub mod media;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;
+pub mod scsi;
 pub mod source;
 pub mod verify;

@@ -89,10 +89,9 @@ pub enum TapeOp {
 
 fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
     if let Some(dev) = &a.device {
-        return Err(Error::Failed(format!(
-            "st support is not merged yet: {}",
-            dev.display()
-        ))); // PENDING-ST
+        return Ok(Box::new(
+            crate::drive::st::StDrive::open(dev).with_context(|| format!("opening {}", dev.display()))?,
+        ));
     }
     let home = ctx.home()?;
     let mut lib = home.open_library()?;
