@@ -74,15 +74,33 @@ pub fn wants_new_set(policy: Allocation, set: &MediaSetRow, now: DateTime<Utc>) 
 }
 
 /// The media set a new session of `pool` writes to: the open one, or a new one when the
-/// pool's allocation policy says so (the old one is then closed).
+/// pool's allocation policy says so or the open one is past its retention (the old one
+/// is then closed).
 pub fn session_media_set(cat: &Catalog, pool: &PoolRow, now: DateTime<Utc>) -> Result<MediaSetRow> {
     if let Some(set) = cat.current_media_set(&pool.name)? {
-        if !wants_new_set(pool.allocation, &set, now) {
+        if !wants_new_set(pool.allocation, &set, now) && !past_retention(cat, pool, &set, now)? {
             return Ok(set);
         }
         super::lifecycle::close_set(cat, set.uuid)?;
     }
     super::lifecycle::create_media_set(cat, &pool.name, now)
+}
+
+/// Whether an open set's retention already ran out (it is only held by dependencies, or
+/// expired). Appending to it would make its stale restore points, whose bases may
+/// already be recycled, look kept again: a new set starts instead.
+pub fn past_retention(
+    cat: &Catalog,
+    pool: &PoolRow,
+    set: &MediaSetRow,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if pool.retention_days.is_none() {
+        return Ok(false);
+    }
+    Ok(super::lifecycle::evaluate(cat, now)?
+        .set(set.uuid)
+        .is_some_and(|s| !matches!(s.verdict, super::lifecycle::Verdict::Kept { .. })))
 }
 
 /// The cartridge to write next.

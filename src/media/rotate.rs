@@ -282,7 +282,10 @@ pub fn plan(
             None => true,
             Some(s) => {
                 wants_new_set(pool.allocation, s, now)
-                    || ev.set(s.uuid).is_some_and(|x| x.is_expired())
+                    || (pool.retention_days.is_some()
+                        && ev
+                            .set(s.uuid)
+                            .is_some_and(|x| !matches!(x.verdict, Verdict::Kept { .. })))
                     || leaving.iter().any(|b| {
                         all.iter()
                             .any(|m| &m.barcode == b && m.media_set_uuid == Some(s.uuid))
