@@ -34,7 +34,7 @@ use crate::error::{Context, Error, Result};
 use crate::extents::ExtentSet;
 use crate::home::Home;
 use crate::locks::{self, JobLock};
-use crate::media::allocate::{pick_cartridge, session_media_set, sync_inventory, Pick};
+use crate::media::allocate::{session_media_set, Pick};
 use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
 use crate::media::{mount, DriveSink, Mounted};
 use crate::progress::Progress;
@@ -191,6 +191,12 @@ pub fn run(
         &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
         &format!("backup to pool {}", pool.name),
     )?;
+    if let Some(note) = &_pool_lock.stale_note {
+        report_line(&format!(
+            "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
+            pool.name
+        ));
+    }
     let now = crate::clock::now();
     let set = session_media_set(cat, &pool, now)?;
     let session = cat.begin_session(&pool.name, Some(set.uuid))?;
@@ -211,6 +217,13 @@ pub fn run(
         exclude: HashSet::new(),
         current: None,
         escrow: None,
+        // Wait for media only when a person can insert it.
+        wait: (interactive && std::io::IsTerminal::is_terminal(&std::io::stdin())).then(|| {
+            crate::media::allocate::MediaWait {
+                max: std::time::Duration::from_secs(home.config.media_wait_secs),
+                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
+            }
+        }),
     };
     if pool.escrow {
         if let (Some(s), Some(p)) = (&sealer, &passphrase) {
@@ -329,6 +342,7 @@ struct Tape<'a> {
     exclude: HashSet<String>,
     current: Option<Current>,
     escrow: Option<Vec<u8>>,
+    wait: Option<crate::media::allocate::MediaWait>,
 }
 
 struct Current {
@@ -348,15 +362,16 @@ impl Tape<'_> {
             return Ok(());
         }
         loop {
-            let (_, present) = sync_inventory(self.cat, self.lib)?;
-            self.present = present;
-            let pick = pick_cartridge(
+            let (pick, present) = crate::media::allocate::pick_or_wait(
                 self.cat,
-                &self.present,
+                self.lib,
                 &self.pool,
                 &self.set,
                 &self.exclude,
+                self.wait,
+                report_line,
             )?;
+            self.present = present;
             let row = pick.row().clone();
             let mut m = mount::mount(self.lib, &row.barcode, Some(&row.location))?;
             match self.prepare(&pick, &mut m, report_line) {
@@ -418,6 +433,24 @@ impl Tape<'_> {
                 Ok(Some((block, file)))
             }
             Pick::Join(row) => {
+                // A WORM pool takes only WORM cartridges, and a WORM cartridge (which can
+                // never be recycled) only joins a WORM pool.
+                if let Ok(st) = drive.status() {
+                    if st.worm != self.pool.worm {
+                        report_line(&format!(
+                            "cartridge {} is {}a WORM cartridge and pool {} {}; skipping it",
+                            row.barcode,
+                            if st.worm { "" } else { "not " },
+                            self.pool.name,
+                            if self.pool.worm {
+                                "takes only WORM cartridges"
+                            } else {
+                                "is not a WORM pool"
+                            }
+                        ));
+                        return Ok(None);
+                    }
+                }
                 // Never overwrite what the catalog does not know to be disposable.
                 let ok = match &found {
                     LabelRead::Blank => true,
@@ -514,7 +547,7 @@ impl Tape<'_> {
     }
 
     fn touch(&mut self) -> Result<()> {
-        self.cat.touch_media_set(self.set.uuid)?;
+        crate::media::lifecycle::record_set_write(self.cat, self.set.uuid, crate::clock::now())?;
         Ok(())
     }
 

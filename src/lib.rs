@@ -5,6 +5,7 @@ pub mod changer;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod config_pools;
 pub mod crypto;
 pub mod drive;
 pub mod error;

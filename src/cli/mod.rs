@@ -14,10 +14,12 @@ mod backup_cmd;
 mod catalog_cmd;
 mod key_cmd;
 mod library_cmd;
+mod media_cmd;
 mod output;
 mod passphrase;
 mod pool_cmd;
 mod restore_cmd;
+mod rotate_cmd;
 mod tape_cmd;
 mod verify_cmd;
 
@@ -61,9 +63,11 @@ pub enum Command {
     Pool(pool_cmd::PoolCommand),
     /// Label a cartridge into a pool.
     Label(pool_cmd::LabelArgs),
-    /// Cartridges: list, export, vault.
+    /// Cartridges: list, show, export, vault, return, offsite, due, pull-list.
     #[command(subcommand)]
-    Media(pool_cmd::MediaCommand),
+    Media(media_cmd::MediaCommand),
+    /// Today's rotation: expire, recycle, and what to remove and insert.
+    Rotate(rotate_cmd::RotateArgs),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
     /// The catalog: rebuild from cartridges, back up onto one, export, check.
@@ -150,7 +154,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Tape(a) => tape_cmd::tape(ctx, a),
         Command::Pool(c) => pool_cmd::pool(ctx, c),
         Command::Label(a) => pool_cmd::label(ctx, a),
-        Command::Media(c) => pool_cmd::media(ctx, c),
+        Command::Media(c) => media_cmd::media(ctx, c),
+        Command::Rotate(a) => rotate_cmd::rotate(ctx, a),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
         Command::Catalog(c) => catalog_cmd::catalog(ctx, c),
         Command::Key(c) => key_cmd::key(ctx, c),

@@ -4,10 +4,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{human_bytes, usage, Ctx};
-use crate::catalog::{
-    Allocation, Catalog, Compression, ImageStatus, MediaRow, MediaState, PoolRow,
-};
+use super::{usage, Ctx};
+use crate::catalog::{Allocation, Catalog, Compression, MediaRow, MediaState, PoolRow};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
 use crate::media::volume::{read_label, write_label, LabelRead};
@@ -21,8 +19,14 @@ pub enum PoolCommand {
     Update(PoolArgs),
     /// List pools.
     List,
-    /// Show one pool with its media sets and cartridges.
+    /// Show one pool with its media sets (and their retention) and cartridges.
     Show { name: String },
+    /// Create and update pools from the home's pools.toml.
+    Apply {
+        /// Only say what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +53,13 @@ pub struct PoolArgs {
     /// Write the passphrase-wrapped key into every volume label (key escrow).
     #[arg(long)]
     pub escrow: bool,
+    /// Finished media sets of this pool go to this vault (`tapevault rotate` lists them
+    /// for removal); kept in pools.toml.
+    #[arg(long, value_name = "VAULT")]
+    pub offsite: Option<String>,
+    /// Clear the offsite vault.
+    #[arg(long, conflicts_with = "offsite")]
+    pub no_offsite: bool,
 }
 
 pub fn open_catalog(home: &crate::home::Home) -> Result<Catalog> {
@@ -83,6 +94,10 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 created: crate::catalog::catalog_time(crate::clock::now()),
             };
             cat.create_pool(&row)?;
+            if let Some(v) = &a.offsite {
+                crate::media::vault::check_vault_name(v)?;
+                crate::config_pools::set_offsite(&home.dir, &row.name, Some(v))?;
+            }
             ctx.out.emit(&row, || format!("created pool {}", row.name));
         }
         PoolCommand::Update(a) => {
@@ -120,6 +135,12 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 row.escrow = true;
             }
             cat.update_pool(&row)?;
+            if let Some(v) = &a.offsite {
+                crate::media::vault::check_vault_name(v)?;
+                crate::config_pools::set_offsite(&home.dir, &row.name, Some(v))?;
+            } else if a.no_offsite {
+                crate::config_pools::set_offsite(&home.dir, &row.name, None)?;
+            }
             ctx.out.emit(&row, || format!("updated pool {}", row.name));
         }
         PoolCommand::List => {
@@ -148,15 +169,24 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("no pool named {name}")))?;
             let sets = cat.media_sets(Some(&name))?;
             let media = cat.list_media(Some(&name))?;
+            let ev = crate::media::lifecycle::evaluate(&cat, crate::clock::now())?;
+            let offsite =
+                crate::config_pools::offsite_of(&crate::config_pools::load(&home.dir)?, &name);
+            let retention: Vec<&crate::media::lifecycle::SetStatus> =
+                sets.iter().filter_map(|s| ev.set(s.uuid)).collect();
             #[derive(Serialize)]
             struct Show<'a> {
                 pool: &'a PoolRow,
+                offsite: Option<&'a str>,
                 media_sets: &'a [crate::catalog::MediaSetRow],
+                retention: &'a [&'a crate::media::lifecycle::SetStatus],
                 media: &'a [MediaRow],
             }
             let v = Show {
                 pool: &p,
+                offsite: offsite.as_deref(),
                 media_sets: &sets,
+                retention: &retention,
                 media: &media,
             };
             ctx.out.emit(&v, || {
@@ -170,9 +200,27 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                         .unwrap_or_else(|| "forever".into()),
                     p.allocation
                 );
+                if let Some(o) = &offsite {
+                    s.push_str(&format!("  finished sets go offsite to vault {o}\n"));
+                }
                 for set in &sets {
+                    let verdict = match ev.set(set.uuid).map(|x| &x.verdict) {
+                        Some(crate::media::lifecycle::Verdict::Kept { until: Some(t), .. }) => {
+                            format!("kept until {}", t.format("%Y-%m-%d"))
+                        }
+                        Some(crate::media::lifecycle::Verdict::Kept { until: None, .. }) => {
+                            "kept".into()
+                        }
+                        Some(crate::media::lifecycle::Verdict::Held { holds }) => {
+                            format!("held by {} kept restore point(s)", holds.len())
+                        }
+                        Some(crate::media::lifecycle::Verdict::Expired { since }) => {
+                            format!("expired since {}", since.format("%Y-%m-%d"))
+                        }
+                        None => "-".into(),
+                    };
                     s.push_str(&format!(
-                        "  media set {} created {}{}\n",
+                        "  media set {} created {}{}, {verdict}\n",
                         set.uuid,
                         set.created.format("%Y-%m-%d %H:%M"),
                         if set.closed { " (closed)" } else { "" }
@@ -194,6 +242,34 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                     ));
                 }
                 s
+            });
+        }
+        PoolCommand::Apply { dry_run } => {
+            let f = crate::config_pools::load(&home.dir)?;
+            let changes =
+                crate::config_pools::apply(&cat, &home.dir, &f, crate::clock::now(), dry_run)?;
+            ctx.out.emit(&changes, || {
+                if changes.is_empty() {
+                    return format!(
+                        "{} declares no pools",
+                        crate::config_pools::path(&home.dir).display()
+                    );
+                }
+                changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "pool {}: {}{}\n",
+                            c.pool,
+                            if dry_run && c.action != "unchanged" {
+                                "would be "
+                            } else {
+                                ""
+                            },
+                            c.action
+                        )
+                    })
+                    .collect()
             });
         }
     }
@@ -228,24 +304,23 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
     let mut lib = home.open_library()?;
     sync_inventory(&cat, lib.as_mut())?;
     let row = cat.media(&a.barcode)?;
-    // Restore points on it that are still kept.
-    let at_risk: Vec<_> = cat
-        .images_on_media(&a.barcode)?
-        .into_iter()
-        .filter(|i| i.status == ImageStatus::Complete)
-        .collect();
-    let expired = row
-        .as_ref()
-        .map(|m| m.state == MediaState::Expired)
-        .unwrap_or(false);
-    if !at_risk.is_empty() && !expired && !a.force {
+    // What relabelling destroys: every restore point on it, and incrementals elsewhere
+    // that need them. Refused while any of it is kept, unless --force.
+    let now = crate::clock::now();
+    let impact = crate::media::lifecycle::overwrite_impact(&cat, &a.barcode, now)?;
+    if let (Some(why), false) = (&impact.kept_because, a.force) {
         return Err(Error::Failed(format!(
-            "cartridge {} holds {} restore point(s) that have not expired ({}); relabelling would destroy them. Use --force to overwrite anyway.",
+            "cartridge {} still holds kept restore points ({why}); relabelling would destroy {}. Use --force to overwrite anyway.",
             a.barcode,
-            at_risk.len(),
-            at_risk.iter().map(|i| format!("image {} of disk {}", i.uuid, i.disk_uuid)).collect::<Vec<_>>().join(", ")
+            impact.describe()
         )));
     }
+    let at_risk: Vec<_> = impact
+        .images
+        .iter()
+        .chain(&impact.dependents)
+        .cloned()
+        .collect();
     let mut m = mount(
         lib.as_mut(),
         &a.barcode,
@@ -291,15 +366,16 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
             escrow: Vec::new(),
         };
         write_label(m.drive.as_mut(), &label)?;
-        for i in &at_risk {
-            cat.fail_image(
-                i.uuid,
-                &format!(
-                    "overwritten: cartridge {} was relabelled with --force",
-                    a.barcode
-                ),
-            )?;
-        }
+        crate::media::lifecycle::forget_contents(
+            &cat,
+            &a.barcode,
+            &format!(
+                "overwritten: cartridge {} was relabelled on {}",
+                a.barcode,
+                now.format("%Y-%m-%d")
+            ),
+            false,
+        )?;
         let mut r = row
             .clone()
             .unwrap_or_else(|| MediaRow::new_blank(&a.barcode, ""));
@@ -325,59 +401,21 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
     let rep = result?;
     ctx.out.emit(&rep, || {
         let mut s = format!(
-            "labelled {} into pool {} (volume {})",
+            "labelled {} into pool {} (volume {}) as scratch",
             rep.barcode, rep.pool, rep.volume
         );
         if !rep.overwritten.is_empty() {
             s.push_str(&format!(
-                "\noverwrote {} restore point(s)",
-                rep.overwritten.len()
+                "\noverwrote {} restore point(s): {}",
+                rep.overwritten.len(),
+                rep.overwritten
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         s
     });
-    Ok(())
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MediaCommand {
-    /// Every cartridge the catalog knows, with pool, set, state and location.
-    List {
-        #[arg(long)]
-        pool: Option<String>,
-    },
-}
-
-pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
-    let home = ctx.home()?;
-    let cat = open_catalog(&home)?;
-    if let Ok(mut lib) = home.open_library() {
-        sync_inventory(&cat, lib.as_mut())?;
-    }
-    match c {
-        MediaCommand::List { pool } => {
-            let rows = cat.list_media(pool.as_deref())?;
-            ctx.out.emit(&rows, || {
-                rows.iter()
-                    .map(|m| {
-                        format!(
-                            "{:<10} {:<9} pool {:<10} set {} #{} {} written, at {}\n",
-                            m.barcode,
-                            m.state.to_string(),
-                            m.pool.as_deref().unwrap_or("-"),
-                            m.media_set_uuid
-                                .map(|u| u.to_string()[..8].to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            m.seq_in_set
-                                .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            human_bytes(m.bytes_written),
-                            m.location
-                        )
-                    })
-                    .collect()
-            });
-        }
-    }
     Ok(())
 }

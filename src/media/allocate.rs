@@ -74,15 +74,33 @@ pub fn wants_new_set(policy: Allocation, set: &MediaSetRow, now: DateTime<Utc>) 
 }
 
 /// The media set a new session of `pool` writes to: the open one, or a new one when the
-/// pool's allocation policy says so (the old one is then closed).
+/// pool's allocation policy says so or the open one is past its retention (the old one
+/// is then closed).
 pub fn session_media_set(cat: &Catalog, pool: &PoolRow, now: DateTime<Utc>) -> Result<MediaSetRow> {
     if let Some(set) = cat.current_media_set(&pool.name)? {
-        if !wants_new_set(pool.allocation, &set, now) {
+        if !wants_new_set(pool.allocation, &set, now) && !past_retention(cat, pool, &set, now)? {
             return Ok(set);
         }
-        cat.close_media_set(set.uuid)?;
+        super::lifecycle::close_set(cat, set.uuid)?;
     }
-    Ok(cat.create_media_set(&pool.name, tape_formats::FORMAT_MAJOR as u32)?)
+    super::lifecycle::create_media_set(cat, &pool.name, now)
+}
+
+/// Whether an open set's retention already ran out (it is only held by dependencies, or
+/// expired). Appending to it would make its stale restore points, whose bases may
+/// already be recycled, look kept again: a new set starts instead.
+pub fn past_retention(
+    cat: &Catalog,
+    pool: &PoolRow,
+    set: &MediaSetRow,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if pool.retention_days.is_none() {
+        return Ok(false);
+    }
+    Ok(super::lifecycle::evaluate(cat, now)?
+        .set(set.uuid)
+        .is_some_and(|s| !matches!(s.verdict, super::lifecycle::Verdict::Kept { .. })))
 }
 
 /// The cartridge to write next.
@@ -130,11 +148,17 @@ pub fn pick_cartridge(
     }) {
         return Ok(Pick::Join(m.clone()));
     }
-    if let Some(m) = pool_media
+    // An expired cartridge is checked again now (a newer incremental may need its set)
+    // and recycled into the pool's scratch before it joins.
+    let now = crate::clock::now();
+    for m in pool_media
         .iter()
-        .find(|m| m.state == MediaState::Expired && usable(m))
+        .filter(|m| m.state == MediaState::Expired && usable(m))
     {
-        return Ok(Pick::Join(m.clone()));
+        if super::lifecycle::recycle_if_expired(cat, &m.barcode, now)? {
+            let row = cat.media(&m.barcode)?.unwrap_or_else(|| m.clone());
+            return Ok(Pick::Join(row));
+        }
     }
     if let Some(m) = cat
         .list_media(None)?
@@ -143,22 +167,111 @@ pub fn pick_cartridge(
     {
         return Ok(Pick::Join(m));
     }
-    let offsite: Vec<String> = cat
+    Err(Error::MediaNeeded(media_needed_message(
+        cat, present, pool, set,
+    )?))
+}
+
+/// What a pool needs when no cartridge for it is in the library, naming the cartridges
+/// outside that would do.
+pub fn media_needed_message(
+    cat: &Catalog,
+    present: &HashSet<String>,
+    pool: &PoolRow,
+    set: &MediaSetRow,
+) -> Result<String> {
+    let outside = |m: &MediaRow| !present.contains(&m.barcode);
+    let fmt = |m: &MediaRow| format!("{} ({})", m.barcode, m.location);
+    let set_writable: Vec<String> = cat
         .media_in_set(set.uuid)?
-        .into_iter()
-        .filter(|m| m.state == MediaState::Writable && !present.contains(&m.barcode))
-        .map(|m| format!("{} ({})", m.barcode, m.location))
+        .iter()
+        .filter(|m| m.state == MediaState::Writable && outside(m))
+        .map(fmt)
         .collect();
-    let hint = if offsite.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " The set's writable cartridge is not in the library: {}.",
-            offsite.join(", ")
-        )
-    };
-    Err(Error::MediaNeeded(format!(
-        "pool {} needs a writable cartridge and none is in the library (no writable cartridge of its media set {}, no scratch or expired cartridge of the pool, no blank cartridge).{hint} Insert one into a mail slot and run `tapevault library import`, or add blank cartridges.",
+    let pool_media = cat.list_media(Some(&pool.name))?;
+    let scratch: Vec<String> = pool_media
+        .iter()
+        .filter(|m| {
+            outside(m)
+                && ((m.media_set_uuid.is_none()
+                    && matches!(m.state, MediaState::Writable | MediaState::Blank))
+                    || m.state == MediaState::Expired)
+        })
+        .map(fmt)
+        .collect();
+    let mut hint = String::new();
+    if !set_writable.is_empty() {
+        hint.push_str(&format!(
+            " The set's writable cartridge is outside the library: {}.",
+            set_writable.join(", ")
+        ));
+    }
+    if !scratch.is_empty() {
+        hint.push_str(&format!(
+            " Scratch or expired cartridges of the pool outside the library: {}.",
+            scratch.join(", ")
+        ));
+    }
+    Ok(format!(
+        "pool {} needs a writable cartridge for media set {} and none is in the library (no writable cartridge of the set, no scratch or expired cartridge of the pool, no unassigned blank cartridge).{hint} Insert one into a mail slot and run `tapevault library import` (or `tapevault media return BARCODE`), or add blank cartridges.",
         pool.name, set.uuid
-    )))
+    ))
+}
+
+/// How long to wait for a cartridge to be inserted when none fits.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaWait {
+    /// Give up (exit 4) after this long.
+    pub max: std::time::Duration,
+    /// Re-read the library inventory this often.
+    pub poll: std::time::Duration,
+}
+
+/// Re-read the inventory this often while waiting for media: a changer inventory is cheap,
+/// an operator needs seconds to insert a cartridge.
+pub const MEDIA_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`pick_cartridge`] after syncing the inventory; when none fits and `wait` is given (a
+/// person is at a terminal), say once what is needed and poll the library until a
+/// cartridge fits or `wait.max` passes; then fail with exit 4 and the same message.
+/// A cartridge put into a mail slot is usable from there.
+pub fn pick_or_wait(
+    cat: &Catalog,
+    lib: &mut dyn TapeLibrary,
+    pool: &PoolRow,
+    set: &MediaSetRow,
+    exclude: &HashSet<String>,
+    wait: Option<MediaWait>,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<(Pick, HashSet<String>)> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let (_, present) = sync_inventory(cat, lib)?;
+        match pick_cartridge(cat, &present, pool, set, exclude) {
+            Ok(p) => return Ok((p, present)),
+            Err(Error::MediaNeeded(msg)) => {
+                let Some(w) = wait else {
+                    return Err(Error::MediaNeeded(msg));
+                };
+                let waited = started.elapsed();
+                if waited >= w.max {
+                    return Err(Error::MediaNeeded(format!(
+                        "{msg} (waited {} s)",
+                        waited.as_secs()
+                    )));
+                }
+                if !told {
+                    report_line(&format!(
+                        "{msg} Waiting up to {} s for it.",
+                        w.max.as_secs()
+                    ));
+                    told = true;
+                }
+                // A cartridge put into a mail slot counts as present on the next pass.
+                std::thread::sleep(w.poll.min(w.max - waited));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -2,8 +2,11 @@
 //! keeping the catalog's view of the library current, allocation and spanning.
 
 pub mod allocate;
+pub mod lifecycle;
 pub mod mount;
+pub mod rotate;
 pub mod sink;
+pub mod vault;
 pub mod volume;
 
 pub use mount::{mount, unmount, unmount_all, Mounted};

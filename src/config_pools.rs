@@ -1,0 +1,251 @@
+//! Pools declared in the home's `pools.toml`, for admins who keep their rotation in a
+//! file under version control rather than in a series of `pool create` commands:
+//!
+//! ```toml
+//! [pools.daily]
+//! allocation = "daily"          # continue | per-session | daily | weekly:fri | monthly
+//! retention_days = 14           # omit to keep forever
+//! compression = "zstd:3"        # or "off"
+//!
+//! [pools.monthly]
+//! allocation = "monthly"
+//! retention_days = 365
+//! encrypt_key = "offsite"       # a keystore key name
+//! escrow = true
+//! offsite = "ironmountain"      # finished sets go to this vault (see `tapevault rotate`)
+//! offsite_when = "written"      # ... as soon as written (default "finished")
+//! ```
+//!
+//! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`
+//! lives only here (the catalog has no column for it); `pool create|update --offsite`
+//! write it here too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Allocation, Catalog, Compression, PoolRow};
+use crate::error::{Context, Error, Result};
+
+/// File name of the pool declarations inside a tapevault home.
+pub const POOLS_FILE: &str = "pools.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsFile {
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+/// One pool's declaration. Fields left out keep their default (on create) or their
+/// current value (on update), except `retention_days`, whose absence means forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt_key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worm: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escrow: bool,
+    /// Vault that finished media sets of this pool go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<String>,
+    /// When a set may leave: `finished` (default: closed, or the pool's allocation would
+    /// start a new set at the next session) or `written` (as soon as its newest session
+    /// completed with its catalog snapshot; the export closes the set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite_when: Option<OffsiteWhen>,
+    /// Only the offsite setting was written (by `pool create|update --offsite`): apply
+    /// leaves the catalog's policy of this pool alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offsite_only: bool,
+}
+
+pub fn path(home: &Path) -> PathBuf {
+    home.join(POOLS_FILE)
+}
+
+/// Read `<home>/pools.toml`; a missing file is an empty declaration.
+pub fn load(home: &Path) -> Result<PoolsFile> {
+    let p = path(home);
+    match std::fs::read_to_string(&p) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PoolsFile::default()),
+        Err(e) => Err(Error::Failed(format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+/// Write `<home>/pools.toml` atomically (comments in a hand-written file are not kept).
+pub fn save(home: &Path, f: &PoolsFile) -> Result<()> {
+    let p = path(home);
+    let text = toml::to_string_pretty(f)
+        .map_err(|e| Error::Failed(format!("serialising {}: {e}", p.display())))?;
+    let tmp = p.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
+
+/// When a media set of an offsite pool is ready to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsiteWhen {
+    #[default]
+    Finished,
+    Written,
+}
+
+/// When sets of `pool` go offsite.
+pub fn offsite_when(f: &PoolsFile, pool: &str) -> OffsiteWhen {
+    f.pools
+        .get(pool)
+        .and_then(|s| s.offsite_when)
+        .unwrap_or_default()
+}
+
+/// The vault finished sets of `pool` go to, if any.
+pub fn offsite_of(f: &PoolsFile, pool: &str) -> Option<String> {
+    f.pools.get(pool).and_then(|s| s.offsite.clone())
+}
+
+/// Set or clear the offsite vault of a pool in `<home>/pools.toml`.
+pub fn set_offsite(home: &Path, pool: &str, vault: Option<&str>) -> Result<()> {
+    let mut f = load(home)?;
+    let e = f.pools.entry(pool.to_string()).or_insert_with(|| PoolSpec {
+        offsite_only: true,
+        ..Default::default()
+    });
+    e.offsite = vault.map(str::to_string);
+    save(home, &f)
+}
+
+/// One change `apply` makes (or would make).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolChange {
+    pub pool: String,
+    /// created | updated | unchanged
+    pub action: &'static str,
+    pub row: PoolRow,
+}
+
+/// Create or update the catalog's pools from the declarations. With `dry_run` nothing is
+/// written. A declared key that differs from an existing pool's key is refused (its
+/// cartridges need the key they were written with).
+pub fn apply(
+    cat: &Catalog,
+    home: &Path,
+    f: &PoolsFile,
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> Result<Vec<PoolChange>> {
+    let mut out = Vec::new();
+    for (name, spec) in &f.pools {
+        if spec.offsite_only {
+            continue;
+        }
+        let key = match &spec.encrypt_key {
+            Some(k) => {
+                let info = crate::crypto::Keystore::open(home)?.info(k)?;
+                Some((info.name, info.fingerprint))
+            }
+            None => None,
+        };
+        if spec.escrow && key.is_none() {
+            return Err(Error::Usage(format!(
+                "pools.toml: pool {name} has escrow = true but no encrypt_key"
+            )));
+        }
+        let (action, row) = match cat.pool(name)? {
+            None => {
+                let row = PoolRow {
+                    name: name.clone(),
+                    key_name: key.as_ref().map(|k| k.0.clone()),
+                    key_fingerprint: key.as_ref().map(|k| k.1.clone()),
+                    compression: spec.compression.unwrap_or(Compression::Zstd(3)),
+                    retention_days: spec.retention_days,
+                    allocation: spec.allocation.unwrap_or(Allocation::Continue),
+                    worm: spec.worm,
+                    escrow: spec.escrow,
+                    created: crate::catalog::catalog_time(now),
+                };
+                if !dry_run {
+                    cat.create_pool(&row)?;
+                }
+                ("created", row)
+            }
+            Some(old) => {
+                if let Some((_, fp)) = &key {
+                    if old.key_fingerprint.as_deref() != Some(fp.as_str()) {
+                        return Err(Error::Usage(format!(
+                            "pools.toml: pool {name} cannot change its key: cartridges of its media sets need the key they were written with; declare a new pool"
+                        )));
+                    }
+                }
+                let mut row = old.clone();
+                row.retention_days = spec.retention_days;
+                if let Some(a) = spec.allocation {
+                    row.allocation = a;
+                }
+                if let Some(c) = spec.compression {
+                    row.compression = c;
+                }
+                row.worm = spec.worm;
+                row.escrow = spec.escrow && row.key_name.is_some();
+                if row == old {
+                    ("unchanged", row)
+                } else {
+                    if !dry_run {
+                        cat.update_pool(&row)?;
+                    }
+                    ("updated", row)
+                }
+            }
+        };
+        out.push(PoolChange {
+            pool: name.clone(),
+            action,
+            row,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_parse_and_apply_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            path(dir.path()),
+            "[pools.daily]\nallocation = \"daily\"\nretention_days = 14\n\n[pools.monthly]\nallocation = \"monthly\"\nretention_days = 365\noffsite = \"vault1\"\n",
+        )
+        .unwrap();
+        let f = load(dir.path()).unwrap();
+        assert_eq!(offsite_of(&f, "monthly").as_deref(), Some("vault1"));
+        let cat = Catalog::open(dir.path()).unwrap();
+        let now = chrono::Utc::now();
+        let ch = apply(&cat, dir.path(), &f, now, false).unwrap();
+        assert!(ch.iter().all(|c| c.action == "created"));
+        assert_eq!(cat.pool("daily").unwrap().unwrap().retention_days, Some(14));
+        let ch = apply(&cat, dir.path(), &f, now, false).unwrap();
+        assert!(ch.iter().all(|c| c.action == "unchanged"), "{ch:?}");
+        set_offsite(dir.path(), "daily", Some("v2")).unwrap();
+        let f = load(dir.path()).unwrap();
+        assert_eq!(offsite_of(&f, "daily").as_deref(), Some("v2"));
+        assert_eq!(f.pools["daily"].retention_days, Some(14));
+        std::fs::write(path(dir.path()), "[pools.x]\nretention = 3\n").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("retention"), "{e}");
+    }
+}

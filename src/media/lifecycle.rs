@@ -1,0 +1,701 @@
+//! The life cycle of a cartridge and when it may be overwritten.
+//!
+//! ```text
+//! blank --label/join--> writable (pool scratch, or in a media set) --EW / set closed--> full
+//!   full --retention over, nothing kept needs it--> expired --recycle--> writable (pool scratch)
+//!   any --write errors--> damaged        any --operator--> retired
+//! ```
+//!
+//! Retention is per media set: a set expires `retention_days` after its last write. A set
+//! past its retention is still *held* while any kept restore point needs an image on it
+//! (an incremental in a kept set whose chain runs through it, in any pool), and the
+//! newest good restore point of every disk (with its chain) is never expired, so a disk
+//! whose backups stopped keeps its last restore point and a running backup's base is
+//! never recycled under it. Expiry is decided here only; everything that overwrites a
+//! cartridge asks [`recycle_if_expired`] or [`overwrite_impact`] first.
+//!
+//! All decisions take "now" as an argument (the jobs pass [`crate::clock::now`], so
+//! `TAPEVAULT_NOW` simulates months of rotation).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::params;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::{
+    catalog_time, Catalog, ImageRow, ImageStatus, MediaRow, MediaSetRow, MediaState, PoolRow,
+    SessionStatus,
+};
+use crate::error::{Error, Result};
+
+/// Why a media set may not be overwritten yet, or that it may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Within retention (`until` None: the pool keeps restore points forever), or in use
+    /// by a running session.
+    Kept {
+        until: Option<DateTime<Utc>>,
+        reason: String,
+    },
+    /// Past retention, but a kept restore point needs images on it.
+    Held { holds: Vec<Hold> },
+    /// May be recycled.
+    Expired { since: DateTime<Utc> },
+}
+
+/// One image a kept restore point needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    /// The image on this set.
+    pub image: Uuid,
+    pub disk: Uuid,
+    /// The kept image whose restore chain includes it.
+    pub needed_by: Uuid,
+    /// The media set of `needed_by` (None if it is not on any known set).
+    pub needed_by_set: Option<Uuid>,
+}
+
+impl Hold {
+    /// "image X needs Y", or that Y is the newest restore point of its disk.
+    pub fn describe(&self) -> String {
+        if self.needed_by == self.image {
+            format!(
+                "image {} is the newest restore point of disk {}",
+                self.image, self.disk
+            )
+        } else {
+            format!(
+                "kept image {} of disk {} needs image {}",
+                self.needed_by, self.disk, self.image
+            )
+        }
+    }
+}
+
+/// The retention state of one media set at a point in time.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetStatus {
+    pub set: MediaSetRow,
+    /// The newest write to the set (its last write, or its creation).
+    pub last_write: DateTime<Utc>,
+    pub retention_days: Option<u32>,
+    pub verdict: Verdict,
+    /// The set's cartridges, in sequence order.
+    pub media: Vec<String>,
+}
+
+impl SetStatus {
+    pub fn is_expired(&self) -> bool {
+        matches!(self.verdict, Verdict::Expired { .. })
+    }
+}
+
+/// Everything [`evaluate`] found, by set.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub sets: BTreeMap<Uuid, SetStatus>,
+}
+
+impl Evaluation {
+    pub fn set(&self, uuid: Uuid) -> Option<&SetStatus> {
+        self.sets.get(&uuid)
+    }
+}
+
+/// Record a write to a media set at `t` (the jobs' clock; the catalog's own
+/// `touch_media_set` uses the system clock, which simulated rotation must not).
+pub fn record_set_write(cat: &Catalog, set: Uuid, t: DateTime<Utc>) -> Result<()> {
+    let n = cat
+        .conn()
+        .execute(
+            "UPDATE media_sets SET last_write=?2 WHERE uuid=?1",
+            params![set.to_string(), crate::catalog::ts(&t)],
+        )
+        .map_err(crate::catalog::CatalogError::from)?;
+    if n == 0 {
+        return Err(Error::Failed(format!(
+            "media set {set} is not in the catalog"
+        )));
+    }
+    Ok(())
+}
+
+/// Start a new media set of `pool` created at `now`.
+pub fn create_media_set(cat: &Catalog, pool: &str, now: DateTime<Utc>) -> Result<MediaSetRow> {
+    let row = MediaSetRow {
+        uuid: Uuid::new_v4(),
+        pool: pool.to_string(),
+        created: catalog_time(now),
+        last_write: None,
+        closed: false,
+        format_major: tape_formats::FORMAT_MAJOR as u32,
+    };
+    if cat.pool(pool)?.is_none() {
+        return Err(Error::Usage(format!("no pool named {pool}")));
+    }
+    cat.insert_media_set(&row)?;
+    Ok(row)
+}
+
+/// Close a media set: no more appends. Its writable cartridges become full.
+pub fn close_set(cat: &Catalog, set: Uuid) -> Result<()> {
+    cat.close_media_set(set)?;
+    for m in cat.media_in_set(set)? {
+        if m.state == MediaState::Writable {
+            cat.set_media_state(&m.barcode, MediaState::Full)?;
+        }
+    }
+    Ok(())
+}
+
+/// The media set an image belongs to: its session's set, else the set of the cartridge
+/// its first segment is on.
+fn image_set(
+    cat: &Catalog,
+    img: &ImageRow,
+    session_sets: &HashMap<Uuid, Option<Uuid>>,
+    media: &HashMap<String, MediaRow>,
+) -> Result<Option<Uuid>> {
+    if let Some(s) = img
+        .session_uuid
+        .and_then(|s| session_sets.get(&s).copied().flatten())
+    {
+        return Ok(Some(s));
+    }
+    Ok(cat
+        .segments(img.uuid)?
+        .first()
+        .and_then(|seg| media.get(&seg.barcode))
+        .and_then(|m| m.media_set_uuid))
+}
+
+/// Decide, for every media set, whether it is kept, held or expired at `now`.
+pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
+    let pools: HashMap<String, PoolRow> = cat
+        .pools()?
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect();
+    let media: HashMap<String, MediaRow> = cat
+        .list_media(None)?
+        .into_iter()
+        .map(|m| (m.barcode.clone(), m))
+        .collect();
+    let sessions = cat.sessions()?;
+    let session_sets: HashMap<Uuid, Option<Uuid>> = sessions
+        .iter()
+        .map(|s| (s.uuid, s.media_set_uuid))
+        .collect();
+    let running_sets: HashSet<Uuid> = sessions
+        .iter()
+        .filter(|s| s.status == SessionStatus::Running)
+        .filter_map(|s| s.media_set_uuid)
+        .collect();
+    let images = cat.images(None)?;
+    let by_uuid: HashMap<Uuid, &ImageRow> = images.iter().map(|i| (i.uuid, i)).collect();
+    let mut set_of: HashMap<Uuid, Option<Uuid>> = HashMap::new();
+    let mut newest_in_set: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    for i in &images {
+        let s = image_set(cat, i, &session_sets, &media)?;
+        if let Some(s) = s {
+            let t = match (i.status, i.finished) {
+                (ImageStatus::Complete, Some(f)) => f.max(i.started),
+                _ => i.started,
+            };
+            let e = newest_in_set.entry(s).or_insert(t);
+            *e = (*e).max(t);
+        }
+        set_of.insert(i.uuid, s);
+    }
+
+    let mut out = Evaluation::default();
+    let mut kept: HashSet<Uuid> = HashSet::new();
+    for set in cat.media_sets(None)? {
+        let mut last = set.last_write.unwrap_or(set.created).max(set.created);
+        if let Some(t) = newest_in_set.get(&set.uuid) {
+            last = last.max(*t);
+        }
+        let retention = pools.get(&set.pool).and_then(|p| p.retention_days);
+        let verdict = if running_sets.contains(&set.uuid) {
+            Verdict::Kept {
+                until: None,
+                reason: "a backup session is writing to it".into(),
+            }
+        } else {
+            match retention {
+                None => Verdict::Kept {
+                    until: None,
+                    reason: format!("pool {} keeps restore points forever", set.pool),
+                },
+                Some(d) => {
+                    let ends = last + Duration::days(i64::from(d));
+                    if now < ends {
+                        Verdict::Kept {
+                            until: Some(ends),
+                            reason: format!("within the {d}-day retention of pool {}", set.pool),
+                        }
+                    } else {
+                        Verdict::Expired { since: ends }
+                    }
+                }
+            }
+        };
+        if matches!(verdict, Verdict::Kept { .. }) {
+            kept.insert(set.uuid);
+        }
+        let media_of: Vec<String> = cat
+            .media_in_set(set.uuid)?
+            .into_iter()
+            .map(|m| m.barcode)
+            .collect();
+        out.sets.insert(
+            set.uuid,
+            SetStatus {
+                set,
+                last_write: last,
+                retention_days: retention,
+                verdict,
+                media: media_of,
+            },
+        );
+    }
+
+    // Restore points that are kept: every complete image on a kept set, and the newest
+    // good image of each disk. Walk their chains; every set an ancestor lives on is held.
+    let mut queue: VecDeque<Uuid> = VecDeque::new();
+    for i in &images {
+        if i.status == ImageStatus::Complete
+            && set_of
+                .get(&i.uuid)
+                .copied()
+                .flatten()
+                .is_some_and(|s| kept.contains(&s))
+        {
+            queue.push_back(i.uuid);
+        }
+    }
+    let disks: HashSet<Uuid> = images.iter().map(|i| i.disk_uuid).collect();
+    let mut newest: Vec<Uuid> = Vec::new();
+    for d in disks {
+        if let Some(n) = cat.newest_good_image(d)? {
+            newest.push(n.uuid);
+        }
+    }
+    let mut walked: HashSet<Uuid> = HashSet::new();
+    let mut newest_holds: Vec<Uuid> = newest.clone();
+    queue.extend(newest.drain(..));
+    while let Some(start) = queue.pop_front() {
+        if !walked.insert(start) {
+            continue;
+        }
+        let mut cur = by_uuid.get(&start).copied();
+        let is_newest = newest_holds.contains(&start);
+        let start_set = set_of.get(&start).copied().flatten();
+        let mut steps = 0usize;
+        while let Some(img) = cur {
+            steps += 1;
+            if steps > crate::catalog::MAX_CHAIN_LEN {
+                break;
+            }
+            if let Some(s) = set_of.get(&img.uuid).copied().flatten() {
+                let needed = img.uuid != start || is_newest;
+                if needed && !kept.contains(&s) {
+                    if let Some(st) = out.sets.get_mut(&s) {
+                        let hold = Hold {
+                            image: img.uuid,
+                            disk: img.disk_uuid,
+                            needed_by: start,
+                            needed_by_set: start_set,
+                        };
+                        match &mut st.verdict {
+                            Verdict::Held { holds } => {
+                                if !holds.contains(&hold) {
+                                    holds.push(hold)
+                                }
+                            }
+                            v => *v = Verdict::Held { holds: vec![hold] },
+                        }
+                    }
+                }
+            }
+            cur = img.parent_uuid.and_then(|p| by_uuid.get(&p).copied());
+        }
+        // The chain of a newest image is walked once; make later holds on the same
+        // images count too by remembering nothing else: a held set's other images are
+        // not restore points that must be kept.
+        newest_holds.retain(|u| *u != start);
+    }
+    Ok(out)
+}
+
+/// What overwriting a cartridge would destroy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Impact {
+    pub barcode: String,
+    /// Complete images with data on the cartridge (all of each image is lost).
+    pub images: Vec<ImageRow>,
+    /// Complete incrementals elsewhere whose chain runs through those images.
+    pub dependents: Vec<ImageRow>,
+    /// Why the media set is still kept (None: expired or no set).
+    pub kept_because: Option<String>,
+}
+
+impl Impact {
+    /// Nothing restorable would be lost.
+    pub fn is_harmless(&self) -> bool {
+        self.kept_because.is_none()
+    }
+
+    /// A sentence listing everything that would be lost.
+    pub fn describe(&self) -> String {
+        let fmt = |i: &ImageRow| {
+            format!(
+                "{} image {} of disk {}{} taken {}",
+                i.kind,
+                i.uuid,
+                i.disk_uuid,
+                i.vm_name
+                    .as_deref()
+                    .map(|v| format!(" (VM {v})"))
+                    .unwrap_or_default(),
+                i.started.format("%Y-%m-%d %H:%M UTC")
+            )
+        };
+        let mut s = format!(
+            "{} restore point(s) on {}: {}",
+            self.images.len(),
+            self.barcode,
+            self.images.iter().map(fmt).collect::<Vec<_>>().join("; ")
+        );
+        if !self.dependents.is_empty() {
+            s.push_str(&format!(
+                "; and {} incremental(s) on other cartridges that need them: {}",
+                self.dependents.len(),
+                self.dependents
+                    .iter()
+                    .map(fmt)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        s
+    }
+}
+
+fn verdict_reason(v: &Verdict) -> Option<String> {
+    match v {
+        Verdict::Kept { until, reason } => Some(match until {
+            Some(t) => format!("{reason}, until {}", t.format("%Y-%m-%d %H:%M UTC")),
+            None => reason.clone(),
+        }),
+        Verdict::Held { holds } => Some(format!(
+            "past retention but needed by kept restore point(s): {}",
+            holds
+                .iter()
+                .map(Hold::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Verdict::Expired { .. } => None,
+    }
+}
+
+/// What relabelling or overwriting `barcode` at `now` would lose.
+pub fn overwrite_impact(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> Result<Impact> {
+    let images: Vec<ImageRow> = cat
+        .images_on_media(barcode)?
+        .into_iter()
+        .filter(|i| i.status == ImageStatus::Complete)
+        .collect();
+    let on: HashSet<Uuid> = images.iter().map(|i| i.uuid).collect();
+    let mut dependents: Vec<ImageRow> = Vec::new();
+    let mut seen = HashSet::new();
+    for i in &images {
+        for d in cat.dependents(i.uuid)? {
+            if d.status == ImageStatus::Complete && !on.contains(&d.uuid) && seen.insert(d.uuid) {
+                dependents.push(d);
+            }
+        }
+    }
+    let m = cat.media(barcode)?;
+    let kept_because = match m.as_ref().and_then(|m| m.media_set_uuid) {
+        Some(set) if !images.is_empty() => {
+            let ev = evaluate(cat, now)?;
+            ev.set(set).and_then(|s| verdict_reason(&s.verdict))
+        }
+        // Restore points on a cartridge the catalog places in no set (inconsistent
+        // catalog): treat them as kept.
+        None if !images.is_empty() => Some("it holds restore points".into()),
+        _ => None,
+    };
+    Ok(Impact {
+        barcode: barcode.to_string(),
+        images,
+        dependents,
+        kept_because,
+    })
+}
+
+/// The catalog forgets what an overwritten or recycled cartridge held. With `delete`
+/// (expired contents), images with data on it are deleted (their block digest lists
+/// too) when nothing depends on them; otherwise, and always without `delete` (kept
+/// restore points destroyed by force), they are marked corrupt with `note`, so they and
+/// every chain through them say why they are gone. Returns the images affected.
+pub fn forget_contents(
+    cat: &Catalog,
+    barcode: &str,
+    note: &str,
+    delete: bool,
+) -> Result<Vec<Uuid>> {
+    let mut imgs = cat.images_on_media(barcode)?;
+    // Newest first, so an incremental goes before the image it depends on.
+    imgs.sort_by(|a, b| b.started.cmp(&a.started).then(b.uuid.cmp(&a.uuid)));
+    let mut done = Vec::new();
+    for i in imgs {
+        let deps = cat.dependents(i.uuid)?;
+        if delete && deps.is_empty() && i.status != ImageStatus::Running {
+            cat.delete_image(i.uuid)?;
+            if let Some(dl) = &i.digest_list {
+                let _ = std::fs::remove_file(dl);
+            }
+        } else {
+            cat.mark_corrupt(i.uuid, note)?;
+            for d in deps {
+                if d.status == ImageStatus::Complete {
+                    cat.mark_corrupt(
+                        d.uuid,
+                        &format!("its base image {} is gone ({note})", i.uuid),
+                    )?;
+                }
+            }
+        }
+        done.push(i.uuid);
+    }
+    Ok(done)
+}
+
+/// Put an expired cartridge into its pool's scratch: the catalog forgets its contents,
+/// it leaves its media set and becomes writable (its volume label is rewritten when a
+/// backup joins it to a new set).
+pub fn recycle(cat: &Catalog, m: &MediaRow, now: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    let note = format!(
+        "expired: cartridge {} was recycled on {}",
+        m.barcode,
+        now.format("%Y-%m-%d")
+    );
+    let forgotten = forget_contents(cat, &m.barcode, &note, true)?;
+    let mut r = m.clone();
+    r.media_set_uuid = None;
+    r.seq_in_set = None;
+    r.state = MediaState::Writable;
+    r.next_tape_file = 1;
+    r.bytes_written = 0;
+    cat.upsert_media(&r)?;
+    Ok(forgotten)
+}
+
+/// Before a backup joins an expired cartridge: check again at `now` that its set is
+/// expired (a new incremental may have made it needed), and recycle it if so. A
+/// cartridge whose set is needed again goes back to full. Returns whether it may be
+/// overwritten.
+pub fn recycle_if_expired(cat: &Catalog, barcode: &str, now: DateTime<Utc>) -> Result<bool> {
+    let ev = evaluate(cat, now)?;
+    recycle_if_expired_in(cat, &ev, barcode, now)
+}
+
+/// [`recycle_if_expired`] with an evaluation made at `now` (one evaluation serves a
+/// whole rotation run).
+pub fn recycle_if_expired_in(
+    cat: &Catalog,
+    ev: &Evaluation,
+    barcode: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let Some(m) = cat.media(barcode)? else {
+        return Ok(false);
+    };
+    if m.state != MediaState::Expired {
+        return Ok(false);
+    }
+    let Some(set) = m.media_set_uuid else {
+        // Already out of any set: nothing on it is known.
+        return Ok(overwrite_impact(cat, barcode, now)?.images.is_empty());
+    };
+    match ev.set(set) {
+        Some(s) if s.is_expired() => {
+            recycle(cat, &m, now)?;
+            Ok(true)
+        }
+        Some(_) => {
+            cat.set_media_state(barcode, MediaState::Full)?;
+            Ok(false)
+        }
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Compression, Extent, ImageKind, ImageStats, NewImage, Segment};
+
+    fn pool(cat: &Catalog, name: &str, days: Option<u32>) {
+        cat.create_pool(&PoolRow {
+            name: name.into(),
+            key_name: None,
+            key_fingerprint: None,
+            compression: Compression::Off,
+            retention_days: days,
+            allocation: crate::catalog::Allocation::PerSession,
+            worm: false,
+            escrow: false,
+            created: Utc::now(),
+        })
+        .unwrap();
+    }
+
+    fn t(day: i64) -> DateTime<Utc> {
+        "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::days(day)
+    }
+
+    /// Write one image onto a fresh set of `pool` on cartridge `bc` at day `day`.
+    fn write(
+        cat: &Catalog,
+        pool: &str,
+        bc: &str,
+        day: i64,
+        disk: Uuid,
+        parent: Option<Uuid>,
+    ) -> (Uuid, Uuid) {
+        let set = create_media_set(cat, pool, t(day)).unwrap();
+        cat.upsert_media(&MediaRow::new_blank(bc, "slot 0"))
+            .unwrap();
+        cat.assign_media(bc, pool, set.uuid, 0, Uuid::new_v4())
+            .unwrap();
+        let sess = cat.begin_session(pool, Some(set.uuid)).unwrap();
+        let img = cat
+            .begin_image(&NewImage {
+                uuid: Uuid::new_v4(),
+                disk_uuid: disk,
+                vm_name: None,
+                kind: if parent.is_some() {
+                    ImageKind::Incremental
+                } else {
+                    ImageKind::Full
+                },
+                parent_uuid: parent,
+                change_id: None,
+                from_change_id: None,
+                disk_size: 4096,
+                block_size: 4096,
+                session_uuid: Some(sess.uuid),
+                pool: Some(pool.into()),
+                key_fingerprint: None,
+                compression: Compression::Off,
+                started: t(day),
+            })
+            .unwrap();
+        cat.complete_image(
+            img.uuid,
+            &ImageStats {
+                records: 1,
+                finished: Some(t(day)),
+                ..Default::default()
+            },
+            "00",
+            &[Segment {
+                part: 0,
+                barcode: bc.into(),
+                tape_file: 1,
+                first_block: 2,
+                last_block: 2,
+                first_seq: 0,
+                last_seq: 0,
+                disk_start: 0,
+                disk_end: 4096,
+            }],
+            &[Extent {
+                offset: 0,
+                length: 4096,
+                is_zero: false,
+            }],
+        )
+        .unwrap();
+        cat.finish_session(sess.uuid, SessionStatus::Complete)
+            .unwrap();
+        record_set_write(cat, set.uuid, t(day)).unwrap();
+        close_set(cat, set.uuid).unwrap();
+        (set.uuid, img.uuid)
+    }
+
+    #[test]
+    fn a_full_that_a_kept_incremental_needs_is_held_across_pools() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        pool(&cat, "weekly", Some(7));
+        pool(&cat, "daily", Some(3));
+        let disk = Uuid::new_v4();
+        let (wset, full) = write(&cat, "weekly", "W1", 0, disk, None);
+        let (dset, inc) = write(&cat, "daily", "D1", 6, disk, Some(full));
+        // Day 8: the weekly set is past retention but the daily incremental is kept.
+        let ev = evaluate(&cat, t(8)).unwrap();
+        match &ev.set(wset).unwrap().verdict {
+            Verdict::Held { holds } => {
+                assert_eq!(holds[0].image, full);
+                assert_eq!(holds[0].needed_by, inc);
+                assert_eq!(holds[0].needed_by_set, Some(dset));
+            }
+            v => panic!("weekly set should be held, is {v:?}"),
+        }
+        // A newer full of the disk on day 9: on day 10 both old sets are expired.
+        let (_, _) = write(&cat, "weekly", "W2", 9, disk, None);
+        let ev = evaluate(&cat, t(10)).unwrap();
+        assert!(ev.set(wset).unwrap().is_expired());
+        assert!(ev.set(dset).unwrap().is_expired());
+        let imp = overwrite_impact(&cat, "W1", t(10)).unwrap();
+        assert!(imp.is_harmless(), "{imp:?}");
+        let imp = overwrite_impact(&cat, "W1", t(8)).unwrap();
+        assert!(!imp.is_harmless());
+        assert_eq!(imp.dependents.len(), 1);
+        assert!(imp.describe().contains(&inc.to_string()));
+    }
+
+    #[test]
+    fn the_newest_restore_point_of_a_disk_is_never_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        pool(&cat, "p", Some(1));
+        let disk = Uuid::new_v4();
+        let (s1, full) = write(&cat, "p", "A", 0, disk, None);
+        let (s2, _) = write(&cat, "p", "B", 1, disk, Some(full));
+        let ev = evaluate(&cat, t(100)).unwrap();
+        assert!(!ev.set(s1).unwrap().is_expired());
+        assert!(!ev.set(s2).unwrap().is_expired());
+        // Expired state is checked again before a recycle.
+        cat.set_media_state("A", MediaState::Expired).unwrap();
+        assert!(!recycle_if_expired(&cat, "A", t(100)).unwrap());
+        assert_eq!(cat.media("A").unwrap().unwrap().state, MediaState::Full);
+    }
+
+    #[test]
+    fn recycling_forgets_contents_and_returns_the_cartridge_to_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        pool(&cat, "p", Some(1));
+        let disk = Uuid::new_v4();
+        let (s1, full) = write(&cat, "p", "A", 0, disk, None);
+        let (_, _) = write(&cat, "p", "B", 5, disk, None);
+        let ev = evaluate(&cat, t(10)).unwrap();
+        assert!(ev.set(s1).unwrap().is_expired());
+        cat.set_media_state("A", MediaState::Expired).unwrap();
+        assert!(recycle_if_expired(&cat, "A", t(10)).unwrap());
+        let m = cat.media("A").unwrap().unwrap();
+        assert_eq!(m.state, MediaState::Writable);
+        assert_eq!(m.media_set_uuid, None);
+        assert_eq!(m.pool.as_deref(), Some("p"));
+        assert!(cat.image(full).unwrap().is_none());
+    }
+}
