@@ -365,7 +365,8 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
             writer_version: env!("CARGO_PKG_VERSION").into(),
             escrow: Vec::new(),
         };
-        write_label(m.drive.as_mut(), &label)?;
+        // The catalog forgets first: if writing the label then fails, the catalog never
+        // claims restore points that are no longer on the cartridge.
         crate::media::lifecycle::forget_contents(
             &cat,
             &a.barcode,
@@ -376,6 +377,7 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
             ),
             false,
         )?;
+        write_label(m.drive.as_mut(), &label)?;
         let mut r = row
             .clone()
             .unwrap_or_else(|| MediaRow::new_blank(&a.barcode, ""));
