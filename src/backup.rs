@@ -35,6 +35,7 @@ use crate::extents::ExtentSet;
 use crate::home::Home;
 use crate::locks::{self, JobLock};
 use crate::media::allocate::{session_media_set, Pick};
+use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
 use crate::media::{mount, DriveSink, Mounted};
 use crate::progress::Progress;
@@ -43,9 +44,7 @@ use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind}
 use crate::source::hashscan::{scan_changes, DigestFeed, ScanError};
 use crate::source::DEFAULT_BLOCK_SIZE;
 
-/// Records per catalog segment: fine enough that a restore locates close to what it
-/// needs, coarse enough that the catalog stays small (one row per ~32 MiB of disk).
-pub const RECORDS_PER_SEGMENT: u64 = 64;
+pub use crate::media::segments::RECORDS_PER_SEGMENT;
 
 /// Queue depth between the pipeline's stages (records in flight per stage).
 pub const PIPELINE_DEPTH: usize = 4;
@@ -635,8 +634,7 @@ struct ImageProgress {
     /// Logical block of the next data record.
     next_block: u64,
     segments: Vec<Segment>,
-    seg: Option<Segment>,
-    seg_records: u64,
+    segs: SegmentBuilder,
     coverage: Vec<catalog::Extent>,
     digest: [u8; 32],
     records: u64,
@@ -648,55 +646,23 @@ struct ImageProgress {
 
 impl ImageProgress {
     fn close_segment(&mut self) {
-        if let Some(s) = self.seg.take() {
-            self.segments.push(s);
-        }
-        self.seg_records = 0;
+        self.segs.close(&mut self.segments);
     }
 
     fn note_record(&mut self, block: u64, seq: u64, extents: &[Extent]) {
-        let (start, end) = match (extents.first(), extents.last()) {
-            (Some(f), Some(l)) => (f.offset, l.offset + l.length),
-            _ => return,
+        let place = Place {
+            part: self.header.part,
+            barcode: &self.barcode,
+            tape_file: self.tape_file,
         };
-        match self.seg.as_mut() {
-            Some(s) => {
-                s.last_block = block;
-                s.last_seq = seq;
-                s.disk_start = s.disk_start.min(start);
-                s.disk_end = s.disk_end.max(end);
-            }
-            None => {
-                self.seg = Some(Segment {
-                    part: self.header.part,
-                    barcode: self.barcode.clone(),
-                    tape_file: self.tape_file,
-                    first_block: block,
-                    last_block: block,
-                    first_seq: seq,
-                    last_seq: seq,
-                    disk_start: start,
-                    disk_end: end,
-                });
-            }
-        }
-        self.seg_records += 1;
-        if self.seg_records >= RECORDS_PER_SEGMENT {
-            self.close_segment();
-        }
-        for e in extents {
-            let is_zero = e.kind == ExtentKind::Zero;
-            match self.coverage.last_mut() {
-                Some(last) if last.is_zero == is_zero && last.offset + last.length == e.offset => {
-                    last.length += e.length
-                }
-                _ => self.coverage.push(catalog::Extent {
-                    offset: e.offset,
-                    length: e.length,
-                    is_zero,
-                }),
-            }
-        }
+        self.segs.note(
+            place,
+            block,
+            seq,
+            extents,
+            &mut self.segments,
+            &mut self.coverage,
+        );
     }
 }
 
@@ -1119,8 +1085,7 @@ impl Job<'_> {
             tape_file: 0,
             next_block: 0,
             segments: Vec::new(),
-            seg: None,
-            seg_records: 0,
+            segs: SegmentBuilder::default(),
             coverage: Vec::new(),
             digest: ContentDigest::new().finalize(),
             records: 0,

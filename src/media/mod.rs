@@ -5,6 +5,7 @@ pub mod allocate;
 pub mod lifecycle;
 pub mod mount;
 pub mod rotate;
+pub mod segments;
 pub mod sink;
 pub mod vault;
 pub mod volume;

@@ -8,11 +8,11 @@ use tape_formats::{
 };
 use uuid::Uuid;
 
-use crate::backup::RECORDS_PER_SEGMENT;
 use crate::catalog::{self, Segment};
 use crate::codec::{KeyRing, Opener};
 use crate::drive::{DriveError, Position, SpaceStop, TapeDrive};
 use crate::error::{Context, Error, Result};
+use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSource;
 
 /// Largest catalog snapshot the fast path accepts (plain bytes). A snapshot is held in
@@ -291,72 +291,28 @@ pub struct PartScan {
     pub truncated: bool,
 }
 
-/// Builds segments and coverage exactly as the backup writer records them
-/// (`ImageProgress::note_record`): one segment per [`RECORDS_PER_SEGMENT`] records of a
-/// part, block numbers are logical object numbers of the data records.
-struct SegmentBuilder {
-    seg: Option<Segment>,
-    seg_records: u64,
-}
-
-impl SegmentBuilder {
-    fn note(
-        &mut self,
-        part: &mut PartScan,
-        block: u64,
-        seq: u64,
-        extents: &[tape_formats::Extent],
-    ) {
-        let (start, end) = match (extents.first(), extents.last()) {
-            (Some(f), Some(l)) => (f.offset, l.offset + l.length),
-            _ => return,
-        };
-        match self.seg.as_mut() {
-            Some(s) => {
-                s.last_block = block;
-                s.last_seq = seq;
-                s.disk_start = s.disk_start.min(start);
-                s.disk_end = s.disk_end.max(end);
-            }
-            None => {
-                self.seg = Some(Segment {
-                    part: part.header.part,
-                    barcode: part.barcode.clone(),
-                    tape_file: part.tape_file,
-                    first_block: block,
-                    last_block: block,
-                    first_seq: seq,
-                    last_seq: seq,
-                    disk_start: start,
-                    disk_end: end,
-                });
-            }
-        }
-        self.seg_records += 1;
-        if self.seg_records >= RECORDS_PER_SEGMENT {
-            self.close(part);
-        }
-        for e in extents {
-            let is_zero = e.kind == ExtentKind::Zero;
-            match part.coverage.last_mut() {
-                Some(last) if last.is_zero == is_zero && last.offset + last.length == e.offset => {
-                    last.length += e.length
-                }
-                _ => part.coverage.push(catalog::Extent {
-                    offset: e.offset,
-                    length: e.length,
-                    is_zero,
-                }),
-            }
-        }
-    }
-
-    fn close(&mut self, part: &mut PartScan) {
-        if let Some(s) = self.seg.take() {
-            part.segments.push(s);
-        }
-        self.seg_records = 0;
-    }
+/// Segments and coverage come from the same builder the backup writer uses
+/// ([`crate::media::segments`]), so a rebuilt catalog holds exactly the backup's facts.
+fn note_record(
+    segs: &mut SegmentBuilder,
+    part: &mut PartScan,
+    block: u64,
+    seq: u64,
+    extents: &[tape_formats::Extent],
+) {
+    let place = Place {
+        part: part.header.part,
+        barcode: &part.barcode,
+        tape_file: part.tape_file,
+    };
+    segs.note(
+        place,
+        block,
+        seq,
+        extents,
+        &mut part.segments,
+        &mut part.coverage,
+    );
 }
 
 /// What one tape file turned out to be.
@@ -488,10 +444,7 @@ pub fn scan_file(
         damage: Vec::new(),
         truncated: false,
     };
-    let mut segs = SegmentBuilder {
-        seg: None,
-        seg_records: 0,
-    };
+    let mut segs = SegmentBuilder::default();
     let mut pos = 1u64;
     let more = loop {
         let st = {
@@ -529,7 +482,13 @@ pub fn scan_file(
         if verdict.accept {
             match decoded {
                 Ok(Block::Data(r)) => {
-                    segs.note(&mut part, start.block + pos, r.fields.sequence, &r.extents);
+                    note_record(
+                        &mut segs,
+                        &mut part,
+                        start.block + pos,
+                        r.fields.sequence,
+                        &r.extents,
+                    );
                     part.records += 1;
                     part.data_bytes += r
                         .extents
@@ -545,7 +504,7 @@ pub fn scan_file(
         }
         pos += 1;
     };
-    segs.close(&mut part);
+    segs.close(&mut part.segments);
     Ok(Scanned {
         file: FileScan::Part(Box::new(part)),
         more,
