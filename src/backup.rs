@@ -607,6 +607,8 @@ struct Job<'a> {
 struct ReadChunk {
     extents: Vec<Extent>,
     data: Vec<u8>,
+    /// Content digest of the image through this chunk.
+    digest: [u8; 32],
 }
 
 /// A record ready for framing (pipeline stage 2 output).
@@ -1129,13 +1131,16 @@ impl Job<'_> {
                 }));
                 c.data.clear();
                 c.data.extend_from_slice(chunk.data);
-                Ok(true)
-            },
-            |c, p| {
+                // The content digest runs on the reader thread, which has CPU to spare;
+                // the transform thread compresses and encrypts.
                 digest
                     .update_record(&c.extents, &c.data)
                     .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-                p.digest = digest.finalize();
+                c.digest = digest.finalize();
+                Ok(true)
+            },
+            |c, p| {
+                p.digest = c.digest;
                 p.extents.clear();
                 p.extents.extend_from_slice(&c.extents);
                 p.plain_len = c.data.len() as u32;
