@@ -279,35 +279,16 @@ impl Opener {
         rec: &DataRecord<'_>,
         plain: &mut Vec<u8>,
     ) -> std::result::Result<(), OpenError> {
-        plain.clear();
-        let stored: &[u8] = match rec.fields.crypto {
-            RecordCrypto::None => rec.payload,
-            RecordCrypto::Aes256Gcm {
-                key_fingerprint,
-                nonce,
-                tag,
-            } => {
-                let key = keys.get(&key_fingerprint).ok_or_else(|| {
-                    OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
-                })?;
-                self.aad.clear();
-                rec.aad(&mut self.aad)
-                    .map_err(|_| OpenError::Authentication)?;
-                self.work.clear();
-                self.work.extend_from_slice(rec.payload);
-                key.open(nonce, &self.aad, &mut self.work, tag)
-                    .map_err(|_| OpenError::Authentication)?;
-                &self.work
-            }
-        };
-        self.dec
-            .decompress(
-                rec.fields.compression,
-                stored,
-                rec.fields.plain_len as usize,
-                plain,
-            )
-            .map_err(OpenError::Decompression)
+        let f = &rec.fields;
+        self.open(
+            keys,
+            f.crypto,
+            f.compression,
+            f.plain_len,
+            rec.payload,
+            |aad| rec.aad(aad),
+            plain,
+        )
     }
 
     /// Authenticate, decrypt and decompress a catalog snapshot chunk into `plain`.
@@ -317,9 +298,35 @@ impl Opener {
         chunk: &SnapshotChunk<'_>,
         plain: &mut Vec<u8>,
     ) -> std::result::Result<(), OpenError> {
+        let f = &chunk.fields;
+        self.open(
+            keys,
+            f.crypto,
+            f.compression,
+            f.plain_len,
+            chunk.payload,
+            |aad| chunk.aad(aad),
+            plain,
+        )
+    }
+
+    /// The one path from a stored payload to plain bytes: the associated data comes
+    /// from the record exactly as read (`fill_aad`), the tag is checked before anything
+    /// is decompressed, and `plain` stays empty on any failure.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        keys: &KeyRing,
+        crypto: RecordCrypto,
+        compression: WireCompression,
+        plain_len: u32,
+        payload: &[u8],
+        fill_aad: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), tape_formats::FormatError>,
+        plain: &mut Vec<u8>,
+    ) -> std::result::Result<(), OpenError> {
         plain.clear();
-        let stored: &[u8] = match chunk.fields.crypto {
-            RecordCrypto::None => chunk.payload,
+        let stored: &[u8] = match crypto {
+            RecordCrypto::None => payload,
             RecordCrypto::Aes256Gcm {
                 key_fingerprint,
                 nonce,
@@ -329,24 +336,21 @@ impl Opener {
                     OpenError::MissingKey(crate::crypto::to_hex(&key_fingerprint))
                 })?;
                 self.aad.clear();
-                chunk
-                    .aad(&mut self.aad)
-                    .map_err(|_| OpenError::Authentication)?;
+                fill_aad(&mut self.aad).map_err(|_| OpenError::Authentication)?;
                 self.work.clear();
-                self.work.extend_from_slice(chunk.payload);
+                self.work.extend_from_slice(payload);
                 key.open(nonce, &self.aad, &mut self.work, tag)
                     .map_err(|_| OpenError::Authentication)?;
                 &self.work
             }
         };
-        self.dec
-            .decompress(
-                chunk.fields.compression,
-                stored,
-                chunk.fields.plain_len as usize,
-                plain,
-            )
-            .map_err(OpenError::Decompression)
+        let r = self
+            .dec
+            .decompress(compression, stored, plain_len as usize, plain);
+        if r.is_err() {
+            plain.clear();
+        }
+        r.map_err(OpenError::Decompression)
     }
 }
 
