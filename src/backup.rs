@@ -23,8 +23,8 @@ use tape_formats::{
 use uuid::Uuid;
 
 use crate::catalog::{
-    self, Catalog, ImageKind, ImageStats, ImageStatus, MediaSetRow, MediaState, NewImage, PoolRow,
-    Segment, SessionStatus, SnapshotLocation,
+    self, Catalog, ImageKind, ImageStats, MediaSetRow, MediaState, NewImage, PoolRow, Segment,
+    SessionStatus, SnapshotLocation,
 };
 use crate::changer::TapeLibrary;
 use crate::codec::{Compressor, Sealer};
@@ -33,7 +33,7 @@ use crate::drive::DriveError;
 use crate::error::{Context, Error, Result};
 use crate::extents::ExtentSet;
 use crate::home::Home;
-use crate::locks::{self, JobLock};
+use crate::locks::JobLock;
 use crate::media::allocate::{session_media_set, Pick};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
@@ -199,10 +199,6 @@ pub fn run(
     let now = crate::clock::now();
     let set = session_media_set(cat, &pool, now)?;
     let session = cat.begin_session(&pool.name, Some(set.uuid))?;
-    let _session_lock = JobLock::try_acquire(
-        &session_lock_path(home, session.uuid),
-        &format!("backup session {}", session.uuid),
-    )?;
     let (sealer, passphrase) = match sealer {
         Some((s, p)) => (Some(s), p),
         None => (None, None),
@@ -273,41 +269,32 @@ pub fn run(
     }
 }
 
-fn session_lock_path(home: &Home, session: Uuid) -> PathBuf {
-    home.locks_dir().join(format!("session-{session}.lock"))
+/// Where an image's block digest list lives in the home.
+fn digest_list_path(home: &Home, image: Uuid) -> PathBuf {
+    home.digests_dir().join(format!("{image}.digests"))
 }
 
-/// Images left 'running' by a process that is gone (killed, crashed) become 'failed',
-/// so they are never a base; their sessions too.
+/// Images and sessions left 'running' by a process that is gone (killed, crashed)
+/// become 'failed' (the catalog records each writer's pid and start time), so they are
+/// never a base; a digest list they left half-written is removed.
 pub fn recover_interrupted(
     home: &Home,
     cat: &Catalog,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    for img in cat.images(None)? {
-        if img.status != ImageStatus::Running {
-            continue;
-        }
-        let alive = img
-            .session_uuid
-            .map(|s| locks::is_held(&session_lock_path(home, s)))
-            .unwrap_or(false);
-        if !alive {
-            cat.fail_image(
-                img.uuid,
-                "interrupted: the backup process ended before the image was complete",
-            )?;
-            if let Some(s) = img.session_uuid {
-                let _ = cat.finish_session(s, SessionStatus::Failed);
-            }
-            if let Some(dl) = &img.digest_list {
-                let _ = std::fs::remove_file(dl);
-            }
-            report_line(&format!(
-                "image {} of disk {} was interrupted by a crash; marked failed (it will never be a base)",
-                img.uuid, img.disk_uuid
-            ));
-        }
+    for uuid in cat.fail_running_images()? {
+        let list = digest_list_path(home, uuid);
+        let mut partial = list.clone().into_os_string();
+        partial.push(".partial");
+        let _ = std::fs::remove_file(&list);
+        let _ = std::fs::remove_file(PathBuf::from(partial));
+        let disk = cat
+            .image(uuid)?
+            .map(|i| i.disk_uuid.to_string())
+            .unwrap_or_default();
+        report_line(&format!(
+            "image {uuid} of disk {disk} was interrupted by a crash; marked failed (it will never be a base)"
+        ));
     }
     Ok(())
 }
@@ -822,9 +809,8 @@ impl Job<'_> {
         let size = disk.size();
         let (mut plan, changed) = self.decide(d, size, req.mode, report_line)?;
         let image_uuid = Uuid::new_v4();
-        let digests_dir = self.home.digests_dir();
-        std::fs::create_dir_all(&digests_dir)?;
-        let new_list = digests_dir.join(format!("{image_uuid}.digests"));
+        std::fs::create_dir_all(self.home.digests_dir())?;
+        let new_list = digest_list_path(self.home, image_uuid);
         let bs = DEFAULT_BLOCK_SIZE;
 
         // Hash scan first (reads the disk once, writes the new digest list); an unusable
