@@ -6,17 +6,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::catalog::{Allocation, Catalog, MediaRow, MediaSetRow, MediaState, PoolRow};
-use crate::changer::{ElementKind, Inventory, TapeLibrary, CLEANING_PREFIX};
+use crate::changer::{Inventory, TapeLibrary, CLEANING_PREFIX};
 use crate::error::{Context, Error, Result};
-
-/// Text for an element as the catalog stores locations.
-pub fn location_of(kind: ElementKind, index: usize) -> String {
-    match kind {
-        ElementKind::Drive => format!("drive {index}"),
-        ElementKind::Slot => format!("slot {index}"),
-        ElementKind::MailSlot => format!("mail slot {index}"),
-    }
-}
 
 /// Bring the catalog's media rows in line with the library inventory: unknown
 /// cartridges are added as blank, locations are updated, and cartridges the library no
@@ -39,7 +30,8 @@ pub fn sync_inventory(
             continue;
         }
         present.insert(bc.to_string());
-        let loc = location_of(e.element.kind, e.element.index);
+        // The catalog stores an element's location as its display text ("slot 3").
+        let loc = e.element.to_string();
         match cat.media(bc)? {
             Some(m) if m.location == loc => {}
             Some(_) => cat.set_media_location(bc, &loc)?,
