@@ -516,20 +516,11 @@ impl Tape<'_> {
 
     /// The cartridge is full (early warning): mark it, put it away, and exclude it.
     fn retire_current(&mut self, state: MediaState) -> Result<()> {
-        if let Some(c) = self.current.take() {
+        if let Some(c) = &self.current {
             self.cat.set_media_state(&c.barcode, state)?;
             self.exclude.insert(c.barcode.clone());
-            if let Some(sink) = c.sink {
-                let mut drive = sink.drive;
-                let _ = drive.flush();
-                drop(drive);
-            }
-            self.lib
-                .changer()
-                .unload(c.drive_index)
-                .with_context(|| format!("unloading {} from drive {}", c.barcode, c.drive_index))?;
         }
-        Ok(())
+        self.release()
     }
 
     fn touch(&mut self) -> Result<()> {
