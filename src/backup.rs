@@ -1106,8 +1106,7 @@ impl Job<'_> {
                         SrcKind::Zero => ExtentKind::Zero,
                     },
                 }));
-                c.data.clear();
-                c.data.extend_from_slice(chunk.data);
+                reader.swap_data(&mut c.data);
                 // The content digest runs on the reader thread, which has CPU to spare;
                 // the transform thread compresses and encrypts.
                 digest
@@ -1128,7 +1127,15 @@ impl Job<'_> {
                     .filter(|e| e.kind == ExtentKind::Zero)
                     .map(|e| e.length)
                     .sum();
-                let compression = compressor.compress(&c.data, &mut p.stored)?;
+                // Stored as read unless zstd makes it smaller. An uncompressed record is
+                // encrypted straight from the read buffer, or (in the clear) takes that
+                // buffer over: no copy either way.
+                let compressed = compressor.try_compress(&c.data, &mut p.stored)?;
+                let compression = if compressed {
+                    WireCompression::Zstd
+                } else {
+                    WireCompression::None
+                };
                 p.compression = Some(compression);
                 p.sealed = match &sealer {
                     Some(s) => {
@@ -1140,15 +1147,30 @@ impl Job<'_> {
                             crypto: RecordCrypto::None,
                             plain_len: p.plain_len,
                         };
-                        s.seal_data_with(
-                            &mut fields,
-                            &p.extents,
-                            &mut p.stored,
-                            &mut transform_aad,
-                        )?;
+                        if compressed {
+                            s.seal_data_with(
+                                &mut fields,
+                                &p.extents,
+                                &mut p.stored,
+                                &mut transform_aad,
+                            )?;
+                        } else {
+                            s.seal_data_from(
+                                &mut fields,
+                                &p.extents,
+                                &c.data,
+                                &mut p.stored,
+                                &mut transform_aad,
+                            )?;
+                        }
                         Some(fields)
                     }
-                    None => None,
+                    None => {
+                        if !compressed {
+                            std::mem::swap(&mut c.data, &mut p.stored);
+                        }
+                        None
+                    }
                 };
                 next_sequence += 1;
                 Ok(())

@@ -33,20 +33,31 @@ impl Compressor {
 
     /// Fill `out` with the stored form of `plain`; returns how it is stored.
     pub fn compress(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<WireCompression> {
-        out.clear();
-        if let Some(z) = self.zstd.as_mut() {
-            let bound = zstd::zstd_safe::compress_bound(plain.len());
-            out.reserve(bound);
-            // Capacity is at least the bound, so compression cannot run out of room.
-            match z.compress_to_buffer(plain, out) {
-                Ok(n) if n < plain.len() => return Ok(WireCompression::Zstd),
-                Ok(_) => {}
-                Err(e) => return Err(Error::Failed(format!("zstd compression failed: {e}"))),
-            }
-            out.clear();
+        if self.try_compress(plain, out)? {
+            return Ok(WireCompression::Zstd);
         }
+        out.clear();
         out.extend_from_slice(plain);
         Ok(WireCompression::None)
+    }
+
+    /// Compress `plain` into `out` and return true when that makes it smaller; false
+    /// means the record is to be stored as `plain` is (and `out` holds nothing useful;
+    /// without zstd it is left untouched, so a recycled buffer is not cleared for nothing).
+    /// Lets a caller that encrypts or can take `plain`'s buffer skip a copy.
+    pub fn try_compress(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        let Some(z) = self.zstd.as_mut() else {
+            return Ok(false);
+        };
+        out.clear();
+        let bound = zstd::zstd_safe::compress_bound(plain.len());
+        out.reserve(bound);
+        // Capacity is at least the bound, so compression cannot run out of room.
+        match z.compress_to_buffer(plain, out) {
+            Ok(n) if n < plain.len() => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(Error::Failed(format!("zstd compression failed: {e}"))),
+        }
     }
 }
 
@@ -139,6 +150,36 @@ impl Sealer {
         stored: &mut Vec<u8>,
         aad: &mut Vec<u8>,
     ) -> Result<()> {
+        self.seal_record(fields, extents, stored.len(), aad, |key, nonce, aad| {
+            key.seal(nonce, aad, stored)
+        })
+    }
+
+    /// As [`seal_data_with`](Self::seal_data_with) for a record stored uncompressed:
+    /// encrypt `plain` straight into `stored`, which saves copying it first.
+    pub fn seal_data_from(
+        &self,
+        fields: &mut DataFields,
+        extents: &[Extent],
+        plain: &[u8],
+        stored: &mut Vec<u8>,
+        aad: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.seal_record(fields, extents, plain.len(), aad, |key, nonce, aad| {
+            key.seal_into(nonce, aad, plain, stored)
+        })
+    }
+
+    /// Take a nonce, set `fields.crypto`, build the associated data for a payload of
+    /// `stored_len` bytes and let `encrypt` produce the ciphertext and tag.
+    fn seal_record(
+        &self,
+        fields: &mut DataFields,
+        extents: &[Extent],
+        stored_len: usize,
+        aad: &mut Vec<u8>,
+        encrypt: impl FnOnce(&RecordKey, [u8; 12], &[u8]) -> [u8; 16],
+    ) -> Result<()> {
         let nonce = self
             .nonces
             .next()
@@ -149,9 +190,9 @@ impl Sealer {
             tag: [0; 16],
         };
         aad.clear();
-        data_record_aad(fields, extents, stored.len(), aad)
+        data_record_aad(fields, extents, stored_len, aad)
             .map_err(|e| Error::Failed(format!("cannot frame record: {e}")))?;
-        let tag = self.key.seal(nonce, aad, stored);
+        let tag = encrypt(&self.key, nonce, aad);
         fields.crypto = RecordCrypto::Aes256Gcm {
             key_fingerprint: self.key.fingerprint,
             nonce,

@@ -12,7 +12,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 pub const DEFAULT_DEPTH: usize = 4;
 
 /// Run the pipeline. `produce` fills a recycled item and returns `Ok(false)` when there
-/// is nothing more; `transform` turns a produced item into an output item; `consume`
+/// is nothing more; `transform` turns a produced item into an output item (it may take
+/// buffers from the produced item, e.g. swap them, as both kinds are recycled); `consume`
 /// takes each output item in order.
 pub fn run<C, S, E, P, T, K>(
     depth: usize,
@@ -25,7 +26,7 @@ where
     S: Default + Send,
     E: Send,
     P: FnMut(&mut C) -> Result<bool, E> + Send,
-    T: FnMut(&C, &mut S) -> Result<(), E> + Send,
+    T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
     K: FnMut(&S) -> Result<(), E>,
 {
     let depth = depth.max(1);
@@ -60,7 +61,7 @@ where
         });
         let transformer = scope.spawn(move || -> Result<(), E> {
             let mut made = 0usize;
-            for item in rx_c.iter() {
+            for mut item in rx_c.iter() {
                 let mut out = match ret_s_rx.try_recv() {
                     Ok(s) => s,
                     Err(_) if made < depth + 2 => {
@@ -72,7 +73,7 @@ where
                         Err(_) => return Ok(()),
                     },
                 };
-                transform(&item, &mut out)?;
+                transform(&mut item, &mut out)?;
                 let _ = ret_c_tx.try_send(item);
                 if tx_s.send(out).is_err() {
                     return Ok(());

@@ -5,7 +5,7 @@
 //! fingerprint, so records cannot be swapped, replayed or re-keyed unnoticed).
 
 use super::{fingerprint, to_hex, FINGERPRINT_LEN, KEY_LEN, NONCE_LEN, TAG_LEN};
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroizing;
 
@@ -58,8 +58,28 @@ impl RecordKey {
     pub fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> [u8; TAG_LEN] {
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf.as_mut_slice())
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, buf.as_mut_slice().into())
             // Only fails past GCM's 64 GiB plaintext limit, far above any record size.
+            .expect("record within AES-GCM length limits");
+        tag.into()
+    }
+
+    /// Encrypt `plain` into `out` (resized to `plain.len()`) and return the tag: the
+    /// same as copying and sealing in place, without the copy.
+    pub fn seal_into(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> [u8; TAG_LEN] {
+        // A recycled buffer of the right length is overwritten whole; no need to clear it.
+        out.resize(plain.len(), 0);
+        let buf = aes_gcm::aead::inout::InOutBuf::new(plain, out.as_mut_slice())
+            .expect("output resized to the input's length");
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, buf)
             .expect("record within AES-GCM length limits");
         tag.into()
     }
@@ -73,11 +93,11 @@ impl RecordKey {
         buf: &mut Vec<u8>,
         tag: [u8; TAG_LEN],
     ) -> Result<(), AuthError> {
-        match self.cipher.decrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
+        match self.cipher.decrypt_inout_detached(
+            &Nonce::from(nonce),
             aad,
-            buf.as_mut_slice(),
-            Tag::from_slice(&tag),
+            buf.as_mut_slice().into(),
+            &Tag::from(tag),
         ) {
             Ok(()) => Ok(()),
             Err(_) => {
@@ -93,5 +113,27 @@ impl std::fmt::Debug for RecordKey {
         f.debug_struct("RecordKey")
             .field("fingerprint", &self.fingerprint_hex())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealing_into_another_buffer_equals_sealing_in_place() {
+        let key = RecordKey::from_bytes([9; KEY_LEN]);
+        for len in [0usize, 1, 15, 16, 17, 4096, 100_003] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let nonce = [len as u8; NONCE_LEN];
+            let mut in_place = plain.clone();
+            let tag = key.seal(nonce, b"aad", &mut in_place);
+            // A recycled output buffer of the wrong length and stale bytes.
+            let mut out = vec![0xAB; len / 2 + 3];
+            let tag2 = key.seal_into(nonce, b"aad", &plain, &mut out);
+            assert_eq!((tag, &in_place), (tag2, &out), "length {len}");
+            key.open(nonce, b"aad", &mut out, tag2).unwrap();
+            assert_eq!(out, plain);
+        }
     }
 }

@@ -24,7 +24,7 @@
 //! show up as "damaged" rather than as "wrong passphrase".
 
 use super::{fingerprint, to_hex, CryptoError, FINGERPRINT_LEN, KEY_LEN, NONCE_LEN, TAG_LEN};
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
@@ -148,7 +148,7 @@ impl Wrapped {
         let cipher = Aes256Gcm::new_from_slice(kek.as_ref()).expect("32-byte key");
         let aad = w.header();
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut w.wrapped)
+            .encrypt_inout_detached(&Nonce::from(nonce), &aad, w.wrapped.as_mut_slice().into())
             .map_err(|_| CryptoError::Kdf("key wrapping failed".into()))?;
         w.tag.copy_from_slice(&tag);
         Ok(w)
@@ -162,11 +162,11 @@ impl Wrapped {
         let mut key = Zeroizing::new(self.wrapped);
         let aad = self.header();
         cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&self.nonce),
+            .decrypt_inout_detached(
+                &Nonce::from(self.nonce),
                 &aad,
-                key.as_mut(),
-                Tag::from_slice(&self.tag),
+                key.as_mut_slice().into(),
+                &Tag::from(self.tag),
             )
             .map_err(|_| CryptoError::WrongPassphrase {
                 name: self.display_name(),

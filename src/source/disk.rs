@@ -267,7 +267,10 @@ pub struct ChunkReader<'d> {
     todo: Vec<Extent>,
     idx: usize,
     cursor: u64,
+    /// Read buffer; only `data[..len]` is the current chunk. The buffer keeps its
+    /// length between chunks so reading into it does not zero it first each time.
     data: Vec<u8>,
+    len: usize,
     subs: Vec<SubExtent>,
     digests: Option<DigestFeed>,
     /// Why digest building stopped, if it failed while reading. A digest list is a
@@ -319,6 +322,7 @@ impl<'d> ChunkReader<'d> {
             idx: 0,
             cursor,
             data: Vec::with_capacity(cfg.record_data_size),
+            len: 0,
             subs: Vec::new(),
             digests: None,
             digest_error: None,
@@ -369,7 +373,7 @@ impl<'d> ChunkReader<'d> {
 
     /// The next chunk, or `None` when every extent has been read.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_>>, DiskError> {
-        self.data.clear();
+        self.len = 0;
         self.subs.clear();
         let bs = self.cfg.block_size;
         let cap = self.cfg.record_data_size;
@@ -384,7 +388,7 @@ impl<'d> ChunkReader<'d> {
                 continue;
             }
             let start = *chunk_start.get_or_insert(self.cursor);
-            let room = cap - self.data.len();
+            let room = cap - self.len;
             // Each block piece read may add one sub-extent; keep one slot spare.
             let slots = MAX_EXTENTS_PER_CHUNK.saturating_sub(self.subs.len() + 1) as u64;
             let span_left = MAX_CHUNK_SPAN.saturating_sub(self.cursor - start);
@@ -404,10 +408,13 @@ impl<'d> ChunkReader<'d> {
                     want = aligned - self.cursor;
                 }
             }
-            let base = self.data.len();
-            self.data.resize(base + want as usize, 0);
+            let base = self.len;
+            let need = base + want as usize;
+            if self.data.len() < need {
+                self.data.resize(need, 0);
+            }
             self.disk
-                .read_exact_at(self.cursor, &mut self.data[base..])?;
+                .read_exact_at(self.cursor, &mut self.data[base..need])?;
             // Classify block pieces, compacting data over dropped zero pieces.
             let mut write = base;
             let mut pos = self.cursor;
@@ -442,7 +449,7 @@ impl<'d> ChunkReader<'d> {
                 }
                 pos = piece_end;
             }
-            self.data.truncate(write);
+            self.len = write;
             self.cursor = read_end;
         }
         if self.subs.is_empty() {
@@ -451,8 +458,17 @@ impl<'d> ChunkReader<'d> {
         self.stats.chunks += 1;
         Ok(Some(Chunk {
             extents: &self.subs,
-            data: &self.data,
+            data: &self.data[..self.len],
         }))
+    }
+
+    /// Hand the current chunk's data over in `buf` (exactly the chunk's bytes) and take
+    /// `buf`'s old allocation as the next read buffer: the pipeline gets the data
+    /// without a copy. Call after [`next_chunk`](Self::next_chunk) returned a chunk.
+    pub fn swap_data(&mut self, buf: &mut Vec<u8>) {
+        self.data.truncate(self.len);
+        std::mem::swap(&mut self.data, buf);
+        self.len = 0;
     }
 }
 
