@@ -162,11 +162,7 @@ proptest! {
         let mut pool: Vec<Vec<u8>> = junk.iter().map(|&(n, b)| vec![b; n]).collect();
         let mut got = Vec::new();
         let mut i = 0;
-        loop {
-            let extents = match swapping.next_chunk().unwrap() {
-                Some(c) => c.extents.to_vec(),
-                None => break,
-            };
+        while let Some(extents) = swapping.next_chunk().unwrap().map(|c| c.extents.to_vec()) {
             let mut buf = std::mem::take(&mut pool[i % junk.len()]);
             swapping.swap_data(&mut buf);
             got.push((extents, buf.clone()));
