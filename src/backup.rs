@@ -593,16 +593,30 @@ struct ReadChunk {
 #[derive(Default)]
 struct Prepared {
     extents: Vec<Extent>,
-    stored: Vec<u8>,
+    /// The record's block as it goes to tape: `header_room` bytes for the header (framed
+    /// by the writer, which knows the final part and sequence), then the stored payload.
+    block: Vec<u8>,
+    header_room: usize,
+    /// CRC-32 of the stored payload.
+    payload_crc: u32,
+    /// zstd output before it is placed in `block`.
+    compressed: Vec<u8>,
     compression: Option<WireCompression>,
     plain_len: u32,
     data_bytes: u64,
     zero_bytes: u64,
     /// Content digest of the image through this record.
     digest: [u8; 32],
-    /// With encryption: `stored` is already sealed (in the transform stage) for these
+    /// With encryption: the payload is already sealed (in the transform stage) for these
     /// fields; the writer re-seals if the record lands in another part or sequence.
     sealed: Option<DataFields>,
+}
+
+impl Prepared {
+    /// The stored (compressed, encrypted) payload.
+    fn stored(&self) -> &[u8] {
+        &self.block[self.header_room..]
+    }
 }
 
 /// Per-part and per-image bookkeeping of the consumer.
@@ -1127,16 +1141,23 @@ impl Job<'_> {
                     .filter(|e| e.kind == ExtentKind::Zero)
                     .map(|e| e.length)
                     .sum();
-                // Stored as read unless zstd makes it smaller. An uncompressed record is
-                // encrypted straight from the read buffer, or (in the clear) takes that
-                // buffer over: no copy either way.
-                let compressed = compressor.try_compress(&c.data, &mut p.stored)?;
-                let compression = if compressed {
-                    WireCompression::Zstd
+                // Stored as read unless zstd makes it smaller. The payload goes straight
+                // into the block to be written (encrypted on the way when the pool is),
+                // and is checksummed here, so the writer only frames the header.
+                let compressed = compressor.try_compress(&c.data, &mut p.compressed)?;
+                let (compression, payload) = if compressed {
+                    (WireCompression::Zstd, &p.compressed[..])
                 } else {
-                    WireCompression::None
+                    (WireCompression::None, &c.data[..])
                 };
                 p.compression = Some(compression);
+                p.header_room = tape_formats::data_header_len(p.extents.len());
+                let len = p.header_room + payload.len();
+                // A recycled block is overwritten, not cleared: it only grows when needed.
+                if p.block.len() != len {
+                    p.block.resize(len, 0);
+                }
+                let out = &mut p.block[p.header_room..];
                 p.sealed = match &sealer {
                     Some(s) => {
                         let mut fields = DataFields {
@@ -1147,31 +1168,21 @@ impl Job<'_> {
                             crypto: RecordCrypto::None,
                             plain_len: p.plain_len,
                         };
-                        if compressed {
-                            s.seal_data_with(
-                                &mut fields,
-                                &p.extents,
-                                &mut p.stored,
-                                &mut transform_aad,
-                            )?;
-                        } else {
-                            s.seal_data_from(
-                                &mut fields,
-                                &p.extents,
-                                &c.data,
-                                &mut p.stored,
-                                &mut transform_aad,
-                            )?;
-                        }
+                        s.seal_data_from(
+                            &mut fields,
+                            &p.extents,
+                            payload,
+                            out,
+                            &mut transform_aad,
+                        )?;
                         Some(fields)
                     }
                     None => {
-                        if !compressed {
-                            std::mem::swap(&mut c.data, &mut p.stored);
-                        }
+                        out.copy_from_slice(payload);
                         None
                     }
                 };
+                p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
                 next_sequence += 1;
                 Ok(())
             },
@@ -1265,7 +1276,7 @@ impl Job<'_> {
     fn write_record(
         &mut self,
         st: &mut ImageProgress,
-        p: &Prepared,
+        p: &mut Prepared,
         sealer: Option<&Sealer>,
         report_line: &mut dyn FnMut(&str),
     ) -> Result<()> {
@@ -1286,7 +1297,7 @@ impl Job<'_> {
         let seq = fields.sequence;
         let block = st.next_block;
         let r = match (sealer, &p.sealed) {
-            (None, _) => w.write_record(&fields, &p.extents, &p.stored),
+            (None, _) => w.write_framed_record(&fields, &p.extents, p.payload_crc, &mut p.block),
             // Sealed in the transform stage for exactly this header: write as is.
             (Some(_), Some(sf))
                 if DataFields {
@@ -1294,14 +1305,14 @@ impl Job<'_> {
                     ..*sf
                 } == fields =>
             {
-                w.write_record(sf, &p.extents, &p.stored)
+                w.write_framed_record(sf, &p.extents, p.payload_crc, &mut p.block)
             }
             // Sealed for another part (early warning came in between), or not sealed:
             // seal for the header it really gets, with a fresh nonce.
             (Some(s), sealed) => {
                 let buf = &mut self.seal_buf;
                 buf.clear();
-                buf.extend_from_slice(&p.stored);
+                buf.extend_from_slice(p.stored());
                 let mut aad = Vec::new();
                 match sealed {
                     Some(sf) => s.reseal_data(sf, &mut fields, &p.extents, buf, &mut aad)?,
@@ -1323,7 +1334,7 @@ impl Job<'_> {
         st.records += 1;
         st.data_bytes += p.data_bytes;
         st.zero_bytes += p.zero_bytes;
-        st.stored_bytes += p.stored.len() as u64;
+        st.stored_bytes += p.stored().len() as u64;
         Ok(())
     }
 

@@ -155,14 +155,15 @@ impl Sealer {
         })
     }
 
-    /// As [`seal_data_with`](Self::seal_data_with) for a record stored uncompressed:
-    /// encrypt `plain` straight into `stored`, which saves copying it first.
+    /// As [`seal_data_with`](Self::seal_data_with), encrypting `plain` (the payload to
+    /// store) straight into `stored` (of the same length, e.g. the payload area of the
+    /// block to be written), which saves copying it first.
     pub fn seal_data_from(
         &self,
         fields: &mut DataFields,
         extents: &[Extent],
         plain: &[u8],
-        stored: &mut Vec<u8>,
+        stored: &mut [u8],
         aad: &mut Vec<u8>,
     ) -> Result<()> {
         self.seal_record(fields, extents, plain.len(), aad, |key, nonce, aad| {

@@ -27,7 +27,7 @@ where
     E: Send,
     P: FnMut(&mut C) -> Result<bool, E> + Send,
     T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
-    K: FnMut(&S) -> Result<(), E>,
+    K: FnMut(&mut S) -> Result<(), E>,
 {
     let depth = depth.max(1);
     // Forward queues and the return (recycling) queues.
@@ -82,8 +82,8 @@ where
             Ok(())
         });
         let mut result = Ok(());
-        for out in rx_s.iter() {
-            if let Err(e) = consume(&out) {
+        for mut out in rx_s.iter() {
+            if let Err(e) = consume(&mut out) {
                 result = Err(e);
                 break;
             }

@@ -64,19 +64,21 @@ impl RecordKey {
         tag.into()
     }
 
-    /// Encrypt `plain` into `out` (resized to `plain.len()`) and return the tag: the
-    /// same as copying and sealing in place, without the copy.
+    /// Encrypt `plain` into `out` (of the same length) and return the tag: the same as
+    /// copying and sealing in place, without the copy.
     pub fn seal_into(
         &self,
         nonce: [u8; NONCE_LEN],
         aad: &[u8],
         plain: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        // A recycled buffer of the right length is overwritten whole; no need to clear it.
-        out.resize(plain.len(), 0);
-        let buf = aes_gcm::aead::inout::InOutBuf::new(plain, out.as_mut_slice())
-            .expect("output resized to the input's length");
+        assert_eq!(
+            plain.len(),
+            out.len(),
+            "seal_into needs an output as long as its input"
+        );
+        let buf = aes_gcm::aead::inout::InOutBuf::new(plain, out).expect("lengths checked");
         let tag = self
             .cipher
             .encrypt_inout_detached(&Nonce::from(nonce), aad, buf)
@@ -128,8 +130,8 @@ mod tests {
             let nonce = [len as u8; NONCE_LEN];
             let mut in_place = plain.clone();
             let tag = key.seal(nonce, b"aad", &mut in_place);
-            // A recycled output buffer of the wrong length and stale bytes.
-            let mut out = vec![0xAB; len / 2 + 3];
+            // A recycled output buffer with stale bytes.
+            let mut out = vec![0xAB; len];
             let tag2 = key.seal_into(nonce, b"aad", &plain, &mut out);
             assert_eq!((tag, &in_place), (tag2, &out), "length {len}");
             key.open(nonce, b"aad", &mut out, tag2).unwrap();

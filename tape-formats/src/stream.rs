@@ -238,6 +238,36 @@ impl<S: BlockSink> ImageWriter<S> {
         extents: &[Extent],
         stored: &[u8],
     ) -> Result<WriteStatus, WriterError<S::Error>> {
+        self.check_fields(fields)?;
+        self.buf.clear();
+        encode_data_record(fields, extents, stored, &mut self.buf)?;
+        let st = self
+            .sink
+            .write_block(&self.buf)
+            .map_err(WriterError::Sink)?;
+        self.note_written(st, extents, stored.len());
+        Ok(st)
+    }
+
+    /// As [`write_record`](Self::write_record) for a payload already in place:
+    /// `block[data_header_len(extents.len())..]` is the stored payload and `payload_crc`
+    /// its CRC-32; the header is framed into the front of `block` (see
+    /// [`frame_data_record`]) and the block written as it is, without another copy.
+    pub fn write_framed_record(
+        &mut self,
+        fields: &DataFields,
+        extents: &[Extent],
+        payload_crc: u32,
+        block: &mut [u8],
+    ) -> Result<WriteStatus, WriterError<S::Error>> {
+        self.check_fields(fields)?;
+        frame_data_record(fields, extents, payload_crc, block)?;
+        let st = self.sink.write_block(block).map_err(WriterError::Sink)?;
+        self.note_written(st, extents, block.len() - data_header_len(extents.len()));
+        Ok(st)
+    }
+
+    fn check_fields(&self, fields: &DataFields) -> Result<(), WriterError<S::Error>> {
         let wrong = |reason| WriterError::WrongFields {
             reason,
             part: self.header.part,
@@ -255,12 +285,10 @@ impl<S: BlockSink> ImageWriter<S> {
         if fields.plain_len > self.header.record_data_size {
             return Err(wrong("plain length exceeds the image's record data size"));
         }
-        self.buf.clear();
-        encode_data_record(fields, extents, stored, &mut self.buf)?;
-        let st = self
-            .sink
-            .write_block(&self.buf)
-            .map_err(WriterError::Sink)?;
+        Ok(())
+    }
+
+    fn note_written(&mut self, st: WriteStatus, extents: &[Extent], stored_len: usize) {
         self.early_warning |= st.is_early_warning();
         self.next_sequence += 1;
         self.records_in_part += 1;
@@ -270,8 +298,7 @@ impl<S: BlockSink> ImageWriter<S> {
                 ExtentKind::Zero => self.zero_bytes += e.length,
             }
         }
-        self.stored_bytes += stored.len() as u64;
-        Ok(st)
+        self.stored_bytes += stored_len as u64;
     }
 
     /// Write the trailer and a filemark. `digest` is the [`ContentDigest`] of the image's
