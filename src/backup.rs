@@ -38,6 +38,7 @@ use crate::media::allocate::{session_media_set, Pick};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
 use crate::media::{mount, DriveSink, Mounted};
+use crate::pipeline::StageTimes;
 use crate::progress::Progress;
 use crate::source::changed::ChangedExtents;
 use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
@@ -112,6 +113,10 @@ pub struct DiskReport {
     pub records: u64,
     pub cartridges: Vec<String>,
     pub seconds: f64,
+    /// Busy time of the read, compress/encrypt and write stages while streaming the
+    /// image's records (not counting the final flush): the stage closest to `wall_s`
+    /// limited the throughput.
+    pub stages: StageTimes,
     pub digest: String,
 }
 
@@ -622,6 +627,7 @@ impl Prepared {
 /// Per-part and per-image bookkeeping of the consumer.
 struct ImageProgress {
     header: ImageHeader,
+    stages: StageTimes,
     writer: Option<ImageWriter<DriveSink>>,
     barcode: String,
     tape_file: u64,
@@ -930,6 +936,7 @@ impl Job<'_> {
                     records: p.records,
                     cartridges: p.cartridges,
                     seconds: started.elapsed().as_secs_f64(),
+                    stages: p.stages,
                     digest: digest_hex,
                 })
             }
@@ -1072,6 +1079,7 @@ impl Job<'_> {
             interactive,
         );
         let mut state = ImageProgress {
+            stages: StageTimes::default(),
             header: header.clone(),
             writer: None,
             barcode: String::new(),
@@ -1195,6 +1203,9 @@ impl Job<'_> {
         );
         self.sealer = sealer;
         progress.finish();
+        if let Ok(times) = &run {
+            state.stages = *times;
+        }
         if let Err(e) = run {
             // Close the part as aborted so a reader knows, but only when the failure was
             // not the drive's and the tape is provably where this writer left it: after a

@@ -6,6 +6,25 @@
 //! is returned.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+/// How long each stage spent working (not waiting for the others), and the whole run.
+/// The stage whose busy time is closest to `wall` is what limits the throughput: the
+/// disk read, the compress/encrypt step or the drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageTimes {
+    pub produce_s: f64,
+    pub transform_s: f64,
+    pub consume_s: f64,
+    pub wall_s: f64,
+}
+
+fn timed<R>(busy: &mut Duration, f: impl FnOnce() -> R) -> R {
+    let t = Instant::now();
+    let r = f();
+    *busy += t.elapsed();
+    r
+}
 
 /// Default queue depth between stages: enough to keep a drive streaming while the next
 /// records are prepared, small enough to bound memory (depth x record size x 4).
@@ -14,13 +33,13 @@ pub const DEFAULT_DEPTH: usize = 4;
 /// Run the pipeline. `produce` fills a recycled item and returns `Ok(false)` when there
 /// is nothing more; `transform` turns a produced item into an output item (it may take
 /// buffers from the produced item, e.g. swap them, as both kinds are recycled); `consume`
-/// takes each output item in order.
+/// takes each output item in order. Returns how long each stage was busy.
 pub fn run<C, S, E, P, T, K>(
     depth: usize,
     mut produce: P,
     mut transform: T,
     mut consume: K,
-) -> Result<(), E>
+) -> Result<StageTimes, E>
 where
     C: Default + Send,
     S: Default + Send,
@@ -30,6 +49,7 @@ where
     K: FnMut(&mut S) -> Result<(), E>,
 {
     let depth = depth.max(1);
+    let started = Instant::now();
     // Forward queues and the return (recycling) queues.
     let (tx_c, rx_c): (SyncSender<C>, Receiver<C>) = sync_channel(depth);
     let (ret_c_tx, ret_c_rx): (SyncSender<C>, Receiver<C>) = sync_channel(depth + 2);
@@ -37,7 +57,8 @@ where
     let (ret_s_tx, ret_s_rx): (SyncSender<S>, Receiver<S>) = sync_channel(depth + 2);
 
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || -> Result<(), E> {
+        let producer = scope.spawn(move || -> Result<Duration, E> {
+            let mut busy = Duration::ZERO;
             let mut made = 0usize;
             loop {
                 let mut item = match ret_c_rx.try_recv() {
@@ -48,18 +69,19 @@ where
                     }
                     Err(_) => match ret_c_rx.recv() {
                         Ok(c) => c,
-                        Err(_) => return Ok(()), // downstream stopped
+                        Err(_) => return Ok(busy), // downstream stopped
                     },
                 };
-                if !produce(&mut item)? {
-                    return Ok(());
+                if !timed(&mut busy, || produce(&mut item))? {
+                    return Ok(busy);
                 }
                 if tx_c.send(item).is_err() {
-                    return Ok(()); // downstream stopped; its error is reported
+                    return Ok(busy); // downstream stopped; its error is reported
                 }
             }
         });
-        let transformer = scope.spawn(move || -> Result<(), E> {
+        let transformer = scope.spawn(move || -> Result<Duration, E> {
+            let mut busy = Duration::ZERO;
             let mut made = 0usize;
             for mut item in rx_c.iter() {
                 let mut out = match ret_s_rx.try_recv() {
@@ -70,20 +92,21 @@ where
                     }
                     Err(_) => match ret_s_rx.recv() {
                         Ok(s) => s,
-                        Err(_) => return Ok(()),
+                        Err(_) => return Ok(busy),
                     },
                 };
-                transform(&mut item, &mut out)?;
+                timed(&mut busy, || transform(&mut item, &mut out))?;
                 let _ = ret_c_tx.try_send(item);
                 if tx_s.send(out).is_err() {
-                    return Ok(());
+                    return Ok(busy);
                 }
             }
-            Ok(())
+            Ok(busy)
         });
         let mut result = Ok(());
+        let mut consume_busy = Duration::ZERO;
         for mut out in rx_s.iter() {
-            if let Err(e) = consume(&mut out) {
+            if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
                 result = Err(e);
                 break;
             }
@@ -98,7 +121,13 @@ where
         let p = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        result.and(t).and(p)
+        result?;
+        Ok(StageTimes {
+            transform_s: t?.as_secs_f64(),
+            produce_s: p?.as_secs_f64(),
+            consume_s: consume_busy.as_secs_f64(),
+            wall_s: started.elapsed().as_secs_f64(),
+        })
     })
 }
 

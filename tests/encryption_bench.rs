@@ -88,8 +88,11 @@ fn encrypted_backup_throughput_against_clear() {
                 Some((mib as u64) << 20)
             );
             let mibs = mib as f64 / image;
+            let st = &r["images"][0]["stages"];
+            let s = |k: &str| st[k].as_f64().unwrap();
             println!(
-                "round {round} {pool:<5}: image {image:7.2} s = {mibs:7.1} MiB/s (command {wall:.2} s, {cpu:.2} s CPU)"
+                "round {round} {pool:<5}: image {image:7.2} s = {mibs:7.1} MiB/s (command {wall:.2} s, {cpu:.2} s CPU; streaming {:.2} s: read {:.2} s, transform {:.2} s, write {:.2} s busy)",
+                s("wall_s"), s("produce_s"), s("transform_s"), s("consume_s")
             );
             rows.push((pool, image, wall));
         }
