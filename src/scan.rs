@@ -788,8 +788,34 @@ fn merge_collected(
         };
         add_merge(&mut rep.merged, cat.merge_session(&row)?);
     }
-    // Images: join their parts across cartridges.
+    // Images: join their parts across cartridges, with the parts earlier rebuilds read
+    // from cartridges not read in this one (a box of tapes is often read in batches).
+    let read_now: HashSet<&str> = col.labels.keys().map(|b| b.as_str()).collect();
     for (uuid, mut parts) in col.parts {
+        let mut fresh = Vec::with_capacity(parts.len());
+        for p in &parts {
+            match p.to_stored() {
+                Ok(s) => fresh.push(s),
+                Err(e) => rep.problems.push(format!(
+                    "image {uuid}: part {} on {} cannot be kept for a later rebuild: {e}",
+                    p.header.part, p.barcode
+                )),
+            }
+        }
+        for earlier in cat.scanned_parts(uuid)? {
+            // A cartridge read again now counts as it is now (it may have been
+            // overwritten since).
+            if read_now.contains(earlier.barcode.as_str()) {
+                continue;
+            }
+            match PartScan::from_stored(&earlier) {
+                Ok(p) => parts.push(p),
+                Err(e) => rep.problems.push(format!(
+                    "image {uuid}: part {} that an earlier rebuild read on {} is unusable ({e}); read that cartridge again",
+                    earlier.part, earlier.barcode
+                )),
+            }
+        }
         parts.sort_by_key(|p| (p.header.part, p.barcode.clone(), p.tape_file));
         let (dump, found) = build_image(cat, uuid, &parts, &col.sessions)?;
         if let Some(n) = &found.note {
@@ -802,6 +828,14 @@ fn merge_collected(
             Err(e) => rep
                 .problems
                 .push(format!("image {uuid}: could not be merged: {e}")),
+        }
+        // Keep what this run read of an image that is not whole, so a rebuild that
+        // reads its other cartridges can join the parts; forget it once whole.
+        let whole = matches!(cat.image(uuid)?, Some(i) if i.status == ImageStatus::Complete);
+        if whole {
+            cat.drop_scanned_parts(uuid)?;
+        } else {
+            cat.save_scanned_parts(&fresh)?;
         }
         rep.images_scanned.push(found);
     }
@@ -823,7 +857,10 @@ fn build_image(
     let mut notes: Vec<String> = Vec::new();
     let mut joiner = PartJoiner::new();
     let mut joined = true;
-    let damaged: usize = parts.iter().map(|p| p.damage.len()).sum();
+    let damaged: u64 = parts
+        .iter()
+        .map(|p| p.damage.len() as u64 + p.damaged_earlier)
+        .sum();
     if h0.part != 0 {
         notes.push(format!(
             "part 0 is missing (the parts found start at part {})",
@@ -871,9 +908,12 @@ fn build_image(
         ImageStatus::Incomplete
     };
     let last_trailer = parts.iter().rev().find_map(|p| p.trailer.as_ref());
-    let pool_name = sessions
-        .get(&Uuid::from_bytes(h0.session_uuid))
-        .map(|s| s.pool.clone());
+    let pool_name = match sessions.get(&Uuid::from_bytes(h0.session_uuid)) {
+        Some(s) => Some(s.pool.clone()),
+        None => cat
+            .session(Uuid::from_bytes(h0.session_uuid))?
+            .map(|s| s.pool),
+    };
     let compression = match h0.compression {
         WireCompression::None => Compression::Off,
         WireCompression::Zstd => match pool_name.as_deref().map(|p| cat.pool(p)) {
@@ -888,9 +928,13 @@ fn build_image(
         Cipher::None => None,
         Cipher::Aes256Gcm { key_fingerprint } => Some(crypto::to_hex(&key_fingerprint)),
     };
-    let end_time = sessions
-        .get(&Uuid::from_bytes(h0.session_uuid))
-        .and_then(|s| s.end_time);
+    // The session's end: seen in this run, or known from an earlier one (its
+    // end-of-session marker may be on a cartridge read in another batch).
+    let session_uuid = Uuid::from_bytes(h0.session_uuid);
+    let end_time = match sessions.get(&session_uuid).and_then(|s| s.end_time) {
+        Some(t) => Some(time_of(t)),
+        None => cat.session(session_uuid)?.and_then(|s| s.finished),
+    };
     let row = ImageRow {
         uuid,
         disk_uuid: Uuid::from_bytes(h0.disk_uuid),
@@ -910,7 +954,7 @@ fn build_image(
         key_fingerprint,
         compression,
         started: time_of(h0.time),
-        finished: end_time.map(time_of),
+        finished: end_time,
         status,
         records: parts.iter().map(|p| p.records).sum(),
         plain_bytes: parts.iter().map(|p| p.data_bytes).sum(),

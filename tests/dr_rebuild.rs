@@ -210,6 +210,75 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
     let (code, chk) = json(&scan, &["catalog", "check", "--media"]);
     assert_eq!(code, 0, "{chk:#}");
 
+    // A box of tapes read in batches, one cartridge per rebuild and last cartridge
+    // first: a spanned image is incomplete (and refuses to restore) until the run that
+    // reads its last missing part joins it with the parts earlier runs kept.
+    let batches = fresh_home(&h, "batches", true);
+    let mut barcodes: Vec<String> = orig
+        .values()
+        .flat_map(|i| i["segments"].as_array().unwrap().iter())
+        .map(|s| s["barcode"].as_str().unwrap().to_string())
+        .collect();
+    barcodes.sort();
+    barcodes.dedup();
+    barcodes.reverse();
+    let (span_uuid, span) = orig
+        .iter()
+        .find(|(_, i)| {
+            let s = i["segments"].as_array().unwrap();
+            i["image"]["status"] == "complete" && s.iter().any(|x| x["barcode"] != s[0]["barcode"])
+        })
+        .unwrap();
+    let span_bcs: Vec<&str> = span["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["barcode"].as_str().unwrap())
+        .collect();
+    let mut seen_span_cartridges = 0;
+    for (n, bc) in barcodes.iter().enumerate() {
+        let (code, rep) = json(&batches, &["catalog", "rebuild", "--scan", "--barcode", bc]);
+        assert!(code == 0 || code == 3, "batch {n} ({bc}): {rep:#}");
+        if span_bcs.contains(&bc.as_str()) {
+            seen_span_cartridges += 1;
+        }
+        let now = images(&batches);
+        let status = now.get(span_uuid).map(|i| i["image"]["status"].clone());
+        if seen_span_cartridges == 0 {
+            assert_eq!(status, None, "batch {n}");
+        } else if seen_span_cartridges < 2 {
+            assert_eq!(status, Some("incomplete".into()), "batch {n}: {rep:#}");
+            let to = h.root.join("span.partial.img");
+            let o = tv(
+                &batches,
+                &[
+                    "restore",
+                    "--disk",
+                    span["image"]["disk_uuid"].as_str().unwrap(),
+                    "--image",
+                    span_uuid,
+                    "--to",
+                    to.to_str().unwrap(),
+                ],
+            );
+            assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+            assert!(!to.exists(), "a refused restore leaves no file");
+        } else {
+            assert_eq!(status, Some("complete".into()), "batch {n}: {rep:#}");
+        }
+    }
+    assert_eq!(
+        assert_same_restore_points(&orig, &images(&batches), false),
+        complete
+    );
+    let (code, chk) = json(&batches, &["catalog", "check", "--media"]);
+    assert_eq!(code, 0, "{chk:#}");
+    // Once whole, nothing is kept for joining: a rebuild of everything changes nothing.
+    let (code, again) = json(&batches, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 0, "{again:#}");
+    assert_eq!(again["merged"]["images_updated"], 0, "{again:#}");
+    assert_eq!(again["merged"]["conflicts"].as_array().unwrap().len(), 0);
+
     // Every restore point restores byte-identical from the rebuilt catalogs to what the
     // original catalog gives.
     let mut restored = 0;
@@ -219,7 +288,12 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
         }
         let disk = i["image"]["disk_uuid"].as_str().unwrap();
         let mut outs = Vec::new();
-        for (name, home) in [("orig", &h.home), ("fast", &fast), ("scan", &scan)] {
+        for (name, home) in [
+            ("orig", &h.home),
+            ("fast", &fast),
+            ("scan", &scan),
+            ("batches", &batches),
+        ] {
             let to = h.root.join(format!("{u}.{name}.img"));
             ok(
                 home,
@@ -247,6 +321,10 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
         assert!(
             outs[0] == outs[2],
             "image {u}: scanned catalog restores other bytes"
+        );
+        assert!(
+            outs[0] == outs[3],
+            "image {u}: catalog scanned in batches restores other bytes"
         );
         restored += 1;
     }

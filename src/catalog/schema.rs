@@ -111,8 +111,32 @@ CREATE TABLE snapshots (
 );
 "#;
 
+/// Migration 2: image parts read by `catalog rebuild --scan` whose image is not whole
+/// yet, so a later rebuild that reads the cartridges holding the other parts can join
+/// them (a box of tapes is often read in batches, as many as the library has slots).
+/// `header` and `trailer` are the part's image header and trailer blocks exactly as
+/// on tape; `coverage` is the part's disk coverage as JSON. Rows go when the image is
+/// whole, and when the catalog forgets the cartridge's contents.
+const V2: &str = r#"
+CREATE TABLE scanned_parts (
+    image_uuid   TEXT NOT NULL,
+    barcode      TEXT NOT NULL,
+    tape_file    INTEGER NOT NULL,
+    part         INTEGER NOT NULL,
+    header       BLOB NOT NULL,
+    trailer      BLOB,
+    records      INTEGER NOT NULL,
+    data_bytes   INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    damaged      INTEGER NOT NULL,
+    coverage     TEXT NOT NULL,
+    PRIMARY KEY (image_uuid, barcode, tape_file)
+);
+CREATE INDEX scanned_parts_barcode ON scanned_parts(barcode);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

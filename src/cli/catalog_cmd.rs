@@ -27,8 +27,11 @@ pub enum CatalogCommand {
     /// record is read: images, spanned parts, segments, sessions, media sets and
     /// cartridges are rebuilt from the self-describing records. Images without a
     /// complete trailer are recorded incomplete; damaged records are reported by
-    /// cartridge and position, the rest is recovered. Block digest lists (for
-    /// hash-scan incrementals) are not rebuilt: the next backup of such a disk is full.
+    /// cartridge and position, the rest is recovered. Cartridges may be read in
+    /// batches (as many as the library holds at a time): the parts of an image read
+    /// so far are kept, and the rebuild that reads its remaining parts joins them and
+    /// makes it complete. Block digest lists (for hash-scan incrementals) are not
+    /// rebuilt: the next backup of such a disk is full.
     ///
     /// Exit codes: 0 rebuilt; 3 damage found (damaged records, missing parts, a
     /// cartridge that should hold images reads blank) or facts on the media that

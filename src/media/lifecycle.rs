@@ -450,6 +450,8 @@ pub fn forget_contents(
     note: &str,
     delete: bool,
 ) -> Result<Vec<Uuid>> {
+    // Parts a media scan read from it, kept to be joined later, are gone with it.
+    cat.drop_scanned_parts_on(barcode)?;
     let mut imgs = cat.images_on_media(barcode)?;
     // Newest first, so an incremental goes before the image it depends on.
     imgs.sort_by(|a, b| b.started.cmp(&a.started).then(b.uuid.cmp(&a.uuid)));

@@ -2,6 +2,7 @@
 //! filemark spacing only (what every drive and st offer), the fast path to the newest
 //! catalog snapshot, and the record-by-record scan of tape files.
 
+use crate::catalog::ScannedPart;
 use tape_formats::{
     decode_block, snapshot_digest, Block, BlockSource, EndOfSession, ExtentKind, ImageHeader,
     ImageTrailer, PartChecker, ReadStatus, SnapshotHeader, StreamProblem,
@@ -289,6 +290,74 @@ pub struct PartScan {
     pub damage: Vec<Damage>,
     /// The part ended without its trailer (interrupted write).
     pub truncated: bool,
+    /// Damaged records an earlier rebuild counted, for a part taken from the catalog's
+    /// scanned parts rather than read in this run (whose `damage` is then empty).
+    pub damaged_earlier: u64,
+}
+
+impl PartScan {
+    /// What the catalog keeps of this part until its image is whole (see
+    /// [`crate::catalog::ScannedPart`]).
+    pub fn to_stored(&self) -> Result<ScannedPart, tape_formats::FormatError> {
+        let mut header = Vec::new();
+        self.header.encode(&mut header)?;
+        let trailer = match &self.trailer {
+            Some(t) => {
+                let mut b = Vec::new();
+                t.encode(&mut b)?;
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(ScannedPart {
+            image: uuid::Uuid::from_bytes(self.header.image_uuid),
+            barcode: self.barcode.clone(),
+            tape_file: self.tape_file,
+            part: self.header.part,
+            header,
+            trailer,
+            records: self.records,
+            data_bytes: self.data_bytes,
+            stored_bytes: self.stored_bytes,
+            damaged: self.damage.len() as u64 + self.damaged_earlier,
+            coverage: self.coverage.clone(),
+        })
+    }
+
+    /// A part an earlier rebuild read, back from the catalog. Its segments are already
+    /// in the catalog (merged when it was read), so they are not repeated here.
+    pub fn from_stored(p: &ScannedPart) -> Result<PartScan, String> {
+        let header = match tape_formats::decode_block(&p.header) {
+            Ok(tape_formats::Block::ImageHeader(h)) => h,
+            Ok(_) => return Err("the stored header is another kind of record".into()),
+            Err(e) => return Err(format!("the stored header does not decode: {e}")),
+        };
+        let trailer = match &p.trailer {
+            None => None,
+            Some(b) => match tape_formats::decode_block(b) {
+                Ok(tape_formats::Block::ImageTrailer(t)) => Some(t),
+                Ok(_) => return Err("the stored trailer is another kind of record".into()),
+                Err(e) => return Err(format!("the stored trailer does not decode: {e}")),
+            },
+        };
+        if header.image_uuid != *p.image.as_bytes() || header.part != p.part {
+            return Err("the stored header belongs to another image or part".into());
+        }
+        Ok(PartScan {
+            barcode: p.barcode.clone(),
+            tape_file: p.tape_file,
+            truncated: trailer.is_none(),
+            header,
+            trailer,
+            segments: Vec::new(),
+            coverage: p.coverage.clone(),
+            records: p.records,
+            data_bytes: p.data_bytes,
+            stored_bytes: p.stored_bytes,
+            damage: Vec::new(),
+            damaged_earlier: p.damaged,
+        })
+    }
 }
 
 /// Segments and coverage come from the same builder the backup writer uses
@@ -443,6 +512,7 @@ pub fn scan_file(
         stored_bytes: 0,
         damage: Vec::new(),
         truncated: false,
+        damaged_earlier: 0,
     };
     let mut segs = SegmentBuilder::default();
     let mut pos = 1u64;
