@@ -200,3 +200,39 @@ fn a_worm_pool_writes_only_worm_cartridges() {
     ]);
     assert_eq!(b["images"][0]["cartridges"][0], worm.as_str(), "{b}");
 }
+
+/// Every time the catalog records comes from the job's clock, so a simulated clock
+/// (`TAPEVAULT_NOW`, as rotation dry runs and these tests use) sees one consistent
+/// history: sessions, media sets, labels and writes, images.
+#[test]
+fn catalog_times_follow_the_jobs_clock() {
+    let mut tv = Tv::init(3, 1, "16M");
+    tv.advance(400);
+    let t = tv.now;
+    tv.ok(&["pool", "create", "p", "--compression", "off"]);
+    let disk = tv.path("d.img");
+    write_disk(&disk, 1 << 20, 7);
+    tv.json(&[
+        "backup",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-id",
+        DISK,
+        "--pool",
+        "p",
+    ]);
+    let cat = tv.catalog();
+    let sessions = cat.sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].started, t);
+    assert_eq!(sessions[0].finished, Some(t));
+    let sets = cat.media_sets(Some("p")).unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!((sets[0].created, sets[0].last_write), (t, Some(t)));
+    let bc = cat.media_in_set(sets[0].uuid).unwrap()[0].barcode.clone();
+    let m = cat.media(&bc).unwrap().unwrap();
+    assert_eq!((m.labelled_at, m.last_written), (Some(t), Some(t)));
+    let imgs = cat.images_on_media(&bc).unwrap();
+    assert_eq!(imgs.len(), 1);
+    assert_eq!((imgs[0].started, imgs[0].finished), (t, Some(t)));
+}
