@@ -1088,7 +1088,8 @@ impl Job<'_> {
             segments: Vec::new(),
             segs: SegmentBuilder::default(),
             coverage: Vec::new(),
-            digest: ContentDigest::new().finalize(),
+            digest: ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()))
+                .finalize(),
             records: 0,
             data_bytes: 0,
             zero_bytes: 0,
@@ -1099,7 +1100,7 @@ impl Job<'_> {
 
         let mut reader = reader;
         let mut compressor = Compressor::new(pool.compression)?;
-        let mut digest = ContentDigest::new();
+        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         // Encryption runs in the transform stage, off the writer's thread, so the drive
         // keeps streaming. The AAD needs the record's part and sequence: the sequence is
         // the record's index in the image; the part is the one being written now, which
@@ -1444,7 +1445,7 @@ impl Job<'_> {
             session_uuid: *self.session.as_bytes(),
             chunk_count: count,
             total_plain_len: plain.len() as u64,
-            digest: snapshot_digest(&plain),
+            digest: snapshot_digest(self.sealer.as_ref().map(|s| s.key.digest_key()), &plain),
         }
         .encode(&mut buf)
         .map_err(fmt_err)?;

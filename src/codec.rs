@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use tape_formats::{
-    data_record_aad, snapshot_chunk_aad, ChunkFields, Compression as WireCompression, DataFields,
-    DataRecord, Extent, RecordCrypto, SnapshotChunk,
+    data_record_aad, snapshot_chunk_aad, ChunkFields, Cipher, Compression as WireCompression,
+    DataFields, DataRecord, Extent, RecordCrypto, SnapshotChunk,
 };
 
 use crate::catalog::Compression;
@@ -294,6 +294,22 @@ impl KeyRing {
     }
     pub fn get(&self, fp: &[u8; 16]) -> Option<&RecordKey> {
         self.keys.get(fp)
+    }
+
+    /// The content/snapshot digest key of a stream announced with `cipher`: `None` in
+    /// the clear; the key's digest key when encrypted, or `Err` with the missing key's
+    /// fingerprint (hex).
+    pub fn digest_key_for(
+        &self,
+        cipher: &Cipher,
+    ) -> std::result::Result<Option<&[u8; 32]>, String> {
+        match cipher {
+            Cipher::None => Ok(None),
+            Cipher::Aes256Gcm { key_fingerprint } => self
+                .get(key_fingerprint)
+                .map(|k| Some(k.digest_key()))
+                .ok_or_else(|| crate::crypto::to_hex(key_fingerprint)),
+        }
     }
 }
 

@@ -486,15 +486,31 @@ pub fn read_image(
     };
     let mut plain = Vec::new();
     if all {
+        // An encrypted image's content digest is keyed: reading it whole needs the
+        // image's key (as decrypting its records does).
+        let digest_key = match key {
+            None => None,
+            Some(fp) => Some(
+                keys.get(&fp)
+                    .ok_or_else(|| {
+                        Error::Key(format!(
+                            "image {} is encrypted with key {}, which is not available: import it with `tapevault key import FILE`",
+                            image.uuid,
+                            crate::crypto::to_hex(&fp)
+                        ))
+                    })?
+                    .digest_key(),
+            ),
+        };
         if segments.is_empty() {
             // An image without records (an incremental with no changes): nothing on
             // tape to read; its digest is that of no records.
-            let empty = to_hex(&ContentDigest::new().finalize());
+            let empty = to_hex(&ContentDigest::with_key(digest_key).finalize());
             out.digest_checked = image.content_digest.as_deref() == Some(empty.as_str());
             return Ok(out);
         }
         let mut joiner = PartJoiner::new();
-        let mut digest = ContentDigest::new();
+        let mut digest = ContentDigest::with_key(digest_key);
         for part in &parts {
             let first = &part[0];
             if !out.cartridges.contains(&first.barcode) {

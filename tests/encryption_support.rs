@@ -273,10 +273,14 @@ pub fn open_data(ring: &KeyRing, block: &[u8]) -> Result<Vec<u8>, String> {
 pub fn open_snapshots(ring: &KeyRing, dir: &Path) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     let mut cur: Option<Vec<u8>> = None;
+    let mut cipher = tape_formats::Cipher::None;
     let mut opener = Opener::new().unwrap();
     for b in blocks(dir) {
         match decode_block(&b).map_err(|e| e.to_string())? {
-            Block::SnapshotHeader(_) => cur = Some(Vec::new()),
+            Block::SnapshotHeader(h) => {
+                cur = Some(Vec::new());
+                cipher = h.cipher;
+            }
             Block::SnapshotChunk(c) => {
                 let mut plain = Vec::new();
                 opener
@@ -286,7 +290,12 @@ pub fn open_snapshots(ring: &KeyRing, dir: &Path) -> Result<Vec<Vec<u8>>, String
             }
             Block::SnapshotTrailer(t) => {
                 let s = cur.take().expect("trailer after a header");
-                assert_eq!(t.digest, tape_formats::snapshot_digest(&s));
+                // Keyed with the snapshot key's digest key when encrypted.
+                let key = ring.digest_key_for(&cipher)?;
+                assert_eq!(t.digest, tape_formats::snapshot_digest(key, &s));
+                if key.is_some() {
+                    assert_ne!(t.digest, tape_formats::snapshot_digest(None, &s));
+                }
                 out.push(s);
             }
             _ => {}

@@ -90,6 +90,9 @@ fn read_image(objs: &[Obj], ring: &KeyRing, image: [u8; 16]) -> Result<Vec<u8>, 
         .ok_or("image header not found")?;
     let mut checker = PartChecker::new();
     let mut digest = ContentDigest::new();
+    // What someone without the key could compute from a guess of the plain data.
+    let mut unkeyed = ContentDigest::new();
+    let mut encrypted = false;
     let mut disk = Vec::new();
     for (pos, o) in file.iter().enumerate() {
         let b = match o {
@@ -102,14 +105,27 @@ fn read_image(objs: &[Obj], ring: &KeyRing, image: [u8; 16]) -> Result<Vec<u8>, 
             return Err(format!("stream: {p}"));
         }
         match decoded {
+            // An encrypted image's content digest is keyed with its key's digest key.
+            Ok(Block::ImageHeader(h)) => {
+                let key = ring
+                    .digest_key_for(&h.cipher)
+                    .map_err(|fp| format!("key {fp} is needed and not unlocked"))?;
+                digest = ContentDigest::with_key(key);
+                encrypted = key.is_some();
+            }
             Ok(Block::Data(r)) if v.accept => {
                 let plain = open_data(ring, b).map_err(|e| format!("block {pos}: {e}"))?;
                 digest.update_record(&r.extents, &plain).unwrap();
+                unkeyed.update_record(&r.extents, &plain).unwrap();
                 disk.extend_from_slice(&plain);
             }
             Ok(Block::ImageTrailer(t)) if t.digest != digest.finalize() => {
                 return Err("content digest differs from the trailer's".into());
             }
+            Ok(Block::ImageTrailer(t)) => assert!(
+                !encrypted || t.digest != unkeyed.finalize(),
+                "an encrypted image's trailer must not confirm a guess of its plain data"
+            ),
             _ => {}
         }
     }

@@ -20,6 +20,9 @@ pub struct AuthError;
 pub struct RecordKey {
     key: Zeroizing<[u8; KEY_LEN]>,
     cipher: Aes256Gcm,
+    /// Key of the content and snapshot digests of what this key encrypts
+    /// ([`tape_formats::digest_key`]).
+    digest_key: Zeroizing<[u8; KEY_LEN]>,
     /// blake3-derived fingerprint; safe to print and to write on tape.
     pub fingerprint: [u8; FINGERPRINT_LEN],
 }
@@ -32,6 +35,7 @@ impl RecordKey {
         let cipher = Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key");
         RecordKey {
             fingerprint: fingerprint(&key),
+            digest_key: Zeroizing::new(tape_formats::digest_key(&key)),
             cipher,
             key,
         }
@@ -48,6 +52,11 @@ impl RecordKey {
     /// The fingerprint as 32 lowercase hex digits.
     pub fn fingerprint_hex(&self) -> String {
         to_hex(&self.fingerprint)
+    }
+
+    /// The key of content and snapshot digests of data encrypted under this key.
+    pub fn digest_key(&self) -> &[u8; KEY_LEN] {
+        &self.digest_key
     }
 
     pub(crate) fn raw(&self) -> &[u8; KEY_LEN] {

@@ -268,7 +268,7 @@ pub(crate) fn write_snapshot_files(
         session_uuid: *session.as_bytes(),
         chunk_count: count,
         total_plain_len: plain.len() as u64,
-        digest: snapshot_digest(plain),
+        digest: snapshot_digest(sealer.as_ref().map(|s| s.key.digest_key()), plain),
     }
     .encode(&mut buf)
     .map_err(fmt_err)?;

@@ -242,7 +242,15 @@ pub fn read_snapshot(
                         plain.len()
                     ));
                 }
-                if snapshot_digest(&plain) != t.digest {
+                let key = match keys.digest_key_for(&h.cipher) {
+                    Ok(k) => k,
+                    Err(fp) => {
+                        return Err(Error::Key(format!(
+                            "the catalog snapshot in tape file {f} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`"
+                        )))
+                    }
+                };
+                if snapshot_digest(key, &plain) != t.digest {
                     return trouble("its digest does not match the trailer".into());
                 }
                 return Ok(Ok(SnapshotRead {

@@ -2,12 +2,16 @@
 //! docs/FORMAT.md compute the same 32 bytes.
 use crate::{Extent, ExtentKind, FormatError};
 
-/// BLAKE3 (unkeyed, default 32-byte output) over, for every data record of the image in
+/// BLAKE3 (default 32-byte output) over, for every data record of the image in
 /// sequence order and for every extent of the record in order:
 /// `offset (u64 LE) || length (u64 LE) || kind (u8: 0 data, 1 zero) || plain bytes`,
 /// where the plain bytes are present only for data extents (the decompressed,
 /// decrypted payload slice belonging to that extent). Zero extents contribute their
 /// 17-byte descriptor only.
+///
+/// Unkeyed for a clear image ([`ContentDigest::new`]); keyed with [`digest_key`] of the
+/// record key for an encrypted one ([`ContentDigest::keyed`]), so a trailer on tape does
+/// not let anyone without the key confirm a guess of the plain data.
 #[derive(Clone, Default)]
 pub struct ContentDigest {
     hasher: blake3::Hasher,
@@ -21,9 +25,33 @@ impl std::fmt::Debug for ContentDigest {
     }
 }
 
+/// Context string of [`digest_key`] (BLAKE3 `derive_key` mode).
+pub const DIGEST_KEY_CONTEXT: &str = "tapevault 2026-11 content digest key v1";
+
+/// The key of the content and snapshot digests of a stream encrypted under
+/// `record_key`: `BLAKE3-derive_key(DIGEST_KEY_CONTEXT, record_key)`. Domain-separated
+/// from the record key's other uses (AES-GCM, the fingerprint).
+pub fn digest_key(record_key: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(DIGEST_KEY_CONTEXT, record_key)
+}
+
 impl ContentDigest {
+    /// The digest of a clear image.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The digest of an encrypted image: BLAKE3 in keyed mode with `key` (from
+    /// [`digest_key`]).
+    pub fn keyed(key: &[u8; 32]) -> Self {
+        ContentDigest {
+            hasher: blake3::Hasher::new_keyed(key),
+        }
+    }
+
+    /// [`ContentDigest::keyed`] with `key` when given, else [`ContentDigest::new`].
+    pub fn with_key(key: Option<&[u8; 32]>) -> Self {
+        key.map_or_else(Self::new, Self::keyed)
     }
 
     /// Add one extent. `data` must be exactly `extent.length` bytes for a data extent and
@@ -79,7 +107,11 @@ impl ContentDigest {
     }
 }
 
-/// Digest of a catalog snapshot: BLAKE3 of the plain snapshot bytes.
-pub fn snapshot_digest(plain: &[u8]) -> [u8; 32] {
-    *blake3::hash(plain).as_bytes()
+/// Digest of a catalog snapshot: BLAKE3 of the plain snapshot bytes, keyed with
+/// [`digest_key`] of the record key when the snapshot is encrypted (`key` given).
+pub fn snapshot_digest(key: Option<&[u8; 32]>, plain: &[u8]) -> [u8; 32] {
+    match key {
+        Some(k) => *blake3::keyed_hash(k, plain).as_bytes(),
+        None => *blake3::hash(plain).as_bytes(),
+    }
 }

@@ -106,7 +106,7 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
         session_uuid: [0x33; 16],
         chunk_count: 1,
         total_plain_len: 3,
-        digest: snapshot_digest(b"SQL"),
+        digest: snapshot_digest(None, b"SQL"),
     }
     .encode(&mut b)
     .unwrap();

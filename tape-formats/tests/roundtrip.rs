@@ -157,4 +157,26 @@ fn content_digest_matches_the_documented_definition() {
     let mut d = ContentDigest::new();
     d.update_record(&ext, b"abcd").unwrap();
     assert_eq!(d.finalize(), *blake3::hash(&manual).as_bytes());
+
+    // Encrypted images: the same bytes through BLAKE3's keyed mode, with the key derived
+    // from the record key in derive_key mode under the documented context string.
+    let record_key = [0x42u8; 32];
+    let dk = digest_key(&record_key);
+    assert_eq!(
+        dk,
+        blake3::derive_key("tapevault 2026-11 content digest key v1", &record_key)
+    );
+    assert_ne!(&dk, &record_key);
+    let mut k = ContentDigest::keyed(&dk);
+    k.update_record(&ext, b"abcd").unwrap();
+    assert_eq!(k.finalize(), *blake3::keyed_hash(&dk, &manual).as_bytes());
+    assert_ne!(k.finalize(), d.finalize());
+    assert_eq!(
+        snapshot_digest(Some(&dk), b"SQL"),
+        *blake3::keyed_hash(&dk, b"SQL").as_bytes()
+    );
+    assert_eq!(
+        snapshot_digest(None, b"SQL"),
+        *blake3::hash(b"SQL").as_bytes()
+    );
 }
