@@ -304,11 +304,22 @@ impl KeyRing {
         cipher: &Cipher,
     ) -> std::result::Result<Option<&[u8; 32]>, String> {
         match cipher {
-            Cipher::None => Ok(None),
-            Cipher::Aes256Gcm { key_fingerprint } => self
-                .get(key_fingerprint)
+            Cipher::None => self.digest_key_of(None),
+            Cipher::Aes256Gcm { key_fingerprint } => self.digest_key_of(Some(key_fingerprint)),
+        }
+    }
+
+    /// As [`digest_key_for`](Self::digest_key_for), by key fingerprint (`None`: clear).
+    pub fn digest_key_of(
+        &self,
+        fingerprint: Option<&[u8; 16]>,
+    ) -> std::result::Result<Option<&[u8; 32]>, String> {
+        match fingerprint {
+            None => Ok(None),
+            Some(fp) => self
+                .get(fp)
                 .map(|k| Some(k.digest_key()))
-                .ok_or_else(|| crate::crypto::to_hex(key_fingerprint)),
+                .ok_or_else(|| crate::crypto::to_hex(fp)),
         }
     }
 }

@@ -488,20 +488,12 @@ pub fn read_image(
     if all {
         // An encrypted image's content digest is keyed: reading it whole needs the
         // image's key (as decrypting its records does).
-        let digest_key = match key {
-            None => None,
-            Some(fp) => Some(
-                keys.get(&fp)
-                    .ok_or_else(|| {
-                        Error::Key(format!(
-                            "image {} is encrypted with key {}, which is not available: import it with `tapevault key import FILE`",
-                            image.uuid,
-                            crate::crypto::to_hex(&fp)
-                        ))
-                    })?
-                    .digest_key(),
-            ),
-        };
+        let digest_key = keys.digest_key_of(key.as_ref()).map_err(|fp| {
+            Error::Key(format!(
+                "image {} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`",
+                image.uuid
+            ))
+        })?;
         if segments.is_empty() {
             // An image without records (an incremental with no changes): nothing on
             // tape to read; its digest is that of no records.

@@ -540,20 +540,12 @@ fn image_part(
 ) -> Result<bool> {
     // The content digest in a trailer covers every part so far: from this cartridge
     // alone it can be checked for part 0 only.
-    let digest_key = match cipher_key {
-        None => None,
-        Some(fp) => Some(
-            keys.get(&fp)
-                .ok_or_else(|| {
-                    Error::Key(format!(
-                        "tape file {}: the image is encrypted with key {}, which is not unlocked: import it (`tapevault key import FILE`) and give its passphrase",
-                        f.file,
-                        crate::crypto::to_hex(&fp)
-                    ))
-                })?
-                .digest_key(),
-        ),
-    };
+    let digest_key = keys.digest_key_of(cipher_key.as_ref()).map_err(|fp| {
+        Error::Key(format!(
+            "tape file {}: the image is encrypted with key {fp}, which is not unlocked: import it (`tapevault key import FILE`) and give its passphrase",
+            f.file
+        ))
+    })?;
     let mut digest = (part == 0).then(|| ContentDigest::with_key(digest_key));
     let mut rel = 1u64;
     loop {
@@ -653,10 +645,12 @@ fn snapshot(
     let mut hasher = Some(match keys.digest_key_for(&h.cipher) {
         Ok(None) => blake3::Hasher::new(),
         Ok(Some(k)) => blake3::Hasher::new_keyed(k),
-        Err(fp) => return Err(Error::Key(format!(
+        Err(fp) => {
+            return Err(Error::Key(format!(
             "tape file {}: the catalog snapshot is encrypted with key {fp}, which is not unlocked",
             f.file
-        ))),
+        )))
+        }
     });
     let mut next_seq = 0u64;
     let mut total = 0u64;
