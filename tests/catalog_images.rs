@@ -414,3 +414,37 @@ fn complete_image_waits_for_another_writer_instead_of_failing() {
     );
     assert!(c.pool("x").unwrap().is_some());
 }
+
+/// Under a simulated clock many images and sessions share one start time; "newest"
+/// then means the one recorded last, never whatever a random UUID sorts as.
+#[test]
+fn images_and_sessions_with_the_same_start_time_keep_the_order_they_were_recorded_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, disk) = setup(&dir);
+    let mut chain = vec![full(&c, disk, 5)];
+    for _ in 0..12 {
+        let parent = *chain.last().unwrap();
+        chain.push(incr(&c, disk, parent, 5));
+    }
+    assert_eq!(
+        c.newest_good_image(disk).unwrap().map(|i| i.uuid),
+        chain.last().copied()
+    );
+    assert_eq!(uuids(&c.images(Some(disk)).unwrap()), chain);
+    let sessions: Vec<Uuid> = (0..12)
+        .map(|_| {
+            let row = SessionRow {
+                uuid: Uuid::new_v4(),
+                pool: "daily".into(),
+                media_set_uuid: None,
+                started: t(5),
+                finished: Some(t(5)),
+                status: SessionStatus::Complete,
+            };
+            c.merge_session(&row).unwrap();
+            row.uuid
+        })
+        .collect();
+    let listed: Vec<Uuid> = c.sessions().unwrap().iter().map(|s| s.uuid).collect();
+    assert_eq!(listed[listed.len() - 12..], sessions[..]);
+}

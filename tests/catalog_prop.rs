@@ -100,11 +100,13 @@ proptest! {
             ids.push(row.uuid);
         }
         let all: HashMap<Uuid, ImageRow> = c.images(Some(disk)).unwrap().into_iter().map(|i| (i.uuid, i)).collect();
+        // Images with the same start time: the one recorded later is the newer.
+        let recorded: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(n, u)| (*u, n)).collect();
         let newest_complete = |limit: Option<u8>| {
             all.values()
                 .filter(|i| i.status == ImageStatus::Complete)
                 .filter(|i| !matches!(limit, Some(h) if i.started > t(h as i64)))
-                .max_by_key(|i| (i.started, i.uuid))
+                .max_by_key(|i| (i.started, recorded[&i.uuid]))
                 .cloned()
         };
         let mut ats: Vec<(At, Option<ImageRow>)> = vec![(At::Latest, newest_complete(None))];
@@ -131,7 +133,7 @@ proptest! {
         let model_base = {
             let mut cands: Vec<&ImageRow> = all.values()
                 .filter(|i| i.status == ImageStatus::Complete && i.kind != ImageKind::Copy).collect();
-            cands.sort_by_key(|i| std::cmp::Reverse((i.started, i.uuid)));
+            cands.sort_by_key(|i| std::cmp::Reverse((i.started, recorded[&i.uuid])));
             cands.into_iter().find(|i| model_chain(&all, i).is_some()).map(|i| i.uuid)
         };
         prop_assert_eq!(base, model_base);

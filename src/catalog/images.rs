@@ -446,7 +446,7 @@ impl Catalog {
     /// All images, or those of one disk, oldest first.
     pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
-            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, uuid"
+            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, rowid"
         ))?;
         let rows = st
             .query_map([disk.map(|d| d.to_string())], image_row)?
@@ -506,7 +506,7 @@ impl Catalog {
     pub fn images_on_media(&self, barcode: &str) -> Result<Vec<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE uuid IN (SELECT image_uuid FROM segments WHERE barcode=?1) \
-             ORDER BY started, uuid"
+             ORDER BY started, rowid"
         ))?;
         let rows = st
             .query_map([barcode], image_row)?
@@ -521,7 +521,7 @@ impl Catalog {
             "WITH RECURSIVE d(uuid) AS (SELECT uuid FROM images WHERE parent_uuid=?1 \
                UNION SELECT i.uuid FROM images i JOIN d ON i.parent_uuid=d.uuid) \
              SELECT {IMAGE_COLS} FROM images WHERE uuid IN d AND status IN ('complete','running') \
-             ORDER BY started, uuid"
+             ORDER BY started, rowid"
         ))?;
         let rows = st
             .query_map([image.to_string()], image_row)?
@@ -558,7 +558,7 @@ impl Catalog {
     pub fn newest_good_image(&self, disk: Uuid) -> Result<Option<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' AND kind!='copy' \
-             ORDER BY started DESC, uuid DESC"
+             ORDER BY started DESC, rowid DESC"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map([disk.to_string()], image_row)?
@@ -599,7 +599,7 @@ impl Catalog {
                     .query_row(
                         &format!(
                             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' \
-                             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, uuid DESC LIMIT 1"
+                             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC LIMIT 1"
                         ),
                         params![disk.to_string(), before],
                         image_row,

@@ -503,7 +503,7 @@ impl Catalog {
 
     pub fn media_sets(&self, pool: Option<&str>) -> Result<Vec<MediaSetRow>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {SET_COLS} FROM media_sets WHERE ?1 IS NULL OR pool=?1 ORDER BY created, uuid"
+            "SELECT {SET_COLS} FROM media_sets WHERE ?1 IS NULL OR pool=?1 ORDER BY created, rowid"
         ))?;
         let rows = st
             .query_map([pool], set_row)?
@@ -517,7 +517,7 @@ impl Catalog {
             .conn
             .query_row(
                 &format!(
-                    "SELECT {SET_COLS} FROM media_sets WHERE pool=?1 AND closed=0 ORDER BY created DESC, uuid LIMIT 1"
+                    "SELECT {SET_COLS} FROM media_sets WHERE pool=?1 AND closed=0 ORDER BY created DESC, rowid DESC LIMIT 1"
                 ),
                 [pool],
                 set_row,
@@ -798,9 +798,11 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Every session, oldest first; sessions started at the same time (as under a
+    /// simulated clock) in the order they were recorded.
     pub fn sessions(&self) -> Result<Vec<SessionRow>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {SESSION_COLS} FROM sessions ORDER BY started, uuid"
+            "SELECT {SESSION_COLS} FROM sessions ORDER BY started, rowid"
         ))?;
         let rows = st
             .query_map([], session_row)?

@@ -453,8 +453,10 @@ pub fn forget_contents(
     // Parts a media scan read from it, kept to be joined later, are gone with it.
     cat.drop_scanned_parts_on(barcode)?;
     let mut imgs = cat.images_on_media(barcode)?;
-    // Newest first, so an incremental goes before the image it depends on.
-    imgs.sort_by(|a, b| b.started.cmp(&a.started).then(b.uuid.cmp(&a.uuid)));
+    // Newest first, so an incremental goes before the image it depends on (the catalog
+    // lists oldest first, taking images with the same start time in the order they
+    // were recorded, which is what a simulated clock gives).
+    imgs.reverse();
     let mut done = Vec::new();
     for i in imgs {
         let deps = cat.dependents(i.uuid)?;
