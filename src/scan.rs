@@ -791,6 +791,11 @@ fn merge_collected(
     // Images: join their parts across cartridges, with the parts earlier rebuilds read
     // from cartridges not read in this one (a box of tapes is often read in batches).
     let read_now: HashSet<&str> = col.labels.keys().map(|b| b.as_str()).collect();
+    // What earlier rebuilds kept of the cartridges read now is replaced by what they
+    // hold now (a cartridge may have been overwritten since).
+    for bc in &read_now {
+        cat.drop_scanned_parts_on(bc)?;
+    }
     for (uuid, mut parts) in col.parts {
         let mut fresh = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -803,11 +808,6 @@ fn merge_collected(
             }
         }
         for earlier in cat.scanned_parts(uuid)? {
-            // A cartridge read again now counts as it is now (it may have been
-            // overwritten since).
-            if read_now.contains(earlier.barcode.as_str()) {
-                continue;
-            }
             match PartScan::from_stored(&earlier) {
                 Ok(p) => parts.push(p),
                 Err(e) => rep.problems.push(format!(
