@@ -193,11 +193,23 @@ impl RebuildReport {
     pub fn has_integrity_problems(&self) -> bool {
         !self.damage.is_empty()
             || !self.lost.is_empty()
-            || self.images_scanned.iter().any(|i| {
-                i.status == ImageStatus::Corrupt
-                    || (i.status == ImageStatus::Incomplete
-                        && i.note.as_deref().is_some_and(|n| n.contains("missing")))
+            || self.images_missing_parts() > 0
+            || self
+                .images_scanned
+                .iter()
+                .any(|i| i.status == ImageStatus::Corrupt)
+    }
+
+    /// Images found incomplete because parts of them were not found (on cartridges
+    /// not read in this run, or lost).
+    pub fn images_missing_parts(&self) -> usize {
+        self.images_scanned
+            .iter()
+            .filter(|i| {
+                i.status == ImageStatus::Incomplete
+                    && i.note.as_deref().is_some_and(|n| n.contains("missing"))
             })
+            .count()
     }
 }
 

@@ -280,11 +280,19 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
                 .join(", ")
         )))
     } else if rep.has_integrity_problems() {
-        Some(Error::Integrity(format!(
-            "the media hold damage: {} damaged or missing record(s) or tape file(s), {} problem(s); everything else was recovered",
-            rep.damage.len(),
-            rep.problems.len()
-        )))
+        let missing_parts = rep.images_missing_parts();
+        if rep.damage.is_empty() && rep.lost.is_empty() && missing_parts == rep.problems.len() {
+            // Nothing damaged: only parts on cartridges this run did not read.
+            Some(Error::Integrity(format!(
+                "{missing_parts} image(s) are incomplete: parts of them are on cartridges not read in this run; read those with `tapevault catalog rebuild --scan --barcode BARCODE` (the parts read so far are kept and joined then)"
+            )))
+        } else {
+            Some(Error::Integrity(format!(
+                "the media hold damage: {} damaged or missing record(s) or tape file(s), {} problem(s); everything else was recovered",
+                rep.damage.len(),
+                rep.problems.len()
+            )))
+        }
     } else {
         None
     };
