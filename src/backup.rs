@@ -797,11 +797,25 @@ impl Job<'_> {
                 changed,
             ));
         }
+        // A disk that grew or shrank is scanned against the base as usual (the scan
+        // compares the blocks both have, and the new size is recorded), but said out
+        // loud: it may also mean the wrong disk was given this disk's UUID.
+        let reason = (disk_size != base.disk_size).then(|| {
+            let r = format!(
+                "the disk {} from {} to {} bytes since image {}: hash scan of the whole disk; if this is not the same disk, give it its own --disk-id",
+                if disk_size > base.disk_size { "grew" } else { "shrank" },
+                base.disk_size,
+                disk_size,
+                base.uuid
+            );
+            report_line(&format!("disk {}: {r}", d.id));
+            r
+        });
         Ok((
             Plan::HashScan {
                 base,
                 base_list,
-                reason: None,
+                reason,
             },
             changed,
         ))

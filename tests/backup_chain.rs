@@ -118,6 +118,17 @@ fn every_point_of_a_chain_of_twelve_incrementals_restores_bit_identical() {
                 reason.contains("size"),
                 "step {n}: a resize must be given as the reason for not trusting the changed extents: {reason}"
             );
+        } else if st.resize.is_some() {
+            // Without a changed-extents file the hash scan handles a resize, but says so:
+            // a size change may also mean another disk was given this UUID.
+            let reason = s(&img, "reason");
+            let how = if size > old_size { "grew" } else { "shrank" };
+            assert!(
+                reason.contains(how) && reason.contains(&size.to_string()),
+                "step {n}: the resize must be said out loud: {reason}"
+            );
+        } else {
+            assert!(img["reason"].is_null(), "step {n}: {img}");
         }
         // Only what changed is read and written: never more than the touched tracking
         // blocks, and the random writes are surely among them.
