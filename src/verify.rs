@@ -272,6 +272,12 @@ pub fn verify_media(
 ) -> Result<MediaVerifyReport> {
     let (_, present) = sync_inventory(cat, lib)?;
     let row = cat.media(barcode)?;
+    // A blank tape is damage only where the catalog expects data: a cartridge it
+    // knows as blank (or does not know) may well be.
+    let expect_blank = match &row {
+        None => true,
+        Some(m) => m.state == crate::catalog::MediaState::Blank || m.labelled_at.is_none(),
+    };
     let location = row.as_ref().map(|m| m.location.clone()).unwrap_or_default();
     let total = row.map(|m| m.bytes_written).unwrap_or(0);
     check_pull_list(&[PullItem {
@@ -295,6 +301,7 @@ pub fn verify_media(
         &mut reader,
         keys,
         barcode,
+        expect_blank,
         &mut report,
         interactive,
         report_line,
@@ -360,6 +367,7 @@ fn walk(
     reader: &mut MediaReader<'_>,
     keys: &KeyRing,
     barcode: &str,
+    expect_blank: bool,
     report: &mut MediaVerifyReport,
     interactive: bool,
     report_line: &mut dyn FnMut(&str),
@@ -375,8 +383,17 @@ fn walk(
         let mut f = TapeFileReport::new(file, start);
         let n = match st {
             ReadStatus::EndOfData => {
-                if file == 0 {
-                    f.problem(start, "the cartridge is blank (no volume label)");
+                if file == 0 && expect_blank {
+                    f.kind = "blank";
+                    f.notes.push(
+                        "the cartridge is blank, as the catalog says: nothing to verify".into(),
+                    );
+                    report.files.push(f);
+                } else if file == 0 {
+                    f.problem(
+                        start,
+                        "the cartridge is blank (no volume label), but the catalog says it was labelled",
+                    );
                     report.files.push(f);
                 }
                 break;

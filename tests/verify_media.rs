@@ -145,3 +145,33 @@ fn verify_barcode_stops_at_an_unreadable_block_and_marks_its_image() {
         "corrupt"
     );
 }
+
+#[test]
+fn a_blank_cartridge_verifies_as_blank_unless_the_catalog_expects_data() {
+    let env = Env::new(4, "16M");
+    env.ok(&["pool", "create", "p"]);
+    // Never written, and the catalog knows it: nothing to verify, exit 0.
+    let r = env.run(&["verify", "--barcode", "TV0003L9"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("blank"), "{}", r.stdout);
+    let r = env.run(&["--json", "verify", "--barcode", "TV0003L9"]);
+    let v = r.json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["files"][0]["kind"], "blank");
+
+    // The catalog says it was labelled into a pool, but the tape reads blank: the data
+    // it should hold is gone. Integrity failure, exit 3.
+    {
+        let cat = env.catalog();
+        let set = cat.create_media_set("p", 1).unwrap();
+        cat.assign_media("TV0003L9", "p", set.uuid, 0, Uuid::new_v4())
+            .unwrap();
+    }
+    let r = env.run(&["verify", "--barcode", "TV0003L9"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("blank") && r.stderr.contains("labelled"),
+        "{}",
+        r.stderr
+    );
+}
