@@ -165,6 +165,30 @@ mod tests {
     }
 
     #[test]
+    fn stage_times_count_each_stage_s_work() {
+        // Each item costs the transform at least 4 ms (a sleep: a lower bound whatever
+        // else the machine does); the other stages do almost nothing.
+        let mut n = 0u32;
+        let t = run::<u32, u32, String, _, _, _>(
+            2,
+            |c| {
+                n += 1;
+                *c = n;
+                Ok(n <= 25)
+            },
+            |c, s| {
+                std::thread::sleep(std::time::Duration::from_millis(4));
+                *s = *c;
+                Ok(())
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert!(t.transform_s >= 0.1, "{t:?}");
+        assert!(t.wall_s >= t.transform_s, "{t:?}");
+    }
+
+    #[test]
     fn an_error_in_any_stage_stops_the_pipeline_and_is_returned() {
         for failing in 0..3 {
             let mut n = 0u32;
