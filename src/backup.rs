@@ -49,6 +49,8 @@ pub use crate::media::segments::RECORDS_PER_SEGMENT;
 
 /// Queue depth between the pipeline's stages (records in flight per stage).
 pub const PIPELINE_DEPTH: usize = 4;
+/// Threads that compress and encrypt records when a pool does either.
+pub const TRANSFORM_WORKERS: usize = 2;
 
 /// The largest data record header a chunk can produce: the fixed part plus the most
 /// sub-extents a chunk carries (tape-formats: 112 bytes + 17 per extent).
@@ -1113,7 +1115,6 @@ impl Job<'_> {
         self.start_part(&mut state, report_line)?;
 
         let mut reader = reader;
-        let mut compressor = Compressor::new(pool.compression)?;
         let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         // Encryption runs in the transform stage, off the writer's thread, so the drive
         // keeps streaming. The AAD needs the record's part and sequence: the sequence is
@@ -1122,37 +1123,24 @@ impl Job<'_> {
         // prepared ahead for the old part (`write_record`).
         let sealer = self.sealer.take();
         let part_now = AtomicU32::new(state.header.part);
-        let mut next_sequence = state.header.first_sequence;
-        let mut transform_aad = Vec::new();
         let image_uuid_bytes = state.header.image_uuid;
-        let run = crate::pipeline::run::<ReadChunk, Prepared, Error, _, _, _>(
-            PIPELINE_DEPTH,
-            |c| {
-                let Some(chunk) = reader.next_chunk().map_err(|e| {
-                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
-                })?
-                else {
-                    return Ok(false);
-                };
-                c.extents.clear();
-                c.extents.extend(chunk.extents.iter().map(|s| Extent {
-                    offset: s.offset,
-                    length: s.len,
-                    kind: match s.kind {
-                        SrcKind::Data => ExtentKind::Data,
-                        SrcKind::Zero => ExtentKind::Zero,
-                    },
-                }));
-                reader.swap_data(&mut c.data);
-                // The content digest runs on the reader thread, which has CPU to spare;
-                // the transform thread compresses and encrypts.
-                digest
-                    .update_record(&c.extents, &c.data)
-                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-                c.digest = digest.finalize();
-                Ok(true)
-            },
-            |c, p| {
+        // Compressing and encrypting take the most CPU of any stage: with either, the
+        // records are prepared on two threads (item i on worker i % 2), each with its own
+        // compressor and AAD buffer.
+        let n_workers = if sealer.is_some() || pool.compression != catalog::Compression::Off {
+            TRANSFORM_WORKERS
+        } else {
+            1
+        };
+        let sealer_ref = sealer.as_ref();
+        let part_now_ref = &part_now;
+        let first_sequence = state.header.first_sequence;
+        let mut workers = Vec::with_capacity(n_workers);
+        for w in 0..n_workers {
+            let mut compressor = Compressor::new(pool.compression)?;
+            let mut transform_aad = Vec::new();
+            let mut next_sequence = first_sequence + w as u64;
+            workers.push(move |c: &mut ReadChunk, p: &mut Prepared| -> Result<()> {
                 p.digest = c.digest;
                 p.extents.clear();
                 p.extents.extend_from_slice(&c.extents);
@@ -1181,11 +1169,11 @@ impl Job<'_> {
                     p.block.resize(len, 0);
                 }
                 let out = &mut p.block[p.header_room..];
-                p.sealed = match &sealer {
+                p.sealed = match sealer_ref {
                     Some(s) => {
                         let mut fields = DataFields {
                             image_uuid: image_uuid_bytes,
-                            part: part_now.load(Ordering::Acquire),
+                            part: part_now_ref.load(Ordering::Acquire),
                             sequence: next_sequence,
                             compression,
                             crypto: RecordCrypto::None,
@@ -1206,9 +1194,38 @@ impl Job<'_> {
                     }
                 };
                 p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
-                next_sequence += 1;
+                next_sequence += n_workers as u64;
                 Ok(())
+            });
+        }
+        let run = crate::pipeline::run_workers::<ReadChunk, Prepared, Error, _, _, _>(
+            PIPELINE_DEPTH,
+            |c| {
+                let Some(chunk) = reader.next_chunk().map_err(|e| {
+                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
+                })?
+                else {
+                    return Ok(false);
+                };
+                c.extents.clear();
+                c.extents.extend(chunk.extents.iter().map(|s| Extent {
+                    offset: s.offset,
+                    length: s.len,
+                    kind: match s.kind {
+                        SrcKind::Data => ExtentKind::Data,
+                        SrcKind::Zero => ExtentKind::Zero,
+                    },
+                }));
+                reader.swap_data(&mut c.data);
+                // The content digest runs on the reader thread, which has CPU to spare;
+                // the transform thread compresses and encrypts.
+                digest
+                    .update_record(&c.extents, &c.data)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                c.digest = digest.finalize();
+                Ok(true)
             },
+            workers,
             |p| {
                 self.write_record(&mut state, p, sealer.as_ref(), report_line)?;
                 part_now.store(state.header.part, Ordering::Release);

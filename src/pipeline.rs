@@ -36,8 +36,29 @@ pub const DEFAULT_DEPTH: usize = 4;
 /// takes each output item in order. Returns how long each stage was busy.
 pub fn run<C, S, E, P, T, K>(
     depth: usize,
+    produce: P,
+    transform: T,
+    consume: K,
+) -> Result<StageTimes, E>
+where
+    C: Default + Send,
+    S: Default + Send,
+    E: Send,
+    P: FnMut(&mut C) -> Result<bool, E> + Send,
+    T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
+    K: FnMut(&mut S) -> Result<(), E>,
+{
+    run_workers(depth, produce, vec![transform], consume)
+}
+
+/// As [`run`] with the transform stage on `transforms.len()` threads: item `i` goes to
+/// `transforms[i % n]`, and `consume` still takes the items in production order. Each
+/// transform keeps its own state (a compressor, say); it learns which items are its own
+/// from that rule. `transform_s` is the sum over the workers.
+pub fn run_workers<C, S, E, P, T, K>(
+    depth: usize,
     mut produce: P,
-    mut transform: T,
+    transforms: Vec<T>,
     mut consume: K,
 ) -> Result<StageTimes, E>
 where
@@ -49,21 +70,36 @@ where
     K: FnMut(&mut S) -> Result<(), E>,
 {
     let depth = depth.max(1);
+    let n = transforms.len().max(1);
+    assert!(!transforms.is_empty(), "a pipeline needs a transform");
     let started = Instant::now();
-    // Forward queues and the return (recycling) queues.
-    let (tx_c, rx_c): (SyncSender<C>, Receiver<C>) = sync_channel(depth);
-    let (ret_c_tx, ret_c_rx): (SyncSender<C>, Receiver<C>) = sync_channel(depth + 2);
-    let (tx_s, rx_s): (SyncSender<S>, Receiver<S>) = sync_channel(depth);
-    let (ret_s_tx, ret_s_rx): (SyncSender<S>, Receiver<S>) = sync_channel(depth + 2);
+    // Produced items are recycled through one queue; each worker has its input queue,
+    // its output queue and its own recycling queue for output items.
+    let c_limit = n * (depth + 1) + 2;
+    let (ret_c_tx, ret_c_rx): (SyncSender<C>, Receiver<C>) = sync_channel(c_limit);
+    let mut to_workers = Vec::with_capacity(n);
+    let mut from_workers = Vec::with_capacity(n);
+    let mut returns = Vec::with_capacity(n);
+    let mut worker_ends = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx_c, rx_c): (SyncSender<C>, Receiver<C>) = sync_channel(depth);
+        let (tx_s, rx_s): (SyncSender<S>, Receiver<S>) = sync_channel(depth);
+        let (ret_s_tx, ret_s_rx): (SyncSender<S>, Receiver<S>) = sync_channel(depth + 2);
+        to_workers.push(tx_c);
+        from_workers.push(rx_s);
+        returns.push(ret_s_tx);
+        worker_ends.push((rx_c, tx_s, ret_s_rx));
+    }
 
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<Duration, E> {
             let mut busy = Duration::ZERO;
             let mut made = 0usize;
+            let mut next = 0usize;
             loop {
                 let mut item = match ret_c_rx.try_recv() {
                     Ok(c) => c,
-                    Err(_) if made < depth + 2 => {
+                    Err(_) if made < c_limit => {
                         made += 1;
                         C::default()
                     }
@@ -75,55 +111,80 @@ where
                 if !timed(&mut busy, || produce(&mut item))? {
                     return Ok(busy);
                 }
-                if tx_c.send(item).is_err() {
+                if to_workers[next % n].send(item).is_err() {
                     return Ok(busy); // downstream stopped; its error is reported
                 }
+                next += 1;
             }
         });
-        let transformer = scope.spawn(move || -> Result<Duration, E> {
-            let mut busy = Duration::ZERO;
-            let mut made = 0usize;
-            for mut item in rx_c.iter() {
-                let mut out = match ret_s_rx.try_recv() {
-                    Ok(s) => s,
-                    Err(_) if made < depth + 2 => {
-                        made += 1;
-                        S::default()
+        let workers: Vec<_> = transforms
+            .into_iter()
+            .zip(worker_ends)
+            .map(|(mut transform, (rx_c, tx_s, ret_s_rx))| {
+                let ret_c_tx = ret_c_tx.clone();
+                scope.spawn(move || -> Result<Duration, E> {
+                    let mut busy = Duration::ZERO;
+                    let mut made = 0usize;
+                    for mut item in rx_c.iter() {
+                        let mut out = match ret_s_rx.try_recv() {
+                            Ok(s) => s,
+                            Err(_) if made < depth + 2 => {
+                                made += 1;
+                                S::default()
+                            }
+                            Err(_) => match ret_s_rx.recv() {
+                                Ok(s) => s,
+                                Err(_) => return Ok(busy),
+                            },
+                        };
+                        timed(&mut busy, || transform(&mut item, &mut out))?;
+                        let _ = ret_c_tx.try_send(item);
+                        if tx_s.send(out).is_err() {
+                            return Ok(busy);
+                        }
                     }
-                    Err(_) => match ret_s_rx.recv() {
-                        Ok(s) => s,
-                        Err(_) => return Ok(busy),
-                    },
-                };
-                timed(&mut busy, || transform(&mut item, &mut out))?;
-                let _ = ret_c_tx.try_send(item);
-                if tx_s.send(out).is_err() {
-                    return Ok(busy);
-                }
-            }
-            Ok(busy)
-        });
+                    Ok(busy)
+                })
+            })
+            .collect();
+        drop(ret_c_tx);
         let mut result = Ok(());
         let mut consume_busy = Duration::ZERO;
-        for mut out in rx_s.iter() {
+        let mut next = 0usize;
+        // In production order: item i comes from worker i % n. A worker that ended
+        // (input exhausted, or an error) ends the run here; its error is reported below.
+        while let Ok(mut out) = from_workers[next % n].recv() {
             if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
                 result = Err(e);
                 break;
             }
-            let _ = ret_s_tx.try_send(out);
+            let _ = returns[next % n].try_send(out);
+            next += 1;
         }
         // Dropping the receivers (by leaving scope) unblocks the other stages.
-        drop(rx_s);
-        drop(ret_s_tx);
-        let t = transformer
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        drop(from_workers);
+        drop(returns);
+        let mut transform_busy = Duration::ZERO;
+        let mut worker_err = None;
+        for w in workers {
+            match w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                Ok(b) => transform_busy += b,
+                Err(e) => {
+                    if worker_err.is_none() {
+                        worker_err = Some(e);
+                    }
+                }
+            }
+        }
         let p = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         result?;
+        if let Some(e) = worker_err {
+            return Err(e);
+        }
         Ok(StageTimes {
-            transform_s: t?.as_secs_f64(),
+            transform_s: transform_busy.as_secs_f64(),
             produce_s: p?.as_secs_f64(),
             consume_s: consume_busy.as_secs_f64(),
             wall_s: started.elapsed().as_secs_f64(),
@@ -162,6 +223,95 @@ mod tests {
         )
         .unwrap();
         assert_eq!(seen, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn several_workers_keep_production_order_and_take_items_round_robin() {
+        for n in 1..=4usize {
+            let mut next = 0u32;
+            let mut seen = Vec::new();
+            let workers: Vec<_> = (0..n)
+                .map(|w| {
+                    let mut mine = 0u32;
+                    move |c: &mut Vec<u32>, s: &mut Vec<u32>| -> Result<(), String> {
+                        // Uneven work, so the workers finish out of step.
+                        if (c[0] as usize + w) % 3 == 0 {
+                            std::thread::sleep(std::time::Duration::from_micros(300));
+                        }
+                        s.clear();
+                        s.extend([c[0] * 2, w as u32, mine]);
+                        mine += 1;
+                        Ok(())
+                    }
+                })
+                .collect();
+            run_workers::<Vec<u32>, Vec<u32>, String, _, _, _>(
+                2,
+                |c| {
+                    if next == 500 {
+                        return Ok(false);
+                    }
+                    c.clear();
+                    c.push(next);
+                    next += 1;
+                    Ok(true)
+                },
+                workers,
+                |s| {
+                    seen.push((s[0], s[1], s[2]));
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(seen.len(), 500, "{n} workers");
+            for (i, &(v, w, k)) in seen.iter().enumerate() {
+                assert_eq!(v, 2 * i as u32, "{n} workers: order");
+                assert_eq!(w as usize, i % n, "{n} workers: item {i}'s worker");
+                assert_eq!(
+                    k as usize,
+                    i / n,
+                    "{n} workers: item {i} is its worker's {k}th"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_in_one_of_several_workers_stops_the_run_and_is_returned() {
+        for failing in 0..3usize {
+            let mut next = 0u32;
+            let mut consumed = 0u32;
+            let workers: Vec<_> = (0..3usize)
+                .map(|w| {
+                    move |c: &mut u32, s: &mut u32| -> Result<(), String> {
+                        if w == failing && *c > 100 {
+                            return Err(format!("worker {w} failed at {c}"));
+                        }
+                        *s = *c;
+                        Ok(())
+                    }
+                })
+                .collect();
+            let r = run_workers::<u32, u32, String, _, _, _>(
+                2,
+                |c| {
+                    next += 1;
+                    *c = next;
+                    Ok(next < 100_000)
+                },
+                workers,
+                |_| {
+                    consumed += 1;
+                    Ok(())
+                },
+            );
+            let e = r.unwrap_err();
+            assert!(e.starts_with(&format!("worker {failing} failed")), "{e}");
+            assert!(
+                consumed < 1000,
+                "the run stopped soon after the error: {consumed}"
+            );
+        }
     }
 
     #[test]
