@@ -235,7 +235,7 @@ mod tests {
                     let mut mine = 0u32;
                     move |c: &mut Vec<u32>, s: &mut Vec<u32>| -> Result<(), String> {
                         // Uneven work, so the workers finish out of step.
-                        if (c[0] as usize + w) % 3 == 0 {
+                        if (c[0] as usize + w).is_multiple_of(3) {
                             std::thread::sleep(std::time::Duration::from_micros(300));
                         }
                         s.clear();
