@@ -406,9 +406,20 @@ impl Opener {
                 })?;
                 self.aad.clear();
                 fill_aad(&mut self.aad).map_err(|_| OpenError::Authentication)?;
-                self.work.clear();
-                self.work.extend_from_slice(payload);
-                key.open(nonce, &self.aad, &mut self.work, tag)
+                if compression == WireCompression::None {
+                    // Stored raw: decrypt straight into the caller's buffer.
+                    key.open_into(nonce, &self.aad, payload, plain, tag)
+                        .map_err(|_| OpenError::Authentication)?;
+                    if plain.len() != plain_len as usize {
+                        let n = plain.len();
+                        plain.clear();
+                        return Err(OpenError::Decompression(format!(
+                            "stored {n} bytes, expected {plain_len}"
+                        )));
+                    }
+                    return Ok(());
+                }
+                key.open_into(nonce, &self.aad, payload, &mut self.work, tag)
                     .map_err(|_| OpenError::Authentication)?;
                 &self.work
             }

@@ -95,6 +95,32 @@ impl RecordKey {
         tag.into()
     }
 
+    /// Verify `ciphertext` and decrypt it into `out` (resized to its length): the same
+    /// as copying and opening in place, without the copy. On failure `out` is cleared.
+    pub fn open_into(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+        tag: [u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
+        // A recycled buffer of the right length is overwritten whole.
+        out.resize(ciphertext.len(), 0);
+        let buf = aes_gcm::aead::inout::InOutBuf::new(ciphertext, out.as_mut_slice())
+            .expect("output resized to the input's length");
+        match self
+            .cipher
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, buf, &Tag::from(tag))
+        {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                out.clear();
+                Err(AuthError)
+            }
+        }
+    }
+
     /// Verify and decrypt `buf` in place. On failure `buf` is cleared: nothing
     /// unauthenticated is ever handed back.
     pub fn open(
@@ -143,8 +169,18 @@ mod tests {
             let mut out = vec![0xAB; len];
             let tag2 = key.seal_into(nonce, b"aad", &plain, &mut out);
             assert_eq!((tag, &in_place), (tag2, &out), "length {len}");
+            let mut into = vec![0x5A; len / 2 + 1];
+            key.open_into(nonce, b"aad", &out, &mut into, tag2).unwrap();
+            assert_eq!(into, plain);
             key.open(nonce, b"aad", &mut out, tag2).unwrap();
             assert_eq!(out, plain);
+            // A wrong tag: nothing unauthenticated comes back.
+            let mut bad = tag2;
+            bad[0] ^= 1;
+            assert!(key
+                .open_into(nonce, b"aad", &in_place, &mut into, bad)
+                .is_err());
+            assert!(into.is_empty());
         }
     }
 }
