@@ -127,47 +127,50 @@ fn restore_around_a_failed_incremental() {
     }
 }
 
-/// Repro for the backup job: after a write fails with a power cut, the drive has
-/// reloaded the cartridge (position: beginning of tape), and the backup's error path
-/// writes its "aborted" trailer and filemark there, overwriting the volume label and every
-/// image on the cartridge. Ignored until src/backup.rs stops writing after a failed write
-/// at an unknown position.
+/// Regression test: after a write fails with a power cut, the drive has reloaded the
+/// cartridge (position: beginning of tape). The backup's error path once wrote its
+/// "aborted" trailer and filemark there, overwriting the volume label and every image on
+/// the cartridge; it now writes nothing after a drive failure.
 #[test]
 fn a_power_cut_during_backup_keeps_earlier_images_restorable() {
-    let env = Env::new(4, "128M");
-    env.ok(&["pool", "create", "p", "--compression", "off"]);
-    let id = Uuid::new_v4();
-    let mut disk = Disk::create(env.path("disk.img"), 2 << 20, 42);
-    let full = env.backup(&disk.path, id, "p", &time(0), &[]);
-    let p0 = env.path("p0.img");
-    disk.snapshot(&p0);
-    let bc = env.segments(full)[0].barcode.clone();
-    disk.write_random(0, 1 << 20);
-    env.library()
-        .set_faults(
-            &bc,
-            vtl_sim::Faults {
-                power_cut_after_bytes: Some(200 * 1024),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let d = disk.path.to_str().unwrap().to_string();
-    let r = env.run_at(
-        Some(&time(1)),
-        &[
-            "backup",
-            "--disk",
-            &d,
-            "--disk-id",
-            &id.to_string(),
-            "--pool",
-            "p",
-        ],
-    );
-    assert_ne!(r.code, 0);
-    let out = env.path("latest.img");
-    let r = env.restore(id, &[], &out);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_same(&p0, &out);
+    // Clear (one transform thread) and zstd (two): the writer's failure must stop
+    // every stage either way.
+    for compression in ["off", "zstd:3"] {
+        let env = Env::new(4, "128M");
+        env.ok(&["pool", "create", "p", "--compression", compression]);
+        let id = Uuid::new_v4();
+        let mut disk = Disk::create(env.path("disk.img"), 2 << 20, 42);
+        let full = env.backup(&disk.path, id, "p", &time(0), &[]);
+        let p0 = env.path("p0.img");
+        disk.snapshot(&p0);
+        let bc = env.segments(full)[0].barcode.clone();
+        disk.write_random(0, 1 << 20);
+        env.library()
+            .set_faults(
+                &bc,
+                vtl_sim::Faults {
+                    power_cut_after_bytes: Some(200 * 1024),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let d = disk.path.to_str().unwrap().to_string();
+        let r = env.run_at(
+            Some(&time(1)),
+            &[
+                "backup",
+                "--disk",
+                &d,
+                "--disk-id",
+                &id.to_string(),
+                "--pool",
+                "p",
+            ],
+        );
+        assert_ne!(r.code, 0);
+        let out = env.path("latest.img");
+        let r = env.restore(id, &[], &out);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_same(&p0, &out);
+    }
 }
