@@ -15,10 +15,9 @@ use tape_formats::DataFields;
 
 use serde::Serialize;
 use tape_formats::{
-    encode_snapshot_chunk, snapshot_digest, BlockSink, ChunkFields, Cipher,
-    Compression as WireCompression, ContentDigest, EndOfSession, Extent, ExtentKind, ImageHeader,
-    ImageKind as WireKind, ImageWriter, RecordCrypto, SnapshotHeader, SnapshotTrailer,
-    TrailerStatus, VolumeLabel, WriterError,
+    BlockSink, Cipher, Compression as WireCompression, ContentDigest, EndOfSession, Extent,
+    ExtentKind, ImageHeader, ImageKind as WireKind, ImageWriter, RecordCrypto, TrailerStatus,
+    VolumeLabel, WriterError,
 };
 use uuid::Uuid;
 
@@ -1054,12 +1053,7 @@ impl Job<'_> {
             Plan::HashScan { .. } => scanned.map(|s| s.total_bytes()).unwrap_or(0),
         };
         let pool = self.tape.pool.clone();
-        let cipher = match &self.sealer {
-            Some(s) => Cipher::Aes256Gcm {
-                key_fingerprint: s.key.fingerprint,
-            },
-            None => Cipher::None,
-        };
+        let cipher = self.sealer.as_ref().map_or(Cipher::None, Sealer::cipher);
         let header = ImageHeader {
             image_uuid: *image_uuid.as_bytes(),
             disk_uuid: *disk_id.as_bytes(),
@@ -1094,6 +1088,7 @@ impl Job<'_> {
             format!("disk {}", &image_uuid.to_string()[..8]),
             interactive,
         );
+        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
             header: header.clone(),
@@ -1104,8 +1099,8 @@ impl Job<'_> {
             segments: Vec::new(),
             segs: SegmentBuilder::default(),
             coverage: Vec::new(),
-            digest: ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()))
-                .finalize(),
+            // The digest of no records yet (a part may end before its first record).
+            digest: digest.finalize(),
             records: 0,
             data_bytes: 0,
             zero_bytes: 0,
@@ -1115,7 +1110,6 @@ impl Job<'_> {
         self.start_part(&mut state, report_line)?;
 
         let mut reader = reader;
-        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         // Encryption runs in the transform stage, off the writer's thread, so the drive
         // keeps streaming. The AAD needs the record's part and sequence: the sequence is
         // the record's index in the image; the part is the one being written now, which
@@ -1421,72 +1415,22 @@ impl Job<'_> {
         let mut noop = |_: &str| {};
         let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
         let start_block = sink.block;
-        let max_block = sink
-            .drive
-            .max_block_size()
-            .min(tape_formats::MAX_BLOCK_SIZE);
-        let chunk = record_data_size_for(max_block)
-            .unwrap_or(4096)
-            .min(tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize);
-        let cipher = match &self.sealer {
-            Some(s) => Cipher::Aes256Gcm {
-                key_fingerprint: s.key.fingerprint,
-            },
-            None => Cipher::None,
-        };
         let now = crate::clock::now();
-        let mut buf = Vec::new();
-        let hdr = SnapshotHeader {
-            session_uuid: *self.session.as_bytes(),
-            media_set_uuid: *set.uuid.as_bytes(),
-            time: now.timestamp(),
-            compression: WireCompression::Zstd,
-            cipher,
-            total_plain_len: plain.len() as u64,
-            chunk_data_size: chunk as u32,
-        };
-        let fmt_err = |e: tape_formats::FormatError| {
-            Error::Failed(format!("encoding the catalog snapshot: {e}"))
-        };
-        hdr.encode(&mut buf).map_err(fmt_err)?;
         let ctx = || format!("writing the catalog snapshot to {barcode}");
-        sink.write_block(&buf).with_context(ctx)?;
-        let mut comp = Compressor::new(catalog::Compression::Zstd(3))?;
-        let mut stored = Vec::new();
-        let mut count = 0u64;
-        for (i, piece) in plain.chunks(chunk).enumerate() {
-            let compression = comp.compress(piece, &mut stored)?;
-            let mut fields = ChunkFields {
-                session_uuid: *self.session.as_bytes(),
-                sequence: i as u64,
-                compression,
-                crypto: RecordCrypto::None,
-                plain_len: piece.len() as u32,
-            };
-            if let Some(s) = &mut self.sealer {
-                s.seal_chunk(&mut fields, &mut stored)?;
-            }
-            buf.clear();
-            encode_snapshot_chunk(&fields, &stored, &mut buf).map_err(fmt_err)?;
-            sink.write_block(&buf).with_context(ctx)?;
-            count += 1;
-        }
-        buf.clear();
-        SnapshotTrailer {
-            session_uuid: *self.session.as_bytes(),
-            chunk_count: count,
-            total_plain_len: plain.len() as u64,
-            digest: snapshot_digest(self.sealer.as_ref().map(|s| s.key.digest_key()), &plain),
-        }
-        .encode(&mut buf)
-        .map_err(fmt_err)?;
-        sink.write_block(&buf).with_context(ctx)?;
-        sink.write_filemark().with_context(ctx)?;
+        crate::media::snapshot::write_snapshot_file(
+            &mut sink,
+            &plain,
+            self.session,
+            *set.uuid.as_bytes(),
+            now.timestamp(),
+            self.sealer.as_mut(),
+        )
+        .with_context(ctx)?;
         self.tape.put_sink(sink)?;
         // End-of-session marker in a tape file of its own.
         let (mut sink, _, _) = self.tape.take_sink(&mut noop)?;
         let seq = cat.media(&barcode)?.and_then(|m| m.seq_in_set).unwrap_or(0);
-        buf.clear();
+        let mut buf = Vec::new();
         EndOfSession {
             session_uuid: *self.session.as_bytes(),
             media_set_uuid: *set.uuid.as_bytes(),
@@ -1495,7 +1439,7 @@ impl Job<'_> {
             set_sequence: seq,
         }
         .encode(&mut buf)
-        .map_err(fmt_err)?;
+        .map_err(|e| Error::Failed(format!("encoding the end-of-session marker: {e}")))?;
         sink.write_block(&buf).with_context(ctx)?;
         sink.write_filemark().with_context(ctx)?;
         sink.drive

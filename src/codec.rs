@@ -61,6 +61,14 @@ impl Compressor {
     }
 }
 
+/// A record stored uncompressed holds exactly its plain length.
+fn check_raw_len(stored: usize, plain_len: usize) -> std::result::Result<(), String> {
+    if stored != plain_len {
+        return Err(format!("stored {stored} bytes, expected {plain_len}"));
+    }
+    Ok(())
+}
+
 /// zstd decompressor with a reusable context.
 pub struct Decompressor {
     zstd: zstd::bulk::Decompressor<'static>,
@@ -86,12 +94,7 @@ impl Decompressor {
         out.clear();
         match kind {
             WireCompression::None => {
-                if stored.len() != plain_len {
-                    return Err(format!(
-                        "stored {} bytes, expected {plain_len}",
-                        stored.len()
-                    ));
-                }
+                check_raw_len(stored.len(), plain_len)?;
                 out.extend_from_slice(stored);
             }
             WireCompression::Zstd => {
@@ -122,6 +125,13 @@ impl Sealer {
             key,
             nonces,
             aad: Vec::with_capacity(256),
+        }
+    }
+
+    /// How a header announces a stream sealed by this sealer.
+    pub fn cipher(&self) -> Cipher {
+        Cipher::Aes256Gcm {
+            key_fingerprint: self.key.fingerprint,
         }
     }
 
@@ -303,10 +313,7 @@ impl KeyRing {
         &self,
         cipher: &Cipher,
     ) -> std::result::Result<Option<&[u8; 32]>, String> {
-        match cipher {
-            Cipher::None => self.digest_key_of(None),
-            Cipher::Aes256Gcm { key_fingerprint } => self.digest_key_of(Some(key_fingerprint)),
-        }
+        self.digest_key_of(cipher.key_fingerprint().as_ref())
     }
 
     /// As [`digest_key_for`](Self::digest_key_for), by key fingerprint (`None`: clear).
@@ -410,12 +417,9 @@ impl Opener {
                     // Stored raw: decrypt straight into the caller's buffer.
                     key.open_into(nonce, &self.aad, payload, plain, tag)
                         .map_err(|_| OpenError::Authentication)?;
-                    if plain.len() != plain_len as usize {
-                        let n = plain.len();
+                    if let Err(e) = check_raw_len(plain.len(), plain_len as usize) {
                         plain.clear();
-                        return Err(OpenError::Decompression(format!(
-                            "stored {n} bytes, expected {plain_len}"
-                        )));
+                        return Err(OpenError::Decompression(e));
                     }
                     return Ok(());
                 }

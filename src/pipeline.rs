@@ -70,8 +70,8 @@ where
     K: FnMut(&mut S) -> Result<(), E>,
 {
     let depth = depth.max(1);
-    let n = transforms.len().max(1);
     assert!(!transforms.is_empty(), "a pipeline needs a transform");
+    let n = transforms.len();
     let started = Instant::now();
     // Produced items are recycled through one queue; each worker has its input queue,
     // its output queue and its own recycling queue for output items.

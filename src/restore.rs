@@ -728,11 +728,7 @@ fn read_part_whole(
                         Uuid::from_bytes(h.image_uuid)
                     )));
                 }
-                let header_key = match h.cipher {
-                    tape_formats::Cipher::None => None,
-                    tape_formats::Cipher::Aes256Gcm { key_fingerprint } => Some(key_fingerprint),
-                };
-                if header_key != expected_key(image)? {
+                if h.cipher.key_fingerprint() != expected_key(image)? {
                     return Err(Error::Integrity(format!(
                         "{}: the image header's encryption differs from the catalog's key for this image",
                         at(image.uuid, &bc, Some(block))

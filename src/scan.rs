@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use tape_formats::{
-    Cipher, Compression as WireCompression, ImageKind as WireKind, PartJoiner, VolumeLabel,
+    Compression as WireCompression, ImageKind as WireKind, PartJoiner, VolumeLabel,
 };
 use uuid::Uuid;
 
@@ -936,10 +936,7 @@ fn build_image(
             _ => Compression::Zstd(3),
         },
     };
-    let key_fingerprint = match h0.cipher {
-        Cipher::None => None,
-        Cipher::Aes256Gcm { key_fingerprint } => Some(crypto::to_hex(&key_fingerprint)),
-    };
+    let key_fingerprint = h0.cipher.key_fingerprint().map(|f| crypto::to_hex(&f));
     // The session's end: seen in this run, or known from an earlier one (its
     // end-of-session marker may be on a cartridge read in another batch).
     let session_uuid = Uuid::from_bytes(h0.session_uuid);

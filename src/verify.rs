@@ -449,12 +449,7 @@ fn walk(
                     &mut f,
                     start,
                     h.part,
-                    match h.cipher {
-                        tape_formats::Cipher::None => None,
-                        tape_formats::Cipher::Aes256Gcm { key_fingerprint } => {
-                            Some(key_fingerprint)
-                        }
-                    },
+                    h.cipher.key_fingerprint(),
                     checker,
                 )?
             }

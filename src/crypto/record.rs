@@ -5,6 +5,7 @@
 //! fingerprint, so records cannot be swapped, replayed or re-keyed unnoticed).
 
 use super::{fingerprint, to_hex, FINGERPRINT_LEN, KEY_LEN, NONCE_LEN, TAG_LEN};
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroizing;
@@ -65,12 +66,7 @@ impl RecordKey {
 
     /// Encrypt `buf` in place and return the tag.
     pub fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> [u8; TAG_LEN] {
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), aad, buf.as_mut_slice().into())
-            // Only fails past GCM's 64 GiB plaintext limit, far above any record size.
-            .expect("record within AES-GCM length limits");
-        tag.into()
+        self.seal_inout(nonce, aad, buf.as_mut_slice().into())
     }
 
     /// Encrypt `plain` into `out` (of the same length) and return the tag: the same as
@@ -87,12 +83,24 @@ impl RecordKey {
             out.len(),
             "seal_into needs an output as long as its input"
         );
-        let buf = aes_gcm::aead::inout::InOutBuf::new(plain, out).expect("lengths checked");
-        let tag = self
-            .cipher
+        self.seal_inout(
+            nonce,
+            aad,
+            InOutBuf::new(plain, out).expect("lengths checked"),
+        )
+    }
+
+    fn seal_inout(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: InOutBuf<'_, '_, u8>,
+    ) -> [u8; TAG_LEN] {
+        self.cipher
             .encrypt_inout_detached(&Nonce::from(nonce), aad, buf)
-            .expect("record within AES-GCM length limits");
-        tag.into()
+            // Only fails past GCM's 64 GiB plaintext limit, far above any record size.
+            .expect("record within AES-GCM length limits")
+            .into()
     }
 
     /// Verify `ciphertext` and decrypt it into `out` (resized to its length): the same
@@ -107,18 +115,13 @@ impl RecordKey {
     ) -> Result<(), AuthError> {
         // A recycled buffer of the right length is overwritten whole.
         out.resize(ciphertext.len(), 0);
-        let buf = aes_gcm::aead::inout::InOutBuf::new(ciphertext, out.as_mut_slice())
+        let buf = InOutBuf::new(ciphertext, out.as_mut_slice())
             .expect("output resized to the input's length");
-        match self
-            .cipher
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, buf, &Tag::from(tag))
-        {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                out.clear();
-                Err(AuthError)
-            }
+        let r = self.open_inout(nonce, aad, buf, tag);
+        if r.is_err() {
+            out.clear();
         }
+        r
     }
 
     /// Verify and decrypt `buf` in place. On failure `buf` is cleared: nothing
@@ -130,18 +133,23 @@ impl RecordKey {
         buf: &mut Vec<u8>,
         tag: [u8; TAG_LEN],
     ) -> Result<(), AuthError> {
-        match self.cipher.decrypt_inout_detached(
-            &Nonce::from(nonce),
-            aad,
-            buf.as_mut_slice().into(),
-            &Tag::from(tag),
-        ) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                buf.clear();
-                Err(AuthError)
-            }
+        let r = self.open_inout(nonce, aad, buf.as_mut_slice().into(), tag);
+        if r.is_err() {
+            buf.clear();
         }
+        r
+    }
+
+    fn open_inout(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: InOutBuf<'_, '_, u8>,
+        tag: [u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
+        self.cipher
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, buf, &Tag::from(tag))
+            .map_err(|_| AuthError)
     }
 }
 

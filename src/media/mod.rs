@@ -7,6 +7,7 @@ pub mod mount;
 pub mod rotate;
 pub mod segments;
 pub mod sink;
+pub mod snapshot;
 pub mod vault;
 pub mod volume;
 

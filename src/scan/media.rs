@@ -2,16 +2,13 @@
 //! --media` (the catalog against what the cartridges really hold).
 
 use serde::Serialize;
-use tape_formats::{
-    decode_block, encode_snapshot_chunk, snapshot_digest, Block, BlockSink, BlockSource,
-    ChunkFields, Cipher, EndOfSession, ReadStatus, RecordCrypto, SnapshotHeader, SnapshotTrailer,
-};
+use tape_formats::{decode_block, Block, BlockSink, BlockSource, EndOfSession, ReadStatus};
 use uuid::Uuid;
 
 use super::KeySource;
 use crate::catalog::{self, Catalog, MediaState, SnapshotLocation};
 use crate::changer::TapeLibrary;
-use crate::codec::{Compressor, Sealer};
+use crate::codec::Sealer;
 use crate::crypto::{Keystore, RecordKey};
 use crate::drive::TapeDrive;
 use crate::error::{Context, Error, Result};
@@ -210,71 +207,18 @@ pub(crate) fn write_snapshot_files(
     plain: &[u8],
     session: Uuid,
     label: &tape_formats::VolumeLabel,
-    mut sealer: Option<&mut Sealer>,
+    sealer: Option<&mut Sealer>,
 ) -> Result<u64> {
-    let fmt_err =
-        |e: tape_formats::FormatError| Error::Failed(format!("encoding the catalog snapshot: {e}"));
-    // Chunks fit the drive's largest block, as the backup's snapshots do.
-    let max_block = sink
-        .drive
-        .max_block_size()
-        .min(tape_formats::MAX_BLOCK_SIZE);
-    let chunk = crate::backup::record_data_size_for(max_block)
-        .unwrap_or(4096)
-        .min(tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE as usize);
     let now = crate::clock::now().timestamp();
+    let stored_total = crate::media::snapshot::write_snapshot_file(
+        sink,
+        plain,
+        session,
+        label.media_set_uuid,
+        now,
+        sealer,
+    )?;
     let mut buf = Vec::new();
-    SnapshotHeader {
-        session_uuid: *session.as_bytes(),
-        media_set_uuid: label.media_set_uuid,
-        time: now,
-        compression: tape_formats::Compression::Zstd,
-        cipher: match &sealer {
-            Some(s) => Cipher::Aes256Gcm {
-                key_fingerprint: s.key.fingerprint,
-            },
-            None => Cipher::None,
-        },
-        total_plain_len: plain.len() as u64,
-        chunk_data_size: chunk as u32,
-    }
-    .encode(&mut buf)
-    .map_err(fmt_err)?;
-    sink.write_block(&buf)?;
-    let mut comp = Compressor::new(catalog::Compression::Zstd(3))?;
-    let mut stored = Vec::new();
-    let mut count = 0u64;
-    let mut stored_total = 0u64;
-    for (i, piece) in plain.chunks(chunk).enumerate() {
-        let compression = comp.compress(piece, &mut stored)?;
-        let mut fields = ChunkFields {
-            session_uuid: *session.as_bytes(),
-            sequence: i as u64,
-            compression,
-            crypto: RecordCrypto::None,
-            plain_len: piece.len() as u32,
-        };
-        if let Some(s) = sealer.as_deref_mut() {
-            s.seal_chunk(&mut fields, &mut stored)?;
-        }
-        buf.clear();
-        encode_snapshot_chunk(&fields, &stored, &mut buf).map_err(fmt_err)?;
-        sink.write_block(&buf)?;
-        stored_total += stored.len() as u64;
-        count += 1;
-    }
-    buf.clear();
-    SnapshotTrailer {
-        session_uuid: *session.as_bytes(),
-        chunk_count: count,
-        total_plain_len: plain.len() as u64,
-        digest: snapshot_digest(sealer.as_ref().map(|s| s.key.digest_key()), plain),
-    }
-    .encode(&mut buf)
-    .map_err(fmt_err)?;
-    sink.write_block(&buf)?;
-    sink.write_filemark()?;
-    buf.clear();
     EndOfSession {
         session_uuid: *session.as_bytes(),
         media_set_uuid: label.media_set_uuid,
@@ -283,7 +227,7 @@ pub(crate) fn write_snapshot_files(
         set_sequence: label.set_sequence,
     }
     .encode(&mut buf)
-    .map_err(fmt_err)?;
+    .map_err(|e| Error::Failed(format!("encoding the end-of-session marker: {e}")))?;
     sink.write_block(&buf)?;
     sink.write_filemark()?;
     Ok(stored_total)

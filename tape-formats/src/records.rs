@@ -53,6 +53,14 @@ pub enum Cipher {
 }
 
 impl Cipher {
+    /// The fingerprint of the key the stream is encrypted under; `None` in the clear.
+    pub fn key_fingerprint(&self) -> Option<[u8; 16]> {
+        match self {
+            Cipher::None => None,
+            Cipher::Aes256Gcm { key_fingerprint } => Some(*key_fingerprint),
+        }
+    }
+
     fn put(&self, out: &mut Vec<u8>) {
         match self {
             Cipher::None => {
