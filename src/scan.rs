@@ -809,16 +809,6 @@ fn merge_collected(
         cat.drop_scanned_parts_on(bc)?;
     }
     for (uuid, mut parts) in col.parts {
-        let mut fresh = Vec::with_capacity(parts.len());
-        for p in &parts {
-            match p.to_stored() {
-                Ok(s) => fresh.push(s),
-                Err(e) => rep.problems.push(format!(
-                    "image {uuid}: part {} on {} cannot be kept for a later rebuild: {e}",
-                    p.header.part, p.barcode
-                )),
-            }
-        }
         for earlier in cat.scanned_parts(uuid)? {
             match PartScan::from_stored(&earlier) {
                 Ok(p) => parts.push(p),
@@ -847,6 +837,21 @@ fn merge_collected(
         if whole {
             cat.drop_scanned_parts(uuid)?;
         } else {
+            // The parts read in this run: those on the cartridges read now (the kept
+            // rows of those cartridges were dropped above).
+            let mut fresh = Vec::new();
+            for p in parts
+                .iter()
+                .filter(|p| read_now.contains(p.barcode.as_str()))
+            {
+                match p.to_stored() {
+                    Ok(s) => fresh.push(s),
+                    Err(e) => rep.problems.push(format!(
+                        "image {uuid}: part {} on {} cannot be kept for a later rebuild: {e}",
+                        p.header.part, p.barcode
+                    )),
+                }
+            }
             cat.save_scanned_parts(&fresh)?;
         }
         rep.images_scanned.push(found);
