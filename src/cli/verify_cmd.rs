@@ -21,8 +21,9 @@ later backup builds on it; the command exits 3 naming image, cartridge and block
 --barcode walks every tape file of the cartridge (volume label, image parts, catalog
 snapshots, end-of-session markers) and reports each; damaged records are reported by block
 and the walk goes on. Images with damage are marked corrupt (images the catalog already
-knows failed are only noted). Exit 3 if anything is damaged, 4 if the cartridge is not in
-the library, 5 if a key is missing.")]
+knows failed are only noted). A cartridge the catalog knows as blank verifies as blank
+(exit 0); blank where the catalog expects a label is damage. Exit 3 if anything is
+damaged, 4 if the cartridge is not in the library, 5 if a key is missing.")]
 pub struct VerifyArgs {
     /// Read back every part and record of this image.
     #[arg(long, value_name = "UUID", conflicts_with = "barcode")]
