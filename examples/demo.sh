@@ -56,7 +56,9 @@ cbt() {  # cbt FILE FROM TO START:LENGTH...
 }
 
 # The image each backup took of each disk, in manifest order, from its summary lines.
-images() { sed -n 's/^disk [0-9a-f-]*: .*image \([0-9a-f-]\{36\}\): .*/\1/p'; }
+# The result line of each disk: "disk UUID: KIND [(METHOD)] image UUID: ..." (other lines,
+# such as the reasons a backup gives, may name images too).
+images() { sed -n -E 's/^disk [0-9a-f-]{36}: (full|incremental|copy)( \([a-z-]+\))? image ([0-9a-f-]{36}): .*/\3/p'; }
 save() { for d in system data swap; do cp --sparse=always "vm/$d.img" "points/$d.$1"; done; }
 
 step "full backup"

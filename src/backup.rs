@@ -803,7 +803,7 @@ impl Job<'_> {
         // loud: it may also mean the wrong disk was given this disk's UUID.
         let reason = (disk_size != base.disk_size).then(|| {
             let r = format!(
-                "the disk {} from {} to {} bytes since image {}: hash scan of the whole disk; if this is not the same disk, give it its own --disk-id",
+                "the disk {} from {} to {} bytes since image {} (hash scan of the whole disk); if this is not the same disk, give it its own --disk-id",
                 if disk_size > base.disk_size { "grew" } else { "shrank" },
                 base.disk_size,
                 disk_size,
