@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tapevault::changer::scsi::ScsiLibrary;
-use tapevault::changer::{ChangerError, ElementRef, TapeLibrary};
-use tapevault::drive::st::StDrive;
-use tapevault::drive::{DriveError, Position, ReadOutcome, SpaceStop, TapeDrive, WriteOutcome};
+use tape_devices::changer::scsi::ScsiLibrary;
+use tape_devices::changer::{ChangerError, ElementRef, TapeLibrary};
+use tape_devices::drive::st::StDrive;
+use tape_devices::drive::{DriveError, Position, ReadOutcome, SpaceStop, TapeDrive, WriteOutcome};
 
 struct T {
     failed: bool,

@@ -25,10 +25,8 @@ use crate::catalog::{
     self, Catalog, ImageKind, ImageStats, MediaSetRow, MediaState, NewImage, PoolRow, Segment,
     SessionStatus, SnapshotLocation,
 };
-use crate::changer::TapeLibrary;
 use crate::codec::{Compressor, Sealer};
 use crate::crypto::RecordKey;
-use crate::drive::DriveError;
 use crate::error::{Context, Error, Result};
 use crate::extents::ExtentSet;
 use crate::home::Home;
@@ -43,6 +41,8 @@ use crate::source::changed::ChangedExtents;
 use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
 use crate::source::hashscan::{scan_changes, DigestFeed, ScanError};
 use crate::source::DEFAULT_BLOCK_SIZE;
+use tape_devices::changer::TapeLibrary;
+use tape_devices::drive::DriveError;
 
 pub use crate::media::segments::RECORDS_PER_SEGMENT;
 

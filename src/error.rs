@@ -1,8 +1,8 @@
 //! The top-level error of tapevault's jobs and the one place where each kind of failure
 //! maps to the documented exit code (docs/CLI.md).
 
-use crate::changer::ChangerError;
-use crate::drive::DriveError;
+use tape_devices::changer::ChangerError;
+use tape_devices::drive::DriveError;
 
 /// Documented exit codes. Scripts depend on these numbers: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

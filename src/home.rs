@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::changer::r#virtual::VirtualLibrary;
-use crate::changer::TapeLibrary;
 use crate::error::{Context, Error, Result};
+use tape_devices::changer::r#virtual::VirtualLibrary;
+use tape_devices::changer::TapeLibrary;
 
 /// Name of the configuration file inside the home.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -151,7 +151,7 @@ impl Home {
         match &self.config.library {
             LibraryConfig::Virtual { .. } => Ok(Box::new(self.open_virtual_library()?)),
             LibraryConfig::Scsi { changer, drives } => Ok(Box::new(
-                crate::changer::scsi::ScsiLibrary::open(changer, drives)
+                tape_devices::changer::scsi::ScsiLibrary::open(changer, drives)
                     .with_context(|| format!("opening the SCSI changer {}", changer.display()))?,
             )),
         }

@@ -1,13 +1,11 @@
 //! tapevault: block-level backups of virtual machine disks to tape.
 pub mod backup;
 pub mod catalog;
-pub mod changer;
 pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod config_pools;
 pub mod crypto;
-pub mod drive;
 pub mod error;
 pub mod extents;
 pub mod home;
@@ -17,6 +15,5 @@ pub mod pipeline;
 pub mod progress;
 pub mod restore;
 pub mod scan;
-pub mod scsi;
 pub mod source;
 pub mod verify;

@@ -32,7 +32,6 @@ use tape_formats::{
 use uuid::Uuid;
 
 use crate::catalog::{At, Catalog, ImageKind, ImageRow, Segment};
-use crate::changer::TapeLibrary;
 use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Context, Error, Result};
@@ -40,6 +39,7 @@ use crate::extents::{plan_restore, CoveredExtent, ImagePlan};
 use crate::media::allocate::sync_inventory;
 use crate::media::{mount, DriveSource, Mounted};
 use crate::progress::Progress;
+use tape_devices::changer::TapeLibrary;
 
 /// Largest run of zeros written at once to a block device for a zero extent: bounded
 /// memory whatever the extent's size.
@@ -273,9 +273,11 @@ impl<'a> MediaReader<'a> {
             );
             match e {
                 // Larger than any tapevault record: not ours, or damaged.
-                crate::drive::DriveError::BufferTooSmall { block_len, .. } => Error::Integrity(
-                    format!("{at}: a {block_len}-byte block, larger than any tapevault record"),
-                ),
+                tape_devices::drive::DriveError::BufferTooSmall { block_len, .. } => {
+                    Error::Integrity(format!(
+                        "{at}: a {block_len}-byte block, larger than any tapevault record"
+                    ))
+                }
                 e => Error::from(e).context_msg(at),
             }
         })?;
@@ -309,11 +311,11 @@ impl<'a> MediaReader<'a> {
 }
 
 fn space_from_bot(
-    drive: &mut dyn crate::drive::TapeDrive,
+    drive: &mut dyn tape_devices::drive::TapeDrive,
     tape_file: u64,
     file_start: u64,
     target: u64,
-) -> std::result::Result<(), crate::drive::DriveError> {
+) -> std::result::Result<(), tape_devices::drive::DriveError> {
     drive.rewind()?;
     if tape_file > 0 {
         drive.space_filemarks(tape_file as i64)?;

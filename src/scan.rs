@@ -29,15 +29,15 @@ use crate::catalog::{
     self, Allocation, Catalog, Compression, ImageDump, ImageKind, ImageRow, ImageStatus, MediaRow,
     MediaSetRow, MediaState, MergeReport, PoolRow, SessionRow, SessionStatus, SnapshotLocation,
 };
-use crate::changer::TapeLibrary;
 use crate::codec::KeyRing;
 use crate::crypto::{self, Keystore};
-use crate::drive::TapeDrive;
 use crate::error::{Context, Error, Result};
 use crate::home::Home;
 use crate::media::volume::{read_label, LabelRead};
 use crate::media::{mount, unmount};
 use tape::{Damage, FileHead, FileScan, PartScan};
+use tape_devices::changer::TapeLibrary;
+use tape_devices::drive::TapeDrive;
 
 /// Where passphrases come from (the CLI's `--passphrase-file`, environment or prompt).
 pub type PassphraseFn<'a> = dyn FnMut(&str) -> Result<String> + 'a;

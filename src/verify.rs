@@ -18,13 +18,13 @@ use tape_formats::{
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, ImageKind, ImageStatus};
-use crate::changer::TapeLibrary;
 use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Error, ExitCode, Result};
 use crate::media::allocate::sync_inventory;
 use crate::progress::Progress;
 use crate::restore::{check_pull_list, read_image, ImageRead, MediaReader, PullItem};
+use tape_devices::changer::TapeLibrary;
 
 /// Most problems listed per tape file; a badly damaged file would otherwise produce
 /// one line per block.

@@ -235,7 +235,7 @@ fn unreadable_block_is_reported_and_the_scan_goes_on() {
         .find(|(_, i)| i["image"]["disk_uuid"] == D2 && i["image"]["kind"] == "full")
         .unwrap();
     let block = img["segments"][0]["first_block"].as_u64().unwrap();
-    let mut vl = tapevault::changer::r#virtual::VirtualLibrary::open(&s.lib).unwrap();
+    let mut vl = tape_devices::changer::r#virtual::VirtualLibrary::open(&s.lib).unwrap();
     vl.set_faults(
         CART,
         vtl_sim::Faults {

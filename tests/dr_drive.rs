@@ -4,8 +4,8 @@
 mod dr_support;
 
 use dr_support::*;
+use tape_devices::drive::r#virtual::VirtualDrive;
 use tapevault::catalog::Catalog;
-use tapevault::drive::r#virtual::VirtualDrive;
 use tapevault::error::Error;
 use tapevault::home::Home;
 use tapevault::scan::{self, InDrive, KeySource, RebuildOptions};

@@ -1,10 +1,10 @@
 //! The conformance suite against the virtual drive: every check must pass. And against
 //! deliberately broken drives: the suite must notice.
 
-use tapevault::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
-use tapevault::changer::{Changer, TapeLibrary};
-use tapevault::drive::conformance::{run, CheckResult, ConformanceOptions};
-use tapevault::drive::{
+use tape_devices::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
+use tape_devices::changer::{Changer, TapeLibrary};
+use tape_devices::drive::conformance::{run, CheckResult, ConformanceOptions};
+use tape_devices::drive::{
     Capabilities, DriveResult, DriveStatus, Position, ReadOutcome, TapeDrive, WriteOutcome,
 };
 
@@ -94,10 +94,10 @@ delegate!(NoLocate, {
         self.0.space_blocks(n)
     }
     fn locate(&mut self, _: u64) -> DriveResult<()> {
-        Err(tapevault::drive::DriveError::Unsupported { op: "locate" })
+        Err(tape_devices::drive::DriveError::Unsupported { op: "locate" })
     }
     fn position(&mut self) -> DriveResult<Position> {
-        Err(tapevault::drive::DriveError::Unsupported {
+        Err(tape_devices::drive::DriveError::Unsupported {
             op: "read position",
         })
     }

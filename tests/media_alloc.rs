@@ -153,7 +153,7 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
         let mut l =
-            tapevault::changer::r#virtual::VirtualLibrary::open(&home.join("library")).unwrap();
+            tape_devices::changer::r#virtual::VirtualLibrary::open(&home.join("library")).unwrap();
         l.insert_into_mail_slot(&b0).unwrap();
     });
     let w = MediaWait {

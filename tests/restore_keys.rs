@@ -82,8 +82,8 @@ fn encrypted_chain_restores_and_a_missing_key_exits_5() {
 /// not authenticated, so it must never reach the output.
 #[test]
 fn clear_record_spliced_into_an_encrypted_image_is_refused() {
+    use tape_devices::changer::TapeLibrary;
     use tape_formats::{decode_block, encode_data_record, Block, DataFields, RecordCrypto};
-    use tapevault::changer::TapeLibrary;
 
     let env = Env::new(4, "128M");
     Keystore::open(&env.home)
@@ -104,7 +104,7 @@ fn clear_record_spliced_into_an_encrypted_image_is_refused() {
         d.locate(seg.first_block).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let n = match d.read_block(&mut buf).unwrap() {
-            tapevault::drive::ReadOutcome::Block(n) => n,
+            tape_devices::drive::ReadOutcome::Block(n) => n,
             o => panic!("{o:?}"),
         };
         let Block::Data(rec) = decode_block(&buf[..n]).unwrap() else {

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use support::*;
+use tape_devices::changer::{Changer, ChangerResult, TapeLibrary};
+use tape_devices::drive::*;
 use tapevault::catalog::At;
-use tapevault::changer::{Changer, ChangerResult, TapeLibrary};
 use tapevault::codec::KeyRing;
-use tapevault::drive::*;
 use uuid::Uuid;
 
 /// A drive that cannot locate or report its position, counting spacing operations.
@@ -76,7 +76,7 @@ impl TapeDrive for Plain {
 }
 
 struct PlainLibrary {
-    inner: tapevault::changer::r#virtual::VirtualLibrary,
+    inner: tape_devices::changer::r#virtual::VirtualLibrary,
     spaces: Arc<AtomicU64>,
 }
 

@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
+use tape_devices::changer::r#virtual::VirtualLibrary;
 use tapevault::catalog::{Catalog, Segment};
-use tapevault::changer::r#virtual::VirtualLibrary;
 use uuid::Uuid;
 
 pub const PASS: &str = "correct horse battery staple";

@@ -190,7 +190,7 @@ fn check_kept(tv: &Tv, images: &HashMap<Uuid, Img>, order: &[Uuid], now: DateTim
 }
 
 fn verify_labels(tv: &Tv) {
-    use tapevault::changer::TapeLibrary;
+    use tape_devices::changer::TapeLibrary;
     use tapevault::media::volume::{read_label, LabelRead};
     let cat = tv.catalog();
     let mut lib = tv.library();

@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc, Weekday};
 use proptest::prelude::*;
+use tape_devices::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
 use tapevault::catalog::{
     Allocation, Catalog, Compression, Extent, ImageKind, ImageStats, ImageStatus, NewImage,
     PoolRow, Segment, SessionStatus,
 };
-use tapevault::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
 use tapevault::config_pools::PoolsFile;
 use tapevault::error::Error;
 use tapevault::media::allocate::{pick_cartridge, session_media_set, sync_inventory, Pick};

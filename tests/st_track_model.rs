@@ -3,7 +3,7 @@
 //! be true, whatever sequence of operations the drive layer performs.
 
 use proptest::prelude::*;
-use tapevault::drive::st::track::{Track, Tracker};
+use tape_devices::drive::st::track::{Track, Tracker};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Obj {

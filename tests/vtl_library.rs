@@ -4,9 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tapevault::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
-use tapevault::changer::{Changer, ChangerError, ElementKind, ElementRef, TapeLibrary};
-use tapevault::drive::{DriveError, ReadOutcome, SpaceStop, TapeDrive, WriteOutcome};
+use tape_devices::changer::r#virtual::{VirtualLibrary, VirtualLibraryConfig};
+use tape_devices::changer::{Changer, ChangerError, ElementKind, ElementRef, TapeLibrary};
+use tape_devices::drive::{DriveError, ReadOutcome, SpaceStop, TapeDrive, WriteOutcome};
 
 fn small() -> VirtualLibraryConfig {
     VirtualLibraryConfig {
@@ -232,7 +232,7 @@ fn faults_reach_the_drive_as_typed_errors() {
     )
     .unwrap();
     drop(d);
-    let mut d = tapevault::drive::r#virtual::VirtualDrive::open(tmp.path(), 0).unwrap();
+    let mut d = tape_devices::drive::r#virtual::VirtualDrive::open(tmp.path(), 0).unwrap();
     d.set_operation_timeout(Duration::from_millis(50));
     // The new holder finds the tape where the previous one left it (end of data).
     let before = d.position().unwrap().block;

@@ -224,7 +224,7 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let mut line = |s: &str| out.info(s);
     let rep = if let Some(dev) = &a.device {
         // A standalone drive: the one cartridge in it, named by its label.
-        let mut drive = crate::drive::st::StDrive::open(dev)
+        let mut drive = tape_devices::drive::st::StDrive::open(dev)
             .with_context(|| format!("opening {}", dev.display()))?;
         let mut carts = scan::InDrive::new(&mut drive)?;
         let opts = RebuildOptions {

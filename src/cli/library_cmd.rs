@@ -6,10 +6,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{human_bytes, usage, Ctx};
-use crate::changer::r#virtual::{CartridgeInfo, VirtualLibrary, VirtualLibraryConfig};
-use crate::changer::{ElementRef, Inventory};
 use crate::error::{Context, Error, Result};
 use crate::home::{parse_size, Config, Home, LibraryConfig};
+use tape_devices::changer::r#virtual::{CartridgeInfo, VirtualLibrary, VirtualLibraryConfig};
+use tape_devices::changer::{ElementRef, Inventory};
 
 #[derive(Debug, Args)]
 pub struct InitArgs {

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{usage, Ctx};
-use crate::drive::conformance::{self, ConformanceOptions};
-use crate::drive::{ReadOutcome, TapeDrive, MAX_BLOCK_SIZE};
 use crate::error::{Context, Error, Result};
+use tape_devices::drive::conformance::{self, ConformanceOptions};
+use tape_devices::drive::{ReadOutcome, TapeDrive, MAX_BLOCK_SIZE};
 
 #[derive(Debug, Args)]
 pub struct TapeArgs {
@@ -90,7 +90,7 @@ pub enum TapeOp {
 fn open_drive(ctx: &Ctx, a: &TapeArgs) -> Result<Box<dyn TapeDrive>> {
     if let Some(dev) = &a.device {
         return Ok(Box::new(
-            crate::drive::st::StDrive::open(dev)
+            tape_devices::drive::st::StDrive::open(dev)
                 .with_context(|| format!("opening {}", dev.display()))?,
         ));
     }

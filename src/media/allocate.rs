@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::catalog::{Allocation, Catalog, MediaRow, MediaSetRow, MediaState, PoolRow};
-use crate::changer::{Inventory, TapeLibrary, CLEANING_PREFIX};
 use crate::error::{Context, Error, Result};
+use tape_devices::changer::{Inventory, TapeLibrary, CLEANING_PREFIX};
 
 /// Bring the catalog's media rows in line with the library inventory: unknown
 /// cartridges are added as blank, locations are updated, and cartridges the library no

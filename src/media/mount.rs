@@ -1,8 +1,8 @@
 //! Getting a cartridge into a drive this process holds.
 
-use crate::changer::{ChangerError, ElementKind, TapeLibrary, CLEANING_PREFIX};
-use crate::drive::TapeDrive;
 use crate::error::{Context, Error, Result};
+use tape_devices::changer::{ChangerError, ElementKind, TapeLibrary, CLEANING_PREFIX};
+use tape_devices::drive::TapeDrive;
 
 /// A cartridge loaded in a drive held (locked) by this process.
 pub struct Mounted {

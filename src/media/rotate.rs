@@ -19,10 +19,10 @@ use super::allocate::wants_new_set;
 use super::lifecycle::{self, Hold, Verdict};
 use super::vault::{self, is_offsite};
 use crate::catalog::{Catalog, MediaRow, MediaState, SessionStatus};
-use crate::changer::{ElementKind, TapeLibrary};
 use crate::config_pools::PoolsFile;
 use crate::error::Result;
 use crate::locks::{self, JobLock};
+use tape_devices::changer::{ElementKind, TapeLibrary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SetExpiry {

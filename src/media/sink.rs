@@ -4,7 +4,7 @@
 
 use tape_formats::{BlockSink, BlockSource, ReadStatus, WriteStatus};
 
-use crate::drive::{DriveError, ReadOutcome, TapeDrive, WriteOutcome};
+use tape_devices::drive::{DriveError, ReadOutcome, TapeDrive, WriteOutcome};
 
 /// Writes blocks to a drive. Absorbs st's one-time early-warning ENOSPC: the write
 /// that is refused once after early warning is retried (as st allows), and reported as

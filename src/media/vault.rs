@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::allocate::sync_inventory;
 use super::lifecycle::{self, Verdict};
 use crate::catalog::{At, Catalog, MediaRow, MediaState, SessionStatus};
-use crate::changer::r#virtual::VirtualLibrary;
-use crate::changer::{ChangerError, ElementKind, ElementRef, TapeLibrary};
 use crate::error::{Context, Error, Result};
+use tape_devices::changer::r#virtual::VirtualLibrary;
+use tape_devices::changer::{ChangerError, ElementKind, ElementRef, TapeLibrary};
 
 /// Prefix of a vault location.
 pub const VAULT_PREFIX: &str = "vault:";

@@ -2,8 +2,8 @@
 
 use tape_formats::{decode_block, Block, VolumeLabel};
 
-use crate::drive::{DriveError, ReadOutcome, TapeDrive};
 use crate::error::{Context, Error, Result};
+use tape_devices::drive::{DriveError, ReadOutcome, TapeDrive};
 
 /// What tape file 0 of a cartridge holds.
 #[derive(Debug, Clone)]

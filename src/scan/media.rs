@@ -7,15 +7,15 @@ use uuid::Uuid;
 
 use super::KeySource;
 use crate::catalog::{self, Catalog, MediaState, SnapshotLocation};
-use crate::changer::TapeLibrary;
 use crate::codec::Sealer;
 use crate::crypto::{Keystore, RecordKey};
-use crate::drive::TapeDrive;
 use crate::error::{Context, Error, Result};
 use crate::home::Home;
 use crate::locks::JobLock;
 use crate::media::volume::{position_for_append, read_label, LabelRead};
 use crate::media::{mount, unmount, DriveSink, DriveSource, Mounted};
+use tape_devices::changer::TapeLibrary;
+use tape_devices::drive::TapeDrive;
 
 /// What `catalog backup` wrote.
 #[derive(Debug, Clone, Serialize)]

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use crate::catalog::{self, Segment};
 use crate::codec::{KeyRing, Opener};
-use crate::drive::{DriveError, Position, SpaceStop, TapeDrive};
 use crate::error::{Context, Error, Result};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSource;
+use tape_devices::drive::{DriveError, Position, SpaceStop, TapeDrive};
 
 /// Largest catalog snapshot the fast path accepts (plain bytes). A snapshot is held in
 /// memory to be parsed; one row per ~32 MiB of backed-up disk keeps even a catalog of

@@ -26,7 +26,7 @@ use crate::extents::{Extent, ExtentSet};
 pub const DEFAULT_RECORD_DATA_SIZE: usize = 512 * 1024;
 
 /// Largest record data size accepted (8 MiB, the largest tape block we write).
-pub const MAX_RECORD_DATA_SIZE: usize = crate::drive::MAX_BLOCK_SIZE;
+pub const MAX_RECORD_DATA_SIZE: usize = tape_devices::drive::MAX_BLOCK_SIZE;
 
 /// Most sub-extents in one chunk: bounds the extent table a record header carries
 /// (16 bytes each plus a kind, so about 17 KiB at most).

@@ -112,8 +112,9 @@ impl Tv {
         tapevault::catalog::Catalog::open(&self.home()).unwrap()
     }
 
-    pub fn library(&self) -> tapevault::changer::r#virtual::VirtualLibrary {
-        tapevault::changer::r#virtual::VirtualLibrary::open(&self.home().join("library")).unwrap()
+    pub fn library(&self) -> tape_devices::changer::r#virtual::VirtualLibrary {
+        tape_devices::changer::r#virtual::VirtualLibrary::open(&self.home().join("library"))
+            .unwrap()
     }
 }
 
