@@ -29,8 +29,8 @@ use crate::codec::{Compressor, Sealer};
 use crate::crypto::RecordKey;
 use crate::error::{Context, Error, Result};
 use crate::extents::ExtentSet;
+use crate::home::locks::JobLock;
 use crate::home::Home;
-use crate::locks::JobLock;
 use crate::media::allocate::{session_media_set, Pick};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
@@ -202,7 +202,7 @@ pub fn run(
             pool.name
         ));
     }
-    let now = crate::clock::now();
+    let now = crate::home::clock::now();
     let set = session_media_set(cat, &pool, now)?;
     let session = cat.begin_session(&pool.name, Some(set.uuid))?;
     let (sealer, passphrase) = match sealer {
@@ -473,7 +473,7 @@ impl Tape<'_> {
                     volume_uuid: *volume.as_bytes(),
                     media_set_uuid: *self.set.uuid.as_bytes(),
                     set_sequence: seq,
-                    label_time: crate::clock::now().timestamp(),
+                    label_time: crate::home::clock::now().timestamp(),
                     key_fingerprint: self.pool.key_fingerprint.as_deref().and_then(fp_bytes),
                     barcode: row.barcode.clone(),
                     pool_name: self.pool.name.clone(),
@@ -530,7 +530,11 @@ impl Tape<'_> {
     }
 
     fn touch(&mut self) -> Result<()> {
-        crate::media::lifecycle::record_set_write(self.cat, self.set.uuid, crate::clock::now())?;
+        crate::media::lifecycle::record_set_write(
+            self.cat,
+            self.set.uuid,
+            crate::home::clock::now(),
+        )?;
         Ok(())
     }
 
@@ -908,7 +912,7 @@ impl Job<'_> {
             pool: Some(pool.name.clone()),
             key_fingerprint: pool.key_fingerprint.clone(),
             compression: pool.compression,
-            started: crate::clock::now(),
+            started: crate::home::clock::now(),
         })?;
         let result = self.write_image(
             &disk,
@@ -932,7 +936,7 @@ impl Job<'_> {
                     records: p.records,
                     plain_bytes: p.data_bytes,
                     stored_bytes: p.stored_bytes,
-                    finished: Some(crate::clock::now()),
+                    finished: Some(crate::home::clock::now()),
                     digest_list: Some(new_list.to_string_lossy().into_owned()),
                 };
                 cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
@@ -1069,7 +1073,7 @@ impl Job<'_> {
             disk_size: size,
             tracking_block_size: bs as u32,
             record_data_size: cfg.record_data_size as u32,
-            time: crate::clock::now().timestamp(),
+            time: crate::home::clock::now().timestamp(),
             compression: match pool.compression {
                 catalog::Compression::Off => WireCompression::None,
                 catalog::Compression::Zstd(_) => WireCompression::Zstd,
@@ -1415,7 +1419,7 @@ impl Job<'_> {
         let mut noop = |_: &str| {};
         let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
         let start_block = sink.block;
-        let now = crate::clock::now();
+        let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
         crate::media::snapshot::write_snapshot_file(
             &mut sink,

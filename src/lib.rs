@@ -2,14 +2,11 @@
 pub mod backup;
 pub mod catalog;
 pub mod cli;
-pub mod clock;
 pub mod codec;
-pub mod config_pools;
 pub mod crypto;
 pub mod error;
 pub mod extents;
 pub mod home;
-pub mod locks;
 pub mod media;
 pub mod pipeline;
 pub mod progress;

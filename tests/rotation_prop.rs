@@ -17,8 +17,8 @@ use tapevault::catalog::{
     Allocation, Catalog, Compression, Extent, ImageKind, ImageStats, ImageStatus, NewImage,
     PoolRow, Segment, SessionStatus,
 };
-use tapevault::config_pools::PoolsFile;
 use tapevault::error::Error;
+use tapevault::home::pools_toml::PoolsFile;
 use tapevault::media::allocate::{pick_cartridge, session_media_set, sync_inventory, Pick};
 use tapevault::media::{lifecycle, rotate};
 use uuid::Uuid;

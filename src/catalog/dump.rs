@@ -102,7 +102,7 @@ impl Catalog {
         let tx = self.conn().unchecked_transaction()?;
         let head = serde_json::json!({
             "format": DUMP_FORMAT, "version": DUMP_VERSION,
-            "schema_version": self.schema_version()?, "created": catalog_time(crate::clock::now()),
+            "schema_version": self.schema_version()?, "created": catalog_time(crate::home::clock::now()),
         })
         .to_string();
         // Open the object and leave it open for the streamed arrays.
@@ -287,7 +287,7 @@ impl Catalog {
             format: DUMP_FORMAT.into(),
             version: DUMP_VERSION,
             schema_version: self.schema_version()?,
-            created: catalog_time(crate::clock::now()),
+            created: catalog_time(crate::home::clock::now()),
             pools: pools
                 .iter()
                 .filter_map(|p| self.pool(p).transpose())

@@ -358,7 +358,7 @@ impl Catalog {
         }
         self.conn().execute(
             "UPDATE images SET status='failed', note=?2, finished=?3 WHERE uuid=?1 AND status='running'",
-            params![uuid.to_string(), note, ts(&crate::clock::now())],
+            params![uuid.to_string(), note, ts(&crate::home::clock::now())],
         )?;
         Ok(())
     }
@@ -390,7 +390,7 @@ impl Catalog {
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        let now = ts(&crate::clock::now());
+        let now = ts(&crate::home::clock::now());
         let mut failed = Vec::new();
         for (uuid, writer) in running {
             if writer.as_deref().is_some_and(writer_alive) {

@@ -466,7 +466,7 @@ impl Catalog {
         let row = MediaSetRow {
             uuid: Uuid::new_v4(),
             pool: pool.to_string(),
-            created: catalog_time(crate::clock::now()),
+            created: catalog_time(crate::home::clock::now()),
             last_write: None,
             closed: false,
             format_major,
@@ -533,7 +533,7 @@ impl Catalog {
     pub fn touch_media_set(&self, uuid: Uuid) -> Result<()> {
         let n = self.conn.execute(
             "UPDATE media_sets SET last_write=?2 WHERE uuid=?1",
-            params![uuid.to_string(), ts(&crate::clock::now())],
+            params![uuid.to_string(), ts(&crate::home::clock::now())],
         )?;
         if n == 0 {
             return Err(CatalogError::NotFound {
@@ -683,7 +683,7 @@ impl Catalog {
                 &media_set.to_string(),
                 &seq,
                 &volume_uuid.to_string(),
-                &ts(&crate::clock::now()),
+                &ts(&crate::home::clock::now()),
             ],
         )
     }
@@ -711,7 +711,7 @@ impl Catalog {
             &[
                 &num(next_tape_file, "next tape file")?,
                 &num(bytes_added, "bytes written")?,
-                &ts(&crate::clock::now()),
+                &ts(&crate::home::clock::now()),
             ],
         )
     }
@@ -742,7 +742,7 @@ impl Catalog {
             uuid: Uuid::new_v4(),
             pool: pool.into(),
             media_set_uuid: media_set,
-            started: catalog_time(crate::clock::now()),
+            started: catalog_time(crate::home::clock::now()),
             finished: None,
             status: SessionStatus::Running,
         };
@@ -776,7 +776,11 @@ impl Catalog {
         }
         let n = self.conn.execute(
             "UPDATE sessions SET finished=?2, status=?3 WHERE uuid=?1",
-            params![uuid.to_string(), ts(&crate::clock::now()), status.as_str()],
+            params![
+                uuid.to_string(),
+                ts(&crate::home::clock::now()),
+                status.as_str()
+            ],
         )?;
         if n == 0 {
             return Err(CatalogError::NotFound {

@@ -6,7 +6,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::passphrase::passphrase;
-use super::pool_cmd::open_catalog;
+use super::shared::open_catalog;
 use super::{usage, Ctx};
 use crate::backup::{self, BackupRequest, DiskSpec, KeyMaterial, Mode};
 use crate::error::{Error, Result};

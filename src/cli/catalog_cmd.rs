@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::passphrase::passphrase;
-use super::pool_cmd::open_catalog;
+use super::shared::open_catalog;
 use super::{usage, Ctx};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
@@ -213,7 +213,7 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
 fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
-    let _lock = crate::locks::JobLock::try_acquire(
+    let _lock = crate::home::locks::JobLock::try_acquire(
         &home.locks_dir().join("catalog-rebuild.lock"),
         "catalog rebuild",
     )?;

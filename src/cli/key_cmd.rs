@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::passphrase::passphrase;
-use super::pool_cmd::open_catalog;
+use super::shared::open_catalog;
 use super::{usage, Ctx};
 use crate::crypto::{escrow, KeyInfo, Keystore};
 use crate::error::{Context, Error, Result};

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::pool_cmd::open_catalog;
+use super::shared::open_catalog;
 use super::{human_bytes, usage, Ctx};
 use crate::catalog::{At, ImageRow, MediaRow, MediaState};
 use crate::error::{Error, Result};
@@ -125,7 +125,7 @@ struct ShowReport {
 pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
-    let now = crate::clock::now();
+    let now = crate::home::clock::now();
     // Bring locations up to date when the library can be reached (a report of what is
     // offsite is still useful when it cannot).
     if let Ok(mut lib) = home.open_library() {

@@ -20,6 +20,7 @@ mod passphrase;
 mod pool_cmd;
 mod restore_cmd;
 mod rotate_cmd;
+mod shared;
 mod tape_cmd;
 mod verify_cmd;
 

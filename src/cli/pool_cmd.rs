@@ -4,8 +4,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::shared::open_catalog;
 use super::{usage, Ctx};
-use crate::catalog::{Allocation, Catalog, Compression, MediaRow, MediaState, PoolRow};
+use crate::catalog::{Allocation, Compression, MediaRow, MediaState, PoolRow};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
 use crate::media::volume::{read_label, write_label, LabelRead};
@@ -62,11 +63,6 @@ pub struct PoolArgs {
     pub no_offsite: bool,
 }
 
-pub fn open_catalog(home: &crate::home::Home) -> Result<Catalog> {
-    Catalog::open(&home.dir)
-        .with_context(|| format!("opening the catalog in {}", home.dir.display()))
-}
-
 pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
@@ -91,12 +87,12 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 allocation: a.allocation.unwrap_or(Allocation::Continue),
                 worm: a.worm,
                 escrow: a.escrow,
-                created: crate::catalog::catalog_time(crate::clock::now()),
+                created: crate::catalog::catalog_time(crate::home::clock::now()),
             };
             cat.create_pool(&row)?;
             if let Some(v) = &a.offsite {
                 crate::media::vault::check_vault_name(v)?;
-                crate::config_pools::set_offsite(&home.dir, &row.name, Some(v))?;
+                crate::home::pools_toml::set_offsite(&home.dir, &row.name, Some(v))?;
             }
             ctx.out.emit(&row, || format!("created pool {}", row.name));
         }
@@ -137,9 +133,9 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
             cat.update_pool(&row)?;
             if let Some(v) = &a.offsite {
                 crate::media::vault::check_vault_name(v)?;
-                crate::config_pools::set_offsite(&home.dir, &row.name, Some(v))?;
+                crate::home::pools_toml::set_offsite(&home.dir, &row.name, Some(v))?;
             } else if a.no_offsite {
-                crate::config_pools::set_offsite(&home.dir, &row.name, None)?;
+                crate::home::pools_toml::set_offsite(&home.dir, &row.name, None)?;
             }
             ctx.out.emit(&row, || format!("updated pool {}", row.name));
         }
@@ -169,9 +165,11 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("no pool named {name}")))?;
             let sets = cat.media_sets(Some(&name))?;
             let media = cat.list_media(Some(&name))?;
-            let ev = crate::media::lifecycle::evaluate(&cat, crate::clock::now())?;
-            let offsite =
-                crate::config_pools::offsite_of(&crate::config_pools::load(&home.dir)?, &name);
+            let ev = crate::media::lifecycle::evaluate(&cat, crate::home::clock::now())?;
+            let offsite = crate::home::pools_toml::offsite_of(
+                &crate::home::pools_toml::load(&home.dir)?,
+                &name,
+            );
             let retention: Vec<&crate::media::lifecycle::SetStatus> =
                 sets.iter().filter_map(|s| ev.set(s.uuid)).collect();
             #[derive(Serialize)]
@@ -245,14 +243,19 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
             });
         }
         PoolCommand::Apply { dry_run } => {
-            let f = crate::config_pools::load(&home.dir)?;
-            let changes =
-                crate::config_pools::apply(&cat, &home.dir, &f, crate::clock::now(), dry_run)?;
+            let f = crate::home::pools_toml::load(&home.dir)?;
+            let changes = crate::home::pools_toml::apply(
+                &cat,
+                &home.dir,
+                &f,
+                crate::home::clock::now(),
+                dry_run,
+            )?;
             ctx.out.emit(&changes, || {
                 if changes.is_empty() {
                     return format!(
                         "{} declares no pools",
-                        crate::config_pools::path(&home.dir).display()
+                        crate::home::pools_toml::path(&home.dir).display()
                     );
                 }
                 changes
@@ -306,7 +309,7 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
     let row = cat.media(&a.barcode)?;
     // What relabelling destroys: every restore point on it, and incrementals elsewhere
     // that need them. Refused while any of it is kept, unless --force.
-    let now = crate::clock::now();
+    let now = crate::home::clock::now();
     let impact = crate::media::lifecycle::overwrite_impact(&cat, &a.barcode, now)?;
     if let (Some(why), false) = (&impact.kept_because, a.force) {
         return Err(Error::Failed(format!(
@@ -354,7 +357,7 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
             volume_uuid: *volume.as_bytes(),
             media_set_uuid: [0; 16],
             set_sequence: 0,
-            label_time: crate::clock::now().timestamp(),
+            label_time: crate::home::clock::now().timestamp(),
             key_fingerprint: pool
                 .key_fingerprint
                 .as_deref()
@@ -386,7 +389,7 @@ pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
         r.media_set_uuid = None;
         r.seq_in_set = None;
         r.state = MediaState::Writable;
-        r.labelled_at = Some(crate::catalog::catalog_time(crate::clock::now()));
+        r.labelled_at = Some(crate::catalog::catalog_time(crate::home::clock::now()));
         r.next_tape_file = 1;
         r.bytes_written = 0;
         cat.upsert_media(&r)?;

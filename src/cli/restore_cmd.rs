@@ -8,13 +8,10 @@ use clap::Args;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::passphrase::passphrase;
-use super::pool_cmd::open_catalog;
+use super::shared::{fail_with, open_catalog, unlock_keys};
 use super::{human_bytes, Ctx};
 use crate::catalog::{At, Catalog, ImageKind, ImageRow, ImageStatus};
-use crate::codec::KeyRing;
-use crate::error::{Error, Result};
-use crate::home::Home;
+use crate::error::Result;
 use crate::restore::{self, pull_list_text};
 
 #[derive(Debug, Args)]
@@ -64,50 +61,6 @@ pub struct ImagesArgs {
     /// Only this disk's images.
     #[arg(long, value_name = "UUID")]
     pub disk: Option<Uuid>,
-}
-
-/// Unlock the keys with these fingerprints (hex) from the home's keystore. A key that
-/// is not there is exit 5 naming its fingerprint.
-pub(super) fn unlock_keys(ctx: &Ctx, home: &Home, fps: &[String]) -> Result<KeyRing> {
-    let mut ring = KeyRing::new();
-    if fps.is_empty() {
-        return Ok(ring);
-    }
-    let ks = crate::crypto::Keystore::open(&home.dir)?;
-    for fp in fps {
-        let info = ks.info(fp)?;
-        let pass = passphrase(
-            &ctx.global,
-            &format!("key {} ({})", info.name, info.fingerprint),
-            false,
-        )?;
-        ring.add(ks.unlock(fp, pass.as_bytes())?);
-    }
-    Ok(ring)
-}
-
-/// With `--json`, print one JSON error document with extra fields (a pull list, a
-/// report) and exit with the error's code; without, return the error for `main`.
-pub(super) fn fail_with<T: Serialize>(ctx: &Ctx, err: Error, extra: &T) -> Result<()> {
-    if !ctx.out.json {
-        return Err(err);
-    }
-    let code = err.exit_code() as i32;
-    let mut doc = serde_json::to_value(extra).unwrap_or(serde_json::Value::Null);
-    if !doc.is_object() {
-        doc = serde_json::json!({ "detail": doc });
-    }
-    if let Some(m) = doc.as_object_mut() {
-        m.insert("error".into(), err.to_string().into());
-        m.insert("kind".into(), err.kind().into());
-        m.insert("exit_code".into(), code.into());
-    }
-    eprintln!("tapevault: error: {err}");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
-    );
-    std::process::exit(code);
 }
 
 #[derive(Serialize)]

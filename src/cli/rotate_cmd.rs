@@ -3,7 +3,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use super::pool_cmd::open_catalog;
+use super::shared::open_catalog;
 use super::Ctx;
 use crate::error::Result;
 use crate::media::allocate::sync_inventory;
@@ -48,10 +48,10 @@ fn actions(s: &mut String, title: &str, list: &[CartridgeAction]) {
 pub fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
-    let now = crate::clock::now();
+    let now = crate::home::clock::now();
     let mut lib = home.open_library()?;
     let (_, present) = sync_inventory(&cat, lib.as_mut())?;
-    let pools_cfg = crate::config_pools::load(&home.dir)?;
+    let pools_cfg = crate::home::pools_toml::load(&home.dir)?;
     let locks_dir = home.locks_dir();
     let plan = rotate::plan(&cat, &present, &pools_cfg, &locks_dir, now)?;
     let result = if a.apply {

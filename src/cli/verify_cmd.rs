@@ -3,8 +3,8 @@
 use clap::Args;
 use uuid::Uuid;
 
-use super::pool_cmd::open_catalog;
-use super::restore_cmd::{fail_with, unlock_keys};
+use super::shared::open_catalog;
+use super::shared::{fail_with, unlock_keys};
 use super::{usage, Ctx};
 use crate::error::{Error, Result};
 use crate::verify;

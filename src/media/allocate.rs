@@ -142,7 +142,7 @@ pub fn pick_cartridge(
     }
     // An expired cartridge is checked again now (a newer incremental may need its set)
     // and recycled into the pool's scratch before it joins.
-    let now = crate::clock::now();
+    let now = crate::home::clock::now();
     for m in pool_media
         .iter()
         .filter(|m| m.state == MediaState::Expired && usable(m))

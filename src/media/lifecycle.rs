@@ -14,7 +14,7 @@
 //! never recycled under it. Expiry is decided here only; everything that overwrites a
 //! cartridge asks [`recycle_if_expired`] or [`overwrite_impact`] first.
 //!
-//! All decisions take "now" as an argument (the jobs pass [`crate::clock::now`], so
+//! All decisions take "now" as an argument (the jobs pass [`crate::home::clock::now`], so
 //! `TAPEVAULT_NOW` simulates months of rotation).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

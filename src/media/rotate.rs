@@ -19,9 +19,9 @@ use super::allocate::wants_new_set;
 use super::lifecycle::{self, Hold, Verdict};
 use super::vault::{self, is_offsite};
 use crate::catalog::{Catalog, MediaRow, MediaState, SessionStatus};
-use crate::config_pools::PoolsFile;
 use crate::error::Result;
-use crate::locks::{self, JobLock};
+use crate::home::locks::{self, JobLock};
+use crate::home::pools_toml::PoolsFile;
 use tape_devices::changer::{ElementKind, TapeLibrary};
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,7 +224,7 @@ pub fn plan(
     // Finished, complete sets of pools with an offsite vault go out.
     let mut leaving: HashSet<String> = HashSet::new();
     for pool in cat.pools()? {
-        let Some(vault_name) = crate::config_pools::offsite_of(pools_cfg, &pool.name) else {
+        let Some(vault_name) = crate::home::pools_toml::offsite_of(pools_cfg, &pool.name) else {
             continue;
         };
         for st in ev.sets.values().filter(|s| s.set.pool == pool.name) {
@@ -233,8 +233,8 @@ pub fn plan(
             }
             let finished = st.set.closed
                 || wants_new_set(pool.allocation, &st.set, now)
-                || crate::config_pools::offsite_when(pools_cfg, &pool.name)
-                    == crate::config_pools::OffsiteWhen::Written;
+                || crate::home::pools_toml::offsite_when(pools_cfg, &pool.name)
+                    == crate::home::pools_toml::OffsiteWhen::Written;
             if !finished {
                 continue;
             }

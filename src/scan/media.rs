@@ -10,8 +10,8 @@ use crate::catalog::{self, Catalog, MediaState, SnapshotLocation};
 use crate::codec::Sealer;
 use crate::crypto::{Keystore, RecordKey};
 use crate::error::{Context, Error, Result};
+use crate::home::locks::JobLock;
 use crate::home::Home;
-use crate::locks::JobLock;
 use crate::media::volume::{position_for_append, read_label, LabelRead};
 use crate::media::{mount, unmount, DriveSink, DriveSource, Mounted};
 use tape_devices::changer::TapeLibrary;
@@ -177,7 +177,7 @@ fn write_on(
     let rep = (|| {
         let stored = r.with_context(|| format!("writing the catalog to {barcode}"))?;
         flushed.with_context(|| format!("flushing {barcode}"))?;
-        let now = crate::clock::now();
+        let now = crate::home::clock::now();
         let loc = SnapshotLocation {
             barcode: barcode.to_string(),
             tape_file: file,
@@ -209,7 +209,7 @@ pub(crate) fn write_snapshot_files(
     label: &tape_formats::VolumeLabel,
     sealer: Option<&mut Sealer>,
 ) -> Result<u64> {
-    let now = crate::clock::now().timestamp();
+    let now = crate::home::clock::now().timestamp();
     let stored_total = crate::media::snapshot::write_snapshot_file(
         sink,
         plain,

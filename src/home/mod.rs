@@ -1,6 +1,10 @@
 //! The tapevault home: configuration, catalog, keystore, digest lists, and (by default)
 //! the virtual library directory.
 
+pub mod clock;
+pub mod locks;
+pub mod pools_toml;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
