@@ -16,7 +16,8 @@ use std::process::Command;
 
 use common::*;
 
-const MODULES: &str = "import blake3, zstandard, argon2.low_level, cryptography.hazmat.primitives.ciphers.aead";
+const MODULES: &str =
+    "import blake3, zstandard, argon2.low_level, cryptography.hazmat.primitives.ciphers.aead";
 
 /// A Python 3 that has the reader's modules (the first of `python3` on PATH and
 /// Debian's own), or why there is none.
@@ -206,9 +207,31 @@ fn a_reader_written_from_the_spec_alone_restores_every_point_of_an_encrypted_cha
             ],
         );
         assert_eq!(run.code, 0, "point {n}: {run:?}");
-        assert_same_bytes(&out, expected, &format!("point {n} rebuilt by the spec reader"));
+        eprintln!("point {n}: {}", run.stdout.trim());
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let read = &report["read"];
+        assert_eq!(report["chain"].as_array().unwrap().len(), n + 1, "{report}");
+        assert_eq!(read["records"], read["encrypted_records"], "{report}");
+        assert!(
+            u(read, "zstd_records") > 0 && u(read, "raw_records") > 0,
+            "{report}"
+        );
+        assert!(u(read, "zero_extents") > 0, "{report}");
+        assert!(u(read, "zero_only_records") > 0, "{report}");
+        assert!(
+            u(read, "parts") > n as u64 + 1,
+            "the full spans cartridges: {report}"
+        );
+        assert_same_bytes(
+            &out,
+            expected,
+            &format!("point {n} rebuilt by the spec reader"),
+        );
         let snapshot = std::fs::read_to_string(&snap).unwrap();
-        assert!(snapshot.contains(image.as_str()), "point {n}: the decrypted catalog snapshot names the image");
+        assert!(
+            snapshot.contains(image.as_str()),
+            "point {n}: the decrypted catalog snapshot names the image"
+        );
     }
 
     // It can fail: a wrong passphrase is refused (5), a damaged record too (3).

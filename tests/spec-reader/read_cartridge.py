@@ -453,6 +453,8 @@ class Tapes:
         self.parts = {}  # image uuid -> {part: (cartridge, tape file, header)}
         self.snapshots = []  # (time, cartridge, tape file, header)
         self.eos = []  # (cartridge, tape file, end-of-session)
+        self.stats = dict(parts=0, records=0, raw_records=0, zstd_records=0, encrypted_records=0,
+                          zero_only_records=0, zero_extents=0)
         for c in self.carts:
             self.scan(c)
         # An end-of-session counts the image parts its session wrote on all cartridges.
@@ -542,6 +544,12 @@ class Tapes:
                         else:
                             counts["zero"] += ln
                     on_record(r["extents"], plain)
+                    st = self.stats
+                    st["records"] += 1
+                    st["zstd_records" if r["compression"] == 1 else "raw_records"] += 1
+                    st["encrypted_records"] += r["encryption"]
+                    st["zero_only_records"] += r["plain_len"] == 0
+                    st["zero_extents"] += sum(1 for e in r["extents"] if e[2] == 1)
                     counts["records"] += 1
                     counts["stored"] += len(r["payload"])
                     next_seq += 1
@@ -560,6 +568,7 @@ class Tapes:
                     raise Integrity(f"image {u(image)} part {part}: trailer {field} {trailer[field]}, counted {have}")
             if digest.digest() != trailer["digest"]:
                 raise Integrity(f"image {u(image)} part {part}: content digest differs from the trailer's")
+            self.stats["parts"] += 1
             if trailer["status"] == 1:
                 return first
             if trailer["status"] == 3:
@@ -697,7 +706,7 @@ def main():
         if a.image:
             chain = restore(tapes, uuidlib.UUID(a.image).bytes, key, a.out)
             print(json.dumps({"restored": a.image, "disk_size": chain[-1]["disk_size"],
-                              "chain": [u(h["image"]) for h in chain]}))
+                              "chain": [u(h["image"]) for h in chain], "read": tapes.stats}))
         if a.snapshot_out:
             if not tapes.snapshots:
                 raise Integrity("no catalog snapshot on the cartridges given")
