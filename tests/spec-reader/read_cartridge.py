@@ -2,10 +2,10 @@
 """An independent reader of tapevault cartridges, written from docs/FORMAT.md alone.
 
 It shares no code with tapevault: it reads the virtual cartridge container (FORMAT.md
-section 11), decodes every block (sections 3-4), unwraps the exported key with its
-passphrase (section 10), authenticates and decrypts every record, checks every CRC,
-tag, sequence number, part number, trailer count and (keyed) digest, and rebuilds a
-disk at a point in time from a full and its incrementals (section 8).
+section 13), decodes every block (sections 3-4), unwraps the exported key with its
+passphrase (section 12), authenticates and decrypts every record, checks every CRC,
+tag, sequence number, part number, trailer count and (keyed) digest (section 11), and
+rebuilds a disk at a point in time from a full and its incrementals (section 10).
 
     read_cartridge.py --key FILE --passphrase-file FILE CART_DIR... --list
     read_cartridge.py --key FILE --passphrase-file FILE CART_DIR... --image UUID --out DISK
@@ -91,7 +91,7 @@ def u(b):
     return str(uuidlib.UUID(bytes=bytes(b)))
 
 
-# ----------------------------------------------------------------- key export (section 10)
+# ----------------------------------------------------------------- key export (section 12)
 
 
 def b32_char(c):
@@ -206,7 +206,7 @@ def unwrap_key(blob, passphrase, magic):
                  "kdf": {"m_cost_kib": m_cost, "t_cost": t_cost, "p_cost": p_cost}}
 
 
-# ----------------------------------------------------------------- virtual cartridge (section 11)
+# ----------------------------------------------------------------- virtual cartridge (section 13)
 
 
 class Cartridge:
@@ -311,9 +311,8 @@ def decode_block(blk, where):
         ext = ext[4 + struct.unpack_from("<H", ext, 2)[0]:]
     body = Body(blk[PREFIX_LEN:header_len - ext_len], where)
     header, payload = blk[:header_len], blk[header_len:]
-    if rtype not in (T_DATA, T_CHUNK) and payload_len:
-        if rtype in (T_LABEL, T_IHDR, T_ITRL, T_SHDR, T_STRL, T_EOS):
-            raise Integrity(f"{where}: unexpected payload")
+    if rtype in (T_LABEL, T_IHDR, T_ITRL, T_SHDR, T_STRL, T_EOS) and payload_len:
+        raise Integrity(f"{where}: a payload on a record type that has none")
     r = {}
     if rtype == T_LABEL:
         r.update(volume=body.take(16), media_set=body.take(16), set_sequence=body.num("I"),
