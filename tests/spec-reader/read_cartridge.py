@@ -450,7 +450,7 @@ class Tapes:
         self.carts = [Cartridge(d) for d in dirs]
         self.labels = []
         self.parts = {}  # image uuid -> {part: (cartridge, tape file, header)}
-        self.snapshots = []  # (time, cartridge, tape file, header)
+        self.snapshots = []  # ((time, set_sequence, tape file), cartridge, tape file, header)
         self.eos = []  # (cartridge, tape file, end-of-session)
         self.stats = dict(parts=0, records=0, raw_records=0, zstd_records=0, encrypted_records=0,
                           zero_only_records=0, zero_extents=0)
@@ -487,7 +487,7 @@ class Tapes:
                     raise Integrity(f"image {u(r['image'])} part {r['part']} found twice")
                 self.parts[r["image"]][r["part"]] = (c, f, r)
             elif t == T_SHDR:
-                self.snapshots.append((r["time"], c, f, r))
+                self.snapshots.append(((r["time"], label["set_sequence"], f), c, f, r))
             elif t == T_EOS:
                 if r["media_set"] != label["media_set"] or r["set_sequence"] != label["set_sequence"]:
                     raise Integrity(f"{c.path} file {f}: end-of-session of another cartridge")
