@@ -3,7 +3,8 @@
 //! the virtual cartridges of a real encrypted, compressed backup chain (a full that spans
 //! cartridges, an incremental after the disk grew, one after it shrank), the key export
 //! (binary, paper, or the label's escrow) and the passphrase, and rebuilds every point
-//! in time bit for bit. It also refuses a damaged cartridge and a wrong passphrase.
+//! in time bit for bit. It also refuses a damaged cartridge and a wrong passphrase, and
+//! reads a clear chain with a copy in it without any key.
 //!
 //! Skips, saying why, when no Python 3 with cryptography, argon2-cffi, blake3 and
 //! zstandard is installed (.ci/run installs them).
@@ -256,4 +257,71 @@ fn a_reader_written_from_the_spec_alone_restores_every_point_of_an_encrypted_cha
     );
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("payload CRC"), "{run:?}");
+}
+
+#[test]
+fn the_spec_reader_restores_a_clear_chain_and_a_copy_without_a_key() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipping: no Python 3 with the spec reader's modules ({why})");
+            return;
+        }
+    };
+    let v = Vault::small(4, "32M");
+    v.pool("clear", "zstd:3");
+    let pass = v.path("unused.txt");
+    std::fs::write(&pass, "unused\n").unwrap();
+    let mut disk = TestDisk::create(v.path("disk.img"), 4 * MIB, 2 * MIB, 11);
+    write_at(&disk, 2 * MIB, &compressible(3, 512 * KIB as usize));
+    let full = v.backup(&disk, "clear", &[]);
+    let p0 = v.path("p0.img");
+    disk.save_copy(&p0);
+    disk.random_writes(4, 64 * KIB);
+    disk.write_zeros(0, 128 * KIB);
+    let copy = v.backup(&disk, "clear", &["--copy"]);
+    assert_eq!(s(&copy, "kind"), "copy", "{copy}");
+    let p1 = v.path("p1.img");
+    disk.save_copy(&p1);
+    disk.random_writes(2, 64 * KIB);
+    let inc = v.backup(&disk, "clear", &[]);
+    assert_eq!(s(&inc, "kind"), "incremental", "{inc}");
+    let p2 = v.path("p2.img");
+    disk.save_copy(&p2);
+
+    let mut carts: BTreeSet<String> = BTreeSet::new();
+    for img in [&full, &copy, &inc] {
+        for c in img["cartridges"].as_array().unwrap() {
+            carts.insert(c.as_str().unwrap().to_string());
+        }
+    }
+    let r = Reader {
+        py,
+        carts: carts.iter().map(|c| v.cartridge_dir(c)).collect(),
+        pass,
+    };
+    for (n, (img, expected, chain)) in [(&full, &p0, 1), (&copy, &p1, 1), (&inc, &p2, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let out = v.path(&format!("spec{n}.img"));
+        let run = r.run(
+            &[],
+            &["--image", s(img, "image"), "--out", out.to_str().unwrap()],
+        );
+        assert_eq!(run.code, 0, "point {n}: {run:?}");
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        // The incremental's parent is the full, never the copy.
+        assert_eq!(report["chain"].as_array().unwrap().len(), chain, "{report}");
+        assert_eq!(
+            report["chain"][0].as_str(),
+            Some(s(if n == 1 { &copy } else { &full }, "image"))
+        );
+        assert_eq!(report["read"]["encrypted_records"], 0, "{report}");
+        assert_same_bytes(
+            &out,
+            expected,
+            &format!("clear point {n} rebuilt by the spec reader"),
+        );
+    }
 }
