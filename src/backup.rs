@@ -737,8 +737,8 @@ impl Job<'_> {
                 changed,
             ));
         };
-        let base_list = match &base.digest_list {
-            Some(p) if Path::new(p).is_file() => PathBuf::from(p),
+        let base_list = match cat.digest_list_file(&base) {
+            Some(p) if p.is_file() => p,
             _ => {
                 let r = format!(
                     "the block digest list of base image {} is missing: taking a full",

@@ -819,9 +819,10 @@ fn merge_collected(
             }
         }
         parts.sort_by_key(|p| (p.header.part, p.barcode.clone(), p.tape_file));
-        let (dump, found) = build_image(cat, uuid, &parts, &col.sessions)?;
+        let (dump, found) = build_image(cat, uuid, &parts, &col.sessions, &read_now)?;
         if let Some(n) = &found.note {
-            if found.status != ImageStatus::Complete {
+            // A failed image is a fact of the media, not a problem of this rebuild.
+            if !matches!(found.status, ImageStatus::Complete | ImageStatus::Failed) {
                 rep.problems.push(format!("image {uuid}: {n}"));
             }
         }
@@ -833,8 +834,9 @@ fn merge_collected(
         }
         // Keep what this run read of an image that is not whole, so a rebuild that
         // reads its other cartridges can join the parts; forget it once whole.
+        // A failed image is never joined later either.
         let whole = matches!(cat.image(uuid)?, Some(i) if i.status == ImageStatus::Complete);
-        if whole {
+        if whole || found.status == ImageStatus::Failed {
             cat.drop_scanned_parts(uuid)?;
         } else {
             // The parts read in this run: those on the cartridges read now (the kept
@@ -869,6 +871,7 @@ fn build_image(
     uuid: Uuid,
     parts: &[PartScan],
     sessions: &HashMap<Uuid, SessionSeen>,
+    read_now: &HashSet<&str>,
 ) -> Result<(ImageDump, ImageFound)> {
     let h0 = &parts[0].header;
     let mut notes: Vec<String> = Vec::new();
@@ -917,10 +920,23 @@ fn build_image(
             format!("{damaged} damaged or missing record(s) on tape (see the rebuild report)"),
         );
     }
+    let session_uuid = Uuid::from_bytes(h0.session_uuid);
+    let cut_off = if damaged == 0 && joined && !complete {
+        ended_at_end_of_media(cat, parts, session_uuid, sessions, read_now)?
+    } else {
+        None
+    };
+    if let Some(why) = &cut_off {
+        // Not "missing": the part the trailer announces was never written.
+        notes.retain(|n| !n.contains("missing"));
+        notes.push(why.clone());
+    }
     let status = if damaged > 0 {
         ImageStatus::Corrupt
     } else if complete {
         ImageStatus::Complete
+    } else if cut_off.is_some() {
+        ImageStatus::Failed
     } else {
         ImageStatus::Incomplete
     };
@@ -944,7 +960,6 @@ fn build_image(
     let key_fingerprint = h0.cipher.key_fingerprint().map(|f| crypto::to_hex(&f));
     // The session's end: seen in this run, or known from an earlier one (its
     // end-of-session marker may be on a cartridge read in another batch).
-    let session_uuid = Uuid::from_bytes(h0.session_uuid);
     let end_time = match sessions.get(&session_uuid).and_then(|s| s.end_time) {
         Some(t) => Some(time_of(t)),
         None => cat.session(session_uuid)?.and_then(|s| s.finished),
@@ -1025,4 +1040,49 @@ fn build_image(
         },
         found,
     ))
+}
+
+/// Whether an image whose parts all joined, but whose last part says it goes on on the
+/// next volume, was cut off there: its backup ran out of cartridges (end of medium on
+/// the last volume, none left to continue on) and failed. That is so when the last
+/// part's cartridge was read in this run, no later volume of its media set is known
+/// (neither read now nor recorded in the catalog, e.g. in a vault), and the image's
+/// session never wrote its end-of-session marker. Returns why, or `None`.
+fn ended_at_end_of_media(
+    cat: &Catalog,
+    parts: &[PartScan],
+    session: Uuid,
+    sessions: &HashMap<Uuid, SessionSeen>,
+    read_now: &HashSet<&str>,
+) -> Result<Option<String>> {
+    let Some(last) = parts.last() else {
+        return Ok(None);
+    };
+    if !read_now.contains(last.barcode.as_str()) {
+        return Ok(None);
+    }
+    let ended = sessions.get(&session).and_then(|s| s.end_time).is_some()
+        || cat
+            .session(session)?
+            .is_some_and(|s| s.status == SessionStatus::Complete);
+    if ended {
+        return Ok(None);
+    }
+    let Some(media) = cat.media(&last.barcode)? else {
+        return Ok(None);
+    };
+    let (Some(set), Some(seq)) = (media.media_set_uuid, media.seq_in_set) else {
+        return Ok(None);
+    };
+    let later = cat
+        .media_in_set(set)?
+        .into_iter()
+        .any(|m| m.seq_in_set.is_some_and(|q| q > seq));
+    if later {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the backup failed at the end of cartridge {} (volume {seq}, the last of media set {set}): the part that was to follow was never written and the session has no end-of-session marker",
+        last.barcode
+    )))
 }

@@ -150,7 +150,7 @@ impl Catalog {
             &mut w,
             "sessions",
             c.prepare(&format!(
-                "SELECT {SESSION_COLS} FROM sessions ORDER BY started, uuid"
+                "SELECT {SESSION_COLS}, writer FROM sessions ORDER BY started, uuid"
             ))?
             .query_map([], session_row)?
             .map(|r| r.map_err(CatalogError::from)),
@@ -538,6 +538,12 @@ impl Catalog {
         }
         let Some(local) = self.image(inc.uuid)? else {
             let mut row = inc.clone();
+            // Never a path from the media or an export: only a list this home holds.
+            row.digest_list = if row.status == ImageStatus::Complete {
+                self.local_digest_list(inc.uuid)
+            } else {
+                None
+            };
             if row.status == ImageStatus::Running {
                 row.status = ImageStatus::Incomplete;
                 row.note =
@@ -608,7 +614,7 @@ impl Catalog {
                     num(inc.plain_bytes, "bytes")?,
                     num(inc.stored_bytes, "bytes")?,
                     inc.content_digest,
-                    inc.digest_list,
+                    self.local_digest_list(inc.uuid),
                     inc.change_id,
                     inc.from_change_id,
                     inc.vm_name,

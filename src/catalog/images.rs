@@ -9,9 +9,20 @@ pub const MAX_CHAIN_LEN: usize = 100_000;
 
 pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
      disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note";
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer";
 
+/// Reads [`IMAGE_COLS`]. An image still marked running whose writing process is gone
+/// reads as failed, with the reason as its note (see [`interrupted`]).
 pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
+    let mut status: ImageStatus = get_p(r, 15)?;
+    let mut note: Option<String> = r.get(21)?;
+    if status == ImageStatus::Running {
+        let writer: Option<String> = r.get(22)?;
+        if let Some(why) = interrupted(writer.as_deref()) {
+            status = ImageStatus::Failed;
+            note = Some(why);
+        }
+    }
     Ok(ImageRow {
         uuid: get_p(r, 0)?,
         disk_uuid: get_p(r, 1)?,
@@ -28,13 +39,13 @@ pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
         compression: get_p(r, 12)?,
         started: get_p(r, 13)?,
         finished: get_po(r, 14)?,
-        status: get_p(r, 15)?,
+        status,
         records: get_u64(r, 16)?,
         plain_bytes: get_u64(r, 17)?,
         stored_bytes: get_u64(r, 18)?,
         content_digest: r.get(19)?,
         digest_list: r.get(20)?,
-        note: r.get(21)?,
+        note,
     })
 }
 
@@ -171,7 +182,7 @@ impl Catalog {
     pub(crate) fn insert_image(&self, i: &ImageRow, writer: Option<&str>) -> Result<()> {
         self.conn().execute(
             &format!(
-                "INSERT INTO images ({IMAGE_COLS}, writer) VALUES \
+                "INSERT INTO images ({IMAGE_COLS}) VALUES \
                  (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"
             ),
             params![
@@ -321,6 +332,19 @@ impl Catalog {
         for e in extents {
             self.insert_extent(uuid, e)?;
         }
+        // Stored relative to the home; a list outside the home is not recorded.
+        let digest_list = match stats.digest_list.as_deref() {
+            None => None,
+            Some(p) => Some(self.home_relative(Path::new(p)).ok_or_else(|| {
+                invalid(
+                    uuid,
+                    format!(
+                        "digest list {p} lies outside the home {}",
+                        self.home_dir().display()
+                    ),
+                )
+            })?),
+        };
         let finished = catalog_time(stats.finished.unwrap_or_else(Utc::now));
         self.conn().execute(
             "UPDATE images SET status='complete', finished=?2, records=?3, plain_bytes=?4, stored_bytes=?5, \
@@ -332,7 +356,7 @@ impl Catalog {
                 num(stats.plain_bytes, "bytes")?,
                 num(stats.stored_bytes, "bytes")?,
                 content_digest.to_ascii_lowercase(),
-                stats.digest_list
+                digest_list
             ],
         )?;
         tx.commit()?;

@@ -187,15 +187,37 @@ pub(crate) fn media_row(r: &Row) -> rusqlite::Result<MediaRow> {
 }
 
 pub(crate) const SESSION_COLS: &str = "uuid, pool, media_set_uuid, started, finished, status";
+/// Reads [`SESSION_COLS`], optionally followed by `writer`: a session still marked
+/// running whose writing process is gone reads as failed (see [`interrupted`]).
 pub(crate) fn session_row(r: &Row) -> rusqlite::Result<SessionRow> {
+    let mut status: SessionStatus = get_p(r, 5)?;
+    if status == SessionStatus::Running && r.as_ref().column_count() > 6 {
+        let writer: Option<String> = r.get(6)?;
+        if interrupted(writer.as_deref()).is_some() {
+            status = SessionStatus::Failed;
+        }
+    }
     Ok(SessionRow {
         uuid: get_p(r, 0)?,
         pool: r.get(1)?,
         media_set_uuid: get_po(r, 2)?,
         started: get_p(r, 3)?,
         finished: get_po(r, 4)?,
-        status: get_p(r, 5)?,
+        status,
     })
+}
+
+/// For a row marked running: `Some(note)` when the process that writes it is gone
+/// (killed, crashed, the machine restarted), so every reader shows it as failed at
+/// once, without a write lock; the next writer records that in the catalog.
+pub(crate) fn interrupted(writer: Option<&str>) -> Option<String> {
+    if writer.is_some_and(writer_alive) {
+        return None;
+    }
+    let pid = writer.and_then(|w| w.split(':').next()).unwrap_or("?");
+    Some(format!(
+        "interrupted: the writing process (pid {pid}) ended before the image trailer was written"
+    ))
 }
 
 pub(crate) const SNAP_COLS: &str = "barcode, tape_file, block, session_uuid, time";
@@ -235,8 +257,21 @@ pub(crate) fn writer_alive(writer: &str) -> bool {
     if start == "?" {
         return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
     }
+    // A killed process not yet reaped by its parent (a zombie) writes nothing more.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            after.split_whitespace().next().map(str::to_string)
+        });
+    if matches!(state.as_deref(), Some("Z") | Some("X") | Some("x")) {
+        return false;
+    }
     writer_id(pid).as_deref() == Some(writer)
 }
+
+/// Directory of the block digest lists inside a tapevault home (`Home::digests_dir`).
+pub const DIGESTS_DIR: &str = "digests";
 
 /// An open catalog. One per process; SQLite's locking (WAL + busy timeout) arbitrates
 /// between processes.
@@ -305,11 +340,108 @@ impl Catalog {
             tx.pragma_update(None, "user_version", v)?;
         }
         tx.commit()?;
+        self.relativize_paths()
+    }
+
+    /// Nothing in the catalog points outside its home: a digest list recorded by an
+    /// older tapevault as an absolute path becomes relative to the home when it lies
+    /// inside it, and is forgotten otherwise (the next backup of that disk then takes
+    /// a full and says why). The only path column is `images.digest_list`.
+    fn relativize_paths(&self) -> Result<()> {
+        let found: Vec<(String, String)> = self
+            .conn
+            .prepare(
+                "SELECT uuid, digest_list FROM images WHERE digest_list IS NOT NULL \
+                 AND (digest_list NOT LIKE 'digests/%' OR digest_list LIKE '%..%')",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let tx = self.write_tx()?;
+        for (uuid, list) in found {
+            let p = Path::new(&list);
+            let mut rel = self.home_relative(p);
+            if rel.is_none() && p.is_relative() {
+                // Written relative to the directory an older tapevault ran in: only
+                // this home's own list of the image is taken.
+                if let Ok(u) = uuid.parse::<Uuid>() {
+                    if p.ends_with(format!("{DIGESTS_DIR}/{u}.digests")) {
+                        rel = self.local_digest_list(u);
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE images SET digest_list=?2 WHERE uuid=?1",
+                params![uuid, rel],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The tapevault home this catalog belongs to (the directory holding it). Every
+    /// path the catalog stores is relative to it.
+    pub fn home_dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// `p` as the catalog stores it: relative to the home, with only plain components.
+    /// `None` for a path outside the home.
+    pub(crate) fn home_relative(&self, p: &Path) -> Option<String> {
+        let plain = |r: &Path| {
+            let ok = r.components().count() > 0
+                && r.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            ok.then(|| r.to_string_lossy().into_owned())
+        };
+        let absolute = |q: &Path| {
+            if q.is_absolute() {
+                Some(q.to_path_buf())
+            } else {
+                std::env::current_dir().ok().map(|d| d.join(q))
+            }
+        };
+        let (p, home) = (absolute(p)?, absolute(self.home_dir())?);
+        if let Ok(r) = p.strip_prefix(&home) {
+            return plain(r);
+        }
+        // The same directory named another way (a symlink, `..`).
+        let home = std::fs::canonicalize(home).ok()?;
+        let (dir, name) = (p.parent()?, p.file_name()?);
+        let dir = std::fs::canonicalize(dir).ok()?;
+        plain(&dir.strip_prefix(&home).ok()?.join(name))
+    }
+
+    /// The file an image's block digest list is in, inside this catalog's home; `None`
+    /// when none is recorded (or what is recorded does not lie in the home).
+    pub fn digest_list_file(&self, img: &ImageRow) -> Option<PathBuf> {
+        let rel = img.digest_list.as_deref()?;
+        let rel = Path::new(rel);
+        if rel.is_absolute()
+            || !rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return None;
+        }
+        Some(self.home_dir().join(rel))
+    }
+
+    /// The digest list this home holds for `image` (written by a backup from this
+    /// home), as the catalog stores it; `None` when there is none. A rebuilt catalog
+    /// takes digest lists only from here, never a path from the media or an export.
+    pub(crate) fn local_digest_list(&self, image: Uuid) -> Option<String> {
+        let rel = format!("{DIGESTS_DIR}/{image}.digests");
+        self.home_dir().join(&rel).is_file().then_some(rel)
     }
 
     /// The schema version of the open catalog.
@@ -795,7 +927,7 @@ impl Catalog {
         Ok(self
             .conn
             .query_row(
-                &format!("SELECT {SESSION_COLS} FROM sessions WHERE uuid=?1"),
+                &format!("SELECT {SESSION_COLS}, writer FROM sessions WHERE uuid=?1"),
                 [uuid.to_string()],
                 session_row,
             )
@@ -806,7 +938,7 @@ impl Catalog {
     /// simulated clock) in the order they were recorded.
     pub fn sessions(&self) -> Result<Vec<SessionRow>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {SESSION_COLS} FROM sessions ORDER BY started, rowid"
+            "SELECT {SESSION_COLS}, writer FROM sessions ORDER BY started, rowid"
         ))?;
         let rows = st
             .query_map([], session_row)?

@@ -26,12 +26,18 @@ pub enum CatalogCommand {
     /// --scan, or when a cartridge has no usable snapshot (damaged, missing), every
     /// record is read: images, spanned parts, segments, sessions, media sets and
     /// cartridges are rebuilt from the self-describing records. Images without a
-    /// complete trailer are recorded incomplete; damaged records are reported by
-    /// cartridge and position, the rest is recovered. Cartridges may be read in
-    /// batches (as many as the library holds at a time): the parts of an image read
-    /// so far are kept, and the rebuild that reads its remaining parts joins them and
-    /// makes it complete. Block digest lists (for hash-scan incrementals) are not
-    /// rebuilt: the next backup of such a disk is full.
+    /// complete trailer are recorded incomplete. An image whose last part goes on on
+    /// the next volume, when that part's cartridge was read, no later volume of its
+    /// media set is known and its session has no end-of-session marker, was cut off
+    /// when its backup ran out of cartridges: it is recorded failed (never restored,
+    /// never a base), not as parts on cartridges not read. Damaged records are
+    /// reported by cartridge and position, the rest is recovered. Cartridges may be
+    /// read in batches (as many as the library holds at a time): the parts of an image
+    /// read so far are kept, and the rebuild that reads its remaining parts joins them
+    /// and makes it complete. Block digest lists (for hash-scan incrementals) are not
+    /// rebuilt and no path is taken from the media: an image keeps a digest list only
+    /// when this home holds digests/IMAGE.digests; otherwise the next backup of such a
+    /// disk is full, and says why.
     ///
     /// Exit codes: 0 rebuilt; 3 damage found (damaged records, missing parts, a
     /// cartridge that should hold images reads blank) or facts on the media that

@@ -462,7 +462,7 @@ pub fn forget_contents(
         let deps = cat.dependents(i.uuid)?;
         if delete && deps.is_empty() && i.status != ImageStatus::Running {
             cat.delete_image(i.uuid)?;
-            if let Some(dl) = &i.digest_list {
+            if let Some(dl) = cat.digest_list_file(&i) {
                 let _ = std::fs::remove_file(dl);
             }
         } else {
