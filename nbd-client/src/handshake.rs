@@ -397,7 +397,8 @@ impl Handshake {
 
     /// `NBD_OPT_SET_META_CONTEXT`: selects `contexts` for `export` and checks that every
     /// one was granted ([`Error::MetaContextNotGranted`] names the first missing one).
-    /// Returns all granted contexts (a server may grant more for a wildcard query).
+    /// Returns all granted contexts: the requested ones in the order asked for, then any
+    /// extra ones a wildcard query selected.
     /// Replaces any earlier selection. Needs structured replies.
     pub fn set_meta_contexts(&mut self, export: &str, contexts: &[&str]) -> Result<Vec<MetaContext>> {
         self.require_structured("NBD_OPT_SET_META_CONTEXT")?;
@@ -405,15 +406,31 @@ impl Handshake {
         let data = Self::meta_request(export, contexts)?;
         self.send_option(OPT_SET_META_CONTEXT, &data)?;
         let granted = self.meta_replies(OPT_SET_META_CONTEXT)?;
+        // Requested contexts first, in the order asked for; extras (from wildcard queries)
+        // after them, in the server's order.
+        let mut ordered = Vec::with_capacity(granted.len());
         for want in contexts {
-            if !granted.iter().any(|g| g.name == *want) {
-                return Err(Error::MetaContextNotGranted {
-                    export: export.to_string(),
-                    missing: want.to_string(),
-                    granted: granted.iter().map(|g| g.name.clone()).collect(),
-                });
+            match granted.iter().find(|g| g.name == *want) {
+                Some(g) => {
+                    if !ordered.contains(g) {
+                        ordered.push(g.clone())
+                    }
+                }
+                None => {
+                    return Err(Error::MetaContextNotGranted {
+                        export: export.to_string(),
+                        missing: want.to_string(),
+                        granted: granted.iter().map(|g| g.name.clone()).collect(),
+                    })
+                }
             }
         }
+        for g in &granted {
+            if !ordered.contains(g) {
+                ordered.push(g.clone());
+            }
+        }
+        let granted = ordered;
         self.meta = Some((export.to_string(), granted.clone()));
         Ok(granted)
     }
