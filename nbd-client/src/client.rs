@@ -107,7 +107,11 @@ fn for_words(start: u64, end: u64, mut f: impl FnMut(usize, u64) -> bool) -> boo
     while i < end {
         let b = i % 64;
         let cnt = (64 - b).min(end - i);
-        let mask = if cnt == 64 { !0 } else { ((1u64 << cnt) - 1) << b };
+        let mask = if cnt == 64 {
+            !0
+        } else {
+            ((1u64 << cnt) - 1) << b
+        };
         if !f((i / 64) as usize, mask) {
             return false;
         }
@@ -204,7 +208,10 @@ impl Client {
     }
 
     /// Like [`connect`](Self::connect) over an already connected stream.
-    pub fn connect_transport(transport: Box<dyn Transport>, options: &ConnectOptions) -> Result<Client> {
+    pub fn connect_transport(
+        transport: Box<dyn Transport>,
+        options: &ConnectOptions,
+    ) -> Result<Client> {
         let hs = Handshake::start(transport, options.timeout)?;
         Self::negotiate(hs, options)
     }
@@ -314,7 +321,14 @@ impl Client {
         Ok(())
     }
 
-    fn send(&mut self, flags: u16, cmd: u16, offset: u64, length: u32, payload: &[u8]) -> Result<Req> {
+    fn send(
+        &mut self,
+        flags: u16,
+        cmd: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> Result<Req> {
         let cookie = self.next_cookie;
         self.next_cookie = self.next_cookie.wrapping_add(1);
         let mut h = [0u8; 28];
@@ -487,7 +501,11 @@ impl Client {
                         Err(Self::simple_error(req, error))
                     };
                 }
-                Header::Chunk { flags, kind, length } => {
+                Header::Chunk {
+                    flags,
+                    kind,
+                    length,
+                } => {
                     chunks += 1;
                     let done = flags & REPLY_FLAG_DONE != 0;
                     match kind {
@@ -498,7 +516,9 @@ impl Client {
                                 )));
                             }
                             if !done {
-                                return Err(bad("NBD_REPLY_TYPE_NONE without the DONE flag".into()));
+                                return Err(
+                                    bad("NBD_REPLY_TYPE_NONE without the DONE flag".into()),
+                                );
                             }
                         }
                         k if k & REPLY_TYPE_ERROR_BIT != 0 => {
@@ -566,7 +586,9 @@ impl Client {
             match kind {
                 REPLY_TYPE_NONE => {
                     if length != 0 {
-                        return Err(bad(format!("NBD_REPLY_TYPE_NONE with a {length}-byte payload")));
+                        return Err(bad(format!(
+                            "NBD_REPLY_TYPE_NONE with a {length}-byte payload"
+                        )));
                     }
                     if !done {
                         return Err(bad("NBD_REPLY_TYPE_NONE without the DONE flag".into()));
@@ -688,7 +710,11 @@ impl Client {
     pub fn write_zeroes(&mut self, offset: u64, length: u64, flags: ZeroFlags) -> Result<()> {
         self.usable()?;
         self.need_writable("NBD_CMD_WRITE_ZEROES")?;
-        self.need_flag(FLAG_SEND_WRITE_ZEROES, "NBD_FLAG_SEND_WRITE_ZEROES", "WRITE_ZEROES")?;
+        self.need_flag(
+            FLAG_SEND_WRITE_ZEROES,
+            "NBD_FLAG_SEND_WRITE_ZEROES",
+            "WRITE_ZEROES",
+        )?;
         let mut f = 0;
         if flags.no_hole {
             f |= CMD_FLAG_NO_HOLE;
@@ -731,7 +757,12 @@ impl Client {
     /// `req_one` sets `NBD_CMD_FLAG_REQ_ONE` (one extent per context per reply).
     /// Memory grows with the number of distinct extents in the range: query a large
     /// export window by window (e.g. 1 GiB at a time).
-    pub fn block_status(&mut self, offset: u64, length: u64, req_one: bool) -> Result<Vec<ContextExtents>> {
+    pub fn block_status(
+        &mut self,
+        offset: u64,
+        length: u64,
+        req_one: bool,
+    ) -> Result<Vec<ContextExtents>> {
         self.usable()?;
         if self.contexts.is_empty() {
             return Err(Error::Unsupported(
@@ -783,7 +814,12 @@ impl Client {
 
     /// One BLOCK_STATUS request; per context (in `self.contexts` order) its descriptors
     /// `(length, flags)` from `offset`, clipped to the request.
-    fn block_status_one(&mut self, offset: u64, length: u32, req_one: bool) -> Result<Vec<Vec<(u64, u32)>>> {
+    fn block_status_one(
+        &mut self,
+        offset: u64,
+        length: u32,
+        req_one: bool,
+    ) -> Result<Vec<Vec<(u64, u32)>>> {
         let flags = if req_one { CMD_FLAG_REQ_ONE } else { 0 };
         let req = self.send(flags, CMD_BLOCK_STATUS, offset, length, &[])?;
         let mut per: Vec<Option<Vec<(u64, u32)>>> = vec![None; self.contexts.len()];
@@ -805,7 +841,11 @@ impl Client {
                     }
                     return Err(Self::simple_error(&req, error));
                 }
-                Header::Chunk { flags, kind, length } => (flags, kind, length),
+                Header::Chunk {
+                    flags,
+                    kind,
+                    length,
+                } => (flags, kind, length),
             };
             chunks += 1;
             let done = cflags & REPLY_FLAG_DONE != 0;
@@ -871,7 +911,9 @@ impl Client {
                 }
                 REPLY_TYPE_NONE => {
                     if clen != 0 {
-                        return Err(bad(format!("NBD_REPLY_TYPE_NONE with a {clen}-byte payload")));
+                        return Err(bad(format!(
+                            "NBD_REPLY_TYPE_NONE with a {clen}-byte payload"
+                        )));
                     }
                     if !done {
                         return Err(bad("NBD_REPLY_TYPE_NONE without the DONE flag".into()));
@@ -977,8 +1019,14 @@ mod tests {
             },
         };
         let contexts = vec![
-            MetaContext { id: 1, name: "base:allocation".into() },
-            MetaContext { id: 2, name: "qemu:dirty-bitmap:b".into() },
+            MetaContext {
+                id: 1,
+                name: "base:allocation".into(),
+            },
+            MetaContext {
+                id: 2,
+                name: "qemu:dirty-bitmap:b".into(),
+            },
         ];
         Client::new(conn, info, structured, contexts, None)
     }
@@ -999,8 +1047,13 @@ mod tests {
 
     /// A chunk header with the right magic and cookie 1 followed by random bytes.
     fn framed() -> impl Strategy<Value = Vec<u8>> {
-        (any::<u16>(), 0u16..8, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..256)).prop_map(
-            |(flags, kind, len, tail)| {
+        (
+            any::<u16>(),
+            0u16..8,
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..256),
+        )
+            .prop_map(|(flags, kind, len, tail)| {
                 let kind = if kind >= 6 { 0x8000 | (kind - 5) } else { kind };
                 let mut v = Vec::new();
                 v.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
@@ -1010,8 +1063,7 @@ mod tests {
                 v.extend_from_slice(&(len % 300).to_be_bytes());
                 v.extend_from_slice(&tail);
                 v
-            },
-        )
+            })
     }
 
     proptest! {

@@ -364,7 +364,10 @@ impl Handshake {
                     }
                     out.push(MetaContext { id, name });
                     if out.len() > 100_000 {
-                        return Err(bad(format!("{} returned over 100000 contexts", option_name(opt))));
+                        return Err(bad(format!(
+                            "{} returned over 100000 contexts",
+                            option_name(opt)
+                        )));
                     }
                 }
                 _ => return Err(Self::unexpected(opt, &r)),
@@ -400,7 +403,11 @@ impl Handshake {
     /// Returns all granted contexts: the requested ones in the order asked for, then any
     /// extra ones a wildcard query selected.
     /// Replaces any earlier selection. Needs structured replies.
-    pub fn set_meta_contexts(&mut self, export: &str, contexts: &[&str]) -> Result<Vec<MetaContext>> {
+    pub fn set_meta_contexts(
+        &mut self,
+        export: &str,
+        contexts: &[&str],
+    ) -> Result<Vec<MetaContext>> {
         self.require_structured("NBD_OPT_SET_META_CONTEXT")?;
         self.meta = None;
         let data = Self::meta_request(export, contexts)?;
@@ -458,7 +465,10 @@ impl Handshake {
                 REP_INFO => {
                     let d = &r.data;
                     if d.len() < 2 {
-                        return Err(bad(format!("NBD_REP_INFO of {} bytes is too short", d.len())));
+                        return Err(bad(format!(
+                            "NBD_REP_INFO of {} bytes is too short",
+                            d.len()
+                        )));
                     }
                     let kind = u16::from_be_bytes([d[0], d[1]]);
                     match kind {
@@ -544,7 +554,13 @@ impl Handshake {
             }) if contexts.is_empty() && !self.structured => self.export_name(export)?,
             Err(e) => return Err(e),
         };
-        Ok(Client::new(self.conn, info, self.structured, contexts, self.timeout))
+        Ok(Client::new(
+            self.conn,
+            info,
+            self.structured,
+            contexts,
+            self.timeout,
+        ))
     }
 
     /// `NBD_OPT_EXPORT_NAME`, for servers without `NBD_OPT_GO`.
@@ -618,7 +634,7 @@ fn check_block_size(min: u32, pref: u32, max: u32) -> Result<BlockSize> {
             "preferred block size {pref} is not a power of two of at least the minimum {min}"
         )));
     }
-    if max < min || (max != u32::MAX && max % min != 0) {
+    if max < min || (max != u32::MAX && !max.is_multiple_of(min)) {
         return Err(bad(format!(
             "maximum block size {max} is not a multiple of the minimum {min}"
         )));

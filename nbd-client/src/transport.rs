@@ -111,7 +111,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(mut transport: Box<dyn Transport>, timeout: Option<Duration>) -> Result<Conn> {
+    pub(crate) fn new(
+        mut transport: Box<dyn Transport>,
+        timeout: Option<Duration>,
+    ) -> Result<Conn> {
         transport.set_timeout(timeout).map_err(|e| Error::Io {
             during: "setting the socket timeout".to_string(),
             source: e,

@@ -32,7 +32,9 @@ fn have_qemu() -> bool {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -45,9 +47,17 @@ fn run(cmd: &mut Command) {
 /// (the commands of QEMU-CBT.md section 2).
 fn make_image(dir: &Path) -> PathBuf {
     let img = dir.join("disk.qcow2");
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("64M"));
-    run(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x11 0 4M"]).arg(&img));
-    run(Command::new("qemu-img").args(["bitmap", "--add"]).arg(&img).arg("cp1"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("64M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x11 0 4M"])
+        .arg(&img));
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("cp1"));
     run(Command::new("qemu-io")
         .args(["-f", "qcow2"])
         .args(["-c", "write -P 0x22 1M 64k"])
@@ -124,7 +134,11 @@ fn serve_unix(dir: &Path, image: &Path, extra: &[&str]) -> (QemuNbd, Address) {
 
 /// The read-only export "disk" with the bitmap and allocation depth (`-r -A -B cp1`).
 fn serve_ro(dir: &Path, image: &Path) -> (QemuNbd, Address) {
-    serve_unix(dir, image, &["--read-only", "-A", "--bitmap=cp1", "--export-name=disk"])
+    serve_unix(
+        dir,
+        image,
+        &["--read-only", "-A", "--bitmap=cp1", "--export-name=disk"],
+    )
 }
 
 fn ext(offset: u64, length: u64, flags: u32) -> Extent {
@@ -139,7 +153,10 @@ fn check_bytes(buf: &[u8], at: u64) {
     for (i, b) in buf.iter().enumerate() {
         let off = at + i as u64;
         if *b != expected(off) {
-            panic!("byte at offset {off} is 0x{b:02x}, expected 0x{:02x}", expected(off));
+            panic!(
+                "byte at offset {off} is 0x{b:02x}, expected 0x{:02x}",
+                expected(off)
+            );
         }
     }
 }
@@ -149,7 +166,11 @@ fn base_allocation_expected() -> Vec<Extent> {
         ext(0, 4 * MIB, 0),
         ext(4 * MIB, 6 * MIB, STATE_HOLE | STATE_ZERO),
         ext(10 * MIB, 128 * KIB, 0),
-        ext(10 * MIB + 128 * KIB, SIZE - 10 * MIB - 128 * KIB, STATE_HOLE | STATE_ZERO),
+        ext(
+            10 * MIB + 128 * KIB,
+            SIZE - 10 * MIB - 128 * KIB,
+            STATE_HOLE | STATE_ZERO,
+        ),
     ]
 }
 
@@ -190,7 +211,14 @@ fn read_and_block_status_over_unix_socket() {
     assert!(info.block_size.minimum >= 1 && info.block_size.preferred >= info.block_size.minimum);
     assert!(c.structured_replies());
     let names: Vec<&str> = c.meta_contexts().iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["base:allocation", "qemu:dirty-bitmap:cp1", "qemu:allocation-depth"]);
+    assert_eq!(
+        names,
+        [
+            "base:allocation",
+            "qemu:dirty-bitmap:cp1",
+            "qemu:allocation-depth"
+        ]
+    );
     assert_eq!(c.max_payload(), 32 * MIB as u32);
 
     // The whole disk in windows that do not align with anything.
@@ -223,7 +251,9 @@ fn read_and_block_status_over_unix_socket() {
     }
     let last = depth.last().unwrap();
     assert_eq!(last.offset + last.length, SIZE);
-    assert!(depth.iter().any(|e| e.offset == 0 && e.length >= 4 * MIB && e.flags == 1));
+    assert!(depth
+        .iter()
+        .any(|e| e.offset == 0 && e.length >= 4 * MIB && e.flags == 1));
 
     // REQ_ONE: one extent per context per request, same result.
     let one = c.block_status(0, SIZE, true).unwrap();
@@ -246,15 +276,28 @@ fn read_and_block_status_over_unix_socket() {
             ext(MIB + 100, 3 * MIB - 100, 0),
             ext(4 * MIB, 6 * MIB, STATE_HOLE | STATE_ZERO),
             ext(10 * MIB, 128 * KIB, 0),
-            ext(10 * MIB + 128 * KIB, MIB + 100 - 128 * KIB, STATE_HOLE | STATE_ZERO),
+            ext(
+                10 * MIB + 128 * KIB,
+                MIB + 100 - 128 * KIB,
+                STATE_HOLE | STATE_ZERO
+            ),
         ]
     );
 
     // Checked locally before anything is sent; the connection stays usable.
-    assert!(matches!(c.write(0, &[1, 2, 3], false), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        c.write(0, &[1, 2, 3], false),
+        Err(Error::Unsupported(_))
+    ));
     let mut one_byte = [0u8; 1];
-    assert!(matches!(c.read(SIZE, &mut one_byte), Err(Error::InvalidArgument(_))));
-    assert!(matches!(c.block_status(SIZE - 1, 2, false), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.read(SIZE, &mut one_byte),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.block_status(SIZE - 1, 2, false),
+        Err(Error::InvalidArgument(_))
+    ));
     c.read(SIZE - 1, &mut one_byte).unwrap();
     assert_eq!(one_byte[0], 0);
     c.disconnect().unwrap();
@@ -295,12 +338,24 @@ fn handshake_queries_and_refusals() {
         other => panic!("expected an unknown-export refusal, got {other:?}"),
     }
     // Listing meta contexts needs structured replies first.
-    assert!(matches!(hs.list_meta_contexts("disk", &[]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        hs.list_meta_contexts("disk", &[]),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(hs.structured_replies().unwrap());
     let mut all = hs.list_meta_contexts("disk", &[]).unwrap();
     all.sort();
-    assert_eq!(all, ["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:cp1"]);
-    let bitmaps = hs.list_meta_contexts("disk", &["qemu:dirty-bitmap:"]).unwrap();
+    assert_eq!(
+        all,
+        [
+            "base:allocation",
+            "qemu:allocation-depth",
+            "qemu:dirty-bitmap:cp1"
+        ]
+    );
+    let bitmaps = hs
+        .list_meta_contexts("disk", &["qemu:dirty-bitmap:"])
+        .unwrap();
     assert_eq!(bitmaps, ["qemu:dirty-bitmap:cp1"]);
     match hs.set_meta_contexts("disk", &["base:allocation", "qemu:dirty-bitmap:nosuch"]) {
         Err(Error::MetaContextNotGranted {
@@ -315,7 +370,9 @@ fn handshake_queries_and_refusals() {
         other => panic!("expected MetaContextNotGranted, got {other:?}"),
     }
     // The session is still good: select properly and go.
-    let granted = hs.set_meta_contexts("disk", &["qemu:dirty-bitmap:cp1"]).unwrap();
+    let granted = hs
+        .set_meta_contexts("disk", &["qemu:dirty-bitmap:cp1"])
+        .unwrap();
     assert_eq!(granted.len(), 1);
     let mut c = hs.go("disk").unwrap();
     let st = c.block_status(0, SIZE, false).unwrap();
@@ -352,19 +409,30 @@ fn simple_replies_without_structured_negotiation() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path());
     let (_q, addr) = serve_ro(dir.path(), &img);
-    let mut c = Client::connect(&addr, &ConnectOptions::new("disk").structured_replies(false)).unwrap();
+    let mut c = Client::connect(
+        &addr,
+        &ConnectOptions::new("disk").structured_replies(false),
+    )
+    .unwrap();
     assert!(!c.structured_replies());
     let mut buf = vec![0u8; (3 * MIB) as usize];
     c.read(MIB - 7, &mut buf).unwrap();
     check_bytes(&buf, MIB - 7);
     c.read(9 * MIB, &mut buf).unwrap();
     check_bytes(&buf, 9 * MIB);
-    assert!(matches!(c.block_status(0, MIB, false), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        c.block_status(0, MIB, false),
+        Err(Error::Unsupported(_))
+    ));
     c.disconnect().unwrap();
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -422,7 +490,10 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("w.qcow2");
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("16M"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("16M"));
     let (_q, addr) = serve_unix(dir.path(), &img, &["--discard=unmap", "--export-name=w"]);
     let opts = ConnectOptions::new("w").meta_context("base:allocation");
     let mut c = Client::connect(&addr, &opts).unwrap();
@@ -436,12 +507,24 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
     c.read(MIB, &mut back).unwrap();
     assert!(back == data, "written data reads back");
     let st = c.block_status(0, 16 * MIB, false).unwrap();
-    assert_eq!(st[0].extents[1], ext(MIB, 3 * MIB, 0), "{:?}", st[0].extents);
+    assert_eq!(
+        st[0].extents[1],
+        ext(MIB, 3 * MIB, 0),
+        "{:?}",
+        st[0].extents
+    );
 
     // Zeroes that may punch a hole, zeroes that keep the allocation, and a trim.
     c.write_zeroes(MIB, 64 * KIB, ZeroFlags::default()).unwrap();
-    c.write_zeroes(2 * MIB, 64 * KIB, ZeroFlags { no_hole: true, ..Default::default() })
-        .unwrap();
+    c.write_zeroes(
+        2 * MIB,
+        64 * KIB,
+        ZeroFlags {
+            no_hole: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     c.trim(3 * MIB, MIB).unwrap();
     let mut z = vec![0xffu8; (64 * KIB) as usize];
     c.read(MIB, &mut z).unwrap();
@@ -450,7 +533,10 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
     assert!(z.iter().all(|b| *b == 0));
     let mut t = vec![0xffu8; MIB as usize];
     c.read(3 * MIB, &mut t).unwrap();
-    assert!(t.iter().all(|b| *b == 0), "trimmed range of a qcow2 without backing reads zeros");
+    assert!(
+        t.iter().all(|b| *b == 0),
+        "trimmed range of a qcow2 without backing reads zeros"
+    );
     let st = c.block_status(MIB, 3 * MIB, false).unwrap();
     let zero_at = |off: u64| {
         st[0]
@@ -460,11 +546,26 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
             .map(|e| e.flags & STATE_ZERO != 0)
             .unwrap()
     };
-    assert!(zero_at(MIB) && zero_at(2 * MIB) && zero_at(3 * MIB), "{:?}", st[0].extents);
-    assert!(!zero_at(MIB + 64 * KIB), "untouched data stays data: {:?}", st[0].extents);
+    assert!(
+        zero_at(MIB) && zero_at(2 * MIB) && zero_at(3 * MIB),
+        "{:?}",
+        st[0].extents
+    );
+    assert!(
+        !zero_at(MIB + 64 * KIB),
+        "untouched data stays data: {:?}",
+        st[0].extents
+    );
 
     if c.info().has_flag(FLAG_SEND_FAST_ZERO) {
-        let r = c.write_zeroes(5 * MIB, MIB, ZeroFlags { fast_zero: true, ..Default::default() });
+        let r = c.write_zeroes(
+            5 * MIB,
+            MIB,
+            ZeroFlags {
+                fast_zero: true,
+                ..Default::default()
+            },
+        );
         match r {
             Ok(()) => {}
             Err(Error::Server { errno: 95, .. }) => {} // ENOTSUP: allowed answer to FAST_ZERO
@@ -472,13 +573,17 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
         }
     }
     // Beyond the end: refused before sending; the connection stays usable.
-    assert!(matches!(c.write(16 * MIB - 1, &[0, 0], false), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.write(16 * MIB - 1, &[0, 0], false),
+        Err(Error::InvalidArgument(_))
+    ));
     c.disconnect().unwrap();
 
     // A second connection sees what the first wrote.
     let mut c = Client::connect(&addr, &ConnectOptions::new("w")).unwrap();
     let mut back = vec![0u8; MIB as usize];
-    c.read(MIB + 64 * KIB, &mut back[..(MIB - 64 * KIB) as usize]).unwrap();
+    c.read(MIB + 64 * KIB, &mut back[..(MIB - 64 * KIB) as usize])
+        .unwrap();
     assert!(back[..(MIB - 64 * KIB) as usize] == data[(64 * KIB) as usize..MIB as usize]);
     c.disconnect().unwrap();
 }
