@@ -28,6 +28,10 @@ fn have_qemu() -> bool {
             return false;
         }
     }
+    if let Ok(o) = Command::new("qemu-nbd").arg("--version").output() {
+        let v = String::from_utf8_lossy(&o.stdout);
+        eprintln!("testing against {}", v.lines().next().unwrap_or("qemu-nbd"));
+    }
     true
 }
 
