@@ -217,6 +217,9 @@ impl Client {
     }
 
     fn negotiate(mut hs: Handshake, options: &ConnectOptions) -> Result<Client> {
+        if let Some(tls) = &options.tls {
+            hs.starttls(tls)?;
+        }
         if options.structured_replies || !options.meta_contexts.is_empty() {
             let ok = hs.structured_replies()?;
             if !ok && !options.meta_contexts.is_empty() {

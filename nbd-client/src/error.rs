@@ -162,6 +162,10 @@ pub enum Error {
     /// The caller's arguments are out of range (checked before anything is sent).
     #[error("{0}")]
     InvalidArgument(String),
+    /// TLS could not be set up: unreadable credentials, a certificate that does not
+    /// verify, or a failed TLS handshake.
+    #[error("NBD over TLS: {0}")]
+    Tls(String),
     /// An earlier failure left the connection unusable.
     #[error("the NBD connection is unusable after an earlier failure ({0}); reconnect")]
     Broken(String),

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::error::{Error, OptionErrorKind, Result};
 use crate::proto::{self, *};
+use crate::tls::{TlsConfig, TlsStream};
 use crate::transport::{Address, Conn, Transport};
 
 /// An export as listed by `NBD_OPT_LIST`.
@@ -79,6 +80,9 @@ pub struct ConnectOptions {
     pub structured_replies: bool,
     /// Timeout of every socket read and write (and of the TCP connect); `None` waits forever.
     pub timeout: Option<Duration>,
+    /// Upgrade to TLS with `NBD_OPT_STARTTLS` before anything else; a server that refuses
+    /// fails the connection (no fallback to plain text).
+    pub tls: Option<TlsConfig>,
 }
 
 impl ConnectOptions {
@@ -89,7 +93,14 @@ impl ConnectOptions {
             meta_contexts: Vec::new(),
             structured_replies: true,
             timeout: Some(Duration::from_secs(60)),
+            tls: None,
         }
+    }
+
+    /// Requires TLS with these credentials.
+    pub fn tls(mut self, tls: TlsConfig) -> ConnectOptions {
+        self.tls = Some(tls);
+        self
     }
 
     /// Adds a meta context to select.
@@ -122,6 +133,7 @@ pub struct Handshake {
     structured: bool,
     meta: Option<(String, Vec<MetaContext>)>,
     timeout: Option<Duration>,
+    tls: bool,
 }
 
 struct OptReply {
@@ -198,6 +210,7 @@ impl Handshake {
             structured: false,
             meta: None,
             timeout,
+            tls: false,
         })
     }
 
@@ -268,6 +281,29 @@ impl Handshake {
             )));
         }
         Ok(())
+    }
+
+    /// `NBD_OPT_STARTTLS`: upgrades the connection to TLS (send it first, so that all
+    /// negotiation is encrypted). A refusal is [`Error::OptionRefused`]; a failed TLS
+    /// handshake is [`Error::Tls`], after which the connection is unusable.
+    pub fn starttls(&mut self, tls: &TlsConfig) -> Result<()> {
+        if self.tls {
+            return Err(Error::InvalidArgument(
+                "TLS is already active on this connection".into(),
+            ));
+        }
+        self.send_option(OPT_STARTTLS, &[])?;
+        self.expect_ack(OPT_STARTTLS)?;
+        self.conn.upgrade(|sock, timeout| {
+            Ok(Box::new(TlsStream::handshake(sock, tls, timeout)?) as Box<dyn Transport>)
+        })?;
+        self.tls = true;
+        Ok(())
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Whether the server's greeting offered `NBD_FLAG_NO_ZEROES` (and the client took it).

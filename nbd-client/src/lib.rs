@@ -5,9 +5,9 @@
 //! libvirt pull-mode backups and nbdkit, including their changed-block information.
 //!
 //! # Supported
-//! - Transports: Unix domain sockets and TCP ([`Address`]), or any stream implementing
-//!   [`Transport`]. Every socket read and write has a timeout ([`ConnectOptions::timeout`]);
-//!   an expired one is [`Error::Timeout`], never a hang.
+//! - Transports: Unix domain sockets and TCP ([`Address`]), optionally with TLS, or any
+//!   stream implementing [`Transport`]. Every socket read and write has a timeout
+//!   ([`ConnectOptions::timeout`]); an expired one is [`Error::Timeout`], never a hang.
 //! - Handshake ([`Handshake`]): fixed newstyle only, with `NBD_FLAG_C_NO_ZEROES` when offered;
 //!   `NBD_OPT_LIST`, `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_LIST_META_CONTEXT`,
 //!   `NBD_OPT_SET_META_CONTEXT` (every requested context must be granted, else
@@ -32,10 +32,18 @@
 //!   is allocated (error chunks ≤ 64 KiB, option replies ≤ 12 KiB, at most
 //!   [`MAX_STATUS_DESCRIPTORS`] block status descriptors per reply).
 //!
+//! - TLS: `NBD_OPT_STARTTLS` as the first option, then rustls (TLS 1.2/1.3, ring provider)
+//!   with QEMU's x509 credentials layout ([`TlsConfig::from_qemu_dir`]: `ca-cert.pem`,
+//!   `client-cert.pem`, `client-key.pem`), i.e. what `qemu-nbd --tls-creds` and
+//!   `nbd-server-start tls-creds=...` expect. No fallback to plain text; failures are
+//!   [`Error::Tls`].
+//!
 //! # Not supported
-//! TLS (`NBD_OPT_STARTTLS`: a server that requires it answers with
-//! [`OptionErrorKind::TlsRequired`]), extended headers (64-bit lengths), oldstyle servers,
-//! several requests in flight, `NBD_CMD_CACHE`, `NBD_CMD_RESIZE`.
+//! Extended headers (64-bit lengths), oldstyle servers, several requests in flight,
+//! `NBD_CMD_CACHE`, `NBD_CMD_RESIZE`, TLS-PSK.
+//!
+//! A write to a socket the server closed raises SIGPIPE; Rust programs ignore it by
+//! default, other hosts of this library must too.
 //!
 //! # Example
 //! ```no_run
@@ -59,6 +67,7 @@ mod client;
 mod error;
 mod handshake;
 mod proto;
+mod tls;
 mod transport;
 
 pub use client::{Client, ContextExtents, Extent, ZeroFlags};
@@ -70,4 +79,5 @@ pub use proto::{
     FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES, MAX_PAYLOAD, MAX_STATUS_DESCRIPTORS, STATE_DIRTY,
     STATE_HOLE, STATE_ZERO,
 };
+pub use tls::TlsConfig;
 pub use transport::{Address, Transport};

@@ -168,4 +168,52 @@ impl Conn {
     pub(crate) fn shutdown(&mut self) {
         self.stream.get_mut().shutdown();
     }
+
+    /// Replaces the transport with `f(transport)` (the TLS upgrade). The server must not
+    /// have sent anything the client has not consumed yet.
+    pub(crate) fn upgrade(
+        &mut self,
+        f: impl FnOnce(Box<dyn Transport>, Option<Duration>) -> Result<Box<dyn Transport>>,
+    ) -> Result<()> {
+        if !self.stream.buffer().is_empty() {
+            return Err(Error::Protocol(format!(
+                "{} unexpected bytes from the server right after its STARTTLS acknowledgement",
+                self.stream.buffer().len()
+            )));
+        }
+        let old = std::mem::replace(&mut self.stream, BufReader::new(Box::new(Gone)));
+        let upgraded = f(old.into_inner(), self.timeout)?;
+        self.stream = BufReader::with_capacity(64 * 1024, upgraded);
+        Ok(())
+    }
+}
+
+/// Stands in for a transport while it is being upgraded (and after a failed upgrade).
+struct Gone;
+
+impl Read for Gone {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "connection given up",
+        ))
+    }
+}
+
+impl Write for Gone {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "connection given up",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Gone {
+    fn set_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
 }

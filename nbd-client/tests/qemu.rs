@@ -8,8 +8,9 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use nbd_client::{
-    Address, Client, ConnectOptions, Error, Extent, Handshake, OptionErrorKind, ZeroFlags,
-    FLAG_READ_ONLY, FLAG_SEND_FAST_ZERO, FLAG_SEND_FUA, STATE_DIRTY, STATE_HOLE, STATE_ZERO,
+    Address, Client, ConnectOptions, Error, Extent, Handshake, OptionErrorKind, TlsConfig,
+    ZeroFlags, FLAG_READ_ONLY, FLAG_SEND_FAST_ZERO, FLAG_SEND_FUA, STATE_DIRTY, STATE_HOLE,
+    STATE_ZERO,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -590,4 +591,191 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
         .unwrap();
     assert!(back[..(MIB - 64 * KIB) as usize] == data[(64 * KIB) as usize..MIB as usize]);
     c.disconnect().unwrap();
+}
+
+/// Makes a CA, a server and a client certificate with openssl, in QEMU's layout:
+/// `srv/` (ca-cert.pem, server-cert.pem, server-key.pem) and `cli/` (ca-cert.pem,
+/// client-cert.pem, client-key.pem). `other/` holds an unrelated CA.
+fn make_certs(dir: &Path) -> bool {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipping: openssl is not installed (needed to make test certificates)");
+        return false;
+    }
+    let ossl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    let ca = |name: &str| {
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+    };
+    ca("ca");
+    ca("otherca");
+    for (role, eku) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{role}-key.pem"),
+            "-out",
+            &format!("{role}.csr"),
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join(format!("{role}.ext")),
+            format!(
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n"
+            ),
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{role}.csr"),
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &format!("{role}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{role}.ext"),
+        ]);
+    }
+    for (sub, files) in [
+        ("srv", ["ca-cert.pem", "server-cert.pem", "server-key.pem"]),
+        ("cli", ["ca-cert.pem", "client-cert.pem", "client-key.pem"]),
+    ] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in files {
+            std::fs::copy(dir.join(f), dir.join(sub).join(f)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    std::fs::copy(dir.join("otherca-cert.pem"), dir.join("other/ca-cert.pem")).unwrap();
+    true
+}
+
+#[test]
+fn tls_over_tcp_with_qemu_x509_credentials() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if !make_certs(dir.path()) {
+        return;
+    }
+    let img = make_image(dir.path());
+    let srv = dir.path().join("srv");
+    let mut started = None;
+    for _ in 0..5 {
+        let port = free_port();
+        let args: Vec<String> = vec![
+            "--object".into(),
+            format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=on",
+                srv.display()
+            ),
+            "--tls-creds=tls0".into(),
+            "--format=qcow2".into(),
+            "--read-only".into(),
+            "--bitmap=cp1".into(),
+            "--export-name=disk".into(),
+            "--bind=127.0.0.1".into(),
+            format!("--port={port}"),
+        ];
+        if let Ok(q) = start_qemu_nbd(dir.path(), &args, &img) {
+            started = Some((q, port));
+            break;
+        }
+    }
+    let (_q, port) = started.expect("qemu-nbd with TLS listens on a free TCP port");
+    let addr = Address::Tcp(format!("127.0.0.1:{port}"));
+    let tls = TlsConfig::from_qemu_dir(&dir.path().join("cli"), "localhost");
+    assert!(tls.client_cert.is_some() && tls.client_key.is_some());
+
+    let opts = ConnectOptions::new("disk")
+        .meta_context("qemu:dirty-bitmap:cp1")
+        .tls(tls.clone());
+    let mut c = Client::connect(&addr, &opts).unwrap();
+    assert_eq!(c.size(), SIZE);
+    let st = c.block_status(0, SIZE, false).unwrap();
+    assert_eq!(st[0].extents, dirty_expected());
+    let mut buf = vec![0u8; (33 * MIB) as usize];
+    c.read(0, &mut buf).unwrap();
+    check_bytes(&buf, 0);
+    c.disconnect().unwrap();
+
+    // The certificate may also be checked against the IP address.
+    let mut by_ip = tls.clone();
+    by_ip.server_name = "127.0.0.1".into();
+    let c = Client::connect(&addr, &ConnectOptions::new("disk").tls(by_ip)).unwrap();
+    c.disconnect().unwrap();
+
+    // Plain text is refused by the server.
+    match Client::connect(&addr, &ConnectOptions::new("disk")) {
+        Err(Error::OptionRefused {
+            kind: OptionErrorKind::TlsRequired,
+            ..
+        }) => {}
+        other => panic!("expected a TLS-required refusal, got {:?}", other.err()),
+    }
+    // A server certificate from another CA, or for another name, does not verify.
+    let wrong_ca = TlsConfig {
+        ca_cert: dir.path().join("other/ca-cert.pem"),
+        ..tls.clone()
+    };
+    match Client::connect(&addr, &ConnectOptions::new("disk").tls(wrong_ca)) {
+        Err(Error::Tls(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
+    let mut wrong_name = tls.clone();
+    wrong_name.server_name = "backup.example".into();
+    match Client::connect(&addr, &ConnectOptions::new("disk").tls(wrong_name)) {
+        Err(Error::Tls(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
+    // verify-peer=on: without a client certificate the server hangs up.
+    let anonymous = TlsConfig {
+        client_cert: None,
+        client_key: None,
+        ..tls.clone()
+    };
+    let r = Client::connect(&addr, &ConnectOptions::new("disk").tls(anonymous));
+    assert!(
+        matches!(r, Err(Error::Tls(_)) | Err(Error::Closed { .. })),
+        "{:?}",
+        r.err()
+    );
+    // Unreadable credentials are named.
+    let missing = TlsConfig::from_qemu_dir(&dir.path().join("nosuch"), "localhost");
+    match Client::connect(&addr, &ConnectOptions::new("disk").tls(missing)) {
+        Err(Error::Tls(m)) => assert!(m.contains("ca-cert.pem"), "{m}"),
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
 }
