@@ -509,7 +509,7 @@ impl Client {
                     kind,
                     length,
                 } => {
-                    chunks += 1;
+                    chunks = chunks.saturating_add(1);
                     let done = flags & REPLY_FLAG_DONE != 0;
                     match kind {
                         REPLY_TYPE_NONE => {
@@ -850,7 +850,7 @@ impl Client {
                     length,
                 } => (flags, kind, length),
             };
-            chunks += 1;
+            chunks = chunks.saturating_add(1);
             let done = cflags & REPLY_FLAG_DONE != 0;
             match kind {
                 REPLY_TYPE_BLOCK_STATUS => {
@@ -980,13 +980,14 @@ impl Drop for Client {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::handshake::BlockSize;
     use proptest::prelude::*;
     use std::io::{self, Cursor, Read, Write};
 
-    struct Mem(Cursor<Vec<u8>>);
+    /// A transport that reads scripted bytes and swallows writes.
+    pub(crate) struct Mem(pub(crate) Cursor<Vec<u8>>);
     impl Read for Mem {
         fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
             self.0.read(b)

@@ -682,3 +682,110 @@ fn check_block_size(min: u32, pref: u32, max: u32) -> Result<BlockSize> {
         advertised: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::Mem;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    fn greeting() -> Vec<u8> {
+        let mut v = NBDMAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        v.extend_from_slice(&3u16.to_be_bytes());
+        v
+    }
+
+    /// The options `run_all` sends, in order.
+    const SEQUENCE: [u32; 6] = [
+        OPT_STRUCTURED_REPLY,
+        OPT_LIST,
+        OPT_LIST_META_CONTEXT,
+        OPT_SET_META_CONTEXT,
+        OPT_INFO,
+        OPT_GO,
+    ];
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(any::<u8>(), 10..11).prop_map(|mut v| {
+                v.splice(0..0, [0, 0]);
+                v
+            }),
+            proptest::collection::vec(any::<u8>(), 12..13).prop_map(|mut v| {
+                v.splice(0..0, [0, 3]);
+                v
+            }),
+        ]
+    }
+
+    /// For every option of `SEQUENCE`, a few replies with valid headers and random types
+    /// and payloads, optionally closed by an ACK.
+    fn replies() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just(REP_ACK),
+                            Just(REP_SERVER),
+                            Just(REP_INFO),
+                            Just(REP_META_CONTEXT),
+                            any::<u32>()
+                        ],
+                        payload(),
+                    ),
+                    0..4,
+                ),
+                any::<bool>(),
+            ),
+            6..7,
+        )
+        .prop_map(|per_opt| {
+            let mut v = Vec::new();
+            for (opt, (rs, ack)) in SEQUENCE.iter().zip(per_opt) {
+                let acks = if ack { vec![(REP_ACK, vec![])] } else { vec![] };
+                for (kind, data) in rs.into_iter().chain(acks) {
+                    v.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+                    v.extend_from_slice(&opt.to_be_bytes());
+                    v.extend_from_slice(&kind.to_be_bytes());
+                    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                    v.extend_from_slice(&data);
+                }
+            }
+            v
+        })
+    }
+
+    fn run_all(input: Vec<u8>) {
+        let t = Box::new(Mem(Cursor::new(input)));
+        let Ok(mut hs) = Handshake::start(t, None) else {
+            return;
+        };
+        let _ = hs.structured_replies();
+        let _ = hs.list_exports();
+        let _ = hs.list_meta_contexts("d", &[]);
+        let _ = hs.set_meta_contexts("d", &["base:allocation"]);
+        let _ = hs.info("d");
+        let _ = hs.go("d");
+    }
+
+    proptest! {
+        #[test]
+        fn option_reply_parser_never_panics_on_random_bytes(tail in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut input = greeting();
+            input.extend_from_slice(&tail);
+            run_all(input);
+            run_all(tail);
+        }
+
+        #[test]
+        fn option_reply_parser_never_panics_on_framed_replies(r in replies()) {
+            let mut input = greeting();
+            input.extend_from_slice(&r);
+            run_all(input);
+        }
+    }
+}

@@ -1143,3 +1143,88 @@ fn commands_the_export_does_not_advertise_are_refused_locally() {
     drop(c);
     assert_eq!(h.join().unwrap().unwrap().kind, CMD_DISC);
 }
+
+// ---------------------------------------------------------------- STARTTLS
+
+#[test]
+fn starttls_refusal_and_garbage_after_the_ack_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = nbd_client::TlsConfig {
+        ca_cert: dir.path().join("ca-cert.pem"),
+        client_cert: None,
+        client_key: None,
+        server_name: "localhost".into(),
+    };
+    // Credentials are read before the handshake: a missing CA file is named.
+    let (c, h) = server(|s| {
+        s.greet(3)?;
+        let (opt, _) = s.option()?;
+        assert_eq!(opt, 5, "STARTTLS comes first");
+        s.reply(opt, REP_ACK, &[])
+    });
+    match Client::connect_transport(Box::new(c), &opts().tls(tls.clone())) {
+        Err(Error::Tls(m)) => assert!(m.contains("ca-cert.pem"), "{m}"),
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
+    let _ = h.join().unwrap();
+
+    // A real CA file, so that the TLS handshake itself starts.
+    let made = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca-cert.pem",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", "/CN=test-ca"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !made {
+        eprintln!("skipping the rest: openssl is not installed (needed to make a test CA)");
+        return;
+    }
+    // The server refuses TLS: no fallback to plain text.
+    let (c, h) = server(|s| {
+        s.greet(3)?;
+        let (opt, _) = s.option()?;
+        s.reply(opt, ERR_POLICY, b"no TLS configured")
+    });
+    match Client::connect_transport(Box::new(c), &opts().tls(tls.clone())) {
+        Err(Error::OptionRefused {
+            option: "NBD_OPT_STARTTLS",
+            kind: OptionErrorKind::Policy,
+            message,
+        }) => assert_eq!(message, "no TLS configured"),
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+    let _ = h.join().unwrap();
+    // The server acknowledges, then speaks plain text instead of TLS.
+    let (c, h) = server(|s| {
+        s.greet(3)?;
+        let (opt, _) = s.option()?;
+        s.reply(opt, REP_ACK, &[])?;
+        let mut hello = [0u8; 5];
+        s.s.read_exact(&mut hello)?;
+        assert_eq!(hello[0], 22, "a TLS handshake record from the client");
+        s.send(&[b"NBD says hello in plain text, which is not TLS at all"])
+    });
+    match Client::connect_transport(Box::new(c), &opts().tls(tls)) {
+        Err(Error::Tls(m)) => assert!(!m.contains("ca-cert.pem"), "{m}"),
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
+    // The server saw the client's TLS hello.
+    h.join().unwrap().unwrap();
+}
