@@ -49,6 +49,7 @@ pub struct Client {
     structured: bool,
     contexts: Vec<MetaContext>,
     max_payload: u32,
+    request_size: u32,
     next_cookie: u64,
     broken: Option<String>,
     closed: bool,
@@ -68,6 +69,11 @@ struct Req {
     offset: u64,
     length: u64,
 }
+
+/// Default size of READ/WRITE requests: big enough to amortise the round trip, small
+/// enough that neither side churns through fresh multi-megabyte buffers (measured against
+/// qemu-nbd: 4 and 32 MiB requests cost the server about twice the CPU of 1-2 MiB ones).
+pub const DEFAULT_REQUEST_SIZE: u32 = 2 * 1024 * 1024;
 
 fn bad(msg: String) -> Error {
     Error::Protocol(msg)
@@ -193,6 +199,7 @@ impl Client {
             structured,
             contexts,
             max_payload: max.max(min),
+            request_size: DEFAULT_REQUEST_SIZE.min(max.max(min)),
             next_cookie: 1,
             broken: None,
             closed: false,
@@ -233,7 +240,11 @@ impl Client {
             let wanted: Vec<&str> = options.meta_contexts.iter().map(|s| s.as_str()).collect();
             hs.set_meta_contexts(&options.export, &wanted)?;
         }
-        hs.go(&options.export)
+        let mut client = hs.go(&options.export)?;
+        if let Some(n) = options.request_size {
+            client.set_request_size(n);
+        }
+        Ok(client)
     }
 
     /// The export's size, flags and block sizes.
@@ -260,6 +271,22 @@ impl Client {
     /// capped at 32 MiB. Longer reads and writes are split.
     pub fn max_payload(&self) -> u32 {
         self.max_payload
+    }
+
+    /// The size of the READ and WRITE requests longer transfers are split into (default
+    /// 2 MiB, never above [`max_payload`](Self::max_payload)).
+    pub fn request_size(&self) -> u32 {
+        self.request_size
+    }
+
+    /// Sets the request size: clamped to the export's minimum and
+    /// [`max_payload`](Self::max_payload) and rounded down to a multiple of the minimum
+    /// block size. Returns the size in force.
+    pub fn set_request_size(&mut self, bytes: u32) -> u32 {
+        let min = self.info.block_size.minimum.max(1);
+        let n = bytes.clamp(min, self.max_payload);
+        self.request_size = n - n % min;
+        self.request_size
     }
 
     fn usable(&self) -> Result<()> {
@@ -549,11 +576,12 @@ impl Client {
     }
 
     /// Reads `buf.len()` bytes at `offset`. Split into requests of at most
-    /// [`max_payload`](Self::max_payload); holes are zero-filled.
+    /// [`request_size`](Self::request_size); holes are zero-filled. `offset` and the length
+    /// should be multiples of the export's minimum block size.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.usable()?;
         self.check_range(CMD_READ, offset, buf.len() as u64)?;
-        let max = self.max_payload as usize;
+        let max = self.request_size as usize;
         let mut done = 0usize;
         while done < buf.len() {
             let n = (buf.len() - done).min(max);
@@ -673,7 +701,7 @@ impl Client {
         }
     }
 
-    /// Writes `data` at `offset` (split into [`max_payload`](Self::max_payload) requests);
+    /// Writes `data` at `offset` (split into [`request_size`](Self::request_size) requests);
     /// `fua` asks for each request to be durable before its reply.
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         self.usable()?;
@@ -683,8 +711,9 @@ impl Client {
         }
         self.check_range(CMD_WRITE, offset, data.len() as u64)?;
         let flags = if fua { CMD_FLAG_FUA } else { 0 };
-        for (i, part) in data.chunks(self.max_payload as usize).enumerate() {
-            let off = offset + (i as u64) * self.max_payload as u64;
+        let step = self.request_size as usize;
+        for (i, part) in data.chunks(step).enumerate() {
+            let off = offset + (i * step) as u64;
             let r = self
                 .send(flags, CMD_WRITE, off, part.len() as u32, part)
                 .and_then(|req| self.finish_plain(&req));

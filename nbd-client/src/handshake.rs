@@ -83,6 +83,9 @@ pub struct ConnectOptions {
     /// Upgrade to TLS with `NBD_OPT_STARTTLS` before anything else; a server that refuses
     /// fails the connection (no fallback to plain text).
     pub tls: Option<TlsConfig>,
+    /// Size of the READ/WRITE requests longer transfers are split into (see
+    /// [`Client::set_request_size`]); `None` keeps the default of 2 MiB.
+    pub request_size: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -94,6 +97,7 @@ impl ConnectOptions {
             structured_replies: true,
             timeout: Some(Duration::from_secs(60)),
             tls: None,
+            request_size: None,
         }
     }
 

@@ -15,8 +15,8 @@
 //!   (requesting `NBD_INFO_BLOCK_SIZE`, `NBD_INFO_NAME`, `NBD_INFO_DESCRIPTION`; falls back to
 //!   `NBD_OPT_EXPORT_NAME` on servers without `NBD_OPT_GO`), `NBD_OPT_ABORT`. Refusals
 //!   (`NBD_REP_ERR_*`) are [`Error::OptionRefused`] with the server's message.
-//! - Transmission ([`Client`]): `READ` (split at the export's maximum block size, capped at
-//!   32 MiB), `WRITE` (optionally FUA), `WRITE_ZEROES` (`NO_HOLE`, `FAST_ZERO`, FUA, each
+//! - Transmission ([`Client`]): `READ` (split into requests of 2 MiB by default, never
+//!   above the export's maximum block size nor 32 MiB), `WRITE` (optionally FUA), `WRITE_ZEROES` (`NO_HOLE`, `FAST_ZERO`, FUA, each
 //!   checked against the transmission flags), `TRIM`, `FLUSH`, `BLOCK_STATUS` over any set of
 //!   contexts (e.g. `base:allocation` and `qemu:dirty-bitmap:NAME` together; contexts may
 //!   answer different lengths, the client iterates until the asked range is covered;
@@ -70,7 +70,7 @@ mod proto;
 mod tls;
 mod transport;
 
-pub use client::{Client, ContextExtents, Extent, ZeroFlags};
+pub use client::{Client, ContextExtents, Extent, ZeroFlags, DEFAULT_REQUEST_SIZE};
 pub use error::{errno_name, Error, OptionErrorKind, Result};
 pub use handshake::{BlockSize, ConnectOptions, ExportEntry, ExportInfo, Handshake, MetaContext};
 pub use proto::{

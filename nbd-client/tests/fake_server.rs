@@ -616,17 +616,37 @@ fn reads_are_split_at_the_maximum_block_size() {
     });
     let mut c = Client::connect_transport(Box::new(c), &opts()).unwrap();
     assert_eq!(c.max_payload(), 64 * 1024);
+    assert_eq!(
+        c.request_size(),
+        64 * 1024,
+        "the default 2 MiB is capped at the maximum"
+    );
+    let pattern = |buf: &[u8]| {
+        buf.iter()
+            .enumerate()
+            .all(|(i, b)| *b == ((10 + i as u64) % 253) as u8)
+    };
     let mut buf = vec![0u8; 200 * 1024];
     c.read(10, &mut buf).unwrap();
-    assert!(buf
-        .iter()
-        .enumerate()
-        .all(|(i, b)| *b == ((10 + i as u64) % 253) as u8));
+    assert!(pattern(&buf));
+    // A smaller request size splits further.
+    assert_eq!(c.set_request_size(40000), 40000);
+    buf.fill(0);
+    c.read(10, &mut buf[..100_000]).unwrap();
+    assert!(pattern(&buf[..100_000]));
     c.disconnect().unwrap();
     let seen = h.join().unwrap().unwrap();
     assert_eq!(
         seen,
-        [(10, 65536), (65546, 65536), (131082, 65536), (196618, 8192)]
+        [
+            (10, 65536),
+            (65546, 65536),
+            (131082, 65536),
+            (196618, 8192),
+            (10, 40000),
+            (40010, 40000),
+            (80010, 20000)
+        ]
     );
 }
 

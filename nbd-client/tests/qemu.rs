@@ -236,8 +236,14 @@ fn read_and_block_status_over_unix_socket() {
         check_bytes(&buf[..n], off);
         off += n as u64;
     }
-    // One read larger than the 32 MiB maximum: split in two requests.
+    // One read larger than the 32 MiB maximum: split in 2 MiB requests by default, and at
+    // the 32 MiB maximum when asked for more.
+    assert_eq!(c.request_size(), 2 * MIB as u32);
     let mut big = vec![0xeeu8; (40 * MIB) as usize];
+    c.read(3 * MIB + 512, &mut big).unwrap();
+    check_bytes(&big, 3 * MIB + 512);
+    assert_eq!(c.set_request_size(u32::MAX), 32 * MIB as u32);
+    big.fill(0xee);
     c.read(3 * MIB + 512, &mut big).unwrap();
     check_bytes(&big, 3 * MIB + 512);
     drop(big);
