@@ -598,7 +598,9 @@ impl Client {
             return match self.read_header(&req)? {
                 Header::Simple { error: 0 } => self.conn.read_exact(buf, &Self::during(&req)),
                 Header::Simple { error } => Err(Self::simple_error(&req, error)),
-                Header::Chunk { .. } => unreachable!("rejected by read_header"),
+                Header::Chunk { .. } => Err(bad(
+                    "structured reply chunk although structured replies were not negotiated".into(),
+                )),
             };
         }
         let len = buf.len() as u64;
