@@ -442,7 +442,9 @@ impl Handshake {
     /// one was granted ([`Error::MetaContextNotGranted`] names the first missing one).
     /// Returns all granted contexts: the requested ones in the order asked for, then any
     /// extra ones a wildcard query selected.
-    /// Replaces any earlier selection. Needs structured replies.
+    /// Replaces any earlier selection. Needs structured replies. Give exact names: what a
+    /// wildcard query (`qemu:dirty-bitmap:`) selects is up to the server (QEMU selects
+    /// nothing), so find names with [`list_meta_contexts`](Self::list_meta_contexts) first.
     pub fn set_meta_contexts(
         &mut self,
         export: &str,

@@ -785,3 +785,84 @@ fn tls_over_tcp_with_qemu_x509_credentials() {
         other => panic!("expected a TLS error, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn two_bitmaps_of_successive_epochs_at_once() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("epochs.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("16M"));
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("tv-1"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x44 1M 64k"])
+        .arg(&img));
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("tv-2"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x55 3M 128k"])
+        .arg(&img));
+    let (_q, addr) = serve_unix(
+        dir.path(),
+        &img,
+        &["--read-only", "--bitmap=tv-1", "--bitmap=tv-2"],
+    );
+
+    // Discover the bitmaps, then select them by exact name.
+    let mut hs = Handshake::connect(&addr, Some(Duration::from_secs(30))).unwrap();
+    assert!(hs.structured_replies().unwrap());
+    let mut found = hs.list_meta_contexts("", &["qemu:dirty-bitmap:"]).unwrap();
+    found.sort();
+    assert_eq!(found, ["qemu:dirty-bitmap:tv-1", "qemu:dirty-bitmap:tv-2"]);
+    let mut wanted = vec!["base:allocation"];
+    wanted.extend(found.iter().map(|s| s.as_str()));
+    hs.set_meta_contexts("", &wanted).unwrap();
+    let mut c = hs.go("").unwrap();
+    let st = c.block_status(0, 16 * MIB, false).unwrap();
+    let names: Vec<&str> = st.iter().map(|s| s.context.as_str()).collect();
+    assert_eq!(names, wanted);
+    let tail = |from: u64| 16 * MIB - from;
+    assert_eq!(
+        st[0].extents,
+        [
+            ext(0, MIB, STATE_HOLE | STATE_ZERO),
+            ext(MIB, 64 * KIB, 0),
+            ext(MIB + 64 * KIB, 2 * MIB - 64 * KIB, STATE_HOLE | STATE_ZERO),
+            ext(3 * MIB, 128 * KIB, 0),
+            ext(
+                3 * MIB + 128 * KIB,
+                tail(3 * MIB + 128 * KIB),
+                STATE_HOLE | STATE_ZERO
+            ),
+        ]
+    );
+    // tv-1 saw both writes, tv-2 only the one after it was added.
+    assert_eq!(
+        st[1].extents,
+        [
+            ext(0, MIB, 0),
+            ext(MIB, 64 * KIB, STATE_DIRTY),
+            ext(MIB + 64 * KIB, 2 * MIB - 64 * KIB, 0),
+            ext(3 * MIB, 128 * KIB, STATE_DIRTY),
+            ext(3 * MIB + 128 * KIB, tail(3 * MIB + 128 * KIB), 0),
+        ]
+    );
+    assert_eq!(
+        st[2].extents,
+        [
+            ext(0, 3 * MIB, 0),
+            ext(3 * MIB, 128 * KIB, STATE_DIRTY),
+            ext(3 * MIB + 128 * KIB, tail(3 * MIB + 128 * KIB), 0),
+        ]
+    );
+    c.disconnect().unwrap();
+}
