@@ -1067,6 +1067,13 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_client_can_move_to_another_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<Client>();
+        is_send::<Handshake>();
+    }
+
+    #[test]
     fn coverage_detects_overlap_in_and_out_of_order() {
         let mut c = Coverage::new(200);
         assert!(c.add(0, 10));
