@@ -840,7 +840,15 @@ impl Job<'_> {
         }
         let list = passed
             .iter()
-            .map(|k| format!("{} {} of {} ({})", k.kind, k.image, crate::clock::show(&k.started), k.reason))
+            .map(|k| {
+                format!(
+                    "{} {} of {} ({})",
+                    k.kind,
+                    k.image,
+                    crate::clock::show(&k.started),
+                    k.reason
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         Ok(Some(match base {

@@ -78,9 +78,9 @@ pub fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
     let (clock, offset) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
         (c, FixedOffset::east_opt(0).expect("zero offset"))
     } else {
-        let pos = rest
-            .rfind(['+', '-'])
-            .ok_or_else(|| bad("the time has no zone; add Z for UTC or an offset such as +02:00"))?;
+        let pos = rest.rfind(['+', '-']).ok_or_else(|| {
+            bad("the time has no zone; add Z for UTC or an offset such as +02:00")
+        })?;
         let z = &rest[pos..];
         let sign = if z.starts_with('-') { -1 } else { 1 };
         let hm = &z[1..];
@@ -110,7 +110,12 @@ pub fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
         }
     };
     let (h, m, sec, unit_us): (u32, u32, u32, i64) = match parts.as_slice() {
-        [h, m] if frac.is_none() => (field(h, 23, "hour")?, field(m, 59, "minute")?, 0, 60_000_000),
+        [h, m] if frac.is_none() => (
+            field(h, 23, "hour")?,
+            field(m, 59, "minute")?,
+            0,
+            60_000_000,
+        ),
         [h, m, sec] => (
             field(h, 23, "hour")?,
             field(m, 59, "minute")?,
@@ -158,10 +163,22 @@ mod tests {
         assert_eq!(p("2026-12-03T16:48Z"), "2026-12-03T16:48:59.999999Z");
         assert_eq!(p("2026-12-03T16:48:16Z"), "2026-12-03T16:48:16.999999Z");
         assert_eq!(p("2026-12-03 16:48:16.5Z"), "2026-12-03T16:48:16.599999Z");
-        assert_eq!(p("2026-12-03T16:48:16.520000Z"), "2026-12-03T16:48:16.520000Z");
-        assert_eq!(p("2026-12-03T16:48:16.520000000Z"), "2026-12-03T16:48:16.520000Z");
-        assert_eq!(p("2026-12-03T18:48:16+02:00"), "2026-12-03T16:48:16.999999Z");
-        assert_eq!(p("2026-12-03T11:48:16-05:00"), "2026-12-03T16:48:16.999999Z");
+        assert_eq!(
+            p("2026-12-03T16:48:16.520000Z"),
+            "2026-12-03T16:48:16.520000Z"
+        );
+        assert_eq!(
+            p("2026-12-03T16:48:16.520000000Z"),
+            "2026-12-03T16:48:16.520000Z"
+        );
+        assert_eq!(
+            p("2026-12-03T18:48:16+02:00"),
+            "2026-12-03T16:48:16.999999Z"
+        );
+        assert_eq!(
+            p("2026-12-03T11:48:16-05:00"),
+            "2026-12-03T16:48:16.999999Z"
+        );
         assert_eq!(p("2026-12-03T18:48:16+0200"), "2026-12-03T16:48:16.999999Z");
         // Printed times round-trip exactly.
         let t: DateTime<Utc> = "2026-12-03T16:48:16.520001Z".parse().unwrap();

@@ -1138,7 +1138,11 @@ impl Output {
             None => {
                 // Give the complete file its temporary name (a hard link from the
                 // descriptor), then rename it over the target, which may exist (--force).
-                let name = t.to.file_name().expect("checked").to_string_lossy().into_owned();
+                let name =
+                    t.to.file_name()
+                        .expect("checked")
+                        .to_string_lossy()
+                        .into_owned();
                 let tmp = t
                     .dir
                     .join(format!("{}{}", temp_prefix(&name), std::process::id()));

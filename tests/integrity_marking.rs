@@ -32,7 +32,9 @@ fn chain() -> (Env, Uuid, Disk, Vec<(String, Uuid, std::path::PathBuf)>) {
 
 /// uuid -> the `images --json` entry.
 fn listed(env: &Env, id: Uuid) -> std::collections::HashMap<Uuid, Value> {
-    let v = env.ok(&["--json", "images", "--disk", &id.to_string()]).json();
+    let v = env
+        .ok(&["--json", "images", "--disk", &id.to_string()])
+        .json();
     let mut out = std::collections::HashMap::new();
     for chain in v[0]["chains"].as_array().unwrap() {
         for img in chain["images"].as_array().unwrap() {
@@ -90,14 +92,29 @@ fn corruption_found_by_a_restore_is_marked_on_the_image_and_its_dependents() {
     let d = disk.path.to_str().unwrap().to_string();
     let r = env.run_at(
         Some(&time(10)),
-        &["--json", "backup", "--disk", &d, "--disk-id", &id.to_string(), "--pool", "p"],
+        &[
+            "--json",
+            "backup",
+            "--disk",
+            &d,
+            "--disk-id",
+            &id.to_string(),
+            "--pool",
+            "p",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let img = &r.json()["images"][0];
     assert_eq!(img["kind"], "full", "{img}");
-    let note = img["base_note"].as_str().unwrap_or_else(|| panic!("no base_note: {img}"));
+    let note = img["base_note"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no base_note: {img}"));
     assert!(note.contains(&points[3].1.to_string()), "{note}");
-    assert!(r.stderr.contains(note), "the note is on stderr too: {}", r.stderr);
+    assert!(
+        r.stderr.contains(note),
+        "the note is on stderr too: {}",
+        r.stderr
+    );
     // And that new point restores.
     let out = env.path("new.img");
     let r = env.restore(id, &[], &out);
@@ -154,7 +171,11 @@ fn at_skips_points_that_cannot_be_restored_and_says_which() {
     }
 
     // `--image` of a damaged point still fails with exit 3 naming it.
-    let r = env.restore(id, &["--image", &points[3].1.to_string()], &env.path("x.img"));
+    let r = env.restore(
+        id,
+        &["--image", &points[3].1.to_string()],
+        &env.path("x.img"),
+    );
     assert_eq!(r.code, 3, "{}", r.stderr);
 
     // The next backup builds on the first incremental and says what it passed over.
@@ -162,13 +183,27 @@ fn at_skips_points_that_cannot_be_restored_and_says_which() {
     let d = disk.path.to_str().unwrap().to_string();
     let r = env.run_at(
         Some(&time(10)),
-        &["--json", "backup", "--disk", &d, "--disk-id", &id.to_string(), "--pool", "p"],
+        &[
+            "--json",
+            "backup",
+            "--disk",
+            &d,
+            "--disk-id",
+            &id.to_string(),
+            "--pool",
+            "p",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let img = &r.json()["images"][0];
     assert_eq!(img["kind"], "incremental", "{img}");
-    assert_eq!(img["parent"].as_str(), Some(points[1].1.to_string().as_str()));
-    let note = img["base_note"].as_str().unwrap_or_else(|| panic!("no base_note: {img}"));
+    assert_eq!(
+        img["parent"].as_str(),
+        Some(points[1].1.to_string().as_str())
+    );
+    let note = img["base_note"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no base_note: {img}"));
     assert!(
         note.contains(&bad.to_string()) && note.contains(&points[3].1.to_string()),
         "{note}"

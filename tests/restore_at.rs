@@ -85,7 +85,10 @@ fn every_printed_time_selects_exactly_its_image() {
     // Each printed time, pasted back, restores exactly that image, bit-identical.
     for (n, (taken, img, copy)) in points.iter().enumerate() {
         let printed = &json_times[img];
-        assert_eq!(printed, taken, "the catalog keeps the time to the microsecond");
+        assert_eq!(
+            printed, taken,
+            "the catalog keeps the time to the microsecond"
+        );
         let out = env.path(&format!("out{n}.img"));
         let got = restored_image(&env, id, printed, None, &out);
         assert_eq!(got, *img, "--at {printed} restored {got}, not {img}");
@@ -96,7 +99,10 @@ fn every_printed_time_selects_exactly_its_image() {
     let out = env.path("report.img");
     let r = env.restore(id, &["--at", &json_times[&points[1].1]], &out);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.json()["at"].as_str(), Some(json_times[&points[1].1].as_str()));
+    assert_eq!(
+        r.json()["at"].as_str(),
+        Some(json_times[&points[1].1].as_str())
+    );
 }
 
 #[test]
@@ -131,10 +137,19 @@ fn at_counts_to_the_precision_given() {
     // Before the first image: nothing to restore, saying so with the time.
     let r = env.restore(id, &["--at", "2026-12-03T16:48:14Z"], &env.path("none.img"));
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("2026-12-03T16:48:14.999999Z"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("2026-12-03T16:48:14.999999Z"),
+        "{}",
+        r.stderr
+    );
 
     // A time without a zone, or otherwise malformed: exit 2 naming the value.
-    for bad in ["2026-12-03T16:48:16", "yesterday", "2026-02-30", "2026-12-03T16:48:16.1234567Z"] {
+    for bad in [
+        "2026-12-03T16:48:16",
+        "yesterday",
+        "2026-02-30",
+        "2026-12-03T16:48:16.1234567Z",
+    ] {
         let r = env.restore(id, &["--at", bad], &env.path("bad.img"));
         assert_eq!(r.code, 2, "--at {bad}: {}", r.stderr);
         assert!(r.stderr.contains(bad), "--at {bad}: {}", r.stderr);

@@ -418,9 +418,9 @@ impl Catalog {
             Err(CatalogError::BrokenChain { broken, reason, .. }) if broken == img.uuid => {
                 Ok(Some(reason))
             }
-            Err(CatalogError::BrokenChain { broken, reason, .. }) => {
-                Ok(Some(format!("its chain is broken at image {broken}: {reason}")))
-            }
+            Err(CatalogError::BrokenChain { broken, reason, .. }) => Ok(Some(format!(
+                "its chain is broken at image {broken}: {reason}"
+            ))),
             Err(e) => Err(e),
         }
     }

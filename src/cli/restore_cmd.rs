@@ -166,7 +166,9 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             // Damage found on the way is remembered: the image and every image built
             // on it are marked corrupt, so the next restore and backup pass them over.
             let marked = restore::record_damage(&cat, &prepared, &e).unwrap_or_else(|me| {
-                eprintln!("tapevault: warning: could not mark the damaged image in the catalog: {me}");
+                eprintln!(
+                    "tapevault: warning: could not mark the damaged image in the catalog: {me}"
+                );
                 Vec::new()
             });
             if let Some((first, rest)) = marked.split_first() {
