@@ -845,7 +845,7 @@ impl Job<'_> {
                     "{} {} of {} ({})",
                     k.kind,
                     k.image,
-                    crate::clock::show(&k.started),
+                    crate::timefmt::show(&k.started),
                     k.reason
                 )
             })
@@ -855,7 +855,7 @@ impl Job<'_> {
             Some(b) => format!(
                 "the newest restorable image is {} of {}: it is the base, passing over {} newer image(s) that cannot be restored: {list}",
                 b.uuid,
-                crate::clock::show(&b.started),
+                crate::timefmt::show(&b.started),
                 passed.len()
             ),
             None => format!(

@@ -19,4 +19,5 @@ pub mod restore;
 pub mod scan;
 pub mod scsi;
 pub mod source;
+pub mod timefmt;
 pub mod verify;

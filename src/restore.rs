@@ -916,7 +916,7 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
 pub struct ImageUse {
     pub image: Uuid,
     pub kind: ImageKind,
-    #[serde(serialize_with = "crate::clock::serde_show::time")]
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub started: chrono::DateTime<chrono::Utc>,
     /// Data bytes this image supplied to the output.
     pub data_bytes: u64,
@@ -931,7 +931,7 @@ pub struct RestoreReport {
     pub disk: Uuid,
     pub image: Uuid,
     /// The restored image's time, as `images` prints it.
-    #[serde(serialize_with = "crate::clock::serde_show::time")]
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub at: chrono::DateTime<chrono::Utc>,
     pub to: PathBuf,
     pub disk_size: u64,
@@ -1320,7 +1320,7 @@ pub fn run(
                     "image {} ({}, {}): {} written from {} records{}",
                     img.uuid,
                     img.kind,
-                    crate::clock::show(&img.started),
+                    crate::timefmt::show(&img.started),
                     crate::cli::human_bytes(supplied),
                     read.records_read,
                     if read.digest_checked {

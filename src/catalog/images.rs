@@ -466,7 +466,7 @@ impl Catalog {
             }
         }
         let when = match at {
-            At::Time(t) => format!("at or before {}", crate::clock::show(&t)),
+            At::Time(t) => format!("at or before {}", crate::timefmt::show(&t)),
             _ => "yet".into(),
         };
         match skipped.first() {
@@ -478,7 +478,7 @@ impl Catalog {
                     "no image of disk {disk} {when} can be restored ({} image(s) considered; the newest, {} of {}, {})",
                     skipped.len(),
                     newest.image,
-                    crate::clock::show(&newest.started),
+                    crate::timefmt::show(&newest.started),
                     newest.reason
                 ),
             }),
@@ -745,7 +745,7 @@ impl Catalog {
                     .ok_or_else(|| CatalogError::NoImage {
                         disk,
                         at: match at {
-                            At::Time(t) => format!("at or before {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                            At::Time(t) => format!("at or before {}", crate::timefmt::show(&t)),
                             _ => "yet".into(),
                         },
                     })?

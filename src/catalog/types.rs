@@ -316,7 +316,7 @@ pub struct SnapshotLocation {
 pub struct Skipped {
     pub image: Uuid,
     pub kind: ImageKind,
-    #[serde(serialize_with = "crate::clock::serde_show::time")]
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub started: DateTime<Utc>,
     pub status: ImageStatus,
     pub reason: String,

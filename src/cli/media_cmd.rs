@@ -68,7 +68,7 @@ pub enum MediaCommand {
         disk: Uuid,
         /// The newest restorable image at or before this time (as `restore --at`:
         /// `now`, a date, or a time with a zone, counted to the precision given).
-        #[arg(long, conflicts_with = "image", value_parser = crate::clock::parse_at)]
+        #[arg(long, conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
         at: Option<DateTime<Utc>>,
         #[arg(long, value_name = "UUID")]
         image: Option<Uuid>,
@@ -185,7 +185,7 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
                         i.kind,
                         i.uuid,
                         i.disk_uuid,
-                        crate::clock::show(&i.started),
+                        crate::timefmt::show(&i.started),
                         i.status
                     ));
                 }

@@ -51,7 +51,7 @@ pub struct RestoreArgs {
     /// (2026-12-03: its end, UTC), or a time with a zone (2026-12-03T16:48:16Z,
     /// 2026-12-03T18:48:16+02:00, or exactly as `images` prints it). A time counts to
     /// the precision given: 16:48:16Z includes everything within that second.
-    #[arg(long, value_name = "TIME", conflicts_with = "image", value_parser = crate::clock::parse_at)]
+    #[arg(long, value_name = "TIME", conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
     pub at: Option<DateTime<Utc>>,
     /// Restore exactly this image (and the chain it needs).
     #[arg(long, value_name = "UUID")]
@@ -155,7 +155,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             "tapevault: note: passed over {} image {} of {} ({}): {}",
             sk.kind,
             sk.image,
-            crate::clock::show(&sk.started),
+            crate::timefmt::show(&sk.started),
             sk.status,
             sk.reason
         );
@@ -228,7 +228,7 @@ fn restore_prepared(
         a.disk,
         target.uuid,
         target.kind,
-        crate::clock::show(&target.started),
+        crate::timefmt::show(&target.started),
         target.disk_size,
         prepared.order.len(),
         a.to.display()
@@ -266,7 +266,7 @@ fn restore_prepared(
             "restored disk {} as of image {} of {} to {}: {} ({} data written, {} zero), {} image(s) read, {} with a full content-digest check{passed}",
             report.disk,
             report.image,
-            crate::clock::show(&report.at),
+            crate::timefmt::show(&report.at),
             report.to.display(),
             human_bytes(report.disk_size),
             human_bytes(report.bytes_written),
@@ -286,9 +286,9 @@ struct ImageEntry {
     kind: ImageKind,
     parent: Option<Uuid>,
     /// The image's point in time; given back to `restore --at` it selects this image.
-    #[serde(serialize_with = "crate::clock::serde_show::time")]
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     started: DateTime<Utc>,
-    #[serde(serialize_with = "crate::clock::serde_show::opt")]
+    #[serde(serialize_with = "crate::timefmt::serde_show::opt")]
     finished: Option<DateTime<Utc>>,
     status: ImageStatus,
     /// Whether the image and its whole chain can be restored.
@@ -456,7 +456,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                     };
                     s.push_str(&format!(
                         "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}\n",
-                        crate::clock::show(&e.started),
+                        crate::timefmt::show(&e.started),
                         e.kind.as_str(),
                         e.uuid,
                         human_bytes(e.data_bytes),
