@@ -107,6 +107,9 @@ pub struct DiskReport {
     pub parent: Option<Uuid>,
     /// Why this kind was chosen when it is not what a user might expect.
     pub reason: Option<String>,
+    /// When newer images of the disk cannot be restored (corrupt, failed, or built on
+    /// one that is): which were passed over as the base, and why.
+    pub base_note: Option<String>,
     pub disk_size: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
@@ -826,6 +829,46 @@ impl Job<'_> {
         ))
     }
 
+    /// Say which newer images an automatic backup passed over as its base (they cannot
+    /// be restored), so building on an older point is never silent.
+    fn base_note(&self, d: &DiskSpec, mode: Mode) -> Result<Option<String>> {
+        if mode != Mode::Auto {
+            return Ok(None);
+        }
+        let cat = self.tape.cat;
+        let base = cat.newest_good_image(d.id)?;
+        let base = base.as_ref();
+        let passed = cat.unrestorable_newer(d.id, base)?;
+        if passed.is_empty() {
+            return Ok(None);
+        }
+        let list = passed
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {} of {} ({})",
+                    k.kind,
+                    k.image,
+                    crate::timefmt::show(&k.started),
+                    k.reason
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(Some(match base {
+            Some(b) => format!(
+                "the newest restorable image is {} of {}: it is the base, passing over {} newer image(s) that cannot be restored: {list}",
+                b.uuid,
+                crate::timefmt::show(&b.started),
+                passed.len()
+            ),
+            None => format!(
+                "no image of this disk can be restored, so none is a base: passed over {} image(s): {list}",
+                passed.len()
+            ),
+        }))
+    }
+
     fn backup_disk(
         &mut self,
         d: &DiskSpec,
@@ -838,6 +881,10 @@ impl Job<'_> {
             .map_err(|e| Error::Failed(format!("disk {} ({}): {e}", d.id, d.path.display())))?;
         let size = disk.size();
         let (mut plan, changed) = self.decide(d, size, req.mode, report_line)?;
+        let base_note = self.base_note(d, req.mode)?;
+        if let Some(n) = &base_note {
+            report_line(&format!("disk {}: {n}", d.id));
+        }
         let image_uuid = Uuid::new_v4();
         std::fs::create_dir_all(self.home.digests_dir())?;
         let new_list = digest_list_path(self.home, image_uuid);
@@ -948,6 +995,7 @@ impl Job<'_> {
                     method,
                     parent,
                     reason,
+                    base_note,
                     disk_size: size,
                     data_bytes: p.data_bytes,
                     zero_bytes: p.zero_bytes,

@@ -130,7 +130,11 @@ impl From<crate::crypto::CryptoError> for Error {
     fn from(e: crate::crypto::CryptoError) -> Self {
         use crate::crypto::CryptoError as C;
         match e {
-            C::WrongPassphrase { .. } | C::KeyMissing { .. } => Error::Key(e.to_string()),
+            // A damaged key file (in the keystore, a label's escrow or an import) is a
+            // key that cannot be used: exit 5 like a missing one.
+            C::WrongPassphrase { .. } | C::KeyMissing { .. } | C::Corrupt { .. } => {
+                Error::Key(e.to_string())
+            }
             _ => Error::Failed(e.to_string()),
         }
     }

@@ -13,4 +13,5 @@ pub mod progress;
 pub mod restore;
 pub mod scan;
 pub mod source;
+pub mod timefmt;
 pub mod verify;

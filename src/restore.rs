@@ -31,7 +31,7 @@ use tape_formats::{
 };
 use uuid::Uuid;
 
-use crate::catalog::{At, Catalog, ImageKind, ImageRow, Segment};
+use crate::catalog::{At, Catalog, ImageKind, ImageRow, Segment, Skipped};
 use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Context, Error, Result};
@@ -792,11 +792,22 @@ pub struct Prepared {
     /// Chain indices in reading (media) order; images supplying nothing are left out.
     pub order: Vec<usize>,
     pub pull_list: Vec<PullItem>,
+    /// Newer images at or before the point asked for that cannot be restored, newest
+    /// first, with why (empty for `--image`).
+    pub skipped: Vec<Skipped>,
+    /// Set by [`run`] when an image failed its integrity checks: the image to mark.
+    damaged: std::cell::Cell<Option<Uuid>>,
 }
 
 impl Prepared {
     pub fn target(&self) -> &ImageRow {
         self.chain.last().expect("a chain is never empty")
+    }
+
+    /// After [`run`] failed: the chain image whose records failed their integrity
+    /// checks (to be marked with [`record_damage`]), if that was the failure.
+    pub fn damaged_image(&self) -> Option<Uuid> {
+        self.damaged.get()
     }
 
     /// Hex fingerprints of the keys the images to read need.
@@ -821,7 +832,7 @@ impl Prepared {
 /// Resolve the chain, plan it, and build the pull list. Refreshes the catalog's view
 /// of the library so the pull list says where each cartridge is.
 pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> Result<Prepared> {
-    let chain = cat.restore_chain(disk, at)?;
+    let (chain, skipped) = cat.restore_point(disk, at)?;
     let target_size = chain.last().expect("never empty").disk_size;
     let mut covered = Vec::with_capacity(chain.len());
     let mut segments = Vec::with_capacity(chain.len());
@@ -860,6 +871,8 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
         segments,
         order: Vec::new(),
         pull_list: Vec::new(),
+        skipped,
+        damaged: std::cell::Cell::new(None),
     };
     // Media order: cartridges ranked by first use in chain order, then by block.
     let mut rank: HashMap<String, usize> = HashMap::new();
@@ -905,6 +918,7 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
 pub struct ImageUse {
     pub image: Uuid,
     pub kind: ImageKind,
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub started: chrono::DateTime<chrono::Utc>,
     /// Data bytes this image supplied to the output.
     pub data_bytes: u64,
@@ -918,6 +932,8 @@ pub struct ImageUse {
 pub struct RestoreReport {
     pub disk: Uuid,
     pub image: Uuid,
+    /// The restored image's time, as `images` prints it.
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub at: chrono::DateTime<chrono::Utc>,
     pub to: PathBuf,
     pub disk_size: u64,
@@ -926,6 +942,9 @@ pub struct RestoreReport {
     pub zero_bytes: u64,
     pub pull_list: Vec<PullItem>,
     pub images: Vec<ImageUse>,
+    /// Newer images at or before the point asked for that were passed over because
+    /// they cannot be restored (newest first), each with why.
+    pub skipped: Vec<Skipped>,
 }
 
 /// Check a restore target before anything else happens: a block device (returns
@@ -967,12 +986,81 @@ pub fn check_target(to: &Path, force: bool) -> Result<bool> {
     }
 }
 
-/// The output: a new sparse file written under a temporary name, or a block device.
+/// Mark the image a failed restore found damaged (see [`Prepared::damaged_image`])
+/// corrupt, with every image built on it, so the next restore and the next backup pass
+/// it over. Returns the images marked, the damaged one first; empty when the failure
+/// was not an integrity failure of one image.
+pub fn record_damage(cat: &Catalog, p: &Prepared, err: &Error) -> Result<Vec<Uuid>> {
+    let Some(image) = p.damaged_image() else {
+        return Ok(Vec::new());
+    };
+    let mut marked = vec![image];
+    marked.extend(cat.mark_corrupt(image, &format!("restore: {err}"))?);
+    Ok(marked)
+}
+
+/// The output: a new sparse file, or a block device. A new file has no name until it
+/// is complete where the filesystem allows (`O_TMPFILE`), so a killed restore leaves
+/// nothing behind; elsewhere it is written under a temporary name with the writer's
+/// pid, which the next restore into the same directory removes once that pid is gone.
 struct Output {
     file: File,
-    /// (temporary path, final path) for a regular file.
-    rename: Option<(PathBuf, PathBuf)>,
+    /// Where a regular file goes when complete.
+    target: Option<NewFile>,
     device: bool,
+}
+
+struct NewFile {
+    dir: PathBuf,
+    to: PathBuf,
+    /// The temporary name the data is written under; `None` while it has no name.
+    named: Option<PathBuf>,
+}
+
+/// Prefix of the temporary names of restores into `name` (the pid follows).
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.tapevault-restore.")
+}
+
+/// Remove temporary files of earlier restores into `name` whose writer is gone.
+fn sweep_stale_temps(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let fname = entry.file_name();
+        let Some(pid) = fname
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid > 0
+            && !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A file in `dir` with no name (`O_TMPFILE`), when the filesystem supports it and
+/// `/proc/self/fd` is there to give it a name later.
+fn unnamed_file(dir: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o666)
+        .open(dir)
+        .ok()
 }
 
 impl Output {
@@ -993,7 +1081,7 @@ impl Output {
             }
             return Ok(Output {
                 file,
-                rename: None,
+                target: None,
                 device: true,
             });
         }
@@ -1006,20 +1094,32 @@ impl Output {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = dir.join(format!(".{name}.tapevault-restore.{}", std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        sweep_stale_temps(&dir, &name);
+        let tmp = dir.join(format!("{}{}", temp_prefix(&name), std::process::id()));
+        let (file, named) = match unnamed_file(&dir) {
+            Some(f) => (f, None),
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                (f, Some(tmp.clone()))
+            }
+        };
         let out = Output {
             file,
-            rename: Some((tmp.clone(), to.to_path_buf())),
+            target: Some(NewFile {
+                dir,
+                to: to.to_path_buf(),
+                named,
+            }),
             device: false,
         };
         out.file
             .set_len(size)
-            .with_context(|| format!("sizing {} to {size} bytes", tmp.display()))?;
+            .with_context(|| format!("sizing a new file for {} to {size} bytes", to.display()))?;
         Ok(out)
     }
 
@@ -1030,18 +1130,47 @@ impl Output {
     }
 
     fn commit(mut self) -> Result<()> {
+        use std::os::fd::AsRawFd;
         self.file.sync_all().context("flushing the restored disk")?;
-        if let Some((tmp, to)) = self.rename.take() {
-            std::fs::rename(&tmp, &to)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
-            let dir = match to.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            if let Ok(d) = File::open(&dir) {
-                let _ = d.sync_all();
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
+        let tmp = match &t.named {
+            Some(tmp) => tmp.clone(),
+            None => {
+                // Give the complete file its temporary name (a hard link from the
+                // descriptor), then rename it over the target, which may exist (--force).
+                let name =
+                    t.to.file_name()
+                        .expect("checked")
+                        .to_string_lossy()
+                        .into_owned();
+                let tmp = t
+                    .dir
+                    .join(format!("{}{}", temp_prefix(&name), std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    &fd_path,
+                    None,
+                    &tmp,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| {
+                    Error::Failed(format!("naming the restored disk {}: {e}", tmp.display()))
+                })?;
+                t.named = Some(tmp.clone());
+                tmp
             }
+        };
+        std::fs::rename(&tmp, &t.to)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), t.to.display()))?;
+        t.named = None;
+        if let Ok(d) = File::open(&t.dir) {
+            let _ = d.sync_all();
         }
+        self.target = None;
         Ok(())
     }
 }
@@ -1049,7 +1178,7 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         // Not committed: never leave a plausible-looking partial file.
-        if let Some((tmp, _)) = self.rename.take() {
+        if let Some(tmp) = self.target.take().and_then(|t| t.named) {
             let _ = std::fs::remove_file(tmp);
         }
     }
@@ -1174,8 +1303,14 @@ pub fn run(
                     &p.segments[i],
                     &|s| p.needed(i, s),
                     &mut on_data,
-                )?;
+                )
+                .inspect_err(|e| {
+                    if e.exit_code() == crate::error::ExitCode::Integrity {
+                        p.damaged.set(Some(img.uuid));
+                    }
+                })?;
                 if supplied != plan.data.total_bytes() {
+                    p.damaged.set(Some(img.uuid));
                     return Err(Error::Integrity(format!(
                             "image {} supplied {supplied} of the {} data bytes the catalog says it holds for this restore: records are missing",
                             img.uuid,
@@ -1187,8 +1322,7 @@ pub fn run(
                     "image {} ({}, {}): {} written from {} records{}",
                     img.uuid,
                     img.kind,
-                    img.started
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    crate::timefmt::show(&img.started),
                     crate::cli::human_bytes(supplied),
                     read.records_read,
                     if read.digest_checked {
@@ -1239,6 +1373,7 @@ pub fn run(
         zero_bytes: zero_total,
         pull_list: p.pull_list.clone(),
         images: uses.into_iter().flatten().collect(),
+        skipped: p.skipped.clone(),
     })
 }
 

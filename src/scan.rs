@@ -858,6 +858,18 @@ fn merge_collected(
         }
         rep.images_scanned.push(found);
     }
+    // Damage a scan found marks the images built on the damaged one too (whichever
+    // order they were merged in), so none of them is restored from or built on.
+    for found in &rep.images_scanned {
+        if found.status == ImageStatus::Corrupt {
+            if let Some(img) = cat.image(found.image)? {
+                if img.status == ImageStatus::Corrupt {
+                    let note = img.note.unwrap_or_else(|| "damaged on tape".into());
+                    cat.mark_corrupt(found.image, &note)?;
+                }
+            }
+        }
+    }
     for s in &col.snapshots {
         if cat.media(&s.barcode)?.is_some() {
             cat.record_snapshot(s)?;

@@ -81,8 +81,22 @@ fn restore_before_corrupt_incremental_still_works() {
     let i1 = incr(&c, disk, f0, 1);
     let i2 = incr(&c, disk, i1, 2);
     let i3 = incr(&c, disk, i2, 3);
-    c.mark_corrupt(i2, "record 5 failed authentication")
-        .unwrap();
+    // Marking an image corrupt marks every complete image built on it too.
+    assert_eq!(
+        c.mark_corrupt(i2, "record 5 failed authentication")
+            .unwrap(),
+        vec![i3]
+    );
+    let i3row = c.image(i3).unwrap().unwrap();
+    assert_eq!(i3row.status, ImageStatus::Corrupt);
+    assert!(
+        i3row
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains(&i2.to_string()) && n.contains("record 5")),
+        "{:?}",
+        i3row.note
+    );
     assert_eq!(
         uuids(&c.restore_chain(disk, At::Time(t(1))).unwrap()),
         vec![f0, i1]
@@ -92,15 +106,29 @@ fn restore_before_corrupt_incremental_still_works() {
         uuids(&c.restore_chain(disk, At::Time(t(2))).unwrap()),
         vec![f0, i1]
     );
-    // After it, the chain runs through the corrupt image: an error naming it.
-    assert_eq!(broken_at(c.restore_chain(disk, At::Latest)), i2);
-    assert_eq!(broken_at(c.restore_chain(disk, At::Image(i3))), i2);
+    // The newest complete image is i1 now; the corrupt ones name why.
+    assert_eq!(
+        uuids(&c.restore_chain(disk, At::Latest).unwrap()),
+        vec![f0, i1]
+    );
+    assert_eq!(broken_at(c.restore_chain(disk, At::Image(i3))), i3);
     assert_eq!(broken_at(c.restore_chain(disk, At::Image(i2))), i2);
-    let msg = c.restore_chain(disk, At::Latest).unwrap_err().to_string();
+    let msg = c
+        .restore_chain(disk, At::Image(i2))
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains(&i2.to_string()) && msg.contains("record 5"),
         "{msg}"
     );
+    // The restore point at the newest time passes both over, newest first, with why.
+    let (chain, skipped) = c.restore_point(disk, At::Time(t(3))).unwrap();
+    assert_eq!(uuids(&chain), vec![f0, i1]);
+    assert_eq!(
+        skipped.iter().map(|s| s.image).collect::<Vec<_>>(),
+        vec![i3, i2]
+    );
+    assert!(skipped[1].reason.contains("record 5"), "{:?}", skipped);
     // The next incremental must not build on the broken chain.
     assert_eq!(c.newest_good_image(disk).unwrap().unwrap().uuid, i1);
 }

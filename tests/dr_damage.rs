@@ -132,10 +132,9 @@ fn damaged_record_is_reported_by_position_and_the_rest_recovered() {
     );
     let got = images(&home);
     assert_eq!(got[victim]["image"]["status"], "corrupt");
-    // Every other image is recovered whole.
-    let mut rest = s.orig.clone();
-    rest.remove(victim);
-    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+    // The images built on it are marked with it; every other image is recovered whole.
+    let rest = without_chain_of(&s.orig, victim, &got);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 2);
 }
 
 #[test]
@@ -259,7 +258,50 @@ fn unreadable_block_is_reported_and_the_scan_goes_on() {
     );
     let got = images(&home);
     assert_eq!(got[victim]["image"]["status"], "corrupt");
-    let mut rest = s.orig.clone();
+    let rest = without_chain_of(&s.orig, victim, &got);
+    assert_eq!(assert_same_restore_points(&rest, &got, false), 2);
+}
+
+/// `orig` without `victim` and the images built on it, after checking that the
+/// rebuilt catalog marks those corrupt too, each naming the damaged base.
+fn without_chain_of(
+    orig: &std::collections::BTreeMap<String, serde_json::Value>,
+    victim: &str,
+    got: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut rest = orig.clone();
     rest.remove(victim);
-    assert_eq!(assert_same_restore_points(&rest, &got, false), 3);
+    let mut gone = vec![victim.to_string()];
+    loop {
+        let next: Vec<String> = rest
+            .iter()
+            .filter(|(_, i)| {
+                i["image"]["parent_uuid"]
+                    .as_str()
+                    .is_some_and(|p| gone.iter().any(|g| g == p))
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        for u in next {
+            let b = &got[&u]["image"];
+            assert_eq!(
+                b["status"], "corrupt",
+                "image {u} is built on {victim}: {b}"
+            );
+            assert!(
+                b["note"].as_str().unwrap_or("").contains("its base image"),
+                "{b}"
+            );
+            rest.remove(&u);
+            gone.push(u);
+        }
+    }
+    assert!(
+        gone.len() > 1,
+        "the damaged full has incrementals built on it"
+    );
+    rest
 }

@@ -63,9 +63,18 @@ fn restore_before_corrupt_incremental_still_works() {
     assert!(!out.exists());
     no_leftovers(&env, "damaged.img");
 
-    // A later point needs the damaged image too.
-    let r = env.restore(id, &["--at", &points[3].0], &env.path("later.img"));
-    assert_eq!(r.code, 3, "{}", r.stderr);
+    // The restore remembered the damage: the image and the one built on it are
+    // corrupt now, so a later point restores the newest intact one, naming both.
+    let marked = v["marked_corrupt"].as_array().unwrap();
+    assert_eq!(marked.len(), 2, "{v}");
+    let out = env.path("later.img");
+    let r = env.restore(id, &["--at", &points[3].0], &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["image"].as_str(), Some(points[1].1.to_string().as_str()));
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 2, "{v}");
+    assert!(r.stderr.contains(&bad.to_string()), "{}", r.stderr);
+    assert_same(&points[1].2, &out);
 }
 
 #[test]
@@ -108,13 +117,15 @@ fn verify_marks_a_corrupt_incremental_and_no_backup_builds_on_it() {
         .collect();
     let e = all.iter().find(|e| e["uuid"] == bad.to_string()).unwrap();
     assert_eq!(e["status"], "corrupt");
-    // Latest now fails cleanly (broken chain), an earlier point still works.
+    // Latest now passes over the corrupt image and the one built on it, naming them;
+    // an earlier point still works.
     let r = env.restore(id, &[], &env.path("latest.img"));
-    assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains(&bad.to_string()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.json()["image"].as_str(),
+        Some(points[1].1.to_string().as_str())
+    );
+    assert!(r.stderr.contains(&bad.to_string()), "{}", r.stderr);
     let out = env.path("p1.img");
     assert_eq!(env.restore(id, &["--at", &points[1].0], &out).code, 0);
     assert_same(&points[1].2, &out);

@@ -387,10 +387,29 @@ impl Catalog {
         Ok(())
     }
 
-    /// Verification found damage: the image (and so every incremental built on it) is
-    /// no longer restorable. Allowed from any status.
-    pub fn mark_corrupt(&self, uuid: Uuid, note: &str) -> Result<()> {
-        let n = self.conn().execute(
+    /// A restore, a verify or a media scan found damage: the image is no longer
+    /// restorable, and neither is any image built on it. Marks the image and every
+    /// complete descendant `corrupt` in one transaction (each descendant's note names
+    /// the damaged base), so `images`, restores and the next backup's base selection
+    /// all see it. Allowed from any status. Returns the descendants marked.
+    pub fn mark_corrupt(&self, uuid: Uuid, note: &str) -> Result<Vec<Uuid>> {
+        // A savepoint, not a transaction: callers may already be inside one.
+        self.conn().execute_batch("SAVEPOINT mark_corrupt")?;
+        let r = self.mark_corrupt_inner(uuid, note);
+        match &r {
+            Ok(_) => self.conn().execute_batch("RELEASE mark_corrupt")?,
+            Err(_) => {
+                let _ = self
+                    .conn()
+                    .execute_batch("ROLLBACK TO mark_corrupt; RELEASE mark_corrupt");
+            }
+        }
+        r
+    }
+
+    fn mark_corrupt_inner(&self, uuid: Uuid, note: &str) -> Result<Vec<Uuid>> {
+        let tx = self.conn();
+        let n = tx.execute(
             "UPDATE images SET status='corrupt', note=?2 WHERE uuid=?1",
             params![uuid.to_string(), note],
         )?;
@@ -400,7 +419,125 @@ impl Catalog {
                 key: uuid.to_string(),
             });
         }
-        Ok(())
+        let deps: Vec<Uuid> = self
+            .dependents(uuid)?
+            .into_iter()
+            .filter(|d| d.status == ImageStatus::Complete)
+            .map(|d| d.uuid)
+            .collect();
+        let dep_note = format!("its base image {uuid} is corrupt ({note})");
+        for d in &deps {
+            tx.execute(
+                "UPDATE images SET status='corrupt', note=?2 WHERE uuid=?1 AND status='complete'",
+                params![d.to_string(), dep_note],
+            )?;
+        }
+        Ok(deps)
+    }
+
+    /// Why `img` cannot be restored, or `None` when its whole chain is intact.
+    pub fn unrestorable_reason(&self, img: &ImageRow) -> Result<Option<String>> {
+        match self.chain_of(img.clone()) {
+            Ok(_) => Ok(None),
+            Err(CatalogError::BrokenChain { broken, reason, .. }) if broken == img.uuid => {
+                Ok(Some(reason))
+            }
+            Err(CatalogError::BrokenChain { broken, reason, .. }) => Ok(Some(format!(
+                "its chain is broken at image {broken}: {reason}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest restorable point at or before `at` (`Latest` or `Time`; `Image`
+    /// resolves exactly that image), with every newer image at or before `at` that was
+    /// passed over because it cannot be restored, newest first, each with the reason.
+    /// Images still being written are passed over silently. When no image qualifies:
+    /// `NoImage` if there is none at all at or before `at`, else `BrokenChain` naming
+    /// the newest and why nothing can be restored.
+    pub fn restore_point(&self, disk: Uuid, at: At) -> Result<(Vec<ImageRow>, Vec<Skipped>)> {
+        let before = match at {
+            At::Image(_) => return Ok((self.restore_chain(disk, at)?, Vec::new())),
+            At::Time(t) => Some(ts(&t)),
+            At::Latest => None,
+        };
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
+             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC"
+        ))?;
+        let candidates: Vec<ImageRow> = st
+            .query_map(params![disk.to_string(), before], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut skipped: Vec<Skipped> = Vec::new();
+        for c in candidates {
+            match self.chain_of(c.clone()) {
+                Ok(chain) => return Ok((chain, skipped)),
+                Err(CatalogError::BrokenChain { broken, reason, .. }) => {
+                    let reason = if broken == c.uuid {
+                        reason
+                    } else {
+                        format!("its chain is broken at image {broken}: {reason}")
+                    };
+                    skipped.push(Skipped {
+                        image: c.uuid,
+                        kind: c.kind,
+                        started: c.started,
+                        status: c.status,
+                        reason,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let when = match at {
+            At::Time(t) => format!("at or before {}", crate::timefmt::show(&t)),
+            _ => "yet".into(),
+        };
+        match skipped.first() {
+            None => Err(CatalogError::NoImage { disk, at: when }),
+            Some(newest) => Err(CatalogError::BrokenChain {
+                target: newest.image,
+                broken: newest.image,
+                reason: format!(
+                    "no image of disk {disk} {when} can be restored ({} image(s) considered; the newest, {} of {}, {})",
+                    skipped.len(),
+                    newest.image,
+                    crate::timefmt::show(&newest.started),
+                    newest.reason
+                ),
+            }),
+        }
+    }
+
+    /// Images of `disk` newer than `base` (or all, when there is no base) that a
+    /// backup passed over as its base because they cannot be restored, newest first.
+    /// Copies and images still being written are left out: they are never a base.
+    pub fn unrestorable_newer(&self, disk: Uuid, base: Option<&ImageRow>) -> Result<Vec<Skipped>> {
+        let after = base.map(|b| ts(&b.started));
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
+             AND kind!='copy' AND (?2 IS NULL OR started >= ?2) ORDER BY started DESC, rowid DESC"
+        ))?;
+        let rows: Vec<ImageRow> = st
+            .query_map(params![disk.to_string(), after], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for r in rows {
+            if base.is_some_and(|b| b.uuid == r.uuid) {
+                // Same start time as the base but recorded before it: not newer.
+                break;
+            }
+            if let Some(reason) = self.unrestorable_reason(&r)? {
+                out.push(Skipped {
+                    image: r.uuid,
+                    kind: r.kind,
+                    started: r.started,
+                    status: r.status,
+                    reason,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Crash recovery at startup: every running image and session whose writing
@@ -632,7 +769,7 @@ impl Catalog {
                     .ok_or_else(|| CatalogError::NoImage {
                         disk,
                         at: match at {
-                            At::Time(t) => format!("at or before {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                            At::Time(t) => format!("at or before {}", crate::timefmt::show(&t)),
                             _ => "yet".into(),
                         },
                     })?

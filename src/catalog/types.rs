@@ -311,6 +311,17 @@ pub struct SnapshotLocation {
     pub time: DateTime<Utc>,
 }
 
+/// An image a restore or a backup passed over because it cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub image: Uuid,
+    pub kind: ImageKind,
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
+    pub started: DateTime<Utc>,
+    pub status: ImageStatus,
+    pub reason: String,
+}
+
 /// Which point `restore_chain` resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum At {

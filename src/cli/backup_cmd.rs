@@ -111,6 +111,15 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         out.interactive(),
         &mut line,
     )?;
+    if out.json {
+        // Progress lines are quiet with --json; a passed-over base is a note, and
+        // notes go to stderr.
+        for i in &report.images {
+            if let Some(n) = &i.base_note {
+                eprintln!("tapevault: note: disk {}: {n}", i.disk);
+            }
+        }
+    }
     out.emit(&report, || {
         format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",

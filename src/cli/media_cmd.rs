@@ -66,8 +66,9 @@ pub enum MediaCommand {
     PullList {
         #[arg(long, value_name = "UUID")]
         disk: Uuid,
-        /// The newest good image at or before this time (RFC 3339).
-        #[arg(long, conflicts_with = "image")]
+        /// The newest restorable image at or before this time (as `restore --at`:
+        /// `now`, a date, or a time with a zone, counted to the precision given).
+        #[arg(long, conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
         at: Option<DateTime<Utc>>,
         #[arg(long, value_name = "UUID")]
         image: Option<Uuid>,
@@ -184,7 +185,7 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
                         i.kind,
                         i.uuid,
                         i.disk_uuid,
-                        i.started.format("%Y-%m-%d %H:%M UTC"),
+                        crate::timefmt::show(&i.started),
                         i.status
                     ));
                 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 use uuid::Uuid;
@@ -29,6 +29,14 @@ created sparse under a temporary name in the same directory and renamed into pla
 when everything succeeded; zero areas stay holes. On a block device zero areas are
 written as zeros.
 
+Without --image, the newest image at or before --at (or the newest of all) whose whole
+chain can be restored is taken: newer images that are corrupt, failed, incomplete or built
+on one that is are passed over, each named with why in a note on stderr and in the
+report's `skipped`. If reading finds an image damaged, the restore fails (exit 3) and
+that image and every image built on it are marked corrupt in the catalog (listed in the
+error's `marked_corrupt`), so `images`, the next restore and the next backup pass them
+over.
+
 Exit codes: 0 restored; 2 bad target (exists and not empty without --force, directory,
 too small a device); 3 corrupt or missing record, digest mismatch, broken chain (names
 image, cartridge and block); 4 cartridge not in the library; 5 key missing or wrong.")]
@@ -36,8 +44,11 @@ pub struct RestoreArgs {
     /// The disk's UUID.
     #[arg(long, value_name = "UUID")]
     pub disk: Uuid,
-    /// Restore the newest good image taken at or before this time (RFC 3339).
-    #[arg(long, value_name = "TIME", conflicts_with = "image")]
+    /// Restore the newest restorable image taken at or before this time: `now`, a date
+    /// (2026-12-03: its end, UTC), or a time with a zone (2026-12-03T16:48:16Z,
+    /// 2026-12-03T18:48:16+02:00, or exactly as `images` prints it). A time counts to
+    /// the precision given: 16:48:16Z includes everything within that second.
+    #[arg(long, value_name = "TIME", conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
     pub at: Option<DateTime<Utc>>,
     /// Restore exactly this image (and the chain it needs).
     #[arg(long, value_name = "UUID")]
@@ -56,7 +67,10 @@ Each chain starts with a full (or a copy, or an image whose parent is no longer 
 catalog) followed by the incrementals built on it in time order; an incremental that does
 not build on the image listed just before it names its parent. Shown per image: time,
 kind, UUID, data bytes, disk size, status (complete, failed, corrupt, ...) and the
-cartridges holding it.")]
+cartridges holding it. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
+them (the same in --json): pasted into `restore --at` each selects exactly its image.
+An image that cannot be restored says why (`restorable` and `unrestorable_reason` in
+--json): it is not complete, or its chain runs through one that is not.")]
 pub struct ImagesArgs {
     /// Only this disk's images.
     #[arg(long, value_name = "UUID")]
@@ -66,6 +80,15 @@ pub struct ImagesArgs {
 #[derive(Serialize)]
 struct PullOnly<'a> {
     pull_list: &'a [restore::PullItem],
+}
+
+#[derive(Serialize)]
+struct Damaged<'a> {
+    pull_list: &'a [restore::PullItem],
+    /// The image this run found damaged and every image built on it, now marked
+    /// corrupt in the catalog (empty when the failure was not damage).
+    marked_corrupt: &'a [Uuid],
+    skipped: &'a [crate::catalog::Skipped],
 }
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
@@ -79,6 +102,67 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     };
     let mut lib = home.open_library()?;
     let prepared = restore::prepare(&cat, lib.as_mut(), a.disk, at)?;
+    // Notes on stderr, also with --json (stdout stays one document).
+    for sk in prepared.skipped.iter() {
+        eprintln!(
+            "tapevault: note: passed over {} image {} of {} ({}): {}",
+            sk.kind,
+            sk.image,
+            crate::timefmt::show(&sk.started),
+            sk.status,
+            sk.reason
+        );
+    }
+    match restore_prepared(ctx, &home, lib.as_mut(), &a, &prepared) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Damage found on the way is remembered: the image and every image built
+            // on it are marked corrupt, so the next restore and backup pass them over.
+            let marked = restore::record_damage(&cat, &prepared, &e).unwrap_or_else(|me| {
+                eprintln!(
+                    "tapevault: warning: could not mark the damaged image in the catalog: {me}"
+                );
+                Vec::new()
+            });
+            if let Some((first, rest)) = marked.split_first() {
+                eprintln!(
+                    "tapevault: note: marked image {first} corrupt in the catalog{}; a restore without --image now takes the newest point before it",
+                    if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", with the {} image(s) built on it ({})",
+                            rest.len(),
+                            rest.iter()
+                                .map(|u| u.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            }
+            fail_with(
+                ctx,
+                e,
+                &Damaged {
+                    pull_list: &prepared.pull_list,
+                    marked_corrupt: &marked,
+                    skipped: &prepared.skipped,
+                },
+            )
+        }
+    }
+}
+
+/// Restore one prepared chain. Errors come back (not printed) so the caller can mark
+/// damage first.
+fn restore_prepared(
+    ctx: &Ctx,
+    home: &crate::home::Home,
+    lib: &mut dyn tape_devices::changer::TapeLibrary,
+    a: &RestoreArgs,
+    prepared: &restore::Prepared,
+) -> Result<()> {
     // The pull list comes first, whatever happens next (stderr; stdout stays parseable).
     eprint!("{}", pull_list_text(&prepared.pull_list));
     if let Err(e) = restore::check_pull_list(&prepared.pull_list) {
@@ -90,14 +174,14 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             },
         );
     }
-    let keys = unlock_keys(ctx, &home, &prepared.key_fingerprints())?;
+    let keys = unlock_keys(ctx, home, &prepared.key_fingerprints())?;
     let target = prepared.target();
     ctx.out.info(format!(
         "restoring disk {} as of image {} ({} {}, {} bytes) from {} image(s) to {}",
         a.disk,
         target.uuid,
         target.kind,
-        target.started.to_rfc3339_opts(SecondsFormat::Secs, true),
+        crate::timefmt::show(&target.started),
         target.disk_size,
         prepared.order.len(),
         a.to.display()
@@ -109,18 +193,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         force: a.force,
         interactive: out.interactive(),
     };
-    let report = match restore::run(lib.as_mut(), &keys, &prepared, &opts, &mut line) {
-        Ok(r) => r,
-        Err(e) => {
-            return fail_with(
-                ctx,
-                e,
-                &PullOnly {
-                    pull_list: &prepared.pull_list,
-                },
-            )
-        }
-    };
+    let report = restore::run(lib, &keys, prepared, &opts, &mut line)?;
     out.emit(&report, || {
         let checked = report
             .images
@@ -128,10 +201,25 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             .filter(|u| u.read.as_ref().is_some_and(|r| r.digest_checked))
             .count();
         let read = report.images.iter().filter(|u| u.read.is_some()).count();
+        let passed = if report.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; passed over {} newer image(s) that cannot be restored: {}",
+                report.skipped.len(),
+                report
+                    .skipped
+                    .iter()
+                    .map(|k| format!("{} ({})", k.image, k.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
         format!(
-            "restored disk {} as of image {} to {}: {} ({} data written, {} zero), {} image(s) read, {} with a full content-digest check",
+            "restored disk {} as of image {} of {} to {}: {} ({} data written, {} zero), {} image(s) read, {} with a full content-digest check{passed}",
             report.disk,
             report.image,
+            crate::timefmt::show(&report.at),
             report.to.display(),
             human_bytes(report.disk_size),
             human_bytes(report.bytes_written),
@@ -150,9 +238,16 @@ struct ImageEntry {
     uuid: Uuid,
     kind: ImageKind,
     parent: Option<Uuid>,
+    /// The image's point in time; given back to `restore --at` it selects this image.
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     started: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serde_show::opt")]
     finished: Option<DateTime<Utc>>,
     status: ImageStatus,
+    /// Whether the image and its whole chain can be restored.
+    restorable: bool,
+    /// Why not, when it cannot (its own status, or the broken link of its chain).
+    unrestorable_reason: Option<String>,
     disk_size: u64,
     data_bytes: u64,
     stored_bytes: u64,
@@ -187,6 +282,7 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
             cartridges.push(s.barcode);
         }
     }
+    let why = cat.unrestorable_reason(i)?;
     Ok(ImageEntry {
         uuid: i.uuid,
         kind: i.kind,
@@ -194,6 +290,8 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
         started: i.started,
         finished: i.finished,
         status: i.status,
+        restorable: why.is_none(),
+        unrestorable_reason: why,
         disk_size: i.disk_size,
         data_bytes: i.plain_bytes,
         stored_bytes: i.stored_bytes,
@@ -303,9 +401,15 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         _ => String::new(),
                     };
                     prev = Some(e.uuid);
+                    // A complete image whose chain is broken says so; other statuses
+                    // carry their own note.
+                    let broken = match (&e.unrestorable_reason, e.status) {
+                        (Some(r), ImageStatus::Complete) => format!("  (NOT RESTORABLE: {r})"),
+                        _ => String::new(),
+                    };
                     s.push_str(&format!(
-                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}\n",
-                        e.started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}\n",
+                        crate::timefmt::show(&e.started),
                         e.kind.as_str(),
                         e.uuid,
                         human_bytes(e.data_bytes),
@@ -317,6 +421,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                             e.cartridges.join(",")
                         },
                         branch,
+                        broken,
                         e.note
                             .as_deref()
                             .map(|n| format!("  ({n})"))

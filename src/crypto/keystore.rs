@@ -98,6 +98,9 @@ fn write_private(path: &Path, bytes: &[u8], no_clobber: bool) -> Result<(), Cryp
     result
 }
 
+/// What to do about a damaged key file in the keystore.
+const DAMAGED_WAY_OUT: &str = "move the file out of the keystore and import the key again from its export (tapevault key import FILE) or recover it from a cartridge label (tapevault key recover BARCODE)";
+
 impl Keystore {
     /// Open (creating if needed, mode 0700) the keystore of a tapevault home.
     pub fn open(home: &Path) -> Result<Keystore, CryptoError> {
@@ -134,11 +137,20 @@ impl Keystore {
         if meta.len() > MAX_KEYFILE_BYTES {
             return Err(CryptoError::Corrupt {
                 what,
-                reason: format!("{} bytes is too large for a key file", meta.len()),
+                reason: format!(
+                    "{} bytes is too large for a key file; {DAMAGED_WAY_OUT}",
+                    meta.len()
+                ),
             });
         }
         let bytes = fs::read(path).map_err(|e| CryptoError::io("read", path, e))?;
-        Wrapped::decode(&bytes, KEYFILE_MAGIC, &what)
+        Wrapped::decode(&bytes, KEYFILE_MAGIC, &what).map_err(|e| match e {
+            CryptoError::Corrupt { what, reason } => CryptoError::Corrupt {
+                what,
+                reason: format!("{reason}; {DAMAGED_WAY_OUT}"),
+            },
+            other => other,
+        })
     }
 
     fn all(&self) -> Result<Vec<Wrapped>, CryptoError> {

@@ -63,7 +63,8 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Errors of the keystore, escrow and nonce source. The CLI maps
-/// [`CryptoError::WrongPassphrase`] and [`CryptoError::KeyMissing`] to exit code 5.
+/// [`CryptoError::WrongPassphrase`], [`CryptoError::KeyMissing`] and [`CryptoError::Corrupt`]
+/// (a damaged key file) to exit code 5.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error("wrong passphrase for key {name}")]
