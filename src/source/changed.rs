@@ -222,7 +222,7 @@ impl<'de> DeserializeSeed<'de> for AreasSeed<'_> {
 impl<'de> Visitor<'de> for AreasSeed<'_> {
     type Value = ExtentSet;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of {\"start\": N, \"length\": N}")
+        f.write_str("`changed_area` as an array of {\"start\": N, \"length\": N}")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
