@@ -155,8 +155,9 @@ pub struct CheckedDisk {
     changed: Option<ChangedExtents>,
 }
 
-/// Every input of a request, checked: what [`run`] backs up.
+/// A request with every input checked: what [`run`] backs up.
 pub struct Inputs {
+    req: BackupRequest,
     disks: Vec<CheckedDisk>,
 }
 
@@ -172,7 +173,7 @@ impl Inputs {
 /// may share a UUID or be the same file (whatever paths name it: `./d.img` and `d.img`,
 /// a symlink, a hard link); each changed-extents file must be a regular file that
 /// parses, lies within its disk, and names this disk if it names one (`disk_id`).
-pub fn check_inputs(req: &BackupRequest) -> Result<Inputs> {
+pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
     use std::collections::HashMap;
     if req.disks.is_empty() {
         return Err(Error::Usage("no disk to back up".into()));
@@ -228,7 +229,7 @@ pub fn check_inputs(req: &BackupRequest) -> Result<Inputs> {
             changed,
         });
     }
-    Ok(Inputs { disks })
+    Ok(Inputs { req, disks })
 }
 
 /// Run a backup session. `report_line` receives human progress lines.
@@ -236,12 +237,13 @@ pub fn run(
     home: &Home,
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
-    req: &BackupRequest,
     inputs: Inputs,
     key: Option<KeyMaterial>,
     interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<BackupReport> {
+    let Inputs { req, disks } = inputs;
+    let req = &req;
     let pool = cat.pool(&req.pool)?.ok_or_else(|| {
         Error::Usage(format!(
             "no pool named {}: create it with `tapevault pool create {}`",
@@ -324,7 +326,7 @@ pub fn run(
     };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
-        for d in inputs.disks {
+        for d in disks {
             let r = job.backup_disk(d, req, interactive, report_line)?;
             report_line(&summary_line(&r));
             reports.push(r);

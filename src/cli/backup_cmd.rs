@@ -80,7 +80,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     };
     // Every input is checked before the home is touched: bad input is a usage error
     // that leaves no session behind.
-    let inputs = backup::check_inputs(&req)?;
+    let inputs = backup::check_inputs(req)?;
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
     let pool = cat.pool(&a.pool)?.ok_or_else(|| {
@@ -111,7 +111,6 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         &home,
         &cat,
         lib.as_mut(),
-        &req,
         inputs,
         key,
         out.interactive(),
