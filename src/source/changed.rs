@@ -30,7 +30,7 @@ pub enum ChangedExtentsError {
     /// Missing, unreadable, or not a regular file.
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error("changed-extents file {path} is not valid: {message}")]
+    #[error("changed-extents file {path} is not valid: {message}; give the hypervisor's answer for this disk, or leave the file out (a hash scan then finds the changes)")]
     Invalid { path: PathBuf, message: String },
     #[error("changed-extents file {path}: changed_area[{index}] (start {start}, length {length}) ends beyond the disk size {disk_size}; the file does not belong to this disk or the disk shrank: take a full backup")]
     BeyondDisk {
