@@ -151,16 +151,102 @@ enum Plan {
     },
 }
 
+/// One disk of a request, checked and opened before anything is locked or written.
+pub struct CheckedDisk {
+    pub spec: DiskSpec,
+    disk: Disk,
+    changed: Option<ChangedExtents>,
+}
+
+/// A request with every input checked: what [`run`] backs up.
+pub struct Inputs {
+    req: BackupRequest,
+    disks: Vec<CheckedDisk>,
+}
+
+impl Inputs {
+    pub fn disks(&self) -> impl Iterator<Item = &CheckedDisk> {
+        self.disks.iter()
+    }
+}
+
+/// Check every input of `req` before a lock is taken or a session starts, so that bad
+/// input is a usage error (exit 2) that leaves nothing in the catalog: each disk is
+/// opened without blocking and must be a regular file or a block device; no two disks
+/// may share a UUID or be the same file (whatever paths name it: `./d.img` and `d.img`,
+/// a symlink, a hard link); each changed-extents file must be a regular file that
+/// parses, lies within its disk, and names this disk if it names one (`disk_id`).
+pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
+    use std::collections::HashMap;
+    if req.disks.is_empty() {
+        return Err(Error::Usage("no disk to back up".into()));
+    }
+    let mut ids: HashMap<Uuid, &Path> = HashMap::new();
+    for d in &req.disks {
+        if let Some(first) = ids.insert(d.id, &d.path) {
+            return Err(Error::Usage(format!(
+                "disk {} is listed twice ({} and {}); each disk must be listed once, with its own UUID",
+                d.id,
+                first.display(),
+                d.path.display()
+            )));
+        }
+    }
+    let mut seen: HashMap<crate::source::input::Identity, (Uuid, PathBuf)> = HashMap::new();
+    let mut disks = Vec::with_capacity(req.disks.len());
+    for d in &req.disks {
+        let disk = Disk::open(&d.path).map_err(|e| match e {
+            crate::source::disk::DiskError::Input(i) => Error::Usage(format!("disk {}: {i}", d.id)),
+            other => Error::Failed(format!("disk {} ({}): {other}", d.id, d.path.display())),
+        })?;
+        if let Some((first_id, first_path)) = seen.get(&disk.identity()) {
+            return Err(Error::Usage(format!(
+                "disks {first_id} ({}) and {} ({}) are the same file; each disk needs its own image file or device",
+                first_path.display(),
+                d.id,
+                d.path.display()
+            )));
+        }
+        seen.insert(disk.identity(), (d.id, d.path.clone()));
+        let changed = match &d.changed_extents {
+            Some(p) => {
+                let ce = ChangedExtents::load(p, disk.size())
+                    .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?;
+                if let Some(named) = ce.disk_id {
+                    if named != d.id {
+                        return Err(Error::Usage(format!(
+                            "changed-extents file {} describes disk {named}, not disk {} ({}); give this disk's own changed-extents file",
+                            p.display(),
+                            d.id,
+                            d.path.display()
+                        )));
+                    }
+                }
+                Some(ce)
+            }
+            None => None,
+        };
+        disks.push(CheckedDisk {
+            spec: d.clone(),
+            disk,
+            changed,
+        });
+    }
+    Ok(Inputs { req, disks })
+}
+
 /// Run a backup session. `report_line` receives human progress lines.
 pub fn run(
     home: &Home,
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
-    req: &BackupRequest,
+    inputs: Inputs,
     key: Option<KeyMaterial>,
     interactive: bool,
     report_line: &mut dyn FnMut(&str),
 ) -> Result<BackupReport> {
+    let Inputs { req, disks } = inputs;
+    let req = &req;
     let pool = cat.pool(&req.pool)?.ok_or_else(|| {
         Error::Usage(format!(
             "no pool named {}: create it with `tapevault pool create {}`",
@@ -188,12 +274,6 @@ pub fn run(
             )));
         }
     };
-    let mut seen = HashSet::new();
-    for d in &req.disks {
-        if !seen.insert(d.id) {
-            return Err(Error::Usage(format!("disk {} is listed twice", d.id)));
-        }
-    }
     recover_interrupted(home, cat, report_line)?;
     let _pool_lock = JobLock::try_acquire(
         &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
@@ -249,7 +329,7 @@ pub fn run(
     };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
-        for d in &req.disks {
+        for d in disks {
             let r = job.backup_disk(d, req, interactive, report_line)?;
             report_line(&summary_line(&r));
             reports.push(r);
@@ -695,50 +775,32 @@ impl Job<'_> {
         &self,
         d: &DiskSpec,
         disk_size: u64,
+        changed: Option<&ChangedExtents>,
         mode: Mode,
         report_line: &mut dyn FnMut(&str),
-    ) -> Result<(Plan, Option<ChangedExtents>)> {
+    ) -> Result<Plan> {
         let cat = self.tape.cat;
-        let changed = match &d.changed_extents {
-            Some(p) => Some(ChangedExtents::load(p, disk_size).map_err(|e| {
-                Error::Usage(format!(
-                    "changed-extents file {} for disk {}: {e}",
-                    p.display(),
-                    d.id
-                ))
-            })?),
-            None => None,
-        };
         match mode {
             Mode::Copy => {
-                return Ok((
-                    Plan::Full {
-                        kind: ImageKind::Copy,
-                        reason: None,
-                    },
-                    changed,
-                ))
+                return Ok(Plan::Full {
+                    kind: ImageKind::Copy,
+                    reason: None,
+                })
             }
             Mode::Full => {
-                return Ok((
-                    Plan::Full {
-                        kind: ImageKind::Full,
-                        reason: None,
-                    },
-                    changed,
-                ))
+                return Ok(Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: None,
+                })
             }
             Mode::Auto => {}
         }
         let Some(base) = cat.newest_good_image(d.id)? else {
             let r = "no earlier good image of this disk: taking a full".to_string();
-            return Ok((
-                Plan::Full {
-                    kind: ImageKind::Full,
-                    reason: Some(r),
-                },
-                changed,
-            ));
+            return Ok(Plan::Full {
+                kind: ImageKind::Full,
+                reason: Some(r),
+            });
         };
         let base_list = match cat.digest_list_file(&base) {
             Some(p) if p.is_file() => p,
@@ -748,62 +810,58 @@ impl Job<'_> {
                     base.uuid
                 );
                 report_line(&format!("disk {}: {r}", d.id));
-                return Ok((
-                    Plan::Full {
-                        kind: ImageKind::Full,
-                        reason: Some(r),
-                    },
-                    changed,
-                ));
+                return Ok(Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(r),
+                });
             }
         };
-        if let Some(ce) = &changed {
+        if let Some(ce) = changed {
             let recorded = base.change_id.clone().unwrap_or_default();
-            let reason = if base.change_id.is_none() {
+            let mismatch = if base.change_id.is_none() {
                 Some(format!(
-                    "the newest good image {} recorded no change id, so the changed-extents file (relative to {:?}) cannot be trusted: falling back to a hash scan",
+                    "the newest good image {} recorded no change id, so the changed-extents file (relative to {:?}) cannot be trusted",
                     base.uuid, ce.from_change_id
                 ))
             } else if ce.from_change_id != recorded {
                 Some(format!(
-                    "the changed-extents file is relative to change id {:?}, but the newest good image {} recorded change id {:?}: falling back to a hash scan",
+                    "the changed-extents file is relative to change id {:?}, but the newest good image {} recorded change id {:?}",
                     ce.from_change_id, base.uuid, recorded
                 ))
             } else if disk_size != base.disk_size {
                 Some(format!(
-                    "the disk size changed from {} to {} bytes since image {}: falling back to a hash scan",
+                    "the disk size changed from {} to {} bytes since image {}",
                     base.disk_size, disk_size, base.uuid
                 ))
             } else if base.block_size as u64 != DEFAULT_BLOCK_SIZE {
                 Some(format!(
-                    "image {} was tracked in {}-byte blocks: falling back to a hash scan",
+                    "image {} was tracked in {}-byte blocks",
                     base.uuid, base.block_size
                 ))
             } else {
                 None
             };
-            if let Some(r) = reason {
+            if let Some(m) = mismatch {
+                // The file is not used, so its change id is not recorded either: a
+                // file of another disk (or a stale one) must never start an epoch.
+                let r = format!(
+                    "{m}: falling back to a hash scan; the new image records no change id, so changed-extents files are trusted again only after a full backup with one (`--full --changed-extents FILE`)"
+                );
                 report_line(&format!("disk {}: {r}", d.id));
-                return Ok((
-                    Plan::HashScan {
-                        base,
-                        base_list,
-                        reason: Some(r),
-                    },
-                    changed,
-                ));
+                return Ok(Plan::HashScan {
+                    base,
+                    base_list,
+                    reason: Some(r),
+                });
             }
             let extents = ce.aligned(DEFAULT_BLOCK_SIZE, disk_size).map_err(|e| {
                 Error::Usage(format!("changed-extents file for disk {}: {e}", d.id))
             })?;
-            return Ok((
-                Plan::ChangedExtents {
-                    base,
-                    extents,
-                    base_list,
-                },
-                changed,
-            ));
+            return Ok(Plan::ChangedExtents {
+                base,
+                extents,
+                base_list,
+            });
         }
         // A disk that grew or shrank is scanned against the base as usual (the scan
         // compares the blocks both have, and the new size is recorded), but said out
@@ -819,14 +877,11 @@ impl Job<'_> {
             report_line(&format!("disk {}: {r}", d.id));
             r
         });
-        Ok((
-            Plan::HashScan {
-                base,
-                base_list,
-                reason,
-            },
-            changed,
-        ))
+        Ok(Plan::HashScan {
+            base,
+            base_list,
+            reason,
+        })
     }
 
     /// Say which newer images an automatic backup passed over as its base (they cannot
@@ -871,16 +926,20 @@ impl Job<'_> {
 
     fn backup_disk(
         &mut self,
-        d: &DiskSpec,
+        checked: CheckedDisk,
         req: &BackupRequest,
         interactive: bool,
         report_line: &mut dyn FnMut(&str),
     ) -> Result<DiskReport> {
         let started = Instant::now();
-        let disk = Disk::open(&d.path)
-            .map_err(|e| Error::Failed(format!("disk {} ({}): {e}", d.id, d.path.display())))?;
+        let CheckedDisk {
+            spec: d,
+            disk,
+            changed,
+        } = checked;
+        let d = &d;
         let size = disk.size();
-        let (mut plan, changed) = self.decide(d, size, req.mode, report_line)?;
+        let mut plan = self.decide(d, size, changed.as_ref(), req.mode, report_line)?;
         let base_note = self.base_note(d, req.mode)?;
         if let Some(n) = &base_note {
             report_line(&format!("disk {}: {n}", d.id));
@@ -938,7 +997,17 @@ impl Job<'_> {
             }
             Plan::Full { .. } => None,
         };
-        let change_id = changed.as_ref().map(|c| c.change_id.clone());
+        // A change id is recorded only from a changed-extents file that was accepted:
+        // for a full (the whole disk read at the file's point) or for an incremental
+        // made from its areas. A hash scan records none (a fallback means the file did
+        // not continue the base's epoch), so no later file is trusted on its word until
+        // a full starts a new epoch.
+        let change_id = match &plan {
+            Plan::Full { .. } | Plan::ChangedExtents { .. } => {
+                changed.as_ref().map(|c| c.change_id.clone())
+            }
+            Plan::HashScan { .. } => None,
+        };
         let cat = self.tape.cat;
         let pool = self.tape.pool.clone();
         cat.begin_image(&NewImage {

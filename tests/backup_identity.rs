@@ -266,25 +266,46 @@ fn change_id_mismatch_falls_back_to_a_hash_scan_on_the_newest_good_image() {
     points.push((s(&inc3, "image").to_string(), v.path("3.copy")));
     d.save_copy(&points[3].1);
 
-    // The image of a mismatched file recorded the file's new change id, so the next
-    // correct file continues the chain.
+    // A fallback records no change id (the file was not used, so its id is not
+    // trusted either): the next file, even one continuing the fallback file's id, is
+    // not trusted on its word, and the scan is said out loud.
+    assert_eq!(v.image_row(s(&inc3, "image")).change_id, None);
+    assert_eq!(v.image_row(s(&inc2, "image")).change_id, None);
     let areas = vec![(3 * MIB, 64 * KIB)];
     d.write_random(3 * MIB, 64 * KIB);
     write_changed_extents(&cbt, "c4", "c5", &areas);
     let inc4 = v.backup(&d, "p", &with_cbt);
-    assert_eq!(s(&inc4, "method"), "changed-extents", "{inc4}");
+    assert_eq!(s(&inc4, "method"), "hash-scan", "{inc4}");
     assert_eq!(s(&inc4, "parent"), s(&inc3, "image"));
-    assert_eq!(u(&inc4, "data_bytes"), 64 * KIB);
+    assert!(
+        s(&inc4, "reason").contains("recorded no change id")
+            && s(&inc4, "reason").contains("--full"),
+        "{inc4}"
+    );
     points.push((s(&inc4, "image").to_string(), v.path("4.copy")));
     d.save_copy(&points[4].1);
-    let cat = v.catalog();
-    let row = cat
-        .image(s(&inc4, "image").parse().unwrap())
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.change_id.as_deref(), Some("c5"));
-    assert_eq!(row.from_change_id.as_deref(), Some("c4"));
-    drop(cat);
+
+    // A full with a changed-extents file starts a new epoch; the next file continues it.
+    write_changed_extents(&cbt, "*", "c6", &[(0, d.size())]);
+    let full2 = v.backup(&d, "p", &["--changed-extents", cbt_s.as_str(), "--full"]);
+    assert_eq!(s(&full2, "kind"), "full");
+    assert_eq!(
+        v.image_row(s(&full2, "image")).change_id.as_deref(),
+        Some("c6")
+    );
+    points.push((s(&full2, "image").to_string(), v.path("5.copy")));
+    d.save_copy(&points[5].1);
+    d.write_random(MIB, 64 * KIB);
+    write_changed_extents(&cbt, "c6", "c7", &[(MIB, 64 * KIB)]);
+    let inc5 = v.backup(&d, "p", &with_cbt);
+    assert_eq!(s(&inc5, "method"), "changed-extents", "{inc5}");
+    assert_eq!(s(&inc5, "parent"), s(&full2, "image"));
+    assert_eq!(u(&inc5, "data_bytes"), 64 * KIB);
+    points.push((s(&inc5, "image").to_string(), v.path("6.copy")));
+    d.save_copy(&points[6].1);
+    let row = v.image_row(s(&inc5, "image"));
+    assert_eq!(row.change_id.as_deref(), Some("c7"));
+    assert_eq!(row.from_change_id.as_deref(), Some("c6"));
     v.assert_catalog_consistent();
 
     for (n, (image, expected)) in points.iter().enumerate() {

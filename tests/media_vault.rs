@@ -166,8 +166,9 @@ fn export_refuses_a_set_without_its_catalog_snapshot_and_a_split_set() {
         r.stderr
     );
 
-    // A later session of the same set fails (its disk is gone): the set's newest
-    // session wrote no catalog snapshot, so the set is incomplete.
+    // Input that is wrong (a disk that is gone) is refused before a session starts,
+    // so it leaves nothing that could block the set.
+    let sessions = tv.catalog().sessions().unwrap().len();
     let r = tv.run(&[
         "backup",
         "--disk",
@@ -177,10 +178,27 @@ fn export_refuses_a_set_without_its_catalog_snapshot_and_a_split_set() {
         "--pool",
         "p",
     ]);
-    assert_ne!(r.code, 0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(tv.catalog().sessions().unwrap().len(), sessions);
+    // A later session of the same set fails after closing a tape file on it: the set's
+    // newest session that wrote to it wrote no catalog snapshot, so it is incomplete.
+    {
+        let cat = tv.catalog();
+        let set_uuid: uuid::Uuid = set.parse().unwrap();
+        let s = cat.begin_session("p", Some(set_uuid)).unwrap();
+        let m = cat.media(&carts[1]).unwrap().unwrap();
+        cat.record_media_write(&m.barcode, m.next_tape_file + 1, 4096)
+            .unwrap();
+        cat.finish_session(s.uuid, tapevault::catalog::SessionStatus::Failed)
+            .unwrap();
+    }
     let r = tv.run(&["--json", "media", "export", "--set", &set]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("is failed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is failed") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.json()["kind"], "failed");
     for c in &carts {
         assert!(tv

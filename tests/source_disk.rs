@@ -9,6 +9,7 @@ use tapevault::source::disk::{ChunkConfig, ChunkReader, Disk, DiskError, ExtentK
 use tapevault::source::hashscan::{
     scan_changes, verify_digest_list, DigestFeed, DigestListError, DigestListReader, ScanError,
 };
+use tapevault::source::input::InputError;
 
 fn disk_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -198,14 +199,14 @@ fn opening_non_disks_and_bad_settings_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         Disk::open(dir.path()),
-        Err(DiskError::NotADisk {
-            what: "a directory",
+        Err(DiskError::Input(InputError::WrongKind {
+            kind: "a directory",
             ..
-        })
+        }))
     ));
     assert!(matches!(
         Disk::open(&dir.path().join("none")),
-        Err(DiskError::Open { .. })
+        Err(DiskError::Input(InputError::Missing { .. }))
     ));
     let disk = Disk::open(&disk_file(dir.path(), "d", &[1u8; 100])).unwrap();
     let cfg = ChunkConfig {

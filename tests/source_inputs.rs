@@ -110,10 +110,10 @@ fn manifest_missing_fields_and_typos_are_rejected() {
 }
 
 #[test]
-fn manifest_that_does_not_exist_is_an_io_error() {
+fn manifest_that_does_not_exist_is_an_input_error() {
     let dir = tempfile::tempdir().unwrap();
     let e = VmManifest::load(&dir.path().join("none.toml")).unwrap_err();
-    assert!(matches!(e, ManifestError::Io { .. }));
+    assert!(matches!(e, ManifestError::Input(_)));
 }
 
 fn changed(text: &str, disk_size: u64) -> Result<ChangedExtents, ChangedExtentsError> {
@@ -205,7 +205,7 @@ fn changed_areas_align_to_tracking_blocks_clipped_to_disk() {
 }
 
 #[test]
-fn changed_file_loads_from_disk_and_missing_file_is_io_error() {
+fn changed_file_loads_from_disk_and_missing_file_is_an_input_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(
         dir.path(),
@@ -218,6 +218,6 @@ fn changed_file_loads_from_disk_and_missing_file_is_io_error() {
     );
     assert!(matches!(
         ChangedExtents::load(&dir.path().join("none.json"), 4096),
-        Err(ChangedExtentsError::Io { .. })
+        Err(ChangedExtentsError::Input(_))
     ));
 }

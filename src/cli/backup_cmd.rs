@@ -72,6 +72,15 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     } else {
         Mode::Auto
     };
+    let req = BackupRequest {
+        vm_name,
+        disks,
+        pool: a.pool.clone(),
+        mode,
+    };
+    // Every input is checked before the home is touched: bad input is a usage error
+    // that leaves no session behind.
+    let inputs = backup::check_inputs(req)?;
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
     let pool = cat.pool(&a.pool)?.ok_or_else(|| {
@@ -94,32 +103,19 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         None => None,
     };
     let mut lib = home.open_library()?;
-    let req = BackupRequest {
-        vm_name,
-        disks,
-        pool: a.pool.clone(),
-        mode,
-    };
     let out = ctx.out;
-    let mut line = |s: &str| out.info(s);
+    // Notes (why a kind was chosen, fallbacks, cartridges joining a set) go to stderr
+    // with --json too: the JSON result on stdout stays one document.
+    let mut line = |s: &str| out.note(s);
     let report = backup::run(
         &home,
         &cat,
         lib.as_mut(),
-        &req,
+        inputs,
         key,
         out.interactive(),
         &mut line,
     )?;
-    if out.json {
-        // Progress lines are quiet with --json; a passed-over base is a note, and
-        // notes go to stderr.
-        for i in &report.images {
-            if let Some(n) = &i.base_note {
-                eprintln!("tapevault: note: disk {}: {n}", i.disk);
-            }
-        }
-    }
     out.emit(&report, || {
         format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",

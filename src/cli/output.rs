@@ -31,6 +31,12 @@ impl Output {
         }
     }
 
+    /// A note people must see (a fallback and its reason, a cartridge joining a set):
+    /// on stderr, with `--json` too (stdout keeps only the JSON document).
+    pub fn note(&self, line: impl AsRef<str>) {
+        eprintln!("{}", line.as_ref());
+    }
+
     /// Whether progress bars make sense (a terminal on stderr, not JSON).
     pub fn interactive(&self) -> bool {
         !self.json && std::io::stderr().is_terminal()

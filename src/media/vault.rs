@@ -46,36 +46,47 @@ impl Lib<'_> {
     }
 }
 
-/// Why a media set may not go offsite yet (None: it may): its newest session must be
-/// complete and have written its catalog snapshot onto one of the set's cartridges.
+/// Why a media set may not go offsite yet (None: it may): its newest session that wrote
+/// to the set must be complete and have written its catalog snapshot onto one of the
+/// set's cartridges. A failed session that wrote nothing to the set's cartridges (it
+/// failed before its first tape file, e.g. no cartridge could be mounted) changes
+/// nothing on them, so it never blocks; every refusal names the way out.
 pub fn set_incomplete_reason(cat: &Catalog, set: Uuid) -> Result<Option<String>> {
+    let members = cat.media_in_set(set)?;
+    // The session wrote to the set when a member was labelled into it or had a tape
+    // file closed on it since the session started.
+    let wrote = |started: DateTime<Utc>| {
+        members.iter().any(|m| {
+            m.last_written.is_some_and(|t| t >= started)
+                || m.labelled_at.is_some_and(|t| t >= started)
+        })
+    };
     let sessions: Vec<_> = cat
         .sessions()?
         .into_iter()
         .filter(|s| s.media_set_uuid == Some(set))
+        .filter(|s| s.status != SessionStatus::Failed || wrote(s.started))
         .collect();
     let Some(last) = sessions.last() else {
-        return Ok(Some(format!("media set {set} has no backup session")));
+        return Ok(Some(format!(
+            "media set {set} has no backup session that wrote to it (back up to its pool first, or use --force)"
+        )));
     };
     if last.status != SessionStatus::Complete {
         return Ok(Some(format!(
-            "the newest session {} of media set {set} is {}",
-            last.uuid, last.status
+            "the newest session {} of media set {set} is {} after writing to the set, so the set's catalog snapshot does not describe it (run a backup to pool {} so a complete session writes a new snapshot, or use --force)",
+            last.uuid, last.status, last.pool
         )));
     }
-    let members: HashSet<String> = cat
-        .media_in_set(set)?
-        .into_iter()
-        .map(|m| m.barcode)
-        .collect();
+    let members: HashSet<String> = members.into_iter().map(|m| m.barcode).collect();
     let has = cat
         .snapshots()?
         .iter()
         .any(|s| s.session_uuid == Some(last.uuid) && members.contains(&s.barcode));
     if !has {
         return Ok(Some(format!(
-            "the catalog snapshot of session {} is not on media set {set}",
-            last.uuid
+            "the catalog snapshot of session {} is not on media set {set} (run a backup to pool {} so a complete session writes a new snapshot, or use --force)",
+            last.uuid, last.pool
         )));
     }
     Ok(None)

@@ -1,14 +1,14 @@
 //! Changed-extents files: the hypervisor's list of areas written since a change id.
 //!
 //! The shape is VMware's QueryChangedDiskAreas answer:
-//! `{"from_change_id": "...", "change_id": "...", "changed_area": [{"start": N, "length": N}]}`.
-//! Other keys (tools add `startOffset`, `length`, ...) are ignored. Areas may come in
+//! `{"from_change_id": "...", "change_id": "...", "changed_area": [{"start": N, "length": N}]}`,
+//! and optionally `"disk_id": "UUID"`, the disk the file describes: when present, a
+//! backup refuses the file for any other disk. Other keys (tools add `startOffset`, `length`, ...) are ignored. Areas may come in
 //! any order and may overlap; they are validated one by one as they are parsed
 //! (overflow, beyond the disk), zero lengths are dropped, and the result is kept as a
 //! coalesced [`ExtentSet`], so memory follows the number of distinct areas.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -16,20 +16,21 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::Deserialize;
 use thiserror::Error;
 
+use uuid::Uuid;
+
+use super::input::{open_checked, Accept, InputError};
 use crate::extents::{Extent, ExtentSet};
 
-/// Longest change id accepted (VMware's look like `52 de .. 3f/1234`, well under this).
-pub const MAX_CHANGE_ID_LEN: usize = 1024;
+/// Longest change id accepted: what an image header can carry (VMware's look like
+/// `52 de .. 3f/1234`, well under this).
+pub const MAX_CHANGE_ID_LEN: usize = tape_formats::MAX_CHANGE_ID_LEN;
 
 #[derive(Debug, Error)]
 pub enum ChangedExtentsError {
-    #[error("cannot read changed-extents file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("changed-extents file {path} is not valid: {message}")]
+    /// Missing, unreadable, or not a regular file.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("changed-extents file {path} is not valid: {message}; give the hypervisor's answer for this disk, or leave the file out (a hash scan then finds the changes)")]
     Invalid { path: PathBuf, message: String },
     #[error("changed-extents file {path}: changed_area[{index}] (start {start}, length {length}) ends beyond the disk size {disk_size}; the file does not belong to this disk or the disk shrank: take a full backup")]
     BeyondDisk {
@@ -50,6 +51,8 @@ pub struct ChangedExtents {
     pub from_change_id: String,
     /// The change id of the snapshot these areas lead to; recorded with the image.
     pub change_id: String,
+    /// The disk the file says it describes (`disk_id`), if it says.
+    pub disk_id: Option<Uuid>,
     /// The changed areas, coalesced and within the disk.
     pub extents: ExtentSet,
 }
@@ -57,10 +60,8 @@ pub struct ChangedExtents {
 impl ChangedExtents {
     /// Reads and validates `path` against a disk of `disk_size` bytes.
     pub fn load(path: &Path, disk_size: u64) -> Result<ChangedExtents, ChangedExtentsError> {
-        let file = File::open(path).map_err(|source| ChangedExtentsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // Never blocks: a FIFO or a device is refused before it is read.
+        let (file, _) = open_checked(path, "changed-extents file", Accept::RegularFile)?;
         ChangedExtents::from_reader(BufReader::new(file), path, disk_size)
     }
 
@@ -143,10 +144,20 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
         let mut from_change_id: Option<String> = None;
         let mut change_id: Option<String> = None;
         let mut extents: Option<ExtentSet> = None;
+        let mut disk_id: Option<Uuid> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "from_change_id" => from_change_id = Some(map.next_value()?),
                 "change_id" => change_id = Some(map.next_value()?),
+                "disk_id" => {
+                    let text: String = map.next_value()?;
+                    let id = Uuid::parse_str(text.trim()).map_err(|e| {
+                        A::Error::custom(format!(
+                            "field `disk_id` ({text:?}) is not a UUID: {e}; name the disk's UUID or remove the key"
+                        ))
+                    })?;
+                    disk_id = Some(id);
+                }
                 "changed_area" => {
                     if extents.is_some() {
                         return Err(A::Error::duplicate_field("changed_area"));
@@ -175,7 +186,7 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
             }
             if v.len() > MAX_CHANGE_ID_LEN {
                 return Err(A::Error::custom(format!(
-                    "field `{name}` is {} bytes long; at most {MAX_CHANGE_ID_LEN} accepted",
+                    "field `{name}` is {} bytes long; at most {MAX_CHANGE_ID_LEN} bytes fit an image header",
                     v.len()
                 )));
             }
@@ -183,6 +194,7 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
         Ok(ChangedExtents {
             from_change_id,
             change_id,
+            disk_id,
             extents,
         })
     }
@@ -210,7 +222,7 @@ impl<'de> DeserializeSeed<'de> for AreasSeed<'_> {
 impl<'de> Visitor<'de> for AreasSeed<'_> {
     type Value = ExtentSet;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of {\"start\": N, \"length\": N}")
+        f.write_str("`changed_area` as an array of {\"start\": N, \"length\": N}")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;

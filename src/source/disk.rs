@@ -14,10 +14,13 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use thiserror::Error;
 
 use super::hashscan::{DigestFeed, DigestListError, DigestListSummary};
+use super::input::{identity, open_checked, Accept, Identity, InputError};
 use super::{valid_block_size, DEFAULT_BLOCK_SIZE};
 use crate::extents::{Extent, ExtentSet};
 
@@ -36,19 +39,34 @@ pub const MAX_EXTENTS_PER_CHUNK: usize = 1024;
 /// a restore locates by record, and progress should move on a sparse disk.
 pub const MAX_CHUNK_SPAN: u64 = 1024 * 1024 * 1024;
 
+/// How long one read of a source (at most one record, [`MAX_RECORD_DATA_SIZE`]) may take
+/// before the image fails instead of waiting for ever: a hung storage path (a dead iSCSI
+/// target, an NFS server gone, a device that stopped answering) must not hold the pool
+/// lock until someone kills the job. Long enough for a multipath failover.
+pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Environment variable that sets the source read timeout in whole seconds (for tests
+/// and for sites with slower storage); unset, empty, 0 or not a number: the default.
+pub const SOURCE_TIMEOUT_ENV: &str = "TAPEVAULT_SOURCE_TIMEOUT_SECS";
+
+/// The source read timeout: [`SOURCE_TIMEOUT_ENV`], else [`DEFAULT_SOURCE_TIMEOUT`].
+pub fn source_timeout() -> Duration {
+    std::env::var(SOURCE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_SOURCE_TIMEOUT)
+}
+
 /// Bytes compared per step of the zero test before deciding to go on.
 const ZERO_SCAN_STRIDE: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum DiskError {
-    #[error("cannot open disk {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a disk: it is {what}; give a raw image file or a block device")]
-    NotADisk { path: PathBuf, what: &'static str },
+    /// Missing, unreadable, or not a file or block device (a usage error).
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("cannot determine the size of disk {path}: {source}")]
     Size {
         path: PathBuf,
@@ -77,6 +95,13 @@ pub enum DiskError {
         len: u64,
         size: u64,
     },
+    #[error("a read of disk {path} at byte {offset} made no progress for {secs} s: the device or its storage path hangs; check it (the limit is set by {env}) and run the backup again")]
+    Stalled {
+        path: PathBuf,
+        offset: u64,
+        secs: u64,
+        env: &'static str,
+    },
     #[error("invalid reader setting: {0}")]
     Config(String),
 }
@@ -88,30 +113,69 @@ pub enum DiskKind {
     BlockDevice,
 }
 
+/// Something a disk's bytes can be read from at an offset (a file or a block device).
+trait SourceRead: Send + Sync + 'static {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl SourceRead for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// A read handed to the disk's reader thread: fill `buf[start..end]` from `offset`.
+struct ReadReq {
+    offset: u64,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+enum ReadFail {
+    /// The source ended at this offset.
+    Short(u64),
+    Io(u64, std::io::Error),
+}
+
+struct ReadDone {
+    buf: Vec<u8>,
+    result: Result<(), ReadFail>,
+}
+
+/// The reader thread of a disk. Reads run there so that the caller can stop waiting
+/// after the timeout: a read stuck in the kernel cannot be interrupted, but the thread
+/// doing it can be abandoned (it ends when the read returns, if ever).
+enum Worker {
+    NotStarted,
+    Running {
+        tx: mpsc::Sender<ReadReq>,
+        rx: mpsc::Receiver<ReadDone>,
+    },
+    /// A read timed out: every later read fails at once.
+    Stalled {
+        offset: u64,
+    },
+}
+
 /// A disk opened read-only.
-#[derive(Debug)]
 pub struct Disk {
-    file: File,
+    source: Arc<dyn SourceRead>,
+    worker: Mutex<Worker>,
+    timeout: Duration,
     path: PathBuf,
     size: u64,
     kind: DiskKind,
+    identity: Identity,
 }
 
 impl Disk {
-    /// Opens a raw image file or block device read-only and learns its size.
+    /// Opens a raw image file or block device read-only and learns its size. Never
+    /// blocks: anything else (a FIFO, a socket, a character device, a directory) is
+    /// refused without being read (see [`super::input`]).
     pub fn open(path: &Path) -> Result<Disk, DiskError> {
-        let file = File::open(path).map_err(|source| DiskError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let meta = file.metadata().map_err(|source| DiskError::Size {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let ft = meta.file_type();
-        let (kind, size) = if ft.is_file() {
-            (DiskKind::File, meta.len())
-        } else if ft.is_block_device() {
+        let (file, meta) = open_checked(path, "disk", Accept::FileOrBlockDevice)?;
+        let (kind, size) = if meta.file_type().is_block_device() {
             let mut f = &file;
             let size = f.seek(SeekFrom::End(0)).map_err(|source| DiskError::Size {
                 path: path.to_path_buf(),
@@ -119,28 +183,22 @@ impl Disk {
             })?;
             (DiskKind::BlockDevice, size)
         } else {
-            let what = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_char_device() {
-                "a character device"
-            } else if ft.is_fifo() {
-                "a pipe"
-            } else if ft.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
-            return Err(DiskError::NotADisk {
-                path: path.to_path_buf(),
-                what,
-            });
+            (DiskKind::File, meta.len())
         };
         Ok(Disk {
-            file,
+            source: Arc::new(file),
+            worker: Mutex::new(Worker::NotStarted),
+            timeout: source_timeout(),
             path: path.to_path_buf(),
             size,
             kind,
+            identity: identity(&meta),
         })
+    }
+
+    /// Which file or device this is, whatever path named it.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
 
     pub fn size(&self) -> u64 {
@@ -155,32 +213,125 @@ impl Disk {
         self.kind
     }
 
-    /// Fills `buf` from `offset`. A short read (the disk shrank) is an error.
-    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            match self.file.read_at(&mut buf[done..], at) {
-                Ok(0) => {
-                    return Err(DiskError::Truncated {
+    /// Fills `buf[range]` from `offset`. A short read (the disk shrank) is an error,
+    /// and so is a read that does not complete within the source timeout
+    /// ([`source_timeout`]); after that every read of this disk fails. The buffer
+    /// travels to the reader thread and back (no copy); after a timeout it is lost and
+    /// `buf` is left empty.
+    pub fn read_into(
+        &self,
+        offset: u64,
+        buf: &mut Vec<u8>,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), DiskError> {
+        assert!(range.start <= range.end && range.end <= buf.len());
+        let stalled = |at: u64| DiskError::Stalled {
+            path: self.path.clone(),
+            offset: at,
+            secs: self.timeout.as_secs(),
+            env: SOURCE_TIMEOUT_ENV,
+        };
+        let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Worker::NotStarted = &*w {
+            *w = self.start_worker()?;
+        }
+        let (tx, rx) = match &*w {
+            Worker::Running { tx, rx } => (tx, rx),
+            Worker::Stalled { offset } => return Err(stalled(*offset)),
+            Worker::NotStarted => unreachable!("started above"),
+        };
+        let req = ReadReq {
+            offset,
+            buf: std::mem::take(buf),
+            start: range.start,
+            end: range.end,
+        };
+        let gone = |offset| DiskError::Read {
+            path: self.path.clone(),
+            offset,
+            source: std::io::Error::other("the disk reader thread ended"),
+        };
+        if tx.send(req).is_err() {
+            return Err(gone(offset));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(done) => {
+                *buf = done.buf;
+                match done.result {
+                    Ok(()) => Ok(()),
+                    Err(ReadFail::Short(at)) => Err(DiskError::Truncated {
                         path: self.path.clone(),
                         offset: at,
                         size: self.size,
-                    })
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(DiskError::Read {
+                    }),
+                    Err(ReadFail::Io(at, source)) => Err(DiskError::Read {
                         path: self.path.clone(),
                         offset: at,
                         source,
-                    })
+                    }),
                 }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Dropping the channels lets the stuck thread end when its read returns.
+                *w = Worker::Stalled { offset };
+                Err(stalled(offset))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone(offset)),
         }
-        Ok(())
     }
+
+    fn start_worker(&self) -> Result<Worker, DiskError> {
+        let (tx, req_rx) = mpsc::channel::<ReadReq>();
+        let (done_tx, rx) = mpsc::channel::<ReadDone>();
+        let source = Arc::clone(&self.source);
+        std::thread::Builder::new()
+            .name("tapevault-disk-read".into())
+            .spawn(move || {
+                while let Ok(mut req) = req_rx.recv() {
+                    let result = read_full(&*source, &mut req);
+                    if done_tx
+                        .send(ReadDone {
+                            buf: req.buf,
+                            result,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| DiskError::Read {
+                path: self.path.clone(),
+                offset: 0,
+                source,
+            })?;
+        Ok(Worker::Running { tx, rx })
+    }
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fills `req.buf[start..end]` from `req.offset`, retrying short reads.
+fn read_full(source: &dyn SourceRead, req: &mut ReadReq) -> Result<(), ReadFail> {
+    let mut done = req.start;
+    while done < req.end {
+        let at = req.offset + (done - req.start) as u64;
+        match source.read_at(&mut req.buf[done..req.end], at) {
+            Ok(0) => return Err(ReadFail::Short(at)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadFail::Io(at, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Whether every byte of `buf` is zero. Compares 16-byte words in strides of 256
@@ -414,7 +565,7 @@ impl<'d> ChunkReader<'d> {
                 self.data.resize(need, 0);
             }
             self.disk
-                .read_exact_at(self.cursor, &mut self.data[base..need])?;
+                .read_into(self.cursor, &mut self.data, base..need)?;
             // Classify block pieces, compacting data over dropped zero pieces.
             let mut write = base;
             let mut pos = self.cursor;
@@ -476,6 +627,68 @@ impl<'d> ChunkReader<'d> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A source whose reads block until released, as a hung device's do.
+    struct Hung(Mutex<mpsc::Receiver<()>>);
+
+    impl SourceRead for Hung {
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<usize> {
+            let _ = self.0.lock().unwrap().recv();
+            buf.fill(7);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn a_read_that_hangs_fails_after_the_timeout_and_the_disk_stays_failed() {
+        let (release, rx) = mpsc::channel();
+        let disk = Disk {
+            source: Arc::new(Hung(Mutex::new(rx))),
+            worker: Mutex::new(Worker::NotStarted),
+            timeout: Duration::from_millis(200),
+            path: PathBuf::from("/dev/hung"),
+            size: 1 << 20,
+            kind: DiskKind::BlockDevice,
+            identity: Identity::BlockDevice { rdev: 0 },
+        };
+        let mut buf = vec![0u8; 4096];
+        let e = disk.read_into(8192, &mut buf, 0..4096).unwrap_err();
+        assert!(
+            matches!(e, DiskError::Stalled { offset: 8192, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("/dev/hung") && text.contains(SOURCE_TIMEOUT_ENV),
+            "{text}"
+        );
+        // Later reads fail at once, even when the device answers again.
+        release.send(()).unwrap();
+        let mut buf = vec![0u8; 16];
+        assert!(matches!(
+            disk.read_into(0, &mut buf, 0..16),
+            Err(DiskError::Stalled { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_through_the_reader_thread_fill_the_range_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        std::fs::write(&p, (0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
+        let disk = Disk::open(&p).unwrap();
+        let mut buf = vec![0xAAu8; 300];
+        disk.read_into(1000, &mut buf, 100..200).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 0xAA));
+        assert!(buf[200..].iter().all(|&b| b == 0xAA));
+        assert_eq!(buf[100], (1000 % 256) as u8);
+        assert_eq!(buf[199], (1099 % 256) as u8);
+        let mut buf = vec![0u8; 10];
+        assert!(matches!(
+            disk.read_into(9995, &mut buf, 0..10),
+            Err(DiskError::Truncated { offset: 10_000, .. })
+        ));
+    }
 
     proptest! {
         #[test]

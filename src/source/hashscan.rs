@@ -689,7 +689,7 @@ pub fn scan_changes(
             }
             let n = io.min(disk_size - next_offset) as usize;
             c.data.resize(n, 0);
-            disk.read_exact_at(next_offset, &mut c.data)?;
+            disk.read_into(next_offset, &mut c.data, 0..n)?;
             next_offset += n as u64;
             Ok(true)
         },

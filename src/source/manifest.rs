@@ -20,9 +20,14 @@ use serde::Deserialize;
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::input::{open_checked, Accept, InputError};
+
 /// Most disks one manifest may list (a VM with more is almost certainly a generated
 /// file gone wrong; hypervisors cap disks per VM well below this).
 pub const MAX_DISKS: usize = 256;
+
+/// Largest manifest file read (1 MiB: a manifest of [`MAX_DISKS`] disks is a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
 /// One disk of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +49,11 @@ pub struct VmManifest {
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
+    /// Missing, unreadable, or not a regular file.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("manifest {path} is {size} bytes long; at most {MAX_MANIFEST_BYTES} are read")]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("cannot read manifest {path}: {source}")]
     Io {
         path: PathBuf,
@@ -86,10 +96,22 @@ struct RawDisk {
 impl VmManifest {
     /// Reads and validates the manifest at `path`.
     pub fn load(path: &Path) -> Result<VmManifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        use std::io::Read;
+        // Never blocks: a FIFO or a device is refused before it is read.
+        let (file, meta) = open_checked(path, "manifest", Accept::RegularFile)?;
+        if meta.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+            });
+        }
+        let mut text = String::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|source| ManifestError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let base = path.parent().unwrap_or_else(|| Path::new(""));
         VmManifest::parse(&text, path, base)
     }

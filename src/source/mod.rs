@@ -3,11 +3,13 @@
 //! - [`manifest`]: the VM manifest (which disks, by stable UUID).
 //! - [`changed`]: changed-extents files from the hypervisor (CBT).
 //! - [`disk`]: opening a disk, reading it in bounded chunks with zero detection.
+//! - [`input`]: opening inputs without blocking, refusing the wrong kinds of file.
 //! - [`hashscan`]: per-block BLAKE3 digest lists and change detection by hash scan.
 
 pub mod changed;
 pub mod disk;
 pub mod hashscan;
+pub mod input;
 pub mod manifest;
 
 /// Default tracking-block size (64 KiB): the granularity of zero detection and of the

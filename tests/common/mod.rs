@@ -412,3 +412,73 @@ pub fn u(v: &Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("field {field} missing or not a number in {v}"))
 }
+
+/// How long [`Vault::run_within`] lets a command run before it counts as hung.
+pub const HANG_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Vault {
+    /// Run with extra environment variables, killing the process if it has not ended
+    /// within `limit`: a hang is reported as `Err` (with what it printed so far) instead
+    /// of blocking the test for ever.
+    pub fn run_within(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        limit: std::time::Duration,
+    ) -> Result<Run, String> {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_with_limit(c, limit).map_err(|e| format!("tapevault {args:?}: {e}"))
+    }
+}
+
+/// Spawn `c` (stdout and stderr captured) and wait at most `limit` for it to end; on a
+/// timeout the process is killed and the error says so.
+pub fn run_with_limit(mut c: Command, limit: std::time::Duration) -> Result<Run, String> {
+    use std::time::Instant;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(s);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Run::from_output(Output {
+            status,
+            stdout,
+            stderr,
+        })),
+        None => Err(format!(
+            "did not end within {limit:?} (killed); stderr so far: {}",
+            String::from_utf8_lossy(&stderr)
+        )),
+    }
+}
