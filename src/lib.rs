@@ -5,6 +5,7 @@ pub mod cli;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod events;
 pub mod extents;
 pub mod home;
 pub mod media;

@@ -12,6 +12,7 @@ use crate::home::Home;
 
 mod backup_cmd;
 mod catalog_cmd;
+mod format;
 mod key_cmd;
 mod library_cmd;
 mod media_cmd;
@@ -22,9 +23,12 @@ mod restore_cmd;
 mod rotate_cmd;
 mod shared;
 mod tape_cmd;
+mod terminal;
 mod verify_cmd;
 
-pub use output::{human_bytes, Output};
+pub use format::human_bytes;
+pub use output::Output;
+pub use terminal::Terminal;
 
 #[derive(Debug, Parser)]
 #[command(name = "tapevault", version, about = "Block-level VM disk backups to tape", long_about = None)]
