@@ -95,7 +95,11 @@ fn tape_file(f: &TapeFileReport) -> String {
         if f.problems.is_empty() {
             String::from(", ok")
         } else {
-            format!(", {} problem(s): {}", f.problems.len(), f.problems.join("; "))
+            format!(
+                ", {} problem(s): {}",
+                f.problems.len(),
+                f.problems.join("; ")
+            )
         }
     )
 }

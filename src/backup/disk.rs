@@ -1,0 +1,196 @@
+//! One disk, start to end: plan, hash scan, the image row, writing, and the commit
+//! (or the failure) in the catalog.
+
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::catalog::{ImageKind, ImageStats, MediaState, NewImage};
+use crate::error::{Context, Error, Result};
+use crate::extents::ExtentSet;
+use crate::source::hashscan::{scan_changes, ScanError};
+use crate::source::DEFAULT_BLOCK_SIZE;
+use tape_devices::drive::DriveError;
+
+use super::*;
+
+impl Job<'_> {
+    pub(super) fn backup_disk(
+        &mut self,
+        checked: CheckedDisk,
+        req: &BackupRequest,
+        interactive: bool,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<DiskReport> {
+        let started = Instant::now();
+        let CheckedDisk {
+            spec: d,
+            disk,
+            changed,
+        } = checked;
+        let d = &d;
+        let size = disk.size();
+        let mut plan = self.decide(d, size, changed.as_ref(), req.mode, report_line)?;
+        let base_note = self.base_note(d, req.mode)?;
+        if let Some(n) = &base_note {
+            report_line(&format!("disk {}: {n}", d.id));
+        }
+        let image_uuid = Uuid::new_v4();
+        std::fs::create_dir_all(self.home.digests_dir())?;
+        let new_list = digest_list_path(self.home, image_uuid);
+        let bs = DEFAULT_BLOCK_SIZE;
+
+        // Hash scan first (reads the disk once, writes the new digest list); an unusable
+        // previous list means a full, said out loud.
+        let mut scanned: Option<ExtentSet> = None;
+        if let Plan::HashScan { base_list, .. } = &plan {
+            let mut set = ExtentSet::new();
+            match scan_changes(&disk, bs, Some(base_list), &new_list, |e| {
+                set.insert(e.offset, e.len)
+            }) {
+                Ok(_) => scanned = Some(set),
+                Err(ScanError::PreviousList(e)) => {
+                    let r =
+                        format!("the previous block digest list is unusable ({e}): taking a full");
+                    report_line(&format!("disk {}: {r}", d.id));
+                    plan = Plan::Full {
+                        kind: ImageKind::Full,
+                        reason: Some(r),
+                    };
+                }
+                Err(e) => {
+                    return Err(Error::Failed(format!(
+                        "hash scan of disk {} ({}): {e}",
+                        d.id,
+                        d.path.display()
+                    )))
+                }
+            }
+        }
+        let (kind, parent, method, reason) = match &plan {
+            Plan::Full { kind, reason } => (*kind, None, "full", reason.clone()),
+            Plan::ChangedExtents { base, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "changed-extents",
+                None,
+            ),
+            Plan::HashScan { base, reason, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "hash-scan",
+                reason.clone(),
+            ),
+        };
+        let base_change = match &plan {
+            Plan::ChangedExtents { base, .. } | Plan::HashScan { base, .. } => {
+                base.change_id.clone()
+            }
+            Plan::Full { .. } => None,
+        };
+        // A change id is recorded only from a changed-extents file that was accepted:
+        // for a full (the whole disk read at the file's point) or for an incremental
+        // made from its areas. A hash scan records none (a fallback means the file did
+        // not continue the base's epoch), so no later file is trusted on its word until
+        // a full starts a new epoch.
+        let change_id = match &plan {
+            Plan::Full { .. } | Plan::ChangedExtents { .. } => {
+                changed.as_ref().map(|c| c.change_id.clone())
+            }
+            Plan::HashScan { .. } => None,
+        };
+        let cat = self.tape.cat;
+        let pool = self.tape.pool.clone();
+        cat.begin_image(&NewImage {
+            uuid: image_uuid,
+            disk_uuid: d.id,
+            vm_name: req.vm_name.clone(),
+            kind,
+            parent_uuid: parent,
+            change_id: change_id.clone(),
+            from_change_id: if kind == ImageKind::Incremental {
+                base_change.clone()
+            } else {
+                None
+            },
+            disk_size: size,
+            block_size: bs as u32,
+            session_uuid: Some(self.session),
+            pool: Some(pool.name.clone()),
+            key_fingerprint: pool.key_fingerprint.clone(),
+            compression: pool.compression,
+            started: crate::home::clock::now(),
+        })?;
+        let result = self.write_image(
+            &disk,
+            d.id,
+            &plan,
+            scanned.as_ref(),
+            &new_list,
+            image_uuid,
+            kind,
+            parent,
+            change_id,
+            base_change,
+            req,
+            interactive,
+            report_line,
+        );
+        match result {
+            Ok(p) => {
+                let digest_hex = crate::crypto::to_hex(&p.digest);
+                let stats = ImageStats {
+                    records: p.records,
+                    plain_bytes: p.data_bytes,
+                    stored_bytes: p.stored_bytes,
+                    finished: Some(crate::home::clock::now()),
+                    digest_list: Some(new_list.to_string_lossy().into_owned()),
+                };
+                cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
+                Ok(DiskReport {
+                    disk: d.id,
+                    path: d.path.clone(),
+                    image: image_uuid,
+                    kind,
+                    method,
+                    parent,
+                    reason,
+                    base_note,
+                    disk_size: size,
+                    data_bytes: p.data_bytes,
+                    zero_bytes: p.zero_bytes,
+                    stored_bytes: p.stored_bytes,
+                    records: p.records,
+                    cartridges: p.cartridges,
+                    seconds: started.elapsed().as_secs_f64(),
+                    stages: p.stages,
+                    digest: digest_hex,
+                })
+            }
+            Err(e) => {
+                let _ = cat.fail_image(image_uuid, &e.to_string());
+                let _ = std::fs::remove_file(&new_list);
+                if let Some(c) = &self.tape.current {
+                    match root_drive_error(&e) {
+                        // A write error means the cartridge cannot be trusted for more.
+                        Some(DriveError::MediaError { .. }) | Some(DriveError::Io { .. }) => {
+                            let _ = cat.add_media_errors(&c.barcode, 1);
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                        }
+                        Some(DriveError::EndOfMedium) => {
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Full);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e).with_context(|| {
+                    format!(
+                        "backing up disk {} ({}) as image {image_uuid}",
+                        d.id,
+                        d.path.display()
+                    )
+                })
+            }
+        }
+    }
+}

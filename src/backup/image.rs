@@ -1,0 +1,373 @@
+//! Streaming one image to tape: the record size for the drive, the image header, the
+//! read -> transform -> write pipeline, and closing the last part (trailer, filemark,
+//! flush) before the catalog may call it complete.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tape_formats::DataFields;
+
+use tape_formats::{
+    Cipher, Compression as WireCompression, ContentDigest, Extent, ExtentKind, ImageHeader,
+    ImageKind as WireKind, ImageWriter, RecordCrypto, TrailerStatus,
+};
+use uuid::Uuid;
+
+use crate::catalog::{self, ImageKind, Segment};
+use crate::codec::{Compressor, Sealer};
+use crate::error::{Context, Error, Result};
+use crate::extents::ExtentSet;
+use crate::media::segments::{Place, SegmentBuilder};
+use crate::media::DriveSink;
+use crate::pipeline::StageTimes;
+use crate::progress::Progress;
+use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
+use crate::source::hashscan::DigestFeed;
+use crate::source::DEFAULT_BLOCK_SIZE;
+
+use super::*;
+
+/// Per-part and per-image bookkeeping of the consumer.
+pub(super) struct ImageProgress {
+    pub(super) header: ImageHeader,
+    pub(super) stages: StageTimes,
+    pub(super) writer: Option<ImageWriter<DriveSink>>,
+    pub(super) barcode: String,
+    pub(super) tape_file: u64,
+    /// Logical block of the next data record.
+    pub(super) next_block: u64,
+    pub(super) segments: Vec<Segment>,
+    pub(super) segs: SegmentBuilder,
+    pub(super) coverage: Vec<catalog::Extent>,
+    pub(super) digest: [u8; 32],
+    pub(super) records: u64,
+    pub(super) data_bytes: u64,
+    pub(super) zero_bytes: u64,
+    pub(super) stored_bytes: u64,
+    pub(super) cartridges: Vec<String>,
+}
+
+impl ImageProgress {
+    pub(super) fn close_segment(&mut self) {
+        self.segs.close(&mut self.segments);
+    }
+
+    pub(super) fn note_record(&mut self, block: u64, seq: u64, extents: &[Extent]) {
+        let place = Place {
+            part: self.header.part,
+            barcode: &self.barcode,
+            tape_file: self.tape_file,
+        };
+        self.segs.note(
+            place,
+            block,
+            seq,
+            extents,
+            &mut self.segments,
+            &mut self.coverage,
+        );
+    }
+}
+
+impl Job<'_> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_image(
+        &mut self,
+        disk: &Disk,
+        disk_id: Uuid,
+        plan: &Plan,
+        scanned: Option<&ExtentSet>,
+        new_list: &Path,
+        image_uuid: Uuid,
+        kind: ImageKind,
+        parent: Option<Uuid>,
+        change_id: Option<String>,
+        from_change_id: Option<String>,
+        req: &BackupRequest,
+        interactive: bool,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<ImageProgress> {
+        let size = disk.size();
+        let bs = DEFAULT_BLOCK_SIZE;
+        // Records must fit the drive's largest block (real drives and HBAs may take less
+        // than 1 MiB): plain data + the largest header a record of a chunk can have.
+        // Stored payloads are never larger than plain ones (incompressible data is
+        // stored raw).
+        self.tape.ensure_mounted(report_line)?;
+        let max_block = self
+            .tape
+            .current()
+            .sink
+            .as_ref()
+            .map(|s| s.drive.max_block_size())
+            .unwrap_or(tape_formats::MAX_BLOCK_SIZE)
+            .min(tape_formats::MAX_BLOCK_SIZE);
+        let record_data_size = record_data_size_for(max_block).ok_or_else(|| {
+            Error::Failed(format!(
+                "the drive's largest block ({max_block} bytes) is too small for tapevault records (at least {} bytes are needed)",
+                MAX_RECORD_HEADER + 4096
+            ))
+        })?;
+        let cfg = ChunkConfig {
+            record_data_size,
+            block_size: bs,
+        };
+        let dl_err = |e: crate::source::hashscan::DigestListError| {
+            Error::Failed(format!("block digest list: {e}"))
+        };
+        let reader = match plan {
+            Plan::Full { .. } => {
+                let feed = DigestFeed::new(new_list, bs, size, None).map_err(dl_err)?;
+                ChunkReader::whole_disk(disk, cfg)
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
+            Plan::ChangedExtents {
+                extents, base_list, ..
+            } => {
+                let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
+                ChunkReader::extents(disk, cfg, extents)
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
+            Plan::HashScan { .. } => ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
+                .map_err(|e| Error::Failed(e.to_string()))?,
+        };
+        let total: u64 = match plan {
+            Plan::Full { .. } => size,
+            Plan::ChangedExtents { extents, .. } => extents.total_bytes(),
+            Plan::HashScan { .. } => scanned.map(|s| s.total_bytes()).unwrap_or(0),
+        };
+        let pool = self.tape.pool.clone();
+        let cipher = self.sealer.as_ref().map_or(Cipher::None, Sealer::cipher);
+        let header = ImageHeader {
+            image_uuid: *image_uuid.as_bytes(),
+            disk_uuid: *disk_id.as_bytes(),
+            session_uuid: *self.session.as_bytes(),
+            parent_image_uuid: parent.map(|p| *p.as_bytes()),
+            kind: match kind {
+                ImageKind::Full => WireKind::Full,
+                ImageKind::Incremental => WireKind::Incremental,
+                ImageKind::Copy => WireKind::Copy,
+            },
+            part: 0,
+            first_sequence: 0,
+            disk_size: size,
+            tracking_block_size: bs as u32,
+            record_data_size: cfg.record_data_size as u32,
+            time: crate::home::clock::now().timestamp(),
+            compression: match pool.compression {
+                catalog::Compression::Off => WireCompression::None,
+                catalog::Compression::Zstd(_) => WireCompression::Zstd,
+            },
+            cipher,
+            vm_name: req.vm_name.clone().unwrap_or_default(),
+            change_id: change_id.unwrap_or_default(),
+            from_change_id: if kind == ImageKind::Incremental {
+                from_change_id
+            } else {
+                None
+            },
+        };
+        let progress = Progress::bytes(
+            total,
+            format!("disk {}", &image_uuid.to_string()[..8]),
+            interactive,
+        );
+        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
+        let mut state = ImageProgress {
+            stages: StageTimes::default(),
+            header: header.clone(),
+            writer: None,
+            barcode: String::new(),
+            tape_file: 0,
+            next_block: 0,
+            segments: Vec::new(),
+            segs: SegmentBuilder::default(),
+            coverage: Vec::new(),
+            // The digest of no records yet (a part may end before its first record).
+            digest: digest.finalize(),
+            records: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+            stored_bytes: 0,
+            cartridges: Vec::new(),
+        };
+        self.start_part(&mut state, report_line)?;
+
+        let mut reader = reader;
+        // Encryption runs in the transform stage, off the writer's thread, so the drive
+        // keeps streaming. The AAD needs the record's part and sequence: the sequence is
+        // the record's index in the image; the part is the one being written now, which
+        // only changes at early warning, when the writer re-seals the few records
+        // prepared ahead for the old part (`write_record`).
+        let sealer = self.sealer.take();
+        let part_now = AtomicU32::new(state.header.part);
+        let image_uuid_bytes = state.header.image_uuid;
+        // Compressing and encrypting take the most CPU of any stage: with either, the
+        // records are prepared on two threads (item i on worker i % 2), each with its own
+        // compressor and AAD buffer.
+        let n_workers = if sealer.is_some() || pool.compression != catalog::Compression::Off {
+            TRANSFORM_WORKERS
+        } else {
+            1
+        };
+        let sealer_ref = sealer.as_ref();
+        let part_now_ref = &part_now;
+        let first_sequence = state.header.first_sequence;
+        let mut workers = Vec::with_capacity(n_workers);
+        for w in 0..n_workers {
+            let mut compressor = Compressor::new(pool.compression)?;
+            let mut transform_aad = Vec::new();
+            let mut next_sequence = first_sequence + w as u64;
+            workers.push(move |c: &mut ReadChunk, p: &mut Prepared| -> Result<()> {
+                p.digest = c.digest;
+                p.extents.clear();
+                p.extents.extend_from_slice(&c.extents);
+                p.plain_len = c.data.len() as u32;
+                p.data_bytes = c.data.len() as u64;
+                p.zero_bytes = c
+                    .extents
+                    .iter()
+                    .filter(|e| e.kind == ExtentKind::Zero)
+                    .map(|e| e.length)
+                    .sum();
+                // Stored as read unless zstd makes it smaller. The payload goes straight
+                // into the block to be written (encrypted on the way when the pool is),
+                // and is checksummed here, so the writer only frames the header.
+                let compressed = compressor.try_compress(&c.data, &mut p.compressed)?;
+                let (compression, payload) = if compressed {
+                    (WireCompression::Zstd, &p.compressed[..])
+                } else {
+                    (WireCompression::None, &c.data[..])
+                };
+                p.compression = Some(compression);
+                p.header_room = tape_formats::data_header_len(p.extents.len());
+                let len = p.header_room + payload.len();
+                // A recycled block is overwritten, not cleared: it only grows when needed.
+                if p.block.len() != len {
+                    p.block.resize(len, 0);
+                }
+                let out = &mut p.block[p.header_room..];
+                p.sealed = match sealer_ref {
+                    Some(s) => {
+                        let mut fields = DataFields {
+                            image_uuid: image_uuid_bytes,
+                            part: part_now_ref.load(Ordering::Acquire),
+                            sequence: next_sequence,
+                            compression,
+                            crypto: RecordCrypto::None,
+                            plain_len: p.plain_len,
+                        };
+                        s.seal_data_from(
+                            &mut fields,
+                            &p.extents,
+                            payload,
+                            out,
+                            &mut transform_aad,
+                        )?;
+                        Some(fields)
+                    }
+                    None => {
+                        out.copy_from_slice(payload);
+                        None
+                    }
+                };
+                p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
+                next_sequence += n_workers as u64;
+                Ok(())
+            });
+        }
+        let run = crate::pipeline::run_workers::<ReadChunk, Prepared, Error, _, _, _>(
+            PIPELINE_DEPTH,
+            |c| {
+                let Some(chunk) = reader.next_chunk().map_err(|e| {
+                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
+                })?
+                else {
+                    return Ok(false);
+                };
+                c.extents.clear();
+                c.extents.extend(chunk.extents.iter().map(|s| Extent {
+                    offset: s.offset,
+                    length: s.len,
+                    kind: match s.kind {
+                        SrcKind::Data => ExtentKind::Data,
+                        SrcKind::Zero => ExtentKind::Zero,
+                    },
+                }));
+                reader.swap_data(&mut c.data);
+                // The content digest runs on the reader thread, which has CPU to spare;
+                // the transform thread compresses and encrypts.
+                digest
+                    .update_record(&c.extents, &c.data)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                c.digest = digest.finalize();
+                Ok(true)
+            },
+            workers,
+            |p| {
+                self.write_record(&mut state, p, sealer.as_ref(), report_line)?;
+                part_now.store(state.header.part, Ordering::Release);
+                progress.inc(p.data_bytes + p.zero_bytes);
+                Ok(())
+            },
+        );
+        self.sealer = sealer;
+        progress.finish();
+        if let Ok(times) = &run {
+            state.stages = *times;
+        }
+        if let Err(e) = run {
+            // Close the part as aborted so a reader knows, but only when the failure was
+            // not the drive's and the tape is provably where this writer left it: after a
+            // reset or power cut the drive may be back at BOT, and writing there would
+            // destroy the cartridge.
+            if let Some(mut w) = state.writer.take() {
+                let drive_failed = root_drive_error(&e).is_some();
+                let sink = w.sink_mut();
+                let in_place = sink
+                    .drive
+                    .position()
+                    .map(|p| p.block == sink.block)
+                    .unwrap_or(false);
+                if !drive_failed && in_place {
+                    if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
+                        let _ = self.tape.put_sink(sink);
+                    }
+                } else {
+                    // The cartridge's state is unknown: never write to it again in this
+                    // session; the next append closes the unterminated file.
+                    drop(w);
+                    if let Some(c) = self.tape.current.as_mut() {
+                        c.sink = None;
+                    }
+                }
+            }
+            return Err(e);
+        }
+        let (_stats, summary) = reader.finish();
+        if let Some(Err(e)) = summary {
+            return Err(Error::Failed(format!(
+                "writing the block digest list {}: {e}",
+                new_list.display()
+            )));
+        }
+        // Close the last part: trailer, filemark, flush; only then may the catalog say
+        // complete.
+        let w = state.writer.take().expect("part open");
+        let (sink, _trailer, _) = w
+            .finish(TrailerStatus::Complete, state.digest)
+            .map_err(sink_err)?;
+        let mut sink = sink;
+        sink.drive
+            .flush()
+            .context("flushing the drive after the image trailer")?;
+        state.close_segment();
+        self.tape.put_sink(sink)?;
+        self.image_parts += 1;
+        Ok(state)
+    }
+}

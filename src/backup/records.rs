@@ -1,0 +1,143 @@
+//! The writer stage: one prepared record framed and written to the current part,
+//! resealed with a fresh nonce when it lands in another part than it was sealed for;
+//! opening a part, and spanning to the next cartridge at early warning.
+
+use tape_formats::DataFields;
+
+use tape_formats::{Compression as WireCompression, ImageWriter, RecordCrypto, TrailerStatus};
+use uuid::Uuid;
+
+use crate::catalog::MediaState;
+use crate::codec::Sealer;
+use crate::error::{Context, Result};
+
+use super::*;
+
+impl Job<'_> {
+    /// Open a new image part on the current (or next) cartridge.
+    pub(super) fn start_part(
+        &mut self,
+        st: &mut ImageProgress,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let (sink, barcode, file) = self.tape.take_sink(report_line)?;
+        let header_block = sink.block;
+        st.barcode = barcode.clone();
+        st.tape_file = file;
+        st.next_block = header_block + 1;
+        if !st.cartridges.contains(&barcode) {
+            st.cartridges.push(barcode.clone());
+        }
+        let w = ImageWriter::start(sink, st.header.clone())
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "writing the header of image {} part {} on {barcode}",
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.header.part
+                )
+            })?;
+        st.writer = Some(w);
+        Ok(())
+    }
+
+    pub(super) fn write_record(
+        &mut self,
+        st: &mut ImageProgress,
+        p: &mut Prepared,
+        sealer: Option<&Sealer>,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        // Early warning seen: close this part as continued and go on with the next
+        // cartridge of the media set.
+        if st
+            .writer
+            .as_ref()
+            .map(|w| w.early_warning())
+            .unwrap_or(false)
+            && st.records > 0
+        {
+            self.span(st, report_line)?;
+        }
+        let w = st.writer.as_mut().expect("part open");
+        let compression = p.compression.unwrap_or(WireCompression::None);
+        let mut fields = w.fields(compression, RecordCrypto::None, p.plain_len);
+        let seq = fields.sequence;
+        let block = st.next_block;
+        let r = match (sealer, &p.sealed) {
+            (None, _) => w.write_framed_record(&fields, &p.extents, p.payload_crc, &mut p.block),
+            // Sealed in the transform stage for exactly this header: write as is.
+            (Some(_), Some(sf))
+                if DataFields {
+                    crypto: RecordCrypto::None,
+                    ..*sf
+                } == fields =>
+            {
+                w.write_framed_record(sf, &p.extents, p.payload_crc, &mut p.block)
+            }
+            // Sealed for another part (early warning came in between), or not sealed:
+            // seal for the header it really gets, with a fresh nonce.
+            (Some(s), sealed) => {
+                let buf = &mut self.seal_buf;
+                buf.clear();
+                buf.extend_from_slice(p.stored());
+                let mut aad = Vec::new();
+                match sealed {
+                    Some(sf) => s.reseal_data(sf, &mut fields, &p.extents, buf, &mut aad)?,
+                    None => s.seal_data_with(&mut fields, &p.extents, buf, &mut aad)?,
+                }
+                w.write_record(&fields, &p.extents, buf)
+            }
+        };
+        r.map_err(sink_err).with_context(|| {
+            format!(
+                "writing record {seq} of image {} to {} at block {block}",
+                Uuid::from_bytes(st.header.image_uuid),
+                st.barcode
+            )
+        })?;
+        st.next_block += 1;
+        st.note_record(block, seq, &p.extents);
+        st.digest = p.digest;
+        st.records += 1;
+        st.data_bytes += p.data_bytes;
+        st.zero_bytes += p.zero_bytes;
+        st.stored_bytes += p.stored().len() as u64;
+        Ok(())
+    }
+
+    pub(super) fn span(
+        &mut self,
+        st: &mut ImageProgress,
+        report_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let w = st.writer.take().expect("part open");
+        let (sink, trailer, _) = w
+            .finish(TrailerStatus::Continued, st.digest)
+            .map_err(sink_err)
+            .with_context(|| {
+                format!(
+                    "closing part {} of image {} on {}",
+                    st.header.part,
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.barcode
+                )
+            })?;
+        let mut sink = sink;
+        sink.drive
+            .flush()
+            .context("flushing before changing cartridges")?;
+        st.close_segment();
+        self.tape.put_sink(sink)?;
+        report_line(&format!(
+            "cartridge {} reached early warning; image {} continues on the next cartridge of media set {}",
+            st.barcode,
+            Uuid::from_bytes(st.header.image_uuid),
+            self.tape.set.uuid
+        ));
+        self.image_parts += 1;
+        self.tape.retire_current(MediaState::Full)?;
+        st.header = st.header.next_part(&trailer);
+        self.start_part(st, report_line)
+    }
+}

@@ -1,0 +1,47 @@
+//! What a backup reports: per disk, and for the session.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::{ImageKind, SnapshotLocation};
+use crate::pipeline::StageTimes;
+
+/// What happened to one disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    pub disk: Uuid,
+    pub path: PathBuf,
+    pub image: Uuid,
+    pub kind: ImageKind,
+    /// How the changed extents were found: full, changed-extents, hash-scan.
+    pub method: &'static str,
+    pub parent: Option<Uuid>,
+    /// Why this kind was chosen when it is not what a user might expect.
+    pub reason: Option<String>,
+    /// When newer images of the disk cannot be restored (corrupt, failed, or built on
+    /// one that is): which were passed over as the base, and why.
+    pub base_note: Option<String>,
+    pub disk_size: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub stored_bytes: u64,
+    pub records: u64,
+    pub cartridges: Vec<String>,
+    pub seconds: f64,
+    /// Busy time of the read, compress/encrypt and write stages while streaming the
+    /// image's records (not counting the final flush): the stage closest to `wall_s`
+    /// limited the throughput.
+    pub stages: StageTimes,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub session: Uuid,
+    pub pool: String,
+    pub media_set: Uuid,
+    pub images: Vec<DiskReport>,
+    pub snapshot: Option<SnapshotLocation>,
+}

@@ -1,0 +1,210 @@
+//! One backup session: the pool and its key, the pool lock, the media set, every disk
+//! in turn, and the session end (catalog snapshot and end-of-session marker on tape).
+
+use std::collections::HashSet;
+
+use tape_formats::{BlockSink, EndOfSession};
+
+use crate::catalog::{self, Catalog, ImageKind, SessionStatus, SnapshotLocation};
+use crate::codec::Sealer;
+use crate::error::{Context, Error, Result};
+use crate::home::locks::JobLock;
+use crate::home::Home;
+use crate::media::allocate::session_media_set;
+use tape_devices::changer::TapeLibrary;
+
+use super::*;
+
+/// Run a backup session. `report_line` receives human progress lines.
+pub fn run(
+    home: &Home,
+    cat: &Catalog,
+    lib: &mut dyn TapeLibrary,
+    inputs: Inputs,
+    key: Option<KeyMaterial>,
+    interactive: bool,
+    report_line: &mut dyn FnMut(&str),
+) -> Result<BackupReport> {
+    let Inputs { req, disks } = inputs;
+    let req = &req;
+    let pool = cat.pool(&req.pool)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no pool named {}: create it with `tapevault pool create {}`",
+            req.pool, req.pool
+        ))
+    })?;
+    let sealer = match (&pool.key_fingerprint, key) {
+        (None, _) => None,
+        (Some(fp), Some(k)) => {
+            if &k.key.fingerprint_hex() != fp {
+                return Err(Error::Key(format!(
+                    "pool {} is encrypted with key {fp}, but key {} was given",
+                    pool.name,
+                    k.key.fingerprint_hex()
+                )));
+            }
+            let nonces =
+                crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
+            Some((Sealer::new(k.key, nonces), k.passphrase))
+        }
+        (Some(fp), None) => {
+            return Err(Error::Key(format!(
+                "pool {} is encrypted with key {fp}; unlock it to back up",
+                pool.name
+            )));
+        }
+    };
+    recover_interrupted(home, cat, report_line)?;
+    let _pool_lock = JobLock::try_acquire(
+        &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
+        &format!("backup to pool {}", pool.name),
+    )?;
+    if let Some(note) = &_pool_lock.stale_note {
+        report_line(&format!(
+            "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
+            pool.name
+        ));
+    }
+    let now = crate::home::clock::now();
+    let set = session_media_set(cat, &pool, now)?;
+    let session = cat.begin_session(&pool.name, Some(set.uuid))?;
+    let (sealer, passphrase) = match sealer {
+        Some((s, p)) => (Some(s), p),
+        None => (None, None),
+    };
+    let mut tape = Tape {
+        cat,
+        lib,
+        pool: pool.clone(),
+        set: set.clone(),
+        present: HashSet::new(),
+        exclude: HashSet::new(),
+        current: None,
+        escrow: None,
+        // Wait for media only when a person can insert it.
+        wait: (interactive && std::io::IsTerminal::is_terminal(&std::io::stdin())).then(|| {
+            crate::media::allocate::MediaWait {
+                max: std::time::Duration::from_secs(home.config.media_wait_secs),
+                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
+            }
+        }),
+    };
+    if pool.escrow {
+        if let (Some(s), Some(p)) = (&sealer, &passphrase) {
+            let blob = crate::crypto::escrow::wrap(
+                &s.key,
+                p.as_bytes(),
+                crate::crypto::KdfParams::default(),
+            )?;
+            tape.escrow = Some(blob);
+        }
+    }
+    let mut job = Job {
+        home,
+        tape,
+        sealer,
+        session: session.uuid,
+        image_parts: 0,
+        seal_buf: Vec::new(),
+    };
+    let mut reports = Vec::new();
+    let result = (|| -> Result<Option<SnapshotLocation>> {
+        for d in disks {
+            let r = job.backup_disk(d, req, interactive, report_line)?;
+            report_line(&summary_line(&r));
+            reports.push(r);
+        }
+        cat.finish_session(session.uuid, SessionStatus::Complete)?;
+        job.tape.touch()?;
+        let loc = job.write_session_end()?;
+        Ok(Some(loc))
+    })();
+    let unmount = job.tape.release();
+    match result {
+        Ok(snapshot) => {
+            unmount?;
+            Ok(BackupReport {
+                session: session.uuid,
+                pool: pool.name,
+                media_set: set.uuid,
+                images: reports,
+                snapshot,
+            })
+        }
+        Err(e) => {
+            let _ = cat.finish_session(session.uuid, SessionStatus::Failed);
+            Err(e)
+        }
+    }
+}
+
+pub(super) fn summary_line(r: &DiskReport) -> String {
+    let kind = match (r.kind, r.method) {
+        (ImageKind::Incremental, m) => format!("incremental ({m})"),
+        (k, _) => k.to_string(),
+    };
+    format!(
+        "disk {}: {kind} image {}: {} data, {} zero, {} stored in {} records on {} ({:.1} s)",
+        r.disk,
+        r.image,
+        crate::cli::human_bytes(r.data_bytes),
+        crate::cli::human_bytes(r.zero_bytes),
+        crate::cli::human_bytes(r.stored_bytes),
+        r.records,
+        r.cartridges.join(", "),
+        r.seconds
+    )
+}
+
+impl Job<'_> {
+    /// Write the catalog snapshot of the media set and the end-of-session marker, each
+    /// as a tape file of its own, so the media carry their own catalog.
+    pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {
+        let cat = self.tape.cat;
+        let set = self.tape.set.clone();
+        let plain = cat.snapshot(catalog::SnapshotScope::MediaSet(set.uuid))?;
+        let mut noop = |_: &str| {};
+        let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
+        let start_block = sink.block;
+        let now = crate::home::clock::now();
+        let ctx = || format!("writing the catalog snapshot to {barcode}");
+        crate::media::snapshot::write_snapshot_file(
+            &mut sink,
+            &plain,
+            self.session,
+            *set.uuid.as_bytes(),
+            now.timestamp(),
+            self.sealer.as_mut(),
+        )
+        .with_context(ctx)?;
+        self.tape.put_sink(sink)?;
+        // End-of-session marker in a tape file of its own.
+        let (mut sink, _, _) = self.tape.take_sink(&mut noop)?;
+        let seq = cat.media(&barcode)?.and_then(|m| m.seq_in_set).unwrap_or(0);
+        let mut buf = Vec::new();
+        EndOfSession {
+            session_uuid: *self.session.as_bytes(),
+            media_set_uuid: *set.uuid.as_bytes(),
+            time: now.timestamp(),
+            image_parts: self.image_parts,
+            set_sequence: seq,
+        }
+        .encode(&mut buf)
+        .map_err(|e| Error::Failed(format!("encoding the end-of-session marker: {e}")))?;
+        sink.write_block(&buf).with_context(ctx)?;
+        sink.write_filemark().with_context(ctx)?;
+        sink.drive
+            .flush()
+            .context("flushing at the end of the session")?;
+        self.tape.put_sink(sink)?;
+        let loc = SnapshotLocation {
+            barcode,
+            tape_file: file,
+            block: start_block,
+            session_uuid: Some(self.session),
+            time: catalog::catalog_time(now),
+        };
+        cat.record_snapshot(&loc)?;
+        Ok(loc)
+    }
+}
