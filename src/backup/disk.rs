@@ -13,14 +13,13 @@ use crate::source::DEFAULT_BLOCK_SIZE;
 use tape_devices::drive::DriveError;
 
 use super::*;
+use crate::events::NoteKind;
 
 impl Job<'_> {
     pub(super) fn backup_disk(
         &mut self,
         checked: CheckedDisk,
         req: &BackupRequest,
-        interactive: bool,
-        report_line: &mut dyn FnMut(&str),
     ) -> Result<DiskReport> {
         let started = Instant::now();
         let CheckedDisk {
@@ -30,10 +29,12 @@ impl Job<'_> {
         } = checked;
         let d = &d;
         let size = disk.size();
-        let mut plan = self.decide(d, size, changed.as_ref(), req.mode, report_line)?;
+        let mut plan = self.decide(d, size, changed.as_ref(), req.mode)?;
         let base_note = self.base_note(d, req.mode)?;
         if let Some(n) = &base_note {
-            report_line(&format!("disk {}: {n}", d.id));
+            self.tape
+                .events
+                .note(NoteKind::Decision, format!("disk {}: {n}", d.id));
         }
         let image_uuid = Uuid::new_v4();
         std::fs::create_dir_all(self.home.digests_dir())?;
@@ -52,7 +53,9 @@ impl Job<'_> {
                 Err(ScanError::PreviousList(e)) => {
                     let r =
                         format!("the previous block digest list is unusable ({e}): taking a full");
-                    report_line(&format!("disk {}: {r}", d.id));
+                    self.tape
+                        .events
+                        .note(NoteKind::Decision, format!("disk {}: {r}", d.id));
                     plan = Plan::Full {
                         kind: ImageKind::Full,
                         reason: Some(r),
@@ -133,8 +136,6 @@ impl Job<'_> {
             change_id,
             base_change,
             req,
-            interactive,
-            report_line,
         );
         match result {
             Ok(p) => {

@@ -20,12 +20,12 @@ use crate::extents::ExtentSet;
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
 use crate::pipeline::StageTimes;
-use crate::progress::Progress;
 use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
 use crate::source::hashscan::DigestFeed;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
 use super::*;
+use crate::events::Event;
 
 /// Per-part and per-image bookkeeping of the consumer.
 pub(super) struct ImageProgress {
@@ -84,8 +84,6 @@ impl Job<'_> {
         change_id: Option<String>,
         from_change_id: Option<String>,
         req: &BackupRequest,
-        interactive: bool,
-        report_line: &mut dyn FnMut(&str),
     ) -> Result<ImageProgress> {
         let size = disk.size();
         let bs = DEFAULT_BLOCK_SIZE;
@@ -93,7 +91,7 @@ impl Job<'_> {
         // than 1 MiB): plain data + the largest header a record of a chunk can have.
         // Stored payloads are never larger than plain ones (incompressible data is
         // stored raw).
-        self.tape.ensure_mounted(report_line)?;
+        self.tape.ensure_mounted()?;
         let max_block = self
             .tape
             .current()
@@ -171,11 +169,8 @@ impl Job<'_> {
                 None
             },
         };
-        let progress = Progress::bytes(
-            total,
-            format!("disk {}", &image_uuid.to_string()[..8]),
-            interactive,
-        );
+        let events = self.tape.events;
+        events.task(format!("disk {}", &disk_id.to_string()[..8]), total);
         let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
@@ -195,7 +190,7 @@ impl Job<'_> {
             stored_bytes: 0,
             cartridges: Vec::new(),
         };
-        self.start_part(&mut state, report_line)?;
+        self.start_part(&mut state)?;
 
         let mut reader = reader;
         // Encryption runs in the transform stage, off the writer's thread, so the drive
@@ -309,14 +304,14 @@ impl Job<'_> {
             },
             workers,
             |p| {
-                self.write_record(&mut state, p, sealer.as_ref(), report_line)?;
+                self.write_record(&mut state, p, sealer.as_ref())?;
                 part_now.store(state.header.part, Ordering::Release);
-                progress.inc(p.data_bytes + p.zero_bytes);
+                events.progress(p.data_bytes + p.zero_bytes);
                 Ok(())
             },
         );
         self.sealer = sealer;
-        progress.finish();
+        events.emit(Event::TaskEnded);
         if let Ok(times) = &run {
             state.stages = *times;
         }

@@ -11,6 +11,7 @@ use crate::source::changed::ChangedExtents;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
 use super::*;
+use crate::events::NoteKind;
 
 /// How one disk will be read.
 pub(super) enum Plan {
@@ -37,7 +38,6 @@ impl Job<'_> {
         disk_size: u64,
         changed: Option<&ChangedExtents>,
         mode: Mode,
-        report_line: &mut dyn FnMut(&str),
     ) -> Result<Plan> {
         let cat = self.tape.cat;
         match mode {
@@ -69,7 +69,9 @@ impl Job<'_> {
                     "the block digest list of base image {} is missing: taking a full",
                     base.uuid
                 );
-                report_line(&format!("disk {}: {r}", d.id));
+                self.tape
+                    .events
+                    .note(NoteKind::Decision, format!("disk {}: {r}", d.id));
                 return Ok(Plan::Full {
                     kind: ImageKind::Full,
                     reason: Some(r),
@@ -107,7 +109,9 @@ impl Job<'_> {
                 let r = format!(
                     "{m}: falling back to a hash scan; the new image records no change id, so changed-extents files are trusted again only after a full backup with one (`--full --changed-extents FILE`)"
                 );
-                report_line(&format!("disk {}: {r}", d.id));
+                self.tape
+                    .events
+                    .note(NoteKind::Decision, format!("disk {}: {r}", d.id));
                 return Ok(Plan::HashScan {
                     base,
                     base_list,
@@ -134,7 +138,9 @@ impl Job<'_> {
                 disk_size,
                 base.uuid
             );
-            report_line(&format!("disk {}: {r}", d.id));
+            self.tape
+                    .events
+                    .note(NoteKind::Decision, format!("disk {}: {r}", d.id));
             r
         });
         Ok(Plan::HashScan {

@@ -12,15 +12,12 @@ use crate::codec::Sealer;
 use crate::error::{Context, Result};
 
 use super::*;
+use crate::events::NoteKind;
 
 impl Job<'_> {
     /// Open a new image part on the current (or next) cartridge.
-    pub(super) fn start_part(
-        &mut self,
-        st: &mut ImageProgress,
-        report_line: &mut dyn FnMut(&str),
-    ) -> Result<()> {
-        let (sink, barcode, file) = self.tape.take_sink(report_line)?;
+    pub(super) fn start_part(&mut self, st: &mut ImageProgress) -> Result<()> {
+        let (sink, barcode, file) = self.tape.take_sink()?;
         let header_block = sink.block;
         st.barcode = barcode.clone();
         st.tape_file = file;
@@ -46,7 +43,6 @@ impl Job<'_> {
         st: &mut ImageProgress,
         p: &mut Prepared,
         sealer: Option<&Sealer>,
-        report_line: &mut dyn FnMut(&str),
     ) -> Result<()> {
         // Early warning seen: close this part as continued and go on with the next
         // cartridge of the media set.
@@ -57,7 +53,7 @@ impl Job<'_> {
             .unwrap_or(false)
             && st.records > 0
         {
-            self.span(st, report_line)?;
+            self.span(st)?;
         }
         let w = st.writer.as_mut().expect("part open");
         let compression = p.compression.unwrap_or(WireCompression::None);
@@ -106,11 +102,7 @@ impl Job<'_> {
         Ok(())
     }
 
-    pub(super) fn span(
-        &mut self,
-        st: &mut ImageProgress,
-        report_line: &mut dyn FnMut(&str),
-    ) -> Result<()> {
+    pub(super) fn span(&mut self, st: &mut ImageProgress) -> Result<()> {
         let w = st.writer.take().expect("part open");
         let (sink, trailer, _) = w
             .finish(TrailerStatus::Continued, st.digest)
@@ -129,7 +121,7 @@ impl Job<'_> {
             .context("flushing before changing cartridges")?;
         st.close_segment();
         self.tape.put_sink(sink)?;
-        report_line(&format!(
+        self.tape.events.note(NoteKind::Media, format!(
             "cartridge {} reached early warning; image {} continues on the next cartridge of media set {}",
             st.barcode,
             Uuid::from_bytes(st.header.image_uuid),
@@ -138,6 +130,6 @@ impl Job<'_> {
         self.image_parts += 1;
         self.tape.retire_current(MediaState::Full)?;
         st.header = st.header.next_part(&trailer);
-        self.start_part(st, report_line)
+        self.start_part(st)
     }
 }

@@ -7,15 +7,12 @@ use crate::error::Result;
 use crate::home::Home;
 
 use super::*;
+use crate::events::{Events, NoteKind};
 
 /// Images and sessions left 'running' by a process that is gone (killed, crashed)
 /// become 'failed' (the catalog records each writer's pid and start time), so they are
 /// never a base; a digest list they left half-written is removed.
-pub fn recover_interrupted(
-    home: &Home,
-    cat: &Catalog,
-    report_line: &mut dyn FnMut(&str),
-) -> Result<()> {
+pub fn recover_interrupted(home: &Home, cat: &Catalog, events: &dyn Events) -> Result<()> {
     for uuid in cat.fail_running_images()? {
         let list = digest_list_path(home, uuid);
         let mut partial = list.clone().into_os_string();
@@ -26,7 +23,9 @@ pub fn recover_interrupted(
             .image(uuid)?
             .map(|i| i.disk_uuid.to_string())
             .unwrap_or_default();
-        report_line(&format!(
+        events.note(
+            NoteKind::Recovery,
+            format!(
             "image {uuid} of disk {disk} was interrupted by a crash; marked failed (it will never be a base)"
         ));
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use tape_formats::{BlockSink, EndOfSession};
 
-use crate::catalog::{self, Catalog, ImageKind, SessionStatus, SnapshotLocation};
+use crate::catalog::{self, Catalog, SessionStatus, SnapshotLocation};
 use crate::codec::Sealer;
 use crate::error::{Context, Error, Result};
 use crate::home::locks::JobLock;
@@ -14,16 +14,21 @@ use crate::media::allocate::session_media_set;
 use tape_devices::changer::TapeLibrary;
 
 use super::*;
+use crate::events::{Event, Events, Finished, NoteKind};
 
-/// Run a backup session. `report_line` receives human progress lines.
+/// Run a backup session of the checked `inputs` into their pool. What the job has to
+/// say while it runs (decisions and their reasons, cartridges, progress, each image
+/// written) goes to `events`. With `wait_for_media` (a person is at a terminal) a
+/// missing cartridge is waited for (up to the home's `media_wait_secs`), else it is
+/// exit 4 at once.
 pub fn run(
     home: &Home,
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
     inputs: Inputs,
     key: Option<KeyMaterial>,
-    interactive: bool,
-    report_line: &mut dyn FnMut(&str),
+    wait_for_media: bool,
+    events: &dyn Events,
 ) -> Result<BackupReport> {
     let Inputs { req, disks } = inputs;
     let req = &req;
@@ -54,16 +59,19 @@ pub fn run(
             )));
         }
     };
-    recover_interrupted(home, cat, report_line)?;
+    recover_interrupted(home, cat, events)?;
     let _pool_lock = JobLock::try_acquire(
         &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
         &format!("backup to pool {}", pool.name),
     )?;
     if let Some(note) = &_pool_lock.stale_note {
-        report_line(&format!(
-            "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
-            pool.name
-        ));
+        events.note(
+            NoteKind::Recovery,
+            format!(
+                "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
+                pool.name
+            ),
+        );
     }
     let now = crate::home::clock::now();
     let set = session_media_set(cat, &pool, now)?;
@@ -82,11 +90,10 @@ pub fn run(
         current: None,
         escrow: None,
         // Wait for media only when a person can insert it.
-        wait: (interactive && std::io::IsTerminal::is_terminal(&std::io::stdin())).then(|| {
-            crate::media::allocate::MediaWait {
-                max: std::time::Duration::from_secs(home.config.media_wait_secs),
-                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
-            }
+        events,
+        wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
+            max: std::time::Duration::from_secs(home.config.media_wait_secs),
+            poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
         }),
     };
     if pool.escrow {
@@ -110,8 +117,8 @@ pub fn run(
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         for d in disks {
-            let r = job.backup_disk(d, req, interactive, report_line)?;
-            report_line(&summary_line(&r));
+            let r = job.backup_disk(d, req)?;
+            events.emit(Event::Finished(Finished::Image(&r)));
             reports.push(r);
         }
         cat.finish_session(session.uuid, SessionStatus::Complete)?;
@@ -138,24 +145,6 @@ pub fn run(
     }
 }
 
-pub(super) fn summary_line(r: &DiskReport) -> String {
-    let kind = match (r.kind, r.method) {
-        (ImageKind::Incremental, m) => format!("incremental ({m})"),
-        (k, _) => k.to_string(),
-    };
-    format!(
-        "disk {}: {kind} image {}: {} data, {} zero, {} stored in {} records on {} ({:.1} s)",
-        r.disk,
-        r.image,
-        crate::cli::human_bytes(r.data_bytes),
-        crate::cli::human_bytes(r.zero_bytes),
-        crate::cli::human_bytes(r.stored_bytes),
-        r.records,
-        r.cartridges.join(", "),
-        r.seconds
-    )
-}
-
 impl Job<'_> {
     /// Write the catalog snapshot of the media set and the end-of-session marker, each
     /// as a tape file of its own, so the media carry their own catalog.
@@ -163,8 +152,7 @@ impl Job<'_> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
         let plain = cat.snapshot(catalog::SnapshotScope::MediaSet(set.uuid))?;
-        let mut noop = |_: &str| {};
-        let (mut sink, barcode, file) = self.tape.take_sink(&mut noop)?;
+        let (mut sink, barcode, file) = self.tape.take_sink()?;
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
@@ -179,7 +167,7 @@ impl Job<'_> {
         .with_context(ctx)?;
         self.tape.put_sink(sink)?;
         // End-of-session marker in a tape file of its own.
-        let (mut sink, _, _) = self.tape.take_sink(&mut noop)?;
+        let (mut sink, _, _) = self.tape.take_sink()?;
         let seq = cat.media(&barcode)?.and_then(|m| m.seq_in_set).unwrap_or(0);
         let mut buf = Vec::new();
         EndOfSession {

@@ -14,6 +14,7 @@ use crate::media::{mount, DriveSink, Mounted};
 use tape_devices::changer::TapeLibrary;
 
 use super::*;
+use crate::events::{Events, NoteKind};
 
 /// The cartridge being written and how to get the next one.
 pub(super) struct Tape<'a> {
@@ -27,6 +28,8 @@ pub(super) struct Tape<'a> {
     pub(super) current: Option<Current>,
     pub(super) escrow: Option<Vec<u8>>,
     pub(super) wait: Option<crate::media::allocate::MediaWait>,
+    /// Where the job's notes about cartridges and waits go.
+    pub(super) events: &'a dyn Events,
 }
 
 pub(super) struct Current {
@@ -41,7 +44,7 @@ pub(super) struct Current {
 impl Tape<'_> {
     /// Make sure a writable cartridge of the set is mounted and positioned at end of
     /// data; returns its barcode.
-    pub(super) fn ensure_mounted(&mut self, report_line: &mut dyn FnMut(&str)) -> Result<()> {
+    pub(super) fn ensure_mounted(&mut self) -> Result<()> {
         if self.current.is_some() {
             return Ok(());
         }
@@ -53,12 +56,12 @@ impl Tape<'_> {
                 &self.set,
                 &self.exclude,
                 self.wait,
-                report_line,
+                self.events,
             )?;
             self.present = present;
             let row = pick.row().clone();
             let mut m = mount::mount(self.lib, &row.barcode, Some(&row.location))?;
-            match self.prepare(&pick, &mut m, report_line) {
+            match self.prepare(&pick, &mut m) {
                 Ok(Some((block, file))) => {
                     self.current = Some(Current {
                         barcode: row.barcode.clone(),
@@ -84,12 +87,7 @@ impl Tape<'_> {
 
     /// Label a joining cartridge, or check the label of an appended one; position at
     /// end of data. None: the cartridge must not be written (reason reported).
-    pub(super) fn prepare(
-        &mut self,
-        pick: &Pick,
-        m: &mut Mounted,
-        report_line: &mut dyn FnMut(&str),
-    ) -> Result<Option<(u64, u64)>> {
+    pub(super) fn prepare(&mut self, pick: &Pick, m: &mut Mounted) -> Result<Option<(u64, u64)>> {
         let drive = m.drive.as_mut();
         let row = pick.row();
         let found =
@@ -101,7 +99,7 @@ impl Tape<'_> {
                         if Some(Uuid::from_bytes(l.volume_uuid)) == row.volume_uuid
                             && Uuid::from_bytes(l.media_set_uuid) == self.set.uuid => {}
                     other => {
-                        report_line(&format!(
+                        self.events.note(NoteKind::Media, format!(
                             "cartridge {} should hold volume {} of media set {} but holds {}; not writing to it",
                             row.barcode,
                             row.volume_uuid.map(|u| u.to_string()).unwrap_or_default(),
@@ -121,17 +119,20 @@ impl Tape<'_> {
                 // never be recycled) only joins a WORM pool.
                 if let Ok(st) = drive.status() {
                     if st.worm != self.pool.worm {
-                        report_line(&format!(
-                            "cartridge {} is {}a WORM cartridge and pool {} {}; skipping it",
-                            row.barcode,
-                            if st.worm { "" } else { "not " },
-                            self.pool.name,
-                            if self.pool.worm {
-                                "takes only WORM cartridges"
-                            } else {
-                                "is not a WORM pool"
-                            }
-                        ));
+                        self.events.note(
+                            NoteKind::Media,
+                            format!(
+                                "cartridge {} is {}a WORM cartridge and pool {} {}; skipping it",
+                                row.barcode,
+                                if st.worm { "" } else { "not " },
+                                self.pool.name,
+                                if self.pool.worm {
+                                    "takes only WORM cartridges"
+                                } else {
+                                    "is not a WORM pool"
+                                }
+                            ),
+                        );
                         return Ok(None);
                     }
                 }
@@ -142,7 +143,7 @@ impl Tape<'_> {
                     LabelRead::Foreign(_) => false,
                 };
                 if !ok {
-                    report_line(&format!(
+                    self.events.note(NoteKind::Media, format!(
                         "cartridge {} holds {} that this catalog does not know; skipping it (run `tapevault catalog rebuild --barcode {}` to import it, or `tapevault label {} --pool {} --force` to overwrite it)",
                         row.barcode,
                         describe(&found),
@@ -176,10 +177,13 @@ impl Tape<'_> {
                 write_label(drive, &label).with_context(|| format!("labelling {}", row.barcode))?;
                 self.cat
                     .assign_media(&row.barcode, &self.pool.name, self.set.uuid, seq, volume)?;
-                report_line(&format!(
-                    "cartridge {} joins media set {} of pool {} as volume {}",
-                    row.barcode, self.set.uuid, self.pool.name, seq
-                ));
+                self.events.note(
+                    NoteKind::Media,
+                    format!(
+                        "cartridge {} joins media set {} of pool {} as volume {}",
+                        row.barcode, self.set.uuid, self.pool.name, seq
+                    ),
+                );
                 let p = drive
                     .position()
                     .context("reading the position after the label")?;
@@ -193,11 +197,8 @@ impl Tape<'_> {
     }
 
     /// Take the sink to start a tape file; returns (sink, barcode, tape file number).
-    pub(super) fn take_sink(
-        &mut self,
-        report_line: &mut dyn FnMut(&str),
-    ) -> Result<(DriveSink, String, u64)> {
-        self.ensure_mounted(report_line)?;
+    pub(super) fn take_sink(&mut self) -> Result<(DriveSink, String, u64)> {
+        self.ensure_mounted()?;
         let c = self.current();
         let sink = c.sink.take().expect("sink present between tape files");
         Ok((sink, c.barcode.clone(), c.next_file))

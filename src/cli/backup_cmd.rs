@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use clap::Args;
 use uuid::Uuid;
 
+use std::io::IsTerminal;
+
 use super::passphrase::passphrase;
 use super::shared::open_catalog;
+use super::Terminal;
 use super::{usage, Ctx};
 use crate::backup::{self, BackupRequest, DiskSpec, KeyMaterial, Mode};
 use crate::error::{Error, Result};
@@ -106,15 +109,17 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let out = ctx.out;
     // Notes (why a kind was chosen, fallbacks, cartridges joining a set) go to stderr
     // with --json too: the JSON result on stdout stays one document.
-    let mut line = |s: &str| out.note(s);
+    let term = Terminal::new(out);
+    // Wait for a cartridge only when a person can insert it.
+    let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
     let report = backup::run(
         &home,
         &cat,
         lib.as_mut(),
         inputs,
         key,
-        out.interactive(),
-        &mut line,
+        wait_for_media,
+        &term,
     )?;
     out.emit(&report, || {
         format!(

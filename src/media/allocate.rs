@@ -234,36 +234,49 @@ pub fn pick_or_wait(
     set: &MediaSetRow,
     exclude: &HashSet<String>,
     wait: Option<MediaWait>,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn crate::events::Events,
 ) -> Result<(Pick, HashSet<String>)> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
         let (_, present) = sync_inventory(cat, lib)?;
         match pick_cartridge(cat, &present, pool, set, exclude) {
-            Ok(p) => return Ok((p, present)),
+            Ok(p) => {
+                if told {
+                    events.emit(crate::events::Event::WaitOver);
+                }
+                return Ok((p, present));
+            }
             Err(Error::MediaNeeded(msg)) => {
                 let Some(w) = wait else {
                     return Err(Error::MediaNeeded(msg));
                 };
                 let waited = started.elapsed();
                 if waited >= w.max {
+                    if told {
+                        events.emit(crate::events::Event::WaitOver);
+                    }
                     return Err(Error::MediaNeeded(format!(
                         "{msg} (waited {} s)",
                         waited.as_secs()
                     )));
                 }
                 if !told {
-                    report_line(&format!(
-                        "{msg} Waiting up to {} s for it.",
-                        w.max.as_secs()
-                    ));
+                    events.waiting(
+                        crate::events::WaitFor::Cartridge,
+                        format!("{msg} Waiting up to {} s for it.", w.max.as_secs()),
+                    );
                     told = true;
                 }
                 // A cartridge put into a mail slot counts as present on the next pass.
                 std::thread::sleep(w.poll.min(w.max - waited));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if told {
+                    events.emit(crate::events::Event::WaitOver);
+                }
+                return Err(e);
+            }
         }
     }
 }
