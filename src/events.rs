@@ -135,18 +135,27 @@ impl Events for Silent {
     fn emit(&self, _: Event<'_>) {}
 }
 
-/// Events collected as text, for tests that check what a job said.
+/// Events collected as text (notes and waits), for tests that check what a job said.
 #[derive(Default)]
 pub struct Recorded {
-    pub notes: std::sync::Mutex<Vec<Note>>,
+    pub lines: std::sync::Mutex<Vec<String>>,
+}
+
+impl Recorded {
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 impl Events for Recorded {
     fn emit(&self, event: Event<'_>) {
-        if let Event::Note(n) = event {
-            if let Ok(mut v) = self.notes.lock() {
-                v.push(n);
-            }
+        let text = match event {
+            Event::Note(n) => n.text,
+            Event::Waiting(w) => w.text,
+            _ => return,
+        };
+        if let Ok(mut v) = self.lines.lock() {
+            v.push(text);
         }
     }
 }

@@ -114,38 +114,22 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let set = session_media_set(&cat, &pool, tv.now).unwrap();
     let mut lib = tv.library();
     // Without waiting: exit 4 at once.
-    let mut lines = Vec::new();
-    let e = pick_or_wait(
-        &cat,
-        &mut lib,
-        &pool,
-        &set,
-        &HashSet::new(),
-        None,
-        &mut |l| lines.push(l.to_string()),
-    )
-    .unwrap_err();
+    let said = tapevault::events::Recorded::default();
+    let e = pick_or_wait(&cat, &mut lib, &pool, &set, &HashSet::new(), None, &said).unwrap_err();
     assert_eq!(e.exit_code() as i32, 4);
     // Waiting with nobody inserting: exit 4 after the wait, same message.
     let w = MediaWait {
         max: Duration::from_millis(300),
         poll: Duration::from_millis(50),
     };
-    let e2 = pick_or_wait(
-        &cat,
-        &mut lib,
-        &pool,
-        &set,
-        &HashSet::new(),
-        Some(w),
-        &mut |l| lines.push(l.to_string()),
-    )
-    .unwrap_err();
+    let e2 =
+        pick_or_wait(&cat, &mut lib, &pool, &set, &HashSet::new(), Some(w), &said).unwrap_err();
     assert_eq!(e2.exit_code() as i32, 4);
     assert!(e2.to_string().starts_with(&e.to_string()), "{e2}");
     assert!(
-        lines.iter().any(|l| l.contains("Waiting up to")),
-        "{lines:?}"
+        said.lines().iter().any(|l| l.contains("Waiting up to")),
+        "{:?}",
+        said.lines()
     );
     // An operator inserts one while the job waits.
     let home = tv.home();
@@ -167,7 +151,7 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
         &set,
         &HashSet::new(),
         Some(w),
-        &mut |_| {},
+        &tapevault::events::Silent,
     )
     .unwrap();
     t.join().unwrap();
