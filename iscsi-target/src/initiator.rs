@@ -113,6 +113,18 @@ impl Initiator {
         target: Option<&str>,
         isid: [u8; 6],
     ) -> io::Result<Initiator> {
+        Initiator::login_with(addr, initiator, target, isid, &[])
+    }
+
+    /// As [`Initiator::login`], with some operational keys offered differently
+    /// (e.g. `("InitialR2T", "Yes")`).
+    pub fn login_with(
+        addr: SocketAddr,
+        initiator: &str,
+        target: Option<&str>,
+        isid: [u8; 6],
+        overrides: &[(&str, &str)],
+    ) -> io::Result<Initiator> {
         let mut i = Initiator::connect(addr)?;
         i.isid = isid;
         let mut keys = vec![("InitiatorName".to_string(), initiator.to_string())];
@@ -136,6 +148,11 @@ impl Initiator {
             ("DataPDUInOrder", "Yes"),
             ("DataSequenceInOrder", "Yes"),
         ] {
+            let v = overrides
+                .iter()
+                .find(|(o, _)| *o == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(v);
             keys.push((k.into(), v.into()));
         }
         let resp = i.login_pdu(0x87, &keys)?;
@@ -373,6 +390,39 @@ impl Initiator {
         }
     }
 
+    /// A SCSI Command PDU with all of `data_out` as immediate data (which must fit in
+    /// FirstBurstLength), numbered as the next command; sent with [`Initiator::send`].
+    pub fn command_pdu(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], read_len: u32) -> Pdu {
+        let mut p = self.header(op::SCSI_CMD, false);
+        let write = !data_out.is_empty();
+        p.set_flags(
+            0x80 | if read_len > 0 { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 0x01,
+        );
+        p.set_lun(encode_lun(lun));
+        p.set_u32(
+            20,
+            if write {
+                data_out.len() as u32
+            } else {
+                read_len
+            },
+        );
+        let mut c = [0u8; 16];
+        c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
+        p.bhs[32..48].copy_from_slice(&c);
+        p.data = data_out.to_vec();
+        p
+    }
+
+    /// A NOP-Out ping PDU (immediate), numbered as the next request.
+    pub fn nop_pdu(&mut self, data: &[u8]) -> Pdu {
+        let mut p = self.header(op::NOP_OUT, true);
+        p.set_flags(0x80);
+        p.set_u32(20, 0xffff_ffff);
+        p.data = data.to_vec();
+        p
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn data_out(
         &mut self,
@@ -418,11 +468,23 @@ impl Initiator {
 
     /// Send a task management request without waiting (e.g. while a command runs).
     pub fn send_tmf(&mut self, function: u8, lun: u64, ref_itt: u32) -> io::Result<u32> {
+        let r = self.cmd_sn.wrapping_sub(1);
+        self.send_tmf_ref(function, lun, ref_itt, r)
+    }
+
+    /// As [`Initiator::send_tmf`] with an explicit RefCmdSN.
+    pub fn send_tmf_ref(
+        &mut self,
+        function: u8,
+        lun: u64,
+        ref_itt: u32,
+        ref_cmd_sn: u32,
+    ) -> io::Result<u32> {
         let mut p = self.header(op::TMF_REQ, true);
         p.set_flags(0x80 | function);
         p.set_lun(encode_lun(lun));
         p.set_u32(20, ref_itt);
-        p.set_u32(32, self.cmd_sn.wrapping_sub(1));
+        p.set_u32(32, ref_cmd_sn);
         let itt = p.itt();
         self.send(&p)?;
         Ok(itt)
@@ -431,6 +493,27 @@ impl Initiator {
     /// Task management function; returns the response code.
     pub fn tmf(&mut self, function: u8, lun: u64, ref_itt: u32) -> io::Result<u8> {
         let itt = self.send_tmf(function, lun, ref_itt)?;
+        self.tmf_response(itt)
+    }
+
+    /// Task management with an explicit RefCmdSN; returns the response code.
+    pub fn tmf_ref(
+        &mut self,
+        function: u8,
+        lun: u64,
+        ref_itt: u32,
+        ref_cmd_sn: u32,
+    ) -> io::Result<u8> {
+        let itt = self.send_tmf_ref(function, lun, ref_itt, ref_cmd_sn)?;
+        self.tmf_response(itt)
+    }
+
+    /// The CmdSN the next non-immediate request will carry.
+    pub fn next_cmd_sn(&self) -> u32 {
+        self.cmd_sn
+    }
+
+    fn tmf_response(&mut self, itt: u32) -> io::Result<u8> {
         loop {
             let r = self.recv()?;
             if r.opcode() == op::TMF_RESP && r.itt() == itt {

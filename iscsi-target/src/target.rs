@@ -965,7 +965,9 @@ fn full_feature(
                     1 => {
                         if abort_where(&|i, _| i == ref_itt) > 0 {
                             0
-                        } else if sn_lt(ref_cmd_sn, cmd_sn) || ref_cmd_sn == cmd_sn {
+                        } else if sn_lt(ref_cmd_sn, cmd_sn) {
+                            // Never seen, but numbered before this request: it is
+                            // considered received and aborted (RFC 7143 11.5.1).
                             0
                         } else {
                             1
