@@ -185,7 +185,7 @@ impl Pdu {
 
     /// Fill the length fields of the BHS from `ahs` and `data`.
     pub fn fix_lengths(&mut self) {
-        debug_assert!(self.ahs.len() % 4 == 0 && self.ahs.len() / 4 <= 255);
+        debug_assert!(self.ahs.len().is_multiple_of(4) && self.ahs.len() / 4 <= 255);
         self.bhs[4] = (self.ahs.len() / 4) as u8;
         let d = self.data.len() as u32;
         self.bhs[5..8].copy_from_slice(&d.to_be_bytes()[1..4]);

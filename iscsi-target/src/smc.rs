@@ -504,10 +504,7 @@ impl Changer {
             0x15 | 0x55 => match parse_mode_select(cdb, data) {
                 Ok((ms, len)) => {
                     if ms.block_desc.is_some()
-                        || ms
-                            .pages
-                            .iter()
-                            .any(|(c, _)| !matches!(c, 0x1d | 0x1e | 0x1f))
+                        || ms.pages.iter().any(|(c, _)| !matches!(c, 0x1d..=0x1f))
                     {
                         Response::check(Sense::invalid_param_field(0)).expecting(len)
                     } else {

@@ -42,6 +42,9 @@ const REINSTATE_WAIT: Duration = Duration::from_secs(30);
 /// Target portal group tag of our single portal group.
 const TPGT: u16 = 1;
 
+/// Receives one line per session event.
+pub type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where and what to serve.
 #[derive(Clone)]
 pub struct TargetConfig {
@@ -55,7 +58,7 @@ pub struct TargetConfig {
     pub target_name: String,
     /// Called with one line per session event (login, logout, connection loss,
     /// reinstatement). The library never prints.
-    pub log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub log: Option<LogFn>,
 }
 
 impl fmt::Debug for TargetConfig {
@@ -313,7 +316,7 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
-    log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    log: Option<LogFn>,
 }
 
 impl Shared {
@@ -745,6 +748,7 @@ fn full_feature(
     let mut writes: HashMap<u32, PendingWrite> = HashMap::new();
     let mut next_ttt: u32 = 1;
     let mut text_acc: Vec<u8> = Vec::new();
+    let mut logged_out = false;
     let reason = loop {
         let mut rej = None;
         let pdu = match Pdu::read_from(reader, OUR_MAX_RECV_DATA_SEGMENT as usize, &mut rej) {
@@ -755,6 +759,7 @@ fn full_feature(
                 }
                 continue;
             }
+            Err(PduError::Closed) if logged_out => break "logged out".to_string(),
             Err(PduError::Closed) => break "connection closed".to_string(),
             Err(e) => break e.to_string(),
         };
@@ -1028,6 +1033,7 @@ fn full_feature(
             }
             op::LOGOUT_REQ => {
                 let _ = tx.send(Job::Logout { itt: pdu.itt() });
+                logged_out = true;
             }
             op::LOGIN_REQ => conn.reject(reject::PROTOCOL_ERROR, &pdu.bhs),
             _ => conn.reject(reject::COMMAND_NOT_SUPPORTED, &pdu.bhs),
