@@ -1,0 +1,240 @@
+//! The remaining CDBs and fields, one behaviour each, through the whole stack.
+
+mod common;
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn mode_pages_and_mode_select_compression() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    // MODE SENSE(10) of the compression page: header 8 + descriptor 8 + page 16.
+    let r = i
+        .command(DRIVE0, &mode_sense10(0x0f, 255), &[], 255)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data.len(), 32);
+    assert_eq!(u16::from_be_bytes([r.data[6], r.data[7]]), 8);
+    let p = &r.data[16..];
+    assert_eq!((p[0], p[1]), (0x0f, 14));
+    assert_eq!(p[2] & 0xc0, 0x40, "DCC set, DCE clear");
+    // Changeable values: only DCE.
+    let mut cdb = mode_sense6(0x0f, 255, true);
+    cdb[2] |= 0x40;
+    let r = i.command(DRIVE0, &cdb, &[], 255).unwrap();
+    assert_eq!(r.data[4 + 2], 0x80);
+    // Saved values are not supported.
+    cdb[2] = 0xc0 | 0x0f;
+    let r = i.command(DRIVE0, &cdb, &[], 255).unwrap();
+    assert_sense(&r, 5, 0x39, 0x00);
+    // MODE SELECT(6) turning DCE on, then it reads back on.
+    let mut sel = vec![0u8, 0, 0x10, 0];
+    let mut page = vec![0u8; 16];
+    page[0] = 0x0f;
+    page[1] = 14;
+    page[2] = 0x80;
+    sel.extend(&page);
+    let r = i
+        .command(DRIVE0, &mode_select6(sel.len() as u8), &sel, 0)
+        .unwrap();
+    assert_good(&r);
+    let r = i
+        .command(DRIVE0, &mode_sense6(0x0f, 255, true), &[], 255)
+        .unwrap();
+    assert_eq!(r.data[4 + 2] & 0x80, 0x80);
+    // Device configuration page; an unknown page is an invalid field.
+    let r = i
+        .command(DRIVE0, &mode_sense6(0x10, 255, true), &[], 255)
+        .unwrap();
+    assert_eq!((r.data[4], r.data[5]), (0x10, 14));
+    let r = i
+        .command(DRIVE0, &mode_sense6(0x19, 255, true), &[], 255)
+        .unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    let mut bad = vec![0u8, 0, 0x10, 0, 0x19, 2, 0, 0];
+    let r = i.command(DRIVE0, &mode_select6(8), &bad, 0).unwrap();
+    assert_sense(&r, 5, 0x26, 0x00);
+    // SP (save pages) is refused.
+    bad.truncate(4);
+    let r = i
+        .command(DRIVE0, &[0x15, 0x11, 0, 0, 4, 0], &bad, 0)
+        .unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+}
+
+#[test]
+fn request_sense_reports_and_clears_unit_attention() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    let r = i
+        .command(DRIVE0, &[0x03, 0, 0, 0, 252, 0], &[], 252)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data.len(), 18);
+    assert_eq!((r.data[2] & 0x0f, r.data[12], r.data[13]), (6, 0x29, 0x00));
+    // Cleared: next TUR reports the empty drive, REQUEST SENSE says NOT READY 3A.
+    let r = i.command(DRIVE0, &tur(), &[], 0).unwrap();
+    assert_sense(&r, 2, 0x3a, 0x00);
+    let r = i.command(DRIVE0, &[0x03, 0, 0, 0, 18, 0], &[], 18).unwrap();
+    assert_eq!((r.data[2] & 0x0f, r.data[12]), (2, 0x3a));
+    // Descriptor format is not supported.
+    let r = i.command(DRIVE0, &[0x03, 1, 0, 0, 18, 0], &[], 18).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // The changer's REQUEST SENSE.
+    let r = i
+        .command(CHANGER, &[0x03, 0, 0, 0, 18, 0], &[], 18)
+        .unwrap();
+    assert_eq!((r.data[2] & 0x0f, r.data[12]), (6, 0x29));
+    let r = i
+        .command(CHANGER, &[0x03, 0, 0, 0, 18, 0], &[], 18)
+        .unwrap();
+    assert_eq!(r.data[2] & 0x0f, 0);
+}
+
+#[test]
+fn positioning_field_checks_and_log_select() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    for k in 0..3 {
+        assert_good(
+            &i.command(DRIVE0, &write6(100, false), &block(k, 100), 0)
+                .unwrap(),
+        );
+    }
+    // WRITE FILEMARKS with IMMED, and with WSMK (setmarks: invalid).
+    assert_good(&i.command(DRIVE0, &[0x10, 1, 0, 0, 2, 0], &[], 0).unwrap());
+    let r = i.command(DRIVE0, &[0x10, 2, 0, 0, 1, 0], &[], 0).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // REWIND with IMMED.
+    assert_good(&i.command(DRIVE0, &[0x01, 1, 0, 0, 0, 0], &[], 0).unwrap());
+    // LOCATE(10) with CP and a partition other than 0: invalid.
+    let mut l = locate10(1);
+    l[1] = 0x02;
+    l[8] = 1;
+    let r = i.command(DRIVE0, &l, &[], 0).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // LOCATE(16) to end of data.
+    assert_good(&i.command(DRIVE0, &locate16(3, 0), &[], 0).unwrap());
+    let r = i.command(DRIVE0, &read_position(6), &[], 32).unwrap();
+    assert_eq!(&r.data[8..16], &5u64.to_be_bytes());
+    assert_eq!(&r.data[16..24], &2u64.to_be_bytes());
+    // SPACE(16) with a parameter list length: invalid.
+    let mut sp = space16(0, 1);
+    sp[13] = 4;
+    let r = i.command(DRIVE0, &sp, &[], 0).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // SPACE count 0 is no motion.
+    assert_good(&i.command(DRIVE0, &space6(0, 0), &[], 0).unwrap());
+    // READ POSITION short form with an allocation length: invalid.
+    let mut rp = read_position(0);
+    rp[8] = 20;
+    let r = i.command(DRIVE0, &rp, &[], 20).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // READ POSITION extended form cut to its allocation length.
+    let mut rp = read_position(8);
+    rp[8] = 16;
+    let r = i.command(DRIVE0, &rp, &[], 16).unwrap();
+    assert_eq!(r.data.len(), 16);
+    assert_eq!(&r.data[8..16], &5u64.to_be_bytes());
+    // LOG SELECT with PCR resets; anything else is refused.
+    assert_good(
+        &i.command(DRIVE0, &[0x4c, 0x02, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+            .unwrap(),
+    );
+    let r = i
+        .command(DRIVE0, &[0x4c, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // LOG SENSE with SP set: invalid.
+    let mut ls = log_sense(0x2e, 255);
+    ls[1] = 1;
+    let r = i.command(DRIVE0, &ls, &[], 255).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // TapeAlert from parameter 60 on: 5 parameters.
+    let mut ls = log_sense(0x2e, 255);
+    ls[6] = 60;
+    let r = i.command(DRIVE0, &ls, &[], 255).unwrap();
+    assert_eq!(u16::from_be_bytes([r.data[2], r.data[3]]), 25);
+    // PREVENT with the obsolete values 2/3: invalid.
+    let r = i.command(DRIVE0, &[0x1e, 0, 0, 0, 2, 0], &[], 0).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // A write with less data than the CDB asks for: refused, nothing written; the
+    // transport reports the overflow.
+    let r = i
+        .command_edtl(DRIVE0, &write6(200, false), &block(1, 100), false, 100)
+        .unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    assert_eq!(r.residual, -100);
+}
+
+#[test]
+fn changer_extra_commands() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    settle(&mut i, CHANGER);
+    // INITIALIZE ELEMENT STATUS WITH RANGE over valid and invalid ranges.
+    let r = i
+        .command(
+            CHANGER,
+            &[0xe7, 1, 0x04, 0x00, 0, 0, 0, 2, 0, 0, 0, 0],
+            &[],
+            0,
+        )
+        .unwrap();
+    assert_good(&r);
+    let r = i
+        .command(
+            CHANGER,
+            &[0xe7, 1, 0x09, 0x00, 0, 0, 0, 2, 0, 0, 0, 0],
+            &[],
+            0,
+        )
+        .unwrap();
+    assert_sense(&r, 5, 0x21, 0x01);
+    // Transport geometry and device capabilities pages.
+    let r = i
+        .command(CHANGER, &mode_sense6(0x1e, 255, true), &[], 255)
+        .unwrap();
+    assert_eq!(&r.data[4..6], &[0x1e, 2]);
+    let r = i
+        .command(CHANGER, &mode_sense6(0x1f, 255, true), &[], 255)
+        .unwrap();
+    assert_eq!(&r.data[4..6], &[0x1f, 0x12]);
+    assert_eq!(r.data[4 + 2], 0x0e);
+    // MODE SELECT of page 0x1d accepted, a block descriptor refused.
+    let mut sel = vec![0u8, 0, 0, 0];
+    let mut p = vec![0u8; 20];
+    p[0] = 0x1d;
+    p[1] = 0x12;
+    sel.extend(&p);
+    assert_good(&i.command(CHANGER, &mode_select6(24), &sel, 0).unwrap());
+    let bd = vec![0u8, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+    let r = i.command(CHANGER, &mode_select6(12), &bd, 0).unwrap();
+    assert_sense(&r, 5, 0x26, 0x00);
+    // EXCHANGE MEDIUM slot0 -> slot3 (empty) with slot3's... source and first
+    // destination both must be full.
+    let x = [0xa6, 0, 0, 0, 0x04, 0x00, 0x04, 0x03, 0x04, 0x00, 0, 0];
+    let r = i.command(CHANGER, &x, &[], 0).unwrap();
+    assert_sense(&r, 5, 0x3b, 0x0e);
+    // Exchange slot0 -> slot1, slot1's cartridge -> slot3.
+    let x = [0xa6, 0, 0, 0, 0x04, 0x00, 0x04, 0x01, 0x04, 0x03, 0, 0];
+    assert_good(&i.command(CHANGER, &x, &[], 0).unwrap());
+    let st = s.lib.state().unwrap();
+    assert_eq!(st.slots[0], None);
+    assert_eq!(st.slots[1].as_deref(), Some("TV0001L9"));
+    assert_eq!(st.slots[3].as_deref(), Some("TV0002L9"));
+    // MOVE MEDIUM with INVERT: not supported.
+    let mut m = move_medium(SLOT_BASE + 1, SLOT_BASE);
+    m[10] = 1;
+    let r = i.command(CHANGER, &m, &[], 0).unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // An unknown changer opcode.
+    let r = i
+        .command(CHANGER, &[0x08, 0, 0, 0, 1, 0], &[], 512)
+        .unwrap();
+    assert_sense(&r, 5, 0x20, 0x00);
+}
