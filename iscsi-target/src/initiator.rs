@@ -327,7 +327,7 @@ impl Initiator {
             r2ts: 0,
         };
         loop {
-            let r = self.recv()?;
+            let mut r = self.recv()?;
             match r.opcode() {
                 op::R2T => {
                     res.r2ts += 1;
@@ -366,7 +366,11 @@ impl Initiator {
                             res.data.len()
                         )));
                     }
-                    res.data.extend_from_slice(&r.data);
+                    if res.data.is_empty() {
+                        res.data = std::mem::take(&mut r.data);
+                    } else {
+                        res.data.extend_from_slice(&r.data);
+                    }
                     if r.flags() & 0x01 != 0 {
                         self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
                         res.status = r.bhs[3];

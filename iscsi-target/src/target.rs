@@ -751,7 +751,7 @@ fn full_feature(
     let mut logged_out = false;
     let reason = loop {
         let mut rej = None;
-        let pdu = match Pdu::read_from(reader, OUR_MAX_RECV_DATA_SEGMENT as usize, &mut rej) {
+        let mut pdu = match Pdu::read_from(reader, OUR_MAX_RECV_DATA_SEGMENT as usize, &mut rej) {
             Ok(p) => p,
             Err(PduError::TooLong { .. }) => {
                 if let Some(b) = rej {
@@ -870,8 +870,13 @@ fn full_feature(
                     let _ = tx.send(Job::Cmd(task));
                     continue;
                 }
-                task.data_out = vec![0u8; edtl as usize];
-                task.data_out[..imm].copy_from_slice(&pdu.data);
+                if imm == edtl as usize {
+                    // All the data came with the command: take it as it is.
+                    task.data_out = std::mem::take(&mut pdu.data);
+                } else {
+                    task.data_out = vec![0u8; edtl as usize];
+                    task.data_out[..imm].copy_from_slice(&pdu.data);
+                }
                 let final_bit = flags & 0x80 != 0;
                 let unsolicited_end = if params.initial_r2t || final_bit {
                     imm
@@ -1199,6 +1204,8 @@ fn send_response(conn: &Conn, t: &Task, r: Response, mrdsl: usize) -> io::Result
     let mut data_sn = 0u32;
     let mut off = 0;
     let mrdsl = mrdsl.max(512);
+    let mut data_in = r.data_in;
+    data_in.truncate(send_len);
     while off < send_len {
         let n = (send_len - off).min(mrdsl);
         let last = off + n == send_len;
@@ -1215,7 +1222,12 @@ fn send_response(conn: &Conn, t: &Task, r: Response, mrdsl: usize) -> io::Result
         p.set_u32(20, 0xffff_ffff);
         p.set_u32(36, data_sn);
         p.set_u32(40, off as u32);
-        p.data = r.data_in[off..off + n].to_vec();
+        p.data = if off == 0 && last {
+            // The common case, one PDU: hand over the buffer instead of copying it.
+            std::mem::take(&mut data_in)
+        } else {
+            data_in[off..off + n].to_vec()
+        };
         conn.send(p, last && collapse, Some(24))?;
         data_sn += 1;
         off += n;
