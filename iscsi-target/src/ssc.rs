@@ -23,6 +23,8 @@ pub const MAX_FIXED_TRANSFER: u64 = 64 << 20;
 /// Density code reported in the block descriptor (vendor-unique 0x00 would mean
 /// "default"; we report one code and accept 0 or it in MODE SELECT).
 pub const DENSITY_CODE: u8 = 0x00;
+/// Longest USER MEDIUM TEXT LABEL attribute (SPC-4).
+const MAM_LABEL_LEN: usize = 160;
 /// Bytes in a "megabyte" of the volume statistics log page.
 const MB: u64 = 1_000_000;
 
@@ -709,20 +711,9 @@ impl TapeDrive {
     }
 
     fn volume_statistics(&self, st: &mut DriveState, pointer: u16, alloc: usize) -> Response {
-        let bc = match st.drive.barcode() {
-            Ok(Some(b)) => b,
-            Ok(None) => return Response::check(Sense::no_medium()),
-            Err(e) => return Response::check(self.fail(st, &e, false)),
-        };
-        if let Err(e) = st.drive.flush() {
-            return Response::check(self.fail(st, &e, false));
-        }
-        let rec = match self.lib.cartridges() {
-            Ok(all) => match all.into_iter().find(|r| r.meta.barcode == bc) {
-                Some(r) => r,
-                None => return Response::check(Sense::internal_failure()),
-            },
-            Err(e) => return Response::check(self.fail(st, &e, false)),
+        let rec = match self.record(st) {
+            Ok(r) => r,
+            Err(s) => return Response::check(s),
         };
         let m = &rec.meta;
         let mut p = Vec::new();
@@ -743,6 +734,164 @@ impl TapeDrive {
         add(0x0080, 0x03, &[m.write_protected as u8]);
         add(0x0081, 0x03, &[m.worm as u8]);
         log_page(0x17, &p, alloc)
+    }
+
+    /// The cartridge in the drive as the library records it (statistics flushed).
+    fn record(&self, st: &mut DriveState) -> Result<vtl_sim::CartridgeRecord, Sense> {
+        let bc = match st.drive.barcode() {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(Sense::no_medium()),
+            Err(e) => return Err(self.fail(st, &e, false)),
+        };
+        if let Err(e) = st.drive.flush() {
+            return Err(self.fail(st, &e, false));
+        }
+        match self.lib.cartridges() {
+            Ok(all) => all
+                .into_iter()
+                .find(|r| r.meta.barcode == bc)
+                .ok_or_else(Sense::internal_failure),
+            Err(e) => Err(self.fail(st, &e, false)),
+        }
+    }
+
+    /// Medium auxiliary memory attributes of the loaded cartridge (SPC-4 7.4):
+    /// (identifier, read only, format, value). Format 0 binary, 1 ASCII, 2 text.
+    fn attributes(rec: &vtl_sim::CartridgeRecord) -> Vec<(u16, bool, u8, Vec<u8>)> {
+        let m = &rec.meta;
+        let mib = |b: u64| (b >> 20).to_be_bytes().to_vec();
+        let ascii = |s: &str, n: usize| {
+            let mut v: Vec<u8> = s.bytes().take(n).collect();
+            v.resize(n, b' ');
+            v
+        };
+        let medium_type = if m.cleaning {
+            0x01
+        } else if m.worm {
+            0x80
+        } else {
+            0x00
+        };
+        let mut label: Vec<u8> = m.application_label.clone().unwrap_or_default().into_bytes();
+        label.truncate(MAM_LABEL_LEN);
+        vec![
+            (
+                0x0000,
+                true,
+                0,
+                mib(m.capacity.saturating_sub(rec.bytes_used)),
+            ),
+            (0x0001, true, 0, mib(m.capacity)),
+            (0x0003, true, 0, m.load_count.to_be_bytes().to_vec()),
+            (
+                0x0220,
+                true,
+                0,
+                (m.bytes_written >> 20).to_be_bytes().to_vec(),
+            ),
+            (0x0221, true, 0, (m.bytes_read >> 20).to_be_bytes().to_vec()),
+            (0x0400, true, 1, ascii("TAPEVALT", 8)),
+            (0x0401, true, 1, ascii(&m.barcode, 32)),
+            (0x0408, true, 0, vec![medium_type]),
+            (0x0803, false, 2, label),
+            (0x0806, true, 1, ascii(&m.barcode, 32)),
+        ]
+    }
+
+    fn read_attribute(&self, st: &mut DriveState, cdb: &[u8]) -> Response {
+        let sa = cdb[1] & 0x1f;
+        if cdb[5] != 0 {
+            return Response::check(Sense::invalid_cdb_field(5, None));
+        }
+        if cdb[7] != 0 {
+            return Response::check(Sense::invalid_cdb_field(7, None));
+        }
+        let first = u16::from_be_bytes([cdb[8], cdb[9]]);
+        let alloc = u32::from_be_bytes(cdb[10..14].try_into().expect("4 bytes")) as usize;
+        let rec = match self.record(st) {
+            Ok(r) => r,
+            Err(s) => return Response::check(s),
+        };
+        let attrs = Self::attributes(&rec);
+        let body: Vec<u8> = match sa {
+            0x00 => {
+                let mut b = Vec::new();
+                for (id, ro, fmt, v) in attrs.iter().filter(|a| a.0 >= first) {
+                    b.extend_from_slice(&id.to_be_bytes());
+                    b.push(if *ro { 0x80 } else { 0 } | fmt);
+                    b.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                b
+            }
+            0x01 | 0x05 => attrs
+                .iter()
+                .filter(|a| a.0 >= first)
+                .flat_map(|a| a.0.to_be_bytes())
+                .collect(),
+            // One logical volume, one partition.
+            0x02 | 0x03 => {
+                return Response::data(vec![0, 2, 0, 1], alloc);
+            }
+            _ => return Response::check(Sense::invalid_cdb_field(1, Some(4))),
+        };
+        let mut d = (body.len() as u32).to_be_bytes().to_vec();
+        d.extend(body);
+        Response::data(d, alloc)
+    }
+
+    fn write_attribute(&self, st: &mut DriveState, cdb: &[u8], data: &[u8]) -> Response {
+        let len = u32::from_be_bytes(cdb[10..14].try_into().expect("4 bytes")) as usize;
+        if cdb[5] != 0 || cdb[7] != 0 {
+            return Response::check(Sense::invalid_cdb_field(
+                if cdb[5] != 0 { 5 } else { 7 },
+                None,
+            ))
+            .expecting(len);
+        }
+        if data.len() < len || (len > 0 && len < 4) {
+            return Response::check(Sense::param_list_length()).expecting(len);
+        }
+        let bc = match st.drive.barcode() {
+            Ok(Some(b)) => b,
+            Ok(None) => return Response::check(Sense::no_medium()).expecting(len),
+            Err(e) => return Response::check(self.fail(st, &e, true)).expecting(len),
+        };
+        if len == 0 {
+            return Response::good();
+        }
+        let p = &data[..len];
+        let avail = u32::from_be_bytes(p[0..4].try_into().expect("4 bytes")) as usize;
+        if avail + 4 > len {
+            return Response::check(Sense::param_list_length()).expecting(len);
+        }
+        // Check every attribute before changing anything.
+        let mut off = 4;
+        let mut label = None;
+        while off < 4 + avail {
+            if off + 5 > 4 + avail {
+                return Response::check(Sense::param_list_length()).expecting(len);
+            }
+            let id = u16::from_be_bytes([p[off], p[off + 1]]);
+            let n = u16::from_be_bytes([p[off + 3], p[off + 4]]) as usize;
+            if off + 5 + n > 4 + avail {
+                return Response::check(Sense::param_list_length()).expecting(len);
+            }
+            if id != 0x0803 || n > MAM_LABEL_LEN {
+                // Only the user medium text label is kept (in the cartridge's metadata).
+                return Response::check(Sense::invalid_param_field(off as u16)).expecting(len);
+            }
+            let v = &p[off + 5..off + 5 + n];
+            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+            label = Some(String::from_utf8_lossy(&v[..end]).trim_end().to_string());
+            off += 5 + n;
+        }
+        if let Some(l) = label {
+            if let Err(e) = self.lib.set_application_label(&bc, &l) {
+                return Response::check(self.fail(st, &e, true)).expecting(len);
+            }
+        }
+        Response::good().expecting(len)
     }
 
     fn request_sense(&self, st: &mut DriveState, nexus: &Nexus, cdb: &[u8]) -> Response {
@@ -852,6 +1001,8 @@ impl TapeDrive {
                 Response::good()
             }
             0x4d => self.log_sense(st, cdb),
+            0x8c => self.read_attribute(st, cdb),
+            0x8d => self.write_attribute(st, cdb, data),
             _ => Response::check(Sense::invalid_opcode()),
         }
     }

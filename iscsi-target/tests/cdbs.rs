@@ -238,3 +238,122 @@ fn changer_extra_commands() {
         .unwrap();
     assert_sense(&r, 5, 0x20, 0x00);
 }
+
+fn read_attribute(sa: u8, first: u16, alloc: u32) -> Vec<u8> {
+    let f = first.to_be_bytes();
+    let a = alloc.to_be_bytes();
+    vec![
+        0x8c, sa, 0, 0, 0, 0, 0, 0, f[0], f[1], a[0], a[1], a[2], a[3], 0, 0,
+    ]
+}
+
+/// Attribute values as (id, read only, format, value).
+fn attrs(d: &[u8]) -> Vec<(u16, bool, u8, Vec<u8>)> {
+    let n = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut off = 4;
+    while off < 4 + n {
+        let id = u16::from_be_bytes([d[off], d[off + 1]]);
+        let len = u16::from_be_bytes([d[off + 3], d[off + 4]]) as usize;
+        out.push((
+            id,
+            d[off + 2] & 0x80 != 0,
+            d[off + 2] & 3,
+            d[off + 5..off + 5 + len].to_vec(),
+        ));
+        off += 5 + len;
+    }
+    out
+}
+
+#[test]
+fn medium_auxiliary_memory_attributes() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    settle(&mut i, DRIVE0);
+    let r = i
+        .command(DRIVE0, &read_attribute(0, 0, 4096), &[], 4096)
+        .unwrap();
+    assert_sense(&r, 2, 0x3a, 0x00);
+    load(&mut i, 0, 0);
+    assert_good(
+        &i.command(DRIVE0, &write6(3 << 20, false), &block(1, 3 << 20), 0)
+            .unwrap(),
+    );
+    let r = i
+        .command(DRIVE0, &read_attribute(0, 0, 4096), &[], 4096)
+        .unwrap();
+    assert_good(&r);
+    let a = attrs(&r.data);
+    let get = |id: u16| a.iter().find(|x| x.0 == id).cloned().unwrap();
+    assert_eq!(
+        get(0x0001).3,
+        64u64.to_be_bytes().to_vec(),
+        "maximum capacity in MiB"
+    );
+    assert_eq!(
+        get(0x0000).3,
+        61u64.to_be_bytes().to_vec(),
+        "remaining capacity in MiB"
+    );
+    assert_eq!(get(0x0003).3, 1u64.to_be_bytes().to_vec(), "load count");
+    assert_eq!(get(0x0220).3, 3u64.to_be_bytes().to_vec(), "MiB written");
+    let bc = get(0x0806);
+    assert!(bc.1 && bc.2 == 1);
+    assert_eq!(String::from_utf8(bc.3).unwrap().trim(), "TV0001L9");
+    assert!(!get(0x0803).1, "the user label is writable");
+    // From a first attribute on; the attribute list; partitions.
+    let r = i
+        .command(DRIVE0, &read_attribute(0, 0x0800, 4096), &[], 4096)
+        .unwrap();
+    assert_eq!(
+        attrs(&r.data).iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![0x0803, 0x0806]
+    );
+    let r = i
+        .command(DRIVE0, &read_attribute(1, 0, 4096), &[], 4096)
+        .unwrap();
+    assert_eq!(
+        u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize,
+        (r.data.len() - 4)
+    );
+    let r = i
+        .command(DRIVE0, &read_attribute(3, 0, 4096), &[], 4096)
+        .unwrap();
+    assert_eq!(r.data, vec![0, 2, 0, 1]);
+    let r = i
+        .command(DRIVE0, &read_attribute(0x1f, 0, 4096), &[], 4096)
+        .unwrap();
+    assert_sense(&r, 5, 0x24, 0x00);
+    // WRITE ATTRIBUTE of the user medium text label; it lands in the cartridge metadata.
+    let text = b"pool-A";
+    let mut p = ((5 + text.len()) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x08, 0x03, 0x02, 0, text.len() as u8]);
+    p.extend_from_slice(text);
+    let l = (p.len() as u32).to_be_bytes();
+    let cdb = [
+        0x8d, 0, 0, 0, 0, 0, 0, 0, 0, 0, l[0], l[1], l[2], l[3], 0, 0,
+    ];
+    assert_good(&i.command(DRIVE0, &cdb, &p, 0).unwrap());
+    let rec = s
+        .lib
+        .cartridges()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.meta.barcode == "TV0001L9")
+        .unwrap();
+    assert_eq!(rec.meta.application_label.as_deref(), Some("pool-A"));
+    let r = i
+        .command(DRIVE0, &read_attribute(0, 0x0803, 4096), &[], 4096)
+        .unwrap();
+    assert_eq!(attrs(&r.data)[0].3, b"pool-A");
+    // A read-only attribute cannot be written.
+    let mut p = 7u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x04, 0x01, 0x01, 0, 2, b'x', b'y']);
+    let l = (p.len() as u32).to_be_bytes();
+    let cdb = [
+        0x8d, 0, 0, 0, 0, 0, 0, 0, 0, 0, l[0], l[1], l[2], l[3], 0, 0,
+    ];
+    let r = i.command(DRIVE0, &cdb, &p, 0).unwrap();
+    assert_sense(&r, 5, 0x26, 0x00);
+}
