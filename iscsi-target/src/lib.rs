@@ -22,5 +22,5 @@ pub mod smc;
 pub mod ssc;
 pub mod target;
 
-pub use scsi::{LogicalUnit, Nexus, Response, Sense};
+pub use scsi::{LogicalUnit, LunTable, Nexus, Response, Sense};
 pub use target::{Handle, ServeError, Target, TargetConfig, DEFAULT_PORT, DEFAULT_TARGET_NAME};

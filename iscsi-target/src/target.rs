@@ -119,15 +119,7 @@ impl Target {
     /// Open the library, take every drive for this process, and start listening.
     /// LUN 0 is the media changer, LUN n+1 is drive n.
     pub fn serve(cfg: TargetConfig) -> Result<Handle, ServeError> {
-        if !cfg.listen.ip().is_loopback() && !cfg.allow_remote {
-            return Err(ServeError::NotLoopback(cfg.listen));
-        }
-        if !valid_name(&cfg.target_name) {
-            return Err(ServeError::BadName(format!(
-                "target name {:?} is not an iqn./eui./naa. name of lower-case letters, digits, '.', '-' and ':'",
-                cfg.target_name
-            )));
-        }
+        check_config(&cfg)?;
         let lib = Library::open(&cfg.library).map_err(ServeError::Library)?;
         let st = lib.state().map_err(ServeError::Library)?;
         if st.drives.len() > MAX_DRIVES
@@ -166,6 +158,13 @@ impl Target {
             base,
         ));
         luns.insert(0, changer);
+        Target::serve_units(cfg, luns)
+    }
+
+    /// Serve the given logical units instead of a library's (`cfg.library` is not
+    /// used): the iSCSI layer is the same whatever the units are.
+    pub fn serve_units(cfg: TargetConfig, luns: LunTable) -> Result<Handle, ServeError> {
+        check_config(&cfg)?;
         let listener =
             TcpListener::bind(cfg.listen).map_err(|e| ServeError::Bind(cfg.listen, e))?;
         let addr = listener
@@ -194,6 +193,19 @@ impl Target {
             accept: Some(accept),
         })
     }
+}
+
+fn check_config(cfg: &TargetConfig) -> Result<(), ServeError> {
+    if !cfg.listen.ip().is_loopback() && !cfg.allow_remote {
+        return Err(ServeError::NotLoopback(cfg.listen));
+    }
+    if !valid_name(&cfg.target_name) {
+        return Err(ServeError::BadName(format!(
+            "target name {:?} is not an iqn./eui./naa. name of lower-case letters, digits, '.', '-' and ':'",
+            cfg.target_name
+        )));
+    }
+    Ok(())
 }
 
 fn valid_name(n: &str) -> bool {
@@ -468,6 +480,9 @@ struct PendingWrite {
     next_offset: usize,
     r2t: Option<(u32, usize)>,
     r2tsn: u32,
+    /// DataSN and buffer offset the next Data-Out must carry (data in order).
+    expect_sn: u32,
+    expect_off: usize,
 }
 
 fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, conn_id: u64) {
@@ -891,6 +906,8 @@ fn full_feature(
                     next_offset: unsolicited_end,
                     r2t: None,
                     r2tsn: 0,
+                    expect_sn: 0,
+                    expect_off: imm,
                 };
                 match advance_write(conn, &mut pw, params.max_burst as usize, &mut next_ttt) {
                     Ok(true) => {
@@ -910,11 +927,36 @@ fn full_feature(
                 };
                 let off = pdu.u32_at(40) as usize;
                 let ttt = pdu.u32_at(20);
+                let data_sn = pdu.u32_at(36);
                 let len = pdu.data.len();
-                if off + len > pw.task.data_out.len() {
-                    conn.reject(reject::PROTOCOL_ERROR, &pdu.bhs);
+                let expected_ttt = match pw.r2t {
+                    Some((t, _)) => t,
+                    None if !pw.unsolicited_done => 0xffff_ffff,
+                    None => 0,
+                };
+                // ErrorRecoveryLevel 0: a Data-Out out of sequence ends the task with
+                // CHECK CONDITION, ABORTED COMMAND (DATA PHASE / DATA OFFSET ERROR);
+                // what the initiator still sends for it is dropped.
+                let error = if ttt != expected_ttt || data_sn != pw.expect_sn {
+                    Some(0x00)
+                } else if off != pw.expect_off || off + len > pw.task.data_out.len() {
+                    Some(0x05)
+                } else {
+                    None
+                };
+                if let Some(ascq) = error {
+                    if let Some(mut pw) = writes.remove(&itt) {
+                        pw.task.preset = Some(Response::check(crate::scsi::Sense::new(
+                            crate::scsi::key::ABORTED_COMMAND,
+                            0x4b,
+                            ascq,
+                        )));
+                        let _ = tx.send(Job::Cmd(pw.task));
+                    }
                     continue;
                 }
+                pw.expect_sn = pw.expect_sn.wrapping_add(1);
+                pw.expect_off = off + len;
                 pw.task.data_out[off..off + len].copy_from_slice(&pdu.data);
                 pw.received += len;
                 let fin = pdu.final_bit();
@@ -1083,6 +1125,8 @@ fn advance_write(
     p.set_u32(40, pw.next_offset as u32);
     p.set_u32(44, len as u32);
     pw.r2tsn += 1;
+    pw.expect_sn = 0;
+    pw.expect_off = pw.next_offset;
     pw.next_offset += len;
     pw.r2t = Some((ttt, len));
     conn.send(p, false, Some(24))?;

@@ -403,3 +403,45 @@ fn refuses_non_loopback_without_permission() {
         "{e}"
     );
 }
+
+#[test]
+fn data_out_out_of_sequence_ends_the_task_with_aborted_command() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = Initiator::login_with(
+        s.addr,
+        INITIATOR,
+        Some(&s.name),
+        [0x80, 0, 0, 0, 0, 5],
+        &[("InitialR2T", "Yes"), ("ImmediateData", "No")],
+    )
+    .unwrap();
+    load(&mut i, 0, 0);
+    for (data_sn, offset, ascq) in [(1u32, 0u32, 0x00u8), (0, 512, 0x05)] {
+        let mut c = i.command_pdu(DRIVE0, &write6(1024, false), &block(0, 1024), 0);
+        c.data.clear();
+        let itt = c.itt();
+        i.send(&c).unwrap();
+        let r2t = i.recv().unwrap();
+        assert_eq!(r2t.opcode(), op::R2T);
+        let mut d = Pdu::new(op::DATA_OUT);
+        d.set_flags(0x80);
+        d.set_lun(r2t.lun());
+        d.set_itt(itt);
+        d.set_u32(20, r2t.u32_at(20));
+        d.set_u32(36, data_sn);
+        d.set_u32(40, offset);
+        d.data = vec![0; 512];
+        i.send(&d).unwrap();
+        let r = i.recv().unwrap();
+        assert_eq!(r.opcode(), op::SCSI_RESP);
+        assert_eq!(r.bhs[3], 2, "CHECK CONDITION");
+        assert_eq!(
+            (r.data[2 + 2] & 0x0f, r.data[2 + 12], r.data[2 + 13]),
+            (0x0b, 0x4b, ascq)
+        );
+    }
+    // Nothing was written; the session goes on.
+    let r = i.command(DRIVE0, &read_position(0), &[], 20).unwrap();
+    assert_eq!(&r.data[4..8], &0u32.to_be_bytes());
+    assert_eq!(i.nop(b"ok").unwrap(), b"ok");
+}
