@@ -180,6 +180,7 @@ impl Target {
             threads: Mutex::new(Vec::new()),
             next_tsih: AtomicU16::new(1),
             next_conn: AtomicU64::new(1),
+            task_tables: Mutex::new(HashMap::new()),
             log: cfg.log.clone(),
         });
         let s2 = shared.clone();
@@ -328,6 +329,9 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
+    /// The task table of every session in full feature phase, by connection, so a LUN
+    /// reset or CLEAR TASK SET can abort the tasks other sessions have queued.
+    task_tables: Mutex<HashMap<u64, Arc<Mutex<Tasks>>>>,
     log: Option<LogFn>,
 }
 
@@ -517,7 +521,7 @@ fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, conn_id
         login.tsih
     ));
     let nexus = Nexus::new(&initiator, login.isid);
-    let reason = full_feature(shared, &conn, &mut reader, &login, &nexus);
+    let reason = full_feature(shared, &conn, &mut reader, &login, &nexus, conn_id);
     if !login.params.discovery {
         for (_, lu) in shared.luns.all() {
             lu.nexus_lost(&nexus);
@@ -743,9 +747,11 @@ fn full_feature(
     reader: &mut impl io::Read,
     login: &LoginOk,
     nexus: &Nexus,
+    conn_id: u64,
 ) -> String {
     let params = &login.params;
     let tasks = Arc::new(Mutex::new(Tasks::default()));
+    lock(&shared.task_tables).insert(conn_id, tasks.clone());
     let (tx, rx) = mpsc::channel::<Job>();
     let worker = {
         let conn = conn.clone();
@@ -1025,13 +1031,20 @@ fn full_feature(
                             1
                         }
                     }
-                    2 | 4 => {
+                    2 => {
                         abort_where(&|_, l| l == lun);
+                        0
+                    }
+                    // CLEAR TASK SET and LOGICAL UNIT RESET reach every nexus's tasks.
+                    4 => {
+                        abort_where(&|_, l| l == lun);
+                        abort_elsewhere(shared, conn_id, decode_lun(lun));
                         0
                     }
                     5 => match decode_lun(lun).filter(|l| shared.luns.get(*l).is_some()) {
                         Some(l) => {
                             abort_where(&|_, x| x == lun);
+                            abort_elsewhere(shared, conn_id, Some(l));
                             reset.push(l);
                             0
                         }
@@ -1039,6 +1052,7 @@ fn full_feature(
                     },
                     6 | 7 => {
                         abort_where(&|_, _| true);
+                        abort_elsewhere(shared, conn_id, None);
                         reset.extend(shared.luns.all().map(|(l, _)| *l));
                         close = function == 7;
                         0
@@ -1087,12 +1101,30 @@ fn full_feature(
         }
     };
     // Whatever the worker has not started is never answered (session failure at ERL 0).
+    lock(&shared.task_tables).remove(&conn_id);
     for e in lock(&tasks).pending.values_mut() {
         e.1 = true;
     }
     drop(tx);
     let _ = worker.join();
     reason
+}
+
+/// Mark the tasks other sessions hold for `lun` (all LUNs when None) aborted: queued
+/// ones are never executed, a running one completes unanswered.
+fn abort_elsewhere(shared: &Shared, own: u64, lun: Option<u64>) {
+    let tables: Vec<Arc<Mutex<Tasks>>> = lock(&shared.task_tables)
+        .iter()
+        .filter(|(c, _)| **c != own)
+        .map(|(_, t)| t.clone())
+        .collect();
+    for t in tables {
+        for (field, aborted) in lock(&t).pending.values_mut() {
+            if lun.is_none() || decode_lun(*field) == lun {
+                *aborted = true;
+            }
+        }
+    }
 }
 
 /// Issue the next R2T if the unsolicited part is over and none is outstanding. Returns

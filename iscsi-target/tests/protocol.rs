@@ -445,3 +445,50 @@ fn data_out_out_of_sequence_ends_the_task_with_aborted_command() {
     assert_eq!(&r.data[4..8], &0u32.to_be_bytes());
     assert_eq!(i.nop(b"ok").unwrap(), b"ok");
 }
+
+#[test]
+fn lun_reset_from_another_session_aborts_queued_tasks_silently() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut a = s.login(1);
+    let mut b = s.login(2);
+    load(&mut a, 0, 0);
+    settle(&mut b, DRIVE0);
+    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
+    hang_writes(&s, &bc, 1500);
+    assert_good(&a.command(DRIVE0, &tur(), &[], 0).unwrap());
+    let w1 = a.command_pdu(DRIVE0, &write6(512, false), &block(1, 512), 0);
+    let w2 = a.command_pdu(DRIVE0, &write6(512, false), &block(2, 512), 0);
+    a.send(&w1).unwrap();
+    a.send(&w2).unwrap();
+    // Once the NOP is answered, the target has both writes (PDUs are read in order).
+    let nop = a.nop_pdu(b"sync");
+    a.send(&nop).unwrap();
+    let r = a.recv().unwrap();
+    assert_eq!((r.opcode(), r.itt()), (op::NOP_IN, nop.itt()));
+    // b resets the LUN while a's first write hangs and its second is queued.
+    assert_eq!(b.tmf(5, DRIVE0, 0).unwrap(), 0);
+    // a gets no response for either write; its next command sees the reset.
+    let t = a.command_pdu(DRIVE0, &tur(), &[], 0);
+    a.send(&t).unwrap();
+    let r = a.recv().unwrap();
+    assert_eq!(r.opcode(), op::SCSI_RESP);
+    assert_eq!(r.itt(), t.itt(), "no response for the aborted writes");
+    assert_eq!(r.bhs[3], 2);
+    assert_eq!(
+        (r.data[2 + 2] & 0x0f, r.data[2 + 12], r.data[2 + 13]),
+        (6, 0x29, 0x03)
+    );
+    // The first write either was running (and completed) or had not started (and never
+    // ran); the queued second one never ran.
+    assert_good(&a.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    let mut r = a
+        .command(DRIVE0, &read6(512, false, false), &[], 512)
+        .unwrap();
+    if r.status == 0 {
+        assert_eq!(r.data, block(1, 512));
+        r = a
+            .command(DRIVE0, &read6(512, false, false), &[], 512)
+            .unwrap();
+    }
+    assert_sense(&r, 8, 0x00, 0x05);
+}
