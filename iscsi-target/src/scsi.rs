@@ -576,6 +576,82 @@ pub fn log_page(page: u8, params: &[u8], alloc: usize) -> Response {
     Response::data(d, alloc)
 }
 
+/// One supported command for REPORT SUPPORTED OPERATION CODES: its opcode, service
+/// action (when it has one) and CDB usage data (the bits the device server looks at;
+/// the first byte is the opcode, the length is the CDB length).
+pub struct OpInfo {
+    pub op: u8,
+    pub sa: Option<u16>,
+    pub usage: &'static [u8],
+}
+
+/// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) over `table`.
+pub fn report_opcodes(cdb: &[u8], table: &[OpInfo]) -> Response {
+    if cdb.len() < 12 {
+        return Response::check(Sense::invalid_cdb_field(0, None));
+    }
+    let rctd = cdb[2] & 0x80 != 0;
+    let option = cdb[2] & 0x07;
+    let req_op = cdb[3];
+    let req_sa = u16::from_be_bytes([cdb[4], cdb[5]]);
+    let alloc = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
+    // Command timeouts descriptor: no nominal or recommended timeout is specified.
+    let timeouts = [0u8, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    match option {
+        0 => {
+            let mut body = Vec::new();
+            for o in table {
+                body.push(o.op);
+                body.push(0);
+                body.extend_from_slice(&o.sa.unwrap_or(0).to_be_bytes());
+                body.push(0);
+                body.push(if o.sa.is_some() { 0x01 } else { 0 } | if rctd { 0x02 } else { 0 });
+                body.extend_from_slice(&(o.usage.len() as u16).to_be_bytes());
+                if rctd {
+                    body.extend_from_slice(&timeouts);
+                }
+            }
+            let mut d = (body.len() as u32).to_be_bytes().to_vec();
+            d.extend(body);
+            Response::data(d, alloc)
+        }
+        1 | 2 => {
+            let found = table.iter().find(|o| o.op == req_op);
+            if let Some(o) = found {
+                if option == 1 && o.sa.is_some() {
+                    return Response::check(Sense::invalid_cdb_field(2, Some(0)));
+                }
+            }
+            let found = table
+                .iter()
+                .find(|o| o.op == req_op && (option == 1 || o.sa == Some(req_sa)));
+            if option == 2
+                && found.is_none()
+                && table.iter().any(|o| o.op == req_op && o.sa.is_none())
+            {
+                return Response::check(Sense::invalid_cdb_field(2, Some(0)));
+            }
+            let mut d = vec![0u8, 0];
+            match found {
+                Some(o) => {
+                    d[1] = 0x03 | if rctd { 0x80 } else { 0 };
+                    d.extend_from_slice(&(o.usage.len() as u16).to_be_bytes());
+                    d.extend_from_slice(o.usage);
+                    if rctd {
+                        d.extend_from_slice(&timeouts);
+                    }
+                }
+                None => {
+                    d[1] = 0x01;
+                    d.extend_from_slice(&[0, 0]);
+                }
+            }
+            Response::data(d, alloc)
+        }
+        _ => Response::check(Sense::invalid_cdb_field(2, Some(0))),
+    }
+}
+
 /// The logical units of one target, by LUN.
 #[derive(Clone, Default)]
 pub struct LunTable {

@@ -28,6 +28,67 @@ const ET_STORAGE: u8 = 2;
 const ET_IMPORT_EXPORT: u8 = 3;
 const ET_DATA_TRANSFER: u8 = 4;
 
+/// The commands the changer supports, for REPORT SUPPORTED OPERATION CODES.
+const OPCODES: &[scsi::OpInfo] = &[
+    op(0x00, None, &[0x00, 0, 0, 0, 0, 0]),
+    op(0x03, None, &[0x03, 0x01, 0, 0, 0xff, 0]),
+    op(0x07, None, &[0x07, 0, 0, 0, 0, 0]),
+    op(0x12, None, &[0x12, 0x01, 0xff, 0xff, 0xff, 0]),
+    op(0x15, None, &[0x15, 0x11, 0, 0, 0xff, 0]),
+    op(0x16, None, &[0x16, 0, 0, 0, 0, 0]),
+    op(0x17, None, &[0x17, 0, 0, 0, 0, 0]),
+    op(0x1a, None, &[0x1a, 0x08, 0xff, 0xff, 0xff, 0]),
+    op(0x1b, None, &[0x1b, 0, 0xff, 0xff, 0x1f, 0]),
+    op(0x1e, None, &[0x1e, 0, 0, 0, 0x03, 0]),
+    op(0x2b, None, &[0x2b, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+    op(0x55, None, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op(
+        0x5a,
+        None,
+        &[0x5a, 0x08, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0xa0,
+        None,
+        &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
+    op(
+        0xa3,
+        Some(0x0c),
+        &[
+            0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
+        0xa5,
+        None,
+        &[0xa5, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0],
+    ),
+    op(
+        0xa6,
+        None,
+        &[
+            0xa6, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03, 0,
+        ],
+    ),
+    op(
+        0xb8,
+        None,
+        &[
+            0xb8, 0x1f, 0xff, 0xff, 0xff, 0xff, 0x01, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
+        0xe7,
+        None,
+        &[0xe7, 0x01, 0xff, 0xff, 0, 0, 0xff, 0xff, 0, 0, 0, 0],
+    ),
+];
+
+const fn op(op: u8, sa: Option<u16>, usage: &'static [u8]) -> scsi::OpInfo {
+    scsi::OpInfo { op, sa, usage }
+}
+
 /// The media changer logical unit.
 pub struct Changer {
     lib: Library,
@@ -551,6 +612,8 @@ impl Changer {
                     Err(s) => Response::check(s),
                 }
             }
+            0xa3 if cdb[1] & 0x1f == 0x0c => scsi::report_opcodes(cdb, OPCODES),
+            0xa3 => Response::check(Sense::invalid_cdb_field(1, Some(4))),
             0xa5 => self.move_medium(nexus, cdb),
             0xa6 => self.exchange_medium(nexus, cdb),
             0xb8 => self.read_element_status(cdb),
