@@ -121,6 +121,11 @@ const OPCODES: &[scsi::OpInfo] = &[
             0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     ),
+    op(
+        0xab,
+        Some(0x01),
+        &[0xab, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
 ];
 
 const fn op(op: u8, sa: Option<u16>, usage: &'static [u8]) -> scsi::OpInfo {
@@ -1086,6 +1091,22 @@ impl TapeDrive {
             0x8c => self.read_attribute(st, cdb),
             0xa3 if cdb[1] & 0x1f == 0x0c => scsi::report_opcodes(cdb, OPCODES),
             0xa3 => Response::check(Sense::invalid_cdb_field(1, Some(4))),
+            // READ MEDIA SERIAL NUMBER: the cartridge's barcode.
+            0xab if cdb[1] & 0x1f == 0x01 => {
+                let alloc = u32::from_be_bytes(cdb[6..10].try_into().expect("4 bytes")) as usize;
+                match st.drive.barcode() {
+                    Ok(Some(bc)) => {
+                        let mut sn = bc.into_bytes();
+                        sn.resize(sn.len().div_ceil(4) * 4, b' ');
+                        let mut d = (sn.len() as u32).to_be_bytes().to_vec();
+                        d.extend(sn);
+                        Response::data(d, alloc)
+                    }
+                    Ok(None) => Response::check(Sense::no_medium()),
+                    Err(e) => Response::check(self.fail(st, &e, false)),
+                }
+            }
+            0xab => Response::check(Sense::invalid_cdb_field(1, Some(4))),
             0x8d => self.write_attribute(st, cdb, data),
             _ => Response::check(Sense::invalid_opcode()),
         }

@@ -347,6 +347,17 @@ fn medium_auxiliary_memory_attributes() {
         .command(DRIVE0, &read_attribute(0, 0x0803, 4096), &[], 4096)
         .unwrap();
     assert_eq!(attrs(&r.data)[0].3, b"pool-A");
+    // READ MEDIA SERIAL NUMBER: the barcode.
+    let r = i
+        .command(
+            DRIVE0,
+            &[0xab, 0x01, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+            &[],
+            256,
+        )
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(&r.data[..], b"\0\0\0\x08TV0001L9");
     // A read-only attribute cannot be written.
     let mut p = 7u32.to_be_bytes().to_vec();
     p.extend_from_slice(&[0x04, 0x01, 0x01, 0, 2, b'x', b'y']);
