@@ -76,8 +76,10 @@ fn number(v: &str) -> Option<u64> {
 
 impl Negotiated {
     /// Answer one set of keys from a Login (or Text) request. `security` is true in the
-    /// security negotiation stage, where only declarative and AuthMethod keys belong.
-    /// Values out of range are answered `Reject` (RFC 7143 section 6.2).
+    /// security negotiation stage, the only one where AuthMethod means something.
+    /// Operational keys offered early are negotiated all the same (initiators differ
+    /// in when they send them). Values out of range are answered `Reject` (RFC 7143
+    /// section 6.2).
     pub fn negotiate(&mut self, keys: &[(String, String)], security: bool) -> Round {
         let mut r = Round::default();
         let mut push = |k: &str, v: String| r.reply.push((k.to_string(), v));
@@ -93,6 +95,7 @@ impl Negotiated {
                     "Normal" => self.discovery = false,
                     _ => push(k, "Reject".into()),
                 },
+                "AuthMethod" if !security => push(k, "Irrelevant".into()),
                 "AuthMethod" => {
                     if v.split(',').any(|m| m == "None") {
                         push(k, "None".into());
@@ -111,7 +114,6 @@ impl Negotiated {
                         fatal = Some(format!("{k}={v}: this target supports no digests"));
                     }
                 }
-                _ if security => push(k, "NotUnderstood".into()),
                 "MaxConnections" => match number(v) {
                     Some(n) if (1..=65535).contains(&n) => {
                         self.max_connections = 1;
@@ -309,5 +311,11 @@ mod tests {
         assert!(r.fatal.unwrap().contains("AuthMethod"));
         let r = n.negotiate(&kv(&[("AuthMethod", "CHAP,None")]), true);
         assert_eq!(get(&r, "AuthMethod"), Some("None"));
+        // Operational keys in the security stage are negotiated; AuthMethod later is
+        // irrelevant.
+        let r = n.negotiate(&kv(&[("MaxBurstLength", "65536")]), true);
+        assert_eq!(get(&r, "MaxBurstLength"), Some("65536"));
+        let r = n.negotiate(&kv(&[("AuthMethod", "None")]), false);
+        assert_eq!(get(&r, "AuthMethod"), Some("Irrelevant"));
     }
 }
