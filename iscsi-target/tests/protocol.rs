@@ -492,3 +492,40 @@ fn lun_reset_from_another_session_aborts_queued_tasks_silently() {
     }
     assert_sense(&r, 8, 0x00, 0x05);
 }
+
+#[test]
+fn login_text_split_over_continuation_pdus() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut c = Initiator::connect(s.addr).unwrap();
+    // The key list in two PDUs, cut in the middle of a value: C=1, then T=1.
+    let text = encode_text(&kv(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", s.name.as_str()),
+        ("SessionType", "Normal"),
+        ("HeaderDigest", "None"),
+        ("DataDigest", "None"),
+    ]));
+    let cut = 30;
+    let mut p = Pdu::new(op::LOGIN_REQ);
+    p.set_immediate(true);
+    p.set_flags(0x40 | 0x04); // C, CSG=1
+    p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 0x31]);
+    p.data = text[..cut].to_vec();
+    c.send(&p).unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!(r.opcode(), op::LOGIN_RESP);
+    assert_eq!(r.u16_at(36), 0);
+    assert_eq!(r.flags() & 0x80, 0, "no transit while the text continues");
+    assert!(r.data.is_empty());
+    p.set_flags(0x87);
+    p.data = text[cut..].to_vec();
+    c.send(&p).unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!(r.u16_at(36), 0);
+    assert_eq!(r.flags(), 0x87);
+    let keys = iscsi_target::pdu::parse_text(&r.data);
+    assert!(
+        keys.contains(&("HeaderDigest".into(), "None".into())),
+        "{keys:?}"
+    );
+}
