@@ -274,9 +274,15 @@ impl Pdu {
             });
         }
         if dlen > 0 {
-            pdu.data = vec![0u8; total];
-            r.read_exact(&mut pdu.data)?;
-            pdu.data.truncate(dlen);
+            // Read into spare capacity: no zero-filling of a buffer about to be
+            // overwritten (this is the data path of every write).
+            let mut data = Vec::with_capacity(total);
+            r.take(total as u64).read_to_end(&mut data)?;
+            if data.len() < total {
+                return Err(PduError::Closed);
+            }
+            data.truncate(dlen);
+            pdu.data = data;
         }
         Ok(pdu)
     }
