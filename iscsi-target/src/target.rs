@@ -623,7 +623,8 @@ fn login(
         if req.bhs[3] > 0 {
             return fail(LOGIN_UNSUPPORTED_VERSION);
         }
-        if csg == 2 || csg < stage || (transit && (nsg <= csg || nsg == 2)) {
+        // CSG 2 is reserved and 3 is not a login stage; T and C together are an error.
+        if csg >= 2 || csg < stage || (transit && (cont || nsg <= csg || nsg == 2)) {
             return fail(LOGIN_INVALID_REQUEST);
         }
         if first && req.u16_at(14) != 0 {

@@ -73,6 +73,9 @@ fn login_answers_keys_and_refuses_what_it_must() {
     let mut crc = k.clone();
     crc.push(("HeaderDigest", "CRC32C"));
     assert_eq!(attempt(&crc, 0x87, 0), 0x0200);
+    // T and C together, and a current stage of 3: invalid request.
+    assert_eq!(attempt(&k, 0xc7, 0), 0x020b);
+    assert_eq!(attempt(&k, 0x0c, 0), 0x020b);
     // A second connection to an existing session (TSIH set): not supported.
     assert_eq!(attempt(&k, 0x87, i.tsih), 0x020a);
     // Security stage first, then operational, then full feature: three round trips.
