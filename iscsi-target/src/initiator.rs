@@ -397,7 +397,19 @@ impl Initiator {
     /// A SCSI Command PDU with all of `data_out` as immediate data (which must fit in
     /// FirstBurstLength), numbered as the next command; sent with [`Initiator::send`].
     pub fn command_pdu(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], read_len: u32) -> Pdu {
-        let mut p = self.header(op::SCSI_CMD, false);
+        self.command_pdu_with(lun, cdb, data_out, read_len, false)
+    }
+
+    /// As [`Initiator::command_pdu`]; `immediate` sets the I bit (no CmdSN consumed).
+    pub fn command_pdu_with(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        read_len: u32,
+        immediate: bool,
+    ) -> Pdu {
+        let mut p = self.header(op::SCSI_CMD, immediate);
         let write = !data_out.is_empty();
         p.set_flags(
             0x80 | if read_len > 0 { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 0x01,

@@ -14,6 +14,7 @@ pub mod status {
     pub const CHECK_CONDITION: u8 = 0x02;
     pub const BUSY: u8 = 0x08;
     pub const RESERVATION_CONFLICT: u8 = 0x18;
+    pub const TASK_SET_FULL: u8 = 0x28;
 }
 
 /// Sense keys (SPC-4 table 48).

@@ -34,6 +34,9 @@ pub const COMMAND_WINDOW: u32 = 16;
 /// Largest data-out one SCSI command may carry (WRITE data is gathered whole before it
 /// runs): a 16 MiB block plus room for fixed-mode transfers.
 pub const MAX_DATA_OUT: u32 = 64 << 20;
+/// Most tasks a session may hold at once (queued, gathering data or running); more get
+/// TASK SET FULL.
+const MAX_TASKS: usize = 2 * COMMAND_WINDOW as usize;
 /// Largest text a login or text negotiation may accumulate over continuation PDUs.
 const MAX_TEXT: usize = 64 * 1024;
 /// How long a reinstated session's in-flight command may take to finish before the new
@@ -840,6 +843,7 @@ fn full_feature(
                 let itt = pdu.itt();
                 let edtl = pdu.u32_at(20);
                 let counted = !pdu.immediate();
+                let full;
                 {
                     let mut t = lock(&tasks);
                     if t.pending.contains_key(&itt) {
@@ -847,6 +851,8 @@ fn full_feature(
                         conn.reject(reject::INVALID_PDU_FIELD, &pdu.bhs);
                         continue;
                     }
+                    // Immediate commands bypass the CmdSN window; this bounds them.
+                    full = t.pending.len() >= MAX_TASKS;
                     t.pending.insert(itt, (pdu.lun(), false));
                 }
                 if counted {
@@ -864,6 +870,14 @@ fn full_feature(
                     counted,
                     preset: None,
                 };
+                if full {
+                    task.preset = Some(Response {
+                        status: status::TASK_SET_FULL,
+                        ..Default::default()
+                    });
+                    let _ = tx.send(Job::Cmd(task));
+                    continue;
+                }
                 if !write {
                     if !pdu.data.is_empty() {
                         task.preset = Some(Response::check(crate::scsi::Sense::invalid_cdb_field(

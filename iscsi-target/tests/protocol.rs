@@ -532,3 +532,36 @@ fn login_text_split_over_continuation_pdus() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn too_many_tasks_get_task_set_full() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
+    hang_writes(&s, &bc, 1500);
+    assert_good(&i.command(DRIVE0, &tur(), &[], 0).unwrap());
+    let w = i.command_pdu(DRIVE0, &write6(512, false), &block(1, 512), 0);
+    i.send(&w).unwrap();
+    // 40 immediate commands behind the hung write: the session holds at most 32 tasks.
+    let mut itts = Vec::new();
+    for _ in 0..40 {
+        let p = i.command_pdu_with(DRIVE0, &tur(), &[], 0, true);
+        itts.push(p.itt());
+        i.send(&p).unwrap();
+    }
+    let mut full = 0;
+    let mut good = 0;
+    for _ in 0..41 {
+        let r = i.recv().unwrap();
+        assert_eq!(r.opcode(), op::SCSI_RESP);
+        match r.bhs[3] {
+            0x28 => full += 1,
+            0 => good += 1,
+            other => panic!("status 0x{other:02x}"),
+        }
+    }
+    assert_eq!(good, 32, "the write and 31 TURs");
+    assert_eq!(full, 9);
+    assert_eq!(i.nop(b"ok").unwrap(), b"ok");
+}
