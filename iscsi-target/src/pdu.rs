@@ -4,7 +4,7 @@
 //! or written.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
@@ -218,10 +218,23 @@ impl Pdu {
             out.extend_from_slice(&pad[..pad_len(self.data.len())]);
             w.write_all(&out)
         } else {
-            w.write_all(&hdr)?;
-            w.write_all(&self.ahs)?;
-            w.write_all(&self.data)?;
-            w.write_all(&pad[..pad_len(self.data.len())])
+            // One gathered write: header and data leave together without a copy.
+            let mut bufs = [
+                IoSlice::new(&hdr),
+                IoSlice::new(&self.ahs),
+                IoSlice::new(&self.data),
+                IoSlice::new(&pad[..pad_len(self.data.len())]),
+            ];
+            let mut slices = &mut bufs[..];
+            while !slices.is_empty() {
+                match w.write_vectored(slices) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
         }
     }
 
