@@ -160,6 +160,7 @@ pub struct TapeDrive {
     lib: Library,
     nexus: NexusState,
     state: Mutex<DriveState>,
+    log: Option<crate::target::LogFn>,
 }
 
 /// Map a simulator error to sense data. `writing` picks WRITE ERROR over
@@ -228,7 +229,15 @@ impl TapeDrive {
                 media_changed: false,
                 tapealert: 0,
             }),
+            log: None,
         }
+    }
+
+    /// Report real failures (I/O errors of the backing files, corrupt cartridges,
+    /// injected faults) with their cause to `log`: the initiator only sees sense data.
+    pub fn with_log(mut self, log: Option<crate::target::LogFn>) -> TapeDrive {
+        self.log = log;
+        self
     }
 
     pub fn index(&self) -> usize {
@@ -278,6 +287,18 @@ impl TapeDrive {
                 st.alert(alert::HARD_ERROR)
             }
             _ => {}
+        }
+        if let Some(log) = &self.log {
+            if matches!(
+                e,
+                VtlError::Io { .. }
+                    | VtlError::Corrupt { .. }
+                    | VtlError::PowerCut { .. }
+                    | VtlError::Timeout { .. }
+                    | VtlError::MediaError { .. }
+            ) {
+                log(&format!("drive {}: {e}", self.index));
+            }
         }
         if let VtlError::PowerCut { .. } = e {
             // The drive lost power: every nexus sees the power-on condition next.

@@ -143,12 +143,15 @@ impl Target {
         for i in 0..st.drives.len() {
             let d = lib.open_drive(i).map_err(ServeError::Library)?;
             let serial = format!("{:08X}D{:03}", base as u32, i);
-            let lu = Arc::new(TapeDrive::new(
-                Library::open(lib.dir()).map_err(ServeError::Library)?,
-                d,
-                serial,
-                base.wrapping_add(i as u64 + 1),
-            ));
+            let lu = Arc::new(
+                TapeDrive::new(
+                    Library::open(lib.dir()).map_err(ServeError::Library)?,
+                    d,
+                    serial,
+                    base.wrapping_add(i as u64 + 1),
+                )
+                .with_log(cfg.log.clone()),
+            );
             luns.insert(i as u64 + 1, lu.clone() as Arc<dyn LogicalUnit>);
             drive_luns.push(i as u64 + 1);
             drives.push(lu);

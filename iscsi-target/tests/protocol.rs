@@ -591,3 +591,62 @@ fn serve_refuses_a_library_whose_drive_is_held() {
     assert_eq!(h.luns(), vec![(0, 8), (1, 1)]);
     h.shutdown().unwrap();
 }
+
+#[test]
+fn the_log_names_sessions_and_the_cause_of_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = Library::create(
+        dir.path(),
+        &vtl_sim::LibraryConfig {
+            slots: 2,
+            drives: 1,
+            mail_slots: 0,
+            cartridges: 1,
+            capacity: 8 * MIB,
+            early_warning: 0,
+        },
+    )
+    .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let mut cfg = iscsi_target::TargetConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.log = Some(std::sync::Arc::new(move |l: &str| {
+        sink.lock().unwrap().push(l.to_string())
+    }));
+    let h = iscsi_target::Target::serve(cfg).unwrap();
+    let mut i = Initiator::login(
+        h.local_addr(),
+        INITIATOR,
+        Some(h.target_name()),
+        [0x80, 0, 0, 0, 0, 1],
+    )
+    .unwrap();
+    load(&mut i, 0, 0);
+    assert_good(
+        &i.command(DRIVE0, &write6(512, false), &block(0, 512), 0)
+            .unwrap(),
+    );
+    lib.set_faults(
+        "TV0001L9",
+        &Faults {
+            media_error_blocks: vec![0],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(512, false, false), &[], 512)
+        .unwrap();
+    assert_sense(&r, 3, 0x11, 0x00);
+    assert_eq!(i.logout().unwrap(), 0);
+    h.shutdown().unwrap();
+    let all = lines.lock().unwrap().join("\n");
+    assert!(
+        all.contains(&format!("login: {INITIATOR} isid 0x800000000001")),
+        "{all}"
+    );
+    assert!(all.contains("drive 0: media error at block 0"), "{all}");
+    assert!(all.contains("logged out"), "{all}");
+}
