@@ -444,3 +444,53 @@ fn media_error_is_reported_as_medium_error() {
         .unwrap();
     assert_eq!(r.data[4 + 3 * 5 + 4], 1, "TapeAlert flag 4 (media)");
 }
+
+#[test]
+fn power_cut_in_the_cartridge_under_the_target() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(7);
+    load(&mut i, 0, 0);
+    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
+    s.lib
+        .set_faults(
+            &bc,
+            &vtl_sim::Faults {
+                power_cut_after_bytes: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_good(
+        &i.command(DRIVE0, &write6(512, false), &block(0, 512), 0)
+            .unwrap(),
+    );
+    // The cut hits the second block: not acknowledged, HARDWARE ERROR.
+    let r = i
+        .command(DRIVE0, &write6(1024, false), &block(1, 1024), 0)
+        .unwrap();
+    assert_sense(&r, 4, 0x44, 0x00);
+    // The drive came back: power-on unit attention, then it works; what was
+    // acknowledged is there, the torn block is not.
+    let r = i.command(DRIVE0, &tur(), &[], 0).unwrap();
+    assert_sense(&r, 6, 0x29, 0x01);
+    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(4096, false, true), &[], 4096)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data, block(0, 512));
+    let r = i
+        .command(DRIVE0, &read6(4096, false, true), &[], 4096)
+        .unwrap();
+    assert_sense(&r, 8, 0x00, 0x05);
+    assert_good(
+        &i.command(DRIVE0, &write6(256, false), &block(2, 256), 0)
+            .unwrap(),
+    );
+    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    assert_good(&i.command(DRIVE0, &space6(0, 1), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(256, false, false), &[], 256)
+        .unwrap();
+    assert_eq!(r.data, block(2, 256));
+}
