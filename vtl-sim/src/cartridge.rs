@@ -643,6 +643,16 @@ impl Cartridge {
         Ok(())
     }
 
+    /// Erase from the current position to the end of the tape (SSC ERASE): everything
+    /// from here on is gone and end of data is here. Durable on return.
+    pub fn erase(&mut self) -> VtlResult<()> {
+        self.begin("erase", FaultOp::Write)?;
+        self.check_writable()?;
+        self.truncate_here()?;
+        self.ew = Ew::None;
+        self.sync()
+    }
+
     fn sync(&mut self) -> VtlResult<()> {
         for (f, name) in [
             (&self.data, DATA_FILE),

@@ -832,6 +832,24 @@ impl Drive {
         self.cart()?.position()
     }
 
+    pub fn erase(&mut self) -> VtlResult<()> {
+        self.cart()?.erase()
+    }
+
+    /// Load again a cartridge this drive ejected ([`Drive::unload`]) while it still sits
+    /// in the drive (SSC LOAD after UNLOAD): it comes back at the beginning of tape.
+    /// With no cartridge in the drive this fails with [`VtlError::NoMedium`].
+    pub fn reload(&mut self) -> VtlResult<()> {
+        self.refresh()?;
+        if self.ejected_gen.is_some() && self.ejected_gen == Some(self.slot.load_gen) {
+            self.ejected_gen = None;
+            self.slot = DriveSlot::default();
+            self.seen_gen = None;
+            self.refresh()?;
+        }
+        self.cart().map(|_| ())
+    }
+
     /// Status of the loaded cartridge, None when the drive is empty.
     pub fn status(&mut self) -> VtlResult<Option<CartStatus>> {
         match self.cart() {

@@ -323,3 +323,39 @@ fn concurrent_state_changes_are_serialized() {
     assert_eq!(st.slots.iter().filter(|s| s.is_some()).count(), 12);
     assert_eq!(lib.cartridges().unwrap().len(), 12);
 }
+
+#[test]
+fn erase_cuts_the_tape_here_and_reload_brings_an_ejected_cartridge_back_at_bot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = Library::create(tmp.path(), &cfg()).unwrap();
+    lib.load("TV0001L9", 0).unwrap();
+    let mut d = lib.open_drive(0).unwrap();
+    for b in [b"one", b"two", b"six"] {
+        d.write_block(b).unwrap();
+    }
+    d.write_filemarks(1, false).unwrap();
+    d.locate(1).unwrap();
+    d.erase().unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(d.read_block(&mut buf).unwrap(), Read::EndOfData);
+    d.rewind().unwrap();
+    assert_eq!(d.read_block(&mut buf).unwrap(), Read::Block(3));
+    assert_eq!(d.read_block(&mut buf).unwrap(), Read::EndOfData);
+    // Ejected: no medium for data until reloaded; reloaded at the beginning.
+    d.unload().unwrap();
+    assert!(matches!(
+        d.read_block(&mut buf),
+        Err(VtlError::NoMedium { .. })
+    ));
+    d.reload().unwrap();
+    assert_eq!(d.position().unwrap().block, 0);
+    assert_eq!(d.read_block(&mut buf).unwrap(), Read::Block(3));
+    // An empty drive cannot reload anything.
+    let mut e = lib.open_drive(1).unwrap();
+    assert!(matches!(e.reload(), Err(VtlError::NoMedium { .. })));
+    // Write protected: erase refused.
+    drop(d);
+    lib.set_write_protect("TV0001L9", true).unwrap();
+    let mut d = lib.open_drive(0).unwrap();
+    assert!(matches!(d.erase(), Err(VtlError::WriteProtected)));
+}
