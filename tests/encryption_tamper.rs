@@ -467,7 +467,19 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
             vec![(i2, rewrite(&b1, |f| f.sequence = 2))],
         ),
     ];
+    // A restore that finds damage marks the image corrupt in the catalog (so it is never
+    // a base again); each case starts from the catalog as it was before any damage, so
+    // every case is caught by reading the cartridge, not by the mark of the one before.
+    let db = fx.env.home.join("catalog.db");
+    let pristine = std::fs::read(&db).unwrap();
+    let reset = || {
+        std::fs::write(&db, &pristine).unwrap();
+        for side in ["catalog.db-wal", "catalog.db-shm"] {
+            let _ = std::fs::remove_file(fx.env.home.join(side));
+        }
+    };
     for (n, (what, edits)) in cases.iter().enumerate() {
+        reset();
         let old: Vec<_> = edits.iter().map(|(i, b)| (*i, poke(&fx, *i, b))).collect();
         let (r, out) = restore(&format!("bad{n}.img"));
         assert_eq!(r.code, 3, "{what}: {r:?}");
@@ -488,6 +500,12 @@ fn restore_and_verify_refuse_tampered_cartridges_with_exit_3_and_write_nothing()
             poke(&fx, i, &b);
         }
     }
+    // The last case's restore marked the image corrupt: the catalog remembers even
+    // though the cartridge is whole again (only a rebuilt catalog forgets).
+    let (r, _) = restore("marked.img");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("corrupt"), "{r:?}");
+    reset();
     let (r, _) = restore("good-again.img");
     assert_eq!(r.code, 0, "{r:?}");
 

@@ -5,11 +5,9 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tape_formats::DataFields;
-
 use tape_formats::{
     Cipher, Compression as WireCompression, ContentDigest, Extent, ExtentKind, ImageHeader,
-    ImageKind as WireKind, ImageWriter, RecordCrypto, TrailerStatus,
+    ImageKind as WireKind, ImageWriter, TrailerStatus,
 };
 use uuid::Uuid;
 
@@ -24,6 +22,7 @@ use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind}
 use crate::source::hashscan::DigestFeed;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
+use super::stages::TransformWorker;
 use super::*;
 use crate::events::Event;
 
@@ -209,71 +208,18 @@ impl Job<'_> {
         } else {
             1
         };
-        let sealer_ref = sealer.as_ref();
-        let part_now_ref = &part_now;
-        let first_sequence = state.header.first_sequence;
         let mut workers = Vec::with_capacity(n_workers);
         for w in 0..n_workers {
-            let mut compressor = Compressor::new(pool.compression)?;
-            let mut transform_aad = Vec::new();
-            let mut next_sequence = first_sequence + w as u64;
-            workers.push(move |c: &mut ReadChunk, p: &mut Prepared| -> Result<()> {
-                p.digest = c.digest;
-                p.extents.clear();
-                p.extents.extend_from_slice(&c.extents);
-                p.plain_len = c.data.len() as u32;
-                p.data_bytes = c.data.len() as u64;
-                p.zero_bytes = c
-                    .extents
-                    .iter()
-                    .filter(|e| e.kind == ExtentKind::Zero)
-                    .map(|e| e.length)
-                    .sum();
-                // Stored as read unless zstd makes it smaller. The payload goes straight
-                // into the block to be written (encrypted on the way when the pool is),
-                // and is checksummed here, so the writer only frames the header.
-                let compressed = compressor.try_compress(&c.data, &mut p.compressed)?;
-                let (compression, payload) = if compressed {
-                    (WireCompression::Zstd, &p.compressed[..])
-                } else {
-                    (WireCompression::None, &c.data[..])
-                };
-                p.compression = Some(compression);
-                p.header_room = tape_formats::data_header_len(p.extents.len());
-                let len = p.header_room + payload.len();
-                // A recycled block is overwritten, not cleared: it only grows when needed.
-                if p.block.len() != len {
-                    p.block.resize(len, 0);
-                }
-                let out = &mut p.block[p.header_room..];
-                p.sealed = match sealer_ref {
-                    Some(s) => {
-                        let mut fields = DataFields {
-                            image_uuid: image_uuid_bytes,
-                            part: part_now_ref.load(Ordering::Acquire),
-                            sequence: next_sequence,
-                            compression,
-                            crypto: RecordCrypto::None,
-                            plain_len: p.plain_len,
-                        };
-                        s.seal_data_from(
-                            &mut fields,
-                            &p.extents,
-                            payload,
-                            out,
-                            &mut transform_aad,
-                        )?;
-                        Some(fields)
-                    }
-                    None => {
-                        out.copy_from_slice(payload);
-                        None
-                    }
-                };
-                p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
-                next_sequence += n_workers as u64;
-                Ok(())
-            });
+            let mut worker = TransformWorker {
+                compressor: Compressor::new(pool.compression)?,
+                aad: Vec::new(),
+                next_sequence: state.header.first_sequence + w as u64,
+                step: n_workers as u64,
+                sealer: sealer.as_ref(),
+                part_now: &part_now,
+                image_uuid: image_uuid_bytes,
+            };
+            workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
         }
         let run = crate::pipeline::run_workers::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
