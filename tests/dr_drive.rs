@@ -8,7 +8,7 @@ use tape_devices::drive::r#virtual::VirtualDrive;
 use tapevault::catalog::Catalog;
 use tapevault::error::Error;
 use tapevault::home::Home;
-use tapevault::scan::{self, InDrive, KeySource, RebuildOptions};
+use tapevault::rebuild::{self, InDrive, KeySource, RebuildOptions};
 
 #[test]
 fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
@@ -77,19 +77,19 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
             scan: scan_all,
         };
         let mut lines = Vec::new();
-        let rep = scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut |l| {
+        let rep = rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &mut |l| {
             lines.push(l.to_string())
         })
         .unwrap();
         let want = if scan_all {
-            scan::Method::Scan
+            rebuild::Method::Scan
         } else {
-            scan::Method::Snapshot
+            rebuild::Method::Snapshot
         };
         assert_eq!(rep.cartridges[0].method, want, "{lines:?}");
         assert!(rep.damage.is_empty() && rep.problems.is_empty(), "{rep:?}");
         // Another barcode cannot be read from this drive: exit 4.
-        let e = scan::rebuild(
+        let e = rebuild::rebuild(
             &cat,
             &mut carts,
             &RebuildOptions {

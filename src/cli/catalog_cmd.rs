@@ -11,7 +11,7 @@ use super::shared::open_catalog;
 use super::{usage, Ctx};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
-use crate::scan::{self, KeySource, Method, RebuildOptions};
+use crate::rebuild::{self, KeySource, Method, RebuildOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
@@ -120,7 +120,13 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
             let g = ctx.global.clone();
             let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
             let mut keys = KeySource::new(&home, &mut pass);
-            let rep = scan::media::backup_catalog(&home, &cat, lib.as_mut(), &barcode, &mut keys)?;
+            let rep = rebuild::catalog_backup::backup_catalog(
+                &home,
+                &cat,
+                lib.as_mut(),
+                &barcode,
+                &mut keys,
+            )?;
             ctx.out.emit(&rep, || {
                 format!(
                     "wrote the catalog ({} plain, {} stored{}) to {} tape file {}",
@@ -166,14 +172,18 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
             let media_check = if media {
                 let mut lib = home.open_library()?;
                 let (_, present) = sync_inventory(&cat, lib.as_mut())?;
-                Some(scan::media::check_media(&cat, lib.as_mut(), &present)?)
+                Some(rebuild::media_check::check_media(
+                    &cat,
+                    lib.as_mut(),
+                    &present,
+                )?)
             } else {
                 None
             };
             #[derive(Serialize)]
             struct CheckReport {
                 problems: Vec<crate::catalog::Problem>,
-                media: Option<scan::media::MediaCheck>,
+                media: Option<rebuild::media_check::MediaCheck>,
             }
             let n = problems.len() + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
             let rep = CheckReport {
@@ -232,12 +242,12 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
         // A standalone drive: the one cartridge in it, named by its label.
         let mut drive = tape_devices::drive::st::StDrive::open(dev)
             .with_context(|| format!("opening {}", dev.display()))?;
-        let mut carts = scan::InDrive::new(&mut drive)?;
+        let mut carts = rebuild::InDrive::new(&mut drive)?;
         let opts = RebuildOptions {
             barcodes: vec![carts.barcode.clone()],
             scan: a.scan,
         };
-        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+        rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
     } else {
         let mut lib = home.open_library()?;
         let (_, present) = sync_inventory(&cat, lib.as_mut())?;
@@ -262,11 +272,11 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             barcodes,
             scan: a.scan,
         };
-        let mut carts = scan::InLibrary {
+        let mut carts = rebuild::InLibrary {
             cat: &cat,
             lib: lib.as_mut(),
         };
-        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+        rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
     };
     let failure = if !rep.missing_keys.is_empty() {
         Some(Error::Key(format!(
