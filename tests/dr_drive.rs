@@ -7,6 +7,7 @@ use dr_support::*;
 use tape_devices::drive::r#virtual::VirtualDrive;
 use tapevault::catalog::Catalog;
 use tapevault::error::Error;
+use tapevault::events::{Recorded, Silent};
 use tapevault::home::Home;
 use tapevault::rebuild::{self, InDrive, KeySource, RebuildOptions};
 
@@ -76,17 +77,19 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
             barcodes: vec![carts.barcode.clone()],
             scan: scan_all,
         };
-        let mut lines = Vec::new();
-        let rep = rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &mut |l| {
-            lines.push(l.to_string())
-        })
-        .unwrap();
+        let said = Recorded::default();
+        let rep = rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &said).unwrap();
         let want = if scan_all {
             rebuild::Method::Scan
         } else {
             rebuild::Method::Snapshot
         };
-        assert_eq!(rep.cartridges[0].method, want, "{lines:?}");
+        assert_eq!(
+            rep.cartridges[0].method,
+            want,
+            "{:?}",
+            said.notes.lock().unwrap()
+        );
         assert!(rep.damage.is_empty() && rep.problems.is_empty(), "{rep:?}");
         // Another barcode cannot be read from this drive: exit 4.
         let e = rebuild::rebuild(
@@ -97,7 +100,7 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
                 scan: false,
             },
             &mut keys,
-            &mut |_| {},
+            &Silent,
         )
         .unwrap_err();
         assert_eq!(e.exit_code() as i32, 4, "{e}");

@@ -1,14 +1,40 @@
-//! Disaster recovery: the catalog rebuilt from cartridges alone.
+//! Disaster recovery: the catalog rebuilt from cartridges alone (`tapevault catalog
+//! rebuild`). Everything goes into the catalog through its `merge_*` functions:
+//! idempotent, never overwriting newer facts, conflicts reported.
 //!
-//! For each cartridge: read the label (which pool, media set, sequence, key); on the
-//! fast path space to end of data, walk back over filemarks to the newest EndOfSession
-//! and merge the catalog snapshot just before it (no data record is read). With
-//! `scan`, or when no usable snapshot exists, read every tape file record by record
-//! and rebuild images (segments with logical block positions exactly as the backup
-//! records them, coverage, totals and digests from the trailers), sessions, media sets
-//! and cartridges from the self-describing records. Everything goes into the catalog
-//! through its `merge_*` functions: idempotent, never overwriting newer facts,
-//! conflicts reported.
+//! A rebuild, step by step ([`rebuild`]):
+//!
+//! 1. **Get at each cartridge** ([`cartridges`]): loaded from the library into a free
+//!    drive and put back afterwards, or the one cartridge in a standalone drive.
+//! 2. **Read its label** (`read_cartridge.rs`): pool, media set, sequence, key. An
+//!    encrypted cartridge needs its key ([`keys`]): from the keystore, or from the
+//!    escrow blob on the label, each unlocked once with its passphrase; a cartridge
+//!    whose key is missing is skipped and named in the report.
+//! 3. **Fast path** ([`positioning`], [`snapshot`]): space to end of data, walk back
+//!    over filemarks to the newest end-of-session marker and merge the catalog snapshot
+//!    just before it; no data record is read. Tape files written after that snapshot
+//!    are kept aside. A cartridge without a snapshot of its own (its sessions ended on
+//!    other cartridges) is left to the other cartridges' snapshots.
+//! 4. **Full scan** ([`tape_file`]): with `--scan`, or when no usable snapshot exists,
+//!    every tape file is read record by record: image parts (segments with logical
+//!    block positions exactly as the backup records them, coverage, totals and digests
+//!    from the trailers), snapshots and end-of-session markers, damage located by
+//!    position. What was read is collected (`collected.rs`), nothing merged yet.
+//! 5. **Tails**: the tape files kept aside in 3 that no snapshot places are scanned.
+//! 6. **Merge** (`merge.rs`): pools and media sets from the labels, cartridges,
+//!    sessions, then images joined from their parts across cartridges (`image.rs`).
+//!    Cartridges may be read in batches: the parts of an image read so far are kept
+//!    in the catalog and joined by the rebuild that reads the rest. An image cut off
+//!    because its backup ran out of cartridges is recorded failed; damage marks the
+//!    images built on the damaged one too.
+//! 7. **Report** ([`report`]): per cartridge how it was read, images found, damage,
+//!    problems, missing keys, and cartridges that should hold images and read blank.
+//!
+//! The job prints nothing: it says what it does through [`Events`] (notes, and one
+//! finished line per scanned cartridge) and returns the report.
+//!
+//! Also here, as they read and write the same tape files: `catalog backup`
+//! ([`catalog_backup`]) and `catalog check --media` ([`media_check`]).
 //!
 //! Not rebuilt: the per-block digest lists of hash-scan incrementals (they describe
 //! the disk, not the tape); the next backup of such a disk says why it takes a full.
@@ -37,6 +63,7 @@ pub use report::{CartridgeReport, ImageFound, RebuildReport};
 
 use crate::catalog::{Catalog, ImageStatus};
 use crate::error::{Context, Error, Result};
+use crate::events::{Event, Events, Finished, NoteKind};
 use collected::Collected;
 use merge::merge_collected;
 use positioning::FileHead;
@@ -78,7 +105,7 @@ pub fn rebuild(
     carts: &mut dyn Cartridges,
     opts: &RebuildOptions,
     keys: &mut KeySource<'_>,
-    line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<RebuildReport> {
     let mut rep = RebuildReport::default();
     let mut col = Collected::default();
@@ -92,7 +119,7 @@ pub fn rebuild(
         let mut out = None;
         let r = carts.with_cartridge(bc, &mut |drive| {
             out = Some(read_cartridge(
-                cat, drive, bc, opts.scan, keys, &mut col, &mut rep, &mut buf, line,
+                cat, drive, bc, opts.scan, keys, &mut col, &mut rep, &mut buf, events,
             )?);
             Ok(())
         });
@@ -103,7 +130,7 @@ pub fn rebuild(
         let mut cr = match r {
             Ok(cr) => cr,
             Err(Error::Key(msg)) => {
-                line(&format!("{bc}: {msg}"));
+                events.note(NoteKind::Media, format!("{bc}: {msg}"));
                 rep.missing_keys.push(msg.clone());
                 CartridgeReport {
                     barcode: bc.clone(),
@@ -151,13 +178,16 @@ pub fn rebuild(
             continue;
         }
         let started = std::time::Instant::now();
-        line(&format!(
-            "{bc}: tape file(s) {} are not in any catalog snapshot; scanning them",
-            todo.iter()
-                .map(|f| f.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        events.note(
+            NoteKind::Decision,
+            format!(
+                "{bc}: tape file(s) {} are not in any catalog snapshot; scanning them",
+                todo.iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         let Some(label) = col.labels.get(&bc).map(|l| l.label.clone()) else {
             continue;
         };
@@ -173,6 +203,11 @@ pub fn rebuild(
                 Ok(())
             })
             .with_context(|| format!("scanning the tail of cartridge {bc}"))?;
+        events.emit(Event::Finished(Finished::Cartridge {
+            barcode: &bc,
+            files: n,
+            bytes,
+        }));
         if let Some(cr) = rep.cartridges.iter_mut().find(|c| c.barcode == bc) {
             cr.files_scanned += n;
             cr.bytes_scanned += bytes;

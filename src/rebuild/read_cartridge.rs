@@ -12,6 +12,7 @@ use super::{CartridgeReport, KeySource, Method, RebuildReport};
 use crate::catalog::{Catalog, SnapshotLocation};
 use crate::crypto;
 use crate::error::{Context, Result};
+use crate::events::{Event, Events, Finished, NoteKind};
 use crate::media::volume::{read_label, LabelRead};
 use tape_devices::drive::TapeDrive;
 
@@ -25,7 +26,7 @@ pub(super) fn read_cartridge(
     col: &mut Collected,
     rep: &mut RebuildReport,
     buf: &mut Vec<u8>,
-    line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<CartridgeReport> {
     let bc = bc.to_string();
     let mut cr = CartridgeReport {
@@ -44,11 +45,14 @@ pub(super) fn read_cartridge(
     };
     let label = match read_label(drive).with_context(|| format!("reading the label of {bc}"))? {
         LabelRead::Blank => {
-            line(&format!("{bc}: blank"));
+            events.note(NoteKind::Media, format!("{bc}: blank"));
             return Ok(cr);
         }
         LabelRead::Foreign(d) => {
-            line(&format!("{bc}: not a tapevault cartridge: {d}"));
+            events.note(
+                NoteKind::Media,
+                format!("{bc}: not a tapevault cartridge: {d}"),
+            );
             cr.method = Method::Foreign;
             cr.note = Some(d);
             return Ok(cr);
@@ -56,10 +60,13 @@ pub(super) fn read_cartridge(
         LabelRead::Label(l) => l,
     };
     if label.barcode != bc {
-        line(&format!(
+        events.note(
+            NoteKind::Warning,
+            format!(
             "{bc}: the label says barcode {} (the cartridge was relabelled by hand?); using {bc}",
             label.barcode
-        ));
+        ),
+        );
     }
     cr.pool = Some(label.pool_name.clone());
     cr.media_set = nonzero(label.media_set_uuid);
@@ -95,7 +102,7 @@ pub(super) fn read_cartridge(
                 // covers is scanned after all cartridges were read.
                 col.tails.push((bc.clone(), end.tail.clone()));
                 cr.method = Method::Covered;
-                line(&format!(
+                events.note(NoteKind::Decision, format!(
                     "{bc}: no catalog snapshot of its own; its {} tape file(s) are checked against the other cartridges' snapshots",
                     end.tail.len()
                 ));
@@ -126,7 +133,7 @@ pub(super) fn read_cartridge(
                             });
                             cr.method = Method::Snapshot;
                             cr.snapshot_file = Some(f - 1);
-                            line(&format!("{bc}: merged the catalog snapshot in tape file {}", f - 1));
+                            events.note(NoteKind::Media, format!("{bc}: merged the catalog snapshot in tape file {}", f - 1));
                             if !end.tail.is_empty() {
                                 col.tails.push((bc.clone(), end.tail.clone()));
                             }
@@ -146,13 +153,21 @@ pub(super) fn read_cartridge(
         return Ok(cr);
     }
     if let Some(r) = scan_reason.take() {
-        line(&format!("{bc}: {r}; scanning every tape file"));
+        events.note(
+            NoteKind::Decision,
+            format!("{bc}: {r}; scanning every tape file"),
+        );
         rep.problems.push(format!("cartridge {bc}: {r}"));
         cr.fallback_reason = Some(r);
     }
     if eod_file <= 1 {
         cr.method = Method::Scan;
         cr.note = Some("labelled, nothing written after the label".into());
+        events.emit(Event::Finished(Finished::Cartridge {
+            barcode: &bc,
+            files: 0,
+            bytes: 0,
+        }));
         return Ok(cr);
     }
     cr.method = Method::Scan;
@@ -174,10 +189,10 @@ pub(super) fn read_cartridge(
     if let Some(l) = col.labels.get_mut(&bc) {
         l.bytes = bytes;
     }
-    line(&format!(
-        "{bc}: scanned {} tape files ({})",
-        cr.files_scanned,
-        crate::cli::human_bytes(bytes)
-    ));
+    events.emit(Event::Finished(Finished::Cartridge {
+        barcode: &bc,
+        files: cr.files_scanned,
+        bytes,
+    }));
     Ok(cr)
 }
