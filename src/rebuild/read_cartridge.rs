@@ -60,13 +60,11 @@ pub(super) fn read_cartridge(
         LabelRead::Label(l) => l,
     };
     if label.barcode != bc {
-        events.note(
-            NoteKind::Warning,
-            format!(
+        let said = format!(
             "{bc}: the label says barcode {} (the cartridge was relabelled by hand?); using {bc}",
             label.barcode
-        ),
         );
+        events.note(NoteKind::Warning, said);
     }
     cr.pool = Some(label.pool_name.clone());
     cr.media_set = nonzero(label.media_set_uuid);
