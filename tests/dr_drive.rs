@@ -7,8 +7,9 @@ use dr_support::*;
 use tape_devices::drive::r#virtual::VirtualDrive;
 use tapevault::catalog::Catalog;
 use tapevault::error::Error;
+use tapevault::events::{Recorded, Silent};
 use tapevault::home::Home;
-use tapevault::scan::{self, InDrive, KeySource, RebuildOptions};
+use tapevault::rebuild::{self, InDrive, KeySource, RebuildOptions};
 
 #[test]
 fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
@@ -76,20 +77,22 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
             barcodes: vec![carts.barcode.clone()],
             scan: scan_all,
         };
-        let mut lines = Vec::new();
-        let rep = scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut |l| {
-            lines.push(l.to_string())
-        })
-        .unwrap();
+        let said = Recorded::default();
+        let rep = rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &said).unwrap();
         let want = if scan_all {
-            scan::Method::Scan
+            rebuild::Method::Scan
         } else {
-            scan::Method::Snapshot
+            rebuild::Method::Snapshot
         };
-        assert_eq!(rep.cartridges[0].method, want, "{lines:?}");
+        assert_eq!(
+            rep.cartridges[0].method,
+            want,
+            "{:?}",
+            said.notes.lock().unwrap()
+        );
         assert!(rep.damage.is_empty() && rep.problems.is_empty(), "{rep:?}");
         // Another barcode cannot be read from this drive: exit 4.
-        let e = scan::rebuild(
+        let e = rebuild::rebuild(
             &cat,
             &mut carts,
             &RebuildOptions {
@@ -97,7 +100,7 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
                 scan: false,
             },
             &mut keys,
-            &mut |_| {},
+            &Silent,
         )
         .unwrap_err();
         assert_eq!(e.exit_code() as i32, 4, "{e}");

@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::passphrase::passphrase;
 use super::shared::open_catalog;
-use super::{usage, Ctx};
+use super::{usage, Ctx, Terminal};
 use crate::error::{Context, Error, Result};
 use crate::media::allocate::sync_inventory;
-use crate::scan::{self, KeySource, Method, RebuildOptions};
+use crate::rebuild::{self, KeySource, RebuildOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
@@ -120,7 +120,13 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
             let g = ctx.global.clone();
             let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
             let mut keys = KeySource::new(&home, &mut pass);
-            let rep = scan::media::backup_catalog(&home, &cat, lib.as_mut(), &barcode, &mut keys)?;
+            let rep = rebuild::catalog_backup::backup_catalog(
+                &home,
+                &cat,
+                lib.as_mut(),
+                &barcode,
+                &mut keys,
+            )?;
             ctx.out.emit(&rep, || {
                 format!(
                     "wrote the catalog ({} plain, {} stored{}) to {} tape file {}",
@@ -166,14 +172,18 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
             let media_check = if media {
                 let mut lib = home.open_library()?;
                 let (_, present) = sync_inventory(&cat, lib.as_mut())?;
-                Some(scan::media::check_media(&cat, lib.as_mut(), &present)?)
+                Some(rebuild::media_check::check_media(
+                    &cat,
+                    lib.as_mut(),
+                    &present,
+                )?)
             } else {
                 None
             };
             #[derive(Serialize)]
             struct CheckReport {
                 problems: Vec<crate::catalog::Problem>,
-                media: Option<scan::media::MediaCheck>,
+                media: Option<rebuild::media_check::MediaCheck>,
             }
             let n = problems.len() + media_check.as_ref().map(|m| m.problems.len()).unwrap_or(0);
             let rep = CheckReport {
@@ -226,18 +236,17 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let g = ctx.global.clone();
     let mut pass = move |purpose: &str| passphrase(&g, purpose, false);
     let mut keys = KeySource::new(&home, &mut pass);
-    let out = ctx.out;
-    let mut line = |s: &str| out.info(s);
+    let term = Terminal::new(ctx.out);
     let rep = if let Some(dev) = &a.device {
         // A standalone drive: the one cartridge in it, named by its label.
         let mut drive = tape_devices::drive::st::StDrive::open(dev)
             .with_context(|| format!("opening {}", dev.display()))?;
-        let mut carts = scan::InDrive::new(&mut drive)?;
+        let mut carts = rebuild::InDrive::new(&mut drive)?;
         let opts = RebuildOptions {
             barcodes: vec![carts.barcode.clone()],
             scan: a.scan,
         };
-        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+        rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &term)?
     } else {
         let mut lib = home.open_library()?;
         let (_, present) = sync_inventory(&cat, lib.as_mut())?;
@@ -262,11 +271,11 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             barcodes,
             scan: a.scan,
         };
-        let mut carts = scan::InLibrary {
+        let mut carts = rebuild::InLibrary {
             cat: &cat,
             lib: lib.as_mut(),
         };
-        scan::rebuild(&cat, &mut carts, &opts, &mut keys, &mut line)?
+        rebuild::rebuild(&cat, &mut carts, &opts, &mut keys, &term)?
     };
     let failure = if !rep.missing_keys.is_empty() {
         Some(Error::Key(format!(
@@ -307,27 +316,7 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
         &rep,
         || {
             let mut s = String::new();
-            for c in &rep.cartridges {
-                let how = match c.method {
-                    Method::Snapshot => format!(
-                        "catalog snapshot in tape file {}",
-                        c.snapshot_file.unwrap_or(0)
-                    ),
-                    Method::Scan => format!(
-                        "scanned {} tape file(s), {}",
-                        c.files_scanned,
-                        super::human_bytes(c.bytes_scanned)
-                    ),
-                    Method::Covered => format!(
-                        "in other cartridges' snapshots, {} tape file(s) scanned",
-                        c.files_scanned
-                    ),
-                    Method::Blank => "blank".into(),
-                    Method::Foreign => "not a tapevault cartridge".into(),
-                    Method::KeyMissing => "key missing".into(),
-                };
-                s.push_str(&format!("{}: {how} ({:.2} s)\n", c.barcode, c.seconds));
-            }
+            // Each cartridge was said as it was read (on stderr): not again here.
             for d in &rep.damage {
                 s.push_str(&format!(
                     "damage: cartridge {} tape file {} block {} (logical block {}): {}\n",

@@ -1,0 +1,196 @@
+//! Reading one cartridge: its label (pool, media set, sequence, key), its end of data,
+//! then either the fast path (merge the newest catalog snapshot, keep the tape files
+//! after it for later) or a record-by-record scan of every tape file.
+
+use uuid::Uuid;
+
+use super::collected::{nonzero, time_of, Collected, LabelSeen};
+use super::report::add_merge;
+use super::tape_file::FileScan;
+use super::{positioning, snapshot, tape_file};
+use super::{CartridgeReport, KeySource, Method, RebuildReport};
+use crate::catalog::{Catalog, SnapshotLocation};
+use crate::crypto;
+use crate::error::{Context, Result};
+use crate::events::{Event, Events, Finished, NoteKind};
+use crate::media::volume::{read_label, LabelRead};
+use tape_devices::drive::TapeDrive;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn read_cartridge(
+    cat: &Catalog,
+    drive: &mut dyn TapeDrive,
+    bc: &str,
+    want_scan: bool,
+    keys: &mut KeySource<'_>,
+    col: &mut Collected,
+    rep: &mut RebuildReport,
+    buf: &mut Vec<u8>,
+    events: &dyn Events,
+) -> Result<CartridgeReport> {
+    let bc = bc.to_string();
+    let mut cr = CartridgeReport {
+        barcode: bc.clone(),
+        method: Method::Blank,
+        pool: None,
+        media_set: None,
+        set_sequence: None,
+        key_fingerprint: None,
+        snapshot_file: None,
+        fallback_reason: None,
+        files_scanned: 0,
+        bytes_scanned: 0,
+        seconds: 0.0,
+        note: None,
+    };
+    let label = match read_label(drive).with_context(|| format!("reading the label of {bc}"))? {
+        LabelRead::Blank => {
+            events.note(NoteKind::Media, format!("{bc}: blank"));
+            return Ok(cr);
+        }
+        LabelRead::Foreign(d) => {
+            events.note(
+                NoteKind::Media,
+                format!("{bc}: not a tapevault cartridge: {d}"),
+            );
+            cr.method = Method::Foreign;
+            cr.note = Some(d);
+            return Ok(cr);
+        }
+        LabelRead::Label(l) => l,
+    };
+    if label.barcode != bc {
+        let said = format!(
+            "{bc}: the label says barcode {} (the cartridge was relabelled by hand?); using {bc}",
+            label.barcode
+        );
+        events.note(NoteKind::Warning, said);
+    }
+    cr.pool = Some(label.pool_name.clone());
+    cr.media_set = nonzero(label.media_set_uuid);
+    cr.set_sequence = cr.media_set.map(|_| label.set_sequence);
+    cr.key_fingerprint = label.key_fingerprint.map(|f| crypto::to_hex(&f));
+    if let Some(fp) = label.key_fingerprint {
+        keys.need(fp, &label.escrow, &bc)?;
+    }
+    let end = positioning::find_end(drive, buf)?;
+    let eod_file = if end.eod.block_in_file > 0 {
+        end.eod.file + 1
+    } else {
+        end.eod.file
+    };
+    col.labels.insert(
+        bc.clone(),
+        LabelSeen {
+            label: label.clone(),
+            eod_file,
+            early_warning: end.early_warning,
+            last_time: end.last_eos.as_ref().map(|(_, e)| e.time),
+            bytes: 0,
+        },
+    );
+    let mut scan_reason = if want_scan {
+        None
+    } else {
+        match &end.last_eos {
+            None if eod_file <= 1 => None,
+            None => {
+                // Only parts of sessions that ended on other cartridges (or were
+                // interrupted): their snapshots place these files; what none of them
+                // covers is scanned after all cartridges were read.
+                col.tails.push((bc.clone(), end.tail.clone()));
+                cr.method = Method::Covered;
+                events.note(NoteKind::Decision, format!(
+                    "{bc}: no catalog snapshot of its own; its {} tape file(s) are checked against the other cartridges' snapshots",
+                    end.tail.len()
+                ));
+                return Ok(cr);
+            }
+            Some((f, eos)) if *f < 2 => Some(format!(
+                "the end-of-session marker in tape file {f} has no snapshot before it (session {})",
+                Uuid::from_bytes(eos.session_uuid)
+            )),
+            Some((f, eos)) => {
+                match snapshot::read_snapshot(drive, f - 1, &keys.ring, buf)? {
+                    Err(t) => Some(format!("the catalog snapshot in tape file {} is unusable: {}", f - 1, t.0)),
+                    Ok(s) if s.header.session_uuid != eos.session_uuid => Some(format!(
+                        "the catalog snapshot in tape file {} belongs to session {}, the end-of-session marker after it to {}",
+                        f - 1,
+                        Uuid::from_bytes(s.header.session_uuid),
+                        Uuid::from_bytes(eos.session_uuid)
+                    )),
+                    Ok(s) => match cat.merge_snapshot(&s.plain) {
+                        Ok(r) => {
+                            add_merge(&mut rep.merged, r);
+                            col.snapshots.push(SnapshotLocation {
+                                barcode: bc.clone(),
+                                tape_file: f - 1,
+                                block: s.block,
+                                session_uuid: Some(Uuid::from_bytes(s.header.session_uuid)),
+                                time: time_of(s.header.time),
+                            });
+                            cr.method = Method::Snapshot;
+                            cr.snapshot_file = Some(f - 1);
+                            events.note(NoteKind::Media, format!("{bc}: merged the catalog snapshot in tape file {}", f - 1));
+                            if !end.tail.is_empty() {
+                                col.tails.push((bc.clone(), end.tail.clone()));
+                            }
+                            None
+                        }
+                        Err(crate::catalog::CatalogError::BadSnapshot(e)) => Some(format!(
+                            "the catalog snapshot in tape file {} does not parse: {e}",
+                            f - 1
+                        )),
+                        Err(e) => return Err(e.into()),
+                    },
+                }
+            }
+        }
+    };
+    if cr.method == Method::Snapshot {
+        return Ok(cr);
+    }
+    if let Some(r) = scan_reason.take() {
+        events.note(
+            NoteKind::Decision,
+            format!("{bc}: {r}; scanning every tape file"),
+        );
+        rep.problems.push(format!("cartridge {bc}: {r}"));
+        cr.fallback_reason = Some(r);
+    }
+    if eod_file <= 1 {
+        cr.method = Method::Scan;
+        cr.note = Some("labelled, nothing written after the label".into());
+        events.emit(Event::Finished(Finished::Cartridge {
+            barcode: &bc,
+            files: 0,
+            bytes: 0,
+        }));
+        return Ok(cr);
+    }
+    cr.method = Method::Scan;
+    positioning::goto_file(drive, 1)?;
+    let mut bytes = 0u64;
+    loop {
+        let f = drive.position().context("reading the position")?.file;
+        let s = tape_file::scan_file(drive, &bc, buf, &mut bytes)?;
+        if matches!(s.file, FileScan::Empty) && !s.more {
+            break;
+        }
+        cr.files_scanned += 1;
+        col.add_file(&label, &bc, f, s.file, rep);
+        if !s.more {
+            break;
+        }
+    }
+    cr.bytes_scanned = bytes;
+    if let Some(l) = col.labels.get_mut(&bc) {
+        l.bytes = bytes;
+    }
+    events.emit(Event::Finished(Finished::Cartridge {
+        barcode: &bc,
+        files: cr.files_scanned,
+        bytes,
+    }));
+    Ok(cr)
+}
