@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use tape_formats::{BlockSource, ReadStatus};
 
 use crate::error::{Context, Error, Result};
+use crate::events::{Events, Silent};
 use crate::media::{mount, DriveSource, Mounted};
-use crate::progress::Progress;
 use tape_devices::changer::TapeLibrary;
 
 /// Reads blocks from cartridges mounted on demand, knowing the logical position, and
@@ -20,8 +20,8 @@ pub struct MediaReader<'a> {
     locations: HashMap<String, String>,
     /// Cartridges mounted so far, in order.
     pub mounted: Vec<String>,
-    /// Counts the bytes of every block read (hidden unless a job sets a bar).
-    pub progress: Progress,
+    /// Told the bytes of every block read ([`Self::report_progress`]; nobody by default).
+    progress: &'a dyn Events,
 }
 
 struct Cur {
@@ -41,8 +41,13 @@ impl<'a> MediaReader<'a> {
             buf: Vec::with_capacity(tape_formats::MAX_BLOCK_SIZE),
             locations,
             mounted: Vec::new(),
-            progress: Progress::hidden(),
+            progress: &Silent,
         }
+    }
+
+    /// Report the bytes of every block read as progress of the current task of `events`.
+    pub fn report_progress(&mut self, events: &'a dyn Events) {
+        self.progress = events;
     }
 
     /// The cartridge mounted now.
@@ -150,7 +155,7 @@ impl<'a> MediaReader<'a> {
         match st {
             ReadStatus::Block(n) => {
                 cur.pos = pos.map(|_| next);
-                self.progress.inc(n as u64);
+                self.progress.progress(n as u64);
             }
             ReadStatus::Filemark => {
                 cur.pos = pos.map(|_| next);

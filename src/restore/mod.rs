@@ -57,7 +57,7 @@ use uuid::Uuid;
 use crate::catalog::{ImageKind, Skipped};
 use crate::codec::{KeyRing, Opener};
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::events::{Event, Events, Finished};
 use output::Output;
 use tape_devices::changer::TapeLibrary;
 
@@ -111,20 +111,19 @@ pub struct RestoreOptions {
     pub to: PathBuf,
     /// Replace an existing non-empty file.
     pub force: bool,
-    /// Show a progress bar.
-    pub interactive: bool,
 }
 
 /// Run a prepared restore into `opts.to`. The caller has checked the pull list
-/// ([`check_pull_list`]) and unlocked the keys into `keys`.
+/// ([`check_pull_list`]) and unlocked the keys into `keys`. `events` hears the progress
+/// in bytes written and each image of the chain as it finishes supplying its part.
 pub fn run(
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     p: &Prepared,
     opts: &RestoreOptions,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<RestoreReport> {
-    let (to, force, interactive) = (opts.to.as_path(), opts.force, opts.interactive);
+    let (to, force) = (opts.to.as_path(), opts.force);
     check_pull_list(&p.pull_list)?;
     for fp in p.key_fingerprints() {
         let ok = crate::backup::fp_bytes(&fp).is_some_and(|b| keys.has(&b));
@@ -143,7 +142,7 @@ pub fn run(
         } else {
             0
         };
-    let progress = Progress::bytes(total, "restore", interactive);
+    events.task("restore", total);
     let locations: HashMap<String, String> = p
         .pull_list
         .iter()
@@ -178,7 +177,7 @@ pub fn run(
                         while off < e.end() {
                             let n = ((e.end() - off) as usize).min(ZERO_CHUNK);
                             out.write_at(&zeros[..n], off)?;
-                            progress.inc(n as u64);
+                            events.progress(n as u64);
                             off += n as u64;
                         }
                     }
@@ -196,7 +195,10 @@ pub fn run(
             for &i in &p.order {
                 let img = &p.chain[i];
                 let plan = &p.plans[i];
-                progress.set_message(format!("image {}", &img.uuid.to_string()[..8]));
+                events.emit(Event::TaskLabel(format!(
+                    "image {}",
+                    &img.uuid.to_string()[..8]
+                )));
                 let mut supplied = 0u64;
                 let mut pieces: Vec<crate::extents::Extent> = Vec::new();
                 let mut on_data = |offset: u64, bytes: &[u8]| -> Result<()> {
@@ -210,7 +212,7 @@ pub fn run(
                         tx.send((x.offset, buf))
                             .map_err(|_| Error::Failed("the output writer stopped".into()))?;
                         supplied += x.len;
-                        progress.inc(x.len);
+                        events.progress(x.len);
                     }
                     Ok(())
                 };
@@ -237,29 +239,9 @@ pub fn run(
                         )));
                 }
                 bytes_written += supplied;
-                let line = format!(
-                    "image {} ({}, {}): {} written from {} records{}",
-                    img.uuid,
-                    img.kind,
-                    crate::timefmt::show(&img.started),
-                    crate::cli::human_bytes(supplied),
-                    read.records_read,
-                    if read.digest_checked {
-                        ", content digest verified".to_string()
-                    } else {
-                        format!(
-                                ", {} records of superseded segments skipped (content digest not checked)",
-                                read.records_skipped
-                            )
-                    }
-                );
-                if interactive {
-                    progress.println(&line);
-                } else {
-                    report_line(&line);
-                }
                 if let Some(u) = uses[i].as_mut() {
                     u.read = Some(read);
+                    events.emit(Event::Finished(Finished::RestoredFrom(u)));
                 }
             }
             Ok(())
@@ -273,7 +255,7 @@ pub fn run(
     // A writer failure explains a reader's "writer stopped".
     let result = writer_result.and(result);
     let released = reader.release();
-    progress.finish();
+    events.emit(Event::TaskEnded);
     result?;
     released?;
     if out.device {

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, ImageKind, ImageStatus};
 use crate::codec::{KeyRing, Opener};
 use crate::error::{Error, ExitCode, Result};
+use crate::events::{Event, Events};
 use crate::media::allocate::sync_inventory;
-use crate::progress::Progress;
 use crate::restore::{check_pull_list, read_image, ImageRead, MediaReader, PullItem};
 use tape_devices::changer::TapeLibrary;
 
@@ -57,13 +57,14 @@ pub fn image_pull_list(
 
 /// Verify one image. `Ok` carries the report whether or not the image is intact; an
 /// intact image gives `ok: true`. Media (exit 4) and key (exit 5) problems are errors
-/// and leave the catalog alone; integrity failures mark the image corrupt.
+/// and leave the catalog alone; integrity failures mark the image corrupt. `events`
+/// hears the progress in bytes read.
 pub fn verify_image(
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     image: Uuid,
-    interactive: bool,
+    events: &dyn Events,
 ) -> Result<ImageVerifyReport> {
     let img = cat
         .image(image)?
@@ -96,11 +97,11 @@ pub fn verify_image(
         .map(|p| (p.barcode.clone(), p.location.clone()))
         .collect();
     let mut reader = MediaReader::new(lib, locations);
-    reader.progress = Progress::bytes(
-        img.stored_bytes,
+    events.task(
         format!("verify {}", &image.to_string()[..8]),
-        interactive,
+        img.stored_bytes,
     );
+    reader.report_progress(events);
     let mut opener = Opener::new()?;
     let result = read_image(
         &mut reader,
@@ -112,7 +113,7 @@ pub fn verify_image(
         &mut |_, _| Ok(()),
     );
     let released = reader.release();
-    reader.progress.finish();
+    events.emit(Event::TaskEnded);
     let mut report = ImageVerifyReport {
         image,
         disk: img.disk_uuid,

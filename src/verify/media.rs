@@ -14,8 +14,8 @@ use crate::catalog::{Catalog, ImageStatus};
 use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Error, ExitCode, Result};
+use crate::events::{Event, Events, Finished};
 use crate::media::allocate::sync_inventory;
-use crate::progress::Progress;
 use crate::restore::{check_pull_list, MediaReader, PullItem};
 use tape_devices::changer::TapeLibrary;
 
@@ -113,14 +113,14 @@ fn plus(pos: Option<u64>, n: u64) -> Option<u64> {
     pos.map(|p| p + n)
 }
 
-/// Verify every tape file of a cartridge.
+/// Verify every tape file of a cartridge. `events` hears the progress in bytes read and
+/// each tape file as it is checked.
 pub fn verify_media(
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     barcode: &str,
-    interactive: bool,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<MediaVerifyReport> {
     let (_, present) = sync_inventory(cat, lib)?;
     let row = cat.media(barcode)?;
@@ -139,7 +139,8 @@ pub fn verify_media(
         images: Vec::new(),
     }])?;
     let mut reader = MediaReader::new(lib, HashMap::from([(barcode.to_string(), location)]));
-    reader.progress = Progress::bytes(total, format!("verify {barcode}"), interactive);
+    events.task(format!("verify {barcode}"), total);
+    reader.report_progress(events);
     let mut report = MediaVerifyReport {
         barcode: barcode.to_string(),
         label: None,
@@ -155,11 +156,10 @@ pub fn verify_media(
         barcode,
         expect_blank,
         &mut report,
-        interactive,
-        report_line,
+        events,
     );
     let released = reader.release();
-    reader.progress.finish();
+    events.emit(Event::TaskEnded);
     match r {
         Ok(()) => {}
         // An unreadable block (media error, oversized block): the walk cannot go on
@@ -221,8 +221,7 @@ fn walk(
     barcode: &str,
     expect_blank: bool,
     report: &mut MediaVerifyReport,
-    interactive: bool,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<()> {
     reader.seek_file(barcode, 0)?;
     let mut opener = Opener::new()?;
@@ -329,31 +328,7 @@ fn walk(
                 rest_of_file(reader, &mut f, start, "")?
             }
         };
-        let line = format!(
-            "tape file {}: {}{}: {} block(s){}",
-            f.file,
-            f.kind,
-            match (f.image, f.part) {
-                (Some(i), Some(p)) => format!(" (image {i} part {p})"),
-                _ => String::new(),
-            },
-            f.blocks,
-            if f.problems.is_empty() {
-                String::from(", ok")
-            } else {
-                format!(
-                    ", {} problem(s): {}",
-                    f.problems.len(),
-                    f.problems.join("; ")
-                )
-            }
-        );
-        if interactive {
-            // Above the progress bar.
-            reader.progress.println(&line);
-        } else {
-            report_line(&line);
-        }
+        events.emit(Event::Finished(Finished::TapeFile { barcode, file: &f }));
         report.files.push(f);
         report.current = None;
         if !ended_by_filemark {
