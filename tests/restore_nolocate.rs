@@ -12,6 +12,7 @@ use tape_devices::changer::{Changer, ChangerResult, TapeLibrary};
 use tape_devices::drive::*;
 use tapevault::catalog::At;
 use tapevault::codec::KeyRing;
+use tapevault::events::Silent;
 use uuid::Uuid;
 
 /// A drive that cannot locate or report its position, counting spacing operations.
@@ -120,7 +121,6 @@ fn restore_and_verify_without_locate_space_to_the_records() {
     let p = tapevault::restore::prepare(&cat, &mut lib, id, At::Latest).unwrap();
     assert_eq!(p.chain.len(), 2);
     let out = env.path("out.img");
-    let mut lines = Vec::new();
     let report = tapevault::restore::run(
         &mut lib,
         &KeyRing::new(),
@@ -128,9 +128,8 @@ fn restore_and_verify_without_locate_space_to_the_records() {
         &tapevault::restore::RestoreOptions {
             to: out.clone(),
             force: false,
-            interactive: false,
         },
-        &mut |l| lines.push(l.to_string()),
+        &Silent,
     )
     .unwrap();
     assert_same(&disk.path, &out);
@@ -143,17 +142,11 @@ fn restore_and_verify_without_locate_space_to_the_records() {
     assert!(!full_read.digest_checked);
     assert!(report.images[1].read.as_ref().unwrap().digest_checked);
 
-    let r = tapevault::verify::verify_image(&cat, &mut lib, &KeyRing::new(), inc, false).unwrap();
+    let r = tapevault::verify::verify_image(&cat, &mut lib, &KeyRing::new(), inc, &Silent).unwrap();
     assert!(r.ok, "{:?}", r.error);
-    let r = tapevault::verify::verify_media(
-        &cat,
-        &mut lib,
-        &KeyRing::new(),
-        &first.barcode,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let r =
+        tapevault::verify::verify_media(&cat, &mut lib, &KeyRing::new(), &first.barcode, &Silent)
+            .unwrap();
     assert!(r.ok, "{:?}", r.files);
     assert!(r.files.iter().all(|f| f.first_block.is_none()));
 }

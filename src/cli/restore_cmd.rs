@@ -9,9 +9,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::shared::{fail_with, open_catalog, unlock_keys};
-use super::{human_bytes, Ctx};
+use super::{human_bytes, Ctx, Terminal};
 use crate::catalog::{At, Catalog, ImageKind, ImageRow, ImageStatus};
 use crate::error::Result;
+use crate::events::{Events, NoteKind};
 use crate::restore::{self, pull_list_text};
 
 #[derive(Debug, Args)]
@@ -102,43 +103,54 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     };
     let mut lib = home.open_library()?;
     let prepared = restore::prepare(&cat, lib.as_mut(), a.disk, at)?;
+    let term = Terminal::new(ctx.out);
+    let events: &dyn Events = &term;
     // Notes on stderr, also with --json (stdout stays one document).
     for sk in prepared.skipped.iter() {
-        eprintln!(
-            "tapevault: note: passed over {} image {} of {} ({}): {}",
-            sk.kind,
-            sk.image,
-            crate::timefmt::show(&sk.started),
-            sk.status,
-            sk.reason
+        events.note(
+            NoteKind::Skipped,
+            format!(
+                "tapevault: note: passed over {} image {} of {} ({}): {}",
+                sk.kind,
+                sk.image,
+                crate::timefmt::show(&sk.started),
+                sk.status,
+                sk.reason
+            ),
         );
     }
-    match restore_prepared(ctx, &home, lib.as_mut(), &a, &prepared) {
+    match restore_prepared(ctx, &home, lib.as_mut(), &a, &prepared, events) {
         Ok(()) => Ok(()),
         Err(e) => {
             // Damage found on the way is remembered: the image and every image built
             // on it are marked corrupt, so the next restore and backup pass them over.
             let marked = restore::record_damage(&cat, &prepared, &e).unwrap_or_else(|me| {
-                eprintln!(
-                    "tapevault: warning: could not mark the damaged image in the catalog: {me}"
+                events.note(
+                    NoteKind::Warning,
+                    format!(
+                        "tapevault: warning: could not mark the damaged image in the catalog: {me}"
+                    ),
                 );
                 Vec::new()
             });
             if let Some((first, rest)) = marked.split_first() {
-                eprintln!(
-                    "tapevault: note: marked image {first} corrupt in the catalog{}; a restore without --image now takes the newest point before it",
-                    if rest.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            ", with the {} image(s) built on it ({})",
-                            rest.len(),
-                            rest.iter()
-                                .map(|u| u.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
+                events.note(
+                    NoteKind::Warning,
+                    format!(
+                        "tapevault: note: marked image {first} corrupt in the catalog{}; a restore without --image now takes the newest point before it",
+                        if rest.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                ", with the {} image(s) built on it ({})",
+                                rest.len(),
+                                rest.iter()
+                                    .map(|u| u.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    ),
                 );
             }
             fail_with(
@@ -162,6 +174,7 @@ fn restore_prepared(
     lib: &mut dyn tape_devices::changer::TapeLibrary,
     a: &RestoreArgs,
     prepared: &restore::Prepared,
+    events: &dyn Events,
 ) -> Result<()> {
     // The pull list comes first, whatever happens next (stderr; stdout stays parseable).
     eprint!("{}", pull_list_text(&prepared.pull_list));
@@ -187,13 +200,11 @@ fn restore_prepared(
         a.to.display()
     ));
     let out = ctx.out;
-    let mut line = |s: &str| out.info(s);
     let opts = restore::RestoreOptions {
         to: a.to.clone(),
         force: a.force,
-        interactive: out.interactive(),
     };
-    let report = restore::run(lib, &keys, prepared, &opts, &mut line)?;
+    let report = restore::run(lib, &keys, prepared, &opts, events)?;
     out.emit(&report, || {
         let checked = report
             .images

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::shared::open_catalog;
 use super::shared::{fail_with, unlock_keys};
-use super::{usage, Ctx};
+use super::{usage, Ctx, Terminal};
 use crate::error::{Error, Result};
 use crate::verify;
 
@@ -44,7 +44,8 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;
             let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
             let keys = unlock_keys(ctx, &home, &fps)?;
-            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, ctx.out.interactive())?;
+            let term = Terminal::new(ctx.out);
+            let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, &term)?;
             if !r.ok {
                 let msg = format!(
                     "image {id} failed verification and is now marked corrupt in the catalog: {}",
@@ -83,10 +84,8 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
                 }
             }
             let keys = unlock_keys(ctx, &home, &fps)?;
-            let out = ctx.out;
-            let mut line = |s: &str| out.info(s);
-            let r =
-                verify::verify_media(&cat, lib.as_mut(), &keys, &bc, out.interactive(), &mut line)?;
+            let term = Terminal::new(ctx.out);
+            let r = verify::verify_media(&cat, lib.as_mut(), &keys, &bc, &term)?;
             if !r.ok {
                 let bad: Vec<String> = r
                     .files

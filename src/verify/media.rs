@@ -1,13 +1,6 @@
-//! The verify job: read back without writing anything but the catalog's verdict.
-//!
-//! * [`verify_image`]: every part and record of one image, with every check a restore
-//!   makes (CRCs, AEAD tags, image/part/sequence continuity, trailer counts) and the
-//!   content digest against the trailer and the catalog. On an integrity failure the
-//!   image is marked 'corrupt' in the catalog, so no later backup builds on it and no
-//!   restore uses it.
-//! * [`verify_media`]: every tape file of one cartridge (label, image parts, catalog
-//!   snapshots, end-of-session markers), reported per tape file. Blocks are
-//!   independent, so a damaged record is reported and the walk goes on.
+//! Verifying one cartridge: every tape file (volume label, image parts, catalog
+//! snapshots, end-of-session markers) walked and reported; damage is reported by block
+//! and the walk goes on.
 
 use std::collections::HashMap;
 
@@ -17,159 +10,18 @@ use tape_formats::{
 };
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, ImageKind, ImageStatus};
+use crate::catalog::{Catalog, ImageStatus};
 use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Error, ExitCode, Result};
+use crate::events::{Event, Events, Finished};
 use crate::media::allocate::sync_inventory;
-use crate::progress::Progress;
-use crate::restore::{check_pull_list, read_image, ImageRead, MediaReader, PullItem};
+use crate::restore::{check_pull_list, MediaReader, PullItem};
 use tape_devices::changer::TapeLibrary;
 
 /// Most problems listed per tape file; a badly damaged file would otherwise produce
 /// one line per block.
 pub const MAX_PROBLEMS_PER_FILE: usize = 100;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageVerifyReport {
-    pub image: Uuid,
-    pub disk: Uuid,
-    pub kind: ImageKind,
-    pub ok: bool,
-    /// The image's catalog status after verification.
-    pub status: ImageStatus,
-    pub pull_list: Vec<PullItem>,
-    /// Set when the image read back clean.
-    pub read: Option<ImageRead>,
-    /// Why it failed (also the error the command exits with).
-    pub error: Option<String>,
-}
-
-/// Cartridges an image is read from, in order, with where they are.
-pub fn image_pull_list(
-    cat: &Catalog,
-    lib: &mut dyn TapeLibrary,
-    image: Uuid,
-) -> Result<Vec<PullItem>> {
-    let (_, present) = sync_inventory(cat, lib)?;
-    let mut list: Vec<PullItem> = Vec::new();
-    for s in cat.segments(image)? {
-        if list.iter().any(|p| p.barcode == s.barcode) {
-            continue;
-        }
-        let location = cat
-            .media(&s.barcode)?
-            .map(|m| m.location)
-            .unwrap_or_default();
-        list.push(PullItem {
-            in_library: present.contains(&s.barcode),
-            barcode: s.barcode,
-            location,
-            images: vec![image],
-        });
-    }
-    Ok(list)
-}
-
-/// Verify one image. `Ok` carries the report whether or not the image is intact; an
-/// intact image gives `ok: true`. Media (exit 4) and key (exit 5) problems are errors
-/// and leave the catalog alone; integrity failures mark the image corrupt.
-pub fn verify_image(
-    cat: &Catalog,
-    lib: &mut dyn TapeLibrary,
-    keys: &KeyRing,
-    image: Uuid,
-    interactive: bool,
-) -> Result<ImageVerifyReport> {
-    let img = cat
-        .image(image)?
-        .ok_or_else(|| Error::Usage(format!("image {image} is not in the catalog")))?;
-    match img.status {
-        ImageStatus::Complete | ImageStatus::Corrupt => {}
-        ImageStatus::Running => {
-            return Err(Error::Failed(format!(
-                "image {image} is still being written; verify it when its backup has finished"
-            )))
-        }
-        other => {
-            return Err(Error::Failed(format!(
-                "image {image} is {other}: it never completed, so the catalog knows no segments to read (verify its cartridges with --barcode)"
-            )))
-        }
-    }
-    let pull_list = image_pull_list(cat, lib, image)?;
-    check_pull_list(&pull_list)?;
-    if let Some(fp) = &img.key_fingerprint {
-        if !crate::backup::fp_bytes(fp).is_some_and(|b| keys.has(&b)) {
-            return Err(Error::Key(format!(
-                "image {image} is encrypted with key {fp}, which is not unlocked"
-            )));
-        }
-    }
-    let segments = cat.segments(image)?;
-    let locations: HashMap<String, String> = pull_list
-        .iter()
-        .map(|p| (p.barcode.clone(), p.location.clone()))
-        .collect();
-    let mut reader = MediaReader::new(lib, locations);
-    reader.progress = Progress::bytes(
-        img.stored_bytes,
-        format!("verify {}", &image.to_string()[..8]),
-        interactive,
-    );
-    let mut opener = Opener::new()?;
-    let result = read_image(
-        &mut reader,
-        keys,
-        &mut opener,
-        &img,
-        &segments,
-        &|_| true,
-        &mut |_, _| Ok(()),
-    );
-    let released = reader.release();
-    reader.progress.finish();
-    let mut report = ImageVerifyReport {
-        image,
-        disk: img.disk_uuid,
-        kind: img.kind,
-        ok: false,
-        status: img.status,
-        pull_list,
-        read: None,
-        error: None,
-    };
-    match result {
-        Ok(read) if read.digest_checked => {
-            released?;
-            report.ok = true;
-            report.read = Some(read);
-            Ok(report)
-        }
-        Ok(_) => {
-            released?;
-            // Only an image without records can come back unchecked: its catalog
-            // digest is not that of no records.
-            let msg = format!(
-                "image {image} has no records on tape but its catalog digest is not that of an empty image"
-            );
-            cat.mark_corrupt(image, &msg)?;
-            report.status = ImageStatus::Corrupt;
-            report.error = Some(msg);
-            Ok(report)
-        }
-        Err(e) if e.exit_code() == ExitCode::Integrity => {
-            let msg = format!("verify: {e}");
-            cat.mark_corrupt(image, &msg)?;
-            report.status = ImageStatus::Corrupt;
-            report.error = Some(e.to_string());
-            Ok(report)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-// ---------------------------------------------------------------- a whole cartridge
 
 /// What one tape file of a cartridge holds and whether it checked out.
 #[derive(Debug, Clone, Serialize)]
@@ -261,14 +113,14 @@ fn plus(pos: Option<u64>, n: u64) -> Option<u64> {
     pos.map(|p| p + n)
 }
 
-/// Verify every tape file of a cartridge.
+/// Verify every tape file of a cartridge. `events` hears the progress in bytes read and
+/// each tape file as it is checked.
 pub fn verify_media(
     cat: &Catalog,
     lib: &mut dyn TapeLibrary,
     keys: &KeyRing,
     barcode: &str,
-    interactive: bool,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<MediaVerifyReport> {
     let (_, present) = sync_inventory(cat, lib)?;
     let row = cat.media(barcode)?;
@@ -287,7 +139,8 @@ pub fn verify_media(
         images: Vec::new(),
     }])?;
     let mut reader = MediaReader::new(lib, HashMap::from([(barcode.to_string(), location)]));
-    reader.progress = Progress::bytes(total, format!("verify {barcode}"), interactive);
+    events.task(format!("verify {barcode}"), total);
+    reader.report_progress(events);
     let mut report = MediaVerifyReport {
         barcode: barcode.to_string(),
         label: None,
@@ -303,11 +156,10 @@ pub fn verify_media(
         barcode,
         expect_blank,
         &mut report,
-        interactive,
-        report_line,
+        events,
     );
     let released = reader.release();
-    reader.progress.finish();
+    events.emit(Event::TaskEnded);
     match r {
         Ok(()) => {}
         // An unreadable block (media error, oversized block): the walk cannot go on
@@ -369,8 +221,7 @@ fn walk(
     barcode: &str,
     expect_blank: bool,
     report: &mut MediaVerifyReport,
-    interactive: bool,
-    report_line: &mut dyn FnMut(&str),
+    events: &dyn Events,
 ) -> Result<()> {
     reader.seek_file(barcode, 0)?;
     let mut opener = Opener::new()?;
@@ -477,31 +328,7 @@ fn walk(
                 rest_of_file(reader, &mut f, start, "")?
             }
         };
-        let line = format!(
-            "tape file {}: {}{}: {} block(s){}",
-            f.file,
-            f.kind,
-            match (f.image, f.part) {
-                (Some(i), Some(p)) => format!(" (image {i} part {p})"),
-                _ => String::new(),
-            },
-            f.blocks,
-            if f.problems.is_empty() {
-                String::from(", ok")
-            } else {
-                format!(
-                    ", {} problem(s): {}",
-                    f.problems.len(),
-                    f.problems.join("; ")
-                )
-            }
-        );
-        if interactive {
-            // Above the progress bar.
-            reader.progress.println(&line);
-        } else {
-            report_line(&line);
-        }
+        events.emit(Event::Finished(Finished::TapeFile { barcode, file: &f }));
         report.files.push(f);
         report.current = None;
         if !ended_by_filemark {

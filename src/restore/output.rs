@@ -1,0 +1,277 @@
+//! The restore target: a block device written in place, or a new sparse file that has
+//! no name (`O_TMPFILE`) or a temporary one until it is complete and committed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Error, Result};
+
+/// Check a restore target before anything else happens: a block device (returns
+/// true), a new file in an existing directory, an empty file, or with `force` a
+/// non-empty regular file.
+pub fn check_target(to: &Path, force: bool) -> Result<bool> {
+    match std::fs::metadata(to) {
+        Ok(m) if m.file_type().is_block_device() => Ok(true),
+        Ok(m) if m.is_dir() => Err(Error::Usage(format!(
+            "{} is a directory; give the path of the disk image to create",
+            to.display()
+        ))),
+        Ok(m) if m.is_file() && m.len() > 0 && !force => Err(Error::Usage(format!(
+            "{} exists and is not empty; give --force to replace it",
+            to.display()
+        ))),
+        Ok(m) if !m.is_file() => Err(Error::Usage(format!(
+            "{} is neither a regular file nor a block device",
+            to.display()
+        ))),
+        Ok(_) => Ok(false),
+        Err(_) => {
+            let dir = match to.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(Error::Usage(format!(
+                    "cannot create {}: {} is not a directory",
+                    to.display(),
+                    dir.display()
+                )));
+            }
+            if to.file_name().is_none() {
+                return Err(Error::Usage(format!("{} names no file", to.display())));
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// The output: a new sparse file, or a block device. A new file has no name until it
+/// is complete where the filesystem allows (`O_TMPFILE`), so a killed restore leaves
+/// nothing behind; elsewhere it is written under a temporary name with the writer's
+/// pid, which the next restore into the same directory removes once that pid is gone.
+pub(super) struct Output {
+    file: File,
+    /// Where a regular file goes when complete.
+    target: Option<NewFile>,
+    pub(super) device: bool,
+}
+
+struct NewFile {
+    dir: PathBuf,
+    to: PathBuf,
+    /// The temporary name the data is written under; `None` while it has no name.
+    named: Option<PathBuf>,
+}
+
+/// Prefix of the temporary names of restores into `name` (the pid follows).
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.tapevault-restore.")
+}
+
+/// Remove temporary files of earlier restores into `name` whose writer is gone.
+fn sweep_stale_temps(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let fname = entry.file_name();
+        let Some(pid) = fname
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid > 0
+            && !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A file in `dir` with no name (`O_TMPFILE`), when the filesystem supports it and
+/// `/proc/self/fd` is there to give it a name later.
+fn unnamed_file(dir: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o666)
+        .open(dir)
+        .ok()
+}
+
+impl Output {
+    pub(super) fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
+        if check_target(to, force)? {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(to)
+                .with_context(|| format!("opening block device {}", to.display()))?;
+            let dev_size = file
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("reading the size of {}", to.display()))?;
+            if dev_size < size {
+                return Err(Error::Usage(format!(
+                    "block device {} holds {dev_size} bytes, the disk is {size} bytes",
+                    to.display()
+                )));
+            }
+            return Ok(Output {
+                file,
+                target: None,
+                device: true,
+            });
+        }
+        let name = to
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{} names no file", to.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let dir = match to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        sweep_stale_temps(&dir, &name);
+        let tmp = dir.join(format!("{}{}", temp_prefix(&name), std::process::id()));
+        let (file, named) = match unnamed_file(&dir) {
+            Some(f) => (f, None),
+            None => {
+                let _ = std::fs::remove_file(&tmp);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                (f, Some(tmp.clone()))
+            }
+        };
+        let out = Output {
+            file,
+            target: Some(NewFile {
+                dir,
+                to: to.to_path_buf(),
+                named,
+            }),
+            device: false,
+        };
+        out.file
+            .set_len(size)
+            .with_context(|| format!("sizing a new file for {} to {size} bytes", to.display()))?;
+        Ok(out)
+    }
+
+    pub(super) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(buf, offset)
+            .with_context(|| format!("writing {} bytes at offset {offset}", buf.len()))
+    }
+
+    pub(super) fn commit(mut self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        self.file.sync_all().context("flushing the restored disk")?;
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
+        let tmp = match &t.named {
+            Some(tmp) => tmp.clone(),
+            None => {
+                // Give the complete file its temporary name (a hard link from the
+                // descriptor), then rename it over the target, which may exist (--force).
+                let name =
+                    t.to.file_name()
+                        .expect("checked")
+                        .to_string_lossy()
+                        .into_owned();
+                let tmp = t
+                    .dir
+                    .join(format!("{}{}", temp_prefix(&name), std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    &fd_path,
+                    None,
+                    &tmp,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| {
+                    Error::Failed(format!("naming the restored disk {}: {e}", tmp.display()))
+                })?;
+                t.named = Some(tmp.clone());
+                tmp
+            }
+        };
+        std::fs::rename(&tmp, &t.to)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), t.to.display()))?;
+        t.named = None;
+        if let Ok(d) = File::open(&t.dir) {
+            let _ = d.sync_all();
+        }
+        self.target = None;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // Not committed: never leave a plausible-looking partial file.
+        if let Some(tmp) = self.target.take().and_then(|t| t.named) {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_checked_before_anything_moves() {
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("new.img");
+        assert!(!check_target(&new, false).unwrap());
+        let empty = d.path().join("empty.img");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(!check_target(&empty, false).unwrap());
+        let full = d.path().join("full.img");
+        std::fs::write(&full, b"x").unwrap();
+        assert_eq!(
+            check_target(&full, false).unwrap_err().exit_code(),
+            crate::error::ExitCode::Usage
+        );
+        assert!(!check_target(&full, true).unwrap());
+        assert!(check_target(d.path(), true).is_err(), "a directory");
+        assert!(check_target(&d.path().join("no/such/dir.img"), false).is_err());
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_no_file_and_a_committed_one_is_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let to = d.path().join("disk.img");
+        {
+            let out = Output::open(&to, 1 << 20, false).unwrap();
+            out.write_at(b"abc", 4096).unwrap();
+            // Dropped without commit.
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let out = Output::open(&to, 1 << 20, false).unwrap();
+        out.write_at(b"abc", 4096).unwrap();
+        out.commit().unwrap();
+        let got = std::fs::read(&to).unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(&got[4096..4099], b"abc");
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,146 @@
+//! Preparing a restore, before a cartridge moves: the restore point and its chain
+//! (newer images that cannot be restored are passed over, see [`Skipped`]), the plan
+//! of what each image supplies, the segments to read in media order, the pull list.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::planner::{plan_restore, CoveredExtent, ImagePlan};
+use super::pull_list::{build_pull_list, PullItem};
+use crate::catalog::{At, Catalog, ImageRow, Segment, Skipped};
+use crate::error::{Error, Result};
+use crate::media::allocate::sync_inventory;
+use tape_devices::changer::TapeLibrary;
+
+/// Everything decided before a cartridge moves.
+pub struct Prepared {
+    pub disk: Uuid,
+    /// Oldest (the full) first, target last.
+    pub chain: Vec<ImageRow>,
+    pub plans: Vec<ImagePlan>,
+    /// Each chain image's segments (tape order).
+    pub segments: Vec<Vec<Segment>>,
+    /// Chain indices in reading (media) order; images supplying nothing are left out.
+    pub order: Vec<usize>,
+    pub pull_list: Vec<PullItem>,
+    /// Newer images at or before the point asked for that cannot be restored, newest
+    /// first, with why (empty for `--image`).
+    pub skipped: Vec<Skipped>,
+    /// Set by [`run`] when an image failed its integrity checks: the image to mark.
+    pub(super) damaged: std::cell::Cell<Option<Uuid>>,
+}
+
+impl Prepared {
+    pub fn target(&self) -> &ImageRow {
+        self.chain.last().expect("a chain is never empty")
+    }
+
+    /// After [`run`] failed: the chain image whose records failed their integrity
+    /// checks (to be marked with [`record_damage`]), if that was the failure.
+    pub fn damaged_image(&self) -> Option<Uuid> {
+        self.damaged.get()
+    }
+
+    /// Hex fingerprints of the keys the images to read need.
+    pub fn key_fingerprints(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for &i in &self.order {
+            if let Some(fp) = &self.chain[i].key_fingerprint {
+                if !v.contains(fp) {
+                    v.push(fp.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether segment `s` of chain image `i` holds data the restore needs.
+    pub(super) fn needed(&self, i: usize, s: &Segment) -> bool {
+        !self.plans[i].can_skip_segment(s.disk_start, s.disk_end.saturating_sub(s.disk_start))
+    }
+}
+
+/// Resolve the chain, plan it, and build the pull list. Refreshes the catalog's view
+/// of the library so the pull list says where each cartridge is.
+pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> Result<Prepared> {
+    let (chain, skipped) = cat.restore_point(disk, at)?;
+    let target_size = chain.last().expect("never empty").disk_size;
+    let mut covered = Vec::with_capacity(chain.len());
+    let mut segments = Vec::with_capacity(chain.len());
+    for img in &chain {
+        covered.push(
+            cat.extents(img.uuid)?
+                .into_iter()
+                .map(|e| CoveredExtent {
+                    offset: e.offset,
+                    len: e.length,
+                    is_zero: e.is_zero,
+                })
+                .collect::<Vec<_>>(),
+        );
+        segments.push(cat.segments(img.uuid)?);
+    }
+    let plan = plan_restore(&covered, target_size).map_err(|e| {
+        Error::Failed(format!(
+            "the catalog's extents of the restore chain are inconsistent: {e}"
+        ))
+    })?;
+    if !plan.uncovered.is_empty() {
+        let first = plan.uncovered.iter().next().expect("not empty");
+        return Err(Error::Failed(format!(
+            "no image of the restore chain of {} covers {} bytes of the disk (first at bytes {}..{}); the chain cannot be restored bit-identical",
+            chain.last().expect("never empty").uuid,
+            plan.uncovered.total_bytes(),
+            first.offset,
+            first.end()
+        )));
+    }
+    let mut prepared = Prepared {
+        disk,
+        chain,
+        plans: plan.images,
+        segments,
+        order: Vec::new(),
+        pull_list: Vec::new(),
+        skipped,
+        damaged: std::cell::Cell::new(None),
+    };
+    // Media order: cartridges ranked by first use in chain order, then by block.
+    let mut rank: HashMap<String, usize> = HashMap::new();
+    let mut keyed: Vec<(usize, u64, usize)> = Vec::new();
+    for i in 0..prepared.chain.len() {
+        if prepared.plans[i].data.is_empty() {
+            continue;
+        }
+        let first = prepared.segments[i]
+            .iter()
+            .find(|s| prepared.needed(i, s))
+            .or(prepared.segments[i].first());
+        let Some(first) = first else {
+            return Err(Error::Failed(format!(
+                "image {} supplies data but has no segments in the catalog",
+                prepared.chain[i].uuid
+            )));
+        };
+        let n = rank.len();
+        let r = *rank.entry(first.barcode.clone()).or_insert(n);
+        keyed.push((r, first.first_block, i));
+    }
+    keyed.sort();
+    prepared.order = keyed.into_iter().map(|(_, _, i)| i).collect();
+    let (_, present) = sync_inventory(cat, lib)?;
+    let reads: Vec<(Uuid, Vec<&Segment>)> = prepared
+        .order
+        .iter()
+        .map(|&i| {
+            let segs: Vec<&Segment> = prepared.segments[i]
+                .iter()
+                .filter(|s| prepared.needed(i, s))
+                .collect();
+            (prepared.chain[i].uuid, segs)
+        })
+        .collect();
+    prepared.pull_list = build_pull_list(cat, &present, &reads)?;
+    Ok(prepared)
+}
