@@ -10,7 +10,6 @@ pub mod extents;
 pub mod home;
 pub mod media;
 pub mod pipeline;
-pub mod progress;
 pub mod rebuild;
 pub mod restore;
 pub mod source;

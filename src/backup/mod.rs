@@ -5,6 +5,31 @@
 //! An image is usable only when its trailer is on tape, the drive has flushed, and its
 //! catalog transaction has committed. Anything else leaves it 'failed' (or 'running'
 //! until the next job notices its process is gone), and never a base.
+//!
+//! A backup, step by step:
+//!
+//! 1. **Request** ([`request`]): the disks by UUID, the kind asked for, the pool;
+//!    [`check_inputs`] opens every input without blocking and refuses what cannot be
+//!    read safely (wrong file kinds, one file twice, a changed-extents file of another
+//!    disk) before any lock is taken or session recorded.
+//! 2. **Session** ([`session`]): the pool and its key, crash recovery ([`recovery`]),
+//!    the pool lock, the media set, then each disk in turn, then the session end: the
+//!    catalog snapshot and the end-of-session marker as tape files of their own.
+//! 3. **Plan** ([`plan`]): which kind of image each disk gets and why; the base is the
+//!    newest restorable image; a changed-extents file is trusted only when it continues
+//!    the base's change-tracking epoch, else a hash scan, said out loud.
+//! 4. **One disk** ([`disk`]): the hash scan when planned, the image row ('running'),
+//!    writing the image, then the commit (image complete with its segments and
+//!    coverage) or the failure (image failed, cartridge marked as the error says).
+//! 5. **Streaming** ([`image`]): the image header, the bounded pipeline: reader thread
+//!    (chunks, zero detection, digests) -> transform workers ([`stages`]: zstd, AES-GCM,
+//!    CRC) -> writer ([`records`]: framing, resealing, parts, spanning at early
+//!    warning), then trailer, filemark and flush.
+//! 6. **Tape** ([`tape`]): the cartridge being written: picked from the set or joined
+//!    (labelled), checked, positioned at end of data, released (flushed and unloaded).
+//!
+//! The job prints nothing: decisions, cartridges, waits, progress and each image
+//! written are [`crate::events`] for the caller; the result is a [`BackupReport`].
 
 use std::path::PathBuf;
 

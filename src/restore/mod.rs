@@ -1,7 +1,7 @@
 //! The restore job: rebuild a disk at a point in time from a full image and its ordered
 //! incrementals, newest extent wins, synthesized while restoring.
 //!
-//! 1. [`prepare`]: the chain from the catalog, the plan ([`crate::extents::plan_restore`]:
+//! 1. [`prepare`]: the chain from the catalog, the plan ([`planner::plan_restore`]:
 //!    each image supplies only what no later image covers, clipped to the target's disk
 //!    size), the segments each image must be read from, the order of reading (media
 //!    order) and the pull list (cartridges in that order, with where they are).
