@@ -88,7 +88,7 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
             rep.cartridges[0].method,
             want,
             "{:?}",
-            said.notes.lock().unwrap()
+            said.lines()
         );
         assert!(rep.damage.is_empty() && rep.problems.is_empty(), "{rep:?}");
         // Another barcode cannot be read from this drive: exit 4.
