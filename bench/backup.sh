@@ -115,7 +115,7 @@ for r in $(seq 1 "$PAIRS"); do
   settle
   cold
   timed full-$r "$BIN" --json backup --disk "$W/disk.img" --disk-id $DISK_ID --pool bench --changed-extents "$W/cbt0.json" --full
-  if [ "$r" -lt "$PAIRS" ]; then rm -rf "$TAPEVAULT_HOME"; fi
+  if [ "$r" -lt "$PAIRS" ]; then rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME-library"; fi
   settle
 done
 

@@ -366,10 +366,15 @@ fn change_passphrase_rewraps_and_the_old_passphrase_stops_working() {
     let r = env.run_with(
         &["key", "change-passphrase", "k"],
         Some("a new passphrase"),
-        &[("TAPEVAULT_NEW_PASSPHRASE", "third")],
+        &[("TAPEVAULT_NEW_PASSPHRASE", "the third passphrase")],
     );
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(ks.unlock("k", b"third").unwrap().fingerprint_hex(), fp);
+    assert_eq!(
+        ks.unlock("k", b"the third passphrase")
+            .unwrap()
+            .fingerprint_hex(),
+        fp
+    );
 }
 
 /// Every nonce of every sealed record and chunk on a cartridge.

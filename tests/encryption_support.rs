@@ -97,7 +97,7 @@ impl Env {
     }
 
     pub fn library_dir(&self) -> PathBuf {
-        self.home.join("library")
+        tapevault::home::Home::default_library_dir(&self.home)
     }
 
     pub fn cartridge_dir(&self, barcode: &str) -> PathBuf {

@@ -136,8 +136,10 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let b0 = bcs[0].clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        let mut l =
-            tape_devices::changer::r#virtual::VirtualLibrary::open(&home.join("library")).unwrap();
+        let mut l = tape_devices::changer::r#virtual::VirtualLibrary::open(
+            &tapevault::home::Home::default_library_dir(&home),
+        )
+        .unwrap();
         l.insert_into_mail_slot(&b0).unwrap();
     });
     let w = MediaWait {

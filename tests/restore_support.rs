@@ -138,7 +138,7 @@ impl Env {
     }
 
     pub fn library(&self) -> VirtualLibrary {
-        VirtualLibrary::open(&self.home.join("library")).unwrap()
+        VirtualLibrary::open(&tapevault::home::Home::default_library_dir(&self.home)).unwrap()
     }
 
     /// Flip one bit in the payload of the block at logical object `block` of

@@ -32,9 +32,9 @@ pub struct BackupArgs {
     /// VM name recorded with a --disk backup.
     #[arg(long)]
     pub vm: Option<String>,
-    /// The pool to write to.
+    /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
-    pub pool: String,
+    pub pool: Option<String>,
     /// Take a full backup (it becomes the new base).
     #[arg(long, conflicts_with = "copy")]
     pub full: bool,
@@ -75,10 +75,11 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     } else {
         Mode::Auto
     };
+    let pool_name = ctx.pool_or_default(a.pool.clone())?;
     let req = BackupRequest {
         vm_name,
         disks,
-        pool: a.pool.clone(),
+        pool: pool_name.clone(),
         mode,
     };
     // Every input is checked before the home is touched: bad input is a usage error
@@ -86,10 +87,9 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let inputs = backup::check_inputs(req)?;
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
-    let pool = cat.pool(&a.pool)?.ok_or_else(|| {
+    let pool = cat.pool(&pool_name)?.ok_or_else(|| {
         Error::Usage(format!(
-            "no pool named {}: create it with `tapevault pool create {}`",
-            a.pool, a.pool
+            "no pool named {pool_name}: create it with `tapevault pool create {pool_name}`"
         ))
     })?;
     let key = match &pool.key_fingerprint {
@@ -98,6 +98,17 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             let pass = passphrase(&ctx.global, &format!("key {name}"), false)?;
             let ks = crate::crypto::Keystore::open(&home.dir)?;
             let key = ks.unlock(fp, pass.as_bytes())?;
+            if pool.escrow {
+                // This passphrase wraps the key on every label the pool writes, where
+                // anyone holding a cartridge can guess offline.
+                super::passphrase::check_policy(
+                    &pass,
+                    &format!(
+                        "key {name}, which pool {} escrows on every label (change it with `tapevault key change-passphrase {name}`)",
+                        pool.name
+                    ),
+                )?;
+            }
             Some(KeyMaterial {
                 key,
                 passphrase: Some(pass),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::passphrase::passphrase;
+use super::passphrase::{check_policy, passphrase};
 use super::shared::open_catalog;
 use super::{usage, Ctx};
 use crate::crypto::{escrow, KeyInfo, Keystore};
@@ -114,6 +114,7 @@ pub fn key(ctx: &Ctx, c: KeyCommand) -> Result<()> {
                 )));
             }
             let pass = passphrase(&ctx.global, &format!("the new key {name}"), true)?;
+            check_policy(&pass, &format!("the new key {name}"))?;
             let info = ks.create(&name, pass.as_bytes())?;
             ctx.out.emit(&info, || {
                 format!(
@@ -181,6 +182,7 @@ pub fn key(ctx: &Ctx, c: KeyCommand) -> Result<()> {
             // Check the old passphrase before asking for a new one.
             ks.unlock(&info.name, old.as_bytes())?;
             let new = new_passphrase(a.new_passphrase_file.as_deref(), &info.name)?;
+            check_policy(&new, &format!("key {}", info.name))?;
             ks.change_passphrase(&info.name, old.as_bytes(), new.as_bytes())?;
             ctx.out.emit(&info, || {
                 format!(

@@ -5,11 +5,18 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::shared::open_catalog;
 use super::{human_bytes, usage, Ctx};
+use crate::catalog::MediaRow;
 use crate::error::{Context, Error, Result};
 use crate::home::{parse_size, Config, Home, LibraryConfig};
+use crate::media::allocate::sync_inventory;
+use crate::media::volume::{read_label, LabelRead};
+use crate::media::{lifecycle, mount, unmount};
 use tape_devices::changer::r#virtual::{CartridgeInfo, VirtualLibrary, VirtualLibraryConfig};
-use tape_devices::changer::{ElementRef, Inventory};
+use tape_devices::changer::{
+    Changer, ChangerError, ElementKind, ElementRef, Inventory, TapeLibrary,
+};
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -32,7 +39,8 @@ pub struct InitArgs {
     #[arg(long, value_parser = parse_size)]
     pub early_warning: Option<u64>,
     /// Virtual library directory: created if absent, adopted if it already holds a
-    /// library (default: HOME/library).
+    /// library (default: beside the home, `<HOME>-library`, so that losing the home does
+    /// not lose the cartridges).
     #[arg(long, value_name = "DIR", conflicts_with = "changer")]
     pub library: Option<PathBuf>,
     /// Use a real SCSI media changer (its sg node) instead of a virtual library.
@@ -70,8 +78,10 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         if !a.drive.is_empty() {
             return usage("--drive names real st devices and needs --changer");
         }
-        let path = a.library.unwrap_or_else(|| dir.join("library"));
-        let path = absolute(&path)?;
+        let path = match a.library {
+            Some(p) => absolute(&p)?,
+            None => Home::default_library_dir(&absolute(&dir)?),
+        };
         if VirtualLibrary::exists(&path) {
             if a.slots.is_some()
                 || a.drives.is_some()
@@ -120,15 +130,9 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         }
         LibraryConfig::Virtual { path }
     };
-    let home = Home::create(
-        &dir,
-        Config {
-            library,
-            media_wait_secs: 300,
-        },
-    )?;
+    let home = Home::create(&dir, Config::new(library))?;
     let report = InitReport {
-        home: home.dir.clone(),
+        home: absolute(&home.dir)?,
         library: home.config.library.clone(),
         adopted,
         cartridges,
@@ -149,10 +153,21 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
                 )
             }
         };
-        format!(
+        let mut s = format!(
             "initialised tapevault home {}\nlibrary: {lib}",
             report.home.display()
-        )
+        );
+        if let LibraryConfig::Virtual { path } = &report.library {
+            if path.starts_with(&report.home) {
+                s.push_str("\nnote: the library is inside the home; keep the cartridges when replacing the home (disaster recovery needs them)");
+            } else {
+                s.push_str(&format!(
+                    "\nthe cartridges live in {}: keep that directory (with a key export, it is all a disaster recovery needs)",
+                    path.display()
+                ));
+            }
+        }
+        s
     });
     Ok(())
 }
@@ -175,10 +190,30 @@ pub enum LibraryCommand {
         #[arg(long, default_value_t = 0)]
         drive: usize,
     },
-    /// Unload a drive back to its home slot.
+    /// Unload a drive back to its home slot, or to the free storage slot --slot names.
     Unload {
         #[arg(long, default_value_t = 0)]
         drive: usize,
+        /// Put the cartridge into this free storage slot (numbered as `library status`
+        /// shows them) instead of the slot it came from.
+        #[arg(long, value_name = "N")]
+        slot: Option<usize>,
+    },
+    /// Move a cartridge from one storage slot to a free one (as `library status` numbers
+    /// them).
+    Transfer { from_slot: usize, to_slot: usize },
+    /// Take a cartridge out of the library: it goes to a free mail slot (out of its drive
+    /// first if it is loaded). A virtual library's cartridge then leaves the library
+    /// (offline, as the operator taking it out); a real library's waits in the mail slot.
+    Eject { barcode: String },
+    /// Erase a cartridge (rewind, SSC ERASE): it reads blank and the catalog forgets what
+    /// it held. Refused while the catalog keeps restore points on it, or while it holds a
+    /// tapevault volume or other data the catalog does not know, unless --force.
+    Erase {
+        barcode: String,
+        /// Erase even restore points the catalog keeps, or data it does not know.
+        #[arg(long)]
+        force: bool,
     },
     /// Move cartridges to the mail slots for removal.
     Export {
@@ -187,7 +222,8 @@ pub enum LibraryCommand {
     },
     /// Move every cartridge in the mail slots into free storage slots.
     Import,
-    /// Add new blank cartridges to a virtual library.
+    /// Add new blank cartridges to free storage slots of a virtual library (never to a
+    /// mail slot: refused when fewer slots are free than --count asks for).
     AddCartridge {
         #[arg(long, default_value_t = 1)]
         count: usize,
@@ -233,7 +269,33 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 || format!("loaded {barcode} into drive {drive}"),
             );
         }
-        LibraryCommand::Unload { drive } => {
+        LibraryCommand::Unload {
+            drive,
+            slot: Some(slot),
+        } => {
+            let mut lib = home.open_library()?;
+            let inv = lib.changer().inventory()?;
+            let Some(d) = inv.drives.get(drive) else {
+                return usage(format!(
+                    "drive {drive} does not exist (the library has {} drive(s), numbered from 0)",
+                    inv.drives.len()
+                ));
+            };
+            let Some(barcode) = d.barcode.clone() else {
+                return Err(Error::Failed(format!("drive {drive} is empty")));
+            };
+            free_slot(&inv, slot, "--slot")?;
+            drive_not_busy(lib.as_mut(), drive)?;
+            lib.changer()
+                .move_medium(ElementRef::drive(drive), ElementRef::slot(slot))
+                .with_context(|| format!("unloading drive {drive} to slot {slot}"))?;
+            let to = ElementRef::slot(slot);
+            ctx.out.emit(
+                &serde_json::json!({"drive": drive, "barcode": barcode, "to": to}),
+                || format!("unloaded {barcode} from drive {drive} to {to}"),
+            );
+        }
+        LibraryCommand::Unload { drive, slot: None } => {
             let mut lib = home.open_library()?;
             let to = lib
                 .changer()
@@ -279,8 +341,112 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 }
             });
         }
+        LibraryCommand::Transfer { from_slot, to_slot } => {
+            let mut lib = home.open_library()?;
+            let inv = lib.changer().inventory()?;
+            let Some(src) = inv.slots.get(from_slot) else {
+                return usage(format!(
+                    "slot {from_slot} does not exist (the library's storage slots are 0 to {})",
+                    inv.slots.len().saturating_sub(1)
+                ));
+            };
+            let Some(barcode) = src.barcode.clone() else {
+                let full: Vec<String> = inv
+                    .slots
+                    .iter()
+                    .filter(|e| e.is_full())
+                    .map(|e| e.element.index.to_string())
+                    .collect();
+                return usage(format!(
+                    "slot {from_slot} is empty; slots holding a cartridge: {}",
+                    if full.is_empty() {
+                        "none".into()
+                    } else {
+                        full.join(", ")
+                    }
+                ));
+            };
+            if from_slot == to_slot {
+                return usage(format!("{barcode} is already in slot {to_slot}"));
+            }
+            free_slot(&inv, to_slot, "TO_SLOT")?;
+            lib.changer()
+                .move_medium(ElementRef::slot(from_slot), ElementRef::slot(to_slot))
+                .with_context(|| {
+                    format!("moving {barcode} from slot {from_slot} to slot {to_slot}")
+                })?;
+            sync_catalog(&home, lib.as_mut())?;
+            ctx.out.emit(
+                &serde_json::json!({"barcode": barcode, "from": ElementRef::slot(from_slot), "to": ElementRef::slot(to_slot)}),
+                || format!("moved {barcode} from slot {from_slot} to slot {to_slot}"),
+            );
+        }
+        LibraryCommand::Eject { barcode } => {
+            let mut lib = home.open_library()?;
+            let inv = lib.changer().inventory()?;
+            let Some(el) = inv.find(&barcode).map(|e| e.element) else {
+                return usage(format!(
+                    "no cartridge {barcode} is in the library (`tapevault library status` lists them)"
+                ));
+            };
+            let mail = if el.kind == ElementKind::MailSlot {
+                el
+            } else {
+                let Some(to) = inv.first_empty(ElementKind::MailSlot) else {
+                    return Err(Error::MediaNeeded(format!(
+                        "every mail slot is full ({} of them): take the cartridges out of them first, then eject {barcode}",
+                        inv.mail_slots.len()
+                    )));
+                };
+                if el.kind == ElementKind::Drive {
+                    drive_not_busy(lib.as_mut(), el.index)?;
+                }
+                lib.changer()
+                    .move_medium(el, to)
+                    .with_context(|| format!("moving {barcode} from {el} to {to}"))?;
+                to
+            };
+            let offline = match home.virtual_library_dir() {
+                Some(_) => {
+                    home.open_virtual_library()?
+                        .remove_from_mail_slot(&barcode)
+                        .with_context(|| format!("taking {barcode} out of {mail}"))?;
+                    true
+                }
+                None => false,
+            };
+            sync_catalog(&home, lib.as_mut())?;
+            ctx.out.emit(
+                &serde_json::json!({"ejected": barcode, "from": el, "via": mail, "offline": offline}),
+                || {
+                    if offline {
+                        format!("ejected {barcode} ({el} -> {mail} -> out of the library)")
+                    } else {
+                        format!("ejected {barcode} to {mail}: take it out of the library")
+                    }
+                },
+            );
+        }
+        LibraryCommand::Erase { barcode, force } => erase(ctx, &home, &barcode, force)?,
         LibraryCommand::AddCartridge { count, capacity } => {
             let mut lib = home.open_virtual_library()?;
+            if count == 0 {
+                return usage("--count 0 adds nothing; give at least 1");
+            }
+            let inv = lib.inventory()?;
+            let free = inv.slots.iter().filter(|e| !e.is_full()).count();
+            if free == 0 {
+                return Err(Error::Failed(format!(
+                    "the library has no free storage slot (all {} are full) and a new cartridge never goes into a mail slot: nothing was added. Free a slot first (`tapevault library eject BARCODE`)",
+                    inv.slots.len()
+                )));
+            }
+            if count > free {
+                return usage(format!(
+                    "--count {count} does not fit: only {free} storage slot(s) of {} are free, so at most --count {free}; nothing was added",
+                    inv.slots.len()
+                ));
+            }
             let added = lib
                 .add_cartridges(count, capacity)
                 .context("adding cartridges")?;
@@ -307,6 +473,154 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 });
         }
     }
+    Ok(())
+}
+
+/// `slot` must be an existing, empty storage slot; else a usage error naming the free ones.
+fn free_slot(inv: &Inventory, slot: usize, what: &str) -> Result<()> {
+    let free: Vec<String> = inv
+        .slots
+        .iter()
+        .filter(|e| !e.is_full())
+        .map(|e| e.element.index.to_string())
+        .collect();
+    let free = if free.is_empty() {
+        "none (every storage slot is full)".to_string()
+    } else {
+        free.join(", ")
+    };
+    match inv.slots.get(slot) {
+        None => usage(format!(
+            "{what} {slot}: no such storage slot (they are 0 to {}); free slots: {free}",
+            inv.slots.len().saturating_sub(1)
+        )),
+        Some(e) if e.is_full() => usage(format!(
+            "{what} {slot}: slot {slot} is full (holds {}); free slots: {free}",
+            e.barcode.as_deref().unwrap_or("?")
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Refuse to move a cartridge out of a drive a running job holds.
+fn drive_not_busy(lib: &mut dyn TapeLibrary, drive: usize) -> Result<()> {
+    match lib.open_drive(drive) {
+        Ok(d) => {
+            drop(d);
+            Ok(())
+        }
+        Err(ChangerError::Busy { detail, .. }) => Err(Error::Failed(format!(
+            "drive {drive} is in use by a running job ({detail}); try again when it finishes"
+        ))),
+        Err(e) => Err(Error::from(e)).with_context(|| format!("opening drive {drive}")),
+    }
+}
+
+/// Bring the catalog's cartridge locations in line with the library after a move.
+fn sync_catalog(home: &Home, lib: &mut dyn TapeLibrary) -> Result<()> {
+    let cat = open_catalog(home)?;
+    sync_inventory(&cat, lib)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EraseReport {
+    barcode: String,
+    /// Images the catalog forgot (deleted when expired, else marked corrupt).
+    forgotten: Vec<uuid::Uuid>,
+    forced: bool,
+}
+
+/// `library erase`: check what would be lost, load, rewind, erase, and make the catalog
+/// forget the cartridge's contents (before erasing: it never claims what is gone).
+fn erase(ctx: &Ctx, home: &Home, barcode: &str, force: bool) -> Result<()> {
+    let cat = open_catalog(home)?;
+    let mut lib = home.open_library()?;
+    sync_inventory(&cat, lib.as_mut())?;
+    let row = cat.media(barcode)?;
+    let now = crate::home::clock::now();
+    let impact = lifecycle::overwrite_impact(&cat, barcode, now)?;
+    if let (Some(why), false) = (&impact.kept_because, force) {
+        return Err(Error::Failed(format!(
+            "cartridge {barcode} holds live data the catalog keeps ({why}): erasing it would destroy {}. Use --force to erase anyway.",
+            impact.describe()
+        )));
+    }
+    let mut m = mount(
+        lib.as_mut(),
+        barcode,
+        row.as_ref().map(|r| r.location.as_str()),
+    )?;
+    let result = (|| -> Result<EraseReport> {
+        let found = read_label(m.drive.as_mut())?;
+        let known = row.as_ref().and_then(|r| r.volume_uuid);
+        match (&found, force) {
+            (LabelRead::Blank, _) | (_, true) => {}
+            (LabelRead::Label(l), false)
+                if Some(uuid::Uuid::from_bytes(l.volume_uuid)) == known => {}
+            (LabelRead::Label(l), false) => {
+                return Err(Error::Failed(format!(
+                    "cartridge {barcode} holds tapevault volume {} of pool {} that this catalog does not know (read it with `tapevault catalog rebuild --barcode {barcode}`); erase it anyway with --force",
+                    uuid::Uuid::from_bytes(l.volume_uuid),
+                    l.pool_name
+                )))
+            }
+            (LabelRead::Foreign(d), false) => {
+                return Err(Error::Failed(format!(
+                    "cartridge {barcode} holds data that is not tapevault's ({d}); erase it anyway with --force"
+                )))
+            }
+        }
+        if m.drive.status()?.write_protected {
+            return Err(Error::Failed(format!(
+                "cartridge {barcode} is write-protected: move its write-protect tab to erase it"
+            )));
+        }
+        let forgotten = lifecycle::forget_contents(
+            &cat,
+            barcode,
+            &format!(
+                "erased: cartridge {barcode} was erased on {}",
+                now.format("%Y-%m-%d")
+            ),
+            impact.is_harmless(),
+        )?;
+        m.drive
+            .rewind()
+            .with_context(|| format!("rewinding {barcode} to erase it"))?;
+        m.drive
+            .erase()
+            .with_context(|| format!("erasing {barcode}"))?;
+        let loc = row.as_ref().map(|r| r.location.clone()).unwrap_or_default();
+        match &row {
+            Some(_) => cat.unassign_media(barcode)?,
+            None => cat.upsert_media(&MediaRow::new_blank(barcode, &loc))?,
+        }
+        Ok(EraseReport {
+            barcode: barcode.to_string(),
+            forgotten,
+            forced: force,
+        })
+    })();
+    let drive_index = m.drive_index;
+    unmount(lib.as_mut(), m).with_context(|| format!("putting away drive {drive_index}"))?;
+    sync_inventory(&cat, lib.as_mut())?;
+    let rep = result?;
+    ctx.out.emit(&rep, || {
+        let mut s = format!("erased {}: it reads blank now", rep.barcode);
+        if !rep.forgotten.is_empty() {
+            s.push_str(&format!(
+                "\nthe catalog forgot {} image(s): {}",
+                rep.forgotten.len(),
+                rep.forgotten
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        s
+    });
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::error::{Error, ExitCode, Result};
@@ -13,6 +13,8 @@ use crate::home::Home;
 mod backup_cmd;
 mod catalog_cmd;
 mod format;
+mod generate_cmd;
+mod hook;
 mod key_cmd;
 mod library_cmd;
 mod media_cmd;
@@ -87,6 +89,10 @@ pub enum Command {
     Restore(restore_cmd::RestoreArgs),
     /// Read back an image or a whole cartridge and check every record.
     Verify(verify_cmd::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(generate_cmd::CompletionsArgs),
+    /// Print the man page tapevault(1), or write every command's page with --out-dir.
+    Man(generate_cmd::ManArgs),
 }
 
 /// Everything a command handler needs.
@@ -102,6 +108,18 @@ impl Ctx {
     pub fn home(&self) -> Result<Home> {
         Home::open(&self.home_dir())
     }
+    /// `--pool NAME`, else `default_pool` from config.toml, else a usage error.
+    pub fn pool_or_default(&self, pool: Option<String>) -> Result<String> {
+        if let Some(p) = pool {
+            return Ok(p);
+        }
+        match self.home().ok().and_then(|h| h.config.default_pool) {
+            Some(p) => Ok(p),
+            None => usage(
+                "no pool given: pass --pool NAME, or set default_pool = \"NAME\" in the home's config.toml",
+            ),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -113,18 +131,16 @@ struct JsonError<'a> {
 
 /// Parse, run, print, and return the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                ExitCode::Usage as i32
-            } else {
-                0
-            };
-            let _ = e.print();
-            return code;
-        }
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return parse_error(e),
     };
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return parse_error(e),
+    };
+    let job = command_path(&matches);
+    apply_config_defaults(&mut cli.global, &job);
     let out = Output {
         json: cli.global.json,
     };
@@ -133,23 +149,94 @@ pub fn main() -> i32 {
         out,
     };
     match run(&ctx, cli.command) {
-        Ok(()) => 0,
+        Ok(()) => {
+            hook::finish(0, None);
+            0
+        }
         Err(e) => {
             let code = e.exit_code() as i32;
             eprintln!("tapevault: error: {e}");
+            let doc = JsonError {
+                error: e.to_string(),
+                kind: e.kind(),
+                exit_code: code,
+            };
             if out.json {
-                out.emit(
-                    &JsonError {
-                        error: e.to_string(),
-                        kind: e.kind(),
-                        exit_code: code,
-                    },
-                    String::new,
-                );
+                out.emit(&doc, String::new);
             }
+            hook::finish(code, serde_json::to_value(&doc).ok());
             code
         }
     }
+}
+
+fn parse_error(e: clap::Error) -> i32 {
+    let code = if e.use_stderr() {
+        ExitCode::Usage as i32
+    } else {
+        0
+    };
+    let _ = e.print();
+    code
+}
+
+/// The subcommand path that ran: "backup", "library erase".
+fn command_path(m: &clap::ArgMatches) -> String {
+    let mut parts = Vec::new();
+    let mut cur = m;
+    while let Some((name, sub)) = cur.subcommand() {
+        parts.push(name.to_string());
+        cur = sub;
+    }
+    parts.join(" ")
+}
+
+/// Settings from an initialised home's config.toml that apply to every command: the
+/// passphrase file (after `--passphrase-file` and `$TAPEVAULT_PASSPHRASE`) and the hook.
+/// A home that cannot be read leaves everything as it is (the command reports it).
+fn apply_config_defaults(g: &mut GlobalArgs, job: &str) {
+    let first = job.split(' ').next().unwrap_or("");
+    if matches!(first, "" | "init" | "completions" | "man") {
+        return;
+    }
+    let dir = Home::resolve(g.home.as_deref());
+    let Ok(home) = Home::open(&dir) else {
+        return;
+    };
+    let env_pass = std::env::var_os(passphrase::PASSPHRASE_ENV).is_some_and(|v| !v.is_empty());
+    if g.passphrase_file.is_none() && !env_pass {
+        if let Some(f) = &home.config.passphrase_file {
+            let f = if f.is_relative() {
+                dir.join(f)
+            } else {
+                f.clone()
+            };
+            g.passphrase_file = Some(f);
+        }
+    }
+    let Some(command) = home.config.hook.clone().filter(|c| !c.trim().is_empty()) else {
+        return;
+    };
+    if let Some(on) = &home.config.hook_on {
+        let wanted = on.iter().any(|w| {
+            let w = w.trim();
+            job == w || job.starts_with(&format!("{w} "))
+        });
+        if !wanted {
+            return;
+        }
+    }
+    hook::arm(hook::Hook {
+        command,
+        timeout: std::time::Duration::from_secs(
+            home.config
+                .hook_timeout_secs
+                .unwrap_or(hook::DEFAULT_HOOK_TIMEOUT_SECS),
+        ),
+        job: job.to_string(),
+        argv: std::env::args().collect(),
+        home: dir,
+    });
 }
 
 fn run(ctx: &Ctx, command: Command) -> Result<()> {
@@ -167,6 +254,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),
         Command::Verify(a) => verify_cmd::verify(ctx, a),
+        Command::Completions(a) => generate_cmd::completions(a),
+        Command::Man(a) => generate_cmd::man(ctx, a),
     }
 }
 

@@ -12,6 +12,11 @@ pub struct Output {
 impl Output {
     /// Print a result: JSON when asked for, else the text `text()` makes.
     pub fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
+        if super::hook::armed() {
+            if let Ok(v) = serde_json::to_value(value) {
+                super::hook::record(v);
+            }
+        }
         let mut out = std::io::stdout().lock();
         if self.json {
             let _ = serde_json::to_writer_pretty(&mut out, value);

@@ -282,9 +282,10 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct LabelArgs {
     pub barcode: String,
-    /// The pool the cartridge joins (as scratch, until a backup puts it in a media set).
+    /// The pool the cartridge joins (as scratch, until a backup puts it in a media set;
+    /// default: `default_pool` in the home's config.toml).
     #[arg(long)]
-    pub pool: String,
+    pub pool: Option<String>,
     /// Overwrite whatever the cartridge holds, even restore points (they are lost).
     #[arg(long)]
     pub force: bool,
@@ -301,9 +302,10 @@ struct LabelReport {
 pub fn label(ctx: &Ctx, a: LabelArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
+    let pool_name = ctx.pool_or_default(a.pool.clone())?;
     let pool = cat
-        .pool(&a.pool)?
-        .ok_or_else(|| Error::Usage(format!("no pool named {}", a.pool)))?;
+        .pool(&pool_name)?
+        .ok_or_else(|| Error::Usage(format!("no pool named {pool_name}")))?;
     let mut lib = home.open_library()?;
     sync_inventory(&cat, lib.as_mut())?;
     let row = cat.media(&a.barcode)?;

@@ -37,6 +37,39 @@ pub struct Config {
     /// exit 4 (seconds). Without a terminal it fails at once.
     #[serde(default = "default_media_wait")]
     pub media_wait_secs: u64,
+    /// The pool `backup` and `label` use when `--pool` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
+    /// Where key passphrases come from when neither `--passphrase-file` nor
+    /// `$TAPEVAULT_PASSPHRASE` is given (before a prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    /// A shell command run at the end of every command with its JSON result on stdin
+    /// (docs/CLI.md, "Hook"); its failure is a warning, never the command's failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// How long the hook may run before it is stopped (default 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout_secs: Option<u64>,
+    /// Run the hook only after these commands (e.g. `["backup", "rotate", "catalog
+    /// rebuild"]`; a name matches itself and its subcommands). Default: every command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_on: Option<Vec<String>>,
+}
+
+impl Config {
+    /// A configuration with this library and every other setting at its default.
+    pub fn new(library: LibraryConfig) -> Config {
+        Config {
+            library,
+            media_wait_secs: default_media_wait(),
+            default_pool: None,
+            passphrase_file: None,
+            hook: None,
+            hook_timeout_secs: None,
+            hook_on: None,
+        }
+    }
 }
 
 fn default_media_wait() -> u64 {
@@ -65,6 +98,18 @@ impl Home {
             .map(PathBuf::from)
             .unwrap_or_else(|| ".".into());
         home.join(".local/share/tapevault")
+    }
+
+    /// Where `init` puts a new virtual library by default: beside the home, never inside
+    /// it (`<home>-library`, e.g. `~/.local/share/tapevault-library`), so losing the home
+    /// (the catalog) does not lose the cartridges a `catalog rebuild` needs.
+    pub fn default_library_dir(home: &Path) -> PathBuf {
+        let name = home
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .unwrap_or_else(|| "tapevault".into());
+        home.with_file_name(format!("{name}-library"))
     }
 
     pub fn is_initialised(dir: &Path) -> bool {

@@ -88,7 +88,7 @@ impl Vault {
     }
 
     pub fn library_dir(&self) -> PathBuf {
-        self.home.join("library")
+        tapevault::home::Home::default_library_dir(&self.home)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

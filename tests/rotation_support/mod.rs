@@ -113,8 +113,10 @@ impl Tv {
     }
 
     pub fn library(&self) -> tape_devices::changer::r#virtual::VirtualLibrary {
-        tape_devices::changer::r#virtual::VirtualLibrary::open(&self.home().join("library"))
-            .unwrap()
+        tape_devices::changer::r#virtual::VirtualLibrary::open(
+            &tapevault::home::Home::default_library_dir(&self.home()),
+        )
+        .unwrap()
     }
 }
 

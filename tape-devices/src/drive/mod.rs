@@ -203,6 +203,13 @@ pub trait TapeDrive: Send {
     /// Rewind and unload the cartridge (st's MTOFFL).
     fn unload(&mut self) -> DriveResult<()>;
 
+    /// Erase from the current position on (SSC ERASE, short form; st's MTERASE 0): end
+    /// of data is written here and everything after it is gone. At BOT the cartridge
+    /// reads as blank afterwards. Drives without it say so.
+    fn erase(&mut self) -> DriveResult<()> {
+        Err(DriveError::Unsupported { op: "erase" })
+    }
+
     /// Largest block this drive accepts.
     fn max_block_size(&self) -> usize;
 }

@@ -1386,6 +1386,22 @@ impl TapeDrive for StDrive {
         r
     }
 
+    fn erase(&mut self) -> DriveResult<()> {
+        self.ensure_ready()?;
+        if !self.writable {
+            return Err(DriveError::WriteProtected);
+        }
+        self.ew = EarlyWarning::None;
+        // Count 0: the short erase (end of data written here), not a long erase of the
+        // whole remaining tape, which takes hours on a real cartridge.
+        if let Err(e) = op(self.fd(), MTERASE, 0) {
+            self.track.lost();
+            return Err(self.map_errno("erase (MTERASE)", e));
+        }
+        self.track.wrote();
+        Ok(())
+    }
+
     fn max_block_size(&self) -> usize {
         self.max_block
     }

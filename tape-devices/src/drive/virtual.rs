@@ -199,6 +199,10 @@ impl TapeDrive for VirtualDrive {
         self.drive.unload().map_err(map_err)
     }
 
+    fn erase(&mut self) -> DriveResult<()> {
+        self.drive.erase().map_err(map_err)
+    }
+
     fn max_block_size(&self) -> usize {
         MAX_BLOCK_SIZE
     }

@@ -51,6 +51,7 @@ pub const MTREW: i16 = 6;
 pub const MTOFFL: i16 = 7;
 pub const MTNOP: i16 = 8;
 pub const MTEOM: i16 = 12;
+pub const MTERASE: i16 = 13;
 pub const MTSETBLK: i16 = 20;
 pub const MTSEEK: i16 = 22;
 pub const MTSETDRVBUFFER: i16 = 24;
