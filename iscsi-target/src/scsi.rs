@@ -190,10 +190,13 @@ pub trait LogicalUnit: Send + Sync {
     fn nexus_lost(&self, _nexus: &Nexus) {}
     /// LOGICAL UNIT RESET task management function from `nexus`.
     fn reset(&self, _nexus: &Nexus) {}
-    /// Make everything acknowledged durable (target shutdown).
+    /// Make everything acknowledged durable and let go of what the unit holds (target
+    /// shutdown).
     fn flush(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Called by the target a few times a second: let go of what is no longer in use.
+    fn idle(&self) {}
 }
 
 /// Unit attention conditions and reservations for one logical unit, per I_T nexus.
@@ -306,6 +309,10 @@ impl NexusState {
                 Response::good()
             }
         }
+    }
+    /// Whether some nexus holds a RESERVE(6) reservation.
+    pub fn is_reserved(&self) -> bool {
+        lock(&self.inner).reserved_by.is_some()
     }
     pub fn release(&self, nexus: &Nexus) -> Response {
         let mut g = lock(&self.inner);

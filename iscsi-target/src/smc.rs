@@ -358,6 +358,12 @@ impl Changer {
         self.lib
             .move_medium(from, to)
             .map_err(|e| changer_sense(&e))?;
+        // The cartridge left the drive: its lock is free for other processes again.
+        if let (Some(d), Some(g)) = (src_drive, src_guard.as_mut()) {
+            if !same {
+                let _ = d.release(g);
+            }
+        }
         if let Some(g) = dst_guard.as_mut() {
             g.media_changed = true;
         } else if same {

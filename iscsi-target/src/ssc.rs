@@ -6,8 +6,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use vtl_sim::{Drive, Library, Read, SpaceStop, VtlError, Written};
+use vtl_sim::{CartStatus, Drive, Library, Read, SpaceStop, VtlError, VtlResult, Written};
 
 use crate::scsi::{
     self, key, log_page, log_param, mode_data, parse_log_sense, parse_mode_select,
@@ -132,10 +133,56 @@ const fn op(op: u8, sa: Option<u16>, usage: &'static [u8]) -> scsi::OpInfo {
     scsi::OpInfo { op, sa, usage }
 }
 
+/// How long a drive nobody keeps (no PREVENT MEDIUM REMOVAL, no reservation) stays held
+/// after its last command before the target lets other processes have it.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+
+/// The drive as this process holds it: `None` while vtl-sim's drive lock is left to
+/// other processes (tapevault jobs) between uses by initiators. Every operation on a
+/// drive not held fails as if it were empty; [`TapeDrive`] takes the lock before any
+/// command that needs it.
+pub(crate) struct HeldDrive(Option<Drive>);
+
+macro_rules! delegate {
+    ($( fn $name:ident(&mut self $(, $a:ident: $t:ty)*) -> $r:ty; )*) => {
+        impl HeldDrive {
+            $(
+                pub(crate) fn $name(&mut self $(, $a: $t)*) -> VtlResult<$r> {
+                    match self.0.as_mut() {
+                        Some(d) => d.$name($($a),*),
+                        None => Err(VtlError::NoMedium { drive: String::new() }),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+delegate! {
+    fn barcode(&mut self) -> Option<String>;
+    fn status(&mut self) -> Option<CartStatus>;
+    fn read_block(&mut self, buf: &mut [u8]) -> Read;
+    fn write_block(&mut self, data: &[u8]) -> Written;
+    fn write_filemarks(&mut self, n: u32, immediate: bool) -> ();
+    fn flush(&mut self) -> ();
+    fn rewind(&mut self) -> ();
+    fn space_blocks(&mut self, n: i64) -> ();
+    fn space_filemarks(&mut self, n: i64) -> ();
+    fn space_to_eod(&mut self) -> ();
+    fn locate(&mut self, block: u64) -> ();
+    fn erase(&mut self) -> ();
+    fn reload(&mut self) -> ();
+    fn unload(&mut self) -> ();
+}
+
 /// The state of one drive behind its lock. The changer takes the same lock to move a
 /// cartridge out of the drive.
 pub struct DriveState {
-    pub(crate) drive: Drive,
+    pub(crate) drive: HeldDrive,
+    /// When the last command that needed the drive ran.
+    last_use: Instant,
+    /// Nexuses that used the drive and are still logged in.
+    users: HashSet<Nexus>,
     /// 0: variable-block mode.
     block_size: u32,
     dce: bool,
@@ -205,9 +252,18 @@ fn cdb_len(op: u8) -> usize {
 }
 
 impl TapeDrive {
-    /// Serve drive `index` of `lib`, which this process must already hold open.
-    pub fn new(lib: Library, drive: Drive, serial: String, naa_id: u64) -> TapeDrive {
-        let index = drive.index();
+    /// Serve drive `index` of `lib`. The drive's lock (shared with every other user of
+    /// the library) is taken while an initiator uses the drive: from the first command
+    /// that needs it until no nexus prevents medium removal or holds a reservation and
+    /// [`IDLE_RELEASE`] has passed, or every nexus that used it is gone, or the changer
+    /// takes the cartridge out. `drive`, if given, is already held by this process.
+    pub fn new(
+        lib: Library,
+        index: usize,
+        drive: Option<Drive>,
+        serial: String,
+        naa_id: u64,
+    ) -> TapeDrive {
         TapeDrive {
             index,
             id: Identity {
@@ -220,7 +276,9 @@ impl TapeDrive {
             lib,
             nexus: NexusState::default(),
             state: Mutex::new(DriveState {
-                drive,
+                drive: HeldDrive(drive),
+                last_use: Instant::now(),
+                users: HashSet::new(),
                 block_size: 0,
                 dce: false,
                 buffer_mode: 1,
@@ -255,9 +313,57 @@ impl TapeDrive {
         lock(&self.state)
     }
 
+    /// Whether this process holds the drive's lock now.
+    pub fn held(&self) -> bool {
+        lock(&self.state).drive.0.is_some()
+    }
+
+    /// Take the drive's lock for this process unless it is held already. Another process
+    /// (a tapevault job) holding it gives RESERVATION CONFLICT, as another host's
+    /// reservation does on a shared drive.
+    fn acquire(&self, st: &mut DriveState) -> Result<(), Response> {
+        if st.drive.0.is_none() {
+            match self.lib.open_drive(self.index) {
+                Ok(d) => st.drive.0 = Some(d),
+                Err(VtlError::Busy { .. }) => {
+                    return Err(Response {
+                        status: scsi::status::RESERVATION_CONFLICT,
+                        ..Default::default()
+                    })
+                }
+                Err(e) => return Err(Response::check(self.fail(st, &e, false))),
+            }
+        }
+        st.last_use = Instant::now();
+        Ok(())
+    }
+
+    /// Flush and let go of the drive's lock (the position is kept for the next holder).
+    pub(crate) fn release(&self, st: &mut DriveState) -> Result<(), String> {
+        if let Some(mut d) = st.drive.0.take() {
+            match d.flush() {
+                Ok(()) | Err(VtlError::NoMedium { .. }) => {}
+                Err(e) => {
+                    st.drive.0 = Some(d);
+                    return Err(format!("drive {}: {e}", self.index));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some nexus keeps the drive: PREVENT MEDIUM REMOVAL (st sends it while
+    /// the device is open) or a reservation.
+    fn kept(&self, st: &DriveState) -> bool {
+        !st.prevent.is_empty() || self.nexus.is_reserved()
+    }
+
     /// Raise MEDIUM MAY HAVE CHANGED when another cartridge is in the drive than last
     /// time we looked, or the changer says it loaded one.
     fn check_media_change(&self, st: &mut DriveState) {
+        if st.drive.0.is_none() {
+            return;
+        }
         let bc = st.drive.barcode().ok().flatten();
         let changed = bc != st.last_barcode || st.media_changed;
         if changed {
@@ -1147,16 +1253,34 @@ impl LogicalUnit for TapeDrive {
             return Response::check(Sense::invalid_cdb_field(0, None));
         }
         let mut st = lock(&self.state);
+        // Identification needs no drive; everything else takes its lock.
+        if !matches!(cdb[0], 0x12 | 0xa0 | 0xa3 | 0x05) {
+            if let Err(r) = self.acquire(&mut st) {
+                return r;
+            }
+            st.users.insert(nexus.clone());
+        }
         self.check_media_change(&mut st);
         if let Some(r) = self.nexus.gate(nexus, cdb) {
             return r;
         }
-        self.dispatch(&mut st, nexus, cdb, data_out)
+        let r = self.dispatch(&mut st, nexus, cdb, data_out);
+        st.last_use = Instant::now();
+        r
     }
 
     fn nexus_lost(&self, nexus: &Nexus) {
         self.nexus.lost(nexus);
-        lock(&self.state).prevent.remove(nexus);
+        let mut st = lock(&self.state);
+        st.prevent.remove(nexus);
+        st.users.remove(nexus);
+        if st.users.is_empty() && !self.kept(&st) {
+            if let Err(e) = self.release(&mut st) {
+                if let Some(log) = &self.log {
+                    log(&e);
+                }
+            }
+        }
     }
 
     fn reset(&self, nexus: &Nexus) {
@@ -1164,11 +1288,22 @@ impl LogicalUnit for TapeDrive {
         lock(&self.state).prevent.clear();
     }
 
+    fn idle(&self) {
+        // Never wait for a running command: it is using the drive.
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if st.drive.0.is_some() && !self.kept(&st) && st.last_use.elapsed() >= IDLE_RELEASE {
+            if let Err(e) = self.release(&mut st) {
+                if let Some(log) = &self.log {
+                    log(&e);
+                }
+            }
+        }
+    }
+
     fn flush(&self) -> Result<(), String> {
         let mut st = lock(&self.state);
-        match st.drive.flush() {
-            Ok(()) | Err(VtlError::NoMedium { .. }) => Ok(()),
-            Err(e) => Err(format!("drive {}: {e}", self.index)),
-        }
+        self.release(&mut st)
     }
 }

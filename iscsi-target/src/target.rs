@@ -119,8 +119,10 @@ impl std::error::Error for ServeError {}
 pub struct Target;
 
 impl Target {
-    /// Open the library, take every drive for this process, and start listening.
-    /// LUN 0 is the media changer, LUN n+1 is drive n.
+    /// Open the library and start listening. LUN 0 is the media changer, LUN n+1 is
+    /// drive n. A drive's lock (vtl-sim's, shared with tapevault and every other user of
+    /// the library) is taken only while initiators use the drive (see
+    /// [`TapeDrive::new`]); a drive another process holds answers RESERVATION CONFLICT.
     pub fn serve(cfg: TargetConfig) -> Result<Handle, ServeError> {
         check_config(&cfg)?;
         let lib = Library::open(&cfg.library).map_err(ServeError::Library)?;
@@ -141,12 +143,12 @@ impl Target {
         let mut drives = Vec::new();
         let mut drive_luns = Vec::new();
         for i in 0..st.drives.len() {
-            let d = lib.open_drive(i).map_err(ServeError::Library)?;
             let serial = format!("{:08X}D{:03}", base as u32, i);
             let lu = Arc::new(
                 TapeDrive::new(
                     Library::open(lib.dir()).map_err(ServeError::Library)?,
-                    d,
+                    i,
+                    None,
                     serial,
                     base.wrapping_add(i as u64 + 1),
                 )
@@ -189,6 +191,20 @@ impl Target {
             task_tables: Mutex::new(HashMap::new()),
             log: cfg.log.clone(),
         });
+        // Housekeeping: units let go of what they no longer use (idle drives).
+        let s3 = shared.clone();
+        let idle = std::thread::Builder::new()
+            .name("iscsi-idle".into())
+            .spawn(move || {
+                while !s3.stopping.load(Ordering::SeqCst) {
+                    for (_, lu) in s3.luns.all() {
+                        lu.idle();
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+            .map_err(|e| ServeError::Bind(addr, e))?;
+        lock(&shared.threads).push(idle);
         let s2 = shared.clone();
         let accept = std::thread::Builder::new()
             .name("iscsi-accept".into())

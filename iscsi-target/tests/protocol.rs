@@ -567,32 +567,6 @@ fn too_many_tasks_get_task_set_full() {
 }
 
 #[test]
-fn serve_refuses_a_library_whose_drive_is_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = Library::create(
-        dir.path(),
-        &vtl_sim::LibraryConfig {
-            slots: 2,
-            drives: 1,
-            mail_slots: 0,
-            cartridges: 1,
-            capacity: MIB,
-            early_warning: 0,
-        },
-    )
-    .unwrap();
-    let held = lib.open_drive(0).unwrap();
-    let mut cfg = iscsi_target::TargetConfig::new(dir.path());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let e = iscsi_target::Target::serve(cfg.clone()).err().unwrap();
-    assert!(e.to_string().contains("in use"), "{e}");
-    drop(held);
-    let h = iscsi_target::Target::serve(cfg).unwrap();
-    assert_eq!(h.luns(), vec![(0, 8), (1, 1)]);
-    h.shutdown().unwrap();
-}
-
-#[test]
 fn the_log_names_sessions_and_the_cause_of_failures() {
     let dir = tempfile::tempdir().unwrap();
     let lib = Library::create(

@@ -234,6 +234,8 @@ pub enum LibraryCommand {
     Remove { barcode: String },
     /// Virtual library: put a cartridge from outside into a free mail slot.
     Insert { barcode: String },
+    /// Serve the virtual library over iSCSI (SSC drives, SMC changer) until SIGTERM/SIGINT.
+    Serve(ServeArgs),
 }
 
 #[derive(Serialize)]
@@ -244,6 +246,11 @@ struct StatusReport {
 }
 
 pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
+    // `serve --library DIR` needs no home.
+    let c = match c {
+        LibraryCommand::Serve(a) => return serve::run(ctx, a),
+        c => c,
+    };
     let home = ctx.home()?;
     match c {
         LibraryCommand::Status => {
@@ -462,6 +469,8 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 format!("{barcode} removed from the library")
             });
         }
+        // Served above, before a home is opened (`--library DIR` needs none).
+        LibraryCommand::Serve(_) => {}
         LibraryCommand::Insert { barcode } => {
             let mut lib = home.open_virtual_library()?;
             let to = lib
@@ -622,6 +631,198 @@ fn erase(ctx: &Ctx, home: &Home, barcode: &str, force: bool) -> Result<()> {
         s
     });
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Virtual library directory to serve (default: the home's virtual library).
+    #[arg(long, value_name = "DIR")]
+    pub library: Option<PathBuf>,
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3260")]
+    pub listen: std::net::SocketAddr,
+    /// Allow listening on a non-loopback address and initiators from other hosts (the
+    /// target has no authentication: whoever can connect can use the library).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// iSCSI target name (iqn., eui. or naa. form).
+    #[arg(long, value_name = "IQN", default_value = iscsi_target::DEFAULT_TARGET_NAME)]
+    pub target_name: String,
+}
+
+/// `tapevault library serve`: the library as an iSCSI target until a signal stops it.
+mod serve {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use serde::Serialize;
+
+    use super::ServeArgs;
+    use crate::cli::{usage, Ctx};
+    use crate::error::{Error, Result};
+
+    #[derive(Serialize)]
+    struct Lun {
+        lun: u64,
+        /// "changer" or "drive".
+        kind: &'static str,
+        /// Drive index in the library (drives only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        drive: Option<u64>,
+        /// SCSI peripheral device type (1 tape, 8 medium changer).
+        device_type: u8,
+    }
+
+    #[derive(Serialize)]
+    struct Started {
+        target: String,
+        address: std::net::SocketAddr,
+        library: std::path::PathBuf,
+        luns: Vec<Lun>,
+    }
+
+    /// Write end of the self-pipe the signal handler writes to (-1: none).
+    static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        let fd = WAKE_FD.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let b = sig as u8;
+            // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+            unsafe {
+                libc::write(fd, (&b as *const u8).cast(), 1);
+            }
+        }
+    }
+
+    /// Install SIGTERM/SIGINT handlers writing to a pipe; returns its read end.
+    fn stop_signals() -> Result<OwnedFd> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Failed(format!("creating the signal pipe: {e}")))?;
+        WAKE_FD.store(w.as_raw_fd(), Ordering::SeqCst);
+        // The write end lives as long as the process: the handler may run at any time.
+        std::mem::forget(w);
+        let act = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in [Signal::SIGTERM, Signal::SIGINT] {
+            // SAFETY: the handler only loads an atomic and calls write(2).
+            unsafe { sigaction(sig, &act) }
+                .map_err(|e| Error::Failed(format!("installing the {sig} handler: {e}")))?;
+        }
+        Ok(r)
+    }
+
+    /// Block until a signal arrives; returns its name.
+    fn wait_for_signal(r: &OwnedFd) -> Result<String> {
+        let mut b = [0u8; 1];
+        loop {
+            match nix::unistd::read(r.as_raw_fd(), &mut b) {
+                Ok(1) => {
+                    return Ok(Signal::try_from(b[0] as i32)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|_| format!("signal {}", b[0])))
+                }
+                Ok(_) => return Err(Error::Failed("the signal pipe closed".into())),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::Failed(format!("waiting for a signal: {e}"))),
+            }
+        }
+    }
+
+    pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
+        if !a.listen.ip().is_loopback() && !a.allow_remote {
+            return usage(format!(
+                "--listen {} is not a loopback address and the target has no authentication: \
+                 anyone who can reach it could use the library; add --allow-remote to serve it anyway",
+                a.listen
+            ));
+        }
+        let dir =
+            match a.library {
+                Some(d) => super::absolute(&d)?,
+                None => {
+                    let home = ctx.home()?;
+                    match home.virtual_library_dir() {
+                        Some(d) => d.to_path_buf(),
+                        None => return usage(
+                            "this home uses a real SCSI library; only a virtual library can be \
+                             served (name one with --library DIR)",
+                        ),
+                    }
+                }
+            };
+        if !vtl_sim::Library::exists(&dir) {
+            return usage(format!(
+                "{} holds no virtual library (create one with `tapevault init --library DIR`)",
+                dir.display()
+            ));
+        }
+        // Signals are caught before the target starts, so none is lost in between.
+        let sig_pipe = stop_signals()?;
+        let mut cfg = iscsi_target::TargetConfig::new(&dir);
+        cfg.listen = a.listen;
+        cfg.allow_remote = a.allow_remote;
+        cfg.target_name = a.target_name;
+        cfg.log = Some(Arc::new(|line: &str| eprintln!("{line}")));
+        let handle = iscsi_target::Target::serve(cfg).map_err(|e| match e {
+            iscsi_target::ServeError::NotLoopback(_) | iscsi_target::ServeError::BadName(_) => {
+                Error::Usage(e.to_string())
+            }
+            e => Error::Failed(format!("serving {}: {e}", dir.display())),
+        })?;
+        let started = Started {
+            target: handle.target_name().to_string(),
+            address: handle.local_addr(),
+            library: dir.clone(),
+            luns: handle
+                .luns()
+                .into_iter()
+                .map(|(lun, device_type)| Lun {
+                    lun,
+                    kind: if lun == 0 { "changer" } else { "drive" },
+                    drive: (lun > 0).then(|| lun - 1),
+                    device_type,
+                })
+                .collect(),
+        };
+        ctx.out.emit(&started, || {
+            let mut s = format!(
+                "serving {} as {} on {}\n",
+                started.library.display(),
+                started.target,
+                started.address
+            );
+            for l in &started.luns {
+                match l.drive {
+                    None => s.push_str(&format!("  LUN {}: media changer\n", l.lun)),
+                    Some(d) => s.push_str(&format!("  LUN {}: tape drive {d}\n", l.lun)),
+                }
+            }
+            s
+        });
+        {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+        ctx.out.note("ready; stop with SIGTERM or Ctrl-C");
+        let sig = wait_for_signal(&sig_pipe)?;
+        ctx.out.note(format!(
+            "{sig}: stopping ({} session(s) open), flushing the drives",
+            handle.sessions()
+        ));
+        handle.shutdown().map_err(|e| {
+            Error::Failed(format!(
+                "stopping the target: flushing the drives failed: {e}"
+            ))
+        })?;
+        ctx.out.note("stopped; every drive flushed");
+        Ok(())
+    }
 }
 
 fn status_text(r: &StatusReport) -> String {

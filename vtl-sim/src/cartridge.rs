@@ -1,10 +1,13 @@
 //! One virtual cartridge: SSC semantics in variable-block mode over three files.
 //!
 //! * `data`: block payloads, appended back to back (no framing).
-//! * `index`: a 16-byte header (`VTLIDX01` + reserved) then one 16-byte entry per
-//!   logical object (block or filemark): data offset (u64 LE), length with bit 31 as the
-//!   filemark flag (u32 LE), CRC-32 of the first 12 bytes (u32 LE). Object `n` is at
-//!   `16 + 16 n`, so locating is O(1) and the index is never loaded whole.
+//! * `index`: a 16-byte header (`VTLIDX01`, or `VTLIDX02` once a block is marked
+//!   encrypted, + reserved) then one 16-byte entry per logical object (block or
+//!   filemark): data offset (u64 LE), length with bit 31 as the filemark flag and bit 30
+//!   as the encrypted flag (version 2 only) (u32 LE), CRC-32 of the first 12 bytes (u32
+//!   LE). Object `n` is at `16 + 16 n`, so locating is O(1) and the index is never loaded
+//!   whole. Version 1 indexes load unchanged; a version 2 index is refused by a reader
+//!   that knows only version 1 (its magic differs), so an encrypted mark is never lost.
 //! * `filemarks`: the logical object numbers of all filemarks (u64 LE, ascending), kept
 //!   in memory, so file numbers and filemark spacing are O(log n).
 //!
@@ -27,10 +30,15 @@ use crate::meta::{self, CartridgeMeta, FaultOp, Faults};
 /// extra room lets tests probe the limit without the simulator being the one to refuse.
 pub const MAX_BLOCK_SIZE: usize = 16 * 1024 * 1024;
 
+/// Index without encrypted blocks (every cartridge starts as this).
 const INDEX_MAGIC: &[u8; 8] = b"VTLIDX01";
+/// Index that may mark blocks encrypted (bit 30 of the length); written over the
+/// version 1 magic before the first encrypted block's entry.
+const INDEX_MAGIC_V2: &[u8; 8] = b"VTLIDX02";
 const INDEX_HEADER: u64 = 16;
 const ENTRY_SIZE: u64 = 16;
 const FILEMARK_FLAG: u32 = 1 << 31;
+const ENCRYPTED_FLAG: u32 = 1 << 30;
 /// Index entries read at once when reading sequentially (16 KiB of index).
 const INDEX_CACHE_ENTRIES: usize = 1024;
 
@@ -46,6 +54,8 @@ struct Entry {
     offset: u64,
     len: u32,
     filemark: bool,
+    /// The block holds data the drive encrypted (version 2 indexes only).
+    encrypted: bool,
 }
 
 impl Entry {
@@ -55,7 +65,9 @@ impl Entry {
     fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0..8].copy_from_slice(&self.offset.to_le_bytes());
-        let lf = self.len | if self.filemark { FILEMARK_FLAG } else { 0 };
+        let lf = self.len
+            | if self.filemark { FILEMARK_FLAG } else { 0 }
+            | if self.encrypted { ENCRYPTED_FLAG } else { 0 };
         b[8..12].copy_from_slice(&lf.to_le_bytes());
         let crc = crc32fast::hash(&b[0..12]);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -69,14 +81,16 @@ impl Entry {
         let offset = u64::from_le_bytes(b[0..8].try_into().ok()?);
         let lf = u32::from_le_bytes(b[8..12].try_into().ok()?);
         let filemark = lf & FILEMARK_FLAG != 0;
-        let len = lf & !FILEMARK_FLAG;
-        if filemark && len != 0 {
+        let encrypted = lf & ENCRYPTED_FLAG != 0;
+        let len = lf & !(FILEMARK_FLAG | ENCRYPTED_FLAG);
+        if filemark && (len != 0 || encrypted) {
             return None;
         }
         Some(Entry {
             offset,
             len,
             filemark,
+            encrypted,
         })
     }
 }
@@ -140,6 +154,8 @@ pub struct Cartridge {
     meta: CartridgeMeta,
     data: File,
     index: File,
+    /// The index header says version 2 (blocks may be marked encrypted).
+    index_v2: bool,
     fm_file: File,
     /// Number of logical objects (index entries).
     count: u64,
@@ -201,6 +217,7 @@ impl Cartridge {
             meta,
             data,
             index,
+            index_v2: false,
             fm_file,
             count: 0,
             data_len: 0,
@@ -252,12 +269,16 @@ impl Cartridge {
         self.index
             .read_exact_at(&mut hdr, 0)
             .map_err(io_err("read", &ip))?;
-        if &hdr[..8] != INDEX_MAGIC {
-            return Err(self.corrupt(
-                INDEX_FILE,
-                "bad index magic (not a vtl-sim cartridge index)".into(),
-            ));
-        }
+        self.index_v2 = match &hdr[..8] {
+            m if m == INDEX_MAGIC => false,
+            m if m == INDEX_MAGIC_V2 => true,
+            _ => {
+                return Err(self.corrupt(
+                    INDEX_FILE,
+                    "bad index magic (not a vtl-sim cartridge index of version 1 or 2)".into(),
+                ))
+            }
+        };
         let mut n = (ilen - INDEX_HEADER) / ENTRY_SIZE;
         // Walk back over a torn tail: the last entry must be intact, lie inside the data
         // file, and follow on from its predecessor.
@@ -456,13 +477,19 @@ impl Cartridge {
 
     /// Read the next block.
     pub fn read_block(&mut self, buf: &mut [u8]) -> VtlResult<Read> {
+        self.read_block_flagged(buf).map(|(r, _)| r)
+    }
+
+    /// Read the next block, and whether it is marked encrypted (see
+    /// [`Cartridge::write_block_flagged`]).
+    pub fn read_block_flagged(&mut self, buf: &mut [u8]) -> VtlResult<(Read, bool)> {
         self.begin("read", FaultOp::Read)?;
         if self.pos >= self.count {
-            return Ok(Read::EndOfData);
+            return Ok((Read::EndOfData, false));
         }
         if self.is_filemark(self.pos) {
             self.pos += 1;
-            return Ok(Read::Filemark);
+            return Ok((Read::Filemark, false));
         }
         if self.faults.media_error_blocks.contains(&self.pos) {
             return Err(VtlError::MediaError {
@@ -492,7 +519,7 @@ impl Cartridge {
             })?;
         self.pos += 1;
         self.pending_read += len as u64;
-        Ok(Read::Block(len))
+        Ok((Read::Block(len), e.encrypted))
     }
 
     fn offset_of(&mut self, p: u64) -> VtlResult<u64> {
@@ -543,6 +570,13 @@ impl Cartridge {
 
     /// Write one block at the current position.
     pub fn write_block(&mut self, block: &[u8]) -> VtlResult<Written> {
+        self.write_block_flagged(block, false)
+    }
+
+    /// Write one block at the current position, marked encrypted or not in the index
+    /// (the cartridge stores the bytes as given: a drive that encrypts passes its
+    /// ciphertext). The first encrypted block turns the index into version 2.
+    pub fn write_block_flagged(&mut self, block: &[u8], encrypted: bool) -> VtlResult<Written> {
         self.begin("write", FaultOp::Write)?;
         if block.is_empty() || block.len() > MAX_BLOCK_SIZE {
             return Err(VtlError::BadBlockSize {
@@ -586,8 +620,18 @@ impl Cartridge {
             offset: start,
             len: block.len() as u32,
             filemark: false,
+            encrypted,
         };
         let ip = self.path(INDEX_FILE);
+        if encrypted && !self.index_v2 {
+            // The new magic is durable before any entry relies on it, so an older
+            // reader refuses the cartridge instead of reading the mark as length.
+            self.index
+                .write_all_at(INDEX_MAGIC_V2, 0)
+                .and_then(|_| self.index.sync_data())
+                .map_err(io_err("write", &ip))?;
+            self.index_v2 = true;
+        }
         self.index
             .write_all_at(&e.encode(), INDEX_HEADER + self.count * ENTRY_SIZE)
             .map_err(io_err("write", &ip))?;
@@ -619,6 +663,7 @@ impl Cartridge {
                         offset: self.data_len,
                         len: 0,
                         filemark: true,
+                        encrypted: false,
                     }
                     .encode(),
                 );
