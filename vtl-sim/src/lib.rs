@@ -10,12 +10,17 @@
 //! The crate knows nothing of tapevault's on-tape format.
 
 mod cartridge;
+mod drive_model;
 mod error;
 mod library;
 mod meta;
 
 pub use cartridge::{
     CartStatus, Cartridge, Pos, Read, Written, DEFAULT_OPERATION_TIMEOUT, MAX_BLOCK_SIZE,
+};
+pub use drive_model::{
+    Clock, DriveModel, DriveSim, DriveStats, SystemClock, DEFAULT_DRIVE_BUFFER, DEFAULT_REPOSITION,
+    DRIVE_MODEL_ENV,
 };
 pub use error::{Element, ElementKind, SpaceStop, VtlError, VtlResult};
 pub use library::{
