@@ -6,9 +6,9 @@
 //! Creates a one-cartridge library in DIR (which must not hold one), gives its drive
 //! MODEL_SPEC (default `speed=200M,min=70M,buffer=64Mi,reposition=2.5s`), writes
 //! TOTAL_MIB (default 512) in BLOCK_KIB blocks (default 256) as a source at RATE would
-//! deliver them (each block takes block/RATE to arrive, after the previous one was
-//! handed to the drive: a throttled reader that cannot catch up), then a synchronous
-//! filemark. Prints one JSON line with the drive's statistics.
+//! deliver them (block i is ready at i * block / RATE; a source the drive held back has
+//! at most one block ready, as a reader thread with one block of read-ahead), then a
+//! synchronous filemark. Prints one JSON line with the drive's statistics.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -68,9 +68,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut ready = t;
     let mut sent = 0u64;
     while sent < total {
-        // The source delivers the next block no sooner than block/RATE after it started
-        // on it, and starts on it only once the previous one was handed over.
-        ready = ready.max(Instant::now()) + per_block;
+        // The source works one block ahead of the writer (a reader thread with one
+        // block of read-ahead): it keeps its schedule while the writer keeps up, and
+        // when the drive held the writer back, it has at most one block ready.
+        ready = ready.max(Instant::now() - per_block) + per_block;
         let now = Instant::now();
         if ready > now {
             std::thread::sleep(ready - now);
@@ -83,7 +84,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let secs = t.elapsed().as_secs_f64();
     let st = d.drive_stats()?;
     println!(
-        "{{\"model\":\"{model}\",\"source_mb_s\":{:.1},\"bytes\":{sent},\"seconds\":{secs:.3},\"mb_s\":{:.1},\"repositions\":{},\"underruns\":{},\"repositioning_s\":{:.3},\"streaming_s\":{:.3},\"host_wait_s\":{:.3},\"repositioning_fraction\":{:.3}}}",
+        "{{\"model\":\"{model}\",\"source_mb_s\":{:.1},\"bytes\":{sent},\"seconds\":{secs:.3},\"mb_s\":{:.1},\"repositions\":{},\"underruns\":{},\"repositioning_s\":{:.3},\"streaming_s\":{:.3},\"host_wait_s\":{:.3},\"fed_mb_s\":{:.1},\"repositioning_fraction\":{:.3}}}",
         rate / 1e6,
         sent as f64 / secs / 1e6,
         st.repositions,
@@ -91,6 +92,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         st.repositioning_time().as_secs_f64(),
         st.streaming_time().as_secs_f64(),
         st.host_wait_time().as_secs_f64(),
+        // What the source delivered while the drive was not holding it back.
+        sent as f64 / (secs - st.host_wait_time().as_secs_f64()).max(1e-9) / 1e6,
         st.repositioning_time().as_secs_f64() / secs,
     );
     Ok(())
