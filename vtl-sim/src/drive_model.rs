@@ -287,10 +287,19 @@ fn ns(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
+/// A model the simulation can run: speeds and buffer above zero, min <= native (a
+/// hand-edited library.json is not validated; a zero speed would never drain).
+fn sane(mut m: DriveModel) -> DriveModel {
+    m.native_speed = m.native_speed.max(1);
+    m.min_speed = m.min_speed.clamp(1, m.native_speed);
+    m.buffer = m.buffer.max(1);
+    m
+}
+
 impl DriveSim {
     pub fn new(model: DriveModel, stats: DriveStats) -> DriveSim {
         DriveSim {
-            model,
+            model: sane(model),
             buf: 0.0,
             motion: Motion::Stopped { reposition: false },
             last: None,
@@ -305,7 +314,7 @@ impl DriveSim {
 
     /// Change the model, keeping the buffer, the motion and the statistics.
     pub fn set_model(&mut self, model: DriveModel) {
-        self.model = model;
+        self.model = sane(model);
         self.buf = self.buf.min(self.model.buffer as f64);
     }
 

@@ -838,6 +838,15 @@ impl Drive {
             Some(m) => m.clone(),
             None => configured,
         };
+        if let Some(m) = &want {
+            m.validate().map_err(|e| {
+                VtlError::BadConfig(format!(
+                    "drive {} in {}: {e}",
+                    self.index,
+                    self.lib_dir.join(STATE_FILE).display()
+                ))
+            })?;
+        }
         match (want, self.sim.as_mut()) {
             (None, None) => {}
             (Some(m), Some(s)) => {

@@ -194,3 +194,22 @@ fn an_open_drive_follows_a_model_change() {
     // Switched off, the saved statistics stay readable.
     assert_eq!(lib.drive_stats(0).unwrap().bytes_written, 50 << 20);
 }
+
+#[test]
+fn a_hand_broken_model_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = library(tmp.path());
+    lib.set_drive_model(Some(0), Some(small_model())).unwrap();
+    let state = tmp.path().join("library.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let broken = text.replace("\"min_speed\": 50000000", "\"min_speed\": 0");
+    assert_ne!(text, broken, "library.json layout changed: {text}");
+    std::fs::write(&state, broken).unwrap();
+    let mut d = lib.open_drive(0).unwrap();
+    match d.write_block(&[1u8; 512]) {
+        Err(VtlError::BadConfig(m)) => {
+            assert!(m.contains("library.json") && m.contains("min="), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
