@@ -38,7 +38,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or("speed=200M,min=70M,buffer=64Mi,reposition=2.5s")
         .parse()?;
     let bs: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(256) << 10;
-    if !(rate > 0.0) || bs == 0 {
+    if !rate.is_finite() || rate <= 0.0 || bs == 0 {
         return Err("RATE and BLOCK_KIB must be more than 0".into());
     }
     let lib = Library::create(
