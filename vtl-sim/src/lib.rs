@@ -7,6 +7,10 @@
 //! injected faults. A [`Library`] is an SMC changer over such cartridges with slots,
 //! drives and mail slots, persisted in a directory and locked across processes.
 //!
+//! A drive can be given a [`DriveModel`] (native speed, speed-matching range, buffer,
+//! reposition penalty): writes then take the time such a drive would, and a host too
+//! slow to keep it streaming makes it reposition, counted in [`DriveStats`].
+//!
 //! The crate knows nothing of tapevault's on-tape format.
 
 mod cartridge;
