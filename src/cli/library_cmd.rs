@@ -49,6 +49,22 @@ pub struct InitArgs {
     /// A real drive's non-rewinding st node, in drive element order (repeat per drive).
     #[arg(long, value_name = "DEV")]
     pub drive: Vec<PathBuf>,
+    /// Make the virtual library's drives behave like streaming drives in time (speed
+    /// matching, buffer, reposition penalty), e.g. `speed=400M,min=130M,buffer=512Mi,reposition=2.5s`;
+    /// `off` removes the model. See docs/OPERATIONS.md.
+    #[arg(long, value_name = "SPEC", value_parser = parse_drive_model, conflicts_with = "changer")]
+    pub drive_model: Option<DriveModelArg>,
+}
+
+/// `--drive-model`: a model, or `off`.
+#[derive(Debug, Clone)]
+pub struct DriveModelArg(Option<vtl_sim::DriveModel>);
+
+fn parse_drive_model(s: &str) -> std::result::Result<DriveModelArg, String> {
+    if s.trim() == "off" {
+        return Ok(DriveModelArg(None));
+    }
+    s.parse().map(|m| DriveModelArg(Some(m)))
 }
 
 #[derive(Serialize)]
@@ -57,6 +73,9 @@ struct InitReport {
     library: LibraryConfig,
     adopted: bool,
     cartridges: Vec<String>,
+    /// The virtual drives' speed model as `--drive-model` set it (spec form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drive_model: Option<String>,
 }
 
 pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
@@ -69,6 +88,10 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
     }
     let mut adopted = false;
     let mut cartridges = Vec::new();
+    let drive_model = a
+        .drive_model
+        .as_ref()
+        .map(|DriveModelArg(m)| m.as_ref().map_or("off".to_string(), |m| m.to_string()));
     let library = if let Some(changer) = a.changer {
         LibraryConfig::Scsi {
             changer,
@@ -93,7 +116,10 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
                     path.display()
                 ));
             }
-            let lib = VirtualLibrary::open(&path)?;
+            let mut lib = VirtualLibrary::open(&path)?;
+            if let Some(DriveModelArg(m)) = a.drive_model {
+                lib.set_drive_model(m)?;
+            }
             cartridges = lib.cartridges()?.into_iter().map(|c| c.barcode).collect();
             adopted = true;
         } else {
@@ -124,8 +150,11 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
                     cfg.cartridges, cfg.slots
                 ));
             }
-            let lib = VirtualLibrary::create(&path, &cfg)
+            let mut lib = VirtualLibrary::create(&path, &cfg)
                 .with_context(|| format!("creating the virtual library in {}", path.display()))?;
+            if let Some(DriveModelArg(m)) = a.drive_model {
+                lib.set_drive_model(m)?;
+            }
             cartridges = lib.cartridges()?.into_iter().map(|c| c.barcode).collect();
         }
         LibraryConfig::Virtual { path }
@@ -136,6 +165,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
         library: home.config.library.clone(),
         adopted,
         cartridges,
+        drive_model,
     };
     ctx.out.emit(&report, || {
         let lib = match &report.library {
@@ -153,8 +183,12 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
                 )
             }
         };
+        let model = match &report.drive_model {
+            Some(m) => format!("\ndrive model: {m}"),
+            None => String::new(),
+        };
         let mut s = format!(
-            "initialised tapevault home {}\nlibrary: {lib}",
+            "initialised tapevault home {}\nlibrary: {lib}{model}",
             report.home.display()
         );
         if let LibraryConfig::Virtual { path } = &report.library {

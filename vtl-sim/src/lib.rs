@@ -7,15 +7,24 @@
 //! injected faults. A [`Library`] is an SMC changer over such cartridges with slots,
 //! drives and mail slots, persisted in a directory and locked across processes.
 //!
+//! A drive can be given a [`DriveModel`] (native speed, speed-matching range, buffer,
+//! reposition penalty): writes then take the time such a drive would, and a host too
+//! slow to keep it streaming makes it reposition, counted in [`DriveStats`].
+//!
 //! The crate knows nothing of tapevault's on-tape format.
 
 mod cartridge;
+mod drive_model;
 mod error;
 mod library;
 mod meta;
 
 pub use cartridge::{
     CartStatus, Cartridge, Pos, Read, Written, DEFAULT_OPERATION_TIMEOUT, MAX_BLOCK_SIZE,
+};
+pub use drive_model::{
+    Clock, DriveModel, DriveSim, DriveStats, SystemClock, DEFAULT_DRIVE_BUFFER, DEFAULT_REPOSITION,
+    DRIVE_MODEL_ENV,
 };
 pub use error::{Element, ElementKind, SpaceStop, VtlError, VtlResult};
 pub use library::{

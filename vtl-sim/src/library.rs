@@ -19,6 +19,7 @@ use std::time::Duration;
 use nix::fcntl::Flock;
 
 use crate::cartridge::{CartStatus, Cartridge, Pos, Read, Written, DEFAULT_OPERATION_TIMEOUT};
+use crate::drive_model::{Clock, DriveModel, DriveSim, DriveStats, SystemClock};
 use crate::error::{io_err, Element, ElementKind, VtlError, VtlResult};
 use crate::meta::{self, CartridgeMeta, Faults};
 
@@ -60,6 +61,9 @@ pub struct DriveSlot {
     pub load_gen: u64,
     /// Bumped when the loaded cartridge's flags or faults change.
     pub ctl_gen: u64,
+    /// The drive's speed model; None: the drive takes data as fast as the files do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<DriveModel>,
 }
 
 /// The persisted state of a library.
@@ -485,6 +489,65 @@ impl Library {
         self.dir.join(DRIVES_DIR).join(format!("{index}.lock"))
     }
 
+    /// Give drive `drive` (every drive when None) a speed model, or take it away. A
+    /// drive held open by any process follows on its next operation.
+    pub fn set_drive_model(
+        &self,
+        drive: Option<usize>,
+        model: Option<DriveModel>,
+    ) -> VtlResult<()> {
+        if let Some(m) = &model {
+            m.validate().map_err(VtlError::BadConfig)?;
+        }
+        self.with_state(|st| {
+            match drive {
+                Some(i) => {
+                    let element = Element {
+                        kind: ElementKind::Drive,
+                        index: i,
+                    };
+                    st.drives
+                        .get_mut(i)
+                        .ok_or(VtlError::NoSuchElement { element })?
+                        .model = model;
+                }
+                None => st.drives.iter_mut().for_each(|d| d.model = model.clone()),
+            }
+            Ok(())
+        })
+    }
+
+    /// The speed model configured for drive `drive` (the environment variable
+    /// [`crate::DRIVE_MODEL_ENV`] may override it in a process).
+    pub fn drive_model(&self, drive: usize) -> VtlResult<Option<DriveModel>> {
+        let st = self.state()?;
+        let element = Element {
+            kind: ElementKind::Drive,
+            index: drive,
+        };
+        Ok(st
+            .drives
+            .get(drive)
+            .ok_or(VtlError::NoSuchElement { element })?
+            .model
+            .clone())
+    }
+
+    /// The statistics of a modelled drive as its last holder saved them (on flush,
+    /// unload and close). All zero for a drive that never ran with a model.
+    pub fn drive_stats(&self, drive: usize) -> VtlResult<DriveStats> {
+        let st = self.state()?;
+        if drive >= st.drives.len() {
+            return Err(VtlError::NoSuchElement {
+                element: Element {
+                    kind: ElementKind::Drive,
+                    index: drive,
+                },
+            });
+        }
+        read_drive_stats(&drive_stats_path(&self.dir, drive))
+    }
+
     /// Move a cartridge between two elements (SMC MOVE MEDIUM).
     pub fn move_medium(&self, from: Element, to: Element) -> VtlResult<()> {
         self.with_state(|st| {
@@ -653,8 +716,13 @@ impl Library {
             .map_err(io_err("write", &lp))?;
         let gp = self.dir.join(GEN_FILE);
         let gen_file = File::open(&gp).map_err(io_err("open", &gp))?;
+        let env_model = DriveModel::from_env().map_err(VtlError::BadConfig)?;
         set_held(&self.dir, index, true);
         Ok(Drive {
+            sim: None,
+            env_model,
+            clock: Box::new(SystemClock::default()),
+            stats_dirty: false,
             lib_dir: self.dir.clone(),
             index,
             _lock: lock,
@@ -665,6 +733,18 @@ impl Library {
             cart: None,
             ejected_gen: None,
         })
+    }
+}
+
+fn drive_stats_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(DRIVES_DIR).join(format!("{index}.stats.json"))
+}
+
+fn read_drive_stats(p: &Path) -> VtlResult<DriveStats> {
+    if p.is_file() {
+        meta::read_json(p)
+    } else {
+        Ok(DriveStats::default())
     }
 }
 
@@ -701,6 +781,12 @@ pub struct Drive {
     /// The load generation of a cartridge this drive ejected (MTOFFL) and that the
     /// changer has not yet taken away.
     ejected_gen: Option<u64>,
+    /// The speed model in force, with its state and statistics.
+    sim: Option<DriveSim>,
+    /// The model [`crate::DRIVE_MODEL_ENV`] imposes, read when the drive was opened.
+    env_model: Option<Option<DriveModel>>,
+    clock: Box<dyn Clock>,
+    stats_dirty: bool,
 }
 
 impl std::fmt::Debug for Drive {
@@ -720,6 +806,106 @@ impl Drive {
 
     pub fn name(&self) -> String {
         format!("vtl drive {}", self.index)
+    }
+
+    /// Take time from `clock` instead of the system's (tests inject a fake clock).
+    pub fn set_clock(&mut self, clock: Box<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// The speed model in force (None: unthrottled).
+    pub fn drive_model(&mut self) -> VtlResult<Option<DriveModel>> {
+        self.refresh()?;
+        Ok(self.sim.as_ref().map(|s| s.model().clone()))
+    }
+
+    /// The drive's statistics up to now, including what is not saved yet. All zero for
+    /// a drive that never ran with a model.
+    pub fn drive_stats(&mut self) -> VtlResult<DriveStats> {
+        self.refresh()?;
+        match self.sim.as_mut() {
+            Some(s) => {
+                s.advance(self.clock.now());
+                Ok(s.stats().clone())
+            }
+            None => read_drive_stats(&drive_stats_path(&self.lib_dir, self.index)),
+        }
+    }
+
+    /// Take on the model the library (or the environment) gives this drive.
+    fn apply_model(&mut self, configured: Option<DriveModel>) -> VtlResult<()> {
+        let want = match &self.env_model {
+            Some(m) => m.clone(),
+            None => configured,
+        };
+        if let Some(m) = &want {
+            m.validate().map_err(|e| {
+                VtlError::BadConfig(format!(
+                    "drive {} in {}: {e}",
+                    self.index,
+                    self.lib_dir.join(STATE_FILE).display()
+                ))
+            })?;
+        }
+        match (want, self.sim.as_mut()) {
+            (None, None) => {}
+            (Some(m), Some(s)) => {
+                if *s.model() != m {
+                    s.set_model(m);
+                }
+            }
+            (Some(m), None) => {
+                let stats = read_drive_stats(&drive_stats_path(&self.lib_dir, self.index))?;
+                self.sim = Some(DriveSim::new(m, stats));
+            }
+            (None, Some(_)) => {
+                self.settle(false)?;
+                self.persist_drive_stats()?;
+                self.sim = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the buffer out (the host waits when `wait`); the tape stands positioned.
+    fn settle(&mut self, wait: bool) -> VtlResult<()> {
+        if let Some(s) = self.sim.as_mut() {
+            let w = s.positioned(self.clock.now());
+            self.stats_dirty = true;
+            if wait {
+                self.clock.sleep(w);
+            }
+        }
+        Ok(())
+    }
+
+    /// The host's data reached the drive: the model may hold the host back.
+    fn model_write(&mut self, n: u64) {
+        if let Some(s) = self.sim.as_mut() {
+            let w = s.write(self.clock.now(), n);
+            self.stats_dirty = true;
+            self.clock.sleep(w);
+        }
+    }
+
+    /// A flush: the buffer goes to tape and the tape stops.
+    fn model_sync(&mut self) {
+        if let Some(s) = self.sim.as_mut() {
+            let w = s.sync(self.clock.now());
+            self.stats_dirty = true;
+            self.clock.sleep(w);
+        }
+    }
+
+    fn persist_drive_stats(&mut self) -> VtlResult<()> {
+        if !self.stats_dirty {
+            return Ok(());
+        }
+        if let Some(s) = self.sim.as_ref() {
+            meta::write_json_atomic(&drive_stats_path(&self.lib_dir, self.index), s.stats())?;
+        }
+        self.stats_dirty = false;
+        Ok(())
     }
 
     pub fn set_operation_timeout(&mut self, t: Duration) {
@@ -757,7 +943,11 @@ impl Drive {
         }
         let st: LibraryState = meta::read_json(&self.lib_dir.join(STATE_FILE))?;
         let slot = st.drives.get(self.index).cloned().unwrap_or_default();
+        if slot.model != self.slot.model || self.seen_gen.is_none() {
+            self.apply_model(slot.model.clone())?;
+        }
         if slot.barcode != self.slot.barcode || slot.load_gen != self.slot.load_gen {
+            self.settle(false)?;
             if let Some(mut c) = self.cart.take() {
                 // The cartridge may already be outside; statistics are best effort.
                 let _ = c.persist_stats();
@@ -801,39 +991,56 @@ impl Drive {
         Ok(self.slot.barcode.clone())
     }
 
+    /// The cartridge, after the model wrote the drive's buffer out: for operations
+    /// that move the tape.
+    fn cart_positioned(&mut self) -> VtlResult<&mut Cartridge> {
+        self.cart()?;
+        self.settle(true)?;
+        self.cart()
+    }
+
     pub fn read_block(&mut self, buf: &mut [u8]) -> VtlResult<Read> {
-        self.cart()?.read_block(buf)
+        self.cart_positioned()?.read_block(buf)
     }
     pub fn write_block(&mut self, data: &[u8]) -> VtlResult<Written> {
-        self.cart()?.write_block(data)
+        let w = self.cart()?.write_block(data)?;
+        self.model_write(data.len() as u64);
+        Ok(w)
     }
     pub fn write_filemarks(&mut self, n: u32, immediate: bool) -> VtlResult<()> {
-        self.cart()?.write_filemarks(n, immediate)
+        self.cart()?.write_filemarks(n, immediate)?;
+        if !immediate {
+            self.model_sync();
+            self.persist_drive_stats()?;
+        }
+        Ok(())
     }
     pub fn flush(&mut self) -> VtlResult<()> {
-        self.cart()?.flush()
+        self.cart()?.flush()?;
+        self.model_sync();
+        self.persist_drive_stats()
     }
     pub fn rewind(&mut self) -> VtlResult<()> {
-        self.cart()?.rewind()
+        self.cart_positioned()?.rewind()
     }
     pub fn space_blocks(&mut self, n: i64) -> VtlResult<()> {
-        self.cart()?.space_blocks(n)
+        self.cart_positioned()?.space_blocks(n)
     }
     pub fn space_filemarks(&mut self, n: i64) -> VtlResult<()> {
-        self.cart()?.space_filemarks(n)
+        self.cart_positioned()?.space_filemarks(n)
     }
     pub fn space_to_eod(&mut self) -> VtlResult<()> {
-        self.cart()?.space_to_eod()
+        self.cart_positioned()?.space_to_eod()
     }
     pub fn locate(&mut self, block: u64) -> VtlResult<()> {
-        self.cart()?.locate(block)
+        self.cart_positioned()?.locate(block)
     }
     pub fn position(&mut self) -> VtlResult<Pos> {
         self.cart()?.position()
     }
 
     pub fn erase(&mut self) -> VtlResult<()> {
-        self.cart()?.erase()
+        self.cart_positioned()?.erase()
     }
 
     /// Load again a cartridge this drive ejected ([`Drive::unload`]) while it still sits
@@ -864,6 +1071,8 @@ impl Drive {
     pub fn unload(&mut self) -> VtlResult<()> {
         let c = self.cart()?;
         c.flush()?;
+        self.settle(true)?;
+        self.persist_drive_stats()?;
         self.cart = None;
         self.ejected_gen = Some(self.slot.load_gen);
         Ok(())
@@ -872,6 +1081,9 @@ impl Drive {
 
 impl Drop for Drive {
     fn drop(&mut self) {
+        // The drive writes its buffer out on its own; the holder does not wait.
+        let _ = self.settle(false);
+        let _ = self.persist_drive_stats();
         if let Some(mut c) = self.cart.take() {
             let _ = c.persist_stats();
             if let (Some(bc), Ok(p)) = (self.slot.barcode.clone(), c.position()) {

@@ -192,6 +192,21 @@ impl VirtualLibrary {
         }
     }
 
+    /// Give every drive a speed model (see `vtl_sim::DriveModel`), or none.
+    pub fn set_drive_model(&mut self, model: Option<vtl_sim::DriveModel>) -> ChangerResult<()> {
+        self.lib.set_drive_model(None, model).map_err(map_err)
+    }
+
+    /// The speed model of drive `drive`, None when it is unthrottled.
+    pub fn drive_model(&self, drive: usize) -> ChangerResult<Option<vtl_sim::DriveModel>> {
+        self.lib.drive_model(drive).map_err(map_err)
+    }
+
+    /// The saved statistics of a modelled drive (repositions, underruns, time).
+    pub fn drive_stats(&self, drive: usize) -> ChangerResult<vtl_sim::DriveStats> {
+        self.lib.drive_stats(drive).map_err(map_err)
+    }
+
     /// Add blank cartridges into free slots, then free mail slots.
     pub fn add_cartridges(
         &mut self,
