@@ -84,12 +84,7 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
         } else {
             rebuild::Method::Snapshot
         };
-        assert_eq!(
-            rep.cartridges[0].method,
-            want,
-            "{:?}",
-            said.lines()
-        );
+        assert_eq!(rep.cartridges[0].method, want, "{:?}", said.lines());
         assert!(rep.damage.is_empty() && rep.problems.is_empty(), "{rep:?}");
         // Another barcode cannot be read from this drive: exit 4.
         let e = rebuild::rebuild(
