@@ -14,6 +14,7 @@
 //! handle.shutdown().unwrap();
 //! ```
 
+pub mod encryption;
 pub mod initiator;
 pub mod params;
 pub mod pdu;

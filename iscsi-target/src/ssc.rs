@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use vtl_sim::{CartStatus, Drive, Library, Read, SpaceStop, VtlError, VtlResult, Written};
 
+use crate::encryption::{self as enc, Opened};
 use crate::scsi::{
     self, key, log_page, log_param, mode_data, parse_log_sense, parse_mode_select,
     parse_mode_sense, Identity, LogicalUnit, Nexus, NexusState, Response, Sense,
@@ -44,6 +45,9 @@ enum One {
     Block(usize, Vec<u8>),
     Filemark,
     EndOfData,
+    /// A block the drive cannot hand over under its encryption parameters (position
+    /// past it): DATA PROTECT with this ASC 0x74 qualifier.
+    Undecryptable(u8),
 }
 
 /// The commands this drive supports, for REPORT SUPPORTED OPERATION CODES.
@@ -116,6 +120,13 @@ const OPCODES: &[scsi::OpInfo] = &[
         &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
     ),
     op(
+        0xa2,
+        None,
+        &[
+            0xa2, 0xff, 0xff, 0xff, 0x80, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
         0xa3,
         Some(0x0c),
         &[
@@ -126,6 +137,13 @@ const OPCODES: &[scsi::OpInfo] = &[
         0xab,
         Some(0x01),
         &[0xab, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
+    op(
+        0xb5,
+        None,
+        &[
+            0xb5, 0xff, 0xff, 0xff, 0x80, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
     ),
 ];
 
@@ -161,8 +179,8 @@ macro_rules! delegate {
 delegate! {
     fn barcode(&mut self) -> Option<String>;
     fn status(&mut self) -> Option<CartStatus>;
-    fn read_block(&mut self, buf: &mut [u8]) -> Read;
-    fn write_block(&mut self, data: &[u8]) -> Written;
+    fn read_block_flagged(&mut self, buf: &mut [u8]) -> (Read, bool);
+    fn write_block_flagged(&mut self, data: &[u8], encrypted: bool) -> Written;
     fn write_filemarks(&mut self, n: u32, immediate: bool) -> ();
     fn flush(&mut self) -> ();
     fn rewind(&mut self) -> ();
@@ -192,11 +210,18 @@ pub struct DriveState {
     /// Set by the changer when it loaded a cartridge into this drive.
     pub(crate) media_changed: bool,
     tapealert: u64,
+    /// Data encryption parameters and key set with SECURITY PROTOCOL OUT (memory only).
+    encryption: Option<enc::Params>,
 }
 
 impl DriveState {
     fn alert(&mut self, flag: u32) {
         self.tapealert |= 1u64 << (flag - 1);
+    }
+
+    /// Forget the data encryption key (unload, cartridge change, reset, power loss).
+    pub(crate) fn clear_key(&mut self) {
+        self.encryption = None;
     }
 }
 
@@ -286,6 +311,7 @@ impl TapeDrive {
                 last_barcode: None,
                 media_changed: false,
                 tapealert: 0,
+                encryption: None,
             }),
             log: None,
         }
@@ -370,6 +396,7 @@ impl TapeDrive {
             st.media_changed = false;
             st.last_barcode = bc.clone();
             st.block_size = 0;
+            st.clear_key();
             if bc.is_some() {
                 self.nexus.raise(0x28, 0x00, None);
             }
@@ -407,7 +434,9 @@ impl TapeDrive {
             }
         }
         if let VtlError::PowerCut { .. } = e {
-            // The drive lost power: every nexus sees the power-on condition next.
+            // The drive lost power (and its key): every nexus sees the power-on
+            // condition next.
+            st.clear_key();
             self.nexus.raise(0x29, 0x01, None);
         }
         vtl_sense(e, writing)
@@ -449,29 +478,36 @@ impl TapeDrive {
 
     /// Read one block of whatever length into a buffer of `want` bytes: returns the
     /// block's true length and the (possibly truncated) data.
+    ///
+    /// An encrypted block is read whole (its plaintext length is the block length the
+    /// host sees) and opened under the drive's encryption parameters.
     fn read_one(st: &mut DriveState, want: usize) -> Result<One, VtlError> {
-        let mut buf = vec![0u8; want];
-        match st.drive.read_block(&mut buf) {
-            Ok(Read::Block(n)) => {
-                buf.truncate(n);
-                Ok(One::Block(n, buf))
-            }
-            Ok(Read::Filemark) => Ok(One::Filemark),
-            Ok(Read::EndOfData) => Ok(One::EndOfData),
+        // Room for an encrypted block of `want` plaintext bytes.
+        let mut buf = vec![0u8; want.saturating_add(enc::OVERHEAD)];
+        let (r, encrypted) = match st.drive.read_block_flagged(&mut buf) {
             Err(VtlError::BufferTooSmall { block_len, .. }) => {
                 // The block is longer than asked for: read it whole (the position
                 // did not move) and hand back its first `want` bytes.
-                let mut big = vec![0u8; block_len];
-                match st.drive.read_block(&mut big)? {
-                    Read::Block(n) => {
-                        big.truncate(want.min(n));
-                        Ok(One::Block(n, big))
+                buf = vec![0u8; block_len];
+                st.drive.read_block_flagged(&mut buf)?
+            }
+            r => r?,
+        };
+        match r {
+            Read::Block(n) => {
+                buf.truncate(n);
+                match enc::open(st.encryption.as_ref(), buf, encrypted) {
+                    Opened::Plain(mut data) => {
+                        let n = data.len();
+                        data.truncate(want);
+                        Ok(One::Block(n, data))
                     }
-                    Read::Filemark => Ok(One::Filemark),
-                    Read::EndOfData => Ok(One::EndOfData),
+                    Opened::UnableToDecrypt => Ok(One::Undecryptable(0x01)),
+                    Opened::UnencryptedWhileDecrypting => Ok(One::Undecryptable(0x02)),
                 }
             }
-            Err(e) => Err(e),
+            Read::Filemark => Ok(One::Filemark),
+            Read::EndOfData => Ok(One::EndOfData),
         }
     }
 
@@ -494,6 +530,9 @@ impl TapeDrive {
                 }
             }
             Ok(One::EndOfData) => Response::check(Self::eod_sense(st, want as i64)),
+            Ok(One::Undecryptable(q)) => {
+                Response::check(Sense::new(key::DATA_PROTECT, 0x74, q).info(want as i64))
+            }
             Ok(One::Filemark) => {
                 let mut s = Sense::new(key::NO_SENSE, 0x00, 0x01).info(want as i64);
                 s.filemark = true;
@@ -520,6 +559,10 @@ impl TapeDrive {
                 }
                 Ok(One::EndOfData) => {
                     return Response::check(Self::eod_sense(st, left)).with_data(out)
+                }
+                Ok(One::Undecryptable(q)) => {
+                    return Response::check(Sense::new(key::DATA_PROTECT, 0x74, q).info(left))
+                        .with_data(out)
                 }
                 Ok(One::Filemark) => {
                     let mut s = Sense::new(key::NO_SENSE, 0x00, 0x01).info(left);
@@ -580,16 +623,31 @@ impl TapeDrive {
             // The initiator sent less than the CDB asks for: nothing is written.
             return Response::check(Sense::invalid_cdb_field(2, None));
         }
+        let encrypting = st.encryption.as_ref().is_some_and(|p| p.encrypting());
+        if encrypting && bs + enc::OVERHEAD > vtl_sim::MAX_BLOCK_SIZE {
+            // No room for the nonce and tag beside the block.
+            return Response::check(Sense::invalid_cdb_field(2, None));
+        }
         let mut ew = false;
         for i in 0..count {
-            let block = &data[i as usize * bs..(i as usize + 1) * bs];
+            let plain = &data[i as usize * bs..(i as usize + 1) * bs];
             let left = if fixed { (count - i) as i64 } else { bs as i64 };
-            let res = match st.drive.write_block(block) {
+            // With encryption on, only the sealed block reaches the cartridge.
+            let sealed = match st.encryption.as_ref().filter(|p| p.encrypting()) {
+                Some(p) => match p.seal(plain) {
+                    Some(c) => Some(c),
+                    None => return Response::check(Sense::internal_failure().info(left)),
+                },
+                None => None,
+            };
+            let block = sealed.as_deref().unwrap_or(plain);
+            let res = match st.drive.write_block_flagged(block, encrypting) {
                 // vtl-sim models st's "fail the next write once" itself; a SCSI drive
                 // keeps writing and reports EOM each time, so write again.
-                Err(VtlError::EarlyWarning) => {
-                    st.drive.write_block(block).map(|_| Written::EarlyWarning)
-                }
+                Err(VtlError::EarlyWarning) => st
+                    .drive
+                    .write_block_flagged(block, encrypting)
+                    .map(|_| Written::EarlyWarning),
                 r => r,
             };
             match res {
@@ -767,6 +825,8 @@ impl TapeDrive {
             if !st.prevent.is_empty() {
                 return Response::check(Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02));
             }
+            // The key goes with the cartridge (SSC-4: cleared on demount).
+            st.clear_key();
             match st.drive.rewind().and_then(|_| st.drive.unload()) {
                 Ok(()) => Response::good(),
                 Err(e) => Response::check(self.fail(st, &e, false)),
@@ -1129,6 +1189,53 @@ impl TapeDrive {
         Response::data(s.to_bytes(), alloc)
     }
 
+    /// SECURITY PROTOCOL IN: protocol 0 (supported protocols) and the tape data
+    /// encryption pages of protocol 0x20.
+    fn security_in(&self, st: &mut DriveState, cdb: &[u8]) -> Response {
+        if cdb[4] & 0x80 != 0 {
+            // INC_512: allocation length in 512-byte units is not offered.
+            return Response::check(Sense::invalid_cdb_field(4, Some(7)));
+        }
+        let page = u16::from_be_bytes([cdb[2], cdb[3]]);
+        let alloc = u32::from_be_bytes(cdb[6..10].try_into().expect("4 bytes")) as usize;
+        let d = match (cdb[1], page) {
+            (enc::PROTOCOL_INFO, 0x0000) => enc::supported_protocols(),
+            (enc::PROTOCOL_TAPE, 0x0000) => enc::supported_in_pages(),
+            (enc::PROTOCOL_TAPE, 0x0001) => enc::supported_out_pages(),
+            (enc::PROTOCOL_TAPE, 0x0010) => {
+                enc::capabilities(matches!(st.drive.barcode(), Ok(Some(_))))
+            }
+            (enc::PROTOCOL_TAPE, 0x0020) => enc::status(st.encryption.as_ref()),
+            (enc::PROTOCOL_INFO | enc::PROTOCOL_TAPE, _) => {
+                return Response::check(Sense::invalid_cdb_field(2, None))
+            }
+            _ => return Response::check(Sense::invalid_cdb_field(1, None)),
+        };
+        Response::data(d, alloc)
+    }
+
+    /// SECURITY PROTOCOL OUT, protocol 0x20 page 0x0010 (set data encryption).
+    fn security_out(&self, st: &mut DriveState, cdb: &[u8], data: &[u8]) -> Response {
+        let len = u32::from_be_bytes(cdb[6..10].try_into().expect("4 bytes")) as usize;
+        if cdb[1] != enc::PROTOCOL_TAPE {
+            return Response::check(Sense::invalid_cdb_field(1, None)).expecting(len);
+        }
+        if cdb[4] & 0x80 != 0 {
+            return Response::check(Sense::invalid_cdb_field(4, Some(7))).expecting(len);
+        }
+        if data.len() < len {
+            return Response::check(Sense::param_list_length()).expecting(len);
+        }
+        match enc::parse_set(&data[..len]) {
+            Ok(p) => {
+                st.encryption = Some(p);
+                Response::good().expecting(len)
+            }
+            // The field pointer names the byte; the key itself is never echoed.
+            Err(at) => Response::check(Sense::invalid_param_field(at)).expecting(len),
+        }
+    }
+
     fn dispatch(&self, st: &mut DriveState, nexus: &Nexus, cdb: &[u8], data: &[u8]) -> Response {
         match cdb[0] {
             0x00 => self.ready(st),
@@ -1235,6 +1342,8 @@ impl TapeDrive {
             }
             0xab => Response::check(Sense::invalid_cdb_field(1, Some(4))),
             0x8d => self.write_attribute(st, cdb, data),
+            0xa2 => self.security_in(st, cdb),
+            0xb5 => self.security_out(st, cdb, data),
             _ => Response::check(Sense::invalid_opcode()),
         }
     }
@@ -1285,7 +1394,9 @@ impl LogicalUnit for TapeDrive {
 
     fn reset(&self, nexus: &Nexus) {
         self.nexus.reset(nexus);
-        lock(&self.state).prevent.clear();
+        let mut st = lock(&self.state);
+        st.prevent.clear();
+        st.clear_key();
     }
 
     fn idle(&self) {

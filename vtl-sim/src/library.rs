@@ -1002,6 +1002,17 @@ impl Drive {
     pub fn read_block(&mut self, buf: &mut [u8]) -> VtlResult<Read> {
         self.cart_positioned()?.read_block(buf)
     }
+    /// Read the next block and whether it is marked encrypted
+    /// ([`Cartridge::read_block_flagged`]).
+    pub fn read_block_flagged(&mut self, buf: &mut [u8]) -> VtlResult<(Read, bool)> {
+        self.cart_positioned()?.read_block_flagged(buf)
+    }
+    /// Write one block marked encrypted or not ([`Cartridge::write_block_flagged`]).
+    pub fn write_block_flagged(&mut self, data: &[u8], encrypted: bool) -> VtlResult<Written> {
+        let w = self.cart()?.write_block_flagged(data, encrypted)?;
+        self.model_write(data.len() as u64);
+        Ok(w)
+    }
     pub fn write_block(&mut self, data: &[u8]) -> VtlResult<Written> {
         let w = self.cart()?.write_block(data)?;
         self.model_write(data.len() as u64);
