@@ -179,7 +179,7 @@ pub fn parse_set(p: &[u8]) -> Result<Params, u16> {
         return Err(11);
     }
     let key_len = be16(p, 18);
-    if (off && key_len != 0 && key_len != KEY_LEN) || (!off && key_len != KEY_LEN) {
+    if key_len != KEY_LEN && (!off || key_len != 0) {
         return Err(18);
     }
     if 20 + key_len > p.len() {

@@ -338,5 +338,14 @@ fn malformed_set_pages_are_refused_and_change_nothing() {
         )
         .unwrap();
     assert_sense(&r, 5, 0x24, 0x00);
+    // LOGICAL UNIT RESET drops the key.
+    let itt = i.send_tmf(5, DRIVE0, 0).unwrap();
+    let resp = i.recv().unwrap();
+    assert_eq!(resp.itt(), itt);
+    assert_eq!(resp.bhs[2], 0, "TMF response: function complete");
+    settle(&mut i, DRIVE0);
+    let st = status(&mut i);
+    assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
+    assert!(st.kad.is_empty());
     assert_eq!(i.logout().unwrap(), 0);
 }
