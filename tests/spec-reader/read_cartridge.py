@@ -216,10 +216,13 @@ class Cartridge:
         self.path = path
         with open(os.path.join(path, "index"), "rb") as f:
             idx = f.read()
-        if len(idx) < 16 or idx[:8] != b"VTLIDX01":
+        # Version 2 (FORMAT.md section 13) may mark blocks encrypted by the drive.
+        if len(idx) < 16 or idx[:8] not in (b"VTLIDX01", b"VTLIDX02"):
             raise Integrity(f"{path}: not a virtual cartridge (index magic)")
+        v2 = idx[:8] == b"VTLIDX02"
         self.data = open(os.path.join(path, "data"), "rb")
-        self.files = [[]]  # tape files: lists of (offset, length); split at filemarks
+        # tape files: lists of (offset, length, drive-encrypted); split at filemarks
+        self.files = [[]]
         n = (len(idx) - 16) // 16
         for i in range(n):
             e = idx[16 + 16 * i: 32 + 16 * i]
@@ -228,12 +231,20 @@ class Cartridge:
                 raise Integrity(f"{path}: index entry {i} fails its CRC (media error)")
             if lf & 0x80000000:
                 self.files.append([])
+            elif v2:
+                self.files[-1].append((off, lf & 0x3FFFFFFF, bool(lf & 0x40000000)))
             else:
-                self.files[-1].append((off, lf))
+                self.files[-1].append((off, lf, False))
         if not self.files[-1]:
             self.files.pop()  # nothing after the last filemark: end of data
 
     def block(self, loc):
+        if loc[2]:
+            raise KeyProblem(
+                f"{self.path}: the block at byte {loc[0]} was encrypted by the tape drive "
+                "(its key never leaves the drive): read the cartridge through the drive "
+                "with the key loaded"
+            )
         self.data.seek(loc[0])
         b = self.data.read(loc[1])
         if len(b) != loc[1]:
