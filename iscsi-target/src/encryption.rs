@@ -2,9 +2,10 @@
 //! SECURITY PROTOCOL IN / OUT and the AES-256-GCM sealing of blocks.
 //!
 //! One algorithm (index 1, AES-256-GCM, 32-byte plain keys). The key lives only in the
-//! drive's memory: never on the cartridge, never on disk; it is dropped (and wiped) on
-//! unload, on a cartridge change, on a logical unit reset and on power loss. Whatever
-//! scope the host asks for, the key applies to the whole drive (every I_T nexus).
+//! drive's memory: never on the cartridge, never on disk; it is dropped (and its key
+//! schedule wiped) on a logical unit or target reset, on power loss, and when a cartridge
+//! leaves the drive if the host set CKOD. Whatever scope the host asks for, the key
+//! applies to the whole drive (every I_T nexus).
 //!
 //! An encrypted block on the cartridge is `nonce (12) || ciphertext || tag (16)`, marked
 //! encrypted in the cartridge's index; the nonce is random per block (96 bits from the

@@ -219,9 +219,18 @@ impl DriveState {
         self.tapealert |= 1u64 << (flag - 1);
     }
 
-    /// Forget the data encryption key (unload, cartridge change, reset, power loss).
+    /// Forget the data encryption key (reset, power loss).
     pub(crate) fn clear_key(&mut self) {
         self.encryption = None;
+    }
+
+    /// A cartridge left the drive: the key goes if the host asked for that (CKOD,
+    /// clear key on demount); otherwise it stays for the next cartridge, as SSC-4 has
+    /// it, so a host that set it once never writes the next cartridge in the clear.
+    fn demounted(&mut self) {
+        if self.encryption.as_ref().is_some_and(|p| p.ckod) {
+            self.encryption = None;
+        }
     }
 }
 
@@ -394,9 +403,11 @@ impl TapeDrive {
         let changed = bc != st.last_barcode || st.media_changed;
         if changed {
             st.media_changed = false;
+            if st.last_barcode.is_some() {
+                st.demounted();
+            }
             st.last_barcode = bc.clone();
             st.block_size = 0;
-            st.clear_key();
             if bc.is_some() {
                 self.nexus.raise(0x28, 0x00, None);
             }
@@ -825,10 +836,11 @@ impl TapeDrive {
             if !st.prevent.is_empty() {
                 return Response::check(Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02));
             }
-            // The key goes with the cartridge (SSC-4: cleared on demount).
-            st.clear_key();
             match st.drive.rewind().and_then(|_| st.drive.unload()) {
-                Ok(()) => Response::good(),
+                Ok(()) => {
+                    st.demounted();
+                    Response::good()
+                }
                 Err(e) => Response::check(self.fail(st, &e, false)),
             }
         }

@@ -254,7 +254,20 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
     assert_good(&r);
     assert_eq!(r.data, canary);
 
-    // Unloading forgets the key.
+    // Unloading keeps the key (tapevault's page leaves CKOD clear)...
+    assert_good(&spout(&mut i, &set_a));
+    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 0, 0], &[], 0).unwrap());
+    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 1, 0], &[], 0).unwrap());
+    settle(&mut i, DRIVE0);
+    let st = status(&mut i);
+    assert_eq!((st.encryption_mode, st.decryption_mode), (2, 2));
+    let r = i
+        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data, canary);
+    // ...unless the host set CKOD (clear key on demount), as stenc's page does here.
+    assert_good(&spout(&mut i, &stenc_page(&key_a, 2)));
     assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 0, 0], &[], 0).unwrap());
     assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 1, 0], &[], 0).unwrap());
     settle(&mut i, DRIVE0);
@@ -348,4 +361,37 @@ fn malformed_set_pages_are_refused_and_change_nothing() {
     assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
     assert!(st.kad.is_empty());
     assert_eq!(i.logout().unwrap(), 0);
+}
+
+#[test]
+fn a_key_set_once_encrypts_the_next_cartridge_too() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(4);
+    load(&mut i, 0, 0);
+    let page = te::set_data_encryption_page(1, &[0x33; 32], te::KAD_UNAUTHENTICATED, &[2; 16]);
+    assert_good(&spout(&mut i, &page));
+    // The changer swaps cartridges; the key (no CKOD) stays in the drive.
+    let r = i
+        .command(CHANGER, &move_medium(DRIVE_BASE, SLOT_BASE), &[], 0)
+        .unwrap();
+    assert_good(&r);
+    load(&mut i, 1, 0);
+    let st = status(&mut i);
+    assert_eq!((st.encryption_mode, st.decryption_mode), (2, 2));
+    let canary: Vec<u8> = b"SECOND-CARTRIDGE-CANARY-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(2048)
+        .collect();
+    assert_good(&i.command(DRIVE0, &write6(2048, false), &canary, 0).unwrap());
+    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    let hits = library_contains(s.dir.path(), b"SECOND-CARTRIDGE-CANARY");
+    assert!(hits.is_empty(), "plaintext on disk in {hits:?}");
+    rewind_drive(&mut i);
+    let r = i
+        .command(DRIVE0, &read6(2048, false, false), &[], 2048)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data, canary);
 }
