@@ -394,4 +394,28 @@ fn a_key_set_once_encrypts_the_next_cartridge_too() {
         .unwrap();
     assert_good(&r);
     assert_eq!(r.data, canary);
+    // Fixed-block mode: each 512-byte block sealed on its own, read back in one command;
+    // a read with the key gone stops at the first block with nothing transferred.
+    let p = vec![0u8, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0x02, 0x00];
+    assert_good(&i.command(DRIVE0, &mode_select6(12), &p, 0).unwrap());
+    assert_good(&i.command(DRIVE0, &space6(3, 0), &[], 0).unwrap());
+    let at = block_position(&mut i);
+    let data = block(5, 2048);
+    assert_good(&i.command(DRIVE0, &write6(4, true), &data, 0).unwrap());
+    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    assert!(library_contains(s.dir.path(), &data[512..600]).is_empty());
+    assert_good(&i.command(DRIVE0, &locate10(at), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(4, true, false), &[], 2048)
+        .unwrap();
+    assert_good(&r);
+    assert_eq!(r.data, data);
+    assert_good(&spout(&mut i, &te::clear_data_encryption_page()));
+    assert_good(&i.command(DRIVE0, &locate10(at), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(4, true, false), &[], 2048)
+        .unwrap();
+    assert_sense(&r, 7, 0x74, 0x01);
+    assert_eq!(r.information(), Some(4));
+    assert!(r.data.is_empty());
 }
