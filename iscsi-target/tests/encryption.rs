@@ -68,14 +68,15 @@ fn block_position(i: &mut Initiator) -> u32 {
     u32::from_be_bytes(r.data[4..8].try_into().unwrap())
 }
 
-/// The set page as `stenc` builds it for `--encrypt=on|mixed` with `--protect` and
-/// `--ckod` (SSC-4 8.5.3.2): scope ALL I_T NEXUS, RDMC 2, CKOD, key format 0, an
-/// ASCII U-KAD (the key's description).
+/// The set page laid out as stenc's `make_sde` builds it (SSC-4 8.5.3.2) for an
+/// encrypting mode with `--ckod` and an RDMC choice: scope ALL I_T NEXUS, CEEM 1 (no
+/// external encryption mode check), RDMC 2, CKOD, key format 0, an ASCII U-KAD (the
+/// key's description).
 fn stenc_page(key: &[u8; 32], decryption_mode: u8) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0..2].copy_from_slice(&0x0010u16.to_be_bytes());
     p[4] = 2 << 5;
-    p[5] = (2 << 4) | 0x04;
+    p[5] = (1 << 6) | (2 << 4) | 0x04;
     p[6] = 2;
     p[7] = decryption_mode;
     p[8] = 1;
@@ -112,6 +113,21 @@ fn pages_report_one_aes256_gcm_algorithm_tapevault_accepts() {
     assert_eq!(algs[0].code, te::AES256_GCM);
     assert_eq!(algs[0].key_size, 32);
     // Nothing set yet.
+    let st = status(&mut i);
+    assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
+    // stenc's pages: on, then off (modes 0, the default algorithm index, no key).
+    assert_good(&spout(&mut i, &stenc_page(&[4; 32], 2)));
+    let r = spin(&mut i, 0x20, te::PAGE_STATUS);
+    assert_eq!(r.data.len(), 24 + 4 + 15, "status page with the U-KAD");
+    assert_eq!(r.data[4], (2 << 5) | 2, "scopes");
+    assert_eq!(r.data[12] & 0x06, 1 << 1, "CEEMS as set");
+    let mut off = vec![0u8; 20];
+    off[0..2].copy_from_slice(&0x0010u16.to_be_bytes());
+    off[2..4].copy_from_slice(&16u16.to_be_bytes());
+    off[4] = 2 << 5;
+    off[5] = 1 << 6;
+    off[8] = 1;
+    assert_good(&spout(&mut i, &off));
     let st = status(&mut i);
     assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
     // Unknown page, unknown protocol, INC_512.
