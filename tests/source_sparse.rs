@@ -350,7 +350,10 @@ fn thin_disks_back_up_by_full_and_hash_scan_without_reading_holes_and_restore_sp
         read <= 2 * data_on_disk,
         "the scan and the backup read {read} bytes of a disk holding {data_on_disk}"
     );
-    assert!(u(&inc, "zero_bytes") > 0, "the punched blocks became zeros: {inc}");
+    assert!(
+        u(&inc, "zero_bytes") > 0,
+        "the punched blocks became zeros: {inc}"
+    );
     let copy = v.path("p1.img");
     disk.save_copy(&copy);
     points.push((s(&inc, "image").to_string(), copy));

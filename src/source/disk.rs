@@ -971,7 +971,9 @@ mod tests {
     }
 
     fn covered(runs: &[(u64, u64)], a: u64, b: u64) -> bool {
-        (a..b).step_by(512).all(|x| runs.iter().any(|&(s, e)| s <= x && x < e))
+        (a..b)
+            .step_by(512)
+            .all(|x| runs.iter().any(|&(s, e)| s <= x && x < e))
     }
 
     #[test]
