@@ -173,7 +173,7 @@ impl Job<'_> {
         };
         let events = self.tape.events;
         events.task(format!("disk {}", &disk_id.to_string()[..8]), total);
-        let digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
+        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
             header: header.clone(),
@@ -214,13 +214,6 @@ impl Job<'_> {
         };
         let sealer_ref = sealer.as_ref();
         let part_now_ref = &part_now;
-        // The content digest must see the records in order. With one transform thread
-        // (no compression, no encryption) they pass it in order, and it has CPU to
-        // spare: the digest runs there, off the reader thread, which also hashes the
-        // block digest list. With two it stays on the reader.
-        let digest_in_transform = n_workers == 1;
-        let digest = std::sync::Mutex::new(digest);
-        let digest_ref = &digest;
         let first_sequence = state.header.first_sequence;
         let mut workers = Vec::with_capacity(n_workers);
         for w in 0..n_workers {
@@ -228,14 +221,7 @@ impl Job<'_> {
             let mut transform_aad = Vec::new();
             let mut next_sequence = first_sequence + w as u64;
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| -> Result<()> {
-                if digest_in_transform {
-                    let mut d = digest_ref.lock().unwrap_or_else(|e| e.into_inner());
-                    d.update_record(&c.extents, &c.data)
-                        .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-                    p.digest = d.finalize();
-                } else {
-                    p.digest = c.digest;
-                }
+                p.digest = c.digest;
                 p.extents.clear();
                 p.extents.extend_from_slice(&c.extents);
                 p.plain_len = c.data.len() as u32;
@@ -311,12 +297,12 @@ impl Job<'_> {
                     },
                 }));
                 reader.swap_data(&mut c.data);
-                if !digest_in_transform {
-                    let mut d = digest_ref.lock().unwrap_or_else(|e| e.into_inner());
-                    d.update_record(&c.extents, &c.data)
-                        .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-                    c.digest = d.finalize();
-                }
+                // The content digest runs on the reader thread, which has CPU to spare;
+                // the transform thread compresses and encrypts.
+                digest
+                    .update_record(&c.extents, &c.data)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                c.digest = digest.finalize();
                 Ok(true)
             },
             workers,
