@@ -44,12 +44,16 @@ impl Job<'_> {
         // Hash scan first (reads the disk once, writes the new digest list); an unusable
         // previous list means a full, said out loud.
         let mut scanned: Option<ExtentSet> = None;
+        let mut scan_read = 0u64;
         if let Plan::HashScan { base_list, .. } = &plan {
             let mut set = ExtentSet::new();
             match scan_changes(&disk, bs, Some(base_list), &new_list, |e| {
                 set.insert(e.offset, e.len)
             }) {
-                Ok(_) => scanned = Some(set),
+                Ok(summary) => {
+                    scan_read = summary.read_bytes;
+                    scanned = Some(set)
+                }
                 Err(ScanError::PreviousList(e)) => {
                     let r =
                         format!("the previous block digest list is unusable ({e}): taking a full");
@@ -160,6 +164,7 @@ impl Job<'_> {
                     disk_size: size,
                     data_bytes: p.data_bytes,
                     zero_bytes: p.zero_bytes,
+                    read_bytes: scan_read + p.read_bytes,
                     stored_bytes: p.stored_bytes,
                     records: p.records,
                     cartridges: p.cartridges,

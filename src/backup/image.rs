@@ -42,6 +42,8 @@ pub(super) struct ImageProgress {
     pub(super) records: u64,
     pub(super) data_bytes: u64,
     pub(super) zero_bytes: u64,
+    /// Bytes read from the disk (the holes of a thin file are not read).
+    pub(super) read_bytes: u64,
     pub(super) stored_bytes: u64,
     pub(super) cartridges: Vec<String>,
 }
@@ -186,6 +188,7 @@ impl Job<'_> {
             records: 0,
             data_bytes: 0,
             zero_bytes: 0,
+            read_bytes: 0,
             stored_bytes: 0,
             cartridges: Vec::new(),
         };
@@ -289,7 +292,8 @@ impl Job<'_> {
             }
             return Err(e);
         }
-        let (_stats, summary) = reader.finish();
+        let (stats, summary) = reader.finish();
+        state.read_bytes = stats.read_bytes;
         if let Some(Err(e)) = summary {
             return Err(Error::Failed(format!(
                 "writing the block digest list {}: {e}",

@@ -26,6 +26,10 @@ pub struct DiskReport {
     pub disk_size: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
+    /// Bytes read from the disk, by the hash scan and the backup together: the holes of
+    /// a thin image file are not read, so this can be far below `data_bytes +
+    /// zero_bytes`.
+    pub read_bytes: u64,
     pub stored_bytes: u64,
     pub records: u64,
     pub cartridges: Vec<String>,

@@ -9,6 +9,14 @@
 //! `Data` ones in a buffer it reuses, so memory stays at one record whatever the disk
 //! size. Zero detection works per tracking block (aligned to absolute disk offsets, so
 //! it lines up with digest lists), a trailing partial block included.
+//!
+//! Holes of a thin image file are never read: a [`DataWalk`] asks the file system where
+//! the data lies (`lseek(SEEK_DATA/SEEK_HOLE)`, one data run at a time, so memory does
+//! not grow with the number of runs), and a block piece lying wholly in a hole is a zero
+//! piece without a read. A piece that is partly hole has its data part read and its hole
+//! part zero-filled, then is classified like any other. Chunks, digests and records come
+//! out exactly as if the holes had been read as zeros; only the bytes read differ
+//! ([`ChunkStats::read_bytes`]). A block device has no holes and is read whole.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -116,12 +124,74 @@ pub enum DiskKind {
 /// Something a disk's bytes can be read from at an offset (a file or a block device).
 trait SourceRead: Send + Sync + 'static {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// Where the first run of data at or after `from` lies. A source that cannot tell
+    /// holes says everything from `from` on is data.
+    fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
+        Ok(DataAt::Run(from, u64::MAX))
+    }
+}
+
+/// What a source says about the data at or after an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataAt {
+    /// Data from `.0` to `.1` (exclusive), a hole or the end of the file after it.
+    Run(u64, u64),
+    /// Only hole until the end of the file, which is now `file_len` bytes long.
+    HoleToEnd { file_len: u64 },
 }
 
 impl SourceRead for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         FileExt::read_at(self, buf, offset)
     }
+
+    fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
+        use nix::errno::Errno;
+        use nix::unistd::{lseek, Whence};
+        use std::os::fd::AsRawFd;
+        let everything = DataAt::Run(from, u64::MAX);
+        let Ok(at) = i64::try_from(from) else {
+            return Ok(everything);
+        };
+        let fd = self.as_raw_fd();
+        // The seeks move the descriptor's offset, which no read uses (reads are
+        // positioned).
+        let start = match lseek(fd, at, Whence::SeekData) {
+            Ok(s) => s.max(0) as u64,
+            // No data at or after `from` (or `from` is past the end: the caller
+            // compares the length with what it expects).
+            Err(Errno::ENXIO) => {
+                return Ok(DataAt::HoleToEnd {
+                    file_len: self.metadata()?.len(),
+                })
+            }
+            // A file system that cannot tell: everything is data.
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => return Ok(everything),
+            Err(e) => return Err(e.into()),
+        };
+        let end = match lseek(fd, start as i64, Whence::SeekHole) {
+            Ok(e) if e.max(0) as u64 > start => e as u64,
+            // The data went away between the two seeks: read from where it began,
+            // and let the read say what happened.
+            Ok(_) | Err(Errno::ENXIO) => u64::MAX,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(DataAt::Run(start, end))
+    }
+}
+
+/// A request to the disk's reader thread.
+enum Req {
+    Read(ReadReq),
+    /// Where the next data run at or after this offset lies.
+    FindData(u64),
+}
+
+/// What the reader thread answers.
+enum Done {
+    Read(ReadDone),
+    Data(std::io::Result<DataAt>),
 }
 
 /// A read handed to the disk's reader thread: fill `buf[start..end]` from `offset`.
@@ -149,8 +219,8 @@ struct ReadDone {
 enum Worker {
     NotStarted,
     Running {
-        tx: mpsc::Sender<ReadReq>,
-        rx: mpsc::Receiver<ReadDone>,
+        tx: mpsc::Sender<Req>,
+        rx: mpsc::Receiver<Done>,
     },
     /// A read timed out: every later read fails at once.
     Stalled {
@@ -225,37 +295,14 @@ impl Disk {
         range: std::ops::Range<usize>,
     ) -> Result<(), DiskError> {
         assert!(range.start <= range.end && range.end <= buf.len());
-        let stalled = |at: u64| DiskError::Stalled {
-            path: self.path.clone(),
-            offset: at,
-            secs: self.timeout.as_secs(),
-            env: SOURCE_TIMEOUT_ENV,
-        };
-        let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-        if let Worker::NotStarted = &*w {
-            *w = self.start_worker()?;
-        }
-        let (tx, rx) = match &*w {
-            Worker::Running { tx, rx } => (tx, rx),
-            Worker::Stalled { offset } => return Err(stalled(*offset)),
-            Worker::NotStarted => unreachable!("started above"),
-        };
         let req = ReadReq {
             offset,
             buf: std::mem::take(buf),
             start: range.start,
             end: range.end,
         };
-        let gone = |offset| DiskError::Read {
-            path: self.path.clone(),
-            offset,
-            source: std::io::Error::other("the disk reader thread ended"),
-        };
-        if tx.send(req).is_err() {
-            return Err(gone(offset));
-        }
-        match rx.recv_timeout(self.timeout) {
-            Ok(done) => {
+        match self.ask(offset, Req::Read(req))? {
+            Done::Read(done) => {
                 *buf = done.buf;
                 match done.result {
                     Ok(()) => Ok(()),
@@ -271,31 +318,105 @@ impl Disk {
                     }),
                 }
             }
+            Done::Data(_) => Err(self.gone(offset)),
+        }
+    }
+
+    /// The first run of data at or after `from`, as `(start, end)` with `end > from`
+    /// and `end` at most the disk's size, or `None` when only holes follow. A block
+    /// device (or a file system that cannot tell) has no holes: the answer is always
+    /// `(from, size)`. Asked of the reader thread, under the same timeout as a read.
+    pub fn find_data(&self, from: u64) -> Result<Option<(u64, u64)>, DiskError> {
+        if from >= self.size {
+            return Ok(None);
+        }
+        if self.kind == DiskKind::BlockDevice {
+            return Ok(Some((from, self.size)));
+        }
+        let found = match self.ask(from, Req::FindData(from))? {
+            Done::Data(r) => r.map_err(|source| DiskError::Read {
+                path: self.path.clone(),
+                offset: from,
+                source,
+            })?,
+            Done::Read(_) => return Err(self.gone(from)),
+        };
+        match found {
+            // The file ends before the size it had when opened: it shrank.
+            DataAt::HoleToEnd { file_len } if file_len < self.size => Err(DiskError::Truncated {
+                path: self.path.clone(),
+                offset: file_len.max(from),
+                size: self.size,
+            }),
+            DataAt::HoleToEnd { .. } => Ok(None),
+            DataAt::Run(s, e) => {
+                // Keep to what was asked and to the disk's size as opened.
+                let s = s.max(from);
+                let e = e.min(self.size);
+                Ok((s < e).then_some((s, e)))
+            }
+        }
+    }
+
+    fn gone(&self, offset: u64) -> DiskError {
+        DiskError::Read {
+            path: self.path.clone(),
+            offset,
+            source: std::io::Error::other("the disk reader thread ended"),
+        }
+    }
+
+    /// Sends one request to the reader thread and waits for its answer, at most the
+    /// source timeout.
+    fn ask(&self, offset: u64, req: Req) -> Result<Done, DiskError> {
+        let stalled = |at: u64| DiskError::Stalled {
+            path: self.path.clone(),
+            offset: at,
+            secs: self.timeout.as_secs(),
+            env: SOURCE_TIMEOUT_ENV,
+        };
+        let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Worker::NotStarted = &*w {
+            *w = self.start_worker()?;
+        }
+        let (tx, rx) = match &*w {
+            Worker::Running { tx, rx } => (tx, rx),
+            Worker::Stalled { offset } => return Err(stalled(*offset)),
+            Worker::NotStarted => unreachable!("started above"),
+        };
+        if tx.send(req).is_err() {
+            return Err(self.gone(offset));
+        }
+        match rx.recv_timeout(self.timeout) {
+            Ok(done) => Ok(done),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Dropping the channels lets the stuck thread end when its read returns.
                 *w = Worker::Stalled { offset };
                 Err(stalled(offset))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone(offset)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.gone(offset)),
         }
     }
 
     fn start_worker(&self) -> Result<Worker, DiskError> {
-        let (tx, req_rx) = mpsc::channel::<ReadReq>();
-        let (done_tx, rx) = mpsc::channel::<ReadDone>();
+        let (tx, req_rx) = mpsc::channel::<Req>();
+        let (done_tx, rx) = mpsc::channel::<Done>();
         let source = Arc::clone(&self.source);
         std::thread::Builder::new()
             .name("tapevault-disk-read".into())
             .spawn(move || {
-                while let Ok(mut req) = req_rx.recv() {
-                    let result = read_full(&*source, &mut req);
-                    if done_tx
-                        .send(ReadDone {
-                            buf: req.buf,
-                            result,
-                        })
-                        .is_err()
-                    {
+                while let Ok(req) = req_rx.recv() {
+                    let done = match req {
+                        Req::Read(mut req) => {
+                            let result = read_full(&*source, &mut req);
+                            Done::Read(ReadDone {
+                                buf: req.buf,
+                                result,
+                            })
+                        }
+                        Req::FindData(from) => Done::Data(source.find_data(from)),
+                    };
+                    if done_tx.send(done).is_err() {
                         break;
                     }
                 }
@@ -332,6 +453,56 @@ fn read_full(source: &dyn SourceRead, req: &mut ReadReq) -> Result<(), ReadFail>
         }
     }
     Ok(())
+}
+
+/// Where a disk's data lies, learned one run at a time as a reader moves forward
+/// (see the module docs). Holds one run: memory does not grow with the number of runs.
+#[derive(Debug, Default)]
+pub struct DataWalk {
+    /// The last answer: asked at `.0`, the run `(.1, .2)` is the first data at or after
+    /// it, so it answers every query in `.0..(.2)`.
+    run: Option<(u64, u64, u64)>,
+    /// No data lies at or after this offset.
+    none_from: Option<u64>,
+    /// Queries of the disk so far.
+    lookups: u64,
+}
+
+impl DataWalk {
+    pub fn new() -> DataWalk {
+        DataWalk::default()
+    }
+
+    /// The first run of data ending after `at`, as `(start, end)` (`start` lies before
+    /// `at` when `at` is in data), or `None` when only holes follow. Queries should
+    /// move forward: one going back before the last asks the disk again.
+    pub fn next_data(&mut self, disk: &Disk, at: u64) -> Result<Option<(u64, u64)>, DiskError> {
+        if let Some((asked, s, e)) = self.run {
+            if asked <= at && at < e {
+                return Ok(Some((s, e)));
+            }
+        }
+        if let Some(n) = self.none_from {
+            if at >= n {
+                return Ok(None);
+            }
+        }
+        self.lookups += 1;
+        let found = disk.find_data(at)?;
+        match found {
+            Some((s, e)) => self.run = Some((at, s, e)),
+            None => {
+                self.run = None;
+                self.none_from = Some(at);
+            }
+        }
+        Ok(found)
+    }
+
+    /// How many times the disk was asked.
+    pub fn lookups(&self) -> u64 {
+        self.lookups
+    }
 }
 
 /// Whether every byte of `buf` is zero. Compares 16-byte words in strides of 256
@@ -409,6 +580,8 @@ pub struct ChunkStats {
     pub chunks: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
+    /// Bytes actually read from the disk: holes of a thin file are not.
+    pub read_bytes: u64,
 }
 
 /// Reads a disk's extents as chunks; see the module docs.
@@ -423,6 +596,10 @@ pub struct ChunkReader<'d> {
     data: Vec<u8>,
     len: usize,
     subs: Vec<SubExtent>,
+    /// Where the data lies (holes are not read).
+    walk: DataWalk,
+    /// The data runs within the current read window, clipped to it.
+    runs: Vec<(u64, u64)>,
     digests: Option<DigestFeed>,
     /// Why digest building stopped, if it failed while reading. A digest list is a
     /// by-product: its failure never fails the backup read.
@@ -475,6 +652,8 @@ impl<'d> ChunkReader<'d> {
             data: Vec::with_capacity(cfg.record_data_size),
             len: 0,
             subs: Vec::new(),
+            walk: DataWalk::new(),
+            runs: Vec::new(),
             digests: None,
             digest_error: None,
             stats: ChunkStats::default(),
@@ -510,6 +689,17 @@ impl<'d> ChunkReader<'d> {
             (None, None) => None,
         };
         (self.stats, digests)
+    }
+
+    /// Feeds `len` zero bytes at `offset` to the digest list, if one is being built.
+    fn feed_zero(&mut self, offset: u64, len: u64) {
+        if let Some(feed) = self.digests.as_mut() {
+            if let Err(e) = feed.feed_zero(offset, len) {
+                // Dropping the feed removes its unfinished file.
+                self.digests = None;
+                self.digest_error = Some(e);
+            }
+        }
     }
 
     fn push_sub(&mut self, offset: u64, len: u64, kind: ExtentKind) {
@@ -559,38 +749,81 @@ impl<'d> ChunkReader<'d> {
                     want = aligned - self.cursor;
                 }
             }
+            let read_end = self.cursor + want;
+            // The data runs of this window; none: it is all hole, and all zero pieces.
+            self.runs.clear();
+            let mut at = self.cursor;
+            while at < read_end {
+                match self.walk.next_data(self.disk, at)? {
+                    Some((s, e)) if s < read_end => {
+                        let s = s.max(at);
+                        let e = e.min(read_end);
+                        self.runs.push((s, e));
+                        at = e;
+                    }
+                    _ => break,
+                }
+            }
+            if self.runs.is_empty() {
+                self.push_sub(self.cursor, want, ExtentKind::Zero);
+                self.stats.zero_bytes += want;
+                self.feed_zero(self.cursor, want);
+                self.cursor = read_end;
+                continue;
+            }
             let base = self.len;
             let need = base + want as usize;
             if self.data.len() < need {
                 self.data.resize(need, 0);
             }
-            self.disk
-                .read_into(self.cursor, &mut self.data, base..need)?;
-            // Classify block pieces, compacting data over dropped zero pieces.
+            for &(s, e) in &self.runs {
+                let from = base + (s - self.cursor) as usize;
+                self.disk
+                    .read_into(s, &mut self.data, from..from + (e - s) as usize)?;
+                self.stats.read_bytes += e - s;
+            }
+            // Classify block pieces, compacting data over dropped zero pieces. A piece
+            // wholly in a hole is zero unread; a piece partly in one gets its hole part
+            // zero-filled first.
             let mut write = base;
             let mut pos = self.cursor;
-            let read_end = self.cursor + want;
+            let mut run = 0usize;
             while pos < read_end {
                 let piece_end = ((pos / bs + 1) * bs).min(read_end);
                 let len = (piece_end - pos) as usize;
                 let from = base + (pos - self.cursor) as usize;
-                let zero = is_zero(&self.data[from..from + len]);
-                if let Some(feed) = self.digests.as_mut() {
-                    let fed = if zero {
-                        feed.feed_zero(pos, len as u64)
-                    } else {
-                        feed.feed_data(pos, &self.data[from..from + len])
-                    };
-                    if let Err(e) = fed {
-                        // Dropping the feed removes its unfinished file.
-                        self.digests = None;
-                        self.digest_error = Some(e);
-                    }
+                while run < self.runs.len() && self.runs[run].1 <= pos {
+                    run += 1;
                 }
+                let zero = if run < self.runs.len() && self.runs[run].0 < piece_end {
+                    let mut filled = pos;
+                    for &(s, e) in self.runs[run..].iter().take_while(|r| r.0 < piece_end) {
+                        if s > filled {
+                            let a = base + (filled - self.cursor) as usize;
+                            self.data[a..a + (s - filled) as usize].fill(0);
+                        }
+                        filled = filled.max(e);
+                    }
+                    if filled < piece_end {
+                        let a = base + (filled - self.cursor) as usize;
+                        self.data[a..a + (piece_end - filled) as usize].fill(0);
+                    }
+                    is_zero(&self.data[from..from + len])
+                } else {
+                    true
+                };
                 if zero {
+                    self.feed_zero(pos, len as u64);
                     self.push_sub(pos, len as u64, ExtentKind::Zero);
                     self.stats.zero_bytes += len as u64;
                 } else {
+                    if let Some(feed) = self.digests.as_mut() {
+                        if let Err(e) = feed.feed_data(pos, &self.data[from..from + len]) {
+                            // Dropping the feed removes its unfinished file.
+                            self.digests = None;
+                            self.digest_error = Some(e);
+                        }
+                    }
                     if write != from {
                         self.data.copy_within(from..from + len, write);
                     }
@@ -688,6 +921,139 @@ mod tests {
             disk.read_into(9995, &mut buf, 0..10),
             Err(DiskError::Truncated { offset: 10_000, .. })
         ));
+    }
+
+    use std::os::fd::AsRawFd;
+
+    /// Frees `[off, off + len)` of `f` (whole file-system blocks become holes, the
+    /// partial ones at either end are zeroed).
+    fn punch(f: &File, off: u64, len: u64) {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        fallocate(
+            f.as_raw_fd(),
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            off as i64,
+            len as i64,
+        )
+        .expect("punch a hole");
+    }
+
+    /// Whether the file system of `dir` keeps holes and reports them by SEEK_DATA.
+    fn holes_supported(dir: &Path) -> bool {
+        let p = dir.join("probe");
+        let f = File::create(&p).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"x", 32 << 20).unwrap();
+        drop(f);
+        let disk = Disk::open(&p).unwrap();
+        let first = disk.find_data(0).unwrap();
+        let _ = std::fs::remove_file(&p);
+        matches!(first, Some((s, _)) if s >= 16 << 20)
+    }
+
+    /// Writes `len` bytes of a pattern (never zero) at `off`.
+    fn write_data(f: &File, off: u64, len: u64) {
+        let buf: Vec<u8> = (0..len).map(|i| ((off + i) % 251 + 1) as u8).collect();
+        f.write_all_at(&buf, off).unwrap();
+    }
+
+    /// Every data run from 0, walked forward.
+    fn runs_of(disk: &Disk) -> (Vec<(u64, u64)>, u64) {
+        let mut walk = DataWalk::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((s, e)) = walk.next_data(disk, at).unwrap() {
+            assert!(e > at && s < e, "run {s}..{e} asked at {at}");
+            out.push((s.max(at), e));
+            at = e;
+        }
+        (out, walk.lookups())
+    }
+
+    fn covered(runs: &[(u64, u64)], a: u64, b: u64) -> bool {
+        (a..b)
+            .step_by(512)
+            .all(|x| runs.iter().any(|&(s, e)| s <= x && x < e))
+    }
+
+    #[test]
+    fn the_data_walk_finds_data_and_holes_made_by_writes_and_punches() {
+        let dir = tempfile::tempdir().unwrap();
+        if !holes_supported(dir.path()) {
+            eprintln!("skipped: the temp file system does not report holes");
+            return;
+        }
+        let p = dir.path().join("thin");
+        let f = File::create(&p).unwrap();
+        let size = 40 * 1024 * 1024 + 12345;
+        f.set_len(size).unwrap();
+        write_data(&f, 100_000, 3 << 20); // 100 000 .. 3 245 728
+        write_data(&f, 20 << 20, 1 << 20);
+        punch(&f, 1 << 20, 1 << 20); // a hole in the middle of the first run
+        write_data(&f, size - 100, 100); // data in the last partial block
+        drop(f);
+        let disk = Disk::open(&p).unwrap();
+        let (runs, lookups) = runs_of(&disk);
+        // Ascending, disjoint, within the disk.
+        for w in runs.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{runs:?}");
+        }
+        assert!(runs.last().unwrap().1 <= size);
+        assert!(covered(&runs, 100_000, 1 << 20), "{runs:?}");
+        assert!(covered(&runs, 2 << 20, 3 << 20), "{runs:?}");
+        assert!(covered(&runs, 20 << 20, 21 << 20), "{runs:?}");
+        assert!(covered(&runs, size - 100, size), "{runs:?}");
+        // The holes are holes (the file system rounds to its blocks, 64 KiB at most).
+        let slack = 64 * 1024;
+        for (a, b) in [
+            (0, 100_000 - slack),
+            ((1 << 20) + slack, (2 << 20) - slack),
+            (3_245_728 + slack, (20 << 20) - slack),
+            ((21 << 20) + slack, size - 100 - slack),
+        ] {
+            assert!(
+                runs.iter().all(|&(s, e)| e <= a || s >= b),
+                "hole {a}..{b} reported as data: {runs:?}"
+            );
+        }
+        assert_eq!(lookups as usize, runs.len() + 1, "one question per run");
+        // Asking again inside a run or a hole answers from the run found.
+        let mut walk = DataWalk::new();
+        let (s, e) = walk.next_data(&disk, 10).unwrap().unwrap();
+        assert!(s <= 100_000 && e >= 1 << 20, "{s}..{e}");
+        assert_eq!(walk.next_data(&disk, 500_000).unwrap(), Some((s, e)));
+        assert_eq!(walk.lookups(), 1);
+        assert!(walk.next_data(&disk, size).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_all_hole_file_has_no_data_and_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        if !holes_supported(dir.path()) {
+            eprintln!("skipped: the temp file system does not report holes");
+            return;
+        }
+        let p = dir.path().join("empty");
+        File::create(&p)
+            .unwrap()
+            .set_len(8 * 1024 * 1024 * 1024 + 777)
+            .unwrap();
+        let disk = Disk::open(&p).unwrap();
+        assert_eq!(runs_of(&disk).0, vec![]);
+        let mut r = ChunkReader::whole_disk(&disk, ChunkConfig::default()).unwrap();
+        let mut extents = Vec::new();
+        while let Some(c) = r.next_chunk().unwrap() {
+            assert!(c.data.is_empty());
+            extents.extend_from_slice(c.extents);
+        }
+        assert!(extents.iter().all(|e| e.kind == ExtentKind::Zero));
+        let total: u64 = extents.iter().map(|e| e.len).sum();
+        assert_eq!(total, disk.size());
+        let st = r.stats();
+        assert_eq!(st.read_bytes, 0);
+        assert_eq!(st.zero_bytes, disk.size());
+        // One chunk per MAX_CHUNK_SPAN, as reading the zeros would give.
+        assert_eq!(st.chunks, disk.size().div_ceil(MAX_CHUNK_SPAN));
     }
 
     proptest! {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::disk::{is_zero, Disk, DiskError};
+use super::disk::{is_zero, DataWalk, Disk, DiskError};
 use super::valid_block_size;
 use crate::extents::{Extent, ExtentSet};
 
@@ -626,10 +626,19 @@ pub enum ScanError {
     NewList(DigestListError),
 }
 
-/// A piece of the disk read by the scan's reader thread.
+/// Most bytes of hole one scan item stands for (4096 blocks of 64 KiB): bounds the
+/// digests an item carries through the pipeline.
+const SCAN_HOLE_RUN: u64 = 256 * 1024 * 1024;
+
+/// A piece of the disk for the scan's hashing stage: whole blocks from a block
+/// boundary, either read into `data` (holes within its blocks zero-filled), or, when
+/// `hole` is set, `len` bytes of hole that were not read.
 #[derive(Default)]
 struct ScanChunk {
     data: Vec<u8>,
+    start: u64,
+    len: u64,
+    hole: bool,
 }
 
 /// The (length, digest) of each block of a [`ScanChunk`].
@@ -644,6 +653,8 @@ pub struct ScanSummary {
     pub blocks: u64,
     pub changed_blocks: u64,
     pub changed_bytes: u64,
+    /// Bytes read from the disk: the holes of a thin file are not read.
+    pub read_bytes: u64,
     pub new_list: DigestListSummary,
 }
 
@@ -654,6 +665,12 @@ pub struct ScanSummary {
 /// partial last block) count as changed; a shrunk disk just compares what remains.
 /// The previous list is fully checked before the scan starts, so a
 /// [`ScanError::PreviousList`] arrives before any extent is reported.
+///
+/// Holes of a thin file are not read (see [`DataWalk`]): a block wholly in a hole takes
+/// the digest of zeros without being read or hashed, and is unchanged when the
+/// previous list has the zero digest for it; a block partly in a hole has its data
+/// part read and the rest taken as zeros. The list is the one reading every byte would
+/// give.
 pub fn scan_changes(
     disk: &Disk,
     block_size: u64,
@@ -672,29 +689,100 @@ pub fn scan_changes(
     let mut writer = DigestListWriter::create(new_list_out, block_size, disk_size)
         .map_err(ScanError::NewList)?;
     let io = SCAN_IO_SIZE.max(block_size);
+    let bs = block_size;
     let full_zero = zero_digest(block_size);
+    // The last block's digest when it is partial and all hole.
+    let tail_zero = zero_digest(disk_size % block_size);
     let prev_size = prev.as_ref().map(|p| p.summary().disk_size);
     let mut run: Option<Extent> = None;
     let mut changed_blocks = 0u64;
     let mut changed_bytes = 0u64;
+    let mut read_bytes = 0u64;
     let mut index = 0u64;
+    let mut walk = DataWalk::new();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
     // Reading and hashing overlap on two threads (the pipeline's producer and
     // transform stages); comparing and writing the new list follow in order here.
     let mut next_offset = 0u64;
     crate::pipeline::run::<ScanChunk, HashedChunk, ScanError, _, _, _>(
         crate::pipeline::DEFAULT_DEPTH,
         |c| {
-            if next_offset >= disk_size {
+            let at = next_offset;
+            if at >= disk_size {
                 return Ok(false);
             }
-            let n = io.min(disk_size - next_offset) as usize;
+            c.start = at;
+            let data = walk.next_data(disk, at)?;
+            // Whole blocks of hole from `at` (the disk's partial last block counts
+            // whole): taken as zeros, unread.
+            let hole_end = match data {
+                None => disk_size,
+                Some((s, _)) if s >= disk_size => disk_size,
+                Some((s, _)) => s & !(bs - 1),
+            };
+            if hole_end > at {
+                let end = hole_end.min(at + SCAN_HOLE_RUN);
+                c.hole = true;
+                c.len = end - at;
+                next_offset = end;
+                return Ok(true);
+            }
+            // A window of whole blocks each holding some data: it ends after `io`
+            // bytes, or before the first block that is all hole.
+            let limit = (at + io).min(disk_size);
+            runs.clear();
+            let mut end = at;
+            let mut pos = at;
+            while pos < limit {
+                match walk.next_data(disk, pos)? {
+                    Some((s, e)) if s < limit => {
+                        let s = s.max(pos);
+                        // A whole block of hole before this run ends the window.
+                        if s >= end.saturating_add(bs) && s & !(bs - 1) > end {
+                            break;
+                        }
+                        let e = e.min(limit);
+                        runs.push((s, e));
+                        end = e.div_ceil(bs).saturating_mul(bs).min(limit);
+                        pos = e;
+                    }
+                    _ => break,
+                }
+            }
+            debug_assert!(end > at, "a window that holds data");
+            let n = (end - at) as usize;
+            c.hole = false;
+            c.len = end - at;
             c.data.resize(n, 0);
-            disk.read_into(next_offset, &mut c.data, 0..n)?;
-            next_offset += n as u64;
+            let mut filled = at;
+            for &(s, e) in &runs {
+                if s > filled {
+                    c.data[(filled - at) as usize..(s - at) as usize].fill(0);
+                }
+                let from = (s - at) as usize;
+                disk.read_into(s, &mut c.data, from..from + (e - s) as usize)?;
+                read_bytes += e - s;
+                filled = e;
+            }
+            if filled < end {
+                c.data[(filled - at) as usize..n].fill(0);
+            }
+            next_offset = end;
             Ok(true)
         },
         |c, h| {
             h.digests.clear();
+            if c.hole {
+                let mut pos = c.start;
+                let end = c.start + c.len;
+                while pos < end {
+                    let len = block_len(pos / bs, bs, disk_size);
+                    let d = if len == bs { full_zero } else { tail_zero };
+                    h.digests.push((len, d));
+                    pos += len;
+                }
+                return Ok(());
+            }
             for block in c.data.chunks(block_size as usize) {
                 let len = block.len() as u64;
                 let digest: Digest = if len == block_size && is_zero(block) {
@@ -741,6 +829,7 @@ pub fn scan_changes(
         blocks: index,
         changed_blocks,
         changed_bytes,
+        read_bytes,
         new_list,
     })
 }
