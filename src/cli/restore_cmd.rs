@@ -46,7 +46,9 @@ a filesystem with that much room. --json is refused with --to - (stdout carries 
 disk), and so is a terminal on stdout.
 
 Exit codes: 0 restored; 2 bad target (exists and not empty without --force, directory,
-too small a device); 3 corrupt or missing record, digest mismatch, broken chain (names
+too small a device, --to - with --json or a terminal), a disk with no images (the known
+disks are listed), an image not in the catalog, an --at before the disk's first image
+(its oldest restore point is named); 3 corrupt or missing record, digest mismatch, broken chain (names
 image, cartridge and block); 4 cartridge not in the library; 5 key missing or wrong.")]
 pub struct RestoreArgs {
     /// The disk's UUID.
