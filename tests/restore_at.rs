@@ -134,11 +134,13 @@ fn at_counts_to_the_precision_given() {
         assert_eq!(got, want, "--at {at} (now {now:?})");
     }
 
-    // Before the first image: nothing to restore, saying so with the time.
+    // Before the first image: a usage error saying so with the time, naming the
+    // oldest restore point.
     let r = env.restore(id, &["--at", "2026-12-03T16:48:14Z"], &env.path("none.img"));
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains("2026-12-03T16:48:14.999999Z"),
+        r.stderr.contains("2026-12-03T16:48:14.999999Z")
+            && r.stderr.contains("oldest restore point"),
         "{}",
         r.stderr
     );

@@ -196,11 +196,16 @@ fn existing_target_needs_force_and_no_image_is_a_clear_error() {
     std::fs::write(&empty, b"").unwrap();
     assert_eq!(env.restore(id, &[], &empty).code, 0);
     assert_same(&points[3].2, &empty);
-    // A time before the first backup: no image.
+    // A time before the first backup: a usage error naming the oldest restore point.
     let r = env.restore(id, &["--at", "2025-01-01T00:00:00Z"], &env.path("none.img"));
-    assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("no complete image"), "{}", r.stderr);
-    // An unknown disk.
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("oldest restore point"), "{}", r.stderr);
+    // An unknown disk: a usage error listing the known ones.
     let r = env.restore(Uuid::new_v4(), &[], &env.path("none.img"));
-    assert_ne!(r.code, 0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown disk") && r.stderr.contains(&id.to_string()),
+        "{}",
+        r.stderr
+    );
 }

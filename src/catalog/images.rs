@@ -604,6 +604,22 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Every disk the catalog has images of, by UUID: the disk, the newest VM name it
+    /// was backed up from (if any) and how many images it has. What a usage error lists
+    /// when a disk is not known.
+    pub fn known_disks(&self) -> Result<Vec<(Uuid, Option<String>, u64)>> {
+        let mut st = self.conn().prepare(
+            "SELECT disk_uuid, \
+               (SELECT vm_name FROM images j WHERE j.disk_uuid=i.disk_uuid AND vm_name IS NOT NULL \
+                ORDER BY started DESC LIMIT 1), COUNT(*) \
+             FROM images i GROUP BY disk_uuid ORDER BY disk_uuid",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((get_p(r, 0)?, r.get(1)?, get_u64(r, 2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// All images, or those of one disk, oldest first.
     pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
         let mut st = self.conn().prepare(&format!(

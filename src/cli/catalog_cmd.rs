@@ -159,8 +159,20 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
                         .with_context(|| format!("writing {}", tmp.display()))?;
                     std::fs::rename(&tmp, &path)
                         .with_context(|| format!("writing {}", path.display()))?;
-                    ctx.out
-                        .info(format!("catalog exported to {}", path.display()));
+                    let report = export_report(&path)?;
+                    ctx.out.emit(&report, || {
+                        format!(
+                            "catalog exported to {} ({} bytes: {})",
+                            report.path.display(),
+                            report.bytes,
+                            report
+                                .counts
+                                .iter()
+                                .map(|(k, n)| format!("{n} {k}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    });
                 }
             }
             Ok(())
@@ -352,4 +364,114 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
         },
         failure,
     )
+}
+
+/// What `catalog export --out FILE` wrote: the file, its size, and how many rows of each
+/// kind (pools, media, sessions, images, segments, ...) it holds.
+#[derive(Serialize)]
+struct ExportReport {
+    path: PathBuf,
+    bytes: u64,
+    /// Rows per top-level array of the document, read back from the written file.
+    counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// Read the written export back (streaming: bounded memory whatever its size) and
+/// count the entries of each of its top-level arrays.
+fn export_report(path: &std::path::Path) -> Result<ExportReport> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    /// A value's entry count when it is an array.
+    struct Len(Option<u64>);
+    impl<'de> serde::Deserialize<'de> for Len {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Len;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> std::result::Result<Len, A::Error> {
+                    let mut n = 0u64;
+                    while a.next_element::<IgnoredAny>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Len(Some(n)))
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> std::result::Result<Len, A::Error> {
+                    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Len(None))
+                }
+                fn visit_bool<E>(self, _: bool) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+                fn visit_i64<E>(self, _: i64) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+                fn visit_str<E>(self, _: &str) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+                fn visit_unit<E>(self) -> std::result::Result<Len, E> {
+                    Ok(Len(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    struct Counts(BTreeMap<String, u64>);
+    impl<'de> serde::Deserialize<'de> for Counts {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Counts;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a catalog export object")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> std::result::Result<Counts, A::Error> {
+                    let mut m = BTreeMap::new();
+                    while let Some((k, v)) = a.next_entry::<String, Len>()? {
+                        if let Some(n) = v.0 {
+                            m.insert(k, n);
+                        }
+                    }
+                    Ok(Counts(m))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let f =
+        std::fs::File::open(path).with_context(|| format!("reading back {}", path.display()))?;
+    let bytes = f
+        .metadata()
+        .with_context(|| format!("reading back {}", path.display()))?
+        .len();
+    let counts: Counts = serde_json::from_reader(std::io::BufReader::new(f)).map_err(|e| {
+        Error::Failed(format!(
+            "the export written to {} does not read back: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(ExportReport {
+        path: path.to_path_buf(),
+        bytes,
+        counts: counts.0,
+    })
 }

@@ -170,14 +170,46 @@ pub fn main() -> i32 {
     }
 }
 
+/// Arguments clap refused: its text on stderr, exit 2; under `--json` also the JSON
+/// error document on stdout, as for every other usage error. `--help` and `--version`
+/// print as usual and exit 0.
 fn parse_error(e: clap::Error) -> i32 {
-    let code = if e.use_stderr() {
-        ExitCode::Usage as i32
-    } else {
-        0
-    };
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
     let _ = e.print();
-    code
+    if json_asked(std::env::args_os().skip(1)) {
+        let rendered = e.render().to_string();
+        let message = rendered
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("bad arguments")
+            .trim()
+            .trim_start_matches("error:")
+            .trim()
+            .to_string();
+        let doc = JsonError {
+            error: message,
+            kind: "usage",
+            exit_code: ExitCode::Usage as i32,
+        };
+        Output { json: true }.emit(&doc, String::new);
+    }
+    ExitCode::Usage as i32
+}
+
+/// Whether `--json` is among raw arguments (before a `--` that ends the options).
+fn json_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    for a in args {
+        if a == "--" {
+            return false;
+        }
+        if a == "--json" {
+            return true;
+        }
+    }
+    false
 }
 
 /// The subcommand path that ran: "backup", "library erase".

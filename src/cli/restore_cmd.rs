@@ -38,8 +38,17 @@ that image and every image built on it are marked corrupt in the catalog (listed
 error's `marked_corrupt`), so `images`, the next restore and the next backup pass them
 over.
 
+With --to - the disk goes to stdout, in order from byte 0, once every record has been
+read and checked (a failed restore writes nothing there); the pull list, notes and the
+result line go to stderr. Scratch space: the disk is first restored into a file with no
+name in $TMPDIR (or /tmp), sparse, so it takes the disk's allocated bytes; set TMPDIR to
+a filesystem with that much room. --json is refused with --to - (stdout carries only the
+disk), and so is a terminal on stdout.
+
 Exit codes: 0 restored; 2 bad target (exists and not empty without --force, directory,
-too small a device); 3 corrupt or missing record, digest mismatch, broken chain (names
+too small a device, --to - with --json or a terminal), a disk with no images (the known
+disks are listed), an image not in the catalog, an --at before the disk's first image
+(its oldest restore point is named); 3 corrupt or missing record, digest mismatch, broken chain (names
 image, cartridge and block); 4 cartridge not in the library; 5 key missing or wrong.")]
 pub struct RestoreArgs {
     /// The disk's UUID.
@@ -54,7 +63,10 @@ pub struct RestoreArgs {
     /// Restore exactly this image (and the chain it needs).
     #[arg(long, value_name = "UUID")]
     pub image: Option<Uuid>,
-    /// Where to write the disk: a new file (created sparse) or a block device.
+    /// Where to write the disk: a new file (created sparse), a block device, or `-` for
+    /// stdout (a pipe: the disk is restored into a scratch file with no name in $TMPDIR,
+    /// which needs room for the disk's allocated bytes, then streamed in order; not with
+    /// --json, the result line goes to stderr).
     #[arg(long, value_name = "PATH")]
     pub to: PathBuf,
     /// Replace an existing non-empty file.
@@ -68,7 +80,8 @@ Each chain starts with a full (or a copy, or an image whose parent is no longer 
 catalog) followed by the incrementals built on it in time order; an incremental that does
 not build on the image listed just before it names its parent. Shown per image: time,
 kind, UUID, data bytes, disk size, status (complete, failed, corrupt, ...) and the
-cartridges holding it. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
+cartridges holding it. Each disk is headed with the VM it was last backed up from, when
+known (an image from another VM names its own); the catalog does not keep disk paths. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
 them (the same in --json): pasted into `restore --at` each selects exactly its image.
 An image that cannot be restored says why (`restorable` and `unrestorable_reason` in
 --json): it is not complete, or its chain runs through one that is not.")]
@@ -94,13 +107,27 @@ struct Damaged<'a> {
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     let home = ctx.home()?;
-    restore::check_target(&a.to, a.force)?;
+    if is_stream(&a) {
+        if ctx.out.json {
+            return super::usage(
+                "--json cannot be used with --to -: stdout carries the restored disk; leave out --json (the result line goes to stderr) or restore to a file",
+            );
+        }
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return super::usage(
+                "--to - writes the disk to stdout, which is a terminal: pipe it (| dd of=..., | ssh ...) or give a file or device",
+            );
+        }
+    } else {
+        restore::check_target(&a.to, a.force)?;
+    }
     let cat = open_catalog(&home)?;
     let at = match (a.at, a.image) {
         (Some(t), None) => At::Time(t),
         (None, Some(i)) => At::Image(i),
         _ => At::Latest,
     };
+    check_restore_point(&cat, a.disk, at)?;
     let mut lib = home.open_library()?;
     let prepared = restore::prepare(&cat, lib.as_mut(), a.disk, at)?;
     let term = Terminal::new(ctx.out);
@@ -166,6 +193,88 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     }
 }
 
+/// Usage errors (exit 2) that name the nearest valid value: a disk the catalog has no
+/// images of (the known disks), an image that is not in the catalog or of another disk,
+/// a time before the disk's first image (its oldest restore point).
+fn check_restore_point(cat: &Catalog, disk: Uuid, at: At) -> Result<()> {
+    let images = cat.images(Some(disk))?;
+    if images.is_empty() {
+        let known = cat.known_disks()?;
+        let list = if known.is_empty() {
+            "the catalog has no images at all (back up first, or `tapevault catalog rebuild` from the cartridges)".to_string()
+        } else {
+            const SHOWN: usize = 20;
+            let mut v: Vec<String> = known
+                .iter()
+                .take(SHOWN)
+                .map(|(d, vm, n)| match vm {
+                    Some(vm) => format!("{d} (VM {vm}, {n} image(s))"),
+                    None => format!("{d} ({n} image(s))"),
+                })
+                .collect();
+            if known.len() > SHOWN {
+                v.push(format!(
+                    "and {} more (`tapevault images`)",
+                    known.len() - SHOWN
+                ));
+            }
+            format!("known disks: {}", v.join(", "))
+        };
+        return super::usage(format!(
+            "unknown disk {disk}: the catalog has no images of it; {list}"
+        ));
+    }
+    match at {
+        At::Image(u) => match cat.image(u)? {
+            None => super::usage(format!(
+                "unknown image {u}: not in the catalog; `tapevault images --disk {disk}` lists the images of disk {disk}"
+            )),
+            Some(i) if i.disk_uuid != disk => super::usage(format!(
+                "image {u} is of disk {}, not of disk {disk}",
+                i.disk_uuid
+            )),
+            Some(_) => Ok(()),
+        },
+        At::Time(t) => {
+            let settled: Vec<&ImageRow> = images
+                .iter()
+                .filter(|i| i.status != ImageStatus::Running)
+                .collect();
+            let Some(first) = settled.first() else {
+                return Ok(());
+            };
+            if t >= first.started {
+                return Ok(());
+            }
+            let oldest_ok = settled
+                .iter()
+                .find(|i| cat.unrestorable_reason(i).ok().flatten().is_none());
+            let nearest = match oldest_ok {
+                Some(i) => format!(
+                    "the oldest restore point of disk {disk} is {} (image {})",
+                    crate::timefmt::show(&i.started),
+                    i.uuid
+                ),
+                None => format!(
+                    "the oldest image of disk {disk} is {} (image {}), and none of its images can be restored",
+                    crate::timefmt::show(&first.started),
+                    first.uuid
+                ),
+            };
+            super::usage(format!(
+                "--at {} is before the first image of disk {disk}: {nearest}",
+                crate::timefmt::show(&t)
+            ))
+        }
+        At::Latest => Ok(()),
+    }
+}
+
+/// `--to -`: the disk goes to stdout.
+fn is_stream(a: &RestoreArgs) -> bool {
+    a.to.as_os_str() == "-"
+}
+
 /// Restore one prepared chain. Errors come back (not printed) so the caller can mark
 /// damage first.
 fn restore_prepared(
@@ -197,15 +306,24 @@ fn restore_prepared(
         crate::timefmt::show(&target.started),
         target.disk_size,
         prepared.order.len(),
-        a.to.display()
+        if is_stream(a) {
+            "stdout".to_string()
+        } else {
+            a.to.display().to_string()
+        }
     ));
     let out = ctx.out;
-    let opts = restore::RestoreOptions {
-        to: a.to.clone(),
-        force: a.force,
+    let report = if is_stream(a) {
+        let mut stdout = std::io::stdout().lock();
+        restore::run_to_stream(lib, &keys, prepared, &mut stdout, events)?
+    } else {
+        let opts = restore::RestoreOptions {
+            to: a.to.clone(),
+            force: a.force,
+        };
+        restore::run(lib, &keys, prepared, &opts, events)?
     };
-    let report = restore::run(lib, &keys, prepared, &opts, events)?;
-    out.emit(&report, || {
+    let text = || {
         let checked = report
             .images
             .iter()
@@ -238,7 +356,18 @@ fn restore_prepared(
             read,
             checked
         )
-    });
+    };
+    if is_stream(a) {
+        // stdout carries the disk: the result goes to stderr (and to the hook).
+        if super::hook::armed() {
+            if let Ok(v) = serde_json::to_value(&report) {
+                super::hook::record(v);
+            }
+        }
+        eprintln!("{}", text());
+    } else {
+        out.emit(&report, text);
+    }
     Ok(())
 }
 
@@ -283,6 +412,8 @@ struct Chain {
 #[derive(Debug, Serialize)]
 struct DiskImages {
     disk: Uuid,
+    /// The VM the disk was last backed up from, when known (each image has its own `vm`).
+    vm: Option<String>,
     chains: Vec<Chain>,
 }
 
@@ -379,8 +510,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     let mut out = Vec::new();
     for d in disks {
         let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
+        let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
         out.push(DiskImages {
             disk: d,
+            vm,
             chains: chains_of(&cat, &mine)?,
         });
     }
@@ -393,7 +526,11 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         }
         let mut s = String::new();
         for d in &out {
-            s.push_str(&format!("disk {}\n", d.disk));
+            // The catalog keeps the VM name of each image, not the disk's path.
+            match &d.vm {
+                Some(vm) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
+                None => s.push_str(&format!("disk {}\n", d.disk)),
+            }
             for (n, c) in d.chains.iter().enumerate() {
                 let root = &c.images[0];
                 s.push_str(&format!(
@@ -418,8 +555,14 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         (Some(r), ImageStatus::Complete) => format!("  (NOT RESTORABLE: {r})"),
                         _ => String::new(),
                     };
+                    // An image from another VM than the disk's last one names it.
+                    let vm = match (&e.vm, &d.vm) {
+                        (Some(v), Some(last)) if v != last => format!("  [VM {v}]"),
+                        (Some(v), None) => format!("  [VM {v}]"),
+                        _ => String::new(),
+                    };
                     s.push_str(&format!(
-                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}\n",
+                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}{}\n",
                         crate::timefmt::show(&e.started),
                         e.kind.as_str(),
                         e.uuid,
@@ -431,6 +574,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         } else {
                             e.cartridges.join(",")
                         },
+                        vm,
                         branch,
                         broken,
                         e.note

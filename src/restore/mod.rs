@@ -123,7 +123,40 @@ pub fn run(
     opts: &RestoreOptions,
     events: &dyn Events,
 ) -> Result<RestoreReport> {
-    let (to, force) = (opts.to.as_path(), opts.force);
+    run_into(lib, keys, p, Target::Path(opts), events)
+}
+
+/// Run a prepared restore and write the disk, in order from byte 0, to `w` (a pipe,
+/// stdout). The images supply their data in media order, so the disk is first restored
+/// into a scratch file with no name in the temporary directory (`$TMPDIR`; it takes the
+/// disk's allocated bytes) and copied to `w` only once every record has been read and
+/// checked: a failed restore writes nothing to `w`. The report's `to` is `-`.
+pub fn run_to_stream(
+    lib: &mut dyn TapeLibrary,
+    keys: &KeyRing,
+    p: &Prepared,
+    w: &mut dyn std::io::Write,
+    events: &dyn Events,
+) -> Result<RestoreReport> {
+    run_into(lib, keys, p, Target::Stream(w), events)
+}
+
+enum Target<'a> {
+    Path(&'a RestoreOptions),
+    Stream(&'a mut dyn std::io::Write),
+}
+
+fn run_into(
+    lib: &mut dyn TapeLibrary,
+    keys: &KeyRing,
+    p: &Prepared,
+    mut dest: Target<'_>,
+    events: &dyn Events,
+) -> Result<RestoreReport> {
+    let to = match &dest {
+        Target::Path(o) => o.to.clone(),
+        Target::Stream(_) => PathBuf::from("-"),
+    };
     check_pull_list(&p.pull_list)?;
     for fp in p.key_fingerprints() {
         let ok = crate::backup::fp_bytes(&fp).is_some_and(|b| keys.has(&b));
@@ -135,7 +168,10 @@ pub fn run(
     }
     let target = p.target();
     let size = target.disk_size;
-    let out = Output::open(to, size, force)?;
+    let out = match &dest {
+        Target::Path(o) => Output::open(&o.to, size, o.force)?,
+        Target::Stream(_) => Output::open_stream(size)?,
+    };
     let total: u64 = p.plans.iter().map(|pl| pl.data.total_bytes()).sum::<u64>()
         + if out.device {
             p.plans.iter().map(|pl| pl.zero.total_bytes()).sum::<u64>()
@@ -262,12 +298,15 @@ pub fn run(
         bytes_written += zero_total;
     }
     let block_device = out.device;
-    out.commit()?;
+    match &mut dest {
+        Target::Path(_) => out.commit()?,
+        Target::Stream(w) => out.stream_to(&mut **w)?,
+    }
     Ok(RestoreReport {
         disk: p.disk,
         image: target.uuid,
         at: target.started,
-        to: to.to_path_buf(),
+        to,
         disk_size: size,
         block_device,
         bytes_written,

@@ -111,7 +111,92 @@ fn unnamed_file(dir: &Path) -> Option<File> {
         .ok()
 }
 
+/// The scratch file a restore to a stream is written into: no name (`O_TMPFILE` in the
+/// temporary directory, `$TMPDIR`), else a name removed at once, so nothing is left
+/// behind whatever happens. Sparse: it takes the disk's allocated bytes.
+fn scratch_file(size: u64) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(&dir)
+    {
+        Ok(f) => f,
+        Err(_) => {
+            let tmp = dir.join(format!(
+                ".tapevault-restore-stream.{}.{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| {
+                    format!(
+                        "creating a scratch file in {} (set TMPDIR to a directory with room for the disk)",
+                        dir.display()
+                    )
+                })?;
+            let _ = std::fs::remove_file(&tmp);
+            f
+        }
+    };
+    file.set_len(size).with_context(|| {
+        format!(
+            "sizing a scratch file in {} to {size} bytes (set TMPDIR to a directory with room for the disk)",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Bytes copied at once from the scratch file to the stream.
+const STREAM_CHUNK: usize = 1024 * 1024;
+
 impl Output {
+    /// A restore to a stream: written into a scratch file first (images supply their
+    /// data in media order, not disk order), copied out in order by [`Output::stream_to`].
+    pub(super) fn open_stream(size: u64) -> Result<Output> {
+        Ok(Output {
+            file: scratch_file(size)?,
+            target: None,
+            device: false,
+        })
+    }
+
+    /// Copy the complete disk, in order, from the scratch file to `w` (bounded memory).
+    pub(super) fn stream_to(self, w: &mut dyn std::io::Write) -> Result<()> {
+        let size = self
+            .file
+            .metadata()
+            .context("reading the scratch file's size")?
+            .len();
+        let mut buf = vec![0u8; STREAM_CHUNK];
+        let mut off = 0u64;
+        while off < size {
+            let n = ((size - off) as usize).min(STREAM_CHUNK);
+            self.file
+                .read_exact_at(&mut buf[..n], off)
+                .with_context(|| format!("reading the scratch file at offset {off}"))?;
+            w.write_all(&buf[..n]).with_context(|| {
+                format!("writing the restored disk to the stream at offset {off}")
+            })?;
+            off += n as u64;
+        }
+        w.flush()
+            .context("flushing the restored disk to the stream")?;
+        Ok(())
+    }
+
     pub(super) fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
         if check_target(to, force)? {
             let mut file = OpenOptions::new()
