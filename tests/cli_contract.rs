@@ -109,6 +109,14 @@ fn unknown_disks_and_times_before_the_first_image_are_usage_errors_naming_the_wa
         msg.contains(&other) && msg.contains(&d) && msg.contains("web01"),
         "{msg}"
     );
+    // `images --disk` of a disk the catalog does not know says so the same way.
+    let r = v.run(&["images", "--disk", &other]);
+    usage_error(&r);
+    let msg = r.json["error"].as_str().unwrap();
+    assert!(
+        msg.contains("unknown disk") && msg.contains(&other) && msg.contains(&d),
+        "{msg}"
+    );
 
     let r = v.run(&["restore", "--disk", &d, "--at", "2000-01-01", "--to", t]);
     usage_error(&r);

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::shared::{fail_with, open_catalog, unlock_keys};
 use super::{human_bytes, Ctx, Terminal};
 use crate::catalog::{At, Catalog, ImageKind, ImageRow, ImageStatus};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{Events, NoteKind};
 use crate::restore::{self, pull_list_text};
 
@@ -193,36 +193,42 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     }
 }
 
+/// The usage error (exit 2) for a disk the catalog has no images of: it names the
+/// disks the catalog knows (with their VM and image counts), the nearest valid values.
+fn unknown_disk(cat: &Catalog, disk: Uuid) -> Result<Error> {
+    let known = cat.known_disks()?;
+    let list = if known.is_empty() {
+        "the catalog has no images at all (back up first, or `tapevault catalog rebuild` from the cartridges)".to_string()
+    } else {
+        const SHOWN: usize = 20;
+        let mut v: Vec<String> = known
+            .iter()
+            .take(SHOWN)
+            .map(|(d, vm, n)| match vm {
+                Some(vm) => format!("{d} (VM {vm}, {n} image(s))"),
+                None => format!("{d} ({n} image(s))"),
+            })
+            .collect();
+        if known.len() > SHOWN {
+            v.push(format!(
+                "and {} more (`tapevault images`)",
+                known.len() - SHOWN
+            ));
+        }
+        format!("known disks: {}", v.join(", "))
+    };
+    Ok(Error::Usage(format!(
+        "unknown disk {disk}: the catalog has no images of it; {list}"
+    )))
+}
+
 /// Usage errors (exit 2) that name the nearest valid value: a disk the catalog has no
 /// images of (the known disks), an image that is not in the catalog or of another disk,
 /// a time before the disk's first image (its oldest restore point).
 fn check_restore_point(cat: &Catalog, disk: Uuid, at: At) -> Result<()> {
     let images = cat.images(Some(disk))?;
     if images.is_empty() {
-        let known = cat.known_disks()?;
-        let list = if known.is_empty() {
-            "the catalog has no images at all (back up first, or `tapevault catalog rebuild` from the cartridges)".to_string()
-        } else {
-            const SHOWN: usize = 20;
-            let mut v: Vec<String> = known
-                .iter()
-                .take(SHOWN)
-                .map(|(d, vm, n)| match vm {
-                    Some(vm) => format!("{d} (VM {vm}, {n} image(s))"),
-                    None => format!("{d} ({n} image(s))"),
-                })
-                .collect();
-            if known.len() > SHOWN {
-                v.push(format!(
-                    "and {} more (`tapevault images`)",
-                    known.len() - SHOWN
-                ));
-            }
-            format!("known disks: {}", v.join(", "))
-        };
-        return super::usage(format!(
-            "unknown disk {disk}: the catalog has no images of it; {list}"
-        ));
+        return Err(unknown_disk(cat, disk)?);
     }
     match at {
         At::Image(u) => match cat.image(u)? {
@@ -501,6 +507,9 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
     let all = cat.images(a.disk)?;
+    if let (Some(d), true) = (a.disk, all.is_empty()) {
+        return Err(unknown_disk(&cat, d)?);
+    }
     let mut disks: Vec<Uuid> = Vec::new();
     for i in &all {
         if !disks.contains(&i.disk_uuid) {
