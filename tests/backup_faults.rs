@@ -127,20 +127,6 @@ fn restore_before_a_corrupt_incremental_works_and_nothing_builds_on_it() {
     assert_same_bytes(&out, &d.path, "the image built around the damage");
 }
 
-/// Make every write to a cartridge take `millis`, so a backup is reliably mid-stream
-/// when it is killed (the simulator's hang fault, read when the cartridge is loaded).
-fn slow_writes(v: &Vault, barcode: &str, millis: u64, times: u32) {
-    let f = v.cartridge_dir(barcode).join("faults.json");
-    let j = serde_json::json!({"hang": {"op": "write", "millis": millis, "times": times}});
-    std::fs::write(f, j.to_string()).unwrap();
-}
-
-fn data_len(v: &Vault, barcode: &str) -> u64 {
-    std::fs::metadata(v.cartridge_dir(barcode).join("data"))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     let v = Vault::small(2, "64M");
@@ -158,8 +144,8 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     // slow writes and kill it once it has written a few records.
     d.write_random(0, 8 * MIB);
     write_changed_extents(&cbt, "k0", "k1", &[(0, 8 * MIB)]);
-    slow_writes(&v, &bc, 40, 1000);
-    let before = data_len(&v, &bc);
+    v.slow_writes(&bc, 40, 1000);
+    let before = v.cartridge_data_len(&bc);
     let path = d.path.to_string_lossy().into_owned();
     let id = d.id.to_string();
     let mut child = v
@@ -179,7 +165,7 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while data_len(&v, &bc) < before + 3 * 512 * KIB {
+    while v.cartridge_data_len(&bc) < before + 3 * 512 * KIB {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the backup ended before it could be killed"
@@ -344,7 +330,7 @@ fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
         .map(|m| m.barcode)
         .collect();
     for bc in &blanks {
-        slow_writes(&v, bc, 40, 1000);
+        v.slow_writes(bc, 40, 1000);
     }
     let path = d.path.to_string_lossy().into_owned();
     let id = d.id.to_string();
@@ -365,7 +351,7 @@ fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
         .unwrap();
     let started = Instant::now();
     let spanned_to = loop {
-        if let Some(bc) = blanks.iter().find(|bc| data_len(&v, bc) >= MIB) {
+        if let Some(bc) = blanks.iter().find(|bc| v.cartridge_data_len(bc) >= MIB) {
             break bc.clone();
         }
         assert!(

@@ -186,19 +186,6 @@ fn disaster_recovery_after_an_end_of_media_abort_records_the_image_as_failed() {
     }
 }
 
-/// Make every write to a cartridge take `millis` (the simulator's hang fault).
-fn slow_writes(v: &Vault, barcode: &str, millis: u64) {
-    let f = v.cartridge_dir(barcode).join("faults.json");
-    let j = serde_json::json!({"hang": {"op": "write", "millis": millis, "times": 100000}});
-    std::fs::write(f, j.to_string()).unwrap();
-}
-
-fn data_len(v: &Vault, barcode: &str) -> u64 {
-    std::fs::metadata(v.cartridge_dir(barcode).join("data"))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_killed_backup_reads_as_failed_before_any_writer_runs() {
     let v = Vault::small(2, "64M");
@@ -207,8 +194,8 @@ fn a_killed_backup_reads_as_failed_before_any_writer_runs() {
     let full = v.backup(&d, "p", &[]);
     let bc = full["cartridges"][0].as_str().unwrap().to_string();
     d.write_random(0, 6 * MIB);
-    slow_writes(&v, &bc, 40);
-    let before = data_len(&v, &bc);
+    v.slow_writes(&bc, 40, 100000);
+    let before = v.cartridge_data_len(&bc);
     let path = d.path.to_string_lossy().into_owned();
     let id = d.id.to_string();
     let mut child = v
@@ -218,7 +205,7 @@ fn a_killed_backup_reads_as_failed_before_any_writer_runs() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while data_len(&v, &bc) < before + 2 * 512 * KIB {
+    while v.cartridge_data_len(&bc) < before + 2 * 512 * KIB {
         assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
         assert!(started.elapsed() < Duration::from_secs(60), "never wrote");
         std::thread::sleep(Duration::from_millis(5));

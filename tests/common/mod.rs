@@ -208,6 +208,22 @@ impl Vault {
         self.library_dir().join("cartridges").join(barcode)
     }
 
+    /// Make the next `times` writes to a cartridge take `millis` each, so a backup is
+    /// reliably mid-stream when it is killed (the simulator's hang fault, read when the
+    /// cartridge is loaded).
+    pub fn slow_writes(&self, barcode: &str, millis: u64, times: u32) {
+        let f = self.cartridge_dir(barcode).join("faults.json");
+        let j = serde_json::json!({"hang": {"op": "write", "millis": millis, "times": times}});
+        std::fs::write(f, j.to_string()).unwrap();
+    }
+
+    /// Bytes in a virtual cartridge's data file (0 before its first write).
+    pub fn cartridge_data_len(&self, barcode: &str) -> u64 {
+        std::fs::metadata(self.cartridge_dir(barcode).join("data"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     /// Where logical object `block` of a virtual cartridge lies in its data file:
     /// (offset, length). Reads the simulator's index (16-byte header, then 16-byte
     /// entries: offset u64 LE, length u32 LE with bit 31 = filemark, CRC-32).
