@@ -135,8 +135,34 @@ CREATE TABLE scanned_parts (
 CREATE INDEX scanned_parts_barcode ON scanned_parts(barcode);
 "#;
 
+/// Migration 3: the job history (`tapevault jobs`, `tapevault status`). One row per
+/// job (backup, restore, verify, copy, rebuild, label, rotate, catalog backup, erase):
+/// `result` is `running` until the job ends; a running row whose `writer` process is
+/// gone reads as failed (interrupted). `cartridges`, `vms` and `disks` are JSON arrays
+/// of text. The history is this home's record: it is not in the snapshots on tape.
+const V3: &str = r#"
+CREATE TABLE jobs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    started     TEXT NOT NULL,
+    finished    TEXT,
+    result      TEXT NOT NULL CHECK (result IN ('running','ok','failed','partial')),
+    exit_code   INTEGER,
+    bytes       INTEGER NOT NULL DEFAULT 0,
+    cartridges  TEXT NOT NULL DEFAULT '[]',
+    error       TEXT,
+    pool        TEXT,
+    vms         TEXT NOT NULL DEFAULT '[]',
+    disks       TEXT NOT NULL DEFAULT '[]',
+    writer      TEXT
+);
+CREATE INDEX jobs_started ON jobs(started);
+CREATE INDEX jobs_result ON jobs(result, started);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -75,6 +75,9 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     } else {
         Mode::Auto
     };
+    if let Some(vm) = &vm_name {
+        super::job::add_vm(vm);
+    }
     let pool_name = ctx.pool_or_default(a.pool.clone())?;
     let req = BackupRequest {
         vm_name,

@@ -1,6 +1,5 @@
 //! `tapevault catalog rebuild | backup | export | check`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -90,22 +89,22 @@ pub struct RebuildArgs {
     pub device: Option<PathBuf>,
 }
 
-/// Print the report, then fail with `code` (JSON mode keeps stdout one document).
+/// Print the report, then fail with the error if there is one: under `--json` one
+/// document, the report with the error's `error`, `kind` and `exit_code` (as
+/// [`super::shared::fail_with`] prints it); in text the report on stdout and the error
+/// on stderr.
 fn finish_with<T: Serialize>(
     ctx: &Ctx,
     report: &T,
     text: impl FnOnce() -> String,
     failure: Option<Error>,
 ) -> Result<()> {
-    ctx.out.emit(report, text);
     match failure {
-        None => Ok(()),
-        Some(e) if ctx.out.json => {
-            eprintln!("tapevault: error: {e}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(e.exit_code() as i32);
+        Some(e) if ctx.out.json => super::shared::fail_with(ctx, e, report),
+        failure => {
+            ctx.out.emit(report, text);
+            failure.map_or(Ok(()), Err)
         }
-        Some(e) => Err(e),
     }
 }
 

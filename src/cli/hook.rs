@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -31,7 +31,6 @@ pub struct Hook {
 }
 
 static HOOK: OnceLock<Hook> = OnceLock::new();
-static RESULT: Mutex<Option<Value>> = Mutex::new(None);
 static DONE: AtomicBool = AtomicBool::new(false);
 
 /// Set the hook for this run (once, from `main`).
@@ -44,22 +43,17 @@ pub fn armed() -> bool {
     HOOK.get().is_some()
 }
 
-/// Keep the result document a command printed (the last one counts).
-pub fn record(v: Value) {
-    *RESULT.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
-}
-
-/// Run the hook once, with `error` (an error document) or the recorded result.
-pub fn finish(exit_code: i32, error: Option<Value>) {
+/// Run the hook once, with the job's result document: what it printed, and when it
+/// failed the error document (`error`, `kind`, `exit_code`, with the report it printed
+/// if any). Called from [`super::job::finish`] on every way a command ends.
+pub fn finish(exit_code: i32, result: Option<Value>) {
     let Some(h) = HOOK.get() else {
         return;
     };
     if DONE.swap(true, Ordering::SeqCst) {
         return;
     }
-    let result = error
-        .or_else(|| RESULT.lock().unwrap_or_else(|e| e.into_inner()).take())
-        .unwrap_or(Value::Null);
+    let result = result.unwrap_or(Value::Null);
     let doc = serde_json::json!({
         "hook_version": HOOK_DOC_VERSION,
         "command": h.job,

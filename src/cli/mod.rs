@@ -15,6 +15,7 @@ mod catalog_cmd;
 mod format;
 mod generate_cmd;
 mod hook;
+mod job;
 mod key_cmd;
 mod library_cmd;
 mod media_cmd;
@@ -24,6 +25,7 @@ mod pool_cmd;
 mod restore_cmd;
 mod rotate_cmd;
 mod shared;
+mod status_cmd;
 mod tape_cmd;
 mod terminal;
 mod verify_cmd;
@@ -89,6 +91,22 @@ pub enum Command {
     Restore(restore_cmd::RestoreArgs),
     /// Read back an image or a whole cartridge and check every record.
     Verify(verify_cmd::VerifyArgs),
+    /// The job history: what ran, its result, bytes, duration, cartridges, error.
+    ///
+    /// Every backup, restore, verify, copy, catalog rebuild, catalog backup, label,
+    /// rotation run and erase is recorded in the catalog when it starts and when it
+    /// ends, whatever way it ends; a job whose process was killed reads as failed
+    /// (interrupted). Results: ok, failed, partial (it failed after doing part of its
+    /// work), running. The history is this home's: it is not on tape and does not come
+    /// back with `catalog rebuild` (the rebuild itself is recorded in the new catalog).
+    Jobs(status_cmd::JobsArgs),
+    /// What needs attention now: drives, running jobs, the last good backup of every
+    /// disk, pools short of media, cartridges due offsite or back, images that cannot
+    /// be restored, failed jobs.
+    ///
+    /// Exit 0 whenever the overview could be made, whatever it shows: scripts read
+    /// `needs_attention` (`--json`), a list that is empty when nothing needs a person.
+    Status,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate_cmd::CompletionsArgs),
     /// Print the man page tapevault(1), or write every command's page with --out-dir.
@@ -148,9 +166,20 @@ pub fn main() -> i32 {
         global: cli.global.clone(),
         out,
     };
+    if let Some(kind) = job::kind_of(&job) {
+        job::begin(
+            &ctx.home_dir(),
+            crate::catalog::JobStart {
+                kind: Some(kind),
+                command: job.clone(),
+                pool: leaf_string(&matches, "pool"),
+                ..Default::default()
+            },
+        );
+    }
     match run(&ctx, cli.command) {
         Ok(()) => {
-            hook::finish(0, None);
+            job::finish(0, None);
             0
         }
         Err(e) => {
@@ -164,7 +193,7 @@ pub fn main() -> i32 {
             if out.json {
                 out.emit(&doc, String::new);
             }
-            hook::finish(code, serde_json::to_value(&doc).ok());
+            job::finish(code, serde_json::to_value(&doc).ok());
             code
         }
     }
@@ -210,6 +239,15 @@ fn json_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
         }
     }
     false
+}
+
+/// A string option of the innermost subcommand, if it has one by that name.
+fn leaf_string(m: &clap::ArgMatches, id: &str) -> Option<String> {
+    let mut cur = m;
+    while let Some((_, sub)) = cur.subcommand() {
+        cur = sub;
+    }
+    cur.try_get_one::<String>(id).ok().flatten().cloned()
 }
 
 /// The subcommand path that ran: "backup", "library erase".
@@ -286,6 +324,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),
         Command::Verify(a) => verify_cmd::verify(ctx, a),
+        Command::Jobs(a) => status_cmd::jobs(ctx, a),
+        Command::Status => status_cmd::status(ctx),
         Command::Completions(a) => generate_cmd::completions(a),
         Command::Man(a) => generate_cmd::man(ctx, a),
     }

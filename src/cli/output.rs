@@ -12,9 +12,9 @@ pub struct Output {
 impl Output {
     /// Print a result: JSON when asked for, else the text `text()` makes.
     pub fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce() -> String) {
-        if super::hook::armed() {
+        if super::hook::armed() || super::job::active() {
             if let Ok(v) = serde_json::to_value(value) {
-                super::hook::record(v);
+                super::job::record(v);
             }
         }
         let mut out = std::io::stdout().lock();

@@ -365,9 +365,9 @@ fn restore_prepared(
     };
     if is_stream(a) {
         // stdout carries the disk: the result goes to stderr (and to the hook).
-        if super::hook::armed() {
+        if super::hook::armed() || super::job::active() {
             if let Ok(v) = serde_json::to_value(&report) {
-                super::hook::record(v);
+                super::job::record(v);
             }
         }
         eprintln!("{}", text());

@@ -57,6 +57,6 @@ pub fn fail_with<T: Serialize>(ctx: &Ctx, err: Error, extra: &T) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
     );
-    super::hook::finish(code, Some(doc));
+    super::job::finish(code, Some(doc));
     std::process::exit(code);
 }
