@@ -10,7 +10,7 @@
 use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
 use super::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 
 /// `format` field of every export and snapshot.
@@ -39,6 +39,11 @@ struct Dump {
     sessions: Vec<SessionRow>,
     images: Vec<ImageDump>,
     snapshots: Vec<SnapshotLocation>,
+    /// The home's `pools.toml` declaration of each pool in the dump (offsite vault, when
+    /// sets leave, retention, ...), as JSON: what the `pools` rows do not hold. Added
+    /// within version 1; a reader that does not know it ignores it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pool_config: BTreeMap<String, serde_json::Value>,
 }
 
 /// A fact in the merged input that contradicts the catalog; the catalog was kept.
@@ -64,6 +69,9 @@ pub struct MergeReport {
     pub images_updated: usize,
     pub segments_added: usize,
     pub snapshots_added: usize,
+    /// Pools whose `pools.toml` declaration came back from the merged data (pools the
+    /// home's pools.toml did not declare).
+    pub pool_config_added: usize,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -178,6 +186,13 @@ impl Catalog {
             .query_map([], snap_row)?
             .map(|r| r.map_err(CatalogError::from)),
         )?;
+        let names: Vec<String> = self.pools()?.into_iter().map(|p| p.name).collect();
+        let config = self.pool_config(names.iter());
+        if !config.is_empty() {
+            w.write_all(b",\"pool_config\":")
+                .map_err(CatalogError::Export)?;
+            serde_json::to_writer(&mut w, &config).map_err(json_err)?;
+        }
         w.write_all(b"}\n").map_err(CatalogError::Export)?;
         w.flush().map_err(CatalogError::Export)?;
         drop(tx);
@@ -297,7 +312,54 @@ impl Catalog {
             sessions,
             images,
             snapshots,
+            pool_config: self.pool_config(pools.iter()),
         })
+    }
+
+    /// The `pools.toml` declarations of these pools in this catalog's home, as JSON.
+    /// A pools.toml that cannot be read gives none (the snapshot is still written).
+    fn pool_config<'a>(
+        &self,
+        pools: impl Iterator<Item = &'a String>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let Ok(file) = crate::home::pools_toml::load(self.home_dir()) else {
+            return BTreeMap::new();
+        };
+        pools
+            .filter_map(|p| {
+                let spec = file.pools.get(p)?;
+                Some((p.clone(), serde_json::to_value(spec).ok()?))
+            })
+            .collect()
+    }
+
+    /// Declare in this home's `pools.toml` the pools it does not declare yet, from a
+    /// merged dump's `pool_config` (a declaration that this tapevault cannot read is
+    /// left out). Returns how many were added.
+    fn adopt_pool_config(&self, config: &BTreeMap<String, serde_json::Value>) -> Result<usize> {
+        if config.is_empty() {
+            return Ok(0);
+        }
+        let home = self.home_dir();
+        let invalid = |e: crate::error::Error| CatalogError::Invalid {
+            what: crate::home::pools_toml::path(home).display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut file = crate::home::pools_toml::load(home).map_err(invalid)?;
+        let mut added = 0;
+        for (name, v) in config {
+            if file.pools.contains_key(name) || self.pool(name)?.is_none() {
+                continue;
+            }
+            if let Ok(spec) = serde_json::from_value(v.clone()) {
+                file.pools.insert(name.clone(), spec);
+                added += 1;
+            }
+        }
+        if added > 0 {
+            crate::home::pools_toml::save(home, &file).map_err(invalid)?;
+        }
+        Ok(added)
     }
 
     /// Merge a snapshot or export into this catalog, in one transaction. Idempotent;
@@ -340,6 +402,7 @@ impl Catalog {
             }
         }
         tx.commit()?;
+        r.pool_config_added = self.adopt_pool_config(&dump.pool_config)?;
         Ok(r)
     }
 

@@ -278,6 +278,13 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
         if barcodes.is_empty() {
             return usage("the library holds no cartridges to rebuild from");
         }
+        // A cartridge read from a mail slot needs a free storage slot to go back to:
+        // checked before anything is loaded, so the rebuild never jams a drive.
+        let inv = lib
+            .changer()
+            .inventory()
+            .context("reading the library inventory")?;
+        crate::media::mount::check_can_put_back(&inv, &barcodes)?;
         let opts = RebuildOptions {
             barcodes,
             scan: a.scan,
@@ -348,7 +355,7 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             }
             let m = &rep.merged;
             s.push_str(&format!(
-                "merged: {} pool(s), {} media set(s), {} cartridge(s) added/{} updated, {} session(s), {} image(s) added/{} updated, {} segment(s), {} conflict(s)\n",
+                "merged: {} pool(s), {} media set(s), {} cartridge(s) added/{} updated, {} session(s), {} image(s) added/{} updated, {} segment(s), {} pool declaration(s) into pools.toml, {} conflict(s)\n",
                 m.pools_added,
                 m.media_sets_added,
                 m.media_added,
@@ -357,6 +364,7 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
                 m.images_added,
                 m.images_updated,
                 m.segments_added,
+                m.pool_config_added,
                 m.conflicts.len()
             ));
             s

@@ -33,6 +33,9 @@ pub fn mount(lib: &mut dyn TapeLibrary, barcode: &str, location: Option<&str>) -
             "cartridge {barcode} is needed but is not in the library{whereabouts}: put it into a mail slot and run `tapevault library import`"
         )));
     };
+    if el.element.kind == ElementKind::MailSlot {
+        check_can_put_back(&inv, std::slice::from_ref(&barcode.to_string()))?;
+    }
     if el.element.kind == ElementKind::Drive {
         let i = el.element.index;
         let drive = lib.open_drive(i).with_context(|| {
@@ -77,6 +80,35 @@ pub fn mount(lib: &mut dyn TapeLibrary, barcode: &str, location: Option<&str>) -
     Err(Error::Failed(format!(
         "no drive is free to load {barcode}; all are in use ({}); try again when a job finishes",
         busy.join("; ")
+    )))
+}
+
+/// Cartridges among `barcodes` that sit in mail slots go to a free storage slot when
+/// they are unloaded (a drive never unloads into a mail slot): with fewer free storage
+/// slots than such cartridges, the last ones would stay stuck in a drive. Refuse (exit
+/// 4) before anything is loaded, naming them and the way out.
+pub fn check_can_put_back(
+    inv: &tape_devices::changer::Inventory,
+    barcodes: &[String],
+) -> Result<()> {
+    let in_mail: Vec<String> = inv
+        .mail_slots
+        .iter()
+        .filter_map(|e| {
+            let b = e.barcode.as_ref()?;
+            barcodes
+                .contains(b)
+                .then(|| format!("{b} (mail slot {})", e.element.index))
+        })
+        .collect();
+    let free = inv.slots.iter().filter(|s| !s.is_full()).count();
+    if in_mail.len() <= free {
+        return Ok(());
+    }
+    Err(Error::MediaNeeded(format!(
+        "{} cartridge(s) to read are in mail slots: {}; after reading, a cartridge goes back to a free storage slot and the library has {free} free: loading them would leave a cartridge stuck in a drive, so none was loaded. Free storage slots first (`tapevault library eject BARCODE` for cartridges not needed now, or `tapevault media export`), then `tapevault library import`, and run again; or read the others now and these in a later batch with --barcode",
+        in_mail.len(),
+        in_mail.join(", ")
     )))
 }
 

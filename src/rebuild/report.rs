@@ -93,5 +93,6 @@ pub(crate) fn add_merge(total: &mut MergeReport, r: MergeReport) {
     total.images_updated += r.images_updated;
     total.segments_added += r.segments_added;
     total.snapshots_added += r.snapshots_added;
+    total.pool_config_added += r.pool_config_added;
     total.conflicts.extend(r.conflicts);
 }
