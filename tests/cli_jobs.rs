@@ -275,3 +275,26 @@ fn the_hook_runs_on_reports_that_end_in_an_error_and_on_rebuilds() {
     assert_eq!(r[0]["exit_code"], 3);
     assert!(r[0]["error"].as_str().unwrap().contains("contradict"));
 }
+
+#[test]
+fn a_backup_prints_each_disk_and_the_session_on_stdout_notes_on_stderr() {
+    let v = Vault::small(2, "16M");
+    v.pool("p", "off");
+    let d = TestDisk::create(v.path("d.img"), MIB, MIB / 2, 5);
+    let o = std::process::Command::new(BIN)
+        .args(["--home", v.home.to_str().unwrap(), "backup", "--disk"])
+        .arg(&d.path)
+        .args(["--disk-id", &d.id.to_string(), "--pool", "p"])
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        out.contains(&format!("disk {}: full image", d.id)),
+        "the disk's result on stdout: {out}\nstderr: {err}"
+    );
+    assert!(out.contains("session "), "{out}");
+    assert!(!err.contains("full image"), "{err}");
+}

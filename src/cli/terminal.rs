@@ -1,6 +1,7 @@
 //! The one place where a job's events reach a person: notes as lines on stderr,
 //! byte-counted tasks as progress bars (with throughput and ETA) and waits as spinners
-//! when stderr is a terminal, and each finished item as a summary line for the log.
+//! when stderr is a terminal, and each finished item as a summary line for the log (a
+//! backed-up disk's line on stdout, as it is a result; the others on stderr).
 //! Results themselves (text or `--json`) go to stdout through [`super::Output`].
 
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::format::finished_line;
 use super::Output;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, Finished};
 
 /// A job's events, shown on the terminal (or written to stderr as lines).
 pub struct Terminal {
@@ -50,6 +51,29 @@ impl Terminal {
             }
         }
         eprintln!("{text}");
+    }
+
+    /// A result line on stdout (with a bar or spinner on stderr held while it prints).
+    fn result_line(&self, text: &str) {
+        let print = || {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        };
+        if let Ok(bar) = self.bar.lock() {
+            if let Some(b) = bar.as_ref() {
+                b.suspend(print);
+                return;
+            }
+        }
+        if let Ok(sp) = self.spinner.lock() {
+            if let Some(s) = sp.as_ref() {
+                s.suspend(print);
+                return;
+            }
+        }
+        print();
     }
 
     fn end_bar(&self) {
@@ -126,8 +150,16 @@ impl Events for Terminal {
             }
             Event::WaitOver => self.end_spinner(),
             Event::Finished(f) => {
-                if !self.out.json {
-                    self.line(&finished_line(&f));
+                if self.out.json {
+                    return;
+                }
+                match f {
+                    // A disk's backup result is a result: on stdout, with the session
+                    // line that follows it.
+                    Finished::Image(_) => self.result_line(&finished_line(&f)),
+                    // The others say how a job goes (a restore may stream the disk
+                    // itself on stdout): stderr.
+                    _ => self.line(&finished_line(&f)),
                 }
             }
         }
