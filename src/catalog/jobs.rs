@@ -350,3 +350,101 @@ impl Catalog {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_start_finish_filter_and_read_dead_writers_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let mut s = JobStart::new(JobKind::Backup, "backup");
+        s.pool = Some("daily".into());
+        let a = cat.job_start(&s).unwrap();
+        assert_eq!(
+            cat.running_jobs().unwrap().len(),
+            1,
+            "this process is alive"
+        );
+        cat.job_finish(
+            a,
+            &JobEnd {
+                exit_code: 0,
+                bytes: 42,
+                cartridges: vec!["TV0001L9".into()],
+                vms: vec!["web".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let b = cat
+            .job_start(&JobStart::new(JobKind::Restore, "restore"))
+            .unwrap();
+        cat.job_finish(
+            b,
+            &JobEnd {
+                exit_code: 4,
+                error: Some("cartridge TV0002L9 is needed".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // A row left running by a process that is gone.
+        cat.conn()
+            .execute(
+                "INSERT INTO jobs (id, kind, command, started, result, writer) \
+                 VALUES (?1, 'verify', 'verify', ?2, 'running', '999999999:1')",
+                params![Uuid::new_v4().to_string(), ts(&crate::home::clock::now())],
+            )
+            .unwrap();
+        let all = cat.jobs(&JobFilter::default()).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].result, JobResult::Ok);
+        assert_eq!(all[0].bytes, 42);
+        assert_eq!(all[0].pool.as_deref(), Some("daily"));
+        assert_eq!(all[0].cartridges, vec!["TV0001L9".to_string()]);
+        assert_eq!(all[1].result, JobResult::Failed);
+        assert_eq!(all[1].exit_code, Some(4));
+        assert_eq!(all[2].result, JobResult::Failed, "dead writer");
+        assert!(all[2].error.as_deref().unwrap().starts_with("interrupted"));
+        assert!(cat.running_jobs().unwrap().is_empty());
+        let failed = cat
+            .jobs(&JobFilter {
+                failed: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(failed.len(), 2);
+        let last = cat
+            .jobs(&JobFilter {
+                last: Some(1),
+                kind: Some(JobKind::Restore),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(last[0].id, b);
+        // The next start closes the dead row in the catalog itself.
+        cat.job_start(&JobStart::new(JobKind::Label, "label"))
+            .unwrap();
+        let n: i64 = cat
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE result='running'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "only the label job, alive");
+        // Finishing a job the catalog does not hold records it whole.
+        let c = Uuid::new_v4();
+        cat.job_finish_or_insert(
+            c,
+            &JobStart::new(JobKind::Rebuild, "catalog rebuild"),
+            crate::home::clock::now(),
+            &JobEnd::default(),
+        )
+        .unwrap();
+        assert_eq!(cat.job(c).unwrap().unwrap().result, JobResult::Ok);
+    }
+}
