@@ -313,3 +313,52 @@ fn pool_with_different_key_is_a_conflict() {
     assert_eq!(r.conflicts.len(), 1);
     assert_eq!(c.pool("daily").unwrap().unwrap().key_fingerprint, None);
 }
+
+#[test]
+fn pool_config_travels_in_snapshots_and_unknown_members_are_ignored() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, set_a, _, _, _, _) = two_sets(&d);
+    std::fs::write(
+        d.path().join("pools.toml"),
+        "[pools.daily]\noffsite = \"ironmountain\"\noffsite_when = \"written\"\noffsite_only = true\n",
+    )
+    .unwrap();
+    let snap = c.snapshot(SnapshotScope::MediaSet(set_a)).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    assert_eq!(doc["pool_config"]["daily"]["offsite"], "ironmountain");
+    assert_eq!(doc["version"], 1, "an added member keeps version 1");
+
+    // Merged into an empty home: the declaration comes back into its pools.toml.
+    let d2 = tempfile::tempdir().unwrap();
+    let c2 = Catalog::open(d2.path()).unwrap();
+    let r = c2.merge_snapshot(&snap).unwrap();
+    assert_eq!(r.pool_config_added, 1);
+    let back = std::fs::read_to_string(d2.path().join("pools.toml")).unwrap();
+    assert!(back.contains("ironmountain") && back.contains("written"), "{back}");
+    // Again: nothing new (the home declares it now).
+    assert_eq!(c2.merge_snapshot(&snap).unwrap().pool_config_added, 0);
+
+    // A document from a later tapevault within version 1: members this one does not
+    // know (at the top, and inside a pool's declaration) are ignored cleanly; the
+    // declaration it cannot read is left out, the rest is merged.
+    let mut later = doc.clone();
+    later["a_member_from_the_future"] = serde_json::json!({"x": 1});
+    later["pool_config"]["daily"]["a_future_setting"] = serde_json::json!(true);
+    let d3 = tempfile::tempdir().unwrap();
+    let c3 = Catalog::open(d3.path()).unwrap();
+    let r = c3
+        .merge_snapshot(&serde_json::to_vec(&later).unwrap())
+        .unwrap();
+    assert_eq!(r.pool_config_added, 0);
+    assert!(r.images_added > 0);
+    assert!(!d3.path().join("pools.toml").exists());
+    // An older document (no pool_config) merges as before.
+    let mut older = doc.clone();
+    older.as_object_mut().unwrap().remove("pool_config");
+    let d4 = tempfile::tempdir().unwrap();
+    let c4 = Catalog::open(d4.path()).unwrap();
+    let r = c4
+        .merge_snapshot(&serde_json::to_vec(&older).unwrap())
+        .unwrap();
+    assert!(r.images_added > 0 && r.pool_config_added == 0);
+}
