@@ -334,7 +334,10 @@ fn pool_config_travels_in_snapshots_and_unknown_members_are_ignored() {
     let r = c2.merge_snapshot(&snap).unwrap();
     assert_eq!(r.pool_config_added, 1);
     let back = std::fs::read_to_string(d2.path().join("pools.toml")).unwrap();
-    assert!(back.contains("ironmountain") && back.contains("written"), "{back}");
+    assert!(
+        back.contains("ironmountain") && back.contains("written"),
+        "{back}"
+    );
     // Again: nothing new (the home declares it now).
     assert_eq!(c2.merge_snapshot(&snap).unwrap().pool_config_added, 0);
 

@@ -183,9 +183,13 @@ fn a_killed_backup_reads_as_a_failed_job() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // While it runs, it is a running job.
+    // While it runs, it is a running job, and the drive is busy with it.
     let s = v.ok(&["status"]);
     assert_eq!(s["running_jobs"][0]["kind"], "backup", "{s:#}");
+    assert_eq!(s["drives"][0]["busy"], true, "{s:#}");
+    let holder = s["drives"][0]["holder"].as_str().unwrap();
+    let short = &s["running_jobs"][0]["id"].as_str().unwrap()[..8];
+    assert!(holder.contains(short), "{holder}");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let all = jobs(&v, &["--kind", "backup"]);

@@ -164,8 +164,9 @@ struct DriveStatus {
     drive: usize,
     /// The cartridge in it.
     barcode: Option<String>,
-    /// In use by a running job (tapevault's or another program's).
-    busy: bool,
+    /// Held by a process (a running job); null where it cannot be told without opening
+    /// the drive (a real library).
+    busy: Option<bool>,
     /// Who holds it, when busy.
     holder: Option<String>,
 }
@@ -221,15 +222,34 @@ pub fn status(ctx: &Ctx) -> Result<()> {
     let mut lib = home.open_library()?;
     let inv = lib.changer().inventory()?;
     let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+    let running_jobs = cat.running_jobs()?;
+    // Whether a drive is held is read without opening it: opening would hold it for a
+    // moment, and a job starting then would find it busy.
+    let vtl_dir = home.virtual_library_dir().map(std::path::Path::to_path_buf);
     let mut drives = Vec::new();
     for (i, d) in inv.drives.iter().enumerate() {
-        let (busy, holder) = match lib.open_drive(i) {
-            Ok(dr) => {
-                drop(dr);
-                (false, None)
-            }
-            Err(tape_devices::changer::ChangerError::Busy { detail, .. }) => (true, Some(detail)),
-            Err(e) => (false, Some(format!("cannot be opened: {e}"))),
+        let (busy, holder) = match &vtl_dir {
+            Some(dir) => match flock_holder(&dir.join("drives").join(format!("{i}.lock"))) {
+                Some(pid) => {
+                    let job = running_jobs.iter().find(|j| {
+                        j.writer
+                            .as_deref()
+                            .and_then(|w| w.split(':').next())
+                            .and_then(|p| p.parse::<u32>().ok())
+                            == Some(pid)
+                    });
+                    let who = match job {
+                        Some(j) => {
+                            format!("{} job {} (pid {pid})", j.command, &j.id.to_string()[..8])
+                        }
+                        None => format!("process {pid}"),
+                    };
+                    (Some(true), Some(who))
+                }
+                None => (Some(false), None),
+            },
+            // A real library's drive is not probed (see above): unknown.
+            None => (None, None),
         };
         drives.push(DriveStatus {
             drive: i,
@@ -238,7 +258,6 @@ pub fn status(ctx: &Ctx) -> Result<()> {
             holder,
         });
     }
-    let running_jobs = cat.running_jobs()?;
     let mut disks = Vec::new();
     let mut unrestorable = Vec::new();
     for (disk, vm, _) in cat.known_disks()? {
@@ -358,6 +377,41 @@ pub fn status(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The process holding an flock on `path`, from /proc/locks (matched by inode, and
+/// checked against the process's open files when they can be read). Reads only: takes
+/// no lock.
+fn flock_holder(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let canon = std::fs::canonicalize(path).ok();
+    for line in locks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"; waiters have "->".
+        if f.len() < 6 || f[1] != "FLOCK" || f[3] != "WRITE" {
+            continue;
+        }
+        if f[5].rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) != Some(ino) {
+            continue;
+        }
+        let Ok(pid) = f[4].parse::<u32>() else {
+            continue;
+        };
+        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => {
+                let holds = fds
+                    .flatten()
+                    .any(|e| std::fs::read_link(e.path()).ok().as_deref() == canon.as_deref());
+                if holds {
+                    return Some(pid);
+                }
+            }
+            Err(_) => return Some(pid),
+        }
+    }
+    None
+}
+
 fn age_text(s: i64) -> String {
     let s = s.max(0);
     if s < 3600 {
@@ -379,11 +433,11 @@ fn status_text(r: &StatusReport) -> String {
                 .as_deref()
                 .map(|b| format!("cartridge {b}"))
                 .unwrap_or_else(|| "empty".into()),
-            match (&d.busy, &d.holder) {
-                (true, Some(h)) => format!(", busy: {h}"),
-                (true, None) => ", busy".into(),
-                (false, Some(h)) => format!(", {h}"),
-                (false, None) => ", idle".into(),
+            match (d.busy, &d.holder) {
+                (Some(true), Some(h)) => format!(", busy: {h}"),
+                (Some(true), None) => ", busy".into(),
+                (Some(false), _) => ", idle".into(),
+                (None, _) => String::new(),
             }
         ));
     }
