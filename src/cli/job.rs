@@ -148,7 +148,12 @@ fn job_end(exit_code: i32, result: Option<&Value>, error: Option<&Value>, r: &Ru
     };
     // A report printed with an error (fail_with, finish_with) is in the error document.
     let doc = result.or(error);
-    if let Some(doc) = doc {
+    // What a rotation touched is what it applied, not what its plan mentions.
+    let touched = match (r.start.kind, doc) {
+        (Some(JobKind::Rotate), Some(d)) => d.get("result"),
+        (_, d) => d,
+    };
+    if let Some(doc) = touched {
         end.bytes = bytes_of(doc);
         let mut carts = Vec::new();
         walk_strings(
@@ -163,6 +168,8 @@ fn job_end(exit_code: i32, result: Option<&Value>, error: Option<&Value>, r: &Ru
         let mut disks = Vec::new();
         walk_strings(doc, &["disk", "disk_uuid"], &mut disks);
         end.disks = disks;
+    }
+    if let Some(doc) = doc {
         end.pool = doc.get("pool").and_then(Value::as_str).map(str::to_string);
     }
     if let Some(b) = r.bytes {
@@ -186,14 +193,25 @@ fn job_end(exit_code: i32, result: Option<&Value>, error: Option<&Value>, r: &Ru
         JobResult::Ok
     } else if (result.is_some()
         || error.is_some_and(|e| e.as_object().is_some_and(|m| m.len() > 3)))
-        && (end.bytes > 0 || !end.cartridges.is_empty())
+        && (end.bytes > 0 || merged_something(doc))
     {
-        // It printed a report of the work it did before the error.
+        // It printed a report of work it did before the error (bytes moved, or facts
+        // merged by a rebuild): cartridges merely named (a pull list) are not work.
         JobResult::Partial
     } else {
         JobResult::Failed
     });
     end
+}
+
+/// Whether a rebuild's report says it merged anything into the catalog.
+fn merged_something(doc: Option<&Value>) -> bool {
+    doc.and_then(|d| d.get("merged"))
+        .and_then(Value::as_object)
+        .is_some_and(|m| {
+            m.iter()
+                .any(|(k, v)| k.ends_with("_added") && v.as_u64().is_some_and(|n| n > 0))
+        })
 }
 
 /// The bytes a report says the job moved: the first of these keys found (summed over
