@@ -121,7 +121,7 @@ fn load_unload_export_import_move_cartridges_and_keep_barcodes() {
     let o = tv(&home, &["library", "load", "TV9999L9"]);
     assert_eq!(code(&o), 4, "{}", String::from_utf8_lossy(&o.stderr));
     let imp = ok_json(&home, &["library", "import"]);
-    assert_eq!(imp["imported"].as_array().unwrap().len(), 2);
+    assert_eq!(imp["barcodes"].as_array().unwrap().len(), 2);
     let st = ok_json(&home, &["library", "status"]);
     assert!(st["inventory"]["mail_slots"]
         .as_array()
@@ -137,13 +137,13 @@ fn added_cartridges_get_the_next_barcodes() {
     ok_json(&home, &["library", "export", "TV0002L9"]);
     ok_json(&home, &["library", "remove", "TV0002L9"]);
     let added = ok_json(&home, &["library", "add-cartridge", "--count", "1"]);
-    assert_eq!(added["added"][0], "TV0005L9");
+    assert_eq!(added["barcodes"][0], "TV0005L9");
     let st = ok_json(&home, &["library", "status"]);
     let outside: Vec<_> = st["cartridges"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["location"].is_null())
+        .filter(|c| c["location"]["kind"] == "outside")
         .collect();
     assert_eq!(outside.len(), 1);
     assert_eq!(outside[0]["barcode"], "TV0002L9");

@@ -14,6 +14,7 @@
 mod check;
 mod dump;
 mod images;
+mod lookup;
 mod parts;
 mod plan;
 pub mod schema;
@@ -22,6 +23,7 @@ mod types;
 pub use check::{Problem, ProblemKind};
 pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
 pub use images::MAX_CHAIN_LEN;
+pub use lookup::{KnownDisk, MIN_PREFIX};
 pub use parts::ScannedPart;
 pub use plan::{effective_extents, PlanStep};
 pub use types::*;

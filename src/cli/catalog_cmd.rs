@@ -1,6 +1,5 @@
 //! `tapevault catalog rebuild | backup | export | check`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -90,22 +89,25 @@ pub struct RebuildArgs {
     pub device: Option<PathBuf>,
 }
 
-/// Print the report, then fail with `code` (JSON mode keeps stdout one document).
+/// Print the report; on a failure under `--json` the report is the error document (with
+/// `error`, `kind` and `exit_code` added, as every error document has them), without
+/// `--json` the report is printed and the error returned for `main`.
 fn finish_with<T: Serialize>(
     ctx: &Ctx,
     report: &T,
     text: impl FnOnce() -> String,
     failure: Option<Error>,
 ) -> Result<()> {
-    ctx.out.emit(report, text);
     match failure {
-        None => Ok(()),
-        Some(e) if ctx.out.json => {
-            eprintln!("tapevault: error: {e}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(e.exit_code() as i32);
+        None => {
+            ctx.out.emit(report, text);
+            Ok(())
         }
-        Some(e) => Err(e),
+        Some(e) if ctx.out.json => super::shared::fail_with(ctx, e, report),
+        Some(e) => {
+            ctx.out.emit(report, text);
+            Err(e)
+        }
     }
 }
 
