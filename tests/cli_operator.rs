@@ -92,7 +92,7 @@ fn init_puts_the_library_beside_the_home_and_says_where() {
     let r = ok_json(&home2, &["init", "--library", lib.to_str().unwrap()]);
     assert_eq!(r["adopted"], true);
     assert_eq!(r["library"]["path"], lib.to_str().unwrap());
-    assert_eq!(r["cartridges"].as_array().unwrap().len(), 2);
+    assert_eq!(r["barcodes"].as_array().unwrap().len(), 2);
 
     // A fresh JSON init reports the default path too.
     let home3 = dir.path().join("third");

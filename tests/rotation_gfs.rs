@@ -42,7 +42,7 @@ fn gfs_rotation_over_seven_weeks_keeps_every_kept_restore_point_and_recycles_the
     )
     .unwrap();
     let applied = tv.json(&["pool", "apply"]);
-    assert_eq!(applied.as_array().unwrap().len(), 3);
+    assert_eq!(applied["changes"].as_array().unwrap().len(), 3);
     let disk = tv.path("disk.img");
     write_disk(&disk, 128 << 10, 7);
 
