@@ -81,8 +81,9 @@ Each chain starts with a full (or a copy, or an image whose parent is no longer 
 catalog) followed by the incrementals built on it in time order; an incremental that does
 not build on the image listed just before it names its parent. Shown per image: time,
 kind, UUID, data bytes, disk size, status (complete, failed, corrupt, ...) and the
-cartridges holding it. Each disk is headed with the VM it was last backed up from, when
-known (an image from another VM names its own); the catalog does not keep disk paths. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
+cartridges holding it. Each disk is headed with the VM and disk label it was last backed
+up as (`web01/root`), or the VM alone, when known (an image from another VM names its
+own); the catalog does not keep disk paths. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
 them (the same in --json): pasted into `restore --at` each selects exactly its image.
 An image that cannot be restored says why (`restorable` and `unrestorable_reason` in
 --json): it is not complete, or its chain runs through one that is not.")]
@@ -433,6 +434,8 @@ struct DiskImages {
     disk: Uuid,
     /// The VM the disk was last backed up from, when known (each image has its own `vm`).
     vm: Option<String>,
+    /// The disk's label within that VM (`root` of `web01/root`), when a backup named it.
+    disk_label: Option<String>,
     chains: Vec<Chain>,
 }
 
@@ -537,9 +540,11 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     for d in disks {
         let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
+        let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
         out.push(DiskImages {
             disk: d,
             vm,
+            disk_label,
             chains: chains_of(&cat, &mine)?,
         });
     }
@@ -553,9 +558,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         let mut s = String::new();
         for d in &out {
             // The catalog keeps the VM name of each image, not the disk's path.
-            match &d.vm {
-                Some(vm) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
-                None => s.push_str(&format!("disk {}\n", d.disk)),
+            match (&d.vm, &d.disk_label) {
+                (Some(vm), Some(l)) => s.push_str(&format!("disk {} ({vm}/{l})\n", d.disk)),
+                (Some(vm), None) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
+                _ => s.push_str(&format!("disk {}\n", d.disk)),
             }
             for (n, c) in d.chains.iter().enumerate() {
                 let root = &c.images[0];
