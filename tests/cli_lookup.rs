@@ -183,3 +183,47 @@ fn manifest_new_writes_fresh_uuids_and_check_finds_problems_early() {
     assert_eq!(j["disks"][0]["changed_extents"]["changed_bytes"], MIB);
     assert_eq!(j["disks"][0]["size"], 2 * MIB);
 }
+
+#[test]
+fn results_go_to_stdout_and_notes_to_stderr() {
+    let v = Vault::small(3, "64M");
+    v.pool("p", "off");
+    let d = TestDisk::create(v.path("d.img"), MIB, MIB / 2, 5);
+    let id = d.id.to_string();
+    let p = d.path.to_string_lossy().into_owned();
+    let o = std::process::Command::new(common::BIN)
+        .arg("--home")
+        .arg(&v.home)
+        .args(["backup", "--disk", &p, "--disk-id", &id, "--pool", "p"])
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The per-disk result and the session line are both results: stdout.
+    assert!(out.contains(&format!("disk {id}: full image")), "{out}");
+    assert!(
+        out.contains("session ") && out.contains("complete"),
+        "{out}"
+    );
+    assert!(!err.contains(&format!("disk {id}: full image")), "{err}");
+    // Notes (a cartridge joining a set) are on stderr.
+    assert!(err.contains("joins media set"), "{err}");
+
+    // A rebuild says each cartridge it read once.
+    let o = std::process::Command::new(common::BIN)
+        .arg("--home")
+        .arg(&v.home)
+        .args(["catalog", "rebuild", "--scan"])
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(all.matches("TV0001L9:").count(), 1, "{all}");
+}

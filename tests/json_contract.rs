@@ -513,6 +513,57 @@ fn every_command_prints_its_documented_json() {
     assert!(report.is_empty(), "{}", report.join("\n\n"));
 }
 
+/// The validator is not a rubber stamp: drift in a name, a type, a time's form or a
+/// location's shape is caught.
+#[test]
+fn the_schemas_catch_drift() {
+    let mut sc = Schemas::new(&schema_dir());
+    let good = serde_json::json!({
+        "schema": "tapevault/1", "command": "media retire", "barcode": "TV0001L9",
+        "previous_state": "full", "state": "retired", "restore_points": 2
+    });
+    assert_eq!(
+        sc.validate("media-retire.json", &good).unwrap(),
+        Vec::<String>::new()
+    );
+    let mut renamed = good.clone();
+    renamed["from"] = renamed["previous_state"].take();
+    renamed.as_object_mut().unwrap().remove("previous_state");
+    assert!(!sc
+        .validate("media-retire.json", &renamed)
+        .unwrap()
+        .is_empty());
+    let mut bad_state = good.clone();
+    bad_state["state"] = "gone".into();
+    assert!(!sc
+        .validate("media-retire.json", &bad_state)
+        .unwrap()
+        .is_empty());
+    let mut old = good.clone();
+    old["schema"] = "tapevault/0".into();
+    assert!(!sc.validate("media-retire.json", &old).unwrap().is_empty());
+    assert!(jsonschema::is_time("2026-12-03T16:48:16.520000Z"));
+    assert!(!jsonschema::is_time("2026-12-03T16:48:16Z"));
+    assert!(!jsonschema::is_time("2026-12-03T16:48:16.520000123Z"));
+    let text_location = serde_json::json!({
+        "schema": "tapevault/1", "command": "library unload", "barcode": "A",
+        "drive": 0, "to": "slot 3"
+    });
+    assert!(!sc
+        .validate("library-unload.json", &text_location)
+        .unwrap()
+        .is_empty());
+    let err =
+        serde_json::json!({"schema": "tapevault/1", "error": "x", "kind": "usage", "exit_code": 2});
+    assert_eq!(
+        sc.validate("error.json", &err).unwrap(),
+        Vec::<String>::new()
+    );
+    let mut no_code = err.clone();
+    no_code.as_object_mut().unwrap().remove("exit_code");
+    assert!(!sc.validate("error.json", &no_code).unwrap().is_empty());
+}
+
 /// `library serve` prints its document when listening, then runs until SIGTERM.
 fn serve(c: &mut Contract, v: &Vault) {
     let args = ["library", "serve", "--listen", "127.0.0.1:0"];
