@@ -77,6 +77,19 @@ fn disks_and_images_by_prefix_vm_label_and_vm() {
     common::assert_same_bytes(&v.path("a.restored"), &a.path, "restore by names");
     let j = v.ok(&["verify", "--image", &img_a[..13]]);
     assert_eq!(j["image"], img_a.as_str());
+    // A cartridge by its volume UUID prefix.
+    let vol = v.ok(&["media", "show", "TV0001L9"])["cartridge"]["volume"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = v.ok(&["media", "show", &vol[..6]]);
+    assert_eq!(j["cartridge"]["barcode"], "TV0001L9");
+    let r = v.fails(&["media", "show", "NOSUCH"], 2);
+    assert!(
+        r.json["error"].as_str().unwrap().contains(&vol),
+        "{}",
+        r.stdout
+    );
     let r = v.fails(&["verify", "--image", "0000"], 2);
     assert!(
         r.json["error"].as_str().unwrap().contains(&img_a),

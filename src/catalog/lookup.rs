@@ -270,7 +270,12 @@ impl Catalog {
             .iter()
             .filter_map(|m| m.volume_uuid.map(|v| (v, format!("{v} ({})", m.barcode))))
             .collect();
-        let v = self.resolve_id(name, "volume", vols, "`tapevault media list`")?;
+        let v = self.resolve_id(
+            name,
+            "cartridge (barcode) or volume",
+            vols,
+            "`tapevault media list`",
+        )?;
         Ok(media
             .into_iter()
             .find(|m| m.volume_uuid == Some(v))

@@ -21,7 +21,11 @@ pub enum MediaCommand {
         pool: Option<String>,
     },
     /// One cartridge: state, media set, retention, what overwriting it would lose.
-    Show { barcode: String },
+    Show {
+        /// Its barcode, or its volume UUID or a unique prefix of it.
+        #[arg(value_name = "BARCODE|VOLUME")]
+        barcode: String,
+    },
     /// Send a whole media set to the mail slots for removal (refused if its catalog
     /// snapshot is not on it, or if part of the set would stay, unless --force).
     Export {
@@ -158,6 +162,7 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
             });
         }
         MediaCommand::Show { barcode } => {
+            let barcode = cat.resolve_volume(&barcode)?;
             let m = require_media(&cat, &barcode)?;
             let ev = lifecycle::evaluate(&cat, now)?;
             let set = m.media_set_uuid.and_then(|s| ev.set(s).cloned());
