@@ -38,15 +38,19 @@ manifest() {  # manifest CBT-FILE
 name = "demo-vm"
 [[disk]]
 id = "$SYS"
+label = "system"
 path = "system.img"
 changed_extents = "$1"
 [[disk]]
 id = "$DAT"
+label = "data"
 path = "data.img"
 [[disk]]
 id = "$SWP"
+label = "swap"
 path = "swap.img"
 TOML
+    "$TV" manifest check vm/demo.toml > /dev/null
 }
 cbt() {  # cbt FILE FROM TO START:LENGTH...
     local f=$1 from=$2 to=$3; shift 3
@@ -94,8 +98,8 @@ for point in 0 1 2; do
     mapfile -t ids < <(images < "${file[$point]}")
     i=0
     for d in system data swap; do
-        disk=("$SYS" "$DAT" "$SWP")
-        "$TV" restore --disk "${disk[$i]}" --image "${ids[$i]}" --to "restored.$d.$point" > /dev/null
+        # A disk is named by VM/LABEL (or its UUID, or a unique prefix of it).
+        "$TV" restore --disk "demo-vm/$d" --image "${ids[$i]}" --to "restored.$d.$point" > /dev/null
         cmp "restored.$d.$point" "points/$d.$point"
         echo "point $point, disk $d: bit-identical"
         n=$((n+1))

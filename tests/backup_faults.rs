@@ -136,7 +136,7 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     let cbt_s = cbt.to_string_lossy().into_owned();
     write_changed_extents(&cbt, "*", "k0", &[(0, d.size())]);
     let full = v.backup(&d, "p", &["--changed-extents", &cbt_s]);
-    let bc = full["cartridges"][0].as_str().unwrap().to_string();
+    let bc = full["barcodes"][0].as_str().unwrap().to_string();
     let full_copy = v.path("full.copy");
     d.save_copy(&full_copy);
 
@@ -308,7 +308,7 @@ fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
     v.pool("p", "off");
     let mut d = TestDisk::create(v.path("d.img"), 6 * MIB, 6 * MIB, 61);
     let full = v.backup(&d, "p", &[]);
-    let carts: Vec<String> = full["cartridges"]
+    let carts: Vec<String> = full["barcodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -383,7 +383,7 @@ fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
     assert_eq!(s(&next, "kind"), "incremental", "{next}");
     assert_eq!(s(&next, "parent"), s(&full, "image"));
     assert_eq!(u(&next, "data_bytes"), 6 * MIB);
-    assert_eq!(next["cartridges"][0].as_str(), Some(spanned_to.as_str()));
+    assert_eq!(next["barcodes"][0].as_str(), Some(spanned_to.as_str()));
     let cat = v.catalog();
     let segs = cat.segments(s(&next, "image").parse().unwrap()).unwrap();
     assert!(is_filemark(&v, &segs[0].barcode, segs[0].first_block - 2));

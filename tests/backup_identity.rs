@@ -174,7 +174,7 @@ fn disks_that_swap_order_and_paths_stay_on_their_own_chains() {
     for d in [&a, &b, &c] {
         let id = d.id.to_string();
         let j = v.ok(&["images", "--disk", &id]);
-        let disks = j.as_array().expect("images: one entry per disk");
+        let disks = j["disks"].as_array().expect("images: one entry per disk");
         assert_eq!(disks.len(), 1, "{j}");
         assert_eq!(s(&disks[0], "disk"), id);
         let chains = disks[0]["chains"].as_array().unwrap();
@@ -183,7 +183,7 @@ fn disks_that_swap_order_and_paths_stay_on_their_own_chains() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| s(i, "uuid"))
+            .map(|i| s(i, "image"))
             .collect();
         let expected: Vec<&str> = [&r1, &r2, &r3]
             .iter()
@@ -334,7 +334,7 @@ fn a_mostly_sparse_disk_stores_almost_nothing() {
     );
     // On the cartridge: the label, one image, the catalog snapshot; far below the disk.
     let media = v.ok(&["media", "list"]);
-    let written: u64 = media
+    let written: u64 = media["cartridges"]
         .as_array()
         .unwrap()
         .iter()

@@ -24,7 +24,7 @@ fn an_image_larger_than_two_cartridges_spans_three_and_restores() {
     d.write_zeros(5 * MIB, MIB);
     let full = v.backup(&d, "p", &[]);
     assert_eq!(s(&full, "kind"), "full");
-    let carts: Vec<String> = full["cartridges"]
+    let carts: Vec<String> = full["barcodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -81,7 +81,7 @@ fn an_image_larger_than_two_cartridges_spans_three_and_restores() {
     let inc = v.backup(&d, "p", &[]);
     assert_eq!(s(&inc, "kind"), "incremental");
     assert_eq!(
-        inc["cartridges"][0].as_str(),
+        inc["barcodes"][0].as_str(),
         carts.last().map(|s| s.as_str()),
         "{inc}"
     );

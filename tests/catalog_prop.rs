@@ -86,7 +86,7 @@ proptest! {
             });
             let n = new_image(disk, kind, parent, g.hour as i64);
             let row = ImageRow {
-                uuid: n.uuid, disk_uuid: disk, vm_name: None, kind, parent_uuid: parent,
+                uuid: n.uuid, disk_uuid: disk, vm_name: None, disk_label: None, kind, parent_uuid: parent,
                 change_id: None, from_change_id: None, disk_size: DISK_SIZE, block_size: 65536,
                 session_uuid: None, pool: None, key_fingerprint: None, compression: Compression::Off,
                 started: catalog_time(n.started), finished: None,

@@ -52,7 +52,7 @@ fn ok_in(home: &Path, args: &[&str]) -> Value {
 fn all_images(home: &Path) -> Vec<Value> {
     let j = ok_in(home, &["images"]);
     let mut out = Vec::new();
-    for d in j.as_array().expect("images --json is an array") {
+    for d in j["disks"].as_array().expect("images --json lists disks") {
         for c in d["chains"].as_array().unwrap() {
             out.extend(c["images"].as_array().unwrap().iter().cloned());
         }
@@ -63,7 +63,7 @@ fn all_images(home: &Path) -> Vec<Value> {
 fn image_in(home: &Path, uuid: &str) -> Value {
     all_images(home)
         .into_iter()
-        .find(|i| i["uuid"] == uuid)
+        .find(|i| i["image"] == uuid)
         .unwrap_or_else(|| panic!("image {uuid} not listed in {}", home.display()))
 }
 
@@ -112,7 +112,7 @@ fn disaster_recovery_after_an_end_of_media_abort_records_the_image_as_failed() {
         .filter(|i| i["status"] == "failed")
         .collect();
     assert_eq!(failed.len(), 1, "the aborted image is failed");
-    let failed_uuid = failed[0]["uuid"].as_str().unwrap().to_string();
+    let failed_uuid = failed[0]["image"].as_str().unwrap().to_string();
 
     // The home is lost; the library and the cartridges remain.
     let lib = v.path("library");
@@ -192,7 +192,7 @@ fn a_killed_backup_reads_as_failed_before_any_writer_runs() {
     v.pool("p", "off");
     let mut d = TestDisk::create(v.path("d.img"), 8 * MIB, 8 * MIB, 91);
     let full = v.backup(&d, "p", &[]);
-    let bc = full["cartridges"][0].as_str().unwrap().to_string();
+    let bc = full["barcodes"][0].as_str().unwrap().to_string();
     d.write_random(0, 6 * MIB);
     v.slow_writes(&bc, 40, 100000);
     let before = v.cartridge_data_len(&bc);
@@ -216,7 +216,7 @@ fn a_killed_backup_reads_as_failed_before_any_writer_runs() {
         .filter(|i| i["status"] == "running")
         .collect();
     assert_eq!(running.len(), 1, "the live backup reads as running");
-    let killed = running[0]["uuid"].as_str().unwrap().to_string();
+    let killed = running[0]["image"].as_str().unwrap().to_string();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     std::fs::remove_file(v.cartridge_dir(&bc).join("faults.json")).unwrap();

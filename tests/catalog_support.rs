@@ -47,6 +47,7 @@ pub fn new_image(disk: Uuid, kind: ImageKind, parent: Option<Uuid>, hour: i64) -
         uuid: Uuid::new_v4(),
         disk_uuid: disk,
         vm_name: Some("web1".into()),
+        disk_label: None,
         kind,
         parent_uuid: parent,
         change_id: Some(format!("cid-{hour}")),

@@ -97,7 +97,7 @@ fn unknown_disks_and_times_before_the_first_image_are_usage_errors_naming_the_wa
         "web01",
     ]);
     let listed = v.ok(&["images", "--disk", &d]);
-    let started = s(&listed[0]["chains"][0]["images"][0], "started").to_string();
+    let started = s(&listed["disks"][0]["chains"][0]["images"][0], "started").to_string();
     let to = v.path("r.img");
     let t = to.to_str().unwrap();
 
@@ -214,9 +214,9 @@ fn images_shows_the_vm() {
         "db07",
     ]);
     let j = v.ok(&["images"]);
-    assert_eq!(j[0]["vm"].as_str(), Some("db07"), "{j}");
+    assert_eq!(j["disks"][0]["vm"].as_str(), Some("db07"), "{j}");
     assert_eq!(
-        j[0]["chains"][0]["images"][0]["vm"].as_str(),
+        j["disks"][0]["chains"][0]["images"][0]["vm"].as_str(),
         Some("db07"),
         "{j}"
     );

@@ -92,7 +92,7 @@ fn init_puts_the_library_beside_the_home_and_says_where() {
     let r = ok_json(&home2, &["init", "--library", lib.to_str().unwrap()]);
     assert_eq!(r["adopted"], true);
     assert_eq!(r["library"]["path"], lib.to_str().unwrap());
-    assert_eq!(r["cartridges"].as_array().unwrap().len(), 2);
+    assert_eq!(r["barcodes"].as_array().unwrap().len(), 2);
 
     // A fresh JSON init reports the default path too.
     let home3 = dir.path().join("third");
@@ -112,7 +112,7 @@ fn outside(v: &Vault) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["location"].is_null())
+        .filter(|c| c["location"]["kind"] == "outside")
         .map(|c| c["barcode"].as_str().unwrap().to_string())
         .collect()
 }
@@ -159,7 +159,7 @@ fn add_cartridge_uses_storage_slots_only_and_eject_frees_one() {
         .len();
     assert_eq!(n, 2, "nothing was added");
     let a = v.ok(&["library", "add-cartridge", "--count", "1"]);
-    let added = a["added"][0].as_str().unwrap().to_string();
+    let added = a["barcodes"][0].as_str().unwrap().to_string();
     let inv = v.ok(&["library", "status"])["inventory"].clone();
     assert_eq!(inv["slots"][0]["barcode"].as_str(), Some(added.as_str()));
     // Ejecting what is not there is a usage error naming the way to list them.
@@ -320,7 +320,11 @@ fn short_or_repetitive_key_passphrases_are_refused_with_the_rule() {
         assert_eq!(j["exit_code"], 2);
     }
     let keys = ok_json(&home, &["key", "list"]);
-    assert_eq!(keys.as_array().unwrap().len(), 0, "nothing was stored");
+    assert_eq!(
+        keys["keys"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
     let good = "twelve chars";
     let o = tv_env(
         &home,

@@ -267,7 +267,7 @@ struct Work {
 fn images(home: &Path) -> Vec<Value> {
     let j = ok(home, &["images"]);
     let mut out = Vec::new();
-    for d in j.as_array().unwrap() {
+    for d in j["disks"].as_array().unwrap() {
         for c in d["chains"].as_array().unwrap() {
             out.extend(c["images"].as_array().unwrap().iter().cloned());
         }
@@ -309,7 +309,7 @@ fn check_after_cut(t: &Template, w: &Work, what: &str, cut_exit: i32) -> bool {
     );
     let cut: Vec<&Value> = imgs
         .iter()
-        .filter(|i| !earlier.contains(i["uuid"].as_str().unwrap()))
+        .filter(|i| !earlier.contains(i["image"].as_str().unwrap()))
         .collect();
     assert!(cut.len() <= 1, "{what}: {cut:?}");
     let cut_complete = cut.first().is_some_and(|i| i["status"] == "complete");
@@ -329,7 +329,7 @@ fn check_after_cut(t: &Template, w: &Work, what: &str, cut_exit: i32) -> bool {
         );
     }
     if cut_complete {
-        let img = cut[0]["uuid"].as_str().unwrap();
+        let img = cut[0]["image"].as_str().unwrap();
         restores(
             w,
             &t.disk_id,
@@ -361,7 +361,7 @@ fn check_after_cut(t: &Template, w: &Work, what: &str, cut_exit: i32) -> bool {
     if next["kind"] == "incremental" {
         let parent = next["parent"].as_str().unwrap();
         let ok_parent =
-            earlier.contains(parent) || (cut_complete && cut[0]["uuid"].as_str() == Some(parent));
+            earlier.contains(parent) || (cut_complete && cut[0]["image"].as_str() == Some(parent));
         assert!(
             ok_parent,
             "{what}: the next run builds on {parent}, not an older complete image: {next}"
@@ -371,7 +371,7 @@ fn check_after_cut(t: &Template, w: &Work, what: &str, cut_exit: i32) -> bool {
         if !cut_complete {
             assert_ne!(
                 next["parent"].as_str(),
-                c["uuid"].as_str(),
+                c["image"].as_str(),
                 "{what}: never on the cut image"
             );
         }

@@ -260,7 +260,7 @@ fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
         assert_eq!(r.json()["name"], "offsite");
         assert_eq!(mode(&b.home.join("keys/offsite.key")), 0o600);
         let listed = b.ok(&["--json", "key", "list"]).json();
-        assert_eq!(listed[0]["fingerprint"], fp.as_str());
+        assert_eq!(listed["keys"][0]["fingerprint"], fp.as_str());
         // The same key, behind the same passphrase.
         assert_eq!(b.unlock("offsite").fingerprint_hex(), fp);
         let r = b.run_with(
@@ -299,9 +299,7 @@ fn export_and_import_round_trip_binary_and_paper_and_paper_typos_are_located() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(&format!("line {}", idx + 1)), "{r:?}");
     assert!(r.stderr.contains("key line 3"), "{r:?}");
-    assert!(c
-        .ok(&["--json", "key", "list"])
-        .json()
+    assert!(c.ok(&["--json", "key", "list"]).json()["keys"]
         .as_array()
         .unwrap()
         .is_empty());

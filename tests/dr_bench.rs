@@ -125,7 +125,7 @@ fn dr_rebuild_throughput_and_fast_path_time() {
     let media: serde_json::Value =
         serde_json::from_str(&ok(&home, &["--json", "media", "list"])).unwrap();
     let bc_of = |pool: &str| {
-        media
+        media["cartridges"]
             .as_array()
             .unwrap()
             .iter()

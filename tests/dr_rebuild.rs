@@ -43,7 +43,7 @@ fn build_history() -> History {
     );
     let keys: serde_json::Value =
         serde_json::from_str(&ok(&home, &["--json", "key", "list"])).unwrap();
-    let key_fp = keys[0]["fingerprint"].as_str().unwrap().to_string();
+    let key_fp = keys["keys"][0]["fingerprint"].as_str().unwrap().to_string();
     ok(&home, &["pool", "create", "clear"]);
     ok(&home, &["pool", "create", "secret", "--encrypt-key", "k1"]);
 

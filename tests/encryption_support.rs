@@ -306,7 +306,7 @@ pub fn open_snapshots(ring: &KeyRing, dir: &Path) -> Result<Vec<Vec<u8>>, String
 
 /// Barcodes of the cartridges a backup report says image 0 went to.
 pub fn cartridges_of(report: &serde_json::Value) -> Vec<String> {
-    report["images"][0]["cartridges"]
+    report["images"][0]["barcodes"]
         .as_array()
         .unwrap()
         .iter()

@@ -36,9 +36,9 @@ fn listed(env: &Env, id: Uuid) -> std::collections::HashMap<Uuid, Value> {
         .ok(&["--json", "images", "--disk", &id.to_string()])
         .json();
     let mut out = std::collections::HashMap::new();
-    for chain in v[0]["chains"].as_array().unwrap() {
+    for chain in v["disks"][0]["chains"].as_array().unwrap() {
         for img in chain["images"].as_array().unwrap() {
-            out.insert(img["uuid"].as_str().unwrap().parse().unwrap(), img.clone());
+            out.insert(img["image"].as_str().unwrap().parse().unwrap(), img.clone());
         }
     }
     out

@@ -90,7 +90,7 @@ fn a_library_without_a_usable_cartridge_fails_with_exit_4_naming_what_is_needed(
     // Back in the library, the backup runs on it.
     tv.ok(&["media", "return", &bc]);
     let b = tv.json(&args);
-    assert_eq!(b["images"][0]["cartridges"][0], bc.as_str());
+    assert_eq!(b["images"][0]["barcodes"][0], bc.as_str());
 }
 
 #[test]
@@ -98,8 +98,7 @@ fn a_job_waits_for_a_cartridge_to_be_inserted_then_uses_it() {
     let tv = Tv::init(2, 1, "1M");
     tv.ok(&["pool", "create", "p", "--allocation", "per-session"]);
     // Take both blank cartridges out of the library.
-    let bcs: Vec<String> = tv
-        .json(&["media", "list"])
+    let bcs: Vec<String> = tv.json(&["media", "list"])["cartridges"]
         .as_array()
         .unwrap()
         .iter()
@@ -173,7 +172,7 @@ fn a_worm_pool_writes_only_worm_cartridges() {
     let d = disk.to_str().unwrap();
     // The ordinary pool skips the WORM cartridge whatever the allocation order offers.
     let b = tv.json(&["backup", "--disk", d, "--disk-id", DISK, "--pool", "n"]);
-    assert_ne!(b["images"][0]["cartridges"][0], worm.as_str());
+    assert_ne!(b["images"][0]["barcodes"][0], worm.as_str());
     let b = tv.json(&[
         "backup",
         "--disk",
@@ -184,7 +183,7 @@ fn a_worm_pool_writes_only_worm_cartridges() {
         "w",
         "--full",
     ]);
-    assert_eq!(b["images"][0]["cartridges"][0], worm.as_str(), "{b}");
+    assert_eq!(b["images"][0]["barcodes"][0], worm.as_str(), "{b}");
 }
 
 /// Every time the catalog records comes from the job's clock, so a simulated clock

@@ -44,10 +44,7 @@ fn a_media_set_goes_to_the_vault_and_comes_back_when_it_expires() {
         "--full",
     ]);
     let set = b["media_set"].as_str().unwrap().to_string();
-    let bc = b["images"][0]["cartridges"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bc = b["images"][0]["barcodes"][0].as_str().unwrap().to_string();
 
     // A new session starts a new set, so the first one is finished: rotation says remove.
     tv.advance(1);
@@ -61,10 +58,7 @@ fn a_media_set_goes_to_the_vault_and_comes_back_when_it_expires() {
         "--pool",
         "arch",
     ]);
-    let bc2 = b2["images"][0]["cartridges"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bc2 = b2["images"][0]["barcodes"][0].as_str().unwrap().to_string();
     // Per-session sets are finished once their session is: both are due to go.
     let plan = tv.json(&["rotate", "--dry-run"]);
     let mut remove = barcodes(&plan["plan"]["remove"], "barcode");
@@ -72,17 +66,17 @@ fn a_media_set_goes_to_the_vault_and_comes_back_when_it_expires() {
     let mut want = vec![bc.clone(), bc2.clone()];
     want.sort();
     assert_eq!(remove, want, "{plan}");
-    assert_eq!(plan["plan"]["remove"][0]["to"], "vault:iron");
+    assert_eq!(plan["plan"]["remove"][0]["to"]["vault"], "iron");
 
     let ex = tv.json(&["media", "export", "--set", &set]);
     assert_eq!(barcodes(&ex["moved"], "barcode"), vec![bc.clone()]);
-    assert!(ex["moved"][0]["to"]
+    assert!(ex["moved"][0]["to"]["text"]
         .as_str()
         .unwrap()
         .starts_with("mail slot"));
     // Still in the library (a mail slot): vaulting it takes it out.
     let v = tv.json(&["media", "vault", &bc, "--location", "iron"]);
-    assert_eq!(v[0]["to"], "vault:iron");
+    assert_eq!(v["moved"][0]["to"]["vault"], "iron");
     let lib = tv.library();
     let c = lib
         .cartridges()
@@ -92,18 +86,27 @@ fn a_media_set_goes_to_the_vault_and_comes_back_when_it_expires() {
         .unwrap();
     assert_eq!(c.location, None, "the cartridge left the library");
     let off = tv.json(&["media", "offsite"]);
-    assert_eq!(barcodes(&off, "barcode"), vec![bc.clone()]);
-    assert_eq!(off[0]["retention"], "kept");
-    assert_eq!(off[0]["location"], "vault:iron");
+    assert_eq!(barcodes(&off["cartridges"], "barcode"), vec![bc.clone()]);
+    assert_eq!(off["cartridges"][0]["retention"], "kept");
+    assert_eq!(
+        off["cartridges"][0]["location"],
+        serde_json::json!({"kind": "vault", "vault": "iron", "text": "vault:iron"})
+    );
 
     // A restore of the first image needs the vaulted cartridge.
     let images = tv.catalog().images(None).unwrap();
     let first = images[0].uuid.to_string();
     let pl = tv.json(&["media", "pull-list", "--disk", DISK, "--image", &first]);
     assert_eq!(pl["to_fetch"][0], bc.as_str());
-    assert_eq!(pl["cartridges"][0]["location"], "vault:iron");
+    assert_eq!(pl["cartridges"][0]["location"]["vault"], "iron");
     // Nothing is due while it is kept.
-    assert_eq!(tv.json(&["media", "due"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        tv.json(&["media", "due"])["cartridges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     // Past retention, with a newer full: it is due back.
     tv.advance(12);
@@ -118,15 +121,19 @@ fn a_media_set_goes_to_the_vault_and_comes_back_when_it_expires() {
         "--full",
     ]);
     let due = tv.json(&["media", "due"]);
-    assert_eq!(barcodes(&due, "barcode"), vec![bc.clone()], "{due}");
+    assert_eq!(
+        barcodes(&due["cartridges"], "barcode"),
+        vec![bc.clone()],
+        "{due}"
+    );
     let plan = tv.json(&["rotate"]);
     assert!(
         barcodes(&plan["plan"]["insert"], "barcode").contains(&bc),
         "{plan}"
     );
     let r = tv.json(&["media", "return", &bc]);
-    assert!(r[0]["to"].as_str().unwrap().starts_with("slot"), "{r}");
-    assert_eq!(r[0]["expired"], true);
+    assert_eq!(r["returned"][0]["to"]["kind"], "slot", "{r}");
+    assert_eq!(r["returned"][0]["expired"], true);
     let rot = tv.json(&["rotate", "--apply"]);
     assert!(
         barcodes(&rot["plan"]["recycle"], "barcode").contains(&bc),
@@ -227,7 +234,7 @@ fn export_refuses_a_set_without_its_catalog_snapshot_and_a_split_set() {
     assert!(r.stderr.contains("media export"), "{}", r.stderr);
     tv.ok(&["media", "vault", &carts[0], &carts[1], "--location", "x"]);
     let off = tv.json(&["media", "offsite"]);
-    assert_eq!(off.as_array().unwrap().len(), carts.len());
+    assert_eq!(off["cartridges"].as_array().unwrap().len(), carts.len());
 }
 
 #[test]
@@ -258,19 +265,13 @@ fn two_cartridge_set(tv: &Tv, pool: &str) -> (String, Vec<String>) {
     ];
     let b = tv.json(&args);
     let set = b["media_set"].as_str().unwrap().to_string();
-    let first = b["images"][0]["cartridges"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = b["images"][0]["barcodes"][0].as_str().unwrap().to_string();
     tv.catalog()
         .set_media_state(&first, tapevault::catalog::MediaState::Full)
         .unwrap();
     let b = tv.json(&args);
     assert_eq!(b["media_set"].as_str().unwrap(), set);
-    let second = b["images"][0]["cartridges"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = b["images"][0]["barcodes"][0].as_str().unwrap().to_string();
     assert_ne!(first, second);
     (set, vec![first, second])
 }

@@ -58,10 +58,10 @@ fn every_printed_time_selects_exactly_its_image() {
     let r = env.ok(&["--json", "images", "--disk", &ids]);
     let v = r.json();
     let mut json_times: HashMap<Uuid, String> = HashMap::new();
-    for chain in v[0]["chains"].as_array().unwrap() {
+    for chain in v["disks"][0]["chains"].as_array().unwrap() {
         for img in chain["images"].as_array().unwrap() {
             json_times.insert(
-                img["uuid"].as_str().unwrap().parse().unwrap(),
+                img["image"].as_str().unwrap().parse().unwrap(),
                 img["started"].as_str().unwrap().to_string(),
             );
         }

@@ -109,13 +109,13 @@ fn verify_marks_a_corrupt_incremental_and_no_backup_builds_on_it() {
     let imgs = env
         .ok(&["--json", "images", "--disk", &id.to_string()])
         .json();
-    let all: Vec<&serde_json::Value> = imgs[0]["chains"]
+    let all: Vec<&serde_json::Value> = imgs["disks"][0]["chains"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|c| c["images"].as_array().unwrap())
         .collect();
-    let e = all.iter().find(|e| e["uuid"] == bad.to_string()).unwrap();
+    let e = all.iter().find(|e| e["image"] == bad.to_string()).unwrap();
     assert_eq!(e["status"], "corrupt");
     // Latest now passes over the corrupt image and the one built on it, naming them;
     // an earlier point still works.
@@ -167,7 +167,7 @@ fn missing_cartridge_exits_4_with_the_pull_list() {
     let list = v["pull_list"].as_array().unwrap();
     let item = list.iter().find(|p| p["barcode"] == bc.as_str()).unwrap();
     assert_eq!(item["in_library"], false);
-    assert_eq!(item["location"], "outside");
+    assert_eq!(item["location"]["kind"], "outside");
     assert!(v["error"].as_str().unwrap().contains(&bc));
     assert!(r.stderr.contains("NOT IN THE LIBRARY"), "{}", r.stderr);
     assert!(!out.exists());

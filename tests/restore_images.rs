@@ -28,7 +28,7 @@ fn images_groups_chains_with_branches_and_copies() {
     let v = env
         .ok(&["--json", "images", "--disk", &id.to_string()])
         .json();
-    let disks = v.as_array().unwrap();
+    let disks = v["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 1, "--disk filters");
     let chains = disks[0]["chains"].as_array().unwrap();
     assert_eq!(chains.len(), 2);
@@ -37,7 +37,7 @@ fn images_groups_chains_with_branches_and_copies() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["uuid"].as_str().unwrap())
+        .map(|e| e["image"].as_str().unwrap())
         .collect();
     let want = [full, inc1, inc2, inc3].map(|u| u.to_string());
     assert_eq!(ids, want.iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -51,12 +51,12 @@ fn images_groups_chains_with_branches_and_copies() {
         "the next backup avoided the corrupt image"
     );
     assert_eq!(e3["depth"], 2);
-    assert!(!e3["cartridges"].as_array().unwrap().is_empty() || e3["records"] == 0);
+    assert!(!e3["barcodes"].as_array().unwrap().is_empty() || e3["records"] == 0);
     assert_eq!(chains[1]["root"], copy.to_string());
     assert_eq!(chains[1]["images"][0]["kind"], "copy");
 
     let all = env.ok(&["--json", "images"]).json();
-    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all["disks"].as_array().unwrap().len(), 2);
     let text = env.ok(&["images"]).stdout;
     assert!(text.contains(&format!("[on {inc1}]")), "{text}");
     assert!(text.contains("corrupt"));

@@ -162,10 +162,7 @@ fn relabelling_kept_restore_points_is_refused_and_force_says_what_was_lost() {
         "--pool",
         "p",
     ]);
-    let bc = b["images"][0]["cartridges"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bc = b["images"][0]["barcodes"][0].as_str().unwrap().to_string();
     let img = b["images"][0]["image"].as_str().unwrap().to_string();
     let r = tv.run(&["label", &bc, "--pool", "p"]);
     assert_eq!(r.code, 1, "{}", r.stderr);

@@ -42,7 +42,7 @@ fn gfs_rotation_over_seven_weeks_keeps_every_kept_restore_point_and_recycles_the
     )
     .unwrap();
     let applied = tv.json(&["pool", "apply"]);
-    assert_eq!(applied.as_array().unwrap().len(), 3);
+    assert_eq!(applied["changes"].as_array().unwrap().len(), 3);
     let disk = tv.path("disk.img");
     write_disk(&disk, 128 << 10, 7);
 
@@ -78,7 +78,7 @@ fn gfs_rotation_over_seven_weeks_keeps_every_kept_restore_point_and_recycles_the
         let img = &rep["images"][0];
         let uuid: Uuid = img["image"].as_str().unwrap().parse().unwrap();
         let cat = tv.catalog();
-        let volumes = img["cartridges"]
+        let volumes = img["barcodes"]
             .as_array()
             .unwrap()
             .iter()
@@ -110,7 +110,7 @@ fn gfs_rotation_over_seven_weeks_keeps_every_kept_restore_point_and_recycles_the
         }
         // The courier comes on Mondays: offsite cartridges due back are returned.
         if tv.now.weekday() == Weekday::Mon {
-            for d in tv.json(&["media", "due"]).as_array().unwrap() {
+            for d in tv.json(&["media", "due"])["cartridges"].as_array().unwrap() {
                 tv.ok(&["media", "return", d["barcode"].as_str().unwrap()]);
             }
         }

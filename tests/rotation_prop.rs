@@ -253,6 +253,7 @@ fn run_schedule(
                     uuid,
                     disk_uuid: disks[disk],
                     vm_name: None,
+                    disk_label: None,
                     kind: if parent.is_some() {
                         ImageKind::Incremental
                     } else {

@@ -130,7 +130,7 @@ fn a_reader_written_from_the_spec_alone_restores_every_point_of_an_encrypted_cha
     let mut backup = |disk: &TestDisk, kind: &str, n: usize| {
         let img = v.backup(disk, "enc", &["--passphrase-file", &pf]);
         assert_eq!(s(&img, "kind"), kind, "{img}");
-        for c in img["cartridges"].as_array().unwrap() {
+        for c in img["barcodes"].as_array().unwrap() {
             carts.insert(c.as_str().unwrap().to_string());
         }
         let copy = v.path(&format!("point{n}.img"));
@@ -291,7 +291,7 @@ fn the_spec_reader_restores_a_clear_chain_and_a_copy_without_a_key() {
 
     let mut carts: BTreeSet<String> = BTreeSet::new();
     for img in [&full, &copy, &inc] {
-        for c in img["cartridges"].as_array().unwrap() {
+        for c in img["barcodes"].as_array().unwrap() {
             carts.insert(c.as_str().unwrap().to_string());
         }
     }

@@ -112,6 +112,7 @@ impl Job<'_> {
             uuid: image_uuid,
             disk_uuid: d.id,
             vm_name: req.vm_name.clone(),
+            disk_label: d.label.clone(),
             kind,
             parent_uuid: parent,
             change_id: change_id.clone(),
@@ -154,6 +155,7 @@ impl Job<'_> {
                 cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
                 Ok(DiskReport {
                     disk: d.id,
+                    disk_label: d.label.clone(),
                     path: d.path.clone(),
                     image: image_uuid,
                     kind,

@@ -12,6 +12,8 @@ use crate::pipeline::StageTimes;
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskReport {
     pub disk: Uuid,
+    /// The disk's label within its VM, when the manifest or --disk-label gave one.
+    pub disk_label: Option<String>,
     pub path: PathBuf,
     pub image: Uuid,
     pub kind: ImageKind,
@@ -32,6 +34,7 @@ pub struct DiskReport {
     pub read_bytes: u64,
     pub stored_bytes: u64,
     pub records: u64,
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
     pub seconds: f64,
     /// Busy time of the read, compress/encrypt and write stages while streaming the
@@ -44,6 +47,7 @@ pub struct DiskReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
     pub session: Uuid,
+    pub vm: Option<String>,
     pub pool: String,
     pub media_set: Uuid,
     pub images: Vec<DiskReport>,

@@ -14,6 +14,8 @@ use crate::source::disk::Disk;
 #[derive(Debug, Clone)]
 pub struct DiskSpec {
     pub id: Uuid,
+    /// The disk's label within its VM (`root`), kept with each image.
+    pub label: Option<String>,
     pub path: PathBuf,
     pub changed_extents: Option<PathBuf>,
 }
@@ -59,6 +61,25 @@ pub struct Inputs {
 impl Inputs {
     pub fn disks(&self) -> impl Iterator<Item = &CheckedDisk> {
         self.disks.iter()
+    }
+}
+
+impl CheckedDisk {
+    /// The disk's size in bytes, as opened.
+    pub fn size(&self) -> u64 {
+        self.disk.size()
+    }
+
+    /// The changed-extents file's change ids and the bytes its areas cover, when one
+    /// was given: (from_change_id, change_id, bytes).
+    pub fn changed_extents(&self) -> Option<(&str, &str, u64)> {
+        self.changed.as_ref().map(|c| {
+            (
+                c.from_change_id.as_str(),
+                c.change_id.as_str(),
+                c.extents.total_bytes(),
+            )
+        })
     }
 }
 

@@ -132,6 +132,7 @@ pub fn run(
             unmount?;
             Ok(BackupReport {
                 session: session.uuid,
+                vm: req.vm_name.clone(),
                 pool: pool.name,
                 media_set: set.uuid,
                 images: reports,

@@ -661,6 +661,14 @@ impl Catalog {
             }
         }
         let mut changed = false;
+        if inc.disk_label.is_some() && local.disk_label.is_none() {
+            // A scan (which cannot see labels) met a snapshot that has it.
+            self.conn().execute(
+                "UPDATE images SET disk_label=?2 WHERE uuid=?1 AND disk_label IS NULL",
+                params![inc.uuid.to_string(), inc.disk_label],
+            )?;
+            changed = true;
+        }
         if inc.status == ImageStatus::Complete
             && status_rank(local.status) < status_rank(inc.status)
         {

@@ -9,7 +9,7 @@ pub const MAX_CHAIN_LEN: usize = 100_000;
 
 pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
      disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer";
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label";
 
 /// Reads [`IMAGE_COLS`]. An image still marked running whose writing process is gone
 /// reads as failed, with the reason as its note (see [`interrupted`]).
@@ -27,6 +27,7 @@ pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
         uuid: get_p(r, 0)?,
         disk_uuid: get_p(r, 1)?,
         vm_name: r.get(2)?,
+        disk_label: r.get(23)?,
         kind: get_p(r, 3)?,
         parent_uuid: get_po(r, 4)?,
         change_id: r.get(5)?,
@@ -183,7 +184,7 @@ impl Catalog {
         self.conn().execute(
             &format!(
                 "INSERT INTO images ({IMAGE_COLS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)"
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)"
             ),
             params![
                 i.uuid.to_string(),
@@ -208,7 +209,8 @@ impl Catalog {
                 i.content_digest,
                 i.digest_list,
                 i.note,
-                writer
+                writer,
+                i.disk_label
             ],
         )?;
         Ok(())
@@ -265,6 +267,7 @@ impl Catalog {
             uuid: n.uuid,
             disk_uuid: n.disk_uuid,
             vm_name: n.vm_name.clone(),
+            disk_label: n.disk_label.clone(),
             kind: n.kind,
             parent_uuid: n.parent_uuid,
             change_id: n.change_id.clone(),

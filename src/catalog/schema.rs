@@ -161,8 +161,16 @@ CREATE INDEX jobs_started ON jobs(started);
 CREATE INDEX jobs_result ON jobs(result, started);
 "#;
 
+/// Migration 4: the disk's label within its VM (`root` of `web01/root`), as the
+/// manifest gave it when the image was taken; with `vm_name` it names the disk wherever
+/// a disk is taken.
+const V4: &str = r#"
+ALTER TABLE images ADD COLUMN disk_label TEXT;
+CREATE INDEX images_vm_label ON images(vm_name, disk_label);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -221,6 +221,9 @@ pub struct NewImage {
     pub uuid: Uuid,
     pub disk_uuid: Uuid,
     pub vm_name: Option<String>,
+    /// The disk's label within its VM (`root`), from the manifest.
+    #[serde(default)]
+    pub disk_label: Option<String>,
     pub kind: ImageKind,
     /// Required for incrementals, forbidden otherwise.
     pub parent_uuid: Option<Uuid>,
@@ -252,6 +255,11 @@ pub struct ImageRow {
     pub uuid: Uuid,
     pub disk_uuid: Uuid,
     pub vm_name: Option<String>,
+    /// The disk's label within its VM (`root` of `web01/root`), when the backup named it.
+    /// Not in the image header on tape: a `catalog rebuild --scan` leaves it unset, a
+    /// rebuild from a catalog snapshot brings it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_label: Option<String>,
     pub kind: ImageKind,
     pub parent_uuid: Option<Uuid>,
     pub change_id: Option<String>,

@@ -32,6 +32,10 @@ pub struct BackupArgs {
     /// VM name recorded with a --disk backup.
     #[arg(long)]
     pub vm: Option<String>,
+    /// The disk's label within its VM (as a manifest's `label`): with --vm it names the
+    /// disk as VM/LABEL wherever a disk is taken.
+    #[arg(long, value_name = "LABEL", requires = "disk", value_parser = parse_label)]
+    pub disk_label: Option<String>,
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
     pub pool: Option<String>,
@@ -43,6 +47,12 @@ pub struct BackupArgs {
     pub copy: bool,
 }
 
+fn parse_label(s: &str) -> std::result::Result<String, String> {
+    let s = s.trim();
+    crate::source::manifest::check_name(s, false).map_err(|why| format!("disk label {why}"))?;
+    Ok(s.to_string())
+}
+
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let (vm_name, disks) = if let Some(m) = &a.manifest {
         let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
@@ -51,6 +61,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             .into_iter()
             .map(|d| DiskSpec {
                 id: d.id,
+                label: d.label,
                 path: d.path,
                 changed_extents: d.changed_extents,
             })
@@ -61,6 +72,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             a.vm.clone(),
             vec![DiskSpec {
                 id,
+                label: a.disk_label.clone(),
                 path,
                 changed_extents: a.changed_extents.clone(),
             }],

@@ -89,10 +89,9 @@ pub struct RebuildArgs {
     pub device: Option<PathBuf>,
 }
 
-/// Print the report, then fail with the error if there is one: under `--json` one
-/// document, the report with the error's `error`, `kind` and `exit_code` (as
-/// [`super::shared::fail_with`] prints it); in text the report on stdout and the error
-/// on stderr.
+/// Print the report; on a failure under `--json` the report is the error document (with
+/// `error`, `kind` and `exit_code` added, as every error document has them), without
+/// `--json` the report is printed and the error returned for `main`.
 fn finish_with<T: Serialize>(
     ctx: &Ctx,
     report: &T,
@@ -100,10 +99,14 @@ fn finish_with<T: Serialize>(
     failure: Option<Error>,
 ) -> Result<()> {
     match failure {
-        Some(e) if ctx.out.json => super::shared::fail_with(ctx, e, report),
-        failure => {
+        None => {
             ctx.out.emit(report, text);
-            failure.map_or(Ok(()), Err)
+            Ok(())
+        }
+        Some(e) if ctx.out.json => super::shared::fail_with(ctx, e, report),
+        Some(e) => {
+            ctx.out.emit(report, text);
+            Err(e)
         }
     }
 }

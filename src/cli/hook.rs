@@ -61,7 +61,7 @@ pub fn finish(exit_code: i32, result: Option<Value>) {
         "home": h.home,
         "exit_code": exit_code,
         "ok": exit_code == 0,
-        "finished": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "finished": crate::timefmt::show(&chrono::Utc::now()),
         "result": result,
     });
     if let Err(e) = run(h, exit_code, &doc) {

@@ -125,7 +125,7 @@ pub fn key(ctx: &Ctx, c: KeyCommand) -> Result<()> {
         }
         KeyCommand::List => {
             let keys = keystore(ctx)?.list()?;
-            ctx.out.emit(&keys, || {
+            ctx.out.emit_list("keys", &keys, || {
                 if keys.is_empty() {
                     "no keys (create one with `tapevault key create NAME`)".into()
                 } else {

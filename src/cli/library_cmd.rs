@@ -72,6 +72,7 @@ struct InitReport {
     home: PathBuf,
     library: LibraryConfig,
     adopted: bool,
+    #[serde(rename = "barcodes")]
     cartridges: Vec<String>,
     /// The virtual drives' speed model as `--drive-model` set it (spec form).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -306,7 +307,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 .load(&barcode, drive)
                 .with_context(|| format!("loading {barcode} into drive {drive}"))?;
             ctx.out.emit(
-                &serde_json::json!({"loaded": barcode, "drive": drive}),
+                &serde_json::json!({"barcode": barcode, "drive": drive}),
                 || format!("loaded {barcode} into drive {drive}"),
             );
         }
@@ -364,7 +365,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 .iter()
                 .map(|(b, e)| serde_json::json!({"barcode": b, "to": e}))
                 .collect();
-            ctx.out.emit(&json, || {
+            ctx.out.emit_list("moved", &json, || {
                 moved.iter().map(|(b, e)| format!("{b} -> {e}\n")).collect()
             });
         }
@@ -374,7 +375,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 .changer()
                 .import()
                 .context("importing from the mail slots")?;
-            ctx.out.emit(&serde_json::json!({"imported": done}), || {
+            ctx.out.emit(&serde_json::json!({"barcodes": done}), || {
                 if done.is_empty() {
                     "the mail slots are empty".into()
                 } else {
@@ -458,7 +459,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
             };
             sync_catalog(&home, lib.as_mut())?;
             ctx.out.emit(
-                &serde_json::json!({"ejected": barcode, "from": el, "via": mail, "offline": offline}),
+                &serde_json::json!({"barcode": barcode, "from": el, "via": mail, "offline": offline}),
                 || {
                     if offline {
                         format!("ejected {barcode} ({el} -> {mail} -> out of the library)")
@@ -491,7 +492,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
             let added = lib
                 .add_cartridges(count, capacity)
                 .context("adding cartridges")?;
-            ctx.out.emit(&serde_json::json!({"added": added}), || {
+            ctx.out.emit(&serde_json::json!({"barcodes": added}), || {
                 format!("added {}", added.join(" "))
             });
         }
@@ -499,7 +500,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
             let mut lib = home.open_virtual_library()?;
             lib.remove_from_mail_slot(&barcode)
                 .with_context(|| format!("removing {barcode}"))?;
-            ctx.out.emit(&serde_json::json!({"removed": barcode}), || {
+            ctx.out.emit(&serde_json::json!({"barcode": barcode}), || {
                 format!("{barcode} removed from the library")
             });
         }
@@ -511,7 +512,7 @@ pub fn library(ctx: &Ctx, c: LibraryCommand) -> Result<()> {
                 .insert_into_mail_slot(&barcode)
                 .with_context(|| format!("inserting {barcode}"))?;
             ctx.out
-                .emit(&serde_json::json!({"inserted": barcode, "to": to}), || {
+                .emit(&serde_json::json!({"barcode": barcode, "to": to}), || {
                     format!("{barcode} is in {to}")
                 });
         }

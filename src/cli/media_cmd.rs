@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::shared::open_catalog;
 use super::{human_bytes, usage, Ctx};
@@ -22,16 +21,20 @@ pub enum MediaCommand {
         pool: Option<String>,
     },
     /// One cartridge: state, media set, retention, what overwriting it would lose.
-    Show { barcode: String },
+    Show {
+        /// Its barcode, or its volume UUID or a unique prefix of it.
+        #[arg(value_name = "BARCODE|VOLUME")]
+        barcode: String,
+    },
     /// Send a whole media set to the mail slots for removal (refused if its catalog
     /// snapshot is not on it, or if part of the set would stay, unless --force).
     Export {
         /// Cartridges to export (their whole sets are expected).
         #[arg(required_unless_present = "set")]
         barcodes: Vec<String>,
-        /// The media set to export.
-        #[arg(long, value_name = "UUID")]
-        set: Option<Uuid>,
+        /// The media set to export: its UUID or a unique prefix.
+        #[arg(long, value_name = "MEDIA_SET")]
+        set: Option<String>,
         /// Export even an incomplete set or part of a set.
         #[arg(long)]
         force: bool,
@@ -64,14 +67,16 @@ pub enum MediaCommand {
     },
     /// The cartridges a restore needs, in reading order, with their locations.
     PullList {
-        #[arg(long, value_name = "UUID")]
-        disk: Uuid,
+        /// The disk: its UUID, a unique prefix, VM/LABEL or a VM name with one disk.
+        #[arg(long, value_name = "DISK")]
+        disk: String,
         /// The newest restorable image at or before this time (as `restore --at`:
         /// `now`, a date, or a time with a zone, counted to the precision given).
         #[arg(long, conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
         at: Option<DateTime<Utc>>,
-        #[arg(long, value_name = "UUID")]
-        image: Option<Uuid>,
+        /// Exactly this image: its UUID or a unique prefix.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
     },
     /// Take a cartridge out of use for good (its restore points stay readable).
     Retire { barcode: String },
@@ -117,10 +122,27 @@ fn with_lib<T>(home: &Home, f: impl FnOnce(&mut Lib) -> Result<T>) -> Result<T> 
 
 #[derive(Serialize)]
 struct ShowReport {
-    media: MediaRow,
-    set: Option<SetStatus>,
+    cartridge: MediaRow,
+    /// The cartridge's media set and its retention state, one object.
+    media_set: Option<serde_json::Value>,
     images: Vec<ImageRow>,
     overwrite_impact: Impact,
+}
+
+/// A media set's row and its retention state as one `media_set` object of the contract.
+pub(super) fn set_status_json(st: &SetStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(st).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        if let Some(serde_json::Value::Object(set)) = m.remove("set") {
+            for (k, x) in set {
+                m.entry(k).or_insert(x);
+            }
+        }
+        if let Some(b) = m.remove("media") {
+            m.insert("barcodes".into(), b);
+        }
+    }
+    v
 }
 
 pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
@@ -135,22 +157,24 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
     match c {
         MediaCommand::List { pool } => {
             let rows = cat.list_media(pool.as_deref())?;
-            ctx.out
-                .emit(&rows, || rows.iter().map(media_line).collect());
+            ctx.out.emit_list("cartridges", &rows, || {
+                rows.iter().map(media_line).collect()
+            });
         }
         MediaCommand::Show { barcode } => {
+            let barcode = cat.resolve_volume(&barcode)?;
             let m = require_media(&cat, &barcode)?;
             let ev = lifecycle::evaluate(&cat, now)?;
             let set = m.media_set_uuid.and_then(|s| ev.set(s).cloned());
             let r = ShowReport {
                 images: cat.images_on_media(&barcode)?,
                 overwrite_impact: lifecycle::overwrite_impact(&cat, &barcode, now)?,
-                set,
-                media: m,
+                media_set: set.as_ref().map(set_status_json),
+                cartridge: m,
             };
             ctx.out.emit(&r, || {
-                let mut s = media_line(&r.media);
-                if let Some(st) = &r.set {
+                let mut s = media_line(&r.cartridge);
+                if let Some(st) = &set {
                     s.push_str(&format!(
                         "media set {} of pool {}, last write {}, {}\n",
                         st.set.uuid,
@@ -205,6 +229,10 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
             set,
             force,
         } => {
+            let set = match &set {
+                Some(s) => Some(cat.resolve_media_set(s)?),
+                None => None,
+            };
             let rep = with_lib(&home, |l| {
                 vault::export(&cat, l.library(), &barcodes, set, force)
             })?;
@@ -228,7 +256,7 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
         }
         MediaCommand::Vault { barcodes, location } => {
             let moved = with_lib(&home, |l| vault::vault(&cat, l, &barcodes, &location))?;
-            ctx.out.emit(&moved, || {
+            ctx.out.emit_list("moved", &moved, || {
                 moved
                     .iter()
                     .map(|m| format!("{} {} -> {}\n", m.barcode, m.from, m.to))
@@ -237,7 +265,7 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
         }
         MediaCommand::Return { barcodes } => {
             let r = with_lib(&home, |l| vault::return_media(&cat, l, &barcodes, now))?;
-            ctx.out.emit(&r, || {
+            ctx.out.emit_list("returned", &r, || {
                 r.iter()
                     .map(|x| {
                         format!(
@@ -258,14 +286,21 @@ pub fn media(ctx: &Ctx, c: MediaCommand) -> Result<()> {
         }
         MediaCommand::Offsite { at } => {
             let r = vault::offsite(&cat, at.unwrap_or(now))?;
-            ctx.out
-                .emit(&r, || offsite_text(&r, "nothing is outside the library"));
+            ctx.out.emit_list("cartridges", &r, || {
+                offsite_text(&r, "nothing is outside the library")
+            });
         }
         MediaCommand::Due { at } => {
             let r = vault::due(&cat, at.unwrap_or(now))?;
-            ctx.out.emit(&r, || offsite_text(&r, "nothing is due back"));
+            ctx.out
+                .emit_list("cartridges", &r, || offsite_text(&r, "nothing is due back"));
         }
         MediaCommand::PullList { disk, at, image } => {
+            let disk = cat.resolve_disk(&disk)?;
+            let image = match &image {
+                Some(i) => Some(cat.resolve_image(i, Some(disk))?),
+                None => None,
+            };
             let at = match (at, image) {
                 (Some(t), None) => At::Time(t),
                 (None, Some(i)) => At::Image(i),
@@ -341,7 +376,7 @@ fn set_state(
         .filter(|i| i.status == crate::catalog::ImageStatus::Complete)
         .count();
     ctx.out.emit(
-        &serde_json::json!({"barcode": barcode, "from": m.state, "state": state, "restore_points": kept}),
+        &serde_json::json!({"barcode": barcode, "previous_state": m.state, "state": state, "restore_points": kept}),
         || {
             format!(
                 "{barcode}: {} -> {state}; it is never written again ({kept} restore point(s) on it stay readable)",

@@ -16,8 +16,10 @@ mod format;
 mod generate_cmd;
 mod hook;
 mod job;
+mod json;
 mod key_cmd;
 mod library_cmd;
+mod manifest_cmd;
 mod media_cmd;
 mod output;
 mod passphrase;
@@ -79,6 +81,9 @@ pub enum Command {
     Rotate(rotate_cmd::RotateArgs),
     /// Back up disks (full, or incremental relative to the last good image).
     Backup(backup_cmd::BackupArgs),
+    /// VM manifests: write one with fresh disk UUIDs, check one.
+    #[command(subcommand)]
+    Manifest(manifest_cmd::ManifestCommand),
     /// The catalog: rebuild from cartridges, back up onto one, export, check.
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCommand),
@@ -158,6 +163,7 @@ pub fn main() -> i32 {
         Err(e) => return parse_error(e),
     };
     let job = command_path(&matches);
+    json::set_command(&job);
     apply_config_defaults(&mut cli.global, &job);
     let out = Output {
         json: cli.global.json,
@@ -193,7 +199,7 @@ pub fn main() -> i32 {
             if out.json {
                 out.emit(&doc, String::new);
             }
-            job::finish(code, serde_json::to_value(&doc).ok());
+            job::finish(code, serde_json::to_value(&doc).ok().map(json::document));
             code
         }
     }
@@ -266,7 +272,7 @@ fn command_path(m: &clap::ArgMatches) -> String {
 /// A home that cannot be read leaves everything as it is (the command reports it).
 fn apply_config_defaults(g: &mut GlobalArgs, job: &str) {
     let first = job.split(' ').next().unwrap_or("");
-    if matches!(first, "" | "init" | "completions" | "man") {
+    if matches!(first, "" | "init" | "completions" | "man" | "manifest") {
         return;
     }
     let dir = Home::resolve(g.home.as_deref());
@@ -319,6 +325,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Media(c) => media_cmd::media(ctx, c),
         Command::Rotate(a) => rotate_cmd::rotate(ctx, a),
         Command::Backup(a) => backup_cmd::backup(ctx, a),
+        Command::Manifest(c) => manifest_cmd::manifest(ctx, c),
         Command::Catalog(c) => catalog_cmd::catalog(ctx, c),
         Command::Key(c) => key_cmd::key(ctx, c),
         Command::Images(a) => restore_cmd::images(ctx, a),

@@ -94,7 +94,9 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 crate::media::vault::check_vault_name(v)?;
                 crate::home::pools_toml::set_offsite(&home.dir, &row.name, Some(v))?;
             }
-            ctx.out.emit(&row, || format!("created pool {}", row.name));
+            ctx.out.emit(&super::json::pool(&row), || {
+                format!("created pool {}", row.name)
+            });
         }
         PoolCommand::Update(a) => {
             let mut row = cat
@@ -137,11 +139,14 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
             } else if a.no_offsite {
                 crate::home::pools_toml::set_offsite(&home.dir, &row.name, None)?;
             }
-            ctx.out.emit(&row, || format!("updated pool {}", row.name));
+            ctx.out.emit(&super::json::pool(&row), || {
+                format!("updated pool {}", row.name)
+            });
         }
         PoolCommand::List => {
             let pools = cat.pools()?;
-            ctx.out.emit(&pools, || {
+            let docs: Vec<serde_json::Value> = pools.iter().map(super::json::pool).collect();
+            ctx.out.emit_list("pools", &docs, || {
                 pools
                     .iter()
                     .map(|p| {
@@ -172,21 +177,24 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
             );
             let retention: Vec<&crate::media::lifecycle::SetStatus> =
                 sets.iter().filter_map(|s| ev.set(s.uuid)).collect();
-            #[derive(Serialize)]
-            struct Show<'a> {
-                pool: &'a PoolRow,
-                offsite: Option<&'a str>,
-                media_sets: &'a [crate::catalog::MediaSetRow],
-                retention: &'a [&'a crate::media::lifecycle::SetStatus],
-                media: &'a [MediaRow],
+            // The pool's own fields, then its media sets (each with its retention
+            // state) and its cartridges.
+            let mut v = super::json::pool(&p);
+            if let Some(m) = v.as_object_mut() {
+                m.insert("offsite".into(), offsite.as_deref().into());
+                let set_docs: Vec<serde_json::Value> = sets
+                    .iter()
+                    .map(|s| match retention.iter().find(|r| r.set.uuid == s.uuid) {
+                        Some(st) => super::media_cmd::set_status_json(st),
+                        None => serde_json::to_value(s).unwrap_or_default(),
+                    })
+                    .collect();
+                m.insert("media_sets".into(), set_docs.into());
+                m.insert(
+                    "cartridges".into(),
+                    serde_json::to_value(&media).unwrap_or_default(),
+                );
             }
-            let v = Show {
-                pool: &p,
-                offsite: offsite.as_deref(),
-                media_sets: &sets,
-                retention: &retention,
-                media: &media,
-            };
             ctx.out.emit(&v, || {
                 let mut s = format!(
                     "pool {}: key {}, compression {}, retention {}, allocation {}\n",
@@ -251,7 +259,17 @@ pub fn pool(ctx: &Ctx, c: PoolCommand) -> Result<()> {
                 crate::home::clock::now(),
                 dry_run,
             )?;
-            ctx.out.emit(&changes, || {
+            let docs: Vec<serde_json::Value> = changes
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "pool": c.pool,
+                        "action": c.action,
+                        "settings": super::json::pool(&c.row),
+                    })
+                })
+                .collect();
+            ctx.out.emit_list("changes", &docs, || {
                 if changes.is_empty() {
                     return format!(
                         "{} declares no pools",

@@ -51,18 +51,19 @@ disks are listed), an image not in the catalog, an --at before the disk's first 
 (its oldest restore point is named); 3 corrupt or missing record, digest mismatch, broken chain (names
 image, cartridge and block); 4 cartridge not in the library; 5 key missing or wrong.")]
 pub struct RestoreArgs {
-    /// The disk's UUID.
-    #[arg(long, value_name = "UUID")]
-    pub disk: Uuid,
+    /// The disk: its UUID, a unique prefix of it, VM/LABEL (`web01/root`, as the
+    /// manifest named it) or the name of a VM with one disk.
+    #[arg(long, value_name = "DISK")]
+    pub disk: String,
     /// Restore the newest restorable image taken at or before this time: `now`, a date
     /// (2026-12-03: its end, UTC), or a time with a zone (2026-12-03T16:48:16Z,
     /// 2026-12-03T18:48:16+02:00, or exactly as `images` prints it). A time counts to
     /// the precision given: 16:48:16Z includes everything within that second.
     #[arg(long, value_name = "TIME", conflicts_with = "image", value_parser = crate::timefmt::parse_at)]
     pub at: Option<DateTime<Utc>>,
-    /// Restore exactly this image (and the chain it needs).
-    #[arg(long, value_name = "UUID")]
-    pub image: Option<Uuid>,
+    /// Restore exactly this image (and the chain it needs): its UUID or a unique prefix.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     /// Where to write the disk: a new file (created sparse), a block device, or `-` for
     /// stdout (a pipe: the disk is restored into a scratch file with no name in $TMPDIR,
     /// which needs room for the disk's allocated bytes, then streamed in order; not with
@@ -80,15 +81,17 @@ Each chain starts with a full (or a copy, or an image whose parent is no longer 
 catalog) followed by the incrementals built on it in time order; an incremental that does
 not build on the image listed just before it names its parent. Shown per image: time,
 kind, UUID, data bytes, disk size, status (complete, failed, corrupt, ...) and the
-cartridges holding it. Each disk is headed with the VM it was last backed up from, when
-known (an image from another VM names its own); the catalog does not keep disk paths. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
+cartridges holding it. Each disk is headed with the VM and disk label it was last backed
+up as (`web01/root`), or the VM alone, when known (an image from another VM names its
+own); the catalog does not keep disk paths. Times are RFC 3339 UTC to the microsecond, as the catalog keeps
 them (the same in --json): pasted into `restore --at` each selects exactly its image.
 An image that cannot be restored says why (`restorable` and `unrestorable_reason` in
 --json): it is not complete, or its chain runs through one that is not.")]
 pub struct ImagesArgs {
-    /// Only this disk's images.
-    #[arg(long, value_name = "UUID")]
-    pub disk: Option<Uuid>,
+    /// Only this disk's images: its UUID, a unique prefix, VM/LABEL or a VM name with
+    /// one disk.
+    #[arg(long, value_name = "DISK")]
+    pub disk: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -122,15 +125,25 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         restore::check_target(&a.to, a.force)?;
     }
     let cat = open_catalog(&home)?;
-    let at = match (a.at, a.image) {
+    let disk = cat.resolve_disk(&a.disk)?;
+    let image = match &a.image {
+        Some(i) => Some(cat.resolve_image(i, Some(disk))?),
+        None => None,
+    };
+    let at = match (a.at, image) {
         (Some(t), None) => At::Time(t),
         (None, Some(i)) => At::Image(i),
         _ => At::Latest,
     };
-    check_restore_point(&cat, a.disk, at)?;
+    check_restore_point(&cat, disk, at)?;
     let mut lib = home.open_library()?;
-    let prepared = restore::prepare(&cat, lib.as_mut(), a.disk, at)?;
-    let term = Terminal::new(ctx.out);
+    let prepared = restore::prepare(&cat, lib.as_mut(), disk, at)?;
+    // Results on stdout, except when stdout carries the disk.
+    let term = if is_stream(&a) {
+        Terminal::results_on_stderr(ctx.out)
+    } else {
+        Terminal::new(ctx.out)
+    };
     let events: &dyn Events = &term;
     // Notes on stderr, also with --json (stdout stays one document).
     for sk in prepared.skipped.iter() {
@@ -306,7 +319,7 @@ fn restore_prepared(
     let target = prepared.target();
     ctx.out.info(format!(
         "restoring disk {} as of image {} ({} {}, {} bytes) from {} image(s) to {}",
-        a.disk,
+        target.disk_uuid,
         target.uuid,
         target.kind,
         crate::timefmt::show(&target.started),
@@ -401,6 +414,7 @@ struct ImageEntry {
     vm: Option<String>,
     change_id: Option<String>,
     content_digest: Option<String>,
+    #[serde(rename = "barcodes")]
     cartridges: Vec<String>,
     note: Option<String>,
     /// Depth below the chain's root (0 = the full).
@@ -420,6 +434,8 @@ struct DiskImages {
     disk: Uuid,
     /// The VM the disk was last backed up from, when known (each image has its own `vm`).
     vm: Option<String>,
+    /// The disk's label within that VM (`root` of `web01/root`), when a backup named it.
+    disk_label: Option<String>,
     chains: Vec<Chain>,
 }
 
@@ -506,8 +522,12 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
 pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     let home = ctx.home()?;
     let cat = open_catalog(&home)?;
-    let all = cat.images(a.disk)?;
-    if let (Some(d), true) = (a.disk, all.is_empty()) {
+    let disk = match &a.disk {
+        Some(d) => Some(cat.resolve_disk(d)?),
+        None => None,
+    };
+    let all = cat.images(disk)?;
+    if let (Some(d), true) = (disk, all.is_empty()) {
         return Err(unknown_disk(&cat, d)?);
     }
     let mut disks: Vec<Uuid> = Vec::new();
@@ -520,15 +540,17 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     for d in disks {
         let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
+        let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
         out.push(DiskImages {
             disk: d,
             vm,
+            disk_label,
             chains: chains_of(&cat, &mine)?,
         });
     }
-    ctx.out.emit(&out, || {
+    ctx.out.emit_list("disks", &out, || {
         if out.is_empty() {
-            return match a.disk {
+            return match disk {
                 Some(d) => format!("no images of disk {d}"),
                 None => "no images".into(),
             };
@@ -536,9 +558,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         let mut s = String::new();
         for d in &out {
             // The catalog keeps the VM name of each image, not the disk's path.
-            match &d.vm {
-                Some(vm) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
-                None => s.push_str(&format!("disk {}\n", d.disk)),
+            match (&d.vm, &d.disk_label) {
+                (Some(vm), Some(l)) => s.push_str(&format!("disk {} ({vm}/{l})\n", d.disk)),
+                (Some(vm), None) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
+                _ => s.push_str(&format!("disk {}\n", d.disk)),
             }
             for (n, c) in d.chains.iter().enumerate() {
                 let root = &c.images[0];

@@ -52,6 +52,7 @@ pub fn fail_with<T: Serialize>(ctx: &Ctx, err: Error, extra: &T) -> Result<()> {
         m.insert("kind".into(), err.kind().into());
         m.insert("exit_code".into(), code.into());
     }
+    let doc = super::json::document(doc);
     eprintln!("tapevault: error: {err}");
     println!(
         "{}",

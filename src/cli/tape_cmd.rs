@@ -182,7 +182,9 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
         }
         TapeOp::Tell => {
             let p = d.position()?;
-            out.emit(&p, || format!("At block {}.", p.block));
+            out.emit(&serde_json::json!({ "position": p }), || {
+                format!("At block {}.", p.block)
+            });
         }
         TapeOp::Seek { block } => {
             d.locate(block)?;
@@ -233,7 +235,7 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
                     }
                 }
             }
-            out.emit(&blocks, || {
+            out.emit_list("blocks", &blocks, || {
                 blocks
                     .iter()
                     .map(|b| {
@@ -276,7 +278,7 @@ pub fn tape(ctx: &Ctx, a: TapeArgs) -> Result<()> {
             };
             let results = conformance::run(d, &opts);
             let failed = results.iter().filter(|r| !r.passed).count();
-            out.emit(&results, || {
+            out.emit_list("results", &results, || {
                 let mut s: String = results
                     .iter()
                     .map(|r| {

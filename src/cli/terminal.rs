@@ -1,8 +1,9 @@
 //! The one place where a job's events reach a person: notes as lines on stderr,
 //! byte-counted tasks as progress bars (with throughput and ETA) and waits as spinners
-//! when stderr is a terminal, and each finished item as a summary line for the log (a
-//! backed-up disk's line on stdout, as it is a result; the others on stderr).
-//! Results themselves (text or `--json`) go to stdout through [`super::Output`].
+//! when stderr is a terminal, and each finished item (an image written, a cartridge
+//! scanned) as a result line on stdout, printed as soon as it is known (not under
+//! `--json`: the document carries them). The command's final result (text or `--json`)
+//! goes to stdout through [`super::Output`].
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use crate::events::{Event, Events, Finished};
 pub struct Terminal {
     out: Output,
     interactive: bool,
+    /// Result lines go to stderr (stdout carries data: `restore --to -`).
+    results_on_stderr: bool,
     bar: Mutex<Option<ProgressBar>>,
     spinner: Mutex<Option<ProgressBar>>,
 }
@@ -26,9 +29,42 @@ impl Terminal {
         Terminal {
             out,
             interactive: out.interactive(),
+            results_on_stderr: false,
             bar: Mutex::new(None),
             spinner: Mutex::new(None),
         }
+    }
+
+    /// A terminal for a job whose stdout carries data: its result lines go to stderr.
+    pub fn results_on_stderr(out: Output) -> Terminal {
+        let mut t = Terminal::new(out);
+        t.results_on_stderr = true;
+        t
+    }
+
+    /// A result line on stdout (stderr when stdout carries data), above a bar or
+    /// spinner when one is shown.
+    fn result(&self, text: &str) {
+        if self.results_on_stderr {
+            return self.line(text);
+        }
+        let print = || {
+            use std::io::Write;
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{text}");
+            let _ = o.flush();
+        };
+        if let Ok(bar) = self.bar.lock() {
+            if let Some(b) = bar.as_ref() {
+                return b.suspend(print);
+            }
+        }
+        if let Ok(sp) = self.spinner.lock() {
+            if let Some(s) = sp.as_ref() {
+                return s.suspend(print);
+            }
+        }
+        print()
     }
 
     /// Whether a person is watching (bars and spinners are shown).
@@ -51,29 +87,6 @@ impl Terminal {
             }
         }
         eprintln!("{text}");
-    }
-
-    /// A result line on stdout (with a bar or spinner on stderr held while it prints).
-    fn result_line(&self, text: &str) {
-        let print = || {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{text}");
-            let _ = out.flush();
-        };
-        if let Ok(bar) = self.bar.lock() {
-            if let Some(b) = bar.as_ref() {
-                b.suspend(print);
-                return;
-            }
-        }
-        if let Ok(sp) = self.spinner.lock() {
-            if let Some(s) = sp.as_ref() {
-                s.suspend(print);
-                return;
-            }
-        }
-        print();
     }
 
     fn end_bar(&self) {
@@ -150,16 +163,8 @@ impl Events for Terminal {
             }
             Event::WaitOver => self.end_spinner(),
             Event::Finished(f) => {
-                if self.out.json {
-                    return;
-                }
-                match f {
-                    // A disk's backup result is a result: on stdout, with the session
-                    // line that follows it.
-                    Finished::Image(_) => self.result_line(&finished_line(&f)),
-                    // The others say how a job goes (a restore may stream the disk
-                    // itself on stdout): stderr.
-                    _ => self.line(&finished_line(&f)),
+                if !self.out.json {
+                    self.result(&finished_line(&f));
                 }
             }
         }

@@ -1,7 +1,6 @@
 //! `tapevault verify`.
 
 use clap::Args;
-use uuid::Uuid;
 
 use super::shared::open_catalog;
 use super::shared::{fail_with, unlock_keys};
@@ -25,9 +24,9 @@ knows failed are only noted). A cartridge the catalog knows as blank verifies as
 (exit 0); blank where the catalog expects a label is damage. Exit 3 if anything is
 damaged, 4 if the cartridge is not in the library, 5 if a key is missing.")]
 pub struct VerifyArgs {
-    /// Read back every part and record of this image.
-    #[arg(long, value_name = "UUID", conflicts_with = "barcode")]
-    pub image: Option<Uuid>,
+    /// Read back every part and record of this image (its UUID or a unique prefix).
+    #[arg(long, value_name = "IMAGE", conflicts_with = "barcode")]
+    pub image: Option<String>,
     /// Read back every tape file of this cartridge.
     #[arg(long, value_name = "BARCODE")]
     pub barcode: Option<String>,
@@ -38,7 +37,8 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
     let cat = open_catalog(&home)?;
     let mut lib = home.open_library()?;
     match (a.image, a.barcode) {
-        (Some(id), None) => {
+        (Some(name), None) => {
+            let id = cat.resolve_image(&name, None)?;
             let img = cat
                 .image(id)?
                 .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;

@@ -55,6 +55,7 @@ pub struct Hold {
     /// The kept image whose restore chain includes it.
     pub needed_by: Uuid,
     /// The media set of `needed_by` (None if it is not on any known set).
+    #[serde(rename = "needed_by_media_set")]
     pub needed_by_set: Option<Uuid>,
 }
 
@@ -585,6 +586,7 @@ mod tests {
                 uuid: Uuid::new_v4(),
                 disk_uuid: disk,
                 vm_name: None,
+                disk_label: None,
                 kind: if parent.is_some() {
                     ImageKind::Incremental
                 } else {

@@ -26,15 +26,18 @@ use tape_devices::changer::{ElementKind, TapeLibrary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SetExpiry {
+    #[serde(rename = "media_set")]
     pub set: Uuid,
     pub pool: String,
     pub last_write: DateTime<Utc>,
     pub expired_since: DateTime<Utc>,
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SetHeld {
+    #[serde(rename = "media_set")]
     pub set: Uuid,
     pub pool: String,
     pub holds: Vec<Hold>,

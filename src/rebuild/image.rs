@@ -118,6 +118,8 @@ pub(super) fn build_image(
         uuid,
         disk_uuid: Uuid::from_bytes(h0.disk_uuid),
         vm_name: Some(h0.vm_name.clone()).filter(|v| !v.is_empty()),
+        // Not on tape: a catalog snapshot brings it back when one is merged.
+        disk_label: None,
         kind: match h0.kind {
             WireKind::Full => ImageKind::Full,
             WireKind::Incremental => ImageKind::Incremental,

@@ -35,6 +35,7 @@ pub struct ImageFound {
     pub disk: Uuid,
     pub status: ImageStatus,
     pub parts: u32,
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
     pub note: Option<String>,
 }

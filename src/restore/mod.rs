@@ -91,6 +91,8 @@ pub struct RestoreReport {
     /// The restored image's time, as `images` prints it.
     #[serde(serialize_with = "crate::timefmt::serde_show::time")]
     pub at: chrono::DateTime<chrono::Utc>,
+    /// The file or device written (`target`: `to` is a location in the JSON contract).
+    #[serde(rename = "target")]
     pub to: PathBuf,
     pub disk_size: u64,
     pub block_device: bool,

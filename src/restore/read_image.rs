@@ -31,6 +31,7 @@ pub struct ImageRead {
     /// Whether the content digest over the whole image was computed and matched the
     /// trailer and the catalog (only possible when every record was read).
     pub digest_checked: bool,
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
 }
 

@@ -5,6 +5,7 @@
 //!
 //! [[disk]]
 //! id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11"   # the hypervisor's disk UUID
+//! label = "root"                                # optional: names the disk as vm1/root
 //! path = "/var/lib/vms/vm1/disk0.raw"           # raw image file or block device
 //! changed_extents = "disk0.cbt.json"            # optional, see `changed`
 //! ```
@@ -34,6 +35,9 @@ pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 pub struct DiskEntry {
     /// The hypervisor's disk UUID: the disk's identity for the catalog.
     pub id: Uuid,
+    /// The disk's name within its VM (`root`, `data`): with the VM name it names the
+    /// disk wherever a disk is taken (`web01/root`).
+    pub label: Option<String>,
     /// Raw image file or block device (resolved against the manifest directory).
     pub path: PathBuf,
     /// Changed-extents file for an incremental (resolved likewise).
@@ -89,6 +93,7 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawDisk {
     id: String,
+    label: Option<String>,
     path: String,
     changed_extents: Option<String>,
 }
@@ -147,7 +152,11 @@ impl VmManifest {
                 ),
             ));
         }
+        if let Err(why) = check_name(name, true) {
+            return Err(field_err("name".into(), &why));
+        }
         let mut seen: HashMap<Uuid, usize> = HashMap::new();
+        let mut labels: HashMap<String, usize> = HashMap::new();
         let mut disks = Vec::with_capacity(raw.disk.len());
         for (i, d) in raw.disk.into_iter().enumerate() {
             let id = Uuid::parse_str(d.id.trim()).map_err(|e| {
@@ -174,6 +183,21 @@ impl VmManifest {
                 });
             }
             seen.insert(id, i);
+            let label = match d.label {
+                None => None,
+                Some(l) => {
+                    let l = l.trim().to_string();
+                    check_name(&l, false)
+                        .map_err(|why| field_err(format!("disk[{i}].label"), &why))?;
+                    if let Some(first) = labels.insert(l.clone(), i) {
+                        return Err(field_err(
+                            format!("disk[{i}].label"),
+                            &format!("{l:?} is also the label of disk[{first}]; each disk of a VM needs its own label"),
+                        ));
+                    }
+                    Some(l)
+                }
+            };
             if d.path.trim().is_empty() {
                 return Err(field_err(format!("disk[{i}].path"), "is empty"));
             }
@@ -189,6 +213,7 @@ impl VmManifest {
             };
             disks.push(DiskEntry {
                 id,
+                label,
                 path: base_dir.join(d.path),
                 changed_extents,
             });
@@ -197,6 +222,54 @@ impl VmManifest {
             name: name.to_string(),
             disks,
         })
+    }
+}
+
+/// Longest VM name or disk label.
+pub const MAX_NAME: usize = 128;
+
+/// Whether `s` can be a VM name (`vm`) or a disk label: not empty, at most
+/// [`MAX_NAME`] bytes, no control characters; a label has no `/` either (the last `/`
+/// of `web01/root` separates VM and label).
+pub fn check_name(s: &str, vm: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    if s.len() > MAX_NAME {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_NAME} are accepted",
+            s.len()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!("{s:?} contains the control character {c:?}"));
+    }
+    if !vm && s.contains('/') {
+        return Err(format!(
+            "{s:?} contains `/`; a disk label may not (the last `/` separates VM and label in VM/LABEL)"
+        ));
+    }
+    Ok(())
+}
+
+impl VmManifest {
+    /// The manifest as TOML text in the documented form (docs/CLI.md, "Backup inputs"),
+    /// readable back by [`VmManifest::parse`]. Paths are written as they are held.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let mut t = format!("name = {}\n", q(&self.name));
+        for d in &self.disks {
+            t.push_str("\n[[disk]]\n");
+            t.push_str(&format!("id = {}\n", q(&d.id.to_string())));
+            if let Some(l) = &d.label {
+                t.push_str(&format!("label = {}\n", q(l)));
+            }
+            t.push_str(&format!("path = {}\n", q(&d.path.to_string_lossy())));
+            if let Some(c) = &d.changed_extents {
+                t.push_str(&format!("changed_extents = {}\n", q(&c.to_string_lossy())));
+            }
+        }
+        t
     }
 }
 
@@ -230,5 +303,26 @@ path = "/dev/vg/d1"
         );
         assert_eq!(m.disks[1].path, Path::new("/dev/vg/d1"));
         assert_eq!(m.disks[1].changed_extents, None);
+    }
+
+    #[test]
+    fn labels_are_checked_and_the_toml_reads_back() {
+        let text = r#"name = "web01"
+[[disk]]
+id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11"
+label = "root"
+path = "/vms/a \"b\".raw"
+"#;
+        let m = parse(text).unwrap();
+        assert_eq!(m.disks[0].label.as_deref(), Some("root"));
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+        let dup = format!(
+            "{text}[[disk]]\nid = \"6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d12\"\nlabel = \"root\"\npath = \"b\"\n"
+        );
+        let e = parse(&dup).unwrap_err().to_string();
+        assert!(e.contains("disk[1].label") && e.contains("disk[0]"), "{e}");
+        let slash = text.replace("label = \"root\"", "label = \"a/b\"");
+        let e = parse(&slash).unwrap_err().to_string();
+        assert!(e.contains("`/`"), "{e}");
     }
 }
