@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::format::finished_line;
 use super::Output;
-use crate::events::{Event, Events, Finished};
+use crate::events::{Event, Events};
 
 /// A job's events, shown on the terminal (or written to stderr as lines).
 pub struct Terminal {
