@@ -11,6 +11,7 @@ pub mod disk;
 pub mod hashscan;
 pub mod input;
 pub mod manifest;
+pub mod qmp;
 
 /// Default tracking-block size (64 KiB): the granularity of zero detection and of the
 /// digest list. Matches VMware's CBT granularity order of magnitude while keeping a
