@@ -107,6 +107,14 @@ pub fn discover(c: &mut QmpClient) -> Result<Vec<VmDisk>, QmpError> {
             continue;
         }
         let node = str_field(ins, "node-name");
+        if str_field(ins, "drv") == "copy-before-write" {
+            return Err(QmpError::Protocol {
+                path: c.path().to_path_buf(),
+                message: format!(
+                    "device {qdev} is being read by a backup job (a copy-before-write filter sits above its disk); if it is a killed tapevault's, `live::discover_clean` removes it first, else wait until that backup ends"
+                ),
+            });
+        }
         let image = ins.get("image").cloned().unwrap_or(Value::Null);
         let bitmaps = nodes
             .iter()
@@ -130,6 +138,20 @@ pub fn discover(c: &mut QmpClient) -> Result<Vec<VmDisk>, QmpError> {
         });
     }
     Ok(out)
+}
+
+/// The bitmaps of one node, now.
+pub fn node_bitmaps(c: &mut QmpClient, node: &str) -> Result<Vec<Bitmap>, QmpError> {
+    let nodes = c.execute("query-named-block-nodes", Some(json!({"flat": true})))?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+        .and_then(|n| n.get("dirty-bitmaps"))
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter_map(parse_bitmap).collect())
+        .unwrap_or_default())
 }
 
 fn parse_bitmap(v: &Value) -> Option<Bitmap> {

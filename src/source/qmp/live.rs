@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::agent::GuestAgent;
 use super::client::QmpClient;
-use super::disks::{discover, VmDisk};
+use super::disks::{discover, node_bitmaps, VmDisk};
 use super::epoch::{bitmap_name, decide, epoch_of, ChangeId, Decision, EXPORT_BITMAP, PREFIX};
 use super::error::QmpError;
 use super::guard::SignalGuard;
@@ -132,6 +132,17 @@ pub struct LiveBackup {
     removed: Vec<String>,
 }
 
+/// Removes what a killed earlier run left (in QEMU and in `scratch_dir`), then lists
+/// the VM's disks. Returns the disks and what was removed, in words.
+pub fn discover_clean(
+    c: &mut QmpClient,
+    scratch_dir: &Path,
+) -> Result<(Vec<VmDisk>, Vec<String>), QmpError> {
+    let mut removed = leftovers::remove_all(c)?;
+    removed.extend(leftovers::remove_files(scratch_dir));
+    Ok((discover(c)?, removed))
+}
+
 impl LiveBackup {
     /// Takes the point in time and exports it. On error everything created is removed
     /// again and the previous epoch is left as it was.
@@ -142,6 +153,8 @@ impl LiveBackup {
         observer: &mut dyn FnMut(Step),
     ) -> Result<LiveBackup, QmpError> {
         let socket = opts.scratch_dir.join(format!("{PREFIX}nbd.sock"));
+        // Normally done by [`discover_clean`] already; here again so that nothing of an
+        // earlier run can be in the way.
         let mut removed = leftovers::remove_all(&mut client)?;
         removed.extend(leftovers::remove_files(&opts.scratch_dir));
 
@@ -337,13 +350,11 @@ impl LiveBackup {
         }
         tx?;
         // The new bitmaps exist now: record their granularity in the change id.
-        let now = discover(&mut inner.client)?;
         for d in &mut inner.disks {
             if let Some(b) = &d.new_bitmap {
-                let gran = now
+                let gran = node_bitmaps(&mut inner.client, &d.disk.node)?
                     .iter()
-                    .find(|x| x.node == d.disk.node)
-                    .and_then(|x| x.bitmap(b))
+                    .find(|x| &x.name == b)
                     .map(|x| x.granularity)
                     .ok_or_else(|| QmpError::Protocol {
                         path: inner.client.path().to_path_buf(),
