@@ -510,30 +510,26 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         child.kill().unwrap();
         child.wait().unwrap();
 
+        // The next run cleans up first.
+        let mut cc = vm.qmp();
+        let (_, mut removed) = discover_clean(&mut cc, &dir.path().join("scratch")).unwrap();
         // "Committed": the child committed disk 0 (its catalog now names the new epoch).
-        let committed_new = *step == "Committed";
-        if committed_new {
-            let mut c = vm.qmp();
-            let new = discover(&mut c)
+        if *step == "Committed" {
+            let d = discover(&mut cc)
                 .unwrap()
                 .into_iter()
                 .find(|d| d.serial.as_deref() == Some("SER-A"))
-                .unwrap()
-                .bitmaps
-                .iter()
-                .map(|b| b.name.clone())
-                .find(|n| *n != ChangeId::parse(&prev[0].1).unwrap().bitmap())
                 .unwrap();
-            let d = discover(&mut c).unwrap().into_iter().find(|d| d.serial.as_deref() == Some("SER-A")).unwrap();
-            let g = d.bitmap(&new).unwrap().granularity;
-            let epoch = tapevault::source::qmp::epoch::epoch_of(&new).unwrap();
-            prev[0].1 = ChangeId { epoch, size: d.size, granularity: g }.to_string();
+            let old = ChangeId::parse(&prev[0].1).unwrap().bitmap();
+            let new = d.bitmaps.iter().find(|b| b.name != old).unwrap();
+            assert!(d.bitmap(&old).is_none(), "committed() removes the old epoch's bitmap");
+            let epoch = tapevault::source::qmp::epoch::epoch_of(&new.name).unwrap();
+            prev[0].1 = ChangeId { epoch, size: d.size, granularity: new.granularity }.to_string();
             since[0].clear();
         }
-
-        // The next run cleans up and reads exactly what changed since the committed images.
-        let mut cc = vm.qmp();
-        let (reqs, mut removed) = requests_cleaned(&mut cc, &prev);
+        // ... and reads exactly what changed since the committed images.
+        let (reqs, more) = requests_cleaned(&mut cc, &prev);
+        removed.extend(more);
         let lb = LiveBackup::start(cc, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
         removed.extend(lb.removed_leftovers().iter().cloned());
         if *step != "Cleaned" {
