@@ -53,6 +53,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 id: d.id,
                 path: d.path,
                 changed_extents: d.changed_extents,
+                driver: None,
             })
             .collect();
         (Some(vm.name), disks)
@@ -63,6 +64,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 id,
                 path,
                 changed_extents: a.changed_extents.clone(),
+                driver: None,
             }],
         )
     } else {

@@ -5,12 +5,17 @@
 //! - [`disk`]: opening a disk, reading it in bounded chunks with zero detection.
 //! - [`input`]: opening inputs without blocking, refusing the wrong kinds of file.
 //! - [`hashscan`]: per-block BLAKE3 digest lists and change detection by hash scan.
+//! - [`nbd`]: reading a disk from an NBD export (holes from `base:allocation`, dirty
+//!   extents from `qemu:dirty-bitmap:NAME`).
+//! - [`export`]: the driver contract for disks served as NBD exports, with epochs.
 
 pub mod changed;
 pub mod disk;
+pub mod export;
 pub mod hashscan;
 pub mod input;
 pub mod manifest;
+pub mod nbd;
 
 /// Default tracking-block size (64 KiB): the granularity of zero detection and of the
 /// digest list. Matches VMware's CBT granularity order of magnitude while keeping a
