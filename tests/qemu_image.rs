@@ -566,3 +566,101 @@ fn a_remote_export_over_tcp_with_tls() {
         r.stderr
     );
 }
+
+/// Allocated (data) bytes of an image, from `qemu-img map --output=json`.
+fn allocated(img: &Path, format: &str) -> u64 {
+    let out = sh(Command::new("qemu-img")
+        .args(["map", "-U", "--output=json", "-f", format])
+        .arg(img));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"].as_bool() == Some(true))
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn restore_into_a_new_qcow2_and_into_an_nbd_export() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let img = new_image(&v.root, "64M");
+    qemu_io(
+        &img,
+        &["write -P 0x61 0 2M".into(), "write -P 0x62 30M 1M".into()],
+    );
+    let id = Uuid::new_v4();
+    backup(&v, &img, id, &[]);
+    // Zero a written range, so the incremental carries a zero extent.
+    qemu_io(
+        &img,
+        &["write -z 1M 512k".into(), "write -P 0x63 50M 64k".into()],
+    );
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["method"], "dirty-bitmap");
+    let copy = v.path("now.raw");
+    to_raw(&img, &copy);
+    let ids = id.to_string();
+
+    // A new qcow2 image: bit-identical, and only the data is allocated.
+    let q = v.path("restored.qcow2");
+    let to = format!("qcow2:{}", q.display());
+    v.ok(&["restore", "--disk", &ids, "--to", &to]);
+    let raw = v.path("restored-qcow2.raw");
+    to_raw(&q, &raw);
+    assert_same_bytes(&raw, &copy, "qcow2 target");
+    let data = 2 * MIB - 512 * KIB + MIB + 64 * KIB;
+    assert_eq!(
+        allocated(&q, "qcow2"),
+        data,
+        "zeros are not written as data"
+    );
+    // It exists already: refused without --force.
+    v.fails(&["restore", "--disk", &ids, "--to", &to], 2);
+
+    // An NBD export (a VM's disk, here a qcow2 full of other data): written in place,
+    // zero extents as WRITE_ZEROES, which leave the clusters unallocated.
+    let target = v.path("target.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&target)
+        .arg("64M"));
+    qemu_io(&target, &["write -P 0x7f 0 64M".into()]);
+    let sock = v.path("t.sock");
+    let child = Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "qcow2",
+            "--discard=unmap",
+            "--persistent",
+            "--export-name=vda",
+        ])
+        .arg(format!("--socket={}", sock.display()))
+        .arg(&target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Killed(child);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err()
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to = format!("nbd+unix:///vda?socket={}", sock.display());
+    v.ok(&["restore", "--disk", &ids, "--to", &to]);
+    drop(server);
+    let raw = v.path("restored-nbd.raw");
+    to_raw(&target, &raw);
+    assert_same_bytes(&raw, &copy, "NBD export target");
+    assert!(
+        allocated(&target, "qcow2") <= data + 2 * MIB,
+        "zeros were written as data: {} allocated",
+        allocated(&target, "qcow2")
+    );
+}

@@ -386,14 +386,29 @@ impl NbdServer {
     /// Starts `qemu-nbd` on a socket in a new private directory; returns once it
     /// listens.
     pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> Result<NbdServer, String> {
+        NbdServer::start_with(image, format, bitmap, false)
+    }
+
+    /// Like [`start`](Self::start); `writable` serves the image read-write (a restore
+    /// target), with discards and zero writes unmapping clusters so it stays thin.
+    pub fn start_with(
+        image: &Path,
+        format: &str,
+        bitmap: Option<&str>,
+        writable: bool,
+    ) -> Result<NbdServer, String> {
         let dir = tempfile::Builder::new()
             .prefix("tapevault-nbd-")
             .tempdir()
             .map_err(|e| format!("cannot make a directory for qemu-nbd's socket: {e}"))?;
         let sock = dir.path().join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
-        cmd.arg("--read-only")
-            .arg("--persistent")
+        if writable {
+            cmd.arg("--discard=unmap");
+        } else {
+            cmd.arg("--read-only");
+        }
+        cmd.arg("--persistent")
             .arg("--shared=4")
             .arg(format!("--format={format}"))
             .arg("--export-name=disk")
