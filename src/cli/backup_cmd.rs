@@ -14,15 +14,23 @@ use super::{usage, Ctx};
 use crate::backup::{self, BackupRequest, DiskSpec, KeyMaterial, Mode};
 use crate::error::{Error, Result};
 use crate::source::manifest::VmManifest;
+use crate::source::SourceSpec;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// A VM manifest (TOML: name, [[disk]] id/path/changed_extents).
     #[arg(long, value_name = "VM.toml", conflicts_with_all = ["disk", "disk_id"])]
     pub manifest: Option<PathBuf>,
-    /// A disk image file or block device.
-    #[arg(long, value_name = "PATH", requires = "disk_id")]
+    /// A raw disk image file or block device, or a disk source: FORMAT:PATH (qcow2:,
+    /// vmdk:, raw:, ..., image: for the detected format; served by a private qemu-nbd,
+    /// qcow2 bitmaps give incrementals), nbd+unix:///EXPORT?socket=PATH,
+    /// nbd://HOST[:PORT]/EXPORT, nbds://... (see "Backup inputs" in docs/CLI.md).
+    #[arg(long, value_name = "PATH|SOURCE", requires = "disk_id")]
     pub disk: Option<PathBuf>,
+    /// QEMU x509 credentials (ca-cert.pem, client-cert.pem, client-key.pem) for an NBD
+    /// --disk over TLS.
+    #[arg(long, value_name = "DIR", requires = "disk")]
+    pub tls_creds_dir: Option<PathBuf>,
     /// The disk's stable UUID (the hypervisor's); identifies it across backups.
     #[arg(long, value_name = "UUID", requires = "disk")]
     pub disk_id: Option<Uuid>,
@@ -46,23 +54,48 @@ pub struct BackupArgs {
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let (vm_name, disks) = if let Some(m) = &a.manifest {
         let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
-        let disks = vm
-            .disks
-            .into_iter()
-            .map(|d| DiskSpec {
+        let mut disks = Vec::new();
+        for d in vm.disks {
+            let driver = match &d.source {
+                Some(s) => Some(
+                    s.driver()
+                        .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?,
+                ),
+                None => None,
+            };
+            disks.push(DiskSpec {
                 id: d.id,
                 path: d.path,
                 changed_extents: d.changed_extents,
-            })
-            .collect();
+                driver,
+            });
+        }
         (Some(vm.name), disks)
     } else if let (Some(path), Some(id)) = (a.disk.clone(), a.disk_id) {
+        let text = path.to_string_lossy();
+        let (path, driver) = if SourceSpec::looks_like(&text) {
+            let spec =
+                SourceSpec::parse(&text, std::path::Path::new(""), a.tls_creds_dir.as_deref())
+                    .map_err(|e| Error::Usage(format!("--disk: {e}")))?;
+            let driver = spec
+                .driver()
+                .map_err(|e| Error::Usage(format!("disk {id}: {e}")))?;
+            (spec.display_path(), Some(driver))
+        } else {
+            if a.tls_creds_dir.is_some() {
+                return usage(
+                    "--tls-creds-dir applies to an NBD --disk (nbd://, nbds://, nbd+unix://) only",
+                );
+            }
+            (path, None)
+        };
         (
             a.vm.clone(),
             vec![DiskSpec {
                 id,
                 path,
                 changed_extents: a.changed_extents.clone(),
+                driver,
             }],
         )
     } else {
