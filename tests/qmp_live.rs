@@ -16,7 +16,9 @@ use qmp_support::{qemu_missing, Vm};
 use serde_json::json;
 use tapevault::source::qmp::disks::{discover, VmDisk};
 use tapevault::source::qmp::epoch::{ChangeId, Decision};
-use tapevault::source::qmp::live::{discover_clean, Consistency, DiskRequest, LiveBackup, LiveOptions, Step};
+use tapevault::source::qmp::live::{
+    discover_clean, Consistency, DiskRequest, LiveBackup, LiveOptions, Step,
+};
 use tapevault::source::qmp::QmpClient;
 use uuid::Uuid;
 
@@ -38,7 +40,10 @@ fn requests(c: &mut QmpClient, previous: &[(Uuid, String)]) -> Vec<DiskRequest> 
 }
 
 /// Like a backup run: leftovers removed, disks discovered, ids derived.
-fn requests_cleaned(c: &mut QmpClient, previous: &[(Uuid, String)]) -> (Vec<DiskRequest>, Vec<String>) {
+fn requests_cleaned(
+    c: &mut QmpClient,
+    previous: &[(Uuid, String)],
+) -> (Vec<DiskRequest>, Vec<String>) {
     let (disks, removed) = discover_clean(c, Path::new("/nonexistent-scratch")).unwrap();
     let reqs = disks
         .into_iter()
@@ -93,10 +98,20 @@ impl Model {
 
 fn tapevault_objects(c: &mut QmpClient) -> Vec<String> {
     let mut out = Vec::new();
-    for e in c.execute("query-block-exports", None).unwrap().as_array().unwrap() {
+    for e in c
+        .execute("query-block-exports", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
         out.push(format!("export {}", e["id"]));
     }
-    for j in c.execute("query-block-jobs", None).unwrap().as_array().unwrap() {
+    for j in c
+        .execute("query-block-jobs", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
         out.push(format!("job {}", j["device"]));
     }
     for n in c
@@ -135,17 +150,27 @@ fn start(
         .iter()
         .map(|d| matches!(d.decision, Decision::Incremental { .. }))
         .collect();
-    assert_eq!(kinds, expect_incremental, "decisions: {:?}", lb.disks().iter().map(|d| &d.decision).collect::<Vec<_>>());
+    assert_eq!(
+        kinds,
+        expect_incremental,
+        "decisions: {:?}",
+        lb.disks().iter().map(|d| &d.decision).collect::<Vec<_>>()
+    );
     lb
 }
 
 #[test]
-fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures_keep_the_old_epoch() {
+fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures_keep_the_old_epoch(
+) {
     if qemu_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(dir.path(), &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")], false);
+    let vm = Vm::start(
+        dir.path(),
+        &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")],
+        false,
+    );
     let mut m = Model::new(&[64 * MIB, 32 * MIB]);
     let mut c = vm.qmp();
     m.write(&vm, &mut c, 0, 0x11, 0, 4 * MIB);
@@ -156,14 +181,23 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
     let lb = start(vm.qmp(), dir.path(), &[], &[false, false]);
     assert!(matches!(lb.consistency(), Consistency::Crash { .. }));
     let disks = lb.disks();
-    assert_ne!(disks[0].export, "vd0", "the export is named by the disk's identity");
+    assert_ne!(
+        disks[0].export, "vd0",
+        "the export is named by the disk's identity"
+    );
     let mut prev = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         let (data, _) = read_export(lb.nbd_socket(), &d.export, None);
-        assert!(data == m.0[i], "disk {i}: the full export differs from the guest's data");
+        assert!(
+            data == m.0[i],
+            "disk {i}: the full export differs from the guest's data"
+        );
         prev.push((d.id, d.change_id.clone().unwrap()));
     }
-    let ids: Vec<ChangeId> = prev.iter().map(|p| ChangeId::parse(&p.1).unwrap()).collect();
+    let ids: Vec<ChangeId> = prev
+        .iter()
+        .map(|p| ChangeId::parse(&p.1).unwrap())
+        .collect();
     assert_eq!(ids[0].epoch, ids[1].epoch, "one epoch for the whole VM");
     let mut lb = lb;
     for d in &disks {
@@ -171,7 +205,11 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
     }
     lb.finish().unwrap();
     let mut c = vm.qmp();
-    assert_eq!(tapevault_objects(&mut c), Vec::<String>::new(), "teardown left objects");
+    assert_eq!(
+        tapevault_objects(&mut c),
+        Vec::<String>::new(),
+        "teardown left objects"
+    );
     assert_eq!(bitmaps_of(&mut c, 0), vec![ids[0].bitmap()]);
 
     // Epoch 2: writes, zeroing; then the backup; then writes that must not leak.
@@ -190,9 +228,16 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
     let disks = lb.disks();
     let mut next = Vec::new();
     for (i, d) in disks.iter().enumerate() {
-        assert!(matches!(d.decision, Decision::Incremental { .. }), "disk {i}: {:?}", d.decision);
+        assert!(
+            matches!(d.decision, Decision::Incremental { .. }),
+            "disk {i}: {:?}",
+            d.decision
+        );
         let (data, dirty) = read_export(lb.nbd_socket(), &d.export, d.bitmap_context.as_deref());
-        assert!(data == frozen[i], "disk {i}: the export is not the frozen state");
+        assert!(
+            data == frozen[i],
+            "disk {i}: the export is not the frozen state"
+        );
         let expect: Vec<(u64, u64)> = if i == 0 {
             vec![(0, MIB), (10 * MIB, 128 * 1024)]
         } else {
@@ -208,8 +253,16 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
     let mut c = vm.qmp();
     let e2 = ChangeId::parse(&next[0].1).unwrap();
     assert_eq!(e2.epoch, ids[0].epoch + 1);
-    assert_eq!(bitmaps_of(&mut c, 0), vec![e2.bitmap()], "disk 0 moved to the new epoch");
-    assert_eq!(bitmaps_of(&mut c, 1), vec![ids[1].bitmap()], "disk 1 kept the old epoch");
+    assert_eq!(
+        bitmaps_of(&mut c, 0),
+        vec![e2.bitmap()],
+        "disk 0 moved to the new epoch"
+    );
+    assert_eq!(
+        bitmaps_of(&mut c, 1),
+        vec![ids[1].bitmap()],
+        "disk 1 kept the old epoch"
+    );
     assert_eq!(tapevault_objects(&mut c), Vec::<String>::new());
     drop(c);
     drop(vm);
@@ -223,30 +276,13 @@ fn guest_writes_after_the_instant_do_not_leak_into_the_export() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(dir.path(), &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")], false);
-    // A second monitor for the writes.
-    let hmp_sock = dir.path().join("qmp2.sock");
-    {
-        let mut c = vm.qmp();
-        c.execute(
-            "chardev-add",
-            Some(json!({"id": "mon2", "backend": {"type": "socket", "data": {
-                "addr": {"type": "unix", "data": {"path": hmp_sock.to_string_lossy()}},
-                "server": true, "wait": false}}})),
-        )
-        .unwrap();
-        c.execute(
-            "human-monitor-command",
-            Some(json!({"command-line": "monitor_add qmp=on,chardev=mon2"})),
-        )
-        .ok();
-    }
-    let mut w = QmpClient::connect(&hmp_sock, Duration::from_secs(30)).ok();
-    if w.is_none() {
-        eprintln!("skipped: this QEMU cannot add a second QMP monitor at run time");
-        return;
-    }
-    let w = w.as_mut().unwrap();
+    let vm = Vm::start(
+        dir.path(),
+        &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")],
+        false,
+    );
+    let mut w = vm.test_monitor();
+    let w = &mut w;
     let mut m = Model::new(&[64 * MIB, 32 * MIB]);
     m.write(&vm, w, 0, 0x31, 0, 2 * MIB);
     m.write(&vm, w, 1, 0x41, 0, 2 * MIB);
@@ -260,7 +296,10 @@ fn guest_writes_after_the_instant_do_not_leak_into_the_export() {
     let mut prev = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         let (data, _) = read_export(lb.nbd_socket(), &d.export, None);
-        assert!(data == frozen[i], "disk {i}: a write after the instant leaked into the export");
+        assert!(
+            data == frozen[i],
+            "disk {i}: a write after the instant leaked into the export"
+        );
         prev.push((d.id, d.change_id.clone().unwrap()));
     }
     let mut lb = lb;
@@ -322,7 +361,9 @@ fn kill9_of_qemu_makes_the_next_backup_a_full_with_the_reason() {
     let reqs = requests(&mut c, &prev);
     assert_eq!(
         tapevault::source::qmp::epoch::decide(&reqs[0].disk, Some(&prev[0].1)),
-        Decision::Incremental { from: ChangeId::parse(&prev[0].1).unwrap() },
+        Decision::Incremental {
+            from: ChangeId::parse(&prev[0].1).unwrap()
+        },
         "a clean restart keeps the epoch"
     );
     drop(c);
@@ -340,7 +381,10 @@ fn kill9_of_qemu_makes_the_next_backup_a_full_with_the_reason() {
     lb.finish().unwrap();
     let mut c = vm.qmp();
     let names = bitmaps_of(&mut c, 0);
-    assert!(!names.contains(&ChangeId::parse(&prev[0].1).unwrap().bitmap()), "{names:?}");
+    assert!(
+        !names.contains(&ChangeId::parse(&prev[0].1).unwrap().bitmap()),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -377,14 +421,27 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
     let reqs = requests(&mut c, &prev);
     let lb = LiveBackup::start(c, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
     let disks = lb.disks();
-    let new = disks.iter().find(|x| x.disk.serial.as_deref() == Some("SER-B")).unwrap();
-    let old = disks.iter().find(|x| x.disk.serial.as_deref() == Some("SER-A")).unwrap();
-    assert!(matches!(old.decision, Decision::Incremental { .. }), "{:?}", old.decision);
+    let new = disks
+        .iter()
+        .find(|x| x.disk.serial.as_deref() == Some("SER-B"))
+        .unwrap();
+    let old = disks
+        .iter()
+        .find(|x| x.disk.serial.as_deref() == Some("SER-A"))
+        .unwrap();
+    assert!(
+        matches!(old.decision, Decision::Incremental { .. }),
+        "{:?}",
+        old.decision
+    );
     match &new.decision {
         Decision::Full { reason } => assert!(reason.contains("no earlier good image"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    let mut prev: Vec<(Uuid, String)> = disks.iter().map(|x| (x.id, x.change_id.clone().unwrap())).collect();
+    let mut prev: Vec<(Uuid, String)> = disks
+        .iter()
+        .map(|x| (x.id, x.change_id.clone().unwrap()))
+        .collect();
     let mut lb = lb;
     for x in &disks {
         lb.committed(x.id).unwrap();
@@ -392,8 +449,17 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
     lb.finish().unwrap();
     // Grow disk A.
     let mut c = vm.qmp();
-    let node = discover(&mut c).unwrap().into_iter().find(|x| x.serial.as_deref() == Some("SER-A")).unwrap().node;
-    c.execute("block_resize", Some(json!({"node-name": node, "size": 48 * MIB}))).unwrap();
+    let node = discover(&mut c)
+        .unwrap()
+        .into_iter()
+        .find(|x| x.serial.as_deref() == Some("SER-A"))
+        .unwrap()
+        .node;
+    c.execute(
+        "block_resize",
+        Some(json!({"node-name": node, "size": 48 * MIB})),
+    )
+    .unwrap();
     let reqs = requests(&mut c, &prev);
     let lb = LiveBackup::start(c, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
     for x in lb.disks() {
@@ -427,7 +493,12 @@ fn child_stops_at_a_step() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p[0].as_str().unwrap().parse().unwrap(), p[1].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().parse().unwrap(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut c = QmpClient::connect(&dir.join("qmp.sock"), Duration::from_secs(30)).unwrap();
     let reqs = requests(&mut c, &prev);
@@ -460,9 +531,17 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(dir.path(), &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")], false);
+    let vm = Vm::start(
+        dir.path(),
+        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
+        false,
+    );
     let mut lb = start(vm.qmp(), dir.path(), &[], &[false, false]);
-    let mut prev: Vec<(Uuid, String)> = lb.disks().iter().map(|d| (d.id, d.change_id.clone().unwrap())).collect();
+    let mut prev: Vec<(Uuid, String)> = lb
+        .disks()
+        .iter()
+        .map(|d| (d.id, d.change_id.clone().unwrap()))
+        .collect();
     for d in lb.disks() {
         lb.committed(d.id).unwrap();
     }
@@ -472,9 +551,16 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
     // Writes since the last committed image accumulate: every killed run must leave
     // them in the bitmap the catalog knows.
     let mut since: Vec<Vec<(u64, u64)>> = vec![Vec::new(), Vec::new()];
-    for (k, step) in ["Cleaned", "ScratchAdded", "Transaction", "ServerStarted", "Exported", "Committed"]
-        .iter()
-        .enumerate()
+    for (k, step) in [
+        "Cleaned",
+        "ScratchAdded",
+        "Transaction",
+        "ServerStarted",
+        "Exported",
+        "Committed",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut c = vm.qmp();
         pattern += 1;
@@ -487,7 +573,12 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         let spec = json!({"dir": dir.path().to_string_lossy(), "step": step,
             "prev": prev.iter().map(|p| json!([p.0.to_string(), p.1])).collect::<Vec<_>>()});
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_stops_at_a_step", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_stops_at_a_step",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, spec.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -522,9 +613,17 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
                 .unwrap();
             let old = ChangeId::parse(&prev[0].1).unwrap().bitmap();
             let new = d.bitmaps.iter().find(|b| b.name != old).unwrap();
-            assert!(d.bitmap(&old).is_none(), "committed() removes the old epoch's bitmap");
+            assert!(
+                d.bitmap(&old).is_none(),
+                "committed() removes the old epoch's bitmap"
+            );
             let epoch = tapevault::source::qmp::epoch::epoch_of(&new.name).unwrap();
-            prev[0].1 = ChangeId { epoch, size: d.size, granularity: new.granularity }.to_string();
+            prev[0].1 = ChangeId {
+                epoch,
+                size: d.size,
+                granularity: new.granularity,
+            }
+            .to_string();
             since[0].clear();
         }
         // ... and reads exactly what changed since the committed images.
@@ -533,14 +632,26 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         let lb = LiveBackup::start(cc, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
         removed.extend(lb.removed_leftovers().iter().cloned());
         if *step != "Cleaned" {
-            assert!(removed.iter().any(|r| r.starts_with("node ")), "step {step}: nothing was cleaned up: {removed:?}");
+            assert!(
+                removed.iter().any(|r| r.starts_with("node ")),
+                "step {step}: nothing was cleaned up: {removed:?}"
+            );
         }
         let frozen = m.0.clone();
         let disks = lb.disks();
         for (i, d) in disks.iter().enumerate() {
-            let i_model = if d.disk.serial.as_deref() == Some("SER-A") { 0 } else { 1 };
-            assert!(matches!(d.decision, Decision::Incremental { .. }), "step {step}, disk {i}: {:?}", d.decision);
-            let (data, dirty) = read_export(lb.nbd_socket(), &d.export, d.bitmap_context.as_deref());
+            let i_model = if d.disk.serial.as_deref() == Some("SER-A") {
+                0
+            } else {
+                1
+            };
+            assert!(
+                matches!(d.decision, Decision::Incremental { .. }),
+                "step {step}, disk {i}: {:?}",
+                d.decision
+            );
+            let (data, dirty) =
+                read_export(lb.nbd_socket(), &d.export, d.bitmap_context.as_deref());
             assert!(data == frozen[i_model], "step {step}: disk {i} differs");
             let mut expect = since[i_model].clone();
             expect.sort();
@@ -550,15 +661,33 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         // catalog knows stays and keeps collecting.
         lb.finish().unwrap();
         let mut c = vm.qmp();
-        assert_eq!(tapevault_objects(&mut c), Vec::<String>::new(), "after step {step}");
+        assert_eq!(
+            tapevault_objects(&mut c),
+            Vec::<String>::new(),
+            "after step {step}"
+        );
         for (i, p) in prev.iter().enumerate() {
             let _ = i;
-            let d = discover(&mut c).unwrap().into_iter().find(|d| d.derived_id() == Some(p.0)).unwrap();
+            let d = discover(&mut c)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.derived_id() == Some(p.0))
+                .unwrap();
             let names: Vec<&str> = d.bitmaps.iter().map(|b| b.name.as_str()).collect();
-            assert_eq!(names, vec![ChangeId::parse(&p.1).unwrap().bitmap().as_str()], "step {step}");
+            assert_eq!(
+                names,
+                vec![ChangeId::parse(&p.1).unwrap().bitmap().as_str()],
+                "step {step}"
+            );
         }
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("scratch")).unwrap().flatten().collect();
-        assert!(leftovers.is_empty(), "step {step}: scratch files left: {leftovers:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("scratch"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "step {step}: scratch files left: {leftovers:?}"
+        );
     }
 }
 
@@ -576,7 +705,9 @@ fn a_silent_guest_agent_means_crash_consistent_with_the_reason() {
     let o = opts(dir.path(), vm.agent.as_deref());
     let lb = LiveBackup::start(c, reqs, &o, &mut |_| {}).unwrap();
     match lb.consistency() {
-        Consistency::Crash { reason } => assert!(reason.contains("guest agent did not answer"), "{reason}"),
+        Consistency::Crash { reason } => {
+            assert!(reason.contains("guest agent did not answer"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     lb.finish().unwrap();
@@ -596,7 +727,9 @@ fn fake_agent(path: &Path, log: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
             for line in r.split(b'\n') {
                 let Ok(line) = line else { break };
                 let line: Vec<u8> = line.into_iter().filter(|&b| b != 0xFF).collect();
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 let cmd = v["execute"].as_str().unwrap_or("").to_string();
                 log.lock().unwrap().push(cmd.clone());
                 let reply = match cmd.as_str() {
@@ -626,13 +759,30 @@ fn an_answering_guest_agent_freezes_around_the_transaction() {
     let mut c = vm.qmp();
     let reqs = requests(&mut c, &[]);
     let mut steps = Vec::new();
-    let lb = LiveBackup::start(c, reqs, &opts(dir.path(), Some(&agent)), &mut |s| steps.push(s)).unwrap();
+    let lb = LiveBackup::start(c, reqs, &opts(dir.path(), Some(&agent)), &mut |s| {
+        steps.push(s)
+    })
+    .unwrap();
     assert_eq!(lb.consistency(), &Consistency::Filesystem { frozen: 2 });
     assert_eq!(
         steps,
-        vec![Step::Cleaned, Step::ScratchAdded, Step::Frozen, Step::Transaction, Step::Thawed, Step::ServerStarted, Step::Exported]
+        vec![
+            Step::Cleaned,
+            Step::ScratchAdded,
+            Step::Frozen,
+            Step::Transaction,
+            Step::Thawed,
+            Step::ServerStarted,
+            Step::Exported
+        ]
     );
-    let calls: Vec<String> = log.lock().unwrap().iter().filter(|c| !c.starts_with("guest-sync")).cloned().collect();
+    let calls: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.starts_with("guest-sync"))
+        .cloned()
+        .collect();
     assert_eq!(calls, vec!["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]);
     lb.finish().unwrap();
 }

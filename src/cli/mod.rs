@@ -27,6 +27,7 @@ mod shared;
 mod tape_cmd;
 mod terminal;
 mod verify_cmd;
+mod vm_cmd;
 
 pub use format::human_bytes;
 pub use output::Output;
@@ -89,6 +90,9 @@ pub enum Command {
     Restore(restore_cmd::RestoreArgs),
     /// Read back an image or a whole cartridge and check every record.
     Verify(verify_cmd::VerifyArgs),
+    /// A running VM: list its disks as a --qmp backup takes them.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate_cmd::CompletionsArgs),
     /// Print the man page tapevault(1), or write every command's page with --out-dir.
@@ -286,6 +290,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),
         Command::Verify(a) => verify_cmd::verify(ctx, a),
+        Command::Vm(c) => vm_cmd::run(ctx, c),
         Command::Completions(a) => generate_cmd::completions(a),
         Command::Man(a) => generate_cmd::man(ctx, a),
     }

@@ -82,8 +82,17 @@ impl Vm {
         let _ = std::fs::remove_file(&self.qmp);
         let mut c = Command::new("qemu-system-x86_64");
         c.args([
-            "-accel", "tcg", "-machine", "q35", "-m", "64", "-nodefaults", "-no-user-config",
-            "-display", "none", "-S",
+            "-accel",
+            "tcg",
+            "-machine",
+            "q35",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-S",
         ]);
         for (i, d) in self.disks.iter().enumerate() {
             c.arg("-blockdev").arg(format!(
@@ -99,14 +108,27 @@ impl Vm {
         }
         if let Some(a) = &self.agent {
             let _ = std::fs::remove_file(a);
-            c.arg("-chardev")
-                .arg(format!("socket,id=qga0,path={},server=on,wait=off", a.display()));
+            c.arg("-chardev").arg(format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                a.display()
+            ));
             c.args(["-device", "virtio-serial-pci,id=vser0"]);
-            c.args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]);
+            c.args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ]);
         }
         c.arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", self.qmp.display()));
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // A second monitor for the test's own guest writes while tapevault holds the first.
+        let _ = std::fs::remove_file(self.test_qmp());
+        c.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            self.test_qmp().display()
+        ));
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let child = c.spawn().expect("start qemu-system-x86_64");
         self.child = Some(child);
         let t = Instant::now();
@@ -114,12 +136,32 @@ impl Vm {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                let _ = self.child.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut err);
+                let _ = self
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
                 panic!("QEMU exited ({st}): {err}");
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "QEMU did not create its QMP socket");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "QEMU did not create its QMP socket"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn test_qmp(&self) -> PathBuf {
+        self.dir.join("qmp-test.sock")
+    }
+
+    /// The test's own monitor (see [`Vm::boot`]).
+    pub fn test_monitor(&self) -> QmpClient {
+        QmpClient::connect(&self.test_qmp(), Duration::from_secs(30))
+            .expect("connect the test's QMP")
     }
 
     pub fn qmp(&self) -> QmpClient {
@@ -151,9 +193,8 @@ impl Vm {
     }
 
     pub fn write_zeroes(&self, c: &mut QmpClient, i: usize, off: u64, len: u64) {
-        let cmd = format!(
-            "qemu-io -d /machine/peripheral/vd{i}/virtio-backend \"write -z {off} {len}\""
-        );
+        let cmd =
+            format!("qemu-io -d /machine/peripheral/vd{i}/virtio-backend \"write -z {off} {len}\"");
         c.execute("human-monitor-command", Some(json!({"command-line": cmd})))
             .unwrap();
     }

@@ -52,17 +52,17 @@ impl QmpClient {
     pub fn connect(path: &Path, timeout: Duration) -> Result<QmpClient, QmpError> {
         let mut wire = Wire::connect(path, timeout)?;
         let deadline = Instant::now() + timeout;
-        let greeting = wire.next(deadline, "the QMP greeting (is another client connected to this monitor?)")?;
+        let greeting = wire.next(
+            deadline,
+            "the QMP greeting (is another client connected to this monitor?)",
+        )?;
         let v = greeting
             .get("QMP")
             .and_then(|q| q.get("version"))
             .and_then(|v| v.get("qemu"))
             .ok_or_else(|| QmpError::Protocol {
                 path: path.to_path_buf(),
-                message: format!(
-                    "expected a QMP greeting, got {}",
-                    short(&greeting)
-                ),
+                message: format!("expected a QMP greeting, got {}", short(&greeting)),
             })?;
         let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let version = QemuVersion {

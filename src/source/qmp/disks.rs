@@ -57,7 +57,10 @@ impl VmDisk {
             }
         }
         if let Some(w) = &self.wwn {
-            return Some(Uuid::new_v5(&IDENTITY_NAMESPACE, format!("wwn:{w}").as_bytes()));
+            return Some(Uuid::new_v5(
+                &IDENTITY_NAMESPACE,
+                format!("wwn:{w}").as_bytes(),
+            ));
         }
         self.serial
             .as_ref()
@@ -124,12 +127,17 @@ pub fn discover(c: &mut QmpClient) -> Result<Vec<VmDisk>, QmpError> {
             .map(|l| l.iter().filter_map(parse_bitmap).collect())
             .unwrap_or_default();
         let serial = qom_string(c, &qdev, "serial")?;
-        let wwn = qom_u64(c, &qdev, "wwn")?.filter(|&w| w != 0).map(|w| format!("0x{w:016x}"));
+        let wwn = qom_u64(c, &qdev, "wwn")?
+            .filter(|&w| w != 0)
+            .map(|w| format!("0x{w:016x}"));
         out.push(VmDisk {
             node,
             driver: str_field(ins, "drv"),
             filename: str_field(ins, "file"),
-            size: image.get("virtual-size").and_then(Value::as_u64).unwrap_or(0),
+            size: image
+                .get("virtual-size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             read_only: ins.get("ro").and_then(Value::as_bool).unwrap_or(false),
             serial: serial.filter(|s| !s.is_empty()),
             wwn,

@@ -163,19 +163,36 @@ mod tests {
 
     #[test]
     fn change_id_round_trips_and_rejects_others() {
-        let id = ChangeId { epoch: 7, size: 1 << 26, granularity: 65536 };
+        let id = ChangeId {
+            epoch: 7,
+            size: 1 << 26,
+            granularity: 65536,
+        };
         assert_eq!(ChangeId::parse(&id.to_string()), Some(id));
-        for bad in ["", "52-7", "qemu-bitmap:tapevault-07:size=1:granularity=2", "qemu-bitmap:cp1:size=1:granularity=2", "qemu-bitmap:tapevault-1:size=1:granularity=2:x"] {
+        for bad in [
+            "",
+            "52-7",
+            "qemu-bitmap:tapevault-07:size=1:granularity=2",
+            "qemu-bitmap:cp1:size=1:granularity=2",
+            "qemu-bitmap:tapevault-1:size=1:granularity=2:x",
+        ] {
             assert_eq!(ChangeId::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn every_doubt_is_a_full_with_its_reason() {
-        let prev = ChangeId { epoch: 3, size: 1 << 26, granularity: 65536 }.to_string();
+        let prev = ChangeId {
+            epoch: 3,
+            size: 1 << 26,
+            granularity: 65536,
+        }
+        .to_string();
         assert_eq!(
             decide(&disk(vec![bm("tapevault-3")]), Some(&prev)),
-            Decision::Incremental { from: ChangeId::parse(&prev).unwrap() }
+            Decision::Incremental {
+                from: ChangeId::parse(&prev).unwrap()
+            }
         );
         let reason = |d: Decision| match d {
             Decision::Full { reason } => reason,
@@ -192,6 +209,7 @@ mod tests {
         let mut d = disk(vec![bm("tapevault-3")]);
         d.size += 65536;
         assert!(reason(decide(&d, Some(&prev))).contains("virtual size"));
-        assert!(reason(decide(&disk(vec![bm("tapevault-3")]), Some("52-7"))).contains("not a tapevault"));
+        assert!(reason(decide(&disk(vec![bm("tapevault-3")]), Some("52-7")))
+            .contains("not a tapevault"));
     }
 }

@@ -27,12 +27,22 @@ fn ours(v: &Value, key: &str) -> Option<String> {
 pub fn remove_all(c: &mut QmpClient) -> Result<Vec<String>, QmpError> {
     let mut removed = Vec::new();
     let exports = c.execute("query-block-exports", None)?;
-    for id in exports.as_array().into_iter().flatten().filter_map(|e| ours(e, "id")) {
+    for id in exports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| ours(e, "id"))
+    {
         del_export(c, &id)?;
         removed.push(format!("export {id}"));
     }
     let jobs = c.execute("query-block-jobs", None)?;
-    for id in jobs.as_array().into_iter().flatten().filter_map(|j| ours(j, "device")) {
+    for id in jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| ours(j, "device"))
+    {
         cancel_job(c, &id)?;
         removed.push(format!("job {id}"));
     }
@@ -61,14 +71,22 @@ pub(crate) fn del_export(c: &mut QmpClient, id: &str) -> Result<(), QmpError> {
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e),
     }
-    c.wait_event(&format!("BLOCK_EXPORT_DELETED of {id}"), EVENT_TIMEOUT, |ev| {
-        ev.name == "BLOCK_EXPORT_DELETED" && ev.data.get("id").and_then(Value::as_str) == Some(id)
-    })?;
+    c.wait_event(
+        &format!("BLOCK_EXPORT_DELETED of {id}"),
+        EVENT_TIMEOUT,
+        |ev| {
+            ev.name == "BLOCK_EXPORT_DELETED"
+                && ev.data.get("id").and_then(Value::as_str) == Some(id)
+        },
+    )?;
     Ok(())
 }
 
 pub(crate) fn cancel_job(c: &mut QmpClient, id: &str) -> Result<(), QmpError> {
-    match c.execute("block-job-cancel", Some(json!({"device": id, "force": true}))) {
+    match c.execute(
+        "block-job-cancel",
+        Some(json!({"device": id, "force": true})),
+    ) {
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e),

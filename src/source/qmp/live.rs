@@ -166,7 +166,12 @@ impl LiveBackup {
                     .bitmaps
                     .iter()
                     .filter_map(|b| epoch_of(&b.name))
-                    .chain(r.previous.as_deref().and_then(ChangeId::parse).map(|c| c.epoch))
+                    .chain(
+                        r.previous
+                            .as_deref()
+                            .and_then(ChangeId::parse)
+                            .map(|c| c.epoch),
+                    )
             })
             .max()
             .unwrap_or(0)
@@ -358,7 +363,10 @@ impl LiveBackup {
                     .map(|x| x.granularity)
                     .ok_or_else(|| QmpError::Protocol {
                         path: inner.client.path().to_path_buf(),
-                        message: format!("bitmap {b} is not on node {} after the transaction", d.disk.node),
+                        message: format!(
+                            "bitmap {b} is not on node {} after the transaction",
+                            d.disk.node
+                        ),
                     })?;
                 d.change_id = Some(
                     ChangeId {
@@ -373,11 +381,16 @@ impl LiveBackup {
 
         let server = inner.client.execute(
             "nbd-server-start",
-            Some(json!({"addr": {"type": "unix", "data": {"path": self.socket.to_string_lossy()}}})),
+            Some(
+                json!({"addr": {"type": "unix", "data": {"path": self.socket.to_string_lossy()}}}),
+            ),
         );
         match server {
             Ok(_) => inner.server = true,
-            Err(e) if e.command_desc().is_some_and(|d| d.contains("already running")) => {
+            Err(e)
+                if e.command_desc()
+                    .is_some_and(|d| d.contains("already running")) =>
+            {
                 return Err(QmpError::Command {
                     command: "nbd-server-start".into(),
                     class: "GenericError".into(),
@@ -512,7 +525,10 @@ fn create_scratch(path: &Path, size: u64) -> Result<(), QmpError> {
         .output()
         .map_err(|e| QmpError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(e.kind(), format!("running qemu-img (is it installed?): {e}")),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("running qemu-img (is it installed?): {e}"),
+            ),
         })?;
     if !out.status.success() {
         return Err(QmpError::Io {
@@ -525,4 +541,3 @@ fn create_scratch(path: &Path, size: u64) -> Result<(), QmpError> {
     }
     Ok(())
 }
-

@@ -7,6 +7,7 @@
 //! - [`disks`]: a VM's disks and their identity (serial / wwn, never names or order).
 //! - [`epoch`]: epoch bitmaps, change ids, full-or-incremental decisions.
 //! - [`live`]: the driver: transaction, fleecing, NBD exports, commit, teardown.
+//! - [`driver`]: the backup's `ExportDriver` contract on top of [`live`].
 //! - [`leftovers`]: what a killed run left in QEMU, found by name and removed.
 //! - [`guard`]: teardown on SIGINT/SIGTERM.
 //! - [`error`]: typed errors.
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod client;
 pub mod disks;
+pub mod driver;
 pub mod epoch;
 pub mod error;
 pub mod guard;

@@ -69,7 +69,11 @@ impl Wire {
 
     /// Drops everything up to and including the next 0xFF byte (the guest agent's
     /// `guest-sync-delimited` marker), waiting until `deadline`.
-    pub(crate) fn skip_to_delimiter(&mut self, deadline: Instant, what: &str) -> Result<(), QmpError> {
+    pub(crate) fn skip_to_delimiter(
+        &mut self,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), QmpError> {
         loop {
             if let Some(p) = self.buf[self.start..].iter().position(|&b| b == 0xFF) {
                 self.start += p + 1;
@@ -134,7 +138,12 @@ impl Wire {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(())
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Err(QmpError::Timeout {
                     path: self.path.clone(),
                     what: what.to_string(),
