@@ -786,3 +786,86 @@ fn an_answering_guest_agent_freezes_around_the_transaction() {
     assert_eq!(calls, vec!["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]);
     lb.finish().unwrap();
 }
+
+#[test]
+fn sigterm_of_tapevault_tears_everything_down_and_keeps_each_disks_epoch_right() {
+    if qemu_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Vm::start(
+        dir.path(),
+        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
+        false,
+    );
+    let mut lb = start(vm.qmp(), dir.path(), &[], &[false, false]);
+    let prev: Vec<(Uuid, String)> = lb
+        .disks()
+        .iter()
+        .map(|d| (d.id, d.change_id.clone().unwrap()))
+        .collect();
+    for d in lb.disks() {
+        lb.committed(d.id).unwrap();
+    }
+    lb.finish().unwrap();
+    // The child takes the next point in time, commits disk 0 only, and waits.
+    let spec = json!({"dir": dir.path().to_string_lossy(), "step": "Committed",
+        "prev": prev.iter().map(|p| json!([p.0.to_string(), p.1])).collect::<Vec<_>>()});
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_stops_at_a_step",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let marker = dir.path().join("child-step");
+    while std::fs::read_to_string(&marker)
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 15), "exit status after SIGTERM: {st}");
+    // No cleanup by a next run: the signal path removed everything itself.
+    let mut c = vm.qmp();
+    assert_eq!(tapevault_objects(&mut c), Vec::<String>::new());
+    let disks = discover(&mut c).unwrap();
+    let a = disks
+        .iter()
+        .find(|d| d.serial.as_deref() == Some("SER-A"))
+        .unwrap();
+    let b = disks
+        .iter()
+        .find(|d| d.serial.as_deref() == Some("SER-B"))
+        .unwrap();
+    let old = ChangeId::parse(&prev[0].1).unwrap().bitmap();
+    let names = |d: &VmDisk| d.bitmaps.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(b),
+        vec![old.clone()],
+        "disk B was not committed: it keeps the old epoch only"
+    );
+    assert_eq!(names(a).len(), 1, "{:?}", names(a));
+    assert_ne!(
+        names(a)[0],
+        old,
+        "disk A was committed: it moved to the new epoch"
+    );
+    let scratch: Vec<_> = std::fs::read_dir(dir.path().join("scratch"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+}
