@@ -57,7 +57,7 @@ fn a_running_vm_full_and_incrementals_restore_every_point_of_both_disks() {
     );
     let mut w = vm.test_monitor();
     let mut model = vec![vec![0u8; 64 * MIB as usize], vec![0u8; 32 * MIB as usize]];
-    let mut write =
+    let write =
         |w: &mut QmpClient, model: &mut Vec<Vec<u8>>, i: usize, p: u8, off: u64, len: u64| {
             vm.write(w, i, p, off, len);
             model[i][off as usize..(off + len) as usize].fill(p);

@@ -203,3 +203,112 @@ pub(crate) fn short(v: &Value) -> String {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A scripted monitor: sends the greeting, then answers each command line with the
+    /// lines `answer` gives (events before the reply, a late reply, silence, ...).
+    fn server(
+        dir: &Path,
+        answer: impl Fn(&Value) -> Vec<String> + Send + 'static,
+    ) -> std::path::PathBuf {
+        let path = dir.join("qmp.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}}, \"capabilities\": []}}\n")
+                .unwrap();
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { return };
+                let v: Value = serde_json::from_str(&line).unwrap();
+                for out in answer(&v) {
+                    if w.write_all(format!("{out}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn events_are_kept_aside_and_replies_matched_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = server(dir.path(), |v| {
+            let id = v["id"].clone();
+            match v["execute"].as_str().unwrap() {
+                "qmp_capabilities" => vec![json!({"return": {}, "id": id}).to_string()],
+                "query-x" => vec![
+                    json!({"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": "null"}}).to_string(),
+                    // A late reply to an earlier command is skipped.
+                    json!({"return": "stale", "id": "tapevault-999"}).to_string(),
+                    json!({"return": [1, 2], "id": id}).to_string(),
+                ],
+                _ => vec![json!({"error": {"class": "GenericError", "desc": "Export 'e' is not found"}, "id": id}).to_string()],
+            }
+        });
+        let mut c = QmpClient::connect(&p, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            c.version(),
+            QemuVersion {
+                major: 7,
+                minor: 2,
+                micro: 22
+            }
+        );
+        assert_eq!(c.execute("query-x", None).unwrap(), json!([1, 2]));
+        let ev = c
+            .wait_event("job end", Duration::from_secs(1), |e| {
+                e.name == "JOB_STATUS_CHANGE"
+            })
+            .unwrap();
+        assert_eq!(ev.data["status"], "null");
+        let e = c
+            .execute("block-export-del", Some(json!({"id": "e"})))
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        assert!(matches!(e, QmpError::Command { ref class, .. } if class == "GenericError"));
+    }
+
+    #[test]
+    fn silence_is_a_timeout_and_a_closed_socket_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = server(dir.path(), |v| match v["execute"].as_str().unwrap() {
+            "qmp_capabilities" => vec![json!({"return": {}, "id": v["id"]}).to_string()],
+            _ => vec![],
+        });
+        let mut c = QmpClient::connect(&p, Duration::from_secs(5)).unwrap();
+        let e = c
+            .execute_timeout("query-block", None, Duration::from_millis(200))
+            .unwrap_err();
+        assert!(
+            matches!(e, QmpError::Timeout { ref what, .. } if what == "query-block"),
+            "{e}"
+        );
+        let e = c
+            .wait_event("an event", Duration::from_millis(100), |_| true)
+            .unwrap_err();
+        assert!(matches!(e, QmpError::Timeout { .. }), "{e}");
+
+        // Not QMP at all.
+        let p2 = dir.path().join("junk.sock");
+        let l = UnixListener::bind(&p2).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"SSH-2.0-OpenSSH\n").unwrap();
+        });
+        let e = QmpClient::connect(&p2, Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(matches!(e, QmpError::Protocol { .. }), "{e}");
+        let e = QmpClient::connect(&dir.path().join("none.sock"), Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(matches!(e, QmpError::Connect { .. }), "{e}");
+    }
+}

@@ -53,10 +53,8 @@ pub fn remove_all(c: &mut QmpClient) -> Result<Vec<String>, QmpError> {
         .flatten()
         .filter_map(|n| ours(n, "node-name"))
         .collect();
-    if !removed.is_empty() || !nodes.is_empty() {
-        if stop_server(c)? {
-            removed.push("NBD server".to_string());
-        }
+    if (!removed.is_empty() || !nodes.is_empty()) && stop_server(c)? {
+        removed.push("NBD server".to_string());
     }
     for n in nodes {
         del_node(c, &n)?;
