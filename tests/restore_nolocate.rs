@@ -128,6 +128,7 @@ fn restore_and_verify_without_locate_space_to_the_records() {
         &tapevault::restore::RestoreOptions {
             to: out.clone(),
             force: false,
+            tls_creds_dir: None,
         },
         &Silent,
     )

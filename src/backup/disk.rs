@@ -24,12 +24,36 @@ impl Job<'_> {
         let started = Instant::now();
         let CheckedDisk {
             spec: d,
-            disk,
+            source,
             changed,
         } = checked;
         let d = &d;
+        // A driver's disk: its export is opened now, and held (with whatever serves it)
+        // by the guard until the image is committed or failed.
+        let mut opened = None;
+        let disk = match source {
+            Source::Local(disk) => disk,
+            Source::Driver(driver) => {
+                let o = driver
+                    .lock()
+                    .open()
+                    .map_err(|e| Error::Failed(format!("disk {}: {e}", d.id)))?;
+                let (disk, _) = crate::source::nbd::open_disk(&o.export)
+                    .map_err(|e| Error::Failed(format!("disk {}: {e}", d.id)))?;
+                opened = Some(o);
+                disk
+            }
+        };
         let size = disk.size();
-        let mut plan = self.decide(d, size, changed.as_ref(), req.mode)?;
+        let tracked = opened.as_ref().and_then(|o| {
+            // Untracked exports are read like raw files (hash scan incrementals).
+            (o.change_id.is_some() || o.dirty.is_some()).then_some(Tracked {
+                export: &o.export,
+                dirty: o.dirty.as_ref(),
+                full_reason: o.full_reason.as_deref(),
+            })
+        });
+        let mut plan = self.decide(d, size, changed.as_ref(), tracked, req.mode)?;
         let base_note = self.base_note(d, req.mode)?;
         if let Some(n) = &base_note {
             self.tape
@@ -88,11 +112,17 @@ impl Job<'_> {
                 "hash-scan",
                 reason.clone(),
             ),
+            Plan::DirtyBitmap { base, .. } => (
+                ImageKind::Incremental,
+                Some(base.uuid),
+                "dirty-bitmap",
+                None,
+            ),
         };
         let base_change = match &plan {
-            Plan::ChangedExtents { base, .. } | Plan::HashScan { base, .. } => {
-                base.change_id.clone()
-            }
+            Plan::ChangedExtents { base, .. }
+            | Plan::HashScan { base, .. }
+            | Plan::DirtyBitmap { base, .. } => base.change_id.clone(),
             Plan::Full { .. } => None,
         };
         // A change id is recorded only from a changed-extents file that was accepted:
@@ -100,11 +130,16 @@ impl Job<'_> {
         // made from its areas. A hash scan records none (a fallback means the file did
         // not continue the base's epoch), so no later file is trusted on its word until
         // a full starts a new epoch.
-        let change_id = match &plan {
-            Plan::Full { .. } | Plan::ChangedExtents { .. } => {
+        //
+        // A driver's epoch starts at this backup's point in time whether the image is a
+        // full or an incremental: its change id is recorded with either.
+        let change_id = match (&plan, &opened) {
+            (Plan::Full { .. } | Plan::DirtyBitmap { .. }, Some(o)) => o.change_id.clone(),
+            (Plan::Full { .. } | Plan::ChangedExtents { .. }, None) => {
                 changed.as_ref().map(|c| c.change_id.clone())
             }
-            Plan::HashScan { .. } => None,
+            (Plan::HashScan { .. }, _) | (Plan::ChangedExtents { .. }, Some(_)) => None,
+            (Plan::DirtyBitmap { .. }, None) => None,
         };
         let cat = self.tape.cat;
         let pool = self.tape.pool.clone();
@@ -153,6 +188,18 @@ impl Job<'_> {
                     digest_list: Some(new_list.to_string_lossy().into_owned()),
                 };
                 cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
+                // Flushed and committed: only now may the driver retire the old epoch.
+                if let Some(o) = opened.as_mut() {
+                    if let Err(e) = o.guard.committed() {
+                        self.tape.events.note(
+                            NoteKind::Decision,
+                            format!(
+                                "disk {}: image {image_uuid} is committed, but retiring the previous change-tracking epoch failed: {e}",
+                                d.id
+                            ),
+                        );
+                    }
+                }
                 Ok(DiskReport {
                     disk: d.id,
                     disk_label: d.label.clone(),

@@ -18,8 +18,9 @@ use crate::extents::ExtentSet;
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
 use crate::pipeline::StageTimes;
-use crate::source::disk::{ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
+use crate::source::disk::{source_timeout, ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
 use crate::source::hashscan::DigestFeed;
+use crate::source::nbd::DirtyExtents;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
 use super::stages::TransformWorker;
@@ -133,11 +134,35 @@ impl Job<'_> {
             }
             Plan::HashScan { .. } => ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
                 .map_err(|e| Error::Failed(e.to_string()))?,
+            Plan::DirtyBitmap {
+                export,
+                context,
+                base_list,
+                ..
+            } => {
+                let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
+                let dirty = DirtyExtents::connect(export, context, bs, source_timeout())
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                ChunkReader::stream(disk, cfg, Box::new(dirty))
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .with_digests(feed)
+                    .map_err(dl_err)?
+            }
         };
         let total: u64 = match plan {
             Plan::Full { .. } => size,
             Plan::ChangedExtents { extents, .. } => extents.total_bytes(),
             Plan::HashScan { .. } => scanned.map(|s| s.total_bytes()).unwrap_or(0),
+            // One pass over the bitmap (block status only) for the progress total.
+            Plan::DirtyBitmap {
+                export, context, ..
+            } => {
+                DirtyExtents::connect(export, context, bs, source_timeout())
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .count()
+                    .map_err(|e| Error::Failed(e.to_string()))?
+                    .1
+            }
         };
         let pool = self.tape.pool.clone();
         let cipher = self.sealer.as_ref().map_or(Cipher::None, Sealer::cipher);

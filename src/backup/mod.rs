@@ -60,7 +60,8 @@ pub use request::{check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, Ke
 pub use session::run;
 
 use image::ImageProgress;
-use plan::Plan;
+use plan::{Plan, Tracked};
+use request::Source;
 use stages::{Prepared, ReadChunk};
 use tape::Tape;
 

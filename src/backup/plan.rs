@@ -8,6 +8,8 @@ use crate::catalog::{self, ImageKind};
 use crate::error::{Error, Result};
 use crate::extents::ExtentSet;
 use crate::source::changed::ChangedExtents;
+use crate::source::export::DirtySince;
+use crate::source::nbd::NbdExport;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
 use super::*;
@@ -29,6 +31,21 @@ pub(super) enum Plan {
         base_list: PathBuf,
         reason: Option<String>,
     },
+    /// An incremental from a driver's dirty bitmap (see [`crate::source::export`]):
+    /// only the dirty extents are read, streamed from `context` on `export`.
+    DirtyBitmap {
+        base: catalog::ImageRow,
+        base_list: PathBuf,
+        export: NbdExport,
+        context: String,
+    },
+}
+
+/// What a change-tracking driver offered for this backup.
+pub(super) struct Tracked<'a> {
+    pub(super) export: &'a NbdExport,
+    pub(super) dirty: Option<&'a DirtySince>,
+    pub(super) full_reason: Option<&'a str>,
 }
 
 impl Job<'_> {
@@ -37,6 +54,7 @@ impl Job<'_> {
         d: &DiskSpec,
         disk_size: u64,
         changed: Option<&ChangedExtents>,
+        tracked: Option<Tracked<'_>>,
         mode: Mode,
     ) -> Result<Plan> {
         let cat = self.tape.cat;
@@ -78,6 +96,58 @@ impl Job<'_> {
                 });
             }
         };
+        if let Some(t) = tracked {
+            let full = |r: String| {
+                let r = format!("{r}: taking a full");
+                self.tape
+                    .events
+                    .note(NoteKind::Decision, format!("disk {}: {r}", d.id));
+                Ok(Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(r),
+                })
+            };
+            let Some(dirty) = t.dirty else {
+                return full(t.full_reason.map(str::to_string).unwrap_or_else(|| {
+                    format!(
+                        "{} has no record of the changes since image {} (change id {:?})",
+                        t.export.uri(),
+                        base.uuid,
+                        base.change_id.as_deref().unwrap_or("")
+                    )
+                }));
+            };
+            // Checked exactly as a changed-extents file's change id is: the bitmap must
+            // continue the base's epoch, on a disk of the same size.
+            let mismatch = match &base.change_id {
+                None => Some(format!(
+                    "the newest good image {} recorded no change id, so dirty bitmap {} (epoch {:?}) cannot be trusted",
+                    base.uuid, dirty.context, dirty.change_id
+                )),
+                Some(rec) if *rec != dirty.change_id => Some(format!(
+                    "dirty bitmap {} covers epoch {:?}, but the newest good image {} recorded change id {:?}",
+                    dirty.context, dirty.change_id, base.uuid, rec
+                )),
+                Some(_) if disk_size != base.disk_size => Some(format!(
+                    "the disk size changed from {} to {} bytes since image {}",
+                    base.disk_size, disk_size, base.uuid
+                )),
+                Some(_) if base.block_size as u64 != DEFAULT_BLOCK_SIZE => Some(format!(
+                    "image {} was tracked in {}-byte blocks",
+                    base.uuid, base.block_size
+                )),
+                Some(_) => None,
+            };
+            if let Some(m) = mismatch {
+                return full(m);
+            }
+            return Ok(Plan::DirtyBitmap {
+                base,
+                base_list,
+                export: t.export.clone(),
+                context: dirty.context.clone(),
+            });
+        }
         if let Some(ce) = changed {
             let recorded = base.change_id.clone().unwrap_or_default();
             let mismatch = if base.change_id.is_none() {

@@ -9,6 +9,7 @@ use crate::crypto::RecordKey;
 use crate::error::{Error, Result};
 use crate::source::changed::ChangedExtents;
 use crate::source::disk::Disk;
+use crate::source::export::DriverHandle;
 
 /// One disk to back up, identified by its hypervisor UUID.
 #[derive(Debug, Clone)]
@@ -16,8 +17,20 @@ pub struct DiskSpec {
     pub id: Uuid,
     /// The disk's label within its VM (`root`), kept with each image.
     pub label: Option<String>,
+    /// A raw image file or block device; with a `driver`, only what reports show.
     pub path: PathBuf,
     pub changed_extents: Option<PathBuf>,
+    /// The disk comes from an NBD export made by this driver (an image served by
+    /// qemu-nbd, a running VM, a plain export); see [`crate::source::export`].
+    pub driver: Option<DriverHandle>,
+}
+
+/// How a checked disk is read.
+pub(super) enum Source {
+    /// Opened already (a raw file or block device).
+    Local(Disk),
+    /// Opened by the driver when its turn comes.
+    Driver(DriverHandle),
 }
 
 /// What kind of image the user asked for.
@@ -48,7 +61,7 @@ pub struct KeyMaterial {
 /// One disk of a request, checked and opened before anything is locked or written.
 pub struct CheckedDisk {
     pub spec: DiskSpec,
-    pub(super) disk: Disk,
+    pub(super) source: Source,
     pub(super) changed: Option<ChangedExtents>,
 }
 
@@ -108,6 +121,31 @@ pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
     let mut seen: HashMap<crate::source::input::Identity, (Uuid, PathBuf)> = HashMap::new();
     let mut disks = Vec::with_capacity(req.disks.len());
     for d in &req.disks {
+        if let Some(driver) = &d.driver {
+            if d.changed_extents.is_some() {
+                return Err(Error::Usage(format!(
+                    "disk {}: a changed-extents file cannot be combined with {}; its driver tracks changes itself",
+                    d.id,
+                    driver.lock().describe()
+                )));
+            }
+            let identity = driver.lock().identity();
+            if let Some((first_id, first_path)) = seen.get(&identity) {
+                return Err(Error::Usage(format!(
+                    "disks {first_id} ({}) and {} ({}) are the same image; each disk needs its own image or export",
+                    first_path.display(),
+                    d.id,
+                    d.path.display()
+                )));
+            }
+            seen.insert(identity, (d.id, d.path.clone()));
+            disks.push(CheckedDisk {
+                spec: d.clone(),
+                source: Source::Driver(driver.clone()),
+                changed: None,
+            });
+            continue;
+        }
         let disk = Disk::open(&d.path).map_err(|e| match e {
             crate::source::disk::DiskError::Input(i) => Error::Usage(format!("disk {}: {i}", d.id)),
             other => Error::Failed(format!("disk {} ({}): {other}", d.id, d.path.display())),
@@ -141,7 +179,7 @@ pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
         };
         disks.push(CheckedDisk {
             spec: d.clone(),
-            disk,
+            source: Source::Local(disk),
             changed,
         });
     }

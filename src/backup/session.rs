@@ -116,6 +116,7 @@ pub fn run(
     };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
+        job.prepare_drivers(&disks, req)?;
         for d in disks {
             let r = job.backup_disk(d, req)?;
             events.emit(Event::Finished(Finished::Image(&r)));
@@ -147,6 +148,32 @@ pub fn run(
 }
 
 impl Job<'_> {
+    /// Phase 1 of every driver's disk (see [`crate::source::export`]), before any disk
+    /// is opened: the base each would build on, and whether an epoch starts.
+    fn prepare_drivers(&self, disks: &[CheckedDisk], req: &BackupRequest) -> Result<()> {
+        for d in disks {
+            let Source::Driver(driver) = &d.source else {
+                continue;
+            };
+            let base = match req.mode {
+                Mode::Auto => self.tape.cat.newest_good_image(d.spec.id)?.filter(
+                    |b| matches!(self.tape.cat.digest_list_file(b), Some(p) if p.is_file()),
+                ),
+                Mode::Full | Mode::Copy => None,
+            };
+            let er = crate::source::export::EpochRequest {
+                base_change_id: base.as_ref().and_then(|b| b.change_id.clone()),
+                base_disk_size: base.as_ref().map(|b| b.disk_size),
+                start_epoch: req.mode != Mode::Copy,
+            };
+            driver
+                .lock()
+                .prepare(&er)
+                .map_err(|e| Error::Failed(format!("disk {}: {e}", d.spec.id)))?;
+        }
+        Ok(())
+    }
+
     /// Write the catalog snapshot of the media set and the end-of-session marker, each
     /// as a tape file of its own, so the media carry their own catalog.
     pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {

@@ -14,28 +14,60 @@ use super::{usage, Ctx};
 use crate::backup::{self, BackupRequest, DiskSpec, KeyMaterial, Mode};
 use crate::error::{Error, Result};
 use crate::source::manifest::VmManifest;
+use crate::source::SourceSpec;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// A VM manifest (TOML: name, [[disk]] id/path/changed_extents).
     #[arg(long, value_name = "VM.toml", conflicts_with_all = ["disk", "disk_id"])]
     pub manifest: Option<PathBuf>,
-    /// A disk image file or block device.
-    #[arg(long, value_name = "PATH", requires = "disk_id")]
+    /// A raw disk image file or block device, or a disk source: FORMAT:PATH (qcow2:,
+    /// vmdk:, raw:, ..., image: for the detected format; served by a private qemu-nbd,
+    /// qcow2 bitmaps give incrementals), nbd+unix:///EXPORT?socket=PATH,
+    /// nbd://HOST[:PORT]/EXPORT, nbds://... (see "Backup inputs" in docs/CLI.md).
+    #[arg(long, value_name = "PATH|SOURCE", requires = "disk_id")]
     pub disk: Option<PathBuf>,
+    /// QEMU x509 credentials (ca-cert.pem, client-cert.pem, client-key.pem) for an NBD
+    /// --disk over TLS.
+    #[arg(long, value_name = "DIR", requires = "disk")]
+    pub tls_creds_dir: Option<PathBuf>,
     /// The disk's stable UUID (the hypervisor's); identifies it across backups.
     #[arg(long, value_name = "UUID", requires = "disk")]
     pub disk_id: Option<Uuid>,
     /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
     #[arg(long, value_name = "FILE", requires = "disk")]
     pub changed_extents: Option<PathBuf>,
-    /// VM name recorded with a --disk backup.
+    /// VM name recorded with a --disk or --qmp backup.
     #[arg(long)]
     pub vm: Option<String>,
     /// The disk's label within its VM (as a manifest's `label`): with --vm it names the
     /// disk as VM/LABEL wherever a disk is taken.
     #[arg(long, value_name = "LABEL", requires = "disk", value_parser = parse_label)]
     pub disk_label: Option<String>,
+    /// A running QEMU's QMP socket: every writable disk of the VM is backed up from
+    /// one point in time (fleecing), incrementals from QEMU's dirty bitmaps; each disk
+    /// is identified by its serial or wwn.
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["manifest", "disk", "disk_id"])]
+    pub qmp: Option<PathBuf>,
+    /// The QEMU guest agent's host-side socket: guest file systems are frozen around
+    /// the point in time (filesystem-consistent); without it, or if the agent does not
+    /// answer, the backup is crash-consistent and says why.
+    #[arg(long, value_name = "SOCKET", requires = "qmp")]
+    pub guest_agent: Option<PathBuf>,
+    /// Seconds a guest file system freeze may take before the backup goes on
+    /// crash-consistent.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        requires = "guest_agent"
+    )]
+    pub freeze_timeout: u64,
+    /// Where QEMU writes the fleecing scratch images while a --qmp backup runs (they
+    /// grow by the data the guest overwrites meanwhile, at most the disk size; default:
+    /// qmp-scratch in the home).
+    #[arg(long, value_name = "DIR", requires = "qmp")]
+    pub scratch_dir: Option<PathBuf>,
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
     pub pool: Option<String>,
@@ -54,20 +86,77 @@ fn parse_label(s: &str) -> std::result::Result<String, String> {
 }
 
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
-    let (vm_name, disks) = if let Some(m) = &a.manifest {
-        let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
-        let disks = vm
-            .disks
+    let mut live_vm = None;
+    let (vm_name, disks) = if let Some(qmp) = &a.qmp {
+        let scratch = a
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(|| ctx.home_dir().join("qmp-scratch"));
+        let opts = crate::source::qmp::live::LiveOptions {
+            scratch_dir: scratch,
+            agent: a.guest_agent.clone(),
+            freeze_timeout: std::time::Duration::from_secs(a.freeze_timeout),
+            start_epoch: !a.copy,
+        };
+        let (vm, found) = crate::source::qmp::driver::QmpVm::connect(qmp, opts)
+            .map_err(|e| Error::Failed(format!("--qmp {}: {e}", qmp.display())))?;
+        if found.is_empty() {
+            return usage(format!(
+                "--qmp {}: the VM has no writable disk to back up",
+                qmp.display()
+            ));
+        }
+        let disks = found
             .into_iter()
-            .map(|d| DiskSpec {
+            .map(|(id, d)| DiskSpec {
+                id,
+                label: None,
+                path: PathBuf::from(&d.filename),
+                changed_extents: None,
+                driver: Some(crate::source::qmp::driver::QmpDisk::handle(&vm, id, d)),
+            })
+            .collect();
+        let name = a.vm.clone().or_else(|| vm.name());
+        live_vm = Some(vm);
+        (name, disks)
+    } else if let Some(m) = &a.manifest {
+        let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
+        let mut disks = Vec::new();
+        for d in vm.disks {
+            let driver = match &d.source {
+                Some(s) => Some(
+                    s.driver()
+                        .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?,
+                ),
+                None => None,
+            };
+            disks.push(DiskSpec {
                 id: d.id,
                 label: d.label,
                 path: d.path,
                 changed_extents: d.changed_extents,
-            })
-            .collect();
+                driver,
+            });
+        }
         (Some(vm.name), disks)
     } else if let (Some(path), Some(id)) = (a.disk.clone(), a.disk_id) {
+        let text = path.to_string_lossy();
+        let (path, driver) = if SourceSpec::looks_like(&text) {
+            let spec =
+                SourceSpec::parse(&text, std::path::Path::new(""), a.tls_creds_dir.as_deref())
+                    .map_err(|e| Error::Usage(format!("--disk: {e}")))?;
+            let driver = spec
+                .driver()
+                .map_err(|e| Error::Usage(format!("disk {id}: {e}")))?;
+            (spec.display_path(), Some(driver))
+        } else {
+            if a.tls_creds_dir.is_some() {
+                return usage(
+                    "--tls-creds-dir applies to an NBD --disk (nbd://, nbds://, nbd+unix://) only",
+                );
+            }
+            (path, None)
+        };
         (
             a.vm.clone(),
             vec![DiskSpec {
@@ -75,10 +164,11 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 label: a.disk_label.clone(),
                 path,
                 changed_extents: a.changed_extents.clone(),
+                driver,
             }],
         )
     } else {
-        return usage("give --manifest VM.toml, or --disk PATH --disk-id UUID");
+        return usage("give --manifest VM.toml, --disk PATH --disk-id UUID, or --qmp SOCKET");
     };
     let mode = if a.full {
         Mode::Full
@@ -146,7 +236,20 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         key,
         wait_for_media,
         &term,
-    )?;
+    );
+    if let Some(vm) = &live_vm {
+        let s = vm.summary();
+        if !s.removed.is_empty() {
+            out.note(format!(
+                "removed what an interrupted backup left in QEMU: {}",
+                s.removed.join(", ")
+            ));
+        }
+        if let Some(c) = &s.consistency {
+            out.note(format!("point in time of the VM: {c}"));
+        }
+    }
+    let report = report?;
     out.emit(&report, || {
         format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",

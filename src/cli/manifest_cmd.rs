@@ -136,6 +136,7 @@ fn new(ctx: &Ctx, a: NewArgs) -> Result<()> {
             label: Some(label),
             path: absolute(&path)?,
             changed_extents: None,
+            source: None,
         });
     }
     let m = VmManifest { name: vm, disks };
@@ -200,18 +201,26 @@ fn write_new(out: &Path, text: &str, force: bool) -> Result<()> {
 }
 
 fn check_disks(m: &VmManifest) -> Result<backup::Inputs> {
+    let mut disks = Vec::new();
+    for d in &m.disks {
+        let driver = match &d.source {
+            Some(s) => Some(
+                s.driver()
+                    .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?,
+            ),
+            None => None,
+        };
+        disks.push(DiskSpec {
+            id: d.id,
+            label: d.label.clone(),
+            path: d.path.clone(),
+            changed_extents: d.changed_extents.clone(),
+            driver,
+        });
+    }
     backup::check_inputs(BackupRequest {
         vm_name: Some(m.name.clone()),
-        disks: m
-            .disks
-            .iter()
-            .map(|d| DiskSpec {
-                id: d.id,
-                label: d.label.clone(),
-                path: d.path.clone(),
-                changed_extents: d.changed_extents.clone(),
-            })
-            .collect(),
+        disks,
         pool: String::new(),
         mode: Mode::Auto,
     })

@@ -31,6 +31,7 @@ mod status_cmd;
 mod tape_cmd;
 mod terminal;
 mod verify_cmd;
+mod vm_cmd;
 
 pub use format::human_bytes;
 pub use output::Output;
@@ -112,6 +113,9 @@ pub enum Command {
     /// Exit 0 whenever the overview could be made, whatever it shows: scripts read
     /// `needs_attention` (`--json`), a list that is empty when nothing needs a person.
     Status,
+    /// A running VM: list its disks as a --qmp backup takes them.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate_cmd::CompletionsArgs),
     /// Print the man page tapevault(1), or write every command's page with --out-dir.
@@ -333,6 +337,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Verify(a) => verify_cmd::verify(ctx, a),
         Command::Jobs(a) => status_cmd::jobs(ctx, a),
         Command::Status => status_cmd::status(ctx),
+        Command::Vm(c) => vm_cmd::run(ctx, c),
         Command::Completions(a) => generate_cmd::completions(a),
         Command::Man(a) => generate_cmd::man(ctx, a),
     }

@@ -67,9 +67,16 @@ pub struct RestoreArgs {
     /// Where to write the disk: a new file (created sparse), a block device, or `-` for
     /// stdout (a pipe: the disk is restored into a scratch file with no name in $TMPDIR,
     /// which needs room for the disk's allocated bytes, then streamed in order; not with
-    /// --json, the result line goes to stderr).
-    #[arg(long, value_name = "PATH")]
+    /// --json, the result line goes to stderr); `qcow2:PATH` for a new qcow2 image
+    /// (created with qemu-img, written through qemu-nbd, zeros left unallocated); or an
+    /// NBD export written in place (nbd+unix:///EXPORT?socket=PATH, nbd://HOST[:PORT]/EXPORT,
+    /// nbds://... with --tls-creds-dir; zeros as WRITE_ZEROES).
+    #[arg(long, value_name = "PATH|TARGET")]
     pub to: PathBuf,
+    /// QEMU x509 credentials (ca-cert.pem, client-cert.pem, client-key.pem) for an
+    /// nbds:// target.
+    #[arg(long, value_name = "DIR")]
+    pub tls_creds_dir: Option<PathBuf>,
     /// Replace an existing non-empty file.
     #[arg(long)]
     pub force: bool,
@@ -339,6 +346,7 @@ fn restore_prepared(
         let opts = restore::RestoreOptions {
             to: a.to.clone(),
             force: a.force,
+            tls_creds_dir: a.tls_creds_dir.clone(),
         };
         restore::run(lib, &keys, prepared, &opts, events)?
     };

@@ -113,6 +113,8 @@ pub struct RestoreOptions {
     pub to: PathBuf,
     /// Replace an existing non-empty file.
     pub force: bool,
+    /// QEMU x509 credentials for an `nbds://` target.
+    pub tls_creds_dir: Option<PathBuf>,
 }
 
 /// Run a prepared restore into `opts.to`. The caller has checked the pull list
@@ -171,7 +173,7 @@ fn run_into(
     let target = p.target();
     let size = target.disk_size;
     let out = match &dest {
-        Target::Path(o) => Output::open(&o.to, size, o.force)?,
+        Target::Path(o) => Output::open_with(&o.to, size, o.force, o.tls_creds_dir.as_deref())?,
         Target::Stream(_) => Output::open_stream(size)?,
     };
     let total: u64 = p.plans.iter().map(|pl| pl.data.total_bytes()).sum::<u64>()
@@ -209,15 +211,8 @@ fn run_into(
             for (i, plan) in p.plans.iter().enumerate() {
                 zero_total += plan.zero.total_bytes();
                 if out.device && !plan.zero.is_empty() {
-                    let zeros = vec![0u8; ZERO_CHUNK];
                     for e in plan.zero.iter() {
-                        let mut off = e.offset;
-                        while off < e.end() {
-                            let n = ((e.end() - off) as usize).min(ZERO_CHUNK);
-                            out.write_at(&zeros[..n], off)?;
-                            events.progress(n as u64);
-                            off += n as u64;
-                        }
+                        out.write_zeros(e.offset, e.len, ZERO_CHUNK, &mut |n| events.progress(n))?;
                     }
                 }
                 let img = &p.chain[i];

@@ -6,12 +6,58 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Mutex;
+
 use crate::error::{Context, Error, Result};
+use crate::source::nbd::NbdExport;
+use crate::source::qemu_image::NbdServer;
+
+/// A restore target other than a file or device path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Special {
+    /// `qcow2:PATH`: a new qcow2 image, created with qemu-img and written through a
+    /// private qemu-nbd (zero extents stay unallocated).
+    Qcow2(PathBuf),
+    /// An NBD export written in place (a VM's disk): zero extents become WRITE_ZEROES.
+    Nbd(NbdExport),
+}
+
+/// What `--to` names when it is not a plain path: `qcow2:PATH` or an NBD URI (TLS
+/// credentials: `tls_dir`).
+pub fn special_target(to: &Path, tls_dir: Option<&Path>) -> Result<Option<Special>> {
+    let text = to.to_string_lossy();
+    if let Some(p) = text.strip_prefix("qcow2:") {
+        if p.is_empty() {
+            return Err(Error::Usage(
+                "--to qcow2: names no file; write qcow2:/path/new.qcow2".into(),
+            ));
+        }
+        return Ok(Some(Special::Qcow2(PathBuf::from(p))));
+    }
+    if text.starts_with("nbd") && text.contains("://") {
+        return NbdExport::parse(&text, tls_dir)
+            .map(|e| Some(Special::Nbd(e)))
+            .map_err(|e| Error::Usage(format!("--to: {e}")));
+    }
+    Ok(None)
+}
 
 /// Check a restore target before anything else happens: a block device (returns
 /// true), a new file in an existing directory, an empty file, or with `force` a
-/// non-empty regular file.
+/// non-empty regular file. `qcow2:PATH` is checked like a new file; an NBD export is
+/// checked when it is opened.
 pub fn check_target(to: &Path, force: bool) -> Result<bool> {
+    match special_target(to, None) {
+        Ok(Some(Special::Qcow2(p))) => {
+            check_target(&p, force)?;
+            return Ok(false);
+        }
+        Ok(Some(Special::Nbd(_))) => return Ok(true),
+        // An nbds:// URI needs its credentials, given when it is opened.
+        Err(_) if to.to_string_lossy().starts_with("nbds") => return Ok(true),
+        Err(e) => return Err(e),
+        Ok(None) => {}
+    }
     match std::fs::metadata(to) {
         Ok(m) if m.file_type().is_block_device() => Ok(true),
         Ok(m) if m.is_dir() => Err(Error::Usage(format!(
@@ -55,7 +101,29 @@ pub(super) struct Output {
     file: File,
     /// Where a regular file goes when complete.
     target: Option<NewFile>,
+    /// Zero extents must be written (a device or an existing export), not left as holes.
     pub(super) device: bool,
+    /// Writes go to an NBD export instead of `file`.
+    nbd: Option<NbdOut>,
+}
+
+struct NbdOut {
+    client: Mutex<Option<nbd_client::Client>>,
+    /// The private qemu-nbd of a new qcow2 image, and the image (removed unless the
+    /// restore completes).
+    server: Option<NbdServer>,
+    created: Option<PathBuf>,
+}
+
+impl Drop for NbdOut {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        if let Some(p) = self.created.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 struct NewFile {
@@ -170,6 +238,7 @@ impl Output {
             file: scratch_file(size)?,
             target: None,
             device: false,
+            nbd: None,
         })
     }
 
@@ -197,7 +266,96 @@ impl Output {
         Ok(())
     }
 
+    /// Opens an NBD target: a new qcow2 image (created here) or an export.
+    fn open_special(special: Special, size: u64, force: bool) -> Result<Output> {
+        let timeout = crate::source::disk::source_timeout();
+        let (export, server, created, device) = match special {
+            Special::Qcow2(path) => {
+                check_target(&path, force)?;
+                if force && path.exists() {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("replacing {}", path.display()))?;
+                }
+                let out = std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&path)
+                    .arg(size.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| {
+                        Error::Failed(format!("cannot run qemu-img ({e}); install qemu-utils"))
+                    })?;
+                if !out.status.success() {
+                    return Err(Error::Failed(format!(
+                        "qemu-img create {}: {}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                let server = match NbdServer::start_with(&path, "qcow2", None, true) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(Error::Failed(e));
+                    }
+                };
+                // A new image reads as zeros: zero extents are left unallocated.
+                (server.export.clone(), Some(server), Some(path), false)
+            }
+            Special::Nbd(e) => (e, None, None, true),
+        };
+        let mut nbd = NbdOut {
+            client: Mutex::new(None),
+            server,
+            created,
+        };
+        let c = export
+            .connect(&[], timeout)
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let c = nbd
+            .client
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c);
+        if c.info().read_only() {
+            return Err(Error::Usage(format!(
+                "NBD export {} is read-only; export it writable to restore into it",
+                export.uri()
+            )));
+        }
+        if c.size() < size {
+            return Err(Error::Usage(format!(
+                "NBD export {} holds {} bytes, the disk is {size} bytes",
+                export.uri(),
+                c.size()
+            )));
+        }
+        // `file` is not written; a scratch descriptor keeps the struct uniform.
+        let file = File::open("/dev/null").context("opening /dev/null")?;
+        Ok(Output {
+            file,
+            target: None,
+            device,
+            nbd: Some(nbd),
+        })
+    }
+
+    pub(super) fn open_with(
+        to: &Path,
+        size: u64,
+        force: bool,
+        tls_dir: Option<&Path>,
+    ) -> Result<Output> {
+        if let Some(special) = special_target(to, tls_dir)? {
+            return Output::open_special(special, size, force);
+        }
+        Output::open(to, size, force)
+    }
+
     pub(super) fn open(to: &Path, size: u64, force: bool) -> Result<Output> {
+        if let Some(special) = special_target(to, None)? {
+            return Output::open_special(special, size, force);
+        }
         if check_target(to, force)? {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -216,6 +374,7 @@ impl Output {
                 file,
                 target: None,
                 device: true,
+                nbd: None,
             });
         }
         let name = to
@@ -249,6 +408,7 @@ impl Output {
                 named,
             }),
             device: false,
+            nbd: None,
         };
         out.file
             .set_len(size)
@@ -257,13 +417,97 @@ impl Output {
     }
 
     pub(super) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if let Some(n) = &self.nbd {
+            let mut g = n.client.lock().unwrap_or_else(|e| e.into_inner());
+            let c = g
+                .as_mut()
+                .ok_or_else(|| Error::Failed("the NBD target is closed".into()))?;
+            return c.write(offset, buf, false).map_err(|e| {
+                Error::Failed(format!(
+                    "writing {} bytes at offset {offset}: {e}",
+                    buf.len()
+                ))
+            });
+        }
         self.file
             .write_all_at(buf, offset)
             .with_context(|| format!("writing {} bytes at offset {offset}", buf.len()))
     }
 
+    /// Makes `[offset, offset + len)` read as zeros without writing zeros as data where
+    /// the target can: NBD WRITE_ZEROES (the server may unmap), a block device's
+    /// zero-out (`fallocate` ZERO_RANGE); else zeros are written, `chunk` bytes at a
+    /// time. `progress` hears each piece.
+    pub(super) fn write_zeros(
+        &self,
+        offset: u64,
+        len: u64,
+        chunk: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        if let Some(n) = &self.nbd {
+            let mut g = n.client.lock().unwrap_or_else(|e| e.into_inner());
+            let c = g
+                .as_mut()
+                .ok_or_else(|| Error::Failed("the NBD target is closed".into()))?;
+            if c.info().has_flag(nbd_client::FLAG_SEND_WRITE_ZEROES) {
+                let mut off = offset;
+                let end = offset + len;
+                while off < end {
+                    // Bounded per request (1 GiB) so a huge run still moves progress.
+                    let n = (end - off).min(1 << 30);
+                    c.write_zeroes(off, n, nbd_client::ZeroFlags::default())
+                        .map_err(|e| {
+                            Error::Failed(format!("zeroing {n} bytes at offset {off}: {e}"))
+                        })?;
+                    progress(n);
+                    off += n;
+                }
+                return Ok(());
+            }
+        } else {
+            use std::os::fd::AsRawFd;
+            let r = nix::fcntl::fallocate(
+                self.file.as_raw_fd(),
+                nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE,
+                offset as i64,
+                len as i64,
+            );
+            if r.is_ok() {
+                progress(len);
+                return Ok(());
+            }
+        }
+        let zeros = vec![0u8; chunk];
+        let mut off = offset;
+        while off < offset + len {
+            let n = ((offset + len - off) as usize).min(chunk);
+            self.write_at(&zeros[..n], off)?;
+            progress(n as u64);
+            off += n as u64;
+        }
+        Ok(())
+    }
+
     pub(super) fn commit(mut self) -> Result<()> {
         use std::os::fd::AsRawFd;
+        if let Some(mut n) = self.nbd.take() {
+            let c = n.client.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(mut c) = c {
+                if c.info().has_flag(nbd_client::FLAG_SEND_FLUSH) {
+                    c.flush()
+                        .map_err(|e| Error::Failed(format!("flushing the restored disk: {e}")))?;
+                }
+                c.disconnect()
+                    .map_err(|e| Error::Failed(format!("closing the NBD target: {e}")))?;
+            }
+            // Close the image cleanly (qemu-nbd writes its metadata), and keep it.
+            if let Some(s) = n.server.take() {
+                s.stop();
+            }
+            n.created = None;
+            return Ok(());
+        }
         self.file.sync_all().context("flushing the restored disk")?;
         let Some(t) = self.target.as_mut() else {
             return Ok(());

@@ -119,14 +119,21 @@ pub enum DiskError {
 pub enum DiskKind {
     File,
     BlockDevice,
+    /// Any other [`SourceRead`], e.g. an NBD export ([`super::nbd`]): read through the
+    /// source, holes as the source tells them.
+    Export,
 }
 
-/// Something a disk's bytes can be read from at an offset (a file or a block device).
-trait SourceRead: Send + Sync + 'static {
+/// Something a disk's bytes can be read from at an offset: a file, a block device, or
+/// an NBD export ([`super::nbd::NbdSource`]). Calls come from one reader thread at a
+/// time (see [`Disk`]), under the source timeout.
+pub trait SourceRead: Send + Sync + 'static {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 means the source ended there.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
 
     /// Where the first run of data at or after `from` lies. A source that cannot tell
-    /// holes says everything from `from` on is data.
+    /// holes says everything from `from` on is data. Only what reads as zeros may be
+    /// reported as hole: the hole is never read and is recorded as a zero extent.
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
         Ok(DataAt::Run(from, u64::MAX))
     }
@@ -134,7 +141,7 @@ trait SourceRead: Send + Sync + 'static {
 
 /// What a source says about the data at or after an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataAt {
+pub enum DataAt {
     /// Data from `.0` to `.1` (exclusive), a hole or the end of the file after it.
     Run(u64, u64),
     /// Only hole until the end of the file, which is now `file_len` bytes long.
@@ -264,6 +271,26 @@ impl Disk {
             kind,
             identity: identity(&meta),
         })
+    }
+
+    /// A disk read through any [`SourceRead`] (an NBD export, ...): `name` is what
+    /// messages call it, `size` its size in bytes, `identity` what makes two disks the
+    /// same (two disks of one request may never share it).
+    pub fn from_source(
+        source: Arc<dyn SourceRead>,
+        name: &str,
+        size: u64,
+        identity: Identity,
+    ) -> Disk {
+        Disk {
+            source,
+            worker: Mutex::new(Worker::NotStarted),
+            timeout: source_timeout(),
+            path: PathBuf::from(name),
+            size,
+            kind: DiskKind::Export,
+            identity,
+        }
     }
 
     /// Which file or device this is, whatever path named it.
@@ -584,12 +611,51 @@ pub struct ChunkStats {
     pub read_bytes: u64,
 }
 
+/// The extents a [`ChunkReader`] reads, handed out one at a time so that memory does
+/// not follow their number (an NBD dirty bitmap of a large disk may have millions).
+/// Extents must come ascending and disjoint, and lie within the disk: the reader checks.
+pub trait ExtentStream {
+    /// The next extent, or `None` at the end.
+    fn next_extent(&mut self) -> Result<Option<Extent>, DiskError>;
+
+    /// Every extent, when they are all known up front (lets a digest feed check them
+    /// before reading).
+    fn listed(&self) -> Option<&[Extent]> {
+        None
+    }
+}
+
+/// Extents known up front.
+struct Listed {
+    todo: Vec<Extent>,
+    idx: usize,
+}
+
+impl ExtentStream for Listed {
+    fn next_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+        let e = self.todo.get(self.idx).copied();
+        self.idx += 1;
+        Ok(e)
+    }
+
+    fn listed(&self) -> Option<&[Extent]> {
+        Some(&self.todo)
+    }
+}
+
 /// Reads a disk's extents as chunks; see the module docs.
 pub struct ChunkReader<'d> {
     disk: &'d Disk,
     cfg: ChunkConfig,
-    todo: Vec<Extent>,
-    idx: usize,
+    todo: Box<dyn ExtentStream + Send + 'd>,
+    /// The extent being read; `None` before the first and after the last.
+    ext: Option<Extent>,
+    /// The end of the last extent taken from `todo` (the next must not start before).
+    taken_end: u64,
+    /// Every extent has been taken from `todo`.
+    done: bool,
+    /// Streamed extents must fall on block boundaries (a digest feed is attached).
+    aligned: bool,
     cursor: u64,
     /// Read buffer; only `data[..len]` is the current chunk. The buffer keeps its
     /// length between chunks so reading into it does not zero it first each time.
@@ -617,6 +683,28 @@ impl<'d> ChunkReader<'d> {
 
     /// Reads the given extents (every one must lie within the disk).
     pub fn extents(disk: &'d Disk, cfg: ChunkConfig, set: &ExtentSet) -> Result<Self, DiskError> {
+        let todo: Vec<Extent> = set.iter().collect();
+        if let Some(last) = todo.last() {
+            if last.end() > disk.size() {
+                return Err(DiskError::ExtentBeyondDisk {
+                    path: disk.path().to_path_buf(),
+                    offset: last.offset,
+                    len: last.len,
+                    size: disk.size(),
+                });
+            }
+        }
+        ChunkReader::stream(disk, cfg, Box::new(Listed { todo, idx: 0 }))
+    }
+
+    /// Reads the extents `todo` hands out, one at a time: memory stays bounded whatever
+    /// their number. An extent out of order, overlapping the one before, or beyond the
+    /// disk fails the read.
+    pub fn stream(
+        disk: &'d Disk,
+        cfg: ChunkConfig,
+        todo: Box<dyn ExtentStream + Send + 'd>,
+    ) -> Result<Self, DiskError> {
         if !valid_block_size(cfg.block_size) {
             return Err(DiskError::Config(format!(
                 "block size {} must be a power of two between {} and {}",
@@ -631,24 +719,15 @@ impl<'d> ChunkReader<'d> {
                 cfg.record_data_size
             )));
         }
-        let todo: Vec<Extent> = set.iter().collect();
-        if let Some(last) = todo.last() {
-            if last.end() > disk.size() {
-                return Err(DiskError::ExtentBeyondDisk {
-                    path: disk.path().to_path_buf(),
-                    offset: last.offset,
-                    len: last.len,
-                    size: disk.size(),
-                });
-            }
-        }
-        let cursor = todo.first().map_or(0, |e| e.offset);
         Ok(ChunkReader {
             disk,
             cfg,
             todo,
-            idx: 0,
-            cursor,
+            ext: None,
+            taken_end: 0,
+            done: false,
+            aligned: false,
+            cursor: 0,
             data: Vec::with_capacity(cfg.record_data_size),
             len: 0,
             subs: Vec::new(),
@@ -664,11 +743,62 @@ impl<'d> ChunkReader<'d> {
     /// list without a second pass. Checked up front: every block this reader will not
     /// read must be copyable from the feed's previous list, else the error says why
     /// (the caller then backs up without a list, or aligns its extents).
+    ///
+    /// Streamed extents are not known up front: every block outside them must come from
+    /// the previous list (checked now), and each extent must fall on block boundaries
+    /// (checked as it comes; one that does not fails the read).
     pub fn with_digests(mut self, feed: DigestFeed) -> Result<Self, DigestListError> {
-        let set: ExtentSet = self.todo.iter().copied().collect();
-        feed.check_extents(&set)?;
+        match self.todo.listed() {
+            Some(list) => {
+                let set: ExtentSet = list.iter().copied().collect();
+                feed.check_extents(&set)?;
+            }
+            None => {
+                feed.check_extents(&ExtentSet::new())?;
+                self.aligned = true;
+            }
+        }
         self.digests = Some(feed);
         Ok(self)
+    }
+
+    /// Takes the next extent from the stream, checking its order and bounds.
+    fn take_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+        loop {
+            let Some(e) = self.todo.next_extent()? else {
+                self.done = true;
+                return Ok(None);
+            };
+            if e.len == 0 {
+                continue;
+            }
+            let size = self.disk.size();
+            if e.offset < self.taken_end {
+                return Err(DiskError::Config(format!(
+                    "extent at {} of length {} comes before the end of the previous one ({}); extents must be ascending and disjoint",
+                    e.offset, e.len, self.taken_end
+                )));
+            }
+            if e.end() > size || e.offset.checked_add(e.len).is_none() {
+                return Err(DiskError::ExtentBeyondDisk {
+                    path: self.disk.path().to_path_buf(),
+                    offset: e.offset,
+                    len: e.len,
+                    size,
+                });
+            }
+            let bs = self.cfg.block_size;
+            if self.aligned
+                && (e.offset & (bs - 1) != 0 || (e.end() & (bs - 1) != 0 && e.end() != size))
+            {
+                return Err(DiskError::Config(format!(
+                    "extent at {} of length {} does not fall on {bs}-byte block boundaries",
+                    e.offset, e.len
+                )));
+            }
+            self.taken_end = e.end();
+            return Ok(Some(e));
+        }
     }
 
     pub fn stats(&self) -> ChunkStats {
@@ -719,15 +849,21 @@ impl<'d> ChunkReader<'d> {
         let bs = self.cfg.block_size;
         let cap = self.cfg.record_data_size;
         let mut chunk_start: Option<u64> = None;
-        while self.idx < self.todo.len() {
-            let ext = self.todo[self.idx];
-            if self.cursor >= ext.end() {
-                self.idx += 1;
-                if let Some(next) = self.todo.get(self.idx) {
-                    self.cursor = next.offset;
+        loop {
+            let ext = match self.ext {
+                Some(e) if self.cursor < e.end() => e,
+                _ if self.done => break,
+                _ => {
+                    self.ext = self.take_extent()?;
+                    match self.ext {
+                        Some(e) => {
+                            self.cursor = e.offset;
+                            continue;
+                        }
+                        None => break,
+                    }
                 }
-                continue;
-            }
+            };
             let start = *chunk_start.get_or_insert(self.cursor);
             let room = cap - self.len;
             // Each block piece read may add one sub-extent; keep one slot spare.

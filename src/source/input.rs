@@ -169,8 +169,28 @@ fn set_blocking(file: &File) -> std::io::Result<()> {
 /// device, two device nodes of the same device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Identity {
-    File { dev: u64, ino: u64 },
-    BlockDevice { rdev: u64 },
+    File {
+        dev: u64,
+        ino: u64,
+    },
+    BlockDevice {
+        rdev: u64,
+    },
+    /// Anything else, by a digest of its canonical name (an NBD export's server and
+    /// export name, see [`super::nbd`]).
+    Named {
+        digest: [u8; 16],
+    },
+}
+
+impl Identity {
+    /// The identity of a source known by a canonical name.
+    pub fn named(canonical: &str) -> Identity {
+        let h = blake3::hash(canonical.as_bytes());
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&h.as_bytes()[..16]);
+        Identity::Named { digest }
+    }
 }
 
 pub fn identity(meta: &Metadata) -> Identity {

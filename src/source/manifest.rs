@@ -8,7 +8,15 @@
 //! label = "root"                                # optional: names the disk as vm1/root
 //! path = "/var/lib/vms/vm1/disk0.raw"           # raw image file or block device
 //! changed_extents = "disk0.cbt.json"            # optional, see `changed`
+//!
+//! [[disk]]
+//! id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d12"
+//! source = "qcow2:/var/lib/vms/vm1/disk1.qcow2" # or nbd+unix:///EXPORT?socket=/PATH,
+//!                                               # nbd://HOST[:PORT]/EXPORT, nbds://...
+//! tls_creds_dir = "/etc/pki/qemu"               # NBD over TLS only
 //! ```
+//!
+//! A disk has either `path` (read directly) or `source` (see [`super::SourceSpec`]).
 //!
 //! Relative paths are resolved against the manifest's own directory, so a manifest
 //! and its CBT files can be moved together. Unknown keys are rejected: a misspelt
@@ -42,6 +50,9 @@ pub struct DiskEntry {
     pub path: PathBuf,
     /// Changed-extents file for an incremental (resolved likewise).
     pub changed_extents: Option<PathBuf>,
+    /// Where the disk comes from when it is not read directly from `path` (then
+    /// `path` is only what reports show).
+    pub source: Option<super::SourceSpec>,
 }
 
 /// A parsed, validated VM manifest.
@@ -94,7 +105,9 @@ struct RawManifest {
 struct RawDisk {
     id: String,
     label: Option<String>,
-    path: String,
+    path: Option<String>,
+    source: Option<String>,
+    tls_creds_dir: Option<String>,
     changed_extents: Option<String>,
 }
 
@@ -198,9 +211,38 @@ impl VmManifest {
                     Some(l)
                 }
             };
-            if d.path.trim().is_empty() {
-                return Err(field_err(format!("disk[{i}].path"), "is empty"));
-            }
+            let tls = d.tls_creds_dir.as_ref().map(|t| base_dir.join(t));
+            let (path, source) = match (&d.path, &d.source) {
+                (Some(_), Some(_)) => {
+                    return Err(field_err(
+                        format!("disk[{i}]"),
+                        "has both path and source; give one (path: a raw file or block device read directly; source: an image through qemu-nbd or an NBD export)",
+                    ))
+                }
+                (None, None) => {
+                    return Err(field_err(
+                        format!("disk[{i}]"),
+                        "has neither path nor source; give one",
+                    ))
+                }
+                (Some(p), None) => {
+                    if p.trim().is_empty() {
+                        return Err(field_err(format!("disk[{i}].path"), "is empty"));
+                    }
+                    if tls.is_some() {
+                        return Err(field_err(
+                            format!("disk[{i}].tls_creds_dir"),
+                            "applies to an NBD source only",
+                        ));
+                    }
+                    (base_dir.join(p), None)
+                }
+                (None, Some(src)) => {
+                    let spec = super::SourceSpec::parse(src.trim(), base_dir, tls.as_deref())
+                        .map_err(|e| field_err(format!("disk[{i}].source"), &e))?;
+                    (spec.display_path(), Some(spec))
+                }
+            };
             let changed_extents = match d.changed_extents {
                 Some(c) if c.trim().is_empty() => {
                     return Err(field_err(
@@ -214,8 +256,9 @@ impl VmManifest {
             disks.push(DiskEntry {
                 id,
                 label,
-                path: base_dir.join(d.path),
+                path,
                 changed_extents,
+                source,
             });
         }
         Ok(VmManifest {

@@ -1,0 +1,495 @@
+//! Reading a disk from an NBD export: the export's address ([`NbdExport`], parsed from
+//! `nbd+unix:///EXPORT?socket=PATH` and `nbd://HOST[:PORT]/EXPORT` URIs), a
+//! [`SourceRead`] over it ([`NbdSource`]) that the [`ChunkReader`](super::disk::ChunkReader)
+//! reads like a file, and the dirty extents of a `qemu:dirty-bitmap:NAME` context as an
+//! [`ExtentStream`] ([`DirtyExtents`]).
+//!
+//! - READs go through [`nbd_client::Client::read`], split to the export's maximum block
+//!   size (32 MiB on QEMU) and the client's request size.
+//! - Holes: when the server grants `base:allocation`, ranges it flags `ZERO` are holes
+//!   for the reader: never read, recorded as zero extents. `HOLE` without `ZERO`
+//!   promises nothing and is read. A full backup therefore reads only allocated data,
+//!   and a dirty range that is zero now (a trimmed or zeroed area) becomes a zero extent
+//!   of the incremental: never skipped, never read.
+//! - Dirty extents: block status of the dirty-bitmap context is asked on a connection of
+//!   its own, window by window ([`STATUS_WINDOW`]), so memory stays bounded whatever the
+//!   number of extents; they are aligned outwards to the tracking block and coalesced.
+//!   Two connections are open at once: an export must allow two clients (`qemu-nbd
+//!   --shared=2` or more; QEMU's built-in server, libvirt and nbdkit allow many).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nbd_client::{Address, Client, ConnectOptions, TlsConfig, STATE_DIRTY, STATE_ZERO};
+use thiserror::Error;
+
+use super::disk::{DataAt, Disk, DiskError, ExtentStream, SourceRead};
+use super::input::Identity;
+use crate::extents::Extent;
+
+/// The meta context of allocation and zero information.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+
+/// Prefix of QEMU's dirty bitmap meta contexts.
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// Range asked per BLOCK_STATUS round (128 MiB): bounds the extents held at once (a
+/// 512-byte granularity bitmap gives at most 256 Ki extents per window).
+pub const STATUS_WINDOW: u64 = 128 * 1024 * 1024;
+
+/// The default NBD TCP port.
+pub const DEFAULT_PORT: u16 = 10809;
+
+#[derive(Debug, Error)]
+pub enum NbdSourceError {
+    #[error("{uri:?} is not an NBD URI: {problem}; use nbd+unix:///EXPORT?socket=/PATH or nbd://HOST[:PORT]/EXPORT (nbds:// for TLS)")]
+    BadUri { uri: String, problem: String },
+    #[error("NBD export {export}: {source}")]
+    Nbd {
+        export: String,
+        #[source]
+        source: nbd_client::Error,
+    },
+}
+
+/// Where an export is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdExport {
+    pub address: Address,
+    /// The export name ("" is the server's default export).
+    pub name: String,
+    /// TLS credentials; `None`: plain text (Unix sockets, or a trusted network).
+    pub tls: Option<TlsConfig>,
+}
+
+impl NbdExport {
+    /// A URI naming the export, for messages and as its identity:
+    /// `nbd+unix:///NAME?socket=PATH` or `nbd://HOST:PORT/NAME` (`nbds` with TLS).
+    pub fn uri(&self) -> String {
+        let s = if self.tls.is_some() { "s" } else { "" };
+        match &self.address {
+            Address::Unix(p) => format!("nbd{s}+unix:///{}?socket={}", self.name, p.display()),
+            Address::Tcp(hp) => format!("nbd{s}://{hp}/{}", self.name),
+        }
+    }
+
+    /// What makes two exports the same disk: the server and the export name.
+    pub fn identity(&self) -> Identity {
+        let canon = match &self.address {
+            Address::Unix(p) => {
+                let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                format!("nbd+unix:{}:{}", p.display(), self.name)
+            }
+            Address::Tcp(hp) => format!("nbd+tcp:{}:{}", hp.to_ascii_lowercase(), self.name),
+        };
+        Identity::named(&canon)
+    }
+
+    /// Parses an NBD URI (the subset of the NBD URI specification tapevault uses):
+    /// `nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST[:PORT]/EXPORT`, and their TLS forms
+    /// `nbds+unix://` and `nbds://`, which need `tls_dir` (QEMU's x509 layout: ca-cert.pem,
+    /// client-cert.pem, client-key.pem). `tls_dir` without TLS in the URI turns TLS on
+    /// too. The certificate name checked is the host (for Unix sockets, `localhost`).
+    pub fn parse(
+        uri: &str,
+        tls_dir: Option<&std::path::Path>,
+    ) -> Result<NbdExport, NbdSourceError> {
+        let bad = |problem: &str| NbdSourceError::BadUri {
+            uri: uri.to_string(),
+            problem: problem.to_string(),
+        };
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let (tls, unix) = match scheme {
+            "nbd" => (false, false),
+            "nbds" => (true, false),
+            "nbd+unix" => (false, true),
+            "nbds+unix" => (true, true),
+            _ => return Err(bad(&format!("unknown scheme {scheme:?}"))),
+        };
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => (&before_query[..i], &before_query[i + 1..]),
+            None => (before_query, ""),
+        };
+        let name =
+            percent_decode(path).ok_or_else(|| bad("bad percent-encoding in the export name"))?;
+        let mut socket: Option<PathBuf> = None;
+        for kv in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "socket" if unix => {
+                    let v =
+                        percent_decode(v).ok_or_else(|| bad("bad percent-encoding in socket"))?;
+                    socket = Some(PathBuf::from(v));
+                }
+                _ => return Err(bad(&format!("unsupported query parameter {k:?}"))),
+            }
+        }
+        let (address, host) = if unix {
+            if !authority.is_empty() {
+                return Err(bad(
+                    "a Unix socket URI has no host (three slashes: nbd+unix:///EXPORT?socket=PATH)",
+                ));
+            }
+            let s = socket.ok_or_else(|| bad("socket=PATH is missing"))?;
+            if !s.is_absolute() {
+                return Err(bad("socket must be an absolute path"));
+            }
+            (Address::Unix(s), "localhost".to_string())
+        } else {
+            if authority.is_empty() {
+                return Err(bad("the host is missing"));
+            }
+            let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad HOST:PORT"))?;
+            let hp = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            (Address::Tcp(hp), host)
+        };
+        let tls = match (tls, tls_dir) {
+            (_, Some(dir)) => Some(TlsConfig::from_qemu_dir(dir, &host)),
+            (true, None) => return Err(bad("TLS (nbds) needs tls_creds_dir, a directory with ca-cert.pem (and client-cert.pem, client-key.pem)")),
+            (false, None) => None,
+        };
+        Ok(NbdExport { address, name, tls })
+    }
+
+    /// Connection options for this export with `contexts`; `timeout` bounds every socket
+    /// operation.
+    pub fn options(&self, contexts: &[&str], timeout: Duration) -> ConnectOptions {
+        let mut o = ConnectOptions::new(&self.name).timeout(Some(timeout));
+        if let Some(t) = &self.tls {
+            o = o.tls(t.clone());
+        }
+        for c in contexts {
+            o = o.meta_context(c);
+        }
+        o
+    }
+
+    /// Connects with `contexts` (each must be granted).
+    pub fn connect(&self, contexts: &[&str], timeout: Duration) -> Result<Client, NbdSourceError> {
+        Client::connect(&self.address, &self.options(contexts, timeout)).map_err(|source| {
+            NbdSourceError::Nbd {
+                export: self.uri(),
+                source,
+            }
+        })
+    }
+}
+
+fn split_host_port(a: &str) -> Option<(String, u16)> {
+    if let Some(rest) = a.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => DEFAULT_PORT,
+            None => return None,
+        };
+        return Some((h.to_string(), port));
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.contains(':') => Some((h.to_string(), p.parse().ok()?)),
+        Some(_) => None,
+        None => Some((a.to_string(), DEFAULT_PORT)),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn io_err(e: nbd_client::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// An NBD export read like a file (see the module docs).
+pub struct NbdSource {
+    client: Mutex<Client>,
+    size: u64,
+    /// `base:allocation` was granted: zero ranges are holes.
+    allocation: bool,
+}
+
+impl NbdSource {
+    /// Connects to `export` asking for `base:allocation` (a server without it is read
+    /// whole).
+    pub fn connect(export: &NbdExport, timeout: Duration) -> Result<NbdSource, NbdSourceError> {
+        let (client, allocation) = match export.connect(&[BASE_ALLOCATION], timeout) {
+            Ok(c) => (c, true),
+            Err(NbdSourceError::Nbd {
+                source:
+                    nbd_client::Error::MetaContextNotGranted { .. } | nbd_client::Error::Unsupported(_),
+                ..
+            }) => (export.connect(&[], timeout)?, false),
+            Err(e) => return Err(e),
+        };
+        let size = client.size();
+        Ok(NbdSource {
+            client: Mutex::new(client),
+            size,
+            allocation,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether `base:allocation` tells holes.
+    pub fn has_allocation(&self) -> bool {
+        self.allocation
+    }
+}
+
+impl SourceRead for NbdSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - offset) as usize;
+        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        c.read(offset, &mut buf[..n]).map_err(io_err)?;
+        Ok(n)
+    }
+
+    fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
+        if !self.allocation {
+            return Ok(DataAt::Run(from, u64::MAX));
+        }
+        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = from;
+        let mut start: Option<u64> = None;
+        while at < self.size {
+            let len = (self.size - at).min(STATUS_WINDOW);
+            let status = c.block_status(at, len, false).map_err(io_err)?;
+            let ctx = status
+                .iter()
+                .find(|s| s.context == BASE_ALLOCATION)
+                .ok_or_else(|| {
+                    std::io::Error::other("base:allocation missing from the block status answer")
+                })?;
+            for e in &ctx.extents {
+                let zero = e.flags & STATE_ZERO != 0;
+                match (start, zero) {
+                    (None, false) => start = Some(e.offset.max(from)),
+                    (Some(s), true) => return Ok(DataAt::Run(s, e.offset)),
+                    _ => {}
+                }
+            }
+            at += len;
+            // A run that reaches the end of a window: report it so far (the next
+            // question continues from there).
+            if let Some(s) = start {
+                return Ok(DataAt::Run(s, at));
+            }
+        }
+        match start {
+            Some(s) => Ok(DataAt::Run(s, self.size)),
+            None => Ok(DataAt::HoleToEnd {
+                file_len: self.size,
+            }),
+        }
+    }
+}
+
+/// Opens an export as a [`Disk`] named by its URI.
+pub fn open_disk(export: &NbdExport) -> Result<(Disk, bool), NbdSourceError> {
+    let src = NbdSource::connect(export, super::disk::source_timeout())?;
+    let size = src.size();
+    let allocation = src.has_allocation();
+    let disk = Disk::from_source(Arc::new(src), &export.uri(), size, export.identity());
+    Ok((disk, allocation))
+}
+
+/// The dirty extents of a `qemu:dirty-bitmap:NAME` context, streamed window by window,
+/// aligned outwards to `block` bytes (the tracking block) and coalesced.
+pub struct DirtyExtents {
+    client: Client,
+    context: String,
+    size: u64,
+    block: u64,
+    /// Next offset to ask about.
+    at: u64,
+    /// The extents of the current window and how many were used.
+    window: Vec<nbd_client::Extent>,
+    used: usize,
+    /// The run being grown (aligned).
+    run: Option<(u64, u64)>,
+    /// Dirty bytes as the bitmap reports them (before alignment).
+    dirty_bytes: u64,
+}
+
+impl DirtyExtents {
+    /// Connects to `export` with only `context` (a `qemu:dirty-bitmap:NAME`; it must be
+    /// granted). `block` is the tracking block (a power of two).
+    pub fn connect(
+        export: &NbdExport,
+        context: &str,
+        block: u64,
+        timeout: Duration,
+    ) -> Result<DirtyExtents, NbdSourceError> {
+        let client = export.connect(&[context], timeout)?;
+        let size = client.size();
+        Ok(DirtyExtents {
+            client,
+            context: context.to_string(),
+            size,
+            block,
+            at: 0,
+            window: Vec::new(),
+            used: 0,
+            run: None,
+            dirty_bytes: 0,
+        })
+    }
+
+    /// The dirty bytes reported so far (at the bitmap's granularity, before alignment
+    /// to the tracking block).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Walks the whole bitmap once and returns the dirty bytes and the extents after
+    /// alignment (for estimates and benchmarks; the backup streams instead).
+    pub fn count(mut self) -> Result<(u64, u64), DiskError> {
+        let mut aligned = 0;
+        while let Some(e) = self.next_extent()? {
+            aligned += e.len;
+        }
+        Ok((self.dirty_bytes, aligned))
+    }
+
+    fn fill(&mut self) -> Result<bool, DiskError> {
+        if self.at >= self.size {
+            return Ok(false);
+        }
+        let len = (self.size - self.at).min(STATUS_WINDOW);
+        let mut status =
+            self.client
+                .block_status(self.at, len, false)
+                .map_err(|e| DiskError::Read {
+                    path: PathBuf::from(&self.context),
+                    offset: self.at,
+                    source: io_err(e),
+                })?;
+        let i = status
+            .iter()
+            .position(|s| s.context == self.context)
+            .ok_or_else(|| {
+                DiskError::Config(format!(
+                    "{} missing from the block status answer",
+                    self.context
+                ))
+            })?;
+        self.window = std::mem::take(&mut status[i].extents);
+        self.used = 0;
+        self.at += len;
+        Ok(true)
+    }
+}
+
+impl ExtentStream for DirtyExtents {
+    fn next_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+        let bs = self.block;
+        loop {
+            if self.used >= self.window.len() && !self.fill()? {
+                return Ok(self.run.take().map(|(s, e)| Extent::new(s, e - s)));
+            }
+            let e = self.window[self.used];
+            self.used += 1;
+            if e.flags & STATE_DIRTY == 0 {
+                continue;
+            }
+            self.dirty_bytes += e.length;
+            let s = e.offset & !(bs - 1);
+            let end = (e.offset + e.length)
+                .div_ceil(bs)
+                .saturating_mul(bs)
+                .min(self.size);
+            match &mut self.run {
+                Some((_, re)) if s <= *re => *re = (*re).max(end),
+                Some(_) => {
+                    let (rs, re) = self.run.replace((s, end)).expect("some");
+                    return Ok(Some(Extent::new(rs, re - rs)));
+                }
+                None => self.run = Some((s, end)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_to_addresses() {
+        let e = NbdExport::parse("nbd+unix:///vda?socket=/run/x/nbd.sock", None).unwrap();
+        assert_eq!(e.address, Address::Unix("/run/x/nbd.sock".into()));
+        assert_eq!(e.name, "vda");
+        assert!(e.tls.is_none());
+        assert_eq!(e.uri(), "nbd+unix:///vda?socket=/run/x/nbd.sock");
+        let e = NbdExport::parse("nbd://host.example:10810/disk%200", None).unwrap();
+        assert_eq!(e.address, Address::Tcp("host.example:10810".into()));
+        assert_eq!(e.name, "disk 0");
+        let e = NbdExport::parse("nbd://10.0.0.1/x", None).unwrap();
+        assert_eq!(e.address, Address::Tcp("10.0.0.1:10809".into()));
+        let e = NbdExport::parse("nbd://[::1]:99/x", None).unwrap();
+        assert_eq!(e.address, Address::Tcp("[::1]:99".into()));
+        let e = NbdExport::parse("nbds://h:1/x", Some(std::path::Path::new("/pki"))).unwrap();
+        let t = e.tls.unwrap();
+        assert_eq!(t.server_name, "h");
+        assert_eq!(t.ca_cert, PathBuf::from("/pki/ca-cert.pem"));
+        for bad in [
+            "nbds://h/x",
+            "http://h/x",
+            "nbd+unix:///x",
+            "nbd+unix:///x?socket=rel",
+            "nbd+unix://h/x?socket=/s",
+            "nbd:///x",
+            "nbd://h:notaport/x",
+            "nbd://h/x?tls=1",
+            "/just/a/path",
+        ] {
+            let err = NbdExport::parse(bad, None).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn identity_ignores_spelling_of_the_host() {
+        let a = NbdExport::parse("nbd://Host:1/x", None).unwrap();
+        let b = NbdExport::parse("nbd://host:1/x", None).unwrap();
+        let c = NbdExport::parse("nbd://host:1/y", None).unwrap();
+        assert_eq!(a.identity(), b.identity());
+        assert_ne!(a.identity(), c.identity());
+    }
+}

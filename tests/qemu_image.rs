@@ -1,0 +1,666 @@
+//! Backups of qcow2 images through the offline image driver, against the real
+//! qemu-img, qemu-io and qemu-nbd (skipped with a printed reason when missing): a chain
+//! of a full and ten incrementals with writes, zeroing and discards, every point
+//! restored bit-identical; resize, in-use bitmaps and foreign bitmaps; kill -9 of
+//! tapevault in the middle of the epoch switch; a remote NBD export over TLS.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use uuid::Uuid;
+
+fn have_qemu() -> bool {
+    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        let ok = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
+            return false;
+        }
+    }
+    true
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run a qemu tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_io(img: &Path, cmds: &[String]) {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg("qcow2");
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    c.arg(img);
+    let out = sh(&mut c);
+    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
+}
+
+fn to_raw(img: &Path, out: &Path) {
+    sh(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(img)
+        .arg(out));
+}
+
+fn info(img: &Path) -> Value {
+    let out = sh(Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(img));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// (name, flags) of every bitmap.
+fn bitmaps(img: &Path) -> Vec<(String, Vec<String>)> {
+    info(img)["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["flags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn ours(img: &Path) -> Vec<String> {
+    bitmaps(img)
+        .into_iter()
+        .map(|b| b.0)
+        .filter(|n| n.starts_with("tapevault-"))
+        .collect()
+}
+
+fn new_image(dir: &Path, size: &str) -> PathBuf {
+    let img = dir.join("vm.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg(size));
+    img
+}
+
+fn backup(v: &Vault, img: &Path, id: Uuid, extra: &[&str]) -> Value {
+    let src = format!("qcow2:{}", img.display());
+    let id = id.to_string();
+    let mut a = vec!["backup", "--disk", &src, "--disk-id", &id, "--pool", "p"];
+    a.extend_from_slice(extra);
+    let j = v.ok(&a);
+    j["images"][0].clone()
+}
+
+fn vault() -> Vault {
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    v
+}
+
+/// Process ids of qemu-nbd processes serving `img`.
+fn qemu_nbd_of(img: &Path) -> Vec<u32> {
+    let want = img.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("qemu-nbd")) && args.iter().any(|a| *a == want)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_and_ten_incrementals_restore_every_point_bit_identical() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let img = new_image(&v.root, "64M");
+    qemu_io(
+        &img,
+        &[
+            "write -P 0x11 0 4M".into(),
+            "write -P 0x12 20M 1M".into(),
+            "write -P 0x13 40M 3M".into(),
+        ],
+    );
+    let id = Uuid::new_v4();
+    let full = backup(&v, &img, id, &[]);
+    assert_eq!(full["kind"], "full", "{full}");
+    // Only the allocated 8 MiB are read.
+    assert_eq!(u(&full, "read_bytes"), 8 * MIB, "{full}");
+    assert_eq!(ours(&img).len(), 1, "one epoch bitmap: {:?}", bitmaps(&img));
+    let mut points = vec![(s(&full, "image").to_string(), v.path("p0.raw"))];
+    to_raw(&img, &points[0].1);
+
+    for i in 1..=10u64 {
+        let before = ours(&img);
+        let data_at = i * 3 * MIB + 64 * KIB * i;
+        let mut cmds = vec![format!("write -P {} {} 256k", 0x20 + i, data_at)];
+        // Zeroing of data, and discards (trim) of data: dirty ranges that read as
+        // zeros, which must come back as zeros.
+        if i % 2 == 1 {
+            cmds.push(format!("write -z {} 512k", 40 * MIB + (i / 2) * 512 * KIB));
+        } else {
+            cmds.push(format!("discard {} 128k", i * 256 * KIB));
+        }
+        qemu_io(&img, &cmds);
+        let r = backup(&v, &img, id, &[]);
+        assert_eq!(r["kind"], "incremental", "point {i}: {r}");
+        assert_eq!(r["method"], "dirty-bitmap", "point {i}: {r}");
+        // Bytes read: the written data (at most two tracking blocks more, for the
+        // alignment of a write to 64 KiB), never the zeroed or discarded ranges.
+        let read = u(&r, "read_bytes");
+        assert!(
+            read >= 256 * KIB && read <= 256 * KIB + 2 * TRACK,
+            "point {i}: read {read}: {r}"
+        );
+        assert!(u(&r, "zero_bytes") >= 128 * KIB, "point {i}: {r}");
+        // The old epoch's bitmap is gone, one new one in its place.
+        let after = ours(&img);
+        assert_eq!(after.len(), 1, "point {i}: {:?}", bitmaps(&img));
+        assert!(!before.contains(&after[0]), "point {i}: a new epoch");
+        let copy = v.path(&format!("p{i}.raw"));
+        to_raw(&img, &copy);
+        points.push((s(&r, "image").to_string(), copy));
+    }
+    for (i, (image, copy)) in points.iter().enumerate() {
+        let out = v.path(&format!("r{i}.raw"));
+        let r = v.restore_image(id, image, &out);
+        assert_eq!(r.code, 0, "restore of point {i}: {}", r.stderr);
+        assert_same_bytes(&out, copy, &format!("point {i}"));
+    }
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn resize_in_use_bitmaps_and_foreign_bitmaps() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let img = new_image(&v.root, "32M");
+    qemu_io(&img, &["write -P 0x31 1M 2M".into()]);
+    let id = Uuid::new_v4();
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["kind"], "full");
+    // A bitmap tapevault does not own is left alone.
+    sh(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("someone-elses"));
+
+    // Virtual size change: a full, said with the reason.
+    sh(Command::new("qemu-img").arg("resize").arg(&img).arg("48M"));
+    qemu_io(&img, &["write -P 0x32 40M 64k".into()]);
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["kind"], "full", "{r}");
+    assert!(
+        s(&r, "reason").contains("virtual size") && s(&r, "reason").contains("50331648"),
+        "{r}"
+    );
+    assert!(bitmaps(&img).iter().any(|b| b.0 == "someone-elses"));
+    assert_eq!(ours(&img).len(), 1);
+
+    // A writer killed with the image open leaves every bitmap in-use: a full.
+    let sock = v.path("rw.sock");
+    let mut rw = Command::new("qemu-nbd")
+        .args(["-f", "qcow2", "-k"])
+        .arg(&sock)
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sock.exists(), "qemu-nbd listens");
+    rw.kill().unwrap();
+    rw.wait().unwrap();
+    assert!(
+        bitmaps(&img)
+            .iter()
+            .all(|b| b.1.iter().any(|f| f == "in-use")),
+        "{:?}",
+        bitmaps(&img)
+    );
+    qemu_io(&img, &["write -P 0x33 8M 64k".into()]);
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["kind"], "full", "{r}");
+    assert!(s(&r, "reason").contains("in-use"), "{r}");
+    let after = ours(&img);
+    assert_eq!(after.len(), 1, "{:?}", bitmaps(&img));
+    assert!(
+        bitmaps(&img)
+            .iter()
+            .any(|b| b.0 == after[0] && !b.1.iter().any(|f| f == "in-use")),
+        "{:?}",
+        bitmaps(&img)
+    );
+    // And the chain goes on from there.
+    qemu_io(&img, &["write -P 0x34 9M 64k".into()]);
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["method"], "dirty-bitmap", "{r}");
+    let copy = v.path("now.raw");
+    to_raw(&img, &copy);
+    let out = v.path("restored.raw");
+    let rr = v.restore_image(id, s(&r, "image"), &out);
+    assert_eq!(rr.code, 0, "{}", rr.stderr);
+    assert_same_bytes(&out, &copy, "after in-use");
+
+    // A copy starts no epoch and removes nothing.
+    let before = bitmaps(&img);
+    let c = backup(&v, &img, id, &["--copy"]);
+    assert_eq!(c["kind"], "copy");
+    assert_eq!(bitmaps(&img), before);
+
+    // Two disks resolving to the same image are refused (path and source alike).
+    let m = v.path("vm.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "name = \"vm\"\n[[disk]]\nid = \"{}\"\nsource = \"qcow2:{}\"\n[[disk]]\nid = \"{}\"\npath = \"{}\"\n",
+            Uuid::new_v4(),
+            img.display(),
+            Uuid::new_v4(),
+            img.display()
+        ),
+    )
+    .unwrap();
+    let mm = m.to_string_lossy().into_owned();
+    let r = v.fails(&["backup", "--manifest", &mm, "--pool", "p"], 2);
+    assert!(r.stderr.contains("are the same"), "{}", r.stderr);
+}
+
+#[test]
+fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let img = new_image(&v.root, "64M");
+    qemu_io(&img, &["write -P 0x41 0 8M".into()]);
+    let id = Uuid::new_v4();
+    let full = backup(&v, &img, id, &[]);
+    let barcode = full["cartridges"][0].as_str().unwrap().to_string();
+    let base_bitmap = ours(&img);
+    assert_eq!(base_bitmap.len(), 1);
+
+    // Changes of the epoch being switched; then kill -9 while the image is written
+    // (after the new bitmap was added, before the commit).
+    qemu_io(
+        &img,
+        &["write -P 0x42 2M 1M".into(), "write -z 6M 1M".into()],
+    );
+    v.slow_writes(&barcode, 200, 200);
+    let src = format!("qcow2:{}", img.display());
+    let ids = id.to_string();
+    let mut child = v
+        .command(&["backup", "--disk", &src, "--disk-id", &ids, "--pool", "p"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while qemu_nbd_of(&img).is_empty() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!qemu_nbd_of(&img).is_empty(), "the backup started qemu-nbd");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ours(&img).len(), 2, "the new epoch's bitmap was added");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // qemu-nbd dies with tapevault.
+    let t = Instant::now();
+    while !qemu_nbd_of(&img).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(qemu_nbd_of(&img).is_empty(), "qemu-nbd outlived tapevault");
+    std::fs::remove_file(v.cartridge_dir(&barcode).join("faults.json")).unwrap();
+
+    // A bitmap a crash after the commit would leave behind (the old epoch's name, but
+    // unknown to the catalog) is cleaned up too.
+    sh(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&img)
+        .arg("tapevault-00000000deadbeef"));
+    qemu_io(&img, &["write -P 0x43 30M 64k".into()]);
+
+    // The next backup builds on the full with the old epoch's bitmap: every change
+    // since the full is in it.
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["kind"], "incremental", "{r}");
+    assert_eq!(r["method"], "dirty-bitmap", "{r}");
+    assert_eq!(r["parent"], full["image"], "{r}");
+    let now = ours(&img);
+    assert_eq!(now.len(), 1, "{:?}", bitmaps(&img));
+    assert!(!now.contains(&base_bitmap[0]));
+    let copy = v.path("now.raw");
+    to_raw(&img, &copy);
+    let out = v.path("restored.raw");
+    let rr = v.restore_image(id, s(&r, "image"), &out);
+    assert_eq!(rr.code, 0, "{}", rr.stderr);
+    assert_same_bytes(&out, &copy, "after the kill");
+    v.assert_catalog_consistent();
+}
+
+fn make_certs(dir: &Path) -> bool {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipping: openssl is not installed (needed to make test certificates)");
+        return false;
+    }
+    let ossl = |args: &[&str]| {
+        sh(Command::new("openssl").current_dir(dir).args(args));
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    for (role, eku) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{role}-key.pem"),
+            "-out",
+            &format!("{role}.csr"),
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join(format!("{role}.ext")),
+            format!("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n"),
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{role}.csr"),
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &format!("{role}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{role}.ext"),
+        ]);
+    }
+    for (sub, files) in [
+        ("srv", ["ca-cert.pem", "server-cert.pem", "server-key.pem"]),
+        ("cli", ["ca-cert.pem", "client-cert.pem", "client-key.pem"]),
+    ] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in files {
+            std::fs::copy(dir.join(f), dir.join(sub).join(f)).unwrap();
+        }
+    }
+    true
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_remote_export_over_tcp_with_tls() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    if !make_certs(&v.root) {
+        return;
+    }
+    let img = new_image(&v.root, "32M");
+    qemu_io(
+        &img,
+        &["write -P 0x51 0 3M".into(), "write -P 0x52 17M 1M".into()],
+    );
+    let copy = v.path("img.raw");
+    to_raw(&img, &copy);
+    let mut server = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = Command::new("qemu-nbd");
+        c.arg("--object")
+            .arg(format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=on",
+                v.root.join("srv").display()
+            ))
+            .args([
+                "--tls-creds=tls0",
+                "-f",
+                "qcow2",
+                "--read-only",
+                "--persistent",
+                "--shared=4",
+                "--export-name=disk",
+                "--bind=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(&img)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let t = Instant::now();
+        let mut up = false;
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if up {
+            server = Some((Killed(child), port));
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (_server, port) = server.expect("qemu-nbd with TLS listens");
+    let id = Uuid::new_v4();
+    let m = v.path("vm.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "name = \"remote\"\n[[disk]]\nid = \"{id}\"\nsource = \"nbds://localhost:{port}/disk\"\ntls_creds_dir = \"{}\"\n",
+            v.root.join("cli").display()
+        ),
+    )
+    .unwrap();
+    let j = v.backup_manifest(&m, "p", &[]);
+    let r = &j["images"][0];
+    assert_eq!(r["kind"], "full", "{r}");
+    // base:allocation: only the 4 MiB written are read.
+    assert_eq!(u(r, "read_bytes"), 4 * MIB, "{r}");
+    let out = v.path("restored.raw");
+    let rr = v.restore_image(id, s(r, "image"), &out);
+    assert_eq!(rr.code, 0, "{}", rr.stderr);
+    assert_same_bytes(&out, &copy, "remote TLS full");
+    // An untracked export's next backup is a hash scan.
+    let j = v.backup_manifest(&m, "p", &[]);
+    assert_eq!(j["images"][0]["method"], "hash-scan", "{j}");
+    // Plain text to a TLS-only server fails, naming the export.
+    let src = format!("nbd://localhost:{port}/disk");
+    let ids = Uuid::new_v4().to_string();
+    let r = v.fails(
+        &["backup", "--disk", &src, "--disk-id", &ids, "--pool", "p"],
+        1,
+    );
+    assert!(
+        r.stderr.contains("TLS") || r.stderr.contains("tls"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Allocated (data) bytes of an image, from `qemu-img map --output=json`.
+fn allocated(img: &Path, format: &str) -> u64 {
+    let out = sh(Command::new("qemu-img")
+        .args(["map", "-U", "--output=json", "-f", format])
+        .arg(img));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"].as_bool() == Some(true))
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn restore_into_a_new_qcow2_and_into_an_nbd_export() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let img = new_image(&v.root, "64M");
+    qemu_io(
+        &img,
+        &["write -P 0x61 0 2M".into(), "write -P 0x62 30M 1M".into()],
+    );
+    let id = Uuid::new_v4();
+    backup(&v, &img, id, &[]);
+    // Zero a written range, so the incremental carries a zero extent.
+    qemu_io(
+        &img,
+        &["write -z 1M 512k".into(), "write -P 0x63 50M 64k".into()],
+    );
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["method"], "dirty-bitmap");
+    let copy = v.path("now.raw");
+    to_raw(&img, &copy);
+    let ids = id.to_string();
+
+    // A new qcow2 image: bit-identical, and only the data is allocated.
+    let q = v.path("restored.qcow2");
+    let to = format!("qcow2:{}", q.display());
+    v.ok(&["restore", "--disk", &ids, "--to", &to]);
+    let raw = v.path("restored-qcow2.raw");
+    to_raw(&q, &raw);
+    assert_same_bytes(&raw, &copy, "qcow2 target");
+    let data = 2 * MIB - 512 * KIB + MIB + 64 * KIB;
+    assert_eq!(
+        allocated(&q, "qcow2"),
+        data,
+        "zeros are not written as data"
+    );
+    // It exists already: refused without --force.
+    v.fails(&["restore", "--disk", &ids, "--to", &to], 2);
+
+    // An NBD export (a VM's disk, here a qcow2 full of other data): written in place,
+    // zero extents as WRITE_ZEROES, which leave the clusters unallocated.
+    let target = v.path("target.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&target)
+        .arg("64M"));
+    qemu_io(&target, &["write -P 0x7f 0 64M".into()]);
+    let sock = v.path("t.sock");
+    let child = Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "qcow2",
+            "--discard=unmap",
+            "--persistent",
+            "--export-name=vda",
+        ])
+        .arg(format!("--socket={}", sock.display()))
+        .arg(&target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Killed(child);
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err()
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to = format!("nbd+unix:///vda?socket={}", sock.display());
+    v.ok(&["restore", "--disk", &ids, "--to", &to]);
+    drop(server);
+    let raw = v.path("restored-nbd.raw");
+    to_raw(&target, &raw);
+    assert_same_bytes(&raw, &copy, "NBD export target");
+    assert!(
+        allocated(&target, "qcow2") <= data + 2 * MIB,
+        "zeros were written as data: {} allocated",
+        allocated(&target, "qcow2")
+    );
+}
