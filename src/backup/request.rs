@@ -78,9 +78,13 @@ impl Inputs {
 }
 
 impl CheckedDisk {
-    /// The disk's size in bytes, as opened.
-    pub fn size(&self) -> u64 {
-        self.disk.size()
+    /// The disk's size in bytes, as opened; `None` for a disk its driver opens only
+    /// when its turn comes (an NBD export, a running VM).
+    pub fn size(&self) -> Option<u64> {
+        match &self.source {
+            Source::Local(d) => Some(d.size()),
+            Source::Driver(_) => None,
+        }
     }
 
     /// The changed-extents file's change ids and the bytes its areas cover, when one

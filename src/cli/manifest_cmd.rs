@@ -235,7 +235,7 @@ fn doc_of(m: &VmManifest, checked: &backup::Inputs) -> ManifestDoc {
             disk: d.id,
             disk_label: d.label.clone(),
             path: d.path.clone(),
-            size: Some(c.size()),
+            size: c.size(),
             changed_extents: d.changed_extents.as_ref().map(|p| {
                 let ce = c.changed_extents();
                 ChangedDoc {
