@@ -132,8 +132,7 @@ fn qemu_nbd_of(img: &Path) -> Vec<u32> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.first().is_some_and(|a| a.ends_with("qemu-nbd")) && args.iter().any(|a| *a == want)
-        {
+        if args.first().is_some_and(|a| a.ends_with("qemu-nbd")) && args.contains(&want) {
             out.push(pid);
         }
     }
@@ -183,7 +182,7 @@ fn a_full_and_ten_incrementals_restore_every_point_bit_identical() {
         // alignment of a write to 64 KiB), never the zeroed or discarded ranges.
         let read = u(&r, "read_bytes");
         assert!(
-            read >= 256 * KIB && read <= 256 * KIB + 2 * TRACK,
+            (256 * KIB..=256 * KIB + 2 * TRACK).contains(&read),
             "point {i}: read {read}: {r}"
         );
         assert!(u(&r, "zero_bytes") >= 128 * KIB, "point {i}: {r}");

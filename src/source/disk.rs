@@ -1192,6 +1192,78 @@ mod tests {
         assert_eq!(st.chunks, disk.size().div_ceil(MAX_CHUNK_SPAN));
     }
 
+    /// Extents handed out one at a time, as an NBD dirty bitmap does.
+    struct Streamed(std::vec::IntoIter<Extent>);
+
+    impl ExtentStream for Streamed {
+        fn next_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+            Ok(self.0.next())
+        }
+    }
+
+    fn streamed(v: &[(u64, u64)]) -> Box<dyn ExtentStream + Send> {
+        Box::new(Streamed(
+            v.iter()
+                .map(|&(o, l)| Extent::new(o, l))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ))
+    }
+
+    #[test]
+    fn streamed_extents_read_like_listed_ones_and_bad_order_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        let f = File::create(&p).unwrap();
+        f.set_len(4 << 20).unwrap();
+        write_data(&f, 0, 4 << 20);
+        drop(f);
+        let disk = Disk::open(&p).unwrap();
+        let ext = [
+            (0u64, 128 * 1024u64),
+            (1 << 20, 64 * 1024),
+            (3 << 20, 1 << 20),
+        ];
+        let collect = |mut r: ChunkReader<'_>| {
+            let mut out = Vec::new();
+            while let Some(c) = r.next_chunk().unwrap() {
+                out.push((c.extents.to_vec(), c.data.to_vec()));
+            }
+            out
+        };
+        let mut set = ExtentSet::new();
+        for &(o, l) in &ext {
+            set.insert(o, l);
+        }
+        let cfg = ChunkConfig::default();
+        let a = collect(ChunkReader::extents(&disk, cfg, &set).unwrap());
+        let b = collect(ChunkReader::stream(&disk, cfg, streamed(&ext)).unwrap());
+        assert_eq!(a, b);
+        let total: u64 = b.iter().flat_map(|c| c.0.iter()).map(|e| e.len).sum();
+        assert_eq!(total, 128 * 1024 + 64 * 1024 + (1 << 20));
+
+        // Out of order, overlapping, beyond the disk: the read fails, naming why.
+        for bad in [
+            vec![(1 << 20, 4096), (0, 4096)],
+            vec![(0, 8192), (4096, 4096)],
+            vec![(0, 4096), (4 << 20, 1)],
+        ] {
+            let mut r = ChunkReader::stream(&disk, cfg, streamed(&bad)).unwrap();
+            let mut err = None;
+            loop {
+                match r.next_chunk() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            assert!(err.is_some(), "{bad:?} was accepted");
+        }
+    }
+
     proptest! {
         #[test]
         fn is_zero_matches_naive(len in 0usize..2000, poke in proptest::option::of((0usize..2000, 1u8..=255))) {

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# NBD-source benchmarks (docs/BENCHMARKS.md, "NBD sources"), all in one run:
+#   1. full backup of a 4 GiB qcow2 full of random data through tapevault's own qemu-nbd,
+#      vs `nbdcopy` of the same image served the same way to null:;
+#   2. incrementals after writing 1 % of the disk: time vs the full, and bytes read vs the
+#      dirty bytes the bitmap holds (nbdinfo --map);
+#   3. full of a 64 GiB thin qcow2 holding 1 GiB vs full of a 1 GiB qcow2 holding 1 GiB.
+# Each timing three times; min / median / max printed.
+#
+#   cargo build --release
+#   bench/nbd.sh [WORKDIR]
+#
+# Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
+# KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
+# 4x SIZE_MIB + 3 GiB.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
+W=${1:-${TMPDIR:-/tmp}/tapevault-bench-nbd}
+SIZE_MIB=${SIZE_MIB:-4096}
+ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d21
+THIN_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d22
+SMALL_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d23
+
+for t in qemu-img qemu-nbd qemu-io nbdcopy nbdinfo python3; do
+  command -v $t >/dev/null || { echo "skipping: $t is not installed" >&2; exit 2; }
+done
+[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release" >&2; exit 2; }
+rm -rf "$W"; mkdir -p "$W"
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
+trap cleanup EXIT
+export TAPEVAULT_HOME=$W/home
+log() { echo "$*" | tee -a "$W/results.txt" >&2; }
+now_s() { date +%s.%N; }
+# stats V1 V2 V3 -> "min median max"
+stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f %.3f %.3f", a[1], a[2], a[3]}'; }
+# field JSONFILE KEY: a field of the first image of a backup report
+field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0][sys.argv[2]])' "$1" "$2"; }
+
+cap=$(( (SIZE_MIB * 5 + 8192) ))M
+"$BIN" init --slots 8 --drives 1 --capacity "$cap" >/dev/null
+"$BIN" pool create b --compression off >/dev/null
+
+# backup NAME ARGS...: time a backup, keep its JSON report in $W/NAME.json
+backup() {
+  local name=$1; shift
+  local t0 t1
+  t0=$(now_s)
+  "$BIN" --json backup --pool b "$@" > "$W/$name.json"
+  t1=$(now_s)
+  echo "$t1 - $t0" | bc
+}
+
+IMG=$W/disk.qcow2
+log "making a ${SIZE_MIB} MiB qcow2 of random data"
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$W/rand.raw"
+qemu-img convert -f raw -O qcow2 "$W/rand.raw" "$IMG"
+rm -f "$W/rand.raw"
+
+# 1. full vs nbdcopy, alternating
+F=(); N=()
+for r in 1 2 3; do
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now_s)
+  nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:
+  t1=$(now_s); N+=("$(echo "$t1 - $t0" | bc)")
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  F+=("$(backup full$r --disk "qcow2:$IMG" --disk-id $ID --full)")
+done
+log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" read_bytes) bytes"
+log "nbdcopy to null: (s):  $(stats "${N[@]}")"
+fm=$(stats "${F[@]}" | cut -d' ' -f2); nm=$(stats "${N[@]}" | cut -d' ' -f2)
+log "full speed / nbdcopy speed (medians): $(echo "scale=3; $nm / $fm" | bc)"
+
+# 2. 1 %-dirty incrementals
+I=()
+pieces=$(( SIZE_MIB * 1024 / 100 / 256 ))   # 256 KiB writes making 1 % of the disk
+for r in 1 2 3; do
+  args=()
+  for i in $(seq 1 $pieces); do
+    off=$(( (RANDOM * 32768 + RANDOM) % (SIZE_MIB * 16) * 65536 ))
+    args+=(-c "write -P $((r + 1)) $off 256k")
+  done
+  qemu-io -f qcow2 "${args[@]}" "$IMG" >/dev/null
+  bm=$(qemu-img info --output=json "$IMG" | python3 -c 'import json,sys; print([b["name"] for b in json.load(sys.stdin)["format-specific"]["data"]["bitmaps"] if b["name"].startswith("tapevault-")][0])')
+  dirty=$(nbdinfo --json --map=qemu:dirty-bitmap:$bm -- [ qemu-nbd -r -f qcow2 -B "$bm" "$IMG" ] | python3 -c 'import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["type"] & 1))')
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  I+=("$(backup inc$r --disk "qcow2:$IMG" --disk-id $ID)")
+  read=$(field "$W/inc$r.json" read_bytes)
+  log "incremental $r: method $(field "$W/inc$r.json" method), dirty $dirty bytes, read $read bytes, read/dirty $(echo "scale=4; $read / $dirty" | bc)"
+done
+im=$(stats "${I[@]}" | cut -d' ' -f2)
+log "1 %-dirty incremental (s): $(stats "${I[@]}")"
+log "incremental / full time (medians): $(echo "scale=4; $im / $fm" | bc)"
+
+# 3. 64 GiB thin with 1 GiB allocated vs 1 GiB holding 1 GiB
+THIN=$W/thin.qcow2; SMALL=$W/small.qcow2
+qemu-img create -q -f qcow2 "$THIN" 64G
+qemu-img create -q -f qcow2 "$SMALL" 1G
+# Patterned data (the pool does not compress, so the content does not matter), 256
+# pieces of 4 MiB: spread over 64 GiB in the thin image, back to back in the small one.
+targs=(); sargs=()
+for i in $(seq 0 255); do
+  targs+=(-c "write -P $((i % 250 + 1)) $((i * 256 * 1024 * 1024)) 4M")
+  sargs+=(-c "write -P $((i % 250 + 1)) $((i * 4 * 1024 * 1024)) 4M")
+done
+qemu-io -f qcow2 "${targs[@]}" "$THIN" >/dev/null
+qemu-io -f qcow2 "${sargs[@]}" "$SMALL" >/dev/null
+T=(); S=()
+for r in 1 2 3; do
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  T+=("$(backup thin$r --disk "qcow2:$THIN" --disk-id $THIN_ID --full)")
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  S+=("$(backup small$r --disk "qcow2:$SMALL" --disk-id $SMALL_ID --full)")
+done
+log "64 GiB thin, 1 GiB allocated (s): $(stats "${T[@]}")   read $(field "$W/thin3.json" read_bytes) bytes"
+log "1 GiB, all allocated (s):         $(stats "${S[@]}")   read $(field "$W/small3.json" read_bytes) bytes"
+tm=$(stats "${T[@]}" | cut -d' ' -f2); sm=$(stats "${S[@]}" | cut -d' ' -f2)
+log "thin / 1 GiB (medians): $(echo "scale=3; $tm / $sm" | bc)"
