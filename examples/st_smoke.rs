@@ -63,9 +63,7 @@ fn main() -> ExitCode {
     }
     let ours = std::env::var("RT_TARGET").is_ok_and(|t| t == "tapevault");
     let barcodes: Vec<String> = std::env::var("RT_BARCODES")
-        .unwrap_or_else(|_| {
-            "TV0001L6 TV0002L6 TV0003L6 TV0004L6 TV0005L6 TV0006L6 TV0009L6".into()
-        })
+        .unwrap_or_else(|_| "TV0001L6 TV0002L6 TV0003L6 TV0004L6 TV0005L6 TV0006L6 TV0009L6".into())
         .split_whitespace()
         .map(String::from)
         .collect();
@@ -364,10 +362,6 @@ fn run(
     let m = lib.changer().export(exported)?;
     t.check("export", m == ElementRef::mail_slot(0), m);
     let imported = lib.changer().import()?;
-    t.check(
-        "import",
-        imported == vec![exported.to_string()],
-        &imported,
-    );
+    t.check("import", imported == vec![exported.to_string()], &imported);
     Ok(())
 }

@@ -305,7 +305,10 @@ fn killed_writer_child() {
     )
     .unwrap();
     assert_eq!(settle(&mut i, 1).status, 0);
-    assert_eq!(i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0);
+    assert_eq!(
+        i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status,
+        0
+    );
     let mut out = std::io::stdout().lock();
     for n in 0u32.. {
         let r = i.command(1, &write6(4096), &numbered(n), 0).unwrap();
@@ -316,7 +319,9 @@ fn killed_writer_child() {
 }
 
 fn numbered(n: u32) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..4096u32).map(|k| (k.wrapping_mul(7) ^ n) as u8).collect();
+    let mut b: Vec<u8> = (0..4096u32)
+        .map(|k| (k.wrapping_mul(7) ^ n) as u8)
+        .collect();
     b[..4].copy_from_slice(&n.to_be_bytes());
     b
 }
@@ -333,7 +338,12 @@ fn a_killed_initiator_process_leaves_what_it_had_acknowledged() {
     // Another process writes to drive 0 and is killed (SIGKILL: no logout, no FIN
     // handshake it controls) once it has had 40 blocks acknowledged.
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_writer_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "killed_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             "TV_SERVE_WRITER",
             format!("{},{}", s.addr(), s.started["target"].as_str().unwrap()),
@@ -361,7 +371,11 @@ fn a_killed_initiator_process_leaves_what_it_had_acknowledged() {
     // The target keeps serving: drive 1 and the changer answer at once; drive 0 comes
     // back to another host once the dead session is gone.
     let r = settle(&mut i, 2);
-    assert_eq!(r.sense_key(), Some(2), "the empty drive 1 says no medium: {r:?}");
+    assert_eq!(
+        r.sense_key(),
+        Some(2),
+        "the empty drive 1 says no medium: {r:?}"
+    );
     assert_eq!(inquiry(&mut i, 2)[0] & 0x1f, 1);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -375,16 +389,25 @@ fn a_killed_initiator_process_leaves_what_it_had_acknowledged() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0);
+    assert_eq!(
+        i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status,
+        0
+    );
     let mut n = 0u32;
     loop {
         // READ(6), SILI: a whole block or a sense at end of data.
-        let r = i.command(1, &[0x08, 0x02, 0, 0x10, 0, 0], &[], 4096).unwrap();
+        let r = i
+            .command(1, &[0x08, 0x02, 0, 0x10, 0, 0], &[], 4096)
+            .unwrap();
         if r.status != 0 {
             assert_eq!(r.sense_key(), Some(8), "after {n} blocks: {r:?}");
             break;
         }
-        assert_eq!(r.data, numbered(n), "block {n} is not the writer's block {n}");
+        assert_eq!(
+            r.data,
+            numbered(n),
+            "block {n} is not the writer's block {n}"
+        );
         n += 1;
     }
     assert!(

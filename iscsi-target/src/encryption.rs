@@ -299,7 +299,9 @@ pub enum NextObject {
     EndOfData,
     Filemark,
     /// A logical block and whether it is stored encrypted.
-    Block { encrypted: bool },
+    Block {
+        encrypted: bool,
+    },
 }
 
 /// Encryption status codes of page 0x0021 (SSC-4 "ENCRYPTION STATUS field").
@@ -382,9 +384,17 @@ mod tests {
     #[test]
     fn next_block_status_says_what_the_next_object_is() {
         let with_key = parse_set(&key_page(&[7; 32], DEC_DECRYPT)).unwrap();
-        let p = next_block_status(Some(&with_key), 0x0102, NextObject::Block { encrypted: true });
+        let p = next_block_status(
+            Some(&with_key),
+            0x0102,
+            NextObject::Block { encrypted: true },
+        );
         assert_eq!(&p[0..4], &[0x00, 0x21, 0x00, 12]);
-        assert_eq!(&p[4..12], &[0, 0, 0, 0, 0, 0, 1, 2], "logical object number");
+        assert_eq!(
+            &p[4..12],
+            &[0, 0, 0, 0, 0, 0, 1, 2],
+            "logical object number"
+        );
         assert_eq!(p[12] & 0x0f, NBES_ENCRYPTED_CAN_DECRYPT);
         assert_eq!(p[13], ALGORITHM_INDEX);
         let p = next_block_status(None, 0, NextObject::Block { encrypted: true });

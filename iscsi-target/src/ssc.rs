@@ -1227,7 +1227,9 @@ impl TapeDrive {
                     Err(e) => return Response::check(self.fail(st, &e, false)),
                 };
                 let next = match st.drive.peek() {
-                    Ok((vtl_sim::Read::Block(_), encrypted)) => enc::NextObject::Block { encrypted },
+                    Ok((vtl_sim::Read::Block(_), encrypted)) => {
+                        enc::NextObject::Block { encrypted }
+                    }
                     Ok((vtl_sim::Read::Filemark, _)) => enc::NextObject::Filemark,
                     Ok((vtl_sim::Read::EndOfData, _)) => enc::NextObject::EndOfData,
                     Err(e) => return Response::check(self.fail(st, &e, false)),

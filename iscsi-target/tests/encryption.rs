@@ -206,13 +206,20 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
         )
     };
     assert_eq!(nbes(&mut i), (0, 6), "encrypted, no key");
-    assert_eq!(nbes(&mut i), (0, 6), "the status page does not move the tape");
+    assert_eq!(
+        nbes(&mut i),
+        (0, 6),
+        "the status page does not move the tape"
+    );
     assert_eq!(block_position(&mut i), 0);
-    i.command(DRIVE0, &[0x11, 0x01, 0, 0, 1, 0], &[], 0).unwrap();
+    i.command(DRIVE0, &[0x11, 0x01, 0, 0, 1, 0], &[], 0)
+        .unwrap();
     assert_eq!(nbes(&mut i), (3, 3), "after the filemark: not encrypted");
-    i.command(DRIVE0, &[0x11, 0x00, 0, 0, 1, 0], &[], 0).unwrap();
+    i.command(DRIVE0, &[0x11, 0x00, 0, 0, 1, 0], &[], 0)
+        .unwrap();
     assert_eq!(nbes(&mut i), (4, 2), "a filemark is not a logical block");
-    i.command(DRIVE0, &[0x11, 0x03, 0, 0, 0, 0], &[], 0).unwrap();
+    i.command(DRIVE0, &[0x11, 0x03, 0, 0, 0, 0], &[], 0)
+        .unwrap();
     assert_eq!(nbes(&mut i), (5, 1), "end of data");
     assert_good(&spout(&mut i, &set_a));
     rewind_drive(&mut i);

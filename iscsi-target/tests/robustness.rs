@@ -40,8 +40,8 @@ fn objects(lib: &Library, index: usize) -> Vec<Option<Vec<u8>>> {
 fn a_second_initiator_on_a_reserved_drive_gets_conflict_and_nothing_interleaves() {
     let mut s = Served::new(64 * MIB, MIB);
     let mut a = s.login(1);
-    let mut b = Initiator::login(s.addr, SECOND_HOST, Some(&s.name), [0x80, 0, 0, 0, 0, 2])
-        .unwrap();
+    let mut b =
+        Initiator::login(s.addr, SECOND_HOST, Some(&s.name), [0x80, 0, 0, 0, 0, 2]).unwrap();
     load(&mut a, 0, 0);
     assert_good(&settle(&mut a, DRIVE0));
     assert_good(&settle(&mut b, DRIVE0));
@@ -85,11 +85,15 @@ fn a_second_initiator_on_a_reserved_drive_gets_conflict_and_nothing_interleaves(
     assert_good(&settle(&mut b, DRIVE0));
     assert_good(&b.command(DRIVE0, &rewind(), &[], 0).unwrap());
     for k in 0..10 {
-        let r = b.command(DRIVE0, &read6(8192, false, true), &[], 8192).unwrap();
+        let r = b
+            .command(DRIVE0, &read6(8192, false, true), &[], 8192)
+            .unwrap();
         assert_good(&r);
         assert_eq!(r.data, block(k, 4096), "block {k}");
     }
-    let r = b.command(DRIVE0, &read6(8192, false, true), &[], 8192).unwrap();
+    let r = b
+        .command(DRIVE0, &read6(8192, false, true), &[], 8192)
+        .unwrap();
     assert_sense(&r, 0, 0x00, 0x01);
 
     // A reservation dies with its holder's session: B is not locked out forever.
@@ -177,7 +181,9 @@ fn a_power_cut_in_one_cartridge_leaves_the_other_drive_serving() {
     // Drive 1 reads back everything it wrote while drive 0 was down.
     assert_good(&b.command(DRIVE1, &rewind(), &[], 0).unwrap());
     for k in 0..8u32 {
-        let r = b.command(DRIVE1, &read6(8192, false, true), &[], 8192).unwrap();
+        let r = b
+            .command(DRIVE1, &read6(8192, false, true), &[], 8192)
+            .unwrap();
         assert_good(&r);
         assert_eq!(r.data, block(100 + k, 4096), "drive 1 block {k}");
     }
@@ -188,7 +194,12 @@ fn a_power_cut_in_one_cartridge_leaves_the_other_drive_serving() {
     let lib = Library::open(s.dir.path()).unwrap();
     let got0 = objects(&lib, 0);
     let want0: Vec<Option<Vec<u8>>> = (0..acked0).map(|k| Some(block(k, 4096))).collect();
-    assert!(got0 == want0, "drive 0: {} objects, want {}", got0.len(), want0.len());
+    assert!(
+        got0 == want0,
+        "drive 0: {} objects, want {}",
+        got0.len(),
+        want0.len()
+    );
     let got1 = objects(&lib, 1);
     let mut want1: Vec<Option<Vec<u8>>> = (0..8).map(|k| Some(block(100 + k, 4096))).collect();
     want1.push(None);

@@ -16,7 +16,7 @@ info() { echo "RT-INFO $T: $*"; }
 # run NAME CMD...: run a command, its output prefixed, PASS on exit 0.
 run() {
     name=$1; shift
-    out=$("$@" 2>&1); rc=$?
+    out=$("$@" </dev/null 2>&1); rc=$?
     echo "$out" | sed "s/^/RT-OUT [$T $name] /" | head -200
     if [ $rc -eq 0 ]; then pass "$name"; else fail "$name (exit $rc)"; fi
     return $rc
