@@ -31,7 +31,9 @@ expect() {
 t_prev=$(date +%s)
 lap() { t_now=$(date +%s); info "timing: $1 took $((t_now - t_prev)) s"; t_prev=$t_now; }
 i=1; for b in $BCS; do eval "BC$i=$b"; i=$((i+1)); done
+# Full paths: busybox's sh runs its own applets (tar, mt) ahead of PATH.
 MT=/usr/bin/mt-st
+TAR=/usr/bin/tar
 SG0=/dev/$(ls "/sys/class/scsi_tape/$(basename "$N0")/device/scsi_generic/" | head -1)
 SG1=/dev/$(ls "/sys/class/scsi_tape/$(basename "$N1")/device/scsi_generic/" | head -1)
 info "changer $CH, drive 0 $N0 ($SG0), drive 1 $N1 ($SG1)"
@@ -92,7 +94,7 @@ dd if="$N0" of=/tmp/peers/r bs=65536 count=1 2>/dev/null
 expect mt-fsr-stops-at-filemark "" sh -c "! $MT -f $N0 fsr 5"
 run mt-rewind-4 $MT -f "$N0" rewind
 run mt-eod $MT -f "$N0" eod
-expect mt-status-at-eod "File number=3,.*EOD|EOD.*File number=3," $MT -f "$N0" status
+expect mt-status-at-eod "File number=3," $MT -f "$N0" status
 expect mt-tell-at-eod "At block 13\." $MT -f "$N0" tell
 run mt-weof $MT -f "$N0" weof 1
 expect mt-status-after-weof "File number=4, block number=0" $MT -f "$N0" status
@@ -144,22 +146,31 @@ lap sg3-utils
 
 # ---- stenc: drive encryption ---------------------------------------------------------
 mtx -f "$CH" unload 1 0 >/dev/null 2>&1; mtx -f "$CH" load 5 0 >/dev/null 2>&1 || fail "mtx load 5 0 for stenc"
+# stenc 1.0.7 crashes (a double free) on --detail at end of data, where the next block
+# encryption status is "unable to determine" (a known stenc bug, real drives answer the
+# same): keep a block under the head whenever it asks.
+$MT -f "$N0" rewind
+rec 65536 p | dd of="$N0" bs=65536 2>/dev/null || fail "stenc: a clear block"
 $MT -f "$N0" rewind
 # A 256-bit key in stenc's key file format (hex); stenc -g would prompt on the console.
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >/tmp/peers/key
 echo >>/tmp/peers/key
-expect stenc-status-off "Drive Output: +Not Encrypting|Not encrypting" stenc -f "$SG0" --detail
+expect stenc-status-off "Drive Input: +Not encrypting" stenc -f "$SG0" --detail
 run stenc-on stenc -f "$SG0" -e on -k /tmp/peers/key -kd rt-key -a 1
-expect stenc-status-on "Drive Output: +Encrypting" stenc -f "$SG0" --detail
+expect stenc-status-on "Drive Input: +Encrypting" stenc -f "$SG0" --detail
 # The canary: a marker the host then looks for on the cartridge files (it must not be there).
 yes RTCANARY-HARDWARE-ENCRYPTED-0123456789 | head -c 262144 >/tmp/peers/canary
+$MT -f "$N0" rewind
 run stenc-write dd if=/tmp/peers/canary of="$N0" bs=65536
 $MT -f "$N0" rewind
 dd if="$N0" of=/tmp/peers/canary.r bs=65536 2>/dev/null
 cmp -s /tmp/peers/canary /tmp/peers/canary.r && pass "stenc: read back with the key" || fail "stenc: encrypted data not read back"
-expect stenc-detail-next-block "Encrypted|encrypted" stenc -f "$SG0" --detail
+# At BOT the next block is the first canary block (page 0x0021).
+$MT -f "$N0" rewind
+expect stenc-volume-encrypted "Volume Encryption: +Encrypted and able to decrypt" stenc -f "$SG0" --detail
 run stenc-off stenc -f "$SG0" -e off
 $MT -f "$N0" rewind
+expect stenc-volume-no-key "Volume Encryption: +Encrypted, but unable to decrypt" stenc -f "$SG0" --detail
 if dd if="$N0" of=/tmp/peers/canary.nokey bs=65536 count=1 2>/tmp/peers/nokey.err; then
     fail "stenc: an encrypted block was read without the key"
 else
@@ -182,12 +193,12 @@ cp /usr/bin/mt-st /usr/bin/mtx /tmp/peers/tree/
 head -c 3000000 /dev/urandom >/tmp/peers/tree/sub/random
 yes tapevault | head -c 1000000 >/tmp/peers/tree/sub/text
 $MT -f "$N0" rewind
-run tar-write tar -cf "$N0" -b 128 -C /tmp/peers tree
+run tar-write $TAR -cf "$N0" -b 128 -C /tmp/peers tree
 $MT -f "$N0" rewind
-run tar-compare tar -df "$N0" -b 128 -C /tmp/peers
+run tar-compare $TAR -df "$N0" -b 128 -C /tmp/peers
 echo changed >>/tmp/peers/tree/sub/text
 $MT -f "$N0" rewind
-expect tar-compare-finds-a-change "" sh -c "! tar -df $N0 -b 128 -C /tmp/peers"
+expect tar-compare-finds-a-change "" sh -c "! $TAR -df $N0 -b 128 -C /tmp/peers"
 mtx -f "$CH" unload 4 0 >/dev/null 2>&1
 # Multi-volume over the two 32 MB cartridges (slots 7 and 8) in drive 1: st reports
 # early warning as ENOSPC, tar asks for the next volume, the script changes cartridges.
@@ -201,11 +212,11 @@ rm -rf /tmp/peers/tree; mkdir -p /tmp/peers/mv
 head -c 44000000 /dev/urandom >/tmp/peers/mv/big
 mtx -f "$CH" load 7 1 >/dev/null 2>&1 || fail "mtx load 7 1 for tar -M"
 $MT -f "$N1" rewind
-run tar-multivolume-write tar -c -M -F /tmp/peers/next-volume -f "$N1" -b 128 -C /tmp/peers mv
+run tar-multivolume-write $TAR -c -M -F /tmp/peers/next-volume -f "$N1" -b 128 -C /tmp/peers mv
 expect tar-second-volume-in-drive "Storage Element 7:Full" mtx -f "$CH" status
 mtx -f "$CH" unload 8 1 >/dev/null 2>&1; mtx -f "$CH" load 7 1 >/dev/null 2>&1
 $MT -f "$N1" rewind
-run tar-multivolume-compare tar -d -M -F /tmp/peers/next-volume -f "$N1" -b 128 -C /tmp/peers
+run tar-multivolume-compare $TAR -d -M -F /tmp/peers/next-volume -f "$N1" -b 128 -C /tmp/peers
 mtx -f "$CH" unload 8 1 >/dev/null 2>&1
 rm -rf /tmp/peers/mv
 lap tar
@@ -248,8 +259,16 @@ Messages {
   console = all
 }
 CONF
+# Bacula's changer script itself, as the storage daemon calls it.
+MC=/etc/bacula/scripts/mtx-changer
+expect mtx-changer-loaded-none "^0$" timeout 120 sh $MC "$CH" loaded 0 "$N0" 0
+expect mtx-changer-load "" timeout 120 sh $MC "$CH" load 1 "$N0" 0
+expect mtx-changer-loaded-slot-1 "^1$" timeout 120 sh $MC "$CH" loaded 0 "$N0" 0
+expect mtx-changer-unload "" timeout 120 sh $MC "$CH" unload 1 "$N0" 0
+expect mtx-changer-list "^1:TV" timeout 120 sh $MC "$CH" list 0 "$N0" 0
+expect mtx-changer-slots "^1[0-9]$" timeout 120 sh $MC "$CH" slots 0 "$N0" 0
 mtx -f "$CH" load 1 0 >/dev/null 2>&1 || fail "mtx load 1 0 for btape"
-printf 'test\ny\nquit\n' | btape -c /etc/bacula/bacula-sd.conf Drive0 >/tmp/peers/btape-test.log 2>&1; rc=$?
+printf 'test\ny\nquit\n' | timeout ${RT_BTAPE_TIMEOUT:-600} btape -c /etc/bacula/bacula-sd.conf Drive0 >/tmp/peers/btape-test.log 2>&1; rc=$?
 sed "s/^/RT-OUT [$T btape test] /" /tmp/peers/btape-test.log | grep -vE 'Wrote block|Flush block' | tail -150
 if [ $rc -eq 0 ] && grep -q "This is correct!" /tmp/peers/btape-test.log && ! grep -qiE "ERR=|is wrong|FAILED" /tmp/peers/btape-test.log; then
     pass "btape test"
@@ -257,7 +276,7 @@ else
     fail "btape test (exit $rc)"
 fi
 lap btape-test
-printf 'fill\nm\nquit\n' | btape -c /etc/bacula/bacula-sd.conf Drive0 >/tmp/peers/btape-fill.log 2>&1; rc=$?
+printf 'fill\nm\nquit\n' | timeout ${RT_BTAPE_TIMEOUT:-600} btape -c /etc/bacula/bacula-sd.conf Drive0 >/tmp/peers/btape-fill.log 2>&1; rc=$?
 sed "s/^/RT-OUT [$T btape fill] /" /tmp/peers/btape-fill.log | grep -vE 'Wrote block|Flush block' | tail -150
 ok=1
 for l in "The last block of the first tape matches." "The first block on the second tape matches." "The last block on the second tape matches. Test succeeded."; do

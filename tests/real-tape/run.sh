@@ -189,6 +189,12 @@ cp /etc/debian_version "$root/etc/"
 for f in mtx-changer mtx-changer.conf; do
     [ -e "/etc/bacula/scripts/$f" ] && cp "/etc/bacula/scripts/$f" "$root/etc/bacula/scripts/"
 done
+# busybox's sh (the guest's /bin/sh) runs its own mt applet ahead of PATH: the changer
+# script and its configuration get mt-st by its full path.
+for f in mtx-changer mtx-changer.conf; do
+    [ -e "$root/etc/bacula/scripts/$f" ] &&
+        sed -i -E 's#(^|[^[:alnum:]_/-])mt (-f|--version)#\1/usr/bin/mt-st \2#g' "$root/etc/bacula/scripts/$f"
+done
 cp "$here/guest.sh" "$root/rt/guest.sh"
 cp "$here/suite.sh" "$here/peers.sh" "$root/rt/"
 cat >"$root/rt/env" <<ENV
@@ -196,6 +202,7 @@ RT_PHASES="$phases"
 RT_TARGETS="$targets"
 RT_BARCODES_TGT="$barcodes"
 RT_BARCODES_TV="$tv_barcodes"
+RT_BTAPE_TIMEOUT="${RT_BTAPE_TIMEOUT:-600}"
 ENV
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -204,7 +211,7 @@ export PATH=/usr/bin:/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs -o size=256m tmp /tmp
 for ko in /modules/*.ko; do insmod "$ko" || echo "RT-INIT insmod $ko failed"; done
-. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV
+. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV RT_BTAPE_TIMEOUT
 # Two drives and a changer per library.
 nlib=$(echo $RT_TARGETS | wc -w)
 i=0; while [ ! -e /dev/nst$((2*nlib-1)) ] || [ ! -e /dev/sch$((nlib-1)) ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done

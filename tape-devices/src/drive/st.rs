@@ -610,32 +610,47 @@ impl StDrive {
         Ok(())
     }
 
-    /// At end of data with READ POSITION and LOCATE: space back over one filemark (or to
-    /// BOT), read the position there (the last file starts one object later), and locate
-    /// back to end of data. Leaves the block-in-file unknown if the drive refuses.
-    fn learn_file_start_at_eod(&mut self) {
-        let Some(eod) = self.track.cur.block else {
+    /// With READ POSITION and LOCATE, the logical position known but not the block in
+    /// the file (st reports none after spacing over filemarks to end of data or after a
+    /// LOCATE, and this process may not have seen the file start): space back over one
+    /// filemark (or to BOT), read the position there (the file starts one object later),
+    /// and locate back. The file number is st's, or the one this process saw start there. `at_eod`: the
+    /// position is end of data. Leaves the block in file unknown if the drive refuses.
+    fn learn_file_start(&mut self, at_eod: bool) {
+        let Some(here) = self.track.cur.block else {
             return;
         };
         let file = self.track.cur.file;
         let start = match op(self.fd(), MTBSF, 1) {
             Ok(()) => self.hw_pos().map(|fm| fm + 1),
-            // No filemark before end of data: the file starts at BOT.
+            // No filemark before: the file starts at BOT.
             Err(Errno::EIO) => Some(0),
             Err(_) => None,
         };
-        let back = i32::try_from(eod)
+        let back = i32::try_from(here)
             .ok()
             .is_some_and(|c| op(self.fd(), MTSEEK, c).is_ok());
         self.track.lost();
         if !back {
             return;
         }
-        self.track.cur.block = Some(eod);
-        self.track.eod = Some(eod);
-        if let (Some(f), Some(s)) = (file, start.filter(|&s| s <= eod)) {
-            self.track.cur.file = Some(f);
-            self.track.cur.bif = Some(eod - s);
+        self.track.cur.block = Some(here);
+        if at_eod {
+            self.track.eod = Some(here);
+        }
+        if let Some(s) = start.filter(|&s| s <= here) {
+            // The file number: st's (when it knew it), or the file this process saw
+            // start at that very object (after a LOCATE st knows none).
+            let seen = self
+                .track
+                .starts
+                .iter()
+                .find(|(_, &at)| at == s)
+                .map(|(&f, _)| f);
+            if let Some(f) = file.or(seen) {
+                self.track.cur.file = Some(f);
+                self.track.cur.bif = Some(here - s);
+            }
         }
         self.track.fill();
     }
@@ -1296,7 +1311,7 @@ impl TapeDrive for StDrive {
                 // st reports no block number after MTEOM (it spaced over filemarks to
                 // get there) and this process may not know where the last file starts:
                 // find it with READ POSITION on the far side of the last filemark.
-                self.learn_file_start_at_eod();
+                self.learn_file_start(true);
             }
             return Ok(());
         }
@@ -1390,6 +1405,10 @@ impl TapeDrive for StDrive {
                 }
             }
             self.track.fill();
+            if self.track.position().is_none() && self.hw_locate != Some(false) {
+                let at_eod = self.track.eod.is_some() && self.track.eod == self.track.cur.block;
+                self.learn_file_start(at_eod);
+            }
             if let Some(p) = self.track.position() {
                 return Ok(p);
             }
