@@ -203,6 +203,7 @@ RT_TARGETS="$targets"
 RT_BARCODES_TGT="$barcodes"
 RT_BARCODES_TV="$tv_barcodes"
 RT_BTAPE_TIMEOUT="${RT_BTAPE_TIMEOUT:-600}"
+RT_BTAPE_FILL="${RT_BTAPE_FILL:-}"
 ENV
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -211,7 +212,7 @@ export PATH=/usr/bin:/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs -o size=256m tmp /tmp
 for ko in /modules/*.ko; do insmod "$ko" || echo "RT-INIT insmod $ko failed"; done
-. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV RT_BTAPE_TIMEOUT
+. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV RT_BTAPE_TIMEOUT RT_BTAPE_FILL
 # Two drives and a changer per library.
 nlib=$(echo $RT_TARGETS | wc -w)
 i=0; while [ ! -e /dev/nst$((2*nlib-1)) ] || [ ! -e /dev/sch$((nlib-1)) ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
