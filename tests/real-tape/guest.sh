@@ -48,7 +48,7 @@ for T in ${RT_TARGETS:-tgt tapevault}; do
     if [ "$T" = tgt ]; then BCS=$RT_BARCODES_TGT; else BCS=$RT_BARCODES_TV; fi
     info "$T: changer $CH, drives $N0 $N1"
     T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/suite.sh || failed=1
-    rm -rf /tmp/"$T" /tmp/*.img /tmp/*.full
+    rm -rf /tmp/"$T" /tmp/*.img /tmp/*.full /tmp/*.key
     if [ "$T" = tapevault ] && case " $RT_PHASES " in *" peers "*) true;; *) false;; esac; then
         T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/peers.sh || failed=1
     fi

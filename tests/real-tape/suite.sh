@@ -153,9 +153,9 @@ if has_phase backup; then
     # ---- disaster recovery through st: a fresh home with only the key ----
     H2=/tmp/$T/tvhome-dr
     TV2="tapevault --home $H2"
-    run key-export $TV key export rtk --out /tmp/rtk.key
+    run key-export $TV key export rtk --out /tmp/$T/rtk.key
     run dr-init $TV2 init --changer "$changer" --drive $N0 --drive $N1
-    run dr-key-import $TV2 key import /tmp/rtk.key
+    run dr-key-import $TV2 key import /tmp/$T/rtk.key
     run dr-rebuild $TV2 --json catalog rebuild --scan --barcode $BC2 --barcode $BC5 --barcode $BC3
     run dr-restore-enc $TV2 restore --disk $DISK_ID2 --to /tmp/dr-enc.img
     run dr-restore-enc-cmp cmp /tmp/disk2.img /tmp/dr-enc.img
@@ -166,7 +166,7 @@ if has_phase backup; then
     H3=/tmp/$T/tvhome-dr-fast
     TV3="tapevault --home $H3"
     run dr-fast-init $TV3 init --changer "$changer" --drive $N0 --drive $N1
-    run dr-fast-key-import $TV3 key import /tmp/rtk.key
+    run dr-fast-key-import $TV3 key import /tmp/$T/rtk.key
     run dr-fast-rebuild $TV3 --json catalog rebuild --barcode $BC2 --barcode $BC5 --barcode $BC3
     out=$($TV3 --json catalog rebuild --barcode $BC3 2>&1)
     case "$out" in *'"method": "snapshot"'*) pass "dr-fast: the encrypted cartridge's snapshot was used";; *) fail "dr-fast: no snapshot used: $out";; esac
