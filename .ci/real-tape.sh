@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Real-stack tape tests: the Linux st/ch/sg drivers in a QEMU guest against tgt's
-# emulated tape drives and media changer on loopback (see tests/real-tape/run.sh).
+# Real-stack tape tests: the Linux st/ch/sg drivers in a QEMU guest against two tape
+# libraries on loopback, tgt's emulated drives and changer and tapevault's own target
+# (`tapevault library serve`), plus the peer tools' suites (mt-st, tar, mtx, sg3-utils,
+# stenc, Bacula's btape) against ours (see tests/real-tape/run.sh).
 # Installs the Debian packages it needs, builds the binaries under test, runs the guest.
 #
 # env: TAPEVAULT_BIN   use this tapevault binary instead of building one
@@ -9,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages="tgt qemu-system-x86 qemu-block-extra linux-image-amd64 busybox-static mt-st mtx sg3-utils cpio xz-utils"
+packages="tgt qemu-system-x86 qemu-block-extra linux-image-amd64 busybox-static mt-st mtx sg3-utils cpio xz-utils
+  tar stenc bacula-sd"
 if [ -z "${RT_SKIP_INSTALL:-}" ]; then
     missing=""
     for p in $packages; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"; done

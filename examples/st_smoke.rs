@@ -2,6 +2,11 @@
 //! ch and sg drivers (used by tests/real-tape inside its QEMU guest).
 //!
 //! usage: st_smoke CHANGER_SG NST0 NST1
+//! env:   RT_TARGET    `tgt` (default) or `tapevault`: what the device under test is, for
+//!                     the checks whose answer differs (block limits, READ POSITION,
+//!                     hardware encryption)
+//!        RT_BARCODES  the barcodes in storage-slot order, the seventh a small
+//!                     cartridge (default: the tgt harness's TV0001L6 ... TV0009L6)
 //! Prints `RT-PASS name` / `RT-FAIL name: detail` lines; exit status 1 on any failure.
 //! DESTROYS the data on the cartridges it loads.
 
@@ -15,14 +20,16 @@ use tape_devices::drive::{DriveError, Position, ReadOutcome, SpaceStop, TapeDriv
 
 struct T {
     failed: bool,
+    /// Prefix of every check name: `smoke` against tgt, `tapevault smoke` against ours.
+    prefix: String,
 }
 
 impl T {
     fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Debug) {
         if ok {
-            println!("RT-PASS smoke {name}");
+            println!("RT-PASS {} {name}", self.prefix);
         } else {
-            println!("RT-FAIL smoke {name}: {detail:?}");
+            println!("RT-FAIL {} {name}: {detail:?}", self.prefix);
             self.failed = true;
         }
     }
@@ -54,8 +61,21 @@ fn main() -> ExitCode {
         eprintln!("usage: st_smoke CHANGER_SG NST0 NST1");
         return ExitCode::from(2);
     }
-    let mut t = T { failed: false };
-    if let Err(e) = run(&mut t, &args) {
+    let ours = std::env::var("RT_TARGET").is_ok_and(|t| t == "tapevault");
+    let barcodes: Vec<String> = std::env::var("RT_BARCODES")
+        .unwrap_or_else(|_| "TV0001L6 TV0002L6 TV0003L6 TV0004L6 TV0005L6 TV0006L6 TV0009L6".into())
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if barcodes.len() < 7 {
+        eprintln!("RT_BARCODES must name at least seven barcodes, not {barcodes:?}");
+        return ExitCode::from(2);
+    }
+    let mut t = T {
+        failed: false,
+        prefix: if ours { "tapevault smoke" } else { "smoke" }.into(),
+    };
+    if let Err(e) = run(&mut t, &args, ours, &barcodes) {
         t.check("run", false, e);
     }
     if t.failed {
@@ -65,19 +85,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
+/// `ours`: the device is tapevault's own target (READ POSITION, LOCATE, hardware
+/// encryption, block limits 1 - 16 MiB), else tgt (none of them, 4 - 1 MiB).
+/// `bc`: the barcodes in slot order; slot 2 is loaded first, slot 5 exported, slot 6
+/// (the small one) filled to early warning.
+fn run(
+    t: &mut T,
+    a: &[PathBuf],
+    ours: bool,
+    bc: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (first, exported, small) = (bc[2].as_str(), bc[5].as_str(), bc[6].as_str());
     let mut lib = ScsiLibrary::open(&a[0], &a[1..])?;
     let inv = lib.changer().inventory()?;
     t.check(
         "inventory",
-        inv.drives.len() == 2 && inv.find("TV0003L6").is_some(),
+        inv.drives.len() == 2 && inv.find(first).is_some(),
         &inv,
     );
-    lib.changer().load("TV0003L6", 0)?;
+    lib.changer().load(first, 0)?;
     let inv = lib.changer().inventory()?;
     t.check(
         "load",
-        inv.drives[0].barcode.as_deref() == Some("TV0003L6")
+        inv.drives[0].barcode.as_deref() == Some(first)
             && inv.drives[0].source == Some(ElementRef::slot(2)),
         &inv.drives,
     );
@@ -98,7 +128,18 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         println!("RT-INFO capabilities {}", serde_json::to_string(&caps)?);
         t.check(
             "caps-block-limits",
-            caps.max_block_size == 1 << 20 && caps.min_block_size == 4,
+            if ours {
+                caps.max_block_size >= 1 << 20 && caps.min_block_size == 1
+            } else {
+                caps.max_block_size == 1 << 20 && caps.min_block_size == 4
+            },
+            &caps,
+        );
+        // tgt has neither (its READ POSITION is a stub, LOCATE unknown): the software
+        // position and the fallbacks are what the checks below exercise there.
+        t.check(
+            "caps-position-locate",
+            (caps.read_position && caps.locate) == ours,
             &caps,
         );
         d.rewind()?;
@@ -253,12 +294,20 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
             "RT-INFO hardware encryption: {:?}",
             e.as_ref().map(|_| "supported").map_err(|e| e.to_string())
         );
-        t.check(
-            "no-hw-encryption-on-tgt",
-            e.as_ref()
-                .is_err_and(|e| e.to_string().contains("does not offer hardware encryption")),
-            e.err().map(|e| e.to_string()),
-        );
+        if ours {
+            t.check(
+                "hw-encryption-offered",
+                e.is_ok(),
+                e.err().map(|e| e.to_string()),
+            );
+        } else {
+            t.check(
+                "no-hw-encryption-on-tgt",
+                e.as_ref()
+                    .is_err_and(|e| e.to_string().contains("does not offer hardware encryption")),
+                e.err().map(|e| e.to_string()),
+            );
+        }
     }
     {
         let mut d = StDrive::open(&a[1])?;
@@ -277,8 +326,8 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
         let r = d.read_block(&mut big)?;
         t.check("locate-fresh", r == ReadOutcome::Block(3000), r);
     }
-    // Early warning / end of medium on tgt: a small cartridge filled in drive 1.
-    lib.changer().load("TV0009L6", 1)?;
+    // Early warning / end of medium: a small cartridge filled in drive 1.
+    lib.changer().load(small, 1)?;
     {
         let mut d = lib.open_drive(1)?;
         d.rewind()?;
@@ -310,13 +359,9 @@ fn run(t: &mut T, a: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
     t.check("unload-home", home == Some(ElementRef::slot(6)), home);
     let home = lib.changer().unload(0)?;
     t.check("unload-home-0", home == Some(ElementRef::slot(2)), home);
-    let m = lib.changer().export("TV0006L6")?;
+    let m = lib.changer().export(exported)?;
     t.check("export", m == ElementRef::mail_slot(0), m);
     let imported = lib.changer().import()?;
-    t.check(
-        "import",
-        imported == vec!["TV0006L6".to_string()],
-        &imported,
-    );
+    t.check("import", imported == vec![exported.to_string()], &imported);
     Ok(())
 }

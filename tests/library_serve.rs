@@ -285,3 +285,148 @@ fn tapevault_and_the_target_share_one_drive_lock() {
     let (code, log) = s.terminate();
     assert_eq!(code, 0, "{log}");
 }
+
+/// The writer process of `a_killed_initiator_process_leaves_what_it_had_acknowledged`:
+/// runs only when that test starts this test binary with TV_SERVE_WRITER=ADDR,TARGET.
+/// It writes numbered 4 KiB blocks to drive 0 forever, printing `ACK n` after each one
+/// the target acknowledged.
+#[test]
+fn killed_writer_child() {
+    let Ok(spec) = std::env::var("TV_SERVE_WRITER") else {
+        return;
+    };
+    use std::io::Write as _;
+    let (addr, target) = spec.split_once(',').unwrap();
+    let mut i = Initiator::login(
+        addr.parse().unwrap(),
+        "iqn.2025-01.org.tapevault:killed-writer",
+        Some(target),
+        [0x80, 0, 0, 0, 0, 9],
+    )
+    .unwrap();
+    assert_eq!(settle(&mut i, 1).status, 0);
+    assert_eq!(
+        i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status,
+        0
+    );
+    let mut out = std::io::stdout().lock();
+    for n in 0u32.. {
+        let r = i.command(1, &write6(4096), &numbered(n), 0).unwrap();
+        assert_eq!(r.status, 0, "WRITE {n}: {r:?}");
+        writeln!(out, "ACK {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+fn numbered(n: u32) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..4096u32)
+        .map(|k| (k.wrapping_mul(7) ^ n) as u8)
+        .collect();
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    b
+}
+
+#[test]
+fn a_killed_initiator_process_leaves_what_it_had_acknowledged() {
+    let v = Vault::init(&["--slots", "2", "--drives", "2", "--capacity", "64M"]);
+    let s = Serving::start(&v, &[]);
+    let mut i = s.login(4);
+    settle(&mut i, 0);
+    let mv = [0xa5, 0, 0, 0, 0x04, 0x00, 0x01, 0x00, 0, 0, 0, 0];
+    assert_eq!(i.command(0, &mv, &[], 0).unwrap().status, 0);
+
+    // Another process writes to drive 0 and is killed (SIGKILL: no logout, no FIN
+    // handshake it controls) once it has had 40 blocks acknowledged.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "killed_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "TV_SERVE_WRITER",
+            format!("{},{}", s.addr(), s.started["target"].as_str().unwrap()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked: Option<u32> = None;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(Ok(l)) = lines.next() {
+        if let Some(n) = l.strip_prefix("ACK ") {
+            let n: u32 = n.parse().unwrap();
+            acked = Some(n);
+            if n >= 40 {
+                break;
+            }
+        }
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let acked = acked.expect("the writer never had a block acknowledged");
+    assert!(acked >= 40, "the writer stopped early at {acked}");
+
+    // The target keeps serving: drive 1 and the changer answer at once; drive 0 comes
+    // back to another host once the dead session is gone.
+    let r = settle(&mut i, 2);
+    assert_eq!(
+        r.sense_key(),
+        Some(2),
+        "the empty drive 1 says no medium: {r:?}"
+    );
+    assert_eq!(inquiry(&mut i, 2)[0] & 0x1f, 1);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = settle(&mut i, 1);
+        if r.status == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "drive 0 stayed busy after its initiator died: {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        i.command(1, &[0x01, 0, 0, 0, 0, 0], &[], 0).unwrap().status,
+        0
+    );
+    let mut n = 0u32;
+    loop {
+        // READ(6), SILI: a whole block or a sense at end of data.
+        let r = i
+            .command(1, &[0x08, 0x02, 0, 0x10, 0, 0], &[], 4096)
+            .unwrap();
+        if r.status != 0 {
+            assert_eq!(r.sense_key(), Some(8), "after {n} blocks: {r:?}");
+            break;
+        }
+        assert_eq!(
+            r.data,
+            numbered(n),
+            "block {n} is not the writer's block {n}"
+        );
+        n += 1;
+    }
+    assert!(
+        n > acked,
+        "only {n} blocks on the cartridge, {} were acknowledged",
+        acked + 1
+    );
+    let (code, log) = s.terminate();
+    assert_eq!(code, 0, "{log}");
+    drop(i);
+
+    // In-process, the cartridge opens consistent with the same blocks.
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let mut d = lib.open_drive(0).unwrap();
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 8192];
+    for k in 0..n {
+        assert_eq!(d.read_block(&mut buf).unwrap(), vtl_sim::Read::Block(4096));
+        assert_eq!(&buf[..4096], &numbered(k)[..], "in-process block {k}");
+    }
+    assert_eq!(d.read_block(&mut buf).unwrap(), vtl_sim::Read::EndOfData);
+}

@@ -242,7 +242,10 @@ pub fn supported_protocols() -> Vec<u8> {
 
 /// Page 0x0000 (supported IN pages) and 0x0001 (supported OUT pages).
 pub fn supported_in_pages() -> Vec<u8> {
-    page(0x0000, &[0x00, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x20])
+    page(
+        0x0000,
+        &[0x00, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x20, 0x00, 0x21],
+    )
 }
 pub fn supported_out_pages() -> Vec<u8> {
     page(0x0001, &[0x00, 0x10])
@@ -287,6 +290,48 @@ pub fn status(params: Option<&Params>) -> Vec<u8> {
         }
     }
     page(0x0020, &b)
+}
+
+/// What the next logical object is, for page 0x0021.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextObject {
+    /// End of data (nothing to read there).
+    EndOfData,
+    Filemark,
+    /// A logical block and whether it is stored encrypted.
+    Block {
+        encrypted: bool,
+    },
+}
+
+/// Encryption status codes of page 0x0021 (SSC-4 "ENCRYPTION STATUS field").
+pub const NBES_NOT_AT_OBJECT: u8 = 1;
+pub const NBES_NOT_A_BLOCK: u8 = 2;
+pub const NBES_NOT_ENCRYPTED: u8 = 3;
+pub const NBES_ENCRYPTED_CAN_DECRYPT: u8 = 5;
+pub const NBES_ENCRYPTED_NO_KEY: u8 = 6;
+
+/// Page 0x0021: next block encryption status, for the object at `position`. Whether the
+/// drive can decrypt an encrypted block is judged from its state (a key loaded and
+/// decryption enabled); reading the block is what proves the key right.
+pub fn next_block_status(params: Option<&Params>, position: u64, next: NextObject) -> Vec<u8> {
+    let mut b = vec![0u8; 12];
+    b[0..8].copy_from_slice(&position.to_be_bytes());
+    // COMPRESSION STATUS 0 (not reported) in the high nibble of byte 8.
+    let can_decrypt = params.is_some_and(|p| {
+        p.cipher.is_some() && (p.decryption_mode == DEC_DECRYPT || p.decryption_mode == DEC_MIXED)
+    });
+    b[8] = match next {
+        NextObject::EndOfData => NBES_NOT_AT_OBJECT,
+        NextObject::Filemark => NBES_NOT_A_BLOCK,
+        NextObject::Block { encrypted: false } => NBES_NOT_ENCRYPTED,
+        NextObject::Block { encrypted: true } if can_decrypt => NBES_ENCRYPTED_CAN_DECRYPT,
+        NextObject::Block { encrypted: true } => NBES_ENCRYPTED_NO_KEY,
+    };
+    if matches!(next, NextObject::Block { encrypted: true }) {
+        b[9] = ALGORITHM_INDEX;
+    }
+    page(0x0021, &b)
 }
 
 #[cfg(test)]
@@ -334,6 +379,39 @@ mod tests {
         ));
         // Two seals of one block differ (fresh nonce).
         assert_ne!(a.seal(b"x").unwrap(), a.seal(b"x").unwrap());
+    }
+
+    #[test]
+    fn next_block_status_says_what_the_next_object_is() {
+        let with_key = parse_set(&key_page(&[7; 32], DEC_DECRYPT)).unwrap();
+        let p = next_block_status(
+            Some(&with_key),
+            0x0102,
+            NextObject::Block { encrypted: true },
+        );
+        assert_eq!(&p[0..4], &[0x00, 0x21, 0x00, 12]);
+        assert_eq!(
+            &p[4..12],
+            &[0, 0, 0, 0, 0, 0, 1, 2],
+            "logical object number"
+        );
+        assert_eq!(p[12] & 0x0f, NBES_ENCRYPTED_CAN_DECRYPT);
+        assert_eq!(p[13], ALGORITHM_INDEX);
+        let p = next_block_status(None, 0, NextObject::Block { encrypted: true });
+        assert_eq!(p[12] & 0x0f, NBES_ENCRYPTED_NO_KEY);
+        assert_eq!(p[13], ALGORITHM_INDEX);
+        let p = next_block_status(Some(&with_key), 0, NextObject::Block { encrypted: false });
+        assert_eq!((p[12] & 0x0f, p[13]), (NBES_NOT_ENCRYPTED, 0));
+        let p = next_block_status(None, 3, NextObject::Filemark);
+        assert_eq!(p[12] & 0x0f, NBES_NOT_A_BLOCK);
+        let p = next_block_status(None, 4, NextObject::EndOfData);
+        assert_eq!(p[12] & 0x0f, NBES_NOT_AT_OBJECT);
+        // Decryption disabled: the key does not help.
+        let mut off = key_page(&[7; 32], DEC_DISABLE);
+        off[6] = ENC_ENCRYPT;
+        let enc_only = parse_set(&off).unwrap();
+        let p = next_block_status(Some(&enc_only), 0, NextObject::Block { encrypted: true });
+        assert_eq!(p[12] & 0x0f, NBES_ENCRYPTED_NO_KEY);
     }
 
     #[test]

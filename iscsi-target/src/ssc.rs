@@ -180,6 +180,7 @@ delegate! {
     fn barcode(&mut self) -> Option<String>;
     fn status(&mut self) -> Option<CartStatus>;
     fn read_block_flagged(&mut self, buf: &mut [u8]) -> (Read, bool);
+    fn peek(&mut self) -> (Read, bool);
     fn write_block_flagged(&mut self, data: &[u8], encrypted: bool) -> Written;
     fn write_filemarks(&mut self, n: u32, immediate: bool) -> ();
     fn flush(&mut self) -> ();
@@ -1202,7 +1203,8 @@ impl TapeDrive {
     }
 
     /// SECURITY PROTOCOL IN: protocol 0 (supported protocols) and the tape data
-    /// encryption pages of protocol 0x20.
+    /// encryption pages of protocol 0x20 (0x0000, 0x0001, 0x0010, 0x0020, and 0x0021: the
+    /// next block encryption status, which stenc shows as the volume's encryption).
     fn security_in(&self, st: &mut DriveState, cdb: &[u8]) -> Response {
         if cdb[4] & 0x80 != 0 {
             // INC_512: allocation length in 512-byte units is not offered.
@@ -1218,6 +1220,22 @@ impl TapeDrive {
                 enc::capabilities(matches!(st.drive.barcode(), Ok(Some(_))))
             }
             (enc::PROTOCOL_TAPE, 0x0020) => enc::status(st.encryption.as_ref()),
+            (enc::PROTOCOL_TAPE, 0x0021) => {
+                let pos = match st.drive.status() {
+                    Ok(Some(s)) => s.position.block,
+                    Ok(None) => return Response::check(Sense::no_medium()),
+                    Err(e) => return Response::check(self.fail(st, &e, false)),
+                };
+                let next = match st.drive.peek() {
+                    Ok((vtl_sim::Read::Block(_), encrypted)) => {
+                        enc::NextObject::Block { encrypted }
+                    }
+                    Ok((vtl_sim::Read::Filemark, _)) => enc::NextObject::Filemark,
+                    Ok((vtl_sim::Read::EndOfData, _)) => enc::NextObject::EndOfData,
+                    Err(e) => return Response::check(self.fail(st, &e, false)),
+                };
+                enc::next_block_status(st.encryption.as_ref(), pos, next)
+            }
             (enc::PROTOCOL_INFO | enc::PROTOCOL_TAPE, _) => {
                 return Response::check(Sense::invalid_cdb_field(2, None))
             }

@@ -102,7 +102,7 @@ fn pages_report_one_aes256_gcm_algorithm_tapevault_accepts() {
     let r = spin(&mut i, 0x20, te::PAGE_IN_SUPPORT);
     assert_eq!(
         te::parse_page_list(&r.data).unwrap(),
-        vec![0x0000, 0x0001, 0x0010, 0x0020]
+        vec![0x0000, 0x0001, 0x0010, 0x0020, 0x0021]
     );
     let r = spin(&mut i, 0x20, te::PAGE_OUT_SUPPORT);
     assert_eq!(te::parse_page_list(&r.data).unwrap(), vec![0x0010]);
@@ -131,7 +131,7 @@ fn pages_report_one_aes256_gcm_algorithm_tapevault_accepts() {
     let st = status(&mut i);
     assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
     // Unknown page, unknown protocol, INC_512.
-    assert_sense(&spin(&mut i, 0x20, 0x0021), 5, 0x24, 0x00);
+    assert_sense(&spin(&mut i, 0x20, 0x0022), 5, 0x24, 0x00);
     assert_sense(&spin(&mut i, 0x01, 0x0000), 5, 0x24, 0x00);
     let mut cdb = security_protocol_in(0x20, 0, 64);
     cdb[4] = 0x80;
@@ -191,6 +191,40 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
         &std::fs::read(cart.join("index")).unwrap()[..8],
         b"VTLIDX02"
     );
+
+    // Next block encryption status (page 0x0021, what stenc shows): the block at BOT is
+    // encrypted and, with no key, cannot be decrypted; the one after the first filemark
+    // is plain; reading it does not move the tape.
+    rewind_drive(&mut i);
+    let nbes = |i: &mut Initiator| {
+        let r = spin(i, 0x20, 0x0021);
+        assert_good(&r);
+        assert_eq!(&r.data[0..4], &[0x00, 0x21, 0x00, 12], "{:?}", r.data);
+        (
+            u64::from_be_bytes(r.data[4..12].try_into().unwrap()),
+            r.data[12] & 0x0f,
+        )
+    };
+    assert_eq!(nbes(&mut i), (0, 6), "encrypted, no key");
+    assert_eq!(
+        nbes(&mut i),
+        (0, 6),
+        "the status page does not move the tape"
+    );
+    assert_eq!(block_position(&mut i), 0);
+    i.command(DRIVE0, &[0x11, 0x01, 0, 0, 1, 0], &[], 0)
+        .unwrap();
+    assert_eq!(nbes(&mut i), (3, 3), "after the filemark: not encrypted");
+    i.command(DRIVE0, &[0x11, 0x00, 0, 0, 1, 0], &[], 0)
+        .unwrap();
+    assert_eq!(nbes(&mut i), (4, 2), "a filemark is not a logical block");
+    i.command(DRIVE0, &[0x11, 0x03, 0, 0, 0, 0], &[], 0)
+        .unwrap();
+    assert_eq!(nbes(&mut i), (5, 1), "end of data");
+    assert_good(&spout(&mut i, &set_a));
+    rewind_drive(&mut i);
+    assert_eq!(nbes(&mut i), (0, 5), "encrypted, key loaded");
+    assert_good(&spout(&mut i, &te::clear_data_encryption_page()));
 
     // No key: DATA PROTECT 74/01 and the position moves past the block.
     rewind_drive(&mut i);

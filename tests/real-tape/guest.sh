@@ -1,217 +1,56 @@
 #!/bin/sh
-# Runs inside the QEMU guest (busybox sh). Prints RT-PASS/RT-FAIL lines that the host
-# harness (run.sh) reads from the console; exit status 0 only if every check passed.
+# Runs inside the QEMU guest (busybox sh). The guest sees two tape libraries at once:
+# tgt's (drives and changer of vendor other than TAPEVALT) and tapevault's own target
+# (`tapevault library serve`, vendor TAPEVALT). suite.sh runs every check once per
+# library; peers.sh runs the peer tools' suites (mt-st, tar, mtx, sg3-utils, stenc,
+# btape) against tapevault's. Prints RT-PASS/RT-FAIL lines that the host harness
+# (run.sh) reads from the console; exit status 0 only if every check passed.
+#
+# env: RT_TARGETS   which libraries to test ("tgt tapevault" by default)
+#      RT_BARCODES_TGT, RT_BARCODES_TV  the seven barcodes of each library, slot order
+#      RT_PHASES    suite phases; "peers" in it runs peers.sh
 PATH=/usr/bin:/bin:/sbin
 failed=0
-pass() { echo "RT-PASS $*"; }
 fail() { echo "RT-FAIL $*"; failed=1; }
 info() { echo "RT-INFO $*"; }
-# run NAME CMD...: run a command, its output prefixed, PASS on exit 0.
-run() {
-    name=$1; shift
-    out=$("$@" 2>&1); rc=$?
-    echo "$out" | sed "s/^/RT-OUT [$name] /" | head -200
-    if [ $rc -eq 0 ]; then pass "$name"; else fail "$name (exit $rc)"; fi
-    return $rc
+
+# The SCSI target id of a sysfs device (H:C:T:L), for ordering drives as the changer's
+# drive elements are (the harness attaches them in element order).
+tid_of() { basename "$(readlink -f "$1/device")" | cut -d: -f3; }
+vendor_of() { tr -d ' ' <"$1/device/vendor" 2>/dev/null; }
+# devices_of VENDOR_TEST: "CHANGER_SG NST_A NST_B" for the library whose vendor test passes.
+devices_of() {
+    want=$1
+    ch=""
+    for c in /sys/class/scsi_changer/sch*; do
+        [ -e "$c" ] || continue
+        v=$(vendor_of "$c")
+        if { [ "$want" = tapevault ] && [ "$v" = TAPEVALT ]; } || { [ "$want" = tgt ] && [ "$v" != TAPEVALT ]; }; then
+            ch=/dev/$(ls "$c/device/scsi_generic/" | head -1)
+        fi
+    done
+    drives=$(for n in /sys/class/scsi_tape/nst[0-9]*; do
+        [ -e "$n" ] || continue
+        case "$(basename "$n")" in nst[0-9]|nst[0-9][0-9]) ;; *) continue;; esac
+        v=$(vendor_of "$n")
+        if { [ "$want" = tapevault ] && [ "$v" = TAPEVALT ]; } || { [ "$want" = tgt ] && [ "$v" != TAPEVALT ]; }; then
+            echo "$(tid_of "$n") /dev/$(basename "$n")"
+        fi
+    done | sort -n | awk '{print $2}' | tr '\n' ' ')
+    echo "$ch $drives"
 }
-has_phase() { case " $RT_PHASES " in *" $1 "*) return 0;; esac; return 1; }
-t_prev=$(date +%s)
-lap() { t_now=$(date +%s); info "timing: $1 took $((t_now - t_prev)) s"; t_prev=$t_now; }
 
-changer=""
-for g in /sys/class/scsi_changer/sch*/device/scsi_generic/*; do [ -e "$g" ] && changer=/dev/$(basename "$g"); done
-sg_of() { ls "/sys/class/scsi_tape/$1/device/scsi_generic/" 2>/dev/null | head -1; }
-info "devices: $(ls /dev | grep -E '^(n?st[0-9]|sg|sch)' | tr '\n' ' ') changer=$changer nst0-sg=$(sg_of nst0)"
 dmesg | grep -E 'Block limits|Attached scsi (tape|changer)' | sed 's/^/RT-INFO kernel: /'
-[ -n "$changer" ] && [ -e /dev/nst0 ] && [ -e /dev/nst1 ] || { fail "guest devices: need /dev/nst0, /dev/nst1 and a changer"; exit 1; }
-MT=/usr/bin/mt-st
-
-# ---- peer: the peer tools against the emulation (proves the stack) ------------------
-if has_phase peer; then
-    run peer-mtx-status mtx -f "$changer" status
-    run peer-mtx-load mtx -f "$changer" load 1 0
-    run peer-mt-status $MT -f /dev/nst0 status
-    run peer-mt-rewind $MT -f /dev/nst0 rewind
-    dd if=/dev/urandom of=/tmp/blk bs=65536 count=1 2>/dev/null
-    run peer-dd-write dd if=/tmp/blk of=/dev/nst0 bs=65536 count=1
-    run peer-mt-weof $MT -f /dev/nst0 weof 1
-    run peer-mt-rewind2 $MT -f /dev/nst0 rewind
-    run peer-dd-read dd if=/dev/nst0 of=/tmp/blk2 bs=65536 count=1
-    run peer-cmp cmp /tmp/blk /tmp/blk2
-    run peer-mt-status2 $MT -f /dev/nst0 status
-    run peer-mtx-unload mtx -f "$changer" unload 1 0
-fi
-
-lap peer
-# ---- smoke: examples/st_smoke drives StDrive and ScsiLibrary through the traits ------
-if has_phase smoke; then
-    if command -v st_smoke >/dev/null; then
-        st_smoke "$changer" /dev/nst0 /dev/nst1 2>&1; rc=$?
-        [ $rc -eq 0 ] && pass "smoke (st_smoke)" || fail "smoke (st_smoke exit $rc)"
-    else
-        fail "smoke: st_smoke binary not in the initramfs"
+for T in ${RT_TARGETS:-tgt tapevault}; do
+    set -- $(devices_of "$T")
+    if [ $# -lt 3 ]; then fail "$T: guest devices: need a changer and two drives, found: $*"; continue; fi
+    CH=$1 N0=$2 N1=$3
+    if [ "$T" = tgt ]; then BCS=$RT_BARCODES_TGT; else BCS=$RT_BARCODES_TV; fi
+    info "$T: changer $CH, drives $N0 $N1"
+    T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/suite.sh || failed=1
+    rm -rf /tmp/"$T" /tmp/*.img /tmp/*.full /tmp/*.key
+    if [ "$T" = tapevault ] && case " $RT_PHASES " in *" peers "*) true;; *) false;; esac; then
+        T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/peers.sh || failed=1
     fi
-fi
-
-lap smoke
-# ---- conformance (a): the btape-style suite against /dev/nst0 -----------------------
-if has_phase conformance; then
-    mtx -f "$changer" load 1 0 >/dev/null 2>&1 || fail "conformance: mtx load slot 1"
-    tapevault --json tape --device /dev/nst0 conformance --destroy-data --blocks "${RT_CONF_BLOCKS:-1000}" >/tmp/conf.json 2>/tmp/conf.err; rc=$?
-    sed 's/^/RT-OUT [conformance] /' /tmp/conf.json | head -120
-    sed 's/^/RT-OUT [conformance stderr] /' /tmp/conf.err | head -40
-    [ $rc -eq 0 ] && pass "conformance /dev/nst0" || fail "conformance /dev/nst0 (exit $rc)"
-    # ---- probe (b) ----
-    if has_phase probe; then
-        run probe tapevault --json tape --device /dev/nst0 probe
-        out=$(tapevault --json tape --device /dev/nst0 probe 2>&1)
-        case "$out" in *'"max_block_size":1048576'*|*'"max_block_size": 1048576'*) pass "probe block limits from READ BLOCK LIMITS";; *) fail "probe block limits: $out";; esac
-    fi
-    mtx -f "$changer" unload 1 0 >/dev/null 2>&1 || fail "conformance: mtx unload"
-elif has_phase probe; then
-    mtx -f "$changer" load 1 0 >/dev/null 2>&1
-    run probe tapevault --json tape --device /dev/nst0 probe
-    mtx -f "$changer" unload 1 0 >/dev/null 2>&1
-fi
-
-lap conformance+probe
-# ---- backup (c): full + incremental, restore, verify through the changer and nst* ----
-H=/tmp/tvhome
-TV="tapevault --home $H"
-DISK_ID=6f1c2b9e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
-if has_phase backup; then
-    run init $TV init --changer "$changer" --drive /dev/nst0 --drive /dev/nst1
-    run library-status $TV library status
-    run empty-drive-status timeout 30 $TV tape --drive 1 status
-    run library-load $TV library load TV0006L6 --drive 1
-    out=$($TV tape --drive 1 status 2>&1)
-    case "$out" in *loaded*BOT*|*ONLINE*) pass "drive 1 status after library load";; *) fail "drive 1 status after library load: $out";; esac
-    run library-unload $TV library unload --drive 1
-    run pool-create $TV pool create rt
-    run label-1 $TV label TV0002L6 --pool rt
-    run label-2 $TV label TV0005L6 --pool rt
-    # A 24 MiB disk: 8 MiB of base64 text from random bytes, 8 MiB of zeros, 8 MiB more
-    # text. Text, not raw random bytes: the test rig (QEMU's iSCSI passthrough to tgt)
-    # corrupts transfers between 512 KiB and 1 MiB (mt-st + dd show it too), and
-    # incompressible 512 KiB extents make records of 512 KiB + header.
-    head -c 6291456 /dev/urandom | base64 | head -c 8388608 >/tmp/disk.img
-    dd if=/dev/zero bs=1M count=8 2>/dev/null >>/tmp/disk.img
-    head -c 6291456 /dev/urandom | base64 | head -c 8388608 >>/tmp/disk.img
-    cp /tmp/disk.img /tmp/disk.full
-    run backup-full $TV --json backup --disk /tmp/disk.img --disk-id $DISK_ID --pool rt --full
-    # Change 2 MiB in the middle and 64 KiB at the end, then an incremental.
-    head -c 1572864 /dev/urandom | base64 | head -c 2097152 | dd of=/tmp/disk.img bs=1M seek=10 conv=notrunc 2>/dev/null
-    head -c 49152 /dev/urandom | base64 | head -c 65536 | dd of=/tmp/disk.img bs=64k seek=383 conv=notrunc 2>/dev/null
-    run backup-incremental $TV --json backup --disk /tmp/disk.img --disk-id $DISK_ID --pool rt
-    run images $TV --json images --disk $DISK_ID
-    run restore-latest $TV restore --disk $DISK_ID --to /tmp/restored.img
-    run restore-latest-cmp cmp /tmp/disk.img /tmp/restored.img
-    full_id=$($TV --json images --disk $DISK_ID 2>/dev/null | grep -m1 -o '"root": *"[0-9a-f-]*"' | grep -o '[0-9a-f-]\{36\}')
-    nimg=$($TV --json images --disk $DISK_ID 2>/dev/null | grep -c '"kind": *"\(full\|incremental\)"')
-    [ "$nimg" -eq 2 ] && pass "images: a full and an incremental" || fail "images: expected 2 images, found $nimg"
-    info "first image id: $full_id"
-    if [ -n "$full_id" ]; then
-        run restore-full $TV restore --disk $DISK_ID --image "$full_id" --to /tmp/restored-full.img
-        run restore-full-cmp cmp /tmp/disk.full /tmp/restored-full.img
-        run verify-image $TV verify --image "$full_id"
-    else
-        fail "images: no image id in the JSON"
-    fi
-    run verify-barcode $TV verify --barcode TV0002L6
-    run media-list $TV media list
-
-    # ---- encryption through st: an encrypted pool, a full, a restore ----
-    # A small disk: the guest CPU (TCG) has no AES-NI, so AES-GCM runs in software.
-    export TAPEVAULT_PASSPHRASE=real-tape-passphrase
-    DISK_ID2=7a2d3c0f-4e5b-4f60-9bac-1d2e3f4a5b6c
-    head -c 1572864 /dev/urandom | base64 | head -c 2097152 >/tmp/disk2.img
-    dd if=/dev/zero bs=1M count=1 2>/dev/null >>/tmp/disk2.img
-    run key-create $TV key create rtk
-    run pool-create-enc $TV pool create rtenc --encrypt-key rtk
-    # TV0003L6 holds the smoke test's blocks: relabelling it needs --force.
-    run label-enc $TV label TV0003L6 --pool rtenc --force
-    run backup-enc $TV --json backup --disk /tmp/disk2.img --disk-id $DISK_ID2 --pool rtenc --full
-    run restore-enc $TV restore --disk $DISK_ID2 --to /tmp/restored-enc.img
-    run restore-enc-cmp cmp /tmp/disk2.img /tmp/restored-enc.img
-    run verify-enc $TV verify --barcode TV0003L6
-
-    # ---- disaster recovery through st: a fresh home with only the key ----
-    H2=/tmp/tvhome-dr
-    TV2="tapevault --home $H2"
-    run key-export $TV key export rtk --out /tmp/rtk.key
-    run dr-init $TV2 init --changer "$changer" --drive /dev/nst0 --drive /dev/nst1
-    run dr-key-import $TV2 key import /tmp/rtk.key
-    run dr-rebuild $TV2 --json catalog rebuild --scan --barcode TV0002L6 --barcode TV0005L6 --barcode TV0003L6
-    run dr-restore-enc $TV2 restore --disk $DISK_ID2 --to /tmp/dr-enc.img
-    run dr-restore-enc-cmp cmp /tmp/disk2.img /tmp/dr-enc.img
-    run dr-restore-clear $TV2 restore --disk $DISK_ID --to /tmp/dr-clear.img
-    run dr-restore-clear-cmp cmp /tmp/disk.img /tmp/dr-clear.img
-    # The fast path: each cartridge's newest catalog snapshot, found by spacing to end
-    # of data and back over filemarks, without reading the data records.
-    H3=/tmp/tvhome-dr-fast
-    TV3="tapevault --home $H3"
-    run dr-fast-init $TV3 init --changer "$changer" --drive /dev/nst0 --drive /dev/nst1
-    run dr-fast-key-import $TV3 key import /tmp/rtk.key
-    run dr-fast-rebuild $TV3 --json catalog rebuild --barcode TV0002L6 --barcode TV0005L6 --barcode TV0003L6
-    out=$($TV3 --json catalog rebuild --barcode TV0003L6 2>&1)
-    case "$out" in *'"method": "snapshot"'*) pass "dr-fast: the encrypted cartridge's snapshot was used";; *) fail "dr-fast: no snapshot used: $out";; esac
-    run dr-fast-restore-enc $TV3 restore --disk $DISK_ID2 --to /tmp/dr-fast-enc.img
-    run dr-fast-restore-enc-cmp cmp /tmp/disk2.img /tmp/dr-fast-enc.img
-    run dr-fast-restore-clear $TV3 restore --disk $DISK_ID --to /tmp/dr-fast-clear.img
-    run dr-fast-restore-clear-cmp cmp /tmp/disk.img /tmp/dr-fast-clear.img
-    unset TAPEVAULT_PASSPHRASE
-fi
-
-lap backup+restore+verify
-# ---- crosscheck (d): our tape read with mt-st + dd; a dd-written tape read by us -----
-if has_phase crosscheck; then
-    if has_phase backup; then
-        $TV library unload --drive 0 >/dev/null 2>&1; $TV library unload --drive 1 >/dev/null 2>&1
-        mtx -f "$changer" load 2 0 >/dev/null 2>&1 || fail "crosscheck: mtx load TV0002L6"
-        # Count the tape files by spacing filemarks (a read past the last one is not
-        # trustworthy on tgt), then read the first block of each with dd.
-        $MT -f /dev/nst0 rewind
-        nfm=0
-        while [ $nfm -lt 256 ] && $MT -f /dev/nst0 fsf 1 2>/dev/null; do nfm=$((nfm+1)); done
-        files=0; n=0
-        while [ $n -lt $nfm ]; do
-            $MT -f /dev/nst0 rewind
-            [ $n -gt 0 ] && $MT -f /dev/nst0 fsf $n
-            rm -f /tmp/xb; dd if=/dev/nst0 of=/tmp/xb bs=1M count=1 2>/dev/null
-            magic=$(head -c 7 /tmp/xb)
-            if [ "$magic" = "TAPEVLT" ]; then files=$((files+1)); else fail "crosscheck: tape file $n does not start with the TAPEVLT record magic"; fi
-            n=$((n+1))
-        done
-        info "crosscheck: $files tape files read back with mt-st fsf + dd"
-        $MT -f /dev/nst0 rewind; $MT -f /dev/nst0 fsf 1
-        tapevault tape --device /dev/nst0 read --count 4 2>&1 | sed 's/^/RT-INFO tape file 1: /'
-        # label + 2 images at least
-        [ $files -ge 3 ] && pass "crosscheck mt-st+dd reads our tape files ($files)" || fail "crosscheck: only $files tape files readable with mt-st + dd"
-        mtx -f "$changer" unload 2 0 >/dev/null 2>&1
-    fi
-    # A tape written with dd, read with our tape commands.
-    mtx -f "$changer" load 4 0 >/dev/null 2>&1 || fail "crosscheck: mtx load slot 4"
-    $MT -f /dev/nst0 rewind
-    dd if=/dev/urandom of=/tmp/f0 bs=32k count=3 2>/dev/null
-    dd if=/dev/urandom of=/tmp/f1 bs=100000 count=2 2>/dev/null
-    dd if=/tmp/f0 of=/dev/nst0 bs=32k 2>/dev/null   # closing writes a filemark
-    dd if=/tmp/f1 of=/dev/nst0 bs=100000 2>/dev/null
-    $MT -f /dev/nst0 rewind
-    run xc-status tapevault tape --device /dev/nst0 status
-    run xc-fsf tapevault tape --device /dev/nst0 fsf 1
-    run xc-tell tapevault --json tape --device /dev/nst0 tell
-    run xc-read1 tapevault tape --device /dev/nst0 read --out /tmp/r1
-    run xc-cmp1 cmp /tmp/f1 /tmp/r1
-    run xc-rewind tapevault tape --device /dev/nst0 rewind
-    run xc-read0 tapevault tape --device /dev/nst0 read --out /tmp/r0
-    run xc-cmp0 cmp /tmp/f0 /tmp/r0
-    run xc-eod tapevault tape --device /dev/nst0 eod
-    run xc-bsf tapevault tape --device /dev/nst0 bsf 1
-    run xc-bsr tapevault tape --device /dev/nst0 bsr 1
-    run xc-read-last tapevault tape --device /dev/nst0 read --out /tmp/rl
-    tail -c 100000 /tmp/f1 >/tmp/f1last
-    run xc-cmp-last cmp /tmp/f1last /tmp/rl
-    mtx -f "$changer" unload 4 0 >/dev/null 2>&1
-fi
-lap crosscheck
+done
 exit $failed

@@ -522,6 +522,23 @@ impl Cartridge {
         Ok((Read::Block(len), e.encrypted))
     }
 
+    /// What the next logical object is, without moving or reading its data: end of
+    /// data, a filemark, or a block (its length and whether it is marked encrypted). For
+    /// status reports such as SSC's next block encryption status; no fault injection.
+    pub fn peek(&mut self) -> VtlResult<(Read, bool)> {
+        if self.needs_recovery {
+            self.recover()?;
+        }
+        if self.pos >= self.count {
+            return Ok((Read::EndOfData, false));
+        }
+        if self.is_filemark(self.pos) {
+            return Ok((Read::Filemark, false));
+        }
+        let e = self.entry(self.pos)?;
+        Ok((Read::Block(e.len as usize), e.encrypted))
+    }
+
     fn offset_of(&mut self, p: u64) -> VtlResult<u64> {
         if p >= self.count {
             Ok(self.data_len)

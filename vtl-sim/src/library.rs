@@ -1007,6 +1007,10 @@ impl Drive {
     pub fn read_block_flagged(&mut self, buf: &mut [u8]) -> VtlResult<(Read, bool)> {
         self.cart_positioned()?.read_block_flagged(buf)
     }
+    /// The next logical object without moving ([`Cartridge::peek`]).
+    pub fn peek(&mut self) -> VtlResult<(Read, bool)> {
+        self.cart_positioned()?.peek()
+    }
     /// Write one block marked encrypted or not ([`Cartridge::write_block_flagged`]).
     pub fn write_block_flagged(&mut self, data: &[u8], encrypted: bool) -> VtlResult<Written> {
         let w = self.cart()?.write_block_flagged(data, encrypted)?;

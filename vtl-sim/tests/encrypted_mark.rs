@@ -125,3 +125,38 @@ fn an_unknown_index_version_is_refused_not_truncated() {
     assert!(e.to_string().contains("index"), "{e}");
     assert_eq!(fs::read(&ip).unwrap(), future, "nothing was cut away");
 }
+
+#[test]
+fn peek_tells_the_next_object_and_its_mark_without_moving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    Cartridge::create(&dir, &CartridgeMeta::new("TV0003L9", 1 << 24, 1 << 16)).unwrap();
+    let mut c = Cartridge::open(&dir).unwrap();
+    c.write_block_flagged(b"sealed", true).unwrap();
+    c.write_filemarks(1, false).unwrap();
+    c.write_block_flagged(b"clear block", false).unwrap();
+    c.rewind().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64];
+    loop {
+        let before = c.position().unwrap();
+        let peeked = c.peek().unwrap();
+        assert_eq!(c.position().unwrap(), before, "peek moved the tape");
+        assert_eq!(c.peek().unwrap(), peeked, "a second peek differs");
+        seen.push(peeked);
+        let (r, enc) = c.read_block_flagged(&mut buf).unwrap();
+        assert_eq!((r, enc), peeked, "peek and read disagree at {before:?}");
+        if r == Read::EndOfData {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (Read::Block(6), true),
+            (Read::Filemark, false),
+            (Read::Block(11), false),
+            (Read::EndOfData, false),
+        ]
+    );
+}

@@ -450,6 +450,8 @@ impl StDrive {
                 if self.gstat().map(|g| g & GMT_EOD != 0).unwrap_or(false) {
                     self.track.eod = self.track.cur.block;
                     Ok(ReadOutcome::EndOfData)
+                } else if self.read_eio_was_end_of_data() {
+                    Ok(ReadOutcome::EndOfData)
                 } else {
                     let block = self.track.cur.block.unwrap_or(u64::MAX);
                     self.track.lost();
@@ -466,6 +468,39 @@ impl StDrive {
                 self.track.lost();
                 Err(self.map_errno("read", e))
             }
+        }
+    }
+
+    /// st turns BLANK CHECK on a read into EIO unless the read follows a filemark (a
+    /// blank cartridge at BOT, or end of data not closed by a filemark, as real drives
+    /// and tapevault's target report them). With READ POSITION and LOCATE, find out
+    /// whether that EIO was end of data: space forward over a filemark (st flags end of
+    /// data when the drive answers BLANK CHECK, and the tape stays); if it moved instead,
+    /// locate back and let the caller report the media error.
+    fn read_eio_was_end_of_data(&mut self) -> bool {
+        if !self.has_hw_position() || self.hw_locate == Some(false) {
+            return false;
+        }
+        let Some(here) = self.hw_pos() else {
+            return false;
+        };
+        match op(self.fd(), MTFSF, 1) {
+            Err(Errno::EIO) if self.gstat().map(|g| g & GMT_EOD != 0).unwrap_or(false) => {
+                if self.track.cur.block != Some(here) {
+                    self.track.lost();
+                    self.track.cur.block = Some(here);
+                    self.track.fill();
+                }
+                self.track.eod = Some(here);
+                true
+            }
+            Ok(()) => {
+                if let Ok(c) = i32::try_from(here) {
+                    let _ = op(self.fd(), MTSEEK, c);
+                }
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -573,6 +608,51 @@ impl StDrive {
             self.track.fill();
         }
         Ok(())
+    }
+
+    /// With READ POSITION and LOCATE, the logical position known but not the block in
+    /// the file (st reports none after spacing over filemarks to end of data or after a
+    /// LOCATE, and this process may not have seen the file start): space back over one
+    /// filemark (or to BOT), read the position there (the file starts one object later),
+    /// and locate back. The file number is st's, or the one this process saw start there. `at_eod`: the
+    /// position is end of data. Leaves the block in file unknown if the drive refuses.
+    fn learn_file_start(&mut self, at_eod: bool) {
+        let Some(here) = self.track.cur.block else {
+            return;
+        };
+        let file = self.track.cur.file;
+        let start = match op(self.fd(), MTBSF, 1) {
+            Ok(()) => self.hw_pos().map(|fm| fm + 1),
+            // No filemark before: the file starts at BOT.
+            Err(Errno::EIO) => Some(0),
+            Err(_) => None,
+        };
+        let back = i32::try_from(here)
+            .ok()
+            .is_some_and(|c| op(self.fd(), MTSEEK, c).is_ok());
+        self.track.lost();
+        if !back {
+            return;
+        }
+        self.track.cur.block = Some(here);
+        if at_eod {
+            self.track.eod = Some(here);
+        }
+        if let Some(s) = start.filter(|&s| s <= here) {
+            // The file number: st's (when it knew it), or the file this process saw
+            // start at that very object (after a LOCATE st knows none).
+            let seen = self
+                .track
+                .starts
+                .iter()
+                .find(|(_, &at)| at == s)
+                .map(|(&f, _)| f);
+            if let Some(f) = file.or(seen) {
+                self.track.cur.file = Some(f);
+                self.track.cur.bif = Some(here - s);
+            }
+        }
+        self.track.fill();
     }
 
     /// Without READ POSITION: find the logical number of the current position (file and
@@ -1227,6 +1307,12 @@ impl TapeDrive for StDrive {
             }
             self.track.eod = self.track.cur.block;
             self.track.fill();
+            if self.track.cur.bif.is_none() {
+                // st reports no block number after MTEOM (it spaced over filemarks to
+                // get there) and this process may not know where the last file starts:
+                // find it with READ POSITION on the far side of the last filemark.
+                self.learn_file_start(true);
+            }
             return Ok(());
         }
         self.walk_to_eod()
@@ -1319,6 +1405,10 @@ impl TapeDrive for StDrive {
                 }
             }
             self.track.fill();
+            if self.track.position().is_none() && self.hw_locate != Some(false) {
+                let at_eod = self.track.eod.is_some() && self.track.eod == self.track.cur.block;
+                self.learn_file_start(at_eod);
+            }
             if let Some(p) = self.track.position() {
                 return Ok(p);
             }
