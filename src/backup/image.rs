@@ -169,6 +169,7 @@ impl Job<'_> {
             } else {
                 None
             },
+            copy_of: None,
         };
         let events = self.tape.events;
         events.task(format!("disk {}", &disk_id.to_string()[..8]), total);
