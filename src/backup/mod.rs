@@ -53,11 +53,13 @@ mod request;
 mod session;
 mod stages;
 mod tape;
+mod target;
 
 pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
 pub use request::{check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode};
 pub use session::run;
+pub use target::{ImageTarget, WrittenImage};
 
 use image::ImageProgress;
 use plan::Plan;
