@@ -138,6 +138,16 @@ fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
         "{r}"
     );
 
+    // A damaged record in the original full: the restore marks it and runs again from
+    // the full's copy; the incremental built on it stays restorable.
+    v.flip_byte_in_block(&src_carts[0], 4);
+    let run = with_pass(&v, &["restore", "--disk", &id, "--to", v.path("r1b.img").to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("restoring again"), "{}", run.stderr);
+    assert_same_bytes(&v.path("r1b.img"), &v.path("p1.img"), "restore after falling back to a copy");
+    assert_eq!(v.image_row(&full_id).status, tapevault::catalog::ImageStatus::Corrupt);
+    assert_eq!(v.image_row(&inc_id).status, tapevault::catalog::ImageStatus::Complete);
+
     // The originals' set leaves: the restore reads the copies and says so.
     let set = cat
         .session(v.image_row(&full_id).session_uuid.unwrap())
