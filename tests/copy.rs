@@ -141,12 +141,31 @@ fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
     // A damaged record in the original full: the restore marks it and runs again from
     // the full's copy; the incremental built on it stays restorable.
     v.flip_byte_in_block(&src_carts[0], 4);
-    let run = with_pass(&v, &["restore", "--disk", &id, "--to", v.path("r1b.img").to_str().unwrap()]);
+    let run = with_pass(
+        &v,
+        &[
+            "restore",
+            "--disk",
+            &id,
+            "--to",
+            v.path("r1b.img").to_str().unwrap(),
+        ],
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("restoring again"), "{}", run.stderr);
-    assert_same_bytes(&v.path("r1b.img"), &v.path("p1.img"), "restore after falling back to a copy");
-    assert_eq!(v.image_row(&full_id).status, tapevault::catalog::ImageStatus::Corrupt);
-    assert_eq!(v.image_row(&inc_id).status, tapevault::catalog::ImageStatus::Complete);
+    assert_same_bytes(
+        &v.path("r1b.img"),
+        &v.path("p1.img"),
+        "restore after falling back to a copy",
+    );
+    assert_eq!(
+        v.image_row(&full_id).status,
+        tapevault::catalog::ImageStatus::Corrupt
+    );
+    assert_eq!(
+        v.image_row(&inc_id).status,
+        tapevault::catalog::ImageStatus::Complete
+    );
 
     // The originals' set leaves: the restore reads the copies and says so.
     let set = cat
@@ -212,7 +231,17 @@ fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
 
 #[test]
 fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebuilt() {
-    let v = Vault::init(&["--slots", "10", "--drives", "2", "--capacity", "3M"]);
+    // 4 MiB cartridges, early warning 512 KiB before the end: a 9 MiB random disk spans.
+    let v = Vault::init(&[
+        "--slots",
+        "10",
+        "--drives",
+        "2",
+        "--capacity",
+        "4M",
+        "--early-warning",
+        "512K",
+    ]);
     let k1 = ok_pass(&v, &["key", "create", "k1"]);
     let k2 = ok_pass(&v, &["key", "create", "k2"]);
     let fp2 = k2["fingerprint"].as_str().unwrap().to_string();
@@ -235,7 +264,7 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
         "--encrypt-key",
         "k2",
     ]);
-    let d = TestDisk::create(v.path("d.img"), 5 * MIB, 5 * MIB, 11);
+    let d = TestDisk::create(v.path("d.img"), 9 * MIB, 9 * MIB, 11);
     let path = d.path.to_str().unwrap().to_string();
     let id = d.id.to_string();
     let b = ok_pass(
@@ -284,6 +313,10 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
         .unwrap()
         .to_string();
     v.ok(&["media", "export", "--set", &set]);
+    let away = strs(&img["cartridges"]);
+    for b in &away {
+        v.ok(&["media", "vault", b, "--location", "iron"]);
+    }
     let r = restore_to(&v, &d, None, &v.path("r.img"));
     assert_same_bytes(
         &v.path("r.img"),
@@ -293,7 +326,9 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
     assert_eq!(r["used"][0]["image"], copy_id.as_str(), "{r}");
 
     // A new home on the same library: rebuilt from the media, it knows the copy.
-    v.ok(&["library", "import"]);
+    for b in &away {
+        v.ok(&["media", "return", b]);
+    }
     for (name, args) in [
         ("fast", vec!["catalog", "rebuild"]),
         ("scan", vec!["catalog", "rebuild", "--scan"]),
