@@ -20,9 +20,9 @@ MODEL=${4:-speed=200M,min=70M,buffer=64Mi,reposition=2.5s}
 PROFILE=${PROFILE:-release}
 mkdir -p "$WORK"
 if [ "$PROFILE" = release ]; then
-  cargo build --release --bin tapevault -p vtl-sim --example vtl_stream >&2
+  cargo build --release -p tapevault --bin tapevault -p vtl-sim --example vtl_stream >&2
 else
-  cargo build --bin tapevault -p vtl-sim --example vtl_stream >&2
+  cargo build -p tapevault --bin tapevault -p vtl-sim --example vtl_stream >&2
 fi
 TV=target/$PROFILE/tapevault
 VS=target/$PROFILE/examples/vtl_stream

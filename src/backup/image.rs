@@ -219,7 +219,7 @@ impl Job<'_> {
         header: ImageHeader,
         label: String,
         total: u64,
-        fill: &mut (dyn FnMut(&mut Vec<Extent>, &mut Vec<u8>) -> Result<bool> + Send),
+        fill: &mut FillRecord<'_>,
     ) -> Result<ImageProgress> {
         let pool = self.tape.pool.clone();
         let events = self.tape.events;

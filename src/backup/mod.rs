@@ -66,6 +66,12 @@ use plan::Plan;
 use stages::{Prepared, ReadChunk};
 use tape::Tape;
 
+/// What feeds an image's records to [`ImageTarget::write_image`]: each call fills one
+/// record's extents and plain bytes (in disk order) and returns `false` at the end.
+pub type FillRecord<'a> = dyn FnMut(&mut Vec<tape_formats::Extent>, &mut Vec<u8>) -> crate::error::Result<bool>
+    + Send
+    + 'a;
+
 /// Queue depth between the pipeline's stages (records in flight per stage).
 pub const PIPELINE_DEPTH: usize = 4;
 /// Threads that compress and encrypt records when a pool does either.

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use tape_formats::{Cipher, Extent, ImageHeader};
+use tape_formats::{Cipher, ImageHeader};
 use uuid::Uuid;
 
 use crate::catalog::{
@@ -214,7 +214,7 @@ impl<'a> ImageTarget<'a> {
         header: ImageHeader,
         label: String,
         total: u64,
-        fill: &mut (dyn FnMut(&mut Vec<Extent>, &mut Vec<u8>) -> Result<bool> + Send),
+        fill: &mut FillRecord<'_>,
     ) -> Result<WrittenImage> {
         let r = (|| -> Result<image::ImageProgress> {
             let mut st = self.job.stream_records(header, label, total, fill)?;

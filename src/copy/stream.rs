@@ -309,11 +309,15 @@ impl<'k> RecordFeed<'k> {
     }
 }
 
+/// A record's buffers, recycled between the reader and the feed.
+pub type Buffers = (Vec<Extent>, Vec<u8>);
+/// The reader thread's end of the channel: records out, buffers back.
+pub type ReaderEnd = (SyncSender<Msg>, Receiver<Buffers>);
+/// The feed's end: records in, buffers back.
+pub type FeedEnd = (Receiver<Msg>, SyncSender<Buffers>);
+
 /// The channel between a reader thread and a [`RecordFeed`].
-pub fn channel() -> (
-    (SyncSender<Msg>, Receiver<(Vec<Extent>, Vec<u8>)>),
-    (Receiver<Msg>, SyncSender<(Vec<Extent>, Vec<u8>)>),
-) {
+pub fn channel() -> (ReaderEnd, FeedEnd) {
     let (tx, rx) = sync_channel(CHANNEL_DEPTH);
     let (free_tx, free_rx) = sync_channel(CHANNEL_DEPTH + 2);
     ((tx, free_rx), (rx, free_tx))

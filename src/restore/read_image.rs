@@ -18,6 +18,10 @@ use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Context, Error, Result};
 
+/// What [`read_image_records`] hands on for each data record: the block as read, its
+/// extents and its authenticated plain bytes.
+pub type OnRecord<'a> = dyn FnMut(&[u8], &[tape_formats::Extent], &[u8]) -> Result<()> + 'a;
+
 /// What reading one image found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRead {
@@ -261,7 +265,7 @@ pub fn read_image_records(
     opener: &mut Opener,
     image: &ImageRow,
     segments: &[Segment],
-    on_record: &mut dyn FnMut(&[u8], &[tape_formats::Extent], &[u8]) -> Result<()>,
+    on_record: &mut OnRecord<'_>,
 ) -> Result<ImageRead> {
     let parts = parts_of(image, segments)?;
     let key = expected_key(image)?;
@@ -398,7 +402,7 @@ fn read_part_whole(
     digest: &mut ContentDigest,
     plain: &mut Vec<u8>,
     out: &mut ImageRead,
-    on_record: &mut dyn FnMut(&[u8], &[tape_formats::Extent], &[u8]) -> Result<()>,
+    on_record: &mut OnRecord<'_>,
 ) -> Result<()> {
     let bc = first.barcode.clone();
     let header_block = first.first_block - 1;
