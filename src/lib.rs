@@ -3,6 +3,7 @@ pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod events;

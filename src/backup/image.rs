@@ -194,9 +194,61 @@ impl Job<'_> {
             } else {
                 None
             },
+            copy_of: None,
         };
+        let mut reader = reader;
+        let mut state = self.stream_records(
+            header,
+            format!("disk {}", &disk_id.to_string()[..8]),
+            total,
+            &mut |extents, data| {
+                let Some(chunk) = reader.next_chunk().map_err(|e| {
+                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
+                })?
+                else {
+                    return Ok(false);
+                };
+                extents.clear();
+                extents.extend(chunk.extents.iter().map(|s| Extent {
+                    offset: s.offset,
+                    length: s.len,
+                    kind: match s.kind {
+                        SrcKind::Data => ExtentKind::Data,
+                        SrcKind::Zero => ExtentKind::Zero,
+                    },
+                }));
+                reader.swap_data(data);
+                Ok(true)
+            },
+        )?;
+        let (stats, summary) = reader.finish();
+        state.read_bytes = stats.read_bytes;
+        if let Some(Err(e)) = summary {
+            return Err(Error::Failed(format!(
+                "writing the block digest list {}: {e}",
+                new_list.display()
+            )));
+        }
+        self.close_image(&mut state)?;
+        Ok(state)
+    }
+
+    /// Stream the records `fill` produces (each call fills one record's extents and
+    /// plain data, in disk order; `false` at the end) as image `header` under the
+    /// pool's policy: content digest (keyed with the pool's key when encrypted), the
+    /// bounded read -> transform (zstd, AES-GCM) -> write pipeline, spanning at early
+    /// warning. The last part is left open: [`Self::close_image`] writes its trailer.
+    /// On error the open part is closed as aborted where that is safe.
+    pub(super) fn stream_records(
+        &mut self,
+        header: ImageHeader,
+        label: String,
+        total: u64,
+        fill: &mut FillRecord<'_>,
+    ) -> Result<ImageProgress> {
+        let pool = self.tape.pool.clone();
         let events = self.tape.events;
-        events.task(format!("disk {}", &disk_id.to_string()[..8]), total);
+        events.task(label, total);
         let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
@@ -219,7 +271,6 @@ impl Job<'_> {
         };
         self.start_part(&mut state)?;
 
-        let mut reader = reader;
         // Encryption runs in the transform stage, off the writer's thread, so the drive
         // keeps streaming. The AAD needs the record's part and sequence: the sequence is
         // the record's index in the image; the part is the one being written now, which
@@ -252,22 +303,9 @@ impl Job<'_> {
         let run = crate::pipeline::run_workers::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
             |c| {
-                let Some(chunk) = reader.next_chunk().map_err(|e| {
-                    Error::Failed(format!("reading {}: {e}", disk.path().display()))
-                })?
-                else {
+                if !fill(&mut c.extents, &mut c.data)? {
                     return Ok(false);
-                };
-                c.extents.clear();
-                c.extents.extend(chunk.extents.iter().map(|s| Extent {
-                    offset: s.offset,
-                    length: s.len,
-                    kind: match s.kind {
-                        SrcKind::Data => ExtentKind::Data,
-                        SrcKind::Zero => ExtentKind::Zero,
-                    },
-                }));
-                reader.swap_data(&mut c.data);
+                }
                 // The content digest runs on the reader thread, which has CPU to spare;
                 // the transform thread compresses and encrypts.
                 digest
@@ -317,16 +355,12 @@ impl Job<'_> {
             }
             return Err(e);
         }
-        let (stats, summary) = reader.finish();
-        state.read_bytes = stats.read_bytes;
-        if let Some(Err(e)) = summary {
-            return Err(Error::Failed(format!(
-                "writing the block digest list {}: {e}",
-                new_list.display()
-            )));
-        }
-        // Close the last part: trailer, filemark, flush; only then may the catalog say
-        // complete.
+        Ok(state)
+    }
+
+    /// Close the last part of an image [`Self::stream_records`] wrote: trailer,
+    /// filemark, flush; only then may the catalog say complete.
+    pub(super) fn close_image(&mut self, state: &mut ImageProgress) -> Result<()> {
         let w = state.writer.take().expect("part open");
         let (sink, _trailer, _) = w
             .finish(TrailerStatus::Complete, state.digest)
@@ -338,6 +372,6 @@ impl Job<'_> {
         state.close_segment();
         self.tape.put_sink(sink)?;
         self.image_parts += 1;
-        Ok(state)
+        Ok(())
     }
 }

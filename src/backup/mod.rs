@@ -53,17 +53,25 @@ mod request;
 mod session;
 mod stages;
 mod tape;
+mod target;
 
 pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
 pub use request::{check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode};
 pub use session::run;
+pub use target::{ImageTarget, WrittenImage};
 
 use image::ImageProgress;
 use plan::{Plan, Tracked};
 use request::Source;
 use stages::{Prepared, ReadChunk};
 use tape::Tape;
+
+/// What feeds an image's records to [`ImageTarget::write_image`]: each call fills one
+/// record's extents and plain bytes (in disk order) and returns `false` at the end.
+pub type FillRecord<'a> = dyn FnMut(&mut Vec<tape_formats::Extent>, &mut Vec<u8>) -> crate::error::Result<bool>
+    + Send
+    + 'a;
 
 /// Queue depth between the pipeline's stages (records in flight per stage).
 pub const PIPELINE_DEPTH: usize = 4;

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use tape_formats::{BlockSink, EndOfSession};
 
 use crate::catalog::{self, Catalog, SessionStatus, SnapshotLocation};
-use crate::codec::Sealer;
 use crate::error::{Context, Error, Result};
 use crate::home::locks::JobLock;
 use crate::home::Home;
@@ -38,27 +37,7 @@ pub fn run(
             req.pool, req.pool
         ))
     })?;
-    let sealer = match (&pool.key_fingerprint, key) {
-        (None, _) => None,
-        (Some(fp), Some(k)) => {
-            if &k.key.fingerprint_hex() != fp {
-                return Err(Error::Key(format!(
-                    "pool {} is encrypted with key {fp}, but key {} was given",
-                    pool.name,
-                    k.key.fingerprint_hex()
-                )));
-            }
-            let nonces =
-                crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
-            Some((Sealer::new(k.key, nonces), k.passphrase))
-        }
-        (Some(fp), None) => {
-            return Err(Error::Key(format!(
-                "pool {} is encrypted with key {fp}; unlock it to back up",
-                pool.name
-            )));
-        }
-    };
+    let sealer = super::target::pool_sealer(home, &pool, key, "back up")?;
     recover_interrupted(home, cat, events)?;
     let _pool_lock = JobLock::try_acquire(
         &home.locks_dir().join(format!("pool-{}.lock", pool.name)),

@@ -170,9 +170,8 @@ impl Catalog {
                                 format!("parent {p} is of disk {}", parent.disk_uuid),
                             );
                         }
-                        if img.status == ImageStatus::Complete
-                            && parent.status != ImageStatus::Complete
-                        {
+                        // A parent point held by a complete copy is restorable.
+                        if img.status == ImageStatus::Complete && !self.held_by_complete(parent)? {
                             add(
                                 ProblemKind::BadParent,
                                 subj.clone(),

@@ -9,7 +9,7 @@ pub const MAX_CHAIN_LEN: usize = 100_000;
 
 pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
      disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label";
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of";
 
 /// Reads [`IMAGE_COLS`]. An image still marked running whose writing process is gone
 /// reads as failed, with the reason as its note (see [`interrupted`]).
@@ -47,6 +47,10 @@ pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
         content_digest: r.get(19)?,
         digest_list: r.get(20)?,
         note,
+        copy_of: match r.as_ref().column_count() > 24 {
+            true => get_po(r, 24)?,
+            false => None,
+        },
     })
 }
 
@@ -184,7 +188,7 @@ impl Catalog {
         self.conn().execute(
             &format!(
                 "INSERT INTO images ({IMAGE_COLS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)"
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
             ),
             params![
                 i.uuid.to_string(),
@@ -210,7 +214,8 @@ impl Catalog {
                 i.digest_list,
                 i.note,
                 writer,
-                i.disk_label
+                i.disk_label,
+                i.copy_of.map(|u| u.to_string())
             ],
         )?;
         Ok(())
@@ -287,9 +292,96 @@ impl Catalog {
             content_digest: None,
             digest_list: None,
             note: None,
+            copy_of: None,
         };
         self.insert_image(&row, Some(&this_writer()))?;
         Ok(row)
+    }
+
+    /// Record a running tape-to-tape copy of `original` (a complete image) as image
+    /// `uuid` of `pool`, written in `session` with `key_fingerprint` and `compression`.
+    /// It gets everything that makes the point (disk, kind, parent, sizes, time, change
+    /// ids) from the original; it counts only once [`Catalog::complete_image`] commits.
+    pub fn begin_copy(
+        &self,
+        original: &ImageRow,
+        uuid: Uuid,
+        pool: &str,
+        session: Uuid,
+        key_fingerprint: Option<String>,
+        compression: Compression,
+    ) -> Result<ImageRow> {
+        if original.copy_of.is_some() {
+            return Err(invalid(
+                original.uuid,
+                format!(
+                    "is itself a copy (of {}): copy the original",
+                    original.identity()
+                ),
+            ));
+        }
+        if self.pool(pool)?.is_none() {
+            return Err(CatalogError::NotFound {
+                what: "pool",
+                key: pool.to_string(),
+            });
+        }
+        if self.image(uuid)?.is_some() {
+            return Err(CatalogError::AlreadyExists {
+                what: "image",
+                key: uuid.to_string(),
+            });
+        }
+        let row = ImageRow {
+            uuid,
+            session_uuid: Some(session),
+            pool: Some(pool.to_string()),
+            key_fingerprint,
+            compression,
+            finished: None,
+            status: ImageStatus::Running,
+            records: 0,
+            plain_bytes: 0,
+            stored_bytes: 0,
+            content_digest: None,
+            digest_list: None,
+            note: None,
+            copy_of: Some(original.uuid),
+            ..original.clone()
+        };
+        self.insert_image(&row, Some(&this_writer()))?;
+        Ok(row)
+    }
+
+    /// Every copy of `original` (any status), oldest first.
+    pub fn copies_of(&self, original: Uuid) -> Result<Vec<ImageRow>> {
+        let mut st = self.conn().prepare(&format!(
+            "SELECT {IMAGE_COLS} FROM images WHERE copy_of=?1 ORDER BY started, rowid"
+        ))?;
+        let rows = st
+            .query_map([original.to_string()], image_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The images that hold the point of `original`: the original itself, then its
+    /// copies, those that are complete first.
+    pub fn representations(&self, original: &ImageRow) -> Result<Vec<ImageRow>> {
+        let mut v = vec![original.clone()];
+        v.extend(self.copies_of(original.uuid)?);
+        v.sort_by_key(|r| r.status != ImageStatus::Complete);
+        Ok(v)
+    }
+
+    /// Whether some complete image (the original or a copy) holds this point.
+    pub(crate) fn held_by_complete(&self, original: &ImageRow) -> Result<bool> {
+        if original.status == ImageStatus::Complete {
+            return Ok(true);
+        }
+        Ok(self
+            .copies_of(original.uuid)?
+            .iter()
+            .any(|c| c.status == ImageStatus::Complete))
     }
 
     /// Mark a running image complete with its trailer totals, digest, segments and
@@ -422,13 +514,25 @@ impl Catalog {
                 key: uuid.to_string(),
             });
         }
+        // A point that another complete image (original or copy) still holds is not
+        // lost: what is built on it stays restorable.
+        let row = self.image(uuid)?.ok_or(CatalogError::NotFound {
+            what: "image",
+            key: uuid.to_string(),
+        })?;
+        let identity = self.image(row.identity())?;
+        if let Some(orig) = identity {
+            if self.held_by_complete(&orig)? {
+                return Ok(Vec::new());
+            }
+        }
         let deps: Vec<Uuid> = self
-            .dependents(uuid)?
+            .dependents(row.identity())?
             .into_iter()
             .filter(|d| d.status == ImageStatus::Complete)
             .map(|d| d.uuid)
             .collect();
-        let dep_note = format!("its base image {uuid} is corrupt ({note})");
+        let dep_note = format!("its base image {} is corrupt ({note})", row.identity());
         for d in &deps {
             tx.execute(
                 "UPDATE images SET status='corrupt', note=?2 WHERE uuid=?1 AND status='complete'",
@@ -465,7 +569,7 @@ impl Catalog {
             At::Latest => None,
         };
         let mut st = self.conn().prepare(&format!(
-            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
+            "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' AND copy_of IS NULL \
              AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC"
         ))?;
         let candidates: Vec<ImageRow> = st
@@ -519,7 +623,7 @@ impl Catalog {
         let after = base.map(|b| ts(&b.started));
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
-             AND kind!='copy' AND (?2 IS NULL OR started >= ?2) ORDER BY started DESC, rowid DESC"
+             AND kind!='copy' AND copy_of IS NULL AND (?2 IS NULL OR started >= ?2) ORDER BY started DESC, rowid DESC"
         ))?;
         let rows: Vec<ImageRow> = st
             .query_map(params![disk.to_string(), after], image_row)?
@@ -738,7 +842,7 @@ impl Catalog {
     pub fn newest_good_image(&self, disk: Uuid) -> Result<Option<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' AND kind!='copy' \
-             ORDER BY started DESC, rowid DESC"
+             AND copy_of IS NULL ORDER BY started DESC, rowid DESC"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map([disk.to_string()], image_row)?
@@ -768,7 +872,17 @@ impl Catalog {
                         reason: format!("is of disk {}, not {disk}", img.disk_uuid),
                     });
                 }
-                img
+                // A copy names its original's point.
+                match img.copy_of {
+                    Some(o) => self.image(o)?.ok_or_else(|| CatalogError::BrokenChain {
+                        target: u,
+                        broken: o,
+                        reason: format!(
+                            "it is missing from the catalog (the original of copy {u})"
+                        ),
+                    })?,
+                    None => img,
+                }
             }
             At::Latest | At::Time(_) => {
                 let before = match at {
@@ -779,7 +893,7 @@ impl Catalog {
                     .query_row(
                         &format!(
                             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' \
-                             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC LIMIT 1"
+                             AND copy_of IS NULL AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC LIMIT 1"
                         ),
                         params![disk.to_string(), before],
                         image_row,
@@ -808,7 +922,7 @@ impl Catalog {
             Some(n) => format!("it is {} ({n})", i.status),
             None => format!("it is {}", i.status),
         };
-        if target.status != ImageStatus::Complete {
+        if !self.held_by_complete(&target)? {
             return Err(broken(tid, status_reason(&target)));
         }
         let disk = target.disk_uuid;
@@ -835,7 +949,7 @@ impl Catalog {
                             format!("it is missing from the catalog (parent of {child})"),
                         )
                     })?;
-                    if parent.status != ImageStatus::Complete {
+                    if !self.held_by_complete(&parent)? {
                         return Err(broken(p, status_reason(&parent)));
                     }
                     if parent.kind == ImageKind::Copy {

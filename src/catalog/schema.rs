@@ -169,8 +169,17 @@ ALTER TABLE images ADD COLUMN disk_label TEXT;
 CREATE INDEX images_vm_label ON images(vm_name, disk_label);
 "#;
 
+/// Migration 5: tape-to-tape copies. A copy is an image row of its own (its own UUID,
+/// segments, pool, key and content digest) whose `copy_of` names the original image it
+/// duplicates; it stands for the original in every restore chain and is never listed as
+/// a point of its own (see `Catalog::representations`).
+const V5: &str = r#"
+ALTER TABLE images ADD COLUMN copy_of TEXT;
+CREATE INDEX images_copy_of ON images(copy_of);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

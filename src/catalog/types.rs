@@ -281,6 +281,18 @@ pub struct ImageRow {
     pub digest_list: Option<String>,
     /// Why the image failed or is corrupt.
     pub note: Option<String>,
+    /// A tape-to-tape copy: the original image this row duplicates (same disk, point,
+    /// kind, parent and extents; its own cartridges, pool, key and digest). `None` for
+    /// every image that is not such a copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<Uuid>,
+}
+
+impl ImageRow {
+    /// The image this row stands for in chains: its original when it is a copy.
+    pub fn identity(&self) -> Uuid {
+        self.copy_of.unwrap_or(self.uuid)
+    }
 }
 
 /// A run of consecutive data records of one image on one cartridge: enough for a

@@ -250,8 +250,64 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         }
     }
     let report = report?;
-    out.emit(&report, || {
-        format!(
+    // The VM's point-in-time exports are no longer needed (a copy reads tape).
+    drop(live_vm);
+    // A pool with `copy_to` has each session copied at its end (pools.toml).
+    let copy_to = crate::home::pools_toml::copy_to_of(
+        &crate::home::pools_toml::load(&home.dir)?,
+        &report.pool,
+    );
+    drop(lib);
+    let (copy, copy_err) = match copy_to {
+        None => (None, None),
+        Some(to) => {
+            let ev: &dyn crate::events::Events = &term;
+            ev.note(
+                crate::events::NoteKind::Decision,
+                format!(
+                    "pool {} copies each session to pool {to} (copy_to in pools.toml): copying session {}",
+                    report.pool, report.session
+                ),
+            );
+            let req = crate::copy::CopyRequest {
+                selection: crate::copy::Selection::Session(report.session),
+                to_pool: to,
+                from_pool: None,
+                spool: None,
+                wait_for_media,
+            };
+            match super::copy_cmd::run_copy(ctx, &home, &cat, &req, &term) {
+                Ok(r) => {
+                    let refused = super::copy_cmd::refused_error(&r).err();
+                    (Some(r), refused)
+                }
+                Err(e) => (None, Some(e)),
+            }
+        }
+    };
+    #[derive(serde::Serialize)]
+    struct WithCopy<'a> {
+        #[serde(flatten)]
+        backup: &'a backup::BackupReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        copy: Option<&'a crate::copy::CopyReport>,
+    }
+    let doc = WithCopy {
+        backup: &report,
+        copy: copy.as_ref(),
+    };
+    if let Some(e) = copy_err {
+        let e = Error::Context {
+            context: format!(
+                "session {} is backed up, but copying it to the pool's copy_to pool failed (run `tapevault copy --session {}` again)",
+                report.session, report.session
+            ),
+            source: Box::new(e),
+        };
+        return super::shared::fail_with(ctx, e, &doc);
+    }
+    out.emit(&doc, || {
+        let mut s = format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",
             report.session,
             report.images.len(),
@@ -262,7 +318,12 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 .as_ref()
                 .map(|s| format!("; catalog snapshot on {} file {}", s.barcode, s.tape_file))
                 .unwrap_or_default()
-        )
+        );
+        if let Some(c) = &copy {
+            s.push('\n');
+            s.push_str(&super::copy_cmd::text(c));
+        }
+        s
     });
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::home::Home;
 
 mod backup_cmd;
 mod catalog_cmd;
+mod copy_cmd;
 mod format;
 mod generate_cmd;
 mod hook;
@@ -95,6 +96,8 @@ pub enum Command {
     Images(restore_cmd::ImagesArgs),
     /// Restore a disk at a point in time to a file or block device.
     Restore(restore_cmd::RestoreArgs),
+    /// Copy restore points into another pool, tape to tape (offsite copies).
+    Copy(copy_cmd::CopyArgs),
     /// Read back an image or a whole cartridge and check every record.
     Verify(verify_cmd::VerifyArgs),
     /// The job history: what ran, its result, bytes, duration, cartridges, error.
@@ -334,6 +337,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Key(c) => key_cmd::key(ctx, c),
         Command::Images(a) => restore_cmd::images(ctx, a),
         Command::Restore(a) => restore_cmd::restore(ctx, a),
+        Command::Copy(a) => copy_cmd::copy(ctx, a),
         Command::Verify(a) => verify_cmd::verify(ctx, a),
         Command::Jobs(a) => status_cmd::jobs(ctx, a),
         Command::Status => status_cmd::status(ctx),

@@ -144,7 +144,6 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     };
     check_restore_point(&cat, disk, at)?;
     let mut lib = home.open_library()?;
-    let prepared = restore::prepare(&cat, lib.as_mut(), disk, at)?;
     // Results on stdout, except when stdout carries the disk.
     let term = if is_stream(&a) {
         Terminal::results_on_stderr(ctx.out)
@@ -152,6 +151,57 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         Terminal::new(ctx.out)
     };
     let events: &dyn Events = &term;
+    // A point held by several images (an original and its copies): when the one read
+    // turns out damaged, it is marked and the restore runs again from another.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match restore_once(ctx, &home, &cat, lib.as_mut(), &a, disk, at, events)? {
+            None => return Ok(()),
+            Some((e, marked, again)) if again && attempt < MAX_COPY_ATTEMPTS => {
+                events.note(
+                    NoteKind::Decision,
+                    format!(
+                        "tapevault: note: image {} is damaged ({e}); another copy of the same point is complete: restoring again from it",
+                        marked.first().map(|u| u.to_string()).unwrap_or_default()
+                    ),
+                );
+            }
+            Some((e, _, _)) => return Err(e),
+        }
+    }
+}
+
+/// Restores tried in a row when the image read of a point with copies is damaged.
+const MAX_COPY_ATTEMPTS: usize = 4;
+
+/// One restore attempt. `Ok(None)`: done (or failed and reported with `fail_with`).
+/// `Ok(Some((error, marked, again)))`: failed on damage that was marked in the catalog;
+/// `again` when the damaged image's point is still held by a complete copy (or
+/// original), so a new attempt reads that one.
+#[allow(clippy::type_complexity)]
+fn restore_once(
+    ctx: &Ctx,
+    home: &crate::home::Home,
+    cat: &Catalog,
+    lib: &mut dyn tape_devices::changer::TapeLibrary,
+    a: &RestoreArgs,
+    disk: Uuid,
+    at: At,
+    events: &dyn Events,
+) -> Result<Option<(Error, Vec<Uuid>, bool)>> {
+    let prepared = restore::prepare(cat, lib, disk, at)?;
+    for u in prepared.used.iter() {
+        if let (Some(orig), Some(why)) = (u.copy_of, &u.why) {
+            events.note(
+                NoteKind::Decision,
+                format!(
+                    "tapevault: note: reading image {orig} from its copy {}: {why}",
+                    u.image
+                ),
+            );
+        }
+    }
     // Notes on stderr, also with --json (stdout stays one document).
     for sk in prepared.skipped.iter() {
         events.note(
@@ -166,12 +216,12 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             ),
         );
     }
-    match restore_prepared(ctx, &home, lib.as_mut(), &a, &prepared, events) {
-        Ok(()) => Ok(()),
+    match restore_prepared(ctx, home, lib, a, &prepared, events) {
+        Ok(()) => Ok(None),
         Err(e) => {
             // Damage found on the way is remembered: the image and every image built
             // on it are marked corrupt, so the next restore and backup pass them over.
-            let marked = restore::record_damage(&cat, &prepared, &e).unwrap_or_else(|me| {
+            let marked = restore::record_damage(cat, &prepared, &e).unwrap_or_else(|me| {
                 events.note(
                     NoteKind::Warning,
                     format!(
@@ -180,6 +230,18 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
                 );
                 Vec::new()
             });
+            // Another complete image of the same point: try again from it.
+            if let Some(first) = marked.first() {
+                let point = cat.image(*first)?.map(|r| r.identity());
+                if let Some(orig) = point.and_then(|p| cat.image(p).ok().flatten()) {
+                    let others = cat.representations(&orig)?.into_iter().any(|r| {
+                        r.uuid != *first && r.status == crate::catalog::ImageStatus::Complete
+                    });
+                    if others {
+                        return Ok(Some((e, marked, true)));
+                    }
+                }
+            }
             if let Some((first, rest)) = marked.split_first() {
                 events.note(
                     NoteKind::Warning,
@@ -209,6 +271,7 @@ pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
                     skipped: &prepared.skipped,
                 },
             )
+            .map(|()| None)
         }
     }
 }
@@ -327,7 +390,7 @@ fn restore_prepared(
     ctx.out.info(format!(
         "restoring disk {} as of image {} ({} {}, {} bytes) from {} image(s) to {}",
         target.disk_uuid,
-        target.uuid,
+        target.identity(),
         target.kind,
         crate::timefmt::show(&target.started),
         target.disk_size,
@@ -427,6 +490,19 @@ struct ImageEntry {
     note: Option<String>,
     /// Depth below the chain's root (0 = the full).
     depth: usize,
+    /// Tape-to-tape copies of this point (`tapevault copy`), any status.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    copies: Vec<CopyEntry>,
+}
+
+/// A tape-to-tape copy of an image, listed under its original.
+#[derive(Debug, Serialize)]
+struct CopyEntry {
+    uuid: Uuid,
+    pool: Option<String>,
+    status: ImageStatus,
+    cartridges: Vec<String>,
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -455,7 +531,24 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
         }
     }
     let why = cat.unrestorable_reason(i)?;
+    let mut copies = Vec::new();
+    for c in cat.copies_of(i.uuid)? {
+        let mut carts: Vec<String> = Vec::new();
+        for s in cat.segments(c.uuid)? {
+            if !carts.contains(&s.barcode) {
+                carts.push(s.barcode);
+            }
+        }
+        copies.push(CopyEntry {
+            uuid: c.uuid,
+            pool: c.pool,
+            status: c.status,
+            cartridges: carts,
+            note: c.note,
+        });
+    }
     Ok(ImageEntry {
+        copies,
         uuid: i.uuid,
         kind: i.kind,
         parent: i.parent_uuid,
@@ -481,6 +574,13 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
 /// an image whose parent is not in the catalog) followed by its descendants, depth
 /// first in time order.
 fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
+    // Copies are listed under their original, not as points of their own.
+    let images: Vec<ImageRow> = images
+        .iter()
+        .filter(|i| i.copy_of.is_none())
+        .cloned()
+        .collect();
+    let images = &images[..];
     let known: HashMap<Uuid, usize> = images
         .iter()
         .enumerate()
@@ -622,6 +722,23 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                             .map(|n| format!("  ({n})"))
                             .unwrap_or_default()
                     ));
+                    for c in &e.copies {
+                        s.push_str(&format!(
+                            "      copy {} in pool {} {:<10} {}{}\n",
+                            c.uuid,
+                            c.pool.as_deref().unwrap_or("?"),
+                            c.status.as_str(),
+                            if c.cartridges.is_empty() {
+                                "-".to_string()
+                            } else {
+                                c.cartridges.join(",")
+                            },
+                            c.note
+                                .as_deref()
+                                .map(|n| format!("  ({n})"))
+                                .unwrap_or_default()
+                        ));
+                    }
                 }
             }
         }

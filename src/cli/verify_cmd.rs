@@ -39,12 +39,37 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
     match (a.image, a.barcode) {
         (Some(name), None) => {
             let id = cat.resolve_image(&name, None)?;
-            let img = cat
+            let mut img = cat
                 .image(id)?
                 .ok_or_else(|| Error::Usage(format!("image {id} is not in the catalog")))?;
+            let term = Terminal::new(ctx.out);
+            // An original whose cartridges are not in the library (offsite, exported)
+            // is verified through a complete copy that is, said out loud.
+            if img.copy_of.is_none() {
+                let (_, present) = crate::media::allocate::sync_inventory(&cat, lib.as_mut())?;
+                let away = cat
+                    .segments(id)?
+                    .iter()
+                    .any(|s| !present.contains(&s.barcode));
+                if away {
+                    let (c, chosen) = crate::copy::choose(&cat, &img, &present)?;
+                    if c.uuid != id {
+                        let ev: &dyn crate::events::Events = &term;
+                        ev.note(
+                            crate::events::NoteKind::Decision,
+                            format!(
+                                "tapevault: note: verifying image {id} through its copy {}: {}",
+                                c.uuid,
+                                chosen.why.unwrap_or_default()
+                            ),
+                        );
+                        img = c;
+                    }
+                }
+            }
+            let id = img.uuid;
             let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
             let keys = unlock_keys(ctx, &home, &fps)?;
-            let term = Terminal::new(ctx.out);
             let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, &term)?;
             if !r.ok {
                 let msg = format!(

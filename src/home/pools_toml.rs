@@ -14,6 +14,15 @@
 //! escrow = true
 //! offsite = "ironmountain"      # finished sets go to this vault (see `tapevault rotate`)
 //! offsite_when = "written"      # ... as soon as written (default "finished")
+//!
+//! [pools.nightly]
+//! allocation = "daily"
+//! copy_to = "vaultcopy"          # each session is copied to this pool at its end;
+//!                                # rotate sends the copies offsite, keeps these on site
+//!
+//! [pools.vaultcopy]
+//! allocation = "per-session"
+//! offsite = "ironmountain"      # where the copies go (default: nightly's offsite, else "offsite")
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`
@@ -67,6 +76,11 @@ pub struct PoolSpec {
     /// leaves the catalog's policy of this pool alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offsite_only: bool,
+    /// A pool every backup session of this pool is copied to at its end (`tapevault
+    /// copy`); `rotate` then sends that pool's finished sets offsite and keeps this
+    /// pool's on site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_to: Option<String>,
 }
 
 pub fn path(home: &Path) -> PathBuf {
@@ -112,9 +126,34 @@ pub fn offsite_when(f: &PoolsFile, pool: &str) -> OffsiteWhen {
         .unwrap_or_default()
 }
 
-/// The vault finished sets of `pool` go to, if any.
+/// The vault finished sets of `pool` go to, if any. A pool that others copy to
+/// (`copy_to`) goes to its own `offsite`, else that of a pool copying to it, else the
+/// vault `offsite`; a pool that is copied (has `copy_to`) stays on site.
 pub fn offsite_of(f: &PoolsFile, pool: &str) -> Option<String> {
-    f.pools.get(pool).and_then(|s| s.offsite.clone())
+    let own = f.pools.get(pool).and_then(|s| s.offsite.clone());
+    let sources: Vec<&String> = f
+        .pools
+        .iter()
+        .filter(|(_, s)| s.copy_to.as_deref() == Some(pool))
+        .map(|(n, _)| n)
+        .collect();
+    if !sources.is_empty() {
+        return own
+            .or_else(|| sources.iter().find_map(|p| f.pools[*p].offsite.clone()))
+            .or_else(|| Some(DEFAULT_COPY_VAULT.to_string()));
+    }
+    if copy_to_of(f, pool).is_some() {
+        return None;
+    }
+    own
+}
+
+/// The vault copies go to when neither pool names one.
+pub const DEFAULT_COPY_VAULT: &str = "offsite";
+
+/// The pool each session of `pool` is copied to, if any.
+pub fn copy_to_of(f: &PoolsFile, pool: &str) -> Option<String> {
+    f.pools.get(pool).and_then(|s| s.copy_to.clone())
 }
 
 /// Set or clear the offsite vault of a pool in `<home>/pools.toml`.

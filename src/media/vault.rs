@@ -481,6 +481,9 @@ pub struct PullList {
     pub cartridges: Vec<PullItem>,
     /// Barcodes to fetch from outside the library.
     pub to_fetch: Vec<String>,
+    /// For each image of the chain: the image read for it, the original or a
+    /// tape-to-tape copy in the library, and why a copy.
+    pub used: Vec<crate::copy::Chosen>,
 }
 
 /// The cartridges a restore of `disk` at `at` needs, in the order the restore reads
@@ -510,8 +513,9 @@ pub fn pull_list(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -
         .collect();
     Ok(PullList {
         disk,
-        chain: prepared.chain.iter().map(|i| i.uuid).collect(),
+        chain: prepared.chain.iter().map(|i| i.identity()).collect(),
         cartridges: items,
         to_fetch,
+        used: prepared.used,
     })
 }

@@ -147,6 +147,8 @@ pub(super) fn build_image(
         },
         digest_list: None,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
+        // A tape-to-tape copy says so in its header (format 1.1).
+        copy_of: h0.copy_of.map(Uuid::from_bytes),
     };
     let extents = if complete && damaged == 0 {
         let mut v: Vec<catalog::Extent> = Vec::new();

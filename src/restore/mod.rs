@@ -46,7 +46,7 @@ pub use plan::{prepare, Prepared};
 pub use planner::{plan_restore, CoveredExtent, ImagePlan, PlanError, RestorePlan};
 pub use pull_list::{check_pull_list, pull_list_text, PullItem};
 pub(crate) use read_image::problem_text;
-pub use read_image::{read_image, ImageRead};
+pub use read_image::{read_image, read_image_records, ImageRead};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,6 +82,9 @@ pub struct ImageUse {
     pub zero_bytes: u64,
     /// None when nothing had to be read from it (all superseded, or zeros only).
     pub read: Option<ImageRead>,
+    /// Set when `image` is a tape-to-tape copy: the original (the point) it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +106,9 @@ pub struct RestoreReport {
     /// Newer images at or before the point asked for that were passed over because
     /// they cannot be restored (newest first), each with why.
     pub skipped: Vec<Skipped>,
+    /// For each image of the chain: the point and the image read for it (the original
+    /// or a tape-to-tape copy), and why a copy was taken.
+    pub used: Vec<crate::copy::Chosen>,
 }
 
 /// Where and how [`run`] writes.
@@ -223,6 +229,7 @@ fn run_into(
                     data_bytes: plan.data.total_bytes(),
                     zero_bytes: plan.zero.total_bytes(),
                     read: None,
+                    copy_of: img.copy_of,
                 });
             }
             for &i in &p.order {
@@ -301,7 +308,7 @@ fn run_into(
     }
     Ok(RestoreReport {
         disk: p.disk,
-        image: target.uuid,
+        image: target.identity(),
         at: target.started,
         to,
         disk_size: size,
@@ -311,5 +318,6 @@ fn run_into(
         pull_list: p.pull_list.clone(),
         images: uses.into_iter().flatten().collect(),
         skipped: p.skipped.clone(),
+        used: p.used.clone(),
     })
 }

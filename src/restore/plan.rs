@@ -27,6 +27,9 @@ pub struct Prepared {
     /// Newer images at or before the point asked for that cannot be restored, newest
     /// first, with why (empty for `--image`).
     pub skipped: Vec<Skipped>,
+    /// For each chain image (same order): the point and the image read for it, the
+    /// original or a tape-to-tape copy ([`crate::copy::choose`]), and why a copy.
+    pub used: Vec<crate::copy::Chosen>,
     /// Set by [`run`] when an image failed its integrity checks: the image to mark.
     pub(super) damaged: std::cell::Cell<Option<Uuid>>,
 }
@@ -64,7 +67,16 @@ impl Prepared {
 /// Resolve the chain, plan it, and build the pull list. Refreshes the catalog's view
 /// of the library so the pull list says where each cartridge is.
 pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> Result<Prepared> {
-    let (chain, skipped) = cat.restore_point(disk, at)?;
+    let (points, skipped) = cat.restore_point(disk, at)?;
+    let (_, present) = sync_inventory(cat, lib)?;
+    // Each point is read from its original or a copy, whichever is in the library.
+    let mut chain = Vec::with_capacity(points.len());
+    let mut used = Vec::with_capacity(points.len());
+    for p in &points {
+        let (img, c) = crate::copy::choose(cat, p, &present)?;
+        chain.push(img);
+        used.push(c);
+    }
     let target_size = chain.last().expect("never empty").disk_size;
     let mut covered = Vec::with_capacity(chain.len());
     let mut segments = Vec::with_capacity(chain.len());
@@ -104,6 +116,7 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
         order: Vec::new(),
         pull_list: Vec::new(),
         skipped,
+        used,
         damaged: std::cell::Cell::new(None),
     };
     // Media order: cartridges ranked by first use in chain order, then by block.
@@ -129,7 +142,6 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
     }
     keyed.sort();
     prepared.order = keyed.into_iter().map(|(_, _, i)| i).collect();
-    let (_, present) = sync_inventory(cat, lib)?;
     let reads: Vec<(Uuid, Vec<&Segment>)> = prepared
         .order
         .iter()

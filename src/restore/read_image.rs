@@ -18,6 +18,10 @@ use crate::codec::{KeyRing, OpenError, Opener};
 use crate::crypto::to_hex;
 use crate::error::{Context, Error, Result};
 
+/// What [`read_image_records`] hands on for each data record: the block as read, its
+/// extents and its authenticated plain bytes.
+pub type OnRecord<'a> = dyn FnMut(&[u8], &[tape_formats::Extent], &[u8]) -> Result<()> + 'a;
+
 /// What reading one image found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRead {
@@ -151,10 +155,19 @@ pub fn read_image(
     needed: &dyn Fn(&Segment) -> bool,
     on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<ImageRead> {
+    let wanted: Vec<bool> = segments.iter().map(needed).collect();
+    if wanted.iter().all(|&w| w) {
+        return read_image_records(
+            reader,
+            keys,
+            opener,
+            image,
+            segments,
+            &mut |_, ext, plain| deliver(ext, plain, on_data),
+        );
+    }
     let parts = parts_of(image, segments)?;
     let key = expected_key(image)?;
-    let wanted: Vec<bool> = segments.iter().map(needed).collect();
-    let all = wanted.iter().all(|&w| w);
     let mut out = ImageRead {
         image: image.uuid,
         records_read: 0,
@@ -165,91 +178,6 @@ pub fn read_image(
         cartridges: Vec::new(),
     };
     let mut plain = Vec::new();
-    if all {
-        // An encrypted image's content digest is keyed: reading it whole needs the
-        // image's key (as decrypting its records does).
-        let digest_key = keys.digest_key_of(key.as_ref()).map_err(|fp| {
-            Error::Key(format!(
-                "image {} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`",
-                image.uuid
-            ))
-        })?;
-        if segments.is_empty() {
-            // An image without records (an incremental with no changes): nothing on
-            // tape to read; its digest is that of no records.
-            let empty = to_hex(&ContentDigest::with_key(digest_key).finalize());
-            out.digest_checked = image.content_digest.as_deref() == Some(empty.as_str());
-            return Ok(out);
-        }
-        let mut joiner = PartJoiner::new();
-        let mut digest = ContentDigest::with_key(digest_key);
-        for part in &parts {
-            let first = &part[0];
-            if !out.cartridges.contains(&first.barcode) {
-                out.cartridges.push(first.barcode.clone());
-            }
-            let header_block = first.first_block.checked_sub(1).ok_or_else(|| {
-                Error::Failed(format!(
-                    "catalog segment of image {} starts at block 0: run `tapevault catalog check`",
-                    image.uuid
-                ))
-            })?;
-            reader.seek(&first.barcode, first.tape_file, header_block, header_block)?;
-            read_part_whole(
-                reader,
-                keys,
-                opener,
-                image,
-                first,
-                &mut joiner,
-                &mut digest,
-                &mut plain,
-                &mut out,
-                on_data,
-            )?;
-            out.segments_read += part.len();
-        }
-        let bc = parts
-            .last()
-            .map(|p| p[0].barcode.clone())
-            .unwrap_or_default();
-        let last = joiner
-            .finish()
-            .map_err(|e| Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None))))?;
-        let got = digest.finalize();
-        if got != last.digest {
-            return Err(Error::Integrity(format!(
-                "{}: content digest of the records read ({}) differs from the trailer's ({})",
-                at(image.uuid, &bc, None),
-                to_hex(&got),
-                to_hex(&last.digest)
-            )));
-        }
-        match image.content_digest.as_deref() {
-            Some(d) if d.eq_ignore_ascii_case(&to_hex(&got)) => {}
-            Some(d) => {
-                return Err(Error::Integrity(format!(
-                    "image {}: content digest on tape ({}) differs from the catalog's ({d})",
-                    image.uuid,
-                    to_hex(&got)
-                )))
-            }
-            None => {
-                return Err(Error::Failed(format!(
-                    "image {} has no content digest in the catalog",
-                    image.uuid
-                )))
-            }
-        }
-        if image.records != 0 && out.records_read != image.records {
-            return Err(Error::Integrity(format!(
-                "image {}: {} records on tape, the catalog says {}",
-                image.uuid, out.records_read, image.records
-            )));
-        }
-        out.digest_checked = true;
-        return Ok(out);
-    }
     // Header block of each part's tape file (for drives that space instead of locating).
     let file_starts: HashMap<u32, u64> = parts
         .iter()
@@ -326,6 +254,119 @@ pub fn read_image(
     Ok(out)
 }
 
+/// Read an image whole, every part from its header to its trailer, with the format's
+/// stream checks ([`PartChecker`], [`PartJoiner`]), and check its content digest
+/// against the final trailer and the catalog. `on_record` receives each data record as
+/// it was read (the raw block), its extents and its authenticated plain bytes, in
+/// sequence order; a caller that acts on them (a copy) must wait for `Ok` before it
+/// trusts the whole, as the digest is checked at the end. Errors as [`read_image`].
+pub fn read_image_records(
+    reader: &mut MediaReader<'_>,
+    keys: &KeyRing,
+    opener: &mut Opener,
+    image: &ImageRow,
+    segments: &[Segment],
+    on_record: &mut OnRecord<'_>,
+) -> Result<ImageRead> {
+    let parts = parts_of(image, segments)?;
+    let key = expected_key(image)?;
+    let mut out = ImageRead {
+        image: image.uuid,
+        records_read: 0,
+        records_skipped: 0,
+        segments_read: 0,
+        segments_skipped: 0,
+        digest_checked: false,
+        cartridges: Vec::new(),
+    };
+    let mut plain = Vec::new();
+    {
+        // An encrypted image's content digest is keyed: reading it whole needs the
+        // image's key (as decrypting its records does).
+        let digest_key = keys.digest_key_of(key.as_ref()).map_err(|fp| {
+            Error::Key(format!(
+                "image {} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`",
+                image.uuid
+            ))
+        })?;
+        if segments.is_empty() {
+            // An image without records (an incremental with no changes): nothing on
+            // tape to read; its digest is that of no records.
+            let empty = to_hex(&ContentDigest::with_key(digest_key).finalize());
+            out.digest_checked = image.content_digest.as_deref() == Some(empty.as_str());
+            return Ok(out);
+        }
+        let mut joiner = PartJoiner::new();
+        let mut digest = ContentDigest::with_key(digest_key);
+        for part in &parts {
+            let first = &part[0];
+            if !out.cartridges.contains(&first.barcode) {
+                out.cartridges.push(first.barcode.clone());
+            }
+            let header_block = first.first_block.checked_sub(1).ok_or_else(|| {
+                Error::Failed(format!(
+                    "catalog segment of image {} starts at block 0: run `tapevault catalog check`",
+                    image.uuid
+                ))
+            })?;
+            reader.seek(&first.barcode, first.tape_file, header_block, header_block)?;
+            read_part_whole(
+                reader,
+                keys,
+                opener,
+                image,
+                first,
+                &mut joiner,
+                &mut digest,
+                &mut plain,
+                &mut out,
+                on_record,
+            )?;
+            out.segments_read += part.len();
+        }
+        let bc = parts
+            .last()
+            .map(|p| p[0].barcode.clone())
+            .unwrap_or_default();
+        let last = joiner
+            .finish()
+            .map_err(|e| Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None))))?;
+        let got = digest.finalize();
+        if got != last.digest {
+            return Err(Error::Integrity(format!(
+                "{}: content digest of the records read ({}) differs from the trailer's ({})",
+                at(image.uuid, &bc, None),
+                to_hex(&got),
+                to_hex(&last.digest)
+            )));
+        }
+        match image.content_digest.as_deref() {
+            Some(d) if d.eq_ignore_ascii_case(&to_hex(&got)) => {}
+            Some(d) => {
+                return Err(Error::Integrity(format!(
+                    "image {}: content digest on tape ({}) differs from the catalog's ({d})",
+                    image.uuid,
+                    to_hex(&got)
+                )))
+            }
+            None => {
+                return Err(Error::Failed(format!(
+                    "image {} has no content digest in the catalog",
+                    image.uuid
+                )))
+            }
+        }
+        if image.records != 0 && out.records_read != image.records {
+            return Err(Error::Integrity(format!(
+                "image {}: {} records on tape, the catalog says {}",
+                image.uuid, out.records_read, image.records
+            )));
+        }
+        out.digest_checked = true;
+        Ok(out)
+    }
+}
+
 /// Hand a record's data extents to `on_data` (zero extents carry no bytes).
 fn deliver(
     extents: &[tape_formats::Extent],
@@ -362,7 +403,7 @@ fn read_part_whole(
     digest: &mut ContentDigest,
     plain: &mut Vec<u8>,
     out: &mut ImageRead,
-    on_data: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    on_record: &mut OnRecord<'_>,
 ) -> Result<()> {
     let bc = first.barcode.clone();
     let header_block = first.first_block - 1;
@@ -388,7 +429,8 @@ fn read_part_whole(
                 return Ok(());
             }
         };
-        let decoded = decode_block(reader.block(n));
+        let raw = reader.block(n);
+        let decoded = decode_block(raw);
         let verdict = checker.check(rel, decoded.as_ref());
         if let Some(p) = verdict.problem {
             return Err(Error::Integrity(format!(
@@ -424,7 +466,7 @@ fn read_part_whole(
                 digest.update_record(&rec.extents, plain).map_err(|e| {
                     Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, Some(block))))
                 })?;
-                deliver(&rec.extents, plain, on_data)?;
+                on_record(raw, &rec.extents, plain)?;
                 out.records_read += 1;
             }
             Ok(Block::ImageTrailer(t)) => {

@@ -27,6 +27,9 @@ pub struct ImageVerifyReport {
     pub read: Option<ImageRead>,
     /// Why it failed (also the error the command exits with).
     pub error: Option<String>,
+    /// Set when the image verified is a tape-to-tape copy: the original it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<Uuid>,
 }
 
 /// Cartridges an image is read from, in order, with where they are.
@@ -123,6 +126,7 @@ pub fn verify_image(
         pull_list,
         read: None,
         error: None,
+        copy_of: img.copy_of,
     };
     match result {
         Ok(read) if read.digest_checked => {

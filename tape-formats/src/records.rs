@@ -319,9 +319,36 @@ pub struct ImageHeader {
     pub vm_name: String,
     pub change_id: String,
     pub from_change_id: Option<String>,
+    /// Set on a tape-to-tape copy: the image UUID of the original this image is a copy
+    /// of (format 1.1, extension entry [`EXT_COPY_OF`]). A copy stands for its original
+    /// in every chain: a reader looking for image X may read any image whose `copy_of`
+    /// is X instead. `None` on every image that is not such a copy.
+    pub copy_of: Option<[u8; 16]>,
 }
 
 const R_IHDR: &str = "image header";
+
+/// Extension entry type (format 1.1) of an image header: the 16-byte image UUID of the
+/// original this image is a tape-to-tape copy of.
+pub const EXT_COPY_OF: u16 = 0x0001;
+/// Minor version written in the prefix of an image header that carries an extension
+/// entry defined by 1.1 ([`EXT_COPY_OF`]); every other block is written as 1.0.
+pub const COPY_HEADER_MINOR: u16 = 1;
+
+/// The extension entries of a header's extension area (already checked to frame by
+/// `check_extensions`): `(type, value)` in order.
+pub fn extension_entries(mut ext: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if ext.len() < 4 {
+            return None;
+        }
+        let ty = u16::from_le_bytes([ext[0], ext[1]]);
+        let len = u16::from_le_bytes([ext[2], ext[3]]) as usize;
+        let v = ext.get(4..4 + len)?;
+        ext = &ext[4 + len..];
+        Some((ty, v))
+    })
+}
 
 impl ImageHeader {
     /// The header for the next part of this image, after `trailer` (status
@@ -395,6 +422,14 @@ impl ImageHeader {
             out.truncate(start);
             return Err(e);
         }
+        if let Some(orig) = &self.copy_of {
+            // Format 1.1: one extension entry; the prefix says minor 1 and ext_len.
+            put_u16(out, EXT_COPY_OF);
+            put_u16(out, 16);
+            out.extend_from_slice(orig);
+            out[start + 10..start + 12].copy_from_slice(&COPY_HEADER_MINOR.to_le_bytes());
+            out[start + 14..start + 16].copy_from_slice(&20u16.to_le_bytes());
+        }
         finish_header(out, start, 0, true, R_IHDR)
     }
 
@@ -461,6 +496,7 @@ impl ImageHeader {
             vm_name,
             change_id,
             from_change_id,
+            copy_of: None,
         };
         h.validate()?;
         Ok(h)
@@ -1208,8 +1244,15 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         record_type::IMAGE_HEADER => {
             no_payload(&p, R_IHDR)?;
             let mut c = Cur::new(body, R_IHDR);
-            let v = ImageHeader::decode(&mut c)?;
+            let mut v = ImageHeader::decode(&mut c)?;
             c.end()?;
+            for (ty, val) in extension_entries(&block[body_end..p.header_len]) {
+                if ty == EXT_COPY_OF {
+                    v.copy_of = Some(val.try_into().map_err(|_| FormatError::BadExtension {
+                        reason: "the image header's copy-of entry is not 16 bytes",
+                    })?);
+                }
+            }
             Block::ImageHeader(v)
         }
         record_type::IMAGE_TRAILER => {
@@ -1280,3 +1323,67 @@ fn check_payload_crc(stored: u32, payload: &[u8]) -> Result<(), FormatError> {
 
 /// Byte offset of the header CRC (for documentation and tests).
 pub const HEADER_CRC_OFFSET: usize = CRC_OFFSET;
+
+#[cfg(test)]
+mod copy_header_tests {
+    use super::*;
+
+    fn header(copy_of: Option<[u8; 16]>) -> ImageHeader {
+        ImageHeader {
+            image_uuid: [1; 16],
+            disk_uuid: [2; 16],
+            session_uuid: [3; 16],
+            parent_image_uuid: Some([4; 16]),
+            kind: ImageKind::Incremental,
+            part: 0,
+            first_sequence: 0,
+            disk_size: 1 << 20,
+            tracking_block_size: 65536,
+            record_data_size: 524288,
+            time: 1,
+            compression: Compression::None,
+            cipher: Cipher::None,
+            vm_name: String::new(),
+            change_id: String::new(),
+            from_change_id: None,
+            copy_of,
+        }
+    }
+
+    #[test]
+    fn a_copy_header_is_format_1_1_with_the_original_in_its_extension_area() {
+        let mut b = Vec::new();
+        header(Some([9; 16])).encode(&mut b).unwrap();
+        assert_eq!(u16::from_le_bytes([b[10], b[11]]), COPY_HEADER_MINOR);
+        assert_eq!(u16::from_le_bytes([b[14], b[15]]), 20);
+        match decode_block(&b).unwrap() {
+            Block::ImageHeader(h) => assert_eq!(h.copy_of, Some([9; 16])),
+            other => panic!("{other:?}"),
+        }
+        // Not a copy: exactly the 1.0 bytes as before, no extension area.
+        let mut plain = Vec::new();
+        header(None).encode(&mut plain).unwrap();
+        assert_eq!(u16::from_le_bytes([plain[10], plain[11]]), 0);
+        assert_eq!(plain.len() + 20, b.len());
+        match decode_block(&plain).unwrap() {
+            Block::ImageHeader(h) => assert_eq!(h.copy_of, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_copy_of_entry_of_the_wrong_length_is_refused() {
+        let mut b = Vec::new();
+        header(Some([9; 16])).encode(&mut b).unwrap();
+        // Cut the value to 15 bytes: entry len 15, ext_len 19, header_len - 1.
+        let n = b.len();
+        b.remove(n - 1);
+        b[n - 18..n - 16].copy_from_slice(&15u16.to_le_bytes());
+        b[14..16].copy_from_slice(&19u16.to_le_bytes());
+        let hl = (n - 1) as u32;
+        b[16..20].copy_from_slice(&hl.to_le_bytes());
+        let crc = crate::wire::header_crc(&b);
+        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_block(&b).is_err());
+    }
+}

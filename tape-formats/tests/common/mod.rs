@@ -126,6 +126,7 @@ pub fn arb_header() -> impl Strategy<Value = ImageHeader> {
                     vm_name: vm,
                     change_id: ch,
                     from_change_id: from,
+                    copy_of: None,
                 }
             },
         )
@@ -213,5 +214,6 @@ pub fn fixed_header() -> ImageHeader {
         vm_name: "web01".into(),
         change_id: "52 de c0 7e/42".into(),
         from_change_id: Some("52 de c0 7e/41".into()),
+        copy_of: None,
     }
 }

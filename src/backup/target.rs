@@ -1,0 +1,283 @@
+//! Writing images that do not come from a disk: the writing half of a backup session
+//! (pool, key, pool lock, media set, session, cartridges, the bounded pipeline with
+//! spanning, the session end) for jobs that build an image from other records, such as
+//! tape-to-tape copies ([`crate::copy`]) and synthetic fulls. The records are written
+//! under the target pool's policy: its compression, its key with fresh nonces.
+
+use std::collections::HashSet;
+
+use tape_formats::{Cipher, ImageHeader};
+use uuid::Uuid;
+
+use crate::catalog::{
+    self, Catalog, MediaSetRow, MediaState, PoolRow, SessionStatus, SnapshotLocation,
+};
+use crate::codec::Sealer;
+use crate::error::{Error, Result};
+use crate::events::{Events, NoteKind};
+use crate::home::locks::JobLock;
+use crate::home::Home;
+use crate::media::allocate::session_media_set;
+use crate::pipeline::StageTimes;
+use tape_devices::changer::TapeLibrary;
+use tape_devices::drive::DriveError;
+
+use super::*;
+
+/// An image as written: what the catalog commit needs.
+#[derive(Debug, Clone)]
+pub struct WrittenImage {
+    pub records: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub stored_bytes: u64,
+    /// Content digest of the image as written (keyed with the target pool's key when
+    /// it is encrypted).
+    pub digest: [u8; 32],
+    pub segments: Vec<catalog::Segment>,
+    pub coverage: Vec<catalog::Extent>,
+    pub cartridges: Vec<String>,
+    pub stages: StageTimes,
+}
+
+/// The pool's sealer from its unlocked key (None for a clear pool); a key that is not
+/// the pool's, or none for an encrypted pool, is exit 5.
+pub(super) fn pool_sealer(
+    home: &Home,
+    pool: &PoolRow,
+    key: Option<KeyMaterial>,
+    action: &str,
+) -> Result<Option<(Sealer, Option<String>)>> {
+    match (&pool.key_fingerprint, key) {
+        (None, _) => Ok(None),
+        (Some(fp), Some(k)) => {
+            if &k.key.fingerprint_hex() != fp {
+                return Err(Error::Key(format!(
+                    "pool {} is encrypted with key {fp}, but key {} was given",
+                    pool.name,
+                    k.key.fingerprint_hex()
+                )));
+            }
+            let nonces =
+                crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
+            Ok(Some((Sealer::new(k.key, nonces), k.passphrase)))
+        }
+        (Some(fp), None) => Err(Error::Key(format!(
+            "pool {} is encrypted with key {fp}; unlock it to {action}",
+            pool.name
+        ))),
+    }
+}
+
+/// A writing session in one pool: holds the pool lock; images go to the pool's media
+/// set one after the other; [`ImageTarget::finish`] writes the session's catalog
+/// snapshot and end-of-session marker.
+pub struct ImageTarget<'a> {
+    job: Job<'a>,
+    _lock: JobLock,
+    set: MediaSetRow,
+}
+
+impl<'a> ImageTarget<'a> {
+    /// Open a session in `pool` for `what` (named in the lock, e.g. "copy to pool X").
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        home: &'a Home,
+        cat: &'a Catalog,
+        lib: &'a mut dyn TapeLibrary,
+        pool: &PoolRow,
+        key: Option<KeyMaterial>,
+        wait_for_media: bool,
+        what: &str,
+        events: &'a dyn Events,
+    ) -> Result<ImageTarget<'a>> {
+        let sealer = pool_sealer(home, pool, key, what)?;
+        let lock = JobLock::try_acquire(
+            &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
+            what,
+        )?;
+        if let Some(note) = &lock.stale_note {
+            events.note(
+                NoteKind::Recovery,
+                format!(
+                    "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
+                    pool.name
+                ),
+            );
+        }
+        let now = crate::home::clock::now();
+        let set = session_media_set(cat, pool, now)?;
+        let session = cat.begin_session(&pool.name, Some(set.uuid))?;
+        let (sealer, passphrase) = match sealer {
+            Some((s, p)) => (Some(s), p),
+            None => (None, None),
+        };
+        let mut tape = Tape {
+            cat,
+            lib,
+            pool: pool.clone(),
+            set: set.clone(),
+            present: HashSet::new(),
+            exclude: HashSet::new(),
+            current: None,
+            escrow: None,
+            events,
+            wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
+                max: std::time::Duration::from_secs(home.config.media_wait_secs),
+                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
+            }),
+        };
+        if pool.escrow {
+            if let (Some(s), Some(p)) = (&sealer, &passphrase) {
+                tape.escrow = Some(crate::crypto::escrow::wrap(
+                    &s.key,
+                    p.as_bytes(),
+                    crate::crypto::KdfParams::default(),
+                )?);
+            }
+        }
+        Ok(ImageTarget {
+            job: Job {
+                home,
+                tape,
+                sealer,
+                session: session.uuid,
+                image_parts: 0,
+                seal_buf: Vec::new(),
+            },
+            _lock: lock,
+            set,
+        })
+    }
+
+    pub fn session(&self) -> Uuid {
+        self.job.session
+    }
+
+    pub fn pool(&self) -> &PoolRow {
+        &self.job.tape.pool
+    }
+
+    pub fn media_set(&self) -> Uuid {
+        self.set.uuid
+    }
+
+    /// The cipher records are sealed with (the pool's key), for image headers.
+    pub fn cipher(&self) -> Cipher {
+        self.job
+            .sealer
+            .as_ref()
+            .map_or(Cipher::None, Sealer::cipher)
+    }
+
+    /// The key of the content digest of images written here (None: clear pool).
+    pub fn digest_key(&self) -> Option<[u8; 32]> {
+        self.job.sealer.as_ref().map(|s| *s.key.digest_key())
+    }
+
+    /// Mount a cartridge of the set (if none is) and say the most plain bytes a record
+    /// may carry on its drive.
+    pub fn max_record_data_size(&mut self) -> Result<usize> {
+        self.job.tape.ensure_mounted()?;
+        let max_block = self
+            .job
+            .tape
+            .current()
+            .sink
+            .as_ref()
+            .map(|s| s.drive.max_block_size())
+            .unwrap_or(tape_formats::MAX_BLOCK_SIZE)
+            .min(tape_formats::MAX_BLOCK_SIZE);
+        record_data_size_for(max_block).ok_or_else(|| {
+            Error::Failed(format!(
+                "the drive's largest block ({max_block} bytes) is too small for tapevault records"
+            ))
+        })
+    }
+
+    /// The cartridge being written, if one is mounted.
+    pub fn current_barcode(&self) -> Option<String> {
+        self.job.tape.current.as_ref().map(|c| c.barcode.clone())
+    }
+
+    /// Put the cartridge being written away (flushed), e.g. to free the only drive.
+    pub fn release(&mut self) -> Result<()> {
+        self.job.tape.release()
+    }
+
+    /// Write one image: `header` (part 0) then the records `fill` produces, until it
+    /// returns `false`; the trailer, filemark and flush. On error, the cartridge is
+    /// marked as the drive error says (damaged after a media error, full at end of
+    /// medium) and nothing is committed: the caller fails its image row.
+    pub fn write_image(
+        &mut self,
+        header: ImageHeader,
+        label: String,
+        total: u64,
+        fill: &mut FillRecord<'_>,
+    ) -> Result<WrittenImage> {
+        let r = (|| -> Result<image::ImageProgress> {
+            let mut st = self.job.stream_records(header, label, total, fill)?;
+            self.job.close_image(&mut st)?;
+            Ok(st)
+        })();
+        match r {
+            Ok(st) => Ok(WrittenImage {
+                records: st.records,
+                data_bytes: st.data_bytes,
+                zero_bytes: st.zero_bytes,
+                stored_bytes: st.stored_bytes,
+                digest: st.digest,
+                segments: st.segments,
+                coverage: st.coverage,
+                cartridges: st.cartridges,
+                stages: st.stages,
+            }),
+            Err(e) => {
+                let cat = self.job.tape.cat;
+                if let Some(c) = &self.job.tape.current {
+                    match root_drive_error(&e) {
+                        Some(DriveError::MediaError { .. }) | Some(DriveError::Io { .. }) => {
+                            let _ = cat.add_media_errors(&c.barcode, 1);
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Damaged);
+                        }
+                        Some(DriveError::EndOfMedium) => {
+                            let _ = cat.set_media_state(&c.barcode, MediaState::Full);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// End the session: complete in the catalog, the catalog snapshot of the media set
+    /// and the end-of-session marker on tape, the cartridge put away.
+    pub fn finish(mut self) -> Result<SnapshotLocation> {
+        let cat = self.job.tape.cat;
+        let r = (|| -> Result<SnapshotLocation> {
+            cat.finish_session(self.job.session, SessionStatus::Complete)?;
+            self.job.tape.touch()?;
+            self.job.write_session_end()
+        })();
+        let released = self.job.tape.release();
+        match r {
+            Ok(loc) => {
+                released?;
+                Ok(loc)
+            }
+            Err(e) => {
+                let _ = cat.finish_session(self.job.session, SessionStatus::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    /// End the session as failed (nothing more is written), the cartridge put away.
+    pub fn fail(mut self) -> Result<()> {
+        let cat = self.job.tape.cat;
+        let _ = cat.finish_session(self.job.session, SessionStatus::Failed);
+        self.job.tape.release()
+    }
+}
