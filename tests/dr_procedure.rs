@@ -175,7 +175,7 @@ fn a_rebuild_that_could_not_put_a_cartridge_back_refuses_before_loading() {
     v.pool("p", "off");
     let d = TestDisk::create(v.path("d.img"), MIB, MIB / 2, 8);
     let img = v.backup(&d, "p", &[]);
-    let bc = img["cartridges"][0].as_str().unwrap().to_string();
+    let bc = img["barcodes"][0].as_str().unwrap().to_string();
     // The written cartridge to the mail slot, and a new one in its storage slot: the
     // library is full and the cartridge can only come back to a storage slot.
     v.ok(&["library", "export", &bc]);

@@ -315,7 +315,7 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     qemu_io(&img, &["write -P 0x41 0 8M".into()]);
     let id = Uuid::new_v4();
     let full = backup(&v, &img, id, &[]);
-    let barcode = full["cartridges"][0].as_str().unwrap().to_string();
+    let barcode = full["barcodes"][0].as_str().unwrap().to_string();
     let base_bitmap = ours(&img);
     assert_eq!(base_bitmap.len(), 1);
 

@@ -98,9 +98,10 @@ fn manifest_missing_fields_and_typos_are_rejected() {
         matches!(e, ManifestError::Syntax { .. }) && msg.contains("changed_extent"),
         "{msg}"
     );
+    // A disk must say where it is read from: a path or a source.
     let (e, msg) = load_err(&format!("name = \"vm\"\n[[disk]]\nid = \"{ID1}\"\n"));
     assert!(
-        matches!(e, ManifestError::Syntax { .. }) && msg.contains("path"),
+        matches!(e, ManifestError::Field { .. }) && msg.contains("neither path nor source"),
         "{msg}"
     );
     let (e, _) = load_err("name = \"\"\n");
