@@ -21,7 +21,7 @@ fn every_job_is_recorded_with_its_result_bytes_and_cartridges() {
     v.pool("p", "off");
     let d = TestDisk::create(v.path("d.img"), 2 * MIB, MIB, 1);
     let img = v.backup(&d, "p", &["--vm", "web"]);
-    let bc = img["cartridges"][0].as_str().unwrap().to_string();
+    let bc = img["barcodes"][0].as_str().unwrap().to_string();
     let image = img["image"].as_str().unwrap().to_string();
     let out = v.path("r.img");
     let r = v.restore_image(d.id, &image, &out);
@@ -126,7 +126,7 @@ fn status_names_pools_short_of_media_and_unrestorable_images() {
     v.pool("p", "off");
     let d = TestDisk::create(v.path("d.img"), MIB, MIB / 2, 2);
     let img = v.backup(&d, "p", &[]);
-    let bc = img["cartridges"][0].as_str().unwrap().to_string();
+    let bc = img["barcodes"][0].as_str().unwrap().to_string();
     // Mark the image corrupt (as verify does when it finds damage).
     v.catalog()
         .mark_corrupt(
