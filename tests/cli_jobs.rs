@@ -51,7 +51,7 @@ fn every_job_is_recorded_with_its_result_bytes_and_cartridges() {
     assert_eq!(b["pool"], "p");
     assert_eq!(b["vms"], serde_json::json!(["web"]));
     assert_eq!(b["disks"], serde_json::json!([d.id.to_string()]));
-    assert!(b["cartridges"]
+    assert!(b["barcodes"]
         .as_array()
         .unwrap()
         .contains(&Value::from(bc.clone())));
@@ -59,7 +59,7 @@ fn every_job_is_recorded_with_its_result_bytes_and_cartridges() {
     assert!(b["finished"].is_string() && b["duration_s"].as_f64().unwrap() >= 0.0);
     assert_eq!(all[1]["result"], "ok");
     assert!(all[1]["bytes"].as_u64().unwrap() > 0, "{:#?}", all[1]);
-    assert!(all[2]["cartridges"]
+    assert!(all[2]["barcodes"]
         .as_array()
         .unwrap()
         .contains(&Value::from(bc.clone())));
@@ -74,12 +74,12 @@ fn every_job_is_recorded_with_its_result_bytes_and_cartridges() {
     // Filters.
     let f = jobs(&v, &["--failed"]);
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0]["id"], failed["id"]);
+    assert_eq!(f[0]["job"], failed["job"]);
     let k = jobs(&v, &["--kind", "restore"]);
     assert_eq!(k.len(), 2);
     let l = jobs(&v, &["--last", "2"]);
     assert_eq!(l.len(), 2);
-    assert_eq!(l[1]["id"], failed["id"], "newest last");
+    assert_eq!(l[1]["job"], failed["job"], "newest last");
     assert_eq!(jobs(&v, &["--since", "2000-01-01"]).len(), 4);
     assert!(jobs(&v, &["--since", "2999-01-01"]).is_empty());
     let r = v.fails(&["jobs", "--kind", "nap"], 2);
@@ -188,7 +188,7 @@ fn a_killed_backup_reads_as_a_failed_job() {
     assert_eq!(s["running_jobs"][0]["kind"], "backup", "{s:#}");
     assert_eq!(s["drives"][0]["busy"], true, "{s:#}");
     let holder = s["drives"][0]["holder"].as_str().unwrap();
-    let short = &s["running_jobs"][0]["id"].as_str().unwrap()[..8];
+    let short = &s["running_jobs"][0]["job"].as_str().unwrap()[..8];
     assert!(holder.contains(short), "{holder}");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -201,7 +201,7 @@ fn a_killed_backup_reads_as_a_failed_job() {
     );
     let s = v.ok(&["status"]);
     assert_eq!(s["running_jobs"], serde_json::json!([]));
-    assert_eq!(s["failed_jobs"][0]["id"], all[0]["id"]);
+    assert_eq!(s["failed_jobs"][0]["job"], all[0]["job"]);
 }
 
 fn hook_script(dir: &Path, body: &str) -> PathBuf {

@@ -97,12 +97,12 @@ fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
     assert_eq!(c["mode"], "stream", "{c}");
     let copied = c["copied"].as_array().unwrap();
     assert_eq!(copied.len(), 2, "{c}");
-    assert_eq!(copied[0]["original"], full_id.as_str());
-    assert_eq!(copied[1]["original"], inc_id.as_str());
+    assert_eq!(copied[0]["image"], full_id.as_str());
+    assert_eq!(copied[1]["image"], inc_id.as_str());
     // Both pools are clear: the copy's content digest is the original's.
     assert_eq!(copied[0]["digest"], full["digest"], "{c}");
-    let src_carts = cartridges_of(&c["copied"], "source_cartridges");
-    let copy_carts = cartridges_of(&c["copied"], "cartridges");
+    let src_carts = cartridges_of(&c["copied"], "source_barcodes");
+    let copy_carts = cartridges_of(&c["copied"], "barcodes");
     assert!(src_carts.iter().all(|b| !copy_carts.contains(b)), "{c}");
     v.assert_catalog_consistent();
 
@@ -281,18 +281,12 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
         ],
     );
     let img = &b["images"][0];
-    assert!(
-        strs(&img["barcodes"]).len() >= 2,
-        "the original spans: {b}"
-    );
+    assert!(strs(&img["barcodes"]).len() >= 2, "the original spans: {b}");
     d.save_copy(&v.path("p0.img"));
 
     let c = ok_pass(&v, &["copy", "--all-uncopied", "--to-pool", "dr"]);
     let copied = &c["copied"][0];
-    assert!(
-        strs(&copied["barcodes"]).len() >= 2,
-        "the copy spans: {c}"
-    );
+    assert!(strs(&copied["barcodes"]).len() >= 2, "the copy spans: {c}");
     assert_ne!(
         copied["digest"], img["digest"],
         "keyed under another key: {c}"
@@ -481,7 +475,7 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
         .as_array()
         .expect("the session was copied");
     assert_eq!(copied.len(), 1, "{b}");
-    assert_eq!(copied[0]["original"], b["images"][0]["image"]);
+    assert_eq!(copied[0]["image"], b["images"][0]["image"]);
     let orig_carts = strs(&b["images"][0]["barcodes"]);
     let copy_carts = strs(&copied[0]["barcodes"]);
     v.assert_catalog_consistent();
@@ -501,7 +495,10 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
         orig_carts.iter().all(|c| !remove.contains(c)),
         "the originals stay: {plan}"
     );
-    assert_eq!(plan["plan"]["remove"][0]["to"]["text"], "vault:iron", "{plan}");
+    assert_eq!(
+        plan["plan"]["remove"][0]["to"]["text"], "vault:iron",
+        "{plan}"
+    );
 }
 
 #[test]

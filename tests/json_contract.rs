@@ -17,6 +17,8 @@ use serde_json::Value;
 mod common;
 #[path = "common/jsonschema.rs"]
 mod jsonschema;
+#[path = "qmp_support/mod.rs"]
+mod qmp_support;
 
 use common::{s, TestDisk, Vault, MIB};
 use jsonschema::Schemas;
@@ -372,6 +374,31 @@ fn every_command_prints_its_documented_json() {
         ],
     );
 
+    // Copies: the root disk's points into a second pool (two drives: one reads while
+    // the other writes); a second run finds them copied. A restore or pull list then
+    // says which copy of each point it reads (`used`).
+    c.ok(
+        &v,
+        "pool create",
+        &["pool", "create", "p2", "--compression", "off"],
+    );
+    c.ok(&v, "label", &["label", "TV0006L9", "--pool", "p2"]);
+    let copied = c.ok(&v, "copy", &["copy", "--disk", &root_id, "--to-pool", "p2"]);
+    assert_eq!(copied["copied"].as_array().unwrap().len(), 2, "{copied}");
+    let again = c.ok(&v, "copy", &["copy", "--disk", &root_id, "--to-pool", "p2"]);
+    assert_eq!(
+        again["already_copied"].as_array().unwrap().len(),
+        2,
+        "{again}"
+    );
+    assert!(again["session"].is_null(), "{again}");
+    let pulled = c.ok(
+        &v,
+        "media pull-list",
+        &["media", "pull-list", "--disk", &root_id],
+    );
+    assert_eq!(pulled["used"].as_array().unwrap().len(), 2, "{pulled}");
+
     // Offsite and back: export the set, vault it, return it.
     c.ok(&v, "media export", &["media", "export", "TV0001L9"]);
     c.ok(
@@ -479,6 +506,25 @@ fn every_command_prints_its_documented_json() {
     assert_eq!(by_prefix["disks"][0]["disk"], root_id.as_str());
     c.fails(&v, "pool show", &["pool", "show", "nope"], 2);
 
+    // The job history (every command above that is a job is in it) and what needs
+    // attention now.
+    let jobs = c.ok(&v, "jobs", &["jobs"]);
+    assert!(!jobs["jobs"].as_array().unwrap().is_empty(), "{jobs}");
+    let failed = c.ok(&v, "jobs", &["jobs", "--failed"]);
+    assert!(
+        failed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["result"] != "ok"),
+        "{failed}"
+    );
+    c.ok(&v, "status", &["status"]);
+
+    // A running VM's disks, from a TCG QEMU's QMP socket; without QEMU, the error a
+    // socket nobody listens on gives.
+    vm_disks(&mut c, &v);
+
     // Every command the CLI defines has a schema and was run here.
     let mut leaves = Vec::new();
     leaf_commands(&tapevault::cli::Cli::command(), "", &mut leaves);
@@ -562,6 +608,41 @@ fn the_schemas_catch_drift() {
     let mut no_code = err.clone();
     no_code.as_object_mut().unwrap().remove("exit_code");
     assert!(!sc.validate("error.json", &no_code).unwrap().is_empty());
+}
+
+/// `vm disks` against a real QEMU (when installed) and against a missing socket.
+fn vm_disks(c: &mut Contract, v: &Vault) {
+    let e = c.fails(
+        v,
+        "vm disks",
+        &["vm", "disks", "--qmp", "/nonexistent/qmp.sock"],
+        1,
+    );
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/qmp.sock"),
+        "{e}"
+    );
+    if qmp_support::qemu_missing() {
+        eprintln!("skipped: `vm disks` against a running VM (no QEMU): only its error document was checked");
+        return;
+    }
+    let dir = v.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vm = qmp_support::Vm::start(
+        &dir,
+        &[("d0", 16 * MIB, "SER-A"), ("d1", 8 * MIB, "SER-B")],
+        false,
+    );
+    let qmp = vm.qmp.to_string_lossy().into_owned();
+    let d = c.ok(v, "vm disks", &["vm", "disks", "--qmp", &qmp]);
+    let disks = d["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{d}");
+    assert_eq!(disks[0]["serial"], "SER-A", "{d}");
+    assert_eq!(disks[0]["size"], 16 * MIB, "{d}");
+    drop(vm);
 }
 
 /// `library serve` prints its document when listening, then runs until SIGTERM.

@@ -70,14 +70,14 @@ fn a_running_vm_full_and_incrementals_restore_every_point_of_both_disks() {
     let qmp = vm.qmp.to_string_lossy().to_string();
     drop(w);
     let disks = v.ok(&["vm", "disks", "--qmp", &qmp]);
-    let ids: Vec<String> = disks
+    let ids: Vec<String> = disks["disks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
+        .map(|d| d["disk"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 2, "{disks}");
-    assert_eq!(disks[0]["serial"], "SER-A");
+    assert_eq!(disks["disks"][0]["serial"], "SER-A");
     let mut w = vm.test_monitor();
 
     let (full, stderr) = backup(&v, &vm);
@@ -138,7 +138,7 @@ fn a_running_vm_full_and_incrementals_restore_every_point_of_both_disks() {
     }
     // Nothing of tapevault's is left in QEMU but one epoch bitmap per disk.
     let d = v.ok(&["vm", "disks", "--qmp", &qmp]);
-    for disk in d.as_array().unwrap() {
+    for disk in d["disks"].as_array().unwrap() {
         let names: Vec<&str> = disk["bitmaps"]
             .as_array()
             .unwrap()

@@ -84,6 +84,8 @@ pub struct JobEnd {
 /// One job of the history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRow {
+    /// The job's id: `job` in the JSON contract (an object carries its id under its name).
+    #[serde(rename = "job")]
     pub id: JobId,
     pub kind: JobKind,
     pub command: String,
@@ -96,6 +98,8 @@ pub struct JobRow {
     pub bytes: u64,
     /// Seconds from start to end (to now for a running job).
     pub duration_s: f64,
+    /// The cartridges it used (a list of barcodes: `barcodes` in the JSON contract).
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
     pub error: Option<String>,
     pub pool: Option<String>,

@@ -498,9 +498,12 @@ struct ImageEntry {
 /// A tape-to-tape copy of an image, listed under its original.
 #[derive(Debug, Serialize)]
 struct CopyEntry {
+    /// The copy's image UUID (an image object carries its id as `image`).
+    #[serde(rename = "image")]
     uuid: Uuid,
     pool: Option<String>,
     status: ImageStatus,
+    #[serde(rename = "barcodes")]
     cartridges: Vec<String>,
     note: Option<String>,
 }

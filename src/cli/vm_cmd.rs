@@ -28,18 +28,24 @@ pub struct DisksArgs {
 #[derive(Serialize)]
 struct DiskLine {
     /// The disk's identity for the catalog (`null`: the device has no serial or wwn).
-    id: Option<String>,
+    disk: Option<String>,
     identity_from: String,
     device: String,
     qdev: String,
     node: String,
     driver: String,
-    image: String,
+    /// The image file (or other backend) QEMU has open for it.
+    path: String,
     size: u64,
     read_only: bool,
     serial: Option<String>,
     wwn: Option<String>,
     bitmaps: Vec<BitmapLine>,
+}
+
+#[derive(Serialize)]
+struct DisksReport {
+    disks: Vec<DiskLine>,
 }
 
 #[derive(Serialize)]
@@ -66,13 +72,13 @@ fn disks(ctx: &Ctx, a: DisksArgs) -> Result<()> {
     let lines: Vec<DiskLine> = found
         .iter()
         .map(|d| DiskLine {
-            id: d.derived_id().map(|u| u.to_string()),
+            disk: d.derived_id().map(|u| u.to_string()),
             identity_from: d.identity_source(),
             device: d.device_name().to_string(),
             qdev: d.qdev.clone(),
             node: d.node.clone(),
             driver: d.driver.clone(),
-            image: d.filename.clone(),
+            path: d.filename.clone(),
             size: d.size,
             read_only: d.read_only,
             serial: d.serial.clone(),
@@ -91,17 +97,20 @@ fn disks(ctx: &Ctx, a: DisksArgs) -> Result<()> {
                 .collect(),
         })
         .collect();
-    ctx.out.emit(&lines, || {
+    let rep = DisksReport { disks: lines };
+    let lines = &rep.disks;
+    ctx.out.emit(&rep, || {
         let mut s = String::new();
-        for d in &lines {
+        for d in lines {
             s.push_str(&format!(
                 "{}  {} ({}) node {} {} {} bytes{}\n",
-                d.id.as_deref()
+                d.disk
+                    .as_deref()
                     .unwrap_or("(no identity: give the device a serial)"),
                 d.device,
                 d.identity_from,
                 d.node,
-                d.image,
+                d.path,
                 d.size,
                 if d.read_only {
                     ", read-only: not backed up"

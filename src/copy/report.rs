@@ -8,7 +8,8 @@ use super::select::Refused;
 /// One restore point copied.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopiedImage {
-    /// The original (the point).
+    /// The original (the point): `image` in the JSON contract.
+    #[serde(rename = "image")]
     pub original: Uuid,
     /// The new copy.
     pub copy: Uuid,
@@ -22,7 +23,9 @@ pub struct CopiedImage {
     pub records: u64,
     pub data_bytes: u64,
     pub stored_bytes: u64,
+    #[serde(rename = "source_barcodes")]
     pub source_cartridges: Vec<String>,
+    #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
     /// The copy's content digest (equal to the original's when both are clear or under
     /// the same key).
@@ -52,6 +55,8 @@ pub struct CopyReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AlreadyCopied {
+    /// The original (the point): `image` in the JSON contract.
+    #[serde(rename = "image")]
     pub original: Uuid,
     pub copy: Uuid,
 }
