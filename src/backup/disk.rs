@@ -26,11 +26,28 @@ impl Job<'_> {
             spec: d,
             disk,
             changed,
+            synthetic,
         } = checked;
         let d = &d;
         let size = disk.size();
-        let mut plan = self.decide(d, size, changed.as_ref(), req.mode)?;
-        let base_note = self.base_note(d, req.mode)?;
+        let (mut plan, base_note) = match &synthetic {
+            // A synthetic full: a full of the restored point, never an incremental.
+            Some(s) => (
+                Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(format!(
+                        "synthetic full of image {} (the restore point of {}), built from its chain on tape",
+                        s.point.uuid,
+                        crate::timefmt::show(&s.point.started)
+                    )),
+                },
+                None,
+            ),
+            None => (
+                self.decide(d, size, changed.as_ref(), req.mode)?,
+                self.base_note(d, req.mode)?,
+            ),
+        };
         if let Some(n) = &base_note {
             self.tape
                 .events
@@ -75,6 +92,9 @@ impl Job<'_> {
             }
         }
         let (kind, parent, method, reason) = match &plan {
+            Plan::Full { kind, reason } if synthetic.is_some() => {
+                (*kind, None, "synthetic", reason.clone())
+            }
             Plan::Full { kind, reason } => (*kind, None, "full", reason.clone()),
             Plan::ChangedExtents { base, .. } => (
                 ImageKind::Incremental,
@@ -100,12 +120,26 @@ impl Job<'_> {
         // made from its areas. A hash scan records none (a fallback means the file did
         // not continue the base's epoch), so no later file is trusted on its word until
         // a full starts a new epoch.
+        //
+        // A synthetic full holds exactly its point's bytes, so it carries the point's
+        // change id: the change-tracking epoch goes on from it.
         let change_id = match &plan {
+            _ if synthetic.is_some() => synthetic.as_ref().and_then(|s| s.point.change_id.clone()),
             Plan::Full { .. } | Plan::ChangedExtents { .. } => {
                 changed.as_ref().map(|c| c.change_id.clone())
             }
             Plan::HashScan { .. } => None,
         };
+        let synthetic_of = synthetic.as_ref().map(|s| s.point.uuid);
+        // A synthetic full's point in time is its point's.
+        let point_time = synthetic
+            .as_ref()
+            .map_or_else(crate::home::clock::now, |s| s.point.started);
+        self.reproduce = synthetic.map(|s| Reproduce {
+            point: s.point.uuid,
+            list: s.point_list,
+        });
+        self.image_time = point_time;
         let cat = self.tape.cat;
         let pool = self.tape.pool.clone();
         cat.begin_image(&NewImage {
@@ -126,7 +160,8 @@ impl Job<'_> {
             pool: Some(pool.name.clone()),
             key_fingerprint: pool.key_fingerprint.clone(),
             compression: pool.compression,
-            started: crate::home::clock::now(),
+            started: point_time,
+            synthetic_of,
         })?;
         let result = self.write_image(
             &disk,
@@ -141,6 +176,7 @@ impl Job<'_> {
             base_change,
             req,
         );
+        self.reproduce = None;
         match result {
             Ok(p) => {
                 let digest_hex = crate::crypto::to_hex(&p.digest);
@@ -161,6 +197,7 @@ impl Job<'_> {
                     parent,
                     reason,
                     base_note,
+                    synthetic_of,
                     disk_size: size,
                     data_bytes: p.data_bytes,
                     zero_bytes: p.zero_bytes,

@@ -135,8 +135,15 @@ CREATE TABLE scanned_parts (
 CREATE INDEX scanned_parts_barcode ON scanned_parts(barcode);
 "#;
 
+/// Migration 3: synthetic fulls. `synthetic_of` names the image whose restore point a
+/// synthetic full reproduces byte for byte (built from the chain on tape, not read
+/// from the disk); NULL for every other image.
+const V3: &str = r#"
+ALTER TABLE images ADD COLUMN synthetic_of TEXT;
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -233,6 +233,8 @@ pub struct NewImage {
     pub compression: Compression,
     /// The image's point in time (when the disk was read); `--at` compares this.
     pub started: DateTime<Utc>,
+    /// A synthetic full: the image whose restore point it reproduces (kind full).
+    pub synthetic_of: Option<Uuid>,
 }
 
 /// Totals from the image trailer.
@@ -272,6 +274,10 @@ pub struct ImageRow {
     pub digest_list: Option<String>,
     /// Why the image failed or is corrupt.
     pub note: Option<String>,
+    /// A synthetic full (kind full, built from a chain on tape without reading the
+    /// disk): the image whose restore point it reproduces byte for byte.
+    #[serde(default)]
+    pub synthetic_of: Option<Uuid>,
 }
 
 /// A run of consecutive data records of one image on one cartridge: enough for a

@@ -23,8 +23,9 @@ pub struct BackupArgs {
     /// A disk image file or block device.
     #[arg(long, value_name = "PATH", requires = "disk_id")]
     pub disk: Option<PathBuf>,
-    /// The disk's stable UUID (the hypervisor's); identifies it across backups.
-    #[arg(long, value_name = "UUID", requires = "disk")]
+    /// The disk's stable UUID (the hypervisor's); identifies it across backups. With
+    /// --synthetic-full it alone names the disk (no --disk: the disk is not read).
+    #[arg(long, value_name = "UUID")]
     pub disk_id: Option<Uuid>,
     /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
     #[arg(long, value_name = "FILE", requires = "disk")]
@@ -41,9 +42,23 @@ pub struct BackupArgs {
     /// Take a one-off full copy that never becomes the base of an incremental.
     #[arg(long)]
     pub copy: bool,
+    /// Build a new full image of each disk at its newest restorable point from the chain
+    /// already on tape, without reading the disk (it becomes the base of the next
+    /// incremental). Disks: --disk-id, --manifest (by id), --vm (every disk of the VM
+    /// in the catalog), or none: every disk whose newest point is in the pool.
+    #[arg(long, conflicts_with_all = ["full", "copy", "disk", "changed_extents"])]
+    pub synthetic_full: bool,
 }
 
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
+    if a.synthetic_full {
+        return super::synthetic_cmd::synthetic_full(ctx, &a);
+    }
+    if a.disk_id.is_some() && a.disk.is_none() {
+        return usage(
+            "--disk-id needs --disk PATH (the disk to read), except with --synthetic-full",
+        );
+    }
     let (vm_name, disks) = if let Some(m) = &a.manifest {
         let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
         let disks = vm
@@ -123,6 +138,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let term = Terminal::new(out);
     // Wait for a cartridge only when a person can insert it.
     let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
+    let pass = key.as_ref().and_then(|k| k.passphrase.clone());
     let report = backup::run(
         &home,
         &cat,
@@ -132,6 +148,23 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         wait_for_media,
         &term,
     )?;
+    // Incremental forever: the pool's policy may ask for a synthetic full of the disks
+    // just backed up (said on stderr, and in the result).
+    let due = super::synthetic_cmd::due_disks(&home, &cat, &pool_name, &report)?;
+    if !due.is_empty() {
+        let synth = super::synthetic_cmd::run_due(
+            ctx,
+            &home,
+            &cat,
+            lib.as_mut(),
+            &pool,
+            pass,
+            &due,
+            wait_for_media,
+            &term,
+        );
+        return super::synthetic_cmd::emit_with_backup(ctx, &report, synth);
+    }
     out.emit(&report, || {
         format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",

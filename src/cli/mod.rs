@@ -24,6 +24,7 @@ mod pool_cmd;
 mod restore_cmd;
 mod rotate_cmd;
 mod shared;
+mod synthetic_cmd;
 mod tape_cmd;
 mod terminal;
 mod verify_cmd;

@@ -145,6 +145,8 @@ pub(super) fn build_image(
         },
         digest_list: None,
         note: (!notes.is_empty()).then(|| notes.join("; ")),
+        // Format 1.1: the header says the full is synthetic and which point it holds.
+        synthetic_of: h0.synthetic_of.map(Uuid::from_bytes),
     };
     let extents = if complete && damaged == 0 {
         let mut v: Vec<catalog::Extent> = Vec::new();

@@ -42,6 +42,7 @@ mod read_image;
 pub use damage::record_damage;
 pub use media_reader::MediaReader;
 pub use output::check_target;
+
 pub use plan::{prepare, Prepared};
 pub use planner::{plan_restore, CoveredExtent, ImagePlan, PlanError, RestorePlan};
 pub use pull_list::{check_pull_list, pull_list_text, PullItem};
@@ -141,9 +142,27 @@ pub fn run_to_stream(
     run_into(lib, keys, p, Target::Stream(w), events)
 }
 
+/// Run a prepared restore into a scratch file with no name in the temporary directory
+/// (`$TMPDIR`; sparse, it takes the disk's allocated bytes) and hand it back once every
+/// record has been read and checked: what a synthetic full is written from. Nothing is
+/// left behind whatever happens (the file has no name). The report's `to` is
+/// `<scratch>`.
+pub fn run_to_scratch(
+    lib: &mut dyn TapeLibrary,
+    keys: &KeyRing,
+    p: &Prepared,
+    events: &dyn Events,
+) -> Result<(RestoreReport, std::fs::File)> {
+    let mut file = None;
+    let r = run_into(lib, keys, p, Target::Scratch(&mut file), events)?;
+    let file = file.ok_or_else(|| Error::Failed("the restore kept no scratch file".into()))?;
+    Ok((r, file))
+}
+
 enum Target<'a> {
     Path(&'a RestoreOptions),
     Stream(&'a mut dyn std::io::Write),
+    Scratch(&'a mut Option<std::fs::File>),
 }
 
 fn run_into(
@@ -156,6 +175,7 @@ fn run_into(
     let to = match &dest {
         Target::Path(o) => o.to.clone(),
         Target::Stream(_) => PathBuf::from("-"),
+        Target::Scratch(_) => PathBuf::from("<scratch>"),
     };
     check_pull_list(&p.pull_list)?;
     for fp in p.key_fingerprints() {
@@ -170,7 +190,7 @@ fn run_into(
     let size = target.disk_size;
     let out = match &dest {
         Target::Path(o) => Output::open(&o.to, size, o.force)?,
-        Target::Stream(_) => Output::open_stream(size)?,
+        Target::Stream(_) | Target::Scratch(_) => Output::open_stream(size)?,
     };
     let total: u64 = p.plans.iter().map(|pl| pl.data.total_bytes()).sum::<u64>()
         + if out.device {
@@ -301,6 +321,7 @@ fn run_into(
     match &mut dest {
         Target::Path(_) => out.commit()?,
         Target::Stream(w) => out.stream_to(&mut **w)?,
+        Target::Scratch(f) => **f = Some(out.into_file()?),
     }
     Ok(RestoreReport {
         disk: p.disk,

@@ -1,7 +1,7 @@
 //! The record structures of format v1, their encoders and [`decode_block`].
 use crate::wire::{
     begin_block, check_extensions, decode_prefix, finish_header, put_i64, put_opt16, put_str,
-    put_u16, put_u32, put_u64, put_u8, Cur, CRC_OFFSET,
+    put_u16, put_u32, put_u64, put_u8, set_extension, Cur, CRC_OFFSET,
 };
 use crate::*;
 
@@ -319,9 +319,20 @@ pub struct ImageHeader {
     pub vm_name: String,
     pub change_id: String,
     pub from_change_id: Option<String>,
+    /// Format 1.1: this full image is a synthetic full, built from the restore chain of
+    /// the image with this UUID (the point it reproduces, byte for byte), not read from
+    /// the disk. Carried in the header's extension area (entry [`EXT_SYNTHETIC_OF`]);
+    /// a header with it is written with minor version 1.
+    pub synthetic_of: Option<[u8; 16]>,
 }
 
 const R_IHDR: &str = "image header";
+
+/// Extension entry of an image header (format 1.1): the 16-byte UUID of the image a
+/// synthetic full reproduces.
+pub const EXT_SYNTHETIC_OF: u16 = 0x0001;
+/// The minor version a header carrying [`EXT_SYNTHETIC_OF`] is written with.
+pub const SYNTHETIC_MINOR: u16 = 1;
 
 impl ImageHeader {
     /// The header for the next part of this image, after `trailer` (status
@@ -339,6 +350,12 @@ impl ImageHeader {
             return Err(FormatError::Inconsistent {
                 record: R_IHDR,
                 reason: "incremental image without a parent image UUID",
+            });
+        }
+        if self.synthetic_of.is_some() && self.kind != ImageKind::Full {
+            return Err(FormatError::Inconsistent {
+                record: R_IHDR,
+                reason: "only a full image can be a synthetic full",
             });
         }
         if self.tracking_block_size == 0 {
@@ -389,6 +406,13 @@ impl ImageHeader {
                     put_str(out, s, MAX_CHANGE_ID_LEN, R_IHDR, "from_change_id")?;
                 }
             }
+            if let Some(of) = &self.synthetic_of {
+                // Format 1.1: one extension entry; a 1.0 reader skips it and sees a full.
+                put_u16(out, EXT_SYNTHETIC_OF);
+                put_u16(out, 16);
+                out.extend_from_slice(of);
+                set_extension(out, start, SYNTHETIC_MINOR, 20);
+            }
             Ok(())
         })();
         if let Err(e) = r {
@@ -398,7 +422,7 @@ impl ImageHeader {
         finish_header(out, start, 0, true, R_IHDR)
     }
 
-    fn decode(c: &mut Cur<'_>) -> Result<Self, FormatError> {
+    fn decode(c: &mut Cur<'_>, ext: &[u8]) -> Result<Self, FormatError> {
         let image_uuid = c.arr("image_uuid")?;
         let disk_uuid = c.arr("disk_uuid")?;
         let session_uuid = c.arr("session_uuid")?;
@@ -461,10 +485,36 @@ impl ImageHeader {
             vm_name,
             change_id,
             from_change_id,
+            synthetic_of: synthetic_of_entry(ext)?,
         };
         h.validate()?;
         Ok(h)
     }
+}
+
+/// The [`EXT_SYNTHETIC_OF`] entry of an image header's extension area (already checked
+/// to frame), if present. Other entries are skipped (a newer minor may add them).
+fn synthetic_of_entry(mut ext: &[u8]) -> Result<Option<[u8; 16]>, FormatError> {
+    let mut found = None;
+    while ext.len() >= 4 {
+        let ty = u16::from_le_bytes([ext[0], ext[1]]);
+        let len = u16::from_le_bytes([ext[2], ext[3]]) as usize;
+        let value = &ext[4..4 + len];
+        if ty == EXT_SYNTHETIC_OF {
+            let v: [u8; 16] = value.try_into().map_err(|_| FormatError::Inconsistent {
+                record: R_IHDR,
+                reason: "synthetic_of extension entry is not 16 bytes",
+            })?;
+            if found.replace(v).is_some() {
+                return Err(FormatError::Inconsistent {
+                    record: R_IHDR,
+                    reason: "synthetic_of extension entry given twice",
+                });
+            }
+        }
+        ext = &ext[4 + len..];
+    }
+    Ok(found)
 }
 
 // ---------------------------------------------------------------- image trailer
@@ -1208,7 +1258,7 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         record_type::IMAGE_HEADER => {
             no_payload(&p, R_IHDR)?;
             let mut c = Cur::new(body, R_IHDR);
-            let v = ImageHeader::decode(&mut c)?;
+            let v = ImageHeader::decode(&mut c, &block[body_end..p.header_len])?;
             c.end()?;
             Block::ImageHeader(v)
         }

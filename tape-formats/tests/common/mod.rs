@@ -126,6 +126,8 @@ pub fn arb_header() -> impl Strategy<Value = ImageHeader> {
                     vm_name: vm,
                     change_id: ch,
                     from_change_id: from,
+                    // Format 1.1: some fulls are synthetic (extension entry).
+                    synthetic_of: (kind == ImageKind::Full && part % 2 == 1).then_some(s),
                 }
             },
         )
@@ -213,5 +215,6 @@ pub fn fixed_header() -> ImageHeader {
         vm_name: "web01".into(),
         change_id: "52 de c0 7e/42".into(),
         from_change_id: Some("52 de c0 7e/41".into()),
+        synthetic_of: None,
     }
 }
