@@ -679,8 +679,8 @@ fn incremental_forever_with_synthetic_fulls_lets_the_old_chain_expire_and_keeps_
             .find(|s| s.uuid == sess)
             .and_then(|s| s.media_set_uuid)
     };
-    for day in 0..3 {
-        if let Some(set) = set_of(&by_day[day][0]) {
+    for (day, imgs) in by_day.iter().enumerate().take(3) {
+        if let Some(set) = set_of(&imgs[0]) {
             if let Some(st) = ev.set(set) {
                 assert!(st.is_expired(), "day {day}'s set: {:?}", st.verdict);
             }
@@ -727,4 +727,71 @@ fn incremental_forever_with_synthetic_fulls_lets_the_old_chain_expire_and_keeps_
     let out = v.path("syn6.restored");
     assert_eq!(v.restore_image(d.id, syn6, &out).code, 0);
     v.assert_catalog_consistent();
+}
+
+/// tests/spec-reader (the Python reader written from FORMAT.md) lists `synth` as a full
+/// with `synthetic_of` = `point` and restores it to the point's bytes. Skipped, with the
+/// reason, when Python or its modules are missing.
+fn spec_reader_reads(
+    v: &Vault,
+    key_file: &std::path::Path,
+    synth: &str,
+    point: &str,
+    at_point: &std::path::Path,
+) {
+    use std::process::Command;
+    let modules =
+        "import blake3, zstandard, argon2.low_level, cryptography.hazmat.primitives.ciphers.aead";
+    match Command::new("python3").args(["-c", modules]).output() {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!(
+                "skipping the spec-reader check: python3 with its modules is missing ({other:?})"
+            );
+            return;
+        }
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/spec-reader/read_cartridge.py");
+    let pass = v.path("pass.txt");
+    std::fs::write(&pass, PASS).unwrap();
+    let carts: Vec<std::path::PathBuf> = std::fs::read_dir(v.library_dir().join("cartridges"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("index").exists())
+        .collect();
+    let run = |extra: &[&str]| {
+        let o = Command::new("python3")
+            .arg(&script)
+            .args(&carts)
+            .arg("--key")
+            .arg(key_file)
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "spec reader {extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let listed: Value = serde_json::from_str(&run(&["--list"])).unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["image"] == synth)
+        .expect("the spec reader lists the synthetic full");
+    assert_eq!(row["kind"], "full");
+    assert_eq!(row["synthetic_of"], point);
+    let out = v.path("spec.restored");
+    run(&["--image", synth, "--out", out.to_str().unwrap()]);
+    assert_same_bytes(
+        &out,
+        at_point,
+        "the spec reader's restore of the synthetic full",
+    );
 }

@@ -165,7 +165,7 @@ fn one_disk(
             point,
             chain,
             point_list,
-        } => (point, chain, point_list),
+        } => (*point, chain, point_list),
     };
     rep.point = Some(point.uuid);
     rep.chain = chain.iter().map(|i| i.uuid).collect();

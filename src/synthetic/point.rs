@@ -15,7 +15,7 @@ use crate::source::hashscan::verify_digest_list;
 pub enum Choice {
     /// Build a synthetic full of `point` from `chain` (full first, `point` last).
     Build {
-        point: ImageRow,
+        point: Box<ImageRow>,
         chain: Vec<ImageRow>,
         point_list: PathBuf,
     },
@@ -86,7 +86,7 @@ pub fn choose(cat: &Catalog, disk: Uuid) -> Result<Choice> {
         }
     }
     Ok(Choice::Build {
-        point,
+        point: Box::new(point),
         chain,
         point_list,
     })
