@@ -571,7 +571,8 @@ fn a_synthetic_full_killed_or_cut_off_leaves_the_chain_and_is_never_a_base() {
     // A synthetic full now succeeds and reproduces the newest point.
     let at_next = v.path("next.copy");
     d.save_copy(&at_next);
-    let img = synthetic_image(&synthetic(&v, &d, "p", &[]));
+    // (No disk named: every disk whose newest restore point is in the pool.)
+    let img = synthetic_image(&v.run(&["backup", "--synthetic-full", "--pool", "p"]));
     let out = v.path("synth.restored");
     assert_eq!(v.restore_image(d.id, s(&img, "image"), &out).code, 0);
     assert_same_bytes(&out, &at_next, "synthetic full after the faults");
