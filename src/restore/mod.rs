@@ -102,6 +102,9 @@ pub struct RestoreReport {
     /// Newer images at or before the point asked for that were passed over because
     /// they cannot be restored (newest first), each with why.
     pub skipped: Vec<Skipped>,
+    /// Cartridges in the order they were mounted (media order: each needed one once,
+    /// unless an image spanning cartridges sends the reader back).
+    pub mounts: Vec<String>,
 }
 
 /// Where and how [`run`] writes.
@@ -311,6 +314,7 @@ fn run_into(
     // A writer failure explains a reader's "writer stopped".
     let result = writer_result.and(result);
     let released = reader.release();
+    let mounts = std::mem::take(&mut reader.mounted);
     events.emit(Event::TaskEnded);
     result?;
     released?;
@@ -335,5 +339,6 @@ fn run_into(
         pull_list: p.pull_list.clone(),
         images: uses.into_iter().flatten().collect(),
         skipped: p.skipped.clone(),
+        mounts,
     })
 }

@@ -63,7 +63,8 @@ pub struct SyntheticDisk {
     pub due: Option<String>,
     /// The chain read, full first.
     pub chain: Vec<Uuid>,
-    /// Cartridges read, in the order they were mounted (each once).
+    /// Cartridges read, in the order they were mounted (media order: each needed one
+    /// once, unless an image spanning cartridges sends the reader back).
     pub read_cartridges: Vec<String>,
     /// Data bytes read from the chain and written to the scratch file.
     pub read_bytes: u64,
@@ -191,29 +192,28 @@ fn one_disk(
     let (restored, file) = match crate::restore::run_to_scratch(lib, keys, &prepared, events) {
         Ok(r) => r,
         Err(e) => {
-            // Damage found on the way is remembered as a restore would (the image and
-            // everything built on it); nothing else of the chain changes.
-            if let Ok(marked) = crate::restore::record_damage(cat, &prepared, &e) {
-                if let Some(first) = marked.first() {
-                    events.note(
-                        NoteKind::Warning,
-                        format!("marked image {first} corrupt in the catalog (and {} image(s) built on it)", marked.len() - 1),
-                    );
-                }
-            }
-            return Err(e)
-                .with_context(|| format!("reading the chain of image {} from tape", point.uuid));
+            // The source chain is left exactly as it was, whatever failed (a media error
+            // may be passing); an image whose records failed their checks is named, and
+            // a restore or verify of it marks it damaged if it is.
+            let hint = prepared
+                .damaged_image()
+                .map(|u| {
+                    format!(
+                        "; image {u} of the chain failed its checks: `tapevault verify --image {u}` says whether it is damaged"
+                    )
+                })
+                .unwrap_or_default();
+            return Err(e).with_context(|| {
+                format!(
+                    "reading the chain of image {} from tape (nothing was written; the chain is unchanged{hint})",
+                    point.uuid
+                )
+            });
         }
     };
     rep.read_seconds = t0.elapsed().as_secs_f64();
     rep.read_bytes = restored.bytes_written;
-    for u in &restored.images {
-        for c in u.read.iter().flat_map(|r| r.cartridges.iter()) {
-            if !rep.read_cartridges.contains(c) {
-                rep.read_cartridges.push(c.clone());
-            }
-        }
-    }
+    rep.read_cartridges = restored.mounts;
     let name = PathBuf::from(format!("<image {} restored from tape>", point.uuid));
     let restored_disk = Disk::from_file(file, name)
         .map_err(|e| Error::Failed(format!("opening the restored disk: {e}")))?;
