@@ -61,7 +61,7 @@ tv pool create p --compression off > /dev/null
 tv pool create s --compression off > /dev/null
 DISK="$W/disk.img"
 head -c $((DISK_MIB << 20)) /dev/urandom > "$DISK"
-tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p --full > /dev/null
+tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p --full > /dev/null 2>&1
 for i in $(seq 1 "$INCS"); do
   python3 - "$DISK" "$INC_MIB" "$i" <<'EOF'
 import os, random, sys
@@ -73,9 +73,9 @@ with open(path, "r+b") as f:
         f.seek(rng.randrange(0, size // 65536) * 65536)
         f.write(os.urandom(65536))
 EOF
-  tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p > /dev/null
+  tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p > /dev/null 2>&1
 done
-POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)["disks"][0]; print([i for c in d["chains"] for i in c["images"]][-1]["uuid"])')
+POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; print([i for c in d["chains"] for i in c["images"]][-1]["uuid"])')
 log "chain written; point $POINT"
 cp "$DISK" "$W/point.img"
 rm -f "$DISK"
