@@ -92,6 +92,8 @@ pub fn run(
         session: session.uuid,
         image_parts: 0,
         seal_buf: Vec::new(),
+        reproduce: None,
+        image_time: now,
     };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {

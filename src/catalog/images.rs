@@ -9,7 +9,12 @@ pub const MAX_CHAIN_LEN: usize = 100_000;
 
 pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
      disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of";
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of, synthetic_of";
+
+/// How images of one disk are ordered newest first: by start time (the point in time
+/// an image restores), a synthetic full before the image it reproduces (same time,
+/// same bytes, and the shorter chain), then by the order they were recorded.
+pub(crate) const NEWEST_FIRST: &str = "started DESC, (synthetic_of IS NOT NULL) DESC, rowid DESC";
 
 /// Reads [`IMAGE_COLS`]. An image still marked running whose writing process is gone
 /// reads as failed, with the reason as its note (see [`interrupted`]).
@@ -49,6 +54,10 @@ pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
         note,
         copy_of: match r.as_ref().column_count() > 24 {
             true => get_po(r, 24)?,
+            false => None,
+        },
+        synthetic_of: match r.as_ref().column_count() > 25 {
+            true => get_po(r, 25)?,
             false => None,
         },
     })
@@ -188,7 +197,7 @@ impl Catalog {
         self.conn().execute(
             &format!(
                 "INSERT INTO images ({IMAGE_COLS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26)"
             ),
             params![
                 i.uuid.to_string(),
@@ -215,7 +224,8 @@ impl Catalog {
                 i.note,
                 writer,
                 i.disk_label,
-                i.copy_of.map(|u| u.to_string())
+                i.copy_of.map(|u| u.to_string()),
+                i.synthetic_of.map(|u| u.to_string())
             ],
         )?;
         Ok(())
@@ -226,6 +236,12 @@ impl Catalog {
     pub fn begin_image(&self, n: &NewImage) -> Result<ImageRow> {
         if n.block_size == 0 {
             return Err(invalid(n.uuid, "block size 0".into()));
+        }
+        if n.synthetic_of.is_some() && n.kind != ImageKind::Full {
+            return Err(invalid(
+                n.uuid,
+                format!("a {} image cannot be a synthetic full", n.kind),
+            ));
         }
         match (n.kind, n.parent_uuid) {
             (ImageKind::Incremental, None) => {
@@ -293,6 +309,7 @@ impl Catalog {
             digest_list: None,
             note: None,
             copy_of: None,
+            synthetic_of: n.synthetic_of,
         };
         self.insert_image(&row, Some(&this_writer()))?;
         Ok(row)
@@ -570,7 +587,7 @@ impl Catalog {
         };
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' AND copy_of IS NULL \
-             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC"
+             AND (?2 IS NULL OR started <= ?2) ORDER BY {NEWEST_FIRST}"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map(params![disk.to_string(), before], image_row)?
@@ -623,7 +640,7 @@ impl Catalog {
         let after = base.map(|b| ts(&b.started));
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
-             AND kind!='copy' AND copy_of IS NULL AND (?2 IS NULL OR started >= ?2) ORDER BY started DESC, rowid DESC"
+             AND kind!='copy' AND copy_of IS NULL AND (?2 IS NULL OR started >= ?2) ORDER BY {NEWEST_FIRST}"
         ))?;
         let rows: Vec<ImageRow> = st
             .query_map(params![disk.to_string(), after], image_row)?
@@ -730,7 +747,7 @@ impl Catalog {
     /// All images, or those of one disk, oldest first.
     pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
-            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, rowid"
+            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, (synthetic_of IS NOT NULL), rowid"
         ))?;
         let rows = st
             .query_map([disk.map(|d| d.to_string())], image_row)?
@@ -842,7 +859,7 @@ impl Catalog {
     pub fn newest_good_image(&self, disk: Uuid) -> Result<Option<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' AND kind!='copy' \
-             AND copy_of IS NULL ORDER BY started DESC, rowid DESC"
+             AND copy_of IS NULL ORDER BY {NEWEST_FIRST}"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map([disk.to_string()], image_row)?
@@ -893,7 +910,7 @@ impl Catalog {
                     .query_row(
                         &format!(
                             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' \
-                             AND copy_of IS NULL AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC LIMIT 1"
+                             AND copy_of IS NULL AND (?2 IS NULL OR started <= ?2) ORDER BY {NEWEST_FIRST} LIMIT 1"
                         ),
                         params![disk.to_string(), before],
                         image_row,

@@ -178,8 +178,15 @@ ALTER TABLE images ADD COLUMN copy_of TEXT;
 CREATE INDEX images_copy_of ON images(copy_of);
 "#;
 
+/// Migration 6: synthetic fulls. `synthetic_of` names the image whose restore point a
+/// synthetic full reproduces byte for byte (built from the chain on tape, not read
+/// from the disk); NULL for every other image.
+const V6: &str = r#"
+ALTER TABLE images ADD COLUMN synthetic_of TEXT;
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -485,6 +485,9 @@ struct ImageEntry {
     vm: Option<String>,
     change_id: Option<String>,
     content_digest: Option<String>,
+    /// A synthetic full (built from a chain on tape): the image whose restore point it
+    /// reproduces byte for byte.
+    synthetic_of: Option<Uuid>,
     #[serde(rename = "barcodes")]
     cartridges: Vec<String>,
     note: Option<String>,
@@ -564,6 +567,7 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
         vm: i.vm_name.clone(),
         change_id: i.change_id.clone(),
         content_digest: i.content_digest.clone(),
+        synthetic_of: i.synthetic_of,
         cartridges,
         note: i.note.clone(),
         depth,
@@ -700,6 +704,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         (Some(v), Some(last)) if v != last => format!("  [VM {v}]"),
                         (Some(v), None) => format!("  [VM {v}]"),
                         _ => String::new(),
+                    };
+                    let vm = match e.synthetic_of {
+                        Some(of) => format!("  [synthetic full of {of}]{vm}"),
+                        None => vm,
                     };
                     s.push_str(&format!(
                         "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}{}\n",

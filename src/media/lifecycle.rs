@@ -602,6 +602,7 @@ mod tests {
                 key_fingerprint: None,
                 compression: Compression::Off,
                 started: t(day),
+                synthetic_of: None,
             })
             .unwrap();
         cat.complete_image(

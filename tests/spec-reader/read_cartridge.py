@@ -55,7 +55,9 @@ MAX_BLOCK = 1048576
 MAX_EXT = 16384
 MAX_PLAIN = 983040
 MAX_EXTENTS = 2048
-SUPPORTED_MAJOR, SUPPORTED_MINOR = 1, 0
+SUPPORTED_MAJOR, SUPPORTED_MINOR = 1, 1
+EXT_COPY_OF = 0x0001  # 1.1: image header, 16 bytes: the original a tape-to-tape copy duplicates
+EXT_SYNTHETIC_OF = 0x0002  # 1.1: image header, 16 bytes: the image a synthetic full reproduces
 
 T_LABEL, T_IHDR, T_DATA, T_ITRL = 0x0001, 0x0010, 0x0011, 0x0012
 T_SHDR, T_CHUNK, T_STRL, T_EOS = 0x0020, 0x0021, 0x0022, 0x0030
@@ -316,10 +318,13 @@ def decode_block(blk, where):
     if crc32(blk[:24] + blk[28:header_len]) != hcrc:
         raise Integrity(f"{where}: header CRC mismatch")
     ext = blk[header_len - ext_len:header_len]
+    entries = []
     while ext:
         if len(ext) < 4 or struct.unpack_from("<H", ext, 2)[0] > len(ext) - 4:
             raise Integrity(f"{where}: bad extension area")
-        ext = ext[4 + struct.unpack_from("<H", ext, 2)[0]:]
+        etype, elen = struct.unpack_from("<HH", ext, 0)
+        entries.append((etype, ext[4:4 + elen]))
+        ext = ext[4 + elen:]
     body = Body(blk[PREFIX_LEN:header_len - ext_len], where)
     header, payload = blk[:header_len], blk[header_len:]
     if rtype in (T_LABEL, T_IHDR, T_ITRL, T_SHDR, T_STRL, T_EOS) and payload_len:
@@ -356,6 +361,19 @@ def decode_block(blk, where):
             raise Integrity(f"{where}: incremental without a parent")
         if r["tracking_block_size"] == 0 or not 1 <= r["record_data_size"] <= MAX_PLAIN:
             raise Integrity(f"{where}: bad block sizes")
+        # 1.1: a copy names its original, a synthetic full the image it reproduces;
+        # other entries are skipped.
+        r["copy_of"] = None
+        r["synthetic_of"] = None
+        for etype, value in entries:
+            if etype == EXT_COPY_OF:
+                if len(value) != 16 or r["copy_of"] is not None:
+                    raise Integrity(f"{where}: bad copy_of extension entry")
+                r["copy_of"] = value
+            elif etype == EXT_SYNTHETIC_OF:
+                if len(value) != 16 or r["synthetic_of"] is not None or r["kind"] != 1:
+                    raise Integrity(f"{where}: bad synthetic_of extension entry")
+                r["synthetic_of"] = value
     elif rtype == T_DATA:
         r.update(image=body.take(16), part=body.num("I"), sequence=body.num("Q"),
                  compression=body.u8(), encryption=body.u8(), extent_count=body.num("H"),
@@ -711,7 +729,8 @@ def main():
                 rows.append({"image": u(img), "disk": u(h["disk"]), "kind": KIND_NAMES[h["kind"]],
                              "parent": u(h["parent"]) if h["parent"] else None, "time": h["time"],
                              "disk_size": h["disk_size"], "parts": sorted(tapes.parts[img]),
-                             "key_fingerprint": h["key_fingerprint"].hex() if h["key_fingerprint"] else None})
+                             "key_fingerprint": h["key_fingerprint"].hex() if h["key_fingerprint"] else None,
+                             "synthetic_of": u(h["synthetic_of"]) if h["synthetic_of"] else None})
             print(json.dumps(rows, indent=1))
         if a.image:
             chain = restore(tapes, uuidlib.UUID(a.image).bytes, key, a.out)
