@@ -20,7 +20,9 @@ pub mod schema;
 mod types;
 
 pub use check::{Problem, ProblemKind};
-pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
+pub use dump::{
+    Conflict, MergeReport, SnapshotBase, SnapshotScope, DELTA_VERSION, DUMP_FORMAT, DUMP_VERSION,
+};
 pub use images::MAX_CHAIN_LEN;
 pub use parts::ScannedPart;
 pub use plan::{effective_extents, PlanStep};

@@ -616,6 +616,41 @@ class Tapes:
         return bytes(out)
 
 
+    def snapshot_chain(self, snap, c, f, key):
+        """The snapshot documents `snap` (in file f of c) needs, oldest first, ending
+        with it: a full snapshot alone, or a delta's base (FORMAT.md 4.5) then it."""
+        def doc_of(b, where):
+            try:
+                d = json.loads(b)
+            except ValueError as e:
+                raise Integrity(f"{where}: the snapshot is not JSON: {e}")
+            if d.get("format") != "tapevault-catalog":
+                raise Integrity(f"{where}: the snapshot is not a tapevault catalog document")
+            if d.get("version") not in (1, 2):
+                raise Integrity(f"{where}: catalog document version {d.get('version')} is not known")
+            return d
+        doc = doc_of(snap, f"{c.path} file {f}")
+        if doc.get("kind") is None:
+            return [snap]
+        if doc["version"] != 2 or doc["kind"] != "delta" or not doc.get("base"):
+            raise Integrity(f"{c.path} file {f}: a snapshot of kind {doc['kind']!r} without its base")
+        barcode = next(l["barcode"] for (cc, l) in self.labels if cc is c)
+        out = []
+        for i, loc in enumerate(doc["base"]):
+            if loc["barcode"] != barcode or not 0 < loc["tape_file"] < f:
+                raise Integrity(f"{c.path} file {f}: base snapshot {i} is not before it on the cartridge")
+            where = f"{c.path} file {loc['tape_file']}"
+            t, h = self.first_block(c, loc["tape_file"])
+            if t != T_SHDR or u(h["session"]) != loc["session_uuid"]:
+                raise Integrity(f"{where}: not the snapshot of session {loc['session_uuid']} the delta names")
+            b = self.read_snapshot(c, loc["tape_file"], key)
+            d = doc_of(b, where)
+            if d.get("base", []) != doc["base"][:i]:
+                raise Integrity(f"{where}: does not build on the snapshots before it in the chain")
+            out.append(b)
+        return out + [snap]
+
+
 def restore(tapes, target, key, out_path):
     """Rebuild the disk as of `target`: full first, incrementals over it, newest wins."""
     images = tapes.images()
@@ -722,11 +757,9 @@ def main():
                 raise Integrity("no catalog snapshot on the cartridges given")
             _, c, f, _ = max(tapes.snapshots, key=lambda s: s[0])
             snap = tapes.read_snapshot(c, f, key)
-            doc = json.loads(snap)
-            if doc.get("format") != "tapevault-catalog":
-                raise Integrity("the snapshot is not a tapevault catalog document")
+            docs = tapes.snapshot_chain(snap, c, f, key)
             with open(a.snapshot_out, "wb") as f:
-                f.write(snap)
+                f.write(b"\n".join(docs) + b"\n")
     except KeyProblem as e:
         print(f"spec-reader: key: {e}", file=sys.stderr)
         return 5
