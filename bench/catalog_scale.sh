@@ -64,7 +64,7 @@ timed() {
 }
 
 tv init --library "$W/library" --capacity 2G --slots 4 >/dev/null
-tv pool create p --compression none >/dev/null
+tv pool create p --compression off >/dev/null
 head -c $((4 << 20)) /dev/urandom > "$W/disk.img"
 tv backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p >/dev/null 2>&1
 
@@ -104,7 +104,8 @@ for night in range(per):
         off = (night * 4 + d) % (size // chunk) * chunk
         segs.append((u, 0, "GEN000L8", tf, 10 * tf, 10 * tf + 2, 0, 1, off, off + chunk))
         if night == 0:
-            exts.append((u, 0, off, 0, 1))
+            if off > 0:
+                exts.append((u, 0, off, 0, 1))
             exts.append((u, off, chunk, 1, 0))
             if off + chunk < size:
                 exts.append((u, off + chunk, size - off - chunk, 0, 1))

@@ -51,7 +51,8 @@ struct Dump {
     /// `"delta"` for a delta snapshot (version 2); absent in a full one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kind: Option<String>,
-    /// A delta's base: the full snapshot and the deltas over it, in tape order.
+    /// A delta's base: the snapshot it builds on (the one before it on the cartridge,
+    /// a full one or another delta).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     base: Vec<SnapshotLocation>,
     schema_version: u32,
@@ -477,13 +478,16 @@ impl Catalog {
             }
             k += 1;
         }
+        // The base names only the snapshot just before this one: a delta's size must
+        // not grow with the chain.
+        let prev: Vec<SnapshotLocation> = base.chain.last().cloned().into_iter().collect();
         let dump = self.dump_images(
             set,
             image_ids,
             |_| false,
             Vec::new(),
-            |_| base.chain.clone(),
-            Some((base.chain.clone(), new_sessions)),
+            |_| Vec::new(),
+            Some((prev, new_sessions)),
         )?;
         drop(tx);
         serde_json::to_vec(&dump).map_err(json_err)
@@ -511,10 +515,10 @@ impl Catalog {
         Ok(())
     }
 
-    /// The snapshots a catalog snapshot document builds on (its `base`, full snapshot
-    /// first): empty for a full snapshot or an export. A delta must be merged after
-    /// its base.
-    pub fn snapshot_document_base(bytes: &[u8]) -> Result<Vec<SnapshotLocation>> {
+    /// The snapshot a catalog snapshot document builds on (its `base`): None for a
+    /// full snapshot or an export. The catalog a delta describes is the union of it
+    /// and its base, recursively down to a full snapshot.
+    pub fn snapshot_document_base(bytes: &[u8]) -> Result<Option<SnapshotLocation>> {
         #[derive(Deserialize)]
         struct Head {
             format: String,
@@ -539,8 +543,14 @@ impl Catalog {
             )));
         }
         match h.kind.as_deref() {
-            None => Ok(Vec::new()),
-            Some(DELTA_KIND) if h.version >= DELTA_VERSION && !h.base.is_empty() => Ok(h.base),
+            None if h.base.is_empty() => Ok(None),
+            Some(DELTA_KIND) if h.version >= DELTA_VERSION && h.base.len() == 1 => {
+                Ok(h.base.into_iter().next())
+            }
+            None => Err(CatalogError::BadSnapshot(format!(
+                "a full snapshot with {} base snapshot(s)",
+                h.base.len()
+            ))),
             Some(k) => Err(CatalogError::BadSnapshot(format!(
                 "a version {} document of kind {k:?} with {} base snapshot(s)",
                 h.version,

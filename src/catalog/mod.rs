@@ -928,11 +928,10 @@ impl Catalog {
     pub fn session(&self, uuid: Uuid) -> Result<Option<SessionRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {SESSION_COLS}, writer FROM sessions WHERE uuid=?1"),
-                [uuid.to_string()],
-                session_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLS}, writer FROM sessions WHERE uuid=?1"
+            ))?
+            .query_row([uuid.to_string()], session_row)
             .optional()?)
     }
 

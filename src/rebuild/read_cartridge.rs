@@ -199,9 +199,11 @@ pub(super) fn read_cartridge(
 }
 
 /// Merge what the snapshot document `plain` (in tape file `file`) builds on, if it is a
-/// delta: the full snapshot and the deltas over it, read from this cartridge one at a
-/// time, oldest first, each checked as the newest was. `Ok(Err(reason))` when one of
-/// them cannot be used (the caller scans the cartridge instead).
+/// delta: the snapshot before it that it names, and so on back to a full snapshot,
+/// read from this cartridge one at a time (merging is idempotent and keeps the newer
+/// facts, so newest first is as good as oldest first), each checked as the newest was.
+/// `Ok(Err(reason))` when one of them cannot be used (the caller scans the cartridge
+/// instead).
 #[allow(clippy::too_many_arguments)]
 fn merge_base(
     cat: &Catalog,
@@ -214,14 +216,16 @@ fn merge_base(
     rep: &mut RebuildReport,
     buf: &mut Vec<u8>,
 ) -> Result<std::result::Result<(), String>> {
-    let base = match Catalog::snapshot_document_base(plain) {
+    let mut base = match Catalog::snapshot_document_base(plain) {
         Ok(b) => b,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    for (i, loc) in base.iter().enumerate() {
+    let mut file = file;
+    while let Some(loc) = base {
+        // Strictly backwards on this cartridge: the walk ends.
         if loc.barcode != bc || loc.tape_file >= file {
             return Ok(Err(format!(
-                "its base snapshot {i} is said to be in tape file {} of {}, not before it on this cartridge",
+                "the snapshot in tape file {file} builds on tape file {} of {}, not on one before it on this cartridge",
                 loc.tape_file, loc.barcode
             )));
         }
@@ -236,23 +240,15 @@ fn merge_base(
         };
         if Some(Uuid::from_bytes(s.header.session_uuid)) != loc.session_uuid {
             return Ok(Err(format!(
-                "tape file {} holds the snapshot of session {}, not the base it names",
+                "tape file {} holds the snapshot of session {}, not the base the snapshot after it names",
                 loc.tape_file,
                 Uuid::from_bytes(s.header.session_uuid)
             )));
         }
-        // The first is a full snapshot; the others are deltas over exactly the ones
-        // before them.
-        match Catalog::snapshot_document_base(&s.plain) {
-            Ok(b) if b.as_slice() == &base[..i] => {}
-            Ok(_) => {
-                return Ok(Err(format!(
-                    "the snapshot in tape file {} does not build on the snapshots before it in the chain",
-                    loc.tape_file
-                )))
-            }
+        let next = match Catalog::snapshot_document_base(&s.plain) {
+            Ok(b) => b,
             Err(e) => return Ok(Err(e.to_string())),
-        }
+        };
         match cat.merge_snapshot(&s.plain) {
             Ok(r) => add_merge(&mut rep.merged, r),
             Err(crate::catalog::CatalogError::BadSnapshot(e)) => {
@@ -270,6 +266,8 @@ fn merge_base(
             session_uuid: loc.session_uuid,
             time: time_of(s.header.time),
         });
+        file = loc.tape_file;
+        base = next;
     }
     Ok(Ok(()))
 }

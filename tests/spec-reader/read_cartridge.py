@@ -618,7 +618,8 @@ class Tapes:
 
     def snapshot_chain(self, snap, c, f, key):
         """The snapshot documents `snap` (in file f of c) needs, oldest first, ending
-        with it: a full snapshot alone, or a delta's base (FORMAT.md 4.5) then it."""
+        with it: a full snapshot alone, or a delta's base (FORMAT.md 4.5), the base's
+        base, ... down to a full snapshot, then it."""
         def doc_of(b, where):
             try:
                 d = json.loads(b)
@@ -628,27 +629,28 @@ class Tapes:
                 raise Integrity(f"{where}: the snapshot is not a tapevault catalog document")
             if d.get("version") not in (1, 2):
                 raise Integrity(f"{where}: catalog document version {d.get('version')} is not known")
-            return d
-        doc = doc_of(snap, f"{c.path} file {f}")
-        if doc.get("kind") is None:
-            return [snap]
-        if doc["version"] != 2 or doc["kind"] != "delta" or not doc.get("base"):
-            raise Integrity(f"{c.path} file {f}: a snapshot of kind {doc['kind']!r} without its base")
+            if d.get("kind") is None:
+                if d.get("base"):
+                    raise Integrity(f"{where}: a full snapshot with a base")
+                return None
+            if d["version"] != 2 or d["kind"] != "delta" or len(d.get("base") or []) != 1:
+                raise Integrity(f"{where}: a snapshot of kind {d['kind']!r} without its one base")
+            return d["base"][0]
         barcode = next(l["barcode"] for (cc, l) in self.labels if cc is c)
-        out = []
-        for i, loc in enumerate(doc["base"]):
-            if loc["barcode"] != barcode or not 0 < loc["tape_file"] < f:
-                raise Integrity(f"{c.path} file {f}: base snapshot {i} is not before it on the cartridge")
-            where = f"{c.path} file {loc['tape_file']}"
-            t, h = self.first_block(c, loc["tape_file"])
-            if t != T_SHDR or u(h["session"]) != loc["session_uuid"]:
-                raise Integrity(f"{where}: not the snapshot of session {loc['session_uuid']} the delta names")
-            b = self.read_snapshot(c, loc["tape_file"], key)
-            d = doc_of(b, where)
-            if d.get("base", []) != doc["base"][:i]:
-                raise Integrity(f"{where}: does not build on the snapshots before it in the chain")
+        out = [snap]
+        base = doc_of(snap, f"{c.path} file {f}")
+        while base is not None:
+            if base["barcode"] != barcode or not 0 < base["tape_file"] < f:
+                raise Integrity(f"{c.path} file {f}: its base snapshot is not before it on the cartridge")
+            f = base["tape_file"]
+            where = f"{c.path} file {f}"
+            t, h = self.first_block(c, f)
+            if t != T_SHDR or u(h["session"]) != base["session_uuid"]:
+                raise Integrity(f"{where}: not the snapshot of session {base['session_uuid']} the delta names")
+            b = self.read_snapshot(c, f, key)
             out.append(b)
-        return out + [snap]
+            base = doc_of(b, where)
+        return out[::-1]
 
 
 def restore(tapes, target, key, out_path):
