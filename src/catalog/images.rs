@@ -838,12 +838,12 @@ impl Catalog {
                     (ImageKind::Incremental, Some(p)) => {
                         let parent = match by_id.get(&p) {
                             Some(i) => Some((*i).clone()),
-                            None => {
-                                if !fetched.contains_key(&p) {
-                                    fetched.insert(p, self.image(p)?);
+                            None => match fetched.entry(p) {
+                                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    e.insert(self.image(p)?).clone()
                                 }
-                                fetched[&p].clone()
-                            }
+                            },
                         };
                         let Some(parent) = parent else {
                             break Err((
