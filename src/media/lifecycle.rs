@@ -285,7 +285,8 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
         }
     }
     let mut walked: HashSet<Uuid> = HashSet::new();
-    let mut newest_holds: Vec<Uuid> = newest.clone();
+    // Hashed: with 100 k kept images and 1 k disks, a Vec here cost 10^8 comparisons.
+    let mut newest_holds: HashSet<Uuid> = newest.iter().copied().collect();
     queue.extend(newest.drain(..));
     while let Some(start) = queue.pop_front() {
         if !walked.insert(start) {
@@ -326,7 +327,7 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
         // The chain of a newest image is walked once; make later holds on the same
         // images count too by remembering nothing else: a held set's other images are
         // not restore points that must be kept.
-        newest_holds.retain(|u| *u != start);
+        newest_holds.remove(&start);
     }
     Ok(out)
 }
