@@ -526,14 +526,22 @@ struct DiskImages {
     chains: Vec<Chain>,
 }
 
-fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
+fn entry(
+    cat: &Catalog,
+    i: &ImageRow,
+    depth: usize,
+    reasons: &HashMap<Uuid, Option<String>>,
+) -> Result<ImageEntry> {
     let mut cartridges: Vec<String> = Vec::new();
     for s in cat.segments(i.uuid)? {
         if !cartridges.contains(&s.barcode) {
             cartridges.push(s.barcode);
         }
     }
-    let why = cat.unrestorable_reason(i)?;
+    let why = match reasons.get(&i.uuid) {
+        Some(w) => w.clone(),
+        None => cat.unrestorable_reason(i)?,
+    };
     let mut copies = Vec::new();
     for c in cat.copies_of(i.uuid)? {
         let mut carts: Vec<String> = Vec::new();
@@ -585,6 +593,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
         .cloned()
         .collect();
     let images = &images[..];
+    let reasons = cat.unrestorable_reasons(images)?;
     let known: HashMap<Uuid, usize> = images
         .iter()
         .enumerate()
@@ -607,7 +616,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
             if std::mem::replace(&mut seen[i], true) {
                 continue;
             }
-            out.push(entry(cat, &images[i], depth)?);
+            out.push(entry(cat, &images[i], depth, &reasons)?);
             if let Some(c) = children.get(&images[i].uuid) {
                 for &k in c.iter().rev() {
                     stack.push((k, depth + 1));
@@ -624,7 +633,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
         if !seen[i] {
             chains.push(Chain {
                 root: img.uuid,
-                images: vec![entry(cat, img, 0)?],
+                images: vec![entry(cat, img, 0, &reasons)?],
             });
         }
     }
@@ -642,15 +651,21 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     if let (Some(d), true) = (disk, all.is_empty()) {
         return Err(unknown_disk(&cat, d)?);
     }
+    // Grouped by disk in one pass, disks in order of their first image.
     let mut disks: Vec<Uuid> = Vec::new();
-    for i in &all {
-        if !disks.contains(&i.disk_uuid) {
-            disks.push(i.disk_uuid);
-        }
+    let mut by_disk: HashMap<Uuid, Vec<ImageRow>> = HashMap::new();
+    for i in all {
+        by_disk
+            .entry(i.disk_uuid)
+            .or_insert_with(|| {
+                disks.push(i.disk_uuid);
+                Vec::new()
+            })
+            .push(i);
     }
     let mut out = Vec::new();
     for d in disks {
-        let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
+        let mine = by_disk.remove(&d).unwrap_or_default();
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
         let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
         out.push(DiskImages {

@@ -634,6 +634,43 @@ class Tapes:
         return bytes(out)
 
 
+    def snapshot_chain(self, snap, c, f, key):
+        """The snapshot documents `snap` (in file f of c) needs, oldest first, ending
+        with it: a full snapshot alone, or a delta's base (FORMAT.md 4.5), the base's
+        base, ... down to a full snapshot, then it."""
+        def doc_of(b, where):
+            try:
+                d = json.loads(b)
+            except ValueError as e:
+                raise Integrity(f"{where}: the snapshot is not JSON: {e}")
+            if d.get("format") != "tapevault-catalog":
+                raise Integrity(f"{where}: the snapshot is not a tapevault catalog document")
+            if d.get("version") not in (1, 2):
+                raise Integrity(f"{where}: catalog document version {d.get('version')} is not known")
+            if d.get("kind") is None:
+                if d.get("base"):
+                    raise Integrity(f"{where}: a full snapshot with a base")
+                return None
+            if d["version"] != 2 or d["kind"] != "delta" or len(d.get("base") or []) != 1:
+                raise Integrity(f"{where}: a snapshot of kind {d['kind']!r} without its one base")
+            return d["base"][0]
+        barcode = next(l["barcode"] for (cc, l) in self.labels if cc is c)
+        out = [snap]
+        base = doc_of(snap, f"{c.path} file {f}")
+        while base is not None:
+            if base["barcode"] != barcode or not 0 < base["tape_file"] < f:
+                raise Integrity(f"{c.path} file {f}: its base snapshot is not before it on the cartridge")
+            f = base["tape_file"]
+            where = f"{c.path} file {f}"
+            t, h = self.first_block(c, f)
+            if t != T_SHDR or u(h["session"]) != base["session_uuid"]:
+                raise Integrity(f"{where}: not the snapshot of session {base['session_uuid']} the delta names")
+            b = self.read_snapshot(c, f, key)
+            out.append(b)
+            base = doc_of(b, where)
+        return out[::-1]
+
+
 def restore(tapes, target, key, out_path):
     """Rebuild the disk as of `target`: full first, incrementals over it, newest wins."""
     images = tapes.images()
@@ -741,11 +778,9 @@ def main():
                 raise Integrity("no catalog snapshot on the cartridges given")
             _, c, f, _ = max(tapes.snapshots, key=lambda s: s[0])
             snap = tapes.read_snapshot(c, f, key)
-            doc = json.loads(snap)
-            if doc.get("format") != "tapevault-catalog":
-                raise Integrity("the snapshot is not a tapevault catalog document")
+            docs = tapes.snapshot_chain(snap, c, f, key)
             with open(a.snapshot_out, "wb") as f:
-                f.write(snap)
+                f.write(b"\n".join(docs) + b"\n")
     except KeyProblem as e:
         print(f"spec-reader: key: {e}", file=sys.stderr)
         return 5
