@@ -58,7 +58,7 @@ fn image_entries(v: &Vault, disk: &TestDisk) -> Vec<Value> {
     let id = disk.id.to_string();
     let j = v.ok(&["images", "--disk", &id]);
     let mut out = Vec::new();
-    for d in j.as_array().unwrap() {
+    for d in j["disks"].as_array().unwrap() {
         for c in d["chains"].as_array().unwrap() {
             out.extend(c["images"].as_array().unwrap().iter().cloned());
         }
@@ -139,12 +139,12 @@ fn synthetic_full_of_full_and_20_incrementals_is_that_point_and_the_next_base() 
     let entries = image_entries(&v, &d);
     let e = entries
         .iter()
-        .find(|e| s(e, "uuid") == synth)
+        .find(|e| s(e, "image") == synth)
         .expect("listed");
     assert_eq!(s(e, "synthetic_of"), point);
     assert!(entries
         .iter()
-        .filter(|e| s(e, "uuid") != synth)
+        .filter(|e| s(e, "image") != synth)
         .all(|e| e["synthetic_of"].is_null()));
 
     // It restores alone (one image read), bit-identical to the point.
@@ -267,7 +267,7 @@ fn encrypted_spanning_synthetic_full_restores_and_rebuilds_from_the_media() {
     let mut d = TestDisk::create(v.path("d.img"), 5 * MIB, 5 * MIB, 11);
     let imgs = chain(&v, &mut d, "enc", 3, &env);
     assert!(
-        imgs[0]["cartridges"].as_array().unwrap().len() >= 2,
+        imgs[0]["barcodes"].as_array().unwrap().len() >= 2,
         "the full spans: {}",
         imgs[0]
     );
@@ -294,7 +294,7 @@ fn encrypted_spanning_synthetic_full_restores_and_rebuilds_from_the_media() {
     );
     let synth = s(&img, "image").to_string();
     assert!(
-        img["cartridges"].as_array().unwrap().len() >= 2,
+        img["barcodes"].as_array().unwrap().len() >= 2,
         "the synthetic full spans: {img}"
     );
     // Written under the pool's key, with fresh nonces: every record of it is sealed.
@@ -459,7 +459,7 @@ fn refusals_and_a_digest_mismatch_leave_the_chain_alone_and_are_never_a_base() {
 
     // A media error while reading the chain: the job fails (exit 3), nothing is
     // written, and the chain is left exactly as it was (the error may be passing).
-    let full_bc = full["cartridges"][0].as_str().unwrap().to_string();
+    let full_bc = full["barcodes"][0].as_str().unwrap().to_string();
     let seg = v.catalog().segments(full_row.uuid).unwrap()[0].clone();
     let statuses = |v: &Vault| -> Vec<(String, String)> {
         v.catalog()
@@ -516,7 +516,7 @@ fn a_synthetic_full_killed_or_cut_off_leaves_the_chain_and_is_never_a_base() {
     d.random_writes(4, 100 * KIB);
     let inc = v.backup(&d, "p", &[]);
     let point = s(&inc, "image").to_string();
-    let bc = inc["cartridges"][0].as_str().unwrap().to_string();
+    let bc = inc["barcodes"][0].as_str().unwrap().to_string();
     let at_point = v.path("point.copy");
     d.save_copy(&at_point);
 
