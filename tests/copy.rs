@@ -282,7 +282,7 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
     );
     let img = &b["images"][0];
     assert!(
-        strs(&img["cartridges"]).len() >= 2,
+        strs(&img["barcodes"]).len() >= 2,
         "the original spans: {b}"
     );
     d.save_copy(&v.path("p0.img"));
@@ -313,7 +313,7 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
         .unwrap()
         .to_string();
     v.ok(&["media", "export", "--set", &set]);
-    let away = strs(&img["cartridges"]);
+    let away = strs(&img["barcodes"]);
     for b in &away {
         v.ok(&["media", "vault", b, "--location", "iron"]);
     }
@@ -436,7 +436,7 @@ fn one_drive_copies_through_a_bounded_spool_and_refuses_without_one() {
         "the spool is emptied"
     );
     assert_eq!(r.json["copied"][0]["digest"], full["digest"]);
-    v.ok(&["media", "damaged", &strs(&full["cartridges"])[0]]);
+    v.ok(&["media", "damaged", &strs(&full["barcodes"])[0]]);
     restore_to(&v, &d, None, &v.path("r.img"));
     assert_same_bytes(
         &v.path("r.img"),
@@ -482,7 +482,7 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
         .expect("the session was copied");
     assert_eq!(copied.len(), 1, "{b}");
     assert_eq!(copied[0]["original"], b["images"][0]["image"]);
-    let orig_carts = strs(&b["images"][0]["cartridges"]);
+    let orig_carts = strs(&b["images"][0]["barcodes"]);
     let copy_carts = strs(&copied[0]["cartridges"]);
     v.assert_catalog_consistent();
 
@@ -501,7 +501,7 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
         orig_carts.iter().all(|c| !remove.contains(c)),
         "the originals stay: {plan}"
     );
-    assert_eq!(plan["plan"]["remove"][0]["to"], "vault:iron", "{plan}");
+    assert_eq!(plan["plan"]["remove"][0]["to"]["text"], "vault:iron", "{plan}");
 }
 
 #[test]
@@ -514,7 +514,7 @@ fn a_killed_copy_leaves_the_source_and_the_catalog_as_they_were() {
     d.save_copy(&v.path("p0.img"));
     let id = d.id.to_string();
     // Every blank cartridge writes slowly, so the copy is mid-stream when killed.
-    let used = strs(&full["cartridges"]);
+    let used = strs(&full["barcodes"]);
     let blanks: Vec<String> = v
         .catalog()
         .list_media(None)
@@ -587,7 +587,7 @@ fn a_media_error_fails_the_copy_and_a_broken_chain_is_refused() {
     d.random_writes(4, 100 * KIB);
     let inc = v.backup(&d, "a", &[]);
     let id = d.id.to_string();
-    let bc = strs(&full["cartridges"])[0].clone();
+    let bc = strs(&full["barcodes"])[0].clone();
     // A media error in the middle of the full's records.
     let f = v.cartridge_dir(&bc).join("faults.json");
     std::fs::write(
