@@ -281,10 +281,7 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
         ],
     );
     let img = &b["images"][0];
-    assert!(
-        strs(&img["barcodes"]).len() >= 2,
-        "the original spans: {b}"
-    );
+    assert!(strs(&img["barcodes"]).len() >= 2, "the original spans: {b}");
     d.save_copy(&v.path("p0.img"));
 
     let c = ok_pass(&v, &["copy", "--all-uncopied", "--to-pool", "dr"]);
@@ -501,7 +498,10 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
         orig_carts.iter().all(|c| !remove.contains(c)),
         "the originals stay: {plan}"
     );
-    assert_eq!(plan["plan"]["remove"][0]["to"]["text"], "vault:iron", "{plan}");
+    assert_eq!(
+        plan["plan"]["remove"][0]["to"]["text"], "vault:iron",
+        "{plan}"
+    );
 }
 
 #[test]

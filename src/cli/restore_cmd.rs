@@ -179,7 +179,7 @@ const MAX_COPY_ATTEMPTS: usize = 4;
 /// `Ok(Some((error, marked, again)))`: failed on damage that was marked in the catalog;
 /// `again` when the damaged image's point is still held by a complete copy (or
 /// original), so a new attempt reads that one.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn restore_once(
     ctx: &Ctx,
     home: &crate::home::Home,
