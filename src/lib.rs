@@ -14,5 +14,6 @@ pub mod pipeline;
 pub mod rebuild;
 pub mod restore;
 pub mod source;
+pub mod synthetic;
 pub mod timefmt;
 pub mod verify;

@@ -169,6 +169,33 @@ fn missing_or_failed_parent_breaks_the_chain() {
     })
     .unwrap();
     assert_eq!(broken_at(c.restore_chain(disk, At::Latest)), f.uuid);
+    // The shared walk of `images` says the same as one walk per image.
+    let mut g = row.clone();
+    g.uuid = Uuid::new_v4();
+    g.parent_uuid = Some(row.uuid);
+    g.started = catalog_time(t(4));
+    c.merge_image(&ImageDump {
+        image: g,
+        segments: vec![],
+        extents: vec![],
+    })
+    .unwrap();
+    let all = c.images(Some(disk)).unwrap();
+    assert_eq!(all.len(), 5);
+    let shared = c.unrestorable_reasons(&all).unwrap();
+    for i in &all {
+        assert_eq!(
+            shared[&i.uuid],
+            c.unrestorable_reason(i).unwrap(),
+            "{}",
+            i.uuid
+        );
+    }
+    assert_eq!(
+        shared.values().filter(|w| w.is_none()).count(),
+        1,
+        "{shared:?}"
+    );
 }
 
 #[test]

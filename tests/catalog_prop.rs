@@ -94,7 +94,7 @@ proptest! {
                     0..=3 => ImageStatus::Complete, 4 => ImageStatus::Failed, 5 => ImageStatus::Corrupt,
                     6 => ImageStatus::Incomplete, _ => ImageStatus::Running,
                 },
-                records: 0, plain_bytes: 0, stored_bytes: 0, content_digest: None, digest_list: None, note: None, copy_of: None,
+                records: 0, plain_bytes: 0, stored_bytes: 0, content_digest: None, digest_list: None, note: None, copy_of: None, synthetic_of: None,
             };
             c.merge_image(&ImageDump { image: row.clone(), segments: vec![], extents: vec![] }).unwrap();
             ids.push(row.uuid);

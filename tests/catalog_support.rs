@@ -59,6 +59,7 @@ pub fn new_image(disk: Uuid, kind: ImageKind, parent: Option<Uuid>, hour: i64) -
         key_fingerprint: None,
         compression: Compression::Zstd(3),
         started: t(hour),
+        synthetic_of: None,
     }
 }
 

@@ -448,3 +448,119 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(v["images"].as_array().unwrap().len(), 2);
 }
+
+/// The kind and plain length (0 when not known) of every catalog snapshot a home
+/// recorded, in tape order.
+fn snapshot_kinds(home: &Path) -> Vec<(String, u64, String)> {
+    let raw = rusqlite::Connection::open(home.join("catalog.db")).unwrap();
+    let mut st = raw
+        .prepare("SELECT kind, plain_len, barcode FROM snapshots ORDER BY barcode, tape_file")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                r.get(2)?,
+            ))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    rows
+}
+
+#[test]
+fn delta_snapshots_rebuild_the_same_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let lib = root.join("library");
+    let home = root.join("home");
+    ok(
+        &home,
+        &[
+            "init",
+            "--library",
+            lib.to_str().unwrap(),
+            "--capacity",
+            "64M",
+            "--slots",
+            "4",
+        ],
+    );
+    ok(&home, &["pool", "create", "p"]);
+    let (a, b) = (root.join("a.img"), root.join("b.img"));
+    make_disk(&a, 2, 31);
+    make_disk(&b, 1, 32);
+    let vm = manifest(root, "vm", &[(A1, &a), (A2, &b)]);
+    let vm = vm.to_str().unwrap();
+    // A full, then a chain of incrementals: each session's snapshot is a delta over
+    // the ones before it on the cartridge, until the deltas outgrow the full.
+    ok(&home, &["backup", "--manifest", vm, "--pool", "p"]);
+    for i in 0..12 {
+        touch_disk(&a, 100 + i);
+        ok(&home, &["backup", "--manifest", vm, "--pool", "p"]);
+    }
+    let kinds = snapshot_kinds(&home);
+    assert_eq!(kinds.len(), 13, "one snapshot per session: {kinds:?}");
+    assert_eq!(kinds[0].0, "full", "{kinds:?}");
+    let deltas = kinds.iter().filter(|k| k.0 == "delta").count();
+    assert!(deltas >= 6, "most sessions wrote deltas: {kinds:?}");
+    // A delta carries the session, not the set: the deltas stay about the same size
+    // while the full snapshots grow with the chain.
+    let fulls: Vec<u64> = kinds
+        .iter()
+        .filter(|k| k.0 == "full")
+        .map(|k| k.1)
+        .collect();
+    let max_delta = kinds
+        .iter()
+        .filter(|k| k.0 == "delta")
+        .map(|k| k.1)
+        .max()
+        .unwrap();
+    assert!(
+        max_delta < *fulls.last().unwrap(),
+        "a delta is smaller than the newest full snapshot: {kinds:?}"
+    );
+    // The newest snapshot is a delta, so the fast path has to combine the chain.
+    assert_eq!(kinds.last().unwrap().0, "delta", "{kinds:?}");
+    let orig = images(&home);
+    assert_eq!(orig.len(), 26);
+
+    let fast = root.join("fast");
+    ok(&fast, &["init", "--library", lib.to_str().unwrap()]);
+    let (code, rep) = json(&fast, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let carts = rep["cartridges"].as_array().unwrap();
+    assert!(
+        carts.iter().any(|c| c["method"] == "snapshot")
+            && carts.iter().all(|c| c["method"] != "scan"),
+        "the fast path combined the deltas without a scan: {rep:#}"
+    );
+    assert!(
+        carts.iter().all(|c| c["files_scanned"] == 0),
+        "no tape file was scanned: {rep:#}"
+    );
+    let got = images(&fast);
+    assert_eq!(got.len(), orig.len(), "every image is back");
+    assert_eq!(assert_same_restore_points(&orig, &got, true), 26);
+    // The rebuilt home restores the newest point, and its next session writes a full
+    // snapshot (a rebuild does not know the plain lengths of the chain it read).
+    let out = root.join("a-restored.img");
+    ok(
+        &fast,
+        &["restore", "--disk", A1, "--to", out.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
+    touch_disk(&a, 200);
+    ok(&fast, &["backup", "--manifest", vm, "--pool", "p"]);
+    let after = snapshot_kinds(&fast);
+    assert_eq!(after.last().unwrap().0, "full", "{after:?}");
+    // And a full scan finds the same images.
+    let scan = root.join("scan");
+    ok(&scan, &["init", "--library", lib.to_str().unwrap()]);
+    let (code, rep) = json(&scan, &["catalog", "rebuild", "--scan"]);
+    assert_eq!(code, 0, "{rep:#}");
+    assert_eq!(images(&scan).len(), 28);
+}

@@ -269,6 +269,7 @@ fn run_schedule(
                     key_fingerprint: None,
                     compression: Compression::Off,
                     started: now,
+                    synthetic_of: None,
                 })
                 .unwrap();
                 cat.complete_image(

@@ -26,6 +26,7 @@ impl Job<'_> {
             spec: d,
             source,
             changed,
+            synthetic,
         } = checked;
         let d = &d;
         // A driver's disk: its export is opened now, and held (with whatever serves it)
@@ -45,16 +46,34 @@ impl Job<'_> {
             }
         };
         let size = disk.size();
-        let tracked = opened.as_ref().and_then(|o| {
-            // Untracked exports are read like raw files (hash scan incrementals).
-            (o.change_id.is_some() || o.dirty.is_some()).then_some(Tracked {
-                export: &o.export,
-                dirty: o.dirty.as_ref(),
-                full_reason: o.full_reason.as_deref(),
-            })
-        });
-        let mut plan = self.decide(d, size, changed.as_ref(), tracked, req.mode)?;
-        let base_note = self.base_note(d, req.mode)?;
+        let (mut plan, base_note) = match &synthetic {
+            // A synthetic full: a full of the restored point, never an incremental.
+            Some(s) => (
+                Plan::Full {
+                    kind: ImageKind::Full,
+                    reason: Some(format!(
+                        "synthetic full of image {} (the restore point of {}), built from its chain on tape",
+                        s.point.uuid,
+                        crate::timefmt::show(&s.point.started)
+                    )),
+                },
+                None,
+            ),
+            None => {
+                let tracked = opened.as_ref().and_then(|o| {
+                    // Untracked exports are read like raw files (hash scan incrementals).
+                    (o.change_id.is_some() || o.dirty.is_some()).then_some(Tracked {
+                        export: &o.export,
+                        dirty: o.dirty.as_ref(),
+                        full_reason: o.full_reason.as_deref(),
+                    })
+                });
+                (
+                    self.decide(d, size, changed.as_ref(), tracked, req.mode)?,
+                    self.base_note(d, req.mode)?,
+                )
+            }
+        };
         if let Some(n) = &base_note {
             self.tape
                 .events
@@ -99,6 +118,9 @@ impl Job<'_> {
             }
         }
         let (kind, parent, method, reason) = match &plan {
+            Plan::Full { kind, reason } if synthetic.is_some() => {
+                (*kind, None, "synthetic", reason.clone())
+            }
             Plan::Full { kind, reason } => (*kind, None, "full", reason.clone()),
             Plan::ChangedExtents { base, .. } => (
                 ImageKind::Incremental,
@@ -133,7 +155,11 @@ impl Job<'_> {
         //
         // A driver's epoch starts at this backup's point in time whether the image is a
         // full or an incremental: its change id is recorded with either.
+        //
+        // A synthetic full holds exactly its point's bytes, so it carries the point's
+        // change id: the change-tracking epoch goes on from it.
         let change_id = match (&plan, &opened) {
+            _ if synthetic.is_some() => synthetic.as_ref().and_then(|s| s.point.change_id.clone()),
             (Plan::Full { .. } | Plan::DirtyBitmap { .. }, Some(o)) => o.change_id.clone(),
             (Plan::Full { .. } | Plan::ChangedExtents { .. }, None) => {
                 changed.as_ref().map(|c| c.change_id.clone())
@@ -141,6 +167,16 @@ impl Job<'_> {
             (Plan::HashScan { .. }, _) | (Plan::ChangedExtents { .. }, Some(_)) => None,
             (Plan::DirtyBitmap { .. }, None) => None,
         };
+        let synthetic_of = synthetic.as_ref().map(|s| s.point.uuid);
+        // A synthetic full's point in time is its point's.
+        let point_time = synthetic
+            .as_ref()
+            .map_or_else(crate::home::clock::now, |s| s.point.started);
+        self.reproduce = synthetic.map(|s| Reproduce {
+            point: s.point.uuid,
+            list: s.point_list,
+        });
+        self.image_time = point_time;
         let cat = self.tape.cat;
         let pool = self.tape.pool.clone();
         cat.begin_image(&NewImage {
@@ -162,7 +198,8 @@ impl Job<'_> {
             pool: Some(pool.name.clone()),
             key_fingerprint: pool.key_fingerprint.clone(),
             compression: pool.compression,
-            started: crate::home::clock::now(),
+            started: point_time,
+            synthetic_of,
         })?;
         let result = self.write_image(
             &disk,
@@ -177,6 +214,7 @@ impl Job<'_> {
             base_change,
             req,
         );
+        self.reproduce = None;
         match result {
             Ok(p) => {
                 let digest_hex = crate::crypto::to_hex(&p.digest);
@@ -210,6 +248,7 @@ impl Job<'_> {
                     parent,
                     reason,
                     base_note,
+                    synthetic_of,
                     disk_size: size,
                     data_bytes: p.data_bytes,
                     zero_bytes: p.zero_bytes,

@@ -181,7 +181,9 @@ impl Job<'_> {
             disk_size: size,
             tracking_block_size: bs as u32,
             record_data_size: cfg.record_data_size as u32,
-            time: crate::home::clock::now().timestamp(),
+            // The image's point in time, as the catalog records it (a synthetic full's
+            // is the point's it reproduces).
+            time: self.image_time.timestamp(),
             compression: match pool.compression {
                 catalog::Compression::Off => WireCompression::None,
                 catalog::Compression::Zstd(_) => WireCompression::Zstd,
@@ -195,6 +197,7 @@ impl Job<'_> {
                 None
             },
             copy_of: None,
+            synthetic_of: self.reproduce.as_ref().map(|r| *r.point.as_bytes()),
         };
         let mut reader = reader;
         let mut state = self.stream_records(
@@ -224,10 +227,22 @@ impl Job<'_> {
         let (stats, summary) = reader.finish();
         state.read_bytes = stats.read_bytes;
         if let Some(Err(e)) = summary {
-            return Err(Error::Failed(format!(
+            let e = Error::Failed(format!(
                 "writing the block digest list {}: {e}",
                 new_list.display()
-            )));
+            ));
+            self.abort_part(&mut state, &e);
+            return Err(e);
+        }
+        // A synthetic full must hold exactly the bytes of the point it reproduces: its
+        // block digest list (of what was written) must equal the point's, before the
+        // trailer may say complete. A mismatch aborts the image on tape too, so not even
+        // a catalog rebuilt from the media ever takes it for a base.
+        if let Some((list, point)) = self.reproduce.as_ref().map(|r| (r.list.clone(), r.point)) {
+            if let Err(e) = crate::synthetic::verify::same_disk(new_list, &list, point) {
+                self.abort_part(&mut state, &e);
+                return Err(e);
+            }
         }
         self.close_image(&mut state)?;
         Ok(state)
@@ -328,31 +343,7 @@ impl Job<'_> {
             state.stages = *times;
         }
         if let Err(e) = run {
-            // Close the part as aborted so a reader knows, but only when the failure was
-            // not the drive's and the tape is provably where this writer left it: after a
-            // reset or power cut the drive may be back at BOT, and writing there would
-            // destroy the cartridge.
-            if let Some(mut w) = state.writer.take() {
-                let drive_failed = root_drive_error(&e).is_some();
-                let sink = w.sink_mut();
-                let in_place = sink
-                    .drive
-                    .position()
-                    .map(|p| p.block == sink.block)
-                    .unwrap_or(false);
-                if !drive_failed && in_place {
-                    if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
-                        let _ = self.tape.put_sink(sink);
-                    }
-                } else {
-                    // The cartridge's state is unknown: never write to it again in this
-                    // session; the next append closes the unterminated file.
-                    drop(w);
-                    if let Some(c) = self.tape.current.as_mut() {
-                        c.sink = None;
-                    }
-                }
-            }
+            self.abort_part(&mut state, &e);
             return Err(e);
         }
         Ok(state)
@@ -373,5 +364,33 @@ impl Job<'_> {
         self.tape.put_sink(sink)?;
         self.image_parts += 1;
         Ok(())
+    }
+
+    /// Close the open part as aborted so a reader knows, but only when the failure was
+    /// not the drive's and the tape is provably where this writer left it: after a
+    /// reset or power cut the drive may be back at BOT, and writing there would destroy
+    /// the cartridge.
+    fn abort_part(&mut self, state: &mut ImageProgress, e: &Error) {
+        if let Some(mut w) = state.writer.take() {
+            let drive_failed = root_drive_error(e).is_some();
+            let sink = w.sink_mut();
+            let in_place = sink
+                .drive
+                .position()
+                .map(|p| p.block == sink.block)
+                .unwrap_or(false);
+            if !drive_failed && in_place {
+                if let Ok((sink, _, _)) = w.finish(TrailerStatus::Aborted, state.digest) {
+                    let _ = self.tape.put_sink(sink);
+                }
+            } else {
+                // The cartridge's state is unknown: never write to it again in this
+                // session; the next append closes the unterminated file.
+                drop(w);
+                if let Some(c) = self.tape.current.as_mut() {
+                    c.sink = None;
+                }
+            }
+        }
     }
 }

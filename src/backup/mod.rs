@@ -57,7 +57,9 @@ mod target;
 
 pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
-pub use request::{check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode};
+pub use request::{
+    check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode, SyntheticSource,
+};
 pub use session::run;
 pub use target::{ImageTarget, WrittenImage};
 
@@ -106,6 +108,21 @@ struct Job<'a> {
     image_parts: u32,
     /// Reused buffer for encrypting a record's payload.
     seal_buf: Vec<u8>,
+    /// While a synthetic full is written: the block digest list of the point it
+    /// reproduces, which the new image's list must equal before its trailer may say
+    /// complete.
+    reproduce: Option<Reproduce>,
+    /// The point in time of the image being written (its catalog `started`), which its
+    /// header's `time` carries too, so a catalog rebuilt from the media orders images
+    /// as the original did.
+    image_time: chrono::DateTime<chrono::Utc>,
+}
+
+/// The point a synthetic full being written reproduces.
+struct Reproduce {
+    point: Uuid,
+    /// The point's block digest list (in the home).
+    list: PathBuf,
 }
 
 /// The drive error at the root of a (context-wrapped) error, if any.

@@ -17,7 +17,8 @@ pub struct DiskReport {
     pub path: PathBuf,
     pub image: Uuid,
     pub kind: ImageKind,
-    /// How the changed extents were found: full, changed-extents, hash-scan.
+    /// How the changed extents were found: full, changed-extents, hash-scan; or synthetic
+    /// (a full built from a chain on tape).
     pub method: &'static str,
     pub parent: Option<Uuid>,
     /// Why this kind was chosen when it is not what a user might expect.
@@ -25,6 +26,8 @@ pub struct DiskReport {
     /// When newer images of the disk cannot be restored (corrupt, failed, or built on
     /// one that is): which were passed over as the base, and why.
     pub base_note: Option<String>,
+    /// A synthetic full: the image whose restore point it reproduces.
+    pub synthetic_of: Option<Uuid>,
     pub disk_size: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,

@@ -63,6 +63,17 @@ pub struct CheckedDisk {
     pub spec: DiskSpec,
     pub(super) source: Source,
     pub(super) changed: Option<ChangedExtents>,
+    /// A synthetic full: the disk is the restored point, not the VM's disk.
+    pub(super) synthetic: Option<SyntheticSource>,
+}
+
+/// What a synthetic full is built from: the restore point it reproduces (already
+/// restored, every record checked, into the scratch file the [`CheckedDisk`] reads)
+/// and that point's block digest list, which the new image's list must equal before
+/// the catalog may call it complete.
+pub struct SyntheticSource {
+    pub point: crate::catalog::ImageRow,
+    pub point_list: PathBuf,
 }
 
 /// A request with every input checked: what [`run`] backs up.
@@ -74,6 +85,34 @@ pub struct Inputs {
 impl Inputs {
     pub fn disks(&self) -> impl Iterator<Item = &CheckedDisk> {
         self.disks.iter()
+    }
+
+    /// A synthetic full of one disk into `pool`: `restored` holds the point
+    /// `source.point` (restored from its chain on tape), which is written as a full
+    /// image of the disk under the pool's policy. The VM's disk is never opened.
+    pub fn synthetic(pool: String, restored: Disk, source: SyntheticSource) -> Inputs {
+        let spec = DiskSpec {
+            id: source.point.disk_uuid,
+            label: source.point.disk_label.clone(),
+            path: restored.path().to_path_buf(),
+            changed_extents: None,
+            driver: None,
+        };
+        let req = BackupRequest {
+            vm_name: source.point.vm_name.clone(),
+            disks: vec![spec.clone()],
+            pool,
+            mode: Mode::Full,
+        };
+        Inputs {
+            req,
+            disks: vec![CheckedDisk {
+                spec,
+                source: Source::Local(restored),
+                changed: None,
+                synthetic: Some(source),
+            }],
+        }
     }
 }
 
@@ -147,6 +186,7 @@ pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
                 spec: d.clone(),
                 source: Source::Driver(driver.clone()),
                 changed: None,
+                synthetic: None,
             });
             continue;
         }
@@ -185,6 +225,7 @@ pub fn check_inputs(req: BackupRequest) -> Result<Inputs> {
             spec: d.clone(),
             source: Source::Local(disk),
             changed,
+            synthetic: None,
         });
     }
     Ok(Inputs { req, disks })

@@ -92,6 +92,8 @@ pub fn run(
         session: session.uuid,
         image_parts: 0,
         seal_buf: Vec::new(),
+        reproduce: None,
+        image_time: now,
     };
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
@@ -158,8 +160,8 @@ impl Job<'_> {
     pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
-        let plain = cat.snapshot(catalog::SnapshotScope::MediaSet(set.uuid))?;
         let (mut sink, barcode, file) = self.tape.take_sink()?;
+        let (plain, delta) = session_snapshot(cat, set.uuid, &barcode)?;
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
@@ -199,7 +201,24 @@ impl Job<'_> {
             session_uuid: Some(self.session),
             time: catalog::catalog_time(now),
         };
-        cat.record_snapshot(&loc)?;
+        cat.record_snapshot_written(&loc, delta, plain.len() as u64)?;
         Ok(loc)
     }
+}
+
+/// The catalog snapshot a session ending on cartridge `barcode` writes, and whether it
+/// is a delta. A delta over the cartridge's newest snapshots (a full one and the
+/// deltas after it) while they stay smaller together than the full one; else a full
+/// snapshot of the media set. So each session writes what it changed, and a full
+/// snapshot only after at least its own size was written in deltas: the total over N
+/// sessions grows linearly, and a rebuild reads at most about twice a full snapshot
+/// (docs/FORMAT.md 4.5).
+fn session_snapshot(cat: &catalog::Catalog, set: Uuid, barcode: &str) -> Result<(Vec<u8>, bool)> {
+    if let Some(base) = cat.snapshot_base(set, barcode)? {
+        let plain = cat.snapshot_delta(set, &base)?;
+        if base.deltas_len + plain.len() as u64 <= base.full_len {
+            return Ok((plain, true));
+        }
+    }
+    Ok((cat.snapshot(catalog::SnapshotScope::MediaSet(set))?, false))
 }

@@ -144,6 +144,8 @@ impl<'a> ImageTarget<'a> {
                 session: session.uuid,
                 image_parts: 0,
                 seal_buf: Vec::new(),
+                reproduce: None,
+                image_time: crate::home::clock::now(),
             },
             _lock: lock,
             set,

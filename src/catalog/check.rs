@@ -14,7 +14,7 @@ pub enum ProblemKind {
     SegmentUnknownMedia,
     /// A segment's ranges are reversed or outside the disk.
     BadSegment,
-    /// An incremental's parent is not in the catalog.
+    /// A complete (or running) incremental's parent is not in the catalog.
     MissingParent,
     /// A parent link that can never restore: parent is a copy, of another disk,
     /// not complete under a complete child, or kinds and parents disagree.
@@ -138,6 +138,15 @@ impl Catalog {
                     );
                 }
             }
+            // Only a full can be synthetic (the image it reproduces may be gone: an
+            // expired chain is what a synthetic full lets go).
+            if let (Some(of), true) = (img.synthetic_of, img.kind != ImageKind::Full) {
+                add(
+                    ProblemKind::BadParent,
+                    subj.clone(),
+                    format!("a {} image recorded as a synthetic full of {of}", img.kind),
+                );
+            }
             match (img.kind, img.parent_uuid) {
                 (ImageKind::Incremental, None) => add(
                     ProblemKind::BadParent,
@@ -150,6 +159,12 @@ impl Catalog {
                     format!("{} image with parent {p}", img.kind),
                 ),
                 (ImageKind::Incremental, Some(p)) => match images.get(&p) {
+                    // A corrupt or failed image whose base was recycled after it (an
+                    // older chain expiring under incremental forever) already says it
+                    // cannot be restored and why: only an image that claims to be
+                    // restorable (or is being written) needs its parent.
+                    None if !matches!(img.status, ImageStatus::Complete | ImageStatus::Running) => {
+                    }
                     None => add(
                         ProblemKind::MissingParent,
                         subj.clone(),

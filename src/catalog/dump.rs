@@ -17,6 +17,23 @@ use std::io::Write;
 pub const DUMP_FORMAT: &str = "tapevault-catalog";
 /// Version of the dump shape; newer dumps are refused.
 pub const DUMP_VERSION: u32 = 1;
+/// Version of a delta snapshot document (`"kind": "delta"`, with its `"base"`): a
+/// tapevault that knows only version 1 refuses it and rebuilds by scanning.
+pub const DELTA_VERSION: u32 = 2;
+const DELTA_KIND: &str = "delta";
+
+/// The snapshots on one cartridge that a delta snapshot builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotBase {
+    /// The full snapshot first, then the deltas over it, in tape order.
+    pub chain: Vec<SnapshotLocation>,
+    /// Plain length of the full snapshot.
+    pub full_len: u64,
+    /// Plain length of the deltas together.
+    pub deltas_len: u64,
+    /// When the session of the full snapshot started.
+    pub full_started: DateTime<Utc>,
+}
 
 /// What a snapshot covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +48,13 @@ pub enum SnapshotScope {
 struct Dump {
     format: String,
     version: u32,
+    /// `"delta"` for a delta snapshot (version 2); absent in a full one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// A delta's base: the snapshot it builds on (the one before it on the cartridge,
+    /// a full one or another delta).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    base: Vec<SnapshotLocation>,
     schema_version: u32,
     created: DateTime<Utc>,
     pools: Vec<PoolRow>,
@@ -217,11 +241,7 @@ impl Catalog {
     }
 
     fn dump_media_set(&self, set: Uuid) -> Result<Dump> {
-        let set_row_ = self.media_set(set)?.ok_or(CatalogError::NotFound {
-            what: "media set",
-            key: set.to_string(),
-        })?;
-        let mut barcodes: BTreeSet<String> = self
+        let barcodes: BTreeSet<String> = self
             .media_in_set(set)?
             .into_iter()
             .map(|m| m.barcode)
@@ -238,15 +258,17 @@ impl Catalog {
         }
         // Images written by the set's sessions without any record on tape (an
         // incremental with no changes has no segments) belong to it too.
-        let set_sessions: HashSet<Uuid> = self
-            .sessions()?
-            .into_iter()
-            .filter(|s| s.media_set_uuid == Some(set))
-            .map(|s| s.uuid)
-            .collect();
-        for i in self.images(None)? {
-            if i.session_uuid.is_some_and(|s| set_sessions.contains(&s)) && seen.insert(i.uuid) {
-                image_ids.push(i.uuid);
+        for id in self
+            .conn()
+            .prepare(
+                "SELECT uuid FROM images WHERE session_uuid IN \
+                 (SELECT uuid FROM sessions WHERE media_set_uuid=?1) ORDER BY started, rowid",
+            )?
+            .query_map([set.to_string()], |r| get_p::<Uuid>(r, 0))?
+        {
+            let id = id?;
+            if seen.insert(id) {
+                image_ids.push(id);
             }
         }
         let mut k = 0;
@@ -258,6 +280,46 @@ impl Catalog {
             }
             k += 1;
         }
+        let all_sessions = self.sessions()?;
+        let snapshots = self.snapshots()?;
+        self.dump_images(
+            set,
+            image_ids,
+            |s| s.media_set_uuid == Some(set),
+            all_sessions,
+            |barcodes| {
+                snapshots
+                    .into_iter()
+                    .filter(|s| barcodes.contains(&s.barcode))
+                    .collect()
+            },
+            None,
+        )
+    }
+
+    /// The dump of `image_ids` (in that set's context): their rows, segments and
+    /// extents, the cartridges, sets, pools and sessions they refer to (plus the
+    /// `sessions` that `keep_session` selects), and the snapshot locations `snapshots`
+    /// picks given the barcodes involved.
+    #[allow(clippy::too_many_arguments)]
+    fn dump_images(
+        &self,
+        set: Uuid,
+        image_ids: Vec<Uuid>,
+        keep_session: impl Fn(&SessionRow) -> bool,
+        candidate_sessions: Vec<SessionRow>,
+        snapshots: impl FnOnce(&BTreeSet<String>) -> Vec<SnapshotLocation>,
+        delta: Option<(Vec<SnapshotLocation>, Vec<SessionRow>)>,
+    ) -> Result<Dump> {
+        let set_row_ = self.media_set(set)?.ok_or(CatalogError::NotFound {
+            what: "media set",
+            key: set.to_string(),
+        })?;
+        let mut barcodes: BTreeSet<String> = self
+            .media_in_set(set)?
+            .into_iter()
+            .map(|m| m.barcode)
+            .collect();
         let mut images = Vec::new();
         let mut pools: BTreeSet<String> = BTreeSet::from([set_row_.pool.clone()]);
         let mut sessions: BTreeSet<Uuid> = BTreeSet::new();
@@ -288,19 +350,37 @@ impl Catalog {
             .collect::<Result<_>>()?;
         pools.extend(media_sets.iter().map(|s| s.pool.clone()));
         pools.extend(media.iter().filter_map(|m| m.pool.clone()));
-        let all_sessions = self.sessions()?;
-        let sessions: Vec<SessionRow> = all_sessions
-            .into_iter()
-            .filter(|s| sessions.contains(&s.uuid) || s.media_set_uuid == Some(set))
-            .collect();
-        let snapshots = self
-            .snapshots()?
-            .into_iter()
-            .filter(|s| barcodes.contains(&s.barcode))
-            .collect();
+        let (kind, base, mut sessions_out) = match delta {
+            None => (None, Vec::new(), Vec::new()),
+            Some((base, new_sessions)) => {
+                // The sessions of ancestors outside the set, by key.
+                let known: HashSet<Uuid> = new_sessions.iter().map(|s| s.uuid).collect();
+                let mut out = new_sessions;
+                for s in &sessions {
+                    if !known.contains(s) {
+                        out.extend(self.session(*s)?);
+                    }
+                }
+                (Some(DELTA_KIND.to_string()), base, out)
+            }
+        };
+        sessions_out.extend(
+            candidate_sessions
+                .into_iter()
+                .filter(|s| sessions.contains(&s.uuid) || keep_session(s)),
+        );
+        sessions_out.sort_by_key(|s| (s.started, s.uuid));
+        sessions_out.dedup_by_key(|s| s.uuid);
+        let snapshots = snapshots(&barcodes);
         Ok(Dump {
             format: DUMP_FORMAT.into(),
-            version: DUMP_VERSION,
+            version: if kind.is_some() {
+                DELTA_VERSION
+            } else {
+                DUMP_VERSION
+            },
+            kind,
+            base,
             schema_version: self.schema_version()?,
             created: catalog_time(crate::home::clock::now()),
             pools: pools
@@ -309,7 +389,7 @@ impl Catalog {
                 .collect::<Result<_>>()?,
             media_sets,
             media,
-            sessions,
+            sessions: sessions_out,
             images,
             snapshots,
             pool_config: self.pool_config(pools.iter()),
@@ -362,6 +442,185 @@ impl Catalog {
         Ok(added)
     }
 
+    /// The snapshot chain a session's catalog snapshot on cartridge `barcode` can
+    /// build on: the cartridge's newest snapshots back to and including a full one,
+    /// all written by sessions of media set `set`, with their plain lengths known.
+    /// None when there is no such chain (a new cartridge, a location found by a
+    /// rebuild, a snapshot of another set or of `catalog backup` in between): the
+    /// session then writes a full snapshot.
+    pub fn snapshot_base(&self, set: Uuid, barcode: &str) -> Result<Option<SnapshotBase>> {
+        let next_file = match self.media(barcode)? {
+            Some(m) => m.next_tape_file,
+            None => return Ok(None),
+        };
+        let mut st = self.conn().prepare(
+            "SELECT s.barcode, s.tape_file, s.block, s.session_uuid, s.time, s.kind, s.plain_len, \
+               ses.media_set_uuid, ses.started \
+             FROM snapshots s LEFT JOIN sessions ses ON ses.uuid = s.session_uuid \
+             WHERE s.barcode=?1 ORDER BY s.tape_file DESC, s.block DESC",
+        )?;
+        let mut rows = st.query([barcode])?;
+        let mut chain = Vec::new();
+        let mut deltas_len = 0u64;
+        let want = set.to_string();
+        while let Some(r) = rows.next()? {
+            let loc = snap_row(r)?;
+            let kind: String = r.get(5)?;
+            let len: Option<u64> = get_u64o(r, 6)?;
+            let of_set: Option<String> = r.get(7)?;
+            let started: Option<DateTime<Utc>> = get_po(r, 8)?;
+            let (Some(len), Some(started)) = (len, started) else {
+                return Ok(None);
+            };
+            if of_set.as_deref() != Some(want.as_str()) || loc.tape_file >= next_file {
+                return Ok(None);
+            }
+            chain.push(loc);
+            if kind == DELTA_KIND {
+                deltas_len += len;
+                continue;
+            }
+            chain.reverse();
+            return Ok(Some(SnapshotBase {
+                chain,
+                full_len: len,
+                deltas_len,
+                full_started: started,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// A delta catalog snapshot of media set `set` over `base` (see
+    /// [`Catalog::snapshot_base`]): the set's sessions since the base's full snapshot
+    /// that no snapshot of the chain holds, their images with segments and extents,
+    /// the ancestors of those images outside the set, the set's cartridges, and the
+    /// chain itself. Its cost grows with what changed, not with the set.
+    pub fn snapshot_delta(&self, set: Uuid, base: &SnapshotBase) -> Result<Vec<u8>> {
+        let tx = self.conn().unchecked_transaction()?; // one consistent read
+        let in_chain: HashSet<Uuid> = base.chain.iter().filter_map(|s| s.session_uuid).collect();
+        let new_sessions: Vec<SessionRow> = self
+            .conn()
+            .prepare(&format!(
+                "SELECT {SESSION_COLS}, writer FROM sessions WHERE media_set_uuid=?1 AND started >= ?2 \
+                 ORDER BY started, rowid"
+            ))?
+            .query_map(params![set.to_string(), ts(&base.full_started)], session_row)?
+            .filter(|r| r.as_ref().map_or(true, |s| !in_chain.contains(&s.uuid)))
+            .collect::<rusqlite::Result<_>>()?;
+        let mut image_ids: Vec<Uuid> = Vec::new();
+        let mut seen = HashSet::new();
+        {
+            let mut st = self
+                .conn()
+                .prepare("SELECT uuid FROM images WHERE session_uuid=?1 ORDER BY started, rowid")?;
+            for s in &new_sessions {
+                for id in st.query_map([s.uuid.to_string()], |r| get_p::<Uuid>(r, 0))? {
+                    let id = id?;
+                    if seen.insert(id) {
+                        image_ids.push(id);
+                    }
+                }
+            }
+        }
+        // Ancestors up to the first one a snapshot of the set already holds (every
+        // image of a session of the set is in the chain's full snapshot or a delta).
+        let mut k = 0;
+        while k < image_ids.len() {
+            if let Some(p) = self.image(image_ids[k])?.and_then(|i| i.parent_uuid) {
+                if let Some(parent) = self.image(p)? {
+                    let in_set = match parent.session_uuid {
+                        Some(s) => self.session(s)?.and_then(|s| s.media_set_uuid) == Some(set),
+                        None => false,
+                    };
+                    if !in_set && seen.insert(p) {
+                        image_ids.push(p);
+                    }
+                }
+            }
+            k += 1;
+        }
+        // The base names only the snapshot just before this one: a delta's size must
+        // not grow with the chain.
+        let prev: Vec<SnapshotLocation> = base.chain.last().cloned().into_iter().collect();
+        let dump = self.dump_images(
+            set,
+            image_ids,
+            |_| false,
+            Vec::new(),
+            |_| Vec::new(),
+            Some((prev, new_sessions)),
+        )?;
+        drop(tx);
+        serde_json::to_vec(&dump).map_err(json_err)
+    }
+
+    /// Note where a catalog snapshot was written, whether it is a delta, and its plain
+    /// length (what [`Catalog::snapshot_base`] needs). Idempotent.
+    pub fn record_snapshot_written(
+        &self,
+        s: &SnapshotLocation,
+        delta: bool,
+        plain_len: u64,
+    ) -> Result<()> {
+        self.insert_snapshot(s)?;
+        self.conn().execute(
+            "UPDATE snapshots SET kind=?4, plain_len=?5 WHERE barcode=?1 AND tape_file=?2 AND block=?3",
+            params![
+                s.barcode,
+                num(s.tape_file, "tape file")?,
+                num(s.block, "block")?,
+                if delta { DELTA_KIND } else { "full" },
+                num(plain_len, "snapshot length")?
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The snapshot a catalog snapshot document builds on (its `base`): None for a
+    /// full snapshot or an export. The catalog a delta describes is the union of it
+    /// and its base, recursively down to a full snapshot.
+    pub fn snapshot_document_base(bytes: &[u8]) -> Result<Option<SnapshotLocation>> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            version: u32,
+            #[serde(default)]
+            kind: Option<String>,
+            #[serde(default)]
+            base: Vec<SnapshotLocation>,
+        }
+        let h: Head =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::BadSnapshot(e.to_string()))?;
+        if h.format != DUMP_FORMAT {
+            return Err(CatalogError::BadSnapshot(format!(
+                "format {:?} is not {DUMP_FORMAT}",
+                h.format
+            )));
+        }
+        if h.version > DELTA_VERSION {
+            return Err(CatalogError::BadSnapshot(format!(
+                "dump version {} is newer than this tapevault's {DELTA_VERSION}; use a newer tapevault",
+                h.version
+            )));
+        }
+        match h.kind.as_deref() {
+            None if h.base.is_empty() => Ok(None),
+            Some(DELTA_KIND) if h.version >= DELTA_VERSION && h.base.len() == 1 => {
+                Ok(h.base.into_iter().next())
+            }
+            None => Err(CatalogError::BadSnapshot(format!(
+                "a full snapshot with {} base snapshot(s)",
+                h.base.len()
+            ))),
+            Some(k) => Err(CatalogError::BadSnapshot(format!(
+                "a version {} document of kind {k:?} with {} base snapshot(s)",
+                h.version,
+                h.base.len()
+            ))),
+        }
+    }
+
     /// Merge a snapshot or export into this catalog, in one transaction. Idempotent;
     /// never replaces newer facts; contradictions are reported in the result.
     pub fn merge_snapshot(&self, bytes: &[u8]) -> Result<MergeReport> {
@@ -373,9 +632,9 @@ impl Catalog {
                 dump.format
             )));
         }
-        if dump.version > DUMP_VERSION {
+        if dump.version > DELTA_VERSION {
             return Err(CatalogError::BadSnapshot(format!(
-                "dump version {} is newer than this tapevault's {DUMP_VERSION}; use a newer tapevault",
+                "dump version {} is newer than this tapevault's {DELTA_VERSION}; use a newer tapevault",
                 dump.version
             )));
         }

@@ -1,7 +1,7 @@
 //! Image life cycle, segments, extents and restore chains.
 
 use super::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Longest parent chain followed: far above any sane incremental-forever chain, and
 /// a bound on work if damaged parent links ever formed a loop.
@@ -9,7 +9,12 @@ pub const MAX_CHAIN_LEN: usize = 100_000;
 
 pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
      disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of";
+     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of, synthetic_of";
+
+/// How images of one disk are ordered newest first: by start time (the point in time
+/// an image restores), a synthetic full before the image it reproduces (same time,
+/// same bytes, and the shorter chain), then by the order they were recorded.
+pub(crate) const NEWEST_FIRST: &str = "started DESC, (synthetic_of IS NOT NULL) DESC, rowid DESC";
 
 /// Reads [`IMAGE_COLS`]. An image still marked running whose writing process is gone
 /// reads as failed, with the reason as its note (see [`interrupted`]).
@@ -49,6 +54,10 @@ pub(crate) fn image_row(r: &Row) -> rusqlite::Result<ImageRow> {
         note,
         copy_of: match r.as_ref().column_count() > 24 {
             true => get_po(r, 24)?,
+            false => None,
+        },
+        synthetic_of: match r.as_ref().column_count() > 25 {
+            true => get_po(r, 25)?,
             false => None,
         },
     })
@@ -153,8 +162,9 @@ pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()>
 
 impl Catalog {
     pub(crate) fn insert_segment(&self, image: Uuid, s: &Segment) -> Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             &format!("INSERT INTO segments (image_uuid, {SEG_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+        )?.execute(
             params![
                 image.to_string(),
                 s.part,
@@ -172,8 +182,9 @@ impl Catalog {
     }
 
     pub(crate) fn insert_extent(&self, image: Uuid, e: &Extent) -> Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)",
+        )?.execute(
             params![
                 image.to_string(),
                 num(e.offset, "extent offset")?,
@@ -185,11 +196,12 @@ impl Catalog {
     }
 
     pub(crate) fn insert_image(&self, i: &ImageRow, writer: Option<&str>) -> Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             &format!(
                 "INSERT INTO images ({IMAGE_COLS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
+                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26)"
             ),
+        )?.execute(
             params![
                 i.uuid.to_string(),
                 i.disk_uuid.to_string(),
@@ -215,7 +227,8 @@ impl Catalog {
                 i.note,
                 writer,
                 i.disk_label,
-                i.copy_of.map(|u| u.to_string())
+                i.copy_of.map(|u| u.to_string()),
+                i.synthetic_of.map(|u| u.to_string())
             ],
         )?;
         Ok(())
@@ -226,6 +239,12 @@ impl Catalog {
     pub fn begin_image(&self, n: &NewImage) -> Result<ImageRow> {
         if n.block_size == 0 {
             return Err(invalid(n.uuid, "block size 0".into()));
+        }
+        if n.synthetic_of.is_some() && n.kind != ImageKind::Full {
+            return Err(invalid(
+                n.uuid,
+                format!("a {} image cannot be a synthetic full", n.kind),
+            ));
         }
         match (n.kind, n.parent_uuid) {
             (ImageKind::Incremental, None) => {
@@ -293,6 +312,7 @@ impl Catalog {
             digest_list: None,
             note: None,
             copy_of: None,
+            synthetic_of: n.synthetic_of,
         };
         self.insert_image(&row, Some(&this_writer()))?;
         Ok(row)
@@ -570,7 +590,7 @@ impl Catalog {
         };
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' AND copy_of IS NULL \
-             AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC"
+             AND (?2 IS NULL OR started <= ?2) ORDER BY {NEWEST_FIRST}"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map(params![disk.to_string(), before], image_row)?
@@ -623,7 +643,7 @@ impl Catalog {
         let after = base.map(|b| ts(&b.started));
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status!='running' \
-             AND kind!='copy' AND copy_of IS NULL AND (?2 IS NULL OR started >= ?2) ORDER BY started DESC, rowid DESC"
+             AND kind!='copy' AND copy_of IS NULL AND (?2 IS NULL OR started >= ?2) ORDER BY {NEWEST_FIRST}"
         ))?;
         let rows: Vec<ImageRow> = st
             .query_map(params![disk.to_string(), after], image_row)?
@@ -701,13 +721,11 @@ impl Catalog {
     }
 
     pub fn image(&self, uuid: Uuid) -> Result<Option<ImageRow>> {
+        // Cached: dumps and chain walks ask for one image at a time, 100 k times.
         Ok(self
             .conn()
-            .query_row(
-                &format!("SELECT {IMAGE_COLS} FROM images WHERE uuid=?1"),
-                [uuid.to_string()],
-                image_row,
-            )
+            .prepare_cached(&format!("SELECT {IMAGE_COLS} FROM images WHERE uuid=?1"))?
+            .query_row([uuid.to_string()], image_row)
             .optional()?)
     }
 
@@ -730,7 +748,7 @@ impl Catalog {
     /// All images, or those of one disk, oldest first.
     pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
-            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, rowid"
+            "SELECT {IMAGE_COLS} FROM images WHERE ?1 IS NULL OR disk_uuid=?1 ORDER BY started, (synthetic_of IS NOT NULL), rowid"
         ))?;
         let rows = st
             .query_map([disk.map(|d| d.to_string())], image_row)?
@@ -740,7 +758,7 @@ impl Catalog {
 
     /// An image's segments in tape order (part, then sequence).
     pub fn segments(&self, image: Uuid) -> Result<Vec<Segment>> {
-        let mut st = self.conn().prepare(&format!(
+        let mut st = self.conn().prepare_cached(&format!(
             "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 ORDER BY part, first_seq"
         ))?;
         let rows = st
@@ -771,7 +789,7 @@ impl Catalog {
 
     /// The disk ranges an image covers, by offset.
     pub fn extents(&self, image: Uuid) -> Result<Vec<Extent>> {
-        let mut st = self.conn().prepare(
+        let mut st = self.conn().prepare_cached(
             "SELECT offset, length, is_zero FROM image_extents WHERE image_uuid=?1 ORDER BY offset",
         )?;
         let rows = st
@@ -842,7 +860,7 @@ impl Catalog {
     pub fn newest_good_image(&self, disk: Uuid) -> Result<Option<ImageRow>> {
         let mut st = self.conn().prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' AND kind!='copy' \
-             AND copy_of IS NULL ORDER BY started DESC, rowid DESC"
+             AND copy_of IS NULL ORDER BY {NEWEST_FIRST}"
         ))?;
         let candidates: Vec<ImageRow> = st
             .query_map([disk.to_string()], image_row)?
@@ -893,7 +911,7 @@ impl Catalog {
                     .query_row(
                         &format!(
                             "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 AND status='complete' \
-                             AND copy_of IS NULL AND (?2 IS NULL OR started <= ?2) ORDER BY started DESC, rowid DESC LIMIT 1"
+                             AND copy_of IS NULL AND (?2 IS NULL OR started <= ?2) ORDER BY {NEWEST_FIRST} LIMIT 1"
                         ),
                         params![disk.to_string(), before],
                         image_row,
@@ -909,6 +927,106 @@ impl Catalog {
             }
         };
         self.chain_of(target)
+    }
+
+    /// [`Catalog::unrestorable_reason`] of many images at once, sharing the walk up
+    /// each chain: every image's verdict comes from its own checks and its parent's
+    /// verdict, so listing N images of chains D deep costs N lookups, not N x D. The
+    /// images' parents are looked up in `images` first, then in the catalog.
+    pub fn unrestorable_reasons(
+        &self,
+        images: &[ImageRow],
+    ) -> Result<HashMap<Uuid, Option<String>>> {
+        // Verdict per image: Ok(chain length) or Err((broken image, reason)).
+        type Verdict = std::result::Result<usize, (Uuid, String)>;
+        let by_id: HashMap<Uuid, &ImageRow> = images.iter().map(|i| (i.uuid, i)).collect();
+        let mut fetched: HashMap<Uuid, Option<ImageRow>> = HashMap::new();
+        let mut memo: HashMap<Uuid, Verdict> = HashMap::new();
+        let status_reason = |i: &ImageRow| match &i.note {
+            Some(n) => format!("it is {} ({n})", i.status),
+            None => format!("it is {}", i.status),
+        };
+        for target in images {
+            // Walk up until a known verdict or a link that decides it, then unwind.
+            let mut stack: Vec<ImageRow> = Vec::new();
+            let mut on_stack: HashSet<Uuid> = HashSet::new();
+            let mut cur = target.clone();
+            let mut verdict: Verdict = loop {
+                if let Some(v) = memo.get(&cur.uuid) {
+                    break v.clone();
+                }
+                if cur.status != ImageStatus::Complete {
+                    break Err((cur.uuid, status_reason(&cur)));
+                }
+                match (cur.kind, cur.parent_uuid) {
+                    (ImageKind::Full | ImageKind::Copy, None) => break Ok(1),
+                    (ImageKind::Full | ImageKind::Copy, Some(_)) => {
+                        break Err((
+                            cur.uuid,
+                            format!("a {} image must not have a parent", cur.kind),
+                        ))
+                    }
+                    (ImageKind::Incremental, None) => {
+                        break Err((cur.uuid, "an incremental without a parent".into()))
+                    }
+                    (ImageKind::Incremental, Some(p)) => {
+                        let parent = match by_id.get(&p) {
+                            Some(i) => Some((*i).clone()),
+                            None => match fetched.entry(p) {
+                                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    e.insert(self.image(p)?).clone()
+                                }
+                            },
+                        };
+                        let Some(parent) = parent else {
+                            break Err((
+                                p,
+                                format!("it is missing from the catalog (parent of {})", cur.uuid),
+                            ));
+                        };
+                        if parent.status != ImageStatus::Complete {
+                            break Err((p, status_reason(&parent)));
+                        }
+                        if parent.kind == ImageKind::Copy {
+                            break Err((p, "it is a copy, which is never a base".into()));
+                        }
+                        if parent.disk_uuid != cur.disk_uuid {
+                            break Err((p, format!("it belongs to disk {}", parent.disk_uuid)));
+                        }
+                        if parent.uuid == cur.uuid || on_stack.contains(&p) {
+                            break Err((p, "parent links form a loop".into()));
+                        }
+                        on_stack.insert(cur.uuid);
+                        stack.push(cur);
+                        cur = parent;
+                    }
+                }
+            };
+            memo.entry(cur.uuid).or_insert_with(|| verdict.clone());
+            while let Some(child) = stack.pop() {
+                verdict = match verdict {
+                    Ok(n) if n >= MAX_CHAIN_LEN => {
+                        Err((cur.uuid, "parent links form a loop".into()))
+                    }
+                    Ok(n) => Ok(n + 1),
+                    Err(e) => Err(e),
+                };
+                memo.insert(child.uuid, verdict.clone());
+                cur = child;
+            }
+        }
+        Ok(images
+            .iter()
+            .map(|i| {
+                let why = match &memo[&i.uuid] {
+                    Ok(_) => None,
+                    Err((b, reason)) if *b == i.uuid => Some(reason.clone()),
+                    Err((b, reason)) => Some(format!("its chain is broken at image {b}: {reason}")),
+                };
+                (i.uuid, why)
+            })
+            .collect())
     }
 
     fn chain_of(&self, target: ImageRow) -> Result<Vec<ImageRow>> {

@@ -22,7 +22,9 @@ pub mod schema;
 mod types;
 
 pub use check::{Problem, ProblemKind};
-pub use dump::{Conflict, MergeReport, SnapshotScope, DUMP_FORMAT, DUMP_VERSION};
+pub use dump::{
+    Conflict, MergeReport, SnapshotBase, SnapshotScope, DELTA_VERSION, DUMP_FORMAT, DUMP_VERSION,
+};
 pub use images::MAX_CHAIN_LEN;
 pub use jobs::{JobEnd, JobFilter, JobId, JobKind, JobResult, JobRow, JobStart};
 pub use lookup::{KnownDisk, MIN_PREFIX};
@@ -930,11 +932,10 @@ impl Catalog {
     pub fn session(&self, uuid: Uuid) -> Result<Option<SessionRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {SESSION_COLS}, writer FROM sessions WHERE uuid=?1"),
-                [uuid.to_string()],
-                session_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {SESSION_COLS}, writer FROM sessions WHERE uuid=?1"
+            ))?
+            .query_row([uuid.to_string()], session_row)
             .optional()?)
     }
 

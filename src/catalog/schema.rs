@@ -178,8 +178,27 @@ ALTER TABLE images ADD COLUMN copy_of TEXT;
 CREATE INDEX images_copy_of ON images(copy_of);
 "#;
 
+/// Migration 6: synthetic fulls. `synthetic_of` names the image whose restore point a
+/// synthetic full reproduces byte for byte (built from the chain on tape, not read
+/// from the disk); NULL for every other image.
+const V6: &str = r#"
+ALTER TABLE images ADD COLUMN synthetic_of TEXT;
+"#;
+
+/// Migration 7: catalog snapshots on tape may be deltas (docs/FORMAT.md 4.5): each
+/// snapshot location says whether it is a `full` snapshot of its media set or a
+/// `delta` over the snapshots before it on the same cartridge, and its plain length
+/// (NULL when not known, e.g. a location found by a rebuild: the next session then
+/// writes a full one). Indexes for the queries that scanned a table with 100 k images.
+const V7: &str = r#"
+ALTER TABLE snapshots ADD COLUMN kind TEXT NOT NULL DEFAULT 'full' CHECK (kind IN ('full','delta'));
+ALTER TABLE snapshots ADD COLUMN plain_len INTEGER;
+CREATE INDEX sessions_set ON sessions(media_set_uuid, started);
+CREATE INDEX images_session ON images(session_uuid);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

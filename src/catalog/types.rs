@@ -237,6 +237,8 @@ pub struct NewImage {
     pub compression: Compression,
     /// The image's point in time (when the disk was read); `--at` compares this.
     pub started: DateTime<Utc>,
+    /// A synthetic full: the image whose restore point it reproduces (kind full).
+    pub synthetic_of: Option<Uuid>,
 }
 
 /// Totals from the image trailer.
@@ -286,6 +288,10 @@ pub struct ImageRow {
     /// every image that is not such a copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<Uuid>,
+    /// A synthetic full (kind full, built from a chain on tape without reading the
+    /// disk): the image whose restore point it reproduces byte for byte.
+    #[serde(default)]
+    pub synthetic_of: Option<Uuid>,
 }
 
 impl ImageRow {

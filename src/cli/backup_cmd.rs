@@ -31,8 +31,9 @@ pub struct BackupArgs {
     /// --disk over TLS.
     #[arg(long, value_name = "DIR", requires = "disk")]
     pub tls_creds_dir: Option<PathBuf>,
-    /// The disk's stable UUID (the hypervisor's); identifies it across backups.
-    #[arg(long, value_name = "UUID", requires = "disk")]
+    /// The disk's stable UUID (the hypervisor's); identifies it across backups. With
+    /// --synthetic-full it alone names the disk (no --disk: the disk is not read).
+    #[arg(long, value_name = "UUID")]
     pub disk_id: Option<Uuid>,
     /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
     #[arg(long, value_name = "FILE", requires = "disk")]
@@ -77,6 +78,12 @@ pub struct BackupArgs {
     /// Take a one-off full copy that never becomes the base of an incremental.
     #[arg(long)]
     pub copy: bool,
+    /// Build a new full image of each disk at its newest restorable point from the chain
+    /// already on tape, without reading the disk (it becomes the base of the next
+    /// incremental). Disks: --disk-id, --manifest (by id), --vm (every disk of the VM
+    /// in the catalog), or none: every disk whose newest point is in the pool.
+    #[arg(long, conflicts_with_all = ["full", "copy", "disk", "changed_extents"])]
+    pub synthetic_full: bool,
 }
 
 fn parse_label(s: &str) -> std::result::Result<String, String> {
@@ -86,6 +93,14 @@ fn parse_label(s: &str) -> std::result::Result<String, String> {
 }
 
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
+    if a.synthetic_full {
+        return super::synthetic_cmd::synthetic_full(ctx, &a);
+    }
+    if a.disk_id.is_some() && a.disk.is_none() {
+        return usage(
+            "--disk-id needs --disk PATH (the disk to read), except with --synthetic-full",
+        );
+    }
     let mut live_vm = None;
     let (vm_name, disks) = if let Some(qmp) = &a.qmp {
         let scratch = a
@@ -228,6 +243,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let term = Terminal::new(out);
     // Wait for a cartridge only when a person can insert it.
     let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
+    let pass = key.as_ref().and_then(|k| k.passphrase.clone());
     let report = backup::run(
         &home,
         &cat,
@@ -250,8 +266,30 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         }
     }
     let report = report?;
-    // The VM's point-in-time exports are no longer needed (a copy reads tape).
+    // The VM's point-in-time exports are no longer needed (a synthetic full and a copy
+    // read tape).
     drop(live_vm);
+    // Incremental forever: the pool's policy may ask for a synthetic full of the disks
+    // just backed up (said on stderr, and in the result).
+    let due = super::synthetic_cmd::due_disks(&home, &cat, &pool_name, &report)?;
+    let (synthetic, synthetic_err) = if due.is_empty() {
+        (None, None)
+    } else {
+        match super::synthetic_cmd::run_due(
+            ctx,
+            &home,
+            &cat,
+            lib.as_mut(),
+            &pool,
+            pass,
+            &due,
+            wait_for_media,
+            &term,
+        ) {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        }
+    };
     // A pool with `copy_to` has each session copied at its end (pools.toml).
     let copy_to = crate::home::pools_toml::copy_to_of(
         &crate::home::pools_toml::load(&home.dir)?,
@@ -285,28 +323,23 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             }
         }
     };
+    /// A backup's result with what its pool's policies did after it: the synthetic
+    /// fulls `synthetic_full` made and the copy `copy_to` made.
     #[derive(serde::Serialize)]
-    struct WithCopy<'a> {
+    struct BackupDoc<'a> {
         #[serde(flatten)]
         backup: &'a backup::BackupReport,
         #[serde(skip_serializing_if = "Option::is_none")]
+        synthetic: Option<&'a crate::synthetic::SyntheticReport>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         copy: Option<&'a crate::copy::CopyReport>,
     }
-    let doc = WithCopy {
+    let doc = BackupDoc {
         backup: &report,
+        synthetic: synthetic.as_ref(),
         copy: copy.as_ref(),
     };
-    if let Some(e) = copy_err {
-        let e = Error::Context {
-            context: format!(
-                "session {} is backed up, but copying it to the pool's copy_to pool failed (run `tapevault copy --session {}` again)",
-                report.session, report.session
-            ),
-            source: Box::new(e),
-        };
-        return super::shared::fail_with(ctx, e, &doc);
-    }
-    out.emit(&doc, || {
+    let text = || {
         let mut s = format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",
             report.session,
@@ -319,11 +352,41 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 .map(|s| format!("; catalog snapshot on {} file {}", s.barcode, s.tape_file))
                 .unwrap_or_default()
         );
+        if let Some(r) = &synthetic {
+            s.push('\n');
+            s.push_str(&super::synthetic_cmd::report_text(r));
+        }
         if let Some(c) = &copy {
             s.push('\n');
             s.push_str(&super::copy_cmd::text(c));
         }
         s
-    });
+    };
+    // The backup stands (it is committed) whatever followed it; a failed step is the
+    // command's error, after what was done is said.
+    let failed = match (synthetic_err, copy_err) {
+        (Some(e), _) => Some(Error::Context {
+            context: format!(
+                "session {} is complete, but the synthetic full its pool's policy asked for failed",
+                report.session
+            ),
+            source: Box::new(e),
+        }),
+        (None, Some(e)) => Some(Error::Context {
+            context: format!(
+                "session {} is backed up, but copying it to the pool's copy_to pool failed (run `tapevault copy --session {}` again)",
+                report.session, report.session
+            ),
+            source: Box::new(e),
+        }),
+        (None, None) => None,
+    };
+    if let Some(e) = failed {
+        if !out.json {
+            println!("{}", text());
+        }
+        return super::shared::fail_with(ctx, e, &doc);
+    }
+    out.emit(&doc, text);
     Ok(())
 }

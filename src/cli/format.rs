@@ -42,9 +42,10 @@ pub fn finished_line(f: &Finished<'_>) -> String {
 }
 
 fn image_written(r: &DiskReport) -> String {
-    let kind = match (r.kind, r.method) {
-        (ImageKind::Incremental, m) => format!("incremental ({m})"),
-        (k, _) => k.to_string(),
+    let kind = match (r.kind, r.method, r.synthetic_of) {
+        (ImageKind::Incremental, m, _) => format!("incremental ({m})"),
+        (_, _, Some(of)) => format!("synthetic full (of image {of})"),
+        (k, _, _) => k.to_string(),
     };
     format!(
         "disk {}: {kind} image {}: {} data, {} zero, {} stored in {} records on {} ({:.1} s)",

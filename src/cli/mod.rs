@@ -29,6 +29,7 @@ mod restore_cmd;
 mod rotate_cmd;
 mod shared;
 mod status_cmd;
+mod synthetic_cmd;
 mod tape_cmd;
 mod terminal;
 mod verify_cmd;

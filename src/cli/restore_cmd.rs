@@ -179,7 +179,7 @@ const MAX_COPY_ATTEMPTS: usize = 4;
 /// `Ok(Some((error, marked, again)))`: failed on damage that was marked in the catalog;
 /// `again` when the damaged image's point is still held by a complete copy (or
 /// original), so a new attempt reads that one.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn restore_once(
     ctx: &Ctx,
     home: &crate::home::Home,
@@ -485,6 +485,9 @@ struct ImageEntry {
     vm: Option<String>,
     change_id: Option<String>,
     content_digest: Option<String>,
+    /// A synthetic full (built from a chain on tape): the image whose restore point it
+    /// reproduces byte for byte.
+    synthetic_of: Option<Uuid>,
     #[serde(rename = "barcodes")]
     cartridges: Vec<String>,
     note: Option<String>,
@@ -526,14 +529,22 @@ struct DiskImages {
     chains: Vec<Chain>,
 }
 
-fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
+fn entry(
+    cat: &Catalog,
+    i: &ImageRow,
+    depth: usize,
+    reasons: &HashMap<Uuid, Option<String>>,
+) -> Result<ImageEntry> {
     let mut cartridges: Vec<String> = Vec::new();
     for s in cat.segments(i.uuid)? {
         if !cartridges.contains(&s.barcode) {
             cartridges.push(s.barcode);
         }
     }
-    let why = cat.unrestorable_reason(i)?;
+    let why = match reasons.get(&i.uuid) {
+        Some(w) => w.clone(),
+        None => cat.unrestorable_reason(i)?,
+    };
     let mut copies = Vec::new();
     for c in cat.copies_of(i.uuid)? {
         let mut carts: Vec<String> = Vec::new();
@@ -567,6 +578,7 @@ fn entry(cat: &Catalog, i: &ImageRow, depth: usize) -> Result<ImageEntry> {
         vm: i.vm_name.clone(),
         change_id: i.change_id.clone(),
         content_digest: i.content_digest.clone(),
+        synthetic_of: i.synthetic_of,
         cartridges,
         note: i.note.clone(),
         depth,
@@ -584,6 +596,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
         .cloned()
         .collect();
     let images = &images[..];
+    let reasons = cat.unrestorable_reasons(images)?;
     let known: HashMap<Uuid, usize> = images
         .iter()
         .enumerate()
@@ -606,7 +619,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
             if std::mem::replace(&mut seen[i], true) {
                 continue;
             }
-            out.push(entry(cat, &images[i], depth)?);
+            out.push(entry(cat, &images[i], depth, &reasons)?);
             if let Some(c) = children.get(&images[i].uuid) {
                 for &k in c.iter().rev() {
                     stack.push((k, depth + 1));
@@ -623,7 +636,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
         if !seen[i] {
             chains.push(Chain {
                 root: img.uuid,
-                images: vec![entry(cat, img, 0)?],
+                images: vec![entry(cat, img, 0, &reasons)?],
             });
         }
     }
@@ -641,15 +654,21 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     if let (Some(d), true) = (disk, all.is_empty()) {
         return Err(unknown_disk(&cat, d)?);
     }
+    // Grouped by disk in one pass, disks in order of their first image.
     let mut disks: Vec<Uuid> = Vec::new();
-    for i in &all {
-        if !disks.contains(&i.disk_uuid) {
-            disks.push(i.disk_uuid);
-        }
+    let mut by_disk: HashMap<Uuid, Vec<ImageRow>> = HashMap::new();
+    for i in all {
+        by_disk
+            .entry(i.disk_uuid)
+            .or_insert_with(|| {
+                disks.push(i.disk_uuid);
+                Vec::new()
+            })
+            .push(i);
     }
     let mut out = Vec::new();
     for d in disks {
-        let mine: Vec<ImageRow> = all.iter().filter(|i| i.disk_uuid == d).cloned().collect();
+        let mine = by_disk.remove(&d).unwrap_or_default();
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
         let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
         out.push(DiskImages {
@@ -703,6 +722,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
                         (Some(v), Some(last)) if v != last => format!("  [VM {v}]"),
                         (Some(v), None) => format!("  [VM {v}]"),
                         _ => String::new(),
+                    };
+                    let vm = match e.synthetic_of {
+                        Some(of) => format!("  [synthetic full of {of}]{vm}"),
+                        None => vm,
                     };
                     s.push_str(&format!(
                         "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}{}\n",

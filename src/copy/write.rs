@@ -136,6 +136,8 @@ fn header_for(
             None
         },
         copy_of: Some(*orig.uuid.as_bytes()),
+        // A copy of a synthetic full is one too (of the same point).
+        synthetic_of: orig.synthetic_of.map(|u| *u.as_bytes()),
     }
 }
 

@@ -23,10 +23,15 @@
 //! [pools.vaultcopy]
 //! allocation = "per-session"
 //! offsite = "ironmountain"      # where the copies go (default: nightly's offsite, else "offsite")
+//!
+//! [pools.forever]
+//! allocation = "weekly:sun"
+//! retention_days = 28
+//! synthetic_full = "weekly"     # plain backups also build a synthetic full when due
 //! ```
 //!
-//! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`
-//! lives only here (the catalog has no column for it); `pool create|update --offsite`
+//! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`,
+//! `copy_to` and `synthetic_full` live only here (the catalog has no column for them); `pool create|update --offsite`
 //! write it here too.
 
 use std::collections::BTreeMap;
@@ -72,6 +77,12 @@ pub struct PoolSpec {
     /// completed with its catalog snapshot; the export closes the set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite_when: Option<OffsiteWhen>,
+    /// "Incremental forever with periodic synthetic fulls": when a plain `backup` to
+    /// this pool also builds a synthetic full of each disk it backed up, from the chain
+    /// on tape (`"weekly"`, `"daily"`, `"days:N"`, `"incrementals:N"`, `"off"`; see
+    /// [`crate::synthetic::policy`]). Lives only here, like `offsite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_full: Option<crate::synthetic::SyntheticPolicy>,
     /// Only the offsite setting was written (by `pool create|update --offsite`): apply
     /// leaves the catalog's policy of this pool alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -124,6 +135,14 @@ pub fn offsite_when(f: &PoolsFile, pool: &str) -> OffsiteWhen {
         .get(pool)
         .and_then(|s| s.offsite_when)
         .unwrap_or_default()
+}
+
+/// The synthetic-full policy of `pool` (off when not declared).
+pub fn synthetic_policy_of(f: &PoolsFile, pool: &str) -> crate::synthetic::SyntheticPolicy {
+    f.pools
+        .get(pool)
+        .and_then(|s| s.synthetic_full)
+        .unwrap_or(crate::synthetic::SyntheticPolicy::Off)
 }
 
 /// The vault finished sets of `pool` go to, if any. A pool that others copy to

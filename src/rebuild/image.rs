@@ -149,6 +149,8 @@ pub(super) fn build_image(
         note: (!notes.is_empty()).then(|| notes.join("; ")),
         // A tape-to-tape copy says so in its header (format 1.1).
         copy_of: h0.copy_of.map(Uuid::from_bytes),
+        // Format 1.1: the header says the full is synthetic and which point it holds.
+        synthetic_of: h0.synthetic_of.map(Uuid::from_bytes),
     };
     let extents = if complete && damaged == 0 {
         let mut v: Vec<catalog::Extent> = Vec::new();

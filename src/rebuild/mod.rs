@@ -12,7 +12,8 @@
 //!    whose key is missing is skipped and named in the report.
 //! 3. **Fast path** ([`positioning`], [`snapshot`]): space to end of data, walk back
 //!    over filemarks to the newest end-of-session marker and merge the catalog snapshot
-//!    just before it; no data record is read. Tape files written after that snapshot
+//!    just before it (when it is a delta, first the full snapshot and the deltas it
+//!    builds on, from the same cartridge); no data record is read. Tape files written after that snapshot
 //!    are kept aside. A cartridge without a snapshot of its own (its sessions ended on
 //!    other cartridges) is left to the other cartridges' snapshots.
 //! 4. **Full scan** ([`tape_file`]): with `--scan`, or when no usable snapshot exists,

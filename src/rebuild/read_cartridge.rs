@@ -119,7 +119,10 @@ pub(super) fn read_cartridge(
                         Uuid::from_bytes(s.header.session_uuid),
                         Uuid::from_bytes(eos.session_uuid)
                     )),
-                    Ok(s) => match cat.merge_snapshot(&s.plain) {
+                    Ok(s) => match merge_base(cat, drive, &bc, f - 1, &s.plain, keys, col, rep, buf)?
+                        .map_err(crate::catalog::CatalogError::BadSnapshot)
+                        .and_then(|()| cat.merge_snapshot(&s.plain))
+                    {
                         Ok(r) => {
                             add_merge(&mut rep.merged, r);
                             col.snapshots.push(SnapshotLocation {
@@ -193,4 +196,78 @@ pub(super) fn read_cartridge(
         bytes,
     }));
     Ok(cr)
+}
+
+/// Merge what the snapshot document `plain` (in tape file `file`) builds on, if it is a
+/// delta: the snapshot before it that it names, and so on back to a full snapshot,
+/// read from this cartridge one at a time (merging is idempotent and keeps the newer
+/// facts, so newest first is as good as oldest first), each checked as the newest was.
+/// `Ok(Err(reason))` when one of them cannot be used (the caller scans the cartridge
+/// instead).
+#[allow(clippy::too_many_arguments)]
+fn merge_base(
+    cat: &Catalog,
+    drive: &mut dyn TapeDrive,
+    bc: &str,
+    file: u64,
+    plain: &[u8],
+    keys: &mut KeySource<'_>,
+    col: &mut Collected,
+    rep: &mut RebuildReport,
+    buf: &mut Vec<u8>,
+) -> Result<std::result::Result<(), String>> {
+    let mut base = match Catalog::snapshot_document_base(plain) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let mut file = file;
+    while let Some(loc) = base {
+        // Strictly backwards on this cartridge: the walk ends.
+        if loc.barcode != bc || loc.tape_file >= file {
+            return Ok(Err(format!(
+                "the snapshot in tape file {file} builds on tape file {} of {}, not on one before it on this cartridge",
+                loc.tape_file, loc.barcode
+            )));
+        }
+        let s = match snapshot::read_snapshot(drive, loc.tape_file, &keys.ring, buf)? {
+            Ok(s) => s,
+            Err(t) => {
+                return Ok(Err(format!(
+                    "its base snapshot in tape file {} is unusable: {}",
+                    loc.tape_file, t.0
+                )))
+            }
+        };
+        if Some(Uuid::from_bytes(s.header.session_uuid)) != loc.session_uuid {
+            return Ok(Err(format!(
+                "tape file {} holds the snapshot of session {}, not the base the snapshot after it names",
+                loc.tape_file,
+                Uuid::from_bytes(s.header.session_uuid)
+            )));
+        }
+        let next = match Catalog::snapshot_document_base(&s.plain) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        match cat.merge_snapshot(&s.plain) {
+            Ok(r) => add_merge(&mut rep.merged, r),
+            Err(crate::catalog::CatalogError::BadSnapshot(e)) => {
+                return Ok(Err(format!(
+                    "its base snapshot in tape file {} does not parse: {e}",
+                    loc.tape_file
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        col.snapshots.push(SnapshotLocation {
+            barcode: bc.to_string(),
+            tape_file: loc.tape_file,
+            block: s.block,
+            session_uuid: loc.session_uuid,
+            time: time_of(s.header.time),
+        });
+        file = loc.tape_file;
+        base = next;
+    }
+    Ok(Ok(()))
 }

@@ -42,6 +42,7 @@ mod read_image;
 pub use damage::record_damage;
 pub use media_reader::MediaReader;
 pub use output::check_target;
+
 pub use plan::{prepare, Prepared};
 pub use planner::{plan_restore, CoveredExtent, ImagePlan, PlanError, RestorePlan};
 pub use pull_list::{check_pull_list, pull_list_text, PullItem};
@@ -109,6 +110,9 @@ pub struct RestoreReport {
     /// For each image of the chain: the point and the image read for it (the original
     /// or a tape-to-tape copy), and why a copy was taken.
     pub used: Vec<crate::copy::Chosen>,
+    /// Cartridges in the order they were mounted (media order: each needed one once,
+    /// unless an image spanning cartridges sends the reader back).
+    pub mounts: Vec<String>,
 }
 
 /// Where and how [`run`] writes.
@@ -151,9 +155,27 @@ pub fn run_to_stream(
     run_into(lib, keys, p, Target::Stream(w), events)
 }
 
+/// Run a prepared restore into a scratch file with no name in the temporary directory
+/// (`$TMPDIR`; sparse, it takes the disk's allocated bytes) and hand it back once every
+/// record has been read and checked: what a synthetic full is written from. Nothing is
+/// left behind whatever happens (the file has no name). The report's `to` is
+/// `<scratch>`.
+pub fn run_to_scratch(
+    lib: &mut dyn TapeLibrary,
+    keys: &KeyRing,
+    p: &Prepared,
+    events: &dyn Events,
+) -> Result<(RestoreReport, std::fs::File)> {
+    let mut file = None;
+    let r = run_into(lib, keys, p, Target::Scratch(&mut file), events)?;
+    let file = file.ok_or_else(|| Error::Failed("the restore kept no scratch file".into()))?;
+    Ok((r, file))
+}
+
 enum Target<'a> {
     Path(&'a RestoreOptions),
     Stream(&'a mut dyn std::io::Write),
+    Scratch(&'a mut Option<std::fs::File>),
 }
 
 fn run_into(
@@ -166,6 +188,7 @@ fn run_into(
     let to = match &dest {
         Target::Path(o) => o.to.clone(),
         Target::Stream(_) => PathBuf::from("-"),
+        Target::Scratch(_) => PathBuf::from("<scratch>"),
     };
     check_pull_list(&p.pull_list)?;
     for fp in p.key_fingerprints() {
@@ -180,7 +203,7 @@ fn run_into(
     let size = target.disk_size;
     let out = match &dest {
         Target::Path(o) => Output::open_with(&o.to, size, o.force, o.tls_creds_dir.as_deref())?,
-        Target::Stream(_) => Output::open_stream(size)?,
+        Target::Stream(_) | Target::Scratch(_) => Output::open_stream(size)?,
     };
     let total: u64 = p.plans.iter().map(|pl| pl.data.total_bytes()).sum::<u64>()
         + if out.device {
@@ -295,6 +318,7 @@ fn run_into(
     // A writer failure explains a reader's "writer stopped".
     let result = writer_result.and(result);
     let released = reader.release();
+    let mounts = std::mem::take(&mut reader.mounted);
     events.emit(Event::TaskEnded);
     result?;
     released?;
@@ -305,6 +329,7 @@ fn run_into(
     match &mut dest {
         Target::Path(_) => out.commit()?,
         Target::Stream(w) => out.stream_to(&mut **w)?,
+        Target::Scratch(f) => **f = Some(out.into_file()?),
     }
     Ok(RestoreReport {
         disk: p.disk,
@@ -319,5 +344,6 @@ fn run_into(
         images: uses.into_iter().flatten().collect(),
         skipped: p.skipped.clone(),
         used: p.used.clone(),
+        mounts,
     })
 }

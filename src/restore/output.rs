@@ -242,6 +242,13 @@ impl Output {
         })
     }
 
+    /// The scratch file itself, complete (a synthetic full reads it as its disk).
+    pub(super) fn into_file(self) -> Result<File> {
+        self.file
+            .try_clone()
+            .context("keeping the scratch file of the restored disk")
+    }
+
     /// Copy the complete disk, in order, from the scratch file to `w` (bounded memory).
     pub(super) fn stream_to(self, w: &mut dyn std::io::Write) -> Result<()> {
         let size = self

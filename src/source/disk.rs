@@ -293,6 +293,25 @@ impl Disk {
         }
     }
 
+    /// A regular file already open (a synthetic full's scratch file, which has no
+    /// name: `name` is only what messages call it). Read like any image file: its holes
+    /// are not read.
+    pub fn from_file(file: File, name: PathBuf) -> Result<Disk, DiskError> {
+        let meta = file.metadata().map_err(|source| DiskError::Size {
+            path: name.clone(),
+            source,
+        })?;
+        Ok(Disk {
+            source: Arc::new(file),
+            worker: Mutex::new(Worker::NotStarted),
+            timeout: source_timeout(),
+            size: meta.len(),
+            kind: DiskKind::File,
+            identity: super::input::identity(&meta),
+            path: name,
+        })
+    }
+
     /// Which file or device this is, whatever path named it.
     pub fn identity(&self) -> Identity {
         self.identity

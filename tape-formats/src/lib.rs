@@ -26,9 +26,15 @@ pub use wire::{decode_prefix, resync, Prefix};
 pub const MAGIC: [u8; 8] = *b"TAPEVLT\0";
 /// Major format version written by this crate. A reader refuses blocks with a larger major.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor format version written by this crate. Newer minors only add extension-area
-/// entries (TLV) and new record types, both of which older readers skip.
-pub const FORMAT_MINOR: u16 = 0;
+/// Newest minor format version this crate reads and writes. Newer minors only add
+/// extension-area entries (TLV) and new record types, both of which older readers skip.
+/// 1.1 adds the image header's `copy_of` ([`EXT_COPY_OF`]) and `synthetic_of`
+/// ([`EXT_SYNTHETIC_OF`]) entries.
+pub const FORMAT_MINOR: u16 = 1;
+/// The minor a block is written with when it uses nothing newer than 1.0: every block
+/// carries the lowest minor that describes it (1 only for the header of a copy or a synthetic full),
+/// so a 1.0 reader sees exactly what it always saw.
+pub const BASE_MINOR: u16 = 0;
 
 /// Length of the common block prefix (magic .. header CRC).
 pub const PREFIX_LEN: usize = 28;

@@ -1,7 +1,7 @@
 //! The record structures of format v1, their encoders and [`decode_block`].
 use crate::wire::{
     begin_block, check_extensions, decode_prefix, finish_header, put_i64, put_opt16, put_str,
-    put_u16, put_u32, put_u64, put_u8, Cur, CRC_OFFSET,
+    put_u16, put_u32, put_u64, put_u8, set_extension, Cur, CRC_OFFSET,
 };
 use crate::*;
 
@@ -324,6 +324,10 @@ pub struct ImageHeader {
     /// in every chain: a reader looking for image X may read any image whose `copy_of`
     /// is X instead. `None` on every image that is not such a copy.
     pub copy_of: Option<[u8; 16]>,
+    /// Format 1.1: this full image is a synthetic full, built from the restore chain of
+    /// the image with this UUID (the point it reproduces, byte for byte), not read from
+    /// the disk. Carried in the header's extension area (entry [`EXT_SYNTHETIC_OF`]).
+    pub synthetic_of: Option<[u8; 16]>,
 }
 
 const R_IHDR: &str = "image header";
@@ -331,9 +335,9 @@ const R_IHDR: &str = "image header";
 /// Extension entry type (format 1.1) of an image header: the 16-byte image UUID of the
 /// original this image is a tape-to-tape copy of.
 pub const EXT_COPY_OF: u16 = 0x0001;
-/// Minor version written in the prefix of an image header that carries an extension
-/// entry defined by 1.1 ([`EXT_COPY_OF`]); every other block is written as 1.0.
-pub const COPY_HEADER_MINOR: u16 = 1;
+/// Extension entry type (format 1.1) of an image header: the 16-byte UUID of the image a
+/// synthetic full reproduces.
+pub const EXT_SYNTHETIC_OF: u16 = 0x0002;
 
 /// The extension entries of a header's extension area (already checked to frame by
 /// `check_extensions`): `(type, value)` in order.
@@ -366,6 +370,12 @@ impl ImageHeader {
             return Err(FormatError::Inconsistent {
                 record: R_IHDR,
                 reason: "incremental image without a parent image UUID",
+            });
+        }
+        if self.synthetic_of.is_some() && self.kind != ImageKind::Full {
+            return Err(FormatError::Inconsistent {
+                record: R_IHDR,
+                reason: "only a full image can be a synthetic full",
             });
         }
         if self.tracking_block_size == 0 {
@@ -416,24 +426,30 @@ impl ImageHeader {
                     put_str(out, s, MAX_CHANGE_ID_LEN, R_IHDR, "from_change_id")?;
                 }
             }
+            // Format 1.1: one extension entry each; the block is then written with minor
+            // 1. A 1.0 reader skips the entries (it sees a full, or the original image).
+            if let Some(orig) = &self.copy_of {
+                put_u16(out, EXT_COPY_OF);
+                put_u16(out, 16);
+                out.extend_from_slice(orig);
+                set_extension(out, start, FORMAT_MINOR, 20);
+            }
+            if let Some(of) = &self.synthetic_of {
+                put_u16(out, EXT_SYNTHETIC_OF);
+                put_u16(out, 16);
+                out.extend_from_slice(of);
+                set_extension(out, start, FORMAT_MINOR, 20);
+            }
             Ok(())
         })();
         if let Err(e) = r {
             out.truncate(start);
             return Err(e);
         }
-        if let Some(orig) = &self.copy_of {
-            // Format 1.1: one extension entry; the prefix says minor 1 and ext_len.
-            put_u16(out, EXT_COPY_OF);
-            put_u16(out, 16);
-            out.extend_from_slice(orig);
-            out[start + 10..start + 12].copy_from_slice(&COPY_HEADER_MINOR.to_le_bytes());
-            out[start + 14..start + 16].copy_from_slice(&20u16.to_le_bytes());
-        }
         finish_header(out, start, 0, true, R_IHDR)
     }
 
-    fn decode(c: &mut Cur<'_>) -> Result<Self, FormatError> {
+    fn decode(c: &mut Cur<'_>, ext: &[u8]) -> Result<Self, FormatError> {
         let image_uuid = c.arr("image_uuid")?;
         let disk_uuid = c.arr("disk_uuid")?;
         let session_uuid = c.arr("session_uuid")?;
@@ -496,11 +512,39 @@ impl ImageHeader {
             vm_name,
             change_id,
             from_change_id,
-            copy_of: None,
+            copy_of: uuid_entry(ext, EXT_COPY_OF, "copy_of")?,
+            synthetic_of: uuid_entry(ext, EXT_SYNTHETIC_OF, "synthetic_of")?,
         };
         h.validate()?;
         Ok(h)
     }
+}
+
+/// The 16-byte UUID value of the `ty` entry of an image header's extension area
+/// ([`EXT_COPY_OF`], [`EXT_SYNTHETIC_OF`]; the area is already checked to frame), if
+/// present. Other entries are skipped (a newer minor may add them).
+fn uuid_entry(ext: &[u8], ty: u16, name: &'static str) -> Result<Option<[u8; 16]>, FormatError> {
+    let mut found = None;
+    for (t, value) in extension_entries(ext) {
+        if t != ty {
+            continue;
+        }
+        let v: [u8; 16] = value.try_into().map_err(|_| FormatError::BadExtension {
+            reason: match name {
+                "copy_of" => "the image header's copy_of entry is not 16 bytes",
+                _ => "the image header's synthetic_of entry is not 16 bytes",
+            },
+        })?;
+        if found.replace(v).is_some() {
+            return Err(FormatError::BadExtension {
+                reason: match name {
+                    "copy_of" => "the image header's copy_of entry is given twice",
+                    _ => "the image header's synthetic_of entry is given twice",
+                },
+            });
+        }
+    }
+    Ok(found)
 }
 
 // ---------------------------------------------------------------- image trailer
@@ -1244,15 +1288,8 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         record_type::IMAGE_HEADER => {
             no_payload(&p, R_IHDR)?;
             let mut c = Cur::new(body, R_IHDR);
-            let mut v = ImageHeader::decode(&mut c)?;
+            let v = ImageHeader::decode(&mut c, &block[body_end..p.header_len])?;
             c.end()?;
-            for (ty, val) in extension_entries(&block[body_end..p.header_len]) {
-                if ty == EXT_COPY_OF {
-                    v.copy_of = Some(val.try_into().map_err(|_| FormatError::BadExtension {
-                        reason: "the image header's copy-of entry is not 16 bytes",
-                    })?);
-                }
-            }
             Block::ImageHeader(v)
         }
         record_type::IMAGE_TRAILER => {
@@ -1347,6 +1384,7 @@ mod copy_header_tests {
             change_id: String::new(),
             from_change_id: None,
             copy_of,
+            synthetic_of: None,
         }
     }
 
@@ -1354,7 +1392,7 @@ mod copy_header_tests {
     fn a_copy_header_is_format_1_1_with_the_original_in_its_extension_area() {
         let mut b = Vec::new();
         header(Some([9; 16])).encode(&mut b).unwrap();
-        assert_eq!(u16::from_le_bytes([b[10], b[11]]), COPY_HEADER_MINOR);
+        assert_eq!(u16::from_le_bytes([b[10], b[11]]), FORMAT_MINOR);
         assert_eq!(u16::from_le_bytes([b[14], b[15]]), 20);
         match decode_block(&b).unwrap() {
             Block::ImageHeader(h) => assert_eq!(h.copy_of, Some([9; 16])),

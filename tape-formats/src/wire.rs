@@ -154,13 +154,24 @@ pub(crate) fn begin_block(out: &mut Vec<u8>, record_type: u16) -> usize {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
     put_u16(out, FORMAT_MAJOR);
-    put_u16(out, FORMAT_MINOR);
+    put_u16(out, crate::BASE_MINOR);
     put_u16(out, record_type);
     put_u16(out, 0); // extension area length: this version writes none
     put_u32(out, 0); // header length, patched by finish_header
     put_u32(out, 0); // payload length, patched by finish_header
     put_u32(out, 0); // header CRC, patched by finish_header
     start
+}
+
+/// Mark the last `ext_len` bytes written to the block begun at `start` as its
+/// extension area, and the block as written with `minor` (call before
+/// [`finish_header`]).
+pub(crate) fn set_extension(out: &mut [u8], start: usize, minor: u16, ext_len: usize) {
+    let cur = u16::from_le_bytes([out[start + 14], out[start + 15]]) as usize;
+    let total = (cur + ext_len) as u16;
+    out[start + 14..start + 16].copy_from_slice(&total.to_le_bytes());
+    let m = u16::from_le_bytes([out[start + 10], out[start + 11]]).max(minor);
+    out[start + 10..start + 12].copy_from_slice(&m.to_le_bytes());
 }
 
 /// Patch the header length, payload length and (if `with_crc`) header CRC of the block

@@ -180,3 +180,42 @@ fn content_digest_matches_the_documented_definition() {
         *blake3::hash(b"SQL").as_bytes()
     );
 }
+
+/// Format 1.1: a synthetic full's header carries the image it reproduces in one
+/// extension entry, written with minor 1; the body is exactly a 1.0 full's, so a 1.0
+/// reader (which skips unknown entries) sees a plain full.
+#[test]
+fn a_synthetic_full_header_is_a_full_with_one_extension_entry() {
+    let full = ImageHeader {
+        kind: ImageKind::Full,
+        parent_image_uuid: None,
+        from_change_id: None,
+        ..common::fixed_header()
+    };
+    let synth = ImageHeader {
+        synthetic_of: Some([0x77; 16]),
+        ..full.clone()
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    full.encode(&mut a).unwrap();
+    synth.encode(&mut b).unwrap();
+    let pa = decode_prefix(&a).unwrap();
+    let pb = decode_prefix(&b).unwrap();
+    assert_eq!((pa.minor, pa.ext_len), (BASE_MINOR, 0));
+    assert_eq!((pb.minor, pb.ext_len), (1, 20));
+    assert_eq!(pb.header_len, pa.header_len + 20);
+    // Same body bytes; the entry follows it: type 2, length 16, the UUID.
+    assert_eq!(a[28..pa.header_len], b[28..pa.header_len]);
+    assert_eq!(&b[pa.header_len..pa.header_len + 4], &[2, 0, 16, 0]);
+    assert_eq!(&b[pa.header_len + 4..pb.header_len], &[0x77; 16]);
+    match decode_block(&b).unwrap() {
+        Block::ImageHeader(h) => assert_eq!(h, synth),
+        other => panic!("decoded {}", other.kind_name()),
+    }
+    // Only a full can be synthetic.
+    let bad = ImageHeader {
+        synthetic_of: Some([0x77; 16]),
+        ..common::fixed_header()
+    };
+    assert!(bad.encode(&mut Vec::new()).is_err());
+}

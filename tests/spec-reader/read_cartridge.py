@@ -55,7 +55,9 @@ MAX_BLOCK = 1048576
 MAX_EXT = 16384
 MAX_PLAIN = 983040
 MAX_EXTENTS = 2048
-SUPPORTED_MAJOR, SUPPORTED_MINOR = 1, 0
+SUPPORTED_MAJOR, SUPPORTED_MINOR = 1, 1
+EXT_COPY_OF = 0x0001  # 1.1: image header, 16 bytes: the original a tape-to-tape copy duplicates
+EXT_SYNTHETIC_OF = 0x0002  # 1.1: image header, 16 bytes: the image a synthetic full reproduces
 
 T_LABEL, T_IHDR, T_DATA, T_ITRL = 0x0001, 0x0010, 0x0011, 0x0012
 T_SHDR, T_CHUNK, T_STRL, T_EOS = 0x0020, 0x0021, 0x0022, 0x0030
@@ -316,10 +318,13 @@ def decode_block(blk, where):
     if crc32(blk[:24] + blk[28:header_len]) != hcrc:
         raise Integrity(f"{where}: header CRC mismatch")
     ext = blk[header_len - ext_len:header_len]
+    entries = []
     while ext:
         if len(ext) < 4 or struct.unpack_from("<H", ext, 2)[0] > len(ext) - 4:
             raise Integrity(f"{where}: bad extension area")
-        ext = ext[4 + struct.unpack_from("<H", ext, 2)[0]:]
+        etype, elen = struct.unpack_from("<HH", ext, 0)
+        entries.append((etype, ext[4:4 + elen]))
+        ext = ext[4 + elen:]
     body = Body(blk[PREFIX_LEN:header_len - ext_len], where)
     header, payload = blk[:header_len], blk[header_len:]
     if rtype in (T_LABEL, T_IHDR, T_ITRL, T_SHDR, T_STRL, T_EOS) and payload_len:
@@ -356,6 +361,19 @@ def decode_block(blk, where):
             raise Integrity(f"{where}: incremental without a parent")
         if r["tracking_block_size"] == 0 or not 1 <= r["record_data_size"] <= MAX_PLAIN:
             raise Integrity(f"{where}: bad block sizes")
+        # 1.1: a copy names its original, a synthetic full the image it reproduces;
+        # other entries are skipped.
+        r["copy_of"] = None
+        r["synthetic_of"] = None
+        for etype, value in entries:
+            if etype == EXT_COPY_OF:
+                if len(value) != 16 or r["copy_of"] is not None:
+                    raise Integrity(f"{where}: bad copy_of extension entry")
+                r["copy_of"] = value
+            elif etype == EXT_SYNTHETIC_OF:
+                if len(value) != 16 or r["synthetic_of"] is not None or r["kind"] != 1:
+                    raise Integrity(f"{where}: bad synthetic_of extension entry")
+                r["synthetic_of"] = value
     elif rtype == T_DATA:
         r.update(image=body.take(16), part=body.num("I"), sequence=body.num("Q"),
                  compression=body.u8(), encryption=body.u8(), extent_count=body.num("H"),
@@ -616,6 +634,43 @@ class Tapes:
         return bytes(out)
 
 
+    def snapshot_chain(self, snap, c, f, key):
+        """The snapshot documents `snap` (in file f of c) needs, oldest first, ending
+        with it: a full snapshot alone, or a delta's base (FORMAT.md 4.5), the base's
+        base, ... down to a full snapshot, then it."""
+        def doc_of(b, where):
+            try:
+                d = json.loads(b)
+            except ValueError as e:
+                raise Integrity(f"{where}: the snapshot is not JSON: {e}")
+            if d.get("format") != "tapevault-catalog":
+                raise Integrity(f"{where}: the snapshot is not a tapevault catalog document")
+            if d.get("version") not in (1, 2):
+                raise Integrity(f"{where}: catalog document version {d.get('version')} is not known")
+            if d.get("kind") is None:
+                if d.get("base"):
+                    raise Integrity(f"{where}: a full snapshot with a base")
+                return None
+            if d["version"] != 2 or d["kind"] != "delta" or len(d.get("base") or []) != 1:
+                raise Integrity(f"{where}: a snapshot of kind {d['kind']!r} without its one base")
+            return d["base"][0]
+        barcode = next(l["barcode"] for (cc, l) in self.labels if cc is c)
+        out = [snap]
+        base = doc_of(snap, f"{c.path} file {f}")
+        while base is not None:
+            if base["barcode"] != barcode or not 0 < base["tape_file"] < f:
+                raise Integrity(f"{c.path} file {f}: its base snapshot is not before it on the cartridge")
+            f = base["tape_file"]
+            where = f"{c.path} file {f}"
+            t, h = self.first_block(c, f)
+            if t != T_SHDR or u(h["session"]) != base["session_uuid"]:
+                raise Integrity(f"{where}: not the snapshot of session {base['session_uuid']} the delta names")
+            b = self.read_snapshot(c, f, key)
+            out.append(b)
+            base = doc_of(b, where)
+        return out[::-1]
+
+
 def restore(tapes, target, key, out_path):
     """Rebuild the disk as of `target`: full first, incrementals over it, newest wins."""
     images = tapes.images()
@@ -711,7 +766,8 @@ def main():
                 rows.append({"image": u(img), "disk": u(h["disk"]), "kind": KIND_NAMES[h["kind"]],
                              "parent": u(h["parent"]) if h["parent"] else None, "time": h["time"],
                              "disk_size": h["disk_size"], "parts": sorted(tapes.parts[img]),
-                             "key_fingerprint": h["key_fingerprint"].hex() if h["key_fingerprint"] else None})
+                             "key_fingerprint": h["key_fingerprint"].hex() if h["key_fingerprint"] else None,
+                             "synthetic_of": u(h["synthetic_of"]) if h["synthetic_of"] else None})
             print(json.dumps(rows, indent=1))
         if a.image:
             chain = restore(tapes, uuidlib.UUID(a.image).bytes, key, a.out)
@@ -722,11 +778,9 @@ def main():
                 raise Integrity("no catalog snapshot on the cartridges given")
             _, c, f, _ = max(tapes.snapshots, key=lambda s: s[0])
             snap = tapes.read_snapshot(c, f, key)
-            doc = json.loads(snap)
-            if doc.get("format") != "tapevault-catalog":
-                raise Integrity("the snapshot is not a tapevault catalog document")
+            docs = tapes.snapshot_chain(snap, c, f, key)
             with open(a.snapshot_out, "wb") as f:
-                f.write(snap)
+                f.write(b"\n".join(docs) + b"\n")
     except KeyProblem as e:
         print(f"spec-reader: key: {e}", file=sys.stderr)
         return 5

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(prefix) = decode_prefix(data) else {
         panic!("decode_block accepted a bad prefix")
     };
-    if prefix.ext_len != 0 || prefix.minor != FORMAT_MINOR {
+    if prefix.ext_len != 0 || prefix.minor != BASE_MINOR {
         return;
     }
     let mut out = Vec::new();

@@ -127,6 +127,8 @@ pub fn arb_header() -> impl Strategy<Value = ImageHeader> {
                     change_id: ch,
                     from_change_id: from,
                     copy_of: None,
+                    // Format 1.1: some fulls are synthetic (extension entry).
+                    synthetic_of: (kind == ImageKind::Full && part % 2 == 1).then_some(s),
                 }
             },
         )
@@ -215,5 +217,6 @@ pub fn fixed_header() -> ImageHeader {
         change_id: "52 de c0 7e/42".into(),
         from_change_id: Some("52 de c0 7e/41".into()),
         copy_of: None,
+        synthetic_of: None,
     }
 }

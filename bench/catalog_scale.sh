@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Big catalogs and long snapshot histories (issue 18 item 4; see docs/BENCHMARKS.md,
+# "Long chains and big catalogs").
+#
+#   cargo build --release --bin tapevault
+#   bench/catalog_scale.sh [WORKDIR]
+#
+# 1. A real home and library with one small real backup; then a generator inserts
+#    IMAGES images (DISKS disks, each a full and IMAGES/DISKS-1 incrementals, one
+#    session per "night", one segment and two extents per image, on a cartridge of the
+#    same media set that is kept in the vault) straight into catalog.db with SQL.
+#    The generator is this script (Python's sqlite3), not tapevault: the rows copy
+#    the real image's columns.
+# 2. Times ROUNDS alternating rounds of: `images` (all), `images --disk` (one chain
+#    of IMAGES/DISKS), restore planning (`restore` of the newest point of one disk,
+#    which plans, prints the pull list and stops with exit 4 since its cartridge is in
+#    the vault), `rotate --dry-run`, and a fast-path `catalog rebuild` into a fresh
+#    home (its snapshot holds every generated image: a backup session after the
+#    generation wrote a full snapshot of the set).
+# 3. The snapshot each session writes: SESSIONS more small incremental backups into
+#    the big set; their snapshot kind (full/delta) and plain length from catalog.db,
+#    and the backup wall time.
+# Reports catalog.db's size per image.
+#
+# Environment: IMAGES (default 100000), DISKS (default 1000), ROUNDS (default 3),
+# SESSIONS (default 6), TAPEVAULT_BIN, KEEP=1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
+W=${1:-${TMPDIR:-/tmp}/tapevault-catscale}
+IMAGES=${IMAGES:-100000}
+DISKS=${DISKS:-1000}
+ROUNDS=${ROUNDS:-3}
+SESSIONS=${SESSIONS:-6}
+DISK_ID=0c0c0c0c-1111-4222-8333-444444444444
+
+[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
+rm -rf "$W"
+mkdir -p "$W"
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
+trap cleanup EXIT
+log() { echo "$*" | tee -a "$W/results.txt" >&2; }
+now_s() { date +%s.%N; }
+
+HOME_DIR=$W/home
+tv() { "$BIN" --home "$HOME_DIR" "$@"; }
+
+# timed NAME EXPECTED_RC CMD...: wall seconds and max RSS (EXPECTED_RC `any`: any).
+timed() {
+  local name=$1 want=$2; shift 2
+  local t0 t1 rc=0
+  t0=$(now_s)
+  /usr/bin/time -v -o "$W/$name.time" "$@" > "$W/$name.out" 2> "$W/$name.err" || rc=$?
+  t1=$(now_s)
+  if [ "$want" != any ] && [ "$rc" != "$want" ]; then
+    echo "$name exited $rc, expected $want:" >&2; tail -20 "$W/$name.err" >&2; exit 1
+  fi
+  local rss secs
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/$name.time")
+  secs=$(echo "$t1 - $t0" | bc -l)
+  printf '%s %.3f %s\n' "$name" "$secs" "$rss" >> "$W/timings"
+  log "$(printf '%-22s %8.3f s  max RSS %7d KiB  exit %d' "$name" "$secs" "$rss" "$rc")"
+}
+
+tv init --library "$W/library" --capacity 2G --slots 4 >/dev/null
+tv pool create p --compression off >/dev/null
+head -c $((4 << 20)) /dev/urandom > "$W/disk.img"
+tv backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p >/dev/null 2>&1
+
+python3 - "$HOME_DIR/catalog.db" "$IMAGES" "$DISKS" <<'EOF'
+import sqlite3, sys, uuid, datetime
+db, n, disks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+per = n // disks
+c = sqlite3.connect(db)
+c.row_factory = sqlite3.Row
+img = dict(c.execute("SELECT * FROM images LIMIT 1").fetchone())
+ses = dict(c.execute("SELECT * FROM sessions LIMIT 1").fetchone())
+med = dict(c.execute("SELECT * FROM media WHERE media_set_uuid IS NOT NULL LIMIT 1").fetchone())
+seq = c.execute("SELECT MAX(seq_in_set) FROM media WHERE media_set_uuid=?", (med["media_set_uuid"],)).fetchone()[0]
+gen = dict(med, barcode="GEN000L8", volume_uuid=str(uuid.uuid4()), seq_in_set=seq + 1,
+           state="full", location="vault", next_tape_file=n + 1)
+c.execute(f"INSERT INTO media ({','.join(gen)}) VALUES ({','.join('?' * len(gen))})", list(gen.values()))
+base = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+t = lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+size = 1 << 30
+chunk = 1 << 20
+tf = 1
+for night in range(per):
+    s = dict(ses, uuid=str(uuid.uuid4()), started=t(base + datetime.timedelta(days=night)),
+             finished=t(base + datetime.timedelta(days=night, hours=1)), status="complete", writer=None)
+    c.execute(f"INSERT INTO sessions ({','.join(s)}) VALUES ({','.join('?' * len(s))})", list(s.values()))
+    rows, segs, exts = [], [], []
+    for d in range(disks):
+        u = str(uuid.UUID(int=(night << 32) | d | (1 << 100)))
+        parent = None if night == 0 else str(uuid.UUID(int=((night - 1) << 32) | d | (1 << 100)))
+        when = base + datetime.timedelta(days=night, seconds=d)
+        r = dict(img, uuid=u, disk_uuid=str(uuid.UUID(int=d | (7 << 120))), vm_name=f"vm{d}",
+                 kind="full" if night == 0 else "incremental", parent_uuid=parent,
+                 disk_size=size, session_uuid=s["uuid"], started=t(when), finished=t(when),
+                 status="complete", digest_list=None, note=None, writer=None,
+                 plain_bytes=chunk, stored_bytes=chunk, records=2)
+        rows.append(r)
+        off = (night * 4 + d) % (size // chunk) * chunk
+        segs.append((u, 0, "GEN000L8", tf, 10 * tf, 10 * tf + 1, 0, 1, off, off + chunk))
+        if night == 0:
+            if off > 0:
+                exts.append((u, 0, off, 0, 1))
+            exts.append((u, off, chunk, 1, 0))
+            if off + chunk < size:
+                exts.append((u, off + chunk, size - off - chunk, 0, 1))
+        else:
+            exts.append((u, off, chunk, 1, 0))
+        tf += 1
+    cols = list(rows[0])
+    c.executemany(f"INSERT INTO images ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                  [list(r.values()) for r in rows])
+    c.executemany("INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, last_block, "
+                  "first_seq, last_seq, disk_start, disk_end) VALUES (?,?,?,?,?,?,?,?,?,?)", segs)
+    c.executemany("INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?,?,?,?)",
+                  [(e[0], e[1], e[2], e[3]) for e in exts])
+c.commit()
+print(f"generated {per * disks} images, {disks} disks x {per}", file=sys.stderr)
+EOF
+# A real backup session now writes a full snapshot of the set, generated images included.
+timed gen-backup 0 "$BIN" --home "$HOME_DIR" backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p
+tv catalog check >/dev/null 2>&1 || true
+DB_BYTES=$(stat -c %s "$HOME_DIR/catalog.db")
+NIMG=$(sqlite3 "$HOME_DIR/catalog.db" "SELECT COUNT(*) FROM images")
+log "catalog.db: $DB_BYTES bytes for $NIMG images: $((DB_BYTES / NIMG)) bytes per image"
+sqlite3 "$HOME_DIR/catalog.db" "SELECT kind, plain_len FROM snapshots ORDER BY rowid DESC LIMIT 1" | sed 's/^/last snapshot (kind|plain bytes): /' | tee -a "$W/results.txt" >&2
+
+ONE_DISK=$(python3 -c "import uuid; print(uuid.UUID(int=17 | (7 << 120)))")
+for r in $(seq 1 "$ROUNDS"); do
+  log "round $r"
+  timed "images-$r" 0 "$BIN" --home "$HOME_DIR" images
+  timed "images-disk-$r" 0 "$BIN" --home "$HOME_DIR" images --disk "$ONE_DISK"
+  timed "restore-plan-$r" any "$BIN" --home "$HOME_DIR" restore --disk "$ONE_DISK" --to "$W/out-$r.img"
+  timed "rotate-dry-$r" 0 "$BIN" --home "$HOME_DIR" rotate --dry-run
+  rm -rf "$W/rebuilt-$r"
+  "$BIN" --home "$W/rebuilt-$r" init --library "$W/library" >/dev/null
+  timed "rebuild-$r" 0 "$BIN" --home "$W/rebuilt-$r" catalog rebuild
+  log "  rebuilt catalog: $(sqlite3 "$W/rebuilt-$r/catalog.db" "SELECT COUNT(*) FROM images") images"
+  rm -rf "$W/rebuilt-$r"
+done
+
+log "sessions after the big catalog (snapshot kind, plain bytes, backup wall time):"
+for s in $(seq 1 "$SESSIONS"); do
+  printf '\x01%08d' "$s" | dd of="$W/disk.img" bs=4096 seek=$((s * 7)) conv=notrunc status=none
+  timed "session-$s" 0 "$BIN" --home "$HOME_DIR" backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p
+  sqlite3 "$HOME_DIR/catalog.db" "SELECT kind, plain_len FROM snapshots ORDER BY rowid DESC LIMIT 1" | sed 's/^/  snapshot: /' | tee -a "$W/results.txt" >&2
+done
+for k in images images-disk restore-plan rotate-dry rebuild; do
+  grep "^$k-[0-9]" "$W/timings" | awk -v k="$k" '{print $2}' | sort -n | awk -v k="$k" '{a[NR]=$1} END {printf "%-14s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
+done
+[ -n "${RESULTS_OUT:-}" ] && cp "$W/results.txt" "$RESULTS_OUT"
+true
