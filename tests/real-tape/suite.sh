@@ -75,9 +75,14 @@ if has_phase conformance; then
             case "$out" in *'"max_block_size":1048576'*) pass "probe block limits from READ BLOCK LIMITS";; *) fail "probe block limits: $out";; esac
             # tgt answers neither: the software position and the no-LOCATE fallbacks
             # are what the backup phase below runs on.
-            case "$out" in *'"read_position":false'*'"locate":false'*) pass "probe: no READ POSITION, no LOCATE (fallbacks in use)";; *) fail "probe on tgt: $out";; esac
+            # (the JSON document's members come in any order: each is checked alone)
+            case "$out" in *'"read_position":false'*) rp=no;; *) rp=yes;; esac
+            case "$out" in *'"locate":false'*) lc=no;; *) lc=yes;; esac
+            if [ "$rp$lc" = nono ]; then pass "probe: no READ POSITION, no LOCATE (fallbacks in use)"; else fail "probe on tgt: $out"; fi
         else
-            case "$out" in *'"read_position":true'*'"locate":true'*) pass "probe: READ POSITION and LOCATE supported";; *) fail "probe: READ POSITION/LOCATE not reported: $out";; esac
+            case "$out" in *'"read_position":true'*) rp=yes;; *) rp=no;; esac
+            case "$out" in *'"locate":true'*) lc=yes;; *) lc=no;; esac
+            if [ "$rp$lc" = yesyes ]; then pass "probe: READ POSITION and LOCATE supported"; else fail "probe: READ POSITION/LOCATE not reported: $out"; fi
             case "$out" in *'"hardware_encryption":true'*) pass "probe: hardware encryption offered";; *) fail "probe: no hardware encryption: $out";; esac
             case "$out" in *'"max_block_size":8388608'*) pass "probe block limits from READ BLOCK LIMITS (16 MiB - 1, capped at 8 MiB)";; *) fail "probe block limits: $out";; esac
         fi
