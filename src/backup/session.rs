@@ -1,19 +1,15 @@
 //! One backup session: the pool and its key, the pool lock, the media set, every disk
 //! in turn, and the session end (catalog snapshot and end-of-session marker on tape).
 
-use std::collections::HashSet;
-
 use tape_formats::{BlockSink, EndOfSession};
 
 use crate::catalog::{self, Catalog, SessionStatus, SnapshotLocation};
 use crate::error::{Context, Error, Result};
-use crate::home::locks::JobLock;
 use crate::home::Home;
-use crate::media::allocate::session_media_set;
 use tape_devices::changer::TapeLibrary;
 
 use super::*;
-use crate::events::{Event, Events, Finished, NoteKind};
+use crate::events::{Event, Events, Finished};
 
 /// Run a backup session of the checked `inputs` into their pool. What the job has to
 /// say while it runs (decisions and their reasons, cartridges, progress, each image
@@ -39,62 +35,17 @@ pub fn run(
     })?;
     let sealer = super::target::pool_sealer(home, &pool, key, "back up")?;
     recover_interrupted(home, cat, events)?;
-    let _pool_lock = JobLock::try_acquire(
-        &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
-        &format!("backup to pool {}", pool.name),
-    )?;
-    if let Some(note) = &_pool_lock.stale_note {
-        events.note(
-            NoteKind::Recovery,
-            format!(
-                "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
-                pool.name
-            ),
-        );
-    }
-    let now = crate::home::clock::now();
-    let set = session_media_set(cat, &pool, now)?;
-    let session = cat.begin_session(&pool.name, Some(set.uuid))?;
-    let (sealer, passphrase) = match sealer {
-        Some((s, p)) => (Some(s), p),
-        None => (None, None),
-    };
-    let mut tape = Tape {
+    let (_pool_lock, set, mut job) = super::target::begin_pool_session(
+        home,
         cat,
         lib,
-        pool: pool.clone(),
-        set: set.clone(),
-        present: HashSet::new(),
-        exclude: HashSet::new(),
-        current: None,
-        escrow: None,
-        // Wait for media only when a person can insert it.
-        events,
-        wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
-            max: std::time::Duration::from_secs(home.config.media_wait_secs),
-            poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
-        }),
-    };
-    if pool.escrow {
-        if let (Some(s), Some(p)) = (&sealer, &passphrase) {
-            let blob = crate::crypto::escrow::wrap(
-                &s.key,
-                p.as_bytes(),
-                crate::crypto::KdfParams::default(),
-            )?;
-            tape.escrow = Some(blob);
-        }
-    }
-    let mut job = Job {
-        home,
-        tape,
+        &pool,
         sealer,
-        session: session.uuid,
-        image_parts: 0,
-        seal_buf: Vec::new(),
-        reproduce: None,
-        image_time: now,
-    };
+        wait_for_media,
+        &format!("backup to pool {}", pool.name),
+        events,
+    )?;
+    let session = job.session;
     let mut reports = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
@@ -103,7 +54,7 @@ pub fn run(
             events.emit(Event::Finished(Finished::Image(&r)));
             reports.push(r);
         }
-        cat.finish_session(session.uuid, SessionStatus::Complete)?;
+        cat.finish_session(session, SessionStatus::Complete)?;
         job.tape.touch()?;
         let loc = job.write_session_end()?;
         Ok(Some(loc))
@@ -113,7 +64,7 @@ pub fn run(
         Ok(snapshot) => {
             unmount?;
             Ok(BackupReport {
-                session: session.uuid,
+                session,
                 vm: req.vm_name.clone(),
                 pool: pool.name,
                 media_set: set.uuid,
@@ -122,7 +73,7 @@ pub fn run(
             })
         }
         Err(e) => {
-            let _ = cat.finish_session(session.uuid, SessionStatus::Failed);
+            let _ = cat.finish_session(session, SessionStatus::Failed);
             Err(e)
         }
     }

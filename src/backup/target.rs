@@ -69,6 +69,80 @@ pub(super) fn pool_sealer(
     }
 }
 
+/// Begin a writing session in `pool`: take the pool's lock for `what` (a stale lock of a
+/// process that is gone is taken over, said out loud), pick the session's media set,
+/// record the session as running, and make the job that writes its images, with the
+/// pool's key escrow when the pool keeps one. Backups and [`ImageTarget`]s both start
+/// here.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn begin_pool_session<'a>(
+    home: &'a Home,
+    cat: &'a Catalog,
+    lib: &'a mut dyn TapeLibrary,
+    pool: &PoolRow,
+    sealer: Option<(Sealer, Option<String>)>,
+    wait_for_media: bool,
+    what: &str,
+    events: &'a dyn Events,
+) -> Result<(JobLock, MediaSetRow, Job<'a>)> {
+    let lock = JobLock::try_acquire(
+        &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
+        what,
+    )?;
+    if let Some(note) = &lock.stale_note {
+        events.note(
+            NoteKind::Recovery,
+            format!(
+                "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
+                pool.name
+            ),
+        );
+    }
+    let now = crate::home::clock::now();
+    let set = session_media_set(cat, pool, now)?;
+    let session = cat.begin_session(&pool.name, Some(set.uuid))?;
+    let (sealer, passphrase) = match sealer {
+        Some((s, p)) => (Some(s), p),
+        None => (None, None),
+    };
+    let mut tape = Tape {
+        cat,
+        lib,
+        pool: pool.clone(),
+        set: set.clone(),
+        present: HashSet::new(),
+        exclude: HashSet::new(),
+        current: None,
+        escrow: None,
+        events,
+        // Wait for media only when a person can insert it.
+        wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
+            max: std::time::Duration::from_secs(home.config.media_wait_secs),
+            poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
+        }),
+    };
+    if pool.escrow {
+        if let (Some(s), Some(p)) = (&sealer, &passphrase) {
+            tape.escrow = Some(crate::crypto::escrow::wrap(
+                &s.key,
+                p.as_bytes(),
+                crate::crypto::KdfParams::default(),
+            )?);
+        }
+    }
+    let job = Job {
+        home,
+        tape,
+        sealer,
+        session: session.uuid,
+        image_parts: 0,
+        seal_buf: Vec::new(),
+        reproduce: None,
+        image_time: now,
+    };
+    Ok((lock, set, job))
+}
+
 /// A writing session in one pool: holds the pool lock; images go to the pool's media
 /// set one after the other; [`ImageTarget::finish`] writes the session's catalog
 /// snapshot and end-of-session marker.
@@ -92,61 +166,10 @@ impl<'a> ImageTarget<'a> {
         events: &'a dyn Events,
     ) -> Result<ImageTarget<'a>> {
         let sealer = pool_sealer(home, pool, key, what)?;
-        let lock = JobLock::try_acquire(
-            &home.locks_dir().join(format!("pool-{}.lock", pool.name)),
-            what,
-        )?;
-        if let Some(note) = &lock.stale_note {
-            events.note(
-                NoteKind::Recovery,
-                format!(
-                    "found a stale lock of pool {} left by a process that is gone ({note}); taking it over",
-                    pool.name
-                ),
-            );
-        }
-        let now = crate::home::clock::now();
-        let set = session_media_set(cat, pool, now)?;
-        let session = cat.begin_session(&pool.name, Some(set.uuid))?;
-        let (sealer, passphrase) = match sealer {
-            Some((s, p)) => (Some(s), p),
-            None => (None, None),
-        };
-        let mut tape = Tape {
-            cat,
-            lib,
-            pool: pool.clone(),
-            set: set.clone(),
-            present: HashSet::new(),
-            exclude: HashSet::new(),
-            current: None,
-            escrow: None,
-            events,
-            wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
-                max: std::time::Duration::from_secs(home.config.media_wait_secs),
-                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
-            }),
-        };
-        if pool.escrow {
-            if let (Some(s), Some(p)) = (&sealer, &passphrase) {
-                tape.escrow = Some(crate::crypto::escrow::wrap(
-                    &s.key,
-                    p.as_bytes(),
-                    crate::crypto::KdfParams::default(),
-                )?);
-            }
-        }
+        let (lock, set, job) =
+            begin_pool_session(home, cat, lib, pool, sealer, wait_for_media, what, events)?;
         Ok(ImageTarget {
-            job: Job {
-                home,
-                tape,
-                sealer,
-                session: session.uuid,
-                image_parts: 0,
-                seal_buf: Vec::new(),
-                reproduce: None,
-                image_time: crate::home::clock::now(),
-            },
+            job,
             _lock: lock,
             set,
         })
