@@ -1,9 +1,13 @@
 //! `tapevault backup --qmp` of a running TCG QEMU with two disks, through the binary:
 //! a full and incrementals from QEMU's dirty bitmaps (written, zeroed ranges), every
 //! point of both disks restored bit-identical; `vm disks` lists the identities; a
-//! QEMU killed with -9 makes the next backup a full, said with the reason.
+//! QEMU killed with -9 makes the next backup a full, said with the reason; a manifest
+//! with `qmp` picks disks by serial under its own ids and labels; `point_in_time` in the
+//! JSON result says the consistency, as docs/schema/backup.json says.
 
 mod common;
+#[path = "common/jsonschema.rs"]
+mod jsonschema;
 mod qmp_support;
 
 use std::path::Path;
@@ -87,6 +91,13 @@ fn a_running_vm_full_and_incrementals_restore_every_point_of_both_disks() {
         ),
         "{stderr}"
     );
+    assert_eq!(full["point_in_time"]["driver"], "qmp", "{full}");
+    assert_eq!(full["point_in_time"]["consistency"], "crash", "{full}");
+    assert!(
+        s(&full["point_in_time"], "reason").contains("no guest agent"),
+        "{full}"
+    );
+    assert_backup_schema(&full);
     let mut points: Vec<Vec<(String, std::path::PathBuf)>> = vec![Vec::new(), Vec::new()];
     for (i, id) in ids.iter().enumerate() {
         let img = image_of(&full, id);
@@ -173,4 +184,112 @@ fn after_qemu_was_killed_the_next_backup_is_a_full_with_the_reason() {
     assert!(stderr.contains("bitmap tapevault-1 is missing"), "{stderr}");
     let (j, _) = backup(&v, &vm);
     assert_eq!(j["images"][0]["kind"], "incremental");
+}
+
+fn assert_backup_schema(doc: &serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema");
+    let errs = jsonschema::Schemas::new(&dir)
+        .validate("backup.json", doc)
+        .unwrap();
+    assert!(
+        errs.is_empty(),
+        "backup --json against its schema: {errs:?}\n{doc}"
+    );
+}
+
+#[test]
+fn a_manifest_with_qmp_picks_disks_by_serial_under_its_own_ids() {
+    if qemu_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let vm = Vm::start(
+        &v.root,
+        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
+        false,
+    );
+    let mut w = vm.test_monitor();
+    let mut model = vec![0u8; 16 * MIB as usize];
+    vm.write(&mut w, 1, 0x51, MIB, 2 * MIB);
+    model[MIB as usize..3 * MIB as usize].fill(0x51);
+    let id = uuid::Uuid::new_v4();
+    let manifest = v.path("web01.toml");
+    let write_manifest = |serial: &str| {
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"web01\"\nqmp = \"{}\"\n\n[[disk]]\nid = \"{id}\"\nlabel = \"data\"\nserial = \"{serial}\"\n",
+                vm.qmp.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_manifest("SER-B");
+    // `manifest check` asks QEMU which image the device has open, changing nothing.
+    let m = manifest.to_string_lossy().to_string();
+    let c = v.ok(&["manifest", "check", &m]);
+    assert_eq!(c["disks"][0]["disk"], id.to_string(), "{c}");
+    assert_eq!(c["disks"][0]["size"], 16 * MIB, "{c}");
+    assert!(s(&c["disks"][0], "path").ends_with("b.qcow2"), "{c}");
+    let scratch = vm.dir.join("scratch").to_string_lossy().to_string();
+    let args = [
+        "backup",
+        "--manifest",
+        &m,
+        "--scratch-dir",
+        &scratch,
+        "--pool",
+        "p",
+    ];
+    let r = v.run(&args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // Only the named disk, under the manifest's id and label; the other is said.
+    let imgs = r.json["images"].as_array().unwrap();
+    assert_eq!(imgs.len(), 1, "{}", r.json);
+    assert_eq!(imgs[0]["disk"], id.to_string());
+    assert_eq!(imgs[0]["disk_label"], "data");
+    assert_eq!(r.json["vm"], "web01");
+    assert_eq!(r.json["point_in_time"]["consistency"], "crash");
+    assert!(
+        r.stderr.contains("not in the manifest: not backed up") && r.stderr.contains("SER-A"),
+        "{}",
+        r.stderr
+    );
+    assert_backup_schema(&r.json);
+    let p0 = v.path("b-p0.raw");
+    save(&model, &p0);
+    let full = s(&imgs[0], "image").to_string();
+
+    // An incremental through the same manifest, from QEMU's bitmap.
+    vm.write(&mut w, 1, 0x52, 8 * MIB, 64 * 1024);
+    model[8 * MIB as usize..8 * MIB as usize + 64 * 1024].fill(0x52);
+    let r = v.run(&args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let inc = &r.json["images"][0];
+    assert_eq!(inc["kind"], "incremental", "{inc}");
+    assert_eq!(inc["method"], "dirty-bitmap", "{inc}");
+    let p1 = v.path("b-p1.raw");
+    save(&model, &p1);
+    for (image, copy) in [(full, p0), (s(inc, "image").to_string(), p1)] {
+        let out = v.path("out.raw");
+        let _ = std::fs::remove_file(&out);
+        let rr = v.restore_image(id, &image, &out);
+        assert_eq!(rr.code, 0, "{}", rr.stderr);
+        assert_same_bytes(&out, &copy, &image);
+    }
+    // The disk is known by its label.
+    let r = v.run(&["images", "--disk", "web01/data"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // A serial the VM does not have: refused, naming what the VM has; nothing written.
+    write_manifest("SER-C");
+    let r = v.run(&args);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("no device with serial \"SER-C\"") && r.stderr.contains("SER-B"),
+        "{}",
+        r.stderr
+    );
+    v.assert_catalog_consistent();
 }

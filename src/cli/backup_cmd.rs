@@ -64,10 +64,10 @@ pub struct BackupArgs {
         requires = "guest_agent"
     )]
     pub freeze_timeout: u64,
-    /// Where QEMU writes the fleecing scratch images while a --qmp backup runs (they
-    /// grow by the data the guest overwrites meanwhile, at most the disk size; default:
-    /// qmp-scratch in the home).
-    #[arg(long, value_name = "DIR", requires = "qmp")]
+    /// Where QEMU writes the fleecing scratch images while a backup of a running VM runs
+    /// (--qmp, or a manifest with `qmp`; they grow by the data the guest overwrites
+    /// meanwhile, at most the disk size; default: qmp-scratch in the home).
+    #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
@@ -92,6 +92,78 @@ fn parse_label(s: &str) -> std::result::Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A manifest's disks read from files, images or NBD exports.
+fn manifest_disks(vm: VmManifest) -> Result<Vec<DiskSpec>> {
+    let mut disks = Vec::new();
+    for d in vm.disks {
+        let driver = match &d.source {
+            Some(s) => Some(
+                s.driver()
+                    .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?,
+            ),
+            None => None,
+        };
+        disks.push(DiskSpec {
+            id: d.id,
+            label: d.label,
+            path: d.path,
+            changed_extents: d.changed_extents,
+            driver,
+        });
+    }
+    Ok(disks)
+}
+
+/// A running VM's disks over QMP (`--qmp`, or a manifest with `qmp`): every writable
+/// disk, or those `select` names by device; the ones left out are said.
+fn connect_live(
+    ctx: &Ctx,
+    a: &BackupArgs,
+    qmp: &std::path::Path,
+    agent: Option<(PathBuf, u64)>,
+    select: Option<&[(uuid::Uuid, crate::source::manifest::DeviceMatch)]>,
+) -> Result<(crate::source::qmp::driver::SharedVm, Vec<DiskSpec>)> {
+    let scratch = a
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| ctx.home_dir().join("qmp-scratch"));
+    let opts = crate::source::qmp::live::LiveOptions {
+        scratch_dir: scratch,
+        freeze_timeout: std::time::Duration::from_secs(
+            agent.as_ref().map_or(a.freeze_timeout, |x| x.1),
+        ),
+        agent: agent.map(|x| x.0),
+        start_epoch: !a.copy,
+    };
+    let (vm, (found, left_out)) = crate::source::qmp::driver::QmpVm::connect(qmp, opts, select)
+        .map_err(|e| Error::Failed(format!("--qmp {}: {e}", qmp.display())))?;
+    if found.is_empty() {
+        return usage(format!(
+            "--qmp {}: the VM has no writable disk to back up",
+            qmp.display()
+        ));
+    }
+    for d in &left_out {
+        ctx.out.note(format!(
+            "disk {} of the VM ({}, {}) is not in the manifest: not backed up",
+            d.device_name(),
+            d.identity_source(),
+            d.filename
+        ));
+    }
+    let disks = found
+        .into_iter()
+        .map(|(id, d)| DiskSpec {
+            id,
+            label: None,
+            path: PathBuf::from(&d.filename),
+            changed_extents: None,
+            driver: Some(crate::source::qmp::driver::QmpDisk::handle(&vm, id, d)),
+        })
+        .collect();
+    Ok((vm, disks))
+}
+
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     if a.synthetic_full {
         return super::synthetic_cmd::synthetic_full(ctx, &a);
@@ -101,59 +173,43 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             "--disk-id needs --disk PATH (the disk to read), except with --synthetic-full",
         );
     }
+    if a.scratch_dir.is_some() && a.qmp.is_none() && a.manifest.is_none() {
+        return usage("--scratch-dir applies to a running VM (--qmp, or a manifest with qmp)");
+    }
     let mut live_vm = None;
     let (vm_name, disks) = if let Some(qmp) = &a.qmp {
-        let scratch = a
-            .scratch_dir
-            .clone()
-            .unwrap_or_else(|| ctx.home_dir().join("qmp-scratch"));
-        let opts = crate::source::qmp::live::LiveOptions {
-            scratch_dir: scratch,
-            agent: a.guest_agent.clone(),
-            freeze_timeout: std::time::Duration::from_secs(a.freeze_timeout),
-            start_epoch: !a.copy,
-        };
-        let (vm, found) = crate::source::qmp::driver::QmpVm::connect(qmp, opts)
-            .map_err(|e| Error::Failed(format!("--qmp {}: {e}", qmp.display())))?;
-        if found.is_empty() {
-            return usage(format!(
-                "--qmp {}: the VM has no writable disk to back up",
-                qmp.display()
-            ));
-        }
-        let disks = found
-            .into_iter()
-            .map(|(id, d)| DiskSpec {
-                id,
-                label: None,
-                path: PathBuf::from(&d.filename),
-                changed_extents: None,
-                driver: Some(crate::source::qmp::driver::QmpDisk::handle(&vm, id, d)),
-            })
-            .collect();
+        let agent = a.guest_agent.clone().map(|g| (g, a.freeze_timeout));
+        let (vm, disks) = connect_live(ctx, &a, qmp, agent, None)?;
         let name = a.vm.clone().or_else(|| vm.name());
         live_vm = Some(vm);
         (name, disks)
     } else if let Some(m) = &a.manifest {
         let vm = VmManifest::load(m).map_err(|e| Error::Usage(e.to_string()))?;
-        let mut disks = Vec::new();
-        for d in vm.disks {
-            let driver = match &d.source {
-                Some(s) => Some(
-                    s.driver()
-                        .map_err(|e| Error::Usage(format!("disk {}: {e}", d.id)))?,
-                ),
-                None => None,
-            };
-            disks.push(DiskSpec {
-                id: d.id,
-                label: d.label,
-                path: d.path,
-                changed_extents: d.changed_extents,
-                driver,
-            });
+        if let Some(live) = &vm.live {
+            // A running VM: its disks by serial/WWN, under the manifest's ids and labels.
+            let agent = live
+                .guest_agent
+                .clone()
+                .map(|g| (g, live.freeze_timeout.unwrap_or(a.freeze_timeout)));
+            let wanted: Vec<_> = vm
+                .disks
+                .iter()
+                .filter_map(|d| d.device.clone().map(|m| (d.id, m)))
+                .collect();
+            let (handle, mut disks) = connect_live(ctx, &a, &live.qmp, agent, Some(&wanted))?;
+            for d in &mut disks {
+                d.label = vm
+                    .disks
+                    .iter()
+                    .find(|e| e.id == d.id)
+                    .and_then(|e| e.label.clone());
+            }
+            live_vm = Some(handle);
+            (Some(vm.name), disks)
+        } else {
+            let name = vm.name.clone();
+            (Some(name), manifest_disks(vm)?)
         }
-        (Some(vm.name), disks)
     } else if let (Some(path), Some(id)) = (a.disk.clone(), a.disk_id) {
         let text = path.to_string_lossy();
         let (path, driver) = if SourceSpec::looks_like(&text) {
@@ -253,8 +309,8 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         wait_for_media,
         &term,
     );
-    if let Some(vm) = &live_vm {
-        let s = vm.summary();
+    let live_summary = live_vm.as_ref().map(|vm| vm.summary());
+    if let Some(s) = &live_summary {
         if !s.removed.is_empty() {
             out.note(format!(
                 "removed what an interrupted backup left in QEMU: {}",
@@ -333,11 +389,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         synthetic: Option<&'a crate::synthetic::SyntheticReport>,
         #[serde(skip_serializing_if = "Option::is_none")]
         copy: Option<&'a crate::copy::CopyReport>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        point_in_time: Option<PointInTimeDoc>,
     }
     let doc = BackupDoc {
         backup: &report,
         synthetic: synthetic.as_ref(),
         copy: copy.as_ref(),
+        point_in_time: live_summary.map(PointInTimeDoc::of),
     };
     let text = || {
         let mut s = format!(
@@ -389,4 +448,40 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     }
     out.emit(&doc, text);
     Ok(())
+}
+
+/// What a backup of a running VM says of its point in time (`point_in_time` in
+/// `backup --json`, docs/JSON.md).
+#[derive(serde::Serialize)]
+struct PointInTimeDoc {
+    /// How the disks were read: `qmp` (a running QEMU).
+    driver: &'static str,
+    /// `filesystem` (the guest agent froze the file systems around the instant),
+    /// `crash` (every disk at the same instant, as after a power cut), or `none` when
+    /// the backup ended before the instant was taken.
+    consistency: &'static str,
+    /// File systems the guest agent froze (filesystem consistency only).
+    frozen_filesystems: Option<u64>,
+    /// Why the backup is only crash-consistent (no agent given, or what it answered).
+    reason: Option<String>,
+    /// What an interrupted earlier backup had left in QEMU and this one removed.
+    removed_leftovers: Vec<String>,
+}
+
+impl PointInTimeDoc {
+    fn of(s: crate::source::qmp::driver::VmSummary) -> PointInTimeDoc {
+        use crate::source::qmp::live::Consistency;
+        let (consistency, frozen_filesystems, reason) = match s.consistency {
+            Some(Consistency::Filesystem { frozen }) => ("filesystem", Some(frozen), None),
+            Some(Consistency::Crash { reason }) => ("crash", None, Some(reason)),
+            None => ("none", None, None),
+        };
+        PointInTimeDoc {
+            driver: "qmp",
+            consistency,
+            frozen_filesystems,
+            reason,
+            removed_leftovers: s.removed,
+        }
+    }
 }

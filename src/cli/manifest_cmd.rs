@@ -137,9 +137,14 @@ fn new(ctx: &Ctx, a: NewArgs) -> Result<()> {
             path: absolute(&path)?,
             changed_extents: None,
             source: None,
+            device: None,
         });
     }
-    let m = VmManifest { name: vm, disks };
+    let m = VmManifest {
+        name: vm,
+        disks,
+        live: None,
+    };
     // The disks must open as backup opens them (and not be the same file twice).
     let checked = check_disks(&m)?;
     let text = m.to_toml();
@@ -255,10 +260,45 @@ fn doc_of(m: &VmManifest, checked: &backup::Inputs) -> ManifestDoc {
     }
 }
 
+/// A running VM's manifest: asks QEMU (read-only: nothing is started or removed) which
+/// image each named device has open and how large it is.
+fn check_live(m: &VmManifest, live: &crate::source::manifest::LiveVm) -> Result<ManifestDoc> {
+    use crate::source::qmp::{disks, driver::QMP_TIMEOUT, QmpClient};
+    let fail = |e: String| Error::Failed(format!("qmp {}: {e}", live.qmp.display()));
+    let mut c = QmpClient::connect(&live.qmp, QMP_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+    let found = disks::discover(&mut c).map_err(|e| fail(e.to_string()))?;
+    let wanted: Vec<_> = m
+        .disks
+        .iter()
+        .filter_map(|d| d.device.clone().map(|x| (d.id, x)))
+        .collect();
+    let (chosen, _) = disks::select_by_device(found, &wanted).map_err(fail)?;
+    let disks = m
+        .disks
+        .iter()
+        .zip(chosen)
+        .map(|(d, (_, vd))| DiskDoc {
+            disk: d.id,
+            disk_label: d.label.clone(),
+            path: PathBuf::from(&vd.filename),
+            size: Some(vd.size),
+            changed_extents: None,
+        })
+        .collect();
+    Ok(ManifestDoc {
+        vm: m.name.clone(),
+        path: None,
+        disks,
+        manifest: None,
+    })
+}
+
 fn check(ctx: &Ctx, file: &Path) -> Result<()> {
     let m = VmManifest::load(file).map_err(|e| Error::Usage(e.to_string()))?;
-    let checked = check_disks(&m)?;
-    let mut doc = doc_of(&m, &checked);
+    let mut doc = match &m.live {
+        Some(live) => check_live(&m, live)?,
+        None => doc_of(&m, &check_disks(&m)?),
+    };
     doc.path = Some(file.to_path_buf());
     ctx.out.emit(&doc, || {
         let mut s = format!(

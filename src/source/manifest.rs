@@ -18,6 +18,24 @@
 //!
 //! A disk has either `path` (read directly) or `source` (see [`super::SourceSpec`]).
 //!
+//! A running VM is read over QMP instead (`backup --qmp`); its manifest names the QMP
+//! socket and picks each disk by the device's `serial` or `wwn`, never by target name
+//! or order, giving it the UUID the catalog knows it by:
+//!
+//! ```toml
+//! name = "web01"
+//! qmp = "/run/qemu/web01.qmp"
+//! guest_agent = "/run/qemu/web01.qga"           # optional: freeze file systems
+//! freeze_timeout = 60                           # optional, seconds (default 60)
+//!
+//! [[disk]]
+//! id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11"
+//! label = "root"
+//! serial = "web01-root"                         # or wwn = "0x5000c50015ea71ac"
+//! ```
+//!
+//! The VM's other disks are not backed up (said at each backup).
+//!
 //! Relative paths are resolved against the manifest's own directory, so a manifest
 //! and its CBT files can be moved together. Unknown keys are rejected: a misspelt
 //! `changed_extent` silently ignored would turn every incremental into a full.
@@ -53,6 +71,38 @@ pub struct DiskEntry {
     /// Where the disk comes from when it is not read directly from `path` (then
     /// `path` is only what reports show).
     pub source: Option<super::SourceSpec>,
+    /// With a [`LiveVm`]: the device of the running VM this disk is (its `path` is then
+    /// empty until the VM says which image the device has open).
+    pub device: Option<DeviceMatch>,
+}
+
+/// Which device of a running VM a manifest disk is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMatch {
+    /// The device's `serial` property.
+    Serial(String),
+    /// The device's `wwn`, as `0x` and 16 lower-case hex digits.
+    Wwn(String),
+}
+
+impl std::fmt::Display for DeviceMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceMatch::Serial(s) => write!(f, "serial {s:?}"),
+            DeviceMatch::Wwn(w) => write!(f, "wwn {w}"),
+        }
+    }
+}
+
+/// A running VM whose disks are read over QMP (`backup --qmp`'s options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveVm {
+    /// QEMU's QMP socket.
+    pub qmp: PathBuf,
+    /// The guest agent's socket, to freeze file systems around the instant.
+    pub guest_agent: Option<PathBuf>,
+    /// Seconds the guest agent gets to freeze (`--freeze-timeout`).
+    pub freeze_timeout: Option<u64>,
 }
 
 /// A parsed, validated VM manifest.
@@ -60,6 +110,8 @@ pub struct DiskEntry {
 pub struct VmManifest {
     pub name: String,
     pub disks: Vec<DiskEntry>,
+    /// Set when the VM is running and read over QMP: every disk then has a `device`.
+    pub live: Option<LiveVm>,
 }
 
 #[derive(Debug, Error)]
@@ -96,6 +148,9 @@ pub enum ManifestError {
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     name: String,
+    qmp: Option<String>,
+    guest_agent: Option<String>,
+    freeze_timeout: Option<u64>,
     #[serde(default)]
     disk: Vec<RawDisk>,
 }
@@ -109,6 +164,8 @@ struct RawDisk {
     source: Option<String>,
     tls_creds_dir: Option<String>,
     changed_extents: Option<String>,
+    serial: Option<String>,
+    wwn: Option<String>,
 }
 
 impl VmManifest {
@@ -153,7 +210,7 @@ impl VmManifest {
         if raw.disk.is_empty() {
             return Err(field_err(
                 "disk".into(),
-                "is missing: list at least one [[disk]] table with id and path",
+                "is missing: list at least one [[disk]] table with id and path (or serial, for a running VM)",
             ));
         }
         if raw.disk.len() > MAX_DISKS {
@@ -168,6 +225,35 @@ impl VmManifest {
         if let Err(why) = check_name(name, true) {
             return Err(field_err("name".into(), &why));
         }
+        let live = match (&raw.qmp, &raw.guest_agent, raw.freeze_timeout) {
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err(field_err(
+                    if raw.guest_agent.is_some() { "guest_agent" } else { "freeze_timeout" }.into(),
+                    "applies to a running VM only: add `qmp = \"SOCKET\"` (QEMU's QMP socket) or remove it",
+                ))
+            }
+            (Some(q), agent, timeout) => {
+                if q.trim().is_empty() {
+                    return Err(field_err("qmp".into(), "is empty; name QEMU's QMP socket"));
+                }
+                if agent.as_ref().is_some_and(|a| a.trim().is_empty()) {
+                    return Err(field_err("guest_agent".into(), "is empty; name the guest agent's socket or remove the key"));
+                }
+                if timeout == Some(0) {
+                    return Err(field_err("freeze_timeout".into(), "is 0; give the guest agent at least a second"));
+                }
+                if timeout.is_some() && agent.is_none() {
+                    return Err(field_err("freeze_timeout".into(), "needs guest_agent (only the guest agent freezes)"));
+                }
+                Some(LiveVm {
+                    qmp: base_dir.join(q.trim()),
+                    guest_agent: agent.as_ref().map(|a| base_dir.join(a.trim())),
+                    freeze_timeout: timeout,
+                })
+            }
+        };
+        let mut devices: HashMap<String, usize> = HashMap::new();
         let mut seen: HashMap<Uuid, usize> = HashMap::new();
         let mut labels: HashMap<String, usize> = HashMap::new();
         let mut disks = Vec::with_capacity(raw.disk.len());
@@ -211,6 +297,67 @@ impl VmManifest {
                     Some(l)
                 }
             };
+            let device = match (&d.serial, &d.wwn) {
+                (Some(_), Some(_)) => {
+                    return Err(field_err(
+                        format!("disk[{i}]"),
+                        "has both serial and wwn; give the one that identifies the device",
+                    ))
+                }
+                (Some(sr), None) if sr.trim().is_empty() => {
+                    return Err(field_err(format!("disk[{i}].serial"), "is empty"))
+                }
+                (Some(sr), None) => Some(DeviceMatch::Serial(sr.trim().to_string())),
+                (None, Some(w)) => Some(DeviceMatch::Wwn(parse_wwn(w).ok_or_else(|| {
+                    field_err(
+                        format!("disk[{i}].wwn"),
+                        &format!("{w:?} is not a WWN (16 hex digits, with or without 0x)"),
+                    )
+                })?)),
+                (None, None) => None,
+            };
+            if live.is_some() {
+                let Some(dev) = device else {
+                    return Err(field_err(
+                        format!("disk[{i}]"),
+                        "has neither serial nor wwn: a disk of a running VM (qmp) is picked by its device's serial or wwn, never by name or position",
+                    ));
+                };
+                for (key, set) in [
+                    ("path", d.path.is_some()),
+                    ("source", d.source.is_some()),
+                    ("tls_creds_dir", d.tls_creds_dir.is_some()),
+                    ("changed_extents", d.changed_extents.is_some()),
+                ] {
+                    if set {
+                        return Err(field_err(
+                            format!("disk[{i}].{key}"),
+                            "does not apply to a running VM's disk (read over qmp, its changes tracked by QEMU's bitmaps); remove it",
+                        ));
+                    }
+                }
+                if let Some(first) = devices.insert(dev.to_string(), i) {
+                    return Err(field_err(
+                        format!("disk[{i}]"),
+                        &format!("{dev} is also disk[{first}]'s; each device is listed once"),
+                    ));
+                }
+                disks.push(DiskEntry {
+                    id,
+                    label,
+                    path: PathBuf::new(),
+                    changed_extents: None,
+                    source: None,
+                    device: Some(dev),
+                });
+                continue;
+            }
+            if device.is_some() {
+                return Err(field_err(
+                    format!("disk[{i}]"),
+                    "has a serial or wwn, which picks a device of a running VM: add `qmp = \"SOCKET\"` at the top, or remove it",
+                ));
+            }
             let tls = d.tls_creds_dir.as_ref().map(|t| base_dir.join(t));
             let (path, source) = match (&d.path, &d.source) {
                 (Some(_), Some(_)) => {
@@ -259,13 +406,29 @@ impl VmManifest {
                 path,
                 changed_extents,
                 source,
+                device: None,
             });
         }
         Ok(VmManifest {
             name: name.to_string(),
             disks,
+            live,
         })
     }
+}
+
+/// A WWN as QEMU reports it (`0x` and 16 lower-case hex digits), from 16 hex digits
+/// with or without `0x`.
+pub fn parse_wwn(w: &str) -> Option<String> {
+    let h = w.trim();
+    let h = h
+        .strip_prefix("0x")
+        .or_else(|| h.strip_prefix("0X"))
+        .unwrap_or(h);
+    if h.len() != 16 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("0x{}", h.to_ascii_lowercase()))
 }
 
 /// Longest VM name or disk label.
@@ -301,11 +464,31 @@ impl VmManifest {
     pub fn to_toml(&self) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut t = format!("name = {}\n", q(&self.name));
+        if let Some(l) = &self.live {
+            t.push_str(&format!("qmp = {}\n", q(&l.qmp.to_string_lossy())));
+            if let Some(a) = &l.guest_agent {
+                t.push_str(&format!("guest_agent = {}\n", q(&a.to_string_lossy())));
+            }
+            if let Some(s) = l.freeze_timeout {
+                t.push_str(&format!("freeze_timeout = {s}\n"));
+            }
+        }
         for d in &self.disks {
             t.push_str("\n[[disk]]\n");
             t.push_str(&format!("id = {}\n", q(&d.id.to_string())));
             if let Some(l) = &d.label {
                 t.push_str(&format!("label = {}\n", q(l)));
+            }
+            match &d.device {
+                Some(DeviceMatch::Serial(s)) => {
+                    t.push_str(&format!("serial = {}\n", q(s)));
+                    continue;
+                }
+                Some(DeviceMatch::Wwn(w)) => {
+                    t.push_str(&format!("wwn = {}\n", q(w)));
+                    continue;
+                }
+                None => {}
             }
             t.push_str(&format!("path = {}\n", q(&d.path.to_string_lossy())));
             if let Some(c) = &d.changed_extents {
@@ -346,6 +529,64 @@ path = "/dev/vg/d1"
         );
         assert_eq!(m.disks[1].path, Path::new("/dev/vg/d1"));
         assert_eq!(m.disks[1].changed_extents, None);
+    }
+
+    #[test]
+    fn a_running_vm_picks_disks_by_serial_or_wwn() {
+        let text = r#"name = "web01"
+qmp = "run/web01.qmp"
+guest_agent = "/run/web01.qga"
+freeze_timeout = 10
+[[disk]]
+id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11"
+label = "root"
+serial = "web01-root"
+[[disk]]
+id = "6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d12"
+wwn = "5000C50015EA71AC"
+"#;
+        let m = parse(text).unwrap();
+        let live = m.live.clone().unwrap();
+        assert_eq!(live.qmp, Path::new("/vms/run/web01.qmp"));
+        assert_eq!(
+            live.guest_agent.as_deref(),
+            Some(Path::new("/run/web01.qga"))
+        );
+        assert_eq!(live.freeze_timeout, Some(10));
+        assert_eq!(
+            m.disks[0].device,
+            Some(DeviceMatch::Serial("web01-root".into()))
+        );
+        assert_eq!(
+            m.disks[1].device,
+            Some(DeviceMatch::Wwn("0x5000c50015ea71ac".into()))
+        );
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+        let bad = |t: String, want: &str| {
+            let e = parse(&t).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        };
+        bad(
+            text.replace("serial = \"web01-root\"", ""),
+            "neither serial nor wwn",
+        );
+        bad(
+            text.replace("serial = \"web01-root\"", "serial = \"a\"\npath = \"x\""),
+            "disk[0].path",
+        );
+        bad(text.replace("5000C50015EA71AC", "50"), "is not a WWN");
+        bad(
+            text.replace("wwn = \"5000C50015EA71AC\"", "serial = \"web01-root\""),
+            "also disk[0]",
+        );
+        bad(
+            text.replace("qmp = \"run/web01.qmp\"\n", ""),
+            "running VM only",
+        );
+        bad(
+            "name = \"a\"\n[[disk]]\nid = \"6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d11\"\nserial = \"s\"\n".into(),
+            "add `qmp",
+        );
     }
 
     #[test]

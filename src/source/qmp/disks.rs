@@ -199,3 +199,51 @@ fn qom_string(c: &mut QmpClient, qdev: &str, prop: &str) -> Result<Option<String
 fn qom_u64(c: &mut QmpClient, qdev: &str, prop: &str) -> Result<Option<u64>, QmpError> {
     Ok(qom_get(c, qdev, prop)?.and_then(|v| v.as_u64()))
 }
+
+/// Disks taken (with their ids) and the writable disks left out.
+pub type Selected = (Vec<(Uuid, VmDisk)>, Vec<VmDisk>);
+
+/// The disks of a running VM a manifest names (`qmp` manifests, docs/CLI.md), each
+/// matched by its device's serial or WWN and given the manifest's id. Returns them with
+/// the VM's writable disks the manifest does not name (not backed up, said by the
+/// caller). A named device the VM does not have, or one that is read-only, is an error
+/// naming the VM's devices.
+pub fn select_by_device(
+    found: Vec<VmDisk>,
+    wanted: &[(Uuid, crate::source::manifest::DeviceMatch)],
+) -> Result<Selected, String> {
+    use crate::source::manifest::DeviceMatch;
+    let matches = |d: &VmDisk, m: &DeviceMatch| match m {
+        DeviceMatch::Serial(s) => d.serial.as_deref() == Some(s.as_str()),
+        DeviceMatch::Wwn(w) => d.wwn.as_deref() == Some(w.as_str()),
+    };
+    let mut chosen = Vec::new();
+    for (id, m) in wanted {
+        let Some(d) = found.iter().find(|d| matches(d, m)) else {
+            let have: Vec<String> = found
+                .iter()
+                .map(|d| format!("{} ({})", d.device_name(), d.identity_source()))
+                .collect();
+            return Err(format!(
+                "disk {id}: the VM has no device with {m} (its disks: {})",
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ));
+        };
+        if d.read_only {
+            return Err(format!(
+                "disk {id}: device {} ({m}) is read-only in the VM; tapevault backs up the disks a guest writes",
+                d.device_name()
+            ));
+        }
+        chosen.push((*id, d.clone()));
+    }
+    let others = found
+        .into_iter()
+        .filter(|d| !d.read_only && !chosen.iter().any(|(_, c)| c.qdev == d.qdev))
+        .collect();
+    Ok((chosen, others))
+}

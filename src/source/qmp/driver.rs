@@ -77,10 +77,15 @@ impl QmpVm {
     /// disks, each with its identity (from `ids`, keyed by serial or wwn, else derived
     /// from the serial or wwn). The connection is kept: QEMU's monitor serves one
     /// client, so no other tool changes the block graph under the backup.
+    /// Connects, removes what a killed run left in QEMU, and takes the VM's writable
+    /// disks: every one (identified by serial or WWN), or with `select` (a manifest's
+    /// disks) those it names, under its ids. Returns the VM handle, the disks taken and
+    /// the writable disks left out.
     pub fn connect(
         qmp: &Path,
         opts: LiveOptions,
-    ) -> Result<(SharedVm, Vec<(Uuid, VmDisk)>), String> {
+        select: Option<&[(Uuid, crate::source::manifest::DeviceMatch)]>,
+    ) -> Result<(SharedVm, super::disks::Selected), String> {
         let mut c = QmpClient::connect(qmp, QMP_TIMEOUT).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&opts.scratch_dir).map_err(|e| {
             format!(
@@ -94,9 +99,26 @@ impl QmpVm {
             .execute("query-name", None)
             .ok()
             .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string));
+        // Each candidate with its id: the manifest's, else derived from the device.
+        let (candidates, left_out): (Vec<(Option<Uuid>, VmDisk)>, Vec<VmDisk>) = match select {
+            Some(wanted) => {
+                let (chosen, others) = super::disks::select_by_device(all, wanted)?;
+                (
+                    chosen.into_iter().map(|(id, d)| (Some(id), d)).collect(),
+                    others,
+                )
+            }
+            None => (
+                all.into_iter()
+                    .filter(|d| !d.read_only)
+                    .map(|d| (d.derived_id(), d))
+                    .collect(),
+                Vec::new(),
+            ),
+        };
         let mut disks: Vec<(Uuid, VmDisk)> = Vec::new();
-        for d in all.into_iter().filter(|d| !d.read_only) {
-            let Some(id) = d.derived_id() else {
+        for (id, d) in candidates {
+            let Some(id) = id else {
                 return Err(format!(
                     "disk {} (node {}, {}) has no serial and no wwn, and tapevault never takes a device name or position as a disk's identity: give the device a serial (`-device ...,serial=ID`; libvirt: <serial>), ideally the disk's UUID",
                     d.device_name(),
@@ -137,7 +159,7 @@ impl QmpVm {
             consistency: None,
             name,
         };
-        Ok((SharedVm(Arc::new(Mutex::new(vm))), disks))
+        Ok((SharedVm(Arc::new(Mutex::new(vm))), (disks, left_out)))
     }
 
     fn start(&mut self) -> Result<(), String> {
