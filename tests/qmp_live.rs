@@ -8,7 +8,7 @@ mod qmp_support;
 use std::io::{BufRead, BufReader};
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nbd_client::{Address, Client, ConnectOptions, STATE_DIRTY};
@@ -479,6 +479,43 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
 
 const CHILD_ENV: &str = "TAPEVAULT_TEST_QMP_CHILD";
 
+/// Runs `child_stops_at_a_step` of this test binary in a child process: it takes the
+/// next point in time after `prev` in `dir` and stops at `step`.
+fn spawn_child(dir: &Path, step: &str, prev: &[(Uuid, String)]) -> Child {
+    let spec = json!({"dir": dir.to_string_lossy(), "step": step,
+        "prev": prev.iter().map(|p| json!([p.0.to_string(), p.1])).collect::<Vec<_>>()});
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_stops_at_a_step",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the child says it reached a step, and returns that step's name.
+fn wait_for_step(dir: &Path, child: &mut Child, step: &str) -> String {
+    let marker = dir.join("child-step");
+    let reached = loop {
+        if let Ok(s) = std::fs::read_to_string(&marker) {
+            if !s.is_empty() {
+                break s;
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the child ended ({st}) before step {step}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::fs::remove_file(&marker).unwrap();
+    reached
+}
+
 /// The child half of the kill -9 test: starts a backup and stops at the step named in
 /// the environment, announcing it on stdout, until it is killed.
 #[test]
@@ -570,34 +607,8 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
         since[0].push((off, 64 * 1024));
         since[1].push((off, 64 * 1024));
         drop(c);
-        let spec = json!({"dir": dir.path().to_string_lossy(), "step": step,
-            "prev": prev.iter().map(|p| json!([p.0.to_string(), p.1])).collect::<Vec<_>>()});
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_stops_at_a_step",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, spec.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let marker = dir.path().join("child-step");
-        let reached = loop {
-            if let Ok(s) = std::fs::read_to_string(&marker) {
-                if !s.is_empty() {
-                    break s;
-                }
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!("the child ended ({st}) before step {step}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::fs::remove_file(&marker).unwrap();
-        assert_eq!(reached, *step);
+        let mut child = spawn_child(dir.path(), step, &prev);
+        assert_eq!(wait_for_step(dir.path(), &mut child, step), *step);
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -809,28 +820,8 @@ fn sigterm_of_tapevault_tears_everything_down_and_keeps_each_disks_epoch_right()
     }
     lb.finish().unwrap();
     // The child takes the next point in time, commits disk 0 only, and waits.
-    let spec = json!({"dir": dir.path().to_string_lossy(), "step": "Committed",
-        "prev": prev.iter().map(|p| json!([p.0.to_string(), p.1])).collect::<Vec<_>>()});
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_stops_at_a_step",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let marker = dir.path().join("child-step");
-    while std::fs::read_to_string(&marker)
-        .map(|s| s.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_child(dir.path(), "Committed", &prev);
+    wait_for_step(dir.path(), &mut child, "Committed");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
