@@ -5,6 +5,8 @@
 //! tapevault in the middle of the epoch switch; a remote NBD export over TLS.
 
 mod common;
+#[path = "../nbd-client/tests/support/x509.rs"]
+mod x509;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -392,82 +394,7 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
 }
 
 fn make_certs(dir: &Path) -> bool {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("skipping: openssl is not installed (needed to make test certificates)");
-        return false;
-    }
-    let ossl = |args: &[&str]| {
-        sh(Command::new("openssl").current_dir(dir).args(args));
-    };
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca-cert.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    for (role, eku) in [("server", "serverAuth"), ("client", "clientAuth")] {
-        ossl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{role}-key.pem"),
-            "-out",
-            &format!("{role}.csr"),
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            dir.join(format!("{role}.ext")),
-            format!("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n"),
-        )
-        .unwrap();
-        ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{role}.csr"),
-            "-CA",
-            "ca-cert.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            &format!("{role}-cert.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{role}.ext"),
-        ]);
-    }
-    for (sub, files) in [
-        ("srv", ["ca-cert.pem", "server-cert.pem", "server-key.pem"]),
-        ("cli", ["ca-cert.pem", "client-cert.pem", "client-key.pem"]),
-    ] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in files {
-            std::fs::copy(dir.join(f), dir.join(sub).join(f)).unwrap();
-        }
-    }
-    true
+    x509::make_qemu_x509(dir)
 }
 
 struct Killed(std::process::Child);

@@ -1,6 +1,9 @@
 //! Integration tests against the real qemu-nbd (qemu-utils). Skipped with a printed reason
 //! when qemu-img, qemu-io or qemu-nbd is missing.
 
+#[path = "support/x509.rs"]
+mod x509;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -599,92 +602,9 @@ fn writes_zeroes_trim_and_flush_on_a_writable_export() {
     c.disconnect().unwrap();
 }
 
-/// Makes a CA, a server and a client certificate with openssl, in QEMU's layout:
-/// `srv/` (ca-cert.pem, server-cert.pem, server-key.pem) and `cli/` (ca-cert.pem,
-/// client-cert.pem, client-key.pem). `other/` holds an unrelated CA.
+/// QEMU-layout test certificates in `dir` (see `support/x509.rs`).
 fn make_certs(dir: &Path) -> bool {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("skipping: openssl is not installed (needed to make test certificates)");
-        return false;
-    }
-    let ossl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    let ca = |name: &str| {
-        ossl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}-key.pem"),
-            "-out",
-            &format!("{name}-cert.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-    };
-    ca("ca");
-    ca("otherca");
-    for (role, eku) in [("server", "serverAuth"), ("client", "clientAuth")] {
-        ossl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{role}-key.pem"),
-            "-out",
-            &format!("{role}.csr"),
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            dir.join(format!("{role}.ext")),
-            format!(
-                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n"
-            ),
-        )
-        .unwrap();
-        ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{role}.csr"),
-            "-CA",
-            "ca-cert.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            &format!("{role}-cert.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{role}.ext"),
-        ]);
-    }
-    for (sub, files) in [
-        ("srv", ["ca-cert.pem", "server-cert.pem", "server-key.pem"]),
-        ("cli", ["ca-cert.pem", "client-cert.pem", "client-key.pem"]),
-    ] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in files {
-            std::fs::copy(dir.join(f), dir.join(sub).join(f)).unwrap();
-        }
-    }
-    std::fs::create_dir_all(dir.join("other")).unwrap();
-    std::fs::copy(dir.join("otherca-cert.pem"), dir.join("other/ca-cert.pem")).unwrap();
-    true
+    x509::make_qemu_x509(dir)
 }
 
 #[test]
