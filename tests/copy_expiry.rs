@@ -43,7 +43,10 @@ fn a_point_outlives_its_original_in_its_copy_and_goes_with_the_copy() {
     d.save_copy(&v.path("p0.img"));
     let f_id = s(&full, "image").to_string();
     let c = v.ok(&["copy", "--image", &f_id, "--to-pool", "vault"]);
-    let f_copy = c["copied"][0]["copy"].as_str().expect("copy uuid").to_string();
+    let f_copy = c["copied"][0]["copy"]
+        .as_str()
+        .expect("copy uuid")
+        .to_string();
     v.now = Some(test_time(24));
     d.random_writes(4, 200 * KIB);
     let inc = v.backup(&d, "daily", &[]);
@@ -51,7 +54,10 @@ fn a_point_outlives_its_original_in_its_copy_and_goes_with_the_copy() {
     d.save_copy(&v.path("p1.img"));
     let i_id = s(&inc, "image").to_string();
     let c = v.ok(&["copy", "--image", &i_id, "--to-pool", "vault"]);
-    let i_copy = c["copied"][0]["copy"].as_str().expect("copy uuid").to_string();
+    let i_copy = c["copied"][0]["copy"]
+        .as_str()
+        .expect("copy uuid")
+        .to_string();
     let orig_carts: Vec<String> = [&full, &inc]
         .iter()
         .flat_map(|r| r["barcodes"].as_array().unwrap().iter())
@@ -85,7 +91,10 @@ fn a_point_outlives_its_original_in_its_copy_and_goes_with_the_copy() {
         let row = image_status(&v, orig).expect("the original's row stays");
         assert_eq!(row.status.as_str(), "corrupt", "{row:?}");
         let note = row.note.clone().unwrap_or_default();
-        assert!(note.contains(copy.as_str()) && note.contains("primary"), "{note}");
+        assert!(
+            note.contains(copy.as_str()) && note.contains("primary"),
+            "{note}"
+        );
         assert!(v.catalog().segments(row.uuid).unwrap().is_empty());
         assert_eq!(image_status(&v, copy).unwrap().status.as_str(), "complete");
     }
@@ -145,7 +154,8 @@ fn catalog_check_reports_a_copy_whose_original_is_unknown() {
         .unwrap();
     raw.execute("DELETE FROM image_extents WHERE image_uuid=?1", [&f_id])
         .unwrap();
-    raw.execute("DELETE FROM images WHERE uuid=?1", [&f_id]).unwrap();
+    raw.execute("DELETE FROM images WHERE uuid=?1", [&f_id])
+        .unwrap();
     drop(raw);
     let r = v.fails(&["catalog", "check"], 3);
     let text = r.stdout.to_string();

@@ -423,7 +423,10 @@ impl Catalog {
                     key: uuid.to_string(),
                 });
             }
-            c.execute("DELETE FROM segments WHERE image_uuid=?1", [uuid.to_string()])?;
+            c.execute(
+                "DELETE FROM segments WHERE image_uuid=?1",
+                [uuid.to_string()],
+            )?;
             Ok(())
         })();
         match &r {

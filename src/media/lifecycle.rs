@@ -282,18 +282,21 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
             .flatten()
             .is_some_and(|s| kept.contains(&s))
     };
-    let point_kept =
-        |p: &Uuid| holders.get(p).is_some_and(|hs| hs.iter().any(|h| on_kept(h)));
+    let point_kept = |p: &Uuid| {
+        holders
+            .get(p)
+            .is_some_and(|hs| hs.iter().any(|h| on_kept(h)))
+    };
     // The image whose set a point needing a hold holds.
     let hold_target = |p: &Uuid| -> Option<Uuid> {
         let orig_complete = by_uuid
             .get(p)
             .is_some_and(|o| o.status == ImageStatus::Complete);
         if !orig_complete {
-            if let Some(c) = holders
-                .get(p)
-                .and_then(|hs| hs.iter().find(|h| **h != *p && set_of.get(*h).copied().flatten().is_some()))
-            {
+            if let Some(c) = holders.get(p).and_then(|hs| {
+                hs.iter()
+                    .find(|h| **h != *p && set_of.get(*h).copied().flatten().is_some())
+            }) {
                 return Some(*c);
             }
         }
