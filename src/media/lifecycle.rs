@@ -285,7 +285,7 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
     let point_kept = |p: &Uuid| {
         holders
             .get(p)
-            .is_some_and(|hs| hs.iter().any(|h| on_kept(h)))
+            .is_some_and(|hs| hs.iter().any(&on_kept))
     };
     // The image whose set a point needing a hold holds.
     let hold_target = |p: &Uuid| -> Option<Uuid> {
