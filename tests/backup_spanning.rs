@@ -101,3 +101,33 @@ fn an_image_larger_than_two_cartridges_spans_three_and_restores() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_same_bytes(&out, &d.path, "the incremental on the spanned full");
 }
+
+#[test]
+fn an_early_warning_zone_smaller_than_one_record_still_spans() {
+    // 1 MiB cartridges: the library clamps the early-warning zone to an eighth of the
+    // capacity (128 KiB), less than one 512 KiB record. A record that starts before the
+    // zone can end past the cartridge's end; the backup must still span, not stop
+    // asking for media.
+    let v = Vault::init(&[
+        "--slots",
+        "12",
+        "--drives",
+        "1",
+        "--capacity",
+        "1M",
+        "--early-warning",
+        "512K",
+    ]);
+    v.pool("p", "off");
+    let d = TestDisk::create(v.path("big.img"), 4 * MIB, 4 * MIB, 52);
+    let full = v.backup(&d, "p", &[]);
+    let carts = full["barcodes"].as_array().unwrap();
+    assert!(carts.len() >= 5, "4 MiB on 1 MiB cartridges: {carts:?}");
+    v.assert_catalog_consistent();
+    let out = v.path("full.restored");
+    let r = v.restore_image(d.id, s(&full, "image"), &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_bytes(&out, &d.path, "the full spanned over small cartridges");
+    let r = v.run(&["verify", "--image", s(&full, "image")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -448,8 +448,9 @@ fn refusals_and_a_digest_mismatch_leave_the_chain_alone_and_are_never_a_base() {
     drop(cat2);
     std::fs::copy(&saved, &point_list).unwrap();
 
-    // The point's digest list missing: refused before anything is written, with why.
-    std::fs::remove_file(&point_list).unwrap();
+    // The point's digest list damaged: refused before anything is written, with why.
+    // (A missing one is derived from the chain as read: tests/synthetic_rebuild.rs.)
+    std::fs::write(&point_list, b"not a digest list").unwrap();
     let n = v.catalog().images(Some(d.id)).unwrap().len();
     let r = synthetic(&v, &d, "p", &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);

@@ -55,6 +55,51 @@ impl Job<'_> {
         {
             self.span(st)?;
         }
+        match self.try_write_record(st, p, sealer)? {
+            Written::Yes => Ok(()),
+            // The record does not fit before the cartridge's end although no early
+            // warning came: the early-warning zone is smaller than one record (a small
+            // virtual cartridge, whose zone the library clamps to an eighth of its
+            // capacity). Nothing of the record was written; the part ends here with its
+            // trailer (a few hundred bytes, which fit where the record did not) and the
+            // record goes to the next cartridge, as at early warning.
+            Written::EndOfMedium => {
+                self.tape.events.note(
+                    NoteKind::Media,
+                    format!(
+                        "cartridge {} has no room for record {} of image {} ({} bytes) and gave no early warning before (its early-warning zone is smaller than one record); spanning to the next cartridge",
+                        st.barcode,
+                        st.records,
+                        Uuid::from_bytes(st.header.image_uuid),
+                        p.block.len()
+                    ),
+                );
+                self.span(st)?;
+                match self.try_write_record(st, p, sealer)? {
+                    Written::Yes => Ok(()),
+                    Written::EndOfMedium => Err(Error::Drive(DriveError::EndOfMedium))
+                        .with_context(|| {
+                            format!(
+                                "writing record {} of image {} ({} bytes) right after the header on cartridge {}: a record does not fit on a whole cartridge of this pool",
+                                st.records,
+                                Uuid::from_bytes(st.header.image_uuid),
+                                p.block.len(),
+                                st.barcode
+                            )
+                        }),
+                }
+            }
+        }
+    }
+
+    /// Write one record to the open part. A record the drive refused for lack of room
+    /// (end of medium, nothing written) is [`Written::EndOfMedium`]; the part is intact.
+    fn try_write_record(
+        &mut self,
+        st: &mut ImageProgress,
+        p: &mut Prepared,
+        sealer: Option<&Sealer>,
+    ) -> Result<Written> {
         let w = st.writer.as_mut().expect("part open");
         let compression = p.compression.unwrap_or(WireCompression::None);
         let mut fields = w.fields(compression, RecordCrypto::None, p.plain_len);
@@ -85,13 +130,16 @@ impl Job<'_> {
                 w.write_record(&fields, &p.extents, buf)
             }
         };
-        r.map_err(sink_err).with_context(|| {
-            format!(
-                "writing record {seq} of image {} to {} at block {block}",
-                Uuid::from_bytes(st.header.image_uuid),
-                st.barcode
-            )
-        })?;
+        match r {
+            Err(WriterError::Sink(DriveError::EndOfMedium)) => return Ok(Written::EndOfMedium),
+            r => r.map_err(sink_err).with_context(|| {
+                format!(
+                    "writing record {seq} of image {} to {} at block {block}",
+                    Uuid::from_bytes(st.header.image_uuid),
+                    st.barcode
+                )
+            })?,
+        };
         st.next_block += 1;
         st.note_record(block, seq, &p.extents);
         st.digest = p.digest;
@@ -99,7 +147,7 @@ impl Job<'_> {
         st.data_bytes += p.data_bytes;
         st.zero_bytes += p.zero_bytes;
         st.stored_bytes += p.stored().len() as u64;
-        Ok(())
+        Ok(Written::Yes)
     }
 
     pub(super) fn span(&mut self, st: &mut ImageProgress) -> Result<()> {
@@ -132,4 +180,11 @@ impl Job<'_> {
         st.header = st.header.next_part(&trailer);
         self.start_part(st)
     }
+}
+
+/// Whether the drive took a record.
+enum Written {
+    Yes,
+    /// Refused at the end of the medium; nothing was written.
+    EndOfMedium,
 }

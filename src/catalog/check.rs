@@ -31,6 +31,17 @@ pub enum ProblemKind {
     PoolMismatch,
     /// An image or session is marked running but its process is gone.
     StaleRunning,
+    /// A copy whose `copy_of` names an image the catalog does not know: the point it
+    /// claims to hold is unknown (expiry never leaves this: an original whose point a
+    /// copy holds keeps its row).
+    DanglingCopy,
+    /// A complete copy whose point cannot be restored because the original's chain is
+    /// gone (a base the point needs was forgotten or is damaged with no copy).
+    OrphanedCopy,
+    /// A synthetic full whose `synthetic_of` names an image of another disk, or a
+    /// copy: it cannot have reproduced that point. (An image it names that is gone is
+    /// fine: an expired chain is what a synthetic full lets go.)
+    BadSynthetic,
 }
 
 /// One consistency problem.
@@ -146,6 +157,62 @@ impl Catalog {
                     subj.clone(),
                     format!("a {} image recorded as a synthetic full of {of}", img.kind),
                 );
+            }
+            if let Some(of) = img.synthetic_of {
+                if let Some(o) = images.get(&of) {
+                    if o.disk_uuid != img.disk_uuid || o.copy_of.is_some() {
+                        add(
+                            ProblemKind::BadSynthetic,
+                            subj.clone(),
+                            format!(
+                                "a synthetic full of image {of}, which is {}",
+                                if o.copy_of.is_some() {
+                                    "a copy (a synthetic full names the original point)".to_string()
+                                } else {
+                                    format!("of disk {}", o.disk_uuid)
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(of) = img.copy_of {
+                match images.get(&of) {
+                    None => add(
+                        ProblemKind::DanglingCopy,
+                        subj.clone(),
+                        format!(
+                            "a copy of image {of}, which is not in the catalog: the point it holds is unknown (`tapevault catalog rebuild --scan` of the original's cartridges imports it again; `tapevault images --disk {}` lists what is known)",
+                            img.disk_uuid
+                        ),
+                    ),
+                    Some(o) => {
+                        if o.copy_of.is_some() || o.disk_uuid != img.disk_uuid {
+                            add(
+                                ProblemKind::DanglingCopy,
+                                subj.clone(),
+                                format!(
+                                    "a copy of image {of}, which is {}",
+                                    if o.copy_of.is_some() {
+                                        "itself a copy".to_string()
+                                    } else {
+                                        format!("of disk {}", o.disk_uuid)
+                                    }
+                                ),
+                            );
+                        } else if img.status == ImageStatus::Complete {
+                            if let Some(why) = self.unrestorable_reason(o)? {
+                                add(
+                                    ProblemKind::OrphanedCopy,
+                                    subj.clone(),
+                                    format!(
+                                        "a complete copy of image {of}, but that point cannot be restored: {why}"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
             }
             match (img.kind, img.parent_uuid) {
                 (ImageKind::Incremental, None) => add(

@@ -394,7 +394,7 @@ impl Catalog {
     }
 
     /// Whether some complete image (the original or a copy) holds this point.
-    pub(crate) fn held_by_complete(&self, original: &ImageRow) -> Result<bool> {
+    pub fn held_by_complete(&self, original: &ImageRow) -> Result<bool> {
         if original.status == ImageStatus::Complete {
             return Ok(true);
         }
@@ -402,6 +402,40 @@ impl Catalog {
             .copies_of(original.uuid)?
             .iter()
             .any(|c| c.status == ImageStatus::Complete))
+    }
+
+    /// The original of a point expired while a complete copy still holds the point:
+    /// the row stays (incrementals built on the point name it) as `corrupt` with
+    /// `note` (why, and which copy holds the point now), and its segments are
+    /// forgotten with the recycled cartridge. What is built on it stays as it is.
+    pub fn retire_original(&self, uuid: Uuid, note: &str) -> Result<()> {
+        // A savepoint, not a transaction: callers may already be inside one.
+        let c = self.conn();
+        c.execute_batch("SAVEPOINT retire_original")?;
+        let r = (|| -> Result<()> {
+            let n = c.execute(
+                "UPDATE images SET status='corrupt', note=?2 WHERE uuid=?1",
+                params![uuid.to_string(), note],
+            )?;
+            if n == 0 {
+                return Err(CatalogError::NotFound {
+                    what: "image",
+                    key: uuid.to_string(),
+                });
+            }
+            c.execute(
+                "DELETE FROM segments WHERE image_uuid=?1",
+                [uuid.to_string()],
+            )?;
+            Ok(())
+        })();
+        match &r {
+            Ok(()) => c.execute_batch("RELEASE retire_original")?,
+            Err(_) => {
+                let _ = c.execute_batch("ROLLBACK TO retire_original; RELEASE retire_original");
+            }
+        }
+        r
     }
 
     /// Mark a running image complete with its trailer totals, digest, segments and

@@ -297,6 +297,22 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     // Notes (why a kind was chosen, fallbacks, cartridges joining a set) go to stderr
     // with --json too: the JSON result on stdout stays one document.
     let term = Terminal::new(out);
+    // A pool with `copy_to` has each session copied at its end (pools.toml): with one
+    // drive through its `copy_spool`. Read (and checked) before anything is written.
+    let pools_file = crate::home::pools_toml::load(&home.dir)?;
+    let copy_to = crate::home::pools_toml::copy_to_of(&pools_file, &pool_name);
+    let copy_spool =
+        crate::home::pools_toml::copy_spool_of(&pools_file, &pool_name).map_err(Error::Usage)?;
+    let one_drive_no_spool = copy_to.is_some() && lib.drive_count() < 2 && copy_spool.is_none();
+    if let (Some(to), true) = (&copy_to, one_drive_no_spool) {
+        let ev: &dyn crate::events::Events = &term;
+        ev.note(
+            crate::events::NoteKind::Decision,
+            format!(
+                "pool {pool_name} copies each session to pool {to} (copy_to), but the library has one drive and pools.toml gives pool {pool_name} no copy_spool: the session is backed up, and the copy will not be made"
+            ),
+        );
+    }
     // Wait for a cartridge only when a person can insert it.
     let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
     let pass = key.as_ref().and_then(|k| k.passphrase.clone());
@@ -346,14 +362,17 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             Err(e) => (None, Some(e)),
         }
     };
-    // A pool with `copy_to` has each session copied at its end (pools.toml).
-    let copy_to = crate::home::pools_toml::copy_to_of(
-        &crate::home::pools_toml::load(&home.dir)?,
-        &report.pool,
-    );
     drop(lib);
     let (copy, copy_err) = match copy_to {
         None => (None, None),
+        // One drive and no spool: refused with the way out; the session stands.
+        Some(to) if one_drive_no_spool => (
+            None,
+            Some(Error::Usage(format!(
+                "the library has one drive, and a copy reads one cartridge while it writes another: set copy_spool = \"DIR\" and copy_spool_size = \"SIZE\" for pool {} in pools.toml to stage each copy through a spool directory, or run `tapevault copy --session {} --to-pool {to} --spool DIR --spool-size SIZE`",
+                report.pool, report.session
+            ))),
+        ),
         Some(to) => {
             let ev: &dyn crate::events::Events = &term;
             ev.note(
@@ -367,7 +386,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 selection: crate::copy::Selection::Session(report.session),
                 to_pool: to,
                 from_pool: None,
-                spool: None,
+                spool: copy_spool.clone(),
                 wait_for_media,
             };
             match super::copy_cmd::run_copy(ctx, &home, &cat, &req, &term) {

@@ -65,7 +65,8 @@ pub enum CatalogCommand {
     /// Check the catalog's consistency (and with --media, against the cartridges).
     ///
     /// Without --media: the database's integrity, parent links, segments, extents,
-    /// pools. With --media: every labelled cartridge in the library is loaded, its label
+    /// pools, copies (a copy whose original is unknown, or whose point's chain is gone)
+    /// and synthetic fulls (naming an image of another disk, or a copy). With --media: every labelled cartridge in the library is loaded, its label
     /// compared with the catalog, and the first and last block of every segment on it
     /// read to check they hold the records the catalog claims. Exit 3 when problems are
     /// found.

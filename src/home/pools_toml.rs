@@ -19,6 +19,8 @@
 //! allocation = "daily"
 //! copy_to = "vaultcopy"          # each session is copied to this pool at its end;
 //!                                # rotate sends the copies offsite, keeps these on site
+//! copy_spool = "/var/spool/tapevault"  # one drive: stage the copy through this directory,
+//! copy_spool_size = "64G"              # at most this many bytes at a time
 //!
 //! [pools.vaultcopy]
 //! allocation = "per-session"
@@ -31,7 +33,7 @@
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`,
-//! `copy_to` and `synthetic_full` live only here (the catalog has no column for them); `pool create|update --offsite`
+//! `copy_to`, `copy_spool`, `copy_spool_size` and `synthetic_full` live only here (the catalog has no column for them); `pool create|update --offsite`
 //! write it here too.
 
 use std::collections::BTreeMap;
@@ -92,6 +94,14 @@ pub struct PoolSpec {
     /// pool's on site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_to: Option<String>,
+    /// With `copy_to` on a one-drive library: the spool directory the copy stages each
+    /// image through (as `copy --spool DIR`), bounded by `copy_spool_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_spool: Option<PathBuf>,
+    /// The most bytes `copy_spool` may hold at once (as `copy --spool-size SIZE`,
+    /// e.g. "64G").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_spool_size: Option<String>,
 }
 
 pub fn path(home: &Path) -> PathBuf {
@@ -102,8 +112,15 @@ pub fn path(home: &Path) -> PathBuf {
 pub fn load(home: &Path) -> Result<PoolsFile> {
     let p = path(home);
     match std::fs::read_to_string(&p) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display()))),
+        Ok(text) => {
+            let f: PoolsFile = toml::from_str(&text)
+                .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
+            for name in f.pools.keys() {
+                copy_spool_of(&f, name)
+                    .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
+            }
+            Ok(f)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PoolsFile::default()),
         Err(e) => Err(Error::Failed(format!("cannot read {}: {e}", p.display()))),
     }
@@ -173,6 +190,36 @@ pub const DEFAULT_COPY_VAULT: &str = "offsite";
 /// The pool each session of `pool` is copied to, if any.
 pub fn copy_to_of(f: &PoolsFile, pool: &str) -> Option<String> {
     f.pools.get(pool).and_then(|s| s.copy_to.clone())
+}
+
+/// The spool the copy after each session of `pool` stages through (`copy_spool` and
+/// `copy_spool_size`), if declared. Both or neither, and only with `copy_to`; the size
+/// as `copy --spool-size` takes it. Errors say which setting of which pool is wrong.
+pub fn copy_spool_of(
+    f: &PoolsFile,
+    pool: &str,
+) -> std::result::Result<Option<crate::copy::Spool>, String> {
+    let Some(spec) = f.pools.get(pool) else {
+        return Ok(None);
+    };
+    match (&spec.copy_spool, &spec.copy_spool_size) {
+        (None, None) => Ok(None),
+        (Some(_), None) | (None, Some(_)) => Err(format!(
+            "pool {pool}: copy_spool and copy_spool_size go together (the spool directory and the most bytes it may hold, e.g. copy_spool = \"/var/spool/tapevault\" and copy_spool_size = \"64G\")"
+        )),
+        (Some(_), Some(_)) if spec.copy_to.is_none() => Err(format!(
+            "pool {pool}: copy_spool is for the copy after each session, but the pool has no copy_to"
+        )),
+        (Some(dir), Some(size)) => {
+            let size = crate::copy::parse_size(size).map_err(|e| {
+                format!("pool {pool}: copy_spool_size = {size:?}: {e}")
+            })?;
+            Ok(Some(crate::copy::Spool {
+                dir: dir.clone(),
+                size,
+            }))
+        }
+    }
 }
 
 /// Set or clear the offsite vault of a pool in `<home>/pools.toml`.

@@ -264,18 +264,52 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
         );
     }
 
-    // Restore points that are kept: every complete image on a kept set, and the newest
-    // good image of each disk. Walk their chains; every set an ancestor lives on is held.
+    // A restore point is its original image and the original's complete copies (each
+    // on a set of its own pool, under that pool's retention). A point is kept while
+    // any complete image of it is on a kept set; a point that must be held and is on
+    // no kept set holds the set of its original (while complete), else of a complete
+    // copy: one restorable image of it is enough.
+    let mut holders: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for i in &images {
+        if i.status == ImageStatus::Complete {
+            holders.entry(i.identity()).or_default().push(i.uuid);
+        }
+    }
+    let on_kept = |u: &Uuid| {
+        set_of
+            .get(u)
+            .copied()
+            .flatten()
+            .is_some_and(|s| kept.contains(&s))
+    };
+    let point_kept = |p: &Uuid| {
+        holders
+            .get(p)
+            .is_some_and(|hs| hs.iter().any(&on_kept))
+    };
+    // The image whose set a point needing a hold holds.
+    let hold_target = |p: &Uuid| -> Option<Uuid> {
+        let orig_complete = by_uuid
+            .get(p)
+            .is_some_and(|o| o.status == ImageStatus::Complete);
+        if !orig_complete {
+            if let Some(c) = holders.get(p).and_then(|hs| {
+                hs.iter()
+                    .find(|h| **h != *p && set_of.get(*h).copied().flatten().is_some())
+            }) {
+                return Some(*c);
+            }
+        }
+        by_uuid.contains_key(p).then_some(*p)
+    };
+
+    // Restore points that are kept: every complete image (original or copy) on a kept
+    // set, and the newest good image of each disk. Walk their chains; every set an
+    // ancestor point lives on (and no kept set holds) is held.
     let mut queue: VecDeque<Uuid> = VecDeque::new();
     for i in &images {
-        if i.status == ImageStatus::Complete
-            && set_of
-                .get(&i.uuid)
-                .copied()
-                .flatten()
-                .is_some_and(|s| kept.contains(&s))
-        {
-            queue.push_back(i.uuid);
+        if i.status == ImageStatus::Complete && on_kept(&i.uuid) {
+            queue.push_back(i.identity());
         }
     }
     let disks: HashSet<Uuid> = images.iter().map(|i| i.disk_uuid).collect();
@@ -295,11 +329,10 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
     // steps, and is now about one per image.
     let set_ids: HashSet<Uuid> = out.sets.keys().copied().collect();
     let can_hold = |u: &Uuid| {
-        set_of
-            .get(u)
-            .copied()
-            .flatten()
-            .is_some_and(|s| !kept.contains(&s) && set_ids.contains(&s))
+        !point_kept(u)
+            && hold_target(u)
+                .and_then(|t| set_of.get(&t).copied().flatten())
+                .is_some_and(|s| !kept.contains(&s) && set_ids.contains(&s))
     };
     let mut skip: HashMap<Uuid, Option<Uuid>> = HashMap::new();
     let mut resolve = |from: Uuid| -> Option<Uuid> {
@@ -344,12 +377,15 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
             if steps > crate::catalog::MAX_CHAIN_LEN {
                 break;
             }
-            if let Some(s) = set_of.get(&img.uuid).copied().flatten() {
+            let target = hold_target(&img.uuid).filter(|_| !point_kept(&img.uuid));
+            if let Some((t, s)) =
+                target.and_then(|t| set_of.get(&t).copied().flatten().map(|s| (t, s)))
+            {
                 let needed = img.uuid != start || is_newest;
                 if needed && !kept.contains(&s) {
                     if let Some(st) = out.sets.get_mut(&s) {
                         let hold = Hold {
-                            image: img.uuid,
+                            image: t,
                             disk: img.disk_uuid,
                             needed_by: start,
                             needed_by_set: start_set,
@@ -505,13 +541,58 @@ pub fn forget_contents(
     // lists oldest first, taking images with the same start time in the order they
     // were recorded, which is what a simulated clock gives).
     imgs.reverse();
+    let on_this: HashSet<Uuid> = imgs.iter().map(|i| i.uuid).collect();
     let mut done = Vec::new();
     for i in imgs {
+        if delete && i.status != ImageStatus::Running {
+            match i.copy_of {
+                // An original whose point a complete copy elsewhere still holds: the
+                // point stays restorable from the copy, which is its primary image
+                // now. The original's row stays (what is built on it names it) with
+                // why it is gone and which copy holds the point; its segments go with
+                // the cartridge.
+                None => {
+                    let copies: Vec<ImageRow> = cat
+                        .copies_of(i.uuid)?
+                        .into_iter()
+                        .filter(|c| c.status == ImageStatus::Complete && !on_this.contains(&c.uuid))
+                        .collect();
+                    if let Some(c) = copies.first() {
+                        cat.retire_original(
+                            i.uuid,
+                            &format!(
+                                "{note}; the point is held by copy {} in pool {}, now its primary image",
+                                c.uuid,
+                                c.pool.as_deref().unwrap_or("?")
+                            ),
+                        )?;
+                        done.push(i.uuid);
+                        continue;
+                    }
+                }
+                // A copy expires under its own pool's retention. When it was the last
+                // image holding a point whose original is gone already, the point goes
+                // with it.
+                Some(orig) => {
+                    cat.delete_image(i.uuid)?;
+                    done.push(i.uuid);
+                    let last = format!("{note}: it held the last copy ({}) of this point", i.uuid);
+                    prune_gone_point(cat, orig, &last)?;
+                    if let Some(p) = i.parent_uuid {
+                        prune_gone_point(cat, p, note)?;
+                    }
+                    continue;
+                }
+            }
+        }
         let deps = cat.dependents(i.uuid)?;
         if delete && deps.is_empty() && i.status != ImageStatus::Running {
             cat.delete_image(i.uuid)?;
             if let Some(dl) = cat.digest_list_file(&i) {
                 let _ = std::fs::remove_file(dl);
+            }
+            if let Some(p) = i.parent_uuid {
+                prune_gone_point(cat, p, note)?;
             }
         } else {
             cat.mark_corrupt(i.uuid, note)?;
@@ -527,6 +608,39 @@ pub fn forget_contents(
         done.push(i.uuid);
     }
     Ok(done)
+}
+
+/// A point whose original expired while a copy held it (the row stays, without
+/// segments) is gone once no complete image holds it: forgotten when nothing is built
+/// on it any more (and so, in turn, its parent), else marked corrupt with `note` (and
+/// what is built on it with it). Anything else (complete, running, held by a copy, or
+/// with data on tape) is left alone.
+fn prune_gone_point(cat: &Catalog, mut uuid: Uuid, note: &str) -> Result<()> {
+    for _ in 0..crate::catalog::MAX_CHAIN_LEN {
+        let Some(o) = cat.image(uuid)? else {
+            return Ok(());
+        };
+        if matches!(o.status, ImageStatus::Complete | ImageStatus::Running)
+            || o.copy_of.is_some()
+            || cat.held_by_complete(&o)?
+            || !cat.segments(o.uuid)?.is_empty()
+        {
+            return Ok(());
+        }
+        if !cat.dependents(o.uuid)?.is_empty() {
+            cat.mark_corrupt(o.uuid, note)?;
+            return Ok(());
+        }
+        cat.delete_image(o.uuid)?;
+        if let Some(dl) = cat.digest_list_file(&o) {
+            let _ = std::fs::remove_file(dl);
+        }
+        match o.parent_uuid {
+            Some(p) => uuid = p,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 /// Put an expired cartridge into its pool's scratch: the catalog forgets its contents,

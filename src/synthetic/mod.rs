@@ -7,7 +7,8 @@
 //!
 //! 1. **The point** ([`point`]): the disk's newest image that is a base (a full or an
 //!    incremental with its whole chain intact), its chain, and its block digest list.
-//!    No restorable base, or no digest list to check against: refused, with why. The
+//!    No restorable base: refused, with why. No list in this home (a catalog rebuilt
+//!    from the media): it is derived from the chain as read ([`derive`]). The
 //!    newest point a full already: nothing to do, said so.
 //! 2. **Reading the chain**: the restore planner ([`crate::restore::prepare`]) gives
 //!    each image only what no later image covers and orders the reads by cartridge and
@@ -30,6 +31,7 @@
 //! `synthetic_full`). The job prints nothing: it speaks through [`crate::events`] and
 //! returns a [`SyntheticReport`].
 
+mod derive;
 pub mod point;
 pub mod policy;
 pub mod verify;
@@ -214,6 +216,38 @@ fn one_disk(
     rep.read_seconds = t0.elapsed().as_secs_f64();
     rep.read_bytes = restored.bytes_written;
     rep.read_cartridges = restored.mounts;
+    // No list of the point in this home (a catalog rebuilt from the media): derive it
+    // from the point just read, every record and each image's content digest checked.
+    let derived;
+    let point_list = match point_list {
+        Some(p) => p,
+        None => {
+            derived = tempfile::Builder::new()
+                .prefix("tapevault-point-list-")
+                .tempfile()
+                .map_err(|e| Error::Failed(format!("creating a scratch digest list: {e}")))?;
+            derive::point_list(
+                &file,
+                point.disk_size,
+                u64::from(point.block_size),
+                derived.path(),
+            )?;
+            let whole = restored
+                .images
+                .iter()
+                .filter(|i| i.read.as_ref().is_some_and(|r| r.digest_checked))
+                .count();
+            events.note(
+                NoteKind::Decision,
+                format!(
+                    "disk {disk}: image {} has no block digest list in this home (a catalog rebuilt from the media has none): derived it from the chain as read (every record read checked; the content digest of {whole} of the chain's {} image(s), read whole, matched its trailer's); the synthetic full is checked against it",
+                    point.uuid,
+                    restored.images.len()
+                ),
+            );
+            derived.path().to_path_buf()
+        }
+    };
     let name = PathBuf::from(format!("<image {} restored from tape>", point.uuid));
     let restored_disk = Disk::from_file(file, name)
         .map_err(|e| Error::Failed(format!("opening the restored disk: {e}")))?;

@@ -17,7 +17,9 @@ pub enum Choice {
     Build {
         point: Box<ImageRow>,
         chain: Vec<ImageRow>,
-        point_list: PathBuf,
+        /// The point's block digest list in this home; None: derive it from the
+        /// chain as read.
+        point_list: Option<PathBuf>,
     },
     /// Nothing to do, and why (the newest point is a full already).
     NotNeeded(String),
@@ -25,8 +27,8 @@ pub enum Choice {
 
 /// Choose the point of `disk` a synthetic full would reproduce, or refuse with the
 /// reason: no restorable base (every image failed, corrupt, or on a broken chain), or
-/// the point's block digest list is not in this home, so the result could not be
-/// checked against the point.
+/// the point's block digest list in this home is damaged. Without a list (a catalog
+/// rebuilt from the media) the list is derived from the chain as read.
 pub fn choose(cat: &Catalog, disk: Uuid) -> Result<Choice> {
     let Some(point) = cat.newest_good_image(disk)? else {
         let passed = cat.unrestorable_newer(disk, None)?;
@@ -57,13 +59,24 @@ pub fn choose(cat: &Catalog, disk: Uuid) -> Result<Choice> {
     let chain = cat.restore_chain(disk, At::Image(point.uuid))?;
     let missing = || {
         format!(
-            "the block digest list of image {} (the point a synthetic full of disk {disk} would reproduce) is not in this home, so the synthetic full could not be checked against the point before it counts (lists are made by backups from this home; a catalog rebuilt from the media has none): take a full backup (`backup --full`)",
-            point.uuid
+            "the block digest list of image {} (the point a synthetic full of disk {disk} would reproduce) is damaged; remove {} and the list is derived from the chain as it is read",
+            point.uuid,
+            cat.digest_list_file(&point)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         )
     };
+    // No list in this home (a catalog rebuilt from the media has none): it is derived
+    // from the point as read from its chain ([`super::derive`]).
     let point_list = match cat.digest_list_file(&point) {
         Some(p) if p.is_file() => p,
-        _ => return Err(Error::Failed(missing())),
+        _ => {
+            return Ok(Choice::Build {
+                point: Box::new(point),
+                chain,
+                point_list: None,
+            })
+        }
     };
     match verify_digest_list(&point_list, Some(u64::from(point.block_size))) {
         Ok(s) if s.disk_size == point.disk_size => {}
@@ -88,6 +101,6 @@ pub fn choose(cat: &Catalog, disk: Uuid) -> Result<Choice> {
     Ok(Choice::Build {
         point: Box::new(point),
         chain,
-        point_list,
+        point_list: Some(point_list),
     })
 }
