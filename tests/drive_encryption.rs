@@ -187,3 +187,47 @@ fn drive_encryption_needs_a_key_in_pools_toml() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("encryption"), "{r:?}");
 }
+
+/// A fresh home on the same library, with the exported key imported.
+fn dr_home(env: &Env, key_file: &std::path::Path) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dr = Env { tmp, home };
+    dr.ok(&["init", "--library", env.library_dir().to_str().unwrap()]);
+    dr.ok(&["key", "import", key_file.to_str().unwrap()]);
+    dr
+}
+
+#[test]
+fn disaster_recovery_needs_the_declaration_and_the_key() {
+    let env = Env::init();
+    drive_pool(&env);
+    let disk = env.path("disk.img");
+    canary_disk(&disk, 2, 11);
+    let report = env.backup(&disk, DISK_A, "hw");
+    let cart = cartridges_of(&report)[0].clone();
+    let key_file = env.path("k1.key");
+    env.ok(&["key", "export", "k1", "--out", key_file.to_str().unwrap()]);
+
+    // The key alone: the label reads (it names the key), the snapshot and the records
+    // after it are the drive's ciphertext, so nothing is imported.
+    let blind = dr_home(&env, &key_file);
+    let r = blind.run(&["--json", "catalog", "rebuild", "--barcode", &cart]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let imgs = blind.run(&["--json", "images", "--disk", DISK_A]);
+    assert!(!imgs.stdout.contains("\"full\""), "{imgs:?}");
+
+    // pools.toml (kept under version control) declares the pool: the rebuild loads the
+    // drive key, finds the snapshot, and the disk restores bit-identical.
+    let dr = dr_home(&env, &key_file);
+    std::fs::write(
+        dr.home.join("pools.toml"),
+        "[pools.hw]\nencrypt_key = \"k1\"\nencryption = \"drive\"\ncompression = \"off\"\n",
+    )
+    .unwrap();
+    let r = dr.ok(&["--json", "catalog", "rebuild", "--barcode", &cart]);
+    assert!(r.stdout.contains("\"snapshot\""), "{r:?}");
+    let out = dr.path("dr.img");
+    dr.ok(&["restore", "--disk", DISK_A, "--to", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&disk).unwrap());
+}
