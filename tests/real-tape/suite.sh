@@ -226,8 +226,10 @@ if has_phase backup; then
         out=$($TV backup --disk /tmp/disk3.img --disk-id $DISK_ID3 --pool rthw --full 2>&1); rc=$?
         echo "$out" | sed "s/^/RT-OUT [$T backup-hw-refused] /" | tail -5
         case "$rc:$out" in 1:*"offers no hardware encryption"*) pass "drive encryption: pool refused on a drive without it (exit 1)";; *) fail "drive encryption on tgt: exit $rc: $out";; esac
-        n=$($TV --json images --disk $DISK_ID3 2>/dev/null | grep -c '"kind"')
-        [ "$n" = 0 ] && pass "drive encryption: no image in the catalog after the refusal" || fail "drive encryption: $n image(s) after the refusal"
+        # The image the refused backup began is recorded as failed, none as complete.
+        out=$($TV --json images --disk $DISK_ID3 2>/dev/null)
+        n=$(echo "$out" | grep -c '"status": *"complete"')
+        [ "$n" = 0 ] && pass "drive encryption: no complete image in the catalog after the refusal" || fail "drive encryption: $n complete image(s) after the refusal: $out"
     fi
     unset TAPEVAULT_PASSPHRASE
 fi
