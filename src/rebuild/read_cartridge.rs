@@ -112,7 +112,7 @@ pub(super) fn read_cartridge(
 fn read_after_label(
     cat: &Catalog,
     drive: &mut dyn TapeDrive,
-    bc: &String,
+    bc: &str,
     label: tape_formats::VolumeLabel,
     mut cr: CartridgeReport,
     want_scan: bool,
@@ -122,7 +122,7 @@ fn read_after_label(
     buf: &mut Vec<u8>,
     events: &dyn Events,
 ) -> Result<CartridgeReport> {
-    let bc = bc.clone();
+    let bc = bc.to_string();
     let end = positioning::find_end(drive, buf)?;
     let eod_file = if end.eod.block_in_file > 0 {
         end.eod.file + 1
