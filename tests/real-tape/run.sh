@@ -11,6 +11,7 @@
 #        RT_TIMEOUT  seconds the guest may run (default 1500)
 #        RT_KEEP     keep the work directory when set (its path is printed)
 #        RT_KERNEL   kernel version for the guest (default: newest in /lib/modules with a /boot/vmlinuz)
+#        RT_BTAPE_FILL  0 leaves btape's fill (two cartridges, ~40 s) out of peers.sh (default on)
 # Exit status: 0 when every guest phase passed, non-zero otherwise.
 set -euo pipefail
 
