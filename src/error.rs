@@ -85,6 +85,7 @@ fn drive_exit_code(e: &DriveError) -> ExitCode {
             ExitCode::MediaNeeded
         }
         DriveError::MediaError { .. } => ExitCode::Integrity,
+        DriveError::EncryptedNoKey { .. } => ExitCode::Key,
         _ => ExitCode::Failed,
     }
 }

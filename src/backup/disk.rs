@@ -196,7 +196,8 @@ impl Job<'_> {
             block_size: bs as u32,
             session_uuid: Some(self.session),
             pool: Some(pool.name.clone()),
-            key_fingerprint: pool.key_fingerprint.clone(),
+            // The key tapevault seals the records with (none when the drive encrypts).
+            key_fingerprint: self.sealer.as_ref().and(pool.key_fingerprint.clone()),
             compression: pool.compression,
             started: point_time,
             synthetic_of,

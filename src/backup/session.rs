@@ -33,14 +33,14 @@ pub fn run(
             req.pool, req.pool
         ))
     })?;
-    let sealer = super::target::pool_sealer(home, &pool, key, "back up")?;
+    let crypto = super::target::pool_sealer(home, &pool, key, "back up")?;
     recover_interrupted(home, cat, events)?;
     let (_pool_lock, set, mut job) = super::target::begin_pool_session(
         home,
         cat,
         lib,
         &pool,
-        sealer,
+        crypto,
         wait_for_media,
         &format!("backup to pool {}", pool.name),
         events,

@@ -27,6 +27,9 @@ pub(super) struct Tape<'a> {
     pub(super) exclude: HashSet<String>,
     pub(super) current: Option<Current>,
     pub(super) escrow: Option<Vec<u8>>,
+    /// The drive's data key for a pool with drive encryption: loaded after the label is
+    /// read or written, cleared when the drive is let go ([`crate::media::drive_key`]).
+    pub(super) drive_key: Option<tape_devices::drive::DataKey>,
     pub(super) wait: Option<crate::media::allocate::MediaWait>,
     /// Where the job's notes about cartridges and waits go.
     pub(super) events: &'a dyn Events,
@@ -61,12 +64,49 @@ impl Tape<'_> {
             self.present = present;
             let row = pick.row().clone();
             let mut m = mount::mount(self.lib, &row.barcode, Some(&row.location))?;
+            if self.drive_key.is_some() {
+                // Before anything is written (a label included): a drive that cannot
+                // encrypt refuses the pool, it never writes the pool's data in the clear.
+                if let Err(e) = crate::media::drive_key::check_capable(
+                    m.drive.as_mut(),
+                    &row.barcode,
+                    &self.pool.name,
+                ) {
+                    let _ = mount::unmount(self.lib, m);
+                    return Err(e);
+                }
+            }
             match self.prepare(&pick, &mut m) {
                 Ok(Some((block, file))) => {
+                    let Mounted {
+                        drive_index,
+                        barcode,
+                        drive,
+                    } = m;
+                    let drive = match &self.drive_key {
+                        None => drive,
+                        Some(k) => {
+                            match crate::media::drive_key::arm(drive, k, &barcode, &self.pool.name)
+                            {
+                                Ok(d) => d,
+                                Err((d, e)) => {
+                                    let _ = mount::unmount(
+                                        self.lib,
+                                        Mounted {
+                                            drive_index,
+                                            barcode,
+                                            drive: d,
+                                        },
+                                    );
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    };
                     self.current = Some(Current {
                         barcode: row.barcode.clone(),
-                        drive_index: m.drive_index,
-                        sink: Some(DriveSink::new(m.drive, block)),
+                        drive_index,
+                        sink: Some(DriveSink::new(drive, block)),
                         next_file: file,
                         bytes_at_mount: 0,
                     });

@@ -40,16 +40,29 @@ pub struct WrittenImage {
     pub stages: StageTimes,
 }
 
-/// The pool's sealer from its unlocked key (None for a clear pool); a key that is not
-/// the pool's, or none for an encrypted pool, is exit 5.
+/// How a session's writes are encrypted: tapevault's sealer (software), the drive's own
+/// encryption under a data key (pools with `encryption = "drive"`), or neither; and the
+/// key escrow the labels carry.
+pub(super) struct PoolCrypto {
+    pub(super) sealer: Option<Sealer>,
+    pub(super) drive_key: Option<tape_devices::drive::DataKey>,
+    pub(super) escrow: Option<Vec<u8>>,
+}
+
+/// The pool's encryption from its unlocked key (nothing for a clear pool); a key that is
+/// not the pool's, or none for an encrypted pool, is exit 5.
 pub(super) fn pool_sealer(
     home: &Home,
     pool: &PoolRow,
     key: Option<KeyMaterial>,
     action: &str,
-) -> Result<Option<(Sealer, Option<String>)>> {
+) -> Result<PoolCrypto> {
     match (&pool.key_fingerprint, key) {
-        (None, _) => Ok(None),
+        (None, _) => Ok(PoolCrypto {
+            sealer: None,
+            drive_key: None,
+            escrow: None,
+        }),
         (Some(fp), Some(k)) => {
             if &k.key.fingerprint_hex() != fp {
                 return Err(Error::Key(format!(
@@ -58,9 +71,29 @@ pub(super) fn pool_sealer(
                     k.key.fingerprint_hex()
                 )));
             }
+            let escrow = match (&k.passphrase, pool.escrow) {
+                (Some(p), true) => Some(crate::crypto::escrow::wrap(
+                    &k.key,
+                    p.as_bytes(),
+                    crate::crypto::KdfParams::default(),
+                )?),
+                _ => None,
+            };
+            let pools = crate::home::pools_toml::load(&home.dir)?;
+            if crate::home::pools_toml::drive_encrypted(&pools, &pool.name) {
+                return Ok(PoolCrypto {
+                    sealer: None,
+                    drive_key: Some(k.key.drive_data_key(true)),
+                    escrow,
+                });
+            }
             let nonces =
                 crate::crypto::Keystore::open(&home.dir)?.nonce_source(&k.key.fingerprint)?;
-            Ok(Some((Sealer::new(k.key, nonces), k.passphrase)))
+            Ok(PoolCrypto {
+                sealer: Some(Sealer::new(k.key, nonces)),
+                drive_key: None,
+                escrow,
+            })
         }
         (Some(fp), None) => Err(Error::Key(format!(
             "pool {} is encrypted with key {fp}; unlock it to {action}",
@@ -80,7 +113,7 @@ pub(super) fn begin_pool_session<'a>(
     cat: &'a Catalog,
     lib: &'a mut dyn TapeLibrary,
     pool: &PoolRow,
-    sealer: Option<(Sealer, Option<String>)>,
+    crypto: PoolCrypto,
     wait_for_media: bool,
     what: &str,
     events: &'a dyn Events,
@@ -101,11 +134,12 @@ pub(super) fn begin_pool_session<'a>(
     let now = crate::home::clock::now();
     let set = session_media_set(cat, pool, now)?;
     let session = cat.begin_session(&pool.name, Some(set.uuid))?;
-    let (sealer, passphrase) = match sealer {
-        Some((s, p)) => (Some(s), p),
-        None => (None, None),
-    };
-    let mut tape = Tape {
+    let PoolCrypto {
+        sealer,
+        drive_key,
+        escrow,
+    } = crypto;
+    let tape = Tape {
         cat,
         lib,
         pool: pool.clone(),
@@ -113,7 +147,8 @@ pub(super) fn begin_pool_session<'a>(
         present: HashSet::new(),
         exclude: HashSet::new(),
         current: None,
-        escrow: None,
+        escrow,
+        drive_key,
         events,
         // Wait for media only when a person can insert it.
         wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
@@ -121,15 +156,6 @@ pub(super) fn begin_pool_session<'a>(
             poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
         }),
     };
-    if pool.escrow {
-        if let (Some(s), Some(p)) = (&sealer, &passphrase) {
-            tape.escrow = Some(crate::crypto::escrow::wrap(
-                &s.key,
-                p.as_bytes(),
-                crate::crypto::KdfParams::default(),
-            )?);
-        }
-    }
     let job = Job {
         home,
         tape,
@@ -165,9 +191,9 @@ impl<'a> ImageTarget<'a> {
         what: &str,
         events: &'a dyn Events,
     ) -> Result<ImageTarget<'a>> {
-        let sealer = pool_sealer(home, pool, key, what)?;
+        let crypto = pool_sealer(home, pool, key, what)?;
         let (lock, set, job) =
-            begin_pool_session(home, cat, lib, pool, sealer, wait_for_media, what, events)?;
+            begin_pool_session(home, cat, lib, pool, crypto, wait_for_media, what, events)?;
         Ok(ImageTarget {
             job,
             _lock: lock,
@@ -181,6 +207,15 @@ impl<'a> ImageTarget<'a> {
 
     pub fn pool(&self) -> &PoolRow {
         &self.job.tape.pool
+    }
+
+    /// The fingerprint of the key records are sealed with here: the pool's key for a
+    /// pool with software encryption, None for a clear pool or one the drive encrypts.
+    pub fn record_key_fingerprint(&self) -> Option<String> {
+        self.job
+            .sealer
+            .as_ref()
+            .and(self.job.tape.pool.key_fingerprint.clone())
     }
 
     pub fn media_set(&self) -> Uuid {

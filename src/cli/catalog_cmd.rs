@@ -187,6 +187,17 @@ pub fn catalog(ctx: &Ctx, c: CatalogCommand) -> Result<()> {
             let media_check = if media {
                 let mut lib = home.open_library()?;
                 let (_, present) = sync_inventory(&cat, lib.as_mut())?;
+                // The check reads records: cartridges of pools with drive encryption
+                // need their pool's key in the drive.
+                let mut bcs: Vec<String> = present.iter().cloned().collect();
+                bcs.sort();
+                super::shared::expect_drive_reads(
+                    ctx,
+                    &home,
+                    &cat,
+                    &bcs,
+                    &crate::codec::KeyRing::new(),
+                )?;
                 Some(rebuild::media_check::check_media(
                     &cat,
                     lib.as_mut(),

@@ -33,7 +33,9 @@ pub enum PoolCommand {
 #[derive(Debug, Args)]
 pub struct PoolArgs {
     pub name: String,
-    /// Encrypt everything written to this pool with this key (see `tapevault key`).
+    /// Encrypt everything written to this pool with this key (see `tapevault key`): by
+    /// tapevault, or by the tape drive when pools.toml declares the pool with
+    /// encryption = "drive".
     #[arg(long, value_name = "KEY")]
     pub encrypt_key: Option<String>,
     /// Keep restore points this many days after the media set's last write (default: forever).

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::shared::{fail_with, open_catalog, unlock_keys};
+use super::shared::{expect_drive_reads, fail_with, open_catalog, unlock_keys};
 use super::{human_bytes, Ctx, Terminal};
 use crate::catalog::{At, Catalog, ImageKind, ImageRow, ImageStatus};
 use crate::error::{Error, Result};
@@ -386,6 +386,12 @@ fn restore_prepared(
         );
     }
     let keys = unlock_keys(ctx, home, &prepared.key_fingerprints())?;
+    let bcs: Vec<String> = prepared
+        .pull_list
+        .iter()
+        .map(|i| i.barcode.clone())
+        .collect();
+    expect_drive_reads(ctx, home, &open_catalog(home)?, &bcs, &keys)?;
     let target = prepared.target();
     ctx.out.info(format!(
         "restoring disk {} as of image {} ({} {}, {} bytes) from {} image(s) to {}",

@@ -36,6 +36,60 @@ pub fn unlock_keys(ctx: &Ctx, home: &Home, fps: &[String]) -> Result<KeyRing> {
     Ok(ring)
 }
 
+/// Make ready to read `barcodes` written by pools with drive encryption (pools.toml
+/// `encryption = "drive"`): each such pool's key is unlocked (taken from `ring` when it
+/// is there already) and its drive data key registered, so the drive decrypts when the
+/// cartridge is mounted ([`crate::media::drive_key`]). Cartridges of other pools are
+/// left alone. Returns the barcodes registered.
+pub fn expect_drive_reads(
+    ctx: &Ctx,
+    home: &Home,
+    cat: &crate::catalog::Catalog,
+    barcodes: &[String],
+    ring: &KeyRing,
+) -> Result<Vec<String>> {
+    let pools = crate::home::pools_toml::load(&home.dir)?;
+    let mut armed = Vec::new();
+    let mut keys: std::collections::HashMap<String, std::sync::Arc<tape_devices::drive::DataKey>> =
+        std::collections::HashMap::new();
+    for bc in barcodes {
+        let Some(pool) = cat.media(bc)?.and_then(|m| m.pool) else {
+            continue;
+        };
+        if !crate::home::pools_toml::drive_encrypted(&pools, &pool) {
+            continue;
+        }
+        let key = match keys.get(&pool) {
+            Some(k) => k.clone(),
+            None => {
+                let fp = cat.pool(&pool)?.and_then(|p| p.key_fingerprint).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "pool {pool} is declared with encryption = \"drive\" in pools.toml but has no key in the catalog"
+                    ))
+                })?;
+                let fpb: [u8; 16] = crate::crypto::from_hex(&fp)
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| {
+                        Error::Failed(format!("pool {pool}: bad key fingerprint {fp}"))
+                    })?;
+                let k = match ring.get(&fpb) {
+                    Some(k) => k.drive_data_key(false),
+                    None => {
+                        let r = unlock_keys(ctx, home, std::slice::from_ref(&fp))?;
+                        r.get(&fpb).expect("just unlocked").drive_data_key(false)
+                    }
+                };
+                let k = std::sync::Arc::new(k);
+                keys.insert(pool.clone(), k.clone());
+                k
+            }
+        };
+        crate::media::drive_key::expect_reads(bc, &pool, key);
+        armed.push(bc.clone());
+    }
+    Ok(armed)
+}
+
 /// With `--json`, print one JSON error document with extra fields (a pull list, a
 /// report) and exit with the error's code; without, return the error for `main`.
 pub fn fail_with<T: Serialize>(ctx: &Ctx, err: Error, extra: &T) -> Result<()> {

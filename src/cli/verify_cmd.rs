@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::shared::open_catalog;
-use super::shared::{fail_with, unlock_keys};
+use super::shared::{expect_drive_reads, fail_with, unlock_keys};
 use super::{usage, Ctx, Terminal};
 use crate::error::{Error, Result};
 use crate::verify;
@@ -70,6 +70,13 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             let id = img.uuid;
             let fps: Vec<String> = img.key_fingerprint.iter().cloned().collect();
             let keys = unlock_keys(ctx, &home, &fps)?;
+            let mut bcs: Vec<String> = Vec::new();
+            for s in cat.segments(id)? {
+                if !bcs.contains(&s.barcode) {
+                    bcs.push(s.barcode);
+                }
+            }
+            expect_drive_reads(ctx, &home, &cat, &bcs, &keys)?;
             let r = verify::verify_image(&cat, lib.as_mut(), &keys, id, &term)?;
             if !r.ok {
                 let msg = format!(
@@ -109,6 +116,7 @@ pub fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
                 }
             }
             let keys = unlock_keys(ctx, &home, &fps)?;
+            expect_drive_reads(ctx, &home, &cat, std::slice::from_ref(&bc), &keys)?;
             let term = Terminal::new(ctx.out);
             let r = verify::verify_media(&cat, lib.as_mut(), &keys, &bc, &term)?;
             if !r.ok {

@@ -392,7 +392,7 @@ fn begin(cat: &Catalog, target: &ImageTarget<'_>, orig: &ImageRow, copy: Uuid) -
         copy,
         &pool.name,
         target.session(),
-        pool.key_fingerprint.clone(),
+        target.record_key_fingerprint(),
         pool.compression,
     )?;
     Ok(())
@@ -421,7 +421,7 @@ fn commit(
         }
         let digest = to_hex(&w.digest);
         // Same key (or both clear): the copy's digest is the original's.
-        if src.image.key_fingerprint == target.pool().key_fingerprint
+        if src.image.key_fingerprint == target.record_key_fingerprint()
             && src.image.content_digest.as_deref() != Some(digest.as_str())
         {
             return Err(Error::Integrity(format!(

@@ -16,6 +16,9 @@ use zeroize::Zeroizing;
 #[error("record authentication failed (wrong key, or the record was altered)")]
 pub struct AuthError;
 
+/// blake3 derive-key context of the drive data key ([`RecordKey::drive_data_key`]).
+const DRIVE_KEY_CONTEXT: &str = "tapevault 2026-12 drive hardware encryption data key v1";
+
 /// An unlocked 256-bit record key. The raw key is wiped on drop (and the AES key
 /// schedule, through the `aes` crate's zeroize feature).
 pub struct RecordKey {
@@ -58,6 +61,18 @@ impl RecordKey {
     /// The key of content and snapshot digests of data encrypted under this key.
     pub fn digest_key(&self) -> &[u8; KEY_LEN] {
         &self.digest_key
+    }
+
+    /// The data key a tape drive's hardware encryption uses for pools with drive
+    /// encryption: derived from this key (domain-separated from the record cipher and
+    /// the digests), with this key's fingerprint as the key-associated data the drive
+    /// records beside each block. With `encrypt` the drive encrypts what it writes.
+    pub fn drive_data_key(&self, encrypt: bool) -> tape_devices::drive::DataKey {
+        tape_devices::drive::DataKey {
+            key: blake3::derive_key(DRIVE_KEY_CONTEXT, self.key.as_ref()),
+            kad: self.fingerprint,
+            encrypt,
+        }
     }
 
     pub(crate) fn raw(&self) -> &[u8; KEY_LEN] {

@@ -15,6 +15,11 @@
 //! offsite = "ironmountain"      # finished sets go to this vault (see `tapevault rotate`)
 //! offsite_when = "written"      # ... as soon as written (default "finished")
 //!
+//! [pools.lto]
+//! allocation = "continue"
+//! encrypt_key = "lto"           # the drive encrypts under a key derived from this one
+//! encryption = "drive"          # "software" (default): tapevault's AES-256-GCM records
+//!
 //! [pools.nightly]
 //! allocation = "daily"
 //! copy_to = "vaultcopy"          # each session is copied to this pool at its end;
@@ -33,7 +38,7 @@
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`,
-//! `copy_to`, `copy_spool`, `copy_spool_size` and `synthetic_full` live only here (the catalog has no column for them); `pool create|update --offsite`
+//! `copy_to`, `copy_spool`, `copy_spool_size`, `synthetic_full` and `encryption` live only here (the catalog has no column for them); `pool create|update --offsite`
 //! write it here too.
 
 use std::collections::BTreeMap;
@@ -102,6 +107,28 @@ pub struct PoolSpec {
     /// e.g. "64G").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_spool_size: Option<String>,
+    /// Who encrypts the pool's data under `encrypt_key`: tapevault (`"software"`, the
+    /// default) or the tape drive (`"drive"`, SSC-4 hardware encryption; a drive without
+    /// it refuses the pool). Lives only here, like `offsite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionBy>,
+}
+
+/// Who encrypts an encrypted pool's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionBy {
+    /// tapevault's per-record AES-256-GCM.
+    #[default]
+    Software,
+    /// The tape drive's hardware encryption (AES-256-GCM in the drive), under a data
+    /// key derived from the pool's key; labels stay clear.
+    Drive,
+}
+
+/// Whether `pool` is declared with drive (hardware) encryption.
+pub fn drive_encrypted(f: &PoolsFile, pool: &str) -> bool {
+    f.pools.get(pool).and_then(|s| s.encryption) == Some(EncryptionBy::Drive)
 }
 
 pub fn path(home: &Path) -> PathBuf {
@@ -264,6 +291,11 @@ pub fn apply(
             }
             None => None,
         };
+        if spec.encryption == Some(EncryptionBy::Drive) && key.is_none() {
+            return Err(Error::Usage(format!(
+                "pools.toml: pool {name} has encryption = \"drive\" but no encrypt_key (the drive encrypts under a key from the keystore: add encrypt_key = \"NAME\")"
+            )));
+        }
         if spec.escrow && key.is_none() {
             return Err(Error::Usage(format!(
                 "pools.toml: pool {name} has escrow = true but no encrypt_key"

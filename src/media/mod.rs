@@ -2,6 +2,7 @@
 //! keeping the catalog's view of the library current, allocation and spanning.
 
 pub mod allocate;
+pub mod drive_key;
 pub mod lifecycle;
 pub mod mount;
 pub mod rotate;

@@ -41,11 +41,7 @@ pub fn mount(lib: &mut dyn TapeLibrary, barcode: &str, location: Option<&str>) -
         let drive = lib.open_drive(i).with_context(|| {
             format!("cartridge {barcode} is in drive {i}, which another job is using")
         })?;
-        return Ok(Mounted {
-            drive_index: i,
-            barcode: barcode.into(),
-            drive,
-        });
+        return with_read_key(lib, i, barcode, drive);
     }
     // Prefer an empty drive, then one whose cartridge can be put away; skip busy ones.
     let mut order: Vec<usize> = inv
@@ -67,11 +63,7 @@ pub fn mount(lib: &mut dyn TapeLibrary, barcode: &str, location: Option<&str>) -
                 lib.changer()
                     .load(barcode, i)
                     .with_context(|| format!("loading {barcode} into drive {i}"))?;
-                return Ok(Mounted {
-                    drive_index: i,
-                    barcode: barcode.into(),
-                    drive,
-                });
+                return with_read_key(lib, i, barcode, drive);
             }
             Err(ChangerError::Busy { detail, .. }) => busy.push(format!("drive {i}: {detail}")),
             Err(e) => return Err(Error::from(e)).with_context(|| format!("opening drive {i}")),
@@ -81,6 +73,33 @@ pub fn mount(lib: &mut dyn TapeLibrary, barcode: &str, location: Option<&str>) -
         "no drive is free to load {barcode}; all are in use ({}); try again when a job finishes",
         busy.join("; ")
     )))
+}
+
+/// The mounted cartridge, with its pool's drive data key loaded when this process
+/// registered one for reading it ([`crate::media::drive_key::expect_reads`]). A drive
+/// that cannot take the key gets its cartridge put away and the error returned.
+fn with_read_key(
+    lib: &mut dyn TapeLibrary,
+    i: usize,
+    barcode: &str,
+    drive: Box<dyn TapeDrive>,
+) -> Result<Mounted> {
+    let drive = match crate::media::drive_key::read_key_for(barcode) {
+        None => drive,
+        Some((pool, key)) => match crate::media::drive_key::arm(drive, &key, barcode, &pool) {
+            Ok(d) => d,
+            Err((d, e)) => {
+                drop(d);
+                let _ = lib.changer().unload(i);
+                return Err(e);
+            }
+        },
+    };
+    Ok(Mounted {
+        drive_index: i,
+        barcode: barcode.into(),
+        drive,
+    })
 }
 
 /// Cartridges among `barcodes` that sit in mail slots go to a free storage slot when

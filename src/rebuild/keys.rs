@@ -39,6 +39,11 @@ impl<'a> KeySource<'a> {
             .unwrap_or_else(|| fp_hex.to_string())
     }
 
+    /// The home the keys come from.
+    pub fn home_dir(&self) -> &std::path::Path {
+        &self.home.dir
+    }
+
     /// Make the key with this fingerprint available, or fail with [`Error::Key`] naming it.
     pub fn need(&mut self, fp: [u8; 16], escrow: &[u8], barcode: &str) -> Result<()> {
         if self.ring.has(&fp) {

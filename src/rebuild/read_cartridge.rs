@@ -73,6 +73,56 @@ pub(super) fn read_cartridge(
     if let Some(fp) = label.key_fingerprint {
         keys.need(fp, &label.escrow, &bc)?;
     }
+    // A pool this home declares with drive encryption (pools.toml, kept with the key for
+    // disaster recovery): everything after the clear label is the drive's ciphertext, so
+    // the drive gets the pool's data key (decrypt only) while the cartridge is read, and
+    // drops it afterwards whatever the outcome.
+    let drive_key = match label.key_fingerprint {
+        Some(fp)
+            if crate::home::pools_toml::drive_encrypted(
+                &crate::home::pools_toml::load(keys.home_dir())?,
+                &label.pool_name,
+            ) =>
+        {
+            keys.ring.get(&fp).map(|k| k.drive_data_key(false))
+        }
+        _ => None,
+    };
+    if let Some(k) = &drive_key {
+        crate::media::drive_key::check_capable(drive, &bc, &label.pool_name)?;
+        drive.set_data_key(Some(k)).map_err(|e| {
+            crate::error::Error::Failed(format!(
+                "loading pool {}'s data key into {} (holding {bc}): {e}",
+                label.pool_name,
+                drive.name()
+            ))
+        })?;
+    }
+    let r = read_after_label(
+        cat, drive, &bc, label, cr, want_scan, keys, col, rep, buf, events,
+    );
+    if drive_key.is_some() {
+        let _ = drive.set_data_key(None);
+    }
+    r
+}
+
+/// The rest of [`read_cartridge`] once the label is read and the key is at hand.
+#[allow(clippy::too_many_arguments)]
+fn read_after_label(
+    cat: &Catalog,
+    drive: &mut dyn TapeDrive,
+    bc: &str,
+    label: tape_formats::VolumeLabel,
+    mut cr: CartridgeReport,
+    want_scan: bool,
+    keys: &mut KeySource<'_>,
+    col: &mut Collected,
+    rep: &mut RebuildReport,
+    buf: &mut Vec<u8>,
+    events: &dyn Events,
+) -> Result<CartridgeReport> {
+    let bc = bc.to_string();
     let end = positioning::find_end(drive, buf)?;
     let eod_file = if end.eod.block_in_file > 0 {
         end.eod.file + 1

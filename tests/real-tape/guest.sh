@@ -8,6 +8,7 @@
 #
 # env: RT_TARGETS   which libraries to test ("tgt tapevault" by default)
 #      RT_BARCODES_TGT, RT_BARCODES_TV  the seven barcodes of each library, slot order
+#      RT_HW_TGT, RT_HW_TV  the cartridge of each library's drive-encrypted pool
 #      RT_PHASES    suite phases; "peers" in it runs peers.sh
 PATH=/usr/bin:/bin:/sbin
 failed=0
@@ -45,9 +46,9 @@ for T in ${RT_TARGETS:-tgt tapevault}; do
     set -- $(devices_of "$T")
     if [ $# -lt 3 ]; then fail "$T: guest devices: need a changer and two drives, found: $*"; continue; fi
     CH=$1 N0=$2 N1=$3
-    if [ "$T" = tgt ]; then BCS=$RT_BARCODES_TGT; else BCS=$RT_BARCODES_TV; fi
+    if [ "$T" = tgt ]; then BCS=$RT_BARCODES_TGT HWBC=$RT_HW_TGT; else BCS=$RT_BARCODES_TV HWBC=$RT_HW_TV; fi
     info "$T: changer $CH, drives $N0 $N1"
-    T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/suite.sh || failed=1
+    T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS HWBC=$HWBC sh /rt/suite.sh || failed=1
     rm -rf /tmp/"$T" /tmp/*.img /tmp/*.full /tmp/*.key
     if [ "$T" = tapevault ] && case " $RT_PHASES " in *" peers "*) true;; *) false;; esac; then
         T=$T CH=$CH N0=$N0 N1=$N1 BCS=$BCS sh /rt/peers.sh || failed=1

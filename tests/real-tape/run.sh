@@ -11,6 +11,7 @@
 #        RT_TIMEOUT  seconds the guest may run (default 1500)
 #        RT_KEEP     keep the work directory when set (its path is printed)
 #        RT_KERNEL   kernel version for the guest (default: newest in /lib/modules with a /boot/vmlinuz)
+#        RT_BTAPE_FILL  0 leaves btape's fill (two cartridges, ~40 s) out of peers.sh (default on)
 # Exit status: 0 when every guest phase passed, non-zero otherwise.
 set -euo pipefail
 
@@ -126,15 +127,17 @@ fi
 tv_barcodes=""
 if has_target tapevault; then
     tvh="$work/tvserve"
-    # Slots 8-10 and the empty 11-12 are for peers.sh: tar's second volume and btape's
-    # two cartridges (fill's first must take more than 10,000 of its 32 KiB records).
-    "$tv_bin" --home "$tvh" init --slots 12 --mailslots 1 --drives 2 --cartridges 6 \
+    # Slots 8-10 and the empty 12-13 are for peers.sh: tar's second volume and btape's
+    # two cartridges; slot 11 holds the drive-encrypted pool's cartridge (suite.sh), which
+    # the host searches for the plaintext canary after the guest.
+    "$tv_bin" --home "$tvh" init --slots 13 --mailslots 1 --drives 2 --cartridges 6 \
         --capacity 512M --early-warning 8M >"$work/tvserve-init.log" 2>&1
-    for cap in 32M 32M 360M 64M; do
+    for cap in 32M 32M 360M 64M 64M; do
         "$tv_bin" --home "$tvh" library add-cartridge --capacity $cap >>"$work/tvserve-init.log" 2>&1
     done
     tv_barcodes="TV0001L9 TV0002L9 TV0003L9 TV0004L9 TV0005L9 TV0006L9 TV0007L9 TV0008L9 TV0009L9 TV0010L9"
-    for bc in $tv_barcodes; do
+    tv_hw=TV0011L9
+    for bc in $tv_barcodes $tv_hw; do
         grep -q "$bc" <("$tv_bin" --home "$tvh" library status 2>&1) ||
             { echo "real-tape: the served library has no cartridge $bc:" >&2; "$tv_bin" --home "$tvh" library status >&2; exit 1; }
     done
@@ -177,8 +180,12 @@ add_bin "$tv_bin" tapevault
 for b in "${extra_bins[@]}"; do add_bin "$b"; done
 add_bin "$(command -v mt-st)" mt-st
 add_bin "$(command -v mtx)" mtx
-for t in sg_raw sg_inq sg_map sg_turs sg_vpd sg_logs sg_read_attr sg_modes tapeinfo loaderinfo stenc tar btape; do
+for t in sg_raw sg_inq sg_map sg_turs sg_vpd sg_logs sg_read_attr sg_modes tapeinfo loaderinfo stenc tar btape stdbuf mkfifo; do
     if command -v $t >/dev/null; then add_bin "$(command -v $t)"; else echo "real-tape: $t is missing (peers.sh needs it)" >&2; fi
+done
+# stdbuf (peers.sh runs btape's fill through it to see its prompts) preloads this.
+for so in /usr/libexec/coreutils/libstdbuf.so; do
+    [ -e "$so" ] && { mkdir -p "$root$(dirname "$so")"; cp "$so" "$root$so"; }
 done
 # Bacula's changer script calls mt (mt-st, ahead of busybox's applet) and /usr/sbin/mtx,
 # and checks /etc/debian_version.
@@ -202,8 +209,10 @@ RT_PHASES="$phases"
 RT_TARGETS="$targets"
 RT_BARCODES_TGT="$barcodes"
 RT_BARCODES_TV="$tv_barcodes"
+RT_HW_TGT=TV0006L6
+RT_HW_TV="${tv_hw:-}"
 RT_BTAPE_TIMEOUT="${RT_BTAPE_TIMEOUT:-600}"
-RT_BTAPE_FILL="${RT_BTAPE_FILL:-}"
+RT_BTAPE_FILL="${RT_BTAPE_FILL:-1}"
 ENV
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
@@ -212,7 +221,7 @@ export PATH=/usr/bin:/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs -o size=256m tmp /tmp
 for ko in /modules/*.ko; do insmod "$ko" || echo "RT-INIT insmod $ko failed"; done
-. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV RT_BTAPE_TIMEOUT RT_BTAPE_FILL
+. /rt/env; export RT_PHASES RT_TARGETS RT_BARCODES_TGT RT_BARCODES_TV RT_HW_TGT RT_HW_TV RT_BTAPE_TIMEOUT RT_BTAPE_FILL
 # Two drives and a changer per library.
 nlib=$(echo $RT_TARGETS | wc -w)
 i=0; while [ ! -e /dev/nst$((2*nlib-1)) ] || [ ! -e /dev/sch$((nlib-1)) ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
@@ -266,6 +275,15 @@ if [ -z "$done_line" ]; then
     tail -60 "$work/console.txt" >&2
     exit 1
 fi
+# tgt offers no hardware encryption: the drive-encrypted pool was refused there, and
+# its canary must not be on tgt's cartridge either (never written in the clear).
+if has_target tgt && case " $phases " in *" backup "*) true;; *) false;; esac; then
+    if grep -qa RTCANARY-DRIVE-POOL "$work/media/TV0006L6"; then
+        echo "RT-FAIL host: tgt: the drive-encrypted pool's canary was written in the clear to TV0006L6" >>"$work/console.txt"
+    else
+        echo "RT-PASS host: tgt: the refused drive-encrypted pool wrote no plaintext to TV0006L6" >>"$work/console.txt"
+    fi
+fi
 # Host-side checks of tapevault's target: no plaintext of what the guest wrote under drive
 # encryption is on any cartridge file, the clear canary is (the search works), and the
 # target stops cleanly on SIGTERM with every cartridge consistent.
@@ -274,6 +292,17 @@ if has_target tapevault; then
         echo "RT-FAIL host: plaintext of the drive-encrypted canary found on the cartridges: $(grep -rla RTCANARY-HARDWARE-ENCRYPTED "$tv_lib" | tr '\n' ' ')" >>"$work/console.txt"
     else
         echo "RT-PASS host: no plaintext of the drive-encrypted canary on the cartridge files" >>"$work/console.txt"
+    fi
+    # The drive-encrypted pool's disk (suite.sh): its cartridge holds only the drive's
+    # ciphertext after the clear label.
+    if case " $phases " in *" backup "*) true;; *) false;; esac; then
+        if grep -rqa RTCANARY-DRIVE-POOL "$tv_lib"; then
+            echo "RT-FAIL host: plaintext of the drive-encrypted pool's canary found on the cartridges: $(grep -rla RTCANARY-DRIVE-POOL "$tv_lib" | tr '\n' ' ')" >>"$work/console.txt"
+        elif [ -d "$tv_lib/cartridges/$tv_hw" ] && [ "$(du -sk "$tv_lib/cartridges/$tv_hw" | cut -f1)" -ge 2048 ]; then
+            echo "RT-PASS host: no plaintext of the drive-encrypted pool's canary on the cartridge files ($tv_hw holds $(du -sk "$tv_lib/cartridges/$tv_hw" | cut -f1) KiB)" >>"$work/console.txt"
+        else
+            echo "RT-FAIL host: the drive-encrypted pool's cartridge $tv_hw holds less than the 2 MiB disk written to it" >>"$work/console.txt"
+        fi
     fi
     if grep -rqa RTCANARY-CLEAR "$tv_lib"; then
         echo "RT-PASS host: the clear canary is found on its cartridge (the search sees plaintext)" >>"$work/console.txt"

@@ -7,6 +7,7 @@
 # env: T        the target: tgt or tapevault
 #      CH       the changer's sg node; N0, N1 its drives' non-rewinding st nodes
 #      BCS      the seven barcodes in slot order (the last a small cartridge)
+#      HWBC     the cartridge of the drive-encrypted pool (written on ours, refused on tgt)
 #      RT_PHASES the phases to run
 PATH=/usr/bin:/bin:/sbin
 failed=0
@@ -179,6 +180,57 @@ if has_phase backup; then
     run dr-fast-restore-enc-cmp cmp /tmp/disk2.img /tmp/dr-fast-enc.img
     run dr-fast-restore-clear $TV3 restore --disk $DISK_ID --to /tmp/dr-fast-clear.img
     run dr-fast-restore-clear-cmp cmp /tmp/disk.img /tmp/dr-fast-clear.img
+
+    # ---- drive (hardware) encryption through st: pools.toml encryption = "drive" ----
+    # The drive encrypts (SECURITY PROTOCOL OUT) under a key derived from the keystore key
+    # rthw, loaded only while tapevault holds the drive. A 2 MiB disk: 1 MiB of the
+    # plaintext canary the host then looks for on the cartridge files (run.sh), 1 MiB of
+    # text from random bytes; the pool does not compress, so a clear write would show it.
+    DISK_ID3=8b3e4d10-5f6c-4071-9cbd-2e3f4a5b6c7d
+    { yes RTCANARY-DRIVE-POOL-0123456789 | head -c 1048576; head -c 786432 /dev/urandom | base64 | head -c 1048576; } >/tmp/disk3.img
+    run key-create-hw $TV key create rthw
+    run pool-create-hw $TV pool create rthw --encrypt-key rthw --compression off
+    printf '[pools.rthw]\nencrypt_key = "rthw"\nencryption = "drive"\ncompression = "off"\n' >>$H/pools.toml
+    run pool-apply-hw $TV pool apply
+    run label-hw $TV label $HWBC --pool rthw --force
+    # SECURITY PROTOCOL IN page 0x0020 through sg: the drive's encryption and decryption
+    # modes (0 0: no key loaded).
+    hw_modes() { rm -f /tmp/ds.bin; sg_raw -o /tmp/ds.bin -r 64 "$1" a2 20 00 20 00 00 00 00 00 40 00 00 >/dev/null 2>&1; od -An -tu1 -j5 -N2 /tmp/ds.bin 2>/dev/null | tr -s ' ' | sed 's/^ //;s/ $//'; }
+    if [ "$T" = tapevault ]; then
+        run backup-hw $TV --json backup --disk /tmp/disk3.img --disk-id $DISK_ID3 --pool rthw --full
+        m0=$(hw_modes /dev/$(sg_of $N0)); m1=$(hw_modes /dev/$(sg_of $N1))
+        [ "$m0/$m1" = "0 0/0 0" ] && pass "drive encryption: no key left in either drive after the backup" || fail "drive encryption: drive modes after the backup: '$m0' / '$m1'"
+        run restore-hw $TV restore --disk $DISK_ID3 --to /tmp/restored-hw.img
+        run restore-hw-cmp cmp /tmp/disk3.img /tmp/restored-hw.img
+        hw_id=$($TV --json images --disk $DISK_ID3 2>/dev/null | grep -m1 -o '"image": *"[0-9a-f-]*"' | grep -o '[0-9a-f-]\{36\}')
+        run verify-hw-image $TV verify --image "$hw_id"
+        run verify-hw-barcode $TV verify --barcode $HWBC
+        m0=$(hw_modes /dev/$(sg_of $N0)); m1=$(hw_modes /dev/$(sg_of $N1))
+        [ "$m0/$m1" = "0 0/0 0" ] && pass "drive encryption: no key left in either drive after restore and verify" || fail "drive encryption: drive modes after restore/verify: '$m0' / '$m1'"
+        # Without the key (none in the drive now): the clear label reads, the data does not.
+        $TV library load $HWBC --drive 0 >/dev/null 2>&1 || fail "library load $HWBC"
+        $MT -f $N0 rewind
+        rm -f /tmp/hwl; dd if=$N0 of=/tmp/hwl bs=1M count=1 2>/dev/null
+        [ "$(head -c 7 /tmp/hwl)" = TAPEVLT ] && pass "drive encryption: the label reads in the clear" || fail "drive encryption: the label does not read in the clear"
+        $MT -f $N0 fsf 1
+        if dd if=$N0 of=/tmp/hwd bs=1M count=1 2>/tmp/hwd.err; then
+            fail "drive encryption: a data block was read without the key ($(head -c 16 /tmp/hwd | od -An -c | head -1))"
+        else
+            pass "drive encryption: reading the data without the key is refused ($(head -1 /tmp/hwd.err))"
+        fi
+        $MT -f $N0 rewind
+        $TV library unload --drive 0 >/dev/null 2>&1
+    else
+        # tgt offers no hardware encryption: the pool is refused (exit 1) before anything
+        # is written, never written in the clear (the host checks tgt's media file too).
+        out=$($TV backup --disk /tmp/disk3.img --disk-id $DISK_ID3 --pool rthw --full 2>&1); rc=$?
+        echo "$out" | sed "s/^/RT-OUT [$T backup-hw-refused] /" | tail -5
+        case "$rc:$out" in 1:*"offers no hardware encryption"*) pass "drive encryption: pool refused on a drive without it (exit 1)";; *) fail "drive encryption on tgt: exit $rc: $out";; esac
+        # The image the refused backup began is recorded as failed, none as complete.
+        out=$($TV --json images --disk $DISK_ID3 2>/dev/null)
+        n=$(echo "$out" | grep -c '"status": *"complete"')
+        [ "$n" = 0 ] && pass "drive encryption: no complete image in the catalog after the refusal" || fail "drive encryption: $n complete image(s) after the refusal: $out"
+    fi
     unset TAPEVAULT_PASSPHRASE
 fi
 

@@ -106,6 +106,37 @@ pub struct Capabilities {
     pub max_block_size: usize,
 }
 
+/// A data key for the drive's own (hardware) encryption, SSC-4 security protocol 0x20:
+/// AES-256-GCM done by the drive on every block it writes (with `encrypt`) and reads.
+/// The key-associated data the drive records with each encrypted block is `kad` (the
+/// key's fingerprint, never the key). Reading runs in MIXED decryption mode: clear
+/// blocks (a volume label written before the key was set) read as they are. The key
+/// bytes are wiped when this is dropped.
+pub struct DataKey {
+    pub key: [u8; 32],
+    pub kad: [u8; 16],
+    /// Encrypt what is written (a writer); without it the drive only decrypts.
+    pub encrypt: bool,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("kad", &self.kad)
+            .field("encrypt", &self.encrypt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        for b in self.key.iter_mut() {
+            // SAFETY: a valid, aligned, exclusively borrowed byte.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 /// Failures at the drive boundary. Each carries what a person needs to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
@@ -143,6 +174,9 @@ pub enum DriveError {
         #[source]
         source: std::io::Error,
     },
+    /// The block is encrypted by the drive and the drive holds no key that opens it.
+    #[error("the block at {block} was encrypted by the drive and the drive has no key that decrypts it (load the key the cartridge was written with)")]
+    EncryptedNoKey { block: u64 },
     #[error("{0}")]
     Other(String),
 }
@@ -208,6 +242,17 @@ pub trait TapeDrive: Send {
     /// reads as blank afterwards. Drives without it say so.
     fn erase(&mut self) -> DriveResult<()> {
         Err(DriveError::Unsupported { op: "erase" })
+    }
+
+    /// Load `key` into the drive's hardware encryption (`Some`), or turn it off and drop
+    /// the key (`None`). Drives without hardware encryption say so
+    /// ([`DriveError::Unsupported`]); check [`Capabilities::hardware_encryption`] first
+    /// for the reason in plain words.
+    fn set_data_key(&mut self, key: Option<&DataKey>) -> DriveResult<()> {
+        let _ = key;
+        Err(DriveError::Unsupported {
+            op: "hardware encryption",
+        })
     }
 
     /// Largest block this drive accepts.

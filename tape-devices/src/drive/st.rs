@@ -29,7 +29,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 use super::{
-    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
+    Capabilities, DataKey, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
     TapeDrive, WriteOutcome, MAX_BLOCK_SIZE,
 };
 use crate::scsi::{self, cdb, encryption, DataDirection, SgDevice};
@@ -1474,6 +1474,34 @@ impl TapeDrive for StDrive {
         self.hw_position = None;
         self.hw_locate = None;
         r
+    }
+
+    fn set_data_key(&mut self, key: Option<&DataKey>) -> DriveResult<()> {
+        let r = match key {
+            Some(k) => self.hardware_encryption_supported().and_then(|_| {
+                encryption::set_key_modes(
+                    self.sg.as_ref().expect("checked above"),
+                    &k.key,
+                    &k.kad,
+                    if k.encrypt {
+                        encryption::ENCRYPT
+                    } else {
+                        encryption::ENCRYPT_DISABLE
+                    },
+                    encryption::DECRYPT_MIXED,
+                )
+            }),
+            None => self.clear_hardware_key(),
+        };
+        r.map_err(|e| match e {
+            encryption::EncryptionError::NotSupported { .. } => DriveError::Unsupported {
+                op: "hardware encryption",
+            },
+            other => DriveError::Other(format!(
+                "{}: setting the drive's data key (SECURITY PROTOCOL OUT): {other}",
+                self.path.display()
+            )),
+        })
     }
 
     fn erase(&mut self) -> DriveResult<()> {

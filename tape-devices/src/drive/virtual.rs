@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use rand::RngCore;
 use vtl_sim::VtlError;
 
 use super::{
-    Capabilities, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
+    Capabilities, DataKey, DriveError, DriveResult, DriveStatus, Position, ReadOutcome, SpaceStop,
     TapeDrive, WriteOutcome, MAX_BLOCK_SIZE,
 };
 
@@ -17,7 +20,19 @@ use super::{
 pub struct VirtualDrive {
     drive: vtl_sim::Drive,
     library: String,
+    /// Hardware encryption: the cipher of the key loaded with [`TapeDrive::set_data_key`]
+    /// and whether written blocks are encrypted. Lives only in this process.
+    crypt: Option<(Aes256Gcm, bool)>,
+    /// Scratch for sealing and opening encrypted blocks.
+    scratch: Vec<u8>,
 }
+
+/// An encrypted block at rest is `nonce || ciphertext || tag`, marked encrypted in the
+/// cartridge index: the layout of the iSCSI target's drives, so a cartridge written
+/// encrypted by either reads with the same key through the other.
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 impl VirtualDrive {
     /// Wrap a drive opened through [`vtl_sim::Library::open_drive`].
@@ -25,6 +40,8 @@ impl VirtualDrive {
         VirtualDrive {
             drive,
             library: library_dir.display().to_string(),
+            crypt: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -105,18 +122,65 @@ impl TapeDrive for VirtualDrive {
             read_position: true,
             locate: true,
             early_warning: true,
-            hardware_encryption: false,
+            hardware_encryption: true,
             min_block_size: 1,
             max_block_size: MAX_BLOCK_SIZE,
         })
     }
 
     fn read_block(&mut self, buf: &mut [u8]) -> DriveResult<ReadOutcome> {
-        match self.drive.read_block(buf).map_err(map_err)? {
-            vtl_sim::Read::Block(n) => Ok(ReadOutcome::Block(n)),
-            vtl_sim::Read::Filemark => Ok(ReadOutcome::Filemark),
-            vtl_sim::Read::EndOfData => Ok(ReadOutcome::EndOfData),
+        // Blocks are read into the scratch buffer with room for the encryption overhead;
+        // a clear block is copied out, an encrypted one opened in place.
+        let want = buf.len() + OVERHEAD;
+        if self.scratch.len() < want {
+            self.scratch.resize(want, 0);
         }
+        let block = self.drive.position().map_err(map_err)?.block;
+        let (n, encrypted) = match self.drive.read_block_flagged(&mut self.scratch[..want]) {
+            Ok((vtl_sim::Read::Block(n), e)) => (n, e),
+            Ok((vtl_sim::Read::Filemark, _)) => return Ok(ReadOutcome::Filemark),
+            Ok((vtl_sim::Read::EndOfData, _)) => return Ok(ReadOutcome::EndOfData),
+            Err(VtlError::BufferTooSmall { block_len, .. }) => {
+                return Err(DriveError::BufferTooSmall {
+                    block_len,
+                    buffer_len: buf.len(),
+                })
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        if !encrypted {
+            if n > buf.len() {
+                // Fits the scratch (room for the overhead) but not the caller's buffer:
+                // step back so the position does not move, as for any short buffer.
+                self.drive.space_blocks(-1).map_err(map_err)?;
+                return Err(DriveError::BufferTooSmall {
+                    block_len: n,
+                    buffer_len: buf.len(),
+                });
+            }
+            buf[..n].copy_from_slice(&self.scratch[..n]);
+            return Ok(ReadOutcome::Block(n));
+        }
+        let Some((cipher, _)) = self.crypt.as_ref() else {
+            return Err(DriveError::EncryptedNoKey { block });
+        };
+        if n < OVERHEAD {
+            return Err(DriveError::EncryptedNoKey { block });
+        }
+        let stored = &mut self.scratch[..n];
+        let nonce: [u8; NONCE_LEN] = stored[..NONCE_LEN].try_into().expect("12 bytes");
+        let tag: [u8; TAG_LEN] = stored[n - TAG_LEN..].try_into().expect("16 bytes");
+        cipher
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &[],
+                (&mut stored[NONCE_LEN..n - TAG_LEN]).into(),
+                &Tag::from(tag),
+            )
+            .map_err(|_| DriveError::EncryptedNoKey { block })?;
+        let len = n - OVERHEAD;
+        buf[..len].copy_from_slice(&stored[NONCE_LEN..n - TAG_LEN]);
+        Ok(ReadOutcome::Block(len))
     }
 
     fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome> {
@@ -126,7 +190,26 @@ impl TapeDrive for VirtualDrive {
                 data.len()
             )));
         }
-        match self.drive.write_block(data).map_err(map_err)? {
+        let written = match self.crypt.as_ref() {
+            Some((cipher, true)) => {
+                let mut nonce = [0u8; NONCE_LEN];
+                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&nonce);
+                self.scratch.extend_from_slice(data);
+                let tag = cipher
+                    .encrypt_inout_detached(
+                        &Nonce::from(nonce),
+                        &[],
+                        (&mut self.scratch[NONCE_LEN..]).into(),
+                    )
+                    .map_err(|_| DriveError::Other("AES-GCM sealing failed".into()))?;
+                self.scratch.extend_from_slice(&tag);
+                self.drive.write_block_flagged(&self.scratch, true)
+            }
+            _ => self.drive.write_block(data),
+        };
+        match written.map_err(map_err)? {
             vtl_sim::Written::Written => Ok(WriteOutcome::Written),
             vtl_sim::Written::EarlyWarning => Ok(WriteOutcome::WrittenEarlyWarning),
         }
@@ -201,6 +284,16 @@ impl TapeDrive for VirtualDrive {
 
     fn erase(&mut self) -> DriveResult<()> {
         self.drive.erase().map_err(map_err)
+    }
+
+    fn set_data_key(&mut self, key: Option<&DataKey>) -> DriveResult<()> {
+        self.crypt = key.map(|k| {
+            (
+                Aes256Gcm::new_from_slice(&k.key).expect("32-byte key"),
+                k.encrypt,
+            )
+        });
+        Ok(())
     }
 
     fn max_block_size(&self) -> usize {

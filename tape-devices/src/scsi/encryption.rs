@@ -195,12 +195,34 @@ pub fn set_data_encryption_page(
     kad_type: u8,
     kad: &[u8; KAD_LEN],
 ) -> Vec<u8> {
+    set_data_encryption_page_modes(index, key, kad_type, kad, ENCRYPT, DECRYPT)
+}
+
+/// Encryption mode ENCRYPT: the drive encrypts what it writes.
+pub const ENCRYPT: u8 = 2;
+/// Encryption mode DISABLE: the drive writes in the clear.
+pub const ENCRYPT_DISABLE: u8 = 0;
+/// Decryption mode DECRYPT: encrypted blocks are decrypted, a clear block is refused.
+pub const DECRYPT: u8 = 2;
+/// Decryption mode MIXED: encrypted blocks are decrypted, clear blocks read as they are
+/// (a cartridge whose label is clear and whose data is encrypted).
+pub const DECRYPT_MIXED: u8 = 3;
+
+/// The Set Data Encryption page with explicit encryption and decryption modes.
+pub fn set_data_encryption_page_modes(
+    index: u8,
+    key: &[u8; KEY_LEN],
+    kad_type: u8,
+    kad: &[u8; KAD_LEN],
+    encryption_mode: u8,
+    decryption_mode: u8,
+) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0..2].copy_from_slice(&PAGE_SET_DATA_ENCRYPTION.to_be_bytes());
     p[4] = SCOPE_ALL_IT_NEXUS;
     p[5] = 0; // CEEM 0, RDMC 0 (vendor default), SDK/CKOD/CKORP/CKORL 0
-    p[6] = 2; // encryption mode: encrypt
-    p[7] = 2; // decryption mode: decrypt
+    p[6] = encryption_mode;
+    p[7] = decryption_mode;
     p[8] = index;
     p[9] = 0; // key format: plain key
     p[18..20].copy_from_slice(&(KEY_LEN as u16).to_be_bytes());
@@ -282,13 +304,31 @@ pub fn set_key(
     key: &[u8; KEY_LEN],
     fingerprint: &[u8; KAD_LEN],
 ) -> Result<(), EncryptionError> {
+    set_key_modes(sg, key, fingerprint, ENCRYPT, DECRYPT)
+}
+
+/// Load `key` into the drive with the given encryption and decryption modes.
+pub fn set_key_modes(
+    sg: &SgDevice,
+    key: &[u8; KEY_LEN],
+    fingerprint: &[u8; KAD_LEN],
+    encryption_mode: u8,
+    decryption_mode: u8,
+) -> Result<(), EncryptionError> {
     let hw = probe(sg)?;
     let kad_type = if hw.algorithm.max_ukad as usize >= KAD_LEN {
         KAD_UNAUTHENTICATED
     } else {
         KAD_AUTHENTICATED
     };
-    let mut page = set_data_encryption_page(hw.algorithm.index, key, kad_type, fingerprint);
+    let mut page = set_data_encryption_page_modes(
+        hw.algorithm.index,
+        key,
+        kad_type,
+        fingerprint,
+        encryption_mode,
+        decryption_mode,
+    );
     let r = sg.execute(
         "SECURITY PROTOCOL OUT",
         &cdb::security_protocol_out(
