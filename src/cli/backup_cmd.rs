@@ -50,6 +50,16 @@ pub struct BackupArgs {
     /// is identified by its serial or wwn.
     #[arg(long, value_name = "SOCKET", conflicts_with_all = ["manifest", "disk", "disk_id"])]
     pub qmp: Option<PathBuf>,
+    /// A running libvirt domain (name or UUID): every writable disk is backed up from
+    /// one point in time (`virsh backup-begin` in pull mode), incrementals from
+    /// libvirt checkpoints `tapevault-N`; each disk is identified by its <serial> or
+    /// <wwn>. The checkpoints' XML is kept in the catalog.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["manifest", "disk", "disk_id", "qmp"])]
+    pub libvirt: Option<String>,
+    /// The libvirt connection URI for --libvirt (default: virsh's, LIBVIRT_DEFAULT_URI);
+    /// a local hypervisor: the exports are unix sockets in --scratch-dir.
+    #[arg(long, value_name = "URI", requires = "libvirt")]
+    pub connect: Option<String>,
     /// The QEMU guest agent's host-side socket: guest file systems are frozen around
     /// the point in time (filesystem-consistent); without it, or if the agent does not
     /// answer, the backup is crash-consistent and says why.
@@ -64,10 +74,11 @@ pub struct BackupArgs {
         requires = "guest_agent"
     )]
     pub freeze_timeout: u64,
-    /// Where QEMU writes the fleecing scratch images while a --qmp backup runs (they
-    /// grow by the data the guest overwrites meanwhile, at most the disk size; default:
-    /// qmp-scratch in the home).
-    #[arg(long, value_name = "DIR", requires = "qmp")]
+    /// Where QEMU writes the fleecing scratch images while a --qmp or --libvirt backup
+    /// runs, beside the NBD socket (they grow by the data the guest overwrites
+    /// meanwhile, at most the disk size; default: qmp-scratch or libvirt-scratch in the
+    /// home).
+    #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
@@ -101,8 +112,44 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             "--disk-id needs --disk PATH (the disk to read), except with --synthetic-full",
         );
     }
+    if a.scratch_dir.is_some() && a.qmp.is_none() && a.libvirt.is_none() {
+        return usage("--scratch-dir applies to a --qmp or --libvirt backup only");
+    }
     let mut live_vm = None;
-    let (vm_name, disks) = if let Some(qmp) = &a.qmp {
+    let mut domain = None;
+    let (vm_name, disks) = if let Some(dom) = &a.libvirt {
+        let opts = crate::source::libvirt::driver::LibvirtOptions {
+            scratch_dir: a
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(|| ctx.home_dir().join("libvirt-scratch")),
+            home: ctx.home_dir(),
+            start_epoch: !a.copy,
+        };
+        let (d, found) =
+            crate::source::libvirt::driver::LibvirtVm::connect(dom, a.connect.clone(), opts)
+                .map_err(|e| Error::Failed(format!("--libvirt {dom}: {e}")))?;
+        if found.is_empty() {
+            return usage(format!(
+                "--libvirt {dom}: the domain has no writable disk to back up"
+            ));
+        }
+        let disks = found
+            .into_iter()
+            .map(|(id, disk)| DiskSpec {
+                id,
+                label: None,
+                path: PathBuf::from(&disk.source),
+                changed_extents: None,
+                driver: Some(crate::source::libvirt::driver::LibvirtDisk::handle(
+                    &d, id, disk,
+                )),
+            })
+            .collect();
+        let name = a.vm.clone().or_else(|| Some(d.name()));
+        domain = Some(d);
+        (name, disks)
+    } else if let Some(qmp) = &a.qmp {
         let scratch = a
             .scratch_dir
             .clone()
@@ -183,7 +230,9 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             }],
         )
     } else {
-        return usage("give --manifest VM.toml, --disk PATH --disk-id UUID, or --qmp SOCKET");
+        return usage(
+            "give --manifest VM.toml, --disk PATH --disk-id UUID, --qmp SOCKET or --libvirt DOMAIN",
+        );
     };
     let mode = if a.full {
         Mode::Full
@@ -265,10 +314,29 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             out.note(format!("point in time of the VM: {c}"));
         }
     }
+    if let Some(d) = &domain {
+        let s = d.summary();
+        if !s.removed.is_empty() {
+            out.note(format!(
+                "removed what an interrupted backup left in libvirt: {}",
+                s.removed.join(", ")
+            ));
+        }
+        for n in &s.notes {
+            out.note(n.clone());
+        }
+        if let (Some(c), true) = (&s.new_checkpoint, report.is_ok()) {
+            out.note(format!(
+                "point in time of domain {}: crash-consistent (all disks in one libvirt backup job); next epoch: checkpoint {c}",
+                d.name()
+            ));
+        }
+    }
     let report = report?;
     // The VM's point-in-time exports are no longer needed (a synthetic full and a copy
     // read tape).
     drop(live_vm);
+    drop(domain);
     // Incremental forever: the pool's policy may ask for a synthetic full of the disks
     // just backed up (said on stderr, and in the result).
     let due = super::synthetic_cmd::due_disks(&home, &cat, &pool_name, &report)?;
