@@ -178,8 +178,29 @@ pub fn checkpoint_disks(text: &str) -> Result<Vec<String>, String> {
         .unwrap_or_default())
 }
 
-/// Defines a checkpoint again from its saved XML (libvirt lost its metadata).
+/// The checkpoint XML without its `<parent>` (libvirt refuses to redefine a
+/// checkpoint whose parent it does not know; tapevault retires parents).
+pub fn without_parent(text: &str) -> String {
+    let end_head = text.find("<domain ").unwrap_or(text.len());
+    match (text.find("<parent>"), text.find("</parent>")) {
+        (Some(a), Some(b)) if a < b && b < end_head => {
+            format!("{}{}", &text[..a], &text[b + "</parent>".len()..])
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Defines a checkpoint again from its saved XML (libvirt lost its metadata); a
+/// parent libvirt no longer knows is left out.
 pub fn redefine(v: &Virsh, dom: &str, text: &str, dir: &Path) -> Result<(), VirshError> {
+    let known = checkpoints(v, dom)?;
+    let parent = xml::parse(text)
+        .ok()
+        .and_then(|r| r.child("parent").and_then(|p| p.child("name")).map(|n| n.text.trim().to_string()));
+    let text = match parent {
+        Some(p) if !known.contains(&p) => without_parent(text),
+        _ => text.to_string(),
+    };
     let f = dir.join(format!("{PREFIX}redefine.xml"));
     std::fs::write(&f, text).map_err(|e| VirshError {
         command: format!("virsh checkpoint-create {dom} --redefine"),
@@ -276,6 +297,15 @@ mod tests {
         assert_eq!(d[1].format, "raw");
         assert!(!d[2].backed_up());
         assert_eq!(d[2].derived_id(), None);
+    }
+
+    #[test]
+    fn a_parent_is_left_out_of_a_redefinition() {
+        let x = "<domaincheckpoint>\n  <name>tapevault-3</name>\n  <parent>\n    <name>tapevault-2</name>\n  </parent>\n  <domain type='qemu'><name>d</name></domain>\n</domaincheckpoint>";
+        let y = without_parent(x);
+        assert!(!y.contains("tapevault-2"), "{y}");
+        assert!(xml::parse(&y).is_ok());
+        assert_eq!(without_parent(&y), y);
     }
 
     #[test]
