@@ -51,7 +51,11 @@ fn backup(v: &Vault, d: &Libvirtd, dom: &str) -> (serde_json::Value, String) {
     let r = v
         .run_within(&a, &[], Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.code, 0, "backup --libvirt failed: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "backup --libvirt failed: {}\n{}",
+        r.stdout, r.stderr
+    );
     (r.json, r.stderr)
 }
 
@@ -82,7 +86,14 @@ fn disk_ids(v: &Vault, d: &Libvirtd, dom: &str) -> Vec<(String, String)> {
 /// (disk id, image, copy of the disk at that point)
 type Points = Vec<(String, String, PathBuf)>;
 
-fn record(v: &Vault, g: &Guest, ids: &[(String, String)], j: &serde_json::Value, n: usize, points: &mut Points) {
+fn record(
+    v: &Vault,
+    g: &Guest,
+    ids: &[(String, String)],
+    j: &serde_json::Value,
+    n: usize,
+    points: &mut Points,
+) {
     for (t, model) in &g.disks {
         let id = &ids.iter().find(|(x, _)| x == t).unwrap().1;
         let img = image_of(j, id);
@@ -141,7 +152,11 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
     record(&v, &g, &ids, &full, 0, &mut points);
     // The checkpoint's XML is in the catalog.
     let cat = v.catalog();
-    assert!(cat.libvirt_checkpoint("tv-chain", "tapevault-1").unwrap().unwrap().contains("<domaincheckpoint>"));
+    assert!(cat
+        .libvirt_checkpoint("tv-chain", "tapevault-1")
+        .unwrap()
+        .unwrap()
+        .contains("<domaincheckpoint>"));
     drop(cat);
 
     for k in 1..=2u64 {
@@ -159,7 +174,10 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
         record(&v, &g, &ids, &inc, k as usize, &mut points);
     }
     // One checkpoint of tapevault's is left: the newest epoch.
-    assert_eq!(d.virsh(&["checkpoint-list", "tv-chain", "--name"]).trim(), "tapevault-3");
+    assert_eq!(
+        d.virsh(&["checkpoint-list", "tv-chain", "--name"]).trim(),
+        "tapevault-3"
+    );
 
     // libvirt loses the checkpoint (as when a domain is undefined and defined again):
     // redefined from the catalog, and the incremental goes on.
@@ -167,7 +185,9 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
     g.write(0, Some(0x51), 20 * MIB, 128 * 1024);
     let (inc, stderr) = backup(&v, &d, "tv-chain");
     assert!(
-        stderr.contains("checkpoint tapevault-3 was missing in libvirt: redefined from the XML in the catalog"),
+        stderr.contains(
+            "checkpoint tapevault-3 was missing in libvirt: redefined from the XML in the catalog"
+        ),
         "{stderr}"
     );
     for (_, id) in &ids {
@@ -213,15 +233,18 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
 
     // A checkpoint lost on both sides: a full of every disk, said with the reason.
     d.virsh(&["checkpoint-delete", "tv-chain", "tapevault-6", "--metadata"]);
-    v.catalog().delete_libvirt_checkpoint("tv-chain", "tapevault-6").unwrap();
+    v.catalog()
+        .delete_libvirt_checkpoint("tv-chain", "tapevault-6")
+        .unwrap();
     g.write(0, Some(0x81), 0, 64 * 1024);
     let (full2, stderr) = backup(&v, &d, "tv-chain");
     for (_, id) in &ids {
         assert_eq!(image_of(&full2, id)["kind"], "full", "{full2}");
     }
     assert!(
-        s(&full2["images"][0], "reason")
-            .contains("checkpoint tapevault-6 is missing in libvirt and the catalog has no XML of it"),
+        s(&full2["images"][0], "reason").contains(
+            "checkpoint tapevault-6 is missing in libvirt and the catalog has no XML of it"
+        ),
         "{full2}\n{stderr}"
     );
     record(&v, &g, &ids, &full2, 6, &mut points);
@@ -229,8 +252,15 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
     restore_all(&v, &points);
     // No job and no scratch left; one checkpoint.
     assert!(d.try_virsh(&["backup-dumpxml", "tv-chain"]).is_err());
-    assert_eq!(d.virsh(&["checkpoint-list", "tv-chain", "--name"]).trim(), "tapevault-7");
-    let left: Vec<_> = std::fs::read_dir(v.path("scratch")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(
+        d.virsh(&["checkpoint-list", "tv-chain", "--name"]).trim(),
+        "tapevault-7"
+    );
+    let left: Vec<_> = std::fs::read_dir(v.path("scratch"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert!(left.is_empty(), "scratch left: {left:?}");
     v.assert_catalog_consistent();
 }
@@ -295,10 +325,15 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
 
     let (next, stderr) = backup(&v, &d, "tv-kill");
     assert!(
-        stderr.contains("removed what an interrupted backup left in libvirt: backup job of domain tv-kill"),
+        stderr.contains(
+            "removed what an interrupted backup left in libvirt: backup job of domain tv-kill"
+        ),
         "{stderr}"
     );
-    assert!(stderr.contains("checkpoint tapevault-2 (no image builds on it)"), "{stderr}");
+    assert!(
+        stderr.contains("checkpoint tapevault-2 (no image builds on it)"),
+        "{stderr}"
+    );
     let img = image_of(&next, &ids[0].1);
     assert_eq!(img["kind"], "incremental", "{img}");
     record(&v, &g, &ids, &next, 1, &mut points);
@@ -307,6 +342,9 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
     assert_eq!(image_of(&inc, &ids[0].1)["kind"], "incremental");
     record(&v, &g, &ids, &inc, 2, &mut points);
     restore_all(&v, &points);
-    assert_eq!(d.virsh(&["checkpoint-list", "tv-kill", "--name"]).trim(), "tapevault-4");
+    assert_eq!(
+        d.virsh(&["checkpoint-list", "tv-kill", "--name"]).trim(),
+        "tapevault-4"
+    );
     v.assert_catalog_consistent();
 }

@@ -327,8 +327,13 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         }
         if let (Some(c), true) = (&s.new_checkpoint, report.is_ok()) {
             out.note(format!(
-                "point in time of domain {}: crash-consistent (all disks in one libvirt backup job); next epoch: checkpoint {c}",
-                d.name()
+                "point in time of domain {}: crash-consistent (all disks in one libvirt backup job); next epoch: checkpoint {c}{}",
+                d.name(),
+                if s.retired.is_empty() {
+                    String::new()
+                } else {
+                    format!("; retired checkpoint(s) {}", s.retired.join(", "))
+                }
             ));
         }
     }

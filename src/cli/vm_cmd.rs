@@ -22,7 +22,12 @@ pub enum VmCommand {
 #[derive(Debug, Args)]
 pub struct DisksArgs {
     /// The running QEMU's QMP socket.
-    #[arg(long, value_name = "SOCKET", required_unless_present = "libvirt", conflicts_with = "libvirt")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        required_unless_present = "libvirt",
+        conflicts_with = "libvirt"
+    )]
     pub qmp: Option<PathBuf>,
     /// A libvirt domain (name or UUID), read with virsh.
     #[arg(long, value_name = "DOMAIN")]
@@ -147,16 +152,16 @@ fn disks(ctx: &Ctx, a: DisksArgs) -> Result<()> {
             checkpoints: None,
             bitmaps: Some(
                 d.bitmaps
-                .iter()
-                .map(|b| BitmapLine {
-                    name: b.name.clone(),
-                    granularity: b.granularity,
-                    recording: b.recording,
-                    persistent: b.persistent,
-                    inconsistent: b.inconsistent,
-                    dirty_bytes: b.count,
-                })
-                .collect(),
+                    .iter()
+                    .map(|b| BitmapLine {
+                        name: b.name.clone(),
+                        granularity: b.granularity,
+                        recording: b.recording,
+                        persistent: b.persistent,
+                        inconsistent: b.inconsistent,
+                        dirty_bytes: b.count,
+                    })
+                    .collect(),
             ),
         })
         .collect();

@@ -26,7 +26,11 @@ pub fn have(bin: &str, arg: &str) -> bool {
 pub fn libvirt_missing() -> bool {
     for (b, arg, pkg) in [
         ("virsh", "--version", "libvirt-clients"),
-        ("libvirtd", "--version", "libvirt-daemon, libvirt-daemon-driver-qemu"),
+        (
+            "libvirtd",
+            "--version",
+            "libvirt-daemon, libvirt-daemon-driver-qemu",
+        ),
         ("qemu-system-x86_64", "--version", "qemu-system-x86"),
         ("qemu-img", "--version", "qemu-utils"),
         ("qemu-io", "--version", "qemu-utils"),

@@ -194,9 +194,11 @@ pub fn without_parent(text: &str) -> String {
 /// parent libvirt no longer knows is left out.
 pub fn redefine(v: &Virsh, dom: &str, text: &str, dir: &Path) -> Result<(), VirshError> {
     let known = checkpoints(v, dom)?;
-    let parent = xml::parse(text)
-        .ok()
-        .and_then(|r| r.child("parent").and_then(|p| p.child("name")).map(|n| n.text.trim().to_string()));
+    let parent = xml::parse(text).ok().and_then(|r| {
+        r.child("parent")
+            .and_then(|p| p.child("name"))
+            .map(|n| n.text.trim().to_string())
+    });
     let text = match parent {
         Some(p) if !known.contains(&p) => without_parent(text),
         _ => text.to_string(),

@@ -103,6 +103,8 @@ pub struct LibvirtOptions {
 struct Plan {
     id: Uuid,
     disk: DomainDisk,
+    /// The checkpoint the disk's newest good image recorded.
+    base: Option<String>,
     decision: Decision,
     change_id: Option<String>,
     committed: bool,
@@ -128,6 +130,7 @@ pub struct LibvirtVm {
     signal: Option<SignalGuard>,
     notes: Vec<String>,
     removed: Vec<String>,
+    retired: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -139,6 +142,8 @@ pub struct DomainSummary {
     pub removed: Vec<String>,
     pub notes: Vec<String>,
     pub new_checkpoint: Option<String>,
+    /// Older checkpoints deleted after the images were committed.
+    pub retired: Vec<String>,
 }
 
 impl SharedDomain {
@@ -156,16 +161,14 @@ impl SharedDomain {
             removed: g.removed.clone(),
             notes: g.notes.clone(),
             new_checkpoint: g.new_checkpoint.clone(),
+            retired: g.retired.clone(),
         }
     }
 }
 
 /// The domain's disks a backup takes, each with its identity; two disks with one
 /// identity or one image are refused.
-pub fn backup_disks(
-    domain: &str,
-    disks: &[DomainDisk],
-) -> Result<Vec<(Uuid, DomainDisk)>, String> {
+pub fn backup_disks(domain: &str, disks: &[DomainDisk]) -> Result<Vec<(Uuid, DomainDisk)>, String> {
     let mut out: Vec<(Uuid, DomainDisk)> = Vec::new();
     for d in disks.iter().filter(|d| d.backed_up()) {
         let Some(id) = d.derived_id() else {
@@ -251,6 +254,7 @@ impl LibvirtVm {
             signal: None,
             notes: Vec::new(),
             removed,
+            retired: Vec::new(),
         };
         Ok((SharedDomain(Arc::new(Mutex::new(vm))), disks))
     }
@@ -370,26 +374,41 @@ impl LibvirtVm {
             plans.push(Plan {
                 id,
                 disk,
+                base: req
+                    .base_change_id
+                    .as_deref()
+                    .and_then(ChangeId::parse)
+                    .map(|c| c.checkpoint()),
                 decision,
                 change_id: None,
                 committed: false,
             });
         }
-        // Checkpoints of tapevault's that no disk builds on: what a killed or failed
-        // run created, or ones retired by an interrupted run.
-        if self.opts.start_epoch {
-            for name in existing.iter().filter(|n| epoch_of(n).is_some()) {
-                let needed = plans
-                    .iter()
-                    .any(|p| p.decision == Decision::Incremental { from: name.clone() });
-                if !needed {
-                    domain::delete_checkpoint(&v, &dom, name).map_err(|e| e.to_string())?;
-                    let _ = cat.delete_libvirt_checkpoint(&dom, name);
+        // Checkpoints newer than every disk's base: what a killed or failed run created
+        // (no image records them). Older ones are retired only after this run's images
+        // are committed ([`LibvirtVm::finish`]).
+        let bases: Vec<Option<u64>> = self
+            .prepared
+            .iter()
+            .map(|(_, r)| {
+                r.base_change_id
+                    .as_deref()
+                    .and_then(ChangeId::parse)
+                    .map(|c| c.epoch)
+            })
+            .collect();
+        if self.opts.start_epoch && !bases.is_empty() && bases.iter().all(Option::is_some) {
+            let newest_base = bases.iter().flatten().max().copied().unwrap_or(0);
+            for name in existing.clone() {
+                if epoch_of(&name).is_some_and(|e| e > newest_base) {
+                    domain::delete_checkpoint(&v, &dom, &name).map_err(|e| e.to_string())?;
+                    let _ = cat.delete_libvirt_checkpoint(&dom, &name);
                     self.removed
                         .push(format!("checkpoint {name} (no image builds on it)"));
                 }
             }
         }
+        // Names never come back (those just deleted count too).
         let next = existing
             .iter()
             .filter_map(|n| epoch_of(n))
@@ -428,7 +447,10 @@ impl LibvirtVm {
             attempts += 1;
             let (backup_xml, cp_xml) = self.documents(&all.disks, new_cp.as_deref());
             let bf = self.opts.scratch_dir.join(format!("{PREFIX}backup.xml"));
-            let cf = self.opts.scratch_dir.join(format!("{PREFIX}checkpoint.xml"));
+            let cf = self
+                .opts
+                .scratch_dir
+                .join(format!("{PREFIX}checkpoint.xml"));
             std::fs::write(&bf, backup_xml).map_err(|e| format!("{}: {e}", bf.display()))?;
             let mut args = vec![
                 "backup-begin".to_string(),
@@ -529,10 +551,9 @@ impl LibvirtVm {
                 Some(p) => {
                     let mode = match &p.decision {
                         Decision::Full { .. } => "backupmode='full'".to_string(),
-                        Decision::Incremental { from } => format!(
-                            "backupmode='incremental' incremental='{}'",
-                            escape(from)
-                        ),
+                        Decision::Incremental { from } => {
+                            format!("backupmode='incremental' incremental='{}'", escape(from))
+                        }
                     };
                     let scratch = self
                         .opts
@@ -602,14 +623,12 @@ impl LibvirtVm {
             }
             return;
         }
+        // A disk whose new image is not committed still builds on its old checkpoint.
         let needed: Vec<String> = self
             .plans
             .iter()
             .filter(|p| !p.committed)
-            .filter_map(|p| match &p.decision {
-                Decision::Incremental { from } => Some(from.clone()),
-                Decision::Full { .. } => None,
-            })
+            .filter_map(|p| p.base.clone())
             .collect();
         let new_epoch = epoch_of(&new_cp).unwrap_or(u64::MAX);
         if let Ok(list) = domain::checkpoints(&v, &dom) {
@@ -617,7 +636,10 @@ impl LibvirtVm {
                 let old = epoch_of(&name).is_some_and(|e| e < new_epoch);
                 if old && !needed.contains(&name) {
                     match domain::delete_checkpoint(&v, &dom, &name) {
-                        Ok(()) => forget(&name),
+                        Ok(()) => {
+                            forget(&name);
+                            self.retired.push(name);
+                        }
                         Err(e) => self
                             .notes
                             .push(format!("retiring checkpoint {name} failed: {e}")),
@@ -770,7 +792,10 @@ mod tests {
             epoch: 4,
             size: 1 << 26,
         };
-        assert_eq!(c.to_string(), "libvirt-checkpoint:tapevault-4:size=67108864");
+        assert_eq!(
+            c.to_string(),
+            "libvirt-checkpoint:tapevault-4:size=67108864"
+        );
         assert_eq!(ChangeId::parse(&c.to_string()), Some(c));
         for bad in [
             "",

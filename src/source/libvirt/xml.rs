@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(d.attr("type"), Some("qemu"));
         assert_eq!(d.child("name").unwrap().text, "a&b");
         let disk = d.child("devices").unwrap().child("disk").unwrap();
-        assert_eq!(disk.child("source").unwrap().attr("file"), Some("/x/a b.qcow2"));
+        assert_eq!(
+            disk.child("source").unwrap().attr("file"),
+            Some("/x/a b.qcow2")
+        );
         assert_eq!(disk.child("serial").unwrap().text, "S1");
         assert!(disk.child("readonly").is_some());
     }
