@@ -348,3 +348,42 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
     );
     v.assert_catalog_consistent();
 }
+
+#[test]
+fn after_the_domains_qemu_was_killed_the_next_backup_is_a_full_with_libvirts_reason() {
+    if libvirt_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let mut d = Libvirtd::start(&v.root);
+    d.start_domain("tv-crash", &v.root, &[("a", 32 * MIB, "SER-X")]);
+    let mut g = Guest {
+        d: &d,
+        dom: "tv-crash".into(),
+        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
+    };
+    g.write(0, Some(0x11), 0, MIB);
+    let ids = disk_ids(&v, &d, "tv-crash");
+    let mut points = Points::new();
+    let (full, _) = backup(&v, &d, "tv-crash");
+    record(&v, &g, &ids, &full, 0, &mut points);
+    // The checkpoint's bitmap was created in this QEMU run: after kill -9 it is gone,
+    // while libvirt still lists the checkpoint.
+    d.kill9_qemu_and_restart("tv-crash", "vda");
+    g.write(0, Some(0x22), 4 * MIB, MIB);
+    let (j, stderr) = backup(&v, &d, "tv-crash");
+    let img = image_of(&j, &ids[0].1);
+    assert_eq!(img["kind"], "full", "{img}");
+    assert!(
+        s(img, "reason").contains("libvirt refused the incremental from checkpoint tapevault-1"),
+        "{img}\n{stderr}"
+    );
+    record(&v, &g, &ids, &j, 1, &mut points);
+    g.write(0, Some(0x33), 8 * MIB, 64 * 1024);
+    let (j, _) = backup(&v, &d, "tv-crash");
+    assert_eq!(image_of(&j, &ids[0].1)["kind"], "incremental", "{j}");
+    record(&v, &g, &ids, &j, 2, &mut points);
+    restore_all(&v, &points);
+    v.assert_catalog_consistent();
+}

@@ -302,3 +302,30 @@ impl Drop for Libvirtd {
         }
     }
 }
+
+impl Libvirtd {
+    /// kill -9 of the domain's QEMU (by its pid file), then start the domain again.
+    /// The guest's writes are flushed first (as a guest OS would have), so only the
+    /// change tracking is lost, not data.
+    pub fn kill9_qemu_and_restart(&self, dom: &str, target: &str) {
+        let cmd = format!("qemu-io -d {} \"flush\"", self.backend(dom, target));
+        self.virsh(&["qemu-monitor-command", dom, "--hmp", &cmd]);
+        let pidf = self.dir.join(format!("run/qemu/{dom}.pid"));
+        let pid: i32 = std::fs::read_to_string(&pidf)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidf.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let t = Instant::now();
+        while !self.virsh(&["domstate", dom]).contains("shut off") {
+            assert!(t.elapsed() < Duration::from_secs(60), "domain {dom} did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.virsh(&["start", dom]);
+    }
+}
