@@ -38,7 +38,8 @@ pub struct BackupArgs {
     /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
     #[arg(long, value_name = "FILE", requires = "disk")]
     pub changed_extents: Option<PathBuf>,
-    /// VM name recorded with a --disk or --qmp backup.
+    /// VM name recorded with a --disk, --qmp or --libvirt backup (default for --libvirt:
+    /// the domain name).
     #[arg(long)]
     pub vm: Option<String>,
     /// The disk's label within its VM (as a manifest's `label`): with --vm it names the

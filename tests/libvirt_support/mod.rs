@@ -323,7 +323,10 @@ impl Libvirtd {
         .unwrap();
         let t = Instant::now();
         while !self.virsh(&["domstate", dom]).contains("shut off") {
-            assert!(t.elapsed() < Duration::from_secs(60), "domain {dom} did not stop");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "domain {dom} did not stop"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         self.virsh(&["start", dom]);
