@@ -265,6 +265,51 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
     v.assert_catalog_consistent();
 }
 
+/// Starts a backup, sends `sig` as soon as its export socket exists, and returns its
+/// exit code and whether the job was caught running.
+fn interrupt(
+    v: &Vault,
+    d: &Libvirtd,
+    dom: &str,
+    sig: nix::sys::signal::Signal,
+) -> (Option<i32>, bool) {
+    let a = backup_args(v, d, dom);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut child = v
+        .command(&a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = v.path("scratch").join("tapevault-nbd.sock");
+    let t = Instant::now();
+    let mut caught = false;
+    while t.elapsed() < Duration::from_secs(120) {
+        if sock.exists() {
+            caught = true;
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).ok();
+    let t = Instant::now();
+    let code = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st.code();
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tapevault did not end within 120 s of {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, caught)
+}
+
 #[test]
 fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
     if libvirt_missing() {
@@ -289,35 +334,17 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
     for i in 0..12u64 {
         g.write(0, Some(0x20 + i as u8), (8 + i * 16) * MIB, 16 * MIB);
     }
-    let a = backup_args(&v, &d, "tv-kill");
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let mut child = v
-        .command(&a)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sock = v.path("scratch").join("tapevault-nbd.sock");
-    let t = Instant::now();
-    let mut caught = false;
-    while t.elapsed() < Duration::from_secs(120) {
-        if sock.exists() {
-            caught = true;
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .ok();
-    let _ = child.wait();
+    // SIGTERM mid-backup: the job is ended before tapevault exits (128 + 15).
+    let (code, caught) = interrupt(&v, &d, "tv-kill", nix::sys::signal::Signal::SIGTERM);
     assert!(caught, "the backup ended before its job was seen running");
-    // The job outlives the killed process.
+    assert_eq!(code, Some(143));
+    assert!(
+        d.try_virsh(&["backup-dumpxml", "tv-kill"]).is_err(),
+        "a backup job is left running after SIGTERM"
+    );
+    // kill -9 mid-backup: the job outlives the killed process.
+    let (_, caught) = interrupt(&v, &d, "tv-kill", nix::sys::signal::Signal::SIGKILL);
+    assert!(caught, "the backup ended before its job was seen running");
     assert!(
         d.try_virsh(&["backup-dumpxml", "tv-kill"]).is_ok(),
         "no backup job left running after kill -9"
@@ -330,8 +357,9 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
         ),
         "{stderr}"
     );
+    // The SIGTERM run's checkpoint went in the killed run, the killed run's now.
     assert!(
-        stderr.contains("checkpoint tapevault-2 (no image builds on it)"),
+        stderr.contains("checkpoint tapevault-3 (no image builds on it)"),
         "{stderr}"
     );
     let img = image_of(&next, &ids[0].1);
@@ -344,7 +372,7 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
     restore_all(&v, &points);
     assert_eq!(
         d.virsh(&["checkpoint-list", "tv-kill", "--name"]).trim(),
-        "tapevault-4"
+        "tapevault-5"
     );
     v.assert_catalog_consistent();
 }
