@@ -256,6 +256,11 @@ fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_b
         d.virsh(&["checkpoint-list", "tv-chain", "--name"]).trim(),
         "tapevault-7"
     );
+    let j = v.ok(&["vm", "disks", "--libvirt", "tv-chain", "--connect", &d.uri]);
+    for x in j["disks"].as_array().unwrap() {
+        assert_eq!(x["checkpoints"], serde_json::json!(["tapevault-7"]), "{j}");
+        assert!(x.get("qdev").is_none() && x.get("bitmaps").is_none(), "{j}");
+    }
     let left: Vec<_> = std::fs::read_dir(v.path("scratch"))
         .unwrap()
         .flatten()
