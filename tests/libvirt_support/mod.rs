@@ -45,6 +45,17 @@ pub fn libvirt_missing() -> bool {
         eprintln!("skipped: the hand-started libvirtd needs root (a private mount namespace)");
         return true;
     }
+    let ns = Command::new("unshare")
+        .args(["-m", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ns {
+        eprintln!("skipped: `unshare -m` is not permitted here (the hand-started libvirtd runs in a private mount namespace)");
+        return true;
+    }
     false
 }
 
