@@ -420,3 +420,44 @@ fn after_the_domains_qemu_was_killed_the_next_backup_is_a_full_with_libvirts_rea
     restore_all(&v, &points);
     v.assert_catalog_consistent();
 }
+
+#[test]
+fn a_raw_disk_is_read_whole_each_time_beside_a_qcow2_disks_incrementals() {
+    if libvirt_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let mut d = Libvirtd::start(&v.root);
+    d.start_domain(
+        "tv-raw",
+        &v.root,
+        &[("a", 16 * MIB, "SER-Q"), ("r.raw", 8 * MIB, "SER-R")],
+    );
+    let mut g = Guest {
+        d: &d,
+        dom: "tv-raw".into(),
+        disks: vec![
+            ("vda".into(), vec![0u8; 16 * MIB as usize]),
+            ("vdb".into(), vec![0u8; 8 * MIB as usize]),
+        ],
+    };
+    g.write(0, Some(0x11), 0, MIB);
+    g.write(1, Some(0x12), MIB, MIB);
+    let ids = disk_ids(&v, &d, "tv-raw");
+    let mut points = Points::new();
+    let (full, _) = backup(&v, &d, "tv-raw");
+    record(&v, &g, &ids, &full, 0, &mut points);
+    g.write(0, Some(0x21), 4 * MIB, 64 * 1024);
+    g.write(1, Some(0x22), 4 * MIB, 64 * 1024);
+    let (next, _) = backup(&v, &d, "tv-raw");
+    let q = &ids.iter().find(|(t, _)| t == "vda").unwrap().1;
+    let r = &ids.iter().find(|(t, _)| t == "vdb").unwrap().1;
+    assert_eq!(image_of(&next, q)["kind"], "incremental", "{next}");
+    assert_eq!(image_of(&next, q)["method"], "dirty-bitmap", "{next}");
+    // Without a checkpoint bitmap the raw disk's change tracking is not libvirt's.
+    assert_ne!(image_of(&next, r)["method"], "dirty-bitmap", "{next}");
+    record(&v, &g, &ids, &next, 1, &mut points);
+    restore_all(&v, &points);
+    v.assert_catalog_consistent();
+}

@@ -180,9 +180,21 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
     pub fn start_domain(&mut self, name: &str, dir: &Path, disks: &[(&str, u64, &str)]) {
         let mut devs = String::new();
         for (i, (file, size, serial)) in disks.iter().enumerate() {
-            let path = dir.join(format!("{file}.qcow2"));
-            create_qcow2(&path, *size);
-            devs.push_str(&disk_xml(&path, &target(i), serial));
+            // A name ending in `.raw` is a raw image, any other a qcow2 one.
+            if file.ends_with(".raw") {
+                let path = dir.join(file);
+                std::fs::File::create(&path)
+                    .unwrap()
+                    .set_len(*size)
+                    .unwrap();
+                devs.push_str(
+                    &disk_xml(&path, &target(i), serial).replace("type='qcow2'", "type='raw'"),
+                );
+            } else {
+                let path = dir.join(format!("{file}.qcow2"));
+                create_qcow2(&path, *size);
+                devs.push_str(&disk_xml(&path, &target(i), serial));
+            }
         }
         let xml = format!(
             "<domain type='qemu'>

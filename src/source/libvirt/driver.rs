@@ -275,6 +275,12 @@ impl LibvirtVm {
         if !self.opts.start_epoch {
             return full("a copy reads the whole disk and starts no checkpoint".into());
         }
+        if !keeps_bitmaps(disk) {
+            return full(format!(
+                "disk {} is {}, which keeps no checkpoint bitmap (only qcow2 does)",
+                disk.target, disk.format
+            ));
+        }
         let Some(prev) = &req.base_change_id else {
             return full("no earlier good image of this disk with a libvirt checkpoint (a disk new to the domain, or the first backup)".into());
         };
@@ -428,7 +434,9 @@ impl LibvirtVm {
             .max()
             .unwrap_or(0)
             + 1;
-        let new_cp = self.opts.start_epoch.then(|| checkpoint_name(next));
+        // A checkpoint needs a disk to hold a bitmap of.
+        let new_cp = (self.opts.start_epoch && plans.iter().any(|p| keeps_bitmaps(&p.disk)))
+            .then(|| checkpoint_name(next));
         self.plans = plans;
 
         let all = domain::inspect(&v, &dom).map_err(|e| e.to_string())?;
@@ -517,7 +525,7 @@ impl LibvirtVm {
             let x = domain::checkpoint_xml(&v, &dom, name).map_err(|e| e.to_string())?;
             cat.put_libvirt_checkpoint(&dom, name, self.domain_uuid.as_deref(), &x)
                 .map_err(|e| format!("keeping checkpoint {name}'s XML in the catalog: {e}"))?;
-            for p in &mut self.plans {
+            for p in self.plans.iter_mut().filter(|p| keeps_bitmaps(&p.disk)) {
                 p.change_id = Some(
                     ChangeId {
                         epoch: next,
@@ -566,8 +574,9 @@ impl LibvirtVm {
                     ));
                     if let Some(c) = &mut c {
                         c.push_str(&format!(
-                            "    <disk name='{}' checkpoint='bitmap'/>\n",
-                            escape(&d.target)
+                            "    <disk name='{}' checkpoint='{}'/>\n",
+                            escape(&d.target),
+                            if keeps_bitmaps(d) { "bitmap" } else { "no" }
                         ));
                     }
                 }
@@ -654,6 +663,11 @@ impl Drop for LibvirtVm {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Whether libvirt can keep a checkpoint bitmap of the disk (in its qcow2 image).
+fn keeps_bitmaps(d: &DomainDisk) -> bool {
+    d.format == "qcow2"
 }
 
 /// Files of tapevault's in the scratch directory (a killed run's).
