@@ -625,6 +625,36 @@ fn vm_disks(c: &mut Contract, v: &Vault) {
             .contains("/nonexistent/qmp.sock"),
         "{e}"
     );
+    // --libvirt against a libvirtd that is not there: the error names the domain.
+    let nobody = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+    let e = c.fails(
+        v,
+        "vm disks",
+        &["vm", "disks", "--libvirt", "tv-none", "--connect", nobody],
+        1,
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("--libvirt tv-none"),
+        "{e}"
+    );
+    let e = c.fails(
+        v,
+        "backup",
+        &[
+            "backup",
+            "--libvirt",
+            "tv-none",
+            "--connect",
+            nobody,
+            "--pool",
+            "p",
+        ],
+        1,
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("--libvirt tv-none"),
+        "{e}"
+    );
     if qmp_support::qemu_missing() {
         eprintln!("skipped: `vm disks` against a running VM (no QEMU): only its error document was checked");
         return;

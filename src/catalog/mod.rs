@@ -15,6 +15,7 @@ mod check;
 mod dump;
 mod images;
 mod jobs;
+mod libvirt;
 mod lookup;
 mod parts;
 mod plan;

@@ -197,8 +197,24 @@ CREATE INDEX sessions_set ON sessions(media_set_uuid, started);
 CREATE INDEX images_session ON images(session_uuid);
 "#;
 
+/// Migration 8: libvirt checkpoints tapevault created, with the XML libvirt gave for
+/// each (`virsh checkpoint-dumpxml`, the domain's XML included), so that a checkpoint
+/// libvirt lost (the domain was undefined and defined again, its metadata deleted) can
+/// be redefined with `virsh checkpoint-create --redefine`. Keyed by the domain's name
+/// and the checkpoint's; a row goes when tapevault retires the checkpoint.
+const V8: &str = r#"
+CREATE TABLE libvirt_checkpoints (
+    domain      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    domain_uuid TEXT,
+    xml         TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    PRIMARY KEY (domain, name)
+);
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

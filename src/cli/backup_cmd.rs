@@ -38,7 +38,8 @@ pub struct BackupArgs {
     /// Changed extents since the last backup (QueryChangedDiskAreas JSON).
     #[arg(long, value_name = "FILE", requires = "disk")]
     pub changed_extents: Option<PathBuf>,
-    /// VM name recorded with a --disk or --qmp backup.
+    /// VM name recorded with a --disk, --qmp or --libvirt backup (default for --libvirt:
+    /// the domain name).
     #[arg(long)]
     pub vm: Option<String>,
     /// The disk's label within its VM (as a manifest's `label`): with --vm it names the
@@ -50,6 +51,16 @@ pub struct BackupArgs {
     /// is identified by its serial or wwn.
     #[arg(long, value_name = "SOCKET", conflicts_with_all = ["manifest", "disk", "disk_id"])]
     pub qmp: Option<PathBuf>,
+    /// A running libvirt domain (name or UUID): every writable disk is backed up from
+    /// one point in time (`virsh backup-begin` in pull mode), incrementals from
+    /// libvirt checkpoints `tapevault-N`; each disk is identified by its <serial> or
+    /// <wwn>. The checkpoints' XML is kept in the catalog.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["manifest", "disk", "disk_id", "qmp"])]
+    pub libvirt: Option<String>,
+    /// The libvirt connection URI for --libvirt (default: virsh's, LIBVIRT_DEFAULT_URI);
+    /// a local hypervisor: the exports are unix sockets in --scratch-dir.
+    #[arg(long, value_name = "URI", requires = "libvirt")]
+    pub connect: Option<String>,
     /// The QEMU guest agent's host-side socket: guest file systems are frozen around
     /// the point in time (filesystem-consistent); without it, or if the agent does not
     /// answer, the backup is crash-consistent and says why.
@@ -65,8 +76,9 @@ pub struct BackupArgs {
     )]
     pub freeze_timeout: u64,
     /// Where QEMU writes the fleecing scratch images while a backup of a running VM runs
-    /// (--qmp, or a manifest with `qmp`; they grow by the data the guest overwrites
-    /// meanwhile, at most the disk size; default: qmp-scratch in the home).
+    /// (--qmp, --libvirt, or a manifest with `qmp`), beside the NBD socket (they grow by
+    /// the data the guest overwrites meanwhile, at most the disk size; default:
+    /// qmp-scratch or libvirt-scratch in the home).
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// The pool to write to (default: `default_pool` in the home's config.toml).
@@ -173,11 +185,46 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             "--disk-id needs --disk PATH (the disk to read), except with --synthetic-full",
         );
     }
-    if a.scratch_dir.is_some() && a.qmp.is_none() && a.manifest.is_none() {
-        return usage("--scratch-dir applies to a running VM (--qmp, or a manifest with qmp)");
+    if a.scratch_dir.is_some() && a.qmp.is_none() && a.libvirt.is_none() && a.manifest.is_none() {
+        return usage(
+            "--scratch-dir applies to a running VM (--qmp, --libvirt, or a manifest with qmp)",
+        );
     }
     let mut live_vm = None;
-    let (vm_name, disks) = if let Some(qmp) = &a.qmp {
+    let mut domain = None;
+    let (vm_name, disks) = if let Some(dom) = &a.libvirt {
+        let opts = crate::source::libvirt::driver::LibvirtOptions {
+            scratch_dir: a
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(|| ctx.home_dir().join("libvirt-scratch")),
+            home: ctx.home_dir(),
+            start_epoch: !a.copy,
+        };
+        let (d, found) =
+            crate::source::libvirt::driver::LibvirtVm::connect(dom, a.connect.clone(), opts)
+                .map_err(|e| Error::Failed(format!("--libvirt {dom}: {e}")))?;
+        if found.is_empty() {
+            return usage(format!(
+                "--libvirt {dom}: the domain has no writable disk to back up"
+            ));
+        }
+        let disks = found
+            .into_iter()
+            .map(|(id, disk)| DiskSpec {
+                id,
+                label: None,
+                path: PathBuf::from(&disk.source),
+                changed_extents: None,
+                driver: Some(crate::source::libvirt::driver::LibvirtDisk::handle(
+                    &d, id, disk,
+                )),
+            })
+            .collect();
+        let name = a.vm.clone().or_else(|| Some(d.name()));
+        domain = Some(d);
+        (name, disks)
+    } else if let Some(qmp) = &a.qmp {
         let agent = a.guest_agent.clone().map(|g| (g, a.freeze_timeout));
         let (vm, disks) = connect_live(ctx, &a, qmp, agent, None)?;
         let name = a.vm.clone().or_else(|| vm.name());
@@ -239,7 +286,9 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             }],
         )
     } else {
-        return usage("give --manifest VM.toml, --disk PATH --disk-id UUID, or --qmp SOCKET");
+        return usage(
+            "give --manifest VM.toml, --disk PATH --disk-id UUID, --qmp SOCKET or --libvirt DOMAIN",
+        );
     };
     let mode = if a.full {
         Mode::Full
@@ -337,10 +386,34 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             out.note(format!("point in time of the VM: {c}"));
         }
     }
+    let domain_summary = domain.as_ref().map(|d| d.summary());
+    if let (Some(d), Some(s)) = (&domain, &domain_summary) {
+        if !s.removed.is_empty() {
+            out.note(format!(
+                "removed what an interrupted backup left in libvirt: {}",
+                s.removed.join(", ")
+            ));
+        }
+        for n in &s.notes {
+            out.note(n.clone());
+        }
+        if let (Some(c), true) = (&s.new_checkpoint, report.is_ok()) {
+            out.note(format!(
+                "point in time of domain {}: crash-consistent (all disks in one libvirt backup job); next epoch: checkpoint {c}{}",
+                d.name(),
+                if s.retired.is_empty() {
+                    String::new()
+                } else {
+                    format!("; retired checkpoint(s) {}", s.retired.join(", "))
+                }
+            ));
+        }
+    }
     let report = report?;
     // The VM's point-in-time exports are no longer needed (a synthetic full and a copy
     // read tape).
     drop(live_vm);
+    drop(domain);
     // Incremental forever: the pool's policy may ask for a synthetic full of the disks
     // just backed up (said on stderr, and in the result).
     let due = super::synthetic_cmd::due_disks(&home, &cat, &pool_name, &report)?;
@@ -411,12 +484,26 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         #[serde(skip_serializing_if = "Option::is_none")]
         point_in_time: Option<PointInTimeDoc>,
     }
-    let doc = BackupDoc {
-        backup: &report,
-        synthetic: synthetic.as_ref(),
-        copy: copy.as_ref(),
-        point_in_time: live_summary.map(PointInTimeDoc::of),
-    };
+    let doc =
+        BackupDoc {
+            backup: &report,
+            synthetic: synthetic.as_ref(),
+            copy: copy.as_ref(),
+            point_in_time: live_summary.map(PointInTimeDoc::of).or_else(|| {
+                domain_summary.map(|s| {
+                    PointInTimeDoc {
+                driver: "libvirt",
+                consistency: if s.new_checkpoint.is_some() { "crash" } else { "none" },
+                frozen_filesystems: None,
+                reason: Some(
+                    "all disks in one libvirt backup job; the guest's file systems are not frozen"
+                        .into(),
+                ),
+                removed_leftovers: s.removed,
+            }
+                })
+            }),
+        };
     let text = || {
         let mut s = format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",
@@ -473,7 +560,8 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
 /// `backup --json`, docs/JSON.md).
 #[derive(serde::Serialize)]
 struct PointInTimeDoc {
-    /// How the disks were read: `qmp` (a running QEMU).
+    /// How the disks were read: `qmp` (a running QEMU) or `libvirt` (a domain's backup
+    /// job).
     driver: &'static str,
     /// `filesystem` (the guest agent froze the file systems around the instant),
     /// `crash` (every disk at the same instant, as after a power cut), or `none` when

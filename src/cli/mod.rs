@@ -117,7 +117,7 @@ pub enum Command {
     /// Exit 0 whenever the overview could be made, whatever it shows: scripts read
     /// `needs_attention` (`--json`), a list that is empty when nothing needs a person.
     Status,
-    /// A running VM: list its disks as a --qmp backup takes them.
+    /// A running VM: list its disks as a --qmp or --libvirt backup takes them.
     #[command(subcommand)]
     Vm(vm_cmd::VmCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

@@ -282,11 +282,7 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
             .flatten()
             .is_some_and(|s| kept.contains(&s))
     };
-    let point_kept = |p: &Uuid| {
-        holders
-            .get(p)
-            .is_some_and(|hs| hs.iter().any(&on_kept))
-    };
+    let point_kept = |p: &Uuid| holders.get(p).is_some_and(|hs| hs.iter().any(&on_kept));
     // The image whose set a point needing a hold holds.
     let hold_target = |p: &Uuid| -> Option<Uuid> {
         let orig_complete = by_uuid

@@ -9,12 +9,14 @@
 //!   extents from `qemu:dirty-bitmap:NAME`).
 //! - [`export`]: the driver contract for disks served as NBD exports, with epochs.
 //! - [`qmp`]: a running QEMU over QMP: live point-in-time exports of all its disks.
+//! - [`libvirt`]: a libvirt domain through virsh: pull-mode backups with checkpoints.
 
 pub mod changed;
 pub mod disk;
 pub mod export;
 pub mod hashscan;
 pub mod input;
+pub mod libvirt;
 pub mod manifest;
 pub mod nbd;
 pub mod qemu_image;

@@ -12,6 +12,36 @@ use super::error::QmpError;
 /// changing it would start every chain anew.
 pub const IDENTITY_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_3c3a_9a55_4f0e_b2f1_7a6e_3c11_d0e5);
 
+/// A disk's id derived from its device, shared by the QMP and libvirt drivers so a
+/// disk keeps its identity whichever way it is reached: a serial that is a UUID is
+/// taken as is (OpenStack and many tools use the volume UUID as serial); otherwise
+/// UUIDv5 of the WWN (as `0x` and 16 lowercase hex digits), else of the serial. `None`
+/// when the device has neither.
+pub fn derive_disk_id(serial: Option<&str>, wwn: Option<&str>) -> Option<Uuid> {
+    if let Some(s) = serial {
+        if let Ok(u) = Uuid::parse_str(s) {
+            return Some(u);
+        }
+    }
+    if let Some(w) = wwn {
+        return Some(Uuid::new_v5(
+            &IDENTITY_NAMESPACE,
+            format!("wwn:{w}").as_bytes(),
+        ));
+    }
+    serial.map(|s| Uuid::new_v5(&IDENTITY_NAMESPACE, format!("serial:{s}").as_bytes()))
+}
+
+/// How [`derive_disk_id`] found the identity, for listings and errors.
+pub fn identity_source(serial: Option<&str>, wwn: Option<&str>) -> String {
+    match (serial, wwn) {
+        (Some(s), _) if Uuid::parse_str(s).is_ok() => format!("serial {s}"),
+        (_, Some(w)) => format!("wwn {w}"),
+        (Some(s), None) => format!("serial {s:?}"),
+        (None, None) => "none (the device has no serial or wwn)".to_string(),
+    }
+}
+
 /// One dirty bitmap of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {
@@ -47,34 +77,15 @@ pub struct VmDisk {
 }
 
 impl VmDisk {
-    /// The id derived from the device: a serial that is a UUID is taken as is (OpenStack
-    /// and many tools use the volume UUID as serial); otherwise UUIDv5 of the WWN, else
-    /// of the serial. `None` when the device has neither.
+    /// The id derived from the device ([`derive_disk_id`]); `None` when the device
+    /// has neither a serial nor a wwn.
     pub fn derived_id(&self) -> Option<Uuid> {
-        if let Some(s) = &self.serial {
-            if let Ok(u) = Uuid::parse_str(s) {
-                return Some(u);
-            }
-        }
-        if let Some(w) = &self.wwn {
-            return Some(Uuid::new_v5(
-                &IDENTITY_NAMESPACE,
-                format!("wwn:{w}").as_bytes(),
-            ));
-        }
-        self.serial
-            .as_ref()
-            .map(|s| Uuid::new_v5(&IDENTITY_NAMESPACE, format!("serial:{s}").as_bytes()))
+        derive_disk_id(self.serial.as_deref(), self.wwn.as_deref())
     }
 
     /// How the identity was found, for listings and errors.
     pub fn identity_source(&self) -> String {
-        match (&self.serial, &self.wwn) {
-            (Some(s), _) if Uuid::parse_str(s).is_ok() => format!("serial {s}"),
-            (_, Some(w)) => format!("wwn {w}"),
-            (Some(s), None) => format!("serial {s:?}"),
-            (None, None) => "none (the device has no serial or wwn)".to_string(),
-        }
+        identity_source(self.serial.as_deref(), self.wwn.as_deref())
     }
 
     /// The device id as the operator named it (`vd0` of `/machine/peripheral/vd0/...`).

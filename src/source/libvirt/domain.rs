@@ -1,0 +1,320 @@
+//! A libvirt domain as `virsh` shows it: its disks and their identity (serial / wwn,
+//! never the target name or order), its checkpoints, and a backup job of tapevault's
+//! that a killed run left running.
+
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::virsh::{Virsh, VirshError};
+use super::xml::{self, Element};
+use crate::source::qmp::disks::{derive_disk_id, identity_source};
+
+/// Every checkpoint, socket and scratch file tapevault makes starts with this.
+pub const PREFIX: &str = "tapevault-";
+
+/// One disk of the domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDisk {
+    /// The target name (`vda`): the export's name and libvirt's key in checkpoint and
+    /// backup XML, never the disk's identity.
+    pub target: String,
+    /// `disk`, `cdrom`, `floppy`, `lun`.
+    pub device: String,
+    /// The format libvirt opens (`qcow2` keeps checkpoint bitmaps; `raw` cannot).
+    pub format: String,
+    /// The image file or block device (or `protocol:name` of a network disk).
+    pub source: String,
+    pub size: u64,
+    pub read_only: bool,
+    pub serial: Option<String>,
+    /// As `0x` and 16 lowercase hex digits (as QMP reports it, so the identity is the
+    /// same through either driver).
+    pub wwn: Option<String>,
+}
+
+impl DomainDisk {
+    pub fn derived_id(&self) -> Option<Uuid> {
+        derive_disk_id(self.serial.as_deref(), self.wwn.as_deref())
+    }
+
+    pub fn identity_source(&self) -> String {
+        identity_source(self.serial.as_deref(), self.wwn.as_deref())
+    }
+
+    /// Whether a backup takes it: a writable disk with a medium.
+    pub fn backed_up(&self) -> bool {
+        matches!(self.device.as_str(), "disk" | "lun") && !self.read_only && !self.source.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub uuid: Option<String>,
+    /// `running`, `paused`, `shut off`, ... as `virsh domstate` says.
+    pub state: String,
+    pub disks: Vec<DomainDisk>,
+}
+
+/// Reads the domain's live XML, state and disk sizes.
+pub fn inspect(v: &Virsh, dom: &str) -> Result<Domain, VirshError> {
+    let text = v.run(&["dumpxml", dom])?;
+    let bad = |m: String| VirshError {
+        command: format!("virsh dumpxml {dom}"),
+        message: m,
+    };
+    let root = xml::parse(&text).map_err(|e| bad(format!("unreadable domain XML: {e}")))?;
+    let state = v.run(&["domstate", dom])?.trim().to_string();
+    let mut disks = Vec::new();
+    if let Some(devs) = root.child("devices") {
+        for d in devs.children_named("disk") {
+            let mut disk = parse_disk(d);
+            if disk.backed_up() {
+                disk.size = capacity(v, dom, &disk.target)?;
+            }
+            disks.push(disk);
+        }
+    }
+    Ok(Domain {
+        name: root
+            .child("name")
+            .map(|n| n.text.trim().to_string())
+            .unwrap_or_else(|| dom.to_string()),
+        uuid: root.child("uuid").map(|n| n.text.trim().to_string()),
+        state,
+        disks,
+    })
+}
+
+fn parse_disk(d: &Element) -> DomainDisk {
+    let src = d.child("source");
+    let source = src
+        .and_then(|s| {
+            s.attr("file")
+                .or_else(|| s.attr("dev"))
+                .map(str::to_string)
+                .or_else(|| {
+                    let name = s.attr("name")?;
+                    Some(match s.attr("protocol") {
+                        Some(p) => format!("{p}:{name}"),
+                        None => match s.attr("pool") {
+                            Some(pool) => format!("{pool}/{name}"),
+                            None => name.to_string(),
+                        },
+                    })
+                })
+                .or_else(|| s.attr("volume").map(str::to_string))
+        })
+        .unwrap_or_default();
+    let text = |n: &str| {
+        d.child(n)
+            .map(|e| e.text.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    DomainDisk {
+        target: d
+            .child("target")
+            .and_then(|t| t.attr("dev"))
+            .unwrap_or("")
+            .to_string(),
+        device: d.attr("device").unwrap_or("disk").to_string(),
+        format: d
+            .child("driver")
+            .and_then(|t| t.attr("type"))
+            .unwrap_or("raw")
+            .to_string(),
+        source,
+        size: 0,
+        read_only: d.child("readonly").is_some(),
+        serial: text("serial"),
+        wwn: text("wwn").map(|w| {
+            let w = w.trim_start_matches("0x").to_ascii_lowercase();
+            format!("0x{w:0>16}")
+        }),
+    }
+}
+
+/// The disk's virtual size in bytes (`virsh domblkinfo`).
+pub fn capacity(v: &Virsh, dom: &str, target: &str) -> Result<u64, VirshError> {
+    let out = v.run(&["domblkinfo", dom, target])?;
+    out.lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("Capacity:")?;
+            rest.trim().parse().ok()
+        })
+        .ok_or_else(|| VirshError {
+            command: format!("virsh domblkinfo {dom} {target}"),
+            message: format!("no capacity in its output {out:?}"),
+        })
+}
+
+/// The names of the domain's checkpoints.
+pub fn checkpoints(v: &Virsh, dom: &str) -> Result<Vec<String>, VirshError> {
+    Ok(v.run(&["checkpoint-list", dom, "--name"])?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// A checkpoint's XML as libvirt gives it (with the domain's XML).
+pub fn checkpoint_xml(v: &Virsh, dom: &str, name: &str) -> Result<String, VirshError> {
+    v.run(&["checkpoint-dumpxml", dom, name])
+}
+
+/// The targets of the disks a checkpoint holds a bitmap of.
+pub fn checkpoint_disks(text: &str) -> Result<Vec<String>, String> {
+    let root = xml::parse(text)?;
+    Ok(root
+        .child("disks")
+        .map(|d| {
+            d.children_named("disk")
+                .filter(|x| x.attr("checkpoint") == Some("bitmap"))
+                .filter_map(|x| x.attr("name").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The checkpoint XML without its `<parent>` (libvirt refuses to redefine a
+/// checkpoint whose parent it does not know; tapevault retires parents).
+pub fn without_parent(text: &str) -> String {
+    let end_head = text.find("<domain ").unwrap_or(text.len());
+    match (text.find("<parent>"), text.find("</parent>")) {
+        (Some(a), Some(b)) if a < b && b < end_head => {
+            format!("{}{}", &text[..a], &text[b + "</parent>".len()..])
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Defines a checkpoint again from its saved XML (libvirt lost its metadata); a
+/// parent libvirt no longer knows is left out.
+pub fn redefine(v: &Virsh, dom: &str, text: &str, dir: &Path) -> Result<(), VirshError> {
+    let known = checkpoints(v, dom)?;
+    let parent = xml::parse(text).ok().and_then(|r| {
+        r.child("parent")
+            .and_then(|p| p.child("name"))
+            .map(|n| n.text.trim().to_string())
+    });
+    let text = match parent {
+        Some(p) if !known.contains(&p) => without_parent(text),
+        _ => text.to_string(),
+    };
+    let f = dir.join(format!("{PREFIX}redefine.xml"));
+    std::fs::write(&f, text).map_err(|e| VirshError {
+        command: format!("virsh checkpoint-create {dom} --redefine"),
+        message: format!("cannot write {}: {e}", f.display()),
+    })?;
+    let r = v.run(&[
+        "checkpoint-create",
+        dom,
+        "--redefine",
+        "--xmlfile",
+        &f.to_string_lossy(),
+    ]);
+    let _ = std::fs::remove_file(&f);
+    r.map(|_| ())
+}
+
+/// Deletes a checkpoint (its bitmaps merge into its parent's); when libvirt cannot
+/// find the bitmaps any more (QEMU died, the image was replaced) only the metadata.
+pub fn delete_checkpoint(v: &Virsh, dom: &str, name: &str) -> Result<(), VirshError> {
+    match v.run(&["checkpoint-delete", dom, name]) {
+        Ok(_) => Ok(()),
+        Err(e) => v
+            .run(&["checkpoint-delete", dom, name, "--metadata"])
+            .map(|_| ())
+            .map_err(|e2| VirshError {
+                command: e2.command,
+                message: format!("{} (after: {})", e2.message, e.message),
+            }),
+    }
+}
+
+/// The unix socket of the domain's running pull-mode backup job, if there is one.
+pub fn running_backup_socket(v: &Virsh, dom: &str) -> Option<String> {
+    let text = v.run(&["backup-dumpxml", dom]).ok()?;
+    let root = xml::parse(&text).ok()?;
+    Some(
+        root.child("server")
+            .and_then(|s| s.attr("socket"))
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+/// Ends a backup job of tapevault's that a killed run left (its socket's file name
+/// starts with [`PREFIX`]). Another backup job is an error naming it. Returns what was
+/// removed, in words.
+pub fn abort_leftover_job(v: &Virsh, dom: &str) -> Result<Option<String>, String> {
+    let Some(sock) = running_backup_socket(v, dom) else {
+        return Ok(None);
+    };
+    let ours = Path::new(&sock)
+        .file_name()
+        .map(|f| f.to_string_lossy().starts_with(PREFIX))
+        .unwrap_or(false);
+    if !ours {
+        return Err(format!(
+            "domain {dom} runs a backup job that is not tapevault's (server socket {sock:?}): wait for it to end, or end it with `virsh domjobabort {dom}`"
+        ));
+    }
+    v.run(&["domjobabort", dom]).map_err(|e| e.to_string())?;
+    Ok(Some(format!("backup job of domain {dom} (socket {sock})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_read_with_their_identity() {
+        let root = xml::parse(
+            "<domain><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/v/a.qcow2'/>\
+             <target dev='vda' bus='virtio'/><serial>SER-A</serial></disk>\
+             <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='sdb'/><wwn>5000C50015EA71AC</wwn></disk>\
+             <disk type='file' device='cdrom'><target dev='sdc'/><readonly/></disk>\
+             </devices></domain>",
+        )
+        .unwrap();
+        let d: Vec<DomainDisk> = root
+            .child("devices")
+            .unwrap()
+            .children_named("disk")
+            .map(parse_disk)
+            .collect();
+        assert_eq!(d[0].source, "/v/a.qcow2");
+        assert_eq!(d[0].format, "qcow2");
+        assert!(d[0].backed_up());
+        assert_eq!(
+            d[0].derived_id(),
+            derive_disk_id(Some("SER-A"), None),
+            "the same id as the QMP driver derives"
+        );
+        assert_eq!(d[1].wwn.as_deref(), Some("0x5000c50015ea71ac"));
+        assert_eq!(d[1].format, "raw");
+        assert!(!d[2].backed_up());
+        assert_eq!(d[2].derived_id(), None);
+    }
+
+    #[test]
+    fn a_parent_is_left_out_of_a_redefinition() {
+        let x = "<domaincheckpoint>\n  <name>tapevault-3</name>\n  <parent>\n    <name>tapevault-2</name>\n  </parent>\n  <domain type='qemu'><name>d</name></domain>\n</domaincheckpoint>";
+        let y = without_parent(x);
+        assert!(!y.contains("tapevault-2"), "{y}");
+        assert!(xml::parse(&y).is_ok());
+        assert_eq!(without_parent(&y), y);
+    }
+
+    #[test]
+    fn checkpoint_disks_are_those_with_a_bitmap() {
+        let x = "<domaincheckpoint><name>tapevault-2</name><disks>\
+                 <disk name='vda' checkpoint='bitmap' bitmap='tapevault-2'/>\
+                 <disk name='vdb' checkpoint='no'/></disks></domaincheckpoint>";
+        assert_eq!(checkpoint_disks(x).unwrap(), vec!["vda".to_string()]);
+    }
+}
