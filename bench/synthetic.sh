@@ -81,7 +81,7 @@ with open(path, "r+b") as f:
 EOF
   tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p > /dev/null 2>&1
 done
-POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; print([i for c in d["chains"] for i in c["images"]][-1]["uuid"])')
+POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)["disks"][0]; print([i for c in d["chains"] for i in c["images"]][-1]["image"])')
 log "chain written; point $POINT"
 cp "$DISK" "$W/point.img"
 rm -f "$DISK"
