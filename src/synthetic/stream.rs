@@ -314,15 +314,17 @@ impl Feed {
     /// After the disk's last byte was asked for: the reader must have ended with every
     /// check passed.
     fn finish(&mut self) -> std::io::Result<()> {
-        while !self.ended {
-            if self.advance()? {
-                let (o, _) = self.cur.as_ref().expect("a piece");
+        loop {
+            if let Some((o, _)) = self.cur.as_ref() {
                 return Err(std::io::Error::other(format!(
                     "the full supplied bytes at disk offset {o} that the synthetic full did not take"
                 )));
             }
+            if self.ended {
+                return Ok(());
+            }
+            self.advance()?;
         }
-        Ok(())
     }
 }
 
@@ -352,9 +354,18 @@ pub fn channel() -> (ReaderEnd, FeedEnd) {
 }
 
 impl Merged {
-    pub fn new(p: &Prepared, staged: Staged, (rx, free): FeedEnd) -> Merged {
-        let size = p.target().disk_size;
-        let mut full_data = p.plans[0].data.clone();
+    pub fn new(p: &Prepared, staged: Staged, feed: FeedEnd) -> Merged {
+        Merged::from_parts(p.target().disk_size, p.plans[0].data.clone(), staged, feed)
+    }
+
+    /// A disk of `size` bytes: the full supplies `full_data` (through `feed`, in disk
+    /// order), the staged file the rest of the data.
+    pub fn from_parts(
+        size: u64,
+        mut full_data: ExtentSet,
+        staged: Staged,
+        (rx, free): FeedEnd,
+    ) -> Merged {
         full_data.clip(size);
         let mut staged_data = staged.data;
         staged_data.clip(size);
@@ -440,5 +451,93 @@ impl SourceRead for Merged {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(r: &[(u64, u64)]) -> ExtentSet {
+        let mut s = ExtentSet::new();
+        for &(o, l) in r {
+            s.insert(o, l);
+        }
+        s
+    }
+
+    /// A disk of 1000 bytes: the full has bytes 0..300 and 500..900 (value 1), the
+    /// staged incrementals 250..350 (value 2, newer: the planner took 250..300 from
+    /// the full's share) and 950..1000; 350..500 and 900..950 are zeros.
+    fn disk(send: &[(u64, u64)], end: bool) -> Merged {
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&[2u8; 100], 250).unwrap();
+        file.write_all_at(&[2u8; 50], 950).unwrap();
+        let staged = Staged {
+            file,
+            data: set(&[(250, 100), (950, 50)]),
+            bytes: 150,
+            mounts: Vec::new(),
+        };
+        let ((tx, _free_rx), feed) = channel();
+        let pieces: Vec<(u64, u64)> = send.to_vec();
+        std::thread::spawn(move || {
+            for (o, l) in pieces {
+                if tx.send(Piece::Data(o, vec![1u8; l as usize])).is_err() {
+                    return;
+                }
+            }
+            if end {
+                let _ = tx.send(Piece::End);
+            }
+        });
+        Merged::from_parts(1000, set(&[(0, 250), (500, 400)]), staged, feed)
+    }
+
+    fn expected() -> Vec<u8> {
+        let mut v = vec![0u8; 1000];
+        v[..250].fill(1);
+        v[250..350].fill(2);
+        v[500..900].fill(1);
+        v[950..].fill(2);
+        v
+    }
+
+    #[test]
+    fn merges_the_full_and_the_staged_extents_in_disk_order() {
+        let m = disk(&[(0, 100), (100, 150), (500, 400)], true);
+        m.prime().unwrap();
+        assert_eq!(m.find_data(0).unwrap(), DataAt::Run(0, 350));
+        assert_eq!(m.find_data(350).unwrap(), DataAt::Run(500, 900));
+        // The writer may ask ahead of its reads.
+        assert_eq!(
+            m.find_data(1000).unwrap(),
+            DataAt::HoleToEnd { file_len: 1000 }
+        );
+        let mut out = vec![9u8; 1000];
+        for off in (0..1000).step_by(128) {
+            let n = m
+                .read_at(&mut out[off..(off + 128).min(1000)], off as u64)
+                .unwrap();
+            assert_eq!(n, 128.min(1000 - off));
+        }
+        assert_eq!(out, expected());
+    }
+
+    #[test]
+    fn a_full_that_stops_early_or_lacks_bytes_fails_the_read() {
+        // No End: the read of the last data byte fails.
+        let m = disk(&[(0, 250), (500, 400)], false);
+        let mut out = vec![0u8; 1000];
+        let e = m.read_at(&mut out, 0).unwrap_err();
+        assert!(e.to_string().contains("stopped before its end"), "{e}");
+        // A gap where the catalog says the full has bytes.
+        let m = disk(&[(0, 250), (600, 300)], true);
+        let e = m.read_at(&mut out, 0).unwrap_err();
+        assert!(e.to_string().contains("at disk offset 500"), "{e}");
+        // Bytes the writer never took.
+        let m = disk(&[(0, 250), (500, 400), (900, 10)], true);
+        let e = m.read_at(&mut out, 0).unwrap_err();
+        assert!(e.to_string().contains("did not take"), "{e}");
     }
 }
