@@ -34,7 +34,7 @@ head -c $((MIB << 20)) /dev/urandom > "$WORK/disk.img"
 for round in $(seq 1 "$ROUNDS"); do
   rm -rf "$WORK/home" "$WORK/home-library" "$WORK/raw"
   tv() { "$TV" --home "$WORK/home" --json "$@"; }
-  tv init --slots 8 --drives 2 --capacity $(((MIB + 64) << 20)) > /dev/null
+  tv init --slots 8 --drives 2 --capacity $(((MIB * 2 + 256) << 20)) > /dev/null
   tv pool create src --compression off > /dev/null
   tv pool create dst --compression off > /dev/null
   IMG=$(tv backup --disk "$WORK/disk.img" --disk-id "$DISK_ID" --pool src --full |
@@ -43,18 +43,24 @@ for round in $(seq 1 "$ROUNDS"); do
   R=$("$VS" read "$WORK/raw" $((MIB << 20)) 524288)
   rm -rf "$WORK/raw"
   sync
+  # Repositions and buffer underruns of the library's drives so far (drive model statistics).
+  repos() { python3 -c 'import glob,json,sys; st=[json.load(open(f)) for f in glob.glob(sys.argv[1] + "/home-library/drives/*.stats.json")]; print(sum(x.get("repositions", 0) for x in st) * 1000 + sum(x.get("buffer_underruns", 0) for x in st))' "$WORK"; }
+  P0=$(repos)
   T0=$(date +%s.%N)
   C=$(tv copy --image "$IMG" --to-pool dst)
   T1=$(date +%s.%N)
-  python3 - "$round" "$W" "$R" "$C" "$T0" "$T1" <<'PY' | tee -a "$OUT"
+  P1=$(repos)
+  python3 - "$round" "$W" "$R" "$C" "$T0" "$T1" "$((P1 - P0))" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY' | tee -a "$OUT"
 import json, sys
 rnd, w, r, c, t0, t1 = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+repositions, underruns, load = int(sys.argv[7]) // 1000, int(sys.argv[7]) % 1000, float(sys.argv[8])
 img = c["copied"][0]
 copy = img["data_bytes"] / img["seconds"] / 1e6
 slower = min(w["mb_per_s"], r["mb_per_s"])
 print(json.dumps({"round": int(rnd), "drive_write_mb_s": w["mb_per_s"], "drive_read_mb_s": r["mb_per_s"],
                   "copy_mb_s": round(copy, 1), "copy_command_s": round(t1 - t0, 2),
-                  "ratio": round(copy / slower, 3), "mode": c["mode"]}))
+                  "ratio": round(copy / slower, 3), "mode": c["mode"],
+                  "target_cartridges": len(img["barcodes"]), "repositions": repositions, "underruns": underruns, "load": load}))
 PY
 done
 rm -rf "$WORK/home" "$WORK/home-library" "$WORK/disk.img"

@@ -13,16 +13,21 @@
 #                 (default 16)
 #   INCS          incrementals after the full (default 20)
 #   ROUNDS        rounds of each (default 3)
+#   DRIVES        drives of the virtual library (default 2: the synthetic full stages
+#                 the incrementals, then streams the full from one drive to the writer
+#                 on the other; 1: restore into a scratch file, then write it)
 #   TAPEVAULT_BIN binary to measure (default target/release/tapevault)
 #   KEEP=1        keep WORKDIR afterwards (default: removed)
 #   RESULTS_OUT   also copy the results to this file
 #
 # Both read the same chain from the same virtual cartridges (compression off, clear)
 # through the same restore planner (each cartridge once, in media order). The restore
-# writes the disk to a new sparse file in WORKDIR and renames it into place; the
-# synthetic full restores into a scratch file with no name in $TMPDIR (WORKDIR here),
-# then writes it as a full image to a cartridge of pool `s` (digest lists, content
-# digest, records, flush) and checks it block for block against the point. Each
+# writes the disk to a new sparse file in WORKDIR and renames it into place. With two
+# drives the synthetic full stages the incrementals' extents in a scratch file with no
+# name in $TMPDIR (WORKDIR here), then reads the full on one drive while writing the
+# new full to a cartridge of pool `s` on the other, merged in disk order (digest
+# lists, content digest, records, flush), checked block for block against the point;
+# with one drive it restores the point into a scratch file first, then writes it. Each
 # synthetic round starts from a copy of the library and home taken before the first
 # round (copying is not timed), so every round builds the same synthetic full. The
 # ratio is restore time / synthetic-full time (>= 0.8 is the target: a synthetic full
@@ -36,6 +41,7 @@ DISK_MIB=${DISK_MIB:-1024}
 INC_MIB=${INC_MIB:-16}
 INCS=${INCS:-20}
 ROUNDS=${ROUNDS:-3}
+DRIVES=${DRIVES:-2}
 DISK_ID=3b8f1c2e-5a6d-4e7f-8a9b-0c1d2e3f4a5b
 
 [ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
@@ -53,10 +59,10 @@ HOME_DIR="$W/home"
 LIB="$W/lib"
 tv() { "$BIN" --home "$HOME_DIR" "$@"; }
 
-log "tapevault synthetic-full benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), ${DISK_MIB} MiB disk, full + ${INCS} incrementals of ${INC_MIB} MiB each, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "tapevault synthetic-full benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), ${DISK_MIB} MiB disk, full + ${INCS} incrementals of ${INC_MIB} MiB each, ${DRIVES} drive(s), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "binary: $BIN ($("$BIN" --version))"
 
-tv init --library "$LIB" --slots 6 --drives 1 --capacity $((DISK_MIB * 3 + 1024))M > /dev/null
+tv init --library "$LIB" --slots 6 --drives "$DRIVES" --capacity $((DISK_MIB * 3 + 1024))M > /dev/null
 tv pool create p --compression off > /dev/null
 tv pool create s --compression off > /dev/null
 DISK="$W/disk.img"
@@ -75,7 +81,7 @@ with open(path, "r+b") as f:
 EOF
   tv backup --disk "$DISK" --disk-id "$DISK_ID" --pool p > /dev/null 2>&1
 done
-POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; print([i for c in d["chains"] for i in c["images"]][-1]["uuid"])')
+POINT=$(tv --json images --disk "$DISK_ID" | python3 -c 'import json,sys; d=json.load(sys.stdin)["disks"][0]; print([i for c in d["chains"] for i in c["images"]][-1]["image"])')
 log "chain written; point $POINT"
 cp "$DISK" "$W/point.img"
 rm -f "$DISK"
@@ -104,14 +110,16 @@ run_synthetic() {
   t0=$(now_s)
   tv --json backup --synthetic-full --disk-id "$DISK_ID" --pool s > "$W/synthetic.json" 2> "$W/synthetic.err" || { cat "$W/synthetic.err" >&2; exit 1; }
   t1=$(now_s)
-  n=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["disks"][0]; print(d["session"]["images"][0]["synthetic_of"])' "$W/synthetic.json")
-  [ "$n" = "$POINT" ] || { echo "synthetic full of $n, not $POINT" >&2; exit 1; }
+  n=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["disks"][0]; print(d["session"]["images"][0]["synthetic_of"], d["mode"])' "$W/synthetic.json")
+  [ "${n% *}" = "$POINT" ] || { echo "synthetic full of ${n% *}, not $POINT" >&2; exit 1; }
+  echo "synthetic mode ${n#* }" >&2
   printf 'synthetic %.3f\n' "$(echo "$t1 - $t0" | bc -l)" | tee -a "$W/timings" >&2
 }
 for r in $(seq 1 "$ROUNDS"); do
   run_restore
   run_synthetic
 done
+log "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$W/timings" "$DISK_MIB" <<'EOF' | tee -a "$RESULTS" >&2
 import statistics, sys

@@ -831,3 +831,209 @@ fn spec_reader_reads(
         "the spec reader's restore of the synthetic full",
     );
 }
+
+/// Two drives: the incrementals are staged, then the full streams from one drive to the
+/// writer on the other, merged in disk order. Full + 20 incrementals (data, rewrites
+/// and zeroed ranges, compressed source), the full spanning two cartridges on the read
+/// side: the synthetic full restores bit-identical to the point, and incrementals of
+/// both kinds build on it.
+#[test]
+fn two_drive_streaming_synthetic_full_is_that_point_and_the_next_base() {
+    let v = Vault::init(&[
+        "--slots",
+        "12",
+        "--drives",
+        "2",
+        "--capacity",
+        "4M",
+        "--early-warning",
+        "512K",
+    ]);
+    v.pool("p", "zstd:3");
+    v.pool("s", "off");
+    let mut d = TestDisk::create(v.path("d.img"), 5 * MIB + 12 * KIB, 5 * MIB, 17);
+    // A run of zeros inside the full, partly rewritten later.
+    d.write_zeros(MIB, 300 * KIB);
+    let imgs = chain(&v, &mut d, "p", 20, &[]);
+    assert!(
+        imgs[0]["barcodes"].as_array().unwrap().len() >= 2,
+        "the full spans: {}",
+        imgs[0]
+    );
+    let point = s(imgs.last().unwrap(), "image").to_string();
+    let at_point = v.path("point.copy");
+    d.save_copy(&at_point);
+    d.write_random(0, 64 * KIB); // the VM's disk moves on; it is not read
+
+    let r = synthetic(&v, &d, "s", &[]);
+    let img = synthetic_image(&r);
+    let disk_rep = &r.json["disks"][0];
+    assert_eq!(s(disk_rep, "mode"), "stream", "{}", r.stderr);
+    assert!(r.stderr.contains("streaming full image"), "{}", r.stderr);
+    assert_eq!(s(&img, "kind"), "full");
+    assert_eq!(s(&img, "synthetic_of"), point);
+    assert_eq!(disk_rep["chain"].as_array().unwrap().len(), 21);
+    // Each cartridge of the full was read once on the streaming side.
+    let mounts = strs(&disk_rep["read_cartridges"]);
+    for b in strs(&imgs[0]["barcodes"]) {
+        assert!(mounts.contains(&b), "{b} not read: {mounts:?}");
+    }
+    let synth = s(&img, "image").to_string();
+    let row = v.image_row(&synth);
+    assert_eq!(row.change_id.as_deref(), Some("c20"));
+    assert_eq!(row.status.as_str(), "complete");
+    assert!(
+        v.catalog()
+            .digest_list_file(&row)
+            .is_some_and(|p| p.is_file()),
+        "the synthetic full has a block digest list, as a backup"
+    );
+
+    let out = v.path("synth.restored");
+    let rr = v.restore_image(d.id, &synth, &out);
+    assert_eq!(rr.code, 0, "{}", rr.stderr);
+    assert_eq!(rr.json["images"].as_array().unwrap().len(), 1);
+    assert_same_bytes(&out, &at_point, "two-drive synthetic full vs the point");
+
+    // A changed-extents incremental on it (the epoch carried over) ...
+    let mut areas = d.random_writes(3, 30 * KIB);
+    areas.push((0, 64 * KIB));
+    let cbt = v.path("cbt.json");
+    write_changed_extents(&cbt, "c20", "c21", &areas);
+    let next = v.backup(&d, "p", &["--changed-extents", cbt.to_str().unwrap()]);
+    assert_eq!(s(&next, "parent"), synth);
+    assert_eq!(s(&next, "method"), "changed-extents");
+    let at_next = v.path("next.copy");
+    d.save_copy(&at_next);
+    let out2 = v.path("next.restored");
+    assert_eq!(v.restore_image(d.id, s(&next, "image"), &out2).code, 0);
+    assert_same_bytes(
+        &out2,
+        &at_next,
+        "incremental on the two-drive synthetic full",
+    );
+    // ... and a hash-scan one (against the digest lists).
+    d.random_writes(2, 20 * KIB);
+    let hs = v.backup(&d, "p", &[]);
+    assert_eq!(s(&hs, "method"), "hash-scan");
+    let at_hs = v.path("hs.copy");
+    d.save_copy(&at_hs);
+    let out3 = v.path("hs.restored");
+    assert_eq!(v.restore_image(d.id, s(&hs, "image"), &out3).code, 0);
+    assert_same_bytes(&out3, &at_hs, "hash scan on the two-drive synthetic full");
+
+    // A synthetic full into the pool that holds the chain's full (the first synthetic
+    // full, in pool s): the session could append to that cartridge, so it goes through
+    // the scratch file (and says so).
+    let at_hs_point = at_hs;
+    let r = synthetic(&v, &d, "s", &[]);
+    let img = synthetic_image(&r);
+    assert_eq!(s(&r.json["disks"][0], "mode"), "scratch", "{}", r.stderr);
+    let out4 = v.path("p.synth");
+    assert_eq!(v.restore_image(d.id, s(&img, "image"), &out4).code, 0);
+    assert_same_bytes(
+        &out4,
+        &at_hs_point,
+        "scratch-path synthetic full with two drives",
+    );
+    v.assert_catalog_consistent();
+}
+
+/// A two-drive synthetic full killed with SIGKILL while it streams: no base, the chain
+/// restores as before, `catalog check` finds only the dead writer's rows (as after any
+/// killed backup), and the next one succeeds.
+#[test]
+fn a_killed_two_drive_synthetic_full_is_never_a_base() {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    v.pool("p", "off");
+    v.pool("s", "off");
+    let mut d = TestDisk::create(v.path("d.img"), 8 * MIB, 8 * MIB, 23);
+    let full = v.backup(&d, "p", &[]);
+    d.random_writes(4, 100 * KIB);
+    let inc = v.backup(&d, "p", &[]);
+    let point = s(&inc, "image").to_string();
+    let at_point = v.path("point.copy");
+    d.save_copy(&at_point);
+    let used = strs(&full["barcodes"]);
+    let blanks: Vec<String> = v
+        .catalog()
+        .list_media(None)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !used.contains(&m.barcode))
+        .map(|m| m.barcode)
+        .collect();
+    for b in &blanks {
+        v.slow_writes(b, 40, 1000);
+    }
+    let id = d.id.to_string();
+    let mut child = v
+        .command(&[
+            "backup",
+            "--synthetic-full",
+            "--disk-id",
+            &id,
+            "--pool",
+            "s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while blanks.iter().map(|b| v.cartridge_data_len(b)).sum::<u64>() < 2 * MIB {
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        assert!(t.elapsed() < Duration::from_secs(120), "never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for b in &blanks {
+        let _ = std::fs::remove_file(v.cartridge_dir(b).join("faults.json"));
+    }
+    let cat = v.catalog();
+    let killed = cat
+        .images(Some(d.id))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.synthetic_of.is_some())
+        .expect("the killed synthetic full is recorded");
+    assert_ne!(killed.status.as_str(), "complete");
+    assert_eq!(
+        cat.newest_good_image(d.id)
+            .unwrap()
+            .unwrap()
+            .uuid
+            .to_string(),
+        point
+    );
+    let problems = cat.check().unwrap();
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.kind == tapevault::catalog::ProblemKind::StaleRunning),
+        "{problems:#?}"
+    );
+    drop(cat);
+    let out = v.path("after.kill");
+    assert_eq!(v.restore_image(d.id, &point, &out).code, 0);
+    assert_same_bytes(&out, &at_point, "the point after a killed synthetic full");
+
+    // The next backup marks the dead rows and builds on the point; `catalog check` is
+    // clean; a two-drive synthetic full now succeeds.
+    d.random_writes(2, 10 * KIB);
+    let next = v.backup(&d, "p", &[]);
+    assert_eq!(s(&next, "parent"), point);
+    v.assert_catalog_consistent();
+    let at_next = v.path("next.copy");
+    d.save_copy(&at_next);
+    let r = synthetic(&v, &d, "s", &[]);
+    let img = synthetic_image(&r);
+    assert_eq!(s(&r.json["disks"][0], "mode"), "stream");
+    let out = v.path("synth.restored");
+    assert_eq!(v.restore_image(d.id, s(&img, "image"), &out).code, 0);
+    assert_same_bytes(&out, &at_next, "two-drive synthetic full after the kill");
+    let r = v.run(&["catalog", "check"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    v.assert_catalog_consistent();
+}

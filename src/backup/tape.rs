@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, MediaSetRow, MediaState, PoolRow};
 use crate::error::{Context, Result};
 use crate::media::allocate::Pick;
-use crate::media::volume::{position_for_append, read_label, write_label, LabelRead};
+use crate::media::volume::{position_for_append, read_label, write_label_streaming, LabelRead};
 use crate::media::{mount, DriveSink, Mounted};
 use tape_devices::changer::TapeLibrary;
 
@@ -214,7 +214,10 @@ impl Tape<'_> {
                     writer_version: env!("CARGO_PKG_VERSION").into(),
                     escrow: self.escrow.clone().unwrap_or_default(),
                 };
-                write_label(drive, &label).with_context(|| format!("labelling {}", row.barcode))?;
+                // Buffered: the first image follows on a streaming tape; its commit flush
+                // puts the label on tape too.
+                write_label_streaming(drive, &label)
+                    .with_context(|| format!("labelling {}", row.barcode))?;
                 self.cat
                     .assign_media(&row.barcode, &self.pool.name, self.set.uuid, seq, volume)?;
                 self.events.note(

@@ -243,7 +243,7 @@ pub(super) fn report_text(r: &SyntheticReport) -> String {
         let Some(s) = &d.session else { continue };
         for img in &s.images {
             lines.push(format!(
-                "disk {}: synthetic full {} of image {}{} written in session {} to {} of pool {}: read {} image(s) ({}) from {} in {:.1} s, wrote {} stored in {:.1} s; checked block for block against the point",
+                "disk {}: synthetic full {} of image {}{} written in session {} to {} of pool {}: {}, wrote {} stored in {:.1} s; checked block for block against the point",
                 d.disk,
                 img.image,
                 d.point.map(|p| p.to_string()).unwrap_or_default(),
@@ -251,10 +251,23 @@ pub(super) fn report_text(r: &SyntheticReport) -> String {
                 s.session,
                 img.cartridges.join(", "),
                 r.pool,
-                d.chain.len(),
-                human_bytes(d.read_bytes),
-                d.read_cartridges.join(", "),
-                d.read_seconds,
+                if d.mode == "stream" {
+                    format!(
+                        "staged the {} incremental(s) from {} in {:.1} s and streamed the full from another drive while writing, {} read in all",
+                        d.chain.len().saturating_sub(1),
+                        d.read_cartridges.join(", "),
+                        d.read_seconds,
+                        human_bytes(d.read_bytes)
+                    )
+                } else {
+                    format!(
+                        "read {} image(s) ({}) from {} in {:.1} s",
+                        d.chain.len(),
+                        human_bytes(d.read_bytes),
+                        d.read_cartridges.join(", "),
+                        d.read_seconds
+                    )
+                },
                 human_bytes(img.stored_bytes),
                 img.seconds
             ));

@@ -135,7 +135,10 @@ pub struct RecordFeed<'k> {
     from: FeedFrom,
     keys: &'k KeyRing,
     image: ImageRow,
-    digest: ContentDigest,
+    /// The digest of what is handed on under the source's key; None when the writer's
+    /// own digest of the copy is checked against the source's instead
+    /// ([`RecordFeed::writer_digest_suffices`]).
+    digest: Option<ContentDigest>,
     /// Largest plain bytes a record may carry on the target drive.
     max_plain: usize,
     pub records: u64,
@@ -195,7 +198,7 @@ impl<'k> RecordFeed<'k> {
             from,
             keys,
             image: image.clone(),
-            digest: ContentDigest::with_key(dk),
+            digest: Some(ContentDigest::with_key(dk)),
             max_plain,
             records: 0,
             ended: false,
@@ -281,11 +284,23 @@ impl<'k> RecordFeed<'k> {
                 self.max_plain
             )));
         }
-        self.digest
-            .update_record(extents, data)
-            .map_err(|e| Error::Integrity(format!("image {}: {e}", self.image.uuid)))?;
+        if let Some(d) = self.digest.as_mut() {
+            d.update_record(extents, data)
+                .map_err(|e| Error::Integrity(format!("image {}: {e}", self.image.uuid)))?;
+        }
         self.records += 1;
         Ok(true)
+    }
+
+    /// The target writes under the same digest key as the source (the same key, or
+    /// both clear): the digest the writer computes over the records it writes is then
+    /// the source's content digest exactly when they are the source's bytes, and the
+    /// caller compares the two before the copy counts. The feed's own pass over every
+    /// byte would compute the same value again, so it is skipped; [`Self::finish`] still
+    /// checks that the feed reached the image's end. Copies to a pool with another key
+    /// keep the feed's digest (the writer's is keyed differently).
+    pub fn writer_digest_suffices(&mut self) {
+        self.digest = None;
     }
 
     /// After the last record: the digest of everything handed on must be the source
@@ -297,7 +312,10 @@ impl<'k> RecordFeed<'k> {
                 self.image.uuid
             )));
         }
-        let got = to_hex(&self.digest.finalize());
+        let Some(digest) = &self.digest else {
+            return Ok(());
+        };
+        let got = to_hex(&digest.finalize());
         match self.image.content_digest.as_deref() {
             Some(d) if d.eq_ignore_ascii_case(&got) => Ok(()),
             other => Err(Error::Integrity(format!(

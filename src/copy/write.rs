@@ -288,6 +288,10 @@ fn copy_streaming(
             let reader = s.spawn(|| stream::read_to_channel(read_lib, keys, src, tx, free_rx));
             let written = (|| -> Result<WrittenImage> {
                 let mut feed = RecordFeed::from_channel(keys, &src.image, rx, free_tx, max_plain)?;
+                if src.image.key_fingerprint == target.pool().key_fingerprint {
+                    // `commit` compares the writer's digest with the original's.
+                    feed.writer_digest_suffices();
+                }
                 let w =
                     target.write_image(header, label(orig), orig.plain_bytes, &mut |e, d| {
                         feed.fill(e, d)
@@ -367,6 +371,9 @@ fn copy_spooled(
             let header = header_for(orig, copy, target.session(), target, max_plain);
             let r = (|| -> Result<(ImageRead, WrittenImage)> {
                 let mut feed = RecordFeed::from_spool(keys, &src.image, file, max_plain)?;
+                if src.image.key_fingerprint == target.pool().key_fingerprint {
+                    feed.writer_digest_suffices();
+                }
                 let w =
                     target.write_image(header, label(orig), orig.plain_bytes, &mut |e, d| {
                         feed.fill(e, d)

@@ -43,8 +43,24 @@ pub fn read_label(drive: &mut dyn TapeDrive) -> Result<LabelRead> {
     Ok(r)
 }
 
-/// Rewind and write `label` as tape file 0 (discarding everything on the cartridge).
+/// Rewind and write `label` as tape file 0 (discarding everything on the cartridge),
+/// flushed: the label is on tape when this returns.
 pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<()> {
+    write_label_with(drive, label, false)
+}
+
+/// Rewind and write `label` as tape file 0 with a buffered (immediate) filemark, for a
+/// writer that goes on writing images right after it: the tape does not stop between
+/// the label and the first image (a synchronous filemark drains the drive's buffer and
+/// stops the tape, and the first write then pays a reposition). The label reaches the
+/// tape with the first image's flush at its commit, before any image on the cartridge
+/// counts; a drive losing power before that leaves a cartridge the catalog has in the
+/// set but with no label, which the next session finds and refuses (marked damaged).
+pub fn write_label_streaming(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<()> {
+    write_label_with(drive, label, true)
+}
+
+fn write_label_with(drive: &mut dyn TapeDrive, label: &VolumeLabel, immediate: bool) -> Result<()> {
     let mut buf = Vec::with_capacity(4096);
     label
         .encode(&mut buf)
@@ -56,7 +72,7 @@ pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<()>
         .write_block(&buf)
         .context("writing the volume label")?;
     drive
-        .write_filemarks(1, false)
+        .write_filemarks(1, immediate)
         .context("writing the filemark after the volume label")?;
     Ok(())
 }

@@ -34,6 +34,7 @@
 mod derive;
 pub mod point;
 pub mod policy;
+pub mod stream;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::backup::{self, BackupReport, Inputs, KeyMaterial, SyntheticSource};
-use crate::catalog::{At, Catalog};
+use crate::catalog::{At, Catalog, ImageRow};
 use crate::codec::KeyRing;
 use crate::error::{Context, Error, Result};
 use crate::events::{Events, NoteKind};
@@ -70,8 +71,15 @@ pub struct SyntheticDisk {
     pub read_cartridges: Vec<String>,
     /// Data bytes read from the chain and written to the scratch file.
     pub read_bytes: u64,
-    /// Seconds spent reading the chain.
+    /// Seconds spent reading the chain: with one drive, into the scratch file before
+    /// the full is written; with two, staging the incrementals (the full is then read
+    /// while the synthetic full is written, in the session's time).
     pub read_seconds: f64,
+    /// How the chain reached the writer: `scratch` (one drive: the point restored into
+    /// a scratch file, then written) or `stream` (two drives: the incrementals staged,
+    /// then the full streamed from one drive to the writer on the other, merged in disk
+    /// order).
+    pub mode: &'static str,
     /// The session that wrote the synthetic full (its image is `images[0]`).
     pub session: Option<BackupReport>,
 }
@@ -153,6 +161,7 @@ fn one_disk(
         read_cartridges: Vec::new(),
         read_bytes: 0,
         read_seconds: 0.0,
+        mode: "scratch",
         session: None,
     };
     let (point, chain, point_list) = match point::choose(cat, disk)? {
@@ -190,27 +199,57 @@ fn one_disk(
             cartridges.join(", ")
         ),
     );
+    if lib.drive_count() >= 2 && stream::applies(&prepared) {
+        // The writer must not need the cartridge the full is read from: a cartridge of
+        // the target pool holding the full may be the one the session appends to.
+        let mut shared = None;
+        for seg in &prepared.segments[0] {
+            if cat
+                .media(&seg.barcode)?
+                .is_some_and(|m| m.pool.as_deref() == Some(pool))
+            {
+                shared = Some(seg.barcode.clone());
+                break;
+            }
+        }
+        if let Some(bc) = shared {
+            events.note(
+                NoteKind::Decision,
+                format!(
+                    "disk {disk}: the full image {} is on cartridge {bc} of pool {pool}, which this session may write to: reading the chain into a scratch file first, then writing (two-drive streaming needs the full on another pool's cartridges)",
+                    prepared.chain[0].uuid
+                ),
+            );
+        } else if let Some(list) = point_list.clone() {
+            return two_drives(
+                home,
+                cat,
+                lib,
+                pool,
+                keys,
+                write_key,
+                wait_for_media,
+                events,
+                rep,
+                point,
+                list,
+                &prepared,
+            );
+        } else {
+            events.note(
+                NoteKind::Decision,
+                format!(
+                    "disk {disk}: this home has no block digest list of image {} (a catalog rebuilt from the media): reading the chain into a scratch file to derive it, then writing (two-drive streaming checks against a list it already has)",
+                    point.uuid
+                ),
+            );
+        }
+    }
     let t0 = std::time::Instant::now();
     let (restored, file) = match crate::restore::run_to_scratch(lib, keys, &prepared, events) {
         Ok(r) => r,
         Err(e) => {
-            // The source chain is left exactly as it was, whatever failed (a media error
-            // may be passing); an image whose records failed their checks is named, and
-            // a restore or verify of it marks it damaged if it is.
-            let hint = prepared
-                .damaged_image()
-                .map(|u| {
-                    format!(
-                        "; image {u} of the chain failed its checks: `tapevault verify --image {u}` says whether it is damaged"
-                    )
-                })
-                .unwrap_or_default();
-            return Err(e).with_context(|| {
-                format!(
-                    "reading the chain of image {} from tape (nothing was written; the chain is unchanged{hint})",
-                    point.uuid
-                )
-            });
+            return Err(read_failed(e, &prepared, &point, "nothing was written"));
         }
     };
     rep.read_seconds = t0.elapsed().as_secs_f64();
@@ -258,5 +297,123 @@ fn one_disk(
     );
     let session = backup::run(home, cat, lib, inputs, write_key()?, wait_for_media, events)?;
     rep.session = Some(session);
+    Ok(rep)
+}
+
+/// A failure reading the chain, with what it means: the source chain is left exactly as
+/// it was, whatever failed (a media error may be passing); an image whose records
+/// failed their checks is named, and a restore or verify of it marks it damaged if it
+/// is.
+fn read_failed(
+    e: Error,
+    prepared: &crate::restore::Prepared,
+    point: &ImageRow,
+    written: &str,
+) -> Error {
+    let hint = prepared
+        .damaged_image()
+        .map(|u| {
+            format!(
+                "; image {u} of the chain failed its checks: `tapevault verify --image {u}` says whether it is damaged"
+            )
+        })
+        .unwrap_or_default();
+    Err::<(), _>(e)
+        .with_context(|| {
+            format!(
+                "reading the chain of image {} from tape ({written}; the chain is unchanged{hint})",
+                point.uuid
+            )
+        })
+        .unwrap_err()
+}
+
+/// Two drives ([`stream`]): stage the incrementals, then stream the full from one drive
+/// to the writer on the other, merged in disk order with the staged extents.
+#[allow(clippy::too_many_arguments)]
+fn two_drives(
+    home: &Home,
+    cat: &Catalog,
+    lib: &mut dyn TapeLibrary,
+    pool: &str,
+    keys: &KeyRing,
+    write_key: &dyn Fn() -> Result<Option<KeyMaterial>>,
+    wait_for_media: bool,
+    events: &dyn Events,
+    mut rep: SyntheticDisk,
+    point: ImageRow,
+    point_list: PathBuf,
+    prepared: &crate::restore::Prepared,
+) -> Result<SyntheticDisk> {
+    rep.mode = "stream";
+    events.note(
+        NoteKind::Decision,
+        format!(
+            "disk {}: two drives: staging the {} incremental(s) in $TMPDIR, then streaming full image {} from one drive to the writer on the other, merged in disk order",
+            rep.disk,
+            prepared.chain.len() - 1,
+            prepared.chain[0].uuid
+        ),
+    );
+    let t0 = std::time::Instant::now();
+    let staged = stream::stage_incrementals(lib, keys, prepared, events)
+        .map_err(|e| read_failed(e, prepared, &point, "nothing was written"))?;
+    rep.read_seconds = t0.elapsed().as_secs_f64();
+    rep.read_bytes = staged.bytes;
+    rep.read_cartridges = staged.mounts.clone();
+    let write_key = write_key()?;
+    let mut read_lib = home.open_library()?;
+    let (reader_end, feed_end) = stream::channel();
+    let merged = std::sync::Arc::new(stream::Merged::new(prepared, staged, feed_end));
+    let (read, session) = std::thread::scope(|s| {
+        let full = stream::FullRead::of(prepared);
+        let reader = s.spawn(move || stream::read_full(read_lib.as_mut(), keys, &full, reader_end));
+        let session = (|| -> Result<BackupReport> {
+            // The reader holds its drive before the writer picks one.
+            merged
+                .prime()
+                .map_err(|e| Error::Failed(format!("reading the full: {e}")))?;
+            let name = format!("<image {} merged from the chain on tape>", point.uuid);
+            let size = point.disk_size;
+            let identity = crate::source::input::Identity::named(&name);
+            let disk = Disk::from_source(merged.clone(), &name, size, identity);
+            let inputs = Inputs::synthetic(
+                pool.to_string(),
+                disk,
+                SyntheticSource {
+                    point: point.clone(),
+                    point_list: point_list.clone(),
+                },
+            );
+            backup::run(home, cat, lib, inputs, write_key, wait_for_media, events)
+        })();
+        // Whatever happened to the writer, the feed goes: a reader blocked on a full
+        // channel stops.
+        merged.close();
+        drop(merged);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the full's reader thread panicked".into())));
+        (read, session)
+    });
+    // The reader's error explains the writer's "reading stopped".
+    let (full_read, mounts) = match (read, session) {
+        (Err(e), _) => {
+            return Err(read_failed(
+                e,
+                prepared,
+                &point,
+                "the synthetic full was not committed and is never a base",
+            ))
+        }
+        (Ok(_), Err(e)) => return Err(e),
+        (Ok(r), Ok(session)) => {
+            rep.session = Some(session);
+            r
+        }
+    };
+    rep.read_bytes += prepared.plans[0].data.total_bytes();
+    rep.read_cartridges.extend(mounts);
+    let _ = full_read;
     Ok(rep)
 }
