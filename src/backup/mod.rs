@@ -58,7 +58,7 @@ mod target;
 pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
 pub use request::{
-    check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode, SyntheticSource,
+    check_inputs, DEFAULT_SPOOL, MAX_SPOOL, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode, SyntheticSource,
 };
 pub use session::run;
 pub use target::{ImageTarget, WrittenImage};
@@ -116,6 +116,16 @@ struct Job<'a> {
     /// header's `time` carries too, so a catalog rebuilt from the media orders images
     /// as the original did.
     image_time: chrono::DateTime<chrono::Utc>,
+    /// A backup session's images are committed together after one flush of the drive
+    /// at the session's end ([`session`]); copies and synthetic fulls written through
+    /// [`ImageTarget`] flush and commit each image at once.
+    defer_commit: bool,
+    /// Images written (trailer and filemark on tape) but not yet flushed, hence not
+    /// yet complete in the catalog.
+    pending: Vec<disk::Pending>,
+    /// Records held in the spool between the transform stage and the drive (0: none);
+    /// see [`BackupRequest::spool`].
+    spool_records: usize,
 }
 
 /// The point a synthetic full being written reproduces.

@@ -114,6 +114,7 @@ pub(super) fn begin_pool_session<'a>(
         exclude: HashSet::new(),
         current: None,
         escrow: None,
+        flushed: HashSet::new(),
         events,
         // Wait for media only when a person can insert it.
         wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
@@ -139,6 +140,9 @@ pub(super) fn begin_pool_session<'a>(
         seal_buf: Vec::new(),
         reproduce: None,
         image_time: now,
+        defer_commit: false,
+        pending: Vec::new(),
+        spool_records: 0,
     };
     Ok((lock, set, job))
 }

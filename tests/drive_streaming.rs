@@ -1,0 +1,143 @@
+//! Keeping a modelled drive streaming, through the binary: a backup session flushes the
+//! drive once (its commit point) whatever the number of images, and a source slower
+//! than the drive's lowest speed is spooled and written in bursts (`--spool`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn write_manifest(path: &Path, name: &str, disks: &[&TestDisk]) {
+    let mut t = format!("name = \"{name}\"\n");
+    for d in disks {
+        t.push_str(&format!(
+            "\n[[disk]]\nid = \"{}\"\npath = \"{}\"\n",
+            d.id,
+            d.path.display()
+        ));
+    }
+    std::fs::write(path, t).unwrap();
+}
+
+#[test]
+fn a_session_of_several_images_stops_the_tape_once() {
+    // Slow enough that any host feeds it faster than its lowest speed, a small buffer
+    // and a short penalty: every flush followed by a write costs one reposition.
+    let v = Vault::init(&[
+        "--slots",
+        "2",
+        "--drives",
+        "1",
+        "--capacity",
+        "256M",
+        "--drive-model",
+        "speed=40M,min=20M,buffer=1Mi,reposition=10ms",
+    ]);
+    v.pool("p", "off");
+    let disks: Vec<TestDisk> = (0..3)
+        .map(|i| TestDisk::create(v.path(&format!("d{i}.img")), 3 * MIB, 3 * MIB, 40 + i))
+        .collect();
+    let m = v.path("vm.toml");
+    write_manifest(&m, "vm", &disks.iter().collect::<Vec<_>>());
+    let report = v.backup_manifest(&m, "p", &[]);
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let st = lib.drive_stats(0).unwrap();
+    // One flush at the session's commit point (before the catalog snapshot): the
+    // snapshot's write starts the tape once. A flush after each image trailer would
+    // cost one more per image.
+    assert!(st.repositions <= 1, "{st:?}");
+    assert!(st.bytes_written >= 9 * MIB, "{st:?}");
+    let images = report["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for (d, img) in disks.iter().zip(images) {
+        assert_eq!(s(img, "disk"), d.id.to_string());
+        let out = v.path(&format!("r-{}.img", d.id));
+        let r = v.restore_image(d.id, s(img, "image"), &out);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_same_bytes(&out, &d.path, "restored disk");
+        assert_eq!(
+            v.image_row(s(img, "image")).status,
+            tapevault::catalog::ImageStatus::Complete
+        );
+    }
+    v.assert_catalog_consistent();
+}
+
+/// nbdkit serving `file` throttled to `rate` bytes/s on a Unix socket.
+fn throttled(file: &Path, sock: &Path, rate: &str) -> Option<Child> {
+    let child = Command::new("nbdkit")
+        .args(["--foreground", "--exit-with-parent", "--readonly", "-U"])
+        .arg(sock)
+        .args(["--filter=rate", "file"])
+        .arg(file)
+        .arg(format!("rate={rate}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sock.exists().then_some(child)
+}
+
+#[test]
+fn a_slow_source_is_spooled_and_written_in_bursts() {
+    if !Command::new("nbdkit")
+        .args(["--filter=rate", "file", "--dump-plugin"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        eprintln!("skipping: nbdkit with its rate filter is not installed");
+        return;
+    }
+    // The drive's lowest speed (4 MB/s) is twice the source's (2 Mbit/s x 8 = 2 MB/s);
+    // its buffer starts the tape at 128 KiB.
+    let v = Vault::init(&[
+        "--slots",
+        "2",
+        "--drives",
+        "1",
+        "--capacity",
+        "256M",
+        "--drive-model",
+        "speed=8M,min=4M,buffer=256Ki,reposition=10ms",
+    ]);
+    v.pool("p", "off");
+    let disk = TestDisk::create(v.path("d.img"), 2 * MIB, 2 * MIB, 9);
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let mut runs = Vec::new();
+    for spool in ["0", "4M"] {
+        let sock = v.path(&format!("nbd-{spool}.sock"));
+        let Some(mut server) = throttled(&disk.path, &sock, "16M") else {
+            eprintln!("skipping: nbdkit did not start");
+            return;
+        };
+        let before = lib.drive_stats(0).unwrap();
+        let src = format!("nbd+unix:///?socket={}", sock.display());
+        let id = disk.id.to_string();
+        let j = v.ok(&[
+            "backup", "--disk", &src, "--disk-id", &id, "--pool", "p", "--full", "--spool",
+            spool,
+        ]);
+        let _ = server.kill();
+        let _ = server.wait();
+        let after = lib.drive_stats(0).unwrap();
+        let img = s(&j["images"][0], "image").to_string();
+        let out = v.path(&format!("r-{spool}.img"));
+        let r = v.restore_image(disk.id, &img, &out);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_same_bytes(&out, &disk.path, "restored disk");
+        runs.push(after.buffer_underruns - before.buffer_underruns);
+    }
+    // Without a spool the drive's buffer runs dry every 128 KiB or so; with a spool
+    // larger than the disk the image goes to the drive in one burst.
+    assert!(runs[0] >= 4, "underruns without a spool: {runs:?}");
+    assert_eq!(runs[1], 0, "underruns with a 4 MiB spool: {runs:?}");
+    v.assert_catalog_consistent();
+}
