@@ -23,6 +23,7 @@ RATES=${RATES:-60 20}
 SPOOLS=${SPOOLS:-0 128M 1G}
 MODEL=${MODEL:-speed=200M,min=70M,buffer=64Mi,reposition=2.5s}
 ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d31
+SMALL_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d32
 for t in nbdkit python3; do
   command -v $t >/dev/null || { echo "skipping: $t is not installed" >&2; exit 2; }
 done
@@ -35,17 +36,24 @@ head -c $((TOTAL << 20)) /dev/urandom > "$W/disk.img"
 # run LABEL RATE SPOOL SOURCE: one backup into a fresh home; appends a JSON line.
 run() {
   local label=$1 rate=$2 spool=$3 src=$4
-  rm -rf "$W/home"
-  "$BIN" --home "$W/home" init --slots 2 --drives 1 --capacity 4G --drive-model "$MODEL" >/dev/null
-  "$BIN" --home "$W/home" pool create p --compression off >/dev/null
+  rm -rf "$W/home" "$W/home-library"
+  "$BIN" --home "$W/home" init --slots 2 --drives 1 --capacity 4G --drive-model "$MODEL" >/dev/null 2>&1
+  "$BIN" --home "$W/home" pool create p --compression off >/dev/null 2>&1
+  # A first small session labels the cartridge into the media set, so the session
+  # measured appends (a label is written and flushed once in a cartridge's life).
+  head -c 1048576 /dev/urandom > "$W/small.img"
+  "$BIN" --home "$W/home" --json backup --disk "$W/small.img" --disk-id $SMALL_ID --pool p >/dev/null 2>&1
+  cp "$W/home-library/drives/0.stats.json" "$W/before.json"
   local t0 t1
   t0=$(date +%s.%N)
-  "$BIN" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full --spool "$spool" >/dev/null
+  "$BIN" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full --spool "$spool" >/dev/null 2>&1
   t1=$(date +%s.%N)
   python3 - "$W/home" "$label" "$rate" "$spool" "$t0" "$t1" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT" <<'PY'
-import glob, json, sys
+import json, sys
 home, label, rate, spool, t0, t1, load = sys.argv[1:]
-st = json.load(open(glob.glob(home + "/**/drives/0.stats.json", recursive=True)[0]))
+after = json.load(open(home + "-library/drives/0.stats.json"))
+before = json.load(open(home + "/../before.json"))
+st = {k: after[k] - before[k] for k in after}
 wall = float(t1) - float(t0)
 print(json.dumps({"case": label, "rate": rate, "spool": spool, "wall_s": wall,
                   "repositions": st["repositions"], "underruns": st["buffer_underruns"],
@@ -63,11 +71,13 @@ for round in $(seq 1 "$ROUNDS"); do
     for spool in $SPOOLS; do
       rm -f "$W/nbd.sock"
       # The rate filter counts bits per second.
-      nbdkit --readonly --exit-with-parent -P "$W/nbd.pid" -U "$W/nbd.sock" \
-        --filter=rate file "$W/disk.img" rate=$((rate * 8))M
+      nbdkit --foreground --readonly --exit-with-parent -U "$W/nbd.sock" \
+        --filter=rate file "$W/disk.img" rate=$((rate * 8))M burstiness=0.5 &
+      NBD=$!
       for _ in $(seq 100); do [ -S "$W/nbd.sock" ] && break; sleep 0.05; done
       run throttled "$rate" "$spool" "nbd+unix:///?socket=$W/nbd.sock"
-      kill "$(cat "$W/nbd.pid")" 2>/dev/null || true
+      kill "$NBD" 2>/dev/null || true
+      wait "$NBD" 2>/dev/null || true
       sleep 0.2
     done
   done

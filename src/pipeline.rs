@@ -85,10 +85,10 @@ struct Spool<S> {
 }
 
 /// As [`run_workers`] with a spool of up to `spool_items` transformed items between the
-/// transform stage and `consume`: `consume` gets nothing until the spool holds
-/// `spool_items` items (or the input ends), then every item, as fast as it takes them,
-/// until the spool is empty again, while the producer and the transforms go on filling
-/// it. A consumer faster than the producer (a tape drive fed by a slow source) so works
+/// transform stage and `consume`: `consume` gets nothing until the spool is half full
+/// (or the input ends), then every item, as fast as it takes them, until the spool is
+/// empty again, while the producer and the transforms go on filling it (the other half
+/// takes in what they deliver while `consume` is held up). A consumer faster than the producer (a tape drive fed by a slow source) so works
 /// in bursts of at least `spool_items` items instead of starving item by item. Memory:
 /// `spool_items` more output items. 0 or 1 is [`run_workers`]'s behaviour.
 pub fn run_spooled<C, S, E, P, T, K>(
@@ -218,6 +218,10 @@ where
                 }),
                 std::sync::Condvar::new(),
             ));
+            // A burst starts at half the spool, so the other half takes in what the
+            // source delivers while the consumer waits (a tape drive repositioning
+            // before it writes again) instead of stalling the source.
+            let burst_at = spool_items.div_ceil(2);
             let theirs = shared.clone();
             let (spool, cv) = (&shared.0, &shared.1);
             let merger = scope.spawn(move || {
@@ -229,7 +233,7 @@ where
                         break;
                     }
                     g.items.push_back((next, out));
-                    if g.items.len() >= spool_items {
+                    if g.items.len() >= burst_at {
                         g.bursting = true;
                     }
                     drop(g);
@@ -517,18 +521,21 @@ mod tests {
             for (i, &(v, _)) in seen.iter().enumerate() {
                 assert_eq!(v, i as u32, "{n} workers: order");
             }
-            // Nothing is consumed before the spool held 16 items, and each burst
-            // starts with at least 16 items spooled (or the input ended): an item
-            // consumed first in a burst was produced at least 16 items before the then
-            // newest one.
-            assert!(seen[0].1 >= 16, "{n} workers: first item consumed early: {seen:?}");
+            // Nothing is consumed before the spool was half full (8 of 16 items), and
+            // each burst starts with at least 8 items spooled (or the input ended): an
+            // item consumed first in a burst was produced at least 8 items before the
+            // then newest one.
+            assert!(
+                seen[0].1 >= 8,
+                "{n} workers: first item consumed early: {seen:?}"
+            );
             let mut bursts = 0;
             for w in seen.windows(2) {
                 // A new burst: the spool ran empty (the previous item was the newest).
                 if w[0].1 == w[0].0 + 1 && w[1].0 == w[0].0 + 1 {
                     bursts += 1;
                     assert!(
-                        w[1].1 >= w[1].0 + 16 || w[1].1 == 100,
+                        w[1].1 >= w[1].0 + 8 || w[1].1 == 100,
                         "{n} workers: burst started at item {} with {} produced",
                         w[1].0,
                         w[1].1

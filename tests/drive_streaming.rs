@@ -34,22 +34,32 @@ fn a_session_of_several_images_stops_the_tape_once() {
         "--capacity",
         "256M",
         "--drive-model",
-        "speed=40M,min=20M,buffer=1Mi,reposition=10ms",
+        "speed=40M,min=20M,buffer=4Mi,reposition=10ms",
     ]);
     v.pool("p", "off");
+    // A first session labels the cartridge into the media set (a label is written and
+    // flushed once in a cartridge's life); the session measured appends.
+    let first = TestDisk::create(v.path("first.img"), MIB, MIB, 39);
+    v.backup(&first, "p", &[]);
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let before = lib.drive_stats(0).unwrap();
     let disks: Vec<TestDisk> = (0..3)
         .map(|i| TestDisk::create(v.path(&format!("d{i}.img")), 3 * MIB, 3 * MIB, 40 + i))
         .collect();
     let m = v.path("vm.toml");
     write_manifest(&m, "vm", &disks.iter().collect::<Vec<_>>());
     let report = v.backup_manifest(&m, "p", &[]);
-    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
     let st = lib.drive_stats(0).unwrap();
+    let (repositions, underruns) = (
+        st.repositions - before.repositions,
+        st.buffer_underruns - before.buffer_underruns,
+    );
     // One flush at the session's commit point (before the catalog snapshot): the
-    // snapshot's write starts the tape once. A flush after each image trailer would
-    // cost one more per image.
-    assert!(st.repositions <= 1, "{st:?}");
-    assert!(st.bytes_written >= 9 * MIB, "{st:?}");
+    // snapshot's write starts the tape once. A flush after each image trailer cost one
+    // more per image (3 here). Stops because the host fell behind (underruns, which a
+    // loaded machine may cause) are not the session's flushes.
+    assert!(repositions <= underruns + 1, "{before:?} -> {st:?}");
+    assert!(st.bytes_written - before.bytes_written >= 9 * MIB, "{st:?}");
     let images = report["images"].as_array().unwrap();
     assert_eq!(images.len(), 3);
     for (d, img) in disks.iter().zip(images) {
@@ -74,6 +84,8 @@ fn throttled(file: &Path, sock: &Path, rate: &str) -> Option<Child> {
         .args(["--filter=rate", "file"])
         .arg(file)
         .arg(format!("rate={rate}"))
+        // A small bucket: the source is throttled from its first request on.
+        .arg("burstiness=0.5")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -109,10 +121,10 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         "speed=8M,min=4M,buffer=256Ki,reposition=10ms",
     ]);
     v.pool("p", "off");
-    let disk = TestDisk::create(v.path("d.img"), 2 * MIB, 2 * MIB, 9);
+    let disk = TestDisk::create(v.path("d.img"), 4 * MIB, 4 * MIB, 9);
     let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
     let mut runs = Vec::new();
-    for spool in ["0", "4M"] {
+    for spool in ["0", "16M"] {
         let sock = v.path(&format!("nbd-{spool}.sock"));
         let Some(mut server) = throttled(&disk.path, &sock, "16M") else {
             eprintln!("skipping: nbdkit did not start");
@@ -122,7 +134,15 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         let src = format!("nbd+unix:///?socket={}", sock.display());
         let id = disk.id.to_string();
         let j = v.ok(&[
-            "backup", "--disk", &src, "--disk-id", &id, "--pool", "p", "--full", "--spool",
+            "backup",
+            "--disk",
+            &src,
+            "--disk-id",
+            &id,
+            "--pool",
+            "p",
+            "--full",
+            "--spool",
             spool,
         ]);
         let _ = server.kill();
@@ -135,9 +155,10 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         assert_same_bytes(&out, &disk.path, "restored disk");
         runs.push(after.buffer_underruns - before.buffer_underruns);
     }
-    // Without a spool the drive's buffer runs dry every 128 KiB or so; with a spool
-    // larger than the disk the image goes to the drive in one burst.
-    assert!(runs[0] >= 4, "underruns without a spool: {runs:?}");
-    assert_eq!(runs[1], 0, "underruns with a 4 MiB spool: {runs:?}");
+    // Without a spool the drive's buffer runs dry after each record or so (the source
+    // delivers 2 MB/s, the drive takes at least 4); with a spool twice the disk (a
+    // burst starts at half of it) the image goes to the drive in one burst.
+    assert!(runs[0] >= 3, "underruns without a spool: {runs:?}");
+    assert_eq!(runs[1], 0, "underruns with a 16 MiB spool: {runs:?}");
     v.assert_catalog_consistent();
 }

@@ -50,8 +50,8 @@ pub struct BackupRequest {
     pub disks: Vec<DiskSpec>,
     pub pool: String,
     pub mode: Mode,
-    /// Bytes of records the writer holds in memory before writing them to the drive in
-    /// one burst (0: none): a source slower than the drive's lowest speed then stops
+    /// Bytes of records the writer may hold in memory; it writes them to the drive in
+    /// bursts from half full on (0: none): a source slower than the drive's lowest speed stops
     /// the tape once per burst instead of once per drive buffer. See [`DEFAULT_SPOOL`].
     pub spool: u64,
 }

@@ -84,9 +84,9 @@ pub struct BackupArgs {
     /// in the catalog), or none: every disk whose newest point is in the pool.
     #[arg(long, conflicts_with_all = ["full", "copy", "disk", "changed_extents"])]
     pub synthetic_full: bool,
-    /// Memory the writer may hold records in before writing them to the drive in one
-    /// burst (e.g. 512M, 1G; 0: none). A source slower than the drive's lowest speed
-    /// then stops the tape once per burst, not once per drive buffer. At most 4G.
+    /// Memory the writer may hold records in (e.g. 512M, 1G; 0: none): it writes them
+    /// to the drive in bursts, from half full on, so a source slower than the drive's
+    /// lowest speed stops the tape once per burst, not once per drive buffer. At most 4G.
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_spool)]
     pub spool: u64,
 }
