@@ -50,7 +50,7 @@ pub fn run(
     // then complete in the catalog (an image counts only once flushed); the spool
     // feeds the drive in bursts.
     job.defer_commit = true;
-    job.spool_records = spool_records(req.spool);
+    job.spool_records = spool_records(req.spool, job.tape.pool.compression);
     let mut reports: Vec<DiskReport> = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
@@ -94,11 +94,18 @@ pub fn run(
     }
 }
 
-/// Records the spool holds for `bytes` of spool: a record's buffer holds up to the
-/// format's record size (less when compressed or at the end of a disk); the spool is
-/// counted in records, so its buffers never hold more than `bytes`.
-fn spool_records(bytes: u64) -> usize {
-    (bytes / tape_formats::DEFAULT_RECORD_DATA_SIZE as u64) as usize
+/// Records the spool holds for `bytes` of spool: a record's block holds up to the
+/// format's record size, and when the pool compresses, a zstd buffer of up to that
+/// size too; the spool is counted in records, so its buffers never hold more than
+/// `bytes`.
+fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
+    let per_record = tape_formats::DEFAULT_RECORD_DATA_SIZE as u64
+        * if compression == catalog::Compression::Off {
+            1
+        } else {
+            2
+        };
+    (bytes / per_record) as usize
 }
 
 impl Job<'_> {
