@@ -163,3 +163,75 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     assert_eq!(runs[1], 0, "underruns with a 16 MiB spool: {runs:?}");
     v.assert_catalog_consistent();
 }
+
+#[test]
+fn a_session_killed_before_its_commit_point_counts_none_of_its_images() {
+    let v = Vault::small(2, "256M");
+    v.pool("p", "off");
+    let first = TestDisk::create(v.path("first.img"), MIB, MIB, 50);
+    let j = v.backup(&first, "p", &[]);
+    let bc = j["barcodes"][0]
+        .as_str()
+        .expect("the first image's cartridge")
+        .to_string();
+    let disks: Vec<TestDisk> = (0..3)
+        .map(|i| TestDisk::create(v.path(&format!("k{i}.img")), 3 * MIB, 3 * MIB, 60 + i))
+        .collect();
+    let m = v.path("vm.toml");
+    write_manifest(&m, "vm", &disks.iter().collect::<Vec<_>>());
+    // Slow writes; kill the session once two of its three images are on tape (their
+    // trailers written, the drive not yet flushed: the session flushes after its last).
+    v.slow_writes(&bc, 100, 100_000);
+    let before = v.cartridge_data_len(&bc);
+    let ms = m.to_string_lossy().into_owned();
+    let mut child = v
+        .command(&["backup", "--manifest", &ms, "--pool", "p"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while v.cartridge_data_len(&bc) < before + 6 * MIB + 64 * 1024 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the backup never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::fs::remove_file(v.cartridge_dir(&bc).join("faults.json")).unwrap();
+
+    // None of the session's images counts: written, never flushed, never committed.
+    let cat = v.catalog();
+    for d in &disks {
+        for img in cat.images(Some(d.id)).unwrap() {
+            assert_ne!(
+                img.status,
+                tapevault::catalog::ImageStatus::Complete,
+                "disk {}: {img:?}",
+                d.id
+            );
+        }
+    }
+    drop(cat);
+    // The next session backs every disk up (fulls: nothing of the killed one is a base),
+    // each restores bit-identical, and the catalog is consistent again.
+    let report = v.backup_manifest(&m, "p", &[]);
+    let images = report["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for (d, img) in disks.iter().zip(images) {
+        assert_eq!(s(img, "kind"), "full", "{img}");
+        let out = v.path(&format!("r-{}.img", d.id));
+        let r = v.restore_image(d.id, s(img, "image"), &out);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_same_bytes(&out, &d.path, "restored disk");
+    }
+    let first_row = v.image_row(s(&j, "image"));
+    assert_eq!(first_row.status, tapevault::catalog::ImageStatus::Complete);
+    v.assert_catalog_consistent();
+}
