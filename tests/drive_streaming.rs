@@ -1,6 +1,7 @@
 //! Keeping a modelled drive streaming, through the binary: a backup session flushes the
-//! drive once (its commit point) whatever the number of images, and a source slower
-//! than the drive's lowest speed is spooled and written in bursts (`--spool`).
+//! drive once (its commit point) whatever the number of images, a session killed before
+//! that point counts none of its images, and a source slower than the drive's lowest
+//! speed is spooled and written in bursts (`--spool`).
 
 mod common;
 
