@@ -57,6 +57,43 @@ where
 /// from that rule. `transform_s` is the sum over the workers.
 pub fn run_workers<C, S, E, P, T, K>(
     depth: usize,
+    produce: P,
+    transforms: Vec<T>,
+    consume: K,
+) -> Result<StageTimes, E>
+where
+    C: Default + Send,
+    S: Default + Send,
+    E: Send,
+    P: FnMut(&mut C) -> Result<bool, E> + Send,
+    T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
+    K: FnMut(&mut S) -> Result<(), E>,
+{
+    run_spooled(depth, 0, produce, transforms, consume)
+}
+
+/// The spool between the transform stage and `consume`: transformed items wait in it
+/// (in production order) and are handed on in bursts.
+struct Spool<S> {
+    items: std::collections::VecDeque<(usize, S)>,
+    /// A burst is under way: `consume` takes items until the spool is empty.
+    bursting: bool,
+    /// The transform stage has ended (no more items will come).
+    ended: bool,
+    /// `consume` failed: the merger stops taking items.
+    stopped: bool,
+}
+
+/// As [`run_workers`] with a spool of up to `spool_items` transformed items between the
+/// transform stage and `consume`: `consume` gets nothing until the spool is half full
+/// (or the input ends), then every item, as fast as it takes them, until the spool is
+/// empty again, while the producer and the transforms go on filling it (the other half
+/// takes in what they deliver while `consume` is held up). A consumer faster than the producer (a tape drive fed by a slow source) so works
+/// in bursts of at least `spool_items` items instead of starving item by item. Memory:
+/// `spool_items` more output items. 0 or 1 is [`run_workers`]'s behaviour.
+pub fn run_spooled<C, S, E, P, T, K>(
+    depth: usize,
+    spool_items: usize,
     mut produce: P,
     transforms: Vec<T>,
     mut consume: K,
@@ -76,6 +113,9 @@ where
     // Produced items are recycled through one queue; each worker has its input queue,
     // its output queue and its own recycling queue for output items.
     let c_limit = n * (depth + 1) + 2;
+    // Output items each worker may have in flight: its queues', and its share of the
+    // spool's (each comes back through its recycling queue, which holds them all).
+    let s_limit = depth + 2 + spool_items.div_ceil(n);
     let (ret_c_tx, ret_c_rx): (SyncSender<C>, Receiver<C>) = sync_channel(c_limit);
     let mut to_workers = Vec::with_capacity(n);
     let mut from_workers = Vec::with_capacity(n);
@@ -84,7 +124,7 @@ where
     for _ in 0..n {
         let (tx_c, rx_c): (SyncSender<C>, Receiver<C>) = sync_channel(depth);
         let (tx_s, rx_s): (SyncSender<S>, Receiver<S>) = sync_channel(depth);
-        let (ret_s_tx, ret_s_rx): (SyncSender<S>, Receiver<S>) = sync_channel(depth + 2);
+        let (ret_s_tx, ret_s_rx): (SyncSender<S>, Receiver<S>) = sync_channel(s_limit);
         to_workers.push(tx_c);
         from_workers.push(rx_s);
         returns.push(ret_s_tx);
@@ -128,7 +168,7 @@ where
                     for mut item in rx_c.iter() {
                         let mut out = match ret_s_rx.try_recv() {
                             Ok(s) => s,
-                            Err(_) if made < depth + 2 => {
+                            Err(_) if made < s_limit => {
                                 made += 1;
                                 S::default()
                             }
@@ -150,20 +190,90 @@ where
         drop(ret_c_tx);
         let mut result = Ok(());
         let mut consume_busy = Duration::ZERO;
-        let mut next = 0usize;
-        // In production order: item i comes from worker i % n. A worker that ended
-        // (input exhausted, or an error) ends the run here; its error is reported below.
-        while let Ok(mut out) = from_workers[next % n].recv() {
-            if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
-                result = Err(e);
-                break;
+        if spool_items <= 1 {
+            let mut next = 0usize;
+            // In production order: item i comes from worker i % n. A worker that ended
+            // (input exhausted, or an error) ends the run here; its error is reported
+            // below.
+            while let Ok(mut out) = from_workers[next % n].recv() {
+                if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
+                    result = Err(e);
+                    break;
+                }
+                let _ = returns[next % n].try_send(out);
+                next += 1;
             }
-            let _ = returns[next % n].try_send(out);
-            next += 1;
+            // Dropping the receivers unblocks the other stages.
+            drop(from_workers);
+            drop(returns);
+        } else {
+            // A merger thread takes the items in production order into the spool; this
+            // thread consumes them in bursts.
+            let shared = std::sync::Arc::new((
+                std::sync::Mutex::new(Spool {
+                    items: std::collections::VecDeque::with_capacity(spool_items + n * depth),
+                    bursting: false,
+                    ended: false,
+                    stopped: false,
+                }),
+                std::sync::Condvar::new(),
+            ));
+            // A burst starts at half the spool, so the other half takes in what the
+            // source delivers while the consumer waits (a tape drive repositioning
+            // before it writes again) instead of stalling the source.
+            let burst_at = spool_items.div_ceil(2);
+            let theirs = shared.clone();
+            let (spool, cv) = (&shared.0, &shared.1);
+            let merger = scope.spawn(move || {
+                let (spool, cv) = (&theirs.0, &theirs.1);
+                let mut next = 0usize;
+                while let Ok(out) = from_workers[next % n].recv() {
+                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.stopped {
+                        break;
+                    }
+                    g.items.push_back((next, out));
+                    if g.items.len() >= burst_at {
+                        g.bursting = true;
+                    }
+                    drop(g);
+                    cv.notify_all();
+                    next += 1;
+                }
+                let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                g.ended = true;
+                drop(g);
+                cv.notify_all();
+                // Dropping the receivers unblocks the workers.
+                drop(from_workers);
+            });
+            loop {
+                let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                while !(g.ended || (g.bursting && !g.items.is_empty())) {
+                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                let Some((i, mut out)) = g.items.pop_front() else {
+                    break; // ended and empty
+                };
+                if g.items.is_empty() {
+                    g.bursting = false;
+                }
+                drop(g);
+                if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
+                    result = Err(e);
+                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    g.stopped = true;
+                    g.items.clear();
+                    break;
+                }
+                let _ = returns[i % n].try_send(out);
+            }
+            // Unblock the workers (their recycling queues) before waiting for the merger.
+            drop(returns);
+            merger
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
         }
-        // Dropping the receivers (by leaving scope) unblocks the other stages.
-        drop(from_workers);
-        drop(returns);
         let mut transform_busy = Duration::ZERO;
         let mut worker_err = None;
         for w in workers {
@@ -361,6 +471,105 @@ mod tests {
                 },
                 |s| {
                     if failing == 2 && *s == 50 {
+                        return Err("write failed".into());
+                    }
+                    Ok(())
+                },
+            );
+            let want = ["read failed", "compress failed", "write failed"][failing];
+            assert_eq!(r.unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn a_spool_hands_items_on_in_bursts_in_order() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        for n in [1usize, 2] {
+            let produced = AtomicU32::new(0);
+            // (item, items produced when it was consumed)
+            let mut seen = Vec::new();
+            let workers: Vec<_> = (0..n)
+                .map(|_| {
+                    |c: &mut u32, s: &mut u32| -> Result<(), String> {
+                        *s = *c;
+                        Ok(())
+                    }
+                })
+                .collect();
+            run_spooled::<u32, u32, String, _, _, _>(
+                2,
+                16,
+                |c| {
+                    let k = produced.load(Ordering::SeqCst);
+                    if k == 100 {
+                        return Ok(false);
+                    }
+                    // A slow source: the consumer would take every item at once.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    *c = k;
+                    produced.store(k + 1, Ordering::SeqCst);
+                    Ok(true)
+                },
+                workers,
+                |s| {
+                    seen.push((*s, produced.load(Ordering::SeqCst)));
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(seen.len(), 100, "{n} workers");
+            for (i, &(v, _)) in seen.iter().enumerate() {
+                assert_eq!(v, i as u32, "{n} workers: order");
+            }
+            // Nothing is consumed before the spool was half full (8 of 16 items), and
+            // each burst starts with at least 8 items spooled (or the input ended): an
+            // item consumed first in a burst was produced at least 8 items before the
+            // then newest one.
+            assert!(
+                seen[0].1 >= 8,
+                "{n} workers: first item consumed early: {seen:?}"
+            );
+            let mut bursts = 0;
+            for w in seen.windows(2) {
+                // A new burst: the spool ran empty (the previous item was the newest).
+                if w[0].1 == w[0].0 + 1 && w[1].0 == w[0].0 + 1 {
+                    bursts += 1;
+                    assert!(
+                        w[1].1 >= w[1].0 + 8 || w[1].1 == 100,
+                        "{n} workers: burst started at item {} with {} produced",
+                        w[1].0,
+                        w[1].1
+                    );
+                }
+            }
+            assert!(bursts >= 1, "{n} workers: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_while_spooling_stops_the_pipeline_and_is_returned() {
+        for failing in 0..3 {
+            let mut n = 0u32;
+            let r = run_spooled::<u32, u32, String, _, _, _>(
+                2,
+                8,
+                |c| {
+                    n += 1;
+                    *c = n;
+                    if failing == 0 && n == 50 {
+                        return Err("read failed".into());
+                    }
+                    Ok(true)
+                },
+                vec![|c: &mut u32, s: &mut u32| {
+                    if failing == 1 && *c == 50 {
+                        return Err("compress failed".to_string());
+                    }
+                    *s = *c;
+                    Ok(())
+                }],
+                |s| {
+                    if failing == 2 && *s == 20 {
                         return Err("write failed".into());
                     }
                     Ok(())

@@ -15,7 +15,105 @@ use tape_devices::drive::DriveError;
 use super::*;
 use crate::events::NoteKind;
 
+/// An image written (trailer and filemark on tape) whose commit waits for the drive's
+/// flush: until then the catalog keeps it 'running'.
+pub(super) struct Pending {
+    image: Uuid,
+    disk: Uuid,
+    stats: ImageStats,
+    digest_hex: String,
+    segments: Vec<crate::catalog::Segment>,
+    coverage: Vec<crate::catalog::Extent>,
+    /// Its block digest list in the home.
+    list: std::path::PathBuf,
+    /// The cartridge its last part is on.
+    cartridge: String,
+    /// A driver's export, held until the image is committed or failed.
+    opened: Option<crate::source::export::OpenedExport>,
+}
+
 impl Job<'_> {
+    /// Mark a written and flushed image complete; only then may its driver retire the
+    /// previous change-tracking epoch.
+    fn commit(&mut self, p: Pending) -> Result<()> {
+        let Pending {
+            image,
+            disk,
+            stats,
+            digest_hex,
+            segments,
+            coverage,
+            mut opened,
+            ..
+        } = p;
+        self.tape
+            .cat
+            .complete_image(image, &stats, &digest_hex, &segments, &coverage)?;
+        if let Some(o) = opened.as_mut() {
+            if let Err(e) = o.guard.committed() {
+                self.tape.events.note(
+                    NoteKind::Decision,
+                    format!(
+                        "disk {disk}: image {image} is committed, but retiring the previous change-tracking epoch failed: {e}"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's commit point: flush the drive once, then mark every image written
+    /// since complete, in the order written. An image whose cartridge could not be
+    /// flushed is failed (it never counts), and so are the rest when a commit fails.
+    /// Returns the committed images; the first error after committing what could be.
+    pub(super) fn commit_pending(&mut self) -> Result<Vec<Uuid>> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let flush = self.tape.flush_current();
+        let mut first_err = flush.err();
+        let mut done = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            if first_err.is_none() && !self.tape.flushed.contains(&p.cartridge) {
+                first_err = Some(Error::Failed(format!(
+                    "cartridge {} was not flushed after image {} was written",
+                    p.cartridge, p.image
+                )));
+            }
+            let image = p.image;
+            let r = match &first_err {
+                None => self.commit_or_fail(p),
+                Some(e) => {
+                    self.fail_pending(p, &format!("not committed: {e}"));
+                    continue;
+                }
+            };
+            match r {
+                Ok(()) => done.push(image),
+                Err(e) => first_err = Some(e),
+            }
+        }
+        match first_err {
+            None => Ok(done),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn commit_or_fail(&mut self, p: Pending) -> Result<()> {
+        let (image, list) = (p.image, p.list.clone());
+        let r = self.commit(p);
+        if let Err(e) = &r {
+            let _ = self.tape.cat.fail_image(image, &e.to_string());
+            let _ = std::fs::remove_file(&list);
+        }
+        r
+    }
+
+    fn fail_pending(&mut self, p: Pending, why: &str) {
+        let _ = self.tape.cat.fail_image(p.image, why);
+        let _ = std::fs::remove_file(&p.list);
+    }
+
     pub(super) fn backup_disk(
         &mut self,
         checked: CheckedDisk,
@@ -226,20 +324,8 @@ impl Job<'_> {
                     finished: Some(crate::home::clock::now()),
                     digest_list: Some(new_list.to_string_lossy().into_owned()),
                 };
-                cat.complete_image(image_uuid, &stats, &digest_hex, &p.segments, &p.coverage)?;
-                // Flushed and committed: only now may the driver retire the old epoch.
-                if let Some(o) = opened.as_mut() {
-                    if let Err(e) = o.guard.committed() {
-                        self.tape.events.note(
-                            NoteKind::Decision,
-                            format!(
-                                "disk {}: image {image_uuid} is committed, but retiring the previous change-tracking epoch failed: {e}",
-                                d.id
-                            ),
-                        );
-                    }
-                }
-                Ok(DiskReport {
+                let last = p.cartridges.last().cloned().unwrap_or_default();
+                let report = DiskReport {
                     disk: d.id,
                     disk_label: d.label.clone(),
                     path: d.path.clone(),
@@ -259,8 +345,27 @@ impl Job<'_> {
                     cartridges: p.cartridges,
                     seconds: started.elapsed().as_secs_f64(),
                     stages: p.stages,
-                    digest: digest_hex,
-                })
+                    digest: digest_hex.clone(),
+                };
+                let pending = Pending {
+                    image: image_uuid,
+                    disk: d.id,
+                    stats,
+                    digest_hex,
+                    segments: p.segments,
+                    coverage: p.coverage,
+                    list: new_list,
+                    cartridge: last,
+                    opened,
+                };
+                if self.defer_commit {
+                    // On tape but not flushed: complete only after the session's flush.
+                    self.tape.flushed.remove(&pending.cartridge);
+                    self.pending.push(pending);
+                } else {
+                    self.commit(pending)?;
+                }
+                Ok(report)
             }
             Err(e) => {
                 let _ = cat.fail_image(image_uuid, &e.to_string());

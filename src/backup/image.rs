@@ -315,8 +315,9 @@ impl Job<'_> {
             };
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
         }
-        let run = crate::pipeline::run_workers::<ReadChunk, Prepared, Error, _, _, _>(
+        let run = crate::pipeline::run_spooled::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
+            self.spool_records,
             |c| {
                 if !fill(&mut c.extents, &mut c.data)? {
                     return Ok(false);
@@ -350,16 +351,20 @@ impl Job<'_> {
     }
 
     /// Close the last part of an image [`Self::stream_records`] wrote: trailer,
-    /// filemark, flush; only then may the catalog say complete.
+    /// filemark, flush (in a backup session, the flush is the session's commit point's,
+    /// [`Self::commit_pending`]); only then may the catalog say complete.
     pub(super) fn close_image(&mut self, state: &mut ImageProgress) -> Result<()> {
         let w = state.writer.take().expect("part open");
         let (sink, _trailer, _) = w
             .finish(TrailerStatus::Complete, state.digest)
             .map_err(sink_err)?;
         let mut sink = sink;
-        sink.drive
-            .flush()
-            .context("flushing the drive after the image trailer")?;
+        // A backup session flushes once, at its commit point, for all its images.
+        if !self.defer_commit {
+            sink.drive
+                .flush()
+                .context("flushing the drive after the image trailer")?;
+        }
         state.close_segment();
         self.tape.put_sink(sink)?;
         self.image_parts += 1;

@@ -4,7 +4,9 @@
 //!
 //! An image is usable only when its trailer is on tape, the drive has flushed, and its
 //! catalog transaction has committed. Anything else leaves it 'failed' (or 'running'
-//! until the next job notices its process is gone), and never a base.
+//! until the next job notices its process is gone), and never a base. A backup session
+//! flushes once, after its last image, and then commits its images
+//! ([`disk`]: `commit_pending`), so the drive stops once per session, not per image.
 //!
 //! A backup, step by step:
 //!
@@ -24,7 +26,8 @@
 //! 5. **Streaming** ([`image`]): the image header, the bounded pipeline: reader thread
 //!    (chunks, zero detection, digests) -> transform workers ([`stages`]: zstd, AES-GCM,
 //!    CRC) -> writer ([`records`]: framing, resealing, parts, spanning at early
-//!    warning), then trailer, filemark and flush.
+//!    warning), then trailer and filemark (the flush is the session's commit point's);
+//!    the spool (`--spool`) feeds the drive in bursts.
 //! 6. **Tape** ([`tape`]): the cartridge being written: picked from the set or joined
 //!    (labelled), checked, positioned at end of data, released (flushed and unloaded).
 //!
@@ -59,6 +62,7 @@ pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
 pub use request::{
     check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode, SyntheticSource,
+    DEFAULT_SPOOL, MAX_SPOOL,
 };
 pub use session::run;
 pub use target::{ImageTarget, WrittenImage};
@@ -116,6 +120,16 @@ struct Job<'a> {
     /// header's `time` carries too, so a catalog rebuilt from the media orders images
     /// as the original did.
     image_time: chrono::DateTime<chrono::Utc>,
+    /// A backup session's images are committed together after one flush of the drive
+    /// at the session's end ([`session`]); copies and synthetic fulls written through
+    /// [`ImageTarget`] flush and commit each image at once.
+    defer_commit: bool,
+    /// Images written (trailer and filemark on tape) but not yet flushed, hence not
+    /// yet complete in the catalog.
+    pending: Vec<disk::Pending>,
+    /// Records held in the spool between the transform stage and the drive (0: none);
+    /// see [`BackupRequest::spool`].
+    spool_records: usize,
 }
 
 /// The point a synthetic full being written reproduces.

@@ -50,7 +50,16 @@ pub struct BackupRequest {
     pub disks: Vec<DiskSpec>,
     pub pool: String,
     pub mode: Mode,
+    /// Bytes of records the writer may hold in memory; it writes them to the drive in
+    /// bursts from half full on (0: none): a source slower than the drive's lowest speed stops
+    /// the tape once per burst instead of once per drive buffer. See [`DEFAULT_SPOOL`].
+    pub spool: u64,
 }
+
+/// The default spool of a backup: 128 MiB of memory.
+pub const DEFAULT_SPOOL: u64 = 128 << 20;
+/// The largest spool a backup takes (it is memory).
+pub const MAX_SPOOL: u64 = 4 << 30;
 
 /// The pool's key, unlocked; the passphrase is kept only to write key escrow into labels.
 pub struct KeyMaterial {
@@ -103,6 +112,7 @@ impl Inputs {
             disks: vec![spec.clone()],
             pool,
             mode: Mode::Full,
+            spool: DEFAULT_SPOOL,
         };
         Inputs {
             req,

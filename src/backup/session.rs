@@ -46,19 +46,34 @@ pub fn run(
         events,
     )?;
     let session = job.session;
-    let mut reports = Vec::new();
+    // One commit point per session: the images are flushed once, together, and only
+    // then complete in the catalog (an image counts only once flushed); the spool
+    // feeds the drive in bursts.
+    job.defer_commit = true;
+    job.spool_records = spool_records(req.spool, job.tape.pool.compression);
+    let mut reports: Vec<DiskReport> = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
         for d in disks {
             let r = job.backup_disk(d, req)?;
-            events.emit(Event::Finished(Finished::Image(&r)));
             reports.push(r);
+        }
+        let done = job.commit_pending()?;
+        for r in reports.iter().filter(|r| done.contains(&r.image)) {
+            events.emit(Event::Finished(Finished::Image(r)));
         }
         cat.finish_session(session, SessionStatus::Complete)?;
         job.tape.touch()?;
         let loc = job.write_session_end()?;
         Ok(Some(loc))
     })();
+    // After a failure, the images written before it still count once flushed.
+    if result.is_err() {
+        let done = job.commit_pending().unwrap_or_default();
+        for r in reports.iter().filter(|r| done.contains(&r.image)) {
+            events.emit(Event::Finished(Finished::Image(r)));
+        }
+    }
     let unmount = job.tape.release();
     match result {
         Ok(snapshot) => {
@@ -77,6 +92,20 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Records the spool holds for `bytes` of spool: a record's block holds up to the
+/// format's record size, and when the pool compresses, a zstd buffer of up to that
+/// size too; the spool is counted in records, so its buffers never hold more than
+/// `bytes`.
+fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
+    let per_record = tape_formats::DEFAULT_RECORD_DATA_SIZE as u64
+        * if compression == catalog::Compression::Off {
+            1
+        } else {
+            2
+        };
+    (bytes / per_record) as usize
 }
 
 impl Job<'_> {

@@ -31,6 +31,9 @@ pub(super) struct Tape<'a> {
     /// read or written, cleared when the drive is let go ([`crate::media::drive_key`]).
     pub(super) drive_key: Option<tape_devices::drive::DataKey>,
     pub(super) wait: Option<crate::media::allocate::MediaWait>,
+    /// Cartridges flushed since an image waiting for its commit was last written to
+    /// them: what the session's deferred commit may count on.
+    pub(super) flushed: HashSet<String>,
     /// Where the job's notes about cartridges and waits go.
     pub(super) events: &'a dyn Events,
 }
@@ -268,6 +271,26 @@ impl Tape<'_> {
         self.release()
     }
 
+    /// Flush the drive of the cartridge being written, if any: everything written to
+    /// it is then on tape. A cartridge whose state is unknown (its sink was dropped
+    /// after a drive failure) cannot be flushed: an error.
+    pub(super) fn flush_current(&mut self) -> Result<()> {
+        let Some(c) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let sink = c.sink.as_mut().ok_or_else(|| {
+            crate::error::Error::Failed(format!(
+                "cartridge {} is in an unknown state after a drive error: what was written to it since its last flush cannot be counted on",
+                c.barcode
+            ))
+        })?;
+        sink.drive
+            .flush()
+            .with_context(|| format!("flushing {}", c.barcode))?;
+        self.flushed.insert(c.barcode.clone());
+        Ok(())
+    }
+
     pub(super) fn touch(&mut self) -> Result<()> {
         crate::media::lifecycle::record_set_write(
             self.cat,
@@ -290,6 +313,7 @@ impl Tape<'_> {
                 .flush()
                 .with_context(|| format!("flushing {}", c.barcode))?;
             drop(drive);
+            self.flushed.insert(c.barcode.clone());
         }
         if full {
             self.cat.set_media_state(&c.barcode, MediaState::Full)?;

@@ -149,6 +149,7 @@ pub(super) fn begin_pool_session<'a>(
         current: None,
         escrow,
         drive_key,
+        flushed: HashSet::new(),
         events,
         // Wait for media only when a person can insert it.
         wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
@@ -165,6 +166,9 @@ pub(super) fn begin_pool_session<'a>(
         seal_buf: Vec::new(),
         reproduce: None,
         image_time: now,
+        defer_commit: false,
+        pending: Vec::new(),
+        spool_records: 0,
     };
     Ok((lock, set, job))
 }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Whole `tapevault backup` runs on a modelled drive (docs/BENCHMARKS.md, "Drive
+# streaming", second part): the drive's time repositioning, from its statistics.
+#   1. a fast source (random data on tmpfs): the session's commit points;
+#   2. a source throttled by nbdkit's rate filter (an NBD source, as a slow hypervisor
+#      export would be) at several rates, with --spool 0, the default and a large spool.
+# ROUNDS alternating rounds; min / median / max printed per row.
+#
+#   cargo build --release --bin tapevault
+#   bench/backup_streaming.sh [WORKDIR]
+#
+# Environment: TOTAL_MIB (default 512), ROUNDS (3), RATES (MB/s, default "60 20"),
+# SPOOLS (default "0 128M 1G"), MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s),
+# TAPEVAULT_BIN (default target/release/tapevault). WORKDIR (default a new directory
+# under /dev/shm) needs about 2x TOTAL_MIB.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
+W=${1:-$(mktemp -d /dev/shm/backup-streaming.XXXXXX)}
+TOTAL=${TOTAL_MIB:-512}
+ROUNDS=${ROUNDS:-3}
+RATES=${RATES:-60 20}
+SPOOLS=${SPOOLS:-0 128M 1G}
+MODEL=${MODEL:-speed=200M,min=70M,buffer=64Mi,reposition=2.5s}
+ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d31
+SMALL_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d32
+for t in nbdkit python3; do
+  command -v $t >/dev/null || { echo "skipping: $t is not installed" >&2; exit 2; }
+done
+[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
+mkdir -p "$W"
+OUT=$W/results.jsonl
+: > "$OUT"
+head -c $((TOTAL << 20)) /dev/urandom > "$W/disk.img"
+
+# run LABEL RATE SPOOL SOURCE: one backup into a fresh home; appends a JSON line.
+run() {
+  local label=$1 rate=$2 spool=$3 src=$4
+  rm -rf "$W/home" "$W/home-library"
+  "$BIN" --home "$W/home" init --slots 2 --drives 1 --capacity 4G --drive-model "$MODEL" >/dev/null 2>&1
+  "$BIN" --home "$W/home" pool create p --compression off >/dev/null 2>&1
+  # A first small session labels the cartridge into the media set, so the session
+  # measured appends (a label is written and flushed once in a cartridge's life).
+  head -c 1048576 /dev/urandom > "$W/small.img"
+  "$BIN" --home "$W/home" --json backup --disk "$W/small.img" --disk-id $SMALL_ID --pool p >/dev/null 2>&1
+  cp "$W/home-library/drives/0.stats.json" "$W/before.json"
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$BIN" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full --spool "$spool" >/dev/null 2>&1
+  t1=$(date +%s.%N)
+  python3 - "$W/home" "$label" "$rate" "$spool" "$t0" "$t1" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT" <<'PY'
+import json, sys
+home, label, rate, spool, t0, t1, load = sys.argv[1:]
+after = json.load(open(home + "-library/drives/0.stats.json"))
+before = json.load(open(home + "/../before.json"))
+st = {k: after[k] - before[k] for k in after}
+wall = float(t1) - float(t0)
+print(json.dumps({"case": label, "rate": rate, "spool": spool, "wall_s": wall,
+                  "repositions": st["repositions"], "underruns": st["buffer_underruns"],
+                  "repositioning_s": st["repositioning_ns"] / 1e9,
+                  "streaming_s": st["streaming_ns"] / 1e9,
+                  "repositioning_pct": 100 * st["repositioning_ns"] / 1e9 / wall,
+                  "load1": float(load)}))
+PY
+  tail -1 "$OUT" >&2
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  run fast fast 128M "$W/disk.img"
+  for rate in $RATES; do
+    for spool in $SPOOLS; do
+      rm -f "$W/nbd.sock"
+      # The rate filter counts bits per second.
+      nbdkit --foreground --readonly --exit-with-parent -U "$W/nbd.sock" \
+        --filter=rate file "$W/disk.img" rate=$((rate * 8))M burstiness=0.5 &
+      NBD=$!
+      for _ in $(seq 100); do [ -S "$W/nbd.sock" ] && break; sleep 0.05; done
+      run throttled "$rate" "$spool" "nbd+unix:///?socket=$W/nbd.sock"
+      kill "$NBD" 2>/dev/null || true
+      wait "$NBD" 2>/dev/null || true
+      sleep 0.2
+    done
+  done
+done
+
+python3 - "$OUT" <<'PY'
+import json, statistics as S, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for x in rows:
+    by.setdefault((x["case"], x["rate"], x["spool"]), []).append(x)
+def mmm(v, f):
+    v = sorted(v)
+    return " / ".join(f.format(a) for a in (v[0], S.median(v), v[-1]))
+print("| source | spool | wall s | repositions | repositioning, % of wall time | streaming s | load avg (1 min) |")
+print("|---|---|---|---|---|---|---|")
+for (case, rate, spool), xs in by.items():
+    src = "fast (tmpfs)" if case == "fast" else f"NBD, {rate} MB/s"
+    print(f"| {src} | {spool} | {mmm([x['wall_s'] for x in xs], '{:.2f}')} | {mmm([x['repositions'] for x in xs], '{:.0f}')} "
+          f"| {mmm([x['repositioning_pct'] for x in xs], '{:.1f}')} | {mmm([x['streaming_s'] for x in xs], '{:.2f}')} "
+          f"| {mmm([x['load1'] for x in xs], '{:.1f}')} |")
+PY
+[ -n "${1:-}" ] || [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
