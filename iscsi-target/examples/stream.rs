@@ -2,7 +2,7 @@
 //! run: `cargo run --release -p iscsi-target --example stream -- [MIB] [BLOCK_KIB] [QUEUE]`.
 //! Writes MIB MiB in blocks of BLOCK_KIB KiB to a fresh cartridge, rewinds, reads it
 //! back and compares, once in-process (vtl-sim Drive) and once through iSCSI over
-//! loopback (our test initiator, QUEUE commands in flight, default 8; 1 is one at a
+//! loopback (our test initiator, QUEUE commands in flight, default 2; 1 is one at a
 //! time), and prints MiB/s for each. Before each timed phase the page cache's dirty data is
 //! written back (`sync`), so that no phase pays for the writeback of the one before.
 
@@ -46,7 +46,7 @@ fn main() {
     let mut a = std::env::args().skip(1);
     let mib: u64 = a.next().and_then(|s| s.parse().ok()).unwrap_or(256);
     let bkib: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let queue: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(8).max(1);
+    let queue: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(2).max(1);
     let bs = bkib * 1024;
     let blocks = (mib << 20) / bs as u64;
     let dir = tempfile::tempdir().expect("temp dir");

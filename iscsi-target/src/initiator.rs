@@ -479,8 +479,9 @@ impl Initiator {
         let mut c = [0u8; 16];
         c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
         p.bhs[32..48].copy_from_slice(&c);
-        p.data = data_out[..imm].to_vec();
-        self.send(&p)?;
+        // The data goes out from the caller's buffer, not copied into the PDU.
+        p.write_with_data(&mut self.w, &data_out[..imm])?;
+        self.w.flush()?;
         let mut off = imm;
         let mut data_sn = 0;
         while off < unsolicited_end {
@@ -685,8 +686,8 @@ impl Initiator {
         d.set_u32(28, self.exp_stat_sn);
         d.set_u32(36, data_sn);
         d.set_u32(40, off as u32);
-        d.data = data.to_vec();
-        self.send(&d)
+        d.write_with_data(&mut self.w, data)?;
+        self.w.flush()
     }
 
     /// NOP-Out ping; returns the echoed data.
