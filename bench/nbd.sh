@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # NBD-source benchmarks (docs/BENCHMARKS.md, "NBD sources"), all in one run:
 #   1. full backup of a 4 GiB qcow2 full of random data through tapevault's own qemu-nbd,
-#      vs `nbdcopy` of the same image served the same way to null:;
+#      vs `nbdcopy` of the same image served the same way to null: (the target), and to a
+#      file on the same disk with a flush at the end (a second reference: the backup
+#      also writes and flushes its cartridge there);
 #   2. incrementals after writing 1 % of the disk: time vs the full, and bytes read vs the
 #      dirty bytes the bitmap holds (nbdinfo --map);
 #   3. full of a 64 GiB thin qcow2 holding 1 GiB vs full of a 1 GiB qcow2 holding 1 GiB.
@@ -12,7 +14,8 @@
 #
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
 # KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
-# 4x SIZE_MIB + 3 GiB.
+# 5x SIZE_MIB + 3 GiB. FULL_ONLY=1 runs only part 1, each full into a fresh home and
+# library removed after it (WORKDIR then needs about 3x SIZE_MIB).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,8 +42,12 @@ stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f %.3f 
 field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0][sys.argv[2]])' "$1" "$2"; }
 
 cap=$(( (SIZE_MIB * 5 + 8192) ))M
-"$BIN" init --slots 8 --drives 1 --capacity "$cap" >/dev/null
-"$BIN" pool create b --compression off >/dev/null
+fresh_home() {
+  rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME"-library
+  "$BIN" init --slots 8 --drives 1 --capacity "$cap" >/dev/null
+  "$BIN" pool create b --compression off >/dev/null
+}
+fresh_home
 
 # backup NAME ARGS...: time a backup, keep its JSON report in $W/NAME.json
 backup() {
@@ -58,8 +65,8 @@ head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$W/rand.raw"
 qemu-img convert -f raw -O qcow2 "$W/rand.raw" "$IMG"
 rm -f "$W/rand.raw"
 
-# 1. full vs nbdcopy, alternating
-F=(); N=()
+# 1. full vs nbdcopy (to null: and to a file), alternating
+F=(); N=(); C=()
 for r in 1 2 3; do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now_s)
@@ -67,11 +74,22 @@ for r in 1 2 3; do
   t1=$(now_s); N+=("$(echo "$t1 - $t0" | bc)")
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   F+=("$(backup full$r --disk "qcow2:$IMG" --disk-id $ID --full)")
+  [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now_s)
+  nbdcopy --flush -- [ qemu-nbd -r -f qcow2 "$IMG" ] "$W/copy.raw"
+  t1=$(now_s); C+=("$(echo "$t1 - $t0" | bc)")
+  rm -f "$W/copy.raw"
 done
 log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" read_bytes) bytes"
 log "nbdcopy to null: (s):  $(stats "${N[@]}")"
+log "nbdcopy to a file (s): $(stats "${C[@]}")"
 fm=$(stats "${F[@]}" | cut -d' ' -f2); nm=$(stats "${N[@]}" | cut -d' ' -f2)
-log "full speed / nbdcopy speed (medians): $(echo "scale=3; $nm / $fm" | bc)"
+cm=$(stats "${C[@]}" | cut -d' ' -f2)
+log "full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $fm" | bc)"
+log "full speed / nbdcopy-to-file speed (medians): $(echo "scale=3; $cm / $fm" | bc)"
+log "full stages (s, run 3): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["stages"])' "$W/full3.json")"
+[ "${FULL_ONLY:-0}" = 1 ] && exit 0
 
 # 2. 1 %-dirty incrementals
 I=()

@@ -1,12 +1,16 @@
 //! A small iSCSI initiator on the same PDU codec, for tests and benchmarks: login,
 //! discovery, SCSI commands with immediate data / R2T / Data-In, NOP, task
-//! management, logout, and raw PDUs for malformed-input tests. One command at a time.
+//! management, logout, and raw PDUs for malformed-input tests. [`Initiator::command`] runs
+//! one command at a time; [`Initiator::submit`] and [`Initiator::next_done`] keep several
+//! in flight (tagged by ITT, numbered by CmdSN within the target's MaxCmdSN window, with
+//! immediate and unsolicited data and R2Ts answered as they come), as open-iscsi does.
 
+use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::pdu::{encode_text, op, parse_text, Pdu};
+use crate::pdu::{encode_text, op, parse_text, sn_lt, Pdu};
 use crate::scsi::encode_lun;
 
 /// What came back for one SCSI command.
@@ -79,6 +83,21 @@ pub struct Initiator {
     pub max_burst: usize,
     /// Largest data segment we declare.
     pub our_mrdsl: usize,
+    /// The last MaxCmdSN the target granted.
+    max_cmd_sn: u32,
+    /// Commands submitted and not yet answered.
+    in_flight: Vec<InFlight>,
+    /// Commands answered but not yet taken with [`Initiator::next_done`].
+    done: VecDeque<(u32, CommandResult)>,
+}
+
+/// A submitted command.
+struct InFlight {
+    itt: u32,
+    lun: u64,
+    /// The write data (kept for R2Ts).
+    data_out: Vec<u8>,
+    res: CommandResult,
 }
 
 impl Initiator {
@@ -102,6 +121,9 @@ impl Initiator {
             first_burst: 65536,
             max_burst: 262_144,
             our_mrdsl: 262_144,
+            max_cmd_sn: 1,
+            in_flight: Vec::new(),
+            done: VecDeque::new(),
         })
     }
 
@@ -187,6 +209,7 @@ impl Initiator {
             return Err(err(format!("expected a login response, got {r:?}")));
         }
         self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
+        self.max_cmd_sn = r.u32_at(32);
         self.tsih = r.u16_at(14);
         self.login_keys.extend(parse_text(&r.data));
         Ok(r)
@@ -394,6 +417,211 @@ impl Initiator {
         }
     }
 
+    /// Commands submitted with [`Initiator::submit`] and not yet collected.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len() + self.done.len()
+    }
+
+    /// The MaxCmdSN the target granted last.
+    pub fn max_cmd_sn(&self) -> u32 {
+        self.max_cmd_sn
+    }
+
+    /// Sends a SCSI command without waiting for its response and returns its ITT.
+    /// `data_out` non-empty makes it a write: as much as ImmediateData and
+    /// FirstBurstLength allow goes with the command and as unsolicited Data-Out, the
+    /// rest when the target asks (R2T, answered while collecting). When the command's
+    /// CmdSN is beyond the target's MaxCmdSN, responses are collected first (kept for
+    /// [`Initiator::next_done`]) until the window opens. Do not mix with
+    /// [`Initiator::command`] while commands are in flight.
+    pub fn submit(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        read_len: u32,
+    ) -> io::Result<u32> {
+        while sn_lt(self.max_cmd_sn, self.cmd_sn) {
+            if self.in_flight.is_empty() {
+                return Err(err(format!(
+                    "the target's MaxCmdSN {} is below CmdSN {} with no command in flight",
+                    self.max_cmd_sn, self.cmd_sn
+                )));
+            }
+            self.pump()?;
+        }
+        let mut p = self.header(op::SCSI_CMD, false);
+        let itt = p.itt();
+        let write = !data_out.is_empty();
+        let edtl = if write {
+            data_out.len() as u32
+        } else {
+            read_len
+        };
+        let imm = if write && self.immediate_data {
+            data_out.len().min(self.first_burst).min(self.target_mrdsl)
+        } else {
+            0
+        };
+        let unsolicited_end = if write && !self.initial_r2t {
+            data_out.len().min(self.first_burst)
+        } else {
+            imm
+        };
+        p.set_flags(
+            if unsolicited_end == imm { 0x80 } else { 0 }
+                | if read_len > 0 { 0x40 } else { 0 }
+                | if write { 0x20 } else { 0 }
+                | 0x01,
+        );
+        p.set_lun(encode_lun(lun));
+        p.set_u32(20, edtl);
+        let mut c = [0u8; 16];
+        c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
+        p.bhs[32..48].copy_from_slice(&c);
+        // The data goes out from the caller's buffer, not copied into the PDU.
+        p.write_with_data(&mut self.w, &data_out[..imm])?;
+        self.w.flush()?;
+        let mut off = imm;
+        let mut data_sn = 0;
+        while off < unsolicited_end {
+            let n = (unsolicited_end - off).min(self.target_mrdsl);
+            self.data_out(
+                lun,
+                itt,
+                0xffff_ffff,
+                data_sn,
+                off,
+                &data_out[off..off + n],
+                off + n == unsolicited_end,
+            )?;
+            data_sn += 1;
+            off += n;
+        }
+        self.in_flight.push(InFlight {
+            itt,
+            lun,
+            data_out: if unsolicited_end < data_out.len() {
+                data_out.to_vec()
+            } else {
+                Vec::new()
+            },
+            res: CommandResult {
+                status: 0,
+                sense: Vec::new(),
+                data: Vec::new(),
+                residual: 0,
+                data_in_pdus: 0,
+                r2ts: 0,
+            },
+        });
+        Ok(itt)
+    }
+
+    /// The next submitted command to complete (in the order the target answers) with
+    /// its ITT.
+    pub fn next_done(&mut self) -> io::Result<(u32, CommandResult)> {
+        loop {
+            if let Some(d) = self.done.pop_front() {
+                return Ok(d);
+            }
+            if self.in_flight.is_empty() {
+                return Err(err("next_done with no command in flight".into()));
+            }
+            self.pump()?;
+        }
+    }
+
+    /// Receives one PDU for the submitted commands and acts on it.
+    fn pump(&mut self) -> io::Result<()> {
+        let mut r = self.recv()?;
+        let opc = r.opcode();
+        if matches!(
+            opc,
+            op::SCSI_RESP | op::DATA_IN | op::R2T | op::NOP_IN | op::TMF_RESP | op::ASYNC_MSG
+        ) {
+            let (exp, max) = (r.u32_at(28), r.u32_at(32));
+            // A MaxCmdSN below ExpCmdSN - 1 is invalid and ignored (RFC 7143 4.2.2.1).
+            if !sn_lt(max, exp.wrapping_sub(1)) && sn_lt(self.max_cmd_sn, max) {
+                self.max_cmd_sn = max;
+            }
+        }
+        if opc == op::NOP_IN {
+            return Ok(());
+        }
+        let itt = r.itt();
+        let Some(i) = self.in_flight.iter().position(|c| c.itt == itt) else {
+            return Err(err(format!(
+                "{r:?} for ITT 0x{itt:08x}, which no command in flight has"
+            )));
+        };
+        match opc {
+            op::R2T => {
+                self.in_flight[i].res.r2ts += 1;
+                let ttt = r.u32_at(20);
+                let boff = r.u32_at(40) as usize;
+                let len = r.u32_at(44) as usize;
+                let data = std::mem::take(&mut self.in_flight[i].data_out);
+                let lun = self.in_flight[i].lun;
+                if boff + len > data.len() {
+                    return Err(err(format!(
+                        "R2T for {len} bytes at {boff} beyond the {} we have",
+                        data.len()
+                    )));
+                }
+                let mut o = boff;
+                let mut sn = 0;
+                while o < boff + len {
+                    let n = (boff + len - o).min(self.target_mrdsl);
+                    self.data_out(lun, itt, ttt, sn, o, &data[o..o + n], o + n == boff + len)?;
+                    sn += 1;
+                    o += n;
+                }
+                self.in_flight[i].data_out = data;
+                Ok(())
+            }
+            op::DATA_IN => {
+                let res = &mut self.in_flight[i].res;
+                res.data_in_pdus += 1;
+                let boff = r.u32_at(40) as usize;
+                if boff != res.data.len() {
+                    return Err(err(format!(
+                        "Data-In at offset {boff}, expected {}",
+                        res.data.len()
+                    )));
+                }
+                if res.data.is_empty() {
+                    res.data = std::mem::take(&mut r.data);
+                } else {
+                    res.data.extend_from_slice(&r.data);
+                }
+                if r.flags() & 0x01 != 0 {
+                    self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
+                    let mut c = self.in_flight.remove(i);
+                    c.res.status = r.bhs[3];
+                    c.res.residual = residual(r.flags(), r.u32_at(44));
+                    self.done.push_back((itt, c.res));
+                }
+                Ok(())
+            }
+            op::SCSI_RESP => {
+                self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
+                let mut c = self.in_flight.remove(i);
+                c.res.status = r.bhs[3];
+                c.res.residual = residual(r.flags(), r.u32_at(44));
+                if r.data.len() >= 2 {
+                    let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
+                    c.res.sense = r.data[2..(2 + n).min(r.data.len())].to_vec();
+                }
+                self.done.push_back((itt, c.res));
+                Ok(())
+            }
+            _ => Err(err(format!(
+                "unexpected PDU for a command in flight: {r:?}"
+            ))),
+        }
+    }
+
     /// A SCSI Command PDU with all of `data_out` as immediate data (which must fit in
     /// FirstBurstLength), numbered as the next command; sent with [`Initiator::send`].
     pub fn command_pdu(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], read_len: u32) -> Pdu {
@@ -458,8 +686,8 @@ impl Initiator {
         d.set_u32(28, self.exp_stat_sn);
         d.set_u32(36, data_sn);
         d.set_u32(40, off as u32);
-        d.data = data.to_vec();
-        self.send(&d)
+        d.write_with_data(&mut self.w, data)?;
+        self.w.flush()
     }
 
     /// NOP-Out ping; returns the echoed data.

@@ -205,25 +205,31 @@ impl Pdu {
 
     /// Write the PDU. The header and a small data segment go out in one write.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        self.write_with_data(w, &self.data)
+    }
+
+    /// Write the PDU with `data` as its data segment instead of `self.data` (which is
+    /// ignored): a sender's buffer goes out without being copied into the PDU first.
+    pub fn write_with_data(&self, w: &mut impl Write, data: &[u8]) -> io::Result<()> {
         let mut hdr = self.bhs;
         hdr[4] = (self.ahs.len() / 4) as u8;
-        let d = self.data.len() as u32;
+        let d = data.len() as u32;
         hdr[5..8].copy_from_slice(&d.to_be_bytes()[1..4]);
         let pad = [0u8; 3];
-        if self.data.len() <= 8192 {
-            let mut out = Vec::with_capacity(BHS_LEN + self.ahs.len() + self.data.len() + 3);
+        if data.len() <= 8192 {
+            let mut out = Vec::with_capacity(BHS_LEN + self.ahs.len() + data.len() + 3);
             out.extend_from_slice(&hdr);
             out.extend_from_slice(&self.ahs);
-            out.extend_from_slice(&self.data);
-            out.extend_from_slice(&pad[..pad_len(self.data.len())]);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&pad[..pad_len(data.len())]);
             w.write_all(&out)
         } else {
             // One gathered write: header and data leave together without a copy.
             let mut bufs = [
                 IoSlice::new(&hdr),
                 IoSlice::new(&self.ahs),
-                IoSlice::new(&self.data),
-                IoSlice::new(&pad[..pad_len(self.data.len())]),
+                IoSlice::new(data),
+                IoSlice::new(&pad[..pad_len(data.len())]),
             ];
             let mut slices = &mut bufs[..];
             while !slices.is_empty() {
@@ -334,6 +340,24 @@ pub fn encode_text(pairs: &[(String, String)]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn write_with_data_sends_what_write_to_sends_with_that_data() {
+        for len in [0usize, 5, 8192, 8193, 262_144] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut p = Pdu::new(op::SCSI_CMD);
+            p.set_itt(7);
+            p.data = vec![0xaa; 3]; // ignored by write_with_data
+            let mut a = Vec::new();
+            p.write_with_data(&mut a, &data).unwrap();
+            p.data = data.clone();
+            let mut b = Vec::new();
+            p.write_to(&mut b).unwrap();
+            assert_eq!(a, b, "{len} bytes");
+            assert_eq!(a.len(), BHS_LEN + len + pad_len(len));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -511,6 +511,67 @@ struct PendingWrite {
     expect_off: usize,
 }
 
+/// Non-immediate SCSI commands in CmdSN order on their way to the worker: a command
+/// whose data is complete waits behind an earlier write still gathering its data (by
+/// R2T), so a tape executes them in the order sent (RFC 7143 section 3.2.2.1: ordered
+/// delivery). Immediate commands go straight through.
+#[derive(Default)]
+struct InOrder {
+    seq: std::collections::VecDeque<Slot>,
+}
+
+enum Slot {
+    Gathering(u32),
+    Ready(Task),
+}
+
+impl InOrder {
+    /// A command ready to execute.
+    fn ready(&mut self, tx: &mpsc::Sender<Job>, task: Task) {
+        if !task.counted || self.seq.is_empty() {
+            let _ = tx.send(Job::Cmd(task));
+        } else {
+            self.seq.push_back(Slot::Ready(task));
+        }
+    }
+
+    /// A non-immediate write waiting for its data.
+    fn gathering(&mut self, itt: u32) {
+        self.seq.push_back(Slot::Gathering(itt));
+    }
+
+    /// A write whose data is in (or that failed while gathering it).
+    fn completed(&mut self, tx: &mpsc::Sender<Job>, task: Task) {
+        let itt = task.itt;
+        match self
+            .seq
+            .iter_mut()
+            .find(|s| matches!(s, Slot::Gathering(i) if *i == itt))
+        {
+            Some(slot) => *slot = Slot::Ready(task),
+            None => {
+                let _ = tx.send(Job::Cmd(task));
+            }
+        }
+        self.flush(tx);
+    }
+
+    /// A write aborted while gathering its data: it never reaches the worker.
+    fn forget(&mut self, tx: &mpsc::Sender<Job>, itt: u32) {
+        self.seq
+            .retain(|s| !matches!(s, Slot::Gathering(i) if *i == itt));
+        self.flush(tx);
+    }
+
+    fn flush(&mut self, tx: &mpsc::Sender<Job>) {
+        while matches!(self.seq.front(), Some(Slot::Ready(_))) {
+            if let Some(Slot::Ready(t)) = self.seq.pop_front() {
+                let _ = tx.send(Job::Cmd(t));
+            }
+        }
+    }
+}
+
 fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, conn_id: u64) {
     let Ok(rs) = stream.try_clone() else { return };
     let Ok(ws) = stream.try_clone() else { return };
@@ -790,6 +851,7 @@ fn full_feature(
         return "could not start the worker thread".into();
     };
     let mut writes: HashMap<u32, PendingWrite> = HashMap::new();
+    let mut order = InOrder::default();
     let mut next_ttt: u32 = 1;
     let mut text_acc: Vec<u8> = Vec::new();
     let mut logged_out = false;
@@ -894,7 +956,7 @@ fn full_feature(
                         status: status::TASK_SET_FULL,
                         ..Default::default()
                     });
-                    let _ = tx.send(Job::Cmd(task));
+                    order.ready(&tx, task);
                     continue;
                 }
                 if !write {
@@ -903,7 +965,7 @@ fn full_feature(
                             0, None,
                         )));
                     }
-                    let _ = tx.send(Job::Cmd(task));
+                    order.ready(&tx, task);
                     continue;
                 }
                 let imm = pdu.data.len();
@@ -922,7 +984,7 @@ fn full_feature(
                     task.preset = Some(Response::check(crate::scsi::Sense::invalid_cdb_field(
                         0, None,
                     )));
-                    let _ = tx.send(Job::Cmd(task));
+                    order.ready(&tx, task);
                     continue;
                 }
                 if imm == edtl as usize {
@@ -950,10 +1012,11 @@ fn full_feature(
                     expect_off: imm,
                 };
                 match advance_write(conn, &mut pw, params.max_burst as usize, &mut next_ttt) {
-                    Ok(true) => {
-                        let _ = tx.send(Job::Cmd(pw.task));
-                    }
+                    Ok(true) => order.ready(&tx, pw.task),
                     Ok(false) => {
+                        if pw.task.counted {
+                            order.gathering(itt);
+                        }
                         writes.insert(itt, pw);
                     }
                     Err(_) => break "send failed".into(),
@@ -991,7 +1054,7 @@ fn full_feature(
                             0x4b,
                             ascq,
                         )));
-                        let _ = tx.send(Job::Cmd(pw.task));
+                        order.completed(&tx, pw.task);
                     }
                     continue;
                 }
@@ -1017,7 +1080,7 @@ fn full_feature(
                 match advance_write(conn, pw, params.max_burst as usize, &mut next_ttt) {
                     Ok(true) => {
                         if let Some(pw) = writes.remove(&itt) {
-                            let _ = tx.send(Job::Cmd(pw.task));
+                            order.completed(&tx, pw.task);
                         }
                     }
                     Ok(false) => {}
@@ -1043,6 +1106,7 @@ fn full_feature(
                     for i in &ids {
                         if let Some(pw) = writes.remove(i) {
                             // Never reached the worker: forget it here.
+                            order.forget(&tx, *i);
                             t.pending.remove(i);
                             if pw.task.counted {
                                 conn.seq.queued.fetch_sub(1, Ordering::SeqCst);

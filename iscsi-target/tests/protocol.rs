@@ -624,3 +624,81 @@ fn the_log_names_sessions_and_the_cause_of_failures() {
     assert!(all.contains("drive 0: media error at block 0"), "{all}");
     assert!(all.contains("logged out"), "{all}");
 }
+
+#[test]
+fn many_commands_in_flight_run_in_order_within_the_cmdsn_window() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(9);
+    settle(&mut i, DRIVE0);
+    load(&mut i, 0, 0);
+    assert!(i.immediate_data && !i.initial_r2t);
+    // 40 writes, more than the target's window of 16: the initiator waits for MaxCmdSN
+    // to open (a command beyond it would be dropped and the test would time out). Sizes
+    // alternate between all-immediate and immediate plus R2T for the rest.
+    let sizes: Vec<usize> = (0..40)
+        .map(|k| if k % 3 == 0 { 400_000 } else { 1000 + k * 4099 })
+        .collect();
+    let mut sent = std::collections::VecDeque::new();
+    let mut answered = 0;
+    for (k, &n) in sizes.iter().enumerate() {
+        let itt = i
+            .submit(DRIVE0, &write6(n as u32, false), &block(k as u32, n), 0)
+            .unwrap();
+        sent.push_back((itt, k));
+        assert!(
+            !pdu_sn_lt(i.max_cmd_sn(), i.next_cmd_sn().wrapping_sub(1)),
+            "command {k} sent beyond MaxCmdSN"
+        );
+        // Collect only now and then, so the window fills.
+        if k % 10 == 9 {
+            while sent.len() > 2 {
+                let (itt, r) = i.next_done().unwrap();
+                let (want, kk) = sent.pop_front().unwrap();
+                assert_eq!(itt, want, "write {kk} answered out of order");
+                assert_good(&r);
+                assert_eq!(r.r2ts, u32::from(sizes[kk] > 262_144), "write {kk}");
+                answered += 1;
+            }
+        }
+    }
+    while let Some((want, kk)) = sent.pop_front() {
+        let (itt, r) = i.next_done().unwrap();
+        assert_eq!(itt, want, "write {kk} answered out of order");
+        assert_good(&r);
+        answered += 1;
+    }
+    assert_eq!(answered, 40);
+    assert_eq!(i.in_flight(), 0);
+    assert!(i.next_done().is_err(), "nothing in flight");
+    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    // Read them back with 8 in flight: each block in the order written.
+    let mut next = 0;
+    for (k, &n) in sizes.iter().enumerate() {
+        while next < sizes.len() && sent.len() < 8 {
+            let m = sizes[next] as u32;
+            sent.push_back((
+                i.submit(DRIVE0, &read6(m, false, false), &[], m).unwrap(),
+                next,
+            ));
+            next += 1;
+        }
+        let (itt, r) = i.next_done().unwrap();
+        assert_eq!((itt, k), (sent[0].0, sent[0].1));
+        sent.pop_front();
+        assert_good(&r);
+        assert_eq!(r.data, block(k as u32, n), "block {k}");
+    }
+    // A failing command among queued ones fails alone: reading past the end of data.
+    let a = i.submit(DRIVE0, &read6(10, false, false), &[], 10).unwrap();
+    let b = i.submit(DRIVE0, &tur(), &[], 0).unwrap();
+    let (itt, r) = i.next_done().unwrap();
+    assert_eq!(itt, a);
+    assert_eq!(r.status, 2, "CHECK CONDITION at the end of data");
+    let (itt, r) = i.next_done().unwrap();
+    assert_eq!(itt, b);
+    assert_good(&r);
+}
+
+fn pdu_sn_lt(a: u32, b: u32) -> bool {
+    iscsi_target::pdu::sn_lt(a, b)
+}

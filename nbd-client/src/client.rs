@@ -42,7 +42,8 @@ pub struct ZeroFlags {
     pub fua: bool,
 }
 
-/// A connection in the transmission phase. One request is in flight at a time.
+/// A connection in the transmission phase. READs are pipelined (several in flight, see
+/// [`Client::read`] and [`Client::submit_read`]); every other command waits for its reply.
 pub struct Client {
     conn: Conn,
     info: ExportInfo,
@@ -54,6 +55,45 @@ pub struct Client {
     broken: Option<String>,
     closed: bool,
     timeout: Option<Duration>,
+    /// READs sent whose replies are not complete yet, in the order sent.
+    pending: Vec<Pending>,
+    max_in_flight: usize,
+}
+
+/// Default number of READ requests kept outstanding: with 2 MiB requests, 16 MiB on the
+/// wire, enough to keep a server's reads and the socket busy while the client consumes.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+
+/// Upper bound of [`Client::set_max_in_flight`].
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// A submitted READ that completed ([`Client::next_read`]).
+#[derive(Debug)]
+pub struct ReadDone {
+    /// The cookie [`Client::submit_read`] returned.
+    pub cookie: u64,
+    /// The offset read.
+    pub offset: u64,
+    /// The buffer given to `submit_read`, filled when `result` is `Ok`.
+    pub buf: Vec<u8>,
+    /// The server's answer to this request: `Ok`, or [`Error::Server`].
+    pub result: Result<()>,
+}
+
+/// Where the data of a pending READ goes.
+enum Dest {
+    /// A buffer of its own ([`Client::submit_read`]).
+    Owned(Vec<u8>),
+    /// From this index of the buffer a [`Client::read`] call fills.
+    Caller(usize),
+}
+
+/// A READ in flight.
+struct Pending {
+    req: Req,
+    dest: Dest,
+    cov: Coverage,
+    first_err: Option<ServerError>,
 }
 
 enum Header {
@@ -204,6 +244,8 @@ impl Client {
             broken: None,
             closed: false,
             timeout,
+            pending: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -304,6 +346,7 @@ impl Client {
         if let Err(e) = &r {
             if e.breaks_connection() {
                 self.broken = Some(e.to_string());
+                self.pending.clear();
                 self.conn.shutdown();
             } else if let Error::Server {
                 errno: proto::ESHUTDOWN,
@@ -312,6 +355,7 @@ impl Client {
             {
                 // The protocol asks the client to disconnect on ESHUTDOWN.
                 let _ = self.send_disc();
+                self.pending.clear();
                 self.broken = Some("the server is shutting down (ESHUTDOWN)".into());
                 self.conn.shutdown();
             }
@@ -426,7 +470,7 @@ impl Client {
         };
         if cookie != req.cookie {
             return Err(bad(format!(
-                "reply carries cookie {cookie}, but the only request in flight ({}) has cookie {}",
+                "reply carries cookie {cookie}, but the request in flight ({}) has cookie {}",
                 command_name(req.cmd),
                 req.cookie
             )));
@@ -576,46 +620,252 @@ impl Client {
     }
 
     /// Reads `buf.len()` bytes at `offset`. Split into requests of at most
-    /// [`request_size`](Self::request_size); holes are zero-filled. `offset` and the length
-    /// should be multiples of the export's minimum block size.
+    /// [`request_size`](Self::request_size), up to [`max_in_flight`](Self::max_in_flight)
+    /// of them outstanding at once (their replies may arrive in any order, their chunks
+    /// interleaved); holes are zero-filled. `offset` and the length should be multiples
+    /// of the export's minimum block size. A server error for one request is reported
+    /// (the lowest offset's, after every outstanding reply has been received, so the
+    /// connection stays usable); `buf` is then partly filled. Refused while
+    /// [`submit_read`](Self::submit_read) reads are in flight.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.usable()?;
+        self.idle("NBD_CMD_READ")?;
         self.check_range(CMD_READ, offset, buf.len() as u64)?;
         let max = self.request_size as usize;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(max);
-            let r = self.read_one(offset + done as u64, &mut buf[done..done + n]);
-            self.guard(r)?;
-            done += n;
+        let mut next = 0usize;
+        let mut first_err: Option<Error> = None;
+        loop {
+            while next < buf.len() && self.pending.len() < self.max_in_flight {
+                let n = (buf.len() - next).min(max);
+                let r = self.send_read(offset + next as u64, n as u32, Dest::Caller(next));
+                self.guard(r)?;
+                next += n;
+            }
+            if self.pending.is_empty() {
+                break;
+            }
+            let r = self.pump(buf);
+            let (_, result) = self.guard(r)?;
+            if let Err(e) = result {
+                // Stop asking; collect what is outstanding so the connection stays in step.
+                next = buf.len();
+                let lower = match (&first_err, &e) {
+                    (Some(Error::Server { offset: a, .. }), Error::Server { offset: b, .. }) => {
+                        b < a
+                    }
+                    (None, _) => true,
+                    _ => false,
+                };
+                if lower {
+                    first_err = Some(e);
+                }
+            }
         }
-        Ok(())
+        match first_err {
+            Some(e) => {
+                let r = Err(e);
+                self.guard(r)
+            }
+            None => Ok(()),
+        }
     }
 
-    fn read_one(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let req = self.send(0, CMD_READ, offset, buf.len() as u32, &[])?;
-        if !self.structured {
-            return match self.read_header(&req)? {
-                Header::Simple { error: 0 } => self.conn.read_exact(buf, &Self::during(&req)),
-                Header::Simple { error } => Err(Self::simple_error(&req, error)),
-                Header::Chunk { .. } => Err(bad(
-                    "structured reply chunk although structured replies were not negotiated".into(),
-                )),
-            };
+    /// Sends a READ of `buf.len()` bytes at `offset` without waiting for its reply, and
+    /// returns its cookie. The reply fills `buf`, which [`next_read`](Self::next_read)
+    /// hands back. At most [`max_in_flight`](Self::max_in_flight) reads may be
+    /// outstanding and `buf` may hold at most [`max_payload`](Self::max_payload) bytes
+    /// (both are [`Error::InvalidArgument`]); other commands are refused until every
+    /// submitted read has been collected.
+    pub fn submit_read(&mut self, offset: u64, buf: Vec<u8>) -> Result<u64> {
+        self.usable()?;
+        if buf.is_empty() || buf.len() > self.max_payload as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a submitted NBD_CMD_READ must be 1..={} bytes (the export's maximum payload), not {}",
+                self.max_payload,
+                buf.len()
+            )));
         }
-        let len = buf.len() as u64;
-        let mut cov = Coverage::new(len);
-        let mut first_err = None;
+        if self.pending.len() >= self.max_in_flight {
+            return Err(Error::InvalidArgument(format!(
+                "{} reads are already in flight, the most this client allows (collect one with next_read first)",
+                self.pending.len()
+            )));
+        }
+        self.check_range(CMD_READ, offset, buf.len() as u64)?;
+        let n = buf.len() as u32;
+        let r = self.send_read(offset, n, Dest::Owned(buf));
+        self.guard(r)
+    }
+
+    /// Number of submitted reads whose replies have not been collected yet.
+    pub fn reads_in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The most READ requests kept outstanding at once (default [`DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Sets how many READ requests may be outstanding at once (clamped to
+    /// 1..=[`MAX_IN_FLIGHT`]; 1 is one request at a time). Returns the value in force.
+    pub fn set_max_in_flight(&mut self, n: usize) -> usize {
+        self.max_in_flight = n.clamp(1, MAX_IN_FLIGHT);
+        self.max_in_flight
+    }
+
+    /// Waits for the next submitted read to complete, in whatever order the server answers.
+    /// The outer error is a failure of the connection (it is then unusable and every read
+    /// in flight is lost); [`ReadDone::result`] is the server's answer to that one request
+    /// (an [`Error::Server`] leaves the connection and the other reads usable).
+    pub fn next_read(&mut self) -> Result<ReadDone> {
+        self.usable()?;
+        if self.pending.is_empty() {
+            return Err(Error::InvalidArgument(
+                "next_read with no submitted read in flight".into(),
+            ));
+        }
+        if self
+            .pending
+            .iter()
+            .any(|p| matches!(p.dest, Dest::Caller(_)))
+        {
+            return Err(Error::InvalidArgument(
+                "next_read during a read() call".into(),
+            ));
+        }
+        let r = self.pump(&mut []);
+        let (p, result) = self.guard(r)?;
+        let buf = match p.dest {
+            Dest::Owned(v) => v,
+            Dest::Caller(_) => unreachable!("checked above"),
+        };
+        let result = match result {
+            Err(e) => {
+                let r = Err(e);
+                self.guard(r)
+            }
+            Ok(()) => Ok(()),
+        };
+        Ok(ReadDone {
+            cookie: p.req.cookie,
+            offset: p.req.offset,
+            buf,
+            result,
+        })
+    }
+
+    /// Refuses a command other than READ while reads are outstanding (replies would have
+    /// to be sorted out of the stream for it).
+    fn idle(&self, what: &str) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{what} while {} submitted reads are in flight; collect them with next_read first",
+            self.pending.len()
+        )))
+    }
+
+    fn send_read(&mut self, offset: u64, len: u32, dest: Dest) -> Result<u64> {
+        let req = self.send(0, CMD_READ, offset, len, &[])?;
+        self.pending.push(Pending {
+            req,
+            dest,
+            cov: Coverage::new(len as u64),
+            first_err: None,
+        });
+        Ok(req.cookie)
+    }
+
+    /// The destination slice of pending read `i`: its own buffer, or its part of `ext`.
+    fn dest<'a>(p: &'a mut Pending, ext: &'a mut [u8]) -> Result<&'a mut [u8]> {
+        let len = p.req.length as usize;
+        match &mut p.dest {
+            Dest::Owned(v) => Ok(&mut v[..len]),
+            Dest::Caller(base) => ext
+                .get_mut(*base..*base + len)
+                .ok_or_else(|| Error::InvalidArgument("read destination out of range".into())),
+        }
+    }
+
+    /// Receives reply chunks of the pending reads until one of them is complete; removes
+    /// and returns it with its outcome (`Err` only for an error the server reported).
+    fn pump(&mut self, ext: &mut [u8]) -> Result<(Pending, Result<()>)> {
+        let during = if self.pending.len() == 1 {
+            Self::during(&self.pending[0].req)
+        } else {
+            format!(
+                "waiting for the replies to {} NBD_CMD_READ requests from offset {}",
+                self.pending.len(),
+                self.pending.iter().map(|p| p.req.offset).min().unwrap_or(0)
+            )
+        };
         loop {
-            let (flags, kind, length) = match self.read_header(&req)? {
-                Header::Simple { error } => {
+            let magic = self.conn.read_u32(&during)?;
+            let (header, cookie) = match magic {
+                SIMPLE_REPLY_MAGIC => {
+                    let error = self.conn.read_u32(&during)?;
+                    let cookie = self.conn.read_u64(&during)?;
+                    (Header::Simple { error }, cookie)
+                }
+                STRUCTURED_REPLY_MAGIC => {
+                    if !self.structured {
+                        return Err(bad(
+                            "structured reply chunk to NBD_CMD_READ although structured replies were not negotiated".into(),
+                        ));
+                    }
+                    let flags = self.conn.read_u16(&during)?;
+                    let kind = self.conn.read_u16(&during)?;
+                    let cookie = self.conn.read_u64(&during)?;
+                    let length = self.conn.read_u32(&during)?;
+                    (Header::Chunk { flags, kind, length }, cookie)
+                }
+                EXTENDED_REPLY_MAGIC => {
+                    return Err(bad(
+                        "extended-header reply although extended headers were not negotiated"
+                            .into(),
+                    ))
+                }
+                other => {
                     return Err(bad(format!(
-                        "simple reply (error {error}) to NBD_CMD_READ although structured replies were negotiated"
+                        "reply magic 0x{other:08x} is neither simple (0x{SIMPLE_REPLY_MAGIC:08x}) nor structured (0x{STRUCTURED_REPLY_MAGIC:08x})"
                     )))
                 }
-                Header::Chunk { flags, kind, length } => (flags, kind, length),
+            };
+            let Some(i) = self.pending.iter().position(|p| p.req.cookie == cookie) else {
+                let cookies: Vec<u64> = self.pending.iter().map(|p| p.req.cookie).collect();
+                return Err(bad(format!(
+                    "reply carries cookie {cookie}, which no request in flight has (NBD_CMD_READ cookies {cookies:?})"
+                )));
+            };
+            let (flags, kind, length) = match header {
+                Header::Simple { error } => {
+                    if self.structured {
+                        return Err(bad(format!(
+                            "simple reply (error {error}) to NBD_CMD_READ although structured replies were negotiated"
+                        )));
+                    }
+                    let p = self.pending.remove(i);
+                    if error != 0 {
+                        let e = Self::simple_error(&p.req, error);
+                        return Ok((p, Err(e)));
+                    }
+                    let mut p = p;
+                    let d = Self::during(&p.req);
+                    let dst = Self::dest(&mut p, ext)?;
+                    self.conn.read_exact(dst, &d)?;
+                    return Ok((p, Ok(())));
+                }
+                Header::Chunk {
+                    flags,
+                    kind,
+                    length,
+                } => (flags, kind, length),
             };
             let done = flags & REPLY_FLAG_DONE != 0;
+            let req = self.pending[i].req;
+            let len = req.length;
             match kind {
                 REPLY_TYPE_NONE => {
                     if length != 0 {
@@ -637,13 +887,14 @@ impl Client {
                     let n = length as u64 - 8;
                     let off = self.conn.read_u64(&Self::during(&req))?;
                     let rel = self.chunk_place(&req, off, n, "data")?;
-                    if !cov.add(rel, n) {
+                    if !self.pending[i].cov.add(rel, n) {
                         return Err(bad(format!(
                             "data chunk at offset {off} of {n} bytes overlaps an earlier chunk of the same read"
                         )));
                     }
                     let (a, b) = (rel as usize, (rel + n) as usize);
-                    self.conn.read_exact(&mut buf[a..b], &Self::during(&req))?;
+                    let dst = Self::dest(&mut self.pending[i], ext)?;
+                    self.conn.read_exact(&mut dst[a..b], &Self::during(&req))?;
                 }
                 REPLY_TYPE_OFFSET_HOLE => {
                     if length != 12 {
@@ -657,16 +908,17 @@ impl Client {
                         return Err(bad(format!("hole chunk of length 0 at offset {off}")));
                     }
                     let rel = self.chunk_place(&req, off, n, "hole")?;
-                    if !cov.add(rel, n) {
+                    if !self.pending[i].cov.add(rel, n) {
                         return Err(bad(format!(
                             "hole chunk at offset {off} of {n} bytes overlaps an earlier chunk of the same read"
                         )));
                     }
-                    buf[rel as usize..(rel + n) as usize].fill(0);
+                    let dst = Self::dest(&mut self.pending[i], ext)?;
+                    dst[rel as usize..(rel + n) as usize].fill(0);
                 }
                 k if k & REPLY_TYPE_ERROR_BIT != 0 => {
                     let e = self.read_error_chunk(&req, k, length)?;
-                    first_err.get_or_insert(e);
+                    self.pending[i].first_err.get_or_insert(e);
                 }
                 k => {
                     return Err(bad(format!(
@@ -675,20 +927,22 @@ impl Client {
                     )))
                 }
             }
-            if done {
-                break;
+            if !done {
+                continue;
             }
+            let mut p = self.pending.remove(i);
+            if let Some(e) = p.first_err.take() {
+                let e = Self::server_error(&p.req, e);
+                return Ok((p, Err(e)));
+            }
+            if !p.cov.complete() {
+                return Err(bad(format!(
+                    "the reply to NBD_CMD_READ of {len} bytes at offset {} ended with only {} bytes answered and no error",
+                    req.offset, p.cov.covered
+                )));
+            }
+            return Ok((p, Ok(())));
         }
-        if let Some(e) = first_err {
-            return Err(Self::server_error(&req, e));
-        }
-        if !cov.complete() {
-            return Err(bad(format!(
-                "the reply to NBD_CMD_READ of {len} bytes at offset {offset} ended with only {} bytes answered and no error",
-                cov.covered
-            )));
-        }
-        Ok(())
     }
 
     /// Checks that `[off, off + n)` lies within the request; returns the offset relative to it.
@@ -707,6 +961,7 @@ impl Client {
     /// `fua` asks for each request to be durable before its reply.
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         self.usable()?;
+        self.idle("NBD_CMD_WRITE")?;
         self.need_writable("NBD_CMD_WRITE")?;
         if fua {
             self.need_flag(FLAG_SEND_FUA, "NBD_FLAG_SEND_FUA", "FUA")?;
@@ -725,6 +980,7 @@ impl Client {
     }
 
     fn ranged(&mut self, cmd: u16, flags: u16, offset: u64, length: u64) -> Result<()> {
+        self.idle(command_name(cmd))?;
         self.check_range(cmd, offset, length)?;
         let mut pos = offset;
         let end = offset + length;
@@ -775,6 +1031,7 @@ impl Client {
     /// `NBD_CMD_FLUSH`. Needs `NBD_FLAG_SEND_FLUSH`.
     pub fn flush(&mut self) -> Result<()> {
         self.usable()?;
+        self.idle("NBD_CMD_FLUSH")?;
         self.need_flag(FLAG_SEND_FLUSH, "NBD_FLAG_SEND_FLUSH", "FLUSH")?;
         let r = self
             .send(0, CMD_FLUSH, 0, 0, &[])
@@ -798,6 +1055,7 @@ impl Client {
         req_one: bool,
     ) -> Result<Vec<ContextExtents>> {
         self.usable()?;
+        self.idle("NBD_CMD_BLOCK_STATUS")?;
         if self.contexts.is_empty() {
             return Err(Error::Unsupported(
                 "no meta context was negotiated, so NBD_CMD_BLOCK_STATUS cannot be used; ask for e.g. base:allocation when connecting".into(),

@@ -16,19 +16,25 @@
 //!   `NBD_OPT_EXPORT_NAME` on servers without `NBD_OPT_GO`), `NBD_OPT_ABORT`. Refusals
 //!   (`NBD_REP_ERR_*`) are [`Error::OptionRefused`] with the server's message.
 //! - Transmission ([`Client`]): `READ` (split into requests of 2 MiB by default, never
-//!   above the export's maximum block size nor 32 MiB), `WRITE` (optionally FUA), `WRITE_ZEROES` (`NO_HOLE`, `FAST_ZERO`, FUA, each
+//!   above the export's maximum block size nor 32 MiB, up to [`DEFAULT_MAX_IN_FLIGHT`] of
+//!   them outstanding at once; or submitted one by one with [`Client::submit_read`] and
+//!   collected in completion order with [`Client::next_read`]), `WRITE` (optionally FUA), `WRITE_ZEROES` (`NO_HOLE`, `FAST_ZERO`, FUA, each
 //!   checked against the transmission flags), `TRIM`, `FLUSH`, `BLOCK_STATUS` over any set of
 //!   contexts (e.g. `base:allocation` and `qemu:dirty-bitmap:NAME` together; contexts may
 //!   answer different lengths, the client iterates until the asked range is covered;
 //!   optional `NBD_CMD_FLAG_REQ_ONE`), `DISC`.
-//! - Replies: simple replies, and structured replies (`OFFSET_DATA`, `OFFSET_HOLE` zero-filled,
+//! - Replies: simple replies, and structured replies (chunks of different READs in flight
+//!   may interleave; each is routed by its cookie) (`OFFSET_DATA`, `OFFSET_HOLE` zero-filled,
 //!   `NONE`, `BLOCK_STATUS`, `ERROR`, `ERROR_OFFSET`) validated strictly: magic, cookie, chunk
 //!   lengths, chunks inside the request and not overlapping, a complete successful read,
 //!   one block status chunk per context, the `DONE` flag. A violation is
 //!   [`Error::Protocol`] (and the connection is then unusable: [`Error::Broken`]); a server
 //!   error is [`Error::Server`] with the errno and message, and the connection stays usable.
-//! - Memory: one request in flight; a READ or WRITE never moves more than
-//!   [`Client::max_payload`] bytes per request; reply lengths are checked before anything
+//! - Memory: READs in flight are bounded by [`Client::max_in_flight`] (at most
+//!   [`MAX_IN_FLIGHT`]) and land in the caller's buffers; every other command is alone on
+//!   the wire (refused with [`Error::InvalidArgument`] while submitted reads are
+//!   outstanding); a READ or WRITE never moves more than [`Client::max_payload`] bytes per
+//!   request; reply lengths are checked before anything
 //!   is allocated (error chunks ≤ 64 KiB, option replies ≤ 12 KiB, at most
 //!   [`MAX_STATUS_DESCRIPTORS`] block status descriptors per reply).
 //!
@@ -39,8 +45,8 @@
 //!   [`Error::Tls`].
 //!
 //! # Not supported
-//! Extended headers (64-bit lengths), oldstyle servers, several requests in flight,
-//! `NBD_CMD_CACHE`, `NBD_CMD_RESIZE`, TLS-PSK.
+//! Extended headers (64-bit lengths), oldstyle servers, several non-READ requests in
+//! flight, several connections (`NBD_FLAG_CAN_MULTI_CONN`), `NBD_CMD_CACHE`, `NBD_CMD_RESIZE`, TLS-PSK.
 //!
 //! A write to a socket the server closed raises SIGPIPE; Rust programs ignore it by
 //! default, other hosts of this library must too.
@@ -70,7 +76,10 @@ mod proto;
 mod tls;
 mod transport;
 
-pub use client::{Client, ContextExtents, Extent, ZeroFlags, DEFAULT_REQUEST_SIZE};
+pub use client::{
+    Client, ContextExtents, Extent, ReadDone, ZeroFlags, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_REQUEST_SIZE, MAX_IN_FLIGHT,
+};
 pub use error::{errno_name, Error, OptionErrorKind, Result};
 pub use handshake::{BlockSize, ConnectOptions, ExportEntry, ExportInfo, Handshake, MetaContext};
 pub use proto::{

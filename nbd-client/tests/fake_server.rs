@@ -1248,3 +1248,340 @@ fn starttls_refusal_and_garbage_after_the_ack_are_errors() {
     // The server saw the client's TLS hello.
     h.join().unwrap().unwrap();
 }
+
+// ---------------------------------------------------------------- pipelining
+
+/// The byte at `off` of the fake disk.
+fn pat(off: u64) -> u8 {
+    (off % 251) as u8
+}
+
+fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pat(offset + i)).collect()
+}
+
+#[test]
+fn read_keeps_several_requests_in_flight_and_takes_replies_in_any_order() {
+    // The server takes all four requests before answering any: a client sending one at
+    // a time would leave it waiting (and the test would fail on the server's timeout).
+    let (c, h) = server(|s| {
+        s.handshake(true, CTX, ALL_FLAGS, 64 * 1024)?;
+        let reqs: Vec<Req> = (0..4).map(|_| s.request()).collect::<io::Result<_>>()?;
+        for r in &reqs {
+            assert_eq!(r.kind, CMD_READ);
+        }
+        let cookies: std::collections::HashSet<u64> = reqs.iter().map(|r| r.cookie).collect();
+        assert_eq!(cookies.len(), 4, "distinct cookies");
+        // Last request first; the first two answered with chunks interleaved.
+        let r = &reqs[3];
+        s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        let (a, b) = (&reqs[0], &reqs[1]);
+        let half = a.len as u64 / 2;
+        s.data(
+            0,
+            a.cookie,
+            a.offset + half,
+            &pattern(a.offset + half, half as usize),
+        )?;
+        s.data(0, b.cookie, b.offset, &pattern(b.offset, b.len as usize))?;
+        s.data(0, a.cookie, a.offset, &pattern(a.offset, half as usize))?;
+        s.chunk(DONE, T_NONE, b.cookie, &[])?;
+        let r = &reqs[2];
+        s.hole(DONE, r.cookie, r.offset, r.len)?;
+        s.chunk(DONE, T_NONE, a.cookie, &[])?;
+        let offsets: Vec<(u64, u32)> = reqs.iter().map(|r| (r.offset, r.len)).collect();
+        let disc = s.request()?;
+        Ok((offsets, disc.kind))
+    });
+    let mut c = Client::connect_transport(Box::new(c), &opts()).unwrap();
+    assert_eq!(c.max_in_flight(), nbd_client::DEFAULT_MAX_IN_FLIGHT);
+    let mut buf = vec![0xeeu8; 4 * 65536 - 100];
+    c.read(100, &mut buf).unwrap();
+    let hole = 2 * 65536..3 * 65536;
+    for (i, b) in buf.iter().enumerate() {
+        let want = if hole.contains(&i) {
+            0
+        } else {
+            pat(100 + i as u64)
+        };
+        assert_eq!(*b, want, "byte {i}");
+    }
+    c.disconnect().unwrap();
+    let (offsets, disc) = h.join().unwrap().unwrap();
+    assert_eq!(
+        offsets,
+        [
+            (100, 65536),
+            (65636, 65536),
+            (131172, 65536),
+            (196708, 65436)
+        ]
+    );
+    assert_eq!(disc, CMD_DISC);
+}
+
+#[test]
+fn read_window_is_bounded_by_max_in_flight() {
+    // With two in flight, the server sees at most two requests before it answers.
+    let (c, h) = server(|s| {
+        s.handshake(true, CTX, ALL_FLAGS, 4096)?;
+        let mut most = 0usize;
+        let mut queue: Vec<Req> = Vec::new();
+        loop {
+            // Take what the client sent (it sends at most its window before reading).
+            s.s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            loop {
+                match s.request() {
+                    Ok(r) if r.kind == CMD_DISC => return Ok(most),
+                    Ok(r) => queue.push(r),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            most = most.max(queue.len());
+            let r = queue.remove(0);
+            s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        }
+    });
+    let mut c = Client::connect_transport(Box::new(c), &opts()).unwrap();
+    assert_eq!(c.set_max_in_flight(2), 2);
+    assert_eq!(c.set_max_in_flight(0), 1, "at least one");
+    assert_eq!(c.set_max_in_flight(1000), nbd_client::MAX_IN_FLIGHT);
+    c.set_max_in_flight(2);
+    let mut buf = vec![0u8; 6 * 4096];
+    c.read(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(0, buf.len()));
+    c.disconnect().unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), 2);
+}
+
+#[test]
+fn an_error_for_one_of_several_reads_is_reported_and_the_rest_collected() {
+    let (c, h) = server(|s| {
+        s.handshake(true, CTX, ALL_FLAGS, 4096)?;
+        let reqs: Vec<Req> = (0..3).map(|_| s.request()).collect::<io::Result<_>>()?;
+        // The middle one fails; the others succeed, answered after it.
+        s.error(
+            DONE,
+            reqs[1].cookie,
+            5,
+            "bad sector",
+            Some(reqs[1].offset + 10),
+        )?;
+        for r in [&reqs[2], &reqs[0]] {
+            s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        }
+        // The connection is still in step: one more read.
+        let r = s.request()?;
+        s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        s.request()
+    });
+    let mut c = Client::connect_transport(Box::new(c), &opts()).unwrap();
+    let mut buf = vec![0u8; 3 * 4096];
+    match c.read(8192, &mut buf) {
+        Err(Error::Server {
+            command,
+            offset,
+            errno,
+            error_offset,
+            message,
+            ..
+        }) => {
+            assert_eq!((command, offset, errno), ("NBD_CMD_READ", 12288, 5));
+            assert_eq!(error_offset, Some(12298));
+            assert_eq!(message, "bad sector");
+        }
+        other => panic!("expected the server error, got {other:?}"),
+    }
+    c.read(0, &mut buf[..100]).unwrap();
+    assert_eq!(buf[..100], pattern(0, 100)[..]);
+    c.disconnect().unwrap();
+    assert_eq!(h.join().unwrap().unwrap().kind, CMD_DISC);
+}
+
+#[test]
+fn submitted_reads_complete_in_server_order_with_their_own_outcome() {
+    let (mut c, h) = session(|s| {
+        let reqs: Vec<Req> = (0..3).map(|_| s.request()).collect::<io::Result<_>>()?;
+        s.data(
+            DONE,
+            reqs[2].cookie,
+            reqs[2].offset,
+            &pattern(reqs[2].offset, 10),
+        )?;
+        s.error(DONE, reqs[0].cookie, 28, "full", None)?;
+        s.data(
+            DONE,
+            reqs[1].cookie,
+            reqs[1].offset,
+            &pattern(reqs[1].offset, 20),
+        )?;
+        // After all were collected, other commands work again.
+        let r = s.request()?;
+        assert_eq!(r.kind, CMD_FLUSH);
+        s.simple(r.cookie, 0, &[])?;
+        s.request()
+    });
+    let a = c.submit_read(1000, vec![0; 30]).unwrap();
+    let b = c.submit_read(2000, vec![0; 20]).unwrap();
+    let d = c.submit_read(3000, vec![0; 10]).unwrap();
+    assert_eq!(c.reads_in_flight(), 3);
+    // Other commands wait until the reads are collected.
+    let e = c.flush().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("3 submitted reads")),
+        "{e:?}"
+    );
+    let e = c.read(0, &mut [0u8; 10]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let first = c.next_read().unwrap();
+    assert_eq!((first.cookie, first.offset), (d, 3000));
+    assert!(first.result.is_ok());
+    assert_eq!(first.buf, pattern(3000, 10));
+    let second = c.next_read().unwrap();
+    assert_eq!(second.cookie, a);
+    assert!(
+        matches!(
+            second.result,
+            Err(Error::Server {
+                errno: 28,
+                offset: 1000,
+                ..
+            })
+        ),
+        "{:?}",
+        second.result
+    );
+    assert_eq!(second.buf.len(), 30, "the buffer comes back");
+    let third = c.next_read().unwrap();
+    assert_eq!(third.cookie, b);
+    assert_eq!(third.buf, pattern(2000, 20));
+    assert_eq!(c.reads_in_flight(), 0);
+    assert!(matches!(c.next_read(), Err(Error::InvalidArgument(_))));
+    c.flush().unwrap();
+    c.disconnect().unwrap();
+    assert_eq!(h.join().unwrap().unwrap().kind, CMD_DISC);
+}
+
+#[test]
+fn submit_read_refuses_beyond_the_window_and_the_maximum_payload() {
+    let (mut c, h) = session(|s| {
+        let mut reqs = Vec::new();
+        for _ in 0..2 {
+            reqs.push(s.request()?);
+        }
+        for r in &reqs {
+            s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        }
+        s.request()
+    });
+    c.set_max_in_flight(2);
+    c.submit_read(0, vec![0; 8]).unwrap();
+    c.submit_read(8, vec![0; 8]).unwrap();
+    let e = c.submit_read(16, vec![0; 8]).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("already in flight")),
+        "{e:?}"
+    );
+    let e = c.submit_read(0, vec![0; (1 << 20) + 1]).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("1048577")),
+        "{e:?}"
+    );
+    let e = c.submit_read(SIZE - 4, vec![0; 8]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    assert_eq!(c.next_read().unwrap().buf, pattern(0, 8));
+    assert_eq!(c.next_read().unwrap().buf, pattern(8, 8));
+    c.disconnect().unwrap();
+    assert_eq!(h.join().unwrap().unwrap().kind, CMD_DISC);
+}
+
+#[test]
+fn server_closing_with_reads_in_flight_fails_them_all_without_hanging() {
+    // One of three answered, then the server closes.
+    let (mut c, h) = session(|s| {
+        let reqs: Vec<Req> = (0..3).map(|_| s.request()).collect::<io::Result<_>>()?;
+        s.data(
+            DONE,
+            reqs[1].cookie,
+            reqs[1].offset,
+            &pattern(reqs[1].offset, 64),
+        )?;
+        // Half a chunk of the next.
+        s.chunk_len(
+            DONE,
+            T_DATA,
+            reqs[0].cookie,
+            8 + 64,
+            &reqs[0].offset.to_be_bytes(),
+        )?;
+        s.send(&[&[0u8; 10]])
+    });
+    for off in [0u64, 64, 128] {
+        c.submit_read(off, vec![0; 64]).unwrap();
+    }
+    let done = c.next_read().unwrap();
+    assert_eq!((done.offset, done.buf.clone()), (64, pattern(64, 64)));
+    let e = c.next_read().unwrap_err();
+    assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+    assert!(e.to_string().contains("NBD_CMD_READ"), "{e}");
+    assert_eq!(c.reads_in_flight(), 0, "the lost reads are dropped");
+    assert!(matches!(c.next_read(), Err(Error::Broken(_))));
+    assert!(matches!(
+        c.submit_read(0, vec![0; 8]),
+        Err(Error::Broken(_))
+    ));
+    drop(c);
+    h.join().unwrap().unwrap();
+
+    // The same through read(): the error is typed, the connection broken.
+    let (c, h) = server(|s| {
+        s.handshake(true, CTX, ALL_FLAGS, 4096)?;
+        let reqs: Vec<Req> = (0..4).map(|_| s.request()).collect::<io::Result<_>>()?;
+        let r = &reqs[0];
+        s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        Ok(())
+    });
+    let mut c = Client::connect_transport(Box::new(c), &opts()).unwrap();
+    let mut buf = vec![0u8; 4 * 4096];
+    let e = c.read(0, &mut buf).unwrap_err();
+    assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+    assert!(matches!(c.read(0, &mut buf), Err(Error::Broken(_))));
+    drop(c);
+    h.join().unwrap().unwrap();
+
+    // Replies stop with reads in flight: the timeout fires, nothing hangs.
+    let (c, h) = server(|s| {
+        s.handshake(true, CTX, ALL_FLAGS, 4096)?;
+        let r = s.request()?;
+        s.data(DONE, r.cookie, r.offset, &pattern(r.offset, r.len as usize))?;
+        let mut b = [0u8; 1];
+        s.s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        // Drain the other requests until the client gives up and closes.
+        while s.s.read(&mut b).map(|n| n > 0).unwrap_or(false) {}
+        Ok(())
+    });
+    let o = opts().timeout(Some(Duration::from_millis(300)));
+    let mut c = Client::connect_transport(Box::new(c), &o).unwrap();
+    let mut buf = vec![0u8; 3 * 4096];
+    match c.read(0, &mut buf) {
+        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("2 NBD_CMD_READ"), "{e}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    drop(c);
+    h.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_reply_for_an_unknown_cookie_among_several_is_a_protocol_error() {
+    let (mut c, h) = session(|s| {
+        let reqs: Vec<Req> = (0..2).map(|_| s.request()).collect::<io::Result<_>>()?;
+        s.data(DONE, reqs[0].cookie + reqs[1].cookie + 7, 0, &[0u8; 8])
+    });
+    c.submit_read(0, vec![0; 8]).unwrap();
+    c.submit_read(8, vec![0; 8]).unwrap();
+    protocol_error(c.next_read().map(|_| ()), "no request in flight");
+    assert!(matches!(c.next_read(), Err(Error::Broken(_))));
+    drop(c);
+    let _ = h.join().unwrap();
+}

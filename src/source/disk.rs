@@ -137,6 +137,12 @@ pub trait SourceRead: Send + Sync + 'static {
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
         Ok(DataAt::Run(from, u64::MAX))
     }
+
+    /// A hint, called from the reading thread before reading an extent: the data runs
+    /// (as [`find_data`](Self::find_data) tells them) of `[offset, offset + len)` will be
+    /// read next, in ascending order, and nothing else until then. A source may read
+    /// ahead within it (an NBD export keeps several requests in flight); never beyond.
+    fn will_read(&self, _offset: u64, _len: u64) {}
 }
 
 /// What a source says about the data at or after an offset.
@@ -816,6 +822,7 @@ impl<'d> ChunkReader<'d> {
                 )));
             }
             self.taken_end = e.end();
+            self.disk.source.will_read(e.offset, e.len);
             return Ok(Some(e));
         }
     }

@@ -4,8 +4,12 @@
 //! reads like a file, and the dirty extents of a `qemu:dirty-bitmap:NAME` context as an
 //! [`ExtentStream`] ([`DirtyExtents`]).
 //!
-//! - READs go through [`nbd_client::Client::read`], split to the export's maximum block
-//!   size (32 MiB on QEMU) and the client's request size.
+//! - READs are pipelined: the chunk reader announces each extent before reading it
+//!   ([`SourceRead::will_read`]) and the source keeps [`READ_AHEAD_REQUESTS`] requests of
+//!   [`READ_AHEAD_REQUEST_SIZE`] in flight over that extent's data (never beyond it, never
+//!   over what `base:allocation` calls zero), so the server reads while the backup
+//!   hashes and writes; memory stays at those buffers. Reads not announced go through
+//!   [`nbd_client::Client::read`] (itself pipelined over one call's requests).
 //! - Holes: when the server grants `base:allocation`, ranges it flags `ZERO` are holes
 //!   for the reader: never read, recorded as zero extents. `HOLE` without `ZERO`
 //!   promises nothing and is read. A full backup therefore reads only allocated data,
@@ -226,12 +230,212 @@ fn io_err(e: nbd_client::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// How many READ requests the source keeps outstanding ahead of the reader, each of
+/// [`READ_AHEAD_REQUEST_SIZE`] (or the export's maximum, if smaller): the memory held for
+/// reading ahead is at most their product (8 MiB).
+pub const READ_AHEAD_REQUESTS: usize = 16;
+
+/// Size of the READ requests of an NBD source. Measured against qemu-nbd serving a qcow2
+/// (bench/nbd.sh): 16 requests of 512 KiB in flight cost the server less (no fresh
+/// multi-megabyte buffers per request) than 8 of 2 MiB, for the same throughput or better.
+pub const READ_AHEAD_REQUEST_SIZE: u32 = 512 * 1024;
+
 /// An NBD export read like a file (see the module docs).
+///
+/// Read-ahead: the reader announces each extent before reading it
+/// ([`SourceRead::will_read`]); the source then keeps up to [`READ_AHEAD_REQUESTS`]
+/// READs in flight over the data of that extent (as far as the allocation it has learnt
+/// tells), so the server works while the backup hashes and writes. Nothing outside an
+/// announced extent is read ahead, and nothing that `base:allocation` calls zero.
 pub struct NbdSource {
-    client: Mutex<Client>,
+    inner: Mutex<Inner>,
+    /// The extent announced last, not yet taken over by a read.
+    hint: Mutex<Option<(u64, u64)>>,
     size: u64,
     /// `base:allocation` was granted: zero ranges are holes.
     allocation: bool,
+}
+
+/// A READ sent ahead.
+struct Slot {
+    offset: u64,
+    len: usize,
+    cookie: u64,
+    /// The data once the reply is in (`None`: still in flight).
+    data: Option<Vec<u8>>,
+    /// The server's error for this request.
+    error: Option<String>,
+}
+
+impl Slot {
+    fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+}
+
+struct Inner {
+    client: Client,
+    /// The data runs `base:allocation` told for `[known.0, known.1)` (the last window asked).
+    known: (u64, u64),
+    runs: Vec<(u64, u64)>,
+    /// Reads sent ahead, ascending and disjoint.
+    ahead: std::collections::VecDeque<Slot>,
+    /// Cookies of reads sent ahead that are no longer wanted (their replies are dropped).
+    orphans: Vec<u64>,
+    /// Next offset to read ahead from, and the end of the extent announced.
+    next: u64,
+    limit: u64,
+    /// Buffers for reads ahead, recycled.
+    spare: Vec<Vec<u8>>,
+    allocation: bool,
+    size: u64,
+}
+
+impl Inner {
+    /// Where data lies at or after `at` as far as known, up to `limit`: `Some((s, e))`
+    /// the next data run, `None` nothing known (or nothing before `limit`).
+    fn known_data(&self, at: u64, limit: u64) -> Option<(u64, u64)> {
+        if !self.allocation {
+            return (at < limit).then_some((at, limit));
+        }
+        if at < self.known.0 || at >= self.known.1 {
+            return None;
+        }
+        self.runs
+            .iter()
+            .find(|r| r.1 > at)
+            .map(|r| (r.0.max(at), r.1.min(limit)))
+            .filter(|r| r.0 < r.1)
+    }
+
+    /// Sends reads ahead until the window is full or the announced extent (as far as
+    /// its data is known) is covered.
+    fn top_up(&mut self) -> std::io::Result<()> {
+        let step = self.client.request_size() as u64;
+        while self.ahead.len() + self.orphans.len() < self.client.max_in_flight()
+            && self.client.reads_in_flight() < self.client.max_in_flight()
+            && self.next < self.limit
+        {
+            let Some((s, e)) = self.known_data(self.next, self.limit) else {
+                break;
+            };
+            let len = (e - s).min(step) as usize;
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.resize(len, 0);
+            let cookie = self.client.submit_read(s, buf).map_err(io_err)?;
+            self.ahead.push_back(Slot {
+                offset: s,
+                len,
+                cookie,
+                data: None,
+                error: None,
+            });
+            self.next = s + len as u64;
+        }
+        Ok(())
+    }
+
+    /// Collects one reply of the reads ahead.
+    fn collect_one(&mut self) -> std::io::Result<()> {
+        let done = self.client.next_read().map_err(io_err)?;
+        if let Some(i) = self.orphans.iter().position(|c| *c == done.cookie) {
+            self.orphans.swap_remove(i);
+            self.spare.push(done.buf);
+            return Ok(());
+        }
+        let Some(slot) = self.ahead.iter_mut().find(|s| s.cookie == done.cookie) else {
+            return Err(std::io::Error::other(format!(
+                "a read ahead at offset {} completed that was never sent",
+                done.offset
+            )));
+        };
+        match done.result {
+            Ok(()) => slot.data = Some(done.buf),
+            Err(e) => {
+                slot.error = Some(e.to_string());
+                slot.data = Some(done.buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects every read in flight (before another command, which needs the connection
+    /// to itself).
+    fn collect_all(&mut self) -> std::io::Result<()> {
+        while self.client.reads_in_flight() > 0 {
+            self.collect_one()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the first read ahead (its buffer is recycled, or its reply dropped later).
+    fn drop_front(&mut self) {
+        if let Some(slot) = self.ahead.pop_front() {
+            match slot.data {
+                Some(buf) => self.spare.push(buf),
+                None => self.orphans.push(slot.cookie),
+            }
+        }
+    }
+
+    /// Drops every read ahead.
+    fn reset(&mut self) {
+        while !self.ahead.is_empty() {
+            self.drop_front();
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset + buf.len() as u64;
+        // A read outside what was announced ends the read-ahead.
+        if offset >= self.limit || end > self.limit.max(self.next) {
+            self.reset();
+            self.next = self.limit;
+        } else if self.next < offset {
+            self.next = offset;
+        }
+        self.top_up()?;
+        let mut pos = offset;
+        while pos < end {
+            while self.ahead.front().is_some_and(|s| s.end() <= pos) {
+                self.drop_front();
+            }
+            let covered = self
+                .ahead
+                .front()
+                .is_some_and(|s| s.offset <= pos && pos < s.end());
+            if !covered {
+                // Not read ahead: read it now (the connection must be free for that).
+                let stop = self.ahead.front().map_or(end, |s| s.offset.clamp(pos, end));
+                self.collect_all()?;
+                let a = (pos - offset) as usize;
+                let b = (stop - offset) as usize;
+                self.client.read(pos, &mut buf[a..b]).map_err(io_err)?;
+                pos = stop;
+                continue;
+            }
+            while self.ahead.front().is_some_and(|s| s.data.is_none()) {
+                self.collect_one()?;
+            }
+            let slot = self.ahead.front().expect("checked above");
+            if let Some(e) = &slot.error {
+                let e = std::io::Error::other(e.clone());
+                self.drop_front();
+                return Err(e);
+            }
+            let data = slot.data.as_ref().expect("collected above");
+            let from = (pos - slot.offset) as usize;
+            let n = (slot.end().min(end) - pos) as usize;
+            let a = (pos - offset) as usize;
+            buf[a..a + n].copy_from_slice(&data[from..from + n]);
+            pos += n as u64;
+            if pos >= slot.end() {
+                self.drop_front();
+                self.top_up()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl NbdSource {
@@ -248,8 +452,23 @@ impl NbdSource {
             Err(e) => return Err(e),
         };
         let size = client.size();
+        let mut client = client;
+        client.set_request_size(READ_AHEAD_REQUEST_SIZE);
+        client.set_max_in_flight(READ_AHEAD_REQUESTS);
         Ok(NbdSource {
-            client: Mutex::new(client),
+            inner: Mutex::new(Inner {
+                client,
+                known: (0, 0),
+                runs: Vec::new(),
+                ahead: std::collections::VecDeque::new(),
+                orphans: Vec::new(),
+                next: 0,
+                limit: 0,
+                spare: Vec::new(),
+                allocation,
+                size,
+            }),
+            hint: Mutex::new(None),
             size,
             allocation,
         })
@@ -263,6 +482,19 @@ impl NbdSource {
     pub fn has_allocation(&self) -> bool {
         self.allocation
     }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, e)) = self.hint.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // A new extent: whatever was read ahead before it is not wanted.
+            if s >= inner.limit || s < inner.next {
+                inner.reset();
+            }
+            inner.next = s;
+            inner.limit = e.min(inner.size);
+        }
+        inner
+    }
 }
 
 impl SourceRead for NbdSource {
@@ -271,27 +503,51 @@ impl SourceRead for NbdSource {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.size - offset) as usize;
-        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        c.read(offset, &mut buf[..n]).map_err(io_err)?;
-        Ok(n)
+        let mut inner = self.inner();
+        let r = inner.read(&mut buf[..n], offset);
+        if r.is_err() {
+            // After a failure nothing read ahead is trusted.
+            inner.reset();
+            inner.limit = 0;
+            inner.next = 0;
+        }
+        r.map(|()| n)
+    }
+
+    fn will_read(&self, offset: u64, len: u64) {
+        *self.hint.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((offset, offset.saturating_add(len)));
     }
 
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
         if !self.allocation {
             return Ok(DataAt::Run(from, u64::MAX));
         }
-        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner();
+        // BLOCK_STATUS needs the connection to itself: collect the reads ahead first
+        // (they stay ready).
+        inner.collect_all()?;
         let mut at = from;
         let mut start: Option<u64> = None;
         while at < self.size {
             let len = (self.size - at).min(STATUS_WINDOW);
-            let status = c.block_status(at, len, false).map_err(io_err)?;
+            let status = inner.client.block_status(at, len, false).map_err(io_err)?;
             let ctx = status
                 .iter()
                 .find(|s| s.context == BASE_ALLOCATION)
                 .ok_or_else(|| {
                     std::io::Error::other("base:allocation missing from the block status answer")
                 })?;
+            // Remember this window's data runs for reading ahead.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for e in ctx.extents.iter().filter(|e| e.flags & STATE_ZERO == 0) {
+                match runs.last_mut() {
+                    Some(last) if last.1 == e.offset => last.1 = e.offset + e.length,
+                    _ => runs.push((e.offset, e.offset + e.length)),
+                }
+            }
+            inner.runs = runs;
+            inner.known = (at, at + len);
             for e in &ctx.extents {
                 let zero = e.flags & STATE_ZERO != 0;
                 match (start, zero) {
@@ -491,5 +747,152 @@ mod tests {
         let c = NbdExport::parse("nbd://host:1/y", None).unwrap();
         assert_eq!(a.identity(), b.identity());
         assert_ne!(a.identity(), c.identity());
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// qemu-nbd serving a raw file read-only on a socket in `dir`; killed on drop.
+    struct Served(Child);
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn serve(dir: &std::path::Path, img: &std::path::Path) -> Option<(Served, NbdExport)> {
+        let sock = dir.join("nbd.sock");
+        let child = match Command::new("qemu-nbd")
+            .args([
+                "--read-only",
+                "--shared=2",
+                "--persistent",
+                "-f",
+                "raw",
+                "-x",
+                "d",
+            ])
+            .arg("-k")
+            .arg(&sock)
+            .arg(img)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => Served(c),
+            Err(e) => {
+                eprintln!("skipping: qemu-nbd cannot run ({e})");
+                return None;
+            }
+        };
+        for _ in 0..200 {
+            if sock.exists() {
+                let uri = format!("nbd+unix:///d?socket={}", sock.display());
+                return Some((child, NbdExport::parse(&uri, None).unwrap()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("qemu-nbd did not listen");
+    }
+
+    fn byte(off: u64) -> u8 {
+        (off.wrapping_mul(2_654_435_761) >> 13) as u8 | 1
+    }
+
+    /// Reads ahead within announced extents and serves every pattern of reads (inside,
+    /// across request boundaries, outside the announced extent, a new extent) with the
+    /// file's bytes; holes read as zeros.
+    #[test]
+    fn read_ahead_serves_exactly_the_files_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let size: u64 = 24 << 20;
+        // Data in [0, 10 MiB) and [16 MiB, 24 MiB), a hole between.
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::File::create(&img).unwrap();
+            f.set_len(size).unwrap();
+            for (s, e) in [(0u64, 10u64 << 20), (16 << 20, 24 << 20)] {
+                f.seek(SeekFrom::Start(s)).unwrap();
+                let data: Vec<u8> = (s..e).map(byte).collect();
+                f.write_all(&data).unwrap();
+            }
+        }
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = NbdSource::connect(&export, Duration::from_secs(30)).unwrap();
+        assert!(src.has_allocation());
+        let want = |off: u64, len: usize| -> Vec<u8> {
+            (off..off + len as u64)
+                .map(|o| {
+                    if (10 << 20..16 << 20).contains(&o) {
+                        0
+                    } else {
+                        byte(o)
+                    }
+                })
+                .collect()
+        };
+        // The whole disk announced, read as the chunk reader does: find the data, read
+        // it in 512 KiB + 100 byte pieces (not aligned to the requests).
+        src.will_read(0, size);
+        let mut at = 0;
+        let piece = 512 * 1024 + 100;
+        let mut buf = vec![0u8; piece];
+        while at < size {
+            let (s, e) = match src.find_data(at).unwrap() {
+                DataAt::Run(s, e) => (s, e.min(size)),
+                DataAt::HoleToEnd { .. } => break,
+            };
+            let mut pos = s;
+            while pos < e {
+                let n = ((e - pos) as usize).min(piece);
+                assert_eq!(src.read_at(&mut buf[..n], pos).unwrap(), n);
+                assert!(buf[..n] == want(pos, n)[..], "read at {pos}");
+                pos += n as u64;
+            }
+            at = e;
+        }
+        assert_eq!(at, size, "the second run reaches the end");
+        {
+            let inner = src.inner.lock().unwrap();
+            assert!(inner.ahead.is_empty(), "nothing left read ahead");
+            assert_eq!(inner.client.reads_in_flight(), 0);
+        }
+        // A new extent, read partly, then a read elsewhere (not announced) and a read
+        // before the extent: the right bytes every time, the read-ahead given up.
+        src.will_read(1 << 20, 4 << 20);
+        let mut b = vec![0u8; 300_000];
+        src.read_at(&mut b, 1 << 20).unwrap();
+        assert!(b == want(1 << 20, b.len()));
+        src.read_at(&mut b, 17 << 20).unwrap();
+        assert!(b == want(17 << 20, b.len()));
+        src.read_at(&mut b, 12345).unwrap();
+        assert!(b == want(12345, b.len()));
+        // A read into the hole (not announced): zeros. A read past the end: nothing.
+        src.read_at(&mut b, 11 << 20).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        assert_eq!(src.read_at(&mut b, size).unwrap(), 0);
+        // Announced again from the start: reads ahead of the reader, bounded.
+        src.will_read(0, 10 << 20);
+        src.read_at(&mut b, 0).unwrap();
+        assert!(b == want(0, b.len()));
+        let inner = src.inner.lock().unwrap();
+        let ahead: u64 = inner.ahead.iter().map(|s| s.len as u64).sum();
+        assert!(
+            inner.ahead.len() <= READ_AHEAD_REQUESTS,
+            "{}",
+            inner.ahead.len()
+        );
+        assert!(ahead <= READ_AHEAD_REQUESTS as u64 * READ_AHEAD_REQUEST_SIZE as u64);
+        assert!(
+            inner.ahead.iter().all(|s| s.end() <= 10 << 20),
+            "never beyond the extent"
+        );
     }
 }
