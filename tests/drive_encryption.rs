@@ -233,3 +233,44 @@ fn disaster_recovery_needs_the_declaration_and_the_key() {
     dr.ok(&["restore", "--disk", DISK_A, "--to", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&disk).unwrap());
 }
+
+#[test]
+fn a_drive_encrypted_pool_is_copied_and_the_copy_restores() {
+    let env = Env::init();
+    drive_pool(&env);
+    let disk = env.path("disk.img");
+    canary_disk(&disk, 3, 7);
+    let report = env.backup(&disk, DISK_A, "hw");
+    let image = report["images"][0]["image"].as_str().unwrap().to_string();
+    // A clear pool on the same (one-drive) library: the copy reads the drive's
+    // ciphertext with the pool's drive key loaded, through a spool.
+    env.create_pool("vault", None, false);
+    let spool = env.path("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let c = env.ok(&[
+        "--json",
+        "copy",
+        "--image",
+        &image,
+        "--to-pool",
+        "vault",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--spool-size",
+        "64M",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    let copy = doc["copied"][0]["copy"].as_str().unwrap().to_string();
+    env.ok(&["verify", "--image", &copy]);
+    let out = env.path("from-copy.img");
+    env.ok(&[
+        "restore",
+        "--disk",
+        DISK_A,
+        "--image",
+        &copy,
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&disk).unwrap());
+}

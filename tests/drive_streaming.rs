@@ -161,7 +161,9 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     // delivers 1 MB/s, the drive takes at least 2); with a spool twice the disk (a
     // burst starts at half of it) the image goes to the drive in one burst.
     assert!(runs[0] >= 3, "underruns without a spool: {runs:?}");
-    assert_eq!(runs[1], 0, "underruns with a 16 MiB spool: {runs:?}");
+    // (At most one: a machine starved of CPU can hold the writer back once even from a
+    // full spool; without a spool it is one per record or so.)
+    assert!(runs[1] <= 1, "underruns with a 16 MiB spool: {runs:?}");
     v.assert_catalog_consistent();
 }
 

@@ -7,7 +7,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::passphrase::passphrase;
-use super::shared::{fail_with, open_catalog, unlock_keys};
+use super::shared::{expect_drive_reads, fail_with, open_catalog, unlock_keys};
 use super::{Ctx, Terminal};
 use crate::backup::KeyMaterial;
 use crate::catalog::Catalog;
@@ -205,6 +205,16 @@ pub(super) fn run_copy(
     let mut read_lib = home.open_library()?;
     let sources = copy::sources(cat, read_lib.as_mut(), &selected.to_copy)?;
     let keys = unlock_keys(ctx, home, &copy::source_keys(&sources))?;
+    // Sources in pools with drive encryption: their drive key is loaded on mount.
+    let mut source_barcodes: Vec<String> = Vec::new();
+    for s in &sources {
+        for seg in &s.segments {
+            if !source_barcodes.contains(&seg.barcode) {
+                source_barcodes.push(seg.barcode.clone());
+            }
+        }
+    }
+    expect_drive_reads(ctx, home, cat, &source_barcodes, &keys)?;
     let target_key = match &pool.key_fingerprint {
         None => None,
         Some(fp) => {

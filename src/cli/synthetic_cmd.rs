@@ -206,6 +206,20 @@ pub fn run_due(
             keys.add(ks.unlock(fp, pass.as_bytes())?);
         }
     }
+    // Chains in pools with drive encryption: their drive key is loaded on mount.
+    let mut chain_barcodes: Vec<String> = Vec::new();
+    for w in wanted {
+        if let Ok(Choice::Build { chain, .. }) = synthetic::point::choose(cat, w.disk) {
+            for i in &chain {
+                for seg in cat.segments(i.uuid)? {
+                    if !chain_barcodes.contains(&seg.barcode) {
+                        chain_barcodes.push(seg.barcode);
+                    }
+                }
+            }
+        }
+    }
+    super::shared::expect_drive_reads(ctx, home, cat, &chain_barcodes, &keys)?;
     let write_key = || -> Result<Option<KeyMaterial>> {
         match (&pool_fp, &pool_pass, &ks) {
             (Some(fp), Some(pass), Some(ks)) => Ok(Some(KeyMaterial {
