@@ -5,19 +5,182 @@
 use tape_formats::DataFields;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
 
-use tape_formats::{Compression as WireCompression, Extent, ExtentKind, RecordCrypto};
+use tape_formats::{
+    Compression as WireCompression, ContentDigest, Extent, ExtentKind, RecordCrypto,
+};
 
 use crate::codec::{Compressor, Sealer};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::source::hashscan::{block_len, Digest, DigestFeed, DigestListError};
 
 /// A chunk read from the disk (pipeline stage 1 output).
 #[derive(Default)]
 pub(super) struct ReadChunk {
     pub(super) extents: Vec<Extent>,
     pub(super) data: Vec<u8>,
-    /// Content digest of the image through this chunk.
-    pub(super) digest: [u8; 32],
+}
+
+/// How a chunk's data extents are cut into block pieces for the digest list: at every
+/// `block_size` boundary. A piece that is a whole block (from a block boundary, the
+/// block's full length; the disk's partial last block counts whole) is hashed by a
+/// transform worker; any other (a block a chunk boundary cuts) goes to the digest
+/// list's feed as bytes. Transform and consumer cut the same way, so the digests and
+/// bytes line up.
+fn for_each_data_piece<E>(
+    extents: &[Extent],
+    block_size: u64,
+    disk_size: u64,
+    mut f: impl FnMut(u64, u64, usize, bool) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut at = 0usize;
+    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+        let mut pos = e.offset;
+        let end = e.offset + e.length;
+        while pos < end {
+            let index = pos / block_size;
+            let piece_end = ((index + 1) * block_size).min(end);
+            let len = piece_end - pos;
+            let whole = pos % block_size == 0 && len == block_len(index, block_size, disk_size);
+            f(pos, len, at, whole)?;
+            at += len as usize;
+            pos = piece_end;
+        }
+    }
+    Ok(())
+}
+
+/// What a transform worker computed for the block digest list from one chunk.
+#[derive(Default)]
+pub(super) struct ChunkDigests {
+    /// The digest of each whole-block data piece, in disk order.
+    pub(super) whole: Vec<Digest>,
+    /// The bytes of the other data pieces, concatenated in disk order.
+    pub(super) edge: Vec<u8>,
+}
+
+impl ChunkDigests {
+    fn clear(&mut self) {
+        self.whole.clear();
+        self.edge.clear();
+    }
+
+    fn compute(&mut self, extents: &[Extent], data: &[u8], block_size: u64, disk_size: u64) {
+        self.clear();
+        let _ = for_each_data_piece::<()>(extents, block_size, disk_size, |_, len, at, whole| {
+            let bytes = &data[at..at + len as usize];
+            if whole {
+                self.whole.push(*blake3::hash(bytes).as_bytes());
+            } else {
+                self.edge.extend_from_slice(bytes);
+            }
+            Ok(())
+        });
+    }
+
+    /// Feeds a prepared record's blocks to the digest list, in disk order: zero
+    /// extents as zeros (whole zero blocks take the precomputed digest, unhashed),
+    /// whole data blocks by the digests computed, the rest by their bytes.
+    pub(super) fn feed(
+        &self,
+        extents: &[Extent],
+        feed: &mut DigestFeed,
+        block_size: u64,
+        disk_size: u64,
+    ) -> std::result::Result<(), DigestListError> {
+        let mut whole = self.whole.iter();
+        let mut edge_at = 0usize;
+        for e in extents {
+            if e.kind == ExtentKind::Zero {
+                feed.feed_zero(e.offset, e.length)?;
+                continue;
+            }
+            let one = std::slice::from_ref(e);
+            for_each_data_piece(one, block_size, disk_size, |pos, len, _, is_whole| {
+                if is_whole {
+                    let d = whole.next().ok_or_else(|| {
+                        DigestListError::Feed(format!(
+                            "no digest was computed for the block at {pos}"
+                        ))
+                    })?;
+                    feed.feed_digest(pos, len, d)
+                } else {
+                    let bytes =
+                        self.edge
+                            .get(edge_at..edge_at + len as usize)
+                            .ok_or_else(|| {
+                                DigestListError::Feed(format!(
+                                    "the bytes of the block piece at {pos} were not kept"
+                                ))
+                            })?;
+                    edge_at += len as usize;
+                    feed.feed_data(pos, bytes)
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The image's content digest, updated record by record in image order by whichever
+/// transform worker prepares the record (the digest is one chain over the records, so
+/// workers take turns: a worker waits for the records before its own). A worker that
+/// ends marks the turn abandoned, so no other waits for ever on a record it will never
+/// prepare.
+pub(super) struct DigestTurn {
+    state: Mutex<TurnState>,
+    turn: Condvar,
+}
+
+struct TurnState {
+    /// Sequence number of the next record to be hashed.
+    next: u64,
+    digest: ContentDigest,
+    abandoned: bool,
+}
+
+impl DigestTurn {
+    pub(super) fn new(first_sequence: u64, digest: ContentDigest) -> DigestTurn {
+        DigestTurn {
+            state: Mutex::new(TurnState {
+                next: first_sequence,
+                digest,
+                abandoned: false,
+            }),
+            turn: Condvar::new(),
+        }
+    }
+
+    /// Adds record `sequence` to the digest once every record before it is in, and
+    /// returns the digest through it; `None` when a worker holding an earlier record
+    /// ended without preparing it (the pipeline is stopping: this record will never be
+    /// written, as records are written in order).
+    fn update(&self, sequence: u64, extents: &[Extent], data: &[u8]) -> Result<Option<[u8; 32]>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.next != sequence {
+            if st.abandoned {
+                return Ok(None);
+            }
+            st = self.turn.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.digest
+            .update_record(extents, data)
+            .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+        st.next += 1;
+        let d = st.digest.finalize();
+        drop(st);
+        self.turn.notify_all();
+        Ok(Some(d))
+    }
+
+    fn abandon(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandoned = true;
+        self.turn.notify_all();
+    }
 }
 
 /// A record ready for framing (pipeline stage 2 output).
@@ -38,6 +201,8 @@ pub(super) struct Prepared {
     pub(super) zero_bytes: u64,
     /// Content digest of the image through this record.
     pub(super) digest: [u8; 32],
+    /// The record's block digests, when the image gets a digest list.
+    pub(super) blocks: ChunkDigests,
     /// With encryption: the payload is already sealed (in the transform stage) for these
     /// fields; the writer re-seals if the record lands in another part or sequence.
     pub(super) sealed: Option<DataFields>,
@@ -67,11 +232,38 @@ pub(super) struct TransformWorker<'a> {
     /// again the few prepared ahead when early warning starts a new part).
     pub(super) part_now: &'a AtomicU32,
     pub(super) image_uuid: [u8; 16],
+    /// The content digest, shared by the workers.
+    pub(super) content: &'a DigestTurn,
+    /// With a digest list: the tracking block size and the disk's size, to hash the
+    /// chunk's blocks.
+    pub(super) blocks: Option<(u64, u64)>,
+}
+
+impl Drop for TransformWorker<'_> {
+    fn drop(&mut self) {
+        // Ending (done, failed or unwinding): no worker may wait for this one again.
+        self.content.abandon();
+    }
 }
 
 impl TransformWorker<'_> {
     pub(super) fn prepare(&mut self, c: &mut ReadChunk, p: &mut Prepared) -> Result<()> {
-        p.digest = c.digest;
+        // The block digests (independent blocks, hashed in parallel by the workers) and
+        // the content digest (one chain: the workers take turns) are computed here, off
+        // the reader's thread.
+        match self.blocks {
+            Some((bs, disk_size)) => p.blocks.compute(&c.extents, &c.data, bs, disk_size),
+            None => p.blocks.clear(),
+        }
+        match self
+            .content
+            .update(self.next_sequence, &c.extents, &c.data)?
+        {
+            Some(d) => p.digest = d,
+            // An earlier record was dropped: the pipeline is stopping and this one is
+            // never written.
+            None => return Ok(()),
+        }
         p.extents.clear();
         p.extents.extend_from_slice(&c.extents);
         p.plain_len = c.data.len() as u32;
@@ -120,5 +312,182 @@ impl TransformWorker<'_> {
         p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
         self.next_sequence += self.step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BS: u64 = 64 * 1024;
+
+    /// The digest list a feed given every byte in order writes, and the one written
+    /// from the workers' block digests and edge bytes, chunk by chunk.
+    fn both_lists(
+        disk_size: u64,
+        cuts: &[u64],
+        zero_pieces: &[bool],
+        seed: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: Vec<u8> = (0..disk_size)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+            .collect();
+        // Pieces: cut at block boundaries and at the chunk cuts; each Data or Zero.
+        let mut bounds: Vec<u64> = (0..=disk_size.div_ceil(BS))
+            .map(|b| (b * BS).min(disk_size))
+            .collect();
+        bounds.extend(cuts.iter().map(|c| c % disk_size.max(1)));
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut chunk_ends: Vec<u64> = cuts
+            .iter()
+            .map(|c| c % disk_size.max(1))
+            .filter(|&c| c > 0)
+            .collect();
+        chunk_ends.push(disk_size);
+        chunk_ends.sort_unstable();
+        chunk_ends.dedup();
+
+        let direct = dir.path().join("direct");
+        let mut a = DigestFeed::new(&direct, BS, disk_size, None).unwrap();
+        let pooled = dir.path().join("pooled");
+        let mut b = DigestFeed::new(&pooled, BS, disk_size, None).unwrap();
+        let mut k = 0usize;
+        let mut start = 0u64;
+        for &end in &chunk_ends {
+            let mut extents: Vec<Extent> = Vec::new();
+            let mut data = Vec::new();
+            for w in bounds
+                .windows(2)
+                .filter(|w| w[0] >= start && w[1] <= end && w[0] < w[1])
+            {
+                let (s, e) = (w[0], w[1]);
+                let zero = zero_pieces
+                    .get(k % zero_pieces.len().max(1))
+                    .copied()
+                    .unwrap_or(false);
+                k += 1;
+                let kind = if zero {
+                    ExtentKind::Zero
+                } else {
+                    ExtentKind::Data
+                };
+                if zero {
+                    a.feed_zero(s, e - s).unwrap();
+                } else {
+                    a.feed_data(s, &disk[s as usize..e as usize]).unwrap();
+                    data.extend_from_slice(&disk[s as usize..e as usize]);
+                }
+                match extents.last_mut() {
+                    Some(l) if l.kind == kind && l.offset + l.length == s => l.length += e - s,
+                    _ => extents.push(Extent {
+                        offset: s,
+                        length: e - s,
+                        kind,
+                    }),
+                }
+            }
+            let mut cd = ChunkDigests::default();
+            cd.compute(&extents, &data, BS, disk_size);
+            cd.feed(&extents, &mut b, BS, disk_size).unwrap();
+            start = end;
+        }
+        a.finish().unwrap();
+        b.finish().unwrap();
+        (
+            std::fs::read(direct).unwrap(),
+            std::fs::read(pooled).unwrap(),
+        )
+    }
+
+    #[test]
+    fn block_digests_from_the_workers_make_the_list_a_direct_feed_makes() {
+        // Chunks cut mid-block, a partial last block, zero and data pieces mixed.
+        let (a, b) = both_lists(
+            5 * BS + 1000,
+            &[BS / 2, 2 * BS, 3 * BS + 7, 5 * BS + 10],
+            &[false, true, false, false, true],
+            3,
+        );
+        assert_eq!(a, b);
+        assert!(a.len() > 80 + 6 * 32 - 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn block_digests_match_a_direct_feed(
+            size in 1u64..(6 * BS),
+            cuts in proptest::collection::vec(0u64..(6 * BS), 0..6),
+            zeros in proptest::collection::vec(any::<bool>(), 1..8),
+            seed in any::<u8>(),
+        ) {
+            let (a, b) = both_lists(size, &cuts, &zeros, seed);
+            prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn the_content_digest_is_extended_in_record_order_whatever_the_worker_timing() {
+        let records: Vec<(Vec<Extent>, Vec<u8>)> = (0..40u64)
+            .map(|i| {
+                let data = vec![i as u8 | 1; 1000 + i as usize];
+                let e = Extent {
+                    offset: i * 4096,
+                    length: data.len() as u64,
+                    kind: ExtentKind::Data,
+                };
+                (vec![e], data)
+            })
+            .collect();
+        let mut expect = ContentDigest::new();
+        let mut want = Vec::new();
+        for (e, d) in &records {
+            expect.update_record(e, d).unwrap();
+            want.push(expect.finalize());
+        }
+        let turn = DigestTurn::new(7, ContentDigest::new());
+        let got: Vec<Mutex<Option<[u8; 32]>>> =
+            (0..records.len()).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for w in 0..3usize {
+                let (turn, records, got) = (&turn, &records, &got);
+                s.spawn(move || {
+                    for i in (w..records.len()).step_by(3) {
+                        if (i + w) % 4 == 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        let d = turn
+                            .update(7 + i as u64, &records[i].0, &records[i].1)
+                            .unwrap();
+                        *got[i].lock().unwrap() = d;
+                    }
+                });
+            }
+        });
+        let got: Vec<_> = got
+            .into_iter()
+            .map(|m| m.into_inner().unwrap().unwrap())
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_worker_waiting_for_a_record_that_never_comes_stops_when_the_others_end() {
+        let turn = DigestTurn::new(0, ContentDigest::new());
+        let e = [Extent {
+            offset: 0,
+            length: 1,
+            kind: ExtentKind::Data,
+        }];
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| turn.update(1, &e, &[1]).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            // The worker holding record 0 ends without preparing it.
+            turn.abandon();
+            assert_eq!(waiter.join().unwrap(), None);
+        });
     }
 }

@@ -38,6 +38,9 @@ pub const DIGEST_LEN: usize = 32;
 const HEADER_LEN: u64 = 40;
 const TRAILER_LEN: u64 = 40;
 
+/// Threads hashing a scan's windows (each window's blocks on one of them).
+pub const SCAN_HASHERS: usize = 2;
+
 /// Bytes read from the disk per I/O during a scan (1 MiB, or one block if larger):
 /// big enough for sequential throughput, small enough to keep memory flat.
 pub const SCAN_IO_SIZE: u64 = 1024 * 1024;
@@ -93,7 +96,7 @@ pub fn block_count(disk_size: u64, block_size: u64) -> u64 {
 }
 
 /// Length of block `index` of a disk of `disk_size` bytes (0 past the end).
-fn block_len(index: u64, block_size: u64, disk_size: u64) -> u64 {
+pub fn block_len(index: u64, block_size: u64, disk_size: u64) -> u64 {
     disk_size
         .saturating_sub(index.saturating_mul(block_size))
         .min(block_size)
@@ -580,6 +583,34 @@ impl DigestFeed {
         self.feed(offset, data.len() as u64, Some(data))
     }
 
+    /// Feeds the digest of the whole block at `offset` (a block boundary; `len` is the
+    /// block's length, shorter only for the disk's partial last block), hashed
+    /// elsewhere (a backup's transform threads hash blocks in parallel and the list is
+    /// fed in disk order here).
+    pub fn feed_digest(
+        &mut self,
+        offset: u64,
+        len: u64,
+        digest: &Digest,
+    ) -> Result<(), DigestListError> {
+        self.fill_gap(offset)?;
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        if self.fill != 0
+            || offset & (bs - 1) != 0
+            || len == 0
+            || len != block_len(offset / bs, bs, disk_size)
+        {
+            return Err(DigestListError::Feed(format!(
+                "a block digest fed for bytes {offset}..{} which are not one whole {bs}-byte block of a disk of {disk_size} bytes",
+                offset.saturating_add(len)
+            )));
+        }
+        self.writer.push(digest)?;
+        self.next = offset + len;
+        Ok(())
+    }
+
     /// Feeds `len` zero bytes at `offset` (read and found zero).
     pub fn feed_zero(&mut self, offset: u64, len: u64) -> Result<(), DigestListError> {
         self.feed(offset, len, None)
@@ -701,10 +732,36 @@ pub fn scan_changes(
     let mut index = 0u64;
     let mut walk = DataWalk::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    // Reading and hashing overlap on two threads (the pipeline's producer and
-    // transform stages); comparing and writing the new list follow in order here.
+    // Reading and hashing overlap (the pipeline's producer and transform stages), and
+    // hashing runs on SCAN_HASHERS threads (window i on hasher i % n): blocks are
+    // independent, so both cores hash while the reader copies the next window in.
+    // Comparing and writing the new list follow in order on this thread.
     let mut next_offset = 0u64;
-    crate::pipeline::run::<ScanChunk, HashedChunk, ScanError, _, _, _>(
+    let hasher = |c: &mut ScanChunk, h: &mut HashedChunk| -> Result<(), ScanError> {
+        h.digests.clear();
+        if c.hole {
+            let mut pos = c.start;
+            let end = c.start + c.len;
+            while pos < end {
+                let len = block_len(pos / bs, bs, disk_size);
+                let d = if len == bs { full_zero } else { tail_zero };
+                h.digests.push((len, d));
+                pos += len;
+            }
+            return Ok(());
+        }
+        for block in c.data.chunks(block_size as usize) {
+            let len = block.len() as u64;
+            let digest: Digest = if len == block_size && is_zero(block) {
+                full_zero
+            } else {
+                *blake3::hash(block).as_bytes()
+            };
+            h.digests.push((len, digest));
+        }
+        Ok(())
+    };
+    crate::pipeline::run_workers::<ScanChunk, HashedChunk, ScanError, _, _, _>(
         crate::pipeline::DEFAULT_DEPTH,
         |c| {
             let at = next_offset;
@@ -770,30 +827,7 @@ pub fn scan_changes(
             next_offset = end;
             Ok(true)
         },
-        |c, h| {
-            h.digests.clear();
-            if c.hole {
-                let mut pos = c.start;
-                let end = c.start + c.len;
-                while pos < end {
-                    let len = block_len(pos / bs, bs, disk_size);
-                    let d = if len == bs { full_zero } else { tail_zero };
-                    h.digests.push((len, d));
-                    pos += len;
-                }
-                return Ok(());
-            }
-            for block in c.data.chunks(block_size as usize) {
-                let len = block.len() as u64;
-                let digest: Digest = if len == block_size && is_zero(block) {
-                    full_zero
-                } else {
-                    *blake3::hash(block).as_bytes()
-                };
-                h.digests.push((len, digest));
-            }
-            Ok(())
-        },
+        vec![hasher; SCAN_HASHERS],
         |h| {
             for &(len, digest) in &h.digests {
                 let old = match (&mut prev, prev_size) {
