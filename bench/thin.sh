@@ -91,7 +91,7 @@ run_base() { tapevault_with "$BASE_BIN" base "$1"; }
 tapevault_with() {
   local bin=$1 name=$2 r=$3
   export TAPEVAULT_HOME="$W/home"
-  rm -rf "$TAPEVAULT_HOME"
+  rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME-library"
   "$bin" init --slots 2 --drives 1 --capacity $((DATA_MIB * 4))M > /dev/null
   "$bin" pool create bench --compression off > /dev/null
   timed $name-$r "$bin" --json backup --disk "$IMG" --disk-id $DISK_ID --pool bench
@@ -101,7 +101,7 @@ img = json.load(open(sys.argv[1]))["images"][0]
 st = img["stages"]
 print(f"  tapevault: data {img['data_bytes']} zero {img['zero_bytes']} read {img['read_bytes']} stored {img['stored_bytes']} records {img['records']}; stages read {st['produce_s']:.3f} transform {st['transform_s']:.3f} write {st['consume_s']:.3f} wall {st['wall_s']:.3f} s")
 EOF
-  rm -rf "$TAPEVAULT_HOME"
+  rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME-library"
   settle
 }
 run_tar() {

@@ -23,7 +23,7 @@ use crate::source::hashscan::{DigestFeed, DigestListError, DigestListSummary};
 use crate::source::nbd::DirtyExtents;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
-use super::stages::{DigestTurn, TransformWorker};
+use super::stages::TransformWorker;
 use super::*;
 use crate::events::Event;
 
@@ -305,12 +305,13 @@ impl Job<'_> {
         let sealer = self.sealer.take();
         let part_now = AtomicU32::new(state.header.part);
         let image_uuid_bytes = state.header.image_uuid;
-        // The transform stage hashes (block digests, content digest), compresses and
+        // The transform stage hashes the blocks for the digest list, compresses and
         // encrypts: the records are prepared on two threads (item i on worker i % 2),
-        // each with its own compressor and AAD buffer; the content digest is one chain,
-        // which they extend in turn.
+        // each with its own compressor and AAD buffer. The content digest is one chain
+        // over the records: the writer's side extends it, taking the records in order
+        // (with the plain data the workers pass on), so no worker waits for another.
         let n_workers = TRANSFORM_WORKERS;
-        let turn = DigestTurn::new(state.header.first_sequence, digest);
+        let mut digest = digest;
         let disk_size = state.header.disk_size;
         let block_size = u64::from(state.header.tracking_block_size);
         let blocks = digests.as_ref().map(|_| (block_size, disk_size));
@@ -326,7 +327,6 @@ impl Job<'_> {
                 sealer: sealer.as_ref(),
                 part_now: &part_now,
                 image_uuid: image_uuid_bytes,
-                content: &turn,
                 blocks,
             };
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
@@ -336,6 +336,10 @@ impl Job<'_> {
             |c| fill(&mut c.extents, &mut c.data),
             workers,
             |p| {
+                digest
+                    .update_record(&p.extents, &p.plain)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                p.digest = digest.finalize();
                 self.write_record(&mut state, p, sealer.as_ref())?;
                 part_now.store(state.header.part, Ordering::Release);
                 if let Some(f) = feed.as_mut() {

@@ -5,14 +5,11 @@
 use tape_formats::DataFields;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
 
-use tape_formats::{
-    Compression as WireCompression, ContentDigest, Extent, ExtentKind, RecordCrypto,
-};
+use tape_formats::{Compression as WireCompression, Extent, ExtentKind, RecordCrypto};
 
 use crate::codec::{Compressor, Sealer};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::hashscan::{block_len, Digest, DigestFeed, DigestListError};
 
 /// A chunk read from the disk (pipeline stage 1 output).
@@ -123,66 +120,6 @@ impl ChunkDigests {
     }
 }
 
-/// The image's content digest, updated record by record in image order by whichever
-/// transform worker prepares the record (the digest is one chain over the records, so
-/// workers take turns: a worker waits for the records before its own). A worker that
-/// ends marks the turn abandoned, so no other waits for ever on a record it will never
-/// prepare.
-pub(super) struct DigestTurn {
-    state: Mutex<TurnState>,
-    turn: Condvar,
-}
-
-struct TurnState {
-    /// Sequence number of the next record to be hashed.
-    next: u64,
-    digest: ContentDigest,
-    abandoned: bool,
-}
-
-impl DigestTurn {
-    pub(super) fn new(first_sequence: u64, digest: ContentDigest) -> DigestTurn {
-        DigestTurn {
-            state: Mutex::new(TurnState {
-                next: first_sequence,
-                digest,
-                abandoned: false,
-            }),
-            turn: Condvar::new(),
-        }
-    }
-
-    /// Adds record `sequence` to the digest once every record before it is in, and
-    /// returns the digest through it; `None` when a worker holding an earlier record
-    /// ended without preparing it (the pipeline is stopping: this record will never be
-    /// written, as records are written in order).
-    fn update(&self, sequence: u64, extents: &[Extent], data: &[u8]) -> Result<Option<[u8; 32]>> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.next != sequence {
-            if st.abandoned {
-                return Ok(None);
-            }
-            st = self.turn.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        st.digest
-            .update_record(extents, data)
-            .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-        st.next += 1;
-        let d = st.digest.finalize();
-        drop(st);
-        self.turn.notify_all();
-        Ok(Some(d))
-    }
-
-    fn abandon(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .abandoned = true;
-        self.turn.notify_all();
-    }
-}
-
 /// A record ready for framing (pipeline stage 2 output).
 #[derive(Default)]
 pub(super) struct Prepared {
@@ -199,8 +136,12 @@ pub(super) struct Prepared {
     pub(super) plain_len: u32,
     pub(super) data_bytes: u64,
     pub(super) zero_bytes: u64,
-    /// Content digest of the image through this record.
+    /// Content digest of the image through this record (set by the writer's side,
+    /// which takes the records in order).
     pub(super) digest: [u8; 32],
+    /// The record's plain data (the read buffer, passed on without a copy): the
+    /// content digest is computed over it in record order on the writer's side.
+    pub(super) plain: Vec<u8>,
     /// The record's block digests, when the image gets a digest list.
     pub(super) blocks: ChunkDigests,
     /// With encryption: the payload is already sealed (in the transform stage) for these
@@ -232,37 +173,18 @@ pub(super) struct TransformWorker<'a> {
     /// again the few prepared ahead when early warning starts a new part).
     pub(super) part_now: &'a AtomicU32,
     pub(super) image_uuid: [u8; 16],
-    /// The content digest, shared by the workers.
-    pub(super) content: &'a DigestTurn,
     /// With a digest list: the tracking block size and the disk's size, to hash the
     /// chunk's blocks.
     pub(super) blocks: Option<(u64, u64)>,
 }
 
-impl Drop for TransformWorker<'_> {
-    fn drop(&mut self) {
-        // Ending (done, failed or unwinding): no worker may wait for this one again.
-        self.content.abandon();
-    }
-}
-
 impl TransformWorker<'_> {
     pub(super) fn prepare(&mut self, c: &mut ReadChunk, p: &mut Prepared) -> Result<()> {
-        // The block digests (independent blocks, hashed in parallel by the workers) and
-        // the content digest (one chain: the workers take turns) are computed here, off
-        // the reader's thread.
+        // The block digests (independent blocks, hashed in parallel by the workers) are
+        // computed here, off the reader's thread.
         match self.blocks {
             Some((bs, disk_size)) => p.blocks.compute(&c.extents, &c.data, bs, disk_size),
             None => p.blocks.clear(),
-        }
-        match self
-            .content
-            .update(self.next_sequence, &c.extents, &c.data)?
-        {
-            Some(d) => p.digest = d,
-            // An earlier record was dropped: the pipeline is stopping and this one is
-            // never written.
-            None => return Ok(()),
         }
         p.extents.clear();
         p.extents.extend_from_slice(&c.extents);
@@ -310,6 +232,9 @@ impl TransformWorker<'_> {
             }
         };
         p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
+        // The plain data goes on with the record (for the content digest); the reader
+        // gets the record's old buffer back to read into.
+        std::mem::swap(&mut c.data, &mut p.plain);
         self.next_sequence += self.step;
         Ok(())
     }
@@ -426,67 +351,5 @@ mod tests {
             let (a, b) = both_lists(size, &cuts, &zeros, seed);
             prop_assert_eq!(a, b);
         }
-    }
-
-    #[test]
-    fn the_content_digest_is_extended_in_record_order_whatever_the_worker_timing() {
-        let records: Vec<(Vec<Extent>, Vec<u8>)> = (0..40u64)
-            .map(|i| {
-                let data = vec![i as u8 | 1; 1000 + i as usize];
-                let e = Extent {
-                    offset: i * 4096,
-                    length: data.len() as u64,
-                    kind: ExtentKind::Data,
-                };
-                (vec![e], data)
-            })
-            .collect();
-        let mut expect = ContentDigest::new();
-        let mut want = Vec::new();
-        for (e, d) in &records {
-            expect.update_record(e, d).unwrap();
-            want.push(expect.finalize());
-        }
-        let turn = DigestTurn::new(7, ContentDigest::new());
-        let got: Vec<Mutex<Option<[u8; 32]>>> =
-            (0..records.len()).map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for w in 0..3usize {
-                let (turn, records, got) = (&turn, &records, &got);
-                s.spawn(move || {
-                    for i in (w..records.len()).step_by(3) {
-                        if (i + w) % 4 == 0 {
-                            std::thread::sleep(std::time::Duration::from_millis(2));
-                        }
-                        let d = turn
-                            .update(7 + i as u64, &records[i].0, &records[i].1)
-                            .unwrap();
-                        *got[i].lock().unwrap() = d;
-                    }
-                });
-            }
-        });
-        let got: Vec<_> = got
-            .into_iter()
-            .map(|m| m.into_inner().unwrap().unwrap())
-            .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn a_worker_waiting_for_a_record_that_never_comes_stops_when_the_others_end() {
-        let turn = DigestTurn::new(0, ContentDigest::new());
-        let e = [Extent {
-            offset: 0,
-            length: 1,
-            kind: ExtentKind::Data,
-        }];
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| turn.update(1, &e, &[1]).unwrap());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            // The worker holding record 0 ends without preparing it.
-            turn.abandon();
-            assert_eq!(waiter.join().unwrap(), None);
-        });
     }
 }
