@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Thin disks: a full backup of a large sparse image holding little data, against
-# `tar --sparse` and `cp --sparse=always` of the same file, side by side in one run
-# (see docs/BENCHMARKS.md, "Thin disks", for recorded results).
+# `tar --sparse` and `cp --sparse=always` of the same file, each also followed by an
+# fsync of its output (`sync FILE`), side by side in one run (see docs/BENCHMARKS.md,
+# "Thin disks", for recorded results).
 #
 #   cargo build --release --bin tapevault
 #   bench/thin.sh [WORKDIR]
@@ -11,8 +12,10 @@
 #   DATA_MIB      data scattered in it (default 1024), in PIECES pieces
 #   PIECES        number of data pieces (default 4096; each DATA_MIB/PIECES long, at
 #                 random 4 KiB-aligned offsets, so holes start and end mid tracking block)
-#   ROUNDS        rounds of the three tools (default 3); the order rotates each round
+#   ROUNDS        rounds of the five tools (default 3); the order rotates each round
 #   TAPEVAULT_BIN binary to measure (default target/release/tapevault)
+#   BASE_BIN      optional second tapevault binary (an older build) measured in the same
+#                 rotation as "base", to compare code changes side by side
 #   SETTLE_SECS   pause after deleting an output (default 5)
 #   KEEP=1        keep WORKDIR afterwards (default: removed)
 #   RESULTS_OUT   also copy the results to this file
@@ -22,7 +25,9 @@
 # The image's data stays in the page cache (it was just written and is re-read by
 # every run); each tool writes its output to a file on the same file system, deleted
 # after the run. tapevault writes to a virtual library in WORKDIR (compression off) and
-# flushes the cartridge to stable storage at the end; tar and cp do not sync.
+# flushes the cartridge (and syncs the digest list) to stable storage at the end; tar
+# and cp do not sync, so each is measured twice: as is, and followed by `sync OUT`
+# (fsync of its output file), timed together ("tar+sync", "cp+sync").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,19 +86,22 @@ EOF
 sync
 log "image: $(du -h --apparent-size "$IMG" | cut -f1) apparent, $(du -h "$IMG" | cut -f1) allocated"
 
-run_tapevault() {
-  local r=$1
+run_tapevault() { tapevault_with "$BIN" tapevault "$1"; }
+run_base() { tapevault_with "$BASE_BIN" base "$1"; }
+tapevault_with() {
+  local bin=$1 name=$2 r=$3
   export TAPEVAULT_HOME="$W/home"
-  rm -rf "$TAPEVAULT_HOME"
-  "$BIN" init --slots 2 --drives 1 --capacity $((DATA_MIB * 4))M > /dev/null
-  "$BIN" pool create bench --compression off > /dev/null
-  timed tapevault-$r "$BIN" --json backup --disk "$IMG" --disk-id $DISK_ID --pool bench
-  python3 - "$W/tapevault-$r.out" <<'EOF' | tee -a "$RESULTS" >&2
+  rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME-library"
+  "$bin" init --slots 2 --drives 1 --capacity $((DATA_MIB * 4))M > /dev/null
+  "$bin" pool create bench --compression off > /dev/null
+  timed $name-$r "$bin" --json backup --disk "$IMG" --disk-id $DISK_ID --pool bench
+  python3 - "$W/$name-$r.out" <<'EOF' | tee -a "$RESULTS" >&2
 import json, sys
 img = json.load(open(sys.argv[1]))["images"][0]
-print(f"  tapevault: data {img['data_bytes']} zero {img['zero_bytes']} read {img['read_bytes']} stored {img['stored_bytes']} records {img['records']}")
+st = img["stages"]
+print(f"  tapevault: data {img['data_bytes']} zero {img['zero_bytes']} read {img['read_bytes']} stored {img['stored_bytes']} records {img['records']}; stages read {st['produce_s']:.3f} transform {st['transform_s']:.3f} write {st['consume_s']:.3f} wall {st['wall_s']:.3f} s")
 EOF
-  rm -rf "$TAPEVAULT_HOME"
+  rm -rf "$TAPEVAULT_HOME" "$TAPEVAULT_HOME-library"
   settle
 }
 run_tar() {
@@ -107,13 +115,25 @@ run_cp() {
   rm -f "$W/copy.img"
   settle
 }
+run_tarsync() {
+  timed tarsync-$1 sh -c 'tar --sparse -cf "$1/out.tar" -C "$1" thin.img && sync "$1/out.tar"' sh "$W"
+  rm -f "$W/out.tar"
+  settle
+}
+run_cpsync() {
+  timed cpsync-$1 sh -c 'cp --sparse=always "$1/thin.img" "$1/copy.img" && sync "$1/copy.img"' sh "$W"
+  rm -f "$W/copy.img"
+  settle
+}
 
 # One untimed pass of each puts every tool in the same (warm) state.
 cp --sparse=always "$IMG" "$W/copy.img"; rm -f "$W/copy.img"; settle
-tools=(tapevault tar cp)
+tools=(tapevault tar tarsync cp cpsync)
+if [ -n "${BASE_BIN:-}" ]; then tools+=(base); fi
+n=${#tools[@]}
 for r in $(seq 1 "$ROUNDS"); do
-  for k in 0 1 2; do
-    t=${tools[$(((r - 1 + k) % 3))]}
+  for k in $(seq 0 $((n - 1))); do
+    t=${tools[$(((r - 1 + k) % n))]}
     "run_$t" "$r"
   done
 done
@@ -125,11 +145,23 @@ stats() {
 read -r tv_min tv_med tv_max <<< "$(stats tapevault)"
 read -r tar_min tar_med tar_max <<< "$(stats tar)"
 read -r cp_min cp_med cp_max <<< "$(stats cp)"
+read -r ts_min ts_med ts_max <<< "$(stats tarsync)"
+read -r cs_min cs_med cs_max <<< "$(stats cpsync)"
 log ""
 log "                 min      median   max (s)"
 log "$(printf 'tapevault   %8s %8s %8s' "$tv_min" "$tv_med" "$tv_max")"
 log "$(printf 'tar --sparse %7s %8s %8s' "$tar_min" "$tar_med" "$tar_max")"
+log "$(printf 'tar+sync    %8s %8s %8s' "$ts_min" "$ts_med" "$ts_max")"
 log "$(printf 'cp --sparse %8s %8s %8s' "$cp_min" "$cp_med" "$cp_max")"
-log "tapevault / tar (median): $(echo "scale=3; $tv_med / $tar_med" | bc -l)x (target <= 1)"
-log "tapevault / cp  (median): $(echo "scale=3; $tv_med / $cp_med" | bc -l)x"
+log "$(printf 'cp+sync     %8s %8s %8s' "$cs_min" "$cs_med" "$cs_max")"
+log "tapevault / tar      (median): $(echo "scale=3; $tv_med / $tar_med" | bc -l)x (target <= 1)"
+log "tapevault / tar+sync (median): $(echo "scale=3; $tv_med / $ts_med" | bc -l)x"
+log "tapevault / cp       (median): $(echo "scale=3; $tv_med / $cp_med" | bc -l)x"
+log "tapevault / cp+sync  (median): $(echo "scale=3; $tv_med / $cs_med" | bc -l)x"
+if [ -n "${BASE_BIN:-}" ]; then
+  read -r b_min b_med b_max <<< "$(stats base)"
+  log "$(printf 'base (%s) %8s %8s %8s' "$BASE_BIN" "$b_min" "$b_med" "$b_max")"
+  log "base / tar           (median): $(echo "scale=3; $b_med / $tar_med" | bc -l)x"
+fi
+log "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "${RESULTS_OUT:-}" ]; then cp "$RESULTS" "$RESULTS_OUT"; fi

@@ -454,8 +454,10 @@ fn corrupt_truncated_missing_or_mismatched_previous_list_is_a_typed_error() {
             other => panic!("expected a previous-list error, got {other:?}"),
         }
     };
-    // One flipped bit in every position of the digests or trailer is caught.
-    for i in 40..good.len() {
+    // One flipped bit in every position of the body or trailer is caught (the
+    // version 2 header is 48 bytes; its body length is checked against the file's).
+    assert_eq!(u32::from_le_bytes(good[8..12].try_into().unwrap()), 2);
+    for i in 48..good.len() {
         let mut b = good.clone();
         b[i] ^= 0x10;
         assert!(
@@ -467,11 +469,14 @@ fn corrupt_truncated_missing_or_mismatched_previous_list_is_a_typed_error() {
     b[0] = b'X';
     assert!(matches!(prev_err(&b), DigestListError::BadMagic { .. }));
     let mut b = good.clone();
-    b[8] = 2;
+    b[8] = 3;
     assert!(matches!(
         prev_err(&b),
-        DigestListError::UnsupportedVersion { version: 2, .. }
+        DigestListError::UnsupportedVersion { version: 3, .. }
     ));
+    let mut b = good.clone();
+    b[40] ^= 1; // body length
+    assert!(matches!(prev_err(&b), DigestListError::WrongLength { .. }));
     let mut b = good.clone();
     b[32] = 9; // count
     assert!(matches!(prev_err(&b), DigestListError::Inconsistent { .. }));

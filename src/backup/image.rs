@@ -19,7 +19,7 @@ use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
 use crate::pipeline::StageTimes;
 use crate::source::disk::{source_timeout, ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
-use crate::source::hashscan::DigestFeed;
+use crate::source::hashscan::{DigestFeed, DigestListError, DigestListSummary};
 use crate::source::nbd::DirtyExtents;
 use crate::source::DEFAULT_BLOCK_SIZE;
 
@@ -47,6 +47,8 @@ pub(super) struct ImageProgress {
     pub(super) read_bytes: u64,
     pub(super) stored_bytes: u64,
     pub(super) cartridges: Vec<String>,
+    /// The block digest list built while streaming, committed (its summary) or why not.
+    pub(super) list: Option<std::result::Result<DigestListSummary, DigestListError>>,
 }
 
 impl ImageProgress {
@@ -115,25 +117,30 @@ impl Job<'_> {
         let dl_err = |e: crate::source::hashscan::DigestListError| {
             Error::Failed(format!("block digest list: {e}"))
         };
-        let reader = match plan {
+        // The digest list is fed in disk order by the writer's side of the pipeline,
+        // from the block digests the transform workers compute (the reader only reads).
+        let (reader, feed) = match plan {
             Plan::Full { .. } => {
                 let feed = DigestFeed::new(new_list, bs, size, None).map_err(dl_err)?;
-                ChunkReader::whole_disk(disk, cfg)
-                    .map_err(|e| Error::Failed(e.to_string()))?
-                    .with_digests(feed)
-                    .map_err(dl_err)?
+                let mut r =
+                    ChunkReader::whole_disk(disk, cfg).map_err(|e| Error::Failed(e.to_string()))?;
+                r.check_digests(&feed).map_err(dl_err)?;
+                (r, Some(feed))
             }
             Plan::ChangedExtents {
                 extents, base_list, ..
             } => {
                 let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
-                ChunkReader::extents(disk, cfg, extents)
-                    .map_err(|e| Error::Failed(e.to_string()))?
-                    .with_digests(feed)
-                    .map_err(dl_err)?
+                let mut r = ChunkReader::extents(disk, cfg, extents)
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                r.check_digests(&feed).map_err(dl_err)?;
+                (r, Some(feed))
             }
-            Plan::HashScan { .. } => ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
-                .map_err(|e| Error::Failed(e.to_string()))?,
+            Plan::HashScan { .. } => (
+                ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
+                    .map_err(|e| Error::Failed(e.to_string()))?,
+                None,
+            ),
             Plan::DirtyBitmap {
                 export,
                 context,
@@ -143,10 +150,10 @@ impl Job<'_> {
                 let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
                 let dirty = DirtyExtents::connect(export, context, bs, source_timeout())
                     .map_err(|e| Error::Failed(e.to_string()))?;
-                ChunkReader::stream(disk, cfg, Box::new(dirty))
-                    .map_err(|e| Error::Failed(e.to_string()))?
-                    .with_digests(feed)
-                    .map_err(dl_err)?
+                let mut r = ChunkReader::stream(disk, cfg, Box::new(dirty))
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                r.check_digests(&feed).map_err(dl_err)?;
+                (r, Some(feed))
             }
         };
         let total: u64 = match plan {
@@ -223,10 +230,11 @@ impl Job<'_> {
                 reader.swap_data(data);
                 Ok(true)
             },
+            feed,
         )?;
-        let (stats, summary) = reader.finish();
+        let (stats, _) = reader.finish();
         state.read_bytes = stats.read_bytes;
-        if let Some(Err(e)) = summary {
+        if let Some(Err(e)) = state.list.take() {
             let e = Error::Failed(format!(
                 "writing the block digest list {}: {e}",
                 new_list.display()
@@ -251,8 +259,9 @@ impl Job<'_> {
     /// Stream the records `fill` produces (each call fills one record's extents and
     /// plain data, in disk order; `false` at the end) as image `header` under the
     /// pool's policy: content digest (keyed with the pool's key when encrypted), the
-    /// bounded read -> transform (zstd, AES-GCM) -> write pipeline, spanning at early
-    /// warning. The last part is left open: [`Self::close_image`] writes its trailer.
+    /// bounded read -> transform (digests, zstd, AES-GCM) -> write pipeline, spanning at
+    /// early warning. With `digests`, the image's block digest list is built on the way
+    /// and committed at the end (`list` of the result says how that went). The last part is left open: [`Self::close_image`] writes its trailer.
     /// On error the open part is closed as aborted where that is safe.
     pub(super) fn stream_records(
         &mut self,
@@ -260,11 +269,12 @@ impl Job<'_> {
         label: String,
         total: u64,
         fill: &mut FillRecord<'_>,
+        digests: Option<DigestFeed>,
     ) -> Result<ImageProgress> {
         let pool = self.tape.pool.clone();
         let events = self.tape.events;
         events.task(label, total);
-        let mut digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
+        let digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
             header: header.clone(),
@@ -283,6 +293,7 @@ impl Job<'_> {
             read_bytes: 0,
             stored_bytes: 0,
             cartridges: Vec::new(),
+            list: None,
         };
         self.start_part(&mut state)?;
 
@@ -294,14 +305,18 @@ impl Job<'_> {
         let sealer = self.sealer.take();
         let part_now = AtomicU32::new(state.header.part);
         let image_uuid_bytes = state.header.image_uuid;
-        // Compressing and encrypting take the most CPU of any stage: with either, the
-        // records are prepared on two threads (item i on worker i % 2), each with its own
-        // compressor and AAD buffer.
-        let n_workers = if sealer.is_some() || pool.compression != catalog::Compression::Off {
-            TRANSFORM_WORKERS
-        } else {
-            1
-        };
+        // The transform stage hashes the blocks for the digest list, compresses and
+        // encrypts: the records are prepared on two threads (item i on worker i % 2),
+        // each with its own compressor and AAD buffer. The content digest is one chain
+        // over the records: the writer's side extends it, taking the records in order
+        // (with the plain data the workers pass on), so no worker waits for another.
+        let n_workers = TRANSFORM_WORKERS;
+        let mut digest = digest;
+        let disk_size = state.header.disk_size;
+        let block_size = u64::from(state.header.tracking_block_size);
+        let blocks = digests.as_ref().map(|_| (block_size, disk_size));
+        let mut feed = digests;
+        let mut feed_error: Option<DigestListError> = None;
         let mut workers = Vec::with_capacity(n_workers);
         for w in 0..n_workers {
             let mut worker = TransformWorker {
@@ -312,28 +327,30 @@ impl Job<'_> {
                 sealer: sealer.as_ref(),
                 part_now: &part_now,
                 image_uuid: image_uuid_bytes,
+                blocks,
             };
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
         }
         let run = crate::pipeline::run_spooled::<ReadChunk, Prepared, Error, _, _, _>(
             PIPELINE_DEPTH,
             self.spool_records,
-            |c| {
-                if !fill(&mut c.extents, &mut c.data)? {
-                    return Ok(false);
-                }
-                // The content digest runs on the reader thread, which has CPU to spare;
-                // the transform thread compresses and encrypts.
-                digest
-                    .update_record(&c.extents, &c.data)
-                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
-                c.digest = digest.finalize();
-                Ok(true)
-            },
+            |c| fill(&mut c.extents, &mut c.data),
             workers,
             |p| {
+                digest
+                    .update_record(&p.extents, &p.plain)
+                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                p.digest = digest.finalize();
                 self.write_record(&mut state, p, sealer.as_ref())?;
                 part_now.store(state.header.part, Ordering::Release);
+                if let Some(f) = feed.as_mut() {
+                    // A digest list is a by-product: its failure is reported when the
+                    // image ends (dropping the feed removes its unfinished file).
+                    if let Err(e) = p.blocks.feed(&p.extents, f, block_size, disk_size) {
+                        feed = None;
+                        feed_error = Some(e);
+                    }
+                }
                 events.progress(p.data_bytes + p.zero_bytes);
                 Ok(())
             },
@@ -347,6 +364,11 @@ impl Job<'_> {
             self.abort_part(&mut state, &e);
             return Err(e);
         }
+        state.list = match (feed, feed_error) {
+            (_, Some(e)) => Some(Err(e)),
+            (Some(f), None) => Some(f.finish()),
+            (None, None) => None,
+        };
         Ok(state)
     }
 

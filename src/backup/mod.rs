@@ -24,10 +24,11 @@
 //!    writing the image, then the commit (image complete with its segments and
 //!    coverage) or the failure (image failed, cartridge marked as the error says).
 //! 5. **Streaming** ([`image`]): the image header, the bounded pipeline: reader thread
-//!    (chunks, zero detection, digests) -> transform workers ([`stages`]: zstd, AES-GCM,
-//!    CRC) -> writer ([`records`]: framing, resealing, parts, spanning at early
-//!    warning), then trailer and filemark (the flush is the session's commit point's);
-//!    the spool (`--spool`) feeds the drive in bursts.
+//!    (chunks, zero detection) -> transform workers ([`stages`]: block digests, zstd,
+//!    AES-GCM, CRC) -> writer ([`records`]: the content digest and the digest list in
+//!    record order, framing, resealing, parts, spanning at early warning), then
+//!    trailer and filemark (the flush is the session's commit point's); the spool
+//!    (`--spool`) feeds the drive in bursts.
 //! 6. **Tape** ([`tape`]): the cartridge being written: picked from the set or joined
 //!    (labelled), checked, positioned at end of data, released (flushed and unloaded).
 //!

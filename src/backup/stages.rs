@@ -10,14 +10,114 @@ use tape_formats::{Compression as WireCompression, Extent, ExtentKind, RecordCry
 
 use crate::codec::{Compressor, Sealer};
 use crate::error::Result;
+use crate::source::hashscan::{block_len, Digest, DigestFeed, DigestListError};
 
 /// A chunk read from the disk (pipeline stage 1 output).
 #[derive(Default)]
 pub(super) struct ReadChunk {
     pub(super) extents: Vec<Extent>,
     pub(super) data: Vec<u8>,
-    /// Content digest of the image through this chunk.
-    pub(super) digest: [u8; 32],
+}
+
+/// How a chunk's data extents are cut into block pieces for the digest list: at every
+/// `block_size` boundary. A piece that is a whole block (from a block boundary, the
+/// block's full length; the disk's partial last block counts whole) is hashed by a
+/// transform worker; any other (a block a chunk boundary cuts) goes to the digest
+/// list's feed as bytes. Transform and consumer cut the same way, so the digests and
+/// bytes line up.
+fn for_each_data_piece<E>(
+    extents: &[Extent],
+    block_size: u64,
+    disk_size: u64,
+    mut f: impl FnMut(u64, u64, usize, bool) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut at = 0usize;
+    for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
+        let mut pos = e.offset;
+        let end = e.offset + e.length;
+        while pos < end {
+            let index = pos / block_size;
+            let piece_end = ((index + 1) * block_size).min(end);
+            let len = piece_end - pos;
+            let whole = pos % block_size == 0 && len == block_len(index, block_size, disk_size);
+            f(pos, len, at, whole)?;
+            at += len as usize;
+            pos = piece_end;
+        }
+    }
+    Ok(())
+}
+
+/// What a transform worker computed for the block digest list from one chunk.
+#[derive(Default)]
+pub(super) struct ChunkDigests {
+    /// The digest of each whole-block data piece, in disk order.
+    pub(super) whole: Vec<Digest>,
+    /// The bytes of the other data pieces, concatenated in disk order.
+    pub(super) edge: Vec<u8>,
+}
+
+impl ChunkDigests {
+    fn clear(&mut self) {
+        self.whole.clear();
+        self.edge.clear();
+    }
+
+    fn compute(&mut self, extents: &[Extent], data: &[u8], block_size: u64, disk_size: u64) {
+        self.clear();
+        let _ = for_each_data_piece::<()>(extents, block_size, disk_size, |_, len, at, whole| {
+            let bytes = &data[at..at + len as usize];
+            if whole {
+                self.whole.push(*blake3::hash(bytes).as_bytes());
+            } else {
+                self.edge.extend_from_slice(bytes);
+            }
+            Ok(())
+        });
+    }
+
+    /// Feeds a prepared record's blocks to the digest list, in disk order: zero
+    /// extents as zeros (whole zero blocks take the precomputed digest, unhashed),
+    /// whole data blocks by the digests computed, the rest by their bytes.
+    pub(super) fn feed(
+        &self,
+        extents: &[Extent],
+        feed: &mut DigestFeed,
+        block_size: u64,
+        disk_size: u64,
+    ) -> std::result::Result<(), DigestListError> {
+        let mut whole = self.whole.iter();
+        let mut edge_at = 0usize;
+        for e in extents {
+            if e.kind == ExtentKind::Zero {
+                feed.feed_zero(e.offset, e.length)?;
+                continue;
+            }
+            let one = std::slice::from_ref(e);
+            for_each_data_piece(one, block_size, disk_size, |pos, len, _, is_whole| {
+                if is_whole {
+                    let d = whole.next().ok_or_else(|| {
+                        DigestListError::Feed(format!(
+                            "no digest was computed for the block at {pos}"
+                        ))
+                    })?;
+                    feed.feed_digest(pos, len, d)
+                } else {
+                    let bytes =
+                        self.edge
+                            .get(edge_at..edge_at + len as usize)
+                            .ok_or_else(|| {
+                                DigestListError::Feed(format!(
+                                    "the bytes of the block piece at {pos} were not kept"
+                                ))
+                            })?;
+                    edge_at += len as usize;
+                    feed.feed_data(pos, bytes)
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// A record ready for framing (pipeline stage 2 output).
@@ -36,8 +136,14 @@ pub(super) struct Prepared {
     pub(super) plain_len: u32,
     pub(super) data_bytes: u64,
     pub(super) zero_bytes: u64,
-    /// Content digest of the image through this record.
+    /// Content digest of the image through this record (set by the writer's side,
+    /// which takes the records in order).
     pub(super) digest: [u8; 32],
+    /// The record's plain data (the read buffer, passed on without a copy): the
+    /// content digest is computed over it in record order on the writer's side.
+    pub(super) plain: Vec<u8>,
+    /// The record's block digests, when the image gets a digest list.
+    pub(super) blocks: ChunkDigests,
     /// With encryption: the payload is already sealed (in the transform stage) for these
     /// fields; the writer re-seals if the record lands in another part or sequence.
     pub(super) sealed: Option<DataFields>,
@@ -67,11 +173,19 @@ pub(super) struct TransformWorker<'a> {
     /// again the few prepared ahead when early warning starts a new part).
     pub(super) part_now: &'a AtomicU32,
     pub(super) image_uuid: [u8; 16],
+    /// With a digest list: the tracking block size and the disk's size, to hash the
+    /// chunk's blocks.
+    pub(super) blocks: Option<(u64, u64)>,
 }
 
 impl TransformWorker<'_> {
     pub(super) fn prepare(&mut self, c: &mut ReadChunk, p: &mut Prepared) -> Result<()> {
-        p.digest = c.digest;
+        // The block digests (independent blocks, hashed in parallel by the workers) are
+        // computed here, off the reader's thread.
+        match self.blocks {
+            Some((bs, disk_size)) => p.blocks.compute(&c.extents, &c.data, bs, disk_size),
+            None => p.blocks.clear(),
+        }
         p.extents.clear();
         p.extents.extend_from_slice(&c.extents);
         p.plain_len = c.data.len() as u32;
@@ -118,7 +232,124 @@ impl TransformWorker<'_> {
             }
         };
         p.payload_crc = crc32fast::hash(&p.block[p.header_room..]);
+        // The plain data goes on with the record (for the content digest); the reader
+        // gets the record's old buffer back to read into.
+        std::mem::swap(&mut c.data, &mut p.plain);
         self.next_sequence += self.step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BS: u64 = 64 * 1024;
+
+    /// The digest list a feed given every byte in order writes, and the one written
+    /// from the workers' block digests and edge bytes, chunk by chunk.
+    fn both_lists(
+        disk_size: u64,
+        cuts: &[u64],
+        zero_pieces: &[bool],
+        seed: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: Vec<u8> = (0..disk_size)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+            .collect();
+        // Pieces: cut at block boundaries and at the chunk cuts; each Data or Zero.
+        let mut bounds: Vec<u64> = (0..=disk_size.div_ceil(BS))
+            .map(|b| (b * BS).min(disk_size))
+            .collect();
+        bounds.extend(cuts.iter().map(|c| c % disk_size.max(1)));
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut chunk_ends: Vec<u64> = cuts
+            .iter()
+            .map(|c| c % disk_size.max(1))
+            .filter(|&c| c > 0)
+            .collect();
+        chunk_ends.push(disk_size);
+        chunk_ends.sort_unstable();
+        chunk_ends.dedup();
+
+        let direct = dir.path().join("direct");
+        let mut a = DigestFeed::new(&direct, BS, disk_size, None).unwrap();
+        let pooled = dir.path().join("pooled");
+        let mut b = DigestFeed::new(&pooled, BS, disk_size, None).unwrap();
+        let mut k = 0usize;
+        let mut start = 0u64;
+        for &end in &chunk_ends {
+            let mut extents: Vec<Extent> = Vec::new();
+            let mut data = Vec::new();
+            for w in bounds
+                .windows(2)
+                .filter(|w| w[0] >= start && w[1] <= end && w[0] < w[1])
+            {
+                let (s, e) = (w[0], w[1]);
+                let zero = zero_pieces
+                    .get(k % zero_pieces.len().max(1))
+                    .copied()
+                    .unwrap_or(false);
+                k += 1;
+                let kind = if zero {
+                    ExtentKind::Zero
+                } else {
+                    ExtentKind::Data
+                };
+                if zero {
+                    a.feed_zero(s, e - s).unwrap();
+                } else {
+                    a.feed_data(s, &disk[s as usize..e as usize]).unwrap();
+                    data.extend_from_slice(&disk[s as usize..e as usize]);
+                }
+                match extents.last_mut() {
+                    Some(l) if l.kind == kind && l.offset + l.length == s => l.length += e - s,
+                    _ => extents.push(Extent {
+                        offset: s,
+                        length: e - s,
+                        kind,
+                    }),
+                }
+            }
+            let mut cd = ChunkDigests::default();
+            cd.compute(&extents, &data, BS, disk_size);
+            cd.feed(&extents, &mut b, BS, disk_size).unwrap();
+            start = end;
+        }
+        a.finish().unwrap();
+        b.finish().unwrap();
+        (
+            std::fs::read(direct).unwrap(),
+            std::fs::read(pooled).unwrap(),
+        )
+    }
+
+    #[test]
+    fn block_digests_from_the_workers_make_the_list_a_direct_feed_makes() {
+        // Chunks cut mid-block, a partial last block, zero and data pieces mixed.
+        let (a, b) = both_lists(
+            5 * BS + 1000,
+            &[BS / 2, 2 * BS, 3 * BS + 7, 5 * BS + 10],
+            &[false, true, false, false, true],
+            3,
+        );
+        assert_eq!(a, b);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn block_digests_match_a_direct_feed(
+            size in 1u64..(6 * BS),
+            cuts in proptest::collection::vec(0u64..(6 * BS), 0..6),
+            zeros in proptest::collection::vec(any::<bool>(), 1..8),
+            seed in any::<u8>(),
+        ) {
+            let (a, b) = both_lists(size, &cuts, &zeros, seed);
+            prop_assert_eq!(a, b);
+        }
     }
 }

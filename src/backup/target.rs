@@ -281,7 +281,7 @@ impl<'a> ImageTarget<'a> {
         fill: &mut FillRecord<'_>,
     ) -> Result<WrittenImage> {
         let r = (|| -> Result<image::ImageProgress> {
-            let mut st = self.job.stream_records(header, label, total, fill)?;
+            let mut st = self.job.stream_records(header, label, total, fill, None)?;
             self.job.close_image(&mut st)?;
             Ok(st)
         })();

@@ -773,6 +773,17 @@ impl<'d> ChunkReader<'d> {
     /// the previous list (checked now), and each extent must fall on block boundaries
     /// (checked as it comes; one that does not fails the read).
     pub fn with_digests(mut self, feed: DigestFeed) -> Result<Self, DigestListError> {
+        self.check_digests(&feed)?;
+        self.digests = Some(feed);
+        Ok(self)
+    }
+
+    /// The checks of [`with_digests`](Self::with_digests) for a feed that is fed
+    /// elsewhere (a backup hashes the blocks of each chunk on its transform threads and
+    /// feeds the list in disk order): every block this reader will not read must be
+    /// copyable from the feed's previous list, and streamed extents must then fall on
+    /// block boundaries (checked as they come).
+    pub fn check_digests(&mut self, feed: &DigestFeed) -> Result<(), DigestListError> {
         match self.todo.listed() {
             Some(list) => {
                 let set: ExtentSet = list.iter().copied().collect();
@@ -783,8 +794,7 @@ impl<'d> ChunkReader<'d> {
                 self.aligned = true;
             }
         }
-        self.digests = Some(feed);
-        Ok(self)
+        Ok(())
     }
 
     /// Takes the next extent from the stream, checking its order and bounds.

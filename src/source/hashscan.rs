@@ -2,7 +2,21 @@
 //!
 //! A digest list is a file holding one BLAKE3 digest per tracking block of a disk. It
 //! is written and read as a stream (never held whole in memory). Layout, all integers
-//! little-endian:
+//! little-endian. Version 2 (written now):
+//!
+//! ```text
+//! header  (48 bytes): magic "TVDIGST\0" | version u32 (=2) | flags u32 (=0)
+//!                     | block_size u64 | disk_size u64 | count u64 | body_len u64
+//! body    (body_len bytes): entries in block order, each
+//!                     0x01 | digest (32 bytes)    one block
+//!                     0x02 | n u64 (n >= 1)        n blocks of zeros: each a whole block
+//!                                                  whose digest is BLAKE3 of block_size zero
+//!                                                  bytes (not stored)
+//! trailer (40 bytes): magic "TVDGEND\0" | BLAKE3 of body and header (in that order:
+//!                     body_len is known only at the end)
+//! ```
+//! The zero runs keep the list of a thin disk small (a 64 GiB disk holding 1 GiB: a few
+//! hundred KiB instead of 32 MiB). Version 1 (still read):
 //!
 //! ```text
 //! header  (40 bytes): magic "TVDIGST\0" | version u32 (=1) | flags u32 (=0)
@@ -22,7 +36,7 @@
 //! incremental whose extents are block-aligned).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -33,10 +47,21 @@ use crate::extents::{Extent, ExtentSet};
 
 pub const DIGEST_LIST_MAGIC: [u8; 8] = *b"TVDIGST\0";
 pub const DIGEST_LIST_TRAILER_MAGIC: [u8; 8] = *b"TVDGEND\0";
-pub const DIGEST_LIST_VERSION: u32 = 1;
+/// The version written; [`DIGEST_LIST_V1`] lists are still read.
+pub const DIGEST_LIST_VERSION: u32 = 2;
+/// The first version: one digest per block, no zero runs.
+pub const DIGEST_LIST_V1: u32 = 1;
 pub const DIGEST_LEN: usize = 32;
-const HEADER_LEN: u64 = 40;
+const HEADER_LEN_V1: u64 = 40;
+const HEADER_LEN: u64 = 48;
 const TRAILER_LEN: u64 = 40;
+/// Body entry: one block's digest follows.
+const ENTRY_DIGEST: u8 = 1;
+/// Body entry: a count of whole zero blocks follows.
+const ENTRY_ZEROS: u8 = 2;
+
+/// Threads hashing a scan's windows (each window's blocks on one of them).
+pub const SCAN_HASHERS: usize = 2;
 
 /// Bytes read from the disk per I/O during a scan (1 MiB, or one block if larger):
 /// big enough for sequential throughput, small enough to keep memory flat.
@@ -57,7 +82,7 @@ pub enum DigestListError {
     },
     #[error("{path} is not a tapevault digest list (bad magic)")]
     BadMagic { path: PathBuf },
-    #[error("digest list {path} has version {version}; this tapevault reads version {DIGEST_LIST_VERSION}")]
+    #[error("digest list {path} has version {version}; this tapevault reads versions {DIGEST_LIST_V1} and {DIGEST_LIST_VERSION}")]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error("digest list {path} is inconsistent: {what}")]
     Inconsistent { path: PathBuf, what: String },
@@ -93,7 +118,7 @@ pub fn block_count(disk_size: u64, block_size: u64) -> u64 {
 }
 
 /// Length of block `index` of a disk of `disk_size` bytes (0 past the end).
-fn block_len(index: u64, block_size: u64, disk_size: u64) -> u64 {
+pub fn block_len(index: u64, block_size: u64, disk_size: u64) -> u64 {
     disk_size
         .saturating_sub(index.saturating_mul(block_size))
         .min(block_size)
@@ -106,14 +131,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DigestListError + '_ {
     }
 }
 
-/// Writes a digest list as a stream; see the module docs.
+/// Writes a digest list (version 2) as a stream; see the module docs.
 pub struct DigestListWriter {
     out: BufWriter<File>,
     tmp: PathBuf,
     path: PathBuf,
+    /// Over the body; the header is added at the end.
     hasher: blake3::Hasher,
     summary: DigestListSummary,
     written: u64,
+    body_len: u64,
+    /// Whole zero blocks pushed and not yet written as a run.
+    zeros: u64,
+    zero_digest: Digest,
 }
 
 impl DigestListWriter {
@@ -135,13 +165,6 @@ impl DigestListWriter {
             disk_size,
             count: block_count(disk_size, block_size),
         };
-        let mut header = Vec::with_capacity(HEADER_LEN as usize);
-        header.extend_from_slice(&DIGEST_LIST_MAGIC);
-        header.extend_from_slice(&DIGEST_LIST_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&block_size.to_le_bytes());
-        header.extend_from_slice(&disk_size.to_le_bytes());
-        header.extend_from_slice(&summary.count.to_le_bytes());
         let mut w = DigestListWriter {
             out: BufWriter::new(file),
             tmp,
@@ -149,10 +172,26 @@ impl DigestListWriter {
             hasher: blake3::Hasher::new(),
             summary,
             written: 0,
+            body_len: 0,
+            zeros: 0,
+            zero_digest: zero_digest(block_size),
         };
-        w.hasher.update(&header);
-        w.out.write_all(&header).map_err(io_err(&w.tmp))?;
+        // Room for the header, written when the body's length is known.
+        w.out
+            .write_all(&[0u8; HEADER_LEN as usize])
+            .map_err(io_err(&w.tmp))?;
         Ok(w)
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN as usize] {
+        let mut h = [0u8; HEADER_LEN as usize];
+        h[0..8].copy_from_slice(&DIGEST_LIST_MAGIC);
+        h[8..12].copy_from_slice(&DIGEST_LIST_VERSION.to_le_bytes());
+        h[16..24].copy_from_slice(&self.summary.block_size.to_le_bytes());
+        h[24..32].copy_from_slice(&self.summary.disk_size.to_le_bytes());
+        h[32..40].copy_from_slice(&self.summary.count.to_le_bytes());
+        h[40..48].copy_from_slice(&self.body_len.to_le_bytes());
+        h
     }
 
     pub fn summary(&self) -> DigestListSummary {
@@ -164,21 +203,66 @@ impl DigestListWriter {
         self.written
     }
 
-    /// Appends the digest of the next block.
-    pub fn push(&mut self, digest: &Digest) -> Result<(), DigestListError> {
-        if self.written >= self.summary.count {
+    fn entry(&mut self, bytes: &[u8]) -> Result<(), DigestListError> {
+        self.hasher.update(bytes);
+        self.body_len += bytes.len() as u64;
+        self.out.write_all(bytes).map_err(io_err(&self.tmp))
+    }
+
+    fn flush_zeros(&mut self) -> Result<(), DigestListError> {
+        if self.zeros > 0 {
+            let mut e = [0u8; 9];
+            e[0] = ENTRY_ZEROS;
+            e[1..].copy_from_slice(&self.zeros.to_le_bytes());
+            self.zeros = 0;
+            self.entry(&e)?;
+        }
+        Ok(())
+    }
+
+    fn room(&self, n: u64) -> Result<(), DigestListError> {
+        if self.written.saturating_add(n) > self.summary.count {
             return Err(DigestListError::Feed(format!(
                 "more than {} block digests for a disk of {} bytes",
                 self.summary.count, self.summary.disk_size
             )));
         }
-        self.hasher.update(digest);
-        self.out.write_all(digest).map_err(io_err(&self.tmp))?;
+        Ok(())
+    }
+
+    /// Appends the digest of the next block.
+    pub fn push(&mut self, digest: &Digest) -> Result<(), DigestListError> {
+        self.room(1)?;
+        if *digest == self.zero_digest {
+            // Only a whole block of zeros has this digest.
+            self.zeros += 1;
+        } else {
+            self.flush_zeros()?;
+            let mut e = [0u8; 1 + DIGEST_LEN];
+            e[0] = ENTRY_DIGEST;
+            e[1..].copy_from_slice(digest);
+            self.entry(&e)?;
+        }
         self.written += 1;
         Ok(())
     }
 
-    /// Writes the trailer, syncs and renames the list into place.
+    /// Appends `n` whole blocks of zeros (none of them the disk's partial last block).
+    pub fn push_zeros(&mut self, n: u64) -> Result<(), DigestListError> {
+        self.room(n)?;
+        let bs = self.summary.block_size;
+        if n > 0 && block_len(self.written + n - 1, bs, self.summary.disk_size) != bs {
+            return Err(DigestListError::Feed(format!(
+                "block {} is not a whole block of zeros",
+                self.written + n - 1
+            )));
+        }
+        self.zeros += n;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Writes the trailer and the header, syncs and renames the list into place.
     pub fn finish(mut self) -> Result<DigestListSummary, DigestListError> {
         if self.written != self.summary.count {
             return Err(DigestListError::Feed(format!(
@@ -186,13 +270,21 @@ impl DigestListWriter {
                 self.written, self.summary.count
             )));
         }
+        self.flush_zeros()?;
+        let header = self.header();
+        self.hasher.update(&header);
         let sum = self.hasher.finalize();
+        let tmp = self.tmp.clone();
         self.out
             .write_all(&DIGEST_LIST_TRAILER_MAGIC)
             .and_then(|_| self.out.write_all(sum.as_bytes()))
             .and_then(|_| self.out.flush())
-            .map_err(io_err(&self.tmp))?;
-        self.out.get_ref().sync_all().map_err(io_err(&self.tmp))?;
+            .map_err(io_err(&tmp))?;
+        let f = self.out.get_mut();
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&header))
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&tmp))?;
         std::fs::rename(&self.tmp, &self.path).map_err(io_err(&self.path))?;
         Ok(self.summary)
     }
@@ -206,13 +298,22 @@ impl Drop for DigestListWriter {
     }
 }
 
-/// Reads a digest list as a stream, checking the trailer after the last digest.
+/// Reads a digest list (version 1 or 2) as a stream, checking the trailer after the
+/// last digest.
 pub struct DigestListReader {
     input: BufReader<File>,
     path: PathBuf,
     hasher: blake3::Hasher,
     summary: DigestListSummary,
     read: u64,
+    version: u32,
+    /// Version 2: the header, hashed after the body.
+    header: [u8; HEADER_LEN as usize],
+    /// Version 2: body bytes not read yet.
+    body_left: u64,
+    /// Version 2: zero blocks of the current run not handed out yet.
+    zeros: u64,
+    zero_digest: Digest,
 }
 
 impl DigestListReader {
@@ -234,21 +335,25 @@ impl DigestListReader {
         let actual = file.metadata().map_err(io_err(path))?.len();
         let mut input = BufReader::new(file);
         let mut header = [0u8; HEADER_LEN as usize];
-        if actual < HEADER_LEN {
+        if actual < HEADER_LEN_V1 {
             return Err(DigestListError::BadMagic {
                 path: path.to_path_buf(),
             });
         }
-        input.read_exact(&mut header).map_err(io_err(path))?;
+        input
+            .read_exact(&mut header[..HEADER_LEN_V1 as usize])
+            .map_err(io_err(path))?;
         if header[0..8] != DIGEST_LIST_MAGIC {
             return Err(DigestListError::BadMagic {
                 path: path.to_path_buf(),
             });
         }
-        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
-        let version = u32_at(8);
-        if version != DIGEST_LIST_VERSION {
+        let u32_at =
+            |h: &[u8], i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap_or([0; 4]));
+        let u64_at =
+            |h: &[u8], i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
+        let version = u32_at(&header, 8);
+        if version != DIGEST_LIST_VERSION && version != DIGEST_LIST_V1 {
             return Err(DigestListError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 version,
@@ -258,13 +363,16 @@ impl DigestListReader {
             path: path.to_path_buf(),
             what,
         };
-        if u32_at(12) != 0 {
-            return Err(inconsistent(format!("unknown flags {:#x}", u32_at(12))));
+        if u32_at(&header, 12) != 0 {
+            return Err(inconsistent(format!(
+                "unknown flags {:#x}",
+                u32_at(&header, 12)
+            )));
         }
         let summary = DigestListSummary {
-            block_size: u64_at(16),
-            disk_size: u64_at(24),
-            count: u64_at(32),
+            block_size: u64_at(&header, 16),
+            disk_size: u64_at(&header, 24),
+            count: u64_at(&header, 32),
         };
         if !valid_block_size(summary.block_size) {
             return Err(inconsistent(format!("block size {}", summary.block_size)));
@@ -275,11 +383,29 @@ impl DigestListReader {
                 summary.count, summary.disk_size, summary.block_size
             )));
         }
-        let expected = summary
-            .count
-            .checked_mul(DIGEST_LEN as u64)
-            .and_then(|d| d.checked_add(HEADER_LEN + TRAILER_LEN))
-            .ok_or_else(|| inconsistent(format!("digest count {} overflows", summary.count)))?;
+        let mut body_left = 0;
+        let expected = if version == DIGEST_LIST_V1 {
+            summary
+                .count
+                .checked_mul(DIGEST_LEN as u64)
+                .and_then(|d| d.checked_add(HEADER_LEN_V1 + TRAILER_LEN))
+                .ok_or_else(|| inconsistent(format!("digest count {} overflows", summary.count)))?
+        } else {
+            if actual < HEADER_LEN {
+                return Err(DigestListError::WrongLength {
+                    path: path.to_path_buf(),
+                    expected: HEADER_LEN + TRAILER_LEN,
+                    actual,
+                });
+            }
+            input
+                .read_exact(&mut header[HEADER_LEN_V1 as usize..])
+                .map_err(io_err(path))?;
+            body_left = u64_at(&header, 40);
+            body_left
+                .checked_add(HEADER_LEN + TRAILER_LEN)
+                .ok_or_else(|| inconsistent(format!("body length {body_left} overflows")))?
+        };
         if actual != expected {
             return Err(DigestListError::WrongLength {
                 path: path.to_path_buf(),
@@ -297,13 +423,24 @@ impl DigestListReader {
             }
         }
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&header);
+        if version == DIGEST_LIST_V1 {
+            hasher.update(&header[..HEADER_LEN_V1 as usize]);
+        }
         Ok(DigestListReader {
             input,
             path: path.to_path_buf(),
             hasher,
             summary,
             read: 0,
+            version,
+            header,
+            body_left,
+            zeros: 0,
+            zero_digest: if version == DIGEST_LIST_V1 {
+                [0; DIGEST_LEN]
+            } else {
+                zero_digest(summary.block_size)
+            },
         })
     }
 
@@ -311,9 +448,31 @@ impl DigestListReader {
         self.summary
     }
 
+    /// The list's format version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// Index of the next digest to be read.
     pub fn next_index(&self) -> u64 {
         self.read
+    }
+
+    fn corrupt(&self) -> DigestListError {
+        DigestListError::Corrupt {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of a version 2 body.
+    fn body(&mut self, buf: &mut [u8]) -> Result<(), DigestListError> {
+        if (buf.len() as u64) > self.body_left {
+            return Err(self.corrupt());
+        }
+        self.input.read_exact(buf).map_err(io_err(&self.path))?;
+        self.hasher.update(buf);
+        self.body_left -= buf.len() as u64;
+        Ok(())
     }
 
     /// The next block's digest; after the last one the trailer is checked, and a
@@ -322,9 +481,43 @@ impl DigestListReader {
         if self.read >= self.summary.count {
             return Ok(None);
         }
-        let mut d = [0u8; DIGEST_LEN];
-        self.input.read_exact(&mut d).map_err(io_err(&self.path))?;
-        self.hasher.update(&d);
+        let d = if self.version == DIGEST_LIST_V1 {
+            let mut d = [0u8; DIGEST_LEN];
+            self.input.read_exact(&mut d).map_err(io_err(&self.path))?;
+            self.hasher.update(&d);
+            d
+        } else if self.zeros > 0 {
+            self.zeros -= 1;
+            self.zero_digest
+        } else {
+            let mut tag = [0u8; 1];
+            self.body(&mut tag)?;
+            match tag[0] {
+                ENTRY_DIGEST => {
+                    let mut d = [0u8; DIGEST_LEN];
+                    self.body(&mut d)?;
+                    d
+                }
+                ENTRY_ZEROS => {
+                    let mut n = [0u8; 8];
+                    self.body(&mut n)?;
+                    let n = u64::from_le_bytes(n);
+                    // A run is at least one block, stays within the list, and holds
+                    // whole blocks only.
+                    let last = self.read.saturating_add(n).saturating_sub(1);
+                    if n == 0
+                        || n > self.summary.count - self.read
+                        || block_len(last, self.summary.block_size, self.summary.disk_size)
+                            != self.summary.block_size
+                    {
+                        return Err(self.corrupt());
+                    }
+                    self.zeros = n - 1;
+                    self.zero_digest
+                }
+                _ => return Err(self.corrupt()),
+            }
+        };
         self.read += 1;
         if self.read == self.summary.count {
             self.check_trailer()?;
@@ -333,12 +526,17 @@ impl DigestListReader {
     }
 
     fn check_trailer(&mut self) -> Result<(), DigestListError> {
+        if self.version != DIGEST_LIST_V1 {
+            if self.body_left != 0 || self.zeros != 0 {
+                return Err(self.corrupt());
+            }
+            let header = self.header;
+            self.hasher.update(&header);
+        }
         let mut t = [0u8; TRAILER_LEN as usize];
         self.input.read_exact(&mut t).map_err(io_err(&self.path))?;
         if t[0..8] != DIGEST_LIST_TRAILER_MAGIC || t[8..] != *self.hasher.finalize().as_bytes() {
-            return Err(DigestListError::Corrupt {
-                path: self.path.clone(),
-            });
+            return Err(self.corrupt());
         }
         Ok(())
     }
@@ -383,11 +581,8 @@ pub struct DigestFeed {
     hasher: blake3::Hasher,
     /// Bytes of the current block hashed so far.
     fill: u64,
-    /// Whether the current block has only seen zeros so far.
-    all_zero: bool,
     /// Next disk offset expected.
     next: u64,
-    full_zero_digest: Digest,
 }
 
 impl DigestFeed {
@@ -415,9 +610,7 @@ impl DigestFeed {
             prev,
             hasher: blake3::Hasher::new(),
             fill: 0,
-            all_zero: true,
             next: 0,
-            full_zero_digest: zero_digest(block_size),
         })
     }
 
@@ -537,19 +730,19 @@ impl DigestFeed {
                 Some(d) => {
                     let at = (pos - offset) as usize;
                     self.hasher.update(&d[at..at + n as usize]);
-                    self.all_zero = false;
                 }
                 None => {
-                    // A whole block of zeros takes the precomputed digest at the end.
-                    if !(self.all_zero && self.fill == 0 && n == bs) {
-                        self.hasher.update_zeros(n);
-                        self.all_zero = false;
-                    } else {
-                        self.fill = bs;
-                        pos += n;
-                        self.end_block()?;
+                    // Whole blocks of zeros are counted, not hashed (the list stores
+                    // them as a run).
+                    if self.fill == 0 && n == bs {
+                        let k = (end - pos) / bs;
+                        // The disk's partial last block is never whole.
+                        let k = k.min(disk_size / bs - index);
+                        self.writer.push_zeros(k)?;
+                        pos += k * bs;
                         continue;
                     }
+                    self.hasher.update_zeros(n);
                 }
             }
             self.fill += n;
@@ -563,21 +756,44 @@ impl DigestFeed {
     }
 
     fn end_block(&mut self) -> Result<(), DigestListError> {
-        let d = if self.all_zero && self.fill == self.bs() {
-            self.full_zero_digest
-        } else {
-            *self.hasher.finalize().as_bytes()
-        };
+        let d = *self.hasher.finalize().as_bytes();
         self.writer.push(&d)?;
         self.hasher.reset();
         self.fill = 0;
-        self.all_zero = true;
         Ok(())
     }
 
     /// Feeds bytes read at `offset`.
     pub fn feed_data(&mut self, offset: u64, data: &[u8]) -> Result<(), DigestListError> {
         self.feed(offset, data.len() as u64, Some(data))
+    }
+
+    /// Feeds the digest of the whole block at `offset` (a block boundary; `len` is the
+    /// block's length, shorter only for the disk's partial last block), hashed
+    /// elsewhere (a backup's transform threads hash blocks in parallel and the list is
+    /// fed in disk order here).
+    pub fn feed_digest(
+        &mut self,
+        offset: u64,
+        len: u64,
+        digest: &Digest,
+    ) -> Result<(), DigestListError> {
+        self.fill_gap(offset)?;
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        if self.fill != 0
+            || offset & (bs - 1) != 0
+            || len == 0
+            || len != block_len(offset / bs, bs, disk_size)
+        {
+            return Err(DigestListError::Feed(format!(
+                "a block digest fed for bytes {offset}..{} which are not one whole {bs}-byte block of a disk of {disk_size} bytes",
+                offset.saturating_add(len)
+            )));
+        }
+        self.writer.push(digest)?;
+        self.next = offset + len;
+        Ok(())
     }
 
     /// Feeds `len` zero bytes at `offset` (read and found zero).
@@ -701,10 +917,36 @@ pub fn scan_changes(
     let mut index = 0u64;
     let mut walk = DataWalk::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    // Reading and hashing overlap on two threads (the pipeline's producer and
-    // transform stages); comparing and writing the new list follow in order here.
+    // Reading and hashing overlap (the pipeline's producer and transform stages), and
+    // hashing runs on SCAN_HASHERS threads (window i on hasher i % n): blocks are
+    // independent, so both cores hash while the reader copies the next window in.
+    // Comparing and writing the new list follow in order on this thread.
     let mut next_offset = 0u64;
-    crate::pipeline::run::<ScanChunk, HashedChunk, ScanError, _, _, _>(
+    let hasher = |c: &mut ScanChunk, h: &mut HashedChunk| -> Result<(), ScanError> {
+        h.digests.clear();
+        if c.hole {
+            let mut pos = c.start;
+            let end = c.start + c.len;
+            while pos < end {
+                let len = block_len(pos / bs, bs, disk_size);
+                let d = if len == bs { full_zero } else { tail_zero };
+                h.digests.push((len, d));
+                pos += len;
+            }
+            return Ok(());
+        }
+        for block in c.data.chunks(block_size as usize) {
+            let len = block.len() as u64;
+            let digest: Digest = if len == block_size && is_zero(block) {
+                full_zero
+            } else {
+                *blake3::hash(block).as_bytes()
+            };
+            h.digests.push((len, digest));
+        }
+        Ok(())
+    };
+    crate::pipeline::run_workers::<ScanChunk, HashedChunk, ScanError, _, _, _>(
         crate::pipeline::DEFAULT_DEPTH,
         |c| {
             let at = next_offset;
@@ -770,30 +1012,7 @@ pub fn scan_changes(
             next_offset = end;
             Ok(true)
         },
-        |c, h| {
-            h.digests.clear();
-            if c.hole {
-                let mut pos = c.start;
-                let end = c.start + c.len;
-                while pos < end {
-                    let len = block_len(pos / bs, bs, disk_size);
-                    let d = if len == bs { full_zero } else { tail_zero };
-                    h.digests.push((len, d));
-                    pos += len;
-                }
-                return Ok(());
-            }
-            for block in c.data.chunks(block_size as usize) {
-                let len = block.len() as u64;
-                let digest: Digest = if len == block_size && is_zero(block) {
-                    full_zero
-                } else {
-                    *blake3::hash(block).as_bytes()
-                };
-                h.digests.push((len, digest));
-            }
-            Ok(())
-        },
+        vec![hasher; SCAN_HASHERS],
         |h| {
             for &(len, digest) in &h.digests {
                 let old = match (&mut prev, prev_size) {
@@ -832,4 +1051,162 @@ pub fn scan_changes(
         read_bytes,
         new_list,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u64 = 4096;
+
+    /// A version 1 list as the first tapevault wrote it.
+    fn write_v1(path: &Path, disk_size: u64, digests: &[Digest]) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&DIGEST_LIST_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&BS.to_le_bytes());
+        b.extend_from_slice(&disk_size.to_le_bytes());
+        b.extend_from_slice(&(digests.len() as u64).to_le_bytes());
+        for d in digests {
+            b.extend_from_slice(d);
+        }
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(&DIGEST_LIST_TRAILER_MAGIC);
+        b.extend_from_slice(sum.as_bytes());
+        std::fs::write(path, b).unwrap();
+    }
+
+    fn read_all(path: &Path) -> (u32, Vec<Digest>) {
+        let mut r = DigestListReader::open(path, Some(BS)).unwrap();
+        let v = r.version();
+        let mut out = Vec::new();
+        while let Some(d) = r.next_digest().unwrap() {
+            out.push(d);
+        }
+        (v, out)
+    }
+
+    /// Digests of a disk: data blocks, runs of zero blocks, a partial last block.
+    fn sample(blocks: u64, tail: u64) -> (u64, Vec<Digest>) {
+        let zero = zero_digest(BS);
+        let mut v = Vec::new();
+        for i in 0..blocks {
+            v.push(if i % 7 < 4 || (100..2000).contains(&i) {
+                zero
+            } else {
+                *blake3::hash(&i.to_le_bytes()).as_bytes()
+            });
+        }
+        if tail > 0 {
+            v.push(zero_digest(tail));
+        }
+        (blocks * BS + tail, v)
+    }
+
+    #[test]
+    fn version_2_lists_store_zero_runs_compactly_and_read_back_every_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        for (blocks, tail) in [(0, 0), (0, 100), (1, 0), (3000, 0), (3000, 17)] {
+            let (size, digests) = sample(blocks, tail);
+            let p = dir.path().join(format!("l{blocks}-{tail}"));
+            let mut w = DigestListWriter::create(&p, BS, size).unwrap();
+            for d in &digests {
+                w.push(d).unwrap();
+            }
+            w.finish().unwrap();
+            assert_eq!(
+                read_all(&p),
+                (2, digests.clone()),
+                "{blocks} blocks + {tail}"
+            );
+            verify_digest_list(&p, Some(BS)).unwrap();
+            let data_blocks = digests.iter().filter(|d| **d != zero_digest(BS)).count() as u64;
+            let len = std::fs::metadata(&p).unwrap().len();
+            // At most one run entry per data block (plus one), never 32 bytes a zero block.
+            assert!(
+                len <= 88 + data_blocks * 33 + (data_blocks + 1) * 9,
+                "{len} bytes"
+            );
+            if blocks == 3000 {
+                assert!(len < blocks * 32 / 2, "{len} bytes for {blocks} blocks");
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_lists_are_still_read_and_serve_as_a_previous_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (size, digests) = sample(500, 0);
+        let old = dir.path().join("v1");
+        write_v1(&old, size, &digests);
+        assert_eq!(read_all(&old), (1, digests.clone()));
+        verify_digest_list(&old, Some(BS)).unwrap();
+        // A feed copying every block from the old list writes a version 2 list of the
+        // same digests.
+        let new = dir.path().join("v2");
+        let feed = DigestFeed::new(&new, BS, size, Some(&old)).unwrap();
+        feed.finish().unwrap();
+        assert_eq!(read_all(&new), (2, digests));
+        // A damaged version 1 list is still caught.
+        let mut b = std::fs::read(&old).unwrap();
+        b[100] ^= 4;
+        std::fs::write(&old, &b).unwrap();
+        assert!(matches!(
+            verify_digest_list(&old, Some(BS)),
+            Err(DigestListError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_runs_fed_in_pieces_give_the_list_reading_zeros_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 40 * BS + 1234;
+        let a = dir.path().join("a");
+        let mut fa = DigestFeed::new(&a, BS, size, None).unwrap();
+        fa.feed_zero(0, 3 * BS + 5).unwrap();
+        fa.feed_data(3 * BS + 5, &[7u8; 10]).unwrap();
+        fa.feed_zero(3 * BS + 15, size - (3 * BS + 15)).unwrap();
+        fa.finish().unwrap();
+        let b = dir.path().join("b");
+        let mut fb = DigestFeed::new(&b, BS, size, None).unwrap();
+        let mut bytes = vec![0u8; size as usize];
+        bytes[(3 * BS + 5) as usize..(3 * BS + 15) as usize].fill(7);
+        fb.feed_data(0, &bytes).unwrap();
+        fb.finish().unwrap();
+        let (va, da) = read_all(&a);
+        assert_eq!((va, &da), (2, &read_all(&b).1));
+        let expect: Vec<Digest> = bytes
+            .chunks(BS as usize)
+            .map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        assert_eq!(da, expect);
+    }
+
+    #[test]
+    fn malformed_version_2_bodies_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (size, digests) = sample(50, 0);
+        let p = dir.path().join("l");
+        let mut w = DigestListWriter::create(&p, BS, size).unwrap();
+        for d in &digests {
+            w.push(d).unwrap();
+        }
+        w.finish().unwrap();
+        let good = std::fs::read(&p).unwrap();
+        // Every flipped bit after the header: corrupt (the body and trailer checksum
+        // cover it all, and a run or tag that does not fit says so first).
+        for i in 48..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x01;
+            std::fs::write(&p, &b).unwrap();
+            assert!(
+                matches!(
+                    verify_digest_list(&p, Some(BS)),
+                    Err(DigestListError::Corrupt { .. })
+                ),
+                "flip at {i}"
+            );
+        }
+    }
 }
