@@ -1343,7 +1343,7 @@ impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
                         if let Err(e) = check_format(format, version) {
                             return Err(st.fail(e));
                         }
-                        if i + 1 <= st.rank {
+                        if i < st.rank {
                             return Err(st.fail(CatalogError::BadSnapshot(format!(
                                 "table {t} comes after {} (tables are merged in the order {})",
                                 TABLES[st.rank - 1],

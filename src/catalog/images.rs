@@ -375,7 +375,8 @@ impl Catalog {
 
     /// Every copy of `original` (any status), oldest first.
     pub fn copies_of(&self, original: Uuid) -> Result<Vec<ImageRow>> {
-        let mut st = self.conn().prepare(&format!(
+        // Cached: `images` asks for the copies of every image it lists.
+        let mut st = self.conn().prepare_cached(&format!(
             "SELECT {IMAGE_COLS} FROM images WHERE copy_of=?1 ORDER BY started, rowid"
         ))?;
         let rows = st
