@@ -16,6 +16,8 @@
 # Environment: COUNTS (default "1000 65536 1048576"; 16777216 needs a 2 TiB sparse
 # disk and reads 1 TiB of tracking blocks), RESTORE_MAX (default 65536: a restore
 # writes every 64 KiB tracking block, 64 GiB at 1 M extents), TAPEVAULT_BIN, KEEP=1.
+# Space: the 1 M case needs more than 38 GiB free in WORKDIR (its full filled that much
+# of the shared disk it was tried on); 64 k needs about 9 GiB.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
