@@ -365,3 +365,217 @@ fn pool_config_travels_in_snapshots_and_unknown_members_are_ignored() {
         .unwrap();
     assert!(r.images_added > 0 && r.pool_config_added == 0);
 }
+
+/// The document without its `created` time (two writes a moment apart differ there).
+fn without_created(bytes: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    v.as_object_mut().unwrap().remove("created");
+    v
+}
+
+/// A writer that keeps what it is given and the largest single write.
+#[derive(Default)]
+struct Recording {
+    bytes: Vec<u8>,
+    largest_write: usize,
+}
+
+impl std::io::Write for Recording {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.largest_write = self.largest_write.max(b.len());
+        self.bytes.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_streamed_snapshot_is_the_document_and_is_written_piece_by_piece() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, set_a, _, _, _, _) = two_sets(&d);
+    for _ in 0..50 {
+        // More images, so that the document is far larger than any one write.
+        let disk = Uuid::new_v4();
+        let f = full(&c, disk, 3);
+        incr(&c, disk, f, 4);
+    }
+    for scope in [SnapshotScope::MediaSet(set_a), SnapshotScope::All] {
+        let whole = c.snapshot(scope).unwrap();
+        let mut w = Recording::default();
+        c.write_snapshot(scope, &mut w).unwrap();
+        assert_eq!(without_created(&w.bytes), without_created(&whole));
+        // Written as it is produced (an image at a time), never as one buffer.
+        assert!(
+            w.largest_write * 4 < w.bytes.len(),
+            "largest write {} of a {}-byte document",
+            w.largest_write,
+            w.bytes.len()
+        );
+    }
+}
+
+#[test]
+fn a_streamed_merge_does_what_the_in_memory_merge_does() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, set_b, _, _, _) = two_sets(&d);
+    for scope in [SnapshotScope::All, SnapshotScope::MediaSet(set_b)] {
+        let snap = c.snapshot(scope).unwrap();
+        let (e1, e2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(&e1), open(&e2));
+        let ra = a.merge_snapshot(&snap).unwrap();
+        let rb = b.merge_snapshot_from(&snap[..]).unwrap();
+        assert_eq!(ra, rb);
+        assert!(rb.images_added > 0);
+        let (mut xa, mut xb) = (Vec::new(), Vec::new());
+        a.export_json(&mut xa).unwrap();
+        b.export_json(&mut xb).unwrap();
+        assert_eq!(without_created(&xa), without_created(&xb));
+        // The indexes dropped for the bulk merge are back, the same as the other's.
+        let indexes = |dir: &tempfile::TempDir| -> Vec<(String, Option<String>)> {
+            let db = rusqlite::Connection::open(dir.path().join(CATALOG_FILE)).unwrap();
+            let mut st = db
+                .prepare("SELECT name, sql FROM sqlite_master WHERE type='index' ORDER BY name")
+                .unwrap();
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .unwrap();
+            rows
+        };
+        let ib = indexes(&e2);
+        assert!(ib.iter().any(|(n, _)| n == "images_order"), "{ib:?}");
+        assert_eq!(indexes(&e1), ib);
+        assert!(b.merge_snapshot_from(&snap[..]).unwrap().is_noop());
+    }
+}
+
+#[test]
+fn a_streamed_merge_of_tables_out_of_order_is_refused_and_merges_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _, _, _, _) = two_sets(&d);
+    let snap = c.snapshot(SnapshotScope::All).unwrap();
+    // serde_json's map sorts its keys: "images" before "media", "pools" and "sessions".
+    let v: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    let sorted = serde_json::to_vec(&v).unwrap();
+    let e = tempfile::tempdir().unwrap();
+    let fresh = open(&e);
+    match fresh.merge_snapshot_from(&sorted[..]) {
+        Err(CatalogError::BadSnapshot(m)) => {
+            assert!(m.contains("format") || m.contains("comes"), "{m}")
+        }
+        other => panic!("merged a document out of order: {other:?}"),
+    }
+    assert!(fresh.images(None).unwrap().is_empty());
+    assert!(fresh.pools().unwrap().is_empty());
+    // The in-memory merge takes any order.
+    assert_eq!(fresh.merge_snapshot(&sorted).unwrap().images_added, 2);
+    // A document that breaks off in the middle merges nothing either.
+    let g = tempfile::tempdir().unwrap();
+    let other = open(&g);
+    assert!(matches!(
+        other.merge_snapshot_from(&snap[..snap.len() * 2 / 3]),
+        Err(CatalogError::BadSnapshot(_))
+    ));
+    assert!(other.images(None).unwrap().is_empty());
+    assert!(other.pools().unwrap().is_empty());
+}
+
+#[test]
+fn the_base_of_a_document_is_read_from_its_head_only() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, set_b, _, _, _) = two_sets(&d);
+    let snap = c.snapshot(SnapshotScope::MediaSet(set_b)).unwrap();
+    assert_eq!(Catalog::snapshot_document_base(&snap).unwrap(), None);
+    // Everything after the head is never parsed: cut the document inside its tables.
+    let at = find(&snap, b"\"media\":").unwrap() + 20;
+    let cut = &snap[..at];
+    assert_eq!(Catalog::snapshot_document_base_from(cut).unwrap(), None);
+    assert!(Catalog::snapshot_document_base(cut).is_err());
+    // A delta names its base; same answer both ways.
+    let mut v: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    let base = serde_json::json!([{"barcode": "TV0002L8", "tape_file": 3, "block": 9,
+        "session_uuid": null, "time": "2026-01-01T00:00:00.000000Z"}]);
+    let o = v.as_object_mut().unwrap();
+    o.insert("kind".into(), "delta".into());
+    o.insert("version".into(), DELTA_VERSION.into());
+    o.insert("base".into(), base);
+    let delta = serde_json::to_vec(&v).unwrap(); // keys sorted: base first, kind late
+    let want = Catalog::snapshot_document_base(&delta).unwrap();
+    assert_eq!(want.as_ref().map(|l| l.tape_file), Some(3));
+    assert_eq!(
+        Catalog::snapshot_document_base_from(&delta[..]).unwrap(),
+        want
+    );
+    // Wrong format or a newer version: refused from the head.
+    let mut bad = snap.clone();
+    let f = find(&bad, DUMP_FORMAT.as_bytes()).unwrap();
+    bad[f] = b'X';
+    assert!(matches!(
+        Catalog::snapshot_document_base_from(&bad[..]),
+        Err(CatalogError::BadSnapshot(_))
+    ));
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn newest_good_images_of_all_disks_agree_with_each_disk_asked_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = setup(&d);
+    // A: full, incremental, then an incremental that failed: the middle one.
+    let a = Uuid::new_v4();
+    let a0 = full(&c, a, 1);
+    let a1 = incr(&c, a, a0, 2);
+    let a2 = new_image(a, ImageKind::Incremental, Some(a1), 3);
+    c.begin_image(&a2).unwrap();
+    c.fail_image(a2.uuid, "test").unwrap();
+    // B: the full is corrupt, so no image of B is good.
+    let b = Uuid::new_v4();
+    let b0 = full(&c, b, 1);
+    incr(&c, b, b0, 2);
+    c.mark_corrupt(b0, "test").unwrap();
+    // C: a good chain of three.
+    let cc = Uuid::new_v4();
+    let c0 = full(&c, cc, 1);
+    let c1 = incr(&c, cc, c0, 2);
+    incr(&c, cc, c1, 3);
+    // D: a full, an incremental, then a newer full.
+    let dd = Uuid::new_v4();
+    let d0 = full(&c, dd, 1);
+    incr(&c, dd, d0, 2);
+    let d2 = full(&c, dd, 3);
+    let all = c.images(None).unwrap();
+    let batch = c.newest_good_images(&all).unwrap();
+    for disk in [a, b, cc, dd] {
+        let one = c.newest_good_image(disk).unwrap().map(|i| i.uuid);
+        assert_eq!(batch.get(&disk).copied(), one, "disk {disk}");
+    }
+    assert_eq!(batch.get(&a).copied(), Some(a1));
+    assert_eq!(batch.get(&b), None);
+    assert_eq!(batch.get(&dd).copied(), Some(d2));
+}
+
+#[test]
+fn a_spool_leaves_nothing_in_its_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = tapevault::media::snapshot::Spool::new(d.path()).unwrap();
+    let len = s
+        .fill(|w| {
+            w.write_all(&vec![7u8; 1 << 20])
+                .map_err(|e| tapevault::error::Error::Failed(e.to_string()))
+        })
+        .unwrap();
+    assert_eq!(len, 1 << 20);
+    // Unnamed while it is used: a process killed now leaves no file behind.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut s.reader().unwrap(), &mut back).unwrap();
+    assert_eq!(back.len(), 1 << 20);
+    drop(s);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}

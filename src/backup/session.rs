@@ -141,13 +141,14 @@ impl Job<'_> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
         let (mut sink, barcode, file) = self.tape.take_sink()?;
-        let (plain, delta) = session_snapshot(cat, set.uuid, &barcode)?;
+        let (mut spool, plain_len, delta) = session_snapshot(cat, set.uuid, &barcode)?;
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
-        crate::media::snapshot::write_snapshot_file(
+        crate::media::snapshot::write_snapshot_file_from(
             &mut sink,
-            &plain,
+            &mut spool.reader()?,
+            plain_len,
             self.session,
             *set.uuid.as_bytes(),
             now.timestamp(),
@@ -181,7 +182,7 @@ impl Job<'_> {
             session_uuid: Some(self.session),
             time: catalog::catalog_time(now),
         };
-        cat.record_snapshot_written(&loc, delta, plain.len() as u64)?;
+        cat.record_snapshot_written(&loc, delta, plain_len)?;
         Ok(loc)
     }
 }
@@ -193,12 +194,21 @@ impl Job<'_> {
 /// snapshot only after at least its own size was written in deltas: the total over N
 /// sessions grows linearly, and a rebuild reads at most about twice a full snapshot
 /// (docs/FORMAT.md 4.5).
-fn session_snapshot(cat: &catalog::Catalog, set: Uuid, barcode: &str) -> Result<(Vec<u8>, bool)> {
+/// The document is spooled to an unnamed temporary file in the home (see
+/// [`crate::media::snapshot::Spool`]), never held in memory; returns it, its length
+/// and whether it is a delta.
+fn session_snapshot(
+    cat: &catalog::Catalog,
+    set: Uuid,
+    barcode: &str,
+) -> Result<(crate::media::snapshot::Spool, u64, bool)> {
+    let mut spool = crate::media::snapshot::Spool::new(cat.home_dir())?;
     if let Some(base) = cat.snapshot_base(set, barcode)? {
-        let plain = cat.snapshot_delta(set, &base)?;
-        if base.deltas_len + plain.len() as u64 <= base.full_len {
-            return Ok((plain, true));
+        let len = spool.fill(|w| Ok(cat.write_snapshot_delta(set, &base, w)?))?;
+        if base.deltas_len + len <= base.full_len {
+            return Ok((spool, len, true));
         }
     }
-    Ok((cat.snapshot(catalog::SnapshotScope::MediaSet(set))?, false))
+    let len = spool.fill(|w| Ok(cat.write_snapshot(catalog::SnapshotScope::MediaSet(set), w)?))?;
+    Ok((spool, len, false))
 }

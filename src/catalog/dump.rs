@@ -9,9 +9,12 @@
 
 use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
 use super::*;
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
+use std::io::{Read, Write};
 
 /// `format` field of every export and snapshot.
 pub const DUMP_FORMAT: &str = "tapevault-catalog";
@@ -68,6 +71,24 @@ struct Dump {
     /// within version 1; a reader that does not know it ignores it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pool_config: BTreeMap<String, serde_json::Value>,
+}
+
+/// What a [`Dump`] holds before its images, in the same order and shape: the streamed
+/// snapshot writes it, then the images one by one, then the rest.
+#[derive(Serialize)]
+struct DumpHead {
+    format: &'static str,
+    version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    base: Vec<SnapshotLocation>,
+    schema_version: u32,
+    created: DateTime<Utc>,
+    pools: Vec<PoolRow>,
+    media_sets: Vec<MediaSetRow>,
+    media: Vec<MediaRow>,
+    sessions: Vec<SessionRow>,
 }
 
 /// A fact in the merged input that contradicts the catalog; the catalog was kept.
@@ -224,35 +245,51 @@ impl Catalog {
     }
 
     /// A self-contained serialized dump (JSON bytes) of everything needed to restore
-    /// the images in `scope`. Merge it back with [`Catalog::merge_snapshot`].
+    /// the images in `scope`. Merge it back with [`Catalog::merge_snapshot`]. Held in
+    /// memory: [`Catalog::write_snapshot`] streams it instead.
     pub fn snapshot(&self, scope: SnapshotScope) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_snapshot(scope, &mut out)?;
+        Ok(out)
+    }
+
+    /// Write [`Catalog::snapshot`] to `w` image by image: what is held at a time is one
+    /// image with its segments and extents, plus the list of image keys (uuid and start
+    /// time) and the cartridges, sets, pools and sessions they refer to, never the
+    /// document (a full snapshot of a set of 100 k images is about 90 MB).
+    pub fn write_snapshot<W: Write>(&self, scope: SnapshotScope, w: W) -> Result<()> {
         let set = match scope {
-            SnapshotScope::All => {
-                let mut out = Vec::new();
-                self.export_json(&mut out)?;
-                return Ok(out);
-            }
+            SnapshotScope::All => return self.export_json(w),
             SnapshotScope::MediaSet(set) => set,
         };
         let tx = self.conn().unchecked_transaction()?; // one consistent read
-        let dump = self.dump_media_set(set)?;
+        self.write_media_set_dump(set, w)?;
         drop(tx);
-        serde_json::to_vec(&dump).map_err(json_err)
+        Ok(())
     }
 
-    fn dump_media_set(&self, set: Uuid) -> Result<Dump> {
-        let barcodes: BTreeSet<String> = self
-            .media_in_set(set)?
-            .into_iter()
-            .map(|m| m.barcode)
-            .collect();
+    /// The parent of an image, and whether the image exists (None: it does not).
+    fn parent_of(&self, image: Uuid) -> Result<Option<Option<Uuid>>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT parent_uuid FROM images WHERE uuid=?1")?
+            .query_row([image.to_string()], |r| get_po::<Uuid>(r, 0))
+            .optional()?)
+    }
+
+    fn write_media_set_dump<W: Write>(&self, set: Uuid, w: W) -> Result<()> {
         // Images with data on the set, then every ancestor they need.
         let mut image_ids: Vec<Uuid> = Vec::new();
         let mut seen = HashSet::new();
-        for b in barcodes.clone() {
-            for i in self.images_on_media(&b)? {
-                if seen.insert(i.uuid) {
-                    image_ids.push(i.uuid);
+        {
+            let mut st = self.conn().prepare(
+                "SELECT uuid FROM images WHERE uuid IN (SELECT image_uuid FROM segments WHERE barcode IN \
+                 (SELECT barcode FROM media WHERE media_set_uuid=?1)) ORDER BY started, rowid",
+            )?;
+            for id in st.query_map([set.to_string()], |r| get_p::<Uuid>(r, 0))? {
+                let id = id?;
+                if seen.insert(id) {
+                    image_ids.push(id);
                 }
             }
         }
@@ -273,16 +310,18 @@ impl Catalog {
         }
         let mut k = 0;
         while k < image_ids.len() {
-            if let Some(p) = self.image(image_ids[k])?.and_then(|i| i.parent_uuid) {
-                if self.image(p)?.is_some() && seen.insert(p) {
+            if let Some(Some(p)) = self.parent_of(image_ids[k])? {
+                if self.parent_of(p)?.is_some() && seen.insert(p) {
                     image_ids.push(p);
                 }
             }
             k += 1;
         }
+        drop(seen);
         let all_sessions = self.sessions()?;
         let snapshots = self.snapshots()?;
-        self.dump_images(
+        self.write_images_dump(
+            w,
             set,
             image_ids,
             |s| s.media_set_uuid == Some(set),
@@ -297,20 +336,24 @@ impl Catalog {
         )
     }
 
-    /// The dump of `image_ids` (in that set's context): their rows, segments and
-    /// extents, the cartridges, sets, pools and sessions they refer to (plus the
-    /// `sessions` that `keep_session` selects), and the snapshot locations `snapshots`
-    /// picks given the barcodes involved.
+    /// Write the dump of `image_ids` (in that set's context) to `w`: their rows,
+    /// segments and extents, the cartridges, sets, pools and sessions they refer to
+    /// (plus the `sessions` that `keep_session` selects), and the snapshot locations
+    /// `snapshots` picks given the barcodes involved. A first pass reads what the
+    /// document's head needs (each image's start time, pool, session and the
+    /// cartridges of its segments); the second writes the images one at a time, in
+    /// the order of their start times.
     #[allow(clippy::too_many_arguments)]
-    fn dump_images(
+    fn write_images_dump<W: Write>(
         &self,
+        mut w: W,
         set: Uuid,
         image_ids: Vec<Uuid>,
         keep_session: impl Fn(&SessionRow) -> bool,
         candidate_sessions: Vec<SessionRow>,
         snapshots: impl FnOnce(&BTreeSet<String>) -> Vec<SnapshotLocation>,
         delta: Option<(Vec<SnapshotLocation>, Vec<SessionRow>)>,
-    ) -> Result<Dump> {
+    ) -> Result<()> {
         let set_row_ = self.media_set(set)?.ok_or(CatalogError::NotFound {
             what: "media set",
             key: set.to_string(),
@@ -320,24 +363,32 @@ impl Catalog {
             .into_iter()
             .map(|m| m.barcode)
             .collect();
-        let mut images = Vec::new();
         let mut pools: BTreeSet<String> = BTreeSet::from([set_row_.pool.clone()]);
         let mut sessions: BTreeSet<Uuid> = BTreeSet::new();
-        for id in image_ids {
-            let image = self
-                .image(id)?
-                .expect("listed above in the same transaction");
-            let segments = self.segments(id)?;
-            barcodes.extend(segments.iter().map(|s| s.barcode.clone()));
-            pools.extend(image.pool.clone());
-            sessions.extend(image.session_uuid);
-            images.push(ImageDump {
-                extents: self.extents(id)?,
-                image,
-                segments,
-            });
+        let mut order: Vec<(DateTime<Utc>, Uuid)> = Vec::with_capacity(image_ids.len());
+        {
+            let mut head = self
+                .conn()
+                .prepare_cached("SELECT started, pool, session_uuid FROM images WHERE uuid=?1")?;
+            let mut bcs = self
+                .conn()
+                .prepare_cached("SELECT DISTINCT barcode FROM segments WHERE image_uuid=?1")?;
+            for id in image_ids {
+                let key = id.to_string();
+                let (started, pool, session): (DateTime<Utc>, Option<String>, Option<Uuid>) =
+                    head.query_row([&key], |r| Ok((get_p(r, 0)?, r.get(1)?, get_po(r, 2)?)))?;
+                for b in bcs.query_map([&key], |r| r.get::<_, String>(0))? {
+                    let b = b?;
+                    if !barcodes.contains(&b) {
+                        barcodes.insert(b);
+                    }
+                }
+                pools.extend(pool);
+                sessions.extend(session);
+                order.push((started, id));
+            }
         }
-        images.sort_by_key(|a| (a.image.started, a.image.uuid));
+        order.sort();
         let media: Vec<MediaRow> = barcodes
             .iter()
             .filter_map(|b| self.media(b).transpose())
@@ -372,8 +423,8 @@ impl Catalog {
         sessions_out.sort_by_key(|s| (s.started, s.uuid));
         sessions_out.dedup_by_key(|s| s.uuid);
         let snapshots = snapshots(&barcodes);
-        Ok(Dump {
-            format: DUMP_FORMAT.into(),
+        let head = DumpHead {
+            format: DUMP_FORMAT,
             version: if kind.is_some() {
                 DELTA_VERSION
             } else {
@@ -390,10 +441,40 @@ impl Catalog {
             media_sets,
             media,
             sessions: sessions_out,
-            images,
-            snapshots,
-            pool_config: self.pool_config(pools.iter()),
-        })
+        };
+        let head = serde_json::to_vec(&head).map_err(json_err)?;
+        // The head's object, left open for the images.
+        w.write_all(&head[..head.len() - 1])
+            .map_err(CatalogError::Export)?;
+        w.write_all(b",\"images\":[")
+            .map_err(CatalogError::Export)?;
+        for (i, (_, id)) in order.into_iter().enumerate() {
+            let image = self.image(id)?.ok_or(CatalogError::NotFound {
+                what: "image",
+                key: id.to_string(),
+            })?;
+            let d = ImageDump {
+                segments: self.segments(id)?,
+                extents: self.extents(id)?,
+                image,
+            };
+            if i > 0 {
+                w.write_all(b",").map_err(CatalogError::Export)?;
+            }
+            serde_json::to_writer(&mut w, &d).map_err(json_err)?;
+        }
+        w.write_all(b"],\"snapshots\":")
+            .map_err(CatalogError::Export)?;
+        serde_json::to_writer(&mut w, &snapshots).map_err(json_err)?;
+        let config = self.pool_config(pools.iter());
+        if !config.is_empty() {
+            w.write_all(b",\"pool_config\":")
+                .map_err(CatalogError::Export)?;
+            serde_json::to_writer(&mut w, &config).map_err(json_err)?;
+        }
+        w.write_all(b"}").map_err(CatalogError::Export)?;
+        w.flush().map_err(CatalogError::Export)?;
+        Ok(())
     }
 
     /// The `pools.toml` declarations of these pools in this catalog's home, as JSON.
@@ -497,6 +578,18 @@ impl Catalog {
     /// the ancestors of those images outside the set, the set's cartridges, and the
     /// chain itself. Its cost grows with what changed, not with the set.
     pub fn snapshot_delta(&self, set: Uuid, base: &SnapshotBase) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_snapshot_delta(set, base, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Catalog::snapshot_delta`] written to `w` image by image.
+    pub fn write_snapshot_delta<W: Write>(
+        &self,
+        set: Uuid,
+        base: &SnapshotBase,
+        w: W,
+    ) -> Result<()> {
         let tx = self.conn().unchecked_transaction()?; // one consistent read
         let in_chain: HashSet<Uuid> = base.chain.iter().filter_map(|s| s.session_uuid).collect();
         let new_sessions: Vec<SessionRow> = self
@@ -543,7 +636,8 @@ impl Catalog {
         // The base names only the snapshot just before this one: a delta's size must
         // not grow with the chain.
         let prev: Vec<SnapshotLocation> = base.chain.last().cloned().into_iter().collect();
-        let dump = self.dump_images(
+        self.write_images_dump(
+            w,
             set,
             image_ids,
             |_| false,
@@ -552,7 +646,7 @@ impl Catalog {
             Some((prev, new_sessions)),
         )?;
         drop(tx);
-        serde_json::to_vec(&dump).map_err(json_err)
+        Ok(())
     }
 
     /// Note where a catalog snapshot was written, whether it is a delta, and its plain
@@ -592,33 +686,91 @@ impl Catalog {
         }
         let h: Head =
             serde_json::from_slice(bytes).map_err(|e| CatalogError::BadSnapshot(e.to_string()))?;
-        if h.format != DUMP_FORMAT {
-            return Err(CatalogError::BadSnapshot(format!(
-                "format {:?} is not {DUMP_FORMAT}",
-                h.format
-            )));
+        check_format(&h.format, h.version)?;
+        document_base(h.version, h.kind, h.base)
+    }
+
+    /// [`Catalog::snapshot_document_base`] of a document read from `r`: only its head
+    /// is parsed (`format`, `version`, `kind`, `base` come before the tables in every
+    /// document tapevault writes; in any other order the whole document is read).
+    pub fn snapshot_document_base_from<R: Read>(r: R) -> Result<Option<SnapshotLocation>> {
+        let mut head = HeadSeen::default();
+        let mut de = serde_json::Deserializer::from_reader(r);
+        match de.deserialize_map(HeadVisitor { head: &mut head }) {
+            Ok(()) => {}
+            Err(e) if e.to_string().starts_with(HEAD_DONE) => {}
+            Err(e) => return Err(CatalogError::BadSnapshot(e.to_string())),
         }
-        if h.version > DELTA_VERSION {
-            return Err(CatalogError::BadSnapshot(format!(
-                "dump version {} is newer than this tapevault's {DELTA_VERSION}; use a newer tapevault",
-                h.version
-            )));
-        }
-        match h.kind.as_deref() {
-            None if h.base.is_empty() => Ok(None),
-            Some(DELTA_KIND) if h.version >= DELTA_VERSION && h.base.len() == 1 => {
-                Ok(h.base.into_iter().next())
+        let (Some(format), Some(version)) = (head.format, head.version) else {
+            return Err(CatalogError::BadSnapshot(
+                "the document has no format or version".into(),
+            ));
+        };
+        check_format(&format, version)?;
+        document_base(version, head.kind, head.base)
+    }
+
+    /// [`Catalog::merge_snapshot`] of a document read from `r`, merged row by row as it
+    /// is parsed: what is held at a time is one image with its segments and extents,
+    /// whatever the size of the document. Tables must come in the order tapevault
+    /// writes them (pools, media sets, cartridges, sessions, images, snapshots; a
+    /// document in another order is refused as a bad snapshot, with nothing merged).
+    pub fn merge_snapshot_from<R: Read>(&self, r: R) -> Result<MergeReport> {
+        let _cache = MergeCache::new(self.conn())?;
+        let tx = self.write_tx()?;
+        let mut st = MergeState {
+            cat: self,
+            report: MergeReport::default(),
+            format: None,
+            version: None,
+            rank: 0,
+            pool_config: BTreeMap::new(),
+            failure: None,
+            digest_lists: self.local_digest_lists(),
+        };
+        // Into a small catalog (a rebuild into a fresh home), the secondary indexes of
+        // the image tables are dropped and made again once all rows are in: sorting
+        // once is cheaper than 100 k inserts into ten B-trees. Same transaction, so a
+        // failure or a kill leaves them as they were.
+        let images_now: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?;
+        let dropped: Vec<(String, String)> = if images_now <= BULK_MERGE_MAX_IMAGES {
+            let mut st = self.conn().prepare(
+                "SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL \
+                 AND tbl_name IN ('images','segments','image_extents') ORDER BY name",
+            )?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+            for (name, _) in &rows {
+                self.conn()
+                    .execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
             }
-            None => Err(CatalogError::BadSnapshot(format!(
-                "a full snapshot with {} base snapshot(s)",
-                h.base.len()
-            ))),
-            Some(k) => Err(CatalogError::BadSnapshot(format!(
-                "a version {} document of kind {k:?} with {} base snapshot(s)",
-                h.version,
-                h.base.len()
-            ))),
+            rows
+        } else {
+            Vec::new()
+        };
+        let mut de = serde_json::Deserializer::from_reader(r);
+        let parsed = de
+            .deserialize_map(MergeVisitor { st: &mut st })
+            .and_then(|()| de.end());
+        if let Some(e) = st.failure.take() {
+            return Err(e); // the transaction rolls back
         }
+        parsed.map_err(|e| CatalogError::BadSnapshot(e.to_string()))?;
+        if st.format.is_none() || st.version.is_none() {
+            return Err(CatalogError::BadSnapshot(
+                "the document has no format or version".into(),
+            ));
+        }
+        for (_, sql) in &dropped {
+            self.conn().execute_batch(sql)?;
+        }
+        tx.commit()?;
+        let mut r = st.report;
+        r.pool_config_added = self.adopt_pool_config(&st.pool_config)?;
+        Ok(r)
     }
 
     /// Merge a snapshot or export into this catalog, in one transaction. Idempotent;
@@ -652,8 +804,9 @@ impl Catalog {
         for s in &dump.sessions {
             self.merge_session_in(s, &mut r)?;
         }
+        let digest_lists = self.local_digest_lists();
         for i in &dump.images {
-            self.merge_image_in(i, &mut r)?;
+            self.merge_image_in(i, &mut r, digest_lists.as_ref())?;
         }
         for s in &dump.snapshots {
             if self.insert_snapshot(s)? {
@@ -695,7 +848,7 @@ impl Catalog {
     pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
         let tx = self.write_tx()?;
         let mut r = MergeReport::default();
-        self.merge_image_in(d, &mut r)?;
+        self.merge_image_in(d, &mut r, None)?;
         tx.commit()?;
         Ok(r)
     }
@@ -850,7 +1003,18 @@ impl Catalog {
         Ok(())
     }
 
-    fn merge_image_in(&self, d: &ImageDump, r: &mut MergeReport) -> Result<()> {
+    /// `digest_lists`: the images with a digest list in this home, when known (else
+    /// each is looked up).
+    fn merge_image_in(
+        &self,
+        d: &ImageDump,
+        r: &mut MergeReport,
+        digest_lists: Option<&HashSet<Uuid>>,
+    ) -> Result<()> {
+        let local_list = |id: Uuid| match digest_lists {
+            Some(set) => set.contains(&id).then(|| self.digest_list_rel(id)),
+            None => self.local_digest_list(id),
+        };
         let inc = &d.image;
         for s in &d.segments {
             validate_segment(inc, s)?;
@@ -862,7 +1026,7 @@ impl Catalog {
             let mut row = inc.clone();
             // Never a path from the media or an export: only a list this home holds.
             row.digest_list = if row.status == ImageStatus::Complete {
-                self.local_digest_list(inc.uuid)
+                local_list(inc.uuid)
             } else {
                 None
             };
@@ -944,7 +1108,7 @@ impl Catalog {
                     num(inc.plain_bytes, "bytes")?,
                     num(inc.stored_bytes, "bytes")?,
                     inc.content_digest,
-                    self.local_digest_list(inc.uuid),
+                    local_list(inc.uuid),
                     inc.change_id,
                     inc.from_change_id,
                     inc.vm_name,
@@ -990,6 +1154,269 @@ impl Catalog {
         }
         if changed {
             r.images_updated += 1;
+        }
+        Ok(())
+    }
+}
+
+fn check_format(format: &str, version: u32) -> Result<()> {
+    if format != DUMP_FORMAT {
+        return Err(CatalogError::BadSnapshot(format!(
+            "format {format:?} is not {DUMP_FORMAT}"
+        )));
+    }
+    if version > DELTA_VERSION {
+        return Err(CatalogError::BadSnapshot(format!(
+            "dump version {version} is newer than this tapevault's {DELTA_VERSION}; use a newer tapevault"
+        )));
+    }
+    Ok(())
+}
+
+/// The base a document's head names (None: a full snapshot or an export).
+fn document_base(
+    version: u32,
+    kind: Option<String>,
+    base: Vec<SnapshotLocation>,
+) -> Result<Option<SnapshotLocation>> {
+    match kind.as_deref() {
+        None if base.is_empty() => Ok(None),
+        Some(DELTA_KIND) if version >= DELTA_VERSION && base.len() == 1 => {
+            Ok(base.into_iter().next())
+        }
+        None => Err(CatalogError::BadSnapshot(format!(
+            "a full snapshot with {} base snapshot(s)",
+            base.len()
+        ))),
+        Some(k) => Err(CatalogError::BadSnapshot(format!(
+            "a version {version} document of kind {k:?} with {} base snapshot(s)",
+            base.len()
+        ))),
+    }
+}
+
+/// SQLite's page cache while a dump is merged: 100 k images inserted with their
+/// indexes spilled the default 2 MiB cache to the file again and again inside the one
+/// transaction. Back to what it was when the merge ends.
+struct MergeCache<'c> {
+    conn: &'c rusqlite::Connection,
+    was: i64,
+}
+
+/// A streamed merge into a catalog of at most this many images drops the image
+/// tables' secondary indexes and makes them again after (see
+/// [`Catalog::merge_snapshot_from`]): remaking them costs little at this size.
+const BULK_MERGE_MAX_IMAGES: i64 = 10_000;
+
+/// Page cache for a merge, KiB (SQLite's negative `cache_size`).
+const MERGE_CACHE_KIB: i64 = 64 << 10;
+
+impl<'c> MergeCache<'c> {
+    fn new(conn: &'c rusqlite::Connection) -> Result<MergeCache<'c>> {
+        let was: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+        conn.pragma_update(None, "cache_size", -MERGE_CACHE_KIB)?;
+        Ok(MergeCache { conn, was })
+    }
+}
+
+impl Drop for MergeCache<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.pragma_update(None, "cache_size", self.was);
+    }
+}
+
+/// The tables of a dump, in the order they are written and merged.
+const TABLES: [&str; 6] = [
+    "pools",
+    "media_sets",
+    "media",
+    "sessions",
+    "images",
+    "snapshots",
+];
+
+/// How the head parser says it has what it needs (an error that stops serde_json
+/// without reading the rest of the document).
+const HEAD_DONE: &str = "tapevault: the head of the document was read";
+
+#[derive(Default)]
+struct HeadSeen {
+    format: Option<String>,
+    version: Option<u32>,
+    kind: Option<String>,
+    kind_seen: bool,
+    base: Vec<SnapshotLocation>,
+    base_seen: bool,
+}
+
+struct HeadVisitor<'a> {
+    head: &'a mut HeadSeen,
+}
+
+impl<'de> Visitor<'de> for HeadVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a catalog snapshot document (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+        let h = self.head;
+        while let Some(k) = m.next_key::<String>()? {
+            match k.as_str() {
+                "format" => h.format = Some(m.next_value()?),
+                "version" => h.version = Some(m.next_value()?),
+                "kind" => {
+                    h.kind = m.next_value()?;
+                    h.kind_seen = true;
+                }
+                "base" => {
+                    h.base = m.next_value()?;
+                    h.base_seen = true;
+                }
+                t if TABLES.contains(&t) => {
+                    // The head comes first in what tapevault writes; a `base` whose
+                    // `kind` has not come yet means another order: read on.
+                    if h.format.is_some() && h.version.is_some() && (h.kind_seen || !h.base_seen) {
+                        return Err(A::Error::custom(HEAD_DONE));
+                    }
+                    m.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A streamed merge in progress (see [`Catalog::merge_snapshot_from`]).
+struct MergeState<'c> {
+    cat: &'c Catalog,
+    report: MergeReport,
+    format: Option<String>,
+    version: Option<u32>,
+    /// 1 + the index in [`TABLES`] of the last table merged (0: none yet).
+    rank: usize,
+    pool_config: BTreeMap<String, serde_json::Value>,
+    /// The catalog error that stopped the parse (reported instead of the parse error
+    /// it was turned into).
+    failure: Option<CatalogError>,
+    /// Images with a digest list in this home (None: look each up).
+    digest_lists: Option<HashSet<Uuid>>,
+}
+
+impl MergeState<'_> {
+    fn fail<E: serde::de::Error>(&mut self, e: CatalogError) -> E {
+        let msg = e.to_string();
+        self.failure = Some(e);
+        E::custom(msg)
+    }
+}
+
+struct MergeVisitor<'a, 'c> {
+    st: &'a mut MergeState<'c>,
+}
+
+impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a catalog snapshot document (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+        let st = self.st;
+        while let Some(k) = m.next_key::<String>()? {
+            match k.as_str() {
+                "format" => st.format = Some(m.next_value()?),
+                "version" => st.version = Some(m.next_value()?),
+                "pool_config" => st.pool_config = m.next_value()?,
+                t => match TABLES.iter().position(|x| *x == t) {
+                    Some(i) => {
+                        let (Some(format), Some(version)) = (&st.format, st.version) else {
+                            return Err(st.fail(CatalogError::BadSnapshot(format!(
+                                "table {t} comes before the document's format and version"
+                            ))));
+                        };
+                        if let Err(e) = check_format(format, version) {
+                            return Err(st.fail(e));
+                        }
+                        if i < st.rank {
+                            return Err(st.fail(CatalogError::BadSnapshot(format!(
+                                "table {t} comes after {} (tables are merged in the order {})",
+                                TABLES[st.rank - 1],
+                                TABLES.join(", ")
+                            ))));
+                        }
+                        st.rank = i + 1;
+                        m.next_value_seed(TableSeed {
+                            st: &mut *st,
+                            table: i,
+                        })?;
+                    }
+                    None => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One table of a dump, merged row by row.
+struct TableSeed<'a, 'c> {
+    st: &'a mut MergeState<'c>,
+    table: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for TableSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TableSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "the array {}", TABLES[self.table])
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> std::result::Result<(), S::Error> {
+        let st = self.st;
+        let cat = st.cat;
+        macro_rules! each {
+            ($t:ty, |$row:ident| $apply:expr) => {
+                while let Some($row) = seq.next_element::<$t>()? {
+                    let r: Result<()> = $apply;
+                    if let Err(e) = r {
+                        return Err(st.fail(e));
+                    }
+                }
+            };
+        }
+        match self.table {
+            0 => each!(PoolRow, |p| cat.merge_pool_in(&p, &mut st.report)),
+            1 => each!(MediaSetRow, |s| cat.merge_media_set_in(&s, &mut st.report)),
+            2 => each!(MediaRow, |m| cat.merge_media_in(&m, &mut st.report)),
+            3 => each!(SessionRow, |s| cat.merge_session_in(&s, &mut st.report)),
+            4 => each!(ImageDump, |i| cat.merge_image_in(
+                &i,
+                &mut st.report,
+                st.digest_lists.as_ref()
+            )),
+            _ => each!(SnapshotLocation, |s| match cat.insert_snapshot(&s) {
+                Ok(added) => {
+                    st.report.snapshots_added += usize::from(added);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
         }
         Ok(())
     }

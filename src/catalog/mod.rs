@@ -447,8 +447,44 @@ impl Catalog {
     /// home), as the catalog stores it; `None` when there is none. A rebuilt catalog
     /// takes digest lists only from here, never a path from the media or an export.
     pub(crate) fn local_digest_list(&self, image: Uuid) -> Option<String> {
-        let rel = format!("{DIGESTS_DIR}/{image}.digests");
+        let rel = self.digest_list_rel(image);
         self.home_dir().join(&rel).is_file().then_some(rel)
+    }
+
+    /// Where the digest list of `image` is kept, relative to the home.
+    pub(crate) fn digest_list_rel(&self, image: Uuid) -> String {
+        format!("{DIGESTS_DIR}/{image}.digests")
+    }
+
+    /// Every image with a digest list in this home ([`Catalog::local_digest_list`] of
+    /// many images at once: one directory read instead of a lookup per image). None
+    /// when the directory cannot be read (then look each up).
+    pub(crate) fn local_digest_lists(&self) -> Option<std::collections::HashSet<Uuid>> {
+        let dir = match std::fs::read_dir(self.home_dir().join(DIGESTS_DIR)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(std::collections::HashSet::new())
+            }
+            Err(_) => return None,
+        };
+        let mut out = std::collections::HashSet::new();
+        for e in dir {
+            let e = e.ok()?;
+            let name = e.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".digests"))
+                .and_then(|n| n.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            if e.path().is_file()
+                && self.digest_list_rel(id) == format!("{DIGESTS_DIR}/{}", name.to_string_lossy())
+            {
+                out.insert(id);
+            }
+        }
+        Some(out)
     }
 
     /// The schema version of the open catalog.

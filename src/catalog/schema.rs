@@ -213,8 +213,15 @@ CREATE TABLE libvirt_checkpoints (
 );
 "#;
 
+/// Migration 9: images in the order every listing of them uses (`images`, rotation's
+/// evaluation): with 100 k images, sorting them for each query was a third of
+/// `rotate --dry-run`. `rowid`, the last sort key, is implicit in every index.
+const V9: &str = r#"
+CREATE INDEX images_order ON images(started, (synthetic_of IS NOT NULL));
+"#;
+
 /// Every migration, oldest first. The catalog's version is the number applied.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The schema version this code writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

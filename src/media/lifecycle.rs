@@ -308,13 +308,10 @@ pub fn evaluate(cat: &Catalog, now: DateTime<Utc>) -> Result<Evaluation> {
             queue.push_back(i.identity());
         }
     }
-    let disks: HashSet<Uuid> = images.iter().map(|i| i.disk_uuid).collect();
-    let mut newest: Vec<Uuid> = Vec::new();
-    for d in disks {
-        if let Some(n) = cat.newest_good_image(d)? {
-            newest.push(n.uuid);
-        }
-    }
+    // The newest good image of every disk, from the rows loaded above (one walk per
+    // chain, not a query per disk and per link).
+    let mut newest: Vec<Uuid> = cat.newest_good_images(&images)?.into_values().collect();
+    newest.sort();
     let mut walked: HashSet<Uuid> = HashSet::new();
     // Hashed: with 100 k kept images and 1 k disks, a Vec here cost 10^8 comparisons.
     let mut newest_holds: HashSet<Uuid> = newest.iter().copied().collect();

@@ -1,8 +1,10 @@
 //! The catalog snapshot tape file (header, chunks, trailer, filemark) that a backup
 //! session and `catalog backup` write, so the media carry their own catalog.
 
+use std::io::Read;
+
 use tape_formats::{
-    encode_snapshot_chunk, snapshot_digest, BlockSink, ChunkFields, Cipher, RecordCrypto,
+    encode_snapshot_chunk, BlockSink, ChunkFields, Cipher, RecordCrypto, SnapshotDigest,
     SnapshotHeader, SnapshotTrailer,
 };
 use uuid::Uuid;
@@ -19,6 +21,30 @@ use crate::media::DriveSink;
 pub fn write_snapshot_file(
     sink: &mut DriveSink,
     plain: &[u8],
+    session: Uuid,
+    media_set_uuid: [u8; 16],
+    time: i64,
+    sealer: Option<&mut Sealer>,
+) -> Result<u64> {
+    let mut r = plain;
+    write_snapshot_file_from(
+        sink,
+        &mut r,
+        plain.len() as u64,
+        session,
+        media_set_uuid,
+        time,
+        sealer,
+    )
+}
+
+/// [`write_snapshot_file`] of a document read from `plain` (exactly `len` bytes, e.g. a
+/// spool file the snapshot was written to): one chunk is held at a time, whatever the
+/// size of the snapshot.
+pub fn write_snapshot_file_from(
+    sink: &mut DriveSink,
+    plain: &mut dyn Read,
+    len: u64,
     session: Uuid,
     media_set_uuid: [u8; 16],
     time: i64,
@@ -41,7 +67,7 @@ pub fn write_snapshot_file(
         time,
         compression: tape_formats::Compression::Zstd,
         cipher: sealer.as_deref().map_or(Cipher::None, Sealer::cipher),
-        total_plain_len: plain.len() as u64,
+        total_plain_len: len,
         chunk_data_size: chunk as u32,
     }
     .encode(&mut buf)
@@ -51,11 +77,24 @@ pub fn write_snapshot_file(
     let mut stored = Vec::new();
     let mut count = 0u64;
     let mut stored_total = 0u64;
-    for (i, piece) in plain.chunks(chunk).enumerate() {
+    let mut digest = SnapshotDigest::new(sealer.as_ref().map(|s| s.key.digest_key()));
+    let mut piece = vec![0u8; chunk];
+    let mut left = len;
+    let mut i = 0u64;
+    while left > 0 {
+        let n = (chunk as u64).min(left) as usize;
+        let piece = &mut piece[..n];
+        plain.read_exact(piece).map_err(|e| {
+            Error::Failed(format!(
+                "reading the catalog snapshot back from its spool file ({left} of {len} bytes left): {e}"
+            ))
+        })?;
+        left -= n as u64;
+        digest.update(piece);
         let compression = comp.compress(piece, &mut stored)?;
         let mut fields = ChunkFields {
             session_uuid: *session.as_bytes(),
-            sequence: i as u64,
+            sequence: i,
             compression,
             crypto: RecordCrypto::None,
             plain_len: piece.len() as u32,
@@ -68,13 +107,14 @@ pub fn write_snapshot_file(
         sink.write_block(&buf)?;
         stored_total += stored.len() as u64;
         count += 1;
+        i += 1;
     }
     buf.clear();
     SnapshotTrailer {
         session_uuid: *session.as_bytes(),
         chunk_count: count,
-        total_plain_len: plain.len() as u64,
-        digest: snapshot_digest(sealer.as_ref().map(|s| s.key.digest_key()), plain),
+        total_plain_len: len,
+        digest: digest.finalize(),
     }
     .encode(&mut buf)
     .map_err(fmt_err)?;
@@ -82,3 +122,67 @@ pub fn write_snapshot_file(
     sink.write_filemark()?;
     Ok(stored_total)
 }
+
+/// A catalog snapshot document being written or read back, held in an unnamed
+/// temporary file (created unlinked where the system allows, so a killed process
+/// leaves nothing behind) instead of memory: a full snapshot of a large media set is
+/// about 900 bytes per image.
+pub struct Spool {
+    file: std::fs::File,
+}
+
+impl Spool {
+    /// An empty spool in `dir` (the home: the same file system as the catalog).
+    pub fn new(dir: &std::path::Path) -> Result<Spool> {
+        let file = tempfile::tempfile_in(dir).map_err(|e| {
+            Error::Failed(format!(
+                "creating a temporary file in {} for the catalog snapshot: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Spool { file })
+    }
+
+    /// Write the document with `fill` (through a buffer), replacing what the spool
+    /// held; returns its length.
+    pub fn fill(
+        &mut self,
+        fill: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+    ) -> Result<u64> {
+        use std::io::{Seek, Write};
+        let io =
+            |e: std::io::Error| Error::Failed(format!("writing the catalog snapshot spool: {e}"));
+        self.file.set_len(0).map_err(io)?;
+        self.file.rewind().map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(SPOOL_BUFFER, &mut self.file);
+        fill(&mut w)?;
+        w.flush().map_err(io)?;
+        drop(w);
+        self.file.stream_position().map_err(io)
+    }
+
+    /// The file, emptied, to write a document into from its start.
+    pub fn file_mut(&mut self) -> Result<&mut std::fs::File> {
+        use std::io::Seek;
+        let io =
+            |e: std::io::Error| Error::Failed(format!("writing the catalog snapshot spool: {e}"));
+        self.file.set_len(0).map_err(io)?;
+        self.file.rewind().map_err(io)?;
+        Ok(&mut self.file)
+    }
+
+    /// A buffered reader over the whole document, from its start.
+    pub fn reader(&mut self) -> Result<std::io::BufReader<&mut std::fs::File>> {
+        use std::io::Seek;
+        self.file
+            .rewind()
+            .map_err(|e| Error::Failed(format!("reading the catalog snapshot spool: {e}")))?;
+        Ok(std::io::BufReader::with_capacity(
+            SPOOL_BUFFER,
+            &mut self.file,
+        ))
+    }
+}
+
+/// Buffer between a snapshot document and its spool file.
+pub const SPOOL_BUFFER: usize = 256 << 10;

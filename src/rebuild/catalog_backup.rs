@@ -75,7 +75,9 @@ pub fn backup_catalog(
 struct Prepared {
     label: tape_formats::VolumeLabel,
     sealer: Option<Sealer>,
-    plain: Vec<u8>,
+    /// The export, spooled (never held in memory), and its length.
+    plain: crate::media::snapshot::Spool,
+    plain_len: u64,
     block: u64,
     file: u64,
 }
@@ -125,12 +127,14 @@ fn prepare(
         }
         None => None,
     };
-    let plain = cat.snapshot(catalog::SnapshotScope::All)?;
+    let mut plain = crate::media::snapshot::Spool::new(cat.home_dir())?;
+    let plain_len = plain.fill(|w| Ok(cat.write_snapshot(catalog::SnapshotScope::All, w)?))?;
     let (block, file) = position_for_append(m.drive.as_mut())?;
     Ok(Prepared {
         label,
         sealer,
         plain,
+        plain_len,
         block,
         file,
     })
@@ -154,7 +158,8 @@ fn write_on(
     let Prepared {
         label,
         mut sealer,
-        plain,
+        mut plain,
+        plain_len,
         block,
         file,
     } = p;
@@ -165,7 +170,16 @@ fn write_on(
     } = m;
     let mut sink = DriveSink::new(drive, block);
     let session = Uuid::new_v4();
-    let r = write_snapshot_files(&mut sink, &plain, session, &label, sealer.as_mut());
+    let r = plain.reader().and_then(|mut rd| {
+        write_snapshot_files(
+            &mut sink,
+            &mut rd,
+            plain_len,
+            session,
+            &label,
+            sealer.as_mut(),
+        )
+    });
     let bytes = sink.bytes;
     let flushed = sink.drive.flush();
     let m = Mounted {
@@ -190,7 +204,7 @@ fn write_on(
             barcode: barcode.to_string(),
             tape_file: file,
             block,
-            plain_bytes: plain.len() as u64,
+            plain_bytes: plain_len,
             stored_bytes: stored,
             encrypted: sealer.is_some(),
             session,
@@ -203,15 +217,17 @@ fn write_on(
 /// file. Returns the stored bytes of the chunks.
 pub(crate) fn write_snapshot_files(
     sink: &mut DriveSink,
-    plain: &[u8],
+    plain: &mut dyn std::io::Read,
+    plain_len: u64,
     session: Uuid,
     label: &tape_formats::VolumeLabel,
     sealer: Option<&mut Sealer>,
 ) -> Result<u64> {
     let now = crate::home::clock::now().timestamp();
-    let stored_total = crate::media::snapshot::write_snapshot_file(
+    let stored_total = crate::media::snapshot::write_snapshot_file_from(
         sink,
         plain,
+        plain_len,
         session,
         label.media_set_uuid,
         now,

@@ -13,6 +13,7 @@ use crate::catalog::{Catalog, SnapshotLocation};
 use crate::crypto;
 use crate::error::{Context, Result};
 use crate::events::{Event, Events, Finished, NoteKind};
+use crate::media::snapshot::Spool;
 use crate::media::volume::{read_label, LabelRead};
 use tape_devices::drive::TapeDrive;
 
@@ -161,7 +162,7 @@ fn read_after_label(
                 Uuid::from_bytes(eos.session_uuid)
             )),
             Some((f, eos)) => {
-                match snapshot::read_snapshot(drive, f - 1, &keys.ring, buf)? {
+                match snapshot::read_snapshot(drive, f - 1, &keys.ring, buf, cat.home_dir())? {
                     Err(t) => Some(format!("the catalog snapshot in tape file {} is unusable: {}", f - 1, t.0)),
                     Ok(s) if s.header.session_uuid != eos.session_uuid => Some(format!(
                         "the catalog snapshot in tape file {} belongs to session {}, the end-of-session marker after it to {}",
@@ -169,9 +170,9 @@ fn read_after_label(
                         Uuid::from_bytes(s.header.session_uuid),
                         Uuid::from_bytes(eos.session_uuid)
                     )),
-                    Ok(s) => match merge_base(cat, drive, &bc, f - 1, &s.plain, keys, col, rep, buf)?
+                    Ok(mut s) => match merge_base(cat, drive, &bc, f - 1, &mut s.plain, keys, col, rep, buf)?
                         .map_err(crate::catalog::CatalogError::BadSnapshot)
-                        .and_then(|()| cat.merge_snapshot(&s.plain))
+                        .and_then(|()| cat.merge_snapshot_from(s.plain.reader().map_err(|e| crate::catalog::CatalogError::BadSnapshot(e.to_string()))?))
                     {
                         Ok(r) => {
                             add_merge(&mut rep.merged, r);
@@ -260,13 +261,13 @@ fn merge_base(
     drive: &mut dyn TapeDrive,
     bc: &str,
     file: u64,
-    plain: &[u8],
+    plain: &mut Spool,
     keys: &mut KeySource<'_>,
     col: &mut Collected,
     rep: &mut RebuildReport,
     buf: &mut Vec<u8>,
 ) -> Result<std::result::Result<(), String>> {
-    let mut base = match Catalog::snapshot_document_base(plain) {
+    let mut base = match Catalog::snapshot_document_base_from(plain.reader()?) {
         Ok(b) => b,
         Err(e) => return Ok(Err(e.to_string())),
     };
@@ -279,15 +280,16 @@ fn merge_base(
                 loc.tape_file, loc.barcode
             )));
         }
-        let s = match snapshot::read_snapshot(drive, loc.tape_file, &keys.ring, buf)? {
-            Ok(s) => s,
-            Err(t) => {
-                return Ok(Err(format!(
-                    "its base snapshot in tape file {} is unusable: {}",
-                    loc.tape_file, t.0
-                )))
-            }
-        };
+        let mut s =
+            match snapshot::read_snapshot(drive, loc.tape_file, &keys.ring, buf, cat.home_dir())? {
+                Ok(s) => s,
+                Err(t) => {
+                    return Ok(Err(format!(
+                        "its base snapshot in tape file {} is unusable: {}",
+                        loc.tape_file, t.0
+                    )))
+                }
+            };
         if Some(Uuid::from_bytes(s.header.session_uuid)) != loc.session_uuid {
             return Ok(Err(format!(
                 "tape file {} holds the snapshot of session {}, not the base the snapshot after it names",
@@ -295,11 +297,11 @@ fn merge_base(
                 Uuid::from_bytes(s.header.session_uuid)
             )));
         }
-        let next = match Catalog::snapshot_document_base(&s.plain) {
+        let next = match Catalog::snapshot_document_base_from(s.plain.reader()?) {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        match cat.merge_snapshot(&s.plain) {
+        match cat.merge_snapshot_from(s.plain.reader()?) {
             Ok(r) => add_merge(&mut rep.merged, r),
             Err(crate::catalog::CatalogError::BadSnapshot(e)) => {
                 return Ok(Err(format!(

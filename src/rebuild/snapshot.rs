@@ -1,19 +1,23 @@
 //! The fast path: a catalog snapshot tape file read back whole, authenticated and
 //! checked against its digest.
 
-use tape_formats::{decode_block, snapshot_digest, Block, BlockSource, ReadStatus, SnapshotHeader};
+use std::io::Write;
+
+use tape_formats::{decode_block, Block, BlockSource, ReadStatus, SnapshotDigest, SnapshotHeader};
 
 use super::positioning::goto_file;
 use crate::codec::{KeyRing, Opener};
 use uuid::Uuid;
 
 use crate::error::{Context, Error, Result};
+use crate::media::snapshot::{Spool, SPOOL_BUFFER};
 use crate::media::DriveSource;
 use tape_devices::drive::{DriveError, TapeDrive};
 
-/// Largest catalog snapshot the fast path accepts (plain bytes). A snapshot is held in
-/// memory to be parsed; one row per ~32 MiB of backed-up disk keeps even a catalog of
-/// petabytes far below this, and a damaged length field cannot make us allocate more.
+/// Largest catalog snapshot the fast path accepts (plain bytes). A snapshot is spooled
+/// to a temporary file and merged as it is parsed, never held whole; this bounds what
+/// a damaged length field can make us write (a full snapshot is about 900 bytes per
+/// image: more than a million images).
 pub const MAX_SNAPSHOT_LEN: u64 = 1 << 30;
 
 /// Why a snapshot file could not be used.
@@ -25,17 +29,20 @@ pub struct SnapshotRead {
     pub header: SnapshotHeader,
     /// Logical block of the snapshot header.
     pub block: u64,
-    pub plain: Vec<u8>,
+    /// The plain document, in an unnamed temporary file in `spool_dir`.
+    pub plain: Spool,
 }
 
 /// Read the catalog snapshot in tape file `f`. Media-level trouble and damage are a
 /// [`SnapshotTrouble`] (the caller falls back to a scan); a missing key is
-/// [`Error::Key`].
+/// [`Error::Key`]. The plain document goes to an unnamed temporary file in `spool_dir`
+/// (the home) as it is read: one chunk is held at a time.
 pub fn read_snapshot(
     drive: &mut dyn TapeDrive,
     f: u64,
     keys: &KeyRing,
     buf: &mut Vec<u8>,
+    spool_dir: &std::path::Path,
 ) -> Result<std::result::Result<SnapshotRead, SnapshotTrouble>> {
     let start = goto_file(drive, f)?;
     let trouble = |s: String| Ok(Err(SnapshotTrouble(s)));
@@ -43,7 +50,15 @@ pub fn read_snapshot(
     let mut opener = Opener::new()?;
     let mut piece = Vec::new();
     let mut header: Option<SnapshotHeader> = None;
-    let mut plain: Vec<u8> = Vec::new();
+    let mut spool = Spool::new(spool_dir)?;
+    let mut plain = std::io::BufWriter::with_capacity(SPOOL_BUFFER, spool.file_mut()?);
+    let mut plain_len = 0u64;
+    let mut digest: Option<SnapshotDigest> = None;
+    let spool_err = |e: std::io::Error| {
+        Error::Failed(format!(
+            "writing the catalog snapshot of tape file {f} to a temporary file: {e}"
+        ))
+    };
     let mut next_seq = 0u64;
     let mut pos = 0u64;
     loop {
@@ -74,7 +89,14 @@ pub fn read_snapshot(
                         h.total_plain_len
                     ));
                 }
-                plain.reserve(h.total_plain_len as usize);
+                match keys.digest_key_for(&h.cipher) {
+                    Ok(k) => digest = Some(SnapshotDigest::new(k)),
+                    Err(fp) => {
+                        return Err(Error::Key(format!(
+                            "the catalog snapshot in tape file {f} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`"
+                        )))
+                    }
+                }
                 header = Some(h);
             }
             (Block::SnapshotChunk(c), Some(h)) => {
@@ -95,40 +117,36 @@ pub fn read_snapshot(
                     }
                     Err(e) => return trouble(format!("chunk {next_seq} at block {pos}: {e}")),
                 }
-                if plain.len() as u64 + piece.len() as u64 > h.total_plain_len {
+                if plain_len + piece.len() as u64 > h.total_plain_len {
                     return trouble("the chunks are longer than the header says".into());
                 }
-                plain.extend_from_slice(&piece);
+                plain.write_all(&piece).map_err(spool_err)?;
+                if let Some(d) = digest.as_mut() {
+                    d.update(&piece);
+                }
+                plain_len += piece.len() as u64;
                 next_seq += 1;
             }
             (Block::SnapshotTrailer(t), Some(h)) => {
                 if t.session_uuid != h.session_uuid
                     || t.chunk_count != next_seq
-                    || t.total_plain_len != plain.len() as u64
-                    || h.total_plain_len != plain.len() as u64
+                    || t.total_plain_len != plain_len
+                    || h.total_plain_len != plain_len
                 {
                     return trouble(format!(
-                        "the trailer counts {} chunks / {} bytes, read {next_seq} chunks / {} bytes",
-                        t.chunk_count,
-                        t.total_plain_len,
-                        plain.len()
+                        "the trailer counts {} chunks / {} bytes, read {next_seq} chunks / {plain_len} bytes",
+                        t.chunk_count, t.total_plain_len
                     ));
                 }
-                let key = match keys.digest_key_for(&h.cipher) {
-                    Ok(k) => k,
-                    Err(fp) => {
-                        return Err(Error::Key(format!(
-                            "the catalog snapshot in tape file {f} is encrypted with key {fp}, which is not available: import it with `tapevault key import FILE`"
-                        )))
-                    }
-                };
-                if snapshot_digest(key, &plain) != t.digest {
+                if digest.as_ref().map(SnapshotDigest::finalize) != Some(t.digest) {
                     return trouble("its digest does not match the trailer".into());
                 }
+                plain.flush().map_err(spool_err)?;
+                drop(plain);
                 return Ok(Ok(SnapshotRead {
                     header: header.expect("matched Some"),
                     block: start.block,
-                    plain,
+                    plain: spool,
                 }));
             }
             (other, _) => {

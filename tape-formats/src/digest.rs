@@ -110,8 +110,34 @@ impl ContentDigest {
 /// Digest of a catalog snapshot: BLAKE3 of the plain snapshot bytes, keyed with
 /// [`digest_key`] of the record key when the snapshot is encrypted (`key` given).
 pub fn snapshot_digest(key: Option<&[u8; 32]>, plain: &[u8]) -> [u8; 32] {
-    match key {
-        Some(k) => *blake3::keyed_hash(k, plain).as_bytes(),
-        None => *blake3::hash(plain).as_bytes(),
+    let mut d = SnapshotDigest::new(key);
+    d.update(plain);
+    d.finalize()
+}
+
+/// [`snapshot_digest`] computed piece by piece, for a snapshot streamed to or from the
+/// media without holding it whole.
+#[derive(Clone)]
+pub struct SnapshotDigest {
+    hasher: blake3::Hasher,
+}
+
+impl SnapshotDigest {
+    pub fn new(key: Option<&[u8; 32]>) -> SnapshotDigest {
+        SnapshotDigest {
+            hasher: match key {
+                Some(k) => blake3::Hasher::new_keyed(k),
+                None => blake3::Hasher::new(),
+            },
+        }
+    }
+
+    pub fn update(&mut self, plain: &[u8]) {
+        self.hasher.update(plain);
+    }
+
+    /// The digest of everything added so far.
+    pub fn finalize(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
     }
 }

@@ -16,7 +16,7 @@ mod records;
 mod stream;
 mod wire;
 
-pub use digest::{digest_key, snapshot_digest, ContentDigest, DIGEST_KEY_CONTEXT};
+pub use digest::{digest_key, snapshot_digest, ContentDigest, SnapshotDigest, DIGEST_KEY_CONTEXT};
 pub use error::FormatError;
 pub use records::*;
 pub use stream::*;
