@@ -90,10 +90,12 @@ fn build_history() -> History {
     touch_disk(&b1, 12);
     let o = b(&home, &[]);
     assert!(o.status.success(), "{}", show(&o));
-    // A failed session, the last on its cartridge: vm-a's first disk completes, then
-    // the drive loses power in the middle of the second (a power cut injected in the
-    // simulator after ~700 KiB: the first disk's small incremental fits, the second's
-    // rewritten 2 MiB does not). No snapshot follows that image. (A missing disk can no
+    // A failed session, the last on its cartridge: the drive loses power in the middle
+    // of vm-a's first disk (a power cut injected in the simulator after 100 KiB of the
+    // first disk's incremental, about 200 KiB). No snapshot follows that image. (A cut
+    // after a whole image's trailer would leave a complete image on tape that the
+    // catalog holds failed, never flushed before the session's commit point: a scan
+    // then completes it, which the merge checks below do not expect.) (A missing disk can no
     // longer make a failed session: inputs are checked before a session starts.)
     touch_disk(&a1, 13);
     make_disk(&a2, 2, 14);
@@ -104,7 +106,7 @@ fn build_history() -> History {
     for c in &cartridges {
         std::fs::write(
             c.join("faults.json"),
-            serde_json::json!({"power_cut_after_bytes": 700 * 1024}).to_string(),
+            serde_json::json!({"power_cut_after_bytes": 100 * 1024}).to_string(),
         )
         .unwrap();
     }
@@ -146,7 +148,7 @@ fn history_rebuilds_from_cartridges_and_keys_alone_both_ways() {
         .values()
         .filter(|i| i["image"]["status"] == "complete")
         .count();
-    assert_eq!(complete, 8, "3 vm-a sessions (2+2+1 images) + 3 of b1");
+    assert_eq!(complete, 7, "2 vm-a sessions (2+2 images) + 3 of b1");
     let spanned = orig
         .values()
         .filter(|i| {
