@@ -118,7 +118,7 @@ for night in range(per):
     c.executemany("INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, last_block, "
                   "first_seq, last_seq, disk_start, disk_end) VALUES (?,?,?,?,?,?,?,?,?,?)", segs)
     c.executemany("INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?,?,?,?)",
-                  [(e[0], e[1], e[2], e[3]) for e in exts])
+                  [(e[0], e[1], e[2], e[4]) for e in exts])  # (image, offset, length, is data, is zero)
 c.commit()
 print(f"generated {per * disks} images, {disks} disks x {per}", file=sys.stderr)
 EOF
