@@ -105,14 +105,14 @@ impl ListStream {
             let v = super::json::list_item(v, self.key);
             let s = serde_json::to_string_pretty(&v).unwrap_or_default();
             if self.items == 0 {
-                let _ = write!(self.out, "{{\n");
+                let _ = writeln!(self.out, "{{");
                 if let Some(c) = super::json::command() {
                     let c = serde_json::to_string(c).unwrap_or_default();
-                    let _ = write!(self.out, "  \"command\": {c},\n");
+                    let _ = writeln!(self.out, "  \"command\": {c},");
                 }
-                let _ = write!(self.out, "  \"{}\": [\n", self.key);
+                let _ = writeln!(self.out, "  \"{}\": [", self.key);
             } else {
-                let _ = write!(self.out, ",\n");
+                let _ = writeln!(self.out, ",");
             }
             // Pretty JSON has no raw newline inside a string: each line is indented
             // two levels deeper, as inside the whole document.

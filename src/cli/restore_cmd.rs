@@ -669,24 +669,20 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         Some(d) => Some(cat.resolve_disk(d)?),
         None => None,
     };
-    let all = cat.images(disk)?;
-    if let (Some(d), true) = (disk, all.is_empty()) {
-        return Err(unknown_disk(&cat, d)?);
-    }
-    // Grouped by disk in one pass, disks in order of their first image.
-    let mut disks: Vec<Uuid> = Vec::new();
-    let mut by_disk: HashMap<Uuid, Vec<ImageRow>> = HashMap::new();
-    for i in all {
-        by_disk
-            .entry(i.disk_uuid)
-            .or_insert_with(|| {
-                disks.push(i.disk_uuid);
-                Vec::new()
-            })
-            .push(i);
-    }
-    let mut disk_images = disks.into_iter().map(move |d| -> Result<DiskImages> {
-        let mine = by_disk.remove(&d).unwrap_or_default();
+    let _view = cat.read_view()?;
+    // The disks in the order of their first image, then each disk's images on their
+    // own: never every image row in memory at once.
+    let disks = match disk {
+        Some(d) => {
+            if cat.images(Some(d))?.is_empty() {
+                return Err(unknown_disk(&cat, d)?);
+            }
+            vec![d]
+        }
+        None => cat.disks_by_first_image()?,
+    };
+    let mut disk_images = disks.into_iter().map(|d| -> Result<DiskImages> {
+        let mine = cat.images(Some(d))?;
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
         let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
         Ok(DiskImages {
