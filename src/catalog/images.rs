@@ -829,6 +829,27 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// The cartridges holding each image of a disk, each image's in the order of its
+    /// segments on tape (part, then sequence), a cartridge named once: what
+    /// [`Catalog::segments`] gives per image, in one query for the disk.
+    pub fn barcodes_of_disk(&self, disk: Uuid) -> Result<HashMap<Uuid, Vec<String>>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT s.image_uuid, s.barcode FROM segments s JOIN images i ON i.uuid = s.image_uuid \
+             WHERE i.disk_uuid=?1 ORDER BY s.image_uuid, s.part, s.first_seq",
+        )?;
+        let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for r in st.query_map([disk.to_string()], |r| {
+            Ok((get_p::<Uuid>(r, 0)?, r.get::<_, String>(1)?))
+        })? {
+            let (image, barcode) = r?;
+            let v = out.entry(image).or_default();
+            if !v.contains(&barcode) {
+                v.push(barcode);
+            }
+        }
+        Ok(out)
+    }
+
     /// An image's segments in tape order (part, then sequence).
     pub fn segments(&self, image: Uuid) -> Result<Vec<Segment>> {
         let mut st = self.conn().prepare_cached(&format!(

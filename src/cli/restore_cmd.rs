@@ -541,13 +541,9 @@ fn entry(
     depth: usize,
     reasons: &HashMap<Uuid, Option<String>>,
     copies_of: &HashMap<Uuid, Vec<&ImageRow>>,
+    barcodes: &HashMap<Uuid, Vec<String>>,
 ) -> Result<ImageEntry> {
-    let mut cartridges: Vec<String> = Vec::new();
-    for s in cat.segments(i.uuid)? {
-        if !cartridges.contains(&s.barcode) {
-            cartridges.push(s.barcode);
-        }
-    }
+    let cartridges = barcodes.get(&i.uuid).cloned().unwrap_or_default();
     let why = match reasons.get(&i.uuid) {
         Some(w) => w.clone(),
         None => cat.unrestorable_reason(i)?,
@@ -558,12 +554,7 @@ fn entry(
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        let mut carts: Vec<String> = Vec::new();
-        for s in cat.segments(c.uuid)? {
-            if !carts.contains(&s.barcode) {
-                carts.push(s.barcode);
-            }
-        }
+        let carts = barcodes.get(&c.uuid).cloned().unwrap_or_default();
         copies.push(CopyEntry {
             uuid: c.uuid,
             pool: c.pool.clone(),
@@ -609,6 +600,11 @@ fn chains_of(cat: &Catalog, all: &[ImageRow]) -> Result<Vec<Chain>> {
             copies_of.entry(o).or_default().push(c);
         }
     }
+    // The cartridges of every image of the disk (copies included), in one query.
+    let barcodes = match all.first() {
+        Some(i) => cat.barcodes_of_disk(i.disk_uuid)?,
+        None => HashMap::new(),
+    };
     let images: Vec<ImageRow> = all
         .iter()
         .filter(|i| i.copy_of.is_none())
@@ -638,7 +634,9 @@ fn chains_of(cat: &Catalog, all: &[ImageRow]) -> Result<Vec<Chain>> {
             if std::mem::replace(&mut seen[i], true) {
                 continue;
             }
-            out.push(entry(cat, &images[i], depth, &reasons, &copies_of)?);
+            out.push(entry(
+                cat, &images[i], depth, &reasons, &copies_of, &barcodes,
+            )?);
             if let Some(c) = children.get(&images[i].uuid) {
                 for &k in c.iter().rev() {
                     stack.push((k, depth + 1));
@@ -655,7 +653,7 @@ fn chains_of(cat: &Catalog, all: &[ImageRow]) -> Result<Vec<Chain>> {
         if !seen[i] {
             chains.push(Chain {
                 root: img.uuid,
-                images: vec![entry(cat, img, 0, &reasons, &copies_of)?],
+                images: vec![entry(cat, img, 0, &reasons, &copies_of, &barcodes)?],
             });
         }
     }
