@@ -780,6 +780,32 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// One consistent read of the catalog until the guard is dropped: a listing made of
+    /// many queries sees one state (no backup committing halfway through it), and the
+    /// queries share one lock of the database file instead of taking one each.
+    pub fn read_view(&self) -> Result<ReadView<'_>> {
+        Ok(ReadView {
+            _tx: self.conn().unchecked_transaction()?,
+        })
+    }
+
+    /// Every disk with an image, in the order of its oldest image (the order in which
+    /// [`Catalog::images`] of all disks first meets each).
+    pub fn disks_by_first_image(&self) -> Result<Vec<Uuid>> {
+        let mut st = self.conn().prepare(
+            "SELECT disk_uuid FROM images ORDER BY started, (synthetic_of IS NOT NULL), rowid",
+        )?;
+        let mut seen = HashSet::new();
+        let mut disks = Vec::new();
+        for d in st.query_map([], |r| get_p::<Uuid>(r, 0))? {
+            let d = d?;
+            if seen.insert(d) {
+                disks.push(d);
+            }
+        }
+        Ok(disks)
+    }
+
     /// All images, or those of one disk, oldest first.
     pub fn images(&self, disk: Option<Uuid>) -> Result<Vec<ImageRow>> {
         // Two statements, so that each gets its index: `images_disk` for one disk,
@@ -787,7 +813,7 @@ impl Catalog {
         let rows = match disk {
             Some(d) => self
                 .conn()
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {IMAGE_COLS} FROM images WHERE disk_uuid=?1 ORDER BY started, (synthetic_of IS NOT NULL), rowid"
                 ))?
                 .query_map([d.to_string()], image_row)?
@@ -801,6 +827,27 @@ impl Catalog {
                 .collect::<rusqlite::Result<_>>()?,
         };
         Ok(rows)
+    }
+
+    /// The cartridges holding each image of a disk, each image's in the order of its
+    /// segments on tape (part, then sequence), a cartridge named once: what
+    /// [`Catalog::segments`] gives per image, in one query for the disk.
+    pub fn barcodes_of_disk(&self, disk: Uuid) -> Result<HashMap<Uuid, Vec<String>>> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT s.image_uuid, s.barcode FROM segments s JOIN images i ON i.uuid = s.image_uuid \
+             WHERE i.disk_uuid=?1 ORDER BY s.image_uuid, s.part, s.first_seq",
+        )?;
+        let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for r in st.query_map([disk.to_string()], |r| {
+            Ok((get_p::<Uuid>(r, 0)?, r.get::<_, String>(1)?))
+        })? {
+            let (image, barcode) = r?;
+            let v = out.entry(image).or_default();
+            if !v.contains(&barcode) {
+                v.push(barcode);
+            }
+        }
+        Ok(out)
     }
 
     /// An image's segments in tape order (part, then sequence).
@@ -1215,4 +1262,9 @@ impl Catalog {
         chain.reverse();
         Ok(chain)
     }
+}
+
+/// See [`Catalog::read_view`]; the read ends when it is dropped.
+pub struct ReadView<'a> {
+    _tx: rusqlite::Transaction<'a>,
 }

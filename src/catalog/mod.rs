@@ -26,7 +26,7 @@ pub use check::{Problem, ProblemKind};
 pub use dump::{
     Conflict, MergeReport, SnapshotBase, SnapshotScope, DELTA_VERSION, DUMP_FORMAT, DUMP_VERSION,
 };
-pub use images::MAX_CHAIN_LEN;
+pub use images::{ReadView, MAX_CHAIN_LEN};
 pub use jobs::{JobEnd, JobFilter, JobId, JobKind, JobResult, JobRow, JobStart};
 pub use lookup::{KnownDisk, MIN_PREFIX};
 pub use parts::ScannedPart;

@@ -24,6 +24,9 @@ use serde_json::{Map, Value};
 /// The contract's version: bumped only when a name or shape changes incompatibly.
 pub const SCHEMA: &str = "tapevault/1";
 
+/// The key the contract's version is under (the last of a document's sorted keys).
+pub const SCHEMA_KEY: &str = "schema";
+
 static COMMAND: OnceLock<String> = OnceLock::new();
 
 /// The command path of this run ("backup", "media list"), named in every document.
@@ -59,6 +62,19 @@ pub fn document(v: Value) -> Value {
         }
     }
     Value::Object(doc)
+}
+
+/// The command path set by [`set_command`], if any.
+pub fn command() -> Option<&'static str> {
+    COMMAND.get().map(String::as_str)
+}
+
+/// One element of the list a document carries under `key`, normalized exactly as
+/// [`document`] normalizes it inside the whole list (for printing a list element by
+/// element).
+pub fn list_item(mut v: Value, key: &str) -> Value {
+    normalize(&mut v, Some(key));
+    v
 }
 
 /// A pool as the contract has it: its name under `pool`, as everywhere else.
@@ -152,8 +168,27 @@ fn time(s: &str) -> Option<String> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't') {
         return None;
     }
+    if is_shown(b) {
+        // Already as `timefmt::show` prints it (parsing it would give it back): a
+        // document of 100 k images holds 200 k such times.
+        return None;
+    }
     let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
     Some(crate::timefmt::show(&t.with_timezone(&chrono::Utc)))
+}
+
+/// Whether `b` has the exact shape `timefmt::show` prints:
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn is_shown(b: &[u8]) -> bool {
+    b.len() == 27
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            26 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// A location object from the catalog's text (`slot 3`, `drive 0`, `mail slot 1`,
@@ -236,6 +271,11 @@ mod tests {
             Some("2026-12-03T16:48:16.500000Z")
         );
         assert_eq!(time("52 0f 1"), None);
+        assert_eq!(time("2026-12-03T16:48:16.500000Z"), None, "already shown");
+        assert_eq!(
+            time("2026-12-03T16:48:16.500000+00:00").as_deref(),
+            Some("2026-12-03T16:48:16.500000Z")
+        );
         assert_eq!(time("2026-12-03"), None);
     }
 }

@@ -49,6 +49,25 @@ impl Output {
         self.emit(&serde_json::Value::Object(m), text)
     }
 
+    /// A list result printed element by element as it is made, so that neither the
+    /// list nor its document is held whole: the same bytes [`Output::emit_list`] prints.
+    /// `None` when something keeps the whole document (a hook, a job record): then
+    /// build the list and use `emit_list`.
+    pub fn list_stream(&self, key: &'static str) -> Option<ListStream> {
+        if super::hook::armed() || super::job::active() {
+            return None;
+        }
+        // The document's keys are sorted: `command`, then the list, then `schema`.
+        debug_assert!(key > "command" && key < super::json::SCHEMA_KEY);
+        Some(ListStream {
+            json: self.json,
+            key,
+            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            items: 0,
+            pending: String::new(),
+        })
+    }
+
     /// A progress or status line for people; goes to stderr so stdout stays parseable.
     pub fn info(&self, line: impl AsRef<str>) {
         if !self.json {
@@ -65,5 +84,77 @@ impl Output {
     /// Whether progress bars make sense (a terminal on stderr, not JSON).
     pub fn interactive(&self) -> bool {
         !self.json && std::io::stderr().is_terminal()
+    }
+}
+
+/// See [`Output::list_stream`].
+pub struct ListStream {
+    json: bool,
+    key: &'static str,
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    items: usize,
+    /// Text of the latest element, held back: the last one is printed trimmed.
+    pending: String,
+}
+
+impl ListStream {
+    /// Print one element: under `--json` its object in the document, else `text`.
+    pub fn item<T: Serialize>(&mut self, item: &T, text: impl FnOnce(&T) -> String) {
+        if self.json {
+            let v = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
+            let v = super::json::list_item(v, self.key);
+            let s = serde_json::to_string_pretty(&v).unwrap_or_default();
+            if self.items == 0 {
+                let _ = writeln!(self.out, "{{");
+                if let Some(c) = super::json::command() {
+                    let c = serde_json::to_string(c).unwrap_or_default();
+                    let _ = writeln!(self.out, "  \"command\": {c},");
+                }
+                let _ = writeln!(self.out, "  \"{}\": [", self.key);
+            } else {
+                let _ = writeln!(self.out, ",");
+            }
+            // Pretty JSON has no raw newline inside a string: each line is indented
+            // two levels deeper, as inside the whole document.
+            for (n, line) in s.lines().enumerate() {
+                if n > 0 {
+                    let _ = writeln!(self.out);
+                }
+                let _ = write!(self.out, "    {line}");
+            }
+        } else {
+            let _ = self.out.write_all(self.pending.as_bytes());
+            self.pending = text(item);
+        }
+        self.items += 1;
+    }
+
+    /// End the document (or the text; `empty` when there was no element).
+    pub fn finish(mut self, empty: impl FnOnce() -> String) {
+        if self.json {
+            if self.items == 0 {
+                let mut m = serde_json::Map::new();
+                m.insert(self.key.to_string(), serde_json::Value::Array(Vec::new()));
+                let d = super::json::document(serde_json::Value::Object(m));
+                let _ = serde_json::to_writer_pretty(&mut self.out, &d);
+                let _ = writeln!(self.out);
+            } else {
+                let _ = write!(
+                    self.out,
+                    "\n  ],\n  \"schema\": {}\n}}\n",
+                    serde_json::to_string(super::json::SCHEMA).unwrap_or_default()
+                );
+            }
+        } else {
+            let t = if self.items == 0 {
+                empty()
+            } else {
+                std::mem::take(&mut self.pending)
+            };
+            if !t.is_empty() {
+                let _ = writeln!(self.out, "{}", t.trim_end());
+            }
+        }
+        let _ = self.out.flush();
     }
 }

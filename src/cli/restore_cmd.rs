@@ -540,31 +540,27 @@ fn entry(
     i: &ImageRow,
     depth: usize,
     reasons: &HashMap<Uuid, Option<String>>,
+    copies_of: &HashMap<Uuid, Vec<&ImageRow>>,
+    barcodes: &HashMap<Uuid, Vec<String>>,
 ) -> Result<ImageEntry> {
-    let mut cartridges: Vec<String> = Vec::new();
-    for s in cat.segments(i.uuid)? {
-        if !cartridges.contains(&s.barcode) {
-            cartridges.push(s.barcode);
-        }
-    }
+    let cartridges = barcodes.get(&i.uuid).cloned().unwrap_or_default();
     let why = match reasons.get(&i.uuid) {
         Some(w) => w.clone(),
         None => cat.unrestorable_reason(i)?,
     };
     let mut copies = Vec::new();
-    for c in cat.copies_of(i.uuid)? {
-        let mut carts: Vec<String> = Vec::new();
-        for s in cat.segments(c.uuid)? {
-            if !carts.contains(&s.barcode) {
-                carts.push(s.barcode);
-            }
-        }
+    for &c in copies_of
+        .get(&i.uuid)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let carts = barcodes.get(&c.uuid).cloned().unwrap_or_default();
         copies.push(CopyEntry {
             uuid: c.uuid,
-            pool: c.pool,
+            pool: c.pool.clone(),
             status: c.status,
             cartridges: carts,
-            note: c.note,
+            note: c.note.clone(),
         });
     }
     Ok(ImageEntry {
@@ -594,9 +590,22 @@ fn entry(
 /// Group one disk's images (oldest first) into chains: each root (a full, a copy, or
 /// an image whose parent is not in the catalog) followed by its descendants, depth
 /// first in time order.
-fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
-    // Copies are listed under their original, not as points of their own.
-    let images: Vec<ImageRow> = images
+fn chains_of(cat: &Catalog, all: &[ImageRow]) -> Result<Vec<Chain>> {
+    // Copies are listed under their original, not as points of their own. A copy is
+    // of its original's disk, so the disk's list holds them all, oldest first (as
+    // `Catalog::copies_of` has them: copies of one image share `synthetic_of`).
+    let mut copies_of: HashMap<Uuid, Vec<&ImageRow>> = HashMap::new();
+    for c in all {
+        if let Some(o) = c.copy_of {
+            copies_of.entry(o).or_default().push(c);
+        }
+    }
+    // The cartridges of every image of the disk (copies included), in one query.
+    let barcodes = match all.first() {
+        Some(i) => cat.barcodes_of_disk(i.disk_uuid)?,
+        None => HashMap::new(),
+    };
+    let images: Vec<ImageRow> = all
         .iter()
         .filter(|i| i.copy_of.is_none())
         .cloned()
@@ -625,7 +634,9 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
             if std::mem::replace(&mut seen[i], true) {
                 continue;
             }
-            out.push(entry(cat, &images[i], depth, &reasons)?);
+            out.push(entry(
+                cat, &images[i], depth, &reasons, &copies_of, &barcodes,
+            )?);
             if let Some(c) = children.get(&images[i].uuid) {
                 for &k in c.iter().rev() {
                     stack.push((k, depth + 1));
@@ -642,7 +653,7 @@ fn chains_of(cat: &Catalog, images: &[ImageRow]) -> Result<Vec<Chain>> {
         if !seen[i] {
             chains.push(Chain {
                 root: img.uuid,
-                images: vec![entry(cat, img, 0, &reasons)?],
+                images: vec![entry(cat, img, 0, &reasons, &copies_of, &barcodes)?],
             });
         }
     }
@@ -656,125 +667,133 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
         Some(d) => Some(cat.resolve_disk(d)?),
         None => None,
     };
-    let all = cat.images(disk)?;
-    if let (Some(d), true) = (disk, all.is_empty()) {
-        return Err(unknown_disk(&cat, d)?);
-    }
-    // Grouped by disk in one pass, disks in order of their first image.
-    let mut disks: Vec<Uuid> = Vec::new();
-    let mut by_disk: HashMap<Uuid, Vec<ImageRow>> = HashMap::new();
-    for i in all {
-        by_disk
-            .entry(i.disk_uuid)
-            .or_insert_with(|| {
-                disks.push(i.disk_uuid);
-                Vec::new()
-            })
-            .push(i);
-    }
-    let mut out = Vec::new();
-    for d in disks {
-        let mine = by_disk.remove(&d).unwrap_or_default();
+    let _view = cat.read_view()?;
+    // The disks in the order of their first image, then each disk's images on their
+    // own: never every image row in memory at once.
+    let disks = match disk {
+        Some(d) => {
+            if cat.images(Some(d))?.is_empty() {
+                return Err(unknown_disk(&cat, d)?);
+            }
+            vec![d]
+        }
+        None => cat.disks_by_first_image()?,
+    };
+    let mut disk_images = disks.into_iter().map(|d| -> Result<DiskImages> {
+        let mine = cat.images(Some(d))?;
         let vm = mine.iter().rev().find_map(|i| i.vm_name.clone());
         let disk_label = mine.iter().rev().find_map(|i| i.disk_label.clone());
-        out.push(DiskImages {
+        Ok(DiskImages {
             disk: d,
             vm,
             disk_label,
             chains: chains_of(&cat, &mine)?,
-        });
+        })
+    });
+    let empty = || match disk {
+        Some(d) => format!("no images of disk {d}"),
+        None => "no images".into(),
+    };
+    // One disk at a time: printed as soon as it is listed, never the whole catalog held.
+    if let Some(mut stream) = ctx.out.list_stream("disks") {
+        for d in disk_images {
+            stream.item(&d?, disk_text);
+        }
+        stream.finish(empty);
+        return Ok(());
     }
+    let out = disk_images.by_ref().collect::<Result<Vec<_>>>()?;
     ctx.out.emit_list("disks", &out, || {
         if out.is_empty() {
-            return match disk {
-                Some(d) => format!("no images of disk {d}"),
-                None => "no images".into(),
-            };
+            return empty();
         }
-        let mut s = String::new();
-        for d in &out {
-            // The catalog keeps the VM name of each image, not the disk's path.
-            match (&d.vm, &d.disk_label) {
-                (Some(vm), Some(l)) => s.push_str(&format!("disk {} ({vm}/{l})\n", d.disk)),
-                (Some(vm), None) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
-                _ => s.push_str(&format!("disk {}\n", d.disk)),
-            }
-            for (n, c) in d.chains.iter().enumerate() {
-                let root = &c.images[0];
-                s.push_str(&format!(
-                    "  chain {}: {} {} and {} later image(s)\n",
-                    n + 1,
-                    root.kind.as_str(),
-                    root.uuid,
-                    c.images.len() - 1
-                ));
-                let mut prev: Option<Uuid> = None;
-                for e in &c.images {
-                    // Branches (an incremental not on the image listed just before it)
-                    // name their parent.
-                    let branch = match (e.parent, prev) {
-                        (Some(p), Some(q)) if p != q => format!("  [on {p}]"),
-                        _ => String::new(),
-                    };
-                    prev = Some(e.uuid);
-                    // A complete image whose chain is broken says so; other statuses
-                    // carry their own note.
-                    let broken = match (&e.unrestorable_reason, e.status) {
-                        (Some(r), ImageStatus::Complete) => format!("  (NOT RESTORABLE: {r})"),
-                        _ => String::new(),
-                    };
-                    // An image from another VM than the disk's last one names it.
-                    let vm = match (&e.vm, &d.vm) {
-                        (Some(v), Some(last)) if v != last => format!("  [VM {v}]"),
-                        (Some(v), None) => format!("  [VM {v}]"),
-                        _ => String::new(),
-                    };
-                    let vm = match e.synthetic_of {
-                        Some(of) => format!("  [synthetic full of {of}]{vm}"),
-                        None => vm,
-                    };
-                    s.push_str(&format!(
-                        "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}{}\n",
-                        crate::timefmt::show(&e.started),
-                        e.kind.as_str(),
-                        e.uuid,
-                        human_bytes(e.data_bytes),
-                        human_bytes(e.disk_size),
-                        e.status.as_str(),
-                        if e.cartridges.is_empty() {
-                            "-".to_string()
-                        } else {
-                            e.cartridges.join(",")
-                        },
-                        vm,
-                        branch,
-                        broken,
-                        e.note
-                            .as_deref()
-                            .map(|n| format!("  ({n})"))
-                            .unwrap_or_default()
-                    ));
-                    for c in &e.copies {
-                        s.push_str(&format!(
-                            "      copy {} in pool {} {:<10} {}{}\n",
-                            c.uuid,
-                            c.pool.as_deref().unwrap_or("?"),
-                            c.status.as_str(),
-                            if c.cartridges.is_empty() {
-                                "-".to_string()
-                            } else {
-                                c.cartridges.join(",")
-                            },
-                            c.note
-                                .as_deref()
-                                .map(|n| format!("  ({n})"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-        }
-        s
+        out.iter().map(disk_text).collect()
     });
     Ok(())
+}
+
+/// The text `images` prints for one disk.
+fn disk_text(d: &DiskImages) -> String {
+    let mut s = String::new();
+    // The catalog keeps the VM name of each image, not the disk's path.
+    match (&d.vm, &d.disk_label) {
+        (Some(vm), Some(l)) => s.push_str(&format!("disk {} ({vm}/{l})\n", d.disk)),
+        (Some(vm), None) => s.push_str(&format!("disk {} (VM {vm})\n", d.disk)),
+        _ => s.push_str(&format!("disk {}\n", d.disk)),
+    }
+    for (n, c) in d.chains.iter().enumerate() {
+        let root = &c.images[0];
+        s.push_str(&format!(
+            "  chain {}: {} {} and {} later image(s)\n",
+            n + 1,
+            root.kind.as_str(),
+            root.uuid,
+            c.images.len() - 1
+        ));
+        let mut prev: Option<Uuid> = None;
+        for e in &c.images {
+            // Branches (an incremental not on the image listed just before it)
+            // name their parent.
+            let branch = match (e.parent, prev) {
+                (Some(p), Some(q)) if p != q => format!("  [on {p}]"),
+                _ => String::new(),
+            };
+            prev = Some(e.uuid);
+            // A complete image whose chain is broken says so; other statuses
+            // carry their own note.
+            let broken = match (&e.unrestorable_reason, e.status) {
+                (Some(r), ImageStatus::Complete) => format!("  (NOT RESTORABLE: {r})"),
+                _ => String::new(),
+            };
+            // An image from another VM than the disk's last one names it.
+            let vm = match (&e.vm, &d.vm) {
+                (Some(v), Some(last)) if v != last => format!("  [VM {v}]"),
+                (Some(v), None) => format!("  [VM {v}]"),
+                _ => String::new(),
+            };
+            let vm = match e.synthetic_of {
+                Some(of) => format!("  [synthetic full of {of}]{vm}"),
+                None => vm,
+            };
+            s.push_str(&format!(
+                "    {} {:<11} {} {:>10} data of {:>10}  {:<10} {}{}{}{}{}\n",
+                crate::timefmt::show(&e.started),
+                e.kind.as_str(),
+                e.uuid,
+                human_bytes(e.data_bytes),
+                human_bytes(e.disk_size),
+                e.status.as_str(),
+                if e.cartridges.is_empty() {
+                    "-".to_string()
+                } else {
+                    e.cartridges.join(",")
+                },
+                vm,
+                branch,
+                broken,
+                e.note
+                    .as_deref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default()
+            ));
+            for c in &e.copies {
+                s.push_str(&format!(
+                    "      copy {} in pool {} {:<10} {}{}\n",
+                    c.uuid,
+                    c.pool.as_deref().unwrap_or("?"),
+                    c.status.as_str(),
+                    if c.cartridges.is_empty() {
+                        "-".to_string()
+                    } else {
+                        c.cartridges.join(",")
+                    },
+                    c.note
+                        .as_deref()
+                        .map(|n| format!("  ({n})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    s
 }
