@@ -35,33 +35,10 @@ ROUNDS=${ROUNDS:-3}
 SESSIONS=${SESSIONS:-6}
 DISK_ID=0c0c0c0c-1111-4222-8333-444444444444
 
-[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
-rm -rf "$W"
-mkdir -p "$W"
-cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
-trap cleanup EXIT
-log() { echo "$*" | tee -a "$W/results.txt" >&2; }
-now_s() { date +%s.%N; }
+. "$ROOT/bench/common.sh"
 
 HOME_DIR=$W/home
 tv() { "$BIN" --home "$HOME_DIR" "$@"; }
-
-# timed NAME EXPECTED_RC CMD...: wall seconds and max RSS (EXPECTED_RC `any`: any).
-timed() {
-  local name=$1 want=$2; shift 2
-  local t0 t1 rc=0
-  t0=$(now_s)
-  /usr/bin/time -v -o "$W/$name.time" "$@" > "$W/$name.out" 2> "$W/$name.err" || rc=$?
-  t1=$(now_s)
-  if [ "$want" != any ] && [ "$rc" != "$want" ]; then
-    echo "$name exited $rc, expected $want:" >&2; tail -20 "$W/$name.err" >&2; exit 1
-  fi
-  local rss secs
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/$name.time")
-  secs=$(echo "$t1 - $t0" | bc -l)
-  printf '%s %.3f %s\n' "$name" "$secs" "$rss" >> "$W/timings"
-  log "$(printf '%-22s %8.3f s  max RSS %7d KiB  exit %d' "$name" "$secs" "$rss" "$rc")"
-}
 
 tv init --library "$W/library" --capacity 2G --slots 4 >/dev/null
 tv pool create p --compression off >/dev/null

@@ -27,29 +27,10 @@ DEEP2=${DEEP2:-500}
 ROUNDS=${ROUNDS:-3}
 DISK_ID=0d0d0d0d-2222-4333-8444-555555555555
 
-[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
-rm -rf "$W"
-mkdir -p "$W"
-cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
-trap cleanup EXIT
-log() { echo "$*" | tee -a "$W/results.txt" >&2; }
-now_s() { date +%s.%N; }
+. "$ROOT/bench/common.sh"
+
 H=$W/home
 tv() { "$BIN" --home "$H" "$@"; }
-
-timed() {
-  local name=$1; shift
-  local t0 t1
-  t0=$(now_s)
-  /usr/bin/time -v -o "$W/$name.time" "$@" > "$W/$name.out" 2> "$W/$name.err" || {
-    echo "$name failed:" >&2; tail -20 "$W/$name.err" >&2; exit 1; }
-  t1=$(now_s)
-  local rss secs
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/$name.time")
-  secs=$(echo "$t1 - $t0" | bc -l)
-  printf '%s %.3f %s\n' "$name" "$secs" "$rss" >> "$W/timings"
-  log "$(printf '%-22s %8.3f s  max RSS %7d KiB' "$name" "$secs" "$rss")"
-}
 
 tv init --library "$W/library" --capacity 8G --slots 4 >/dev/null
 tv pool create p --compression off >/dev/null
@@ -80,13 +61,13 @@ for r in $(seq 1 "$ROUNDS"); do
   for k in deep1 deep2 full cat; do
     rm -f "$W/out.img"; sync
     case $k in
-      deep1) timed "deep1-$r" "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$P1" --to "$W/out.img"
+      deep1) timed "deep1-$r" 0 "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$P1" --to "$W/out.img"
              cmp "$W/out.img" "$W/disk-$DEEP1.img" ;;
-      deep2) timed "deep2-$r" "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$P2" --to "$W/out.img"
+      deep2) timed "deep2-$r" 0 "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$P2" --to "$W/out.img"
              cmp "$W/out.img" "$W/disk.img" ;;
-      full)  timed "full-$r" "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$PF" --to "$W/out.img"
+      full)  timed "full-$r" 0 "$BIN" --home "$H" restore --disk "$DISK_ID" --at "$PF" --to "$W/out.img"
              cmp "$W/out.img" "$W/disk.img" ;;
-      cat)   timed "cat-$r" sh -c "cat '$W/disk.img' > '$W/out.img'" ;;
+      cat)   timed "cat-$r" 0 sh -c "cat '$W/disk.img' > '$W/out.img'" ;;
     esac
   done
 done
