@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{assert_same_bytes, s, u, Vault, MIB};
+use common::{assert_same_bytes, image_of, s, u, Vault, MIB};
 use libvirt_support::{libvirt_missing, Libvirtd};
 
 struct Guest<'a> {
@@ -57,15 +57,6 @@ fn backup(v: &Vault, d: &Libvirtd, dom: &str) -> (serde_json::Value, String) {
         r.stdout, r.stderr
     );
     (r.json, r.stderr)
-}
-
-fn image_of<'a>(j: &'a serde_json::Value, disk: &str) -> &'a serde_json::Value {
-    j["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["disk"].as_str() == Some(disk))
-        .unwrap_or_else(|| panic!("no image of disk {disk} in {j}"))
 }
 
 fn disk_ids(v: &Vault, d: &Libvirtd, dom: &str) -> Vec<(String, String)> {

@@ -12,7 +12,7 @@ mod qmp_support;
 
 use std::path::Path;
 
-use common::{assert_same_bytes, s, u, Vault};
+use common::{assert_same_bytes, image_of, s, u, Vault};
 use qmp_support::{qemu_missing, Vm};
 use tapevault::source::qmp::QmpClient;
 
@@ -32,15 +32,6 @@ fn backup(v: &Vault, vm: &Vm) -> (serde_json::Value, String) {
     ]);
     assert_eq!(r.code, 0, "backup --qmp failed: {}\n{}", r.stdout, r.stderr);
     (r.json, r.stderr)
-}
-
-fn image_of<'a>(j: &'a serde_json::Value, disk: &str) -> &'a serde_json::Value {
-    j["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["disk"].as_str() == Some(disk))
-        .unwrap_or_else(|| panic!("no image of disk {disk} in {j}"))
 }
 
 fn save(model: &[u8], path: &Path) {

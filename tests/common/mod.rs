@@ -417,6 +417,16 @@ pub fn test_time(hours: u64) -> String {
 }
 
 /// Field of an image report as str.
+/// The image of `disk` in a `backup --json` result (panics naming the result if none).
+pub fn image_of<'a>(j: &'a Value, disk: &str) -> &'a Value {
+    j["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["disk"].as_str() == Some(disk))
+        .unwrap_or_else(|| panic!("no image of disk {disk} in {j}"))
+}
+
 pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field]
         .as_str()
