@@ -177,14 +177,21 @@ pub fn run_due(
     events: &dyn Events,
 ) -> Result<SyntheticReport> {
     // The keys the chains need: the pool's own (unlocked with the passphrase already
-    // given) and any other, asked for once each.
+    // given) and any other, asked for once each; and the chains' cartridges (those of
+    // pools with drive encryption get their drive key loaded on mount, below).
     let mut fps: Vec<String> = Vec::new();
+    let mut chain_barcodes: Vec<String> = Vec::new();
     for w in wanted {
         if let Ok(Choice::Build { chain, .. }) = synthetic::point::choose(cat, w.disk) {
             for i in &chain {
                 if let Some(fp) = &i.key_fingerprint {
                     if !fps.contains(fp) {
                         fps.push(fp.clone());
+                    }
+                }
+                for seg in cat.segments(i.uuid)? {
+                    if !chain_barcodes.contains(&seg.barcode) {
+                        chain_barcodes.push(seg.barcode);
                     }
                 }
             }
@@ -204,19 +211,6 @@ pub fn run_due(
     if let (Some(fp), Some(pass), Some(ks)) = (&pool_fp, &pool_pass, &ks) {
         if fps.contains(fp) {
             keys.add(ks.unlock(fp, pass.as_bytes())?);
-        }
-    }
-    // Chains in pools with drive encryption: their drive key is loaded on mount.
-    let mut chain_barcodes: Vec<String> = Vec::new();
-    for w in wanted {
-        if let Ok(Choice::Build { chain, .. }) = synthetic::point::choose(cat, w.disk) {
-            for i in &chain {
-                for seg in cat.segments(i.uuid)? {
-                    if !chain_barcodes.contains(&seg.barcode) {
-                        chain_barcodes.push(seg.barcode);
-                    }
-                }
-            }
         }
     }
     super::shared::expect_drive_reads(ctx, home, cat, &chain_barcodes, &keys)?;
