@@ -161,8 +161,11 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     // delivers 1 MB/s, the drive takes at least 2); with a spool twice the disk (a
     // burst starts at half of it) the image goes to the drive in one burst.
     eprintln!("buffer underruns without a spool, with 16 MiB: {runs:?}");
+    // How many times the drive runs dry without a spool depends on how the source's
+    // bursts fall against the drive's buffer (1 to 6 seen on an idle machine); that the
+    // spool does better is what is checked.
     assert!(
-        runs[0] >= 2 && runs[0] > runs[1],
+        runs[0] >= 1 && runs[0] > runs[1],
         "underruns without a spool: {runs:?}"
     );
     // (At most one: a machine starved of CPU can hold the writer back once even from a
