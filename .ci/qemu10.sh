@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The QEMU tests a second time, against QEMU 10 (Debian 12's backports) beside the
+# The QEMU and libvirt tests a second time, against QEMU 10 (Debian 12's backports) beside the
 # installed 7.2: the packages are downloaded and unpacked into target/qemu10 (not
 # installed, the system keeps 7.2), and the tests run with them first on PATH. The
 # apt sources, lists and cache used for this are private to that folder; the mirror is
 # the one the system's own Debian sources name.
+# QEMU10_ROOT names an already unpacked root (its usr/bin/qemu-system-x86_64) to use
+# instead of downloading one. The libvirt tests point the domains' <emulator> at the
+# unpacked qemu-system-x86_64 and bind-mount its data and module directories over the
+# compiled-in ones inside the hand-started libvirtd's private mount namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$PWD/target/qemu10
-root=$dir/root
+root=${QEMU10_ROOT:-$dir/root}
+if [ -n "${QEMU10_ROOT:-}" ] && [ ! -x "$root/usr/bin/qemu-system-x86_64" ]; then
+    echo "qemu10: QEMU10_ROOT=$root has no usr/bin/qemu-system-x86_64; unset it to download" >&2
+    exit 1
+fi
 pkgs="qemu-utils qemu-system-x86 qemu-system-common qemu-block-extra qemu-system-data"
 if [ ! -x "$root/usr/bin/qemu-system-x86_64" ]; then
     uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -40,3 +48,4 @@ case "$(qemu-img --version | head -1)" in
 esac
 cargo test -p nbd-client --test qemu
 cargo test -p tapevault --test qemu_image --test qmp_live --test qmp_backup
+cargo test -p tapevault --test libvirt_backup -- --test-threads=1

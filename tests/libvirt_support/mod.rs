@@ -104,11 +104,36 @@ impl Libvirtd {
         std::fs::write(b.join("passwd"), passwd).unwrap();
         std::fs::write(b.join("group"), group).unwrap();
         let bd = b.display();
+        // A QEMU other than the system's (QEMU 10 unpacked by .ci/qemu10.sh, first on
+        // PATH): its firmware/data and modules are bind-mounted over the compiled-in
+        // /usr/share/qemu and module directory in the namespace, where only this
+        // libvirtd and its QEMUs see them (libvirt passes no QEMU_MODULE_DIR or -L).
+        let emu = emulator();
+        let mut qemu_mounts = String::new();
+        if emu != Path::new(SYSTEM_QEMU) {
+            let root = emu.parent().and_then(Path::parent).unwrap();
+            let data = root.join("share/qemu");
+            if data.is_dir() {
+                qemu_mounts.push_str(&format!(
+                    "mount --bind {} /usr/share/qemu\n",
+                    data.display()
+                ));
+            }
+            let modules = std::env::var_os("QEMU_MODULE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("lib/x86_64-linux-gnu/qemu"));
+            if modules.is_dir() && Path::new(SYSTEM_MODULES).is_dir() {
+                qemu_mounts.push_str(&format!(
+                    "mount --bind {} {SYSTEM_MODULES}\n",
+                    modules.display()
+                ));
+            }
+        }
         let script = format!(
             "set -e
 mount --bind {bd}/passwd /etc/passwd
 mount --bind {bd}/group /etc/group
-mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt
+{qemu_mounts}mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt
 mount -t tmpfs tmpfs /etc/libvirt
 cp {bd}/etc/qemu.conf {bd}/etc/libvirtd.conf /etc/libvirt/
 mount --bind {bd}/run /run/libvirt
@@ -196,6 +221,7 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
                 devs.push_str(&disk_xml(&path, &target(i), serial));
             }
         }
+        let emu = emulator().display().to_string();
         let xml = format!(
             "<domain type='qemu'>
   <name>{name}</name>
@@ -204,7 +230,7 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
   <os><type arch='x86_64' machine='q35'>hvm</type></os>
   <features><acpi/></features>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>{emu}</emulator>
 {devs}    <controller type='pci' index='0' model='pcie-root'/>
     <controller type='pci' model='pcie-root-port'/>
     <controller type='pci' model='pcie-root-port'/>
@@ -223,6 +249,14 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
         self.virsh(&["define", &f.to_string_lossy()]);
         self.virsh(&["start", name]);
         self.domains.push(name.to_string());
+        // The domain runs the emulator asked for (QEMU 10 under .ci/qemu10.sh).
+        let pidf = self.dir.join(format!("run/qemu/{name}.pid"));
+        let pid =
+            std::fs::read_to_string(&pidf).unwrap_or_else(|e| panic!("{}: {e}", pidf.display()));
+        let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap();
+        assert_eq!(exe, Path::new(&emu), "domain {name} runs another QEMU");
+        let v = self.virsh(&["qemu-monitor-command", name, "--hmp", "info version"]);
+        eprintln!("domain {name}: {} QEMU {}", emu, v.trim());
     }
 
     /// Hot-plugs one more qcow2 disk.
@@ -258,6 +292,20 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
             "{cmd}: {out}"
         );
     }
+}
+
+const SYSTEM_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/qemu";
+
+/// The `qemu-system-x86_64` first on PATH (the domains' `<emulator>`).
+pub fn emulator() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_QEMU))
 }
 
 fn target(i: usize) -> String {
