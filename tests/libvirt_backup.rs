@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{assert_same_bytes, image_of, s, u, Vault, MIB};
-use libvirt_support::{libvirt_missing, Libvirtd};
+use libvirt_support::{libvirt_missing, Libvirtd, AGENT_CHANNEL};
 
 struct Guest<'a> {
     d: &'a Libvirtd,
@@ -438,6 +438,12 @@ fn a_raw_disk_is_read_whole_each_time_beside_a_qcow2_disks_incrementals() {
     let ids = disk_ids(&v, &d, "tv-raw");
     let mut points = Points::new();
     let (full, _) = backup(&v, &d, "tv-raw");
+    // No guest agent channel: crash-consistent, said with the reason.
+    assert_eq!(full["point_in_time"]["consistency"], "crash", "{full}");
+    assert!(
+        s(&full["point_in_time"], "reason").contains("domain tv-raw has no guest agent channel"),
+        "{full}"
+    );
     record(&v, &g, &ids, &full, 0, &mut points);
     g.write(0, Some(0x21), 4 * MIB, 64 * 1024);
     g.write(1, Some(0x22), 4 * MIB, 64 * 1024);
@@ -449,6 +455,71 @@ fn a_raw_disk_is_read_whole_each_time_beside_a_qcow2_disks_incrementals() {
     // Without a checkpoint bitmap the raw disk's change tracking is not libvirt's.
     assert_ne!(image_of(&next, r)["method"], "dirty-bitmap", "{next}");
     record(&v, &g, &ids, &next, 1, &mut points);
+    restore_all(&v, &points);
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_guest_agent_that_does_not_answer_gives_a_crash_consistent_backup_with_the_reason() {
+    if libvirt_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let mut d = Libvirtd::start(&v.root);
+    // The domain has a guest agent channel, but no guest OS runs an agent behind it
+    // (the positive path, a real freeze, needs a guest OS and is not tested here).
+    d.start_domain_with(
+        "tv-agent",
+        &v.root,
+        &[("a", 32 * MIB, "SER-G")],
+        AGENT_CHANNEL,
+    );
+    let mut g = Guest {
+        d: &d,
+        dom: "tv-agent".into(),
+        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
+    };
+    g.write(0, Some(0x11), 0, MIB);
+    let ids = disk_ids(&v, &d, "tv-agent");
+    let mut points = Points::new();
+    let mut a = backup_args(&v, &d, "tv-agent");
+    a.extend(["--freeze-timeout".to_string(), "5".to_string()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    for n in 0..2 {
+        let r = v
+            .run_within(&a, &[], Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.code, 0,
+            "backup --libvirt failed: {}\n{}",
+            r.stdout, r.stderr
+        );
+        let p = &r.json["point_in_time"];
+        eprintln!("point_in_time: {p}");
+        assert_eq!(p["driver"], "libvirt", "{p}");
+        assert_eq!(p["consistency"], "crash", "{p}");
+        assert!(p["frozen_filesystems"].is_null(), "{p}");
+        assert!(
+            s(p, "reason").contains("the guest agent's freeze"),
+            "{p}\n{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(
+                "point in time of domain tv-agent: crash-consistent (the guest agent's freeze"
+            ),
+            "{}",
+            r.stderr
+        );
+        let kind = if n == 0 { "full" } else { "incremental" };
+        assert_eq!(image_of(&r.json, &ids[0].1)["kind"], kind, "{}", r.json);
+        record(&v, &g, &ids, &r.json, n, &mut points);
+        g.write(0, Some(0x20 + n as u8), 4 * MIB, 64 * 1024);
+    }
+    // No job left, the domain runs on.
+    assert!(d.try_virsh(&["backup-dumpxml", "tv-agent"]).is_err());
+    assert_eq!(d.virsh(&["domstate", "tv-agent"]).trim(), "running");
     restore_all(&v, &points);
     v.assert_catalog_consistent();
 }

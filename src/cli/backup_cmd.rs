@@ -17,6 +17,7 @@ use crate::source::manifest::VmManifest;
 use crate::source::SourceSpec;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("freezer").args(["guest_agent", "libvirt"]).multiple(true)))]
 pub struct BackupArgs {
     /// A VM manifest (TOML: name, [[disk]] id/path/changed_extents).
     #[arg(long, value_name = "VM.toml", conflicts_with_all = ["disk", "disk_id"])]
@@ -54,7 +55,10 @@ pub struct BackupArgs {
     /// A running libvirt domain (name or UUID): every writable disk is backed up from
     /// one point in time (`virsh backup-begin` in pull mode), incrementals from
     /// libvirt checkpoints `tapevault-N`; each disk is identified by its <serial> or
-    /// <wwn>. The checkpoints' XML is kept in the catalog.
+    /// <wwn>. The checkpoints' XML is kept in the catalog. With a guest agent channel
+    /// in the domain the guest's file systems are frozen around the point in time
+    /// (`virsh domfsfreeze`/`domfsthaw`); else, or if the agent does not answer, the
+    /// backup is crash-consistent and says why.
     #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["manifest", "disk", "disk_id", "qmp"])]
     pub libvirt: Option<String>,
     /// The libvirt connection URI for --libvirt (default: virsh's, LIBVIRT_DEFAULT_URI);
@@ -67,13 +71,9 @@ pub struct BackupArgs {
     #[arg(long, value_name = "SOCKET", requires = "qmp")]
     pub guest_agent: Option<PathBuf>,
     /// Seconds a guest file system freeze may take before the backup goes on
-    /// crash-consistent.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 60,
-        requires = "guest_agent"
-    )]
+    /// crash-consistent (--guest-agent, or --libvirt with a domain that has a guest
+    /// agent channel: `virsh domfsfreeze`).
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "freezer")]
     pub freeze_timeout: u64,
     /// Where QEMU writes the fleecing scratch images while a backup of a running VM runs
     /// (--qmp, --libvirt, or a manifest with `qmp`), beside the NBD socket (they grow by
@@ -215,6 +215,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 .unwrap_or_else(|| ctx.home_dir().join("libvirt-scratch")),
             home: ctx.home_dir(),
             start_epoch: !a.copy,
+            freeze_timeout: std::time::Duration::from_secs(a.freeze_timeout),
         };
         let (d, found) =
             crate::source::libvirt::driver::LibvirtVm::connect(dom, a.connect.clone(), opts)
@@ -415,8 +416,12 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         }
         if let (Some(c), true) = (&s.new_checkpoint, report.is_ok()) {
             out.note(format!(
-                "point in time of domain {}: crash-consistent (all disks in one libvirt backup job); next epoch: checkpoint {c}{}",
+                "point in time of domain {}: {} (all disks in one libvirt backup job); next epoch: checkpoint {c}{}",
                 d.name(),
+                match &s.consistency {
+                    Some(c) => c.to_string(),
+                    None => "crash-consistent".to_string(),
+                },
                 if s.retired.is_empty() {
                     String::new()
                 } else {
@@ -500,26 +505,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         #[serde(skip_serializing_if = "Option::is_none")]
         point_in_time: Option<PointInTimeDoc>,
     }
-    let doc =
-        BackupDoc {
-            backup: &report,
-            synthetic: synthetic.as_ref(),
-            copy: copy.as_ref(),
-            point_in_time: live_summary.map(PointInTimeDoc::of).or_else(|| {
-                domain_summary.map(|s| {
-                    PointInTimeDoc {
-                driver: "libvirt",
-                consistency: if s.new_checkpoint.is_some() { "crash" } else { "none" },
-                frozen_filesystems: None,
-                reason: Some(
-                    "all disks in one libvirt backup job; the guest's file systems are not frozen"
-                        .into(),
-                ),
-                removed_leftovers: s.removed,
-            }
-                })
-            }),
-        };
+    let doc = BackupDoc {
+        backup: &report,
+        synthetic: synthetic.as_ref(),
+        copy: copy.as_ref(),
+        point_in_time: live_summary
+            .map(PointInTimeDoc::of)
+            .or_else(|| domain_summary.map(PointInTimeDoc::of_domain)),
+    };
     let text = || {
         let mut s = format!(
             "session {} complete: {} image(s) in media set {} of pool {}{}",
@@ -601,6 +594,22 @@ impl PointInTimeDoc {
         };
         PointInTimeDoc {
             driver: "qmp",
+            consistency,
+            frozen_filesystems,
+            reason,
+            removed_leftovers: s.removed,
+        }
+    }
+
+    fn of_domain(s: crate::source::libvirt::driver::DomainSummary) -> PointInTimeDoc {
+        use crate::source::qmp::live::Consistency;
+        let (consistency, frozen_filesystems, reason) = match s.consistency {
+            None => ("none", None, None),
+            Some(Consistency::Filesystem { frozen }) => ("filesystem", Some(frozen), None),
+            Some(Consistency::Crash { reason }) => ("crash", None, Some(reason)),
+        };
+        PointInTimeDoc {
+            driver: "libvirt",
             consistency,
             frozen_filesystems,
             reason,

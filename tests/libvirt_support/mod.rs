@@ -203,6 +203,17 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
     /// in `dir`, virtio targets vda, vdb, ... in order; two spare PCIe ports for
     /// hot-plugged disks.
     pub fn start_domain(&mut self, name: &str, dir: &Path, disks: &[(&str, u64, &str)]) {
+        self.start_domain_with(name, dir, disks, "")
+    }
+
+    /// [`Libvirtd::start_domain`] with more device XML (a guest agent channel, ...).
+    pub fn start_domain_with(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        disks: &[(&str, u64, &str)],
+        extra: &str,
+    ) {
         let mut devs = String::new();
         for (i, (file, size, serial)) in disks.iter().enumerate() {
             // A name ending in `.raw` is a raw image, any other a qcow2 one.
@@ -231,7 +242,7 @@ exec libvirtd -f /etc/libvirt/libvirtd.conf -p {bd}/libvirtd.pid
   <features><acpi/></features>
   <devices>
     <emulator>{emu}</emulator>
-{devs}    <controller type='pci' index='0' model='pcie-root'/>
+{devs}{extra}    <controller type='pci' index='0' model='pcie-root'/>
     <controller type='pci' model='pcie-root-port'/>
     <controller type='pci' model='pcie-root-port'/>
     <controller type='pci' model='pcie-root-port'/>
@@ -307,6 +318,12 @@ pub fn emulator() -> PathBuf {
         .map(|p| p.canonicalize().unwrap_or(p))
         .unwrap_or_else(|| PathBuf::from(SYSTEM_QEMU))
 }
+
+/// A guest agent channel (no guest OS runs, so no agent ever answers on it).
+pub const AGENT_CHANNEL: &str = "    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+";
 
 fn target(i: usize) -> String {
     format!("vd{}", (b'a' + i as u8) as char)

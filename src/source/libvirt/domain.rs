@@ -55,7 +55,14 @@ pub struct Domain {
     /// `running`, `paused`, `shut off`, ... as `virsh domstate` says.
     pub state: String,
     pub disks: Vec<DomainDisk>,
+    /// The guest agent channel (`org.qemu.guest_agent.0`): `None` when the domain has
+    /// none; else its live `state` (`connected`, `disconnected`, or empty when libvirt
+    /// does not say).
+    pub agent: Option<String>,
 }
+
+/// The virtio-serial port name of the QEMU guest agent.
+pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 
 /// Reads the domain's live XML, state and disk sizes.
 pub fn inspect(v: &Virsh, dom: &str) -> Result<Domain, VirshError> {
@@ -76,7 +83,14 @@ pub fn inspect(v: &Virsh, dom: &str) -> Result<Domain, VirshError> {
             disks.push(disk);
         }
     }
+    let agent = root.child("devices").and_then(|devs| {
+        devs.children_named("channel")
+            .filter_map(|c| c.child("target"))
+            .find(|t| t.attr("name") == Some(AGENT_CHANNEL))
+            .map(|t| t.attr("state").unwrap_or("").to_string())
+    });
     Ok(Domain {
+        agent,
         name: root
             .child("name")
             .map(|n| n.text.trim().to_string())

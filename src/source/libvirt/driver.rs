@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use nbd_client::Address;
 use uuid::Uuid;
@@ -35,6 +36,7 @@ use crate::source::export::{
 use crate::source::input::Identity;
 use crate::source::nbd::NbdExport;
 use crate::source::qmp::guard::SignalGuard;
+use crate::source::qmp::live::Consistency;
 
 /// The change id an image records: the checkpoint that started at its point in time
 /// and the disk's virtual size then.
@@ -98,6 +100,9 @@ pub struct LibvirtOptions {
     pub home: PathBuf,
     /// Start a new checkpoint (false for a one-off copy).
     pub start_epoch: bool,
+    /// Time a guest file system freeze (`virsh domfsfreeze`, when the domain has a
+    /// guest agent channel) may take before the backup goes on crash-consistent.
+    pub freeze_timeout: Duration,
 }
 
 struct Plan {
@@ -131,6 +136,7 @@ pub struct LibvirtVm {
     notes: Vec<String>,
     removed: Vec<String>,
     retired: Vec<String>,
+    consistency: Option<Consistency>,
 }
 
 #[derive(Clone)]
@@ -144,6 +150,8 @@ pub struct DomainSummary {
     pub new_checkpoint: Option<String>,
     /// Older checkpoints deleted after the images were committed.
     pub retired: Vec<String>,
+    /// The point in time's consistency, once the backup job began.
+    pub consistency: Option<Consistency>,
 }
 
 impl SharedDomain {
@@ -162,6 +170,7 @@ impl SharedDomain {
             notes: g.notes.clone(),
             new_checkpoint: g.new_checkpoint.clone(),
             retired: g.retired.clone(),
+            consistency: g.consistency.clone(),
         }
     }
 }
@@ -255,6 +264,7 @@ impl LibvirtVm {
             notes: Vec::new(),
             removed,
             retired: Vec::new(),
+            consistency: None,
         };
         Ok((SharedDomain(Arc::new(Mutex::new(vm))), disks))
     }
@@ -442,18 +452,129 @@ impl LibvirtVm {
         let all = domain::inspect(&v, &dom).map_err(|e| e.to_string())?;
         let guard_virsh = v.clone();
         let guard_dom = dom.clone();
+        let has_agent = all.agent.is_some();
         self.signal = Some(
             SignalGuard::arm(move |_| {
+                if has_agent {
+                    // A signal between freeze and thaw must not leave the guest frozen.
+                    let _ = guard_virsh.run(&["domfsthaw", &guard_dom]);
+                }
                 let _ = guard_virsh.run(&["domjobabort", &guard_dom]);
             })
             .map_err(|e| format!("cannot watch for signals: {e}"))?,
         );
+        // The guest's file systems frozen around the point in time (backup-begin).
+        let (consistency, thaw) = self.freeze(all.agent.as_deref());
+        let begun = self.begin(&cat, &all.disks, new_cp.as_deref());
+        let thawed = if thaw { self.thaw() } else { Ok(()) };
+        match (begun, thawed) {
+            (Err(b), Err(t)) => return Err(format!("{b}; and {t}")),
+            (Err(b), Ok(())) => return Err(b),
+            (Ok(()), thawed) => {
+                self.consistency = Some(consistency);
+                // The job is begun (and ended in finish) even when the thaw failed.
+                self.job_running = true;
+                thawed?;
+            }
+        }
+        self.job_running = true;
+        self.new_checkpoint = new_cp.clone();
+        if let Some(name) = &new_cp {
+            let x = domain::checkpoint_xml(&v, &dom, name).map_err(|e| e.to_string())?;
+            cat.put_libvirt_checkpoint(&dom, name, self.domain_uuid.as_deref(), &x)
+                .map_err(|e| format!("keeping checkpoint {name}'s XML in the catalog: {e}"))?;
+            for p in self.plans.iter_mut().filter(|p| keeps_bitmaps(&p.disk)) {
+                p.change_id = Some(
+                    ChangeId {
+                        epoch: next,
+                        size: p.disk.size,
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `virsh domfsfreeze` when the domain has a guest agent channel, bounded by the
+    /// freeze timeout. Returns the consistency it gives and whether a thaw must follow
+    /// (the freeze worked, or timed out and may still complete in the guest).
+    fn freeze(&mut self, agent: Option<&str>) -> (Consistency, bool) {
+        let crash = |reason: String| Consistency::Crash { reason };
+        let Some(state) = agent else {
+            return (
+                crash(format!(
+                    "domain {} has no guest agent channel ({})",
+                    self.domain,
+                    domain::AGENT_CHANNEL
+                )),
+                false,
+            );
+        };
+        let mut v = self.virsh.clone();
+        v.timeout = self.opts.freeze_timeout;
+        match v.run(&["domfsfreeze", &self.domain]) {
+            Ok(out) => match frozen_count(&out) {
+                Some(n) if n > 0 => (Consistency::Filesystem { frozen: n }, true),
+                _ => (
+                    crash(format!(
+                        "the guest agent froze no file system ({})",
+                        out.trim()
+                    )),
+                    true,
+                ),
+            },
+            Err(e) => {
+                let timed_out = e.message.starts_with("no answer within");
+                let reason = if timed_out {
+                    format!(
+                        "the guest agent's freeze did not end within {} s (--freeze-timeout)",
+                        self.opts.freeze_timeout.as_secs()
+                    )
+                } else {
+                    format!(
+                        "the guest agent's freeze failed (channel {}): {}",
+                        if state.is_empty() {
+                            "state unknown"
+                        } else {
+                            state
+                        },
+                        e.message
+                    )
+                };
+                (crash(reason), timed_out)
+            }
+        }
+    }
+
+    /// `virsh domfsthaw`: a guest left frozen is worse than a failed backup.
+    fn thaw(&self) -> Result<(), String> {
+        let mut v = self.virsh.clone();
+        v.timeout = self.opts.freeze_timeout.max(super::virsh::VIRSH_TIMEOUT);
+        v.run(&["domfsthaw", &self.domain]).map(|_| ()).map_err(|e| {
+            format!(
+                "thawing the guest's file systems failed ({e}); check the guest and thaw by hand with `virsh domfsthaw {}`",
+                self.domain
+            )
+        })
+    }
+
+    /// `virsh backup-begin` of every disk; libvirt refusing an incremental makes that
+    /// disk a full (with libvirt's words) and the job is begun again.
+    fn begin(
+        &mut self,
+        cat: &Catalog,
+        all: &[DomainDisk],
+        new_cp: Option<&str>,
+    ) -> Result<(), String> {
+        let v = self.virsh.clone();
+        let dom = self.domain.clone();
         // libvirt refuses an incremental whose bitmap is missing or broken; that disk
         // then goes full (with libvirt's words) and the job is begun again.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (backup_xml, cp_xml) = self.documents(&all.disks, new_cp.as_deref());
+            let (backup_xml, cp_xml) = self.documents(all, new_cp);
             let bf = self.opts.scratch_dir.join(format!("{PREFIX}backup.xml"));
             let cf = self
                 .opts
@@ -517,22 +638,6 @@ impl LibvirtVm {
                         }
                     }
                 }
-            }
-        }
-        self.job_running = true;
-        self.new_checkpoint = new_cp.clone();
-        if let Some(name) = &new_cp {
-            let x = domain::checkpoint_xml(&v, &dom, name).map_err(|e| e.to_string())?;
-            cat.put_libvirt_checkpoint(&dom, name, self.domain_uuid.as_deref(), &x)
-                .map_err(|e| format!("keeping checkpoint {name}'s XML in the catalog: {e}"))?;
-            for p in self.plans.iter_mut().filter(|p| keeps_bitmaps(&p.disk)) {
-                p.change_id = Some(
-                    ChangeId {
-                        epoch: next,
-                        size: p.disk.size,
-                    }
-                    .to_string(),
-                );
             }
         }
         Ok(())
@@ -663,6 +768,18 @@ impl Drop for LibvirtVm {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// The count in `virsh domfsfreeze`'s "Froze N filesystem(s)".
+fn frozen_count(out: &str) -> Option<u64> {
+    out.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("Froze ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// Whether libvirt can keep a checkpoint bitmap of the disk (in its qcow2 image).
@@ -820,6 +937,14 @@ mod tests {
         ] {
             assert_eq!(ChangeId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_frozen_count_is_read_from_virsh() {
+        assert_eq!(frozen_count("Froze 2 filesystem(s)\n"), Some(2));
+        assert_eq!(frozen_count("Froze 0 filesystem(s)"), Some(0));
+        assert_eq!(frozen_count(""), None);
+        assert_eq!(frozen_count("Froze some"), None);
     }
 
     fn disk(target: &str, serial: Option<&str>, source: &str) -> DomainDisk {
