@@ -523,3 +523,109 @@ fn a_guest_agent_that_does_not_answer_gives_a_crash_consistent_backup_with_the_r
     restore_all(&v, &points);
     v.assert_catalog_consistent();
 }
+
+/// The change id an image of the catalog recorded.
+fn change_id(v: &Vault, j: &serde_json::Value, id: &str) -> String {
+    let img: uuid::Uuid = s(image_of(j, id), "image").parse().unwrap();
+    v.catalog()
+        .image(img)
+        .unwrap()
+        .unwrap()
+        .change_id
+        .unwrap_or_default()
+}
+
+/// The granularity of a bitmap stored in a qcow2 image (the domain shut off).
+fn stored_granularity(image: &std::path::Path, bitmap: &str) -> Option<u64> {
+    let o = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.pointer("/format-specific/data/bitmaps")?
+        .as_array()?
+        .iter()
+        .find(|b| b["name"] == bitmap)?["granularity"]
+        .as_u64()
+}
+
+fn qemu_img(args: &[&str]) {
+    let o = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_checkpoint_bitmap_re_created_with_another_granularity_gives_a_full_with_the_reason() {
+    if libvirt_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let mut d = Libvirtd::start(&v.root);
+    d.start_domain("tv-gran", &v.root, &[("a", 32 * MIB, "SER-GR")]);
+    let image = v.root.join("a.qcow2");
+    let mut g = Guest {
+        d: &d,
+        dom: "tv-gran".into(),
+        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
+    };
+    g.write(0, Some(0x11), 0, MIB);
+    let ids = disk_ids(&v, &d, "tv-gran");
+    let id = &ids[0].1;
+    let mut points = Points::new();
+    let (full, _) = backup(&v, &d, "tv-gran");
+    // The granularity is recorded with the epoch.
+    assert_eq!(
+        change_id(&v, &full, id),
+        format!(
+            "libvirt-checkpoint:tapevault-1:size={}:granularity=65536",
+            32 * MIB
+        )
+    );
+    record(&v, &g, &ids, &full, 0, &mut points);
+
+    // QEMU stores the checkpoint's bitmap in the image when it shuts down: the
+    // granularity recorded is the one QEMU gave it, and the next run reads it there.
+    d.virsh(&["destroy", "tv-gran"]);
+    assert_eq!(stored_granularity(&image, "tapevault-1"), Some(65536));
+    d.virsh(&["start", "tv-gran"]);
+    g.write(0, Some(0x22), 4 * MIB, 64 * 1024);
+    let (inc, stderr) = backup(&v, &d, "tv-gran");
+    assert_eq!(image_of(&inc, id)["kind"], "incremental", "{inc}\n{stderr}");
+    record(&v, &g, &ids, &inc, 1, &mut points);
+
+    // The epoch's bitmap re-created with another granularity while the domain is off
+    // (libvirt still lists the checkpoint, and would take the incremental): a full,
+    // with the reason.
+    d.virsh(&["destroy", "tv-gran"]);
+    let img = image.to_string_lossy().into_owned();
+    qemu_img(&["bitmap", "--remove", &img, "tapevault-2"]);
+    qemu_img(&["bitmap", "--add", "-g", "16384", &img, "tapevault-2"]);
+    assert_eq!(stored_granularity(&image, "tapevault-2"), Some(16384));
+    d.virsh(&["start", "tv-gran"]);
+    g.write(0, Some(0x33), 8 * MIB, 64 * 1024);
+    let (j, stderr) = backup(&v, &d, "tv-gran");
+    let img_j = image_of(&j, id);
+    assert_eq!(img_j["kind"], "full", "{img_j}\n{stderr}");
+    assert!(
+        s(img_j, "reason").contains(
+            "the bitmap of checkpoint tapevault-2 on disk vda has granularity 16384 bytes, the epoch recorded 65536"
+        ),
+        "{img_j}\n{stderr}"
+    );
+    record(&v, &g, &ids, &j, 2, &mut points);
+    g.write(0, Some(0x44), 12 * MIB, 64 * 1024);
+    let (j, _) = backup(&v, &d, "tv-gran");
+    assert_eq!(image_of(&j, id)["kind"], "incremental", "{j}");
+    record(&v, &g, &ids, &j, 3, &mut points);
+    restore_all(&v, &points);
+    v.assert_catalog_consistent();
+}

@@ -163,6 +163,95 @@ pub fn capacity(v: &Virsh, dom: &str, target: &str) -> Result<u64, VirshError> {
         })
 }
 
+/// What a qcow2 image's header says of its persistent bitmaps
+/// (`qemu-img info --force-share`, read while QEMU has the image open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBitmaps {
+    pub cluster_size: u64,
+    /// (name, granularity in bytes) of the bitmaps stored in the image. QEMU stores a
+    /// bitmap created while it runs only when it closes the image (shutdown,
+    /// migration): a checkpoint made in the running QEMU is not listed yet.
+    pub bitmaps: Vec<(String, u64)>,
+}
+
+impl ImageBitmaps {
+    pub fn granularity(&self, name: &str) -> Option<u64> {
+        self.bitmaps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, g)| *g)
+    }
+}
+
+/// The granularity QEMU gives a bitmap added without one on a node with this cluster
+/// size: the cluster size, at least 4 KiB and at most 64 KiB. libvirt never names a
+/// granularity for a checkpoint's bitmap (its checkpoint XML has no such attribute).
+pub fn default_granularity(cluster_size: u64) -> u64 {
+    if cluster_size == 0 {
+        65536
+    } else {
+        cluster_size.clamp(4096, 65536)
+    }
+}
+
+/// Reads a local image's bitmap directory with `qemu-img info --force-share`.
+pub fn image_bitmaps(path: &str) -> Result<ImageBitmaps, String> {
+    let o = std::process::Command::new("qemu-img")
+        .args(["info", "--force-share", "--output=json", path])
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run qemu-img (Debian: qemu-utils): {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "`qemu-img info --force-share {path}` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    parse_image_bitmaps(&String::from_utf8_lossy(&o.stdout))
+        .map_err(|e| format!("`qemu-img info --force-share {path}`: {e}"))
+}
+
+fn parse_image_bitmaps(text: &str) -> Result<ImageBitmaps, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("unreadable JSON: {e}"))?;
+    let cluster_size = v
+        .get("cluster-size")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("no cluster-size (not a qcow2 image?)")?;
+    let bitmaps = v
+        .pointer("/format-specific/data/bitmaps")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| {
+                    Some((
+                        b.get("name")?.as_str()?.to_string(),
+                        b.get("granularity")?.as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ImageBitmaps {
+        cluster_size,
+        bitmaps,
+    })
+}
+
+/// Whether a connection URI names this host (no host part: `qemu:///system`,
+/// `qemu+unix:///system?socket=...`); `None` is virsh's default, LIBVIRT_DEFAULT_URI.
+pub fn is_local_uri(uri: Option<&str>) -> bool {
+    let env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
+    match uri.or(env.as_deref()) {
+        None => true,
+        Some(u) => match u.split_once("://") {
+            Some((_, rest)) => rest.starts_with('/'),
+            None => true,
+        },
+    }
+}
+
 /// The names of the domain's checkpoints.
 pub fn checkpoints(v: &Virsh, dom: &str) -> Result<Vec<String>, VirshError> {
     Ok(v.run(&["checkpoint-list", dom, "--name"])?
@@ -322,6 +411,32 @@ mod tests {
         assert!(!y.contains("tapevault-2"), "{y}");
         assert!(xml::parse(&y).is_ok());
         assert_eq!(without_parent(&y), y);
+    }
+
+    #[test]
+    fn image_bitmaps_and_their_default_granularity() {
+        let j = r#"{"virtual-size": 67108864, "cluster-size": 16384, "format": "qcow2",
+            "format-specific": {"type": "qcow2", "data": {"bitmaps": [
+              {"flags": ["in-use", "auto"], "name": "tapevault-1", "granularity": 65536},
+              {"flags": ["auto"], "name": "x", "granularity": 16384}]}}}"#;
+        let b = parse_image_bitmaps(j).unwrap();
+        assert_eq!(b.cluster_size, 16384);
+        assert_eq!(b.granularity("tapevault-1"), Some(65536));
+        assert_eq!(b.granularity("tapevault-2"), None);
+        let raw = r#"{"virtual-size": 1, "format": "raw"}"#;
+        assert!(parse_image_bitmaps(raw).is_err());
+        assert_eq!(default_granularity(65536), 65536);
+        assert_eq!(default_granularity(2 << 20), 65536);
+        assert_eq!(default_granularity(512), 4096);
+        assert_eq!(default_granularity(16384), 16384);
+    }
+
+    #[test]
+    fn local_and_remote_uris() {
+        assert!(is_local_uri(Some("qemu:///system")));
+        assert!(is_local_uri(Some("qemu+unix:///system?socket=/x/s")));
+        assert!(!is_local_uri(Some("qemu+ssh://root@kvm1/system")));
+        assert!(!is_local_uri(Some("qemu+tls://kvm1.example/system")));
     }
 
     #[test]

@@ -38,12 +38,15 @@ use crate::source::nbd::NbdExport;
 use crate::source::qmp::guard::SignalGuard;
 use crate::source::qmp::live::Consistency;
 
-/// The change id an image records: the checkpoint that started at its point in time
-/// and the disk's virtual size then.
+/// The change id an image records: the checkpoint that started at its point in time,
+/// the disk's virtual size then and its bitmap's granularity (`None` where it could
+/// not be learned: a remote host, a network disk, or an image recorded before
+/// tapevault recorded it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeId {
     pub epoch: u64,
     pub size: u64,
+    pub granularity: Option<u64>,
 }
 
 impl ChangeId {
@@ -54,9 +57,14 @@ impl ChangeId {
     pub fn parse(s: &str) -> Option<ChangeId> {
         let rest = s.strip_prefix("libvirt-checkpoint:")?;
         let (name, size) = rest.split_once(":size=")?;
+        let (size, granularity) = match size.split_once(":granularity=") {
+            Some((s, g)) => (s, Some(g.parse().ok().filter(|g| *g > 0)?)),
+            None => (size, None),
+        };
         Some(ChangeId {
             epoch: epoch_of(name)?,
             size: size.parse().ok()?,
+            granularity,
         })
     }
 }
@@ -68,7 +76,11 @@ impl std::fmt::Display for ChangeId {
             "libvirt-checkpoint:{}:size={}",
             self.checkpoint(),
             self.size
-        )
+        )?;
+        match self.granularity {
+            Some(g) => write!(f, ":granularity={g}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -110,6 +122,8 @@ struct Plan {
     disk: DomainDisk,
     /// The checkpoint the disk's newest good image recorded.
     base: Option<String>,
+    /// That image's change id, as recorded.
+    base_change_id: Option<String>,
     decision: Decision,
     change_id: Option<String>,
     committed: bool,
@@ -120,6 +134,8 @@ pub struct LibvirtVm {
     virsh: Virsh,
     domain: String,
     domain_uuid: Option<String>,
+    /// The hypervisor is this host (its images can be read with qemu-img).
+    local: bool,
     opts: LibvirtOptions,
     disks: Vec<(Uuid, DomainDisk)>,
     prepared: Vec<(Uuid, EpochRequest)>,
@@ -213,6 +229,7 @@ impl LibvirtVm {
         uri: Option<String>,
         opts: LibvirtOptions,
     ) -> Result<(SharedDomain, Vec<(Uuid, DomainDisk)>), String> {
+        let local = domain::is_local_uri(uri.as_deref());
         let virsh = Virsh::new(uri);
         let mut removed = Vec::new();
         if let Some(r) = domain::abort_leftover_job(&virsh, domain)? {
@@ -248,6 +265,7 @@ impl LibvirtVm {
             virsh,
             domain: d.name.clone(),
             domain_uuid: d.uuid.clone(),
+            local,
             opts,
             disks: disks.clone(),
             prepared: Vec::new(),
@@ -340,13 +358,45 @@ impl LibvirtVm {
             .map_err(|e| e.to_string())
             .and_then(|x| domain::checkpoint_disks(&x))
         {
-            Ok(t) if t.contains(&disk.target) => Decision::Incremental { from: name },
+            Ok(t) if t.contains(&disk.target) => match (id.granularity, self.bitmap_granularity(disk, &name)) {
+                (Some(r), Some(g)) if r != g => full(format!(
+                    "the bitmap of checkpoint {name} on disk {} has granularity {g} bytes, the epoch recorded {r} (re-created with another granularity): its dirty bits are not the epoch's",
+                    disk.target
+                )),
+                _ => Decision::Incremental { from: name },
+            },
             Ok(_) => full(format!(
                 "checkpoint {name} holds no bitmap of disk {} (the disk was added or renamed since)",
                 disk.target
             )),
             Err(e) => full(format!("checkpoint {name} cannot be read: {e}")),
         }
+    }
+
+    /// The granularity of a checkpoint's bitmap as the disk's image stores it; `None`
+    /// when not known: a remote hypervisor, a disk that is not a local image, or a
+    /// bitmap the running QEMU has not stored in the image yet.
+    fn bitmap_granularity(&self, disk: &DomainDisk, bitmap: &str) -> Option<u64> {
+        if !self.local || !disk.source.starts_with('/') {
+            return None;
+        }
+        domain::image_bitmaps(&disk.source)
+            .ok()?
+            .granularity(bitmap)
+    }
+
+    /// The granularity of the bitmap libvirt just created for a new checkpoint: QEMU's
+    /// default for the image's cluster size (libvirt names none), or what the image
+    /// stores if it already does; `None` when the image cannot be read from here.
+    fn new_bitmap_granularity(&self, disk: &DomainDisk, bitmap: &str) -> Option<u64> {
+        if !self.local || !disk.source.starts_with('/') {
+            return None;
+        }
+        let b = domain::image_bitmaps(&disk.source).ok()?;
+        Some(
+            b.granularity(bitmap)
+                .unwrap_or_else(|| domain::default_granularity(b.cluster_size)),
+        )
     }
 
     fn start(&mut self) -> Result<(), String> {
@@ -395,6 +445,7 @@ impl LibvirtVm {
                     .as_deref()
                     .and_then(ChangeId::parse)
                     .map(|c| c.checkpoint()),
+                base_change_id: req.base_change_id.clone(),
                 decision,
                 change_id: None,
                 committed: false,
@@ -483,14 +534,24 @@ impl LibvirtVm {
             let x = domain::checkpoint_xml(&v, &dom, name).map_err(|e| e.to_string())?;
             cat.put_libvirt_checkpoint(&dom, name, self.domain_uuid.as_deref(), &x)
                 .map_err(|e| format!("keeping checkpoint {name}'s XML in the catalog: {e}"))?;
-            for p in self.plans.iter_mut().filter(|p| keeps_bitmaps(&p.disk)) {
-                p.change_id = Some(
-                    ChangeId {
-                        epoch: next,
-                        size: p.disk.size,
-                    }
-                    .to_string(),
-                );
+            let ids: Vec<Option<String>> = self
+                .plans
+                .iter()
+                .map(|p| {
+                    keeps_bitmaps(&p.disk).then(|| {
+                        ChangeId {
+                            epoch: next,
+                            size: p.disk.size,
+                            granularity: self.new_bitmap_granularity(&p.disk, name),
+                        }
+                        .to_string()
+                    })
+                })
+                .collect();
+            for (p, id) in self.plans.iter_mut().zip(ids) {
+                if id.is_some() {
+                    p.change_id = id;
+                }
             }
         }
         Ok(())
@@ -849,20 +910,22 @@ impl ExportDriver for LibvirtDisk {
             .find(|p| p.id == self.id)
             .ok_or_else(|| format!("disk {} was not prepared", self.id))?;
         let (dirty, full_reason) = match &p.decision {
-            Decision::Incremental { from } => {
-                let size = p.disk.size;
-                (
-                    Some(DirtySince {
-                        context: format!("qemu:dirty-bitmap:backup-{}", p.disk.target),
-                        change_id: ChangeId {
+            Decision::Incremental { from } => (
+                Some(DirtySince {
+                    context: format!("qemu:dirty-bitmap:backup-{}", p.disk.target),
+                    // The epoch the bitmap continues: the base's, as it recorded it
+                    // (the decision checked size and granularity against it).
+                    change_id: p.base_change_id.clone().unwrap_or_else(|| {
+                        ChangeId {
                             epoch: epoch_of(from).unwrap_or(0),
-                            size,
+                            size: p.disk.size,
+                            granularity: None,
                         }
-                        .to_string(),
+                        .to_string()
                     }),
-                    None,
-                )
-            }
+                }),
+                None,
+            ),
             Decision::Full { reason } => (None, Some(reason.clone())),
         };
         let export = NbdExport {
@@ -922,18 +985,31 @@ mod tests {
         let c = ChangeId {
             epoch: 4,
             size: 1 << 26,
+            granularity: None,
         };
         assert_eq!(
             c.to_string(),
             "libvirt-checkpoint:tapevault-4:size=67108864"
         );
-        assert_eq!(ChangeId::parse(&c.to_string()), Some(c));
+        assert_eq!(ChangeId::parse(&c.to_string()), Some(c.clone()));
+        let g = ChangeId {
+            granularity: Some(65536),
+            ..c
+        };
+        assert_eq!(
+            g.to_string(),
+            "libvirt-checkpoint:tapevault-4:size=67108864:granularity=65536"
+        );
+        assert_eq!(ChangeId::parse(&g.to_string()), Some(g));
         for bad in [
             "",
             "qemu-bitmap:tapevault-1:size=1:granularity=2",
             "libvirt-checkpoint:cp1:size=1",
             "libvirt-checkpoint:tapevault-01:size=1",
             "libvirt-checkpoint:tapevault-1:size=x",
+            "libvirt-checkpoint:tapevault-1:size=1:granularity=",
+            "libvirt-checkpoint:tapevault-1:size=1:granularity=0",
+            "libvirt-checkpoint:tapevault-1:size=1:granularity=x",
         ] {
             assert_eq!(ChangeId::parse(bad), None, "{bad}");
         }
