@@ -8,6 +8,8 @@
 
 mod common;
 mod libvirt_support;
+#[path = "../nbd-client/tests/support/x509.rs"]
+mod x509;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -626,6 +628,137 @@ fn a_checkpoint_bitmap_re_created_with_another_granularity_gives_a_full_with_the
     let (j, _) = backup(&v, &d, "tv-gran");
     assert_eq!(image_of(&j, id)["kind"], "incremental", "{j}");
     record(&v, &g, &ids, &j, 3, &mut points);
+    restore_all(&v, &points);
+    v.assert_catalog_consistent();
+}
+
+/// A TCP port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_tcp_export_plain_and_with_tls_restores_bit_identical_and_a_wrong_ca_is_refused() {
+    if libvirt_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let certs = v.path("x509");
+    std::fs::create_dir_all(&certs).unwrap();
+    if !x509::make_qemu_x509(&certs) {
+        return;
+    }
+    // The server side of the export's TLS is libvirt's (qemu.conf), as on a hypervisor.
+    let mut d = Libvirtd::start_with(
+        &v.root,
+        &format!(
+            "backup_tls_x509_cert_dir = \"{}\"\nbackup_tls_x509_verify = 1\n",
+            certs.join("srv").display()
+        ),
+    );
+    d.start_domain("tv-tcp", &v.root, &[("a", 32 * MIB, "SER-T")]);
+    let mut g = Guest {
+        d: &d,
+        dom: "tv-tcp".into(),
+        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
+    };
+    g.write(0, Some(0x11), 0, 2 * MIB);
+    let ids = disk_ids(&v, &d, "tv-tcp");
+    let id = &ids[0].1;
+    let mut points = Points::new();
+    let run = |extra: &[String]| {
+        let mut a = backup_args(&v, &d, "tv-tcp");
+        a.extend(extra.iter().cloned());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        v.run_within(&a, &[], Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    // Plain TCP.
+    let port = free_port();
+    let r = run(&["--nbd-listen".into(), format!("127.0.0.1:{port}")]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the disks were exported by the domain's QEMU on nbd://127.0.0.1:{port}"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(image_of(&r.json, id)["kind"], "full");
+    record(&v, &g, &ids, &r.json, 0, &mut points);
+
+    // TLS, verified both ways (libvirt's backup_tls_x509_verify, our CA check).
+    g.write(0, Some(0x22), 8 * MIB, 128 * 1024);
+    let port = free_port();
+    let cli = certs.join("cli").to_string_lossy().into_owned();
+    let r = run(&[
+        "--nbd-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--tls-creds-dir".into(),
+        cli.clone(),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the disks were exported by the domain's QEMU on nbds://127.0.0.1:{port}"
+        )),
+        "{}",
+        r.stderr
+    );
+    let img = image_of(&r.json, id);
+    assert_eq!(img["kind"], "incremental", "{img}");
+    assert_eq!(img["method"], "dirty-bitmap", "{img}");
+    record(&v, &g, &ids, &r.json, 1, &mut points);
+
+    // A CA that did not sign libvirt's server certificate: refused, the job ended,
+    // the chain unharmed.
+    g.write(0, Some(0x33), 16 * MIB, 64 * 1024);
+    let other = certs.join("other");
+    std::fs::copy(
+        certs.join("cli/client-cert.pem"),
+        other.join("client-cert.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        certs.join("cli/client-key.pem"),
+        other.join("client-key.pem"),
+    )
+    .unwrap();
+    let r = run(&[
+        "--nbd-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--tls-creds-dir".into(),
+        other.to_string_lossy().into_owned(),
+    ]);
+    assert_ne!(r.code, 0, "a server certificate of another CA was accepted");
+    assert!(
+        r.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        r.stderr
+    );
+    assert!(d.try_virsh(&["backup-dumpxml", "tv-tcp"]).is_err());
+
+    // TLS on a local unix socket export is refused as usage.
+    let r = run(&["--tls-creds-dir".into(), cli.clone()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--nbd-listen"), "{}", r.stderr);
+
+    let port = free_port();
+    let r = run(&[
+        "--nbd-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--tls-creds-dir".into(),
+        cli,
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(image_of(&r.json, id)["kind"], "incremental", "{}", r.json);
+    record(&v, &g, &ids, &r.json, 2, &mut points);
     restore_all(&v, &points);
     v.assert_catalog_consistent();
 }

@@ -18,6 +18,7 @@ use crate::source::SourceSpec;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("freezer").args(["guest_agent", "libvirt"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("tls_user").args(["disk", "libvirt"]).multiple(true)))]
 pub struct BackupArgs {
     /// A VM manifest (TOML: name, [[disk]] id/path/changed_extents).
     #[arg(long, value_name = "VM.toml", conflicts_with_all = ["disk", "disk_id"])]
@@ -29,8 +30,9 @@ pub struct BackupArgs {
     #[arg(long, value_name = "PATH|SOURCE", requires = "disk_id")]
     pub disk: Option<PathBuf>,
     /// QEMU x509 credentials (ca-cert.pem, client-cert.pem, client-key.pem) for an NBD
-    /// --disk over TLS.
-    #[arg(long, value_name = "DIR", requires = "disk")]
+    /// --disk over TLS, or for --libvirt's TCP export with TLS (`tls='yes'`: the
+    /// hypervisor's qemu.conf sets backup_tls_x509_cert_dir).
+    #[arg(long, value_name = "DIR", requires = "tls_user")]
     pub tls_creds_dir: Option<PathBuf>,
     /// The disk's stable UUID (the hypervisor's); identifies it across backups. With
     /// --synthetic-full it alone names the disk (no --disk: the disk is not read).
@@ -61,10 +63,16 @@ pub struct BackupArgs {
     /// backup is crash-consistent and says why.
     #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["manifest", "disk", "disk_id", "qmp"])]
     pub libvirt: Option<String>,
-    /// The libvirt connection URI for --libvirt (default: virsh's, LIBVIRT_DEFAULT_URI);
-    /// a local hypervisor: the exports are unix sockets in --scratch-dir.
+    /// The libvirt connection URI for --libvirt (default: virsh's, LIBVIRT_DEFAULT_URI).
+    /// A local hypervisor exports the disks on a unix socket in --scratch-dir; a remote
+    /// one (qemu+ssh://HOST/system, ...) over TCP on HOST port 10809 (--nbd-listen).
     #[arg(long, value_name = "URI", requires = "libvirt")]
     pub connect: Option<String>,
+    /// HOST:PORT the domain's QEMU serves the --libvirt export on over TCP (an address
+    /// of the hypervisor that this host reaches; TLS with --tls-creds-dir). Default: a
+    /// unix socket for a local --connect, the URI's host and port 10809 for a remote one.
+    #[arg(long, value_name = "HOST:PORT", requires = "libvirt")]
+    pub nbd_listen: Option<String>,
     /// The QEMU guest agent's host-side socket: guest file systems are frozen around
     /// the point in time (filesystem-consistent); without it, or if the agent does not
     /// answer, the backup is crash-consistent and says why.
@@ -208,6 +216,17 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let mut live_vm = None;
     let mut domain = None;
     let (vm_name, disks) = if let Some(dom) = &a.libvirt {
+        if let Some(l) = &a.nbd_listen {
+            crate::source::libvirt::driver::parse_listen(l).map_err(Error::Usage)?;
+        }
+        if a.tls_creds_dir.is_some()
+            && a.nbd_listen.is_none()
+            && crate::source::libvirt::domain::is_local_uri(a.connect.as_deref())
+        {
+            return usage(
+                "--tls-creds-dir with --libvirt applies to a TCP export: give --nbd-listen HOST:PORT (a local connection exports on a unix socket, which needs no TLS)",
+            );
+        }
         let opts = crate::source::libvirt::driver::LibvirtOptions {
             scratch_dir: a
                 .scratch_dir
@@ -216,6 +235,8 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             home: ctx.home_dir(),
             start_epoch: !a.copy,
             freeze_timeout: std::time::Duration::from_secs(a.freeze_timeout),
+            listen: a.nbd_listen.clone(),
+            tls_dir: a.tls_creds_dir.clone(),
         };
         let (d, found) =
             crate::source::libvirt::driver::LibvirtVm::connect(dom, a.connect.clone(), opts)

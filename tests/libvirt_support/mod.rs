@@ -78,11 +78,16 @@ pub struct Libvirtd {
 
 impl Libvirtd {
     pub fn start(dir: &Path) -> Libvirtd {
+        Libvirtd::start_with(dir, "")
+    }
+
+    /// [`Libvirtd::start`] with more qemu.conf lines.
+    pub fn start_with(dir: &Path, qemu_conf: &str) -> Libvirtd {
         let b = dir.join("libvirt");
         for d in ["etc", "run", "lib/qemu", "log/qemu", "cache/qemu", "sock"] {
             std::fs::create_dir_all(b.join(d)).unwrap();
         }
-        std::fs::write(b.join("etc/qemu.conf"), QEMU_CONF).unwrap();
+        std::fs::write(b.join("etc/qemu.conf"), format!("{QEMU_CONF}{qemu_conf}")).unwrap();
         std::fs::write(
             b.join("etc/libvirtd.conf"),
             format!(

@@ -337,36 +337,81 @@ pub fn delete_checkpoint(v: &Virsh, dom: &str, name: &str) -> Result<(), VirshEr
     }
 }
 
-/// The unix socket of the domain's running pull-mode backup job, if there is one.
-pub fn running_backup_socket(v: &Virsh, dom: &str) -> Option<String> {
-    let text = v.run(&["backup-dumpxml", dom]).ok()?;
-    let root = xml::parse(&text).ok()?;
-    Some(
-        root.child("server")
-            .and_then(|s| s.attr("socket"))
-            .unwrap_or("")
-            .to_string(),
-    )
+/// The domain's running pull-mode backup job, as `virsh backup-dumpxml` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    /// The export's server: the unix socket path, or `tcp HOST:PORT`.
+    pub server: String,
+    /// Whether it is tapevault's: its socket's file name, or else every exported
+    /// disk's export name, starts with [`PREFIX`].
+    pub ours: bool,
 }
 
-/// Ends a backup job of tapevault's that a killed run left (its socket's file name
-/// starts with [`PREFIX`]). Another backup job is an error naming it. Returns what was
-/// removed, in words.
+/// The domain's running backup job, if there is one.
+pub fn running_backup_job(v: &Virsh, dom: &str) -> Option<RunningJob> {
+    let text = v.run(&["backup-dumpxml", dom]).ok()?;
+    Some(parse_running_job(&text))
+}
+
+fn parse_running_job(text: &str) -> RunningJob {
+    let Ok(root) = xml::parse(text) else {
+        return RunningJob {
+            server: String::new(),
+            ours: false,
+        };
+    };
+    let server = root.child("server");
+    if let Some(sock) = server.and_then(|s| s.attr("socket")) {
+        return RunningJob {
+            server: sock.to_string(),
+            ours: Path::new(sock)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(PREFIX)),
+        };
+    }
+    let names: Vec<Option<&str>> = root
+        .child("disks")
+        .map(|d| {
+            d.children_named("disk")
+                .filter(|x| x.attr("backup") != Some("no"))
+                .map(|x| x.attr("exportname"))
+                .collect()
+        })
+        .unwrap_or_default();
+    RunningJob {
+        server: match server {
+            Some(s) => format!(
+                "{} {}:{}",
+                s.attr("transport").unwrap_or("tcp"),
+                s.attr("name").unwrap_or(""),
+                s.attr("port").unwrap_or("")
+            ),
+            None => String::new(),
+        },
+        ours: !names.is_empty()
+            && names
+                .iter()
+                .all(|n| n.is_some_and(|n| n.starts_with(PREFIX))),
+    }
+}
+
+/// Ends a backup job of tapevault's that a killed run left. Another backup job is an
+/// error naming it. Returns what was removed, in words.
 pub fn abort_leftover_job(v: &Virsh, dom: &str) -> Result<Option<String>, String> {
-    let Some(sock) = running_backup_socket(v, dom) else {
+    let Some(job) = running_backup_job(v, dom) else {
         return Ok(None);
     };
-    let ours = Path::new(&sock)
-        .file_name()
-        .map(|f| f.to_string_lossy().starts_with(PREFIX))
-        .unwrap_or(false);
-    if !ours {
+    if !job.ours {
         return Err(format!(
-            "domain {dom} runs a backup job that is not tapevault's (server socket {sock:?}): wait for it to end, or end it with `virsh domjobabort {dom}`"
+            "domain {dom} runs a backup job that is not tapevault's (server {:?}): wait for it to end, or end it with `virsh domjobabort {dom}`",
+            job.server
         ));
     }
     v.run(&["domjobabort", dom]).map_err(|e| e.to_string())?;
-    Ok(Some(format!("backup job of domain {dom} (socket {sock})")))
+    Ok(Some(format!(
+        "backup job of domain {dom} (server {})",
+        job.server
+    )))
 }
 
 #[cfg(test)]
@@ -429,6 +474,19 @@ mod tests {
         assert_eq!(default_granularity(2 << 20), 65536);
         assert_eq!(default_granularity(512), 4096);
         assert_eq!(default_granularity(16384), 16384);
+    }
+
+    #[test]
+    fn a_running_job_is_ours_by_its_socket_or_its_export_names() {
+        let j = parse_running_job("<domainbackup mode='pull'><server transport='unix' socket='/s/tapevault-nbd.sock'/><disks><disk name='vda' backup='yes' exportname='vda'/></disks></domainbackup>");
+        assert!(j.ours);
+        let j = parse_running_job("<domainbackup mode='pull'><server transport='unix' socket='/s/other.sock'/></domainbackup>");
+        assert!(!j.ours);
+        let j = parse_running_job("<domainbackup mode='pull'><server transport='tcp' name='10.0.0.1' port='10809'/><disks><disk name='vda' backup='yes' exportname='tapevault-vda'/><disk name='vdb' backup='no'/></disks></domainbackup>");
+        assert!(j.ours);
+        assert_eq!(j.server, "tcp 10.0.0.1:10809");
+        let j = parse_running_job("<domainbackup mode='pull'><server transport='tcp' name='h' port='1'/><disks><disk name='vda' backup='yes' exportname='tapevault-vda'/><disk name='vdb' backup='yes'/></disks></domainbackup>");
+        assert!(!j.ours);
     }
 
     #[test]

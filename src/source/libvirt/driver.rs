@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nbd_client::Address;
+use nbd_client::{Address, TlsConfig};
 use uuid::Uuid;
 
 use super::domain::{self, DomainDisk, PREFIX};
@@ -115,6 +115,60 @@ pub struct LibvirtOptions {
     /// Time a guest file system freeze (`virsh domfsfreeze`, when the domain has a
     /// guest agent channel) may take before the backup goes on crash-consistent.
     pub freeze_timeout: Duration,
+    /// `HOST:PORT` libvirt's QEMU serves the export on over TCP (default: a unix
+    /// socket in the scratch directory for a local connection, the URI's host and
+    /// port 10809 for a remote one).
+    pub listen: Option<String>,
+    /// QEMU x509 client credentials (ca-cert.pem, client-cert.pem, client-key.pem):
+    /// TLS on the TCP export (`tls='yes'`, the server side being the hypervisor's
+    /// qemu.conf `backup_tls_x509_cert_dir`).
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// The NBD port libvirt's QEMU listens on for a remote connection by default.
+pub const DEFAULT_NBD_PORT: u16 = 10809;
+
+/// Where libvirt's QEMU serves the pull-mode export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Export {
+    Unix(PathBuf),
+    Tcp { host: String, port: u16 },
+}
+
+/// The host of a remote connection URI (`qemu+ssh://root@kvm1:22/system` -> `kvm1`);
+/// `None` for a local one.
+pub fn uri_host(uri: &str) -> Option<String> {
+    let (_, rest) = uri.split_once("://")?;
+    let auth = rest.split(['/', '?']).next().unwrap_or("");
+    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let host = if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        &host[..end + 2]
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// The host of the connection (`uri`, else LIBVIRT_DEFAULT_URI) when it is remote.
+fn remote_host(uri: Option<&str>) -> Option<String> {
+    if domain::is_local_uri(uri) {
+        return None;
+    }
+    let env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
+    uri_host(uri.or(env.as_deref())?)
+}
+
+/// `HOST:PORT` of --nbd-listen, checked.
+pub fn parse_listen(s: &str) -> Result<(String, u16), String> {
+    let bad = || {
+        format!("--nbd-listen {s:?} is not HOST:PORT (an address of the hypervisor this host reaches, a port from 1 to 65535)")
+    };
+    let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = p.parse().map_err(|_| bad())?;
+    if h.is_empty() || port == 0 || h.contains(['/', '\'', '<', '>', '&', '"']) {
+        return Err(bad());
+    }
+    Ok((h.to_string(), port))
 }
 
 struct Plan {
@@ -143,8 +197,8 @@ pub struct LibvirtVm {
     started: bool,
     job_running: bool,
     new_checkpoint: Option<String>,
-    socket: PathBuf,
     failed: Option<String>,
+    export: Export,
     opened: usize,
     guards: usize,
     finished: bool,
@@ -230,6 +284,7 @@ impl LibvirtVm {
         opts: LibvirtOptions,
     ) -> Result<(SharedDomain, Vec<(Uuid, DomainDisk)>), String> {
         let local = domain::is_local_uri(uri.as_deref());
+        let uri_for_host = uri.clone();
         let virsh = Virsh::new(uri);
         let mut removed = Vec::new();
         if let Some(r) = domain::abort_leftover_job(&virsh, domain)? {
@@ -250,7 +305,22 @@ impl LibvirtVm {
             )
         })?;
         let socket = opts.scratch_dir.join(format!("{PREFIX}nbd.sock"));
-        if socket.as_os_str().len() > 100 {
+        let remote = remote_host(uri_for_host.as_deref());
+        let export = match (&opts.listen, remote) {
+            (Some(l), _) => {
+                let (host, port) = parse_listen(l)?;
+                Export::Tcp { host, port }
+            }
+            (None, Some(host)) => Export::Tcp {
+                host,
+                port: DEFAULT_NBD_PORT,
+            },
+            (None, None) => Export::Unix(socket.clone()),
+        };
+        if opts.tls_dir.is_some() && matches!(export, Export::Unix(_)) {
+            return Err("--tls-creds-dir applies to a TCP export (--nbd-listen HOST:PORT, or a remote --connect): a local unix socket export needs no TLS".into());
+        }
+        if matches!(export, Export::Unix(_)) && socket.as_os_str().len() > 100 {
             return Err(format!(
                 "the NBD socket path {} is too long for a unix socket: give a shorter --scratch-dir",
                 socket.display()
@@ -273,7 +343,7 @@ impl LibvirtVm {
             started: false,
             job_running: false,
             new_checkpoint: None,
-            socket,
+            export,
             failed: None,
             opened: 0,
             guards: 0,
@@ -529,6 +599,16 @@ impl LibvirtVm {
             }
         }
         self.job_running = true;
+        if let Export::Tcp { host, port } = &self.export {
+            self.notes.push(format!(
+                "the disks were exported by the domain's QEMU on {}://{host}:{port}",
+                if self.opts.tls_dir.is_some() {
+                    "nbds"
+                } else {
+                    "nbd"
+                }
+            ));
+        }
         self.new_checkpoint = new_cp.clone();
         if let Some(name) = &new_cp {
             let x = domain::checkpoint_xml(&v, &dom, name).map_err(|e| e.to_string())?;
@@ -706,10 +786,22 @@ impl LibvirtVm {
 
     /// The backup and checkpoint documents for `virsh backup-begin`.
     fn documents(&self, all: &[DomainDisk], new_cp: Option<&str>) -> (String, Option<String>) {
-        let mut b = format!(
-            "<domainbackup mode='pull'>\n  <server transport='unix' socket='{}'/>\n  <disks>\n",
-            escape(&self.socket.to_string_lossy())
-        );
+        let server = match &self.export {
+            Export::Unix(p) => format!(
+                "<server transport='unix' socket='{}'/>",
+                escape(&p.to_string_lossy())
+            ),
+            Export::Tcp { host, port } => format!(
+                "<server transport='tcp' name='{}' port='{port}'{}/>",
+                escape(host),
+                if self.opts.tls_dir.is_some() {
+                    " tls='yes'"
+                } else {
+                    ""
+                }
+            ),
+        };
+        let mut b = format!("<domainbackup mode='pull'>\n  {server}\n  <disks>\n");
         let mut c = new_cp.map(|n| {
             format!(
                 "<domaincheckpoint>\n  <name>{}</name>\n  <description>tapevault epoch</description>\n  <disks>\n",
@@ -733,10 +825,17 @@ impl LibvirtVm {
                         .opts
                         .scratch_dir
                         .join(format!("{PREFIX}scratch-{}.qcow2", d.target));
+                    // A remote hypervisor's scratch goes where libvirt puts it (the
+                    // scratch directory is a path of this host).
+                    let scratch = if self.local {
+                        format!("<scratch file='{}'/>", escape(&scratch.to_string_lossy()))
+                    } else {
+                        String::new()
+                    };
                     b.push_str(&format!(
-                        "    <disk name='{}' backup='yes' type='file' {mode}><scratch file='{}'/></disk>\n",
+                        "    <disk name='{}' backup='yes' type='file' exportname='{}' {mode}>{scratch}</disk>\n",
                         escape(&d.target),
-                        escape(&scratch.to_string_lossy())
+                        escape(&export_name(&d.target)),
                     ));
                     if let Some(c) = &mut c {
                         c.push_str(&format!(
@@ -829,6 +928,12 @@ impl Drop for LibvirtVm {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// The NBD export name of a disk in tapevault's backup job (how a job a killed run
+/// left over TCP is known as tapevault's).
+fn export_name(target: &str) -> String {
+    format!("{PREFIX}{target}")
 }
 
 /// The count in `virsh domfsfreeze`'s "Froze N filesystem(s)".
@@ -928,10 +1033,19 @@ impl ExportDriver for LibvirtDisk {
             ),
             Decision::Full { reason } => (None, Some(reason.clone())),
         };
-        let export = NbdExport {
-            address: Address::Unix(vm.socket.clone()),
-            name: p.disk.target.clone(),
-            tls: None,
+        let export = match &vm.export {
+            Export::Unix(s) => NbdExport {
+                address: Address::Unix(s.clone()),
+                name: export_name(&p.disk.target),
+                tls: None,
+            },
+            Export::Tcp { host, port } => NbdExport {
+                address: Address::Tcp(format!("{host}:{port}")),
+                name: export_name(&p.disk.target),
+                tls: vm.opts.tls_dir.as_ref().map(|d| {
+                    TlsConfig::from_qemu_dir(d, host.trim_start_matches('[').trim_end_matches(']'))
+                }),
+            },
         };
         let change_id = p.change_id.clone();
         vm.opened += 1;
@@ -1012,6 +1126,36 @@ mod tests {
             "libvirt-checkpoint:tapevault-1:size=1:granularity=x",
         ] {
             assert_eq!(ChangeId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn remote_hosts_and_listen_addresses() {
+        assert_eq!(
+            uri_host("qemu+ssh://root@kvm1:22/system").as_deref(),
+            Some("kvm1")
+        );
+        assert_eq!(
+            uri_host("qemu+tls://kvm2.example/system?x=1").as_deref(),
+            Some("kvm2.example")
+        );
+        assert_eq!(
+            uri_host("qemu+tcp://[fd00::1]:16509/system").as_deref(),
+            Some("[fd00::1]")
+        );
+        assert_eq!(uri_host("qemu:///system"), None);
+        assert_eq!(remote_host(Some("qemu+unix:///system?socket=/s")), None);
+        assert_eq!(
+            remote_host(Some("qemu+ssh://kvm1/system")).as_deref(),
+            Some("kvm1")
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:10809").unwrap(),
+            ("127.0.0.1".to_string(), 10809)
+        );
+        assert_eq!(parse_listen("[::1]:5").unwrap(), ("[::1]".to_string(), 5));
+        for bad in ["kvm1", ":1", "h:0", "h:x", "h:70000", "a'b:1"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
         }
     }
 
