@@ -54,6 +54,10 @@ pub struct BackupRequest {
     /// bursts from half full on (0: none): a source slower than the drive's lowest speed stops
     /// the tape once per burst instead of once per drive buffer. See [`DEFAULT_SPOOL`].
     pub spool: u64,
+    /// Drives the session may write at once (at least 1): with several disks, each
+    /// free drive takes the next disk, largest first, onto a cartridge of its own of
+    /// the session's media set. 1 writes the disks one after the other on one drive.
+    pub drives: usize,
 }
 
 /// The default spool of a backup: 128 MiB of memory.
@@ -112,6 +116,7 @@ impl Inputs {
             disks: vec![spec.clone()],
             pool,
             mode: Mode::Full,
+            drives: 1,
             spool: DEFAULT_SPOOL,
         };
         Inputs {

@@ -84,6 +84,11 @@ pub struct BackupArgs {
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
     pub pool: Option<String>,
+    /// Drives the backup may write at once: with several disks, each of up to N free
+    /// drives takes the next disk (largest first) onto its own cartridge of the pool's
+    /// media set. Default 1: the disks one after the other on one drive.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub drives: u16,
     /// Take a full backup (it becomes the new base).
     #[arg(long, conflicts_with = "copy")]
     pub full: bool,
@@ -321,6 +326,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         disks,
         pool: pool_name.clone(),
         mode,
+        drives: a.drives.into(),
         spool: a.spool,
     };
     // Every input is checked before the home is touched: bad input is a usage error
