@@ -228,3 +228,191 @@ fn four_disks_on_two_drives_restore_continue_and_rebuild() {
         }
     }
 }
+
+/// The complete images of each disk, newest last (from the catalog).
+fn complete_images(v: &Vault, disk: &TestDisk) -> Vec<tapevault::catalog::ImageRow> {
+    v.catalog()
+        .images(Some(disk.id))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.status.as_str() == "complete")
+        .collect()
+}
+
+/// The cartridges of the media set the first session wrote, by the report.
+fn first_session(v: &Vault, disks: &[TestDisk], ms: &str) -> (Value, HashMap<String, PathBuf>) {
+    let copies = save_copies(v, disks, "0");
+    let r = v.ok(&["backup", "--manifest", ms, "--pool", "p", "--drives", "2"]);
+    assert_eq!(by_disk(&r).len(), 4);
+    (r, copies)
+}
+
+#[test]
+fn a_drive_failing_mid_session_leaves_a_consistent_catalog_and_the_next_backup_recovers() {
+    let v = two_drives();
+    let mut disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let (r0, _) = first_session(&v, &disks, &ms);
+    let set: Vec<String> = {
+        let mut b: Vec<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    assert_eq!(set.len(), 2, "{set:?}");
+
+    // The second session appends to both cartridges of the set, one per drive: one of
+    // them loses power in the middle of its first image.
+    for d in disks.iter_mut() {
+        d.write_random(0, d.size() / 2);
+    }
+    let copies1 = save_copies(&v, &disks, "1");
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let cut = &set[1];
+    lib.set_faults(
+        cut,
+        &vtl_sim::Faults {
+            power_cut_after_bytes: Some(300 * KIB),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = v.fails(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"], 1);
+    lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
+    assert!(
+        r.stderr.contains(cut.as_str()) || r.stdout.contains(cut.as_str()),
+        "the failure names the cartridge: {}",
+        r.stderr
+    );
+    v.assert_catalog_consistent();
+    // Nothing of the session is claimed that is not on tape and flushed: each complete
+    // image restores to its disk at that session; the failed drive's are failed.
+    let cat = v.catalog();
+    let (mut failed, mut complete) = (0, 0);
+    for d in &disks {
+        let imgs = cat.images(Some(d.id)).unwrap();
+        // A disk no drive had started when the session stopped has no image of it.
+        assert!((1..=2).contains(&imgs.len()), "{imgs:?}");
+        let Some(second) = imgs.get(1) else {
+            failed += 1;
+            continue;
+        };
+        match second.status.as_str() {
+            "complete" => {
+                let out = v.path("check.img");
+                let r = v.restore_image(d.id, &second.uuid.to_string(), &out);
+                assert_eq!(r.code, 0, "{}", r.stderr);
+                assert_same_bytes(&out, &copies1[&d.id.to_string()], "flushed image");
+                std::fs::remove_file(&out).unwrap();
+                complete += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    assert!(
+        failed >= 1,
+        "the drive that lost power wrote no complete image"
+    );
+    // The other drive's image, written and flushed, counts (as after a failure on one
+    // drive).
+    assert!(complete >= 1, "the healthy drive's image is committed");
+    drop(cat);
+
+    // The next backup (on both drives again, the damaged cartridge left out) continues
+    // every chain from its newest complete image and restores bit-identical.
+    for d in disks.iter_mut() {
+        d.random_writes(2, 128 * KIB);
+    }
+    let bases: HashMap<String, String> = disks
+        .iter()
+        .map(|d| {
+            (
+                d.id.to_string(),
+                complete_images(&v, d).last().unwrap().uuid.to_string(),
+            )
+        })
+        .collect();
+    let copies2 = save_copies(&v, &disks, "2");
+    let r2 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    for (disk, img) in by_disk(&r2) {
+        assert_eq!(s(&img, "kind"), "incremental", "{img}");
+        assert_eq!(s(&img, "parent"), bases[&disk], "{img}");
+        assert!(!barcodes(&img).contains(cut), "{img}");
+    }
+    assert_restores(&v, &r2, &copies2, "after the failed session");
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_recovers() {
+    let v = two_drives();
+    let mut disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let (r0, _) = first_session(&v, &disks, &ms);
+    let set: HashSet<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+
+    for d in disks.iter_mut() {
+        d.write_random(0, d.size() / 2);
+    }
+    // Slow writes on every cartridge, so both drives are mid-stream when it is killed.
+    let all: Vec<String> = std::fs::read_dir(v.library_dir().join("cartridges"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for bc in &all {
+        v.slow_writes(bc, 30, 100_000);
+    }
+    let before: HashMap<String, u64> = set
+        .iter()
+        .map(|b| (b.clone(), v.cartridge_data_len(b)))
+        .collect();
+    let mut child = v
+        .command(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Both drives have written records of this session.
+    while set
+        .iter()
+        .any(|b| v.cartridge_data_len(b) < before[b] + 2 * 512 * KIB)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the backup never wrote on both drives"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for bc in &all {
+        let _ = std::fs::remove_file(v.cartridge_dir(bc).join("faults.json"));
+    }
+    // The commit point was never reached: no image of the killed session is complete.
+    for d in &disks {
+        let c = complete_images(&v, d);
+        assert_eq!(c.len(), 1, "only the first session's image: {c:?}");
+    }
+
+    // The next backup puts the killed session right and continues every chain from the
+    // first session's images.
+    let copies2 = save_copies(&v, &disks, "2");
+    let r2 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let first = by_disk(&r0);
+    for (disk, img) in by_disk(&r2) {
+        assert_eq!(s(&img, "kind"), "incremental", "{img}");
+        assert_eq!(img["parent"], first[&disk]["image"], "{img}");
+    }
+    assert_restores(&v, &r2, &copies2, "after the killed session");
+    v.assert_catalog_consistent();
+}
