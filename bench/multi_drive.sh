@@ -9,7 +9,7 @@
 #   cargo build --release --bin tapevault
 #   bench/multi_drive.sh [WORKDIR]
 #
-# Environment: DISK_MIB (each of the 4 disks, default 192), ROUNDS (3), MODEL (default
+# Environment: DISK_MIB (each of the 4 disks, default 512), ROUNDS (3), MODEL (default
 # speed=100M,min=35M,buffer=64Mi,reposition=2.5s), TAPEVAULT_BIN (default
 # target/release/tapevault). WORKDIR (default a new directory under /dev/shm) needs
 # about 2 x 4 x DISK_MIB: the disks and the cartridges written.
@@ -17,7 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
 W=${1:-$(mktemp -d /dev/shm/multi-drive.XXXXXX)}
-DISK_MIB=${DISK_MIB:-192}
+DISK_MIB=${DISK_MIB:-512}
 ROUNDS=${ROUNDS:-3}
 MODEL=${MODEL:-speed=100M,min=35M,buffer=64Mi,reposition=2.5s}
 command -v python3 >/dev/null || { echo "skipping: python3 is not installed" >&2; exit 2; }

@@ -365,7 +365,7 @@ fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_re
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     for bc in &all {
-        v.slow_writes(bc, 30, 100_000);
+        v.slow_writes(bc, 200, 100_000);
     }
     let before: HashMap<String, u64> = set
         .iter()
@@ -392,6 +392,21 @@ fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_re
             "the backup never wrote on both drives"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+    // Other processes see both drives held by the backup.
+    let st = v.ok(&["status"]);
+    let held: Vec<&Value> = st["drives"]
+        .as_array()
+        .unwrap_or_else(|| panic!("drives in {st:#}"))
+        .iter()
+        .filter(|d| d["busy"] == Value::Bool(true))
+        .collect();
+    assert_eq!(held.len(), 2, "both drives are held: {st:#}");
+    for d in held {
+        assert!(
+            s(d, "holder").contains(&format!("pid {}", child.id())),
+            "{d}"
+        );
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
