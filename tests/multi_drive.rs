@@ -143,7 +143,10 @@ fn four_disks_on_two_drives_restore_continue_and_rebuild() {
     let ms = m.to_string_lossy().into_owned();
 
     // --drives takes 1..=64.
-    v.fails(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "0"], 2);
+    v.fails(
+        &["backup", "--manifest", &ms, "--pool", "p", "--drives", "0"],
+        2,
+    );
 
     let copies0 = save_copies(&v, &disks, "0");
     let r0 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
@@ -213,7 +216,14 @@ fn four_disks_on_two_drives_restore_continue_and_rebuild() {
             let o = std::process::Command::new(BIN)
                 .arg("--home")
                 .arg(home)
-                .args(["restore", "--disk", disk, "--image", s(img, "image"), "--to"])
+                .args([
+                    "restore",
+                    "--disk",
+                    disk,
+                    "--image",
+                    s(img, "image"),
+                    "--to",
+                ])
                 .arg(&out)
                 .env_remove("TAPEVAULT_HOME")
                 .output()
@@ -279,7 +289,10 @@ fn a_drive_failing_mid_session_leaves_a_consistent_catalog_and_the_next_backup_r
         },
     )
     .unwrap();
-    let r = v.fails(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"], 1);
+    let r = v.fails(
+        &["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"],
+        1,
+    );
     lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
     assert!(
         r.stderr.contains(cut.as_str()) || r.stdout.contains(cut.as_str()),
@@ -430,4 +443,91 @@ fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_re
     }
     assert_restores(&v, &r2, &copies2, "after the killed session");
     v.assert_catalog_consistent();
+}
+
+#[test]
+fn an_encrypted_pool_on_two_drives_restores_every_disk() {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    let pass = v.path("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let pf = pass.to_string_lossy().into_owned();
+    v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    v.ok(&[
+        "pool",
+        "create",
+        "e",
+        "--compression",
+        "zstd:3",
+        "--encrypt-key",
+        "k",
+        "--escrow",
+    ]);
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&[
+        "--passphrase-file",
+        &pf,
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "e",
+        "--drives",
+        "2",
+    ]);
+    let imgs = by_disk(&r);
+    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+    assert!(used.len() >= 2, "{used:?}");
+    for (disk, img) in &imgs {
+        let out = v.path(&format!("restored-{disk}"));
+        let o = v.run(&[
+            "--passphrase-file",
+            &pf,
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            s(img, "image"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_same_bytes(&out, &copies[disk], "encrypted, two drives");
+    }
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn images_span_cartridges_on_two_drives_and_rebuild_from_the_media() {
+    // 8 MiB cartridges: every disk of the VM spans at early warning while the other
+    // drive writes; a filled cartridge is put away and each drive takes another one of
+    // the set that no drive of the session holds.
+    let v = Vault::init(&["--slots", "16", "--drives", "2", "--capacity", "8M"]);
+    v.pool("p", "off");
+    let disks: Vec<TestDisk> = (0..4)
+        .map(|i| TestDisk::create(v.path(&format!("s{i}.img")), 12 * MIB, 10 * MIB, 300 + i))
+        .collect();
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let imgs = by_disk(&r);
+    assert_eq!(imgs.len(), 4);
+    assert!(
+        imgs.values().any(|i| barcodes(i).len() > 1),
+        "an image spans cartridges: {r:#}"
+    );
+    assert_restores(&v, &r, &copies, "spanned on two drives");
+    v.assert_catalog_consistent();
+    let orig = image_statuses(&v.home);
+    let fast = fresh_home(&v, "fast");
+    let rep = rebuild(&fast, &[]);
+    assert_eq!(image_statuses(&fast), orig, "fast path: {rep:#}");
+    let scan = fresh_home(&v, "scan");
+    let rep = rebuild(&scan, &["--scan"]);
+    assert_eq!(image_statuses(&scan), orig, "scan: {rep:#}");
 }

@@ -271,7 +271,9 @@ fn this_drive(
     if let Some(e) = first_err {
         return Err(e);
     }
-    job.tape.cat.finish_session(job.session, SessionStatus::Complete)?;
+    job.tape
+        .cat
+        .finish_session(job.session, SessionStatus::Complete)?;
     job.tape.touch()?;
     Ok((reports, parts))
 }
