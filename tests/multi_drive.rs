@@ -531,3 +531,36 @@ fn images_span_cartridges_on_two_drives_and_rebuild_from_the_media() {
     let rep = rebuild(&scan, &["--scan"]);
     assert_eq!(image_statuses(&scan), orig, "scan: {rep:#}");
 }
+
+#[test]
+fn a_pools_drives_setting_is_the_default_and_drives_overrides_it() {
+    let v = two_drives();
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let pools = v.home.join("pools.toml");
+
+    // A bad value is refused, naming it, before anything is written.
+    std::fs::write(&pools, "[pools.p]\ndrives = 0\n").unwrap();
+    let r = v.fails(&["backup", "--manifest", &ms, "--pool", "p"], 2);
+    assert!(r.stderr.contains("drives = 0"), "{}", r.stderr);
+    assert!(v.catalog().images(None).unwrap().is_empty());
+
+    // `drives = 2`: both drives without --drives.
+    std::fs::write(&pools, "[pools.p]\ndrives = 2\n").unwrap();
+    let r = v.run(&["backup", "--manifest", &ms, "--pool", "p"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let used: HashSet<String> = by_disk(&r.json).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(r.stderr.contains("drive 0 (cartridge"), "{}", r.stderr);
+    assert!(r.stderr.contains("drive 1 (cartridge"), "{}", r.stderr);
+
+    // --drives 1 overrides it: one cartridge, no drive notes.
+    let r = v.run(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let used: HashSet<String> = by_disk(&r.json).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert!(!r.stderr.contains("writes disk"), "{}", r.stderr);
+    v.assert_catalog_consistent();
+}

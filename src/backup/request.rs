@@ -96,6 +96,13 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The same inputs, written on up to `drives` drives at once (see
+    /// [`BackupRequest::drives`]).
+    pub fn with_drives(mut self, drives: usize) -> Inputs {
+        self.req.drives = drives.max(1);
+        self
+    }
+
     pub fn disks(&self) -> impl Iterator<Item = &CheckedDisk> {
         self.disks.iter()
     }

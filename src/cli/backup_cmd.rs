@@ -86,9 +86,10 @@ pub struct BackupArgs {
     pub pool: Option<String>,
     /// Drives the backup may write at once: with several disks, each of up to N free
     /// drives takes the next disk (largest first) onto its own cartridge of the pool's
-    /// media set. Default 1: the disks one after the other on one drive.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub drives: u16,
+    /// media set. Default: the pool's `drives` in pools.toml, else 1 (the disks one after
+    /// the other on one drive)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub drives: Option<u16>,
     /// Take a full backup (it becomes the new base).
     #[arg(long, conflicts_with = "copy")]
     pub full: bool,
@@ -326,7 +327,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         disks,
         pool: pool_name.clone(),
         mode,
-        drives: a.drives.into(),
+        drives: a.drives.map_or(1, usize::from),
         spool: a.spool,
     };
     // Every input is checked before the home is touched: bad input is a usage error
@@ -384,6 +385,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             ),
         );
     }
+    // Drives at once: --drives, else the pool's `drives` in pools.toml, else 1.
+    let inputs = match (
+        a.drives,
+        crate::home::pools_toml::drives_of(&pools_file, &pool_name),
+    ) {
+        (None, Some(n)) => inputs.with_drives(n),
+        _ => inputs,
+    };
     // Wait for a cartridge only when a person can insert it.
     let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
     let pass = key.as_ref().and_then(|k| k.passphrase.clone());
