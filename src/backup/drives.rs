@@ -370,3 +370,17 @@ fn other_drive(
     let released = job.tape.release();
     r.and(released)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::drives_for;
+
+    #[test]
+    fn drives_are_capped_by_disks_and_library() {
+        assert_eq!(drives_for(1, 4, 2), 1);
+        assert_eq!(drives_for(2, 4, 2), 2);
+        assert_eq!(drives_for(4, 4, 2), 2, "the library has two drives");
+        assert_eq!(drives_for(4, 1, 2), 1, "one disk takes one drive");
+        assert_eq!(drives_for(3, 0, 0), 1, "never fewer than one");
+    }
+}
