@@ -50,6 +50,62 @@ enum Go {
 
 type Queue = Mutex<VecDeque<(usize, CheckedDisk)>>;
 
+/// The progress of a session on several drives, as one task: a terminal shows one
+/// bar, and the images of several drives write at once. Each image's task adds its
+/// bytes to the session's (the bar starts again with the new total and what is done
+/// so far); the session's task ends when no image is being written. Everything else
+/// passes through.
+pub(super) struct SessionProgress<'e> {
+    inner: &'e dyn Events,
+    label: String,
+    /// (total bytes of the images started, bytes done, images being written)
+    state: Mutex<(u64, u64, usize)>,
+}
+
+impl<'e> SessionProgress<'e> {
+    pub(super) fn new(inner: &'e dyn Events, disks: usize, drives: usize) -> Self {
+        SessionProgress {
+            inner,
+            label: format!("{disks} disks, {drives} drives"),
+            state: Mutex::new((0, 0, 0)),
+        }
+    }
+}
+
+impl Events for SessionProgress<'_> {
+    fn emit(&self, event: Event<'_>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::TaskStarted { total, .. } => {
+                st.0 += total;
+                st.2 += 1;
+                self.inner.emit(Event::TaskStarted {
+                    label: self.label.clone(),
+                    total: st.0,
+                });
+                if st.1 > 0 {
+                    self.inner.emit(Event::TaskProgress(st.1));
+                }
+            }
+            Event::TaskProgress(n) => {
+                st.1 += n;
+                self.inner.emit(Event::TaskProgress(n));
+            }
+            Event::TaskLabel(_) => {}
+            Event::TaskEnded => {
+                st.2 = st.2.saturating_sub(1);
+                if st.2 == 0 {
+                    self.inner.emit(Event::TaskEnded);
+                }
+            }
+            other => {
+                drop(st);
+                self.inner.emit(other);
+            }
+        }
+    }
+}
+
 /// Drives a session of `disks` disks may use: what was asked, at most one per disk and
 /// the library's drive count.
 pub(super) fn drives_for(asked: usize, disks: usize, library: usize) -> usize {
@@ -373,7 +429,57 @@ fn other_drive(
 
 #[cfg(test)]
 mod tests {
-    use super::drives_for;
+    use super::{drives_for, SessionProgress};
+    use crate::events::{Event, Events, NoteKind};
+    use std::sync::Mutex;
+
+    /// Task events as text.
+    #[derive(Default)]
+    struct Tasks(Mutex<Vec<String>>);
+
+    impl Events for Tasks {
+        fn emit(&self, e: Event<'_>) {
+            let s = match e {
+                Event::TaskStarted { label, total } => format!("start {label} {total}"),
+                Event::TaskProgress(n) => format!("+{n}"),
+                Event::TaskEnded => "end".into(),
+                Event::TaskLabel(l) => format!("label {l}"),
+                Event::Note(n) => format!("note {}", n.text),
+                _ => "other".into(),
+            };
+            self.0.lock().unwrap().push(s);
+        }
+    }
+
+    #[test]
+    fn two_drives_show_one_task_for_the_session() {
+        let t = Tasks::default();
+        let p = SessionProgress::new(&t, 3, 2);
+        let e: &dyn Events = &p;
+        e.task("disk a", 100);
+        e.task("disk b", 50);
+        e.progress(30);
+        e.emit(Event::TaskLabel("reading".into()));
+        e.emit(Event::TaskEnded);
+        e.task("disk c", 10);
+        e.progress(5);
+        e.note(NoteKind::Media, "drive 1 writes disk c");
+        e.emit(Event::TaskEnded);
+        e.emit(Event::TaskEnded);
+        assert_eq!(
+            *t.0.lock().unwrap(),
+            [
+                "start 3 disks, 2 drives 100",
+                "start 3 disks, 2 drives 150",
+                "+30",
+                "start 3 disks, 2 drives 160",
+                "+30",
+                "+5",
+                "note drive 1 writes disk c",
+                "end"
+            ]
+        );
+    }
 
     #[test]
     fn drives_are_capped_by_disks_and_library() {

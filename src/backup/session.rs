@@ -50,6 +50,9 @@ pub fn run(
     let others = (1..drives)
         .map(|_| crypto.for_another_drive(home))
         .collect::<Result<Vec<_>>>()?;
+    // On several drives, one progress task for the session (a terminal shows one bar).
+    let progress = super::drives::SessionProgress::new(events, disks.len(), drives);
+    let events: &dyn Events = if drives > 1 { &progress } else { events };
     recover_interrupted(home, cat, events)?;
     let (_pool_lock, set, mut job) = super::target::begin_pool_session(
         home,
