@@ -564,3 +564,80 @@ fn a_pools_drives_setting_is_the_default_and_drives_overrides_it() {
     assert!(!r.stderr.contains("writes disk"), "{}", r.stderr);
     v.assert_catalog_consistent();
 }
+
+#[test]
+fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    let pass = v.path("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let pf = pass.to_string_lossy().into_owned();
+    v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    v.ok(&[
+        "pool",
+        "create",
+        "hw",
+        "--compression",
+        "off",
+        "--encrypt-key",
+        "k",
+    ]);
+    std::fs::write(
+        v.home.join("pools.toml"),
+        "[pools.hw]\nencrypt_key = \"k\"\nencryption = \"drive\"\ncompression = \"off\"\n",
+    )
+    .unwrap();
+    v.ok(&["pool", "apply"]);
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&[
+        "--passphrase-file",
+        &pf,
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "hw",
+        "--drives",
+        "2",
+    ]);
+    let imgs = by_disk(&r);
+    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+    assert!(used.len() >= 2, "{used:?}");
+    // Each drive had the pool's data key: after the clear label, every block of every
+    // cartridge written is the drive's ciphertext.
+    for bc in &used {
+        let mut c = vtl_sim::Cartridge::open(&v.cartridge_dir(bc)).unwrap();
+        c.rewind().unwrap();
+        let mut buf = vec![0u8; tape_formats::MAX_BLOCK_SIZE + 64];
+        let mut flags = Vec::new();
+        loop {
+            match c.read_block_flagged(&mut buf).unwrap() {
+                (vtl_sim::Read::Block(_), e) => flags.push(e),
+                (vtl_sim::Read::Filemark, _) => {}
+                (vtl_sim::Read::EndOfData, _) => break,
+            }
+        }
+        assert!(flags.len() > 3, "{bc}: {flags:?}");
+        assert!(!flags[0], "{bc}: the label stays clear");
+        assert!(flags[1..].iter().all(|e| *e), "{bc}: {flags:?}");
+    }
+    for (disk, img) in &imgs {
+        let out = v.path(&format!("restored-{disk}"));
+        let o = v.run(&[
+            "--passphrase-file",
+            &pf,
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            s(img, "image"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_same_bytes(&out, &copies[disk], "drive-encrypted, two drives");
+    }
+}
