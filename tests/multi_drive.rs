@@ -142,11 +142,27 @@ fn four_disks_on_two_drives_restore_continue_and_rebuild() {
     write_manifest(&m, &disks);
     let ms = m.to_string_lossy().into_owned();
 
-    // --drives takes 1..=64.
-    v.fails(
-        &["backup", "--manifest", &ms, "--pool", "p", "--drives", "0"],
+    // --drives takes 1..=64, and not with --synthetic-full.
+    for bad in ["0", "65"] {
+        v.fails(
+            &["backup", "--manifest", &ms, "--pool", "p", "--drives", bad],
+            2,
+        );
+    }
+    let r = v.fails(
+        &[
+            "backup",
+            "--synthetic-full",
+            "--manifest",
+            &ms,
+            "--pool",
+            "p",
+            "--drives",
+            "2",
+        ],
         2,
     );
+    assert!(r.stderr.contains("--drives"), "{}", r.stderr);
 
     let copies0 = save_copies(&v, &disks, "0");
     let r0 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);

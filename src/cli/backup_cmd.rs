@@ -88,7 +88,7 @@ pub struct BackupArgs {
     /// drives takes the next disk (largest first) onto its own cartridge of the pool's
     /// media set. Default: the pool's `drives` in pools.toml, else 1 (the disks one after
     /// the other on one drive)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with = "synthetic_full")]
     pub drives: Option<u16>,
     /// Take a full backup (it becomes the new base).
     #[arg(long, conflicts_with = "copy")]
