@@ -204,6 +204,13 @@ fn four_disks_on_two_drives_restore_continue_and_rebuild() {
     assert!(used1.len() >= 2, "{used1:?}");
     assert_restores(&v, &r1, &copies1, "second session");
     v.assert_catalog_consistent();
+    // The segments the catalog holds are where it says on both cartridges, and every
+    // cartridge verifies tape file by tape file.
+    let chk = v.ok(&["catalog", "check", "--media"]);
+    assert!(u(&chk["media"], "segments_checked") > 0, "{chk:#}");
+    for bc in &used1 {
+        v.ok(&["verify", "--barcode", bc]);
+    }
 
     // The media alone: a fast-path rebuild and a scan into new homes find every image,
     // complete, and restore it.
