@@ -71,10 +71,27 @@ impl Job<'_> {
             return Ok(Vec::new());
         }
         let flush = self.tape.flush_current();
-        let mut first_err = flush.err();
+        let pending = std::mem::take(&mut self.pending);
+        let flushed = std::mem::take(&mut self.tape.flushed);
+        let r = self.commit_list(pending, &flushed, flush.err());
+        self.tape.flushed = flushed;
+        r
+    }
+
+    /// Commit `pending` (images written in this order) whose cartridges are among
+    /// `flushed`; from `first_err` on (a flush that failed) or the first image whose
+    /// cartridge was not flushed or whose commit failed, the rest are failed. Images
+    /// written by another drive of the session are committed here too, with that
+    /// drive's flushed cartridges ([`super::session`]).
+    pub(super) fn commit_list(
+        &mut self,
+        pending: Vec<Pending>,
+        flushed: &std::collections::HashSet<String>,
+        mut first_err: Option<Error>,
+    ) -> Result<Vec<Uuid>> {
         let mut done = Vec::new();
-        for p in std::mem::take(&mut self.pending) {
-            if first_err.is_none() && !self.tape.flushed.contains(&p.cartridge) {
+        for p in pending {
+            if first_err.is_none() && !flushed.contains(&p.cartridge) {
                 first_err = Some(Error::Failed(format!(
                     "cartridge {} was not flushed after image {} was written",
                     p.cartridge, p.image

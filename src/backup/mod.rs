@@ -48,6 +48,7 @@ use tape_devices::drive::DriveError;
 pub use crate::media::segments::RECORDS_PER_SEGMENT;
 
 mod disk;
+mod drives;
 mod image;
 mod plan;
 mod records;

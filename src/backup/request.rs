@@ -54,6 +54,10 @@ pub struct BackupRequest {
     /// bursts from half full on (0: none): a source slower than the drive's lowest speed stops
     /// the tape once per burst instead of once per drive buffer. See [`DEFAULT_SPOOL`].
     pub spool: u64,
+    /// Drives the session may write at once (at least 1): with several disks, each
+    /// free drive takes the next disk, largest first, onto a cartridge of its own of
+    /// the session's media set. 1 writes the disks one after the other on one drive.
+    pub drives: usize,
 }
 
 /// The default spool of a backup: 128 MiB of memory.
@@ -92,6 +96,13 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The same inputs, written on up to `drives` drives at once (see
+    /// [`BackupRequest::drives`]).
+    pub fn with_drives(mut self, drives: usize) -> Inputs {
+        self.req.drives = drives.max(1);
+        self
+    }
+
     pub fn disks(&self) -> impl Iterator<Item = &CheckedDisk> {
         self.disks.iter()
     }
@@ -112,6 +123,7 @@ impl Inputs {
             disks: vec![spec.clone()],
             pool,
             mode: Mode::Full,
+            drives: 1,
             spool: DEFAULT_SPOOL,
         };
         Inputs {

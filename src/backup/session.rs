@@ -9,7 +9,7 @@ use crate::home::Home;
 use tape_devices::changer::TapeLibrary;
 
 use super::*;
-use crate::events::{Event, Events, Finished};
+use crate::events::{Event, Events, Finished, NoteKind};
 
 /// Run a backup session of the checked `inputs` into their pool. What the job has to
 /// say while it runs (decisions and their reasons, cartridges, progress, each image
@@ -34,6 +34,25 @@ pub fn run(
         ))
     })?;
     let crypto = super::target::pool_sealer(home, &pool, key, "back up")?;
+    let drives = super::drives::drives_for(req.drives, disks.len(), lib.drive_count());
+    if drives < req.drives {
+        events.note(
+            NoteKind::Decision,
+            format!(
+                "--drives {}: writing on {drives} drive(s) (the session has {} disk(s), the library {} drive(s))",
+                req.drives,
+                disks.len(),
+                lib.drive_count()
+            ),
+        );
+    }
+    // Each further drive gets the pool's encryption with a nonce source of its own.
+    let others = (1..drives)
+        .map(|_| crypto.for_another_drive(home))
+        .collect::<Result<Vec<_>>>()?;
+    // On several drives, one progress task for the session (a terminal shows one bar).
+    let progress = super::drives::SessionProgress::new(events, disks.len(), drives);
+    let events: &dyn Events = if drives > 1 { &progress } else { events };
     recover_interrupted(home, cat, events)?;
     let (_pool_lock, set, mut job) = super::target::begin_pool_session(
         home,
@@ -54,6 +73,19 @@ pub fn run(
     let mut reports: Vec<DiskReport> = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
+        if !others.is_empty() {
+            let (r, loc) = super::drives::run_parallel(
+                home,
+                &mut job,
+                disks,
+                req,
+                others,
+                wait_for_media,
+                events,
+            )?;
+            reports = r;
+            return Ok(Some(loc));
+        }
         for d in disks {
             let r = job.backup_disk(d, req)?;
             reports.push(r);

@@ -2,6 +2,7 @@
 //! labelled or checked, and positioned, and how it is released.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use tape_formats::VolumeLabel;
 use uuid::Uuid;
@@ -36,6 +37,23 @@ pub(super) struct Tape<'a> {
     pub(super) flushed: HashSet<String>,
     /// Where the job's notes about cartridges and waits go.
     pub(super) events: &'a dyn Events,
+    /// When several drives of one session write at once: what they share.
+    pub(super) shared: Option<std::sync::Arc<SharedDrives>>,
+}
+
+/// What the drives of one backup session writing at once share ([`super::session`]):
+/// the cartridges they hold, so that none picks a cartridge another has mounted; its
+/// lock is held while one of them picks, labels and mounts a cartridge, so a joining
+/// cartridge's set sequence number is unique.
+#[derive(Default)]
+pub(super) struct SharedDrives {
+    held: Mutex<HashSet<String>>,
+}
+
+impl SharedDrives {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub(super) struct Current {
@@ -54,13 +72,21 @@ impl Tape<'_> {
         if self.current.is_some() {
             return Ok(());
         }
+        // With other drives of the session: one mount at a time, never a cartridge
+        // another of them holds.
+        let shared = self.shared.clone();
+        let mut held = shared.as_deref().map(SharedDrives::lock);
         loop {
+            let exclude: HashSet<String> = match &held {
+                Some(h) => self.exclude.union(h).cloned().collect(),
+                None => self.exclude.clone(),
+            };
             let (pick, present) = crate::media::allocate::pick_or_wait(
                 self.cat,
                 self.lib,
                 &self.pool,
                 &self.set,
-                &self.exclude,
+                &exclude,
                 self.wait,
                 self.events,
             )?;
@@ -106,6 +132,9 @@ impl Tape<'_> {
                             }
                         }
                     };
+                    if let Some(h) = held.as_mut() {
+                        h.insert(row.barcode.clone());
+                    }
                     self.current = Some(Current {
                         barcode: row.barcode.clone(),
                         drive_index,
@@ -305,6 +334,9 @@ impl Tape<'_> {
         let Some(c) = self.current.take() else {
             return Ok(());
         };
+        if let Some(s) = &self.shared {
+            s.lock().remove(&c.barcode);
+        }
         let mut full = false;
         if let Some(sink) = c.sink {
             full = sink.early_warning;

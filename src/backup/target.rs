@@ -49,6 +49,34 @@ pub(super) struct PoolCrypto {
     pub(super) escrow: Option<Vec<u8>>,
 }
 
+impl PoolCrypto {
+    /// The same encryption for another drive of a session writing at once: the same
+    /// key, and a nonce source of its own (nonce ranges are reserved under the
+    /// keystore's lock, so no two sources ever hand out the same nonce).
+    pub(super) fn for_another_drive(&self, home: &Home) -> Result<PoolCrypto> {
+        let sealer = match &self.sealer {
+            None => None,
+            Some(s) => {
+                let nonces =
+                    crate::crypto::Keystore::open(&home.dir)?.nonce_source(&s.key.fingerprint)?;
+                Some(Sealer::new(s.key.clone(), nonces))
+            }
+        };
+        Ok(PoolCrypto {
+            sealer,
+            drive_key: self
+                .drive_key
+                .as_ref()
+                .map(|k| tape_devices::drive::DataKey {
+                    key: k.key,
+                    kad: k.kad,
+                    encrypt: k.encrypt,
+                }),
+            escrow: self.escrow.clone(),
+        })
+    }
+}
+
 /// The pool's encryption from its unlocked key (nothing for a clear pool); a key that is
 /// not the pool's, or none for an encrypted pool, is exit 5.
 pub(super) fn pool_sealer(
@@ -134,43 +162,73 @@ pub(super) fn begin_pool_session<'a>(
     let now = crate::home::clock::now();
     let set = session_media_set(cat, pool, now)?;
     let session = cat.begin_session(&pool.name, Some(set.uuid))?;
-    let PoolCrypto {
-        sealer,
-        drive_key,
-        escrow,
-    } = crypto;
-    let tape = Tape {
+    let job = Job::new(
+        home,
         cat,
         lib,
-        pool: pool.clone(),
-        set: set.clone(),
-        present: HashSet::new(),
-        exclude: HashSet::new(),
-        current: None,
-        escrow,
-        drive_key,
-        flushed: HashSet::new(),
+        pool,
+        &set,
+        session.uuid,
+        crypto,
+        wait_for_media,
         events,
-        // Wait for media only when a person can insert it.
-        wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
-            max: std::time::Duration::from_secs(home.config.media_wait_secs),
-            poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
-        }),
-    };
-    let job = Job {
-        home,
-        tape,
-        sealer,
-        session: session.uuid,
-        image_parts: 0,
-        seal_buf: Vec::new(),
-        reproduce: None,
-        image_time: now,
-        defer_commit: false,
-        pending: Vec::new(),
-        spool_records: 0,
-    };
+    );
     Ok((lock, set, job))
+}
+
+impl<'a> Job<'a> {
+    /// The job that writes images of `session` into media set `set` of `pool` through
+    /// `lib`, with the pool's encryption; no cartridge mounted yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        home: &'a Home,
+        cat: &'a Catalog,
+        lib: &'a mut dyn TapeLibrary,
+        pool: &PoolRow,
+        set: &MediaSetRow,
+        session: Uuid,
+        crypto: PoolCrypto,
+        wait_for_media: bool,
+        events: &'a dyn Events,
+    ) -> Job<'a> {
+        let PoolCrypto {
+            sealer,
+            drive_key,
+            escrow,
+        } = crypto;
+        let tape = Tape {
+            cat,
+            lib,
+            pool: pool.clone(),
+            set: set.clone(),
+            present: HashSet::new(),
+            exclude: HashSet::new(),
+            current: None,
+            escrow,
+            drive_key,
+            flushed: HashSet::new(),
+            events,
+            shared: None,
+            // Wait for media only when a person can insert it.
+            wait: wait_for_media.then(|| crate::media::allocate::MediaWait {
+                max: std::time::Duration::from_secs(home.config.media_wait_secs),
+                poll: crate::media::allocate::MEDIA_POLL_INTERVAL,
+            }),
+        };
+        Job {
+            home,
+            tape,
+            sealer,
+            session,
+            image_parts: 0,
+            seal_buf: Vec::new(),
+            reproduce: None,
+            image_time: crate::home::clock::now(),
+            defer_commit: false,
+            pending: Vec::new(),
+            spool_records: 0,
+        }
+    }
 }
 
 /// A writing session in one pool: holds the pool lock; images go to the pool's media

@@ -92,6 +92,12 @@ pub struct BackupArgs {
     /// The pool to write to (default: `default_pool` in the home's config.toml).
     #[arg(long)]
     pub pool: Option<String>,
+    /// Drives the backup may write at once: with several disks, each of up to N free
+    /// drives takes the next disk (largest first) onto its own cartridge of the pool's
+    /// media set. Default: the pool's `drives` in pools.toml, else 1 (the disks one after
+    /// the other on one drive)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with = "synthetic_full")]
+    pub drives: Option<u16>,
     /// Take a full backup (it becomes the new base).
     #[arg(long, conflicts_with = "copy")]
     pub full: bool,
@@ -343,6 +349,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         disks,
         pool: pool_name.clone(),
         mode,
+        drives: a.drives.map_or(1, usize::from),
         spool: a.spool,
     };
     // Every input is checked before the home is touched: bad input is a usage error
@@ -400,6 +407,14 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             ),
         );
     }
+    // Drives at once: --drives, else the pool's `drives` in pools.toml, else 1.
+    let inputs = match (
+        a.drives,
+        crate::home::pools_toml::drives_of(&pools_file, &pool_name),
+    ) {
+        (None, Some(n)) => inputs.with_drives(n),
+        _ => inputs,
+    };
     // Wait for a cartridge only when a person can insert it.
     let wait_for_media = term.interactive() && std::io::stdin().is_terminal();
     let pass = key.as_ref().and_then(|k| k.passphrase.clone());

@@ -228,6 +228,7 @@ fn check_disks(m: &VmManifest) -> Result<backup::Inputs> {
         disks,
         pool: String::new(),
         mode: Mode::Auto,
+        drives: 1,
         spool: 0,
     })
 }

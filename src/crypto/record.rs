@@ -31,6 +31,12 @@ pub struct RecordKey {
     pub fingerprint: [u8; FINGERPRINT_LEN],
 }
 
+impl Clone for RecordKey {
+    fn clone(&self) -> RecordKey {
+        RecordKey::from_bytes(*self.key)
+    }
+}
+
 impl RecordKey {
     /// Wrap raw key bytes. Prefer [`super::Keystore::unlock`] or
     /// [`super::escrow::unwrap`]; this exists for them and for tests.

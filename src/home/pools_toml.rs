@@ -31,6 +31,11 @@
 //! allocation = "per-session"
 //! offsite = "ironmountain"      # where the copies go (default: nightly's offsite, else "offsite")
 //!
+//! [pools.vms]
+//! allocation = "daily"
+//! drives = 2                    # a backup of several disks writes on up to 2 drives at
+//!                               # once (`backup --drives N` overrides it; default 1)
+//!
 //! [pools.forever]
 //! allocation = "weekly:sun"
 //! retention_days = 28
@@ -38,7 +43,7 @@
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`,
-//! `copy_to`, `copy_spool`, `copy_spool_size`, `synthetic_full` and `encryption` live only here (the catalog has no column for them); `pool create|update --offsite`
+//! `copy_to`, `copy_spool`, `copy_spool_size`, `synthetic_full`, `encryption` and `drives` live only here (the catalog has no column for them); `pool create|update --offsite`
 //! write it here too.
 
 use std::collections::BTreeMap;
@@ -112,6 +117,10 @@ pub struct PoolSpec {
     /// it refuses the pool). Lives only here, like `offsite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionBy>,
+    /// Drives a backup session of this pool may write at once (1 to 64; as `backup
+    /// --drives N`, which overrides it; default 1). Lives only here, like `offsite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drives: Option<u16>,
 }
 
 /// Who encrypts an encrypted pool's data.
@@ -142,9 +151,15 @@ pub fn load(home: &Path) -> Result<PoolsFile> {
         Ok(text) => {
             let f: PoolsFile = toml::from_str(&text)
                 .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
-            for name in f.pools.keys() {
+            for (name, spec) in &f.pools {
                 copy_spool_of(&f, name)
                     .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
+                if let Some(n) = spec.drives.filter(|n| !(1..=64).contains(n)) {
+                    return Err(Error::Usage(format!(
+                        "{} is not valid: pool {name}: drives = {n} is not a number of drives from 1 to 64 (the most drives a backup of the pool writes at once)",
+                        p.display()
+                    )));
+                }
             }
             Ok(f)
         }
@@ -215,6 +230,12 @@ pub fn offsite_of(f: &PoolsFile, pool: &str) -> Option<String> {
 pub const DEFAULT_COPY_VAULT: &str = "offsite";
 
 /// The pool each session of `pool` is copied to, if any.
+/// The most drives a backup session of `pool` writes at once when `backup --drives` is
+/// not given (`drives`; None: not declared).
+pub fn drives_of(f: &PoolsFile, pool: &str) -> Option<usize> {
+    f.pools.get(pool).and_then(|s| s.drives).map(usize::from)
+}
+
 pub fn copy_to_of(f: &PoolsFile, pool: &str) -> Option<String> {
     f.pools.get(pool).and_then(|s| s.copy_to.clone())
 }

@@ -1,0 +1,492 @@
+//! Several drives at once for one backup session (`backup --drives N`).
+//!
+//! The session's disks wait in one queue, largest first (sizes of drivers' disks are
+//! known only once opened: they come last). Each drive, on a thread of its own with
+//! its own catalog connection and library handle, mounts a cartridge of the session's
+//! media set that no other drive of the session holds ([`SharedDrives`]), then takes
+//! the next disk from the queue until it is empty, writing each image as a one-drive
+//! session does (spanning at early warning onto another cartridge of the set).
+//!
+//! The commit point stays the session's: every drive flushes after its last image and
+//! hands its written images back; only then are they committed, each with its own
+//! drive's flush (an image whose cartridge was not flushed is failed, never
+//! complete). A failure on one drive stops the others taking new disks; what they
+//! wrote and flushed still commits, as after a failure on one drive, and the session
+//! fails. When all went well, the session is complete and every cartridge written in
+//! it gets the catalog snapshot of the media set and the end-of-session marker (whose
+//! `image_parts` counts the parts of all drives), so each one carries its own catalog.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::{Catalog, MediaSetRow, PoolRow, SessionStatus, SnapshotLocation};
+use crate::error::{Error, Result};
+use crate::events::{Event, Events, Finished, NoteKind};
+use crate::home::Home;
+
+use super::tape::SharedDrives;
+use super::target::PoolCrypto;
+use super::*;
+
+/// What a drive hands back after its last disk, its cartridge flushed.
+struct Written {
+    reports: Vec<(usize, DiskReport)>,
+    pending: Vec<disk::Pending>,
+    flushed: HashSet<String>,
+    flush_err: Option<Error>,
+    err: Option<Error>,
+    image_parts: u32,
+}
+
+/// What the session tells each drive once every drive has flushed and the images
+/// are committed: write the session end (with the session's image part count), or
+/// stop.
+enum Go {
+    End { image_parts: u32 },
+    Stop,
+}
+
+type Queue = Mutex<VecDeque<(usize, CheckedDisk)>>;
+
+/// The progress of a session on several drives, as one task: a terminal shows one
+/// bar, and the images of several drives write at once. Each image's task adds its
+/// bytes to the session's (the bar starts again with the new total and what is done
+/// so far); the session's task ends when no image is being written. Everything else
+/// passes through.
+pub(super) struct SessionProgress<'e> {
+    inner: &'e dyn Events,
+    label: String,
+    /// (total bytes of the images started, bytes done, images being written)
+    state: Mutex<(u64, u64, usize)>,
+}
+
+impl<'e> SessionProgress<'e> {
+    pub(super) fn new(inner: &'e dyn Events, disks: usize, drives: usize) -> Self {
+        SessionProgress {
+            inner,
+            label: format!("{disks} disks, {drives} drives"),
+            state: Mutex::new((0, 0, 0)),
+        }
+    }
+}
+
+impl Events for SessionProgress<'_> {
+    fn emit(&self, event: Event<'_>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::TaskStarted { total, .. } => {
+                st.0 += total;
+                st.2 += 1;
+                self.inner.emit(Event::TaskStarted {
+                    label: self.label.clone(),
+                    total: st.0,
+                });
+                if st.1 > 0 {
+                    self.inner.emit(Event::TaskProgress(st.1));
+                }
+            }
+            Event::TaskProgress(n) => {
+                st.1 += n;
+                self.inner.emit(Event::TaskProgress(n));
+            }
+            Event::TaskLabel(_) => {}
+            Event::TaskEnded => {
+                st.2 = st.2.saturating_sub(1);
+                if st.2 == 0 {
+                    self.inner.emit(Event::TaskEnded);
+                }
+            }
+            other => {
+                drop(st);
+                self.inner.emit(other);
+            }
+        }
+    }
+}
+
+/// Drives a session of `disks` disks may use: what was asked, at most one per disk and
+/// the library's drive count.
+pub(super) fn drives_for(asked: usize, disks: usize, library: usize) -> usize {
+    asked.min(disks).min(library).max(1)
+}
+
+/// Run the disks of a session on `crypto.len() + 1` drives: `job` (its cartridge
+/// mounted on this thread) and one more thread per entry of `crypto`. Returns the
+/// reports of the images written, in the order of `disks`, and the snapshot on the
+/// cartridge of `job`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_parallel(
+    home: &Home,
+    job: &mut Job<'_>,
+    disks: Vec<CheckedDisk>,
+    req: &BackupRequest,
+    crypto: Vec<PoolCrypto>,
+    wait_for_media: bool,
+    events: &dyn Events,
+) -> Result<(Vec<DiskReport>, SnapshotLocation)> {
+    let shared = Arc::new(SharedDrives::default());
+    job.tape.shared = Some(shared.clone());
+    // Largest first: the long disks start at once, the short ones fill in.
+    let mut order: Vec<(usize, CheckedDisk)> = disks.into_iter().enumerate().collect();
+    order.sort_by_key(|(i, d)| (std::cmp::Reverse(size_hint(d)), *i));
+    let queue: Queue = Mutex::new(order.into_iter().collect());
+    let stop = AtomicBool::new(false);
+    let pool = job.tape.pool.clone();
+    let set = job.tape.set.clone();
+    let session = job.session;
+    let spool_records = job.spool_records;
+    // This drive first: its errors are the session's, as with one drive.
+    job.tape.ensure_mounted()?;
+    let (done_tx, done_rx) = mpsc::channel::<Written>();
+    // Each other drive drops its end once it has a cartridge mounted (or gave up): the
+    // first disks are spread over all drives, whatever their mount times.
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let mut go = Vec::new();
+        let mut handles = Vec::new();
+        for (n, c) in crypto.into_iter().enumerate() {
+            let (go_tx, go_rx) = mpsc::channel::<Go>();
+            go.push(go_tx);
+            let done_tx = done_tx.clone();
+            let ready = ready_tx.clone();
+            let (pool, set, shared, queue, stop) = (&pool, &set, shared.clone(), &queue, &stop);
+            handles.push(s.spawn(move || {
+                other_drive(
+                    home,
+                    n + 1,
+                    Setup {
+                        pool,
+                        set,
+                        session,
+                        crypto: c,
+                        wait_for_media,
+                        spool_records,
+                        shared,
+                    },
+                    queue,
+                    stop,
+                    req,
+                    events,
+                    ready,
+                    done_tx,
+                    go_rx,
+                )
+            }));
+        }
+        drop(done_tx);
+        drop(ready_tx);
+        while ready_rx.recv().is_ok() {}
+        let r = this_drive(job, &queue, &stop, req, done_rx, handles.len(), events);
+        // Every drive that waits is told what to do (a dropped sender means stop).
+        let parts = r.as_ref().ok().map(|(_, p)| *p);
+        for g in &go {
+            let _ = g.send(parts.map_or(Go::Stop, |p| Go::End { image_parts: p }));
+        }
+        drop(go);
+        let mut result = r.and_then(|(reports, p)| {
+            job.image_parts = p;
+            job.write_session_end().map(|loc| (reports, loc))
+        });
+        for h in handles {
+            let joined = h.join().unwrap_or_else(|_| {
+                Err(Error::Failed(
+                    "a drive's thread of the session stopped unexpectedly".into(),
+                ))
+            });
+            if let (Ok(_), Err(e)) = (&result, joined) {
+                result = Err(e);
+            }
+        }
+        result
+    })
+}
+
+/// The largest first: a local disk's size; a driver's disk (opened when its turn
+/// comes) counts as 0.
+fn size_hint(d: &CheckedDisk) -> u64 {
+    match &d.source {
+        Source::Local(disk) => disk.size(),
+        Source::Driver(_) => 0,
+    }
+}
+
+/// Take disks from the queue until it is empty or a drive failed; the first error.
+fn take_disks(
+    job: &mut Job<'_>,
+    queue: &Queue,
+    stop: &AtomicBool,
+    req: &BackupRequest,
+) -> (Vec<(usize, DiskReport)>, Option<Error>) {
+    let mut reports = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let Some((i, d)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+            break;
+        };
+        // A cartridge filled by the last image was put away: the next one first.
+        if let Err(e) = job.tape.ensure_mounted() {
+            queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_front((i, d));
+            stop.store(true, Ordering::SeqCst);
+            return (reports, Some(e));
+        }
+        if let Some(c) = &job.tape.current {
+            job.tape.events.note(
+                NoteKind::Media,
+                format!(
+                    "drive {} (cartridge {}) writes disk {} ({})",
+                    c.drive_index,
+                    c.barcode,
+                    d.spec.id,
+                    d.spec.path.display()
+                ),
+            );
+        }
+        match job.backup_disk(d, req) {
+            Ok(r) => reports.push((i, r)),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                return (reports, Some(e));
+            }
+        }
+    }
+    (reports, None)
+}
+
+/// Flush the drive of `job` and hand back what it wrote, nothing committed yet.
+fn written(job: &mut Job<'_>, reports: Vec<(usize, DiskReport)>, err: Option<Error>) -> Written {
+    let flush_err = job.tape.flush_current().err();
+    Written {
+        reports,
+        pending: std::mem::take(&mut job.pending),
+        flushed: std::mem::take(&mut job.tape.flushed),
+        flush_err,
+        err,
+        image_parts: job.image_parts,
+    }
+}
+
+/// The session's own drive: its disks, then the commit point of every drive's images.
+/// Returns the reports in the order of the request and the session's image parts.
+fn this_drive(
+    job: &mut Job<'_>,
+    queue: &Queue,
+    stop: &AtomicBool,
+    req: &BackupRequest,
+    done: mpsc::Receiver<Written>,
+    others: usize,
+    events: &dyn Events,
+) -> Result<(Vec<DiskReport>, u32)> {
+    let (reports, err) = take_disks(job, queue, stop, req);
+    let mut all = vec![written(job, reports, err)];
+    // A drive whose thread ended without a word dropped its sender: stop waiting.
+    for _ in 0..others {
+        match done.recv() {
+            Ok(w) => all.push(w),
+            Err(_) => break,
+        }
+    }
+    let mut first_err: Option<Error> = None;
+    let mut committed = HashSet::new();
+    let mut reports = Vec::new();
+    let mut parts = 0u32;
+    for w in all {
+        let Written {
+            reports: r,
+            pending,
+            flushed,
+            flush_err,
+            err,
+            image_parts,
+        } = w;
+        parts += image_parts;
+        reports.extend(r);
+        if let Some(e) = err {
+            first_err.get_or_insert(e);
+        }
+        match job.commit_list(pending, &flushed, flush_err) {
+            Ok(done) => committed.extend(done),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if !queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && first_err.is_none() {
+        first_err = Some(Error::Failed(
+            "the session's drives stopped before every disk was written".into(),
+        ));
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    let reports: Vec<DiskReport> = reports.into_iter().map(|(_, r)| r).collect();
+    for r in reports.iter().filter(|r| committed.contains(&r.image)) {
+        events.emit(Event::Finished(Finished::Image(r)));
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    job.tape
+        .cat
+        .finish_session(job.session, SessionStatus::Complete)?;
+    job.tape.touch()?;
+    Ok((reports, parts))
+}
+
+/// What another drive of the session needs to write into it.
+struct Setup<'s> {
+    pool: &'s PoolRow,
+    set: &'s MediaSetRow,
+    session: uuid::Uuid,
+    crypto: PoolCrypto,
+    wait_for_media: bool,
+    spool_records: usize,
+    shared: Arc<SharedDrives>,
+}
+
+/// Another drive of the session, on its own thread with its own catalog connection and
+/// library handle. One that cannot start (no free drive, no cartridge for it) says so
+/// and leaves its share to the others. Hands back what it wrote (always, exactly once),
+/// then writes the session end on its cartridge when told to.
+#[allow(clippy::too_many_arguments)]
+fn other_drive(
+    home: &Home,
+    n: usize,
+    setup: Setup<'_>,
+    queue: &Queue,
+    stop: &AtomicBool,
+    req: &BackupRequest,
+    events: &dyn Events,
+    ready: mpsc::Sender<()>,
+    done: mpsc::Sender<Written>,
+    go: mpsc::Receiver<Go>,
+) -> Result<()> {
+    let idle = || Written {
+        reports: Vec::new(),
+        pending: Vec::new(),
+        flushed: HashSet::new(),
+        flush_err: None,
+        err: None,
+        image_parts: 0,
+    };
+    let not_used = |e: &Error| {
+        events.note(
+            NoteKind::Media,
+            format!("a drive for stream {n} of the session could not be started ({e}); the other drives take its disks"),
+        );
+    };
+    if queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        let _ = done.send(idle());
+        return Ok(());
+    }
+    let opened = (|| -> Result<(Catalog, Box<dyn tape_devices::changer::TapeLibrary>)> {
+        Ok((Catalog::open(&home.dir)?, home.open_library()?))
+    })();
+    let (cat, mut lib) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            not_used(&e);
+            let _ = done.send(idle());
+            return Ok(());
+        }
+    };
+    let mut job = Job::new(
+        home,
+        &cat,
+        lib.as_mut(),
+        setup.pool,
+        setup.set,
+        setup.session,
+        setup.crypto,
+        setup.wait_for_media,
+        events,
+    );
+    job.defer_commit = true;
+    job.spool_records = setup.spool_records;
+    job.tape.shared = Some(setup.shared);
+    let mounted = job.tape.ensure_mounted();
+    drop(ready);
+    if let Err(e) = mounted {
+        not_used(&e);
+        let _ = done.send(idle());
+        return job.tape.release();
+    }
+    let (reports, err) = take_disks(&mut job, queue, stop, req);
+    let w = written(&mut job, reports, err);
+    let _ = done.send(w);
+    drop(done);
+    let r = match go.recv() {
+        Ok(Go::End { image_parts }) => {
+            job.image_parts = image_parts;
+            job.write_session_end().map(|_| ())
+        }
+        Ok(Go::Stop) | Err(_) => Ok(()),
+    };
+    let released = job.tape.release();
+    r.and(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{drives_for, SessionProgress};
+    use crate::events::{Event, Events, NoteKind};
+    use std::sync::Mutex;
+
+    /// Task events as text.
+    #[derive(Default)]
+    struct Tasks(Mutex<Vec<String>>);
+
+    impl Events for Tasks {
+        fn emit(&self, e: Event<'_>) {
+            let s = match e {
+                Event::TaskStarted { label, total } => format!("start {label} {total}"),
+                Event::TaskProgress(n) => format!("+{n}"),
+                Event::TaskEnded => "end".into(),
+                Event::TaskLabel(l) => format!("label {l}"),
+                Event::Note(n) => format!("note {}", n.text),
+                _ => "other".into(),
+            };
+            self.0.lock().unwrap().push(s);
+        }
+    }
+
+    #[test]
+    fn two_drives_show_one_task_for_the_session() {
+        let t = Tasks::default();
+        let p = SessionProgress::new(&t, 3, 2);
+        let e: &dyn Events = &p;
+        e.task("disk a", 100);
+        e.task("disk b", 50);
+        e.progress(30);
+        e.emit(Event::TaskLabel("reading".into()));
+        e.emit(Event::TaskEnded);
+        e.task("disk c", 10);
+        e.progress(5);
+        e.note(NoteKind::Media, "drive 1 writes disk c");
+        e.emit(Event::TaskEnded);
+        e.emit(Event::TaskEnded);
+        assert_eq!(
+            *t.0.lock().unwrap(),
+            [
+                "start 3 disks, 2 drives 100",
+                "start 3 disks, 2 drives 150",
+                "+30",
+                "start 3 disks, 2 drives 160",
+                "+30",
+                "+5",
+                "note drive 1 writes disk c",
+                "end"
+            ]
+        );
+    }
+
+    #[test]
+    fn drives_are_capped_by_disks_and_library() {
+        assert_eq!(drives_for(1, 4, 2), 1);
+        assert_eq!(drives_for(2, 4, 2), 2);
+        assert_eq!(drives_for(4, 4, 2), 2, "the library has two drives");
+        assert_eq!(drives_for(4, 1, 2), 1, "one disk takes one drive");
+        assert_eq!(drives_for(3, 0, 0), 1, "never fewer than one");
+    }
+}

@@ -1,0 +1,666 @@
+//! End to end through the binary on a virtual library with two drives: `backup
+//! --drives 2` writes a 4-disk VM on both drives at once, each onto its own cartridge
+//! of the media set; every disk restores bit-identical, incrementals continue each
+//! disk's chain, a fast-path and a `--scan` rebuild into new homes find everything, a
+//! drive failing mid-session and a SIGKILL mid-session leave a consistent catalog
+//! claiming nothing that was not flushed, and the next backup recovers.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A vault whose library has two drives and eight 64 MiB cartridges.
+fn two_drives() -> Vault {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    v.pool("p", "off");
+    v
+}
+
+/// Four disks of different sizes (the largest first in no particular order).
+fn four_disks(v: &Vault) -> Vec<TestDisk> {
+    [(3, 6), (0, 10), (2, 4), (1, 8)]
+        .iter()
+        .map(|&(i, mib)| {
+            TestDisk::create(
+                v.path(&format!("d{i}.img")),
+                mib * MIB,
+                mib * MIB / 2,
+                100 + i,
+            )
+        })
+        .collect()
+}
+
+fn write_manifest(path: &Path, disks: &[TestDisk]) {
+    let mut t = "name = \"vm4\"\n".to_string();
+    for d in disks {
+        t.push_str(&format!(
+            "\n[[disk]]\nid = \"{}\"\npath = \"{}\"\n",
+            d.id,
+            d.path.display()
+        ));
+    }
+    std::fs::write(path, t).unwrap();
+}
+
+/// The report entry of each disk, by disk UUID.
+fn by_disk(report: &Value) -> HashMap<String, Value> {
+    report["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| (s(i, "disk").to_string(), i.clone()))
+        .collect()
+}
+
+fn barcodes(img: &Value) -> Vec<String> {
+    img["barcodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("barcodes of {img}"))
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every disk's image in `report` restores to the bytes of its saved copy.
+fn assert_restores(v: &Vault, report: &Value, copies: &HashMap<String, PathBuf>, what: &str) {
+    for (disk, img) in by_disk(report) {
+        let out = v.path(&format!("restored-{disk}"));
+        let _ = std::fs::remove_file(&out);
+        let r = v.restore_image(disk.parse().unwrap(), s(&img, "image"), &out);
+        assert_eq!(r.code, 0, "{what}: restore of {disk}: {}", r.stderr);
+        assert_same_bytes(&out, &copies[&disk], what);
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+fn save_copies(v: &Vault, disks: &[TestDisk], tag: &str) -> HashMap<String, PathBuf> {
+    disks
+        .iter()
+        .map(|d| {
+            let p = v.path(&format!("{}-{tag}.copy", d.id));
+            d.save_copy(&p);
+            (d.id.to_string(), p)
+        })
+        .collect()
+}
+
+/// (image UUID, status) of every image a home's catalog lists.
+fn image_statuses(home: &Path) -> HashSet<(String, String)> {
+    let cat = tapevault::catalog::Catalog::open(home).unwrap();
+    cat.images(None)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.uuid.to_string(), i.status.as_str().to_string()))
+        .collect()
+}
+
+fn fresh_home(v: &Vault, name: &str) -> PathBuf {
+    let home = v.path(name);
+    let lib = v.library_dir();
+    let o = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(&home)
+        .args(["init", "--library", lib.to_str().unwrap()])
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    home
+}
+
+fn rebuild(home: &Path, extra: &[&str]) -> Value {
+    let o = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .arg("--json")
+        .args(["catalog", "rebuild"])
+        .args(extra)
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "rebuild {extra:?}: {j:#}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    j
+}
+
+#[test]
+fn four_disks_on_two_drives_restore_continue_and_rebuild() {
+    let v = two_drives();
+    let mut disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+
+    // --drives takes 1..=64, and not with --synthetic-full.
+    for bad in ["0", "65"] {
+        v.fails(
+            &["backup", "--manifest", &ms, "--pool", "p", "--drives", bad],
+            2,
+        );
+    }
+    let r = v.fails(
+        &[
+            "backup",
+            "--synthetic-full",
+            "--manifest",
+            &ms,
+            "--pool",
+            "p",
+            "--drives",
+            "2",
+        ],
+        2,
+    );
+    assert!(r.stderr.contains("--drives"), "{}", r.stderr);
+
+    let copies0 = save_copies(&v, &disks, "0");
+    let r0 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let imgs0 = by_disk(&r0);
+    assert_eq!(imgs0.len(), 4, "{r0:#}");
+    let used: HashSet<String> = imgs0.values().flat_map(barcodes).collect();
+    assert!(
+        used.len() >= 2,
+        "the images are on (at least) two cartridges, one per drive: {used:?}"
+    );
+    for img in imgs0.values() {
+        assert_eq!(s(img, "kind"), "full");
+    }
+    // The report lists the disks in the order of the manifest.
+    let order: Vec<&str> = r0["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| s(i, "disk"))
+        .collect();
+    let want: Vec<String> = disks.iter().map(|d| d.id.to_string()).collect();
+    assert_eq!(order, want);
+    assert_restores(&v, &r0, &copies0, "first session");
+    v.assert_catalog_consistent();
+
+    // Incrementals continue each disk's chain, again on both drives.
+    for d in disks.iter_mut() {
+        d.random_writes(3, 256 * KIB);
+    }
+    let copies1 = save_copies(&v, &disks, "1");
+    let r1 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let imgs1 = by_disk(&r1);
+    assert_eq!(imgs1.len(), 4);
+    for (disk, img) in &imgs1 {
+        assert_eq!(s(img, "kind"), "incremental", "{img}");
+        assert_eq!(img["parent"], imgs0[disk]["image"], "{img}");
+    }
+    let used1: HashSet<String> = imgs1.values().flat_map(barcodes).collect();
+    assert!(used1.len() >= 2, "{used1:?}");
+    assert_restores(&v, &r1, &copies1, "second session");
+    v.assert_catalog_consistent();
+    // The segments the catalog holds are where it says on both cartridges, and every
+    // cartridge verifies tape file by tape file.
+    let chk = v.ok(&["catalog", "check", "--media"]);
+    assert!(u(&chk["media"], "segments_checked") > 0, "{chk:#}");
+    for bc in &used1 {
+        v.ok(&["verify", "--barcode", bc]);
+    }
+
+    // The media alone: a fast-path rebuild and a scan into new homes find every image,
+    // complete, and restore it.
+    let orig = image_statuses(&v.home);
+    assert_eq!(orig.len(), 8);
+    assert!(orig.iter().all(|(_, st)| st == "complete"), "{orig:?}");
+    let fast = fresh_home(&v, "fast");
+    let rep = rebuild(&fast, &[]);
+    let methods: Vec<&str> = rep["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| s(c, "method"))
+        .collect();
+    assert!(
+        !methods.contains(&"scan"),
+        "every cartridge written carries its own snapshot: {rep:#}"
+    );
+    assert_eq!(image_statuses(&fast), orig, "fast path: {rep:#}");
+    let scan = fresh_home(&v, "scan");
+    let rep = rebuild(&scan, &["--scan"]);
+    assert_eq!(image_statuses(&scan), orig, "scan: {rep:#}");
+    for (home, what) in [(&fast, "fast"), (&scan, "scan")] {
+        for (disk, img) in &imgs1 {
+            let out = v.path(&format!("{what}-{disk}"));
+            let o = std::process::Command::new(BIN)
+                .arg("--home")
+                .arg(home)
+                .args([
+                    "restore",
+                    "--disk",
+                    disk,
+                    "--image",
+                    s(img, "image"),
+                    "--to",
+                ])
+                .arg(&out)
+                .env_remove("TAPEVAULT_HOME")
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_same_bytes(&out, &copies1[disk], what);
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+}
+
+/// The complete images of each disk, newest last (from the catalog).
+fn complete_images(v: &Vault, disk: &TestDisk) -> Vec<tapevault::catalog::ImageRow> {
+    v.catalog()
+        .images(Some(disk.id))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.status.as_str() == "complete")
+        .collect()
+}
+
+/// The cartridges of the media set the first session wrote, by the report.
+fn first_session(v: &Vault, disks: &[TestDisk], ms: &str) -> (Value, HashMap<String, PathBuf>) {
+    let copies = save_copies(v, disks, "0");
+    let r = v.ok(&["backup", "--manifest", ms, "--pool", "p", "--drives", "2"]);
+    assert_eq!(by_disk(&r).len(), 4);
+    (r, copies)
+}
+
+#[test]
+fn a_drive_failing_mid_session_leaves_a_consistent_catalog_and_the_next_backup_recovers() {
+    let v = two_drives();
+    let mut disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let (r0, _) = first_session(&v, &disks, &ms);
+    let set: Vec<String> = {
+        let mut b: Vec<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    assert_eq!(set.len(), 2, "{set:?}");
+
+    // The second session appends to both cartridges of the set, one per drive: one of
+    // them loses power in the middle of its first image.
+    for d in disks.iter_mut() {
+        d.write_random(0, d.size() / 2);
+    }
+    let copies1 = save_copies(&v, &disks, "1");
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let cut = &set[1];
+    lib.set_faults(
+        cut,
+        &vtl_sim::Faults {
+            power_cut_after_bytes: Some(300 * KIB),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = v.fails(
+        &["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"],
+        1,
+    );
+    lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
+    assert!(
+        r.stderr.contains(cut.as_str()) || r.stdout.contains(cut.as_str()),
+        "the failure names the cartridge: {}",
+        r.stderr
+    );
+    v.assert_catalog_consistent();
+    // Nothing of the session is claimed that is not on tape and flushed: each complete
+    // image restores to its disk at that session; the failed drive's are failed.
+    let cat = v.catalog();
+    let (mut failed, mut complete) = (0, 0);
+    for d in &disks {
+        let imgs = cat.images(Some(d.id)).unwrap();
+        // A disk no drive had started when the session stopped has no image of it.
+        assert!((1..=2).contains(&imgs.len()), "{imgs:?}");
+        let Some(second) = imgs.get(1) else {
+            failed += 1;
+            continue;
+        };
+        match second.status.as_str() {
+            "complete" => {
+                let out = v.path("check.img");
+                let r = v.restore_image(d.id, &second.uuid.to_string(), &out);
+                assert_eq!(r.code, 0, "{}", r.stderr);
+                assert_same_bytes(&out, &copies1[&d.id.to_string()], "flushed image");
+                std::fs::remove_file(&out).unwrap();
+                complete += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    assert!(
+        failed >= 1,
+        "the drive that lost power wrote no complete image"
+    );
+    // The other drive's image, written and flushed, counts (as after a failure on one
+    // drive).
+    assert!(complete >= 1, "the healthy drive's image is committed");
+    drop(cat);
+
+    // The next backup (on both drives again, the damaged cartridge left out) continues
+    // every chain from its newest complete image and restores bit-identical.
+    for d in disks.iter_mut() {
+        d.random_writes(2, 128 * KIB);
+    }
+    let bases: HashMap<String, String> = disks
+        .iter()
+        .map(|d| {
+            (
+                d.id.to_string(),
+                complete_images(&v, d).last().unwrap().uuid.to_string(),
+            )
+        })
+        .collect();
+    let copies2 = save_copies(&v, &disks, "2");
+    let r2 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    for (disk, img) in by_disk(&r2) {
+        assert_eq!(s(&img, "kind"), "incremental", "{img}");
+        assert_eq!(s(&img, "parent"), bases[&disk], "{img}");
+        assert!(!barcodes(&img).contains(cut), "{img}");
+    }
+    assert_restores(&v, &r2, &copies2, "after the failed session");
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_recovers() {
+    let v = two_drives();
+    let mut disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let (r0, _) = first_session(&v, &disks, &ms);
+    let set: HashSet<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+
+    for d in disks.iter_mut() {
+        d.write_random(0, d.size() / 2);
+    }
+    // Slow writes on every cartridge, so both drives are mid-stream when it is killed.
+    let all: Vec<String> = std::fs::read_dir(v.library_dir().join("cartridges"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for bc in &all {
+        v.slow_writes(bc, 200, 100_000);
+    }
+    let before: HashMap<String, u64> = set
+        .iter()
+        .map(|b| (b.clone(), v.cartridge_data_len(b)))
+        .collect();
+    let mut child = v
+        .command(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Both drives have written records of this session.
+    while set
+        .iter()
+        .any(|b| v.cartridge_data_len(b) < before[b] + 2 * 512 * KIB)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the backup never wrote on both drives"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Other processes see both drives held by the backup.
+    let st = v.ok(&["status"]);
+    let held: Vec<&Value> = st["drives"]
+        .as_array()
+        .unwrap_or_else(|| panic!("drives in {st:#}"))
+        .iter()
+        .filter(|d| d["busy"] == Value::Bool(true))
+        .collect();
+    assert_eq!(held.len(), 2, "both drives are held: {st:#}");
+    for d in held {
+        assert!(
+            s(d, "holder").contains(&format!("pid {}", child.id())),
+            "{d}"
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for bc in &all {
+        let _ = std::fs::remove_file(v.cartridge_dir(bc).join("faults.json"));
+    }
+    // The commit point was never reached: no image of the killed session is complete.
+    for d in &disks {
+        let c = complete_images(&v, d);
+        assert_eq!(c.len(), 1, "only the first session's image: {c:?}");
+    }
+
+    // The next backup puts the killed session right and continues every chain from the
+    // first session's images.
+    let copies2 = save_copies(&v, &disks, "2");
+    let r2 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let first = by_disk(&r0);
+    for (disk, img) in by_disk(&r2) {
+        assert_eq!(s(&img, "kind"), "incremental", "{img}");
+        assert_eq!(img["parent"], first[&disk]["image"], "{img}");
+    }
+    assert_restores(&v, &r2, &copies2, "after the killed session");
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn an_encrypted_pool_on_two_drives_restores_every_disk() {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    let pass = v.path("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let pf = pass.to_string_lossy().into_owned();
+    v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    v.ok(&[
+        "pool",
+        "create",
+        "e",
+        "--compression",
+        "zstd:3",
+        "--encrypt-key",
+        "k",
+        "--escrow",
+    ]);
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&[
+        "--passphrase-file",
+        &pf,
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "e",
+        "--drives",
+        "2",
+    ]);
+    let imgs = by_disk(&r);
+    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+    assert!(used.len() >= 2, "{used:?}");
+    for (disk, img) in &imgs {
+        let out = v.path(&format!("restored-{disk}"));
+        let o = v.run(&[
+            "--passphrase-file",
+            &pf,
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            s(img, "image"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_same_bytes(&out, &copies[disk], "encrypted, two drives");
+    }
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn images_span_cartridges_on_two_drives_and_rebuild_from_the_media() {
+    // 8 MiB cartridges: every disk of the VM spans at early warning while the other
+    // drive writes; a filled cartridge is put away and each drive takes another one of
+    // the set that no drive of the session holds.
+    let v = Vault::init(&["--slots", "16", "--drives", "2", "--capacity", "8M"]);
+    v.pool("p", "off");
+    let disks: Vec<TestDisk> = (0..4)
+        .map(|i| TestDisk::create(v.path(&format!("s{i}.img")), 12 * MIB, 10 * MIB, 300 + i))
+        .collect();
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let imgs = by_disk(&r);
+    assert_eq!(imgs.len(), 4);
+    assert!(
+        imgs.values().any(|i| barcodes(i).len() > 1),
+        "an image spans cartridges: {r:#}"
+    );
+    assert_restores(&v, &r, &copies, "spanned on two drives");
+    v.assert_catalog_consistent();
+    let orig = image_statuses(&v.home);
+    let fast = fresh_home(&v, "fast");
+    let rep = rebuild(&fast, &[]);
+    assert_eq!(image_statuses(&fast), orig, "fast path: {rep:#}");
+    let scan = fresh_home(&v, "scan");
+    let rep = rebuild(&scan, &["--scan"]);
+    assert_eq!(image_statuses(&scan), orig, "scan: {rep:#}");
+}
+
+#[test]
+fn a_pools_drives_setting_is_the_default_and_drives_overrides_it() {
+    let v = two_drives();
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let pools = v.home.join("pools.toml");
+
+    // A bad value is refused, naming it, before anything is written.
+    std::fs::write(&pools, "[pools.p]\ndrives = 0\n").unwrap();
+    let r = v.fails(&["backup", "--manifest", &ms, "--pool", "p"], 2);
+    assert!(r.stderr.contains("drives = 0"), "{}", r.stderr);
+    assert!(v.catalog().images(None).unwrap().is_empty());
+
+    // `drives = 2`: both drives without --drives.
+    std::fs::write(&pools, "[pools.p]\ndrives = 2\n").unwrap();
+    let r = v.run(&["backup", "--manifest", &ms, "--pool", "p"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let used: HashSet<String> = by_disk(&r.json).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert!(r.stderr.contains("drive 0 (cartridge"), "{}", r.stderr);
+    assert!(r.stderr.contains("drive 1 (cartridge"), "{}", r.stderr);
+
+    // --drives 1 overrides it: one cartridge, no drive notes.
+    let r = v.run(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let used: HashSet<String> = by_disk(&r.json).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert!(!r.stderr.contains("writes disk"), "{}", r.stderr);
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
+    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+    let pass = v.path("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let pf = pass.to_string_lossy().into_owned();
+    v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    v.ok(&[
+        "pool",
+        "create",
+        "hw",
+        "--compression",
+        "off",
+        "--encrypt-key",
+        "k",
+    ]);
+    std::fs::write(
+        v.home.join("pools.toml"),
+        "[pools.hw]\nencrypt_key = \"k\"\nencryption = \"drive\"\ncompression = \"off\"\n",
+    )
+    .unwrap();
+    v.ok(&["pool", "apply"]);
+    let disks = four_disks(&v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.ok(&[
+        "--passphrase-file",
+        &pf,
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "hw",
+        "--drives",
+        "2",
+    ]);
+    let imgs = by_disk(&r);
+    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+    assert!(used.len() >= 2, "{used:?}");
+    // Each drive had the pool's data key: after the clear label, every block of every
+    // cartridge written is the drive's ciphertext.
+    for bc in &used {
+        let mut c = vtl_sim::Cartridge::open(&v.cartridge_dir(bc)).unwrap();
+        c.rewind().unwrap();
+        let mut buf = vec![0u8; tape_formats::MAX_BLOCK_SIZE + 64];
+        let mut flags = Vec::new();
+        loop {
+            match c.read_block_flagged(&mut buf).unwrap() {
+                (vtl_sim::Read::Block(_), e) => flags.push(e),
+                (vtl_sim::Read::Filemark, _) => {}
+                (vtl_sim::Read::EndOfData, _) => break,
+            }
+        }
+        assert!(flags.len() > 3, "{bc}: {flags:?}");
+        assert!(!flags[0], "{bc}: the label stays clear");
+        assert!(flags[1..].iter().all(|e| *e), "{bc}: {flags:?}");
+    }
+    for (disk, img) in &imgs {
+        let out = v.path(&format!("restored-{disk}"));
+        let o = v.run(&[
+            "--passphrase-file",
+            &pf,
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            s(img, "image"),
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_same_bytes(&out, &copies[disk], "drive-encrypted, two drives");
+    }
+}
