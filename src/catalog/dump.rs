@@ -1774,9 +1774,15 @@ mod tests {
     fn elements(doc: &[u8], trickle: bool) -> Result<Vec<serde_json::Value>> {
         let mut out = Vec::new();
         if trickle {
-            RawScanner::new(Trickle(doc)).rows(|v| Ok(out.push(v)))?;
+            RawScanner::new(Trickle(doc)).rows(|v| {
+                out.push(v);
+                Ok(())
+            })?;
         } else {
-            RawScanner::new(doc).rows(|v| Ok(out.push(v)))?;
+            RawScanner::new(doc).rows(|v| {
+                out.push(v);
+                Ok(())
+            })?;
         }
         Ok(out)
     }
