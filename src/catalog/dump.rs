@@ -7,7 +7,7 @@
 //! (same image UUID with a different digest or identity, a cartridge labelled twice
 //! at the same time with different volumes) are reported, not applied.
 
-use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
+use super::images::{image_row, validate_extents, validate_segment, RowInserts, IMAGE_COLS};
 use super::*;
 use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -800,7 +800,7 @@ impl Catalog {
         }
         let digest_lists = self.local_digest_lists();
         for i in &dump.images {
-            self.merge_image_in(i, &mut r, digest_lists.as_ref())?;
+            self.merge_image_in(i, &mut r, digest_lists.as_ref(), None)?;
         }
         for s in &dump.snapshots {
             if self.insert_snapshot(s)? {
@@ -842,7 +842,7 @@ impl Catalog {
     pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
         let tx = self.write_tx()?;
         let mut r = MergeReport::default();
-        self.merge_image_in(d, &mut r, None)?;
+        self.merge_image_in(d, &mut r, None, None)?;
         tx.commit()?;
         Ok(r)
     }
@@ -998,13 +998,23 @@ impl Catalog {
     }
 
     /// `digest_lists`: the images with a digest list in this home, when known (else
-    /// each is looked up).
-    fn merge_image_in(
-        &self,
+    /// each is looked up); `inserts`: the insert statements, when a merge of many
+    /// images holds them.
+    fn merge_image_in<'c>(
+        &'c self,
         d: &ImageDump,
         r: &mut MergeReport,
         digest_lists: Option<&HashSet<Uuid>>,
+        inserts: Option<&mut RowInserts<'c>>,
     ) -> Result<()> {
+        let mut own;
+        let ins = match inserts {
+            Some(i) => i,
+            None => {
+                own = RowInserts::new(self.conn())?;
+                &mut own
+            }
+        };
         let local_list = |id: Uuid| match digest_lists {
             Some(set) => set.contains(&id).then(|| self.digest_list_rel(id)),
             None => self.local_digest_list(id),
@@ -1029,13 +1039,13 @@ impl Catalog {
             row.status = ImageStatus::Incomplete;
             row.note = Some("was still being written when this catalog snapshot was taken".into());
         }
-        if self.insert_image_if_new(&row)? {
+        if ins.image_if_new(&row)? {
             for s in &d.segments {
-                self.insert_segment(inc.uuid, s)?;
+                ins.segment(inc.uuid, s)?;
             }
             r.segments_added += d.segments.len();
             for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+                ins.extent(inc.uuid, e)?;
             }
             r.images_added += 1;
             return Ok(());
@@ -1133,7 +1143,7 @@ impl Catalog {
             for s in &d.segments {
                 match known.iter().find(|k| k.first_seq == s.first_seq) {
                     None => {
-                        self.insert_segment(inc.uuid, s)?;
+                        ins.segment(inc.uuid, s)?;
                         r.segments_added += 1;
                         changed = true;
                     }
@@ -1148,7 +1158,7 @@ impl Catalog {
         }
         if !d.extents.is_empty() && self.extents(inc.uuid)?.is_empty() {
             for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+                ins.extent(inc.uuid, e)?;
             }
             changed = true;
         }
@@ -1474,6 +1484,7 @@ impl MergeState<'_> {
         let cat = self.cat;
         // The image tables' CHECKs are left to Rust while their rows are merged.
         let mut checked: Option<CheckedBefore> = None;
+        let mut inserts: Option<RowInserts> = None;
         for p in rx {
             let r = &mut self.report;
             match p? {
@@ -1501,9 +1512,11 @@ impl MergeState<'_> {
                     // are enums): SQLite need not evaluate them again for each row (its
                     // `kind IN (...)` and `status IN (...)` made a temporary table per
                     // image).
+                    inserts = None;
                     checked = None;
                     if i == 4 {
                         checked = Some(CheckedBefore::new(cat.conn())?);
+                        inserts = Some(RowInserts::new(cat.conn())?);
                     }
                 }
                 Piece::Pool(p) => cat.merge_pool_in(&p, r)?,
@@ -1512,14 +1525,14 @@ impl MergeState<'_> {
                 Piece::Session(s) => cat.merge_session_in(&s, r)?,
                 Piece::Images(batch) => {
                     for d in &batch {
-                        cat.merge_image_in(d, r, self.digest_lists.as_ref())?;
+                        cat.merge_image_in(d, r, self.digest_lists.as_ref(), inserts.as_mut())?;
                     }
                 }
                 Piece::Snapshot(l) => r.snapshots_added += usize::from(cat.insert_snapshot(&l)?),
                 Piece::End => return Ok(()),
             }
         }
-        drop(checked);
+        drop((inserts, checked));
         Err(CatalogError::BadSnapshot(
             "the document's parser stopped before its end".into(),
         ))

@@ -37,6 +37,110 @@ fn opt<'b>(u: &Option<Uuid>, buf: &'b mut [u8; 36]) -> Option<&'b str> {
     u.as_ref().map(|u| uuid_text(u, buf))
 }
 
+const INSERT_SEGMENT: &str = "INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, \
+     last_block, first_seq, last_seq, disk_start, disk_end) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)";
+const INSERT_EXTENT: &str =
+    "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)";
+
+/// The statements that insert an image with its segments and extents, prepared once
+/// for a merge of many images (fetching a cached statement hashes its SQL twice: a
+/// fifth of merging a new image).
+pub(crate) struct RowInserts<'c> {
+    image_if_new: rusqlite::CachedStatement<'c>,
+    segment: rusqlite::CachedStatement<'c>,
+    extent: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> RowInserts<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<RowInserts<'c>> {
+        Ok(RowInserts {
+            image_if_new: conn.prepare_cached(INSERT_IMAGE_IF_NEW)?,
+            segment: conn.prepare_cached(INSERT_SEGMENT)?,
+            extent: conn.prepare_cached(INSERT_EXTENT)?,
+        })
+    }
+
+    /// Insert `i` unless an image with its UUID is already there: whether it was
+    /// inserted (one statement where a lookup and an insert were two).
+    pub(crate) fn image_if_new(&mut self, i: &ImageRow) -> Result<bool> {
+        insert_image_with(&mut self.image_if_new, i, None).map(|n| n == 1)
+    }
+
+    pub(crate) fn segment(&mut self, image: Uuid, s: &Segment) -> Result<()> {
+        insert_segment_with(&mut self.segment, image, s)
+    }
+
+    pub(crate) fn extent(&mut self, image: Uuid, e: &Extent) -> Result<()> {
+        insert_extent_with(&mut self.extent, image, e)
+    }
+}
+
+fn insert_image_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    i: &ImageRow,
+    writer: Option<&str>,
+) -> Result<usize> {
+    // The UUIDs as text on the stack, not five strings per image.
+    let mut ids = [[0u8; 36]; 6];
+    let [a, b, c, d, e, f] = &mut ids;
+    Ok(stmt.execute(params![
+        uuid_text(&i.uuid, a),
+        uuid_text(&i.disk_uuid, b),
+        i.vm_name,
+        i.kind.as_str(),
+        opt(&i.parent_uuid, c),
+        i.change_id,
+        i.from_change_id,
+        num(i.disk_size, "disk size")?,
+        i.block_size,
+        opt(&i.session_uuid, d),
+        i.pool,
+        i.key_fingerprint,
+        i.compression.to_string(),
+        ts(&i.started),
+        tso(&i.finished),
+        i.status.as_str(),
+        num(i.records, "records")?,
+        num(i.plain_bytes, "bytes")?,
+        num(i.stored_bytes, "bytes")?,
+        i.content_digest,
+        i.digest_list,
+        i.note,
+        writer,
+        i.disk_label,
+        opt(&i.copy_of, e),
+        opt(&i.synthetic_of, f)
+    ])?)
+}
+
+fn insert_segment_with(stmt: &mut rusqlite::Statement<'_>, image: Uuid, s: &Segment) -> Result<()> {
+    let mut id = [0u8; 36];
+    stmt.execute(params![
+        uuid_text(&image, &mut id),
+        s.part,
+        s.barcode,
+        num(s.tape_file, "tape file")?,
+        num(s.first_block, "block")?,
+        num(s.last_block, "block")?,
+        num(s.first_seq, "sequence number")?,
+        num(s.last_seq, "sequence number")?,
+        num(s.disk_start, "disk offset")?,
+        num(s.disk_end, "disk offset")?
+    ])?;
+    Ok(())
+}
+
+fn insert_extent_with(stmt: &mut rusqlite::Statement<'_>, image: Uuid, e: &Extent) -> Result<()> {
+    let mut id = [0u8; 36];
+    stmt.execute(params![
+        uuid_text(&image, &mut id),
+        num(e.offset, "extent offset")?,
+        num(e.length, "extent length")?,
+        e.is_zero
+    ])?;
+    Ok(())
+}
+
 /// How images of one disk are ordered newest first: by start time (the point in time
 /// an image restores), a synthetic full before the image it reproduces (same time,
 /// same bytes, and the shorter chain), then by the order they were recorded.
@@ -188,86 +292,18 @@ pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()>
 
 impl Catalog {
     pub(crate) fn insert_segment(&self, image: Uuid, s: &Segment) -> Result<()> {
-        let mut id = [0u8; 36];
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, last_block, \
-                 first_seq, last_seq, disk_start, disk_end) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
-            )?
-            .execute(params![
-                uuid_text(&image, &mut id),
-                s.part,
-                s.barcode,
-                num(s.tape_file, "tape file")?,
-                num(s.first_block, "block")?,
-                num(s.last_block, "block")?,
-                num(s.first_seq, "sequence number")?,
-                num(s.last_seq, "sequence number")?,
-                num(s.disk_start, "disk offset")?,
-                num(s.disk_end, "disk offset")?
-            ])?;
-        Ok(())
+        let mut st = self.conn().prepare_cached(INSERT_SEGMENT)?;
+        insert_segment_with(&mut st, image, s)
     }
 
     pub(crate) fn insert_extent(&self, image: Uuid, e: &Extent) -> Result<()> {
-        let mut id = [0u8; 36];
-        self.conn().prepare_cached(
-            "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)",
-        )?.execute(
-            params![
-                uuid_text(&image, &mut id),
-                num(e.offset, "extent offset")?,
-                num(e.length, "extent length")?,
-                e.is_zero
-            ],
-        )?;
-        Ok(())
+        let mut st = self.conn().prepare_cached(INSERT_EXTENT)?;
+        insert_extent_with(&mut st, image, e)
     }
 
     pub(crate) fn insert_image(&self, i: &ImageRow, writer: Option<&str>) -> Result<()> {
-        self.insert_image_sql(INSERT_IMAGE, i, writer).map(|_| ())
-    }
-
-    /// Insert `i` unless an image with its UUID is already there: whether it was
-    /// inserted (one statement where a lookup and an insert were two: a rebuild merges
-    /// 100 k images).
-    pub(crate) fn insert_image_if_new(&self, i: &ImageRow) -> Result<bool> {
-        self.insert_image_sql(INSERT_IMAGE_IF_NEW, i, None)
-            .map(|n| n == 1)
-    }
-
-    fn insert_image_sql(&self, sql: &str, i: &ImageRow, writer: Option<&str>) -> Result<usize> {
-        // The UUIDs as text on the stack, not five strings per image.
-        let mut ids = [[0u8; 36]; 6];
-        let [a, b, c, d, e, f] = &mut ids;
-        Ok(self.conn().prepare_cached(sql)?.execute(params![
-            uuid_text(&i.uuid, a),
-            uuid_text(&i.disk_uuid, b),
-            i.vm_name,
-            i.kind.as_str(),
-            opt(&i.parent_uuid, c),
-            i.change_id,
-            i.from_change_id,
-            num(i.disk_size, "disk size")?,
-            i.block_size,
-            opt(&i.session_uuid, d),
-            i.pool,
-            i.key_fingerprint,
-            i.compression.to_string(),
-            ts(&i.started),
-            tso(&i.finished),
-            i.status.as_str(),
-            num(i.records, "records")?,
-            num(i.plain_bytes, "bytes")?,
-            num(i.stored_bytes, "bytes")?,
-            i.content_digest,
-            i.digest_list,
-            i.note,
-            writer,
-            i.disk_label,
-            opt(&i.copy_of, e),
-            opt(&i.synthetic_of, f)
-        ])?)
+        let mut st = self.conn().prepare_cached(INSERT_IMAGE)?;
+        insert_image_with(&mut st, i, writer).map(|_| ())
     }
 
     /// Record a new image as running. An incremental's parent must be a complete,
