@@ -11,10 +11,10 @@
 #    same media set that is kept in the vault) straight into catalog.db with SQL.
 #    The generator is this script (Python's sqlite3), not tapevault: the rows copy
 #    the real image's columns.
-# 2. Times ROUNDS alternating rounds of: `images` (all), `images --disk` (one chain
-#    of IMAGES/DISKS), restore planning (`restore` of the newest point of one disk,
-#    which plans, prints the pull list and stops with exit 4 since its cartridge is in
-#    the vault), `rotate --dry-run`, and a fast-path `catalog rebuild` into a fresh
+# 2. Times ROUNDS alternating rounds of: `images` (all), `images --json` (all),
+#    `images --disk` (one chain of IMAGES/DISKS), restore planning (`restore` of the
+#    newest point of one disk, which plans, prints the pull list and stops with exit 4
+#    since its cartridge is in the vault), `rotate --dry-run`, and a fast-path `catalog rebuild` into a fresh
 #    home (its snapshot holds every generated image: a backup session after the
 #    generation wrote a full snapshot of the set).
 # 3. The snapshot each session writes: SESSIONS more small incremental backups into
@@ -23,7 +23,11 @@
 # Reports catalog.db's size per image.
 #
 # Environment: IMAGES (default 100000), DISKS (default 1000), ROUNDS (default 3),
-# SESSIONS (default 6), TAPEVAULT_BIN, KEEP=1.
+# SESSIONS (default 6), TAPEVAULT_BIN, KEEP=1. With OTHER_BIN (another tapevault
+# binary, e.g. main's), each round times every command with both binaries one after
+# the other on the same catalog (names `...-other`), for side-by-side ratios; the
+# summary also gives each command's CPU seconds (user + system), which depend less on
+# the load of a shared machine than the wall time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -108,17 +112,28 @@ log "catalog.db: $DB_BYTES bytes for $NIMG images: $((DB_BYTES / NIMG)) bytes pe
 sqlite3 "$HOME_DIR/catalog.db" "SELECT kind, plain_len FROM snapshots ORDER BY rowid DESC LIMIT 1" | sed 's/^/last snapshot (kind|plain bytes): /' | tee -a "$W/results.txt" >&2
 
 ONE_DISK=$(python3 -c "import uuid; print(uuid.UUID(int=17 | (7 << 120)))")
+# cpu NAME: the user + system seconds of the latest `timed NAME` (appended to $W/cpu).
+cpu() {
+  awk -F': ' -v n="$1" '/User time|System time/ {s += $2} END {printf "%s %.3f\n", n, s}' "$W/$1.time" >> "$W/cpu"
+}
+round() { # round SUFFIX BIN
+  local r=$1 B=$2
+  timed "images-$r" 0 "$B" --home "$HOME_DIR" images; cpu "images-$r"
+  timed "images-json-$r" 0 "$B" --home "$HOME_DIR" images --json; cpu "images-json-$r"
+  timed "images-disk-$r" 0 "$B" --home "$HOME_DIR" images --disk "$ONE_DISK"; cpu "images-disk-$r"
+  timed "restore-plan-$r" any "$B" --home "$HOME_DIR" restore --disk "$ONE_DISK" --to "$W/out-$r.img"; cpu "restore-plan-$r"
+  timed "rotate-dry-$r" 0 "$B" --home "$HOME_DIR" rotate --dry-run; cpu "rotate-dry-$r"
+  rm -rf "$W/rebuilt-$r"
+  "$B" --home "$W/rebuilt-$r" init --library "$W/library" >/dev/null
+  timed "rebuild-$r" 0 "$B" --home "$W/rebuilt-$r" catalog rebuild; cpu "rebuild-$r"
+  log "  rebuilt catalog: $(sqlite3 "$W/rebuilt-$r/catalog.db" "SELECT COUNT(*) FROM images") images"
+  rm -rf "$W/rebuilt-$r" "$W/out-$r.img"
+}
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r"
-  timed "images-$r" 0 "$BIN" --home "$HOME_DIR" images
-  timed "images-disk-$r" 0 "$BIN" --home "$HOME_DIR" images --disk "$ONE_DISK"
-  timed "restore-plan-$r" any "$BIN" --home "$HOME_DIR" restore --disk "$ONE_DISK" --to "$W/out-$r.img"
-  timed "rotate-dry-$r" 0 "$BIN" --home "$HOME_DIR" rotate --dry-run
-  rm -rf "$W/rebuilt-$r"
-  "$BIN" --home "$W/rebuilt-$r" init --library "$W/library" >/dev/null
-  timed "rebuild-$r" 0 "$BIN" --home "$W/rebuilt-$r" catalog rebuild
-  log "  rebuilt catalog: $(sqlite3 "$W/rebuilt-$r/catalog.db" "SELECT COUNT(*) FROM images") images"
-  rm -rf "$W/rebuilt-$r"
+  round "$r" "$BIN"
+  [ -n "${OTHER_BIN:-}" ] && round "$r-other" "$OTHER_BIN"
+  rm -f "$W"/images*.out  # the listings of 100 k images (up to 89 MB each)
 done
 
 log "sessions after the big catalog (snapshot kind, plain bytes, backup wall time):"
@@ -127,8 +142,17 @@ for s in $(seq 1 "$SESSIONS"); do
   timed "session-$s" 0 "$BIN" --home "$HOME_DIR" backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p
   sqlite3 "$HOME_DIR/catalog.db" "SELECT kind, plain_len FROM snapshots ORDER BY rowid DESC LIMIT 1" | sed 's/^/  snapshot: /' | tee -a "$W/results.txt" >&2
 done
-for k in images images-disk restore-plan rotate-dry rebuild; do
-  grep "^$k-[0-9]" "$W/timings" | awk -v k="$k" '{print $2}' | sort -n | awk -v k="$k" '{a[NR]=$1} END {printf "%-14s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
+# summary FILE KEY SUFFIX-PATTERN UNIT: min / median / max of the rounds' values.
+summary() {
+  grep -E "^$2-[0-9]+$3 " "$1" | awk '{print $2}' | sort -n | awk -v k="$2${4}" '{a[NR]=$1} END {if (NR) printf "%-26s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
+}
+for k in images images-json images-disk restore-plan rotate-dry rebuild; do
+  summary "$W/timings" "$k" "" ""
+  summary "$W/cpu" "$k" "" " (cpu)"
+  if [ -n "${OTHER_BIN:-}" ]; then
+    summary "$W/timings" "$k" "-other" " other"
+    summary "$W/cpu" "$k" "-other" " other (cpu)"
+  fi
 done
 [ -n "${RESULTS_OUT:-}" ] && cp "$W/results.txt" "$RESULTS_OUT"
 true

@@ -579,3 +579,59 @@ fn a_spool_leaves_nothing_in_its_directory() {
     drop(s);
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_streamed_merge_stopped_by_a_bad_row_reports_it_and_merges_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, _, _, _, _) = two_sets(&d);
+    let snap = c.snapshot(SnapshotScope::All).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    let n = v["images"].as_array().unwrap().len();
+    assert!(n >= 2, "{n} images");
+    // Hundreds of copies of the images (the parser runs ahead of the merge in pieces),
+    // then the last one with an extent beyond its disk: refused as the row it is, after
+    // the ones before it were inserted in the same transaction.
+    let text = String::from_utf8(snap.clone()).unwrap();
+    let start = text.find("\"images\":[").unwrap() + "\"images\":[".len();
+    let end = text.find("],\"snapshots\":").unwrap();
+    let mut rows = Vec::new();
+    for k in 0..300u32 {
+        for img in v["images"].as_array().unwrap() {
+            let mut img = img.clone();
+            img["image"]["uuid"] = Uuid::from_u128(u128::from(k) << 8 | rows.len() as u128)
+                .to_string()
+                .into();
+            img["image"]["parent_uuid"] = serde_json::Value::Null;
+            img["image"]["kind"] = "incremental".into();
+            rows.push(serde_json::to_string(&img).unwrap());
+        }
+    }
+    let mut bad = v["images"][0].clone();
+    bad["image"]["uuid"] = Uuid::new_v4().to_string().into();
+    let size = bad["image"]["disk_size"].as_u64().unwrap();
+    bad["extents"] = serde_json::json!([{"offset": size, "length": 4096, "is_zero": false}]);
+    rows.push(serde_json::to_string(&bad).unwrap());
+    let doc = format!("{}{}{}", &text[..start], rows.join(","), &text[end..]);
+    let e = tempfile::tempdir().unwrap();
+    let fresh = open(&e);
+    match fresh.merge_snapshot_from(doc.as_bytes()) {
+        Err(CatalogError::Invalid { what, reason }) => {
+            assert!(reason.contains("beyond the disk size"), "{what}: {reason}")
+        }
+        other => panic!("merged a document with a bad row: {other:?}"),
+    }
+    assert!(fresh.images(None).unwrap().is_empty());
+    assert!(fresh.pools().unwrap().is_empty());
+    // Without the bad row the same document merges whole, and once only.
+    rows.pop();
+    let doc = format!("{}{}{}", &text[..start], rows.join(","), &text[end..]);
+    assert_eq!(
+        fresh
+            .merge_snapshot_from(doc.as_bytes())
+            .unwrap()
+            .images_added,
+        rows.len()
+    );
+    assert_eq!(fresh.images(None).unwrap().len(), rows.len());
+    assert!(fresh.merge_snapshot_from(doc.as_bytes()).unwrap().is_noop());
+}

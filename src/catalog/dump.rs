@@ -7,11 +7,9 @@
 //! (same image UUID with a different digest or identity, a cartridge labelled twice
 //! at the same time with different volumes) are reported, not applied.
 
-use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
+use super::images::{image_row, validate_extents, validate_segment, RowInserts, IMAGE_COLS};
 use super::*;
-use serde::de::{
-    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
@@ -715,8 +713,10 @@ impl Catalog {
     /// whatever the size of the document. Tables must come in the order tapevault
     /// writes them (pools, media sets, cartridges, sessions, images, snapshots; a
     /// document in another order is refused as a bad snapshot, with nothing merged).
-    pub fn merge_snapshot_from<R: Read>(&self, r: R) -> Result<MergeReport> {
+    pub fn merge_snapshot_from<R: Read + Send>(&self, r: R) -> Result<MergeReport> {
         let _cache = MergeCache::new(self.conn())?;
+        // Declared before the transaction: on again once it has ended.
+        let _keys = ReferencesCheckedBefore::new(self.conn())?;
         let tx = self.write_tx()?;
         let mut st = MergeState {
             cat: self,
@@ -725,7 +725,6 @@ impl Catalog {
             version: None,
             rank: 0,
             pool_config: BTreeMap::new(),
-            failure: None,
             digest_lists: self.local_digest_lists(),
         };
         // Into a small catalog (a rebuild into a fresh home), the secondary indexes of
@@ -751,14 +750,9 @@ impl Catalog {
         } else {
             Vec::new()
         };
-        let mut de = serde_json::Deserializer::from_reader(r);
-        let parsed = de
-            .deserialize_map(MergeVisitor { st: &mut st })
-            .and_then(|()| de.end());
-        if let Some(e) = st.failure.take() {
-            return Err(e); // the transaction rolls back
-        }
-        parsed.map_err(|e| CatalogError::BadSnapshot(e.to_string()))?;
+        // The document is split into its members and each table into its rows, and each
+        // row parsed from its own bytes: one row's bytes are held at a time.
+        st.merge_document(r)?; // an error rolls the transaction back
         if st.format.is_none() || st.version.is_none() {
             return Err(CatalogError::BadSnapshot(
                 "the document has no format or version".into(),
@@ -806,7 +800,7 @@ impl Catalog {
         }
         let digest_lists = self.local_digest_lists();
         for i in &dump.images {
-            self.merge_image_in(i, &mut r, digest_lists.as_ref())?;
+            self.merge_image_in(i, &mut r, digest_lists.as_ref(), None)?;
         }
         for s in &dump.snapshots {
             if self.insert_snapshot(s)? {
@@ -848,7 +842,7 @@ impl Catalog {
     pub fn merge_image(&self, d: &ImageDump) -> Result<MergeReport> {
         let tx = self.write_tx()?;
         let mut r = MergeReport::default();
-        self.merge_image_in(d, &mut r, None)?;
+        self.merge_image_in(d, &mut r, None, None)?;
         tx.commit()?;
         Ok(r)
     }
@@ -1004,13 +998,23 @@ impl Catalog {
     }
 
     /// `digest_lists`: the images with a digest list in this home, when known (else
-    /// each is looked up).
-    fn merge_image_in(
-        &self,
+    /// each is looked up); `inserts`: the insert statements, when a merge of many
+    /// images holds them.
+    fn merge_image_in<'c>(
+        &'c self,
         d: &ImageDump,
         r: &mut MergeReport,
         digest_lists: Option<&HashSet<Uuid>>,
+        inserts: Option<&mut RowInserts<'c>>,
     ) -> Result<()> {
+        let mut own;
+        let ins = match inserts {
+            Some(i) => i,
+            None => {
+                own = RowInserts::new(self.conn())?;
+                &mut own
+            }
+        };
         let local_list = |id: Uuid| match digest_lists {
             Some(set) => set.contains(&id).then(|| self.digest_list_rel(id)),
             None => self.local_digest_list(id),
@@ -1022,29 +1026,35 @@ impl Catalog {
         if !d.extents.is_empty() {
             validate_extents(inc, &d.extents)?;
         }
-        let Some(local) = self.image(inc.uuid)? else {
-            let mut row = inc.clone();
-            // Never a path from the media or an export: only a list this home holds.
-            row.digest_list = if row.status == ImageStatus::Complete {
-                local_list(inc.uuid)
-            } else {
-                None
-            };
-            if row.status == ImageStatus::Running {
-                row.status = ImageStatus::Incomplete;
-                row.note =
-                    Some("was still being written when this catalog snapshot was taken".into());
-            }
-            self.insert_image(&row, None)?;
+        // An image the catalog does not have is inserted as it comes (the insert is
+        // the lookup); one it has is merged fact by fact below.
+        let mut row = inc.clone();
+        // Never a path from the media or an export: only a list this home holds.
+        row.digest_list = if row.status == ImageStatus::Complete {
+            local_list(inc.uuid)
+        } else {
+            None
+        };
+        if row.status == ImageStatus::Running {
+            row.status = ImageStatus::Incomplete;
+            row.note = Some("was still being written when this catalog snapshot was taken".into());
+        }
+        if ins.image_if_new(&row)? {
             for s in &d.segments {
-                self.insert_segment(inc.uuid, s)?;
+                ins.segment(inc.uuid, s)?;
             }
             r.segments_added += d.segments.len();
             for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+                ins.extent(inc.uuid, e)?;
             }
             r.images_added += 1;
             return Ok(());
+        }
+        let Some(local) = self.image(inc.uuid)? else {
+            return Err(CatalogError::NotFound {
+                what: "image",
+                key: format!("{} (neither inserted nor found)", inc.uuid),
+            });
         };
         let identity = |i: &ImageRow| {
             (
@@ -1133,7 +1143,7 @@ impl Catalog {
             for s in &d.segments {
                 match known.iter().find(|k| k.first_seq == s.first_seq) {
                     None => {
-                        self.insert_segment(inc.uuid, s)?;
+                        ins.segment(inc.uuid, s)?;
                         r.segments_added += 1;
                         changed = true;
                     }
@@ -1148,7 +1158,7 @@ impl Catalog {
         }
         if !d.extents.is_empty() && self.extents(inc.uuid)?.is_empty() {
             for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+                ins.extent(inc.uuid, e)?;
             }
             changed = true;
         }
@@ -1222,6 +1232,52 @@ impl<'c> MergeCache<'c> {
 impl Drop for MergeCache<'_> {
     fn drop(&mut self) {
         let _ = self.conn.pragma_update(None, "cache_size", self.was);
+    }
+}
+
+/// `PRAGMA ignore_check_constraints` on while the image tables of a dump are merged,
+/// whose rows are validated before they are inserted; off again when it is dropped
+/// (statements prepared meanwhile are prepared again: SQLite expires them).
+struct CheckedBefore<'c> {
+    conn: &'c rusqlite::Connection,
+}
+
+impl<'c> CheckedBefore<'c> {
+    fn new(conn: &'c rusqlite::Connection) -> Result<CheckedBefore<'c>> {
+        conn.pragma_update(None, "ignore_check_constraints", true)?;
+        Ok(CheckedBefore { conn })
+    }
+}
+
+impl Drop for CheckedBefore<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .conn
+            .pragma_update(None, "ignore_check_constraints", false);
+    }
+}
+
+/// `PRAGMA foreign_keys` off while a dump is merged (it can only change outside a
+/// transaction), on again when dropped. Every reference a merge writes is made true
+/// before it is written: a segment or extent follows its image's row, a cartridge's
+/// media set is looked up first ([`Catalog::merge_media`]); SQLite would look each of
+/// the 200 k segment and extent parents up again.
+struct ReferencesCheckedBefore<'c> {
+    conn: &'c rusqlite::Connection,
+    was: bool,
+}
+
+impl<'c> ReferencesCheckedBefore<'c> {
+    fn new(conn: &'c rusqlite::Connection) -> Result<ReferencesCheckedBefore<'c>> {
+        let was: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        conn.pragma_update(None, "foreign_keys", false)?;
+        Ok(ReferencesCheckedBefore { conn, was })
+    }
+}
+
+impl Drop for ReferencesCheckedBefore<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.pragma_update(None, "foreign_keys", self.was);
     }
 }
 
@@ -1300,124 +1356,481 @@ struct MergeState<'c> {
     /// 1 + the index in [`TABLES`] of the last table merged (0: none yet).
     rank: usize,
     pool_config: BTreeMap<String, serde_json::Value>,
-    /// The catalog error that stopped the parse (reported instead of the parse error
-    /// it was turned into).
-    failure: Option<CatalogError>,
     /// Images with a digest list in this home (None: look each up).
     digest_lists: Option<HashSet<Uuid>>,
 }
 
-impl MergeState<'_> {
-    fn fail<E: serde::de::Error>(&mut self, e: CatalogError) -> E {
-        let msg = e.to_string();
-        self.failure = Some(e);
-        E::custom(msg)
-    }
+/// What the parser of a streamed merge hands to the merge, in document order.
+enum Piece {
+    Format(String),
+    Version(u32),
+    PoolConfig(BTreeMap<String, serde_json::Value>),
+    /// The start of the table [`TABLES`]`[i]`; its rows follow.
+    Table(usize),
+    Pool(PoolRow),
+    MediaSet(MediaSetRow),
+    Media(MediaRow),
+    Session(SessionRow),
+    /// Up to [`IMAGES_PER_PIECE`] images.
+    Images(Vec<ImageDump>),
+    Snapshot(SnapshotLocation),
+    /// The document was read to its end, and nothing follows it.
+    End,
 }
 
-struct MergeVisitor<'a, 'c> {
-    st: &'a mut MergeState<'c>,
-}
+/// Images parsed ahead of the merge: pieces of this many, at most [`PIECES_AHEAD`]
+/// pieces waiting (a few hundred images held, whatever the size of the document).
+const IMAGES_PER_PIECE: usize = 64;
+const PIECES_AHEAD: usize = 4;
 
-impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a catalog snapshot document (a JSON object)")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
-        let st = self.st;
-        while let Some(k) = m.next_key::<String>()? {
-            match k.as_str() {
-                "format" => st.format = Some(m.next_value()?),
-                "version" => st.version = Some(m.next_value()?),
-                "pool_config" => st.pool_config = m.next_value()?,
-                t => match TABLES.iter().position(|x| *x == t) {
-                    Some(i) => {
-                        let (Some(format), Some(version)) = (&st.format, st.version) else {
-                            return Err(st.fail(CatalogError::BadSnapshot(format!(
-                                "table {t} comes before the document's format and version"
-                            ))));
-                        };
-                        if let Err(e) = check_format(format, version) {
-                            return Err(st.fail(e));
+/// The parser of a streamed merge (its own thread): the document's members and rows as
+/// [`Piece`]s, then [`Piece::End`]; or the error that stopped it. It stops when the
+/// merge stops listening.
+fn parse_document<R: Read>(
+    sc: &mut RawScanner<R>,
+    tx: &std::sync::mpsc::SyncSender<Result<Piece>>,
+) {
+    // A merge that stopped listening has its own error to report: this one is not seen.
+    let send = |p: Piece| {
+        tx.send(Ok(p))
+            .map_err(|_| CatalogError::BadSnapshot("the merge stopped".into()))
+    };
+    let r = (|| -> Result<()> {
+        sc.expect(b'{')?;
+        if sc.peek()? == Some(b'}') {
+            sc.bump();
+        } else {
+            loop {
+                let key: String = sc.value()?;
+                sc.expect(b':')?;
+                match key.as_str() {
+                    "format" => send(Piece::Format(sc.value()?))?,
+                    "version" => send(Piece::Version(sc.value()?))?,
+                    "pool_config" => send(Piece::PoolConfig(sc.value()?))?,
+                    t => match TABLES.iter().position(|x| *x == t) {
+                        Some(i) => {
+                            send(Piece::Table(i))?;
+                            parse_table(i, sc, &send)?;
                         }
-                        if i < st.rank {
-                            return Err(st.fail(CatalogError::BadSnapshot(format!(
-                                "table {t} comes after {} (tables are merged in the order {})",
-                                TABLES[st.rank - 1],
-                                TABLES.join(", ")
-                            ))));
+                        None => {
+                            sc.value::<IgnoredAny>()?;
                         }
-                        st.rank = i + 1;
-                        m.next_value_seed(TableSeed {
-                            st: &mut *st,
-                            table: i,
-                        })?;
-                    }
-                    None => {
-                        m.next_value::<IgnoredAny>()?;
-                    }
-                },
+                    },
+                }
+                match sc.next()? {
+                    Some(b',') => {}
+                    Some(b'}') => break,
+                    other => return Err(sc.unexpected(other, "`,` or `}` after a member")),
+                }
             }
         }
-        Ok(())
+        if let Some(c) = sc.next()? {
+            return Err(sc.unexpected(Some(c), "the end of the document"));
+        }
+        send(Piece::End)
+    })();
+    if let Err(e) = r {
+        let _ = tx.send(Err(e));
     }
 }
 
-/// One table of a dump, merged row by row.
-struct TableSeed<'a, 'c> {
-    st: &'a mut MergeState<'c>,
-    table: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for TableSeed<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_seq(self)
+/// The rows of table `i` as pieces.
+fn parse_table<R: Read>(
+    i: usize,
+    sc: &mut RawScanner<R>,
+    send: &dyn Fn(Piece) -> Result<()>,
+) -> Result<()> {
+    match i {
+        0 => sc.rows(|p| send(Piece::Pool(p))),
+        1 => sc.rows(|s| send(Piece::MediaSet(s))),
+        2 => sc.rows(|m| send(Piece::Media(m))),
+        3 => sc.rows(|s| send(Piece::Session(s))),
+        4 => {
+            let mut batch = Vec::with_capacity(IMAGES_PER_PIECE);
+            sc.rows(|d: ImageDump| {
+                batch.push(d);
+                if batch.len() < IMAGES_PER_PIECE {
+                    return Ok(());
+                }
+                send(Piece::Images(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(IMAGES_PER_PIECE),
+                )))
+            })?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            send(Piece::Images(batch))
+        }
+        _ => sc.rows(|l| send(Piece::Snapshot(l))),
     }
 }
 
-impl<'de> Visitor<'de> for TableSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "the array {}", TABLES[self.table])
+impl MergeState<'_> {
+    /// Merge the document `r` holds: one object whose members are the head's fields
+    /// and the tables, in the order tapevault writes them; nothing may follow it. A
+    /// thread of its own parses it (the JSON is about a third of the work), a few
+    /// hundred rows ahead of the merge.
+    fn merge_document<R: Read + Send>(&mut self, r: R) -> Result<()> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PIECES_AHEAD);
+            scope.spawn(move || parse_document(&mut RawScanner::new(r), &tx));
+            // Returning drops `rx`: the parser stops at its next piece.
+            self.merge_pieces(rx)
+        })
     }
 
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> std::result::Result<(), S::Error> {
-        let st = self.st;
-        let cat = st.cat;
-        macro_rules! each {
-            ($t:ty, |$row:ident| $apply:expr) => {
-                while let Some($row) = seq.next_element::<$t>()? {
-                    let r: Result<()> = $apply;
-                    if let Err(e) = r {
-                        return Err(st.fail(e));
+    fn merge_pieces(&mut self, rx: std::sync::mpsc::Receiver<Result<Piece>>) -> Result<()> {
+        let cat = self.cat;
+        // The image tables' CHECKs are left to Rust while their rows are merged.
+        let mut checked: Option<CheckedBefore> = None;
+        let mut inserts: Option<RowInserts> = None;
+        for p in rx {
+            let r = &mut self.report;
+            match p? {
+                Piece::Format(f) => self.format = Some(f),
+                Piece::Version(v) => self.version = Some(v),
+                Piece::PoolConfig(c) => self.pool_config = c,
+                Piece::Table(i) => {
+                    let t = TABLES[i];
+                    let (Some(format), Some(version)) = (&self.format, self.version) else {
+                        return Err(CatalogError::BadSnapshot(format!(
+                            "table {t} comes before the document's format and version"
+                        )));
+                    };
+                    check_format(format, version)?;
+                    if i < self.rank {
+                        return Err(CatalogError::BadSnapshot(format!(
+                            "table {t} comes after {} (tables are merged in the order {})",
+                            TABLES[self.rank - 1],
+                            TABLES.join(", ")
+                        )));
+                    }
+                    self.rank = i + 1;
+                    // Every CHECK of the image tables is checked before the insert
+                    // (`validate_segment`, `validate_extents`, the kinds and statuses
+                    // are enums): SQLite need not evaluate them again for each row (its
+                    // `kind IN (...)` and `status IN (...)` made a temporary table per
+                    // image).
+                    inserts = None;
+                    checked = None;
+                    if i == 4 {
+                        checked = Some(CheckedBefore::new(cat.conn())?);
+                        inserts = Some(RowInserts::new(cat.conn())?);
                     }
                 }
-            };
-        }
-        match self.table {
-            0 => each!(PoolRow, |p| cat.merge_pool_in(&p, &mut st.report)),
-            1 => each!(MediaSetRow, |s| cat.merge_media_set_in(&s, &mut st.report)),
-            2 => each!(MediaRow, |m| cat.merge_media_in(&m, &mut st.report)),
-            3 => each!(SessionRow, |s| cat.merge_session_in(&s, &mut st.report)),
-            4 => each!(ImageDump, |i| cat.merge_image_in(
-                &i,
-                &mut st.report,
-                st.digest_lists.as_ref()
-            )),
-            _ => each!(SnapshotLocation, |s| match cat.insert_snapshot(&s) {
-                Ok(added) => {
-                    st.report.snapshots_added += usize::from(added);
-                    Ok(())
+                Piece::Pool(p) => cat.merge_pool_in(&p, r)?,
+                Piece::MediaSet(s) => cat.merge_media_set_in(&s, r)?,
+                Piece::Media(m) => cat.merge_media_in(&m, r)?,
+                Piece::Session(s) => cat.merge_session_in(&s, r)?,
+                Piece::Images(batch) => {
+                    for d in &batch {
+                        cat.merge_image_in(d, r, self.digest_lists.as_ref(), inserts.as_mut())?;
+                    }
                 }
-                Err(e) => Err(e),
-            }),
+                Piece::Snapshot(l) => r.snapshots_added += usize::from(cat.insert_snapshot(&l)?),
+                Piece::End => return Ok(()),
+            }
         }
-        Ok(())
+        drop((inserts, checked));
+        Err(CatalogError::BadSnapshot(
+            "the document's parser stopped before its end".into(),
+        ))
+    }
+}
+
+/// Reads a JSON document piece by piece: the punctuation of its outer object and
+/// arrays, and the bytes of one value at a time, which serde_json then parses from a
+/// slice (several times faster than parsing from a reader, byte by byte). The scanner
+/// only finds where a value ends (strings, escapes, nesting); serde_json checks it.
+struct RawScanner<R> {
+    r: std::io::BufReader<R>,
+    /// Bytes consumed so far (for error messages).
+    at: u64,
+    /// The bytes of the latest value.
+    raw: Vec<u8>,
+}
+
+/// What [`RawScanner::raw_value`] stops at, by byte: in a string its end or an
+/// escape, in an object or array a string's start or a bracket, after a number or
+/// literal a delimiter.
+const STR_STOP: u8 = 1;
+const NEST_STOP: u8 = 2;
+const SCALAR_STOP: u8 = 4;
+const SCAN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = STR_STOP | NEST_STOP;
+    t[b'\\' as usize] = STR_STOP;
+    t[b'{' as usize] = NEST_STOP;
+    t[b'[' as usize] = NEST_STOP;
+    t[b'}' as usize] = NEST_STOP | SCALAR_STOP;
+    t[b']' as usize] = NEST_STOP | SCALAR_STOP;
+    t[b',' as usize] = SCALAR_STOP;
+    t[b' ' as usize] = SCALAR_STOP;
+    t[b'\n' as usize] = SCALAR_STOP;
+    t[b'\r' as usize] = SCALAR_STOP;
+    t[b'\t' as usize] = SCALAR_STOP;
+    t
+};
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+impl<R: Read> RawScanner<R> {
+    fn new(r: R) -> RawScanner<R> {
+        RawScanner {
+            r: std::io::BufReader::with_capacity(256 << 10, r),
+            at: 0,
+            raw: Vec::new(),
+        }
+    }
+
+    fn io(&self, e: std::io::Error) -> CatalogError {
+        CatalogError::BadSnapshot(format!("reading the document at byte {}: {e}", self.at))
+    }
+
+    fn consume(&mut self, n: usize) {
+        std::io::BufRead::consume(&mut self.r, n);
+        self.at += n as u64;
+    }
+
+    /// The next byte that is not white space, left unread (None at the end).
+    fn peek(&mut self) -> Result<Option<u8>> {
+        loop {
+            let b = match std::io::BufRead::fill_buf(&mut self.r) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            };
+            if b.is_empty() {
+                return Ok(None);
+            }
+            match b.iter().position(|&c| !is_ws(c)) {
+                Some(n) => {
+                    let c = b[n];
+                    self.consume(n);
+                    return Ok(Some(c));
+                }
+                None => {
+                    let n = b.len();
+                    self.consume(n);
+                }
+            }
+        }
+    }
+
+    fn bump(&mut self) {
+        self.consume(1);
+    }
+
+    /// The next byte that is not white space, read.
+    fn next(&mut self) -> Result<Option<u8>> {
+        let c = self.peek()?;
+        if c.is_some() {
+            self.bump();
+        }
+        Ok(c)
+    }
+
+    fn unexpected(&self, c: Option<u8>, want: &str) -> CatalogError {
+        CatalogError::BadSnapshot(match c {
+            Some(c) => format!(
+                "{:?} at byte {} where {want} belongs",
+                char::from(c),
+                self.at.saturating_sub(1)
+            ),
+            None => format!("the document ends at byte {} where {want} belongs", self.at),
+        })
+    }
+
+    fn expect(&mut self, want: u8) -> Result<()> {
+        match self.next()? {
+            Some(c) if c == want => Ok(()),
+            other => Err(self.unexpected(other, &format!("`{}`", char::from(want)))),
+        }
+    }
+
+    /// The next value, parsed.
+    fn value<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        let start = self.at;
+        self.raw_value()?;
+        serde_json::from_slice(&self.raw)
+            .map_err(|e| CatalogError::BadSnapshot(format!("the value at byte {start}: {e}")))
+    }
+
+    /// Each element of the array that comes next, parsed and handed to `f` (whose
+    /// error stops the merge).
+    fn rows<T: serde::de::DeserializeOwned>(
+        &mut self,
+        mut f: impl FnMut(T) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(b'[')?;
+        if self.peek()? == Some(b']') {
+            self.bump();
+            return Ok(());
+        }
+        loop {
+            f(self.value()?)?;
+            match self.next()? {
+                Some(b',') => {}
+                Some(b']') => return Ok(()),
+                other => return Err(self.unexpected(other, "`,` or `]` after an element")),
+            }
+        }
+    }
+
+    /// Read the bytes of the next value into `self.raw`: a string, an object or an
+    /// array to its closing quote or bracket, anything else up to the next delimiter.
+    fn raw_value(&mut self) -> Result<()> {
+        self.raw.clear();
+        let Some(first) = self.peek()? else {
+            return Err(self.unexpected(None, "a value"));
+        };
+        let scalar = !matches!(first, b'{' | b'[' | b'"');
+        let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+        loop {
+            let b = match std::io::BufRead::fill_buf(&mut self.r) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            };
+            if b.is_empty() {
+                if scalar {
+                    return Ok(());
+                }
+                return Err(self.unexpected(None, "the rest of a value"));
+            }
+            let mut end = None;
+            // An escape whose backslash ended the previous buffer: skip the byte it escapes.
+            let mut i = usize::from(std::mem::take(&mut esc));
+            while i < b.len() {
+                // Past the bytes that mean nothing where we are, a table lookup each.
+                let stop = if in_str {
+                    STR_STOP
+                } else if scalar {
+                    SCALAR_STOP
+                } else {
+                    NEST_STOP
+                };
+                while i < b.len() && SCAN[usize::from(b[i])] & stop == 0 {
+                    i += 1;
+                }
+                if i == b.len() {
+                    break;
+                }
+                let c = b[i];
+                if in_str {
+                    if c == b'\\' {
+                        // The escaped byte is never the string's end.
+                        if i + 1 == b.len() {
+                            esc = true;
+                            i += 1;
+                            break;
+                        }
+                        i += 2;
+                        continue;
+                    }
+                    in_str = false; // `"`
+                    if depth == 0 {
+                        end = Some(i + 1);
+                        break;
+                    }
+                } else if scalar {
+                    end = Some(i);
+                    break;
+                } else {
+                    match c {
+                        b'"' => in_str = true,
+                        b'{' | b'[' => depth += 1,
+                        _ => {
+                            depth -= 1; // `}` or `]`
+                            if depth == 0 {
+                                end = Some(i + 1);
+                                break;
+                            }
+                        }
+                    }
+                }
+                i += 1;
+            }
+            let n = end.unwrap_or(b.len());
+            self.raw.extend_from_slice(&b[..n]);
+            self.consume(n);
+            if end.is_some() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that gives one byte per read: every value split at every byte.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((&b, rest)), false) => {
+                    buf[0] = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    fn elements(doc: &[u8], trickle: bool) -> Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        if trickle {
+            RawScanner::new(Trickle(doc)).rows(|v| {
+                out.push(v);
+                Ok(())
+            })?;
+        } else {
+            RawScanner::new(doc).rows(|v| {
+                out.push(v);
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn the_scanner_splits_an_array_into_its_values_whatever_the_reads() {
+        let doc = br#" [ {"a": "x\"}]\\", "b": [1, {"c": []}], "d": "\u00e9{["},
+            "plain", "esc\\", 12.5e3 , -7, true,false ,null, [], {}, [[["]"]]] ] "#;
+        let want: Vec<serde_json::Value> = serde_json::from_slice(doc).unwrap();
+        assert_eq!(want.len(), 11);
+        assert_eq!(elements(doc, false).unwrap(), want);
+        assert_eq!(elements(doc, true).unwrap(), want);
+        assert!(elements(b"[]", true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_scanner_refuses_broken_arrays() {
+        for bad in [
+            &b"[1 2]"[..],
+            b"[1,]",
+            b"[\"open",
+            b"[{\"a\": 1}",
+            b"[{\"a\": 1]",
+            b"[tru]",
+            b"{}",
+            b"",
+            b"[1,,2]",
+        ] {
+            for trickle in [false, true] {
+                assert!(
+                    matches!(elements(bad, trickle), Err(CatalogError::BadSnapshot(_))),
+                    "{:?} was taken",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
     }
 }

@@ -7,9 +7,139 @@ use std::collections::{HashMap, HashSet};
 /// a bound on work if damaged parent links ever formed a loop.
 pub const MAX_CHAIN_LEN: usize = 100_000;
 
-pub(crate) const IMAGE_COLS: &str = "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
-     disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
-     records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of, synthetic_of";
+macro_rules! image_cols {
+    () => {
+        "uuid, disk_uuid, vm_name, kind, parent_uuid, change_id, from_change_id, \
+         disk_size, block_size, session_uuid, pool, key_fingerprint, compression, started, finished, status, \
+         records, plain_bytes, stored_bytes, content_digest, digest_list, note, writer, disk_label, copy_of, synthetic_of"
+    };
+}
+pub(crate) const IMAGE_COLS: &str = image_cols!();
+
+const INSERT_IMAGE: &str = concat!(
+    "INSERT INTO images (",
+    image_cols!(),
+    ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26)"
+);
+const INSERT_IMAGE_IF_NEW: &str = concat!(
+    "INSERT INTO images (",
+    image_cols!(),
+    ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26) \
+     ON CONFLICT (uuid) DO NOTHING"
+);
+
+/// A UUID as the catalog stores it (lower-case hyphenated text), written into `buf`.
+pub(crate) fn uuid_text<'b>(u: &Uuid, buf: &'b mut [u8; 36]) -> &'b str {
+    u.hyphenated().encode_lower(buf)
+}
+
+fn opt<'b>(u: &Option<Uuid>, buf: &'b mut [u8; 36]) -> Option<&'b str> {
+    u.as_ref().map(|u| uuid_text(u, buf))
+}
+
+const INSERT_SEGMENT: &str = "INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, \
+     last_block, first_seq, last_seq, disk_start, disk_end) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)";
+const INSERT_EXTENT: &str =
+    "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)";
+
+/// The statements that insert an image with its segments and extents, prepared once
+/// for a merge of many images (fetching a cached statement hashes its SQL twice: a
+/// fifth of merging a new image).
+pub(crate) struct RowInserts<'c> {
+    image_if_new: rusqlite::CachedStatement<'c>,
+    segment: rusqlite::CachedStatement<'c>,
+    extent: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> RowInserts<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<RowInserts<'c>> {
+        Ok(RowInserts {
+            image_if_new: conn.prepare_cached(INSERT_IMAGE_IF_NEW)?,
+            segment: conn.prepare_cached(INSERT_SEGMENT)?,
+            extent: conn.prepare_cached(INSERT_EXTENT)?,
+        })
+    }
+
+    /// Insert `i` unless an image with its UUID is already there: whether it was
+    /// inserted (one statement where a lookup and an insert were two).
+    pub(crate) fn image_if_new(&mut self, i: &ImageRow) -> Result<bool> {
+        insert_image_with(&mut self.image_if_new, i, None).map(|n| n == 1)
+    }
+
+    pub(crate) fn segment(&mut self, image: Uuid, s: &Segment) -> Result<()> {
+        insert_segment_with(&mut self.segment, image, s)
+    }
+
+    pub(crate) fn extent(&mut self, image: Uuid, e: &Extent) -> Result<()> {
+        insert_extent_with(&mut self.extent, image, e)
+    }
+}
+
+fn insert_image_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    i: &ImageRow,
+    writer: Option<&str>,
+) -> Result<usize> {
+    // The UUIDs as text on the stack, not five strings per image.
+    let mut ids = [[0u8; 36]; 6];
+    let [a, b, c, d, e, f] = &mut ids;
+    Ok(stmt.execute(params![
+        uuid_text(&i.uuid, a),
+        uuid_text(&i.disk_uuid, b),
+        i.vm_name,
+        i.kind.as_str(),
+        opt(&i.parent_uuid, c),
+        i.change_id,
+        i.from_change_id,
+        num(i.disk_size, "disk size")?,
+        i.block_size,
+        opt(&i.session_uuid, d),
+        i.pool,
+        i.key_fingerprint,
+        i.compression.to_string(),
+        ts(&i.started),
+        tso(&i.finished),
+        i.status.as_str(),
+        num(i.records, "records")?,
+        num(i.plain_bytes, "bytes")?,
+        num(i.stored_bytes, "bytes")?,
+        i.content_digest,
+        i.digest_list,
+        i.note,
+        writer,
+        i.disk_label,
+        opt(&i.copy_of, e),
+        opt(&i.synthetic_of, f)
+    ])?)
+}
+
+fn insert_segment_with(stmt: &mut rusqlite::Statement<'_>, image: Uuid, s: &Segment) -> Result<()> {
+    let mut id = [0u8; 36];
+    stmt.execute(params![
+        uuid_text(&image, &mut id),
+        s.part,
+        s.barcode,
+        num(s.tape_file, "tape file")?,
+        num(s.first_block, "block")?,
+        num(s.last_block, "block")?,
+        num(s.first_seq, "sequence number")?,
+        num(s.last_seq, "sequence number")?,
+        num(s.disk_start, "disk offset")?,
+        num(s.disk_end, "disk offset")?
+    ])?;
+    Ok(())
+}
+
+fn insert_extent_with(stmt: &mut rusqlite::Statement<'_>, image: Uuid, e: &Extent) -> Result<()> {
+    let mut id = [0u8; 36];
+    stmt.execute(params![
+        uuid_text(&image, &mut id),
+        num(e.offset, "extent offset")?,
+        num(e.length, "extent length")?,
+        e.is_zero
+    ])?;
+    Ok(())
+}
 
 /// How images of one disk are ordered newest first: by start time (the point in time
 /// an image restores), a synthetic full before the image it reproduces (same time,
@@ -162,76 +292,18 @@ pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()>
 
 impl Catalog {
     pub(crate) fn insert_segment(&self, image: Uuid, s: &Segment) -> Result<()> {
-        self.conn().prepare_cached(
-            &format!("INSERT INTO segments (image_uuid, {SEG_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
-        )?.execute(
-            params![
-                image.to_string(),
-                s.part,
-                s.barcode,
-                num(s.tape_file, "tape file")?,
-                num(s.first_block, "block")?,
-                num(s.last_block, "block")?,
-                num(s.first_seq, "sequence number")?,
-                num(s.last_seq, "sequence number")?,
-                num(s.disk_start, "disk offset")?,
-                num(s.disk_end, "disk offset")?
-            ],
-        )?;
-        Ok(())
+        let mut st = self.conn().prepare_cached(INSERT_SEGMENT)?;
+        insert_segment_with(&mut st, image, s)
     }
 
     pub(crate) fn insert_extent(&self, image: Uuid, e: &Extent) -> Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO image_extents (image_uuid, offset, length, is_zero) VALUES (?1,?2,?3,?4)",
-        )?.execute(
-            params![
-                image.to_string(),
-                num(e.offset, "extent offset")?,
-                num(e.length, "extent length")?,
-                e.is_zero
-            ],
-        )?;
-        Ok(())
+        let mut st = self.conn().prepare_cached(INSERT_EXTENT)?;
+        insert_extent_with(&mut st, image, e)
     }
 
     pub(crate) fn insert_image(&self, i: &ImageRow, writer: Option<&str>) -> Result<()> {
-        self.conn().prepare_cached(
-            &format!(
-                "INSERT INTO images ({IMAGE_COLS}) VALUES \
-                 (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26)"
-            ),
-        )?.execute(
-            params![
-                i.uuid.to_string(),
-                i.disk_uuid.to_string(),
-                i.vm_name,
-                i.kind.as_str(),
-                i.parent_uuid.map(|u| u.to_string()),
-                i.change_id,
-                i.from_change_id,
-                num(i.disk_size, "disk size")?,
-                i.block_size,
-                i.session_uuid.map(|u| u.to_string()),
-                i.pool,
-                i.key_fingerprint,
-                i.compression.to_string(),
-                ts(&i.started),
-                tso(&i.finished),
-                i.status.as_str(),
-                num(i.records, "records")?,
-                num(i.plain_bytes, "bytes")?,
-                num(i.stored_bytes, "bytes")?,
-                i.content_digest,
-                i.digest_list,
-                i.note,
-                writer,
-                i.disk_label,
-                i.copy_of.map(|u| u.to_string()),
-                i.synthetic_of.map(|u| u.to_string())
-            ],
-        )?;
-        Ok(())
+        let mut st = self.conn().prepare_cached(INSERT_IMAGE)?;
+        insert_image_with(&mut st, i, writer).map(|_| ())
     }
 
     /// Record a new image as running. An incremental's parent must be a complete,

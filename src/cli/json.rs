@@ -162,6 +162,15 @@ fn normalize(v: &mut Value, parent: Option<&str>) {
     }
 }
 
+/// A text value as [`document`] leaves it: an RFC 3339 time in tapevault's one form,
+/// anything else as it is (for types that serialize in the contract's form themselves).
+pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    match time(s) {
+        Some(t) => t.into(),
+        None => s.into(),
+    }
+}
+
 /// An RFC 3339 time in the one form tapevault prints (UTC, six fractional digits).
 fn time(s: &str) -> Option<String> {
     let b = s.as_bytes();

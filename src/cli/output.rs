@@ -62,9 +62,10 @@ impl Output {
         Some(ListStream {
             json: self.json,
             key,
-            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            out: std::io::BufWriter::with_capacity(256 << 10, std::io::stdout().lock()),
             items: 0,
             pending: String::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -95,6 +96,8 @@ pub struct ListStream {
     items: usize,
     /// Text of the latest element, held back: the last one is printed trimmed.
     pending: String,
+    /// The JSON of the latest element (reused).
+    scratch: Vec<u8>,
 }
 
 impl ListStream {
@@ -104,16 +107,7 @@ impl ListStream {
             let v = serde_json::to_value(item).unwrap_or(serde_json::Value::Null);
             let v = super::json::list_item(v, self.key);
             let s = serde_json::to_string_pretty(&v).unwrap_or_default();
-            if self.items == 0 {
-                let _ = writeln!(self.out, "{{");
-                if let Some(c) = super::json::command() {
-                    let c = serde_json::to_string(c).unwrap_or_default();
-                    let _ = writeln!(self.out, "  \"command\": {c},");
-                }
-                let _ = writeln!(self.out, "  \"{}\": [", self.key);
-            } else {
-                let _ = writeln!(self.out, ",");
-            }
+            self.open_item();
             // Pretty JSON has no raw newline inside a string: each line is indented
             // two levels deeper, as inside the whole document.
             for (n, line) in s.lines().enumerate() {
@@ -127,6 +121,48 @@ impl ListStream {
             self.pending = text(item);
         }
         self.items += 1;
+    }
+
+    /// [`ListStream::item`] of an element whose `Serialize` already gives the contract's
+    /// names and forms, its fields in the order of their names (as
+    /// `super::json::list_item` leaves it): serialized straight to the output, with no
+    /// `serde_json::Value` in between.
+    pub fn item_in_contract_form<T: Serialize>(
+        &mut self,
+        item: &T,
+        text: impl FnOnce(&T) -> String,
+    ) {
+        if !self.json {
+            return self.item(item, text);
+        }
+        self.open_item();
+        self.scratch.clear();
+        let _ = serde_json::to_writer_pretty(&mut self.scratch, item);
+        // Each line indented two levels deeper, as inside the whole document (pretty
+        // JSON has no raw newline inside a string).
+        let _ = self.out.write_all(b"    ");
+        for (n, line) in self.scratch.split(|&b| b == b'\n').enumerate() {
+            if n > 0 {
+                let _ = self.out.write_all(b"\n    ");
+            }
+            let _ = self.out.write_all(line);
+        }
+        self.items += 1;
+    }
+
+    /// Under `--json`, what comes before an element: the document's head before the
+    /// first, a comma after the one before.
+    fn open_item(&mut self) {
+        if self.items == 0 {
+            let _ = writeln!(self.out, "{{");
+            if let Some(c) = super::json::command() {
+                let c = serde_json::to_string(c).unwrap_or_default();
+                let _ = writeln!(self.out, "  \"command\": {c},");
+            }
+            let _ = writeln!(self.out, "  \"{}\": [", self.key);
+        } else {
+            let _ = writeln!(self.out, ",");
+        }
     }
 
     /// End the document (or the text; `empty` when there was no element).

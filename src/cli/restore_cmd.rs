@@ -469,70 +469,104 @@ fn restore_prepared(
 
 // ---------------------------------------------------------------- images
 
+// The types `images` prints carry the JSON contract's names and forms themselves
+// (docs/JSON.md: `image` for an image's id, times as `timefmt::show` prints them, any
+// other text as the contract layer would leave it), with their fields in the order of
+// the names: the document of 100 k images is serialized straight from them, element by
+// element, as `super::json::list_item` would have made it (a test checks both agree).
+
 #[derive(Debug, Serialize)]
 struct ImageEntry {
-    uuid: Uuid,
-    kind: ImageKind,
-    parent: Option<Uuid>,
-    /// The image's point in time; given back to `restore --at` it selects this image.
-    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
-    started: DateTime<Utc>,
-    #[serde(serialize_with = "crate::timefmt::serde_show::opt")]
-    finished: Option<DateTime<Utc>>,
-    status: ImageStatus,
-    /// Whether the image and its whole chain can be restored.
-    restorable: bool,
-    /// Why not, when it cannot (its own status, or the broken link of its chain).
-    unrestorable_reason: Option<String>,
-    disk_size: u64,
-    data_bytes: u64,
-    stored_bytes: u64,
-    records: u64,
-    vm: Option<String>,
-    change_id: Option<String>,
-    content_digest: Option<String>,
-    /// A synthetic full (built from a chain on tape): the image whose restore point it
-    /// reproduces byte for byte.
-    synthetic_of: Option<Uuid>,
-    #[serde(rename = "barcodes")]
+    #[serde(rename = "barcodes", serialize_with = "contract_texts")]
     cartridges: Vec<String>,
-    note: Option<String>,
-    /// Depth below the chain's root (0 = the full).
-    depth: usize,
+    #[serde(serialize_with = "contract_text")]
+    change_id: Option<String>,
+    #[serde(serialize_with = "contract_text")]
+    content_digest: Option<String>,
     /// Tape-to-tape copies of this point (`tapevault copy`), any status.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     copies: Vec<CopyEntry>,
+    data_bytes: u64,
+    /// Depth below the chain's root (0 = the full).
+    depth: usize,
+    disk_size: u64,
+    #[serde(serialize_with = "crate::timefmt::serde_show::opt")]
+    finished: Option<DateTime<Utc>>,
+    #[serde(rename = "image")]
+    uuid: Uuid,
+    kind: ImageKind,
+    #[serde(serialize_with = "contract_text")]
+    note: Option<String>,
+    parent: Option<Uuid>,
+    records: u64,
+    /// Whether the image and its whole chain can be restored.
+    restorable: bool,
+    /// The image's point in time; given back to `restore --at` it selects this image.
+    #[serde(serialize_with = "crate::timefmt::serde_show::time")]
+    started: DateTime<Utc>,
+    status: ImageStatus,
+    stored_bytes: u64,
+    /// A synthetic full (built from a chain on tape): the image whose restore point it
+    /// reproduces byte for byte.
+    synthetic_of: Option<Uuid>,
+    /// Why not, when it cannot (its own status, or the broken link of its chain).
+    #[serde(serialize_with = "contract_text")]
+    unrestorable_reason: Option<String>,
+    #[serde(serialize_with = "contract_text")]
+    vm: Option<String>,
 }
 
 /// A tape-to-tape copy of an image, listed under its original.
 #[derive(Debug, Serialize)]
 struct CopyEntry {
+    #[serde(rename = "barcodes", serialize_with = "contract_texts")]
+    cartridges: Vec<String>,
     /// The copy's image UUID (an image object carries its id as `image`).
     #[serde(rename = "image")]
     uuid: Uuid,
+    #[serde(serialize_with = "contract_text")]
+    note: Option<String>,
+    #[serde(serialize_with = "contract_text")]
     pool: Option<String>,
     status: ImageStatus,
-    #[serde(rename = "barcodes")]
-    cartridges: Vec<String>,
-    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct Chain {
+    images: Vec<ImageEntry>,
     /// The full (or copy) the chain starts from; for orphans, the oldest image whose
     /// parent is gone.
     root: Uuid,
-    images: Vec<ImageEntry>,
 }
 
 #[derive(Debug, Serialize)]
 struct DiskImages {
-    disk: Uuid,
-    /// The VM the disk was last backed up from, when known (each image has its own `vm`).
-    vm: Option<String>,
-    /// The disk's label within that VM (`root` of `web01/root`), when a backup named it.
-    disk_label: Option<String>,
     chains: Vec<Chain>,
+    disk: Uuid,
+    /// The disk's label within that VM (`root` of `web01/root`), when a backup named it.
+    #[serde(serialize_with = "contract_text")]
+    disk_label: Option<String>,
+    /// The VM the disk was last backed up from, when known (each image has its own `vm`).
+    #[serde(serialize_with = "contract_text")]
+    vm: Option<String>,
+}
+
+/// Text as the contract layer prints it (see [`super::json::text`]).
+fn contract_text<S: serde::Serializer>(
+    t: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&super::json::text(t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn contract_texts<S: serde::Serializer>(
+    t: &[String],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(t.iter().map(|t| super::json::text(t)))
 }
 
 fn entry(
@@ -697,7 +731,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<()> {
     // One disk at a time: printed as soon as it is listed, never the whole catalog held.
     if let Some(mut stream) = ctx.out.list_stream("disks") {
         for d in disk_images {
-            stream.item(&d?, disk_text);
+            stream.item_in_contract_form(&d?, disk_text);
         }
         stream.finish(empty);
         return Ok(());
@@ -796,4 +830,82 @@ fn disk_text(d: &DiskImages) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(n: u128, note: Option<&str>, copies: Vec<CopyEntry>) -> ImageEntry {
+        ImageEntry {
+            cartridges: vec!["TV0001L8".into(), "2026-01-02T03:04:05Z".into()],
+            change_id: Some("cid-1".into()),
+            content_digest: None,
+            copies,
+            data_bytes: 1 << 20,
+            depth: n as usize,
+            disk_size: 1 << 30,
+            finished: None,
+            uuid: Uuid::from_u128(n),
+            kind: ImageKind::Incremental,
+            note: note.map(str::to_string),
+            parent: Some(Uuid::from_u128(n + 100)),
+            records: 7,
+            restorable: note.is_none(),
+            started: "2026-12-03T16:48:16.520000Z".parse().unwrap(),
+            status: ImageStatus::Complete,
+            stored_bytes: 12,
+            synthetic_of: None,
+            unrestorable_reason: note.map(|_| "its parent is gone".into()),
+            vm: Some("2026-12-03T18:48:16+02:00".into()),
+        }
+    }
+
+    /// `images --json` serializes its elements straight from these types: the bytes
+    /// must be those of the contract layer's normalized `Value`, printed pretty.
+    #[test]
+    fn image_entries_serialize_as_the_contract_layer_prints_them() {
+        let copy = CopyEntry {
+            cartridges: vec![],
+            uuid: Uuid::from_u128(9),
+            note: Some("copied \"twice\"\nat 2026-01-01".into()),
+            pool: None,
+            status: ImageStatus::Failed,
+        };
+        let mut full = image(0, None, vec![copy]);
+        full.kind = ImageKind::Full;
+        full.parent = None;
+        full.finished = Some("2026-12-03T17:00:00Z".parse().unwrap());
+        full.synthetic_of = Some(Uuid::from_u128(5));
+        full.content_digest = Some("ab".repeat(32));
+        let disks = [
+            DiskImages {
+                chains: vec![Chain {
+                    root: Uuid::from_u128(0),
+                    images: vec![full, image(1, Some("2026-12-03T16:48:16Z"), vec![])],
+                }],
+                disk: Uuid::from_u128(77),
+                disk_label: Some("root".into()),
+                vm: Some("web01".into()),
+            },
+            DiskImages {
+                chains: vec![],
+                disk: Uuid::from_u128(78),
+                disk_label: None,
+                vm: None,
+            },
+        ];
+        for d in &disks {
+            let via_value =
+                super::super::json::list_item(serde_json::to_value(d).unwrap(), "disks");
+            let want = serde_json::to_string_pretty(&via_value).unwrap();
+            assert_eq!(serde_json::to_string_pretty(d).unwrap(), want);
+        }
+        // The times the contract layer rewrites were rewritten (the test is not vacuous).
+        let v = serde_json::to_value(&disks[0]).unwrap();
+        let img = &v["chains"][0]["images"][1];
+        assert_eq!(img["vm"], "2026-12-03T16:48:16.000000Z");
+        assert_eq!(img["note"], "2026-12-03T16:48:16.000000Z");
+        assert_eq!(img["barcodes"][1], "2026-01-02T03:04:05.000000Z");
+    }
 }
