@@ -7,6 +7,7 @@
 //! (same image UUID with a different digest or identity, a cartridge labelled twice
 //! at the same time with different volumes) are reported, not applied.
 
+use super::coverage::{StreamedExtents, StreamedImageDump};
 use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
 use super::*;
 use serde::de::{
@@ -453,15 +454,19 @@ impl Catalog {
                 what: "image",
                 key: id.to_string(),
             })?;
-            let d = ImageDump {
-                segments: self.segments(id)?,
-                extents: self.extents(id)?,
-                image,
+            // The extents are read from the catalog as they are written out: an
+            // image of millions of extents is never held.
+            let segments = self.segments(id)?;
+            let d = StreamedImageDump {
+                image: &image,
+                segments: &segments,
+                extents: StreamedExtents::new(self, id),
             };
             if i > 0 {
                 w.write_all(b",").map_err(CatalogError::Export)?;
             }
-            serde_json::to_writer(&mut w, &d).map_err(json_err)?;
+            serde_json::to_writer(&mut w, &d)
+                .map_err(|e| d.extents.error.take().unwrap_or_else(|| json_err(e)))?;
         }
         w.write_all(b"],\"snapshots\":")
             .map_err(CatalogError::Export)?;
