@@ -3,7 +3,7 @@
 //! A changed-extents file, a hash scan's result or an image's coverage may hold
 //! millions of extents (16 M scattered 4 KiB areas are 256 MiB as bare `(offset,
 //! length)` pairs, more in a tree). These lists are kept here: the newest items in
-//! memory, up to a limit ([`run_limit`]: 1 M items by default), the rest in an unnamed
+//! memory, up to a limit ([`run_limit`]: 256 k items by default), the rest in an unnamed
 //! temporary file (gone when the list is dropped, or when the process dies).
 //!
 //! * [`Spool`]: an append-only sequence (items arrive in order: a hash scan's changes,
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::extents::Extent;
 
 /// Items held in memory before a list spills to its temporary file.
-pub const DEFAULT_RUN_LIMIT: usize = 1 << 20;
+pub const DEFAULT_RUN_LIMIT: usize = 1 << 18;
 
 /// Environment variable overriding [`DEFAULT_RUN_LIMIT`] (tests use a small one).
 pub const RUN_LIMIT_ENV: &str = "TAPEVAULT_EXTENT_RUN";

@@ -3,12 +3,15 @@
 //! number of extents: rows are read from the table's primary key (image, offset) as
 //! they are consumed.
 
+use serde::de::{SeqAccess, Visitor};
 use serde::ser::{Error as _, SerializeSeq};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
 use uuid::Uuid;
 
+use super::images::ExtentCheck;
 use super::{get_u64, Catalog, CatalogError, Extent, ImageRow, Result, Segment};
+use crate::extent_spool::{ItemList, Spool};
 
 const EXTENTS_IN_ORDER: &str =
     "SELECT offset, length, is_zero FROM image_extents WHERE image_uuid=?1 ORDER BY offset";
@@ -110,5 +113,111 @@ impl Serialize for StreamedExtents<'_> {
             return Err(S::Error::custom(msg));
         }
         seq.end()
+    }
+}
+
+/// An image's extents as a merge reads them: from an [`super::ImageDump`] in memory,
+/// or spooled while a snapshot was parsed.
+pub(super) enum DumpExtents<'a> {
+    Slice(&'a [Extent]),
+    Spooled(&'a ItemList<Extent>),
+}
+
+impl DumpExtents<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            DumpExtents::Slice(s) => s.is_empty(),
+            DumpExtents::Spooled(l) => l.is_empty(),
+        }
+    }
+
+    /// The extents in order; reading a spooled list back may fail.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = Result<Extent>> + '_> {
+        match self {
+            DumpExtents::Slice(s) => Box::new(s.iter().map(|e| Ok(*e))),
+            DumpExtents::Spooled(l) => Box::new(l.reader().map(|r| {
+                r.map_err(|e| CatalogError::Invalid {
+                    what: "a snapshot's image extents".into(),
+                    reason: format!("reading them back from their temporary file: {e}"),
+                })
+            })),
+        }
+    }
+
+    /// The checks of `validate_extents`, one extent at a time.
+    pub fn validate(&self, img: &ImageRow) -> Result<()> {
+        let mut check = ExtentCheck::new(img);
+        for e in self.iter() {
+            check.next(&e?)?;
+        }
+        check.finish()
+    }
+}
+
+/// An image of a dump, borrowed for a merge.
+pub(super) struct DumpParts<'a> {
+    pub image: &'a ImageRow,
+    pub segments: &'a [Segment],
+    pub extents: DumpExtents<'a>,
+}
+
+/// An image of a snapshot as it is parsed ([`super::ImageDump`]'s shape), its
+/// extents spooled (beyond the in-memory limit, in a temporary file).
+#[derive(Deserialize)]
+pub(super) struct SpooledImageDump {
+    pub image: ImageRow,
+    pub segments: Vec<Segment>,
+    pub extents: SpooledExtents,
+}
+
+impl SpooledImageDump {
+    pub fn parts(&self) -> DumpParts<'_> {
+        DumpParts {
+            image: &self.image,
+            segments: &self.segments,
+            extents: DumpExtents::Spooled(&self.extents.0),
+        }
+    }
+}
+
+/// A JSON array of extents, spooled as it is read.
+pub(super) struct SpooledExtents(pub ItemList<Extent>);
+
+impl<'de> Deserialize<'de> for SpooledExtents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SpooledExtents;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of extents")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> std::result::Result<SpooledExtents, S::Error> {
+                use serde::de::Error as _;
+                let mut spool = Spool::new();
+                let spool_err = |e: std::io::Error| {
+                    S::Error::custom(format!(
+                        "keeping an image's extents in a temporary file failed: {e}; check the space in TMPDIR"
+                    ))
+                };
+                while let Some(e) = seq.next_element::<Extent>()? {
+                    spool.push(e).map_err(spool_err)?;
+                }
+                Ok(SpooledExtents(spool.finish().map_err(spool_err)?))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl Catalog {
+    /// Whether the catalog holds any extent of `image`.
+    pub(super) fn has_extents(&self, image: Uuid) -> Result<bool> {
+        let mut st = self
+            .conn()
+            .prepare_cached("SELECT 1 FROM image_extents WHERE image_uuid=?1 LIMIT 1")?;
+        Ok(st.exists([image.to_string()])?)
     }
 }

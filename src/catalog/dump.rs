@@ -7,8 +7,10 @@
 //! (same image UUID with a different digest or identity, a cartridge labelled twice
 //! at the same time with different volumes) are reported, not applied.
 
-use super::coverage::{StreamedExtents, StreamedImageDump};
-use super::images::{image_row, validate_extents, validate_segment, IMAGE_COLS};
+use super::coverage::{
+    DumpExtents, DumpParts, SpooledImageDump, StreamedExtents, StreamedImageDump,
+};
+use super::images::{image_row, validate_segment, IMAGE_COLS};
 use super::*;
 use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
@@ -1016,16 +1018,32 @@ impl Catalog {
         r: &mut MergeReport,
         digest_lists: Option<&HashSet<Uuid>>,
     ) -> Result<()> {
+        let parts = DumpParts {
+            image: &d.image,
+            segments: &d.segments,
+            extents: DumpExtents::Slice(&d.extents),
+        };
+        self.merge_image_parts(parts, r, digest_lists)
+    }
+
+    /// [`merge_image_in`](Self::merge_image_in) of an image whose extents may be
+    /// spooled (a snapshot being read: see `coverage.rs`).
+    fn merge_image_parts(
+        &self,
+        d: DumpParts<'_>,
+        r: &mut MergeReport,
+        digest_lists: Option<&HashSet<Uuid>>,
+    ) -> Result<()> {
         let local_list = |id: Uuid| match digest_lists {
             Some(set) => set.contains(&id).then(|| self.digest_list_rel(id)),
             None => self.local_digest_list(id),
         };
-        let inc = &d.image;
-        for s in &d.segments {
+        let inc = d.image;
+        for s in d.segments {
             validate_segment(inc, s)?;
         }
         if !d.extents.is_empty() {
-            validate_extents(inc, &d.extents)?;
+            d.extents.validate(inc)?;
         }
         let Some(local) = self.image(inc.uuid)? else {
             let mut row = inc.clone();
@@ -1041,12 +1059,12 @@ impl Catalog {
                     Some("was still being written when this catalog snapshot was taken".into());
             }
             self.insert_image(&row, None)?;
-            for s in &d.segments {
+            for s in d.segments {
                 self.insert_segment(inc.uuid, s)?;
             }
             r.segments_added += d.segments.len();
-            for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+            for e in d.extents.iter() {
+                self.insert_extent(inc.uuid, &e?)?;
             }
             r.images_added += 1;
             return Ok(());
@@ -1135,7 +1153,7 @@ impl Catalog {
         // Segments: add the ones not known; the same record run placed elsewhere is a conflict.
         if !d.segments.is_empty() {
             let known = self.segments(inc.uuid)?;
-            for s in &d.segments {
+            for s in d.segments {
                 match known.iter().find(|k| k.first_seq == s.first_seq) {
                     None => {
                         self.insert_segment(inc.uuid, s)?;
@@ -1151,9 +1169,9 @@ impl Catalog {
                 }
             }
         }
-        if !d.extents.is_empty() && self.extents(inc.uuid)?.is_empty() {
-            for e in &d.extents {
-                self.insert_extent(inc.uuid, e)?;
+        if !d.extents.is_empty() && !self.has_extents(inc.uuid)? {
+            for e in d.extents.iter() {
+                self.insert_extent(inc.uuid, &e?)?;
             }
             changed = true;
         }
@@ -1410,8 +1428,10 @@ impl<'de> Visitor<'de> for TableSeed<'_, '_> {
             1 => each!(MediaSetRow, |s| cat.merge_media_set_in(&s, &mut st.report)),
             2 => each!(MediaRow, |m| cat.merge_media_in(&m, &mut st.report)),
             3 => each!(SessionRow, |s| cat.merge_session_in(&s, &mut st.report)),
-            4 => each!(ImageDump, |i| cat.merge_image_in(
-                &i,
+            // Each image's extents are spooled as they are parsed (see coverage.rs):
+            // an image of millions of extents is never held.
+            4 => each!(SpooledImageDump, |i| cat.merge_image_parts(
+                i.parts(),
                 &mut st.report,
                 st.digest_lists.as_ref()
             )),

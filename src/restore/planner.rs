@@ -113,7 +113,7 @@ where
     let k = chain.len();
     // Each image gets two spooled lists (data and zeros), plus the uncovered one: the
     // memory limit is shared among them.
-    let limit = (run_limit() / (2 * k + 1)).max(1024);
+    let limit = (run_limit() / (2 * k + 1)).max(2);
     let spool = |e: std::io::Error| PlanError::Spool(e.to_string());
     let mut builders: Vec<(Ascending, Ascending)> = (0..k)
         .map(|_| (Ascending::new(limit), Ascending::new(limit)))
