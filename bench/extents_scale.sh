@@ -6,7 +6,7 @@
 #   COUNTS="1000 65536 1048576" bench/extents_scale.sh [WORKDIR]
 #
 # For each N in COUNTS: a sparse disk of N x 128 KiB in which one area in DATA_EVERY
-# (default 256) holds 4 KiB of random data and the rest are holes; a thin full backup
+# holds 4 KiB of random data and the rest are holes; a thin full backup
 # of it with a changed-extents file (`--full --changed-extents`, which starts a
 # change-id epoch); then the data areas rewritten with new random data and a
 # changed-extents file listing all N 4 KiB areas, in a scattered order (area i*P mod N,
@@ -15,16 +15,21 @@
 # zero extents over holes (never read, a few bytes each on tape), which keeps the data
 # written small at any N. Timed, with peak RSS (/usr/bin/time -v): the incremental
 # backup from that file, a restore of it to a new sparse file (the zero extents stay
-# holes), `verify --image` of it, and a fast-path `catalog rebuild` into a fresh home.
+# holes), `verify --image` of it, a fast-path `catalog rebuild` into a fresh home, and
+# a full-scan `catalog rebuild --scan` into another.
 # The restore is checked: the data areas compared with the disk, and the restored
 # file's allocated size reported (cmp of the whole file too when N <= 65536).
 #
 # Space: about 64 bytes per extent for each block digest list (the full's, the
-# incremental's: 2 GiB at 16 M), N / DATA_EVERY x 4 KiB of data twice on tape, and the
-# catalog (about 100 bytes per extent in each home). 16 M extents need a 2 TiB sparse
-# disk (the filesystem must allow such a file: ext4 does) and about 6 GiB free.
+# incremental's: 1 GiB each at 16 M), the data areas' tracking blocks twice on tape
+# (4096 x 64 KiB at 1 M and 16 M), the changed-extents file (590 MB at 16 M, deleted
+# after the backup) and a catalog of about 90 bytes per extent in each home (the
+# rebuilt homes are deleted after their rebuild). 16 M extents need a 2 TiB sparse disk
+# (the filesystem must allow such a file: ext4 does) and peaked at 4.6 GiB used; 1 M
+# at 0.8 GiB. Temporary spool files go to TMPDIR.
 #
-# Environment: COUNTS (default "1000 65536 1048576"), DATA_EVERY, TAPEVAULT_BIN, KEEP=1,
+# Environment: COUNTS (default "1000 65536 1048576"), DATA_EVERY_FIXED (default: 256, or
+# N / 4096 above 1 M, so 16 M writes no more data than 1 M), TAPEVAULT_BIN, KEEP=1,
 # RESULTS_OUT (a file to copy the results to).
 set -euo pipefail
 
@@ -32,7 +37,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
 W=${1:-${TMPDIR:-/tmp}/tapevault-extscale}
 COUNTS=${COUNTS:-"1000 65536 1048576"}
-DATA_EVERY=${DATA_EVERY:-256}
 DISK_ID=0e0e0e0e-1111-4222-8333-555555555555
 STRIDE=131072
 
@@ -47,6 +51,8 @@ per_extent() {
 
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for N in $COUNTS; do
+  # One area in 256 holds data, or in N / 4096 (4096 data areas) beyond 1 M.
+  DATA_EVERY=${DATA_EVERY_FIXED:-$(( N / 4096 > 256 ? N / 4096 : 256 ))}
   D=$W/n$N
   mkdir -p "$D"
   H=$D/home
@@ -111,6 +117,12 @@ PY
   timed "n$N-rebuild" 0 "$BIN" --home "$D/rebuilt" catalog rebuild
   log "  $(per_extent "$N" "n$N-rebuild")"
   log "  extents recorded for the incremental: $(sqlite3 "$H/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'"), rebuilt: $(sqlite3 "$D/rebuilt/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'"); space used: $(du -sh "$D" | cut -f1)"
+  rm -rf "$D/rebuilt"
+  "$BIN" --home "$D/scanned" init --library "$D/library" >/dev/null
+  timed "n$N-rebuild-scan" 0 "$BIN" --home "$D/scanned" catalog rebuild --scan
+  log "  $(per_extent "$N" "n$N-rebuild-scan")"
+  log "  extents after the scan: $(sqlite3 "$D/scanned/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'")"
+  rm -rf "$D/scanned"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$D"
 done
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
