@@ -77,11 +77,11 @@ fn spooled_extent_lists_give_the_same_catalog_and_restores_as_in_memory_ones() {
     let mut areas: Vec<(u64, u64)> = Vec::new();
     for k in 0..AREAS {
         let i = (k * 7919) % AREAS;
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             disk.write_random(i * STRIDE + 4096, 4 * KIB);
         }
         areas.push((i * STRIDE, 4 * KIB));
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             areas.push((i * STRIDE + 2048, 8 * KIB));
         }
     }

@@ -217,8 +217,7 @@ where
                 len: e.len,
             });
         }
-        if c.current.is_some() && e.offset < c.end {
-            let prev = c.current.expect("checked");
+        if let Some(prev) = c.current.filter(|_| e.offset < c.end) {
             return Err(if e.offset >= prev.offset {
                 PlanError::OverlapWithinImage {
                     image: idx,
