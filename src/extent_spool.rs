@@ -84,7 +84,7 @@ impl Item for crate::catalog::Extent {
     }
 }
 
-fn write_items<T: Item>(file: &mut File, items: &[T]) -> io::Result<()> {
+fn write_items<T: Item>(mut file: &File, items: &[T]) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK / T::SIZE * T::SIZE];
     for chunk in items.chunks(buf.len() / T::SIZE) {
         let n = chunk.len() * T::SIZE;
@@ -99,7 +99,7 @@ fn write_items<T: Item>(file: &mut File, items: &[T]) -> io::Result<()> {
 /// An append-only list: the oldest items in a temporary file, the newest (at most the
 /// run limit) in memory.
 pub struct Spool<T: Item> {
-    file: Option<File>,
+    file: Option<Arc<File>>,
     on_disk: u64,
     mem: Vec<T>,
     limit: usize,
@@ -166,9 +166,9 @@ impl<T: Item> Spool<T> {
         if keep == 0 {
             return Ok(());
         }
-        let file = match &mut self.file {
+        let file = match &self.file {
             Some(f) => f,
-            None => self.file.insert(tempfile::tempfile()?),
+            None => self.file.insert(Arc::new(tempfile::tempfile()?)),
         };
         write_items(file, &self.mem[..keep])?;
         self.on_disk += keep as u64;
@@ -185,9 +185,9 @@ impl<T: Item> Spool<T> {
         if items.is_empty() {
             return Ok(());
         }
-        let file = match &mut self.file {
+        let file = match &self.file {
             Some(f) => f,
-            None => self.file.insert(tempfile::tempfile()?),
+            None => self.file.insert(Arc::new(tempfile::tempfile()?)),
         };
         write_items(file, items)?;
         self.on_disk += items.len() as u64;
@@ -204,15 +204,84 @@ impl<T: Item> Spool<T> {
 
     /// The finished list, readable from the start any number of times.
     pub fn finish(mut self) -> io::Result<ItemList<T>> {
-        if let Some(f) = &mut self.file {
-            f.flush()?;
-        }
         self.mem.shrink_to_fit();
         Ok(ItemList {
-            file: self.file.map(Arc::new),
+            file: self.file,
             on_disk: self.on_disk,
             tail: Arc::new(self.mem),
         })
+    }
+}
+
+impl<T: Item> std::fmt::Debug for Spool<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("on_disk", &self.on_disk)
+            .field("in_memory", &self.mem.len())
+            .finish()
+    }
+}
+
+/// An image's coverage being built in disk order (a backup writing it, a rebuild
+/// scanning it): the newest rows in `tail`, which the segment builder extends in place
+/// (its last row may still grow), the older ones in a temporary file once `tail`
+/// holds [`run_limit`] rows.
+#[derive(Debug, Default)]
+pub struct CoverageBuf {
+    pub tail: Vec<crate::catalog::Extent>,
+    spool: Spool<crate::catalog::Extent>,
+}
+
+impl CoverageBuf {
+    pub fn new() -> Self {
+        CoverageBuf::default()
+    }
+
+    /// A coverage held in memory (read back from the catalog).
+    pub fn from_vec(tail: Vec<crate::catalog::Extent>) -> Self {
+        CoverageBuf {
+            tail,
+            spool: Spool::new(),
+        }
+    }
+
+    /// After rows were added to `tail`: when it holds the limit, all of it but the
+    /// last row goes to the temporary file.
+    pub fn spill_if_full(&mut self) -> io::Result<()> {
+        if self.tail.len() >= self.spool.limit {
+            let keep = self.tail.len() - 1;
+            self.spool.append_to_file(&self.tail[..keep])?;
+            self.tail.drain(..keep);
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tail.is_empty() && self.spool.is_empty()
+    }
+
+    /// Every row in order: the spooled ones, then the tail.
+    pub fn reader(&self) -> impl Iterator<Item = io::Result<crate::catalog::Extent>> + '_ {
+        let spooled = ListReader {
+            file: self.spool.file.clone(),
+            on_disk: self.spool.on_disk,
+            next: 0,
+            buf: Vec::new(),
+            at: 0,
+            tail: Arc::new(Vec::new()),
+            tail_at: 0,
+        };
+        spooled.chain(self.tail.iter().map(|e| Ok(*e)))
+    }
+
+    /// The finished list of every row.
+    pub fn finish(self) -> io::Result<ItemList<crate::catalog::Extent>> {
+        self.spool.finish_with(self.tail)
+    }
+
+    /// Every row (what is kept in the catalog for a later join).
+    pub fn to_vec(&self) -> io::Result<Vec<crate::catalog::Extent>> {
+        self.reader().collect()
     }
 }
 
@@ -658,9 +727,7 @@ impl SortedExtents {
             });
         }
         self.write_run()?;
-        let mut file = self.file.take().expect("runs were written");
-        file.flush()?;
-        let file = Arc::new(file);
+        let file = Arc::new(self.file.take().expect("runs were written"));
         let mut readers: Vec<ListReader<Extent>> = self
             .runs
             .iter()

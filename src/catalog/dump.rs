@@ -860,6 +860,25 @@ impl Catalog {
         Ok(r)
     }
 
+    /// [`merge_image`](Self::merge_image) of `d` with the extents `extents` (spooled
+    /// by a media scan; `d.extents` is not used), in one transaction.
+    pub fn merge_image_spooled(
+        &self,
+        d: &ImageDump,
+        extents: &crate::extent_spool::ItemList<Extent>,
+    ) -> Result<MergeReport> {
+        let tx = self.write_tx()?;
+        let mut r = MergeReport::default();
+        let parts = DumpParts {
+            image: &d.image,
+            segments: &d.segments,
+            extents: DumpExtents::Spooled(extents),
+        };
+        self.merge_image_parts(parts, &mut r, None)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
     fn merge_pool_in(&self, p: &PoolRow, r: &mut MergeReport) -> Result<()> {
         match self.pool(&p.name)? {
             None => {
