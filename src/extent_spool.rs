@@ -830,7 +830,54 @@ mod tests {
         assert_eq!(a.total_bytes(), 131_072 + 250_000 - 196_608);
     }
 
+    #[test]
+    fn coverage_buf_spills_all_but_the_growing_row() {
+        let mut c = CoverageBuf::from_vec(Vec::new());
+        c.spool = Spool::with_limit(2);
+        let row = |offset, length, is_zero| crate::catalog::Extent {
+            offset,
+            length,
+            is_zero,
+        };
+        for i in 0..5u64 {
+            c.tail.push(row(i * 10, 10, i % 2 == 0));
+            c.spill_if_full().unwrap();
+        }
+        // The last row stays in memory and may still grow.
+        assert_eq!(c.tail.len(), 1);
+        c.tail.last_mut().unwrap().length = 15;
+        let v = c.to_vec().unwrap();
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[4], row(40, 15, true));
+        assert_eq!(c.finish().unwrap().to_vec().unwrap(), v);
+    }
+
     proptest! {
+        /// Queries on a spooled list (binary search through the file) answer as the
+        /// in-memory interval set does.
+        #[test]
+        fn spooled_queries_match_the_interval_set(
+            limit in 2usize..6,
+            raw in prop::collection::vec((0u64..3_000, 1u64..200), 0..80),
+            queries in prop::collection::vec((0u64..3_300, 0u64..400), 1..20),
+        ) {
+            let mut s = SortedExtents::with_limit(limit);
+            let mut set = ExtentSet::new();
+            for &(o, l) in &raw {
+                s.insert(o, l).unwrap();
+                set.insert(o, l);
+            }
+            let list = s.finish().unwrap();
+            let list = ExtentList::from_ascending(list.reader(), limit).unwrap();
+            for (o, l) in queries {
+                let mut got = Vec::new();
+                list.intersect_into(o, l, &mut got).unwrap();
+                prop_assert_eq!(got, set.intersect_range(o, l).collect::<Vec<_>>());
+                prop_assert_eq!(list.overlaps(o, l).unwrap(), set.overlaps(o, l));
+                prop_assert_eq!(list.contains(o).unwrap(), set.contains(o));
+            }
+        }
+
         /// External runs (a limit of 2 to 9) give exactly what the in-memory
         /// interval set gives.
         #[test]
