@@ -3,21 +3,34 @@
 # docs/BENCHMARKS.md, "Many extents").
 #
 #   cargo build --release --bin tapevault
-#   bench/extents_scale.sh [WORKDIR]
+#   COUNTS="1000 65536 1048576" bench/extents_scale.sh [WORKDIR]
 #
-# For each N in COUNTS: a sparse disk of N x 128 KiB; a thin full backup of it with a
-# changed-extents file (`--full --changed-extents`, which starts a change-id epoch);
-# then 4 KiB of random data written at every 128 KiB (N scattered extents; a backup
-# widens each to its 64 KiB tracking block, so they stay apart) and a changed-extents
-# file listing the N areas. Timed, with peak RSS (/usr/bin/time -v): the incremental
-# backup from that file, a restore of it to a new file, `verify --image` of it, and a
-# fast-path `catalog rebuild` into a fresh home. Reports time per extent.
+# For each N in COUNTS: a sparse disk of N x 128 KiB in which one area in DATA_EVERY
+# holds 4 KiB of random data and the rest are holes; a thin full backup
+# of it with a changed-extents file (`--full --changed-extents`, which starts a
+# change-id epoch); then the data areas rewritten with new random data and a
+# changed-extents file listing all N 4 KiB areas, in a scattered order (area i*P mod N,
+# P = 1000003), so the backup must sort them. A backup widens each area to its 64 KiB
+# tracking block, so they stay apart: the incremental records N extents, most of them
+# zero extents over holes (never read, a few bytes each on tape), which keeps the data
+# written small at any N. Timed, with peak RSS (/usr/bin/time -v): the incremental
+# backup from that file, a restore of it to a new sparse file (the zero extents stay
+# holes), `verify --image` of it, a fast-path `catalog rebuild` into a fresh home, and
+# a full-scan `catalog rebuild --scan` into another.
+# The restore is checked: the data areas compared with the disk, and the restored
+# file's allocated size reported (cmp of the whole file too when N <= 65536).
 #
-# Environment: COUNTS (default "1000 65536 1048576"; 16777216 needs a 2 TiB sparse
-# disk and reads 1 TiB of tracking blocks), RESTORE_MAX (default 65536: a restore
-# writes every 64 KiB tracking block, 64 GiB at 1 M extents), TAPEVAULT_BIN, KEEP=1.
-# Space: the 1 M case needs more than 38 GiB free in WORKDIR (its full filled that much
-# of the shared disk it was tried on); 64 k needs about 9 GiB.
+# Space: about 64 bytes per extent for each block digest list (the full's, the
+# incremental's: 1 GiB each at 16 M), the data areas' tracking blocks twice on tape
+# (4096 x 64 KiB at 1 M and 16 M), the changed-extents file (590 MB at 16 M, deleted
+# after the backup) and a catalog of about 90 bytes per extent in each home (the
+# rebuilt homes are deleted after their rebuild). 16 M extents need a 2 TiB sparse disk
+# (the filesystem must allow such a file: ext4 does) and peaked at 4.6 GiB used; 1 M
+# at 0.8 GiB. Temporary spool files go to TMPDIR.
+#
+# Environment: COUNTS (default "1000 65536 1048576"), DATA_EVERY_FIXED (default: 256, or
+# N / 4096 above 1 M, so 16 M writes no more data than 1 M), TAPEVAULT_BIN, KEEP=1,
+# RESULTS_OUT (a file to copy the results to).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,98 +39,90 @@ W=${1:-${TMPDIR:-/tmp}/tapevault-extscale}
 COUNTS=${COUNTS:-"1000 65536 1048576"}
 DISK_ID=0e0e0e0e-1111-4222-8333-555555555555
 STRIDE=131072
-RESTORE_MAX=${RESTORE_MAX:-65536}
 
-[ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release --bin tapevault" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "python3 is needed to write the changed-extents files" >&2; exit 2; }
-rm -rf "$W"
-mkdir -p "$W"
-cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
-trap cleanup EXIT
-log() { echo "$*" | tee -a "$W/results.txt" >&2; }
-now_s() { date +%s.%N; }
+command -v sqlite3 >/dev/null || { echo "sqlite3 is needed to count the catalog's extents" >&2; exit 2; }
+. "$ROOT/bench/common.sh"
 
-# timed N NAME CMD...: wall seconds, max RSS and seconds per extent.
-timed() {
-  local n=$1 name=$2; shift 2
-  local t0 t1 rc=0
-  t0=$(now_s)
-  /usr/bin/time -v -o "$W/$name.time" "$@" > "$W/$name.out" 2> "$W/$name.err" || rc=$?
-  t1=$(now_s)
-  if [ "$rc" != 0 ]; then
-    echo "$name exited $rc:" >&2; tail -20 "$W/$name.err" >&2; exit 1
-  fi
-  local rss secs
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/$name.time")
-  secs=$(echo "$t1 - $t0" | bc -l)
-  printf '%s %s %.3f %s\n' "$n" "$name" "$secs" "$rss" >> "$W/timings"
-  log "$(printf '%-22s %9.3f s  %8.3f us/extent  max RSS %8d KiB' "$name" "$secs" \
-    "$(echo "$secs * 1000000 / $n" | bc -l)" "$rss")"
+# per_extent N NAME: the last timed line of NAME as microseconds per extent.
+per_extent() {
+  awk -v n="$1" -v name="$2" '$1 == name { s = $2; r = $3 } END { printf "%s %.3f s  %.2f us/extent  %.1f MiB\n", name, s, s * 1e6 / n, r / 1024 }' "$W/timings"
 }
 
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for N in $COUNTS; do
+  # One area in 256 holds data, or in N / 4096 (4096 data areas) beyond 1 M.
+  DATA_EVERY=${DATA_EVERY_FIXED:-$(( N / 4096 > 256 ? N / 4096 : 256 ))}
   D=$W/n$N
   mkdir -p "$D"
   H=$D/home
   "$BIN" --home "$H" init --library "$D/library" --capacity 64G --slots 4 >/dev/null
   "$BIN" --home "$H" pool create p --compression off >/dev/null
   truncate -s $((N * STRIDE)) "$D/disk.img"
-  python3 - "$D" "$N" "$STRIDE" "$DISK_ID" <<'PY'
+  python3 - "$D" "$N" "$STRIDE" "$DISK_ID" "$DATA_EVERY" <<'PY'
 import json, os, sys
-d, n, stride, disk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+d, n, stride, disk, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 with open(f"{d}/full.json", "w") as f:
     json.dump({"disk_id": disk, "from_change_id": "*", "change_id": "c1", "changed_area": []}, f)
 with open(f"{d}/disk.img", "r+b") as f:
-    for i in range(n):
+    for i in range(0, n, every):
         f.seek(i * stride)
         f.write(os.urandom(4096))
-with open(f"{d}/inc.json", "w") as f:
+P = 1000003
+with open(f"{d}/inc.json", "w", buffering=1 << 20) as f:
     f.write('{"disk_id": "%s", "from_change_id": "c1", "change_id": "c2", "changed_area": [' % disk)
-    f.write(",".join('{"start":%d,"length":4096}' % (i * stride) for i in range(n)))
+    for i in range(n):
+        if i:
+            f.write(",")
+        f.write('{"start":%d,"length":4096}' % ((i * P % n) * stride))
     f.write("]}")
 PY
-  # The full is taken of the disk with its data (a thin full reads only the data),
-  # then the same areas are rewritten, so the incremental's file lists N extents.
   "$BIN" --home "$H" backup --full --changed-extents "$D/full.json" --disk "$D/disk.img" \
     --disk-id "$DISK_ID" --pool p >/dev/null 2>"$D/full.err" || { cat "$D/full.err" >&2; exit 1; }
-  python3 - "$D" "$N" "$STRIDE" <<'PY'
+  python3 - "$D" "$N" "$STRIDE" "$DATA_EVERY" <<'PY'
 import os, sys
-d, n, stride = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, n, stride, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with open(f"{d}/disk.img", "r+b") as f:
-    for i in range(n):
+    for i in range(0, n, every):
         f.seek(i * stride)
         f.write(os.urandom(4096))
 PY
-  log "N=$N extents (disk $((N * STRIDE >> 20)) MiB, sparse)"
-  timed "$N" "n$N-backup" "$BIN" --home "$H" backup --changed-extents "$D/inc.json" \
+  log "N=$N extents (disk $((N * STRIDE >> 20)) MiB, sparse; data in one area of $DATA_EVERY; changed-extents file $(du -k "$D/inc.json" | cut -f1) KiB)"
+  timed "n$N-backup" 0 "$BIN" --home "$H" backup --changed-extents "$D/inc.json" \
     --disk "$D/disk.img" --disk-id "$DISK_ID" --pool p
+  log "  $(per_extent "$N" "n$N-backup")"
+  rm -f "$D/inc.json"
   INC=$(sqlite3 "$H/catalog.db" "SELECT uuid FROM images WHERE kind='incremental' ORDER BY started DESC LIMIT 1")
-  if [ "$N" -gt "$RESTORE_MAX" ]; then
-    log "  restore of N=$N skipped: it writes N x 64 KiB tracking blocks ($((N >> 4)) MiB; RESTORE_MAX=$RESTORE_MAX)"
-  else
-  timed "$N" "n$N-restore" "$BIN" --home "$H" restore --disk "$DISK_ID" --to "$D/out.img"
-  if [ "$N" -le 65536 ]; then
-    cmp "$D/disk.img" "$D/out.img" || { echo "restore of N=$N differs from the disk" >&2; exit 1; }
-  else
-    # cmp would read N x 128 KiB of holes twice: compare the written areas only.
-    python3 - "$D" "$N" "$STRIDE" <<'PY' || { echo "restore of N=$N differs from the disk" >&2; exit 1; }
-import sys
-d, n, stride = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  timed "n$N-restore" 0 "$BIN" --home "$H" restore --disk "$DISK_ID" --to "$D/out.img"
+  log "  $(per_extent "$N" "n$N-restore")"
+  python3 - "$D" "$N" "$STRIDE" "$DATA_EVERY" <<'PY' || { echo "restore of N=$N differs from the disk" >&2; exit 1; }
+import os, sys
+d, n, stride, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if os.path.getsize(f"{d}/out.img") != os.path.getsize(f"{d}/disk.img"):
+    sys.exit("sizes differ")
 with open(f"{d}/disk.img", "rb") as a, open(f"{d}/out.img", "rb") as b:
-    for i in range(n):
+    for i in range(0, n, every):
         a.seek(i * stride); b.seek(i * stride)
         if a.read(4096) != b.read(4096):
             sys.exit(f"extent {i} differs")
 PY
+  if [ "$N" -le 65536 ]; then
+    cmp "$D/disk.img" "$D/out.img" || { echo "restore of N=$N differs from the disk" >&2; exit 1; }
   fi
   log "  restored file: $(du -k "$D/out.img" | cut -f1) KiB allocated of $((N * STRIDE >> 10)) KiB"
   rm -f "$D/out.img"
-  fi
-  timed "$N" "n$N-verify" "$BIN" --home "$H" verify --image "$INC"
+  timed "n$N-verify" 0 "$BIN" --home "$H" verify --image "$INC"
+  log "  $(per_extent "$N" "n$N-verify")"
   "$BIN" --home "$D/rebuilt" init --library "$D/library" >/dev/null
-  timed "$N" "n$N-rebuild" "$BIN" --home "$D/rebuilt" catalog rebuild
-  log "  extents recorded for the incremental: $(sqlite3 "$H/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'"), rebuilt: $(sqlite3 "$D/rebuilt/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'")"
+  timed "n$N-rebuild" 0 "$BIN" --home "$D/rebuilt" catalog rebuild
+  log "  $(per_extent "$N" "n$N-rebuild")"
+  log "  extents recorded for the incremental: $(sqlite3 "$H/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'"), rebuilt: $(sqlite3 "$D/rebuilt/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'"); space used: $(du -sh "$D" | cut -f1)"
+  rm -rf "$D/rebuilt"
+  "$BIN" --home "$D/scanned" init --library "$D/library" >/dev/null
+  timed "n$N-rebuild-scan" 0 "$BIN" --home "$D/scanned" catalog rebuild --scan
+  log "  $(per_extent "$N" "n$N-rebuild-scan")"
+  log "  extents after the scan: $(sqlite3 "$D/scanned/catalog.db" "SELECT COUNT(*) FROM image_extents WHERE image_uuid='$INC'")"
+  rm -rf "$D/scanned"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$D"
 done
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

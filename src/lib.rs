@@ -7,6 +7,7 @@ pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod events;
+pub mod extent_spool;
 pub mod extents;
 pub mod home;
 pub mod media;

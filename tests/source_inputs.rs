@@ -122,7 +122,10 @@ fn changed(text: &str, disk_size: u64) -> Result<ChangedExtents, ChangedExtentsE
 }
 
 fn exts(c: &ChangedExtents) -> Vec<(u64, u64)> {
-    c.iter().map(|e| (e.offset, e.len)).collect()
+    c.iter()
+        .map(|e| e.map(|e| (e.offset, e.len)))
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[test]
@@ -200,7 +203,7 @@ fn changed_areas_align_to_tracking_blocks_clipped_to_disk() {
         250,
     )
     .unwrap();
-    let a: Vec<Extent> = c.aligned(64, 250).unwrap().iter().collect();
+    let a: Vec<Extent> = c.aligned(64, 250).unwrap().to_vec().unwrap();
     assert_eq!(a, vec![Extent::new(0, 128), Extent::new(192, 58)]);
     assert!(c.aligned(48, 250).is_err());
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::catalog::{ImageKind, ImageStats, MediaState, NewImage};
 use crate::error::{Context, Error, Result};
-use crate::extents::ExtentSet;
+use crate::extent_spool::{ExtentList, SortedExtents};
 use crate::source::hashscan::{scan_changes, ScanError};
 use crate::source::DEFAULT_BLOCK_SIZE;
 use tape_devices::drive::DriveError;
@@ -23,7 +23,8 @@ pub(super) struct Pending {
     stats: ImageStats,
     digest_hex: String,
     segments: Vec<crate::catalog::Segment>,
-    coverage: Vec<crate::catalog::Extent>,
+    /// Read back from its temporary file at the commit.
+    coverage: crate::extent_spool::ItemList<crate::catalog::Extent>,
     /// Its block digest list in the home.
     list: std::path::PathBuf,
     /// The cartridge its last part is on.
@@ -46,9 +47,13 @@ impl Job<'_> {
             mut opened,
             ..
         } = p;
-        self.tape
-            .cat
-            .complete_image(image, &stats, &digest_hex, &segments, &coverage)?;
+        self.tape.cat.complete_image_from(
+            image,
+            &stats,
+            &digest_hex,
+            &segments,
+            coverage.reader(),
+        )?;
         if let Some(o) = opened.as_mut() {
             if let Err(e) = o.guard.committed() {
                 self.tape.events.note(
@@ -201,16 +206,32 @@ impl Job<'_> {
 
         // Hash scan first (reads the disk once, writes the new digest list); an unusable
         // previous list means a full, said out loud.
-        let mut scanned: Option<ExtentSet> = None;
+        // The changes found are kept as a spooled list: beyond a bounded number in
+        // memory they go to a temporary file, so memory does not follow their number.
+        let mut scanned: Option<ExtentList> = None;
         let mut scan_read = 0u64;
         if let Plan::HashScan { base_list, .. } = &plan {
-            let mut set = ExtentSet::new();
+            let mut set = SortedExtents::new();
+            let mut spool_error: Option<std::io::Error> = None;
             match scan_changes(&disk, bs, Some(base_list), &new_list, |e| {
-                set.insert(e.offset, e.len)
+                if spool_error.is_none() {
+                    if let Err(err) = set.insert(e.offset, e.len) {
+                        spool_error = Some(err);
+                    }
+                }
             }) {
                 Ok(summary) => {
                     scan_read = summary.read_bytes;
-                    scanned = Some(set)
+                    let spooled = match spool_error {
+                        Some(e) => Err(e),
+                        None => set.finish(),
+                    };
+                    scanned = Some(spooled.map_err(|e| {
+                        Error::Failed(format!(
+                            "hash scan of disk {}: keeping the changed blocks in a temporary file failed: {e}; check the space in TMPDIR",
+                            d.id
+                        ))
+                    })?)
                 }
                 Err(ScanError::PreviousList(e)) => {
                     let r =
@@ -332,7 +353,12 @@ impl Job<'_> {
         );
         self.reproduce = None;
         match result {
-            Ok(p) => {
+            Ok(mut p) => {
+                let coverage = p.take_coverage().with_context(|| {
+                    format!(
+                        "reading back the coverage of image {image_uuid} from its temporary file"
+                    )
+                })?;
                 let digest_hex = crate::crypto::to_hex(&p.digest);
                 let stats = ImageStats {
                     records: p.records,
@@ -370,7 +396,7 @@ impl Job<'_> {
                     stats,
                     digest_hex,
                     segments: p.segments,
-                    coverage: p.coverage,
+                    coverage,
                     list: new_list,
                     cartridge: last,
                     opened,

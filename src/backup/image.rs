@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::catalog::{self, ImageKind, Segment};
 use crate::codec::{Compressor, Sealer};
 use crate::error::{Context, Error, Result};
-use crate::extents::ExtentSet;
+use crate::extent_spool::{run_limit, ExtentList, ItemList, Spool};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
 use crate::pipeline::StageTimes;
@@ -38,7 +38,11 @@ pub(super) struct ImageProgress {
     pub(super) next_block: u64,
     pub(super) segments: Vec<Segment>,
     pub(super) segs: SegmentBuilder,
+    /// The newest coverage extents (the last one may still grow); older ones go to
+    /// `coverage_spool` when this holds [`crate::extent_spool::run_limit`] of them.
     pub(super) coverage: Vec<catalog::Extent>,
+    pub(super) coverage_spool: Spool<catalog::Extent>,
+    pub(super) coverage_limit: usize,
     pub(super) digest: [u8; 32],
     pub(super) records: u64,
     pub(super) data_bytes: u64,
@@ -56,7 +60,15 @@ impl ImageProgress {
         self.segs.close(&mut self.segments);
     }
 
-    pub(super) fn note_record(&mut self, block: u64, seq: u64, extents: &[Extent]) {
+    /// Notes a record's segment and coverage. Coverage beyond the limit goes to the
+    /// image's temporary coverage file (all but the newest extent, which may still
+    /// grow), so memory does not follow the number of extents.
+    pub(super) fn note_record(
+        &mut self,
+        block: u64,
+        seq: u64,
+        extents: &[Extent],
+    ) -> std::io::Result<()> {
         let place = Place {
             part: self.header.part,
             barcode: &self.barcode,
@@ -70,6 +82,18 @@ impl ImageProgress {
             &mut self.segments,
             &mut self.coverage,
         );
+        if self.coverage.len() >= self.coverage_limit {
+            let keep = self.coverage.len() - 1;
+            self.coverage_spool.append_to_file(&self.coverage[..keep])?;
+            self.coverage.drain(..keep);
+        }
+        Ok(())
+    }
+
+    /// The image's whole coverage, in disk order (spooled part first), leaving none.
+    pub(super) fn take_coverage(&mut self) -> std::io::Result<ItemList<catalog::Extent>> {
+        let spool = std::mem::take(&mut self.coverage_spool);
+        spool.finish_with(std::mem::take(&mut self.coverage))
     }
 }
 
@@ -80,7 +104,7 @@ impl Job<'_> {
         disk: &Disk,
         disk_id: Uuid,
         plan: &Plan,
-        scanned: Option<&ExtentSet>,
+        scanned: Option<&ExtentList>,
         new_list: &Path,
         image_uuid: Uuid,
         kind: ImageKind,
@@ -131,13 +155,13 @@ impl Job<'_> {
                 extents, base_list, ..
             } => {
                 let feed = DigestFeed::new(new_list, bs, size, Some(base_list)).map_err(dl_err)?;
-                let mut r = ChunkReader::extents(disk, cfg, extents)
+                let mut r = ChunkReader::list(disk, cfg, extents)
                     .map_err(|e| Error::Failed(e.to_string()))?;
                 r.check_digests(&feed).map_err(dl_err)?;
                 (r, Some(feed))
             }
             Plan::HashScan { .. } => (
-                ChunkReader::extents(disk, cfg, scanned.expect("scan ran"))
+                ChunkReader::list(disk, cfg, scanned.expect("scan ran"))
                     .map_err(|e| Error::Failed(e.to_string()))?,
                 None,
             ),
@@ -285,6 +309,8 @@ impl Job<'_> {
             segments: Vec::new(),
             segs: SegmentBuilder::default(),
             coverage: Vec::new(),
+            coverage_spool: Spool::new(),
+            coverage_limit: run_limit(),
             // The digest of no records yet (a part may end before its first record).
             digest: digest.finalize(),
             records: 0,

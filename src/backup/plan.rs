@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::catalog::{self, ImageKind};
 use crate::error::{Error, Result};
-use crate::extents::ExtentSet;
+use crate::extent_spool::ExtentList;
 use crate::source::changed::ChangedExtents;
 use crate::source::export::DirtySince;
 use crate::source::nbd::NbdExport;
@@ -23,7 +23,7 @@ pub(super) enum Plan {
     },
     ChangedExtents {
         base: catalog::ImageRow,
-        extents: ExtentSet,
+        extents: ExtentList,
         base_list: PathBuf,
     },
     HashScan {

@@ -141,7 +141,12 @@ impl Job<'_> {
             })?,
         };
         st.next_block += 1;
-        st.note_record(block, seq, &p.extents);
+        st.note_record(block, seq, &p.extents).with_context(|| {
+            format!(
+                "keeping the coverage of image {} in a temporary file (check the space in TMPDIR)",
+                Uuid::from_bytes(st.header.image_uuid)
+            )
+        })?;
         st.digest = p.digest;
         st.records += 1;
         st.data_bytes += p.data_bytes;

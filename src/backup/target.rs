@@ -13,7 +13,7 @@ use crate::catalog::{
     self, Catalog, MediaSetRow, MediaState, PoolRow, SessionStatus, SnapshotLocation,
 };
 use crate::codec::Sealer;
-use crate::error::{Error, Result};
+use crate::error::{Context as _, Error, Result};
 use crate::events::{Events, NoteKind};
 use crate::home::locks::JobLock;
 use crate::home::Home;
@@ -343,15 +343,21 @@ impl<'a> ImageTarget<'a> {
             self.job.close_image(&mut st)?;
             Ok(st)
         })();
-        match r {
-            Ok(st) => Ok(WrittenImage {
+        match r.and_then(|mut st| {
+            let coverage = st
+                .take_coverage()
+                .and_then(|c| c.to_vec())
+                .context("reading back the image's coverage from its temporary file")?;
+            Ok((st, coverage))
+        }) {
+            Ok((st, coverage)) => Ok(WrittenImage {
                 records: st.records,
                 data_bytes: st.data_bytes,
                 zero_bytes: st.zero_bytes,
                 stored_bytes: st.stored_bytes,
                 digest: st.digest,
                 segments: st.segments,
-                coverage: st.coverage,
+                coverage,
                 cartridges: st.cartridges,
                 stages: st.stages,
             }),

@@ -7,7 +7,10 @@
 //! (same image UUID with a different digest or identity, a cartridge labelled twice
 //! at the same time with different volumes) are reported, not applied.
 
-use super::images::{image_row, validate_extents, validate_segment, RowInserts, IMAGE_COLS};
+use super::coverage::{
+    DumpExtents, DumpParts, SpooledImageDump, StreamedExtents, StreamedImageDump,
+};
+use super::images::{image_row, validate_segment, RowInserts, IMAGE_COLS};
 use super::*;
 use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -451,15 +454,19 @@ impl Catalog {
                 what: "image",
                 key: id.to_string(),
             })?;
-            let d = ImageDump {
-                segments: self.segments(id)?,
-                extents: self.extents(id)?,
-                image,
+            // The extents are read from the catalog as they are written out: an
+            // image of millions of extents is never held.
+            let segments = self.segments(id)?;
+            let d = StreamedImageDump {
+                image: &image,
+                segments: &segments,
+                extents: StreamedExtents::new(self, id),
             };
             if i > 0 {
                 w.write_all(b",").map_err(CatalogError::Export)?;
             }
-            serde_json::to_writer(&mut w, &d).map_err(json_err)?;
+            serde_json::to_writer(&mut w, &d)
+                .map_err(|e| d.extents.error.take().unwrap_or_else(|| json_err(e)))?;
         }
         w.write_all(b"],\"snapshots\":")
             .map_err(CatalogError::Export)?;
@@ -847,6 +854,25 @@ impl Catalog {
         Ok(r)
     }
 
+    /// [`merge_image`](Self::merge_image) of `d` with the extents `extents` (spooled
+    /// by a media scan; `d.extents` is not used), in one transaction.
+    pub fn merge_image_spooled(
+        &self,
+        d: &ImageDump,
+        extents: &crate::extent_spool::ItemList<Extent>,
+    ) -> Result<MergeReport> {
+        let tx = self.write_tx()?;
+        let mut r = MergeReport::default();
+        let parts = DumpParts {
+            image: &d.image,
+            segments: &d.segments,
+            extents: DumpExtents::Spooled(extents),
+        };
+        self.merge_image_parts(parts, &mut r, None, None)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
     fn merge_pool_in(&self, p: &PoolRow, r: &mut MergeReport) -> Result<()> {
         match self.pool(&p.name)? {
             None => {
@@ -1007,6 +1033,23 @@ impl Catalog {
         digest_lists: Option<&HashSet<Uuid>>,
         inserts: Option<&mut RowInserts<'c>>,
     ) -> Result<()> {
+        let parts = DumpParts {
+            image: &d.image,
+            segments: &d.segments,
+            extents: DumpExtents::Slice(&d.extents),
+        };
+        self.merge_image_parts(parts, r, digest_lists, inserts)
+    }
+
+    /// [`merge_image_in`](Self::merge_image_in) of an image whose extents may be
+    /// spooled (a snapshot being read: see `coverage.rs`).
+    fn merge_image_parts<'c>(
+        &'c self,
+        d: DumpParts<'_>,
+        r: &mut MergeReport,
+        digest_lists: Option<&HashSet<Uuid>>,
+        inserts: Option<&mut RowInserts<'c>>,
+    ) -> Result<()> {
         let mut own;
         let ins = match inserts {
             Some(i) => i,
@@ -1019,12 +1062,12 @@ impl Catalog {
             Some(set) => set.contains(&id).then(|| self.digest_list_rel(id)),
             None => self.local_digest_list(id),
         };
-        let inc = &d.image;
-        for s in &d.segments {
+        let inc = d.image;
+        for s in d.segments {
             validate_segment(inc, s)?;
         }
         if !d.extents.is_empty() {
-            validate_extents(inc, &d.extents)?;
+            d.extents.validate(inc)?;
         }
         // An image the catalog does not have is inserted as it comes (the insert is
         // the lookup); one it has is merged fact by fact below.
@@ -1040,12 +1083,12 @@ impl Catalog {
             row.note = Some("was still being written when this catalog snapshot was taken".into());
         }
         if ins.image_if_new(&row)? {
-            for s in &d.segments {
+            for s in d.segments {
                 ins.segment(inc.uuid, s)?;
             }
             r.segments_added += d.segments.len();
-            for e in &d.extents {
-                ins.extent(inc.uuid, e)?;
+            for e in d.extents.iter() {
+                ins.extent(inc.uuid, &e?)?;
             }
             r.images_added += 1;
             return Ok(());
@@ -1140,7 +1183,7 @@ impl Catalog {
         // Segments: add the ones not known; the same record run placed elsewhere is a conflict.
         if !d.segments.is_empty() {
             let known = self.segments(inc.uuid)?;
-            for s in &d.segments {
+            for s in d.segments {
                 match known.iter().find(|k| k.first_seq == s.first_seq) {
                     None => {
                         ins.segment(inc.uuid, s)?;
@@ -1156,9 +1199,9 @@ impl Catalog {
                 }
             }
         }
-        if !d.extents.is_empty() && self.extents(inc.uuid)?.is_empty() {
-            for e in &d.extents {
-                ins.extent(inc.uuid, e)?;
+        if !d.extents.is_empty() && !self.has_extents(inc.uuid)? {
+            for e in d.extents.iter() {
+                ins.extent(inc.uuid, &e?)?;
             }
             changed = true;
         }
@@ -1371,8 +1414,9 @@ enum Piece {
     MediaSet(MediaSetRow),
     Media(MediaRow),
     Session(SessionRow),
-    /// Up to [`IMAGES_PER_PIECE`] images.
-    Images(Vec<ImageDump>),
+    /// Up to [`IMAGES_PER_PIECE`] images, their extents spooled beyond
+    /// [`EXTENTS_PER_PIECE`] (see `coverage.rs`).
+    Images(Vec<SpooledImageDump>),
     Snapshot(SnapshotLocation),
     /// The document was read to its end, and nothing follows it.
     End,
@@ -1382,6 +1426,12 @@ enum Piece {
 /// pieces waiting (a few hundred images held, whatever the size of the document).
 const IMAGES_PER_PIECE: usize = 64;
 const PIECES_AHEAD: usize = 4;
+/// A piece is sent early once its images hold this many extents in memory (an image's
+/// extents beyond the spool's in-memory limit are in a temporary file already).
+const EXTENTS_PER_PIECE: usize = 1 << 16;
+/// An image whose JSON is larger than this is parsed from the stream instead of from
+/// a slice of its bytes, so its millions of extents are never held.
+const IMAGE_RAW_LIMIT: usize = 16 << 20;
 
 /// The parser of a streamed merge (its own thread): the document's members and rows as
 /// [`Piece`]s, then [`Piece::End`]; or the error that stopped it. It stops when the
@@ -1447,11 +1497,14 @@ fn parse_table<R: Read>(
         3 => sc.rows(|s| send(Piece::Session(s))),
         4 => {
             let mut batch = Vec::with_capacity(IMAGES_PER_PIECE);
-            sc.rows(|d: ImageDump| {
+            let mut held = 0usize;
+            sc.rows_by(RawScanner::image, |d: SpooledImageDump| {
+                held += d.extents.0.in_memory();
                 batch.push(d);
-                if batch.len() < IMAGES_PER_PIECE {
+                if batch.len() < IMAGES_PER_PIECE && held < EXTENTS_PER_PIECE {
                     return Ok(());
                 }
+                held = 0;
                 send(Piece::Images(std::mem::replace(
                     &mut batch,
                     Vec::with_capacity(IMAGES_PER_PIECE),
@@ -1525,7 +1578,12 @@ impl MergeState<'_> {
                 Piece::Session(s) => cat.merge_session_in(&s, r)?,
                 Piece::Images(batch) => {
                     for d in &batch {
-                        cat.merge_image_in(d, r, self.digest_lists.as_ref(), inserts.as_mut())?;
+                        cat.merge_image_parts(
+                            d.parts(),
+                            r,
+                            self.digest_lists.as_ref(),
+                            inserts.as_mut(),
+                        )?;
                     }
                 }
                 Piece::Snapshot(l) => r.snapshots_added += usize::from(cat.insert_snapshot(&l)?),
@@ -1663,6 +1721,15 @@ impl<R: Read> RawScanner<R> {
     /// error stops the merge).
     fn rows<T: serde::de::DeserializeOwned>(
         &mut self,
+        f: impl FnMut(T) -> Result<()>,
+    ) -> Result<()> {
+        self.rows_by(Self::value, f)
+    }
+
+    /// [`rows`](Self::rows), each element parsed by `parse`.
+    fn rows_by<T>(
+        &mut self,
+        mut parse: impl FnMut(&mut Self) -> Result<T>,
         mut f: impl FnMut(T) -> Result<()>,
     ) -> Result<()> {
         self.expect(b'[')?;
@@ -1671,7 +1738,7 @@ impl<R: Read> RawScanner<R> {
             return Ok(());
         }
         loop {
-            f(self.value()?)?;
+            f(parse(self)?)?;
             match self.next()? {
                 Some(b',') => {}
                 Some(b']') => return Ok(()),
@@ -1680,9 +1747,53 @@ impl<R: Read> RawScanner<R> {
         }
     }
 
+    /// The next value, an image of the images table (see [`value_capped`](Self::value_capped)).
+    fn image(&mut self) -> Result<SpooledImageDump> {
+        self.value_capped(IMAGE_RAW_LIMIT)
+    }
+
+    /// The next value, parsed from a slice of its bytes, or, past `limit` bytes, from
+    /// those bytes and then the stream itself (an image's extents spooled as they are
+    /// read, never held).
+    fn value_capped<T: serde::de::DeserializeOwned>(&mut self, limit: usize) -> Result<T> {
+        let start = self.at;
+        let bad = |e: serde_json::Error| {
+            CatalogError::BadSnapshot(format!("the value at byte {start}: {e}"))
+        };
+        if self.raw_value_upto(limit)? {
+            return serde_json::from_slice(&self.raw).map_err(bad);
+        }
+        struct Counted<'a, R>(&'a mut R, u64);
+        impl<R: Read> Read for Counted<'_, R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        let raw = std::mem::take(&mut self.raw);
+        let mut rest = Counted(&mut self.r, 0);
+        // serde_json reads no byte past the closing brace or bracket of an object or
+        // an array (the scanner then goes on from there).
+        let parsed = {
+            let mut de = serde_json::Deserializer::from_reader(Read::chain(&raw[..], &mut rest));
+            T::deserialize(&mut de).map_err(bad)
+        };
+        self.at += rest.1;
+        self.raw = raw;
+        self.raw.clear();
+        parsed
+    }
+
     /// Read the bytes of the next value into `self.raw`: a string, an object or an
     /// array to its closing quote or bracket, anything else up to the next delimiter.
     fn raw_value(&mut self) -> Result<()> {
+        self.raw_value_upto(usize::MAX).map(|_| ())
+    }
+
+    /// [`raw_value`](Self::raw_value), stopping once `limit` bytes are held: false
+    /// when it stopped there (`self.raw` then holds the value's first bytes).
+    fn raw_value_upto(&mut self, limit: usize) -> Result<bool> {
         self.raw.clear();
         let Some(first) = self.peek()? else {
             return Err(self.unexpected(None, "a value"));
@@ -1697,7 +1808,7 @@ impl<R: Read> RawScanner<R> {
             };
             if b.is_empty() {
                 if scalar {
-                    return Ok(());
+                    return Ok(true);
                 }
                 return Err(self.unexpected(None, "the rest of a value"));
             }
@@ -1758,7 +1869,11 @@ impl<R: Read> RawScanner<R> {
             self.raw.extend_from_slice(&b[..n]);
             self.consume(n);
             if end.is_some() {
-                return Ok(());
+                return Ok(true);
+            }
+            // (A number or literal is never cut: serde_json would read the byte after it.)
+            if self.raw.len() >= limit && !scalar {
+                return Ok(false);
             }
         }
     }
@@ -1809,6 +1924,36 @@ mod tests {
         assert_eq!(elements(doc, false).unwrap(), want);
         assert_eq!(elements(doc, true).unwrap(), want);
         assert!(elements(b"[]", true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn values_past_the_limit_are_parsed_from_the_stream() {
+        let doc = br#"[{"a": [1, 2, 3, {"b": "x\"y"}], "c": "long string value"}, [4, 5, 6, 7, 8], 123456, "a string", {"d": {}}, {"e": 1}]"#;
+        let want: Vec<serde_json::Value> = serde_json::from_slice(doc).unwrap();
+        for limit in [1, 2, 5, 17, 64, usize::MAX] {
+            for trickle in [false, true] {
+                let mut got = Vec::new();
+                let mut push = |v| {
+                    got.push(v);
+                    Ok(())
+                };
+                if trickle {
+                    RawScanner::new(Trickle(doc))
+                        .rows_by(|sc| sc.value_capped::<serde_json::Value>(limit), &mut push)
+                        .unwrap();
+                } else {
+                    RawScanner::new(&doc[..])
+                        .rows_by(|sc| sc.value_capped::<serde_json::Value>(limit), &mut push)
+                        .unwrap();
+                }
+                assert_eq!(got, want, "limit {limit}, trickle {trickle}");
+            }
+        }
+        let broken = br#"[{"a": [1, 2, 3], "c": tru}]"#;
+        let err = RawScanner::new(&broken[..])
+            .rows_by(|sc| sc.value_capped::<serde_json::Value>(4), |_| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("the value at byte 1"), "{err}");
     }
 
     #[test]

@@ -243,8 +243,33 @@ pub(crate) fn validate_segment(img: &ImageRow, s: &Segment) -> Result<()> {
 /// Check an image's extents: sorted, non-overlapping, non-empty, inside the disk; a
 /// full or copy covers the whole disk.
 pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()> {
-    let mut end = 0u64;
-    for (i, e) in extents.iter().enumerate() {
+    let mut check = ExtentCheck::new(img);
+    for e in extents {
+        check.next(e)?;
+    }
+    check.finish()
+}
+
+/// The checks of [`validate_extents`], one extent at a time (for extent lists read
+/// back from a temporary file, never held whole).
+pub(crate) struct ExtentCheck<'a> {
+    img: &'a ImageRow,
+    end: u64,
+    seen: bool,
+}
+
+impl<'a> ExtentCheck<'a> {
+    pub(crate) fn new(img: &'a ImageRow) -> Self {
+        ExtentCheck {
+            img,
+            end: 0,
+            seen: false,
+        }
+    }
+
+    pub(crate) fn next(&mut self, e: &Extent) -> Result<()> {
+        let img = self.img;
+        let end = self.end;
         let e_end = e
             .offset
             .checked_add(e.length)
@@ -261,7 +286,7 @@ pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()>
                 ),
             ));
         }
-        if i > 0 && e.offset < end {
+        if self.seen && e.offset < end {
             return Err(invalid(
                 img.uuid,
                 format!("extents unsorted or overlapping at {}", e.offset),
@@ -276,18 +301,25 @@ pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()>
                 ),
             ));
         }
-        end = e_end;
+        self.end = e_end;
+        self.seen = true;
+        Ok(())
     }
-    if img.kind != ImageKind::Incremental && end != img.disk_size {
-        return Err(invalid(
-            img.uuid,
-            format!(
-                "a {} image must cover the whole disk; covered up to {end} of {}",
-                img.kind, img.disk_size
-            ),
-        ));
+
+    pub(crate) fn finish(self) -> Result<()> {
+        let img = self.img;
+        let end = self.end;
+        if img.kind != ImageKind::Incremental && end != img.disk_size {
+            return Err(invalid(
+                img.uuid,
+                format!(
+                    "a {} image must cover the whole disk; covered up to {end} of {}",
+                    img.kind, img.disk_size
+                ),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Catalog {
@@ -522,6 +554,30 @@ impl Catalog {
         segments: &[Segment],
         extents: &[Extent],
     ) -> Result<ImageRow> {
+        self.complete_image_from(
+            uuid,
+            stats,
+            content_digest,
+            segments,
+            extents.iter().map(|e| Ok(*e)),
+        )
+    }
+
+    /// [`complete_image`](Self::complete_image) with the extents read one at a time
+    /// (an image's coverage spooled to a temporary file while it was written): each is
+    /// checked and inserted as it comes, within the same transaction, so memory does
+    /// not follow their number and nothing is visible unless all of them are good.
+    pub fn complete_image_from<I>(
+        &self,
+        uuid: Uuid,
+        stats: &ImageStats,
+        content_digest: &str,
+        segments: &[Segment],
+        extents: I,
+    ) -> Result<ImageRow>
+    where
+        I: IntoIterator<Item = std::io::Result<Extent>>,
+    {
         let tx = self.write_tx()?;
         let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
             what: "image",
@@ -546,14 +602,22 @@ impl Catalog {
                 format!("{} records but no segments", stats.records),
             ));
         }
-        validate_extents(&img, extents)?;
         for s in segments {
             validate_segment(&img, s)?;
             self.insert_segment(uuid, s)?;
         }
+        let mut check = ExtentCheck::new(&img);
         for e in extents {
-            self.insert_extent(uuid, e)?;
+            let e = e.map_err(|e| {
+                invalid(
+                    uuid,
+                    format!("reading its extents back from their temporary file: {e}"),
+                )
+            })?;
+            check.next(&e)?;
+            self.insert_extent(uuid, &e)?;
         }
+        check.finish()?;
         // Stored relative to the home; a list outside the home is not recorded.
         let digest_list = match stats.digest_list.as_deref() {
             None => None,

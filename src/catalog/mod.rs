@@ -12,6 +12,7 @@
 //! corrupt images are never a restore target nor a base.
 
 mod check;
+mod coverage;
 mod dump;
 mod images;
 mod jobs;
@@ -23,6 +24,7 @@ pub mod schema;
 mod types;
 
 pub use check::{Problem, ProblemKind};
+pub use coverage::ExtentCursor;
 pub use dump::{
     Conflict, MergeReport, SnapshotBase, SnapshotScope, DELTA_VERSION, DUMP_FORMAT, DUMP_VERSION,
 };

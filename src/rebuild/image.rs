@@ -15,6 +15,7 @@ use crate::catalog::{
 };
 use crate::crypto;
 use crate::error::Result;
+use crate::extent_spool::{CoverageBuf, ItemList};
 
 pub(super) fn build_image(
     cat: &Catalog,
@@ -22,7 +23,7 @@ pub(super) fn build_image(
     parts: &[PartScan],
     sessions: &HashMap<Uuid, SessionSeen>,
     read_now: &HashSet<&str>,
-) -> Result<(ImageDump, ImageFound)> {
+) -> Result<(ImageDump, ItemList<catalog::Extent>, ImageFound)> {
     let h0 = &parts[0].header;
     let mut notes: Vec<String> = Vec::new();
     let mut joiner = PartJoiner::new();
@@ -152,24 +153,33 @@ pub(super) fn build_image(
         // Format 1.1: the header says the full is synthetic and which point it holds.
         synthetic_of: h0.synthetic_of.map(Uuid::from_bytes),
     };
-    let extents = if complete && damaged == 0 {
-        let mut v: Vec<catalog::Extent> = Vec::new();
+    // The parts' coverage joined, read back from the parts' temporary files and
+    // spooled again: never held whole.
+    let spool_err = |e: std::io::Error| {
+        crate::error::Error::Failed(format!(
+            "image {uuid}: joining its parts' coverage in a temporary file (check the space in TMPDIR): {e}"
+        ))
+    };
+    let mut joined_cov = CoverageBuf::new();
+    if complete && damaged == 0 {
         for p in parts {
-            for e in &p.coverage {
-                match v.last_mut() {
+            for e in p.coverage.reader() {
+                let e = e.map_err(spool_err)?;
+                match joined_cov.tail.last_mut() {
                     Some(last)
                         if last.is_zero == e.is_zero && last.offset + last.length == e.offset =>
                     {
                         last.length += e.length
                     }
-                    _ => v.push(*e),
+                    _ => {
+                        joined_cov.tail.push(e);
+                        joined_cov.spill_if_full().map_err(spool_err)?;
+                    }
                 }
             }
         }
-        v
-    } else {
-        Vec::new()
-    };
+    }
+    let extents = joined_cov.finish().map_err(spool_err)?;
     let segments: Vec<_> = parts
         .iter()
         .flat_map(|p| p.segments.iter().cloned())
@@ -192,8 +202,9 @@ pub(super) fn build_image(
         ImageDump {
             image: row,
             segments,
-            extents,
+            extents: Vec::new(),
         },
+        extents,
         found,
     ))
 }

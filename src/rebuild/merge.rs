@@ -137,14 +137,14 @@ pub(super) fn merge_collected(
             }
         }
         parts.sort_by_key(|p| (p.header.part, p.barcode.clone(), p.tape_file));
-        let (dump, found) = build_image(cat, uuid, &parts, &col.sessions, &read_now)?;
+        let (dump, extents, found) = build_image(cat, uuid, &parts, &col.sessions, &read_now)?;
         if let Some(n) = &found.note {
             // A failed image is a fact of the media, not a problem of this rebuild.
             if !matches!(found.status, ImageStatus::Complete | ImageStatus::Failed) {
                 rep.problems.push(format!("image {uuid}: {n}"));
             }
         }
-        match cat.merge_image(&dump) {
+        match cat.merge_image_spooled(&dump, &extents) {
             Ok(r) => add_merge(&mut rep.merged, r),
             Err(e) => rep
                 .problems

@@ -9,8 +9,9 @@ use tape_formats::{
 
 use super::positioning::skip_file;
 use crate::catalog::ScannedPart;
-use crate::catalog::{self, Segment};
+use crate::catalog::Segment;
 use crate::error::{Context, Error, Result};
+use crate::extent_spool::CoverageBuf;
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSource;
 use tape_devices::drive::{DriveError, TapeDrive};
@@ -28,14 +29,15 @@ pub struct Damage {
 }
 
 /// One image part (tape file) as scanned.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PartScan {
     pub barcode: String,
     pub tape_file: u64,
     pub header: ImageHeader,
     pub trailer: Option<ImageTrailer>,
     pub segments: Vec<Segment>,
-    pub coverage: Vec<catalog::Extent>,
+    /// Beyond a bounded number of rows in memory, in a temporary file.
+    pub coverage: CoverageBuf,
     pub records: u64,
     pub data_bytes: u64,
     pub stored_bytes: u64,
@@ -51,17 +53,21 @@ pub struct PartScan {
 impl PartScan {
     /// What the catalog keeps of this part until its image is whole (see
     /// [`crate::catalog::ScannedPart`]).
-    pub fn to_stored(&self) -> Result<ScannedPart, tape_formats::FormatError> {
+    pub fn to_stored(&self) -> Result<ScannedPart, String> {
         let mut header = Vec::new();
-        self.header.encode(&mut header)?;
+        self.header.encode(&mut header).map_err(|e| e.to_string())?;
         let trailer = match &self.trailer {
             Some(t) => {
                 let mut b = Vec::new();
-                t.encode(&mut b)?;
+                t.encode(&mut b).map_err(|e| e.to_string())?;
                 Some(b)
             }
             None => None,
         };
+        let coverage = self
+            .coverage
+            .to_vec()
+            .map_err(|e| format!("reading its coverage back from its temporary file: {e}"))?;
         Ok(ScannedPart {
             image: uuid::Uuid::from_bytes(self.header.image_uuid),
             barcode: self.barcode.clone(),
@@ -73,7 +79,7 @@ impl PartScan {
             data_bytes: self.data_bytes,
             stored_bytes: self.stored_bytes,
             damaged: self.damage.len() as u64 + self.damaged_earlier,
-            coverage: self.coverage.clone(),
+            coverage,
         })
     }
 
@@ -103,7 +109,7 @@ impl PartScan {
             header,
             trailer,
             segments: Vec::new(),
-            coverage: p.coverage.clone(),
+            coverage: CoverageBuf::from_vec(p.coverage.clone()),
             records: p.records,
             data_bytes: p.data_bytes,
             stored_bytes: p.stored_bytes,
@@ -121,7 +127,7 @@ fn note_record(
     block: u64,
     seq: u64,
     extents: &[tape_formats::Extent],
-) {
+) -> std::io::Result<()> {
     let place = Place {
         part: part.header.part,
         barcode: &part.barcode,
@@ -133,8 +139,9 @@ fn note_record(
         seq,
         extents,
         &mut part.segments,
-        &mut part.coverage,
+        &mut part.coverage.tail,
     );
+    part.coverage.spill_if_full()
 }
 
 /// What one tape file turned out to be.
@@ -259,7 +266,7 @@ pub fn scan_file(
         header,
         trailer: None,
         segments: Vec::new(),
-        coverage: Vec::new(),
+        coverage: CoverageBuf::new(),
         records: 0,
         data_bytes: 0,
         stored_bytes: 0,
@@ -311,7 +318,12 @@ pub fn scan_file(
                         start.block + pos,
                         r.fields.sequence,
                         &r.extents,
-                    );
+                    )
+                    .map_err(|e| {
+                        Error::Failed(format!(
+                            "keeping the coverage of cartridge {barcode} tape file {f} in a temporary file (check the space in TMPDIR): {e}"
+                        ))
+                    })?;
                     part.records += 1;
                     part.data_bytes += r
                         .extents

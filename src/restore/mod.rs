@@ -44,7 +44,9 @@ pub use media_reader::MediaReader;
 pub use output::check_target;
 
 pub use plan::{prepare, Prepared};
-pub use planner::{plan_restore, CoveredExtent, ImagePlan, PlanError, RestorePlan};
+pub use planner::{
+    plan_restore, plan_restore_sorted, CoveredExtent, ImagePlan, PlanError, RestorePlan,
+};
 pub use pull_list::{check_pull_list, pull_list_text, PullItem};
 pub(crate) use read_image::problem_text;
 pub use read_image::{read_image, read_image_records, ImageRead};
@@ -212,6 +214,11 @@ fn run_into(
             0
         };
     events.task("restore", total);
+    let plan_read = |e: std::io::Error| {
+        Error::Failed(format!(
+            "reading back the restore plan from its temporary file: {e}"
+        ))
+    };
     let locations: HashMap<String, String> = p
         .pull_list
         .iter()
@@ -240,7 +247,8 @@ fn run_into(
             for (i, plan) in p.plans.iter().enumerate() {
                 zero_total += plan.zero.total_bytes();
                 if out.device && !plan.zero.is_empty() {
-                    for e in plan.zero.iter() {
+                    for e in plan.zero.reader() {
+                        let e = e.map_err(plan_read)?;
                         out.write_zeros(e.offset, e.len, ZERO_CHUNK, &mut |n| events.progress(n))?;
                     }
                 }
@@ -266,7 +274,9 @@ fn run_into(
                 let mut pieces: Vec<crate::extents::Extent> = Vec::new();
                 let mut on_data = |offset: u64, bytes: &[u8]| -> Result<()> {
                     pieces.clear();
-                    pieces.extend(plan.data.intersect_range(offset, bytes.len() as u64));
+                    plan.data
+                        .intersect_into(offset, bytes.len() as u64, &mut pieces)
+                        .map_err(plan_read)?;
                     for x in &pieces {
                         let from = (x.offset - offset) as usize;
                         let mut buf = free_rx.try_recv().unwrap_or_default();

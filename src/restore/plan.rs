@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::planner::{plan_restore, CoveredExtent, ImagePlan};
+use super::planner::{plan_restore_sorted, CoveredExtent, ImagePlan, PlanError};
 use super::pull_list::{build_pull_list, PullItem};
 use crate::catalog::{At, Catalog, ImageRow, Segment, Skipped};
 use crate::error::{Error, Result};
@@ -78,28 +78,47 @@ pub fn prepare(cat: &Catalog, lib: &mut dyn TapeLibrary, disk: Uuid, at: At) -> 
         used.push(c);
     }
     let target_size = chain.last().expect("never empty").disk_size;
-    let mut covered = Vec::with_capacity(chain.len());
     let mut segments = Vec::with_capacity(chain.len());
     for img in &chain {
-        covered.push(
-            cat.extents(img.uuid)?
-                .into_iter()
-                .map(|e| CoveredExtent {
-                    offset: e.offset,
-                    len: e.length,
-                    is_zero: e.is_zero,
-                })
-                .collect::<Vec<_>>(),
-        );
         segments.push(cat.segments(img.uuid)?);
     }
-    let plan = plan_restore(&covered, target_size).map_err(|e| {
-        Error::Failed(format!(
-            "the catalog's extents of the restore chain are inconsistent: {e}"
-        ))
-    })?;
+    // One sweep over the chain's coverage in disk order, read from the catalog side
+    // by side (a k-way merge by offset): nothing is held per extent but the plan,
+    // which is spooled.
+    let ids: Vec<Uuid> = chain.iter().map(|i| i.uuid).collect();
+    let plan = cat
+        .with_extent_cursors(&ids, |cursors| {
+            let streams = cursors
+                .into_iter()
+                .map(|c| {
+                    c.map(|e| {
+                        e.map(|e| CoveredExtent {
+                            offset: e.offset,
+                            len: e.length,
+                            is_zero: e.is_zero,
+                        })
+                    })
+                })
+                .collect();
+            plan_restore_sorted(streams, target_size)
+        })?
+        .map_err(|e| match e {
+            PlanError::Spool(_) | PlanError::Source(_) => Error::Failed(e.to_string()),
+            e => Error::Failed(format!(
+                "the catalog's extents of the restore chain are inconsistent: {e}"
+            )),
+        })?;
     if !plan.uncovered.is_empty() {
-        let first = plan.uncovered.iter().next().expect("not empty");
+        let first = plan
+            .uncovered
+            .reader()
+            .next()
+            .expect("not empty")
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "reading back the restore plan from its temporary file: {e}"
+                ))
+            })?;
         return Err(Error::Failed(format!(
             "no image of the restore chain of {} covers {} bytes of the disk (first at bytes {}..{}); the chain cannot be restored bit-identical",
             chain.last().expect("never empty").uuid,

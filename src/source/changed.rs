@@ -6,7 +6,9 @@
 //! backup refuses the file for any other disk. Other keys (tools add `startOffset`, `length`, ...) are ignored. Areas may come in
 //! any order and may overlap; they are validated one by one as they are parsed
 //! (overflow, beyond the disk), zero lengths are dropped, and the result is kept as a
-//! coalesced [`ExtentSet`], so memory follows the number of distinct areas.
+//! sorted, coalesced [`ExtentList`]: areas beyond a bounded number in memory are sorted
+//! in runs on disk and merged (see [`crate::extent_spool`]), so memory does not follow
+//! the number of areas.
 
 use std::fmt;
 use std::io::{BufReader, Read};
@@ -19,7 +21,8 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use super::input::{open_checked, Accept, InputError};
-use crate::extents::{Extent, ExtentSet};
+use crate::extent_spool::{ExtentList, ListReader, SortedExtents};
+use crate::extents::Extent;
 
 /// Longest change id accepted: what an image header can carry (VMware's look like
 /// `52 de .. 3f/1234`, well under this).
@@ -42,10 +45,14 @@ pub enum ChangedExtentsError {
     },
     #[error("tracking block size {block_size} is not a power of two")]
     BadBlockSize { block_size: u64 },
+    #[error(
+        "the changed areas could not be sorted in a temporary file: {0}; check the space in TMPDIR"
+    )]
+    Spool(String),
 }
 
 /// A validated changed-extents list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChangedExtents {
     /// The change id the areas are relative to (VMware: `*` means "since creation").
     pub from_change_id: String,
@@ -53,8 +60,8 @@ pub struct ChangedExtents {
     pub change_id: String,
     /// The disk the file says it describes (`disk_id`), if it says.
     pub disk_id: Option<Uuid>,
-    /// The changed areas, coalesced and within the disk.
-    pub extents: ExtentSet,
+    /// The changed areas, sorted, coalesced and within the disk.
+    pub extents: ExtentList,
 }
 
 impl ChangedExtents {
@@ -97,28 +104,14 @@ impl ChangedExtents {
         &self,
         block_size: u64,
         disk_size: u64,
-    ) -> Result<ExtentSet, ChangedExtentsError> {
+    ) -> Result<ExtentList, ChangedExtentsError> {
         if !block_size.is_power_of_two() {
             return Err(ChangedExtentsError::BadBlockSize { block_size });
         }
-        Ok(align_extents(&self.extents, block_size, disk_size))
+        self.extents
+            .aligned(block_size, disk_size)
+            .map_err(|e| ChangedExtentsError::Spool(e.to_string()))
     }
-}
-
-/// Widens every extent of `set` to whole blocks of `block_size` (a power of two),
-/// clipped to `disk_size`.
-pub fn align_extents(set: &ExtentSet, block_size: u64, disk_size: u64) -> ExtentSet {
-    let mask = block_size - 1;
-    let mut out = ExtentSet::new();
-    for e in set.iter() {
-        let start = e.offset & !mask;
-        let end = e.end().saturating_add(mask) & !mask;
-        let end = end.min(disk_size);
-        if end > start {
-            out.insert(start, end - start);
-        }
-    }
-    out
 }
 
 struct FileSeed<'a> {
@@ -143,7 +136,7 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
         use serde::de::Error;
         let mut from_change_id: Option<String> = None;
         let mut change_id: Option<String> = None;
-        let mut extents: Option<ExtentSet> = None;
+        let mut extents: Option<ExtentList> = None;
         let mut disk_id: Option<Uuid> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
@@ -213,20 +206,25 @@ struct Area {
 }
 
 impl<'de> DeserializeSeed<'de> for AreasSeed<'_> {
-    type Value = ExtentSet;
+    type Value = ExtentList;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for AreasSeed<'_> {
-    type Value = ExtentSet;
+    type Value = ExtentList;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("`changed_area` as an array of {\"start\": N, \"length\": N}")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
-        let mut set = ExtentSet::new();
+        let mut set = SortedExtents::new();
+        let spool_err = |e: std::io::Error| {
+            A::Error::custom(format!(
+                "sorting the changed areas in a temporary file failed: {e}; check the space in TMPDIR"
+            ))
+        };
         let mut index = 0usize;
         while let Some(area) = seq.next_element::<Area>()? {
             let beyond = match area.start.checked_add(area.length) {
@@ -243,16 +241,17 @@ impl<'de> Visitor<'de> for AreasSeed<'_> {
                 });
                 return Err(A::Error::custom("changed area beyond the disk"));
             }
-            set.insert(area.start, area.length);
+            set.insert(area.start, area.length).map_err(spool_err)?;
             index += 1;
         }
-        Ok(set)
+        set.finish().map_err(spool_err)
     }
 }
 
 impl ChangedExtents {
-    /// The areas as plain extents, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
-        self.extents.iter()
+    /// The areas as plain extents, ascending (read back from the temporary file when
+    /// they did not fit in memory, hence the `Result`s).
+    pub fn iter(&self) -> ListReader<Extent> {
+        self.extents.reader()
     }
 }

@@ -30,6 +30,7 @@ use thiserror::Error;
 use super::hashscan::{DigestFeed, DigestListError, DigestListSummary};
 use super::input::{identity, open_checked, Accept, Identity, InputError};
 use super::{valid_block_size, DEFAULT_BLOCK_SIZE};
+use crate::extent_spool::{ExtentList, ListReader};
 use crate::extents::{Extent, ExtentSet};
 
 /// Default amount of disk data per record (512 KiB): large enough to stream a drive,
@@ -648,6 +649,32 @@ pub trait ExtentStream {
     fn listed(&self) -> Option<&[Extent]> {
         None
     }
+
+    /// Every extent again from the first, when the stream can replay them (a spooled
+    /// list): lets a digest feed check them before reading, without holding them.
+    fn replay(&self) -> Option<ListReader<Extent>> {
+        None
+    }
+}
+
+/// Extents of a spooled [`ExtentList`], read back one at a time.
+struct Spooled {
+    list: ExtentList,
+    reader: ListReader<Extent>,
+}
+
+impl ExtentStream for Spooled {
+    fn next_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+        self.reader.next().transpose().map_err(|e| {
+            DiskError::Config(format!(
+                "reading back the extent list from its temporary file: {e}"
+            ))
+        })
+    }
+
+    fn replay(&self) -> Option<ListReader<Extent>> {
+        Some(self.list.reader())
+    }
 }
 
 /// Extents known up front.
@@ -722,6 +749,16 @@ impl<'d> ChunkReader<'d> {
         ChunkReader::stream(disk, cfg, Box::new(Listed { todo, idx: 0 }))
     }
 
+    /// Reads the extents of `list` (sorted, disjoint, within the disk), read back from
+    /// its temporary file as they are needed.
+    pub fn list(disk: &'d Disk, cfg: ChunkConfig, list: &ExtentList) -> Result<Self, DiskError> {
+        let stream = Spooled {
+            list: list.clone(),
+            reader: list.reader(),
+        };
+        ChunkReader::stream(disk, cfg, Box::new(stream))
+    }
+
     /// Reads the extents `todo` hands out, one at a time: memory stays bounded whatever
     /// their number. An extent out of order, overlapping the one before, or beyond the
     /// disk fails the read.
@@ -784,6 +821,9 @@ impl<'d> ChunkReader<'d> {
     /// copyable from the feed's previous list, and streamed extents must then fall on
     /// block boundaries (checked as they come).
     pub fn check_digests(&mut self, feed: &DigestFeed) -> Result<(), DigestListError> {
+        if let Some(r) = self.todo.replay() {
+            return feed.check_extent_stream(r);
+        }
         match self.todo.listed() {
             Some(list) => {
                 let set: ExtentSet = list.iter().copied().collect();

@@ -618,20 +618,39 @@ impl DigestFeed {
     /// feed this list: every gap must start and end on a block boundary (or the disk's
     /// end), and its blocks must exist with the same length in the previous list.
     pub fn check_extents(&self, set: &ExtentSet) -> Result<(), DigestListError> {
-        let bs = self.bs();
+        self.check_extent_stream(set.iter().map(Ok))
+    }
+
+    /// [`check_extents`](Self::check_extents) over extents read one at a time (a
+    /// spooled list), ascending and disjoint: nothing is held but the current gap.
+    pub fn check_extent_stream<I>(&self, extents: I) -> Result<(), DigestListError>
+    where
+        I: IntoIterator<Item = std::io::Result<Extent>>,
+    {
         let disk_size = self.disk_size();
-        let mut gaps = Vec::new();
         let mut at = 0u64;
-        for e in set.iter() {
+        for e in extents {
+            let e = e.map_err(|e| {
+                DigestListError::Feed(format!(
+                    "reading back the extent list from its temporary file: {e}"
+                ))
+            })?;
             if e.offset > at {
-                gaps.push((at, e.offset));
+                self.check_gap(at, e.offset)?;
             }
             at = e.end();
         }
         if at < disk_size {
-            gaps.push((at, disk_size));
+            self.check_gap(at, disk_size)?;
         }
-        for (start, end) in gaps {
+        Ok(())
+    }
+
+    /// Whether the unread range `start..end` can take its digests from the previous list.
+    fn check_gap(&self, start: u64, end: u64) -> Result<(), DigestListError> {
+        let bs = self.bs();
+        let disk_size = self.disk_size();
+        {
             let aligned = |x: u64| x & (bs - 1) == 0 || x == disk_size;
             if !aligned(start) || !aligned(end) {
                 return Err(DigestListError::Feed(format!(

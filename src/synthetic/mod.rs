@@ -364,7 +364,7 @@ fn two_drives(
     let write_key = write_key()?;
     let mut read_lib = home.open_library()?;
     let (reader_end, feed_end) = stream::channel();
-    let merged = std::sync::Arc::new(stream::Merged::new(prepared, staged, feed_end));
+    let merged = std::sync::Arc::new(stream::Merged::new(prepared, staged, feed_end)?);
     let (read, session) = std::thread::scope(|s| {
         let full = stream::FullRead::of(prepared);
         let reader = s.spawn(move || stream::read_full(read_lib.as_mut(), keys, &full, reader_end));

@@ -86,7 +86,11 @@ pub fn stage_incrementals(
     })?;
     let mut data = ExtentSet::new();
     for plan in &p.plans[1..] {
-        data.union_with(&plan.data);
+        data.union_with(&plan.data.to_set().map_err(|e| {
+            Error::Failed(format!(
+                "reading back the restore plan from its temporary file: {e}"
+            ))
+        })?);
     }
     events.task("staging incrementals", data.total_bytes());
     let mut reader = MediaReader::new(lib, locations(p));
@@ -97,8 +101,17 @@ pub fn stage_incrementals(
             let img = &p.chain[i];
             let plan = &p.plans[i];
             let mut supplied = 0u64;
+            let mut pieces = Vec::new();
             let mut on_data = |offset: u64, b: &[u8]| -> Result<()> {
-                for x in plan.data.intersect_range(offset, b.len() as u64) {
+                pieces.clear();
+                plan.data
+                    .intersect_into(offset, b.len() as u64, &mut pieces)
+                    .map_err(|e| {
+                        Error::Failed(format!(
+                            "reading back the restore plan from its temporary file: {e}"
+                        ))
+                    })?;
+                for &x in &pieces {
                     let from = (x.offset - offset) as usize;
                     file.write_all_at(&b[from..from + x.len as usize], x.offset)
                         .map_err(|e| {
@@ -197,7 +210,15 @@ pub fn read_full(
         &f.segments,
         &|s| !plan.can_skip_segment(s.disk_start, s.disk_end.saturating_sub(s.disk_start)),
         &mut |offset, b| {
-            for x in plan.data.intersect_range(offset, b.len() as u64) {
+            let mut pieces = Vec::new();
+            plan.data
+                .intersect_into(offset, b.len() as u64, &mut pieces)
+                .map_err(|e| {
+                    Error::Failed(format!(
+                        "reading back the restore plan from its temporary file: {e}"
+                    ))
+                })?;
+            for x in pieces {
                 if x.offset < next {
                     return Err(Error::Failed(format!(
                         "the records of full image {} are not in disk order (bytes at {} after bytes up to {next}): the two-drive synthetic full streams a full front to back; build it with one drive (the scratch-file path)",
@@ -354,8 +375,18 @@ pub fn channel() -> (ReaderEnd, FeedEnd) {
 }
 
 impl Merged {
-    pub fn new(p: &Prepared, staged: Staged, feed: FeedEnd) -> Merged {
-        Merged::from_parts(p.target().disk_size, p.plans[0].data.clone(), staged, feed)
+    pub fn new(p: &Prepared, staged: Staged, feed: FeedEnd) -> Result<Merged> {
+        let full_data = p.plans[0].data.to_set().map_err(|e| {
+            Error::Failed(format!(
+                "reading back the restore plan from its temporary file: {e}"
+            ))
+        })?;
+        Ok(Merged::from_parts(
+            p.target().disk_size,
+            full_data,
+            staged,
+            feed,
+        ))
     }
 
     /// A disk of `size` bytes: the full supplies `full_data` (through `feed`, in disk

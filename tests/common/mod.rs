@@ -36,7 +36,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from_output(o: Output) -> Run {
+    pub fn from_output(o: Output) -> Run {
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
