@@ -143,6 +143,15 @@ pub trait SourceRead: Send + Sync + 'static {
     /// read next, in ascending order, and nothing else until then. A source may read
     /// ahead within it (an NBD export keeps several requests in flight); never beyond.
     fn will_read(&self, _offset: u64, _len: u64) {}
+
+    /// Hands over the bytes `[offset, offset + buf.len())` without a copy when the
+    /// source already holds exactly them in a buffer of its own (an NBD export's read
+    /// ahead): that buffer is swapped into `buf`, and the source keeps `buf`'s old
+    /// allocation for a later read. `Ok(false)`: nothing was swapped (`buf` is
+    /// untouched) and [`read_at`](Self::read_at) reads as usual.
+    fn take_read(&self, _buf: &mut Vec<u8>, _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// What a source says about the data at or after an offset.
@@ -492,8 +501,16 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-/// Fills `req.buf[start..end]` from `req.offset`, retrying short reads.
+/// Fills `req.buf[start..end]` from `req.offset`, retrying short reads. A read of the
+/// whole buffer is first offered to the source to hand over without a copy.
 fn read_full(source: &dyn SourceRead, req: &mut ReadReq) -> Result<(), ReadFail> {
+    if req.start == 0 && req.end == req.buf.len() && req.end > 0 {
+        match source.take_read(&mut req.buf, req.offset) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(ReadFail::Io(req.offset, e)),
+        }
+    }
     let mut done = req.start;
     while done < req.end {
         let at = req.offset + (done - req.start) as u64;
@@ -947,6 +964,11 @@ impl<'d> ChunkReader<'d> {
             let need = base + want as usize;
             if self.data.len() < need {
                 self.data.resize(need, 0);
+            } else if base == 0 && self.runs.len() == 1 && self.runs[0] == (self.cursor, read_end) {
+                // One read fills the buffer from its start: read the buffer whole (no
+                // zeroing: the length only shrinks), so a source that holds exactly
+                // these bytes can hand its buffer over instead of copying.
+                self.data.truncate(need);
             }
             for &(s, e) in &self.runs {
                 let from = base + (s - self.cursor) as usize;

@@ -385,6 +385,44 @@ impl Inner {
         }
     }
 
+    /// Hands over the read ahead that holds exactly `[offset, offset + buf.len())`,
+    /// swapping its buffer into `buf` (whose allocation is kept for a later read ahead).
+    /// `Ok(false)`: no read ahead matches; nothing changed but the window, which
+    /// [`read`](Self::read) then serves from.
+    fn take(&mut self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
+        let end = offset + buf.len() as u64;
+        if offset >= self.limit || end > self.limit.max(self.next) {
+            return Ok(false);
+        }
+        if self.next < offset {
+            self.next = offset;
+        }
+        self.top_up()?;
+        while self.ahead.front().is_some_and(|s| s.end() <= offset) {
+            self.drop_front();
+        }
+        if !self
+            .ahead
+            .front()
+            .is_some_and(|s| s.offset == offset && s.len == buf.len())
+        {
+            return Ok(false);
+        }
+        while self.ahead.front().is_some_and(|s| s.data.is_none()) {
+            self.collect_one()?;
+        }
+        if self.ahead.front().is_some_and(|s| s.error.is_some()) {
+            // read() reports it.
+            return Ok(false);
+        }
+        let mut slot = self.ahead.pop_front().expect("checked above");
+        let mut data = slot.data.take().expect("collected above");
+        std::mem::swap(&mut data, buf);
+        self.spare.push(data);
+        self.top_up()?;
+        Ok(true)
+    }
+
     fn read(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let end = offset + buf.len() as u64;
         // A read outside what was announced ends the read-ahead.
@@ -512,6 +550,21 @@ impl SourceRead for NbdSource {
             inner.next = 0;
         }
         r.map(|()| n)
+    }
+
+    fn take_read(&self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
+        if offset >= self.size || buf.len() as u64 > self.size - offset {
+            return Ok(false);
+        }
+        let mut inner = self.inner();
+        let r = inner.take(buf, offset);
+        if r.is_err() {
+            // After a failure nothing read ahead is trusted.
+            inner.reset();
+            inner.limit = 0;
+            inner.next = 0;
+        }
+        r
     }
 
     fn will_read(&self, offset: u64, len: u64) {
@@ -751,12 +804,12 @@ mod tests {
 }
 
 #[cfg(test)]
-mod read_ahead_tests {
+mod read_ahead_tests_support {
     use super::*;
     use std::process::{Child, Command, Stdio};
 
     /// qemu-nbd serving a raw file read-only on a socket in `dir`; killed on drop.
-    struct Served(Child);
+    pub struct Served(Child);
     impl Drop for Served {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -764,7 +817,7 @@ mod read_ahead_tests {
         }
     }
 
-    fn serve(dir: &std::path::Path, img: &std::path::Path) -> Option<(Served, NbdExport)> {
+    pub fn serve(dir: &std::path::Path, img: &std::path::Path) -> Option<(Served, NbdExport)> {
         let sock = dir.join("nbd.sock");
         let child = match Command::new("qemu-nbd")
             .args([
@@ -799,9 +852,15 @@ mod read_ahead_tests {
         panic!("qemu-nbd did not listen");
     }
 
-    fn byte(off: u64) -> u8 {
+    pub fn byte(off: u64) -> u8 {
         (off.wrapping_mul(2_654_435_761) >> 13) as u8 | 1
     }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::read_ahead_tests_support::*;
+    use super::*;
 
     /// Reads ahead within announced extents and serves every pattern of reads (inside,
     /// across request boundaries, outside the announced extent, a new extent) with the
@@ -894,5 +953,62 @@ mod read_ahead_tests {
             inner.ahead.iter().all(|s| s.end() <= 10 << 20),
             "never beyond the extent"
         );
+    }
+}
+
+#[cfg(test)]
+mod take_read_tests {
+    use super::read_ahead_tests_support::*;
+    use super::*;
+
+    /// Reads that match a read ahead exactly are handed over without a copy (the
+    /// buffer given is kept by the source and another comes back), with the right
+    /// bytes; any other read is refused by `take_read` and served by `read_at`.
+    #[test]
+    fn exact_reads_are_handed_over_and_others_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let size: u64 = 12 << 20;
+        {
+            let data: Vec<u8> = (0..size).map(byte).collect();
+            std::fs::write(&img, data).unwrap();
+        }
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = NbdSource::connect(&export, Duration::from_secs(30)).unwrap();
+        let step = READ_AHEAD_REQUEST_SIZE as u64;
+        src.will_read(0, 8 << 20);
+        // As the chunk reader does: where the data lies first (reads ahead go only there).
+        assert_eq!(src.find_data(0).unwrap(), DataAt::Run(0, size));
+        let mut at = 0;
+        while at < 4 << 20 {
+            let mut buf = vec![0u8; step as usize];
+            let before = buf.as_ptr();
+            assert!(src.take_read(&mut buf, at).unwrap(), "take at {at}");
+            assert_ne!(buf.as_ptr(), before, "a buffer of the source's came back");
+            assert_eq!(buf.len(), step as usize);
+            assert!(buf
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == byte(at + i as u64)));
+            at += step;
+        }
+        // Not on a read ahead's boundaries, or not its length: refused, then read.
+        let mut buf = vec![0u8; step as usize];
+        assert!(!src.take_read(&mut buf, at + 4096).unwrap());
+        let mut short = vec![0u8; 1000];
+        assert!(!src.take_read(&mut short, at).unwrap());
+        assert_eq!(src.read_at(&mut buf, at + 4096).unwrap(), buf.len());
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(at + 4096 + i as u64)));
+        // Outside the announced extent: refused; beyond the end: refused.
+        assert!(!src.take_read(&mut buf, 9 << 20).unwrap());
+        assert!(!src.take_read(&mut buf, size - 100).unwrap());
+        let inner = src.inner.lock().unwrap();
+        assert!(inner.ahead.len() <= READ_AHEAD_REQUESTS);
+        assert!(inner.spare.len() <= READ_AHEAD_REQUESTS + 1);
     }
 }
