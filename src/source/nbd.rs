@@ -8,8 +8,14 @@
 //!   ([`SourceRead::will_read`]) and the source keeps [`READ_AHEAD_REQUESTS`] requests of
 //!   [`READ_AHEAD_REQUEST_SIZE`] in flight over that extent's data (never beyond it, never
 //!   over what `base:allocation` calls zero), so the server reads while the backup
-//!   hashes and writes; memory stays at those buffers. Reads not announced go through
-//!   [`nbd_client::Client::read`] (itself pipelined over one call's requests).
+//!   hashes and writes; memory stays at those buffers. A read of exactly one read
+//!   ahead's bytes (each record of a full) takes its buffer over
+//!   ([`SourceRead::take_read`]: no copy on the socket-reading thread). Reads not
+//!   announced go through [`nbd_client::Client::read`] (itself pipelined over one
+//!   call's requests).
+//! - One connection: with qemu-nbd reading through O_DIRECT, nbdcopy from one
+//!   connection with 16 x 512 KiB in flight was as fast as from 2 or 4 (see
+//!   docs/BENCHMARKS.md, NBD sources), so `NBD_FLAG_CAN_MULTI_CONN` is not used.
 //! - Holes: when the server grants `base:allocation`, ranges it flags `ZERO` are holes
 //!   for the reader: never read, recorded as zero extents. `HOLE` without `ZERO`
 //!   promises nothing and is read. A full backup therefore reads only allocated data,
