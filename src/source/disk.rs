@@ -895,6 +895,17 @@ impl<'d> ChunkReader<'d> {
         self.subs.push(SubExtent { offset, len, kind });
     }
 
+    /// After a window in which zero pieces left room in the record: whether the record
+    /// ends here anyway. It does when it holds data and the window ended on a multiple of
+    /// the record size: rather than being topped up with a short window, the next record
+    /// then starts on that grid again and its window is one whole read (a source reading
+    /// ahead in record-sized, grid-aligned requests hands it over without a copy, see
+    /// [`SourceRead::take_read`]). Records of zeros only still grow up to
+    /// [`MAX_CHUNK_SPAN`]. Holes and zeros read from a dense copy give the same records.
+    fn record_ends_here(&self) -> bool {
+        self.len > 0 && self.cursor % self.cfg.record_data_size as u64 == 0
+    }
+
     /// The next chunk, or `None` when every extent has been read.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_>>, DiskError> {
         self.len = 0;
@@ -958,16 +969,26 @@ impl<'d> ChunkReader<'d> {
                 self.stats.zero_bytes += want;
                 self.feed_zero(self.cursor, want);
                 self.cursor = read_end;
+                // As zeros read from a dense file would (a hole reads as zeros).
+                if self.record_ends_here() {
+                    break;
+                }
                 continue;
             }
             let base = self.len;
             let need = base + want as usize;
             if self.data.len() < need {
                 self.data.resize(need, 0);
-            } else if base == 0 && self.runs.len() == 1 && self.runs[0] == (self.cursor, read_end) {
-                // One read fills the buffer from its start: read the buffer whole (no
-                // zeroing: the length only shrinks), so a source that holds exactly
-                // these bytes can hand its buffer over instead of copying.
+            } else if base == 0
+                && need == cap
+                && self.runs.len() == 1
+                && self.runs[0] == (self.cursor, read_end)
+            {
+                // One read fills a whole record's buffer: read the buffer whole (its
+                // length only shrinks to the record size, which every later window
+                // stays within, so nothing is ever zero-filled for it), so a source
+                // that holds exactly these bytes can hand its buffer over instead of
+                // copying.
                 self.data.truncate(need);
             }
             for &(s, e) in &self.runs {
@@ -1027,8 +1048,12 @@ impl<'d> ChunkReader<'d> {
                 }
                 pos = piece_end;
             }
+            let dropped = write < base + want as usize;
             self.len = write;
             self.cursor = read_end;
+            if dropped && self.record_ends_here() {
+                break;
+            }
         }
         if self.subs.is_empty() {
             return Ok(None);
