@@ -903,7 +903,7 @@ impl<'d> ChunkReader<'d> {
     /// [`SourceRead::take_read`]). Records of zeros only still grow up to
     /// [`MAX_CHUNK_SPAN`]. Holes and zeros read from a dense copy give the same records.
     fn record_ends_here(&self) -> bool {
-        self.len > 0 && self.cursor % self.cfg.record_data_size as u64 == 0
+        self.len > 0 && self.cursor.is_multiple_of(self.cfg.record_data_size as u64)
     }
 
     /// The next chunk, or `None` when every extent has been read.
