@@ -8,7 +8,9 @@
 //! a list of sub-extents, each `Data` or `Zero`, and the concatenated bytes of the
 //! `Data` ones in a buffer it reuses, so memory stays at one record whatever the disk
 //! size. Zero detection works per tracking block (aligned to absolute disk offsets, so
-//! it lines up with digest lists), a trailing partial block included.
+//! it lines up with digest lists), a trailing partial block included. A chunk holding
+//! data whose zero pieces left room ends where a window ends on a multiple of the
+//! record size, so later chunks stay on that grid (see `record_ends_here`).
 //!
 //! Holes of a thin image file are never read: a [`DataWalk`] asks the file system where
 //! the data lies (`lseek(SEEK_DATA/SEEK_HOLE)`, one data run at a time, so memory does
