@@ -12,6 +12,10 @@
 #   cargo build --release
 #   bench/nbd.sh [WORKDIR]
 #
+# Part 1 also times nbdcopy from `qemu-nbd -r --cache=none` (how tapevault's offline
+# image driver serves an image: O_DIRECT), and with TAPEVAULT_BIN_B set, a second build's
+# full in each round (alternating with the first: a before/after in one run).
+#
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
 # KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
 # 5x SIZE_MIB + 3 GiB. FULL_ONLY=1 runs only part 1, each full into a fresh home and
@@ -66,7 +70,8 @@ qemu-img convert -f raw -O qcow2 "$W/rand.raw" "$IMG"
 rm -f "$W/rand.raw"
 
 # 1. full vs nbdcopy (to null: and to a file), alternating
-F=(); N=(); C=()
+F=(); N=(); D=(); C=(); B=()
+BIN_B=${TAPEVAULT_BIN_B:-}
 for r in 1 2 3; do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now_s)
@@ -77,18 +82,36 @@ for r in 1 2 3; do
   [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now_s)
+  nbdcopy -- [ qemu-nbd -r --cache=none -f qcow2 "$IMG" ] null:
+  t1=$(now_s); D+=("$(echo "$t1 - $t0" | bc)")
+  if [ -n "$BIN_B" ]; then
+    sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    B+=("$(BIN=$BIN_B backup fullb$r --disk "qcow2:$IMG" --disk-id $ID --full)")
+    [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
+  fi
+  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now_s)
   nbdcopy --flush -- [ qemu-nbd -r -f qcow2 "$IMG" ] "$W/copy.raw"
   t1=$(now_s); C+=("$(echo "$t1 - $t0" | bc)")
   rm -f "$W/copy.raw"
 done
+log "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" read_bytes) bytes"
+[ -n "$BIN_B" ] && log "full, TAPEVAULT_BIN_B (s): $(stats "${B[@]}")"
 log "nbdcopy to null: (s):  $(stats "${N[@]}")"
+log "nbdcopy to null: from qemu-nbd --cache=none (s): $(stats "${D[@]}")"
 log "nbdcopy to a file (s): $(stats "${C[@]}")"
 fm=$(stats "${F[@]}" | cut -d' ' -f2); nm=$(stats "${N[@]}" | cut -d' ' -f2)
-cm=$(stats "${C[@]}" | cut -d' ' -f2)
+cm=$(stats "${C[@]}" | cut -d' ' -f2); dm=$(stats "${D[@]}" | cut -d' ' -f2)
 log "full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $fm" | bc)"
+log "full speed / nbdcopy-to-null from --cache=none speed (medians): $(echo "scale=3; $dm / $fm" | bc)"
 log "full speed / nbdcopy-to-file speed (medians): $(echo "scale=3; $cm / $fm" | bc)"
+if [ -n "$BIN_B" ]; then
+  bm=$(stats "${B[@]}" | cut -d' ' -f2)
+  log "TAPEVAULT_BIN_B: full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $bm" | bc)"
+fi
 log "full stages (s, run 3): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["stages"])' "$W/full3.json")"
+[ -n "$BIN_B" ] && log "full stages, TAPEVAULT_BIN_B (s, run 3): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["stages"])' "$W/fullb3.json")"
 [ "${FULL_ONLY:-0}" = 1 ] && exit 0
 
 # 2. 1 %-dirty incrementals

@@ -8,7 +8,9 @@
 //! a list of sub-extents, each `Data` or `Zero`, and the concatenated bytes of the
 //! `Data` ones in a buffer it reuses, so memory stays at one record whatever the disk
 //! size. Zero detection works per tracking block (aligned to absolute disk offsets, so
-//! it lines up with digest lists), a trailing partial block included.
+//! it lines up with digest lists), a trailing partial block included. A chunk holding
+//! data whose zero pieces left room ends where a window ends on a multiple of the
+//! record size, so later chunks stay on that grid (see `record_ends_here`).
 //!
 //! Holes of a thin image file are never read: a [`DataWalk`] asks the file system where
 //! the data lies (`lseek(SEEK_DATA/SEEK_HOLE)`, one data run at a time, so memory does
@@ -144,6 +146,15 @@ pub trait SourceRead: Send + Sync + 'static {
     /// read next, in ascending order, and nothing else until then. A source may read
     /// ahead within it (an NBD export keeps several requests in flight); never beyond.
     fn will_read(&self, _offset: u64, _len: u64) {}
+
+    /// Hands over the bytes `[offset, offset + buf.len())` without a copy when the
+    /// source already holds exactly them in a buffer of its own (an NBD export's read
+    /// ahead): that buffer is swapped into `buf`, and the source keeps `buf`'s old
+    /// allocation for a later read. `Ok(false)`: nothing was swapped (`buf` is
+    /// untouched) and [`read_at`](Self::read_at) reads as usual.
+    fn take_read(&self, _buf: &mut Vec<u8>, _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// What a source says about the data at or after an offset.
@@ -493,8 +504,16 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-/// Fills `req.buf[start..end]` from `req.offset`, retrying short reads.
+/// Fills `req.buf[start..end]` from `req.offset`, retrying short reads. A read of the
+/// whole buffer is first offered to the source to hand over without a copy.
 fn read_full(source: &dyn SourceRead, req: &mut ReadReq) -> Result<(), ReadFail> {
+    if req.start == 0 && req.end == req.buf.len() && req.end > 0 {
+        match source.take_read(&mut req.buf, req.offset) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(ReadFail::Io(req.offset, e)),
+        }
+    }
     let mut done = req.start;
     while done < req.end {
         let at = req.offset + (done - req.start) as u64;
@@ -918,6 +937,17 @@ impl<'d> ChunkReader<'d> {
         self.subs.push(SubExtent { offset, len, kind });
     }
 
+    /// After a window in which zero pieces left room in the record: whether the record
+    /// ends here anyway. It does when it holds data and the window ended on a multiple of
+    /// the record size: rather than being topped up with a short window, the next record
+    /// then starts on that grid again and its window is one whole read (a source reading
+    /// ahead in record-sized, grid-aligned requests hands it over without a copy, see
+    /// [`SourceRead::take_read`]). Records of zeros only still grow up to
+    /// [`MAX_CHUNK_SPAN`]. Holes and zeros read from a dense copy give the same records.
+    fn record_ends_here(&self) -> bool {
+        self.len > 0 && self.cursor.is_multiple_of(self.cfg.record_data_size as u64)
+    }
+
     /// The next chunk, or `None` when every extent has been read.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_>>, DiskError> {
         self.len = 0;
@@ -981,12 +1011,27 @@ impl<'d> ChunkReader<'d> {
                 self.stats.zero_bytes += want;
                 self.feed_zero(self.cursor, want);
                 self.cursor = read_end;
+                // As zeros read from a dense file would (a hole reads as zeros).
+                if self.record_ends_here() {
+                    break;
+                }
                 continue;
             }
             let base = self.len;
             let need = base + want as usize;
             if self.data.len() < need {
                 self.data.resize(need, 0);
+            } else if base == 0
+                && need == cap
+                && self.runs.len() == 1
+                && self.runs[0] == (self.cursor, read_end)
+            {
+                // One read fills a whole record's buffer: read the buffer whole (its
+                // length only shrinks to the record size, which every later window
+                // stays within, so nothing is ever zero-filled for it), so a source
+                // that holds exactly these bytes can hand its buffer over instead of
+                // copying.
+                self.data.truncate(need);
             }
             for &(s, e) in &self.runs {
                 let from = base + (s - self.cursor) as usize;
@@ -1045,8 +1090,12 @@ impl<'d> ChunkReader<'d> {
                 }
                 pos = piece_end;
             }
+            let dropped = write < base + want as usize;
             self.len = write;
             self.cursor = read_end;
+            if dropped && self.record_ends_here() {
+                break;
+            }
         }
         if self.subs.is_empty() {
             return Ok(None);

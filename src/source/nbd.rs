@@ -8,8 +8,14 @@
 //!   ([`SourceRead::will_read`]) and the source keeps [`READ_AHEAD_REQUESTS`] requests of
 //!   [`READ_AHEAD_REQUEST_SIZE`] in flight over that extent's data (never beyond it, never
 //!   over what `base:allocation` calls zero), so the server reads while the backup
-//!   hashes and writes; memory stays at those buffers. Reads not announced go through
-//!   [`nbd_client::Client::read`] (itself pipelined over one call's requests).
+//!   hashes and writes; memory stays at those buffers. A read of exactly one read
+//!   ahead's bytes (each record of a full) takes its buffer over
+//!   ([`SourceRead::take_read`]: no copy on the socket-reading thread). Reads not
+//!   announced go through [`nbd_client::Client::read`] (itself pipelined over one
+//!   call's requests).
+//! - One connection: with qemu-nbd reading through O_DIRECT, nbdcopy from one
+//!   connection with 16 x 512 KiB in flight was as fast as from 2 or 4 (see
+//!   docs/BENCHMARKS.md, NBD sources), so `NBD_FLAG_CAN_MULTI_CONN` is not used.
 //! - Holes: when the server grants `base:allocation`, ranges it flags `ZERO` are holes
 //!   for the reader: never read, recorded as zero extents. `HOLE` without `ZERO`
 //!   promises nothing and is read. A full backup therefore reads only allocated data,
@@ -254,6 +260,8 @@ pub struct NbdSource {
     size: u64,
     /// `base:allocation` was granted: zero ranges are holes.
     allocation: bool,
+    /// Reads answered by handing a read ahead's buffer over ([`SourceRead::take_read`]).
+    handed_over: std::sync::atomic::AtomicU64,
 }
 
 /// A READ sent ahead.
@@ -319,7 +327,10 @@ impl Inner {
             let Some((s, e)) = self.known_data(self.next, self.limit) else {
                 break;
             };
-            let len = (e - s).min(step) as usize;
+            // Requests end on multiples of their size (absolute offsets), as the chunk
+            // reader's record windows do, so a record of data is one request's bytes.
+            let grid_end = (s / step + 1) * step;
+            let len = (e.min(grid_end) - s) as usize;
             let mut buf = self.spare.pop().unwrap_or_default();
             buf.resize(len, 0);
             let cookie = self.client.submit_read(s, buf).map_err(io_err)?;
@@ -383,6 +394,44 @@ impl Inner {
         while !self.ahead.is_empty() {
             self.drop_front();
         }
+    }
+
+    /// Hands over the read ahead that holds exactly `[offset, offset + buf.len())`,
+    /// swapping its buffer into `buf` (whose allocation is kept for a later read ahead).
+    /// `Ok(false)`: no read ahead matches; nothing changed but the window, which
+    /// [`read`](Self::read) then serves from.
+    fn take(&mut self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
+        let end = offset + buf.len() as u64;
+        if offset >= self.limit || end > self.limit.max(self.next) {
+            return Ok(false);
+        }
+        if self.next < offset {
+            self.next = offset;
+        }
+        self.top_up()?;
+        while self.ahead.front().is_some_and(|s| s.end() <= offset) {
+            self.drop_front();
+        }
+        if !self
+            .ahead
+            .front()
+            .is_some_and(|s| s.offset == offset && s.len == buf.len())
+        {
+            return Ok(false);
+        }
+        while self.ahead.front().is_some_and(|s| s.data.is_none()) {
+            self.collect_one()?;
+        }
+        if self.ahead.front().is_some_and(|s| s.error.is_some()) {
+            // read() reports it.
+            return Ok(false);
+        }
+        let mut slot = self.ahead.pop_front().expect("checked above");
+        let mut data = slot.data.take().expect("collected above");
+        std::mem::swap(&mut data, buf);
+        self.spare.push(data);
+        self.top_up()?;
+        Ok(true)
     }
 
     fn read(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -471,6 +520,7 @@ impl NbdSource {
             hint: Mutex::new(None),
             size,
             allocation,
+            handed_over: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -481,6 +531,11 @@ impl NbdSource {
     /// Whether `base:allocation` tells holes.
     pub fn has_allocation(&self) -> bool {
         self.allocation
+    }
+
+    /// How many reads were answered by handing a read ahead's buffer over (no copy).
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -512,6 +567,25 @@ impl SourceRead for NbdSource {
             inner.next = 0;
         }
         r.map(|()| n)
+    }
+
+    fn take_read(&self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
+        if offset >= self.size || buf.len() as u64 > self.size - offset {
+            return Ok(false);
+        }
+        let mut inner = self.inner();
+        let r = inner.take(buf, offset);
+        if let Ok(true) = r {
+            self.handed_over
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if r.is_err() {
+            // After a failure nothing read ahead is trusted.
+            inner.reset();
+            inner.limit = 0;
+            inner.next = 0;
+        }
+        r
     }
 
     fn will_read(&self, offset: u64, len: u64) {
@@ -751,12 +825,12 @@ mod tests {
 }
 
 #[cfg(test)]
-mod read_ahead_tests {
+mod read_ahead_tests_support {
     use super::*;
     use std::process::{Child, Command, Stdio};
 
     /// qemu-nbd serving a raw file read-only on a socket in `dir`; killed on drop.
-    struct Served(Child);
+    pub struct Served(Child);
     impl Drop for Served {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -764,7 +838,7 @@ mod read_ahead_tests {
         }
     }
 
-    fn serve(dir: &std::path::Path, img: &std::path::Path) -> Option<(Served, NbdExport)> {
+    pub fn serve(dir: &std::path::Path, img: &std::path::Path) -> Option<(Served, NbdExport)> {
         let sock = dir.join("nbd.sock");
         let child = match Command::new("qemu-nbd")
             .args([
@@ -799,9 +873,15 @@ mod read_ahead_tests {
         panic!("qemu-nbd did not listen");
     }
 
-    fn byte(off: u64) -> u8 {
+    pub fn byte(off: u64) -> u8 {
         (off.wrapping_mul(2_654_435_761) >> 13) as u8 | 1
     }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::read_ahead_tests_support::*;
+    use super::*;
 
     /// Reads ahead within announced extents and serves every pattern of reads (inside,
     /// across request boundaries, outside the announced extent, a new extent) with the
@@ -893,6 +973,111 @@ mod read_ahead_tests {
         assert!(
             inner.ahead.iter().all(|s| s.end() <= 10 << 20),
             "never beyond the extent"
+        );
+    }
+}
+
+#[cfg(test)]
+mod take_read_tests {
+    use super::read_ahead_tests_support::*;
+    use super::*;
+
+    /// Reads that match a read ahead exactly are handed over without a copy (the
+    /// buffer given is kept by the source and another comes back), with the right
+    /// bytes; any other read is refused by `take_read` and served by `read_at`.
+    #[test]
+    fn exact_reads_are_handed_over_and_others_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let size: u64 = 12 << 20;
+        {
+            let data: Vec<u8> = (0..size).map(byte).collect();
+            std::fs::write(&img, data).unwrap();
+        }
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = NbdSource::connect(&export, Duration::from_secs(30)).unwrap();
+        let step = READ_AHEAD_REQUEST_SIZE as u64;
+        src.will_read(0, 8 << 20);
+        // As the chunk reader does: where the data lies first (reads ahead go only there).
+        assert_eq!(src.find_data(0).unwrap(), DataAt::Run(0, size));
+        let mut at = 0;
+        while at < 4 << 20 {
+            let mut buf = vec![0u8; step as usize];
+            let before = buf.as_ptr();
+            assert!(src.take_read(&mut buf, at).unwrap(), "take at {at}");
+            assert_ne!(buf.as_ptr(), before, "a buffer of the source's came back");
+            assert_eq!(buf.len(), step as usize);
+            assert!(buf
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == byte(at + i as u64)));
+            at += step;
+        }
+        // Not on a read ahead's boundaries, or not its length: refused, then read.
+        let mut buf = vec![0u8; step as usize];
+        assert!(!src.take_read(&mut buf, at + 4096).unwrap());
+        let mut short = vec![0u8; 1000];
+        assert!(!src.take_read(&mut short, at).unwrap());
+        assert_eq!(src.read_at(&mut buf, at + 4096).unwrap(), buf.len());
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(at + 4096 + i as u64)));
+        // Outside the announced extent: refused; beyond the end: refused.
+        assert!(!src.take_read(&mut buf, 9 << 20).unwrap());
+        assert!(!src.take_read(&mut buf, size - 100).unwrap());
+        let inner = src.inner.lock().unwrap();
+        assert!(inner.ahead.len() <= READ_AHEAD_REQUESTS);
+        assert!(inner.spare.len() <= READ_AHEAD_REQUESTS + 1);
+    }
+
+    /// A full read through the chunk reader (records of 512 KiB, as a backup reads)
+    /// gets every record by hand-over, with the export's bytes, zero blocks included.
+    #[test]
+    fn a_whole_disk_read_by_the_chunk_reader_is_handed_over() {
+        use crate::source::disk::{ChunkConfig, ChunkReader, ExtentKind};
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let size: u64 = 6 << 20;
+        // Data, with one 64 KiB block of zeros inside it (read, then found zero).
+        let mut data: Vec<u8> = (0..size).map(byte).collect();
+        data[(1 << 20)..(1 << 20) + 65536].fill(0);
+        std::fs::write(&img, &data).unwrap();
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = Arc::new(NbdSource::connect(&export, Duration::from_secs(30)).unwrap());
+        let disk = Disk::from_source(src.clone(), &export.uri(), size, export.identity());
+        let cfg = ChunkConfig {
+            record_data_size: READ_AHEAD_REQUEST_SIZE as usize,
+            ..ChunkConfig::default()
+        };
+        let mut r = ChunkReader::whole_disk(&disk, cfg).unwrap();
+        let mut seen = 0u64;
+        let mut zero = 0u64;
+        while let Some(c) = r.next_chunk().unwrap() {
+            let mut at = 0usize;
+            for e in c.extents {
+                match e.kind {
+                    ExtentKind::Data => {
+                        let n = e.len as usize;
+                        let want = &data[e.offset as usize..e.offset as usize + n];
+                        assert!(&c.data[at..at + n] == want, "bytes at {}", e.offset);
+                        at += n;
+                    }
+                    ExtentKind::Zero => zero += e.len,
+                }
+                seen += e.len;
+            }
+        }
+        assert_eq!(seen, size);
+        assert_eq!(zero, 65536);
+        assert_eq!(
+            src.handed_over(),
+            size / READ_AHEAD_REQUEST_SIZE as u64,
+            "every record was handed over"
         );
     }
 }
