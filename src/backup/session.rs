@@ -35,6 +35,8 @@ pub fn run(
     })?;
     let crypto = super::target::pool_sealer(home, &pool, key, "back up")?;
     recover_interrupted(home, cat, events)?;
+    // The spool, decided (and its directory checked) before anything is written.
+    let spool = open_spool(home, req, events)?;
     let (_pool_lock, set, mut job) = super::target::begin_pool_session(
         home,
         cat,
@@ -50,7 +52,7 @@ pub fn run(
     // then complete in the catalog (an image counts only once flushed); the spool
     // feeds the drive in bursts.
     job.defer_commit = true;
-    job.spool_records = spool_records(req.spool, job.tape.pool.compression);
+    job.spool = spool;
     let mut reports: Vec<DiskReport> = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
@@ -94,11 +96,27 @@ pub fn run(
     }
 }
 
-/// Records the spool holds for `bytes` of spool: a record's block holds up to the
+/// The spool of a session: `--spool` in `--spool-dir`, else the home's `spool_dir`,
+/// else `spool/` in the home (created when missing). When the spool directory has no
+/// room for an automatic spool, the session spools in memory and says so.
+fn open_spool(home: &Home, req: &BackupRequest, events: &dyn Events) -> Result<crate::spool::Spool> {
+    let (dir, default_dir) = match (&req.spool_dir, &home.config.spool_dir) {
+        (Some(d), _) | (None, Some(d)) => (d.clone(), false),
+        (None, None) => (home.dir.join("spool"), true),
+    };
+    let (spool, warning) =
+        crate::spool::Spool::open(req.spool, &dir, default_dir).map_err(|e| Error::Usage(e.what))?;
+    if let Some(w) = warning {
+        events.note(crate::events::NoteKind::Warning, w);
+    }
+    Ok(spool)
+}
+
+/// Records a memory spool holds for `bytes` of spool: a record's block holds up to the
 /// format's record size, and when the pool compresses, a zstd buffer of up to that
 /// size too; the spool is counted in records, so its buffers never hold more than
 /// `bytes`.
-fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
+pub(super) fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
     let per_record = tape_formats::DEFAULT_RECORD_DATA_SIZE as u64
         * if compression == catalog::Compression::Off {
             1

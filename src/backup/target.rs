@@ -168,7 +168,7 @@ pub(super) fn begin_pool_session<'a>(
         image_time: now,
         defer_commit: false,
         pending: Vec::new(),
-        spool_records: 0,
+        spool: crate::spool::Spool::Off,
     };
     Ok((lock, set, job))
 }

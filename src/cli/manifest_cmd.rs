@@ -228,7 +228,8 @@ fn check_disks(m: &VmManifest) -> Result<backup::Inputs> {
         disks,
         pool: String::new(),
         mode: Mode::Auto,
-        spool: 0,
+        spool: crate::spool::Setting::Size(0),
+        spool_dir: None,
     })
 }
 
