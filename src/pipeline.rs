@@ -140,7 +140,14 @@ where
     } else {
         Buffer::Memory(spool_items)
     };
-    run_buffered(depth, buffer, produce, transforms, |_: &mut S| Ok(()), consume)
+    run_buffered(
+        depth,
+        buffer,
+        produce,
+        transforms,
+        |_: &mut S| Ok(()),
+        consume,
+    )
 }
 
 /// As [`run_workers`] with `buffer` between the transform stage and `consume` (see
@@ -431,7 +438,8 @@ where
                     drop(g);
                     let step = (|| -> Result<u64, E> {
                         let mut len = [0u8; 4];
-                        file.read_at(at, &mut len).map_err(|e| codec.spool_error(e))?;
+                        file.read_at(at, &mut len)
+                            .map_err(|e| codec.spool_error(e))?;
                         let len = u32::from_le_bytes(len) as usize;
                         bytes.resize(len, 0);
                         file.read_at(at + 4, &mut bytes)
@@ -865,14 +873,21 @@ mod tests {
                 },
             )
             .unwrap();
-            assert_eq!(staged, (0..300).collect::<Vec<_>>(), "{n} workers: stage order");
+            assert_eq!(
+                staged,
+                (0..300).collect::<Vec<_>>(),
+                "{n} workers: stage order"
+            );
             assert_eq!(seen.len(), 300, "{n} workers");
             for (i, &(v, _)) in seen.iter().enumerate() {
                 assert_eq!(v, i as u32, "{n} workers: order");
             }
             // Nothing is consumed before 100 bytes (at least 7 records of at most 14
             // bytes) were spooled.
-            assert!(seen[0].1 >= 7, "{n} workers: first item consumed early: {seen:?}");
+            assert!(
+                seen[0].1 >= 7,
+                "{n} workers: first item consumed early: {seen:?}"
+            );
             // The file is emptied after the run.
             assert_eq!(file.allocated(), 0);
         }

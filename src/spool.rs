@@ -260,9 +260,7 @@ impl SpoolFile {
 
     /// Give the space back (after an image: the ring starts again at position 0).
     pub fn clear(&self) -> Result<(), SpoolError> {
-        self.file
-            .set_len(0)
-            .map_err(|e| self.io_err("emptying", e))
+        self.file.set_len(0).map_err(|e| self.io_err("emptying", e))
     }
 
     /// Bytes the file takes on its file system now.
@@ -316,7 +314,10 @@ mod tests {
         let e = Spool::open(Setting::Size(1 << 60), dir.path(), false)
             .err()
             .unwrap();
-        assert!(e.what.contains("--spool-dir") && e.what.contains("free"), "{e}");
+        assert!(
+            e.what.contains("--spool-dir") && e.what.contains("free"),
+            "{e}"
+        );
         // A directory that does not exist: refused (only the default one is created).
         let missing = dir.path().join("no/such");
         let e = Spool::open(Setting::Auto, &missing, false).err().unwrap();

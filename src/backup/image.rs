@@ -18,11 +18,11 @@ use crate::extents::ExtentSet;
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
 use crate::pipeline::{Buffer, StageTimes};
-use crate::spool::Spool;
 use crate::source::disk::{source_timeout, ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
 use crate::source::hashscan::{DigestFeed, DigestListError, DigestListSummary};
 use crate::source::nbd::DirtyExtents;
 use crate::source::DEFAULT_BLOCK_SIZE;
+use crate::spool::Spool;
 
 use super::stages::TransformWorker;
 use super::*;

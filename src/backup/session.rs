@@ -99,13 +99,17 @@ pub fn run(
 /// The spool of a session: `--spool` in `--spool-dir`, else the home's `spool_dir`,
 /// else `spool/` in the home (created when missing). When the spool directory has no
 /// room for an automatic spool, the session spools in memory and says so.
-fn open_spool(home: &Home, req: &BackupRequest, events: &dyn Events) -> Result<crate::spool::Spool> {
+fn open_spool(
+    home: &Home,
+    req: &BackupRequest,
+    events: &dyn Events,
+) -> Result<crate::spool::Spool> {
     let (dir, default_dir) = match (&req.spool_dir, &home.config.spool_dir) {
         (Some(d), _) | (None, Some(d)) => (d.clone(), false),
         (None, None) => (home.dir.join("spool"), true),
     };
-    let (spool, warning) =
-        crate::spool::Spool::open(req.spool, &dir, default_dir).map_err(|e| Error::Usage(e.what))?;
+    let (spool, warning) = crate::spool::Spool::open(req.spool, &dir, default_dir)
+        .map_err(|e| Error::Usage(e.what))?;
     if let Some(w) = warning {
         events.note(crate::events::NoteKind::Warning, w);
     }

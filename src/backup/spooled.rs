@@ -4,9 +4,7 @@
 //! (the content digest and the digest list are computed before the spool). With an
 //! encrypted pool the payload in the spool is already sealed.
 
-use tape_formats::{
-    Compression as WireCompression, DataFields, Extent, ExtentKind, RecordCrypto,
-};
+use tape_formats::{Compression as WireCompression, DataFields, Extent, ExtentKind, RecordCrypto};
 
 use crate::error::Error;
 use crate::pipeline::Codec;
@@ -248,7 +246,10 @@ mod tests {
                 (q.header_room, q.payload_crc, q.compression, q.plain_len),
                 (p.header_room, p.payload_crc, p.compression, p.plain_len)
             );
-            assert_eq!((q.data_bytes, q.zero_bytes, q.digest), (p.data_bytes, p.zero_bytes, p.digest));
+            assert_eq!(
+                (q.data_bytes, q.zero_bytes, q.digest),
+                (p.data_bytes, p.zero_bytes, p.digest)
+            );
             assert_eq!(q.sealed, p.sealed);
             assert!(q.plain.is_empty());
             // Every cut short of the whole is refused, never a panic.
