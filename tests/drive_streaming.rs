@@ -340,3 +340,74 @@ fn a_session_killed_before_its_commit_point_counts_none_of_its_images() {
     assert_eq!(first_row.status, tapevault::catalog::ImageStatus::Complete);
     v.assert_catalog_consistent();
 }
+
+#[test]
+fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_written() {
+    let v = Vault::small(2, "256M");
+    v.pool("p", "off");
+    let first = TestDisk::create(v.path("first.img"), MIB, MIB, 70);
+    let j = v.backup(&first, "p", &[]);
+    let bc = j["barcodes"][0].as_str().unwrap().to_string();
+    // The default spool directory is made in the home, and holds nothing afterwards
+    // (the spool file never had a name).
+    let dir = v.home.join("spool");
+    assert!(dir.is_dir(), "{}", dir.display());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+
+    let disk = TestDisk::create(v.path("d.img"), 4 * MIB, 4 * MIB, 71);
+    let path = disk.path.to_string_lossy().into_owned();
+    let id = disk.id.to_string();
+    let on_tape = v.cartridge_data_len(&bc);
+    let backup = |extra: &[&str]| {
+        let mut a = vec!["backup", "--disk", &path, "--disk-id", &id, "--pool", "p"];
+        a.extend_from_slice(extra);
+        v.run(&a)
+    };
+    // A spool directory that does not exist; more than its file system holds; not a
+    // size: exit 2, naming the value and the way out, and nothing written.
+    let missing = v.path("no-such-dir");
+    let r = backup(&["--spool-dir", missing.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no-such-dir") && r.stderr.contains("--spool"),
+        "{}",
+        r.stderr
+    );
+    let r = backup(&["--spool", "1000000T"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("free") && r.stderr.contains("--spool auto"),
+        "{}",
+        r.stderr
+    );
+    let r = backup(&["--spool", "lots"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("lots"), "{}", r.stderr);
+    // The home's spool_dir, relative to the home, must exist too.
+    let cfg = v.home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("spool_dir = \"myspool\"\n{text}")).unwrap();
+    let r = backup(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("myspool"), "{}", r.stderr);
+    assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
+    // Once it exists the backup spools there (and leaves nothing in it); an explicit
+    // size and --spool 0 work too; each image restores.
+    std::fs::create_dir(v.home.join("myspool")).unwrap();
+    for (i, extra) in [&[][..], &["--spool", "300M"][..], &["--spool", "0"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let r = backup(extra);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        let out = v.path(&format!("r{i}.img"));
+        let rr = v.restore_image(disk.id, s(&r.json["images"][0], "image"), &out);
+        assert_eq!(rr.code, 0, "{}", rr.stderr);
+        assert_same_bytes(&out, &disk.path, "restored disk");
+        assert_eq!(
+            std::fs::read_dir(v.home.join("myspool")).unwrap().count(),
+            0
+        );
+    }
+    v.assert_catalog_consistent();
+}

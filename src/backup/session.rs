@@ -105,7 +105,9 @@ fn open_spool(
     events: &dyn Events,
 ) -> Result<crate::spool::Spool> {
     let (dir, default_dir) = match (&req.spool_dir, &home.config.spool_dir) {
-        (Some(d), _) | (None, Some(d)) => (d.clone(), false),
+        (Some(d), _) => (d.clone(), false),
+        // Relative to the home, as the home's other paths.
+        (None, Some(d)) => (home.dir.join(d), false),
         (None, None) => (home.dir.join("spool"), true),
     };
     let (spool, warning) = crate::spool::Spool::open(req.spool, &dir, default_dir)
