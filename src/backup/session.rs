@@ -119,15 +119,16 @@ fn open_spool(
 }
 
 /// Records a memory spool holds for `bytes` of spool: a record's block holds up to the
-/// format's record size, and when the pool compresses, a zstd buffer of up to that
+/// format's record size, its plain data (the read buffer it carries, recycled to the
+/// reader) as much again, and when the pool compresses, a zstd buffer of up to that
 /// size too; the spool is counted in records, so its buffers never hold more than
 /// `bytes`.
 pub(super) fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
     let per_record = tape_formats::DEFAULT_RECORD_DATA_SIZE as u64
         * if compression == catalog::Compression::Off {
-            1
-        } else {
             2
+        } else {
+            3
         };
     (bytes / per_record) as usize
 }
