@@ -159,9 +159,9 @@ pub fn free_space(dir: &Path) -> Result<u64, SpoolError> {
 
 /// A size for people: whole GiB or MiB when exact, else MiB with one decimal.
 pub fn human(n: u64) -> String {
-    if n >= 1 << 30 && n % (1 << 30) == 0 {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
         format!("{} GiB", n >> 30)
-    } else if n % (1 << 20) == 0 {
+    } else if n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
