@@ -80,6 +80,9 @@ struct Spool<S> {
     /// A file spool's logical positions: the next byte written, the next byte read.
     head: u64,
     tail: u64,
+    /// Encoded records the file spool could not take (its file failed to be written):
+    /// after the file's, in order, a few at a time.
+    spilled: std::collections::VecDeque<Vec<u8>>,
     /// A burst is under way: `consume` takes items until the spool is empty.
     bursting: bool,
     /// The transform stage has ended (no more items will come).
@@ -95,7 +98,13 @@ pub trait Codec<S, E>: Sync {
     /// Rebuild an item from what [`Codec::encode`] wrote, in a recycled `item`.
     fn decode(&self, bytes: &[u8], item: &mut S) -> Result<(), E>;
     fn spool_error(&self, e: crate::spool::SpoolError) -> E;
+    /// The spool file could not be written (`e`): the records go on to `consume`
+    /// through memory, a few at a time, without bursts, for the rest of the run.
+    fn spool_failed(&self, e: &crate::spool::SpoolError);
 }
+
+/// Records held in memory, at most, once a spool file failed.
+const SPILLED_MAX: usize = 8;
 
 /// Where transformed items wait before `consume` takes them.
 pub enum Buffer<'a, S, E> {
@@ -269,6 +278,7 @@ where
                 items: std::collections::VecDeque::with_capacity(spool_items),
                 head: 0,
                 tail: 0,
+                spilled: std::collections::VecDeque::new(),
                 bursting: false,
                 ended: false,
                 stopped: false,
@@ -375,6 +385,7 @@ where
                     let mut next = 0usize;
                     let mut bytes = Vec::new();
                     let mut r = Ok(());
+                    let mut failed = false;
                     while let Ok(mut out) = from_workers[next % n].recv() {
                         if let Err(e) = stage(&mut out) {
                             r = Err(e);
@@ -395,23 +406,45 @@ where
                             break;
                         }
                         bytes[..4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
+                        if !failed {
+                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                            // No room: the drive must take what the spool holds now.
+                            while !g.stopped && cap - (g.head - g.tail) < len {
+                                g.bursting = true;
+                                cv.notify_all();
+                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            }
+                            if g.stopped {
+                                break;
+                            }
+                            let at = g.head;
+                            drop(g);
+                            match file.write_at(at, &bytes) {
+                                Ok(()) => {}
+                                // The file system is full, or failing: the run goes on
+                                // without the file (what it holds is still read back).
+                                Err(e) => {
+                                    failed = true;
+                                    codec.spool_failed(&e);
+                                }
+                            }
+                        }
                         let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        // No room: the drive must take what the spool holds now.
-                        while !g.stopped && cap - (g.head - g.tail) < len {
+                        if failed {
+                            while !g.stopped && g.spilled.len() >= SPILLED_MAX {
+                                g.bursting = true;
+                                cv.notify_all();
+                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            }
+                            if g.stopped {
+                                break;
+                            }
+                            g.spilled.push_back(std::mem::take(&mut bytes));
                             g.bursting = true;
+                            drop(g);
                             cv.notify_all();
-                            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            continue;
                         }
-                        if g.stopped {
-                            break;
-                        }
-                        let at = g.head;
-                        drop(g);
-                        if let Err(e) = file.write_at(at, &bytes) {
-                            r = Err(codec.spool_error(e));
-                            break;
-                        }
-                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                         g.head += len;
                         if g.head - g.tail >= burst_at {
                             g.bursting = true;
@@ -428,31 +461,48 @@ where
                 let mut bytes = Vec::new();
                 loop {
                     let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                    while !(g.ended || g.stopped || (g.bursting && g.head > g.tail)) {
+                    let holds = |g: &Spool<S>| g.head > g.tail || !g.spilled.is_empty();
+                    while !(g.ended || g.stopped || (g.bursting && holds(&g))) {
                         g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                     }
-                    if g.stopped || g.head == g.tail {
+                    if g.stopped || !holds(&g) {
                         break; // ended and empty, or the merger failed
                     }
                     let at = g.tail;
+                    // The file's records first, then those held in memory after it
+                    // failed.
+                    let spilled = if g.head > g.tail {
+                        None
+                    } else {
+                        g.spilled.pop_front()
+                    };
                     drop(g);
                     let step = (|| -> Result<u64, E> {
-                        let mut len = [0u8; 4];
-                        file.read_at(at, &mut len)
-                            .map_err(|e| codec.spool_error(e))?;
-                        let len = u32::from_le_bytes(len) as usize;
-                        bytes.resize(len, 0);
-                        file.read_at(at + 4, &mut bytes)
-                            .map_err(|e| codec.spool_error(e))?;
-                        codec.decode(&bytes, &mut out)?;
+                        let len = match &spilled {
+                            Some(rec) => {
+                                codec.decode(&rec[4..], &mut out)?;
+                                0
+                            }
+                            None => {
+                                let mut len = [0u8; 4];
+                                file.read_at(at, &mut len)
+                                    .map_err(|e| codec.spool_error(e))?;
+                                let len = u32::from_le_bytes(len) as usize;
+                                bytes.resize(len, 0);
+                                file.read_at(at + 4, &mut bytes)
+                                    .map_err(|e| codec.spool_error(e))?;
+                                codec.decode(&bytes, &mut out)?;
+                                4 + len as u64
+                            }
+                        };
                         timed(&mut consume_busy, || consume(&mut out))?;
-                        Ok(4 + len as u64)
+                        Ok(len)
                     })();
                     let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                     match step {
                         Ok(len) => {
                             g.tail = at + len;
-                            if g.tail == g.head {
+                            if !holds(&g) {
                                 g.bursting = false;
                             }
                             drop(g);
@@ -800,6 +850,7 @@ mod tests {
     /// A file spool for `u32` items: four bytes each, and a flag to make decoding fail.
     struct U32Codec {
         fail_decode_at: Option<u32>,
+        failures: std::sync::Mutex<Vec<String>>,
     }
 
     impl Codec<u32, String> for U32Codec {
@@ -821,6 +872,9 @@ mod tests {
         fn spool_error(&self, e: crate::spool::SpoolError) -> String {
             e.what
         }
+        fn spool_failed(&self, e: &crate::spool::SpoolError) {
+            self.failures.lock().unwrap().push(e.what.clone());
+        }
     }
 
     #[test]
@@ -831,6 +885,7 @@ mod tests {
         let file = crate::spool::SpoolFile::create(dir.path(), 200).unwrap();
         let codec = U32Codec {
             fail_decode_at: None,
+            failures: Default::default(),
         };
         for n in [1usize, 2] {
             let produced = AtomicU32::new(0);
@@ -901,6 +956,7 @@ mod tests {
         for failing in 0..6 {
             let codec = U32Codec {
                 fail_decode_at: (failing == 3).then_some(30),
+                failures: Default::default(),
             };
             let mut n = 0u32;
             let r = run_buffered::<u32, u32, String, _, _, _, _>(
@@ -965,6 +1021,7 @@ mod tests {
                 burst_at: 4,
                 codec: &U32Codec {
                     fail_decode_at: None,
+                    failures: Default::default(),
                 },
             },
             |c| {
@@ -981,5 +1038,54 @@ mod tests {
         );
         let e = r.unwrap_err();
         assert!(e.contains("does not fit") && e.contains("--spool"), "{e}");
+    }
+
+    #[test]
+    fn a_spool_file_that_fails_to_be_written_is_left_and_the_run_goes_on_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for fail_from in [0u64, 150, 1000] {
+            let mut file = crate::spool::SpoolFile::create(dir.path(), 400).unwrap();
+            file.fail_from = Some(fail_from);
+            let codec = U32Codec {
+                fail_decode_at: None,
+                failures: Default::default(),
+            };
+            let mut next = 0u32;
+            let mut seen = Vec::new();
+            run_buffered::<u32, u32, String, _, _, _, _>(
+                2,
+                Buffer::File {
+                    file: &file,
+                    burst_at: 100,
+                    codec: &codec,
+                },
+                |c| {
+                    if next == 500 {
+                        return Ok(false);
+                    }
+                    *c = next;
+                    next += 1;
+                    Ok(true)
+                },
+                vec![|c: &mut u32, s: &mut u32| {
+                    *s = *c;
+                    Ok(())
+                }],
+                |_: &mut u32| Ok(()),
+                |s| {
+                    seen.push(*s);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                seen,
+                (0..500).collect::<Vec<_>>(),
+                "failing from {fail_from}"
+            );
+            let failures = codec.failures.lock().unwrap();
+            assert_eq!(failures.len(), 1, "told once: {failures:?}");
+            assert!(failures[0].contains("--spool"), "{failures:?}");
+        }
     }
 }

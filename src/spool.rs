@@ -195,6 +195,9 @@ pub struct SpoolFile {
     file: std::fs::File,
     capacity: u64,
     dir: PathBuf,
+    /// Tests: writes from this logical position on fail, as on a full file system.
+    #[cfg(test)]
+    pub(crate) fail_from: Option<u64>,
 }
 
 impl SpoolFile {
@@ -210,6 +213,8 @@ impl SpoolFile {
             file,
             capacity: capacity.max(1),
             dir: dir.to_path_buf(),
+            #[cfg(test)]
+            fail_from: None,
         })
     }
 
@@ -232,6 +237,10 @@ impl SpoolFile {
 
     /// Write `data` at logical position `pos` (wrapping at the capacity).
     pub fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), SpoolError> {
+        #[cfg(test)]
+        if self.fail_from.is_some_and(|f| pos + data.len() as u64 > f) {
+            return Err(self.io_err("writing", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
         let mut done = 0usize;
         while done < data.len() {
             let p = (pos + done as u64) % self.capacity;

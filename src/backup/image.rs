@@ -334,7 +334,7 @@ impl Job<'_> {
         }
         // The spool: taken out of the job while the writer (which borrows the job) runs.
         let spool = std::mem::take(&mut self.spool);
-        let codec = super::spooled::PreparedCodec;
+        let codec = super::spooled::PreparedCodec { events };
         let buffer = match &spool {
             Spool::Off => Buffer::None,
             Spool::Memory(bytes) => {

@@ -12,7 +12,10 @@ use crate::spool::SpoolError;
 
 use super::stages::Prepared;
 
-pub(super) struct PreparedCodec;
+pub(super) struct PreparedCodec<'a> {
+    /// Where a spool file's failure is told (the backup goes on without it).
+    pub(super) events: &'a dyn crate::events::Events,
+}
 
 fn compression_byte(c: WireCompression) -> u8 {
     match c {
@@ -29,7 +32,7 @@ fn compression_of(b: u8) -> Option<WireCompression> {
     }
 }
 
-impl Codec<Prepared, Error> for PreparedCodec {
+impl Codec<Prepared, Error> for PreparedCodec<'_> {
     fn encode(&self, p: &Prepared, out: &mut Vec<u8>) {
         out.extend_from_slice(&(p.header_room as u32).to_le_bytes());
         out.extend_from_slice(&p.payload_crc.to_le_bytes());
@@ -87,6 +90,15 @@ impl Codec<Prepared, Error> for PreparedCodec {
 
     fn spool_error(&self, e: SpoolError) -> Error {
         Error::Failed(e.what)
+    }
+
+    fn spool_failed(&self, e: &SpoolError) {
+        self.events.note(
+            crate::events::NoteKind::Warning,
+            format!(
+                "{e}: the backup goes on without its spool file (records go to the drive as they come, so a slow source stops the drive more often)"
+            ),
+        );
     }
 }
 
@@ -233,12 +245,19 @@ mod tests {
         for sealed in [false, true] {
             let p = sample(sealed);
             let mut bytes = Vec::new();
-            PreparedCodec.encode(&p, &mut bytes);
+            PreparedCodec {
+                events: &crate::events::Silent,
+            }
+            .encode(&p, &mut bytes);
             // Decoded into a recycled record holding something else.
             let mut q = sample(!sealed);
             q.block = vec![9; 10_000];
             q.plain = vec![1; 100];
-            PreparedCodec.decode(&bytes, &mut q).unwrap();
+            PreparedCodec {
+                events: &crate::events::Silent,
+            }
+            .decode(&bytes, &mut q)
+            .unwrap();
             assert_eq!(q.extents, p.extents);
             assert_eq!(q.block, p.block);
             assert_eq!(q.stored(), p.stored());
@@ -254,7 +273,11 @@ mod tests {
             assert!(q.plain.is_empty());
             // Every cut short of the whole is refused, never a panic.
             for cut in [0, 1, 10, 60, bytes.len() - 5001] {
-                let e = PreparedCodec.decode(&bytes[..cut], &mut q).unwrap_err();
+                let e = PreparedCodec {
+                    events: &crate::events::Silent,
+                }
+                .decode(&bytes[..cut], &mut q)
+                .unwrap_err();
                 assert!(e.to_string().contains("damaged"), "{e}");
             }
         }
