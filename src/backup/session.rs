@@ -48,8 +48,12 @@ pub fn run(
         events,
     )?;
     let session = job.session;
-    // One commit point per session: the images are flushed once, together, and only
-    // then complete in the catalog (an image counts only once flushed); the spool
+    // One commit point per session: the images, the catalog snapshot and the
+    // end-of-session marker are flushed once, together, and only then are the images
+    // complete in the catalog (an image counts only once flushed); the snapshot on
+    // tape, written before that flush, describes them as complete (it follows them on
+    // the tape, so it is there only if they are). One flush and no write after it: the
+    // drive does not stop and reposition in the middle of the session's end. The spool
     // feeds the drive in bursts.
     job.defer_commit = true;
     job.spool = spool;
@@ -60,13 +64,13 @@ pub fn run(
             let r = job.backup_disk(d, req)?;
             reports.push(r);
         }
+        job.tape.touch()?;
+        let loc = job.write_session_end()?;
         let done = job.commit_pending()?;
         for r in reports.iter().filter(|r| done.contains(&r.image)) {
             events.emit(Event::Finished(Finished::Image(r)));
         }
         cat.finish_session(session, SessionStatus::Complete)?;
-        job.tape.touch()?;
-        let loc = job.write_session_end()?;
         Ok(Some(loc))
     })();
     // After a failure, the images written before it still count once flushed.
@@ -161,12 +165,27 @@ impl Job<'_> {
     }
 
     /// Write the catalog snapshot of the media set and the end-of-session marker, each
-    /// as a tape file of its own, so the media carry their own catalog.
+    /// as a tape file of its own, so the media carry their own catalog, and flush: the
+    /// session's commit point. The snapshot is the catalog as it will be once the
+    /// images written since the last commit are complete and the session with them
+    /// ([`crate::catalog::Catalog::rehearse`]); the caller commits them after this.
     pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
+        let session = self.session;
         let (mut sink, barcode, file) = self.tape.take_sink()?;
-        let (mut spool, plain_len, delta) = session_snapshot(cat, set.uuid, &barcode)?;
+        let rehearsed = cat.rehearse(|cat| {
+            self.rehearse_commit(cat)?;
+            cat.finish_session(session, SessionStatus::Complete)?;
+            session_snapshot(cat, set.uuid, &barcode)
+        });
+        let (mut spool, plain_len, delta) = match rehearsed {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.tape.put_sink(sink);
+                return Err(e);
+            }
+        };
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
@@ -200,6 +219,7 @@ impl Job<'_> {
             .flush()
             .context("flushing at the end of the session")?;
         self.tape.put_sink(sink)?;
+        self.tape.flushed.insert(barcode.clone());
         let loc = SnapshotLocation {
             barcode,
             tape_file: file,

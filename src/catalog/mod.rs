@@ -501,11 +501,30 @@ impl Catalog {
     /// A write transaction that takes the write lock at once (waiting up to
     /// [`BUSY_TIMEOUT`]). A deferred one that read first could not wait for a lock
     /// taken meanwhile by another process: SQLite would fail it with "busy" at once.
-    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        )?)
+    /// Inside [`Catalog::rehearse`] it is a savepoint of the rehearsal's transaction.
+    pub(crate) fn write_tx(&self) -> Result<Tx<'_>> {
+        Ok(Tx::begin(&self.conn, "BEGIN IMMEDIATE")?)
+    }
+
+    /// A read transaction (one consistent picture), or a savepoint inside
+    /// [`Catalog::rehearse`] (which sees the rehearsal's writes).
+    pub(crate) fn read_tx(&self) -> Result<Tx<'_>> {
+        Ok(Tx::begin(&self.conn, "BEGIN DEFERRED")?)
+    }
+
+    /// Run `f` in a transaction that is rolled back afterwards: what `f` writes
+    /// through this catalog is seen by its own reads, and none of it lasts. What a
+    /// backup session writes to tape before its commit point (the catalog snapshot of
+    /// its images as complete) is made this way; the catalog says so only after the
+    /// flush.
+    pub fn rehearse<R, E: From<CatalogError>>(
+        &self,
+        f: impl FnOnce(&Catalog) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE").map_err(CatalogError::from)?;
+        let r = f(self);
+        drop(tx); // rolled back
+        r
     }
 
     // ---- pools ----
@@ -1019,5 +1038,53 @@ impl Catalog {
             .query_map([], snap_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+/// A transaction of the catalog's connection, or a savepoint when one is open already
+/// (inside [`Catalog::rehearse`]). Rolled back when dropped uncommitted.
+pub(crate) struct Tx<'a> {
+    conn: &'a Connection,
+    nested: bool,
+    done: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn begin(conn: &'a Connection, begin: &str) -> rusqlite::Result<Tx<'a>> {
+        let nested = !conn.is_autocommit();
+        conn.execute_batch(if nested { "SAVEPOINT tv_nested" } else { begin })?;
+        Ok(Tx {
+            conn,
+            nested,
+            done: false,
+        })
+    }
+
+    pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        self.conn.execute_batch(if self.nested {
+            "RELEASE tv_nested"
+        } else {
+            "COMMIT"
+        })
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch(if self.nested {
+                "ROLLBACK TO tv_nested; RELEASE tv_nested"
+            } else {
+                "ROLLBACK"
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
     }
 }
