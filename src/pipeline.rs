@@ -459,6 +459,10 @@ where
                 });
                 let mut out = S::default();
                 let mut bytes = Vec::new();
+                // Read ahead of the burst: the next PREFETCH bytes are asked into the
+                // page cache each time the reader passed half of them.
+                const PREFETCH: u64 = 64 << 20;
+                let mut prefetched_to = 0u64;
                 loop {
                     let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                     let holds = |g: &Spool<S>| g.head > g.tail || !g.spilled.is_empty();
@@ -469,6 +473,7 @@ where
                         break; // ended and empty, or the merger failed
                     }
                     let at = g.tail;
+                    let held = g.head;
                     // The file's records first, then those held in memory after it
                     // failed.
                     let spilled = if g.head > g.tail {
@@ -477,6 +482,14 @@ where
                         g.spilled.pop_front()
                     };
                     drop(g);
+                    if spilled.is_none() && prefetched_to < at + PREFETCH / 2 {
+                        let to = held.min(at + PREFETCH);
+                        if to > prefetched_to.max(at) {
+                            let from = prefetched_to.max(at);
+                            file.prefetch(from, to - from);
+                            prefetched_to = to;
+                        }
+                    }
                     let step = (|| -> Result<u64, E> {
                         let len = match &spilled {
                             Some(rec) => {
