@@ -3,14 +3,16 @@
 # streaming", second part): the drive's time repositioning, from its statistics.
 #   1. a fast source (random data on tmpfs): the session's commit points;
 #   2. a source throttled by nbdkit's rate filter (an NBD source, as a slow hypervisor
-#      export would be) at several rates, with --spool 0, the default and a large spool.
+#      export would be) at several rates, with the default spool (`default`: no --spool,
+#      i.e. auto, a spool file in the home's spool/ directory) and other --spool values.
 # ROUNDS alternating rounds; min / median / max printed per row.
 #
 #   cargo build --release --bin tapevault
 #   bench/backup_streaming.sh [WORKDIR]
 #
 # Environment: TOTAL_MIB (default 512), ROUNDS (3), RATES (MB/s, default "60 20"),
-# SPOOLS (default "0 128M 1G"), MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s),
+# SPOOLS (default "default 128M": the default, and the old default of 128 MiB in memory),
+# SPOOL_DIR (a --spool-dir for every run; default the home's spool/, under WORKDIR), MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s),
 # TAPEVAULT_BIN (default target/release/tapevault). WORKDIR (default a new directory
 # under /dev/shm) needs about 2x TOTAL_MIB.
 set -euo pipefail
@@ -20,7 +22,8 @@ W=${1:-$(mktemp -d /dev/shm/backup-streaming.XXXXXX)}
 TOTAL=${TOTAL_MIB:-512}
 ROUNDS=${ROUNDS:-3}
 RATES=${RATES:-60 20}
-SPOOLS=${SPOOLS:-0 128M 1G}
+SPOOLS=${SPOOLS:-default 128M}
+SPOOL_DIR=${SPOOL_DIR:-}
 MODEL=${MODEL:-speed=200M,min=70M,buffer=64Mi,reposition=2.5s}
 ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d31
 SMALL_ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d32
@@ -44,9 +47,11 @@ run() {
   head -c 1048576 /dev/urandom > "$W/small.img"
   "$BIN" --home "$W/home" --json backup --disk "$W/small.img" --disk-id $SMALL_ID --pool p >/dev/null 2>&1
   cp "$W/home-library/drives/0.stats.json" "$W/before.json"
-  local t0 t1
+  local t0 t1 args=()
+  [ "$spool" = default ] || args+=(--spool "$spool")
+  [ -z "$SPOOL_DIR" ] || args+=(--spool-dir "$SPOOL_DIR")
   t0=$(date +%s.%N)
-  "$BIN" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full --spool "$spool" >/dev/null 2>&1
+  "$BIN" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full "${args[@]}" >/dev/null 2>&1
   t1=$(date +%s.%N)
   python3 - "$W/home" "$label" "$rate" "$spool" "$t0" "$t1" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT" <<'PY'
 import json, sys
@@ -66,7 +71,7 @@ PY
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  run fast fast 128M "$W/disk.img"
+  run fast fast default "$W/disk.img"
   for rate in $RATES; do
     for spool in $SPOOLS; do
       rm -f "$W/nbd.sock"

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod rebuild;
 pub mod restore;
 pub mod source;
+pub mod spool;
 pub mod synthetic;
 pub mod timefmt;
 pub mod verify;

@@ -75,13 +75,51 @@ where
 /// The spool between the transform stage and `consume`: transformed items wait in it
 /// (in production order) and are handed on in bursts.
 struct Spool<S> {
+    /// A memory spool's items.
     items: std::collections::VecDeque<(usize, S)>,
+    /// A file spool's logical positions: the next byte written, the next byte read.
+    head: u64,
+    tail: u64,
+    /// Encoded records the file spool could not take (its file failed to be written):
+    /// after the file's, in order, a few at a time.
+    spilled: std::collections::VecDeque<Vec<u8>>,
     /// A burst is under way: `consume` takes items until the spool is empty.
     bursting: bool,
     /// The transform stage has ended (no more items will come).
     ended: bool,
     /// `consume` failed: the merger stops taking items.
     stopped: bool,
+}
+
+/// How a file spool turns items into bytes and back, and its failures into `E`.
+pub trait Codec<S, E>: Sync {
+    /// Append what `consume` needs of `item` to `out`.
+    fn encode(&self, item: &S, out: &mut Vec<u8>);
+    /// Rebuild an item from what [`Codec::encode`] wrote, in a recycled `item`.
+    fn decode(&self, bytes: &[u8], item: &mut S) -> Result<(), E>;
+    fn spool_error(&self, e: crate::spool::SpoolError) -> E;
+    /// The spool file could not be written (`e`): the records go on to `consume`
+    /// through memory, a few at a time, without bursts, for the rest of the run.
+    fn spool_failed(&self, e: &crate::spool::SpoolError);
+}
+
+/// Records held in memory, at most, once a spool file failed.
+const SPILLED_MAX: usize = 8;
+
+/// Where transformed items wait before `consume` takes them.
+pub enum Buffer<'a, S, E> {
+    /// Nowhere: `consume` takes each item as it comes.
+    None,
+    /// Up to this many items in memory (0 or 1: none).
+    Memory(usize),
+    /// A spool file: items are encoded into it as they come, read back in bursts. A
+    /// burst starts when it holds `burst_at` bytes, when an item does not fit, or at
+    /// the end of the input. Memory: one item more than without a spool.
+    File {
+        file: &'a crate::spool::SpoolFile,
+        burst_at: u64,
+        codec: &'a dyn Codec<S, E>,
+    },
 }
 
 /// As [`run_workers`] with a spool of up to `spool_items` transformed items between the
@@ -94,9 +132,9 @@ struct Spool<S> {
 pub fn run_spooled<C, S, E, P, T, K>(
     depth: usize,
     spool_items: usize,
-    mut produce: P,
+    produce: P,
     transforms: Vec<T>,
-    mut consume: K,
+    consume: K,
 ) -> Result<StageTimes, E>
 where
     C: Default + Send,
@@ -106,8 +144,52 @@ where
     T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
     K: FnMut(&mut S) -> Result<(), E>,
 {
+    let buffer = if spool_items <= 1 {
+        Buffer::None
+    } else {
+        Buffer::Memory(spool_items)
+    };
+    run_buffered(
+        depth,
+        buffer,
+        produce,
+        transforms,
+        |_: &mut S| Ok(()),
+        consume,
+    )
+}
+
+/// As [`run_workers`] with `buffer` between the transform stage and `consume` (see
+/// [`Buffer`]), and `stage` run on each item in production order before it enters the
+/// buffer (on another thread than `consume` when there is a buffer): what must follow
+/// the production order but need not wait for `consume` (a digest over the items).
+pub fn run_buffered<C, S, E, P, T, G, K>(
+    depth: usize,
+    buffer: Buffer<'_, S, E>,
+    mut produce: P,
+    transforms: Vec<T>,
+    mut stage: G,
+    mut consume: K,
+) -> Result<StageTimes, E>
+where
+    C: Default + Send,
+    S: Default + Send,
+    E: Send,
+    P: FnMut(&mut C) -> Result<bool, E> + Send,
+    T: FnMut(&mut C, &mut S) -> Result<(), E> + Send,
+    G: FnMut(&mut S) -> Result<(), E> + Send,
+    K: FnMut(&mut S) -> Result<(), E>,
+{
     let depth = depth.max(1);
     assert!(!transforms.is_empty(), "a pipeline needs a transform");
+    let buffer = match buffer {
+        Buffer::Memory(n) if n <= 1 => Buffer::None,
+        b => b,
+    };
+    let spool_items = match buffer {
+        Buffer::Memory(n) => n,
+        _ => 0,
+    };
     let n = transforms.len();
     let started = Instant::now();
     // Produced items are recycled through one queue; each worker has its input queue,
@@ -189,90 +271,274 @@ where
             .collect();
         drop(ret_c_tx);
         let mut result = Ok(());
+        let mut merger_result = Ok(());
         let mut consume_busy = Duration::ZERO;
-        if spool_items <= 1 {
-            let mut next = 0usize;
-            // In production order: item i comes from worker i % n. A worker that ended
-            // (input exhausted, or an error) ends the run here; its error is reported
-            // below.
-            while let Ok(mut out) = from_workers[next % n].recv() {
-                if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
-                    result = Err(e);
-                    break;
-                }
-                let _ = returns[next % n].try_send(out);
-                next += 1;
-            }
-            // Dropping the receivers unblocks the other stages.
-            drop(from_workers);
-            drop(returns);
-        } else {
-            // A merger thread takes the items in production order into the spool; this
-            // thread consumes them in bursts.
-            let shared = std::sync::Arc::new((
-                std::sync::Mutex::new(Spool {
-                    items: std::collections::VecDeque::with_capacity(spool_items + n * depth),
-                    bursting: false,
-                    ended: false,
-                    stopped: false,
-                }),
-                std::sync::Condvar::new(),
-            ));
-            // A burst starts at half the spool, so the other half takes in what the
-            // source delivers while the consumer waits (a tape drive repositioning
-            // before it writes again) instead of stalling the source.
-            let burst_at = spool_items.div_ceil(2);
-            let theirs = shared.clone();
-            let (spool, cv) = (&shared.0, &shared.1);
-            let merger = scope.spawn(move || {
-                let (spool, cv) = (&theirs.0, &theirs.1);
+        let shared = std::sync::Arc::new((
+            std::sync::Mutex::new(Spool {
+                items: std::collections::VecDeque::with_capacity(spool_items),
+                head: 0,
+                tail: 0,
+                spilled: std::collections::VecDeque::new(),
+                bursting: false,
+                ended: false,
+                stopped: false,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let (spool, cv) = (&shared.0, &shared.1);
+        match buffer {
+            Buffer::None => {
                 let mut next = 0usize;
-                while let Ok(out) = from_workers[next % n].recv() {
-                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                    if g.stopped {
+                // In production order: item i comes from worker i % n. A worker that
+                // ended (input exhausted, or an error) ends the run here; its error is
+                // reported below.
+                while let Ok(mut out) = from_workers[next % n].recv() {
+                    if let Err(e) = stage(&mut out) {
+                        result = Err(e);
                         break;
                     }
-                    g.items.push_back((next, out));
-                    if g.items.len() >= burst_at {
-                        g.bursting = true;
+                    if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
+                        result = Err(e);
+                        break;
                     }
-                    drop(g);
-                    cv.notify_all();
+                    let _ = returns[next % n].try_send(out);
                     next += 1;
                 }
-                let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                g.ended = true;
-                drop(g);
-                cv.notify_all();
-                // Dropping the receivers unblocks the workers.
+                // Dropping the receivers unblocks the other stages.
                 drop(from_workers);
-            });
-            loop {
-                let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                while !(g.ended || (g.bursting && !g.items.is_empty())) {
-                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-                }
-                let Some((i, mut out)) = g.items.pop_front() else {
-                    break; // ended and empty
-                };
-                if g.items.is_empty() {
-                    g.bursting = false;
-                }
-                drop(g);
-                if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
-                    result = Err(e);
-                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                    g.stopped = true;
-                    g.items.clear();
-                    break;
-                }
-                let _ = returns[i % n].try_send(out);
+                drop(returns);
             }
-            // Unblock the workers (their recycling queues) before waiting for the merger.
-            drop(returns);
-            merger
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            Buffer::Memory(spool_items) => {
+                // A merger thread takes the items in production order into the spool;
+                // this thread consumes them in bursts. A burst starts at half the
+                // spool, so the other half takes in what the source delivers while the
+                // consumer waits (a tape drive repositioning before it writes again)
+                // instead of stalling the source.
+                let burst_at = spool_items.div_ceil(2);
+                let theirs = shared.clone();
+                let merger = scope.spawn(move || -> Result<(), E> {
+                    let (spool, cv) = (&theirs.0, &theirs.1);
+                    let mut next = 0usize;
+                    let mut r = Ok(());
+                    while let Ok(mut out) = from_workers[next % n].recv() {
+                        if let Err(e) = stage(&mut out) {
+                            r = Err(e);
+                            break;
+                        }
+                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        if g.stopped {
+                            break;
+                        }
+                        g.items.push_back((next, out));
+                        if g.items.len() >= burst_at {
+                            g.bursting = true;
+                        }
+                        drop(g);
+                        cv.notify_all();
+                        next += 1;
+                    }
+                    end_input(&theirs, r.is_err());
+                    // Dropping the receivers unblocks the workers.
+                    drop(from_workers);
+                    r
+                });
+                loop {
+                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    while !(g.ended || (g.bursting && !g.items.is_empty())) {
+                        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                    let Some((i, mut out)) = g.items.pop_front() else {
+                        break; // ended and empty
+                    };
+                    if g.items.is_empty() {
+                        g.bursting = false;
+                    }
+                    drop(g);
+                    if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
+                        result = Err(e);
+                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        g.stopped = true;
+                        g.items.clear();
+                        break;
+                    }
+                    let _ = returns[i % n].try_send(out);
+                }
+                // Unblock the workers (their recycling queues) before waiting for the
+                // merger.
+                drop(returns);
+                merger_result = merger
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            }
+            Buffer::File {
+                file,
+                burst_at,
+                codec,
+            } => {
+                // As with a memory spool, but the merger encodes each item into the
+                // file and recycles it at once; this thread decodes them back into
+                // one item of its own.
+                let cap = file.capacity();
+                let theirs = shared.clone();
+                let merger = scope.spawn(move || -> Result<(), E> {
+                    let (spool, cv) = (&theirs.0, &theirs.1);
+                    let mut next = 0usize;
+                    let mut bytes = Vec::new();
+                    let mut r = Ok(());
+                    let mut failed = false;
+                    while let Ok(mut out) = from_workers[next % n].recv() {
+                        if let Err(e) = stage(&mut out) {
+                            r = Err(e);
+                            break;
+                        }
+                        bytes.clear();
+                        bytes.extend_from_slice(&[0; 4]);
+                        codec.encode(&out, &mut bytes);
+                        let _ = returns[next % n].try_send(out);
+                        next += 1;
+                        let len = bytes.len() as u64;
+                        if len > cap || len - 4 > u64::from(u32::MAX) {
+                            r = Err(codec.spool_error(crate::spool::SpoolError {
+                                what: format!(
+                                    "a record of {len} bytes does not fit in a spool of {cap} bytes (give a larger --spool)"
+                                ),
+                            }));
+                            break;
+                        }
+                        bytes[..4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
+                        if !failed {
+                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                            // No room: the drive must take what the spool holds now.
+                            while !g.stopped && cap - (g.head - g.tail) < len {
+                                g.bursting = true;
+                                cv.notify_all();
+                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            }
+                            if g.stopped {
+                                break;
+                            }
+                            let at = g.head;
+                            drop(g);
+                            match file.write_at(at, &bytes) {
+                                Ok(()) => {}
+                                // The file system is full, or failing: the run goes on
+                                // without the file (what it holds is still read back).
+                                Err(e) => {
+                                    failed = true;
+                                    codec.spool_failed(&e);
+                                }
+                            }
+                        }
+                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        if failed {
+                            while !g.stopped && g.spilled.len() >= SPILLED_MAX {
+                                g.bursting = true;
+                                cv.notify_all();
+                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                            }
+                            if g.stopped {
+                                break;
+                            }
+                            g.spilled.push_back(std::mem::take(&mut bytes));
+                            g.bursting = true;
+                            drop(g);
+                            cv.notify_all();
+                            continue;
+                        }
+                        g.head += len;
+                        if g.head - g.tail >= burst_at {
+                            g.bursting = true;
+                        }
+                        drop(g);
+                        cv.notify_all();
+                    }
+                    end_input(&theirs, r.is_err());
+                    drop(from_workers);
+                    drop(returns);
+                    r
+                });
+                let mut out = S::default();
+                let mut bytes = Vec::new();
+                // Read ahead of the burst: the next PREFETCH bytes are asked into the
+                // page cache each time the reader passed half of them.
+                const PREFETCH: u64 = 64 << 20;
+                let mut prefetched_to = 0u64;
+                loop {
+                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    let holds = |g: &Spool<S>| g.head > g.tail || !g.spilled.is_empty();
+                    while !(g.ended || g.stopped || (g.bursting && holds(&g))) {
+                        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if g.stopped || !holds(&g) {
+                        break; // ended and empty, or the merger failed
+                    }
+                    let at = g.tail;
+                    let held = g.head;
+                    // The file's records first, then those held in memory after it
+                    // failed.
+                    let spilled = if g.head > g.tail {
+                        None
+                    } else {
+                        g.spilled.pop_front()
+                    };
+                    drop(g);
+                    if spilled.is_none() && prefetched_to < at + PREFETCH / 2 {
+                        let to = held.min(at + PREFETCH);
+                        if to > prefetched_to.max(at) {
+                            let from = prefetched_to.max(at);
+                            file.prefetch(from, to - from);
+                            prefetched_to = to;
+                        }
+                    }
+                    let step = (|| -> Result<u64, E> {
+                        let len = match &spilled {
+                            Some(rec) => {
+                                codec.decode(&rec[4..], &mut out)?;
+                                0
+                            }
+                            None => {
+                                let mut len = [0u8; 4];
+                                file.read_at(at, &mut len)
+                                    .map_err(|e| codec.spool_error(e))?;
+                                let len = u32::from_le_bytes(len) as usize;
+                                bytes.resize(len, 0);
+                                file.read_at(at + 4, &mut bytes)
+                                    .map_err(|e| codec.spool_error(e))?;
+                                codec.decode(&bytes, &mut out)?;
+                                4 + len as u64
+                            }
+                        };
+                        timed(&mut consume_busy, || consume(&mut out))?;
+                        Ok(len)
+                    })();
+                    let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    match step {
+                        Ok(len) => {
+                            g.tail = at + len;
+                            if !holds(&g) {
+                                g.bursting = false;
+                            }
+                            drop(g);
+                            cv.notify_all();
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            g.stopped = true;
+                            drop(g);
+                            cv.notify_all();
+                            break;
+                        }
+                    }
+                }
+                merger_result = merger
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                if let Err(e) = file.clear() {
+                    if result.is_ok() && merger_result.is_ok() {
+                        result = Err(codec.spool_error(e));
+                    }
+                }
+            }
         }
         let mut transform_busy = Duration::ZERO;
         let mut worker_err = None;
@@ -290,6 +556,7 @@ where
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         result?;
+        merger_result?;
         if let Some(e) = worker_err {
             return Err(e);
         }
@@ -300,6 +567,19 @@ where
             wall_s: started.elapsed().as_secs_f64(),
         })
     })
+}
+
+/// The merger took its last item (`failed`: its stage failed, and the consumer stops
+/// without draining the spool).
+fn end_input<S>(shared: &(std::sync::Mutex<Spool<S>>, std::sync::Condvar), failed: bool) {
+    let mut g = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+    g.ended = true;
+    if failed {
+        g.stopped = true;
+        g.items.clear();
+    }
+    drop(g);
+    shared.1.notify_all();
 }
 
 #[cfg(test)]
@@ -577,6 +857,248 @@ mod tests {
             );
             let want = ["read failed", "compress failed", "write failed"][failing];
             assert_eq!(r.unwrap_err(), want);
+        }
+    }
+
+    /// A file spool for `u32` items: four bytes each, and a flag to make decoding fail.
+    struct U32Codec {
+        fail_decode_at: Option<u32>,
+        failures: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Codec<u32, String> for U32Codec {
+        fn encode(&self, item: &u32, out: &mut Vec<u8>) {
+            out.extend_from_slice(&item.to_le_bytes());
+            // Records of uneven length, so the ring wraps mid-record.
+            out.extend(std::iter::repeat_n(0xa5, (*item % 7) as usize));
+        }
+        fn decode(&self, bytes: &[u8], item: &mut u32) -> Result<(), String> {
+            *item = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+            if bytes.len() != 4 + (*item % 7) as usize {
+                return Err(format!("item {item} came back {} bytes long", bytes.len()));
+            }
+            if Some(*item) == self.fail_decode_at {
+                return Err("decode failed".into());
+            }
+            Ok(())
+        }
+        fn spool_error(&self, e: crate::spool::SpoolError) -> String {
+            e.what
+        }
+        fn spool_failed(&self, e: &crate::spool::SpoolError) {
+            self.failures.lock().unwrap().push(e.what.clone());
+        }
+    }
+
+    #[test]
+    fn a_file_spool_hands_items_on_in_bursts_in_order_and_stages_them_first() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        // 16 records of 4-10 bytes each (with their 4-byte length) fit; bursts from 100.
+        let file = crate::spool::SpoolFile::create(dir.path(), 200).unwrap();
+        let codec = U32Codec {
+            fail_decode_at: None,
+            failures: Default::default(),
+        };
+        for n in [1usize, 2] {
+            let produced = AtomicU32::new(0);
+            let mut staged = Vec::new();
+            let mut seen = Vec::new();
+            let workers: Vec<_> = (0..n)
+                .map(|_| {
+                    |c: &mut u32, s: &mut u32| -> Result<(), String> {
+                        *s = *c;
+                        Ok(())
+                    }
+                })
+                .collect();
+            run_buffered::<u32, u32, String, _, _, _, _>(
+                2,
+                Buffer::File {
+                    file: &file,
+                    burst_at: 100,
+                    codec: &codec,
+                },
+                |c| {
+                    let k = produced.load(Ordering::SeqCst);
+                    if k == 300 {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                    *c = k;
+                    produced.store(k + 1, Ordering::SeqCst);
+                    Ok(true)
+                },
+                workers,
+                |s| {
+                    staged.push(*s);
+                    *s += 1_000_000; // what the stage does reaches consume
+                    Ok(())
+                },
+                |s| {
+                    seen.push((*s - 1_000_000, produced.load(Ordering::SeqCst)));
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                staged,
+                (0..300).collect::<Vec<_>>(),
+                "{n} workers: stage order"
+            );
+            assert_eq!(seen.len(), 300, "{n} workers");
+            for (i, &(v, _)) in seen.iter().enumerate() {
+                assert_eq!(v, i as u32, "{n} workers: order");
+            }
+            // Nothing is consumed before 100 bytes (at least 7 records of at most 14
+            // bytes) were spooled.
+            assert!(
+                seen[0].1 >= 7,
+                "{n} workers: first item consumed early: {seen:?}"
+            );
+            // The file is emptied after the run.
+            assert_eq!(file.allocated(), 0);
+        }
+    }
+
+    #[test]
+    fn an_error_with_a_file_spool_stops_the_pipeline_and_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::spool::SpoolFile::create(dir.path(), 64).unwrap();
+        // read, compress, stage, decode, write; then a record larger than the spool.
+        for failing in 0..6 {
+            let codec = U32Codec {
+                fail_decode_at: (failing == 3).then_some(30),
+                failures: Default::default(),
+            };
+            let mut n = 0u32;
+            let r = run_buffered::<u32, u32, String, _, _, _, _>(
+                2,
+                Buffer::File {
+                    file: &file,
+                    burst_at: 32,
+                    codec: &codec,
+                },
+                |c| {
+                    n += 1;
+                    *c = n;
+                    if failing == 0 && n == 50 {
+                        return Err("read failed".into());
+                    }
+                    Ok(true) // endless unless something stops it
+                },
+                vec![|c: &mut u32, s: &mut u32| {
+                    if failing == 1 && *c == 50 {
+                        return Err("compress failed".to_string());
+                    }
+                    *s = *c;
+                    Ok(())
+                }],
+                |s: &mut u32| {
+                    if failing == 2 && *s == 50 {
+                        return Err("stage failed".to_string());
+                    }
+                    if failing == 5 && *s == 40 {
+                        *s = 1 << 20; // encodes to 4 + 4 + (2^20 % 7 = 2) bytes: fits
+                        return Ok(());
+                    }
+                    Ok(())
+                },
+                |s| {
+                    if failing == 4 && *s == 20 {
+                        return Err("write failed".into());
+                    }
+                    if failing == 5 && *s == 1 << 20 {
+                        return Err("the big one arrived".into());
+                    }
+                    Ok(())
+                },
+            );
+            let want = [
+                "read failed",
+                "compress failed",
+                "stage failed",
+                "decode failed",
+                "write failed",
+                "the big one arrived",
+            ][failing];
+            assert_eq!(r.unwrap_err(), want);
+        }
+        // A record larger than the whole spool: refused with the way out, no hang.
+        let big = crate::spool::SpoolFile::create(dir.path(), 8).unwrap();
+        let mut n = 0u32;
+        let r = run_buffered::<u32, u32, String, _, _, _, _>(
+            2,
+            Buffer::File {
+                file: &big,
+                burst_at: 4,
+                codec: &U32Codec {
+                    fail_decode_at: None,
+                    failures: Default::default(),
+                },
+            },
+            |c| {
+                n += 1;
+                *c = n;
+                Ok(true)
+            },
+            vec![|c: &mut u32, s: &mut u32| {
+                *s = *c;
+                Ok(())
+            }],
+            |_: &mut u32| Ok(()),
+            |_| Ok(()),
+        );
+        let e = r.unwrap_err();
+        assert!(e.contains("does not fit") && e.contains("--spool"), "{e}");
+    }
+
+    #[test]
+    fn a_spool_file_that_fails_to_be_written_is_left_and_the_run_goes_on_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for fail_from in [0u64, 150, 1000] {
+            let mut file = crate::spool::SpoolFile::create(dir.path(), 400).unwrap();
+            file.fail_from = Some(fail_from);
+            let codec = U32Codec {
+                fail_decode_at: None,
+                failures: Default::default(),
+            };
+            let mut next = 0u32;
+            let mut seen = Vec::new();
+            run_buffered::<u32, u32, String, _, _, _, _>(
+                2,
+                Buffer::File {
+                    file: &file,
+                    burst_at: 100,
+                    codec: &codec,
+                },
+                |c| {
+                    if next == 500 {
+                        return Ok(false);
+                    }
+                    *c = next;
+                    next += 1;
+                    Ok(true)
+                },
+                vec![|c: &mut u32, s: &mut u32| {
+                    *s = *c;
+                    Ok(())
+                }],
+                |_: &mut u32| Ok(()),
+                |s| {
+                    seen.push(*s);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                seen,
+                (0..500).collect::<Vec<_>>(),
+                "failing from {fail_from}"
+            );
+            let failures = codec.failures.lock().unwrap();
+            assert_eq!(failures.len(), 1, "told once: {failures:?}");
+            assert!(failures[0].contains("--spool"), "{failures:?}");
         }
     }
 }

@@ -34,6 +34,21 @@ pub(super) struct Pending {
 }
 
 impl Job<'_> {
+    /// What [`Self::commit_pending`] will write to the catalog, written to `cat` inside
+    /// a [`crate::catalog::Catalog::rehearse`]: the images written since as complete.
+    pub(super) fn rehearse_commit(&self, cat: &crate::catalog::Catalog) -> Result<()> {
+        for p in &self.pending {
+            cat.complete_image_from(
+                p.image,
+                &p.stats,
+                &p.digest_hex,
+                &p.segments,
+                p.coverage.reader(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Mark a written and flushed image complete; only then may its driver retire the
     /// previous change-tracking epoch.
     fn commit(&mut self, p: Pending) -> Result<()> {

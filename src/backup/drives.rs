@@ -136,7 +136,6 @@ pub(super) fn run_parallel(
     let pool = job.tape.pool.clone();
     let set = job.tape.set.clone();
     let session = job.session;
-    let spool_records = job.spool_records;
     // This drive first: its errors are the session's, as with one drive.
     job.tape.ensure_mounted()?;
     let (done_tx, done_rx) = mpsc::channel::<Written>();
@@ -162,7 +161,6 @@ pub(super) fn run_parallel(
                         session,
                         crypto: c,
                         wait_for_media,
-                        spool_records,
                         shared,
                     },
                     queue,
@@ -341,7 +339,6 @@ struct Setup<'s> {
     session: uuid::Uuid,
     crypto: PoolCrypto,
     wait_for_media: bool,
-    spool_records: usize,
     shared: Arc<SharedDrives>,
 }
 
@@ -403,7 +400,15 @@ fn other_drive(
         events,
     );
     job.defer_commit = true;
-    job.spool_records = setup.spool_records;
+    // A spool of its own, as the session's first drive has (`--spool`, `--spool-dir`).
+    job.spool = match super::session::open_spool(home, req, events) {
+        Ok(s) => s,
+        Err(e) => {
+            not_used(&e);
+            let _ = done.send(idle());
+            return Ok(());
+        }
+    };
     job.tape.shared = Some(setup.shared);
     let mounted = job.tape.ensure_mounted();
     drop(ready);

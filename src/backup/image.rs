@@ -17,7 +17,7 @@ use crate::error::{Context, Error, Result};
 use crate::extent_spool::{run_limit, ExtentList, ItemList, Spool};
 use crate::media::segments::{Place, SegmentBuilder};
 use crate::media::DriveSink;
-use crate::pipeline::StageTimes;
+use crate::pipeline::{Buffer, StageTimes};
 use crate::source::disk::{source_timeout, ChunkConfig, ChunkReader, Disk, ExtentKind as SrcKind};
 use crate::source::hashscan::{DigestFeed, DigestListError, DigestListSummary};
 use crate::source::nbd::DirtyExtents;
@@ -357,18 +357,34 @@ impl Job<'_> {
             };
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
         }
-        let run = crate::pipeline::run_spooled::<ReadChunk, Prepared, Error, _, _, _>(
+        // The spool: taken out of the job while the writer (which borrows the job) runs.
+        let spool = std::mem::take(&mut self.spool);
+        let codec = super::spooled::PreparedCodec { events };
+        let buffer = match &spool {
+            crate::spool::Spool::Off => Buffer::None,
+            crate::spool::Spool::Memory(bytes) => {
+                Buffer::Memory(super::session::spool_records(*bytes, pool.compression))
+            }
+            // A burst starts at half the spool: the other half takes in what the source
+            // delivers while the drive repositions and writes.
+            crate::spool::Spool::File(f) => Buffer::File {
+                file: f,
+                burst_at: f.capacity() / 2,
+                codec: &codec,
+            },
+        };
+        let run = crate::pipeline::run_buffered::<ReadChunk, Prepared, Error, _, _, _, _>(
             PIPELINE_DEPTH,
-            self.spool_records,
+            buffer,
             |c| fill(&mut c.extents, &mut c.data),
             workers,
+            // In record order, before the spool: the content digest and the digest list
+            // (so the spool never holds plain data).
             |p| {
                 digest
                     .update_record(&p.extents, &p.plain)
                     .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
                 p.digest = digest.finalize();
-                self.write_record(&mut state, p, sealer.as_ref())?;
-                part_now.store(state.header.part, Ordering::Release);
                 if let Some(f) = feed.as_mut() {
                     // A digest list is a by-product: its failure is reported when the
                     // image ends (dropping the feed removes its unfinished file).
@@ -377,10 +393,16 @@ impl Job<'_> {
                         feed_error = Some(e);
                     }
                 }
+                Ok(())
+            },
+            |p| {
+                self.write_record(&mut state, p, sealer.as_ref())?;
+                part_now.store(state.header.part, Ordering::Release);
                 events.progress(p.data_bytes + p.zero_bytes);
                 Ok(())
             },
         );
+        self.spool = spool;
         self.sealer = sealer;
         events.emit(Event::TaskEnded);
         if let Ok(times) = &run {

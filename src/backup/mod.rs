@@ -56,6 +56,7 @@ mod recovery;
 mod report;
 mod request;
 mod session;
+mod spooled;
 mod stages;
 mod tape;
 mod target;
@@ -64,7 +65,7 @@ pub use recovery::recover_interrupted;
 pub use report::{BackupReport, DiskReport};
 pub use request::{
     check_inputs, BackupRequest, CheckedDisk, DiskSpec, Inputs, KeyMaterial, Mode, SyntheticSource,
-    DEFAULT_SPOOL, MAX_SPOOL,
+    DEFAULT_SPOOL,
 };
 pub use session::run;
 pub use target::{ImageTarget, WrittenImage};
@@ -129,9 +130,9 @@ struct Job<'a> {
     /// Images written (trailer and filemark on tape) but not yet flushed, hence not
     /// yet complete in the catalog.
     pending: Vec<disk::Pending>,
-    /// Records held in the spool between the transform stage and the drive (0: none);
-    /// see [`BackupRequest::spool`].
-    spool_records: usize,
+    /// The spool between the transform stage and the drive; see
+    /// [`BackupRequest::spool`].
+    spool: crate::spool::Spool,
 }
 
 /// The point a synthetic full being written reproduces.

@@ -50,20 +50,23 @@ pub struct BackupRequest {
     pub disks: Vec<DiskSpec>,
     pub pool: String,
     pub mode: Mode,
-    /// Bytes of records the writer may hold in memory; it writes them to the drive in
-    /// bursts from half full on (0: none): a source slower than the drive's lowest speed stops
-    /// the tape once per burst instead of once per drive buffer. See [`DEFAULT_SPOOL`].
-    pub spool: u64,
+    /// How many bytes of records the writer may hold back; it writes them to the drive
+    /// in bursts from half full on: a source slower than the drive's lowest speed stops
+    /// the tape once per burst instead of once per drive buffer. See [`crate::spool`]
+    /// and [`DEFAULT_SPOOL`].
+    pub spool: crate::spool::Setting,
+    /// The directory of the spool file (`--spool-dir`); else the home's `spool_dir`,
+    /// else `spool/` in the home.
+    pub spool_dir: Option<PathBuf>,
     /// Drives the session may write at once (at least 1): with several disks, each
     /// free drive takes the next disk, largest first, onto a cartridge of its own of
     /// the session's media set. 1 writes the disks one after the other on one drive.
     pub drives: usize,
 }
 
-/// The default spool of a backup: 128 MiB of memory.
-pub const DEFAULT_SPOOL: u64 = 128 << 20;
-/// The largest spool a backup takes (it is memory).
-pub const MAX_SPOOL: u64 = 4 << 30;
+/// The default spool of a backup: a spool file sized from the free space of the spool
+/// directory (see [`crate::spool::Spool::open`]).
+pub const DEFAULT_SPOOL: crate::spool::Setting = crate::spool::Setting::Auto;
 
 /// The pool's key, unlocked; the passphrase is kept only to write key escrow into labels.
 pub struct KeyMaterial {
@@ -125,6 +128,7 @@ impl Inputs {
             mode: Mode::Full,
             drives: 1,
             spool: DEFAULT_SPOOL,
+            spool_dir: None,
         };
         Inputs {
             req,

@@ -54,6 +54,8 @@ pub fn run(
     let progress = super::drives::SessionProgress::new(events, disks.len(), drives);
     let events: &dyn Events = if drives > 1 { &progress } else { events };
     recover_interrupted(home, cat, events)?;
+    // The spool, decided (and its directory checked) before anything is written.
+    let spool = open_spool(home, req, events)?;
     let (_pool_lock, set, mut job) = super::target::begin_pool_session(
         home,
         cat,
@@ -65,11 +67,15 @@ pub fn run(
         events,
     )?;
     let session = job.session;
-    // One commit point per session: the images are flushed once, together, and only
-    // then complete in the catalog (an image counts only once flushed); the spool
+    // One commit point per session: the images, the catalog snapshot and the
+    // end-of-session marker are flushed once, together, and only then are the images
+    // complete in the catalog (an image counts only once flushed); the snapshot on
+    // tape, written before that flush, describes them as complete (it follows them on
+    // the tape, so it is there only if they are). One flush and no write after it: the
+    // drive does not stop and reposition in the middle of the session's end. The spool
     // feeds the drive in bursts.
     job.defer_commit = true;
-    job.spool_records = spool_records(req.spool, job.tape.pool.compression);
+    job.spool = spool;
     let mut reports: Vec<DiskReport> = Vec::new();
     let result = (|| -> Result<Option<SnapshotLocation>> {
         job.prepare_drivers(&disks, req)?;
@@ -90,13 +96,13 @@ pub fn run(
             let r = job.backup_disk(d, req)?;
             reports.push(r);
         }
+        job.tape.touch()?;
+        let loc = job.write_session_end()?;
         let done = job.commit_pending()?;
         for r in reports.iter().filter(|r| done.contains(&r.image)) {
             events.emit(Event::Finished(Finished::Image(r)));
         }
         cat.finish_session(session, SessionStatus::Complete)?;
-        job.tape.touch()?;
-        let loc = job.write_session_end()?;
         Ok(Some(loc))
     })();
     // After a failure, the images written before it still count once flushed.
@@ -126,16 +132,39 @@ pub fn run(
     }
 }
 
-/// Records the spool holds for `bytes` of spool: a record's block holds up to the
-/// format's record size, and when the pool compresses, a zstd buffer of up to that
+/// The spool of a session: `--spool` in `--spool-dir`, else the home's `spool_dir`,
+/// else `spool/` in the home (created when missing). When the spool directory has no
+/// room for an automatic spool, the session spools in memory and says so.
+pub(super) fn open_spool(
+    home: &Home,
+    req: &BackupRequest,
+    events: &dyn Events,
+) -> Result<crate::spool::Spool> {
+    let (dir, default_dir) = match (&req.spool_dir, &home.config.spool_dir) {
+        (Some(d), _) => (d.clone(), false),
+        // Relative to the home, as the home's other paths.
+        (None, Some(d)) => (home.dir.join(d), false),
+        (None, None) => (home.dir.join("spool"), true),
+    };
+    let (spool, warning) = crate::spool::Spool::open(req.spool, &dir, default_dir)
+        .map_err(|e| Error::Usage(e.what))?;
+    if let Some(w) = warning {
+        events.note(crate::events::NoteKind::Warning, w);
+    }
+    Ok(spool)
+}
+
+/// Records a memory spool holds for `bytes` of spool: a record's block holds up to the
+/// format's record size, its plain data (the read buffer it carries, recycled to the
+/// reader) as much again, and when the pool compresses, a zstd buffer of up to that
 /// size too; the spool is counted in records, so its buffers never hold more than
 /// `bytes`.
-fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
+pub(super) fn spool_records(bytes: u64, compression: catalog::Compression) -> usize {
     let per_record = tape_formats::DEFAULT_RECORD_DATA_SIZE as u64
         * if compression == catalog::Compression::Off {
-            1
-        } else {
             2
+        } else {
+            3
         };
     (bytes / per_record) as usize
 }
@@ -168,12 +197,27 @@ impl Job<'_> {
     }
 
     /// Write the catalog snapshot of the media set and the end-of-session marker, each
-    /// as a tape file of its own, so the media carry their own catalog.
+    /// as a tape file of its own, so the media carry their own catalog, and flush: the
+    /// session's commit point. The snapshot is the catalog as it will be once the
+    /// images written since the last commit are complete and the session with them
+    /// ([`crate::catalog::Catalog::rehearse`]); the caller commits them after this.
     pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
+        let session = self.session;
         let (mut sink, barcode, file) = self.tape.take_sink()?;
-        let (mut spool, plain_len, delta) = session_snapshot(cat, set.uuid, &barcode)?;
+        let rehearsed = cat.rehearse(|cat| {
+            self.rehearse_commit(cat)?;
+            cat.finish_session(session, SessionStatus::Complete)?;
+            session_snapshot(cat, set.uuid, &barcode)
+        });
+        let (mut spool, plain_len, delta) = match rehearsed {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.tape.put_sink(sink);
+                return Err(e);
+            }
+        };
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
@@ -207,6 +251,7 @@ impl Job<'_> {
             .flush()
             .context("flushing at the end of the session")?;
         self.tape.put_sink(sink)?;
+        self.tape.flushed.insert(barcode.clone());
         let loc = SnapshotLocation {
             barcode,
             tape_file: file,

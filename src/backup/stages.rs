@@ -58,7 +58,7 @@ pub(super) struct ChunkDigests {
 }
 
 impl ChunkDigests {
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.whole.clear();
         self.edge.clear();
     }

@@ -226,7 +226,7 @@ impl<'a> Job<'a> {
             image_time: crate::home::clock::now(),
             defer_commit: false,
             pending: Vec::new(),
-            spool_records: 0,
+            spool: crate::spool::Spool::Off,
         }
     }
 }

@@ -263,7 +263,7 @@ impl Catalog {
             SnapshotScope::All => return self.export_json(w),
             SnapshotScope::MediaSet(set) => set,
         };
-        let tx = self.conn().unchecked_transaction()?; // one consistent read
+        let tx = self.read_tx()?; // one consistent read (a rehearsal's, inside one)
         self.write_media_set_dump(set, w)?;
         drop(tx);
         Ok(())
@@ -595,7 +595,7 @@ impl Catalog {
         base: &SnapshotBase,
         w: W,
     ) -> Result<()> {
-        let tx = self.conn().unchecked_transaction()?; // one consistent read
+        let tx = self.read_tx()?; // one consistent read (a rehearsal's, inside one)
         let in_chain: HashSet<Uuid> = base.chain.iter().filter_map(|s| s.session_uuid).collect();
         let new_sessions: Vec<SessionRow> = self
             .conn()

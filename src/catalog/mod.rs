@@ -288,6 +288,8 @@ pub const DIGESTS_DIR: &str = "digests";
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
+    /// Inside [`Catalog::rehearse`]: transactions become savepoints of its own.
+    rehearsing: std::cell::Cell<bool>,
 }
 
 impl Catalog {
@@ -324,6 +326,7 @@ impl Catalog {
         let mut cat = Catalog {
             conn,
             path: path.to_path_buf(),
+            rehearsing: std::cell::Cell::new(false),
         };
         cat.migrate()?;
         Ok(cat)
@@ -503,11 +506,47 @@ impl Catalog {
     /// A write transaction that takes the write lock at once (waiting up to
     /// [`BUSY_TIMEOUT`]). A deferred one that read first could not wait for a lock
     /// taken meanwhile by another process: SQLite would fail it with "busy" at once.
-    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>> {
-        Ok(rusqlite::Transaction::new_unchecked(
+    /// Inside [`Catalog::rehearse`] it is a savepoint of the rehearsal's transaction.
+    pub(crate) fn write_tx(&self) -> Result<Tx<'_>> {
+        Ok(Tx::begin(
             &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
+            "BEGIN IMMEDIATE",
+            self.rehearsing.get(),
         )?)
+    }
+
+    /// A read transaction (one consistent picture), or a savepoint inside
+    /// [`Catalog::rehearse`] (which sees the rehearsal's writes).
+    pub(crate) fn read_tx(&self) -> Result<Tx<'_>> {
+        Ok(Tx::begin(
+            &self.conn,
+            "BEGIN DEFERRED",
+            self.rehearsing.get(),
+        )?)
+    }
+
+    /// Run `f` in a transaction that is rolled back afterwards: what `f` writes
+    /// through this catalog is seen by its own reads, and none of it lasts. What a
+    /// backup session writes to tape before its commit point (the catalog snapshot of
+    /// its images as complete) is made this way; the catalog says so only after the
+    /// flush.
+    pub fn rehearse<R, E: From<CatalogError>>(
+        &self,
+        f: impl FnOnce(&Catalog) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        if self.rehearsing.get() {
+            return Err(CatalogError::Invalid {
+                what: "catalog rehearsal".into(),
+                reason: "one is already under way".into(),
+            }
+            .into());
+        }
+        let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE", false).map_err(CatalogError::from)?;
+        self.rehearsing.set(true);
+        let r = f(self);
+        self.rehearsing.set(false);
+        drop(tx); // rolled back
+        r
     }
 
     // ---- pools ----
@@ -1021,5 +1060,105 @@ impl Catalog {
             .query_map([], snap_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+/// A transaction of the catalog's connection, or a savepoint of the one open inside
+/// [`Catalog::rehearse`] (elsewhere a transaction inside another is refused, as
+/// SQLite does). Rolled back when dropped uncommitted.
+pub(crate) struct Tx<'a> {
+    conn: &'a Connection,
+    nested: bool,
+    done: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn begin(conn: &'a Connection, begin: &str, rehearsing: bool) -> rusqlite::Result<Tx<'a>> {
+        let nested = rehearsing && !conn.is_autocommit();
+        conn.execute_batch(if nested { "SAVEPOINT tv_nested" } else { begin })?;
+        Ok(Tx {
+            conn,
+            nested,
+            done: false,
+        })
+    }
+
+    pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        self.conn.execute_batch(if self.nested {
+            "RELEASE tv_nested"
+        } else {
+            "COMMIT"
+        })
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch(if self.nested {
+                "ROLLBACK TO tv_nested; RELEASE tv_nested"
+            } else {
+                "ROLLBACK"
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+#[cfg(test)]
+mod rehearse_tests {
+    use super::*;
+
+    #[test]
+    fn a_rehearsal_sees_its_own_writes_and_none_of_them_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        cat.put_libvirt_checkpoint("vm", "kept", None, "<a/>")
+            .unwrap();
+        let seen = cat
+            .rehearse(|c| -> Result<_> {
+                c.put_libvirt_checkpoint("vm", "rehearsed", None, "<b/>")?;
+                // A read transaction inside sees it (the snapshot's queries do).
+                let tx = c.read_tx()?;
+                let n: i64 =
+                    tx.query_row("SELECT count(*) FROM libvirt_checkpoints", [], |r| r.get(0))?;
+                drop(tx);
+                Ok((c.libvirt_checkpoint("vm", "rehearsed")?, n))
+            })
+            .unwrap();
+        assert_eq!(seen, (Some("<b/>".to_string()), 2));
+        assert_eq!(cat.libvirt_checkpoint("vm", "rehearsed").unwrap(), None);
+        assert_eq!(
+            cat.libvirt_checkpoint("vm", "kept").unwrap().as_deref(),
+            Some("<a/>")
+        );
+        // An error inside is returned, and nothing of it lasts either.
+        let r: Result<()> = cat.rehearse(|c| {
+            c.put_libvirt_checkpoint("vm", "lost", None, "<c/>")?;
+            Err(CatalogError::Invalid {
+                what: "test".into(),
+                reason: "fails".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(cat.libvirt_checkpoint("vm", "lost").unwrap(), None);
+        // Writes work again afterwards, for real; and outside a rehearsal a write
+        // transaction inside a read view is refused (never silently rolled back).
+        cat.put_libvirt_checkpoint("vm", "after", None, "<d/>")
+            .unwrap();
+        assert!(cat.libvirt_checkpoint("vm", "after").unwrap().is_some());
+        let view = cat.read_view().unwrap();
+        assert!(cat
+            .put_libvirt_checkpoint("vm", "in-view", None, "<e/>")
+            .is_err());
+        drop(view);
+        assert_eq!(cat.libvirt_checkpoint("vm", "in-view").unwrap(), None);
     }
 }

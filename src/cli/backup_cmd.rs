@@ -110,21 +110,18 @@ pub struct BackupArgs {
     /// in the catalog), or none: every disk whose newest point is in the pool.
     #[arg(long, conflicts_with_all = ["full", "copy", "disk", "changed_extents"])]
     pub synthetic_full: bool,
-    /// Memory the writer may hold records in (e.g. 512M, 1G; 0: none): it writes them
-    /// to the drive in bursts, from half full on, so a source slower than the drive's
-    /// lowest speed stops the tape once per burst, not once per drive buffer. At most 4G.
-    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_spool)]
-    pub spool: u64,
-}
-
-fn parse_spool(s: &str) -> std::result::Result<u64, String> {
-    let n = crate::copy::parse_size(s)?;
-    if n > backup::MAX_SPOOL {
-        return Err(format!(
-            "--spool {s} is more than the largest spool, 4G (it is memory)"
-        ));
-    }
-    Ok(n)
+    /// The spool between the disk and the drive (auto, a size such as 4G, or 0 for
+    /// none): records go to an unnamed file in the spool directory and to the drive in
+    /// bursts from half full on, so a source slower than the drive's lowest speed stops
+    /// the tape once per burst, not once per drive buffer. auto: a quarter of the spool
+    /// directory's free space, at most 8G (in memory, 128M, with a warning, when it has
+    /// less than 1G free). A size under 256M is a spool in memory.
+    #[arg(long, value_name = "SIZE", default_value = "auto")]
+    pub spool: crate::spool::Setting,
+    /// The directory of the spool file (default: the home's spool_dir setting, else
+    /// spool/ in the home).
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> std::result::Result<String, String> {
@@ -351,6 +348,7 @@ pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         mode,
         drives: a.drives.map_or(1, usize::from),
         spool: a.spool,
+        spool_dir: a.spool_dir.clone(),
     };
     // Every input is checked before the home is touched: bad input is a usage error
     // that leaves no session behind.

@@ -229,7 +229,8 @@ fn check_disks(m: &VmManifest) -> Result<backup::Inputs> {
         pool: String::new(),
         mode: Mode::Auto,
         drives: 1,
-        spool: 0,
+        spool: crate::spool::Setting::Size(0),
+        spool_dir: None,
     })
 }
 

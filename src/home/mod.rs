@@ -55,6 +55,10 @@ pub struct Config {
     /// rebuild"]`; a name matches itself and its subcommands). Default: every command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_on: Option<Vec<String>>,
+    /// Where a backup's spool file goes (`backup --spool-dir` overrides it); default
+    /// `spool/` in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             hook: None,
             hook_timeout_secs: None,
             hook_on: None,
+            spool_dir: None,
         }
     }
 }
