@@ -152,7 +152,7 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     // Without a spool each step reaches the drive as it comes (the test waits until it
     // is on the cartridge): the tape starts, and in the pause it writes the buffer out
     // (4 MiB at 4-8 MB/s, at most 1.1 s) and runs dry: one underrun per pause, however
-    // loaded the machine. With the default spool (a file, or 128 MiB of memory when
+    // loaded the machine. With `--spool auto` (a file, or 128 MiB of memory when
     // the disk has no room: a burst starts at half of it, more than the whole disk) the
     // image goes to the drive in one burst at the end, the host always ahead of it: no
     // underrun unless the writer stalls for a whole second (allowed once).
@@ -256,7 +256,7 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         );
         underruns.push(after.buffer_underruns - before.buffer_underruns);
     }
-    eprintln!("buffer underruns without a spool, with the default one: {underruns:?}");
+    eprintln!("buffer underruns without a spool, with --spool auto: {underruns:?}");
     assert!(
         underruns[0] >= STEPS - 1,
         "without a spool the drive ran dry {} times in {} pauses",
@@ -265,7 +265,7 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     );
     assert!(
         underruns[1] <= 1,
-        "with the default spool the drive ran dry {} times writing one burst",
+        "with --spool auto the drive ran dry {} times writing one burst",
         underruns[1]
     );
     v.assert_catalog_consistent();
@@ -348,10 +348,10 @@ fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_
     let v = Vault::small(2, "256M");
     v.pool("p", "off");
     let first = TestDisk::create(v.path("first.img"), MIB, MIB, 70);
-    let j = v.backup(&first, "p", &[]);
+    let j = v.backup(&first, "p", &["--spool", "auto"]);
     let bc = j["barcodes"][0].as_str().unwrap().to_string();
-    // The default spool directory is made in the home, and holds nothing afterwards
-    // (the spool file never had a name).
+    // The default spool directory is made in the home by a file spool, and holds
+    // nothing afterwards (the spool file never had a name).
     let dir = v.home.join("spool");
     assert!(dir.is_dir(), "{}", dir.display());
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
@@ -368,7 +368,7 @@ fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_
     // A spool directory that does not exist; more than its file system holds; not a
     // size: exit 2, naming the value and the way out, and nothing written.
     let missing = v.path("no-such-dir");
-    let r = backup(&["--spool-dir", missing.to_str().unwrap()]);
+    let r = backup(&["--spool", "auto", "--spool-dir", missing.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("no-such-dir") && r.stderr.contains("--spool"),
@@ -389,16 +389,21 @@ fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_
     let cfg = v.home.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("spool_dir = \"myspool\"\n{text}")).unwrap();
-    let r = backup(&[]);
+    let r = backup(&["--spool", "auto"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("myspool"), "{}", r.stderr);
     assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
     // Once it exists the backup spools there (and leaves nothing in it); an explicit
     // size and --spool 0 work too; each image restores.
     std::fs::create_dir(v.home.join("myspool")).unwrap();
-    for (i, extra) in [&[][..], &["--spool", "300M"][..], &["--spool", "0"][..]]
-        .into_iter()
-        .enumerate()
+    for (i, extra) in [
+        &["--spool", "auto"][..],
+        &["--spool", "300M"][..],
+        &[][..],
+        &["--spool", "0"][..],
+    ]
+    .into_iter()
+    .enumerate()
     {
         let r = backup(extra);
         assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);

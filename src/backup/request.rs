@@ -64,9 +64,12 @@ pub struct BackupRequest {
     pub drives: usize,
 }
 
-/// The default spool of a backup: a spool file sized from the free space of the spool
-/// directory (see [`crate::spool::Spool::open`]).
-pub const DEFAULT_SPOOL: crate::spool::Setting = crate::spool::Setting::Auto;
+/// The default spool of a backup: 128 MiB in memory. A spool file (`--spool auto` or a
+/// size from 256M on, see [`crate::spool::Spool::open`]) keeps a drive streaming behind
+/// a slow source, but makes a fast source's backup read an image whole before the drive
+/// writes it (2 GiB from the page cache: 7.6-13.6 s with `auto` against 2.4-2.6 s), so
+/// it is the operator's choice, per run.
+pub const DEFAULT_SPOOL: crate::spool::Setting = crate::spool::Setting::Size(128 << 20);
 
 /// The pool's key, unlocked; the passphrase is kept only to write key escrow into labels.
 pub struct KeyMaterial {
