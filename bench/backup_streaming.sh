@@ -11,7 +11,8 @@
 #   bench/backup_streaming.sh [WORKDIR]
 #
 # Environment: TOTAL_MIB (default 512), ROUNDS (3), RATES (MB/s, default "60 20"),
-# SPOOLS (default "default 128M": the default, and the old default of 128 MiB in memory),
+# SPOOLS (default "auto 128M": the spool file against 128 MiB in memory; `default` runs
+# without --spool, which is 128 MiB in memory),
 # SPOOL_DIR (a --spool-dir for every run; default the home's spool/, under WORKDIR), MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s),
 # TAPEVAULT_BIN (default target/release/tapevault). WORKDIR (default a new directory
 # under /dev/shm) needs about 2x TOTAL_MIB.
@@ -22,7 +23,7 @@ W=${1:-$(mktemp -d /dev/shm/backup-streaming.XXXXXX)}
 TOTAL=${TOTAL_MIB:-512}
 ROUNDS=${ROUNDS:-3}
 RATES=${RATES:-60 20}
-SPOOLS=${SPOOLS:-default 128M}
+SPOOLS=${SPOOLS:-auto 128M}
 SPOOL_DIR=${SPOOL_DIR:-}
 MODEL=${MODEL:-speed=200M,min=70M,buffer=64Mi,reposition=2.5s}
 ID=6000c298-1f5e-4b0c-a8a4-2f7c3b9e0d31
