@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use serde_json::Value;
 
 fn write_manifest(path: &Path, name: &str, disks: &[(&TestDisk, Option<&Path>)]) {
     let mut t = format!("name = \"{name}\"\n");
@@ -23,16 +22,6 @@ fn write_manifest(path: &Path, name: &str, disks: &[(&TestDisk, Option<&Path>)])
         }
     }
     std::fs::write(path, t).unwrap();
-}
-
-/// The report entry of each disk, by disk UUID.
-fn by_disk(report: &Value) -> HashMap<String, Value> {
-    report["images"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .map(|i| (s(i, "disk").to_string(), i.clone()))
-        .collect()
 }
 
 #[test]

@@ -48,16 +48,6 @@ fn write_manifest(path: &Path, disks: &[TestDisk]) {
     std::fs::write(path, t).unwrap();
 }
 
-/// The report entry of each disk, by disk UUID.
-fn by_disk(report: &Value) -> HashMap<String, Value> {
-    report["images"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .map(|i| (s(i, "disk").to_string(), i.clone()))
-        .collect()
-}
-
 fn barcodes(img: &Value) -> Vec<String> {
     img["barcodes"]
         .as_array()
@@ -69,10 +59,32 @@ fn barcodes(img: &Value) -> Vec<String> {
 
 /// Every disk's image in `report` restores to the bytes of its saved copy.
 fn assert_restores(v: &Vault, report: &Value, copies: &HashMap<String, PathBuf>, what: &str) {
+    assert_restores_with(v, &[], report, copies, what)
+}
+
+/// [`assert_restores`] with the global options `pre` (a passphrase file).
+fn assert_restores_with(
+    v: &Vault,
+    pre: &[&str],
+    report: &Value,
+    copies: &HashMap<String, PathBuf>,
+    what: &str,
+) {
     for (disk, img) in by_disk(report) {
         let out = v.path(&format!("restored-{disk}"));
         let _ = std::fs::remove_file(&out);
-        let r = v.restore_image(disk.parse().unwrap(), s(&img, "image"), &out);
+        let to = out.to_string_lossy().into_owned();
+        let mut args = pre.to_vec();
+        args.extend([
+            "restore",
+            "--disk",
+            &disk,
+            "--image",
+            s(&img, "image"),
+            "--to",
+            &to,
+        ]);
+        let r = v.run(&args);
         assert_eq!(r.code, 0, "{what}: restore of {disk}: {}", r.stderr);
         assert_same_bytes(&out, &copies[&disk], what);
         std::fs::remove_file(&out).unwrap();
@@ -468,13 +480,48 @@ fn a_session_killed_on_two_drives_leaves_nothing_complete_and_the_next_backup_re
     v.assert_catalog_consistent();
 }
 
-#[test]
-fn an_encrypted_pool_on_two_drives_restores_every_disk() {
+/// A library of two drives and a home with key `k` (its passphrase in the file
+/// named by the second value).
+fn keyed_two_drives() -> (Vault, String) {
     let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
     let pass = v.path("pass");
     std::fs::write(&pass, "correct horse battery staple\n").unwrap();
     let pf = pass.to_string_lossy().into_owned();
     v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    (v, pf)
+}
+
+/// Four disks backed up on two drives into the encrypted `pool`: the report, the
+/// disks' copies taken before, and the cartridges written (at least two).
+fn keyed_session_on_two_drives(
+    v: &Vault,
+    pf: &str,
+    pool: &str,
+) -> (Value, HashMap<String, PathBuf>, HashSet<String>) {
+    let disks = four_disks(v);
+    let m = v.path("vm4.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let copies = save_copies(v, &disks, "0");
+    let r = v.ok(&[
+        "--passphrase-file",
+        pf,
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        pool,
+        "--drives",
+        "2",
+    ]);
+    let used: HashSet<String> = by_disk(&r).values().flat_map(barcodes).collect();
+    assert!(used.len() >= 2, "{used:?}");
+    (r, copies, used)
+}
+
+#[test]
+fn an_encrypted_pool_on_two_drives_restores_every_disk() {
+    let (v, pf) = keyed_two_drives();
     v.ok(&[
         "pool",
         "create",
@@ -485,41 +532,14 @@ fn an_encrypted_pool_on_two_drives_restores_every_disk() {
         "k",
         "--escrow",
     ]);
-    let disks = four_disks(&v);
-    let m = v.path("vm4.toml");
-    write_manifest(&m, &disks);
-    let ms = m.to_string_lossy().into_owned();
-    let copies = save_copies(&v, &disks, "0");
-    let r = v.ok(&[
-        "--passphrase-file",
-        &pf,
-        "backup",
-        "--manifest",
-        &ms,
-        "--pool",
-        "e",
-        "--drives",
-        "2",
-    ]);
-    let imgs = by_disk(&r);
-    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
-    assert!(used.len() >= 2, "{used:?}");
-    for (disk, img) in &imgs {
-        let out = v.path(&format!("restored-{disk}"));
-        let o = v.run(&[
-            "--passphrase-file",
-            &pf,
-            "restore",
-            "--disk",
-            disk,
-            "--image",
-            s(img, "image"),
-            "--to",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        assert_same_bytes(&out, &copies[disk], "encrypted, two drives");
-    }
+    let (r, copies, _) = keyed_session_on_two_drives(&v, &pf, "e");
+    assert_restores_with(
+        &v,
+        &["--passphrase-file", &pf],
+        &r,
+        &copies,
+        "encrypted, two drives",
+    );
     v.assert_catalog_consistent();
 }
 
@@ -590,11 +610,7 @@ fn a_pools_drives_setting_is_the_default_and_drives_overrides_it() {
 
 #[test]
 fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
-    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
-    let pass = v.path("pass");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
-    let pf = pass.to_string_lossy().into_owned();
-    v.ok(&["--passphrase-file", &pf, "key", "create", "k"]);
+    let (v, pf) = keyed_two_drives();
     v.ok(&[
         "pool",
         "create",
@@ -610,25 +626,7 @@ fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
     )
     .unwrap();
     v.ok(&["pool", "apply"]);
-    let disks = four_disks(&v);
-    let m = v.path("vm4.toml");
-    write_manifest(&m, &disks);
-    let ms = m.to_string_lossy().into_owned();
-    let copies = save_copies(&v, &disks, "0");
-    let r = v.ok(&[
-        "--passphrase-file",
-        &pf,
-        "backup",
-        "--manifest",
-        &ms,
-        "--pool",
-        "hw",
-        "--drives",
-        "2",
-    ]);
-    let imgs = by_disk(&r);
-    let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
-    assert!(used.len() >= 2, "{used:?}");
+    let (r, copies, used) = keyed_session_on_two_drives(&v, &pf, "hw");
     // Each drive had the pool's data key: after the clear label, every block of every
     // cartridge written is the drive's ciphertext.
     for bc in &used {
@@ -647,20 +645,11 @@ fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
         assert!(!flags[0], "{bc}: the label stays clear");
         assert!(flags[1..].iter().all(|e| *e), "{bc}: {flags:?}");
     }
-    for (disk, img) in &imgs {
-        let out = v.path(&format!("restored-{disk}"));
-        let o = v.run(&[
-            "--passphrase-file",
-            &pf,
-            "restore",
-            "--disk",
-            disk,
-            "--image",
-            s(img, "image"),
-            "--to",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        assert_same_bytes(&out, &copies[disk], "drive-encrypted, two drives");
-    }
+    assert_restores_with(
+        &v,
+        &["--passphrase-file", &pf],
+        &r,
+        &copies,
+        "drive-encrypted, two drives",
+    );
 }

@@ -416,7 +416,6 @@ pub fn test_time(hours: u64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Field of an image report as str.
 /// The image of `disk` in a `backup --json` result (panics naming the result if none).
 pub fn image_of<'a>(j: &'a Value, disk: &str) -> &'a Value {
     j["images"]
@@ -427,6 +426,17 @@ pub fn image_of<'a>(j: &'a Value, disk: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no image of disk {disk} in {j}"))
 }
 
+/// The images of a `backup --json` result, by disk UUID.
+pub fn by_disk(report: &Value) -> std::collections::HashMap<String, Value> {
+    report["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| (s(i, "disk").to_string(), i.clone()))
+        .collect()
+}
+
+/// Field of an image report as str.
 pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field]
         .as_str()
