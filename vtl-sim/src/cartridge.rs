@@ -17,6 +17,17 @@
 //! list. With that order, the load-time check ([`Cartridge::open`]) only ever meets a
 //! torn tail: a partial or unchecked index entry, data beyond the last entry, or
 //! filemark-list entries beyond the index. It cuts those away.
+//!
+//! Write-behind: a real drive writes to the medium while the host sends, so its buffer
+//! never holds more than a few seconds of data. The cartridge does the same with the page
+//! cache ([`WriteBehind`], on by default): every `start_every` bytes of block data, it
+//! hands the range written since to a thread of its own that starts its writeback
+//! (`sync_file_range(2)`) and waits for the writeback of older ranges; a write waits
+//! only when about `dirty_max` bytes are still dirty. A flush (filemarks without the
+//! immediate bit, [`Cartridge::flush`]) then has little left to write, instead of the
+//! whole file. This changes no promise: writeback is not durability (`sync_file_range`
+//! flushes neither the file's metadata nor the disk's cache), so only a flush makes data
+//! durable, as before, and a writeback error met on the way fails the next flush.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -25,6 +36,8 @@ use std::time::Duration;
 
 use crate::error::{io_err, SpaceStop, VtlError, VtlResult};
 use crate::meta::{self, CartridgeMeta, FaultOp, Faults};
+pub use crate::writeback::WriteBehind;
+use crate::writeback::Writeback;
 
 /// Largest block the simulator accepts. tapevault never writes more than 8 MiB; the
 /// extra room lets tests probe the limit without the simulator being the one to refuse.
@@ -172,6 +185,12 @@ pub struct Cartridge {
     pending_written: u64,
     pending_read: u64,
     pending_last_written: Option<u64>,
+    /// Write-behind of the data file (None: the page cache keeps it all until a flush).
+    write_behind: Option<WriteBehind>,
+    /// The write-behind thread, started at the first range to hand over.
+    wb: Option<Writeback>,
+    /// Data offset up to which ranges were handed to the write-behind.
+    wb_started: u64,
 }
 
 fn open_rw(p: &Path) -> VtlResult<File> {
@@ -235,9 +254,49 @@ impl Cartridge {
             pending_written: 0,
             pending_read: 0,
             pending_last_written: None,
+            write_behind: Some(WriteBehind::DEFAULT),
+            wb: None,
+            wb_started: 0,
         };
         c.recover()?;
         Ok(c)
+    }
+
+    /// Set how block data is written behind the host (`None`: not at all, the page
+    /// cache holds it until the next flush). Durability is the same either way: only a
+    /// flush makes data durable.
+    pub fn set_write_behind(&mut self, wb: Option<WriteBehind>) {
+        if wb != self.write_behind {
+            // The next range starts a thread with the new settings.
+            self.wb = None;
+        }
+        self.write_behind = wb;
+    }
+
+    /// After block data was written up to `end`: hand what has accumulated since the
+    /// last range to the write-behind (which waits when it is a buffer behind).
+    fn write_behind(&mut self, end: u64) {
+        let Some(wb) = self.write_behind else {
+            return;
+        };
+        if end < self.wb_started + wb.start_every.max(1) {
+            return;
+        }
+        if self.wb.is_none() {
+            match Writeback::start(&self.path(DATA_FILE), wb) {
+                Ok(w) => self.wb = Some(w),
+                // No thread (or the file cannot be opened twice): the page cache keeps
+                // the data until a flush, as without write-behind.
+                Err(_) => {
+                    self.write_behind = None;
+                    return;
+                }
+            }
+        }
+        if let Some(w) = &self.wb {
+            w.written(self.wb_started, end);
+        }
+        self.wb_started = end;
     }
 
     fn path(&self, f: &str) -> PathBuf {
@@ -367,6 +426,7 @@ impl Cartridge {
         }
         self.count = n;
         self.data_len = data_end;
+        self.wb_started = self.wb_started.min(data_end);
         self.filemarks = fms;
         self.pos = 0;
         self.ew = Ew::None;
@@ -612,6 +672,8 @@ impl Cartridge {
             return Err(VtlError::EndOfMedium);
         }
         self.truncate_here()?;
+        // Overwriting (truncated above): the write-behind goes on from here.
+        self.wb_started = self.wb_started.min(start);
         let dp = self.path(DATA_FILE);
         if let Some(budget) = self.power_budget {
             if block.len() as u64 > budget {
@@ -657,6 +719,7 @@ impl Cartridge {
         self.data_len = end;
         self.pending_written += block.len() as u64;
         self.pending_last_written = Some(meta::now_unix());
+        self.write_behind(end);
         let ew_start = self.meta.capacity - self.meta.early_warning;
         if end > ew_start && self.ew == Ew::None {
             self.ew = Ew::Pending;
@@ -716,6 +779,13 @@ impl Cartridge {
     }
 
     fn sync(&mut self) -> VtlResult<()> {
+        if let Some(e) = self.wb.as_ref().and_then(Writeback::take_error) {
+            return Err(VtlError::Io {
+                op: "write back",
+                path: self.dir.join(DATA_FILE),
+                source: e,
+            });
+        }
         for (f, name) in [
             (&self.data, DATA_FILE),
             (&self.index, INDEX_FILE),

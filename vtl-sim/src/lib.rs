@@ -18,9 +18,11 @@ mod drive_model;
 mod error;
 mod library;
 mod meta;
+mod writeback;
 
 pub use cartridge::{
-    CartStatus, Cartridge, Pos, Read, Written, DEFAULT_OPERATION_TIMEOUT, MAX_BLOCK_SIZE,
+    CartStatus, Cartridge, Pos, Read, WriteBehind, Written, DEFAULT_OPERATION_TIMEOUT,
+    MAX_BLOCK_SIZE,
 };
 pub use drive_model::{
     Clock, DriveModel, DriveSim, DriveStats, SystemClock, DEFAULT_DRIVE_BUFFER, DEFAULT_REPOSITION,

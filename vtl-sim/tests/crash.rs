@@ -3,16 +3,20 @@
 //! The child announces each operation before it starts and when it returned. After each
 //! kill the cartridge must hold exactly the effect of the operations that returned, plus
 //! possibly the one in flight (for an overwrite: not at all, only its truncation, or
-//! whole), with every block intact and nothing partial.
+//! whole), with every block intact and nothing partial. The same with a small
+//! write-behind window (writeback started and waited for every few blocks) and flushes
+//! now and then: everything a flush returned for is there after the kill.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vtl_sim::{Cartridge, CartridgeMeta, Read};
+use vtl_sim::{Cartridge, CartridgeMeta, Read, WriteBehind};
 
 const CHILD_DIR: &str = "VTL_SIM_CRASH_CHILD_DIR";
 const CHILD_ROUND: &str = "VTL_SIM_CRASH_CHILD_ROUND";
+/// Set: the child writes behind in a small window and flushes now and then.
+const CHILD_WB: &str = "VTL_SIM_CRASH_CHILD_WB";
 
 /// Block `id`'s contents: its id and length in front, then a pattern from the id.
 fn block(id: u64) -> Vec<u8> {
@@ -41,6 +45,17 @@ fn crash_child_writer() {
     };
     let round: u64 = std::env::var(CHILD_ROUND).unwrap().parse().unwrap();
     let mut c = Cartridge::open(std::path::Path::new(&dir)).unwrap();
+    let wb = std::env::var_os(CHILD_WB).is_some();
+    c.set_write_behind(if wb {
+        // Blocks are 16 B - 30 KB: writeback starts every few blocks and is waited for
+        // a few dozen blocks behind.
+        Some(WriteBehind {
+            start_every: 64 * 1024,
+            dirty_max: 256 * 1024,
+        })
+    } else {
+        None
+    });
     c.space_to_eod().unwrap();
     let mut count = c.object_count();
     let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (round + 1);
@@ -58,9 +73,18 @@ fn crash_child_writer() {
             c.locate(pos).unwrap();
         }
         if (6..16).contains(&r) {
+            // With write-behind, a third of the filemarks flush ("@F" once durable).
+            let flush = wb && r < 9;
             writeln!(out, "@B f {pos} 0").unwrap();
             out.flush().unwrap();
-            c.write_filemarks(1, true).unwrap();
+            c.write_filemarks(1, !flush).unwrap();
+            if flush {
+                writeln!(out, "@D").unwrap();
+                writeln!(out, "@F").unwrap();
+                out.flush().unwrap();
+                count = pos + 1;
+                continue;
+            }
         } else {
             writeln!(out, "@B b {pos} {id}").unwrap();
             out.flush().unwrap();
@@ -76,6 +100,15 @@ type Obj = Option<u64>; // Some(block id) or None for a filemark
 
 #[test]
 fn killed_writer_leaves_exactly_the_completed_operations() {
+    kill_rounds(false);
+}
+
+#[test]
+fn killed_writer_behind_keeps_what_each_flush_promised() {
+    kill_rounds(true);
+}
+
+fn kill_rounds(write_behind: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("TV0001L9");
     Cartridge::create(&dir, &CartridgeMeta::new("TV0001L9", 1 << 40, 1 << 20)).unwrap();
@@ -83,8 +116,13 @@ fn killed_writer_leaves_exactly_the_completed_operations() {
     let mut state: Vec<Obj> = Vec::new();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut saw_torn = 0;
+    let mut flushes = 0usize;
     for round in 0..12u64 {
-        let mut child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        if write_behind {
+            cmd.env(CHILD_WB, "1");
+        }
+        let mut child = cmd
             .args([
                 "--exact",
                 "crash_child_writer",
@@ -102,6 +140,9 @@ fn killed_writer_leaves_exactly_the_completed_operations() {
         let reader = std::thread::spawn(move || {
             let mut s = start;
             let mut pending: Option<(usize, Obj)> = None;
+            // What the last flush made durable.
+            let mut flushed: Option<Vec<Obj>> = None;
+            let mut flushes = 0usize;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 // The harness prints "test ... " without a newline before our first line.
@@ -120,16 +161,25 @@ fn killed_writer_leaves_exactly_the_completed_operations() {
                         let (pos, obj) = pending.take().expect("D without B");
                         s.truncate(pos);
                         s.push(obj);
+                        // Overwriting discards what a flush made durable, as asked.
+                        if let Some(f) = flushed.as_mut() {
+                            f.truncate(pos);
+                        }
+                    }
+                    ["F"] => {
+                        flushed = Some(s.clone());
+                        flushes += 1;
                     }
                     _ => {}
                 }
             }
-            (s, pending)
+            (s, pending, flushed, flushes)
         });
         std::thread::sleep(Duration::from_micros(10_000 + xorshift(&mut seed) % 60_000));
         child.kill().unwrap();
         child.wait().unwrap();
-        let (acked, pending) = reader.join().unwrap();
+        let (acked, pending, flushed, n) = reader.join().unwrap();
+        flushes += n;
 
         let mut c = Cartridge::open(&dir).unwrap();
         let mut got: Vec<Obj> = Vec::new();
@@ -165,6 +215,20 @@ fn killed_writer_leaves_exactly_the_completed_operations() {
             got.iter().rev().take(4).collect::<Vec<_>>(),
             allowed.iter().map(|a| a.len()).collect::<Vec<_>>()
         );
+        if let Some(mut f) = flushed {
+            // Said again on its own: the flush's promise (implied by the check above,
+            // as a flush returns only after everything before it), less what later
+            // overwrites (the one in flight included) discarded.
+            if let Some((pos, _)) = pending {
+                f.truncate(pos);
+            }
+            assert!(
+                got.len() >= f.len() && got[..f.len()] == f[..],
+                "round {round}: the last flush made {} objects durable; the tape holds {}",
+                f.len(),
+                got.len()
+            );
+        }
         if got != acked {
             saw_torn += 1;
         }
@@ -180,6 +244,9 @@ fn killed_writer_leaves_exactly_the_completed_operations() {
         "the child wrote almost nothing ({} objects)",
         state.len()
     );
+    if write_behind {
+        assert!(flushes > 0, "the child never flushed");
+    }
     // Informational: how often the in-flight operation had (partly) happened.
     eprintln!("in-flight operation visible after {saw_torn} of 12 kills");
 }

@@ -2,7 +2,7 @@
 //! in-memory reference model of an SSC tape must give identical observable results.
 
 use proptest::prelude::*;
-use vtl_sim::{Cartridge, CartridgeMeta, Read, SpaceStop, VtlError, Written};
+use vtl_sim::{Cartridge, CartridgeMeta, Read, SpaceStop, VtlError, WriteBehind, Written};
 
 const CAPACITY: u64 = 4000;
 const EARLY_WARNING: u64 = 600;
@@ -233,6 +233,13 @@ impl Model {
     }
 }
 
+/// Write-behind after every block, waited for a few blocks behind: the model holds
+/// with the writeback thread busy under every write, overwrite and reopen.
+const TINY_WRITE_BEHIND: WriteBehind = WriteBehind {
+    start_every: 1,
+    dirty_max: 4096,
+};
+
 fn block(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_add(i as u8).wrapping_mul(31))
@@ -265,6 +272,7 @@ fn apply_real(c: &mut Cartridge, dir: &std::path::Path, op: &Op) -> Obs {
         Op::Locate(b) => c.locate(b).map(|_| Obs::Ok).unwrap_or_else(err),
         Op::Reopen => {
             *c = Cartridge::open(dir).expect("reopen");
+            c.set_write_behind(Some(TINY_WRITE_BEHIND));
             Obs::Ok
         }
     }
@@ -280,6 +288,7 @@ proptest! {
         meta.worm = worm;
         Cartridge::create(&dir, &meta).unwrap();
         let mut c = Cartridge::open(&dir).unwrap();
+        c.set_write_behind(Some(TINY_WRITE_BEHIND));
         let mut m = Model { objs: Vec::new(), pos: 0, ew: Ew::None, worm };
         for (i, op) in ops.iter().enumerate() {
             let got = apply_real(&mut c, &dir, op);
