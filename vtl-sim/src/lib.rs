@@ -4,7 +4,9 @@
 //! driver presents it (filemarks, spacing with residuals, end of data, early warning,
 //! WORM, write protect), stores blocks so that any position is reached in O(1) or
 //! O(log n), survives the death of the writing process at any instant, and takes
-//! injected faults. A [`Library`] is an SMC changer over such cartridges with slots,
+//! injected faults. It writes its block data behind the host ([`WriteBehind`]: the disk
+//! works while the host writes, at most about 256 MiB left dirty), so a flush has little
+//! left to write; only a flush makes data durable. A [`Library`] is an SMC changer over such cartridges with slots,
 //! drives and mail slots, persisted in a directory and locked across processes.
 //!
 //! A drive can be given a [`DriveModel`] (native speed, speed-matching range, buffer,
