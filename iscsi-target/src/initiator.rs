@@ -757,6 +757,14 @@ impl Initiator {
         self.cmd_sn
     }
 
+    /// Consume a CmdSN without sending anything, as if that command were lost on the
+    /// way; returns it.
+    pub fn lose_cmd_sn(&mut self) -> u32 {
+        let sn = self.cmd_sn;
+        self.cmd_sn = sn.wrapping_add(1);
+        sn
+    }
+
     fn tmf_response(&mut self, itt: u32) -> io::Result<u8> {
         loop {
             let r = self.recv()?;
