@@ -605,6 +605,26 @@ mod tests {
         }
     }
 
+    /// A source of 0..total, one item every `pause_us` microseconds at least, counting
+    /// what it produced in `produced`.
+    fn slow_source(
+        produced: &std::sync::atomic::AtomicU32,
+        total: u32,
+        pause_us: u64,
+    ) -> impl FnMut(&mut u32) -> Result<bool, String> + '_ {
+        use std::sync::atomic::Ordering;
+        move |c| {
+            let k = produced.load(Ordering::SeqCst);
+            if k == total {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(pause_us));
+            *c = k;
+            produced.store(k + 1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
     /// The copying transform; when `failing` is 1 it fails at item 50.
     fn failing_transform(c: &mut u32, s: &mut u32, failing: usize) -> Result<(), String> {
         if failing == 1 && *c == 50 {
@@ -785,17 +805,8 @@ mod tests {
             run_spooled::<u32, u32, String, _, _, _>(
                 2,
                 16,
-                |c| {
-                    let k = produced.load(Ordering::SeqCst);
-                    if k == 100 {
-                        return Ok(false);
-                    }
-                    // A slow source: the consumer would take every item at once.
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                    *c = k;
-                    produced.store(k + 1, Ordering::SeqCst);
-                    Ok(true)
-                },
+                // A slow source: the consumer would take every item at once.
+                slow_source(&produced, 100, 200),
                 workers,
                 |s| {
                     seen.push((*s, produced.load(Ordering::SeqCst)));
@@ -910,16 +921,7 @@ mod tests {
                     burst_at: 100,
                     codec: &codec,
                 },
-                |c| {
-                    let k = produced.load(Ordering::SeqCst);
-                    if k == 300 {
-                        return Ok(false);
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(100));
-                    *c = k;
-                    produced.store(k + 1, Ordering::SeqCst);
-                    Ok(true)
-                },
+                slow_source(&produced, 300, 100),
                 workers,
                 |s| {
                     staged.push(*s);
