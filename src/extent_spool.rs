@@ -772,6 +772,18 @@ mod tests {
     use crate::extents::ExtentSet;
     use proptest::prelude::*;
 
+    /// The same ranges inserted into a spooled list (at most `limit` in memory) and
+    /// into the in-memory interval set.
+    fn spooled_and_in_memory(limit: usize, raw: &[(u64, u64)]) -> (ExtentList, ExtentSet) {
+        let mut s = SortedExtents::with_limit(limit);
+        let mut set = ExtentSet::new();
+        for &(o, l) in raw {
+            s.insert(o, l).unwrap();
+            set.insert(o, l);
+        }
+        (s.finish().unwrap(), set)
+    }
+
     fn pairs(v: &[Extent]) -> Vec<(u64, u64)> {
         v.iter().map(|e| (e.offset, e.len)).collect()
     }
@@ -866,13 +878,7 @@ mod tests {
             raw in prop::collection::vec((0u64..3_000, 1u64..200), 0..80),
             queries in prop::collection::vec((0u64..3_300, 0u64..400), 1..20),
         ) {
-            let mut s = SortedExtents::with_limit(limit);
-            let mut set = ExtentSet::new();
-            for &(o, l) in &raw {
-                s.insert(o, l).unwrap();
-                set.insert(o, l);
-            }
-            let list = s.finish().unwrap();
+            let (list, set) = spooled_and_in_memory(limit, &raw);
             let list = ExtentList::from_ascending(list.reader(), limit).unwrap();
             for (o, l) in queries {
                 let mut got = Vec::new();
@@ -890,13 +896,7 @@ mod tests {
             limit in 2usize..10,
             raw in prop::collection::vec((0u64..5_000, 0u64..300), 0..200),
         ) {
-            let mut s = SortedExtents::with_limit(limit);
-            let mut set = ExtentSet::new();
-            for &(o, l) in &raw {
-                s.insert(o, l).unwrap();
-                set.insert(o, l);
-            }
-            let list = s.finish().unwrap();
+            let (list, set) = spooled_and_in_memory(limit, &raw);
             prop_assert_eq!(list.total_bytes(), set.total_bytes());
             prop_assert_eq!(list.range_count(), set.range_count() as u64);
             prop_assert_eq!(list.to_vec().unwrap(), set.iter().collect::<Vec<_>>());

@@ -586,6 +586,53 @@ fn end_input<S>(shared: &(std::sync::Mutex<Spool<S>>, std::sync::Condvar), faile
 mod tests {
     use super::*;
 
+    /// The stage that passes its item on unchanged.
+    fn copy(c: &mut u32, s: &mut u32) -> Result<(), String> {
+        *s = *c;
+        Ok(())
+    }
+
+    /// An endless source of 1, 2, 3...; when `failing` is 0 it fails at 50.
+    fn counting_source(failing: usize) -> impl FnMut(&mut u32) -> Result<bool, String> {
+        let mut n = 0u32;
+        move |c| {
+            n += 1;
+            *c = n;
+            if failing == 0 && n == 50 {
+                return Err("read failed".into());
+            }
+            Ok(true) // endless unless something stops it
+        }
+    }
+
+    /// A source of 0..total, one item every `pause_us` microseconds at least, counting
+    /// what it produced in `produced`.
+    fn slow_source(
+        produced: &std::sync::atomic::AtomicU32,
+        total: u32,
+        pause_us: u64,
+    ) -> impl FnMut(&mut u32) -> Result<bool, String> + '_ {
+        use std::sync::atomic::Ordering;
+        move |c| {
+            let k = produced.load(Ordering::SeqCst);
+            if k == total {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(pause_us));
+            *c = k;
+            produced.store(k + 1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    /// The copying transform; when `failing` is 1 it fails at item 50.
+    fn failing_transform(c: &mut u32, s: &mut u32, failing: usize) -> Result<(), String> {
+        if failing == 1 && *c == 50 {
+            return Err("compress failed".to_string());
+        }
+        copy(c, s)
+    }
+
     #[test]
     fn items_arrive_in_order_and_transformed() {
         let mut next = 0u32;
@@ -731,24 +778,10 @@ mod tests {
     #[test]
     fn an_error_in_any_stage_stops_the_pipeline_and_is_returned() {
         for failing in 0..3 {
-            let mut n = 0u32;
             let r = run::<u32, u32, String, _, _, _>(
                 2,
-                |c| {
-                    n += 1;
-                    *c = n;
-                    if failing == 0 && n == 50 {
-                        return Err("read failed".into());
-                    }
-                    Ok(true) // endless unless something stops it
-                },
-                |c, s| {
-                    if failing == 1 && *c == 50 {
-                        return Err("compress failed".into());
-                    }
-                    *s = *c;
-                    Ok(())
-                },
+                counting_source(failing),
+                |c, s| failing_transform(c, s, failing),
                 |s| {
                     if failing == 2 && *s == 50 {
                         return Err("write failed".into());
@@ -768,28 +801,12 @@ mod tests {
             let produced = AtomicU32::new(0);
             // (item, items produced when it was consumed)
             let mut seen = Vec::new();
-            let workers: Vec<_> = (0..n)
-                .map(|_| {
-                    |c: &mut u32, s: &mut u32| -> Result<(), String> {
-                        *s = *c;
-                        Ok(())
-                    }
-                })
-                .collect();
+            let workers = vec![copy; n];
             run_spooled::<u32, u32, String, _, _, _>(
                 2,
                 16,
-                |c| {
-                    let k = produced.load(Ordering::SeqCst);
-                    if k == 100 {
-                        return Ok(false);
-                    }
-                    // A slow source: the consumer would take every item at once.
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                    *c = k;
-                    produced.store(k + 1, Ordering::SeqCst);
-                    Ok(true)
-                },
+                // A slow source: the consumer would take every item at once.
+                slow_source(&produced, 100, 200),
                 workers,
                 |s| {
                     seen.push((*s, produced.load(Ordering::SeqCst)));
@@ -829,25 +846,11 @@ mod tests {
     #[test]
     fn an_error_while_spooling_stops_the_pipeline_and_is_returned() {
         for failing in 0..3 {
-            let mut n = 0u32;
             let r = run_spooled::<u32, u32, String, _, _, _>(
                 2,
                 8,
-                |c| {
-                    n += 1;
-                    *c = n;
-                    if failing == 0 && n == 50 {
-                        return Err("read failed".into());
-                    }
-                    Ok(true)
-                },
-                vec![|c: &mut u32, s: &mut u32| {
-                    if failing == 1 && *c == 50 {
-                        return Err("compress failed".to_string());
-                    }
-                    *s = *c;
-                    Ok(())
-                }],
+                counting_source(failing),
+                vec![|c: &mut u32, s: &mut u32| failing_transform(c, s, failing)],
                 |s| {
                     if failing == 2 && *s == 20 {
                         return Err("write failed".into());
@@ -864,6 +867,15 @@ mod tests {
     struct U32Codec {
         fail_decode_at: Option<u32>,
         failures: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl U32Codec {
+        fn new(fail_decode_at: Option<u32>) -> U32Codec {
+            U32Codec {
+                fail_decode_at,
+                failures: Default::default(),
+            }
+        }
     }
 
     impl Codec<u32, String> for U32Codec {
@@ -896,22 +908,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // 16 records of 4-10 bytes each (with their 4-byte length) fit; bursts from 100.
         let file = crate::spool::SpoolFile::create(dir.path(), 200).unwrap();
-        let codec = U32Codec {
-            fail_decode_at: None,
-            failures: Default::default(),
-        };
+        let codec = U32Codec::new(None);
         for n in [1usize, 2] {
             let produced = AtomicU32::new(0);
             let mut staged = Vec::new();
             let mut seen = Vec::new();
-            let workers: Vec<_> = (0..n)
-                .map(|_| {
-                    |c: &mut u32, s: &mut u32| -> Result<(), String> {
-                        *s = *c;
-                        Ok(())
-                    }
-                })
-                .collect();
+            let workers = vec![copy; n];
             run_buffered::<u32, u32, String, _, _, _, _>(
                 2,
                 Buffer::File {
@@ -919,16 +921,7 @@ mod tests {
                     burst_at: 100,
                     codec: &codec,
                 },
-                |c| {
-                    let k = produced.load(Ordering::SeqCst);
-                    if k == 300 {
-                        return Ok(false);
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(100));
-                    *c = k;
-                    produced.store(k + 1, Ordering::SeqCst);
-                    Ok(true)
-                },
+                slow_source(&produced, 300, 100),
                 workers,
                 |s| {
                     staged.push(*s);
@@ -967,11 +960,7 @@ mod tests {
         let file = crate::spool::SpoolFile::create(dir.path(), 64).unwrap();
         // read, compress, stage, decode, write; then a record larger than the spool.
         for failing in 0..6 {
-            let codec = U32Codec {
-                fail_decode_at: (failing == 3).then_some(30),
-                failures: Default::default(),
-            };
-            let mut n = 0u32;
+            let codec = U32Codec::new((failing == 3).then_some(30));
             let r = run_buffered::<u32, u32, String, _, _, _, _>(
                 2,
                 Buffer::File {
@@ -979,21 +968,8 @@ mod tests {
                     burst_at: 32,
                     codec: &codec,
                 },
-                |c| {
-                    n += 1;
-                    *c = n;
-                    if failing == 0 && n == 50 {
-                        return Err("read failed".into());
-                    }
-                    Ok(true) // endless unless something stops it
-                },
-                vec![|c: &mut u32, s: &mut u32| {
-                    if failing == 1 && *c == 50 {
-                        return Err("compress failed".to_string());
-                    }
-                    *s = *c;
-                    Ok(())
-                }],
+                counting_source(failing),
+                vec![|c: &mut u32, s: &mut u32| failing_transform(c, s, failing)],
                 |s: &mut u32| {
                     if failing == 2 && *s == 50 {
                         return Err("stage failed".to_string());
@@ -1026,26 +1002,15 @@ mod tests {
         }
         // A record larger than the whole spool: refused with the way out, no hang.
         let big = crate::spool::SpoolFile::create(dir.path(), 8).unwrap();
-        let mut n = 0u32;
         let r = run_buffered::<u32, u32, String, _, _, _, _>(
             2,
             Buffer::File {
                 file: &big,
                 burst_at: 4,
-                codec: &U32Codec {
-                    fail_decode_at: None,
-                    failures: Default::default(),
-                },
+                codec: &U32Codec::new(None),
             },
-            |c| {
-                n += 1;
-                *c = n;
-                Ok(true)
-            },
-            vec![|c: &mut u32, s: &mut u32| {
-                *s = *c;
-                Ok(())
-            }],
+            counting_source(usize::MAX),
+            vec![copy],
             |_: &mut u32| Ok(()),
             |_| Ok(()),
         );
@@ -1059,10 +1024,7 @@ mod tests {
         for fail_from in [0u64, 150, 1000] {
             let mut file = crate::spool::SpoolFile::create(dir.path(), 400).unwrap();
             file.fail_from = Some(fail_from);
-            let codec = U32Codec {
-                fail_decode_at: None,
-                failures: Default::default(),
-            };
+            let codec = U32Codec::new(None);
             let mut next = 0u32;
             let mut seen = Vec::new();
             run_buffered::<u32, u32, String, _, _, _, _>(
@@ -1080,10 +1042,7 @@ mod tests {
                     next += 1;
                     Ok(true)
                 },
-                vec![|c: &mut u32, s: &mut u32| {
-                    *s = *c;
-                    Ok(())
-                }],
+                vec![copy],
                 |_: &mut u32| Ok(()),
                 |s| {
                     seen.push(*s);

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{assert_same_bytes, image_of, s, u, Vault, MIB};
-use libvirt_support::{libvirt_missing, Libvirtd, AGENT_CHANNEL};
+use common::{assert_same_bytes, image_of, s, u, Run, Vault, MIB};
+use libvirt_support::{libvirt_missing, target, Libvirtd, AGENT_CHANNEL};
 
 struct Guest<'a> {
     d: &'a Libvirtd,
@@ -25,7 +25,21 @@ struct Guest<'a> {
     disks: Vec<(String, Vec<u8>)>,
 }
 
-impl Guest<'_> {
+impl<'a> Guest<'a> {
+    /// The guest of domain `dom`, started with these disks (name, size, serial): their
+    /// targets, and content all zeros.
+    fn new(d: &'a Libvirtd, dom: &str, disks: &[(&str, u64, &str)]) -> Guest<'a> {
+        Guest {
+            d,
+            dom: dom.into(),
+            disks: disks
+                .iter()
+                .enumerate()
+                .map(|(i, (_, size, _))| (target(i), vec![0u8; *size as usize]))
+                .collect(),
+        }
+    }
+
     fn write(&mut self, i: usize, p: Option<u8>, off: u64, len: u64) {
         let (t, model) = &mut self.disks[i];
         self.d.write(&self.dom, t, p, off, len);
@@ -47,17 +61,28 @@ fn backup_args(v: &Vault, d: &Libvirtd, dom: &str) -> Vec<String> {
     ]
 }
 
-fn backup(v: &Vault, d: &Libvirtd, dom: &str) -> (serde_json::Value, String) {
-    let a = backup_args(v, d, dom);
+/// `backup --libvirt dom` with these further arguments, within 300 s.
+fn run_backup(v: &Vault, d: &Libvirtd, dom: &str, extra: &[String]) -> Run {
+    let mut a = backup_args(v, d, dom);
+    a.extend(extra.iter().cloned());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let r = v
-        .run_within(&a, &[], Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{e}"));
+    v.run_within(&a, &[], Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_backup`], which must succeed.
+fn backup_with(v: &Vault, d: &Libvirtd, dom: &str, extra: &[String]) -> Run {
+    let r = run_backup(v, d, dom, extra);
     assert_eq!(
         r.code, 0,
         "backup --libvirt failed: {}\n{}",
         r.stdout, r.stderr
     );
+    r
+}
+
+fn backup(v: &Vault, d: &Libvirtd, dom: &str) -> (serde_json::Value, String) {
+    let r = backup_with(v, d, dom, &[]);
     (r.json, r.stderr)
 }
 
@@ -74,6 +99,18 @@ fn disk_ids(v: &Vault, d: &Libvirtd, dom: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A vault (tapes of `capacity`) with pool p, and a libvirtd of its own; None when
+/// libvirt is missing (the reason printed).
+fn set_up(capacity: &str) -> Option<(Vault, Libvirtd)> {
+    if libvirt_missing() {
+        return None;
+    }
+    let v = Vault::small(4, capacity);
+    v.pool("p", "off");
+    let d = Libvirtd::start(&v.root);
+    Some((v, d))
 }
 
 /// (disk id, image, copy of the disk at that point)
@@ -108,25 +145,12 @@ fn restore_all(v: &Vault, points: &Points) {
 
 #[test]
 fn a_domain_full_incrementals_lost_checkpoints_added_and_resized_disks_restore_bit_identical() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("512M") else {
         return;
-    }
-    let v = Vault::small(4, "512M");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
-    d.start_domain(
-        "tv-chain",
-        &v.root,
-        &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")],
-    );
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-chain".into(),
-        disks: vec![
-            ("vda".into(), vec![0u8; 64 * MIB as usize]),
-            ("vdb".into(), vec![0u8; 32 * MIB as usize]),
-        ],
     };
+    let disks = [("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")];
+    d.start_domain("tv-chain", &v.root, &disks);
+    let mut g = Guest::new(&d, "tv-chain", &disks);
     g.write(0, Some(0x11), 0, 4 * MIB);
     g.write(0, Some(0x12), 40 * MIB, MIB);
     g.write(1, Some(0x21), 8 * MIB, 2 * MIB);
@@ -310,18 +334,12 @@ fn interrupt(
 
 #[test]
 fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("1G") else {
         return;
-    }
-    let v = Vault::small(4, "1G");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
-    d.start_domain("tv-kill", &v.root, &[("a", 256 * MIB, "SER-K")]);
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-kill".into(),
-        disks: vec![("vda".into(), vec![0u8; 256 * MIB as usize])],
     };
+    let disks = [("a", 256 * MIB, "SER-K")];
+    d.start_domain("tv-kill", &v.root, &disks);
+    let mut g = Guest::new(&d, "tv-kill", &disks);
     g.write(0, Some(0x11), 0, 4 * MIB);
     let ids = disk_ids(&v, &d, "tv-kill");
     let mut points = Points::new();
@@ -377,18 +395,12 @@ fn kill9_of_tapevault_mid_backup_then_the_next_run_cleans_up_and_is_right() {
 
 #[test]
 fn after_the_domains_qemu_was_killed_the_next_backup_is_a_full_with_libvirts_reason() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("512M") else {
         return;
-    }
-    let v = Vault::small(4, "512M");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
-    d.start_domain("tv-crash", &v.root, &[("a", 32 * MIB, "SER-X")]);
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-crash".into(),
-        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
     };
+    let disks = [("a", 32 * MIB, "SER-X")];
+    d.start_domain("tv-crash", &v.root, &disks);
+    let mut g = Guest::new(&d, "tv-crash", &disks);
     g.write(0, Some(0x11), 0, MIB);
     let ids = disk_ids(&v, &d, "tv-crash");
     let mut points = Points::new();
@@ -416,25 +428,12 @@ fn after_the_domains_qemu_was_killed_the_next_backup_is_a_full_with_libvirts_rea
 
 #[test]
 fn a_raw_disk_is_read_whole_each_time_beside_a_qcow2_disks_incrementals() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("512M") else {
         return;
-    }
-    let v = Vault::small(4, "512M");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
-    d.start_domain(
-        "tv-raw",
-        &v.root,
-        &[("a", 16 * MIB, "SER-Q"), ("r.raw", 8 * MIB, "SER-R")],
-    );
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-raw".into(),
-        disks: vec![
-            ("vda".into(), vec![0u8; 16 * MIB as usize]),
-            ("vdb".into(), vec![0u8; 8 * MIB as usize]),
-        ],
     };
+    let disks = [("a", 16 * MIB, "SER-Q"), ("r.raw", 8 * MIB, "SER-R")];
+    d.start_domain("tv-raw", &v.root, &disks);
+    let mut g = Guest::new(&d, "tv-raw", &disks);
     g.write(0, Some(0x11), 0, MIB);
     g.write(1, Some(0x12), MIB, MIB);
     let ids = disk_ids(&v, &d, "tv-raw");
@@ -463,40 +462,20 @@ fn a_raw_disk_is_read_whole_each_time_beside_a_qcow2_disks_incrementals() {
 
 #[test]
 fn a_guest_agent_that_does_not_answer_gives_a_crash_consistent_backup_with_the_reason() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("512M") else {
         return;
-    }
-    let v = Vault::small(4, "512M");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
+    };
     // The domain has a guest agent channel, but no guest OS runs an agent behind it
     // (the positive path, a real freeze, needs a guest OS and is not tested here).
-    d.start_domain_with(
-        "tv-agent",
-        &v.root,
-        &[("a", 32 * MIB, "SER-G")],
-        AGENT_CHANNEL,
-    );
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-agent".into(),
-        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
-    };
+    let disks = [("a", 32 * MIB, "SER-G")];
+    d.start_domain_with("tv-agent", &v.root, &disks, AGENT_CHANNEL);
+    let mut g = Guest::new(&d, "tv-agent", &disks);
     g.write(0, Some(0x11), 0, MIB);
     let ids = disk_ids(&v, &d, "tv-agent");
     let mut points = Points::new();
-    let mut a = backup_args(&v, &d, "tv-agent");
-    a.extend(["--freeze-timeout".to_string(), "5".to_string()]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let extra = ["--freeze-timeout".to_string(), "5".to_string()];
     for n in 0..2 {
-        let r = v
-            .run_within(&a, &[], Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            r.code, 0,
-            "backup --libvirt failed: {}\n{}",
-            r.stdout, r.stderr
-        );
+        let r = backup_with(&v, &d, "tv-agent", &extra);
         let p = &r.json["point_in_time"];
         eprintln!("point_in_time: {p}");
         assert_eq!(p["driver"], "libvirt", "{p}");
@@ -566,19 +545,13 @@ fn qemu_img(args: &[&str]) {
 
 #[test]
 fn a_checkpoint_bitmap_re_created_with_another_granularity_gives_a_full_with_the_reason() {
-    if libvirt_missing() {
+    let Some((v, mut d)) = set_up("512M") else {
         return;
-    }
-    let v = Vault::small(4, "512M");
-    v.pool("p", "off");
-    let mut d = Libvirtd::start(&v.root);
-    d.start_domain("tv-gran", &v.root, &[("a", 32 * MIB, "SER-GR")]);
-    let image = v.root.join("a.qcow2");
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-gran".into(),
-        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
     };
+    let disks = [("a", 32 * MIB, "SER-GR")];
+    d.start_domain("tv-gran", &v.root, &disks);
+    let image = v.root.join("a.qcow2");
+    let mut g = Guest::new(&d, "tv-gran", &disks);
     g.write(0, Some(0x11), 0, MIB);
     let ids = disk_ids(&v, &d, "tv-gran");
     let id = &ids[0].1;
@@ -661,23 +634,14 @@ fn a_tcp_export_plain_and_with_tls_restores_bit_identical_and_a_wrong_ca_is_refu
             certs.join("srv").display()
         ),
     );
-    d.start_domain("tv-tcp", &v.root, &[("a", 32 * MIB, "SER-T")]);
-    let mut g = Guest {
-        d: &d,
-        dom: "tv-tcp".into(),
-        disks: vec![("vda".into(), vec![0u8; 32 * MIB as usize])],
-    };
+    let disks = [("a", 32 * MIB, "SER-T")];
+    d.start_domain("tv-tcp", &v.root, &disks);
+    let mut g = Guest::new(&d, "tv-tcp", &disks);
     g.write(0, Some(0x11), 0, 2 * MIB);
     let ids = disk_ids(&v, &d, "tv-tcp");
     let id = &ids[0].1;
     let mut points = Points::new();
-    let run = |extra: &[String]| {
-        let mut a = backup_args(&v, &d, "tv-tcp");
-        a.extend(extra.iter().cloned());
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        v.run_within(&a, &[], Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let run = |extra: &[String]| run_backup(&v, &d, "tv-tcp", extra);
 
     // Plain TCP.
     let port = free_port();

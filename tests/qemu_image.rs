@@ -41,11 +41,11 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn qemu_io(img: &Path, cmds: &[String]) {
+fn qemu_io(img: &Path, cmds: &[impl AsRef<str>]) {
     let mut c = Command::new("qemu-io");
     c.arg("-f").arg("qcow2");
     for x in cmds {
-        c.arg("-c").arg(x);
+        c.arg("-c").arg(x.as_ref());
     }
     c.arg(img);
     let out = sh(&mut c);
@@ -95,13 +95,46 @@ fn ours(img: &Path) -> Vec<String> {
         .collect()
 }
 
-fn new_image(dir: &Path, size: &str) -> PathBuf {
-    let img = dir.join("vm.qcow2");
+fn new_qcow2(img: &Path, size: &str) {
     sh(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
+        .arg(img)
         .arg(size));
-    img
+}
+
+/// A vault with pool p, and a qcow2 image `vm.qcow2` of `size` in it with these
+/// qemu-io commands run on it; None when a QEMU tool is missing (the reason printed).
+fn image_with(size: &str, writes: &[&str]) -> Option<(Vault, PathBuf)> {
+    if !have_qemu() {
+        return None;
+    }
+    let v = vault();
+    let img = v.root.join("vm.qcow2");
+    new_qcow2(&img, size);
+    qemu_io(&img, writes);
+    Some((v, img))
+}
+
+/// Restores `image` of disk `id` and compares it with the qcow2 image as it is now.
+fn assert_restores_as_now(v: &Vault, img: &Path, id: Uuid, image: &str, what: &str) {
+    let copy = v.path("now.raw");
+    to_raw(img, &copy);
+    let out = v.path("restored.raw");
+    let rr = v.restore_image(id, image, &out);
+    assert_eq!(rr.code, 0, "{}", rr.stderr);
+    assert_same_bytes(&out, &copy, what);
+}
+
+/// Polls `done` every 20 ms for up to `secs` seconds; whether it came true.
+fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !done() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 fn backup(v: &Vault, img: &Path, id: Uuid, extra: &[&str]) -> Value {
@@ -143,19 +176,16 @@ fn qemu_nbd_of(img: &Path) -> Vec<u32> {
 
 #[test]
 fn a_full_and_ten_incrementals_restore_every_point_bit_identical() {
-    if !have_qemu() {
-        return;
-    }
-    let v = vault();
-    let img = new_image(&v.root, "64M");
-    qemu_io(
-        &img,
+    let Some((v, img)) = image_with(
+        "64M",
         &[
-            "write -P 0x11 0 4M".into(),
-            "write -P 0x12 20M 1M".into(),
-            "write -P 0x13 40M 3M".into(),
+            "write -P 0x11 0 4M",
+            "write -P 0x12 20M 1M",
+            "write -P 0x13 40M 3M",
         ],
-    );
+    ) else {
+        return;
+    };
     let id = Uuid::new_v4();
     let full = backup(&v, &img, id, &[]);
     assert_eq!(full["kind"], "full", "{full}");
@@ -207,12 +237,9 @@ fn a_full_and_ten_incrementals_restore_every_point_bit_identical() {
 
 #[test]
 fn resize_in_use_bitmaps_and_foreign_bitmaps() {
-    if !have_qemu() {
+    let Some((v, img)) = image_with("32M", &["write -P 0x31 1M 2M"]) else {
         return;
-    }
-    let v = vault();
-    let img = new_image(&v.root, "32M");
-    qemu_io(&img, &["write -P 0x31 1M 2M".into()]);
+    };
     let id = Uuid::new_v4();
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["kind"], "full");
@@ -224,7 +251,7 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
 
     // Virtual size change: a full, said with the reason.
     sh(Command::new("qemu-img").arg("resize").arg(&img).arg("48M"));
-    qemu_io(&img, &["write -P 0x32 40M 64k".into()]);
+    qemu_io(&img, &["write -P 0x32 40M 64k"]);
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["kind"], "full", "{r}");
     assert!(
@@ -245,35 +272,20 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !sock.exists() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(sock.exists(), "qemu-nbd listens");
+    assert!(wait_for(10, || sock.exists()), "qemu-nbd listens");
     // qemu-nbd may listen before it has opened the image and flagged its bitmaps
     // in-use. Killed in between, QEMU's crash-safe update leaves the bitmaps extension
     // disabled (every bitmap lost: a full with "missing", as tests/qmp_live.rs checks), so wait for
     // the flags before the kill.
-    let t = Instant::now();
-    while !(bitmaps(&img).len() == 2
-        && bitmaps(&img)
-            .iter()
-            .all(|b| b.1.iter().any(|f| f == "in-use")))
-        && t.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let all_in_use = || {
+        let b = bitmaps(&img);
+        b.len() == 2 && b.iter().all(|b| b.1.iter().any(|f| f == "in-use"))
+    };
+    wait_for(10, all_in_use);
     rw.kill().unwrap();
     rw.wait().unwrap();
-    assert!(
-        bitmaps(&img).len() == 2
-            && bitmaps(&img)
-                .iter()
-                .all(|b| b.1.iter().any(|f| f == "in-use")),
-        "{:?}",
-        bitmaps(&img)
-    );
-    qemu_io(&img, &["write -P 0x33 8M 64k".into()]);
+    assert!(all_in_use(), "{:?}", bitmaps(&img));
+    qemu_io(&img, &["write -P 0x33 8M 64k"]);
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["kind"], "full", "{r}");
     assert!(s(&r, "reason").contains("in-use"), "{r}");
@@ -287,15 +299,10 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
         bitmaps(&img)
     );
     // And the chain goes on from there.
-    qemu_io(&img, &["write -P 0x34 9M 64k".into()]);
+    qemu_io(&img, &["write -P 0x34 9M 64k"]);
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["method"], "dirty-bitmap", "{r}");
-    let copy = v.path("now.raw");
-    to_raw(&img, &copy);
-    let out = v.path("restored.raw");
-    let rr = v.restore_image(id, s(&r, "image"), &out);
-    assert_eq!(rr.code, 0, "{}", rr.stderr);
-    assert_same_bytes(&out, &copy, "after in-use");
+    assert_restores_as_now(&v, &img, id, s(&r, "image"), "after in-use");
 
     // A copy starts no epoch and removes nothing.
     let before = bitmaps(&img);
@@ -323,12 +330,9 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
 
 #[test]
 fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
-    if !have_qemu() {
+    let Some((v, img)) = image_with("64M", &["write -P 0x41 0 8M"]) else {
         return;
-    }
-    let v = vault();
-    let img = new_image(&v.root, "64M");
-    qemu_io(&img, &["write -P 0x41 0 8M".into()]);
+    };
     let id = Uuid::new_v4();
     let full = backup(&v, &img, id, &[]);
     let barcode = full["barcodes"][0].as_str().unwrap().to_string();
@@ -337,10 +341,7 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
 
     // Changes of the epoch being switched; then kill -9 while the image is written
     // (after the new bitmap was added, before the commit).
-    qemu_io(
-        &img,
-        &["write -P 0x42 2M 1M".into(), "write -z 6M 1M".into()],
-    );
+    qemu_io(&img, &["write -P 0x42 2M 1M", "write -z 6M 1M"]);
     v.slow_writes(&barcode, 200, 200);
     let src = format!("qcow2:{}", img.display());
     let ids = id.to_string();
@@ -350,21 +351,19 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while qemu_nbd_of(&img).is_empty() && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!qemu_nbd_of(&img).is_empty(), "the backup started qemu-nbd");
+    assert!(
+        wait_for(30, || !qemu_nbd_of(&img).is_empty()),
+        "the backup started qemu-nbd"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ours(&img).len(), 2, "the new epoch's bitmap was added");
     child.kill().unwrap();
     child.wait().unwrap();
     // qemu-nbd dies with tapevault.
-    let t = Instant::now();
-    while !qemu_nbd_of(&img).is_empty() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(qemu_nbd_of(&img).is_empty(), "qemu-nbd outlived tapevault");
+    assert!(
+        wait_for(10, || qemu_nbd_of(&img).is_empty()),
+        "qemu-nbd outlived tapevault"
+    );
     std::fs::remove_file(v.cartridge_dir(&barcode).join("faults.json")).unwrap();
 
     // A bitmap a crash after the commit would leave behind (the old epoch's name, but
@@ -373,7 +372,7 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
         .args(["bitmap", "--add"])
         .arg(&img)
         .arg("tapevault-00000000deadbeef"));
-    qemu_io(&img, &["write -P 0x43 30M 64k".into()]);
+    qemu_io(&img, &["write -P 0x43 30M 64k"]);
 
     // The next backup builds on the full with the old epoch's bitmap: every change
     // since the full is in it.
@@ -384,12 +383,7 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     let now = ours(&img);
     assert_eq!(now.len(), 1, "{:?}", bitmaps(&img));
     assert!(!now.contains(&base_bitmap[0]));
-    let copy = v.path("now.raw");
-    to_raw(&img, &copy);
-    let out = v.path("restored.raw");
-    let rr = v.restore_image(id, s(&r, "image"), &out);
-    assert_eq!(rr.code, 0, "{}", rr.stderr);
-    assert_same_bytes(&out, &copy, "after the kill");
+    assert_restores_as_now(&v, &img, id, s(&r, "image"), "after the kill");
     v.assert_catalog_consistent();
 }
 
@@ -408,18 +402,12 @@ impl Drop for Killed {
 
 #[test]
 fn a_remote_export_over_tcp_with_tls() {
-    if !have_qemu() {
+    let Some((v, img)) = image_with("32M", &["write -P 0x51 0 3M", "write -P 0x52 17M 1M"]) else {
         return;
-    }
-    let v = vault();
+    };
     if !make_certs(&v.root) {
         return;
     }
-    let img = new_image(&v.root, "32M");
-    qemu_io(
-        &img,
-        &["write -P 0x51 0 3M".into(), "write -P 0x52 17M 1M".into()],
-    );
     let copy = v.path("img.raw");
     to_raw(&img, &copy);
     let mut server = None;
@@ -523,22 +511,13 @@ fn allocated(img: &Path, format: &str) -> u64 {
 
 #[test]
 fn restore_into_a_new_qcow2_and_into_an_nbd_export() {
-    if !have_qemu() {
+    let Some((v, img)) = image_with("64M", &["write -P 0x61 0 2M", "write -P 0x62 30M 1M"]) else {
         return;
-    }
-    let v = vault();
-    let img = new_image(&v.root, "64M");
-    qemu_io(
-        &img,
-        &["write -P 0x61 0 2M".into(), "write -P 0x62 30M 1M".into()],
-    );
+    };
     let id = Uuid::new_v4();
     backup(&v, &img, id, &[]);
     // Zero a written range, so the incremental carries a zero extent.
-    qemu_io(
-        &img,
-        &["write -z 1M 512k".into(), "write -P 0x63 50M 64k".into()],
-    );
+    qemu_io(&img, &["write -z 1M 512k", "write -P 0x63 50M 64k"]);
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["method"], "dirty-bitmap");
     let copy = v.path("now.raw");
@@ -564,11 +543,8 @@ fn restore_into_a_new_qcow2_and_into_an_nbd_export() {
     // An NBD export (a VM's disk, here a qcow2 full of other data): written in place,
     // zero extents as WRITE_ZEROES, which leave the clusters unallocated.
     let target = v.path("target.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&target)
-        .arg("64M"));
-    qemu_io(&target, &["write -P 0x7f 0 64M".into()]);
+    new_qcow2(&target, "64M");
+    qemu_io(&target, &["write -P 0x7f 0 64M"]);
     let sock = v.path("t.sock");
     let child = Command::new("qemu-nbd")
         .args([
@@ -586,12 +562,9 @@ fn restore_into_a_new_qcow2_and_into_an_nbd_export() {
         .spawn()
         .unwrap();
     let server = Killed(child);
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err()
-        && t.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(10, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
     let to = format!("nbd+unix:///vda?socket={}", sock.display());
     v.ok(&["restore", "--disk", &ids, "--to", &to]);
     drop(server);

@@ -24,6 +24,17 @@ use uuid::Uuid;
 
 const MIB: u64 = 1024 * 1024;
 
+/// A QEMU with these disks (name, size, serial) in a temporary directory, with a guest
+/// agent channel if `agent`; None when QEMU is missing (the reason printed).
+fn vm_with(disks: &[(&str, u64, &str)], agent: bool) -> Option<(tempfile::TempDir, Vm)> {
+    if qemu_missing() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Vm::start(dir.path(), disks, agent);
+    Some((dir, vm))
+}
+
 fn opts(dir: &Path, agent: Option<&Path>) -> LiveOptions {
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -135,6 +146,26 @@ fn bitmaps_of(c: &mut QmpClient, i: usize) -> Vec<String> {
     v
 }
 
+/// Takes the next point in time after `prev` (as a backup run does, without an agent).
+fn begin(mut c: QmpClient, dir: &Path, prev: &[(Uuid, String)]) -> LiveBackup {
+    let reqs = requests(&mut c, prev);
+    LiveBackup::start(c, reqs, &opts(dir, None), &mut |_| {}).unwrap()
+}
+
+/// Commits every disk of the backup and finishes it; returns each disk's id and new
+/// change id (the next backup's `prev`).
+fn commit_all(mut lb: LiveBackup) -> Vec<(Uuid, String)> {
+    let disks = lb.disks();
+    for d in &disks {
+        lb.committed(d.id).unwrap();
+    }
+    lb.finish().unwrap();
+    disks
+        .iter()
+        .map(|d| (d.id, d.change_id.clone().unwrap()))
+        .collect()
+}
+
 /// Starts a backup, checks each disk's decision kind, returns it.
 fn start(
     c: QmpClient,
@@ -142,9 +173,7 @@ fn start(
     prev: &[(Uuid, String)],
     expect_incremental: &[bool],
 ) -> LiveBackup {
-    let mut c = c;
-    let reqs = requests(&mut c, prev);
-    let lb = LiveBackup::start(c, reqs, &opts(dir, None), &mut |_| {}).unwrap();
+    let lb = begin(c, dir, prev);
     let kinds: Vec<bool> = lb
         .disks()
         .iter()
@@ -162,15 +191,10 @@ fn start(
 #[test]
 fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures_keep_the_old_epoch(
 ) {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")], false)
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(
-        dir.path(),
-        &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")],
-        false,
-    );
+    };
     let mut m = Model::new(&[64 * MIB, 32 * MIB]);
     let mut c = vm.qmp();
     m.write(&vm, &mut c, 0, 0x11, 0, 4 * MIB);
@@ -219,12 +243,7 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
     m.write(&vm, &mut c, 1, 0x22, 20 * MIB, 64 * 1024);
     let frozen = m.0.clone();
     drop(c);
-    let reqs = {
-        let mut c = vm.qmp();
-        requests(&mut c, &prev)
-    };
-    let c = vm.qmp();
-    let lb = LiveBackup::start(c, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
+    let lb = begin(vm.qmp(), dir.path(), &prev);
     let disks = lb.disks();
     let mut next = Vec::new();
     for (i, d) in disks.iter().enumerate() {
@@ -272,15 +291,10 @@ fn two_disks_share_one_epoch_incrementals_carry_exactly_the_changes_and_failures
 /// during a backup come from a second monitor.
 #[test]
 fn guest_writes_after_the_instant_do_not_leak_into_the_export() {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")], false)
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(
-        dir.path(),
-        &[("a", 64 * MIB, "SER-A"), ("b", 32 * MIB, "SER-B")],
-        false,
-    );
+    };
     let mut w = vm.test_monitor();
     let w = &mut w;
     let mut m = Model::new(&[64 * MIB, 32 * MIB]);
@@ -325,16 +339,10 @@ fn guest_writes_after_the_instant_do_not_leak_into_the_export() {
 
 #[test]
 fn kill9_of_qemu_makes_the_next_backup_a_full_with_the_reason() {
-    if qemu_missing() {
+    let Some((dir, mut vm)) = vm_with(&[("a", 32 * MIB, "SER-A")], false) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut vm = Vm::start(dir.path(), &[("a", 32 * MIB, "SER-A")], false);
-    let mut lb = start(vm.qmp(), dir.path(), &[], &[false]);
-    let d = lb.disks()[0].clone();
-    lb.committed(d.id).unwrap();
-    lb.finish().unwrap();
-    let prev = vec![(d.id, d.change_id.clone().unwrap())];
+    };
+    let prev = commit_all(start(vm.qmp(), dir.path(), &[], &[false]));
 
     // A bitmap created in this QEMU run is simply missing after kill -9.
     vm.kill9();
@@ -346,11 +354,7 @@ fn kill9_of_qemu_makes_the_next_backup_a_full_with_the_reason() {
         other => panic!("expected a full, got {other:?}"),
     }
     drop(c);
-    let mut lb = start(vm.qmp(), dir.path(), &prev, &[false]);
-    let d = lb.disks()[0].clone();
-    lb.committed(d.id).unwrap();
-    lb.finish().unwrap();
-    let prev = vec![(d.id, d.change_id.clone().unwrap())];
+    let prev = commit_all(start(vm.qmp(), dir.path(), &prev, &[false]));
 
     // Stored by a clean quit, then QEMU killed: the bitmap is there but inconsistent.
     let c = vm.qmp();
@@ -389,16 +393,10 @@ fn kill9_of_qemu_makes_the_next_backup_a_full_with_the_reason() {
 
 #[test]
 fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
-    if qemu_missing() {
+    let Some((dir, mut vm)) = vm_with(&[("a", 32 * MIB, "SER-A")], false) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut vm = Vm::start(dir.path(), &[("a", 32 * MIB, "SER-A")], false);
-    let mut lb = start(vm.qmp(), dir.path(), &[], &[false]);
-    let d = lb.disks()[0].clone();
-    lb.committed(d.id).unwrap();
-    lb.finish().unwrap();
-    let prev = vec![(d.id, d.change_id.clone().unwrap())];
+    };
+    let prev = commit_all(start(vm.qmp(), dir.path(), &[], &[false]));
     // A second disk (given before the first on the command line: order is not identity).
     let c = vm.qmp();
     vm.quit(c);
@@ -417,9 +415,7 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
         .status()
         .unwrap();
     vm.boot();
-    let mut c = vm.qmp();
-    let reqs = requests(&mut c, &prev);
-    let lb = LiveBackup::start(c, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
+    let lb = begin(vm.qmp(), dir.path(), &prev);
     let disks = lb.disks();
     let new = disks
         .iter()
@@ -438,15 +434,7 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
         Decision::Full { reason } => assert!(reason.contains("no earlier good image"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    let mut prev: Vec<(Uuid, String)> = disks
-        .iter()
-        .map(|x| (x.id, x.change_id.clone().unwrap()))
-        .collect();
-    let mut lb = lb;
-    for x in &disks {
-        lb.committed(x.id).unwrap();
-    }
-    lb.finish().unwrap();
+    let mut prev = commit_all(lb);
     // Grow disk A.
     let mut c = vm.qmp();
     let node = discover(&mut c)
@@ -460,8 +448,7 @@ fn a_disk_added_or_resized_mid_chain_gets_a_full_with_the_reason() {
         Some(json!({"node-name": node, "size": 48 * MIB})),
     )
     .unwrap();
-    let reqs = requests(&mut c, &prev);
-    let lb = LiveBackup::start(c, reqs, &opts(dir.path(), None), &mut |_| {}).unwrap();
+    let lb = begin(c, dir.path(), &prev);
     for x in lb.disks() {
         match (&x.decision, x.disk.serial.as_deref()) {
             (Decision::Full { reason }, Some("SER-A")) => {
@@ -564,25 +551,11 @@ fn child_stops_at_a_step() {
 
 #[test]
 fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right() {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")], false)
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(
-        dir.path(),
-        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
-        false,
-    );
-    let mut lb = start(vm.qmp(), dir.path(), &[], &[false, false]);
-    let mut prev: Vec<(Uuid, String)> = lb
-        .disks()
-        .iter()
-        .map(|d| (d.id, d.change_id.clone().unwrap()))
-        .collect();
-    for d in lb.disks() {
-        lb.committed(d.id).unwrap();
-    }
-    lb.finish().unwrap();
+    };
+    let mut prev = commit_all(start(vm.qmp(), dir.path(), &[], &[false, false]));
     let mut m = Model::new(&[32 * MIB, 16 * MIB]);
     let mut pattern = 0x40u8;
     // Writes since the last committed image accumulate: every killed run must leave
@@ -706,11 +679,9 @@ fn kill9_of_tapevault_at_every_step_leaves_nothing_and_the_next_backup_is_right(
 
 #[test]
 fn a_silent_guest_agent_means_crash_consistent_with_the_reason() {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 16 * MIB, "SER-A")], true) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(dir.path(), &[("a", 16 * MIB, "SER-A")], true);
+    };
     let mut c = vm.qmp();
     let reqs = requests(&mut c, &[]);
     let o = opts(dir.path(), vm.agent.as_deref());
@@ -759,11 +730,9 @@ fn fake_agent(path: &Path, log: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 #[test]
 fn an_answering_guest_agent_freezes_around_the_transaction() {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 16 * MIB, "SER-A")], false) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(dir.path(), &[("a", 16 * MIB, "SER-A")], false);
+    };
     let agent = dir.path().join("fake-qga.sock");
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     fake_agent(&agent, log.clone());
@@ -800,25 +769,11 @@ fn an_answering_guest_agent_freezes_around_the_transaction() {
 
 #[test]
 fn sigterm_of_tapevault_tears_everything_down_and_keeps_each_disks_epoch_right() {
-    if qemu_missing() {
+    let Some((dir, vm)) = vm_with(&[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")], false)
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let vm = Vm::start(
-        dir.path(),
-        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
-        false,
-    );
-    let mut lb = start(vm.qmp(), dir.path(), &[], &[false, false]);
-    let prev: Vec<(Uuid, String)> = lb
-        .disks()
-        .iter()
-        .map(|d| (d.id, d.change_id.clone().unwrap()))
-        .collect();
-    for d in lb.disks() {
-        lb.committed(d.id).unwrap();
-    }
-    lb.finish().unwrap();
+    };
+    let prev = commit_all(start(vm.qmp(), dir.path(), &[], &[false, false]));
     // The child takes the next point in time, commits disk 0 only, and waits.
     let mut child = spawn_child(dir.path(), "Committed", &prev);
     wait_for_step(dir.path(), &mut child, "Committed");

@@ -14,7 +14,7 @@ use crate::pdu::{encode_text, op, parse_text, sn_lt, Pdu};
 use crate::scsi::encode_lun;
 
 /// What came back for one SCSI command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandResult {
     pub status: u8,
     /// Fixed-format sense bytes (without the 2-byte length) on CHECK CONDITION.
@@ -297,6 +297,38 @@ impl Initiator {
         read: bool,
         edtl: u32,
     ) -> io::Result<CommandResult> {
+        let (itt, _) = self.start_command(lun, cdb, data_out, read, edtl)?;
+        let mut res = CommandResult::default();
+        loop {
+            let mut r = self.recv()?;
+            match r.opcode() {
+                op::R2T => {
+                    res.r2ts += 1;
+                    self.answer_r2t(lun, itt, &r, data_out)?;
+                }
+                op::DATA_IN | op::SCSI_RESP => {
+                    if self.take_response(&mut res, &mut r)? {
+                        return Ok(res);
+                    }
+                }
+                op::NOP_IN => {}
+                _ => return Err(err(format!("unexpected PDU during a command: {r:?}"))),
+            }
+        }
+    }
+
+    /// Sends a SCSI command (numbered as the next one) with as much of `data_out` as
+    /// ImmediateData and FirstBurstLength allow as immediate data and unsolicited
+    /// Data-Out; returns its ITT and the end of the unsolicited part (the rest goes by
+    /// R2T).
+    fn start_command(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        read: bool,
+        edtl: u32,
+    ) -> io::Result<(u32, usize)> {
         let mut p = self.header(op::SCSI_CMD, false);
         let itt = p.itt();
         let write = !data_out.is_empty();
@@ -310,9 +342,8 @@ impl Initiator {
         } else {
             imm
         };
-        let final_bit = unsolicited_end == imm;
         p.set_flags(
-            if final_bit { 0x80 } else { 0 }
+            if unsolicited_end == imm { 0x80 } else { 0 }
                 | if read { 0x40 } else { 0 }
                 | if write { 0x20 } else { 0 }
                 | 0x01,
@@ -322,99 +353,84 @@ impl Initiator {
         let mut c = [0u8; 16];
         c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
         p.bhs[32..48].copy_from_slice(&c);
-        p.data = data_out[..imm].to_vec();
-        self.send(&p)?;
-        // Unsolicited Data-Out.
-        let mut off = imm;
-        let mut data_sn = 0;
-        while off < unsolicited_end {
-            let n = (unsolicited_end - off).min(self.target_mrdsl);
+        // The data goes out from the caller's buffer, not copied into the PDU.
+        p.write_with_data(&mut self.w, &data_out[..imm])?;
+        self.w.flush()?;
+        self.send_data_out(lun, itt, 0xffff_ffff, data_out, imm, unsolicited_end)?;
+        Ok((itt, unsolicited_end))
+    }
+
+    /// Data-Out PDUs carrying `data[from..to]`, each at most the target's
+    /// MaxRecvDataSegmentLength, DataSN from 0, the F bit on the last.
+    fn send_data_out(
+        &mut self,
+        lun: u64,
+        itt: u32,
+        ttt: u32,
+        data: &[u8],
+        from: usize,
+        to: usize,
+    ) -> io::Result<()> {
+        let (mut off, mut data_sn) = (from, 0);
+        while off < to {
+            let n = (to - off).min(self.target_mrdsl);
             self.data_out(
                 lun,
                 itt,
-                0xffff_ffff,
+                ttt,
                 data_sn,
                 off,
-                &data_out[off..off + n],
-                off + n == unsolicited_end,
+                &data[off..off + n],
+                off + n == to,
             )?;
             data_sn += 1;
             off += n;
         }
-        let mut res = CommandResult {
-            status: 0,
-            sense: Vec::new(),
-            data: Vec::new(),
-            residual: 0,
-            data_in_pdus: 0,
-            r2ts: 0,
-        };
-        loop {
-            let mut r = self.recv()?;
-            match r.opcode() {
-                op::R2T => {
-                    res.r2ts += 1;
-                    let ttt = r.u32_at(20);
-                    let boff = r.u32_at(40) as usize;
-                    let len = r.u32_at(44) as usize;
-                    if boff + len > data_out.len() {
-                        return Err(err(format!(
-                            "R2T for {len} bytes at {boff} beyond the {} we have",
-                            data_out.len()
-                        )));
-                    }
-                    let mut o = boff;
-                    let mut sn = 0;
-                    while o < boff + len {
-                        let n = (boff + len - o).min(self.target_mrdsl);
-                        self.data_out(
-                            lun,
-                            itt,
-                            ttt,
-                            sn,
-                            o,
-                            &data_out[o..o + n],
-                            o + n == boff + len,
-                        )?;
-                        sn += 1;
-                        o += n;
-                    }
-                }
-                op::DATA_IN => {
-                    res.data_in_pdus += 1;
-                    let boff = r.u32_at(40) as usize;
-                    if boff != res.data.len() {
-                        return Err(err(format!(
-                            "Data-In at offset {boff}, expected {}",
-                            res.data.len()
-                        )));
-                    }
-                    if res.data.is_empty() {
-                        res.data = std::mem::take(&mut r.data);
-                    } else {
-                        res.data.extend_from_slice(&r.data);
-                    }
-                    if r.flags() & 0x01 != 0 {
-                        self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
-                        res.status = r.bhs[3];
-                        res.residual = residual(r.flags(), r.u32_at(44));
-                        return Ok(res);
-                    }
-                }
-                op::SCSI_RESP => {
-                    self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
-                    res.status = r.bhs[3];
-                    res.residual = residual(r.flags(), r.u32_at(44));
-                    if r.data.len() >= 2 {
-                        let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
-                        res.sense = r.data[2..(2 + n).min(r.data.len())].to_vec();
-                    }
-                    return Ok(res);
-                }
-                op::NOP_IN => {}
-                _ => return Err(err(format!("unexpected PDU during a command: {r:?}"))),
-            }
+        Ok(())
+    }
+
+    /// Sends the part of `data` an R2T asks for.
+    fn answer_r2t(&mut self, lun: u64, itt: u32, r2t: &Pdu, data: &[u8]) -> io::Result<()> {
+        let ttt = r2t.u32_at(20);
+        let boff = r2t.u32_at(40) as usize;
+        let len = r2t.u32_at(44) as usize;
+        if boff + len > data.len() {
+            return Err(err(format!(
+                "R2T for {len} bytes at {boff} beyond the {} we have",
+                data.len()
+            )));
         }
+        self.send_data_out(lun, itt, ttt, data, boff, boff + len)
+    }
+
+    /// Takes a Data-In or SCSI Response PDU into `res`; true when it carried the
+    /// command's status (the command is over).
+    fn take_response(&mut self, res: &mut CommandResult, r: &mut Pdu) -> io::Result<bool> {
+        if r.opcode() == op::DATA_IN {
+            res.data_in_pdus += 1;
+            let boff = r.u32_at(40) as usize;
+            if boff != res.data.len() {
+                return Err(err(format!(
+                    "Data-In at offset {boff}, expected {}",
+                    res.data.len()
+                )));
+            }
+            if res.data.is_empty() {
+                res.data = std::mem::take(&mut r.data);
+            } else {
+                res.data.extend_from_slice(&r.data);
+            }
+            if r.flags() & 0x01 == 0 {
+                return Ok(false);
+            }
+        } else if r.data.len() >= 2 {
+            let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
+            res.sense = r.data[2..(2 + n).min(r.data.len())].to_vec();
+        }
+        self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
+        res.status = r.bhs[3];
+        res.residual = residual(r.flags(), r.u32_at(44));
+        Ok(true)
     }
 
     /// Commands submitted with [`Initiator::submit`] and not yet collected.
@@ -450,54 +466,12 @@ impl Initiator {
             }
             self.pump()?;
         }
-        let mut p = self.header(op::SCSI_CMD, false);
-        let itt = p.itt();
-        let write = !data_out.is_empty();
-        let edtl = if write {
-            data_out.len() as u32
-        } else {
+        let edtl = if data_out.is_empty() {
             read_len
-        };
-        let imm = if write && self.immediate_data {
-            data_out.len().min(self.first_burst).min(self.target_mrdsl)
         } else {
-            0
+            data_out.len() as u32
         };
-        let unsolicited_end = if write && !self.initial_r2t {
-            data_out.len().min(self.first_burst)
-        } else {
-            imm
-        };
-        p.set_flags(
-            if unsolicited_end == imm { 0x80 } else { 0 }
-                | if read_len > 0 { 0x40 } else { 0 }
-                | if write { 0x20 } else { 0 }
-                | 0x01,
-        );
-        p.set_lun(encode_lun(lun));
-        p.set_u32(20, edtl);
-        let mut c = [0u8; 16];
-        c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
-        p.bhs[32..48].copy_from_slice(&c);
-        // The data goes out from the caller's buffer, not copied into the PDU.
-        p.write_with_data(&mut self.w, &data_out[..imm])?;
-        self.w.flush()?;
-        let mut off = imm;
-        let mut data_sn = 0;
-        while off < unsolicited_end {
-            let n = (unsolicited_end - off).min(self.target_mrdsl);
-            self.data_out(
-                lun,
-                itt,
-                0xffff_ffff,
-                data_sn,
-                off,
-                &data_out[off..off + n],
-                off + n == unsolicited_end,
-            )?;
-            data_sn += 1;
-            off += n;
-        }
+        let (itt, unsolicited_end) = self.start_command(lun, cdb, data_out, read_len > 0, edtl)?;
         self.in_flight.push(InFlight {
             itt,
             lun,
@@ -506,14 +480,7 @@ impl Initiator {
             } else {
                 Vec::new()
             },
-            res: CommandResult {
-                status: 0,
-                sense: Vec::new(),
-                data: Vec::new(),
-                residual: 0,
-                data_in_pdus: 0,
-                r2ts: 0,
-            },
+            res: CommandResult::default(),
         });
         Ok(itt)
     }
@@ -557,63 +524,22 @@ impl Initiator {
         };
         match opc {
             op::R2T => {
-                self.in_flight[i].res.r2ts += 1;
-                let ttt = r.u32_at(20);
-                let boff = r.u32_at(40) as usize;
-                let len = r.u32_at(44) as usize;
-                let data = std::mem::take(&mut self.in_flight[i].data_out);
-                let lun = self.in_flight[i].lun;
-                if boff + len > data.len() {
-                    return Err(err(format!(
-                        "R2T for {len} bytes at {boff} beyond the {} we have",
-                        data.len()
-                    )));
-                }
-                let mut o = boff;
-                let mut sn = 0;
-                while o < boff + len {
-                    let n = (boff + len - o).min(self.target_mrdsl);
-                    self.data_out(lun, itt, ttt, sn, o, &data[o..o + n], o + n == boff + len)?;
-                    sn += 1;
-                    o += n;
-                }
+                let c = &mut self.in_flight[i];
+                c.res.r2ts += 1;
+                let (lun, data) = (c.lun, std::mem::take(&mut c.data_out));
+                let sent = self.answer_r2t(lun, itt, &r, &data);
                 self.in_flight[i].data_out = data;
-                Ok(())
+                sent
             }
-            op::DATA_IN => {
-                let res = &mut self.in_flight[i].res;
-                res.data_in_pdus += 1;
-                let boff = r.u32_at(40) as usize;
-                if boff != res.data.len() {
-                    return Err(err(format!(
-                        "Data-In at offset {boff}, expected {}",
-                        res.data.len()
-                    )));
-                }
-                if res.data.is_empty() {
-                    res.data = std::mem::take(&mut r.data);
+            op::DATA_IN | op::SCSI_RESP => {
+                let mut res = std::mem::take(&mut self.in_flight[i].res);
+                let done = self.take_response(&mut res, &mut r)?;
+                if done {
+                    self.in_flight.remove(i);
+                    self.done.push_back((itt, res));
                 } else {
-                    res.data.extend_from_slice(&r.data);
+                    self.in_flight[i].res = res;
                 }
-                if r.flags() & 0x01 != 0 {
-                    self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
-                    let mut c = self.in_flight.remove(i);
-                    c.res.status = r.bhs[3];
-                    c.res.residual = residual(r.flags(), r.u32_at(44));
-                    self.done.push_back((itt, c.res));
-                }
-                Ok(())
-            }
-            op::SCSI_RESP => {
-                self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
-                let mut c = self.in_flight.remove(i);
-                c.res.status = r.bhs[3];
-                c.res.residual = residual(r.flags(), r.u32_at(44));
-                if r.data.len() >= 2 {
-                    let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
-                    c.res.sense = r.data[2..(2 + n).min(r.data.len())].to_vec();
-                }
-                self.done.push_back((itt, c.res));
                 Ok(())
             }
             _ => Err(err(format!(
@@ -755,6 +681,14 @@ impl Initiator {
     /// The CmdSN the next non-immediate request will carry.
     pub fn next_cmd_sn(&self) -> u32 {
         self.cmd_sn
+    }
+
+    /// Consume a CmdSN without sending anything, as if that command were lost on the
+    /// way; returns it.
+    pub fn lose_cmd_sn(&mut self) -> u32 {
+        let sn = self.cmd_sn;
+        self.cmd_sn = sn.wrapping_add(1);
+        sn
     }
 
     fn tmf_response(&mut self, itt: u32) -> io::Result<u8> {

@@ -869,14 +869,15 @@ fn full_feature(
             Err(PduError::Closed) => break "connection closed".to_string(),
             Err(e) => break e.to_string(),
         };
-        // CmdSN of non-immediate requests.
+        // CmdSN of non-immediate requests. `exp` is ExpCmdSN before this request: a
+        // CmdSN below it was received (or skipped by a later one) earlier.
         let carries_cmdsn = matches!(
             pdu.opcode(),
             op::SCSI_CMD | op::NOP_OUT | op::TMF_REQ | op::TEXT_REQ | op::LOGOUT_REQ
         );
+        let exp = conn.seq.exp_cmd_sn.load(Ordering::SeqCst);
         if carries_cmdsn && !pdu.immediate() {
             let sn = pdu.u32_at(24);
-            let exp = conn.seq.exp_cmd_sn.load(Ordering::SeqCst);
             let max = conn.seq.max_cmd_sn();
             if sn_lt(sn, exp) || sn_lt(max, sn) {
                 // Outside the window: silently ignored (RFC 7143 section 4.2.2.1).
@@ -1118,12 +1119,17 @@ fn full_feature(
                     ids.len()
                 };
                 let response = match function {
+                    // ABORT TASK (RFC 7143 section 11.5.1). A task still pending is
+                    // aborted: the worker sends no response for it, and the TMF
+                    // response, queued behind it, follows. A task not pending either
+                    // completed (its response is sent or queued ahead of this one: "task
+                    // does not exist") or never arrived: numbered inside the window, at
+                    // or above ExpCmdSN and before this request, it counts as received
+                    // and aborted ("function complete").
                     1 => {
-                        if abort_where(&|i, _| i == ref_itt) > 0 {
-                            0
-                        } else if sn_lt(ref_cmd_sn, cmd_sn) {
-                            // Never seen, but numbered before this request: it is
-                            // considered received and aborted (RFC 7143 11.5.1).
+                        if abort_where(&|i, _| i == ref_itt) > 0
+                            || (!sn_lt(ref_cmd_sn, exp) && sn_lt(ref_cmd_sn, cmd_sn))
+                        {
                             0
                         } else {
                             1

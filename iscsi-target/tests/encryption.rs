@@ -12,13 +12,7 @@ use tape_devices::scsi::encryption as te;
 const MIB: u64 = 1 << 20;
 
 fn spin(i: &mut Initiator, protocol: u8, page: u16) -> CommandResult {
-    i.command(
-        DRIVE0,
-        &security_protocol_in(protocol, page, 8192),
-        &[],
-        8192,
-    )
-    .unwrap()
+    ask(i, DRIVE0, &security_protocol_in(protocol, page, 8192), 8192)
 }
 
 fn spout(i: &mut Initiator, page: &[u8]) -> CommandResult {
@@ -59,11 +53,11 @@ fn library_contains(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 }
 
 fn rewind_drive(i: &mut Initiator) {
-    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    assert_good(&ask(i, DRIVE0, &rewind(), 0));
 }
 
 fn block_position(i: &mut Initiator) -> u32 {
-    let r = i.command(DRIVE0, &read_position(0), &[], 20).unwrap();
+    let r = ask(i, DRIVE0, &read_position(0), 20);
     assert_good(&r);
     u32::from_be_bytes(r.data[4..8].try_into().unwrap())
 }
@@ -135,11 +129,9 @@ fn pages_report_one_aes256_gcm_algorithm_tapevault_accepts() {
     assert_sense(&spin(&mut i, 0x01, 0x0000), 5, 0x24, 0x00);
     let mut cdb = security_protocol_in(0x20, 0, 64);
     cdb[4] = 0x80;
-    assert_sense(&i.command(DRIVE0, &cdb, &[], 64).unwrap(), 5, 0x24, 0x00);
+    assert_sense(&ask(&mut i, DRIVE0, &cdb, 64), 5, 0x24, 0x00);
     // Allocation length cuts the page.
-    let r = i
-        .command(DRIVE0, &security_protocol_in(0x20, 0x0010, 8), &[], 8)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &security_protocol_in(0x20, 0x0010, 8), 8);
     assert_good(&r);
     assert_eq!(r.data.len(), 8);
 }
@@ -169,14 +161,14 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
     let second = block(9, 4096);
     assert_good(&i.command(DRIVE0, &write6(1000, false), &canary, 0).unwrap());
     assert_good(&i.command(DRIVE0, &write6(4096, false), &second, 0).unwrap());
-    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    assert_good(&ask(&mut i, DRIVE0, &write_filemarks(1), 0));
     // Turn encryption off and write a plain block after the filemark.
     assert_good(&spout(&mut i, &te::clear_data_encryption_page()));
     let st = status(&mut i);
     assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
     let plain = block(3, 512);
     assert_good(&i.command(DRIVE0, &write6(512, false), &plain, 0).unwrap());
-    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    assert_good(&ask(&mut i, DRIVE0, &write_filemarks(1), 0));
 
     // On disk: no plaintext of the encrypted blocks anywhere, the plain block as is,
     // and a version 2 index.
@@ -212,14 +204,11 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
         "the status page does not move the tape"
     );
     assert_eq!(block_position(&mut i), 0);
-    i.command(DRIVE0, &[0x11, 0x01, 0, 0, 1, 0], &[], 0)
-        .unwrap();
+    ask(&mut i, DRIVE0, &[0x11, 0x01, 0, 0, 1, 0], 0);
     assert_eq!(nbes(&mut i), (3, 3), "after the filemark: not encrypted");
-    i.command(DRIVE0, &[0x11, 0x00, 0, 0, 1, 0], &[], 0)
-        .unwrap();
+    ask(&mut i, DRIVE0, &[0x11, 0x00, 0, 0, 1, 0], 0);
     assert_eq!(nbes(&mut i), (4, 2), "a filemark is not a logical block");
-    i.command(DRIVE0, &[0x11, 0x03, 0, 0, 0, 0], &[], 0)
-        .unwrap();
+    ask(&mut i, DRIVE0, &[0x11, 0x03, 0, 0, 0, 0], 0);
     assert_eq!(nbes(&mut i), (5, 1), "end of data");
     assert_good(&spout(&mut i, &set_a));
     rewind_drive(&mut i);
@@ -228,17 +217,13 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
 
     // No key: DATA PROTECT 74/01 and the position moves past the block.
     rewind_drive(&mut i);
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_sense(&r, 7, 0x74, 0x01);
     assert!(r.data.is_empty());
     assert_eq!(block_position(&mut i), 1);
     // A plain block reads as is with decryption off.
-    assert_good(&i.command(DRIVE0, &locate10(3), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(512, false, false), &[], 512)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &locate10(3), 0));
+    let r = ask(&mut i, DRIVE0, &read6(512, false, false), 512);
     assert_good(&r);
     assert_eq!(r.data, plain);
 
@@ -246,23 +231,17 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
     let set_b = te::set_data_encryption_page(1, &key_b, te::KAD_UNAUTHENTICATED, &fp);
     assert_good(&spout(&mut i, &set_b));
     rewind_drive(&mut i);
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_sense(&r, 7, 0x74, 0x01);
 
     // The right key: the plaintext, with the lengths the host wrote.
     assert_good(&spout(&mut i, &set_a));
     rewind_drive(&mut i);
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_good(&r);
     assert_eq!(r.data, canary);
     // Shorter than the block without SILI: ILI, residual against the plaintext length.
-    let r = i
-        .command(DRIVE0, &read6(100, false, false), &[], 100)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(100, false, false), 100);
     assert_eq!(r.status, 2);
     assert_eq!(r.data, &second[..100]);
     let sense = r.sense.clone();
@@ -274,59 +253,56 @@ fn encrypted_blocks_never_reach_the_cartridge_in_the_clear() {
     assert_eq!(block_position(&mut i), 2);
     // Longer with SILI: GOOD, the true length.
     rewind_drive(&mut i);
-    assert_good(&i.command(DRIVE0, &space6(0, 1), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(8192, false, true), &[], 8192)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &space6(0, 1), 0));
+    let r = ask(&mut i, DRIVE0, &read6(8192, false, true), 8192);
     assert_good(&r);
     assert_eq!(r.data, second);
     // Mode DECRYPT refuses the plain block: 74/02.
-    assert_good(&i.command(DRIVE0, &locate10(3), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(512, false, false), &[], 512)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &locate10(3), 0));
+    let r = ask(&mut i, DRIVE0, &read6(512, false, false), 512);
     assert_sense(&r, 7, 0x74, 0x02);
     // Mode MIXED (the page stenc sends for --encrypt=mixed) reads both.
     assert_good(&spout(&mut i, &stenc_page(&key_a, 3)));
     let st = status(&mut i);
     assert_eq!((st.encryption_mode, st.decryption_mode), (2, 3));
     assert_eq!(st.kad, vec![(0u8, b"backup key 2026".to_vec())]);
-    assert_good(&i.command(DRIVE0, &locate10(3), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(512, false, false), &[], 512)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &locate10(3), 0));
+    let r = ask(&mut i, DRIVE0, &read6(512, false, false), 512);
     assert_good(&r);
     assert_eq!(r.data, plain);
     rewind_drive(&mut i);
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_good(&r);
     assert_eq!(r.data, canary);
 
     // Unloading keeps the key (tapevault's page leaves CKOD clear)...
     assert_good(&spout(&mut i, &set_a));
-    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 0, 0], &[], 0).unwrap());
-    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 1, 0], &[], 0).unwrap());
-    settle(&mut i, DRIVE0);
-    let st = status(&mut i);
-    assert_eq!((st.encryption_mode, st.decryption_mode), (2, 2));
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    assert_eq!(unload_and_reload(&mut i), (2, 2));
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_good(&r);
     assert_eq!(r.data, canary);
     // ...unless the host set CKOD (clear key on demount), as stenc's page does here.
     assert_good(&spout(&mut i, &stenc_page(&key_a, 2)));
-    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 0, 0], &[], 0).unwrap());
-    assert_good(&i.command(DRIVE0, &[0x1b, 0, 0, 0, 1, 0], &[], 0).unwrap());
-    settle(&mut i, DRIVE0);
-    let st = status(&mut i);
-    assert_eq!((st.encryption_mode, st.decryption_mode), (0, 0));
-    let r = i
-        .command(DRIVE0, &read6(1000, false, false), &[], 1000)
-        .unwrap();
+    assert_eq!(unload_and_reload(&mut i), (0, 0));
+    let r = ask(&mut i, DRIVE0, &read6(1000, false, false), 1000);
     assert_sense(&r, 7, 0x74, 0x01);
+}
+
+/// Unload and load the cartridge again (START STOP UNIT); the encryption and
+/// decryption modes in force afterwards.
+fn unload_and_reload(i: &mut Initiator) -> (u8, u8) {
+    assert_good(&ask(i, DRIVE0, &[0x1b, 0, 0, 0, 0, 0], 0));
+    assert_good(&ask(i, DRIVE0, &[0x1b, 0, 0, 0, 1, 0], 0));
+    settle(i, DRIVE0);
+    let st = status(i);
+    (st.encryption_mode, st.decryption_mode)
+}
+
+/// `page` with byte `at` set to `value`.
+fn patched(page: &[u8], at: usize, value: u8) -> Vec<u8> {
+    let mut p = page.to_vec();
+    p[at] = value;
+    p
 }
 
 #[test]
@@ -339,46 +315,14 @@ fn malformed_set_pages_are_refused_and_change_nothing() {
     let variants: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good[..10].to_vec()),
         ("empty", Vec::new()),
-        ("page length too long", {
-            let mut p = good.clone();
-            p[3] += 1;
-            p
-        }),
-        ("wrong page code", {
-            let mut p = good.clone();
-            p[1] = 0x11;
-            p
-        }),
-        ("algorithm 2", {
-            let mut p = good.clone();
-            p[8] = 2;
-            p
-        }),
-        ("key of 16 bytes", {
-            let mut p = good.clone();
-            p[19] = 16;
-            p
-        }),
-        ("key format 1", {
-            let mut p = good.clone();
-            p[9] = 1;
-            p
-        }),
-        ("encryption mode EXTERNAL", {
-            let mut p = good.clone();
-            p[6] = 1;
-            p
-        }),
-        ("decryption mode 7", {
-            let mut p = good.clone();
-            p[7] = 7;
-            p
-        }),
-        ("KAD longer than the page", {
-            let mut p = good.clone();
-            p[55] = 200;
-            p
-        }),
+        ("page length too long", patched(&good, 3, good[3] + 1)),
+        ("wrong page code", patched(&good, 1, 0x11)),
+        ("algorithm 2", patched(&good, 8, 2)),
+        ("key of 16 bytes", patched(&good, 19, 16)),
+        ("key format 1", patched(&good, 9, 1)),
+        ("encryption mode EXTERNAL", patched(&good, 6, 1)),
+        ("decryption mode 7", patched(&good, 7, 7)),
+        ("KAD longer than the page", patched(&good, 55, 200)),
     ];
     for (what, page) in variants {
         let r = spout(&mut i, &page);
@@ -421,9 +365,7 @@ fn a_key_set_once_encrypts_the_next_cartridge_too() {
     let page = te::set_data_encryption_page(1, &[0x33; 32], te::KAD_UNAUTHENTICATED, &[2; 16]);
     assert_good(&spout(&mut i, &page));
     // The changer swaps cartridges; the key (no CKOD) stays in the drive.
-    let r = i
-        .command(CHANGER, &move_medium(DRIVE_BASE, SLOT_BASE), &[], 0)
-        .unwrap();
+    let r = ask(&mut i, CHANGER, &move_medium(DRIVE_BASE, SLOT_BASE), 0);
     assert_good(&r);
     load(&mut i, 1, 0);
     let st = status(&mut i);
@@ -435,36 +377,30 @@ fn a_key_set_once_encrypts_the_next_cartridge_too() {
         .take(2048)
         .collect();
     assert_good(&i.command(DRIVE0, &write6(2048, false), &canary, 0).unwrap());
-    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    assert_good(&ask(&mut i, DRIVE0, &write_filemarks(1), 0));
     let hits = library_contains(s.dir.path(), b"SECOND-CARTRIDGE-CANARY");
     assert!(hits.is_empty(), "plaintext on disk in {hits:?}");
     rewind_drive(&mut i);
-    let r = i
-        .command(DRIVE0, &read6(2048, false, false), &[], 2048)
-        .unwrap();
+    let r = ask(&mut i, DRIVE0, &read6(2048, false, false), 2048);
     assert_good(&r);
     assert_eq!(r.data, canary);
     // Fixed-block mode: each 512-byte block sealed on its own, read back in one command;
     // a read with the key gone stops at the first block with nothing transferred.
     let p = vec![0u8, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0x02, 0x00];
     assert_good(&i.command(DRIVE0, &mode_select6(12), &p, 0).unwrap());
-    assert_good(&i.command(DRIVE0, &space6(3, 0), &[], 0).unwrap());
+    assert_good(&ask(&mut i, DRIVE0, &space6(3, 0), 0));
     let at = block_position(&mut i);
     let data = block(5, 2048);
     assert_good(&i.command(DRIVE0, &write6(4, true), &data, 0).unwrap());
-    assert_good(&i.command(DRIVE0, &write_filemarks(1), &[], 0).unwrap());
+    assert_good(&ask(&mut i, DRIVE0, &write_filemarks(1), 0));
     assert!(library_contains(s.dir.path(), &data[512..600]).is_empty());
-    assert_good(&i.command(DRIVE0, &locate10(at), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(4, true, false), &[], 2048)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &locate10(at), 0));
+    let r = ask(&mut i, DRIVE0, &read6(4, true, false), 2048);
     assert_good(&r);
     assert_eq!(r.data, data);
     assert_good(&spout(&mut i, &te::clear_data_encryption_page()));
-    assert_good(&i.command(DRIVE0, &locate10(at), &[], 0).unwrap());
-    let r = i
-        .command(DRIVE0, &read6(4, true, false), &[], 2048)
-        .unwrap();
+    assert_good(&ask(&mut i, DRIVE0, &locate10(at), 0));
+    let r = ask(&mut i, DRIVE0, &read6(4, true, false), 2048);
     assert_sense(&r, 7, 0x74, 0x01);
     assert_eq!(r.information(), Some(4));
     assert!(r.data.is_empty());

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use iscsi_target::scsi::{inquiry, key, Identity};
-use iscsi_target::{LogicalUnit, LunTable, Nexus, Response, Sense, Target, TargetConfig};
+use iscsi_target::{Handle, LogicalUnit, LunTable, Nexus, Response, Sense, Target, TargetConfig};
 
 const BLOCK: usize = 512;
 const BLOCKS: u64 = 4096;
@@ -84,13 +84,10 @@ impl LogicalUnit for RamDisk {
     }
 }
 
-#[test]
-fn iscsi_test_cu_iscsi_suite_passes() {
-    let bin = "/usr/bin/iscsi-test-cu";
-    if !std::path::Path::new(bin).exists() {
-        eprintln!("skipping: iscsi-test-cu is not installed (apt-get install libiscsi-bin)");
-        return;
-    }
+const BIN: &str = "/usr/bin/iscsi-test-cu";
+
+/// A target serving one RAM disk as LUN 0.
+fn ram_disk_target() -> Handle {
     let mut luns = LunTable::new();
     luns.insert(
         0,
@@ -107,15 +104,35 @@ fn iscsi_test_cu_iscsi_suite_passes() {
     );
     let mut cfg = TargetConfig::new("/nonexistent");
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let h = Target::serve_units(cfg, luns).unwrap();
-    let url = format!("iscsi://{}/{}/0", h.local_addr(), h.target_name());
+    Target::serve_units(cfg, luns).unwrap()
+}
+
+fn url(h: &Handle) -> String {
+    format!("iscsi://{}/{}/0", h.local_addr(), h.target_name())
+}
+
+fn installed() -> bool {
+    let there = std::path::Path::new(BIN).exists();
+    if !there {
+        eprintln!("skipping: iscsi-test-cu is not installed (apt-get install libiscsi-bin)");
+    }
+    there
+}
+
+#[test]
+fn iscsi_test_cu_iscsi_suite_passes() {
+    if !installed() {
+        return;
+    }
+    let h = ram_disk_target();
+    let url = url(&h);
     // One retry: libiscsi's iSCSIDataSnInvalid was seen failing now and then (a later
     // WRITE(10) answered COMMAND ABORTED) on a loaded 2-core machine. A target that
     // fails the suite twice in a row fails the test; a single failure is printed.
     let mut failures = Vec::new();
     for _attempt in 0..2 {
         let out = Command::new("timeout")
-            .args(["300", bin, "--dataloss", "--test=iSCSI", &url])
+            .args(["300", BIN, "--dataloss", "--test=iSCSI", &url])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
@@ -134,5 +151,48 @@ fn iscsi_test_cu_iscsi_suite_passes() {
     if !failures.is_empty() {
         eprintln!("note: iscsi-test-cu failed once and passed on the second run");
     }
+    h.shutdown().unwrap();
+}
+
+/// libiscsi's AbortTaskSimpleAsync races an ABORT TASK against the WRITE it names: the
+/// target must answer either the write (GOOD) and "task does not exist", or "function
+/// complete" and nothing for the write. Run it repeatedly (ISCSI_ABORT_ROUNDS, default
+/// 20): a target that answers both the write and "function complete" fails some rounds.
+#[test]
+fn abort_task_simple_async_passes_repeatedly() {
+    if !installed() {
+        return;
+    }
+    let rounds: usize = std::env::var("ISCSI_ABORT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let h = ram_disk_target();
+    let url = url(&h);
+    let mut failed = Vec::new();
+    for round in 0..rounds {
+        let out = Command::new("timeout")
+            .args([
+                "60",
+                BIN,
+                "--dataloss",
+                "--test=iSCSI.iSCSITMF.AbortTaskSimpleAsync",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            failed.push(format!(
+                "round {round}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    eprintln!(
+        "AbortTaskSimpleAsync: {} of {rounds} rounds failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n-----\n"));
     h.shutdown().unwrap();
 }

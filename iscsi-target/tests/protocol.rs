@@ -10,10 +10,13 @@ use vtl_sim::{FaultOp, Faults, Hang, Library, Read};
 
 const MIB: u64 = 1 << 20;
 
-fn hang_writes(s: &Served, barcode: &str, millis: u64) {
+/// Make drive 0's next write hang for `millis`, and send a TEST UNIT READY through `i`
+/// so the drive notices the new fault settings before the timed part.
+fn hang_next_write(s: &Served, i: &mut Initiator, millis: u64) {
+    let barcode = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
     s.lib
         .set_faults(
-            barcode,
+            &barcode,
             &Faults {
                 hang: Some(Hang {
                     op: FaultOp::Write,
@@ -24,6 +27,7 @@ fn hang_writes(s: &Served, barcode: &str, millis: u64) {
             },
         )
         .unwrap();
+    assert_good(&i.command(DRIVE0, &tur(), &[], 0).unwrap());
 }
 
 fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -185,10 +189,7 @@ fn nop_is_answered_during_a_long_command_and_abort_drops_a_queued_one() {
     let s = Served::new(64 * MIB, MIB);
     let mut i = s.login(1);
     load(&mut i, 0, 0);
-    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
-    hang_writes(&s, &bc, 3000);
-    // Tell the drive to notice the new fault settings before the timed part.
-    assert_good(&i.command(DRIVE0, &tur(), &[], 0).unwrap());
+    hang_next_write(&s, &mut i, 3000);
     let w1 = i.command_pdu(DRIVE0, &write6(512, false), &block(1, 512), 0);
     let w2 = i.command_pdu(DRIVE0, &write6(512, false), &block(2, 512), 0);
     let (itt1, itt2) = (w1.itt(), w2.itt());
@@ -223,12 +224,16 @@ fn nop_is_answered_during_a_long_command_and_abort_drops_a_queued_one() {
         }
     }
     assert!(seen.contains(&itt1));
-    // ABORT TASK for a task that does not exist: numbered after this request, it does
-    // not exist; numbered before, it counts as received and aborted (RFC 7143 11.5.1).
+    // ABORT TASK for a task the target does not hold (RFC 7143 11.5.1): numbered after
+    // this request, or before it but already received, it does not exist; numbered
+    // inside the window but never received (lost on the way), it counts as received
+    // and aborted.
     let later = i.next_cmd_sn().wrapping_add(3);
     assert_eq!(i.tmf_ref(1, DRIVE0, 0x7777_0000, later).unwrap(), 1);
     let earlier = i.next_cmd_sn().wrapping_sub(1);
-    assert_eq!(i.tmf_ref(1, DRIVE0, 0x7777_0001, earlier).unwrap(), 0);
+    assert_eq!(i.tmf_ref(1, DRIVE0, 0x7777_0001, earlier).unwrap(), 1);
+    let lost = i.lose_cmd_sn();
+    assert_eq!(i.tmf_ref(1, DRIVE0, 0x7777_0002, lost).unwrap(), 0);
     // Unsupported TMF function; LUN RESET of a LUN that does not exist.
     assert_eq!(i.tmf(3, DRIVE0, 0).unwrap(), 5);
     assert_eq!(i.tmf(5, 42, 0).unwrap(), 2);
@@ -241,6 +246,115 @@ fn nop_is_answered_during_a_long_command_and_abort_drops_a_queued_one() {
         .command(DRIVE0, &read6(512, false, false), &[], 512)
         .unwrap();
     assert_sense(&r, 8, 0x00, 0x05);
+}
+
+/// The next PDU after an ABORT TASK is its response: nothing for the aborted task may
+/// come first (its response would be queued ahead of the TMF response).
+fn abort_answers_first(i: &mut Initiator, ref_itt: u32, ref_cmd_sn: u32) -> u8 {
+    let tmf_itt = i.send_tmf_ref(1, DRIVE0, ref_itt, ref_cmd_sn).unwrap();
+    let r = i.recv().unwrap();
+    assert_eq!(r.opcode(), op::TMF_RESP, "TMF response first: {r:?}");
+    assert_eq!(r.itt(), tmf_itt);
+    r.bhs[2]
+}
+
+/// After the TMF response, the session answers the next command and nothing else.
+fn only_the_next_command_answers(i: &mut Initiator) {
+    let nop = i.nop_pdu(b"after");
+    i.send(&nop).unwrap();
+    let r = i.recv().unwrap();
+    assert_eq!(
+        r.opcode(),
+        op::NOP_IN,
+        "no late response for the aborted task: {r:?}"
+    );
+    assert_eq!(r.itt(), nop.itt());
+}
+
+#[test]
+fn abort_task_of_a_write_already_answered_is_task_does_not_exist() {
+    // libiscsi's AbortTaskSimpleAsync: a WRITE, then at once ABORT TASK naming it. When
+    // the write completed first, its GOOD status and "function complete" together would
+    // tell the initiator the write both happened and was aborted.
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    let w = i.command_pdu(DRIVE0, &write6(512, false), &block(4, 512), 0);
+    let (itt, sn) = (w.itt(), w.u32_at(24));
+    i.send(&w).unwrap();
+    let r = i.recv().unwrap();
+    assert_eq!((r.opcode(), r.itt(), r.bhs[3]), (op::SCSI_RESP, itt, 0));
+    assert_eq!(
+        abort_answers_first(&mut i, itt, sn),
+        1,
+        "task does not exist"
+    );
+    only_the_next_command_answers(&mut i);
+    assert_good(&i.command(DRIVE0, &rewind(), &[], 0).unwrap());
+    let r = i
+        .command(DRIVE0, &read6(512, false, false), &[], 512)
+        .unwrap();
+    assert_eq!(r.data, block(4, 512), "the completed write stays written");
+}
+
+#[test]
+fn abort_task_of_a_running_write_is_function_complete_and_unanswered() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    hang_next_write(&s, &mut i, 3000);
+    let w = i.command_pdu(DRIVE0, &write6(512, false), &block(5, 512), 0);
+    let (itt, sn) = (w.itt(), w.u32_at(24));
+    i.send(&w).unwrap();
+    // Queued or running, the write is pending until the worker answers it, and the
+    // hang keeps it from being answered before the abort arrives.
+    assert_eq!(abort_answers_first(&mut i, itt, sn), 0, "function complete");
+    only_the_next_command_answers(&mut i);
+}
+
+#[test]
+fn abort_task_of_a_write_awaiting_r2t_data_drops_it() {
+    let s = Served::new(64 * MIB, MIB);
+    let mut i = s.login(1);
+    load(&mut i, 0, 0);
+    // 512 bytes of a 1024-byte write come with the command (F bit set): the target
+    // asks for the rest by R2T, and the write waits for it.
+    let mut w = i.command_pdu(DRIVE0, &write6(1024, false), &block(6, 1024), 0);
+    w.data.truncate(512);
+    let (itt, sn) = (w.itt(), w.u32_at(24));
+    i.send(&w).unwrap();
+    let r2t = i.recv().unwrap();
+    assert_eq!((r2t.opcode(), r2t.itt()), (op::R2T, itt), "{r2t:?}");
+    assert_eq!((r2t.u32_at(40), r2t.u32_at(44)), (512, 512));
+    // A later command waits behind the write (ordered delivery); the abort frees it.
+    let t = i.command_pdu(DRIVE0, &tur(), &[], 0);
+    i.send(&t).unwrap();
+    let tmf_itt = i.send_tmf_ref(1, DRIVE0, itt, sn).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let r = i.recv().unwrap();
+        assert!(r.itt() == t.itt() || r.itt() == tmf_itt, "{r:?}");
+        if r.opcode() == op::TMF_RESP {
+            assert_eq!(r.bhs[2], 0, "function complete");
+        } else {
+            assert_eq!((r.opcode(), r.bhs[3]), (op::SCSI_RESP, 0), "{r:?}");
+        }
+        seen.push(r.itt());
+    }
+    // The data the R2T asked for, sent anyway: dropped, never answered.
+    let mut d = Pdu::new(op::DATA_OUT);
+    d.set_flags(0x80);
+    d.set_lun(r2t.lun());
+    d.set_itt(itt);
+    d.set_u32(20, r2t.u32_at(20));
+    d.set_u32(40, 512);
+    d.data = block(6, 1024)[512..].to_vec();
+    i.send(&d).unwrap();
+    only_the_next_command_answers(&mut i);
+    // Nothing reached the tape.
+    let r = i.command(DRIVE0, &read_position(0), &[], 20).unwrap();
+    assert_good(&r);
+    assert_eq!(u32::from_be_bytes(r.data[4..8].try_into().unwrap()), 0);
 }
 
 #[test]
@@ -351,9 +465,7 @@ fn disconnect_mid_command_and_shutdown_leave_cartridges_consistent() {
                 .unwrap(),
         );
     }
-    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
-    hang_writes(&s, &bc, 1500);
-    assert_good(&i.command(DRIVE0, &tur(), &[], 0).unwrap());
+    hang_next_write(&s, &mut i, 1500);
     let w = i.command_pdu(DRIVE0, &write6(4096, false), &block(5, 4096), 0);
     i.send(&w).unwrap();
     // Give the worker a moment to start the write (if it has not, the write is simply
@@ -456,9 +568,7 @@ fn lun_reset_from_another_session_aborts_queued_tasks_silently() {
     let mut b = s.login(2);
     load(&mut a, 0, 0);
     settle(&mut b, DRIVE0);
-    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
-    hang_writes(&s, &bc, 1500);
-    assert_good(&a.command(DRIVE0, &tur(), &[], 0).unwrap());
+    hang_next_write(&s, &mut a, 1500);
     let w1 = a.command_pdu(DRIVE0, &write6(512, false), &block(1, 512), 0);
     let w2 = a.command_pdu(DRIVE0, &write6(512, false), &block(2, 512), 0);
     a.send(&w1).unwrap();
@@ -538,9 +648,7 @@ fn too_many_tasks_get_task_set_full() {
     let s = Served::new(64 * MIB, MIB);
     let mut i = s.login(1);
     load(&mut i, 0, 0);
-    let bc = s.lib.state().unwrap().drives[0].barcode.clone().unwrap();
-    hang_writes(&s, &bc, 1500);
-    assert_good(&i.command(DRIVE0, &tur(), &[], 0).unwrap());
+    hang_next_write(&s, &mut i, 1500);
     let w = i.command_pdu(DRIVE0, &write6(512, false), &block(1, 512), 0);
     i.send(&w).unwrap();
     // 40 immediate commands behind the hung write: the session holds at most 32 tasks.

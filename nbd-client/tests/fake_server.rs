@@ -91,6 +91,15 @@ impl Srv {
         self.s.read_exact(&mut b)?;
         Ok(u64::from_be_bytes(b))
     }
+    /// Greet, accept the client's first option (structured replies), and return the
+    /// next option's code.
+    fn structured_then_next(&mut self) -> io::Result<u32> {
+        self.greet(3)?;
+        let (opt, _) = self.option()?;
+        assert_eq!(opt, OPT_STRUCTURED);
+        self.reply(opt, REP_ACK, &[])?;
+        Ok(self.option()?.0)
+    }
     fn greet(&mut self, hflags: u16) -> io::Result<u32> {
         self.send(&[
             &NBDMAGIC.to_be_bytes(),
@@ -317,6 +326,21 @@ fn protocol_error<T: std::fmt::Debug>(r: Result<T, Error>, needle: &str) {
     }
 }
 
+/// The client's handshake with a server scripted by `script` fails with a protocol
+/// error naming `needle`.
+fn handshake_refused(
+    script: impl FnOnce(&mut Srv) -> io::Result<()> + Send + 'static,
+    needle: &str,
+) {
+    let (c, h) = server(script);
+    protocol_error(
+        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+        needle,
+    );
+    // The client may close before the server has sent everything.
+    let _ = h.join().unwrap();
+}
+
 fn ext(offset: u64, length: u64, flags: u32) -> Extent {
     Extent {
         offset,
@@ -375,11 +399,7 @@ fn server_closing_during_the_greeting_is_closed() {
 #[test]
 fn option_errors_are_typed_with_the_servers_message() {
     let (c, h) = server(|s| {
-        s.greet(3)?;
-        let (opt, _) = s.option()?;
-        assert_eq!(opt, OPT_STRUCTURED);
-        s.reply(opt, REP_ACK, &[])?;
-        let (opt, _) = s.option()?;
+        let opt = s.structured_then_next()?;
         assert_eq!(opt, OPT_GO);
         s.reply(opt, ERR_POLICY, b"export disk is not for you")
     });
@@ -459,90 +479,63 @@ fn meta_contexts_need_structured_replies() {
 #[test]
 fn malformed_option_replies_are_protocol_errors() {
     // Wrong reply magic.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        s.option()?;
-        s.send(&[&0xdead_beef_u64.to_be_bytes(), &[0u8; 12]])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            s.greet(3)?;
+            s.option()?;
+            s.send(&[&0xdead_beef_u64.to_be_bytes(), &[0u8; 12]])
+        },
         "magic",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
     // Oversized reply length: refused before reading (or allocating) it.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        let (opt, _) = s.option()?;
-        s.send(&[
-            &REPLY_MAGIC.to_be_bytes(),
-            &opt.to_be_bytes(),
-            &REP_ACK.to_be_bytes(),
-            &u32::MAX.to_be_bytes(),
-        ])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            s.greet(3)?;
+            let (opt, _) = s.option()?;
+            s.send(&[
+                &REPLY_MAGIC.to_be_bytes(),
+                &opt.to_be_bytes(),
+                &REP_ACK.to_be_bytes(),
+                &u32::MAX.to_be_bytes(),
+            ])
+        },
         "4294967295",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
     // Reply for another option.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        s.option()?;
-        s.reply(OPT_GO, REP_ACK, &[])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            s.greet(3)?;
+            s.option()?;
+            s.reply(OPT_GO, REP_ACK, &[])
+        },
         "option 7",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
     // GO ends without NBD_INFO_EXPORT.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        let (opt, _) = s.option()?;
-        s.reply(opt, REP_ACK, &[])?;
-        let (opt, _) = s.option()?;
-        s.reply(opt, REP_ACK, &[])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            let opt = s.structured_then_next()?;
+            s.reply(opt, REP_ACK, &[])
+        },
         "NBD_INFO_EXPORT",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
     // Impossible block sizes.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        let (opt, _) = s.option()?;
-        s.reply(opt, REP_ACK, &[])?;
-        let (opt, _) = s.option()?;
-        s.info_export(opt, SIZE, ALL_FLAGS)?;
-        s.info_block(opt, 3, 4096, 1 << 20)?;
-        s.reply(opt, REP_ACK, &[])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            let opt = s.structured_then_next()?;
+            s.info_export(opt, SIZE, ALL_FLAGS)?;
+            s.info_block(opt, 3, 4096, 1 << 20)?;
+            s.reply(opt, REP_ACK, &[])
+        },
         "minimum block size 3",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
     // An INFO of the wrong length.
-    let (c, h) = server(|s| {
-        s.greet(3)?;
-        let (opt, _) = s.option()?;
-        s.reply(opt, REP_ACK, &[])?;
-        let (opt, _) = s.option()?;
-        s.reply(opt, REP_INFO, &[0, 0, 1, 2, 3])
-    });
-    protocol_error(
-        Client::connect_transport(Box::new(c), &opts()).map(|_| ()),
+    handshake_refused(
+        |s| {
+            let opt = s.structured_then_next()?;
+            s.reply(opt, REP_INFO, &[0, 0, 1, 2, 3])
+        },
         "NBD_INFO_EXPORT is 5 bytes",
     );
-    // The client may close before the server has sent everything.
-    let _ = h.join().unwrap();
 }
 
 #[test]

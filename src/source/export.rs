@@ -43,6 +43,43 @@ pub struct EpochRequest {
     pub start_epoch: bool,
 }
 
+/// The source identity of a disk image QEMU serves (libvirt domain or QMP): the
+/// image file, whichever way it is reached.
+pub fn qemu_image_identity(path: &str) -> Identity {
+    Identity::named(&format!("qemu-image:{path}"))
+}
+
+/// The disks of one VM-wide backup job (a libvirt backup job, a QEMU live backup),
+/// kept by the VM its disks' drivers share: what each disk was asked
+/// ([`ExportDriver::prepare`]), how many were opened, how many of their guards are
+/// alive. The job may end when the last guard goes and every prepared disk was opened.
+#[derive(Debug, Default)]
+pub struct VmJob {
+    pub prepared: Vec<(uuid::Uuid, EpochRequest)>,
+    opened: usize,
+    guards: usize,
+}
+
+impl VmJob {
+    /// Record disk `id`'s request, replacing an earlier one.
+    pub fn prepare(&mut self, id: uuid::Uuid, req: &EpochRequest) {
+        self.prepared.retain(|(i, _)| *i != id);
+        self.prepared.push((id, req.clone()));
+    }
+
+    /// A prepared disk was opened: its guard is alive.
+    pub fn opened(&mut self) {
+        self.opened += 1;
+        self.guards += 1;
+    }
+
+    /// A disk's guard went; true when the job may end now.
+    pub fn guard_dropped(&mut self) -> bool {
+        self.guards = self.guards.saturating_sub(1);
+        self.guards == 0 && self.opened >= self.prepared.len()
+    }
+}
+
 /// The dirty bitmap an incremental reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtySince {

@@ -51,6 +51,17 @@ fn write_part(
     }
 }
 
+/// One part of `n` records on a fresh tape, with the plain header.
+fn plain_part(n: u64, status: TrailerStatus) -> Written {
+    write_part(
+        MemTape::new(),
+        plain_header(),
+        n,
+        &mut ContentDigest::new(),
+        status,
+    )
+}
+
 fn plain_header() -> ImageHeader {
     ImageHeader {
         cipher: Cipher::None,
@@ -102,14 +113,7 @@ fn read_part(
 
 #[test]
 fn written_image_reads_back_clean_with_matching_digest() {
-    let mut d = ContentDigest::new();
-    let mut w = write_part(
-        MemTape::new(),
-        plain_header(),
-        5,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let mut w = plain_part(5, TrailerStatus::Complete);
     assert_eq!(w.tape.items.len(), 1 + 5 + 1 + 1);
     assert_eq!(w.tape.items.last(), Some(&TapeItem::Filemark));
     let (seqs, probs, trailer, digest) = read_part(&mut w.tape);
@@ -129,14 +133,7 @@ fn blocks(t: &mut MemTape) -> &mut Vec<TapeItem> {
 
 #[test]
 fn lost_duplicated_reordered_and_foreign_records_are_reported_by_position() {
-    let mut d = ContentDigest::new();
-    let mut w = write_part(
-        MemTape::new(),
-        plain_header(),
-        6,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let mut w = plain_part(6, TrailerStatus::Complete);
     let mut other = write_part(
         MemTape::new(),
         ImageHeader {
@@ -198,14 +195,7 @@ fn lost_duplicated_reordered_and_foreign_records_are_reported_by_position() {
 
 #[test]
 fn corrupt_record_is_skipped_and_located_and_digest_mismatch_shows() {
-    let mut d = ContentDigest::new();
-    let mut w = write_part(
-        MemTape::new(),
-        plain_header(),
-        4,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let mut w = plain_part(4, TrailerStatus::Complete);
     if let TapeItem::Block(b) = &mut w.tape.items[3] {
         let n = b.len();
         b[n - 10] ^= 0x04;
@@ -232,14 +222,7 @@ fn corrupt_record_is_skipped_and_located_and_digest_mismatch_shows() {
 
 #[test]
 fn truncated_stream_without_trailer_is_reported() {
-    let mut d = ContentDigest::new();
-    let mut w = write_part(
-        MemTape::new(),
-        plain_header(),
-        3,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let mut w = plain_part(3, TrailerStatus::Complete);
     w.tape.items.truncate(3); // header + 2 records, then end of data
     let (seqs, probs, trailer, _) = read_part(&mut w.tape);
     assert_eq!(seqs, vec![0, 1]);
@@ -255,14 +238,7 @@ fn truncated_stream_without_trailer_is_reported() {
 
 #[test]
 fn stream_not_starting_with_a_header_is_reported() {
-    let mut d = ContentDigest::new();
-    let mut w = write_part(
-        MemTape::new(),
-        plain_header(),
-        2,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let mut w = plain_part(2, TrailerStatus::Complete);
     w.tape.items.remove(0);
     let (seqs, probs, _, _) = read_part(&mut w.tape);
     assert!(seqs.is_empty());
@@ -449,14 +425,7 @@ fn part_joiner_detects_missing_duplicate_out_of_order_foreign_and_gaps() {
 
 #[test]
 fn aborted_image_is_never_complete() {
-    let mut d = ContentDigest::new();
-    let w = write_part(
-        MemTape::new(),
-        plain_header(),
-        1,
-        &mut d,
-        TrailerStatus::Aborted,
-    );
+    let w = plain_part(1, TrailerStatus::Aborted);
     let mut j = PartJoiner::new();
     j.accept(&w.header, &w.trailer).unwrap();
     assert_eq!(j.finish(), Err(SpanError::Aborted { part: 0 }));
@@ -481,14 +450,7 @@ impl BlockSource for ScratchSource {
 
 #[test]
 fn reader_uses_only_the_first_n_bytes_of_a_reused_buffer() {
-    let mut d = ContentDigest::new();
-    let w = write_part(
-        MemTape::new(),
-        plain_header(),
-        3,
-        &mut d,
-        TrailerStatus::Complete,
-    );
+    let w = plain_part(3, TrailerStatus::Complete);
     let mut r = ImageReader::new(ScratchSource(w.tape));
     let mut n = 0;
     loop {
@@ -530,8 +492,7 @@ mod model {
                 prop_oneof![(0usize..12).prop_map(Damage::Drop), (0usize..12).prop_map(Damage::Dup), (0usize..12).prop_map(Damage::Swap)],
                 0..4),
         ) {
-            let mut d = ContentDigest::new();
-            let mut w = write_part(MemTape::new(), plain_header(), n, &mut d, TrailerStatus::Complete);
+            let mut w = plain_part(n, TrailerStatus::Complete);
             let mut recs: Vec<TapeItem> = w.tape.items[1..=n as usize].to_vec();
             let orig = recs.clone();
             for dmg in &damage {

@@ -330,7 +330,8 @@ pub const AGENT_CHANNEL: &str = "    <channel type='unix'>
     </channel>
 ";
 
-fn target(i: usize) -> String {
+/// The virtio target of the `i`th disk of a domain (vda, vdb, ...).
+pub fn target(i: usize) -> String {
     format!("vd{}", (b'a' + i as u8) as char)
 }
 

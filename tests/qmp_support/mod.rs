@@ -45,6 +45,22 @@ pub struct Vm {
     pub disks: Vec<TestDiskSpec>,
 }
 
+/// Connects to a QEMU monitor socket. QEMU's monitor serves one client: a connection
+/// closed a moment ago (a killed client) may still be refused for a short while, and so
+/// may one made as QEMU starts.
+fn connect_retrying(socket: &Path) -> QmpClient {
+    let t = Instant::now();
+    loop {
+        match QmpClient::connect(socket, Duration::from_secs(30)) {
+            Ok(c) => return c,
+            Err(_) if t.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("connect QMP at {}: {e}", socket.display()),
+        }
+    }
+}
+
 impl Vm {
     /// Creates the images (if missing) and starts QEMU.
     pub fn start(dir: &Path, disks: &[(&str, u64, &str)], agent_channel: bool) -> Vm {
@@ -131,8 +147,10 @@ impl Vm {
             .stderr(Stdio::piped());
         let child = c.spawn().expect("start qemu-system-x86_64");
         self.child = Some(child);
+        // Both monitors: QEMU creates the second socket a moment after the first, and
+        // a test connecting to it at once was refused now and then.
         let t = Instant::now();
-        while !self.qmp.exists() {
+        while !self.qmp.exists() || !self.test_qmp().exists() {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
@@ -160,24 +178,11 @@ impl Vm {
 
     /// The test's own monitor (see [`Vm::boot`]).
     pub fn test_monitor(&self) -> QmpClient {
-        QmpClient::connect(&self.test_qmp(), Duration::from_secs(30))
-            .expect("connect the test's QMP")
+        connect_retrying(&self.test_qmp())
     }
 
     pub fn qmp(&self) -> QmpClient {
-        // QEMU's monitor serves one client: a connection closed a moment ago (a killed
-        // client) may still be refused for a short while.
-        let t = Instant::now();
-        loop {
-            match QmpClient::connect(&self.qmp, Duration::from_secs(30)) {
-                Ok(c) => return c,
-                Err(e) if t.elapsed() < Duration::from_secs(20) => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("connect QMP: {e}"),
-            }
-        }
+        connect_retrying(&self.qmp)
     }
 
     /// A guest write of `len` bytes of `pattern` at `off` to disk `i`, through the

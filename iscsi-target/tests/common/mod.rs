@@ -196,6 +196,13 @@ pub fn read_element_status(etype: u8, start: u16, count: u16, dvcid: bool, alloc
     ]
 }
 
+/// Run a command without data-out (the transport must not fail), expecting up to
+/// `read_len` bytes in.
+#[track_caller]
+pub fn ask(i: &mut Initiator, lun: u64, cdb: &[u8], read_len: u32) -> CommandResult {
+    i.command(lun, cdb, &[], read_len).unwrap()
+}
+
 /// Assert a CHECK CONDITION with this key/ASC/ASCQ.
 #[track_caller]
 pub fn assert_sense(r: &CommandResult, key: u8, asc: u8, ascq: u8) {

@@ -31,7 +31,8 @@ use super::virsh::Virsh;
 use super::xml::escape;
 use crate::catalog::Catalog;
 use crate::source::export::{
-    DirtySince, DriverHandle, EpochGuard, EpochRequest, ExportDriver, OpenedExport,
+    qemu_image_identity, DirtySince, DriverHandle, EpochGuard, EpochRequest, ExportDriver,
+    OpenedExport, VmJob,
 };
 use crate::source::input::Identity;
 use crate::source::nbd::NbdExport;
@@ -192,15 +193,13 @@ pub struct LibvirtVm {
     local: bool,
     opts: LibvirtOptions,
     disks: Vec<(Uuid, DomainDisk)>,
-    prepared: Vec<(Uuid, EpochRequest)>,
+    job: VmJob,
     plans: Vec<Plan>,
     started: bool,
     job_running: bool,
     new_checkpoint: Option<String>,
     failed: Option<String>,
     export: Export,
-    opened: usize,
-    guards: usize,
     finished: bool,
     signal: Option<SignalGuard>,
     notes: Vec<String>,
@@ -338,15 +337,13 @@ impl LibvirtVm {
             local,
             opts,
             disks: disks.clone(),
-            prepared: Vec::new(),
+            job: VmJob::default(),
             plans: Vec::new(),
             started: false,
             job_running: false,
             new_checkpoint: None,
             export,
             failed: None,
-            opened: 0,
-            guards: 0,
             finished: false,
             signal: None,
             notes: Vec::new(),
@@ -499,7 +496,7 @@ impl LibvirtVm {
         let dom = self.domain.clone();
         let mut existing = domain::checkpoints(&v, &dom).map_err(|e| e.to_string())?;
         let mut plans = Vec::new();
-        for (id, req) in self.prepared.clone() {
+        for (id, req) in self.job.prepared.clone() {
             let disk = self
                 .disks
                 .iter()
@@ -525,6 +522,7 @@ impl LibvirtVm {
         // (no image records them). Older ones are retired only after this run's images
         // are committed ([`LibvirtVm::finish`]).
         let bases: Vec<Option<u64>> = self
+            .job
             .prepared
             .iter()
             .map(|(_, r)| {
@@ -556,7 +554,8 @@ impl LibvirtVm {
                     .filter_map(|n| epoch_of(n)),
             )
             .chain(
-                self.prepared
+                self.job
+                    .prepared
                     .iter()
                     .filter_map(|(_, r)| r.base_change_id.as_deref())
                     .filter_map(ChangeId::parse)
@@ -996,13 +995,11 @@ impl ExportDriver for LibvirtDisk {
     }
 
     fn identity(&self) -> Identity {
-        Identity::named(&format!("qemu-image:{}", self.disk.source))
+        qemu_image_identity(&self.disk.source)
     }
 
     fn prepare(&mut self, req: &EpochRequest) -> Result<(), String> {
-        let mut vm = self.vm.lock();
-        vm.prepared.retain(|(i, _)| *i != self.id);
-        vm.prepared.push((self.id, req.clone()));
+        self.vm.lock().job.prepare(self.id, req);
         Ok(())
     }
 
@@ -1048,8 +1045,7 @@ impl ExportDriver for LibvirtDisk {
             },
         };
         let change_id = p.change_id.clone();
-        vm.opened += 1;
-        vm.guards += 1;
+        vm.job.opened();
         Ok(OpenedExport {
             export,
             dirty,
@@ -1081,10 +1077,9 @@ impl EpochGuard for LibvirtGuard {
 impl Drop for LibvirtGuard {
     fn drop(&mut self) {
         let mut vm = self.vm.lock();
-        vm.guards = vm.guards.saturating_sub(1);
         // The job is kept until every prepared disk was read; checkpoints are retired
         // only then (libvirt's checkpoints are per domain, not per disk).
-        if vm.guards == 0 && vm.opened >= vm.prepared.len() {
+        if vm.job.guard_dropped() {
             vm.finish();
         }
     }

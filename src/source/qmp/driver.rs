@@ -17,7 +17,8 @@ use super::epoch::Decision;
 use super::error::QmpError;
 use super::live::{discover_clean, Consistency, DiskRequest, LiveBackup, LiveDisk, LiveOptions};
 use crate::source::export::{
-    DirtySince, DriverHandle, EpochGuard, EpochRequest, ExportDriver, OpenedExport,
+    qemu_image_identity, DirtySince, DriverHandle, EpochGuard, EpochRequest, ExportDriver,
+    OpenedExport, VmJob,
 };
 use crate::source::input::Identity;
 use crate::source::nbd::NbdExport;
@@ -31,12 +32,10 @@ pub struct QmpVm {
     opts: LiveOptions,
     client: Option<QmpClient>,
     disks: Vec<(Uuid, VmDisk)>,
-    prepared: Vec<(Uuid, EpochRequest)>,
+    job: VmJob,
     live: Option<LiveBackup>,
     live_disks: Vec<LiveDisk>,
     failed: Option<String>,
-    opened: usize,
-    guards: usize,
     removed: Vec<String>,
     consistency: Option<Consistency>,
     name: Option<String>,
@@ -149,12 +148,10 @@ impl QmpVm {
             opts,
             client: Some(c),
             disks: disks.clone(),
-            prepared: Vec::new(),
+            job: VmJob::default(),
             live: None,
             live_disks: Vec::new(),
             failed: None,
-            opened: 0,
-            guards: 0,
             removed,
             consistency: None,
             name,
@@ -172,7 +169,7 @@ impl QmpVm {
         let client = self.client.take().ok_or("the QMP connection is gone")?;
         let mut reqs = Vec::new();
         let mut start_epoch = true;
-        for (id, er) in &self.prepared {
+        for (id, er) in &self.job.prepared {
             let disk = self
                 .disks
                 .iter()
@@ -238,13 +235,11 @@ impl ExportDriver for QmpDisk {
     }
 
     fn identity(&self) -> Identity {
-        Identity::named(&format!("qemu-image:{}", self.disk.filename))
+        qemu_image_identity(&self.disk.filename)
     }
 
     fn prepare(&mut self, req: &EpochRequest) -> Result<(), String> {
-        let mut vm = self.vm.lock();
-        vm.prepared.retain(|(i, _)| *i != self.id);
-        vm.prepared.push((self.id, req.clone()));
+        self.vm.lock().job.prepare(self.id, req);
         Ok(())
     }
 
@@ -262,8 +257,7 @@ impl ExportDriver for QmpDisk {
             .as_ref()
             .map(|l| l.nbd_socket().to_path_buf())
             .ok_or("the live backup is gone")?;
-        vm.opened += 1;
-        vm.guards += 1;
+        vm.job.opened();
         let (dirty, full_reason) = match &d.decision {
             Decision::Incremental { from } => (
                 d.bitmap_context.clone().map(|context| DirtySince {
@@ -314,9 +308,8 @@ impl EpochGuard for QmpGuard {
 impl Drop for QmpGuard {
     fn drop(&mut self) {
         let mut vm = self.vm.lock();
-        vm.guards = vm.guards.saturating_sub(1);
         // The point in time is kept until every prepared disk was read.
-        if vm.guards == 0 && vm.opened >= vm.prepared.len() {
+        if vm.job.guard_dropped() {
             if let Some(l) = vm.live.take() {
                 let _ = l.finish();
             }
