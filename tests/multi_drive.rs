@@ -653,3 +653,264 @@ fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
         "drive-encrypted, two drives",
     );
 }
+
+#[test]
+fn a_session_on_two_drives_stops_each_tape_once() {
+    // As tests/drive_streaming.rs: a host faster than the lowest speed, a small buffer
+    // and a short penalty, so every flush followed by a write costs one reposition.
+    let v = Vault::init(&[
+        "--slots",
+        "4",
+        "--drives",
+        "2",
+        "--capacity",
+        "256M",
+        "--drive-model",
+        "speed=40M,min=20M,buffer=4Mi,reposition=10ms",
+    ]);
+    v.pool("p", "off");
+    // A first session on both drives labels two cartridges into the media set (a label
+    // is written and flushed once in a cartridge's life); the session measured appends.
+    let first: Vec<TestDisk> = (0..2)
+        .map(|i| TestDisk::create(v.path(&format!("first{i}.img")), MIB, MIB, 60 + i))
+        .collect();
+    let fm = v.path("first.toml");
+    write_manifest(&fm, &first);
+    v.backup_manifest(&fm, "p", &["--drives", "2"]);
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let before = [lib.drive_stats(0).unwrap(), lib.drive_stats(1).unwrap()];
+    let disks: Vec<TestDisk> = (0..4)
+        .map(|i| TestDisk::create(v.path(&format!("d{i}.img")), 3 * MIB, 3 * MIB, 70 + i))
+        .collect();
+    let m = v.path("vm.toml");
+    write_manifest(&m, &disks);
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.backup_manifest(&m, "p", &["--drives", "2"]);
+    let used: HashSet<String> = by_disk(&r).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    for (d, b) in before.iter().enumerate() {
+        let st = lib.drive_stats(d).unwrap();
+        let (repositions, underruns) = (
+            st.repositions - b.repositions,
+            st.buffer_underruns - b.buffer_underruns,
+        );
+        // Each drive flushes once, after its images, the catalog snapshot and the
+        // end-of-session marker, and writes nothing after it. A flush after the last
+        // image and the snapshot written after the commit cost each drive one
+        // reposition. A drive that finished its disks first and waits for the other
+        // runs dry (an underrun: the host has nothing to give it), and that stop is
+        // the one it may reposition for.
+        assert!(repositions <= underruns, "drive {d}: {b:?} -> {st:?}");
+        assert!(
+            st.bytes_written - b.bytes_written >= 3 * MIB,
+            "drive {d}: {st:?}"
+        );
+    }
+    assert_restores(&v, &r, &copies, "two drives, one flush each");
+    v.assert_catalog_consistent();
+    // Each cartridge carries the session's snapshot and marker: a rebuild into a new
+    // home from the media alone finds every image complete.
+    let home = fresh_home(&v, "rebuilt");
+    rebuild(&home, &[]);
+    let got = image_statuses(&home);
+    for img in by_disk(&r).values() {
+        assert!(
+            got.contains(&(s(img, "image").to_string(), "complete".to_string())),
+            "{img}: {got:?}"
+        );
+    }
+}
+
+/// Whether qemu-img, qemu-io and qemu-nbd are installed (a reason printed when not).
+fn have_qemu() -> bool {
+    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        let ok = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
+            return false;
+        }
+    }
+    true
+}
+
+fn qemu(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run a qemu tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_io(img: &Path, cmds: &[String]) {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    let out = qemu(c.arg(img));
+    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
+}
+
+/// The names of tapevault's dirty bitmaps in `img`.
+fn epoch_bitmaps(img: &Path) -> Vec<String> {
+    let out = qemu(
+        std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(img),
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    j["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("tapevault-"))
+        .collect()
+}
+
+/// Whether a qemu-nbd process still serves `img`.
+fn served(img: &Path) -> bool {
+    let want = img.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.first().is_some_and(|a| a.ends_with("qemu-nbd")) && args.contains(&want)
+    })
+}
+
+#[test]
+fn qcow2_disks_on_two_drives_full_incrementals_restore() {
+    if !have_qemu() {
+        return;
+    }
+    let v = two_drives();
+    // Four qcow2 images through the offline image driver (each its own qemu-nbd and
+    // dirty bitmap), a VM's manifest, and one local raw disk the queue puts first.
+    let imgs: Vec<(uuid::Uuid, PathBuf)> = (0..4u64)
+        .map(|i| {
+            let img = v.path(&format!("q{i}.qcow2"));
+            qemu(
+                std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&img)
+                    .arg("16M"),
+            );
+            qemu_io(
+                &img,
+                &[
+                    format!("write -P {} 0 {}M", 0x40 + i, 2 + i),
+                    format!("write -P {} 9M 1M", 0x50 + i),
+                ],
+            );
+            (uuid::Uuid::new_v4(), img)
+        })
+        .collect();
+    let raw = TestDisk::create(v.path("raw.img"), 8 * MIB, 4 * MIB, 90);
+    let m = v.path("qvm.toml");
+    let mut t = "name = \"qvm\"\n".to_string();
+    for (id, img) in &imgs {
+        t.push_str(&format!(
+            "\n[[disk]]\nid = \"{id}\"\nsource = \"qcow2:{}\"\n",
+            img.display()
+        ));
+    }
+    t.push_str(&format!(
+        "\n[[disk]]\nid = \"{}\"\npath = \"{}\"\n",
+        raw.id,
+        raw.path.display()
+    ));
+    std::fs::write(&m, t).unwrap();
+    let ms = m.to_string_lossy().into_owned();
+
+    // Each point's bytes: (disk, image, raw copy).
+    let mut points: Vec<(String, String, PathBuf)> = Vec::new();
+    let save = |points: &mut Vec<(String, String, PathBuf)>, r: &Value, n: usize| {
+        let imgs_now = by_disk(r);
+        for (id, img) in &imgs {
+            let copy = v.path(&format!("{id}-{n}.raw"));
+            qemu(
+                std::process::Command::new("qemu-img")
+                    .args(["convert", "-f", "qcow2", "-O", "raw"])
+                    .arg(img)
+                    .arg(&copy),
+            );
+            let image = s(&imgs_now[&id.to_string()], "image").to_string();
+            points.push((id.to_string(), image, copy));
+        }
+        let copy = v.path(&format!("raw-{n}.raw"));
+        raw.save_copy(&copy);
+        let image = s(&imgs_now[&raw.id.to_string()], "image").to_string();
+        points.push((raw.id.to_string(), image, copy));
+    };
+
+    let r0 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let imgs0 = by_disk(&r0);
+    assert_eq!(imgs0.len(), 5, "{r0:#}");
+    let mut epochs = HashMap::new();
+    let mut qcow2_carts = HashSet::new();
+    for (id, img) in &imgs {
+        let i = &imgs0[&id.to_string()];
+        assert_eq!(s(i, "kind"), "full", "{i}");
+        qcow2_carts.extend(barcodes(i));
+        // The epoch switched after the commit: one bitmap, the new epoch's.
+        let e = epoch_bitmaps(img);
+        assert_eq!(e.len(), 1, "{}: {e:?}", img.display());
+        epochs.insert(id.to_string(), e[0].clone());
+        // And the export was torn down.
+        assert!(!served(img), "{} is still served", img.display());
+    }
+    assert_eq!(
+        qcow2_carts.len(),
+        2,
+        "the image driver's disks were written on both drives: {r0:#}"
+    );
+    save(&mut points, &r0, 0);
+
+    for n in 1..=2u64 {
+        for (i, (_, img)) in imgs.iter().enumerate() {
+            let i = i as u64;
+            qemu_io(
+                &img,
+                &[
+                    format!("write -P {} {}M 256k", 0x60 + 4 * n + i, 4 + n),
+                    format!("write -z {}k 64k", 64 * n),
+                ],
+            );
+        }
+        let r = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+        let got = by_disk(&r);
+        for (id, img) in &imgs {
+            let i = &got[&id.to_string()];
+            assert_eq!(s(i, "kind"), "incremental", "point {n}: {i}");
+            assert_eq!(s(i, "method"), "dirty-bitmap", "point {n}: {i}");
+            // Only the dirty data: the 256 KiB written, never the whole disk.
+            assert!(u(i, "read_bytes") <= 512 * KIB, "point {n}: {i}");
+            let e = epoch_bitmaps(img);
+            assert_eq!(e.len(), 1, "point {n}: {e:?}");
+            assert_ne!(e[0], epochs[&id.to_string()], "point {n}: a new epoch");
+            epochs.insert(id.to_string(), e[0].clone());
+            assert!(!served(img), "{} is still served", img.display());
+        }
+        save(&mut points, &r, n as usize);
+    }
+    for (disk, image, copy) in &points {
+        let out = v.path("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        let r = v.restore_image(disk.parse().unwrap(), image, &out);
+        assert_eq!(r.code, 0, "restore of {disk} image {image}: {}", r.stderr);
+        assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
+    }
+    v.assert_catalog_consistent();
+}
