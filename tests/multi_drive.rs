@@ -6,6 +6,7 @@
 //! claiming nothing that was not flushed, and the next backup recovers.
 
 mod common;
+mod qmp_support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -912,5 +913,95 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
         assert_eq!(r.code, 0, "restore of {disk} image {image}: {}", r.stderr);
         assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
     }
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_running_vms_two_disks_on_two_drives() {
+    if qmp_support::qemu_missing() {
+        return;
+    }
+    let v = two_drives();
+    let vm = qmp_support::Vm::start(
+        &v.root,
+        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
+        false,
+    );
+    let mut w = vm.test_monitor();
+    let mut model = [vec![0u8; 32 * MIB as usize], vec![0u8; 16 * MIB as usize]];
+    let mut write =
+        |w: &mut tapevault::source::qmp::QmpClient, i: usize, p: u8, off: u64, len: u64| {
+            vm.write(w, i, p, off, len);
+            model[i][off as usize..(off + len) as usize].fill(p);
+            model.clone()
+        };
+    write(&mut w, 0, 0x11, 0, 3 * MIB);
+    write(&mut w, 1, 0x21, 4 * MIB, 2 * MIB);
+    let mut now = write(&mut w, 0, 0x12, 20 * MIB, MIB);
+    let qmp = vm.qmp.to_string_lossy().into_owned();
+    let scratch = vm.dir.join("scratch").to_string_lossy().into_owned();
+    let args = [
+        "backup",
+        "--qmp",
+        &qmp,
+        "--scratch-dir",
+        &scratch,
+        "--pool",
+        "p",
+        "--drives",
+        "2",
+    ];
+    // (disk, image, bytes) of every point.
+    let mut points: Vec<(String, String, PathBuf)> = Vec::new();
+    for k in 0..3u8 {
+        let r = v.run(&args);
+        assert_eq!(r.code, 0, "point {k}: {}", r.stderr);
+        let imgs = by_disk(&r.json);
+        assert_eq!(imgs.len(), 2, "{:#}", r.json);
+        // One point in time for both disks, taken once for the VM.
+        assert_eq!(r.json["point_in_time"]["driver"], "qmp", "{:#}", r.json);
+        let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+        assert_eq!(used.len(), 2, "point {k}: one disk per drive: {used:?}");
+        let mut order: Vec<(&String, &Value)> = imgs.iter().collect();
+        // Disk a is the larger: the one with more bytes in its image.
+        order.sort_by_key(|(_, i)| std::cmp::Reverse(u(i, "disk_size")));
+        for (i, (disk, img)) in order.iter().enumerate() {
+            let kind = if k == 0 { "full" } else { "incremental" };
+            assert_eq!(s(img, "kind"), kind, "point {k}: {img}");
+            if k > 0 {
+                assert_eq!(s(img, "method"), "dirty-bitmap", "point {k}: {img}");
+                assert!(u(img, "read_bytes") <= 512 * KIB, "point {k}: {img}");
+            }
+            let copy = v.path(&format!("{disk}-{k}.raw"));
+            std::fs::write(&copy, &now[i]).unwrap();
+            points.push((disk.to_string(), s(img, "image").to_string(), copy));
+        }
+        write(&mut w, 0, 0x30 + k, (4 + k as u64) * MIB, 256 * KIB);
+        now = write(&mut w, 1, 0x40 + k, (8 + k as u64) * MIB, 64 * KIB);
+    }
+    for (disk, image, copy) in &points {
+        let out = v.path("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        let r = v.restore_image(disk.parse().unwrap(), image, &out);
+        assert_eq!(r.code, 0, "restore of {disk} image {image}: {}", r.stderr);
+        assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
+    }
+    // Each disk's epoch switched after its commit, and nothing else is left in QEMU.
+    let d = v.ok(&["vm", "disks", "--qmp", &qmp]);
+    for disk in d["disks"].as_array().unwrap() {
+        let names: Vec<&str> = disk["bitmaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("tapevault-"), "{names:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(vm.dir.join("scratch"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "scratch left: {left:?}");
     v.assert_catalog_consistent();
 }
