@@ -1005,3 +1005,100 @@ fn a_running_vms_two_disks_on_two_drives() {
     assert!(left.is_empty(), "scratch left: {left:?}");
     v.assert_catalog_consistent();
 }
+
+/// Bytes of cartridge `barcode`'s data file before its newest session end (the
+/// catalog snapshot's first block): the objects after the last filemark but two are
+/// the marker and the snapshot, the filemark before the snapshot ends the last image.
+fn before_session_end(v: &Vault, barcode: &str) -> u64 {
+    let idx = std::fs::read(v.cartridge_dir(barcode).join("index")).unwrap();
+    let entries: Vec<(u64, bool)> = idx[16..]
+        .chunks_exact(16)
+        .map(|e| {
+            let off = u64::from_le_bytes(e[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(e[8..12].try_into().unwrap());
+            (off, len & (1 << 31) != 0)
+        })
+        .collect();
+    // ... image FM | snapshot blocks | FM | marker | FM
+    let n = entries.len();
+    assert!(n >= 4 && entries[n - 1].1 && !entries[n - 2].1 && entries[n - 3].1);
+    let mut i = n - 4;
+    while !entries[i - 1].1 {
+        i -= 1;
+    }
+    entries[i].0
+}
+
+#[test]
+fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_claim() {
+    let v = two_drives();
+    // Two disks of the same size and bytes: each drive writes an image of the same
+    // length on tape, whichever disk it takes.
+    let disks: Vec<TestDisk> = (0..2)
+        .map(|i| TestDisk::create(v.path(&format!("e{i}.img")), 4 * MIB, 2 * MIB, 7))
+        .collect();
+    let m = v.path("two.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let full = [
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "p",
+        "--drives",
+        "2",
+        "--full",
+    ];
+    let r0 = v.ok(&full);
+    let set: Vec<String> = {
+        let mut b: Vec<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    assert_eq!(set.len(), 2, "{set:?}");
+    // A second session measures an image's length on tape.
+    let cut = &set[1];
+    let len0 = v.cartridge_data_len(cut);
+    v.ok(&full);
+    let image_len = before_session_end(&v, cut) - len0;
+    // The third loses power on one cartridge just after its image, in its snapshot.
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    lib.set_faults(
+        cut,
+        &vtl_sim::Faults {
+            power_cut_after_bytes: Some(image_len + 64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let copies = save_copies(&v, &disks, "3");
+    let r = v.fails(&full, 1);
+    lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
+    let other = &set[0];
+    assert!(
+        r.stderr.contains("describe the session complete") && r.stderr.contains(other.as_str()),
+        "the warning names the cartridge whose snapshot describes the failed image: {}",
+        r.stderr
+    );
+    v.assert_catalog_consistent();
+    let cat = v.catalog();
+    let mut status = Vec::new();
+    for d in &disks {
+        let imgs = cat.images(Some(d.id)).unwrap();
+        assert_eq!(imgs.len(), 3, "{imgs:?}");
+        let third = &imgs[2];
+        if third.status.as_str() == "complete" {
+            let out = v.path("check.img");
+            let r = v.restore_image(d.id, &third.uuid.to_string(), &out);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_same_bytes(&out, &copies[&d.id.to_string()], "the other drive's image");
+        }
+        status.push(third.status.as_str().to_string());
+    }
+    status.sort();
+    // The image before the failed session end is failed (its drive never flushed);
+    // the other drive's, flushed after its own session end, is complete.
+    assert_eq!(status, ["complete", "failed"], "{status:?}");
+}

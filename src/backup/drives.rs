@@ -7,14 +7,19 @@
 //! the next disk from the queue until it is empty, writing each image as a one-drive
 //! session does (spanning at early warning onto another cartridge of the set).
 //!
-//! The commit point stays the session's: every drive flushes after its last image and
-//! hands its written images back; only then are they committed, each with its own
-//! drive's flush (an image whose cartridge was not flushed is failed, never
-//! complete). A failure on one drive stops the others taking new disks; what they
-//! wrote and flushed still commits, as after a failure on one drive, and the session
-//! fails. When all went well, the session is complete and every cartridge written in
-//! it gets the catalog snapshot of the media set and the end-of-session marker (whose
-//! `image_parts` counts the parts of all drives), so each one carries its own catalog.
+//! The commit point stays the session's, and each drive flushes once, after its
+//! session end, as one drive does: after its last image a drive hands its written
+//! images back (nothing flushed) and waits; once every drive has, one catalog
+//! rehearsal makes each drive's catalog snapshot (every drive's images and the
+//! session complete, as the catalog will be after the commit), each drive writes its
+//! snapshot and the end-of-session marker (whose `image_parts` counts the parts of all
+//! drives) after its images and flushes, and only then are the images committed, each
+//! with its own drive's flush (an image whose cartridge was not flushed is failed,
+//! never complete). So no drive stops and repositions between its images and its
+//! snapshot. A failure on one drive stops the others taking new disks and no session
+//! end is written: every drive only flushes, what was flushed still commits, as after
+//! a failure on one drive, and the session fails. Each cartridge written in the
+//! session so carries its own catalog.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -460,7 +465,7 @@ fn this_drive(
             events.note(
                 NoteKind::Warning,
                 format!(
-                    "the catalog snapshots written on {} describe the session complete, but a drive of it failed its flush: the catalog fails its images; a catalog rebuilt from those cartridges alone would count them until the cartridges that should hold them are read (`catalog rebuild` reports them as reading blank)",
+                    "the catalog snapshots written on {} describe the session complete, but another drive of it failed its final flush: the catalog fails that drive's images, and a catalog rebuilt from those cartridges would count them complete (a restore or verify of them fails on the missing data)",
                     wrote_end.join(", ")
                 ),
             );
