@@ -798,7 +798,8 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
     }
     let v = two_drives();
     // Four qcow2 images through the offline image driver (each its own qemu-nbd and
-    // dirty bitmap), a VM's manifest, and one local raw disk the queue puts first.
+    // dirty bitmap) of 16 to 40 MiB, the smallest first in the VM's manifest, and one
+    // local raw disk of 8 MiB.
     let imgs: Vec<(uuid::Uuid, PathBuf)> = (0..4u64)
         .map(|i| {
             let img = v.path(&format!("q{i}.qcow2"));
@@ -806,7 +807,7 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
                 std::process::Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2"])
                     .arg(&img)
-                    .arg("16M"),
+                    .arg(format!("{}M", 16 + 8 * i)),
             );
             qemu_io(
                 &img,
@@ -856,9 +857,22 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
         points.push((raw.id.to_string(), image, copy));
     };
 
-    let r0 = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    let run0 = v.run(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    assert_eq!(run0.code, 0, "{}", run0.stderr);
+    let r0 = run0.json;
     let imgs0 = by_disk(&r0);
     assert_eq!(imgs0.len(), 5, "{r0:#}");
+    // The largest first, by the images' virtual sizes (known once prepared): the two
+    // largest qcow2 images start, one on each drive, before the smaller raw disk.
+    let first_two: HashSet<String> = run0
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(") writes disk ").map(|(_, d)| d.to_string()))
+        .filter_map(|d| d.split_whitespace().next().map(str::to_string))
+        .take(2)
+        .collect();
+    let largest: HashSet<String> = imgs[2..].iter().map(|(id, _)| id.to_string()).collect();
+    assert_eq!(first_two, largest, "{}", run0.stderr);
     let mut epochs = HashMap::new();
     let mut qcow2_carts = HashSet::new();
     for (id, img) in &imgs {

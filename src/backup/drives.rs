@@ -1,7 +1,7 @@
 //! Several drives at once for one backup session (`backup --drives N`).
 //!
-//! The session's disks wait in one queue, largest first (sizes of drivers' disks are
-//! known only once opened: they come last). Each drive, on a thread of its own with
+//! The session's disks wait in one queue, largest first (a driver's disk by the size
+//! its driver knows once prepared; one it does not know comes last). Each drive, on a thread of its own with
 //! its own catalog connection and library handle, mounts a cartridge of the session's
 //! media set that no other drive of the session holds ([`SharedDrives`]), then takes
 //! the next disk from the queue until it is empty, writing each image as a one-drive
@@ -230,11 +230,12 @@ pub(super) fn run_parallel(
 }
 
 /// The largest first: a local disk's size; a driver's disk (opened when its turn
-/// comes) counts as 0.
+/// comes) by the size its driver knows once prepared (a qcow2 image's virtual size, a
+/// VM disk's size), else 0.
 fn size_hint(d: &CheckedDisk) -> u64 {
     match &d.source {
         Source::Local(disk) => disk.size(),
-        Source::Driver(_) => 0,
+        Source::Driver(driver) => driver.lock().size_hint().unwrap_or(0),
     }
 }
 

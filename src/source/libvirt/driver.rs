@@ -995,6 +995,10 @@ impl ExportDriver for LibvirtDisk {
         )
     }
 
+    fn size_hint(&self) -> Option<u64> {
+        (self.disk.size > 0).then_some(self.disk.size)
+    }
+
     fn identity(&self) -> Identity {
         Identity::named(&format!("qemu-image:{}", self.disk.source))
     }
