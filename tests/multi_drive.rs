@@ -897,7 +897,7 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
         for (i, (_, img)) in imgs.iter().enumerate() {
             let i = i as u64;
             qemu_io(
-                &img,
+                img,
                 &[
                     format!("write -P {} {}M 256k", 0x60 + 4 * n + i, 4 + n),
                     format!("write -z {}k 64k", 64 * n),

@@ -189,10 +189,10 @@ pub(super) fn run_parallel(
                         crypto: c,
                         wait_for_media,
                         shared,
+                        req,
                     },
                     queue,
                     stop,
-                    req,
                     events,
                     ch,
                 )
@@ -491,6 +491,7 @@ struct Setup<'s> {
     crypto: PoolCrypto,
     wait_for_media: bool,
     shared: Arc<SharedDrives>,
+    req: &'s BackupRequest,
 }
 
 /// Another drive's ends of its channels to the session's thread.
@@ -512,10 +513,10 @@ fn other_drive(
     setup: Setup<'_>,
     queue: &Queue,
     stop: &AtomicBool,
-    req: &BackupRequest,
     events: &dyn Events,
     ch: Channels,
 ) -> Result<()> {
+    let req = setup.req;
     let Channels {
         ready,
         done,
