@@ -6,6 +6,7 @@
 //! claiming nothing that was not flushed, and the next backup recovers.
 
 mod common;
+mod qmp_support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -652,4 +653,466 @@ fn a_drive_encrypted_pool_on_two_drives_has_both_drives_encrypt() {
         &copies,
         "drive-encrypted, two drives",
     );
+}
+
+#[test]
+fn a_session_on_two_drives_stops_each_tape_once() {
+    // As tests/drive_streaming.rs: a host faster than the lowest speed, a small buffer
+    // and a short penalty, so every flush followed by a write costs one reposition.
+    let v = Vault::init(&[
+        "--slots",
+        "4",
+        "--drives",
+        "2",
+        "--capacity",
+        "256M",
+        "--drive-model",
+        "speed=40M,min=20M,buffer=4Mi,reposition=10ms",
+    ]);
+    v.pool("p", "off");
+    // A first session on both drives labels two cartridges into the media set (a label
+    // is written and flushed once in a cartridge's life); the session measured appends.
+    let first: Vec<TestDisk> = (0..2)
+        .map(|i| TestDisk::create(v.path(&format!("first{i}.img")), MIB, MIB, 60 + i))
+        .collect();
+    let fm = v.path("first.toml");
+    write_manifest(&fm, &first);
+    v.backup_manifest(&fm, "p", &["--drives", "2"]);
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    let before = [lib.drive_stats(0).unwrap(), lib.drive_stats(1).unwrap()];
+    let disks: Vec<TestDisk> = (0..4)
+        .map(|i| TestDisk::create(v.path(&format!("d{i}.img")), 3 * MIB, 3 * MIB, 70 + i))
+        .collect();
+    let m = v.path("vm.toml");
+    write_manifest(&m, &disks);
+    let copies = save_copies(&v, &disks, "0");
+    let r = v.backup_manifest(&m, "p", &["--drives", "2"]);
+    let used: HashSet<String> = by_disk(&r).values().flat_map(barcodes).collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    for (d, b) in before.iter().enumerate() {
+        let st = lib.drive_stats(d).unwrap();
+        let (repositions, underruns) = (
+            st.repositions - b.repositions,
+            st.buffer_underruns - b.buffer_underruns,
+        );
+        // Each drive flushes once, after its images, the catalog snapshot and the
+        // end-of-session marker, and writes nothing after it. A flush after the last
+        // image and the snapshot written after the commit cost each drive one
+        // reposition. A drive that finished its disks first and waits for the other
+        // runs dry (an underrun: the host has nothing to give it), and that stop is
+        // the one it may reposition for.
+        assert!(repositions <= underruns, "drive {d}: {b:?} -> {st:?}");
+        assert!(
+            st.bytes_written - b.bytes_written >= 3 * MIB,
+            "drive {d}: {st:?}"
+        );
+    }
+    assert_restores(&v, &r, &copies, "two drives, one flush each");
+    v.assert_catalog_consistent();
+    // Each cartridge carries the session's snapshot and marker: a rebuild into a new
+    // home from the media alone finds every image complete.
+    let home = fresh_home(&v, "rebuilt");
+    rebuild(&home, &[]);
+    let got = image_statuses(&home);
+    for img in by_disk(&r).values() {
+        assert!(
+            got.contains(&(s(img, "image").to_string(), "complete".to_string())),
+            "{img}: {got:?}"
+        );
+    }
+}
+
+/// Whether qemu-img, qemu-io and qemu-nbd are installed (a reason printed when not).
+fn have_qemu() -> bool {
+    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        let ok = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
+            return false;
+        }
+    }
+    true
+}
+
+fn qemu(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run a qemu tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_io(img: &Path, cmds: &[String]) {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    let out = qemu(c.arg(img));
+    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
+}
+
+/// The names of tapevault's dirty bitmaps in `img`.
+fn epoch_bitmaps(img: &Path) -> Vec<String> {
+    let out = qemu(
+        std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(img),
+    );
+    let j: Value = serde_json::from_str(&out).unwrap();
+    j["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("tapevault-"))
+        .collect()
+}
+
+/// Whether a qemu-nbd process still serves `img`.
+fn served(img: &Path) -> bool {
+    let want = img.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.first().is_some_and(|a| a.ends_with("qemu-nbd")) && args.contains(&want)
+    })
+}
+
+#[test]
+fn qcow2_disks_on_two_drives_full_incrementals_restore() {
+    if !have_qemu() {
+        return;
+    }
+    let v = two_drives();
+    // Four qcow2 images through the offline image driver (each its own qemu-nbd and
+    // dirty bitmap) of 16 to 40 MiB, the smallest first in the VM's manifest, and one
+    // local raw disk of 8 MiB.
+    let imgs: Vec<(uuid::Uuid, PathBuf)> = (0..4u64)
+        .map(|i| {
+            let img = v.path(&format!("q{i}.qcow2"));
+            qemu(
+                std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&img)
+                    .arg(format!("{}M", 16 + 8 * i)),
+            );
+            qemu_io(
+                &img,
+                &[
+                    format!("write -P {} 0 {}M", 0x40 + i, 2 + i),
+                    format!("write -P {} 9M 1M", 0x50 + i),
+                ],
+            );
+            (uuid::Uuid::new_v4(), img)
+        })
+        .collect();
+    let raw = TestDisk::create(v.path("raw.img"), 8 * MIB, 4 * MIB, 90);
+    let m = v.path("qvm.toml");
+    let mut t = "name = \"qvm\"\n".to_string();
+    for (id, img) in &imgs {
+        t.push_str(&format!(
+            "\n[[disk]]\nid = \"{id}\"\nsource = \"qcow2:{}\"\n",
+            img.display()
+        ));
+    }
+    t.push_str(&format!(
+        "\n[[disk]]\nid = \"{}\"\npath = \"{}\"\n",
+        raw.id,
+        raw.path.display()
+    ));
+    std::fs::write(&m, t).unwrap();
+    let ms = m.to_string_lossy().into_owned();
+
+    // Each point's bytes: (disk, image, raw copy).
+    let mut points: Vec<(String, String, PathBuf)> = Vec::new();
+    let save = |points: &mut Vec<(String, String, PathBuf)>, r: &Value, n: usize| {
+        let imgs_now = by_disk(r);
+        for (id, img) in &imgs {
+            let copy = v.path(&format!("{id}-{n}.raw"));
+            qemu(
+                std::process::Command::new("qemu-img")
+                    .args(["convert", "-f", "qcow2", "-O", "raw"])
+                    .arg(img)
+                    .arg(&copy),
+            );
+            let image = s(&imgs_now[&id.to_string()], "image").to_string();
+            points.push((id.to_string(), image, copy));
+        }
+        let copy = v.path(&format!("raw-{n}.raw"));
+        raw.save_copy(&copy);
+        let image = s(&imgs_now[&raw.id.to_string()], "image").to_string();
+        points.push((raw.id.to_string(), image, copy));
+    };
+
+    let run0 = v.run(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+    assert_eq!(run0.code, 0, "{}", run0.stderr);
+    let r0 = run0.json;
+    let imgs0 = by_disk(&r0);
+    assert_eq!(imgs0.len(), 5, "{r0:#}");
+    // The largest first, by the images' virtual sizes (known once prepared): the two
+    // largest qcow2 images start, one on each drive, before the smaller raw disk.
+    let first_two: HashSet<String> = run0
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(") writes disk ").map(|(_, d)| d.to_string()))
+        .filter_map(|d| d.split_whitespace().next().map(str::to_string))
+        .take(2)
+        .collect();
+    let largest: HashSet<String> = imgs[2..].iter().map(|(id, _)| id.to_string()).collect();
+    assert_eq!(first_two, largest, "{}", run0.stderr);
+    let mut epochs = HashMap::new();
+    let mut qcow2_carts = HashSet::new();
+    for (id, img) in &imgs {
+        let i = &imgs0[&id.to_string()];
+        assert_eq!(s(i, "kind"), "full", "{i}");
+        qcow2_carts.extend(barcodes(i));
+        // The epoch switched after the commit: one bitmap, the new epoch's.
+        let e = epoch_bitmaps(img);
+        assert_eq!(e.len(), 1, "{}: {e:?}", img.display());
+        epochs.insert(id.to_string(), e[0].clone());
+        // And the export was torn down.
+        assert!(!served(img), "{} is still served", img.display());
+    }
+    assert_eq!(
+        qcow2_carts.len(),
+        2,
+        "the image driver's disks were written on both drives: {r0:#}"
+    );
+    save(&mut points, &r0, 0);
+
+    for n in 1..=2u64 {
+        for (i, (_, img)) in imgs.iter().enumerate() {
+            let i = i as u64;
+            qemu_io(
+                img,
+                &[
+                    format!("write -P {} {}M 256k", 0x60 + 4 * n + i, 4 + n),
+                    format!("write -z {}k 64k", 64 * n),
+                ],
+            );
+        }
+        let r = v.ok(&["backup", "--manifest", &ms, "--pool", "p", "--drives", "2"]);
+        let got = by_disk(&r);
+        for (id, img) in &imgs {
+            let i = &got[&id.to_string()];
+            assert_eq!(s(i, "kind"), "incremental", "point {n}: {i}");
+            assert_eq!(s(i, "method"), "dirty-bitmap", "point {n}: {i}");
+            // Only the dirty data: the 256 KiB written, never the whole disk.
+            assert!(u(i, "read_bytes") <= 512 * KIB, "point {n}: {i}");
+            let e = epoch_bitmaps(img);
+            assert_eq!(e.len(), 1, "point {n}: {e:?}");
+            assert_ne!(e[0], epochs[&id.to_string()], "point {n}: a new epoch");
+            epochs.insert(id.to_string(), e[0].clone());
+            assert!(!served(img), "{} is still served", img.display());
+        }
+        save(&mut points, &r, n as usize);
+    }
+    for (disk, image, copy) in &points {
+        let out = v.path("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        let r = v.restore_image(disk.parse().unwrap(), image, &out);
+        assert_eq!(r.code, 0, "restore of {disk} image {image}: {}", r.stderr);
+        assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
+    }
+    v.assert_catalog_consistent();
+}
+
+#[test]
+fn a_running_vms_two_disks_on_two_drives() {
+    if qmp_support::qemu_missing() {
+        return;
+    }
+    let v = two_drives();
+    let vm = qmp_support::Vm::start(
+        &v.root,
+        &[("a", 32 * MIB, "SER-A"), ("b", 16 * MIB, "SER-B")],
+        false,
+    );
+    let mut w = vm.test_monitor();
+    let mut model = [vec![0u8; 32 * MIB as usize], vec![0u8; 16 * MIB as usize]];
+    let mut write =
+        |w: &mut tapevault::source::qmp::QmpClient, i: usize, p: u8, off: u64, len: u64| {
+            vm.write(w, i, p, off, len);
+            model[i][off as usize..(off + len) as usize].fill(p);
+            model.clone()
+        };
+    write(&mut w, 0, 0x11, 0, 3 * MIB);
+    write(&mut w, 1, 0x21, 4 * MIB, 2 * MIB);
+    let mut now = write(&mut w, 0, 0x12, 20 * MIB, MIB);
+    let qmp = vm.qmp.to_string_lossy().into_owned();
+    let scratch = vm.dir.join("scratch").to_string_lossy().into_owned();
+    let args = [
+        "backup",
+        "--qmp",
+        &qmp,
+        "--scratch-dir",
+        &scratch,
+        "--pool",
+        "p",
+        "--drives",
+        "2",
+    ];
+    // (disk, image, bytes) of every point.
+    let mut points: Vec<(String, String, PathBuf)> = Vec::new();
+    for k in 0..3u8 {
+        let r = v.run(&args);
+        assert_eq!(r.code, 0, "point {k}: {}", r.stderr);
+        let imgs = by_disk(&r.json);
+        assert_eq!(imgs.len(), 2, "{:#}", r.json);
+        // One point in time for both disks, taken once for the VM.
+        assert_eq!(r.json["point_in_time"]["driver"], "qmp", "{:#}", r.json);
+        let used: HashSet<String> = imgs.values().flat_map(barcodes).collect();
+        assert_eq!(used.len(), 2, "point {k}: one disk per drive: {used:?}");
+        let mut order: Vec<(&String, &Value)> = imgs.iter().collect();
+        // Disk a is the larger: the one with more bytes in its image.
+        order.sort_by_key(|(_, i)| std::cmp::Reverse(u(i, "disk_size")));
+        for (i, (disk, img)) in order.iter().enumerate() {
+            let kind = if k == 0 { "full" } else { "incremental" };
+            assert_eq!(s(img, "kind"), kind, "point {k}: {img}");
+            if k > 0 {
+                assert_eq!(s(img, "method"), "dirty-bitmap", "point {k}: {img}");
+                assert!(u(img, "read_bytes") <= 512 * KIB, "point {k}: {img}");
+            }
+            let copy = v.path(&format!("{disk}-{k}.raw"));
+            std::fs::write(&copy, &now[i]).unwrap();
+            points.push((disk.to_string(), s(img, "image").to_string(), copy));
+        }
+        write(&mut w, 0, 0x30 + k, (4 + k as u64) * MIB, 256 * KIB);
+        now = write(&mut w, 1, 0x40 + k, (8 + k as u64) * MIB, 64 * KIB);
+    }
+    for (disk, image, copy) in &points {
+        let out = v.path("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        let r = v.restore_image(disk.parse().unwrap(), image, &out);
+        assert_eq!(r.code, 0, "restore of {disk} image {image}: {}", r.stderr);
+        assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
+    }
+    // Each disk's epoch switched after its commit, and nothing else is left in QEMU.
+    let d = v.ok(&["vm", "disks", "--qmp", &qmp]);
+    for disk in d["disks"].as_array().unwrap() {
+        let names: Vec<&str> = disk["bitmaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("tapevault-"), "{names:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(vm.dir.join("scratch"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "scratch left: {left:?}");
+    v.assert_catalog_consistent();
+}
+
+/// Bytes of cartridge `barcode`'s data file before its newest session end (the
+/// catalog snapshot's first block): the objects after the last filemark but two are
+/// the marker and the snapshot, the filemark before the snapshot ends the last image.
+fn before_session_end(v: &Vault, barcode: &str) -> u64 {
+    let idx = std::fs::read(v.cartridge_dir(barcode).join("index")).unwrap();
+    let entries: Vec<(u64, bool)> = idx[16..]
+        .chunks_exact(16)
+        .map(|e| {
+            let off = u64::from_le_bytes(e[0..8].try_into().unwrap());
+            let len = u32::from_le_bytes(e[8..12].try_into().unwrap());
+            (off, len & (1 << 31) != 0)
+        })
+        .collect();
+    // ... image FM | snapshot blocks | FM | marker | FM
+    let n = entries.len();
+    assert!(n >= 4 && entries[n - 1].1 && !entries[n - 2].1 && entries[n - 3].1);
+    let mut i = n - 4;
+    while !entries[i - 1].1 {
+        i -= 1;
+    }
+    entries[i].0
+}
+
+#[test]
+fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_claim() {
+    let v = two_drives();
+    // Two disks of the same size and bytes: each drive writes an image of the same
+    // length on tape, whichever disk it takes.
+    let disks: Vec<TestDisk> = (0..2)
+        .map(|i| TestDisk::create(v.path(&format!("e{i}.img")), 4 * MIB, 2 * MIB, 7))
+        .collect();
+    let m = v.path("two.toml");
+    write_manifest(&m, &disks);
+    let ms = m.to_string_lossy().into_owned();
+    let full = [
+        "backup",
+        "--manifest",
+        &ms,
+        "--pool",
+        "p",
+        "--drives",
+        "2",
+        "--full",
+    ];
+    let r0 = v.ok(&full);
+    let set: Vec<String> = {
+        let mut b: Vec<String> = by_disk(&r0).values().flat_map(barcodes).collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    assert_eq!(set.len(), 2, "{set:?}");
+    // A second session measures an image's length on tape.
+    let cut = &set[1];
+    let len0 = v.cartridge_data_len(cut);
+    v.ok(&full);
+    let image_len = before_session_end(&v, cut) - len0;
+    // The third loses power on one cartridge just after its image, in its snapshot.
+    let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
+    lib.set_faults(
+        cut,
+        &vtl_sim::Faults {
+            power_cut_after_bytes: Some(image_len + 64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let copies = save_copies(&v, &disks, "3");
+    let r = v.fails(&full, 1);
+    lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
+    let other = &set[0];
+    assert!(
+        r.stderr.contains("describe the session complete") && r.stderr.contains(other.as_str()),
+        "the warning names the cartridge whose snapshot describes the failed image: {}",
+        r.stderr
+    );
+    v.assert_catalog_consistent();
+    let cat = v.catalog();
+    let mut status = Vec::new();
+    for d in &disks {
+        let imgs = cat.images(Some(d.id)).unwrap();
+        assert_eq!(imgs.len(), 3, "{imgs:?}");
+        let third = &imgs[2];
+        if third.status.as_str() == "complete" {
+            let out = v.path("check.img");
+            let r = v.restore_image(d.id, &third.uuid.to_string(), &out);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_same_bytes(&out, &copies[&d.id.to_string()], "the other drive's image");
+        }
+        status.push(third.status.as_str().to_string());
+    }
+    status.sort();
+    // The image before the failed session end is failed (its drive never flushed);
+    // the other drive's, flushed after its own session end, is complete.
+    assert_eq!(status, ["complete", "failed"], "{status:?}");
 }

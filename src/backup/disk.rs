@@ -33,22 +33,26 @@ pub(super) struct Pending {
     opened: Option<crate::source::export::OpenedExport>,
 }
 
-impl Job<'_> {
-    /// What [`Self::commit_pending`] will write to the catalog, written to `cat` inside
-    /// a [`crate::catalog::Catalog::rehearse`]: the images written since as complete.
-    pub(super) fn rehearse_commit(&self, cat: &crate::catalog::Catalog) -> Result<()> {
-        for p in &self.pending {
-            cat.complete_image_from(
-                p.image,
-                &p.stats,
-                &p.digest_hex,
-                &p.segments,
-                p.coverage.reader(),
-            )?;
-        }
-        Ok(())
+/// Write `pending` to `cat` as complete, as [`Job::commit_pending`] will: for a
+/// [`crate::catalog::Catalog::rehearse`] (a session on several drives rehearses the
+/// images of every drive at once, [`super::drives`]).
+pub(super) fn rehearse_commit_list(
+    cat: &crate::catalog::Catalog,
+    pending: &[Pending],
+) -> Result<()> {
+    for p in pending {
+        cat.complete_image_from(
+            p.image,
+            &p.stats,
+            &p.digest_hex,
+            &p.segments,
+            p.coverage.reader(),
+        )?;
     }
+    Ok(())
+}
 
+impl Job<'_> {
     /// Mark a written and flushed image complete; only then may its driver retire the
     /// previous change-tracking epoch.
     fn commit(&mut self, p: Pending) -> Result<()> {

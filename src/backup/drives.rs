@@ -1,20 +1,25 @@
 //! Several drives at once for one backup session (`backup --drives N`).
 //!
-//! The session's disks wait in one queue, largest first (sizes of drivers' disks are
-//! known only once opened: they come last). Each drive, on a thread of its own with
+//! The session's disks wait in one queue, largest first (a driver's disk by the size
+//! its driver knows once prepared; one it does not know comes last). Each drive, on a thread of its own with
 //! its own catalog connection and library handle, mounts a cartridge of the session's
 //! media set that no other drive of the session holds ([`SharedDrives`]), then takes
 //! the next disk from the queue until it is empty, writing each image as a one-drive
 //! session does (spanning at early warning onto another cartridge of the set).
 //!
-//! The commit point stays the session's: every drive flushes after its last image and
-//! hands its written images back; only then are they committed, each with its own
-//! drive's flush (an image whose cartridge was not flushed is failed, never
-//! complete). A failure on one drive stops the others taking new disks; what they
-//! wrote and flushed still commits, as after a failure on one drive, and the session
-//! fails. When all went well, the session is complete and every cartridge written in
-//! it gets the catalog snapshot of the media set and the end-of-session marker (whose
-//! `image_parts` counts the parts of all drives), so each one carries its own catalog.
+//! The commit point stays the session's, and each drive flushes once, after its
+//! session end, as one drive does: after its last image a drive hands its written
+//! images back (nothing flushed) and waits; once every drive has, one catalog
+//! rehearsal makes each drive's catalog snapshot (every drive's images and the
+//! session complete, as the catalog will be after the commit), each drive writes its
+//! snapshot and the end-of-session marker (whose `image_parts` counts the parts of all
+//! drives) after its images and flushes, and only then are the images committed, each
+//! with its own drive's flush (an image whose cartridge was not flushed is failed,
+//! never complete). So no drive stops and repositions between its images and its
+//! snapshot. A failure on one drive stops the others taking new disks and no session
+//! end is written: every drive only flushes, what was flushed still commits, as after
+//! a failure on one drive, and the session fails. Each cartridge written in the
+//! session so carries its own catalog.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,26 +31,43 @@ use crate::error::{Error, Result};
 use crate::events::{Event, Events, Finished, NoteKind};
 use crate::home::Home;
 
+use super::session::SessionEnd;
 use super::tape::SharedDrives;
 use super::target::PoolCrypto;
 use super::*;
 
-/// What a drive hands back after its last disk, its cartridge flushed.
+/// What a drive hands back after its last disk, nothing flushed yet: its tape is
+/// still streaming (or just ran dry), so that its session end can follow the images
+/// without a stop in between.
 struct Written {
+    /// The drive of the session (0: the session's own).
+    drive: usize,
     reports: Vec<(usize, DiskReport)>,
     pending: Vec<disk::Pending>,
-    flushed: HashSet<String>,
-    flush_err: Option<Error>,
     err: Option<Error>,
     image_parts: u32,
+    /// The cartridge the drive holds for the session end (None: it holds none, or
+    /// could not mount the next one of the set).
+    barcode: Option<String>,
 }
 
-/// What the session tells each drive once every drive has flushed and the images
-/// are committed: write the session end (with the session's image part count), or
-/// stop.
+/// What the session tells each drive once every drive has written its last image:
+/// write the session end made for its cartridge (the snapshot, and the marker with
+/// the session's image part count) and flush, or only flush.
 enum Go {
-    End { image_parts: u32 },
-    Stop,
+    End {
+        image_parts: u32,
+        end: Box<SessionEnd>,
+    },
+    Flush,
+}
+
+/// What a drive hands back after its flush: the cartridges it flushed (its images on
+/// them may be committed) and why it could not, if it could not.
+struct Flushed {
+    drive: usize,
+    flushed: HashSet<String>,
+    flush_err: Option<Error>,
 }
 
 type Queue = Mutex<VecDeque<(usize, CheckedDisk)>>;
@@ -139,6 +161,7 @@ pub(super) fn run_parallel(
     // This drive first: its errors are the session's, as with one drive.
     job.tape.ensure_mounted()?;
     let (done_tx, done_rx) = mpsc::channel::<Written>();
+    let (flushed_tx, flushed_rx) = mpsc::channel::<Flushed>();
     // Each other drive drops its end once it has a cartridge mounted (or gave up): the
     // first disks are spread over all drives, whatever their mount times.
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -148,8 +171,12 @@ pub(super) fn run_parallel(
         for (n, c) in crypto.into_iter().enumerate() {
             let (go_tx, go_rx) = mpsc::channel::<Go>();
             go.push(go_tx);
-            let done_tx = done_tx.clone();
-            let ready = ready_tx.clone();
+            let ch = Channels {
+                ready: ready_tx.clone(),
+                done: done_tx.clone(),
+                go: go_rx,
+                flushed: flushed_tx.clone(),
+            };
             let (pool, set, shared, queue, stop) = (&pool, &set, shared.clone(), &queue, &stop);
             handles.push(s.spawn(move || {
                 other_drive(
@@ -162,31 +189,32 @@ pub(super) fn run_parallel(
                         crypto: c,
                         wait_for_media,
                         shared,
+                        req,
                     },
                     queue,
                     stop,
-                    req,
                     events,
-                    ready,
-                    done_tx,
-                    go_rx,
+                    ch,
                 )
             }));
         }
         drop(done_tx);
         drop(ready_tx);
+        drop(flushed_tx);
         while ready_rx.recv().is_ok() {}
-        let r = this_drive(job, &queue, &stop, req, done_rx, handles.len(), events);
-        // Every drive that waits is told what to do (a dropped sender means stop).
-        let parts = r.as_ref().ok().map(|(_, p)| *p);
-        for g in &go {
-            let _ = g.send(parts.map_or(Go::Stop, |p| Go::End { image_parts: p }));
-        }
-        drop(go);
-        let mut result = r.and_then(|(reports, p)| {
-            job.image_parts = p;
-            job.write_session_end().map(|loc| (reports, loc))
-        });
+        let r = this_drive(
+            job,
+            &queue,
+            &stop,
+            req,
+            Replies {
+                done: done_rx,
+                go,
+                flushed: flushed_rx,
+            },
+            events,
+        );
+        let mut result = r;
         for h in handles {
             let joined = h.join().unwrap_or_else(|_| {
                 Err(Error::Failed(
@@ -202,11 +230,12 @@ pub(super) fn run_parallel(
 }
 
 /// The largest first: a local disk's size; a driver's disk (opened when its turn
-/// comes) counts as 0.
+/// comes) by the size its driver knows once prepared (a qcow2 image's virtual size, a
+/// VM disk's size), else 0.
 fn size_hint(d: &CheckedDisk) -> u64 {
     match &d.source {
         Source::Local(disk) => disk.size(),
-        Source::Driver(_) => 0,
+        Source::Driver(driver) => driver.lock().size_hint().unwrap_or(0),
     }
 }
 
@@ -254,68 +283,178 @@ fn take_disks(
     (reports, None)
 }
 
-/// Flush the drive of `job` and hand back what it wrote, nothing committed yet.
-fn written(job: &mut Job<'_>, reports: Vec<(usize, DiskReport)>, err: Option<Error>) -> Written {
-    let flush_err = job.tape.flush_current().err();
+/// What drive `drive` of `job` wrote, nothing flushed or committed yet. When all went
+/// well the drive holds a cartridge for the session end (after an image that filled
+/// one, the next one of the set is mounted now).
+fn written(
+    drive: usize,
+    job: &mut Job<'_>,
+    reports: Vec<(usize, DiskReport)>,
+    mut err: Option<Error>,
+) -> Written {
+    if err.is_none() {
+        if let Err(e) = job.tape.ensure_mounted() {
+            err = Some(e);
+        }
+    }
     Written {
+        drive,
         reports,
         pending: std::mem::take(&mut job.pending),
-        flushed: std::mem::take(&mut job.tape.flushed),
-        flush_err,
         err,
         image_parts: job.image_parts,
+        barcode: job.tape.current.as_ref().map(|c| c.barcode.clone()),
     }
 }
 
-/// The session's own drive: its disks, then the commit point of every drive's images.
-/// Returns the reports in the order of the request and the session's image parts.
+/// Do what the session says: the session end made for this drive's cartridge (the
+/// drive's one flush comes with it), or only the flush. Hands back the cartridges
+/// flushed, and the snapshot written if any.
+fn finish_drive(drive: usize, job: &mut Job<'_>, go: Go) -> (Flushed, Option<SnapshotLocation>) {
+    let (loc, flush_err) = match go {
+        Go::End { image_parts, end } => {
+            job.image_parts = image_parts;
+            match job.write_rehearsed_end(*end) {
+                Ok(loc) => (Some(loc), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
+        Go::Flush => (None, job.tape.flush_current().err()),
+    };
+    let flushed = Flushed {
+        drive,
+        flushed: std::mem::take(&mut job.tape.flushed),
+        flush_err,
+    };
+    (flushed, loc)
+}
+
+/// The session's ends of its channels to the other drives.
+struct Replies {
+    done: mpsc::Receiver<Written>,
+    go: Vec<mpsc::Sender<Go>>,
+    flushed: mpsc::Receiver<Flushed>,
+}
+
+/// The session's own drive: its disks, then the session's end on every drive and the
+/// commit point of every drive's images. Returns the reports in the order of the
+/// request and the snapshot on this drive's cartridge.
+///
+/// No drive flushes before the session end is written: once every drive has written
+/// its last image, one catalog rehearsal makes each drive's snapshot (the session
+/// complete, every drive's images complete, as the catalog will be after the
+/// commit), each drive writes its own after its images and flushes once, and only
+/// then are the images committed, each against its own drive's flush. A drive whose
+/// tape is still streaming so never stops between its images and its session end.
+/// When a drive failed (or did not hand back what it wrote), no session end is
+/// written: every drive only flushes, and what was flushed commits.
 fn this_drive(
     job: &mut Job<'_>,
     queue: &Queue,
     stop: &AtomicBool,
     req: &BackupRequest,
-    done: mpsc::Receiver<Written>,
-    others: usize,
+    replies: Replies,
     events: &dyn Events,
-) -> Result<(Vec<DiskReport>, u32)> {
+) -> Result<(Vec<DiskReport>, SnapshotLocation)> {
+    let Replies { done, go, flushed } = replies;
     let (reports, err) = take_disks(job, queue, stop, req);
-    let mut all = vec![written(job, reports, err)];
+    let mut all = vec![written(0, job, reports, err)];
     // A drive whose thread ended without a word dropped its sender: stop waiting.
-    for _ in 0..others {
+    for _ in 0..go.len() {
         match done.recv() {
             Ok(w) => all.push(w),
             Err(_) => break,
         }
     }
     let mut first_err: Option<Error> = None;
-    let mut committed = HashSet::new();
     let mut reports = Vec::new();
+    let mut pending: Vec<(usize, Vec<disk::Pending>)> = Vec::new();
     let mut parts = 0u32;
-    for w in all {
-        let Written {
-            reports: r,
-            pending,
-            flushed,
-            flush_err,
-            err,
-            image_parts,
-        } = w;
-        parts += image_parts;
-        reports.extend(r);
-        if let Some(e) = err {
+    let mut holding: Vec<(usize, String)> = Vec::new();
+    for w in all.iter_mut() {
+        parts += w.image_parts;
+        reports.append(&mut w.reports);
+        if let Some(e) = w.err.take() {
             first_err.get_or_insert(e);
         }
-        match job.commit_list(pending, &flushed, flush_err) {
-            Ok(done) => committed.extend(done),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+        pending.push((w.drive, std::mem::take(&mut w.pending)));
+        if let Some(bc) = &w.barcode {
+            holding.push((w.drive, bc.clone()));
         }
+    }
+    if all.len() < go.len() + 1 && first_err.is_none() {
+        first_err = Some(Error::Failed(
+            "a drive of the session stopped without handing back what it wrote".into(),
+        ));
     }
     if !queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && first_err.is_none() {
         first_err = Some(Error::Failed(
             "the session's drives stopped before every disk was written".into(),
         ));
+    }
+    // The session ends, all made in one rehearsal (the session's own drive's first).
+    let mut ends: Vec<(usize, SessionEnd)> = Vec::new();
+    if first_err.is_none() {
+        let lists: Vec<&[disk::Pending]> = pending.iter().map(|(_, p)| p.as_slice()).collect();
+        let barcodes: Vec<String> = holding.iter().map(|(_, b)| b.clone()).collect();
+        match super::session::rehearse_session_end(
+            job.tape.cat,
+            job.session,
+            job.tape.set.uuid,
+            &lists,
+            &barcodes,
+        ) {
+            Ok(e) => ends = holding.iter().map(|(d, _)| *d).zip(e).collect(),
+            Err(e) => first_err = Some(e),
+        }
+    }
+    let image_parts = parts;
+    let ends_sent = !ends.is_empty();
+    let mut go_for = |drive: usize| -> Go {
+        match ends.iter().position(|(d, _)| *d == drive) {
+            Some(i) => Go::End {
+                image_parts,
+                end: Box::new(ends.swap_remove(i).1),
+            },
+            None => Go::Flush,
+        }
+    };
+    for (n, g) in go.iter().enumerate() {
+        let _ = g.send(go_for(n + 1));
+    }
+    drop(go);
+    let own = go_for(0);
+    let (own_flushed, loc) = finish_drive(0, job, own);
+    let mut flushes = vec![own_flushed];
+    while let Ok(f) = flushed.recv() {
+        flushes.push(f);
+    }
+    // The commit point of every drive's images, against its own flush.
+    let mut committed = HashSet::new();
+    let mut wrote_end = Vec::new();
+    let mut failed_drives = 0;
+    for (drive, list) in pending {
+        let f = flushes.iter_mut().find(|f| f.drive == drive);
+        let (fl, ferr) = match f {
+            Some(f) => (std::mem::take(&mut f.flushed), f.flush_err.take()),
+            None => (
+                HashSet::new(),
+                Some(Error::Failed(format!(
+                    "drive {drive} of the session did not say whether it flushed"
+                ))),
+            ),
+        };
+        if ferr.is_some() {
+            failed_drives += 1;
+        } else if let Some((_, bc)) = holding.iter().find(|(d, _)| *d == drive) {
+            wrote_end.push(bc.clone());
+        }
+        match job.commit_list(list, &fl, ferr) {
+            Ok(done) => committed.extend(done),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
     reports.sort_by_key(|(i, _)| *i);
     let reports: Vec<DiskReport> = reports.into_iter().map(|(_, r)| r).collect();
@@ -323,13 +462,25 @@ fn this_drive(
         events.emit(Event::Finished(Finished::Image(r)));
     }
     if let Some(e) = first_err {
+        if ends_sent && failed_drives > 0 && !wrote_end.is_empty() {
+            events.note(
+                NoteKind::Warning,
+                format!(
+                    "the catalog snapshots written on {} describe the session complete, but another drive of it failed its final flush: the catalog fails that drive's images, and a catalog rebuilt from those cartridges would count them complete (a restore or verify of them fails on the missing data)",
+                    wrote_end.join(", ")
+                ),
+            );
+        }
         return Err(e);
     }
     job.tape
         .cat
         .finish_session(job.session, SessionStatus::Complete)?;
     job.tape.touch()?;
-    Ok((reports, parts))
+    let loc = loc.ok_or_else(|| {
+        Error::Failed("the session end was not written on the session's own cartridge".into())
+    })?;
+    Ok((reports, loc))
 }
 
 /// What another drive of the session needs to write into it.
@@ -340,32 +491,57 @@ struct Setup<'s> {
     crypto: PoolCrypto,
     wait_for_media: bool,
     shared: Arc<SharedDrives>,
+    req: &'s BackupRequest,
+}
+
+/// Another drive's ends of its channels to the session's thread.
+struct Channels {
+    ready: mpsc::Sender<()>,
+    done: mpsc::Sender<Written>,
+    go: mpsc::Receiver<Go>,
+    flushed: mpsc::Sender<Flushed>,
 }
 
 /// Another drive of the session, on its own thread with its own catalog connection and
 /// library handle. One that cannot start (no free drive, no cartridge for it) says so
 /// and leaves its share to the others. Hands back what it wrote (always, exactly once),
-/// then writes the session end on its cartridge when told to.
-#[allow(clippy::too_many_arguments)]
+/// then writes the session end on its cartridge or only flushes, as told, and hands
+/// back what it flushed.
 fn other_drive(
     home: &Home,
     n: usize,
     setup: Setup<'_>,
     queue: &Queue,
     stop: &AtomicBool,
-    req: &BackupRequest,
     events: &dyn Events,
-    ready: mpsc::Sender<()>,
-    done: mpsc::Sender<Written>,
-    go: mpsc::Receiver<Go>,
+    ch: Channels,
 ) -> Result<()> {
+    let req = setup.req;
+    let Channels {
+        ready,
+        done,
+        go,
+        flushed,
+    } = ch;
     let idle = || Written {
+        drive: n,
         reports: Vec::new(),
         pending: Vec::new(),
-        flushed: HashSet::new(),
-        flush_err: None,
         err: None,
         image_parts: 0,
+        barcode: None,
+    };
+    let none_flushed = || Flushed {
+        drive: n,
+        flushed: HashSet::new(),
+        flush_err: None,
+    };
+    // A drive that holds nothing still answers: the session waits for every drive.
+    let unused = |done: mpsc::Sender<Written>| {
+        let _ = done.send(idle());
+        drop(done);
+        let _ = go.recv();
+        let _ = flushed.send(none_flushed());
     };
     let not_used = |e: &Error| {
         events.note(
@@ -374,7 +550,8 @@ fn other_drive(
         );
     };
     if queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-        let _ = done.send(idle());
+        drop(ready);
+        unused(done);
         return Ok(());
     }
     let opened = (|| -> Result<(Catalog, Box<dyn tape_devices::changer::TapeLibrary>)> {
@@ -384,7 +561,8 @@ fn other_drive(
         Ok(o) => o,
         Err(e) => {
             not_used(&e);
-            let _ = done.send(idle());
+            drop(ready);
+            unused(done);
             return Ok(());
         }
     };
@@ -405,7 +583,8 @@ fn other_drive(
         Ok(s) => s,
         Err(e) => {
             not_used(&e);
-            let _ = done.send(idle());
+            drop(ready);
+            unused(done);
             return Ok(());
         }
     };
@@ -414,22 +593,18 @@ fn other_drive(
     drop(ready);
     if let Err(e) = mounted {
         not_used(&e);
-        let _ = done.send(idle());
+        unused(done);
         return job.tape.release();
     }
     let (reports, err) = take_disks(&mut job, queue, stop, req);
-    let w = written(&mut job, reports, err);
-    let _ = done.send(w);
+    let _ = done.send(written(n, &mut job, reports, err));
     drop(done);
-    let r = match go.recv() {
-        Ok(Go::End { image_parts }) => {
-            job.image_parts = image_parts;
-            job.write_session_end().map(|_| ())
-        }
-        Ok(Go::Stop) | Err(_) => Ok(()),
-    };
-    let released = job.tape.release();
-    r.and(released)
+    // A dropped sender (the session's thread gone) means only the flush.
+    let g = go.recv().unwrap_or(Go::Flush);
+    let (f, _) = finish_drive(n, &mut job, g);
+    let _ = flushed.send(f);
+    drop(flushed);
+    job.tape.release()
 }
 
 #[cfg(test)]

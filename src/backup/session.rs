@@ -202,22 +202,38 @@ impl Job<'_> {
     /// images written since the last commit are complete and the session with them
     /// ([`crate::catalog::Catalog::rehearse`]); the caller commits them after this.
     pub(super) fn write_session_end(&mut self) -> Result<SnapshotLocation> {
+        self.tape.ensure_mounted()?;
+        let barcode = self.tape.current().barcode.clone();
+        let mut ends = rehearse_session_end(
+            self.tape.cat,
+            self.session,
+            self.tape.set.uuid,
+            &[&self.pending],
+            &[barcode],
+        )?;
+        let end = ends.pop().expect("one session end per cartridge asked");
+        self.write_rehearsed_end(end)
+    }
+
+    /// Write a session end rehearsed by [`rehearse_session_end`] for the cartridge
+    /// this job holds (the snapshot, the end-of-session marker with the job's
+    /// `image_parts`) and flush: the drive's commit point.
+    pub(super) fn write_rehearsed_end(&mut self, end: SessionEnd) -> Result<SnapshotLocation> {
         let cat = self.tape.cat;
         let set = self.tape.set.clone();
-        let session = self.session;
         let (mut sink, barcode, file) = self.tape.take_sink()?;
-        let rehearsed = cat.rehearse(|cat| {
-            self.rehearse_commit(cat)?;
-            cat.finish_session(session, SessionStatus::Complete)?;
-            session_snapshot(cat, set.uuid, &barcode)
-        });
-        let (mut spool, plain_len, delta) = match rehearsed {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.tape.put_sink(sink);
-                return Err(e);
-            }
-        };
+        let SessionEnd {
+            barcode: meant,
+            mut spool,
+            plain_len,
+            delta,
+        } = end;
+        if meant != barcode {
+            let _ = self.tape.put_sink(sink);
+            return Err(Error::Failed(format!(
+                "the session's catalog snapshot was made for cartridge {meant}, but the drive holds {barcode}"
+            )));
+        }
         let start_block = sink.block;
         let now = crate::home::clock::now();
         let ctx = || format!("writing the catalog snapshot to {barcode}");
@@ -262,6 +278,46 @@ impl Job<'_> {
         cat.record_snapshot_written(&loc, delta, plain_len)?;
         Ok(loc)
     }
+}
+
+/// A session's end made ready for one cartridge: the catalog snapshot it carries
+/// (spooled), its length and whether it is a delta.
+pub(super) struct SessionEnd {
+    barcode: String,
+    spool: crate::media::snapshot::Spool,
+    plain_len: u64,
+    delta: bool,
+}
+
+/// The session ends of `barcodes`, in that order: for each, the catalog snapshot of
+/// the media set as it will be once every image of `pending` (each drive's list) is
+/// complete and the session with them, made inside one
+/// [`crate::catalog::Catalog::rehearse`] (rolled back: nothing is committed).
+pub(super) fn rehearse_session_end(
+    cat: &Catalog,
+    session: Uuid,
+    set: Uuid,
+    pending: &[&[super::disk::Pending]],
+    barcodes: &[String],
+) -> Result<Vec<SessionEnd>> {
+    cat.rehearse(|cat| {
+        for p in pending {
+            super::disk::rehearse_commit_list(cat, p)?;
+        }
+        cat.finish_session(session, SessionStatus::Complete)?;
+        barcodes
+            .iter()
+            .map(|bc| {
+                let (spool, plain_len, delta) = session_snapshot(cat, set, bc)?;
+                Ok(SessionEnd {
+                    barcode: bc.clone(),
+                    spool,
+                    plain_len,
+                    delta,
+                })
+            })
+            .collect()
+    })
 }
 
 /// The catalog snapshot a session ending on cartridge `barcode` writes, and whether it

@@ -134,6 +134,11 @@ pub trait ExportDriver: Send {
     fn prepare(&mut self, req: &EpochRequest) -> Result<(), String>;
     /// Phase 2: make the export available.
     fn open(&mut self) -> Result<OpenedExport, String>;
+    /// The disk's size in bytes, when the driver knows it before `open` (after
+    /// `prepare`): a session on several drives hands out its largest disks first.
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A shared, clonable handle to a driver (a [`crate::backup::DiskSpec`] is `Clone`).

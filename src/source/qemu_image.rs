@@ -196,6 +196,8 @@ struct Prepared {
     full_reason: Option<String>,
     /// The epoch this backup starts.
     new_epoch: Option<Epoch>,
+    /// The image's virtual size when prepared.
+    virtual_size: u64,
 }
 
 impl QemuImage {
@@ -237,6 +239,7 @@ impl QemuImage {
                 dirty: None,
                 full_reason: None,
                 new_epoch: None,
+                virtual_size: info.virtual_size,
             });
         }
         let base = req.base_change_id.as_deref();
@@ -318,6 +321,7 @@ impl QemuImage {
             dirty,
             full_reason,
             new_epoch,
+            virtual_size: info.virtual_size,
         })
     }
 }
@@ -338,6 +342,10 @@ impl ExportDriver for QemuImage {
         let p = self.prepare_inner(req)?;
         self.plan = Some(p);
         Ok(())
+    }
+
+    fn size_hint(&self) -> Option<u64> {
+        self.plan.as_ref().map(|p| p.virtual_size)
     }
 
     fn open(&mut self) -> Result<OpenedExport, String> {

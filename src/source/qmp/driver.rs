@@ -234,6 +234,10 @@ impl ExportDriver for QmpDisk {
         )
     }
 
+    fn size_hint(&self) -> Option<u64> {
+        (self.disk.size > 0).then_some(self.disk.size)
+    }
+
     fn identity(&self) -> Identity {
         qemu_image_identity(&self.disk.filename)
     }
