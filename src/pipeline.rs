@@ -406,12 +406,10 @@ where
                             let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                             if g.pacer.as_ref().is_some_and(|p| p.streaming()) {
                                 // Only the merger changes the pacer out of streaming.
-                                let mut waited = false;
                                 while !g.stopped
                                     && (g.head > g.tail
                                         || g.items.len() >= crate::spool::STREAM_RECORDS)
                                 {
-                                    waited = true;
                                     cv.notify_all();
                                     g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                                 }
@@ -423,9 +421,6 @@ where
                                 next += 1;
                                 let t = now();
                                 let pacer = g.pacer.as_mut().expect("a file spool's pacer");
-                                if waited {
-                                    pacer.pressured();
-                                }
                                 if pacer.arrived(t, size, 0) {
                                     g.bursting = true;
                                 }
@@ -1271,8 +1266,26 @@ mod tests {
     #[test]
     fn a_spool_file_that_fails_to_be_written_is_left_and_the_run_goes_on_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        for fail_from in [0u64, 150, 1000] {
+        // Paced for a drive of 1 GB/s down to 1 KB/s (a window of 1 MiB): the spool
+        // probes through the file, then streams through memory.
+        let speeds = crate::spool::DriveSpeeds {
+            native: 1_000_000_000,
+            min: 1_000,
+            reposition_s: 1.0,
+        };
+        for (fail_from, paced) in [
+            (0u64, false),
+            (150, false),
+            (1000, false),
+            (0, true),
+            (150, true),
+        ] {
             let mut file = crate::spool::SpoolFile::create(dir.path(), 400).unwrap();
+            let pace = if paced {
+                crate::spool::Pacer::new(speeds, 400)
+            } else {
+                crate::spool::Pacer::fixed(100)
+            };
             file.fail_from = Some(fail_from);
             let codec = U32Codec {
                 fail_decode_at: None,
@@ -1284,7 +1297,7 @@ mod tests {
                 2,
                 Buffer::File {
                     file: &file,
-                    pace: crate::spool::Pacer::fixed(100),
+                    pace,
                     codec: &codec,
                 },
                 |c| {
@@ -1309,7 +1322,7 @@ mod tests {
             assert_eq!(
                 seen,
                 (0..500).collect::<Vec<_>>(),
-                "failing from {fail_from}"
+                "failing from {fail_from}, paced {paced}"
             );
             let failures = codec.failures.lock().unwrap();
             assert_eq!(failures.len(), 1, "told once: {failures:?}");

@@ -121,8 +121,7 @@ pub const STREAM_RECORDS: usize = 4;
 /// * **Stream**: the writer takes every record as it comes, through memory
 ///   ([`STREAM_RECORDS`] at most), after what the file still holds: the source is
 ///   held back only by the drive, as without a spool. Each window is measured again:
-///   a source that fell below the lowest speed, while the drive was waiting for it,
-///   accumulates.
+///   a source that fell below the lowest speed accumulates.
 /// * **Accumulate**: the records go into the file until it holds
 ///   [`DriveSpeeds::burst_start`] for the source's rate (at most half the spool, so
 ///   the other half takes what arrives during the burst); then a **burst** writes
@@ -138,9 +137,8 @@ pub struct Pacer {
     started: bool,
     window_start: f64,
     window_bytes: u64,
-    /// The writer found the stream full (or the file not yet drained) in this window:
-    /// the source is faster than the drive.
-    pressured: bool,
+    /// When the window had half its bytes, and how many it had then.
+    half: Option<(f64, u64)>,
     /// The source's rate, as last measured, bytes/s.
     rate: f64,
     /// Decisions taken, for tests and reports: (streams, accumulations, bursts).
@@ -167,7 +165,7 @@ impl Pacer {
             started: false,
             window_start: 0.0,
             window_bytes: 0,
-            pressured: false,
+            half: None,
             rate: 0.0,
             counts: (0, 0, 0),
         }
@@ -201,9 +199,10 @@ impl Pacer {
     /// Bytes of a measuring window.
     pub fn window(&self) -> u64 {
         match self.speeds {
-            Some(s) => {
-                ((s.min as f64 * WINDOW_S) as u64).clamp(1 << 20, (self.capacity / 4).max(1))
-            }
+            // At least 1 MiB, at most a quarter of the spool.
+            Some(s) => ((s.min as f64 * WINDOW_S) as u64)
+                .max(1 << 20)
+                .min((self.capacity / 4).max(1)),
             None => u64::MAX,
         }
     }
@@ -222,26 +221,28 @@ impl Pacer {
     fn restart_window(&mut self, now: f64) {
         self.window_start = now;
         self.window_bytes = 0;
-        self.pressured = false;
+        self.half = None;
     }
 
     /// The window's rate, once it has lasted long enough to say (its bytes, or the
-    /// time the lowest speed takes for them).
+    /// time the lowest speed takes for them): the lower of the whole window's and its
+    /// second half's, so a source that starts with a burst (a read-ahead, a rate
+    /// limiter's bucket) and then slows down is taken at its slower pace.
     fn measured(&self, now: f64) -> Option<f64> {
         let s = self.speeds?;
         let w = self.window();
         let el = now - self.window_start;
         if self.window_bytes >= w || el * s.min as f64 >= w as f64 {
-            Some(self.window_bytes as f64 / el.max(1e-6))
+            let whole = self.window_bytes as f64 / el.max(1e-6);
+            Some(match self.half {
+                Some((t, b)) if self.window_bytes > b => {
+                    whole.min((self.window_bytes - b) as f64 / (now - t).max(1e-6))
+                }
+                _ => whole,
+            })
         } else {
             None
         }
-    }
-
-    /// The writer found no room in the stream (or the file not yet drained): the
-    /// source is at least as fast as the drive takes records.
-    pub fn pressured(&mut self) {
-        self.pressured = true;
     }
 
     /// A record of `len` bytes entered the spool at `now`, which holds `held` bytes
@@ -257,13 +258,20 @@ impl Pacer {
             return false;
         }
         self.window_bytes += len;
+        if self.half.is_none() && self.window_bytes >= self.window() / 2 {
+            self.half = Some((now, self.window_bytes));
+        }
         let min = s.min as f64;
         match self.mode {
             Mode::Probe | Mode::Stream => {
                 let Some(rate) = self.measured(now) else {
                     return false;
                 };
-                let fast = self.pressured || rate >= min;
+                // A drive that holds the writer back (repositioning, or simply slower
+                // than the source) makes the arrivals slow too: the spool then
+                // accumulates, finds the source fast through the file within a window,
+                // and streams again.
+                let fast = rate >= min;
                 self.rate = rate;
                 self.restart_window(now);
                 if fast {
@@ -753,17 +761,20 @@ mod tests {
             }
             assert_eq!(p.counts, (1, 0, 0));
         }
-        // A drive that holds the writer back (the stream full) says the source is fast,
-        // whatever rate the source got through.
+        // A source that starts with a burst (30 MB at once: a rate limiter's bucket)
+        // and then runs at 60 MB/s is slow: the window's second half says so.
         let mut p = Pacer::new(MODEL, 8 << 30);
-        p.arrived(0.0, 1 << 20, 1 << 20);
-        p.arrived(0.2, 80_000_000, 80 << 20);
-        assert!(p.streaming());
-        for k in 1..=200 {
-            p.pressured();
-            p.arrived(0.2 + k as f64 * 0.1, 1 << 20, 0);
+        let mut t = 0.0;
+        let mut held = 0;
+        for k in 0..200u64 {
+            if k > 30 {
+                t += (1 << 20) as f64 / 60e6;
+            }
+            held += 1 << 20;
+            p.arrived(t, 1 << 20, held);
         }
-        assert!(p.streaming(), "{p:?}");
+        assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
+        assert!(p.rate() < 61e6, "{p:?}");
     }
 
     #[test]
