@@ -427,9 +427,28 @@ fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("myspool"), "{}", r.stderr);
     assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
-    // Once it exists the backup spools there (and leaves nothing in it); an explicit
-    // size and --spool 0 work too; each image restores.
     std::fs::create_dir(v.home.join("myspool")).unwrap();
+    // The pool's drive speeds (pools.toml), for the spool's bursts: a bad value is
+    // exit 2 naming the pool, the setting and the value, before anything is written.
+    let pools = v.home.join("pools.toml");
+    std::fs::write(&pools, "[pools.p]\ndrive_speeds = \"speed=fast\"\n").unwrap();
+    let r = backup(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("drive_speeds")
+            && r.stderr.contains("fast")
+            && r.stderr.contains("pool p"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
+    std::fs::write(
+        &pools,
+        "[pools.p]\ndrive_speeds = \"speed=300M,min=100M,reposition=3s\"\n",
+    )
+    .unwrap();
+    // Once the directory exists the backup spools there (and leaves nothing in it); an
+    // explicit size, the default and --spool 0 work too; each image restores.
     for (i, extra) in [
         &["--spool", "auto"][..],
         &["--spool", "300M"][..],
