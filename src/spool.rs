@@ -729,7 +729,7 @@ mod tests {
             assert!(bursts >= 2, "{rate}: {bursts} bursts in 600 s");
             let share = repo / secs;
             assert!(
-                share <= 0.1 && share >= REPOSITION_SHARE * 0.5,
+                (REPOSITION_SHARE * 0.5..=0.1).contains(&share),
                 "{rate}: {share} of the time repositioning ({bursts} bursts, at most {most} held)"
             );
             assert!(most <= 4 << 30, "{rate}: held {most}");
