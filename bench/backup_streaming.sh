@@ -12,13 +12,14 @@
 #   bench/backup_streaming.sh [WORKDIR]
 #
 # Environment:
-#   TOTAL_MIB (default 512), ROUNDS (3), RATES (MB/s, default "60 20"; FAST=0 leaves out
-#   the fast source);
+#   TOTAL_MIB (default 512), ROUNDS (3), RATES (MB/s, default "60 20", empty for none;
+#   FAST=0 leaves out the fast source);
 #   SPOOLS (default "default auto 0"): `default` runs without --spool, anything else is
 #   given as --spool VALUE, and `main` runs MAIN_BIN (another build, e.g. of the main
 #   branch) without --spool (left out when MAIN_BIN is unset);
 #   SPOOL_DIR (a --spool-dir for every run; default the home's spool/, under WORKDIR);
-#   MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s);
+#   MODEL (default speed=200M,min=70M,buffer=64Mi,reposition=2.5s; `off`: no drive
+#   model, the drive as fast as its files, only wall and CPU times measured);
 #   TAPEVAULT_BIN (default target/release/tapevault).
 # WORKDIR (default a new directory under /dev/shm, emptied first and removed at the end
 # unless KEEP=1; bench/common.sh) needs about 2x TOTAL_MIB.
@@ -28,7 +29,7 @@ BIN=${TAPEVAULT_BIN:-$ROOT/target/release/tapevault}
 W=${1:-/dev/shm/backup-streaming.$$}
 TOTAL=${TOTAL_MIB:-512}
 ROUNDS=${ROUNDS:-3}
-RATES=${RATES:-60 20}
+RATES=${RATES-60 20}
 FAST=${FAST:-1}
 SPOOLS=${SPOOLS:-default auto 0}
 MAIN_BIN=${MAIN_BIN:-}
@@ -65,15 +66,19 @@ run() {
   # A first small session labels the cartridge into the media set, so the session
   # measured appends (a label is written and flushed once in a cartridge's life).
   "$bin" --home "$W/home" --json backup --disk "$W/small.img" --disk-id $SMALL_ID --pool p >/dev/null 2>&1
-  cp "$W/home-library/drives/0.stats.json" "$W/before.json"
+  cp "$W/home-library/drives/0.stats.json" "$W/before.json" 2>/dev/null || echo '{}' > "$W/before.json"
   local name="$label-$rate-$spool-$round"
   timed "$name" 0 "$bin" --home "$W/home" --json backup --disk "$src" --disk-id $ID --pool p --full "${args[@]}"
   python3 - "$W" "$name" "$label" "$rate" "$spool" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT" <<'PY'
 import json, sys
 w, name, label, rate, spool, load = sys.argv[1:]
-after = json.load(open(w + "/home-library/drives/0.stats.json"))
+keys = ["repositions", "buffer_underruns", "repositioning_ns", "streaming_ns"]
+try:
+    after = json.load(open(w + "/home-library/drives/0.stats.json"))
+except OSError:  # no drive model
+    after = {}
 before = json.load(open(w + "/before.json"))
-st = {k: after[k] - before[k] for k in after}
+st = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
 wall = float([l.split()[1] for l in open(w + "/timings") if l.split()[0] == name][-1])
 tv = {}
 for l in open(w + "/" + name + ".time"):
