@@ -85,6 +85,8 @@ struct Spool<S> {
     spilled: std::collections::VecDeque<Vec<u8>>,
     /// A burst is under way: `consume` takes items until the spool is empty.
     bursting: bool,
+    /// A file spool's decisions (stream, accumulate, burst).
+    pacer: Option<crate::spool::Pacer>,
     /// The transform stage has ended (no more items will come).
     ended: bool,
     /// `consume` failed: the merger stops taking items.
@@ -97,6 +99,8 @@ pub trait Codec<S, E>: Sync {
     fn encode(&self, item: &S, out: &mut Vec<u8>);
     /// Rebuild an item from what [`Codec::encode`] wrote, in a recycled `item`.
     fn decode(&self, bytes: &[u8], item: &mut S) -> Result<(), E>;
+    /// The bytes `item` puts on tape (the source's rate is measured in them).
+    fn size(&self, item: &S) -> u64;
     fn spool_error(&self, e: crate::spool::SpoolError) -> E;
     /// The spool file could not be written (`e`): the records go on to `consume`
     /// through memory, a few at a time, without bursts, for the rest of the run.
@@ -112,12 +116,16 @@ pub enum Buffer<'a, S, E> {
     None,
     /// Up to this many items in memory (0 or 1: none).
     Memory(usize),
-    /// A spool file: items are encoded into it as they come, read back in bursts. A
-    /// burst starts when it holds `burst_at` bytes, when an item does not fit, or at
-    /// the end of the input. Memory: one item more than without a spool.
+    /// A spool file, paced by `pace` ([`crate::spool::Pacer`]): while it streams,
+    /// items go to `consume` as they come through memory
+    /// ([`crate::spool::STREAM_RECORDS`] at most, after what the file still holds);
+    /// otherwise they are encoded into the file as they come and read back in bursts.
+    /// A burst starts when the pacer says so, when an item does not fit, or at the end
+    /// of the input. Memory: [`crate::spool::STREAM_RECORDS`] items more than without
+    /// a spool.
     File {
         file: &'a crate::spool::SpoolFile,
-        burst_at: u64,
+        pace: crate::spool::Pacer,
         codec: &'a dyn Codec<S, E>,
     },
 }
@@ -188,7 +196,8 @@ where
     };
     let spool_items = match buffer {
         Buffer::Memory(n) => n,
-        _ => 0,
+        Buffer::File { .. } => crate::spool::STREAM_RECORDS,
+        Buffer::None => 0,
     };
     let n = transforms.len();
     let started = Instant::now();
@@ -280,6 +289,7 @@ where
                 tail: 0,
                 spilled: std::collections::VecDeque::new(),
                 bursting: false,
+                pacer: None,
                 ended: false,
                 stopped: false,
             }),
@@ -370,16 +380,17 @@ where
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
             }
-            Buffer::File {
-                file,
-                burst_at,
-                codec,
-            } => {
-                // As with a memory spool, but the merger encodes each item into the
-                // file and recycles it at once; this thread decodes them back into
-                // one item of its own.
+            Buffer::File { file, pace, codec } => {
+                // The merger routes each item: while the pacer streams, through memory
+                // to this thread (after what the file holds: a streaming spool holds
+                // back the source only as the drive does); otherwise encoded into the
+                // file and recycled at once, this thread decoding them back into one
+                // item of its own in bursts.
                 let cap = file.capacity();
+                spool.lock().unwrap_or_else(|p| p.into_inner()).pacer = Some(pace);
+                let now = || started.elapsed().as_secs_f64();
                 let theirs = shared.clone();
+                let my_returns = returns.clone();
                 let merger = scope.spawn(move || -> Result<(), E> {
                     let (spool, cv) = (&theirs.0, &theirs.1);
                     let mut next = 0usize;
@@ -391,6 +402,34 @@ where
                             r = Err(e);
                             break;
                         }
+                        if !failed {
+                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                            if g.pacer.as_ref().is_some_and(|p| p.streaming()) {
+                                // Only the merger changes the pacer out of streaming.
+                                while !g.stopped
+                                    && (g.head > g.tail
+                                        || g.items.len() >= crate::spool::STREAM_RECORDS)
+                                {
+                                    cv.notify_all();
+                                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                                }
+                                if g.stopped {
+                                    break;
+                                }
+                                let size = codec.size(&out);
+                                g.items.push_back((next, out));
+                                next += 1;
+                                let t = now();
+                                let pacer = g.pacer.as_mut().expect("a file spool's pacer");
+                                if pacer.arrived(t, size, 0) {
+                                    g.bursting = true;
+                                }
+                                drop(g);
+                                cv.notify_all();
+                                continue;
+                            }
+                        }
+                        let size = codec.size(&out);
                         bytes.clear();
                         bytes.extend_from_slice(&[0; 4]);
                         codec.encode(&out, &mut bytes);
@@ -446,7 +485,14 @@ where
                             continue;
                         }
                         g.head += len;
-                        if g.head - g.tail >= burst_at {
+                        let held = g.head - g.tail;
+                        let t = now();
+                        if g
+                            .pacer
+                            .as_mut()
+                            .expect("a file spool's pacer")
+                            .arrived(t, size, held)
+                        {
                             g.bursting = true;
                         }
                         drop(g);
@@ -463,19 +509,48 @@ where
                 // page cache each time the reader passed half of them.
                 const PREFETCH: u64 = 64 << 20;
                 let mut prefetched_to = 0u64;
+                let holds =
+                    |g: &Spool<S>| g.head > g.tail || !g.spilled.is_empty() || !g.items.is_empty();
+                let takes =
+                    |g: &Spool<S>| g.bursting || g.pacer.as_ref().is_some_and(|p| p.streaming());
                 loop {
                     let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                    let holds = |g: &Spool<S>| g.head > g.tail || !g.spilled.is_empty();
-                    while !(g.ended || g.stopped || (g.bursting && holds(&g))) {
+                    while !(g.ended || g.stopped || (takes(&g) && holds(&g))) {
                         g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                     }
                     if g.stopped || !holds(&g) {
                         break; // ended and empty, or the merger failed
                     }
+                    // The items in memory are older than the file's records (the merger
+                    // streams through memory only while the file is empty); the file's
+                    // records come before those held in memory after it failed.
+                    if let Some((i, mut item)) = g.items.pop_front() {
+                        drop(g);
+                        cv.notify_all();
+                        if let Err(e) = timed(&mut consume_busy, || consume(&mut item)) {
+                            result = Err(e);
+                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                            g.stopped = true;
+                            g.items.clear();
+                            drop(g);
+                            cv.notify_all();
+                            break;
+                        }
+                        let _ = my_returns[i % n].try_send(item);
+                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        if !holds(&g) && g.bursting {
+                            g.bursting = false;
+                            let t = now();
+                            if let Some(p) = g.pacer.as_mut() {
+                                p.burst_done(t);
+                            }
+                        }
+                        drop(g);
+                        cv.notify_all();
+                        continue;
+                    }
                     let at = g.tail;
                     let held = g.head;
-                    // The file's records first, then those held in memory after it
-                    // failed.
                     let spilled = if g.head > g.tail {
                         None
                     } else {
@@ -515,8 +590,12 @@ where
                     match step {
                         Ok(len) => {
                             g.tail = at + len;
-                            if !holds(&g) {
+                            if !holds(&g) && g.bursting {
                                 g.bursting = false;
+                                let t = now();
+                                if let Some(p) = g.pacer.as_mut() {
+                                    p.burst_done(t);
+                                }
                             }
                             drop(g);
                             cv.notify_all();
@@ -524,12 +603,16 @@ where
                         Err(e) => {
                             result = Err(e);
                             g.stopped = true;
+                            g.items.clear();
                             drop(g);
                             cv.notify_all();
                             break;
                         }
                     }
                 }
+                // Unblock the workers (their recycling queues) before waiting for the
+                // merger.
+                drop(my_returns);
                 merger_result = merger
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -894,6 +977,9 @@ mod tests {
             }
             Ok(())
         }
+        fn size(&self, item: &u32) -> u64 {
+            4 + u64::from(*item % 7)
+        }
         fn spool_error(&self, e: crate::spool::SpoolError) -> String {
             e.what
         }
@@ -918,7 +1004,7 @@ mod tests {
                 2,
                 Buffer::File {
                     file: &file,
-                    burst_at: 100,
+                    pace: crate::spool::Pacer::fixed(100),
                     codec: &codec,
                 },
                 slow_source(&produced, 300, 100),
@@ -955,6 +1041,127 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_file_spool_streams_a_fast_source_through_memory_and_accumulates_a_slow_one() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::spool::SpoolFile::create(dir.path(), 1 << 30).unwrap();
+        let codec = U32Codec::new(None);
+        // A drive whose lowest speed is 1 MB/s (a window of 1 MiB); the records are
+        // counted as 64 KiB each (the source's rate is measured in what goes to tape).
+        struct Big<'a>(&'a U32Codec);
+        impl Codec<u32, String> for Big<'_> {
+            fn encode(&self, item: &u32, out: &mut Vec<u8>) {
+                self.0.encode(item, out)
+            }
+            fn decode(&self, bytes: &[u8], item: &mut u32) -> Result<(), String> {
+                self.0.decode(bytes, item)
+            }
+            fn size(&self, _: &u32) -> u64 {
+                64 << 10
+            }
+            fn spool_error(&self, e: crate::spool::SpoolError) -> String {
+                e.what
+            }
+            fn spool_failed(&self, e: &crate::spool::SpoolError) {
+                self.0.spool_failed(e)
+            }
+        }
+        let big = Big(&codec);
+        let speeds = crate::spool::DriveSpeeds {
+            native: 4_000_000,
+            min: 1_000_000,
+            reposition_s: 1.0,
+        };
+        // Fast: 2000 items of 64 KiB as fast as the machine makes them (far above
+        // 1 MB/s): after the first window (16 items) every item is consumed while the
+        // producer is still producing, and in order.
+        let produced = AtomicU32::new(0);
+        let mut seen = Vec::new();
+        let mut most_in_file = 0u64;
+        run_buffered::<u32, u32, String, _, _, _, _>(
+            2,
+            Buffer::File {
+                file: &file,
+                pace: crate::spool::Pacer::new(speeds, file.capacity()),
+                codec: &big,
+            },
+            |c| {
+                let k = produced.load(Ordering::SeqCst);
+                if k == 2000 {
+                    return Ok(false);
+                }
+                *c = k;
+                produced.store(k + 1, Ordering::SeqCst);
+                Ok(true)
+            },
+            vec![|c: &mut u32, s: &mut u32| {
+                *s = *c;
+                Ok(())
+            }],
+            |_: &mut u32| Ok(()),
+            |s| {
+                seen.push((*s, produced.load(Ordering::SeqCst)));
+                most_in_file = most_in_file.max(file.allocated());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (0..2000).collect::<Vec<_>>()
+        );
+        assert!(
+            seen[100].1 < 2000,
+            "the 100th item was consumed only after the source ended: {:?}",
+            &seen[..110]
+        );
+        // Only the first window went through the file (a few pages).
+        assert!(most_in_file <= 64 << 10, "{most_in_file} bytes in the file");
+
+        // Slow: an item of 64 KiB every 100 ms at least (0.65 MB/s at most, under the
+        // lowest speed) is accumulated: nothing is consumed before the source ends (the
+        // burst for that rate starts at about 10 MB, more than the 24 items).
+        let produced = AtomicU32::new(0);
+        let mut seen = Vec::new();
+        run_buffered::<u32, u32, String, _, _, _, _>(
+            2,
+            Buffer::File {
+                file: &file,
+                pace: crate::spool::Pacer::new(speeds, file.capacity()),
+                codec: &big,
+            },
+            |c| {
+                let k = produced.load(Ordering::SeqCst);
+                if k == 24 {
+                    return Ok(false);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                *c = k;
+                produced.store(k + 1, Ordering::SeqCst);
+                Ok(true)
+            },
+            vec![|c: &mut u32, s: &mut u32| {
+                *s = *c;
+                Ok(())
+            }],
+            |_: &mut u32| Ok(()),
+            |s| {
+                seen.push((*s, produced.load(Ordering::SeqCst)));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (0..24).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seen[0].1, 24,
+            "consumed before the slow source ended: {seen:?}"
+        );
+    }
+
+    #[test]
     fn an_error_with_a_file_spool_stops_the_pipeline_and_is_returned() {
         let dir = tempfile::tempdir().unwrap();
         let file = crate::spool::SpoolFile::create(dir.path(), 64).unwrap();
@@ -965,7 +1172,7 @@ mod tests {
                 2,
                 Buffer::File {
                     file: &file,
-                    burst_at: 32,
+                    pace: crate::spool::Pacer::fixed(32),
                     codec: &codec,
                 },
                 counting_source(failing),
@@ -1006,7 +1213,7 @@ mod tests {
             2,
             Buffer::File {
                 file: &big,
-                burst_at: 4,
+                pace: crate::spool::Pacer::fixed(4),
                 codec: &U32Codec::new(None),
             },
             counting_source(usize::MAX),
@@ -1021,8 +1228,26 @@ mod tests {
     #[test]
     fn a_spool_file_that_fails_to_be_written_is_left_and_the_run_goes_on_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        for fail_from in [0u64, 150, 1000] {
+        // Paced for a drive of 1 GB/s down to 1 KB/s (a window of 1 MiB): the spool
+        // probes through the file, then streams through memory.
+        let speeds = crate::spool::DriveSpeeds {
+            native: 1_000_000_000,
+            min: 1_000,
+            reposition_s: 1.0,
+        };
+        for (fail_from, paced) in [
+            (0u64, false),
+            (150, false),
+            (1000, false),
+            (0, true),
+            (150, true),
+        ] {
             let mut file = crate::spool::SpoolFile::create(dir.path(), 400).unwrap();
+            let pace = if paced {
+                crate::spool::Pacer::new(speeds, 400)
+            } else {
+                crate::spool::Pacer::fixed(100)
+            };
             file.fail_from = Some(fail_from);
             let codec = U32Codec::new(None);
             let mut next = 0u32;
@@ -1031,7 +1256,7 @@ mod tests {
                 2,
                 Buffer::File {
                     file: &file,
-                    burst_at: 100,
+                    pace,
                     codec: &codec,
                 },
                 |c| {
@@ -1053,7 +1278,7 @@ mod tests {
             assert_eq!(
                 seen,
                 (0..500).collect::<Vec<_>>(),
-                "failing from {fail_from}"
+                "failing from {fail_from}, paced {paced}"
             );
             let failures = codec.failures.lock().unwrap();
             assert_eq!(failures.len(), 1, "told once: {failures:?}");

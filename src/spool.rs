@@ -33,6 +33,311 @@ pub const MEMORY_FALLBACK: u64 = 128 << 20;
 /// The largest memory spool (`--spool SIZE` below [`MIN_FILE`] is one).
 pub const MAX_MEMORY: u64 = MIN_FILE;
 
+/// What the spool must know of the drive it feeds: its native (highest) speed, the
+/// lowest speed it can match, and what each stop costs. From the virtual drive's model
+/// when it has one, else the pool's `drive_speeds` in pools.toml, else
+/// [`DriveSpeeds::LTO_DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriveSpeeds {
+    /// Bytes per second the drive writes when fed at least that fast.
+    pub native: u64,
+    /// The lowest speed it matches, bytes per second: fed slower, it stops and
+    /// repositions.
+    pub min: u64,
+    /// Time lost by each stop and restart of the tape.
+    pub reposition_s: f64,
+}
+
+impl DriveSpeeds {
+    /// The drive assumed when neither the library nor pools.toml says otherwise: an
+    /// LTO-9-class drive (400 MB/s native, speed matching down to about 120 MB/s, about
+    /// 3 s per reposition). A slower drive is served by it too (its bursts are longer
+    /// than it needs); a faster one should be declared (`drive_speeds` in pools.toml).
+    pub const LTO_DEFAULT: DriveSpeeds = DriveSpeeds {
+        native: 400_000_000,
+        min: 120_000_000,
+        reposition_s: 3.0,
+    };
+
+    /// As the drive model of the virtual library gives them.
+    pub fn from_model(m: &vtl_sim::DriveModel) -> DriveSpeeds {
+        DriveSpeeds {
+            native: m.native_speed,
+            min: m.min_speed,
+            reposition_s: m.reposition_ms as f64 / 1000.0,
+        }
+    }
+
+    /// Parse a spec as `drive_speeds` in pools.toml takes it:
+    /// `speed=RATE[,min=RATE][,reposition=DURATION]` (the drive model's grammar: `min`
+    /// defaults to a third of `speed`, `reposition` to 2.5 s).
+    pub fn parse(spec: &str) -> std::result::Result<DriveSpeeds, String> {
+        let m: vtl_sim::DriveModel = spec.parse().map_err(|e: String| {
+            format!("{e} (drive_speeds is speed=RATE[,min=RATE][,reposition=DURATION], e.g. \"speed=400M,min=120M,reposition=3s\")")
+        })?;
+        Ok(DriveSpeeds::from_model(&m))
+    }
+
+    /// The bytes a spool must hold when a burst starts so that a source of `rate`
+    /// bytes/s (below [`DriveSpeeds::min`]) keeps the drive repositioning at most
+    /// `share` of the time. One cycle: the spool fills to S, the drive repositions (R)
+    /// and writes at its native speed v while the source goes on at r, so the burst
+    /// writes B = (S + rR) / (1 - r/v) bytes, all the source delivered in the cycle,
+    /// which lasts B / r. One reposition per cycle: R r / B <= share, so
+    /// B >= rR / share and S >= rR ((1 - r/v) / share - 1).
+    pub fn burst_start(&self, rate: f64, share: f64) -> u64 {
+        let (r, v, rr) = (rate.max(0.0), self.native as f64, self.reposition_s);
+        let s = r * rr * ((1.0 - (r / v).min(1.0)) / share - 1.0);
+        if s.is_finite() && s > 0.0 {
+            s as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// The share of the time the spool aims to let the drive reposition: half the 10 %
+/// allowed, leaving the other half for the stop of each image's last burst and a
+/// writer the machine held up.
+pub const REPOSITION_SHARE: f64 = 0.05;
+
+/// Source rates are measured over windows of this many seconds of the drive's lowest
+/// speed (70 MB at 70 MB/s): how long a slow source runs before the spool knows it is
+/// slow.
+pub const WINDOW_S: f64 = 1.0;
+
+/// Records a streaming spool holds in memory at most between the transform stage and
+/// the drive (a fast source: the spool file is not used).
+pub const STREAM_RECORDS: usize = 4;
+
+/// How a spool file feeds the drive: the decisions of the writer, from the measured
+/// rate of the source and the drive's speeds. A pure state machine (the caller says
+/// when, in seconds from any origin), so tests drive it with made-up times.
+///
+/// * **Probe** (an image's start): the records go into the file, the drive waits, for
+///   one window (`WINDOW_S` of the drive's lowest speed, or that many bytes). A source
+///   that delivered the window's bytes at least at the lowest speed **streams**;
+///   a slower one **accumulates**.
+/// * **Stream**: the writer takes every record as it comes, through memory
+///   ([`STREAM_RECORDS`] at most), after what the file still holds: the source is
+///   held back only by the drive, as without a spool. Each window is measured again:
+///   a source that fell below the lowest speed accumulates.
+/// * **Accumulate**: the records go into the file until it holds
+///   [`DriveSpeeds::burst_start`] for the source's rate (at most half the spool, so
+///   the other half takes what arrives during the burst); then a **burst** writes
+///   everything the spool holds as fast as the drive takes it while the source goes on
+///   filling it. When the spool is empty the rate of the whole cycle decides again.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    speeds: Option<DriveSpeeds>,
+    /// Without speeds: bursts from this many bytes (tests).
+    fixed: u64,
+    capacity: u64,
+    mode: Mode,
+    started: bool,
+    window_start: f64,
+    window_bytes: u64,
+    /// When the window had half its bytes, and how many it had then.
+    half: Option<(f64, u64)>,
+    /// The source's rate, as last measured, bytes/s.
+    rate: f64,
+    /// Decisions taken, for tests and reports: (streams, accumulations, bursts).
+    pub counts: (u32, u32, u32),
+}
+
+/// The writer's state, see [`Pacer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Probe,
+    Stream,
+    Accumulate,
+    Burst,
+}
+
+impl Pacer {
+    /// A pacer for a spool of `capacity` bytes feeding a drive of `speeds`.
+    pub fn new(speeds: DriveSpeeds, capacity: u64) -> Pacer {
+        Pacer {
+            speeds: Some(speeds),
+            fixed: 0,
+            capacity,
+            mode: Mode::Probe,
+            started: false,
+            window_start: 0.0,
+            window_bytes: 0,
+            half: None,
+            rate: 0.0,
+            counts: (0, 0, 0),
+        }
+    }
+
+    /// A pacer that always accumulates and bursts from `burst_at` bytes (tests of the
+    /// pipeline).
+    pub fn fixed(burst_at: u64) -> Pacer {
+        Pacer {
+            speeds: None,
+            fixed: burst_at,
+            mode: Mode::Accumulate,
+            ..Pacer::new(DriveSpeeds::LTO_DEFAULT, u64::MAX)
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The writer takes records as they come (no burst needed).
+    pub fn streaming(&self) -> bool {
+        self.mode == Mode::Stream
+    }
+
+    /// The source's rate as last measured (bytes/s; 0 before the first window).
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Bytes of a measuring window.
+    pub fn window(&self) -> u64 {
+        match self.speeds {
+            // At least 1 MiB, at most a quarter of the spool.
+            Some(s) => ((s.min as f64 * WINDOW_S) as u64)
+                .max(1 << 20)
+                .min((self.capacity / 4).max(1)),
+            None => u64::MAX,
+        }
+    }
+
+    /// Bytes the spool holds before a burst starts, for the rate measured.
+    pub fn burst_at(&self) -> u64 {
+        match self.speeds {
+            Some(s) => s
+                .burst_start(self.rate, REPOSITION_SHARE)
+                .min(self.capacity / 2)
+                .max(1),
+            None => self.fixed,
+        }
+    }
+
+    fn restart_window(&mut self, now: f64) {
+        self.window_start = now;
+        self.window_bytes = 0;
+        self.half = None;
+    }
+
+    /// The window's rate, once it has lasted long enough to say (its bytes, or the
+    /// time the lowest speed takes for them): the lower of the whole window's and its
+    /// second half's, so a source that starts with a burst (a read-ahead, a rate
+    /// limiter's bucket) and then slows down is taken at its slower pace.
+    fn measured(&self, now: f64) -> Option<f64> {
+        let s = self.speeds?;
+        let w = self.window();
+        let el = now - self.window_start;
+        if self.window_bytes >= w || el * s.min as f64 >= w as f64 {
+            let whole = self.window_bytes as f64 / el.max(1e-6);
+            Some(match self.half {
+                Some((t, b)) if self.window_bytes > b => {
+                    whole.min((self.window_bytes - b) as f64 / (now - t).max(1e-6))
+                }
+                _ => whole,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// A record of `len` bytes entered the spool at `now`, which holds `held` bytes
+    /// now. Returns whether a burst starts.
+    pub fn arrived(&mut self, now: f64, len: u64, held: u64) -> bool {
+        let Some(s) = self.speeds else {
+            return held >= self.fixed;
+        };
+        if !self.started {
+            // The clock starts at the first record (opening the source is not its rate).
+            self.started = true;
+            self.restart_window(now);
+            return false;
+        }
+        self.window_bytes += len;
+        if self.half.is_none() && self.window_bytes >= self.window() / 2 {
+            self.half = Some((now, self.window_bytes));
+        }
+        let min = s.min as f64;
+        match self.mode {
+            Mode::Probe | Mode::Stream => {
+                let Some(rate) = self.measured(now) else {
+                    return false;
+                };
+                // A drive that holds the writer back (repositioning, or simply slower
+                // than the source) makes the arrivals slow too: the spool then
+                // accumulates, finds the source fast through the file within a window,
+                // and streams again.
+                let fast = rate >= min;
+                self.rate = rate;
+                self.restart_window(now);
+                if fast {
+                    if self.mode != Mode::Stream {
+                        self.counts.0 += 1;
+                    }
+                    self.mode = Mode::Stream;
+                    false
+                } else {
+                    self.mode = Mode::Accumulate;
+                    self.counts.1 += 1;
+                    self.start_burst(held)
+                }
+            }
+            Mode::Accumulate => {
+                if let Some(rate) = self.measured(now) {
+                    self.rate = rate;
+                    if rate >= min && self.window_bytes >= self.window() {
+                        // The source sped up: stream (after what the file holds).
+                        self.mode = Mode::Stream;
+                        self.counts.0 += 1;
+                        self.restart_window(now);
+                        return false;
+                    }
+                }
+                self.start_burst(held)
+            }
+            Mode::Burst => false,
+        }
+    }
+
+    fn start_burst(&mut self, held: u64) -> bool {
+        if held >= self.burst_at() {
+            self.mode = Mode::Burst;
+            self.counts.2 += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A burst ended at `now` with the spool empty (whatever started it: the pacer, no
+    /// room, the end of the input). The whole cycle's rate decides what comes next.
+    pub fn burst_done(&mut self, now: f64) {
+        let Some(s) = self.speeds else {
+            return;
+        };
+        if self.mode == Mode::Stream {
+            return;
+        }
+        if let Some(rate) = self.measured(now) {
+            self.rate = rate;
+        }
+        if self.mode == Mode::Probe {
+            return;
+        }
+        if self.rate >= s.min as f64 {
+            self.mode = Mode::Stream;
+            self.counts.0 += 1;
+        } else {
+            self.mode = Mode::Accumulate;
+        }
+        self.restart_window(now);
+    }
+}
+
 /// How the operator sized the spool (`--spool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
@@ -195,6 +500,9 @@ pub struct SpoolFile {
     file: std::fs::File,
     capacity: u64,
     dir: PathBuf,
+    /// The drive's speeds as configured (the pool's `drive_speeds`, else the default);
+    /// a virtual drive's model overrides them when the image is written.
+    pub speeds: DriveSpeeds,
     /// Tests: writes from this logical position on fail, as on a full file system.
     #[cfg(test)]
     pub(crate) fail_from: Option<u64>,
@@ -213,6 +521,7 @@ impl SpoolFile {
             file,
             capacity: capacity.max(1),
             dir: dir.to_path_buf(),
+            speeds: DriveSpeeds::LTO_DEFAULT,
             #[cfg(test)]
             fail_from: None,
         })
@@ -360,6 +669,157 @@ mod tests {
             Spool::Memory(n) => assert!(auto_size(free) < MIN_FILE && n == MEMORY_FALLBACK),
             Spool::Off => panic!("auto is never off"),
         }
+    }
+
+    /// The benchmark's modelled drive: 200 MB/s, matching down to 70 MB/s, 2.5 s stops.
+    const MODEL: DriveSpeeds = DriveSpeeds {
+        native: 200_000_000,
+        min: 70_000_000,
+        reposition_s: 2.5,
+    };
+
+    /// Feed `pacer` records of `rec` bytes at `rate` bytes/s for `secs` seconds, a
+    /// drive of `MODEL` draining bursts at its native speed (repositioning first) and
+    /// streams as they come. Returns (bursts, seconds the drive repositioned, seconds
+    /// of the run, the most the spool held).
+    fn simulate(pacer: &mut Pacer, rate: f64, secs: f64, rec: u64) -> (u32, f64, f64, u64) {
+        let mut t = 0.0;
+        let mut held = 0u64;
+        let mut most = 0u64;
+        let (mut bursts, mut repo) = (0u32, 0.0);
+        let dt = rec as f64 / rate;
+        while t < secs {
+            t += dt;
+            if pacer.streaming() {
+                pacer.arrived(t, rec, 0);
+                continue;
+            }
+            held += rec;
+            most = most.max(held);
+            if pacer.arrived(t, rec, held) {
+                // The burst: a reposition, then the drive takes the spool at its speed
+                // while the source goes on.
+                bursts += 1;
+                repo += MODEL.reposition_s;
+                let mut left = held as f64 + rate * MODEL.reposition_s;
+                let mut bt = t + MODEL.reposition_s;
+                while left > 0.0 {
+                    let step = left / (MODEL.native as f64 - rate).max(1.0);
+                    bt += step;
+                    left = (left - MODEL.native as f64 * step + rate * step).max(0.0);
+                }
+                // What arrived during the burst went through the spool too.
+                while t + dt < bt {
+                    t += dt;
+                    pacer.arrived(t, rec, rec);
+                }
+                held = 0;
+                pacer.burst_done(t);
+            }
+        }
+        (bursts, repo, t, most)
+    }
+
+    #[test]
+    fn a_slow_source_is_written_in_bursts_that_keep_repositioning_under_the_share() {
+        for rate in [5e6, 20e6, 60e6, 69e6] {
+            let mut p = Pacer::new(MODEL, 8 << 30);
+            let (bursts, repo, secs, most) = simulate(&mut p, rate, 600.0, 1 << 20);
+            assert!(!p.streaming(), "{rate}: {p:?}");
+            assert!(bursts >= 2, "{rate}: {bursts} bursts in 600 s");
+            let share = repo / secs;
+            assert!(
+                (REPOSITION_SHARE * 0.5..=0.1).contains(&share),
+                "{rate}: {share} of the time repositioning ({bursts} bursts, at most {most} held)"
+            );
+            assert!(most <= 4 << 30, "{rate}: held {most}");
+        }
+        // The formula: at the lowest speed (70 MB/s on 200 MB/s, 2.5 s) a burst starts
+        // at 175 MB x (0.65 / 0.05 - 1) = 2.1 GB; at 20 MB/s at 50 MB x 17 = 850 MB.
+        assert_eq!(MODEL.burst_start(70e6, 0.05) / 1_000_000, 2100);
+        assert_eq!(MODEL.burst_start(20e6, 0.05) / 1_000_000, 850);
+        assert_eq!(MODEL.burst_start(0.0, 0.05), 0);
+        // A smaller spool bounds the burst at half of it.
+        let mut p = Pacer::new(MODEL, 1 << 30);
+        let (_, _, _, most) = simulate(&mut p, 60e6, 120.0, 1 << 20);
+        assert!(most <= (512 << 20) + (1 << 20), "{most}");
+    }
+
+    #[test]
+    fn a_source_at_least_as_fast_as_the_lowest_speed_streams_after_one_window() {
+        for rate in [70e6, 150e6, 2e9] {
+            let mut p = Pacer::new(MODEL, 8 << 30);
+            let w = p.window();
+            assert_eq!(w, 70_000_000);
+            let mut t = 0.0;
+            let mut fed = 0u64;
+            while !p.streaming() {
+                t += (1 << 20) as f64 / rate;
+                fed += 1 << 20;
+                assert!(!p.arrived(t, 1 << 20, fed), "{rate}: no burst");
+                assert!(fed <= w + (2 << 20), "{rate}: still probing after {fed}");
+            }
+            assert_eq!(p.counts, (1, 0, 0));
+        }
+        // A source that starts with a burst (30 MB at once: a rate limiter's bucket)
+        // and then runs at 60 MB/s is slow: the window's second half says so.
+        let mut p = Pacer::new(MODEL, 8 << 30);
+        let mut t = 0.0;
+        let mut held = 0;
+        for k in 0..200u64 {
+            if k > 30 {
+                t += (1 << 20) as f64 / 60e6;
+            }
+            held += 1 << 20;
+            p.arrived(t, 1 << 20, held);
+        }
+        assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
+        assert!(p.rate() < 61e6, "{p:?}");
+    }
+
+    #[test]
+    fn a_source_that_slows_down_is_accumulated_and_one_that_speeds_up_streams_again() {
+        let mut p = Pacer::new(MODEL, 8 << 30);
+        let mut t = 0.0;
+        let feed = |p: &mut Pacer, rate: f64, secs: f64, t: &mut f64| {
+            let end = *t + secs;
+            while *t < end {
+                *t += (1 << 20) as f64 / rate;
+                p.arrived(*t, 1 << 20, if p.streaming() { 0 } else { 1 << 20 });
+            }
+        };
+        feed(&mut p, 150e6, 3.0, &mut t);
+        assert!(p.streaming());
+        feed(&mut p, 30e6, 5.0, &mut t);
+        assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
+        assert!(p.rate() < 70e6 && p.rate() > 20e6, "{p:?}");
+        feed(&mut p, 300e6, 2.0, &mut t);
+        assert!(p.streaming(), "{p:?}");
+        // A burst that ends after a cycle at a fast rate streams too.
+        let mut p = Pacer::new(MODEL, 8 << 30);
+        feed(&mut p, 10e6, 10.0, &mut t);
+        assert_eq!(p.mode(), Mode::Accumulate);
+        let t0 = t;
+        p.arrived(t0 + 0.1, 900_000_000, 900_000_000);
+        p.burst_done(t0 + 0.2);
+        assert!(p.streaming(), "{p:?}");
+    }
+
+    #[test]
+    fn drive_speeds_parse_with_the_drive_models_grammar_and_name_the_bad_value() {
+        assert_eq!(
+            DriveSpeeds::parse("speed=200M,min=70M,reposition=2.5s"),
+            Ok(MODEL)
+        );
+        let d = DriveSpeeds::parse("speed=300M").unwrap();
+        assert_eq!(
+            (d.native, d.min, d.reposition_s),
+            (300_000_000, 100_000_000, 2.5)
+        );
+        let e = DriveSpeeds::parse("speed=fast").unwrap_err();
+        assert!(e.contains("fast") && e.contains("drive_speeds"), "{e}");
+        let e = DriveSpeeds::parse("speed=100M,min=200M").unwrap_err();
+        assert!(e.contains("min"), "{e}");
     }
 
     #[test]

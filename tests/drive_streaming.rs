@@ -1,8 +1,8 @@
 //! Keeping a modelled drive streaming, through the binary: a backup session flushes the
 //! drive once (its commit point) whatever the number of images, a session killed before
 //! that point counts none of its images, and a source slower than the drive's lowest
-//! speed is spooled and written in bursts (`--spool`), measured with a source whose
-//! pace the test sets.
+//! speed is spooled and written in bursts by the default spool while a fast one streams
+//! through it, measured with a source whose pace the test sets.
 
 mod common;
 
@@ -135,28 +135,44 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_slow_source_is_spooled_and_written_in_bursts() {
-    if !Command::new("nbdkit")
+/// The largest end of a read the gated source served.
+fn served_to(served: &Path) -> u64 {
+    std::fs::read_to_string(served)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn have_nbdkit_sh() -> bool {
+    Command::new("nbdkit")
         .args(["sh", "--dump-plugin"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-    {
+}
+
+#[test]
+fn the_default_spool_writes_a_slow_source_in_bursts_and_streams_a_fast_one() {
+    if !have_nbdkit_sh() {
         eprintln!("skipping: nbdkit with its sh plugin is not installed");
         return;
     }
-    // The source delivers the disk in steps of 4 MiB, the test pausing at least 2 s
-    // after each (a sleep only ever lasts longer). The drive starts its tape once its
-    // 8 MiB buffer is half full, and a full buffer lasts at least 1 s (8 MiB at 8 MB/s).
-    // Without a spool each step reaches the drive as it comes (the test waits until it
-    // is on the cartridge): the tape starts, and in the pause it writes the buffer out
-    // (4 MiB at 4-8 MB/s, at most 1.1 s) and runs dry: one underrun per pause, however
-    // loaded the machine. With `--spool auto` (a file, or 128 MiB of memory when
-    // the disk has no room: a burst starts at half of it, more than the whole disk) the
-    // image goes to the drive in one burst at the end, the host always ahead of it: no
-    // underrun unless the writer stalls for a whole second (allowed once).
-    const STEP: u64 = 4 * MIB;
+    // The drive writes 4 MB/s and matches down to 2 MB/s (a measuring window of 2 MB
+    // for the spool), starts its tape once its 2 MiB buffer is half full, and loses 1 s
+    // per reposition. The slow source delivers the disk in steps of 1 MiB, the test
+    // pausing at least 2 s after each (a sleep only ever lasts longer): at most
+    // 0.5 MB/s, under the lowest speed. Without a spool each step reaches the drive as
+    // it comes (the test waits until it is on the cartridge): the tape starts, writes
+    // the step out in the pause (1 MiB at 2-4 MB/s, at most 0.55 s) and runs dry: one
+    // reposition per pause, however loaded the machine. With the default spool (auto:
+    // a file, or 128 MiB of memory when the disk has no room) the first window shows
+    // the source slow (2 s for at most 1 MiB), and the burst its rate needs is over
+    // 8 MB (0.5 MB/s x 1 s x (0.875 / 0.05 - 1)), more than the disk: the image goes to
+    // the drive in one burst at its end, the host ahead of the tape, which does not
+    // stop unless the writer stalls for a quarter second (allowed once).
+    const STEP: u64 = MIB;
     const STEPS: u64 = 4;
     let v = Vault::init(&[
         "--slots",
@@ -166,7 +182,7 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         "--capacity",
         "256M",
         "--drive-model",
-        "speed=8M,min=4M,buffer=8Mi,reposition=10ms",
+        "speed=4M,min=2M,buffer=2Mi,reposition=1s",
     ]);
     v.pool("p", "off");
     let disk = TestDisk::create(v.path("d.img"), STEP * STEPS, STEP * STEPS, 9);
@@ -175,12 +191,16 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
     let j = v.backup(&first, "p", &[]);
     let bc = j["barcodes"][0].as_str().unwrap().to_string();
     let lib = vtl_sim::Library::open(&v.library_dir()).unwrap();
-    let mut underruns = Vec::new();
-    for spool in ["0", "auto"] {
-        let sock = v.path(&format!("nbd-{spool}.sock"));
+    let mut repositions = Vec::new();
+    for (run, spool) in [
+        ("slow-0", Some("0")),
+        ("slow-default", None),
+        ("fast-default", None),
+    ] {
+        let sock = v.path(&format!("nbd-{run}.sock"));
         let (gate, served) = (
-            v.path(&format!("gate-{spool}")),
-            v.path(&format!("served-{spool}")),
+            v.path(&format!("gate-{run}")),
+            v.path(&format!("served-{run}")),
         );
         let mut server =
             gated(&disk.path, &gate, &served, &sock).expect("nbdkit with the sh plugin starts");
@@ -188,52 +208,66 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         let on_tape = v.cartridge_data_len(&bc);
         let src = format!("nbd+unix:///?socket={}", sock.display());
         let id = disk.id.to_string();
+        let mut args = vec![
+            "backup",
+            "--disk",
+            &src,
+            "--disk-id",
+            &id,
+            "--pool",
+            "p",
+            "--full",
+        ];
+        if let Some(s) = spool {
+            args.extend(["--spool", s]);
+        }
         let child = v
-            .command(&[
-                "backup",
-                "--disk",
-                &src,
-                "--disk-id",
-                &id,
-                "--pool",
-                "p",
-                "--full",
-                "--spool",
-                spool,
-            ])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        for step in 1..=STEPS {
-            let end = step * STEP;
+        if run == "fast-default" {
+            // Three quarters of the disk at once, the source's own pace (far above
+            // 2 MB/s): the spool streams after its first window, so the drive gets
+            // records while the source still holds back the last quarter.
+            let end = STEP * (STEPS - 1);
             std::fs::write(&gate, end.to_string()).unwrap();
-            let served_to = || {
-                std::fs::read_to_string(&served)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<u64>().ok())
-                    .max()
-                    .unwrap_or(0)
-            };
-            wait_until(&format!("the source to serve {end} bytes"), || {
-                served_to() >= end
+            wait_until("the source to serve three quarters", || {
+                served_to(&served) >= end
             });
-            if spool == "0" {
-                // Each step reaches the drive before the pause (the records hold it all).
-                wait_until(&format!("{end} bytes of the disk on the cartridge"), || {
-                    v.cartridge_data_len(&bc) >= on_tape + end
+            wait_until(
+                "a quarter of the disk on the cartridge before the source ended",
+                || v.cartridge_data_len(&bc) >= on_tape + STEP,
+            );
+            assert!(
+                served_to(&served) < STEP * STEPS,
+                "the source ended before the test let it"
+            );
+            std::fs::write(&gate, (STEP * STEPS).to_string()).unwrap();
+        } else {
+            for step in 1..=STEPS {
+                let end = step * STEP;
+                std::fs::write(&gate, end.to_string()).unwrap();
+                wait_until(&format!("the source to serve {end} bytes"), || {
+                    served_to(&served) >= end
                 });
-            } else if step < STEPS {
-                // Spooled: nothing of the image but its header reached the drive.
-                assert!(
-                    v.cartridge_data_len(&bc) < on_tape + MIB,
-                    "with --spool {spool}, {} bytes reached the cartridge after {end} bytes of source",
-                    v.cartridge_data_len(&bc) - on_tape
-                );
-            }
-            if step < STEPS {
-                std::thread::sleep(Duration::from_secs(2));
+                if spool == Some("0") {
+                    // Each step reaches the drive before the pause.
+                    wait_until(&format!("{end} bytes of the disk on the cartridge"), || {
+                        v.cartridge_data_len(&bc) >= on_tape + end
+                    });
+                } else if step < STEPS {
+                    // Spooled: nothing of the image but its header reached the drive.
+                    assert!(
+                        v.cartridge_data_len(&bc) < on_tape + STEP / 2,
+                        "with the default spool, {} bytes reached the cartridge after {end} bytes of a slow source",
+                        v.cartridge_data_len(&bc) - on_tape
+                    );
+                }
+                if step < STEPS {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
             }
         }
         let out = child.wait_with_output().unwrap();
@@ -247,26 +281,26 @@ fn a_slow_source_is_spooled_and_written_in_bursts() {
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let after = lib.drive_stats(0).unwrap();
         let img = s(&j["images"][0], "image").to_string();
-        let r = v.restore_image(disk.id, &img, &v.path(&format!("r-{spool}.img")));
+        let r = v.restore_image(disk.id, &img, &v.path(&format!("r-{run}.img")));
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_same_bytes(
-            &v.path(&format!("r-{spool}.img")),
+            &v.path(&format!("r-{run}.img")),
             &disk.path,
             "restored disk",
         );
-        underruns.push(after.buffer_underruns - before.buffer_underruns);
+        repositions.push(after.repositions - before.repositions);
     }
-    eprintln!("buffer underruns without a spool, with --spool auto: {underruns:?}");
+    eprintln!("repositions (no spool, default with a slow source, default with a fast one): {repositions:?}");
     assert!(
-        underruns[0] >= STEPS - 1,
-        "without a spool the drive ran dry {} times in {} pauses",
-        underruns[0],
+        repositions[0] >= STEPS - 1,
+        "without a spool the drive stopped {} times in {} pauses",
+        repositions[0],
         STEPS - 1
     );
     assert!(
-        underruns[1] <= 1,
-        "with --spool auto the drive ran dry {} times writing one burst",
-        underruns[1]
+        repositions[1] <= 1,
+        "with the default spool the drive stopped {} times for a slow source",
+        repositions[1]
     );
     v.assert_catalog_consistent();
 }
@@ -393,9 +427,28 @@ fn the_spool_is_an_unnamed_file_and_its_settings_are_checked_before_anything_is_
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("myspool"), "{}", r.stderr);
     assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
-    // Once it exists the backup spools there (and leaves nothing in it); an explicit
-    // size and --spool 0 work too; each image restores.
     std::fs::create_dir(v.home.join("myspool")).unwrap();
+    // The pool's drive speeds (pools.toml), for the spool's bursts: a bad value is
+    // exit 2 naming the pool, the setting and the value, before anything is written.
+    let pools = v.home.join("pools.toml");
+    std::fs::write(&pools, "[pools.p]\ndrive_speeds = \"speed=fast\"\n").unwrap();
+    let r = backup(&[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("drive_speeds")
+            && r.stderr.contains("fast")
+            && r.stderr.contains("pool p"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(v.cartridge_data_len(&bc), on_tape, "a refused backup wrote");
+    std::fs::write(
+        &pools,
+        "[pools.p]\ndrive_speeds = \"speed=300M,min=100M,reposition=3s\"\n",
+    )
+    .unwrap();
+    // Once the directory exists the backup spools there (and leaves nothing in it); an
+    // explicit size, the default and --spool 0 work too; each image restores.
     for (i, extra) in [
         &["--spool", "auto"][..],
         &["--spool", "300M"][..],

@@ -365,13 +365,21 @@ impl Job<'_> {
             crate::spool::Spool::Memory(bytes) => {
                 Buffer::Memory(super::session::spool_records(*bytes, pool.compression))
             }
-            // A burst starts at half the spool: the other half takes in what the source
-            // delivers while the drive repositions and writes.
-            crate::spool::Spool::File(f) => Buffer::File {
-                file: f,
-                burst_at: f.capacity() / 2,
-                codec: &codec,
-            },
+            // Paced for the drive's speeds: its model when the library has one, else
+            // as configured (the pool's drive_speeds, else the default).
+            crate::spool::Spool::File(f) => {
+                let speeds = self
+                    .tape
+                    .current
+                    .as_ref()
+                    .and_then(|c| self.tape.lib.speed_model(c.drive_index))
+                    .map_or(f.speeds, |m| crate::spool::DriveSpeeds::from_model(&m));
+                Buffer::File {
+                    file: f,
+                    pace: crate::spool::Pacer::new(speeds, f.capacity()),
+                    codec: &codec,
+                }
+            }
         };
         let run = crate::pipeline::run_buffered::<ReadChunk, Prepared, Error, _, _, _, _>(
             PIPELINE_DEPTH,

@@ -50,10 +50,10 @@ pub struct BackupRequest {
     pub disks: Vec<DiskSpec>,
     pub pool: String,
     pub mode: Mode,
-    /// How many bytes of records the writer may hold back; it writes them to the drive
-    /// in bursts from half full on: a source slower than the drive's lowest speed stops
-    /// the tape once per burst instead of once per drive buffer. See [`crate::spool`]
-    /// and [`DEFAULT_SPOOL`].
+    /// The spool between the transform stage and the drive: a source at least as fast as
+    /// the drive's lowest speed streams through it, a slower one is accumulated and
+    /// written in bursts long enough to keep the drive's repositioning under 10 % of
+    /// the time. See [`crate::spool`] and [`DEFAULT_SPOOL`].
     pub spool: crate::spool::Setting,
     /// The directory of the spool file (`--spool-dir`); else the home's `spool_dir`,
     /// else `spool/` in the home.
@@ -64,12 +64,11 @@ pub struct BackupRequest {
     pub drives: usize,
 }
 
-/// The default spool of a backup: 128 MiB in memory. A spool file (`--spool auto` or a
-/// size from 256M on, see [`crate::spool::Spool::open`]) keeps a drive streaming behind
-/// a slow source, but makes a fast source's backup read an image whole before the drive
-/// writes it (2 GiB from the page cache: 7.6-13.6 s with `auto` against 2.4-2.6 s), so
-/// it is the operator's choice, per run.
-pub const DEFAULT_SPOOL: crate::spool::Setting = crate::spool::Setting::Size(128 << 20);
+/// The default spool of a backup: `auto`, an unnamed file of a quarter of the spool
+/// directory's free space (at most 8 GiB; 128 MiB of memory when there is no room),
+/// paced by [`crate::spool::Pacer`]: a fast source streams through memory as without
+/// a spool, a slow one is written in bursts.
+pub const DEFAULT_SPOOL: crate::spool::Setting = crate::spool::Setting::Auto;
 
 /// The pool's key, unlocked; the passphrase is kept only to write key escrow into labels.
 pub struct KeyMaterial {

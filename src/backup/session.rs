@@ -133,8 +133,9 @@ pub fn run(
 }
 
 /// The spool of a session: `--spool` in `--spool-dir`, else the home's `spool_dir`,
-/// else `spool/` in the home (created when missing). When the spool directory has no
-/// room for an automatic spool, the session spools in memory and says so.
+/// else `spool/` in the home (created when missing), paced for the pool's
+/// `drive_speeds` (pools.toml). When the spool directory has no room for an automatic
+/// spool, the session spools in memory and says so.
 pub(super) fn open_spool(
     home: &Home,
     req: &BackupRequest,
@@ -146,8 +147,14 @@ pub(super) fn open_spool(
         (None, Some(d)) => (home.dir.join(d), false),
         (None, None) => (home.dir.join("spool"), true),
     };
-    let (spool, warning) = crate::spool::Spool::open(req.spool, &dir, default_dir)
+    let pools = crate::home::pools_toml::load(&home.dir)?;
+    let speeds =
+        crate::home::pools_toml::drive_speeds_of(&pools, &req.pool).map_err(Error::Usage)?;
+    let (mut spool, warning) = crate::spool::Spool::open(req.spool, &dir, default_dir)
         .map_err(|e| Error::Usage(e.what))?;
+    if let crate::spool::Spool::File(f) = &mut spool {
+        f.speeds = speeds;
+    }
     if let Some(w) = warning {
         events.note(crate::events::NoteKind::Warning, w);
     }

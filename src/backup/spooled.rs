@@ -88,6 +88,10 @@ impl Codec<Prepared, Error> for PreparedCodec<'_> {
         })
     }
 
+    fn size(&self, p: &Prepared) -> u64 {
+        p.stored().len() as u64
+    }
+
     fn spool_error(&self, e: SpoolError) -> Error {
         Error::Failed(e.what)
     }

@@ -110,16 +110,17 @@ pub struct BackupArgs {
     /// in the catalog), or none: every disk whose newest point is in the pool.
     #[arg(long, conflicts_with_all = ["full", "copy", "disk", "changed_extents"])]
     pub synthetic_full: bool,
-    /// The spool between the disk and the drive (a size such as 4G, auto, or 0 for
-    /// none): records go to the drive in bursts from half full on, so a source slower
-    /// than the drive's lowest speed stops the tape once per burst, not once per drive
-    /// buffer. A size under 256M is a spool in memory (the default, 128M); from 256M on,
-    /// an unnamed file in the spool directory; auto: a file of a quarter of the spool
-    /// directory's free space, at most 8G (in memory, 128M, with a warning, when it has
-    /// less than 1G free). A file spool is for sources slower than the drive: an image
-    /// smaller than half the spool reaches the drive only once read whole, so a fast
-    /// source takes longer with one.
-    #[arg(long, value_name = "SIZE", default_value = "128M")]
+    /// The spool between the disk and the drive (auto, a size such as 4G, or 0 for
+    /// none). A source at least as fast as the drive's lowest speed streams through it
+    /// (records go to the drive as they come); a slower one is accumulated and written
+    /// in bursts long enough to keep the drive's repositioning under 10 % of the time
+    /// (sized from the measured source rate and the drive's speeds: its model on a
+    /// virtual drive, else the pool's drive_speeds in pools.toml, else 400 MB/s
+    /// matching down to 120 MB/s with 3 s per reposition). auto (the default): an
+    /// unnamed file of a quarter of the spool directory's free space, at most 8G (128M
+    /// in memory, with a warning, when it has less than 1G free); a size from 256M on:
+    /// a file of that size; under 256M: in memory, bursting from half of it.
+    #[arg(long, value_name = "SIZE", default_value = "auto")]
     pub spool: crate::spool::Setting,
     /// The directory of the spool file (default: the home's spool_dir setting, else
     /// spool/ in the home).

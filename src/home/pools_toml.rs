@@ -35,6 +35,8 @@
 //! allocation = "daily"
 //! drives = 2                    # a backup of several disks writes on up to 2 drives at
 //!                               # once (`backup --drives N` overrides it; default 1)
+//! drive_speeds = "speed=300M,min=100M,reposition=3s"  # for the backup spool's bursts
+//!                               # (default: 400M, min 120M, 3s; a virtual drive's model wins)
 //!
 //! [pools.forever]
 //! allocation = "weekly:sun"
@@ -43,7 +45,7 @@
 //! ```
 //!
 //! `tapevault pool apply` creates and updates the catalog's pools from it. `offsite`,
-//! `copy_to`, `copy_spool`, `copy_spool_size`, `synthetic_full`, `encryption` and `drives` live only here (the catalog has no column for them); `pool create|update --offsite`
+//! `copy_to`, `copy_spool`, `copy_spool_size`, `synthetic_full`, `encryption`, `drives` and `drive_speeds` live only here (the catalog has no column for them); `pool create|update --offsite`
 //! write it here too.
 
 use std::collections::BTreeMap;
@@ -121,6 +123,13 @@ pub struct PoolSpec {
     /// --drives N`, which overrides it; default 1). Lives only here, like `offsite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drives: Option<u16>,
+    /// The speeds of the drives this pool's backups write on, for the backup spool
+    /// ([`crate::spool::DriveSpeeds`]): `"speed=RATE,min=RATE,reposition=DURATION"`,
+    /// e.g. `"speed=300M,min=100M,reposition=3s"`. Default: an LTO-9-class drive
+    /// (400 MB/s, matching down to 120 MB/s, 3 s per reposition); a virtual drive's
+    /// model overrides it. Lives only here, like `offsite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drive_speeds: Option<String>,
 }
 
 /// Who encrypts an encrypted pool's data.
@@ -153,6 +162,8 @@ pub fn load(home: &Path) -> Result<PoolsFile> {
                 .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
             for (name, spec) in &f.pools {
                 copy_spool_of(&f, name)
+                    .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
+                drive_speeds_of(&f, name)
                     .map_err(|e| Error::Usage(format!("{} is not valid: {e}", p.display())))?;
                 if let Some(n) = spec.drives.filter(|n| !(1..=64).contains(n)) {
                     return Err(Error::Usage(format!(
@@ -234,6 +245,20 @@ pub const DEFAULT_COPY_VAULT: &str = "offsite";
 /// not given (`drives`; None: not declared).
 pub fn drives_of(f: &PoolsFile, pool: &str) -> Option<usize> {
     f.pools.get(pool).and_then(|s| s.drives).map(usize::from)
+}
+
+/// The speeds of the drives `pool`'s backups write on (`drive_speeds`), else the
+/// default ([`crate::spool::DriveSpeeds::LTO_DEFAULT`]). The error names the pool and
+/// the setting.
+pub fn drive_speeds_of(
+    f: &PoolsFile,
+    pool: &str,
+) -> std::result::Result<crate::spool::DriveSpeeds, String> {
+    match f.pools.get(pool).and_then(|s| s.drive_speeds.as_deref()) {
+        None => Ok(crate::spool::DriveSpeeds::LTO_DEFAULT),
+        Some(spec) => crate::spool::DriveSpeeds::parse(spec)
+            .map_err(|e| format!("pool {pool}: drive_speeds = {spec:?}: {e}")),
+    }
 }
 
 pub fn copy_to_of(f: &PoolsFile, pool: &str) -> Option<String> {

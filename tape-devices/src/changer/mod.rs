@@ -273,4 +273,10 @@ pub trait TapeLibrary: Send {
     /// Open drive `index` for exclusive use by this process (held until dropped).
     fn open_drive(&mut self, index: usize) -> ChangerResult<Box<dyn TapeDrive>>;
     fn drive_count(&self) -> usize;
+    /// The speed model of drive `index` when the library knows it (a virtual drive
+    /// given one); None for a real drive, whose speeds the host is not told.
+    fn speed_model(&self, index: usize) -> Option<vtl_sim::DriveModel> {
+        let _ = index;
+        None
+    }
 }

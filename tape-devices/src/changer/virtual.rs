@@ -353,4 +353,13 @@ impl TapeLibrary for VirtualLibrary {
     fn drive_count(&self) -> usize {
         self.lib.state().map(|s| s.drives.len()).unwrap_or(0)
     }
+
+    /// The library's model of the drive, or the one the environment gives every drive
+    /// of this process (`VTL_SIM_DRIVE_MODEL`), as the drive itself takes it.
+    fn speed_model(&self, index: usize) -> Option<vtl_sim::DriveModel> {
+        match vtl_sim::DriveModel::from_env() {
+            Ok(Some(m)) => m,
+            _ => self.lib.drive_model(index).ok().flatten(),
+        }
+    }
 }
