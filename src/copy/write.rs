@@ -388,6 +388,59 @@ fn copy_spooled(
     Ok(())
 }
 
+/// Check that a copy covers exactly the disk ranges of `original` in the catalog, row
+/// by row: the copy's coverage (spooled as it was written) and the original's rows
+/// (read from the catalog in disk order) are walked side by side, never held.
+fn same_coverage(
+    cat: &Catalog,
+    original: Uuid,
+    written: &crate::extent_spool::ItemList<crate::catalog::Extent>,
+) -> Result<()> {
+    let spool_err = |e: std::io::Error| {
+        Error::Failed(format!(
+            "reading back the copy's coverage from its temporary file (check the space in TMPDIR): {e}"
+        ))
+    };
+    let show = |e: Option<&crate::catalog::Extent>| match e {
+        Some(e) => format!(
+            "{} bytes at {}{}",
+            e.length,
+            e.offset,
+            if e.is_zero { " (zeros)" } else { "" }
+        ),
+        None => "nothing".into(),
+    };
+    let mut mine = written.reader();
+    let differs =
+        cat.with_extent_cursors(&[original], |mut cursors| -> Result<Option<String>> {
+            let theirs = cursors.pop().expect("one cursor");
+            let mut row = 0u64;
+            let mut theirs = theirs.map(|r| r.map_err(Error::from));
+            loop {
+                let want = theirs.next().transpose()?;
+                let got = mine.next().transpose().map_err(spool_err)?;
+                if want.is_none() && got.is_none() {
+                    return Ok(None);
+                }
+                if got != want {
+                    return Ok(Some(format!(
+                        "extent {row}: the copy has {}, the original {}",
+                        show(got.as_ref()),
+                        show(want.as_ref())
+                    )));
+                }
+                row += 1;
+            }
+        })??;
+    match differs {
+        None => Ok(()),
+        Some(d) => Err(Error::Integrity(format!(
+            "the copy covers other disk ranges than the original ({} extents written, {d})",
+            written.len()
+        ))),
+    }
+}
+
 fn label(orig: &ImageRow) -> String {
     format!("copy {}", &orig.uuid.to_string()[..8])
 }
@@ -436,14 +489,7 @@ fn commit(
                 src.image.content_digest.as_deref().unwrap_or("none")
             )));
         }
-        let want = cat.extents(orig.uuid)?;
-        if w.coverage != want {
-            return Err(Error::Integrity(format!(
-                "the copy covers other disk ranges ({} extents) than the original ({} extents)",
-                w.coverage.len(),
-                want.len()
-            )));
-        }
+        same_coverage(cat, orig.uuid, &w.coverage)?;
         Ok((read, w, digest))
     });
     let (read, w, digest) = match checked {
@@ -466,7 +512,8 @@ fn commit(
         finished: Some(crate::home::clock::now()),
         digest_list: None,
     };
-    if let Err(e) = cat.complete_image(copy, &stats, &digest, &w.segments, &w.coverage) {
+    if let Err(e) = cat.complete_image_from(copy, &stats, &digest, &w.segments, w.coverage.reader())
+    {
         let _ = cat.fail_image(copy, &format!("copy failed: {e}"));
         return Err(e.into());
     }

@@ -8,14 +8,18 @@
 //!    on one drive, every record checked as in a restore; their bytes go to a scratch
 //!    file with no name in `$TMPDIR` at their disk offsets. The file is sparse: it
 //!    takes the incrementals' data only (what they supply to the point), never the
-//!    full's, and memory holds only the planner's extent lists, as a restore does.
+//!    full's. Where they supply it is the union of their restore plans' lists, merged
+//!    into a spooled [`ExtentList`] (beyond the in-memory limit in a temporary file).
 //! 2. **Streaming** ([`Merged`]): a reader thread reads the full (its needed
 //!    segments, in order; every record checked) on a drive of its own and hands the
 //!    bytes it supplies to the point, in disk order, through a bounded channel
 //!    ([`CHANNEL_DEPTH`] pieces). The backup writer reads the disk from [`Merged`], a
 //!    [`SourceRead`]: at each offset the staged bytes where an incremental supplies
 //!    them, the full's where it does, zeros elsewhere (and holes there, so zeros are
-//!    not read). The writer is the normal one: block digest list, content digest,
+//!    not read). Which source holds an offset is looked up in the full's, the staged
+//!    and the combined extent lists through [`Seeker`]s, which walk them in disk order
+//!    as the writer reads: memory does not follow the number of extents.
+//!    The writer is the normal one: block digest list, content digest,
 //!    records under the pool's policy, and the check against the point's digest list
 //!    before the trailer may say complete ([`super::verify`]).
 //!
@@ -32,7 +36,8 @@ use crate::catalog::{ImageKind, Segment};
 use crate::codec::{KeyRing, Opener};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::extents::ExtentSet;
+use crate::extent_spool::{ExtentList, Seeker};
+use crate::extents::Extent;
 use crate::restore::{read_image, ImageRead, MediaReader, Prepared};
 use crate::source::disk::{DataAt, SourceRead};
 use tape_devices::changer::TapeLibrary;
@@ -46,12 +51,18 @@ pub struct Staged {
     /// Sparse scratch file (no name): the incrementals' supplied bytes at their disk
     /// offsets.
     pub file: File,
-    /// The bytes the incrementals supply (read from `file`).
-    pub data: ExtentSet,
+    /// The bytes the incrementals supply (read from `file`), spooled.
+    pub data: ExtentList,
     /// Data bytes staged.
     pub bytes: u64,
     /// Cartridges mounted, in order.
     pub mounts: Vec<String>,
+}
+
+fn plan_err(e: std::io::Error) -> Error {
+    Error::Failed(format!(
+        "reading or writing the restore plan's extents in their temporary file (check the space in TMPDIR): {e}"
+    ))
 }
 
 /// Whether segment `s` of chain image `i` holds bytes the point needs.
@@ -84,14 +95,8 @@ pub fn stage_incrementals(
             "cannot create the scratch file for the chain's incrementals in the temporary directory ($TMPDIR): {e}"
         ))
     })?;
-    let mut data = ExtentSet::new();
-    for plan in &p.plans[1..] {
-        data.union_with(&plan.data.to_set().map_err(|e| {
-            Error::Failed(format!(
-                "reading back the restore plan from its temporary file: {e}"
-            ))
-        })?);
-    }
+    let lists: Vec<&ExtentList> = p.plans[1..].iter().map(|plan| &plan.data).collect();
+    let data = ExtentList::union(&lists).map_err(plan_err)?;
     events.task("staging incrementals", data.total_bytes());
     let mut reader = MediaReader::new(lib, locations(p));
     let mut opener = Opener::new()?;
@@ -354,14 +359,24 @@ impl Feed {
 pub struct Merged {
     size: u64,
     staged: File,
-    staged_data: ExtentSet,
-    full_data: ExtentSet,
-    /// Where any data lies (the rest reads as zeros and is reported as holes).
-    all_data: ExtentSet,
     /// End of the last data byte: the read reaching it is the last to take bytes of
     /// the full, and waits for the reader's end.
     data_end: u64,
-    feed: Mutex<Feed>,
+    state: Mutex<State>,
+}
+
+/// What a read of [`Merged`] moves along: the full's feed and the positions in the
+/// extent lists.
+struct State {
+    feed: Feed,
+    /// The bytes the full supplies.
+    full: Seeker,
+    /// The bytes the staged incrementals supply.
+    staged: Seeker,
+    /// Where any data lies (the rest reads as zeros and is reported as holes).
+    all: Seeker,
+    /// Scratch for the pieces of one read.
+    pieces: Vec<Extent>,
 }
 
 /// The feed's channel ends (pieces in, buffers back).
@@ -376,65 +391,54 @@ pub fn channel() -> (ReaderEnd, FeedEnd) {
 
 impl Merged {
     pub fn new(p: &Prepared, staged: Staged, feed: FeedEnd) -> Result<Merged> {
-        let full_data = p.plans[0].data.to_set().map_err(|e| {
-            Error::Failed(format!(
-                "reading back the restore plan from its temporary file: {e}"
-            ))
-        })?;
-        Ok(Merged::from_parts(
-            p.target().disk_size,
-            full_data,
-            staged,
-            feed,
-        ))
+        Merged::from_parts(p.target().disk_size, p.plans[0].data.clone(), staged, feed)
     }
 
     /// A disk of `size` bytes: the full supplies `full_data` (through `feed`, in disk
-    /// order), the staged file the rest of the data.
+    /// order), the staged file the rest of the data; bytes past `size` are not read.
     pub fn from_parts(
         size: u64,
-        mut full_data: ExtentSet,
+        full_data: ExtentList,
         staged: Staged,
         (rx, free): FeedEnd,
-    ) -> Merged {
-        full_data.clip(size);
-        let mut staged_data = staged.data;
-        staged_data.clip(size);
-        let mut all_data = full_data.clone();
-        all_data.union_with(&staged_data);
-        let data_end = all_data.iter().last().map_or(0, |x| x.end());
-        Merged {
+    ) -> Result<Merged> {
+        let all_data = ExtentList::union(&[&full_data, &staged.data]).map_err(plan_err)?;
+        let data_end = all_data.end_before(size).map_err(plan_err)?;
+        Ok(Merged {
             size,
             staged: staged.file,
-            staged_data,
-            full_data,
-            all_data,
             data_end,
-            feed: Mutex::new(Feed {
-                rx: Some(rx),
-                free,
-                cur: None,
-                ended: false,
+            state: Mutex::new(State {
+                feed: Feed {
+                    rx: Some(rx),
+                    free,
+                    cur: None,
+                    ended: false,
+                },
+                full: Seeker::new(full_data).map_err(plan_err)?,
+                staged: Seeker::new(staged.data).map_err(plan_err)?,
+                all: Seeker::new(all_data).map_err(plan_err)?,
+                pieces: Vec::new(),
             }),
-        }
+        })
     }
 
     /// Wait until the full's reader delivered its first bytes (or ended).
     pub fn prime(&self) -> std::io::Result<()> {
-        self.lock()?.prime()
+        self.lock()?.feed.prime()
     }
 
     /// Drop the receiving end: a reader blocked on the full channel stops (its next
     /// send fails), whoever still holds this source.
     pub fn close(&self) {
-        if let Ok(mut f) = self.feed.lock() {
-            f.rx = None;
-            f.cur = None;
+        if let Ok(mut st) = self.state.lock() {
+            st.feed.rx = None;
+            st.feed.cur = None;
         }
     }
 
-    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, Feed>> {
-        self.feed
+    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, State>> {
+        self.state
             .lock()
             .map_err(|_| std::io::Error::other("the synthetic full's feed was poisoned"))
     }
@@ -448,34 +452,42 @@ impl SourceRead for Merged {
         let n = (buf.len() as u64).min(self.size - offset) as usize;
         let buf = &mut buf[..n];
         buf.fill(0);
-        let mut feed = self.lock()?;
-        for x in self.full_data.intersect_range(offset, n as u64) {
+        let mut guard = self.lock()?;
+        let st = &mut *guard;
+        st.pieces.clear();
+        st.full.intersect_into(offset, n as u64, &mut st.pieces)?;
+        for x in &st.pieces {
             let from = (x.offset - offset) as usize;
-            feed.take(x.offset, &mut buf[from..from + x.len as usize])?;
+            st.feed
+                .take(x.offset, &mut buf[from..from + x.len as usize])?;
         }
-        for x in self.staged_data.intersect_range(offset, n as u64) {
+        st.pieces.clear();
+        st.staged.intersect_into(offset, n as u64, &mut st.pieces)?;
+        for x in &st.pieces {
             let from = (x.offset - offset) as usize;
             self.staged
                 .read_exact_at(&mut buf[from..from + x.len as usize], x.offset)?;
         }
         if offset + n as u64 >= self.data_end {
-            feed.finish()?;
+            st.feed.finish()?;
         }
         Ok(n)
     }
 
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
-        match self
-            .all_data
-            .intersect_range(from, self.size.saturating_sub(from))
-            .next()
-        {
-            Some(x) => Ok(DataAt::Run(x.offset, x.end())),
+        let mut st = self.lock()?;
+        let next = if from < self.size {
+            st.all.next_from(from)?.filter(|x| x.offset < self.size)
+        } else {
+            None
+        };
+        match next {
+            Some(x) => Ok(DataAt::Run(x.offset.max(from), x.end().min(self.size))),
             // (The writer may ask ahead of its reads: the reader's end is awaited by
             // the read of the last data byte, or here when there is no data at all.)
             None => {
                 if self.data_end == 0 {
-                    self.lock()?.finish()?;
+                    st.feed.finish()?;
                 }
                 Ok(DataAt::HoleToEnd {
                     file_len: self.size,
@@ -489,12 +501,9 @@ impl SourceRead for Merged {
 mod tests {
     use super::*;
 
-    fn set(r: &[(u64, u64)]) -> ExtentSet {
-        let mut s = ExtentSet::new();
-        for &(o, l) in r {
-            s.insert(o, l);
-        }
-        s
+    /// A list spooled with a limit of 2 (through its temporary file).
+    fn list(r: &[(u64, u64)]) -> ExtentList {
+        ExtentList::from_ascending(r.iter().map(|&(o, l)| Ok(Extent::new(o, l))), 2).unwrap()
     }
 
     /// A disk of 1000 bytes: the full has bytes 0..300 and 500..900 (value 1), the
@@ -506,7 +515,7 @@ mod tests {
         file.write_all_at(&[2u8; 50], 950).unwrap();
         let staged = Staged {
             file,
-            data: set(&[(250, 100), (950, 50)]),
+            data: list(&[(250, 100), (950, 50)]),
             bytes: 150,
             mounts: Vec::new(),
         };
@@ -522,7 +531,7 @@ mod tests {
                 let _ = tx.send(Piece::End);
             }
         });
-        Merged::from_parts(1000, set(&[(0, 250), (500, 400)]), staged, feed)
+        Merged::from_parts(1000, list(&[(0, 250), (500, 400)]), staged, feed).unwrap()
     }
 
     fn expected() -> Vec<u8> {
