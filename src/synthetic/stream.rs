@@ -118,7 +118,7 @@ pub fn stage_incrementals(
                     })?;
                 for &x in &pieces {
                     let from = (x.offset - offset) as usize;
-                    file.write_all_at(&b[from..from + x.len as usize], x.offset)
+                    write_sparse(&file, &b[from..from + x.len as usize], x.offset)
                         .map_err(|e| {
                             Error::Failed(format!(
                                 "writing the chain's incrementals to the scratch file in $TMPDIR: {e}"
@@ -160,6 +160,38 @@ pub fn stage_incrementals(
         bytes,
         mounts,
     })
+}
+
+/// Pages of zeros a staged piece skips (the scratch file is new: what is not written
+/// reads as zeros, and takes no space).
+const SPARSE_PAGE: usize = 4096;
+
+/// Write `b` at `at` in a new file, leaving its whole zero pages (aligned to the disk
+/// offset) unwritten: a changed area is widened to its 64 KiB tracking block, mostly
+/// zeros when a few KiB changed, and the scratch file then takes what changed.
+fn write_sparse(file: &File, b: &[u8], at: u64) -> std::io::Result<()> {
+    let page = SPARSE_PAGE as u64;
+    // Start of the current run of pages holding data.
+    let mut run: Option<usize> = None;
+    let mut i = 0usize;
+    while i < b.len() {
+        let page_end = ((at + i as u64) / page + 1) * page;
+        let end = ((page_end - at) as usize).min(b.len());
+        let zero = crate::source::disk::is_zero(&b[i..end]);
+        match (zero, run) {
+            (false, None) => run = Some(i),
+            (true, Some(s)) => {
+                file.write_all_at(&b[s..i], at + s as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    if let Some(s) = run {
+        file.write_all_at(&b[s..], at + s as u64)?;
+    }
+    Ok(())
 }
 
 /// What the full's reader hands on.
@@ -541,6 +573,24 @@ mod tests {
         v[500..900].fill(1);
         v[950..].fill(2);
         v
+    }
+
+    #[test]
+    fn staged_pieces_leave_zero_pages_unwritten() {
+        let file = tempfile::tempfile().unwrap();
+        // A piece from disk offset 1000: zeros to 8192, data to 9000, zeros to
+        // 20480, data on its last byte.
+        let at = 1000u64;
+        let mut b = vec![0u8; 20481 - 1000];
+        b[8192 - 1000..9000 - 1000].fill(7);
+        b[20480 - 1000] = 9;
+        write_sparse(&file, &b, at).unwrap();
+        let mut back = vec![0xAAu8; b.len()];
+        file.read_exact_at(&mut back, at).unwrap();
+        assert_eq!(back, b);
+        // Two pages written: 8192..12288 and 20480..20481.
+        use std::os::unix::fs::MetadataExt;
+        assert!(file.metadata().unwrap().blocks() * 512 <= 3 * 4096);
     }
 
     #[test]
