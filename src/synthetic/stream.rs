@@ -90,11 +90,18 @@ pub fn stage_incrementals(
     p: &Prepared,
     events: &dyn Events,
 ) -> Result<Staged> {
-    let file = tempfile::tempfile().map_err(|e| {
-        Error::Failed(format!(
-            "cannot create the scratch file for the chain's incrementals in the temporary directory ($TMPDIR): {e}"
-        ))
-    })?;
+    let file = tempfile::tempfile()
+        .and_then(|f| {
+            // The disk's size up front (a hole): zero pages left unwritten at the end
+            // of the last piece still read back.
+            f.set_len(p.target().disk_size)?;
+            Ok(f)
+        })
+        .map_err(|e| {
+            Error::Failed(format!(
+                "cannot create the scratch file for the chain's incrementals in the temporary directory ($TMPDIR): {e}"
+            ))
+        })?;
     let lists: Vec<&ExtentList> = p.plans[1..].iter().map(|plan| &plan.data).collect();
     let data = ExtentList::union(&lists).map_err(plan_err)?;
     events.task("staging incrementals", data.total_bytes());
