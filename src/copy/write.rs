@@ -544,3 +544,118 @@ fn commit(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Allocation, Extent, MediaRow, NewImage, PoolRow, Segment, SessionStatus};
+    use crate::extent_spool::{ItemList, Spool};
+
+    fn row(offset: u64, length: u64, is_zero: bool) -> Extent {
+        Extent {
+            offset,
+            length,
+            is_zero,
+        }
+    }
+
+    /// A catalog holding one complete full image covering `rows`.
+    fn original(dir: &std::path::Path, rows: &[Extent]) -> (Catalog, Uuid) {
+        let cat = Catalog::open(dir).unwrap();
+        cat.create_pool(&PoolRow {
+            name: "p".into(),
+            key_name: None,
+            key_fingerprint: None,
+            compression: Compression::Off,
+            retention_days: None,
+            allocation: Allocation::PerSession,
+            worm: false,
+            escrow: false,
+            created: chrono::Utc::now(),
+        })
+        .unwrap();
+        let set = crate::media::lifecycle::create_media_set(&cat, "p", chrono::Utc::now()).unwrap();
+        cat.upsert_media(&MediaRow::new_blank("TV0001L9", "slot 0"))
+            .unwrap();
+        cat.assign_media("TV0001L9", "p", set.uuid, 0, Uuid::new_v4())
+            .unwrap();
+        let sess = cat.begin_session("p", Some(set.uuid)).unwrap();
+        let size = rows.last().map_or(0, |r| r.offset + r.length);
+        let img = cat
+            .begin_image(&NewImage {
+                uuid: Uuid::new_v4(),
+                disk_uuid: Uuid::new_v4(),
+                vm_name: None,
+                disk_label: None,
+                kind: ImageKind::Full,
+                parent_uuid: None,
+                change_id: None,
+                from_change_id: None,
+                disk_size: size,
+                block_size: 4096,
+                session_uuid: Some(sess.uuid),
+                pool: Some("p".into()),
+                key_fingerprint: None,
+                compression: Compression::Off,
+                started: chrono::Utc::now(),
+                synthetic_of: None,
+            })
+            .unwrap();
+        cat.complete_image(
+            img.uuid,
+            &ImageStats {
+                records: 1,
+                finished: Some(chrono::Utc::now()),
+                ..Default::default()
+            },
+            "00",
+            &[Segment {
+                part: 0,
+                barcode: "TV0001L9".into(),
+                tape_file: 1,
+                first_block: 2,
+                last_block: 2,
+                first_seq: 0,
+                last_seq: 0,
+                disk_start: 0,
+                disk_end: size,
+            }],
+            rows,
+        )
+        .unwrap();
+        cat.finish_session(sess.uuid, SessionStatus::Complete)
+            .unwrap();
+        (cat, img.uuid)
+    }
+
+    /// A copy's coverage, spooled with 2 rows in memory (the rest in its file).
+    fn written(rows: &[Extent]) -> ItemList<Extent> {
+        let mut s = Spool::with_limit(2);
+        for r in rows {
+            s.push(*r).unwrap();
+        }
+        s.finish().unwrap()
+    }
+
+    #[test]
+    fn a_copy_must_cover_what_the_original_covers_row_for_row() {
+        let d = tempfile::tempdir().unwrap();
+        let rows: Vec<Extent> = (0..7u64).map(|i| row(i * 4096, 4096, i % 2 == 1)).collect();
+        let (cat, img) = original(d.path(), &rows);
+        same_coverage(&cat, img, &written(&rows)).unwrap();
+
+        let mut other = rows.clone();
+        other[5].is_zero = !other[5].is_zero;
+        let e = same_coverage(&cat, img, &written(&other)).unwrap_err();
+        assert!(matches!(e, Error::Integrity(_)), "{e}");
+        assert!(e.to_string().contains("extent 5:"), "{e}");
+
+        let e = same_coverage(&cat, img, &written(&rows[..6])).unwrap_err();
+        assert!(e.to_string().contains("the copy has nothing"), "{e}");
+
+        let mut more = rows.clone();
+        more.push(row(7 * 4096, 4096, false));
+        let e = same_coverage(&cat, img, &written(&more)).unwrap_err();
+        assert!(e.to_string().contains("the original nothing"), "{e}");
+    }
+}
