@@ -73,15 +73,7 @@ fn cartridges_of(v: &Value, key: &str) -> Vec<String> {
 fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
     let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
     v.pool("onsite", "zstd:1");
-    v.ok(&[
-        "pool",
-        "create",
-        "vault",
-        "--compression",
-        "off",
-        "--allocation",
-        "per-session",
-    ]);
+    v.pool_per_session("vault", "off");
     let mut d = TestDisk::create(v.path("d.img"), 6 * MIB, 4 * MIB, 7);
     let full = v.backup(&d, "onsite", &["--full"]);
     d.save_copy(&v.path("p0.img"));
@@ -444,15 +436,7 @@ fn one_drive_copies_through_a_bounded_spool_and_refuses_without_one() {
 fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
     let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
     v.pool("nightly", "off");
-    v.ok(&[
-        "pool",
-        "create",
-        "offcopy",
-        "--compression",
-        "off",
-        "--allocation",
-        "per-session",
-    ]);
+    v.pool_per_session("offcopy", "off");
     std::fs::write(
         v.home.join("pools.toml"),
         "[pools.nightly]\noffsite_only = true\ncopy_to = \"offcopy\"\n\n[pools.offcopy]\noffsite_only = true\noffsite = \"iron\"\n",

@@ -590,6 +590,22 @@ pub fn kill_when(
     child.wait().unwrap();
 }
 
+impl Vault {
+    /// `pool create NAME --compression C --allocation per-session`: each session
+    /// writes a media set of its own (one to send offsite per copy).
+    pub fn pool_per_session(&self, name: &str, compression: &str) {
+        self.ok(&[
+            "pool",
+            "create",
+            name,
+            "--compression",
+            compression,
+            "--allocation",
+            "per-session",
+        ]);
+    }
+}
+
 /// A library of `slots` 64 MiB cartridges and `drives` drives with the pools `pools`
 /// (name, compression), and a disk of `size` bytes (`data` of them random, `seed`)
 /// backed up `--full` to the first pool, its bytes saved as `p0.img` in the vault's
