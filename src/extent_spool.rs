@@ -573,6 +573,163 @@ impl ExtentList {
     }
 }
 
+impl ExtentList {
+    /// The last extent, if any (one read of the file at most).
+    pub fn last(&self) -> io::Result<Option<Extent>> {
+        match self.items.len() {
+            0 => Ok(None),
+            n => self.items.get(n - 1).map(Some),
+        }
+    }
+
+    /// The end of the data before `limit`: the end of the last extent starting before
+    /// `limit`, clipped to it (0 when none does). A binary search.
+    pub fn end_before(&self, limit: u64) -> io::Result<u64> {
+        let k = self.items.partition_point(|e| e.offset < limit)?;
+        if k == 0 {
+            return Ok(0);
+        }
+        Ok(self.items.get(k - 1)?.end().min(limit))
+    }
+
+    /// The union of `lists`, sorted and coalesced: a k-way merge by offset of their
+    /// readers (one read chunk each in memory), the result spooled like any list.
+    pub fn union(lists: &[&ExtentList]) -> io::Result<ExtentList> {
+        let mut readers: Vec<ListReader<Extent>> = lists.iter().map(|l| l.reader()).collect();
+        let mut heap = BinaryHeap::with_capacity(readers.len());
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(e) = r.next() {
+                let e = e?;
+                heap.push(Reverse(((e.offset, e.len), i)));
+            }
+        }
+        let mut out = Ascending::new(run_limit());
+        while let Some(Reverse(((offset, len), i))) = heap.pop() {
+            out.push_overlapping(Extent::new(offset, len))?;
+            if let Some(e) = readers[i].next() {
+                let e = e?;
+                heap.push(Reverse(((e.offset, e.len), i)));
+            }
+        }
+        out.finish()
+    }
+}
+
+/// Steps a [`Seeker`] walks forward before it binary-searches instead.
+const SEEK_WALK: usize = 64;
+
+/// A position in an [`ExtentList`] for queries that mostly move forward (a reader
+/// walking a disk in order): each query walks on from where the last one stopped (a
+/// few steps), else binary-searches the list; memory is one read chunk of the list's
+/// file, whatever its length.
+pub struct Seeker {
+    list: ExtentList,
+    /// The first extent not yet passed (None: past the last one).
+    cur: Option<Extent>,
+    /// End of the extent before `cur` (0 before the first).
+    prev_end: u64,
+    /// Reads the extents after `cur`.
+    reader: ListReader<Extent>,
+}
+
+impl std::fmt::Debug for Seeker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seeker")
+            .field("list", &self.list)
+            .field("cur", &self.cur)
+            .finish()
+    }
+}
+
+impl Seeker {
+    pub fn new(list: ExtentList) -> io::Result<Seeker> {
+        let mut reader = list.reader();
+        let cur = reader.next().transpose()?;
+        Ok(Seeker {
+            list,
+            cur,
+            prev_end: 0,
+            reader,
+        })
+    }
+
+    /// The list walked.
+    pub fn list(&self) -> &ExtentList {
+        &self.list
+    }
+
+    fn advance(&mut self) -> io::Result<()> {
+        if let Some(c) = self.cur {
+            self.prev_end = c.end();
+            self.cur = self.reader.next().transpose()?;
+        }
+        Ok(())
+    }
+
+    /// Positions at the first extent ending after `offset`.
+    fn seek(&mut self, offset: u64) -> io::Result<()> {
+        if offset < self.prev_end {
+            return self.jump(offset);
+        }
+        let mut steps = 0;
+        while let Some(c) = self.cur {
+            if c.end() > offset {
+                return Ok(());
+            }
+            if steps == SEEK_WALK {
+                return self.jump(offset);
+            }
+            self.advance()?;
+            steps += 1;
+        }
+        Ok(())
+    }
+
+    fn jump(&mut self, offset: u64) -> io::Result<()> {
+        let items = &self.list.items;
+        let k = items.partition_point(|e| e.end() <= offset)?;
+        self.prev_end = if k == 0 { 0 } else { items.get(k - 1)?.end() };
+        self.reader = items.reader_from(k);
+        self.cur = self.reader.next().transpose()?;
+        Ok(())
+    }
+
+    /// The first extent ending after `offset` (it may start before it), if any.
+    pub fn next_from(&mut self, offset: u64) -> io::Result<Option<Extent>> {
+        self.seek(offset)?;
+        Ok(self.cur)
+    }
+
+    /// Appends to `out` the parts of `[offset, offset + len)` in the list, ascending
+    /// (what [`ExtentList::intersect_into`] gives, without its binary search when the
+    /// queries move forward).
+    pub fn intersect_into(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<Extent>,
+    ) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let query = Extent::new(offset, len);
+        self.seek(offset)?;
+        while let Some(c) = self.cur {
+            if c.offset >= query.end() {
+                break;
+            }
+            if let Some(x) = c.intersection(&query) {
+                out.push(x);
+            }
+            if c.end() > query.end() {
+                break;
+            }
+            self.advance()?;
+        }
+        Ok(())
+    }
+}
+
 /// Builds an [`ExtentList`] from ascending extents, coalescing touching ones.
 pub struct Ascending {
     spool: Spool<Extent>,
@@ -869,6 +1026,33 @@ mod tests {
         assert_eq!(c.finish().unwrap().to_vec().unwrap(), v);
     }
 
+    fn list_of(limit: usize, r: &[(u64, u64)]) -> ExtentList {
+        let mut s = SortedExtents::with_limit(limit);
+        for &(o, l) in r {
+            s.insert(o, l).unwrap();
+        }
+        let l = s.finish().unwrap();
+        ExtentList::from_ascending(l.reader(), limit).unwrap()
+    }
+
+    #[test]
+    fn union_last_and_end_before() {
+        let a = list_of(2, &[(0, 10), (100, 10), (300, 50)]);
+        let b = list_of(2, &[(10, 5), (200, 10), (340, 100)]);
+        let u = ExtentList::union(&[&a, &b, &ExtentList::default()]).unwrap();
+        assert_eq!(
+            pairs(&u.to_vec().unwrap()),
+            vec![(0, 15), (100, 10), (200, 10), (300, 140)]
+        );
+        assert_eq!(u.total_bytes(), 15 + 10 + 10 + 140);
+        assert_eq!(u.last().unwrap(), Some(Extent::new(300, 140)));
+        assert_eq!(ExtentList::default().last().unwrap(), None);
+        assert_eq!(u.end_before(1000).unwrap(), 440);
+        assert_eq!(u.end_before(305).unwrap(), 305);
+        assert_eq!(u.end_before(300).unwrap(), 210);
+        assert_eq!(u.end_before(0).unwrap(), 0);
+    }
+
     proptest! {
         /// Queries on a spooled list (binary search through the file) answer as the
         /// in-memory interval set does.
@@ -887,6 +1071,40 @@ mod tests {
                 prop_assert_eq!(list.overlaps(o, l).unwrap(), set.overlaps(o, l));
                 prop_assert_eq!(list.contains(o).unwrap(), set.contains(o));
             }
+        }
+
+        /// A seeker answers any sequence of queries, forward, backward or far
+        /// ahead, as the interval set does, and the union of lists as the union of
+        /// the sets.
+        #[test]
+        fn seeker_and_union_match_the_interval_set(
+            limit in 2usize..6,
+            raw in prop::collection::vec((0u64..30_000, 1u64..200), 0..300),
+            other in prop::collection::vec((0u64..30_000, 1u64..200), 0..50),
+            queries in prop::collection::vec((0u64..31_000, 0u64..2_000), 1..60),
+        ) {
+            let mut set = ExtentSet::new();
+            for &(o, l) in &raw {
+                set.insert(o, l);
+            }
+            let list = list_of(limit, &raw);
+            let mut seek = Seeker::new(list.clone()).unwrap();
+            let mut sorted = queries.clone();
+            sorted.sort_unstable();
+            for (o, l) in queries.iter().chain(sorted.iter()).copied() {
+                let mut got = Vec::new();
+                seek.intersect_into(o, l, &mut got).unwrap();
+                prop_assert_eq!(got, set.intersect_range(o, l).collect::<Vec<_>>());
+                let want = set.iter().find(|e| e.end() > o);
+                prop_assert_eq!(seek.next_from(o).unwrap(), want);
+            }
+            let mut both = set.clone();
+            for &(o, l) in &other {
+                both.insert(o, l);
+            }
+            let u = ExtentList::union(&[&list, &list_of(limit, &other)]).unwrap();
+            prop_assert_eq!(u.to_vec().unwrap(), both.iter().collect::<Vec<_>>());
+            prop_assert_eq!(u.total_bytes(), both.total_bytes());
         }
 
         /// External runs (a limit of 2 to 9) give exactly what the in-memory

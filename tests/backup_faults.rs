@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -148,36 +148,20 @@ fn a_backup_killed_mid_stream_is_failed_never_a_base_and_the_next_run_works() {
     let before = v.cartridge_data_len(&bc);
     let path = d.path.to_string_lossy().into_owned();
     let id = d.id.to_string();
-    let mut child = v
-        .command(&[
-            "backup",
-            "--disk",
-            &path,
-            "--disk-id",
-            &id,
-            "--pool",
-            "p",
-            "--changed-extents",
-            &cbt_s,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while v.cartridge_data_len(&bc) < before + 3 * 512 * KIB {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the backup never wrote"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let mut child = v.spawn_quiet(&[
+        "backup",
+        "--disk",
+        &path,
+        "--disk-id",
+        &id,
+        "--pool",
+        "p",
+        "--changed-extents",
+        &cbt_s,
+    ]);
+    kill_when(&mut child, "the backup", Duration::from_secs(60), || {
+        v.cartridge_data_len(&bc) >= before + 3 * 512 * KIB
+    });
     std::fs::remove_file(v.cartridge_dir(&bc).join("faults.json")).unwrap();
 
     // The catalog: the killed image is there, not complete, and not a base.
@@ -329,46 +313,34 @@ fn a_backup_killed_after_spanning_leaves_every_cartridge_usable() {
         .filter(|m| m.state.as_str() == "blank")
         .map(|m| m.barcode)
         .collect();
-    for bc in &blanks {
-        v.slow_writes(bc, 40, 1000);
-    }
+    v.slow_writes_on(&blanks, 40, 1000);
     let path = d.path.to_string_lossy().into_owned();
     let id = d.id.to_string();
-    let mut child = v
-        .command(&[
-            "backup",
-            "--disk",
-            &path,
-            "--disk-id",
-            &id,
-            "--pool",
-            "p",
-            "--full",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let spanned_to = loop {
-        if let Some(bc) = blanks.iter().find(|bc| v.cartridge_data_len(bc) >= MIB) {
-            break bc.clone();
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no spanning seen"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for bc in &blanks {
-        let _ = std::fs::remove_file(v.cartridge_dir(bc).join("faults.json"));
-    }
+    let mut child = v.spawn_quiet(&[
+        "backup",
+        "--disk",
+        &path,
+        "--disk-id",
+        &id,
+        "--pool",
+        "p",
+        "--full",
+    ]);
+    let mut spanned = None;
+    kill_when(
+        &mut child,
+        "the spanning backup",
+        Duration::from_secs(60),
+        || {
+            spanned = blanks
+                .iter()
+                .find(|bc| v.cartridge_data_len(bc) >= MIB)
+                .cloned();
+            spanned.is_some()
+        },
+    );
+    let spanned_to = spanned.expect("spanned");
+    v.clear_faults(&blanks);
     let cat = v.catalog();
     assert_eq!(
         cat.media(&carts[1]).unwrap().unwrap().state.as_str(),

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -73,15 +73,7 @@ fn cartridges_of(v: &Value, key: &str) -> Vec<String> {
 fn copies_restore_bit_identical_with_the_original_exported_or_damaged() {
     let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
     v.pool("onsite", "zstd:1");
-    v.ok(&[
-        "pool",
-        "create",
-        "vault",
-        "--compression",
-        "off",
-        "--allocation",
-        "per-session",
-    ]);
+    v.pool_per_session("vault", "off");
     let mut d = TestDisk::create(v.path("d.img"), 6 * MIB, 4 * MIB, 7);
     let full = v.backup(&d, "onsite", &["--full"]);
     d.save_copy(&v.path("p0.img"));
@@ -372,12 +364,12 @@ fn an_encrypted_pool_is_copied_under_another_key_spanning_on_both_sides_and_rebu
 
 #[test]
 fn one_drive_copies_through_a_bounded_spool_and_refuses_without_one() {
-    let v = Vault::init(&["--slots", "6", "--drives", "1", "--capacity", "64M"]);
-    v.pool("a", "off");
-    v.pool("b", "zstd:1");
-    let d = TestDisk::create(v.path("d.img"), 3 * MIB, 2 * MIB, 3);
-    let full = v.backup(&d, "a", &["--full"]);
-    d.save_copy(&v.path("p0.img"));
+    let (v, d, full) = vault_with_full(
+        6,
+        1,
+        &[("a", "off"), ("b", "zstd:1")],
+        (3 * MIB, 2 * MIB, 3),
+    );
     let id = d.id.to_string();
     let r = v.fails(&["copy", "--disk", &id, "--to-pool", "b"], 2);
     assert!(r.stderr.contains("--spool"), "{}", r.stderr);
@@ -444,15 +436,7 @@ fn one_drive_copies_through_a_bounded_spool_and_refuses_without_one() {
 fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
     let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
     v.pool("nightly", "off");
-    v.ok(&[
-        "pool",
-        "create",
-        "offcopy",
-        "--compression",
-        "off",
-        "--allocation",
-        "per-session",
-    ]);
+    v.pool_per_session("offcopy", "off");
     std::fs::write(
         v.home.join("pools.toml"),
         "[pools.nightly]\noffsite_only = true\ncopy_to = \"offcopy\"\n\n[pools.offcopy]\noffsite_only = true\noffsite = \"iron\"\n",
@@ -503,49 +487,16 @@ fn copy_to_copies_each_session_and_rotate_sends_the_copies_offsite() {
 
 #[test]
 fn a_killed_copy_leaves_the_source_and_the_catalog_as_they_were() {
-    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
-    v.pool("a", "off");
-    v.pool("b", "off");
-    let d = TestDisk::create(v.path("d.img"), 8 * MIB, 8 * MIB, 9);
-    let full = v.backup(&d, "a", &["--full"]);
-    d.save_copy(&v.path("p0.img"));
+    let (v, d, full) = vault_with_full(8, 2, &[("a", "off"), ("b", "off")], (8 * MIB, 8 * MIB, 9));
     let id = d.id.to_string();
     // Every blank cartridge writes slowly, so the copy is mid-stream when killed.
-    let used = strs(&full["barcodes"]);
-    let blanks: Vec<String> = v
-        .catalog()
-        .list_media(None)
-        .unwrap()
-        .into_iter()
-        .filter(|m| !used.contains(&m.barcode))
-        .map(|m| m.barcode)
-        .collect();
-    for b in &blanks {
-        v.slow_writes(b, 40, 40);
-    }
-    let mut child = v
-        .command(&["copy", "--disk", &id, "--to-pool", "b"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while blanks.iter().map(|b| v.cartridge_data_len(b)).sum::<u64>() < 2 * MIB {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the copy ended before it could be killed"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the copy never wrote"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    for b in &blanks {
-        let _ = std::fs::remove_file(v.cartridge_dir(b).join("faults.json"));
-    }
+    let blanks = v.cartridges_except(&strs(&full["barcodes"]));
+    v.slow_writes_on(&blanks, 40, 40);
+    let mut child = v.spawn_quiet(&["copy", "--disk", &id, "--to-pool", "b"]);
+    kill_when(&mut child, "the copy", Duration::from_secs(120), || {
+        v.data_len_of(&blanks) >= 2 * MIB
+    });
+    v.clear_faults(&blanks);
     let cat = v.catalog();
     let copies = cat.copies_of(s(&full, "image").parse().unwrap()).unwrap();
     assert_eq!(copies.len(), 1);
@@ -576,11 +527,8 @@ fn a_killed_copy_leaves_the_source_and_the_catalog_as_they_were() {
 
 #[test]
 fn a_media_error_fails_the_copy_and_a_broken_chain_is_refused() {
-    let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
-    v.pool("a", "off");
-    v.pool("b", "off");
-    let mut d = TestDisk::create(v.path("d.img"), 4 * MIB, 4 * MIB, 13);
-    let full = v.backup(&d, "a", &["--full"]);
+    let (v, mut d, full) =
+        vault_with_full(8, 2, &[("a", "off"), ("b", "off")], (4 * MIB, 4 * MIB, 13));
     d.random_writes(4, 100 * KIB);
     let inc = v.backup(&d, "a", &[]);
     let id = d.id.to_string();

@@ -186,3 +186,166 @@ fn rebuilt_matches(
         );
     }
 }
+
+/// A synthetic full streamed on two drives (the staged incrementals' and the full's
+/// extent lists walked by position while the writer reads the merged disk) and the
+/// tape-to-tape copies of a chain (each copy's coverage spooled as written, compared
+/// with the original's rows and inserted row by row) come out the same with
+/// `TAPEVAULT_EXTENT_RUN=3` as with the default limit: the same coverage, and the
+/// point restored bit-identical from the synthetic full and from the copies alone.
+#[test]
+fn synthetic_fulls_and_copies_are_the_same_with_spooled_extent_lists() {
+    let vault = || {
+        let v = Vault::init(&["--slots", "8", "--drives", "2", "--capacity", "64M"]);
+        for p in ["p", "s", "c"] {
+            v.pool(p, "off");
+        }
+        v
+    };
+    let (mem, spill) = (vault(), vault());
+    let low = Some("3");
+    let mut disk = TestDisk::create(mem.path("disk.img"), AREAS * STRIDE, 0, 29);
+    for i in (0..AREAS).step_by(3) {
+        disk.write_random(i * STRIDE, 4 * KIB);
+    }
+    let cbt = mem.path("cbt.json");
+    let cbt_arg = cbt.to_str().unwrap().to_string();
+    write_changed_extents(&cbt, "*", "c1", &[(0, disk.size())]);
+    // (mem image, spill image) of the full and two incrementals.
+    let mut chain: Vec<(String, String)> = Vec::new();
+    let mut both = |disk: &TestDisk, extra: &[&str]| {
+        let m = backup(&mem, None, disk, extra);
+        let s_ = backup(&spill, low, disk, extra);
+        chain.push((s(&m, "image").into(), s(&s_, "image").into()));
+    };
+    both(&disk, &["--changed-extents", &cbt_arg]);
+    let mut areas: Vec<(u64, u64)> = Vec::new();
+    for k in 0..AREAS {
+        let i = (k * 7919) % AREAS;
+        if i.is_multiple_of(4) {
+            disk.write_random(i * STRIDE + 4096, 4 * KIB);
+        }
+        areas.push((i * STRIDE, 4 * KIB));
+    }
+    write_changed_extents(&cbt, "c1", "c2", &areas);
+    both(&disk, &["--changed-extents", &cbt_arg]);
+    for i in (1..AREAS).step_by(5) {
+        disk.write_random(i * STRIDE + 60 * KIB, 8 * KIB);
+    }
+    for i in (0..AREAS).step_by(12) {
+        disk.write_zeros(i * STRIDE, 4 * KIB);
+    }
+    both(&disk, &[]);
+    let point = mem.path("point.img");
+    disk.save_copy(&point);
+    let id = disk.id.to_string();
+
+    // The synthetic full, streamed: the same coverage as the point's chain gives, in
+    // both vaults, and the point's bytes.
+    let mut synth = Vec::new();
+    for (v, limit) in [(&mem, None), (&spill, low)] {
+        let r = run_with(
+            v,
+            limit,
+            &[
+                "backup",
+                "--synthetic-full",
+                "--disk-id",
+                &id,
+                "--pool",
+                "s",
+            ],
+        );
+        assert_eq!(s(&r["disks"][0], "mode"), "stream", "{r}");
+        let img = s(&r["disks"][0]["session"]["images"][0], "image").to_string();
+        let out = v.path("synth.img");
+        let t = out.to_string_lossy().into_owned();
+        run_with(
+            v,
+            limit,
+            &["restore", "--disk", &id, "--image", &img, "--to", &t],
+        );
+        assert_same_bytes(&out, &point, &format!("synthetic full {img} ({limit:?})"));
+        synth.push(coverage(&v.home, &img));
+    }
+    assert!(synth[1].len() > 3, "{} extents", synth[1].len());
+    assert_eq!(synth[0], synth[1], "synthetic full: in memory vs spooled");
+
+    // The copies: each covers what its original does, in both vaults; with the
+    // originals' cartridges gone, the point restores from the copies.
+    for (k, (v, limit)) in [(&mem, None), (&spill, low)].into_iter().enumerate() {
+        let r = run_with(
+            v,
+            limit,
+            &["copy", "--disk", &id, "--from-pool", "p", "--to-pool", "c"],
+        );
+        let copied = r["copied"].as_array().unwrap();
+        assert_eq!(copied.len(), 3, "{r}");
+        let originals: Vec<&String> = chain
+            .iter()
+            .map(|p| if k == 0 { &p.0 } else { &p.1 })
+            .collect();
+        for (c, orig) in copied.iter().zip(&originals) {
+            assert_eq!(s(c, "image"), orig.as_str(), "{r}");
+            let copy = s(c, "copy");
+            assert_eq!(
+                coverage(&v.home, copy),
+                coverage(&v.home, orig),
+                "copy {copy} of {orig}"
+            );
+        }
+        let cat = v.catalog();
+        let mut sets: Vec<String> = Vec::new();
+        for orig in &originals {
+            let row = v.image_row(orig);
+            let set = cat
+                .session(row.session_uuid.unwrap())
+                .unwrap()
+                .unwrap()
+                .media_set_uuid
+                .unwrap()
+                .to_string();
+            if !sets.contains(&set) {
+                sets.push(set);
+            }
+        }
+        for set in &sets {
+            v.ok(&["media", "export", "--set", set]);
+        }
+        for c in cat.list_media(None).unwrap() {
+            if c.pool.as_deref() == Some("p") {
+                v.ok(&["media", "vault", &c.barcode, "--location", "iron"]);
+            }
+        }
+        let out = v.path("from-copies.img");
+        let t = out.to_string_lossy().into_owned();
+        let last = originals[2].as_str();
+        let r = run_with(
+            v,
+            limit,
+            &["restore", "--disk", &id, "--image", last, "--to", &t],
+        );
+        assert!(
+            r["used"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| !u["copy_of"].is_null()),
+            "{r}"
+        );
+        assert_same_bytes(
+            &out,
+            &point,
+            &format!("the point from its copies ({limit:?})"),
+        );
+    }
+    let copies = |v: &Vault, orig: &str| -> Vec<(u64, u64, bool)> {
+        let c = v.catalog().copies_of(orig.parse().unwrap()).unwrap();
+        coverage(&v.home, &c[0].uuid.to_string())
+    };
+    for (m, s_) in &chain {
+        assert_eq!(copies(&mem, m), copies(&spill, s_), "copies of {m} / {s_}");
+    }
+    mem.assert_catalog_consistent();
+    spill.assert_catalog_consistent();
+}

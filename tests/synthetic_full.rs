@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -51,6 +51,20 @@ fn strs(v: &Value) -> Vec<String> {
         .iter()
         .map(|x| x.as_str().unwrap().to_string())
         .collect()
+}
+
+/// After a synthetic full of `disk` was killed: it is recorded, not complete, and the
+/// disk's newest good image (the next base) is still `point`.
+fn killed_synthetic_is_no_base(cat: &tapevault::catalog::Catalog, disk: uuid::Uuid, point: &str) {
+    let killed = cat
+        .images(Some(disk))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.synthetic_of.is_some())
+        .expect("the killed synthetic full is recorded");
+    assert_ne!(killed.status.as_str(), "complete");
+    let newest = cat.newest_good_image(disk).unwrap().expect("a good image");
+    assert_eq!(newest.uuid.to_string(), point);
 }
 
 /// `images --disk ID` entries, flattened over chains.
@@ -525,44 +539,23 @@ fn a_synthetic_full_killed_or_cut_off_leaves_the_chain_and_is_never_a_base() {
     v.slow_writes(&bc, 40, 1000);
     let before = v.cartridge_data_len(&bc);
     let id = d.id.to_string();
-    let mut child = v
-        .command(&[
-            "backup",
-            "--synthetic-full",
-            "--disk-id",
-            &id,
-            "--pool",
-            "p",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while v.cartridge_data_len(&bc) < before + 2 * 512 * KIB {
-        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
-        assert!(t.elapsed() < Duration::from_secs(60), "never wrote");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut child = v.spawn_quiet(&[
+        "backup",
+        "--synthetic-full",
+        "--disk-id",
+        &id,
+        "--pool",
+        "p",
+    ]);
+    kill_when(
+        &mut child,
+        "the synthetic full writing",
+        Duration::from_secs(60),
+        || v.cartridge_data_len(&bc) >= before + 2 * 512 * KIB,
+    );
     std::fs::remove_file(v.cartridge_dir(&bc).join("faults.json")).unwrap();
     let cat = v.catalog();
-    let killed = cat
-        .images(Some(d.id))
-        .unwrap()
-        .into_iter()
-        .find(|i| i.synthetic_of.is_some())
-        .expect("the killed synthetic full is recorded");
-    assert_ne!(killed.status.as_str(), "complete");
-    assert_eq!(
-        cat.newest_good_image(d.id)
-            .unwrap()
-            .unwrap()
-            .uuid
-            .to_string(),
-        point
-    );
+    killed_synthetic_is_no_base(&cat, d.id, &point);
     drop(cat);
     // The chain restores as before.
     let out = v.path("after.kill");
@@ -954,59 +947,26 @@ fn a_killed_two_drive_synthetic_full_is_never_a_base() {
     let point = s(&inc, "image").to_string();
     let at_point = v.path("point.copy");
     d.save_copy(&at_point);
-    let used = strs(&full["barcodes"]);
-    let blanks: Vec<String> = v
-        .catalog()
-        .list_media(None)
-        .unwrap()
-        .into_iter()
-        .filter(|m| !used.contains(&m.barcode))
-        .map(|m| m.barcode)
-        .collect();
-    for b in &blanks {
-        v.slow_writes(b, 40, 1000);
-    }
+    let blanks = v.cartridges_except(&strs(&full["barcodes"]));
+    v.slow_writes_on(&blanks, 40, 1000);
     let id = d.id.to_string();
-    let mut child = v
-        .command(&[
-            "backup",
-            "--synthetic-full",
-            "--disk-id",
-            &id,
-            "--pool",
-            "s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while blanks.iter().map(|b| v.cartridge_data_len(b)).sum::<u64>() < 2 * MIB {
-        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
-        assert!(t.elapsed() < Duration::from_secs(120), "never wrote");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for b in &blanks {
-        let _ = std::fs::remove_file(v.cartridge_dir(b).join("faults.json"));
-    }
-    let cat = v.catalog();
-    let killed = cat
-        .images(Some(d.id))
-        .unwrap()
-        .into_iter()
-        .find(|i| i.synthetic_of.is_some())
-        .expect("the killed synthetic full is recorded");
-    assert_ne!(killed.status.as_str(), "complete");
-    assert_eq!(
-        cat.newest_good_image(d.id)
-            .unwrap()
-            .unwrap()
-            .uuid
-            .to_string(),
-        point
+    let mut child = v.spawn_quiet(&[
+        "backup",
+        "--synthetic-full",
+        "--disk-id",
+        &id,
+        "--pool",
+        "s",
+    ]);
+    kill_when(
+        &mut child,
+        "the two-drive synthetic full",
+        Duration::from_secs(120),
+        || v.data_len_of(&blanks) >= 2 * MIB,
     );
+    v.clear_faults(&blanks);
+    let cat = v.catalog();
+    killed_synthetic_is_no_base(&cat, d.id, &point);
     let problems = cat.check().unwrap();
     assert!(
         problems

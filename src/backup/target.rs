@@ -35,7 +35,10 @@ pub struct WrittenImage {
     /// it is encrypted).
     pub digest: [u8; 32],
     pub segments: Vec<catalog::Segment>,
-    pub coverage: Vec<catalog::Extent>,
+    /// The disk ranges written, in disk order (beyond the in-memory limit in a
+    /// temporary file): read with
+    /// [`crate::extent_spool::ItemList::reader`].
+    pub coverage: crate::extent_spool::ItemList<catalog::Extent>,
     pub cartridges: Vec<String>,
     pub stages: StageTimes,
 }
@@ -346,8 +349,7 @@ impl<'a> ImageTarget<'a> {
         match r.and_then(|mut st| {
             let coverage = st
                 .take_coverage()
-                .and_then(|c| c.to_vec())
-                .context("reading back the image's coverage from its temporary file")?;
+                .context("keeping the image's coverage in its temporary file")?;
             Ok((st, coverage))
         }) {
             Ok((st, coverage)) => Ok(WrittenImage {

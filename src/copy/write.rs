@@ -388,6 +388,59 @@ fn copy_spooled(
     Ok(())
 }
 
+/// Check that a copy covers exactly the disk ranges of `original` in the catalog, row
+/// by row: the copy's coverage (spooled as it was written) and the original's rows
+/// (read from the catalog in disk order) are walked side by side, never held.
+fn same_coverage(
+    cat: &Catalog,
+    original: Uuid,
+    written: &crate::extent_spool::ItemList<crate::catalog::Extent>,
+) -> Result<()> {
+    let spool_err = |e: std::io::Error| {
+        Error::Failed(format!(
+            "reading back the copy's coverage from its temporary file (check the space in TMPDIR): {e}"
+        ))
+    };
+    let show = |e: Option<&crate::catalog::Extent>| match e {
+        Some(e) => format!(
+            "{} bytes at {}{}",
+            e.length,
+            e.offset,
+            if e.is_zero { " (zeros)" } else { "" }
+        ),
+        None => "nothing".into(),
+    };
+    let mut mine = written.reader();
+    let differs =
+        cat.with_extent_cursors(&[original], |mut cursors| -> Result<Option<String>> {
+            let theirs = cursors.pop().expect("one cursor");
+            let mut row = 0u64;
+            let mut theirs = theirs.map(|r| r.map_err(Error::from));
+            loop {
+                let want = theirs.next().transpose()?;
+                let got = mine.next().transpose().map_err(spool_err)?;
+                if want.is_none() && got.is_none() {
+                    return Ok(None);
+                }
+                if got != want {
+                    return Ok(Some(format!(
+                        "extent {row}: the copy has {}, the original {}",
+                        show(got.as_ref()),
+                        show(want.as_ref())
+                    )));
+                }
+                row += 1;
+            }
+        })??;
+    match differs {
+        None => Ok(()),
+        Some(d) => Err(Error::Integrity(format!(
+            "the copy covers other disk ranges than the original ({} extents written, {d})",
+            written.len()
+        ))),
+    }
+}
+
 fn label(orig: &ImageRow) -> String {
     format!("copy {}", &orig.uuid.to_string()[..8])
 }
@@ -436,14 +489,7 @@ fn commit(
                 src.image.content_digest.as_deref().unwrap_or("none")
             )));
         }
-        let want = cat.extents(orig.uuid)?;
-        if w.coverage != want {
-            return Err(Error::Integrity(format!(
-                "the copy covers other disk ranges ({} extents) than the original ({} extents)",
-                w.coverage.len(),
-                want.len()
-            )));
-        }
+        same_coverage(cat, orig.uuid, &w.coverage)?;
         Ok((read, w, digest))
     });
     let (read, w, digest) = match checked {
@@ -466,7 +512,8 @@ fn commit(
         finished: Some(crate::home::clock::now()),
         digest_list: None,
     };
-    if let Err(e) = cat.complete_image(copy, &stats, &digest, &w.segments, &w.coverage) {
+    if let Err(e) = cat.complete_image_from(copy, &stats, &digest, &w.segments, w.coverage.reader())
+    {
         let _ = cat.fail_image(copy, &format!("copy failed: {e}"));
         return Err(e.into());
     }
@@ -496,4 +543,119 @@ fn commit(
         );
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Allocation, Extent, MediaRow, NewImage, PoolRow, Segment, SessionStatus};
+    use crate::extent_spool::{ItemList, Spool};
+
+    fn row(offset: u64, length: u64, is_zero: bool) -> Extent {
+        Extent {
+            offset,
+            length,
+            is_zero,
+        }
+    }
+
+    /// A catalog holding one complete full image covering `rows`.
+    fn original(dir: &std::path::Path, rows: &[Extent]) -> (Catalog, Uuid) {
+        let cat = Catalog::open(dir).unwrap();
+        cat.create_pool(&PoolRow {
+            name: "p".into(),
+            key_name: None,
+            key_fingerprint: None,
+            compression: Compression::Off,
+            retention_days: None,
+            allocation: Allocation::PerSession,
+            worm: false,
+            escrow: false,
+            created: chrono::Utc::now(),
+        })
+        .unwrap();
+        let set = crate::media::lifecycle::create_media_set(&cat, "p", chrono::Utc::now()).unwrap();
+        cat.upsert_media(&MediaRow::new_blank("TV0001L9", "slot 0"))
+            .unwrap();
+        cat.assign_media("TV0001L9", "p", set.uuid, 0, Uuid::new_v4())
+            .unwrap();
+        let sess = cat.begin_session("p", Some(set.uuid)).unwrap();
+        let size = rows.last().map_or(0, |r| r.offset + r.length);
+        let img = cat
+            .begin_image(&NewImage {
+                uuid: Uuid::new_v4(),
+                disk_uuid: Uuid::new_v4(),
+                vm_name: None,
+                disk_label: None,
+                kind: ImageKind::Full,
+                parent_uuid: None,
+                change_id: None,
+                from_change_id: None,
+                disk_size: size,
+                block_size: 4096,
+                session_uuid: Some(sess.uuid),
+                pool: Some("p".into()),
+                key_fingerprint: None,
+                compression: Compression::Off,
+                started: chrono::Utc::now(),
+                synthetic_of: None,
+            })
+            .unwrap();
+        cat.complete_image(
+            img.uuid,
+            &ImageStats {
+                records: 1,
+                finished: Some(chrono::Utc::now()),
+                ..Default::default()
+            },
+            "00",
+            &[Segment {
+                part: 0,
+                barcode: "TV0001L9".into(),
+                tape_file: 1,
+                first_block: 2,
+                last_block: 2,
+                first_seq: 0,
+                last_seq: 0,
+                disk_start: 0,
+                disk_end: size,
+            }],
+            rows,
+        )
+        .unwrap();
+        cat.finish_session(sess.uuid, SessionStatus::Complete)
+            .unwrap();
+        (cat, img.uuid)
+    }
+
+    /// A copy's coverage, spooled with 2 rows in memory (the rest in its file).
+    fn written(rows: &[Extent]) -> ItemList<Extent> {
+        let mut s = Spool::with_limit(2);
+        for r in rows {
+            s.push(*r).unwrap();
+        }
+        s.finish().unwrap()
+    }
+
+    #[test]
+    fn a_copy_must_cover_what_the_original_covers_row_for_row() {
+        let d = tempfile::tempdir().unwrap();
+        let rows: Vec<Extent> = (0..7u64).map(|i| row(i * 4096, 4096, i % 2 == 1)).collect();
+        let (cat, img) = original(d.path(), &rows);
+        same_coverage(&cat, img, &written(&rows)).unwrap();
+
+        let mut other = rows.clone();
+        other[5].is_zero = !other[5].is_zero;
+        let e = same_coverage(&cat, img, &written(&other)).unwrap_err();
+        assert!(matches!(e, Error::Integrity(_)), "{e}");
+        assert!(e.to_string().contains("extent 5:"), "{e}");
+
+        let e = same_coverage(&cat, img, &written(&rows[..6])).unwrap_err();
+        assert!(e.to_string().contains("the copy has nothing"), "{e}");
+
+        let mut more = rows.clone();
+        more.push(row(7 * 4096, 4096, false));
+        let e = same_coverage(&cat, img, &written(&more)).unwrap_err();
+        assert!(e.to_string().contains("the original nothing"), "{e}");
+    }
 }

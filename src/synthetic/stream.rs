@@ -8,14 +8,18 @@
 //!    on one drive, every record checked as in a restore; their bytes go to a scratch
 //!    file with no name in `$TMPDIR` at their disk offsets. The file is sparse: it
 //!    takes the incrementals' data only (what they supply to the point), never the
-//!    full's, and memory holds only the planner's extent lists, as a restore does.
+//!    full's. Where they supply it is the union of their restore plans' lists, merged
+//!    into a spooled [`ExtentList`] (beyond the in-memory limit in a temporary file).
 //! 2. **Streaming** ([`Merged`]): a reader thread reads the full (its needed
 //!    segments, in order; every record checked) on a drive of its own and hands the
 //!    bytes it supplies to the point, in disk order, through a bounded channel
 //!    ([`CHANNEL_DEPTH`] pieces). The backup writer reads the disk from [`Merged`], a
 //!    [`SourceRead`]: at each offset the staged bytes where an incremental supplies
 //!    them, the full's where it does, zeros elsewhere (and holes there, so zeros are
-//!    not read). The writer is the normal one: block digest list, content digest,
+//!    not read). Which source holds an offset is looked up in the full's, the staged
+//!    and the combined extent lists through [`Seeker`]s, which walk them in disk order
+//!    as the writer reads: memory does not follow the number of extents.
+//!    The writer is the normal one: block digest list, content digest,
 //!    records under the pool's policy, and the check against the point's digest list
 //!    before the trailer may say complete ([`super::verify`]).
 //!
@@ -32,7 +36,8 @@ use crate::catalog::{ImageKind, Segment};
 use crate::codec::{KeyRing, Opener};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::extents::ExtentSet;
+use crate::extent_spool::{ExtentList, Seeker};
+use crate::extents::Extent;
 use crate::restore::{read_image, ImageRead, MediaReader, Prepared};
 use crate::source::disk::{DataAt, SourceRead};
 use tape_devices::changer::TapeLibrary;
@@ -46,12 +51,18 @@ pub struct Staged {
     /// Sparse scratch file (no name): the incrementals' supplied bytes at their disk
     /// offsets.
     pub file: File,
-    /// The bytes the incrementals supply (read from `file`).
-    pub data: ExtentSet,
+    /// The bytes the incrementals supply (read from `file`), spooled.
+    pub data: ExtentList,
     /// Data bytes staged.
     pub bytes: u64,
     /// Cartridges mounted, in order.
     pub mounts: Vec<String>,
+}
+
+fn plan_err(e: std::io::Error) -> Error {
+    Error::Failed(format!(
+        "reading or writing the restore plan's extents in their temporary file (check the space in TMPDIR): {e}"
+    ))
 }
 
 /// Whether segment `s` of chain image `i` holds bytes the point needs.
@@ -79,19 +90,20 @@ pub fn stage_incrementals(
     p: &Prepared,
     events: &dyn Events,
 ) -> Result<Staged> {
-    let file = tempfile::tempfile().map_err(|e| {
-        Error::Failed(format!(
-            "cannot create the scratch file for the chain's incrementals in the temporary directory ($TMPDIR): {e}"
-        ))
-    })?;
-    let mut data = ExtentSet::new();
-    for plan in &p.plans[1..] {
-        data.union_with(&plan.data.to_set().map_err(|e| {
+    let file = tempfile::tempfile()
+        .and_then(|f| {
+            // The disk's size up front (a hole): zero pages left unwritten at the end
+            // of the last piece still read back.
+            f.set_len(p.target().disk_size)?;
+            Ok(f)
+        })
+        .map_err(|e| {
             Error::Failed(format!(
-                "reading back the restore plan from its temporary file: {e}"
+                "cannot create the scratch file for the chain's incrementals in the temporary directory ($TMPDIR): {e}"
             ))
-        })?);
-    }
+        })?;
+    let lists: Vec<&ExtentList> = p.plans[1..].iter().map(|plan| &plan.data).collect();
+    let data = ExtentList::union(&lists).map_err(plan_err)?;
     events.task("staging incrementals", data.total_bytes());
     let mut reader = MediaReader::new(lib, locations(p));
     let mut opener = Opener::new()?;
@@ -113,7 +125,7 @@ pub fn stage_incrementals(
                     })?;
                 for &x in &pieces {
                     let from = (x.offset - offset) as usize;
-                    file.write_all_at(&b[from..from + x.len as usize], x.offset)
+                    write_sparse(&file, &b[from..from + x.len as usize], x.offset)
                         .map_err(|e| {
                             Error::Failed(format!(
                                 "writing the chain's incrementals to the scratch file in $TMPDIR: {e}"
@@ -155,6 +167,38 @@ pub fn stage_incrementals(
         bytes,
         mounts,
     })
+}
+
+/// Pages of zeros a staged piece skips (the scratch file is new: what is not written
+/// reads as zeros, and takes no space).
+const SPARSE_PAGE: usize = 4096;
+
+/// Write `b` at `at` in a new file, leaving its whole zero pages (aligned to the disk
+/// offset) unwritten: a changed area is widened to its 64 KiB tracking block, mostly
+/// zeros when a few KiB changed, and the scratch file then takes what changed.
+fn write_sparse(file: &File, b: &[u8], at: u64) -> std::io::Result<()> {
+    let page = SPARSE_PAGE as u64;
+    // Start of the current run of pages holding data.
+    let mut run: Option<usize> = None;
+    let mut i = 0usize;
+    while i < b.len() {
+        let page_end = ((at + i as u64) / page + 1) * page;
+        let end = ((page_end - at) as usize).min(b.len());
+        let zero = crate::source::disk::is_zero(&b[i..end]);
+        match (zero, run) {
+            (false, None) => run = Some(i),
+            (true, Some(s)) => {
+                file.write_all_at(&b[s..i], at + s as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    if let Some(s) = run {
+        file.write_all_at(&b[s..], at + s as u64)?;
+    }
+    Ok(())
 }
 
 /// What the full's reader hands on.
@@ -354,14 +398,24 @@ impl Feed {
 pub struct Merged {
     size: u64,
     staged: File,
-    staged_data: ExtentSet,
-    full_data: ExtentSet,
-    /// Where any data lies (the rest reads as zeros and is reported as holes).
-    all_data: ExtentSet,
     /// End of the last data byte: the read reaching it is the last to take bytes of
     /// the full, and waits for the reader's end.
     data_end: u64,
-    feed: Mutex<Feed>,
+    state: Mutex<State>,
+}
+
+/// What a read of [`Merged`] moves along: the full's feed and the positions in the
+/// extent lists.
+struct State {
+    feed: Feed,
+    /// The bytes the full supplies.
+    full: Seeker,
+    /// The bytes the staged incrementals supply.
+    staged: Seeker,
+    /// Where any data lies (the rest reads as zeros and is reported as holes).
+    all: Seeker,
+    /// Scratch for the pieces of one read.
+    pieces: Vec<Extent>,
 }
 
 /// The feed's channel ends (pieces in, buffers back).
@@ -376,65 +430,54 @@ pub fn channel() -> (ReaderEnd, FeedEnd) {
 
 impl Merged {
     pub fn new(p: &Prepared, staged: Staged, feed: FeedEnd) -> Result<Merged> {
-        let full_data = p.plans[0].data.to_set().map_err(|e| {
-            Error::Failed(format!(
-                "reading back the restore plan from its temporary file: {e}"
-            ))
-        })?;
-        Ok(Merged::from_parts(
-            p.target().disk_size,
-            full_data,
-            staged,
-            feed,
-        ))
+        Merged::from_parts(p.target().disk_size, p.plans[0].data.clone(), staged, feed)
     }
 
     /// A disk of `size` bytes: the full supplies `full_data` (through `feed`, in disk
-    /// order), the staged file the rest of the data.
+    /// order), the staged file the rest of the data; bytes past `size` are not read.
     pub fn from_parts(
         size: u64,
-        mut full_data: ExtentSet,
+        full_data: ExtentList,
         staged: Staged,
         (rx, free): FeedEnd,
-    ) -> Merged {
-        full_data.clip(size);
-        let mut staged_data = staged.data;
-        staged_data.clip(size);
-        let mut all_data = full_data.clone();
-        all_data.union_with(&staged_data);
-        let data_end = all_data.iter().last().map_or(0, |x| x.end());
-        Merged {
+    ) -> Result<Merged> {
+        let all_data = ExtentList::union(&[&full_data, &staged.data]).map_err(plan_err)?;
+        let data_end = all_data.end_before(size).map_err(plan_err)?;
+        Ok(Merged {
             size,
             staged: staged.file,
-            staged_data,
-            full_data,
-            all_data,
             data_end,
-            feed: Mutex::new(Feed {
-                rx: Some(rx),
-                free,
-                cur: None,
-                ended: false,
+            state: Mutex::new(State {
+                feed: Feed {
+                    rx: Some(rx),
+                    free,
+                    cur: None,
+                    ended: false,
+                },
+                full: Seeker::new(full_data).map_err(plan_err)?,
+                staged: Seeker::new(staged.data).map_err(plan_err)?,
+                all: Seeker::new(all_data).map_err(plan_err)?,
+                pieces: Vec::new(),
             }),
-        }
+        })
     }
 
     /// Wait until the full's reader delivered its first bytes (or ended).
     pub fn prime(&self) -> std::io::Result<()> {
-        self.lock()?.prime()
+        self.lock()?.feed.prime()
     }
 
     /// Drop the receiving end: a reader blocked on the full channel stops (its next
     /// send fails), whoever still holds this source.
     pub fn close(&self) {
-        if let Ok(mut f) = self.feed.lock() {
-            f.rx = None;
-            f.cur = None;
+        if let Ok(mut st) = self.state.lock() {
+            st.feed.rx = None;
+            st.feed.cur = None;
         }
     }
 
-    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, Feed>> {
-        self.feed
+    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, State>> {
+        self.state
             .lock()
             .map_err(|_| std::io::Error::other("the synthetic full's feed was poisoned"))
     }
@@ -448,34 +491,42 @@ impl SourceRead for Merged {
         let n = (buf.len() as u64).min(self.size - offset) as usize;
         let buf = &mut buf[..n];
         buf.fill(0);
-        let mut feed = self.lock()?;
-        for x in self.full_data.intersect_range(offset, n as u64) {
+        let mut guard = self.lock()?;
+        let st = &mut *guard;
+        st.pieces.clear();
+        st.full.intersect_into(offset, n as u64, &mut st.pieces)?;
+        for x in &st.pieces {
             let from = (x.offset - offset) as usize;
-            feed.take(x.offset, &mut buf[from..from + x.len as usize])?;
+            st.feed
+                .take(x.offset, &mut buf[from..from + x.len as usize])?;
         }
-        for x in self.staged_data.intersect_range(offset, n as u64) {
+        st.pieces.clear();
+        st.staged.intersect_into(offset, n as u64, &mut st.pieces)?;
+        for x in &st.pieces {
             let from = (x.offset - offset) as usize;
             self.staged
                 .read_exact_at(&mut buf[from..from + x.len as usize], x.offset)?;
         }
         if offset + n as u64 >= self.data_end {
-            feed.finish()?;
+            st.feed.finish()?;
         }
         Ok(n)
     }
 
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
-        match self
-            .all_data
-            .intersect_range(from, self.size.saturating_sub(from))
-            .next()
-        {
-            Some(x) => Ok(DataAt::Run(x.offset, x.end())),
+        let mut st = self.lock()?;
+        let next = if from < self.size {
+            st.all.next_from(from)?.filter(|x| x.offset < self.size)
+        } else {
+            None
+        };
+        match next {
+            Some(x) => Ok(DataAt::Run(x.offset.max(from), x.end().min(self.size))),
             // (The writer may ask ahead of its reads: the reader's end is awaited by
             // the read of the last data byte, or here when there is no data at all.)
             None => {
                 if self.data_end == 0 {
-                    self.lock()?.finish()?;
+                    st.feed.finish()?;
                 }
                 Ok(DataAt::HoleToEnd {
                     file_len: self.size,
@@ -489,12 +540,9 @@ impl SourceRead for Merged {
 mod tests {
     use super::*;
 
-    fn set(r: &[(u64, u64)]) -> ExtentSet {
-        let mut s = ExtentSet::new();
-        for &(o, l) in r {
-            s.insert(o, l);
-        }
-        s
+    /// A list spooled with a limit of 2 (through its temporary file).
+    fn list(r: &[(u64, u64)]) -> ExtentList {
+        ExtentList::from_ascending(r.iter().map(|&(o, l)| Ok(Extent::new(o, l))), 2).unwrap()
     }
 
     /// A disk of 1000 bytes: the full has bytes 0..300 and 500..900 (value 1), the
@@ -506,7 +554,7 @@ mod tests {
         file.write_all_at(&[2u8; 50], 950).unwrap();
         let staged = Staged {
             file,
-            data: set(&[(250, 100), (950, 50)]),
+            data: list(&[(250, 100), (950, 50)]),
             bytes: 150,
             mounts: Vec::new(),
         };
@@ -522,7 +570,7 @@ mod tests {
                 let _ = tx.send(Piece::End);
             }
         });
-        Merged::from_parts(1000, set(&[(0, 250), (500, 400)]), staged, feed)
+        Merged::from_parts(1000, list(&[(0, 250), (500, 400)]), staged, feed).unwrap()
     }
 
     fn expected() -> Vec<u8> {
@@ -532,6 +580,24 @@ mod tests {
         v[500..900].fill(1);
         v[950..].fill(2);
         v
+    }
+
+    #[test]
+    fn staged_pieces_leave_zero_pages_unwritten() {
+        let file = tempfile::tempfile().unwrap();
+        // A piece from disk offset 1000: zeros to 8192, data to 9000, zeros to
+        // 20480, data on its last byte.
+        let at = 1000u64;
+        let mut b = vec![0u8; 20481 - 1000];
+        b[8192 - 1000..9000 - 1000].fill(7);
+        b[20480 - 1000] = 9;
+        write_sparse(&file, &b, at).unwrap();
+        let mut back = vec![0xAAu8; b.len()];
+        file.read_exact_at(&mut back, at).unwrap();
+        assert_eq!(back, b);
+        // Two pages written: 8192..12288 and 20480..20481.
+        use std::os::unix::fs::MetadataExt;
+        assert!(file.metadata().unwrap().blocks() * 512 <= 3 * 4096);
     }
 
     #[test]

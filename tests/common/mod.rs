@@ -518,3 +518,111 @@ pub fn run_with_limit(mut c: Command, limit: std::time::Duration) -> Result<Run,
         )),
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Killing a job mid-write (what a SIGKILL leaves behind): slow blank cartridges, the
+// job started in the background, killed once it has written enough.
+// ---------------------------------------------------------------------------------
+
+impl Vault {
+    /// Start `tapevault ARGS` in the background, its output discarded.
+    pub fn spawn_quiet(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tapevault {args:?}: {e}"))
+    }
+
+    /// The library's cartridges other than `used` (the blank ones a job will write to).
+    pub fn cartridges_except(&self, used: &[String]) -> Vec<String> {
+        self.catalog()
+            .list_media(None)
+            .unwrap()
+            .into_iter()
+            .filter(|m| !used.contains(&m.barcode))
+            .map(|m| m.barcode)
+            .collect()
+    }
+
+    /// [`slow_writes`](Self::slow_writes) on each of `barcodes`.
+    pub fn slow_writes_on(&self, barcodes: &[String], millis: u64, times: u32) {
+        for b in barcodes {
+            self.slow_writes(b, millis, times);
+        }
+    }
+
+    /// Remove the faults set on `barcodes` (those a killed job did not use up).
+    pub fn clear_faults(&self, barcodes: &[String]) {
+        for b in barcodes {
+            let _ = std::fs::remove_file(self.cartridge_dir(b).join("faults.json"));
+        }
+    }
+
+    /// Bytes written to all of `barcodes`' data files.
+    pub fn data_len_of(&self, barcodes: &[String]) -> u64 {
+        barcodes.iter().map(|b| self.cartridge_data_len(b)).sum()
+    }
+}
+
+/// Poll `ready` until it holds, then SIGKILL `child` and reap it. The test fails if the
+/// child ends first ("`what`: ended before it could be killed") or `ready` does not
+/// hold within `limit`.
+pub fn kill_when(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: std::time::Duration,
+    mut ready: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not reached within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+impl Vault {
+    /// `pool create NAME --compression C --allocation per-session`: each session
+    /// writes a media set of its own (one to send offsite per copy).
+    pub fn pool_per_session(&self, name: &str, compression: &str) {
+        self.ok(&[
+            "pool",
+            "create",
+            name,
+            "--compression",
+            compression,
+            "--allocation",
+            "per-session",
+        ]);
+    }
+}
+
+/// A library of `slots` 64 MiB cartridges and `drives` drives with the pools `pools`
+/// (name, compression), and a disk of `size` bytes (`data` of them random, `seed`)
+/// backed up `--full` to the first pool, its bytes saved as `p0.img` in the vault's
+/// directory: (vault, disk, the full's report). The set-up of the copy tests.
+pub fn vault_with_full(
+    slots: usize,
+    drives: usize,
+    pools: &[(&str, &str)],
+    (size, data, seed): (u64, u64, u64),
+) -> (Vault, TestDisk, Value) {
+    let (slots, drives) = (slots.to_string(), drives.to_string());
+    let v = Vault::init(&["--slots", &slots, "--drives", &drives, "--capacity", "64M"]);
+    for (name, compression) in pools {
+        v.pool(name, compression);
+    }
+    let d = TestDisk::create(v.path("d.img"), size, data, seed);
+    let full = v.backup(&d, pools[0].0, &["--full"]);
+    d.save_copy(&v.path("p0.img"));
+    (v, d, full)
+}
