@@ -1267,3 +1267,70 @@ mod rehearse_tests {
         assert_eq!(cat.libvirt_checkpoint("vm", "in-view").unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod bulk_journal_tests {
+    use super::*;
+
+    fn mode(c: &Catalog) -> String {
+        c.conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bulk_journal_needs_the_catalog_to_itself_and_never_locks_others_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        // Another connection open: the merge stays in WAL.
+        let other = Catalog::open(dir.path()).unwrap();
+        {
+            let b = cat.bulk_journal().unwrap();
+            assert!(!b.on);
+            assert_eq!(mode(&cat), "wal");
+        }
+        drop(other);
+        let b = cat.bulk_journal().unwrap();
+        assert!(b.on);
+        assert_eq!(mode(&cat), "delete");
+        assert!(!dir.path().join("catalog.db-wal").exists());
+        // A process opening the catalog while the merge holds a lock cannot switch it
+        // back to WAL (SQLite says busy at once): it opens it all the same, in the
+        // rollback mode, and reads it.
+        let rtx = cat.read_tx().unwrap();
+        let n: i64 = cat
+            .conn()
+            .query_row("SELECT COUNT(*) FROM media", [], |r| r.get(0))
+            .unwrap();
+        let path = dir.path().to_path_buf();
+        let opener = std::thread::spawn(move || {
+            let other = Catalog::open(&path)?;
+            Ok::<_, CatalogError>((mode(&other), other.list_media(None)?.len()))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(rtx);
+        let (other_mode, seen) = opener.join().unwrap().unwrap();
+        assert!(
+            ["wal", "delete"].contains(&other_mode.as_str()),
+            "{other_mode}"
+        );
+        assert_eq!(seen as i64, n);
+        drop(b);
+        let b = cat.bulk_journal().unwrap();
+        assert!(b.on);
+        // Inside a transaction nothing changes either.
+        let tx = cat.write_tx().unwrap();
+        assert!(!cat.bulk_journal().unwrap().on);
+        drop(tx);
+        drop(b);
+        assert_eq!(mode(&cat), "wal");
+        // With the merge idle, a process that opens the catalog puts it back in WAL.
+        let b = cat.bulk_journal().unwrap();
+        assert!(b.on);
+        let other = Catalog::open(dir.path()).unwrap();
+        assert_eq!(mode(&other), "wal");
+        cat.put_libvirt_checkpoint("vm", "c", None, "<a/>").unwrap();
+        drop((b, other));
+        assert_eq!(mode(&cat), "wal");
+    }
+}
