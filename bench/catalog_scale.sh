@@ -151,7 +151,7 @@ for s in $(seq 1 "$SESSIONS"); do
 done
 # summary FILE KEY SUFFIX-PATTERN UNIT: min / median / max of the rounds' values.
 summary() {
-  grep -E "^$2-[0-9]+$3 " "$1" | awk '{print $2}' | sort -n | awk -v k="$2${4}" '{a[NR]=$1} END {if (NR) printf "%-26s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
+  { grep -E "^$2-[0-9]+$3 " "$1" || true; } | awk '{print $2}' | sort -n | awk -v k="$2${4}" '{a[NR]=$1} END {if (NR) printf "%-26s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
 }
 for k in images images-json images-disk restore-plan rotate-dry rebuild; do
   summary "$W/timings" "$k" "" ""
