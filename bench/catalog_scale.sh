@@ -16,7 +16,9 @@
 #    newest point of one disk, which plans, prints the pull list and stops with exit 4
 #    since its cartridge is in the vault), `rotate --dry-run`, and a fast-path `catalog rebuild` into a fresh
 #    home (its snapshot holds every generated image: a backup session after the
-#    generation wrote a full snapshot of the set).
+#    generation wrote a full snapshot of the set). With REBUILD_ONLY=1 only the
+#    rebuild: for an OTHER_BIN of an older catalog schema, which cannot open the
+#    generated catalog but rebuilds from its cartridges into a home of its own.
 # 3. The snapshot each session writes: SESSIONS more small incremental backups into
 #    the big set; their snapshot kind (full/delta) and plain length from catalog.db,
 #    and the backup wall time.
@@ -118,16 +120,21 @@ cpu() {
 }
 round() { # round SUFFIX BIN
   local r=$1 B=$2
+  [ "${REBUILD_ONLY:-0}" = 1 ] || catalog_round "$r" "$B"
+  rm -rf "$W/rebuilt-$r"
+  "$B" --home "$W/rebuilt-$r" init --library "$W/library" >/dev/null
+  sync  # the rebuild's own writes, not the ones before it, are what its fsyncs wait for
+  timed "rebuild-$r" 0 "$B" --home "$W/rebuilt-$r" catalog rebuild; cpu "rebuild-$r"
+  log "  rebuilt catalog: $(sqlite3 "$W/rebuilt-$r/catalog.db" "SELECT COUNT(*) FROM images") images, $(stat -c %s "$W/rebuilt-$r/catalog.db") bytes"
+  rm -rf "$W/rebuilt-$r" "$W/out-$r.img"
+}
+catalog_round() { # the commands on the generated catalog
+  local r=$1 B=$2
   timed "images-$r" 0 "$B" --home "$HOME_DIR" images; cpu "images-$r"
   timed "images-json-$r" 0 "$B" --home "$HOME_DIR" images --json; cpu "images-json-$r"
   timed "images-disk-$r" 0 "$B" --home "$HOME_DIR" images --disk "$ONE_DISK"; cpu "images-disk-$r"
   timed "restore-plan-$r" any "$B" --home "$HOME_DIR" restore --disk "$ONE_DISK" --to "$W/out-$r.img"; cpu "restore-plan-$r"
   timed "rotate-dry-$r" 0 "$B" --home "$HOME_DIR" rotate --dry-run; cpu "rotate-dry-$r"
-  rm -rf "$W/rebuilt-$r"
-  "$B" --home "$W/rebuilt-$r" init --library "$W/library" >/dev/null
-  timed "rebuild-$r" 0 "$B" --home "$W/rebuilt-$r" catalog rebuild; cpu "rebuild-$r"
-  log "  rebuilt catalog: $(sqlite3 "$W/rebuilt-$r/catalog.db" "SELECT COUNT(*) FROM images") images"
-  rm -rf "$W/rebuilt-$r" "$W/out-$r.img"
 }
 for r in $(seq 1 "$ROUNDS"); do
   log "round $r"
@@ -144,7 +151,7 @@ for s in $(seq 1 "$SESSIONS"); do
 done
 # summary FILE KEY SUFFIX-PATTERN UNIT: min / median / max of the rounds' values.
 summary() {
-  grep -E "^$2-[0-9]+$3 " "$1" | awk '{print $2}' | sort -n | awk -v k="$2${4}" '{a[NR]=$1} END {if (NR) printf "%-26s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
+  { grep -E "^$2-[0-9]+$3 " "$1" || true; } | awk '{print $2}' | sort -n | awk -v k="$2${4}" '{a[NR]=$1} END {if (NR) printf "%-26s min %.3f  median %.3f  max %.3f s\n", k, a[1], a[int((NR+1)/2)], a[NR]}' | tee -a "$W/results.txt" >&2
 }
 for k in images images-json images-disk restore-plan rotate-dry rebuild; do
   summary "$W/timings" "$k" "" ""

@@ -19,10 +19,7 @@ fn chain_resolution_and_at_semantics() {
     let d = tempfile::tempdir().unwrap();
     let (c, _) = setup(&d);
     let disk = Uuid::new_v4();
-    let f0 = full(&c, disk, 0);
-    let i1 = incr(&c, disk, f0, 1);
-    let i2 = incr(&c, disk, i1, 2);
-    let i3 = incr(&c, disk, i2, 3);
+    let [f0, i1, i2, i3] = chain(&c, disk);
     // Another disk's images never leak in.
     let other = Uuid::new_v4();
     full(&c, other, 10);
@@ -77,10 +74,7 @@ fn restore_before_corrupt_incremental_still_works() {
     let d = tempfile::tempdir().unwrap();
     let (c, _) = setup(&d);
     let disk = Uuid::new_v4();
-    let f0 = full(&c, disk, 0);
-    let i1 = incr(&c, disk, f0, 1);
-    let i2 = incr(&c, disk, i1, 2);
-    let i3 = incr(&c, disk, i2, 3);
+    let [f0, i1, i2, i3] = chain(&c, disk);
     // Marking an image corrupt marks every complete image built on it too.
     assert_eq!(
         c.mark_corrupt(i2, "record 5 failed authentication")
@@ -372,9 +366,7 @@ fn dependents_media_and_deletion() {
     let d = tempfile::tempdir().unwrap();
     let (c, _) = setup(&d);
     let disk = Uuid::new_v4();
-    let f0 = full(&c, disk, 0);
-    let i1 = incr(&c, disk, f0, 1);
-    let i2 = incr(&c, disk, i1, 2);
+    let [f0, i1, i2] = chain(&c, disk);
     let f3 = full(&c, disk, 3);
     assert_eq!(uuids(&c.dependents(f0).unwrap()), vec![i1, i2]);
     assert_eq!(uuids(&c.dependents(i2).unwrap()), Vec::<Uuid>::new());

@@ -49,6 +49,15 @@ fn ok_in(home: &Path, args: &[&str]) -> Value {
 }
 
 /// Every image of `images --json`, flattened.
+/// `restore --disk ID --image IMAGE --to OUT`.
+fn restore_in(home: &Path, id: &str, image: &str, out: &Path) -> Run {
+    let out = out.to_string_lossy();
+    tv(
+        home,
+        &["restore", "--disk", id, "--image", image, "--to", &out],
+    )
+}
+
 fn all_images(home: &Path) -> Vec<Value> {
     let j = ok_in(home, &["images"]);
     let mut out = Vec::new();
@@ -150,35 +159,11 @@ fn disaster_recovery_after_an_end_of_media_abort_records_the_image_as_failed() {
 
         // The earlier point restores bit-identical; the failed one does not restore.
         let out = v.path(&format!("{name}.full.img"));
-        let t = out.to_string_lossy().into_owned();
-        let r = tv(
-            &home,
-            &[
-                "restore",
-                "--disk",
-                &id,
-                "--image",
-                s(&full, "image"),
-                "--to",
-                &t,
-            ],
-        );
+        let r = restore_in(&home, &id, s(&full, "image"), &out);
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
         assert_same_bytes(&out, &full_copy, name);
         let bad = v.path(&format!("{name}.failed.img"));
-        let t = bad.to_string_lossy().into_owned();
-        let r = tv(
-            &home,
-            &[
-                "restore",
-                "--disk",
-                &id,
-                "--image",
-                &failed_uuid,
-                "--to",
-                &t,
-            ],
-        );
+        let r = restore_in(&home, &id, &failed_uuid, &bad);
         assert_ne!(r.code, 0, "{name}: a failed image never restores");
         // A second rebuild keeps nothing for a later join: it says the same.
         let again = tv(&home, &args);
@@ -346,19 +331,7 @@ fn a_rebuilt_home_never_uses_the_old_homes_digest_lists() {
         "said out loud: {img}"
     );
     let out = v.path("new.img");
-    let t = out.to_string_lossy().into_owned();
-    let r = tv(
-        &new,
-        &[
-            "restore",
-            "--disk",
-            &id,
-            "--image",
-            s(img, "image"),
-            "--to",
-            &t,
-        ],
-    );
+    let r = restore_in(&new, &id, s(img, "image"), &out);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_same_bytes(&out, &d.path, "the new home's full");
 }

@@ -135,6 +135,19 @@ pub fn incr(c: &Catalog, disk: Uuid, parent: Uuid, hour: i64) -> Uuid {
     image(c, disk, ImageKind::Incremental, Some(parent), hour)
 }
 
+/// A chain of `N` images of `disk`: a full at hour 0, then an incremental an hour
+/// on the one before; their UUIDs in chain order.
+pub fn chain<const N: usize>(c: &Catalog, disk: Uuid) -> [Uuid; N] {
+    let mut v = [Uuid::nil(); N];
+    for h in 0..N {
+        v[h] = match h {
+            0 => full(c, disk, 0),
+            _ => incr(c, disk, v[h - 1], h as i64),
+        };
+    }
+    v
+}
+
 pub fn uuids(chain: &[ImageRow]) -> Vec<Uuid> {
     chain.iter().map(|i| i.uuid).collect()
 }

@@ -27,19 +27,7 @@ fn small_history() -> Small {
     let root = tmp.path().to_path_buf();
     let lib = root.join("library");
     let home = root.join("home");
-    ok(
-        &home,
-        &[
-            "init",
-            "--library",
-            lib.to_str().unwrap(),
-            "--capacity",
-            "16M",
-            "--slots",
-            "2",
-        ],
-    );
-    ok(&home, &["pool", "create", "p"]);
+    new_home(&home, &lib, "16M", 2, Some("p"));
     let (d1, d2) = (root.join("d1.img"), root.join("d2.img"));
     make_disk(&d1, 3, 21);
     make_disk(&d2, 2, 22);
@@ -67,7 +55,7 @@ fn small_history() -> Small {
 
 fn home_on(s: &Small, name: &str, lib: &Path) -> PathBuf {
     let h = s.root.join(name);
-    ok(&h, &["init", "--library", lib.to_str().unwrap()]);
+    home_on_library(&h, lib);
     h
 }
 

@@ -17,53 +17,19 @@ fn cartridge_in_a_standalone_drive_rebuilds_both_ways() {
     let root = tmp.path();
     let lib = root.join("lib");
     let home = root.join("home");
-    ok(
-        &home,
-        &[
-            "init",
-            "--library",
-            lib.to_str().unwrap(),
-            "--capacity",
-            "16M",
-            "--slots",
-            "2",
-        ],
-    );
-    ok(&home, &["pool", "create", "p"]);
+    new_home(&home, &lib, "16M", 2, Some("p"));
     let d = root.join("d.img");
     make_disk(&d, 3, 31);
     let id = "dddddddd-0000-4000-8000-000000000001";
-    ok(
-        &home,
-        &[
-            "backup",
-            "--disk",
-            d.to_str().unwrap(),
-            "--disk-id",
-            id,
-            "--pool",
-            "p",
-        ],
-    );
+    backup_disk(&home, &d, id, "p");
     touch_disk(&d, 32);
-    ok(
-        &home,
-        &[
-            "backup",
-            "--disk",
-            d.to_str().unwrap(),
-            "--disk-id",
-            id,
-            "--pool",
-            "p",
-        ],
-    );
+    backup_disk(&home, &d, id, "p");
     let orig = images(&home);
     ok(&home, &["library", "load", "TV0001L9", "--drive", "0"]);
 
     for scan_all in [false, true] {
         let fresh = root.join(format!("fresh-{scan_all}"));
-        ok(&fresh, &["init", "--library", lib.to_str().unwrap()]);
+        home_on_library(&fresh, &lib);
         let h = Home::open(&fresh).unwrap();
         let cat = Catalog::open(&fresh).unwrap();
         let mut drive = VirtualDrive::open(&lib, 0).unwrap();

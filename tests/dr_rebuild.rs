@@ -133,7 +133,7 @@ fn build_history() -> History {
 
 fn fresh_home(h: &History, name: &str, with_key: bool) -> std::path::PathBuf {
     let home = h.root.join(name);
-    ok(&home, &["init", "--library", h.lib.to_str().unwrap()]);
+    home_on_library(&home, &h.lib);
     if with_key {
         ok(&home, &["key", "import", h.key_file.to_str().unwrap()]);
     }
@@ -388,36 +388,13 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let home = root.join("home");
-    ok(
-        &home,
-        &[
-            "init",
-            "--library",
-            root.join("lib").to_str().unwrap(),
-            "--capacity",
-            "8M",
-            "--slots",
-            "4",
-        ],
-    );
-    ok(&home, &["pool", "create", "p1"]);
+    new_home(&home, &root.join("lib"), "8M", 4, Some("p1"));
     ok(&home, &["pool", "create", "p2"]);
     let (d1, d2) = (root.join("d1.img"), root.join("d2.img"));
     make_disk(&d1, 2, 5);
     make_disk(&d2, 2, 6);
     for (d, id, pool) in [(&d1, A1, "p1"), (&d2, A2, "p2")] {
-        ok(
-            &home,
-            &[
-                "backup",
-                "--disk",
-                d.to_str().unwrap(),
-                "--disk-id",
-                id,
-                "--pool",
-                pool,
-            ],
-        );
+        backup_disk(&home, d, id, pool);
     }
     let orig = images(&home);
     let p2_cart = orig[&orig
@@ -433,10 +410,7 @@ fn catalog_backup_puts_the_whole_catalog_on_one_cartridge() {
     assert_eq!(code, 0, "{rep:#}");
     // Only that cartridge is read: it now knows both pools' images.
     let fresh = root.join("fresh");
-    ok(
-        &fresh,
-        &["init", "--library", root.join("lib").to_str().unwrap()],
-    );
+    home_on_library(&fresh, &root.join("lib"));
     let (code, rep) = json(&fresh, &["catalog", "rebuild", "--barcode", &p2_cart]);
     assert_eq!(code, 0, "{rep:#}");
     assert_eq!(rep["cartridges"][0]["method"], "snapshot");
@@ -478,19 +452,7 @@ fn delta_snapshots_rebuild_the_same_catalog() {
     let root = tmp.path();
     let lib = root.join("library");
     let home = root.join("home");
-    ok(
-        &home,
-        &[
-            "init",
-            "--library",
-            lib.to_str().unwrap(),
-            "--capacity",
-            "64M",
-            "--slots",
-            "4",
-        ],
-    );
-    ok(&home, &["pool", "create", "p"]);
+    new_home(&home, &lib, "64M", 4, Some("p"));
     let (a, b) = (root.join("a.img"), root.join("b.img"));
     make_disk(&a, 2, 31);
     make_disk(&b, 1, 32);
@@ -531,7 +493,7 @@ fn delta_snapshots_rebuild_the_same_catalog() {
     assert_eq!(orig.len(), 26);
 
     let fast = root.join("fast");
-    ok(&fast, &["init", "--library", lib.to_str().unwrap()]);
+    home_on_library(&fast, &lib);
     let (code, rep) = json(&fast, &["catalog", "rebuild"]);
     assert_eq!(code, 0, "{rep:#}");
     let carts = rep["cartridges"].as_array().unwrap();
@@ -561,8 +523,164 @@ fn delta_snapshots_rebuild_the_same_catalog() {
     assert_eq!(after.last().unwrap().0, "full", "{after:?}");
     // And a full scan finds the same images.
     let scan = root.join("scan");
-    ok(&scan, &["init", "--library", lib.to_str().unwrap()]);
+    home_on_library(&scan, &lib);
     let (code, rep) = json(&scan, &["catalog", "rebuild", "--scan"]);
     assert_eq!(code, 0, "{rep:#}");
     assert_eq!(images(&scan).len(), 28);
+}
+
+/// Adds `n` complete full images (one disk each) to `home`'s catalog, each with one
+/// segment on a cartridge of the same media set that is kept in the vault, as
+/// bench/catalog_scale.sh does: the next session's snapshot of the set carries them.
+fn add_generated_images(home: &Path, n: u32) {
+    let mut c = rusqlite::Connection::open(home.join("catalog.db")).unwrap();
+    let tx = c.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO media (barcode, volume_uuid, pool, media_set_uuid, seq_in_set, state, \
+         location, labelled_at, last_written, next_tape_file, bytes_written, errors) \
+         SELECT 'GEN000L8', '99999999-0000-4000-8000-000000000000', pool, media_set_uuid, \
+         seq_in_set + 1, 'full', 'vault', labelled_at, last_written, ?1, bytes_written, 0 \
+         FROM media WHERE media_set_uuid IS NOT NULL LIMIT 1",
+        [n + 1],
+    )
+    .unwrap();
+    let gen = "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < ?1) ";
+    let id = "printf('%08x-0000-4000-8000-%012x', i, i)";
+    tx.execute(
+        &format!(
+            "{gen} INSERT INTO images (uuid, disk_uuid, vm_name, kind, disk_size, block_size, \
+             session_uuid, pool, key_fingerprint, compression, started, finished, status, \
+             records, plain_bytes, stored_bytes, content_digest) \
+             SELECT {id}, printf('%08x-1111-4000-8000-%012x', i, i), 'gen' || i, 'full', \
+             1048576, block_size, session_uuid, pool, key_fingerprint, compression, started, \
+             finished, 'complete', 2, 1048576, 1048576, content_digest \
+             FROM g, (SELECT * FROM images LIMIT 1)"
+        ),
+        [n],
+    )
+    .unwrap();
+    tx.execute(
+        &format!(
+            "{gen} INSERT INTO segments (image_uuid, part, barcode, tape_file, first_block, \
+             last_block, first_seq, last_seq, disk_start, disk_end) \
+             SELECT {id}, 0, 'GEN000L8', i, 10 * i, 10 * i + 1, 0, 1, 0, 1048576 FROM g"
+        ),
+        [n],
+    )
+    .unwrap();
+    tx.execute(
+        &format!(
+            "{gen} INSERT INTO image_extents (image_uuid, offset, length, is_zero) \
+             SELECT {id}, 0, 1048576, 0 FROM g"
+        ),
+        [n],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+}
+
+/// Rows of `table` in a home's catalog, after checking its integrity (a connection of
+/// its own: after a kill, opening it rolls a hot journal back first, as the next
+/// tapevault command would).
+fn count(home: &Path, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(home.join("catalog.db")).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok", "catalog.db of {}", home.display());
+    let made: bool = c
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name=?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if !made {
+        // Killed before the first open made the catalog's tables.
+        return 0;
+    }
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{table} of {}: {e}", home.display()))
+}
+
+/// A rebuild killed (SIGKILL) at any point leaves the catalog whole: without any of the
+/// snapshot's images or with all of them (one transaction), never half; the next
+/// command opens it in WAL mode again and a rebuild run again completes it.
+#[test]
+fn a_rebuild_killed_anywhere_leaves_the_catalog_old_or_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (lib, home) = (root.join("library"), root.join("home"));
+    new_home(&home, &lib, "64M", 2, Some("p"));
+    let d = root.join("d.img");
+    make_disk(&d, 1, 41);
+    backup_disk(&home, &d, A1, "p");
+    add_generated_images(&home, 4000);
+    touch_disk(&d, 42);
+    backup_disk(&home, &d, A1, "p");
+    let orig = images(&home);
+    assert_eq!(orig.len(), 4002);
+
+    // Unkilled: every image, and how long it takes.
+    let whole = root.join("whole");
+    home_on_library(&whole, &lib);
+    let started = std::time::Instant::now();
+    ok(&whole, &["catalog", "rebuild"]);
+    let took = started.elapsed();
+    assert_eq!(images(&whole).len(), orig.len());
+    let rows = |h: &Path| [count(h, "segments"), count(h, "image_extents")];
+    let whole_rows = rows(&whole);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("kill points from seed {seed}, a rebuild takes {took:?}");
+    let mut x = seed | 1;
+    let (mut none, mut all) = (0, 0);
+    for k in 0..10u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Spread over the whole run: the k-th tenth, at a random point in it.
+        let at = took.mul_f64((f64::from(k) + (x % 1000) as f64 / 1000.0) / 10.0);
+        let h = root.join(format!("killed-{k}"));
+        home_on_library(&h, &lib);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tapevault"))
+            .arg("--home")
+            .arg(&h)
+            .args(["catalog", "rebuild"])
+            .env_remove("TAPEVAULT_HOME")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        child.wait().unwrap();
+        let n = count(&h, "images");
+        assert!(
+            n == 0 || n == orig.len() as i64,
+            "killed after {at:?}: {n} of {} images",
+            orig.len()
+        );
+        if n == 0 {
+            assert_eq!(rows(&h), [0, 0], "killed after {at:?}");
+            none += 1;
+        } else {
+            assert_eq!(rows(&h), whole_rows, "killed after {at:?}");
+            all += 1;
+        }
+        // The next command finds the catalog usable, in WAL mode again.
+        ok(&h, &["catalog", "check"]);
+        let c = rusqlite::Connection::open(h.join("catalog.db")).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal", "killed after {at:?}");
+        drop(c);
+        ok(&h, &["catalog", "rebuild"]);
+        assert_eq!(images(&h).len(), orig.len(), "rebuilt again after a kill");
+    }
+    eprintln!("killed before the merge committed: {none}, after: {all}");
 }

@@ -177,37 +177,45 @@ impl Catalog {
             w.write_all(b"]").map_err(CatalogError::Export)
         }
         let c = self.conn();
-        array(
+        // A table whose rows go out as they are read.
+        fn table<W: Write, T: Serialize>(
+            w: &mut W,
+            c: &rusqlite::Connection,
+            name: &str,
+            sql: &str,
+            row: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+        ) -> Result<()> {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map([], row)?;
+            array(w, name, rows.map(|r| r.map_err(CatalogError::from)))
+        }
+        table(
             &mut w,
+            c,
             "pools",
-            c.prepare(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))?
-                .query_map([], pool_row)?
-                .map(|r| r.map_err(CatalogError::from)),
+            &format!("SELECT {POOL_COLS} FROM pools ORDER BY name"),
+            pool_row,
         )?;
-        array(
+        table(
             &mut w,
+            c,
             "media_sets",
-            c.prepare(&format!(
-                "SELECT {SET_COLS} FROM media_sets ORDER BY created, uuid"
-            ))?
-            .query_map([], set_row)?
-            .map(|r| r.map_err(CatalogError::from)),
+            &format!("SELECT {SET_COLS} FROM media_sets ORDER BY created, uuid"),
+            set_row,
         )?;
-        array(
+        table(
             &mut w,
+            c,
             "media",
-            c.prepare(&format!("SELECT {MEDIA_COLS} FROM media ORDER BY barcode"))?
-                .query_map([], media_row)?
-                .map(|r| r.map_err(CatalogError::from)),
+            &format!("SELECT {MEDIA_COLS} FROM media ORDER BY barcode"),
+            media_row,
         )?;
-        array(
+        table(
             &mut w,
+            c,
             "sessions",
-            c.prepare(&format!(
-                "SELECT {SESSION_COLS}, writer FROM sessions ORDER BY started, uuid"
-            ))?
-            .query_map([], session_row)?
-            .map(|r| r.map_err(CatalogError::from)),
+            &format!("SELECT {SESSION_COLS}, writer FROM sessions ORDER BY started, uuid"),
+            session_row,
         )?;
         let mut st = c.prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images ORDER BY started, uuid"
@@ -223,24 +231,15 @@ impl Catalog {
             })
         });
         array(&mut w, "images", images)?;
-        array(
+        table(
             &mut w,
+            c,
             "snapshots",
-            c.prepare(&format!(
-                "SELECT {SNAP_COLS} FROM snapshots ORDER BY time, barcode, tape_file"
-            ))?
-            .query_map([], snap_row)?
-            .map(|r| r.map_err(CatalogError::from)),
+            &format!("SELECT {SNAP_COLS} FROM snapshots ORDER BY time, barcode, tape_file"),
+            snap_row,
         )?;
         let names: Vec<String> = self.pools()?.into_iter().map(|p| p.name).collect();
-        let config = self.pool_config(names.iter());
-        if !config.is_empty() {
-            w.write_all(b",\"pool_config\":")
-                .map_err(CatalogError::Export)?;
-            serde_json::to_writer(&mut w, &config).map_err(json_err)?;
-        }
-        w.write_all(b"}\n").map_err(CatalogError::Export)?;
-        w.flush().map_err(CatalogError::Export)?;
+        self.end_document(&mut w, names.iter(), b"}\n")?;
         drop(tx);
         Ok(())
     }
@@ -471,19 +470,29 @@ impl Catalog {
         w.write_all(b"],\"snapshots\":")
             .map_err(CatalogError::Export)?;
         serde_json::to_writer(&mut w, &snapshots).map_err(json_err)?;
-        let config = self.pool_config(pools.iter());
-        if !config.is_empty() {
-            w.write_all(b",\"pool_config\":")
-                .map_err(CatalogError::Export)?;
-            serde_json::to_writer(&mut w, &config).map_err(json_err)?;
-        }
-        w.write_all(b"}").map_err(CatalogError::Export)?;
-        w.flush().map_err(CatalogError::Export)?;
-        Ok(())
+        self.end_document(&mut w, pools.iter(), b"}")
     }
 
     /// The `pools.toml` declarations of these pools in this catalog's home, as JSON.
     /// A pools.toml that cannot be read gives none (the snapshot is still written).
+    /// The end of a dump: the `pool_config` of `pools` (when `pools.toml` has any),
+    /// then `close` (the object's brace), flushed.
+    fn end_document<'a, W: Write>(
+        &self,
+        w: &mut W,
+        pools: impl Iterator<Item = &'a String>,
+        close: &[u8],
+    ) -> Result<()> {
+        let config = self.pool_config(pools);
+        if !config.is_empty() {
+            w.write_all(b",\"pool_config\":")
+                .map_err(CatalogError::Export)?;
+            serde_json::to_writer(&mut *w, &config).map_err(json_err)?;
+        }
+        w.write_all(close).map_err(CatalogError::Export)?;
+        w.flush().map_err(CatalogError::Export)
+    }
+
     fn pool_config<'a>(
         &self,
         pools: impl Iterator<Item = &'a String>,
@@ -723,6 +732,7 @@ impl Catalog {
     pub fn merge_snapshot_from<R: Read + Send>(&self, r: R) -> Result<MergeReport> {
         let _cache = MergeCache::new(self.conn())?;
         // Declared before the transaction: on again once it has ended.
+        let _journal = self.bulk_journal()?;
         let _keys = ReferencesCheckedBefore::new(self.conn())?;
         let tx = self.write_tx()?;
         let mut st = MergeState {
@@ -968,26 +978,12 @@ impl Catalog {
     }
 
     fn write_media_raw(&self, m: &MediaRow) -> Result<()> {
-        self.conn().execute(
+        self.write_media_row(
             &format!(
                 "INSERT OR REPLACE INTO media ({MEDIA_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
             ),
-            params![
-                m.barcode,
-                m.volume_uuid.map(|u| u.to_string()),
-                m.pool,
-                m.media_set_uuid.map(|u| u.to_string()),
-                m.seq_in_set,
-                m.state.as_str(),
-                m.location,
-                tso(&m.labelled_at),
-                tso(&m.last_written),
-                num(m.next_tape_file, "next tape file")?,
-                num(m.bytes_written, "bytes written")?,
-                num(m.errors, "errors")?
-            ],
-        )?;
-        Ok(())
+            m,
+        )
     }
 
     /// Merge one session (e.g. found by a media scan): added if unknown; a running one

@@ -480,13 +480,11 @@ impl Catalog {
     /// Every copy of `original` (any status), oldest first.
     pub fn copies_of(&self, original: Uuid) -> Result<Vec<ImageRow>> {
         // Cached: `images` asks for the copies of every image it lists.
-        let mut st = self.conn().prepare_cached(&format!(
-            "SELECT {IMAGE_COLS} FROM images WHERE copy_of=?1 ORDER BY started, rowid"
-        ))?;
-        let rows = st
-            .query_map([original.to_string()], image_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.cached_rows_of(
+            &format!("SELECT {IMAGE_COLS} FROM images WHERE copy_of=?1 ORDER BY started, rowid"),
+            [original.to_string()],
+            image_row,
+        )
     }
 
     /// The images that hold the point of `original`: the original itself, then its
@@ -579,17 +577,7 @@ impl Catalog {
         I: IntoIterator<Item = std::io::Result<Extent>>,
     {
         let tx = self.write_tx()?;
-        let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
-            what: "image",
-            key: uuid.to_string(),
-        })?;
-        if img.status != ImageStatus::Running {
-            return Err(CatalogError::WrongStatus {
-                image: uuid,
-                status: img.status,
-                action: "complete it",
-            });
-        }
+        let img = self.running_image(uuid, "complete it")?;
         if content_digest.is_empty() || crate::crypto::from_hex(content_digest).is_none() {
             return Err(invalid(
                 uuid,
@@ -652,9 +640,8 @@ impl Catalog {
         })
     }
 
-    /// A running image failed (write error, cancelled, ...): it is never restorable
-    /// nor a base.
-    pub fn fail_image(&self, uuid: Uuid, note: &str) -> Result<()> {
+    /// The image `uuid`, which must still be running to `action` (for the error).
+    fn running_image(&self, uuid: Uuid, action: &'static str) -> Result<ImageRow> {
         let img = self.image(uuid)?.ok_or(CatalogError::NotFound {
             what: "image",
             key: uuid.to_string(),
@@ -663,9 +650,16 @@ impl Catalog {
             return Err(CatalogError::WrongStatus {
                 image: uuid,
                 status: img.status,
-                action: "fail it",
+                action,
             });
         }
+        Ok(img)
+    }
+
+    /// A running image failed (write error, cancelled, ...): it is never restorable
+    /// nor a base.
+    pub fn fail_image(&self, uuid: Uuid, note: &str) -> Result<()> {
+        self.running_image(uuid, "fail it")?;
         self.conn().execute(
             "UPDATE images SET status='failed', note=?2, finished=?3 WHERE uuid=?1 AND status='running'",
             params![uuid.to_string(), note, ts(&crate::home::clock::now())],
@@ -988,33 +982,24 @@ impl Catalog {
 
     /// An image's segments in tape order (part, then sequence).
     pub fn segments(&self, image: Uuid) -> Result<Vec<Segment>> {
-        let mut st = self.conn().prepare_cached(&format!(
-            "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 ORDER BY part, first_seq"
-        ))?;
-        let rows = st
-            .query_map([image.to_string()], seg_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        self.cached_rows_of(
+            &format!(
+                "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 ORDER BY part, first_seq"
+            ),
+            [image.to_string()],
+            seg_row,
+        )
     }
 
     /// The segments of an image whose disk range intersects `[start, end)`, in tape
     /// order: what a partial restore must read.
     pub fn segments_covering(&self, image: Uuid, start: u64, end: u64) -> Result<Vec<Segment>> {
-        let mut st = self.conn().prepare(&format!(
+        let sql = format!(
             "SELECT {SEG_COLS} FROM segments WHERE image_uuid=?1 AND disk_start < ?3 AND disk_end > ?2 \
              ORDER BY part, first_seq"
-        ))?;
-        let rows = st
-            .query_map(
-                params![
-                    image.to_string(),
-                    num(start, "offset")?,
-                    num(end, "offset")?
-                ],
-                seg_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        );
+        let (start, end) = (num(start, "offset")?, num(end, "offset")?);
+        self.rows_of(&sql, params![image.to_string(), start, end], seg_row)
     }
 
     /// The disk ranges an image covers, by offset.
@@ -1036,29 +1021,26 @@ impl Catalog {
 
     /// Images with at least one segment on this cartridge.
     pub fn images_on_media(&self, barcode: &str) -> Result<Vec<ImageRow>> {
-        let mut st = self.conn().prepare(&format!(
+        let sql = format!(
             "SELECT {IMAGE_COLS} FROM images WHERE uuid IN (SELECT image_uuid FROM segments WHERE barcode=?1) \
              ORDER BY started, rowid"
-        ))?;
-        let rows = st
-            .query_map([barcode], image_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        );
+        self.rows_of(&sql, [barcode], image_row)
     }
 
     /// Complete or running images that need `image` to restore (its descendants
     /// through parent links), oldest first. Expiring `image` would break them.
     pub fn dependents(&self, image: Uuid) -> Result<Vec<ImageRow>> {
-        let mut st = self.conn().prepare(&format!(
-            "WITH RECURSIVE d(uuid) AS (SELECT uuid FROM images WHERE parent_uuid=?1 \
+        self.rows_of(
+            &format!(
+                "WITH RECURSIVE d(uuid) AS (SELECT uuid FROM images WHERE parent_uuid=?1 \
                UNION SELECT i.uuid FROM images i JOIN d ON i.parent_uuid=d.uuid) \
              SELECT {IMAGE_COLS} FROM images WHERE uuid IN d AND status IN ('complete','running') \
              ORDER BY started, rowid"
-        ))?;
-        let rows = st
-            .query_map([image.to_string()], image_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+            ),
+            [image.to_string()],
+            image_row,
+        )
     }
 
     /// Forget an image (its tape was overwritten or it expired). Refused while complete

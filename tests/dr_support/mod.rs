@@ -234,3 +234,45 @@ pub fn cut_tape(cart_dir: &Path, keep: u64) {
         .unwrap();
     f.set_len(16 + 16 * keep).unwrap();
 }
+
+/// A new home on a new virtual library of `slots` cartridges of `capacity` (`8M`),
+/// with the clear pool `pool` (when given).
+pub fn new_home(home: &Path, lib: &Path, capacity: &str, slots: u32, pool: Option<&str>) {
+    let slots = slots.to_string();
+    ok(
+        home,
+        &[
+            "init",
+            "--library",
+            lib.to_str().unwrap(),
+            "--capacity",
+            capacity,
+            "--slots",
+            &slots,
+        ],
+    );
+    if let Some(p) = pool {
+        ok(home, &["pool", "create", p]);
+    }
+}
+
+/// A fresh home on an existing library, for a rebuild from its cartridges.
+pub fn home_on_library(home: &Path, lib: &Path) {
+    ok(home, &["init", "--library", lib.to_str().unwrap()]);
+}
+
+/// `backup --disk DISK --disk-id ID --pool POOL`, required to succeed.
+pub fn backup_disk(home: &Path, disk: &Path, id: &str, pool: &str) -> String {
+    ok(
+        home,
+        &[
+            "backup",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--disk-id",
+            id,
+            "--pool",
+            pool,
+        ],
+    )
+}
