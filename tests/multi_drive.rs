@@ -1043,8 +1043,21 @@ fn before_session_end(v: &Vault, barcode: &str) -> u64 {
     entries[i].0
 }
 
-#[test]
-fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_claim() {
+/// Three `backup --drives 2 --full` sessions of two disks; the third loses power on
+/// one cartridge (`cut`) just after its image, in its snapshot, while the other
+/// cartridge (`other`) ends the session whole.
+struct FailedEnd {
+    v: Vault,
+    disks: Vec<TestDisk>,
+    cut: String,
+    other: String,
+    /// The disks' bytes as the third session read them, by disk id.
+    copies: HashMap<String, PathBuf>,
+    /// The third session's backup run.
+    run: Run,
+}
+
+fn failed_session_end() -> FailedEnd {
     let v = two_drives();
     // Two disks of the same size and bytes: each drive writes an image of the same
     // length on tape, whichever disk it takes.
@@ -1088,9 +1101,29 @@ fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_cla
     )
     .unwrap();
     let copies = save_copies(&v, &disks, "3");
-    let r = v.fails(&full, 1);
+    let run = v.fails(&full, 1);
     lib.set_faults(cut, &vtl_sim::Faults::default()).unwrap();
-    let other = &set[0];
+    FailedEnd {
+        cut: cut.clone(),
+        other: set[0].clone(),
+        v,
+        disks,
+        copies,
+        run,
+    }
+}
+
+#[test]
+fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_claim() {
+    let FailedEnd {
+        v,
+        disks,
+        other,
+        copies,
+        run: r,
+        ..
+    } = failed_session_end();
+    let other = &other;
     assert!(
         r.stderr.contains("describe the session complete") && r.stderr.contains(other.as_str()),
         "the warning names the cartridge whose snapshot describes the failed image: {}",
@@ -1115,4 +1148,202 @@ fn a_drive_failing_its_session_end_fails_its_images_and_says_what_the_others_cla
     // The image before the failed session end is failed (its drive never flushed);
     // the other drive's, flushed after its own session end, is complete.
     assert_eq!(status, ["complete", "failed"], "{status:?}");
+}
+
+/// Run `tapevault --home HOME --json ARGS`: exit code and JSON output.
+fn run_in(home: &Path, args: &[&str]) -> (i32, Value) {
+    let o = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .arg("--json")
+        .args(args)
+        .env_remove("TAPEVAULT_HOME")
+        .env_remove("TAPEVAULT_PASSPHRASE")
+        .output()
+        .unwrap();
+    let j = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), j)
+}
+
+/// (image UUID, status, restorable) of every image `images --json` lists in a home.
+fn listed(home: &Path) -> HashSet<(String, String, bool)> {
+    fn walk(v: &Value, out: &mut HashSet<(String, String, bool)>) {
+        match v {
+            Value::Object(m) => {
+                if let (Some(Value::String(u)), Some(Value::String(st)), Some(Value::Bool(r))) =
+                    (m.get("image"), m.get("status"), m.get("restorable"))
+                {
+                    out.insert((u.clone(), st.clone(), *r));
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let (code, j) = run_in(home, &["images"]);
+    assert_eq!(code, 0, "{j:#}");
+    let mut out = HashSet::new();
+    walk(&j, &mut out);
+    out
+}
+
+/// Restore `image` of `disk` from `home` and compare it with `expected`.
+fn restore_same(v: &Vault, home: &Path, disk: &str, image: &str, expected: &Path, what: &str) {
+    let out = v.path(&format!("{what}-{disk}.img"));
+    let (code, j) = run_in(
+        home,
+        &[
+            "restore",
+            "--disk",
+            disk,
+            "--image",
+            image,
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{what}: {j:#}");
+    assert_same_bytes(&out, expected, what);
+    std::fs::remove_file(&out).unwrap();
+}
+
+#[test]
+fn a_rebuild_after_a_drive_failed_its_session_end_lists_only_what_each_cartridge_holds() {
+    let f = failed_session_end();
+    let v = &f.v;
+    let live = image_statuses(&v.home);
+    let failed: Vec<&String> = live
+        .iter()
+        .filter(|(_, st)| st == "failed")
+        .map(|(u, _)| u)
+        .collect();
+    assert_eq!(failed.len(), 1, "{live:?}");
+    let failed = failed[0].clone();
+    // The third session's complete image (on the other cartridge) and its disk.
+    let cat = v.catalog();
+    let mut good = None;
+    for d in &f.disks {
+        let imgs = cat.images(Some(d.id)).unwrap();
+        if imgs[2].status.as_str() == "complete" {
+            good = Some((d.id.to_string(), imgs[2].uuid.to_string()));
+        }
+    }
+    drop(cat);
+    let (good_disk, good_image) = good.expect("the other drive's image is complete");
+
+    // Fast path from both cartridges: the other cartridge's snapshot describes the
+    // failed image complete; the cut cartridge does not carry the session's marker
+    // after it, so the rebuild lists it failed, as the live catalog does.
+    let fast = fresh_home(v, "fast");
+    let rep = rebuild(&fast, &[]);
+    assert!(
+        rep["cartridges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["method"] != "scan"),
+        "{rep:#}"
+    );
+    assert_eq!(image_statuses(&fast), live, "fast path: {rep:#}");
+    let problems = rep["problems"].to_string();
+    assert!(
+        problems.contains(&failed)
+            && problems.contains(&f.cut)
+            && problems.contains("end-of-session marker"),
+        "the report names the image, its cartridge and why: {rep:#}"
+    );
+    assert_eq!(rep["unchecked"], serde_json::json!([]), "{rep:#}");
+    let shown = listed(&fast);
+    assert!(
+        shown.contains(&(failed.clone(), "failed".into(), false)),
+        "images lists it failed, not restorable: {shown:?}"
+    );
+    assert!(
+        shown.contains(&(good_image.clone(), "complete".into(), true)),
+        "{shown:?}"
+    );
+    assert_eq!(shown.len(), 6, "{shown:?}");
+    restore_same(
+        v,
+        &fast,
+        &good_disk,
+        &good_image,
+        &f.copies[&good_disk],
+        "fast",
+    );
+    // Again into the same home: the snapshot's word is checked again, same result.
+    let again = rebuild(&fast, &[]);
+    assert_eq!(image_statuses(&fast), live, "again: {again:#}");
+    // The live home itself: the rebuild does not turn its failed image complete.
+    let (code, rep_live) = run_in(&v.home, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep_live:#}");
+    assert_eq!(image_statuses(&v.home), live, "live: {rep_live:#}");
+
+    // A scan reads the tape file itself: every record and the trailer of the image
+    // reached the cut cartridge before the power cut (the simulator keeps what was
+    // written before it), so the scan finds it whole, and it restores bit-identical.
+    let scan = fresh_home(v, "scan");
+    let rep = rebuild(&scan, &["--scan"]);
+    let scanned = image_statuses(&scan);
+    assert!(
+        scanned.contains(&(failed.clone(), "complete".into())),
+        "scan: {rep:#}"
+    );
+    assert_eq!(scanned.len(), 6, "{scanned:?}");
+    let failed_disk = f
+        .disks
+        .iter()
+        .map(|d| d.id.to_string())
+        .find(|d| *d != good_disk)
+        .unwrap();
+    restore_same(
+        v,
+        &scan,
+        &failed_disk,
+        &failed,
+        &f.copies[&failed_disk],
+        "scan",
+    );
+    restore_same(
+        v,
+        &scan,
+        &good_disk,
+        &good_image,
+        &f.copies[&good_disk],
+        "scan",
+    );
+
+    // Only the other cartridge read: the images its snapshot places on the cut one
+    // keep the snapshot's word, and the report says they were not checked.
+    let one = fresh_home(v, "one");
+    let rep = rebuild(&one, &["--barcode", &f.other]);
+    let unchecked = rep["unchecked"].to_string();
+    assert!(
+        unchecked.contains(&f.cut) && unchecked.contains("not checked"),
+        "{rep:#}"
+    );
+    assert!(!unchecked.contains(&f.other), "{rep:#}");
+    restore_same(
+        v,
+        &one,
+        &good_disk,
+        &good_image,
+        &f.copies[&good_disk],
+        "one",
+    );
+    // The human report says it too.
+    let o = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(&one)
+        .args(["catalog", "rebuild", "--barcode", &f.other])
+        .env_remove("TAPEVAULT_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("not checked: cartridge {}", f.cut)),
+        "{text}"
+    );
 }

@@ -667,6 +667,27 @@ impl Catalog {
         Ok(())
     }
 
+    /// A complete image that a catalog rebuild found is not (or not provably) on its
+    /// cartridge: a snapshot on another cartridge described it complete before its own
+    /// drive flushed. Marked `failed` with `note`, as the live catalog records an image
+    /// whose drive failed; complete images built on it are marked corrupt (their note
+    /// names it). Returns those descendants.
+    pub fn fail_not_on_tape(&self, uuid: Uuid, note: &str) -> Result<Vec<Uuid>> {
+        self.conn().execute(
+            "UPDATE images SET status='failed', note=?2 WHERE uuid=?1 AND status='complete'",
+            params![uuid.to_string(), note],
+        )?;
+        let mut out = Vec::new();
+        for d in self.dependents(uuid)? {
+            if d.status == ImageStatus::Complete {
+                let n = format!("its base image {uuid} is not on tape ({note})");
+                out.push(d.uuid);
+                out.extend(self.mark_corrupt(d.uuid, &n)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// A restore, a verify or a media scan found damage: the image is no longer
     /// restorable, and neither is any image built on it. Marks the image and every
     /// complete descendant `corrupt` in one transaction (each descendant's note names
@@ -1017,6 +1038,24 @@ impl Catalog {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Complete images with segments on this cartridge: each image with the highest
+    /// tape file of its segments there, in tape order (one query, for a rebuild's
+    /// check of what the snapshots claim).
+    pub fn complete_images_last_file_on(&self, barcode: &str) -> Result<Vec<(Uuid, u64)>> {
+        self.rows_of(
+            "SELECT s.image_uuid, MAX(s.tape_file) FROM segments s JOIN images i ON i.uuid = s.image_uuid \
+             WHERE s.barcode=?1 AND i.status='complete' GROUP BY s.image_uuid ORDER BY 2",
+            [barcode],
+            |r| {
+                let u: String = r.get(0)?;
+                let u = Uuid::parse_str(&u).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                })?;
+                Ok((u, get_u64(r, 1)?))
+            },
+        )
     }
 
     /// Images with at least one segment on this cartridge.

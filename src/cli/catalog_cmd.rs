@@ -362,6 +362,9 @@ fn rebuild(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             for p in &rep.lost {
                 s.push_str(&format!("lost: {p}\n"));
             }
+            for u in &rep.unchecked {
+                s.push_str(&format!("not checked: {u}\n"));
+            }
             for c in &rep.merged.conflicts {
                 s.push_str(&format!(
                     "conflict (catalog kept): {} {}: {}\n",

@@ -25,6 +25,8 @@ pub(crate) fn nonzero(u: [u8; 16]) -> Option<Uuid> {
 pub(super) struct LabelSeen {
     pub(super) label: VolumeLabel,
     pub(super) eod_file: u64,
+    /// Tape file of the newest end-of-session marker on it.
+    pub(super) last_eos_file: Option<u64>,
     pub(super) early_warning: bool,
     pub(super) last_time: Option<i64>,
     pub(super) bytes: u64,

@@ -42,6 +42,7 @@
 
 pub mod cartridges;
 pub mod catalog_backup;
+mod claims;
 mod collected;
 mod image;
 pub mod keys;
@@ -112,6 +113,16 @@ pub fn rebuild(
     let mut col = Collected::default();
     let mut seen = HashSet::new();
     let mut buf = Vec::new();
+    // The images this home already lists complete on the cartridges to read: its own
+    // record, which the check of the snapshots' claims after the merge keeps.
+    let mut complete_before = HashSet::new();
+    for bc in opts.barcodes.iter().collect::<HashSet<_>>() {
+        complete_before.extend(
+            cat.complete_images_last_file_on(bc)?
+                .into_iter()
+                .map(|(u, _)| u),
+        );
+    }
     for bc in &opts.barcodes {
         if !seen.insert(bc.clone()) {
             continue;
@@ -215,7 +226,30 @@ pub fn rebuild(
             cr.seconds += started.elapsed().as_secs_f64();
         }
     }
+    // What the cartridges read now showed of their ends, and the tape files read
+    // record by record: the evidence the snapshots' claims are checked against.
+    let ends: std::collections::BTreeMap<String, claims::EndSeen> = col
+        .labels
+        .iter()
+        .map(|(bc, l)| {
+            (
+                bc.clone(),
+                claims::EndSeen {
+                    eod_file: l.eod_file,
+                    last_eos_file: l.last_eos_file,
+                    early_warning: l.early_warning,
+                },
+            )
+        })
+        .collect();
+    let read: HashSet<(String, u64)> = col
+        .parts
+        .values()
+        .flatten()
+        .map(|p| (p.barcode.clone(), p.tape_file))
+        .collect();
     merge_collected(cat, keys, col, &mut rep)?;
+    claims::check_claims(cat, &ends, &read, &complete_before, &mut rep)?;
     // A cartridge that snapshots say holds images but that reads blank or foreign now
     // (overwritten, relabelled, wrong cartridge in the barcode): say so loudly.
     for c in &rep.cartridges {

@@ -135,6 +135,7 @@ fn read_after_label(
         LabelSeen {
             label: label.clone(),
             eod_file,
+            last_eos_file: end.last_eos.as_ref().map(|(f, _)| *f),
             early_warning: end.early_warning,
             last_time: end.last_eos.as_ref().map(|(_, e)| e.time),
             bytes: 0,

@@ -55,6 +55,9 @@ pub struct RebuildReport {
     pub missing_keys: Vec<String>,
     /// Cartridges that should hold images and do not.
     pub lost: Vec<String>,
+    /// Cartridges not read in this run that hold complete images: those images keep
+    /// the catalog snapshots' word, unchecked against the media.
+    pub unchecked: Vec<String>,
 }
 
 impl RebuildReport {
