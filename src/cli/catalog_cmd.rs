@@ -33,7 +33,15 @@ pub enum CatalogCommand {
     /// reported by cartridge and position, the rest is recovered. Cartridges may be
     /// read in batches (as many as the library holds at a time): the parts of an image
     /// read so far are kept, and the rebuild that reads its remaining parts joins them
-    /// and makes it complete. Block digest lists (for hash-scan incrementals) are not
+    /// and makes it complete. What the snapshots describe complete is checked against
+    /// the cartridges read: an image whose tape file lies at or after its cartridge's
+    /// end of data, or after the cartridge's last end-of-session marker (a snapshot of
+    /// another drive of a `backup --drives N` session described it before its own drive
+    /// flushed, and that flush failed) is listed failed, named with its cartridge and
+    /// the reason (exit 0: a fact of the media; `--scan --barcode BC` reads the tape
+    /// file and lists the image complete if all of it is there). Images on cartridges
+    /// not read keep the snapshots' word; the report names those cartridges (`not
+    /// checked`, `unchecked` in --json). Block digest lists (for hash-scan incrementals) are not
     /// rebuilt and no path is taken from the media: an image keeps a digest list only
     /// when this home holds digests/IMAGE.digests; otherwise the next backup of such a
     /// disk is full, and says why.

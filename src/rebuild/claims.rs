@@ -45,8 +45,9 @@ pub(super) struct EndSeen {
 
 /// Check the complete images on the cartridges in `ends` against them (`read`: the
 /// tape files read record by record in this run; `complete_before`: the images on
-/// them complete in this home before the run); fail those the cartridges do not hold (each named in `rep.problems` with the reason) and say
-/// in `rep.unchecked` how many complete images lie on cartridges not read.
+/// them complete in this home before the run); fail those the cartridges do not hold
+/// (each named in `rep.problems` with the reason) and say in `rep.unchecked` how many
+/// complete images lie on cartridges not read.
 pub(super) fn check_claims(
     cat: &Catalog,
     ends: &BTreeMap<String, EndSeen>,
@@ -69,7 +70,7 @@ pub(super) fn check_claims(
                 continue;
             } else {
                 format!(
-                    "its tape file {last} on cartridge {bc} is after the cartridge's last end-of-session marker ({}): nothing proves its drive flushed it (another cartridge's snapshot describes it); `tapevault catalog rebuild --scan --barcode {bc}` reads it",
+                    "its tape file {last} on cartridge {bc} is after the cartridge's last end-of-session marker ({}): nothing on the cartridge proves its drive flushed it (a catalog snapshot describes it complete); `tapevault catalog rebuild --scan --barcode {bc}` reads it",
                     match end.last_eos_file {
                         Some(m) => format!("tape file {m}"),
                         None => "it has none".into(),
@@ -88,7 +89,13 @@ pub(super) fn check_claims(
             rep.problems.push(p);
         }
     }
-    let seen: HashSet<String> = rep.cartridges.iter().map(|c| c.barcode.clone()).collect();
+    // Read blank or foreign: `lost` speaks of those. Skipped for a missing key: not read.
+    let seen: HashSet<String> = rep
+        .cartridges
+        .iter()
+        .filter(|c| c.method != super::Method::KeyMissing)
+        .map(|c| c.barcode.clone())
+        .collect();
     for m in cat.list_media(None)? {
         if ends.contains_key(&m.barcode) || seen.contains(&m.barcode) {
             continue;

@@ -28,8 +28,14 @@
 //!    in the catalog and joined by the rebuild that reads the rest. An image cut off
 //!    because its backup ran out of cartridges is recorded failed; damage marks the
 //!    images built on the damaged one too.
-//! 7. **Report** ([`report`]): per cartridge how it was read, images found, damage,
-//!    problems, missing keys, and cartridges that should hold images and read blank.
+//! 7. **Claims checked** (`claims.rs`): every image listed complete on a cartridge read
+//!    now is checked against that cartridge's end of data and end-of-session markers
+//!    (a snapshot of one drive of a several-drive session describes the other drives'
+//!    images before those drives flush); what the cartridge does not provably hold is
+//!    listed failed, and the cartridges not read that hold complete images are named.
+//! 8. **Report** ([`report`]): per cartridge how it was read, images found, damage,
+//!    problems, missing keys, cartridges that should hold images and read blank, and
+//!    cartridges whose images were not checked.
 //!
 //! The job prints nothing: it says what it does through [`Events`] (notes, and one
 //! finished line per scanned cartridge) and returns the report.
