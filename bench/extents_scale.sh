@@ -15,7 +15,8 @@
 # zero extents over holes (never read, a few bytes each on tape), which keeps the data
 # written small at any N. Timed, with peak RSS (/usr/bin/time -v): the incremental
 # backup from that file, a restore of it to a new sparse file (the zero extents stay
-# holes), `verify --image` of it, a fast-path `catalog rebuild` into a fresh home, and
+# holes), `verify --image` of it, `catalog check --json` and `catalog export` (the
+# full snapshot's writer) of the home, a fast-path `catalog rebuild` into a fresh home, and
 # a full-scan `catalog rebuild --scan` into another.
 # The restore is checked: the data areas compared with the disk, and the restored
 # file's allocated size reported (cmp of the whole file too when N <= 65536).
@@ -113,6 +114,13 @@ PY
   rm -f "$D/out.img"
   timed "n$N-verify" 0 "$BIN" --home "$H" verify --image "$INC"
   log "  $(per_extent "$N" "n$N-verify")"
+  # The catalog's own passes over the image's N extents: `catalog check` (reads and
+  # checks each image's extents) and `catalog export` (the full snapshot's writer).
+  timed "n$N-check" 0 "$BIN" --home "$H" catalog check --json
+  log "  $(per_extent "$N" "n$N-check")"
+  timed "n$N-export" 0 "$BIN" --home "$H" catalog export --out "$D/export.json"
+  log "  $(per_extent "$N" "n$N-export"); export $(du -k "$D/export.json" | cut -f1) KiB"
+  rm -f "$D/export.json"
   "$BIN" --home "$D/rebuilt" init --library "$D/library" >/dev/null
   timed "n$N-rebuild" 0 "$BIN" --home "$D/rebuilt" catalog rebuild
   log "  $(per_extent "$N" "n$N-rebuild")"

@@ -1,10 +1,13 @@
-//! Restore plans: which ranges each image of a chain contributes.
+//! Restore plans: which ranges each image of a chain contributes, as the restore makes
+//! them (the catalog's extents read side by side, one cursor per chain image, into
+//! the streaming planner).
 #[path = "catalog_support.rs"]
 mod support;
 
 use proptest::prelude::*;
 use support::*;
 use tapevault::catalog::*;
+use tapevault::restore::{plan_restore_sorted, CoveredExtent, RestorePlan};
 use uuid::Uuid;
 
 const N: u64 = 64;
@@ -33,16 +36,55 @@ fn extents_strategy(full: bool) -> impl Strategy<Value = Vec<Extent>> {
         })
 }
 
+/// The plan of a chain of extent lists (oldest first), each read as a stream in order.
+fn plan(chain: &[Vec<Extent>], target: u64) -> RestorePlan {
+    let streams = chain
+        .iter()
+        .map(|l| {
+            l.iter().map(|e| {
+                Ok::<_, String>(CoveredExtent {
+                    offset: e.offset,
+                    len: e.length,
+                    is_zero: e.is_zero,
+                })
+            })
+        })
+        .collect();
+    plan_restore_sorted(streams, target).unwrap()
+}
+
+/// Each image's ranges as catalog extents: its data, then its zeros, merged in order.
+fn ranges(plan: &RestorePlan) -> Vec<Vec<Extent>> {
+    plan.images
+        .iter()
+        .map(|p| {
+            let mut v: Vec<Extent> = Vec::new();
+            for (list, is_zero) in [(&p.data, false), (&p.zero, true)] {
+                v.extend(list.to_vec().unwrap().into_iter().map(|e| Extent {
+                    offset: e.offset,
+                    length: e.len,
+                    is_zero,
+                }));
+            }
+            v.sort_by_key(|e| e.offset);
+            v
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
-    fn effective_extents_match_a_byte_model(
+    fn plans_match_a_byte_model(
         full in extents_strategy(true),
         incs in proptest::collection::vec(extents_strategy(false), 0..5),
     ) {
         let mut chain = vec![full];
         chain.extend(incs);
-        let eff = effective_extents(&chain);
+        let p = plan(&chain, N);
+        prop_assert!(p.uncovered.is_empty());
+        let eff = ranges(&p);
+        prop_assert_eq!(eff.len(), chain.len());
         // Byte model: the newest image covering each byte owns it.
         let mut owner = vec![(usize::MAX, false); N as usize];
         for (k, list) in chain.iter().enumerate() {
@@ -76,13 +118,31 @@ fn restore_plan_reads_only_what_later_images_do_not_replace() {
     let disk = Uuid::new_v4();
     let f0 = full(&c, disk, 0);
     let i1 = incr(&c, disk, f0, 1); // covers 65536..131072
-    let plan = c.restore_plan(disk, At::Latest).unwrap();
+    let chain = c.restore_chain(disk, At::Latest).unwrap();
+    assert_eq!(uuids(&chain), vec![f0, i1]);
+    // As the restore plans it: one cursor per image over the catalog's extents.
+    let p = c
+        .with_extent_cursors(&uuids(&chain), |cursors| {
+            let streams = cursors
+                .into_iter()
+                .map(|cur| {
+                    cur.map(|e| {
+                        e.map(|e| CoveredExtent {
+                            offset: e.offset,
+                            len: e.length,
+                            is_zero: e.is_zero,
+                        })
+                    })
+                })
+                .collect();
+            plan_restore_sorted(streams, DISK_SIZE)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(p.uncovered.is_empty());
+    let r = ranges(&p);
     assert_eq!(
-        plan.iter().map(|s| s.image.uuid).collect::<Vec<_>>(),
-        vec![f0, i1]
-    );
-    assert_eq!(
-        plan[0].extents,
+        r[0],
         vec![
             Extent {
                 offset: 0,
@@ -102,7 +162,7 @@ fn restore_plan_reads_only_what_later_images_do_not_replace() {
         ]
     );
     assert_eq!(
-        plan[1].extents,
+        r[1],
         vec![Extent {
             offset: 65536,
             length: 65536,

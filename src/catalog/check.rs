@@ -1,6 +1,6 @@
 //! `catalog check`: consistency problems a person should look at.
 
-use super::images::{validate_extents, validate_segment};
+use super::images::{validate_segment, ExtentCheck};
 use super::*;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -291,15 +291,32 @@ impl Catalog {
                         format!("{} records, no segments", img.records),
                     );
                 }
-                let extents = self.extents(img.uuid)?;
+                // The extents are read one at a time in disk order (an image may
+                // hold millions), checked as they come; the first problem ends it.
+                let mut check = ExtentCheck::new(img);
+                let mut any = false;
+                let mut bad: Option<CatalogError> = None;
+                let read = self.for_each_extent(img.uuid, |e| {
+                    any = true;
+                    check.next(&e).map_err(|err| {
+                        bad = Some(err);
+                        CatalogError::Invalid {
+                            what: format!("extents of image {}", img.uuid),
+                            reason: "checking stopped at the first problem".into(),
+                        }
+                    })
+                });
+                if bad.is_none() {
+                    read?;
+                }
                 // An incremental with no changes legitimately covers nothing.
-                if extents.is_empty() && img.disk_size > 0 && img.kind != ImageKind::Incremental {
+                if !any && img.disk_size > 0 && img.kind != ImageKind::Incremental {
                     add(
                         ProblemKind::CompleteWithoutExtents,
                         subj.clone(),
                         "no extents recorded".into(),
                     );
-                } else if let Err(e) = validate_extents(img, &extents) {
+                } else if let Some(e) = bad.map_or_else(|| check.finish().err(), Some) {
                     add(ProblemKind::BadExtents, subj.clone(), error_reason(e));
                 }
             }

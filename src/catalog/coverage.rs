@@ -144,7 +144,7 @@ impl DumpExtents<'_> {
         }
     }
 
-    /// The checks of `validate_extents`, one extent at a time.
+    /// The checks of [`ExtentCheck`], one extent at a time.
     pub fn validate(&self, img: &ImageRow) -> Result<()> {
         let mut check = ExtentCheck::new(img);
         for e in self.iter() {

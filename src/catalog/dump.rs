@@ -220,17 +220,25 @@ impl Catalog {
         let mut st = c.prepare(&format!(
             "SELECT {IMAGE_COLS} FROM images ORDER BY started, uuid"
         ))?;
-        let images = st.query_map([], image_row)?.map(|r| {
+        // Each image's extents go out as they are read: an image of millions of
+        // extents is never held.
+        w.write_all(b",\"images\":[")
+            .map_err(CatalogError::Export)?;
+        for (i, r) in st.query_map([], image_row)?.enumerate() {
             let image = r?;
             let segments = self.segments(image.uuid)?;
-            let extents = self.extents(image.uuid)?;
-            Ok(ImageDump {
-                image,
-                segments,
-                extents,
-            })
-        });
-        array(&mut w, "images", images)?;
+            let d = StreamedImageDump {
+                image: &image,
+                segments: &segments,
+                extents: StreamedExtents::new(self, image.uuid),
+            };
+            if i > 0 {
+                w.write_all(b",").map_err(CatalogError::Export)?;
+            }
+            serde_json::to_writer(&mut w, &d)
+                .map_err(|e| d.extents.error.take().unwrap_or_else(|| json_err(e)))?;
+        }
+        w.write_all(b"]").map_err(CatalogError::Export)?;
         table(
             &mut w,
             c,
@@ -1557,7 +1565,7 @@ impl MergeState<'_> {
                     }
                     self.rank = i + 1;
                     // Every CHECK of the image tables is checked before the insert
-                    // (`validate_segment`, `validate_extents`, the kinds and statuses
+                    // (`validate_segment`, `ExtentCheck`, the kinds and statuses
                     // are enums): SQLite need not evaluate them again for each row (its
                     // `kind IN (...)` and `status IN (...)` made a temporary table per
                     // image).

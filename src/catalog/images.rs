@@ -240,18 +240,9 @@ pub(crate) fn validate_segment(img: &ImageRow, s: &Segment) -> Result<()> {
     Ok(())
 }
 
-/// Check an image's extents: sorted, non-overlapping, non-empty, inside the disk; a
-/// full or copy covers the whole disk.
-pub(crate) fn validate_extents(img: &ImageRow, extents: &[Extent]) -> Result<()> {
-    let mut check = ExtentCheck::new(img);
-    for e in extents {
-        check.next(e)?;
-    }
-    check.finish()
-}
-
-/// The checks of [`validate_extents`], one extent at a time (for extent lists read
-/// back from a temporary file, never held whole).
+/// Checks an image's extents one at a time, as they are read (from the catalog or a
+/// temporary file, never held whole): sorted, non-overlapping, non-empty, inside the
+/// disk; a full or copy covers the whole disk.
 pub(crate) struct ExtentCheck<'a> {
     img: &'a ImageRow,
     end: u64,

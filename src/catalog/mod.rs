@@ -19,7 +19,6 @@ mod jobs;
 mod libvirt;
 mod lookup;
 mod parts;
-mod plan;
 pub mod schema;
 mod types;
 
@@ -32,7 +31,6 @@ pub use images::{ReadView, MAX_CHAIN_LEN};
 pub use jobs::{JobEnd, JobFilter, JobId, JobKind, JobResult, JobRow, JobStart};
 pub use lookup::{KnownDisk, MIN_PREFIX};
 pub use parts::ScannedPart;
-pub use plan::{effective_extents, PlanStep};
 pub use types::*;
 
 use chrono::{DateTime, SecondsFormat, Utc};
