@@ -97,35 +97,7 @@ for N in $COUNTS; do
   "$BIN" --home "$H" init --library "$D/library" --capacity 64G --slots 8 --drives 2 >/dev/null
   for p in p s c; do "$BIN" --home "$H" pool create $p --compression zstd:1 >/dev/null; done
   M=$(( N < DATA_MAX ? N : DATA_MAX ))
-  truncate -s $((N * STRIDE)) "$D/disk.img"
-  python3 - "$D" "$N" "$STRIDE" "$DISK_ID" "$DATA_EVERY" <<'PY'
-import json, os, sys
-d, n, stride, disk, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-with open(f"{d}/full.json", "w") as f:
-    json.dump({"disk_id": disk, "from_change_id": "*", "change_id": "c1", "changed_area": []}, f)
-with open(f"{d}/disk.img", "r+b") as f:
-    for i in range(0, n, every):
-        f.seek(i * stride)
-        f.write(os.urandom(4096))
-P = 1000003
-with open(f"{d}/inc.json", "w", buffering=1 << 20) as f:
-    f.write('{"disk_id": "%s", "from_change_id": "c1", "change_id": "c2", "changed_area": [' % disk)
-    for i in range(n):
-        if i:
-            f.write(",")
-        f.write('{"start":%d,"length":4096}' % ((i * P % n) * stride))
-    f.write("]}")
-PY
-  "$BIN" --home "$H" backup --full --changed-extents "$D/full.json" --disk "$D/disk.img" \
-    --disk-id "$DISK_ID" --pool p >/dev/null 2>"$D/full.err" || { cat "$D/full.err" >&2; exit 1; }
-  python3 - "$D" "$N" "$STRIDE" "$DATA_EVERY" <<'PY'
-import os, sys
-d, n, stride, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-with open(f"{d}/disk.img", "r+b") as f:
-    for i in range(0, n, every):
-        f.seek(i * stride)
-        f.write(os.urandom(4096))
-PY
+  scattered_chain "$BIN" "$H" "$D" "$N" "$STRIDE" "$DISK_ID" "$DATA_EVERY"
   "$BIN" --home "$H" backup --changed-extents "$D/inc.json" --disk "$D/disk.img" \
     --disk-id "$DISK_ID" --pool p >/dev/null 2>"$D/inc.err" || { cat "$D/inc.err" >&2; exit 1; }
   rm -f "$D/inc.json"
