@@ -722,51 +722,9 @@ fn a_session_on_two_drives_stops_each_tape_once() {
     }
 }
 
-/// Whether qemu-img, qemu-io and qemu-nbd are installed (a reason printed when not).
-fn have_qemu() -> bool {
-    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
-        let ok = std::process::Command::new(bin)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
-            return false;
-        }
-    }
-    true
-}
-
-fn qemu(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().expect("run a qemu tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_io(img: &Path, cmds: &[String]) {
-    let mut c = std::process::Command::new("qemu-io");
-    c.args(["-f", "qcow2"]);
-    for x in cmds {
-        c.arg("-c").arg(x);
-    }
-    let out = qemu(c.arg(img));
-    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
-}
-
 /// The names of tapevault's dirty bitmaps in `img`.
 fn epoch_bitmaps(img: &Path) -> Vec<String> {
-    let out = qemu(
-        std::process::Command::new("qemu-img")
-            .args(["info", "-U", "--output=json"])
-            .arg(img),
-    );
-    let j: Value = serde_json::from_str(&out).unwrap();
-    j["format-specific"]["data"]["bitmaps"]
+    qemu_img_info(img)["format-specific"]["data"]["bitmaps"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -803,7 +761,7 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
     let imgs: Vec<(uuid::Uuid, PathBuf)> = (0..4u64)
         .map(|i| {
             let img = v.path(&format!("q{i}.qcow2"));
-            qemu(
+            run_tool(
                 std::process::Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2"])
                     .arg(&img)
@@ -842,7 +800,7 @@ fn qcow2_disks_on_two_drives_full_incrementals_restore() {
         let imgs_now = by_disk(r);
         for (id, img) in &imgs {
             let copy = v.path(&format!("{id}-{n}.raw"));
-            qemu(
+            run_tool(
                 std::process::Command::new("qemu-img")
                     .args(["convert", "-f", "qcow2", "-O", "raw"])
                     .arg(img)

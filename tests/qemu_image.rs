@@ -16,59 +16,18 @@ use common::*;
 use serde_json::Value;
 use uuid::Uuid;
 
-fn have_qemu() -> bool {
-    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
-        let ok = Command::new(bin)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
-            return false;
-        }
-    }
-    true
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run a qemu tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_io(img: &Path, cmds: &[impl AsRef<str>]) {
-    let mut c = Command::new("qemu-io");
-    c.arg("-f").arg("qcow2");
-    for x in cmds {
-        c.arg("-c").arg(x.as_ref());
-    }
-    c.arg(img);
-    let out = sh(&mut c);
-    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
-}
-
 fn to_raw(img: &Path, out: &Path) {
-    sh(Command::new("qemu-img")
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(img)
-        .arg(out));
-}
-
-fn info(img: &Path) -> Value {
-    let out = sh(Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(img));
-    serde_json::from_str(&out).unwrap()
+    run_tool(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(img)
+            .arg(out),
+    );
 }
 
 /// (name, flags) of every bitmap.
 fn bitmaps(img: &Path) -> Vec<(String, Vec<String>)> {
-    info(img)["format-specific"]["data"]["bitmaps"]
+    qemu_img_info(img)["format-specific"]["data"]["bitmaps"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -96,10 +55,12 @@ fn ours(img: &Path) -> Vec<String> {
 }
 
 fn new_qcow2(img: &Path, size: &str) {
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(img)
-        .arg(size));
+    run_tool(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(img)
+            .arg(size),
+    );
 }
 
 /// A vault with pool p, and a qcow2 image `vm.qcow2` of `size` in it with these
@@ -244,13 +205,15 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["kind"], "full");
     // A bitmap tapevault does not own is left alone.
-    sh(Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("someone-elses"));
+    run_tool(
+        Command::new("qemu-img")
+            .args(["bitmap", "--add"])
+            .arg(&img)
+            .arg("someone-elses"),
+    );
 
     // Virtual size change: a full, said with the reason.
-    sh(Command::new("qemu-img").arg("resize").arg(&img).arg("48M"));
+    run_tool(Command::new("qemu-img").arg("resize").arg(&img).arg("48M"));
     qemu_io(&img, &["write -P 0x32 40M 64k"]);
     let r = backup(&v, &img, id, &[]);
     assert_eq!(r["kind"], "full", "{r}");
@@ -368,10 +331,12 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
 
     // A bitmap a crash after the commit would leave behind (the old epoch's name, but
     // unknown to the catalog) is cleaned up too.
-    sh(Command::new("qemu-img")
-        .args(["bitmap", "--add"])
-        .arg(&img)
-        .arg("tapevault-00000000deadbeef"));
+    run_tool(
+        Command::new("qemu-img")
+            .args(["bitmap", "--add"])
+            .arg(&img)
+            .arg("tapevault-00000000deadbeef"),
+    );
     qemu_io(&img, &["write -P 0x43 30M 64k"]);
 
     // The next backup builds on the full with the old epoch's bitmap: every change
@@ -497,9 +462,11 @@ fn a_remote_export_over_tcp_with_tls() {
 
 /// Allocated (data) bytes of an image, from `qemu-img map --output=json`.
 fn allocated(img: &Path, format: &str) -> u64 {
-    let out = sh(Command::new("qemu-img")
-        .args(["map", "-U", "--output=json", "-f", format])
-        .arg(img));
+    let out = run_tool(
+        Command::new("qemu-img")
+            .args(["map", "-U", "--output=json", "-f", format])
+            .arg(img),
+    );
     let v: Value = serde_json::from_str(&out).unwrap();
     v.as_array()
         .unwrap()

@@ -626,3 +626,54 @@ pub fn vault_with_full(
     d.save_copy(&v.path("p0.img"));
     (v, d, full)
 }
+
+// ---- qemu-utils: the tools the qcow2 tests drive (tests/qemu_image.rs, tests/multi_drive.rs)
+
+/// Whether qemu-img, qemu-io and qemu-nbd are installed (a reason printed when not).
+pub fn have_qemu() -> bool {
+    for bin in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        let ok = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipping: {bin} is not installed (Debian package qemu-utils)");
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs a qemu tool, asserts it succeeded and returns its standard output.
+pub fn run_tool(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run a qemu tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `qemu-io -c CMD...` on a qcow2 image; any error it reports fails the test.
+pub fn qemu_io(img: &Path, cmds: &[impl AsRef<str>]) {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg("qcow2");
+    for x in cmds {
+        c.arg("-c").arg(x.as_ref());
+    }
+    c.arg(img);
+    let out = run_tool(&mut c);
+    assert!(!out.contains("error") && !out.contains("failed"), "{out}");
+}
+
+/// `qemu-img info -U --output=json` of an image (readable while QEMU holds it).
+pub fn qemu_img_info(img: &Path) -> serde_json::Value {
+    let out = run_tool(
+        Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(img),
+    );
+    serde_json::from_str(&out).unwrap()
+}
