@@ -959,17 +959,7 @@ fn a_running_vms_two_disks_on_two_drives() {
         assert_same_bytes(&out, copy, &format!("{disk} image {image}"));
     }
     // Each disk's epoch switched after its commit, and nothing else is left in QEMU.
-    let d = v.ok(&["vm", "disks", "--qmp", &qmp]);
-    for disk in d["disks"].as_array().unwrap() {
-        let names: Vec<&str> = disk["bitmaps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-        assert!(names[0].starts_with("tapevault-"), "{names:?}");
-    }
+    qmp_support::assert_one_epoch_bitmap_per_disk(&v.ok(&["vm", "disks", "--qmp", &qmp]));
     let left: Vec<_> = std::fs::read_dir(vm.dir.join("scratch"))
         .unwrap()
         .flatten()

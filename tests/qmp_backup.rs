@@ -139,17 +139,7 @@ fn a_running_vm_full_and_incrementals_restore_every_point_of_both_disks() {
         }
     }
     // Nothing of tapevault's is left in QEMU but one epoch bitmap per disk.
-    let d = v.ok(&["vm", "disks", "--qmp", &qmp]);
-    for disk in d["disks"].as_array().unwrap() {
-        let names: Vec<&str> = disk["bitmaps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-        assert!(names[0].starts_with("tapevault-"));
-    }
+    qmp_support::assert_one_epoch_bitmap_per_disk(&v.ok(&["vm", "disks", "--qmp", &qmp]));
     let scratch: Vec<_> = std::fs::read_dir(vm.dir.join("scratch"))
         .unwrap()
         .flatten()

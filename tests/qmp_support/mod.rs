@@ -228,3 +228,18 @@ impl Drop for Vm {
         self.kill9();
     }
 }
+
+/// Asserts that `vm disks --json` lists exactly one dirty bitmap per disk, tapevault's
+/// epoch bitmap (`tapevault-N`): nothing else of tapevault's left in QEMU.
+pub fn assert_one_epoch_bitmap_per_disk(vm_disks: &serde_json::Value) {
+    for disk in vm_disks["disks"].as_array().unwrap() {
+        let names: Vec<&str> = disk["bitmaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("tapevault-"), "{names:?}");
+    }
+}
