@@ -293,3 +293,62 @@ fn without_chain_of(
     );
     rest
 }
+
+/// The newest snapshot is merged while it is still being read: a snapshot whose chunks
+/// all read well but whose end is damaged (its trailer, which carries the digest of the
+/// whole document, checked only once every chunk was merged) must leave nothing of
+/// it in the catalog: the merge rolls back and the cartridge is scanned instead.
+#[test]
+fn snapshot_damaged_after_its_chunks_merges_nothing_of_it() {
+    let s = small_history();
+    let newest = s.export["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["barcode"] == CART)
+        .max_by_key(|x| x["tape_file"].as_u64().unwrap())
+        .unwrap()
+        .clone();
+    // The header, then the chunks (a small catalog's document fits one), then the
+    // trailer: the last block before the next tape file's first.
+    let header = newest["block"].as_u64().unwrap();
+    let trailer = header + 2;
+    let (_, len) = block_extent(&cart(&s.lib), trailer + 1);
+    assert_eq!(
+        len,
+        0,
+        "block {} should be the filemark after the trailer",
+        trailer + 1
+    );
+    damage_block(&cart(&s.lib), trailer);
+    let home = home_on(&s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let c = &rep["cartridges"][0];
+    assert_eq!(c["method"], "scan", "{rep:#}");
+    let why = c["fallback_reason"].as_str().unwrap();
+    assert!(
+        why.contains("unusable") && why.contains(&newest["tape_file"].to_string()),
+        "{why}"
+    );
+    // Only the damaged snapshot knows the second session's images with their exact
+    // start times; the scan finds them with the image headers' whole seconds.
+    let rebuilt = images(&home);
+    let mut second = 0;
+    for (u, a) in &s.orig {
+        if a["image"]["kind"] != "incremental" {
+            continue;
+        }
+        let exact = a["image"]["started"].as_str().unwrap();
+        assert!(exact.contains('.'), "image {u}: started {exact}");
+        assert_ne!(
+            rebuilt[u]["image"]["started"], a["image"]["started"],
+            "image {u} has the damaged snapshot's start time"
+        );
+        second += 1;
+    }
+    assert_eq!(second, 2);
+    assert_eq!(assert_same_restore_points(&s.orig, &rebuilt, false), 4);
+    let (code, chk) = json(&home, &["catalog", "check", "--media"]);
+    assert_eq!(code, 0, "{chk:#}");
+}

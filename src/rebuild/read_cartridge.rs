@@ -163,19 +163,45 @@ fn read_after_label(
                 Uuid::from_bytes(eos.session_uuid)
             )),
             Some((f, eos)) => {
-                match snapshot::read_snapshot(drive, f - 1, &keys.ring, buf, cat.home_dir())? {
-                    Err(t) => Some(format!("the catalog snapshot in tape file {} is unusable: {}", f - 1, t.0)),
-                    Ok(s) if s.header.session_uuid != eos.session_uuid => Some(format!(
-                        "the catalog snapshot in tape file {} belongs to session {}, the end-of-session marker after it to {}",
-                        f - 1,
-                        Uuid::from_bytes(s.header.session_uuid),
-                        Uuid::from_bytes(eos.session_uuid)
-                    )),
-                    Ok(mut s) => match merge_base(cat, drive, &bc, f - 1, &mut s.plain, keys, col, rep, buf)?
-                        .map_err(crate::catalog::CatalogError::BadSnapshot)
-                        .and_then(|()| cat.merge_snapshot_from(s.plain.reader().map_err(|e| crate::catalog::CatalogError::BadSnapshot(e.to_string()))?))
-                    {
+                // The newest snapshot is merged as it is read (a digest or trailer
+                // that turns out bad fails the merge, which rolls back); the bases of
+                // a delta after it, from the spooled document.
+                let streamed = snapshot::stream_snapshot(
+                    drive,
+                    f - 1,
+                    &keys.ring,
+                    buf,
+                    cat.home_dir(),
+                    eos.session_uuid,
+                    |r| cat.merge_snapshot_from(r),
+                )?;
+                let (mut s, merged) = match streamed {
+                    snapshot::Streamed::Unusable(t) => (
+                        None,
+                        Err(format!(
+                            "the catalog snapshot in tape file {} is unusable: {}",
+                            f - 1,
+                            t.0
+                        )),
+                    ),
+                    snapshot::Streamed::Read(s, m) => (Some(s), Ok(m)),
+                    snapshot::Streamed::Stopped(m) => (None, Ok(m)),
+                };
+                match merged {
+                    Err(reason) => Some(reason),
+                    Ok(merged) => match match (s.as_mut(), merged) {
+                        (_, Err(e)) => Err(e),
+                        (Some(s), Ok(r)) => {
+                            merge_base(cat, drive, &bc, f - 1, &mut s.plain, keys, col, rep, buf)?
+                                .map_err(crate::catalog::CatalogError::BadSnapshot)
+                                .map(|()| r)
+                        }
+                        (None, Ok(_)) => Err(crate::catalog::CatalogError::BadSnapshot(
+                            "the merge stopped before the end of the snapshot".into(),
+                        )),
+                    } {
                         Ok(r) => {
+                            let s = s.expect("merged whole");
                             add_merge(&mut rep.merged, r);
                             col.snapshots.push(SnapshotLocation {
                                 barcode: bc.clone(),
@@ -186,7 +212,10 @@ fn read_after_label(
                             });
                             cr.method = Method::Snapshot;
                             cr.snapshot_file = Some(f - 1);
-                            events.note(NoteKind::Media, format!("{bc}: merged the catalog snapshot in tape file {}", f - 1));
+                            events.note(
+                                NoteKind::Media,
+                                format!("{bc}: merged the catalog snapshot in tape file {}", f - 1),
+                            );
                             if !end.tail.is_empty() {
                                 col.tails.push((bc.clone(), end.tail.clone()));
                             }

@@ -44,6 +44,143 @@ pub fn read_snapshot(
     buf: &mut Vec<u8>,
     spool_dir: &std::path::Path,
 ) -> Result<std::result::Result<SnapshotRead, SnapshotTrouble>> {
+    read_snapshot_to(drive, f, keys, buf, spool_dir, None, &mut |_| true)
+}
+
+/// What [`stream_snapshot`] found.
+pub enum Streamed<T> {
+    /// The snapshot was read whole and its trailer and digest check out; `T` is what
+    /// the consumer returned (it read the document to its end, or stopped early).
+    Read(SnapshotRead, T),
+    /// The snapshot is unusable. The consumer was handed an error instead of the end of
+    /// the document, whatever it returned is dropped: a merge never saw the document
+    /// whole, so its transaction was rolled back.
+    Unusable(SnapshotTrouble),
+    /// The consumer stopped reading before the end of the snapshot (a merge refused
+    /// the document): what it returned.
+    Stopped(T),
+}
+
+/// A message from the reading thread of [`stream_snapshot`] to its consumer.
+enum Piece {
+    Plain(Vec<u8>),
+    /// The trailer and the digest check out: the document ends here.
+    End,
+    /// The snapshot is unusable (or could not be read): never the end of the document.
+    Fail(String),
+}
+
+/// Plain chunks held between the reading thread and the consumer (of
+/// [`tape_formats::DEFAULT_SNAPSHOT_CHUNK_SIZE`], 512 KiB, as written).
+const CHUNKS_AHEAD: usize = 4;
+
+/// The plain document of a snapshot as [`stream_snapshot`]'s reading thread decrypts
+/// it. Its end comes only once the trailer and the whole document's digest were
+/// checked; anything wrong with the snapshot is a read error instead, so a consumer
+/// that needs the end of the document (a merge does) fails.
+pub struct SnapshotStream {
+    rx: std::sync::mpsc::Receiver<Piece>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl std::io::Read for SnapshotStream {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos < self.cur.len() {
+                let n = out.len().min(self.cur.len() - self.pos);
+                out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Piece::Plain(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Piece::End) => self.ended = true,
+                Ok(Piece::Fail(m)) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m))
+                }
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the snapshot's reading stopped before its end",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// [`read_snapshot`] with the plain document handed to `consume` as it is read, on
+/// this thread, while a thread of its own reads the cartridge, decrypts, hashes and
+/// spools it (a few chunks ahead): reading the snapshot overlaps merging it. The
+/// document read by `consume` ends only after the trailer and digest were checked (see
+/// [`SnapshotStream`]). The header must belong to session `session` (the
+/// end-of-session marker after it). Errors that stop the reading (a missing key, the
+/// drive) are returned after `consume` has returned.
+pub fn stream_snapshot<T>(
+    drive: &mut dyn TapeDrive,
+    f: u64,
+    keys: &KeyRing,
+    buf: &mut Vec<u8>,
+    spool_dir: &std::path::Path,
+    session: [u8; 16],
+    consume: impl FnOnce(SnapshotStream) -> T,
+) -> Result<Streamed<T>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+    let stream = SnapshotStream {
+        rx,
+        cur: Vec::new(),
+        pos: 0,
+        ended: false,
+    };
+    let (read, stopped, consumed) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut stopped = false;
+            let r = read_snapshot_to(drive, f, keys, buf, spool_dir, Some(session), &mut |p| {
+                stopped = tx.send(Piece::Plain(p.to_vec())).is_err();
+                !stopped
+            });
+            // A consumer that stopped listening does not see these.
+            let _ = tx.send(match &r {
+                Ok(Ok(_)) => Piece::End,
+                Ok(Err(t)) => Piece::Fail(format!("the catalog snapshot is unusable: {}", t.0)),
+                Err(e) => Piece::Fail(format!("reading the catalog snapshot: {e}")),
+            });
+            (r, stopped)
+        });
+        let consumed = consume(stream);
+        let (read, stopped) = match reader.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        (read, stopped, consumed)
+    });
+    Ok(match read? {
+        Ok(s) => Streamed::Read(s, consumed),
+        Err(_) if stopped => Streamed::Stopped(consumed),
+        Err(t) => Streamed::Unusable(t),
+    })
+}
+
+/// [`read_snapshot`], each plain piece also handed to `out` once it is spooled and
+/// hashed (`false` from it: stop reading, the snapshot is then unusable).
+#[allow(clippy::too_many_arguments)]
+fn read_snapshot_to(
+    drive: &mut dyn TapeDrive,
+    f: u64,
+    keys: &KeyRing,
+    buf: &mut Vec<u8>,
+    spool_dir: &std::path::Path,
+    session: Option<[u8; 16]>,
+    out: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<std::result::Result<SnapshotRead, SnapshotTrouble>> {
     let start = goto_file(drive, f)?;
     let trouble = |s: String| Ok(Err(SnapshotTrouble(s)));
     let mut src = DriveSource::new(drive, start.block);
@@ -97,6 +234,13 @@ pub fn read_snapshot(
                         )))
                     }
                 }
+                if let Some(want) = session.filter(|w| *w != h.session_uuid) {
+                    return trouble(format!(
+                        "it belongs to session {}, the end-of-session marker after it to {}",
+                        Uuid::from_bytes(h.session_uuid),
+                        Uuid::from_bytes(want)
+                    ));
+                }
                 header = Some(h);
             }
             (Block::SnapshotChunk(c), Some(h)) => {
@@ -126,6 +270,9 @@ pub fn read_snapshot(
                 }
                 plain_len += piece.len() as u64;
                 next_seq += 1;
+                if !out(&piece) {
+                    return trouble("its reader stopped before the end".into());
+                }
             }
             (Block::SnapshotTrailer(t), Some(h)) => {
                 if t.session_uuid != h.session_uuid
