@@ -24,7 +24,8 @@
 #    and the backup wall time.
 # Reports catalog.db's size per image.
 #
-# Environment: IMAGES (default 100000), DISKS (default 1000), ROUNDS (default 3),
+# Environment: IMAGES (default 100000), DISKS (default 1000), UUIDS (random, as
+# tapevault makes them, or ordered: ascending in the order taken), ROUNDS (default 3),
 # SESSIONS (default 6), TAPEVAULT_BIN, KEEP=1. With OTHER_BIN (another tapevault
 # binary, e.g. main's), each round times every command with both binaries one after
 # the other on the same catalog (names `...-other`), for side-by-side ratios; the
@@ -52,7 +53,7 @@ head -c $((4 << 20)) /dev/urandom > "$W/disk.img"
 tv backup --disk "$W/disk.img" --disk-id "$DISK_ID" --pool p >/dev/null 2>&1
 
 python3 - "$HOME_DIR/catalog.db" "$IMAGES" "$DISKS" <<'EOF'
-import sqlite3, sys, uuid, datetime
+import sqlite3, sys, uuid, datetime, os
 db, n, disks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 per = n // disks
 c = sqlite3.connect(db)
@@ -69,14 +70,20 @@ t = lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 size = 1 << 30
 chunk = 1 << 20
 tf = 1
+ordered = os.environ.get("UUIDS", "random") == "ordered"
+prev = [None] * disks
 for night in range(per):
     s = dict(ses, uuid=str(uuid.uuid4()), started=t(base + datetime.timedelta(days=night)),
              finished=t(base + datetime.timedelta(days=night, hours=1)), status="complete", writer=None)
     c.execute(f"INSERT INTO sessions ({','.join(s)}) VALUES ({','.join('?' * len(s))})", list(s.values()))
     rows, segs, exts = [], [], []
     for d in range(disks):
-        u = str(uuid.UUID(int=(night << 32) | d | (1 << 100)))
-        parent = None if night == 0 else str(uuid.UUID(int=((night - 1) << 32) | d | (1 << 100)))
+        # Random (version 4) image UUIDs as tapevault makes them, unless UUIDS=ordered
+        # (ascending in the order the images were taken, as older runs of this script
+        # generated them: the best case for the catalog's B-trees).
+        u = str(uuid.UUID(int=(night << 32) | d | (1 << 100))) if ordered else str(uuid.uuid4())
+        parent = prev[d] if night > 0 else None
+        prev[d] = u
         when = base + datetime.timedelta(days=night, seconds=d)
         r = dict(img, uuid=u, disk_uuid=str(uuid.UUID(int=d | (7 << 120))), vm_name=f"vm{d}",
                  kind="full" if night == 0 else "incremental", parent_uuid=parent,

@@ -19,7 +19,10 @@
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
 # KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
 # 5x SIZE_MIB + 3 GiB. FULL_ONLY=1 runs only part 1, each full into a fresh home and
-# library removed after it (WORKDIR then needs about 3x SIZE_MIB).
+# library removed after it (WORKDIR then needs about 3x SIZE_MIB). TAPE_DIR puts the
+# home and its virtual library elsewhere, e.g. on tmpfs (`TAPE_DIR=/dev/shm/tv-nbd`):
+# a tape drive is not the disk the image is read from, and on one disk the cartridge's
+# writes compete with qemu-nbd's reads (nbdcopy to null: writes nothing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,9 +38,11 @@ for t in qemu-img qemu-nbd qemu-io nbdcopy nbdinfo python3; do
 done
 [ -x "$BIN" ] || { echo "no binary at $BIN: run cargo build --release" >&2; exit 2; }
 rm -rf "$W"; mkdir -p "$W"
-cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W"; }
+TAPE_DIR=${TAPE_DIR:-$W}
+mkdir -p "$TAPE_DIR"
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$W" "$TAPEVAULT_HOME" "$TAPEVAULT_HOME"-library; }
 trap cleanup EXIT
-export TAPEVAULT_HOME=$W/home
+export TAPEVAULT_HOME=$TAPE_DIR/home
 log() { echo "$*" | tee -a "$W/results.txt" >&2; }
 now_s() { date +%s.%N; }
 # stats V1 V2 V3 -> "min median max"

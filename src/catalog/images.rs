@@ -1031,6 +1031,26 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// The highest tape file of any image's segments on this cartridge, whatever the
+    /// image's status (`None`: no segment there).
+    pub fn last_tape_file_on(&self, barcode: &str) -> Result<Option<u64>> {
+        Ok(self.conn().query_row(
+            "SELECT MAX(tape_file) FROM segments WHERE barcode=?1",
+            [barcode],
+            |r| get_u64o(r, 0),
+        )?)
+    }
+
+    /// How many complete images have segments on this cartridge.
+    pub fn count_complete_images_on(&self, barcode: &str) -> Result<u64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM images i WHERE i.status='complete' AND \
+             EXISTS (SELECT 1 FROM segments s WHERE s.image_uuid=i.uuid AND s.barcode=?1)",
+            [barcode],
+            |r| get_u64(r, 0),
+        )?)
+    }
+
     /// Complete images with segments on this cartridge: each image with the highest
     /// tape file of its segments there, in tape order (one query, for a rebuild's
     /// check of what the snapshots claim).
