@@ -1041,11 +1041,21 @@ impl Catalog {
         )?)
     }
 
-    /// How many complete images have segments on this cartridge.
-    pub fn count_complete_images_on(&self, barcode: &str) -> Result<u64> {
+    /// Whether a complete image has a segment on this cartridge.
+    pub fn has_complete_image_on(&self, barcode: &str) -> Result<bool> {
         Ok(self.conn().query_row(
-            "SELECT COUNT(*) FROM images i WHERE i.status='complete' AND \
-             EXISTS (SELECT 1 FROM segments s WHERE s.image_uuid=i.uuid AND s.barcode=?1)",
+            "SELECT EXISTS (SELECT 1 FROM segments s JOIN images i ON i.uuid = s.image_uuid \
+             WHERE s.barcode=?1 AND i.status='complete')",
+            [barcode],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// How many images, whatever their status, have segments on this cartridge (from
+    /// the segments' barcode index alone: no image row is read).
+    pub fn count_images_on(&self, barcode: &str) -> Result<u64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(DISTINCT image_uuid) FROM segments WHERE barcode=?1",
             [barcode],
             |r| get_u64(r, 0),
         )?)

@@ -108,10 +108,13 @@ pub(super) fn check_claims(
         if ends.contains_key(&m.barcode) || seen.contains(&m.barcode) {
             continue;
         }
-        let n = cat.count_complete_images_on(&m.barcode)?;
-        if n > 0 {
+        // Whether any of them is complete: one lookup. How many images lie there: the
+        // segments' index alone (counting only the complete ones reads every image row,
+        // 0.05-0.08 s for 100 k).
+        if cat.has_complete_image_on(&m.barcode)? {
+            let n = cat.count_images_on(&m.barcode)?;
             rep.unchecked.push(format!(
-                "cartridge {}: not read in this run; the {n} complete image(s) the catalog places on it were not checked against it",
+                "cartridge {}: not read in this run; the complete images among the {n} image(s) the catalog places on it were not checked against it",
                 m.barcode
             ));
         }
