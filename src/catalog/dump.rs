@@ -765,9 +765,12 @@ impl Catalog {
             .conn()
             .query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?;
         let dropped: Vec<(String, String)> = if images_now <= BULK_MERGE_MAX_IMAGES {
+            // `segments_disk` (led by the image's UUID) stays: a snapshot lists its
+            // images in UUID order, so its inserts append, as the keys' do.
             let mut st = self.conn().prepare(
                 "SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL \
-                 AND tbl_name IN ('images','segments','image_extents') ORDER BY name",
+                 AND tbl_name IN ('images','segments','image_extents') \
+                 AND name != 'segments_disk' ORDER BY name",
             )?;
             let rows = st
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
