@@ -364,6 +364,13 @@ fn absolute_digest_list_paths_are_migrated_into_the_home_or_forgotten() {
         [s(&fb, "image"), other.join(&b_file).to_str().unwrap()],
     )
     .unwrap();
+    // ... in a catalog of its older schema: the paths are made relative when it is
+    // migrated (the next open).
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    conn.pragma_update(None, "user_version", version - 1)
+        .unwrap();
     drop(conn);
 
     let ra = v.image_row(s(&fa, "image"));

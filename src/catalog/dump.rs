@@ -1451,9 +1451,14 @@ const IMAGE_RAW_LIMIT: usize = 16 << 20;
 fn parse_document<R: Read>(
     sc: &mut RawScanner<R>,
     tx: &std::sync::mpsc::SyncSender<Result<Piece>>,
+    done: &std::sync::mpsc::Receiver<Vec<SpooledImageDump>>,
 ) {
     // A merge that stopped listening has its own error to report: this one is not seen.
     let send = |p: Piece| {
+        // The batches the merge is done with are freed here, on the thread that made them.
+        while let Ok(b) = done.try_recv() {
+            drop(b);
+        }
         tx.send(Ok(p))
             .map_err(|_| CatalogError::BadSnapshot("the merge stopped".into()))
     };
@@ -1539,13 +1544,21 @@ impl MergeState<'_> {
     fn merge_document<R: Read + Send>(&mut self, r: R) -> Result<()> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(PIECES_AHEAD);
-            scope.spawn(move || parse_document(&mut RawScanner::new(r), &tx));
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            scope.spawn(move || parse_document(&mut RawScanner::new(r), &tx, &done_rx));
             // Returning drops `rx`: the parser stops at its next piece.
-            self.merge_pieces(rx)
+            self.merge_pieces(rx, &done_tx)
         })
     }
 
-    fn merge_pieces(&mut self, rx: std::sync::mpsc::Receiver<Result<Piece>>) -> Result<()> {
+    /// Merge the parser's pieces; each merged batch of images goes back through `done`
+    /// to the parser's thread, which frees it (the merge, on this thread, is the
+    /// rebuild's longest path; the parser has time to spare).
+    fn merge_pieces(
+        &mut self,
+        rx: std::sync::mpsc::Receiver<Result<Piece>>,
+        done: &std::sync::mpsc::Sender<Vec<SpooledImageDump>>,
+    ) -> Result<()> {
         let cat = self.cat;
         // The image tables' CHECKs are left to Rust while their rows are merged.
         let mut checked: Option<CheckedBefore> = None;
@@ -1597,6 +1610,8 @@ impl MergeState<'_> {
                             inserts.as_mut(),
                         )?;
                     }
+                    // A parser that has ended no longer takes them: freed here.
+                    let _ = done.send(batch);
                 }
                 Piece::Snapshot(l) => r.snapshots_added += usize::from(cat.insert_snapshot(&l)?),
                 Piece::End => return Ok(()),
