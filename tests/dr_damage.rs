@@ -63,29 +63,41 @@ fn cart(lib: &Path) -> PathBuf {
     lib.join("cartridges").join(CART)
 }
 
-#[test]
-fn damaged_snapshot_falls_back_to_the_scan() {
-    let s = small_history();
-    // The newest snapshot on the cartridge: damage its first chunk.
-    let newest = s.export["snapshots"]
+/// Rebuild into a new home; the cartridge must have been scanned because its newest
+/// snapshot (`newest`) was unusable, the reason naming it and saying `why`. The home.
+fn rebuild_falls_back_to_the_scan(s: &Small, newest: &serde_json::Value, why: &str) -> PathBuf {
+    let home = home_on(s, "rebuilt", &s.lib);
+    let (code, rep) = json(&home, &["catalog", "rebuild"]);
+    assert_eq!(code, 0, "{rep:#}");
+    let c = &rep["cartridges"][0];
+    assert_eq!(c["method"], "scan", "{rep:#}");
+    let reason = c["fallback_reason"].as_str().unwrap();
+    assert!(
+        reason.contains(why) && reason.contains(&newest["tape_file"].to_string()),
+        "{reason}"
+    );
+    home
+}
+
+/// The newest catalog snapshot on the cartridge, as the export places it.
+fn newest_snapshot(s: &Small) -> serde_json::Value {
+    s.export["snapshots"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|x| x["barcode"] == CART)
         .max_by_key(|x| x["tape_file"].as_u64().unwrap())
         .unwrap()
-        .clone();
+        .clone()
+}
+
+#[test]
+fn damaged_snapshot_falls_back_to_the_scan() {
+    let s = small_history();
+    // The newest snapshot on the cartridge: damage its first chunk.
+    let newest = newest_snapshot(&s);
     damage_block(&cart(&s.lib), newest["block"].as_u64().unwrap() + 1);
-    let home = home_on(&s, "rebuilt", &s.lib);
-    let (code, rep) = json(&home, &["catalog", "rebuild"]);
-    assert_eq!(code, 0, "{rep:#}");
-    let c = &rep["cartridges"][0];
-    assert_eq!(c["method"], "scan", "{rep:#}");
-    let why = c["fallback_reason"].as_str().unwrap();
-    assert!(
-        why.contains("snapshot") && why.contains(&newest["tape_file"].to_string()),
-        "{why}"
-    );
+    let home = rebuild_falls_back_to_the_scan(&s, &newest, "snapshot");
     assert_eq!(
         assert_same_restore_points(&s.orig, &images(&home), false),
         4
@@ -301,14 +313,7 @@ fn without_chain_of(
 #[test]
 fn snapshot_damaged_after_its_chunks_merges_nothing_of_it() {
     let s = small_history();
-    let newest = s.export["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["barcode"] == CART)
-        .max_by_key(|x| x["tape_file"].as_u64().unwrap())
-        .unwrap()
-        .clone();
+    let newest = newest_snapshot(&s);
     // The header, then the chunks (a small catalog's document fits one), then the
     // trailer: the last block before the next tape file's first.
     let header = newest["block"].as_u64().unwrap();
@@ -321,16 +326,7 @@ fn snapshot_damaged_after_its_chunks_merges_nothing_of_it() {
         trailer + 1
     );
     damage_block(&cart(&s.lib), trailer);
-    let home = home_on(&s, "rebuilt", &s.lib);
-    let (code, rep) = json(&home, &["catalog", "rebuild"]);
-    assert_eq!(code, 0, "{rep:#}");
-    let c = &rep["cartridges"][0];
-    assert_eq!(c["method"], "scan", "{rep:#}");
-    let why = c["fallback_reason"].as_str().unwrap();
-    assert!(
-        why.contains("unusable") && why.contains(&newest["tape_file"].to_string()),
-        "{why}"
-    );
+    let home = rebuild_falls_back_to_the_scan(&s, &newest, "unusable");
     // Only the damaged snapshot knows the second session's images with their exact
     // start times; the scan finds them with the image headers' whole seconds.
     let rebuilt = images(&home);
