@@ -9,7 +9,7 @@ use super::report::add_merge;
 use super::tape_file::FileScan;
 use super::{positioning, snapshot, tape_file};
 use super::{CartridgeReport, KeySource, Method, RebuildReport};
-use crate::catalog::{Catalog, SnapshotLocation};
+use crate::catalog::{Catalog, CatalogError, SnapshotLocation};
 use crate::crypto;
 use crate::error::{Context, Result};
 use crate::events::{Event, Events, Finished, NoteKind};
@@ -175,58 +175,59 @@ fn read_after_label(
                     eos.session_uuid,
                     |r| cat.merge_snapshot_from(r),
                 )?;
-                let (mut s, merged) = match streamed {
-                    snapshot::Streamed::Unusable(t) => (
-                        None,
-                        Err(format!(
-                            "the catalog snapshot in tape file {} is unusable: {}",
-                            f - 1,
-                            t.0
-                        )),
-                    ),
-                    snapshot::Streamed::Read(s, m) => (Some(s), Ok(m)),
-                    snapshot::Streamed::Stopped(m) => (None, Ok(m)),
+                // A document the merge or the base walk refuses: the reason, or
+                // trouble that is not the snapshot's (the catalog itself) as an error.
+                let does_not_parse = |e: CatalogError| match e {
+                    CatalogError::BadSnapshot(e) => Ok(format!(
+                        "the catalog snapshot in tape file {} does not parse: {e}",
+                        f - 1
+                    )),
+                    e => Err(crate::error::Error::from(e)),
+                };
+                let merged = match streamed {
+                    snapshot::Streamed::Unusable(t) => Err(format!(
+                        "the catalog snapshot in tape file {} is unusable: {}",
+                        f - 1,
+                        t.0
+                    )),
+                    snapshot::Streamed::Stopped(Err(e)) | snapshot::Streamed::Read(_, Err(e)) => {
+                        Err(does_not_parse(e)?)
+                    }
+                    snapshot::Streamed::Stopped(Ok(_)) => {
+                        Err(does_not_parse(CatalogError::BadSnapshot(
+                            "the merge stopped before the end of the snapshot".into(),
+                        ))?)
+                    }
+                    snapshot::Streamed::Read(mut s, Ok(r)) => {
+                        match merge_base(cat, drive, &bc, f - 1, &mut s.plain, keys, col, rep, buf)?
+                        {
+                            Ok(()) => Ok((s, r)),
+                            Err(e) => Err(does_not_parse(CatalogError::BadSnapshot(e))?),
+                        }
+                    }
                 };
                 match merged {
                     Err(reason) => Some(reason),
-                    Ok(merged) => match match (s.as_mut(), merged) {
-                        (_, Err(e)) => Err(e),
-                        (Some(s), Ok(r)) => {
-                            merge_base(cat, drive, &bc, f - 1, &mut s.plain, keys, col, rep, buf)?
-                                .map_err(crate::catalog::CatalogError::BadSnapshot)
-                                .map(|()| r)
+                    Ok((s, r)) => {
+                        add_merge(&mut rep.merged, r);
+                        col.snapshots.push(SnapshotLocation {
+                            barcode: bc.clone(),
+                            tape_file: f - 1,
+                            block: s.block,
+                            session_uuid: Some(Uuid::from_bytes(s.header.session_uuid)),
+                            time: time_of(s.header.time),
+                        });
+                        cr.method = Method::Snapshot;
+                        cr.snapshot_file = Some(f - 1);
+                        events.note(
+                            NoteKind::Media,
+                            format!("{bc}: merged the catalog snapshot in tape file {}", f - 1),
+                        );
+                        if !end.tail.is_empty() {
+                            col.tails.push((bc.clone(), end.tail.clone()));
                         }
-                        (None, Ok(_)) => Err(crate::catalog::CatalogError::BadSnapshot(
-                            "the merge stopped before the end of the snapshot".into(),
-                        )),
-                    } {
-                        Ok(r) => {
-                            let s = s.expect("merged whole");
-                            add_merge(&mut rep.merged, r);
-                            col.snapshots.push(SnapshotLocation {
-                                barcode: bc.clone(),
-                                tape_file: f - 1,
-                                block: s.block,
-                                session_uuid: Some(Uuid::from_bytes(s.header.session_uuid)),
-                                time: time_of(s.header.time),
-                            });
-                            cr.method = Method::Snapshot;
-                            cr.snapshot_file = Some(f - 1);
-                            events.note(
-                                NoteKind::Media,
-                                format!("{bc}: merged the catalog snapshot in tape file {}", f - 1),
-                            );
-                            if !end.tail.is_empty() {
-                                col.tails.push((bc.clone(), end.tail.clone()));
-                            }
-                            None
-                        }
-                        Err(crate::catalog::CatalogError::BadSnapshot(e)) => Some(format!(
-                            "the catalog snapshot in tape file {} does not parse: {e}",
-                            f - 1
-                        )),
-                        Err(e) => return Err(e.into()),
-                    },
+                        None
+                    }
                 }
             }
         }
@@ -333,7 +334,7 @@ fn merge_base(
         };
         match cat.merge_snapshot_from(s.plain.reader()?) {
             Ok(r) => add_merge(&mut rep.merged, r),
-            Err(crate::catalog::CatalogError::BadSnapshot(e)) => {
+            Err(CatalogError::BadSnapshot(e)) => {
                 return Ok(Err(format!(
                     "its base snapshot in tape file {} does not parse: {e}",
                     loc.tape_file

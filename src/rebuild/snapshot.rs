@@ -123,9 +123,8 @@ impl std::io::Read for SnapshotStream {
 /// [`read_snapshot`] with the plain document handed to `consume` as it is read, on
 /// this thread, while a thread of its own reads the cartridge, decrypts and hashes it
 /// (a few chunks ahead) and spools the document's head: reading the snapshot overlaps
-/// merging it. The
-/// document read by `consume` ends only after the trailer and digest were checked (see
-/// [`SnapshotStream`]). The header must belong to session `session` (the
+/// merging it. The document read by `consume` ends only after the trailer and digest
+/// were checked (see [`SnapshotStream`]). The header must belong to session `session` (the
 /// end-of-session marker after it). Errors that stop the reading (a missing key, the
 /// drive) are returned after `consume` has returned.
 pub fn stream_snapshot<T>(
