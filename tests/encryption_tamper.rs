@@ -9,7 +9,9 @@
 mod support;
 
 use support::*;
-use tape_formats::{decode_block, encode_data_record, Block, ContentDigest, PartChecker};
+use tape_formats::{
+    decode_block, encode_data_record, Block, ContentDigest, DigestScheme, PartChecker,
+};
 use tapevault::codec::KeyRing;
 
 /// Byte range of the header CRC in every block (tape-formats' common prefix).
@@ -89,9 +91,9 @@ fn read_image(objs: &[Obj], ring: &KeyRing, image: [u8; 16]) -> Result<Vec<u8>, 
         })
         .ok_or("image header not found")?;
     let mut checker = PartChecker::new();
-    let mut digest = ContentDigest::new();
+    let mut digest = ContentDigest::new(DigestScheme::NEWEST);
     // What someone without the key could compute from a guess of the plain data.
-    let mut unkeyed = ContentDigest::new();
+    let mut unkeyed = ContentDigest::new(DigestScheme::NEWEST);
     let mut encrypted = false;
     let mut disk = Vec::new();
     for (pos, o) in file.iter().enumerate() {
@@ -110,7 +112,8 @@ fn read_image(objs: &[Obj], ring: &KeyRing, image: [u8; 16]) -> Result<Vec<u8>, 
                 let key = ring
                     .digest_key_for(&h.cipher)
                     .map_err(|fp| format!("key {fp} is needed and not unlocked"))?;
-                digest = ContentDigest::with_key(key);
+                digest = ContentDigest::with_key(h.digest_scheme, key);
+                unkeyed = ContentDigest::new(h.digest_scheme);
                 encrypted = key.is_some();
             }
             Ok(Block::Data(r)) if v.accept => {

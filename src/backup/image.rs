@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tape_formats::{
-    Cipher, Compression as WireCompression, ContentDigest, Extent, ExtentKind, ImageHeader,
-    ImageKind as WireKind, ImageWriter, TrailerStatus,
+    Cipher, Compression as WireCompression, ContentDigest, DigestScheme, Extent, ExtentKind,
+    ImageHeader, ImageKind as WireKind, ImageWriter, TrailerStatus,
 };
 use uuid::Uuid;
 
@@ -228,6 +228,8 @@ impl Job<'_> {
                 None
             },
             copy_of: None,
+            // A new image: its trailers carry the digest of its pieces (format major 2).
+            digest_scheme: DigestScheme::NEWEST,
             synthetic_of: self.reproduce.as_ref().map(|r| *r.point.as_bytes()),
         };
         let mut reader = reader;
@@ -298,7 +300,9 @@ impl Job<'_> {
         let pool = self.tape.pool.clone();
         let events = self.tape.events;
         events.task(label, total);
-        let digest = ContentDigest::with_key(self.sealer.as_ref().map(|s| s.key.digest_key()));
+        let scheme = header.digest_scheme;
+        let digest =
+            ContentDigest::with_key(scheme, self.sealer.as_ref().map(|s| s.key.digest_key()));
         let mut state = ImageProgress {
             stages: StageTimes::default(),
             header: header.clone(),
@@ -353,6 +357,7 @@ impl Job<'_> {
                 sealer: sealer.as_ref(),
                 part_now: &part_now,
                 image_uuid: image_uuid_bytes,
+                pieces: scheme == DigestScheme::Pieces,
                 blocks,
             };
             workers.push(move |c: &mut ReadChunk, p: &mut Prepared| worker.prepare(c, p));
@@ -389,9 +394,14 @@ impl Job<'_> {
             // In record order, before the spool: the content digest and the digest list
             // (so the spool never holds plain data).
             |p| {
-                digest
-                    .update_record(&p.extents, &p.plain)
-                    .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
+                match scheme {
+                    // The workers hashed the pieces: this only chains their digests.
+                    DigestScheme::Pieces => {
+                        digest.update_record_pieces(&p.extents, &p.blocks.pieces)
+                    }
+                    DigestScheme::Bytes => digest.update_record(&p.extents, &p.plain),
+                }
+                .map_err(|e| Error::Failed(format!("content digest: {e}")))?;
                 p.digest = digest.finalize();
                 if let Some(f) = feed.as_mut() {
                     // A digest list is a by-product: its failure is reported when the

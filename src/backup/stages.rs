@@ -6,7 +6,9 @@ use tape_formats::DataFields;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tape_formats::{Compression as WireCompression, Extent, ExtentKind, RecordCrypto};
+use tape_formats::{
+    Compression as WireCompression, Extent, ExtentKind, RecordCrypto, DIGEST_PIECE_SIZE,
+};
 
 use crate::codec::{Compressor, Sealer};
 use crate::error::Result;
@@ -19,12 +21,13 @@ pub(super) struct ReadChunk {
     pub(super) data: Vec<u8>,
 }
 
-/// How a chunk's data extents are cut into block pieces for the digest list: at every
-/// `block_size` boundary. A piece that is a whole block (from a block boundary, the
-/// block's full length; the disk's partial last block counts whole) is hashed by a
-/// transform worker; any other (a block a chunk boundary cuts) goes to the digest
-/// list's feed as bytes. Transform and consumer cut the same way, so the digests and
-/// bytes line up.
+/// How a chunk's data extents are cut into pieces: at every [`DIGEST_PIECE_SIZE`] of
+/// disk offset ([`tape_formats::pieces`]), the pieces whose digests make the content
+/// digest (docs/FORMAT.md 4.4). `f(offset, length, at in the data, whole)`: `whole` when
+/// the piece is a whole block of a digest list in `block_size` blocks (from a block
+/// boundary, the block's full length; the disk's partial last block counts whole),
+/// which takes the piece's digest as the block's. Transform and the digest list's feed
+/// cut the same way, so the digests and bytes line up.
 fn for_each_data_piece<E>(
     extents: &[Extent],
     block_size: u64,
@@ -33,43 +36,45 @@ fn for_each_data_piece<E>(
 ) -> std::result::Result<(), E> {
     let mut at = 0usize;
     for e in extents.iter().filter(|e| e.kind == ExtentKind::Data) {
-        let mut pos = e.offset;
-        let end = e.offset + e.length;
-        while pos < end {
-            let index = pos / block_size;
-            let piece_end = ((index + 1) * block_size).min(end);
-            let len = piece_end - pos;
-            let whole = pos % block_size == 0 && len == block_len(index, block_size, disk_size);
+        for (pos, len) in tape_formats::pieces(e.offset, e.length) {
+            let whole = block_size == DIGEST_PIECE_SIZE
+                && pos % DIGEST_PIECE_SIZE == 0
+                && len == block_len(pos / DIGEST_PIECE_SIZE, DIGEST_PIECE_SIZE, disk_size);
             f(pos, len, at, whole)?;
             at += len as usize;
-            pos = piece_end;
         }
     }
     Ok(())
 }
 
-/// What a transform worker computed for the block digest list from one chunk.
+/// What a transform worker computed from one chunk's data pieces: each byte is hashed
+/// once, for both the content digest and the block digest list.
 #[derive(Default)]
 pub(super) struct ChunkDigests {
-    /// The digest of each whole-block data piece, in disk order.
-    pub(super) whole: Vec<Digest>,
-    /// The bytes of the other data pieces, concatenated in disk order.
+    /// The digest of every data piece, in disk order: the content digest's
+    /// ([`tape_formats::ContentDigest::update_record_pieces`]) and, for whole blocks, the digest
+    /// list's.
+    pub(super) pieces: Vec<Digest>,
+    /// For the digest list: the bytes of the pieces that are not whole blocks,
+    /// concatenated in disk order.
     pub(super) edge: Vec<u8>,
 }
 
 impl ChunkDigests {
     pub(super) fn clear(&mut self) {
-        self.whole.clear();
+        self.pieces.clear();
         self.edge.clear();
     }
 
-    fn compute(&mut self, extents: &[Extent], data: &[u8], block_size: u64, disk_size: u64) {
+    /// The piece digests of a chunk and, with a digest list in `(block size, disk
+    /// size)`, the bytes of its pieces that are not whole blocks.
+    fn compute(&mut self, extents: &[Extent], data: &[u8], list: Option<(u64, u64)>) {
         self.clear();
+        let (block_size, disk_size) = list.unwrap_or((DIGEST_PIECE_SIZE, u64::MAX));
         let _ = for_each_data_piece::<()>(extents, block_size, disk_size, |_, len, at, whole| {
             let bytes = &data[at..at + len as usize];
-            if whole {
-                self.whole.push(*blake3::hash(bytes).as_bytes());
-            } else {
+            self.pieces.push(tape_formats::piece_digest(bytes));
+            if list.is_some() && !whole {
                 self.edge.extend_from_slice(bytes);
             }
             Ok(())
@@ -86,7 +91,7 @@ impl ChunkDigests {
         block_size: u64,
         disk_size: u64,
     ) -> std::result::Result<(), DigestListError> {
-        let mut whole = self.whole.iter();
+        let mut pieces = self.pieces.iter();
         let mut edge_at = 0usize;
         for e in extents {
             if e.kind == ExtentKind::Zero {
@@ -95,12 +100,10 @@ impl ChunkDigests {
             }
             let one = std::slice::from_ref(e);
             for_each_data_piece(one, block_size, disk_size, |pos, len, _, is_whole| {
+                let d = pieces.next().ok_or_else(|| {
+                    DigestListError::Feed(format!("no digest was computed for the piece at {pos}"))
+                })?;
                 if is_whole {
-                    let d = whole.next().ok_or_else(|| {
-                        DigestListError::Feed(format!(
-                            "no digest was computed for the block at {pos}"
-                        ))
-                    })?;
                     feed.feed_digest(pos, len, d)
                 } else {
                     let bytes =
@@ -140,9 +143,11 @@ pub(super) struct Prepared {
     /// which takes the records in order).
     pub(super) digest: [u8; 32],
     /// The record's plain data (the read buffer, passed on without a copy): the
-    /// content digest is computed over it in record order on the writer's side.
+    /// content digest of an image with the bytes digest (a copy of an image of format
+    /// major 1) is computed over it in record order on the writer's side.
     pub(super) plain: Vec<u8>,
-    /// The record's block digests, when the image gets a digest list.
+    /// The record's piece digests (the content digest's and the digest list's), and the
+    /// digest list's edge bytes.
     pub(super) blocks: ChunkDigests,
     /// With encryption: the payload is already sealed (in the transform stage) for these
     /// fields; the writer re-seals if the record lands in another part or sequence.
@@ -173,18 +178,20 @@ pub(super) struct TransformWorker<'a> {
     /// again the few prepared ahead when early warning starts a new part).
     pub(super) part_now: &'a AtomicU32,
     pub(super) image_uuid: [u8; 16],
-    /// With a digest list: the tracking block size and the disk's size, to hash the
-    /// chunk's blocks.
+    /// Hash the chunk's pieces (for a content digest of pieces, or a digest list).
+    pub(super) pieces: bool,
+    /// With a digest list: the tracking block size and the disk's size.
     pub(super) blocks: Option<(u64, u64)>,
 }
 
 impl TransformWorker<'_> {
     pub(super) fn prepare(&mut self, c: &mut ReadChunk, p: &mut Prepared) -> Result<()> {
-        // The block digests (independent blocks, hashed in parallel by the workers) are
-        // computed here, off the reader's thread.
-        match self.blocks {
-            Some((bs, disk_size)) => p.blocks.compute(&c.extents, &c.data, bs, disk_size),
-            None => p.blocks.clear(),
+        // The piece digests (independent pieces, hashed in parallel by the workers) are
+        // computed here, off the reader's and the writer's threads.
+        if self.pieces || self.blocks.is_some() {
+            p.blocks.compute(&c.extents, &c.data, self.blocks);
+        } else {
+            p.blocks.clear();
         }
         p.extents.clear();
         p.extents.extend_from_slice(&c.extents);
@@ -315,7 +322,16 @@ mod tests {
                 }
             }
             let mut cd = ChunkDigests::default();
-            cd.compute(&extents, &data, BS, disk_size);
+            cd.compute(&extents, &data, Some((BS, disk_size)));
+            // The same piece digests make the content digest of the bytes.
+            let mut by_bytes = tape_formats::ContentDigest::new(tape_formats::DigestScheme::Pieces);
+            by_bytes.update_record(&extents, &data).unwrap();
+            let mut by_pieces =
+                tape_formats::ContentDigest::new(tape_formats::DigestScheme::Pieces);
+            by_pieces
+                .update_record_pieces(&extents, &cd.pieces)
+                .unwrap();
+            assert_eq!(by_bytes.finalize(), by_pieces.finalize());
             cd.feed(&extents, &mut b, BS, disk_size).unwrap();
             start = end;
         }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use tape_formats::{decode_block, Block, ContentDigest, Extent};
+use tape_formats::{decode_block, Block, ContentDigest, DigestScheme, Extent};
 
 use crate::catalog::{ImageRow, Segment};
 use crate::codec::{KeyRing, Opener};
@@ -40,6 +40,9 @@ pub struct SourceImage {
 }
 
 pub enum Msg {
+    /// Sent once, before the first record: the content digest the source image's
+    /// header names (a copy keeps its original's).
+    Scheme(DigestScheme),
     Record(Vec<Extent>, Vec<u8>),
     End,
 }
@@ -68,6 +71,10 @@ pub fn read_to_channel(
             d.clear();
             d.extend_from_slice(plain);
             tx.send(Msg::Record(e, d))
+                .map_err(|_| Error::Failed("the copy's writer stopped".into()))
+        },
+        &mut |scheme| {
+            tx.send(Msg::Scheme(scheme))
                 .map_err(|_| Error::Failed("the copy's writer stopped".into()))
         },
     );
@@ -105,6 +112,7 @@ pub fn read_to_spool(
             }
             Ok(())
         },
+        &mut |_| Ok(()),
     );
     let released = reader.release();
     if overflow {
@@ -139,6 +147,8 @@ pub struct RecordFeed<'k> {
     /// own digest of the copy is checked against the source's instead
     /// ([`RecordFeed::writer_digest_suffices`]).
     digest: Option<ContentDigest>,
+    /// The source's content digest scheme.
+    scheme: DigestScheme,
     /// Largest plain bytes a record may carry on the target drive.
     max_plain: usize,
     pub records: u64,
@@ -154,20 +164,50 @@ impl<'k> RecordFeed<'k> {
         free: SyncSender<(Vec<Extent>, Vec<u8>)>,
         max_plain: usize,
     ) -> Result<Self> {
-        Self::new(keys, image, FeedFrom::Channel { rx, free }, max_plain)
+        // The reader names the source's content digest when it has read its first
+        // header, before any record; an image without records has no header to read
+        // (its digest is the same in both schemes).
+        let (scheme, ended) = match rx.recv() {
+            Ok(Msg::Scheme(s)) => (s, false),
+            Ok(Msg::End) => (DigestScheme::NEWEST, true),
+            Ok(Msg::Record(..)) => {
+                return Err(Error::Integrity(format!(
+                    "image {}: a record came before the image header",
+                    image.uuid
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Failed(format!(
+                    "reading image {} stopped before its header",
+                    image.uuid
+                )))
+            }
+        };
+        let mut feed = Self::new(
+            keys,
+            image,
+            scheme,
+            FeedFrom::Channel { rx, free },
+            max_plain,
+        )?;
+        feed.ended = ended;
+        Ok(feed)
     }
 
-    /// A feed of `image`'s records from its spool file.
+    /// A feed of `image`'s records from its spool file; `read` is what reading it into
+    /// the spool found.
     pub fn from_spool(
         keys: &'k KeyRing,
         image: &ImageRow,
         file: SpoolFile,
+        read: &ImageRead,
         max_plain: usize,
     ) -> Result<Self> {
         let reader = file.reader()?;
         Self::new(
             keys,
             image,
+            read.digest_scheme.unwrap_or(DigestScheme::NEWEST),
             FeedFrom::Spool {
                 _file: file,
                 reader,
@@ -178,7 +218,13 @@ impl<'k> RecordFeed<'k> {
         )
     }
 
-    fn new(keys: &'k KeyRing, image: &ImageRow, from: FeedFrom, max_plain: usize) -> Result<Self> {
+    fn new(
+        keys: &'k KeyRing,
+        image: &ImageRow,
+        scheme: DigestScheme,
+        from: FeedFrom,
+        max_plain: usize,
+    ) -> Result<Self> {
         let fp = match &image.key_fingerprint {
             Some(h) => Some(crate::backup::fp_bytes(h).ok_or_else(|| {
                 Error::Failed(format!(
@@ -198,11 +244,18 @@ impl<'k> RecordFeed<'k> {
             from,
             keys,
             image: image.clone(),
-            digest: Some(ContentDigest::with_key(dk)),
+            digest: Some(ContentDigest::with_key(scheme, dk)),
+            scheme,
             max_plain,
             records: 0,
             ended: false,
         })
+    }
+
+    /// The content digest of the source image (its header's format major): a copy
+    /// is written with the same.
+    pub fn scheme(&self) -> DigestScheme {
+        self.scheme
     }
 
     /// Fill the next record's extents and plain bytes; false at the end.
@@ -220,6 +273,12 @@ impl<'k> RecordFeed<'k> {
                 Ok(Msg::End) => {
                     self.ended = true;
                     return Ok(false);
+                }
+                Ok(Msg::Scheme(_)) => {
+                    return Err(Error::Integrity(format!(
+                        "image {}: a second image header where a record belongs",
+                        self.image.uuid
+                    )))
                 }
                 Err(_) => {
                     return Err(Error::Failed(format!(

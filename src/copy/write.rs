@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use tape_formats::{Compression as WireCompression, ImageHeader, ImageKind as WireKind};
+use tape_formats::{
+    Compression as WireCompression, DigestScheme, ImageHeader, ImageKind as WireKind,
+};
 use uuid::Uuid;
 
 use crate::backup::{ImageTarget, KeyMaterial, WrittenImage};
@@ -106,6 +108,7 @@ fn header_for(
     session: Uuid,
     target: &ImageTarget<'_>,
     record_data_size: usize,
+    digest_scheme: DigestScheme,
 ) -> ImageHeader {
     ImageHeader {
         image_uuid: *copy.as_bytes(),
@@ -138,6 +141,8 @@ fn header_for(
         copy_of: Some(*orig.uuid.as_bytes()),
         // A copy of a synthetic full is one too (of the same point).
         synthetic_of: orig.synthetic_of.map(|u| *u.as_bytes()),
+        // A copy carries its original's content digest: the same value under the same key.
+        digest_scheme,
     }
 }
 
@@ -282,12 +287,19 @@ fn copy_streaming(
         let started = Instant::now();
         let copy = Uuid::new_v4();
         begin(cat, target, orig, copy)?;
-        let header = header_for(orig, copy, target.session(), target, max_plain);
         let ((tx, free_rx), (rx, free_tx)) = stream::channel();
         let r = std::thread::scope(|s| -> Result<(ImageRead, WrittenImage)> {
             let reader = s.spawn(|| stream::read_to_channel(read_lib, keys, src, tx, free_rx));
             let written = (|| -> Result<WrittenImage> {
                 let mut feed = RecordFeed::from_channel(keys, &src.image, rx, free_tx, max_plain)?;
+                let header = header_for(
+                    orig,
+                    copy,
+                    target.session(),
+                    target,
+                    max_plain,
+                    feed.scheme(),
+                );
                 if src.image.key_fingerprint == target.pool().key_fingerprint {
                     // `commit` compares the writer's digest with the original's.
                     feed.writer_digest_suffices();
@@ -368,9 +380,16 @@ fn copy_spooled(
             let started = Instant::now();
             let copy = Uuid::new_v4();
             begin(cat, target, orig, copy)?;
-            let header = header_for(orig, copy, target.session(), target, max_plain);
             let r = (|| -> Result<(ImageRead, WrittenImage)> {
-                let mut feed = RecordFeed::from_spool(keys, &src.image, file, max_plain)?;
+                let mut feed = RecordFeed::from_spool(keys, &src.image, file, &read, max_plain)?;
+                let header = header_for(
+                    orig,
+                    copy,
+                    target.session(),
+                    target,
+                    max_plain,
+                    feed.scheme(),
+                );
                 if src.image.key_fingerprint == target.pool().key_fingerprint {
                     feed.writer_digest_suffices();
                 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use tape_formats::{
-    decode_block, Block, ContentDigest, ExtentKind, ImageHeader, PartChecker, PartJoiner,
-    ReadStatus, TrailerStatus,
+    decode_block, Block, ContentDigest, DigestScheme, ExtentKind, ImageHeader, PartChecker,
+    PartJoiner, ReadStatus, TrailerStatus,
 };
 use uuid::Uuid;
 
@@ -21,6 +21,10 @@ use crate::error::{Context, Error, Result};
 /// What [`read_image_records`] hands on for each data record: the block as read, its
 /// extents and its authenticated plain bytes.
 pub type OnRecord<'a> = dyn FnMut(&[u8], &[tape_formats::Extent], &[u8]) -> Result<()> + 'a;
+
+/// What [`read_image_records`] tells once, when it has read the image's first header
+/// (before any record): the content digest its trailers carry.
+pub type OnScheme<'a> = dyn FnMut(DigestScheme) -> Result<()> + 'a;
 
 /// What reading one image found.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +41,10 @@ pub struct ImageRead {
     pub digest_checked: bool,
     #[serde(rename = "barcodes")]
     pub cartridges: Vec<String>,
+    /// The content digest the image's header announced (its format major); `None` when
+    /// no header was read (an image without records).
+    #[serde(skip)]
+    pub digest_scheme: Option<DigestScheme>,
 }
 
 /// Where a failure happened, for messages.
@@ -164,6 +172,7 @@ pub fn read_image(
             image,
             segments,
             &mut |_, ext, plain| deliver(ext, plain, on_data),
+            &mut |_| Ok(()),
         );
     }
     let parts = parts_of(image, segments)?;
@@ -176,6 +185,7 @@ pub fn read_image(
         segments_skipped: 0,
         digest_checked: false,
         cartridges: Vec::new(),
+        digest_scheme: None,
     };
     let mut plain = Vec::new();
     // Header block of each part's tape file (for drives that space instead of locating).
@@ -267,6 +277,7 @@ pub fn read_image_records(
     image: &ImageRow,
     segments: &[Segment],
     on_record: &mut OnRecord<'_>,
+    on_scheme: &mut OnScheme<'_>,
 ) -> Result<ImageRead> {
     let parts = parts_of(image, segments)?;
     let key = expected_key(image)?;
@@ -278,6 +289,7 @@ pub fn read_image_records(
         segments_skipped: 0,
         digest_checked: false,
         cartridges: Vec::new(),
+        digest_scheme: None,
     };
     let mut plain = Vec::new();
     {
@@ -291,13 +303,15 @@ pub fn read_image_records(
         })?;
         if segments.is_empty() {
             // An image without records (an incremental with no changes): nothing on
-            // tape to read; its digest is that of no records.
-            let empty = to_hex(&ContentDigest::with_key(digest_key).finalize());
+            // tape to read; its digest is that of no records (the same in both schemes).
+            let empty =
+                to_hex(&ContentDigest::with_key(DigestScheme::NEWEST, digest_key).finalize());
             out.digest_checked = image.content_digest.as_deref() == Some(empty.as_str());
             return Ok(out);
         }
         let mut joiner = PartJoiner::new();
-        let mut digest = ContentDigest::with_key(digest_key);
+        // Of the scheme the first header names.
+        let mut digest: Option<ContentDigest> = None;
         for part in &parts {
             let first = &part[0];
             if !out.cartridges.contains(&first.barcode) {
@@ -317,10 +331,14 @@ pub fn read_image_records(
                 image,
                 first,
                 &mut joiner,
-                &mut digest,
+                &mut ContentCheck {
+                    key: digest_key,
+                    digest: &mut digest,
+                },
                 &mut plain,
                 &mut out,
                 on_record,
+                on_scheme,
             )?;
             out.segments_read += part.len();
         }
@@ -331,7 +349,15 @@ pub fn read_image_records(
         let last = joiner
             .finish()
             .map_err(|e| Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, None))))?;
-        let got = digest.finalize();
+        let got = digest
+            .as_ref()
+            .map(ContentDigest::finalize)
+            .ok_or_else(|| {
+                Error::Integrity(format!(
+                    "{}: no image header was read",
+                    at(image.uuid, &bc, None)
+                ))
+            })?;
         if got != last.digest {
             return Err(Error::Integrity(format!(
                 "{}: content digest of the records read ({}) differs from the trailer's ({})",
@@ -390,6 +416,13 @@ fn deliver(
     Ok(())
 }
 
+/// The content digest of an image being read whole: started, of the scheme its first
+/// header names, when that header is read.
+struct ContentCheck<'a, 'k> {
+    key: Option<&'k [u8; 32]>,
+    digest: &'a mut Option<ContentDigest>,
+}
+
 /// Read one image part whole (the reader is at its header): header, every record,
 /// trailer, filemark.
 #[allow(clippy::too_many_arguments)]
@@ -400,10 +433,11 @@ fn read_part_whole(
     image: &ImageRow,
     first: &Segment,
     joiner: &mut PartJoiner,
-    digest: &mut ContentDigest,
+    check: &mut ContentCheck<'_, '_>,
     plain: &mut Vec<u8>,
     out: &mut ImageRead,
     on_record: &mut OnRecord<'_>,
+    on_scheme: &mut OnScheme<'_>,
 ) -> Result<()> {
     let bc = first.barcode.clone();
     let header_block = first.first_block - 1;
@@ -456,6 +490,11 @@ fn read_part_whole(
                         at(image.uuid, &bc, Some(block))
                     )));
                 }
+                if check.digest.is_none() {
+                    *check.digest = Some(ContentDigest::with_key(h.digest_scheme, check.key));
+                    out.digest_scheme = Some(h.digest_scheme);
+                    on_scheme(h.digest_scheme)?;
+                }
                 header = Some(h);
             }
             Ok(Block::Data(rec)) => {
@@ -463,6 +502,10 @@ fn read_part_whole(
                 opener
                     .open_data(keys, &rec, plain)
                     .map_err(|e| open_err(e, image.uuid, &bc, Some(block)))?;
+                let digest = check
+                    .digest
+                    .as_mut()
+                    .expect("checker accepted a header first");
                 digest.update_record(&rec.extents, plain).map_err(|e| {
                     Error::Integrity(format!("{}: {e}", at(image.uuid, &bc, Some(block))))
                 })?;
@@ -480,6 +523,10 @@ fn read_part_whole(
                         at(image.uuid, &bc, Some(block))
                     )));
                 }
+                let digest = check
+                    .digest
+                    .as_ref()
+                    .expect("checker accepted a header first");
                 if digest.finalize() != t.digest {
                     return Err(Error::Integrity(format!(
                         "{}: content digest through part {} differs from its trailer's",

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use tape_formats::{
-    decode_block, Block, ContentDigest, PartChecker, ReadStatus, StreamProblem, TrailerStatus,
+    decode_block, Block, ContentDigest, DigestScheme, PartChecker, ReadStatus, StreamProblem,
+    TrailerStatus,
 };
 use uuid::Uuid;
 
@@ -385,7 +386,11 @@ fn image_part(
             f.file
         ))
     })?;
-    let mut digest = (part == 0).then(|| ContentDigest::with_key(digest_key));
+    // Of the scheme the header names (its format major).
+    let scheme = checker
+        .header()
+        .map_or(DigestScheme::NEWEST, |h| h.digest_scheme);
+    let mut digest = (part == 0).then(|| ContentDigest::with_key(scheme, digest_key));
     let mut rel = 1u64;
     loop {
         let pos = plus(start, rel);

@@ -11,12 +11,13 @@ pub enum FormatError {
     #[error("bad magic {found:02x?}: not a tapevault block (or the block start is damaged)")]
     BadMagic { found: [u8; 8] },
     #[error(
-        "block has format version {found_major}.{found_minor}; this reader supports major {supported_major} \
-         (up to {supported_major}.{supported_minor}): use a newer tapevault to read it"
+        "block has format version {found_major}.{found_minor}; this reader supports majors {oldest_major} \
+         to {supported_major} (up to {supported_major}.{supported_minor}): use a newer tapevault to read it"
     )]
     UnsupportedVersion {
         found_major: u16,
         found_minor: u16,
+        oldest_major: u16,
         supported_major: u16,
         supported_minor: u16,
     },

@@ -1,4 +1,4 @@
-//! tapevault's on-tape format, version 1 (see `docs/FORMAT.md` for the byte-level spec).
+//! tapevault's on-tape format, majors 1 and 2 (see `docs/FORMAT.md` for the byte-level spec).
 //!
 //! Pure encode/decode: bytes in, bytes out. No device I/O, no catalog, no cryptography
 //! library. Encryption is done by the caller; this crate carries the fields (key
@@ -16,7 +16,10 @@ mod records;
 mod stream;
 mod wire;
 
-pub use digest::{digest_key, snapshot_digest, ContentDigest, SnapshotDigest, DIGEST_KEY_CONTEXT};
+pub use digest::{
+    digest_key, piece_digest, pieces, snapshot_digest, ContentDigest, DigestScheme, SnapshotDigest,
+    DIGEST_KEY_CONTEXT, DIGEST_PIECE_SIZE,
+};
 pub use error::FormatError;
 pub use records::*;
 pub use stream::*;
@@ -24,11 +27,18 @@ pub use wire::{decode_prefix, resync, Prefix};
 
 /// The 8 magic bytes every block starts with (ASCII `TAPEVLT` then 0x00).
 pub const MAGIC: [u8; 8] = *b"TAPEVLT\0";
-/// Major format version written by this crate. A reader refuses blocks with a larger major.
-pub const FORMAT_MAJOR: u16 = 1;
+/// Newest major format version this crate reads and writes. A reader refuses blocks with
+/// a major it does not know. Majors 1 and 2 share every layout; they differ only in the
+/// content digest an image's header and trailer announce ([`DigestScheme`]): tapevault
+/// writes the header and trailer of a new image with major 2, every other block with
+/// major 1 (the lowest version that describes it).
+pub const FORMAT_MAJOR: u16 = 2;
+/// Oldest major format version this crate reads (and the one its blocks other than image
+/// headers and trailers are written with).
+pub const OLDEST_MAJOR: u16 = 1;
 /// Newest minor format version this crate reads and writes. Newer minors only add
 /// extension-area entries (TLV) and new record types, both of which older readers skip.
-/// 1.1 adds the image header's `copy_of` ([`EXT_COPY_OF`]) and `synthetic_of`
+/// Minor 1 (1.1, and 2.1 for major 2) adds the image header's `copy_of` ([`EXT_COPY_OF`]) and `synthetic_of`
 /// ([`EXT_SYNTHETIC_OF`]) entries.
 pub const FORMAT_MINOR: u16 = 1;
 /// The minor a block is written with when it uses nothing newer than 1.0: every block

@@ -1,7 +1,8 @@
-//! The record structures of format v1, their encoders and [`decode_block`].
+//! The record structures of the format (majors 1 and 2 share them), their encoders and
+//! [`decode_block`].
 use crate::wire::{
     begin_block, check_extensions, decode_prefix, finish_header, put_i64, put_opt16, put_str,
-    put_u16, put_u32, put_u64, put_u8, set_extension, Cur, CRC_OFFSET,
+    put_u16, put_u32, put_u64, put_u8, set_extension, set_major, Cur, CRC_OFFSET,
 };
 use crate::*;
 
@@ -328,6 +329,10 @@ pub struct ImageHeader {
     /// the image with this UUID (the point it reproduces, byte for byte), not read from
     /// the disk. Carried in the header's extension area (entry [`EXT_SYNTHETIC_OF`]).
     pub synthetic_of: Option<[u8; 16]>,
+    /// The content digest the image's trailers carry, written as the header block's
+    /// format major ([`DigestScheme::major`]): every part's header and trailer carry the
+    /// same. New images are written with [`DigestScheme::NEWEST`].
+    pub digest_scheme: DigestScheme,
 }
 
 const R_IHDR: &str = "image header";
@@ -400,6 +405,7 @@ impl ImageHeader {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
         self.validate()?;
         let start = begin_block(out, record_type::IMAGE_HEADER);
+        set_major(out, start, self.digest_scheme.major());
         let r = (|| {
             out.extend_from_slice(&self.image_uuid);
             out.extend_from_slice(&self.disk_uuid);
@@ -449,7 +455,7 @@ impl ImageHeader {
         finish_header(out, start, 0, true, R_IHDR)
     }
 
-    fn decode(c: &mut Cur<'_>, ext: &[u8]) -> Result<Self, FormatError> {
+    fn decode(c: &mut Cur<'_>, ext: &[u8], scheme: DigestScheme) -> Result<Self, FormatError> {
         let image_uuid = c.arr("image_uuid")?;
         let disk_uuid = c.arr("disk_uuid")?;
         let session_uuid = c.arr("session_uuid")?;
@@ -514,6 +520,7 @@ impl ImageHeader {
             from_change_id,
             copy_of: uuid_entry(ext, EXT_COPY_OF, "copy_of")?,
             synthetic_of: uuid_entry(ext, EXT_SYNTHETIC_OF, "synthetic_of")?,
+            digest_scheme: scheme,
         };
         h.validate()?;
         Ok(h)
@@ -578,6 +585,9 @@ pub struct ImageTrailer {
     pub stored_bytes: u64,
     /// [`ContentDigest`] of the image's records so far (through this part).
     pub digest: [u8; 32],
+    /// Which content digest `digest` is, written as the trailer block's format major;
+    /// always its header's.
+    pub digest_scheme: DigestScheme,
 }
 
 const R_ITRL: &str = "image trailer";
@@ -592,6 +602,7 @@ impl ImageTrailer {
             });
         }
         let start = begin_block(out, record_type::IMAGE_TRAILER);
+        set_major(out, start, self.digest_scheme.major());
         out.extend_from_slice(&self.image_uuid);
         put_u32(out, self.part);
         put_u8(out, self.status as u8);
@@ -604,7 +615,7 @@ impl ImageTrailer {
         finish_header(out, start, 0, true, R_ITRL)
     }
 
-    fn decode(c: &mut Cur<'_>) -> Result<Self, FormatError> {
+    fn decode(c: &mut Cur<'_>, scheme: DigestScheme) -> Result<Self, FormatError> {
         let image_uuid = c.arr("image_uuid")?;
         let part = c.u32("part")?;
         let status = match c.u8("status")? {
@@ -629,6 +640,7 @@ impl ImageTrailer {
             zero_bytes: c.u64("zero_bytes")?,
             stored_bytes: c.u64("stored_bytes")?,
             digest: c.arr("digest")?,
+            digest_scheme: scheme,
         };
         if t.records_in_part > t.records_in_image {
             return Err(FormatError::Inconsistent {
@@ -1288,14 +1300,14 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
         record_type::IMAGE_HEADER => {
             no_payload(&p, R_IHDR)?;
             let mut c = Cur::new(body, R_IHDR);
-            let v = ImageHeader::decode(&mut c, &block[body_end..p.header_len])?;
+            let v = ImageHeader::decode(&mut c, &block[body_end..p.header_len], scheme_of(&p))?;
             c.end()?;
             Block::ImageHeader(v)
         }
         record_type::IMAGE_TRAILER => {
             no_payload(&p, R_ITRL)?;
             let mut c = Cur::new(body, R_ITRL);
-            let v = ImageTrailer::decode(&mut c)?;
+            let v = ImageTrailer::decode(&mut c, scheme_of(&p))?;
             c.end()?;
             Block::ImageTrailer(v)
         }
@@ -1350,6 +1362,12 @@ pub fn decode_block(block: &[u8]) -> Result<Block<'_>, FormatError> {
     Ok(out)
 }
 
+/// The content digest an image header or trailer of this major announces
+/// ([`decode_prefix`] accepts only the majors that name one).
+fn scheme_of(p: &crate::Prefix) -> DigestScheme {
+    DigestScheme::of_major(p.major).unwrap_or(DigestScheme::NEWEST)
+}
+
 fn check_payload_crc(stored: u32, payload: &[u8]) -> Result<(), FormatError> {
     let computed = crc32fast::hash(payload);
     if computed != stored {
@@ -1385,7 +1403,55 @@ mod copy_header_tests {
             from_change_id: None,
             copy_of,
             synthetic_of: None,
+            digest_scheme: DigestScheme::NEWEST,
         }
+    }
+
+    #[test]
+    fn the_header_and_trailer_majors_name_the_content_digest() {
+        for scheme in [DigestScheme::Bytes, DigestScheme::Pieces] {
+            let h = ImageHeader {
+                digest_scheme: scheme,
+                ..header(None)
+            };
+            let mut b = Vec::new();
+            h.encode(&mut b).unwrap();
+            assert_eq!(u16::from_le_bytes([b[8], b[9]]), scheme.major());
+            assert_eq!(decode_block(&b).unwrap(), Block::ImageHeader(h));
+            let t = ImageTrailer {
+                image_uuid: [1; 16],
+                part: 0,
+                status: TrailerStatus::Complete,
+                records_in_part: 0,
+                records_in_image: 0,
+                data_bytes: 0,
+                zero_bytes: 0,
+                stored_bytes: 0,
+                digest: [7; 32],
+                digest_scheme: scheme,
+            };
+            let mut b = Vec::new();
+            t.encode(&mut b).unwrap();
+            assert_eq!(u16::from_le_bytes([b[8], b[9]]), scheme.major());
+            assert_eq!(decode_block(&b).unwrap(), Block::ImageTrailer(t));
+        }
+        // Every other block keeps major 1.
+        let mut b = Vec::new();
+        let fields = DataFields {
+            image_uuid: [1; 16],
+            part: 0,
+            sequence: 0,
+            compression: Compression::None,
+            crypto: RecordCrypto::None,
+            plain_len: 1,
+        };
+        let e = [Extent {
+            offset: 0,
+            length: 1,
+            kind: ExtentKind::Data,
+        }];
+        encode_data_record(&fields, &e, b"x", &mut b).unwrap();
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 1);
     }
 
     #[test]

@@ -318,6 +318,7 @@ impl<S: BlockSink> ImageWriter<S> {
             zero_bytes: self.zero_bytes,
             stored_bytes: self.stored_bytes,
             digest,
+            digest_scheme: self.header.digest_scheme,
         };
         self.buf.clear();
         trailer.encode(&mut self.buf)?;
@@ -385,6 +386,12 @@ pub enum StreamProblem {
     },
     #[error("block {position}: {found} after the image trailer (expected a filemark)")]
     AfterTrailer { position: u64, found: &'static str },
+    #[error("block {position}: the image trailer is format major {trailer_major}, its header major {header_major} (they name the content digest, so they must agree)")]
+    DigestScheme {
+        position: u64,
+        header_major: u16,
+        trailer_major: u16,
+    },
 }
 
 /// What [`PartChecker::check`] decided about a block.
@@ -531,6 +538,13 @@ impl PartChecker {
                         position,
                         expected: h.part,
                         found: t.part,
+                    });
+                }
+                if t.digest_scheme != h.digest_scheme {
+                    return reject(StreamProblem::DigestScheme {
+                        position,
+                        header_major: h.digest_scheme.major(),
+                        trailer_major: t.digest_scheme.major(),
                     });
                 }
                 self.trailer = Some(t.clone());
@@ -750,6 +764,12 @@ impl PartJoiner {
                 reason: "image UUID or part differ",
             });
         }
+        if trailer.digest_scheme != header.digest_scheme {
+            return Err(SpanError::HeaderTrailerMismatch {
+                part,
+                reason: "format majors (which name the content digest) differ",
+            });
+        }
         if trailer
             .records_in_image
             .checked_sub(trailer.records_in_part)
@@ -786,6 +806,7 @@ impl PartJoiner {
                     ("disk_size", header.disk_size == first.disk_size),
                     ("change_id", header.change_id == first.change_id),
                     ("cipher", header.cipher == first.cipher),
+                    ("digest_scheme", header.digest_scheme == first.digest_scheme),
                 ];
                 for (field, eq) in same {
                     if !eq {

@@ -1,7 +1,8 @@
 //! Low-level framing: the common block prefix, little-endian field helpers, the
 //! extension area and resynchronisation.
 use crate::{
-    FormatError, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_BLOCK_SIZE, MAX_EXTENSION_LEN, PREFIX_LEN,
+    FormatError, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_BLOCK_SIZE, MAX_EXTENSION_LEN,
+    OLDEST_MAJOR, PREFIX_LEN,
 };
 
 /// Byte offset of the header CRC inside the prefix.
@@ -55,10 +56,11 @@ pub fn decode_prefix(block: &[u8]) -> Result<Prefix, FormatError> {
     let le32 = |o: usize| u32::from_le_bytes([block[o], block[o + 1], block[o + 2], block[o + 3]]);
     let major = le16(8);
     let minor = le16(10);
-    if major != FORMAT_MAJOR {
+    if !(OLDEST_MAJOR..=FORMAT_MAJOR).contains(&major) {
         return Err(FormatError::UnsupportedVersion {
             found_major: major,
             found_minor: minor,
+            oldest_major: OLDEST_MAJOR,
             supported_major: FORMAT_MAJOR,
             supported_minor: FORMAT_MINOR,
         });
@@ -153,7 +155,7 @@ pub(crate) fn check_extensions(mut ext: &[u8]) -> Result<(), FormatError> {
 pub(crate) fn begin_block(out: &mut Vec<u8>, record_type: u16) -> usize {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
-    put_u16(out, FORMAT_MAJOR);
+    put_u16(out, OLDEST_MAJOR);
     put_u16(out, crate::BASE_MINOR);
     put_u16(out, record_type);
     put_u16(out, 0); // extension area length: this version writes none
@@ -161,6 +163,11 @@ pub(crate) fn begin_block(out: &mut Vec<u8>, record_type: u16) -> usize {
     put_u32(out, 0); // payload length, patched by finish_header
     put_u32(out, 0); // header CRC, patched by finish_header
     start
+}
+
+/// Set the major version of the block begun at `start` (call before [`finish_header`]).
+pub(crate) fn set_major(out: &mut [u8], start: usize, major: u16) {
+    out[start + 8..start + 10].copy_from_slice(&major.to_le_bytes());
 }
 
 /// Mark the last `ext_len` bytes written to the block begun at `start` as its

@@ -108,21 +108,31 @@ fn every_truncation_of_every_block_kind_is_a_typed_error() {
 }
 
 #[test]
-fn newer_major_version_is_refused_naming_both_versions() {
+fn unknown_major_versions_are_refused_naming_both_versions() {
     let mut b = sample_record(RecordCrypto::None);
-    b[8] = 2; // major 2
+    b[8] = 3; // major 3
     let e = decode_block(&b).unwrap_err();
     assert_eq!(
         e,
         FormatError::UnsupportedVersion {
-            found_major: 2,
+            found_major: 3,
             found_minor: 0,
-            supported_major: 1,
+            oldest_major: 1,
+            supported_major: 2,
             supported_minor: FORMAT_MINOR
         }
     );
     let msg = e.to_string();
-    assert!(msg.contains("2.0") && msg.contains("1.1"), "{msg}");
+    assert!(
+        msg.contains("3.0") && msg.contains("majors 1 to 2") && msg.contains("2.1"),
+        "{msg}"
+    );
+    // Major 0 never existed.
+    b[8] = 0;
+    assert!(matches!(
+        decode_block(&b),
+        Err(FormatError::UnsupportedVersion { found_major: 0, .. })
+    ));
 }
 
 #[test]

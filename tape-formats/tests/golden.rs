@@ -1,5 +1,7 @@
 //! Golden vectors: the exact bytes of fixed structures. Any accidental format change
-//! fails here. After a deliberate change (a new format version!), regenerate with
+//! fails here. The `_major1` files are the first format's bytes, never regenerated: an
+//! encoder that writes them differently fails here. After a deliberate change (a new
+//! format version!), regenerate with
 //! `TAPE_FORMATS_BLESS=1 cargo test -p tape-formats --test golden` and update
 //! docs/FORMAT.md (its hex example is `tests/golden/hexdump.txt`).
 mod common;
@@ -28,6 +30,14 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
 
     common::fixed_header().encode(&mut b).unwrap();
     v.push(("image_header", std::mem::take(&mut b)));
+    // The same header of an image with the bytes digest: major 1, as first written.
+    ImageHeader {
+        digest_scheme: DigestScheme::Bytes,
+        ..common::fixed_header()
+    }
+    .encode(&mut b)
+    .unwrap();
+    v.push(("image_header_major1", std::mem::take(&mut b)));
 
     let extents = [
         Extent {
@@ -66,7 +76,7 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
     data_record_aad(&fields, &extents, 5, &mut b).unwrap();
     v.push(("data_record_encrypted_aad", std::mem::take(&mut b)));
 
-    ImageTrailer {
+    let trailer = ImageTrailer {
         image_uuid: [0x11; 16],
         part: 0,
         status: TrailerStatus::Complete,
@@ -76,10 +86,17 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
         zero_bytes: 0x8000,
         stored_bytes: 40,
         digest: [0xD1; 32],
+        digest_scheme: DigestScheme::Pieces,
+    };
+    trailer.encode(&mut b).unwrap();
+    v.push(("image_trailer", std::mem::take(&mut b)));
+    ImageTrailer {
+        digest_scheme: DigestScheme::Bytes,
+        ..trailer
     }
     .encode(&mut b)
     .unwrap();
-    v.push(("image_trailer", std::mem::take(&mut b)));
+    v.push(("image_trailer_major1", std::mem::take(&mut b)));
 
     SnapshotHeader {
         session_uuid: [0x33; 16],
@@ -184,6 +201,22 @@ fn golden_files_decode_to_the_fixed_structures() {
         decode_block(&b).unwrap(),
         Block::ImageHeader(common::fixed_header())
     );
+    // Written by the first tapevault (format 1.0): the header of an image whose
+    // trailers carry the digest of the bytes.
+    let b = std::fs::read(dir.join("image_header_major1.bin")).unwrap();
+    assert_eq!(u16::from_le_bytes([b[8], b[9]]), 1);
+    assert_eq!(
+        decode_block(&b).unwrap(),
+        Block::ImageHeader(ImageHeader {
+            digest_scheme: DigestScheme::Bytes,
+            ..common::fixed_header()
+        })
+    );
+    let b = std::fs::read(dir.join("image_trailer_major1.bin")).unwrap();
+    match decode_block(&b).unwrap() {
+        Block::ImageTrailer(t) => assert_eq!(t.digest_scheme, DigestScheme::Bytes),
+        other => panic!("{other:?}"),
+    }
     let b = std::fs::read(dir.join("data_record_plain.bin")).unwrap();
     match decode_block(&b).unwrap() {
         Block::Data(r) => {

@@ -114,11 +114,12 @@ proptest! {
     }
 
     #[test]
-    fn content_digest_by_record_equals_by_extent(extents in arb_extents()) {
+    fn content_digest_by_record_equals_by_extent(extents in arb_extents(), pieces in any::<bool>()) {
+        let scheme = if pieces { DigestScheme::Pieces } else { DigestScheme::Bytes };
         let plain: Vec<u8> = (0..plain_len(&extents)).map(|i| (i % 251) as u8).collect();
-        let mut a = ContentDigest::new();
+        let mut a = ContentDigest::new(scheme);
         a.update_record(&extents, &plain).unwrap();
-        let mut b = ContentDigest::new();
+        let mut b = ContentDigest::new(scheme);
         let mut at = 0usize;
         for e in &extents {
             let n = if e.kind == ExtentKind::Data { e.length as usize } else { 0 };
@@ -154,7 +155,7 @@ fn content_digest_matches_the_documented_definition() {
     manual.extend_from_slice(&4u64.to_le_bytes());
     manual.extend_from_slice(&(1u64 << 20).to_le_bytes());
     manual.push(1);
-    let mut d = ContentDigest::new();
+    let mut d = ContentDigest::new(DigestScheme::Bytes);
     d.update_record(&ext, b"abcd").unwrap();
     assert_eq!(d.finalize(), *blake3::hash(&manual).as_bytes());
 
@@ -167,7 +168,7 @@ fn content_digest_matches_the_documented_definition() {
         blake3::derive_key("tapevault 2026-11 content digest key v1", &record_key)
     );
     assert_ne!(&dk, &record_key);
-    let mut k = ContentDigest::keyed(&dk);
+    let mut k = ContentDigest::keyed(DigestScheme::Bytes, &dk);
     k.update_record(&ext, b"abcd").unwrap();
     assert_eq!(k.finalize(), *blake3::keyed_hash(&dk, &manual).as_bytes());
     assert_ne!(k.finalize(), d.finalize());

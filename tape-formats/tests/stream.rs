@@ -57,7 +57,7 @@ fn plain_part(n: u64, status: TrailerStatus) -> Written {
         MemTape::new(),
         plain_header(),
         n,
-        &mut ContentDigest::new(),
+        &mut ContentDigest::new(DigestScheme::NEWEST),
         status,
     )
 }
@@ -81,7 +81,7 @@ fn read_part(
 ) {
     let mut r = ImageReader::new(tape);
     let (mut seqs, mut probs, mut trailer) = (vec![], vec![], None);
-    let mut digest = ContentDigest::new();
+    let mut digest = ContentDigest::new(DigestScheme::NEWEST);
     loop {
         match r.next_event().unwrap() {
             ReadEvent::Header(_) => {}
@@ -141,7 +141,7 @@ fn lost_duplicated_reordered_and_foreign_records_are_reported_by_position() {
             ..plain_header()
         },
         2,
-        &mut ContentDigest::new(),
+        &mut ContentDigest::new(DigestScheme::NEWEST),
         TrailerStatus::Complete,
     );
     let items = blocks(&mut w.tape);
@@ -279,7 +279,7 @@ fn writer_refuses_fields_of_another_sequence_or_image() {
 #[test]
 fn early_warning_spans_the_image_onto_the_next_volume() {
     let header = plain_header();
-    let mut digest = ContentDigest::new();
+    let mut digest = ContentDigest::new(DigestScheme::NEWEST);
     let mut vol1 = MemTape {
         early_warning_at: Some(30_000),
         ..MemTape::new()
@@ -350,6 +350,7 @@ fn part_joiner_detects_missing_duplicate_out_of_order_foreign_and_gaps() {
         zero_bytes: 0,
         stored_bytes: 0,
         digest: [0; 32],
+        digest_scheme: h0.digest_scheme,
     };
     let t0 = t(0, TrailerStatus::Continued, 10, 10);
     let h1 = h0.next_part(&t0);

@@ -55,7 +55,8 @@ MAX_BLOCK = 1048576
 MAX_EXT = 16384
 MAX_PLAIN = 983040
 MAX_EXTENTS = 2048
-SUPPORTED_MAJOR, SUPPORTED_MINOR = 1, 1
+SUPPORTED_MAJORS, SUPPORTED_MINOR = (1, 2), 1  # majors differ only in the content digest (4.4)
+DIGEST_PIECE = 65536  # major 2: data extents cut at every 64 KiB of disk offset (4.4)
 EXT_COPY_OF = 0x0001  # 1.1: image header, 16 bytes: the original a tape-to-tape copy duplicates
 EXT_SYNTHETIC_OF = 0x0002  # 1.1: image header, 16 bytes: the image a synthetic full reproduces
 
@@ -309,8 +310,8 @@ def decode_block(blk, where):
     if blk[:8] != MAGIC:
         raise Integrity(f"{where}: bad magic")
     major, minor, rtype, ext_len, header_len, payload_len, hcrc = struct.unpack_from("<HHHHIII", blk, 8)
-    if major != SUPPORTED_MAJOR:
-        raise Integrity(f"{where}: format version {major}.{minor}; this reader supports {SUPPORTED_MAJOR}.x")
+    if major not in SUPPORTED_MAJORS:
+        raise Integrity(f"{where}: format version {major}.{minor}; this reader supports majors {SUPPORTED_MAJORS}")
     if header_len < PREFIX_LEN + ext_len or ext_len > MAX_EXT:
         raise Integrity(f"{where}: bad header length")
     if header_len + payload_len != len(blk):
@@ -329,7 +330,7 @@ def decode_block(blk, where):
     header, payload = blk[:header_len], blk[header_len:]
     if rtype in (T_LABEL, T_IHDR, T_ITRL, T_SHDR, T_STRL, T_EOS) and payload_len:
         raise Integrity(f"{where}: a payload on a record type that has none")
-    r = {}
+    r = {"major": major}
     if rtype == T_LABEL:
         r.update(volume=body.take(16), media_set=body.take(16), set_sequence=body.num("I"),
                  time=body.num("q"), key_fingerprint=body.opt16(), barcode=body.string(32),
@@ -565,8 +566,16 @@ class Tapes:
                     pos = 0
                     for (off, ln, kind) in r["extents"]:
                         digest.update(struct.pack("<QQB", off, ln, kind))
-                        if kind == 0:
+                        if kind == 0 and first["major"] == 1:
                             digest.update(plain[pos:pos + ln])
+                        elif kind == 0:
+                            # Major 2: the BLAKE3 of each piece, cut at every 64 KiB of disk offset.
+                            at = off
+                            while at < off + ln:
+                                end = min((at // DIGEST_PIECE + 1) * DIGEST_PIECE, off + ln)
+                                digest.update(blake3.blake3(plain[pos + at - off:pos + end - off]).digest())
+                                at = end
+                        if kind == 0:
                             pos += ln
                             counts["data"] += ln
                         else:
@@ -589,6 +598,8 @@ class Tapes:
                 raise Integrity(f"image {u(image)} part {part}: truncated (no trailer)")
             if trailer["image"] != image or trailer["part"] != part:
                 raise Integrity(f"image {u(image)} part {part}: trailer of another image or part")
+            if trailer["major"] != h["major"]:
+                raise Integrity(f"image {u(image)} part {part}: trailer major {trailer['major']}, header major {h['major']}")
             for field, have in (("records_in_part", counts["records"]), ("records_in_image", next_seq),
                                 ("data_bytes", counts["data"]), ("zero_bytes", counts["zero"]),
                                 ("stored_bytes", counts["stored"])):

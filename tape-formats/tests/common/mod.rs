@@ -129,6 +129,12 @@ pub fn arb_header() -> impl Strategy<Value = ImageHeader> {
                     copy_of: None,
                     // Format 1.1: some fulls are synthetic (extension entry).
                     synthetic_of: (kind == ImageKind::Full && part % 2 == 1).then_some(s),
+                    // Both majors: 1 (the bytes digest) on odd first sequences.
+                    digest_scheme: if fs % 2 == 1 {
+                        DigestScheme::Bytes
+                    } else {
+                        DigestScheme::Pieces
+                    },
                 }
             },
         )
@@ -157,6 +163,11 @@ pub fn arb_trailer() -> impl Strategy<Value = ImageTrailer> {
             zero_bytes: zb,
             stored_bytes: sb,
             digest: d,
+            digest_scheme: if part % 2 == 1 {
+                DigestScheme::Bytes
+            } else {
+                DigestScheme::Pieces
+            },
         })
 }
 
@@ -218,5 +229,6 @@ pub fn fixed_header() -> ImageHeader {
         from_change_id: Some("52 de c0 7e/41".into()),
         copy_of: None,
         synthetic_of: None,
+        digest_scheme: DigestScheme::NEWEST,
     }
 }
