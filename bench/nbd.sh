@@ -17,6 +17,7 @@
 # full in each round (alternating with the first: a before/after in one run).
 #
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
+# ROUNDS (default 3; part 1 only), NO_FILE=1 (part 1 without the nbdcopy to a file),
 # KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
 # 5x SIZE_MIB + 3 GiB. FULL_ONLY=1 runs only part 1, each full into a fresh home and
 # library removed after it (WORKDIR then needs about 3x SIZE_MIB). TAPE_DIR puts the
@@ -46,7 +47,7 @@ export TAPEVAULT_HOME=$TAPE_DIR/home
 log() { echo "$*" | tee -a "$W/results.txt" >&2; }
 now_s() { date +%s.%N; }
 # stats V1 V2 V3 -> "min median max"
-stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f %.3f %.3f", a[1], a[2], a[3]}'; }
+stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.3f %.3f %.3f", a[1], a[int((NR+1)/2)], a[NR]}'; }
 # field JSONFILE KEY: a field of the first image of a backup report
 field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0][sys.argv[2]])' "$1" "$2"; }
 
@@ -77,7 +78,7 @@ rm -f "$W/rand.raw"
 # 1. full vs nbdcopy (to null: and to a file), alternating
 F=(); N=(); D=(); C=(); B=()
 BIN_B=${TAPEVAULT_BIN_B:-}
-for r in 1 2 3; do
+for r in $(seq 1 "${ROUNDS:-3}"); do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now_s)
   nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:
@@ -94,6 +95,7 @@ for r in 1 2 3; do
     B+=("$(BIN=$BIN_B backup fullb$r --disk "qcow2:$IMG" --disk-id $ID --full)")
     [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   fi
+  [ "${NO_FILE:-0}" = 1 ] && continue
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now_s)
   nbdcopy --flush -- [ qemu-nbd -r -f qcow2 "$IMG" ] "$W/copy.raw"
@@ -105,12 +107,15 @@ log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" re
 [ -n "$BIN_B" ] && log "full, TAPEVAULT_BIN_B (s): $(stats "${B[@]}")"
 log "nbdcopy to null: (s):  $(stats "${N[@]}")"
 log "nbdcopy to null: from qemu-nbd --cache=none (s): $(stats "${D[@]}")"
-log "nbdcopy to a file (s): $(stats "${C[@]}")"
+[ "${NO_FILE:-0}" = 1 ] || log "nbdcopy to a file (s): $(stats "${C[@]}")"
 fm=$(stats "${F[@]}" | cut -d' ' -f2); nm=$(stats "${N[@]}" | cut -d' ' -f2)
-cm=$(stats "${C[@]}" | cut -d' ' -f2); dm=$(stats "${D[@]}" | cut -d' ' -f2)
+dm=$(stats "${D[@]}" | cut -d' ' -f2)
 log "full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $fm" | bc)"
 log "full speed / nbdcopy-to-null from --cache=none speed (medians): $(echo "scale=3; $dm / $fm" | bc)"
-log "full speed / nbdcopy-to-file speed (medians): $(echo "scale=3; $cm / $fm" | bc)"
+if [ "${NO_FILE:-0}" != 1 ]; then
+  cm=$(stats "${C[@]}" | cut -d' ' -f2)
+  log "full speed / nbdcopy-to-file speed (medians): $(echo "scale=3; $cm / $fm" | bc)"
+fi
 if [ -n "$BIN_B" ]; then
   bm=$(stats "${B[@]}" | cut -d' ' -f2)
   log "TAPEVAULT_BIN_B: full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $bm" | bc)"

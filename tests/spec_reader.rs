@@ -325,3 +325,45 @@ fn the_spec_reader_restores_a_clear_chain_and_a_copy_without_a_key() {
         );
     }
 }
+
+#[test]
+fn the_spec_reader_restores_cartridges_of_the_first_format() {
+    // tests/fixtures/format-major1: images whose headers and trailers are major 1, so
+    // their content digest is the digest of the bytes (FORMAT.md 4.4), one chain
+    // clear and one encrypted.
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipping: no Python 3 with the spec reader's modules ({why})");
+            return;
+        }
+    };
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-major1");
+    let r = Reader {
+        py,
+        carts: vec![
+            fx.join("library/cartridges/TV0001L9"),
+            fx.join("library/cartridges/TV0002L9"),
+        ],
+        pass: fx.join("pass"),
+    };
+    let key = fx.join("old1.key");
+    let key = ["--key", key.to_str().unwrap()];
+    let out = tempfile::tempdir().unwrap();
+    for (image, name) in [
+        ("0ea74f6d-0a8a-4bb6-a69b-a4fd5a938589", "a-full"),
+        ("60854d95-4645-4f72-982c-eaf2ccf78439", "a-inc"),
+        ("e1fa048f-2754-4498-a451-6b851dda6218", "b-full"),
+        ("cb969305-21e4-425f-a24d-13e0802c51dc", "b-inc"),
+    ] {
+        let to = out.path().join(format!("{name}.img"));
+        let run = r.run(&key, &["--image", image, "--out", to.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{image}: {run:?}");
+        let z = std::fs::read(fx.join(format!("expected/{name}.img.zst"))).unwrap();
+        assert_eq!(
+            std::fs::read(&to).unwrap(),
+            zstd::decode_all(&z[..]).unwrap(),
+            "{name} ({image}) as the spec reader restores it"
+        );
+    }
+}
