@@ -71,7 +71,7 @@ impl Job<'_> {
                         st.barcode,
                         st.records,
                         Uuid::from_bytes(st.header.image_uuid),
-                        p.block.len()
+                        p.block_len()
                     ),
                 );
                 self.span(st)?;
@@ -83,7 +83,7 @@ impl Job<'_> {
                                 "writing record {} of image {} ({} bytes) right after the header on cartridge {}: a record does not fit on a whole cartridge of this pool",
                                 st.records,
                                 Uuid::from_bytes(st.header.image_uuid),
-                                p.block.len(),
+                                p.block_len(),
                                 st.barcode
                             )
                         }),
@@ -106,6 +106,14 @@ impl Job<'_> {
         let seq = fields.sequence;
         let block = st.next_block;
         let r = match (sealer, &p.sealed) {
+            // Stored as read: header and payload go to the drive as two parts.
+            (None, _) if p.payload_in_plain => w.write_framed_record_parts(
+                &fields,
+                &p.extents,
+                p.payload_crc,
+                &mut p.block[..p.header_room],
+                &p.plain,
+            ),
             (None, _) => w.write_framed_record(&fields, &p.extents, p.payload_crc, &mut p.block),
             // Sealed in the transform stage for exactly this header: write as is.
             (Some(_), Some(sf))

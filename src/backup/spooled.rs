@@ -191,6 +191,7 @@ fn decode_into(r: &mut Reader<'_>, p: &mut Prepared) -> Option<()> {
     p.block.clear();
     p.block.resize(header_room, 0);
     p.block.extend_from_slice(stored);
+    p.payload_in_plain = false;
     r.at = r.b.len();
     // Not carried: the plain data and the block digests were used before the spool.
     p.plain.clear();
@@ -285,5 +286,49 @@ mod tests {
                 assert!(e.to_string().contains("damaged"), "{e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod payload_in_plain_tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_as_read_comes_back_whole_in_its_block() {
+        // The payload left in the plain buffer (not copied into the block) goes into
+        // the spool and comes back as one block: header room, then the payload.
+        let mut p = Prepared {
+            extents: vec![Extent {
+                offset: 0,
+                length: 4096,
+                kind: ExtentKind::Data,
+            }],
+            header_room: 129,
+            compression: Some(WireCompression::None),
+            plain_len: 4096,
+            data_bytes: 4096,
+            payload_in_plain: true,
+            ..Prepared::default()
+        };
+        p.block = vec![0; 129];
+        p.plain = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        p.payload_crc = crc32fast::hash(&p.plain);
+        let codec = PreparedCodec {
+            events: &crate::events::Silent,
+        };
+        let mut bytes = Vec::new();
+        codec.encode(&p, &mut bytes);
+        assert_eq!(codec.size(&p), 4096);
+        let mut q = Prepared {
+            payload_in_plain: true,
+            plain: vec![5; 10],
+            ..Prepared::default()
+        };
+        codec.decode(&bytes, &mut q).unwrap();
+        assert!(!q.payload_in_plain);
+        assert!(q.plain.is_empty());
+        assert_eq!(q.block.len(), 129 + 4096);
+        assert_eq!(q.stored(), &p.plain[..]);
+        assert_eq!(q.block_len(), p.block_len());
     }
 }

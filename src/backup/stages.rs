@@ -128,8 +128,13 @@ impl ChunkDigests {
 pub(super) struct Prepared {
     pub(super) extents: Vec<Extent>,
     /// The record's block as it goes to tape: `header_room` bytes for the header (framed
-    /// by the writer, which knows the final part and sequence), then the stored payload.
+    /// by the writer, which knows the final part and sequence), then the stored payload,
+    /// unless the payload is `plain` itself (`payload_in_plain`): then only the header
+    /// room, and the drive takes header and payload as two parts of one block.
     pub(super) block: Vec<u8>,
+    /// The stored payload is the plain data as read (neither compressed nor encrypted),
+    /// left in `plain` instead of copied into `block`.
+    pub(super) payload_in_plain: bool,
     pub(super) header_room: usize,
     /// CRC-32 of the stored payload.
     pub(super) payload_crc: u32,
@@ -157,7 +162,16 @@ pub(super) struct Prepared {
 impl Prepared {
     /// The stored (compressed, encrypted) payload.
     pub(super) fn stored(&self) -> &[u8] {
-        &self.block[self.header_room..]
+        if self.payload_in_plain {
+            &self.plain
+        } else {
+            &self.block[self.header_room..]
+        }
+    }
+
+    /// Bytes of the block on tape (header and stored payload).
+    pub(super) fn block_len(&self) -> usize {
+        self.header_room + self.stored().len()
     }
 }
 
@@ -214,6 +228,18 @@ impl TransformWorker<'_> {
         };
         p.compression = Some(compression);
         p.header_room = tape_formats::data_header_len(p.extents.len());
+        if !compressed && self.sealer.is_none() {
+            // Stored as read: the payload stays in the read buffer, which goes on as
+            // `plain`; the block holds only the header's room (written as two parts).
+            p.block.resize(p.header_room, 0);
+            p.payload_in_plain = true;
+            p.sealed = None;
+            p.payload_crc = crc32fast::hash(&c.data);
+            std::mem::swap(&mut c.data, &mut p.plain);
+            self.next_sequence += self.step;
+            return Ok(());
+        }
+        p.payload_in_plain = false;
         let len = p.header_room + payload.len();
         // A recycled block is overwritten, not cleared: it only grows when needed.
         if p.block.len() != len {

@@ -90,6 +90,9 @@ impl TapeDrive for KeyedDrive {
     fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome> {
         self.inner.write_block(data)
     }
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
+        self.inner.write_block_parts(parts)
+    }
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()> {
         self.inner.write_filemarks(count, immediate)
     }

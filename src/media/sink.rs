@@ -56,6 +56,19 @@ impl BlockSink for DriveSink {
         Ok(self.status(o))
     }
 
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, DriveError> {
+        let o = match self.drive.write_block_parts(parts) {
+            Err(DriveError::EarlyWarning) => {
+                self.early_warning = true;
+                self.drive.write_block_parts(parts)?
+            }
+            other => other?,
+        };
+        self.block += 1;
+        self.bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        Ok(self.status(o))
+    }
+
     fn write_filemark(&mut self) -> Result<WriteStatus, DriveError> {
         match self.drive.write_filemarks(1, true) {
             Err(DriveError::EarlyWarning) => {

@@ -855,22 +855,49 @@ pub fn frame_data_record(
             reason: "block shorter than the data record header",
         });
     };
-    let mut header = Vec::with_capacity(header_len);
+    frame_data_header(
+        fields,
+        extents,
+        payload_len,
+        payload_crc,
+        &mut block[..header_len],
+    )
+}
+
+/// As [`frame_data_record`] for a payload held apart: writes the header of a record
+/// whose stored payload is `payload_len` bytes with CRC-32 `payload_crc` into `header`,
+/// which must be exactly [`data_header_len`] of the extents long. The block on tape is
+/// `header` followed by the payload (a drive may take the two as parts of one block).
+pub fn frame_data_header(
+    fields: &DataFields,
+    extents: &[Extent],
+    payload_len: usize,
+    payload_crc: u32,
+    header: &mut [u8],
+) -> Result<(), FormatError> {
+    let header_len = data_header_len(extents.len());
+    if header.len() != header_len {
+        return Err(FormatError::Inconsistent {
+            record: R_DATA,
+            reason: "header room differs from the data record header's length",
+        });
+    }
+    let mut framed = Vec::with_capacity(header_len);
     put_data_header(
-        &mut header,
+        &mut framed,
         fields,
         extents,
         payload_len,
         payload_crc,
         false,
     )?;
-    if header.len() != header_len {
+    if framed.len() != header_len {
         return Err(FormatError::Inconsistent {
             record: R_DATA,
             reason: "data record header length differs from data_header_len",
         });
     }
-    block[..header_len].copy_from_slice(&header);
+    header.copy_from_slice(&framed);
     Ok(())
 }
 

@@ -22,6 +22,12 @@ impl WriteStatus {
 pub trait BlockSink {
     type Error: std::error::Error + 'static;
     fn write_block(&mut self, block: &[u8]) -> Result<WriteStatus, Self::Error>;
+    /// Write one block given as consecutive parts (a record's header and its payload
+    /// held apart): exactly [`Self::write_block`] of their concatenation. The default
+    /// joins them; a sink that can take parts overrides it.
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, Self::Error> {
+        self.write_block(&parts.concat())
+    }
     fn write_filemark(&mut self) -> Result<WriteStatus, Self::Error>;
 }
 
@@ -29,6 +35,9 @@ impl<T: BlockSink + ?Sized> BlockSink for &mut T {
     type Error = T::Error;
     fn write_block(&mut self, block: &[u8]) -> Result<WriteStatus, Self::Error> {
         (**self).write_block(block)
+    }
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, Self::Error> {
+        (**self).write_block_parts(parts)
     }
     fn write_filemark(&mut self) -> Result<WriteStatus, Self::Error> {
         (**self).write_filemark()
@@ -264,6 +273,28 @@ impl<S: BlockSink> ImageWriter<S> {
         frame_data_record(fields, extents, payload_crc, block)?;
         let st = self.sink.write_block(block).map_err(WriterError::Sink)?;
         self.note_written(st, extents, block.len() - data_header_len(extents.len()));
+        Ok(st)
+    }
+
+    /// As [`write_framed_record`](Self::write_framed_record) for a payload held apart
+    /// from its header: `header` is exactly [`data_header_len`] of the extents long and
+    /// gets the header framed into it; the block written is `header` then `payload`
+    /// (whose CRC-32 is `payload_crc`), handed to the sink as two parts.
+    pub fn write_framed_record_parts(
+        &mut self,
+        fields: &DataFields,
+        extents: &[Extent],
+        payload_crc: u32,
+        header: &mut [u8],
+        payload: &[u8],
+    ) -> Result<WriteStatus, WriterError<S::Error>> {
+        self.check_fields(fields)?;
+        frame_data_header(fields, extents, payload.len(), payload_crc, header)?;
+        let st = self
+            .sink
+            .write_block_parts(&[header, payload])
+            .map_err(WriterError::Sink)?;
+        self.note_written(st, extents, payload.len());
         Ok(st)
     }
 

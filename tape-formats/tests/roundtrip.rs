@@ -84,6 +84,13 @@ proptest! {
         prop_assert!(decode_block(&block).is_err());
         // Too short for its header: an error, not a panic.
         prop_assert!(frame_data_record(&fields, &extents, 0, &mut block[..room - 1]).is_err());
+        // A header framed apart from its payload, then joined: the same block.
+        let mut header = vec![stale; room];
+        frame_data_header(&fields, &extents, payload.len(), crc32fast::hash(&payload), &mut header).unwrap();
+        header.extend_from_slice(&payload);
+        prop_assert_eq!(&header, &encoded);
+        let mut wrong_room = vec![0u8; room + 1];
+        prop_assert!(frame_data_header(&fields, &extents, payload.len(), 0, &mut wrong_room).is_err());
     }
 
     #[test]

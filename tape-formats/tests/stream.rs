@@ -41,7 +41,14 @@ fn write_part(
         let plain: Vec<u8> = (0..8192u64).map(|i| ((i + seq) % 253) as u8).collect();
         digest.update_record(&extents, &plain).unwrap();
         let f = w.fields(Compression::None, RecordCrypto::None, 8192);
-        w.write_record(&f, &extents, &plain).unwrap();
+        if seq % 2 == 1 {
+            // Odd records: the header framed apart, the payload left where it was.
+            let mut header = vec![0u8; data_header_len(extents.len())];
+            w.write_framed_record_parts(&f, &extents, crc32fast::hash(&plain), &mut header, &plain)
+                .unwrap();
+        } else {
+            w.write_record(&f, &extents, &plain).unwrap();
+        }
     }
     let (tape, trailer, _) = w.finish(status, digest.finalize()).unwrap();
     Written {

@@ -650,14 +650,31 @@ impl Cartridge {
         self.write_block_flagged(block, false)
     }
 
+    /// Write one block given as consecutive parts (e.g. a record's header and its
+    /// payload, held apart by the host), as [`Self::write_block`] would write their
+    /// concatenation, without joining them in memory.
+    pub fn write_block_parts(&mut self, parts: &[&[u8]]) -> VtlResult<Written> {
+        if parts.len() == 1 || self.power_budget.is_some() {
+            // One part, or the power-cut fault (which cuts a block part way): as one.
+            return self.write_block_flagged(&parts.concat(), false);
+        }
+        self.write_block_from(parts, false)
+    }
+
     /// Write one block at the current position, marked encrypted or not in the index
     /// (the cartridge stores the bytes as given: a drive that encrypts passes its
     /// ciphertext). The first encrypted block turns the index into version 2.
     pub fn write_block_flagged(&mut self, block: &[u8], encrypted: bool) -> VtlResult<Written> {
+        self.write_block_from(&[block], encrypted)
+    }
+
+    /// The block is the concatenation of `parts`.
+    fn write_block_from(&mut self, parts: &[&[u8]], encrypted: bool) -> VtlResult<Written> {
         self.begin("write", FaultOp::Write)?;
-        if block.is_empty() || block.len() > MAX_BLOCK_SIZE {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len == 0 || len > MAX_BLOCK_SIZE {
             return Err(VtlError::BadBlockSize {
-                len: block.len(),
+                len,
                 max: MAX_BLOCK_SIZE,
             });
         }
@@ -667,7 +684,7 @@ impl Cartridge {
             return Err(VtlError::EarlyWarning);
         }
         let start = self.offset_of(self.pos)?;
-        let end = start + block.len() as u64;
+        let end = start + len as u64;
         if end > self.meta.capacity {
             return Err(VtlError::EndOfMedium);
         }
@@ -676,9 +693,10 @@ impl Cartridge {
         self.wb_started = self.wb_started.min(start);
         let dp = self.path(DATA_FILE);
         if let Some(budget) = self.power_budget {
-            if block.len() as u64 > budget {
+            if len as u64 > budget {
                 // Lose power part way through the block: some bytes reach the file,
                 // no index entry does.
+                let block = parts.concat();
                 self.data
                     .write_all_at(&block[..budget as usize], start)
                     .map_err(io_err("write", &dp))?;
@@ -690,14 +708,18 @@ impl Cartridge {
                 self.needs_recovery = true;
                 return Err(VtlError::PowerCut { op: "write" });
             }
-            self.power_budget = Some(budget - block.len() as u64);
+            self.power_budget = Some(budget - len as u64);
         }
-        self.data
-            .write_all_at(block, start)
-            .map_err(io_err("write", &dp))?;
+        let mut at = start;
+        for part in parts {
+            self.data
+                .write_all_at(part, at)
+                .map_err(io_err("write", &dp))?;
+            at += part.len() as u64;
+        }
         let e = Entry {
             offset: start,
-            len: block.len() as u32,
+            len: len as u32,
             filemark: false,
             encrypted,
         };
@@ -717,7 +739,7 @@ impl Cartridge {
         self.count += 1;
         self.pos = self.count;
         self.data_len = end;
-        self.pending_written += block.len() as u64;
+        self.pending_written += len as u64;
         self.pending_last_written = Some(meta::now_unix());
         self.write_behind(end);
         let ew_start = self.meta.capacity - self.meta.early_warning;

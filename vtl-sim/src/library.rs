@@ -1022,6 +1022,12 @@ impl Drive {
         self.model_write(data.len() as u64);
         Ok(w)
     }
+    /// Write one block given as consecutive parts ([`Cartridge::write_block_parts`]).
+    pub fn write_block_parts(&mut self, parts: &[&[u8]]) -> VtlResult<Written> {
+        let w = self.cart()?.write_block_parts(parts)?;
+        self.model_write(parts.iter().map(|p| p.len() as u64).sum());
+        Ok(w)
+    }
     pub fn write_filemarks(&mut self, n: u32, immediate: bool) -> VtlResult<()> {
         self.cart()?.write_filemarks(n, immediate)?;
         if !immediate {

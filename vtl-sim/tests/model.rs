@@ -248,10 +248,21 @@ fn block(len: usize, seed: u8) -> Vec<u8> {
 
 fn apply_real(c: &mut Cartridge, dir: &std::path::Path, op: &Op) -> Obs {
     match *op {
-        Op::Write(len, seed) => match c.write_block(&block(len, seed)) {
-            Ok(w) => Obs::Written(w == Written::EarlyWarning),
-            Err(e) => err(e),
-        },
+        Op::Write(len, seed) => {
+            let b = block(len, seed);
+            // Odd seeds write the block as two parts (a record's header and payload
+            // held apart): the cartridge must not tell the difference.
+            let written = if seed % 2 == 1 {
+                let (head, tail) = b.split_at(seed as usize % len);
+                c.write_block_parts(&[head, tail])
+            } else {
+                c.write_block(&b)
+            };
+            match written {
+                Ok(w) => Obs::Written(w == Written::EarlyWarning),
+                Err(e) => err(e),
+            }
+        }
         Op::WriteFm(n) => c
             .write_filemarks(n, true)
             .map(|_| Obs::Ok)

@@ -205,6 +205,14 @@ pub trait TapeDrive: Send {
     /// again until the hard end ([`DriveError::EndOfMedium`]).
     fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome>;
 
+    /// Write one block given as consecutive parts (a record's header and its payload,
+    /// held apart by the host): exactly [`Self::write_block`] of their concatenation. A
+    /// drive that can take the parts as they are overrides this; the default joins them
+    /// (a tape block must reach the device in one write).
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
+        self.write_block(&parts.concat())
+    }
+
     /// Write `count` filemarks. With `immediate == false` the drive's buffer is flushed
     /// to the medium before returning (st's MTWEOF), with `true` it may not be (MTWEOFI).
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()>;

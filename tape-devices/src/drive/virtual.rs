@@ -215,6 +215,18 @@ impl TapeDrive for VirtualDrive {
         }
     }
 
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.crypt.as_ref().is_some_and(|(_, on)| *on) || len > MAX_BLOCK_SIZE {
+            // The drive encrypts the block as a whole (or refuses it): as one.
+            return self.write_block(&parts.concat());
+        }
+        match self.drive.write_block_parts(parts).map_err(map_err)? {
+            vtl_sim::Written::Written => Ok(WriteOutcome::Written),
+            vtl_sim::Written::EarlyWarning => Ok(WriteOutcome::WrittenEarlyWarning),
+        }
+    }
+
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DriveResult<()> {
         self.drive
             .write_filemarks(count, immediate)
