@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_bytes, Run, TestDisk, BIN, KIB, MIB};
+use common::{assert_same_bytes, copy_dir, Run, TestDisk, BIN, KIB, MIB};
 use serde_json::Value;
 
 const PASS: &str = "crash campaign passphrase";
@@ -61,19 +61,6 @@ fn ok(home: &Path, args: &[&str]) -> Value {
         r.code, r.stdout, r.stderr
     );
     r.json
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }
 
 /// The starting state of every point: a home and its library with a full and an

@@ -291,25 +291,8 @@ fn copy_streaming(
         let r = std::thread::scope(|s| -> Result<(ImageRead, WrittenImage)> {
             let reader = s.spawn(|| stream::read_to_channel(read_lib, keys, src, tx, free_rx));
             let written = (|| -> Result<WrittenImage> {
-                let mut feed = RecordFeed::from_channel(keys, &src.image, rx, free_tx, max_plain)?;
-                let header = header_for(
-                    orig,
-                    copy,
-                    target.session(),
-                    target,
-                    max_plain,
-                    feed.scheme(),
-                );
-                if src.image.key_fingerprint == target.pool().key_fingerprint {
-                    // `commit` compares the writer's digest with the original's.
-                    feed.writer_digest_suffices();
-                }
-                let w =
-                    target.write_image(header, label(orig), orig.plain_bytes, &mut |e, d| {
-                        feed.fill(e, d)
-                    })?;
-                feed.finish()?;
-                Ok(w)
+                let feed = RecordFeed::from_channel(keys, &src.image, rx, free_tx, max_plain)?;
+                write_copy(target, orig, src, copy, max_plain, feed)
             })();
             // The feed (and with it the channel) is gone: a reader blocked on a full
             // channel stops.
@@ -381,24 +364,8 @@ fn copy_spooled(
             let copy = Uuid::new_v4();
             begin(cat, target, orig, copy)?;
             let r = (|| -> Result<(ImageRead, WrittenImage)> {
-                let mut feed = RecordFeed::from_spool(keys, &src.image, file, &read, max_plain)?;
-                let header = header_for(
-                    orig,
-                    copy,
-                    target.session(),
-                    target,
-                    max_plain,
-                    feed.scheme(),
-                );
-                if src.image.key_fingerprint == target.pool().key_fingerprint {
-                    feed.writer_digest_suffices();
-                }
-                let w =
-                    target.write_image(header, label(orig), orig.plain_bytes, &mut |e, d| {
-                        feed.fill(e, d)
-                    })?;
-                feed.finish()?;
-                Ok((read, w))
+                let feed = RecordFeed::from_spool(keys, &src.image, file, &read, max_plain)?;
+                Ok((read, write_copy(target, orig, src, copy, max_plain, feed)?))
             })();
             let done = commit(cat, target, orig, src, copy, r, true, started, events)?;
             report.copied.push(done);
@@ -458,6 +425,36 @@ fn same_coverage(
             written.len()
         ))),
     }
+}
+
+/// Write copy `copy` of `orig` from `feed` (its header carries the source's content
+/// digest scheme, which the feed learned from the source's header), and check that the
+/// feed handed on the whole source.
+fn write_copy(
+    target: &mut ImageTarget<'_>,
+    orig: &ImageRow,
+    src: &SourceImage,
+    copy: Uuid,
+    max_plain: usize,
+    mut feed: RecordFeed<'_>,
+) -> Result<WrittenImage> {
+    let header = header_for(
+        orig,
+        copy,
+        target.session(),
+        target,
+        max_plain,
+        feed.scheme(),
+    );
+    if src.image.key_fingerprint == target.pool().key_fingerprint {
+        // `commit` compares the writer's digest with the original's.
+        feed.writer_digest_suffices();
+    }
+    let w = target.write_image(header, label(orig), orig.plain_bytes, &mut |e, d| {
+        feed.fill(e, d)
+    })?;
+    feed.finish()?;
+    Ok(w)
 }
 
 fn label(orig: &ImageRow) -> String {

@@ -29,6 +29,25 @@ impl DriveSink {
         }
     }
 
+    /// Write one block (one part, or a header and payload held apart), retrying the
+    /// write st refuses once after early warning.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, DriveError> {
+        let write = |d: &mut Box<dyn TapeDrive>| match parts {
+            [one] => d.write_block(one),
+            _ => d.write_block_parts(parts),
+        };
+        let o = match write(&mut self.drive) {
+            Err(DriveError::EarlyWarning) => {
+                self.early_warning = true;
+                write(&mut self.drive)?
+            }
+            other => other?,
+        };
+        self.block += 1;
+        self.bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        Ok(self.status(o))
+    }
+
     fn status(&mut self, o: WriteOutcome) -> WriteStatus {
         match o {
             WriteOutcome::Written if !self.early_warning => WriteStatus::Written,
@@ -44,29 +63,11 @@ impl BlockSink for DriveSink {
     type Error = DriveError;
 
     fn write_block(&mut self, block: &[u8]) -> Result<WriteStatus, DriveError> {
-        let o = match self.drive.write_block(block) {
-            Err(DriveError::EarlyWarning) => {
-                self.early_warning = true;
-                self.drive.write_block(block)?
-            }
-            other => other?,
-        };
-        self.block += 1;
-        self.bytes += block.len() as u64;
-        Ok(self.status(o))
+        self.write_parts(&[block])
     }
 
     fn write_block_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, DriveError> {
-        let o = match self.drive.write_block_parts(parts) {
-            Err(DriveError::EarlyWarning) => {
-                self.early_warning = true;
-                self.drive.write_block_parts(parts)?
-            }
-            other => other?,
-        };
-        self.block += 1;
-        self.bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>();
-        Ok(self.status(o))
+        self.write_parts(parts)
     }
 
     fn write_filemark(&mut self) -> Result<WriteStatus, DriveError> {

@@ -677,3 +677,17 @@ pub fn qemu_img_info(img: &Path) -> serde_json::Value {
     );
     serde_json::from_str(&out).unwrap()
 }
+
+/// Copy a directory tree (files and directories only), as a fixture or a saved state.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
