@@ -288,6 +288,18 @@ mod tests {
         zero_pieces: &[bool],
         seed: u8,
     ) -> (Vec<u8>, Vec<u8>) {
+        both_lists_in(BS, disk_size, cuts, zero_pieces, seed)
+    }
+
+    /// As [`both_lists`] for a digest list in `lbs`-byte blocks (not the pieces' 64 KiB:
+    /// then every piece goes to the list as bytes).
+    fn both_lists_in(
+        lbs: u64,
+        disk_size: u64,
+        cuts: &[u64],
+        zero_pieces: &[bool],
+        seed: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let disk: Vec<u8> = (0..disk_size)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
@@ -309,9 +321,9 @@ mod tests {
         chunk_ends.dedup();
 
         let direct = dir.path().join("direct");
-        let mut a = DigestFeed::new(&direct, BS, disk_size, None).unwrap();
+        let mut a = DigestFeed::new(&direct, lbs, disk_size, None).unwrap();
         let pooled = dir.path().join("pooled");
-        let mut b = DigestFeed::new(&pooled, BS, disk_size, None).unwrap();
+        let mut b = DigestFeed::new(&pooled, lbs, disk_size, None).unwrap();
         let mut k = 0usize;
         let mut start = 0u64;
         for &end in &chunk_ends {
@@ -348,7 +360,7 @@ mod tests {
                 }
             }
             let mut cd = ChunkDigests::default();
-            cd.compute(&extents, &data, Some((BS, disk_size)));
+            cd.compute(&extents, &data, Some((lbs, disk_size)));
             // The same piece digests make the content digest of the bytes.
             let mut by_bytes = tape_formats::ContentDigest::new(tape_formats::DigestScheme::Pieces);
             by_bytes.update_record(&extents, &data).unwrap();
@@ -358,7 +370,7 @@ mod tests {
                 .update_record_pieces(&extents, &cd.pieces)
                 .unwrap();
             assert_eq!(by_bytes.finalize(), by_pieces.finalize());
-            cd.feed(&extents, &mut b, BS, disk_size).unwrap();
+            cd.feed(&extents, &mut b, lbs, disk_size).unwrap();
             start = end;
         }
         a.finish().unwrap();
@@ -391,6 +403,9 @@ mod tests {
             seed in any::<u8>(),
         ) {
             let (a, b) = both_lists(size, &cuts, &zeros, seed);
+            prop_assert_eq!(a, b);
+            // A list in 16 KiB blocks takes every piece as bytes, and still matches.
+            let (a, b) = both_lists_in(16 * 1024, size, &cuts, &zeros, seed);
             prop_assert_eq!(a, b);
         }
     }
