@@ -135,6 +135,22 @@ fn qemu_nbd_of(img: &Path) -> Vec<u32> {
     out
 }
 
+/// Whether any process still has `img` open. A process on its way out no longer shows
+/// its command line (its memory is gone) but keeps its files, and with them its image
+/// lock, a little longer.
+fn image_open(img: &Path) -> bool {
+    let img = img.canonicalize().unwrap_or_else(|_| img.to_path_buf());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == img))
+        })
+    })
+}
+
 #[test]
 fn a_full_and_ten_incrementals_restore_every_point_bit_identical() {
     let Some((v, img)) = image_with(
@@ -326,6 +342,11 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     assert!(
         wait_for(10, || qemu_nbd_of(&img).is_empty()),
         "qemu-nbd outlived tapevault"
+    );
+    // ...and let go of the image (its lock goes with its last file).
+    assert!(
+        wait_for(10, || !image_open(&img)),
+        "the image is still open after tapevault and its qemu-nbd died"
     );
     std::fs::remove_file(v.cartridge_dir(&barcode).join("faults.json")).unwrap();
 
