@@ -331,3 +331,33 @@ fn early_warning_contract_through_the_trait() {
     d.write_block(&[1u8; 100]).unwrap_err();
     assert!(d.status().unwrap().early_warning);
 }
+
+#[test]
+fn a_block_written_in_parts_reads_back_whole_clear_and_drive_encrypted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lib = VirtualLibrary::create(tmp.path(), &small()).unwrap();
+    lib.load("TV0001L9", 0).unwrap();
+    let mut d = lib.open_drive(0).unwrap();
+    let head = [7u8; 129];
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+    let whole = [&head[..], &payload[..]].concat();
+    // Clear, then with the drive encrypting (its parts sealed together).
+    d.write_block_parts(&[&head, &payload]).unwrap();
+    d.set_data_key(Some(&tape_devices::drive::DataKey {
+        key: [3; 32],
+        kad: [0; 16],
+        encrypt: true,
+    }))
+    .unwrap();
+    d.write_block_parts(&[&head, &payload]).unwrap();
+    d.write_block_parts(&[&whole]).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    for _ in 0..3 {
+        match d.read_block(&mut buf).unwrap() {
+            ReadOutcome::Block(n) => assert_eq!(&buf[..n], &whole[..]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -32,14 +32,10 @@ impl DriveSink {
     /// Write one block (one part, or a header and payload held apart), retrying the
     /// write st refuses once after early warning.
     fn write_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, DriveError> {
-        let write = |d: &mut Box<dyn TapeDrive>| match parts {
-            [one] => d.write_block(one),
-            _ => d.write_block_parts(parts),
-        };
-        let o = match write(&mut self.drive) {
+        let o = match self.drive.write_block_parts(parts) {
             Err(DriveError::EarlyWarning) => {
                 self.early_warning = true;
-                write(&mut self.drive)?
+                self.drive.write_block_parts(parts)?
             }
             other => other?,
         };

@@ -24,9 +24,13 @@ pub trait BlockSink {
     fn write_block(&mut self, block: &[u8]) -> Result<WriteStatus, Self::Error>;
     /// Write one block given as consecutive parts (a record's header and its payload
     /// held apart): exactly [`Self::write_block`] of their concatenation. The default
-    /// joins them; a sink that can take parts overrides it.
+    /// joins them (a single part goes on as it is); a sink that can take parts
+    /// overrides it.
     fn write_block_parts(&mut self, parts: &[&[u8]]) -> Result<WriteStatus, Self::Error> {
-        self.write_block(&parts.concat())
+        match parts {
+            [one] => self.write_block(one),
+            _ => self.write_block(&parts.concat()),
+        }
     }
     fn write_filemark(&mut self) -> Result<WriteStatus, Self::Error>;
 }

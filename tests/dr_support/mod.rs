@@ -211,19 +211,6 @@ pub fn damage_block(cart_dir: &Path, block: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
 /// Cut a virtual cartridge after its first `keep` logical objects, as a power cut
 /// during a write would leave it (the simulator trims the data and filemark files to
 /// the index when the cartridge is next loaded).

@@ -654,10 +654,6 @@ impl Cartridge {
     /// payload, held apart by the host), as [`Self::write_block`] would write their
     /// concatenation, without joining them in memory.
     pub fn write_block_parts(&mut self, parts: &[&[u8]]) -> VtlResult<Written> {
-        if parts.len() == 1 || self.power_budget.is_some() {
-            // One part, or the power-cut fault (which cuts a block part way): as one.
-            return self.write_block_flagged(&parts.concat(), false);
-        }
         self.write_block_from(parts, false)
     }
 

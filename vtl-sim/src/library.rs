@@ -1018,9 +1018,7 @@ impl Drive {
         Ok(w)
     }
     pub fn write_block(&mut self, data: &[u8]) -> VtlResult<Written> {
-        let w = self.cart()?.write_block(data)?;
-        self.model_write(data.len() as u64);
-        Ok(w)
+        self.write_block_parts(&[data])
     }
     /// Write one block given as consecutive parts ([`Cartridge::write_block_parts`]).
     pub fn write_block_parts(&mut self, parts: &[&[u8]]) -> VtlResult<Written> {

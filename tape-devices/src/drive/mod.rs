@@ -208,9 +208,13 @@ pub trait TapeDrive: Send {
     /// Write one block given as consecutive parts (a record's header and its payload,
     /// held apart by the host): exactly [`Self::write_block`] of their concatenation. A
     /// drive that can take the parts as they are overrides this; the default joins them
-    /// (a tape block must reach the device in one write).
+    /// (a tape block must reach the device in one write), and passes a single part on
+    /// as it is.
     fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
-        self.write_block(&parts.concat())
+        match parts {
+            [one] => self.write_block(one),
+            _ => self.write_block(&parts.concat()),
+        }
     }
 
     /// Write `count` filemarks. With `immediate == false` the drive's buffer is flushed

@@ -184,10 +184,16 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn write_block(&mut self, data: &[u8]) -> DriveResult<WriteOutcome> {
-        if data.len() > MAX_BLOCK_SIZE {
+        self.write_block_parts(&[data])
+    }
+
+    /// The parts go to the cartridge as they are, or, when the drive encrypts, are
+    /// sealed together (the scratch buffer joins them on the way).
+    fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > MAX_BLOCK_SIZE {
             return Err(DriveError::Other(format!(
-                "block of {} bytes is larger than the largest block ({MAX_BLOCK_SIZE} bytes)",
-                data.len()
+                "block of {len} bytes is larger than the largest block ({MAX_BLOCK_SIZE} bytes)"
             )));
         }
         let written = match self.crypt.as_ref() {
@@ -196,7 +202,9 @@ impl TapeDrive for VirtualDrive {
                 rand::rngs::OsRng.fill_bytes(&mut nonce);
                 self.scratch.clear();
                 self.scratch.extend_from_slice(&nonce);
-                self.scratch.extend_from_slice(data);
+                for part in parts {
+                    self.scratch.extend_from_slice(part);
+                }
                 let tag = cipher
                     .encrypt_inout_detached(
                         &Nonce::from(nonce),
@@ -207,21 +215,9 @@ impl TapeDrive for VirtualDrive {
                 self.scratch.extend_from_slice(&tag);
                 self.drive.write_block_flagged(&self.scratch, true)
             }
-            _ => self.drive.write_block(data),
+            _ => self.drive.write_block_parts(parts),
         };
         match written.map_err(map_err)? {
-            vtl_sim::Written::Written => Ok(WriteOutcome::Written),
-            vtl_sim::Written::EarlyWarning => Ok(WriteOutcome::WrittenEarlyWarning),
-        }
-    }
-
-    fn write_block_parts(&mut self, parts: &[&[u8]]) -> DriveResult<WriteOutcome> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if self.crypt.as_ref().is_some_and(|(_, on)| *on) || len > MAX_BLOCK_SIZE {
-            // The drive encrypts the block as a whole (or refuses it): as one.
-            return self.write_block(&parts.concat());
-        }
-        match self.drive.write_block_parts(parts).map_err(map_err)? {
             vtl_sim::Written::Written => Ok(WriteOutcome::Written),
             vtl_sim::Written::EarlyWarning => Ok(WriteOutcome::WrittenEarlyWarning),
         }
