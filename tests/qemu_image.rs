@@ -373,6 +373,137 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     v.assert_catalog_consistent();
 }
 
+/// Sends `signal` (a name kill(1) takes) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    run_tool(
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string()),
+    );
+}
+
+#[test]
+fn a_stopped_qemu_nbd_fails_the_backup_at_the_source_timeout_and_commits_nothing() {
+    let Some((v, img)) = image_with("96M", &["write -P 0x41 0 96M"]) else {
+        return;
+    };
+    let id = Uuid::new_v4();
+    let full = backup(&v, &img, id, &[]);
+    let barcode = full["barcodes"][0].as_str().unwrap().to_string();
+    let bitmaps_before = ours(&img);
+
+    // A second full, held back by a slow drive (no spool: the source waits for the
+    // drive), so it is still reading when its qemu-nbd is stopped (SIGSTOP: the socket
+    // stays open and nothing answers, as with a hung server).
+    qemu_io(&img, &["write -P 0x42 40M 1M"]);
+    v.slow_writes(&barcode, 100, 1000);
+    let src = format!("qcow2:{}", img.display());
+    let ids = id.to_string();
+    let started = Instant::now();
+    let mut child = v
+        .command(&[
+            "backup",
+            "--disk",
+            &src,
+            "--disk-id",
+            &ids,
+            "--pool",
+            "p",
+            "--full",
+            "--spool",
+            "0",
+        ])
+        .env("TAPEVAULT_SOURCE_TIMEOUT_SECS", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(30, || !qemu_nbd_of(&img).is_empty()),
+        "the backup started qemu-nbd"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let servers = qemu_nbd_of(&img);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    signal(servers[0], "STOP");
+    let stopped = Instant::now();
+
+    // The backup fails on its own: the read gives up after the source timeout, and
+    // tapevault ends its stopped qemu-nbd on the way out.
+    let mut exited = None;
+    while stopped.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        signal(servers[0], "CONT");
+        panic!("the backup still runs 60 s after its qemu-nbd stopped");
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("made no progress for 3 s")
+            && stderr.contains("TAPEVAULT_SOURCE_TIMEOUT_SECS"),
+        "the error says the source hung and which setting bounds it: {stderr}"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(12),
+        "failed {:?} after the stop ({:?} after the start)",
+        stopped.elapsed(),
+        started.elapsed()
+    );
+    assert!(
+        wait_for(10, || qemu_nbd_of(&img).is_empty()),
+        "the stopped qemu-nbd outlived the backup"
+    );
+    assert!(
+        wait_for(10, || !image_open(&img)),
+        "the image is still open after the backup failed"
+    );
+
+    // Nothing was committed: the catalog keeps the attempt as a failed image with the
+    // reason, restorable from nothing; the full's epoch is still the disk's, and the
+    // next backup (the drive well again) is an incremental on the full that restores
+    // the disk as it is.
+    v.clear_faults(&[barcode]);
+    let j = v.ok(&["images", "--disk", &ids]);
+    let images: Vec<&Value> = j["disks"][0]["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["images"].as_array().unwrap())
+        .collect();
+    assert_eq!(images.len(), 2, "{j}");
+    let failed = images.iter().find(|i| i["image"] != full["image"]).unwrap();
+    assert_eq!(failed["status"], "failed", "{j}");
+    assert_eq!(failed["restorable"], false, "{j}");
+    assert!(
+        s(failed, "note").contains("made no progress"),
+        "the catalog says why: {j}"
+    );
+    assert!(
+        ours(&img).contains(&bitmaps_before[0]),
+        "the full's epoch survives the failed full: {:?}",
+        bitmaps(&img)
+    );
+    let r = backup(&v, &img, id, &[]);
+    assert_eq!(r["kind"], "incremental", "{r}");
+    assert_eq!(r["method"], "dirty-bitmap", "{r}");
+    assert_eq!(r["parent"], full["image"], "{r}");
+    // The failed full's unused bitmap and the full's retired one are gone.
+    let now = ours(&img);
+    assert_eq!(now.len(), 1, "{:?}", bitmaps(&img));
+    assert!(!now.contains(&bitmaps_before[0]));
+    assert_restores_as_now(&v, &img, id, s(&r, "image"), "after the stopped server");
+    v.assert_catalog_consistent();
+}
+
 fn make_certs(dir: &Path) -> bool {
     x509::make_qemu_x509(dir)
 }

@@ -167,6 +167,91 @@ fn after_qemu_was_killed_the_next_backup_is_a_full_with_the_reason() {
     assert_eq!(j["images"][0]["kind"], "incremental");
 }
 
+#[test]
+fn a_full_killed_mid_stream_leaves_the_next_backup_an_incremental_on_the_last_image() {
+    if qemu_missing() {
+        return;
+    }
+    let v = Vault::small(4, "512M");
+    v.pool("p", "off");
+    let vm = Vm::start(&v.root, &[("a", 32 * MIB, "SER-A")], false);
+    let mut w = vm.test_monitor();
+    let mut model = vec![0u8; 32 * MIB as usize];
+    vm.write(&mut w, 0, 0x51, 0, 8 * MIB);
+    model[..8 * MIB as usize].fill(0x51);
+    let (full, _) = backup(&v, &vm);
+    let first = &full["images"][0];
+    let id = s(first, "disk").to_string();
+    let barcode = first["barcodes"][0].as_str().unwrap().to_string();
+    vm.write(&mut w, 0, 0x52, 20 * MIB, MIB);
+    model[20 * MIB as usize..21 * MIB as usize].fill(0x52);
+
+    // A --full, held back by a slow drive, killed once its point in time is taken (the
+    // scratch image exists: the epoch's transaction ran).
+    v.slow_writes(&barcode, 200, 1000);
+    let qmp = vm.qmp.to_string_lossy().to_string();
+    let scratch_dir = vm.dir.join("scratch");
+    let scratch = scratch_dir.to_string_lossy().to_string();
+    let mut child = v
+        .command(&[
+            "backup",
+            "--qmp",
+            &qmp,
+            "--scratch-dir",
+            &scratch,
+            "--pool",
+            "p",
+            "--full",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let taken = || {
+        std::fs::read_dir(&scratch_dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "qcow2"))
+        })
+    };
+    while !taken() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the --full never took its point in time"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the --full ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    v.clear_faults(&[barcode]);
+
+    // The epoch of the last image survived the killed full: the next backup is an
+    // incremental on it, holding the write made since, and restores the disk.
+    vm.write(&mut w, 0, 0x53, 30 * MIB, MIB);
+    model[30 * MIB as usize..31 * MIB as usize].fill(0x53);
+    let (inc, stderr) = backup(&v, &vm);
+    let img = &inc["images"][0];
+    assert_eq!(img["kind"], "incremental", "{img}\n{stderr}");
+    assert_eq!(img["method"], "dirty-bitmap", "{img}");
+    assert_eq!(img["parent"], first["image"], "{img}");
+    let read = u(img, "read_bytes");
+    assert!(read <= 2 * MIB + 2 * 64 * 1024, "read {read}");
+    let copy = v.path("model.raw");
+    save(&model, &copy);
+    let out = v.path("restored.raw");
+    let r = v.restore_image(id.parse().unwrap(), s(img, "image"), &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_bytes(&out, &copy, "the incremental after the killed full");
+    drop(w);
+    qmp_support::assert_one_epoch_bitmap_per_disk(&v.ok(&["vm", "disks", "--qmp", &qmp]));
+    v.assert_catalog_consistent();
+}
+
 fn assert_backup_schema(doc: &serde_json::Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema");
     let errs = jsonschema::Schemas::new(&dir)

@@ -63,6 +63,7 @@ fn requests_cleaned(
             DiskRequest {
                 id,
                 previous: previous.iter().find(|p| p.0 == id).map(|p| p.1.clone()),
+                newest: None,
                 disk: d,
             }
         })

@@ -184,8 +184,12 @@ impl Job<'_> {
             let Source::Driver(driver) = &d.source else {
                 continue;
             };
+            let newest = match req.mode {
+                Mode::Auto | Mode::Full => self.tape.cat.newest_good_image(d.spec.id)?,
+                Mode::Copy => None,
+            };
             let base = match req.mode {
-                Mode::Auto => self.tape.cat.newest_good_image(d.spec.id)?.filter(
+                Mode::Auto => newest.clone().filter(
                     |b| matches!(self.tape.cat.digest_list_file(b), Some(p) if p.is_file()),
                 ),
                 Mode::Full | Mode::Copy => None,
@@ -193,6 +197,7 @@ impl Job<'_> {
             let er = crate::source::export::EpochRequest {
                 base_change_id: base.as_ref().and_then(|b| b.change_id.clone()),
                 base_disk_size: base.as_ref().map(|b| b.disk_size),
+                newest_change_id: newest.and_then(|b| b.change_id),
                 start_epoch: req.mode != Mode::Copy,
             };
             driver

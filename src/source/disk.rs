@@ -128,8 +128,9 @@ pub enum DiskKind {
 }
 
 /// Something a disk's bytes can be read from at an offset: a file, a block device, or
-/// an NBD export ([`super::nbd::NbdSource`]). Calls come from one reader thread at a
-/// time (see [`Disk`]), under the source timeout.
+/// an NBD export ([`super::nbd::NbdSource`]). Calls come from one thread at a time
+/// (see [`Disk`]), under the source timeout: on the disk's reader thread, or on the
+/// caller's for a source that bounds its own waits ([`bounded_wait`](Self::bounded_wait)).
 pub trait SourceRead: Send + Sync + 'static {
     /// Reads up to `buf.len()` bytes at `offset`; 0 means the source ended there.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
@@ -154,6 +155,14 @@ pub trait SourceRead: Send + Sync + 'static {
     /// untouched) and [`read_at`](Self::read_at) reads as usual.
     fn take_read(&self, _buf: &mut Vec<u8>, _offset: u64) -> std::io::Result<bool> {
         Ok(false)
+    }
+
+    /// The longest any call may wait when the source bounds its waits itself (a socket
+    /// with a per-operation deadline fails a call the server leaves unanswered), else
+    /// `None`. A [`Disk`] whose source waits at most its own timeout calls it on the
+    /// reading thread, sparing the reader thread's two hand-overs per read.
+    fn bounded_wait(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -240,7 +249,9 @@ struct ReadDone {
 
 /// The reader thread of a disk. Reads run there so that the caller can stop waiting
 /// after the timeout: a read stuck in the kernel cannot be interrupted, but the thread
-/// doing it can be abandoned (it ends when the read returns, if ever).
+/// doing it can be abandoned (it ends when the read returns, if ever). A source that
+/// bounds its own waits (an NBD export's socket deadline) needs none: it is called on
+/// the caller's thread, and a call it gave up on stalls the disk the same way.
 enum Worker {
     NotStarted,
     Running {
@@ -431,22 +442,43 @@ impl Disk {
     }
 
     /// Sends one request to the reader thread and waits for its answer, at most the
-    /// source timeout.
+    /// source timeout; or, for a source that bounds its own waits within that timeout,
+    /// serves it here.
     fn ask(&self, offset: u64, req: Req) -> Result<Done, DiskError> {
-        let stalled = |at: u64| DiskError::Stalled {
+        let stalled = |at: u64, limit: Duration| DiskError::Stalled {
             path: self.path.clone(),
             offset: at,
-            secs: self.timeout.as_secs(),
+            secs: limit.as_secs(),
             env: SOURCE_TIMEOUT_ENV,
         };
         let mut w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Worker::Stalled { offset } = &*w {
+            return Err(stalled(*offset, self.timeout));
+        }
+        if let Some(limit) = self.source.bounded_wait().filter(|t| *t <= self.timeout) {
+            // The source gives up by itself: no thread to abandon. A call it gave up on
+            // stalls the disk as the reader thread's timeout would.
+            let done = serve(&*self.source, req);
+            let timed_out = match &done {
+                Done::Read(ReadDone {
+                    result: Err(ReadFail::Io(at, e)),
+                    ..
+                }) if e.kind() == std::io::ErrorKind::TimedOut => Some(*at),
+                Done::Data(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => Some(offset),
+                _ => None,
+            };
+            if let Some(at) = timed_out {
+                *w = Worker::Stalled { offset: at };
+                return Err(stalled(at, limit));
+            }
+            return Ok(done);
+        }
         if let Worker::NotStarted = &*w {
             *w = self.start_worker()?;
         }
         let (tx, rx) = match &*w {
             Worker::Running { tx, rx } => (tx, rx),
-            Worker::Stalled { offset } => return Err(stalled(*offset)),
-            Worker::NotStarted => unreachable!("started above"),
+            Worker::Stalled { .. } | Worker::NotStarted => unreachable!("handled above"),
         };
         if tx.send(req).is_err() {
             return Err(self.gone(offset));
@@ -456,7 +488,7 @@ impl Disk {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Dropping the channels lets the stuck thread end when its read returns.
                 *w = Worker::Stalled { offset };
-                Err(stalled(offset))
+                Err(stalled(offset, self.timeout))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.gone(offset)),
         }
@@ -470,17 +502,7 @@ impl Disk {
             .name("tapevault-disk-read".into())
             .spawn(move || {
                 while let Ok(req) = req_rx.recv() {
-                    let done = match req {
-                        Req::Read(mut req) => {
-                            let result = read_full(&*source, &mut req);
-                            Done::Read(ReadDone {
-                                buf: req.buf,
-                                result,
-                            })
-                        }
-                        Req::FindData(from) => Done::Data(source.find_data(from)),
-                    };
-                    if done_tx.send(done).is_err() {
+                    if done_tx.send(serve(&*source, req)).is_err() {
                         break;
                     }
                 }
@@ -501,6 +523,20 @@ impl std::fmt::Debug for Disk {
             .field("size", &self.size)
             .field("kind", &self.kind)
             .finish_non_exhaustive()
+    }
+}
+
+/// Does what a request asks of the source.
+fn serve(source: &dyn SourceRead, req: Req) -> Done {
+    match req {
+        Req::Read(mut req) => {
+            let result = read_full(source, &mut req);
+            Done::Read(ReadDone {
+                buf: req.buf,
+                result,
+            })
+        }
+        Req::FindData(from) => Done::Data(source.find_data(from)),
     }
 }
 
@@ -1163,6 +1199,96 @@ mod tests {
             disk.read_into(0, &mut buf, 0..16),
             Err(DiskError::Stalled { .. })
         ));
+    }
+
+    /// A source that gives up by itself after `limit` (a socket deadline): its reads
+    /// time out while `hung` is set; records on which thread each call ran.
+    struct Deadline {
+        limit: Duration,
+        hung: std::sync::atomic::AtomicBool,
+        threads: Mutex<Vec<std::thread::ThreadId>>,
+    }
+
+    impl SourceRead for Deadline {
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<usize> {
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(self.limit);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not answer",
+                ));
+            }
+            buf.fill(9);
+            Ok(buf.len())
+        }
+
+        fn bounded_wait(&self) -> Option<Duration> {
+            Some(self.limit)
+        }
+    }
+
+    fn deadline_disk(limit: Duration, timeout: Duration) -> (Disk, Arc<Deadline>) {
+        let src = Arc::new(Deadline {
+            limit,
+            hung: false.into(),
+            threads: Mutex::new(Vec::new()),
+        });
+        let disk = Disk::from_source(
+            src.clone(),
+            "nbd+unix:///d?socket=/run/s",
+            1 << 20,
+            Identity::BlockDevice { rdev: 0 },
+        );
+        (Disk { timeout, ..disk }, src)
+    }
+
+    #[test]
+    fn a_source_that_bounds_its_waits_is_read_on_the_callers_thread_and_stalls_the_disk() {
+        let (disk, src) = deadline_disk(Duration::from_millis(100), Duration::from_secs(5));
+        let mut buf = vec![0u8; 4096];
+        disk.read_into(0, &mut buf, 0..4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 9));
+        assert_eq!(
+            *src.threads.lock().unwrap(),
+            vec![std::thread::current().id()],
+            "read on the caller's thread, no reader thread"
+        );
+        // The source gives up: the disk is stalled, said with the limit and the setting.
+        src.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = disk.read_into(8192, &mut buf, 0..4096).unwrap_err();
+        assert!(
+            matches!(e, DiskError::Stalled { offset: 8192, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("nbd+unix:///d") && text.contains(SOURCE_TIMEOUT_ENV),
+            "{text}"
+        );
+        // Later reads fail at once, without asking the source again.
+        src.hung.store(false, std::sync::atomic::Ordering::SeqCst);
+        let calls = src.threads.lock().unwrap().len();
+        let mut buf = vec![0u8; 16];
+        assert!(matches!(
+            disk.read_into(0, &mut buf, 0..16),
+            Err(DiskError::Stalled { .. })
+        ));
+        assert!(matches!(disk.find_data(0), Err(DiskError::Stalled { .. })));
+        assert_eq!(src.threads.lock().unwrap().len(), calls);
+    }
+
+    #[test]
+    fn a_source_whose_own_limit_exceeds_the_timeout_is_still_read_on_the_reader_thread() {
+        let (disk, src) = deadline_disk(Duration::from_secs(3600), Duration::from_secs(5));
+        let mut buf = vec![0u8; 64];
+        disk.read_into(0, &mut buf, 0..64).unwrap();
+        let threads = src.threads.lock().unwrap();
+        assert_eq!(threads.len(), 1);
+        assert_ne!(threads[0], std::thread::current().id());
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub struct EpochRequest {
     pub base_change_id: Option<String>,
     /// The disk size that base image recorded.
     pub base_disk_size: Option<u64>,
+    /// The change id the disk's newest good image recorded, whether or not this backup
+    /// builds on it (a `--full` does not). Its epoch still records every write since
+    /// that image, so a driver keeps it until this backup's image is committed: a
+    /// failed or killed full leaves the next backup an incremental on that image.
+    pub newest_change_id: Option<String>,
     /// Start a new epoch at this backup (false for a `--copy`, which must leave the
     /// change tracking as it was).
     pub start_epoch: bool,

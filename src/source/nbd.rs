@@ -232,8 +232,15 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// An NBD error as the I/O error a [`SourceRead`] returns; a timeout keeps its kind
+/// ([`std::io::ErrorKind::TimedOut`]), which stalls the [`Disk`].
 fn io_err(e: nbd_client::Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    let kind = if e.is_timeout() {
+        std::io::ErrorKind::TimedOut
+    } else {
+        std::io::ErrorKind::Other
+    };
+    std::io::Error::new(kind, e.to_string())
 }
 
 /// How many READ requests the source keeps outstanding ahead of the reader, each of
@@ -262,6 +269,8 @@ pub struct NbdSource {
     allocation: bool,
     /// Reads answered by handing a read ahead's buffer over ([`SourceRead::take_read`]).
     handed_over: std::sync::atomic::AtomicU64,
+    /// The client's per-operation timeout: no call waits longer on the server.
+    timeout: Option<Duration>,
 }
 
 /// A READ sent ahead.
@@ -504,6 +513,7 @@ impl NbdSource {
         let mut client = client;
         client.set_request_size(READ_AHEAD_REQUEST_SIZE);
         client.set_max_in_flight(READ_AHEAD_REQUESTS);
+        let timeout = client.timeout();
         Ok(NbdSource {
             inner: Mutex::new(Inner {
                 client,
@@ -521,6 +531,7 @@ impl NbdSource {
             size,
             allocation,
             handed_over: std::sync::atomic::AtomicU64::new(0),
+            timeout,
         })
     }
 
@@ -553,6 +564,10 @@ impl NbdSource {
 }
 
 impl SourceRead for NbdSource {
+    fn bounded_wait(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         if offset >= self.size {
             return Ok(0);

@@ -12,7 +12,7 @@
 //!    not flagged `in-use` (a writer that died: its bits are not trustworthy), and the
 //!    image's virtual size and the bitmap's granularity are those of the change id; else
 //!    the backup is a full and the reason says which. Every other `tapevault-*` bitmap
-//!    (left by a crash, or unusable) is removed; bitmaps tapevault did not create are
+//!    (left by a crash, or unusable) but the old epoch's (step 3) is removed; bitmaps tapevault did not create are
 //!    left alone (they belong to someone else, e.g. libvirt checkpoints). Then the next
 //!    epoch's bitmap is added (`qemu-img bitmap --add`), unless the backup is a copy.
 //! 2. `open`: `qemu-nbd --read-only --cache=none --shared=4 --persistent` (O_DIRECT:
@@ -21,7 +21,9 @@
 //! 3. After the tape flush and the catalog commit (`committed`): qemu-nbd is stopped
 //!    and only then the old bitmap removed. A crash before leaves the old bitmap, which
 //!    still covers every change since the base: no change is lost, and the next backup
-//!    removes the new, unused one.
+//!    removes the new, unused one. The old bitmap is the base's, or for a full (asked
+//!    with `--full`, or for a reason) the newest good image's when it is still there:
+//!    a failed full leaves the next backup an incremental on that image.
 //!
 //! A shrink followed by a regrow to the same size between two backups cannot be told
 //! from no resize (QEMU drops the dirty bits beyond the shrink); see docs/OPERATIONS.md.
@@ -196,6 +198,8 @@ struct Prepared {
     full_reason: Option<String>,
     /// The epoch this backup starts.
     new_epoch: Option<Epoch>,
+    /// The old epoch's bitmap, removed once the new image is committed.
+    retire: Option<String>,
     /// The image's virtual size when prepared.
     virtual_size: u64,
 }
@@ -239,6 +243,7 @@ impl QemuImage {
                 dirty: None,
                 full_reason: None,
                 new_epoch: None,
+                retire: None,
                 virtual_size: info.virtual_size,
             });
         }
@@ -284,11 +289,25 @@ impl QemuImage {
                 Some(_) => dirty = Some(e),
             },
         }
-        // Remove our stale bitmaps (a crash's leftovers, unusable ones) but never a
-        // usable base's, nor anyone else's. A copy changes nothing.
+        // The old epoch's bitmap, retired only once the new image is committed: the
+        // base's, or for a full the newest good image's (a failed full leaves the next
+        // backup its incremental).
+        let retire = if req.start_epoch {
+            dirty.as_ref().map(|d| d.bitmap.clone()).or_else(|| {
+                let newest = req.newest_change_id.as_deref().and_then(Epoch::parse)?;
+                info.bitmaps
+                    .iter()
+                    .any(|b| b.name == newest.bitmap)
+                    .then_some(newest.bitmap)
+            })
+        } else {
+            None
+        };
+        // Remove our stale bitmaps (a crash's leftovers, unusable ones) but never the
+        // old epoch's, nor anyone else's. A copy changes nothing.
         if req.start_epoch {
             for bm in &info.bitmaps {
-                let keep = dirty.as_ref().is_some_and(|d| d.bitmap == bm.name);
+                let keep = retire.as_ref() == Some(&bm.name);
                 if bm.name.starts_with(BITMAP_PREFIX) && !keep {
                     bitmap_cmd(&self.path, "--remove", &bm.name)?;
                 }
@@ -321,6 +340,7 @@ impl QemuImage {
             dirty,
             full_reason,
             new_epoch,
+            retire,
             virtual_size: info.virtual_size,
         })
     }
@@ -354,6 +374,7 @@ impl ExportDriver for QemuImage {
             None => self.prepare_inner(&EpochRequest {
                 base_change_id: None,
                 base_disk_size: None,
+                newest_change_id: None,
                 start_epoch: false,
             })?,
         };
@@ -374,11 +395,7 @@ impl ExportDriver for QemuImage {
             guard: Box::new(ImageGuard {
                 server: Some(server),
                 path: self.path.clone(),
-                retire: if p.new_epoch.is_some() {
-                    p.dirty.as_ref().map(|e| e.bitmap.clone())
-                } else {
-                    None
-                },
+                retire: p.new_epoch.as_ref().and(p.retire.clone()),
             }),
         })
     }
@@ -536,6 +553,11 @@ impl NbdServer {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
+            );
+            // A stopped server (kill -STOP, a debugger) takes the TERM when continued.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
             );
             let until = Instant::now() + Duration::from_secs(10);
             while Instant::now() < until {

@@ -181,6 +181,7 @@ impl QmpVm {
                 id: *id,
                 disk,
                 previous: er.base_change_id.clone(),
+                newest: er.newest_change_id.clone(),
             });
         }
         let mut opts = self.opts.clone();

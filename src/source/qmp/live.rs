@@ -11,8 +11,10 @@
 //! 5. Thaw; start a private NBD server; export every scratch node read-only, named by
 //!    the disk's UUID, with the frozen bitmap.
 //! 6. After each disk's image is on tape and committed in the catalog,
-//!    [`LiveBackup::committed`] removes that disk's previous epoch bitmap. A disk not
-//!    committed keeps its previous bitmap and loses the new one, so no change is lost.
+//!    [`LiveBackup::committed`] removes that disk's previous epoch bitmap (the base's,
+//!    or for a full the newest good image's when it is still there). A disk not
+//!    committed keeps its previous bitmap and loses the new one, so no change is lost:
+//!    after a failed full too, the next backup is an incremental on the newest image.
 //! 7. Teardown on every exit path: [`LiveBackup::finish`], drop (errors, panics),
 //!    SIGINT/SIGTERM ([`super::guard`]); kill -9 is cleaned up by the next run.
 
@@ -82,6 +84,10 @@ pub struct DiskRequest {
     pub disk: VmDisk,
     /// The change id the disk's newest good image recorded; `None` asks for a full.
     pub previous: Option<String>,
+    /// For a full asked for (`previous` is `None`): the change id the newest good image
+    /// recorded all the same. Its bitmap stays until this disk's image is committed, so
+    /// a failed full leaves the next backup an incremental on that image.
+    pub newest: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +120,8 @@ pub struct LiveDisk {
     export_id: String,
     scratch: PathBuf,
     new_bitmap: Option<String>,
+    /// The old epoch's bitmap, removed at [`LiveBackup::committed`].
+    retire: Option<String>,
     committed: bool,
 }
 
@@ -185,11 +193,20 @@ impl LiveBackup {
                     reason: "a copy reads the whole disk and starts no epoch".to_string(),
                 }
             };
+            // The old epoch's bitmap, removed once this disk's image is committed: the
+            // base's, or for a full the newest good image's when it is still there.
+            let retire = match &decision {
+                _ if !opts.start_epoch => None,
+                Decision::Incremental { from } => Some(from.bitmap()),
+                Decision::Full { .. } => r
+                    .newest
+                    .as_deref()
+                    .and_then(ChangeId::parse)
+                    .map(|c| c.bitmap())
+                    .filter(|name| r.disk.bitmap(name).is_some()),
+            };
             if opts.start_epoch {
-                let keep = match &decision {
-                    Decision::Incremental { from } => Some(from.bitmap()),
-                    Decision::Full { .. } => None,
-                };
+                let keep = retire.clone();
                 for b in &r.disk.bitmaps {
                     let stray = epoch_of(&b.name).is_some() && Some(&b.name) != keep.as_ref();
                     if stray || b.name == EXPORT_BITMAP {
@@ -210,6 +227,7 @@ impl LiveBackup {
                 export_id: format!("{PREFIX}export-{i}"),
                 scratch: opts.scratch_dir.join(format!("{PREFIX}fleece-{i}.qcow2")),
                 new_bitmap: opts.start_epoch.then(|| bitmap_name(next)),
+                retire,
                 committed: false,
                 disk: r.disk,
             });
@@ -439,8 +457,8 @@ impl LiveBackup {
             return Ok(());
         };
         d.committed = true;
-        if let Decision::Incremental { from } = &d.decision {
-            leftovers::remove_bitmap(&mut inner.client, &d.disk.node, &from.bitmap())?;
+        if let Some(old) = d.retire.take() {
+            leftovers::remove_bitmap(&mut inner.client, &d.disk.node, &old)?;
         }
         Ok(())
     }
