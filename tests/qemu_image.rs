@@ -362,14 +362,28 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
 
     // The next backup builds on the full with the old epoch's bitmap: every change
     // since the full is in it.
-    let r = backup(&v, &img, id, &[]);
+    assert_next_backup_builds_on(&v, &img, id, &full, &base_bitmap[0], "after the kill");
+}
+
+/// The next backup of `img` is an incremental on `full` from its epoch's bitmap
+/// `retired` (then removed, with any other of ours but the new epoch's), and restores
+/// the image as it is.
+fn assert_next_backup_builds_on(
+    v: &Vault,
+    img: &Path,
+    id: Uuid,
+    full: &Value,
+    retired: &str,
+    what: &str,
+) {
+    let r = backup(v, img, id, &[]);
     assert_eq!(r["kind"], "incremental", "{r}");
     assert_eq!(r["method"], "dirty-bitmap", "{r}");
     assert_eq!(r["parent"], full["image"], "{r}");
-    let now = ours(&img);
-    assert_eq!(now.len(), 1, "{:?}", bitmaps(&img));
-    assert!(!now.contains(&base_bitmap[0]));
-    assert_restores_as_now(&v, &img, id, s(&r, "image"), "after the kill");
+    let now = ours(img);
+    assert_eq!(now.len(), 1, "{:?}", bitmaps(img));
+    assert!(!now.iter().any(|b| b == retired));
+    assert_restores_as_now(v, img, id, s(&r, "image"), what);
     v.assert_catalog_consistent();
 }
 
@@ -492,16 +506,15 @@ fn a_stopped_qemu_nbd_fails_the_backup_at_the_source_timeout_and_commits_nothing
         "the full's epoch survives the failed full: {:?}",
         bitmaps(&img)
     );
-    let r = backup(&v, &img, id, &[]);
-    assert_eq!(r["kind"], "incremental", "{r}");
-    assert_eq!(r["method"], "dirty-bitmap", "{r}");
-    assert_eq!(r["parent"], full["image"], "{r}");
-    // The failed full's unused bitmap and the full's retired one are gone.
-    let now = ours(&img);
-    assert_eq!(now.len(), 1, "{:?}", bitmaps(&img));
-    assert!(!now.contains(&bitmaps_before[0]));
-    assert_restores_as_now(&v, &img, id, s(&r, "image"), "after the stopped server");
-    v.assert_catalog_consistent();
+    // The failed full's unused bitmap goes too.
+    assert_next_backup_builds_on(
+        &v,
+        &img,
+        id,
+        &full,
+        &bitmaps_before[0],
+        "after the stopped server",
+    );
 }
 
 fn make_certs(dir: &Path) -> bool {

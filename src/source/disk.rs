@@ -1169,6 +1169,21 @@ mod tests {
         }
     }
 
+    /// A read at 8192 fails as stalled, the message naming the disk and the setting.
+    fn assert_read_stalls(disk: &Disk, name: &str) {
+        let mut buf = vec![0u8; 4096];
+        let e = disk.read_into(8192, &mut buf, 0..4096).unwrap_err();
+        assert!(
+            matches!(e, DiskError::Stalled { offset: 8192, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(name) && text.contains(SOURCE_TIMEOUT_ENV),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_read_that_hangs_fails_after_the_timeout_and_the_disk_stays_failed() {
         let (release, rx) = mpsc::channel();
@@ -1181,17 +1196,7 @@ mod tests {
             kind: DiskKind::BlockDevice,
             identity: Identity::BlockDevice { rdev: 0 },
         };
-        let mut buf = vec![0u8; 4096];
-        let e = disk.read_into(8192, &mut buf, 0..4096).unwrap_err();
-        assert!(
-            matches!(e, DiskError::Stalled { offset: 8192, .. }),
-            "{e:?}"
-        );
-        let text = e.to_string();
-        assert!(
-            text.contains("/dev/hung") && text.contains(SOURCE_TIMEOUT_ENV),
-            "{text}"
-        );
+        assert_read_stalls(&disk, "/dev/hung");
         // Later reads fail at once, even when the device answers again.
         release.send(()).unwrap();
         let mut buf = vec![0u8; 16];
@@ -1259,16 +1264,7 @@ mod tests {
         );
         // The source gives up: the disk is stalled, said with the limit and the setting.
         src.hung.store(true, std::sync::atomic::Ordering::SeqCst);
-        let e = disk.read_into(8192, &mut buf, 0..4096).unwrap_err();
-        assert!(
-            matches!(e, DiskError::Stalled { offset: 8192, .. }),
-            "{e:?}"
-        );
-        let text = e.to_string();
-        assert!(
-            text.contains("nbd+unix:///d") && text.contains(SOURCE_TIMEOUT_ENV),
-            "{text}"
-        );
+        assert_read_stalls(&disk, "nbd+unix:///d");
         // Later reads fail at once, without asking the source again.
         src.hung.store(false, std::sync::atomic::Ordering::SeqCst);
         let calls = src.threads.lock().unwrap().len();
