@@ -14,7 +14,9 @@
 #
 # Part 1 also times nbdcopy from `qemu-nbd -r --cache=none` (how tapevault's offline
 # image driver serves an image: O_DIRECT), and with TAPEVAULT_BIN_B set, a second build's
-# full in each round (alternating with the first: a before/after in one run).
+# full in each round (alternating with the first: a before/after in one run). With GNU
+# time (/usr/bin/time) it prints the CPU time (user + sys) of the fulls and of nbdcopy
+# from --cache=none, each with its qemu-nbd.
 #
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
 # ROUNDS (default 3; part 1 only), NO_FILE=1 (part 1 without the nbdcopy to a file),
@@ -59,14 +61,30 @@ fresh_home() {
 }
 fresh_home
 
+# CPU time of a process tree (user + sys, children included: qemu-nbd is a child of
+# tapevault and of nbdcopy), when GNU time is installed.
+GNU_TIME=$(command -v /usr/bin/time || true)
+# timed NAME OUT CMD...: run CMD with its output into OUT, keep its CPU seconds in
+# $W/NAME.cpu; prints the wall time
+timed() {
+  local name=$1 out=$2; shift 2
+  local t0 t1
+  t0=$(now_s)
+  if [ -n "$GNU_TIME" ]; then
+    "$GNU_TIME" -o "$W/$name.cpu" -f '%U %S' "$@" > "$out"
+  else
+    "$@" > "$out"
+  fi
+  t1=$(now_s)
+  echo "$t1 - $t0" | bc
+}
+# cpu NAME: the CPU seconds `timed NAME` measured
+cpu() { [ -f "$W/$1.cpu" ] && awk '{print $1 + $2}' "$W/$1.cpu" || echo 0; }
+
 # backup NAME ARGS...: time a backup, keep its JSON report in $W/NAME.json
 backup() {
   local name=$1; shift
-  local t0 t1
-  t0=$(now_s)
-  "$BIN" --json backup --pool b "$@" > "$W/$name.json"
-  t1=$(now_s)
-  echo "$t1 - $t0" | bc
+  timed "$name" "$W/$name.json" "$BIN" --json backup --pool b "$@"
 }
 
 IMG=$W/disk.qcow2
@@ -76,23 +94,22 @@ qemu-img convert -f raw -O qcow2 "$W/rand.raw" "$IMG"
 rm -f "$W/rand.raw"
 
 # 1. full vs nbdcopy (to null: and to a file), alternating
-F=(); N=(); D=(); C=(); B=()
+F=(); N=(); D=(); C=(); B=(); FC=(); DC=(); BC=()
 BIN_B=${TAPEVAULT_BIN_B:-}
 for r in $(seq 1 "${ROUNDS:-3}"); do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  t0=$(now_s)
-  nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:
-  t1=$(now_s); N+=("$(echo "$t1 - $t0" | bc)")
+  N+=("$(timed nbdcopy$r /dev/null nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:)")
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   F+=("$(backup full$r --disk "qcow2:$IMG" --disk-id $ID --full)")
+  FC+=("$(cpu full$r)")
   [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  t0=$(now_s)
-  nbdcopy -- [ qemu-nbd -r --cache=none -f qcow2 "$IMG" ] null:
-  t1=$(now_s); D+=("$(echo "$t1 - $t0" | bc)")
+  D+=("$(timed direct$r /dev/null nbdcopy -- [ qemu-nbd -r --cache=none -f qcow2 "$IMG" ] null:)")
+  DC+=("$(cpu direct$r)")
   if [ -n "$BIN_B" ]; then
     sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
     B+=("$(BIN=$BIN_B backup fullb$r --disk "qcow2:$IMG" --disk-id $ID --full)")
+    BC+=("$(cpu fullb$r)")
     [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   fi
   [ "${NO_FILE:-0}" = 1 ] && continue
@@ -107,6 +124,10 @@ log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" re
 [ -n "$BIN_B" ] && log "full, TAPEVAULT_BIN_B (s): $(stats "${B[@]}")"
 log "nbdcopy to null: (s):  $(stats "${N[@]}")"
 log "nbdcopy to null: from qemu-nbd --cache=none (s): $(stats "${D[@]}")"
+if [ -n "$GNU_TIME" ]; then
+  log "CPU s (user + sys, with qemu-nbd): full $(stats "${FC[@]}"); nbdcopy from --cache=none $(stats "${DC[@]}")"
+  [ -n "$BIN_B" ] && log "CPU s, TAPEVAULT_BIN_B full: $(stats "${BC[@]}")"
+fi
 [ "${NO_FILE:-0}" = 1 ] || log "nbdcopy to a file (s): $(stats "${C[@]}")"
 fm=$(stats "${F[@]}" | cut -d' ' -f2); nm=$(stats "${N[@]}" | cut -d' ' -f2)
 dm=$(stats "${D[@]}" | cut -d' ' -f2)

@@ -89,7 +89,7 @@ struct Spool<S> {
     pacer: Option<crate::spool::Pacer>,
     /// The transform stage has ended (no more items will come).
     ended: bool,
-    /// `consume` failed: the merger stops taking items.
+    /// `consume` failed: the merge stops taking items.
     stopped: bool,
 }
 
@@ -169,14 +169,15 @@ where
 
 /// As [`run_workers`] with `buffer` between the transform stage and `consume` (see
 /// [`Buffer`]), and `stage` run on each item in production order before it enters the
-/// buffer (on another thread than `consume` when there is a buffer): what must follow
-/// the production order but need not wait for `consume` (a digest over the items).
+/// buffer (by the workers when there is a buffer, see [`Merge`]; else on `consume`'s
+/// thread): what must follow the production order but need not wait for `consume` (a
+/// digest over the items).
 pub fn run_buffered<C, S, E, P, T, G, K>(
     depth: usize,
     buffer: Buffer<'_, S, E>,
     mut produce: P,
     transforms: Vec<T>,
-    mut stage: G,
+    stage: G,
     mut consume: K,
 ) -> Result<StageTimes, E>
 where
@@ -202,7 +203,7 @@ where
     let n = transforms.len();
     let started = Instant::now();
     // Produced items are recycled through one queue; each worker has its input queue,
-    // its output queue and its own recycling queue for output items.
+    // its output queue (without a buffer) and its own recycling queue for output items.
     let c_limit = n * (depth + 1) + 2;
     // Output items each worker may have in flight: its queues', and its share of the
     // spool's (each comes back through its recycling queue, which holds them all).
@@ -221,6 +222,58 @@ where
         returns.push(ret_s_tx);
         worker_ends.push((rx_c, tx_s, ret_s_rx));
     }
+    let shared = (
+        std::sync::Mutex::new(Spool {
+            items: std::collections::VecDeque::with_capacity(spool_items),
+            head: 0,
+            tail: 0,
+            spilled: std::collections::VecDeque::new(),
+            bursting: false,
+            pacer: None,
+            ended: false,
+            stopped: false,
+        }),
+        std::sync::Condvar::new(),
+    );
+    // With a buffer the workers put the items into it in production order themselves
+    // (no thread of its own, no hand-over more per item): each parks its item, and the
+    // worker holding the merge lock takes the parked items that are next, runs `stage`
+    // on each and routes it into the buffer. A worker never waits for another's item.
+    // Without one, `consume`'s thread runs `stage`.
+    let (mut direct_stage, merge, spool_file) = match buffer {
+        Buffer::None => (Some(stage), None, None),
+        Buffer::Memory(items) => (
+            None,
+            Some(Merge::new(
+                stage,
+                Router::Memory {
+                    burst_at: items.div_ceil(2),
+                },
+                n,
+            )),
+            None,
+        ),
+        Buffer::File { file, pace, codec } => {
+            shared.0.lock().unwrap_or_else(|p| p.into_inner()).pacer = Some(pace);
+            (
+                None,
+                Some(Merge::new(
+                    stage,
+                    Router::File {
+                        file,
+                        codec,
+                        bytes: Vec::new(),
+                        failed: false,
+                        started,
+                        returns: returns.clone(),
+                    },
+                    n,
+                )),
+                Some((file, codec)),
+            )
+        }
+    };
+    let merge = merge.map(std::sync::Mutex::new);
 
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || -> Result<Duration, E> {
@@ -248,15 +301,20 @@ where
                 next += 1;
             }
         });
+        let merge = merge.as_ref();
+        let shared = &shared;
         let workers: Vec<_> = transforms
             .into_iter()
             .zip(worker_ends)
-            .map(|(mut transform, (rx_c, tx_s, ret_s_rx))| {
+            .enumerate()
+            .map(|(w, (mut transform, (rx_c, tx_s, ret_s_rx)))| {
                 let ret_c_tx = ret_c_tx.clone();
                 scope.spawn(move || -> Result<Duration, E> {
                     let mut busy = Duration::ZERO;
                     let mut made = 0usize;
-                    for mut item in rx_c.iter() {
+                    let mut outcome = Ok(());
+                    // Item k of this worker is item w + k * n of the production.
+                    for (k, mut item) in rx_c.iter().enumerate() {
                         let mut out = match ret_s_rx.try_recv() {
                             Ok(s) => s,
                             Err(_) if made < s_limit => {
@@ -265,39 +323,41 @@ where
                             }
                             Err(_) => match ret_s_rx.recv() {
                                 Ok(s) => s,
-                                Err(_) => return Ok(busy),
+                                Err(_) => break, // downstream stopped
                             },
                         };
-                        timed(&mut busy, || transform(&mut item, &mut out))?;
+                        if let Err(e) = timed(&mut busy, || transform(&mut item, &mut out)) {
+                            outcome = Err(e);
+                            break;
+                        }
                         let _ = ret_c_tx.try_send(item);
-                        if tx_s.send(out).is_err() {
-                            return Ok(busy);
+                        let going_on = match merge {
+                            None => tx_s.send(out).is_ok(),
+                            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).take(
+                                w + k * n,
+                                out,
+                                shared,
+                            ),
+                        };
+                        if !going_on {
+                            break; // downstream stopped; its error is reported
                         }
                     }
-                    Ok(busy)
+                    if let Some(m) = merge {
+                        m.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .worker_ended(outcome.is_err(), shared);
+                    }
+                    outcome.map(|()| busy)
                 })
             })
             .collect();
         drop(ret_c_tx);
         let mut result = Ok(());
-        let mut merger_result = Ok(());
         let mut consume_busy = Duration::ZERO;
-        let shared = std::sync::Arc::new((
-            std::sync::Mutex::new(Spool {
-                items: std::collections::VecDeque::with_capacity(spool_items),
-                head: 0,
-                tail: 0,
-                spilled: std::collections::VecDeque::new(),
-                bursting: false,
-                pacer: None,
-                ended: false,
-                stopped: false,
-            }),
-            std::sync::Condvar::new(),
-        ));
         let (spool, cv) = (&shared.0, &shared.1);
-        match buffer {
-            Buffer::None => {
+        match (direct_stage.as_mut(), spool_file) {
+            (Some(stage), _) => {
                 let mut next = 0usize;
                 // In production order: item i comes from worker i % n. A worker that
                 // ended (input exhausted, or an error) ends the run here; its error is
@@ -314,44 +374,12 @@ where
                     let _ = returns[next % n].try_send(out);
                     next += 1;
                 }
-                // Dropping the receivers unblocks the other stages.
-                drop(from_workers);
-                drop(returns);
             }
-            Buffer::Memory(spool_items) => {
-                // A merger thread takes the items in production order into the spool;
-                // this thread consumes them in bursts. A burst starts at half the
-                // spool, so the other half takes in what the source delivers while the
-                // consumer waits (a tape drive repositioning before it writes again)
-                // instead of stalling the source.
-                let burst_at = spool_items.div_ceil(2);
-                let theirs = shared.clone();
-                let merger = scope.spawn(move || -> Result<(), E> {
-                    let (spool, cv) = (&theirs.0, &theirs.1);
-                    let mut next = 0usize;
-                    let mut r = Ok(());
-                    while let Ok(mut out) = from_workers[next % n].recv() {
-                        if let Err(e) = stage(&mut out) {
-                            r = Err(e);
-                            break;
-                        }
-                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        if g.stopped {
-                            break;
-                        }
-                        g.items.push_back((next, out));
-                        if g.items.len() >= burst_at {
-                            g.bursting = true;
-                        }
-                        drop(g);
-                        cv.notify_all();
-                        next += 1;
-                    }
-                    end_input(&theirs, r.is_err());
-                    // Dropping the receivers unblocks the workers.
-                    drop(from_workers);
-                    r
-                });
+            (None, None) => {
+                // Items are taken in bursts: a burst starts at half the spool, so the
+                // other half takes in what the source delivers while the consumer waits
+                // (a tape drive repositioning before it writes again) instead of
+                // stalling the source.
                 loop {
                     let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                     while !(g.ended || (g.bursting && !g.items.is_empty())) {
@@ -366,145 +394,16 @@ where
                     drop(g);
                     if let Err(e) = timed(&mut consume_busy, || consume(&mut out)) {
                         result = Err(e);
-                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        g.stopped = true;
-                        g.items.clear();
+                        stop(shared);
                         break;
                     }
                     let _ = returns[i % n].try_send(out);
                 }
-                // Unblock the workers (their recycling queues) before waiting for the
-                // merger.
-                drop(returns);
-                merger_result = merger
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
             }
-            Buffer::File { file, pace, codec } => {
-                // The merger routes each item: while the pacer streams, through memory
-                // to this thread (after what the file holds: a streaming spool holds
-                // back the source only as the drive does); otherwise encoded into the
-                // file and recycled at once, this thread decoding them back into one
-                // item of its own in bursts.
-                let cap = file.capacity();
-                spool.lock().unwrap_or_else(|p| p.into_inner()).pacer = Some(pace);
-                let now = || started.elapsed().as_secs_f64();
-                let theirs = shared.clone();
-                let my_returns = returns.clone();
-                let merger = scope.spawn(move || -> Result<(), E> {
-                    let (spool, cv) = (&theirs.0, &theirs.1);
-                    let mut next = 0usize;
-                    let mut bytes = Vec::new();
-                    let mut r = Ok(());
-                    let mut failed = false;
-                    while let Ok(mut out) = from_workers[next % n].recv() {
-                        if let Err(e) = stage(&mut out) {
-                            r = Err(e);
-                            break;
-                        }
-                        if !failed {
-                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                            if g.pacer.as_ref().is_some_and(|p| p.streaming()) {
-                                // Only the merger changes the pacer out of streaming.
-                                while !g.stopped
-                                    && (g.head > g.tail
-                                        || g.items.len() >= crate::spool::STREAM_RECORDS)
-                                {
-                                    cv.notify_all();
-                                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-                                }
-                                if g.stopped {
-                                    break;
-                                }
-                                let size = codec.size(&out);
-                                g.items.push_back((next, out));
-                                next += 1;
-                                let t = now();
-                                let pacer = g.pacer.as_mut().expect("a file spool's pacer");
-                                if pacer.arrived(t, size, 0) {
-                                    g.bursting = true;
-                                }
-                                drop(g);
-                                cv.notify_all();
-                                continue;
-                            }
-                        }
-                        let size = codec.size(&out);
-                        bytes.clear();
-                        bytes.extend_from_slice(&[0; 4]);
-                        codec.encode(&out, &mut bytes);
-                        let _ = returns[next % n].try_send(out);
-                        next += 1;
-                        let len = bytes.len() as u64;
-                        if len > cap || len - 4 > u64::from(u32::MAX) {
-                            r = Err(codec.spool_error(crate::spool::SpoolError {
-                                what: format!(
-                                    "a record of {len} bytes does not fit in a spool of {cap} bytes (give a larger --spool)"
-                                ),
-                            }));
-                            break;
-                        }
-                        bytes[..4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
-                        if !failed {
-                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                            // No room: the drive must take what the spool holds now.
-                            while !g.stopped && cap - (g.head - g.tail) < len {
-                                g.bursting = true;
-                                cv.notify_all();
-                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-                            }
-                            if g.stopped {
-                                break;
-                            }
-                            let at = g.head;
-                            drop(g);
-                            match file.write_at(at, &bytes) {
-                                Ok(()) => {}
-                                // The file system is full, or failing: the run goes on
-                                // without the file (what it holds is still read back).
-                                Err(e) => {
-                                    failed = true;
-                                    codec.spool_failed(&e);
-                                }
-                            }
-                        }
-                        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        if failed {
-                            while !g.stopped && g.spilled.len() >= SPILLED_MAX {
-                                g.bursting = true;
-                                cv.notify_all();
-                                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-                            }
-                            if g.stopped {
-                                break;
-                            }
-                            g.spilled.push_back(std::mem::take(&mut bytes));
-                            g.bursting = true;
-                            drop(g);
-                            cv.notify_all();
-                            continue;
-                        }
-                        g.head += len;
-                        let held = g.head - g.tail;
-                        let t = now();
-                        if g
-                            .pacer
-                            .as_mut()
-                            .expect("a file spool's pacer")
-                            .arrived(t, size, held)
-                        {
-                            g.bursting = true;
-                        }
-                        drop(g);
-                        cv.notify_all();
-                    }
-                    end_input(&theirs, r.is_err());
-                    drop(from_workers);
-                    drop(returns);
-                    r
-                });
+            (None, Some((file, codec))) => {
                 let mut out = S::default();
                 let mut bytes = Vec::new();
+                let now = || started.elapsed().as_secs_f64();
                 // Read ahead of the burst: the next PREFETCH bytes are asked into the
                 // page cache each time the reader passed half of them.
                 const PREFETCH: u64 = 64 << 20;
@@ -519,9 +418,9 @@ where
                         g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                     }
                     if g.stopped || !holds(&g) {
-                        break; // ended and empty, or the merger failed
+                        break; // ended and empty, or the merge failed
                     }
-                    // The items in memory are older than the file's records (the merger
+                    // The items in memory are older than the file's records (the merge
                     // streams through memory only while the file is empty); the file's
                     // records come before those held in memory after it failed.
                     if let Some((i, mut item)) = g.items.pop_front() {
@@ -529,14 +428,10 @@ where
                         cv.notify_all();
                         if let Err(e) = timed(&mut consume_busy, || consume(&mut item)) {
                             result = Err(e);
-                            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
-                            g.stopped = true;
-                            g.items.clear();
-                            drop(g);
-                            cv.notify_all();
+                            stop(shared);
                             break;
                         }
-                        let _ = my_returns[i % n].try_send(item);
+                        let _ = returns[i % n].try_send(item);
                         let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
                         if !holds(&g) && g.bursting {
                             g.bursting = false;
@@ -602,27 +497,25 @@ where
                         }
                         Err(e) => {
                             result = Err(e);
-                            g.stopped = true;
-                            g.items.clear();
                             drop(g);
-                            cv.notify_all();
+                            stop(shared);
                             break;
                         }
                     }
                 }
-                // Unblock the workers (their recycling queues) before waiting for the
-                // merger.
-                drop(my_returns);
-                merger_result = merger
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
-                if let Err(e) = file.clear() {
-                    if result.is_ok() && merger_result.is_ok() {
-                        result = Err(codec.spool_error(e));
-                    }
-                }
             }
         }
+        // Dropping the receivers and the recycling queues (the merge's too: a consumer
+        // that failed leaves the items to nobody) unblocks the workers.
+        if let Some(m) = merge {
+            let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+            m.done = true;
+            if let Router::File { returns, .. } = &mut m.router {
+                returns.clear();
+            }
+        }
+        drop(from_workers);
+        drop(returns);
         let mut transform_busy = Duration::ZERO;
         let mut worker_err = None;
         for w in workers {
@@ -638,8 +531,19 @@ where
         let p = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        if let Some((file, codec)) = spool_file {
+            if let Err(e) = file.clear() {
+                if result.is_ok() {
+                    result = Err(codec.spool_error(e));
+                }
+            }
+        }
         result?;
-        merger_result?;
+        if let Some(e) =
+            merge.and_then(|m| m.lock().unwrap_or_else(|p| p.into_inner()).error.take())
+        {
+            return Err(e);
+        }
         if let Some(e) = worker_err {
             return Err(e);
         }
@@ -652,9 +556,241 @@ where
     })
 }
 
-/// The merger took its last item (`failed`: its stage failed, and the consumer stops
-/// without draining the spool).
-fn end_input<S>(shared: &(std::sync::Mutex<Spool<S>>, std::sync::Condvar), failed: bool) {
+/// The spool's state and the condition variable its users wait on.
+type Shared<S> = (std::sync::Mutex<Spool<S>>, std::sync::Condvar);
+
+/// Transformed items on their way into a buffer, in production order (see
+/// [`run_buffered`]): held under a lock by the worker that merges.
+struct Merge<'a, S, E, G> {
+    stage: G,
+    router: Router<'a, S, E>,
+    /// The next item to go into the buffer.
+    next: usize,
+    /// Items that came before their turn: `parked[k]` is item `next + k`.
+    parked: std::collections::VecDeque<Option<S>>,
+    /// Workers still running.
+    live: usize,
+    /// No more items go in: the consumer stopped, a stage failed, or the input ended.
+    done: bool,
+    /// The first error of `stage` or of the spool.
+    error: Option<E>,
+}
+
+/// Where [`Merge`] puts an item.
+enum Router<'a, S, E> {
+    /// The memory spool.
+    Memory { burst_at: usize },
+    /// The file spool: through memory while the pacer streams, else encoded into the
+    /// file (or held in memory once the file failed).
+    File {
+        file: &'a crate::spool::SpoolFile,
+        codec: &'a dyn Codec<S, E>,
+        bytes: Vec<u8>,
+        failed: bool,
+        started: Instant,
+        /// The workers' recycling queues: an encoded item goes back at once.
+        returns: Vec<SyncSender<S>>,
+    },
+}
+
+impl<'a, S, E, G: FnMut(&mut S) -> Result<(), E>> Merge<'a, S, E, G> {
+    fn new(stage: G, router: Router<'a, S, E>, workers: usize) -> Self {
+        Merge {
+            stage,
+            router,
+            next: 0,
+            parked: std::collections::VecDeque::new(),
+            live: workers,
+            done: false,
+            error: None,
+        }
+    }
+
+    /// Item `seq` is transformed: park it, then put every item whose turn has come
+    /// into the buffer, `stage` first. False when no more items are wanted.
+    fn take(&mut self, seq: usize, out: S, shared: &Shared<S>) -> bool {
+        if self.done {
+            return false;
+        }
+        let k = seq - self.next;
+        if self.parked.len() <= k {
+            self.parked.resize_with(k + 1, || None);
+        }
+        self.parked[k] = Some(out);
+        while self.parked.front().is_some_and(Option::is_some) {
+            let mut out = self.parked.pop_front().flatten().expect("checked above");
+            let seq = self.next;
+            self.next += 1;
+            let routed = (self.stage)(&mut out).and_then(|()| self.router.route(seq, out, shared));
+            match routed {
+                Ok(true) => {}
+                // The consumer stopped; its error is reported.
+                Ok(false) => {
+                    self.done = true;
+                    return false;
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    self.done = true;
+                    end_input(shared, true);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A worker ended (`failed`: its transform failed, and the consumer stops without
+    /// draining the spool). The last one ends the input.
+    fn worker_ended(&mut self, failed: bool, shared: &Shared<S>) {
+        self.live -= 1;
+        if self.done {
+            return;
+        }
+        if failed || self.live == 0 {
+            self.done = true;
+            end_input(shared, failed);
+        }
+    }
+}
+
+impl<S, E> Router<'_, S, E> {
+    /// Puts item `seq` into the buffer. `Ok(false)`: the consumer stopped.
+    fn route(&mut self, seq: usize, out: S, shared: &Shared<S>) -> Result<bool, E> {
+        let (spool, cv) = (&shared.0, &shared.1);
+        let (file, codec, bytes, failed, started, returns) = match self {
+            Router::Memory { burst_at } => {
+                let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+                if g.stopped {
+                    return Ok(false);
+                }
+                g.items.push_back((seq, out));
+                if g.items.len() >= *burst_at {
+                    g.bursting = true;
+                }
+                drop(g);
+                cv.notify_all();
+                return Ok(true);
+            }
+            Router::File {
+                file,
+                codec,
+                bytes,
+                failed,
+                started,
+                returns,
+            } => (*file, *codec, bytes, failed, *started, returns),
+        };
+        let cap = file.capacity();
+        let now = || started.elapsed().as_secs_f64();
+        if !*failed {
+            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+            if g.pacer.as_ref().is_some_and(|p| p.streaming()) {
+                // Only the merge changes the pacer out of streaming.
+                while !g.stopped
+                    && (g.head > g.tail || g.items.len() >= crate::spool::STREAM_RECORDS)
+                {
+                    cv.notify_all();
+                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                if g.stopped {
+                    return Ok(false);
+                }
+                let size = codec.size(&out);
+                g.items.push_back((seq, out));
+                let t = now();
+                let pacer = g.pacer.as_mut().expect("a file spool's pacer");
+                if pacer.arrived(t, size, 0) {
+                    g.bursting = true;
+                }
+                drop(g);
+                cv.notify_all();
+                return Ok(true);
+            }
+        }
+        let size = codec.size(&out);
+        bytes.clear();
+        bytes.extend_from_slice(&[0; 4]);
+        codec.encode(&out, bytes);
+        if let Some(r) = returns.get(seq % returns.len().max(1)) {
+            let _ = r.try_send(out);
+        }
+        let len = bytes.len() as u64;
+        if len > cap || len - 4 > u64::from(u32::MAX) {
+            return Err(codec.spool_error(crate::spool::SpoolError {
+                what: format!(
+                    "a record of {len} bytes does not fit in a spool of {cap} bytes (give a larger --spool)"
+                ),
+            }));
+        }
+        bytes[..4].copy_from_slice(&((len - 4) as u32).to_le_bytes());
+        if !*failed {
+            let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+            // No room: the drive must take what the spool holds now.
+            while !g.stopped && cap - (g.head - g.tail) < len {
+                g.bursting = true;
+                cv.notify_all();
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            if g.stopped {
+                return Ok(false);
+            }
+            let at = g.head;
+            drop(g);
+            match file.write_at(at, bytes) {
+                Ok(()) => {}
+                // The file system is full, or failing: the run goes on without the
+                // file (what it holds is still read back).
+                Err(e) => {
+                    *failed = true;
+                    codec.spool_failed(&e);
+                }
+            }
+        }
+        let mut g = spool.lock().unwrap_or_else(|p| p.into_inner());
+        if *failed {
+            while !g.stopped && g.spilled.len() >= SPILLED_MAX {
+                g.bursting = true;
+                cv.notify_all();
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            if g.stopped {
+                return Ok(false);
+            }
+            g.spilled.push_back(std::mem::take(bytes));
+            g.bursting = true;
+            drop(g);
+            cv.notify_all();
+            return Ok(true);
+        }
+        g.head += len;
+        let held = g.head - g.tail;
+        let t = now();
+        if g.pacer
+            .as_mut()
+            .expect("a file spool's pacer")
+            .arrived(t, size, held)
+        {
+            g.bursting = true;
+        }
+        drop(g);
+        cv.notify_all();
+        Ok(true)
+    }
+}
+
+/// `consume` failed: the merge stops taking items and drops what the spool holds.
+fn stop<S>(shared: &Shared<S>) {
+    let mut g = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+    g.stopped = true;
+    g.items.clear();
+    drop(g);
+    shared.1.notify_all();
+}
+
+/// The input ended (`failed`: a stage failed, and the consumer stops without draining
+/// the spool).
+fn end_input<S>(shared: &Shared<S>, failed: bool) {
     let mut g = shared.0.lock().unwrap_or_else(|p| p.into_inner());
     g.ended = true;
     if failed {
@@ -985,6 +1121,79 @@ mod tests {
         }
         fn spool_failed(&self, e: &crate::spool::SpoolError) {
             self.failures.lock().unwrap().push(e.what.clone());
+        }
+    }
+
+    /// The workers put the items into the spool themselves: when one is always late,
+    /// the other puts the late one's items in too; each item still goes back to the
+    /// worker that made it (a worker that lost its items to the other would wait for
+    /// them forever), and everything arrives once, in order, through memory or file.
+    #[test]
+    fn a_late_worker_s_items_merged_by_the_other_come_back_to_it() {
+        // A lost item would hang the run: fail instead.
+        let (done, finished) = std::sync::mpsc::channel();
+        let run = std::thread::spawn(move || {
+            use std::sync::atomic::AtomicU32;
+            let dir = tempfile::tempdir().unwrap();
+            let file = crate::spool::SpoolFile::create(dir.path(), 4096).unwrap();
+            let codec = U32Codec::new(None);
+            // Items of worker 0 (the even ones) take longer than those of worker 1.
+            let late_evens = |c: &mut u32, s: &mut u32| -> Result<(), String> {
+                if (*c).is_multiple_of(2) {
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                }
+                copy(c, s)
+            };
+            for pace in [
+                crate::spool::Pacer::fixed(200),
+                crate::spool::Pacer::new(crate::spool::DriveSpeeds::LTO_DEFAULT, 4096),
+            ] {
+                let produced = AtomicU32::new(0);
+                let mut seen = Vec::new();
+                run_buffered::<u32, u32, String, _, _, _, _>(
+                    2,
+                    Buffer::File {
+                        file: &file,
+                        pace,
+                        codec: &codec,
+                    },
+                    slow_source(&produced, 2000, 0),
+                    vec![late_evens; 2],
+                    |_| Ok(()),
+                    |s| {
+                        seen.push(*s);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+            }
+            let mut seen = Vec::new();
+            let produced = AtomicU32::new(0);
+            run_buffered::<u32, u32, String, _, _, _, _>(
+                2,
+                Buffer::Memory(8),
+                slow_source(&produced, 2000, 0),
+                vec![late_evens; 2],
+                |_| Ok(()),
+                |s| {
+                    seen.push(*s);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => run.join().unwrap(),
+            // A panic in the run: its message.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(run.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the run hangs: a worker waits for an item that never comes back")
+            }
         }
     }
 
