@@ -144,8 +144,11 @@ pub trait SourceRead: Send + Sync + 'static {
 
     /// A hint, called from the reading thread before reading an extent: the data runs
     /// (as [`find_data`](Self::find_data) tells them) of `[offset, offset + len)` will be
-    /// read next, in ascending order, and nothing else until then. A source may read
-    /// ahead within it (an NBD export keeps several requests in flight); never beyond.
+    /// read next, in ascending order, and nothing else until then. The next extents may
+    /// be announced before the first is read (a [`ChunkReader`] announces up to
+    /// [`EXTENTS_AHEAD`]): they are read in the order announced. A source may read ahead
+    /// within the announced extents (an NBD export keeps several requests in flight);
+    /// never beyond.
     fn will_read(&self, _offset: u64, _len: u64) {}
 
     /// Hands over the bytes `[offset, offset + buf.len())` without a copy when the
@@ -750,6 +753,9 @@ impl ExtentStream for Listed {
     }
 }
 
+/// Extents a [`ChunkReader`] announces to the source ahead of reading them.
+pub const EXTENTS_AHEAD: usize = 16;
+
 /// Reads a disk's extents as chunks; see the module docs.
 pub struct ChunkReader<'d> {
     disk: &'d Disk,
@@ -759,7 +765,13 @@ pub struct ChunkReader<'d> {
     ext: Option<Extent>,
     /// The end of the last extent taken from `todo` (the next must not start before).
     taken_end: u64,
-    /// Every extent has been taken from `todo`.
+    /// Extents taken from `todo` and announced to the source, not read yet (at most
+    /// [`EXTENTS_AHEAD`]), and the error that ended taking them, reported in its turn.
+    ahead: std::collections::VecDeque<Extent>,
+    ahead_error: Option<DiskError>,
+    /// `todo` has no more extents.
+    todo_ended: bool,
+    /// Every extent has been read.
     done: bool,
     /// Streamed extents must fall on block boundaries (a digest feed is attached).
     aligned: bool,
@@ -842,6 +854,9 @@ impl<'d> ChunkReader<'d> {
             todo,
             ext: None,
             taken_end: 0,
+            ahead: std::collections::VecDeque::new(),
+            ahead_error: None,
+            todo_ended: false,
             done: false,
             aligned: false,
             cursor: 0,
@@ -892,11 +907,44 @@ impl<'d> ChunkReader<'d> {
         Ok(())
     }
 
-    /// Takes the next extent from the stream, checking its order and bounds.
+    /// The next extent to read. The extents after it are taken from the stream and
+    /// announced to the source ([`SourceRead::will_read`]) up to [`EXTENTS_AHEAD`] in
+    /// advance, so a source that reads ahead (an NBD export) keeps its requests in
+    /// flight across small extents; an error taking them is reported in its turn.
     fn take_extent(&mut self) -> Result<Option<Extent>, DiskError> {
+        self.announce_ahead();
+        let next = self.ahead.pop_front();
+        self.announce_ahead();
+        match next {
+            Some(e) => Ok(Some(e)),
+            None => match self.ahead_error.take() {
+                Some(e) => Err(e),
+                None => {
+                    self.done = true;
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// Takes extents from the stream and announces them until [`EXTENTS_AHEAD`] wait.
+    fn announce_ahead(&mut self) {
+        while self.ahead.len() < EXTENTS_AHEAD && !self.todo_ended && self.ahead_error.is_none() {
+            match self.take_from_stream() {
+                Ok(Some(e)) => {
+                    self.disk.source.will_read(e.offset, e.len);
+                    self.ahead.push_back(e);
+                }
+                Ok(None) => self.todo_ended = true,
+                Err(e) => self.ahead_error = Some(e),
+            }
+        }
+    }
+
+    /// Takes the next extent from the stream, checking its order and bounds.
+    fn take_from_stream(&mut self) -> Result<Option<Extent>, DiskError> {
         loop {
             let Some(e) = self.todo.next_extent()? else {
-                self.done = true;
                 return Ok(None);
             };
             if e.len == 0 {
@@ -927,7 +975,6 @@ impl<'d> ChunkReader<'d> {
                 )));
             }
             self.taken_end = e.end();
-            self.disk.source.will_read(e.offset, e.len);
             return Ok(Some(e));
         }
     }

@@ -255,15 +255,17 @@ pub const READ_AHEAD_REQUEST_SIZE: u32 = 512 * 1024;
 
 /// An NBD export read like a file (see the module docs).
 ///
-/// Read-ahead: the reader announces each extent before reading it
-/// ([`SourceRead::will_read`]); the source then keeps up to [`READ_AHEAD_REQUESTS`]
-/// READs in flight over the data of that extent (as far as the allocation it has learnt
-/// tells), so the server works while the backup hashes and writes. Nothing outside an
-/// announced extent is read ahead, and nothing that `base:allocation` calls zero.
+/// Read-ahead: the reader announces each extent before reading it, and may announce the
+/// next few ahead of their reads ([`SourceRead::will_read`], ascending); the source
+/// then keeps up to [`READ_AHEAD_REQUESTS`] READs in flight over the data of the
+/// announced extents in order (as far as the allocation it has learnt tells), so the
+/// server works while the backup hashes and writes, and an incremental's small scattered
+/// extents are not read one round trip at a time. Nothing outside an announced extent
+/// is read ahead, and nothing that `base:allocation` calls zero.
 pub struct NbdSource {
     inner: Mutex<Inner>,
-    /// The extent announced last, not yet taken over by a read.
-    hint: Mutex<Option<(u64, u64)>>,
+    /// Extents announced, not yet taken over by a read, in the order announced.
+    hints: Mutex<Vec<(u64, u64)>>,
     size: u64,
     /// `base:allocation` was granted: zero ranges are holes.
     allocation: bool,
@@ -299,9 +301,12 @@ struct Inner {
     ahead: std::collections::VecDeque<Slot>,
     /// Cookies of reads sent ahead that are no longer wanted (their replies are dropped).
     orphans: Vec<u64>,
-    /// Next offset to read ahead from, and the end of the extent announced.
+    /// Next offset to read ahead from, and the end of the extent it lies in (reads
+    /// below `limit` are of announced extents).
     next: u64,
     limit: u64,
+    /// Extents announced after the one `next` lies in, ascending.
+    queued: std::collections::VecDeque<(u64, u64)>,
     /// Buffers for reads ahead, recycled.
     spare: Vec<Vec<u8>>,
     allocation: bool,
@@ -325,15 +330,70 @@ impl Inner {
             .filter(|r| r.0 < r.1)
     }
 
-    /// Sends reads ahead until the window is full or the announced extent (as far as
-    /// its data is known) is covered.
+    /// An extent announced (`[s, e)`): read ahead into it after the ones announced
+    /// before it. One that does not come after them starts the read-ahead over (what
+    /// was read ahead before it is not wanted); one inside the extent being read ahead
+    /// narrows it, as a new announcement of the same extent.
+    fn announce(&mut self, s: u64, e: u64) {
+        let last_end = self.queued.back().map_or(self.limit, |q| q.1);
+        if self.queued.is_empty() && s >= self.next && s < self.limit {
+            self.next = s;
+            self.limit = e;
+        } else if s >= last_end {
+            self.queued.push_back((s, e));
+        } else {
+            self.reset();
+            self.queued.clear();
+            self.next = s;
+            self.limit = e;
+        }
+    }
+
+    /// Whether `offset` lies in an announced extent, the one being read ahead or an
+    /// earlier one (`< limit`), or one announced after it: the reader moved on to that
+    /// one before the read-ahead did, which then skips to it.
+    fn reach(&mut self, offset: u64) -> bool {
+        if offset < self.limit {
+            return true;
+        }
+        while let Some(&(s, e)) = self.queued.front() {
+            if e <= offset {
+                self.queued.pop_front();
+                continue;
+            }
+            if s > offset {
+                return false;
+            }
+            self.queued.pop_front();
+            self.next = offset.max(self.next);
+            self.limit = e;
+            return true;
+        }
+        false
+    }
+
+    /// Sends reads ahead until the window is full or the announced extents (as far as
+    /// their data is known) are covered.
     fn top_up(&mut self) -> std::io::Result<()> {
         let step = self.client.request_size() as u64;
         while self.ahead.len() + self.orphans.len() < self.client.max_in_flight()
             && self.client.reads_in_flight() < self.client.max_in_flight()
-            && self.next < self.limit
         {
+            if self.next >= self.limit {
+                // This extent is covered: on to the next one announced.
+                let Some((s, e)) = self.queued.pop_front() else {
+                    break;
+                };
+                self.next = s.max(self.next);
+                self.limit = e;
+                continue;
+            }
             let Some((s, e)) = self.known_data(self.next, self.limit) else {
+                // Known to hold no more data: the extent's rest is a hole.
+                if self.allocation && self.known.0 <= self.next && self.limit <= self.known.1 {
+                    self.next = self.limit;
+                    continue;
+                }
                 break;
             };
             // Requests end on multiples of their size (absolute offsets), as the chunk
@@ -411,7 +471,7 @@ impl Inner {
     /// [`read`](Self::read) then serves from.
     fn take(&mut self, buf: &mut Vec<u8>, offset: u64) -> std::io::Result<bool> {
         let end = offset + buf.len() as u64;
-        if offset >= self.limit || end > self.limit.max(self.next) {
+        if !self.reach(offset) || end > self.limit.max(self.next) {
             return Ok(false);
         }
         if self.next < offset {
@@ -446,8 +506,9 @@ impl Inner {
     fn read(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let end = offset + buf.len() as u64;
         // A read outside what was announced ends the read-ahead.
-        if offset >= self.limit || end > self.limit.max(self.next) {
+        if !self.reach(offset) || end > self.limit.max(self.next) {
             self.reset();
+            self.queued.clear();
             self.next = self.limit;
         } else if self.next < offset {
             self.next = offset;
@@ -523,11 +584,12 @@ impl NbdSource {
                 orphans: Vec::new(),
                 next: 0,
                 limit: 0,
+                queued: std::collections::VecDeque::new(),
                 spare: Vec::new(),
                 allocation,
                 size,
             }),
-            hint: Mutex::new(None),
+            hints: Mutex::new(Vec::new()),
             size,
             allocation,
             handed_over: std::sync::atomic::AtomicU64::new(0),
@@ -551,13 +613,10 @@ impl NbdSource {
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, e)) = self.hint.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // A new extent: whatever was read ahead before it is not wanted.
-            if s >= inner.limit || s < inner.next {
-                inner.reset();
-            }
-            inner.next = s;
-            inner.limit = e.min(inner.size);
+        let hints = std::mem::take(&mut *self.hints.lock().unwrap_or_else(|e| e.into_inner()));
+        for (s, e) in hints {
+            let e = e.min(inner.size);
+            inner.announce(s, e);
         }
         inner
     }
@@ -578,6 +637,7 @@ impl SourceRead for NbdSource {
         if r.is_err() {
             // After a failure nothing read ahead is trusted.
             inner.reset();
+            inner.queued.clear();
             inner.limit = 0;
             inner.next = 0;
         }
@@ -597,6 +657,7 @@ impl SourceRead for NbdSource {
         if r.is_err() {
             // After a failure nothing read ahead is trusted.
             inner.reset();
+            inner.queued.clear();
             inner.limit = 0;
             inner.next = 0;
         }
@@ -604,8 +665,10 @@ impl SourceRead for NbdSource {
     }
 
     fn will_read(&self, offset: u64, len: u64) {
-        *self.hint.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((offset, offset.saturating_add(len)));
+        self.hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((offset, offset.saturating_add(len)));
     }
 
     fn find_data(&self, from: u64) -> std::io::Result<DataAt> {
@@ -901,6 +964,78 @@ mod read_ahead_tests {
     /// Reads ahead within announced extents and serves every pattern of reads (inside,
     /// across request boundaries, outside the announced extent, a new extent) with the
     /// file's bytes; holes read as zeros.
+    /// Small extents announced ahead of their reads (as an incremental's dirty extents
+    /// are) are read ahead across: while the first is read, the next ones are already
+    /// in flight, each handed over whole; one announced that does not come after the
+    /// others starts over from it; one the reader skips is skipped by the read-ahead.
+    #[test]
+    fn read_ahead_runs_across_extents_announced_in_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let size: u64 = 32 << 20;
+        std::fs::write(&img, (0..size).map(byte).collect::<Vec<u8>>()).unwrap();
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = NbdSource::connect(&export, Duration::from_secs(30)).unwrap();
+        // Twelve extents of 256 KiB, 1 MiB apart (each in its own request grid cell).
+        let extents: Vec<(u64, u64)> = (0..12u64).map(|i| ((2 * i + 1) << 20, 256 << 10)).collect();
+        for &(o, l) in &extents {
+            src.will_read(o, l);
+        }
+        // The chunk reader asks where the data lies first (one status window here).
+        assert_eq!(src.find_data(0).unwrap(), DataAt::Run(0, size));
+        let mut buf = vec![0u8; 256 << 10];
+        assert!(src.take_read(&mut buf, extents[0].0).unwrap());
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(extents[0].0 + i as u64)));
+        {
+            let inner = src.inner.lock().unwrap();
+            let offsets: Vec<u64> = inner.ahead.iter().map(|s| s.offset).collect();
+            assert_eq!(
+                offsets,
+                extents[1..].iter().map(|e| e.0).collect::<Vec<_>>(),
+                "the later extents are in flight while the first is read"
+            );
+        }
+        // The reader skips extents 1-3 (say their blocks were found to be holes): the
+        // read-ahead drops them and serves the fifth.
+        assert!(src.take_read(&mut buf, extents[4].0).unwrap());
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(extents[4].0 + i as u64)));
+        for &(o, _) in &extents[5..] {
+            let mut piece = vec![0u8; 100_000];
+            assert_eq!(src.read_at(&mut piece, o).unwrap(), piece.len());
+            assert!(piece
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == byte(o + i as u64)));
+            assert!(src.take_read(&mut buf, o).is_ok());
+        }
+        // Announced out of order: the read-ahead starts over from it.
+        src.will_read(8 << 20, 1 << 20);
+        src.will_read(2 << 20, 1 << 20);
+        let mut piece = vec![0u8; 300_000];
+        src.read_at(&mut piece, 2 << 20).unwrap();
+        assert!(piece
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte((2 << 20) + i as u64)));
+        let inner = src.inner.lock().unwrap();
+        assert!(
+            inner
+                .ahead
+                .iter()
+                .all(|s| s.offset >= 2 << 20 && s.end() <= 3 << 20),
+            "nothing of the extent announced before is read ahead"
+        );
+        assert!(inner.queued.is_empty());
+    }
+
     #[test]
     fn read_ahead_serves_exactly_the_files_bytes() {
         let dir = tempfile::tempdir().unwrap();
