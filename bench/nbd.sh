@@ -96,7 +96,8 @@ rm -f "$W/rand.raw"
 # 1. full vs nbdcopy (to null: and to a file), alternating
 F=(); N=(); D=(); C=(); B=(); FC=(); DC=(); BC=()
 BIN_B=${TAPEVAULT_BIN_B:-}
-for r in $(seq 1 "${ROUNDS:-3}"); do
+ROUNDS=${ROUNDS:-3}
+for r in $(seq 1 "$ROUNDS"); do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   N+=("$(timed nbdcopy$r /dev/null nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:)")
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -114,13 +115,11 @@ for r in $(seq 1 "${ROUNDS:-3}"); do
   fi
   [ "${NO_FILE:-0}" = 1 ] && continue
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  t0=$(now_s)
-  nbdcopy --flush -- [ qemu-nbd -r -f qcow2 "$IMG" ] "$W/copy.raw"
-  t1=$(now_s); C+=("$(echo "$t1 - $t0" | bc)")
+  C+=("$(timed tofile$r /dev/null nbdcopy --flush -- [ qemu-nbd -r -f qcow2 "$IMG" ] "$W/copy.raw")")
   rm -f "$W/copy.raw"
 done
 log "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full3.json" read_bytes) bytes"
+log "full over NBD (s):     $(stats "${F[@]}")   read $(field "$W/full$ROUNDS.json" read_bytes) bytes"
 [ -n "$BIN_B" ] && log "full, TAPEVAULT_BIN_B (s): $(stats "${B[@]}")"
 log "nbdcopy to null: (s):  $(stats "${N[@]}")"
 log "nbdcopy to null: from qemu-nbd --cache=none (s): $(stats "${D[@]}")"
@@ -141,8 +140,8 @@ if [ -n "$BIN_B" ]; then
   bm=$(stats "${B[@]}" | cut -d' ' -f2)
   log "TAPEVAULT_BIN_B: full speed / nbdcopy-to-null speed (medians): $(echo "scale=3; $nm / $bm" | bc)"
 fi
-log "full stages (s, run 3): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["stages"])' "$W/full3.json")"
-[ -n "$BIN_B" ] && log "full stages, TAPEVAULT_BIN_B (s, run 3): $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][0]["stages"])' "$W/fullb3.json")"
+log "full stages (s, run $ROUNDS): $(field "$W/full$ROUNDS.json" stages)"
+[ -n "$BIN_B" ] && log "full stages, TAPEVAULT_BIN_B (s, run $ROUNDS): $(field "$W/fullb$ROUNDS.json" stages)"
 [ "${FULL_ONLY:-0}" = 1 ] && exit 0
 
 # 2. 1 %-dirty incrementals

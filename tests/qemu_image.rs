@@ -387,13 +387,10 @@ fn assert_next_backup_builds_on(
     v.assert_catalog_consistent();
 }
 
-/// Sends `signal` (a name kill(1) takes) to process `pid`.
-fn signal(pid: u32, signal: &str) {
-    run_tool(
-        Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string()),
-    );
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|e| panic!("sending {signal} to {pid}: {e}"));
 }
 
 #[test]
@@ -439,7 +436,7 @@ fn a_stopped_qemu_nbd_fails_the_backup_at_the_source_timeout_and_commits_nothing
     std::thread::sleep(Duration::from_millis(1500));
     let servers = qemu_nbd_of(&img);
     assert_eq!(servers.len(), 1, "{servers:?}");
-    signal(servers[0], "STOP");
+    signal(servers[0], nix::sys::signal::Signal::SIGSTOP);
     let stopped = Instant::now();
 
     // The backup fails on its own: the read gives up after the source timeout, and
@@ -455,7 +452,7 @@ fn a_stopped_qemu_nbd_fails_the_backup_at_the_source_timeout_and_commits_nothing
     let Some(status) = exited else {
         let _ = child.kill();
         let _ = child.wait();
-        signal(servers[0], "CONT");
+        signal(servers[0], nix::sys::signal::Signal::SIGCONT);
         panic!("the backup still runs 60 s after its qemu-nbd stopped");
     };
     let out = child.wait_with_output().unwrap();

@@ -12,16 +12,17 @@ mod qmp_support;
 
 use std::path::Path;
 
-use common::{assert_same_bytes, image_of, s, u, Vault};
+use common::{assert_same_bytes, image_of, s, u, Run, Vault};
 use qmp_support::{qemu_missing, Vm};
 use tapevault::source::qmp::QmpClient;
 
 const MIB: u64 = 1024 * 1024;
 
-fn backup(v: &Vault, vm: &Vm) -> (serde_json::Value, String) {
+/// `tapevault backup --qmp` of `vm` into pool p, with `extra` arguments.
+fn backup_command(v: &Vault, vm: &Vm, extra: &[&str]) -> std::process::Command {
     let qmp = vm.qmp.to_string_lossy().to_string();
     let scratch = vm.dir.join("scratch").to_string_lossy().to_string();
-    let r = v.run(&[
+    let mut args = vec![
         "backup",
         "--qmp",
         &qmp,
@@ -29,7 +30,13 @@ fn backup(v: &Vault, vm: &Vm) -> (serde_json::Value, String) {
         &scratch,
         "--pool",
         "p",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    v.command(&args)
+}
+
+fn backup(v: &Vault, vm: &Vm) -> (serde_json::Value, String) {
+    let r = Run::from_output(backup_command(v, vm, &[]).output().unwrap());
     assert_eq!(r.code, 0, "backup --qmp failed: {}\n{}", r.stdout, r.stderr);
     (r.json, r.stderr)
 }
@@ -189,20 +196,8 @@ fn a_full_killed_mid_stream_leaves_the_next_backup_an_incremental_on_the_last_im
     // A --full, held back by a slow drive, killed once its point in time is taken (the
     // scratch image exists: the epoch's transaction ran).
     v.slow_writes(&barcode, 200, 1000);
-    let qmp = vm.qmp.to_string_lossy().to_string();
     let scratch_dir = vm.dir.join("scratch");
-    let scratch = scratch_dir.to_string_lossy().to_string();
-    let mut child = v
-        .command(&[
-            "backup",
-            "--qmp",
-            &qmp,
-            "--scratch-dir",
-            &scratch,
-            "--pool",
-            "p",
-            "--full",
-        ])
+    let mut child = backup_command(&v, &vm, &["--full"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -248,6 +243,7 @@ fn a_full_killed_mid_stream_leaves_the_next_backup_an_incremental_on_the_last_im
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_same_bytes(&out, &copy, "the incremental after the killed full");
     drop(w);
+    let qmp = vm.qmp.to_string_lossy().to_string();
     qmp_support::assert_one_epoch_bitmap_per_disk(&v.ok(&["vm", "disks", "--qmp", &qmp]));
     v.assert_catalog_consistent();
 }

@@ -765,8 +765,9 @@ pub struct ChunkReader<'d> {
     ext: Option<Extent>,
     /// The end of the last extent taken from `todo` (the next must not start before).
     taken_end: u64,
-    /// Extents taken from `todo` and announced to the source, not read yet (at most
-    /// [`EXTENTS_AHEAD`]), and the error that ended taking them, reported in its turn.
+    /// Extents taken from `todo` and announced to the source, not read yet (the next
+    /// one and at most [`EXTENTS_AHEAD`] after it), and the error that ended taking
+    /// them, reported in its turn.
     ahead: std::collections::VecDeque<Extent>,
     ahead_error: Option<DiskError>,
     /// `todo` has no more extents.
@@ -913,9 +914,7 @@ impl<'d> ChunkReader<'d> {
     /// flight across small extents; an error taking them is reported in its turn.
     fn take_extent(&mut self) -> Result<Option<Extent>, DiskError> {
         self.announce_ahead();
-        let next = self.ahead.pop_front();
-        self.announce_ahead();
-        match next {
+        match self.ahead.pop_front() {
             Some(e) => Ok(Some(e)),
             None => match self.ahead_error.take() {
                 Some(e) => Err(e),
@@ -927,9 +926,10 @@ impl<'d> ChunkReader<'d> {
         }
     }
 
-    /// Takes extents from the stream and announces them until [`EXTENTS_AHEAD`] wait.
+    /// Takes extents from the stream and announces them until the next one and
+    /// [`EXTENTS_AHEAD`] after it wait.
     fn announce_ahead(&mut self) {
-        while self.ahead.len() < EXTENTS_AHEAD && !self.todo_ended && self.ahead_error.is_none() {
+        while self.ahead.len() <= EXTENTS_AHEAD && !self.todo_ended && self.ahead_error.is_none() {
             match self.take_from_stream() {
                 Ok(Some(e)) => {
                     self.disk.source.will_read(e.offset, e.len);

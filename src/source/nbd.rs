@@ -342,10 +342,7 @@ impl Inner {
         } else if s >= last_end {
             self.queued.push_back((s, e));
         } else {
-            self.reset();
-            self.queued.clear();
-            self.next = s;
-            self.limit = e;
+            self.restart(s, e);
         }
     }
 
@@ -465,6 +462,15 @@ impl Inner {
         }
     }
 
+    /// Drops every read ahead and every extent announced; reads ahead start again at
+    /// `next`, within an extent ending at `limit`.
+    fn restart(&mut self, next: u64, limit: u64) {
+        self.reset();
+        self.queued.clear();
+        self.next = next;
+        self.limit = limit;
+    }
+
     /// Hands over the read ahead that holds exactly `[offset, offset + buf.len())`,
     /// swapping its buffer into `buf` (whose allocation is kept for a later read ahead).
     /// `Ok(false)`: no read ahead matches; nothing changed but the window, which
@@ -507,9 +513,7 @@ impl Inner {
         let end = offset + buf.len() as u64;
         // A read outside what was announced ends the read-ahead.
         if !self.reach(offset) || end > self.limit.max(self.next) {
-            self.reset();
-            self.queued.clear();
-            self.next = self.limit;
+            self.restart(self.limit, self.limit);
         } else if self.next < offset {
             self.next = offset;
         }
@@ -636,10 +640,7 @@ impl SourceRead for NbdSource {
         let r = inner.read(&mut buf[..n], offset);
         if r.is_err() {
             // After a failure nothing read ahead is trusted.
-            inner.reset();
-            inner.queued.clear();
-            inner.limit = 0;
-            inner.next = 0;
+            inner.restart(0, 0);
         }
         r.map(|()| n)
     }
@@ -656,10 +657,7 @@ impl SourceRead for NbdSource {
         }
         if r.is_err() {
             // After a failure nothing read ahead is trusted.
-            inner.reset();
-            inner.queued.clear();
-            inner.limit = 0;
-            inner.next = 0;
+            inner.restart(0, 0);
         }
         r
     }

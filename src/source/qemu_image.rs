@@ -12,9 +12,10 @@
 //!    not flagged `in-use` (a writer that died: its bits are not trustworthy), and the
 //!    image's virtual size and the bitmap's granularity are those of the change id; else
 //!    the backup is a full and the reason says which. Every other `tapevault-*` bitmap
-//!    (left by a crash, or unusable) but the old epoch's (step 3) is removed; bitmaps tapevault did not create are
-//!    left alone (they belong to someone else, e.g. libvirt checkpoints). Then the next
-//!    epoch's bitmap is added (`qemu-img bitmap --add`), unless the backup is a copy.
+//!    (left by a crash, or unusable) but the old epoch's (step 3) is removed; bitmaps
+//!    tapevault did not create are left alone (they belong to someone else, e.g.
+//!    libvirt checkpoints). Then the next epoch's bitmap is added (`qemu-img bitmap
+//!    --add`), unless the backup is a copy.
 //! 2. `open`: `qemu-nbd --read-only --cache=none --shared=4 --persistent` (O_DIRECT:
 //!    no copy out of the page cache; without it where the file system refuses
 //!    O_DIRECT), exporting the base's bitmap when it is usable.
@@ -198,7 +199,8 @@ struct Prepared {
     full_reason: Option<String>,
     /// The epoch this backup starts.
     new_epoch: Option<Epoch>,
-    /// The old epoch's bitmap, removed once the new image is committed.
+    /// The old epoch's bitmap, removed once the new image is committed (only when an
+    /// epoch starts).
     retire: Option<String>,
     /// The image's virtual size when prepared.
     virtual_size: u64,
@@ -395,7 +397,7 @@ impl ExportDriver for QemuImage {
             guard: Box::new(ImageGuard {
                 server: Some(server),
                 path: self.path.clone(),
-                retire: p.new_epoch.as_ref().and(p.retire.clone()),
+                retire: p.retire.clone(),
             }),
         })
     }

@@ -206,9 +206,8 @@ impl LiveBackup {
                     .filter(|name| r.disk.bitmap(name).is_some()),
             };
             if opts.start_epoch {
-                let keep = retire.clone();
                 for b in &r.disk.bitmaps {
-                    let stray = epoch_of(&b.name).is_some() && Some(&b.name) != keep.as_ref();
+                    let stray = epoch_of(&b.name).is_some() && Some(&b.name) != retire.as_ref();
                     if stray || b.name == EXPORT_BITMAP {
                         leftovers::remove_bitmap(&mut client, &r.disk.node, &b.name)?;
                         removed.push(format!("bitmap {} of node {}", b.name, r.disk.node));
