@@ -261,6 +261,21 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
         b.len() == 2 && b.iter().all(|b| b.1.iter().any(|f| f == "in-use"))
     };
     wait_for(10, all_in_use);
+    // While the writer runs (a VM), a backup is refused, saying why, and changes no
+    // bitmap: tapevault reads the header itself, and the bitmap change meets the lock.
+    let held = bitmaps(&img);
+    let src = format!("qcow2:{}", img.display());
+    let ids = id.to_string();
+    let r = v.fails(
+        &["backup", "--disk", &src, "--disk-id", &ids, "--pool", "p"],
+        1,
+    );
+    assert!(
+        r.stderr.contains("in use by a running process"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(bitmaps(&img), held);
     rw.kill().unwrap();
     rw.wait().unwrap();
     assert!(all_in_use(), "{:?}", bitmaps(&img));

@@ -7,6 +7,7 @@
 //! - [`hashscan`]: per-block BLAKE3 digest lists and change detection by hash scan.
 //! - [`nbd`]: reading a disk from an NBD export (holes from `base:allocation`, dirty
 //!   extents from `qemu:dirty-bitmap:NAME`).
+//! - [`qcow2_header`]: a qcow2 image's size, cluster size and bitmaps, read from its header.
 //! - [`export`]: the driver contract for disks served as NBD exports, with epochs.
 //! - [`qmp`]: a running QEMU over QMP: live point-in-time exports of all its disks.
 //! - [`libvirt`]: a libvirt domain through virsh: pull-mode backups with checkpoints.
@@ -19,6 +20,7 @@ pub mod input;
 pub mod libvirt;
 pub mod manifest;
 pub mod nbd;
+pub mod qcow2_header;
 pub mod qemu_image;
 pub mod qmp;
 

@@ -7,15 +7,19 @@
 //! `tapevault-<16 hex digits>`. The change id recorded with an image is the epoch's
 //! identity, `qcow2-bitmap:NAME;size=VIRTUAL_SIZE;granularity=G`. A backup:
 //!
-//! 1. `prepare`: `qemu-img info` (which fails while a running VM holds the image's write
-//!    lock: use the live driver then). The base's bitmap is usable when it exists, is
+//! 1. `prepare`: the image's size and bitmaps, from its qcow2 header
+//!    ([`qcow2_header`](super::qcow2_header)) or, for a header that reader does not
+//!    understand and for a copy, `qemu-img info`. `qemu-img info` and the bitmap changes
+//!    below fail while a running VM holds the image's write lock: use the live driver
+//!    then. The base's bitmap is usable when it exists, is
 //!    not flagged `in-use` (a writer that died: its bits are not trustworthy), and the
 //!    image's virtual size and the bitmap's granularity are those of the change id; else
 //!    the backup is a full and the reason says which. Every other `tapevault-*` bitmap
 //!    (left by a crash, or unusable) but the old epoch's (step 3) is removed; bitmaps
 //!    tapevault did not create are left alone (they belong to someone else, e.g.
 //!    libvirt checkpoints). Then the next epoch's bitmap is added (`qemu-img bitmap
-//!    --add`), unless the backup is a copy.
+//!    --add -g G`, G being QEMU's default granularity asked explicitly, so the epoch is
+//!    known without another `qemu-img info`), unless the backup is a copy.
 //! 2. `open`: `qemu-nbd --read-only --cache=none --shared=4 --persistent` (O_DIRECT:
 //!    no copy out of the page cache; without it where the file system refuses
 //!    O_DIRECT), exporting the base's bitmap when it is usable.
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 use super::export::{DirtySince, EpochGuard, EpochRequest, ExportDriver, OpenedExport};
 use super::input::{identity, Identity};
 use super::nbd::{NbdExport, DIRTY_BITMAP_PREFIX};
+use super::qcow2_header;
 
 /// Prefix of the bitmaps tapevault owns.
 pub const BITMAP_PREFIX: &str = "tapevault-";
@@ -52,6 +57,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ImageInfo {
     pub format: String,
     pub virtual_size: u64,
+    /// The cluster size, for formats that have one.
+    pub cluster_size: Option<u64>,
     pub bitmaps: Vec<BitmapInfo>,
 }
 
@@ -125,13 +132,7 @@ pub fn image_info(path: &Path, format: Option<&str>) -> Result<ImageInfo, String
         cmd.arg("-f").arg(f);
     }
     cmd.arg(path);
-    let out = run(&mut cmd, &format!("qemu-img info {}", path.display())).map_err(|e| {
-        if e.contains("lock") {
-            format!("{e}; the image is in use by a running process (a VM?): stop it, or back it up through the live QEMU/libvirt driver")
-        } else {
-            e
-        }
-    })?;
+    let out = run(&mut cmd, &format!("qemu-img info {}", path.display())).map_err(lock_hint)?;
     let v: serde_json::Value = serde_json::from_slice(&out)
         .map_err(|e| format!("qemu-img info {}: unreadable answer: {e}", path.display()))?;
     let format = v["format"].as_str().unwrap_or("").to_string();
@@ -158,22 +159,63 @@ pub fn image_info(path: &Path, format: Option<&str>) -> Result<ImageInfo, String
     Ok(ImageInfo {
         format,
         virtual_size,
+        cluster_size: v["cluster-size"].as_u64(),
         bitmaps,
     })
 }
 
+/// A qemu-img error that says the image is locked, explained.
+fn lock_hint(e: String) -> String {
+    if e.contains("lock") {
+        format!("{e}; the image is in use by a running process (a VM?): stop it, or back it up through the live QEMU/libvirt driver")
+    } else {
+        e
+    }
+}
+
+/// What a backup that starts an epoch needs to know of the image: read from a qcow2
+/// header directly when [`qcow2_header`] understands it (no qemu-img process), else
+/// from `qemu-img info`. The direct read does not see a running VM's lock; the bitmap
+/// changes that follow (`qemu-img bitmap`) take the write lock and fail then, with the
+/// same explanation.
+fn epoch_info(path: &Path, format: Option<&str>) -> Result<ImageInfo, String> {
+    if matches!(format, None | Some("qcow2")) {
+        if let qcow2_header::Header::Qcow2(info) = qcow2_header::read(path)? {
+            return Ok(info);
+        }
+    }
+    image_info(path, format)
+}
+
+/// The granularity QEMU gives a new bitmap by default, asked explicitly so that the
+/// epoch's identity is known without asking qemu-img again: the cluster size within
+/// 4 KiB..=64 KiB, 64 KiB without one.
+pub fn default_granularity(cluster_size: Option<u64>) -> u64 {
+    cluster_size.unwrap_or(65536).clamp(4096, 65536)
+}
+
 fn bitmap_cmd(path: &Path, op: &str, name: &str) -> Result<(), String> {
+    bitmap_cmd_with(path, &[op], name)
+}
+
+/// `qemu-img bitmap ARGS... PATH NAME`.
+fn bitmap_cmd_with(path: &Path, args: &[&str], name: &str) -> Result<(), String> {
     run(
         Command::new("qemu-img")
             .arg("bitmap")
-            .arg(op)
+            .args(args)
             .arg("-f")
             .arg("qcow2")
             .arg(path)
             .arg(name),
-        &format!("qemu-img bitmap {op} {} {name}", path.display()),
+        &format!(
+            "qemu-img bitmap {} {} {name}",
+            args.join(" "),
+            path.display()
+        ),
     )
     .map(|_| ())
+    .map_err(lock_hint)
 }
 
 /// A new epoch's bitmap name.
@@ -227,7 +269,11 @@ impl QemuImage {
     }
 
     fn prepare_inner(&mut self, req: &EpochRequest) -> Result<Prepared, String> {
-        let info = image_info(&self.path, self.format.as_deref())?;
+        let info = if req.start_epoch {
+            epoch_info(&self.path, self.format.as_deref())?
+        } else {
+            image_info(&self.path, self.format.as_deref())?
+        };
         if let Some(f) = &self.format {
             if *f != info.format {
                 return Err(format!(
@@ -316,23 +362,19 @@ impl QemuImage {
             }
         }
         let new_epoch = if req.start_epoch {
+            // The granularity is asked, so the epoch's identity is known without
+            // another `qemu-img info`; the next backup checks it against the image.
             let name = new_bitmap_name();
-            bitmap_cmd(&self.path, "--add", &name)?;
-            let info = image_info(&self.path, Some("qcow2"))?;
-            let bm = info
-                .bitmaps
-                .iter()
-                .find(|b| b.name == name)
-                .ok_or_else(|| {
-                    format!(
-                        "bitmap {name} was added to {} but is not listed",
-                        self.path.display()
-                    )
-                })?;
+            let granularity = default_granularity(info.cluster_size);
+            bitmap_cmd_with(
+                &self.path,
+                &["--add", "-g", &granularity.to_string()],
+                &name,
+            )?;
             Some(Epoch {
                 bitmap: name,
                 virtual_size: info.virtual_size,
-                granularity: bm.granularity,
+                granularity,
             })
         } else {
             None
@@ -561,12 +603,19 @@ impl NbdServer {
                 nix::unistd::Pid::from_raw(self.child.id() as i32),
                 nix::sys::signal::Signal::SIGCONT,
             );
-            let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until {
+            // qemu-nbd exits within a millisecond or two of the TERM: look often at
+            // first (the old epoch's bitmap waits for it), then every 10 ms.
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                let pause = if started.elapsed() < Duration::from_millis(50) {
+                    1
+                } else {
+                    10
+                };
+                std::thread::sleep(Duration::from_millis(pause));
             }
             let _ = self.child.kill();
         }
@@ -647,5 +696,78 @@ mod tests {
         ] {
             assert_eq!(Epoch::parse(bad), None, "{bad}");
         }
+    }
+
+    /// The header reader agrees with `qemu-img info` on real images: bitmaps of several
+    /// granularities, a disabled one, a v2 image, a raw file.
+    #[test]
+    fn the_qcow2_header_reader_agrees_with_qemu_img() {
+        if Command::new("qemu-img").arg("--version").output().is_err() {
+            eprintln!("skipping: qemu-img is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |args: &[&str]| {
+            let st = Command::new("qemu-img").args(args).status().unwrap();
+            assert!(st.success(), "qemu-img {args:?}");
+        };
+        let v3 = dir.path().join("v3.qcow2");
+        let v3s = v3.to_str().unwrap();
+        sh(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            v3s,
+            "100M",
+        ]);
+        sh(&["bitmap", "--add", v3s, "tapevault-0123456789abcdef"]);
+        sh(&["bitmap", "--add", "-g", "1M", v3s, "someone-elses"]);
+        sh(&["bitmap", "--add", v3s, "off"]);
+        sh(&["bitmap", "--disable", v3s, "off"]);
+        let v2 = dir.path().join("v2.qcow2");
+        sh(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            v2.to_str().unwrap(),
+            "3G",
+        ]);
+        let plain = dir.path().join("plain.qcow2");
+        sh(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=2M",
+            plain.to_str().unwrap(),
+            "1T",
+        ]);
+        for img in [&v3, &v2, &plain] {
+            let qemu = image_info(img, None).unwrap();
+            match qcow2_header::read(img).unwrap() {
+                qcow2_header::Header::Qcow2(ours) => assert_eq!(ours, qemu, "{}", img.display()),
+                other => panic!("{}: {other:?}", img.display()),
+            }
+        }
+        assert_eq!(image_info(&v3, None).unwrap().bitmaps.len(), 3);
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, vec![7u8; 4096]).unwrap();
+        assert_eq!(
+            qcow2_header::read(&raw).unwrap(),
+            qcow2_header::Header::NotQcow2
+        );
+        assert_eq!(epoch_info(&raw, None).unwrap().format, "raw");
+        // The granularity asked for a new epoch is QEMU's default.
+        assert_eq!(default_granularity(Some(512)), 4096);
+        assert_eq!(default_granularity(Some(65536)), 65536);
+        assert_eq!(default_granularity(Some(2 << 20)), 65536);
+        assert_eq!(default_granularity(None), 65536);
     }
 }
