@@ -106,6 +106,13 @@ pub const REPOSITION_SHARE: f64 = 0.05;
 /// slow.
 pub const WINDOW_S: f64 = 1.0;
 
+/// A probe ends early, streaming, once this share of its window (1/PROBE_EARLY_SHARE)
+/// arrived at the drive's native speed or faster, in the whole sample and in its second
+/// half: a source that fast cannot be the slow one the probe looks for, and an image
+/// smaller than a window (an incremental) then reaches the drive while it is read
+/// instead of only once read whole.
+pub const PROBE_EARLY_SHARE: u64 = 8;
+
 /// Records a streaming spool holds in memory at most between the transform stage and
 /// the drive (a fast source: the spool file is not used).
 pub const STREAM_RECORDS: usize = 4;
@@ -117,7 +124,8 @@ pub const STREAM_RECORDS: usize = 4;
 /// * **Probe** (an image's start): the records go into the file, the drive waits, for
 ///   one window (`WINDOW_S` of the drive's lowest speed, or that many bytes). A source
 ///   that delivered the window's bytes at least at the lowest speed **streams**;
-///   a slower one **accumulates**.
+///   a slower one **accumulates**. A source that delivered the window's first eighth
+///   ([`PROBE_EARLY_SHARE`]) at the drive's native speed or faster streams at once.
 /// * **Stream**: the writer takes every record as it comes, through memory
 ///   ([`STREAM_RECORDS`] at most), after what the file still holds: the source is
 ///   held back only by the drive, as without a spool. Each window is measured again:
@@ -139,6 +147,8 @@ pub struct Pacer {
     window_bytes: u64,
     /// When the window had half its bytes, and how many it had then.
     half: Option<(f64, u64)>,
+    /// The same for the early end of a probe (half of the early sample).
+    early_half: Option<(f64, u64)>,
     /// The source's rate, as last measured, bytes/s.
     rate: f64,
     /// Decisions taken, for tests and reports: (streams, accumulations, bursts).
@@ -166,6 +176,7 @@ impl Pacer {
             window_start: 0.0,
             window_bytes: 0,
             half: None,
+            early_half: None,
             rate: 0.0,
             counts: (0, 0, 0),
         }
@@ -222,6 +233,23 @@ impl Pacer {
         self.window_start = now;
         self.window_bytes = 0;
         self.half = None;
+        self.early_half = None;
+    }
+
+    /// During a probe: the rate of its first [`PROBE_EARLY_SHARE`]th once it arrived
+    /// (the lower of the whole sample's and its second half's, as for a window).
+    fn early(&self, now: f64) -> Option<f64> {
+        let sample = self.window() / PROBE_EARLY_SHARE;
+        if self.mode != Mode::Probe || self.window_bytes < sample.max(1) {
+            return None;
+        }
+        let whole = self.window_bytes as f64 / (now - self.window_start).max(1e-6);
+        Some(match self.early_half {
+            Some((t, b)) if self.window_bytes > b => {
+                whole.min((self.window_bytes - b) as f64 / (now - t).max(1e-6))
+            }
+            _ => whole,
+        })
     }
 
     /// The window's rate, once it has lasted long enough to say (its bytes, or the
@@ -261,10 +289,14 @@ impl Pacer {
         if self.half.is_none() && self.window_bytes >= self.window() / 2 {
             self.half = Some((now, self.window_bytes));
         }
+        if self.early_half.is_none() && self.window_bytes >= self.window() / PROBE_EARLY_SHARE / 2 {
+            self.early_half = Some((now, self.window_bytes));
+        }
         let min = s.min as f64;
         match self.mode {
             Mode::Probe | Mode::Stream => {
-                let Some(rate) = self.measured(now) else {
+                let early = self.early(now).filter(|r| *r >= s.native as f64);
+                let Some(rate) = self.measured(now).or(early) else {
                     return false;
                 };
                 // A drive that holds the writer back (repositioning, or simply slower
@@ -760,9 +792,19 @@ mod tests {
                 assert!(fed <= w + (2 << 20), "{rate}: still probing after {fed}");
             }
             assert_eq!(p.counts, (1, 0, 0));
+            // At the drive's native speed or faster, an eighth of the window says so;
+            // slower, the whole window is needed.
+            let eighth = w / PROBE_EARLY_SHARE;
+            if rate >= MODEL.native as f64 {
+                assert!(fed <= eighth + (2 << 20), "{rate}: streams after {fed}");
+            } else {
+                assert!(fed + (2 << 20) >= w, "{rate}: streams after {fed}");
+            }
         }
         // A source that starts with a burst (30 MB at once: a rate limiter's bucket)
-        // and then runs at 60 MB/s is slow: the window's second half says so.
+        // and then runs at 60 MB/s is slow: the window's second half says so. (The
+        // burst is longer than a probe's early sample, so the probe streams at first;
+        // the first window streamed finds the source slow.)
         let mut p = Pacer::new(MODEL, 8 << 30);
         let mut t = 0.0;
         let mut held = 0;
