@@ -113,6 +113,12 @@ pub const WINDOW_S: f64 = 1.0;
 /// instead of only once read whole.
 pub const PROBE_EARLY_SHARE: u64 = 8;
 
+/// ... and at least this many bytes (16 MiB): an early sample is fooled by a burst as
+/// long as itself (a source that delivers its first megabytes at once, then slowly: a
+/// rate limiter's bucket, data gated in steps), so it is never shorter than twice an
+/// NBD source's read-ahead (8 MiB). A window shorter than this is measured whole.
+pub const PROBE_EARLY_MIN: u64 = 16 << 20;
+
 /// Records a streaming spool holds in memory at most between the transform stage and
 /// the drive (a fast source: the spool file is not used).
 pub const STREAM_RECORDS: usize = 4;
@@ -125,7 +131,8 @@ pub const STREAM_RECORDS: usize = 4;
 ///   one window (`WINDOW_S` of the drive's lowest speed, or that many bytes). A source
 ///   that delivered the window's bytes at least at the lowest speed **streams**;
 ///   a slower one **accumulates**. A source that delivered the window's first eighth
-///   ([`PROBE_EARLY_SHARE`]) at the drive's native speed or faster streams at once.
+///   ([`PROBE_EARLY_SHARE`], at least [`PROBE_EARLY_MIN`]) at the drive's native speed
+///   or faster streams at once.
 /// * **Stream**: the writer takes every record as it comes, through memory
 ///   ([`STREAM_RECORDS`] at most), after what the file still holds: the source is
 ///   held back only by the drive, as without a spool. Each window is measured again:
@@ -236,11 +243,16 @@ impl Pacer {
         self.early_half = None;
     }
 
-    /// During a probe: the rate of its first [`PROBE_EARLY_SHARE`]th once it arrived
-    /// (the lower of the whole sample's and its second half's, as for a window).
+    /// Bytes of a probe's early sample: a [`PROBE_EARLY_SHARE`]th of the window, at
+    /// least [`PROBE_EARLY_MIN`].
+    fn early_sample(&self) -> u64 {
+        (self.window() / PROBE_EARLY_SHARE).max(PROBE_EARLY_MIN)
+    }
+
+    /// During a probe: the rate of its early sample once it arrived (the lower of the
+    /// whole sample's and its second half's, as for a window).
     fn early(&self, now: f64) -> Option<f64> {
-        let sample = self.window() / PROBE_EARLY_SHARE;
-        if self.mode != Mode::Probe || self.window_bytes < sample.max(1) {
+        if self.mode != Mode::Probe || self.window_bytes < self.early_sample() {
             return None;
         }
         let whole = self.window_bytes as f64 / (now - self.window_start).max(1e-6);
@@ -289,7 +301,7 @@ impl Pacer {
         if self.half.is_none() && self.window_bytes >= self.window() / 2 {
             self.half = Some((now, self.window_bytes));
         }
-        if self.early_half.is_none() && self.window_bytes >= self.window() / PROBE_EARLY_SHARE / 2 {
+        if self.early_half.is_none() && self.window_bytes >= self.early_sample() / 2 {
             self.early_half = Some((now, self.window_bytes));
         }
         let min = s.min as f64;
@@ -792,11 +804,11 @@ mod tests {
                 assert!(fed <= w + (2 << 20), "{rate}: still probing after {fed}");
             }
             assert_eq!(p.counts, (1, 0, 0));
-            // At the drive's native speed or faster, an eighth of the window says so;
-            // slower, the whole window is needed.
-            let eighth = w / PROBE_EARLY_SHARE;
+            // At the drive's native speed or faster, an eighth of the window (at least
+            // 16 MiB) says so; slower, the whole window is needed.
+            let sample = (w / PROBE_EARLY_SHARE).max(PROBE_EARLY_MIN);
             if rate >= MODEL.native as f64 {
-                assert!(fed <= eighth + (2 << 20), "{rate}: streams after {fed}");
+                assert!(fed <= sample + (2 << 20), "{rate}: streams after {fed}");
             } else {
                 assert!(fed + (2 << 20) >= w, "{rate}: streams after {fed}");
             }
@@ -817,6 +829,20 @@ mod tests {
         }
         assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
         assert!(p.rate() < 61e6, "{p:?}");
+        // A burst shorter than the early sample (10 MiB at once: a read-ahead) does not
+        // end the probe: the source is found slow without streaming at all.
+        let mut p = Pacer::new(MODEL, 8 << 30);
+        let mut t = 0.0;
+        let mut held = 0;
+        for k in 0..200u64 {
+            if k > 10 {
+                t += (1 << 20) as f64 / 60e6;
+            }
+            held += 1 << 20;
+            p.arrived(t, 1 << 20, held);
+        }
+        assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
+        assert_eq!(p.counts.0, 0, "never streamed: {p:?}");
     }
 
     #[test]
