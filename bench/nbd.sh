@@ -21,11 +21,16 @@
 # Environment: SIZE_MIB (default 4096), TAPEVAULT_BIN (default target/release/tapevault),
 # ROUNDS (default 3; part 1 only), NO_FILE=1 (part 1 without the nbdcopy to a file),
 # KEEP=1 keeps WORKDIR. WORKDIR (default ${TMPDIR:-/tmp}/tapevault-bench-nbd) needs about
-# 5x SIZE_MIB + 3 GiB. FULL_ONLY=1 runs only part 1, each full into a fresh home and
-# library removed after it (WORKDIR then needs about 3x SIZE_MIB). TAPE_DIR puts the
-# home and its virtual library elsewhere, e.g. on tmpfs (`TAPE_DIR=/dev/shm/tv-nbd`):
-# a tape drive is not the disk the image is read from, and on one disk the cartridge's
-# writes compete with qemu-nbd's reads (nbdcopy to null: writes nothing).
+# 3x SIZE_MIB + 3 GiB. Each full of part 1 goes into a fresh home and library (removed
+# before the next backup), and part 2 starts from a fresh one with an untimed full:
+# the library holds at most one full and its incrementals. FULL_ONLY=1 runs only
+# part 1. TAPE_DIR puts the home and its virtual library elsewhere, e.g. on tmpfs
+# (`TAPE_DIR=/dev/shm/tv-nbd`): a tape drive is not the disk the image is read from, and
+# on one disk the cartridge's writes compete with qemu-nbd's reads (nbdcopy to null:
+# writes nothing). A library on tmpfs is memory: one that kept every full (as this
+# script once did) slowed each full after the first as the page cache shrank (2.9, 3.8,
+# 4.8 s on 23 GB of RAM), and one that filled the memory had backups killed by the
+# kernel's OOM killer.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -100,18 +105,18 @@ ROUNDS=${ROUNDS:-3}
 for r in $(seq 1 "$ROUNDS"); do
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   N+=("$(timed nbdcopy$r /dev/null nbdcopy -- [ qemu-nbd -r -f qcow2 "$IMG" ] null:)")
+  fresh_home
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   F+=("$(backup full$r --disk "qcow2:$IMG" --disk-id $ID --full)")
   FC+=("$(cpu full$r)")
-  [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
   D+=("$(timed direct$r /dev/null nbdcopy -- [ qemu-nbd -r --cache=none -f qcow2 "$IMG" ] null:)")
   DC+=("$(cpu direct$r)")
   if [ -n "$BIN_B" ]; then
+    fresh_home
     sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
     B+=("$(BIN=$BIN_B backup fullb$r --disk "qcow2:$IMG" --disk-id $ID --full)")
     BC+=("$(cpu fullb$r)")
-    [ "${FULL_ONLY:-0}" = 1 ] && fresh_home
   fi
   [ "${NO_FILE:-0}" = 1 ] && continue
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -144,7 +149,9 @@ log "full stages (s, run $ROUNDS): $(field "$W/full$ROUNDS.json" stages)"
 [ -n "$BIN_B" ] && log "full stages, TAPEVAULT_BIN_B (s, run $ROUNDS): $(field "$W/fullb$ROUNDS.json" stages)"
 [ "${FULL_ONLY:-0}" = 1 ] && exit 0
 
-# 2. 1 %-dirty incrementals
+# 2. 1 %-dirty incrementals, on a full of their own
+fresh_home
+backup base --disk "qcow2:$IMG" --disk-id $ID --full >/dev/null
 I=()
 pieces=$(( SIZE_MIB * 1024 / 100 / 256 ))   # 256 KiB writes making 1 % of the disk
 for r in 1 2 3; do
@@ -166,6 +173,7 @@ log "1 %-dirty incremental (s): $(stats "${I[@]}")"
 log "incremental / full time (medians): $(echo "scale=4; $im / $fm" | bc)"
 
 # 3. 64 GiB thin with 1 GiB allocated vs 1 GiB holding 1 GiB
+fresh_home
 THIN=$W/thin.qcow2; SMALL=$W/small.qcow2
 qemu-img create -q -f qcow2 "$THIN" 64G
 qemu-img create -q -f qcow2 "$SMALL" 1G
