@@ -813,34 +813,29 @@ mod tests {
                 assert!(fed + (2 << 20) >= w, "{rate}: streams after {fed}");
             }
         }
-        // A source that starts with a burst (30 MB at once: a rate limiter's bucket)
-        // and then runs at 60 MB/s is slow: the window's second half says so. (The
-        // burst is longer than a probe's early sample, so the probe streams at first;
-        // the first window streamed finds the source slow.)
-        let mut p = Pacer::new(MODEL, 8 << 30);
-        let mut t = 0.0;
-        let mut held = 0;
-        for k in 0..200u64 {
-            if k > 30 {
-                t += (1 << 20) as f64 / 60e6;
+        // A source that starts with a burst of `mib` MiB at once, then runs at 60 MB/s.
+        let burst_then_slow = |mib: u64| {
+            let mut p = Pacer::new(MODEL, 8 << 30);
+            let mut t = 0.0;
+            let mut held = 0;
+            for k in 0..200u64 {
+                if k > mib {
+                    t += (1 << 20) as f64 / 60e6;
+                }
+                held += 1 << 20;
+                p.arrived(t, 1 << 20, held);
             }
-            held += 1 << 20;
-            p.arrived(t, 1 << 20, held);
-        }
+            p
+        };
+        // A burst of 30 MB (a rate limiter's bucket) is slow: the window's second half
+        // says so. (The burst is longer than a probe's early sample, so the probe
+        // streams at first; the first window streamed finds the source slow.)
+        let p = burst_then_slow(30);
         assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
         assert!(p.rate() < 61e6, "{p:?}");
-        // A burst shorter than the early sample (10 MiB at once: a read-ahead) does not
-        // end the probe: the source is found slow without streaming at all.
-        let mut p = Pacer::new(MODEL, 8 << 30);
-        let mut t = 0.0;
-        let mut held = 0;
-        for k in 0..200u64 {
-            if k > 10 {
-                t += (1 << 20) as f64 / 60e6;
-            }
-            held += 1 << 20;
-            p.arrived(t, 1 << 20, held);
-        }
+        // A burst shorter than the early sample (10 MiB: a read-ahead) does not end the
+        // probe: the source is found slow without streaming at all.
+        let p = burst_then_slow(10);
         assert_eq!(p.mode(), Mode::Accumulate, "{p:?}");
         assert_eq!(p.counts.0, 0, "never streamed: {p:?}");
     }

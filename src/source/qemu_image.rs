@@ -711,44 +711,20 @@ mod tests {
             let st = Command::new("qemu-img").args(args).status().unwrap();
             assert!(st.success(), "qemu-img {args:?}");
         };
-        let v3 = dir.path().join("v3.qcow2");
+        let create = |name: &str, options: &str, size: &str| {
+            let path = dir.path().join(name);
+            let p = path.to_str().unwrap();
+            sh(&["create", "-q", "-f", "qcow2", "-o", options, p, size]);
+            path
+        };
+        let v3 = create("v3.qcow2", "cluster_size=512", "100M");
         let v3s = v3.to_str().unwrap();
-        sh(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=512",
-            v3s,
-            "100M",
-        ]);
         sh(&["bitmap", "--add", v3s, "tapevault-0123456789abcdef"]);
         sh(&["bitmap", "--add", "-g", "1M", v3s, "someone-elses"]);
         sh(&["bitmap", "--add", v3s, "off"]);
         sh(&["bitmap", "--disable", v3s, "off"]);
-        let v2 = dir.path().join("v2.qcow2");
-        sh(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=0.10",
-            v2.to_str().unwrap(),
-            "3G",
-        ]);
-        let plain = dir.path().join("plain.qcow2");
-        sh(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=2M",
-            plain.to_str().unwrap(),
-            "1T",
-        ]);
+        let v2 = create("v2.qcow2", "compat=0.10", "3G");
+        let plain = create("plain.qcow2", "cluster_size=2M", "1T");
         for img in [&v3, &v2, &plain] {
             let qemu = image_info(img, None).unwrap();
             match qcow2_header::read(img).unwrap() {
