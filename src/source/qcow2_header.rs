@@ -308,6 +308,31 @@ mod tests {
         assert!(matches!(parse_directory(&two, 1), Err(Header::Unknown(_))));
     }
 
+    #[test]
+    fn a_directory_past_the_end_of_the_file_goes_to_qemu_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.qcow2");
+        // The header says the directory is at 192 KiB; the file ends at its header.
+        let e = entry("tapevault-0123456789abcdef", FLAG_AUTO, 16);
+        let head = head_with(1, 1, e.len() as u64, 0x30000);
+        std::fs::write(&path, &head).unwrap();
+        assert!(matches!(read(&path).unwrap(), Header::Unknown(_)));
+        // The same file with the directory where it says: read.
+        let mut whole = head;
+        whole.resize(0x30000, 0);
+        whole.extend(e);
+        std::fs::write(&path, &whole).unwrap();
+        match read(&path).unwrap() {
+            Header::Qcow2(info) => {
+                assert_eq!(info.bitmaps.len(), 1);
+                assert_eq!(info.bitmaps[0].granularity, 65536);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A missing file is an error, not a header.
+        assert!(read(&dir.path().join("none")).is_err());
+    }
+
     proptest! {
         /// Whatever the bytes, the reader answers and never panics.
         #[test]
