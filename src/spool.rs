@@ -255,13 +255,19 @@ impl Pacer {
         if self.mode != Mode::Probe || self.window_bytes < self.early_sample() {
             return None;
         }
+        Some(self.rate_since(now, self.early_half))
+    }
+
+    /// The window's rate so far: the lower of the whole window's and that since `half`
+    /// (when, and at how many bytes, its second half began).
+    fn rate_since(&self, now: f64, half: Option<(f64, u64)>) -> f64 {
         let whole = self.window_bytes as f64 / (now - self.window_start).max(1e-6);
-        Some(match self.early_half {
+        match half {
             Some((t, b)) if self.window_bytes > b => {
                 whole.min((self.window_bytes - b) as f64 / (now - t).max(1e-6))
             }
             _ => whole,
-        })
+        }
     }
 
     /// The window's rate, once it has lasted long enough to say (its bytes, or the
@@ -273,13 +279,7 @@ impl Pacer {
         let w = self.window();
         let el = now - self.window_start;
         if self.window_bytes >= w || el * s.min as f64 >= w as f64 {
-            let whole = self.window_bytes as f64 / el.max(1e-6);
-            Some(match self.half {
-                Some((t, b)) if self.window_bytes > b => {
-                    whole.min((self.window_bytes - b) as f64 / (now - t).max(1e-6))
-                }
-                _ => whole,
-            })
+            Some(self.rate_since(now, self.half))
         } else {
             None
         }

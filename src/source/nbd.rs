@@ -959,9 +959,6 @@ mod read_ahead_tests {
     use super::read_ahead_tests_support::*;
     use super::*;
 
-    /// Reads ahead within announced extents and serves every pattern of reads (inside,
-    /// across request boundaries, outside the announced extent, a new extent) with the
-    /// file's bytes; holes read as zeros.
     /// Small extents announced ahead of their reads (as an incremental's dirty extents
     /// are) are read ahead across: while the first is read, the next ones are already
     /// in flight, each handed over whole; one announced that does not come after the
@@ -1034,6 +1031,9 @@ mod read_ahead_tests {
         assert!(inner.queued.is_empty());
     }
 
+    /// Reads ahead within announced extents and serves every pattern of reads (inside,
+    /// across request boundaries, outside the announced extent, a new extent) with the
+    /// file's bytes; holes read as zeros.
     #[test]
     fn read_ahead_serves_exactly_the_files_bytes() {
         let dir = tempfile::tempdir().unwrap();

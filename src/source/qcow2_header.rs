@@ -76,7 +76,7 @@ pub struct Directory {
 
 /// The image's size and cluster size and where its bitmap directory is (when it has
 /// valid bitmaps), from the header's first bytes (`head`: the header and its
-/// extensions).
+/// extensions, which lie in the first cluster: nothing beyond it is looked at).
 pub fn parse_head(head: &[u8]) -> Result<(ImageInfo, Option<Directory>), Header> {
     let unknown = |why: &str| Header::Unknown(why.to_string());
     if head.len() < 4 || &head[..4] != MAGIC {
@@ -88,6 +88,7 @@ pub fn parse_head(head: &[u8]) -> Result<(ImageInfo, Option<Directory>), Header>
     if !(9..=21).contains(&cluster_bits) {
         return Err(unknown("cluster size out of range"));
     }
+    let head = &head[..head.len().min(1 << cluster_bits)];
     let (header_length, autoclear) = match version {
         2 => (72usize, 0u64),
         3 => {
@@ -201,10 +202,6 @@ pub fn read(path: &Path) -> Result<Header, String> {
         .take(HEAD_READ)
         .read_to_end(&mut head)
         .map_err(|e| format!("image {}: {e}", path.display()))?;
-    // The header and its extensions lie in the first cluster: read no further.
-    if let Some(bits) = be32(&head, 20).filter(|b| (9..=21).contains(b)) {
-        head.truncate((1usize << bits).min(head.len()));
-    }
     let (mut info, directory) = match parse_head(&head) {
         Ok(x) => x,
         Err(h) => return Ok(h),

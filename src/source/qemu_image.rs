@@ -194,12 +194,8 @@ pub fn default_granularity(cluster_size: Option<u64>) -> u64 {
     cluster_size.unwrap_or(65536).clamp(4096, 65536)
 }
 
-fn bitmap_cmd(path: &Path, op: &str, name: &str) -> Result<(), String> {
-    bitmap_cmd_with(path, &[op], name)
-}
-
 /// `qemu-img bitmap ARGS... PATH NAME`.
-fn bitmap_cmd_with(path: &Path, args: &[&str], name: &str) -> Result<(), String> {
+fn bitmap_cmd(path: &Path, args: &[&str], name: &str) -> Result<(), String> {
     run(
         Command::new("qemu-img")
             .arg("bitmap")
@@ -357,7 +353,7 @@ impl QemuImage {
             for bm in &info.bitmaps {
                 let keep = retire.as_ref() == Some(&bm.name);
                 if bm.name.starts_with(BITMAP_PREFIX) && !keep {
-                    bitmap_cmd(&self.path, "--remove", &bm.name)?;
+                    bitmap_cmd(&self.path, &["--remove"], &bm.name)?;
                 }
             }
         }
@@ -366,7 +362,7 @@ impl QemuImage {
             // another `qemu-img info`; the next backup checks it against the image.
             let name = new_bitmap_name();
             let granularity = default_granularity(info.cluster_size);
-            bitmap_cmd_with(
+            bitmap_cmd(
                 &self.path,
                 &["--add", "-g", &granularity.to_string()],
                 &name,
@@ -666,7 +662,7 @@ impl EpochGuard for ImageGuard {
             s.stop();
         }
         if let Some(old) = self.retire.take() {
-            bitmap_cmd(&self.path, "--remove", &old)?;
+            bitmap_cmd(&self.path, &["--remove"], &old)?;
         }
         Ok(())
     }
