@@ -98,12 +98,23 @@ fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// `backup` of the image as disk `id` into pool p, then `extra`.
+fn backup_args(img: &Path, id: Uuid, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["backup", "--disk"].map(String::from).to_vec();
+    a.push(format!("qcow2:{}", img.display()));
+    a.extend([
+        "--disk-id".into(),
+        id.to_string(),
+        "--pool".into(),
+        "p".into(),
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 fn backup(v: &Vault, img: &Path, id: Uuid, extra: &[&str]) -> Value {
-    let src = format!("qcow2:{}", img.display());
-    let id = id.to_string();
-    let mut a = vec!["backup", "--disk", &src, "--disk-id", &id, "--pool", "p"];
-    a.extend_from_slice(extra);
-    let j = v.ok(&a);
+    let a = backup_args(img, id, extra);
+    let j = v.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     j["images"][0].clone()
 }
 
@@ -264,12 +275,8 @@ fn resize_in_use_bitmaps_and_foreign_bitmaps() {
     // While the writer runs (a VM), a backup is refused, saying why, and changes no
     // bitmap: tapevault reads the header itself, and the bitmap change meets the lock.
     let held = bitmaps(&img);
-    let src = format!("qcow2:{}", img.display());
-    let ids = id.to_string();
-    let r = v.fails(
-        &["backup", "--disk", &src, "--disk-id", &ids, "--pool", "p"],
-        1,
-    );
+    let a = backup_args(&img, id, &[]);
+    let r = v.fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), 1);
     assert!(
         r.stderr.contains("in use by a running process"),
         "{}",
