@@ -212,6 +212,16 @@ impl Coverage {
     }
 }
 
+/// Cuts a context's extents (ascending, contiguous) back to end at `end`.
+fn truncate_extents(list: &mut Vec<Extent>, end: u64) {
+    while list.last().is_some_and(|l| l.offset >= end) {
+        list.pop();
+    }
+    if let Some(last) = list.last_mut() {
+        last.length = last.length.min(end - last.offset);
+    }
+}
+
 fn push_merged(list: &mut Vec<Extent>, e: Extent) {
     if let Some(last) = list.last_mut() {
         if last.offset + last.length == e.offset && last.flags == e.flags {
@@ -1047,13 +1057,32 @@ impl Client {
     /// [`meta_contexts`](Self::meta_contexts), each covering the range exactly.
     /// `req_one` sets `NBD_CMD_FLAG_REQ_ONE` (one extent per context per reply).
     /// Memory grows with the number of distinct extents in the range: query a large
-    /// export window by window (e.g. 1 GiB at a time).
+    /// export window by window (e.g. 1 GiB at a time), or with
+    /// [`block_status_upto`](Self::block_status_upto).
     pub fn block_status(
         &mut self,
         offset: u64,
         length: u64,
         req_one: bool,
     ) -> Result<Vec<ContextExtents>> {
+        let (out, covered) = self.block_status_upto(offset, length, req_one, usize::MAX)?;
+        debug_assert_eq!(covered, offset + length);
+        Ok(out)
+    }
+
+    /// Like [`block_status`](Self::block_status), but stops asking once the contexts
+    /// hold `max_extents` extents or more between them (after at least one request):
+    /// returns the extents and the end of the range they cover, `offset < end <=
+    /// offset + length` (every context covers `[offset, end)` exactly). Memory is
+    /// bounded by `max_extents` plus one reply's worth, whatever `length`; a
+    /// fragmented range simply comes back shorter.
+    pub fn block_status_upto(
+        &mut self,
+        offset: u64,
+        length: u64,
+        req_one: bool,
+        max_extents: usize,
+    ) -> Result<(Vec<ContextExtents>, u64)> {
         self.usable()?;
         self.idle("NBD_CMD_BLOCK_STATUS")?;
         if self.contexts.is_empty() {
@@ -1076,6 +1105,14 @@ impl Client {
             let start = *covered.iter().min().expect("at least one context");
             if start >= end {
                 break;
+            }
+            let held: usize = out.iter().map(|c| c.extents.len()).sum();
+            if start > offset && held >= max_extents {
+                // Enough held: every context is cut back to the shortest answer.
+                for c in &mut out {
+                    truncate_extents(&mut c.extents, start);
+                }
+                return Ok((out, start));
             }
             let n = (end - start).min(MAX_STATUS_REQUEST);
             let r = self.block_status_one(start, n as u32, req_one);
@@ -1101,7 +1138,7 @@ impl Client {
                 }
             }
         }
-        Ok(out)
+        Ok((out, end))
     }
 
     /// One BLOCK_STATUS request; per context (in `self.contexts` order) its descriptors

@@ -927,6 +927,58 @@ fn block_status_iterates_when_contexts_answer_different_lengths() {
 }
 
 #[test]
+fn block_status_upto_stops_at_the_extent_budget_and_says_how_far_it_got() {
+    const K: u32 = 1024;
+    let (mut c, h) = session(|s| {
+        let mut seen = Vec::new();
+        // 1st request [0, 4M): base answers 1M in 3 extents, dirty 2M in 2.
+        let r = s.request()?;
+        seen.push((r.offset, r.len));
+        s.status(
+            0,
+            r.cookie,
+            BASE,
+            &[(256 * K, 0), (256 * K, 3), (512 * K, 0)],
+        )?;
+        s.status(DONE, r.cookie, DIRTY, &[(1536 * K, 1), (512 * K, 0)])?;
+        // 2nd request from 1M (the shortest answer): 5 extents held, under the budget
+        // of 6. base answers 1M more in 2, dirty the rest in 1.
+        let r = s.request()?;
+        seen.push((r.offset, r.len));
+        s.status(0, r.cookie, BASE, &[(512 * K, 3), (512 * K, 0)])?;
+        s.status(DONE, r.cookie, DIRTY, &[(3072 * K, 1)])?;
+        // Not asked again: 8 extents held, over the budget.
+        s.request()?;
+        Ok(seen)
+    });
+    let k = 1024u64;
+    let (st, end) = c.block_status_upto(0, 4 << 20, false, 6).unwrap();
+    assert_eq!(
+        end,
+        2048 * k,
+        "covered as far as the shortest context answered"
+    );
+    assert_eq!(
+        st[0].extents,
+        [
+            ext(0, 256 * k, 0),
+            ext(256 * k, 256 * k, 3),
+            ext(512 * k, 512 * k, 0),
+            ext(1024 * k, 512 * k, 3),
+            ext(1536 * k, 512 * k, 0)
+        ]
+    );
+    // The dirty context answered further: cut back to the common end.
+    assert_eq!(
+        st[1].extents,
+        [ext(0, 1536 * k, 1), ext(1536 * k, 512 * k, 0)]
+    );
+    c.disconnect().unwrap();
+    let seen = h.join().unwrap().unwrap();
+    assert_eq!(seen, [(0, 4 << 20), (1 << 20, 3 << 20)]);
+}
+
+#[test]
 fn block_status_req_one_sets_the_flag_and_iterates() {
     let (mut c, h) = session(|s| {
         let mut flags = Vec::new();

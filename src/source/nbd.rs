@@ -22,8 +22,9 @@
 //!   and a dirty range that is zero now (a trimmed or zeroed area) becomes a zero extent
 //!   of the incremental: never skipped, never read.
 //! - Dirty extents: block status of the dirty-bitmap context is asked on a connection of
-//!   its own, window by window ([`STATUS_WINDOW`]), so memory stays bounded whatever the
-//!   number of extents; they are aligned outwards to the tracking block and coalesced.
+//!   its own, window by window ([`STATUS_WINDOW`], at most [`STATUS_MAX_EXTENTS`] held),
+//!   so memory stays bounded whatever the number of extents; they are aligned outwards
+//!   to the tracking block and coalesced.
 //!   Two connections are open at once: an export must allow two clients (`qemu-nbd
 //!   --shared=2` or more; QEMU's built-in server, libvirt and nbdkit allow many).
 
@@ -44,9 +45,16 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// Prefix of QEMU's dirty bitmap meta contexts.
 pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
 
-/// Range asked per BLOCK_STATUS round (128 MiB): bounds the extents held at once (a
-/// 512-byte granularity bitmap gives at most 256 Ki extents per window).
-pub const STATUS_WINDOW: u64 = 128 * 1024 * 1024;
+/// Range asked per block status round (4 GiB; the client sends requests of at most
+/// 1 GiB until it is covered or [`STATUS_MAX_EXTENTS`] are held). The reads ahead wait
+/// at the end of each window of `base:allocation` (the connection must be free for the
+/// question), so windows are large: with 128 MiB, a 1 %-dirty incremental of a 4 GiB
+/// disk spent a third of its reading in those waits (docs/BENCHMARKS.md).
+pub const STATUS_WINDOW: u64 = 4 << 30;
+
+/// Most extents one block status round keeps (all contexts together): a fragmented
+/// range comes back shorter instead of taking more memory (256 Ki extents: 6 MiB).
+pub const STATUS_MAX_EXTENTS: usize = 256 * 1024;
 
 /// The default NBD TCP port.
 pub const DEFAULT_PORT: u16 = 10809;
@@ -311,6 +319,8 @@ struct Inner {
     spare: Vec<Vec<u8>>,
     allocation: bool,
     size: u64,
+    /// Most extents one round of `base:allocation` keeps ([`STATUS_MAX_EXTENTS`]).
+    status_max_extents: usize,
 }
 
 impl Inner {
@@ -394,9 +404,16 @@ impl Inner {
                 break;
             };
             // Requests end on multiples of their size (absolute offsets), as the chunk
-            // reader's record windows do, so a record of data is one request's bytes.
+            // reader's record windows do, so a record of data is one request's bytes;
+            // a run that fits in one request is asked whole (an incremental's small
+            // extents, packed several to a record, are then one request each, not two
+            // where they cross the grid).
             let grid_end = (s / step + 1) * step;
-            let len = (e.min(grid_end) - s) as usize;
+            let len = if e - s <= step {
+                (e - s) as usize
+            } else {
+                (e.min(grid_end) - s) as usize
+            };
             let mut buf = self.spare.pop().unwrap_or_default();
             buf.resize(len, 0);
             let cookie = self.client.submit_read(s, buf).map_err(io_err)?;
@@ -592,6 +609,7 @@ impl NbdSource {
                 spare: Vec::new(),
                 allocation,
                 size,
+                status_max_extents: STATUS_MAX_EXTENTS,
             }),
             hints: Mutex::new(Vec::new()),
             size,
@@ -681,7 +699,12 @@ impl SourceRead for NbdSource {
         let mut start: Option<u64> = None;
         while at < self.size {
             let len = (self.size - at).min(STATUS_WINDOW);
-            let status = inner.client.block_status(at, len, false).map_err(io_err)?;
+            let max = inner.status_max_extents;
+            let (status, covered) = inner
+                .client
+                .block_status_upto(at, len, false, max)
+                .map_err(io_err)?;
+            let len = covered - at;
             let ctx = status
                 .iter()
                 .find(|s| s.context == BASE_ALLOCATION)
@@ -747,6 +770,8 @@ pub struct DirtyExtents {
     run: Option<(u64, u64)>,
     /// Dirty bytes as the bitmap reports them (before alignment).
     dirty_bytes: u64,
+    /// Most extents one block status round keeps ([`STATUS_MAX_EXTENTS`]).
+    max_extents: usize,
 }
 
 impl DirtyExtents {
@@ -770,6 +795,7 @@ impl DirtyExtents {
             used: 0,
             run: None,
             dirty_bytes: 0,
+            max_extents: STATUS_MAX_EXTENTS,
         })
     }
 
@@ -798,14 +824,14 @@ impl DirtyExtents {
             return Ok(false);
         }
         let len = (self.size - self.at).min(STATUS_WINDOW);
-        let mut status =
-            self.client
-                .block_status(self.at, len, false)
-                .map_err(|e| DiskError::Read {
-                    path: PathBuf::from(&self.context),
-                    offset: self.at,
-                    source: io_err(e),
-                })?;
+        let (mut status, covered) = self
+            .client
+            .block_status_upto(self.at, len, false, self.max_extents)
+            .map_err(|e| DiskError::Read {
+                path: PathBuf::from(&self.context),
+                offset: self.at,
+                source: io_err(e),
+            })?;
         let i = status
             .iter()
             .position(|s| s.context == self.context)
@@ -817,7 +843,7 @@ impl DirtyExtents {
             })?;
         self.window = std::mem::take(&mut status[i].extents);
         self.used = 0;
-        self.at += len;
+        self.at = covered;
         Ok(true)
     }
 }
@@ -888,6 +914,84 @@ mod tests {
             let err = NbdExport::parse(bad, None).unwrap_err().to_string();
             assert!(err.contains(bad), "{bad}: {err}");
         }
+    }
+
+    /// The dirty extents streamed in rounds cut short by a small extent budget are
+    /// those of rounds that hold the whole disk (qemu-nbd serving a qcow2's bitmap).
+    #[test]
+    fn dirty_extents_are_the_same_whatever_the_rounds_hold() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.qcow2");
+        let ok = |c: &mut Command| c.stdout(Stdio::null()).status().map(|s| s.success());
+        if !matches!(
+            ok(Command::new("qemu-img")
+                .args(["create", "-f", "qcow2"])
+                .arg(&img)
+                .arg("64M")),
+            Ok(true)
+        ) {
+            eprintln!("skipping: qemu-img cannot run");
+            return;
+        }
+        assert!(ok(Command::new("qemu-img")
+            .args(["bitmap", "--add", "-g", "65536"])
+            .arg(&img)
+            .arg("b"))
+        .unwrap());
+        let mut io = Command::new("qemu-io");
+        io.args(["-f", "qcow2"]);
+        for i in 0..40u64 {
+            // 40 pieces, some touching (coalesced after alignment), most apart.
+            let off = i * 1_572_864 + (i % 3) * 4096;
+            io.arg("-c")
+                .arg(format!("write -P 7 {off} {}", 70_000 + i * 1000));
+        }
+        assert!(ok(io.arg(&img)).unwrap());
+        let sock = dir.path().join("s");
+        let mut child = Command::new("qemu-nbd")
+            .args([
+                "--read-only",
+                "--shared=4",
+                "--persistent",
+                "-f",
+                "qcow2",
+                "-B",
+                "b",
+                "-x",
+                "d",
+                "-k",
+            ])
+            .arg(&sock)
+            .arg(&img)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let export =
+            NbdExport::parse(&format!("nbd+unix:///d?socket={}", sock.display()), None).unwrap();
+        let ctx = "qemu:dirty-bitmap:b";
+        let walk = |max: usize| {
+            let mut d =
+                DirtyExtents::connect(&export, ctx, 65536, Duration::from_secs(30)).unwrap();
+            d.max_extents = max;
+            let mut v = Vec::new();
+            while let Some(e) = d.next_extent().unwrap() {
+                v.push((e.offset, e.len));
+            }
+            (v, d.dirty_bytes())
+        };
+        let whole = walk(STATUS_MAX_EXTENTS);
+        let small = walk(3);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(whole.0.len() >= 20, "{:?}", whole.0);
+        assert_eq!(small, whole);
     }
 
     #[test]
@@ -1029,6 +1133,80 @@ mod read_ahead_tests {
             "nothing of the extent announced before is read ahead"
         );
         assert!(inner.queued.is_empty());
+    }
+
+    /// Block status rounds that end early (the extent budget reached) still tell every
+    /// data run and hole: each question continues where the last answer ended, and the
+    /// reads ahead stop at the end of what is known.
+    #[test]
+    fn status_rounds_cut_short_by_the_extent_budget_find_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        // A sparse 3 GiB file: the client asks at most 1 GiB per request, and a budget
+        // of 2 extents ends each round after its first request.
+        let size: u64 = 3 << 30;
+        const MIB: u64 = 1 << 20;
+        let mut runs: Vec<(u64, u64)> = (0..12u64)
+            .map(|i| {
+                (
+                    i * 256 * MIB + 3 * MIB,
+                    i * 256 * MIB + 3 * MIB + (64 << 10),
+                )
+            })
+            .collect();
+        // One run across the end of the first request.
+        runs.push(((1 << 30) - (32 << 10), (1 << 30) + (32 << 10)));
+        runs.sort();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::File::create(&img).unwrap();
+            f.set_len(size).unwrap();
+            for &(s, e) in &runs {
+                f.seek(SeekFrom::Start(s)).unwrap();
+                f.write_all(&(s..e).map(byte).collect::<Vec<u8>>()).unwrap();
+            }
+        }
+        let Some((_served, export)) = serve(dir.path(), &img) else {
+            return;
+        };
+        let src = NbdSource::connect(&export, Duration::from_secs(30)).unwrap();
+        assert!(src.has_allocation());
+        src.inner().status_max_extents = 2;
+        let mut found: Vec<(u64, u64)> = Vec::new();
+        let mut at = 0;
+        loop {
+            match src.find_data(at).unwrap() {
+                DataAt::Run(s, e) => {
+                    assert!(s >= at && e > s);
+                    let known = src.inner().known;
+                    assert!(
+                        known.1 - known.0 <= 1 << 30,
+                        "a round of one request: {known:?}"
+                    );
+                    match found.last_mut() {
+                        Some(last) if last.1 == s => last.1 = e,
+                        _ => found.push((s, e)),
+                    }
+                    at = e;
+                }
+                DataAt::HoleToEnd { file_len } => {
+                    assert_eq!(file_len, size);
+                    break;
+                }
+            }
+        }
+        assert_eq!(found, runs);
+        // The run across the rounds' boundary, read through the read-ahead.
+        let (s, e) = runs[4];
+        assert_eq!(s, (1 << 30) - (32 << 10));
+        src.will_read(s, e - s);
+        src.find_data(s).unwrap();
+        let mut buf = vec![0u8; (e - s) as usize];
+        src.read_at(&mut buf, s).unwrap();
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == byte(s + i as u64)));
     }
 
     /// Reads ahead within announced extents and serves every pattern of reads (inside,
