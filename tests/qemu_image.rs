@@ -387,6 +387,74 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     assert_next_backup_builds_on(&v, &img, id, &full, &base_bitmap[0], "after the kill");
 }
 
+/// Each disk's qemu-nbd stops once its image is read instead of being held until the
+/// session commits: a session of three images on one drive never serves two at once
+/// (slow tape writes stretch every disk's records and the session's end), and each
+/// old epoch's bitmap is still retired at the commit.
+#[test]
+fn each_qemu_nbd_stops_once_its_image_is_read() {
+    if !have_qemu() {
+        return;
+    }
+    let v = vault();
+    let imgs: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = v.root.join(format!("d{i}.qcow2"));
+            new_qcow2(&p, "16M");
+            qemu_io(&p, &["write -P 0x51 0 8M"]);
+            p
+        })
+        .collect();
+    let mut m = String::from("name = \"three\"\n");
+    for p in &imgs {
+        m += &format!(
+            "\n[[disk]]\nid = \"{}\"\nsource = \"qcow2:{}\"\n",
+            Uuid::new_v4(),
+            p.display()
+        );
+    }
+    let manifest = v.path("three.toml");
+    std::fs::write(&manifest, m).unwrap();
+    let first = v.backup_manifest(&manifest, "p", &[]);
+    let barcode = first["images"][0]["barcodes"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old: Vec<Vec<String>> = imgs.iter().map(|p| ours(p)).collect();
+    for p in &imgs {
+        qemu_io(p, &["write -P 0x52 1M 1M"]);
+    }
+    v.slow_writes(&barcode, 30, 10_000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let imgs = imgs.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let served = imgs.iter().filter(|p| !qemu_nbd_of(p).is_empty()).count();
+                most = most.max(served);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let second = v.backup_manifest(&manifest, "p", &[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    std::fs::remove_file(v.cartridge_dir(&barcode).join("faults.json")).unwrap();
+    assert_eq!(most, 1, "images served at once during the session");
+    let images = second["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3, "{second}");
+    for (r, (p, o)) in images.iter().zip(imgs.iter().zip(&old)) {
+        assert_eq!(r["method"], "dirty-bitmap", "{r}");
+        let now = ours(p);
+        assert_eq!(now.len(), 1, "{:?}", bitmaps(p));
+        assert_ne!(&now, o, "the old epoch's bitmap was retired at the commit");
+    }
+    v.assert_catalog_consistent();
+}
+
 /// The next backup of `img` is an incremental on `full` from its epoch's bitmap
 /// `retired` (then removed, with any other of ours but the new epoch's), and restores
 /// the image as it is.

@@ -371,6 +371,12 @@ impl Job<'_> {
             req,
         );
         self.reproduce = None;
+        // Read whole: the connections close and the driver may stop serving the export
+        // (the epoch it replaced is retired only once the image is committed).
+        drop(disk);
+        if let (Ok(_), Some(o)) = (&result, opened.as_mut()) {
+            o.guard.read_done();
+        }
         match result {
             Ok(mut p) => {
                 let coverage = p.take_coverage().with_context(|| {

@@ -17,8 +17,10 @@
 //! The backup then checks the offered change id against the base's exactly
 //! (`backup/plan.rs`): equal, with the same disk size, gives an incremental that reads
 //! only the dirty extents; anything else is a full, said out loud with the reason.
-//! After the image's tape flush and catalog commit it calls
-//! [`EpochGuard::committed`] (the driver may now drop the old epoch); the guard is
+//! Once the image is read whole it calls [`EpochGuard::read_done`] (a driver may stop
+//! serving the export: the offline image driver stops its qemu-nbd), and after the
+//! image's tape flush and catalog commit [`EpochGuard::committed`] (the driver may now
+//! drop the old epoch); the guard is
 //! dropped at the end either way, and dropping it tears the export down. A crash at
 //! any point leaves the old epoch in place, so no change is lost; the next run's
 //! `prepare` removes what the crash left behind.
@@ -113,6 +115,11 @@ pub struct OpenedExport {
 
 /// Holds an export (and what serves it) for the length of one image.
 pub trait EpochGuard: Send {
+    /// Every byte of the image was read (it is on tape, not yet committed): the driver
+    /// may stop serving the export now, keeping what `committed` needs (the old
+    /// epoch stays until then). By default the export is held until `committed`.
+    fn read_done(&mut self) {}
+
     /// The image was flushed to tape and committed in the catalog: the driver may retire
     /// the epoch it replaced. An error is reported as a warning (the image stands).
     fn committed(&mut self) -> Result<(), String>;

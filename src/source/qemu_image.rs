@@ -656,6 +656,14 @@ struct ImageGuard {
 }
 
 impl EpochGuard for ImageGuard {
+    /// qemu-nbd is stopped as soon as the image is read: it exits while the session
+    /// writes its end and commits, and a VM's other disks do not keep one each.
+    fn read_done(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+
     fn committed(&mut self) -> Result<(), String> {
         // The image must be closed before its bitmaps change.
         if let Some(s) = self.server.take() {
