@@ -387,10 +387,11 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     assert_next_backup_builds_on(&v, &img, id, &full, &base_bitmap[0], "after the kill");
 }
 
-/// Each disk's qemu-nbd stops once its image is read instead of being held until the
-/// session commits: a session of three images on one drive never serves two at once
-/// (slow tape writes stretch every disk's records and the session's end), and each
-/// old epoch's bitmap is still retired at the commit.
+/// Each disk's qemu-nbd is stopped once its image is read instead of being held until
+/// the session commits: in a session of three images on one drive (slow tape writes
+/// stretch every disk's records and the session's end), each image's qemu-nbd is gone
+/// by the time the next one's starts (give or take the old one's exit, which is not
+/// waited for), and each old epoch's bitmap is still retired at the commit.
 #[test]
 fn each_qemu_nbd_stops_once_its_image_is_read() {
     if !have_qemu() {
@@ -424,26 +425,44 @@ fn each_qemu_nbd_stops_once_its_image_is_read() {
     for p in &imgs {
         qemu_io(p, &["write -P 0x52 1M 1M"]);
     }
-    v.slow_writes(&barcode, 30, 10_000);
+    v.slow_writes(&barcode, 50, 10_000);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let stop = stop.clone();
         let imgs = imgs.clone();
         std::thread::spawn(move || {
-            let mut most = 0;
+            // When each image's qemu-nbd was first and last seen.
+            let t0 = Instant::now();
+            let mut seen: Vec<Option<(Duration, Duration)>> = vec![None; imgs.len()];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let served = imgs.iter().filter(|p| !qemu_nbd_of(p).is_empty()).count();
-                most = most.max(served);
+                for (i, p) in imgs.iter().enumerate() {
+                    if !qemu_nbd_of(p).is_empty() {
+                        let now = t0.elapsed();
+                        let s = seen[i].get_or_insert((now, now));
+                        s.1 = now;
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            most
+            seen
         })
     };
     let second = v.backup_manifest(&manifest, "p", &[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let most = watcher.join().unwrap();
+    let seen = watcher.join().unwrap();
     std::fs::remove_file(v.cartridge_dir(&barcode).join("faults.json")).unwrap();
-    assert_eq!(most, 1, "images served at once during the session");
+    let seen: Vec<(Duration, Duration)> = seen
+        .into_iter()
+        .map(|s| s.expect("every image was served"))
+        .collect();
+    for w in seen.windows(2) {
+        // Held to the commit, the first image's server outlived the next one's start
+        // by the length of two images' writes (over half a second).
+        assert!(
+            w[0].1 < w[1].0 + Duration::from_millis(150),
+            "a qemu-nbd outlived its image's reading: served {seen:?}"
+        );
+    }
     let images = second["images"].as_array().unwrap();
     assert_eq!(images.len(), 3, "{second}");
     for (r, (p, o)) in images.iter().zip(imgs.iter().zip(&old)) {

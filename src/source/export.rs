@@ -18,7 +18,7 @@
 //! (`backup/plan.rs`): equal, with the same disk size, gives an incremental that reads
 //! only the dirty extents; anything else is a full, said out loud with the reason.
 //! Once the image is read whole it calls [`EpochGuard::read_done`] (a driver may stop
-//! serving the export: the offline image driver stops its qemu-nbd), and after the
+//! serving the export: the offline image driver tells its qemu-nbd to exit), and after the
 //! image's tape flush and catalog commit [`EpochGuard::committed`] (the driver may now
 //! drop the old epoch); the guard is
 //! dropped at the end either way, and dropping it tears the export down. A crash at

@@ -588,7 +588,9 @@ impl NbdServer {
         self.kill();
     }
 
-    fn kill(&mut self) {
+    /// Asks the server to exit (TERM) without waiting: it closes the image while the
+    /// caller goes on; [`stop`](Self::stop) or dropping the server waits for it.
+    pub fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -599,6 +601,12 @@ impl NbdServer {
                 nix::unistd::Pid::from_raw(self.child.id() as i32),
                 nix::sys::signal::Signal::SIGCONT,
             );
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
             // qemu-nbd exits within a millisecond or two of the TERM: look often at
             // first (the old epoch's bitmap waits for it), then every 10 ms.
             let started = Instant::now();
@@ -656,11 +664,12 @@ struct ImageGuard {
 }
 
 impl EpochGuard for ImageGuard {
-    /// qemu-nbd is stopped as soon as the image is read: it exits while the session
-    /// writes its end and commits, and a VM's other disks do not keep one each.
+    /// qemu-nbd is told to exit as soon as the image is read: it closes the image while
+    /// the session writes its end, and a VM's other disks do not keep one each.
+    /// `committed` waits for its exit before the bitmaps change.
     fn read_done(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.stop();
+        if let Some(s) = self.server.as_mut() {
+            s.terminate();
         }
     }
 
