@@ -47,6 +47,6 @@ case "$(qemu-img --version | head -1)" in
     *) echo "qemu10: the unpacked qemu-img is not version 10" >&2; exit 1 ;;
 esac
 cargo test -p nbd-client --test qemu
-cargo test -p tapevault --lib -- source::qemu_image
+cargo test -p tapevault --lib -- source::qemu_image source::nbd
 cargo test -p tapevault --test qemu_image --test qmp_live --test qmp_backup
 cargo test -p tapevault --test libvirt_backup -- --test-threads=1
