@@ -344,10 +344,9 @@ fn kill_of_tapevault_during_the_epoch_switch_loses_no_change() {
     // (after the new bitmap was added, before the commit).
     qemu_io(&img, &["write -P 0x42 2M 1M", "write -z 6M 1M"]);
     v.slow_writes(&barcode, 200, 200);
-    let src = format!("qcow2:{}", img.display());
-    let ids = id.to_string();
+    let a = backup_args(&img, id, &[]);
     let mut child = v
-        .command(&["backup", "--disk", &src, "--disk-id", &ids, "--pool", "p"])
+        .command(&a.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

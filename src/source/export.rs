@@ -18,12 +18,11 @@
 //! (`backup/plan.rs`): equal, with the same disk size, gives an incremental that reads
 //! only the dirty extents; anything else is a full, said out loud with the reason.
 //! Once the image is read whole it calls [`EpochGuard::read_done`] (a driver may stop
-//! serving the export: the offline image driver tells its qemu-nbd to exit), and after the
-//! image's tape flush and catalog commit [`EpochGuard::committed`] (the driver may now
-//! drop the old epoch); the guard is
-//! dropped at the end either way, and dropping it tears the export down. A crash at
-//! any point leaves the old epoch in place, so no change is lost; the next run's
-//! `prepare` removes what the crash left behind.
+//! serving the export: the offline image driver tells its qemu-nbd to exit), and after
+//! the image's tape flush and catalog commit [`EpochGuard::committed`] (the driver may
+//! now drop the old epoch); the guard is dropped at the end either way, and dropping it
+//! tears the export down. A crash at any point leaves the old epoch in place, so no
+//! change is lost; the next run's `prepare` removes what the crash left behind.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

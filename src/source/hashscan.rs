@@ -865,8 +865,8 @@ impl DigestFeed {
 /// A BLAKE3 hasher fed in small pieces (a digest list's entries, 1 to 33 bytes) that
 /// hashes them in batches of [`HASH_BATCH`] bytes: BLAKE3 hashes a large input many
 /// chunks at a time with SIMD, but small updates one 64-byte block at a time. The
-/// digest is the same; a 4 GiB disk's list (2 MiB) took 3 ms to check in small updates
-/// (docs/BENCHMARKS.md).
+/// digest is the same; checking, copying and writing a 4 GiB disk's lists (2 MiB each)
+/// in small updates took about 10 ms of an incremental's CPU (docs/BENCHMARKS.md).
 struct BatchedHasher {
     hasher: blake3::Hasher,
     pending: Vec<u8>,
